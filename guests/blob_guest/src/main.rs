@@ -1,0 +1,158 @@
+//! Blob port test guest (`wasi:cli/run` command).
+//!
+//! Mode (argv[1..]): `conformance <container>`, run against a fresh container.
+//! Any failed assertion panics, which traps: the host sees a test failure.
+
+mod chunked;
+
+use berth_bindings::blob::{Container, Error};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.get(1..).unwrap_or_default() {
+        ["conformance", container] => conformance(container),
+        other => panic!("usage: blob_guest conformance <container>; got {other:?}"),
+    }
+}
+
+pub fn step(name: &str) {
+    println!("blob: {name} ok");
+}
+
+fn conformance(name: &str) {
+    let container = Container::open(name).expect("open granted container");
+    step("open");
+    basics(&container);
+    listing(&container);
+    invalid_keys(&container);
+    chunked::write_and_read(&container);
+    chunked::dropped_writer(&container);
+    url(&container);
+    oversized_put(&container);
+    not_granted();
+    println!("blob: conformance passed");
+}
+
+fn basics(c: &Container) {
+    let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let info = c.put("a/b.bin", &data).expect("put");
+    assert_eq!(info.key, "a/b.bin");
+    assert_eq!(info.size, 1000);
+    assert_eq!(c.get("a/b.bin").expect("get"), data);
+    step("put/get round trip");
+
+    let info = c.stat("a/b.bin").expect("stat");
+    assert_eq!(info.size, 1000, "stat size");
+    assert!(info.modified_ms > 0, "stat modified-ms");
+    assert!(c.exists("a/b.bin").expect("exists"));
+    step("stat and exists");
+
+    assert!(
+        c.delete("a/b.bin").expect("delete"),
+        "first delete finds the object"
+    );
+    assert!(
+        !c.delete("a/b.bin").expect("delete again"),
+        "second delete finds nothing"
+    );
+    assert!(!c.exists("a/b.bin").expect("exists after delete"));
+    step("delete");
+
+    match c.get("a/b.bin") {
+        Err(Error::NotFound) => step("get missing is not-found"),
+        Ok(bytes) => panic!("get missing: expected NotFound, got {} bytes", bytes.len()),
+        Err(e) => panic!("get missing: expected NotFound, got {e:?}"),
+    }
+}
+
+fn listing(c: &Container) {
+    let expected: Vec<String> = (0..15).map(|i| format!("dir/o{i:02}")).collect();
+    for key in expected.iter().rev() {
+        c.put(key, key.as_bytes()).expect("put dir object");
+    }
+    c.put("other", b"other").expect("put other");
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = c.list("dir/", cursor.as_deref(), 4).expect("list");
+        assert!(
+            page.objects.len() <= 4,
+            "page of {} exceeds the limit",
+            page.objects.len()
+        );
+        pages += 1;
+        assert!(pages <= 15, "listing does not terminate");
+        for obj in page.objects {
+            // Keys come back exactly as the guest named them: no tenant or
+            // container prefix leaks through.
+            assert_eq!(obj.size, obj.key.len() as u64, "size of {}", obj.key);
+            seen.push(obj.key);
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected, "all dir/ objects, ascending, nothing else");
+    step(&format!("list in {pages} pages"));
+}
+
+fn invalid_keys(c: &Container) {
+    let long = "k".repeat(2000);
+    let bad = [
+        "../escape",
+        "/abs",
+        "a\\b",
+        "a/../../b",
+        "nul\0byte",
+        "",
+        long.as_str(),
+    ];
+    for key in bad {
+        let shown = &key[..key.len().min(40)];
+        match c.put(key, b"x") {
+            Err(Error::InvalidKey(_)) => {}
+            other => panic!("put {shown:?}: expected InvalidKey, got {other:?}"),
+        }
+        match c.get(key) {
+            Err(Error::InvalidKey(_)) => {}
+            Ok(bytes) => panic!(
+                "get {shown:?}: expected InvalidKey, got {} bytes",
+                bytes.len()
+            ),
+            Err(e) => panic!("get {shown:?}: expected InvalidKey, got {e:?}"),
+        }
+    }
+    step("invalid keys are invalid-key");
+}
+
+fn url(c: &Container) {
+    let url = c.url("dir/o00", 60).expect("url");
+    assert!(url.starts_with("http"), "url {url:?}");
+    step("url");
+}
+
+/// `put` is for small objects: above the host's cap it refuses, and the
+/// guest should use `write` instead.
+fn oversized_put(c: &Container) {
+    let data = vec![0x5au8; 17 * 1024 * 1024];
+    match c.put("too/big", &data) {
+        Err(Error::TooLarge(_)) => step("17 MiB put is too-large"),
+        other => panic!("17 MiB put: expected TooLarge, got {other:?}"),
+    }
+    assert!(
+        !c.exists("too/big").expect("exists too/big"),
+        "refused put left an object"
+    );
+}
+
+fn not_granted() {
+    match Container::open("not-granted-container") {
+        Err(Error::NotGranted(_)) => step("ungranted container is not-granted"),
+        Err(e) => panic!("open not-granted-container: expected NotGranted, got {e:?}"),
+        Ok(_) => panic!("open not-granted-container: expected NotGranted, got a container"),
+    }
+}

@@ -1,0 +1,56 @@
+//! Messaging port test guest (`wasi:cli/run` command).
+//!
+//! Modes (argv[1..]):
+//! - `publish <topic> <count>`: publishes `msg-<i>` with header `seq = i`.
+//! - `request <topic>`: request/reply, expects the handler to answer `pong:ping`.
+//! - `not-granted <topic>`: publishing to `<topic>` must be refused.
+//!
+//! Any failed assertion panics, which traps: the host sees a test failure.
+
+use berth_bindings::messaging::{self, Error};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.get(1..).unwrap_or_default() {
+        ["publish", topic, count] => {
+            publish(topic, count.parse().expect("<count> must be an integer"));
+        }
+        ["request", topic] => request(topic),
+        ["not-granted", topic] => not_granted(topic),
+        other => panic!(
+            "usage: messaging_guest publish|request|not-granted <topic> [count]; got {other:?}"
+        ),
+    }
+}
+
+fn publish(topic: &str, count: u32) {
+    for i in 0..count {
+        let payload = format!("msg-{i}");
+        let headers = [("seq".to_owned(), i.to_string())];
+        let id = messaging::publish(topic, payload.as_bytes(), &headers)
+            .unwrap_or_else(|e| panic!("publish {payload} on {topic}: {e:?}"));
+        assert!(!id.is_empty(), "publish returned an empty id");
+        println!("messaging: published {payload} as {id}");
+    }
+    println!("messaging: published {count} messages ok");
+}
+
+fn request(topic: &str) {
+    let reply = messaging::request(topic, b"ping", &[], 5000)
+        .unwrap_or_else(|e| panic!("request on {topic}: {e:?}"));
+    assert_eq!(
+        reply.payload,
+        b"pong:ping",
+        "reply payload {:?}",
+        String::from_utf8_lossy(&reply.payload)
+    );
+    println!("messaging: request/reply ok (reply id {})", reply.id);
+}
+
+fn not_granted(topic: &str) {
+    match messaging::publish(topic, b"should not be sent", &[]) {
+        Err(Error::NotGranted(_)) => println!("messaging: ungranted topic is not-granted ok"),
+        other => panic!("publish on {topic}: expected NotGranted, got {other:?}"),
+    }
+}

@@ -1,0 +1,56 @@
+//! Message handler test component (a reactor, world
+//! `berth:infra/message-handler`).
+//!
+//! For every delivered message it records what it saw in the kv bucket
+//! `received`, so the host's tests can check deliveries from outside:
+//! - `count`: incremented once per delivery (redeliveries included),
+//! - `last-id`: the id of the latest message,
+//! - `payload/<id>`: the payload of message `<id>`.
+//!
+//! Payload `ping` is answered with `pong:ping` (request/reply); payload
+//! `fail-once` fails on its first attempt so the host redelivers it.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "berth:infra/message-handler",
+    generate_all,
+});
+
+use berth::infra::kv::Bucket;
+use berth::infra::logging::{self, Level};
+use berth::infra::messaging_types::Message;
+
+struct Handler;
+
+export!(Handler);
+
+impl exports::berth::infra::handler::Guest for Handler {
+    fn handle(msg: Message) -> Result<Option<Vec<u8>>, String> {
+        logging::log(
+            Level::Info,
+            "messaging_handler received a message",
+            &[
+                ("id".to_owned(), msg.id.clone()),
+                ("topic".to_owned(), msg.topic.clone()),
+                ("attempt".to_owned(), msg.attempt.to_string()),
+            ],
+        );
+        record(&msg).map_err(|e| format!("recording the delivery failed: {e}"))?;
+
+        match msg.payload.as_slice() {
+            b"ping" => Ok(Some(b"pong:ping".to_vec())),
+            // Failing (rather than trapping) asks the host to redeliver.
+            b"fail-once" if msg.attempt == 1 => Err("deliberate failure".to_owned()),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Writes what the tests look at into the `received` bucket.
+fn record(msg: &Message) -> Result<(), berth::infra::kv::Error> {
+    let bucket = Bucket::open("received")?;
+    bucket.increment("count", 1)?;
+    bucket.set("last-id", msg.id.as_bytes(), None)?;
+    bucket.set(&format!("payload/{}", msg.id), &msg.payload, None)?;
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! `sql_guest conformance <db>`: the SQL port, case by case.
+
+use berth_bindings::sql::{Connection, Error, Value};
+
+use crate::{as_bool, as_int, as_str, scalar_int, step};
+
+const TIMESTAMP: &str = "2024-05-01T12:00:00Z";
+const DATE: &str = "2024-05-01";
+const JSON: &str = r#"{"name":"Zoë","tags":["a","b"],"n":1}"#;
+const UUID: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+const DECIMAL: &str = "12.50";
+const UNICODE: &str = "héllo wörld — 日本語 🚀 \"quoted\" 'single'\nline two";
+const FLOAT: f64 = -1234.5678e-3;
+
+pub fn run(db: &str) {
+    let conn = Connection::open(db).expect("open granted db");
+    step("open");
+    value_round_trip(&conn);
+    rows_affected(&conn);
+    transactions(&conn);
+    errors(&conn);
+    cursor(&conn);
+    too_large(&conn);
+    println!("sql: conformance passed");
+}
+
+/// Every `value` case goes in as a parameter and comes back unchanged.
+fn value_round_trip(conn: &Connection) {
+    // `dec` is declared TEXT on purpose: SQLite gives DECIMAL/NUMERIC columns
+    // numeric affinity, which would silently turn "12.50" into the real 12.5.
+    conn.execute(
+        "CREATE TABLE all_types (
+            id INTEGER PRIMARY KEY,
+            n TEXT, b BOOLEAN, i_min BIGINT, i_max BIGINT, f DOUBLE PRECISION,
+            t TEXT, bl BLOB, ts TIMESTAMP, d DATE, j JSON, u UUID, dec TEXT
+        )",
+        &[],
+    )
+    .expect("create all_types");
+
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let params = [
+        Value::Int(1),
+        Value::Null,
+        Value::Boolean(true),
+        Value::Int(i64::MIN),
+        Value::Int(i64::MAX),
+        Value::Float(FLOAT),
+        Value::Text(UNICODE.into()),
+        Value::Blob(all_bytes.clone()),
+        Value::Timestamp(TIMESTAMP.into()),
+        Value::Date(DATE.into()),
+        Value::Json(JSON.into()),
+        Value::Uuid(UUID.into()),
+        Value::Decimal(DECIMAL.into()),
+    ];
+    let n = conn
+        .execute(
+            "INSERT INTO all_types (id, n, b, i_min, i_max, f, t, bl, ts, d, j, u, dec)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &params,
+        )
+        .expect("insert every value case");
+    assert_eq!(n, 1, "rows affected by insert");
+    step("insert every value case");
+
+    let rs = conn
+        .query(
+            "SELECT id, n, b, i_min, i_max, f, t, bl, ts, d, j, u, dec FROM all_types WHERE id = ?",
+            &[Value::Int(1)],
+        )
+        .expect("select all_types");
+    let names: Vec<&str> = rs.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["id", "n", "b", "i_min", "i_max", "f", "t", "bl", "ts", "d", "j", "u", "dec"]
+    );
+    assert_eq!(rs.rows.len(), 1);
+    let row = &rs.rows[0];
+    assert_eq!(row.len(), 13);
+    assert_eq!(as_int(&row[0]), Some(1));
+    assert!(matches!(row[1], Value::Null), "null: {:?}", row[1]);
+    assert_eq!(as_bool(&row[2]), Some(true), "boolean: {:?}", row[2]);
+    assert_eq!(as_int(&row[3]), Some(i64::MIN));
+    assert_eq!(as_int(&row[4]), Some(i64::MAX));
+    match row[5] {
+        // Exact bit-for-bit equality: floats must not pass through text.
+        Value::Float(f) => assert_eq!(f.to_bits(), FLOAT.to_bits(), "float {f}"),
+        ref v => panic!("float: {v:?}"),
+    }
+    assert!(
+        matches!(&row[6], Value::Text(s) if s == UNICODE),
+        "text: {:?}",
+        row[6]
+    );
+    assert!(
+        matches!(&row[7], Value::Blob(b) if *b == all_bytes),
+        "blob: {:?}",
+        row[7]
+    );
+    assert_eq!(as_str(&row[8]), Some(TIMESTAMP));
+    assert_eq!(as_str(&row[9]), Some(DATE));
+    assert_eq!(as_str(&row[10]), Some(JSON));
+    assert_eq!(as_str(&row[11]), Some(UUID));
+    assert_eq!(as_str(&row[12]), Some(DECIMAL));
+    step("round trip of every value case");
+}
+
+/// `execute` reports how many rows an insert, update or delete touched.
+fn rows_affected(conn: &Connection) {
+    conn.execute("CREATE TABLE counted (v INTEGER)", &[])
+        .expect("create counted");
+    let n = conn
+        .execute("INSERT INTO counted (v) VALUES (1), (2), (3), (4)", &[])
+        .expect("insert 4");
+    assert_eq!(n, 4, "rows inserted");
+    let n = conn
+        .execute(
+            "UPDATE counted SET v = v * 10 WHERE v >= ?",
+            &[Value::Int(3)],
+        )
+        .expect("update");
+    assert_eq!(n, 2, "rows updated");
+    let n = conn
+        .execute("DELETE FROM counted WHERE v = ?", &[Value::Int(1)])
+        .expect("delete");
+    assert_eq!(n, 1, "rows deleted");
+    step("rows affected");
+}
+
+fn count_id(conn: &Connection, id: i64) -> i64 {
+    scalar_int(
+        conn,
+        "SELECT count(*) FROM tx_test WHERE id = ?",
+        &[Value::Int(id)],
+    )
+}
+
+/// Commit makes writes visible; rollback and drop discard them.
+fn transactions(conn: &Connection) {
+    conn.execute("CREATE TABLE tx_test (id INTEGER)", &[])
+        .expect("create tx_test");
+    let insert = "INSERT INTO tx_test (id) VALUES (?)";
+
+    let tx = conn.begin().expect("begin (commit case)");
+    assert_eq!(
+        tx.execute(insert, &[Value::Int(1)]).expect("insert in tx"),
+        1
+    );
+    // The transaction sees its own uncommitted write.
+    let rs = tx
+        .query("SELECT count(*) FROM tx_test WHERE id = 1", &[])
+        .expect("query in tx");
+    assert_eq!(as_int(&rs.rows[0][0]), Some(1));
+    tx.commit().expect("commit");
+    assert_eq!(count_id(conn, 1), 1, "committed row visible");
+    assert!(
+        matches!(tx.execute(insert, &[Value::Int(9)]), Err(Error::Closed)),
+        "execute after commit must be Closed"
+    );
+    drop(tx);
+    step("transaction commit");
+
+    let tx = conn.begin().expect("begin (rollback case)");
+    tx.execute(insert, &[Value::Int(2)]).expect("insert in tx");
+    tx.rollback().expect("rollback");
+    assert_eq!(count_id(conn, 2), 0, "rolled back row invisible");
+    drop(tx);
+    step("transaction rollback");
+
+    let tx = conn.begin().expect("begin (drop case)");
+    tx.execute(insert, &[Value::Int(3)]).expect("insert in tx");
+    drop(tx); // no commit: the host must roll back
+    assert_eq!(count_id(conn, 3), 0, "row of dropped transaction invisible");
+    assert_eq!(count_id(conn, 9), 0, "write after commit never happened");
+    step("transaction drop rolls back");
+}
+
+/// Engine errors map to the port's error cases instead of trapping.
+fn errors(conn: &Connection) {
+    conn.execute("CREATE TABLE uniq (v TEXT UNIQUE)", &[])
+        .expect("create uniq");
+    let insert = "INSERT INTO uniq (v) VALUES (?)";
+    conn.execute(insert, &[Value::Text("a".into())])
+        .expect("first insert");
+    match conn.execute(insert, &[Value::Text("a".into())]) {
+        Err(Error::Constraint(_)) => step("unique violation is constraint"),
+        other => panic!("duplicate insert: expected Constraint, got {other:?}"),
+    }
+
+    match conn.query("SELEC 1", &[]) {
+        Err(Error::Syntax(_)) => step("bad statement is syntax"),
+        other => panic!("SELEC 1: expected Syntax, got {other:?}"),
+    }
+
+    match conn.query("SELECT ?, ?", &[Value::Int(1)]) {
+        Err(e) => step(&format!("wrong parameter count is an error ({e:?})")),
+        Ok(rs) => panic!(
+            "2 placeholders, 1 param: expected an error, got {} rows",
+            rs.rows.len()
+        ),
+    }
+
+    match Connection::open("not-granted-db") {
+        Err(Error::NotGranted(_)) => step("ungranted db is not-granted"),
+        Err(e) => panic!("open not-granted-db: expected NotGranted, got {e:?}"),
+        Ok(_) => panic!("open not-granted-db: expected NotGranted, got a connection"),
+    }
+}
+
+/// Fills `table` with the integers 1..=n in one statement.
+fn fill(conn: &Connection, table: &str, n: i64) {
+    conn.execute(&format!("CREATE TABLE {table} (n INTEGER)"), &[])
+        .unwrap_or_else(|e| panic!("create {table}: {e:?}"));
+    let statement = format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?)
+         INSERT INTO {table} (n) SELECT x FROM c"
+    );
+    let inserted = conn
+        .execute(&statement, &[Value::Int(n)])
+        .unwrap_or_else(|e| panic!("fill {table}: {e:?}"));
+    assert_eq!(inserted, n as u64, "rows inserted into {table}");
+}
+
+/// Reads `SELECT n FROM table ORDER BY n` through a cursor in batches and
+/// asserts the rows are exactly 1..=expected, in order.
+fn read_all_with_cursor(conn: &Connection, table: &str, expected: i64) {
+    let cursor = conn
+        .open_cursor(&format!("SELECT n FROM {table} ORDER BY n"), &[])
+        .expect("open cursor");
+    assert!(!cursor.columns().is_empty(), "cursor columns");
+    let mut next_expected = 1;
+    loop {
+        let batch = cursor.next(1000).expect("cursor next");
+        if batch.is_empty() {
+            break;
+        }
+        assert!(
+            batch.len() <= 1000,
+            "batch of {} rows exceeds max-rows",
+            batch.len()
+        );
+        for row in &batch {
+            assert_eq!(as_int(&row[0]), Some(next_expected), "row out of order");
+            next_expected += 1;
+        }
+    }
+    assert_eq!(
+        next_expected - 1,
+        expected,
+        "rows read through cursor from {table}"
+    );
+}
+
+fn cursor(conn: &Connection) {
+    fill(conn, "big", 2_500);
+    read_all_with_cursor(conn, "big", 2_500);
+    step("cursor reads 2500 rows in order");
+}
+
+/// Results above the host's row cap are refused by `query`, not truncated;
+/// a cursor still reads them all.
+fn too_large(conn: &Connection) {
+    fill(conn, "huge", 12_000);
+    match conn.query("SELECT n FROM huge", &[]) {
+        Err(Error::TooLarge(_)) => step("query over the row cap is too-large"),
+        Ok(rs) => panic!(
+            "12000-row query: expected TooLarge, got {} rows",
+            rs.rows.len()
+        ),
+        Err(e) => panic!("12000-row query: expected TooLarge, got {e:?}"),
+    }
+    read_all_with_cursor(conn, "huge", 12_000);
+    step("cursor reads 12000 rows");
+}

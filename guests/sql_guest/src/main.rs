@@ -1,0 +1,106 @@
+//! SQL port test guest (`wasi:cli/run` command).
+//!
+//! Modes (argv[1..]):
+//! - `conformance <db>`: exercises the whole `sql` port on a fresh, empty db.
+//! - `trap-in-tx <db>`: inserts a row inside a transaction, then traps, so the
+//!   host can check that the transaction was rolled back.
+//! - `count-trap-rows <db> <expected>`: asserts how many rows `trap_probe` holds.
+//!
+//! Any failed assertion panics, which traps the component: the host sees
+//! that as a test failure.
+
+mod conformance;
+
+use berth_bindings::sql::{Connection, Value};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.get(1..).unwrap_or_default() {
+        ["conformance", db] => conformance::run(db),
+        ["trap-in-tx", db] => trap_in_tx(db),
+        ["count-trap-rows", db, expected] => {
+            let expected: i64 = expected.parse().expect("<expected> must be an integer");
+            count_trap_rows(db, expected);
+        }
+        other => panic!(
+            "usage: sql_guest conformance|trap-in-tx|count-trap-rows <db> [n]; got {other:?}"
+        ),
+    }
+}
+
+/// Prints one progress line; the host's test log shows how far a guest got.
+pub fn step(name: &str) {
+    println!("sql: {name} ok");
+}
+
+/// The string content of any text-carrying value.
+///
+/// SQLite stores timestamps, dates, JSON, UUIDs and decimals as text, so the
+/// host may return them as `text` rather than the specific variant: tests
+/// compare content, not the variant.
+pub fn as_str(v: &Value) -> Option<&str> {
+    match v {
+        Value::Text(s)
+        | Value::Timestamp(s)
+        | Value::Date(s)
+        | Value::Json(s)
+        | Value::Uuid(s)
+        | Value::Decimal(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The integer in `v`, if it is one.
+pub fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// The boolean in `v`; SQLite has no boolean type and returns 0/1 integers.
+pub fn as_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Boolean(b) => Some(*b),
+        Value::Int(0) => Some(false),
+        Value::Int(1) => Some(true),
+        _ => None,
+    }
+}
+
+/// Runs a single-value query (`SELECT count(*) ...`) and returns the integer.
+pub fn scalar_int(conn: &Connection, statement: &str, params: &[Value]) -> i64 {
+    let rs = conn
+        .query(statement, params)
+        .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    assert_eq!(rs.rows.len(), 1, "{statement}: expected one row");
+    as_int(&rs.rows[0][0]).unwrap_or_else(|| panic!("{statement}: not an int: {:?}", rs.rows[0][0]))
+}
+
+const CREATE_TRAP_PROBE: &str = "CREATE TABLE IF NOT EXISTS trap_probe (id INTEGER)";
+
+/// Holds an open transaction with an uncommitted insert, then traps.
+fn trap_in_tx(db: &str) {
+    let conn = Connection::open(db).expect("open db");
+    conn.execute(CREATE_TRAP_PROBE, &[])
+        .expect("create trap_probe");
+    let tx = conn.begin().expect("begin");
+    let n = tx
+        .execute("INSERT INTO trap_probe (id) VALUES (?)", &[Value::Int(1)])
+        .expect("insert in tx");
+    assert_eq!(n, 1);
+    step("insert inside transaction");
+    // Keep `tx` alive across the panic: the host must roll it back on trap.
+    let _tx = tx;
+    panic!("deliberate trap while holding a transaction");
+}
+
+fn count_trap_rows(db: &str, expected: i64) {
+    let conn = Connection::open(db).expect("open db");
+    conn.execute(CREATE_TRAP_PROBE, &[])
+        .expect("create trap_probe");
+    let n = scalar_int(&conn, "SELECT count(*) FROM trap_probe", &[]);
+    assert_eq!(n, expected, "rows in trap_probe");
+    step(&format!("trap_probe holds {n} rows"));
+}

@@ -1,0 +1,237 @@
+//! The app lifetime: a loaded manifest with its backends, compiled
+//! components and `InstancePre`s. Everything here is built once per app and
+//! shared by every instance through `Arc`s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::bindings;
+use crate::config::HostConfig;
+use crate::engine::HostEngine;
+use crate::limits::{ComponentLimits, LimitExceeded};
+use crate::manifest::{Grants, Manifest};
+use crate::outbound::AllowRule;
+use crate::ports::blob::BlobBackend;
+use crate::ports::email::EmailBackend;
+use crate::ports::kv::KvBackend;
+use crate::ports::messaging::MessagingBackend;
+use crate::ports::sql::SqlBackend;
+use crate::secret::Secret;
+use crate::state::InstanceState;
+
+/// The backends serving one app's logical names.
+pub struct AppBackends {
+    /// SQL databases by logical name.
+    pub sql: HashMap<String, Arc<dyn SqlBackend>>,
+    /// Key-value buckets by logical name.
+    pub kv: HashMap<String, Arc<dyn KvBackend>>,
+    /// Blob containers by logical name.
+    pub blob: HashMap<String, Arc<dyn BlobBackend>>,
+    /// The app's message broker.
+    pub messaging: Arc<dyn MessagingBackend>,
+    /// The app's mail transport.
+    pub email: Arc<dyn EmailBackend>,
+    /// Verifies the signed blob URLs of the embedded blob store.
+    pub url_signer: Arc<crate::ports::blob::url::UrlSigner>,
+}
+
+/// Everything an instance of one component needs, built at load.
+pub struct ComponentEnv {
+    /// The app (tenant) name.
+    pub app: String,
+    /// The component name.
+    pub component: String,
+    /// What the component may use.
+    pub grants: Grants,
+    /// Outbound HTTP allow-list.
+    pub http_allow: Arc<Vec<AllowRule>>,
+    /// Limits.
+    pub limits: ComponentLimits,
+    /// Resolved values of the granted config keys only.
+    pub config: BTreeMap<String, Secret>,
+    /// The app's backends.
+    pub backends: Arc<AppBackends>,
+}
+
+/// What a component exports, i.e. which triggers can invoke it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exports {
+    /// `wasi:cli/run`.
+    pub run: bool,
+    /// `wasi:http/incoming-handler`.
+    pub http: bool,
+    /// `berth:infra/handler`.
+    pub message: bool,
+}
+
+/// A compiled, pre-instantiated component.
+pub struct LoadedComponent {
+    /// Its environment.
+    pub env: Arc<ComponentEnv>,
+    /// Pre-instantiation against the process linker.
+    pub pre: InstancePre<InstanceState>,
+    /// What it exports.
+    pub exports: Exports,
+}
+
+/// A loaded app (tenant).
+pub struct App {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Where its embedded data lives.
+    pub state_dir: PathBuf,
+    /// Its backends.
+    pub backends: Arc<AppBackends>,
+    /// Its components.
+    pub components: BTreeMap<String, LoadedComponent>,
+    engine: HostEngine,
+}
+
+/// Builds the process-wide linker: WASI (granting nothing by itself),
+/// `wasi:http`, and every Berth port.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)?;
+    use bindings::ports as p;
+    p::sql::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::kv::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::blob::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::messaging_types::add_to_linker::<_, HasSelf<_>>(&mut linker, itself)
+        .map_err(anyhow::Error::from)?;
+    p::messaging::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::email::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::config::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::logging::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    Ok(linker)
+}
+
+/// The port traits are implemented on [`InstanceState`] itself.
+fn itself(state: &mut InstanceState) -> &mut InstanceState {
+    state
+}
+
+impl App {
+    /// Loads `manifest`: resolves config, opens backends as `host` says,
+    /// compiles and checks every component. Nothing runs yet.
+    pub fn load(engine: &HostEngine, manifest: Manifest, host: &HostConfig) -> anyhow::Result<App> {
+        let state_dir = host.app_state_dir(&manifest);
+        let config = crate::ports::config::resolve(&manifest.config, |k| std::env::var(k).ok())
+            .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
+        let backends = Arc::new(host.open_backends(&manifest, &state_dir)?);
+        let mut components = BTreeMap::new();
+        for decl in manifest.components.values() {
+            let component = engine.load_component(&decl.path).with_context(|| {
+                format!("component `{}` of {}", decl.name, manifest.file.display())
+            })?;
+            crate::imports::check_imports(engine.engine(), &component, &decl.name, &decl.grants)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
+            let pre = engine
+                .linker()
+                .instantiate_pre(&component)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot link component `{}`", decl.name))?;
+            let exports = exports_of(engine.engine(), &component);
+            let mut limits = decl.limits.clone();
+            limits.memory_bytes = limits.memory_bytes.min(engine.settings().max_memory_bytes);
+            let env = Arc::new(ComponentEnv {
+                app: manifest.name.clone(),
+                component: decl.name.clone(),
+                grants: decl.grants.clone(),
+                http_allow: Arc::new(decl.http_allow.clone()),
+                limits,
+                config: config
+                    .iter()
+                    .filter(|(k, _)| decl.grants.config.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                backends: backends.clone(),
+            });
+            components.insert(decl.name.clone(), LoadedComponent { env, pre, exports });
+        }
+        let app = App { manifest, state_dir, backends, components, engine: engine.clone() };
+        app.check_triggers()?;
+        Ok(app)
+    }
+
+    fn check_triggers(&self) -> anyhow::Result<()> {
+        let file = self.manifest.file.display();
+        for t in &self.manifest.http_triggers {
+            if !self.components[&t.component].exports.http {
+                bail!("{file}: HTTP route {:?} targets component `{}`, which does not export wasi:http/incoming-handler", t.route, t.component);
+            }
+        }
+        for t in &self.manifest.message_triggers {
+            if !self.components[&t.component].exports.message {
+                bail!("{file}: message topic {:?} targets component `{}`, which does not export berth:infra/handler", t.topic, t.component);
+            }
+        }
+        Ok(())
+    }
+
+    /// The component called `name`.
+    pub fn component(&self, name: &str) -> anyhow::Result<&LoadedComponent> {
+        self.components.get(name).with_context(|| {
+            format!("app `{}` has no component `{name}`", self.manifest.name)
+        })
+    }
+
+    /// The engine the app was loaded into.
+    pub fn engine(&self) -> &HostEngine {
+        &self.engine
+    }
+
+    /// A fresh store for one invocation of `component`, with its limits
+    /// armed: memory via the limiter, time via the epoch callback, which
+    /// also yields to other tasks every tick so a spinning guest cannot
+    /// starve its neighbours.
+    pub fn new_store(&self, component: &LoadedComponent, wasi: WasiCtxBuilder) -> Store<InstanceState> {
+        new_store(self.engine.engine(), component.env.clone(), wasi)
+    }
+}
+
+/// See [`App::new_store`].
+pub fn new_store(engine: &Engine, env: Arc<ComponentEnv>, mut wasi: WasiCtxBuilder) -> Store<InstanceState> {
+    let timeout = env.limits.timeout;
+    let state = InstanceState::new(env, locked_down(&mut wasi).build());
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            return Err(wasmtime::Error::new(LimitExceeded::Timeout(timeout)));
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+/// Denies every network use through `wasi:sockets`, whatever the caller set.
+fn locked_down(wasi: &mut WasiCtxBuilder) -> &mut WasiCtxBuilder {
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+}
+
+fn exports_of(engine: &Engine, component: &wasmtime::component::Component) -> Exports {
+    let mut exports = Exports::default();
+    for (name, _) in component.component_type().exports(engine) {
+        let name = name.split('@').next().unwrap_or(name);
+        match name {
+            "wasi:cli/run" => exports.run = true,
+            "wasi:http/incoming-handler" => exports.http = true,
+            "berth:infra/handler" => exports.message = true,
+            _ => {}
+        }
+    }
+    exports
+}

@@ -1,0 +1,235 @@
+//! The `berth` command line: `run`, `up` and `check`.
+
+mod build;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::HostConfig;
+use crate::engine::HostEngine;
+use crate::manifest::Manifest;
+use crate::triggers::run::Stdio;
+
+/// Exit code for invalid input: manifest, host config or component.
+pub const EXIT_INVALID: u8 = 65;
+/// Exit code when a component trapped or hit a limit.
+pub const EXIT_TRAPPED: u8 = 70;
+
+/// Berth runs WebAssembly components and serves them infrastructure ports.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a `wasi:cli/run` component once and exit with its status.
+    Run(RunArgs),
+    /// Build an app's components, then serve its HTTP routes and consume its messages.
+    Up(UpArgs),
+    /// Validate a manifest and its components without running anything.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct HostArgs {
+    /// Host config file (backends, state directory, engine sizing).
+    #[arg(long, env = "BERTH_HOST_CONFIG", value_name = "FILE")]
+    host_config: Option<PathBuf>,
+    /// Directory for embedded state [default: .berth beside the manifest].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A component (`.wasm`) or an app manifest (`berth.toml`).
+    target: PathBuf,
+    /// Which component of the manifest to run (needed when several can run).
+    #[arg(long, short)]
+    component: Option<String>,
+    #[command(flatten)]
+    host: HostArgs,
+    /// Arguments passed to the component.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// The app manifest.
+    #[arg(default_value = "berth.toml")]
+    manifest: PathBuf,
+    /// Address to listen on [default: 127.0.0.1:3000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Skip the components' build commands.
+    #[arg(long)]
+    no_build: bool,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The app manifest.
+    #[arg(default_value = "berth.toml")]
+    manifest: PathBuf,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_TRAPPED);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Up(args) => up(args).await,
+        Command::Check(args) => check(args).await,
+    }
+}
+
+fn host_config(args: &HostArgs) -> anyhow::Result<HostConfig> {
+    let mut config = match &args.host_config {
+        Some(path) => HostConfig::load(path)?,
+        None => HostConfig::default(),
+    };
+    if let Some(dir) = &args.state_dir {
+        config.state_dir = Some(dir.clone());
+    }
+    Ok(config)
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut host = host_config(&args.host)?;
+    let manifest = if is_manifest(&args.target) {
+        Manifest::load(&args.target)?
+    } else {
+        if host.state_dir.is_none() {
+            host.state_dir = Some(PathBuf::from(".berth"));
+        }
+        Manifest::for_component(&args.target)
+    };
+    let component = match args.component {
+        Some(c) => c,
+        None => match manifest.components.keys().collect::<Vec<_>>().as_slice() {
+            [only] => (*only).clone(),
+            many => bail!("{}: several components ({}); choose one with --component", manifest.file.display(), many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+        },
+    };
+    let engine = HostEngine::new(host.engine_settings())?;
+    let app = App::load(&engine, manifest, &host)?;
+    let output = crate::triggers::run::run(&app, &component, &args.args, Stdio::Inherit).await?;
+    Ok(match output.status {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: component `{component}`: {e}");
+            ExitCode::from(EXIT_TRAPPED)
+        }
+    })
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let mut host = host_config(&args.host)?;
+    if let Some(listen) = args.listen {
+        host.listen = Some(listen);
+    }
+    let manifest = Manifest::load(&args.manifest)?;
+    if !args.no_build {
+        build::build_components(&manifest)?;
+    }
+    let engine = HostEngine::new(host.engine_settings())?;
+    let app = Arc::new(App::load(&engine, manifest, &host)?);
+    let mut tasks = tokio::task::JoinSet::new();
+    crate::triggers::message::start(app.clone(), &mut tasks).await?;
+    let handler = Arc::new(crate::triggers::http::HttpHandler::new(app.clone())?);
+    let listener = tokio::net::TcpListener::bind(host.listen())
+        .await
+        .with_context(|| format!("cannot listen on {}", host.listen()))?;
+    let addr = listener.local_addr()?;
+    println!("berth: app `{}` is up at http://{addr}", app.manifest.name);
+    for t in &app.manifest.http_triggers {
+        println!("  {} -> {}", t.route, t.component);
+    }
+    for t in &app.manifest.message_triggers {
+        println!("  topic {} -> {}", t.topic, t.component);
+    }
+    println!("  state in {}", app.state_dir.display());
+    crate::triggers::http::serve(handler, listener, shutdown_signal()).await?;
+    tasks.abort_all();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut host = host_config(&args.host)?;
+    // Validation opens backends like a real load would, but into a scratch
+    // directory so checking leaves no state behind.
+    let scratch = std::env::temp_dir().join(format!("berth-check-{}", uuid::Uuid::new_v4()));
+    host.state_dir = Some(scratch.clone());
+    let manifest = Manifest::load(&args.manifest)?;
+    let engine = HostEngine::new(host.engine_settings())?;
+    let result = App::load(&engine, manifest, &host);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let app = result?;
+    println!("{}: app `{}` is valid", app.manifest.file.display(), app.manifest.name);
+    for (name, c) in &app.components {
+        let mut exports = Vec::new();
+        if c.exports.run { exports.push("wasi:cli/run") }
+        if c.exports.http { exports.push("wasi:http/incoming-handler") }
+        if c.exports.message { exports.push("berth:infra/handler") }
+        println!("  component {name}: exports {}", if exports.is_empty() { "nothing runnable".into() } else { exports.join(", ") });
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,221 @@
+//! The host config: owned by the operator, it says where state lives, how
+//! large the engine is, and which backend serves each logical resource.
+//! Without one, everything is embedded under the state directory.
+//!
+//! ```toml
+//! state_dir = "/var/lib/berth"
+//! listen = "0.0.0.0:3000"
+//! public_url = "https://apps.example.com"
+//! [engine]
+//! max_instances = 1000
+//! max_memory_mb = 1024
+//! [kv.cache]
+//! type = "memory"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::app::AppBackends;
+use crate::engine::EngineSettings;
+use crate::manifest::Manifest;
+use crate::ports::blob::url::UrlSigner;
+use crate::ports::blob::{BlobBackend, BlobConfig, fs::FsContainer};
+use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
+use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
+use crate::ports::messaging::{MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
+
+/// Default HTTP listen address of `berth up`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+/// Engine sizing in the host config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Instances alive at once.
+    pub max_instances: Option<u32>,
+    /// Largest memory any component may be granted, in MiB.
+    pub max_memory_mb: Option<u64>,
+    /// Compiled-component cache directory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The operator's configuration of a host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Root of all embedded state; default `.berth/` beside the manifest.
+    pub state_dir: Option<PathBuf>,
+    /// HTTP listen address; default 127.0.0.1:3000.
+    pub listen: Option<SocketAddr>,
+    /// Base URL clients reach the host at (for blob URLs); default
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Engine sizing.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Backend per logical SQL database.
+    #[serde(default)]
+    pub sql: BTreeMap<String, SqlConfig>,
+    /// Backend per logical bucket.
+    #[serde(default)]
+    pub kv: BTreeMap<String, KvConfig>,
+    /// Backend per logical container.
+    #[serde(default)]
+    pub blob: BTreeMap<String, BlobConfig>,
+    /// The broker.
+    #[serde(default)]
+    pub messaging: MessagingConfig,
+    /// The mail transport.
+    #[serde(default)]
+    pub email: EmailConfig,
+    #[serde(skip)]
+    file: Option<PathBuf>,
+}
+
+impl HostConfig {
+    /// Reads a host config file; errors name the file and key.
+    pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read host config {}", path.display()))?;
+        let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("invalid host config {}: {}", path.display(), e.to_string().trim_end())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.state_dir = config.state_dir.map(|d| base.join(d));
+        config.file = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// The listen address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+    }
+
+    /// Engine settings derived from the config.
+    pub fn engine_settings(&self) -> EngineSettings {
+        let mut s = EngineSettings::default();
+        if let Some(n) = self.engine.max_instances {
+            s.max_instances = n;
+        }
+        if let Some(mb) = self.engine.max_memory_mb {
+            s.max_memory_bytes = mb << 20;
+        }
+        if let Some(dir) = &self.engine.cache_dir {
+            s.cache_dir = dir.clone();
+        }
+        s
+    }
+
+    /// The state root for `manifest`.
+    pub fn state_root(&self, manifest: &Manifest) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| manifest.dir().join(".berth"))
+    }
+
+    /// Where `manifest`'s app keeps its embedded data.
+    pub fn app_state_dir(&self, manifest: &Manifest) -> PathBuf {
+        self.state_root(manifest).join(&manifest.name)
+    }
+
+    fn where_(&self) -> String {
+        self.file.as_ref().map_or("host config (defaults)".into(), |f| f.display().to_string())
+    }
+
+    /// Opens the backends of every logical resource `manifest` declares.
+    pub fn open_backends(&self, manifest: &Manifest, state: &Path) -> anyhow::Result<AppBackends> {
+        let app = &manifest.name;
+        let err = |key: String, e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("{}: `{key}` of app `{app}`: {e}", self.where_())
+        };
+        let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
+        for name in manifest.sql.keys() {
+            let cfg = self.sql.get(name).cloned().unwrap_or(SqlConfig::Sqlite { path: None });
+            let SqlConfig::Sqlite { path } = cfg;
+            let path = path.unwrap_or_else(|| state.join("sql").join(format!("{name}.db")));
+            let db = SqliteDatabase::open(&path).map_err(|e| err(format!("sql.{name}"), &e))?;
+            sql.insert(name.clone(), Arc::new(db));
+        }
+        let mut kv: HashMap<String, Arc<dyn KvBackend>> = HashMap::new();
+        for (name, decl) in &manifest.kv {
+            let default = if decl.memory { KvConfig::Memory } else { KvConfig::Sqlite { path: None } };
+            let bucket: Arc<dyn KvBackend> = match self.kv.get(name).cloned().unwrap_or(default) {
+                KvConfig::Memory => Arc::new(MemoryBucket::new()),
+                KvConfig::Sqlite { path } => {
+                    let path = path.unwrap_or_else(|| state.join("kv").join(format!("{name}.db")));
+                    Arc::new(SqliteBucket::open(&path).map_err(|e| err(format!("kv.{name}"), &e))?)
+                }
+            };
+            kv.insert(name.clone(), bucket);
+        }
+        let signer = Arc::new(UrlSigner::new(
+            self.url_signing_key(manifest)?,
+            self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen())),
+        ));
+        let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
+        for name in manifest.blob.keys() {
+            let cfg = self.blob.get(name).cloned().unwrap_or(BlobConfig::Fs { root: None });
+            let BlobConfig::Fs { root } = cfg;
+            let root = root.unwrap_or_else(|| state.join("blob").join(name));
+            let c = FsContainer::open(root, state.join("tmp"), app, name, signer.clone())
+                .map_err(|e| err(format!("blob.{name}"), &e))?;
+            blob.insert(name.clone(), Arc::new(c));
+        }
+        let MessagingConfig::InProcess = self.messaging;
+        let EmailConfig::File = self.email;
+        let email: Arc<dyn EmailBackend> = Arc::new(
+            FileSink::open(state.join("email")).map_err(|e| err("email".into(), &e))?,
+        );
+        Ok(AppBackends { sql, kv, blob, messaging: InProcessBroker::new(), email, url_signer: signer })
+    }
+
+    /// The key signing blob URLs, kept in the state root so URLs survive a
+    /// restart. Created with owner-only permissions.
+    fn url_signing_key(&self, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
+        let path = self.state_root(manifest).join("url-signing.key");
+        if let Ok(key) = std::fs::read(&path) {
+            if key.len() >= 32 {
+                return Ok(key);
+            }
+        }
+        let key: [u8; 32] = rand::random();
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("cannot create state directory for {}", path.display()))?;
+        write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(key.to_vec())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_backend_type_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, "[kv.cache]\ntype = \"memcached\"\n").unwrap();
+        let err = HostConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("host.toml"), "{err}");
+        assert!(err.contains("memcached"), "{err}");
+        std::fs::write(&path, "[kv.cache]\ntype = \"memory\"\nsize = 3\n").unwrap();
+        let err = HostConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("size"), "{err}");
+        std::fs::write(&path, "state_dir = \"s\"\n[kv.cache]\ntype = \"memory\"\n").unwrap();
+        let ok = HostConfig::load(&path).unwrap();
+        assert_eq!(ok.kv["cache"], KvConfig::Memory);
+        assert_eq!(ok.state_dir.unwrap(), dir.path().join("s"));
+    }
+}

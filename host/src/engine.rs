@@ -1,0 +1,239 @@
+//! The process-wide engine: one wasmtime `Engine` with the pooling
+//! allocator and epoch interruption, one `Linker` with every port, one epoch
+//! ticker thread, and the on-disk cache of compiled components.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::state::InstanceState;
+
+/// How often the epoch advances; the granularity of time limits and of the
+/// yields that keep a spinning guest from starving its neighbours.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sizing of the engine, from the host config.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Instances that may exist at once (pool slots).
+    pub max_instances: u32,
+    /// Largest linear memory any component may be granted.
+    pub max_memory_bytes: u64,
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory_bytes: 1 << 30,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$BERTH_CACHE_DIR`, else `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("berth")
+}
+
+/// The process-lifetime half of the host. Cheap to clone.
+#[derive(Clone)]
+pub struct HostEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache_dir: PathBuf,
+    engine_hash: String,
+    settings: EngineSettings,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl HostEngine {
+    /// Builds the engine, its linker and starts the epoch ticker.
+    pub fn new(settings: EngineSettings) -> anyhow::Result<HostEngine> {
+        let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
+        let linker = crate::app::linker(&engine)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.weak(), stop_ticker.clone());
+        Ok(HostEngine {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache_dir: settings.cache_dir.clone(),
+                engine_hash,
+                settings,
+                stop_ticker,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The linker holding every WASI interface and port.
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.inner.linker
+    }
+
+    /// The settings the engine was built with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// Loads the component at `path`, from the compiled cache when this
+    /// engine compiled the same bytes before.
+    pub fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read component {}", path.display()))?;
+        check_is_component(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
+        self.compile_cached(&bytes)
+            .with_context(|| format!("cannot compile component {}", path.display()))
+    }
+
+    /// Compiles `bytes`, reusing the cached artifact this engine produced
+    /// for the same bytes and engine configuration. Only artifacts written
+    /// by this function are ever deserialized.
+    pub fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        let engine = &self.inner.engine;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let path = self
+            .inner
+            .cache_dir
+            .join(format!("{digest}-{}.cwasm", self.inner.engine_hash));
+        if path.exists() {
+            match deserialize_own_artifact(engine, &path) {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component"),
+            }
+        }
+        let started = std::time::Instant::now();
+        let compiled = engine
+            .precompile_component(bytes)
+            .map_err(anyhow::Error::from)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
+        if let Err(e) = write_atomically(&path, &compiled) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
+        }
+        deserialize_own_bytes(engine, &compiled)
+    }
+}
+
+fn engine_config(settings: &EngineSettings) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    let n = settings.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(8)
+        .max_tables_per_component(32)
+        .max_memory_size(settings.max_memory_bytes as usize)
+        .max_component_instance_size(4 << 20)
+        .max_core_instance_size(4 << 20);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("berth-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match engine.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })
+        .ok();
+}
+
+/// Refuses anything that is not a WebAssembly component with a message that
+/// says what it is instead.
+fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        bail!("not a WebAssembly file (no `\\0asm` header); expected a component built for wasm32-wasip2");
+    }
+    // Layer field: 0 for core modules, 1 for components.
+    if bytes[6..8] == [0, 0] {
+        bail!("this is a core WebAssembly module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`");
+    }
+    Ok(())
+}
+
+#[expect(unsafe_code, reason = "deserializing artifacts this host wrote itself")]
+fn deserialize_own_artifact(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: the file is in Berth's cache directory, named by the content
+    // hash and engine hash, and was produced by `precompile_component` of an
+    // engine with the same configuration. wasmtime also checks its header.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(anyhow::Error::from)
+}
+
+#[expect(unsafe_code, reason = "deserializing bytes this host just compiled")]
+fn deserialize_own_bytes(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: `bytes` come straight from `Engine::precompile_component`.
+    unsafe { Component::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_components() {
+        let e = check_is_component(b"hello world").unwrap_err();
+        assert!(e.to_string().contains("not a WebAssembly file"));
+        let e = check_is_component(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(e.to_string().contains("core WebAssembly module"));
+        assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,7 @@
+//! The `berth` command line.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    berth::cli::main()
+}

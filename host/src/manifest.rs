@@ -1,0 +1,503 @@
+//! The app manifest, `berth.toml`: what an app is made of and what each of
+//! its components may use. Documented in `docs/manifest.md`.
+//!
+//! Parsing rejects unknown keys; [`Manifest::load`] then checks every
+//! reference (granted logical names, trigger components) and names the file
+//! and key of the first problem.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::ComponentLimits;
+use crate::outbound::AllowRule;
+
+/// A manifest problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {file}: {source}")]
+    Read {
+        /// The manifest path.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped key.
+    #[error("invalid manifest {file}: {message}")]
+    Parse {
+        /// The manifest path.
+        file: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// A key holds a value that is not allowed.
+    #[error("invalid manifest {file}: `{key}`: {message}")]
+    Invalid {
+        /// The manifest path.
+        file: PathBuf,
+        /// Dotted path of the offending key.
+        key: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+}
+
+/// The manifest as written in TOML.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    sql: BTreeMap<String, SqlDecl>,
+    #[serde(default)]
+    kv: BTreeMap<String, KvDecl>,
+    #[serde(default)]
+    blob: BTreeMap<String, BlobDecl>,
+    #[serde(default)]
+    component: BTreeMap<String, RawComponent>,
+    #[serde(default)]
+    trigger: RawTriggers,
+}
+
+/// A logical SQL database the app uses.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SqlDecl {}
+
+/// A logical key-value bucket the app uses.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KvDecl {
+    /// Keep the embedded bucket in memory instead of SQLite (lost on exit).
+    #[serde(default)]
+    pub memory: bool,
+}
+
+/// A logical blob container the app uses.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BlobDecl {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    path: PathBuf,
+    build: Option<String>,
+    #[serde(default)]
+    grants: Grants,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// What a component may use, by logical name.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Logical SQL databases.
+    #[serde(default)]
+    pub sql: Vec<String>,
+    /// Logical key-value buckets.
+    #[serde(default)]
+    pub kv: Vec<String>,
+    /// Logical blob containers.
+    #[serde(default)]
+    pub blob: Vec<String>,
+    /// Topics the component may publish (and send requests) to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Sender addresses the component may send email from.
+    #[serde(default)]
+    pub email_senders: Vec<String>,
+    /// Outbound HTTP destinations: `scheme://host[:port]`, host may start
+    /// with `*.`.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// Config keys the component may read.
+    #[serde(default)]
+    pub config: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mb: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTriggers {
+    #[serde(default)]
+    http: Vec<HttpTrigger>,
+    #[serde(default)]
+    message: Vec<MessageTrigger>,
+}
+
+/// Routes HTTP requests to a component.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTrigger {
+    /// `/exact/path`, or `/prefix/...` for everything below a prefix.
+    pub route: String,
+    /// The component exporting `wasi:http/incoming-handler`.
+    pub component: String,
+}
+
+/// Delivers the messages of a topic to a component.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTrigger {
+    /// The topic.
+    pub topic: String,
+    /// The component exporting `berth:infra/handler`.
+    pub component: String,
+    /// Deliveries before a message is given up (dead-lettered); default 5.
+    pub max_deliveries: Option<u32>,
+}
+
+/// A component of the app, resolved.
+#[derive(Debug, Clone)]
+pub struct ComponentDecl {
+    /// Name (the key under `[component]`).
+    pub name: String,
+    /// Absolute path of the `.wasm`.
+    pub path: PathBuf,
+    /// Shell command that builds it, run in the manifest's directory.
+    pub build: Option<String>,
+    /// What it may use.
+    pub grants: Grants,
+    /// Parsed outbound HTTP allow-list.
+    pub http_allow: Vec<AllowRule>,
+    /// Its limits.
+    pub limits: ComponentLimits,
+}
+
+/// A validated app manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Where it was read from (absolute).
+    pub file: PathBuf,
+    /// The app (tenant) name.
+    pub name: String,
+    /// Config values, unresolved (`${env:NAME}` references kept).
+    pub config: BTreeMap<String, String>,
+    /// Logical SQL databases.
+    pub sql: BTreeMap<String, SqlDecl>,
+    /// Logical key-value buckets.
+    pub kv: BTreeMap<String, KvDecl>,
+    /// Logical blob containers.
+    pub blob: BTreeMap<String, BlobDecl>,
+    /// Components by name.
+    pub components: BTreeMap<String, ComponentDecl>,
+    /// HTTP routes.
+    pub http_triggers: Vec<HttpTrigger>,
+    /// Message subscriptions.
+    pub message_triggers: Vec<MessageTrigger>,
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `file`.
+    pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates manifest `text` as if read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        Validator { file }.validate(raw, base)
+    }
+
+    /// A manifest for running a lone component with no grants.
+    pub fn for_component(path: &Path) -> Manifest {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "component".into());
+        let component = ComponentDecl {
+            name: name.clone(),
+            path: path.clone(),
+            build: None,
+            grants: Grants::default(),
+            http_allow: Vec::new(),
+            limits: ComponentLimits::default(),
+        };
+        Manifest {
+            file: path,
+            name: name.clone(),
+            config: BTreeMap::new(),
+            sql: BTreeMap::new(),
+            kv: BTreeMap::new(),
+            blob: BTreeMap::new(),
+            components: BTreeMap::from([(name, component)]),
+            http_triggers: Vec::new(),
+            message_triggers: Vec::new(),
+        }
+    }
+
+    /// The directory the manifest lives in.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ManifestError {
+        ManifestError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self, raw: RawManifest, base: &Path) -> Result<Manifest, ManifestError> {
+        self.check_name("name", &raw.name)?;
+        for (kind, names) in [
+            ("sql", raw.sql.keys().collect::<Vec<_>>()),
+            ("kv", raw.kv.keys().collect()),
+            ("blob", raw.blob.keys().collect()),
+            ("config", raw.config.keys().collect()),
+        ] {
+            for name in names {
+                self.check_name(&format!("{kind}.{name}"), name)?;
+            }
+        }
+        let mut components = BTreeMap::new();
+        for (name, rc) in raw.component {
+            let key = format!("component.{name}");
+            self.check_name(&key, &name)?;
+            let grants = &rc.grants;
+            self.check_refs(&key, "sql", &grants.sql, raw.sql.keys())?;
+            self.check_refs(&key, "kv", &grants.kv, raw.kv.keys())?;
+            self.check_refs(&key, "blob", &grants.blob, raw.blob.keys())?;
+            self.check_refs(&key, "config", &grants.config, raw.config.keys())?;
+            for topic in &grants.publish {
+                crate::ports::messaging::validate_topic(topic)
+                    .map_err(|m| self.invalid(format!("{key}.grants.publish"), m))?;
+            }
+            for sender in &grants.email_senders {
+                crate::ports::email::validate_address(sender)
+                    .map_err(|m| self.invalid(format!("{key}.grants.email_senders"), m))?;
+            }
+            let http_allow = grants
+                .http
+                .iter()
+                .map(|rule| AllowRule::parse(rule))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| self.invalid(format!("{key}.grants.http"), m))?;
+            let limits = self.limits(&key, &rc.limits)?;
+            components.insert(
+                name.clone(),
+                ComponentDecl {
+                    name,
+                    path: base.join(&rc.path),
+                    build: rc.build,
+                    grants: rc.grants,
+                    http_allow,
+                    limits,
+                },
+            );
+        }
+        for (i, t) in raw.trigger.http.iter().enumerate() {
+            let key = format!("trigger.http[{i}]");
+            self.check_component(&key, &t.component, &components)?;
+            if !t.route.starts_with('/') {
+                return Err(self.invalid(
+                    format!("{key}.route"),
+                    format!("route {:?} must start with `/`", t.route),
+                ));
+            }
+        }
+        for (i, t) in raw.trigger.message.iter().enumerate() {
+            let key = format!("trigger.message[{i}]");
+            self.check_component(&key, &t.component, &components)?;
+            crate::ports::messaging::validate_topic(&t.topic)
+                .map_err(|m| self.invalid(format!("{key}.topic"), m))?;
+            if t.max_deliveries == Some(0) {
+                return Err(self.invalid(format!("{key}.max_deliveries"), "must be at least 1"));
+            }
+        }
+        Ok(Manifest {
+            file: self.file.to_path_buf(),
+            name: raw.name,
+            config: raw.config,
+            sql: raw.sql,
+            kv: raw.kv,
+            blob: raw.blob,
+            components,
+            http_triggers: raw.trigger.http,
+            message_triggers: raw.trigger.message,
+        })
+    }
+
+    /// Names become directory and file names of the embedded backends, so
+    /// they are kept to a safe alphabet.
+    fn check_name(&self, key: &str, name: &str) -> Result<(), ManifestError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !name.starts_with('-');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.invalid(
+                key,
+                format!("name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_`"),
+            ))
+        }
+    }
+
+    fn check_refs<'n>(
+        &self,
+        component_key: &str,
+        port: &str,
+        granted: &[String],
+        declared: impl Iterator<Item = &'n String> + Clone,
+    ) -> Result<(), ManifestError> {
+        for name in granted {
+            if !declared.clone().any(|d| d == name) {
+                let known: Vec<_> = declared.clone().map(String::as_str).collect();
+                let section = if port == "config" { "[config]" } else { port };
+                return Err(self.invalid(
+                    format!("{component_key}.grants.{port}"),
+                    format!(
+                        "unknown {port} name {name:?}; declare it in {section} (declared: {})",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_component(
+        &self,
+        key: &str,
+        name: &str,
+        components: &BTreeMap<String, ComponentDecl>,
+    ) -> Result<(), ManifestError> {
+        if components.contains_key(name) {
+            return Ok(());
+        }
+        let known: Vec<_> = components.keys().map(String::as_str).collect();
+        Err(self.invalid(
+            format!("{key}.component"),
+            format!("unknown component {name:?} (components: {})", known.join(", ")),
+        ))
+    }
+
+    fn limits(&self, key: &str, raw: &RawLimits) -> Result<ComponentLimits, ManifestError> {
+        let mut limits = ComponentLimits::default();
+        if let Some(mb) = raw.memory_mb {
+            if mb == 0 || mb > 4096 {
+                return Err(self.invalid(format!("{key}.limits.memory_mb"), "must be 1..=4096"));
+            }
+            limits.memory_bytes = mb << 20;
+        }
+        if let Some(ms) = raw.timeout_ms {
+            if ms == 0 || ms > 3_600_000 {
+                return Err(self.invalid(
+                    format!("{key}.limits.timeout_ms"),
+                    "must be 1..=3600000",
+                ));
+            }
+            limits.timeout = Duration::from_millis(ms);
+        }
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("/app/berth.toml"))
+    }
+
+    const GOOD: &str = r#"
+name = "shop"
+[config]
+greeting = "hi"
+[sql.main]
+[kv.cache]
+memory = true
+[component.api]
+path = "api.wasm"
+[component.api.grants]
+sql = ["main"]
+kv = ["cache"]
+config = ["greeting"]
+http = ["https://api.example.com"]
+[component.api.limits]
+memory_mb = 64
+timeout_ms = 1500
+[[trigger.http]]
+route = "/..."
+component = "api"
+"#;
+
+    #[test]
+    fn parses_a_good_manifest() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.name, "shop");
+        let api = &m.components["api"];
+        assert_eq!(api.path, Path::new("/app/api.wasm"));
+        assert_eq!(api.limits.memory_bytes, 64 << 20);
+        assert_eq!(api.limits.timeout, Duration::from_millis(1500));
+        assert!(m.kv["cache"].memory);
+        assert_eq!(m.http_triggers[0].component, "api");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse(&GOOD.replace("memory_mb = 64", "memory_mib = 64")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/app/berth.toml"), "{msg}");
+        assert!(msg.contains("memory_mib"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_logical_name_names_key() {
+        let err = parse(&GOOD.replace("sql = [\"main\"]", "sql = [\"mian\"]")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("component.api.grants.sql"), "{msg}");
+        assert!(msg.contains("\"mian\""), "{msg}");
+        assert!(msg.contains("declared: main"), "{msg}");
+    }
+
+    #[test]
+    fn trigger_of_unknown_component_is_refused() {
+        let err = parse(&GOOD.replace("component = \"api\"", "component = \"apx\"")).unwrap_err();
+        assert!(err.to_string().contains("trigger.http[0].component"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_limits_are_refused() {
+        assert!(parse(&GOOD.replace("[sql.main]", "[sql.\"../x\"]")).is_err());
+        let err = parse(&GOOD.replace("memory_mb = 64", "memory_mb = 0")).unwrap_err();
+        assert!(err.to_string().contains("limits.memory_mb"), "{err}");
+        let err = parse(&GOOD.replace("https://api.example.com", "ftp://x")).unwrap_err();
+        assert!(err.to_string().contains("grants.http"), "{err}");
+    }
+}

@@ -1,0 +1,174 @@
+//! Outbound HTTP policy: the per-component allow-list applied to
+//! `wasi:http/outgoing-handler` requests.
+//!
+//! A request whose scheme, host and port match no rule of the component is
+//! refused with `HTTP-request-denied` before any connection is made.
+//! Resolved-address checks and named upstreams belong to the real-adapter
+//! work; this module is where they plug in.
+
+use std::sync::Arc;
+
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// One allow-list entry: `scheme://host[:port]`, where host may be `*.domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    scheme: String,
+    host: HostPattern,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`: any subdomain, not the apex.
+    Subdomains(String),
+}
+
+impl AllowRule {
+    /// Parses `https://api.example.com`, `http://*.example.com:8080`, ….
+    pub fn parse(rule: &str) -> Result<AllowRule, String> {
+        let (scheme, rest) = rule
+            .split_once("://")
+            .ok_or_else(|| format!("{rule:?} must look like `https://host[:port]`"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("{rule:?}: scheme must be http or https"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) || rest.is_empty() {
+            return Err(format!("{rule:?}: give only scheme, host and optional port"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("{rule:?}: invalid port {p:?}"))?;
+                (h, Some(port))
+            }
+            _ => (rest, None),
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = match host.strip_prefix("*.") {
+            Some(domain) if !domain.is_empty() && !domain.contains('*') => {
+                HostPattern::Subdomains(domain.to_string())
+            }
+            _ if host.contains('*') || host.is_empty() => {
+                return Err(format!("{rule:?}: `*` is only allowed as `*.domain`"))
+            }
+            _ => HostPattern::Exact(host),
+        };
+        Ok(AllowRule { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host:port` matches this rule.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        if !self.scheme.eq_ignore_ascii_case(scheme) {
+            return false;
+        }
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        if self.port.unwrap_or(default_port) != port {
+            return false;
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match &self.host {
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::Subdomains(d) => host
+                .strip_suffix(d.as_str())
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+        }
+    }
+}
+
+/// The `wasi:http` hooks of one instance: applies its allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundPolicy {
+    rules: Arc<Vec<AllowRule>>,
+}
+
+impl OutboundPolicy {
+    /// A policy allowing exactly `rules`.
+    pub fn new(rules: Arc<Vec<AllowRule>>) -> Self {
+        Self { rules }
+    }
+
+    /// Whether the request URI is allowed.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let Some(host) = uri.host() else { return false };
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme.eq_ignore_ascii_case("http") { 80 } else { 443 });
+        self.rules.iter().any(|r| r.allows(scheme, host, port))
+    }
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<(
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ), HttpError>,
+            > + Send,
+    > {
+        _ = fut;
+        let allowed = self.allows(request.uri());
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            if !allowed {
+                tracing::warn!(uri = %request.uri(), "outbound HTTP request denied by allow-list");
+                return Err(HttpError::HttpRequestDenied);
+            }
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[&str]) -> OutboundPolicy {
+        OutboundPolicy::new(Arc::new(
+            rules.iter().map(|r| AllowRule::parse(r).unwrap()).collect(),
+        ))
+    }
+
+    #[test]
+    fn exact_host_scheme_and_port() {
+        let p = policy(&["https://api.example.com", "http://localhost:8080"]);
+        assert!(p.allows(&"https://api.example.com/v1".parse().unwrap()));
+        assert!(p.allows(&"https://API.example.com./v1".parse().unwrap()));
+        assert!(!p.allows(&"http://api.example.com/v1".parse().unwrap()));
+        assert!(!p.allows(&"https://api.example.com:8443/".parse().unwrap()));
+        assert!(p.allows(&"http://localhost:8080/x".parse().unwrap()));
+        assert!(!p.allows(&"http://localhost/x".parse().unwrap()));
+        assert!(!p.allows(&"https://evil.com/?h=api.example.com".parse().unwrap()));
+    }
+
+    #[test]
+    fn wildcard_matches_subdomains_only() {
+        let p = policy(&["https://*.example.com"]);
+        assert!(p.allows(&"https://a.example.com/".parse().unwrap()));
+        assert!(p.allows(&"https://a.b.example.com/".parse().unwrap()));
+        assert!(!p.allows(&"https://example.com/".parse().unwrap()));
+        assert!(!p.allows(&"https://badexample.com/".parse().unwrap()));
+    }
+
+    #[test]
+    fn malformed_rules_are_refused() {
+        for bad in ["api.example.com", "ftp://x", "https://", "https://a/b", "https://*", "https://a*b.com", "https://u@h"] {
+            assert!(AllowRule::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! WIT glue for `berth:infra/blob`: grant checks, key validation, size caps,
+//! writer/reader handles, and the mapping of [`BlobError`] to the guest's
+//! `error`.
+
+use std::sync::Arc;
+
+use tracing::Instrument as _;
+use wasmtime::component::Resource;
+
+use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo as HostInfo, validate_key, validate_prefix};
+use crate::bindings::ports::blob::{self as wit, Error, ObjectInfo, ObjectPage};
+use crate::ports::error_chain;
+use crate::state::InstanceState;
+
+/// Longest validity a guest may ask of a URL: 7 days (the S3 maximum).
+const MAX_URL_SECS: u32 = 7 * 24 * 3600;
+
+/// Backs a guest `container`.
+pub struct ContainerHandle {
+    backend: Arc<dyn BlobBackend>,
+}
+
+/// Backs a guest `writer`; `None` once finished.
+pub struct WriterHandle {
+    writer: Option<Box<dyn BlobWriter>>,
+}
+
+/// Backs a guest `reader`.
+pub struct ReaderHandle {
+    reader: Box<dyn BlobReader>,
+}
+
+type Res<T> = wasmtime::Result<Result<T, Error>>;
+
+fn info(i: HostInfo) -> ObjectInfo {
+    ObjectInfo { key: i.key, size: i.size, modified_ms: i.modified_ms }
+}
+
+impl InstanceState {
+    fn blob_span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!("blob", op, app = %self.env.app, component = %self.env.component)
+    }
+
+    /// The one place a [`BlobError`] becomes a guest error.
+    fn blob_error(&self, op: &str, e: BlobError) -> Error {
+        tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "blob error");
+        match e {
+            BlobError::NotGranted(n) => Error::NotGranted(n),
+            BlobError::InvalidKey(m) => Error::InvalidKey(m),
+            BlobError::NotFound => Error::NotFound,
+            BlobError::TooLarge(m) => Error::TooLarge(m),
+            BlobError::Closed => Error::Closed,
+            BlobError::Unavailable(_) => Error::Unavailable("the store is unavailable".into()),
+            BlobError::Other(m) => Error::Other(m),
+        }
+    }
+
+    fn blob_key(&self, key: &str) -> Result<(), BlobError> {
+        validate_key(key, self.env.limits.payloads.max_key_bytes)
+    }
+
+    fn blob_chunk(&self, len: usize) -> Result<(), BlobError> {
+        let max = self.env.limits.payloads.blob_max_chunk_bytes;
+        if len > max {
+            return Err(BlobError::TooLarge(format!("chunk is {len} bytes; at most {max} allowed")));
+        }
+        Ok(())
+    }
+
+    /// Validates, then runs `f` against the container's backend.
+    async fn blob_call<T, F, Fut>(&mut self, this: &Resource<ContainerHandle>, op: &'static str, check: Result<(), BlobError>, f: F) -> Res<T>
+    where
+        F: FnOnce(Arc<dyn BlobBackend>) -> Fut,
+        Fut: Future<Output = Result<T, BlobError>> + Send,
+    {
+        let backend = self.table.get(this)?.backend.clone();
+        let result = match check {
+            Ok(()) => f(backend).instrument(self.blob_span(op)).await,
+            Err(e) => Err(e),
+        };
+        Ok(result.map_err(|e| self.blob_error(op, e)))
+    }
+}
+
+impl wit::Host for InstanceState {}
+
+impl wit::HostContainer for InstanceState {
+    async fn open(&mut self, name: String) -> Res<Resource<ContainerHandle>> {
+        let backend = self.env.grants.blob.contains(&name).then(|| self.env.backends.blob.get(&name).cloned()).flatten();
+        match backend {
+            Some(backend) => Ok(Ok(self.table.push(ContainerHandle { backend })?)),
+            None => Ok(Err(self.blob_error("open", BlobError::NotGranted(name)))),
+        }
+    }
+
+    async fn put(&mut self, this: Resource<ContainerHandle>, key: String, data: Vec<u8>) -> Res<ObjectInfo> {
+        let max = self.env.limits.payloads.blob_max_put_bytes;
+        let check = self.blob_key(&key).and_then(|()| {
+            if data.len() > max {
+                Err(BlobError::TooLarge(format!("object is {} bytes; `put` takes at most {max}, use `write`", data.len())))
+            } else {
+                Ok(())
+            }
+        });
+        self.blob_call(&this, "put", check, move |b| async move { b.put(&key, data).await.map(info) }).await
+    }
+
+    async fn get(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Vec<u8>> {
+        let max = self.env.limits.payloads.blob_max_put_bytes;
+        let check = self.blob_key(&key);
+        self.blob_call(&this, "get", check, move |b| async move { b.get(&key, max).await }).await
+    }
+
+    async fn delete(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<bool> {
+        let check = self.blob_key(&key);
+        self.blob_call(&this, "delete", check, move |b| async move { b.delete(&key).await }).await
+    }
+
+    async fn exists(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<bool> {
+        let check = self.blob_key(&key);
+        self.blob_call(&this, "exists", check, move |b| async move {
+            match b.stat(&key).await {
+                Ok(_) => Ok(true),
+                Err(BlobError::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn stat(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<ObjectInfo> {
+        let check = self.blob_key(&key);
+        self.blob_call(&this, "stat", check, move |b| async move { b.stat(&key).await.map(info) }).await
+    }
+
+    async fn list(&mut self, this: Resource<ContainerHandle>, prefix: String, cursor: Option<String>, limit: u32) -> Res<ObjectPage> {
+        let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
+        let check = validate_prefix(&prefix, self.env.limits.payloads.max_key_bytes);
+        self.blob_call(&this, "list", check, move |b| async move {
+            let page = b.list(&prefix, cursor.as_deref(), limit).await?;
+            Ok(ObjectPage { objects: page.objects.into_iter().map(info).collect(), cursor: page.cursor })
+        })
+        .await
+    }
+
+    async fn write(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Resource<WriterHandle>> {
+        let check = self.blob_key(&key);
+        match self.blob_call(&this, "write", check, move |b| async move { b.write(&key).await }).await? {
+            Ok(writer) => Ok(Ok(self.table.push(WriterHandle { writer: Some(writer) })?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn read(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Resource<ReaderHandle>> {
+        let check = self.blob_key(&key);
+        match self.blob_call(&this, "read", check, move |b| async move { b.read(&key).await }).await? {
+            Ok(reader) => Ok(Ok(self.table.push(ReaderHandle { reader })?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn url(&mut self, this: Resource<ContainerHandle>, key: String, expires_secs: u32) -> Res<String> {
+        let check = self.blob_key(&key);
+        let secs = expires_secs.clamp(1, MAX_URL_SECS);
+        self.blob_call(&this, "url", check, move |b| async move { b.url(&key, secs).await }).await
+    }
+
+    async fn drop(&mut self, rep: Resource<ContainerHandle>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl wit::HostWriter for InstanceState {
+    async fn write(&mut self, this: Resource<WriterHandle>, chunk: Vec<u8>) -> Res<()> {
+        if let Err(e) = self.blob_chunk(chunk.len()) {
+            return Ok(Err(self.blob_error("writer.write", e)));
+        }
+        let span = self.blob_span("writer.write");
+        let Some(writer) = self.table.get_mut(&this)?.writer.as_mut() else {
+            return Ok(Err(Error::Closed));
+        };
+        let r = writer.write(&chunk).instrument(span).await;
+        Ok(r.map_err(|e| self.blob_error("writer.write", e)))
+    }
+
+    async fn finish(&mut self, this: Resource<WriterHandle>) -> Res<ObjectInfo> {
+        let span = self.blob_span("writer.finish");
+        let Some(writer) = self.table.get_mut(&this)?.writer.take() else {
+            return Ok(Err(Error::Closed));
+        };
+        let r = writer.finish().instrument(span).await;
+        Ok(r.map(info).map_err(|e| self.blob_error("writer.finish", e)))
+    }
+
+    async fn drop(&mut self, rep: Resource<WriterHandle>) -> wasmtime::Result<()> {
+        // An unfinished writer is aborted by the adapter's Drop.
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl wit::HostReader for InstanceState {
+    async fn read(&mut self, this: Resource<ReaderHandle>, max_bytes: u32) -> Res<Vec<u8>> {
+        let max = (max_bytes as usize).clamp(1, self.env.limits.payloads.blob_max_chunk_bytes);
+        let span = self.blob_span("reader.read");
+        let reader = &mut self.table.get_mut(&this)?.reader;
+        let r = reader.read(max).instrument(span).await;
+        Ok(r.map_err(|e| self.blob_error("reader.read", e)))
+    }
+
+    async fn drop(&mut self, rep: Resource<ReaderHandle>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! The `blob` port: object storage behind logical container names, with
+//! chunked reads and writes for large objects.
+
+pub mod fs;
+pub mod host;
+pub mod url;
+
+use async_trait::async_trait;
+
+/// Why a blob operation failed, as adapters report it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    /// The logical name is not granted.
+    #[error("container {0:?} is not granted to this component")]
+    NotGranted(String),
+    /// Malformed key.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// No such object.
+    #[error("object not found")]
+    NotFound,
+    /// Size limit hit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Handle already finished.
+    #[error("the writer or reader is already finished")]
+    Closed,
+    /// Store unreachable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What is known about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, ms since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectPage {
+    /// Objects in ascending key order.
+    pub objects: Vec<ObjectInfo>,
+    /// Where the next page starts.
+    pub cursor: Option<String>,
+}
+
+/// A logical container as served by one store. Keys reaching an adapter
+/// have been checked by [`validate_key`].
+#[async_trait]
+pub trait BlobBackend: Send + Sync {
+    /// Stores a whole object.
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<ObjectInfo, BlobError>;
+    /// Reads a whole object of at most `max_bytes`.
+    async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, BlobError>;
+    /// Removes an object; whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, BlobError>;
+    /// Size and time of an object.
+    async fn stat(&self, key: &str) -> Result<ObjectInfo, BlobError>;
+    /// Objects whose key starts with `prefix`, after `after`, at most `limit`.
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage, BlobError>;
+    /// Starts a chunked write; the object appears on `finish`.
+    async fn write(&self, key: &str) -> Result<Box<dyn BlobWriter>, BlobError>;
+    /// Opens a chunked read.
+    async fn read(&self, key: &str) -> Result<Box<dyn BlobReader>, BlobError>;
+    /// A URL serving `key` for `expires_secs`.
+    async fn url(&self, key: &str, expires_secs: u32) -> Result<String, BlobError>;
+}
+
+/// An object being written. Dropping it unfinished discards it.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends a chunk.
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError>;
+    /// Publishes the object.
+    async fn finish(self: Box<Self>) -> Result<ObjectInfo, BlobError>;
+}
+
+/// An object being read.
+#[async_trait]
+pub trait BlobReader: Send {
+    /// Up to `max` further bytes; empty at the end.
+    async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError>;
+}
+
+/// Checks a guest-supplied key: relative, `/`-separated, no `.`/`..` or
+/// empty segments, no backslash or control characters, at most `max_bytes`.
+pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
+    let bad = |why: &str| Err(BlobError::InvalidKey(why.to_string()));
+    if key.is_empty() {
+        return bad("key is empty");
+    }
+    if key.len() > max_bytes {
+        return Err(BlobError::InvalidKey(format!("key is longer than {max_bytes} bytes")));
+    }
+    if key.starts_with('/') {
+        return bad("key must be relative (no leading `/`)");
+    }
+    if key.contains('\\') {
+        return bad("key must not contain `\\`");
+    }
+    if key.chars().any(char::is_control) {
+        return bad("key must not contain control characters");
+    }
+    if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return bad("key must not contain empty, `.` or `..` segments");
+    }
+    Ok(())
+}
+
+/// Checks a listing prefix: like a key, but may be empty or end with `/`.
+pub fn validate_prefix(prefix: &str, max_bytes: usize) -> Result<(), BlobError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
+    validate_key(trimmed, max_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_spellings_are_refused() {
+        for key in ["", "/etc/passwd", "../x", "a/../../b", "a/./b", "a//b", "a\\b", "nul\0", "tab\tx", "a/..", ".."] {
+            assert!(validate_key(key, 1024).is_err(), "{key:?}");
+        }
+        assert!(validate_key(&"k".repeat(1025), 1024).is_err());
+        for key in ["a", "users/1/avatar", "dots.in.name", "ünïcode/ok", "..hidden"] {
+            assert!(validate_key(key, 1024).is_ok(), "{key:?}");
+        }
+        assert!(validate_prefix("", 1024).is_ok());
+        assert!(validate_prefix("dir/", 1024).is_ok());
+        assert!(validate_prefix("../", 1024).is_err());
+    }
+}
+
+/// How the host serves a logical container (`[blob.<name>]` in the host config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BlobConfig {
+    /// A local directory; `root` defaults to `<state>/<app>/blob/<name>`.
+    Fs {
+        /// Directory.
+        root: Option<std::path::PathBuf>,
+    },
+}

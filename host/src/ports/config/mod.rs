@@ -1,0 +1,81 @@
+//! The `config` port: a component reads its own granted configuration keys.
+//!
+//! Values come from the manifest's `[config]` table; a value may reference
+//! the host environment as `${env:NAME}`, and `BERTH_CONFIG_<KEY>` in the
+//! host environment overrides a key. Values are resolved once, when the app
+//! loads, and kept as [`Secret`]s so they never reach a log line.
+
+pub mod host;
+
+use std::collections::BTreeMap;
+
+use crate::secret::Secret;
+
+/// Resolves every manifest config value. `env` looks up host environment
+/// variables (injected for tests).
+///
+/// # Errors
+/// Names the key and the missing variable when a reference cannot be
+/// resolved.
+pub fn resolve(
+    values: &BTreeMap<String, String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, Secret>, String> {
+    let mut out = BTreeMap::new();
+    for (key, raw) in values {
+        let override_var = format!("BERTH_CONFIG_{}", key.to_ascii_uppercase().replace('-', "_"));
+        let value = match env(&override_var) {
+            Some(v) => v,
+            None => interpolate(raw, &env).map_err(|var| {
+                format!("config.{key}: environment variable {var} is not set (referenced as ${{env:{var}}})")
+            })?,
+        };
+        out.insert(key.clone(), Secret::new(value));
+    }
+    Ok(out)
+}
+
+/// Replaces each `${env:NAME}` in `raw`; returns the first missing name.
+fn interpolate(raw: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 6..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_references_and_overrides() {
+        let env = |k: &str| match k {
+            "TOKEN" => Some("t0k".to_string()),
+            "BERTH_CONFIG_MODE" => Some("prod".to_string()),
+            _ => None,
+        };
+        let values = BTreeMap::from([
+            ("auth".to_string(), "Bearer ${env:TOKEN}".to_string()),
+            ("mode".to_string(), "dev".to_string()),
+            ("plain".to_string(), "x".to_string()),
+        ]);
+        let r = resolve(&values, env).unwrap();
+        assert_eq!(r["auth"].expose(), "Bearer t0k");
+        assert_eq!(r["mode"].expose(), "prod");
+        assert_eq!(r["plain"].expose(), "x");
+        let missing = BTreeMap::from([("k".to_string(), "${env:NOPE}".to_string())]);
+        let err = resolve(&missing, env).unwrap_err();
+        assert!(err.contains("config.k") && err.contains("NOPE"), "{err}");
+    }
+}

@@ -1,0 +1,46 @@
+//! WIT glue for `berth:infra/email`: validation against the component's
+//! granted senders and the mapping of [`EmailError`] to the guest's `error`.
+
+use tracing::Instrument as _;
+
+use super::{EmailError, EmailMessage, validate_message};
+use crate::bindings::ports::email::{self as wit, Error, Message};
+use crate::ports::error_chain;
+use crate::state::InstanceState;
+
+impl InstanceState {
+    /// The one place an [`EmailError`] becomes a guest error.
+    fn email_error(&self, e: EmailError) -> Error {
+        tracing::debug!(app = %self.env.app, component = %self.env.component, error = %error_chain(&e), "email error");
+        match e {
+            EmailError::SenderNotGranted(s) => Error::SenderNotGranted(s),
+            EmailError::InvalidMessage(m) => Error::InvalidMessage(m),
+            EmailError::TooLarge(m) => Error::TooLarge(m),
+            EmailError::RateLimited => Error::RateLimited,
+            EmailError::Unavailable(_) => Error::Unavailable("the mail transport is unavailable".into()),
+            EmailError::Other(m) => Error::Other(m),
+        }
+    }
+}
+
+impl wit::Host for InstanceState {
+    async fn send(&mut self, m: Message) -> wasmtime::Result<Result<String, Error>> {
+        let message = EmailMessage {
+            from: m.from,
+            to: m.to,
+            cc: m.cc,
+            bcc: m.bcc,
+            reply_to: m.reply_to,
+            subject: m.subject,
+            text_body: m.text_body,
+            html_body: m.html_body,
+        };
+        if let Err(e) = validate_message(&message, &self.env.grants.email_senders, &self.env.limits.payloads) {
+            return Ok(Err(self.email_error(e)));
+        }
+        let span = tracing::debug_span!("email", op = "send", app = %self.env.app, component = %self.env.component);
+        let backend = self.env.backends.email.clone();
+        let r = backend.send(&message).instrument(span).await;
+        Ok(r.map_err(|e| self.email_error(e)))
+    }
+}

@@ -1,0 +1,136 @@
+//! WIT glue for `berth:infra/kv`: grant checks, key and value limits, and
+//! the mapping of [`KvError`] to the guest's `error`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument as _;
+use wasmtime::component::Resource;
+
+use super::{KvBackend, KvError};
+use crate::bindings::ports::kv::{self as wit, Error, KeyPage};
+use crate::ports::error_chain;
+use crate::state::InstanceState;
+
+/// Backs a guest `bucket`.
+pub struct BucketHandle {
+    backend: Arc<dyn KvBackend>,
+}
+
+type Res<T> = wasmtime::Result<Result<T, Error>>;
+
+impl InstanceState {
+    fn kv_span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!("kv", op, app = %self.env.app, component = %self.env.component)
+    }
+
+    /// The one place a [`KvError`] becomes a guest error.
+    fn kv_error(&self, op: &str, e: KvError) -> Error {
+        tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "kv error");
+        match e {
+            KvError::NotGranted(n) => Error::NotGranted(n),
+            KvError::InvalidInput(m) => Error::InvalidInput(m),
+            KvError::NotANumber(m) => Error::NotANumber(m),
+            KvError::Unavailable(_) => Error::Unavailable("the store is unavailable".into()),
+            KvError::Other(m) => Error::Other(m),
+        }
+    }
+
+    fn kv_check_key(&self, key: &str) -> Result<(), KvError> {
+        let max = self.env.limits.payloads.max_key_bytes;
+        if key.is_empty() {
+            return Err(KvError::InvalidInput("key is empty".into()));
+        }
+        if key.len() > max {
+            return Err(KvError::InvalidInput(format!("key is longer than {max} bytes")));
+        }
+        Ok(())
+    }
+
+    fn kv_check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        let max = self.env.limits.payloads.kv_max_value_bytes;
+        if value.len() > max {
+            return Err(KvError::InvalidInput(format!("value is {} bytes; at most {max} allowed", value.len())));
+        }
+        Ok(())
+    }
+
+    /// Validates, then runs `op` against the bucket's backend.
+    async fn kv_call<T, F, Fut>(&mut self, this: &Resource<BucketHandle>, op: &'static str, check: Result<(), KvError>, f: F) -> Res<T>
+    where
+        F: FnOnce(Arc<dyn KvBackend>) -> Fut,
+        Fut: Future<Output = Result<T, KvError>> + Send,
+    {
+        let backend = self.table.get(this)?.backend.clone();
+        let result = match check {
+            Ok(()) => f(backend).instrument(self.kv_span(op)).await,
+            Err(e) => Err(e),
+        };
+        Ok(result.map_err(|e| self.kv_error(op, e)))
+    }
+}
+
+impl wit::Host for InstanceState {}
+
+impl wit::HostBucket for InstanceState {
+    async fn open(&mut self, name: String) -> Res<Resource<BucketHandle>> {
+        let backend = self.env.grants.kv.contains(&name).then(|| self.env.backends.kv.get(&name).cloned()).flatten();
+        match backend {
+            Some(backend) => Ok(Ok(self.table.push(BucketHandle { backend })?)),
+            None => Ok(Err(self.kv_error("open", KvError::NotGranted(name)))),
+        }
+    }
+
+    async fn get(&mut self, this: Resource<BucketHandle>, key: String) -> Res<Option<Vec<u8>>> {
+        let check = self.kv_check_key(&key);
+        self.kv_call(&this, "get", check, move |b| async move { b.get(&key).await }).await
+    }
+
+    async fn set(&mut self, this: Resource<BucketHandle>, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Res<()> {
+        let check = self.kv_check_key(&key).and_then(|()| self.kv_check_value(&value));
+        let ttl = ttl_ms.map(Duration::from_millis);
+        self.kv_call(&this, "set", check, move |b| async move { b.set(&key, value, ttl).await }).await
+    }
+
+    async fn delete(&mut self, this: Resource<BucketHandle>, key: String) -> Res<bool> {
+        let check = self.kv_check_key(&key);
+        self.kv_call(&this, "delete", check, move |b| async move { b.delete(&key).await }).await
+    }
+
+    async fn exists(&mut self, this: Resource<BucketHandle>, key: String) -> Res<bool> {
+        let check = self.kv_check_key(&key);
+        self.kv_call(&this, "exists", check, move |b| async move { b.exists(&key).await }).await
+    }
+
+    async fn list_keys(&mut self, this: Resource<BucketHandle>, prefix: String, cursor: Option<String>, limit: u32) -> Res<KeyPage> {
+        let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
+        let check = if prefix.len() > self.env.limits.payloads.max_key_bytes {
+            Err(KvError::InvalidInput("prefix is too long".into()))
+        } else {
+            Ok(())
+        };
+        self.kv_call(&this, "list-keys", check, move |b| async move {
+            let page = b.list_keys(&prefix, cursor.as_deref(), limit).await?;
+            Ok(KeyPage { keys: page.keys, cursor: page.cursor })
+        })
+        .await
+    }
+
+    async fn increment(&mut self, this: Resource<BucketHandle>, key: String, delta: i64) -> Res<i64> {
+        let check = self.kv_check_key(&key);
+        self.kv_call(&this, "increment", check, move |b| async move { b.increment(&key, delta).await }).await
+    }
+
+    async fn compare_and_swap(&mut self, this: Resource<BucketHandle>, key: String, expected: Option<Vec<u8>>, new: Vec<u8>) -> Res<bool> {
+        let check = self.kv_check_key(&key).and_then(|()| self.kv_check_value(&new));
+        self.kv_call(&this, "compare-and-swap", check, move |b| async move {
+            b.compare_and_swap(&key, expected.as_deref(), new).await
+        })
+        .await
+    }
+
+    async fn drop(&mut self, rep: Resource<BucketHandle>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Embedded key-value adapter: one SQLite file per bucket, durable across
+//! restarts. Expired rows are ignored on read and purged on write.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use super::{add_to_counter, page_from, KeyPage, KvBackend, KvError};
+use crate::ports::sql::sqlite::SqlitePool;
+use crate::ports::sql::SqlError;
+
+/// A bucket stored in a SQLite file.
+pub struct SqliteBucket {
+    pool: Arc<SqlitePool>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn map(e: SqlError) -> KvError {
+    match e {
+        SqlError::Unavailable(m) | SqlError::Conflict(m) => KvError::Unavailable(m),
+        other => KvError::Other(other.to_string()),
+    }
+}
+
+fn sql(e: rusqlite::Error) -> SqlError {
+    crate::ports::sql::sqlite::map_error(e)
+}
+
+const LIVE: &str = "(expires_at IS NULL OR expires_at > ?2)";
+
+impl SqliteBucket {
+    /// Opens (creating) the bucket file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteBucket, KvError> {
+        let pool = SqlitePool::open(path).map_err(map)?;
+        let conn = rusqlite::Connection::open(path).map_err(|e| map(sql(e)))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER)",
+        )
+        .map_err(|e| map(sql(e)))?;
+        Ok(SqliteBucket { pool })
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool.
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, KvError> + Send + 'static,
+    ) -> Result<R, KvError> {
+        self.pool.with_conn(move |c| Ok(f(c))).await.map_err(map)?
+    }
+}
+
+fn get_live(c: &rusqlite::Connection, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    c.query_row(
+        &format!("SELECT value FROM kv WHERE key = ?1 AND {LIVE}"),
+        params![key, now_ms()],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .map_err(|e| map(sql(e)))
+}
+
+fn put(c: &rusqlite::Connection, key: &str, value: &[u8], expires: Option<i64>) -> Result<(), KvError> {
+    c.execute(
+        "INSERT INTO kv(key, value, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+        params![key, value, expires],
+    )
+    .map(drop)
+    .map_err(|e| map(sql(e)))
+}
+
+/// Runs `f` in an immediate transaction so read-modify-write is atomic
+/// across connections.
+fn atomically<R>(
+    c: &mut rusqlite::Connection,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<R, KvError>,
+) -> Result<R, KvError> {
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| map(sql(e)))?;
+    let r = f(&tx)?;
+    tx.commit().map_err(|e| map(sql(e)))?;
+    Ok(r)
+}
+
+#[async_trait]
+impl KvBackend for SqliteBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let key = key.to_string();
+        self.run(move |c| get_live(c, &key)).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
+        let key = key.to_string();
+        let expires = ttl.map(|t| now_ms().saturating_add(t.as_millis().min(i64::MAX as u128) as i64));
+        self.run(move |c| {
+            c.execute("DELETE FROM kv WHERE expires_at <= ?1", params![now_ms()])
+                .map_err(|e| map(sql(e)))?;
+            put(c, &key, &value, expires)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        let key = key.to_string();
+        self.run(move |c| {
+            let n = c
+                .execute(&format!("DELETE FROM kv WHERE key = ?1 AND {LIVE}"), params![key, now_ms()])
+                .map_err(|e| map(sql(e)))?;
+            c.execute("DELETE FROM kv WHERE key = ?1", params![key]).map_err(|e| map(sql(e)))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, KvError> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage, KvError> {
+        let prefix = prefix.to_string();
+        let after = after.unwrap_or("").to_string();
+        self.run(move |c| {
+            // substr() compares bytes exactly; LIKE would treat `%`/`_` as
+            // wildcards and fold case.
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT key FROM kv WHERE {LIVE} AND substr(key, 1, length(?1)) = ?1 AND key > ?3 ORDER BY key LIMIT ?4"
+                ))
+                .map_err(|e| map(sql(e)))?;
+            let keys = stmt
+                .query_map(params![prefix, now_ms(), after, (limit + 1) as i64], |r| r.get::<_, String>(0))
+                .map_err(|e| map(sql(e)))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| map(sql(e)))?;
+            Ok(page_from(keys, limit))
+        })
+        .await
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        let key = key.to_string();
+        self.run(move |c| {
+            atomically(c, |tx| {
+                let current = get_live(tx, &key)?;
+                let next = add_to_counter(current.as_deref(), delta)?;
+                let expires: Option<i64> = tx
+                    .query_row("SELECT expires_at FROM kv WHERE key = ?1", params![key], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| map(sql(e)))?
+                    .flatten();
+                put(tx, &key, next.to_string().as_bytes(), if current.is_some() { expires } else { None })?;
+                Ok(next)
+            })
+        })
+        .await
+    }
+
+    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Vec<u8>) -> Result<bool, KvError> {
+        let key = key.to_string();
+        let expected = expected.map(<[u8]>::to_vec);
+        self.run(move |c| {
+            atomically(c, |tx| {
+                if get_live(tx, &key)? != expected {
+                    return Ok(false);
+                }
+                put(tx, &key, &new, None)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn survives_reopen_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let b = SqliteBucket::open(&path).unwrap();
+        for i in 0..5 {
+            b.set(&format!("p/{i}"), b"x".to_vec(), None).await.unwrap();
+        }
+        b.set("p%", b"x".to_vec(), None).await.unwrap();
+        assert_eq!(b.increment("n", 2).await.unwrap(), 2);
+        drop(b);
+        let b = SqliteBucket::open(&path).unwrap();
+        let page = b.list_keys("p/", None, 3).await.unwrap();
+        assert_eq!(page.keys, ["p/0", "p/1", "p/2"]);
+        let page = b.list_keys("p/", page.cursor.as_deref(), 3).await.unwrap();
+        assert_eq!(page.keys, ["p/3", "p/4"]);
+        assert_eq!(b.increment("n", 1).await.unwrap(), 3);
+        assert!(b.compare_and_swap("n", Some(b"3"), b"9".to_vec()).await.unwrap());
+        assert!(!b.compare_and_swap("n", Some(b"3"), b"1".to_vec()).await.unwrap());
+    }
+}

@@ -1,0 +1,86 @@
+//! WIT glue for `berth:infra/messaging`: topic grants, payload and header
+//! limits, and the mapping of [`MessagingError`] to the guest's `error`.
+
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+use super::{Message as HostMessage, MessagingError, validate_topic};
+use crate::bindings::ports::messaging::{self as wit, Error};
+use crate::bindings::ports::messaging_types::{self, Message};
+use crate::ports::error_chain;
+use crate::state::InstanceState;
+
+/// Most headers per message.
+const MAX_HEADERS: usize = 64;
+/// Longest a request may wait for its reply.
+const MAX_REQUEST_TIMEOUT_MS: u32 = 60_000;
+
+type Res<T> = wasmtime::Result<Result<T, Error>>;
+
+/// Converts a host message to the WIT record.
+pub fn message_to_wit(m: HostMessage) -> Message {
+    Message { id: m.id, topic: m.topic, payload: m.payload, headers: m.headers, attempt: m.attempt }
+}
+
+impl InstanceState {
+    /// The one place a [`MessagingError`] becomes a guest error.
+    fn messaging_error(&self, op: &str, e: MessagingError) -> Error {
+        tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "messaging error");
+        match e {
+            MessagingError::NotGranted(t) => Error::NotGranted(t),
+            MessagingError::InvalidInput(m) => Error::InvalidInput(m),
+            MessagingError::TooLarge(m) => Error::TooLarge(m),
+            MessagingError::Timeout => Error::Timeout,
+            MessagingError::NoResponder => Error::NoResponder,
+            MessagingError::Unavailable(_) => Error::Unavailable("the broker is unavailable".into()),
+            MessagingError::Other(m) => Error::Other(m),
+        }
+    }
+
+    fn check_publish(&self, topic: &str, payload: &[u8], headers: &[(String, String)]) -> Result<(), MessagingError> {
+        validate_topic(topic).map_err(MessagingError::InvalidInput)?;
+        if !self.env.grants.publish.iter().any(|t| t == topic) {
+            return Err(MessagingError::NotGranted(topic.to_string()));
+        }
+        let max = self.env.limits.payloads.message_max_bytes;
+        if payload.len() > max {
+            return Err(MessagingError::TooLarge(format!("payload is {} bytes; at most {max} allowed", payload.len())));
+        }
+        if headers.len() > MAX_HEADERS {
+            return Err(MessagingError::InvalidInput(format!("at most {MAX_HEADERS} headers allowed")));
+        }
+        for (name, value) in headers {
+            let bad_name = name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
+            if bad_name || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') || name.len() + value.len() > 8192 {
+                return Err(MessagingError::InvalidInput(format!("invalid header {name:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl messaging_types::Host for InstanceState {}
+
+impl wit::Host for InstanceState {
+    async fn publish(&mut self, topic: String, payload: Vec<u8>, headers: Vec<(String, String)>) -> Res<String> {
+        if let Err(e) = self.check_publish(&topic, &payload, &headers) {
+            return Ok(Err(self.messaging_error("publish", e)));
+        }
+        let span = tracing::debug_span!("messaging", op = "publish", app = %self.env.app, component = %self.env.component, %topic);
+        let broker = self.env.backends.messaging.clone();
+        let r = broker.publish(&topic, payload, headers).instrument(span).await;
+        Ok(r.map_err(|e| self.messaging_error("publish", e)))
+    }
+
+    async fn request(&mut self, topic: String, payload: Vec<u8>, headers: Vec<(String, String)>, timeout_ms: u32) -> Res<Message> {
+        if let Err(e) = self.check_publish(&topic, &payload, &headers) {
+            return Ok(Err(self.messaging_error("request", e)));
+        }
+        let timeout = Duration::from_millis(timeout_ms.clamp(1, MAX_REQUEST_TIMEOUT_MS).into());
+        let span = tracing::debug_span!("messaging", op = "request", app = %self.env.app, component = %self.env.component, %topic);
+        let broker = self.env.backends.messaging.clone();
+        let r = broker.request(&topic, payload, headers, timeout).instrument(span).await;
+        Ok(r.map(message_to_wit).map_err(|e| self.messaging_error("request", e)))
+    }
+}

@@ -1,0 +1,147 @@
+//! The `messaging` port: publish, request/reply, and the subscriptions that
+//! feed message triggers.
+//!
+//! Delivery is at-least-once at the seam: a subscriber receives
+//! [`Delivery`]s and acknowledges each with `ack` or asks for redelivery
+//! with `nack`. Brokers with durable consumers (NATS JetStream) implement the
+//! same trait.
+
+pub mod host;
+pub mod inprocess;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Why a messaging operation failed, as adapters report it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessagingError {
+    /// Topic not granted.
+    #[error("topic {0:?} is not granted to this component")]
+    NotGranted(String),
+    /// Bad topic or header.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Payload over the limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// No reply in time.
+    #[error("no reply before the timeout")]
+    Timeout,
+    /// Nobody consumes the topic.
+    #[error("no handler consumes this topic")]
+    NoResponder,
+    /// Broker unreachable.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A message as handed to a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Stable id (idempotency key).
+    pub id: String,
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// 1 on first delivery.
+    pub attempt: u32,
+}
+
+/// One delivery of a message to a subscription.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// Where a request's reply goes, for request/reply.
+    pub reply: Option<tokio::sync::oneshot::Sender<Vec<u8>>>,
+    /// Settles the delivery with the broker.
+    pub acker: Box<dyn Acker>,
+}
+
+/// Settles one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// The message was handled; do not deliver it again.
+    async fn ack(self: Box<Self>);
+    /// Handling failed; deliver it again after `delay`.
+    async fn nack(self: Box<Self>, delay: Duration);
+}
+
+/// A stream of deliveries for one trigger.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` when the broker shuts down.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// An app's message broker.
+#[async_trait]
+pub trait MessagingBackend: Send + Sync {
+    /// Publishes; returns the message id once the broker accepted it.
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError>;
+    /// Publishes a request and waits for the reply.
+    async fn request(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Message, MessagingError>;
+    /// Subscribes a trigger to `topic`.
+    async fn subscribe(&self, topic: &str) -> Result<Box<dyn Subscription>, MessagingError>;
+}
+
+/// Checks a topic name: 1-255 characters of `a-z A-Z 0-9 . - _`, no empty
+/// segments. Wildcards and broker-internal names (`$`, `_INBOX`) are not
+/// topics a guest may name.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 255
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+        && !topic.split('.').any(str::is_empty)
+        && !topic.starts_with("_INBOX");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "topic {topic:?} must be 1-255 characters of a-z, A-Z, 0-9, `.`, `-`, `_` without empty segments"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        for ok in ["user.created", "a", "a-b_c.d1"] {
+            assert!(validate_topic(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a..b", ".a", "a.*", "a.>", "$JS.API", "_INBOX.x", "a b", "a/b"] {
+            assert!(validate_topic(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// The app's broker (`[messaging]` in the host config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MessagingConfig {
+    /// The embedded in-process broker.
+    #[default]
+    InProcess,
+}

@@ -1,0 +1,179 @@
+//! The `sql` port: relational persistence behind logical database names.
+
+pub mod host;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+/// A value crossing the port, engine-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Boolean(bool),
+    /// An integer.
+    Int(i64),
+    /// A binary float.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+    /// RFC 3339 timestamp text.
+    Timestamp(String),
+    /// `YYYY-MM-DD`.
+    Date(String),
+    /// JSON text.
+    Json(String),
+    /// Hyphenated UUID text.
+    Uuid(String),
+    /// Exact decimal text.
+    Decimal(String),
+}
+
+impl SqlValue {
+    /// Approximate size in bytes, for result caps.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            SqlValue::Null | SqlValue::Boolean(_) => 1,
+            SqlValue::Int(_) | SqlValue::Float(_) => 8,
+            SqlValue::Blob(b) => b.len(),
+            SqlValue::Text(s)
+            | SqlValue::Timestamp(s)
+            | SqlValue::Date(s)
+            | SqlValue::Json(s)
+            | SqlValue::Uuid(s)
+            | SqlValue::Decimal(s) => s.len(),
+        }
+    }
+}
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlColumn {
+    /// Name.
+    pub name: String,
+    /// Declared type, lowercase; empty if unknown.
+    pub type_name: String,
+}
+
+/// A materialised query result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowSet {
+    /// Columns.
+    pub columns: Vec<SqlColumn>,
+    /// Rows.
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+/// Caps applied to one materialised result.
+#[derive(Debug, Clone, Copy)]
+pub struct ResultCaps {
+    /// Most rows.
+    pub max_rows: usize,
+    /// Most bytes (approximate).
+    pub max_bytes: usize,
+}
+
+/// Why a SQL operation failed, as adapters report it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SqlError {
+    /// The logical name is not granted.
+    #[error("database {0:?} is not granted to this component")]
+    NotGranted(String),
+    /// Constraint violation.
+    #[error("constraint violated: {0}")]
+    Constraint(String),
+    /// Bad statement.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// Bad parameter or value.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A column type the port cannot carry.
+    #[error("unsupported column type: {0}")]
+    UnsupportedType(String),
+    /// Time limit hit.
+    #[error("statement timed out")]
+    Timeout,
+    /// Result cap hit.
+    #[error("result too large: {0}")]
+    TooLarge(String),
+    /// Refused by the engine.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// Concurrent write conflict.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Engine unreachable.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Handle already finished.
+    #[error("the transaction or cursor is already finished")]
+    Closed,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A logical database, as served by one engine.
+#[async_trait]
+pub trait SqlBackend: Send + Sync {
+    /// Runs a statement returning rows, within `caps`.
+    async fn query(
+        &self,
+        statement: String,
+        params: Vec<SqlValue>,
+        caps: ResultCaps,
+    ) -> Result<RowSet, SqlError>;
+    /// Runs a statement; returns rows affected.
+    async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError>;
+    /// Starts a transaction.
+    async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError>;
+    /// Streams a result.
+    async fn open_cursor(
+        &self,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> Result<Box<dyn SqlCursor>, SqlError>;
+}
+
+/// An open transaction. Dropping it without `commit` rolls it back.
+#[async_trait]
+pub trait SqlTransaction: Send {
+    /// Runs a statement returning rows, within `caps`.
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<SqlValue>,
+        caps: ResultCaps,
+    ) -> Result<RowSet, SqlError>;
+    /// Runs a statement; returns rows affected.
+    async fn execute(&mut self, statement: String, params: Vec<SqlValue>)
+        -> Result<u64, SqlError>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<(), SqlError>;
+    /// Rolls back.
+    async fn rollback(self: Box<Self>) -> Result<(), SqlError>;
+}
+
+/// A streamed result.
+#[async_trait]
+pub trait SqlCursor: Send {
+    /// The columns.
+    fn columns(&self) -> Vec<SqlColumn>;
+    /// Up to `max_rows` further rows; empty at the end.
+    async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError>;
+}
+
+/// How the host serves a logical database (`[sql.<name>]` in the host config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SqlConfig {
+    /// Embedded SQLite; `path` defaults to `<state>/<app>/sql/<name>.db`.
+    Sqlite {
+        /// Database file.
+        path: Option<std::path::PathBuf>,
+    },
+}

@@ -1,0 +1,504 @@
+//! Embedded SQLite adapter: one database file per logical name per app.
+//!
+//! rusqlite is synchronous, so every statement runs on tokio's blocking pool
+//! with a connection checked out of a small pool. A connection goes back to
+//! the pool only in autocommit state: whatever left it inside a transaction
+//! (a dropped transaction, a trapped guest, a cancelled call) is rolled back
+//! first. `ATTACH`/`DETACH` are refused by an authorizer so a guest cannot
+//! reach another file; extension loading is never enabled.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::{
+    ResultCaps, RowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction, SqlValue,
+};
+
+/// Connections kept per database file.
+const POOL_SIZE: usize = 8;
+/// Rows buffered between a cursor's reader thread and the guest.
+const CURSOR_BUFFER_ROWS: usize = 256;
+
+/// A small pool of connections to one SQLite file.
+pub struct SqlitePool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl SqlitePool {
+    /// Opens (creating if needed) the database at `path`, checking that it
+    /// can be opened now so configuration errors surface at load.
+    pub fn open(path: &Path) -> Result<Arc<SqlitePool>, SqlError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SqlError::Unavailable(format!("cannot create database directory: {e}")))?;
+        }
+        let first = open_connection(path)?;
+        Ok(Arc::new(SqlitePool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(vec![first]),
+            permits: Arc::new(Semaphore::new(POOL_SIZE)),
+        }))
+    }
+
+    /// Checks out a connection, waiting while all are busy.
+    pub async fn get(self: &Arc<Self>) -> Result<PooledConnection, SqlError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SqlError::Unavailable("database pool closed".into()))?;
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_connection(&self.path)?,
+        };
+        Ok(PooledConnection {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    pub async fn with_conn<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Connection) -> Result<R, SqlError> + Send + 'static,
+    ) -> Result<R, SqlError> {
+        let mut pooled = self.get().await?;
+        blocking(move || f(pooled.conn())).await
+    }
+}
+
+/// A connection on loan from a [`SqlitePool`].
+pub struct PooledConnection {
+    conn: Option<Connection>,
+    pool: Arc<SqlitePool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConnection {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if !conn.is_autocommit() {
+            // A transaction was left open (dropped, trapped or cancelled):
+            // undo it so the next user starts clean.
+            if conn.execute_batch("ROLLBACK").is_err() {
+                return; // discard a connection we cannot clean
+            }
+        }
+        self.pool
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, SqlError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| SqlError::Unavailable(format!("cannot open database: {e}")))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+    )
+    .map_err(map_error)?;
+    conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        _ => Authorization::Allow,
+    }));
+    Ok(conn)
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, SqlError> + Send + 'static,
+) -> Result<R, SqlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SqlError::Other(format!("database task failed: {e}")))?
+}
+
+/// Maps a rusqlite error to the port's error. SQLite messages carry no
+/// credentials or paths, so they are kept.
+pub fn map_error(e: rusqlite::Error) -> SqlError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let msg = msg.unwrap_or_else(|| f.to_string());
+            match f.code {
+                ErrorCode::ConstraintViolation => SqlError::Constraint(msg),
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => SqlError::Conflict(msg),
+                ErrorCode::AuthorizationForStatementDenied | ErrorCode::PermissionDenied
+                | ErrorCode::ReadOnly => SqlError::Denied(msg),
+                ErrorCode::TooBig => SqlError::TooLarge(msg),
+                ErrorCode::OperationInterrupted => SqlError::Timeout,
+                ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull => {
+                    SqlError::Unavailable(msg)
+                }
+                ErrorCode::TypeMismatch => SqlError::InvalidInput(msg),
+                _ if msg.contains("syntax error")
+                    || msg.starts_with("no such ")
+                    || msg.contains("incomplete input")
+                    || msg.contains("already exists") =>
+                {
+                    SqlError::Syntax(msg)
+                }
+                _ => SqlError::Other(msg),
+            }
+        }
+        rusqlite::Error::SqlInputError { msg, .. } => SqlError::Syntax(msg),
+        rusqlite::Error::InvalidParameterCount(given, expected) => SqlError::InvalidInput(
+            format!("statement takes {expected} parameters, {given} given"),
+        ),
+        rusqlite::Error::MultipleStatement => {
+            SqlError::InvalidInput("only one statement per call".into())
+        }
+        other => SqlError::Other(other.to_string()),
+    }
+}
+
+fn to_sqlite(value: SqlValue) -> Value {
+    match value {
+        SqlValue::Null => Value::Null,
+        SqlValue::Boolean(b) => Value::Integer(b as i64),
+        SqlValue::Int(i) => Value::Integer(i),
+        SqlValue::Float(f) => Value::Real(f),
+        SqlValue::Blob(b) => Value::Blob(b),
+        SqlValue::Text(s)
+        | SqlValue::Timestamp(s)
+        | SqlValue::Date(s)
+        | SqlValue::Json(s)
+        | SqlValue::Uuid(s)
+        | SqlValue::Decimal(s) => Value::Text(s),
+    }
+}
+
+/// Converts a stored value, using the column's declared type to restore the
+/// port type that SQLite stores as integer or text.
+fn from_sqlite(value: ValueRef<'_>, declared: &str) -> Result<SqlValue, SqlError> {
+    Ok(match value {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) if declared.contains("bool") => SqlValue::Boolean(i != 0),
+        ValueRef::Integer(i) => SqlValue::Int(i),
+        ValueRef::Real(f) => SqlValue::Float(f),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+        ValueRef::Text(t) => {
+            let s = std::str::from_utf8(t)
+                .map_err(|_| SqlError::UnsupportedType("text that is not UTF-8".into()))?
+                .to_string();
+            match declared {
+                d if d.contains("timestamp") || d.contains("datetime") => SqlValue::Timestamp(s),
+                "date" => SqlValue::Date(s),
+                d if d.starts_with("json") => SqlValue::Json(s),
+                "uuid" => SqlValue::Uuid(s),
+                d if d.starts_with("decimal") || d.starts_with("numeric") => SqlValue::Decimal(s),
+                _ => SqlValue::Text(s),
+            }
+        }
+    })
+}
+
+fn columns_of(stmt: &rusqlite::Statement<'_>) -> Vec<SqlColumn> {
+    stmt.columns()
+        .iter()
+        .map(|c| SqlColumn {
+            name: c.name().to_string(),
+            type_name: c.decl_type().unwrap_or("").to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+fn run_query(
+    conn: &Connection,
+    statement: &str,
+    params: Vec<SqlValue>,
+    caps: ResultCaps,
+) -> Result<RowSet, SqlError> {
+    let mut stmt = conn.prepare(statement).map_err(map_error)?;
+    let columns = columns_of(&stmt);
+    let params: Vec<Value> = params.into_iter().map(to_sqlite).collect();
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(params))
+        .map_err(map_error)?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next().map_err(map_error)? {
+        if out.len() >= caps.max_rows {
+            return Err(SqlError::TooLarge(format!(
+                "result exceeds {} rows; use open-cursor",
+                caps.max_rows
+            )));
+        }
+        let values = read_row(row, &columns)?;
+        bytes += values.iter().map(SqlValue::approx_size).sum::<usize>();
+        if bytes > caps.max_bytes {
+            return Err(SqlError::TooLarge(format!(
+                "result exceeds {} bytes; use open-cursor",
+                caps.max_bytes
+            )));
+        }
+        out.push(values);
+    }
+    Ok(RowSet { columns, rows: out })
+}
+
+fn read_row(row: &rusqlite::Row<'_>, columns: &[SqlColumn]) -> Result<Vec<SqlValue>, SqlError> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| from_sqlite(row.get_ref(i).map_err(map_error)?, &c.type_name))
+        .collect()
+}
+
+fn run_execute(conn: &Connection, statement: &str, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+    let mut stmt = conn.prepare(statement).map_err(map_error)?;
+    let params: Vec<Value> = params.into_iter().map(to_sqlite).collect();
+    let n = stmt
+        .execute(rusqlite::params_from_iter(params))
+        .map_err(map_error)?;
+    Ok(n as u64)
+}
+
+/// One logical database in a SQLite file.
+pub struct SqliteDatabase {
+    pool: Arc<SqlitePool>,
+}
+
+impl SqliteDatabase {
+    /// Opens the database file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteDatabase, SqlError> {
+        Ok(SqliteDatabase {
+            pool: SqlitePool::open(path)?,
+        })
+    }
+}
+
+#[async_trait]
+impl SqlBackend for SqliteDatabase {
+    async fn query(
+        &self,
+        statement: String,
+        params: Vec<SqlValue>,
+        caps: ResultCaps,
+    ) -> Result<RowSet, SqlError> {
+        self.pool
+            .with_conn(move |c| run_query(c, &statement, params, caps))
+            .await
+    }
+
+    async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        self.pool
+            .with_conn(move |c| run_execute(c, &statement, params))
+            .await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
+        let mut pooled = self.pool.get().await?;
+        let pooled = blocking(move || {
+            pooled.conn().execute_batch("BEGIN").map_err(map_error)?;
+            Ok(pooled)
+        })
+        .await?;
+        Ok(Box::new(SqliteTransaction { conn: Some(pooled) }))
+    }
+
+    async fn open_cursor(
+        &self,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> Result<Box<dyn SqlCursor>, SqlError> {
+        let mut pooled = self.pool.get().await?;
+        let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
+        let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
+        // The reader owns the connection and statement on a blocking thread and
+        // stops as soon as the cursor is dropped (its sends fail).
+        tokio::task::spawn_blocking(move || {
+            let conn = pooled.conn();
+            let mut stmt = match conn.prepare(&statement) {
+                Ok(s) => s,
+                Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
+            };
+            let columns = columns_of(&stmt);
+            let params: Vec<Value> = params.into_iter().map(to_sqlite).collect();
+            let mut rows = match stmt.query(rusqlite::params_from_iter(params)) {
+                Ok(r) => r,
+                Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
+            };
+            if columns_tx.send(Ok(columns.clone())).is_err() {
+                return;
+            }
+            loop {
+                let item = match rows.next() {
+                    Ok(Some(row)) => read_row(row, &columns),
+                    Ok(None) => return,
+                    Err(e) => Err(map_error(e)),
+                };
+                let failed = item.is_err();
+                if rows_tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let columns = columns_rx
+            .await
+            .map_err(|_| SqlError::Other("cursor reader stopped".into()))??;
+        Ok(Box::new(SqliteCursor {
+            columns,
+            rows: rows_rx,
+        }))
+    }
+}
+
+struct SqliteTransaction {
+    conn: Option<PooledConnection>,
+}
+
+impl SqliteTransaction {
+    /// Runs `f` on the transaction's connection on the blocking pool. If the
+    /// call is cancelled, the connection is dropped with the closure and
+    /// rolled back by [`PooledConnection`]'s drop.
+    async fn run<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<R, SqlError> + Send + 'static,
+    ) -> Result<R, SqlError> {
+        let mut pooled = self.conn.take().ok_or(SqlError::Closed)?;
+        let (pooled, result) = tokio::task::spawn_blocking(move || {
+            let r = f(pooled.conn());
+            (pooled, r)
+        })
+        .await
+        .map_err(|e| SqlError::Other(format!("database task failed: {e}")))?;
+        self.conn = Some(pooled);
+        result
+    }
+}
+
+#[async_trait]
+impl SqlTransaction for SqliteTransaction {
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<SqlValue>,
+        caps: ResultCaps,
+    ) -> Result<RowSet, SqlError> {
+        self.run(move |c| run_query(c, &statement, params, caps)).await
+    }
+
+    async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        self.run(move |c| run_execute(c, &statement, params)).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
+        self.run(|c| c.execute_batch("COMMIT").map_err(map_error)).await
+    }
+
+    async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
+        self.run(|c| c.execute_batch("ROLLBACK").map_err(map_error)).await
+    }
+}
+
+struct SqliteCursor {
+    columns: Vec<SqlColumn>,
+    rows: mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
+}
+
+#[async_trait]
+impl SqlCursor for SqliteCursor {
+    fn columns(&self) -> Vec<SqlColumn> {
+        self.columns.clone()
+    }
+
+    async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+        let mut out = Vec::new();
+        while out.len() < max_rows {
+            let next = if out.is_empty() {
+                self.rows.recv().await
+            } else {
+                match self.rows.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(row) => out.push(row?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: ResultCaps = ResultCaps { max_rows: 100, max_bytes: 1 << 20 };
+
+    fn db() -> (tempfile::TempDir, SqliteDatabase) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDatabase::open(&dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn dropped_transaction_rolls_back() {
+        let (_d, db) = db();
+        db.execute("CREATE TABLE t(x integer)".into(), vec![]).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.execute("INSERT INTO t VALUES (1)".into(), vec![]).await.unwrap();
+        drop(tx);
+        let rows = db.query("SELECT count(*) FROM t".into(), vec![], CAPS).await.unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(0));
+    }
+
+    #[tokio::test]
+    async fn attach_is_refused() {
+        let (d, db) = db();
+        let other = d.path().join("other.db");
+        let err = db
+            .execute(format!("ATTACH DATABASE '{}' AS o", other.display()), vec![])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SqlError::Denied(_) | SqlError::Other(_)), "{err:?}");
+        assert!(!other.exists());
+    }
+
+    #[tokio::test]
+    async fn caps_and_typed_columns() {
+        let (_d, db) = db();
+        db.execute("CREATE TABLE t(b boolean, ts timestamp, d decimal(10,2))".into(), vec![])
+            .await
+            .unwrap();
+        db.execute(
+            "INSERT INTO t VALUES (?, ?, ?)".into(),
+            vec![SqlValue::Boolean(true), SqlValue::Timestamp("2024-05-01T12:00:00Z".into()), SqlValue::Decimal("12.50".into())],
+        )
+        .await
+        .unwrap();
+        let rows = db.query("SELECT * FROM t".into(), vec![], CAPS).await.unwrap();
+        assert_eq!(
+            rows.rows[0],
+            vec![SqlValue::Boolean(true), SqlValue::Timestamp("2024-05-01T12:00:00Z".into()), SqlValue::Decimal("12.50".into())]
+        );
+        let tight = ResultCaps { max_rows: 0, max_bytes: 10 };
+        let err = db.query("SELECT * FROM t".into(), vec![], tight).await.unwrap_err();
+        assert!(matches!(err, SqlError::TooLarge(_)));
+    }
+}

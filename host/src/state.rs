@@ -1,0 +1,69 @@
+//! Per-instance state: the data of one `Store`, created for each run,
+//! request or message. Building it only clones `Arc`s from the component's
+//! [`ComponentEnv`]; nothing is opened.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::app::ComponentEnv;
+use crate::limits::InstanceLimiter;
+use crate::outbound::OutboundPolicy;
+
+/// Most live resources (handles) one instance may hold.
+pub const MAX_HANDLES: usize = 10_000;
+
+/// The data of one instance's `Store`.
+pub struct InstanceState {
+    /// Handles given to the guest: WASI streams, port resources.
+    pub table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outbound: OutboundPolicy,
+    /// What the component may use and how it is configured.
+    pub env: Arc<ComponentEnv>,
+    /// Enforces memory and table limits.
+    pub limiter: InstanceLimiter,
+    /// When the invocation must end.
+    pub deadline: Instant,
+}
+
+impl InstanceState {
+    /// State for one invocation of the component described by `env`, with
+    /// the given WASI context (arguments, stdio).
+    pub fn new(env: Arc<ComponentEnv>, wasi: WasiCtx) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        Self {
+            table,
+            wasi,
+            http: WasiHttpCtx::new(),
+            outbound: OutboundPolicy::new(env.http_allow.clone()),
+            limiter: InstanceLimiter::new(env.limits.memory_bytes),
+            deadline: Instant::now() + env.limits.timeout,
+            env,
+        }
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}

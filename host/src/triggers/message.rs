@@ -1,0 +1,121 @@
+//! The message trigger: feeds a topic's deliveries to a component exporting
+//! `berth:infra/handler`.
+//!
+//! A delivery is acknowledged only after the handler returns `ok`. On `err`
+//! or a trap it is handed back to the broker for redelivery after an
+//! exponential backoff, until the trigger's `max_deliveries`; then it is
+//! dead-lettered (logged with its last error) and acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::InvocationError;
+use crate::app::App;
+use crate::bindings::MessageHandlerPre;
+use crate::ports::messaging::host::message_to_wit;
+use crate::ports::messaging::{Delivery, Subscription};
+
+/// Deliveries before giving up, unless the trigger says otherwise.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+/// First redelivery delay; doubles per attempt.
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest redelivery delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Deliveries handled at once per trigger.
+const CONCURRENCY: usize = 16;
+
+/// Subscribes every message trigger of `app` and spawns its consumer loop
+/// on `tasks`.
+pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+    for trigger in app.manifest.message_triggers.clone() {
+        let component = app.component(&trigger.component)?;
+        let pre = MessageHandlerPre::new(component.pre.clone())
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("component `{}` cannot handle messages", trigger.component))?;
+        let subscription = app
+            .backends
+            .messaging
+            .subscribe(&trigger.topic)
+            .await
+            .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
+        let max = trigger.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES);
+        tasks.spawn(consume(app.clone(), trigger.component.clone(), pre, subscription, max));
+    }
+    Ok(())
+}
+
+async fn consume(
+    app: Arc<App>,
+    component: String,
+    pre: MessageHandlerPre<crate::state::InstanceState>,
+    mut subscription: Box<dyn Subscription>,
+    max_deliveries: u32,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    while let Some(delivery) = subscription.next().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (app, component, pre) = (app.clone(), component.clone(), pre.clone());
+        tokio::spawn(async move {
+            handle_delivery(&app, &component, &pre, delivery, max_deliveries).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Invokes the handler once and settles the delivery.
+pub async fn handle_delivery(
+    app: &App,
+    component: &str,
+    pre: &MessageHandlerPre<crate::state::InstanceState>,
+    delivery: Delivery,
+    max_deliveries: u32,
+) {
+    let Delivery { message, reply, acker } = delivery;
+    let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
+    let outcome = invoke(app, component, pre, message).await;
+    match outcome {
+        Ok(answer) => {
+            if let (Some(reply), Some(payload)) = (reply, answer) {
+                let _ = reply.send(payload);
+            }
+            acker.ack().await;
+            tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
+        }
+        Err(error) if attempt < max_deliveries => {
+            let backoff = BASE_BACKOFF.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
+            tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
+            acker.nack(backoff).await;
+        }
+        Err(error) => {
+            tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
+            acker.ack().await;
+        }
+    }
+}
+
+async fn invoke(
+    app: &App,
+    name: &str,
+    pre: &MessageHandlerPre<crate::state::InstanceState>,
+    message: crate::ports::messaging::Message,
+) -> Result<Option<Vec<u8>>, String> {
+    let component = app.component(name).map_err(|e| e.to_string())?;
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.inherit_stderr();
+    let mut store = app.new_store(component, wasi);
+    let limit = component.env.limits.timeout;
+    let msg = message_to_wit(message);
+    let call = async {
+        let handler = pre.instantiate_async(&mut store).await?;
+        handler.berth_infra_handler().call_handle(&mut store, &msg).await
+    };
+    match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(InvocationError::from_error(&e).to_string()),
+        Err(_) => Err(crate::limits::LimitExceeded::Timeout(limit).to_string()),
+    }
+}

@@ -1,0 +1,52 @@
+//! Triggers: the ways an instance gets invoked.
+//! - [`run`]: `wasi:cli/run` commands (`berth run`);
+//! - [`http`]: `wasi:http/incoming-handler` behind HTTP routes (`berth up`);
+//! - [`message`]: `berth:infra/handler` fed by message subscriptions.
+
+pub mod http;
+pub mod message;
+pub mod run;
+
+use crate::limits::LimitExceeded;
+
+/// Why an invocation failed, in words for the operator and the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvocationError {
+    /// The guest hit one of its limits; the instance was discarded.
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    /// The guest trapped (a panic, an invalid operation, a contract
+    /// violation such as a bad handle).
+    #[error("the component trapped: {0}")]
+    Trap(String),
+}
+
+impl InvocationError {
+    /// Classifies a failed call.
+    pub fn from_error(error: &wasmtime::Error) -> InvocationError {
+        if let Some(limit) = LimitExceeded::find(error) {
+            return InvocationError::Limit(limit);
+        }
+        let mut text = error.to_string();
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            text = format!("{trap}");
+        }
+        if let Some(root) = error.chain().last() {
+            let root = root.to_string();
+            if root != text {
+                text = format!("{text}: {root}");
+            }
+        }
+        InvocationError::Trap(text)
+    }
+
+    /// A short machine-readable name of the limit, if one was hit.
+    pub fn limit_name(&self) -> Option<&'static str> {
+        match self {
+            InvocationError::Limit(LimitExceeded::Timeout(_)) => Some("time"),
+            InvocationError::Limit(LimitExceeded::Memory { .. }) => Some("memory"),
+            InvocationError::Limit(LimitExceeded::Table(_)) => Some("table"),
+            InvocationError::Trap(_) => None,
+        }
+    }
+}
