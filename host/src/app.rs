@@ -107,7 +107,8 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     p::blob::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
     p::messaging_types::add_to_linker::<_, HasSelf<_>>(&mut linker, itself)
         .map_err(anyhow::Error::from)?;
-    p::messaging::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
+    p::messaging::add_to_linker::<_, HasSelf<_>>(&mut linker, itself)
+        .map_err(anyhow::Error::from)?;
     p::email::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
     p::config::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
     p::logging::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
@@ -157,7 +158,13 @@ impl App {
             });
             components.insert(decl.name.clone(), LoadedComponent { env, pre, exports });
         }
-        let app = App { manifest, state_dir, backends, components, engine: engine.clone() };
+        let app = App {
+            manifest,
+            state_dir,
+            backends,
+            components,
+            engine: engine.clone(),
+        };
         app.check_triggers()?;
         Ok(app)
     }
@@ -166,12 +173,20 @@ impl App {
         let file = self.manifest.file.display();
         for t in &self.manifest.http_triggers {
             if !self.components[&t.component].exports.http {
-                bail!("{file}: HTTP route {:?} targets component `{}`, which does not export wasi:http/incoming-handler", t.route, t.component);
+                bail!(
+                    "{file}: HTTP route {:?} targets component `{}`, which does not export wasi:http/incoming-handler",
+                    t.route,
+                    t.component
+                );
             }
         }
         for t in &self.manifest.message_triggers {
             if !self.components[&t.component].exports.message {
-                bail!("{file}: message topic {:?} targets component `{}`, which does not export berth:infra/handler", t.topic, t.component);
+                bail!(
+                    "{file}: message topic {:?} targets component `{}`, which does not export berth:infra/handler",
+                    t.topic,
+                    t.component
+                );
             }
         }
         Ok(())
@@ -179,9 +194,9 @@ impl App {
 
     /// The component called `name`.
     pub fn component(&self, name: &str) -> anyhow::Result<&LoadedComponent> {
-        self.components.get(name).with_context(|| {
-            format!("app `{}` has no component `{name}`", self.manifest.name)
-        })
+        self.components
+            .get(name)
+            .with_context(|| format!("app `{}` has no component `{name}`", self.manifest.name))
     }
 
     /// The engine the app was loaded into.
@@ -193,13 +208,21 @@ impl App {
     /// armed: memory via the limiter, time via the epoch callback, which
     /// also yields to other tasks every tick so a spinning guest cannot
     /// starve its neighbours.
-    pub fn new_store(&self, component: &LoadedComponent, wasi: WasiCtxBuilder) -> Store<InstanceState> {
+    pub fn new_store(
+        &self,
+        component: &LoadedComponent,
+        wasi: WasiCtxBuilder,
+    ) -> Store<InstanceState> {
         new_store(self.engine.engine(), component.env.clone(), wasi)
     }
 }
 
 /// See [`App::new_store`].
-pub fn new_store(engine: &Engine, env: Arc<ComponentEnv>, mut wasi: WasiCtxBuilder) -> Store<InstanceState> {
+pub fn new_store(
+    engine: &Engine,
+    env: Arc<ComponentEnv>,
+    mut wasi: WasiCtxBuilder,
+) -> Store<InstanceState> {
     let timeout = env.limits.timeout;
     let state = InstanceState::new(env, locked_down(&mut wasi).build());
     let mut store = Store::new(engine, state);

@@ -85,7 +85,11 @@ impl HostConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read host config {}", path.display()))?;
         let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("invalid host config {}: {}", path.display(), e.to_string().trim_end())
+            anyhow::anyhow!(
+                "invalid host config {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.state_dir = config.state_dir.map(|d| base.join(d));
@@ -95,7 +99,8 @@ impl HostConfig {
 
     /// The listen address.
     pub fn listen(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
     }
 
     /// Engine settings derived from the config.
@@ -115,7 +120,9 @@ impl HostConfig {
 
     /// The state root for `manifest`.
     pub fn state_root(&self, manifest: &Manifest) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| manifest.dir().join(".berth"))
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| manifest.dir().join(".berth"))
     }
 
     /// Where `manifest`'s app keeps its embedded data.
@@ -124,7 +131,9 @@ impl HostConfig {
     }
 
     fn where_(&self) -> String {
-        self.file.as_ref().map_or("host config (defaults)".into(), |f| f.display().to_string())
+        self.file
+            .as_ref()
+            .map_or("host config (defaults)".into(), |f| f.display().to_string())
     }
 
     /// Opens the backends of every logical resource `manifest` declares.
@@ -135,7 +144,11 @@ impl HostConfig {
         };
         let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
         for name in manifest.sql.keys() {
-            let cfg = self.sql.get(name).cloned().unwrap_or(SqlConfig::Sqlite { path: None });
+            let cfg = self
+                .sql
+                .get(name)
+                .cloned()
+                .unwrap_or(SqlConfig::Sqlite { path: None });
             let SqlConfig::Sqlite { path } = cfg;
             let path = path.unwrap_or_else(|| state.join("sql").join(format!("{name}.db")));
             let db = SqliteDatabase::open(&path).map_err(|e| err(format!("sql.{name}"), &e))?;
@@ -143,9 +156,13 @@ impl HostConfig {
         }
         let mut kv: HashMap<String, Arc<dyn KvBackend>> = HashMap::new();
         for (name, decl) in &manifest.kv {
-            let default = if decl.memory { KvConfig::Memory } else { KvConfig::Sqlite { path: None } };
+            let default = if decl.memory {
+                KvConfig::Memory {}
+            } else {
+                KvConfig::Sqlite { path: None }
+            };
             let bucket: Arc<dyn KvBackend> = match self.kv.get(name).cloned().unwrap_or(default) {
-                KvConfig::Memory => Arc::new(MemoryBucket::new()),
+                KvConfig::Memory {} => Arc::new(MemoryBucket::new()),
                 KvConfig::Sqlite { path } => {
                     let path = path.unwrap_or_else(|| state.join("kv").join(format!("{name}.db")));
                     Arc::new(SqliteBucket::open(&path).map_err(|e| err(format!("kv.{name}"), &e))?)
@@ -155,23 +172,35 @@ impl HostConfig {
         }
         let signer = Arc::new(UrlSigner::new(
             self.url_signing_key(manifest)?,
-            self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen())),
+            self.public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", self.listen())),
         ));
         let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
         for name in manifest.blob.keys() {
-            let cfg = self.blob.get(name).cloned().unwrap_or(BlobConfig::Fs { root: None });
+            let cfg = self
+                .blob
+                .get(name)
+                .cloned()
+                .unwrap_or(BlobConfig::Fs { root: None });
             let BlobConfig::Fs { root } = cfg;
             let root = root.unwrap_or_else(|| state.join("blob").join(name));
             let c = FsContainer::open(root, state.join("tmp"), app, name, signer.clone())
                 .map_err(|e| err(format!("blob.{name}"), &e))?;
             blob.insert(name.clone(), Arc::new(c));
         }
-        let MessagingConfig::InProcess = self.messaging;
-        let EmailConfig::File = self.email;
-        let email: Arc<dyn EmailBackend> = Arc::new(
-            FileSink::open(state.join("email")).map_err(|e| err("email".into(), &e))?,
-        );
-        Ok(AppBackends { sql, kv, blob, messaging: InProcessBroker::new(), email, url_signer: signer })
+        let MessagingConfig::InProcess {} = self.messaging;
+        let EmailConfig::File {} = self.email;
+        let email: Arc<dyn EmailBackend> =
+            Arc::new(FileSink::open(state.join("email")).map_err(|e| err("email".into(), &e))?);
+        Ok(AppBackends {
+            sql,
+            kv,
+            blob,
+            messaging: InProcessBroker::new(),
+            email,
+            url_signer: signer,
+        })
     }
 
     /// The key signing blob URLs, kept in the state root so URLs survive a
@@ -194,7 +223,12 @@ impl HostConfig {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)
 }
 
@@ -215,7 +249,7 @@ mod tests {
         assert!(err.contains("size"), "{err}");
         std::fs::write(&path, "state_dir = \"s\"\n[kv.cache]\ntype = \"memory\"\n").unwrap();
         let ok = HostConfig::load(&path).unwrap();
-        assert_eq!(ok.kv["cache"], KvConfig::Memory);
+        assert_eq!(ok.kv["cache"], KvConfig::Memory {});
         assert_eq!(ok.state_dir.unwrap(), dir.path().join("s"));
     }
 }

@@ -4,11 +4,11 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -134,7 +134,9 @@ impl HostEngine {
         if path.exists() {
             match deserialize_own_artifact(engine, &path) {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component")
+                }
             }
         }
         let started = std::time::Instant::now();
@@ -173,14 +175,16 @@ fn engine_config(settings: &EngineSettings) -> Config {
 fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
     std::thread::Builder::new()
         .name("berth-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match engine.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
             }
         })
         .ok();
@@ -191,11 +195,15 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
 fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        bail!("not a WebAssembly file (no `\\0asm` header); expected a component built for wasm32-wasip2");
+        bail!(
+            "not a WebAssembly file (no `\\0asm` header); expected a component built for wasm32-wasip2"
+        );
     }
     // Layer field: 0 for core modules, 1 for components.
     if bytes[6..8] == [0, 0] {
-        bail!("this is a core WebAssembly module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`");
+        bail!(
+            "this is a core WebAssembly module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+        );
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! the host does not provide, is refused before it ever runs, with a message
 //! naming the import.
 
-use wasmtime::component::Component;
 use wasmtime::Engine;
+use wasmtime::component::Component;
 
 use crate::manifest::Grants;
 
@@ -32,9 +32,8 @@ pub fn check_imports(
 ) -> Result<(), String> {
     let ty = component.component_type();
     for (import, _) in ty.imports(engine) {
-        check_import(import, grants).map_err(|why| {
-            format!("component `{component_name}` imports `{import}`, {why}")
-        })?;
+        check_import(import, grants)
+            .map_err(|why| format!("component `{component_name}` imports `{import}`, {why}"))?;
     }
     Ok(())
 }
@@ -87,7 +86,11 @@ mod tests {
     #[test]
     fn wasi_base_is_always_allowed() {
         let g = Grants::default();
-        for i in ["wasi:cli/environment@0.2.4", "wasi:sockets/tcp@0.2.0", "wasi:http/types@0.2.4"] {
+        for i in [
+            "wasi:cli/environment@0.2.4",
+            "wasi:sockets/tcp@0.2.0",
+            "wasi:http/types@0.2.4",
+        ] {
             assert!(check_import(i, &g).is_ok(), "{i}");
         }
     }
@@ -106,7 +109,11 @@ mod tests {
     #[test]
     fn unknown_and_wrong_versions_are_refused() {
         let g = Grants::default();
-        assert!(check_import("acme:evil/backdoor", &g).unwrap_err().contains("does not provide"));
+        assert!(
+            check_import("acme:evil/backdoor", &g)
+                .unwrap_err()
+                .contains("does not provide")
+        );
         assert!(check_import("berth:infra/logging@0.2.0", &g).is_err());
         assert!(check_import("berth:infra/shell@0.1.0", &g).is_err());
     }

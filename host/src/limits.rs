@@ -88,7 +88,9 @@ pub enum LimitExceeded {
     #[error("time limit exceeded: the invocation ran longer than {0:?}")]
     Timeout(Duration),
     /// The guest tried to grow its linear memory past its limit.
-    #[error("memory limit exceeded: the guest tried to grow its memory to {requested} bytes, the limit is {limit} bytes")]
+    #[error(
+        "memory limit exceeded: the guest tried to grow its memory to {requested} bytes, the limit is {limit} bytes"
+    )]
     Memory {
         /// Bytes the guest asked for.
         requested: usize,

@@ -382,7 +382,11 @@ impl Validator<'_> {
                     format!("{component_key}.grants.{port}"),
                     format!(
                         "unknown {port} name {name:?}; declare it in {section} (declared: {})",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             }
@@ -402,7 +406,10 @@ impl Validator<'_> {
         let known: Vec<_> = components.keys().map(String::as_str).collect();
         Err(self.invalid(
             format!("{key}.component"),
-            format!("unknown component {name:?} (components: {})", known.join(", ")),
+            format!(
+                "unknown component {name:?} (components: {})",
+                known.join(", ")
+            ),
         ))
     }
 
@@ -416,10 +423,7 @@ impl Validator<'_> {
         }
         if let Some(ms) = raw.timeout_ms {
             if ms == 0 || ms > 3_600_000 {
-                return Err(self.invalid(
-                    format!("{key}.limits.timeout_ms"),
-                    "must be 1..=3600000",
-                ));
+                return Err(self.invalid(format!("{key}.limits.timeout_ms"), "must be 1..=3600000"));
             }
             limits.timeout = Duration::from_millis(ms);
         }
@@ -489,7 +493,10 @@ component = "api"
     #[test]
     fn trigger_of_unknown_component_is_refused() {
         let err = parse(&GOOD.replace("component = \"api\"", "component = \"apx\"")).unwrap_err();
-        assert!(err.to_string().contains("trigger.http[0].component"), "{err}");
+        assert!(
+            err.to_string().contains("trigger.http[0].component"),
+            "{err}"
+        );
     }
 
     #[test]

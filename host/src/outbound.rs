@@ -37,7 +37,9 @@ impl AllowRule {
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) || rest.is_empty() {
-            return Err(format!("{rule:?}: give only scheme, host and optional port"));
+            return Err(format!(
+                "{rule:?}: give only scheme, host and optional port"
+            ));
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
@@ -54,7 +56,7 @@ impl AllowRule {
                 HostPattern::Subdomains(domain.to_string())
             }
             _ if host.contains('*') || host.is_empty() => {
-                return Err(format!("{rule:?}: `*` is only allowed as `*.domain`"))
+                return Err(format!("{rule:?}: `*` is only allowed as `*.domain`"));
             }
             _ => HostPattern::Exact(host),
         };
@@ -98,7 +100,11 @@ impl OutboundPolicy {
         let Some(host) = uri.host() else { return false };
         let port = uri
             .port_u16()
-            .unwrap_or(if scheme.eq_ignore_ascii_case("http") { 80 } else { 443 });
+            .unwrap_or(if scheme.eq_ignore_ascii_case("http") {
+                80
+            } else {
+                443
+            });
         self.rules.iter().any(|r| r.allows(scheme, host, port))
     }
 }
@@ -111,10 +117,13 @@ impl WasiHttpHooks for OutboundPolicy {
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
         dyn Future<
-                Output = Result<(
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ), HttpError>,
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
             > + Send,
     > {
         _ = fut;
@@ -167,7 +176,15 @@ mod tests {
 
     #[test]
     fn malformed_rules_are_refused() {
-        for bad in ["api.example.com", "ftp://x", "https://", "https://a/b", "https://*", "https://a*b.com", "https://u@h"] {
+        for bad in [
+            "api.example.com",
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "https://*",
+            "https://a*b.com",
+            "https://u@h",
+        ] {
             assert!(AllowRule::parse(bad).is_err(), "{bad}");
         }
     }

@@ -1,1 +1,113 @@
-//! Shared helpers for integration tests.
+//! Helpers shared by the integration tests: the built guests, a shared
+//! engine, and manifests written into temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use berth::app::App;
+use berth::config::HostConfig;
+use berth::engine::{EngineSettings, HostEngine};
+use berth::manifest::Manifest;
+use berth::triggers::run::{RunOutput, Stdio};
+
+/// Paths of the guest components built by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// One engine per test binary: compiled components are cached under the
+/// target directory, so each guest is compiled once across runs.
+pub fn engine() -> &'static HostEngine {
+    static ENGINE: OnceLock<HostEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let cache_dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/berth-test-cache");
+        HostEngine::new(EngineSettings {
+            max_instances: 200,
+            max_memory_bytes: 512 << 20,
+            cache_dir,
+        })
+        .expect("engine builds")
+    })
+}
+
+/// A temporary app directory with a manifest.
+pub struct TestApp {
+    /// The directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The manifest path.
+    pub manifest: PathBuf,
+}
+
+impl TestApp {
+    /// Writes `manifest` (TOML) into a fresh directory.
+    pub fn new(manifest: &str) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(&path, manifest).expect("write manifest");
+        TestApp {
+            dir,
+            manifest: path,
+        }
+    }
+
+    /// The state directory the app uses.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".berth")
+    }
+
+    /// Loads the app with the default (embedded) host config.
+    pub fn load(&self) -> anyhow::Result<App> {
+        self.load_with(&HostConfig::default())
+    }
+
+    /// Loads the app with `host`.
+    pub fn load_with(&self, host: &HostConfig) -> anyhow::Result<App> {
+        let manifest = Manifest::load(&self.manifest)?;
+        App::load(engine(), manifest, host)
+    }
+}
+
+/// Runs `component` of `app` with `args`, capturing its output.
+pub async fn run(app: &App, component: &str, args: &[&str]) -> RunOutput {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    berth::triggers::run::run(app, component, &args, Stdio::Capture)
+        .await
+        .expect("component can be run")
+}
+
+/// Asserts a run exited 0, showing its output otherwise.
+pub fn assert_success(out: &RunOutput) {
+    assert!(
+        out.success(),
+        "guest failed: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// TOML for a one-component app named `name` whose component `guest` is the
+/// file at `wasm`, with `grants` (TOML lines) and extra top-level `decls`.
+pub fn single_component_manifest(name: &str, wasm: &str, decls: &str, grants: &str) -> String {
+    format!(
+        "name = \"{name}\"\n{decls}\n[component.guest]\npath = {wasm:?}\n[component.guest.grants]\n{grants}\n"
+    )
+}
+
+/// The example app's manifest rewritten to use the guests built for tests,
+/// written into a fresh directory.
+pub fn example_app() -> TestApp {
+    let original = Path::new(guests::REPO_ROOT).join("guests/example/berth.toml");
+    let text = std::fs::read_to_string(&original).expect("example manifest");
+    let text = text
+        .replace(
+            "../target/wasm32-wasip2/release/",
+            &format!("{}/", guests::GUESTS_RELEASE_DIR),
+        )
+        .lines()
+        .filter(|l| !l.starts_with("build = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    TestApp::new(&text)
+}

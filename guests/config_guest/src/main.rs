@@ -1,8 +1,8 @@
 //! Config and logging port test guest (`wasi:cli/run` command).
 //!
-//! Mode (argv[1..]): `check`. Expects the manifest to grant exactly
+//! Mode (argv[1..]): `check <secret>`. Expects the manifest to grant exactly
 //! `greeting` (= "hello") and `secret_token` (resolved by the host from the
-//! environment, = "s3cr3t").
+//! environment, = `<secret>`).
 //! Any failed assertion panics, which traps: the host sees a test failure.
 
 use berth_bindings::config::{self, Error};
@@ -12,8 +12,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.get(1..).unwrap_or_default() {
-        ["check"] => check(),
-        other => panic!("usage: config_guest check; got {other:?}"),
+        ["check", secret] => check(secret),
+        other => panic!("usage: config_guest check <secret>; got {other:?}"),
     }
 }
 
@@ -21,7 +21,7 @@ fn step(name: &str) {
     println!("config: {name} ok");
 }
 
-fn check() {
+fn check(secret: &str) {
     assert_eq!(
         config::get("greeting").expect("get greeting").as_deref(),
         Some("hello")
@@ -29,7 +29,7 @@ fn check() {
     step("greeting");
     assert_eq!(
         config::get("secret_token").expect("get secret").as_deref(),
-        Some("s3cr3t")
+        Some(secret)
     );
     step("secret from the environment");
 
@@ -42,7 +42,7 @@ fn check() {
     all.sort();
     let expected = [
         ("greeting".to_owned(), "hello".to_owned()),
-        ("secret_token".to_owned(), "s3cr3t".to_owned()),
+        ("secret_token".to_owned(), secret.to_owned()),
     ];
     assert_eq!(all, expected, "get_all returns exactly the granted keys");
     step("get_all");

@@ -21,10 +21,18 @@ pub fn build_components(manifest: &Manifest) -> anyhow::Result<()> {
             .status()
             .with_context(|| format!("cannot start the build command of `{}`", c.name))?;
         if !status.success() {
-            bail!("the build command of component `{}` failed ({status}): {cmd}", c.name);
+            bail!(
+                "the build command of component `{}` failed ({status}): {cmd}",
+                c.name
+            );
         }
         if !c.path.exists() {
-            bail!("component `{}` was built but {} does not exist; check `path` in {}", c.name, c.path.display(), manifest.file.display());
+            bail!(
+                "component `{}` was built but {} does not exist; check `path` in {}",
+                c.name,
+                c.path.display(),
+                manifest.file.display()
+            );
         }
     }
     Ok(())
@@ -33,17 +41,30 @@ pub fn build_components(manifest: &Manifest) -> anyhow::Result<()> {
 /// Installs the `wasm32-wasip2` Rust target if rustup lacks it (rustup does
 /// not add a toolchain file's targets to an already installed toolchain).
 pub fn ensure_wasm_target() -> anyhow::Result<()> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     let Ok(out) = installed else {
-        bail!("cannot run rustup to check for the wasm32-wasip2 target; install it with `rustup target add wasm32-wasip2`");
+        bail!(
+            "cannot run rustup to check for the wasm32-wasip2 target; install it with `rustup target add wasm32-wasip2`"
+        );
     };
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
         return Ok(());
     }
-    eprintln!("berth: the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`");
-    let status = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    eprintln!(
+        "berth: the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
+    );
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
     match status {
         Ok(s) if s.success() => Ok(()),
-        _ => bail!("the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; run it yourself"),
+        _ => bail!(
+            "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; run it yourself"
+        ),
     }
 }

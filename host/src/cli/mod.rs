@@ -90,7 +90,10 @@ struct CheckArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -109,7 +112,10 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -149,7 +155,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(c) => c,
         None => match manifest.components.keys().collect::<Vec<_>>().as_slice() {
             [only] => (*only).clone(),
-            many => bail!("{}: several components ({}); choose one with --component", manifest.file.display(), many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+            many => bail!(
+                "{}: several components ({}); choose one with --component",
+                manifest.file.display(),
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         },
     };
     let engine = HostEngine::new(host.engine_settings())?;
@@ -199,10 +212,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -223,13 +237,30 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let result = App::load(&engine, manifest, &host);
     let _ = std::fs::remove_dir_all(&scratch);
     let app = result?;
-    println!("{}: app `{}` is valid", app.manifest.file.display(), app.manifest.name);
+    println!(
+        "{}: app `{}` is valid",
+        app.manifest.file.display(),
+        app.manifest.name
+    );
     for (name, c) in &app.components {
         let mut exports = Vec::new();
-        if c.exports.run { exports.push("wasi:cli/run") }
-        if c.exports.http { exports.push("wasi:http/incoming-handler") }
-        if c.exports.message { exports.push("berth:infra/handler") }
-        println!("  component {name}: exports {}", if exports.is_empty() { "nothing runnable".into() } else { exports.join(", ") });
+        if c.exports.run {
+            exports.push("wasi:cli/run")
+        }
+        if c.exports.http {
+            exports.push("wasi:http/incoming-handler")
+        }
+        if c.exports.message {
+            exports.push("berth:infra/handler")
+        }
+        println!(
+            "  component {name}: exports {}",
+            if exports.is_empty() {
+                "nothing runnable".into()
+            } else {
+                exports.join(", ")
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

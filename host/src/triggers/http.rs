@@ -15,10 +15,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::WasiHttpView as _;
 
 use super::InvocationError;
 use crate::app::App;
@@ -44,7 +44,9 @@ impl Route {
             return path == self.path;
         }
         let base = self.path.trim_end_matches('/');
-        path == base || base.is_empty() || path.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
+        path == base
+            || base.is_empty()
+            || path.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
     }
 }
 
@@ -67,7 +69,12 @@ impl HttpHandler {
                 Some(base) => (base.to_string(), true),
                 None => (t.route.clone(), false),
             };
-            routes.push(Route { path, wildcard, component: t.component.clone(), pre });
+            routes.push(Route {
+                path,
+                wildcard,
+                component: t.component.clone(),
+                pre,
+            });
         }
         // Most specific first: exact routes, then longer prefixes.
         routes.sort_by_key(|r| (r.wildcard, std::cmp::Reverse(r.path.len())));
@@ -75,14 +82,20 @@ impl HttpHandler {
     }
 
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, Infallible> {
         let path = req.uri().path().to_string();
         if let Some(rest) = path.strip_prefix(URL_PREFIX) {
             let query = req.uri().query().unwrap_or("").to_string();
             return Ok(self.serve_blob(rest, &query).await);
         }
         let Some(route) = self.routes.iter().find(|r| r.matches(&path)) else {
-            return Ok(json_response(StatusCode::NOT_FOUND, serde_json::json!({"error": "no route matches this path"})));
+            return Ok(json_response(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no route matches this path"}),
+            ));
         };
         Ok(self.invoke(route, req).await)
     }
@@ -90,27 +103,41 @@ impl HttpHandler {
     async fn invoke(&self, route: &Route, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let component = match self.app.component(&route.component) {
             Ok(c) => c,
-            Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+            Err(e) => {
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None);
+            }
         };
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
         let mut store = self.app.new_store(component, wasi);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
-            let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, req)?;
             let out = store.data_mut().http().new_response_outparam(sender)?;
             Ok((req, out))
         })();
         let (req, out) = match prepared {
             Ok(p) => p,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("malformed request: {e}"), None),
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("malformed request: {e}"),
+                    None,
+                );
+            }
         };
         let pre = route.pre.clone();
         let limit = component.env.limits.timeout;
         let task = tokio::spawn(async move {
             let call = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
             };
             match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
                 Ok(Ok(())) => Ok(()),
@@ -120,15 +147,25 @@ impl HttpHandler {
         });
         match receiver.await {
             Ok(Ok(response)) => response,
-            Ok(Err(code)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("the component failed the request: {code:?}"), None),
+            Ok(Err(code)) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the component failed the request: {code:?}"),
+                None,
+            ),
             Err(_) => {
                 let failure = match task.await {
-                    Ok(Ok(())) => InvocationError::Trap("the component returned without setting a response".into()),
+                    Ok(Ok(())) => InvocationError::Trap(
+                        "the component returned without setting a response".into(),
+                    ),
                     Ok(Err(e)) => e,
                     Err(e) => InvocationError::Trap(format!("invocation task failed: {e}")),
                 };
                 tracing::warn!(app = %self.app.manifest.name, component = %route.component, error = %failure, "HTTP invocation failed");
-                let status = if failure.limit_name().is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+                let status = if failure.limit_name().is_some() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
                 error_response(status, &failure.to_string(), failure.limit_name())
             }
         }
@@ -140,8 +177,13 @@ impl HttpHandler {
             .map(|d| d.as_secs())
             .unwrap_or(u64::MAX);
         let verified = self.app.backends.url_signer.verify(rest, query, now);
-        let Some((app, container, key)) = verified.filter(|(a, _, _)| *a == self.app.manifest.name) else {
-            return error_response(StatusCode::FORBIDDEN, "invalid or expired URL signature", None);
+        let Some((app, container, key)) = verified.filter(|(a, _, _)| *a == self.app.manifest.name)
+        else {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "invalid or expired URL signature",
+                None,
+            );
         };
         let Some(backend) = self.app.backends.blob.get(&container).cloned() else {
             return error_response(StatusCode::NOT_FOUND, "no such object", None);
@@ -156,7 +198,12 @@ impl HttpHandler {
             match reader.read(BLOB_CHUNK).await {
                 Ok(chunk) if chunk.is_empty() => None,
                 Ok(chunk) => Some((Ok(Frame::data(Bytes::from(chunk))), Some(reader))),
-                Err(e) => Some((Err(wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))), None)),
+                Err(e) => Some((
+                    Err(wasmtime_wasi_http::Error::InternalError(Some(
+                        e.to_string(),
+                    ))),
+                    None,
+                )),
             }
         });
         Response::builder()
@@ -164,19 +211,36 @@ impl HttpHandler {
             .header("content-type", "application/octet-stream")
             .header("content-length", info.size)
             .body(StreamBody::new(stream).boxed_unsync())
-            .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot build response", None))
+            .unwrap_or_else(|_| {
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot build response",
+                    None,
+                )
+            })
     }
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<HyperOutgoingBody> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// A JSON error body naming the failure and, if one was hit, the limit.
-fn error_response(status: StatusCode, error: &str, limit: Option<&str>) -> Response<HyperOutgoingBody> {
+fn error_response(
+    status: StatusCode,
+    error: &str,
+    limit: Option<&str>,
+) -> Response<HyperOutgoingBody> {
     let mut body = serde_json::json!({ "error": error });
     if let Some(limit) = limit {
         body["limit"] = serde_json::Value::from(limit);
@@ -186,7 +250,11 @@ fn error_response(status: StatusCode, error: &str, limit: Option<&str>) -> Respo
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish for up to [`SHUTDOWN_GRACE`].
-pub async fn serve(handler: Arc<HttpHandler>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    handler: Arc<HttpHandler>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -216,7 +284,10 @@ pub async fn serve(handler: Arc<HttpHandler>, listener: TcpListener, shutdown: i
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; cancelling them");
     }
     Ok(())

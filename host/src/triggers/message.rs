@@ -43,7 +43,13 @@ pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()>
             .await
             .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
         let max = trigger.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES);
-        tasks.spawn(consume(app.clone(), trigger.component.clone(), pre, subscription, max));
+        tasks.spawn(consume(
+            app.clone(),
+            trigger.component.clone(),
+            pre,
+            subscription,
+            max,
+        ));
     }
     Ok(())
 }
@@ -57,7 +63,9 @@ async fn consume(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     while let Some(delivery) = subscription.next().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (app, component, pre) = (app.clone(), component.clone(), pre.clone());
         tokio::spawn(async move {
             handle_delivery(&app, &component, &pre, delivery, max_deliveries).await;
@@ -74,7 +82,11 @@ pub async fn handle_delivery(
     delivery: Delivery,
     max_deliveries: u32,
 ) {
-    let Delivery { message, reply, acker } = delivery;
+    let Delivery {
+        message,
+        reply,
+        acker,
+    } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
     let outcome = invoke(app, component, pre, message).await;
     match outcome {
@@ -86,7 +98,9 @@ pub async fn handle_delivery(
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
         }
         Err(error) if attempt < max_deliveries => {
-            let backoff = BASE_BACKOFF.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
+            let backoff = BASE_BACKOFF
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
             tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
             acker.nack(backoff).await;
         }
@@ -111,7 +125,10 @@ async fn invoke(
     let msg = message_to_wit(message);
     let call = async {
         let handler = pre.instantiate_async(&mut store).await?;
-        handler.berth_infra_handler().call_handle(&mut store, &msg).await
+        handler
+            .berth_infra_handler()
+            .call_handle(&mut store, &msg)
+            .await
     };
     match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
         Ok(Ok(result)) => result,

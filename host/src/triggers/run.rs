@@ -50,7 +50,12 @@ impl RunOutput {
 /// # Errors
 /// Only when the component cannot be run at all (no such component, no
 /// `wasi:cli/run` export); what happens inside the run is in [`RunOutput`].
-pub async fn run(app: &App, name: &str, args: &[String], stdio: Stdio) -> anyhow::Result<RunOutput> {
+pub async fn run(
+    app: &App,
+    name: &str,
+    args: &[String],
+    stdio: Stdio,
+) -> anyhow::Result<RunOutput> {
     let component = app.component(name)?;
     if !component.exports.run {
         bail!("component `{name}` does not export wasi:cli/run, so it cannot be run as a command");
@@ -82,7 +87,9 @@ pub async fn run(app: &App, name: &str, args: &[String], stdio: Stdio) -> anyhow
             Some(exit) => Ok(exit.0),
             None => Err(InvocationError::from_error(&e)),
         },
-        Err(_) => Err(InvocationError::Limit(crate::limits::LimitExceeded::Timeout(limit))),
+        Err(_) => Err(InvocationError::Limit(
+            crate::limits::LimitExceeded::Timeout(limit),
+        )),
     };
     if let Err(e) = &status {
         tracing::warn!(app = %app.manifest.name, component = name, error = %e, "run failed");
@@ -94,5 +101,9 @@ pub async fn run(app: &App, name: &str, args: &[String], stdio: Stdio) -> anyhow
         ),
         None => (String::new(), String::new()),
     };
-    Ok(RunOutput { status, stdout, stderr })
+    Ok(RunOutput {
+        status,
+        stdout,
+        stderr,
+    })
 }

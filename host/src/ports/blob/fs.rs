@@ -40,7 +40,11 @@ fn info_of(key: &str, meta: &std::fs::Metadata) -> ObjectInfo {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    ObjectInfo { key: key.to_string(), size: meta.len(), modified_ms }
+    ObjectInfo {
+        key: key.to_string(),
+        size: meta.len(),
+        modified_ms,
+    }
 }
 
 impl FsContainer {
@@ -58,7 +62,13 @@ impl FsContainer {
                 BlobError::Unavailable(format!("cannot create blob directory: {}", e.kind()))
             })?;
         }
-        Ok(FsContainer { root, tmp, app: app.into(), name: name.into(), signer })
+        Ok(FsContainer {
+            root,
+            tmp,
+            app: app.into(),
+            name: name.into(),
+            signer,
+        })
     }
 
     /// The file of `key`, refusing any symlink on the way.
@@ -68,7 +78,9 @@ impl FsContainer {
             path.push(segment);
             if let Ok(meta) = std::fs::symlink_metadata(&path) {
                 if meta.file_type().is_symlink() {
-                    return Err(BlobError::InvalidKey("key leads through a symbolic link".into()));
+                    return Err(BlobError::InvalidKey(
+                        "key leads through a symbolic link".into(),
+                    ));
                 }
             }
         }
@@ -138,7 +150,12 @@ impl BlobBackend for FsContainer {
         Ok(self.open_file(key).await?.1)
     }
 
-    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage, BlobError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ObjectPage, BlobError> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
         let after = after.map(str::to_string);
@@ -151,8 +168,15 @@ impl BlobBackend for FsContainer {
             all.sort_by(|a, b| a.key.cmp(&b.key));
             let more = all.len() > limit;
             all.truncate(limit);
-            let cursor = if more { all.last().map(|o| o.key.clone()) } else { None };
-            Ok(ObjectPage { objects: all, cursor })
+            let cursor = if more {
+                all.last().map(|o| o.key.clone())
+            } else {
+                None
+            };
+            Ok(ObjectPage {
+                objects: all,
+                cursor,
+            })
         })
         .await
         .map_err(|e| BlobError::Other(format!("listing failed: {e}")))?
@@ -172,7 +196,9 @@ impl BlobBackend for FsContainer {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(self.signer.url(&self.app, &self.name, key, now + u64::from(expires_secs)))
+        Ok(self
+            .signer
+            .url(&self.app, &self.name, key, now + u64::from(expires_secs)))
     }
 }
 
@@ -185,9 +211,15 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<
     };
     for entry in entries {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         let meta = entry.metadata()?; // does not follow symlinks
-        let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let key = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         if meta.is_dir() {
             walk(&entry.path(), &key, out)?;
         } else if meta.is_file() {
@@ -225,11 +257,15 @@ impl BlobWriter for FsWriter {
         }
         match tokio::fs::symlink_metadata(&self.target).await {
             Ok(m) if m.is_dir() || m.file_type().is_symlink() => {
-                return Err(BlobError::InvalidKey("key names a directory or link".into()))
+                return Err(BlobError::InvalidKey(
+                    "key names a directory or link".into(),
+                ));
             }
             _ => {}
         }
-        tokio::fs::rename(&self.tmp, &self.target).await.map_err(io_error)?;
+        tokio::fs::rename(&self.tmp, &self.target)
+            .await
+            .map_err(io_error)?;
         let meta = tokio::fs::metadata(&self.target).await.map_err(io_error)?;
         Ok(info_of(&self.key, &meta))
     }
@@ -277,7 +313,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = container(dir.path());
         std::fs::write(dir.path().join("secret"), b"outside").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("root/link")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("root/link"))
+            .unwrap();
         std::os::unix::fs::symlink(dir.path(), dir.path().join("root/dirlink")).unwrap();
         assert!(c.get("link", 100).await.is_err());
         assert!(c.get("dirlink/secret", 100).await.is_err());
@@ -295,6 +332,9 @@ mod tests {
         w.write(b"partial").await.unwrap();
         drop(w);
         assert_eq!(c.stat("a/b").await.unwrap_err(), BlobError::NotFound);
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
 
-use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo as HostInfo, validate_key, validate_prefix};
+use super::{
+    BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo as HostInfo, validate_key,
+    validate_prefix,
+};
 use crate::bindings::ports::blob::{self as wit, Error, ObjectInfo, ObjectPage};
 use crate::ports::error_chain;
 use crate::state::InstanceState;
@@ -33,7 +36,11 @@ pub struct ReaderHandle {
 type Res<T> = wasmtime::Result<Result<T, Error>>;
 
 fn info(i: HostInfo) -> ObjectInfo {
-    ObjectInfo { key: i.key, size: i.size, modified_ms: i.modified_ms }
+    ObjectInfo {
+        key: i.key,
+        size: i.size,
+        modified_ms: i.modified_ms,
+    }
 }
 
 impl InstanceState {
@@ -62,13 +69,21 @@ impl InstanceState {
     fn blob_chunk(&self, len: usize) -> Result<(), BlobError> {
         let max = self.env.limits.payloads.blob_max_chunk_bytes;
         if len > max {
-            return Err(BlobError::TooLarge(format!("chunk is {len} bytes; at most {max} allowed")));
+            return Err(BlobError::TooLarge(format!(
+                "chunk is {len} bytes; at most {max} allowed"
+            )));
         }
         Ok(())
     }
 
     /// Validates, then runs `f` against the container's backend.
-    async fn blob_call<T, F, Fut>(&mut self, this: &Resource<ContainerHandle>, op: &'static str, check: Result<(), BlobError>, f: F) -> Res<T>
+    async fn blob_call<T, F, Fut>(
+        &mut self,
+        this: &Resource<ContainerHandle>,
+        op: &'static str,
+        check: Result<(), BlobError>,
+        f: F,
+    ) -> Res<T>
     where
         F: FnOnce(Arc<dyn BlobBackend>) -> Fut,
         Fut: Future<Output = Result<T, BlobError>> + Send,
@@ -86,34 +101,57 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostContainer for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ContainerHandle>> {
-        let backend = self.env.grants.blob.contains(&name).then(|| self.env.backends.blob.get(&name).cloned()).flatten();
+        let backend = self
+            .env
+            .grants
+            .blob
+            .contains(&name)
+            .then(|| self.env.backends.blob.get(&name).cloned())
+            .flatten();
         match backend {
             Some(backend) => Ok(Ok(self.table.push(ContainerHandle { backend })?)),
             None => Ok(Err(self.blob_error("open", BlobError::NotGranted(name)))),
         }
     }
 
-    async fn put(&mut self, this: Resource<ContainerHandle>, key: String, data: Vec<u8>) -> Res<ObjectInfo> {
+    async fn put(
+        &mut self,
+        this: Resource<ContainerHandle>,
+        key: String,
+        data: Vec<u8>,
+    ) -> Res<ObjectInfo> {
         let max = self.env.limits.payloads.blob_max_put_bytes;
         let check = self.blob_key(&key).and_then(|()| {
             if data.len() > max {
-                Err(BlobError::TooLarge(format!("object is {} bytes; `put` takes at most {max}, use `write`", data.len())))
+                Err(BlobError::TooLarge(format!(
+                    "object is {} bytes; `put` takes at most {max}, use `write`",
+                    data.len()
+                )))
             } else {
                 Ok(())
             }
         });
-        self.blob_call(&this, "put", check, move |b| async move { b.put(&key, data).await.map(info) }).await
+        self.blob_call(&this, "put", check, move |b| async move {
+            b.put(&key, data).await.map(info)
+        })
+        .await
     }
 
     async fn get(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Vec<u8>> {
         let max = self.env.limits.payloads.blob_max_put_bytes;
         let check = self.blob_key(&key);
-        self.blob_call(&this, "get", check, move |b| async move { b.get(&key, max).await }).await
+        self.blob_call(&this, "get", check, move |b| async move {
+            b.get(&key, max).await
+        })
+        .await
     }
 
     async fn delete(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<bool> {
         let check = self.blob_key(&key);
-        self.blob_call(&this, "delete", check, move |b| async move { b.delete(&key).await }).await
+        self.blob_call(&this, "delete", check, move |b| async move {
+            b.delete(&key).await
+        })
+        .await
     }
 
     async fn exists(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<bool> {
@@ -130,39 +168,82 @@ impl wit::HostContainer for InstanceState {
 
     async fn stat(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<ObjectInfo> {
         let check = self.blob_key(&key);
-        self.blob_call(&this, "stat", check, move |b| async move { b.stat(&key).await.map(info) }).await
-    }
-
-    async fn list(&mut self, this: Resource<ContainerHandle>, prefix: String, cursor: Option<String>, limit: u32) -> Res<ObjectPage> {
-        let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
-        let check = validate_prefix(&prefix, self.env.limits.payloads.max_key_bytes);
-        self.blob_call(&this, "list", check, move |b| async move {
-            let page = b.list(&prefix, cursor.as_deref(), limit).await?;
-            Ok(ObjectPage { objects: page.objects.into_iter().map(info).collect(), cursor: page.cursor })
+        self.blob_call(&this, "stat", check, move |b| async move {
+            b.stat(&key).await.map(info)
         })
         .await
     }
 
-    async fn write(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Resource<WriterHandle>> {
+    async fn list(
+        &mut self,
+        this: Resource<ContainerHandle>,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Res<ObjectPage> {
+        let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
+        let check = validate_prefix(&prefix, self.env.limits.payloads.max_key_bytes);
+        self.blob_call(&this, "list", check, move |b| async move {
+            let page = b.list(&prefix, cursor.as_deref(), limit).await?;
+            Ok(ObjectPage {
+                objects: page.objects.into_iter().map(info).collect(),
+                cursor: page.cursor,
+            })
+        })
+        .await
+    }
+
+    async fn write(
+        &mut self,
+        this: Resource<ContainerHandle>,
+        key: String,
+    ) -> Res<Resource<WriterHandle>> {
         let check = self.blob_key(&key);
-        match self.blob_call(&this, "write", check, move |b| async move { b.write(&key).await }).await? {
-            Ok(writer) => Ok(Ok(self.table.push(WriterHandle { writer: Some(writer) })?)),
+        match self
+            .blob_call(&this, "write", check, move |b| async move {
+                b.write(&key).await
+            })
+            .await?
+        {
+            Ok(writer) => Ok(Ok(self.table.push(WriterHandle {
+                writer: Some(writer),
+            })?)),
             Err(e) => Ok(Err(e)),
         }
     }
 
-    async fn read(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Resource<ReaderHandle>> {
+    async fn read(
+        &mut self,
+        this: Resource<ContainerHandle>,
+        key: String,
+    ) -> Res<Resource<ReaderHandle>> {
         let check = self.blob_key(&key);
-        match self.blob_call(&this, "read", check, move |b| async move { b.read(&key).await }).await? {
+        match self
+            .blob_call(
+                &this,
+                "read",
+                check,
+                move |b| async move { b.read(&key).await },
+            )
+            .await?
+        {
             Ok(reader) => Ok(Ok(self.table.push(ReaderHandle { reader })?)),
             Err(e) => Ok(Err(e)),
         }
     }
 
-    async fn url(&mut self, this: Resource<ContainerHandle>, key: String, expires_secs: u32) -> Res<String> {
+    async fn url(
+        &mut self,
+        this: Resource<ContainerHandle>,
+        key: String,
+        expires_secs: u32,
+    ) -> Res<String> {
         let check = self.blob_key(&key);
         let secs = expires_secs.clamp(1, MAX_URL_SECS);
-        self.blob_call(&this, "url", check, move |b| async move { b.url(&key, secs).await }).await
+        self.blob_call(&this, "url", check, move |b| async move {
+            b.url(&key, secs).await
+        })
+        .await
     }
 
     async fn drop(&mut self, rep: Resource<ContainerHandle>) -> wasmtime::Result<()> {

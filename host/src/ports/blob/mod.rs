@@ -66,7 +66,12 @@ pub trait BlobBackend: Send + Sync {
     /// Size and time of an object.
     async fn stat(&self, key: &str) -> Result<ObjectInfo, BlobError>;
     /// Objects whose key starts with `prefix`, after `after`, at most `limit`.
-    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage, BlobError>;
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ObjectPage, BlobError>;
     /// Starts a chunked write; the object appears on `finish`.
     async fn write(&self, key: &str) -> Result<Box<dyn BlobWriter>, BlobError>;
     /// Opens a chunked read.
@@ -99,7 +104,9 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
         return bad("key is empty");
     }
     if key.len() > max_bytes {
-        return Err(BlobError::InvalidKey(format!("key is longer than {max_bytes} bytes")));
+        return Err(BlobError::InvalidKey(format!(
+            "key is longer than {max_bytes} bytes"
+        )));
     }
     if key.starts_with('/') {
         return bad("key must be relative (no leading `/`)");
@@ -110,7 +117,10 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
     if key.chars().any(char::is_control) {
         return bad("key must not contain control characters");
     }
-    if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return bad("key must not contain empty, `.` or `..` segments");
     }
     Ok(())
@@ -131,11 +141,29 @@ mod tests {
 
     #[test]
     fn traversal_spellings_are_refused() {
-        for key in ["", "/etc/passwd", "../x", "a/../../b", "a/./b", "a//b", "a\\b", "nul\0", "tab\tx", "a/..", ".."] {
+        for key in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "a//b",
+            "a\\b",
+            "nul\0",
+            "tab\tx",
+            "a/..",
+            "..",
+        ] {
             assert!(validate_key(key, 1024).is_err(), "{key:?}");
         }
         assert!(validate_key(&"k".repeat(1025), 1024).is_err());
-        for key in ["a", "users/1/avatar", "dots.in.name", "ünïcode/ok", "..hidden"] {
+        for key in [
+            "a",
+            "users/1/avatar",
+            "dots.in.name",
+            "ünïcode/ok",
+            "..hidden",
+        ] {
             assert!(validate_key(key, 1024).is_ok(), "{key:?}");
         }
         assert!(validate_prefix("", 1024).is_ok());

@@ -18,7 +18,9 @@ pub struct UrlSigner {
 
 impl std::fmt::Debug for UrlSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UrlSigner").field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("UrlSigner")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -26,7 +28,10 @@ impl UrlSigner {
     /// A signer with `key`, producing URLs under `base_url`
     /// (`http://127.0.0.1:3000`).
     pub fn new(key: Vec<u8>, base_url: impl Into<String>) -> Self {
-        Self { key, base_url: base_url.into().trim_end_matches('/').to_string() }
+        Self {
+            key,
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+        }
     }
 
     fn signature(&self, app: &str, container: &str, key: &str, expires: u64) -> String {
@@ -75,7 +80,11 @@ impl UrlSigner {
         let (expires, sig) = (expires?, sig?);
         let expected = self.signature(&app, &container, &key, expires);
         let equal = expected.len() == sig.len()
-            && expected.bytes().zip(sig.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && expected
+                .bytes()
+                .zip(sig.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         (equal && now <= expires).then_some((app, container, key))
     }
 }
@@ -125,6 +134,9 @@ mod tests {
         );
         assert_eq!(s.verify(path, query, 101), None, "expired");
         assert_eq!(s.verify(&path.replace("users", "userz"), query, 50), None);
-        assert_eq!(s.verify(path, &query.replace("expires=100", "expires=999"), 50), None);
+        assert_eq!(
+            s.verify(path, &query.replace("expires=100", "expires=999"), 50),
+            None
+        );
     }
 }

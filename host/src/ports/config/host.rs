@@ -9,7 +9,11 @@ impl wit::Host for InstanceState {
         if !self.env.grants.config.contains(&key) {
             return Ok(Err(Error::NotGranted(key)));
         }
-        Ok(Ok(self.env.config.get(&key).map(|v| v.expose().to_string())))
+        Ok(Ok(self
+            .env
+            .config
+            .get(&key)
+            .map(|v| v.expose().to_string())))
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {

@@ -23,7 +23,10 @@ pub fn resolve(
 ) -> Result<BTreeMap<String, Secret>, String> {
     let mut out = BTreeMap::new();
     for (key, raw) in values {
-        let override_var = format!("BERTH_CONFIG_{}", key.to_ascii_uppercase().replace('-', "_"));
+        let override_var = format!(
+            "BERTH_CONFIG_{}",
+            key.to_ascii_uppercase().replace('-', "_")
+        );
         let value = match env(&override_var) {
             Some(v) => v,
             None => interpolate(raw, &env).map_err(|var| {

@@ -54,7 +54,10 @@ pub fn render(message: &EmailMessage, id: &str) -> String {
         }
         Some(html) => {
             let boundary = format!("berth-{id}");
-            header("Content-Type", &format!("multipart/alternative; boundary=\"{boundary}\""));
+            header(
+                "Content-Type",
+                &format!("multipart/alternative; boundary=\"{boundary}\""),
+            );
             out.push_str(&format!(
                 "\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--{boundary}--\r\n",
                 message.text_body
@@ -69,9 +72,11 @@ impl EmailBackend for FileSink {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
         let id = format!("{}@berth.local", uuid::Uuid::new_v4());
         let path = self.dir.join(format!("{id}.eml"));
-        tokio::fs::write(&path, render(message, &id)).await.map_err(|e| {
-            EmailError::Unavailable(format!("cannot write email file: {}", e.kind()))
-        })?;
+        tokio::fs::write(&path, render(message, &id))
+            .await
+            .map_err(|e| {
+                EmailError::Unavailable(format!("cannot write email file: {}", e.kind()))
+            })?;
         tracing::info!(
             message_id = %id,
             from = %message.from,

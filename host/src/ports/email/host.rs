@@ -17,7 +17,9 @@ impl InstanceState {
             EmailError::InvalidMessage(m) => Error::InvalidMessage(m),
             EmailError::TooLarge(m) => Error::TooLarge(m),
             EmailError::RateLimited => Error::RateLimited,
-            EmailError::Unavailable(_) => Error::Unavailable("the mail transport is unavailable".into()),
+            EmailError::Unavailable(_) => {
+                Error::Unavailable("the mail transport is unavailable".into())
+            }
             EmailError::Other(m) => Error::Other(m),
         }
     }
@@ -35,7 +37,11 @@ impl wit::Host for InstanceState {
             text_body: m.text_body,
             html_body: m.html_body,
         };
-        if let Err(e) = validate_message(&message, &self.env.grants.email_senders, &self.env.limits.payloads) {
+        if let Err(e) = validate_message(
+            &message,
+            &self.env.grants.email_senders,
+            &self.env.limits.payloads,
+        ) {
             return Ok(Err(self.email_error(e)));
         }
         let span = tracing::debug_span!("email", op = "send", app = %self.env.app, component = %self.env.component);

@@ -77,7 +77,9 @@ pub fn validate_address(address: &str) -> Result<(), String> {
         || domain.starts_with('.')
         || domain.ends_with('.')
         || !local.chars().all(valid_char)
-        || !domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        || !domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
     {
         return Err(bad());
     }
@@ -92,10 +94,18 @@ pub fn validate_message(
 ) -> Result<(), EmailError> {
     let invalid = |m: String| EmailError::InvalidMessage(m);
     validate_address(&message.from).map_err(invalid)?;
-    if !senders.iter().any(|s| s.eq_ignore_ascii_case(&message.from)) {
+    if !senders
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&message.from))
+    {
         return Err(EmailError::SenderNotGranted(message.from.clone()));
     }
-    let recipients: Vec<&String> = message.to.iter().chain(&message.cc).chain(&message.bcc).collect();
+    let recipients: Vec<&String> = message
+        .to
+        .iter()
+        .chain(&message.cc)
+        .chain(&message.bcc)
+        .collect();
     if message.to.is_empty() {
         return Err(invalid("the message has no `to` recipient".into()));
     }
@@ -110,7 +120,9 @@ pub fn validate_message(
         validate_address(r).map_err(invalid)?;
     }
     if message.subject.contains(['\r', '\n']) {
-        return Err(invalid("the subject contains a line break (header injection)".into()));
+        return Err(invalid(
+            "the subject contains a line break (header injection)".into(),
+        ));
     }
     if message.subject.chars().any(|c| c.is_control() && c != '\t') {
         return Err(invalid("the subject contains control characters".into()));
@@ -161,17 +173,30 @@ mod tests {
         let mut m = msg();
         m.to = (0..51).map(|i| format!("u{i}@example.org")).collect();
         assert!(matches!(check(&m), Err(EmailError::InvalidMessage(_))));
-        for bad in ["", "a", "a@b", "<a@b.c>", "a b@c.d", "a@b.c\n", "Name <a@b.c>"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "<a@b.c>",
+            "a b@c.d",
+            "a@b.c\n",
+            "Name <a@b.c>",
+        ] {
             assert!(validate_address(bad).is_err(), "{bad:?}");
         }
     }
 }
 
 /// The app's mail transport (`[email]` in the host config).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EmailConfig {
-    /// Write `.eml` files; `dir` defaults to `<state>/<app>/email`.
-    #[default]
-    File,
+    /// Write `.eml` files into `<state>/<app>/email`.
+    File {},
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig::File {}
+    }
 }

@@ -42,7 +42,9 @@ impl InstanceState {
             return Err(KvError::InvalidInput("key is empty".into()));
         }
         if key.len() > max {
-            return Err(KvError::InvalidInput(format!("key is longer than {max} bytes")));
+            return Err(KvError::InvalidInput(format!(
+                "key is longer than {max} bytes"
+            )));
         }
         Ok(())
     }
@@ -50,13 +52,22 @@ impl InstanceState {
     fn kv_check_value(&self, value: &[u8]) -> Result<(), KvError> {
         let max = self.env.limits.payloads.kv_max_value_bytes;
         if value.len() > max {
-            return Err(KvError::InvalidInput(format!("value is {} bytes; at most {max} allowed", value.len())));
+            return Err(KvError::InvalidInput(format!(
+                "value is {} bytes; at most {max} allowed",
+                value.len()
+            )));
         }
         Ok(())
     }
 
     /// Validates, then runs `op` against the bucket's backend.
-    async fn kv_call<T, F, Fut>(&mut self, this: &Resource<BucketHandle>, op: &'static str, check: Result<(), KvError>, f: F) -> Res<T>
+    async fn kv_call<T, F, Fut>(
+        &mut self,
+        this: &Resource<BucketHandle>,
+        op: &'static str,
+        check: Result<(), KvError>,
+        f: F,
+    ) -> Res<T>
     where
         F: FnOnce(Arc<dyn KvBackend>) -> Fut,
         Fut: Future<Output = Result<T, KvError>> + Send,
@@ -74,7 +85,13 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostBucket for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<BucketHandle>> {
-        let backend = self.env.grants.kv.contains(&name).then(|| self.env.backends.kv.get(&name).cloned()).flatten();
+        let backend = self
+            .env
+            .grants
+            .kv
+            .contains(&name)
+            .then(|| self.env.backends.kv.get(&name).cloned())
+            .flatten();
         match backend {
             Some(backend) => Ok(Ok(self.table.push(BucketHandle { backend })?)),
             None => Ok(Err(self.kv_error("open", KvError::NotGranted(name)))),
@@ -83,26 +100,55 @@ impl wit::HostBucket for InstanceState {
 
     async fn get(&mut self, this: Resource<BucketHandle>, key: String) -> Res<Option<Vec<u8>>> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "get", check, move |b| async move { b.get(&key).await }).await
+        self.kv_call(
+            &this,
+            "get",
+            check,
+            move |b| async move { b.get(&key).await },
+        )
+        .await
     }
 
-    async fn set(&mut self, this: Resource<BucketHandle>, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Res<()> {
-        let check = self.kv_check_key(&key).and_then(|()| self.kv_check_value(&value));
+    async fn set(
+        &mut self,
+        this: Resource<BucketHandle>,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Res<()> {
+        let check = self
+            .kv_check_key(&key)
+            .and_then(|()| self.kv_check_value(&value));
         let ttl = ttl_ms.map(Duration::from_millis);
-        self.kv_call(&this, "set", check, move |b| async move { b.set(&key, value, ttl).await }).await
+        self.kv_call(&this, "set", check, move |b| async move {
+            b.set(&key, value, ttl).await
+        })
+        .await
     }
 
     async fn delete(&mut self, this: Resource<BucketHandle>, key: String) -> Res<bool> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "delete", check, move |b| async move { b.delete(&key).await }).await
+        self.kv_call(&this, "delete", check, move |b| async move {
+            b.delete(&key).await
+        })
+        .await
     }
 
     async fn exists(&mut self, this: Resource<BucketHandle>, key: String) -> Res<bool> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "exists", check, move |b| async move { b.exists(&key).await }).await
+        self.kv_call(&this, "exists", check, move |b| async move {
+            b.exists(&key).await
+        })
+        .await
     }
 
-    async fn list_keys(&mut self, this: Resource<BucketHandle>, prefix: String, cursor: Option<String>, limit: u32) -> Res<KeyPage> {
+    async fn list_keys(
+        &mut self,
+        this: Resource<BucketHandle>,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Res<KeyPage> {
         let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
         let check = if prefix.len() > self.env.limits.payloads.max_key_bytes {
             Err(KvError::InvalidInput("prefix is too long".into()))
@@ -111,18 +157,37 @@ impl wit::HostBucket for InstanceState {
         };
         self.kv_call(&this, "list-keys", check, move |b| async move {
             let page = b.list_keys(&prefix, cursor.as_deref(), limit).await?;
-            Ok(KeyPage { keys: page.keys, cursor: page.cursor })
+            Ok(KeyPage {
+                keys: page.keys,
+                cursor: page.cursor,
+            })
         })
         .await
     }
 
-    async fn increment(&mut self, this: Resource<BucketHandle>, key: String, delta: i64) -> Res<i64> {
+    async fn increment(
+        &mut self,
+        this: Resource<BucketHandle>,
+        key: String,
+        delta: i64,
+    ) -> Res<i64> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "increment", check, move |b| async move { b.increment(&key, delta).await }).await
+        self.kv_call(&this, "increment", check, move |b| async move {
+            b.increment(&key, delta).await
+        })
+        .await
     }
 
-    async fn compare_and_swap(&mut self, this: Resource<BucketHandle>, key: String, expected: Option<Vec<u8>>, new: Vec<u8>) -> Res<bool> {
-        let check = self.kv_check_key(&key).and_then(|()| self.kv_check_value(&new));
+    async fn compare_and_swap(
+        &mut self,
+        this: Resource<BucketHandle>,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Res<bool> {
+        let check = self
+            .kv_check_key(&key)
+            .and_then(|()| self.kv_check_value(&new));
         self.kv_call(&this, "compare-and-swap", check, move |b| async move {
             b.compare_and_swap(&key, expected.as_deref(), new).await
         })

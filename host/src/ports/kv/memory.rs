@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{add_to_counter, page_from, KeyPage, KvBackend, KvError};
+use super::{KeyPage, KvBackend, KvError, add_to_counter, page_from};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -40,7 +40,9 @@ impl MemoryBucket {
 }
 
 fn live_value(map: &BTreeMap<String, Entry>, key: &str, now: Instant) -> Option<Vec<u8>> {
-    map.get(key).filter(|e| e.live(now)).map(|e| e.value.clone())
+    map.get(key)
+        .filter(|e| e.live(now))
+        .map(|e| e.value.clone())
 }
 
 #[async_trait]
@@ -93,7 +95,13 @@ impl KvBackend for MemoryBucket {
             let current = live_value(m, key, now);
             let next = add_to_counter(current.as_deref(), delta)?;
             let expires = m.get(key).filter(|e| e.live(now)).and_then(|e| e.expires);
-            m.insert(key.to_string(), Entry { value: next.to_string().into_bytes(), expires });
+            m.insert(
+                key.to_string(),
+                Entry {
+                    value: next.to_string().into_bytes(),
+                    expires,
+                },
+            );
             Ok(next)
         })
     }
@@ -108,7 +116,13 @@ impl KvBackend for MemoryBucket {
             if live_value(m, key, now).as_deref() != expected {
                 return false;
             }
-            m.insert(key.to_string(), Entry { value: new, expires: None });
+            m.insert(
+                key.to_string(),
+                Entry {
+                    value: new,
+                    expires: None,
+                },
+            );
             true
         }))
     }
@@ -121,7 +135,9 @@ mod tests {
     #[tokio::test]
     async fn ttl_counter_cas_and_listing() {
         let b = MemoryBucket::new();
-        b.set("t", b"v".to_vec(), Some(Duration::from_millis(20))).await.unwrap();
+        b.set("t", b"v".to_vec(), Some(Duration::from_millis(20)))
+            .await
+            .unwrap();
         assert!(b.exists("t").await.unwrap());
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(b.get("t").await.unwrap(), None);

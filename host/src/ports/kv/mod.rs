@@ -75,7 +75,9 @@ pub(crate) fn add_to_counter(current: Option<&[u8]>, delta: i64) -> Result<i64, 
         Some(bytes) => std::str::from_utf8(bytes)
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
-            .ok_or_else(|| KvError::NotANumber("the stored value is not a decimal integer".into()))?,
+            .ok_or_else(|| {
+                KvError::NotANumber("the stored value is not a decimal integer".into())
+            })?,
     };
     current
         .checked_add(delta)
@@ -100,6 +102,7 @@ pub enum KvConfig {
         /// Database file.
         path: Option<std::path::PathBuf>,
     },
-    /// In memory, lost on exit.
-    Memory,
+    /// In memory, lost on exit. (A struct variant so unknown keys are
+    /// rejected: serde ignores them on unit variants of tagged enums.)
+    Memory {},
 }

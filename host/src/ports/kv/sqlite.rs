@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{OptionalExtension, params};
 
-use super::{add_to_counter, page_from, KeyPage, KvBackend, KvError};
-use crate::ports::sql::sqlite::SqlitePool;
+use super::{KeyPage, KvBackend, KvError, add_to_counter, page_from};
 use crate::ports::sql::SqlError;
+use crate::ports::sql::sqlite::SqlitePool;
 
 /// A bucket stored in a SQLite file.
 pub struct SqliteBucket {
@@ -68,7 +68,12 @@ fn get_live(c: &rusqlite::Connection, key: &str) -> Result<Option<Vec<u8>>, KvEr
     .map_err(|e| map(sql(e)))
 }
 
-fn put(c: &rusqlite::Connection, key: &str, value: &[u8], expires: Option<i64>) -> Result<(), KvError> {
+fn put(
+    c: &rusqlite::Connection,
+    key: &str,
+    value: &[u8],
+    expires: Option<i64>,
+) -> Result<(), KvError> {
     c.execute(
         "INSERT INTO kv(key, value, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
         params![key, value, expires],
@@ -100,7 +105,8 @@ impl KvBackend for SqliteBucket {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         let key = key.to_string();
-        let expires = ttl.map(|t| now_ms().saturating_add(t.as_millis().min(i64::MAX as u128) as i64));
+        let expires =
+            ttl.map(|t| now_ms().saturating_add(t.as_millis().min(i64::MAX as u128) as i64));
         self.run(move |c| {
             c.execute("DELETE FROM kv WHERE expires_at <= ?1", params![now_ms()])
                 .map_err(|e| map(sql(e)))?;
@@ -113,9 +119,13 @@ impl KvBackend for SqliteBucket {
         let key = key.to_string();
         self.run(move |c| {
             let n = c
-                .execute(&format!("DELETE FROM kv WHERE key = ?1 AND {LIVE}"), params![key, now_ms()])
+                .execute(
+                    &format!("DELETE FROM kv WHERE key = ?1 AND {LIVE}"),
+                    params![key, now_ms()],
+                )
                 .map_err(|e| map(sql(e)))?;
-            c.execute("DELETE FROM kv WHERE key = ?1", params![key]).map_err(|e| map(sql(e)))?;
+            c.execute("DELETE FROM kv WHERE key = ?1", params![key])
+                .map_err(|e| map(sql(e)))?;
             Ok(n > 0)
         })
         .await
@@ -125,7 +135,12 @@ impl KvBackend for SqliteBucket {
         Ok(self.get(key).await?.is_some())
     }
 
-    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage, KvError> {
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, KvError> {
         let prefix = prefix.to_string();
         let after = after.unwrap_or("").to_string();
         self.run(move |c| {
@@ -153,18 +168,32 @@ impl KvBackend for SqliteBucket {
                 let current = get_live(tx, &key)?;
                 let next = add_to_counter(current.as_deref(), delta)?;
                 let expires: Option<i64> = tx
-                    .query_row("SELECT expires_at FROM kv WHERE key = ?1", params![key], |r| r.get(0))
+                    .query_row(
+                        "SELECT expires_at FROM kv WHERE key = ?1",
+                        params![key],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(|e| map(sql(e)))?
                     .flatten();
-                put(tx, &key, next.to_string().as_bytes(), if current.is_some() { expires } else { None })?;
+                put(
+                    tx,
+                    &key,
+                    next.to_string().as_bytes(),
+                    if current.is_some() { expires } else { None },
+                )?;
                 Ok(next)
             })
         })
         .await
     }
 
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Vec<u8>) -> Result<bool, KvError> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvError> {
         let key = key.to_string();
         let expected = expected.map(<[u8]>::to_vec);
         self.run(move |c| {
@@ -201,7 +230,15 @@ mod tests {
         let page = b.list_keys("p/", page.cursor.as_deref(), 3).await.unwrap();
         assert_eq!(page.keys, ["p/3", "p/4"]);
         assert_eq!(b.increment("n", 1).await.unwrap(), 3);
-        assert!(b.compare_and_swap("n", Some(b"3"), b"9".to_vec()).await.unwrap());
-        assert!(!b.compare_and_swap("n", Some(b"3"), b"1".to_vec()).await.unwrap());
+        assert!(
+            b.compare_and_swap("n", Some(b"3"), b"9".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.compare_and_swap("n", Some(b"3"), b"1".to_vec())
+                .await
+                .unwrap()
+        );
     }
 }

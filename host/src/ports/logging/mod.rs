@@ -22,7 +22,12 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 impl wit::Host for InstanceState {
-    async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+    async fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
         let message = truncate(&message, MAX_MESSAGE_BYTES);
         let fields: Vec<String> = fields
             .iter()

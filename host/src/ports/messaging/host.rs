@@ -20,7 +20,13 @@ type Res<T> = wasmtime::Result<Result<T, Error>>;
 
 /// Converts a host message to the WIT record.
 pub fn message_to_wit(m: HostMessage) -> Message {
-    Message { id: m.id, topic: m.topic, payload: m.payload, headers: m.headers, attempt: m.attempt }
+    Message {
+        id: m.id,
+        topic: m.topic,
+        payload: m.payload,
+        headers: m.headers,
+        attempt: m.attempt,
+    }
 }
 
 impl InstanceState {
@@ -33,27 +39,45 @@ impl InstanceState {
             MessagingError::TooLarge(m) => Error::TooLarge(m),
             MessagingError::Timeout => Error::Timeout,
             MessagingError::NoResponder => Error::NoResponder,
-            MessagingError::Unavailable(_) => Error::Unavailable("the broker is unavailable".into()),
+            MessagingError::Unavailable(_) => {
+                Error::Unavailable("the broker is unavailable".into())
+            }
             MessagingError::Other(m) => Error::Other(m),
         }
     }
 
-    fn check_publish(&self, topic: &str, payload: &[u8], headers: &[(String, String)]) -> Result<(), MessagingError> {
+    fn check_publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        headers: &[(String, String)],
+    ) -> Result<(), MessagingError> {
         validate_topic(topic).map_err(MessagingError::InvalidInput)?;
         if !self.env.grants.publish.iter().any(|t| t == topic) {
             return Err(MessagingError::NotGranted(topic.to_string()));
         }
         let max = self.env.limits.payloads.message_max_bytes;
         if payload.len() > max {
-            return Err(MessagingError::TooLarge(format!("payload is {} bytes; at most {max} allowed", payload.len())));
+            return Err(MessagingError::TooLarge(format!(
+                "payload is {} bytes; at most {max} allowed",
+                payload.len()
+            )));
         }
         if headers.len() > MAX_HEADERS {
-            return Err(MessagingError::InvalidInput(format!("at most {MAX_HEADERS} headers allowed")));
+            return Err(MessagingError::InvalidInput(format!(
+                "at most {MAX_HEADERS} headers allowed"
+            )));
         }
         for (name, value) in headers {
-            let bad_name = name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
-            if bad_name || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') || name.len() + value.len() > 8192 {
-                return Err(MessagingError::InvalidInput(format!("invalid header {name:?}")));
+            let bad_name =
+                name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
+            if bad_name
+                || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0')
+                || name.len() + value.len() > 8192
+            {
+                return Err(MessagingError::InvalidInput(format!(
+                    "invalid header {name:?}"
+                )));
             }
         }
         Ok(())
@@ -63,24 +87,42 @@ impl InstanceState {
 impl messaging_types::Host for InstanceState {}
 
 impl wit::Host for InstanceState {
-    async fn publish(&mut self, topic: String, payload: Vec<u8>, headers: Vec<(String, String)>) -> Res<String> {
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Res<String> {
         if let Err(e) = self.check_publish(&topic, &payload, &headers) {
             return Ok(Err(self.messaging_error("publish", e)));
         }
         let span = tracing::debug_span!("messaging", op = "publish", app = %self.env.app, component = %self.env.component, %topic);
         let broker = self.env.backends.messaging.clone();
-        let r = broker.publish(&topic, payload, headers).instrument(span).await;
+        let r = broker
+            .publish(&topic, payload, headers)
+            .instrument(span)
+            .await;
         Ok(r.map_err(|e| self.messaging_error("publish", e)))
     }
 
-    async fn request(&mut self, topic: String, payload: Vec<u8>, headers: Vec<(String, String)>, timeout_ms: u32) -> Res<Message> {
+    async fn request(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timeout_ms: u32,
+    ) -> Res<Message> {
         if let Err(e) = self.check_publish(&topic, &payload, &headers) {
             return Ok(Err(self.messaging_error("request", e)));
         }
         let timeout = Duration::from_millis(timeout_ms.clamp(1, MAX_REQUEST_TIMEOUT_MS).into());
         let span = tracing::debug_span!("messaging", op = "request", app = %self.env.app, component = %self.env.component, %topic);
         let broker = self.env.backends.messaging.clone();
-        let r = broker.request(&topic, payload, headers, timeout).instrument(span).await;
-        Ok(r.map(message_to_wit).map_err(|e| self.messaging_error("request", e)))
+        let r = broker
+            .request(&topic, payload, headers, timeout)
+            .instrument(span)
+            .await;
+        Ok(r.map(message_to_wit)
+            .map_err(|e| self.messaging_error("request", e)))
     }
 }

@@ -50,15 +50,35 @@ impl Acker for QueueAcker {
         message.attempt += 1;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let acker = Box::new(QueueAcker { queue: queue.clone(), message: message.clone() });
-            let _ = queue.send(Delivery { message, reply: None, acker }).await;
+            let acker = Box::new(QueueAcker {
+                queue: queue.clone(),
+                message: message.clone(),
+            });
+            let _ = queue
+                .send(Delivery {
+                    message,
+                    reply: None,
+                    acker,
+                })
+                .await;
         });
     }
 }
 
-fn delivery(queue: &mpsc::Sender<Delivery>, message: Message, reply: Option<oneshot::Sender<Vec<u8>>>) -> Delivery {
-    let acker = Box::new(QueueAcker { queue: queue.clone(), message: message.clone() });
-    Delivery { message, reply, acker }
+fn delivery(
+    queue: &mpsc::Sender<Delivery>,
+    message: Message,
+    reply: Option<oneshot::Sender<Vec<u8>>>,
+) -> Delivery {
+    let acker = Box::new(QueueAcker {
+        queue: queue.clone(),
+        message: message.clone(),
+    });
+    Delivery {
+        message,
+        reply,
+        acker,
+    }
 }
 
 #[async_trait]
@@ -70,7 +90,13 @@ impl MessagingBackend for InProcessBroker {
         headers: Vec<(String, String)>,
     ) -> Result<String, MessagingError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let message = Message { id: id.clone(), topic: topic.to_string(), payload, headers, attempt: 1 };
+        let message = Message {
+            id: id.clone(),
+            topic: topic.to_string(),
+            payload,
+            headers,
+            attempt: 1,
+        };
         let subscribers = self.subscribers(topic);
         if subscribers.is_empty() {
             tracing::debug!(topic, "no subscriber; message dropped");
@@ -98,7 +124,13 @@ impl MessagingBackend for InProcessBroker {
             .next()
             .ok_or(MessagingError::NoResponder)?;
         let id = uuid::Uuid::new_v4().to_string();
-        let message = Message { id: id.clone(), topic: topic.to_string(), payload, headers, attempt: 1 };
+        let message = Message {
+            id: id.clone(),
+            topic: topic.to_string(),
+            payload,
+            headers,
+            attempt: 1,
+        };
         let (tx, rx) = oneshot::channel();
         queue
             .send(delivery(&queue, message, Some(tx)))
@@ -112,7 +144,9 @@ impl MessagingBackend for InProcessBroker {
                 headers: Vec::new(),
                 attempt: 1,
             }),
-            Ok(Err(_)) => Err(MessagingError::Other("the handler failed without replying".into())),
+            Ok(Err(_)) => Err(MessagingError::Other(
+                "the handler failed without replying".into(),
+            )),
             Err(_) => Err(MessagingError::Timeout),
         }
     }
@@ -162,10 +196,16 @@ mod tests {
             d.reply.unwrap().send(b"pong".to_vec()).unwrap();
         });
         drop(a);
-        let reply = broker.request("t", b"ping".to_vec(), vec![], Duration::from_secs(5)).await.unwrap();
+        let reply = broker
+            .request("t", b"ping".to_vec(), vec![], Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(reply.payload, b"pong");
         responder.await.unwrap();
-        let err = broker.request("none", vec![], vec![], Duration::from_millis(10)).await.unwrap_err();
+        let err = broker
+            .request("none", vec![], vec![], Duration::from_millis(10))
+            .await
+            .unwrap_err();
         assert_eq!(err, MessagingError::NoResponder);
     }
 }

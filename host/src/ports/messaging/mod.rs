@@ -131,17 +131,24 @@ mod tests {
         for ok in ["user.created", "a", "a-b_c.d1"] {
             assert!(validate_topic(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a..b", ".a", "a.*", "a.>", "$JS.API", "_INBOX.x", "a b", "a/b"] {
+        for bad in [
+            "", "a..b", ".a", "a.*", "a.>", "$JS.API", "_INBOX.x", "a b", "a/b",
+        ] {
             assert!(validate_topic(bad).is_err(), "{bad}");
         }
     }
 }
 
 /// The app's broker (`[messaging]` in the host config).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MessagingConfig {
     /// The embedded in-process broker.
-    #[default]
-    InProcess,
+    InProcess {},
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig::InProcess {}
+    }
 }

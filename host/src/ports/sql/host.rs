@@ -6,7 +6,10 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
 
-use super::{ResultCaps, RowSet as HostRowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction, SqlValue};
+use super::{
+    ResultCaps, RowSet as HostRowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction,
+    SqlValue,
+};
 use crate::bindings::ports::sql::{self as wit, Column, Error, RowSet, Value};
 use crate::ports::error_chain;
 use crate::state::InstanceState;
@@ -35,7 +38,10 @@ type Res<T> = wasmtime::Result<Result<T, Error>>;
 impl InstanceState {
     fn sql_caps(&self) -> ResultCaps {
         let p = &self.env.limits.payloads;
-        ResultCaps { max_rows: p.sql_max_rows, max_bytes: p.sql_max_result_bytes }
+        ResultCaps {
+            max_rows: p.sql_max_rows,
+            max_bytes: p.sql_max_result_bytes,
+        }
     }
 
     fn sql_span(&self, op: &'static str) -> tracing::Span {
@@ -96,15 +102,26 @@ fn to_wit(v: SqlValue) -> Value {
 }
 
 fn columns_to_wit(columns: Vec<SqlColumn>) -> Vec<Column> {
-    columns.into_iter().map(|c| Column { name: c.name, type_name: c.type_name }).collect()
+    columns
+        .into_iter()
+        .map(|c| Column {
+            name: c.name,
+            type_name: c.type_name,
+        })
+        .collect()
 }
 
 fn rows_to_wit(rows: Vec<Vec<SqlValue>>) -> Vec<Vec<Value>> {
-    rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect()
+    rows.into_iter()
+        .map(|r| r.into_iter().map(to_wit).collect())
+        .collect()
 }
 
 fn rowset_to_wit(r: HostRowSet) -> RowSet {
-    RowSet { columns: columns_to_wit(r.columns), rows: rows_to_wit(r.rows) }
+    RowSet {
+        columns: columns_to_wit(r.columns),
+        rows: rows_to_wit(r.rows),
+    }
 }
 
 fn params(p: Vec<Value>) -> Vec<SqlValue> {
@@ -124,20 +141,39 @@ impl wit::HostConnection for InstanceState {
         Ok(Ok(self.table.push(ConnectionHandle { name, backend })?))
     }
 
-    async fn query(&mut self, this: Resource<ConnectionHandle>, statement: String, p: Vec<Value>) -> Res<RowSet> {
+    async fn query(
+        &mut self,
+        this: Resource<ConnectionHandle>,
+        statement: String,
+        p: Vec<Value>,
+    ) -> Res<RowSet> {
         let backend = self.table.get(&this)?.backend.clone();
         let caps = self.sql_caps();
-        let r = backend.query(statement, params(p), caps).instrument(self.sql_span("query")).await;
+        let r = backend
+            .query(statement, params(p), caps)
+            .instrument(self.sql_span("query"))
+            .await;
         Ok(r.map(rowset_to_wit).map_err(|e| self.sql_error("query", e)))
     }
 
-    async fn execute(&mut self, this: Resource<ConnectionHandle>, statement: String, p: Vec<Value>) -> Res<u64> {
+    async fn execute(
+        &mut self,
+        this: Resource<ConnectionHandle>,
+        statement: String,
+        p: Vec<Value>,
+    ) -> Res<u64> {
         let backend = self.table.get(&this)?.backend.clone();
-        let r = backend.execute(statement, params(p)).instrument(self.sql_span("execute")).await;
+        let r = backend
+            .execute(statement, params(p))
+            .instrument(self.sql_span("execute"))
+            .await;
         Ok(r.map_err(|e| self.sql_error("execute", e)))
     }
 
-    async fn begin(&mut self, this: Resource<ConnectionHandle>) -> Res<Resource<TransactionHandle>> {
+    async fn begin(
+        &mut self,
+        this: Resource<ConnectionHandle>,
+    ) -> Res<Resource<TransactionHandle>> {
         let backend = self.table.get(&this)?.backend.clone();
         match backend.begin().instrument(self.sql_span("begin")).await {
             Ok(tx) => Ok(Ok(self.table.push(TransactionHandle { tx: Some(tx) })?)),
@@ -145,9 +181,18 @@ impl wit::HostConnection for InstanceState {
         }
     }
 
-    async fn open_cursor(&mut self, this: Resource<ConnectionHandle>, statement: String, p: Vec<Value>) -> Res<Resource<CursorHandle>> {
+    async fn open_cursor(
+        &mut self,
+        this: Resource<ConnectionHandle>,
+        statement: String,
+        p: Vec<Value>,
+    ) -> Res<Resource<CursorHandle>> {
         let backend = self.table.get(&this)?.backend.clone();
-        match backend.open_cursor(statement, params(p)).instrument(self.sql_span("open-cursor")).await {
+        match backend
+            .open_cursor(statement, params(p))
+            .instrument(self.sql_span("open-cursor"))
+            .await
+        {
             Ok(cursor) => Ok(Ok(self.table.push(CursorHandle { cursor })?)),
             Err(e) => Ok(Err(self.sql_error("open-cursor", e))),
         }
@@ -161,17 +206,28 @@ impl wit::HostConnection for InstanceState {
 }
 
 impl wit::HostTransaction for InstanceState {
-    async fn query(&mut self, this: Resource<TransactionHandle>, statement: String, p: Vec<Value>) -> Res<RowSet> {
+    async fn query(
+        &mut self,
+        this: Resource<TransactionHandle>,
+        statement: String,
+        p: Vec<Value>,
+    ) -> Res<RowSet> {
         let caps = self.sql_caps();
         let span = self.sql_span("tx.query");
         let Some(tx) = self.table.get_mut(&this)?.tx.as_mut() else {
             return Ok(Err(Error::Closed));
         };
         let r = tx.query(statement, params(p), caps).instrument(span).await;
-        Ok(r.map(rowset_to_wit).map_err(|e| self.sql_error("tx.query", e)))
+        Ok(r.map(rowset_to_wit)
+            .map_err(|e| self.sql_error("tx.query", e)))
     }
 
-    async fn execute(&mut self, this: Resource<TransactionHandle>, statement: String, p: Vec<Value>) -> Res<u64> {
+    async fn execute(
+        &mut self,
+        this: Resource<TransactionHandle>,
+        statement: String,
+        p: Vec<Value>,
+    ) -> Res<u64> {
         let span = self.sql_span("tx.execute");
         let Some(tx) = self.table.get_mut(&this)?.tx.as_mut() else {
             return Ok(Err(Error::Closed));
@@ -185,7 +241,11 @@ impl wit::HostTransaction for InstanceState {
         let Some(tx) = self.table.get_mut(&this)?.tx.take() else {
             return Ok(Err(Error::Closed));
         };
-        Ok(tx.commit().instrument(span).await.map_err(|e| self.sql_error("tx.commit", e)))
+        Ok(tx
+            .commit()
+            .instrument(span)
+            .await
+            .map_err(|e| self.sql_error("tx.commit", e)))
     }
 
     async fn rollback(&mut self, this: Resource<TransactionHandle>) -> Res<()> {
@@ -193,7 +253,11 @@ impl wit::HostTransaction for InstanceState {
         let Some(tx) = self.table.get_mut(&this)?.tx.take() else {
             return Ok(Err(Error::Closed));
         };
-        Ok(tx.rollback().instrument(span).await.map_err(|e| self.sql_error("tx.rollback", e)))
+        Ok(tx
+            .rollback()
+            .instrument(span)
+            .await
+            .map_err(|e| self.sql_error("tx.rollback", e)))
     }
 
     async fn drop(&mut self, rep: Resource<TransactionHandle>) -> wasmtime::Result<()> {
@@ -213,7 +277,8 @@ impl wit::HostCursor for InstanceState {
         let max = (max_rows as usize).clamp(1, MAX_CURSOR_BATCH);
         let cursor = &mut self.table.get_mut(&this)?.cursor;
         let r = cursor.next(max).instrument(span).await;
-        Ok(r.map(rows_to_wit).map_err(|e| self.sql_error("cursor.next", e)))
+        Ok(r.map(rows_to_wit)
+            .map_err(|e| self.sql_error("cursor.next", e)))
     }
 
     async fn drop(&mut self, rep: Resource<CursorHandle>) -> wasmtime::Result<()> {

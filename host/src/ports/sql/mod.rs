@@ -150,8 +150,7 @@ pub trait SqlTransaction: Send {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError>;
     /// Runs a statement; returns rows affected.
-    async fn execute(&mut self, statement: String, params: Vec<SqlValue>)
-        -> Result<u64, SqlError>;
+    async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError>;
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<(), SqlError>;
     /// Rolls back.

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{
     ResultCaps, RowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction, SqlValue,
@@ -37,8 +37,9 @@ impl SqlitePool {
     /// can be opened now so configuration errors surface at load.
     pub fn open(path: &Path) -> Result<Arc<SqlitePool>, SqlError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| SqlError::Unavailable(format!("cannot create database directory: {e}")))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                SqlError::Unavailable(format!("cannot create database directory: {e}"))
+            })?;
         }
         let first = open_connection(path)?;
         Ok(Arc::new(SqlitePool {
@@ -144,7 +145,8 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
             match f.code {
                 ErrorCode::ConstraintViolation => SqlError::Constraint(msg),
                 ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => SqlError::Conflict(msg),
-                ErrorCode::AuthorizationForStatementDenied | ErrorCode::PermissionDenied
+                ErrorCode::AuthorizationForStatementDenied
+                | ErrorCode::PermissionDenied
                 | ErrorCode::ReadOnly => SqlError::Denied(msg),
                 ErrorCode::TooBig => SqlError::TooLarge(msg),
                 ErrorCode::OperationInterrupted => SqlError::Timeout,
@@ -163,9 +165,9 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
             }
         }
         rusqlite::Error::SqlInputError { msg, .. } => SqlError::Syntax(msg),
-        rusqlite::Error::InvalidParameterCount(given, expected) => SqlError::InvalidInput(
-            format!("statement takes {expected} parameters, {given} given"),
-        ),
+        rusqlite::Error::InvalidParameterCount(given, expected) => SqlError::InvalidInput(format!(
+            "statement takes {expected} parameters, {given} given"
+        )),
         rusqlite::Error::MultipleStatement => {
             SqlError::InvalidInput("only one statement per call".into())
         }
@@ -195,6 +197,10 @@ fn from_sqlite(value: ValueRef<'_>, declared: &str) -> Result<SqlValue, SqlError
     Ok(match value {
         ValueRef::Null => SqlValue::Null,
         ValueRef::Integer(i) if declared.contains("bool") => SqlValue::Boolean(i != 0),
+        // NUMERIC affinity stores decimal text as a number: hand it back as
+        // decimal text (SQLite keeps no scale, so "12.50" reads as "12.5").
+        ValueRef::Integer(i) if is_decimal(declared) => SqlValue::Decimal(i.to_string()),
+        ValueRef::Real(f) if is_decimal(declared) => SqlValue::Decimal(f.to_string()),
         ValueRef::Integer(i) => SqlValue::Int(i),
         ValueRef::Real(f) => SqlValue::Float(f),
         ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
@@ -207,11 +213,15 @@ fn from_sqlite(value: ValueRef<'_>, declared: &str) -> Result<SqlValue, SqlError
                 "date" => SqlValue::Date(s),
                 d if d.starts_with("json") => SqlValue::Json(s),
                 "uuid" => SqlValue::Uuid(s),
-                d if d.starts_with("decimal") || d.starts_with("numeric") => SqlValue::Decimal(s),
+                d if is_decimal(d) => SqlValue::Decimal(s),
                 _ => SqlValue::Text(s),
             }
         }
     })
+}
+
+fn is_decimal(declared: &str) -> bool {
+    declared.starts_with("decimal") || declared.starts_with("numeric")
 }
 
 fn columns_of(stmt: &rusqlite::Statement<'_>) -> Vec<SqlColumn> {
@@ -397,7 +407,8 @@ impl SqlTransaction for SqliteTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        self.run(move |c| run_query(c, &statement, params, caps)).await
+        self.run(move |c| run_query(c, &statement, params, caps))
+            .await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
@@ -405,11 +416,13 @@ impl SqlTransaction for SqliteTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.run(|c| c.execute_batch("COMMIT").map_err(map_error)).await
+        self.run(|c| c.execute_batch("COMMIT").map_err(map_error))
+            .await
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.run(|c| c.execute_batch("ROLLBACK").map_err(map_error)).await
+        self.run(|c| c.execute_batch("ROLLBACK").map_err(map_error))
+            .await
     }
 }
 
@@ -449,7 +462,10 @@ impl SqlCursor for SqliteCursor {
 mod tests {
     use super::*;
 
-    const CAPS: ResultCaps = ResultCaps { max_rows: 100, max_bytes: 1 << 20 };
+    const CAPS: ResultCaps = ResultCaps {
+        max_rows: 100,
+        max_bytes: 1 << 20,
+    };
 
     fn db() -> (tempfile::TempDir, SqliteDatabase) {
         let dir = tempfile::tempdir().unwrap();
@@ -460,11 +476,18 @@ mod tests {
     #[tokio::test]
     async fn dropped_transaction_rolls_back() {
         let (_d, db) = db();
-        db.execute("CREATE TABLE t(x integer)".into(), vec![]).await.unwrap();
+        db.execute("CREATE TABLE t(x integer)".into(), vec![])
+            .await
+            .unwrap();
         let mut tx = db.begin().await.unwrap();
-        tx.execute("INSERT INTO t VALUES (1)".into(), vec![]).await.unwrap();
+        tx.execute("INSERT INTO t VALUES (1)".into(), vec![])
+            .await
+            .unwrap();
         drop(tx);
-        let rows = db.query("SELECT count(*) FROM t".into(), vec![], CAPS).await.unwrap();
+        let rows = db
+            .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+            .await
+            .unwrap();
         assert_eq!(rows.rows[0][0], SqlValue::Int(0));
     }
 
@@ -473,32 +496,58 @@ mod tests {
         let (d, db) = db();
         let other = d.path().join("other.db");
         let err = db
-            .execute(format!("ATTACH DATABASE '{}' AS o", other.display()), vec![])
+            .execute(
+                format!("ATTACH DATABASE '{}' AS o", other.display()),
+                vec![],
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, SqlError::Denied(_) | SqlError::Other(_)), "{err:?}");
+        assert!(
+            matches!(err, SqlError::Denied(_) | SqlError::Other(_)),
+            "{err:?}"
+        );
         assert!(!other.exists());
     }
 
     #[tokio::test]
     async fn caps_and_typed_columns() {
         let (_d, db) = db();
-        db.execute("CREATE TABLE t(b boolean, ts timestamp, d decimal(10,2))".into(), vec![])
-            .await
-            .unwrap();
         db.execute(
-            "INSERT INTO t VALUES (?, ?, ?)".into(),
-            vec![SqlValue::Boolean(true), SqlValue::Timestamp("2024-05-01T12:00:00Z".into()), SqlValue::Decimal("12.50".into())],
+            "CREATE TABLE t(b boolean, ts timestamp, d decimal(10,2))".into(),
+            vec![],
         )
         .await
         .unwrap();
-        let rows = db.query("SELECT * FROM t".into(), vec![], CAPS).await.unwrap();
+        db.execute(
+            "INSERT INTO t VALUES (?, ?, ?)".into(),
+            vec![
+                SqlValue::Boolean(true),
+                SqlValue::Timestamp("2024-05-01T12:00:00Z".into()),
+                SqlValue::Decimal("12.5".into()),
+            ],
+        )
+        .await
+        .unwrap();
+        let rows = db
+            .query("SELECT * FROM t".into(), vec![], CAPS)
+            .await
+            .unwrap();
         assert_eq!(
             rows.rows[0],
-            vec![SqlValue::Boolean(true), SqlValue::Timestamp("2024-05-01T12:00:00Z".into()), SqlValue::Decimal("12.50".into())]
+            vec![
+                SqlValue::Boolean(true),
+                SqlValue::Timestamp("2024-05-01T12:00:00Z".into()),
+                SqlValue::Decimal("12.5".into())
+            ]
         );
-        let tight = ResultCaps { max_rows: 0, max_bytes: 10 };
-        let err = db.query("SELECT * FROM t".into(), vec![], tight).await.unwrap_err();
+        let tight = ResultCaps {
+            max_rows: 0,
+            max_bytes: 10,
+        };
+        let err = db
+            .query("SELECT * FROM t".into(), vec![], tight)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SqlError::TooLarge(_)));
     }
 }

@@ -1,0 +1,137 @@
+//! Builds the guest components of `guests/` for `wasm32-wasip2` with a
+//! nested cargo into a target directory under `OUT_DIR`, and writes
+//! `guests.rs` with a constant holding the path of each `.wasm` (the pattern
+//! of wasmtime's test-programs), so `cargo test` alone is enough.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Guest artifacts the tests use: (constant name, file stem).
+const GUESTS: &[(&str, &str)] = &[
+    ("SQL_GUEST", "sql_guest"),
+    ("KV_GUEST", "kv_guest"),
+    ("BLOB_GUEST", "blob_guest"),
+    ("MESSAGING_GUEST", "messaging_guest"),
+    ("MESSAGING_HANDLER", "messaging_handler"),
+    ("EMAIL_GUEST", "email_guest"),
+    ("CONFIG_GUEST", "config_guest"),
+    ("HOSTILE_GUEST", "hostile_guest"),
+    ("USERS_API", "users_api"),
+    ("WELCOME_WORKER", "welcome_worker"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf();
+    let guests = root.join("guests");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    let target_dir = out_dir.join("guests-target");
+
+    watch(&guests);
+    watch(&root.join("wit"));
+    ensure_wasm_target();
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&guests)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--workspace",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    // The outer build's settings are for the host, not for guests.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("cannot run cargo to build the guests");
+    assert!(
+        status.success(),
+        "building the guests for wasm32-wasip2 failed (see the output above)"
+    );
+
+    let release = target_dir.join("wasm32-wasip2").join("release");
+    let mut consts = String::new();
+    for (name, stem) in GUESTS {
+        let path = release.join(format!("{stem}.wasm"));
+        assert!(
+            path.exists(),
+            "guest artifact {} is missing",
+            path.display()
+        );
+        consts.push_str(&format!(
+            "/// Path of the built `{stem}` component.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    consts.push_str(&format!(
+        "/// The repository root.\npub const REPO_ROOT: &str = {:?};\n",
+        root.display().to_string()
+    ));
+    consts.push_str(&format!(
+        "/// Where the guests were built.\npub const GUESTS_RELEASE_DIR: &str = {:?};\n",
+        release.display().to_string()
+    ));
+    std::fs::write(out_dir.join("guests.rs"), consts).expect("cannot write guests.rs");
+}
+
+/// Re-runs the build when any guest source, manifest or WIT file changes.
+fn watch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            watch(&path);
+        } else {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+}
+
+/// rustup does not add the targets of `rust-toolchain.toml` to a toolchain
+/// that is already installed, so the target is checked and added here.
+fn ensure_wasm_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    let Ok(out) = installed else {
+        println!("cargo:warning=rustup not found; assuming the wasm32-wasip2 target is installed");
+        return;
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return;
+    }
+    println!(
+        "cargo:warning=the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
+    );
+    let ok = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; run it yourself"
+    );
+}

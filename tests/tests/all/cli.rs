@@ -1,0 +1,137 @@
+//! The `berth` binary, as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use berth_tests::{TestApp, example_app, guests, single_component_manifest};
+
+/// `target/<profile>/berth`, built by cargo alongside the test binaries.
+fn berth() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin: PathBuf = dir.join("berth");
+    assert!(
+        bin.exists(),
+        "{} is missing; run `cargo test --workspace`",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.env("BERTH_LOG", "warn");
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_check_accepts_the_example_and_names_bad_keys() {
+    let t = example_app();
+    let (code, stdout, stderr) = output(berth().arg("check").arg(&t.manifest));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("app `users` is valid"), "{stdout}");
+    assert!(!t.state_dir().exists(), "check leaves no state behind");
+
+    let bad = TestApp::new(
+        &std::fs::read_to_string(&t.manifest)
+            .unwrap()
+            .replace("[kv.counters]", "[kv.counters]\nttl = 5"),
+    );
+    let (code, _, stderr) = output(berth().arg("check").arg(&bad.manifest));
+    assert_eq!(code, 65, "{stderr}");
+    assert!(
+        stderr.contains("berth.toml") && stderr.contains("ttl"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cli_run_standalone_component_is_refused_its_ungranted_import() {
+    let (code, _, stderr) = output(
+        berth()
+            .arg("run")
+            .arg(guests::SQL_GUEST)
+            .args(["--state-dir", "/nonexistent-never-used"]),
+    );
+    assert_eq!(code, 65, "{stderr}");
+    assert!(
+        stderr.contains("imports `berth:infra/sql@0.1.0`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cli_run_exit_codes() {
+    let t = TestApp::new(&format!(
+        "{}[component.guest.limits]\ntimeout_ms = 200\n",
+        single_component_manifest(
+            "hostile",
+            guests::HOSTILE_GUEST,
+            "[sql.main]\n[config]\ngreeting = \"hi\"",
+            "sql = [\"main\"]\nconfig = [\"greeting\"]"
+        )
+    ));
+    let (code, out, err) = output(
+        berth()
+            .arg("run")
+            .arg(&t.manifest)
+            .args(["--", "not-granted-sql"]),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = output(berth().arg("run").arg(&t.manifest).args(["--", "loop"]));
+    assert_eq!(code, 70, "{err}");
+    assert!(err.contains("time limit exceeded"), "{err}");
+}
+
+#[test]
+fn cli_up_serves_then_drains_on_sigterm() {
+    let t = example_app();
+    let mut child = berth()
+        .args(["up", "--no-build", "--listen", "127.0.0.1:0"])
+        .arg(&t.manifest)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("berth up prints its URL").unwrap();
+    let url = first
+        .split("is up at ")
+        .nth(1)
+        .expect("URL in the first line")
+        .trim()
+        .to_string();
+    let body = reqwest::blocking_get(&format!("{url}/stats"));
+    assert!(body.contains("Welcome to Berth"), "{body}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "berth up exits 0 after SIGTERM: {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("berth up did not exit after SIGTERM");
+}
+
+/// A tiny blocking GET so this test needs no runtime.
+mod reqwest {
+    pub fn blocking_get(url: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+}

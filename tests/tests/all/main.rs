@@ -1,0 +1,14 @@
+//! Integration tests: the guests of `guests/` run against the host's
+//! embedded backends. One binary (like wasmtime's test suite) so the host
+//! is linked once.
+//!
+//! Test names follow `<port>_<scenario>_<backend>`.
+
+mod bad_input;
+mod blob;
+mod cli;
+mod email_config;
+mod example_app;
+mod kv;
+mod messaging;
+mod sql;

@@ -1,0 +1,118 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::app::App;
+use berth_tests::{TestApp, assert_success, guests, run};
+
+fn manifest(max_deliveries: u32) -> String {
+    format!(
+        r#"
+name = "msgtest"
+[kv.received]
+memory = true
+[component.publisher]
+path = {publisher:?}
+[component.publisher.grants]
+publish = ["events"]
+[component.handler]
+path = {handler:?}
+[component.handler.grants]
+kv = ["received"]
+[[trigger.message]]
+topic = "events"
+component = "handler"
+max_deliveries = {max_deliveries}
+"#,
+        publisher = guests::MESSAGING_GUEST,
+        handler = guests::MESSAGING_HANDLER,
+    )
+}
+
+async fn started(t: &TestApp) -> (Arc<App>, tokio::task::JoinSet<()>) {
+    let app = Arc::new(t.load().unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::message::start(app.clone(), &mut tasks)
+        .await
+        .unwrap();
+    (app, tasks)
+}
+
+async fn received_count(app: &App) -> i64 {
+    let value = app.backends.kv["received"].get("count").await.unwrap();
+    value.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
+}
+
+async fn wait_for_count(app: &App, expected: i64) {
+    for _ in 0..200 {
+        if received_count(app).await >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(received_count(app).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_delivered_to_handler_inprocess() {
+    let t = TestApp::new(&manifest(5));
+    let (app, _tasks) = started(&t).await;
+    assert_success(&run(&app, "publisher", &["publish", "events", "10"]).await);
+    wait_for_count(&app, 10).await;
+    let kv = &app.backends.kv["received"];
+    let last = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
+    let payload = kv.get(&format!("payload/{last}")).await.unwrap().unwrap();
+    assert!(payload.starts_with(b"msg-"), "{payload:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_request_reply_inprocess() {
+    let t = TestApp::new(&manifest(5));
+    let (app, _tasks) = started(&t).await;
+    assert_success(&run(&app, "publisher", &["request", "events"]).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_not_granted_topic_inprocess() {
+    let t = TestApp::new(&manifest(5));
+    let (app, _tasks) = started(&t).await;
+    assert_success(&run(&app, "publisher", &["not-granted", "other.topic"]).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_redelivered_after_handler_error_inprocess() {
+    let t = TestApp::new(&manifest(5));
+    let (app, _tasks) = started(&t).await;
+    let id = app
+        .backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    // First delivery fails, the second succeeds: two deliveries recorded,
+    // both with the same message id.
+    wait_for_count(&app, 2).await;
+    let last = app.backends.kv["received"]
+        .get("last-id")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8(last).unwrap(), id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_gives_up_after_max_deliveries_inprocess() {
+    let t = TestApp::new(&manifest(1));
+    let (app, _tasks) = started(&t).await;
+    app.backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "no redelivery past max_deliveries = 1"
+    );
+}
