@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the built guests, a shared
 //! engine, and manifests written into temporary directories.
 
+pub mod portsdoc;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

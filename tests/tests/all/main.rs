@@ -7,6 +7,7 @@
 mod bad_input;
 mod blob;
 mod cli;
+mod docs;
 mod email_config;
 mod example_app;
 mod kv;
