@@ -22,8 +22,7 @@ pub mod guests {
 pub fn engine() -> &'static HostEngine {
     static ENGINE: OnceLock<HostEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let cache_dir =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/berth-test-cache");
+        let cache_dir = PathBuf::from(concat!(env!("OUT_DIR"), "/component-cache"));
         HostEngine::new(EngineSettings {
             max_instances: 200,
             max_memory_bytes: 512 << 20,

@@ -1,0 +1,23 @@
+# Berth development recipes. `just --list` shows them.
+
+# Run the whole test suite (the README's test command).
+test:
+    cargo test --workspace
+
+# Lints: clippy with warnings as errors, rustfmt check (host and guests).
+lint:
+    cargo clippy --all-targets -- -D warnings
+    cargo fmt --all -- --check
+    cd guests && cargo fmt --all -- --check
+
+# Build and serve the example app on embedded defaults.
+example:
+    cargo run -p berth -- up guests/example/berth.toml
+
+# Re-render docs/ports.md from the WIT doc comments.
+docs:
+    BERTH_BLESS=1 cargo test -p berth-tests --test all docs
+
+# Start the services the real-adapter suites use (idempotent).
+services:
+    bash .ci/services.sh
