@@ -18,6 +18,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("HOSTILE_GUEST", "hostile_guest"),
     ("USERS_API", "users_api"),
     ("WELCOME_WORKER", "welcome_worker"),
+    ("HTTP_GUEST", "http_guest"),
 ];
 
 fn main() {

@@ -112,3 +112,54 @@ pub fn example_app() -> TestApp {
         .join("\n");
     TestApp::new(&text)
 }
+
+/// An app served over HTTP on an ephemeral loopback port, with its message
+/// triggers running.
+pub struct Server {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl Server {
+    /// Shuts down gracefully and checks the server ended without error.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.served)
+            .await
+            .expect("server task")
+            .expect("server ends cleanly");
+    }
+}
+
+/// Loads `t` with its listen address set to a fresh loopback port and
+/// serves it.
+pub async fn serve(t: &TestApp) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let mut host = HostConfig::default();
+    host.listen = Some(addr);
+    let app = std::sync::Arc::new(t.load_with(&host).expect("app loads"));
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::message::start(app.clone(), &mut tasks)
+        .await
+        .expect("triggers start");
+    let handler =
+        std::sync::Arc::new(berth::triggers::http::HttpHandler::new(app).expect("routes"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(berth::triggers::http::serve(handler, listener, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        base: format!("http://{addr}"),
+        stop: Some(stop),
+        served,
+        _tasks: tasks,
+    }
+}

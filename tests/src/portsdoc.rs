@@ -35,7 +35,11 @@ pub fn render(wit_dir: &Path) -> anyhow::Result<String> {
         for ty in iface.types.values() {
             type_def(&mut out, &resolve, *ty)?;
         }
-        let free: Vec<&Function> = iface.functions.values().filter(|f| matches!(f.kind, FunctionKind::Freestanding)).collect();
+        let free: Vec<&Function> = iface
+            .functions
+            .values()
+            .filter(|f| matches!(f.kind, FunctionKind::Freestanding))
+            .collect();
         if !free.is_empty() {
             writeln!(out, "### Functions\n")?;
             for f in free {
@@ -51,7 +55,11 @@ pub fn render(wit_dir: &Path) -> anyhow::Result<String> {
                 .values()
                 .filter(|f| matches!(f.kind, FunctionKind::Method(t) | FunctionKind::Static(t) | FunctionKind::Constructor(t) if t == *ty))
                 .collect();
-            writeln!(out, "#### Methods of `{}`\n", resolve.types[*ty].name.as_deref().unwrap_or("?"))?;
+            writeln!(
+                out,
+                "#### Methods of `{}`\n",
+                resolve.types[*ty].name.as_deref().unwrap_or("?")
+            )?;
             for f in methods {
                 function(&mut out, &resolve, f)?;
             }
@@ -75,7 +83,13 @@ fn type_def(out: &mut String, resolve: &Resolve, id: TypeId) -> anyhow::Result<(
             writeln!(out, "### record `{name}`\n")?;
             docs(out, &def.docs);
             for f in &r.fields {
-                writeln!(out, "- `{}: {}`: {}", f.name, ty(resolve, &f.ty), flat(&f.docs))?;
+                writeln!(
+                    out,
+                    "- `{}: {}`: {}",
+                    f.name,
+                    ty(resolve, &f.ty),
+                    flat(&f.docs)
+                )?;
             }
             out.push('\n');
         }
@@ -83,7 +97,10 @@ fn type_def(out: &mut String, resolve: &Resolve, id: TypeId) -> anyhow::Result<(
             writeln!(out, "### variant `{name}`\n")?;
             docs(out, &def.docs);
             for c in &v.cases {
-                let payload = c.ty.as_ref().map(|t| format!("({})", ty(resolve, t))).unwrap_or_default();
+                let payload =
+                    c.ty.as_ref()
+                        .map(|t| format!("({})", ty(resolve, t)))
+                        .unwrap_or_default();
                 writeln!(out, "- `{}{payload}`: {}", c.name, flat(&c.docs))?;
             }
             out.push('\n');
@@ -110,7 +127,12 @@ fn type_def(out: &mut String, resolve: &Resolve, id: TypeId) -> anyhow::Result<(
 }
 
 fn flat(d: &Docs) -> String {
-    d.contents.as_deref().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+    d.contents
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn function(out: &mut String, resolve: &Resolve, f: &Function) -> anyhow::Result<()> {
@@ -120,9 +142,22 @@ fn function(out: &mut String, resolve: &Resolve, f: &Function) -> anyhow::Result
         .filter(|p| p.name != "self")
         .map(|p| format!("{}: {}", p.name, ty(resolve, &p.ty)))
         .collect();
-    let result = f.result.as_ref().map(|t| format!(" -> {}", ty(resolve, t))).unwrap_or_default();
-    let kind = if matches!(f.kind, FunctionKind::Static(_)) { "static " } else { "" };
-    writeln!(out, "##### `{kind}{}({}){result}`\n", f.item_name(), params.join(", "))?;
+    let result = f
+        .result
+        .as_ref()
+        .map(|t| format!(" -> {}", ty(resolve, t)))
+        .unwrap_or_default();
+    let kind = if matches!(f.kind, FunctionKind::Static(_)) {
+        "static "
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "##### `{kind}{}({}){result}`\n",
+        f.item_name(),
+        params.join(", ")
+    )?;
     docs(out, &f.docs);
     Ok(())
 }
@@ -151,16 +186,31 @@ fn ty(resolve: &Resolve, t: &Type) -> String {
             match &def.kind {
                 TypeDefKind::List(t) => format!("list<{}>", ty(resolve, t)),
                 TypeDefKind::Option(t) => format!("option<{}>", ty(resolve, t)),
-                TypeDefKind::Tuple(tt) => format!("tuple<{}>", tt.types.iter().map(|t| ty(resolve, t)).collect::<Vec<_>>().join(", ")),
+                TypeDefKind::Tuple(tt) => format!(
+                    "tuple<{}>",
+                    tt.types
+                        .iter()
+                        .map(|t| ty(resolve, t))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 TypeDefKind::Result(r) => {
-                    let ok = r.ok.as_ref().map(|t| ty(resolve, t)).unwrap_or_else(|| "_".into());
+                    let ok =
+                        r.ok.as_ref()
+                            .map(|t| ty(resolve, t))
+                            .unwrap_or_else(|| "_".into());
                     match &r.err {
                         Some(e) => format!("result<{ok}, {}>", ty(resolve, e)),
                         None => format!("result<{ok}>"),
                     }
                 }
-                TypeDefKind::Handle(Handle::Own(id)) => resolve.types[*id].name.clone().unwrap_or_default(),
-                TypeDefKind::Handle(Handle::Borrow(id)) => format!("borrow<{}>", resolve.types[*id].name.clone().unwrap_or_default()),
+                TypeDefKind::Handle(Handle::Own(id)) => {
+                    resolve.types[*id].name.clone().unwrap_or_default()
+                }
+                TypeDefKind::Handle(Handle::Borrow(id)) => format!(
+                    "borrow<{}>",
+                    resolve.types[*id].name.clone().unwrap_or_default()
+                ),
                 TypeDefKind::Type(t) => ty(resolve, t),
                 other => other.as_str().to_string(),
             }

@@ -1,46 +1,14 @@
 //! The example app of `guests/example`, end to end over real HTTP.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use berth::config::HostConfig;
-use berth_tests::example_app;
+use berth_tests::{example_app, serve};
 use serde_json::{Value, json};
-
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _tasks: tokio::task::JoinSet<()>,
-}
-
-async fn serve(t: &berth_tests::TestApp) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut host = HostConfig::default();
-    host.listen = Some(addr);
-    let app = Arc::new(t.load_with(&host).unwrap());
-    let mut tasks = tokio::task::JoinSet::new();
-    berth::triggers::message::start(app.clone(), &mut tasks)
-        .await
-        .unwrap();
-    let handler = Arc::new(berth::triggers::http::HttpHandler::new(app).unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let served = tokio::spawn(berth::triggers::http::serve(handler, listener, async {
-        let _ = stopped.await;
-    }));
-    Server {
-        base: format!("http://{addr}"),
-        stop: Some(stop),
-        served,
-        _tasks: tasks,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn example_app_end_to_end_over_http() {
     let t = example_app();
-    let mut server = serve(&t).await;
+    let server = serve(&t).await;
     let http = reqwest::Client::new();
     let base = server.base.clone();
 
@@ -146,6 +114,5 @@ async fn example_app_end_to_end_over_http() {
         403
     );
 
-    server.stop.take().unwrap().send(()).unwrap();
-    server.served.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -10,6 +10,7 @@ mod cli;
 mod docs;
 mod email_config;
 mod example_app;
+mod http;
 mod kv;
 mod messaging;
 mod sql;
