@@ -123,11 +123,15 @@ fn itself(state: &mut InstanceState) -> &mut InstanceState {
 impl App {
     /// Loads `manifest`: resolves config, opens backends as `host` says,
     /// compiles and checks every component. Nothing runs yet.
-    pub fn load(engine: &HostEngine, manifest: Manifest, host: &HostConfig) -> anyhow::Result<App> {
+    pub async fn load(
+        engine: &HostEngine,
+        manifest: Manifest,
+        host: &HostConfig,
+    ) -> anyhow::Result<App> {
         let state_dir = host.app_state_dir(&manifest);
         let config = crate::ports::config::resolve(&manifest.config, |k| std::env::var(k).ok())
             .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
-        let backends = Arc::new(host.open_backends(&manifest, &state_dir)?);
+        let backends = Arc::new(crate::backends::open(host, &manifest, &state_dir).await?);
         let mut components = BTreeMap::new();
         for decl in manifest.components.values() {
             let component = engine.load_component(&decl.path).with_context(|| {

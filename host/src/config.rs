@@ -13,23 +13,21 @@
 //! type = "memory"
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::app::AppBackends;
 use crate::engine::EngineSettings;
 use crate::manifest::Manifest;
-use crate::ports::blob::url::UrlSigner;
-use crate::ports::blob::{BlobBackend, BlobConfig, fs::FsContainer};
-use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
-use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
-use crate::ports::messaging::{MessagingConfig, inprocess::InProcessBroker};
-use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
+use crate::ports::blob::BlobConfig;
+use crate::ports::email::EmailConfig;
+use crate::ports::kv::KvConfig;
+use crate::ports::messaging::MessagingConfig;
+use crate::ports::sql::SqlConfig;
+use crate::secret::SecretResolver;
 
 /// Default HTTP listen address of `berth up`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -130,82 +128,28 @@ impl HostConfig {
         self.state_root(manifest).join(&manifest.name)
     }
 
-    fn where_(&self) -> String {
+    /// The file this config was read from, or a description of defaults.
+    pub fn source(&self) -> String {
         self.file
             .as_ref()
             .map_or("host config (defaults)".into(), |f| f.display().to_string())
     }
 
-    /// Opens the backends of every logical resource `manifest` declares.
-    pub fn open_backends(&self, manifest: &Manifest, state: &Path) -> anyhow::Result<AppBackends> {
-        let app = &manifest.name;
-        let err = |key: String, e: &dyn std::fmt::Display| {
-            anyhow::anyhow!("{}: `{key}` of app `{app}`: {e}", self.where_())
-        };
-        let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
-        for name in manifest.sql.keys() {
-            let cfg = self
-                .sql
-                .get(name)
-                .cloned()
-                .unwrap_or(SqlConfig::Sqlite { path: None });
-            let SqlConfig::Sqlite { path } = cfg;
-            let path = path.unwrap_or_else(|| state.join("sql").join(format!("{name}.db")));
-            let db = SqliteDatabase::open(&path).map_err(|e| err(format!("sql.{name}"), &e))?;
-            sql.insert(name.clone(), Arc::new(db));
-        }
-        let mut kv: HashMap<String, Arc<dyn KvBackend>> = HashMap::new();
-        for (name, decl) in &manifest.kv {
-            let default = if decl.memory {
-                KvConfig::Memory {}
-            } else {
-                KvConfig::Sqlite { path: None }
-            };
-            let bucket: Arc<dyn KvBackend> = match self.kv.get(name).cloned().unwrap_or(default) {
-                KvConfig::Memory {} => Arc::new(MemoryBucket::new()),
-                KvConfig::Sqlite { path } => {
-                    let path = path.unwrap_or_else(|| state.join("kv").join(format!("{name}.db")));
-                    Arc::new(SqliteBucket::open(&path).map_err(|e| err(format!("kv.{name}"), &e))?)
-                }
-            };
-            kv.insert(name.clone(), bucket);
-        }
-        let signer = Arc::new(UrlSigner::new(
-            self.url_signing_key(manifest)?,
-            self.public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", self.listen())),
-        ));
-        let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
-        for name in manifest.blob.keys() {
-            let cfg = self
-                .blob
-                .get(name)
-                .cloned()
-                .unwrap_or(BlobConfig::Fs { root: None });
-            let BlobConfig::Fs { root } = cfg;
-            let root = root.unwrap_or_else(|| state.join("blob").join(name));
-            let c = FsContainer::open(root, state.join("tmp"), app, name, signer.clone())
-                .map_err(|e| err(format!("blob.{name}"), &e))?;
-            blob.insert(name.clone(), Arc::new(c));
-        }
-        let MessagingConfig::InProcess {} = self.messaging;
-        let EmailConfig::File {} = self.email;
-        let email: Arc<dyn EmailBackend> =
-            Arc::new(FileSink::open(state.join("email")).map_err(|e| err("email".into(), &e))?);
-        Ok(AppBackends {
-            sql,
-            kv,
-            blob,
-            messaging: InProcessBroker::new(),
-            email,
-            url_signer: signer,
-        })
+    /// Resolves `${env:…}`/`${file:…}` references, with the `.env` file
+    /// beside the host config as a fallback for `env`.
+    pub fn secrets(&self) -> anyhow::Result<SecretResolver> {
+        let dotenv = self
+            .file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .map(|d| d.join(".env"));
+        SecretResolver::new(dotenv.as_deref())
+            .map_err(|m| anyhow::anyhow!("{}: {m}", self.source()))
     }
 
     /// The key signing blob URLs, kept in the state root so URLs survive a
     /// restart. Created with owner-only permissions.
-    fn url_signing_key(&self, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
+    pub fn url_signing_key(&self, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
         let path = self.state_root(manifest).join("url-signing.key");
         if let Ok(key) = std::fs::read(&path) {
             if key.len() >= 32 {

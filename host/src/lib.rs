@@ -14,6 +14,7 @@
 //! glue (`host.rs`) and one adapter per technology.
 
 pub mod app;
+pub mod backends;
 pub mod bindings;
 pub mod cli;
 pub mod config;

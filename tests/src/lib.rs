@@ -58,14 +58,14 @@ impl TestApp {
     }
 
     /// Loads the app with the default (embedded) host config.
-    pub fn load(&self) -> anyhow::Result<App> {
-        self.load_with(&HostConfig::default())
+    pub async fn load(&self) -> anyhow::Result<App> {
+        self.load_with(&HostConfig::default()).await
     }
 
     /// Loads the app with `host`.
-    pub fn load_with(&self, host: &HostConfig) -> anyhow::Result<App> {
+    pub async fn load_with(&self, host: &HostConfig) -> anyhow::Result<App> {
         let manifest = Manifest::load(&self.manifest)?;
-        App::load(engine(), manifest, host)
+        App::load(engine(), manifest, host).await
     }
 }
 
@@ -145,7 +145,7 @@ pub async fn serve(t: &TestApp) -> Server {
     let addr = listener.local_addr().expect("local addr");
     let mut host = HostConfig::default();
     host.listen = Some(addr);
-    let app = std::sync::Arc::new(t.load_with(&host).expect("app loads"));
+    let app = std::sync::Arc::new(t.load_with(&host).await.expect("app loads"));
     let mut tasks = tokio::task::JoinSet::new();
     berth::triggers::message::start(app.clone(), &mut tasks)
         .await
@@ -162,4 +162,37 @@ pub async fn serve(t: &TestApp) -> Server {
         served,
         _tasks: tasks,
     }
+}
+
+/// The value of a `BERTH_TEST_*` service variable. Without it the calling
+/// test reports itself skipped and returns; with
+/// `BERTH_TEST_REQUIRE_SERVICES=1` a missing variable fails the test.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("BERTH_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{var} is not set but BERTH_TEST_REQUIRE_SERVICES=1 requires the service"
+            );
+            eprintln!("SKIPPED: {var} is not set");
+            None
+        }
+    }
+}
+
+/// A short random suffix that isolates a test's data on a shared server.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{prefix}{:x}{:x}", std::process::id(), n & 0xffff_ffff)
+}
+
+/// Writes `text` as `host.toml` next to the app's manifest and loads it.
+pub fn host_config(t: &TestApp, text: &str) -> HostConfig {
+    let path = t.dir.path().join("host.toml");
+    std::fs::write(&path, text).expect("write host config");
+    HostConfig::load(&path).expect("host config loads")
 }

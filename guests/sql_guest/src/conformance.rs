@@ -12,10 +12,10 @@ const DECIMAL: &str = "12.50";
 const UNICODE: &str = "héllo wörld — 日本語 🚀 \"quoted\" 'single'\nline two";
 const FLOAT: f64 = -1234.5678e-3;
 
-pub fn run(db: &str) {
+pub fn run(db: &str, dialect: &str) {
     let conn = Connection::open(db).expect("open granted db");
     step("open");
-    value_round_trip(&conn);
+    value_round_trip(&conn, dialect);
     rows_affected(&conn);
     transactions(&conn);
     errors(&conn);
@@ -25,15 +25,23 @@ pub fn run(db: &str) {
 }
 
 /// Every `value` case goes in as a parameter and comes back unchanged.
-fn value_round_trip(conn: &Connection) {
-    // `dec` is declared TEXT on purpose: SQLite gives DECIMAL/NUMERIC columns
-    // numeric affinity, which would silently turn "12.50" into the real 12.5.
+fn value_round_trip(conn: &Connection, dialect: &str) {
+    // Only the column types differ between engines. On SQLite `dec` is TEXT:
+    // DECIMAL/NUMERIC columns get numeric affinity, which would silently turn
+    // "12.50" into the real 12.5. Postgres keeps NUMERIC exactly.
+    let (blob, timestamp, decimal) = match dialect {
+        "postgres" => ("BYTEA", "TIMESTAMPTZ", "NUMERIC(10, 2)"),
+        "sqlite" => ("BLOB", "TIMESTAMP", "TEXT"),
+        other => panic!("unknown dialect {other:?}"),
+    };
     conn.execute(
-        "CREATE TABLE all_types (
-            id INTEGER PRIMARY KEY,
-            n TEXT, b BOOLEAN, i_min BIGINT, i_max BIGINT, f DOUBLE PRECISION,
-            t TEXT, bl BLOB, ts TIMESTAMP, d DATE, j JSON, u UUID, dec TEXT
-        )",
+        &format!(
+            "CREATE TABLE all_types (
+                id INTEGER PRIMARY KEY,
+                n TEXT, b BOOLEAN, i_min BIGINT, i_max BIGINT, f DOUBLE PRECISION,
+                t TEXT, bl {blob}, ts {timestamp}, d DATE, j JSON, u UUID, dec {decimal}
+            )"
+        ),
         &[],
     )
     .expect("create all_types");

@@ -1,7 +1,8 @@
 //! SQL port test guest (`wasi:cli/run` command).
 //!
 //! Modes (argv[1..]):
-//! - `conformance <db>`: exercises the whole `sql` port on a fresh, empty db.
+//! - `conformance <db> [sqlite|postgres]`: exercises the whole `sql` port on a
+//!   fresh, empty db; the dialect only picks column types in one DDL statement.
 //! - `trap-in-tx <db>`: inserts a row inside a transaction, then traps, so the
 //!   host can check that the transaction was rolled back.
 //! - `count-trap-rows <db> <expected>`: asserts how many rows `trap_probe` holds.
@@ -17,7 +18,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.get(1..).unwrap_or_default() {
-        ["conformance", db] => conformance::run(db),
+        ["conformance", db] => conformance::run(db, "sqlite"),
+        ["conformance", db, dialect] => conformance::run(db, dialect),
         ["trap-in-tx", db] => trap_in_tx(db),
         ["count-trap-rows", db, expected] => {
             let expected: i64 = expected.parse().expect("<expected> must be an integer");

@@ -166,7 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let engine = HostEngine::new(host.engine_settings())?;
-    let app = App::load(&engine, manifest, &host)?;
+    let app = App::load(&engine, manifest, &host).await?;
     let output = crate::triggers::run::run(&app, &component, &args.args, Stdio::Inherit).await?;
     Ok(match output.status {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -187,7 +187,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         build::build_components(&manifest)?;
     }
     let engine = HostEngine::new(host.engine_settings())?;
-    let app = Arc::new(App::load(&engine, manifest, &host)?);
+    let app = Arc::new(App::load(&engine, manifest, &host).await?);
     let mut tasks = tokio::task::JoinSet::new();
     crate::triggers::message::start(app.clone(), &mut tasks).await?;
     let handler = Arc::new(crate::triggers::http::HttpHandler::new(app.clone())?);
@@ -234,7 +234,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     host.state_dir = Some(scratch.clone());
     let manifest = Manifest::load(&args.manifest)?;
     let engine = HostEngine::new(host.engine_settings())?;
-    let result = App::load(&engine, manifest, &host);
+    let result = App::load(&engine, manifest, &host).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let app = result?;
     println!(

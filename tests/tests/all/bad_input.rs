@@ -4,82 +4,89 @@ use berth::limits::LimitExceeded;
 use berth::triggers::InvocationError;
 use berth_tests::{TestApp, assert_success, guests, run, single_component_manifest};
 
-fn load_err(manifest: &str) -> String {
+async fn load_err(manifest: &str) -> String {
     let t = TestApp::new(manifest);
-    format!("{:#}", t.load().err().expect("the app must be refused"))
+    format!(
+        "{:#}",
+        t.load().await.err().expect("the app must be refused")
+    )
 }
 
-#[test]
-fn manifest_malformed_toml_names_file_and_line() {
-    let err = load_err("name = \"x\"\n[component.a\npath = 1");
+#[tokio::test]
+async fn manifest_malformed_toml_names_file_and_line() {
+    let err = load_err("name = \"x\"\n[component.a\npath = 1").await;
     assert!(err.contains("berth.toml"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
 
-#[test]
-fn manifest_unknown_key_names_key() {
+#[tokio::test]
+async fn manifest_unknown_key_names_key() {
     let err = load_err(&single_component_manifest(
         "x",
         guests::KV_GUEST,
         "[kv.cache]",
         "kv = [\"cache\"]\nsqll = [\"main\"]",
-    ));
+    ))
+    .await;
     assert!(err.contains("berth.toml") && err.contains("sqll"), "{err}");
 }
 
-#[test]
-fn manifest_unknown_logical_name_names_key() {
+#[tokio::test]
+async fn manifest_unknown_logical_name_names_key() {
     let err = load_err(&single_component_manifest(
         "x",
         guests::KV_GUEST,
         "[kv.cache]",
         "kv = [\"cahce\"]",
-    ));
+    ))
+    .await;
     assert!(
         err.contains("component.guest.grants.kv") && err.contains("cahce"),
         "{err}"
     );
 }
 
-#[test]
-fn component_missing_file_is_named() {
+#[tokio::test]
+async fn component_missing_file_is_named() {
     let err = load_err(&single_component_manifest(
         "x",
         "/nonexistent/app.wasm",
         "",
         "",
-    ));
+    ))
+    .await;
     assert!(err.contains("/nonexistent/app.wasm"), "{err}");
 }
 
-#[test]
-fn component_invalid_bytes_are_refused() {
+#[tokio::test]
+async fn component_invalid_bytes_are_refused() {
     let t = TestApp::new(&single_component_manifest("x", "junk.wasm", "", ""));
     std::fs::write(t.dir.path().join("junk.wasm"), b"definitely not wasm").unwrap();
-    let err = format!("{:#}", t.load().err().unwrap());
+    let err = format!("{:#}", t.load().await.err().unwrap());
     assert!(err.contains("not a WebAssembly file"), "{err}");
 }
 
-#[test]
-fn core_module_instead_of_component_is_refused() {
+#[tokio::test]
+async fn core_module_instead_of_component_is_refused() {
     let t = TestApp::new(&single_component_manifest("x", "core.wasm", "", ""));
     std::fs::write(t.dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
-    let err = format!("{:#}", t.load().err().unwrap());
+    let err = format!("{:#}", t.load().await.err().unwrap());
     assert!(
         err.contains("core WebAssembly module, not a component"),
         "{err}"
     );
 }
 
-#[test]
-fn ungranted_import_is_refused_at_load() {
+#[tokio::test]
+async fn ungranted_import_is_refused_at_load() {
     // The SQL guest imports berth:infra/sql but this manifest grants no database.
     let err = load_err(&single_component_manifest(
         "x",
         guests::SQL_GUEST,
         "[sql.main]",
         "",
-    ));
+    ))
+    .await;
     assert!(err.contains("imports `berth:infra/sql@0.1.0`"), "{err}");
     assert!(err.contains("grants nothing"), "{err}");
 }
@@ -105,7 +112,7 @@ async fn still_serving(app: &berth::app::App) {
 #[tokio::test(flavor = "multi_thread")]
 async fn endless_loop_stopped_at_deadline() {
     let t = hostile("timeout_ms = 300");
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     let started = Instant::now();
     let out = run(&app, "guest", &["loop"]).await;
     assert_eq!(
@@ -131,7 +138,7 @@ async fn endless_loop_stopped_at_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn loop_of_host_calls_stopped_at_deadline() {
     let t = hostile("timeout_ms = 300");
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     let out = run(&app, "guest", &["host-call-loop"]).await;
     assert!(
         matches!(
@@ -147,7 +154,7 @@ async fn loop_of_host_calls_stopped_at_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_growth_past_limit_is_stopped() {
     let t = hostile("memory_mb = 32");
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     let out = run(&app, "guest", &["memory"]).await;
     match &out.status {
         Err(InvocationError::Limit(LimitExceeded::Memory { limit, .. })) => {
@@ -167,7 +174,7 @@ async fn memory_growth_past_limit_is_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deep_recursion_traps_cleanly() {
     let t = hostile("");
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     let out = run(&app, "guest", &["recursion"]).await;
     let err = out.status.expect_err("stack overflow traps");
     assert!(matches!(err, InvocationError::Trap(_)), "{err:?}");
@@ -177,6 +184,6 @@ async fn deep_recursion_traps_cleanly() {
 #[tokio::test]
 async fn ungranted_logical_name_gets_not_granted() {
     let t = hostile("");
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     still_serving(&app).await;
 }

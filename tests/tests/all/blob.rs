@@ -8,7 +8,7 @@ async fn blob_conformance_fs() {
         "[blob.files]",
         "blob = [\"files\"]",
     ));
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     assert_success(&run(&app, "guest", &["conformance", "files"]).await);
     // Objects live in the app's directory; nothing escaped it, and no
     // temporary file of the aborted writer is left.

@@ -8,7 +8,7 @@ async fn email_sent_to_file_sink() {
         "",
         "email_senders = [\"app@berth.example\"]",
     ));
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     assert_success(
         &run(
             &app,
@@ -43,7 +43,7 @@ async fn config_and_logging_embedded() {
         "[config]\ngreeting = \"hello\"\nsecret_token = \"${env:CARGO_PKG_NAME}\"\nnot_granted_key = \"hidden\"",
         "config = [\"greeting\", \"secret_token\"]",
     ));
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     assert_success(&run(&app, "guest", &["check", env!("CARGO_PKG_NAME")]).await);
 }
 
@@ -55,7 +55,7 @@ async fn config_missing_env_reference_names_key() {
         "[config]\ntoken = \"${env:BERTH_TEST_SURELY_UNSET_VAR}\"",
         "",
     ));
-    let err = t.load().err().expect("load fails").to_string();
+    let err = t.load().await.err().expect("load fails").to_string();
     assert!(
         err.contains("config.token") && err.contains("BERTH_TEST_SURELY_UNSET_VAR"),
         "{err}"

@@ -7,7 +7,7 @@ async fn conformance(decl: &str) {
         decl,
         "kv = [\"cache\"]",
     ));
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     assert_success(&run(&app, "guest", &["conformance", "cache"]).await);
 }
 
@@ -30,13 +30,13 @@ async fn kv_sqlite_survives_reload() {
         "kv = [\"cache\"]",
     ));
     {
-        let app = t.load().unwrap();
+        let app = t.load().await.unwrap();
         app.backends.kv["cache"]
             .set("persisted", b"yes".to_vec(), None)
             .await
             .unwrap();
     }
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     assert_eq!(
         app.backends.kv["cache"].get("persisted").await.unwrap(),
         Some(b"yes".to_vec())

@@ -13,4 +13,5 @@ mod example_app;
 mod http;
 mod kv;
 mod messaging;
+mod services;
 mod sql;

@@ -29,7 +29,7 @@ max_deliveries = {max_deliveries}
 }
 
 async fn started(t: &TestApp) -> (Arc<App>, tokio::task::JoinSet<()>) {
-    let app = Arc::new(t.load().unwrap());
+    let app = Arc::new(t.load().await.unwrap());
     let mut tasks = tokio::task::JoinSet::new();
     berth::triggers::message::start(app.clone(), &mut tasks)
         .await

@@ -12,7 +12,7 @@ fn sql_app() -> TestApp {
 #[tokio::test]
 async fn sql_conformance_sqlite() {
     let t = sql_app();
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     let out = run(&app, "guest", &["conformance", "main"]).await;
     assert_success(&out);
     assert!(t.state_dir().join("sqltest/sql/main.db").exists());
@@ -21,7 +21,7 @@ async fn sql_conformance_sqlite() {
 #[tokio::test]
 async fn sql_rollback_on_trap_sqlite() {
     let t = sql_app();
-    let app = t.load().unwrap();
+    let app = t.load().await.unwrap();
     let out = run(&app, "guest", &["trap-in-tx", "main"]).await;
     let err = out.status.expect_err("the guest traps on purpose");
     assert!(err.to_string().contains("trapped"), "{err}");

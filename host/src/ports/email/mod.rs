@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod host;
+pub mod smtp;
 
 use async_trait::async_trait;
 
@@ -193,6 +194,21 @@ mod tests {
 pub enum EmailConfig {
     /// Write `.eml` files into `<state>/<app>/email`.
     File {},
+    /// Send through an SMTP server.
+    Smtp {
+        /// Server host name.
+        host: String,
+        /// Server port; default 587 (465 with `tls = "tls"`).
+        port: Option<u16>,
+        /// `none`, `starttls` (default) or `tls`.
+        tls: Option<smtp::SmtpTls>,
+        /// User name, if the server needs authentication.
+        username: Option<String>,
+        /// Password reference (`${env:SMTP_PASSWORD}`); required with `username`.
+        password: Option<String>,
+        /// Per-command timeout, in ms; default 10000.
+        timeout_ms: Option<u64>,
+    },
 }
 
 impl Default for EmailConfig {

@@ -2,6 +2,7 @@
 
 pub mod host;
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -105,4 +106,13 @@ pub enum KvConfig {
     /// In memory, lost on exit. (A struct variant so unknown keys are
     /// rejected: serde ignores them on unit variants of tagged enums.)
     Memory {},
+    /// Redis, under a key prefix per app and bucket.
+    Redis {
+        /// `redis://host:port/db`; a password in it must be a reference.
+        url: String,
+        /// Prepended to Berth's own `berth:<app>:<bucket>:` prefix.
+        prefix: Option<String>,
+        /// Connect and response timeout, in ms; default 5000.
+        timeout_ms: Option<u64>,
+    },
 }

@@ -1,6 +1,7 @@
 //! The `sql` port: relational persistence behind logical database names.
 
 pub mod host;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -175,4 +176,66 @@ pub enum SqlConfig {
         /// Database file.
         path: Option<std::path::PathBuf>,
     },
+    /// A Postgres database reached through a host-owned pool.
+    Postgres {
+        /// `postgres://user@host:port/db`; a password in it must be a
+        /// `${env:…}`/`${file:…}` reference.
+        url: String,
+        /// Password reference (`${env:PGPASSWORD}`, `${file:/run/secrets/pg}`).
+        password: Option<String>,
+        /// Schema searched first (`search_path`).
+        schema: Option<String>,
+        /// Pool size; default 10.
+        max_connections: Option<u32>,
+        /// Idle connections kept open; default 0.
+        min_connections: Option<u32>,
+        /// Wait for a connection, in ms; default 5000.
+        connect_timeout_ms: Option<u64>,
+        /// Server-side statement timeout, in ms; default 30000.
+        statement_timeout_ms: Option<u64>,
+    },
+}
+
+/// A cursor fed by a reader task through a bounded channel: the reader owns
+/// the connection and stops when the cursor is dropped.
+pub(crate) struct ChannelCursor {
+    columns: Vec<SqlColumn>,
+    rows: tokio::sync::mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
+}
+
+impl ChannelCursor {
+    pub(crate) fn new(
+        columns: Vec<SqlColumn>,
+        rows: tokio::sync::mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
+    ) -> Self {
+        Self { columns, rows }
+    }
+}
+
+#[async_trait]
+impl SqlCursor for ChannelCursor {
+    fn columns(&self) -> Vec<SqlColumn> {
+        self.columns.clone()
+    }
+
+    async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let mut out = Vec::new();
+        while out.len() < max_rows {
+            let next = if out.is_empty() {
+                self.rows.recv().await
+            } else {
+                match self.rows.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(row) => out.push(row?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
 }

@@ -368,10 +368,7 @@ impl SqlBackend for SqliteDatabase {
         let columns = columns_rx
             .await
             .map_err(|_| SqlError::Other("cursor reader stopped".into()))??;
-        Ok(Box::new(SqliteCursor {
-            columns,
-            rows: rows_rx,
-        }))
+        Ok(Box::new(super::ChannelCursor::new(columns, rows_rx)))
     }
 }
 
@@ -423,38 +420,6 @@ impl SqlTransaction for SqliteTransaction {
     async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
         self.run(|c| c.execute_batch("ROLLBACK").map_err(map_error))
             .await
-    }
-}
-
-struct SqliteCursor {
-    columns: Vec<SqlColumn>,
-    rows: mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
-}
-
-#[async_trait]
-impl SqlCursor for SqliteCursor {
-    fn columns(&self) -> Vec<SqlColumn> {
-        self.columns.clone()
-    }
-
-    async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError> {
-        let mut out = Vec::new();
-        while out.len() < max_rows {
-            let next = if out.is_empty() {
-                self.rows.recv().await
-            } else {
-                match self.rows.try_recv() {
-                    Ok(item) => Some(item),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                }
-            };
-            match next {
-                Some(row) => out.push(row?),
-                None => break,
-            }
-        }
-        Ok(out)
     }
 }
 

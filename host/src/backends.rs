@@ -1,0 +1,237 @@
+//! Opens the backends of an app's logical resources as the host config
+//! says: embedded defaults (SQLite, memory, directories, in-process broker,
+//! email files) or real servers. Everything is connected and checked here,
+//! before any guest runs; errors name the host-config file and key, and
+//! whether the server could not be reached.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::AppBackends;
+use crate::config::HostConfig;
+use crate::manifest::Manifest;
+use crate::ports::blob::url::UrlSigner;
+use crate::ports::blob::{BlobBackend, BlobConfig, fs::FsContainer};
+use crate::ports::email::smtp::{SmtpSender, SmtpSettings, SmtpTls};
+use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
+use crate::ports::kv::redis::{RedisBucket, RedisSettings};
+use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
+use crate::ports::messaging::{MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
+use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
+use crate::secret::{Secret, SecretResolver};
+
+/// Builds errors that name where a setting came from.
+struct Origin<'a> {
+    source: String,
+    app: &'a str,
+}
+
+impl Origin<'_> {
+    fn err(&self, key: &str, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("{}: `{key}` (for app `{}`): {e}", self.source, self.app)
+    }
+}
+
+/// Resolves a URL whose password, if any, must be a reference.
+fn url_setting(
+    origin: &Origin<'_>,
+    key: &str,
+    raw: &str,
+    secrets: &SecretResolver,
+) -> anyhow::Result<Secret> {
+    let userinfo = raw
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(u, _)| u);
+    if userinfo.is_some_and(|u| u.contains(':')) && !SecretResolver::is_reference(raw) {
+        return Err(origin.err(key, "the URL holds an inline password; reference it as ${env:NAME} or ${file:/path} instead"));
+    }
+    secrets.resolve(raw).map_err(|m| origin.err(key, m))
+}
+
+/// Resolves a secret setting, which must be a reference.
+fn secret_setting(
+    origin: &Origin<'_>,
+    key: &str,
+    raw: &str,
+    secrets: &SecretResolver,
+) -> anyhow::Result<Secret> {
+    if !SecretResolver::is_reference(raw) {
+        return Err(origin.err(
+            key,
+            "secrets are never inlined; reference it as ${env:NAME} or ${file:/path}",
+        ));
+    }
+    secrets.resolve(raw).map_err(|m| origin.err(key, m))
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+/// Opens every logical resource `manifest` declares, under `state`.
+pub async fn open(
+    host: &HostConfig,
+    manifest: &Manifest,
+    state: &Path,
+) -> anyhow::Result<AppBackends> {
+    let app = manifest.name.as_str();
+    let origin = Origin {
+        source: host.source(),
+        app,
+    };
+    let secrets = host.secrets()?;
+    let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
+    for name in manifest.sql.keys() {
+        let key = format!("sql.{name}");
+        let cfg = host
+            .sql
+            .get(name)
+            .cloned()
+            .unwrap_or(SqlConfig::Sqlite { path: None });
+        let db: Arc<dyn SqlBackend> = match cfg {
+            SqlConfig::Sqlite { path } => {
+                let path = path.unwrap_or_else(|| state.join("sql").join(format!("{name}.db")));
+                Arc::new(SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?)
+            }
+            SqlConfig::Postgres {
+                url,
+                password,
+                schema,
+                max_connections,
+                min_connections,
+                connect_timeout_ms,
+                statement_timeout_ms,
+            } => {
+                let settings = PostgresSettings {
+                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets)?,
+                    password: password
+                        .map(|p| secret_setting(&origin, &format!("{key}.password"), &p, &secrets))
+                        .transpose()?,
+                    schema,
+                    max_connections: max_connections.unwrap_or(10),
+                    min_connections: min_connections.unwrap_or(0),
+                    connect_timeout: ms(connect_timeout_ms, 5000),
+                    statement_timeout: ms(statement_timeout_ms, 30_000),
+                    application_name: format!("berth:{app}:{name}"),
+                };
+                Arc::new(
+                    PostgresDatabase::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                )
+            }
+        };
+        sql.insert(name.clone(), db);
+    }
+    let mut kv: HashMap<String, Arc<dyn KvBackend>> = HashMap::new();
+    for (name, decl) in &manifest.kv {
+        let key = format!("kv.{name}");
+        let default = if decl.memory {
+            KvConfig::Memory {}
+        } else {
+            KvConfig::Sqlite { path: None }
+        };
+        let bucket: Arc<dyn KvBackend> = match host.kv.get(name).cloned().unwrap_or(default) {
+            KvConfig::Memory {} => Arc::new(MemoryBucket::new()),
+            KvConfig::Sqlite { path } => {
+                let path = path.unwrap_or_else(|| state.join("kv").join(format!("{name}.db")));
+                Arc::new(SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?)
+            }
+            KvConfig::Redis {
+                url,
+                prefix,
+                timeout_ms,
+            } => {
+                // App and bucket names cannot contain `:`, so this prefix
+                // cannot collide between apps or buckets.
+                let settings = RedisSettings {
+                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets)?,
+                    prefix: format!("{}berth:{app}:{name}:", prefix.unwrap_or_default()),
+                    timeout: ms(timeout_ms, 5000),
+                };
+                Arc::new(
+                    RedisBucket::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                )
+            }
+        };
+        kv.insert(name.clone(), bucket);
+    }
+    let url_signer = Arc::new(UrlSigner::new(
+        host.url_signing_key(manifest)?,
+        host.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", host.listen())),
+    ));
+    let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
+    for name in manifest.blob.keys() {
+        let cfg = host
+            .blob
+            .get(name)
+            .cloned()
+            .unwrap_or(BlobConfig::Fs { root: None });
+        let BlobConfig::Fs { root } = cfg;
+        let root = root.unwrap_or_else(|| state.join("blob").join(name));
+        let c = FsContainer::open(root, state.join("tmp"), app, name, url_signer.clone())
+            .map_err(|e| origin.err(&format!("blob.{name}"), e))?;
+        blob.insert(name.clone(), Arc::new(c));
+    }
+    let MessagingConfig::InProcess {} = host.messaging;
+    let email: Arc<dyn EmailBackend> = match host.email.clone() {
+        EmailConfig::File {} => {
+            Arc::new(FileSink::open(state.join("email")).map_err(|e| origin.err("email", e))?)
+        }
+        EmailConfig::Smtp {
+            host: server,
+            port,
+            tls,
+            username,
+            password,
+            timeout_ms,
+        } => {
+            let tls = tls.unwrap_or(SmtpTls::Starttls);
+            let credentials = match (username, password) {
+                (Some(user), Some(pw)) => Some((
+                    user,
+                    secret_setting(&origin, "email.password", &pw, &secrets)?,
+                )),
+                (None, None) => None,
+                _ => {
+                    return Err(
+                        origin.err("email", "give both `username` and `password`, or neither")
+                    );
+                }
+            };
+            let settings = SmtpSettings {
+                host: server,
+                port: port.unwrap_or(if tls == SmtpTls::Tls { 465 } else { 587 }),
+                tls,
+                credentials,
+                timeout: ms(timeout_ms, 10_000),
+            };
+            Arc::new(
+                SmtpSender::connect(&settings)
+                    .await
+                    .map_err(|e| origin.err("email", connection_failure(e)))?,
+            )
+        }
+    };
+    Ok(AppBackends {
+        sql,
+        kv,
+        blob,
+        messaging: InProcessBroker::new(),
+        email,
+        url_signer,
+    })
+}
+
+/// Says plainly that a startup failure was a connection failure.
+fn connection_failure(e: impl std::fmt::Display) -> String {
+    format!("cannot connect at startup: {e}")
+}

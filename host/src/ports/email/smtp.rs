@@ -1,0 +1,133 @@
+//! SMTP adapter (lettre): the host holds the server, TLS mode and
+//! credentials; guests only name granted senders. Messages reach this
+//! adapter validated (no CR/LF in headers, plain addresses, recipient and
+//! size caps), and are rebuilt with lettre's typed builder, which encodes
+//! every header itself.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use super::{EmailBackend, EmailError, EmailMessage};
+use crate::secret::Secret;
+
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmtpTls {
+    /// Plain SMTP (loopback relays and tests only).
+    None,
+    /// Upgrade with STARTTLS, required.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// Settings of the SMTP transport.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Server host name.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: SmtpTls,
+    /// User name and password, if the server wants them.
+    pub credentials: Option<(String, Secret)>,
+    /// Timeout of each SMTP command.
+    pub timeout: Duration,
+}
+
+/// Sends through an SMTP server.
+pub struct SmtpSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    domain: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EmailError {
+    tracing::debug!(error = %e, "smtp failure");
+    EmailError::Unavailable("the mail server cannot be reached or refused the message".into())
+}
+
+impl SmtpSender {
+    /// Builds the transport and checks the server answers, so a wrong host
+    /// or credential fails at startup.
+    pub async fn connect(s: &SmtpSettings) -> Result<SmtpSender, EmailError> {
+        let builder = match s.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
+                .map_err(unavailable)?,
+            SmtpTls::Tls => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host).map_err(unavailable)?
+            }
+        };
+        let mut builder = builder.port(s.port).timeout(Some(s.timeout));
+        if let Some((user, password)) = &s.credentials {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose().to_string(),
+            ));
+        }
+        let transport = builder.build();
+        match transport.test_connection().await {
+            Ok(true) => {}
+            Ok(false) => return Err(unavailable("the server did not answer NOOP")),
+            Err(e) => return Err(unavailable(e)),
+        }
+        Ok(SmtpSender {
+            transport,
+            domain: "berth.local".into(),
+        })
+    }
+}
+
+fn mailbox(address: &str) -> Result<Mailbox, EmailError> {
+    address
+        .parse()
+        .map_err(|_| EmailError::InvalidMessage(format!("{address:?} is not a valid address")))
+}
+
+/// Builds the lettre message of a validated [`EmailMessage`].
+pub fn build(message: &EmailMessage, id: &str) -> Result<lettre::Message, EmailError> {
+    let mut b = lettre::Message::builder()
+        .message_id(Some(format!("<{id}>")))
+        .from(mailbox(&message.from)?)
+        .subject(message.subject.clone());
+    for to in &message.to {
+        b = b.to(mailbox(to)?);
+    }
+    for cc in &message.cc {
+        b = b.cc(mailbox(cc)?);
+    }
+    for bcc in &message.bcc {
+        b = b.bcc(mailbox(bcc)?);
+    }
+    if let Some(r) = &message.reply_to {
+        b = b.reply_to(mailbox(r)?);
+    }
+    let built = match &message.html_body {
+        None => b.singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(message.text_body.clone()),
+        ),
+        Some(html) => b.multipart(MultiPart::alternative_plain_html(
+            message.text_body.clone(),
+            html.clone(),
+        )),
+    };
+    built.map_err(|e| EmailError::InvalidMessage(e.to_string()))
+}
+
+#[async_trait]
+impl EmailBackend for SmtpSender {
+    async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
+        let id = format!("{}@{}", uuid::Uuid::new_v4(), self.domain);
+        let email = build(message, &id)?;
+        self.transport.send(email).await.map_err(unavailable)?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,217 @@
+//! Redis adapter (`redis` crate, connection manager): one logical bucket is
+//! a key prefix chosen by the host. TTLs are Redis expiries, `increment` is
+//! `INCRBY`, compare-and-swap is a Lua script (atomic on the server), and
+//! listing walks the prefix with `SCAN` (never `KEYS`), then sorts, so pages
+//! come in ascending order as the port promises.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{KeyPage, KvBackend, KvError, page_from};
+use crate::secret::Secret;
+
+/// Most keys one listing may walk under a prefix; beyond it `list-keys`
+/// fails instead of loading an unbounded key set into the host.
+const MAX_SCANNED_KEYS: usize = 100_000;
+
+/// Atomic compare-and-swap: ARGV[1] is "1" when a current value is
+/// expected (ARGV[2]), "0" when the key must be absent.
+const CAS_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// Settings of a Redis bucket.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (may carry a password).
+    pub url: Secret,
+    /// Prefix of every key of the bucket.
+    pub prefix: String,
+    /// Connect and response timeout.
+    pub timeout: Duration,
+}
+
+/// A bucket stored under a key prefix in Redis.
+pub struct RedisBucket {
+    conn: ConnectionManager,
+    prefix: String,
+    cas: redis::Script,
+}
+
+fn map(e: redis::RedisError) -> KvError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return KvError::Unavailable("cannot reach the store".into());
+    }
+    let detail = e.detail().unwrap_or_default().to_string();
+    if e.code() == Some("ERR") && detail.contains("not an integer") || detail.contains("overflow") {
+        return KvError::NotANumber(
+            "the stored value is not a decimal 64-bit integer, or the increment overflows".into(),
+        );
+    }
+    KvError::Other(format!("store error {}", e.code().unwrap_or("")))
+}
+
+/// Escapes the glob characters of `s` for `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl RedisBucket {
+    /// Connects and pings, so a wrong URL fails at startup.
+    pub async fn connect(s: &RedisSettings) -> Result<RedisBucket, KvError> {
+        let client = redis::Client::open(s.url.expose())
+            .map_err(|_| KvError::InvalidInput("the Redis URL is malformed".into()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(s.timeout)
+            .set_response_timeout(s.timeout)
+            .set_number_of_retries(2);
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(map)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(map)?;
+        Ok(RedisBucket {
+            conn,
+            prefix: s.prefix.clone(),
+            cas: redis::Script::new(CAS_SCRIPT),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl KvBackend for RedisBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        redis::cmd("GET")
+            .arg(self.key(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(map)
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX")
+                .arg(ttl.as_millis().clamp(1, i64::MAX as u128) as i64);
+        }
+        cmd.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(map)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        let n: i64 = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(map)?;
+        Ok(n > 0)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, KvError> {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.key(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(map)?;
+        Ok(n > 0)
+    }
+
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, KvError> {
+        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(map)?;
+            keys.extend(
+                batch
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
+                    .filter(|k| after.is_none_or(|a| k.as_str() > a)),
+            );
+            if keys.len() > MAX_SCANNED_KEYS {
+                return Err(KvError::Other(format!(
+                    "more than {MAX_SCANNED_KEYS} keys under this prefix; use a longer prefix"
+                )));
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup(); // SCAN may return a key twice
+        keys.truncate(limit + 1);
+        Ok(page_from(keys, limit))
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        redis::cmd("INCRBY")
+            .arg(self.key(key))
+            .arg(delta)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(map)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvError> {
+        let mut invocation = self.cas.key(self.key(key));
+        invocation
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(new);
+        let swapped: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map)?;
+        Ok(swapped == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
