@@ -12,13 +12,15 @@ use std::time::Duration;
 use crate::app::AppBackends;
 use crate::config::HostConfig;
 use crate::manifest::Manifest;
+use crate::ports::blob::s3::{S3Container, S3Settings};
 use crate::ports::blob::url::UrlSigner;
 use crate::ports::blob::{BlobBackend, BlobConfig, fs::FsContainer};
 use crate::ports::email::smtp::{SmtpSender, SmtpSettings, SmtpTls};
 use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
-use crate::ports::messaging::{MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
+use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
 use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
 use crate::secret::{Secret, SecretResolver};
@@ -170,18 +172,90 @@ pub async fn open(
     ));
     let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
     for name in manifest.blob.keys() {
+        let key = format!("blob.{name}");
         let cfg = host
             .blob
             .get(name)
             .cloned()
             .unwrap_or(BlobConfig::Fs { root: None });
-        let BlobConfig::Fs { root } = cfg;
-        let root = root.unwrap_or_else(|| state.join("blob").join(name));
-        let c = FsContainer::open(root, state.join("tmp"), app, name, url_signer.clone())
-            .map_err(|e| origin.err(&format!("blob.{name}"), e))?;
-        blob.insert(name.clone(), Arc::new(c));
+        let container: Arc<dyn BlobBackend> = match cfg {
+            BlobConfig::Fs { root } => {
+                let root = root.unwrap_or_else(|| state.join("blob").join(name));
+                Arc::new(
+                    FsContainer::open(root, state.join("tmp"), app, name, url_signer.clone())
+                        .map_err(|e| origin.err(&key, e))?,
+                )
+            }
+            BlobConfig::S3 {
+                endpoint,
+                region,
+                bucket,
+                prefix,
+                path_style,
+                access_key_id,
+                secret_access_key,
+                part_size_mb,
+                timeout_ms,
+            } => {
+                let part_size_mb = part_size_mb.unwrap_or(8);
+                if !(5..=5120).contains(&part_size_mb) {
+                    return Err(origin.err(
+                        &format!("{key}.part_size_mb"),
+                        "must be between 5 and 5120 (S3's part size limits)",
+                    ));
+                }
+                // App and container names cannot contain `/`, so this
+                // prefix cannot collide between apps or containers.
+                let settings = S3Settings {
+                    endpoint,
+                    region: region.unwrap_or_else(|| "us-east-1".into()),
+                    bucket,
+                    prefix: format!("{}berth/{app}/{name}/", prefix.unwrap_or_default()),
+                    path_style: path_style.unwrap_or(false),
+                    access_key_id: secret_setting(
+                        &origin,
+                        &format!("{key}.access_key_id"),
+                        &access_key_id,
+                        &secrets,
+                    )?,
+                    secret_access_key: secret_setting(
+                        &origin,
+                        &format!("{key}.secret_access_key"),
+                        &secret_access_key,
+                        &secrets,
+                    )?,
+                    part_size: (part_size_mb as usize) << 20,
+                    timeout: ms(timeout_ms, 30_000),
+                };
+                Arc::new(
+                    S3Container::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                )
+            }
+        };
+        blob.insert(name.clone(), container);
     }
-    let MessagingConfig::InProcess {} = host.messaging;
+    let messaging: Arc<dyn MessagingBackend> = match host.messaging.clone() {
+        MessagingConfig::InProcess {} => InProcessBroker::new(),
+        MessagingConfig::Nats {
+            url,
+            timeout_ms,
+            ack_wait_ms,
+        } => {
+            let settings = NatsSettings {
+                url: url_setting(&origin, "messaging.url", &url, &secrets)?,
+                app: app.to_string(),
+                timeout: ms(timeout_ms, 5000),
+                ack_wait: ms(ack_wait_ms, 60_000),
+            };
+            Arc::new(
+                NatsBroker::connect(&settings)
+                    .await
+                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+            )
+        }
+    };
     let email: Arc<dyn EmailBackend> = match host.email.clone() {
         EmailConfig::File {} => {
             Arc::new(FileSink::open(state.join("email")).map_err(|e| origin.err("email", e))?)
@@ -225,7 +299,7 @@ pub async fn open(
         sql,
         kv,
         blob,
-        messaging: InProcessBroker::new(),
+        messaging,
         email,
         url_signer,
     })

@@ -39,7 +39,7 @@ pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()>
         let subscription = app
             .backends
             .messaging
-            .subscribe(&trigger.topic)
+            .subscribe(&trigger.topic, &trigger.component)
             .await
             .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
         let max = trigger.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES);
@@ -88,6 +88,7 @@ pub async fn handle_delivery(
         acker,
     } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
+    let dead = (message.payload.clone(), message.headers.clone());
     let outcome = invoke(app, component, pre, message).await;
     match outcome {
         Ok(answer) => {
@@ -106,6 +107,7 @@ pub async fn handle_delivery(
         }
         Err(error) => {
             tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
+            dead_letter(app, &topic, &id, attempt, &error, dead).await;
             acker.ack().await;
         }
     }
@@ -134,5 +136,37 @@ async fn invoke(
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(InvocationError::from_error(&e).to_string()),
         Err(_) => Err(crate::limits::LimitExceeded::Timeout(limit).to_string()),
+    }
+}
+
+/// Publishes a message that exhausted its deliveries on `<topic>.dead-letter`
+/// with its id, attempts and last error as headers, for an operator or a
+/// dead-letter trigger to inspect.
+async fn dead_letter(
+    app: &App,
+    topic: &str,
+    id: &str,
+    attempt: u32,
+    error: &str,
+    (payload, mut headers): (Vec<u8>, Vec<(String, String)>),
+) {
+    headers.push(("berth-original-id".into(), id.into()));
+    headers.push(("berth-attempts".into(), attempt.to_string()));
+    headers.push((
+        "berth-error".into(),
+        error
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(1024)
+            .collect(),
+    ));
+    let dl_topic = format!("{topic}.dead-letter");
+    if let Err(e) = app
+        .backends
+        .messaging
+        .publish(&dl_topic, payload, headers)
+        .await
+    {
+        tracing::error!(app = %app.manifest.name, topic = %dl_topic, error = %e, "cannot publish to the dead-letter topic");
     }
 }

@@ -4,10 +4,14 @@ use std::time::Duration;
 use berth::app::App;
 use berth_tests::{TestApp, assert_success, guests, run};
 
-fn manifest(max_deliveries: u32) -> String {
+pub(crate) fn manifest(max_deliveries: u32) -> String {
+    manifest_named("msgtest", max_deliveries)
+}
+
+pub(crate) fn manifest_named(name: &str, max_deliveries: u32) -> String {
     format!(
         r#"
-name = "msgtest"
+name = "{name}"
 [kv.received]
 memory = true
 [component.publisher]
@@ -28,8 +32,15 @@ max_deliveries = {max_deliveries}
     )
 }
 
-async fn started(t: &TestApp) -> (Arc<App>, tokio::task::JoinSet<()>) {
-    let app = Arc::new(t.load().await.unwrap());
+pub(crate) async fn started(t: &TestApp) -> (Arc<App>, tokio::task::JoinSet<()>) {
+    started_with(t, &berth::config::HostConfig::default()).await
+}
+
+pub(crate) async fn started_with(
+    t: &TestApp,
+    host: &berth::config::HostConfig,
+) -> (Arc<App>, tokio::task::JoinSet<()>) {
+    let app = Arc::new(t.load_with(host).await.unwrap());
     let mut tasks = tokio::task::JoinSet::new();
     berth::triggers::message::start(app.clone(), &mut tasks)
         .await
@@ -37,12 +48,12 @@ async fn started(t: &TestApp) -> (Arc<App>, tokio::task::JoinSet<()>) {
     (app, tasks)
 }
 
-async fn received_count(app: &App) -> i64 {
+pub(crate) async fn received_count(app: &App) -> i64 {
     let value = app.backends.kv["received"].get("count").await.unwrap();
     value.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
 }
 
-async fn wait_for_count(app: &App, expected: i64) {
+pub(crate) async fn wait_for_count(app: &App, expected: i64) {
     for _ in 0..200 {
         if received_count(app).await >= expected {
             break;

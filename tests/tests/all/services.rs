@@ -304,3 +304,211 @@ async fn email_delivered_smtp() {
     assert!(mail.contains("Hello from Berth"), "{mail}");
     assert!(!mail.contains("evil@example.com"), "{mail}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_delivery_redelivery_and_request_nats() {
+    use crate::messaging::{manifest_named, received_count, started_with, wait_for_count};
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let app_name = unique("nats");
+    let t = TestApp::new(&manifest_named(&app_name, 5));
+    let host = host_config(
+        &t,
+        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n"),
+    );
+    let (app, tasks) = started_with(&t, &host).await;
+    assert_success(&run(&app, "publisher", &["publish", "events", "10"]).await);
+    wait_for_count(&app, 10).await;
+    // A failed first delivery is redelivered with the same id.
+    let id = app
+        .backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 12).await;
+    let last = app.backends.kv["received"]
+        .get("last-id")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8(last).unwrap(), id);
+    assert_success(&run(&app, "publisher", &["request", "events"]).await);
+    assert_eq!(
+        received_count(&app).await,
+        13,
+        "the request reached the handler once"
+    );
+    drop(tasks);
+    let client = async_nats::connect(&url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(format!("BERTH_{app_name}"))
+        .await
+        .unwrap();
+}
+
+/// An SDK client for the test's own setup and checks against the S3 server.
+fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "berth-test-key",
+            "berth-test-secret",
+            None,
+            None,
+            "berth-tests",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// `[blob.files]` on S3, with the credentials in files next to the manifest
+/// (so the test does not touch the environment).
+fn s3_host(t: &TestApp, endpoint: &str, bucket: &str, key: &str, secret: &str) -> String {
+    let key_file = t.dir.path().join("s3-key-id");
+    let secret_file = t.dir.path().join("s3-secret");
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&secret_file, secret).unwrap();
+    format!(
+        "[blob.files]\ntype = \"s3\"\nendpoint = {endpoint:?}\nbucket = {bucket:?}\npath_style = true\npart_size_mb = 5\ntimeout_ms = 5000\naccess_key_id = \"${{file:{}}}\"\nsecret_access_key = \"${{file:{}}}\"\n",
+        key_file.display(),
+        secret_file.display()
+    )
+}
+
+fn blob_app(app: &str) -> TestApp {
+    TestApp::new(&single_component_manifest(
+        app,
+        guests::BLOB_GUEST,
+        "[blob.files]",
+        "blob = [\"files\"]",
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_conformance_s3() {
+    let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let s3 = s3_client(&endpoint);
+    let bucket = unique("berth-t-");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let app_name = unique("blobs3");
+    let t = blob_app(&app_name);
+    let text = s3_host(
+        &t,
+        &endpoint,
+        &bucket,
+        "berth-test-key",
+        "berth-test-secret",
+    );
+    let app = t.load_with(&host_config(&t, &text)).await.unwrap();
+    assert_success(&run(&app, "guest", &["conformance", "files"]).await);
+    // A writer dropped after a full part has started a multipart upload:
+    // dropping it aborts the upload in the background.
+    let mut w = app.backends.blob["files"]
+        .write("dropped/big")
+        .await
+        .unwrap();
+    w.write(&vec![7u8; 5 << 20]).await.unwrap();
+    let started = s3.list_multipart_uploads().bucket(&bucket).send().await;
+    assert_eq!(
+        started.unwrap().uploads().len(),
+        1,
+        "one upload in progress"
+    );
+    drop(w);
+    drop(app);
+
+    // Every object landed under the app's and container's prefix.
+    let prefix = format!("berth/{app_name}/files/");
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    assert!(keys.contains(&format!("{prefix}big/object")), "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with(&prefix)), "{keys:?}");
+    // 8 MiB in 5 MiB parts went up as a two-part multipart upload, and the
+    // dropped writers left no object and no upload behind.
+    let big = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(format!("{prefix}big/object"))
+        .send()
+        .await
+        .unwrap();
+    let etag = big
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    assert!(etag.ends_with("-2"), "multipart ETag {etag}");
+    let mut uploads = 1;
+    for _ in 0..50 {
+        let listed = s3.list_multipart_uploads().bucket(&bucket).send().await;
+        uploads = listed.unwrap().uploads().len();
+        if uploads == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(uploads, 0, "the dropped writer's upload was aborted");
+
+    for key in keys {
+        s3.delete_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_s3_unreachable_fails_at_startup_naming_the_key() {
+    let t = blob_app("blobs3down");
+    // Nothing listens on port 1: the error names the file and key, says
+    // connection, and shows neither secret.
+    let text = s3_host(
+        &t,
+        "http://127.0.0.1:1",
+        "b",
+        "canary-key-id",
+        "canary-secret",
+    );
+    let err = format!(
+        "{:#}",
+        t.load_with(&host_config(&t, &text))
+            .await
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        err.contains("host.toml") && err.contains("`blob.files`") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(!err.contains("canary"), "{err}");
+    // Secrets are references, never inline values.
+    let inline = text.replace(
+        &format!("\"${{file:{}}}\"", t.dir.path().join("s3-secret").display()),
+        "\"canary-inline\"",
+    );
+    let err = format!(
+        "{:#}",
+        t.load_with(&host_config(&t, &inline))
+            .await
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        err.contains("`blob.files.secret_access_key`") && !err.contains("canary-inline"),
+        "{err}"
+    );
+}

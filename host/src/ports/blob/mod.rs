@@ -3,6 +3,7 @@
 
 pub mod fs;
 pub mod host;
+pub mod s3;
 pub mod url;
 
 use async_trait::async_trait;
@@ -180,5 +181,32 @@ pub enum BlobConfig {
     Fs {
         /// Directory.
         root: Option<std::path::PathBuf>,
+    },
+    /// An S3 bucket (AWS or S3-compatible). Objects of container `<name>` of
+    /// app `<app>` are stored under `<prefix>berth/<app>/<name>/`, so apps
+    /// and containers may share a bucket.
+    S3 {
+        /// Endpoint URL of an S3-compatible server; AWS when absent.
+        endpoint: Option<String>,
+        /// Region used for signing; default `us-east-1`.
+        region: Option<String>,
+        /// Bucket; must exist.
+        bucket: String,
+        /// Prepended to every key; default empty.
+        prefix: Option<String>,
+        /// Path-style addressing (`<endpoint>/<bucket>/<key>`), which most
+        /// S3-compatible servers need; default `false`.
+        path_style: Option<bool>,
+        /// Access key id: a secret reference, e.g. `${env:AWS_ACCESS_KEY_ID}`.
+        access_key_id: String,
+        /// Secret access key: a secret reference, e.g.
+        /// `${env:AWS_SECRET_ACCESS_KEY}` or `${file:/run/secrets/s3}`.
+        secret_access_key: String,
+        /// Multipart part size in MiB (5 to 5120), also the most a writer
+        /// buffers; default 8.
+        part_size_mb: Option<u64>,
+        /// Connect timeout, and time from sending a request (including a
+        /// whole part's upload) to its response headers, in ms; default 30000.
+        timeout_ms: Option<u64>,
     },
 }

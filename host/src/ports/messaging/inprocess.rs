@@ -151,7 +151,11 @@ impl MessagingBackend for InProcessBroker {
         }
     }
 
-    async fn subscribe(&self, topic: &str) -> Result<Box<dyn Subscription>, MessagingError> {
+    async fn subscribe(
+        &self,
+        topic: &str,
+        _consumer: &str,
+    ) -> Result<Box<dyn Subscription>, MessagingError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         self.topics
             .lock()
@@ -181,8 +185,8 @@ mod tests {
     #[tokio::test]
     async fn fan_out_nack_and_request() {
         let broker = InProcessBroker::new();
-        let mut a = broker.subscribe("t").await.unwrap();
-        let mut b = broker.subscribe("t").await.unwrap();
+        let mut a = broker.subscribe("t", "c").await.unwrap();
+        let mut b = broker.subscribe("t", "c").await.unwrap();
         broker.publish("t", b"x".to_vec(), vec![]).await.unwrap();
         let da = a.next().await.unwrap();
         assert_eq!(b.next().await.unwrap().message.payload, b"x");

@@ -8,6 +8,7 @@
 
 pub mod host;
 pub mod inprocess;
+pub mod nats;
 
 use std::time::Duration;
 
@@ -98,8 +99,14 @@ pub trait MessagingBackend: Send + Sync {
         headers: Vec<(String, String)>,
         timeout: Duration,
     ) -> Result<Message, MessagingError>;
-    /// Subscribes a trigger to `topic`.
-    async fn subscribe(&self, topic: &str) -> Result<Box<dyn Subscription>, MessagingError>;
+    /// Subscribes a trigger to `topic`. `consumer` names the trigger's
+    /// durable consumer: every host process subscribing with the same name
+    /// shares its messages.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Subscription>, MessagingError>;
 }
 
 /// Checks a topic name: 1-255 characters of `a-z A-Z 0-9 . - _`, no empty
@@ -145,6 +152,15 @@ mod tests {
 pub enum MessagingConfig {
     /// The embedded in-process broker.
     InProcess {},
+    /// NATS JetStream: a stream per app, durable consumers per trigger.
+    Nats {
+        /// `nats://host:port`; credentials in it must be references.
+        url: String,
+        /// Connect timeout, in ms; default 5000.
+        timeout_ms: Option<u64>,
+        /// Redelivery of unacknowledged messages, in ms; default 60000.
+        ack_wait_ms: Option<u64>,
+    },
 }
 
 impl Default for MessagingConfig {

@@ -1,0 +1,595 @@
+//! S3 blob adapter (`aws-sdk-s3`): one logical container is a key prefix
+//! in a bucket chosen by the host, so apps and containers can share a
+//! bucket without seeing each other's objects.
+//!
+//! Small objects are single `PutObject`s; chunked writes buffer one part
+//! and switch to a multipart upload once a full part is there, so host
+//! memory stays bounded by the part size whatever the object size. Reads
+//! stream the `GetObject` body. SDK errors are mapped here: guests see
+//! generic messages, the details (which may name the endpoint or bucket)
+//! only go to `tracing::debug!`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+
+use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo, ObjectPage};
+use crate::secret::Secret;
+
+/// S3's smallest part (all parts but the last must be at least this big).
+pub const MIN_PART_SIZE: usize = 5 << 20;
+
+/// S3's largest part number: objects are at most this many parts.
+const MAX_PARTS: usize = 10_000;
+
+/// Settings of an S3 container.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Endpoint URL of an S3-compatible server; AWS when `None`.
+    pub endpoint: Option<String>,
+    /// Region used for signing.
+    pub region: String,
+    /// Bucket (must exist).
+    pub bucket: String,
+    /// Prefix of every object key of the container.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible servers need.
+    pub path_style: bool,
+    /// Access key id.
+    pub access_key_id: Secret,
+    /// Secret access key.
+    pub secret_access_key: Secret,
+    /// Multipart part size in bytes (at least [`MIN_PART_SIZE`]).
+    pub part_size: usize,
+    /// Connect timeout, and the time from sending a request (including a
+    /// whole part's body) to its response headers.
+    pub timeout: Duration,
+}
+
+/// A container stored under a key prefix in an S3 bucket.
+pub struct S3Container {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: usize,
+}
+
+/// Maps an SDK error to a [`BlobError`] whose message is safe to show a
+/// guest: no endpoint, bucket URL or credential ever reaches it.
+fn map_err<E>(op: &'static str, e: SdkError<E, HttpResponse>) -> BlobError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    tracing::debug!(op, error = %DisplayErrorContext(&e), "s3 error");
+    match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            BlobError::Unavailable("cannot reach the store".into())
+        }
+        SdkError::ResponseError(_) => {
+            BlobError::Unavailable("the store sent an unreadable response".into())
+        }
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            match (status, se.err().code()) {
+                // A missing bucket is a configuration problem, not a
+                // missing object.
+                (_, Some("NoSuchBucket")) => {
+                    BlobError::Unavailable("the bucket does not exist".into())
+                }
+                (404, _) | (_, Some("NoSuchKey" | "NotFound")) => BlobError::NotFound,
+                (401 | 403, _) => {
+                    BlobError::Unavailable("the store refused the credentials".into())
+                }
+                (500..=599, _) => BlobError::Unavailable("the store failed".into()),
+                (status, _) => BlobError::Other(format!("store error (status {status})")),
+            }
+        }
+        _ => BlobError::Other("the store request failed".into()),
+    }
+}
+
+/// Milliseconds since the epoch of an S3 timestamp (0 if absent).
+fn millis(t: Option<&aws_sdk_s3::primitives::DateTime>) -> u64 {
+    t.and_then(|t| t.to_millis().ok())
+        .map_or(0, |ms| ms.max(0) as u64)
+}
+
+/// Now, for objects this host just wrote: S3 does not return the
+/// modification time of a write, and asking costs another round trip.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Builds a page from `(full key, size, modified)` entries in ascending
+/// order: strips `prefix`, keeps at most `limit`, and sets the cursor when
+/// more exist (`truncated` by the server, or beyond `limit`).
+fn page_of(
+    prefix: &str,
+    entries: impl IntoIterator<Item = (String, u64, u64)>,
+    truncated: bool,
+    limit: usize,
+) -> ObjectPage {
+    let mut objects: Vec<ObjectInfo> = entries
+        .into_iter()
+        .filter_map(|(key, size, modified_ms)| {
+            let key = key.strip_prefix(prefix)?.to_string();
+            Some(ObjectInfo {
+                key,
+                size,
+                modified_ms,
+            })
+        })
+        .collect();
+    let more = truncated || objects.len() > limit;
+    objects.truncate(limit);
+    let cursor = if more {
+        objects.last().map(|o| o.key.clone())
+    } else {
+        None
+    };
+    ObjectPage { objects, cursor }
+}
+
+impl S3Container {
+    /// Builds the client and checks the bucket with `HeadBucket`, so a wrong
+    /// endpoint, bucket or credential fails at startup.
+    pub async fn connect(s: &S3Settings) -> Result<S3Container, BlobError> {
+        let credentials = aws_credential_types::Credentials::new(
+            s.access_key_id.expose(),
+            s.secret_access_key.expose(),
+            None,
+            None,
+            "berth-host-config",
+        );
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(s.timeout)
+            .read_timeout(s.timeout)
+            .build();
+        let mut config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(s.path_style)
+            .timeout_config(timeouts)
+            // Checksums only where S3 requires them: the default adds
+            // trailing checksums that many S3-compatible servers reject,
+            // and that need per-part bookkeeping in multipart uploads.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+        if let Some(endpoint) = &s.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        let client = Client::from_conf(config.build());
+        client
+            .head_bucket()
+            .bucket(&s.bucket)
+            .send()
+            .await
+            .map_err(|e| match map_err("head-bucket", e) {
+                // HEAD responses have no body, so a missing bucket is a bare 404.
+                BlobError::NotFound => BlobError::Unavailable("the bucket does not exist".into()),
+                other => other,
+            })?;
+        Ok(S3Container {
+            client,
+            bucket: s.bucket.clone(),
+            prefix: s.prefix.clone(),
+            part_size: s.part_size.max(MIN_PART_SIZE),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, BlobError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| map_err("head-object", e))?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            modified_ms: millis(out.last_modified()),
+        })
+    }
+
+    async fn open_body(&self, key: &str) -> Result<(ByteStream, Option<u64>), BlobError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| map_err("get-object", e))?;
+        let len = out.content_length().map(|n| n.max(0) as u64);
+        Ok((out.body, len))
+    }
+}
+
+/// A single `PutObject` (for `put`, and writes smaller than one part).
+async fn put_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    data: Vec<u8>,
+) -> Result<(), BlobError> {
+    let req = client.put_object().bucket(bucket).key(key);
+    let body = ByteStream::from(data);
+    req.body(body)
+        .send()
+        .await
+        .map_err(|e| map_err("put-object", e))?;
+    Ok(())
+}
+
+fn stream_err(e: aws_sdk_s3::primitives::ByteStreamError) -> BlobError {
+    tracing::debug!(error = %DisplayErrorContext(&e), "s3 body error");
+    BlobError::Unavailable("the object stream broke off".into())
+}
+
+#[async_trait]
+impl BlobBackend for S3Container {
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<ObjectInfo, BlobError> {
+        let size = data.len() as u64;
+        put_object(&self.client, &self.bucket, &self.key(key), data).await?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size,
+            modified_ms: now_ms(),
+        })
+    }
+
+    async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, BlobError> {
+        let too_large = |size: u64| {
+            BlobError::TooLarge(format!(
+                "object is {size} bytes, `get` returns at most {max_bytes}; use `read`"
+            ))
+        };
+        let (mut body, len) = self.open_body(key).await?;
+        if let Some(len) = len.filter(|&n| n > max_bytes as u64) {
+            return Err(too_large(len));
+        }
+        // The declared length is checked above; the cap below also holds
+        // if a server sends more than it declared.
+        let mut out = Vec::with_capacity(len.unwrap_or(0) as usize);
+        while let Some(chunk) = body.try_next().await.map_err(stream_err)? {
+            if out.len() + chunk.len() > max_bytes {
+                return Err(too_large((out.len() + chunk.len()) as u64));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BlobError> {
+        // DeleteObject succeeds whether or not the object exists, so ask first.
+        match self.head(key).await {
+            Ok(_) => {}
+            Err(BlobError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| map_err("delete-object", e))?;
+        Ok(true)
+    }
+
+    async fn stat(&self, key: &str) -> Result<ObjectInfo, BlobError> {
+        self.head(key).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ObjectPage, BlobError> {
+        // One more than asked tells whether another page exists.
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.key(prefix))
+            .set_start_after(after.map(|a| self.key(a)))
+            .max_keys(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| map_err("list-objects", e))?;
+        let entries = out.contents().iter().filter_map(|o| {
+            Some((
+                o.key()?.to_string(),
+                o.size().unwrap_or(0).max(0) as u64,
+                millis(o.last_modified()),
+            ))
+        });
+        Ok(page_of(
+            &self.prefix,
+            entries,
+            out.is_truncated().unwrap_or(false),
+            limit,
+        ))
+    }
+
+    async fn write(&self, key: &str) -> Result<Box<dyn BlobWriter>, BlobError> {
+        Ok(Box::new(S3Writer {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key(key),
+            user_key: key.to_string(),
+            part_size: self.part_size,
+            buf: Vec::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            size: 0,
+            failed: false,
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Box<dyn BlobReader>, BlobError> {
+        let (body, _) = self.open_body(key).await?;
+        Ok(Box::new(S3Reader {
+            body,
+            pending: Bytes::new(),
+        }))
+    }
+
+    async fn url(&self, key: &str, expires_secs: u32) -> Result<String, BlobError> {
+        let presigning = PresigningConfig::expires_in(Duration::from_secs(expires_secs.into()))
+            .map_err(|e| {
+                tracing::debug!(error = %e, "s3 presigning config");
+                BlobError::Other("invalid URL validity".into())
+            })?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .presigned(presigning)
+            .await
+            .map_err(|e| map_err("presign-get-object", e))?;
+        Ok(req.uri().to_string())
+    }
+}
+
+/// A chunked write: one buffered part, then a multipart upload.
+struct S3Writer {
+    client: Client,
+    bucket: String,
+    /// Full key (with the container prefix).
+    key: String,
+    /// Key as the guest named it.
+    user_key: String,
+    part_size: usize,
+    /// Bytes not yet uploaded; never more than one part.
+    buf: Vec<u8>,
+    /// Set once the first full part is there; Drop aborts it.
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    size: u64,
+    /// A part failed to upload: the object can no longer be completed.
+    failed: bool,
+}
+
+impl S3Writer {
+    /// Uploads the buffer as the next part, starting the upload if needed.
+    async fn upload_part(&mut self) -> Result<(), BlobError> {
+        if self.parts.len() >= MAX_PARTS {
+            return Err(BlobError::TooLarge(format!(
+                "object exceeds {MAX_PARTS} parts of {} bytes",
+                self.part_size
+            )));
+        }
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let out = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .send()
+                    .await
+                    .map_err(|e| map_err("create-multipart-upload", e))?;
+                let id = out
+                    .upload_id()
+                    .ok_or_else(|| BlobError::Other("the store returned no upload id".into()))?
+                    .to_string();
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let body = ByteStream::from(std::mem::take(&mut self.buf));
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| map_err("upload-part", e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .part_number(number)
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Refuses to go on after a lost part.
+    fn check(&self) -> Result<(), BlobError> {
+        match self.failed {
+            true => Err(BlobError::Other(
+                "an earlier write failed; start a new writer".into(),
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
+        self.check()?;
+        // Fill the buffer to exactly one part before uploading, so memory
+        // is bounded by the part size whatever the chunk sizes are.
+        while !chunk.is_empty() {
+            let n = (self.part_size - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            self.size += n as u64;
+            if self.buf.len() == self.part_size {
+                if let Err(e) = self.upload_part().await {
+                    // The part's bytes are gone: the object cannot be completed.
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ObjectInfo, BlobError> {
+        self.check()?;
+        if self.upload_id.is_none() {
+            // Smaller than one part: a single PutObject.
+            let data = std::mem::take(&mut self.buf);
+            put_object(&self.client, &self.bucket, &self.key, data).await?;
+        } else {
+            if !self.buf.is_empty() {
+                self.upload_part().await?;
+            }
+            let parts = CompletedMultipartUpload::builder()
+                .set_parts(Some(std::mem::take(&mut self.parts)))
+                .build();
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .set_upload_id(self.upload_id.clone())
+                .multipart_upload(parts)
+                .send()
+                .await
+                .map_err(|e| map_err("complete-multipart-upload", e))?;
+            // Completed: nothing left for Drop to abort.
+            self.upload_id = None;
+        }
+        Ok(ObjectInfo {
+            key: self.user_key.clone(),
+            size: self.size,
+            modified_ms: now_ms(),
+        })
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // An unfinished (or failed) multipart upload keeps its parts stored
+        // and billed until aborted. Drop cannot await, so abort in the
+        // background; without a runtime, a bucket lifecycle rule must do it.
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("no runtime to abort an unfinished s3 multipart upload");
+            return;
+        };
+        let request = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id);
+        runtime.spawn(async move {
+            if let Err(e) = request.send().await {
+                tracing::debug!(error = %DisplayErrorContext(&e), "s3 abort-multipart-upload");
+            }
+        });
+    }
+}
+
+/// A chunked read over the `GetObject` body stream.
+struct S3Reader {
+    body: ByteStream,
+    /// The rest of the last network chunk, served by the next calls.
+    pending: Bytes,
+}
+
+#[async_trait]
+impl BlobReader for S3Reader {
+    async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            if self.pending.is_empty() {
+                match self.body.try_next().await.map_err(stream_err)? {
+                    Some(chunk) => self.pending = chunk,
+                    None => break,
+                }
+                continue;
+            }
+            let n = (max - out.len()).min(self.pending.len());
+            out.extend_from_slice(&self.pending.split_to(n));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(page: &ObjectPage) -> Vec<&str> {
+        page.objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_strip_the_prefix_and_set_the_cursor() {
+        let p = "berth/app/c/";
+        let full = |ks: &[&str]| {
+            ks.iter()
+                .map(|k| (format!("{p}{k}"), 1, 2))
+                .collect::<Vec<_>>()
+        };
+        let page = page_of(p, full(&["a", "b", "c"]), false, 2);
+        assert_eq!(
+            (keys(&page), page.cursor.as_deref()),
+            (vec!["a", "b"], Some("b"))
+        );
+        let page = page_of(p, full(&["a", "b"]), false, 2);
+        assert_eq!(
+            (keys(&page), page.cursor.as_deref()),
+            (vec!["a", "b"], None)
+        );
+        // The server's own page limit (1000) also yields a cursor.
+        let page = page_of(p, full(&["a"]), true, 5);
+        assert_eq!(page.cursor.as_deref(), Some("a"));
+        // Nothing outside the prefix ever comes back.
+        let outside = vec![("berth/app/other/x".to_string(), 1, 2)];
+        assert!(page_of(p, outside, false, 5).objects.is_empty());
+    }
+}
