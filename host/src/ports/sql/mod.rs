@@ -1,6 +1,8 @@
 //! The `sql` port: relational persistence behind logical database names.
 
 pub mod host;
+mod pg_values;
+mod placeholders;
 pub mod postgres;
 pub mod sqlite;
 

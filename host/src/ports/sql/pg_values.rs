@@ -1,0 +1,340 @@
+//! Postgres value mapping: guest parameters to typed Postgres parameters,
+//! and result columns back to port values (exact numeric text, RFC 3339
+//! timestamps, json text as stored).
+
+use std::str::FromStr as _;
+
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgRow, PgTypeInfo, PgValueFormat};
+use sqlx::query::Query;
+use sqlx::{Column as _, Executor as _, Postgres, Row as _, TypeInfo as _, ValueRef as _};
+
+use super::postgres::map_error;
+use super::{SqlColumn, SqlError, SqlValue};
+
+/// A NULL whose type the server infers from the statement.
+struct UntypedNull;
+
+impl sqlx::Type<Postgres> for UntypedNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(0))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for UntypedNull {
+    fn encode_by_ref(
+        &self,
+        _: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
+/// JSON sent as the `json` type's wire format (its text), so a `json`
+/// column keeps the guest's text exactly.
+struct JsonText(String);
+
+impl sqlx::Type<Postgres> for JsonText {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(114))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for JsonText {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        buf.extend_from_slice(self.0.as_bytes());
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
+pub(super) type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// A parameter converted once to its Postgres type, so the statement is
+/// prepared with exactly the types that are then bound.
+pub(super) enum PgParam {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    TimestampTz(chrono::DateTime<chrono::Utc>),
+    Timestamp(chrono::NaiveDateTime),
+    Date(chrono::NaiveDate),
+    Json(String),
+    Uuid(sqlx::types::Uuid),
+    Decimal(bigdecimal::BigDecimal),
+}
+
+impl PgParam {
+    fn from_value(v: SqlValue) -> Result<PgParam, SqlError> {
+        let bad =
+            |what: &str, v: &str| SqlError::InvalidInput(format!("{v:?} is not a valid {what}"));
+        Ok(match v {
+            SqlValue::Null => PgParam::Null,
+            SqlValue::Boolean(b) => PgParam::Bool(b),
+            SqlValue::Int(i) => PgParam::Int(i),
+            SqlValue::Float(f) => PgParam::Float(f),
+            SqlValue::Text(s) => PgParam::Text(s),
+            SqlValue::Blob(b) => PgParam::Bytes(b),
+            SqlValue::Timestamp(s) => match chrono::DateTime::parse_from_rfc3339(&s) {
+                Ok(t) => PgParam::TimestampTz(t.with_timezone(&chrono::Utc)),
+                Err(_) => PgParam::Timestamp(
+                    chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%.f")
+                        .or_else(|_| {
+                            chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f")
+                        })
+                        .map_err(|_| bad("timestamp (RFC 3339)", &s))?,
+                ),
+            },
+            SqlValue::Date(s) => PgParam::Date(
+                chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                    .map_err(|_| bad("date (YYYY-MM-DD)", &s))?,
+            ),
+            SqlValue::Json(s) => PgParam::Json(s),
+            SqlValue::Uuid(s) => {
+                PgParam::Uuid(sqlx::types::Uuid::parse_str(&s).map_err(|_| bad("UUID", &s))?)
+            }
+            SqlValue::Decimal(s) => PgParam::Decimal(
+                bigdecimal::BigDecimal::from_str(&s).map_err(|_| bad("decimal", &s))?,
+            ),
+        })
+    }
+
+    fn type_info(&self) -> PgTypeInfo {
+        use sqlx::Type;
+        match self {
+            PgParam::Null => UntypedNull::type_info(),
+            PgParam::Bool(_) => bool::type_info(),
+            PgParam::Int(_) => i64::type_info(),
+            PgParam::Float(_) => f64::type_info(),
+            PgParam::Text(_) => String::type_info(),
+            PgParam::Bytes(_) => <Vec<u8>>::type_info(),
+            PgParam::TimestampTz(_) => <chrono::DateTime<chrono::Utc>>::type_info(),
+            PgParam::Timestamp(_) => chrono::NaiveDateTime::type_info(),
+            PgParam::Date(_) => chrono::NaiveDate::type_info(),
+            PgParam::Json(_) => JsonText::type_info(),
+            PgParam::Uuid(_) => sqlx::types::Uuid::type_info(),
+            PgParam::Decimal(_) => bigdecimal::BigDecimal::type_info(),
+        }
+    }
+
+    fn bind(self, q: PgQuery<'_>) -> PgQuery<'_> {
+        match self {
+            PgParam::Null => q.bind(UntypedNull),
+            PgParam::Bool(v) => q.bind(v),
+            PgParam::Int(v) => q.bind(v),
+            PgParam::Float(v) => q.bind(v),
+            PgParam::Text(v) => q.bind(v),
+            PgParam::Bytes(v) => q.bind(v),
+            PgParam::TimestampTz(v) => q.bind(v),
+            PgParam::Timestamp(v) => q.bind(v),
+            PgParam::Date(v) => q.bind(v),
+            PgParam::Json(v) => q.bind(JsonText(v)),
+            PgParam::Uuid(v) => q.bind(v),
+            PgParam::Decimal(v) => q.bind(v),
+        }
+    }
+}
+
+pub(super) fn convert(params: Vec<SqlValue>) -> Result<Vec<PgParam>, SqlError> {
+    params.into_iter().map(PgParam::from_value).collect()
+}
+
+pub(super) fn bind(mut q: PgQuery<'_>, params: Vec<PgParam>) -> PgQuery<'_> {
+    for p in params {
+        q = p.bind(q);
+    }
+    q
+}
+
+/// Prepares `sql` with the parameters' own types (so what is bound matches
+/// what the server expects) and returns the statement's columns too.
+pub(super) async fn prepare(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    params: &[PgParam],
+) -> Result<sqlx::postgres::PgStatement<'static>, SqlError> {
+    let types: Vec<PgTypeInfo> = params.iter().map(PgParam::type_info).collect();
+    conn.prepare_with(sql, &types)
+        .await
+        .map(|s| sqlx::Statement::to_owned(&s))
+        .map_err(map_error)
+}
+
+pub(super) fn columns_of(cols: &[sqlx::postgres::PgColumn]) -> Vec<SqlColumn> {
+    cols.iter()
+        .map(|c| SqlColumn {
+            name: c.name().to_string(),
+            type_name: c.type_info().name().to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+pub(super) fn read_row(row: &PgRow) -> Result<Vec<SqlValue>, SqlError> {
+    (0..row.columns().len())
+        .map(|i| read_value(row, i))
+        .collect()
+}
+
+fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
+    let raw = row.try_get_raw(i).map_err(map_error)?;
+    if raw.is_null() {
+        return Ok(SqlValue::Null);
+    }
+    let type_name = raw.type_info().name().to_string();
+    let get = |e: sqlx::Error| map_error(e);
+    Ok(match type_name.as_str() {
+        "BOOL" => SqlValue::Boolean(row.try_get(i).map_err(get)?),
+        "INT2" => SqlValue::Int(row.try_get::<i16, _>(i).map_err(get)?.into()),
+        "INT4" => SqlValue::Int(row.try_get::<i32, _>(i).map_err(get)?.into()),
+        "INT8" => SqlValue::Int(row.try_get(i).map_err(get)?),
+        "OID" => SqlValue::Int(row.try_get::<Oid, _>(i).map_err(get)?.0.into()),
+        "FLOAT4" => SqlValue::Float(row.try_get::<f32, _>(i).map_err(get)?.into()),
+        "FLOAT8" => SqlValue::Float(row.try_get(i).map_err(get)?),
+        "NUMERIC" => {
+            let bytes = raw.as_bytes().map_err(|e| SqlError::Other(e.to_string()))?;
+            let text = match raw.format() {
+                PgValueFormat::Binary => numeric_text(bytes)
+                    .ok_or_else(|| SqlError::UnsupportedType("malformed numeric".into()))?,
+                PgValueFormat::Text => String::from_utf8_lossy(bytes).into_owned(),
+            };
+            SqlValue::Decimal(text)
+        }
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
+            SqlValue::Text(row.try_get(i).map_err(get)?)
+        }
+        "BYTEA" => SqlValue::Blob(row.try_get(i).map_err(get)?),
+        "TIMESTAMPTZ" => SqlValue::Timestamp(
+            row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)
+                .map_err(get)?
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        "TIMESTAMP" => SqlValue::Timestamp(
+            row.try_get::<chrono::NaiveDateTime, _>(i)
+                .map_err(get)?
+                .format("%Y-%m-%dT%H:%M:%S%.f")
+                .to_string(),
+        ),
+        "DATE" => SqlValue::Date(
+            row.try_get::<chrono::NaiveDate, _>(i)
+                .map_err(get)?
+                .to_string(),
+        ),
+        "UUID" => SqlValue::Uuid(
+            row.try_get::<sqlx::types::Uuid, _>(i)
+                .map_err(get)?
+                .hyphenated()
+                .to_string(),
+        ),
+        "JSON" | "JSONB" => {
+            let bytes = raw.as_bytes().map_err(|e| SqlError::Other(e.to_string()))?;
+            // jsonb's binary format starts with a version byte.
+            let text = if type_name == "JSONB" && raw.format() == PgValueFormat::Binary {
+                &bytes[1.min(bytes.len())..]
+            } else {
+                bytes
+            };
+            SqlValue::Json(String::from_utf8_lossy(text).into_owned())
+        }
+        other => {
+            return Err(SqlError::UnsupportedType(format!(
+                "column {} has type {other}, which the sql port cannot carry; cast it (e.g. to text)",
+                i + 1
+            )));
+        }
+    })
+}
+
+/// Renders Postgres' binary `numeric` exactly, with its declared scale
+/// (`12.50` stays `12.50`). Layout: ndigits, weight, sign, dscale (i16/u16)
+/// then base-10000 digits.
+fn numeric_text(b: &[u8]) -> Option<String> {
+    let word = |i: usize| b.get(i..i + 2).map(|w| i16::from_be_bytes([w[0], w[1]]));
+    let (ndigits, weight, sign, dscale) = (
+        word(0)? as usize,
+        word(2)? as i32,
+        word(4)? as u16,
+        word(6)? as usize,
+    );
+    let digits: Vec<i16> = (0..ndigits)
+        .map(|k| word(8 + 2 * k))
+        .collect::<Option<_>>()?;
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        _ => {}
+    }
+    let digit = |idx: i32| {
+        if idx >= 0 && (idx as usize) < ndigits {
+            digits[idx as usize]
+        } else {
+            0
+        }
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for idx in 0..=weight {
+            if idx == 0 {
+                out.push_str(&digit(idx).to_string());
+            } else {
+                out.push_str(&format!("{:04}", digit(idx)));
+            }
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::new();
+        let mut idx = weight + 1;
+        while frac.len() < dscale {
+            frac.push_str(&format!("{:04}", digit(idx)));
+            idx += 1;
+        }
+        frac.truncate(dscale);
+        out.push('.');
+        out.push_str(&frac);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    fn numeric(ndigits: i16, weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [ndigits, weight, sign as i16, dscale as i16]
+            .into_iter()
+            .chain(digits.iter().copied())
+        {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn numeric_keeps_its_scale() {
+        assert_eq!(
+            super::numeric_text(&numeric(2, 0, 0, 2, &[12, 5000])).unwrap(),
+            "12.50"
+        );
+        assert_eq!(
+            super::numeric_text(&numeric(1, -1, 0x4000, 5, &[5])).unwrap(),
+            "-0.00050"
+        );
+        assert_eq!(
+            super::numeric_text(&numeric(2, 1, 0, 0, &[1, 2])).unwrap(),
+            "10002"
+        );
+        assert_eq!(
+            super::numeric_text(&numeric(0, 0, 0, 3, &[])).unwrap(),
+            "0.000"
+        );
+    }
+}
