@@ -110,12 +110,37 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let requested = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(&requested))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Crates whose debug/trace events print credentials they were given (the
+/// AWS SDK logs resolved identities, including access key ids; async-nats
+/// logs server URLs with their passwords); they are
+/// capped at `info` whatever `BERTH_LOG` asks, so no secret reaches a log.
+const CREDENTIAL_ECHOING_TARGETS: &[&str] = &[
+    "aws_smithy_runtime",
+    "aws_sigv4",
+    "aws_sdk_s3",
+    "aws_runtime",
+    "aws_credential_types",
+    "async_nats",
+];
+
+/// The host's log filter: `requested` (the `BERTH_LOG` syntax, falling back
+/// to `info` when malformed) with the credential-echoing crates capped.
+pub fn log_filter(requested: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(requested)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in CREDENTIAL_ECHOING_TARGETS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod blob;
+mod canary;
 mod cli;
 mod docs;
 mod email_config;

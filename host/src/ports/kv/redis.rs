@@ -46,6 +46,12 @@ pub struct RedisBucket {
 }
 
 fn map(e: redis::RedisError) -> KvError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.code() == Some("WRONGPASS")
+        || e.code() == Some("NOAUTH")
+    {
+        return KvError::Unavailable("the store refused the credentials".into());
+    }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return KvError::Unavailable("cannot reach the store".into());
     }
@@ -79,11 +85,18 @@ impl RedisBucket {
             .set_connection_timeout(s.timeout)
             .set_response_timeout(s.timeout)
             .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client, config)
+        // Probe once with a plain connection under one deadline: the
+        // connection manager retries failed handshakes (a wrong password)
+        // with backoff for minutes, which startup must not wait out.
+        let probe = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        tokio::time::timeout(s.timeout, probe)
             .await
+            .map_err(|_| KvError::Unavailable("the store did not answer in time".into()))?
             .map_err(map)?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(map)?;
         Ok(RedisBucket {

@@ -58,10 +58,16 @@ fn unavailable(e: impl std::fmt::Display) -> MessagingError {
 impl NatsBroker {
     /// Connects and makes sure the app's stream exists.
     pub async fn connect(s: &NatsSettings) -> Result<NatsBroker, MessagingError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(s.timeout)
-            .connect(s.url.expose())
+        // Credentials go through the options, not the URL, so the client
+        // never holds (or logs) a URL with a password in it.
+        let (url, credentials) = split_userinfo(s.url.expose());
+        let mut options = async_nats::ConnectOptions::new().connection_timeout(s.timeout);
+        if let Some((user, password)) = credentials {
+            options = options.user_and_password(user, password);
+        }
+        let client = tokio::time::timeout(s.timeout, options.connect(url))
             .await
+            .map_err(|_| unavailable("connect timed out"))?
             .map_err(unavailable)?;
         let js = jetstream::new(client.clone());
         let broker = NatsBroker {
@@ -94,6 +100,24 @@ impl NatsBroker {
 
     fn req_subject(&self, topic: &str) -> String {
         format!("berth.{}.req.{topic}", self.app)
+    }
+}
+
+/// Splits `nats://user:pass@host:port` into the URL without user info and
+/// the credentials.
+fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (
+                format!("{scheme}://{host}"),
+                Some((user.to_string(), password.to_string())),
+            )
+        }
+        None => (url.to_string(), None),
     }
 }
 

@@ -1,0 +1,104 @@
+//! A canary secret, planted in every backend's credentials, never appears
+//! in an error or a log line while every backend fails to start: wrong
+//! password against the real Redis and SMTP servers, unreachable Postgres,
+//! S3 and NATS.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use berth_tests::{TestApp, guests, host_config, service};
+
+const CANARY: &str = "canary-7f3a9c1e-do-not-leak";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn manifest() -> String {
+    format!(
+        "name = \"canary\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.guest]\npath = {:?}\n[component.guest.grants]\nkv = [\"cache\"]\n",
+        guests::KV_GUEST
+    )
+}
+
+#[test]
+fn secret_canary_never_leaks_from_failing_backends() {
+    let Some(redis_url) = service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let Some(smtp) = service("BERTH_TEST_SMTP") else {
+        return;
+    };
+    let (smtp_host, smtp_port) = smtp.rsplit_once(':').unwrap();
+    let redis_hostport = redis_url.trim_start_matches("redis://").to_string();
+    let t = TestApp::new(&manifest());
+    let secret = t.dir.path().join("canary");
+    std::fs::write(&secret, CANARY).unwrap();
+    let s = secret.display();
+    // One host config per failing backend, each with the canary as its secret.
+    let configs = [
+        format!(
+            "[sql.main]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/test\"\npassword = \"${{file:{s}}}\"\nconnect_timeout_ms = 1000\n"
+        ),
+        format!(
+            "[kv.cache]\ntype = \"redis\"\nurl = \"redis://:${{file:{s}}}@{redis_hostport}\"\n"
+        ),
+        format!(
+            "[blob.files]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\npath_style = true\naccess_key_id = \"${{file:{s}}}\"\nsecret_access_key = \"${{file:{s}}}\"\ntimeout_ms = 1000\n"
+        ),
+        format!(
+            "[email]\ntype = \"smtp\"\nhost = {smtp_host:?}\nport = {smtp_port}\ntls = \"none\"\nusername = \"berth\"\npassword = \"${{file:{s}}}\"\n"
+        ),
+        format!(
+            "[messaging]\ntype = \"nats\"\nurl = \"nats://berth:${{file:{s}}}@127.0.0.1:1\"\ntimeout_ms = 1000\n"
+        ),
+    ];
+    let logs = Captured::default();
+    let writer = logs.clone();
+    // The host's own log pipeline at its most verbose setting.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(berth::cli::log_filter("trace"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let mut errors = Vec::new();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for config in &configs {
+            let host = host_config(&t, config);
+            let started = std::time::Instant::now();
+            let err = rt
+                .block_on(t.load_with(&host))
+                .err()
+                .expect("every backend must fail to start");
+            eprintln!("failed in {:?}: {err:#}", started.elapsed());
+            errors.push(format!("{err:#} / {err:?}"));
+            // The host config itself never prints the resolved value either.
+            assert!(!format!("{host:?}").contains(CANARY));
+        }
+    });
+    for e in &errors {
+        assert!(!e.contains(CANARY), "an error leaks the canary: {e}");
+        assert!(e.contains("cannot connect at startup"), "{e}");
+    }
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.is_empty(), "the failures were logged");
+    let leaks: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(CANARY))
+        .take(5)
+        .collect();
+    assert!(leaks.is_empty(), "log lines leak the canary: {leaks:#?}");
+}
