@@ -18,6 +18,11 @@ example:
 docs:
     BERTH_BLESS=1 cargo test -p berth-tests --test all docs
 
-# Start the services the real-adapter suites use (idempotent).
+# Start the services the real-adapter suites use (idempotent); prints the
+# variables to export: eval "$(just services)".
 services:
-    bash .ci/services.sh
+    @bash .ci/services.sh
+
+# Run the tests including the real-server suites.
+test-services:
+    eval "$(bash .ci/services.sh)" && BERTH_TEST_REQUIRE_SERVICES=1 cargo test --workspace
