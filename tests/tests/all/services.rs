@@ -512,3 +512,58 @@ async fn blob_s3_unreachable_fails_at_startup_naming_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_dead_letter_after_max_deliveries_nats() {
+    use crate::messaging::{manifest_named, started_with, wait_for_count};
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let app_name = unique("natsdl");
+    let t = TestApp::new(&manifest_named(&app_name, 1));
+    let host = host_config(
+        &t,
+        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n"),
+    );
+    let (app, tasks) = started_with(&t, &host).await;
+    let mut dead = app
+        .backends
+        .messaging
+        .subscribe("events.dead-letter", "dlcheck")
+        .await
+        .unwrap();
+    let id = app
+        .backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), dead.next())
+        .await
+        .expect("a dead letter arrives")
+        .expect("subscription open");
+    assert_eq!(delivery.message.payload, b"fail-once");
+    let header = |name: &str| {
+        delivery
+            .message
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("berth-original-id"), Some(id));
+    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
+    assert!(
+        header("berth-error")
+            .unwrap()
+            .contains("deliberate failure")
+    );
+    delivery.acker.ack().await;
+    drop(tasks);
+    let client = async_nats::connect(&url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(format!("BERTH_{app_name}"))
+        .await
+        .unwrap();
+}
