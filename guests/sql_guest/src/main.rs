@@ -21,6 +21,7 @@ fn main() {
         ["conformance", db] => conformance::run(db, "sqlite"),
         ["conformance", db, dialect] => conformance::run(db, dialect),
         ["trap-in-tx", db] => trap_in_tx(db),
+        ["expect-timeout", db, statement] => expect_timeout(db, statement),
         ["count-trap-rows", db, expected] => {
             let expected: i64 = expected.parse().expect("<expected> must be an integer");
             count_trap_rows(db, expected);
@@ -96,6 +97,21 @@ fn trap_in_tx(db: &str) {
     // Keep `tx` alive across the panic: the host must roll it back on trap.
     let _tx = tx;
     panic!("deliberate trap while holding a transaction");
+}
+
+/// Runs `statement`, which must outlast the host's statement timeout, and
+/// asserts the port reports `timeout` (and the connection stays usable).
+fn expect_timeout(db: &str, statement: &str) {
+    let conn = Connection::open(db).expect("open db");
+    match conn.query(statement, &[]) {
+        Err(berth_bindings::sql::Error::Timeout) => step("slow statement timed out"),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert_eq!(
+        scalar_int(&conn, "SELECT 1", &[]),
+        1,
+        "usable after a timeout"
+    );
 }
 
 fn count_trap_rows(db: &str, expected: i64) {

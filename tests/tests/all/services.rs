@@ -567,3 +567,35 @@ async fn messaging_dead_letter_after_max_deliveries_nats() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_statement_timeout_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = Schema::create(&url).await;
+    let t = sql_app("pgtimeout");
+    let host = host_config(
+        &t,
+        &format!(
+            "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {:?}\nstatement_timeout_ms = 300\n",
+            schema.name
+        ),
+    );
+    let app = t.load_with(&host).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_success(
+        &run(
+            &app,
+            "guest",
+            &["expect-timeout", "main", "SELECT pg_sleep(5)"],
+        )
+        .await,
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "cancelled by the server, took {:?}",
+        started.elapsed()
+    );
+    schema.drop_now().await;
+}
