@@ -313,11 +313,7 @@ async fn messaging_delivery_redelivery_and_request_nats() {
     };
     let app_name = unique("nats");
     let t = TestApp::new(&manifest_named(&app_name, 5));
-    let host = host_config(
-        &t,
-        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n"),
-    );
-    let (app, tasks) = started_with(&t, &host).await;
+    let (app, tasks) = started_with(&t, &nats_host(&t, &url)).await;
     assert_success(&run(&app, "publisher", &["publish", "events", "10"]).await);
     wait_for_count(&app, 10).await;
     // A failed first delivery is redelivered with the same id.
@@ -341,11 +337,7 @@ async fn messaging_delivery_redelivery_and_request_nats() {
         "the request reached the handler once"
     );
     drop(tasks);
-    let client = async_nats::connect(&url).await.unwrap();
-    async_nats::jetstream::new(client)
-        .delete_stream(format!("BERTH_{app_name}"))
-        .await
-        .unwrap();
+    delete_nats_stream(&url, &app_name).await;
 }
 
 /// An SDK client for the test's own setup and checks against the S3 server.
@@ -521,11 +513,7 @@ async fn messaging_dead_letter_after_max_deliveries_nats() {
     };
     let app_name = unique("natsdl");
     let t = TestApp::new(&manifest_named(&app_name, 1));
-    let host = host_config(
-        &t,
-        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n"),
-    );
-    let (app, tasks) = started_with(&t, &host).await;
+    let (app, tasks) = started_with(&t, &nats_host(&t, &url)).await;
     let mut dead = app
         .backends
         .messaging
@@ -561,11 +549,7 @@ async fn messaging_dead_letter_after_max_deliveries_nats() {
     );
     delivery.acker.ack().await;
     drop(tasks);
-    let client = async_nats::connect(&url).await.unwrap();
-    async_nats::jetstream::new(client)
-        .delete_stream(format!("BERTH_{app_name}"))
-        .await
-        .unwrap();
+    delete_nats_stream(&url, &app_name).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -598,4 +582,21 @@ async fn sql_statement_timeout_postgres() {
         started.elapsed()
     );
     schema.drop_now().await;
+}
+
+/// A host config serving messaging from NATS JetStream at `url`.
+fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
+    host_config(
+        t,
+        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n"),
+    )
+}
+
+/// Removes the stream Berth created for `app`.
+async fn delete_nats_stream(url: &str, app: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(format!("BERTH_{app}"))
+        .await
+        .unwrap();
 }
