@@ -79,6 +79,57 @@ pub struct ResultCaps {
     pub max_bytes: usize,
 }
 
+/// Collects a materialised result within [`ResultCaps`], refusing it (not
+/// truncating it) as soon as a cap is passed. Shared by every adapter so
+/// the caps mean the same on every engine.
+#[derive(Debug)]
+pub struct CappedRows {
+    caps: ResultCaps,
+    rows: Vec<Vec<SqlValue>>,
+    bytes: usize,
+}
+
+impl CappedRows {
+    /// An empty result bounded by `caps`.
+    pub fn new(caps: ResultCaps) -> Self {
+        Self {
+            caps,
+            rows: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether another row would pass the row cap.
+    pub fn full(&self) -> Result<(), SqlError> {
+        if self.rows.len() >= self.caps.max_rows {
+            return Err(SqlError::TooLarge(format!(
+                "result exceeds {} rows; use open-cursor",
+                self.caps.max_rows
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a row, or fails when it passes the row or byte cap.
+    pub fn push(&mut self, values: Vec<SqlValue>) -> Result<(), SqlError> {
+        self.full()?;
+        self.bytes += values.iter().map(SqlValue::approx_size).sum::<usize>();
+        if self.bytes > self.caps.max_bytes {
+            return Err(SqlError::TooLarge(format!(
+                "result exceeds {} bytes; use open-cursor",
+                self.caps.max_bytes
+            )));
+        }
+        self.rows.push(values);
+        Ok(())
+    }
+
+    /// The collected rows.
+    pub fn into_rows(self) -> Vec<Vec<SqlValue>> {
+        self.rows
+    }
+}
+
 /// Why a SQL operation failed, as adapters report it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SqlError {

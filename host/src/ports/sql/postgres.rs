@@ -17,7 +17,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Postgres, Statement as _};
 use tokio::sync::mpsc;
 
-use super::{ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue};
+use super::{
+    CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
+};
 use crate::secret::Secret;
 
 use super::pg_values::{bind, columns_of, convert, prepare, read_row};
@@ -140,26 +142,16 @@ async fn query_on(
     let prepared = prepare(conn, &sql, &params).await?;
     let columns = columns_of(prepared.columns());
     let mut rows = bind(prepared.query(), params).fetch(&mut *conn);
-    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    let mut out = CappedRows::new(caps);
     while let Some(row) = rows.next().await {
         let row = row.map_err(map_error)?;
-        if out.len() >= caps.max_rows {
-            return Err(SqlError::TooLarge(format!(
-                "result exceeds {} rows; use open-cursor",
-                caps.max_rows
-            )));
-        }
-        let values = read_row(&row)?;
-        bytes += values.iter().map(SqlValue::approx_size).sum::<usize>();
-        if bytes > caps.max_bytes {
-            return Err(SqlError::TooLarge(format!(
-                "result exceeds {} bytes; use open-cursor",
-                caps.max_bytes
-            )));
-        }
-        out.push(values);
+        out.full()?;
+        out.push(read_row(&row)?)?;
     }
-    Ok(RowSet { columns, rows: out })
+    Ok(RowSet {
+        columns,
+        rows: out.into_rows(),
+    })
 }
 
 async fn execute_on(

@@ -17,7 +17,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{
-    ResultCaps, RowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction, SqlValue,
+    CappedRows, ResultCaps, RowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction,
+    SqlValue,
 };
 
 /// Connections kept per database file.
@@ -246,26 +247,15 @@ fn run_query(
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(map_error)?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
+    let mut out = CappedRows::new(caps);
     while let Some(row) = rows.next().map_err(map_error)? {
-        if out.len() >= caps.max_rows {
-            return Err(SqlError::TooLarge(format!(
-                "result exceeds {} rows; use open-cursor",
-                caps.max_rows
-            )));
-        }
-        let values = read_row(row, &columns)?;
-        bytes += values.iter().map(SqlValue::approx_size).sum::<usize>();
-        if bytes > caps.max_bytes {
-            return Err(SqlError::TooLarge(format!(
-                "result exceeds {} bytes; use open-cursor",
-                caps.max_bytes
-            )));
-        }
-        out.push(values);
+        out.full()?;
+        out.push(read_row(row, &columns)?)?;
     }
-    Ok(RowSet { columns, rows: out })
+    Ok(RowSet {
+        columns,
+        rows: out.into_rows(),
+    })
 }
 
 fn read_row(row: &rusqlite::Row<'_>, columns: &[SqlColumn]) -> Result<Vec<SqlValue>, SqlError> {
