@@ -17,7 +17,7 @@ use crate::config::HostConfig;
 use crate::engine::HostEngine;
 use crate::limits::{ComponentLimits, LimitExceeded};
 use crate::manifest::{Grants, Manifest};
-use crate::outbound::AllowRule;
+use crate::outbound::{OutboundGrants, Upstream};
 use crate::ports::blob::BlobBackend;
 use crate::ports::email::EmailBackend;
 use crate::ports::kv::KvBackend;
@@ -50,8 +50,8 @@ pub struct ComponentEnv {
     pub component: String,
     /// What the component may use.
     pub grants: Grants,
-    /// Outbound HTTP allow-list.
-    pub http_allow: Arc<Vec<AllowRule>>,
+    /// Outbound HTTP allow-list and upstreams.
+    pub outbound: Arc<OutboundGrants>,
     /// Limits.
     pub limits: ComponentLimits,
     /// Resolved values of the granted config keys only.
@@ -115,6 +115,39 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     Ok(linker)
 }
 
+/// Resolves every upstream some component of `manifest` is granted; a
+/// grant the host config does not define is an error naming both files.
+fn resolve_upstreams(
+    host: &HostConfig,
+    manifest: &Manifest,
+) -> anyhow::Result<HashMap<String, Arc<Upstream>>> {
+    let mut resolved = HashMap::new();
+    let mut secrets = None;
+    for decl in manifest.components.values() {
+        for name in &decl.grants.upstreams {
+            if resolved.contains_key(name) {
+                continue;
+            }
+            let Some(config) = host.upstreams.get(name) else {
+                bail!(
+                    "{}: component `{}` is granted upstream `{name}`, but {} defines no [upstreams.{name}]",
+                    manifest.file.display(),
+                    decl.name,
+                    host.source()
+                );
+            };
+            let secrets = match &mut secrets {
+                Some(s) => s,
+                None => secrets.insert(host.secrets()?),
+            };
+            let upstream = Upstream::resolve(config, secrets)
+                .map_err(|m| anyhow::anyhow!("{}: `upstreams.{name}`: {m}", host.source()))?;
+            resolved.insert(name.clone(), Arc::new(upstream));
+        }
+    }
+    Ok(resolved)
+}
+
 /// The port traits are implemented on [`InstanceState`] itself.
 fn itself(state: &mut InstanceState) -> &mut InstanceState {
     state
@@ -132,6 +165,12 @@ impl App {
         let config = crate::ports::config::resolve(&manifest.config, |k| std::env::var(k).ok())
             .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
         let backends = Arc::new(crate::backends::open(host, &manifest, &state_dir).await?);
+        let network = Arc::new(
+            host.outbound
+                .settings()
+                .map_err(|m| anyhow::anyhow!("{}: {m}", host.source()))?,
+        );
+        let upstreams = resolve_upstreams(host, &manifest)?;
         let mut components = BTreeMap::new();
         for decl in manifest.components.values() {
             let component = engine.load_component(&decl.path).with_context(|| {
@@ -151,7 +190,16 @@ impl App {
                 app: manifest.name.clone(),
                 component: decl.name.clone(),
                 grants: decl.grants.clone(),
-                http_allow: Arc::new(decl.http_allow.clone()),
+                outbound: Arc::new(OutboundGrants {
+                    allow: decl.http_allow.clone(),
+                    upstreams: decl
+                        .grants
+                        .upstreams
+                        .iter()
+                        .map(|name| (name.clone(), upstreams[name].clone()))
+                        .collect(),
+                    network: network.clone(),
+                }),
                 limits,
                 config: config
                     .iter()

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::engine::EngineSettings;
 use crate::manifest::Manifest;
+use crate::outbound::{OutboundConfig, UpstreamConfig};
 use crate::ports::blob::BlobConfig;
 use crate::ports::email::EmailConfig;
 use crate::ports::kv::KvConfig;
@@ -73,6 +74,13 @@ pub struct HostConfig {
     /// The mail transport.
     #[serde(default)]
     pub email: EmailConfig,
+    /// Outbound HTTP timeouts, caps and address exceptions.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    /// Named upstreams granted components call by name, with credentials
+    /// the host adds.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(skip)]
     file: Option<PathBuf>,
 }

@@ -70,8 +70,8 @@ fn check_import(import: &str, grants: &Grants) -> Result<(), String> {
         };
     }
     if unversioned == "wasi:http/outgoing-handler" {
-        return if grants.http.is_empty() {
-            Err("but its manifest grants no outbound HTTP destinations (add `http = [\"https://host\"]` under the component's `grants`)".to_string())
+        return if grants.http.is_empty() && grants.upstreams.is_empty() {
+            Err("but its manifest grants no outbound HTTP destinations (add `http = [\"https://host\"]` or `upstreams = [\"name\"]` under the component's `grants`)".to_string())
         } else {
             Ok(())
         };

@@ -117,6 +117,10 @@ pub struct Grants {
     /// with `*.`.
     #[serde(default)]
     pub http: Vec<String>,
+    /// Named upstreams (defined in the host config) the component may call
+    /// as `http://<name>.upstream/…`.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
     /// Config keys the component may read.
     #[serde(default)]
     pub config: Vec<String>,
@@ -296,6 +300,16 @@ impl Validator<'_> {
             for sender in &grants.email_senders {
                 crate::ports::email::validate_address(sender)
                     .map_err(|m| self.invalid(format!("{key}.grants.email_senders"), m))?;
+            }
+            for name in &grants.upstreams {
+                if crate::outbound::upstream::upstream_name(&format!("{name}.upstream")).as_deref()
+                    != Some(name.as_str())
+                {
+                    return Err(self.invalid(
+                        format!("{key}.grants.upstreams"),
+                        format!("{name:?} must be a lowercase name without dots"),
+                    ));
+                }
             }
             let http_allow = grants
                 .http

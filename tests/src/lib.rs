@@ -139,11 +139,16 @@ impl Server {
 /// Loads `t` with its listen address set to a fresh loopback port and
 /// serves it.
 pub async fn serve(t: &TestApp) -> Server {
+    serve_with(t, HostConfig::default()).await
+}
+
+/// Serves `t` with the given host config (its `listen` is replaced by a
+/// free loopback port).
+pub async fn serve_with(t: &TestApp, mut host: HostConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let mut host = HostConfig::default();
     host.listen = Some(addr);
     let app = std::sync::Arc::new(t.load_with(&host).await.expect("app loads"));
     let mut tasks = tokio::task::JoinSet::new();

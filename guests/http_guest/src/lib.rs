@@ -8,7 +8,7 @@
 //! | `/hello`        | 200 `hello from berth`                                     |
 //! | `/loop`         | spins forever, never responds                              |
 //! | `/memory`       | allocates 1 MiB chunks forever, never responds normally    |
-//! | `/fetch?url=U`  | outgoing `GET U`; 200 `upstream <status>: <body>`, or 502 `error: <ErrorCode>` |
+//! | `/fetch?url=U[&header=N:V]` | outgoing `GET U` (with header `N: V`); 200 `upstream <status>: <body>`, or 502 `error: <ErrorCode>` |
 //! | anything else   | 404 `not found`                                            |
 
 use std::io::{Read as _, Write as _};
@@ -70,7 +70,12 @@ fn fetch(query: &str) -> (u16, String) {
     let Some((scheme, authority, path_with_query)) = parse_url(&url) else {
         return (400, format!("bad url: {url}"));
     };
-    match get(scheme, authority, &path_with_query) {
+    let header = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("header="))
+        .map(percent_decode);
+    let header = header.as_deref().and_then(|h| h.split_once(':'));
+    match get(scheme, authority, &path_with_query, header) {
         Ok((status, body)) => (
             200,
             format!("upstream {status}: {}", String::from_utf8_lossy(&body)),
@@ -83,8 +88,19 @@ fn fetch(query: &str) -> (u16, String) {
     }
 }
 
-fn get(scheme: Scheme, authority: &str, path: &str) -> Result<(u16, Vec<u8>), ErrorCode> {
-    let request = OutgoingRequest::new(Fields::new()); // the method defaults to GET
+fn get(
+    scheme: Scheme,
+    authority: &str,
+    path: &str,
+    header: Option<(&str, &str)>,
+) -> Result<(u16, Vec<u8>), ErrorCode> {
+    let fields = Fields::new();
+    if let Some((name, value)) = header {
+        fields
+            .append(&name.to_owned(), &value.as_bytes().to_vec())
+            .map_err(|e| ErrorCode::InternalError(Some(format!("header: {e:?}"))))?;
+    }
+    let request = OutgoingRequest::new(fields); // the method defaults to GET
     let invalid = |_| ErrorCode::InternalError(Some("invalid request part".to_owned()));
     request.set_scheme(Some(&scheme)).map_err(invalid)?;
     request.set_authority(Some(authority)).map_err(invalid)?;

@@ -1,26 +1,102 @@
-//! The HTTP trigger: outbound allow-list, limits answered with 503 JSON,
-//! and a host that keeps serving through a misbehaving guest.
+//! The HTTP trigger and outbound HTTP: allow-list, resolved-address checks,
+//! timeouts, size cap, redirects, named upstreams with host-held
+//! credentials, limits answered with 503 JSON, and a host that keeps
+//! serving through a misbehaving guest.
 
-use berth_tests::{TestApp, guests, serve};
+use std::sync::{Arc, Mutex};
+
+use berth::config::HostConfig;
+use berth_tests::{TestApp, guests, host_config, serve, serve_with};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A loopback HTTP server answering every request with `upstream ok`.
+/// A loopback HTTP server: every request head it receives is recorded, and
+/// `respond` gives the raw bytes to answer it with (`None`: never answer).
+struct Upstream {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    async fn start(respond: fn(&str) -> Option<Vec<u8>>) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let answer = respond(&head);
+                    recorded.lock().unwrap().push(head);
+                    match answer {
+                        Some(bytes) => {
+                            let _ = stream.write_all(&bytes).await;
+                        }
+                        None => tokio::time::sleep(std::time::Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        Upstream { port, heads }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A server answering every request with `upstream ok`.
 async fn upstream() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\nupstream ok")
-                    .await;
-            });
-        }
-    });
-    port
+    Upstream::start(|_| Some(ok("upstream ok"))).await.port
+}
+
+/// A host config that lets guests reach loopback test servers.
+fn loopback_allowed(t: &TestApp, extra: &str) -> HostConfig {
+    host_config(
+        t,
+        &format!("[outbound]\nallow_private = [\"127.0.0.0/8\"]\n{extra}"),
+    )
+}
+
+/// `GET`s `url` through the guest's `/fetch` route.
+async fn fetch(base: &str, url: &str, header: Option<&str>) -> (u16, String) {
+    let mut query = vec![("url", url)];
+    query.extend(header.map(|h| ("header", h)));
+    let response = reqwest::Client::new()
+        .get(format!("{base}/fetch"))
+        .query(&query)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn web_app(grants: &str) -> TestApp {
+    TestApp::new(&format!(
+        r#"
+name = "outbound"
+[component.web]
+path = {path:?}
+[component.web.grants]
+{grants}
+[[trigger.http]]
+route = "/..."
+component = "web"
+"#,
+        path = guests::HTTP_GUEST
+    ))
 }
 
 fn app(allowed_port: u16) -> TestApp {
@@ -47,7 +123,7 @@ async fn http_outbound_allow_list_and_limits() {
     let allowed = upstream().await;
     let other = upstream().await;
     let t = app(allowed);
-    let server = serve(&t).await;
+    let server = serve_with(&t, loopback_allowed(&t, "")).await;
     let http = reqwest::Client::new();
     let base = &server.base;
 
@@ -105,4 +181,185 @@ async fn http_outbound_allow_list_and_limits() {
         404
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_outbound_refuses_special_addresses_in_every_spelling() {
+    let target = Upstream::start(|_| Some(ok("reached"))).await;
+    let p = target.port;
+    let spellings = [
+        format!("http://127.0.0.1:{p}"),
+        format!("http://localhost:{p}"),
+        format!("http://2130706433:{p}"),
+        format!("http://0177.0.0.1:{p}"),
+        format!("http://[::ffff:127.0.0.1]:{p}"),
+        format!("http://[::1]:{p}"),
+        "http://169.254.169.254".to_owned(),
+        "http://10.1.2.3".to_owned(),
+    ];
+    let grants = format!("http = {spellings:?}");
+    let t = web_app(&grants);
+    let server = serve(&t).await;
+    for url in &spellings {
+        let (status, body) = fetch(&server.base, &format!("{url}/latest/meta-data"), None).await;
+        assert_eq!(status, 502, "{url}: {body}");
+        assert_eq!(body, "error: DestinationIpProhibited", "{url}");
+    }
+    // A trailing dot and user info change nothing.
+    for url in [
+        format!("http://localhost.:{p}/x"),
+        format!("http://user@127.0.0.1:{p}/x"),
+    ] {
+        let (status, body) = fetch(&server.base, &url, None).await;
+        assert_eq!(status, 502, "{url}: {body}");
+        assert!(body.starts_with("error: "), "{url}: {body}");
+    }
+    assert_eq!(
+        target.requests(),
+        Vec::<String>::new(),
+        "no request reached loopback"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_outbound_timeouts_size_cap_and_no_redirects() {
+    let silent = Upstream::start(|_| None).await;
+    let big = Upstream::start(|_| Some(ok(&"x".repeat(4096)))).await;
+    let chunked = Upstream::start(|_| {
+        let chunk = format!("{:x}\r\n{}\r\n", 2048, "y".repeat(2048));
+        Some(
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{chunk}{chunk}0\r\n\r\n"
+            )
+            .into_bytes(),
+        )
+    })
+    .await;
+    let secret = Upstream::start(|_| Some(ok("secret"))).await;
+    let redirect = Upstream::start(|_| {
+        Some(b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec())
+    })
+    .await;
+    let urls = [&silent, &big, &chunked, &secret, &redirect]
+        .map(|u| format!("http://127.0.0.1:{}", u.port));
+    let t = web_app(&format!("http = {urls:?}"));
+    let host = loopback_allowed(
+        &t,
+        "first_byte_timeout_ms = 300\nmax_response_bytes = 3000\n",
+    );
+    let server = serve_with(&t, host).await;
+    let base = &server.base;
+
+    let started = std::time::Instant::now();
+    let (status, body) = fetch(base, &format!("{}/", urls[0]), None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (502, "error: ConnectionReadTimeout")
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let (status, body) = fetch(base, &format!("{}/", urls[1]), None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (502, "error: HttpResponseBodySize(Some(4096))")
+    );
+
+    // Without a length up front, the body fails once it passes the cap.
+    let (status, body) = fetch(base, &format!("{}/", urls[2]), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.contains("yyyy"), "{body}");
+
+    let (status, body) = fetch(base, &format!("{}/", urls[4]), None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream 302: "),
+        "not followed"
+    );
+    assert_eq!(secret.requests().len(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_named_upstream_adds_credentials_the_guest_never_sees() {
+    const TOKEN: &str = "tok-4f9a1c-canary";
+    let api = Upstream::start(|head| {
+        let authorized = head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {TOKEN}")));
+        Some(match authorized {
+            true => ok("paid"),
+            false => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        })
+    })
+    .await;
+    let t = web_app(r#"upstreams = ["pay"]"#);
+    let token_file = t.state_dir().with_file_name("token");
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let host = host_config(
+        &t,
+        &format!(
+            "[upstreams.pay]\nurl = \"http://127.0.0.1:{}/api/v1\"\nheaders = {{ Authorization = \"Bearer ${{file:{}}}\" }}\n",
+            api.port,
+            token_file.display()
+        ),
+    );
+    let server = serve_with(&t, host).await;
+
+    // The guest tries to forge the header; the host's value wins.
+    let (status, body) = fetch(
+        &server.base,
+        "http://pay.upstream/charge?amount=5",
+        Some("authorization:Bearer forged"),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "upstream 200: paid"));
+    let requests = api.requests();
+    assert_eq!(requests.len(), 1);
+    let head = &requests[0];
+    assert!(
+        head.starts_with("GET /api/v1/charge?amount=5 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{}", api.port)),
+        "{head}"
+    );
+    assert!(!head.contains("forged"), "{head}");
+    assert!(!body.contains(TOKEN));
+
+    // Upstreams are reached only by name and only when granted; the
+    // allow-list grants nothing here, so the raw address is refused.
+    let (status, body) = fetch(&server.base, "http://other.upstream/x", None).await;
+    assert_eq!((status, body.as_str()), (502, "error: HttpRequestDenied"));
+    let raw = format!("http://127.0.0.1:{}/api/v1/charge", api.port);
+    let (status, body) = fetch(&server.base, &raw, None).await;
+    assert_eq!((status, body.as_str()), (502, "error: HttpRequestDenied"));
+    assert_eq!(api.requests().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_upstream_grant_must_exist_in_host_config() {
+    let t = web_app(r#"upstreams = ["pay"]"#);
+    let err = t
+        .load_with(&host_config(&t, "[outbound]\n"))
+        .await
+        .err()
+        .expect("load fails")
+        .to_string();
+    assert!(err.contains("upstream `pay`"), "{err}");
+    assert!(err.contains("host.toml"), "{err}");
+    assert!(err.contains("berth.toml"), "{err}");
+
+    let bad = host_config(&t, "[outbound]\nallow_private = [\"intranet\"]\n");
+    let err = web_app(r#"http = ["https://example.com"]"#)
+        .load_with(&bad)
+        .await
+        .err()
+        .expect("load fails")
+        .to_string();
+    assert!(err.contains("outbound.allow_private"), "{err}");
 }

@@ -107,18 +107,20 @@ impl PgParam {
     fn type_info(&self) -> PgTypeInfo {
         use sqlx::Type;
         match self {
-            PgParam::Null => UntypedNull::type_info(),
-            PgParam::Bool(_) => bool::type_info(),
-            PgParam::Int(_) => i64::type_info(),
-            PgParam::Float(_) => f64::type_info(),
-            PgParam::Text(_) => String::type_info(),
-            PgParam::Bytes(_) => <Vec<u8>>::type_info(),
-            PgParam::TimestampTz(_) => <chrono::DateTime<chrono::Utc>>::type_info(),
-            PgParam::Timestamp(_) => chrono::NaiveDateTime::type_info(),
-            PgParam::Date(_) => chrono::NaiveDate::type_info(),
-            PgParam::Json(_) => JsonText::type_info(),
-            PgParam::Uuid(_) => sqlx::types::Uuid::type_info(),
-            PgParam::Decimal(_) => bigdecimal::BigDecimal::type_info(),
+            PgParam::Null => <UntypedNull as Type<Postgres>>::type_info(),
+            PgParam::Bool(_) => <bool as Type<Postgres>>::type_info(),
+            PgParam::Int(_) => <i64 as Type<Postgres>>::type_info(),
+            PgParam::Float(_) => <f64 as Type<Postgres>>::type_info(),
+            PgParam::Text(_) => <String as Type<Postgres>>::type_info(),
+            PgParam::Bytes(_) => <Vec<u8> as Type<Postgres>>::type_info(),
+            PgParam::TimestampTz(_) => {
+                <chrono::DateTime<chrono::Utc> as Type<Postgres>>::type_info()
+            }
+            PgParam::Timestamp(_) => <chrono::NaiveDateTime as Type<Postgres>>::type_info(),
+            PgParam::Date(_) => <chrono::NaiveDate as Type<Postgres>>::type_info(),
+            PgParam::Json(_) => <JsonText as Type<Postgres>>::type_info(),
+            PgParam::Uuid(_) => <sqlx::types::Uuid as Type<Postgres>>::type_info(),
+            PgParam::Decimal(_) => <bigdecimal::BigDecimal as Type<Postgres>>::type_info(),
         }
     }
 

@@ -1,14 +1,4 @@
-//! Outbound HTTP policy: the per-component allow-list applied to
-//! `wasi:http/outgoing-handler` requests.
-//!
-//! A request whose scheme, host and port match no rule of the component is
-//! refused with `HTTP-request-denied` before any connection is made.
-//! Resolved-address checks and named upstreams belong to the real-adapter
-//! work; this module is where they plug in.
-
-use std::sync::Arc;
-
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+//! The per-component allow-list of outbound HTTP destinations.
 
 /// One allow-list entry: `scheme://host[:port]`, where host may be `*.domain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,75 +72,15 @@ impl AllowRule {
     }
 }
 
-/// The `wasi:http` hooks of one instance: applies its allow-list.
-#[derive(Debug, Clone, Default)]
-pub struct OutboundPolicy {
-    rules: Arc<Vec<AllowRule>>,
-}
-
-impl OutboundPolicy {
-    /// A policy allowing exactly `rules`.
-    pub fn new(rules: Arc<Vec<AllowRule>>) -> Self {
-        Self { rules }
-    }
-
-    /// Whether the request URI is allowed.
-    pub fn allows(&self, uri: &http::Uri) -> bool {
-        let scheme = uri.scheme_str().unwrap_or("https");
-        let Some(host) = uri.host() else { return false };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme.eq_ignore_ascii_case("http") {
-                80
-            } else {
-                443
-            });
-        self.rules.iter().any(|r| r.allows(scheme, host, port))
-    }
-}
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<WasiBody>,
-                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                    ),
-                    HttpError,
-                >,
-            > + Send,
-    > {
-        _ = fut;
-        let allowed = self.allows(request.uri());
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            if !allowed {
-                tracing::warn!(uri = %request.uri(), "outbound HTTP request denied by allow-list");
-                return Err(HttpError::HttpRequestDenied);
-            }
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn policy(rules: &[&str]) -> OutboundPolicy {
-        OutboundPolicy::new(Arc::new(
-            rules.iter().map(|r| AllowRule::parse(r).unwrap()).collect(),
-        ))
+    fn policy(rules: &[&str]) -> super::super::OutboundGrants {
+        super::super::OutboundGrants {
+            allow: rules.iter().map(|r| AllowRule::parse(r).unwrap()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]

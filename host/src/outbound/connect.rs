@@ -1,0 +1,280 @@
+//! Sends one outbound request: resolve, check every address, connect to a
+//! checked address, TLS, HTTP/1.1, with timeouts and a response size cap.
+//!
+//! Adapted from `wasmtime_wasi_http::default_send_request`, which connects
+//! to whatever the name resolves to at connect time and has no size cap.
+//! Redirects are never followed: hyper's connection-level client does not
+//! follow them, and the guest sees the 3xx response as it is.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+use super::address::AddressPolicy;
+
+/// Timeouts and caps for outbound requests, from the host config.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    /// DNS resolution plus TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Until the response head arrives.
+    pub first_byte_timeout: Duration,
+    /// Between two frames of the response body.
+    pub between_bytes_timeout: Duration,
+    /// Largest response body a guest may receive.
+    pub max_response_bytes: u64,
+    /// Special-use ranges the operator lets guests reach.
+    pub addresses: AddressPolicy,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(30),
+            between_bytes_timeout: Duration::from_secs(30),
+            max_response_bytes: 16 << 20,
+            addresses: AddressPolicy::default(),
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Use TLS.
+    pub tls: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Check resolved addresses against the [`AddressPolicy`]; off only for
+    /// named upstreams, whose address the operator chose.
+    pub check_addresses: bool,
+}
+
+/// The response and the future driving its connection.
+pub type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+);
+
+/// Sends `request` (whose URI is already absolute) to `target`.
+pub async fn send(
+    mut request: http::Request<WasiBody>,
+    target: Target,
+    net: Arc<NetworkSettings>,
+    guest: Option<wasmtime_wasi_http::RequestOptions>,
+) -> Result<Sent, HttpError> {
+    // A guest may shorten the host's timeouts, never lengthen them.
+    let pick = |host: Duration, guest: Option<Duration>| guest.map_or(host, |g| g.min(host));
+    let guest = guest.unwrap_or_default();
+    let connect_timeout = pick(net.connect_timeout, guest.connect_timeout);
+    let first_byte_timeout = pick(net.first_byte_timeout, guest.first_byte_timeout);
+    let between_bytes =
+        pick(net.between_bytes_timeout, guest.between_bytes_timeout).max(Duration::from_millis(1));
+
+    let stream = tokio::time::timeout(connect_timeout, connect(&target, &net))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    let io: Box<dyn Stream> = if target.tls {
+        Box::new(
+            tokio::time::timeout(connect_timeout, tls(&target.host, stream))
+                .await
+                .map_err(|_| HttpError::ConnectionTimeout)??,
+        )
+    } else {
+        Box::new(stream)
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(HttpError::from)?;
+    let driver = tokio::spawn(conn);
+
+    // On the wire the request line carries only path and query.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = http::Uri::try_from(path).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+
+    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)?
+        .map_err(HttpError::from)?;
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|len| *len > net.max_response_bytes) {
+        tracing::warn!(
+            host = %target.host,
+            content_length = len,
+            limit = net.max_response_bytes,
+            "outbound response larger than the host's cap"
+        );
+        return Err(HttpError::HttpResponseBodySize(Some(len)));
+    }
+    let limit = net.max_response_bytes;
+    let response = response.map(|incoming| {
+        CappedBody {
+            incoming,
+            remaining: limit,
+            limit,
+            idle: Box::pin(tokio::time::sleep(between_bytes)),
+            between_bytes,
+        }
+        .boxed_unsync()
+    });
+    let io = async move {
+        match driver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(HttpError::from(e)),
+            Err(_) => Err(HttpError::InternalError(Some(
+                "connection task failed".into(),
+            ))),
+        }
+    };
+    Ok((response, Box::new(io)))
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Resolves the target, refuses it if any address is special-use, and
+/// connects to the first checked address that accepts.
+async fn connect(target: &Target, net: &NetworkSettings) -> Result<TcpStream, HttpError> {
+    let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, target.port)],
+        Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|_| HttpError::DnsError {
+                rcode: Some("name does not resolve".into()),
+                info_code: None,
+            })?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(HttpError::DestinationNotFound);
+    }
+    if target.check_addresses {
+        for addr in &addrs {
+            if let Err(reason) = net.addresses.check(addr.ip()) {
+                tracing::warn!(
+                    host = %target.host,
+                    address = %addr.ip(),
+                    reason,
+                    "outbound request refused: destination address is not public"
+                );
+                return Err(HttpError::DestinationIpProhibited);
+            }
+        }
+    }
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last.map(|e| e.kind()) {
+        Some(std::io::ErrorKind::ConnectionRefused) => HttpError::ConnectionRefused,
+        _ => HttpError::DestinationUnavailable,
+    })
+}
+
+async fn tls(
+    host: &str,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HttpError> {
+    use rustls::pki_types::ServerName;
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    });
+    let name = match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::from(ip),
+        Err(_) => ServerName::try_from(host.to_owned()).map_err(|_| HttpError::TlsProtocolError)?,
+    };
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|_| HttpError::TlsCertificateError)
+}
+
+/// A response body that fails once more than `limit` bytes arrive, or when
+/// no frame arrives for `between_bytes`.
+struct CappedBody {
+    incoming: hyper::body::Incoming,
+    remaining: u64,
+    limit: u64,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    between_bytes: Duration,
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.remaining {
+                    tracing::warn!(
+                        limit = this.limit,
+                        "outbound response body exceeded the host's cap"
+                    );
+                    return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
+                        this.limit - this.remaining + len,
+                    )))));
+                }
+                this.remaining -= len;
+                let deadline = tokio::time::Instant::now() + this.between_bytes;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}

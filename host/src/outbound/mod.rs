@@ -1,0 +1,153 @@
+//! Outbound HTTP: what a component may reach through
+//! `wasi:http/outgoing-handler`, and how the host gets it there.
+//!
+//! A request is sent only when it targets
+//! - a destination on the component's allow-list ([`rules`]), and then only
+//!   to resolved addresses that are publicly routable or that the operator
+//!   allowed ([`address`]); or
+//! - a named upstream the component was granted ([`upstream`]), to which
+//!   the host adds the operator's credentials.
+//!
+//! Everything else is refused with `HTTP-request-denied` or
+//! `destination-IP-prohibited` before any byte is sent. Connect,
+//! first-byte and between-bytes timeouts and a response size cap apply to
+//! every request ([`connect`]); redirects are handed to the guest, never
+//! followed.
+
+pub mod address;
+pub mod connect;
+pub mod rules;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+pub use address::AddressPolicy;
+pub use connect::{NetworkSettings, Target};
+pub use rules::AllowRule;
+pub use upstream::{Upstream, UpstreamConfig};
+
+/// `[outbound]` in the host config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// DNS + connect + TLS handshake; default 10 000.
+    pub connect_timeout_ms: Option<u64>,
+    /// Until the response head; default 30 000.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Between response body frames; default 30 000.
+    pub between_bytes_timeout_ms: Option<u64>,
+    /// Largest response body a guest receives; default 16 MiB.
+    pub max_response_bytes: Option<u64>,
+    /// Special-use address ranges (loopback, private, link-local…) guests
+    /// may still connect to, e.g. `["10.20.0.0/16"]`. Default: none.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+}
+
+impl OutboundConfig {
+    /// The settings, or what is wrong with them (naming the key).
+    pub fn settings(&self) -> Result<NetworkSettings, String> {
+        let d = NetworkSettings::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        Ok(NetworkSettings {
+            connect_timeout: ms(self.connect_timeout_ms, d.connect_timeout),
+            first_byte_timeout: ms(self.first_byte_timeout_ms, d.first_byte_timeout),
+            between_bytes_timeout: ms(self.between_bytes_timeout_ms, d.between_bytes_timeout),
+            max_response_bytes: self.max_response_bytes.unwrap_or(d.max_response_bytes),
+            addresses: AddressPolicy::new(&self.allow_private)
+                .map_err(|m| format!("`outbound.allow_private`: {m}"))?,
+        })
+    }
+}
+
+/// Everything one component may reach, built once at load.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundGrants {
+    /// Allow-listed destinations.
+    pub allow: Vec<AllowRule>,
+    /// Granted named upstreams, by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The host's timeouts, caps and address exceptions.
+    pub network: Arc<NetworkSettings>,
+}
+
+impl OutboundGrants {
+    /// Whether the allow-list admits the request URI.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let Some(host) = uri.host() else { return false };
+        let port = uri.port_u16().unwrap_or(default_port(scheme));
+        self.allow.iter().any(|r| r.allows(scheme, host, port))
+    }
+
+    /// Decides where `request` goes, rewriting it for an upstream.
+    fn route(&self, request: &mut http::Request<WasiBody>) -> Result<Target, HttpError> {
+        let uri = request.uri().clone();
+        let host = uri.host().unwrap_or_default();
+        if let Some(name) = upstream::upstream_name(host) {
+            let Some(up) = self.upstreams.get(&name) else {
+                tracing::warn!(upstream = %name, "outbound request to an upstream not granted");
+                return Err(HttpError::HttpRequestDenied);
+            };
+            return up
+                .apply(request)
+                .map_err(|m| HttpError::InternalError(Some(m)));
+        }
+        if !self.allows(&uri) {
+            tracing::warn!(uri = %uri, "outbound HTTP request denied by allow-list");
+            return Err(HttpError::HttpRequestDenied);
+        }
+        let scheme = uri.scheme_str().unwrap_or("https");
+        Ok(Target {
+            tls: scheme.eq_ignore_ascii_case("https"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: uri.port_u16().unwrap_or(default_port(scheme)),
+            check_addresses: true,
+        })
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else {
+        443
+    }
+}
+
+/// The `wasi:http` hooks of one instance: routes and sends its requests.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundPolicy {
+    grants: Arc<OutboundGrants>,
+}
+
+impl OutboundPolicy {
+    /// A policy for a component with `grants`.
+    pub fn new(grants: Arc<OutboundGrants>) -> Self {
+        Self { grants }
+    }
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = Result<connect::Sent, HttpError>> + Send> {
+        _ = fut;
+        let grants = self.grants.clone();
+        Box::new(async move {
+            let target = grants.route(&mut request)?;
+            connect::send(request, target, grants.network.clone(), options).await
+        })
+    }
+}
