@@ -23,7 +23,7 @@ use crate::ports::email::EmailBackend;
 use crate::ports::kv::KvBackend;
 use crate::ports::messaging::MessagingBackend;
 use crate::ports::sql::SqlBackend;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretResolver};
 use crate::state::InstanceState;
 
 /// The backends serving one app's logical names.
@@ -117,12 +117,12 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
 
 /// Resolves every upstream some component of `manifest` is granted; a
 /// grant the host config does not define is an error naming both files.
-fn resolve_upstreams(
+async fn resolve_upstreams(
     host: &HostConfig,
     manifest: &Manifest,
+    secrets: &SecretResolver,
 ) -> anyhow::Result<HashMap<String, Arc<Upstream>>> {
     let mut resolved = HashMap::new();
-    let mut secrets = None;
     for decl in manifest.components.values() {
         for name in &decl.grants.upstreams {
             if resolved.contains_key(name) {
@@ -136,16 +136,46 @@ fn resolve_upstreams(
                     host.source()
                 );
             };
-            let secrets = match &mut secrets {
-                Some(s) => s,
-                None => secrets.insert(host.secrets()?),
-            };
             let upstream = Upstream::resolve(config, secrets)
+                .await
                 .map_err(|m| anyhow::anyhow!("{}: `upstreams.{name}`: {m}", host.source()))?;
             resolved.insert(name.clone(), Arc::new(upstream));
         }
     }
     Ok(resolved)
+}
+
+/// Applies the operator's `[app_config.<app>]` values over the manifest's
+/// config. Only keys the manifest declares may be set, so an operator typo
+/// is an error rather than a silently ignored value.
+async fn operator_config(
+    host: &HostConfig,
+    manifest: &Manifest,
+    secrets: &SecretResolver,
+    mut config: BTreeMap<String, Secret>,
+) -> anyhow::Result<BTreeMap<String, Secret>> {
+    let Some(values) = host.app_config.get(&manifest.name) else {
+        return Ok(config);
+    };
+    for (key, raw) in values {
+        if !manifest.config.contains_key(key) {
+            bail!(
+                "{}: `app_config.{}.{key}`: the app's manifest {} declares no config key `{key}`",
+                host.source(),
+                manifest.name,
+                manifest.file.display()
+            );
+        }
+        let value = secrets.resolve(raw).await.map_err(|m| {
+            anyhow::anyhow!(
+                "{}: `app_config.{}.{key}`: {m}",
+                host.source(),
+                manifest.name
+            )
+        })?;
+        config.insert(key.clone(), value);
+    }
+    Ok(config)
 }
 
 /// The port traits are implemented on [`InstanceState`] itself.
@@ -170,7 +200,9 @@ impl App {
                 .settings()
                 .map_err(|m| anyhow::anyhow!("{}: {m}", host.source()))?,
         );
-        let upstreams = resolve_upstreams(host, &manifest)?;
+        let secrets = host.secrets().await?;
+        let upstreams = resolve_upstreams(host, &manifest, &secrets).await?;
+        let config = operator_config(host, &manifest, &secrets, config).await?;
         let mut components = BTreeMap::new();
         for decl in manifest.components.values() {
             let component = engine.load_component(&decl.path).with_context(|| {

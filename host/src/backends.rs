@@ -38,7 +38,7 @@ impl Origin<'_> {
 }
 
 /// Resolves a URL whose password, if any, must be a reference.
-fn url_setting(
+async fn url_setting(
     origin: &Origin<'_>,
     key: &str,
     raw: &str,
@@ -51,11 +51,11 @@ fn url_setting(
     if userinfo.is_some_and(|u| u.contains(':')) && !SecretResolver::is_reference(raw) {
         return Err(origin.err(key, "the URL holds an inline password; reference it as ${env:NAME} or ${file:/path} instead"));
     }
-    secrets.resolve(raw).map_err(|m| origin.err(key, m))
+    secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
 }
 
 /// Resolves a secret setting, which must be a reference.
-fn secret_setting(
+async fn secret_setting(
     origin: &Origin<'_>,
     key: &str,
     raw: &str,
@@ -67,7 +67,7 @@ fn secret_setting(
             "secrets are never inlined; reference it as ${env:NAME} or ${file:/path}",
         ));
     }
-    secrets.resolve(raw).map_err(|m| origin.err(key, m))
+    secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
 }
 
 fn ms(v: Option<u64>, default: u64) -> Duration {
@@ -85,7 +85,7 @@ pub async fn open(
         source: host.source(),
         app,
     };
-    let secrets = host.secrets()?;
+    let secrets = host.secrets().await?;
     let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
     for name in manifest.sql.keys() {
         let key = format!("sql.{name}");
@@ -109,10 +109,14 @@ pub async fn open(
                 statement_timeout_ms,
             } => {
                 let settings = PostgresSettings {
-                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets)?,
-                    password: password
-                        .map(|p| secret_setting(&origin, &format!("{key}.password"), &p, &secrets))
-                        .transpose()?,
+                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
+                    password: match password {
+                        Some(p) => Some(
+                            secret_setting(&origin, &format!("{key}.password"), &p, &secrets)
+                                .await?,
+                        ),
+                        None => None,
+                    },
                     schema,
                     max_connections: max_connections.unwrap_or(10),
                     min_connections: min_connections.unwrap_or(0),
@@ -151,7 +155,7 @@ pub async fn open(
                 // App and bucket names cannot contain `:`, so this prefix
                 // cannot collide between apps or buckets.
                 let settings = RedisSettings {
-                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets)?,
+                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     prefix: format!("{}berth:{app}:{name}:", prefix.unwrap_or_default()),
                     timeout: ms(timeout_ms, 5000),
                 };
@@ -217,13 +221,15 @@ pub async fn open(
                         &format!("{key}.access_key_id"),
                         &access_key_id,
                         &secrets,
-                    )?,
+                    )
+                    .await?,
                     secret_access_key: secret_setting(
                         &origin,
                         &format!("{key}.secret_access_key"),
                         &secret_access_key,
                         &secrets,
-                    )?,
+                    )
+                    .await?,
                     part_size: (part_size_mb as usize) << 20,
                     timeout: ms(timeout_ms, 30_000),
                 };
@@ -244,7 +250,7 @@ pub async fn open(
             ack_wait_ms,
         } => {
             let settings = NatsSettings {
-                url: url_setting(&origin, "messaging.url", &url, &secrets)?,
+                url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
                 ack_wait: ms(ack_wait_ms, 60_000),
@@ -272,7 +278,7 @@ pub async fn open(
             let credentials = match (username, password) {
                 (Some(user), Some(pw)) => Some((
                     user,
-                    secret_setting(&origin, "email.password", &pw, &secrets)?,
+                    secret_setting(&origin, "email.password", &pw, &secrets).await?,
                 )),
                 (None, None) => None,
                 _ => {

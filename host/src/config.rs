@@ -28,7 +28,7 @@ use crate::ports::email::EmailConfig;
 use crate::ports::kv::KvConfig;
 use crate::ports::messaging::MessagingConfig;
 use crate::ports::sql::SqlConfig;
-use crate::secret::SecretResolver;
+use crate::secret::{SecretResolver, SecretsConfig};
 
 /// Default HTTP listen address of `berth up`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -77,6 +77,13 @@ pub struct HostConfig {
     /// Outbound HTTP timeouts, caps and address exceptions.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// Secret stores beyond env and files.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// Config values the operator sets per app (`[app_config.<app>]`),
+    /// overriding the manifest's; they may reference secrets.
+    #[serde(default)]
+    pub app_config: BTreeMap<String, BTreeMap<String, String>>,
     /// Named upstreams granted components call by name, with credentials
     /// the host adds.
     #[serde(default)]
@@ -144,15 +151,23 @@ impl HostConfig {
     }
 
     /// Resolves `${env:…}`/`${file:…}` references, with the `.env` file
-    /// beside the host config as a fallback for `env`.
-    pub fn secrets(&self) -> anyhow::Result<SecretResolver> {
+    /// beside the host config as a fallback for `env`, and `${aws-sm:…}`
+    /// when `[secrets.aws]` is configured.
+    pub async fn secrets(&self) -> anyhow::Result<SecretResolver> {
         let dotenv = self
             .file
             .as_ref()
             .and_then(|f| f.parent())
             .map(|d| d.join(".env"));
-        SecretResolver::new(dotenv.as_deref())
-            .map_err(|m| anyhow::anyhow!("{}: {m}", self.source()))
+        let resolver = SecretResolver::new(dotenv.as_deref())
+            .map_err(|m| anyhow::anyhow!("{}: {m}", self.source()))?;
+        match &self.secrets.aws {
+            Some(aws) => resolver
+                .with_aws(aws)
+                .await
+                .map_err(|m| anyhow::anyhow!("{}: {m}", self.source())),
+            None => Ok(resolver),
+        }
     }
 
     /// The key signing blob URLs, kept in the state root so URLs survive a

@@ -62,7 +62,10 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Parses the URL and resolves header references.
-    pub fn resolve(config: &UpstreamConfig, secrets: &SecretResolver) -> Result<Upstream, String> {
+    pub async fn resolve(
+        config: &UpstreamConfig,
+        secrets: &SecretResolver,
+    ) -> Result<Upstream, String> {
         let uri: http::Uri = config
             .url
             .parse()
@@ -100,6 +103,7 @@ impl Upstream {
                 .map_err(|_| format!("headers: {name:?} is not a header name"))?;
             let value = secrets
                 .resolve(raw)
+                .await
                 .map_err(|m| format!("headers.{name}: {m}"))?;
             let mut value = HeaderValue::try_from(value.expose())
                 .map_err(|_| format!("headers.{name}: the value is not a valid header value"))?;
@@ -161,7 +165,11 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        Upstream::resolve(&config, &SecretResolver::new(None).unwrap())
+        let resolver = SecretResolver::new(None).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Upstream::resolve(&config, &resolver))
     }
 
     #[test]

@@ -61,3 +61,124 @@ async fn config_missing_env_reference_names_key() {
         "{err}"
     );
 }
+
+/// A Secrets Manager client for the test's own setup and cleanup.
+async fn secrets_manager(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    let config = aws_sdk_secretsmanager::config::Builder::new()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+#[tokio::test]
+async fn config_from_aws_secrets_manager() {
+    // The S3 server of the test services (moto) also speaks Secrets Manager.
+    let Some(endpoint) = berth_tests::service("BERTH_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let sm = secrets_manager(&endpoint).await;
+    let (json_id, plain_id) = (
+        berth_tests::unique("berth/db"),
+        berth_tests::unique("berth/token"),
+    );
+    let password = berth_tests::unique("pw");
+    sm.create_secret()
+        .name(&json_id)
+        .secret_string(format!(r#"{{"user":"app","password":"{password}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    sm.create_secret()
+        .name(&plain_id)
+        .secret_string("plain-value")
+        .send()
+        .await
+        .unwrap();
+
+    let t = TestApp::new(&single_component_manifest(
+        "cfgtest",
+        guests::CONFIG_GUEST,
+        "[config]\ngreeting = \"hello\"\nsecret_token = \"set by the operator\"",
+        "config = [\"greeting\", \"secret_token\"]",
+    ));
+    let keys = t.state_dir().with_file_name("aws-key");
+    std::fs::create_dir_all(keys.parent().unwrap()).unwrap();
+    std::fs::write(&keys, "testing\n").unwrap();
+    let host = |value: &str| {
+        berth_tests::host_config(
+            &t,
+            &format!(
+                "[secrets.aws]\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\n\
+                 access_key_id = \"${{file:{k}}}\"\nsecret_access_key = \"${{file:{k}}}\"\n\
+                 [app_config.cfgtest]\nsecret_token = \"{value}\"\n",
+                k = keys.display()
+            ),
+        )
+    };
+
+    // A field of a JSON secret reaches the guest through the config port.
+    let app = t
+        .load_with(&host(&format!("${{aws-sm:{json_id}#password}}")))
+        .await
+        .unwrap();
+    assert_success(&run(&app, "guest", &["check", &password]).await);
+    // A whole string secret, inside a larger value.
+    let app = t
+        .load_with(&host(&format!("Bearer ${{aws-sm:{plain_id}}}")))
+        .await
+        .unwrap();
+    assert_success(&run(&app, "guest", &["check", "Bearer plain-value"]).await);
+
+    // A missing secret or field fails the load, naming the reference and
+    // never a value.
+    for (reference, expect) in [
+        (
+            format!("${{aws-sm:{json_id}-missing}}"),
+            "ResourceNotFoundException",
+        ),
+        (format!("${{aws-sm:{json_id}#nope}}"), "has no field `nope`"),
+    ] {
+        let err = t
+            .load_with(&host(&reference))
+            .await
+            .err()
+            .expect("load fails")
+            .to_string();
+        assert!(err.contains("app_config.cfgtest.secret_token"), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(!err.contains(&password), "{err}");
+    }
+
+    for id in [json_id, plain_id] {
+        sm.delete_secret()
+            .secret_id(id)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn operator_config_must_name_declared_keys() {
+    let t = TestApp::new(&single_component_manifest(
+        "cfgtest",
+        guests::CONFIG_GUEST,
+        "[config]\ngreeting = \"hello\"",
+        "config = [\"greeting\"]",
+    ));
+    let host = berth_tests::host_config(&t, "[app_config.cfgtest]\ngreting = \"typo\"\n");
+    let err = t
+        .load_with(&host)
+        .await
+        .err()
+        .expect("load fails")
+        .to_string();
+    assert!(err.contains("app_config.cfgtest.greting"), "{err}");
+    assert!(err.contains("declares no config key"), "{err}");
+}
