@@ -16,6 +16,9 @@ pub fn run(db: &str, dialect: &str) {
     let conn = Connection::open(db).expect("open granted db");
     step("open");
     value_round_trip(&conn, dialect);
+    if dialect == "postgres" {
+        postgres_arrays(&conn);
+    }
     rows_affected(&conn);
     transactions(&conn);
     errors(&conn);
@@ -280,4 +283,39 @@ fn too_large(conn: &Connection) {
     }
     read_all_with_cursor(conn, "huge", 12_000);
     step("cursor reads 12000 rows");
+}
+
+/// Postgres arrays of scalars come back as JSON arrays; arrays of other
+/// element types are refused with `unsupported-type`, naming the column.
+fn postgres_arrays(conn: &Connection) {
+    let rs = conn
+        .query(
+            "SELECT ARRAY[1, NULL, 3]::int4[] AS ints, ARRAY['a', 'b\"c']::text[] AS texts, \
+             ARRAY[true, false] AS bools, ARRAY[1.5]::float8[] AS floats, \
+             '{}'::int8[] AS empty",
+            &[],
+        )
+        .expect("select arrays");
+    let row = &rs.rows[0];
+    let expected = [
+        r#"[1,null,3]"#,
+        r#"["a","b\"c"]"#,
+        "[true,false]",
+        "[1.5]",
+        "[]",
+    ];
+    for (value, expected) in row.iter().zip(expected) {
+        assert!(
+            matches!(value, Value::Json(s) if s == expected),
+            "array: {value:?}, expected json {expected}"
+        );
+    }
+    assert_eq!(rs.columns[0].type_name, "int4[]");
+    match conn.query("SELECT ARRAY[1.5]::numeric[] AS nums", &[]) {
+        Err(Error::UnsupportedType(m)) if m.contains("NUMERIC[]") => {
+            step("numeric[] is unsupported-type")
+        }
+        other => panic!("numeric[]: expected UnsupportedType, got {other:?}"),
+    }
+    step("postgres arrays as json");
 }

@@ -72,7 +72,13 @@ async fn sql_conformance_postgres() {
     let schema = Schema::create(&url).await;
     let t = sql_app("pgconf");
     let app = t.load_with(&pg_host(&t, &url, &schema.name)).await.unwrap();
-    assert_success(&run(&app, "guest", &["conformance", "main", "postgres"]).await);
+    let out = run(&app, "guest", &["conformance", "main", "postgres"]).await;
+    assert_success(&out);
+    assert!(
+        out.stdout.contains("sql: postgres arrays as json ok"),
+        "{}",
+        out.stdout
+    );
     // The guest's tables landed in the test's schema, nowhere else.
     let mut admin = schema.admin().await;
     let tables: i64 = sqlx::query_scalar(

@@ -242,6 +242,15 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
             };
             SqlValue::Json(String::from_utf8_lossy(text).into_owned())
         }
+        "BOOL[]" => array_json::<bool>(row, i)?,
+        "INT2[]" => array_json::<i16>(row, i)?,
+        "INT4[]" => array_json::<i32>(row, i)?,
+        "INT8[]" => array_json::<i64>(row, i)?,
+        "FLOAT4[]" => array_json::<f32>(row, i)?,
+        "FLOAT8[]" => array_json::<f64>(row, i)?,
+        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => array_json::<String>(row, i)?,
+        "UUID[]" => array_json::<sqlx::types::Uuid>(row, i)?,
+        "JSON[]" | "JSONB[]" => array_json::<serde_json::Value>(row, i)?,
         other => {
             return Err(SqlError::UnsupportedType(format!(
                 "column {} has type {other}, which the sql port cannot carry; cast it (e.g. to text)",
@@ -249,6 +258,27 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
             )));
         }
     })
+}
+
+/// A one-dimensional array of scalars as a JSON array (`NULL` elements as
+/// `null`). Element types without an exact JSON form (numeric, timestamps)
+/// are not listed by the caller and stay `unsupported-type`.
+fn array_json<T>(row: &PgRow, i: usize) -> Result<SqlValue, SqlError>
+where
+    T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + serde::Serialize,
+    Vec<Option<T>>: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    let values: Vec<Option<T>> = row.try_get(i).map_err(|e| match e {
+        // Multi-dimensional arrays do not decode into a flat vector.
+        sqlx::Error::ColumnDecode { .. } => SqlError::UnsupportedType(format!(
+            "column {} is a multi-dimensional or malformed array, which the sql port cannot carry",
+            i + 1
+        )),
+        other => map_error(other),
+    })?;
+    serde_json::to_string(&values)
+        .map(SqlValue::Json)
+        .map_err(|e| SqlError::Other(e.to_string()))
 }
 
 /// Renders Postgres' binary `numeric` exactly, with its declared scale
