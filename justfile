@@ -23,6 +23,11 @@ docs:
 services:
     @bash .ci/services.sh
 
+# Port benchmarks against the real servers (release build; results for
+# docs/benchmarks.md are printed as Markdown).
+bench:
+    eval "$(bash .ci/services.sh)" && cargo bench -p berth-tests --bench ports
+
 # Run the tests including the real-server suites.
 test-services:
     eval "$(bash .ci/services.sh)" && BERTH_TEST_REQUIRE_SERVICES=1 cargo test --workspace

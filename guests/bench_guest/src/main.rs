@@ -1,0 +1,99 @@
+//! Benchmark guest (`wasi:cli/run` command): runs one port operation in a
+//! loop and prints its timings, measured inside the guest with the WASI
+//! monotonic clock, as `key=value` lines for the benchmark harness
+//! (`tests/benches/ports.rs`).
+//!
+//! Modes (argv[1..]):
+//! - `sql-point <db> <rows> <n>`: `n` point queries by primary key on table
+//!   `bench_users` (ids `1..=rows`); prints `latencies_ns=<comma list>`.
+//! - `blob-roundtrip <container> <mib>`: writes `mib` MiB in 1 MiB chunks,
+//!   reads it back in 1 MiB reads, checks every byte; prints `put_ns=` and
+//!   `get_ns=`.
+//! - `publish <topic> <n>`: publishes `n` 64-byte messages, each waiting for
+//!   the broker's ack; prints `publish_ns=`.
+
+use std::time::Instant;
+
+use berth_bindings::blob::Container;
+use berth_bindings::messaging;
+use berth_bindings::sql::{Connection, Value};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let int = |s: &str| -> u64 { s.parse().expect("a number") };
+    match args.get(1..).unwrap_or_default() {
+        ["sql-point", db, rows, n] => sql_point(db, int(rows), int(n)),
+        ["blob-roundtrip", container, mib] => blob_roundtrip(container, int(mib)),
+        ["publish", topic, n] => publish(topic, int(n)),
+        other => panic!("usage: see the module docs; got {other:?}"),
+    }
+}
+
+fn sql_point(db: &str, rows: u64, n: u64) {
+    let conn = Connection::open(db).expect("open db");
+    let mut latencies = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let id = (i % rows + 1) as i64;
+        let start = Instant::now();
+        let rs = conn
+            .query(
+                "SELECT id, name FROM bench_users WHERE id = ?",
+                &[Value::Int(id)],
+            )
+            .expect("point query");
+        latencies.push(start.elapsed().as_nanos().to_string());
+        assert_eq!(rs.rows.len(), 1, "row {id}");
+    }
+    println!("latencies_ns={}", latencies.join(","));
+}
+
+/// The byte at `offset` of the benchmark object: varied, cheap, checkable.
+fn byte_at(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+fn blob_roundtrip(container: &str, mib: u64) {
+    const CHUNK: u64 = 1 << 20;
+    let c = Container::open(container).expect("open container");
+    let mut chunk = vec![0u8; CHUNK as usize];
+    let start = Instant::now();
+    let writer = c.write("bench/object").expect("writer");
+    for i in 0..mib {
+        for (j, b) in chunk.iter_mut().enumerate() {
+            *b = byte_at(i * CHUNK + j as u64);
+        }
+        writer.write(&chunk).expect("write chunk");
+    }
+    let info = writer.finish().expect("finish");
+    let put = start.elapsed();
+    assert_eq!(info.size, mib * CHUNK);
+
+    let start = Instant::now();
+    let reader = c.read("bench/object").expect("reader");
+    let mut offset = 0u64;
+    loop {
+        let part = reader.read(CHUNK as u32).expect("read");
+        if part.is_empty() {
+            break;
+        }
+        for (j, b) in part.iter().enumerate() {
+            assert_eq!(*b, byte_at(offset + j as u64), "byte {}", offset + j as u64);
+        }
+        offset += part.len() as u64;
+    }
+    let get = start.elapsed();
+    assert_eq!(offset, mib * CHUNK);
+    c.delete("bench/object").expect("delete");
+    println!("put_ns={}", put.as_nanos());
+    println!("get_ns={}", get.as_nanos());
+}
+
+fn publish(topic: &str, n: u64) {
+    let payload = [0x42u8; 64];
+    let start = Instant::now();
+    for _ in 0..n {
+        messaging::publish(topic, &payload, &[]).expect("publish");
+    }
+    println!("publish_ns={}", start.elapsed().as_nanos());
+}

@@ -1,0 +1,586 @@
+//! Port benchmarks against the real servers: each case runs the same work
+//! through a guest on Berth and natively (sqlx, aws-sdk-s3, async-nats) in
+//! this one process, and reports the ratio. Not a test: nothing here
+//! asserts a time. Results go to `docs/benchmarks.md`.
+//!
+//! ```sh
+//! just bench            # starts the services, then:
+//! cargo bench -p berth-tests --bench ports
+//! ```
+//!
+//! Needs the `BERTH_TEST_*` variables `.ci/services.sh` prints; a case
+//! whose server is missing is reported as skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use berth::app::App;
+use berth_tests::{TestApp, assert_success, guests, host_config, run, unique};
+use sqlx::Connection as _;
+
+/// Point queries per side, after as many warm-up queries.
+const POINT_QUERIES: u64 = 5_000;
+/// Rows in the point-query table.
+const POINT_ROWS: u64 = 1_000;
+/// The blob round trip, MiB.
+const BLOB_MIB: u64 = 64;
+/// Messages per NATS case.
+const MESSAGES: u64 = 2_000;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        println!("# Berth port benchmarks\n");
+        match env("BERTH_TEST_POSTGRES_URL") {
+            Some(url) => postgres_point_query(&url).await,
+            None => println!("postgres: skipped (BERTH_TEST_POSTGRES_URL not set)\n"),
+        }
+        match env("BERTH_TEST_S3_ENDPOINT") {
+            Some(endpoint) => s3_round_trip(&endpoint).await,
+            None => println!("s3: skipped (BERTH_TEST_S3_ENDPOINT not set)\n"),
+        }
+        match env("BERTH_TEST_NATS_URL") {
+            Some(url) => {
+                nats_publish(&url).await;
+                nats_consume(&url).await;
+            }
+            None => println!("nats: skipped (BERTH_TEST_NATS_URL not set)\n"),
+        }
+    });
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// p50 and p99 of `samples` (nanoseconds), in microseconds.
+fn percentiles(mut samples: Vec<u64>) -> (f64, f64) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as f64 / 1e3;
+    (at(0.50), at(0.99))
+}
+
+/// The `key=value` line `key` of a guest's output.
+fn output_value<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("guest printed no {key}=: {stdout}"))
+}
+
+/// Resident set size of this process, bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Samples RSS every 2 ms until dropped; reports the peak above the RSS at
+/// start.
+struct PeakRss {
+    base: u64,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakRss {
+    fn start() -> PeakRss {
+        let base = rss_bytes();
+        let peak = Arc::new(AtomicU64::new(base));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        PeakRss { base, peak, stop }
+    }
+
+    /// Peak growth so far, MiB.
+    fn extra_mib(&self) -> f64 {
+        self.peak
+            .load(Ordering::Relaxed)
+            .max(rss_bytes())
+            .saturating_sub(self.base) as f64
+            / (1 << 20) as f64
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The bench guest imports the sql, blob and messaging ports, so every
+/// case grants all three; the host config decides which are real.
+fn bench_app(name: &str) -> TestApp {
+    TestApp::new(&berth_tests::single_component_manifest(
+        name,
+        guests::BENCH_GUEST,
+        "[sql.main]\n[blob.files]",
+        "sql = [\"main\"]\nblob = [\"files\"]\npublish = [\"bench\"]",
+    ))
+}
+
+// ---------------------------------------------------------------- Postgres
+
+async fn postgres_point_query(url: &str) {
+    let schema = unique("bench_");
+    let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
+    for statement in [
+        format!("CREATE SCHEMA {schema}"),
+        format!("CREATE TABLE {schema}.bench_users (id BIGINT PRIMARY KEY, name TEXT NOT NULL)"),
+        format!(
+            "INSERT INTO {schema}.bench_users SELECT g, 'user-' || g FROM generate_series(1, {POINT_ROWS}) g"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&mut admin).await.unwrap();
+    }
+
+    // Berth: the guest times each query with the WASI monotonic clock.
+    let t = bench_app("benchpg");
+    let host = host_config(
+        &t,
+        &format!(
+            "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {schema:?}\nmax_connections = 4\n"
+        ),
+    );
+    let app = t.load_with(&host).await.expect("app loads");
+    let guest = |n: u64| {
+        let app = &app;
+        async move {
+            let n = n.to_string();
+            let rows = POINT_ROWS.to_string();
+            let out = run(app, "guest", &["sql-point", "main", &rows, &n]).await;
+            assert_success(&out);
+            output_value(&out.stdout, "latencies_ns")
+                .split(',')
+                .map(|v| v.parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    guest(POINT_QUERIES).await; // warm-up: pool, prepared statements, caches
+
+    // Native: sqlx on an identical pool.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .after_connect({
+            let schema = schema.clone();
+            move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    sqlx::query(&format!("SET search_path TO {schema}"))
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            }
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    let native = || async {
+        let mut samples = Vec::with_capacity(POINT_QUERIES as usize);
+        for i in 0..POINT_QUERIES {
+            let id = (i % POINT_ROWS + 1) as i64;
+            let start = Instant::now();
+            let row: (i64, String) =
+                sqlx::query_as("SELECT id, name FROM bench_users WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            samples.push(start.elapsed().as_nanos() as u64);
+            assert_eq!(row.0, id);
+        }
+        samples
+    };
+    native().await; // warm-up
+
+    // Alternate the two sides so drift in the server hits both alike.
+    let (mut berth, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        berth.extend(guest(POINT_QUERIES).await);
+        direct.extend(native().await);
+    }
+    let (b50, b99) = percentiles(berth);
+    let (n50, n99) = percentiles(direct);
+    println!(
+        "## Postgres point query by primary key ({} queries per side)\n",
+        2 * POINT_QUERIES
+    );
+    println!("| | p50 µs | p99 µs |\n|---|---|---|");
+    println!("| native sqlx pool | {n50:.1} | {n99:.1} |");
+    println!("| guest through Berth | {b50:.1} | {b99:.1} |");
+    println!(
+        "| ratio (goal ≤ 1.1×, ≤ +30 µs) | {:.2}× (+{:.1} µs) | {:.2}× (+{:.1} µs) |\n",
+        b50 / n50,
+        b50 - n50,
+        b99 / n99,
+        b99 - n99
+    );
+
+    drop(app);
+    pool.close().await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------- S3
+
+fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "bench",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+const PART_MIB: u64 = 8;
+
+async fn s3_round_trip(endpoint: &str) {
+    let s3 = s3_client(endpoint);
+    let bucket = unique("berth-bench-");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let t = bench_app("benchs3");
+    let key_file = t.dir.path().join("key");
+    std::fs::write(&key_file, "testing").unwrap();
+    let host = host_config(
+        &t,
+        &format!(
+            "[blob.files]\ntype = \"s3\"\nendpoint = {endpoint:?}\nbucket = {bucket:?}\npath_style = true\npart_size_mb = {PART_MIB}\naccess_key_id = \"${{file:{k}}}\"\nsecret_access_key = \"${{file:{k}}}\"\n",
+            k = key_file.display()
+        ),
+    );
+    let app = t.load_with(&host).await.expect("app loads");
+    let mib = BLOB_MIB.to_string();
+    // Warm-up: compile cache, connections.
+    assert_success(&run(&app, "guest", &["blob-roundtrip", "files", "8"]).await);
+
+    let (mut guest_put, mut guest_get, mut guest_rss) = (Vec::new(), Vec::new(), 0f64);
+    let (mut native_put, mut native_get) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let rss = PeakRss::start();
+        let out = run(&app, "guest", &["blob-roundtrip", "files", &mib]).await;
+        assert_success(&out);
+        guest_rss = guest_rss.max(rss.extra_mib());
+        guest_put.push(output_value(&out.stdout, "put_ns").parse::<f64>().unwrap() / 1e9);
+        guest_get.push(output_value(&out.stdout, "get_ns").parse::<f64>().unwrap() / 1e9);
+        drop(rss);
+
+        let (put, get) = native_round_trip(&s3, &bucket).await;
+        native_put.push(put);
+        native_get.push(get);
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mb = BLOB_MIB as f64;
+    let (gp, gg, np, ng) = (
+        best(&guest_put),
+        best(&guest_get),
+        best(&native_put),
+        best(&native_get),
+    );
+    println!("## {BLOB_MIB} MiB blob put + get on S3 (best of 3; {PART_MIB} MiB parts)\n");
+    println!("| | put MiB/s | get MiB/s | put+get MiB/s |\n|---|---|---|---|");
+    println!(
+        "| native aws-sdk-s3 (1 MiB chunks in, streamed out) | {:.0} | {:.0} | {:.0} |",
+        mb / np,
+        mb / ng,
+        2.0 * mb / (np + ng)
+    );
+    println!(
+        "| guest through Berth (1 MiB writes/reads) | {:.0} | {:.0} | {:.0} |",
+        mb / gp,
+        mb / gg,
+        2.0 * mb / (gp + gg)
+    );
+    println!(
+        "| ratio (goal ≥ 0.8×) | {:.2}× | {:.2}× | {:.2}× |\n",
+        np / gp,
+        ng / gg,
+        (np + ng) / (gp + gg)
+    );
+    println!(
+        "Peak growth of this process's RSS during a guest round trip (host and guest together): \
+         {guest_rss:.1} MiB for a {BLOB_MIB} MiB object ({PART_MIB} MiB parts, 1 MiB chunks).\n"
+    );
+
+    drop(app);
+    let _ = s3
+        .delete_object()
+        .bucket(&bucket)
+        .key("native")
+        .send()
+        .await;
+    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+}
+
+/// The same round trip natively: multipart upload in `PART_MIB` parts built
+/// from 1 MiB chunks, then a streamed GET; returns seconds for each.
+async fn native_round_trip(s3: &aws_sdk_s3::Client, bucket: &str) -> (f64, f64) {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let start = Instant::now();
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key("native")
+        .send()
+        .await
+        .unwrap();
+    let upload_id = upload.upload_id().unwrap().to_owned();
+    let mut parts = Vec::new();
+    let mut part = Vec::with_capacity((PART_MIB << 20) as usize);
+    for i in 0..BLOB_MIB {
+        part.extend((0..(1u64 << 20)).map(|j| ((i * (1 << 20) + j) % 251) as u8));
+        if part.len() as u64 == PART_MIB << 20 || i + 1 == BLOB_MIB {
+            let number = parts.len() as i32 + 1;
+            let done = s3
+                .upload_part()
+                .bucket(bucket)
+                .key("native")
+                .upload_id(&upload_id)
+                .part_number(number)
+                .body(std::mem::take(&mut part).into())
+                .send()
+                .await
+                .unwrap();
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(done.e_tag().map(str::to_owned))
+                    .build(),
+            );
+        }
+    }
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key("native")
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let put = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut body = s3
+        .get_object()
+        .bucket(bucket)
+        .key("native")
+        .send()
+        .await
+        .unwrap()
+        .body;
+    let mut offset = 0u64;
+    while let Some(chunk) = body.try_next().await.unwrap() {
+        for (j, b) in chunk.iter().enumerate() {
+            assert_eq!(*b, ((offset + j as u64) % 251) as u8);
+        }
+        offset += chunk.len() as u64;
+    }
+    assert_eq!(offset, BLOB_MIB << 20);
+    (put, start.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------- NATS
+
+fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
+    host_config(t, &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n"))
+}
+
+async fn delete_stream(url: &str, app: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let _ = async_nats::jetstream::new(client)
+        .delete_stream(format!("BERTH_{app}"))
+        .await;
+}
+
+async fn nats_publish(url: &str) {
+    let name = unique("benchpub");
+    let t = bench_app(&name);
+    let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
+    let n = MESSAGES.to_string();
+    assert_success(&run(&app, "guest", &["publish", "bench", "100"]).await); // warm-up
+
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let subject = format!("berth.{name}.msg.bench");
+    let native = || async {
+        let start = Instant::now();
+        for _ in 0..MESSAGES {
+            js.publish(subject.clone(), vec![0x42u8; 64].into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        start.elapsed().as_secs_f64()
+    };
+    native().await; // warm-up
+
+    let (mut guest_s, mut native_s) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let out = run(&app, "guest", &["publish", "bench", &n]).await;
+        assert_success(&out);
+        guest_s = guest_s.min(
+            output_value(&out.stdout, "publish_ns")
+                .parse::<f64>()
+                .unwrap()
+                / 1e9,
+        );
+        native_s = native_s.min(native().await);
+    }
+    let m = MESSAGES as f64;
+    println!(
+        "## NATS JetStream publish, each awaiting the stream ack ({MESSAGES} × 64 B, best of 3)\n"
+    );
+    println!("| | messages/s |\n|---|---|");
+    println!("| native async-nats | {:.0} |", m / native_s);
+    println!("| guest through Berth | {:.0} |", m / guest_s);
+    println!("| ratio (goal ≥ 0.7×) | {:.2}× |\n", native_s / guest_s);
+    drop(app);
+    delete_stream(url, &name).await;
+}
+
+/// Publishes `MESSAGES` messages for the topic natively.
+async fn fill(js: &async_nats::jetstream::Context, subject: &str) {
+    let mut acks = Vec::with_capacity(MESSAGES as usize);
+    for i in 0..MESSAGES {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{subject}-{i}").as_str());
+        acks.push(
+            js.publish_with_headers(subject.to_owned(), headers, vec![0x42u8; 64].into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+/// Waits until consumer `durable` of `stream` has acknowledged everything.
+async fn drained(js: &async_nats::jetstream::Context, stream: &str, durable: &str) {
+    loop {
+        if let Ok(info) = js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                durable, stream,
+            )
+            .await
+        {
+            let mut consumer = info;
+            let info = consumer.info().await.unwrap();
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence > 0
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn nats_consume(url: &str) {
+    use futures::StreamExt as _;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let mut best_guest = f64::INFINITY;
+    let mut best_native = f64::INFINITY;
+    for round in 0..3 {
+        // Berth: a message trigger on the no-op handler drains the topic.
+        let name = unique("benchsub");
+        let t = TestApp::new(&format!(
+            "name = {name:?}\n[component.handler]\npath = {path:?}\n[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\n",
+            path = guests::BENCH_HANDLER
+        ));
+        let app: Arc<App> = Arc::new(t.load_with(&nats_host(&t, url)).await.expect("app loads"));
+        let stream = format!("BERTH_{name}");
+        fill(&js, &format!("berth.{name}.msg.work")).await;
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        berth::triggers::message::start(app.clone(), &mut tasks)
+            .await
+            .expect("trigger starts");
+        drained(&js, &stream, "handler__work").await;
+        let guest = start.elapsed().as_secs_f64();
+        tasks.abort_all();
+        drop(app);
+
+        // Native: a durable pull consumer on the same kind of stream, acking
+        // each message from a task, 16 at a time like Berth's trigger.
+        let subject = format!("berth.{name}.msg.native");
+        fill(&js, &subject).await;
+        let start = Instant::now();
+        let consumer = js
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("native".into()),
+                filter_subject: subject.clone(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let slots = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut acks = tokio::task::JoinSet::new();
+        for _ in 0..MESSAGES {
+            let msg = messages.next().await.unwrap().unwrap();
+            let permit = slots.clone().acquire_owned().await.unwrap();
+            acks.spawn(async move {
+                std::hint::black_box(&msg.payload);
+                msg.ack().await.unwrap();
+                drop(permit);
+            });
+        }
+        while acks.join_next().await.is_some() {}
+        drained(&js, &stream, "native").await;
+        let native = start.elapsed().as_secs_f64();
+        if round > 0 {
+            // Round 0 warms the compile cache and connections.
+            best_guest = best_guest.min(guest);
+            best_native = best_native.min(native);
+        }
+        let _ = js.delete_stream(&stream).await;
+    }
+    let m = MESSAGES as f64;
+    println!(
+        "## NATS JetStream consume → handle → ack ({MESSAGES} messages, 16 in flight, best of 2)\n"
+    );
+    println!("| | messages/s |\n|---|---|");
+    println!(
+        "| native async-nats pull consumer | {:.0} |",
+        m / best_native
+    );
+    println!(
+        "| no-op guest handler through Berth (instance per message) | {:.0} |",
+        m / best_guest
+    );
+    println!(
+        "| ratio (goal ≥ 0.7×) | {:.2}× |\n",
+        best_native / best_guest
+    );
+}
