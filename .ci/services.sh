@@ -27,11 +27,14 @@ if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/python" ] || ! "$venv/b
   "$venv/bin/pip" install --quiet "moto[server]" aiosmtpd
 fi
 up 9000 || (nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9000 >/tmp/berth-moto.log 2>&1 &)
+# A second S3 server that checks credentials (moto's IAM enforcement), for
+# the tests that need a refused request (403) rather than an unreachable one.
+up 9001 || (INITIAL_NO_AUTH_ACTION_COUNT=0 nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9001 >/tmp/berth-moto-auth.log 2>&1 &)
 up 2525 || (nohup "$venv/bin/python" -m aiosmtpd -n -l 127.0.0.1:2525 -c aiosmtpd.handlers.Mailbox "$maildir" >/tmp/berth-smtp.log 2>&1 &)
 
 # The suites need these now; MariaDB, RabbitMQ and Mosquitto are started
 # above for the suites to come, but a slow start of theirs must not fail CI.
-for port in 5432 6379 4222 9000 2525; do wait_for "$port"; done
+for port in 5432 6379 4222 9000 9001 2525; do wait_for "$port"; done
 for port in 3306 5672 1883; do up "$port" || echo "note: service on port $port is not up yet" >&2; done
 
 cat <<VARS
@@ -41,6 +44,7 @@ export BERTH_TEST_REDIS_URL=redis://127.0.0.1:6379
 export BERTH_TEST_NATS_URL=nats://127.0.0.1:4222
 export BERTH_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672
 export BERTH_TEST_S3_ENDPOINT=http://127.0.0.1:9000
+export BERTH_TEST_S3_AUTH_ENDPOINT=http://127.0.0.1:9001
 export BERTH_TEST_SMTP=127.0.0.1:2525
 export BERTH_TEST_MAILDIR=$maildir
 VARS

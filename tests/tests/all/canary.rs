@@ -1,7 +1,8 @@
 //! A canary secret, planted in every backend's credentials, never appears
 //! in an error or a log line while every backend fails to start: wrong
-//! password against the real Redis and SMTP servers, unreachable Postgres,
-//! S3 and NATS.
+//! password against the real Redis and SMTP servers, credentials refused
+//! (403) by an S3 server and by Secrets Manager, unreachable Postgres, S3
+//! and NATS.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ impl Write for Captured {
 
 fn manifest() -> String {
     format!(
-        "name = \"canary\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.guest]\npath = {:?}\n[component.guest.grants]\nkv = [\"cache\"]\n",
+        "name = \"canary\"\n[config]\ntoken = \"x\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.guest]\npath = {:?}\n[component.guest.grants]\nkv = [\"cache\"]\n",
         guests::KV_GUEST
     )
 }
@@ -38,28 +39,59 @@ fn secret_canary_never_leaks_from_failing_backends() {
     let Some(smtp) = service("BERTH_TEST_SMTP") else {
         return;
     };
+    let Some(s3_auth) = service("BERTH_TEST_S3_AUTH_ENDPOINT") else {
+        return;
+    };
     let (smtp_host, smtp_port) = smtp.rsplit_once(':').unwrap();
     let redis_hostport = redis_url.trim_start_matches("redis://").to_string();
     let t = TestApp::new(&manifest());
     let secret = t.dir.path().join("canary");
     std::fs::write(&secret, CANARY).unwrap();
     let s = secret.display();
-    // One host config per failing backend, each with the canary as its secret.
+    // One host config per failing backend, each with the canary as its
+    // secret, and what its error must say.
     let configs = [
-        format!(
-            "[sql.main]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/test\"\npassword = \"${{file:{s}}}\"\nconnect_timeout_ms = 1000\n"
+        (
+            format!(
+                "[sql.main]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/test\"\npassword = \"${{file:{s}}}\"\nconnect_timeout_ms = 1000\n"
+            ),
+            "cannot connect at startup",
         ),
-        format!(
-            "[kv.cache]\ntype = \"redis\"\nurl = \"redis://:${{file:{s}}}@{redis_hostport}\"\n"
+        (
+            format!(
+                "[kv.cache]\ntype = \"redis\"\nurl = \"redis://:${{file:{s}}}@{redis_hostport}\"\n"
+            ),
+            "cannot connect at startup",
         ),
-        format!(
-            "[blob.files]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\npath_style = true\naccess_key_id = \"${{file:{s}}}\"\nsecret_access_key = \"${{file:{s}}}\"\ntimeout_ms = 1000\n"
+        (
+            format!(
+                "[blob.files]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\npath_style = true\naccess_key_id = \"${{file:{s}}}\"\nsecret_access_key = \"${{file:{s}}}\"\ntimeout_ms = 1000\n"
+            ),
+            "cannot connect at startup",
         ),
-        format!(
-            "[email]\ntype = \"smtp\"\nhost = {smtp_host:?}\nport = {smtp_port}\ntls = \"none\"\nusername = \"berth\"\npassword = \"${{file:{s}}}\"\n"
+        (
+            format!(
+                "[blob.files]\ntype = \"s3\"\nendpoint = {s3_auth:?}\nbucket = \"b\"\npath_style = true\naccess_key_id = \"${{file:{s}}}\"\nsecret_access_key = \"${{file:{s}}}\"\ntimeout_ms = 3000\n"
+            ),
+            "refused the credentials",
         ),
-        format!(
-            "[messaging]\ntype = \"nats\"\nurl = \"nats://berth:${{file:{s}}}@127.0.0.1:1\"\ntimeout_ms = 1000\n"
+        (
+            format!(
+                "[secrets.aws]\nregion = \"us-east-1\"\nendpoint = {s3_auth:?}\naccess_key_id = \"${{file:{s}}}\"\nsecret_access_key = \"${{file:{s}}}\"\n[app_config.canary]\ntoken = \"${{aws-sm:db}}\"\n"
+            ),
+            "cannot read AWS secret `db`",
+        ),
+        (
+            format!(
+                "[email]\ntype = \"smtp\"\nhost = {smtp_host:?}\nport = {smtp_port}\ntls = \"none\"\nusername = \"berth\"\npassword = \"${{file:{s}}}\"\n"
+            ),
+            "cannot connect at startup",
+        ),
+        (
+            format!(
+                "[messaging]\ntype = \"nats\"\nurl = \"nats://berth:${{file:{s}}}@127.0.0.1:1\"\ntimeout_ms = 1000\n"
+            ),
+            "cannot connect at startup",
         ),
     ];
     let logs = Captured::default();
@@ -76,7 +108,7 @@ fn secret_canary_never_leaks_from_failing_backends() {
             .enable_all()
             .build()
             .unwrap();
-        for config in &configs {
+        for (config, expected) in &configs {
             let host = host_config(&t, config);
             let started = std::time::Instant::now();
             let err = rt
@@ -84,14 +116,14 @@ fn secret_canary_never_leaks_from_failing_backends() {
                 .err()
                 .expect("every backend must fail to start");
             eprintln!("failed in {:?}: {err:#}", started.elapsed());
-            errors.push(format!("{err:#} / {err:?}"));
+            errors.push((format!("{err:#} / {err:?}"), *expected));
             // The host config itself never prints the resolved value either.
             assert!(!format!("{host:?}").contains(CANARY));
         }
     });
-    for e in &errors {
+    for (e, expected) in &errors {
         assert!(!e.contains(CANARY), "an error leaks the canary: {e}");
-        assert!(e.contains("cannot connect at startup"), "{e}");
+        assert!(e.contains(expected), "expected {expected:?} in: {e}");
     }
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(!logs.is_empty(), "the failures were logged");

@@ -294,16 +294,17 @@ async fn http_named_upstream_adds_credentials_the_guest_never_sees() {
         })
     })
     .await;
-    let t = web_app(r#"upstreams = ["pay"]"#);
+    let t = web_app(r#"upstreams = ["pay", "down"]"#);
     let token_file = t.state_dir().with_file_name("token");
     std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let host = host_config(
         &t,
         &format!(
-            "[upstreams.pay]\nurl = \"http://127.0.0.1:{}/api/v1\"\nheaders = {{ Authorization = \"Bearer ${{file:{}}}\" }}\n",
+            "[upstreams.pay]\nurl = \"http://127.0.0.1:{}/api/v1\"\nheaders = {{ Authorization = \"Bearer ${{file:{t}}}\" }}\n\
+             [upstreams.down]\nurl = \"http://127.0.0.1:1\"\nheaders = {{ X-Api-Key = \"${{file:{t}}}\" }}\n",
             api.port,
-            token_file.display()
+            t = token_file.display()
         ),
     );
     let server = serve_with(&t, host).await;
@@ -329,6 +330,10 @@ async fn http_named_upstream_adds_credentials_the_guest_never_sees() {
     );
     assert!(!head.contains("forged"), "{head}");
     assert!(!body.contains(TOKEN));
+
+    // A failing upstream's error carries no credential.
+    let (status, body) = fetch(&server.base, "http://down.upstream/x", None).await;
+    assert_eq!((status, body.as_str()), (502, "error: ConnectionRefused"));
 
     // Upstreams are reached only by name and only when granted; the
     // allow-list grants nothing here, so the raw address is refused.
