@@ -10,6 +10,7 @@
 //!
 //! Needs the `BERTH_TEST_*` variables `.ci/services.sh` prints; a case
 //! whose server is missing is reported as skipped.
+//! `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +35,17 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        // `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group (for profiling).
+        let only = std::env::var("BERTH_BENCH_ONLY").unwrap_or_default();
+        let env = |k: &str| {
+            let group = k
+                .trim_start_matches("BERTH_TEST_")
+                .split('_')
+                .next()
+                .unwrap_or("");
+            let wanted = only.is_empty() || group.eq_ignore_ascii_case(&only);
+            std::env::var(k).ok().filter(|v| wanted && !v.is_empty())
+        };
         println!("# Berth port benchmarks\n");
         match env("BERTH_TEST_POSTGRES_URL") {
             Some(url) => postgres_point_query(&url).await,

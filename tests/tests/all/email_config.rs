@@ -76,7 +76,7 @@ async fn secrets_manager(endpoint: &str) -> aws_sdk_secretsmanager::Client {
 }
 
 #[tokio::test]
-async fn config_from_aws_secrets_manager() {
+async fn config_secrets_manager_aws() {
     // The S3 server of the test services (moto) also speaks Secrets Manager.
     let Some(endpoint) = berth_tests::service("BERTH_TEST_S3_ENDPOINT") else {
         return;
