@@ -21,6 +21,7 @@ use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
 use crate::secret::{Secret, SecretResolver};
@@ -122,6 +123,31 @@ pub async fn open(
                 };
                 Arc::new(
                     PostgresDatabase::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                )
+            }
+            SqlConfig::Mysql {
+                url,
+                password,
+                max_connections,
+                min_connections,
+                connect_timeout_ms,
+                statement_timeout_ms,
+            } => {
+                let settings = MysqlSettings {
+                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets)?,
+                    password: password
+                        .map(|p| secret_setting(&origin, &format!("{key}.password"), &p, &secrets))
+                        .transpose()?,
+                    max_connections: max_connections.unwrap_or(10),
+                    min_connections: min_connections.unwrap_or(0),
+                    connect_timeout: ms(connect_timeout_ms, 5000),
+                    statement_timeout: ms(statement_timeout_ms, 30_000),
+                    program_name: format!("berth:{app}:{name}"),
+                };
+                Arc::new(
+                    MysqlDatabase::connect(&settings)
                         .await
                         .map_err(|e| origin.err(&key, connection_failure(e)))?,
                 )
