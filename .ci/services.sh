@@ -32,10 +32,10 @@ up 9000 || (nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9000 >/tmp/berth-moto.
 up 9001 || (INITIAL_NO_AUTH_ACTION_COUNT=0 nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9001 >/tmp/berth-moto-auth.log 2>&1 &)
 up 2525 || (nohup "$venv/bin/python" -m aiosmtpd -n -l 127.0.0.1:2525 -c aiosmtpd.handlers.Mailbox "$maildir" >/tmp/berth-smtp.log 2>&1 &)
 
-# The suites need these now; MariaDB, RabbitMQ and Mosquitto are started
-# above for the suites to come, but a slow start of theirs must not fail CI.
-for port in 5432 6379 4222 9000 9001 2525; do wait_for "$port"; done
-for port in 3306 5672 1883; do up "$port" || echo "note: service on port $port is not up yet" >&2; done
+# The suites need these now; RabbitMQ and Mosquitto are started above for
+# the suites to come, but a slow start of theirs must not fail CI.
+for port in 5432 3306 6379 4222 9000 9001 2525; do wait_for "$port"; done
+for port in 5672 1883; do up "$port" || echo "note: service on port $port is not up yet" >&2; done
 
 cat <<VARS
 export BERTH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test

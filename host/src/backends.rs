@@ -21,6 +21,7 @@ use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
 use crate::secret::{Secret, SecretResolver};
@@ -70,6 +71,21 @@ async fn secret_setting(
     secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
 }
 
+/// Resolves `<key>.password` when it is given.
+async fn optional_secret(
+    origin: &Origin<'_>,
+    key: &str,
+    password: Option<String>,
+    secrets: &SecretResolver,
+) -> anyhow::Result<Option<Secret>> {
+    match password {
+        Some(p) => Ok(Some(
+            secret_setting(origin, &format!("{key}.password"), &p, secrets).await?,
+        )),
+        None => Ok(None),
+    }
+}
+
 fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
@@ -110,13 +126,7 @@ pub async fn open(
             } => {
                 let settings = PostgresSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
-                    password: match password {
-                        Some(p) => Some(
-                            secret_setting(&origin, &format!("{key}.password"), &p, &secrets)
-                                .await?,
-                        ),
-                        None => None,
-                    },
+                    password: optional_secret(&origin, &key, password, &secrets).await?,
                     schema,
                     max_connections: max_connections.unwrap_or(10),
                     min_connections: min_connections.unwrap_or(0),
@@ -126,6 +136,29 @@ pub async fn open(
                 };
                 Arc::new(
                     PostgresDatabase::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                )
+            }
+            SqlConfig::Mysql {
+                url,
+                password,
+                max_connections,
+                min_connections,
+                connect_timeout_ms,
+                statement_timeout_ms,
+            } => {
+                let settings = MysqlSettings {
+                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
+                    password: optional_secret(&origin, &key, password, &secrets).await?,
+                    max_connections: max_connections.unwrap_or(10),
+                    min_connections: min_connections.unwrap_or(0),
+                    connect_timeout: ms(connect_timeout_ms, 5000),
+                    statement_timeout: ms(statement_timeout_ms, 30_000),
+                    program_name: format!("berth:{app}:{name}"),
+                };
+                Arc::new(
+                    MysqlDatabase::connect(&settings)
                         .await
                         .map_err(|e| origin.err(&key, connection_failure(e)))?,
                 )

@@ -219,4 +219,22 @@ mod tests {
         assert_eq!(ok.kv["cache"], KvConfig::Memory {});
         assert_eq!(ok.state_dir.unwrap(), dir.path().join("s"));
     }
+
+    #[test]
+    fn mariadb_is_an_alias_of_mysql() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        for ty in ["mysql", "mariadb"] {
+            std::fs::write(
+                &path,
+                format!("[sql.main]\ntype = \"{ty}\"\nurl = \"mysql://u@db/app\"\n"),
+            )
+            .unwrap();
+            let cfg = HostConfig::load(&path).unwrap();
+            assert!(
+                matches!(&cfg.sql["main"], SqlConfig::Mysql { url, .. } if url == "mysql://u@db/app"),
+                "{ty}"
+            );
+        }
+    }
 }

@@ -29,12 +29,16 @@ pub fn run(db: &str, dialect: &str) {
 
 /// Every `value` case goes in as a parameter and comes back unchanged.
 fn value_round_trip(conn: &Connection, dialect: &str) {
-    // Only the column types differ between engines. On SQLite `dec` is TEXT:
-    // DECIMAL/NUMERIC columns get numeric affinity, which would silently turn
-    // "12.50" into the real 12.5. Postgres keeps NUMERIC exactly.
+    // Only the column types differ between engines. On SQLite `amount` is
+    // TEXT: DECIMAL/NUMERIC columns get numeric affinity, which would
+    // silently turn "12.50" into the real 12.5. Postgres and MySQL/MariaDB
+    // keep NUMERIC/DECIMAL exactly. MySQL's BLOB holds at most 64 KiB, so
+    // LONGBLOB is its unbounded binary type; its TIMESTAMP is an instant
+    // (stored in UTC), its DATETIME is wall-clock time without a zone.
     let (blob, timestamp, decimal) = match dialect {
         "postgres" => ("BYTEA", "TIMESTAMPTZ", "NUMERIC(10, 2)"),
         "sqlite" => ("BLOB", "TIMESTAMP", "TEXT"),
+        "mysql" => ("LONGBLOB", "TIMESTAMP", "DECIMAL(10, 2)"),
         other => panic!("unknown dialect {other:?}"),
     };
     conn.execute(
@@ -42,7 +46,7 @@ fn value_round_trip(conn: &Connection, dialect: &str) {
             "CREATE TABLE all_types (
                 id INTEGER PRIMARY KEY,
                 n TEXT, b BOOLEAN, i_min BIGINT, i_max BIGINT, f DOUBLE PRECISION,
-                t TEXT, bl {blob}, ts {timestamp}, d DATE, j JSON, u UUID, dec {decimal}
+                t TEXT, bl {blob}, ts {timestamp}, d DATE, j JSON, u UUID, amount {decimal}
             )"
         ),
         &[],
@@ -67,7 +71,7 @@ fn value_round_trip(conn: &Connection, dialect: &str) {
     ];
     let n = conn
         .execute(
-            "INSERT INTO all_types (id, n, b, i_min, i_max, f, t, bl, ts, d, j, u, dec)
+            "INSERT INTO all_types (id, n, b, i_min, i_max, f, t, bl, ts, d, j, u, amount)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &params,
         )
@@ -77,14 +81,14 @@ fn value_round_trip(conn: &Connection, dialect: &str) {
 
     let rs = conn
         .query(
-            "SELECT id, n, b, i_min, i_max, f, t, bl, ts, d, j, u, dec FROM all_types WHERE id = ?",
+            "SELECT id, n, b, i_min, i_max, f, t, bl, ts, d, j, u, amount FROM all_types WHERE id = ?",
             &[Value::Int(1)],
         )
         .expect("select all_types");
     let names: Vec<&str> = rs.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["id", "n", "b", "i_min", "i_max", "f", "t", "bl", "ts", "d", "j", "u", "dec"]
+        ["id", "n", "b", "i_min", "i_max", "f", "t", "bl", "ts", "d", "j", "u", "amount"]
     );
     assert_eq!(rs.rows.len(), 1);
     let row = &rs.rows[0];
@@ -136,6 +140,11 @@ fn rows_affected(conn: &Connection) {
         .execute("DELETE FROM counted WHERE v = ?", &[Value::Int(1)])
         .expect("delete");
     assert_eq!(n, 1, "rows deleted");
+    // Rows an UPDATE matches count even when their value does not change.
+    let n = conn
+        .execute("UPDATE counted SET v = v", &[])
+        .expect("update to the same value");
+    assert_eq!(n, 3, "rows matched by an update that changes nothing");
     step("rows affected");
 }
 
@@ -219,13 +228,21 @@ fn errors(conn: &Connection) {
     }
 }
 
-/// Fills `table` with the integers 1..=n in one statement.
+/// Fills `table` with the integers 1..=n (n <= 100,000) in one statement.
+///
+/// Written to run unchanged on every engine: `INSERT … WITH`, not `WITH …
+/// INSERT` (which MySQL/MariaDB reject), and a cross join of digits rather
+/// than a recursive CTE (MariaDB stops recursion after
+/// `max_recursive_iterations`, 1000 by default).
 fn fill(conn: &Connection, table: &str, n: i64) {
     conn.execute(&format!("CREATE TABLE {table} (n INTEGER)"), &[])
         .unwrap_or_else(|e| panic!("create {table}: {e:?}"));
     let statement = format!(
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?)
-         INSERT INTO {table} (n) SELECT x FROM c"
+        "INSERT INTO {table} (n)
+         WITH d(x) AS (VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9))
+         SELECT 1 + a.x + 10 * b.x + 100 * c.x + 1000 * e.x + 10000 * f.x
+         FROM d a, d b, d c, d e, d f
+         WHERE 1 + a.x + 10 * b.x + 100 * c.x + 1000 * e.x + 10000 * f.x <= ?"
     );
     let inserted = conn
         .execute(&statement, &[Value::Int(n)])

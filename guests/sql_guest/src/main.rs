@@ -1,7 +1,7 @@
 //! SQL port test guest (`wasi:cli/run` command).
 //!
 //! Modes (argv[1..]):
-//! - `conformance <db> [sqlite|postgres]`: exercises the whole `sql` port on a
+//! - `conformance <db> [sqlite|postgres|mysql]`: exercises the whole `sql` port on a
 //!   fresh, empty db; the dialect only picks column types in one DDL statement.
 //! - `trap-in-tx <db>`: inserts a row inside a transaction, then traps, so the
 //!   host can check that the transaction was rolled back.

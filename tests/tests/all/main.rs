@@ -16,3 +16,4 @@ mod kv;
 mod messaging;
 mod services;
 mod sql;
+mod sql_mysql;

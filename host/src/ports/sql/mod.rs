@@ -1,6 +1,8 @@
 //! The `sql` port: relational persistence behind logical database names.
 
 pub mod host;
+pub mod mysql;
+mod mysql_values;
 mod pg_values;
 mod placeholders;
 pub mod postgres;
@@ -245,6 +247,25 @@ pub enum SqlConfig {
         /// Wait for a connection, in ms; default 5000.
         connect_timeout_ms: Option<u64>,
         /// Server-side statement timeout, in ms; default 30000.
+        statement_timeout_ms: Option<u64>,
+    },
+    /// A MySQL or MariaDB database reached through a host-owned pool
+    /// (`type = "mysql"`, or `"mariadb"`).
+    #[serde(alias = "mariadb")]
+    Mysql {
+        /// `mysql://user@host:port/db`; a password in it must be a
+        /// `${env:…}`/`${file:…}` reference.
+        url: String,
+        /// Password reference (`${env:MYSQL_PASSWORD}`, `${file:/run/secrets/db}`).
+        password: Option<String>,
+        /// Pool size; default 10.
+        max_connections: Option<u32>,
+        /// Idle connections kept open; default 0.
+        min_connections: Option<u32>,
+        /// Wait for a connection, in ms; default 5000.
+        connect_timeout_ms: Option<u64>,
+        /// Server-side statement timeout, in ms; default 30000 (MariaDB:
+        /// every statement; MySQL: `SELECT` only).
         statement_timeout_ms: Option<u64>,
     },
 }

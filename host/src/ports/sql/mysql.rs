@@ -1,0 +1,428 @@
+//! MySQL/MariaDB adapter (mysql_async): a connection pool owned by the host
+//! per logical database; an invocation borrows pooled connections and never
+//! opens one.
+//!
+//! mysql_async rather than sqlx: sqlx 0.8 does not expose a result column's
+//! character set, and without it `_bin`-collated text (MariaDB's `JSON`
+//! among it) cannot be told from bytes (see `mysql_values`).
+//!
+//! Statements use `?` placeholders natively and run as prepared statements
+//! (binary protocol), so values arrive typed. Each pooled connection is set
+//! up with the session time zone UTC (so `TIMESTAMP` values are instants)
+//! and the statement timeout: `max_statement_time` on MariaDB, which bounds
+//! every statement, `max_execution_time` on MySQL, which bounds `SELECT`
+//! only.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
+use tokio::sync::mpsc;
+
+use super::mysql_values::{classify, columns_of, convert, read_row};
+use super::{
+    CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
+};
+use crate::secret::Secret;
+
+/// Rows buffered between a cursor's reader task and the guest.
+const CURSOR_BUFFER_ROWS: usize = 256;
+
+/// Idle connections above `min_connections` are closed after this long.
+const IDLE_TTL: Duration = Duration::from_secs(600);
+
+/// Settings of a MySQL/MariaDB logical database.
+#[derive(Debug, Clone)]
+pub struct MysqlSettings {
+    /// `mysql://user@host:port/db` (`mariadb://` is accepted too).
+    pub url: Secret,
+    /// Password, if not in the URL.
+    pub password: Option<Secret>,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Connections kept open when idle.
+    pub min_connections: u32,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// Server-side limit per statement.
+    pub statement_timeout: Duration,
+    /// Sent as the `program_name` connection attribute (`berth:<app>:<name>`).
+    pub program_name: String,
+}
+
+/// One logical database served by a MySQL/MariaDB pool.
+pub struct MysqlDatabase {
+    pool: Pool,
+    connect_timeout: Duration,
+}
+
+/// Which server answered, for the session settings that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    MariaDb,
+    Mysql,
+}
+
+/// The statement run on every new pooled connection.
+fn session_setup(flavor: Flavor, statement_timeout: Duration) -> String {
+    let ms = statement_timeout.as_millis();
+    match flavor {
+        // Seconds, fractional; 0 means no limit, as in the host config.
+        Flavor::MariaDb => format!(
+            "SET SESSION time_zone = '+00:00', max_statement_time = {}.{:03}",
+            ms / 1000,
+            ms % 1000
+        ),
+        Flavor::Mysql => {
+            format!("SET SESSION time_zone = '+00:00', max_execution_time = {ms}")
+        }
+    }
+}
+
+impl MysqlDatabase {
+    /// Builds the pool and checks the server answers, so a wrong URL or
+    /// password fails at startup.
+    pub async fn connect(s: &MysqlSettings) -> Result<MysqlDatabase, SqlError> {
+        let url = s.url.expose();
+        // mysql_async knows only the `mysql` scheme.
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_string(),
+        };
+        let opts = Opts::from_url(&url)
+            .map_err(|_| SqlError::InvalidInput("the MySQL URL is malformed".into()))?;
+        let mut base = OptsBuilder::from_opts(opts)
+            // Keep the transport the operator configured: on a loopback
+            // address mysql_async would otherwise move to the server's
+            // Unix socket.
+            .prefer_socket(false)
+            // Rows affected counts the rows an UPDATE matched, as on
+            // Postgres and SQLite, not only those whose value changed.
+            .client_found_rows(true)
+            .connect_attributes(HashMap::from([(
+                "program_name".to_string(),
+                s.program_name.clone(),
+            )]));
+        if let Some(password) = &s.password {
+            base = base.pass(Some(password.expose()));
+        }
+
+        // One connection first: it proves the server is reachable and says
+        // which server it is, which decides the session settings.
+        let flavor = within(s.connect_timeout, async {
+            let mut probe = mysql_async::Conn::new(base.clone()).await?;
+            let version: Option<String> = probe.query_first("SELECT VERSION()").await?;
+            probe.disconnect().await?;
+            Ok(match version {
+                Some(v) if v.contains("MariaDB") => Flavor::MariaDb,
+                _ => Flavor::Mysql,
+            })
+        })
+        .await?;
+
+        let max = s.max_connections.max(1) as usize;
+        let min = (s.min_connections as usize).min(max);
+        let constraints = PoolConstraints::new(min, max).ok_or_else(|| {
+            SqlError::InvalidInput("min_connections exceeds max_connections".into())
+        })?;
+        let pool_opts = PoolOpts::new()
+            .with_constraints(constraints)
+            .with_inactive_connection_ttl(IDLE_TTL)
+            // Like the Postgres adapter, connections keep their session
+            // between invocations (and their prepared-statement cache);
+            // a transaction or an unread result left behind is still rolled
+            // back or drained before the connection is reused.
+            .with_reset_connection(false);
+        let opts = base
+            .setup(vec![session_setup(flavor, s.statement_timeout)])
+            .pool_opts(pool_opts);
+        let db = MysqlDatabase {
+            pool: Pool::new(opts),
+            connect_timeout: s.connect_timeout,
+        };
+        // A pooled connection runs the session setup: a server refusing it
+        // fails here, not in the first invocation.
+        drop(db.conn().await?);
+        Ok(db)
+    }
+
+    /// A pooled connection, checked alive by the pool (a connection the
+    /// server closed is replaced), within the connect timeout.
+    async fn conn(&self) -> Result<mysql_async::Conn, SqlError> {
+        within(self.connect_timeout, self.pool.get_conn()).await
+    }
+
+    /// The pool (for tests that compare against the adapter).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// Runs `fut`, mapping its error, or gives `unavailable` after `limit`.
+async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = mysql_async::Result<T>>,
+) -> Result<T, SqlError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(map_error),
+        Err(_) => Err(SqlError::Unavailable(
+            "no database connection available in time".into(),
+        )),
+    }
+}
+
+/// Maps a driver error to the port's error. Server messages are kept (they
+/// name objects of the guest's own SQL); connection errors are not, since
+/// they can name hosts.
+pub fn map_error(e: mysql_async::Error) -> SqlError {
+    use mysql_async::{DriverError, Error};
+    match e {
+        Error::Server(err) => map_server_error(err.code, &err.state, err.message),
+        Error::Driver(DriverError::StmtParamsMismatch { .. })
+        | Error::Driver(DriverError::StmtParamsNumberExceedsLimit { .. })
+        | Error::Driver(DriverError::MixedParams)
+        | Error::Driver(DriverError::Params(_)) => {
+            SqlError::InvalidInput(format!("parameters do not match the statement: {e}"))
+        }
+        Error::Driver(DriverError::PacketTooLarge) => {
+            SqlError::TooLarge("a value exceeds the server's max_allowed_packet".into())
+        }
+        Error::Io(_)
+        | Error::Driver(DriverError::ConnectionClosed)
+        | Error::Driver(DriverError::PoolDisconnected) => {
+            SqlError::Unavailable("cannot reach the database".into())
+        }
+        Error::Url(_) => SqlError::Unavailable("database configuration error".into()),
+        other => SqlError::Other(other.to_string()),
+    }
+}
+
+/// Maps a server error by its number (the same on MySQL and MariaDB unless
+/// noted), then by its SQLSTATE class.
+fn map_server_error(code: u16, state: &str, msg: String) -> SqlError {
+    match code {
+        // Duplicate key, foreign key (parent/child side, old and new
+        // numbers), NOT NULL, field without default in strict mode, CHECK
+        // (MariaDB 4025, MySQL 3819).
+        1062 | 1586 | 1451 | 1452 | 1216 | 1217 | 1048 | 1364 | 4025 | 3819 => {
+            SqlError::Constraint(msg)
+        }
+        // Parse error, unknown table/column/function, ambiguous column,
+        // table exists, duplicate column, bad column count.
+        1064 | 1149 | 1146 | 1054 | 1305 | 1630 | 1052 | 1050 | 1060 | 1091 | 1222 | 1241 => {
+            SqlError::Syntax(msg)
+        }
+        // Access denied, read-only server or transaction.
+        1044 | 1045 | 1142 | 1143 | 1227 | 1290 | 1792 => SqlError::Denied(msg),
+        // MariaDB max_statement_time, MySQL max_execution_time.
+        1969 | 3024 => SqlError::Timeout,
+        // Deadlock, lock wait timeout: retrying may succeed.
+        1213 | 1205 => SqlError::Conflict(msg),
+        // Out of range, too long, wrong string for the character set,
+        // wrong date/number text, division by zero in strict mode.
+        1264 | 1406 | 1366 | 1292 | 1265 | 1367 | 1365 | 1411 => SqlError::InvalidInput(msg),
+        // Too many connections, shutting down, connection killed.
+        1040 | 1053 | 1927 => SqlError::Unavailable(format!("server error {code}")),
+        _ => match state.get(..2).unwrap_or_default() {
+            "23" => SqlError::Constraint(msg),
+            "42" => SqlError::Syntax(msg),
+            "22" => SqlError::InvalidInput(msg),
+            "40" => SqlError::Conflict(msg),
+            "08" => SqlError::Unavailable(format!("server error {code}")),
+            _ => SqlError::Other(msg),
+        },
+    }
+}
+
+fn params_of(values: Vec<Value>) -> Params {
+    if values.is_empty() {
+        Params::Empty
+    } else {
+        Params::Positional(values)
+    }
+}
+
+async fn query_on(
+    conn: &mut impl Queryable,
+    statement: &str,
+    params: Vec<SqlValue>,
+    caps: ResultCaps,
+) -> Result<RowSet, SqlError> {
+    let params = params_of(convert(params)?);
+    let mut result = conn.exec_iter(statement, params).await.map_err(map_error)?;
+    let kinds = classify(result.columns_ref());
+    let mut out = CappedRows::new(caps);
+    // Rows left unread after a cap is passed are drained by the driver
+    // before the connection runs anything else.
+    while let Some(row) = result.next().await.map_err(map_error)? {
+        out.full()?;
+        out.push(read_row(&kinds, row)?)?;
+    }
+    Ok(RowSet {
+        columns: columns_of(&kinds),
+        rows: out.into_rows(),
+    })
+}
+
+async fn execute_on(
+    conn: &mut impl Queryable,
+    statement: &str,
+    params: Vec<SqlValue>,
+) -> Result<u64, SqlError> {
+    let params = params_of(convert(params)?);
+    let result = conn.exec_iter(statement, params).await.map_err(map_error)?;
+    let affected = result.affected_rows();
+    result.drop_result().await.map_err(map_error)?;
+    Ok(affected)
+}
+
+#[async_trait]
+impl SqlBackend for MysqlDatabase {
+    async fn query(
+        &self,
+        statement: String,
+        params: Vec<SqlValue>,
+        caps: ResultCaps,
+    ) -> Result<RowSet, SqlError> {
+        let mut conn = self.conn().await?;
+        query_on(&mut conn, &statement, params, caps).await
+    }
+
+    async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        let mut conn = self.conn().await?;
+        execute_on(&mut conn, &statement, params).await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
+        let tx = within(
+            self.connect_timeout,
+            self.pool.start_transaction(TxOpts::default()),
+        )
+        .await?;
+        Ok(Box::new(MysqlTransaction { tx: Some(tx) }))
+    }
+
+    async fn open_cursor(
+        &self,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> Result<Box<dyn SqlCursor>, SqlError> {
+        let params = params_of(convert(params)?);
+        let mut conn = self.conn().await?;
+        let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
+        let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
+        // The reader task owns the connection and stops when the cursor is
+        // dropped (its sends fail); the pool then gets the connection back
+        // and drains what was not read.
+        tokio::spawn(async move {
+            let mut result = match conn.exec_iter(statement.as_str(), params).await {
+                Ok(r) => r,
+                Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
+            };
+            let kinds = classify(result.columns_ref());
+            if columns_tx.send(Ok(columns_of(&kinds))).is_err() {
+                return;
+            }
+            loop {
+                let item = match result.next().await {
+                    Ok(Some(row)) => read_row(&kinds, row),
+                    Ok(None) => return,
+                    Err(e) => Err(map_error(e)),
+                };
+                let failed = item.is_err();
+                if rows_tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let columns = columns_rx
+            .await
+            .map_err(|_| SqlError::Other("cursor reader stopped".into()))??;
+        Ok(Box::new(super::ChannelCursor::new(columns, rows_rx)))
+    }
+}
+
+struct MysqlTransaction {
+    /// A transaction dropped without commit is rolled back by the pool
+    /// before its connection is reused.
+    tx: Option<mysql_async::Transaction<'static>>,
+}
+
+#[async_trait]
+impl SqlTransaction for MysqlTransaction {
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<SqlValue>,
+        caps: ResultCaps,
+    ) -> Result<RowSet, SqlError> {
+        let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
+        query_on(tx, &statement, params, caps).await
+    }
+
+    async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
+        execute_on(tx, &statement, params).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
+        self.tx
+            .take()
+            .ok_or(SqlError::Closed)?
+            .commit()
+            .await
+            .map_err(map_error)
+    }
+
+    async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
+        self.tx
+            .take()
+            .ok_or(SqlError::Closed)?
+            .rollback()
+            .await
+            .map_err(map_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_map_to_port_errors() {
+        let map = |code, state: &str| map_server_error(code, state, "m".into());
+        assert!(matches!(map(1062, "23000"), SqlError::Constraint(_)));
+        assert!(matches!(map(1452, "23000"), SqlError::Constraint(_)));
+        assert!(matches!(map(1048, "23000"), SqlError::Constraint(_)));
+        assert!(matches!(map(4025, "23000"), SqlError::Constraint(_)));
+        assert!(matches!(map(3819, "HY000"), SqlError::Constraint(_)));
+        assert!(matches!(map(1064, "42000"), SqlError::Syntax(_)));
+        assert!(matches!(map(1146, "42S02"), SqlError::Syntax(_)));
+        assert!(matches!(map(1054, "42S22"), SqlError::Syntax(_)));
+        // Access errors share SQLSTATE 42000 with parse errors.
+        assert!(matches!(map(1142, "42000"), SqlError::Denied(_)));
+        assert_eq!(map(1969, "70100"), SqlError::Timeout);
+        assert_eq!(map(3024, "HY000"), SqlError::Timeout);
+        assert!(matches!(map(1213, "40001"), SqlError::Conflict(_)));
+        assert!(matches!(map(1927, "70100"), SqlError::Unavailable(_)));
+        assert!(matches!(map(1406, "22001"), SqlError::InvalidInput(_)));
+    }
+
+    #[test]
+    fn session_setup_sets_utc_and_the_timeout_per_server() {
+        assert_eq!(
+            session_setup(Flavor::MariaDb, Duration::from_millis(300)),
+            "SET SESSION time_zone = '+00:00', max_statement_time = 0.300"
+        );
+        assert_eq!(
+            session_setup(Flavor::MariaDb, Duration::from_secs(30)),
+            "SET SESSION time_zone = '+00:00', max_statement_time = 30.000"
+        );
+        assert_eq!(
+            session_setup(Flavor::Mysql, Duration::from_millis(300)),
+            "SET SESSION time_zone = '+00:00', max_execution_time = 300"
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! The sql port against MySQL/MariaDB (`BERTH_TEST_MYSQL_URL`), with the
+//! conventions of `services.rs`: each test skips itself without the
+//! variable, fails without it under `BERTH_TEST_REQUIRE_SERVICES=1`, and
+//! works in a database of its own that it drops afterwards.
+
+use berth::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
+use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlValue};
+use berth::secret::Secret;
+use berth_tests::{
+    TestApp, assert_success, guests, host_config, run, service, single_component_manifest, unique,
+};
+use sqlx::Connection as _;
+
+/// A database for one test, dropped by [`Database::drop_now`].
+struct Database {
+    /// The server's URL, as `BERTH_TEST_MYSQL_URL` gives it.
+    server: String,
+    name: String,
+}
+
+impl Database {
+    async fn create(server: &str) -> Database {
+        let db = Database {
+            server: server.to_string(),
+            name: unique("berth_t_"),
+        };
+        let mut admin = db.admin().await;
+        sqlx::query(&format!(
+            "CREATE DATABASE {} CHARACTER SET utf8mb4",
+            db.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        db
+    }
+
+    /// The URL of this database on the server.
+    fn url(&self) -> String {
+        let (server, _db) = self.server.rsplit_once('/').expect("URL has a database");
+        format!("{server}/{}", self.name)
+    }
+
+    async fn admin(&self) -> sqlx::MySqlConnection {
+        sqlx::MySqlConnection::connect(&self.server)
+            .await
+            .expect("admin connection")
+    }
+
+    async fn drop_now(self) {
+        let mut admin = self.admin().await;
+        sqlx::query(&format!("DROP DATABASE {}", self.name))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
+
+fn sql_app(app: &str) -> TestApp {
+    TestApp::new(&single_component_manifest(
+        app,
+        guests::SQL_GUEST,
+        "[sql.main]",
+        "sql = [\"main\"]",
+    ))
+}
+
+fn mysql_host(t: &TestApp, db: &Database, extra: &str) -> berth::config::HostConfig {
+    host_config(
+        t,
+        &format!(
+            "[sql.main]\ntype = \"mysql\"\nurl = {:?}\nmax_connections = 4\n{extra}",
+            db.url()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_conformance_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let t = sql_app("myconf");
+    let app = t
+        .load_with(&mysql_host(&t, &db, "statement_timeout_ms = 5000\n"))
+        .await
+        .unwrap();
+    assert_success(&run(&app, "guest", &["conformance", "main", "mysql"]).await);
+    // The guest's tables landed in the test's database, nowhere else.
+    let mut admin = db.admin().await;
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = ?")
+            .bind(&db.name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(tables >= 5, "{tables} tables in {}", db.name);
+    drop(app);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_rollback_on_trap_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let t = sql_app("mytrap");
+    let app = t.load_with(&mysql_host(&t, &db, "")).await.unwrap();
+    let out = run(&app, "guest", &["trap-in-tx", "main"]).await;
+    assert!(out.status.is_err(), "the guest traps on purpose");
+    assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
+    // A second connection, outside Berth, sees no row either.
+    let mut admin = db.admin().await;
+    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}.trap_probe", db.name))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(app);
+    db.drop_now().await;
+}
+
+/// Server connection ids using `db` (only the app's pool does).
+async fn pool_ids(admin: &mut sqlx::MySqlConnection, db: &str) -> Vec<i64> {
+    sqlx::query_scalar("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? ORDER BY ID")
+        .bind(db)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_pool_reused_and_recovers_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let t = sql_app("mypool");
+    let app = t.load_with(&mysql_host(&t, &db, "")).await.unwrap();
+    let mut admin = db.admin().await;
+    assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
+    let before = pool_ids(&mut admin, &db.name).await;
+    assert!(!before.is_empty(), "the pool holds a connection");
+    for _ in 0..100 {
+        assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
+    }
+    // The pool may grow to its size (4) as returned connections race the
+    // next acquire, never beyond, and never opens one per invocation.
+    let after = pool_ids(&mut admin, &db.name).await;
+    assert!(after.len() <= 4, "at most the pool size is open: {after:?}");
+    let opened = after.iter().filter(|p| !before.contains(p)).count();
+    assert!(
+        opened <= 4 - before.len(),
+        "connections were reused, not opened per invocation: {before:?} -> {after:?}"
+    );
+
+    // Kill every pooled connection: the host recovers without a restart.
+    for id in &after {
+        sqlx::query(&format!("KILL {id}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let _first = run(&app, "guest", &["count-trap-rows", "main", "0"]).await; // may see `unavailable`
+    assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
+    let renewed = pool_ids(&mut admin, &db.name).await;
+    assert!(
+        renewed.iter().all(|id| !after.contains(id)),
+        "killed connections are not reused: {after:?} -> {renewed:?}"
+    );
+    drop(app);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_statement_timeout_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let t = sql_app("mytimeout");
+    let app = t
+        .load_with(&mysql_host(&t, &db, "statement_timeout_ms = 300\n"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // MariaDB's max_statement_time interrupts SLEEP with error 1969; the
+    // guest then runs `SELECT 1` on the same logical connection.
+    assert_success(
+        &run(
+            &app,
+            "guest",
+            &["expect-timeout", "main", "SELECT SLEEP(5)"],
+        )
+        .await,
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "cancelled by the server, took {:?}",
+        started.elapsed()
+    );
+    drop(app);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_unreachable_mysql_fails_at_startup_naming_the_key() {
+    let t = sql_app("mydown");
+    // Nothing listens on port 1; the error names the file, key, and says connection.
+    let host = host_config(
+        &t,
+        "[sql.main]\ntype = \"mariadb\"\nurl = \"mysql://root@127.0.0.1:1/test\"\nconnect_timeout_ms = 2000\n",
+    );
+    let err = format!("{:#}", t.load_with(&host).await.err().expect("refused"));
+    assert!(
+        err.contains("host.toml") && err.contains("`sql.main`") && err.contains("cannot connect"),
+        "{err}"
+    );
+    let host = host_config(
+        &t,
+        "[sql.main]\ntype = \"mysql\"\nurl = \"mysql://u:inline-pw@127.0.0.1/test\"\n",
+    );
+    let err = format!("{:#}", t.load_with(&host).await.err().expect("refused"));
+    assert!(
+        err.contains("inline password") && !err.contains("inline-pw@"),
+        "{err}"
+    );
+}
+
+const CAPS: ResultCaps = ResultCaps {
+    max_rows: 100,
+    max_bytes: 1 << 20,
+};
+
+/// The adapter straight from the host crate, for MariaDB's types that the
+/// portable conformance guest does not declare.
+async fn adapter(db: &Database) -> MysqlDatabase {
+    MysqlDatabase::connect(&MysqlSettings {
+        url: Secret::new(db.url()),
+        password: None,
+        max_connections: 2,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(5),
+        program_name: "berth:test:values".into(),
+    })
+    .await
+    .expect("adapter connects")
+}
+
+async fn one_row(db: &MysqlDatabase, statement: &str) -> Vec<SqlValue> {
+    let rs = db
+        .query(statement.into(), vec![], CAPS)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    assert_eq!(rs.rows.len(), 1, "{statement}");
+    rs.rows.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_value_mapping_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let a = adapter(&db).await;
+    a.execute(
+        "CREATE TABLE v (
+            id INT PRIMARY KEY, j JSON, u UUID, tb VARCHAR(20) COLLATE utf8mb4_bin,
+            vb VARBINARY(20), dt DATETIME(3), ts TIMESTAMP(6) NULL, small TINYINT,
+            flag BOOLEAN, big BIGINT UNSIGNED, y YEAR, tm TIME, e ENUM('a', 'b'),
+            parent INT, CHECK (small >= 0)
+        )"
+        .into(),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let insert = "INSERT INTO v (id, j, u, tb, vb, dt, ts, small, flag, big, y, tm, e)
+                  VALUES (?, ?, ?, ?, ?, ?, ?, 7, ?, ?, 2024, '10:00', 'b')";
+    let n = a
+        .execute(
+            insert.into(),
+            vec![
+                SqlValue::Int(1),
+                SqlValue::Json(r#"{"a": [1, 2]}"#.into()),
+                SqlValue::Uuid("3F2504E0-4F89-41D3-9A0C-0305E82C3301".into()),
+                SqlValue::Text("Case-Sensitive".into()),
+                SqlValue::Blob(b"abc".to_vec()),
+                SqlValue::Timestamp("2024-05-01T12:00:00.250".into()),
+                // An offset is converted: the session time zone is UTC.
+                SqlValue::Timestamp("2024-05-01T14:00:00.5+02:00".into()),
+                SqlValue::Boolean(true),
+                SqlValue::Int(i64::MAX),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let row = one_row(
+        &a,
+        "SELECT j, u, tb, vb, dt, ts, small, flag, big, y, e FROM v",
+    )
+    .await;
+    assert_eq!(
+        row,
+        vec![
+            // MariaDB's JSON is LONGTEXT: it comes back as text, as stored.
+            SqlValue::Text(r#"{"a": [1, 2]}"#.into()),
+            SqlValue::Uuid("3f2504e0-4f89-41d3-9a0c-0305e82c3301".into()),
+            // `_bin` collation sets the BINARY flag, yet this is text.
+            SqlValue::Text("Case-Sensitive".into()),
+            SqlValue::Blob(b"abc".to_vec()),
+            SqlValue::Timestamp("2024-05-01T12:00:00.250".into()),
+            SqlValue::Timestamp("2024-05-01T12:00:00.500Z".into()),
+            SqlValue::Int(7),
+            SqlValue::Boolean(true),
+            SqlValue::Int(i64::MAX),
+            SqlValue::Int(2024),
+            SqlValue::Text("b".into()),
+        ]
+    );
+    // Expressions: comparisons are integers on MariaDB, NOW() is DATETIME.
+    let row = one_row(
+        &a,
+        "SELECT 1 = 1, CAST(j AS CHAR), JSON_VALUE(j, '$.a[1]') FROM v",
+    )
+    .await;
+    assert_eq!(row[0], SqlValue::Int(1));
+    assert_eq!(row[1], SqlValue::Text(r#"{"a": [1, 2]}"#.into()));
+    assert_eq!(row[2], SqlValue::Text("2".into()));
+
+    // Values the port cannot carry are refused, naming the column.
+    a.execute("UPDATE v SET big = big + 1, flag = 2".into(), vec![])
+        .await
+        .unwrap();
+    for (statement, needle) in [
+        ("SELECT big FROM v", "9223372036854775808"),
+        ("SELECT flag FROM v", "`flag`"),
+        ("SELECT tm FROM v", "`tm`"),
+    ] {
+        match a.query(statement.into(), vec![], CAPS).await {
+            Err(SqlError::UnsupportedType(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{statement}: expected UnsupportedType, got {other:?}"),
+        }
+    }
+
+    // Engine errors map to the port's cases.
+    a.execute(
+        "CREATE TABLE child (id INT PRIMARY KEY, p INT NOT NULL, FOREIGN KEY (p) REFERENCES v (id))"
+            .into(),
+        vec![],
+    )
+    .await
+    .unwrap();
+    for statement in [
+        "INSERT INTO child (id, p) VALUES (1, 99)", // foreign key, 1452
+        "INSERT INTO child (id, p) VALUES (2, NULL)", // not null, 1048
+        "UPDATE v SET small = -1",                  // check, 4025
+        "INSERT INTO v (id) VALUES (1)",            // duplicate key, 1062
+    ] {
+        match a.execute(statement.into(), vec![]).await {
+            Err(SqlError::Constraint(_)) => {}
+            other => panic!("{statement}: expected Constraint, got {other:?}"),
+        }
+    }
+    a.execute("INSERT INTO child (id, p) VALUES (3, 1)".into(), vec![])
+        .await
+        .unwrap();
+    match a.execute("DELETE FROM v".into(), vec![]).await {
+        Err(SqlError::Constraint(_)) => {} // referenced row, 1451
+        other => panic!("DELETE parent: expected Constraint, got {other:?}"),
+    }
+    for statement in ["SELECT nope FROM v", "SELECT * FROM nowhere"] {
+        match a.query(statement.into(), vec![], CAPS).await {
+            Err(SqlError::Syntax(_)) => {}
+            other => panic!("{statement}: expected Syntax, got {other:?}"),
+        }
+    }
+    // The driver reads `:name` as a named parameter, which the port has not.
+    match a.query("SELECT :name".into(), vec![], CAPS).await {
+        Err(SqlError::InvalidInput(_)) => {}
+        other => panic!("SELECT :name: expected InvalidInput, got {other:?}"),
+    }
+    match a
+        .query("SELECT ?".into(), vec![SqlValue::Uuid("nope".into())], CAPS)
+        .await
+    {
+        Err(SqlError::InvalidInput(_)) => {}
+        other => panic!("bad UUID parameter: expected InvalidInput, got {other:?}"),
+    }
+    drop(a);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_ddl_commits_implicitly_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let a = adapter(&db).await;
+    // MySQL/MariaDB commit before and after DDL: a rolled-back transaction
+    // keeps the table it created, and the insert made before the DDL.
+    a.execute("CREATE TABLE before_ddl (id INT)".into(), vec![])
+        .await
+        .unwrap();
+    let mut tx = a.begin().await.unwrap();
+    tx.execute("INSERT INTO before_ddl VALUES (1)".into(), vec![])
+        .await
+        .unwrap();
+    tx.execute("CREATE TABLE made_in_tx (id INT)".into(), vec![])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let row = one_row(&a, "SELECT count(*) FROM before_ddl").await;
+    assert_eq!(row, vec![SqlValue::Int(1)]);
+    let row = one_row(&a, "SELECT count(*) FROM made_in_tx").await;
+    assert_eq!(row, vec![SqlValue::Int(0)]);
+    drop(a);
+    db.drop_now().await;
+}
