@@ -577,6 +577,7 @@ async fn nats_consume(url: &str) {
         }
         let _ = js.delete_stream(&stream).await;
     }
+    let per_invocation = invocation_cost_us(url).await;
     let m = MESSAGES as f64;
     println!(
         "## NATS JetStream consume → handle → ack ({MESSAGES} messages, 16 in flight, best of 2)\n"
@@ -594,4 +595,52 @@ async fn nats_consume(url: &str) {
         "| ratio (goal ≥ 0.7×) | {:.2}× |\n",
         best_native / best_guest
     );
+    println!(
+        "Berth's own cost per message, without the broker (store + instantiate + call + \
+         teardown of the no-op handler, one at a time): {per_invocation:.1} µs.\n"
+    );
+}
+
+/// An acker that does nothing: isolates Berth's per-message work.
+struct NoAck;
+
+#[async_trait::async_trait]
+impl berth::ports::messaging::Acker for NoAck {
+    async fn ack(self: Box<Self>) {}
+    async fn nack(self: Box<Self>, _delay: Duration) {}
+}
+
+/// Mean µs per `handle_delivery` of the no-op handler, sequentially.
+async fn invocation_cost_us(url: &str) -> f64 {
+    let name = unique("benchcall");
+    let t = TestApp::new(&format!(
+        "name = {name:?}\n[component.handler]\npath = {path:?}\n[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\n",
+        path = guests::BENCH_HANDLER
+    ));
+    let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
+    let component = app.component("handler").unwrap();
+    let pre = berth::bindings::MessageHandlerPre::new(component.pre.clone()).unwrap();
+    let delivery = |i: u64| berth::ports::messaging::Delivery {
+        message: berth::ports::messaging::Message {
+            id: format!("m-{i}"),
+            topic: "work".into(),
+            payload: vec![0x42; 64],
+            headers: Vec::new(),
+            attempt: 1,
+        },
+        reply: None,
+        acker: Box::new(NoAck),
+    };
+    const CALLS: u64 = 20_000;
+    for i in 0..1_000 {
+        berth::triggers::message::handle_delivery(&app, "handler", &pre, delivery(i), 5).await;
+    }
+    let start = Instant::now();
+    for i in 0..CALLS {
+        berth::triggers::message::handle_delivery(&app, "handler", &pre, delivery(i), 5).await;
+    }
+    let cost = start.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
+    drop(app);
+    delete_stream(url, &name).await;
+    cost
 }

@@ -18,15 +18,13 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscription};
 use crate::secret::Secret;
 
 /// Header carrying Berth's message id.
 const MSG_ID: &str = "Nats-Msg-Id";
-/// Deliveries buffered per subscription.
-const BUFFER: usize = 64;
 
 /// Settings of an app's NATS broker.
 #[derive(Debug, Clone)]
@@ -233,70 +231,104 @@ impl MessagingBackend for NatsBroker {
             )
             .await
             .map_err(unavailable)?;
-        let mut messages = pull_consumer.messages().await.map_err(unavailable)?;
-        let mut requests = self
+        let messages = pull_consumer.messages().await.map_err(unavailable)?;
+        let requests = self
             .client
             .queue_subscribe(self.req_subject(topic), durable.clone())
             .await
             .map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel(BUFFER);
-        let stored = tx.clone();
-        tokio::spawn(async move {
-            while let Some(next) = messages.next().await {
-                let Ok(msg) = next else { continue };
-                let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
-                let (id, headers) = headers_from_nats(msg.headers.as_ref());
-                let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let message = Message {
-                    id: id.unwrap_or_else(|| format!("seq-{sequence}")),
-                    topic: topic_of(&msg.subject, ".msg."),
-                    payload: msg.payload.to_vec(),
-                    headers,
-                    attempt,
-                };
-                let delivery = Delivery {
-                    message,
-                    reply: None,
-                    acker: Box::new(JsAcker(msg)),
-                };
-                if stored.send(delivery).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            while let Some(req) = requests.next().await {
-                let Some(reply_to) = req.reply.clone() else {
-                    continue;
-                };
-                let (id, headers) = headers_from_nats(req.headers.as_ref());
-                let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
-                let message = Message {
-                    id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                    topic: topic_of(&req.subject, ".req."),
-                    payload: req.payload.to_vec(),
-                    headers,
-                    attempt: 1,
-                };
-                let client = client.clone();
-                tokio::spawn(async move {
-                    if let Ok(payload) = reply_rx.await {
-                        let _ = client.publish(reply_to, Bytes::from(payload)).await;
-                    }
-                });
-                let delivery = Delivery {
-                    message,
-                    reply: Some(reply_tx),
-                    acker: Box::new(NoAck),
-                };
-                if tx.send(delivery).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Box::new(ChannelSubscription { rx }))
+        Ok(Box::new(NatsSubscription {
+            messages,
+            requests: Some(requests),
+            client: self.client.clone(),
+        }))
     }
+}
+
+/// A trigger's deliveries: stored messages from its durable pull consumer
+/// and requests from its queue group, polled directly by the trigger's
+/// consumer loop (no forwarding task, so no extra thread hop per message).
+struct NatsSubscription {
+    messages: pull::Stream,
+    /// `None` once the request subscription ended; stored messages go on.
+    requests: Option<async_nats::Subscriber>,
+    client: async_nats::Client,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            // `StreamExt::next` is cancel-safe, so losing the race drops
+            // nothing.
+            let request = async {
+                match self.requests.as_mut() {
+                    Some(requests) => requests.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = self.messages.next() => match next {
+                    Some(Ok(msg)) => return Some(stored_delivery(msg)),
+                    Some(Err(e)) => tracing::debug!(error = %e, "nats pull consumer error"),
+                    None => return None,
+                },
+                req = request => match req {
+                    Some(req) => {
+                        if let Some(delivery) = request_delivery(req, &self.client) {
+                            return Some(delivery);
+                        }
+                    }
+                    None => self.requests = None,
+                },
+            }
+        }
+    }
+}
+
+/// A stored message, acknowledged through JetStream.
+fn stored_delivery(msg: jetstream::Message) -> Delivery {
+    let info = msg.info().ok();
+    let attempt = info.as_ref().map_or(1, |i| i.delivered.max(1) as u32);
+    let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
+    let (id, headers) = headers_from_nats(msg.headers.as_ref());
+    let message = Message {
+        id: id.unwrap_or_else(|| format!("seq-{sequence}")),
+        topic: topic_of(&msg.subject, ".msg."),
+        payload: msg.payload.to_vec(),
+        headers,
+        attempt,
+    };
+    Delivery {
+        message,
+        reply: None,
+        acker: Box::new(JsAcker(msg)),
+    }
+}
+
+/// A request: the handler's answer is published to its reply subject.
+fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Option<Delivery> {
+    let reply_to = req.reply.clone()?;
+    let (id, headers) = headers_from_nats(req.headers.as_ref());
+    let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
+    let message = Message {
+        id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        topic: topic_of(&req.subject, ".req."),
+        payload: req.payload.to_vec(),
+        headers,
+        attempt: 1,
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Ok(payload) = reply_rx.await {
+            let _ = client.publish(reply_to, Bytes::from(payload)).await;
+        }
+    });
+    Some(Delivery {
+        message,
+        reply: Some(reply_tx),
+        acker: Box::new(NoAck),
+    })
 }
 
 struct JsAcker(jetstream::Message);
@@ -323,15 +355,4 @@ struct NoAck;
 impl Acker for NoAck {
     async fn ack(self: Box<Self>) {}
     async fn nack(self: Box<Self>, _delay: Duration) {}
-}
-
-struct ChannelSubscription {
-    rx: mpsc::Receiver<Delivery>,
-}
-
-#[async_trait]
-impl Subscription for ChannelSubscription {
-    async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
-    }
 }
