@@ -162,6 +162,11 @@ pub struct MessageTrigger {
     pub component: String,
     /// Deliveries before a message is given up (dead-lettered); default 5.
     pub max_deliveries: Option<u32>,
+    /// Handle consecutive messages in warm instances instead of a fresh
+    /// instance per message (default `false`). An instance that fails,
+    /// traps or has handled its share of messages is discarded.
+    #[serde(default)]
+    pub reuse_instances: bool,
 }
 
 /// A component of the app, resolved.

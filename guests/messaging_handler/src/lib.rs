@@ -5,7 +5,9 @@
 //! `received`, so the host's tests can check deliveries from outside:
 //! - `count`: incremented once per delivery (redeliveries included),
 //! - `last-id`: the id of the latest message,
-//! - `payload/<id>`: the payload of message `<id>`.
+//! - `payload/<id>`: the payload of message `<id>`,
+//! - `instance-seq/<id>`: how many messages this instance had handled when
+//!   it got message `<id>` (1 in a fresh instance; more in a reused one).
 //!
 //! Payload `ping` is answered with `pong:ping` (request/reply); payload
 //! `fail-once` fails on its first attempt so the host redelivers it.
@@ -48,7 +50,14 @@ impl exports::berth::infra::handler::Guest for Handler {
 
 /// Writes what the tests look at into the `received` bucket.
 fn record(msg: &Message) -> Result<(), berth::infra::kv::Error> {
+    static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let bucket = Bucket::open("received")?;
+    bucket.set(
+        &format!("instance-seq/{}", msg.id),
+        seq.to_string().as_bytes(),
+        None,
+    )?;
     bucket.increment("count", 1)?;
     bucket.set("last-id", msg.id.as_bytes(), None)?;
     bucket.set(&format!("payload/{}", msg.id), &msg.payload, None)?;

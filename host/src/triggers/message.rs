@@ -5,9 +5,14 @@
 //! or a trap it is handed back to the broker for redelivery after an
 //! exponential backoff, until the trigger's `max_deliveries`; then it is
 //! dead-lettered (logged with its last error) and acknowledged.
+//!
+//! Each delivery gets a fresh instance, unless the trigger sets
+//! `reuse_instances`: then an instance that handled a message successfully
+//! goes back to a small pool of warm instances for the next one (see
+//! [`WarmPool`]).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::task::JoinSet;
@@ -15,9 +20,10 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::InvocationError;
 use crate::app::App;
-use crate::bindings::MessageHandlerPre;
+use crate::bindings::{MessageHandler, MessageHandlerPre};
 use crate::ports::messaging::host::message_to_wit;
 use crate::ports::messaging::{Delivery, Subscription};
+use crate::state::InstanceState;
 
 /// Deliveries before giving up, unless the trigger says otherwise.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
@@ -27,6 +33,35 @@ const BASE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Deliveries handled at once per trigger.
 const CONCURRENCY: usize = 16;
+/// Messages one warm instance handles before it is replaced, bounding what
+/// a guest that leaks memory or handles can accumulate.
+const MAX_MESSAGES_PER_INSTANCE: u32 = 1_000;
+
+/// Warm instances of one trigger's handler, idle between messages. At most
+/// [`CONCURRENCY`] exist, since each is in use by at most one delivery.
+#[derive(Default, Clone)]
+pub struct WarmPool(Arc<Mutex<Vec<WarmInstance>>>);
+
+struct WarmInstance {
+    store: wasmtime::Store<InstanceState>,
+    handler: MessageHandler,
+    handled: u32,
+}
+
+impl WarmPool {
+    fn take(&self) -> Option<WarmInstance> {
+        self.0.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, mut instance: WarmInstance) {
+        instance.handled += 1;
+        if instance.handled < MAX_MESSAGES_PER_INSTANCE {
+            if let Ok(mut idle) = self.0.lock() {
+                idle.push(instance);
+            }
+        }
+    }
+}
 
 /// Subscribes every message trigger of `app` and spawns its consumer loop
 /// on `tasks`.
@@ -43,12 +78,14 @@ pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()>
             .await
             .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
         let max = trigger.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES);
+        let warm = trigger.reuse_instances.then(WarmPool::default);
         tasks.spawn(consume(
             app.clone(),
             trigger.component.clone(),
             pre,
             subscription,
             max,
+            warm,
         ));
     }
     Ok(())
@@ -60,6 +97,7 @@ async fn consume(
     pre: MessageHandlerPre<crate::state::InstanceState>,
     mut subscription: Box<dyn Subscription>,
     max_deliveries: u32,
+    warm: Option<WarmPool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     while let Some(delivery) = subscription.next().await {
@@ -67,20 +105,31 @@ async fn consume(
             return;
         };
         let (app, component, pre) = (app.clone(), component.clone(), pre.clone());
+        let warm = warm.clone();
         tokio::spawn(async move {
-            handle_delivery(&app, &component, &pre, delivery, max_deliveries).await;
+            handle_delivery(
+                &app,
+                &component,
+                &pre,
+                delivery,
+                max_deliveries,
+                warm.as_ref(),
+            )
+            .await;
             drop(permit);
         });
     }
 }
 
-/// Invokes the handler once and settles the delivery.
+/// Invokes the handler once (in a warm instance from `warm`, if given and
+/// one is idle) and settles the delivery.
 pub async fn handle_delivery(
     app: &App,
     component: &str,
     pre: &MessageHandlerPre<crate::state::InstanceState>,
     delivery: Delivery,
     max_deliveries: u32,
+    warm: Option<&WarmPool>,
 ) {
     let Delivery {
         message,
@@ -89,7 +138,7 @@ pub async fn handle_delivery(
     } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
     let dead = (message.payload.clone(), message.headers.clone());
-    let outcome = invoke(app, component, pre, message).await;
+    let outcome = invoke(app, component, pre, message, warm).await;
     match outcome {
         Ok(answer) => {
             if let (Some(reply), Some(payload)) = (reply, answer) {
@@ -118,19 +167,43 @@ async fn invoke(
     name: &str,
     pre: &MessageHandlerPre<crate::state::InstanceState>,
     message: crate::ports::messaging::Message,
+    warm: Option<&WarmPool>,
 ) -> Result<Option<Vec<u8>>, String> {
     let component = app.component(name).map_err(|e| e.to_string())?;
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.inherit_stderr();
-    let mut store = app.new_store(component, wasi);
     let limit = component.env.limits.timeout;
     let msg = message_to_wit(message);
     let call = async {
-        let handler = pre.instantiate_async(&mut store).await?;
-        handler
+        let mut instance = match warm.and_then(WarmPool::take) {
+            Some(mut instance) => {
+                // A new invocation: a new deadline, both for the epoch
+                // callback and for time spent in host calls.
+                instance.store.data_mut().deadline = Instant::now() + limit;
+                instance.store.set_epoch_deadline(1);
+                instance
+            }
+            None => {
+                let mut wasi = WasiCtxBuilder::new();
+                wasi.inherit_stderr();
+                let mut store = app.new_store(component, wasi);
+                let handler = pre.instantiate_async(&mut store).await?;
+                WarmInstance {
+                    store,
+                    handler,
+                    handled: 0,
+                }
+            }
+        };
+        let result = instance
+            .handler
             .berth_infra_handler()
-            .call_handle(&mut store, &msg)
-            .await
+            .call_handle(&mut instance.store, &msg)
+            .await?;
+        // Only an instance whose handler succeeded is reused: after an error
+        // or a trap its state is suspect, and it is dropped here.
+        if let (Some(pool), Ok(_)) = (warm, &result) {
+            pool.give_back(instance);
+        }
+        wasmtime::Result::Ok(result)
     };
     match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
         Ok(Ok(result)) => result,

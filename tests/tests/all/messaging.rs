@@ -127,3 +127,43 @@ async fn messaging_gives_up_after_max_deliveries_inprocess() {
         "no redelivery past max_deliveries = 1"
     );
 }
+
+/// What `instance-seq/<id>` says: how many messages the handling instance
+/// had handled when it got message `id`.
+async fn instance_seq(app: &App, id: &str) -> u32 {
+    let value = app.backends.kv["received"]
+        .get(&format!("instance-seq/{id}"))
+        .await
+        .unwrap()
+        .expect("recorded");
+    String::from_utf8(value).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_fresh_or_warm_instances_inprocess() {
+    for (reuse, expected) in [(false, [1, 1, 1, 1]), (true, [1, 2, 1, 2])] {
+        let text = manifest(5).replace(
+            "max_deliveries = 5",
+            &format!("max_deliveries = 5\nreuse_instances = {reuse}"),
+        );
+        let t = TestApp::new(&text);
+        let (app, _tasks) = started(&t).await;
+        // One message at a time, so a warm instance is idle for the next.
+        // `fail-once` fails its first delivery, which discards a warm
+        // instance: its redelivery and the next message start afresh.
+        let mut seen = Vec::new();
+        let mut count = 0;
+        for payload in ["a", "b", "fail-once", "c"] {
+            let id = app
+                .backends
+                .messaging
+                .publish("events", payload.as_bytes().to_vec(), vec![])
+                .await
+                .unwrap();
+            count += if payload == "fail-once" { 2 } else { 1 };
+            wait_for_count(&app, count).await;
+            seen.push(instance_seq(&app, &id).await);
+        }
+        assert_eq!(seen, expected, "reuse_instances = {reuse}");
+    }
+}
