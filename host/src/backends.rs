@@ -21,8 +21,10 @@ use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::sql::PgTenancy;
 use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
-use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
+use crate::ports::sql::pg_tenancy::{tenant_password, tenant_role};
+use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings, TenantLogin};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
 use crate::secret::{Secret, SecretResolver};
 
@@ -123,10 +125,48 @@ pub async fn open(
                 min_connections,
                 connect_timeout_ms,
                 statement_timeout_ms,
+                tenancy,
+                tenant_password_key,
             } => {
+                let tenant = match (tenancy, tenant_password_key) {
+                    (PgTenancy::Shared, None) => None,
+                    (PgTenancy::Shared, Some(_)) => {
+                        return Err(origin.err(
+                            &format!("{key}.tenant_password_key"),
+                            "only used with `tenancy = \"role-per-app\"`",
+                        ));
+                    }
+                    (PgTenancy::RolePerApp, None) => {
+                        return Err(origin.err(
+                            &key,
+                            "`tenancy = \"role-per-app\"` needs `tenant_password_key` (a secret reference)",
+                        ));
+                    }
+                    (PgTenancy::RolePerApp, Some(_)) if schema.is_some() => {
+                        return Err(origin.err(
+                            &format!("{key}.schema"),
+                            "with `tenancy = \"role-per-app\"` each app gets its own schema; remove `schema`",
+                        ));
+                    }
+                    (PgTenancy::RolePerApp, Some(raw)) => {
+                        let secret = secret_setting(
+                            &origin,
+                            &format!("{key}.tenant_password_key"),
+                            &raw,
+                            &secrets,
+                        )
+                        .await?;
+                        let role = tenant_role(app, name);
+                        Some(TenantLogin {
+                            password: tenant_password(&secret, &role),
+                            role,
+                        })
+                    }
+                };
                 let settings = PostgresSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     password: optional_secret(&origin, &key, password, &secrets).await?,
+                    tenant,
                     schema,
                     max_connections: max_connections.unwrap_or(10),
                     min_connections: min_connections.unwrap_or(0),

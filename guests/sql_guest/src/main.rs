@@ -22,6 +22,7 @@ fn main() {
         ["conformance", db, dialect] => conformance::run(db, dialect),
         ["trap-in-tx", db] => trap_in_tx(db),
         ["expect-timeout", db, statement] => expect_timeout(db, statement),
+        ["try", db, statement] => try_statement(db, statement),
         ["count-trap-rows", db, expected] => {
             let expected: i64 = expected.parse().expect("<expected> must be an integer");
             count_trap_rows(db, expected);
@@ -29,6 +30,16 @@ fn main() {
         other => panic!(
             "usage: sql_guest conformance|trap-in-tx|count-trap-rows <db> [n]; got {other:?}"
         ),
+    }
+}
+
+/// Runs one statement and prints `ok <rows>` or `error <variant>: <message>`,
+/// exiting 0 either way: the test judges the outcome (hostile SQL).
+fn try_statement(db: &str, statement: &str) {
+    let conn = berth_bindings::sql::Connection::open(db).expect("open granted db");
+    match conn.query(statement, &[]) {
+        Ok(rs) => println!("ok {}", rs.rows.len()),
+        Err(e) => println!("error {e:?}"),
     }
 }
 

@@ -606,3 +606,90 @@ async fn delete_nats_stream(url: &str, app: &str) {
         .await
         .unwrap();
 }
+
+/// Runs `statement` as the app's guest through `sql_guest try` and returns
+/// what it printed: `ok <rows>` or `error <variant>(…)`.
+async fn try_sql(app: &berth::app::App, statement: &str) -> String {
+    let out = run(app, "guest", &["try", "main", statement]).await;
+    assert_success(&out);
+    out.stdout.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_tenants_isolated_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let (name_a, name_b) = (unique("tena_"), unique("tenb_"));
+    let (role_a, role_b) = (
+        berth::ports::sql::pg_tenancy::tenant_role(&name_a, "main"),
+        berth::ports::sql::pg_tenancy::tenant_role(&name_b, "main"),
+    );
+    let host = |t: &TestApp| {
+        let key = t.dir.path().join("tenant-key");
+        std::fs::write(&key, "tenant-key-for-tests").unwrap();
+        host_config(
+            t,
+            &format!(
+                "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"${{file:{}}}\"\nmax_connections = 2\n",
+                key.display()
+            ),
+        )
+    };
+    let (ta, tb) = (sql_app(&name_a), sql_app(&name_b));
+    let a = ta.load_with(&host(&ta)).await.unwrap();
+    let b = tb.load_with(&host(&tb)).await.unwrap();
+
+    assert_eq!(try_sql(&b, "CREATE TABLE secrets (v text)").await, "ok 0");
+    assert_eq!(
+        try_sql(&b, "INSERT INTO secrets VALUES ('b-secret')").await,
+        "ok 0"
+    );
+    // Each tenant works in its own schema, as its own role.
+    assert_eq!(try_sql(&a, "CREATE TABLE mine (v text)").await, "ok 0");
+    let whoami =
+        format!("SELECT 1 WHERE current_user = '{role_a}' AND current_schema() = '{role_a}'");
+    assert_eq!(try_sql(&a, &whoami).await, "ok 1");
+
+    // Everything tenant A tries against B, or to leave its sandbox, is
+    // refused by the server.
+    let attacks = [
+        format!("SELECT v FROM \"{role_b}\".secrets"),
+        format!("SET ROLE \"{role_b}\""),
+        format!("SET SESSION AUTHORIZATION \"{role_b}\""),
+        "SET ROLE postgres".to_owned(),
+        "SELECT pg_read_file('/etc/hostname')".to_owned(),
+        "COPY (SELECT 1) TO PROGRAM 'true'".to_owned(),
+        "CREATE EXTENSION IF NOT EXISTS citext".to_owned(),
+        "DO $$ BEGIN PERFORM 1; END $$".to_owned(),
+        "CREATE TABLE public.planted (v int)".to_owned(),
+        "CREATE TEMP TABLE scratch (v int)".to_owned(),
+        format!("ALTER ROLE \"{role_a}\" SUPERUSER"),
+        format!("GRANT \"{role_b}\" TO \"{role_a}\""),
+    ];
+    for attack in &attacks {
+        let outcome = try_sql(&a, attack).await;
+        assert!(outcome.starts_with("error Error::Denied("), "{attack}: {outcome}");
+    }
+    // Resetting the role or the search path changes nothing A can see.
+    assert_eq!(try_sql(&a, "RESET ROLE").await, "ok 0");
+    assert_eq!(try_sql(&a, &whoami).await, "ok 1");
+    let moved = format!("SET search_path = \"{role_b}\", public");
+    assert_eq!(try_sql(&a, &moved).await, "ok 0");
+    let outcome = try_sql(&a, "SELECT v FROM secrets").await;
+    assert!(outcome.starts_with("error "), "{outcome}");
+
+    // B's data is intact and B still reads it.
+    assert_eq!(try_sql(&b, "SELECT v FROM secrets").await, "ok 1");
+
+    drop((a, b));
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    for role in [role_a, role_b] {
+        for statement in [
+            format!("DROP SCHEMA IF EXISTS \"{role}\" CASCADE"),
+            format!("DROP ROLE IF EXISTS \"{role}\""),
+        ] {
+            sqlx::query(&statement).execute(&mut admin).await.unwrap();
+        }
+    }
+}

@@ -3,6 +3,7 @@
 pub mod host;
 pub mod mysql;
 mod mysql_values;
+pub mod pg_tenancy;
 mod pg_values;
 mod placeholders;
 pub mod postgres;
@@ -222,6 +223,17 @@ pub trait SqlCursor: Send {
     async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError>;
 }
 
+/// How a Postgres logical database is shared between apps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgTenancy {
+    /// Every app's pool logs in as the configured user.
+    #[default]
+    Shared,
+    /// A role and schema per app, provisioned by the host.
+    RolePerApp,
+}
+
 /// How the host serves a logical database (`[sql.<name>]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
@@ -248,6 +260,15 @@ pub enum SqlConfig {
         connect_timeout_ms: Option<u64>,
         /// Server-side statement timeout, in ms; default 30000.
         statement_timeout_ms: Option<u64>,
+        /// `"shared"` (default): the pool logs in as the URL's user.
+        /// `"role-per-app"`: the URL's user is an admin that provisions a
+        /// role and schema per app, and each app's pool logs in as its own
+        /// role (see `pg_tenancy`).
+        #[serde(default)]
+        tenancy: PgTenancy,
+        /// With `role-per-app`: the secret tenant role passwords are derived
+        /// from (a `${env:…}`/`${file:…}` reference).
+        tenant_password_key: Option<String>,
     },
     /// A MySQL or MariaDB database reached through a host-owned pool
     /// (`type = "mysql"`, or `"mariadb"`).

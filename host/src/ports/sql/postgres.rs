@@ -46,6 +46,18 @@ pub struct PostgresSettings {
     pub statement_timeout: Duration,
     /// Shown in `pg_stat_activity` (`berth:<app>:<name>`).
     pub application_name: String,
+    /// With role-per-app tenancy: the role the pool logs in as, provisioned
+    /// first with the URL's (admin) login. Its schema is the search path.
+    pub tenant: Option<TenantLogin>,
+}
+
+/// A tenant's own login (see [`super::pg_tenancy`]).
+#[derive(Debug, Clone)]
+pub struct TenantLogin {
+    /// Role, and schema, name.
+    pub role: String,
+    /// Its derived password.
+    pub password: Secret,
 }
 
 /// One logical database served by a Postgres pool.
@@ -62,9 +74,16 @@ impl PostgresDatabase {
         if let Some(password) = &s.password {
             options = options.password(password.expose());
         }
+        if let Some(tenant) = &s.tenant {
+            super::pg_tenancy::provision(&options, &tenant.role, &tenant.password).await?;
+            options = options
+                .username(&tenant.role)
+                .password(tenant.password.expose());
+        }
         let timeout_ms = s.statement_timeout.as_millis().to_string();
         let mut settings = vec![("statement_timeout", timeout_ms)];
-        if let Some(schema) = &s.schema {
+        let schema = s.tenant.as_ref().map(|t| &t.role).or(s.schema.as_ref());
+        if let Some(schema) = schema {
             settings.push((
                 "search_path",
                 format!("\"{}\"", schema.replace('"', "\"\"")),

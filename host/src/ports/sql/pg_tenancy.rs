@@ -1,0 +1,118 @@
+//! Role-per-app tenancy on Postgres (`tenancy = "role-per-app"`).
+//!
+//! With the host config's admin login, the host provisions for each app's
+//! logical database a role that owns one schema of the same name, and the
+//! app's pool logs in as that role. The role has no other rights: it is not
+//! a member of any role, cannot create roles or databases, and in the
+//! tenants' database the host revokes what `PUBLIC` gets by default (the
+//! `public` schema, temporary tables, the `plpgsql` language). So whatever
+//! SQL a guest sends — schema-qualified names of another tenant, `SET ROLE`,
+//! `SET SESSION AUTHORIZATION`, `pg_read_file`, `COPY … TO PROGRAM`,
+//! `CREATE EXTENSION`, `DO` blocks — the server refuses it.
+//!
+//! Role passwords are derived from a host secret (`tenant_password_key`) by
+//! HMAC, so every host process sharing the config logs in with the same
+//! password without storing one.
+
+use hmac::{Hmac, Mac as _};
+use sha2::{Digest as _, Sha256};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use super::SqlError;
+use super::postgres::map_error;
+use crate::secret::Secret;
+
+/// The role, and schema, serving `app`'s logical database `db`: readable,
+/// at most 63 bytes (Postgres' identifier limit), and collision-free thanks
+/// to a hash of the exact names.
+pub fn tenant_role(app: &str, db: &str) -> String {
+    let clean = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let digest = Sha256::digest(format!("{app}\0{db}").as_bytes());
+    let mut base = format!("berth_{}_{}", clean(app), clean(db));
+    base.truncate(63 - 9);
+    format!("{base}_{}", hex::encode(&digest[..4]))
+}
+
+/// The password of `role`, derived from the host's key.
+pub fn tenant_password(key: &Secret, role: &str) -> Secret {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key");
+    mac.update(role.as_bytes());
+    Secret::new(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Creates or updates `role` and its schema with an admin connection, and
+/// takes from `PUBLIC` the default rights a tenant could use to leave its
+/// schema. Idempotent; safe to run from several hosts at once.
+pub async fn provision(
+    admin: &PgConnectOptions,
+    role: &str,
+    password: &Secret,
+) -> Result<(), SqlError> {
+    // Both values are generated here ([a-z0-9_] and hex), never taken from
+    // a guest or a file, so quoting them inline is safe; DDL takes no
+    // parameters.
+    debug_assert!(role.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let mut conn = PgConnection::connect_with(admin).await.map_err(map_error)?;
+    let attributes =
+        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
+    let pw = password.expose();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(map_error)?;
+    if !exists {
+        let created = sqlx::query(&format!(
+            "CREATE ROLE \"{role}\" {attributes} PASSWORD '{pw}'"
+        ))
+        .execute(&mut conn)
+        .await;
+        match created {
+            Ok(_) => {}
+            // Another host created it meanwhile.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {}
+            Err(e) => return Err(map_error(e)),
+        }
+    }
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(map_error)?;
+    let database = database.replace('"', "\"\"");
+    for statement in [
+        format!("ALTER ROLE \"{role}\" WITH {attributes} PASSWORD '{pw}'"),
+        format!("CREATE SCHEMA IF NOT EXISTS \"{role}\" AUTHORIZATION \"{role}\""),
+        format!("ALTER ROLE \"{role}\" SET search_path = \"{role}\""),
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),
+        "REVOKE ALL ON LANGUAGE plpgsql FROM PUBLIC".to_owned(),
+        format!("REVOKE CREATE, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut conn)
+            .await
+            .map_err(map_error)?;
+    }
+    conn.close().await.map_err(map_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_bounded_and_distinct() {
+        let a = tenant_role("shop", "main");
+        assert!(a.starts_with("berth_shop_main_"), "{a}");
+        assert_ne!(tenant_role("a_b", "c"), tenant_role("a", "b_c"));
+        assert_ne!(tenant_role("Shop", "main"), tenant_role("shop", "main"));
+        let long = tenant_role(&"x".repeat(64), &"y".repeat(64));
+        assert!(long.len() <= 63, "{}", long.len());
+        let key = Secret::new("k");
+        assert_eq!(tenant_password(&key, &a), tenant_password(&key, &a));
+        assert_ne!(tenant_password(&key, &a), tenant_password(&key, "other"));
+    }
+}
