@@ -669,7 +669,10 @@ async fn sql_tenants_isolated_postgres() {
     ];
     for attack in &attacks {
         let outcome = try_sql(&a, attack).await;
-        assert!(outcome.starts_with("error Error::Denied("), "{attack}: {outcome}");
+        assert!(
+            outcome.starts_with("error Error::Denied("),
+            "{attack}: {outcome}"
+        );
     }
     // Resetting the role or the search path changes nothing A can see.
     assert_eq!(try_sql(&a, "RESET ROLE").await, "ok 0");

@@ -34,3 +34,29 @@ async fn sql_rollback_on_trap_sqlite() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn sql_escapes_refused_sqlite() {
+    // Another app's database file, and a shared library, for the guest to
+    // try to reach.
+    let t = sql_app();
+    let app = t.load().await.unwrap();
+    let other = t.dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE secrets (v TEXT); INSERT INTO secrets VALUES ('x');")
+        .unwrap();
+    let attempts = [
+        format!("ATTACH DATABASE '{}' AS o", other.display()),
+        "ATTACH DATABASE ':memory:' AS m".to_owned(),
+        "SELECT load_extension('/usr/lib/x86_64-linux-gnu/libm.so.6')".to_owned(),
+        "VACUUM INTO '/tmp/berth-sqlite-copy.db'".to_owned(),
+    ];
+    for statement in &attempts {
+        let out = run(&app, "guest", &["try", "main", statement]).await;
+        assert_success(&out);
+        let printed = out.stdout.trim();
+        assert!(printed.starts_with("error "), "{statement}: {printed}");
+    }
+    assert!(!std::path::Path::new("/tmp/berth-sqlite-copy.db").exists());
+}
