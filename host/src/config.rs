@@ -45,6 +45,15 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// `[serve]`: how `berth serve` routes requests to apps.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// When set, `<app>.<domain>` reaches app `<app>` (besides the path
+    /// prefix `/<app>/`).
+    pub domain: Option<String>,
+}
+
 /// The operator's configuration of a host.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +68,9 @@ pub struct HostConfig {
     /// Engine sizing.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Routing of `berth serve`.
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// Backend per logical SQL database.
     #[serde(default)]
     pub sql: BTreeMap<String, SqlConfig>,

@@ -26,4 +26,5 @@ pub mod outbound;
 pub mod ports;
 pub mod secret;
 pub mod state;
+pub mod tenants;
 pub mod triggers;

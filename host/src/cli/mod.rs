@@ -1,4 +1,4 @@
-//! The `berth` command line: `run`, `up` and `check`.
+//! The `berth` command line: `run`, `up`, `serve` and `check`.
 
 mod build;
 
@@ -36,6 +36,9 @@ enum Command {
     Up(UpArgs),
     /// Validate a manifest and its components without running anything.
     Check(CheckArgs),
+    /// Serve every app under a directory (one subdirectory with a
+    /// `berth.toml` per app), picking up added, changed and removed apps.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +76,17 @@ struct UpArgs {
     /// Skip the components' build commands.
     #[arg(long)]
     no_build: bool,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Directory of apps: each subdirectory holding a `berth.toml`.
+    apps: PathBuf,
+    /// Address to listen on [default: 127.0.0.1:3000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -148,6 +162,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args).await,
         Command::Up(args) => up(args).await,
         Command::Check(args) => check(args).await,
+        Command::Serve(args) => serve(args).await,
     }
 }
 
@@ -230,6 +245,37 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  state in {}", app.state_dir.display());
     crate::triggers::http::serve(handler, listener, shutdown_signal()).await?;
     tasks.abort_all();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut host = host_config(&args.host)?;
+    if let Some(listen) = args.listen {
+        host.listen = Some(listen);
+    }
+    if !args.apps.is_dir() {
+        bail!("{} is not a directory of apps", args.apps.display());
+    }
+    let engine = HostEngine::new(host.engine_settings())?;
+    let listener = tokio::net::TcpListener::bind(host.listen())
+        .await
+        .with_context(|| format!("cannot listen on {}", host.listen()))?;
+    let addr = listener.local_addr()?;
+    let tenants = Arc::new(crate::tenants::Tenants::new(
+        engine,
+        host,
+        args.apps.clone(),
+    ));
+    for error in tenants.sync().await {
+        eprintln!("error: {error}");
+    }
+    println!("berth: serving {} at http://{addr}", args.apps.display());
+    for name in tenants.app_names() {
+        println!("  /{name}/...");
+    }
+    let watcher = tokio::spawn(tenants.clone().watch());
+    crate::triggers::http::serve(tenants, listener, shutdown_signal()).await?;
+    watcher.abort();
     Ok(ExitCode::SUCCESS)
 }
 

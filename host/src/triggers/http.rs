@@ -50,6 +50,25 @@ impl Route {
     }
 }
 
+/// Something that answers HTTP requests: one app ([`HttpHandler`]) or many
+/// (`crate::tenants::Tenants`).
+pub trait HttpService: Send + Sync + 'static {
+    /// Handles one request; errors become responses.
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<HyperOutgoingBody>> + Send;
+}
+
+impl HttpService for HttpHandler {
+    async fn call(self: Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        match self.handle(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
 /// An app's routes, ready to serve.
 pub struct HttpHandler {
     app: Arc<App>,
@@ -57,6 +76,11 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
+    /// The app it serves.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
     /// Prepares the routes of `app`.
     pub fn new(app: Arc<App>) -> anyhow::Result<HttpHandler> {
         let mut routes = Vec::new();
@@ -92,10 +116,7 @@ impl HttpHandler {
             return Ok(self.serve_blob(rest, &query).await);
         }
         let Some(route) = self.routes.iter().find(|r| r.matches(&path)) else {
-            return Ok(json_response(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "no route matches this path"}),
-            ));
+            return Ok(not_found());
         };
         Ok(self.invoke(route, req).await)
     }
@@ -221,6 +242,14 @@ impl HttpHandler {
     }
 }
 
+/// The 404 of a path no route (or no app) matches.
+pub fn not_found() -> Response<HyperOutgoingBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({"error": "no route matches this path"}),
+    )
+}
+
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<HyperOutgoingBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))
@@ -250,8 +279,8 @@ fn error_response(
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish for up to [`SHUTDOWN_GRACE`].
-pub async fn serve(
-    handler: Arc<HttpHandler>,
+pub async fn serve<H: HttpService>(
+    handler: Arc<H>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -270,7 +299,10 @@ pub async fn serve(
                     }
                 };
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| handler.clone().handle(req));
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler.call(req).await) }
+                });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

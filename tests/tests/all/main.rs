@@ -17,3 +17,4 @@ mod messaging;
 mod services;
 mod sql;
 mod sql_mysql;
+mod tenants;

@@ -1,0 +1,314 @@
+//! `berth serve`: many apps (tenants) in one host, loaded from a directory
+//! and kept in step with it while serving.
+//!
+//! Each subdirectory of the apps directory holding a `berth.toml` is one
+//! app. Its HTTP routes are mounted under `/<app-name>/` (the prefix is
+//! stripped before the app sees the path), and, when the host config sets
+//! `serve.domain`, also at `<app-name>.<domain>` with the full path.
+//!
+//! The directory is rescanned every [`RELOAD_INTERVAL`]: a new or changed
+//! app is loaded completely (validated, backends opened, compiled) before
+//! it replaces the running version, so requests in flight finish on the
+//! old version and new ones go to the new one. An update that fails to
+//! load is refused and logged; the previous version keeps serving. A
+//! removed directory unmounts its app.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::app::App;
+use crate::config::HostConfig;
+use crate::engine::HostEngine;
+use crate::manifest::Manifest;
+use crate::ports::blob::url::URL_PREFIX;
+use crate::triggers::http::{HttpHandler, HttpService, not_found};
+
+/// How often the apps directory is rescanned.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a change to an app looks like from the file system: the manifest's
+/// bytes and the size and modification time of each component file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    fn of(manifest_path: &Path) -> Option<Fingerprint> {
+        let text = std::fs::read(manifest_path).ok()?;
+        let components = Manifest::load(manifest_path)
+            .map(|m| {
+                m.components
+                    .values()
+                    .map(|c| {
+                        let meta = std::fs::metadata(&c.path).ok();
+                        (
+                            c.path.clone(),
+                            meta.as_ref().map_or(0, |m| m.len()),
+                            meta.and_then(|m| m.modified().ok()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Fingerprint(text, components))
+    }
+}
+
+/// One app as mounted: its version's handler and message triggers.
+struct Mounted {
+    name: String,
+    handler: Arc<HttpHandler>,
+    triggers: tokio::task::JoinSet<()>,
+}
+
+/// The apps of a host, by the directory they were loaded from.
+pub struct Tenants {
+    engine: HostEngine,
+    host: HostConfig,
+    dir: PathBuf,
+    /// Directory → what was last seen there, and the running version.
+    mounted: RwLock<BTreeMap<PathBuf, (Fingerprint, Arc<Mounted>)>>,
+    /// App name → directory, for routing.
+    by_name: RwLock<BTreeMap<String, PathBuf>>,
+    /// Directory → the fingerprint of a version that failed to load, so it
+    /// is reported once rather than every scan.
+    refused: RwLock<BTreeMap<PathBuf, Fingerprint>>,
+}
+
+impl Tenants {
+    /// Hosts the apps under `dir`; call [`Tenants::sync`] to load them.
+    pub fn new(engine: HostEngine, host: HostConfig, dir: PathBuf) -> Tenants {
+        Tenants {
+            engine,
+            host,
+            dir,
+            mounted: RwLock::default(),
+            by_name: RwLock::default(),
+            refused: RwLock::default(),
+        }
+    }
+
+    /// Names of the apps being served.
+    pub fn app_names(&self) -> Vec<String> {
+        self.by_name
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The running version of the app called `name`.
+    pub fn app(&self, name: &str) -> Option<Arc<App>> {
+        self.mounted_named(name).map(|m| m.handler.app().clone())
+    }
+
+    fn mounted_named(&self, name: &str) -> Option<Arc<Mounted>> {
+        let dir = self.by_name.read().ok()?.get(name)?.clone();
+        Some(self.mounted.read().ok()?.get(&dir)?.1.clone())
+    }
+
+    /// Brings the mounted apps in line with the directory: loads new and
+    /// changed apps, unmounts removed ones. Returns the errors of apps that
+    /// could not be loaded (each also logged).
+    pub async fn sync(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut seen = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => return vec![format!("cannot read {}: {e}", self.dir.display())],
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("berth.toml").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            seen.push(dir.clone());
+            let manifest_path = dir.join("berth.toml");
+            let Some(fingerprint) = Fingerprint::of(&manifest_path) else {
+                continue;
+            };
+            let current = self
+                .mounted
+                .read()
+                .ok()
+                .and_then(|m| m.get(&dir).map(|(f, _)| f.clone()));
+            let refused = self.refused.read().ok().and_then(|r| r.get(&dir).cloned());
+            if current.as_ref() == Some(&fingerprint) || refused.as_ref() == Some(&fingerprint) {
+                continue;
+            }
+            match self.load(&dir, &manifest_path).await {
+                Ok(mounted) => {
+                    self.mount(dir.clone(), fingerprint, mounted);
+                    if let Ok(mut r) = self.refused.write() {
+                        r.remove(&dir);
+                    }
+                }
+                Err(e) => {
+                    let verb = if current.is_some() { "update" } else { "app" };
+                    let message = format!("{}: {verb} refused: {e:#}", manifest_path.display());
+                    tracing::error!(
+                        "{message}{}",
+                        if current.is_some() {
+                            "; the previous version keeps serving"
+                        } else {
+                            ""
+                        }
+                    );
+                    errors.push(message);
+                    if let Ok(mut r) = self.refused.write() {
+                        r.insert(dir.clone(), fingerprint);
+                    }
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = self
+            .mounted
+            .read()
+            .map(|m| m.keys().filter(|d| !seen.contains(d)).cloned().collect())
+            .unwrap_or_default();
+        for dir in gone {
+            self.unmount(&dir);
+        }
+        errors
+    }
+
+    async fn load(&self, dir: &Path, manifest_path: &Path) -> anyhow::Result<Mounted> {
+        let manifest = Manifest::load(manifest_path)?;
+        let name = manifest.name.clone();
+        let claimed = self
+            .by_name
+            .read()
+            .ok()
+            .and_then(|m| m.get(&name).cloned())
+            .filter(|d| d != dir);
+        if let Some(other) = claimed {
+            anyhow::bail!(
+                "app name `{name}` is already served from {}",
+                other.display()
+            );
+        }
+        let app = Arc::new(App::load(&self.engine, manifest, &self.host).await?);
+        let handler = Arc::new(HttpHandler::new(app.clone())?);
+        let mut triggers = tokio::task::JoinSet::new();
+        crate::triggers::message::start(app, &mut triggers).await?;
+        Ok(Mounted {
+            name,
+            handler,
+            triggers,
+        })
+    }
+
+    fn mount(&self, dir: PathBuf, fingerprint: Fingerprint, new: Mounted) {
+        let name = new.name.clone();
+        let old = self
+            .mounted
+            .write()
+            .ok()
+            .and_then(|mut m| m.insert(dir.clone(), (fingerprint, Arc::new(new))));
+        if let Ok(mut names) = self.by_name.write() {
+            if let Some((_, old)) = &old {
+                names.remove(&old.name);
+            }
+            names.insert(name.clone(), dir);
+        }
+        if let Some((_, old)) = old {
+            stop_triggers(old);
+            tracing::info!(app = %name, "app updated");
+        } else {
+            tracing::info!(app = %name, "app mounted");
+        }
+    }
+
+    fn unmount(&self, dir: &Path) {
+        let old = self.mounted.write().ok().and_then(|mut m| m.remove(dir));
+        if let Some((_, old)) = old {
+            if let Ok(mut names) = self.by_name.write() {
+                names.remove(&old.name);
+            }
+            tracing::info!(app = %old.name, "app removed");
+            stop_triggers(old);
+        }
+    }
+
+    /// Rescans every [`RELOAD_INTERVAL`] until dropped.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(RELOAD_INTERVAL).await;
+            self.sync().await;
+        }
+    }
+
+    /// Which app a request is for, and the path it should see.
+    fn route(&self, req: &Request<Incoming>) -> Option<(Arc<Mounted>, Option<String>)> {
+        let path = req.uri().path();
+        // Signed blob URLs carry the app name: /_berth/blob/<app>/…
+        if let Some(rest) = path.strip_prefix(URL_PREFIX) {
+            let app = rest.split('/').next()?;
+            return Some((self.mounted_named(app)?, None));
+        }
+        if let Some(domain) = &self.host.serve.domain {
+            let host = req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+                .unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            if let Some(app) = host
+                .strip_suffix(domain.as_str())
+                .and_then(|h| h.strip_suffix('.'))
+            {
+                return Some((self.mounted_named(app)?, None));
+            }
+        }
+        let rest = path.strip_prefix('/')?;
+        let (app, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        Some((self.mounted_named(app)?, Some(format!("/{tail}"))))
+    }
+}
+
+/// Stops the message triggers of a replaced or removed version once the
+/// last request using it has finished; deliveries being handled finish.
+fn stop_triggers(old: Arc<Mounted>) {
+    tokio::spawn(async move {
+        let mut old = old;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(mut mounted) => {
+                    mounted.triggers.abort_all();
+                    return;
+                }
+                Err(still_shared) => {
+                    old = still_shared;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+impl HttpService for Tenants {
+    async fn call(self: Arc<Self>, mut req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let Some((mounted, path)) = self.route(&req) else {
+            return not_found();
+        };
+        if let Some(path) = path {
+            let path_and_query = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = path_and_query.parse().ok();
+            match hyper::Uri::from_parts(parts) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return not_found(),
+            }
+        }
+        mounted.handler.clone().call(req).await
+    }
+}
