@@ -54,6 +54,9 @@ pub struct ComponentEnv {
     pub outbound: Arc<OutboundGrants>,
     /// Limits.
     pub limits: ComponentLimits,
+    /// One permit per instance that may be alive at once
+    /// (`limits.concurrency`).
+    pub slots: Arc<tokio::sync::Semaphore>,
     /// Resolved values of the granted config keys only.
     pub config: BTreeMap<String, Secret>,
     /// The app's backends.
@@ -232,6 +235,7 @@ impl App {
                         .collect(),
                     network: network.clone(),
                 }),
+                slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency as usize)),
                 limits,
                 config: config
                     .iter()

@@ -14,6 +14,10 @@ use wasmtime::ResourceLimiter;
 pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 /// Default time an invocation may take, guest code and host calls together.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default instances of one component alive at once.
+pub const DEFAULT_CONCURRENCY: u32 = 100;
+/// Default outbound HTTP requests one invocation may send.
+pub const DEFAULT_OUTBOUND_REQUESTS: u32 = 100;
 /// Most table elements an instance may grow to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
@@ -24,6 +28,11 @@ pub struct ComponentLimits {
     pub memory_bytes: u64,
     /// Wall-clock time per invocation.
     pub timeout: Duration,
+    /// Instances of the component alive at once; an HTTP request beyond
+    /// it is answered 503 at once, a message waits for a free slot.
+    pub concurrency: u32,
+    /// Outbound HTTP requests one invocation may send.
+    pub outbound_requests: u32,
     /// Size caps for port payloads.
     pub payloads: PayloadLimits,
 }
@@ -33,6 +42,8 @@ impl Default for ComponentLimits {
         Self {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             timeout: DEFAULT_TIMEOUT,
+            concurrency: DEFAULT_CONCURRENCY,
+            outbound_requests: DEFAULT_OUTBOUND_REQUESTS,
             payloads: PayloadLimits::default(),
         }
     }
@@ -100,6 +111,9 @@ pub enum LimitExceeded {
     /// The guest tried to grow a table past its limit.
     #[error("table limit exceeded: the guest asked for {0} table elements")]
     Table(usize),
+    /// All the component's instance slots are busy.
+    #[error("concurrency limit reached: {0} instances of this component are already running")]
+    Concurrency(u32),
 }
 
 impl LimitExceeded {

@@ -131,6 +131,8 @@ pub struct Grants {
 struct RawLimits {
     memory_mb: Option<u64>,
     timeout_ms: Option<u64>,
+    concurrency: Option<u32>,
+    outbound_requests: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,6 +447,21 @@ impl Validator<'_> {
                 return Err(self.invalid(format!("{key}.limits.timeout_ms"), "must be 1..=3600000"));
             }
             limits.timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = raw.concurrency {
+            if n == 0 || n > 100_000 {
+                return Err(self.invalid(format!("{key}.limits.concurrency"), "must be 1..=100000"));
+            }
+            limits.concurrency = n;
+        }
+        if let Some(n) = raw.outbound_requests {
+            if n > 100_000 {
+                return Err(self.invalid(
+                    format!("{key}.limits.outbound_requests"),
+                    "must be 0..=100000",
+                ));
+            }
+            limits.outbound_requests = n;
         }
         Ok(limits)
     }

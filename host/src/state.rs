@@ -41,7 +41,7 @@ impl InstanceState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            outbound: OutboundPolicy::new(env.outbound.clone()),
+            outbound: OutboundPolicy::new(env.outbound.clone(), env.limits.outbound_requests),
             limiter: InstanceLimiter::new(env.limits.memory_bytes),
             deadline: Instant::now() + env.limits.timeout,
             env,

@@ -8,7 +8,7 @@
 //! | `/hello`        | 200 `hello from berth`                                     |
 //! | `/loop`         | spins forever, never responds                              |
 //! | `/memory`       | allocates 1 MiB chunks forever, never responds normally    |
-//! | `/fetch?url=U[&header=N:V]` | outgoing `GET U` (with header `N: V`); 200 `upstream <status>: <body>`, or 502 `error: <ErrorCode>` |
+//! | `/fetch?url=U[&header=N:V][&times=K]` | outgoing `GET U` (with header `N: V`), `K` times (default 1); 200 `upstream <status>: <body>` of the last, or 502 `error: <ErrorCode>` of the first failure |
 //! | anything else   | 404 `not found`                                            |
 
 use std::io::{Read as _, Write as _};
@@ -75,17 +75,32 @@ fn fetch(query: &str) -> (u16, String) {
         .find_map(|pair| pair.strip_prefix("header="))
         .map(percent_decode);
     let header = header.as_deref().and_then(|h| h.split_once(':'));
+    let times: u32 = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("times="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    for _ in 1..times {
+        if let Err(error) = get(scheme.clone(), authority, &path_with_query, header) {
+            return (502, format!("error: {}", error_name(&error)));
+        }
+    }
     match get(scheme, authority, &path_with_query, header) {
         Ok((status, body)) => (
             200,
             format!("upstream {status}: {}", String::from_utf8_lossy(&body)),
         ),
-        Err(error) => {
-            let debug = format!("{error:?}");
-            let debug = debug.strip_prefix("ErrorCode::").unwrap_or(&debug);
-            (502, format!("error: {debug}"))
-        }
+        Err(error) => (502, format!("error: {}", error_name(&error))),
     }
+}
+
+/// `ErrorCode::X(..)` printed as `X(..)`.
+fn error_name(error: &ErrorCode) -> String {
+    let debug = format!("{error:?}");
+    debug
+        .strip_prefix("ErrorCode::")
+        .unwrap_or(&debug)
+        .to_owned()
 }
 
 fn get(

@@ -123,16 +123,23 @@ fn default_port(scheme: &str) -> u16 {
     }
 }
 
-/// The `wasi:http` hooks of one instance: routes and sends its requests.
+/// The `wasi:http` hooks of one instance: routes and sends its requests,
+/// at most `max_requests` of them.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
     grants: Arc<OutboundGrants>,
+    sent: u32,
+    max_requests: u32,
 }
 
 impl OutboundPolicy {
-    /// A policy for a component with `grants`.
-    pub fn new(grants: Arc<OutboundGrants>) -> Self {
-        Self { grants }
+    /// A policy for one invocation of a component with `grants`.
+    pub fn new(grants: Arc<OutboundGrants>, max_requests: u32) -> Self {
+        Self {
+            grants,
+            sent: 0,
+            max_requests,
+        }
     }
 }
 
@@ -145,7 +152,19 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = Result<connect::Sent, HttpError>> + Send> {
         _ = fut;
         let grants = self.grants.clone();
+        self.sent = self.sent.saturating_add(1);
+        let over_limit = self.sent > self.max_requests;
+        let max = self.max_requests;
         Box::new(async move {
+            if over_limit {
+                tracing::warn!(
+                    limit = max,
+                    "outbound request limit of the invocation reached"
+                );
+                return Err(HttpError::InternalError(Some(format!(
+                    "outbound request limit reached: an invocation may send {max} requests"
+                ))));
+            }
             let target = grants.route(&mut request)?;
             connect::send(request, target, grants.network.clone(), options).await
         })

@@ -128,6 +128,17 @@ impl HttpHandler {
                 return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None);
             }
         };
+        // At capacity, answer at once rather than queue: the client (or its
+        // balancer) can retry elsewhere.
+        let Ok(permit) = component.env.slots.clone().try_acquire_owned() else {
+            let limit = LimitExceeded::Concurrency(component.env.limits.concurrency);
+            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &limit.to_string(),
+                Some("concurrency"),
+            );
+        };
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
         let mut store = self.app.new_store(component, wasi);
@@ -153,6 +164,7 @@ impl HttpHandler {
         let pre = route.pre.clone();
         let limit = component.env.limits.timeout;
         let task = tokio::spawn(async move {
+            let _permit = permit;
             let call = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

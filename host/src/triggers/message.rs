@@ -172,6 +172,8 @@ async fn invoke(
     let component = app.component(name).map_err(|e| e.to_string())?;
     let limit = component.env.limits.timeout;
     let msg = message_to_wit(message);
+    // A delivery waits for a free instance slot; the broker holds the rest.
+    let _permit = component.env.slots.clone().acquire_owned().await;
     let call = async {
         let mut instance = match warm.and_then(WarmPool::take) {
             Some(mut instance) => {

@@ -46,6 +46,7 @@ impl InvocationError {
             InvocationError::Limit(LimitExceeded::Timeout(_)) => Some("time"),
             InvocationError::Limit(LimitExceeded::Memory { .. }) => Some("memory"),
             InvocationError::Limit(LimitExceeded::Table(_)) => Some("table"),
+            InvocationError::Limit(LimitExceeded::Concurrency(_)) => Some("concurrency"),
             InvocationError::Trap(_) => None,
         }
     }

@@ -74,6 +74,7 @@ pub async fn run(
     if pipes.is_none() {
         wasi.inherit_stdio();
     }
+    let _permit = component.env.slots.clone().acquire_owned().await;
     let mut store = app.new_store(component, wasi);
     let limit = component.env.limits.timeout;
     let call = async {

@@ -368,3 +368,68 @@ async fn http_upstream_grant_must_exist_in_host_config() {
         .to_string();
     assert!(err.contains("outbound.allow_private"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_concurrency_and_outbound_request_limits() {
+    let up = upstream().await;
+    let t = TestApp::new(&format!(
+        r#"
+name = "limited"
+[component.web]
+path = {path:?}
+[component.web.grants]
+http = ["http://127.0.0.1:{up}"]
+[component.web.limits]
+timeout_ms = 700
+concurrency = 1
+outbound_requests = 2
+[[trigger.http]]
+route = "/..."
+component = "web"
+"#,
+        path = guests::HTTP_GUEST
+    ));
+    let server = serve_with(&t, loopback_allowed(&t, "")).await;
+    let base = server.base.clone();
+
+    // Two requests per invocation are fine; the third is refused.
+    let url = format!("http://127.0.0.1:{up}/x");
+    let twice = reqwest::Client::new()
+        .get(format!("{base}/fetch"))
+        .query(&[("url", url.as_str()), ("times", "2")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 200);
+    let thrice = reqwest::Client::new()
+        .get(format!("{base}/fetch"))
+        .query(&[("url", url.as_str()), ("times", "3")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thrice.status(), 502);
+    let body = thrice.text().await.unwrap();
+    assert!(body.contains("outbound request limit reached"), "{body}");
+
+    // While one instance spins, the only slot is taken: 503 at once.
+    let spinning = tokio::spawn({
+        let url = format!("{base}/loop");
+        async move { reqwest::get(url).await.unwrap().status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let busy = reqwest::get(format!("{base}/hello")).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(300));
+    assert_eq!(busy.status(), 503);
+    let body: Value = busy.json().await.unwrap();
+    assert_eq!(body["limit"], "concurrency", "{body}");
+    assert_eq!(
+        spinning.await.unwrap(),
+        503,
+        "the spinner hit its time limit"
+    );
+    // The slot is free again.
+    let after = reqwest::get(format!("{base}/hello")).await.unwrap();
+    assert_eq!(after.status(), 200);
+    server.stop().await;
+}
