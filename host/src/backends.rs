@@ -335,7 +335,7 @@ pub async fn open(
             )
         }
     };
-    let email: Arc<dyn EmailBackend> = match host.email.clone() {
+    let transport: Arc<dyn EmailBackend> = match host.email.clone() {
         EmailConfig::File {} => {
             Arc::new(FileSink::open(state.join("email")).map_err(|e| origin.err("email", e))?)
         }
@@ -374,6 +374,13 @@ pub async fn open(
             )
         }
     };
+    let per_minute = host
+        .app_limits
+        .emails_per_minute
+        .unwrap_or(crate::ports::email::rate::DEFAULT_PER_MINUTE);
+    let email: Arc<dyn EmailBackend> = Arc::new(crate::ports::email::rate::RateLimited::new(
+        transport, per_minute,
+    ));
     Ok(AppBackends {
         sql,
         kv,

@@ -45,6 +45,15 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// `[app_limits]`: limits the host applies to every app as a whole.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppLimitsConfig {
+    /// Emails one app may send per minute (bursts up to the same number);
+    /// default 120.
+    pub emails_per_minute: Option<u32>,
+}
+
 /// `[serve]`: how `berth serve` routes requests to apps.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +80,9 @@ pub struct HostConfig {
     /// Routing of `berth serve`.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// Limits per app.
+    #[serde(default)]
+    pub app_limits: AppLimitsConfig,
     /// Backend per logical SQL database.
     #[serde(default)]
     pub sql: BTreeMap<String, SqlConfig>,

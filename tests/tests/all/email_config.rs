@@ -182,3 +182,33 @@ async fn operator_config_must_name_declared_keys() {
     assert!(err.contains("app_config.cfgtest.greting"), "{err}");
     assert!(err.contains("declares no config key"), "{err}");
 }
+
+#[tokio::test]
+async fn email_rate_limited_per_app() {
+    let app = |name: &str| {
+        TestApp::new(&single_component_manifest(
+            name,
+            guests::EMAIL_GUEST,
+            "",
+            "email_senders = [\"app@berth.example\"]",
+        ))
+    };
+    let (ta, tb) = (app("mail-a"), app("mail-b"));
+    let limits = "[app_limits]\nemails_per_minute = 1\n";
+    let a = ta
+        .load_with(&berth_tests::host_config(&ta, limits))
+        .await
+        .unwrap();
+    let b = tb
+        .load_with(&berth_tests::host_config(&tb, limits))
+        .await
+        .unwrap();
+    let send = ["send", "app@berth.example", "user@example.org"];
+    assert_success(&run(&a, "guest", &send).await);
+    // The second message of the minute is refused to app A only.
+    let refused = run(&a, "guest", &send).await;
+    assert!(refused.status.is_err(), "second send must fail");
+    let output = format!("{}{:?}", refused.stderr, refused.status);
+    assert!(output.contains("RateLimited"), "{output}");
+    assert_success(&run(&b, "guest", &send).await);
+}

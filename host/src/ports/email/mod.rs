@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod host;
+pub mod rate;
 pub mod smtp;
 
 use async_trait::async_trait;

@@ -1,0 +1,88 @@
+//! A per-app send rate for email: a token bucket in front of the app's mail
+//! transport, so one tenant cannot flood the shared SMTP relay (or get it
+//! blocklisted for everyone).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{EmailBackend, EmailError, EmailMessage};
+
+/// Default messages per minute per app.
+pub const DEFAULT_PER_MINUTE: u32 = 120;
+
+/// Allows `per_minute` messages a minute, in bursts of up to `per_minute`.
+pub struct RateLimited {
+    inner: Arc<dyn EmailBackend>,
+    per_minute: f64,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl RateLimited {
+    /// Limits `inner` to `per_minute` messages a minute.
+    pub fn new(inner: Arc<dyn EmailBackend>, per_minute: u32) -> Self {
+        let per_minute = f64::from(per_minute);
+        Self {
+            inner,
+            per_minute,
+            bucket: Mutex::new((per_minute, Instant::now())),
+        }
+    }
+
+    /// Takes a token if one is left.
+    fn take(&self) -> bool {
+        let Ok(mut bucket) = self.bucket.lock() else {
+            return false;
+        };
+        let (tokens, last) = &mut *bucket;
+        let now = Instant::now();
+        let refill = now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0;
+        *tokens = (*tokens + refill).min(self.per_minute);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[async_trait]
+impl EmailBackend for RateLimited {
+    async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
+        if !self.take() {
+            tracing::warn!(
+                per_minute = self.per_minute,
+                "email send rate of the app reached"
+            );
+            return Err(EmailError::RateLimited);
+        }
+        self.inner.send(message).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sink;
+
+    #[async_trait]
+    impl EmailBackend for Sink {
+        async fn send(&self, _: &EmailMessage) -> Result<String, EmailError> {
+            Ok("id".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn bursts_up_to_the_rate_then_refuses() {
+        let limited = RateLimited::new(Arc::new(Sink), 3);
+        let msg = EmailMessage::default();
+        for _ in 0..3 {
+            assert!(limited.send(&msg).await.is_ok());
+        }
+        assert_eq!(limited.send(&msg).await, Err(EmailError::RateLimited));
+    }
+}
