@@ -105,3 +105,88 @@ async fn tenants_routed_updated_and_removed() {
     let _ = stop.send(());
     served.await.unwrap().unwrap();
 }
+
+/// Writes an app serving the `http_guest` at `/...` with `limits`.
+fn write_http_app(dir: &Path, name: &str, limits: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("berth.toml"),
+        format!(
+            "name = \"{name}\"\n[component.web]\npath = {:?}\n[component.web.grants]\nhttp = [\"https://example.com\"]\n[component.web.limits]\n{limits}\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n",
+            berth_tests::guests::HTTP_GUEST
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_noisy_neighbour_does_not_starve_others() {
+    let apps = tempfile::tempdir().unwrap();
+    write_http_app(
+        &apps.path().join("attacker"),
+        "attacker",
+        "timeout_ms = 1000\nmemory_mb = 32\nconcurrency = 8",
+    );
+    write_http_app(&apps.path().join("victim"), "victim", "timeout_ms = 5000");
+    let tenants = Arc::new(Tenants::new(
+        engine().clone(),
+        HostConfig::default(),
+        apps.path().to_path_buf(),
+    ));
+    assert_eq!(tenants.sync().await, Vec::<String>::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(berth::triggers::http::serve(
+        tenants.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+
+    // The attacker spins and allocates to its limits, far past its slots.
+    let mut attack = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (http, base) = (http.clone(), base.clone());
+        let path = if i % 3 == 0 { "memory" } else { "loop" };
+        attack.spawn(async move {
+            http.get(format!("{base}/attacker/{path}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        });
+    }
+    // Meanwhile the victim keeps being served.
+    let mut ok = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..40 {
+        let started = std::time::Instant::now();
+        let response = http
+            .get(format!("{base}/victim/hello"))
+            .send()
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+        if response.status() == 200 && response.text().await.unwrap() == "hello from berth" {
+            ok += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = attack.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    eprintln!("victim: {ok}/40 ok, slowest {slowest:?}; attacker statuses {statuses:?}");
+    assert_eq!(
+        ok, 40,
+        "every victim request succeeds while the attacker runs"
+    );
+    // Every attacker request ended with a limit: time, memory or concurrency.
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}
