@@ -54,6 +54,14 @@ pub struct AppLimitsConfig {
     pub emails_per_minute: Option<u32>,
 }
 
+/// `[admin]`: the operators' listener (health, readiness, metrics).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; none by default.
+    pub listen: Option<SocketAddr>,
+}
+
 /// `[serve]`: how `berth serve` routes requests to apps.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +91,9 @@ pub struct HostConfig {
     /// Limits per app.
     #[serde(default)]
     pub app_limits: AppLimitsConfig,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Backend per logical SQL database.
     #[serde(default)]
     pub sql: BTreeMap<String, SqlConfig>,

@@ -13,6 +13,7 @@
 //! Ports live in [`ports`]: each has a backend trait, typed errors, the WIT
 //! glue (`host.rs`) and one adapter per technology.
 
+pub mod admin;
 pub mod app;
 pub mod backends;
 pub mod bindings;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod imports;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod secret;

@@ -227,6 +227,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         build::build_components(&manifest)?;
     }
     let engine = HostEngine::new(host.engine_settings())?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = start_admin(&host, ready.clone()).await?;
     let app = Arc::new(App::load(&engine, manifest, &host).await?);
     let mut tasks = tokio::task::JoinSet::new();
     crate::triggers::message::start(app.clone(), &mut tasks).await?;
@@ -243,8 +245,12 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  topic {} -> {}", t.topic, t.component);
     }
     println!("  state in {}", app.state_dir.display());
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     crate::triggers::http::serve(handler, listener, shutdown_signal()).await?;
     tasks.abort_all();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -257,6 +263,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("{} is not a directory of apps", args.apps.display());
     }
     let engine = HostEngine::new(host.engine_settings())?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = start_admin(&host, ready.clone()).await?;
     let listener = tokio::net::TcpListener::bind(host.listen())
         .await
         .with_context(|| format!("cannot listen on {}", host.listen()))?;
@@ -273,10 +281,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for name in tenants.app_names() {
         println!("  /{name}/...");
     }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());
     crate::triggers::http::serve(tenants, listener, shutdown_signal()).await?;
     watcher.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the admin listener if the host config has one.
+async fn start_admin(
+    host: &HostConfig,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = host.admin.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{}: cannot listen on `admin.listen` {addr}", host.source()))?;
+    println!("berth: admin endpoints (/healthz, /readyz, /metrics) at http://{addr}");
+    Ok(Some(tokio::spawn(crate::admin::serve(listener, ready))))
 }
 
 async fn shutdown_signal() {

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::InvocationError;
 use crate::app::App;
 use crate::limits::LimitExceeded;
+use crate::metrics::{METRICS, Outcome};
 use crate::ports::blob::url::URL_PREFIX;
 use crate::state::InstanceState;
 
@@ -133,6 +134,7 @@ impl HttpHandler {
         let Ok(permit) = component.env.slots.clone().try_acquire_owned() else {
             let limit = LimitExceeded::Concurrency(component.env.limits.concurrency);
             tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
+            METRICS.limit(&self.app.manifest.name, &route.component, "concurrency");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &limit.to_string(),
@@ -163,6 +165,7 @@ impl HttpHandler {
         };
         let pre = route.pre.clone();
         let limit = component.env.limits.timeout;
+        let names = (self.app.manifest.name.clone(), route.component.clone());
         let task = tokio::spawn(async move {
             let _permit = permit;
             let call = async {
@@ -172,11 +175,17 @@ impl HttpHandler {
                     .call_handle(&mut store, req, out)
                     .await
             };
-            match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
+            let result = match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(InvocationError::from_error(&e)),
                 Err(_) => Err(InvocationError::Limit(LimitExceeded::Timeout(limit))),
-            }
+            };
+            let outcome = match &result {
+                Ok(()) => Outcome::Ok,
+                Err(e) => Outcome::Error(e),
+            };
+            METRICS.invocation(&names.0, &names.1, "http", outcome);
+            result
         });
         match receiver.await {
             Ok(Ok(response)) => response,

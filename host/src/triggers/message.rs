@@ -21,6 +21,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::InvocationError;
 use crate::app::App;
 use crate::bindings::{MessageHandler, MessageHandlerPre};
+use crate::metrics::{METRICS, Outcome};
 use crate::ports::messaging::host::message_to_wit;
 use crate::ports::messaging::{Delivery, Subscription};
 use crate::state::InstanceState;
@@ -207,11 +208,24 @@ async fn invoke(
         }
         wasmtime::Result::Ok(result)
     };
-    match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(InvocationError::from_error(&e).to_string()),
-        Err(_) => Err(crate::limits::LimitExceeded::Timeout(limit).to_string()),
-    }
+    let (outcome, result) = match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
+        Ok(Ok(result)) => (Ok(result.is_ok()), result),
+        Ok(Err(e)) => {
+            let e = InvocationError::from_error(&e);
+            (Err(e.clone()), Err(e.to_string()))
+        }
+        Err(_) => {
+            let e = InvocationError::Limit(crate::limits::LimitExceeded::Timeout(limit));
+            (Err(e.clone()), Err(e.to_string()))
+        }
+    };
+    let outcome = match &outcome {
+        Ok(true) => Outcome::Ok,
+        Ok(false) => Outcome::Failed,
+        Err(e) => Outcome::Error(e),
+    };
+    METRICS.invocation(&app.manifest.name, name, "message", outcome);
+    result
 }
 
 /// Publishes a message that exhausted its deliveries on `<topic>.dead-letter`

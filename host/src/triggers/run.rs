@@ -1,6 +1,7 @@
 //! The run trigger: invokes a component's `wasi:cli/run` export once with
 //! the given arguments, as `berth run` does.
 
+use crate::metrics::{METRICS, Outcome};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -95,6 +96,12 @@ pub async fn run(
     if let Err(e) = &status {
         tracing::warn!(app = %app.manifest.name, component = name, error = %e, "run failed");
     }
+    let outcome = match &status {
+        Ok(0) => Outcome::Ok,
+        Ok(_) => Outcome::Failed,
+        Err(e) => Outcome::Error(e),
+    };
+    METRICS.invocation(&app.manifest.name, name, "run", outcome);
     let (stdout, stderr) = match pipes {
         Some((o, e)) => (
             String::from_utf8_lossy(&o.contents()).into_owned(),

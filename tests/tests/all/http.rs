@@ -432,4 +432,39 @@ component = "web"
     let after = reqwest::get(format!("{base}/hello")).await.unwrap();
     assert_eq!(after.status(), 200);
     server.stop().await;
+
+    // Each limit hit was counted, and the admin listener exposes it.
+    let metrics = &berth::metrics::METRICS;
+    let limited = |limit| {
+        metrics.get(
+            "berth_limits_exceeded_total",
+            &[("app", "limited"), ("limit", limit)],
+        )
+    };
+    assert!(limited("concurrency") >= 1);
+    assert!(limited("time") >= 1);
+    let ok = metrics.get(
+        "berth_invocations_total",
+        &[("app", "limited"), ("trigger", "http"), ("outcome", "ok")],
+    );
+    assert!(ok >= 3, "{ok}");
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let admin_task = tokio::spawn(berth::admin::serve(admin, ready));
+    let text = reqwest::get(format!("{admin_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "berth_limits_exceeded_total{app=\"limited\",component=\"web\",limit=\"concurrency\"}"
+        ),
+        "{text}"
+    );
+    let health = reqwest::get(format!("{admin_url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    admin_task.abort();
 }

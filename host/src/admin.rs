@@ -1,0 +1,84 @@
+//! The admin listener (`[admin] listen` in the host config), for operators
+//! and orchestrators, apart from the apps' traffic:
+//!
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 once the apps are loaded, 503 before.
+//! - `GET /metrics`: the counters of [`crate::metrics`] in the Prometheus
+//!   text format.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::metrics::METRICS;
+
+/// Serves the admin endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let ready = ready.load(Ordering::Relaxed);
+                async move { Ok::<_, Infallible>(answer(req.uri().path(), ready)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(path: &str, ready: bool) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/readyz" if ready => (StatusCode::OK, "ready\n".to_owned(), "text/plain"),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading\n".to_owned(),
+            "text/plain",
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            METRICS.render(),
+            "text/plain; version=0.0.4",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(answer("/healthz", false).status(), StatusCode::OK);
+        assert_eq!(
+            answer("/readyz", false).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(answer("/readyz", true).status(), StatusCode::OK);
+        assert_eq!(answer("/metrics", true).status(), StatusCode::OK);
+        assert_eq!(answer("/other", true).status(), StatusCode::NOT_FOUND);
+    }
+}
