@@ -195,6 +195,18 @@ impl App {
         host: &HostConfig,
     ) -> anyhow::Result<App> {
         let state_dir = host.app_state_dir(&manifest);
+        if host.serve.tenant_manifests {
+            // A tenant's manifest must not read the host's environment (it
+            // holds the operator's credentials); the operator sets values
+            // with [app_config.<app>] instead.
+            if let Some((key, _)) = manifest.config.iter().find(|(_, v)| v.contains("${env:")) {
+                bail!(
+                    "{}: config.{key}: `${{env:…}}` references are not allowed in the manifests of `berth serve`; the operator sets such values with [app_config.{}] in the host config",
+                    manifest.file.display(),
+                    manifest.name
+                );
+            }
+        }
         let config = crate::ports::config::resolve(&manifest.config, |k| std::env::var(k).ok())
             .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
         let backends = Arc::new(crate::backends::open(host, &manifest, &state_dir).await?);

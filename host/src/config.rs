@@ -69,6 +69,10 @@ pub struct ServeConfig {
     /// When set, `<app>.<domain>` reaches app `<app>` (besides the path
     /// prefix `/<app>/`).
     pub domain: Option<String>,
+    /// Manifests come from tenants, not the operator: `${env:…}` in their
+    /// config is refused. Always set by `berth serve`.
+    #[serde(skip)]
+    pub tenant_manifests: bool,
 }
 
 /// The operator's configuration of a host.

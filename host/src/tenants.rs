@@ -82,7 +82,10 @@ pub struct Tenants {
 
 impl Tenants {
     /// Hosts the apps under `dir`; call [`Tenants::sync`] to load them.
-    pub fn new(engine: HostEngine, host: HostConfig, dir: PathBuf) -> Tenants {
+    /// Their manifests are treated as the tenants' (see
+    /// [`crate::config::ServeConfig::tenant_manifests`]).
+    pub fn new(engine: HostEngine, mut host: HostConfig, dir: PathBuf) -> Tenants {
+        host.serve.tenant_manifests = true;
         Tenants {
             engine,
             host,

@@ -190,3 +190,27 @@ async fn tenants_noisy_neighbour_does_not_starve_others() {
     let _ = stop.send(());
     served.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn tenants_manifests_cannot_read_the_host_environment() {
+    let apps = tempfile::tempdir().unwrap();
+    let dir = apps.path().join("nosy");
+    write_http_app(&dir, "nosy", "");
+    let manifest = dir.join("berth.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{text}\n[config]\nkey = \"${{env:HOME}}\"\n"),
+    )
+    .unwrap();
+    let tenants = Tenants::new(
+        engine().clone(),
+        HostConfig::default(),
+        apps.path().to_path_buf(),
+    );
+    let errors = tenants.sync().await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("config.key"), "{errors:?}");
+    assert!(errors[0].contains("[app_config.nosy]"), "{errors:?}");
+    assert!(tenants.app_names().is_empty());
+}
