@@ -10,7 +10,8 @@
 //!
 //! Needs the `BERTH_TEST_*` variables `.ci/services.sh` prints; a case
 //! whose server is missing is reported as skipped.
-//! `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group.
+//! `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group; `invoke` measures
+//! only the per-message invocation cost (for profiling).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +50,12 @@ fn main() {
             std::env::var(k).ok().filter(|v| wanted && !v.is_empty())
         };
         println!("# Berth port benchmarks\n");
+        if only == "invoke" {
+            // Profiling aid: only Berth's per-message invocation cost.
+            let url = std::env::var("BERTH_TEST_NATS_URL").expect("BERTH_TEST_NATS_URL");
+            println!("{:.2} µs per invocation", invocation_cost_us(&url).await);
+            return;
+        }
         match env("BERTH_TEST_POSTGRES_URL") {
             Some(url) => postgres_point_query(&url).await,
             None => println!("postgres: skipped (BERTH_TEST_POSTGRES_URL not set)\n"),
