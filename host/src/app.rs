@@ -231,8 +231,11 @@ impl App {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot link component `{}`", decl.name))?;
             let exports = exports_of(engine.engine(), &component);
-            let mut limits = decl.limits.clone();
+            let mut limits = host.engine.cap(&decl.limits);
             limits.memory_bytes = limits.memory_bytes.min(engine.settings().max_memory_bytes);
+            if limits != decl.limits {
+                tracing::info!(app = %manifest.name, component = %decl.name, ?limits, "limits capped by the host's maxima");
+            }
             let env = Arc::new(ComponentEnv {
                 app: manifest.name.clone(),
                 component: decl.name.clone(),

@@ -43,6 +43,33 @@ pub struct EngineConfig {
     pub max_memory_mb: Option<u64>,
     /// Compiled-component cache directory.
     pub cache_dir: Option<PathBuf>,
+    /// Longest `timeout_ms` any component may be granted.
+    pub max_timeout_ms: Option<u64>,
+    /// Largest `concurrency` any component may be granted.
+    pub max_concurrency: Option<u32>,
+    /// Largest `outbound_requests` any component may be granted.
+    pub max_outbound_requests: Option<u32>,
+}
+
+impl EngineConfig {
+    /// `limits` with every value capped by this host's maxima; the caller
+    /// logs what changed.
+    pub fn cap(&self, limits: &crate::limits::ComponentLimits) -> crate::limits::ComponentLimits {
+        let mut capped = limits.clone();
+        if let Some(mb) = self.max_memory_mb {
+            capped.memory_bytes = capped.memory_bytes.min(mb << 20);
+        }
+        if let Some(ms) = self.max_timeout_ms {
+            capped.timeout = capped.timeout.min(std::time::Duration::from_millis(ms));
+        }
+        if let Some(n) = self.max_concurrency {
+            capped.concurrency = capped.concurrency.min(n.max(1));
+        }
+        if let Some(n) = self.max_outbound_requests {
+            capped.outbound_requests = capped.outbound_requests.min(n);
+        }
+        capped
+    }
 }
 
 /// `[app_limits]`: limits the host applies to every app as a whole.

@@ -468,3 +468,32 @@ component = "web"
     assert_eq!(health.status(), 200);
     admin_task.abort();
 }
+
+#[tokio::test]
+async fn limits_capped_by_host_maxima() {
+    let t = TestApp::new(&format!(
+        r#"
+name = "greedy"
+[component.web]
+path = {path:?}
+[component.web.grants]
+http = ["https://example.com"]
+[component.web.limits]
+memory_mb = 4096
+timeout_ms = 3600000
+concurrency = 100000
+outbound_requests = 100000
+"#,
+        path = guests::HTTP_GUEST
+    ));
+    let host = host_config(
+        &t,
+        "[engine]\nmax_memory_mb = 64\nmax_timeout_ms = 2000\nmax_concurrency = 4\nmax_outbound_requests = 3\n",
+    );
+    let app = t.load_with(&host).await.unwrap();
+    let limits = &app.component("web").unwrap().env.limits;
+    assert_eq!(limits.memory_bytes, 64 << 20);
+    assert_eq!(limits.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(limits.concurrency, 4);
+    assert_eq!(limits.outbound_requests, 3);
+}
