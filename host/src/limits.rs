@@ -111,6 +111,9 @@ pub enum LimitExceeded {
     /// The guest tried to grow a table past its limit.
     #[error("table limit exceeded: the guest asked for {0} table elements")]
     Table(usize),
+    /// The instance holds as many handles (resources) as it may.
+    #[error("handle limit exceeded: the instance already holds {0} handles")]
+    Handles(usize),
     /// All the component's instance slots are busy.
     #[error("concurrency limit reached: {0} instances of this component are already running")]
     Concurrency(u32),

@@ -8,6 +8,8 @@
 //!   escape the time limit.
 //! - `not-granted-sql`: opens the ungranted db `forbidden`, expects
 //!   not-granted and exits normally.
+//! - `handles`: opens connections to `main` a million times, keeping them
+//!   all; the host's handle limit must stop it.
 
 use std::hint::black_box;
 
@@ -25,8 +27,23 @@ fn main() {
         }
         ["host-call-loop"] => host_call_loop(),
         ["not-granted-sql"] => not_granted_sql(),
-        other => panic!("usage: hostile_guest loop|memory|recursion|host-call-loop|not-granted-sql; got {other:?}"),
+        ["handles"] => hoard_handles(),
+        other => panic!("usage: hostile_guest loop|memory|recursion|host-call-loop|not-granted-sql|handles; got {other:?}"),
     }
+}
+
+fn hoard_handles() {
+    let mut kept = Vec::new();
+    for i in 0..1_000_000 {
+        match sql::Connection::open("main") {
+            Ok(conn) => kept.push(conn),
+            Err(e) => {
+                println!("hostile: open number {i} failed: {e:?}");
+                return;
+            }
+        }
+    }
+    println!("hostile: holding {} handles?!", kept.len());
 }
 
 fn spin() -> ! {

@@ -27,6 +27,15 @@ impl InvocationError {
         if let Some(limit) = LimitExceeded::find(error) {
             return InvocationError::Limit(limit);
         }
+        let table_full = error.chain().any(|e| {
+            matches!(
+                e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+                Some(wasmtime::component::ResourceTableError::Full)
+            )
+        });
+        if table_full {
+            return InvocationError::Limit(LimitExceeded::Handles(crate::state::MAX_HANDLES));
+        }
         let mut text = error.to_string();
         if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
             text = format!("{trap}");
@@ -47,6 +56,7 @@ impl InvocationError {
             InvocationError::Limit(LimitExceeded::Memory { .. }) => Some("memory"),
             InvocationError::Limit(LimitExceeded::Table(_)) => Some("table"),
             InvocationError::Limit(LimitExceeded::Concurrency(_)) => Some("concurrency"),
+            InvocationError::Limit(LimitExceeded::Handles(_)) => Some("handles"),
             InvocationError::Trap(_) => None,
         }
     }

@@ -187,3 +187,16 @@ async fn ungranted_logical_name_gets_not_granted() {
     let app = t.load().await.unwrap();
     still_serving(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_million_handles_are_stopped_at_the_handle_limit() {
+    let t = hostile("");
+    let app = t.load().await.unwrap();
+    let out = run(&app, "guest", &["handles"]).await;
+    let err = out.status.expect_err("the handle limit traps the instance");
+    assert_eq!(err, InvocationError::Limit(LimitExceeded::Handles(10_000)));
+    assert_eq!(err.limit_name(), Some("handles"));
+    assert!(err.to_string().contains("handle limit exceeded"), "{err}");
+    assert!(!out.stdout.contains("holding"), "{}", out.stdout);
+    still_serving(&app).await;
+}
