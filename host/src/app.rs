@@ -249,6 +249,7 @@ impl App {
                         .map(|name| (name.clone(), upstreams[name].clone()))
                         .collect(),
                     network: network.clone(),
+                    owner: (manifest.name.clone(), decl.name.clone()),
                 }),
                 slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency as usize)),
                 limits,

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod backends;
 pub mod bindings;
 pub mod cli;

@@ -79,6 +79,7 @@ impl Metrics {
     /// Counts a limit hit outside an invocation's trap (a request refused at
     /// capacity, an email over the app's rate).
     pub fn limit(&self, app: &str, component: &str, limit: &str) {
+        crate::audit::refused(app, component, &format!("limit.{limit}"), limit);
         self.add(
             "berth_limits_exceeded_total",
             vec![

@@ -74,6 +74,8 @@ pub struct OutboundGrants {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The host's timeouts, caps and address exceptions.
     pub network: Arc<NetworkSettings>,
+    /// The app and component these grants belong to, for audit events.
+    pub owner: (String, String),
 }
 
 impl OutboundGrants {
@@ -156,17 +158,32 @@ impl WasiHttpHooks for OutboundPolicy {
         let over_limit = self.sent > self.max_requests;
         let max = self.max_requests;
         Box::new(async move {
+            let (app, component) = &grants.owner;
+            let destination = request.uri().to_string();
             if over_limit {
                 tracing::warn!(
                     limit = max,
                     "outbound request limit of the invocation reached"
                 );
+                crate::audit::refused(app, component, "limit.outbound_requests", &destination);
                 return Err(HttpError::InternalError(Some(format!(
                     "outbound request limit reached: an invocation may send {max} requests"
                 ))));
             }
-            let target = grants.route(&mut request)?;
-            connect::send(request, target, grants.network.clone(), options).await
+            let sent = match grants.route(&mut request) {
+                Ok(target) => connect::send(request, target, grants.network.clone(), options).await,
+                Err(e) => Err(e),
+            };
+            match &sent {
+                Err(HttpError::HttpRequestDenied) => {
+                    crate::audit::refused(app, component, "http.denied", &destination)
+                }
+                Err(HttpError::DestinationIpProhibited) => {
+                    crate::audit::refused(app, component, "http.address-prohibited", &destination)
+                }
+                _ => {}
+            }
+            sent
         })
     }
 }

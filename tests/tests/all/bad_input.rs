@@ -200,3 +200,56 @@ async fn a_million_handles_are_stopped_at_the_handle_limit() {
     assert!(!out.stdout.contains("holding"), "{}", out.stdout);
     still_serving(&app).await;
 }
+
+/// A `tracing` writer collecting everything into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn refusals_and_limits_are_audited() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("berth::audit=warn")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let t = hostile("memory_mb = 32");
+            let app = t.load().await.unwrap();
+            assert_success(&run(&app, "guest", &["not-granted-sql"]).await);
+            assert!(run(&app, "guest", &["memory"]).await.status.is_err());
+        });
+    });
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let audit: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("berth::audit"))
+        .collect();
+    assert!(
+        audit.iter().any(|l| l.contains("app=\"hostile\"")
+            && l.contains("component=\"guest\"")
+            && l.contains("what=\"sql.not-granted\"")
+            && l.contains("subject=\"forbidden\"")),
+        "{logs}"
+    );
+    assert!(
+        audit.iter().any(|l| l.contains("what=\"limit.memory\"")),
+        "{logs}"
+    );
+}

@@ -7,6 +7,12 @@ use crate::state::InstanceState;
 impl wit::Host for InstanceState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
         if !self.env.grants.config.contains(&key) {
+            crate::audit::refused(
+                &self.env.app,
+                &self.env.component,
+                "config.not-granted",
+                &key,
+            );
             return Ok(Err(Error::NotGranted(key)));
         }
         Ok(Ok(self

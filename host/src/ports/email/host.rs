@@ -12,6 +12,14 @@ impl InstanceState {
     /// The one place an [`EmailError`] becomes a guest error.
     fn email_error(&self, e: EmailError) -> Error {
         tracing::debug!(app = %self.env.app, component = %self.env.component, error = %error_chain(&e), "email error");
+        let audit = |what: &str, subject: &str| {
+            crate::audit::refused(&self.env.app, &self.env.component, what, subject)
+        };
+        match &e {
+            EmailError::SenderNotGranted(s) => audit("email.sender-not-granted", s),
+            EmailError::RateLimited => audit("email.rate-limited", ""),
+            _ => {}
+        }
         match e {
             EmailError::SenderNotGranted(s) => Error::SenderNotGranted(s),
             EmailError::InvalidMessage(m) => Error::InvalidMessage(m),

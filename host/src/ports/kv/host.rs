@@ -27,6 +27,9 @@ impl InstanceState {
     /// The one place a [`KvError`] becomes a guest error.
     fn kv_error(&self, op: &str, e: KvError) -> Error {
         tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "kv error");
+        if let KvError::NotGranted(n) = &e {
+            crate::audit::refused(&self.env.app, &self.env.component, "kv.not-granted", n);
+        }
         match e {
             KvError::NotGranted(n) => Error::NotGranted(n),
             KvError::InvalidInput(m) => Error::InvalidInput(m),

@@ -33,6 +33,14 @@ impl InstanceState {
     /// The one place a [`MessagingError`] becomes a guest error.
     fn messaging_error(&self, op: &str, e: MessagingError) -> Error {
         tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "messaging error");
+        if let MessagingError::NotGranted(t) = &e {
+            crate::audit::refused(
+                &self.env.app,
+                &self.env.component,
+                "messaging.not-granted",
+                t,
+            );
+        }
         match e {
             MessagingError::NotGranted(t) => Error::NotGranted(t),
             MessagingError::InvalidInput(m) => Error::InvalidInput(m),

@@ -52,6 +52,14 @@ impl InstanceState {
     /// passed on with a message that holds no connection details.
     fn sql_error(&self, op: &str, e: SqlError) -> Error {
         tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "sql error");
+        let audit = |what: &str, subject: &str| {
+            crate::audit::refused(&self.env.app, &self.env.component, what, subject)
+        };
+        match &e {
+            SqlError::NotGranted(n) => audit("sql.not-granted", n),
+            SqlError::Denied(m) => audit("sql.denied", m),
+            _ => {}
+        }
         match e {
             SqlError::NotGranted(n) => Error::NotGranted(n),
             SqlError::Constraint(m) => Error::Constraint(m),
