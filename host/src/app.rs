@@ -57,6 +57,8 @@ pub struct ComponentEnv {
     /// One permit per instance that may be alive at once
     /// (`limits.concurrency`).
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Its invocation and limit counters (registered at load).
+    pub counters: Arc<crate::metrics::ComponentCounters>,
     /// Resolved values of the granted config keys only.
     pub config: BTreeMap<String, Secret>,
     /// The app's backends.
@@ -252,6 +254,7 @@ impl App {
                     owner: (manifest.name.clone(), decl.name.clone()),
                 }),
                 slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency as usize)),
+                counters: crate::metrics::METRICS.component(&manifest.name, &decl.name),
                 limits,
                 config: config
                     .iter()

@@ -2,21 +2,40 @@
 //! admin listener (`[admin] listen` in the host config): invocations by
 //! outcome and limits hit, per app and component.
 //!
-//! Counters are kept in one map behind a mutex: updates happen once per
-//! invocation, far below the rate where a lock would matter.
+//! Each component's counters are registered once, when its app loads
+//! ([`Metrics::component`]), and counted with atomics: an invocation takes
+//! no lock and allocates nothing. A reloaded app keeps counting into the
+//! same counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::triggers::InvocationError;
 
-/// What an invocation counter is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    metric: &'static str,
-    labels: Vec<(&'static str, String)>,
+/// What invoked a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// An HTTP request.
+    Http,
+    /// A message delivery.
+    Message,
+    /// A `wasi:cli/run` command.
+    Run,
 }
+
+const TRIGGERS: [&str; 3] = ["http", "message", "run"];
+const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
+/// The names [`InvocationError::limit_name`] and the triggers use.
+const LIMITS: [&str; 6] = [
+    "time",
+    "memory",
+    "table",
+    "handles",
+    "concurrency",
+    "outbound_requests",
+];
 
 /// How an invocation ended.
 #[derive(Debug, Clone, Copy)]
@@ -29,109 +48,142 @@ pub enum Outcome<'a> {
     Error(&'a InvocationError),
 }
 
-/// The process's counters.
+/// The counters of one component of one app.
+pub struct ComponentCounters {
+    app: String,
+    component: String,
+    invocations: [[AtomicU64; OUTCOMES.len()]; TRIGGERS.len()],
+    limits: [AtomicU64; LIMITS.len()],
+}
+
+impl ComponentCounters {
+    /// Counts one invocation, and the limit it hit, if any.
+    pub fn invocation(&self, trigger: Trigger, outcome: Outcome<'_>) {
+        let result = match outcome {
+            Outcome::Ok => 0,
+            Outcome::Failed => 1,
+            Outcome::Error(e) if e.limit_name().is_some() => 3,
+            Outcome::Error(_) => 2,
+        };
+        self.invocations[trigger as usize][result].fetch_add(1, Ordering::Relaxed);
+        if let Outcome::Error(e) = outcome {
+            if let Some(limit) = e.limit_name() {
+                self.limit(limit);
+            }
+        }
+    }
+
+    /// Counts (and audits) a limit hit, in or outside an invocation's trap
+    /// (a request refused at capacity).
+    pub fn limit(&self, limit: &str) {
+        crate::audit::refused(&self.app, &self.component, &format!("limit.{limit}"), limit);
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
+            self.limits[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One exported value: metric name, labels, value.
+type Sample = (&'static str, Vec<(&'static str, String)>, u64);
+
+/// The process's counters, by app and component.
 #[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<Key, u64>>,
+    components: Mutex<BTreeMap<(String, String), Arc<ComponentCounters>>>,
 }
 
 /// The counters of this process.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
 impl Metrics {
-    fn add(&self, metric: &'static str, labels: Vec<(&'static str, String)>) {
-        if let Ok(mut counters) = self.counters.lock() {
-            *counters.entry(Key { metric, labels }).or_default() += 1;
-        }
+    /// The counters of `component` of `app`, created on first use (at load).
+    pub fn component(&self, app: &str, component: &str) -> Arc<ComponentCounters> {
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        components
+            .entry((app.to_owned(), component.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(ComponentCounters {
+                    app: app.to_owned(),
+                    component: component.to_owned(),
+                    invocations: Default::default(),
+                    limits: Default::default(),
+                })
+            })
+            .clone()
     }
 
-    /// Counts one invocation of `component` of `app` by `trigger`
-    /// (`http`, `message`, `run`), and the limit it hit, if any.
-    pub fn invocation(
-        &self,
-        app: &str,
-        component: &str,
-        trigger: &'static str,
-        outcome: Outcome<'_>,
-    ) {
-        let result = match outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Error(e) if e.limit_name().is_some() => "limit",
-            Outcome::Error(_) => "trap",
-        };
-        self.add(
-            "berth_invocations_total",
-            vec![
-                ("app", app.to_owned()),
-                ("component", component.to_owned()),
-                ("trigger", trigger.to_owned()),
-                ("outcome", result.to_owned()),
-            ],
-        );
-        if let Outcome::Error(e) = outcome {
-            if let Some(limit) = e.limit_name() {
-                self.limit(app, component, limit);
+    /// Every sample as (metric, labels, value).
+    fn samples(&self) -> Vec<Sample> {
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = Vec::new();
+        for c in components.values() {
+            let who = || vec![("app", c.app.clone()), ("component", c.component.clone())];
+            for (t, trigger) in TRIGGERS.iter().enumerate() {
+                for (o, outcome) in OUTCOMES.iter().enumerate() {
+                    let value = c.invocations[t][o].load(Ordering::Relaxed);
+                    if value > 0 {
+                        let mut labels = who();
+                        labels.push(("trigger", (*trigger).to_owned()));
+                        labels.push(("outcome", (*outcome).to_owned()));
+                        out.push(("berth_invocations_total", labels, value));
+                    }
+                }
+            }
+            for (l, limit) in LIMITS.iter().enumerate() {
+                let value = c.limits[l].load(Ordering::Relaxed);
+                if value > 0 {
+                    let mut labels = who();
+                    labels.push(("limit", (*limit).to_owned()));
+                    out.push(("berth_limits_exceeded_total", labels, value));
+                }
             }
         }
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out
     }
 
-    /// Counts a limit hit outside an invocation's trap (a request refused at
-    /// capacity, an email over the app's rate).
-    pub fn limit(&self, app: &str, component: &str, limit: &str) {
-        crate::audit::refused(app, component, &format!("limit.{limit}"), limit);
-        self.add(
-            "berth_limits_exceeded_total",
-            vec![
-                ("app", app.to_owned()),
-                ("component", component.to_owned()),
-                ("limit", limit.to_owned()),
-            ],
-        );
-    }
-
-    /// The value of one counter (for tests and the health endpoint).
+    /// The sum of `metric` over the samples carrying all of `labels` (for
+    /// tests and operators' scripts).
     pub fn get(&self, metric: &str, labels: &[(&str, &str)]) -> u64 {
-        let Ok(counters) = self.counters.lock() else {
-            return 0;
-        };
-        counters
-            .iter()
-            .filter(|(k, _)| {
-                k.metric == metric
+        self.samples()
+            .into_iter()
+            .filter(|(m, l, _)| {
+                *m == metric
                     && labels
                         .iter()
-                        .all(|(n, v)| k.labels.iter().any(|(kn, kv)| kn == n && kv == v))
+                        .all(|(n, v)| l.iter().any(|(ln, lv)| ln == n && lv == v))
             })
-            .map(|(_, v)| v)
+            .map(|(_, _, v)| v)
             .sum()
     }
 
     /// Everything, in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let Ok(counters) = self.counters.lock() else {
-            return out;
-        };
         let mut last = "";
-        for (key, value) in counters.iter() {
-            if key.metric != last {
-                let help = match key.metric {
+        for (metric, labels, value) in self.samples() {
+            if metric != last {
+                let help = match metric {
                     "berth_invocations_total" => {
                         "Invocations by app, component, trigger and outcome."
                     }
                     _ => "Limits hit by app, component and limit.",
                 };
-                let _ = writeln!(out, "# HELP {} {help}", key.metric);
-                let _ = writeln!(out, "# TYPE {} counter", key.metric);
-                last = key.metric;
+                let _ = writeln!(out, "# HELP {metric} {help}");
+                let _ = writeln!(out, "# TYPE {metric} counter");
+                last = metric;
             }
-            let labels: Vec<String> = key
-                .labels
+            let labels: Vec<String> = labels
                 .iter()
                 .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
                 .collect();
-            let _ = writeln!(out, "{}{{{}}} {value}", key.metric, labels.join(","));
+            let _ = writeln!(out, "{metric}{{{}}} {value}", labels.join(","));
         }
         out
     }
@@ -153,11 +205,14 @@ mod tests {
     #[test]
     fn counts_and_renders() {
         let m = Metrics::default();
-        m.invocation("shop", "api", "http", Outcome::Ok);
-        m.invocation("shop", "api", "http", Outcome::Ok);
+        let api = m.component("shop", "api");
+        api.invocation(Trigger::Http, Outcome::Ok);
+        m.component("shop", "api")
+            .invocation(Trigger::Http, Outcome::Ok);
         let limit = InvocationError::Limit(LimitExceeded::Concurrency(1));
-        m.invocation("shop", "api", "http", Outcome::Error(&limit));
+        api.invocation(Trigger::Http, Outcome::Error(&limit));
         assert_eq!(m.get("berth_invocations_total", &[("outcome", "ok")]), 2);
+        assert_eq!(m.get("berth_invocations_total", &[("outcome", "limit")]), 1);
         assert_eq!(
             m.get("berth_limits_exceeded_total", &[("limit", "concurrency")]),
             1
@@ -174,5 +229,23 @@ mod tests {
             "{text}"
         );
         assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    #[test]
+    fn every_limit_name_has_a_counter() {
+        use std::time::Duration;
+        for e in [
+            LimitExceeded::Timeout(Duration::ZERO),
+            LimitExceeded::Memory {
+                requested: 0,
+                limit: 0,
+            },
+            LimitExceeded::Table(0),
+            LimitExceeded::Handles(0),
+            LimitExceeded::Concurrency(0),
+        ] {
+            let name = InvocationError::Limit(e).limit_name().unwrap();
+            assert!(LIMITS.contains(&name), "{name}");
+        }
     }
 }

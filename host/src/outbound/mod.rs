@@ -159,13 +159,14 @@ impl WasiHttpHooks for OutboundPolicy {
         let max = self.max_requests;
         Box::new(async move {
             let (app, component) = &grants.owner;
-            let destination = request.uri().to_string();
+            // Kept for the audit record of a refusal (a cheap clone).
+            let uri = request.uri().clone();
             if over_limit {
                 tracing::warn!(
                     limit = max,
                     "outbound request limit of the invocation reached"
                 );
-                crate::audit::refused(app, component, "limit.outbound_requests", &destination);
+                crate::audit::refused(app, component, "limit.outbound_requests", &uri.to_string());
                 return Err(HttpError::InternalError(Some(format!(
                     "outbound request limit reached: an invocation may send {max} requests"
                 ))));
@@ -174,14 +175,13 @@ impl WasiHttpHooks for OutboundPolicy {
                 Ok(target) => connect::send(request, target, grants.network.clone(), options).await,
                 Err(e) => Err(e),
             };
-            match &sent {
-                Err(HttpError::HttpRequestDenied) => {
-                    crate::audit::refused(app, component, "http.denied", &destination)
-                }
-                Err(HttpError::DestinationIpProhibited) => {
-                    crate::audit::refused(app, component, "http.address-prohibited", &destination)
-                }
-                _ => {}
+            let refused = match &sent {
+                Err(HttpError::HttpRequestDenied) => Some("http.denied"),
+                Err(HttpError::DestinationIpProhibited) => Some("http.address-prohibited"),
+                _ => None,
+            };
+            if let Some(what) = refused {
+                crate::audit::refused(app, component, what, &uri.to_string());
             }
             sent
         })

@@ -23,7 +23,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::InvocationError;
 use crate::app::App;
 use crate::limits::LimitExceeded;
-use crate::metrics::{METRICS, Outcome};
+use crate::metrics::{Outcome, Trigger};
 use crate::ports::blob::url::URL_PREFIX;
 use crate::state::InstanceState;
 
@@ -134,7 +134,7 @@ impl HttpHandler {
         let Ok(permit) = component.env.slots.clone().try_acquire_owned() else {
             let limit = LimitExceeded::Concurrency(component.env.limits.concurrency);
             tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
-            METRICS.limit(&self.app.manifest.name, &route.component, "concurrency");
+            component.env.counters.limit("concurrency");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &limit.to_string(),
@@ -165,7 +165,7 @@ impl HttpHandler {
         };
         let pre = route.pre.clone();
         let limit = component.env.limits.timeout;
-        let names = (self.app.manifest.name.clone(), route.component.clone());
+        let counters = component.env.counters.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let call = async {
@@ -184,7 +184,7 @@ impl HttpHandler {
                 Ok(()) => Outcome::Ok,
                 Err(e) => Outcome::Error(e),
             };
-            METRICS.invocation(&names.0, &names.1, "http", outcome);
+            counters.invocation(Trigger::Http, outcome);
             result
         });
         match receiver.await {

@@ -21,7 +21,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::InvocationError;
 use crate::app::App;
 use crate::bindings::{MessageHandler, MessageHandlerPre};
-use crate::metrics::{METRICS, Outcome};
+use crate::metrics::{Outcome, Trigger};
 use crate::ports::messaging::host::message_to_wit;
 use crate::ports::messaging::{Delivery, Subscription};
 use crate::state::InstanceState;
@@ -224,7 +224,7 @@ async fn invoke(
         Ok(false) => Outcome::Failed,
         Err(e) => Outcome::Error(e),
     };
-    METRICS.invocation(&app.manifest.name, name, "message", outcome);
+    component.env.counters.invocation(Trigger::Message, outcome);
     result
 }
 

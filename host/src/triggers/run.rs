@@ -1,7 +1,7 @@
 //! The run trigger: invokes a component's `wasi:cli/run` export once with
 //! the given arguments, as `berth run` does.
 
-use crate::metrics::{METRICS, Outcome};
+use crate::metrics::{Outcome, Trigger};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -101,7 +101,7 @@ pub async fn run(
         Ok(_) => Outcome::Failed,
         Err(e) => Outcome::Error(e),
     };
-    METRICS.invocation(&app.manifest.name, name, "run", outcome);
+    component.env.counters.invocation(Trigger::Run, outcome);
     let (stdout, stderr) = match pipes {
         Some((o, e)) => (
             String::from_utf8_lossy(&o.contents()).into_owned(),

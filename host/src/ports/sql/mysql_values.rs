@@ -148,10 +148,15 @@ pub(super) fn read_row(
     kinds: &[ColumnKind],
     row: mysql_async::Row,
 ) -> Result<Vec<SqlValue>, SqlError> {
-    row.unwrap()
+    // `Row::unwrap` would panic on a value already taken; `unwrap_raw`
+    // reports it as `None`, which becomes an error instead.
+    row.unwrap_raw()
         .into_iter()
         .zip(kinds)
-        .map(|(v, k)| read_value(k, v))
+        .map(|(v, k)| {
+            let v = v.ok_or_else(|| SqlError::Other("a column value is missing".into()))?;
+            read_value(k, v)
+        })
         .collect()
 }
 
