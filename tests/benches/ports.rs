@@ -279,24 +279,10 @@ async fn postgres_point_query(url: &str) {
 
 // ---------------------------------------------------------------- S3
 
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "testing", "testing", None, None, "bench",
-        ))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
 const PART_MIB: u64 = 8;
 
 async fn s3_round_trip(endpoint: &str) {
-    let s3 = s3_client(endpoint);
+    let s3 = berth_tests::s3_client(endpoint);
     let bucket = unique("berth-bench-");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let t = bench_app("benchs3");

@@ -201,23 +201,9 @@ async fn a_million_handles_are_stopped_at_the_handle_limit() {
     still_serving(&app).await;
 }
 
-/// A `tracing` writer collecting everything into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn refusals_and_limits_are_audited() {
-    let logs = Captured::default();
+    let logs = berth_tests::LogCapture::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter("berth::audit=warn")
@@ -236,7 +222,7 @@ fn refusals_and_limits_are_audited() {
             assert!(run(&app, "guest", &["memory"]).await.status.is_err());
         });
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     let audit: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("berth::audit"))

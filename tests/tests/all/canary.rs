@@ -4,25 +4,9 @@
 //! (403) by an S3 server and by Secrets Manager, unreachable Postgres, S3
 //! and NATS.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use berth_tests::{TestApp, guests, host_config, service};
 
 const CANARY: &str = "canary-7f3a9c1e-do-not-leak";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn manifest() -> String {
     format!(
@@ -94,7 +78,7 @@ fn secret_canary_never_leaks_from_failing_backends() {
             "cannot connect at startup",
         ),
     ];
-    let logs = Captured::default();
+    let logs = berth_tests::LogCapture::default();
     let writer = logs.clone();
     // The host's own log pipeline at its most verbose setting.
     let subscriber = tracing_subscriber::fmt()
@@ -125,7 +109,7 @@ fn secret_canary_never_leaks_from_failing_backends() {
         assert!(!e.contains(CANARY), "an error leaks the canary: {e}");
         assert!(e.contains(expected), "expected {expected:?} in: {e}");
     }
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(!logs.is_empty(), "the failures were logged");
     let leaks: Vec<&str> = logs
         .lines()

@@ -170,7 +170,7 @@ async fn example_app_unchanged_on_real_backends() {
         .execute(&mut pg)
         .await
         .unwrap();
-    let s3 = s3_client(&real.s3);
+    let s3 = berth_tests::s3_client(&real.s3);
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
 
     // The documented host config, pointed at this test's schema, bucket and
@@ -262,19 +262,6 @@ async fn example_app_unchanged_on_real_backends() {
         .delete_stream(format!("BERTH_{app}"))
         .await
         .unwrap();
-}
-
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// The one message for `recipient` in the SMTP server's maildir.

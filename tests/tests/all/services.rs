@@ -346,24 +346,6 @@ async fn messaging_delivery_redelivery_and_request_nats() {
     delete_nats_stream(&url, &app_name).await;
 }
 
-/// An SDK client for the test's own setup and checks against the S3 server.
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "berth-test-key",
-            "berth-test-secret",
-            None,
-            None,
-            "berth-tests",
-        ))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
 /// `[blob.files]` on S3, with the credentials in files next to the manifest
 /// (so the test does not touch the environment).
 fn s3_host(t: &TestApp, endpoint: &str, bucket: &str, key: &str, secret: &str) -> String {
@@ -392,7 +374,7 @@ async fn blob_conformance_s3() {
     let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
         return;
     };
-    let s3 = s3_client(&endpoint);
+    let s3 = berth_tests::s3_client(&endpoint);
     let bucket = unique("berth-t-");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let app_name = unique("blobs3");
