@@ -246,3 +246,23 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// The one message for `recipient` in the test SMTP server's maildir,
+/// waiting up to 10 s for it; fails if none or several arrive.
+pub async fn wait_for_mail(maildir: &str, recipient: &str) -> String {
+    for _ in 0..100 {
+        let found: Vec<String> = std::fs::read_dir(Path::new(maildir).join("new"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .filter(|m| m.contains(recipient))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [mail] = found.as_slice() {
+            return mail.clone();
+        }
+        assert!(found.len() < 2, "more than one message for {recipient}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no message for {recipient} in {maildir}");
+}

@@ -235,7 +235,7 @@ async fn example_app_unchanged_on_real_backends() {
         .await
         .unwrap();
     assert!(!keys.is_empty(), "the counter lives in Redis");
-    let mail = wait_for_mail(&real.maildir, &email).await;
+    let mail = berth_tests::wait_for_mail(&real.maildir, &email).await;
     assert!(mail.contains(&format!("To: {email}")), "{mail}");
 
     // Cleanup.
@@ -262,23 +262,4 @@ async fn example_app_unchanged_on_real_backends() {
         .delete_stream(format!("BERTH_{app}"))
         .await
         .unwrap();
-}
-
-/// The one message for `recipient` in the SMTP server's maildir.
-async fn wait_for_mail(maildir: &str, recipient: &str) -> String {
-    for _ in 0..100 {
-        let found: Vec<String> = std::fs::read_dir(Path::new(maildir).join("new"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                    .filter(|m| m.contains(recipient))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let [mail] = found.as_slice() {
-            return mail.clone();
-        }
-        assert!(found.len() < 2, "more than one message for {recipient}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no message for {recipient} in {maildir}");
 }

@@ -288,22 +288,7 @@ async fn email_delivered_smtp() {
     let app = t.load_with(&config).await.unwrap();
     assert_success(&run(&app, "guest", &["send", "app@berth.example", &recipient]).await);
     // Exactly the valid message arrived: the rejected ones were never sent.
-    let mut delivered = Vec::new();
-    for _ in 0..50 {
-        delivered = std::fs::read_dir(std::path::Path::new(&maildir).join("new"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                    .filter(|m| m.contains(&recipient))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !delivered.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(delivered.len(), 1, "one message for {recipient}");
-    let mail = &delivered[0];
+    let mail = &berth_tests::wait_for_mail(&maildir, &recipient).await;
     assert!(mail.contains("Subject: Welcome"), "{mail}");
     assert!(mail.contains("From: app@berth.example"), "{mail}");
     assert!(mail.contains(&format!("To: {recipient}")), "{mail}");
