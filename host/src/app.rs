@@ -238,6 +238,7 @@ impl App {
             if limits != decl.limits {
                 tracing::info!(app = %manifest.name, component = %decl.name, ?limits, "limits capped by the host's maxima");
             }
+            let counters = crate::metrics::METRICS.component(&manifest.name, &decl.name);
             let env = Arc::new(ComponentEnv {
                 app: manifest.name.clone(),
                 component: decl.name.clone(),
@@ -252,9 +253,10 @@ impl App {
                         .collect(),
                     network: network.clone(),
                     owner: (manifest.name.clone(), decl.name.clone()),
+                    counters: Some(counters.clone()),
                 }),
                 slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency as usize)),
-                counters: crate::metrics::METRICS.component(&manifest.name, &decl.name),
+                counters,
                 limits,
                 config: config
                     .iter()

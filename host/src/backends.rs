@@ -88,6 +88,9 @@ async fn optional_secret(
     }
 }
 
+/// Pool size of a server database when neither config names one.
+const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
 fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
@@ -105,8 +108,14 @@ pub async fn open(
     };
     let secrets = host.secrets().await?;
     let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
-    for name in manifest.sql.keys() {
+    for (name, decl) in &manifest.sql {
         let key = format!("sql.{name}");
+        // The host config's `max_connections` caps what the manifest asks.
+        let pool_size = |host_max: Option<u32>| {
+            let host_max = host_max.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+            decl.max_connections
+                .map_or(host_max, |m| m.clamp(1, host_max))
+        };
         let cfg = host
             .sql
             .get(name)
@@ -168,7 +177,7 @@ pub async fn open(
                     password: optional_secret(&origin, &key, password, &secrets).await?,
                     tenant,
                     schema,
-                    max_connections: max_connections.unwrap_or(10),
+                    max_connections: pool_size(max_connections),
                     min_connections: min_connections.unwrap_or(0),
                     connect_timeout: ms(connect_timeout_ms, 5000),
                     statement_timeout: ms(statement_timeout_ms, 30_000),
@@ -191,7 +200,7 @@ pub async fn open(
                 let settings = MysqlSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     password: optional_secret(&origin, &key, password, &secrets).await?,
-                    max_connections: max_connections.unwrap_or(10),
+                    max_connections: pool_size(max_connections),
                     min_connections: min_connections.unwrap_or(0),
                     connect_timeout: ms(connect_timeout_ms, 5000),
                     statement_timeout: ms(statement_timeout_ms, 30_000),

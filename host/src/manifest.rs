@@ -67,7 +67,11 @@ struct RawManifest {
 /// A logical SQL database the app uses.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SqlDecl {}
+pub struct SqlDecl {
+    /// Most connections the app's pool for this database may open (pooled
+    /// server backends only), capped by the host config's `max_connections`.
+    pub max_connections: Option<u32>,
+}
 
 /// A logical key-value bucket the app uses.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

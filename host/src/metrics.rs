@@ -1,6 +1,7 @@
 //! Process-wide counters, exposed in the Prometheus text format on the
-//! admin listener (`[admin] listen` in the host config): invocations by
-//! outcome and limits hit, per app and component.
+//! admin listener (`[admin] listen` in the host config), per app (tenant)
+//! and component: invocations by outcome, limits hit, port operations by
+//! outcome, bytes in and out per port, and outbound HTTP requests.
 //!
 //! Each component's counters are registered once, when its app loads
 //! ([`Metrics::component`]), and counted with atomics: an invocation takes
@@ -28,14 +29,93 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 6] = [
+const LIMITS: [&str; 7] = [
     "time",
     "memory",
     "table",
     "handles",
     "concurrency",
     "outbound_requests",
+    "connections",
 ];
+
+/// A port whose calls are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// `berth:infra/sql`.
+    Sql,
+    /// `berth:infra/kv`.
+    Kv,
+    /// `berth:infra/blob`.
+    Blob,
+    /// `berth:infra/messaging`.
+    Messaging,
+    /// `berth:infra/email`.
+    Email,
+    /// `berth:infra/config`.
+    Config,
+    /// `berth:infra/logging`.
+    Logging,
+}
+
+const PORTS: [&str; 7] = [
+    "sql",
+    "kv",
+    "blob",
+    "messaging",
+    "email",
+    "config",
+    "logging",
+];
+
+impl Port {
+    /// The port's name in metrics and audit events.
+    pub fn name(self) -> &'static str {
+        PORTS[self as usize]
+    }
+}
+
+/// How an outbound HTTP request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// It was sent and a response head came back.
+    Sent,
+    /// The host refused it (not allowed, prohibited address, request cap).
+    Refused,
+    /// It was allowed but failed (connect, TLS, timeout, upstream error).
+    Failed,
+}
+
+const EGRESS: [&str; 3] = ["sent", "refused", "failed"];
+
+/// The counters of one port of one component.
+#[derive(Debug, Default)]
+struct PortCounters {
+    ok: AtomicU64,
+    error: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// One finished port call, as [`ComponentCounters::port_call`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct PortCall<'a> {
+    /// The port.
+    pub port: Port,
+    /// The operation (`query`, `tx.commit`, `get`…).
+    pub op: &'static str,
+    /// The logical resource (database, bucket, container, topic, key), or
+    /// `""` where the port has none.
+    pub resource: &'a str,
+    /// `None` on success, else the guest error's case (`not-granted`…).
+    pub error: Option<&'a str>,
+    /// When the call started.
+    pub started: std::time::Instant,
+    /// Payload bytes the guest sent.
+    pub bytes_in: usize,
+    /// Payload bytes returned to the guest.
+    pub bytes_out: usize,
+}
 
 /// How an invocation ended.
 #[derive(Debug, Clone, Copy)]
@@ -49,11 +129,14 @@ pub enum Outcome<'a> {
 }
 
 /// The counters of one component of one app.
+#[derive(Debug)]
 pub struct ComponentCounters {
     app: String,
     component: String,
     invocations: [[AtomicU64; OUTCOMES.len()]; TRIGGERS.len()],
     limits: [AtomicU64; LIMITS.len()],
+    ports: [PortCounters; PORTS.len()],
+    egress: [AtomicU64; EGRESS.len()],
 }
 
 impl ComponentCounters {
@@ -71,6 +154,51 @@ impl ComponentCounters {
                 self.limit(limit);
             }
         }
+    }
+
+    /// Counts one port call and writes its audit event (target
+    /// `berth::audit`, level debug: tenant, component, port, operation,
+    /// resource, outcome and duration; never a payload).
+    pub fn port_call(&self, call: PortCall<'_>) {
+        let c = &self.ports[call.port as usize];
+        match call.error {
+            None => c.ok.fetch_add(1, Ordering::Relaxed),
+            Some(_) => c.error.fetch_add(1, Ordering::Relaxed),
+        };
+        c.bytes_in
+            .fetch_add(call.bytes_in as u64, Ordering::Relaxed);
+        c.bytes_out
+            .fetch_add(call.bytes_out as u64, Ordering::Relaxed);
+        tracing::debug!(
+            target: "berth::audit",
+            app = self.app.as_str(),
+            component = self.component.as_str(),
+            port = call.port.name(),
+            op = call.op,
+            resource = call.resource,
+            outcome = call.error.unwrap_or("ok"),
+            duration_us = call.started.elapsed().as_micros() as u64,
+            bytes_in = call.bytes_in,
+            bytes_out = call.bytes_out,
+            "call"
+        );
+    }
+
+    /// Counts one outbound HTTP request to `authority` (host and port,
+    /// never the path or query) and writes its audit event.
+    pub fn egress(&self, authority: &str, outcome: Egress, started: std::time::Instant) {
+        self.egress[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            target: "berth::audit",
+            app = self.app.as_str(),
+            component = self.component.as_str(),
+            port = "http",
+            op = "send",
+            resource = authority,
+            outcome = EGRESS[outcome as usize],
+            duration_us = started.elapsed().as_micros() as u64,
+            "call"
+        );
     }
 
     /// Counts (and audits) a limit hit, in or outside an invocation's trap
@@ -110,6 +238,8 @@ impl Metrics {
                     component: component.to_owned(),
                     invocations: Default::default(),
                     limits: Default::default(),
+                    ports: Default::default(),
+                    egress: Default::default(),
                 })
             })
             .clone()
@@ -143,6 +273,47 @@ impl Metrics {
                     out.push(("berth_limits_exceeded_total", labels, value));
                 }
             }
+            for (p, port) in PORTS.iter().enumerate() {
+                let counters = &c.ports[p];
+                for (metric, label, value) in [
+                    (
+                        "berth_port_operations_total",
+                        ("outcome", "ok"),
+                        &counters.ok,
+                    ),
+                    (
+                        "berth_port_operations_total",
+                        ("outcome", "error"),
+                        &counters.error,
+                    ),
+                    (
+                        "berth_port_bytes_total",
+                        ("direction", "in"),
+                        &counters.bytes_in,
+                    ),
+                    (
+                        "berth_port_bytes_total",
+                        ("direction", "out"),
+                        &counters.bytes_out,
+                    ),
+                ] {
+                    let value = value.load(Ordering::Relaxed);
+                    if value > 0 {
+                        let mut labels = who();
+                        labels.push(("port", (*port).to_owned()));
+                        labels.push((label.0, label.1.to_owned()));
+                        out.push((metric, labels, value));
+                    }
+                }
+            }
+            for (e, outcome) in EGRESS.iter().enumerate() {
+                let value = c.egress[e].load(Ordering::Relaxed);
+                if value > 0 {
+                    let mut labels = who();
+                    labels.push(("outcome", (*outcome).to_owned()));
+                    out.push(("berth_egress_requests_total", labels, value));
+                }
+            }
         }
         out.sort_by(|a, b| a.0.cmp(b.0));
         out
@@ -172,6 +343,15 @@ impl Metrics {
                 let help = match metric {
                     "berth_invocations_total" => {
                         "Invocations by app, component, trigger and outcome."
+                    }
+                    "berth_port_operations_total" => {
+                        "Port calls by app, component, port and outcome."
+                    }
+                    "berth_port_bytes_total" => {
+                        "Payload bytes by app, component, port and direction (in: from the guest)."
+                    }
+                    "berth_egress_requests_total" => {
+                        "Outbound HTTP requests by app, component and outcome."
                     }
                     _ => "Limits hit by app, component and limit.",
                 };

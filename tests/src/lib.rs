@@ -222,6 +222,40 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// Runs `f` with a current-thread runtime under a `tracing` subscriber
+/// that keeps every line `filter` lets through; returns what `f` returned
+/// and the captured text.
+///
+/// Captures take turns (a process-wide lock): `tracing` caches per call
+/// site whether any thread's subscriber wants it, and two captures with
+/// different filters built and dropped concurrently can leave an event
+/// unrecorded.
+pub fn with_captured_logs<T>(
+    filter: tracing_subscriber::EnvFilter,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> T,
+) -> (T, String) {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let logs = LogCapture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, || {
+        // Call sites first hit by other tests' threads (with no subscriber)
+        // may have cached "never"; recompute with this subscriber counted.
+        tracing::callsite::rebuild_interest_cache();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a test runtime");
+        f(&rt)
+    });
+    (out, logs.text())
+}
+
 /// A `tracing` writer collecting every line into a shared buffer, for tests
 /// that check what the host logs (and what it never logs).
 #[derive(Clone, Default)]

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Egress;
 use serde::Deserialize;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -76,6 +77,8 @@ pub struct OutboundGrants {
     pub network: Arc<NetworkSettings>,
     /// The app and component these grants belong to, for audit events.
     pub owner: (String, String),
+    /// The component's counters, for egress requests (none in unit tests).
+    pub counters: Option<Arc<crate::metrics::ComponentCounters>>,
 }
 
 impl OutboundGrants {
@@ -158,15 +161,23 @@ impl WasiHttpHooks for OutboundPolicy {
         let over_limit = self.sent > self.max_requests;
         let max = self.max_requests;
         Box::new(async move {
+            let started = std::time::Instant::now();
             let (app, component) = &grants.owner;
-            // Kept for the audit record of a refusal (a cheap clone).
+            // Kept for the audit record (a cheap clone).
             let uri = request.uri().clone();
+            let authority = uri.authority().map_or("", |a| a.as_str()).to_owned();
+            let count = |outcome| {
+                if let Some(c) = &grants.counters {
+                    c.egress(&authority, outcome, started);
+                }
+            };
             if over_limit {
                 tracing::warn!(
                     limit = max,
                     "outbound request limit of the invocation reached"
                 );
                 crate::audit::refused(app, component, "limit.outbound_requests", &uri.to_string());
+                count(Egress::Refused);
                 return Err(HttpError::InternalError(Some(format!(
                     "outbound request limit reached: an invocation may send {max} requests"
                 ))));
@@ -183,6 +194,11 @@ impl WasiHttpHooks for OutboundPolicy {
             if let Some(what) = refused {
                 crate::audit::refused(app, component, what, &uri.to_string());
             }
+            count(match (&sent, refused) {
+                (_, Some(_)) => Egress::Refused,
+                (Ok(_), None) => Egress::Sent,
+                (Err(_), None) => Egress::Failed,
+            });
             sent
         })
     }

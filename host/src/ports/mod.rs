@@ -29,3 +29,85 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// The case name of a guest error (`NotGranted(..)` → `not-granted`), for
+/// metrics and audit events: derived from its `Debug` form so that no
+/// payload inside the case is ever recorded.
+pub(crate) fn error_case(error: &impl std::fmt::Debug) -> String {
+    // Generated types print as `Error::NotGranted("…")`: keep the case.
+    let debug = format!("{error:?}");
+    let path = debug
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
+        .next()
+        .unwrap_or_default();
+    let name = path.rsplit("::").next().unwrap_or_default();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl crate::state::InstanceState {
+    /// Records one finished port call: counters and the audit event (see
+    /// [`crate::metrics::ComponentCounters::port_call`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn meter<T, E: std::fmt::Debug>(
+        &self,
+        port: crate::metrics::Port,
+        op: &'static str,
+        resource: &str,
+        started: std::time::Instant,
+        result: &Result<T, E>,
+        bytes_in: usize,
+        bytes_out: impl FnOnce(&T) -> usize,
+    ) {
+        let (error, bytes_out) = match result {
+            Ok(v) => (None, bytes_out(v)),
+            Err(e) => (Some(error_case(e)), 0),
+        };
+        self.env.counters.port_call(crate::metrics::PortCall {
+            port,
+            op,
+            resource,
+            error: error.as_deref(),
+            started,
+            bytes_in,
+            bytes_out,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    enum Sample {
+        NotGranted(String),
+        Timeout,
+    }
+
+    #[test]
+    fn error_case_names_the_case_only() {
+        assert_eq!(
+            super::error_case(&Sample::NotGranted("secret-db".into())),
+            "not-granted"
+        );
+        assert_eq!(super::error_case(&Sample::Timeout), "timeout");
+        let generated = |_: ()| "Error::InvalidKey(\"../x\")";
+        struct Shown(&'static str);
+        impl std::fmt::Debug for Shown {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        assert_eq!(super::error_case(&Shown(generated(()))), "invalid-key");
+    }
+}

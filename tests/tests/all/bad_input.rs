@@ -203,26 +203,14 @@ async fn a_million_handles_are_stopped_at_the_handle_limit() {
 
 #[test]
 fn refusals_and_limits_are_audited() {
-    let logs = berth_tests::LogCapture::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("berth::audit=warn")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    let ((), logs) = berth_tests::with_captured_logs("berth::audit=warn".into(), |rt| {
         rt.block_on(async {
             let t = hostile("memory_mb = 32");
             let app = t.load().await.unwrap();
             assert_success(&run(&app, "guest", &["not-granted-sql"]).await);
             assert!(run(&app, "guest", &["memory"]).await.status.is_err());
-        });
+        })
     });
-    let logs = logs.text();
     let audit: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("berth::audit"))

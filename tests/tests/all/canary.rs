@@ -78,20 +78,9 @@ fn secret_canary_never_leaks_from_failing_backends() {
             "cannot connect at startup",
         ),
     ];
-    let logs = berth_tests::LogCapture::default();
-    let writer = logs.clone();
     // The host's own log pipeline at its most verbose setting.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(berth::cli::log_filter("trace"))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let mut errors = Vec::new();
-    tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    let (errors, logs) = berth_tests::with_captured_logs(berth::cli::log_filter("trace"), |rt| {
+        let mut errors = Vec::new();
         for (config, expected) in &configs {
             let host = host_config(&t, config);
             let started = std::time::Instant::now();
@@ -104,12 +93,12 @@ fn secret_canary_never_leaks_from_failing_backends() {
             // The host config itself never prints the resolved value either.
             assert!(!format!("{host:?}").contains(CANARY));
         }
+        errors
     });
     for (e, expected) in &errors {
         assert!(!e.contains(CANARY), "an error leaks the canary: {e}");
         assert!(e.contains(expected), "expected {expected:?} in: {e}");
     }
-    let logs = logs.text();
     assert!(!logs.is_empty(), "the failures were logged");
     let leaks: Vec<&str> = logs
         .lines()

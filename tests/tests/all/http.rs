@@ -138,6 +138,15 @@ async fn http_outbound_allow_list_and_limits() {
     let denied = http.get(fetch(other)).send().await.unwrap();
     assert_eq!(denied.status(), 502);
     assert_eq!(denied.text().await.unwrap(), "error: HttpRequestDenied");
+    // Both requests are counted for the tenant: one sent, one refused.
+    let egress = |outcome| {
+        berth::metrics::METRICS.get(
+            "berth_egress_requests_total",
+            &[("app", "httptest"), ("outcome", outcome)],
+        )
+    };
+    assert!(egress("sent") >= 1, "sent: {}", egress("sent"));
+    assert!(egress("refused") >= 1, "refused: {}", egress("refused"));
 
     // A spinning guest gets its time limit; the host answers 503 with JSON
     // naming the limit and keeps serving others meanwhile.

@@ -14,6 +14,7 @@ mod example_app;
 mod http;
 mod kv;
 mod messaging;
+mod metering;
 mod services;
 mod sql;
 mod sql_mysql;

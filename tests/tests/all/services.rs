@@ -663,3 +663,70 @@ async fn sql_tenants_isolated_postgres() {
         }
     }
 }
+
+/// Connections per tenant pool: the manifest's `max_connections` sizes the
+/// app's pool, the host config's caps it, and a guest past it gets
+/// `unavailable` naming the `connections` limit, counted in the metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_connection_limit_per_tenant_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = Schema::create(&url).await;
+    // (what the manifest asks, what the host allows): a pool of 2 each time.
+    for (asked, host_max) in [(2, 4), (50, 2)] {
+        let app_name = unique("pglimit");
+        let t = TestApp::new(&single_component_manifest(
+            &app_name,
+            guests::SQL_GUEST,
+            &format!("[sql.main]\nmax_connections = {asked}"),
+            "sql = [\"main\"]",
+        ));
+        let host = host_config(
+            &t,
+            &format!(
+                "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {:?}\nmax_connections = {host_max}\nconnect_timeout_ms = 500\n",
+                schema.name
+            ),
+        );
+        let app = std::sync::Arc::new(t.load_with(&host).await.unwrap());
+        // Three guests at once each hold a connection for 2 s.
+        let mut runs = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let app = app.clone();
+            runs.spawn(async move {
+                run(&app, "guest", &["try", "main", "SELECT 1 FROM pg_sleep(2)"])
+                    .await
+                    .stdout
+            });
+        }
+        let mut outputs = Vec::new();
+        while let Some(out) = runs.join_next().await {
+            outputs.push(out.unwrap());
+        }
+        let ok = outputs.iter().filter(|o| o.contains("ok 1")).count();
+        let limited = outputs
+            .iter()
+            .filter(|o| {
+                o.contains("Unavailable")
+                    && o.contains("limit `connections` reached: all 2 connections")
+            })
+            .count();
+        assert_eq!(
+            (ok, limited),
+            (2, 1),
+            "asked {asked}, host {host_max}: {outputs:?}"
+        );
+        assert_eq!(
+            berth::metrics::METRICS.get(
+                "berth_limits_exceeded_total",
+                &[("app", &app_name), ("limit", "connections")]
+            ),
+            1
+        );
+        // The pool is usable again once connections come back.
+        let out = run(&app, "guest", &["try", "main", "SELECT 1"]).await;
+        assert!(out.stdout.contains("ok 1"), "{}", out.stdout);
+    }
+    schema.drop_now().await;
+}

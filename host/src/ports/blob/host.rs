@@ -3,6 +3,7 @@
 //! `error`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
@@ -12,6 +13,7 @@ use super::{
     validate_prefix,
 };
 use crate::bindings::ports::blob::{self as wit, Error, ObjectInfo, ObjectPage};
+use crate::metrics::Port;
 use crate::ports::error_chain;
 use crate::state::InstanceState;
 
@@ -20,16 +22,19 @@ const MAX_URL_SECS: u32 = 7 * 24 * 3600;
 
 /// Backs a guest `container`.
 pub struct ContainerHandle {
+    name: Arc<str>,
     backend: Arc<dyn BlobBackend>,
 }
 
 /// Backs a guest `writer`; `None` once finished.
 pub struct WriterHandle {
+    container: Arc<str>,
     writer: Option<Box<dyn BlobWriter>>,
 }
 
 /// Backs a guest `reader`.
 pub struct ReaderHandle {
+    container: Arc<str>,
     reader: Box<dyn BlobReader>,
 }
 
@@ -79,24 +84,36 @@ impl InstanceState {
         Ok(())
     }
 
-    /// Validates, then runs `f` against the container's backend.
+    /// Validates, then runs `f` against the container's backend, and meters
+    /// the call (`bytes_in` sent by the guest, `bytes_out` of the result).
     async fn blob_call<T, F, Fut>(
         &mut self,
         this: &Resource<ContainerHandle>,
         op: &'static str,
         check: Result<(), BlobError>,
+        bytes_in: usize,
         f: F,
+        bytes_out: fn(&T) -> usize,
     ) -> Res<T>
     where
         F: FnOnce(Arc<dyn BlobBackend>) -> Fut,
         Fut: Future<Output = Result<T, BlobError>> + Send,
     {
-        let backend = self.table.get(this)?.backend.clone();
+        let started = Instant::now();
+        let handle = self.table.get(this)?;
+        let (backend, name) = (handle.backend.clone(), handle.name.clone());
         let result = match check {
             Ok(()) => f(backend).instrument(self.blob_span(op)).await,
             Err(e) => Err(e),
         };
-        Ok(result.map_err(|e| self.blob_error(op, e)))
+        let result = result.map_err(|e| self.blob_error(op, e));
+        self.meter(Port::Blob, op, &name, started, &result, bytes_in, bytes_out);
+        Ok(result)
+    }
+
+    /// The logical name of the container `this` was opened from.
+    fn blob_container(&self, this: &Resource<ContainerHandle>) -> wasmtime::Result<Arc<str>> {
+        Ok(self.table.get(this)?.name.clone())
     }
 }
 
@@ -104,6 +121,7 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostContainer for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ContainerHandle>> {
+        let started = Instant::now();
         let backend = self
             .env
             .grants
@@ -111,10 +129,15 @@ impl wit::HostContainer for InstanceState {
             .contains(&name)
             .then(|| self.env.backends.blob.get(&name).cloned())
             .flatten();
-        match backend {
-            Some(backend) => Ok(Ok(self.table.push(ContainerHandle { backend })?)),
-            None => Ok(Err(self.blob_error("open", BlobError::NotGranted(name)))),
-        }
+        let result = match backend {
+            Some(backend) => Ok(self.table.push(ContainerHandle {
+                name: name.as_str().into(),
+                backend,
+            })?),
+            None => Err(self.blob_error("open", BlobError::NotGranted(name.clone()))),
+        };
+        self.meter(Port::Blob, "open", &name, started, &result, 0, |_| 0);
+        Ok(result)
     }
 
     async fn put(
@@ -134,46 +157,78 @@ impl wit::HostContainer for InstanceState {
                 Ok(())
             }
         });
-        self.blob_call(&this, "put", check, move |b| async move {
-            b.put(&key, data).await.map(info)
-        })
+        let bytes_in = key.len() + data.len();
+        self.blob_call(
+            &this,
+            "put",
+            check,
+            bytes_in,
+            move |b| async move { b.put(&key, data).await.map(info) },
+            |_| 0,
+        )
         .await
     }
 
     async fn get(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<Vec<u8>> {
         let max = self.env.limits.payloads.blob_max_put_bytes;
         let check = self.blob_key(&key);
-        self.blob_call(&this, "get", check, move |b| async move {
-            b.get(&key, max).await
-        })
+        let bytes_in = key.len();
+        self.blob_call(
+            &this,
+            "get",
+            check,
+            bytes_in,
+            move |b| async move { b.get(&key, max).await },
+            Vec::len,
+        )
         .await
     }
 
     async fn delete(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<bool> {
         let check = self.blob_key(&key);
-        self.blob_call(&this, "delete", check, move |b| async move {
-            b.delete(&key).await
-        })
+        let bytes_in = key.len();
+        self.blob_call(
+            &this,
+            "delete",
+            check,
+            bytes_in,
+            move |b| async move { b.delete(&key).await },
+            |_| 0,
+        )
         .await
     }
 
     async fn exists(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<bool> {
         let check = self.blob_key(&key);
-        self.blob_call(&this, "exists", check, move |b| async move {
-            match b.stat(&key).await {
-                Ok(_) => Ok(true),
-                Err(BlobError::NotFound) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+        let bytes_in = key.len();
+        self.blob_call(
+            &this,
+            "exists",
+            check,
+            bytes_in,
+            move |b| async move {
+                match b.stat(&key).await {
+                    Ok(_) => Ok(true),
+                    Err(BlobError::NotFound) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            },
+            |_| 0,
+        )
         .await
     }
 
     async fn stat(&mut self, this: Resource<ContainerHandle>, key: String) -> Res<ObjectInfo> {
         let check = self.blob_key(&key);
-        self.blob_call(&this, "stat", check, move |b| async move {
-            b.stat(&key).await.map(info)
-        })
+        let bytes_in = key.len();
+        self.blob_call(
+            &this,
+            "stat",
+            check,
+            bytes_in,
+            move |b| async move { b.stat(&key).await.map(info) },
+            |_| 0,
+        )
         .await
     }
 
@@ -186,13 +241,21 @@ impl wit::HostContainer for InstanceState {
     ) -> Res<ObjectPage> {
         let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
         let check = validate_prefix(&prefix, self.env.limits.payloads.max_key_bytes);
-        self.blob_call(&this, "list", check, move |b| async move {
-            let page = b.list(&prefix, cursor.as_deref(), limit).await?;
-            Ok(ObjectPage {
-                objects: page.objects.into_iter().map(info).collect(),
-                cursor: page.cursor,
-            })
-        })
+        let bytes_in = prefix.len();
+        self.blob_call(
+            &this,
+            "list",
+            check,
+            bytes_in,
+            move |b| async move {
+                let page = b.list(&prefix, cursor.as_deref(), limit).await?;
+                Ok(ObjectPage {
+                    objects: page.objects.into_iter().map(info).collect(),
+                    cursor: page.cursor,
+                })
+            },
+            |page: &ObjectPage| page.objects.iter().map(|o| o.key.len()).sum(),
+        )
         .await
     }
 
@@ -202,13 +265,21 @@ impl wit::HostContainer for InstanceState {
         key: String,
     ) -> Res<Resource<WriterHandle>> {
         let check = self.blob_key(&key);
+        let container = self.blob_container(&this)?;
+        let bytes_in = key.len();
         match self
-            .blob_call(&this, "write", check, move |b| async move {
-                b.write(&key).await
-            })
+            .blob_call(
+                &this,
+                "write",
+                check,
+                bytes_in,
+                move |b| async move { b.write(&key).await },
+                |_| 0,
+            )
             .await?
         {
             Ok(writer) => Ok(Ok(self.table.push(WriterHandle {
+                container,
                 writer: Some(writer),
             })?)),
             Err(e) => Ok(Err(e)),
@@ -221,16 +292,20 @@ impl wit::HostContainer for InstanceState {
         key: String,
     ) -> Res<Resource<ReaderHandle>> {
         let check = self.blob_key(&key);
+        let container = self.blob_container(&this)?;
+        let bytes_in = key.len();
         match self
             .blob_call(
                 &this,
                 "read",
                 check,
+                bytes_in,
                 move |b| async move { b.read(&key).await },
+                |_| 0,
             )
             .await?
         {
-            Ok(reader) => Ok(Ok(self.table.push(ReaderHandle { reader })?)),
+            Ok(reader) => Ok(Ok(self.table.push(ReaderHandle { container, reader })?)),
             Err(e) => Ok(Err(e)),
         }
     }
@@ -243,9 +318,15 @@ impl wit::HostContainer for InstanceState {
     ) -> Res<String> {
         let check = self.blob_key(&key);
         let secs = expires_secs.clamp(1, MAX_URL_SECS);
-        self.blob_call(&this, "url", check, move |b| async move {
-            b.url(&key, secs).await
-        })
+        let bytes_in = key.len();
+        self.blob_call(
+            &this,
+            "url",
+            check,
+            bytes_in,
+            move |b| async move { b.url(&key, secs).await },
+            |_| 0,
+        )
         .await
     }
 
@@ -257,24 +338,42 @@ impl wit::HostContainer for InstanceState {
 
 impl wit::HostWriter for InstanceState {
     async fn write(&mut self, this: Resource<WriterHandle>, chunk: Vec<u8>) -> Res<()> {
-        if let Err(e) = self.blob_chunk(chunk.len()) {
-            return Ok(Err(self.blob_error("writer.write", e)));
-        }
+        let started = Instant::now();
+        let check = self.blob_chunk(chunk.len());
         let span = self.blob_span("writer.write");
-        let Some(writer) = self.table.get_mut(&this)?.writer.as_mut() else {
-            return Ok(Err(Error::Closed));
+        let handle = self.table.get_mut(&this)?;
+        let container = handle.container.clone();
+        let r = match (check, handle.writer.as_mut()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(BlobError::Closed),
+            (Ok(()), Some(writer)) => writer.write(&chunk).instrument(span).await,
         };
-        let r = writer.write(&chunk).instrument(span).await;
-        Ok(r.map_err(|e| self.blob_error("writer.write", e)))
+        let r = r.map_err(|e| self.blob_error("writer.write", e));
+        let (op, len) = ("writer.write", chunk.len());
+        self.meter(Port::Blob, op, &container, started, &r, len, |_| 0);
+        Ok(r)
     }
 
     async fn finish(&mut self, this: Resource<WriterHandle>) -> Res<ObjectInfo> {
+        let started = Instant::now();
         let span = self.blob_span("writer.finish");
-        let Some(writer) = self.table.get_mut(&this)?.writer.take() else {
-            return Ok(Err(Error::Closed));
+        let handle = self.table.get_mut(&this)?;
+        let container = handle.container.clone();
+        let r = match handle.writer.take() {
+            None => Err(BlobError::Closed),
+            Some(writer) => writer.finish().instrument(span).await.map(info),
         };
-        let r = writer.finish().instrument(span).await;
-        Ok(r.map(info).map_err(|e| self.blob_error("writer.finish", e)))
+        let r = r.map_err(|e| self.blob_error("writer.finish", e));
+        self.meter(
+            Port::Blob,
+            "writer.finish",
+            &container,
+            started,
+            &r,
+            0,
+            |_| 0,
+        );
+        Ok(r)
     }
 
     async fn drop(&mut self, rep: Resource<WriterHandle>) -> wasmtime::Result<()> {
@@ -287,10 +386,22 @@ impl wit::HostWriter for InstanceState {
 impl wit::HostReader for InstanceState {
     async fn read(&mut self, this: Resource<ReaderHandle>, max_bytes: u32) -> Res<Vec<u8>> {
         let max = (max_bytes as usize).clamp(1, self.env.limits.payloads.blob_max_chunk_bytes);
+        let started = Instant::now();
         let span = self.blob_span("reader.read");
-        let reader = &mut self.table.get_mut(&this)?.reader;
-        let r = reader.read(max).instrument(span).await;
-        Ok(r.map_err(|e| self.blob_error("reader.read", e)))
+        let handle = self.table.get_mut(&this)?;
+        let container = handle.container.clone();
+        let r = handle.reader.read(max).instrument(span).await;
+        let r = r.map_err(|e| self.blob_error("reader.read", e));
+        self.meter(
+            Port::Blob,
+            "reader.read",
+            &container,
+            started,
+            &r,
+            0,
+            Vec::len,
+        );
+        Ok(r)
     }
 
     async fn drop(&mut self, rep: Resource<ReaderHandle>) -> wasmtime::Result<()> {

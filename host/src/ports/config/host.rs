@@ -1,33 +1,43 @@
 //! WIT glue for `berth:infra/config`: a component sees only the keys its
 //! manifest grants it.
 
+use std::time::Instant;
+
 use crate::bindings::ports::config::{self as wit, Error};
+use crate::metrics::Port;
 use crate::state::InstanceState;
 
 impl wit::Host for InstanceState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
-        if !self.env.grants.config.contains(&key) {
+        let started = Instant::now();
+        let r = if self.env.grants.config.contains(&key) {
+            Ok(self.env.config.get(&key).map(|v| v.expose().to_string()))
+        } else {
             crate::audit::refused(
                 &self.env.app,
                 &self.env.component,
                 "config.not-granted",
                 &key,
             );
-            return Ok(Err(Error::NotGranted(key)));
-        }
-        Ok(Ok(self
-            .env
-            .config
-            .get(&key)
-            .map(|v| v.expose().to_string())))
+            Err(Error::NotGranted(key.clone()))
+        };
+        self.meter(Port::Config, "get", &key, started, &r, key.len(), |v| {
+            v.as_ref().map_or(0, String::len)
+        });
+        Ok(r)
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
-        Ok(Ok(self
+        let started = Instant::now();
+        let r: Result<_, Error> = Ok(self
             .env
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
-            .collect()))
+            .collect::<Vec<_>>());
+        self.meter(Port::Config, "get-all", "", started, &r, 0, |all| {
+            all.iter().map(|(k, v)| k.len() + v.len()).sum()
+        });
+        Ok(r)
     }
 }

@@ -1,10 +1,13 @@
 //! WIT glue for `berth:infra/email`: validation against the component's
 //! granted senders and the mapping of [`EmailError`] to the guest's `error`.
 
+use std::time::Instant;
+
 use tracing::Instrument as _;
 
 use super::{EmailError, EmailMessage, validate_message};
 use crate::bindings::ports::email::{self as wit, Error, Message};
+use crate::metrics::Port;
 use crate::ports::error_chain;
 use crate::state::InstanceState;
 
@@ -35,6 +38,7 @@ impl InstanceState {
 
 impl wit::Host for InstanceState {
     async fn send(&mut self, m: Message) -> wasmtime::Result<Result<String, Error>> {
+        let started = Instant::now();
         let message = EmailMessage {
             from: m.from,
             to: m.to,
@@ -45,16 +49,34 @@ impl wit::Host for InstanceState {
             text_body: m.text_body,
             html_body: m.html_body,
         };
-        if let Err(e) = validate_message(
+        let bytes_in = message.subject.len()
+            + message.text_body.len()
+            + message.html_body.as_ref().map_or(0, String::len);
+        let r = match validate_message(
             &message,
             &self.env.grants.email_senders,
             &self.env.limits.payloads,
         ) {
-            return Ok(Err(self.email_error(e)));
-        }
-        let span = tracing::debug_span!("email", op = "send", app = %self.env.app, component = %self.env.component);
-        let backend = self.env.backends.email.clone();
-        let r = backend.send(&message).instrument(span).await;
-        Ok(r.map_err(|e| self.email_error(e)))
+            Err(e) => Err(self.email_error(e)),
+            Ok(()) => {
+                let span = tracing::debug_span!("email", op = "send", app = %self.env.app, component = %self.env.component);
+                let backend = self.env.backends.email.clone();
+                backend
+                    .send(&message)
+                    .instrument(span)
+                    .await
+                    .map_err(|e| self.email_error(e))
+            }
+        };
+        self.meter(
+            Port::Email,
+            "send",
+            &message.from,
+            started,
+            &r,
+            bytes_in,
+            |_| 0,
+        );
+        Ok(r)
     }
 }

@@ -2,18 +2,20 @@
 //! the mapping of [`KvError`] to the guest's `error`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
 
 use super::{KvBackend, KvError};
 use crate::bindings::ports::kv::{self as wit, Error, KeyPage};
+use crate::metrics::Port;
 use crate::ports::error_chain;
 use crate::state::InstanceState;
 
 /// Backs a guest `bucket`.
 pub struct BucketHandle {
+    name: Arc<str>,
     backend: Arc<dyn KvBackend>,
 }
 
@@ -63,24 +65,31 @@ impl InstanceState {
         Ok(())
     }
 
-    /// Validates, then runs `op` against the bucket's backend.
+    /// Validates, then runs `op` against the bucket's backend, and meters
+    /// the call (`bytes_in` sent by the guest, `bytes_out` of the result).
     async fn kv_call<T, F, Fut>(
         &mut self,
         this: &Resource<BucketHandle>,
         op: &'static str,
         check: Result<(), KvError>,
+        bytes_in: usize,
         f: F,
+        bytes_out: fn(&T) -> usize,
     ) -> Res<T>
     where
         F: FnOnce(Arc<dyn KvBackend>) -> Fut,
         Fut: Future<Output = Result<T, KvError>> + Send,
     {
-        let backend = self.table.get(this)?.backend.clone();
+        let started = Instant::now();
+        let handle = self.table.get(this)?;
+        let (backend, name) = (handle.backend.clone(), handle.name.clone());
         let result = match check {
             Ok(()) => f(backend).instrument(self.kv_span(op)).await,
             Err(e) => Err(e),
         };
-        Ok(result.map_err(|e| self.kv_error(op, e)))
+        let result = result.map_err(|e| self.kv_error(op, e));
+        self.meter(Port::Kv, op, &name, started, &result, bytes_in, bytes_out);
+        Ok(result)
     }
 }
 
@@ -88,6 +97,7 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostBucket for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<BucketHandle>> {
+        let started = Instant::now();
         let backend = self
             .env
             .grants
@@ -95,19 +105,27 @@ impl wit::HostBucket for InstanceState {
             .contains(&name)
             .then(|| self.env.backends.kv.get(&name).cloned())
             .flatten();
-        match backend {
-            Some(backend) => Ok(Ok(self.table.push(BucketHandle { backend })?)),
-            None => Ok(Err(self.kv_error("open", KvError::NotGranted(name)))),
-        }
+        let result = match backend {
+            Some(backend) => Ok(self.table.push(BucketHandle {
+                name: name.as_str().into(),
+                backend,
+            })?),
+            None => Err(self.kv_error("open", KvError::NotGranted(name.clone()))),
+        };
+        self.meter(Port::Kv, "open", &name, started, &result, 0, |_| 0);
+        Ok(result)
     }
 
     async fn get(&mut self, this: Resource<BucketHandle>, key: String) -> Res<Option<Vec<u8>>> {
         let check = self.kv_check_key(&key);
+        let bytes_in = key.len();
         self.kv_call(
             &this,
             "get",
             check,
+            bytes_in,
             move |b| async move { b.get(&key).await },
+            |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len),
         )
         .await
     }
@@ -123,25 +141,43 @@ impl wit::HostBucket for InstanceState {
             .kv_check_key(&key)
             .and_then(|()| self.kv_check_value(&value));
         let ttl = ttl_ms.map(Duration::from_millis);
-        self.kv_call(&this, "set", check, move |b| async move {
-            b.set(&key, value, ttl).await
-        })
+        let bytes_in = key.len() + value.len();
+        self.kv_call(
+            &this,
+            "set",
+            check,
+            bytes_in,
+            move |b| async move { b.set(&key, value, ttl).await },
+            |_| 0,
+        )
         .await
     }
 
     async fn delete(&mut self, this: Resource<BucketHandle>, key: String) -> Res<bool> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "delete", check, move |b| async move {
-            b.delete(&key).await
-        })
+        let bytes_in = key.len();
+        self.kv_call(
+            &this,
+            "delete",
+            check,
+            bytes_in,
+            move |b| async move { b.delete(&key).await },
+            |_| 0,
+        )
         .await
     }
 
     async fn exists(&mut self, this: Resource<BucketHandle>, key: String) -> Res<bool> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "exists", check, move |b| async move {
-            b.exists(&key).await
-        })
+        let bytes_in = key.len();
+        self.kv_call(
+            &this,
+            "exists",
+            check,
+            bytes_in,
+            move |b| async move { b.exists(&key).await },
+            |_| 0,
+        )
         .await
     }
 
@@ -158,13 +194,21 @@ impl wit::HostBucket for InstanceState {
         } else {
             Ok(())
         };
-        self.kv_call(&this, "list-keys", check, move |b| async move {
-            let page = b.list_keys(&prefix, cursor.as_deref(), limit).await?;
-            Ok(KeyPage {
-                keys: page.keys,
-                cursor: page.cursor,
-            })
-        })
+        let bytes_in = prefix.len();
+        self.kv_call(
+            &this,
+            "list-keys",
+            check,
+            bytes_in,
+            move |b| async move {
+                let page = b.list_keys(&prefix, cursor.as_deref(), limit).await?;
+                Ok(KeyPage {
+                    keys: page.keys,
+                    cursor: page.cursor,
+                })
+            },
+            |page: &KeyPage| page.keys.iter().map(String::len).sum(),
+        )
         .await
     }
 
@@ -175,9 +219,15 @@ impl wit::HostBucket for InstanceState {
         delta: i64,
     ) -> Res<i64> {
         let check = self.kv_check_key(&key);
-        self.kv_call(&this, "increment", check, move |b| async move {
-            b.increment(&key, delta).await
-        })
+        let bytes_in = key.len();
+        self.kv_call(
+            &this,
+            "increment",
+            check,
+            bytes_in,
+            move |b| async move { b.increment(&key, delta).await },
+            |_| 0,
+        )
         .await
     }
 
@@ -191,9 +241,15 @@ impl wit::HostBucket for InstanceState {
         let check = self
             .kv_check_key(&key)
             .and_then(|()| self.kv_check_value(&new));
-        self.kv_call(&this, "compare-and-swap", check, move |b| async move {
-            b.compare_and_swap(&key, expected.as_deref(), new).await
-        })
+        let bytes_in = key.len() + new.len() + expected.as_ref().map_or(0, Vec::len);
+        self.kv_call(
+            &this,
+            "compare-and-swap",
+            check,
+            bytes_in,
+            move |b| async move { b.compare_and_swap(&key, expected.as_deref(), new).await },
+            |_| 0,
+        )
         .await
     }
 

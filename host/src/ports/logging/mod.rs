@@ -2,6 +2,7 @@
 //! under the target `berth::guest`, tagged with app and component.
 
 use crate::bindings::ports::logging::{self as wit, Level};
+use crate::metrics::Port;
 use crate::state::InstanceState;
 
 /// Longest message kept; longer ones are cut so a guest cannot flood logs
@@ -28,6 +29,8 @@ impl wit::Host for InstanceState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        let started = std::time::Instant::now();
+        let bytes_in = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let message = truncate(&message, MAX_MESSAGE_BYTES);
         let fields: Vec<String> = fields
             .iter()
@@ -48,6 +51,8 @@ impl wit::Host for InstanceState {
             Level::Warn => emit!(tracing::Level::WARN),
             Level::Error => emit!(tracing::Level::ERROR),
         }
+        let ok: Result<(), ()> = Ok(());
+        self.meter(Port::Logging, "log", "", started, &ok, bytes_in, |_| 0);
         Ok(())
     }
 }

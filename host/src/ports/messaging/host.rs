@@ -1,13 +1,14 @@
 //! WIT glue for `berth:infra/messaging`: topic grants, payload and header
 //! limits, and the mapping of [`MessagingError`] to the guest's `error`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
 
 use super::{Message as HostMessage, MessagingError, validate_topic};
 use crate::bindings::ports::messaging::{self as wit, Error};
 use crate::bindings::ports::messaging_types::{self, Message};
+use crate::metrics::Port;
 use crate::ports::error_chain;
 use crate::state::InstanceState;
 
@@ -101,16 +102,30 @@ impl wit::Host for InstanceState {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Res<String> {
-        if let Err(e) = self.check_publish(&topic, &payload, &headers) {
-            return Ok(Err(self.messaging_error("publish", e)));
-        }
-        let span = tracing::debug_span!("messaging", op = "publish", app = %self.env.app, component = %self.env.component, %topic);
-        let broker = self.env.backends.messaging.clone();
-        let r = broker
-            .publish(&topic, payload, headers)
-            .instrument(span)
-            .await;
-        Ok(r.map_err(|e| self.messaging_error("publish", e)))
+        let started = Instant::now();
+        let bytes_in = payload.len();
+        let r = match self.check_publish(&topic, &payload, &headers) {
+            Err(e) => Err(self.messaging_error("publish", e)),
+            Ok(()) => {
+                let span = tracing::debug_span!("messaging", op = "publish", app = %self.env.app, component = %self.env.component, %topic);
+                let broker = self.env.backends.messaging.clone();
+                broker
+                    .publish(&topic, payload, headers)
+                    .instrument(span)
+                    .await
+                    .map_err(|e| self.messaging_error("publish", e))
+            }
+        };
+        self.meter(
+            Port::Messaging,
+            "publish",
+            &topic,
+            started,
+            &r,
+            bytes_in,
+            |_| 0,
+        );
+        Ok(r)
     }
 
     async fn request(
@@ -120,17 +135,32 @@ impl wit::Host for InstanceState {
         headers: Vec<(String, String)>,
         timeout_ms: u32,
     ) -> Res<Message> {
-        if let Err(e) = self.check_publish(&topic, &payload, &headers) {
-            return Ok(Err(self.messaging_error("request", e)));
-        }
-        let timeout = Duration::from_millis(timeout_ms.clamp(1, MAX_REQUEST_TIMEOUT_MS).into());
-        let span = tracing::debug_span!("messaging", op = "request", app = %self.env.app, component = %self.env.component, %topic);
-        let broker = self.env.backends.messaging.clone();
-        let r = broker
-            .request(&topic, payload, headers, timeout)
-            .instrument(span)
-            .await;
-        Ok(r.map(message_to_wit)
-            .map_err(|e| self.messaging_error("request", e)))
+        let started = Instant::now();
+        let bytes_in = payload.len();
+        let r = match self.check_publish(&topic, &payload, &headers) {
+            Err(e) => Err(self.messaging_error("request", e)),
+            Ok(()) => {
+                let timeout =
+                    Duration::from_millis(timeout_ms.clamp(1, MAX_REQUEST_TIMEOUT_MS).into());
+                let span = tracing::debug_span!("messaging", op = "request", app = %self.env.app, component = %self.env.component, %topic);
+                let broker = self.env.backends.messaging.clone();
+                broker
+                    .request(&topic, payload, headers, timeout)
+                    .instrument(span)
+                    .await
+                    .map(message_to_wit)
+                    .map_err(|e| self.messaging_error("request", e))
+            }
+        };
+        self.meter(
+            Port::Messaging,
+            "request",
+            &topic,
+            started,
+            &r,
+            bytes_in,
+            |m| m.payload.len(),
+        );
+        Ok(r)
     }
 }

@@ -2,6 +2,7 @@
 //! bookkeeping and the mapping of [`SqlError`] to the guest's `error`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
@@ -11,6 +12,7 @@ use super::{
     SqlValue,
 };
 use crate::bindings::ports::sql::{self as wit, Column, Error, RowSet, Value};
+use crate::metrics::Port;
 use crate::ports::error_chain;
 use crate::state::InstanceState;
 
@@ -19,17 +21,19 @@ const MAX_CURSOR_BATCH: usize = 10_000;
 
 /// Backs a guest `connection`.
 pub struct ConnectionHandle {
-    name: String,
+    name: Arc<str>,
     backend: Arc<dyn SqlBackend>,
 }
 
 /// Backs a guest `transaction`; `None` once committed or rolled back.
 pub struct TransactionHandle {
+    db: Arc<str>,
     tx: Option<Box<dyn SqlTransaction>>,
 }
 
 /// Backs a guest `cursor`.
 pub struct CursorHandle {
+    db: Arc<str>,
     cursor: Box<dyn SqlCursor>,
 }
 
@@ -58,6 +62,7 @@ impl InstanceState {
         match &e {
             SqlError::NotGranted(n) => audit("sql.not-granted", n),
             SqlError::Denied(m) => audit("sql.denied", m),
+            SqlError::PoolExhausted(_) => self.env.counters.limit("connections"),
             _ => {}
         }
         match e {
@@ -71,6 +76,9 @@ impl InstanceState {
             SqlError::Denied(m) => Error::Denied(m),
             SqlError::Conflict(m) => Error::Conflict(m),
             SqlError::Unavailable(_) => Error::Unavailable("the database is unavailable".into()),
+            SqlError::PoolExhausted(max) => Error::Unavailable(format!(
+                "limit `connections` reached: all {max} connections of this app's pool are in use"
+            )),
             SqlError::Closed => Error::Closed,
             SqlError::Other(m) => Error::Other(m),
         }
@@ -136,17 +144,37 @@ fn params(p: Vec<Value>) -> Vec<SqlValue> {
     p.into_iter().map(from_wit).collect()
 }
 
+/// Bytes a statement and its parameters carry into the host, for metering.
+fn statement_bytes(statement: &str, params: &[SqlValue]) -> usize {
+    statement.len() + params.iter().map(SqlValue::approx_size).sum::<usize>()
+}
+
+/// Bytes rows carry back to the guest, for metering.
+fn rows_bytes(rows: &[Vec<SqlValue>]) -> usize {
+    rows.iter().flatten().map(SqlValue::approx_size).sum()
+}
+
 impl wit::Host for InstanceState {}
 
 impl wit::HostConnection for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ConnectionHandle>> {
-        if !self.env.grants.sql.contains(&name) {
-            return Ok(Err(self.sql_error("open", SqlError::NotGranted(name))));
-        }
-        let Some(backend) = self.env.backends.sql.get(&name).cloned() else {
-            return Ok(Err(self.sql_error("open", SqlError::NotGranted(name))));
+        let started = Instant::now();
+        let backend = self
+            .env
+            .grants
+            .sql
+            .contains(&name)
+            .then(|| self.env.backends.sql.get(&name).cloned())
+            .flatten();
+        let result = match backend {
+            Some(backend) => Ok(self.table.push(ConnectionHandle {
+                name: name.as_str().into(),
+                backend,
+            })?),
+            None => Err(self.sql_error("open", SqlError::NotGranted(name.clone()))),
         };
-        Ok(Ok(self.table.push(ConnectionHandle { name, backend })?))
+        self.meter(Port::Sql, "open", &name, started, &result, 0, |_| 0);
+        Ok(result)
     }
 
     async fn query(
@@ -155,13 +183,21 @@ impl wit::HostConnection for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<RowSet> {
-        let backend = self.table.get(&this)?.backend.clone();
+        let started = Instant::now();
+        let handle = self.table.get(&this)?;
+        let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let caps = self.sql_caps();
+        let p = params(p);
+        let bytes_in = statement_bytes(&statement, &p);
         let r = backend
-            .query(statement, params(p), caps)
+            .query(statement, p, caps)
             .instrument(self.sql_span("query"))
-            .await;
-        Ok(r.map(rowset_to_wit).map_err(|e| self.sql_error("query", e)))
+            .await
+            .map_err(|e| self.sql_error("query", e));
+        self.meter(Port::Sql, "query", &db, started, &r, bytes_in, |r| {
+            rows_bytes(&r.rows)
+        });
+        Ok(r.map(rowset_to_wit))
     }
 
     async fn execute(
@@ -170,23 +206,36 @@ impl wit::HostConnection for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<u64> {
-        let backend = self.table.get(&this)?.backend.clone();
+        let started = Instant::now();
+        let handle = self.table.get(&this)?;
+        let (backend, db) = (handle.backend.clone(), handle.name.clone());
+        let p = params(p);
+        let bytes_in = statement_bytes(&statement, &p);
         let r = backend
-            .execute(statement, params(p))
+            .execute(statement, p)
             .instrument(self.sql_span("execute"))
-            .await;
-        Ok(r.map_err(|e| self.sql_error("execute", e)))
+            .await
+            .map_err(|e| self.sql_error("execute", e));
+        self.meter(Port::Sql, "execute", &db, started, &r, bytes_in, |_| 0);
+        Ok(r)
     }
 
     async fn begin(
         &mut self,
         this: Resource<ConnectionHandle>,
     ) -> Res<Resource<TransactionHandle>> {
-        let backend = self.table.get(&this)?.backend.clone();
-        match backend.begin().instrument(self.sql_span("begin")).await {
-            Ok(tx) => Ok(Ok(self.table.push(TransactionHandle { tx: Some(tx) })?)),
-            Err(e) => Ok(Err(self.sql_error("begin", e))),
-        }
+        let started = Instant::now();
+        let handle = self.table.get(&this)?;
+        let (backend, db) = (handle.backend.clone(), handle.name.clone());
+        let r = match backend.begin().instrument(self.sql_span("begin")).await {
+            Ok(tx) => Ok(self.table.push(TransactionHandle {
+                db: db.clone(),
+                tx: Some(tx),
+            })?),
+            Err(e) => Err(self.sql_error("begin", e)),
+        };
+        self.meter(Port::Sql, "begin", &db, started, &r, 0, |_| 0);
+        Ok(r)
     }
 
     async fn open_cursor(
@@ -195,15 +244,24 @@ impl wit::HostConnection for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<Resource<CursorHandle>> {
-        let backend = self.table.get(&this)?.backend.clone();
-        match backend
-            .open_cursor(statement, params(p))
+        let started = Instant::now();
+        let handle = self.table.get(&this)?;
+        let (backend, db) = (handle.backend.clone(), handle.name.clone());
+        let p = params(p);
+        let bytes_in = statement_bytes(&statement, &p);
+        let r = match backend
+            .open_cursor(statement, p)
             .instrument(self.sql_span("open-cursor"))
             .await
         {
-            Ok(cursor) => Ok(Ok(self.table.push(CursorHandle { cursor })?)),
-            Err(e) => Ok(Err(self.sql_error("open-cursor", e))),
-        }
+            Ok(cursor) => Ok(self.table.push(CursorHandle {
+                db: db.clone(),
+                cursor,
+            })?),
+            Err(e) => Err(self.sql_error("open-cursor", e)),
+        };
+        self.meter(Port::Sql, "open-cursor", &db, started, &r, bytes_in, |_| 0);
+        Ok(r)
     }
 
     async fn drop(&mut self, rep: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
@@ -220,14 +278,22 @@ impl wit::HostTransaction for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<RowSet> {
+        let started = Instant::now();
         let caps = self.sql_caps();
         let span = self.sql_span("tx.query");
-        let Some(tx) = self.table.get_mut(&this)?.tx.as_mut() else {
-            return Ok(Err(Error::Closed));
+        let p = params(p);
+        let bytes_in = statement_bytes(&statement, &p);
+        let handle = self.table.get_mut(&this)?;
+        let db = handle.db.clone();
+        let r = match handle.tx.as_mut() {
+            None => Err(SqlError::Closed),
+            Some(tx) => tx.query(statement, p, caps).instrument(span).await,
         };
-        let r = tx.query(statement, params(p), caps).instrument(span).await;
-        Ok(r.map(rowset_to_wit)
-            .map_err(|e| self.sql_error("tx.query", e)))
+        let r = r.map_err(|e| self.sql_error("tx.query", e));
+        self.meter(Port::Sql, "tx.query", &db, started, &r, bytes_in, |r| {
+            rows_bytes(&r.rows)
+        });
+        Ok(r.map(rowset_to_wit))
     }
 
     async fn execute(
@@ -236,36 +302,27 @@ impl wit::HostTransaction for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<u64> {
+        let started = Instant::now();
         let span = self.sql_span("tx.execute");
-        let Some(tx) = self.table.get_mut(&this)?.tx.as_mut() else {
-            return Ok(Err(Error::Closed));
+        let p = params(p);
+        let bytes_in = statement_bytes(&statement, &p);
+        let handle = self.table.get_mut(&this)?;
+        let db = handle.db.clone();
+        let r = match handle.tx.as_mut() {
+            None => Err(SqlError::Closed),
+            Some(tx) => tx.execute(statement, p).instrument(span).await,
         };
-        let r = tx.execute(statement, params(p)).instrument(span).await;
-        Ok(r.map_err(|e| self.sql_error("tx.execute", e)))
+        let r = r.map_err(|e| self.sql_error("tx.execute", e));
+        self.meter(Port::Sql, "tx.execute", &db, started, &r, bytes_in, |_| 0);
+        Ok(r)
     }
 
     async fn commit(&mut self, this: Resource<TransactionHandle>) -> Res<()> {
-        let span = self.sql_span("tx.commit");
-        let Some(tx) = self.table.get_mut(&this)?.tx.take() else {
-            return Ok(Err(Error::Closed));
-        };
-        Ok(tx
-            .commit()
-            .instrument(span)
-            .await
-            .map_err(|e| self.sql_error("tx.commit", e)))
+        self.sql_finish(this, "tx.commit").await
     }
 
     async fn rollback(&mut self, this: Resource<TransactionHandle>) -> Res<()> {
-        let span = self.sql_span("tx.rollback");
-        let Some(tx) = self.table.get_mut(&this)?.tx.take() else {
-            return Ok(Err(Error::Closed));
-        };
-        Ok(tx
-            .rollback()
-            .instrument(span)
-            .await
-            .map_err(|e| self.sql_error("tx.rollback", e)))
+        self.sql_finish(this, "tx.rollback").await
     }
 
     async fn drop(&mut self, rep: Resource<TransactionHandle>) -> wasmtime::Result<()> {
@@ -275,18 +332,41 @@ impl wit::HostTransaction for InstanceState {
     }
 }
 
+impl InstanceState {
+    /// Commits (`tx.commit`) or rolls back (`tx.rollback`) a transaction.
+    async fn sql_finish(&mut self, this: Resource<TransactionHandle>, op: &'static str) -> Res<()> {
+        let started = Instant::now();
+        let span = self.sql_span(op);
+        let handle = self.table.get_mut(&this)?;
+        let db = handle.db.clone();
+        let r = match handle.tx.take() {
+            None => Err(SqlError::Closed),
+            Some(tx) if op == "tx.commit" => tx.commit().instrument(span).await,
+            Some(tx) => tx.rollback().instrument(span).await,
+        };
+        let r = r.map_err(|e| self.sql_error(op, e));
+        self.meter(Port::Sql, op, &db, started, &r, 0, |_| 0);
+        Ok(r)
+    }
+}
+
 impl wit::HostCursor for InstanceState {
     async fn columns(&mut self, this: Resource<CursorHandle>) -> wasmtime::Result<Vec<Column>> {
         Ok(columns_to_wit(self.table.get(&this)?.cursor.columns()))
     }
 
     async fn next(&mut self, this: Resource<CursorHandle>, max_rows: u32) -> Res<Vec<Vec<Value>>> {
+        let started = Instant::now();
         let span = self.sql_span("cursor.next");
         let max = (max_rows as usize).clamp(1, MAX_CURSOR_BATCH);
-        let cursor = &mut self.table.get_mut(&this)?.cursor;
-        let r = cursor.next(max).instrument(span).await;
-        Ok(r.map(rows_to_wit)
-            .map_err(|e| self.sql_error("cursor.next", e)))
+        let handle = self.table.get_mut(&this)?;
+        let db = handle.db.clone();
+        let r = handle.cursor.next(max).instrument(span).await;
+        let r = r.map_err(|e| self.sql_error("cursor.next", e));
+        self.meter(Port::Sql, "cursor.next", &db, started, &r, 0, |rows| {
+            rows_bytes(rows)
+        });
+        Ok(r.map(rows_to_wit))
     }
 
     async fn drop(&mut self, rep: Resource<CursorHandle>) -> wasmtime::Result<()> {

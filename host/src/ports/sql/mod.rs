@@ -166,6 +166,10 @@ pub enum SqlError {
     /// Engine unreachable.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every connection of the app's pool stayed in use until the acquire
+    /// timeout: the app hit its `max_connections` limit.
+    #[error("all {0} connections of the pool are in use")]
+    PoolExhausted(u32),
     /// Handle already finished.
     #[error("the transaction or cursor is already finished")]
     Closed,

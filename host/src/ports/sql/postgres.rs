@@ -63,6 +63,7 @@ pub struct TenantLogin {
 /// One logical database served by a Postgres pool.
 pub struct PostgresDatabase {
     pool: sqlx::PgPool,
+    max_connections: u32,
 }
 
 impl PostgresDatabase {
@@ -92,15 +93,30 @@ impl PostgresDatabase {
         options = options
             .options(settings)
             .application_name(&s.application_name);
+        let max_connections = s.max_connections.max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(s.max_connections.max(1))
+            .max_connections(max_connections)
             .min_connections(s.min_connections)
             .acquire_timeout(s.connect_timeout)
             .test_before_acquire(true)
             .connect_with(options)
             .await
             .map_err(map_error)?;
-        Ok(PostgresDatabase { pool })
+        Ok(PostgresDatabase {
+            pool,
+            max_connections,
+        })
+    }
+
+    /// Maps an error of acquiring a pooled connection: a time-out while
+    /// every connection of the pool is checked out is the app's connection
+    /// limit, anything else a database problem.
+    fn acquire_error(&self, e: sqlx::Error) -> SqlError {
+        let exhausted = self.pool.size() >= self.max_connections && self.pool.num_idle() == 0;
+        match e {
+            sqlx::Error::PoolTimedOut if exhausted => SqlError::PoolExhausted(self.max_connections),
+            e => map_error(e),
+        }
     }
 
     /// The pool (for tests and benchmarks that compare against native sqlx).
@@ -194,17 +210,25 @@ impl SqlBackend for PostgresDatabase {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let mut conn = self.pool.acquire().await.map_err(map_error)?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.acquire_error(e))?;
         query_on(&mut conn, &statement, params, caps).await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let mut conn = self.pool.acquire().await.map_err(map_error)?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.acquire_error(e))?;
         execute_on(&mut conn, &statement, params).await
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
-        let tx = self.pool.begin().await.map_err(map_error)?;
+        let tx = self.pool.begin().await.map_err(|e| self.acquire_error(e))?;
         Ok(Box::new(PostgresTransaction { tx: Some(tx) }))
     }
 
@@ -213,7 +237,11 @@ impl SqlBackend for PostgresDatabase {
         statement: String,
         params: Vec<SqlValue>,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
-        let mut conn = self.pool.acquire().await.map_err(map_error)?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.acquire_error(e))?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
