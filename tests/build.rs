@@ -19,6 +19,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("USERS_API", "users_api"),
     ("WELCOME_WORKER", "welcome_worker"),
     ("HTTP_GUEST", "http_guest"),
+    ("TENANT_GUEST", "tenant_guest"),
     ("BENCH_GUEST", "bench_guest"),
     ("BENCH_HANDLER", "bench_handler"),
 ];

@@ -10,7 +10,8 @@
 //!   it got message `<id>` (1 in a fresh instance; more in a reused one).
 //!
 //! Payload `ping` is answered with `pong:ping` (request/reply); payload
-//! `fail-once` fails on its first attempt so the host redelivers it.
+//! `fail-once` fails on its first attempt so the host redelivers it;
+//! `trap-once` traps on its first attempt, leaving the message unacked.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -43,6 +44,7 @@ impl exports::berth::infra::handler::Guest for Handler {
             b"ping" => Ok(Some(b"pong:ping".to_vec())),
             // Failing (rather than trapping) asks the host to redeliver.
             b"fail-once" if msg.attempt == 1 => Err("deliberate failure".to_owned()),
+            b"trap-once" if msg.attempt == 1 => std::process::abort(),
             _ => Ok(None),
         }
     }

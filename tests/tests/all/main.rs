@@ -11,6 +11,7 @@ mod cli;
 mod docs;
 mod email_config;
 mod example_app;
+mod hostile_tenants;
 mod http;
 mod kv;
 mod messaging;

@@ -56,7 +56,10 @@ async fn sql_escapes_refused_sqlite() {
         let out = run(&app, "guest", &["try", "main", statement]).await;
         assert_success(&out);
         let printed = out.stdout.trim();
-        assert!(printed.starts_with("error "), "{statement}: {printed}");
+        assert!(
+            printed.starts_with("error ") && printed.contains("Denied("),
+            "{statement}: {printed}"
+        );
     }
     assert!(!std::path::Path::new("/tmp/berth-sqlite-copy.db").exists());
 }

@@ -124,6 +124,13 @@ fn open_connection(path: &Path) -> Result<Connection, SqlError> {
     .map_err(map_error)?;
     conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        // Extension loading is also off in the library; refusing the call
+        // here gives the guest `denied` rather than a runtime error.
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            Authorization::Deny
+        }
         _ => Authorization::Allow,
     }));
     Ok(conn)
@@ -155,6 +162,7 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
                     SqlError::Unavailable(msg)
                 }
                 ErrorCode::TypeMismatch => SqlError::InvalidInput(msg),
+                _ if msg.starts_with("not authorized") => SqlError::Denied(msg),
                 _ if msg.contains("syntax error")
                     || msg.starts_with("no such ")
                     || msg.contains("incomplete input")
@@ -164,6 +172,9 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
                 }
                 _ => SqlError::Other(msg),
             }
+        }
+        rusqlite::Error::SqlInputError { msg, .. } if msg.starts_with("not authorized") => {
+            SqlError::Denied(msg)
         }
         rusqlite::Error::SqlInputError { msg, .. } => SqlError::Syntax(msg),
         rusqlite::Error::InvalidParameterCount(given, expected) => SqlError::InvalidInput(format!(
