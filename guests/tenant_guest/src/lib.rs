@@ -18,7 +18,7 @@
 //! | `/publish?payload=P` | publishes `P` to topic `jobs` |
 //! | `/received` | the `count` of bucket `received` (kept by the app's `messaging_handler`) |
 //! | `/traversal` | blob keys that try to leave the container |
-//! | `/escapes` | SQLite escapes: `ATTACH`, `load_extension`, `VACUUM INTO`, `pragma` writes |
+//! | `/escapes[?dialect=postgres&other=S]` | SQL escapes: SQLite's `ATTACH`, `load_extension`, `VACUUM INTO`; or, on Postgres, reading schema `S`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `pg_read_file`, `COPY … TO PROGRAM`, `CREATE EXTENSION`, `DO`, writing `public`, `ALTER ROLE` |
 //! | `/names` | names that are not its own on every port |
 //! | `/email` | header injection and ungranted senders |
 //! | `/config` | every config value it can read (`get-all`, and `token`) |
@@ -61,7 +61,7 @@ impl wasip2::exports::http::incoming_handler::Guest for TenantGuest {
             "publish" => (200, publish(&param("payload"))),
             "received" => (200, received()),
             "traversal" => (200, traversal()),
-            "escapes" => (200, escapes()),
+            "escapes" => (200, escapes(&param("dialect"), &param("other"))),
             "names" => (200, names()),
             "email" => (200, email_attacks()),
             "config" => (200, read_config()),
@@ -288,14 +288,29 @@ fn traversal() -> String {
     lines.join("\n")
 }
 
-/// SQL that tries to reach another tenant's file or the host.
-fn escapes() -> String {
-    let statements = [
-        "ATTACH DATABASE '../../victim/sql/main.db' AS other",
-        "ATTACH DATABASE ':memory:' AS scratch",
-        "SELECT load_extension('/usr/lib/x86_64-linux-gnu/libc.so.6')",
-        "VACUUM INTO '/tmp/berth-stolen.db'",
-    ];
+/// SQL that tries to reach another tenant (schema `other` on Postgres)
+/// or the host.
+fn escapes(dialect: &str, other: &str) -> String {
+    let statements: Vec<String> = match dialect {
+        "postgres" => vec![
+            format!("SELECT v FROM \"{other}\".notes"),
+            format!("SET ROLE \"{other}\""),
+            format!("SET SESSION AUTHORIZATION \"{other}\""),
+            "SET ROLE postgres".to_owned(),
+            "SELECT pg_read_file('/etc/hostname')".to_owned(),
+            "COPY (SELECT 1) TO PROGRAM 'true'".to_owned(),
+            "CREATE EXTENSION IF NOT EXISTS citext".to_owned(),
+            "DO $$ BEGIN PERFORM 1; END $$".to_owned(),
+            "CREATE TABLE public.planted (v int)".to_owned(),
+            "ALTER ROLE CURRENT_USER SUPERUSER".to_owned(),
+        ],
+        _ => vec![
+            "ATTACH DATABASE '../../victim/sql/main.db' AS other".to_owned(),
+            "ATTACH DATABASE ':memory:' AS scratch".to_owned(),
+            "SELECT load_extension('/usr/lib/x86_64-linux-gnu/libc.so.6')".to_owned(),
+            "VACUUM INTO '/tmp/berth-stolen.db'".to_owned(),
+        ],
+    };
     let db = db();
     statements
         .iter()

@@ -39,8 +39,9 @@ impl Host {
 }
 
 /// Writes app `name` serving `tenant_guest` at `/...`; `extra` adds
-/// manifest lines (more declarations, components or triggers).
-fn write_tenant(apps: &Path, name: &str, grants: &str, limits: &str, extra: &str) {
+/// manifest lines (more declarations, components or triggers). Only the
+/// victim is granted its secret config key `token`.
+fn write_tenant(apps: &Path, name: &str, grants: &str, limits: &str, extra: &str, victim: bool) {
     let dir = apps.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = format!(
@@ -66,7 +67,7 @@ route = "/..."
 component = "tenant"
 "#,
         path = guests::TENANT_GUEST,
-        token = if name == "victim" { ", \"token\"" } else { "" },
+        token = if victim { ", \"token\"" } else { "" },
     );
     std::fs::write(dir.join("berth.toml"), manifest).unwrap();
 }
@@ -141,8 +142,27 @@ fn all_refused(what: &str, body: &str, refused: impl Fn(&str) -> bool) {
     }
 }
 
+/// Where the two tenants' logical resources live.
+struct Backends {
+    /// Host-config lines mapping `main`, `cache`, `received`, `files` and
+    /// messaging to their backends (empty: the embedded defaults).
+    host_toml: String,
+    /// The `/escapes` query: which SQL escapes to try (SQLite's by default).
+    escapes: String,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_tenant_suite_embedded() {
+    let (victim, attacker) = ("victim".to_owned(), "attacker".to_owned());
+    let backends = Backends {
+        host_toml: String::new(),
+        escapes: String::new(),
+    };
+    suite(&victim, &attacker, &backends).await;
+}
+
+/// Runs every attack of `attacker` against the host and against `victim`.
+async fn suite(victim: &str, attacker: &str, backends: &Backends) {
     let dir = tempfile::tempdir().unwrap();
     let apps = dir.path().join("apps");
     let canary = format!("canary-{}", berth_tests::unique("secret"));
@@ -152,7 +172,8 @@ async fn hostile_tenant_suite_embedded() {
     std::fs::write(
         &host_toml,
         format!(
-            "[app_config.victim]\ntoken = \"${{file:{}}}\"\n",
+            "{}\n[app_config.{victim}]\ntoken = \"${{file:{}}}\"\n",
+            backends.host_toml,
             canary_file.display()
         ),
     )
@@ -161,14 +182,15 @@ async fn hostile_tenant_suite_embedded() {
 
     write_tenant(
         &apps,
-        "victim",
+        victim,
         "kv = [\"cache\"]\npublish = [\"notes\"]\nemail_senders = [\"app@victim.test\"]",
         "timeout_ms = 5000",
         "",
+        true,
     );
     write_tenant(
         &apps,
-        "attacker",
+        attacker,
         "kv = [\"cache\", \"received\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@attacker.test\"]",
         "timeout_ms = 1000\nmemory_mb = 32",
         &format!(
@@ -184,6 +206,7 @@ max_deliveries = 3
 "#,
             worker = guests::MESSAGING_HANDLER
         ),
+        false,
     );
     let refused = write_refused_apps(&apps);
     let (_tenants, host, errors) = start(&apps, host).await;
@@ -199,14 +222,15 @@ max_deliveries = 3
     }
 
     assert_eq!(
-        host.get(&format!("/victim/seed?v={VICTIM_DATA}")).await,
+        host.get(&format!("/{victim}/seed?v={VICTIM_DATA}")).await,
         (200, "seeded".into())
     );
     assert_eq!(
-        host.get(&format!("/attacker/seed?v={ATTACKER_DATA}")).await,
+        host.get(&format!("/{attacker}/seed?v={ATTACKER_DATA}"))
+            .await,
         (200, "seeded".into())
     );
-    let (status, config) = host.get("/victim/config").await;
+    let (status, config) = host.get(&format!("/{victim}/config")).await;
     assert!(
         status == 200 && config.contains(&canary),
         "the victim reads its own secret: {config}"
@@ -216,12 +240,13 @@ max_deliveries = 3
     let attacking = Arc::new(AtomicBool::new(true));
     let probe = tokio::spawn({
         let (http, base, attacking) = (host.http.clone(), host.base.clone(), attacking.clone());
+        let victim = victim.to_owned();
         async move {
             let (mut ok, mut total, mut slowest) = (0, 0, Duration::ZERO);
             while attacking.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let r = http
-                    .get(format!("{base}/victim/check?v={VICTIM_DATA}"))
+                    .get(format!("{base}/{victim}/check?v={VICTIM_DATA}"))
                     .send()
                     .await;
                 total += 1;
@@ -246,7 +271,7 @@ max_deliveries = 3
         ("memory", "memory"),
         ("handles", "handles"),
     ] {
-        let (status, body) = host.get(&format!("/attacker/{route}")).await;
+        let (status, body) = host.get(&format!("/{attacker}/{route}")).await;
         assert_eq!(status, 503, "{route}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["limit"], limit, "{route}: {body}");
@@ -255,7 +280,7 @@ max_deliveries = 3
     // Traps: stack exhaustion and a list claiming 1 GiB the guest's memory
     // does not hold; the host reads nothing outside the guest's memory.
     for route in ["recursion", "big-list"] {
-        let (status, body) = host.get(&format!("/attacker/{route}")).await;
+        let (status, body) = host.get(&format!("/{attacker}/{route}")).await;
         assert_eq!(status, 500, "{route}: {body}");
         assert!(body.contains("error"), "{route}: {body}");
         attacker_bodies.push(body);
@@ -263,19 +288,21 @@ max_deliveries = 3
 
     // A trap while holding a transaction and half-written blob: both are
     // undone, the attacker's own data is as it was.
-    let (status, body) = host.get("/attacker/trap-holding").await;
+    let (status, body) = host.get(&format!("/{attacker}/trap-holding")).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(
-        host.get(&format!("/attacker/check?v={ATTACKER_DATA}"))
+        host.get(&format!("/{attacker}/check?v={ATTACKER_DATA}"))
             .await,
         (200, "intact".into())
     );
     // A trap while handling a message: it stays unacked and is redelivered.
-    let (status, body) = host.get("/attacker/publish?payload=trap-once").await;
+    let (status, body) = host
+        .get(&format!("/{attacker}/publish?payload=trap-once"))
+        .await;
     assert!(status == 200 && body.starts_with("published"), "{body}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, count) = host.get("/attacker/received").await;
+        let (_, count) = host.get(&format!("/{attacker}/received")).await;
         if count == "2" {
             break;
         }
@@ -287,20 +314,22 @@ max_deliveries = 3
     }
 
     // Keys that try to leave the container are invalid, in every spelling.
-    let (status, body) = host.get("/attacker/traversal").await;
+    let (status, body) = host.get(&format!("/{attacker}/traversal")).await;
     assert_eq!(status, 200, "{body}");
     all_refused("blob traversal", &body, |l| l.contains("InvalidKey("));
     assert_eq!(body.lines().count(), 21, "every key was tried: {body}");
     attacker_bodies.push(body);
 
     // SQL escapes out of its own database file.
-    let (status, body) = host.get("/attacker/escapes").await;
+    let (status, body) = host
+        .get(&format!("/{attacker}/escapes?{}", backends.escapes))
+        .await;
     assert_eq!(status, 200, "{body}");
     all_refused("sql escapes", &body, |l| l.contains("::Denied("));
     attacker_bodies.push(body);
 
     // Names that are not its own, on every port.
-    let (status, body) = host.get("/attacker/names").await;
+    let (status, body) = host.get(&format!("/{attacker}/names")).await;
     assert_eq!(status, 200, "{body}");
     all_refused("foreign names", &body, |l| {
         l.contains("NotGranted(") || l.contains("InvalidInput(")
@@ -308,7 +337,7 @@ max_deliveries = 3
     attacker_bodies.push(body);
 
     // Header injection and senders it was not granted.
-    let (status, body) = host.get("/attacker/email").await;
+    let (status, body) = host.get(&format!("/{attacker}/email")).await;
     assert_eq!(status, 200, "{body}");
     all_refused("email", &body, |l| {
         l.contains("InvalidMessage(") || l.contains("SenderNotGranted(")
@@ -320,7 +349,7 @@ max_deliveries = 3
     attacker_bodies.push(body);
 
     // Config: only its own keys; the victim's token is not among them.
-    let (status, body) = host.get("/attacker/config").await;
+    let (status, body) = host.get(&format!("/{attacker}/config")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("token: Error::NotGranted"), "{body}");
     attacker_bodies.push(body);
@@ -331,7 +360,7 @@ max_deliveries = 3
     assert!(total >= 10, "the victim probe ran: {total}");
     assert_eq!(ok, total, "every victim check succeeded while under attack");
     assert_eq!(
-        host.get(&format!("/victim/check?v={VICTIM_DATA}")).await,
+        host.get(&format!("/{victim}/check?v={VICTIM_DATA}")).await,
         (200, "intact".into())
     );
 
@@ -347,11 +376,106 @@ max_deliveries = 3
                 &[("app", app), ("limit", limit)],
             )
         };
-        assert!(hits("attacker") >= 1, "{limit} not counted");
-        assert_eq!(hits("victim"), 0, "{limit} counted for the victim");
+        assert!(hits(attacker) >= 1, "{limit} not counted");
+        assert_eq!(hits(victim), 0, "{limit} counted for the victim");
     }
 
     let mut host = host;
     let _ = host.stop.take().map(|s| s.send(()));
     host.served.await.unwrap().unwrap();
+}
+
+/// The same suite with every logical resource on a real server: Postgres
+/// with a role and schema per tenant, Redis, S3 and NATS JetStream.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tenant_suite_real_servers() {
+    let (Some(pg), Some(redis_url), Some(s3_endpoint), Some(nats)) = (
+        berth_tests::service("BERTH_TEST_POSTGRES_URL"),
+        berth_tests::service("BERTH_TEST_REDIS_URL"),
+        berth_tests::service("BERTH_TEST_S3_ENDPOINT"),
+        berth_tests::service("BERTH_TEST_NATS_URL"),
+    ) else {
+        return;
+    };
+    let (victim, attacker) = (
+        berth_tests::unique("victim"),
+        berth_tests::unique("attacker"),
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = |name: &str, value: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        format!("${{file:{}}}", path.display())
+    };
+    let s3 = berth_tests::s3_client(&s3_endpoint);
+    let bucket = berth_tests::unique("berth-hostile-");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let prefix = berth_tests::unique("hostile");
+    let redis_bucket = |name: &str| {
+        format!("[kv.{name}]\ntype = \"redis\"\nurl = {redis_url:?}\nprefix = \"{prefix}:\"\n")
+    };
+    let host_toml = format!(
+        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"{key}\"\nmax_connections = 4\n\
+         {cache}{received}\
+         [blob.files]\ntype = \"s3\"\nendpoint = {s3_endpoint:?}\nbucket = {bucket:?}\npath_style = true\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret_key}\"\n\
+         [messaging]\ntype = \"nats\"\nurl = {nats:?}\nack_wait_ms = 5000\n",
+        key = secret("tenant-key", "hostile-suite-tenant-key"),
+        cache = redis_bucket("cache"),
+        received = redis_bucket("received"),
+        id = secret("s3-id", "test"),
+        secret_key = secret("s3-secret", "test"),
+    );
+    let victim_role = berth::ports::sql::pg_tenancy::tenant_role(&victim, "main");
+    let backends = Backends {
+        host_toml,
+        escapes: format!("dialect=postgres&other={victim_role}"),
+    };
+    suite(&victim, &attacker, &backends).await;
+
+    // Cleanup: the tenants' roles and schemas, keys, objects and streams.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg)
+        .await
+        .unwrap();
+    for app in [&victim, &attacker] {
+        let role = berth::ports::sql::pg_tenancy::tenant_role(app, "main");
+        for statement in [
+            format!("DROP SCHEMA IF EXISTS \"{role}\" CASCADE"),
+            format!("DROP ROLE IF EXISTS \"{role}\""),
+        ] {
+            sqlx::query(&statement).execute(&mut admin).await.unwrap();
+        }
+    }
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // KEYS is fine for a test on a unique prefix; the adapter itself SCANs.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    for key in listed.contents().iter().filter_map(|o| o.key()) {
+        s3.delete_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    for app in [&victim, &attacker] {
+        // The victim never publishes, so it may have no stream.
+        let _ = jetstream.delete_stream(format!("BERTH_{app}")).await;
+    }
 }
