@@ -49,6 +49,12 @@ pub struct EngineConfig {
     pub max_concurrency: Option<u32>,
     /// Largest `outbound_requests` any component may be granted.
     pub max_outbound_requests: Option<u32>,
+    /// Largest `handles` any component may be granted.
+    pub max_handles: Option<usize>,
+    /// Largest payload caps any component may be granted
+    /// (`[engine.max_payloads]`, the manifest's payload keys).
+    #[serde(default)]
+    pub max_payloads: crate::limits::PayloadSettings,
 }
 
 impl EngineConfig {
@@ -68,6 +74,10 @@ impl EngineConfig {
         if let Some(n) = self.max_outbound_requests {
             capped.outbound_requests = capped.outbound_requests.min(n);
         }
+        if let Some(n) = self.max_handles {
+            capped.handles = capped.handles.min(n.max(1));
+        }
+        self.max_payloads.cap(&mut capped.payloads);
         capped
     }
 }

@@ -18,6 +18,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONCURRENCY: u32 = 100;
 /// Default outbound HTTP requests one invocation may send.
 pub const DEFAULT_OUTBOUND_REQUESTS: u32 = 100;
+/// Default live resources (handles) one instance may hold.
+pub const DEFAULT_HANDLES: usize = 10_000;
 /// Most table elements an instance may grow to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
@@ -33,6 +35,8 @@ pub struct ComponentLimits {
     pub concurrency: u32,
     /// Outbound HTTP requests one invocation may send.
     pub outbound_requests: u32,
+    /// Live resources (handles) one instance may hold; one more traps.
+    pub handles: usize,
     /// Size caps for port payloads.
     pub payloads: PayloadLimits,
 }
@@ -44,6 +48,7 @@ impl Default for ComponentLimits {
             timeout: DEFAULT_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
             outbound_requests: DEFAULT_OUTBOUND_REQUESTS,
+            handles: DEFAULT_HANDLES,
             payloads: PayloadLimits::default(),
         }
     }
@@ -88,6 +93,125 @@ impl Default for PayloadLimits {
             email_max_body_bytes: 1 << 20,
             email_max_recipients: 50,
             max_page_size: 1000,
+        }
+    }
+}
+
+/// Payload caps as a manifest sets them (`[component.<name>.limits]`) or a
+/// host config caps them (`[engine.max_payloads]`), in the units their
+/// names say. Unset values keep the default (or leave it uncapped).
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSettings {
+    /// Rows one SQL `query` may return.
+    pub sql_max_rows: Option<u64>,
+    /// MiB one SQL `query` may return.
+    pub sql_max_result_mb: Option<u64>,
+    /// KiB of one key-value value.
+    pub kv_max_value_kb: Option<u64>,
+    /// MiB of one blob `put` or `get`.
+    pub blob_max_put_mb: Option<u64>,
+    /// MiB of one blob chunk (`writer.write`, `reader.read`).
+    pub blob_max_chunk_mb: Option<u64>,
+    /// KiB of one message payload.
+    pub message_max_kb: Option<u64>,
+    /// KiB of one email body (text plus HTML).
+    pub email_max_body_kb: Option<u64>,
+    /// Recipients of one email (to, cc and bcc together).
+    pub email_max_recipients: Option<u64>,
+}
+
+/// One payload setting: its key, the values it may take, and the limit it
+/// sets (in bytes or a count).
+struct PayloadKey {
+    key: &'static str,
+    max: u64,
+    unit: u64,
+    get: fn(&PayloadSettings) -> Option<u64>,
+    set: fn(&mut PayloadLimits) -> &mut usize,
+}
+
+const PAYLOAD_KEYS: [PayloadKey; 8] = [
+    PayloadKey {
+        key: "sql_max_rows",
+        max: 1_000_000,
+        unit: 1,
+        get: |s| s.sql_max_rows,
+        set: |l| &mut l.sql_max_rows,
+    },
+    PayloadKey {
+        key: "sql_max_result_mb",
+        max: 1024,
+        unit: 1 << 20,
+        get: |s| s.sql_max_result_mb,
+        set: |l| &mut l.sql_max_result_bytes,
+    },
+    PayloadKey {
+        key: "kv_max_value_kb",
+        max: 512 * 1024,
+        unit: 1 << 10,
+        get: |s| s.kv_max_value_kb,
+        set: |l| &mut l.kv_max_value_bytes,
+    },
+    PayloadKey {
+        key: "blob_max_put_mb",
+        max: 1024,
+        unit: 1 << 20,
+        get: |s| s.blob_max_put_mb,
+        set: |l| &mut l.blob_max_put_bytes,
+    },
+    PayloadKey {
+        key: "blob_max_chunk_mb",
+        max: 64,
+        unit: 1 << 20,
+        get: |s| s.blob_max_chunk_mb,
+        set: |l| &mut l.blob_max_chunk_bytes,
+    },
+    PayloadKey {
+        key: "message_max_kb",
+        max: 64 * 1024,
+        unit: 1 << 10,
+        get: |s| s.message_max_kb,
+        set: |l| &mut l.message_max_bytes,
+    },
+    PayloadKey {
+        key: "email_max_body_kb",
+        max: 64 * 1024,
+        unit: 1 << 10,
+        get: |s| s.email_max_body_kb,
+        set: |l| &mut l.email_max_body_bytes,
+    },
+    PayloadKey {
+        key: "email_max_recipients",
+        max: 1000,
+        unit: 1,
+        get: |s| s.email_max_recipients,
+        set: |l| &mut l.email_max_recipients,
+    },
+];
+
+impl PayloadSettings {
+    /// Sets every given value in `limits`, or names the key out of range.
+    pub fn apply(&self, limits: &mut PayloadLimits) -> Result<(), (&'static str, String)> {
+        for k in &PAYLOAD_KEYS {
+            if let Some(v) = (k.get)(self) {
+                if v == 0 || v > k.max {
+                    return Err((k.key, format!("must be 1..={}", k.max)));
+                }
+                *(k.set)(limits) = (v * k.unit) as usize;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowers every limit in `limits` that is above the given maximum.
+    pub fn cap(&self, limits: &mut PayloadLimits) {
+        for k in &PAYLOAD_KEYS {
+            if let Some(v) = (k.get)(self) {
+                let max = (v.max(1) * k.unit) as usize;
+                let limit = (k.set)(limits);
+                *limit = (*limit).min(max);
+            }
         }
     }
 }

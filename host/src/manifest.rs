@@ -137,6 +137,17 @@ struct RawLimits {
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     outbound_requests: Option<u32>,
+    handles: Option<u64>,
+    // The payload caps, spelled out rather than flattened: serde cannot
+    // deny unknown keys across a flattened struct.
+    sql_max_rows: Option<u64>,
+    sql_max_result_mb: Option<u64>,
+    kv_max_value_kb: Option<u64>,
+    blob_max_put_mb: Option<u64>,
+    blob_max_chunk_mb: Option<u64>,
+    message_max_kb: Option<u64>,
+    email_max_body_kb: Option<u64>,
+    email_max_recipients: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,6 +478,25 @@ impl Validator<'_> {
             }
             limits.outbound_requests = n;
         }
+        if let Some(n) = raw.handles {
+            if n == 0 || n > 1_000_000 {
+                return Err(self.invalid(format!("{key}.limits.handles"), "must be 1..=1000000"));
+            }
+            limits.handles = n as usize;
+        }
+        let payloads = crate::limits::PayloadSettings {
+            sql_max_rows: raw.sql_max_rows,
+            sql_max_result_mb: raw.sql_max_result_mb,
+            kv_max_value_kb: raw.kv_max_value_kb,
+            blob_max_put_mb: raw.blob_max_put_mb,
+            blob_max_chunk_mb: raw.blob_max_chunk_mb,
+            message_max_kb: raw.message_max_kb,
+            email_max_body_kb: raw.email_max_body_kb,
+            email_max_recipients: raw.email_max_recipients,
+        };
+        payloads
+            .apply(&mut limits.payloads)
+            .map_err(|(k, m)| self.invalid(format!("{key}.limits.{k}"), &m))?;
         Ok(limits)
     }
 }
@@ -546,5 +576,30 @@ component = "api"
         assert!(err.to_string().contains("limits.memory_mb"), "{err}");
         let err = parse(&GOOD.replace("https://api.example.com", "ftp://x")).unwrap_err();
         assert!(err.to_string().contains("grants.http"), "{err}");
+        for (setting, key) in [
+            ("handles = 0", "limits.handles"),
+            ("kv_max_value_kb = 0", "limits.kv_max_value_kb"),
+            ("blob_max_chunk_mb = 65", "limits.blob_max_chunk_mb"),
+            ("sql_max_rows = 2000000", "limits.sql_max_rows"),
+        ] {
+            let text = GOOD.replace("memory_mb = 64", &format!("memory_mb = 64\n{setting}"));
+            let err = parse(&text).unwrap_err();
+            assert!(err.to_string().contains(key), "{setting}: {err}");
+        }
+    }
+
+    #[test]
+    fn payload_limits_are_set_in_their_units() {
+        let text = GOOD.replace(
+            "memory_mb = 64",
+            "memory_mb = 64\nhandles = 50\nkv_max_value_kb = 2\nblob_max_put_mb = 3\nemail_max_recipients = 5",
+        );
+        let m = parse(&text).unwrap();
+        let limits = &m.components.values().next().unwrap().limits;
+        assert_eq!(limits.handles, 50);
+        assert_eq!(limits.payloads.kv_max_value_bytes, 2048);
+        assert_eq!(limits.payloads.blob_max_put_bytes, 3 << 20);
+        assert_eq!(limits.payloads.email_max_recipients, 5);
+        assert_eq!(limits.payloads.sql_max_rows, 10_000, "unset keeps the default");
     }
 }

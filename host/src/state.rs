@@ -13,9 +13,6 @@ use crate::app::ComponentEnv;
 use crate::limits::InstanceLimiter;
 use crate::outbound::OutboundPolicy;
 
-/// Most live resources (handles) one instance may hold.
-pub const MAX_HANDLES: usize = 10_000;
-
 /// The data of one instance's `Store`.
 pub struct InstanceState {
     /// Handles given to the guest: WASI streams, port resources.
@@ -36,7 +33,7 @@ impl InstanceState {
     /// the given WASI context (arguments, stdio).
     pub fn new(env: Arc<ComponentEnv>, wasi: WasiCtx) -> Self {
         let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_HANDLES);
+        table.set_max_capacity(env.limits.handles);
         Self {
             table,
             wasi,

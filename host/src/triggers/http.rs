@@ -165,6 +165,7 @@ impl HttpHandler {
         };
         let pre = route.pre.clone();
         let limit = component.env.limits.timeout;
+        let handles = component.env.limits.handles;
         let counters = component.env.counters.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
@@ -177,7 +178,7 @@ impl HttpHandler {
             };
             let result = match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(InvocationError::from_error(&e)),
+                Ok(Err(e)) => Err(InvocationError::from_error(&e, handles)),
                 Err(_) => Err(InvocationError::Limit(LimitExceeded::Timeout(limit))),
             };
             let outcome = match &result {

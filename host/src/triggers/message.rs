@@ -172,6 +172,7 @@ async fn invoke(
 ) -> Result<Option<Vec<u8>>, String> {
     let component = app.component(name).map_err(|e| e.to_string())?;
     let limit = component.env.limits.timeout;
+    let handles = component.env.limits.handles;
     let msg = message_to_wit(message);
     // A delivery waits for a free instance slot; the broker holds the rest.
     let _permit = component.env.slots.clone().acquire_owned().await;
@@ -211,7 +212,7 @@ async fn invoke(
     let (outcome, result) = match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
         Ok(Ok(result)) => (Ok(result.is_ok()), result),
         Ok(Err(e)) => {
-            let e = InvocationError::from_error(&e);
+            let e = InvocationError::from_error(&e, handles);
             (Err(e.clone()), Err(e.to_string()))
         }
         Err(_) => {

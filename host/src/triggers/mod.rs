@@ -22,8 +22,8 @@ pub enum InvocationError {
 }
 
 impl InvocationError {
-    /// Classifies a failed call.
-    pub fn from_error(error: &wasmtime::Error) -> InvocationError {
+    /// Classifies a failed call of a component allowed `handles` handles.
+    pub fn from_error(error: &wasmtime::Error, handles: usize) -> InvocationError {
         if let Some(limit) = LimitExceeded::find(error) {
             return InvocationError::Limit(limit);
         }
@@ -34,7 +34,7 @@ impl InvocationError {
             )
         });
         if table_full {
-            return InvocationError::Limit(LimitExceeded::Handles(crate::state::MAX_HANDLES));
+            return InvocationError::Limit(LimitExceeded::Handles(handles));
         }
         let mut text = error.to_string();
         if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {

@@ -78,6 +78,7 @@ pub async fn run(
     let _permit = component.env.slots.clone().acquire_owned().await;
     let mut store = app.new_store(component, wasi);
     let limit = component.env.limits.timeout;
+    let handles = component.env.limits.handles;
     let call = async {
         let command = pre.instantiate_async(&mut store).await?;
         command.wasi_cli_run().call_run(&mut store).await
@@ -87,7 +88,7 @@ pub async fn run(
         Ok(Ok(Err(()))) => Ok(1),
         Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             Some(exit) => Ok(exit.0),
-            None => Err(InvocationError::from_error(&e)),
+            None => Err(InvocationError::from_error(&e, handles)),
         },
         Err(_) => Err(InvocationError::Limit(
             crate::limits::LimitExceeded::Timeout(limit),

@@ -492,12 +492,15 @@ memory_mb = 4096
 timeout_ms = 3600000
 concurrency = 100000
 outbound_requests = 100000
+handles = 1000000
+sql_max_rows = 1000000
+kv_max_value_kb = 524288
 "#,
         path = guests::HTTP_GUEST
     ));
     let host = host_config(
         &t,
-        "[engine]\nmax_memory_mb = 64\nmax_timeout_ms = 2000\nmax_concurrency = 4\nmax_outbound_requests = 3\n",
+        "[engine]\nmax_memory_mb = 64\nmax_timeout_ms = 2000\nmax_concurrency = 4\nmax_outbound_requests = 3\nmax_handles = 500\n[engine.max_payloads]\nsql_max_rows = 100\nkv_max_value_kb = 64\nblob_max_chunk_mb = 1\n",
     );
     let app = t.load_with(&host).await.unwrap();
     let limits = &app.component("web").unwrap().env.limits;
@@ -505,4 +508,10 @@ outbound_requests = 100000
     assert_eq!(limits.timeout, std::time::Duration::from_secs(2));
     assert_eq!(limits.concurrency, 4);
     assert_eq!(limits.outbound_requests, 3);
+    assert_eq!(limits.handles, 500);
+    assert_eq!(limits.payloads.sql_max_rows, 100);
+    assert_eq!(limits.payloads.kv_max_value_bytes, 64 << 10);
+    // Below the host's maximum the default stays: 4 MiB chunks capped to 1.
+    assert_eq!(limits.payloads.blob_max_chunk_bytes, 1 << 20);
+    assert_eq!(limits.payloads.message_max_bytes, 1 << 20);
 }

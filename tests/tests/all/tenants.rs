@@ -214,3 +214,57 @@ async fn tenants_manifests_cannot_read_the_host_environment() {
     assert!(errors[0].contains("[app_config.nosy]"), "{errors:?}");
     assert!(tenants.app_names().is_empty());
 }
+
+/// The handle and payload limits a manifest sets apply to its instances:
+/// a smaller handle limit stops a hoarder sooner, a smaller value cap
+/// refuses a value the default would take.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_handle_and_payload_limits_from_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "name = \"tight\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.tenant]\npath = {:?}\n[component.tenant.grants]\nsql = [\"main\"]\nkv = [\"cache\"]\nblob = [\"files\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@tight.test\"]\n[component.tenant.limits]\nhandles = 100\nkv_max_value_kb = 1\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"tenant\"\n",
+        berth_tests::guests::TENANT_GUEST
+    );
+    std::fs::create_dir_all(dir.path().join("tight")).unwrap();
+    std::fs::write(dir.path().join("tight/berth.toml"), manifest).unwrap();
+    let tenants = Arc::new(Tenants::new(
+        engine().clone(),
+        HostConfig::default(),
+        dir.path().to_path_buf(),
+    ));
+    assert_eq!(tenants.sync().await, Vec::<String>::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(berth::triggers::http::serve(
+        tenants.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let (status, body) = get(&base, "/tight/handles").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["limit"], "handles");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("100 handles"),
+        "{body}"
+    );
+    let text = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(text("/tight/kv-set?bytes=1024").await, "ok");
+    let refused = text("/tight/kv-set?bytes=1025").await;
+    assert!(
+        refused.contains("InvalidInput") && refused.contains("at most 1024"),
+        "{refused}"
+    );
+
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}
