@@ -222,7 +222,7 @@ impl App {
         let config = operator_config(host, &manifest, &secrets, config).await?;
         let mut components = BTreeMap::new();
         for decl in manifest.components.values() {
-            let component = engine.load_component(&decl.path).with_context(|| {
+            let component = engine.load_component(&decl.path).await.with_context(|| {
                 format!("component `{}` of {}", decl.name, manifest.file.display())
             })?;
             crate::imports::check_imports(engine.engine(), &component, &decl.name, &decl.grants)

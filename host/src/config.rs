@@ -49,6 +49,10 @@ pub struct EngineConfig {
     pub max_concurrency: Option<u32>,
     /// Largest `outbound_requests` any component may be granted.
     pub max_outbound_requests: Option<u32>,
+    /// Largest component file accepted, in MiB; default 256.
+    pub max_component_mb: Option<u64>,
+    /// Longest compile of one component, in milliseconds; default 300 000.
+    pub max_compile_ms: Option<u64>,
     /// Largest `handles` any component may be granted.
     pub max_handles: Option<usize>,
     /// Largest payload caps any component may be granted
@@ -203,6 +207,12 @@ impl HostConfig {
         }
         if let Some(dir) = &self.engine.cache_dir {
             s.cache_dir = dir.clone();
+        }
+        if let Some(mb) = self.engine.max_component_mb {
+            s.max_component_bytes = mb.max(1) << 20;
+        }
+        if let Some(ms) = self.engine.max_compile_ms {
+            s.max_compile_time = std::time::Duration::from_millis(ms.max(1));
         }
         s
     }

@@ -28,6 +28,10 @@ pub struct EngineSettings {
     pub max_memory_bytes: u64,
     /// Where compiled components are cached.
     pub cache_dir: PathBuf,
+    /// Largest component file accepted for compilation.
+    pub max_component_bytes: u64,
+    /// Longest a component may take to compile before its load is refused.
+    pub max_compile_time: std::time::Duration,
 }
 
 impl Default for EngineSettings {
@@ -36,6 +40,8 @@ impl Default for EngineSettings {
             max_instances: 1000,
             max_memory_bytes: 1 << 30,
             cache_dir: default_cache_dir(),
+            max_component_bytes: 256 << 20,
+            max_compile_time: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -112,8 +118,41 @@ impl HostEngine {
     }
 
     /// Loads the component at `path`, from the compiled cache when this
-    /// engine compiled the same bytes before.
-    pub fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
+    /// engine compiled the same bytes before. Compilation runs on a
+    /// blocking thread, never on the threads serving requests; a file over
+    /// `max_component_bytes` or a compile past `max_compile_time` is
+    /// refused. (A compile past its time is abandoned, not stopped: its
+    /// thread finishes in the background and the result is dropped.)
+    pub async fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
+        let settings = self.settings();
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read component {}", path.display()))?
+            .len();
+        if size > settings.max_component_bytes {
+            anyhow::bail!(
+                "component {} is {size} bytes; this host accepts components of at most {} MiB ([engine] max_component_mb)",
+                path.display(),
+                settings.max_component_bytes >> 20
+            );
+        }
+        let (engine, owned) = (self.clone(), path.to_path_buf());
+        let compile = tokio::task::spawn_blocking(move || engine.load_component_blocking(&owned));
+        match tokio::time::timeout(settings.max_compile_time, compile).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => Err(anyhow::anyhow!(
+                "compiling component {} failed: {e}",
+                path.display()
+            )),
+            Err(_) => anyhow::bail!(
+                "compiling component {} took longer than {:?} ([engine] max_compile_ms); refused",
+                path.display(),
+                settings.max_compile_time
+            ),
+        }
+    }
+
+    /// [`Self::load_component`] on the calling thread, without its caps.
+    pub fn load_component_blocking(&self, path: &Path) -> anyhow::Result<Component> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read component {}", path.display()))?;
         check_is_component(&bytes).with_context(|| format!("cannot load {}", path.display()))?;

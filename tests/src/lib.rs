@@ -27,6 +27,7 @@ pub fn engine() -> &'static HostEngine {
             max_instances: 200,
             max_memory_bytes: 512 << 20,
             cache_dir,
+            ..EngineSettings::default()
         })
         .expect("engine builds")
     })

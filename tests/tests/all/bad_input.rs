@@ -227,3 +227,32 @@ fn refusals_and_limits_are_audited() {
         "{logs}"
     );
 }
+
+/// A component larger than the host accepts is refused before it is read
+/// whole, and one that compiles for longer than the host allows is refused
+/// (its compile runs on a blocking thread, off the serving threads).
+#[tokio::test]
+async fn oversized_and_slow_to_compile_components_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.wasm");
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    bytes.resize(2 << 20, 0);
+    std::fs::write(&big, bytes).unwrap();
+    let settings = berth::engine::EngineSettings {
+        max_instances: 4,
+        max_memory_bytes: 64 << 20,
+        cache_dir: dir.path().join("cache"),
+        max_component_bytes: 1 << 20,
+        max_compile_time: std::time::Duration::from_millis(1),
+    };
+    let engine = berth::engine::HostEngine::new(settings).unwrap();
+    let err = engine.load_component(&big).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("at most 1 MiB ([engine] max_component_mb)"), "{err}");
+
+    // A fresh cache: the users API compiles for well over a millisecond.
+    let api = std::path::Path::new(guests::USERS_API);
+    let err = engine.load_component(api).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("took longer than 1ms ([engine] max_compile_ms)"), "{err}");
+}
