@@ -23,10 +23,12 @@ docs:
 services:
     @bash .ci/services.sh
 
-# Port benchmarks against the real servers (release build; results for
-# docs/benchmarks.md are printed as Markdown).
+# Port benchmarks against the real servers, then the noisy-neighbour
+# benchmark (release build; results for docs/benchmarks.md are printed as
+# Markdown).
 bench:
     eval "$(bash .ci/services.sh)" && cargo bench -p berth-tests --bench ports
+    cargo bench -p berth-tests --bench tenants
 
 # Run the tests including the real-server suites.
 test-services:

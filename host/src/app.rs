@@ -59,6 +59,8 @@ pub struct ComponentEnv {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Its invocation and limit counters (registered at load).
     pub counters: Arc<crate::metrics::ComponentCounters>,
+    /// Whether it ran long lately (see [`crate::fairness`]).
+    pub heaviness: Arc<crate::fairness::Heaviness>,
     /// Resolved values of the granted config keys only.
     pub config: BTreeMap<String, Secret>,
     /// The app's backends.
@@ -257,6 +259,7 @@ impl App {
                 }),
                 slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency as usize)),
                 counters,
+                heaviness: Default::default(),
                 limits,
                 config: config
                     .iter()
@@ -322,26 +325,38 @@ impl App {
         component: &LoadedComponent,
         wasi: WasiCtxBuilder,
     ) -> Store<InstanceState> {
-        new_store(self.engine.engine(), component.env.clone(), wasi)
+        new_store(
+            self.engine.engine(),
+            self.engine.cpu_turns(),
+            component.env.clone(),
+            wasi,
+        )
     }
 }
 
 /// See [`App::new_store`].
 pub fn new_store(
     engine: &Engine,
+    turns: &crate::fairness::CpuTurns,
     env: Arc<ComponentEnv>,
     mut wasi: WasiCtxBuilder,
 ) -> Store<InstanceState> {
     let timeout = env.limits.timeout;
-    let state = InstanceState::new(env, locked_down(&mut wasi).build());
+    let state = InstanceState::new(env, locked_down(&mut wasi).build(), turns.clone());
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |ctx| {
+    let first_deadline = store.data_mut().turn.reset();
+    store.set_epoch_deadline(first_deadline);
+    store.epoch_deadline_callback(move |mut ctx| {
         if Instant::now() >= ctx.data().deadline {
             return Err(wasmtime::Error::new(LimitExceeded::Timeout(timeout)));
         }
-        Ok(UpdateDeadline::Yield(1))
+        // A long-running guest waits for its turn (crate::fairness);
+        // any other just lets the executor run other tasks.
+        Ok(match ctx.data_mut().turn.tick() {
+            Some(wait) => UpdateDeadline::YieldCustom(1, wait),
+            None => UpdateDeadline::Yield(1),
+        })
     });
     store
 }

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     pub max_component_mb: Option<u64>,
     /// Longest compile of one component, in milliseconds; default 300 000.
     pub max_compile_ms: Option<u64>,
+    /// Worker threads long-running invocations may occupy at once;
+    /// default one fewer than the cores (see `docs/security.md`).
+    pub long_running_workers: Option<usize>,
     /// Largest `handles` any component may be granted.
     pub max_handles: Option<usize>,
     /// Largest payload caps any component may be granted
@@ -210,6 +213,9 @@ impl HostConfig {
         }
         if let Some(mb) = self.engine.max_component_mb {
             s.max_component_bytes = mb.max(1) << 20;
+        }
+        if let Some(n) = self.engine.long_running_workers {
+            s.long_running_workers = Some(n.max(1));
         }
         if let Some(ms) = self.engine.max_compile_ms {
             s.max_compile_time = std::time::Duration::from_millis(ms.max(1));

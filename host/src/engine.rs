@@ -32,6 +32,9 @@ pub struct EngineSettings {
     pub max_component_bytes: u64,
     /// Longest a component may take to compile before its load is refused.
     pub max_compile_time: std::time::Duration,
+    /// Worker threads long-running invocations may occupy at once (see
+    /// [`crate::fairness`]); `None`: one fewer than the cores.
+    pub long_running_workers: Option<usize>,
 }
 
 impl Default for EngineSettings {
@@ -42,6 +45,7 @@ impl Default for EngineSettings {
             cache_dir: default_cache_dir(),
             max_component_bytes: 256 << 20,
             max_compile_time: std::time::Duration::from_secs(300),
+            long_running_workers: None,
         }
     }
 }
@@ -70,6 +74,7 @@ struct Inner {
     cache_dir: PathBuf,
     engine_hash: String,
     settings: EngineSettings,
+    turns: crate::fairness::CpuTurns,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -96,6 +101,10 @@ impl HostEngine {
                 linker,
                 cache_dir: settings.cache_dir.clone(),
                 engine_hash,
+                turns: match settings.long_running_workers {
+                    Some(n) => crate::fairness::CpuTurns::new(n),
+                    None => crate::fairness::CpuTurns::for_this_machine(),
+                },
                 settings,
                 stop_ticker,
             }),
@@ -110,6 +119,11 @@ impl HostEngine {
     /// The linker holding every WASI interface and port.
     pub fn linker(&self) -> &Linker<InstanceState> {
         &self.inner.linker
+    }
+
+    /// The turns long-running invocations share.
+    pub fn cpu_turns(&self) -> &crate::fairness::CpuTurns {
+        &self.inner.turns
     }
 
     /// The settings the engine was built with.

@@ -21,6 +21,7 @@ pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fairness;
 pub mod imports;
 pub mod limits;
 pub mod manifest;

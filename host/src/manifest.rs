@@ -600,6 +600,9 @@ component = "api"
         assert_eq!(limits.payloads.kv_max_value_bytes, 2048);
         assert_eq!(limits.payloads.blob_max_put_bytes, 3 << 20);
         assert_eq!(limits.payloads.email_max_recipients, 5);
-        assert_eq!(limits.payloads.sql_max_rows, 10_000, "unset keeps the default");
+        assert_eq!(
+            limits.payloads.sql_max_rows, 10_000,
+            "unset keeps the default"
+        );
     }
 }

@@ -26,12 +26,14 @@ pub struct InstanceState {
     pub limiter: InstanceLimiter,
     /// When the invocation must end.
     pub deadline: Instant,
+    /// Its place among long-running invocations (see [`crate::fairness`]).
+    pub turn: crate::fairness::Turn,
 }
 
 impl InstanceState {
     /// State for one invocation of the component described by `env`, with
     /// the given WASI context (arguments, stdio).
-    pub fn new(env: Arc<ComponentEnv>, wasi: WasiCtx) -> Self {
+    pub fn new(env: Arc<ComponentEnv>, wasi: WasiCtx, turns: crate::fairness::CpuTurns) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(env.limits.handles);
         Self {
@@ -41,6 +43,7 @@ impl InstanceState {
             outbound: OutboundPolicy::new(env.outbound.clone(), env.limits.outbound_requests),
             limiter: InstanceLimiter::new(env.limits.memory_bytes),
             deadline: Instant::now() + env.limits.timeout,
+            turn: crate::fairness::Turn::new(turns, env.heaviness.clone()),
             env,
         }
     }

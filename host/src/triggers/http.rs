@@ -186,6 +186,7 @@ impl HttpHandler {
                 Err(e) => Outcome::Error(e),
             };
             counters.invocation(Trigger::Http, outcome);
+            crate::fairness::retire(store);
             result
         });
         match receiver.await {

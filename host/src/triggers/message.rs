@@ -182,7 +182,8 @@ async fn invoke(
                 // A new invocation: a new deadline, both for the epoch
                 // callback and for time spent in host calls.
                 instance.store.data_mut().deadline = Instant::now() + limit;
-                instance.store.set_epoch_deadline(1);
+                let first_deadline = instance.store.data_mut().turn.reset();
+                instance.store.set_epoch_deadline(first_deadline);
                 instance
             }
             None => {

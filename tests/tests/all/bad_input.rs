@@ -244,15 +244,22 @@ async fn oversized_and_slow_to_compile_components_are_refused() {
         cache_dir: dir.path().join("cache"),
         max_component_bytes: 1 << 20,
         max_compile_time: std::time::Duration::from_millis(1),
+        ..berth::engine::EngineSettings::default()
     };
     let engine = berth::engine::HostEngine::new(settings).unwrap();
     let err = engine.load_component(&big).await.unwrap_err();
     let err = format!("{err:#}");
-    assert!(err.contains("at most 1 MiB ([engine] max_component_mb)"), "{err}");
+    assert!(
+        err.contains("at most 1 MiB ([engine] max_component_mb)"),
+        "{err}"
+    );
 
     // A fresh cache: the users API compiles for well over a millisecond.
     let api = std::path::Path::new(guests::USERS_API);
     let err = engine.load_component(api).await.unwrap_err();
     let err = format!("{err:#}");
-    assert!(err.contains("took longer than 1ms ([engine] max_compile_ms)"), "{err}");
+    assert!(
+        err.contains("took longer than 1ms ([engine] max_compile_ms)"),
+        "{err}"
+    );
 }
