@@ -29,7 +29,7 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 7] = [
+const LIMITS: [&str; 9] = [
     "time",
     "memory",
     "table",
@@ -37,6 +37,8 @@ const LIMITS: [&str; 7] = [
     "concurrency",
     "outbound_requests",
     "connections",
+    "payload",
+    "email_rate",
 ];
 
 /// A port whose calls are counted.

@@ -176,7 +176,15 @@ impl WasiHttpHooks for OutboundPolicy {
                     limit = max,
                     "outbound request limit of the invocation reached"
                 );
-                crate::audit::refused(app, component, "limit.outbound_requests", &uri.to_string());
+                match &grants.counters {
+                    Some(c) => c.limit("outbound_requests"),
+                    None => crate::audit::refused(
+                        app,
+                        component,
+                        "limit.outbound_requests",
+                        &uri.to_string(),
+                    ),
+                }
                 count(Egress::Refused);
                 return Err(HttpError::InternalError(Some(format!(
                     "outbound request limit reached: an invocation may send {max} requests"

@@ -211,4 +211,11 @@ async fn email_rate_limited_per_app() {
     let output = format!("{}{:?}", refused.stderr, refused.status);
     assert!(output.contains("RateLimited"), "{output}");
     assert_success(&run(&b, "guest", &send).await);
+    let hits = |app| {
+        berth::metrics::METRICS.get(
+            "berth_limits_exceeded_total",
+            &[("app", app), ("limit", "email_rate")],
+        )
+    };
+    assert_eq!((hits("mail-a"), hits("mail-b")), (1, 0));
 }

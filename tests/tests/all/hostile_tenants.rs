@@ -286,6 +286,11 @@ max_deliveries = 3
         attacker_bodies.push(body);
     }
 
+    // A value past the payload cap (1 MiB) is refused and counted.
+    let (status, body) = host.get(&format!("/{attacker}/kv-set?bytes=2000000")).await;
+    assert!(status == 200 && body.contains("InvalidInput"), "{body}");
+    attacker_bodies.push(body);
+
     // A trap while holding a transaction and half-written blob: both are
     // undone, the attacker's own data is as it was.
     let (status, body) = host.get(&format!("/{attacker}/trap-holding")).await;
@@ -369,7 +374,7 @@ max_deliveries = 3
         assert!(!body.contains(&canary), "canary leaked: {body}");
     }
     // Every limit hit is counted for the attacker, none for the victim.
-    for limit in ["time", "memory", "handles"] {
+    for limit in ["time", "memory", "handles", "payload"] {
         let hits = |app| {
             METRICS.get(
                 "berth_limits_exceeded_total",

@@ -419,6 +419,12 @@ component = "web"
     assert_eq!(thrice.status(), 502);
     let body = thrice.text().await.unwrap();
     assert!(body.contains("outbound request limit reached"), "{body}");
+    assert!(
+        berth::metrics::METRICS.get(
+            "berth_limits_exceeded_total",
+            &[("app", "limited"), ("limit", "outbound_requests")]
+        ) >= 1
+    );
 
     // While one instance spins, the only slot is taken: 503 at once.
     let spinning = tokio::spawn({

@@ -56,8 +56,12 @@ impl InstanceState {
     /// The one place a [`BlobError`] becomes a guest error.
     fn blob_error(&self, op: &str, e: BlobError) -> Error {
         tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "blob error");
-        if let BlobError::NotGranted(n) = &e {
-            crate::audit::refused(&self.env.app, &self.env.component, "blob.not-granted", n);
+        match &e {
+            BlobError::NotGranted(n) => {
+                crate::audit::refused(&self.env.app, &self.env.component, "blob.not-granted", n)
+            }
+            BlobError::TooLarge(_) => self.env.counters.limit("payload"),
+            _ => {}
         }
         match e {
             BlobError::NotGranted(n) => Error::NotGranted(n),

@@ -20,7 +20,8 @@ impl InstanceState {
         };
         match &e {
             EmailError::SenderNotGranted(s) => audit("email.sender-not-granted", s),
-            EmailError::RateLimited => audit("email.rate-limited", ""),
+            EmailError::RateLimited => self.env.counters.limit("email_rate"),
+            EmailError::TooLarge(_) => self.env.counters.limit("payload"),
             _ => {}
         }
         match e {

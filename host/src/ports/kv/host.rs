@@ -57,6 +57,7 @@ impl InstanceState {
     fn kv_check_value(&self, value: &[u8]) -> Result<(), KvError> {
         let max = self.env.limits.payloads.kv_max_value_bytes;
         if value.len() > max {
+            self.env.counters.limit("payload");
             return Err(KvError::InvalidInput(format!(
                 "value is {} bytes; at most {max} allowed",
                 value.len()

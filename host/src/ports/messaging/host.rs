@@ -34,13 +34,15 @@ impl InstanceState {
     /// The one place a [`MessagingError`] becomes a guest error.
     fn messaging_error(&self, op: &str, e: MessagingError) -> Error {
         tracing::debug!(app = %self.env.app, component = %self.env.component, op, error = %error_chain(&e), "messaging error");
-        if let MessagingError::NotGranted(t) = &e {
-            crate::audit::refused(
+        match &e {
+            MessagingError::NotGranted(t) => crate::audit::refused(
                 &self.env.app,
                 &self.env.component,
                 "messaging.not-granted",
                 t,
-            );
+            ),
+            MessagingError::TooLarge(_) => self.env.counters.limit("payload"),
+            _ => {}
         }
         match e {
             MessagingError::NotGranted(t) => Error::NotGranted(t),

@@ -63,6 +63,7 @@ impl InstanceState {
             SqlError::NotGranted(n) => audit("sql.not-granted", n),
             SqlError::Denied(m) => audit("sql.denied", m),
             SqlError::PoolExhausted(_) => self.env.counters.limit("connections"),
+            SqlError::TooLarge(_) => self.env.counters.limit("payload"),
             _ => {}
         }
         match e {
