@@ -17,6 +17,7 @@
 //! | `/trap-holding` | inserts into `trap_probe` in a transaction and writes half an object `partial`, then traps |
 //! | `/publish?payload=P` | publishes `P` to topic `jobs` |
 //! | `/kv-set?bytes=N` | sets a value of `N` bytes in `cache`: `ok`, or the error |
+//! | `/pg-hold` | holds a Postgres connection for half a second: `ok`, or the error |
 //! | `/received` | the `count` of bucket `received` (kept by the app's `messaging_handler`) |
 //! | `/traversal` | blob keys that try to leave the container |
 //! | `/escapes[?dialect=postgres&other=S]` | SQL escapes: SQLite's `ATTACH`, `load_extension`, `VACUUM INTO`; or, on Postgres, reading schema `S`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `pg_read_file`, `COPY … TO PROGRAM`, `CREATE EXTENSION`, `DO`, writing `public`, `ALTER ROLE` |
@@ -61,6 +62,7 @@ impl wasip2::exports::http::incoming_handler::Guest for TenantGuest {
             "trap-holding" => trap_holding(),
             "publish" => (200, publish(&param("payload"))),
             "received" => (200, received()),
+            "pg-hold" => (200, pg_hold()),
             "kv-set" => (200, kv_set(param("bytes").parse().unwrap_or(0))),
             "traversal" => (200, traversal()),
             "escapes" => (200, escapes(&param("dialect"), &param("other"))),
@@ -248,6 +250,13 @@ fn kv_set(bytes: usize) -> String {
     let bucket = kv::Bucket::open("cache").expect("open granted bucket");
     match bucket.set("sized", &vec![b'x'; bytes], None) {
         Ok(()) => "ok".to_owned(),
+        Err(e) => case(&e),
+    }
+}
+
+fn pg_hold() -> String {
+    match db().query("SELECT 1 FROM pg_sleep(0.5)", &[]) {
+        Ok(_) => "ok".to_owned(),
         Err(e) => case(&e),
     }
 }

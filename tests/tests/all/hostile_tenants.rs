@@ -149,6 +149,8 @@ struct Backends {
     host_toml: String,
     /// The `/escapes` query: which SQL escapes to try (SQLite's by default).
     escapes: String,
+    /// The size of each tenant's Postgres pool, to flood (none: SQLite).
+    pg_pool: Option<usize>,
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,6 +159,7 @@ async fn hostile_tenant_suite_embedded() {
     let backends = Backends {
         host_toml: String::new(),
         escapes: String::new(),
+        pg_pool: None,
     };
     suite(&victim, &attacker, &backends).await;
 }
@@ -208,6 +211,31 @@ max_deliveries = 3
         ),
         false,
     );
+    // Outbound HTTP to special addresses in every spelling, through the
+    // attacker's own web component (all on its allow-list, to show that the
+    // address check, not the list, refuses them). Nothing listens behind
+    // the port: a connection attempt would fail differently.
+    let p = 9; // discard
+    let ssrf = [
+        format!("http://127.0.0.1:{p}"),
+        format!("http://localhost:{p}"),
+        format!("http://2130706433:{p}"),
+        format!("http://0177.0.0.1:{p}"),
+        format!("http://[::ffff:127.0.0.1]:{p}"),
+        format!("http://[::1]:{p}"),
+        "http://169.254.169.254".to_owned(),
+        "http://10.1.2.3".to_owned(),
+    ];
+    let manifest = apps.join(attacker).join("berth.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            "{text}[component.web]\npath = {:?}\n[component.web.grants]\nhttp = {ssrf:?}\n[[trigger.http]]\nroute = \"/fetch\"\ncomponent = \"web\"\n",
+            guests::HTTP_GUEST
+        ),
+    )
+    .unwrap();
     let refused = write_refused_apps(&apps);
     let (_tenants, host, errors) = start(&apps, host).await;
 
@@ -353,6 +381,65 @@ max_deliveries = 3
     );
     attacker_bodies.push(body);
 
+    // SSRF: every spelling of a special address, a trailing dot and user
+    // info are refused before anything is sent.
+    let mut urls: Vec<String> = ssrf
+        .iter()
+        .map(|u| format!("{u}/latest/meta-data"))
+        .collect();
+    urls.push(format!("http://localhost.:{p}/x"));
+    urls.push(format!("http://user@127.0.0.1:{p}/x"));
+    for url in &urls {
+        let encoded: String = url
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = host.get(&format!("/{attacker}/fetch?url={encoded}")).await;
+        assert_eq!(status, 502, "{url}: {body}");
+        // The two extra spellings are not on the allow-list as written;
+        // refused either way.
+        let expected = if url.contains("localhost.") || url.contains('@') {
+            "error: "
+        } else {
+            "error: DestinationIpProhibited"
+        };
+        assert!(body.starts_with(expected), "{url}: {body}");
+        attacker_bodies.push(body);
+    }
+
+    // Connection flood: more queries holding a connection than its pool
+    // has; the excess gets the `connections` limit, the victim's own pool
+    // is untouched.
+    if let Some(pool) = backends.pg_pool {
+        let mut holds = tokio::task::JoinSet::new();
+        for _ in 0..pool + 2 {
+            let (http, url) = (
+                host.http.clone(),
+                format!("{}/{attacker}/pg-hold", host.base),
+            );
+            holds.spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = holds.join_next().await {
+            outcomes.push(outcome.unwrap());
+        }
+        let limited = outcomes
+            .iter()
+            .filter(|o| o.contains("limit `connections` reached"))
+            .count();
+        assert_eq!(limited, 2, "{outcomes:?}");
+        assert_eq!(
+            outcomes.iter().filter(|o| *o == "ok").count(),
+            pool,
+            "{outcomes:?}"
+        );
+    }
+
     // Config: only its own keys; the victim's token is not among them.
     let (status, body) = host.get(&format!("/{attacker}/config")).await;
     assert_eq!(status, 200, "{body}");
@@ -420,7 +507,7 @@ async fn hostile_tenant_suite_real_servers() {
         format!("[kv.{name}]\ntype = \"redis\"\nurl = {redis_url:?}\nprefix = \"{prefix}:\"\n")
     };
     let host_toml = format!(
-        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"{key}\"\nmax_connections = 4\n\
+        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"{key}\"\nmax_connections = 4\nconnect_timeout_ms = 200\n\
          {cache}{received}\
          [blob.files]\ntype = \"s3\"\nendpoint = {s3_endpoint:?}\nbucket = {bucket:?}\npath_style = true\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret_key}\"\n\
          [messaging]\ntype = \"nats\"\nurl = {nats:?}\nack_wait_ms = 5000\n",
@@ -434,6 +521,7 @@ async fn hostile_tenant_suite_real_servers() {
     let backends = Backends {
         host_toml,
         escapes: format!("dialect=postgres&other={victim_role}"),
+        pg_pool: Some(4),
     };
     suite(&victim, &attacker, &backends).await;
 
