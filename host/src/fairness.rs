@@ -92,7 +92,9 @@ pub struct Turn {
     turns: CpuTurns,
     heaviness: Arc<Heaviness>,
     ticks: u32,
-    held: Arc<Mutex<Option<(u64, OwnedSemaphorePermit)>>>,
+    /// The turn held and its lease number; allocated at the first
+    /// long-running tick, so a short invocation allocates nothing here.
+    held: Option<Arc<Mutex<Option<(u64, OwnedSemaphorePermit)>>>>,
     lease: u64,
 }
 
@@ -104,7 +106,7 @@ impl Turn {
             turns,
             heaviness,
             ticks: 0,
-            held: Arc::new(Mutex::new(None)),
+            held: None,
             lease: 0,
         };
         turn.reset();
@@ -126,7 +128,7 @@ impl Turn {
     }
 
     fn release(&mut self) {
-        if let Ok(mut held) = self.held.lock() {
+        if let Some(Ok(mut held)) = self.held.as_ref().map(|h| h.lock()) {
             held.take();
         }
     }
@@ -143,7 +145,8 @@ impl Turn {
         }
         self.release();
         self.lease += 1;
-        let (lease, held, turns) = (self.lease, self.held.clone(), self.turns.turns.clone());
+        let held = self.held.get_or_insert_with(Default::default).clone();
+        let (lease, turns) = (self.lease, self.turns.turns.clone());
         Some(Box::pin(async move {
             tokio::task::yield_now().await;
             let Ok(permit) = turns.acquire_owned().await else {
