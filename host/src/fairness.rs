@@ -86,6 +86,9 @@ impl CpuTurns {
     }
 }
 
+/// The turn an invocation holds, with the number of its lease.
+type HeldTurn = Arc<Mutex<Option<(u64, OwnedSemaphorePermit)>>>;
+
 /// One invocation's place in the [`CpuTurns`]: how long it has run, and
 /// the turn it holds.
 pub struct Turn {
@@ -94,7 +97,7 @@ pub struct Turn {
     ticks: u32,
     /// The turn held and its lease number; allocated at the first
     /// long-running tick, so a short invocation allocates nothing here.
-    held: Option<Arc<Mutex<Option<(u64, OwnedSemaphorePermit)>>>>,
+    held: Option<HeldTurn>,
     lease: u64,
 }
 
