@@ -8,5 +8,21 @@
 /// `sql.not-granted`, `http.denied`, `limit.memory`) on `subject` (the
 /// logical name, destination or limit).
 pub fn refused(app: &str, component: &str, what: &str, subject: &str) {
+    let subject = bounded(subject);
     tracing::warn!(target: "berth::audit", app, component, what, subject, "refused");
+}
+
+/// Longest name an audit event records; guests choose these strings.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+/// `s` cut to [`MAX_SUBJECT_BYTES`] at a character boundary.
+pub fn bounded(s: &str) -> &str {
+    if s.len() <= MAX_SUBJECT_BYTES {
+        return s;
+    }
+    let mut end = MAX_SUBJECT_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -112,7 +112,7 @@ pub async fn open(
         let key = format!("sql.{name}");
         // The host config's `max_connections` caps what the manifest asks.
         let pool_size = |host_max: Option<u32>| {
-            let host_max = host_max.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+            let host_max = host_max.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1);
             decl.max_connections
                 .map_or(host_max, |m| m.clamp(1, host_max))
         };

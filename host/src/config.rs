@@ -212,7 +212,7 @@ impl HostConfig {
             s.cache_dir = dir.clone();
         }
         if let Some(mb) = self.engine.max_component_mb {
-            s.max_component_bytes = mb.max(1) << 20;
+            s.max_component_bytes = mb.clamp(1, 1 << 20) << 20;
         }
         if let Some(n) = self.engine.long_running_workers {
             s.long_running_workers = Some(n.max(1));

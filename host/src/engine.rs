@@ -139,18 +139,14 @@ impl HostEngine {
     /// thread finishes in the background and the result is dropped.)
     pub async fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
         let settings = self.settings();
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("cannot read component {}", path.display()))?
-            .len();
-        if size > settings.max_component_bytes {
-            anyhow::bail!(
-                "component {} is {size} bytes; this host accepts components of at most {} MiB ([engine] max_component_mb)",
-                path.display(),
-                settings.max_component_bytes >> 20
-            );
-        }
-        let (engine, owned) = (self.clone(), path.to_path_buf());
-        let compile = tokio::task::spawn_blocking(move || engine.load_component_blocking(&owned));
+        let bytes = read_bounded(path, settings.max_component_bytes)?;
+        let (engine, shown) = (self.clone(), path.display().to_string());
+        let compile = tokio::task::spawn_blocking(move || {
+            check_is_component(&bytes).with_context(|| format!("cannot load {shown}"))?;
+            engine
+                .compile_cached(&bytes)
+                .with_context(|| format!("cannot compile component {shown}"))
+        });
         match tokio::time::timeout(settings.max_compile_time, compile).await {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) => Err(anyhow::anyhow!(
@@ -165,7 +161,8 @@ impl HostEngine {
         }
     }
 
-    /// [`Self::load_component`] on the calling thread, without its caps.
+    /// [`Self::load_component`] on the calling thread, without its caps
+    /// (for the host's own tools and tests).
     pub fn load_component_blocking(&self, path: &Path) -> anyhow::Result<Component> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read component {}", path.display()))?;
@@ -202,6 +199,33 @@ impl HostEngine {
         }
         deserialize_own_bytes(engine, &compiled)
     }
+}
+
+/// Reads the regular file at `path` if it holds at most `max` bytes. Opened
+/// once and read with a bound, so neither a device (`/dev/zero`), a FIFO,
+/// nor a file that grows after a size check can make the host read more.
+fn read_bounded(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("component {} is not a regular file", path.display());
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read component {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        anyhow::bail!(
+            "component {} is larger than this host accepts: at most {} MiB ([engine] max_component_mb)",
+            path.display(),
+            max >> 20
+        );
+    }
+    Ok(bytes)
 }
 
 fn engine_config(settings: &EngineSettings) -> Config {

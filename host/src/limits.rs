@@ -204,14 +204,19 @@ impl PayloadSettings {
         Ok(())
     }
 
-    /// Lowers every limit in `limits` that is above the given maximum.
+    /// Lowers every limit in `limits` that is above the given maximum; a
+    /// maximum not given is the default, so a manifest can raise a payload
+    /// cap only as far as the operator allows. (Results and objects are
+    /// buffered in host memory, outside the guest's `memory_mb`.)
     pub fn cap(&self, limits: &mut PayloadLimits) {
+        let mut defaults = PayloadLimits::default();
         for k in &PAYLOAD_KEYS {
-            if let Some(v) = (k.get)(self) {
-                let max = (v.max(1) * k.unit) as usize;
-                let limit = (k.set)(limits);
-                *limit = (*limit).min(max);
-            }
+            let max = match (k.get)(self) {
+                Some(v) => v.clamp(1, k.max).saturating_mul(k.unit) as usize,
+                None => *(k.set)(&mut defaults),
+            };
+            let limit = (k.set)(limits);
+            *limit = (*limit).min(max);
         }
     }
 }
@@ -294,5 +299,53 @@ impl ResourceLimiter for InstanceLimiter {
             return Err(wasmtime::Error::new(LimitExceeded::Table(desired)));
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_caps_are_capped_at_the_defaults_unless_the_host_raises_them() {
+        let asked = PayloadSettings {
+            blob_max_put_mb: Some(1024),
+            kv_max_value_kb: Some(2),
+            ..PayloadSettings::default()
+        };
+        let mut limits = PayloadLimits::default();
+        asked.apply(&mut limits).unwrap();
+        let mut capped = limits.clone();
+        PayloadSettings::default().cap(&mut capped);
+        assert_eq!(
+            capped.blob_max_put_bytes,
+            16 << 20,
+            "no host maximum: the default"
+        );
+        assert_eq!(
+            capped.kv_max_value_bytes,
+            2 << 10,
+            "lowering is always allowed"
+        );
+        let host = PayloadSettings {
+            blob_max_put_mb: Some(256),
+            ..PayloadSettings::default()
+        };
+        let mut raised = limits.clone();
+        host.cap(&mut raised);
+        assert_eq!(raised.blob_max_put_bytes, 256 << 20);
+        assert_eq!(
+            asked.apply(&mut PayloadLimits::default()),
+            Ok(()),
+            "in range"
+        );
+        let zero = PayloadSettings {
+            sql_max_rows: Some(0),
+            ..PayloadSettings::default()
+        };
+        assert_eq!(
+            zero.apply(&mut PayloadLimits::default()).unwrap_err().0,
+            "sql_max_rows"
+        );
     }
 }

@@ -296,6 +296,13 @@ impl Validator<'_> {
 
     fn validate(&self, raw: RawManifest, base: &Path) -> Result<Manifest, ManifestError> {
         self.check_name("name", &raw.name)?;
+        for (name, decl) in &raw.sql {
+            if decl.max_connections == Some(0) {
+                return Err(
+                    self.invalid(format!("sql.{name}.max_connections"), "must be at least 1")
+                );
+            }
+        }
         for (kind, names) in [
             ("sql", raw.sql.keys().collect::<Vec<_>>()),
             ("kv", raw.kv.keys().collect()),
@@ -479,8 +486,10 @@ impl Validator<'_> {
             limits.outbound_requests = n;
         }
         if let Some(n) = raw.handles {
-            if n == 0 || n > 1_000_000 {
-                return Err(self.invalid(format!("{key}.limits.handles"), "must be 1..=1000000"));
+            // The host itself holds a few handles per invocation (the HTTP
+            // request and response), so a handful is the floor.
+            if !(16..=1_000_000).contains(&n) {
+                return Err(self.invalid(format!("{key}.limits.handles"), "must be 16..=1000000"));
             }
             limits.handles = n as usize;
         }

@@ -177,7 +177,7 @@ impl ComponentCounters {
             component = self.component.as_str(),
             port = call.port.name(),
             op = call.op,
-            resource = call.resource,
+            resource = crate::audit::bounded(call.resource),
             outcome = call.error.unwrap_or("ok"),
             duration_us = call.started.elapsed().as_micros() as u64,
             bytes_in = call.bytes_in,
@@ -196,7 +196,7 @@ impl ComponentCounters {
             component = self.component.as_str(),
             port = "http",
             op = "send",
-            resource = authority,
+            resource = crate::audit::bounded(authority),
             outcome = EGRESS[outcome as usize],
             duration_us = started.elapsed().as_micros() as u64,
             "call"

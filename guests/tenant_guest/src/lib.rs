@@ -17,7 +17,7 @@
 //! | `/trap-holding` | inserts into `trap_probe` in a transaction and writes half an object `partial`, then traps |
 //! | `/publish?payload=P` | publishes `P` to topic `jobs` |
 //! | `/kv-set?bytes=N` | sets a value of `N` bytes in `cache`: `ok`, or the error |
-//! | `/pg-hold` | holds a Postgres connection for half a second: `ok`, or the error |
+//! | `/pg-hold` | holds a Postgres connection for 1.2 s: `ok`, or the error |
 //! | `/received` | the `count` of bucket `received` (kept by the app's `messaging_handler`) |
 //! | `/traversal` | blob keys that try to leave the container |
 //! | `/escapes[?dialect=postgres&other=S]` | SQL escapes: SQLite's `ATTACH`, `load_extension`, `VACUUM INTO`; or, on Postgres, reading schema `S`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `pg_read_file`, `COPY … TO PROGRAM`, `CREATE EXTENSION`, `DO`, writing `public`, `ALTER ROLE` |
@@ -255,7 +255,7 @@ fn kv_set(bytes: usize) -> String {
 }
 
 fn pg_hold() -> String {
-    match db().query("SELECT 1 FROM pg_sleep(0.5)", &[]) {
+    match db().query("SELECT 1 FROM pg_sleep(1.2)", &[]) {
         Ok(_) => "ok".to_owned(),
         Err(e) => case(&e),
     }

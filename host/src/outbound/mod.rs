@@ -163,9 +163,13 @@ impl WasiHttpHooks for OutboundPolicy {
         Box::new(async move {
             let started = std::time::Instant::now();
             let (app, component) = &grants.owner;
-            // Kept for the audit record (a cheap clone).
-            let uri = request.uri().clone();
-            let authority = uri.authority().map_or("", |a| a.as_str()).to_owned();
+            let uri = request.uri();
+            // Host and port only: the authority may carry user info.
+            let authority = match (uri.host(), uri.port_u16()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_owned(),
+                _ => String::new(),
+            };
             let count = |outcome| {
                 if let Some(c) = &grants.counters {
                     c.egress(&authority, outcome, started);
@@ -178,12 +182,9 @@ impl WasiHttpHooks for OutboundPolicy {
                 );
                 match &grants.counters {
                     Some(c) => c.limit("outbound_requests"),
-                    None => crate::audit::refused(
-                        app,
-                        component,
-                        "limit.outbound_requests",
-                        &uri.to_string(),
-                    ),
+                    None => {
+                        crate::audit::refused(app, component, "limit.outbound_requests", &authority)
+                    }
                 }
                 count(Egress::Refused);
                 return Err(HttpError::InternalError(Some(format!(
@@ -200,7 +201,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 _ => None,
             };
             if let Some(what) = refused {
-                crate::audit::refused(app, component, what, &uri.to_string());
+                crate::audit::refused(app, component, what, &authority);
             }
             count(match (&sent, refused) {
                 (_, Some(_)) => Egress::Refused,

@@ -35,7 +35,10 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 /// payload inside the case is ever recorded.
 pub(crate) fn error_case(error: &impl std::fmt::Debug) -> String {
     // Generated types print as `Error::NotGranted("…")`: keep the case.
-    let debug = format!("{error:?}");
+    // Only the first characters are formatted, however long the message.
+    let mut head = Prefix(String::new());
+    let _ = std::fmt::Write::write_fmt(&mut head, format_args!("{error:?}"));
+    let debug = head.0;
     let path = debug
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
         .next()
@@ -53,6 +56,26 @@ pub(crate) fn error_case(error: &impl std::fmt::Debug) -> String {
         }
     }
     out
+}
+
+/// Keeps the first 64 bytes written to it, then refuses the rest (which
+/// stops the formatting).
+struct Prefix(String);
+
+impl std::fmt::Write for Prefix {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = 64 - self.0.len();
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let mut end = room;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.push_str(&s[..end]);
+        Err(std::fmt::Error)
+    }
 }
 
 impl crate::state::InstanceState {

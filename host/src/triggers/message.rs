@@ -206,6 +206,7 @@ async fn invoke(
         // Only an instance whose handler succeeded is reused: after an error
         // or a trap its state is suspect, and it is dropped here.
         if let (Some(pool), Ok(_)) = (warm, &result) {
+            instance.store.data_mut().turn.finish();
             pool.give_back(instance);
         }
         wasmtime::Result::Ok(result)

@@ -253,6 +253,12 @@ async fn oversized_and_slow_to_compile_components_are_refused() {
         err.contains("at most 1 MiB ([engine] max_component_mb)"),
         "{err}"
     );
+    // A device or FIFO named as the component is never read.
+    let err = engine
+        .load_component(std::path::Path::new("/dev/zero"))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
 
     // A fresh cache: the users API compiles for well over a millisecond.
     let api = std::path::Path::new(guests::USERS_API);

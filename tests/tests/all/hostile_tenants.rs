@@ -195,7 +195,7 @@ async fn suite(victim: &str, attacker: &str, backends: &Backends) {
         &apps,
         attacker,
         "kv = [\"cache\", \"received\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@attacker.test\"]",
-        "timeout_ms = 1000\nmemory_mb = 32",
+        "timeout_ms = 2000\nmemory_mb = 32",
         &format!(
             r#"[kv.received]
 [component.worker]
@@ -507,7 +507,7 @@ async fn hostile_tenant_suite_real_servers() {
         format!("[kv.{name}]\ntype = \"redis\"\nurl = {redis_url:?}\nprefix = \"{prefix}:\"\n")
     };
     let host_toml = format!(
-        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"{key}\"\nmax_connections = 4\nconnect_timeout_ms = 200\n\
+        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"{key}\"\nmax_connections = 4\nconnect_timeout_ms = 300\n\
          {cache}{received}\
          [blob.files]\ntype = \"s3\"\nendpoint = {s3_endpoint:?}\nbucket = {bucket:?}\npath_style = true\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret_key}\"\n\
          [messaging]\ntype = \"nats\"\nurl = {nats:?}\nack_wait_ms = 5000\n",
