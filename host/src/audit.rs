@@ -17,12 +17,5 @@ pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// `s` cut to [`MAX_SUBJECT_BYTES`] at a character boundary.
 pub fn bounded(s: &str) -> &str {
-    if s.len() <= MAX_SUBJECT_BYTES {
-        return s;
-    }
-    let mut end = MAX_SUBJECT_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::ports::truncate(s, MAX_SUBJECT_BYTES)
 }

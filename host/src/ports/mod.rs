@@ -18,6 +18,18 @@ pub mod logging;
 pub mod messaging;
 pub mod sql;
 
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Joins an error and its sources into one line for the host log.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
@@ -64,17 +76,12 @@ struct Prefix(String);
 
 impl std::fmt::Write for Prefix {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let room = 64 - self.0.len();
-        if s.len() <= room {
-            self.0.push_str(s);
-            return Ok(());
+        let kept = truncate(s, 64 - self.0.len());
+        self.0.push_str(kept);
+        if kept.len() < s.len() {
+            return Err(std::fmt::Error);
         }
-        let mut end = room;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.0.push_str(&s[..end]);
-        Err(std::fmt::Error)
+        Ok(())
     }
 }
 

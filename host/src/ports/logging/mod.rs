@@ -3,6 +3,7 @@
 
 use crate::bindings::ports::logging::{self as wit, Level};
 use crate::metrics::Port;
+use crate::ports::truncate;
 use crate::state::InstanceState;
 
 /// Longest message kept; longer ones are cut so a guest cannot flood logs
@@ -10,17 +11,6 @@ use crate::state::InstanceState;
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Most fields kept per record.
 const MAX_FIELDS: usize = 32;
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 impl wit::Host for InstanceState {
     async fn log(
