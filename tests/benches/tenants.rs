@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use berth::config::HostConfig;
 use berth::tenants::Tenants;
-use berth_tests::{engine, guests};
+use berth_tests::engine;
 
 /// Victim requests per measurement (`BERTH_BENCH_REQUESTS` overrides).
 fn requests() -> usize {
@@ -34,33 +34,10 @@ const ROUNDS: usize = 5;
 const ATTACKERS: usize = 8;
 
 fn write_app(apps: &Path, name: &str, limits: &str) {
-    let dir = apps.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = format!(
-        r#"name = "{name}"
-[sql.main]
-[kv.cache]
-[blob.files]
-[config]
-greeting = "hello"
-[component.tenant]
-path = {path:?}
-[component.tenant.grants]
-sql = ["main"]
-kv = ["cache"]
-blob = ["files"]
-publish = ["jobs"]
-email_senders = ["app@{name}.test"]
-config = ["greeting"]
-[component.tenant.limits]
-{limits}
-[[trigger.http]]
-route = "/..."
-component = "tenant"
-"#,
-        path = guests::TENANT_GUEST,
+    let grants = format!(
+        "kv = [\"cache\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@{name}.test\"]\nconfig = [\"greeting\"]"
     );
-    std::fs::write(dir.join("berth.toml"), manifest).unwrap();
+    berth_tests::write_tenant_app(apps, name, &grants, limits, "");
 }
 
 /// p50 and p99 in microseconds.
@@ -105,7 +82,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (base, stop) = host.block_on(async {
+    let server = host.block_on(async {
         let tenants = Arc::new(Tenants::new(
             engine().clone(),
             HostConfig::default(),
@@ -113,14 +90,9 @@ fn main() {
         ));
         let errors = tenants.sync().await;
         assert!(errors.is_empty(), "{errors:?}");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(berth::triggers::http::serve(tenants, listener, async {
-            let _ = stopped.await;
-        }));
-        (base, stop)
+        berth_tests::serve_tenants(tenants).await
     });
+    let base = server.base.clone();
 
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -194,5 +166,5 @@ fn main() {
             a50 / q50
         );
     });
-    let _ = stop.send(());
+    host.block_on(server.stop());
 }

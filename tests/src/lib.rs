@@ -301,3 +301,95 @@ pub async fn wait_for_mail(maildir: &str, recipient: &str) -> String {
     }
     panic!("no message for {recipient} in {maildir}");
 }
+
+/// Serves the apps of `tenants` (as `berth serve` does) on an ephemeral
+/// loopback port.
+pub async fn serve_tenants(tenants: std::sync::Arc<berth::tenants::Tenants>) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(berth::triggers::http::serve(tenants, listener, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        base,
+        stop: Some(stop),
+        served,
+        _tasks: tokio::task::JoinSet::new(),
+    }
+}
+
+/// Writes app `name` into `apps/<name>/` serving `guests/tenant_guest` at
+/// `/...`: SQL database `main`, bucket `cache`, container `files`, config
+/// keys `greeting` and `token`, and grants of `main` and `files`. `grants`,
+/// `limits` and `extra` add lines to the component's grants, to its limits
+/// and to the manifest (more declarations, components, triggers).
+pub fn write_tenant_app(apps: &Path, name: &str, grants: &str, limits: &str, extra: &str) {
+    let dir = apps.join(name);
+    std::fs::create_dir_all(&dir).expect("app directory");
+    let manifest = format!(
+        r#"name = "{name}"
+[sql.main]
+[kv.cache]
+[blob.files]
+[config]
+greeting = "hello"
+token = "not the secret"
+{extra}
+[component.tenant]
+path = {path:?}
+[component.tenant.grants]
+sql = ["main"]
+blob = ["files"]
+{grants}
+[component.tenant.limits]
+{limits}
+[[trigger.http]]
+route = "/..."
+component = "tenant"
+"#,
+        path = guests::TENANT_GUEST,
+    );
+    std::fs::write(dir.join("berth.toml"), manifest).expect("write manifest");
+}
+
+/// Outbound URLs of loopback, private and link-local (metadata) addresses
+/// in several spellings, each of which the host must refuse; `port` is the
+/// port of the loopback ones.
+pub fn special_address_urls(port: u16) -> Vec<String> {
+    vec![
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+        format!("http://2130706433:{port}"),
+        format!("http://0177.0.0.1:{port}"),
+        format!("http://[::ffff:127.0.0.1]:{port}"),
+        format!("http://[::1]:{port}"),
+        "http://169.254.169.254".to_owned(),
+        "http://10.1.2.3".to_owned(),
+    ]
+}
+
+/// Deletes every object of `bucket`, then the bucket.
+pub async fn delete_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list objects");
+    for key in listed.contents().iter().filter_map(|o| o.key()) {
+        s3.delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("delete object");
+    }
+    s3.delete_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("delete bucket");
+}

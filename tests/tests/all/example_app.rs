@@ -244,15 +244,7 @@ async fn example_app_unchanged_on_real_backends() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    for key in objects.contents().iter().filter_map(|o| o.key()) {
-        s3.delete_object()
-            .bucket(&bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-    }
-    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    berth_tests::delete_bucket(&s3, &bucket).await;
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&mut pg)
         .await

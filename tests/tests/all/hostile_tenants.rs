@@ -12,64 +12,28 @@ use std::time::{Duration, Instant};
 use berth::config::HostConfig;
 use berth::metrics::METRICS;
 use berth::tenants::Tenants;
-use berth_tests::{engine, guests};
+use berth_tests::{engine, guests, write_tenant_app};
 
 const VICTIM_DATA: &str = "victim-data";
 const ATTACKER_DATA: &str = "attacker-data";
 
 /// A served `berth serve` host and its HTTP client.
 struct Host {
-    base: String,
+    server: berth_tests::Server,
     http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Host {
     async fn get(&self, path: &str) -> (u16, String) {
         let response = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.server.base))
             .send()
             .await
             .expect("the host answers");
         let status = response.status().as_u16();
         (status, response.text().await.unwrap_or_default())
     }
-}
-
-/// Writes app `name` serving `tenant_guest` at `/...`; `extra` adds
-/// manifest lines (more declarations, components or triggers). Only the
-/// victim is granted its secret config key `token`.
-fn write_tenant(apps: &Path, name: &str, grants: &str, limits: &str, extra: &str, victim: bool) {
-    let dir = apps.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = format!(
-        r#"name = "{name}"
-[sql.main]
-[kv.cache]
-[blob.files]
-[config]
-greeting = "hello"
-token = "not the secret"
-{extra}
-[component.tenant]
-path = {path:?}
-[component.tenant.grants]
-sql = ["main"]
-blob = ["files"]
-config = ["greeting"{token}]
-{grants}
-[component.tenant.limits]
-{limits}
-[[trigger.http]]
-route = "/..."
-component = "tenant"
-"#,
-        path = guests::TENANT_GUEST,
-        token = if victim { ", \"token\"" } else { "" },
-    );
-    std::fs::write(dir.join("berth.toml"), manifest).unwrap();
 }
 
 /// Apps that must be refused at load, each with the words its error names.
@@ -115,21 +79,9 @@ fn write_refused_apps(apps: &Path) -> Vec<(&'static str, &'static str)> {
 async fn start(apps: &Path, host: HostConfig) -> (Arc<Tenants>, Host, Vec<String>) {
     let tenants = Arc::new(Tenants::new(engine().clone(), host, apps.to_path_buf()));
     let errors = tenants.sync().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth::triggers::http::serve(
-        tenants.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
     let host = Host {
-        base,
+        server: berth_tests::serve_tenants(tenants.clone()).await,
         http: reqwest::Client::new(),
-        stop: Some(stop),
-        served,
     };
     (tenants, host, errors)
 }
@@ -183,18 +135,24 @@ async fn suite(victim: &str, attacker: &str, backends: &Backends) {
     .unwrap();
     let host = HostConfig::load(&host_toml).unwrap();
 
-    write_tenant(
+    // Only the victim is granted its secret config key `token`.
+    write_tenant_app(
         &apps,
         victim,
-        "kv = [\"cache\"]\npublish = [\"notes\"]\nemail_senders = [\"app@victim.test\"]",
+        "kv = [\"cache\"]\npublish = [\"notes\"]\nemail_senders = [\"app@victim.test\"]\nconfig = [\"greeting\", \"token\"]",
         "timeout_ms = 5000",
         "",
-        true,
     );
-    write_tenant(
+    // Outbound HTTP to special addresses in every spelling, through the
+    // attacker's own web component (all on its allow-list, to show that the
+    // address check, not the list, refuses them). Nothing listens behind
+    // the port: a connection attempt would fail differently.
+    let p = 9; // discard
+    let ssrf = berth_tests::special_address_urls(p);
+    write_tenant_app(
         &apps,
         attacker,
-        "kv = [\"cache\", \"received\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@attacker.test\"]",
+        "kv = [\"cache\", \"received\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@attacker.test\"]\nconfig = [\"greeting\"]",
         "timeout_ms = 2000\nmemory_mb = 32",
         &format!(
             r#"[kv.received]
@@ -206,36 +164,18 @@ kv = ["received"]
 topic = "jobs"
 component = "worker"
 max_deliveries = 3
+[component.web]
+path = {web:?}
+[component.web.grants]
+http = {ssrf:?}
+[[trigger.http]]
+route = "/fetch"
+component = "web"
 "#,
-            worker = guests::MESSAGING_HANDLER
+            worker = guests::MESSAGING_HANDLER,
+            web = guests::HTTP_GUEST,
         ),
-        false,
     );
-    // Outbound HTTP to special addresses in every spelling, through the
-    // attacker's own web component (all on its allow-list, to show that the
-    // address check, not the list, refuses them). Nothing listens behind
-    // the port: a connection attempt would fail differently.
-    let p = 9; // discard
-    let ssrf = [
-        format!("http://127.0.0.1:{p}"),
-        format!("http://localhost:{p}"),
-        format!("http://2130706433:{p}"),
-        format!("http://0177.0.0.1:{p}"),
-        format!("http://[::ffff:127.0.0.1]:{p}"),
-        format!("http://[::1]:{p}"),
-        "http://169.254.169.254".to_owned(),
-        "http://10.1.2.3".to_owned(),
-    ];
-    let manifest = apps.join(attacker).join("berth.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        format!(
-            "{text}[component.web]\npath = {:?}\n[component.web.grants]\nhttp = {ssrf:?}\n[[trigger.http]]\nroute = \"/fetch\"\ncomponent = \"web\"\n",
-            guests::HTTP_GUEST
-        ),
-    )
-    .unwrap();
     let refused = write_refused_apps(&apps);
     let (_tenants, host, errors) = start(&apps, host).await;
 
@@ -267,7 +207,11 @@ max_deliveries = 3
     // The victim keeps checking its data while the attacks run.
     let attacking = Arc::new(AtomicBool::new(true));
     let probe = tokio::spawn({
-        let (http, base, attacking) = (host.http.clone(), host.base.clone(), attacking.clone());
+        let (http, base, attacking) = (
+            host.http.clone(),
+            host.server.base.clone(),
+            attacking.clone(),
+        );
         let victim = victim.to_owned();
         async move {
             let (mut ok, mut total, mut slowest) = (0, 0, Duration::ZERO);
@@ -420,7 +364,7 @@ max_deliveries = 3
         for _ in 0..pool + 2 {
             let (http, url) = (
                 host.http.clone(),
-                format!("{}/{attacker}/pg-hold", host.base),
+                format!("{}/{attacker}/pg-hold", host.server.base),
             );
             holds.spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() });
         }
@@ -472,9 +416,7 @@ max_deliveries = 3
         assert_eq!(hits(victim), 0, "{limit} counted for the victim");
     }
 
-    let mut host = host;
-    let _ = host.stop.take().map(|s| s.send(()));
-    host.served.await.unwrap().unwrap();
+    host.server.stop().await;
 }
 
 /// The same suite with every logical resource on a real server: Postgres
@@ -556,16 +498,7 @@ async fn hostile_tenant_suite_real_servers() {
             .await
             .unwrap();
     }
-    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
-    for key in listed.contents().iter().filter_map(|o| o.key()) {
-        s3.delete_object()
-            .bucket(&bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-    }
-    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    berth_tests::delete_bucket(&s3, &bucket).await;
     let jetstream = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
     for app in [&victim, &attacker] {
         // The victim never publishes, so it may have no stream.

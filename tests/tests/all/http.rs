@@ -196,16 +196,7 @@ async fn http_outbound_allow_list_and_limits() {
 async fn http_outbound_refuses_special_addresses_in_every_spelling() {
     let target = Upstream::start(|_| Some(ok("reached"))).await;
     let p = target.port;
-    let spellings = [
-        format!("http://127.0.0.1:{p}"),
-        format!("http://localhost:{p}"),
-        format!("http://2130706433:{p}"),
-        format!("http://0177.0.0.1:{p}"),
-        format!("http://[::ffff:127.0.0.1]:{p}"),
-        format!("http://[::1]:{p}"),
-        "http://169.254.169.254".to_owned(),
-        "http://10.1.2.3".to_owned(),
-    ];
+    let spellings = berth_tests::special_address_urls(p);
     let grants = format!("http = {spellings:?}");
     let t = web_app(&grants);
     let server = serve(&t).await;

@@ -425,15 +425,7 @@ async fn blob_conformance_s3() {
     }
     assert_eq!(uploads, 0, "the dropped writer's upload was aborted");
 
-    for key in keys {
-        s3.delete_object()
-            .bucket(&bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-    }
-    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    berth_tests::delete_bucket(&s3, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,16 +39,8 @@ async fn tenants_routed_updated_and_removed() {
     assert_eq!(tenants.sync().await, Vec::<String>::new());
     assert_eq!(tenants.app_names(), ["shop-a", "shop-b"]);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth::triggers::http::serve(
-        tenants.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = berth_tests::serve_tenants(tenants.clone()).await;
+    let base = server.base.clone();
 
     let (status, stats) = get(&base, "/shop-a/stats").await;
     assert_eq!(
@@ -102,8 +94,7 @@ async fn tenants_routed_updated_and_removed() {
     assert_eq!(get(&base, "/shop-b/stats").await.0, 404);
     assert_eq!(tenants.app_names(), ["shop-a"]);
 
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// Writes an app serving the `http_guest` at `/...` with `limits`.
@@ -134,16 +125,8 @@ async fn tenants_noisy_neighbour_does_not_starve_others() {
         apps.path().to_path_buf(),
     ));
     assert_eq!(tenants.sync().await, Vec::<String>::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth::triggers::http::serve(
-        tenants.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = berth_tests::serve_tenants(tenants.clone()).await;
+    let base = server.base.clone();
     let http = reqwest::Client::new();
 
     // The attacker spins and allocates to its limits, far past its slots.
@@ -187,8 +170,7 @@ async fn tenants_noisy_neighbour_does_not_starve_others() {
     // Every attacker request ended with a limit: time, memory or concurrency.
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
 
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -221,28 +203,21 @@ async fn tenants_manifests_cannot_read_the_host_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_handle_and_payload_limits_from_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = format!(
-        "name = \"tight\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.tenant]\npath = {:?}\n[component.tenant.grants]\nsql = [\"main\"]\nkv = [\"cache\"]\nblob = [\"files\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@tight.test\"]\n[component.tenant.limits]\nhandles = 100\nkv_max_value_kb = 1\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"tenant\"\n",
-        berth_tests::guests::TENANT_GUEST
+    berth_tests::write_tenant_app(
+        dir.path(),
+        "tight",
+        "kv = [\"cache\"]\npublish = [\"jobs\"]\nemail_senders = [\"app@tight.test\"]",
+        "handles = 100\nkv_max_value_kb = 1",
+        "",
     );
-    std::fs::create_dir_all(dir.path().join("tight")).unwrap();
-    std::fs::write(dir.path().join("tight/berth.toml"), manifest).unwrap();
     let tenants = Arc::new(Tenants::new(
         engine().clone(),
         HostConfig::default(),
         dir.path().to_path_buf(),
     ));
     assert_eq!(tenants.sync().await, Vec::<String>::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth::triggers::http::serve(
-        tenants.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = berth_tests::serve_tenants(tenants.clone()).await;
+    let base = server.base.clone();
 
     let (status, body) = get(&base, "/tight/handles").await;
     assert_eq!(status, 503, "{body}");
@@ -265,6 +240,5 @@ async fn tenants_handle_and_payload_limits_from_the_manifest() {
         "{refused}"
     );
 
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    server.stop().await;
 }
