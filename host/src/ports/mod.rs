@@ -30,6 +30,20 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The backend serving logical name `name`, if the component's grants
+/// (`granted`) include it: the one grant check of every port's `open`.
+pub(crate) fn granted_backend<B: ?Sized>(
+    granted: &[String],
+    backends: &std::collections::HashMap<String, std::sync::Arc<B>>,
+    name: &str,
+) -> Option<std::sync::Arc<B>> {
+    if granted.iter().any(|g| g == name) {
+        backends.get(name).cloned()
+    } else {
+        None
+    }
+}
+
 /// Joins an error and its sources into one line for the host log.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();

@@ -126,13 +126,8 @@ impl wit::Host for InstanceState {}
 impl wit::HostContainer for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ContainerHandle>> {
         let started = Instant::now();
-        let backend = self
-            .env
-            .grants
-            .blob
-            .contains(&name)
-            .then(|| self.env.backends.blob.get(&name).cloned())
-            .flatten();
+        let backend =
+            crate::ports::granted_backend(&self.env.grants.blob, &self.env.backends.blob, &name);
         let result = match backend {
             Some(backend) => Ok(self.table.push(ContainerHandle {
                 name: name.as_str().into(),

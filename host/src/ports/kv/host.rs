@@ -99,13 +99,8 @@ impl wit::Host for InstanceState {}
 impl wit::HostBucket for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<BucketHandle>> {
         let started = Instant::now();
-        let backend = self
-            .env
-            .grants
-            .kv
-            .contains(&name)
-            .then(|| self.env.backends.kv.get(&name).cloned())
-            .flatten();
+        let backend =
+            crate::ports::granted_backend(&self.env.grants.kv, &self.env.backends.kv, &name);
         let result = match backend {
             Some(backend) => Ok(self.table.push(BucketHandle {
                 name: name.as_str().into(),

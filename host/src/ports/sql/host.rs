@@ -160,13 +160,8 @@ impl wit::Host for InstanceState {}
 impl wit::HostConnection for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ConnectionHandle>> {
         let started = Instant::now();
-        let backend = self
-            .env
-            .grants
-            .sql
-            .contains(&name)
-            .then(|| self.env.backends.sql.get(&name).cloned())
-            .flatten();
+        let backend =
+            crate::ports::granted_backend(&self.env.grants.sql, &self.env.backends.sql, &name);
         let result = match backend {
             Some(backend) => Ok(self.table.push(ConnectionHandle {
                 name: name.as_str().into(),
