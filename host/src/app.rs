@@ -319,17 +319,19 @@ impl App {
     /// A fresh store for one invocation of `component`, with its limits
     /// armed: memory via the limiter, time via the epoch callback, which
     /// also yields to other tasks every tick so a spinning guest cannot
-    /// starve its neighbours.
+    /// starve its neighbours. The store holds `slot` until it is dropped.
     pub fn new_store(
         &self,
         component: &LoadedComponent,
         wasi: WasiCtxBuilder,
+        slot: crate::engine::InstanceSlot,
     ) -> Store<InstanceState> {
         new_store(
             self.engine.engine(),
             self.engine.cpu_turns(),
             component.env.clone(),
             wasi,
+            slot,
         )
     }
 }
@@ -340,9 +342,10 @@ pub fn new_store(
     turns: &crate::fairness::CpuTurns,
     env: Arc<ComponentEnv>,
     mut wasi: WasiCtxBuilder,
+    slot: crate::engine::InstanceSlot,
 ) -> Store<InstanceState> {
     let timeout = env.limits.timeout;
-    let state = InstanceState::new(env, locked_down(&mut wasi).build(), turns.clone());
+    let state = InstanceState::new(env, locked_down(&mut wasi).build(), turns.clone(), slot);
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     let first_deadline = store.data_mut().turn.reset();

@@ -106,17 +106,31 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// `[serve]`: how `berth serve` routes requests to apps.
+/// `[serve]`: how `berth serve` routes requests to apps, and how both
+/// `berth serve` and `berth up` serve HTTP.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// When set, `<app>.<domain>` reaches app `<app>` (besides the path
     /// prefix `/<app>/`).
     pub domain: Option<String>,
+    /// How long requests in flight may finish after SIGTERM/SIGINT before
+    /// they are cancelled, in milliseconds; default 10 000.
+    pub shutdown_grace_ms: Option<u64>,
     /// Manifests come from tenants, not the operator: `${env:…}` in their
     /// config is refused. Always set by `berth serve`.
     #[serde(skip)]
     pub tenant_manifests: bool,
+}
+
+impl ServeConfig {
+    /// The grace period of a graceful shutdown.
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        self.shutdown_grace_ms.map_or(
+            crate::triggers::http::DEFAULT_SHUTDOWN_GRACE,
+            std::time::Duration::from_millis,
+        )
+    }
 }
 
 /// The operator's configuration of a host.

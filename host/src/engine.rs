@@ -62,6 +62,12 @@ pub fn default_cache_dir() -> PathBuf {
     base.join("berth")
 }
 
+/// One of the host's instance slots (`[engine] max_instances`), held by a
+/// store for its whole life. Invocations take one before they build a
+/// store, so a host at capacity answers at once (HTTP: 503) or waits
+/// (messages, commands) instead of failing inside the pooling allocator.
+pub type InstanceSlot = tokio::sync::OwnedSemaphorePermit;
+
 /// The process-lifetime half of the host. Cheap to clone.
 #[derive(Clone)]
 pub struct HostEngine {
@@ -75,7 +81,56 @@ struct Inner {
     engine_hash: String,
     settings: EngineSettings,
     turns: crate::fairness::CpuTurns,
+    instance_slots: Arc<tokio::sync::Semaphore>,
+    /// Components loaded lately, by the SHA-256 of their bytes: apps that
+    /// ship the same component share its compiled code and metadata
+    /// instead of each mapping its own copy.
+    loaded: std::sync::Mutex<LoadedComponents>,
     stop_ticker: Arc<AtomicBool>,
+}
+
+/// Components kept for reuse by digest (the most recently used
+/// [`LOADED_COMPONENTS_KEPT`]); an app holds its own reference, so evicting
+/// one here never unloads it.
+#[derive(Default)]
+struct LoadedComponents {
+    by_digest: std::collections::HashMap<String, (Component, u64)>,
+    uses: u64,
+}
+
+/// How many distinct components the in-memory reuse keeps.
+const LOADED_COMPONENTS_KEPT: usize = 256;
+
+/// A compile running longer than this is announced, then reported on every
+/// [`COMPILE_PROGRESS_EVERY`] until it ends (large Python or JavaScript
+/// guests take seconds to compile the first time).
+const COMPILE_PROGRESS_AFTER: Duration = Duration::from_secs(1);
+const COMPILE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+impl LoadedComponents {
+    fn get(&mut self, digest: &str) -> Option<Component> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.by_digest.get_mut(digest).map(|(c, used)| {
+            *used = uses;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, digest: String, component: Component) {
+        self.uses += 1;
+        if self.by_digest.len() >= LOADED_COMPONENTS_KEPT {
+            let oldest = self
+                .by_digest
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(d, _)| d.clone());
+            if let Some(oldest) = oldest {
+                self.by_digest.remove(&oldest);
+            }
+        }
+        self.by_digest.insert(digest, (component, self.uses));
+    }
 }
 
 impl Drop for Inner {
@@ -105,6 +160,10 @@ impl HostEngine {
                     Some(n) => crate::fairness::CpuTurns::new(n),
                     None => crate::fairness::CpuTurns::for_this_machine(),
                 },
+                instance_slots: Arc::new(tokio::sync::Semaphore::new(
+                    settings.max_instances.max(1) as usize,
+                )),
+                loaded: Default::default(),
                 settings,
                 stop_ticker,
             }),
@@ -126,6 +185,27 @@ impl HostEngine {
         &self.inner.turns
     }
 
+    /// An instance slot if one is free now.
+    pub fn try_instance_slot(&self) -> Option<InstanceSlot> {
+        self.inner.instance_slots.clone().try_acquire_owned().ok()
+    }
+
+    /// An instance slot, waiting for one to be freed if the host is at
+    /// capacity.
+    pub async fn instance_slot(&self) -> InstanceSlot {
+        self.inner
+            .instance_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the instance-slot semaphore is never closed")
+    }
+
+    /// Instance slots free now (for tests and metrics).
+    pub fn free_instance_slots(&self) -> usize {
+        self.inner.instance_slots.available_permits()
+    }
+
     /// The settings the engine was built with.
     pub fn settings(&self) -> &EngineSettings {
         &self.inner.settings
@@ -140,6 +220,7 @@ impl HostEngine {
     pub async fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
         let settings = self.settings();
         let bytes = read_bounded(path, settings.max_component_bytes)?;
+        let size_mib = bytes.len() as f64 / f64::from(1 << 20);
         let (engine, shown) = (self.clone(), path.display().to_string());
         let compile = tokio::task::spawn_blocking(move || {
             check_is_component(&bytes).with_context(|| format!("cannot load {shown}"))?;
@@ -147,17 +228,35 @@ impl HostEngine {
                 .compile_cached(&bytes)
                 .with_context(|| format!("cannot compile component {shown}"))
         });
-        match tokio::time::timeout(settings.max_compile_time, compile).await {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(e)) => Err(anyhow::anyhow!(
-                "compiling component {} failed: {e}",
-                path.display()
-            )),
-            Err(_) => anyhow::bail!(
-                "compiling component {} took longer than {:?} ([engine] max_compile_ms); refused",
-                path.display(),
-                settings.max_compile_time
-            ),
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::sleep(settings.max_compile_time);
+        tokio::pin!(compile, deadline);
+        let mut next_report = COMPILE_PROGRESS_AFTER;
+        loop {
+            tokio::select! {
+                done = &mut compile => {
+                    if started.elapsed() >= COMPILE_PROGRESS_AFTER {
+                        tracing::info!("compiled {} in {:.1} s; later loads come from the compiled cache", path.display(), started.elapsed().as_secs_f64());
+                    }
+                    return match done {
+                        Ok(loaded) => loaded,
+                        Err(e) => Err(anyhow::anyhow!("compiling component {} failed: {e}", path.display())),
+                    };
+                }
+                () = tokio::time::sleep(next_report.saturating_sub(started.elapsed())) => {
+                    if next_report == COMPILE_PROGRESS_AFTER {
+                        tracing::info!("compiling {} ({size_mib:.1} MiB), not in the compiled cache yet…", path.display());
+                    } else {
+                        tracing::info!("still compiling {}: {} s so far", path.display(), started.elapsed().as_secs());
+                    }
+                    next_report = started.elapsed() + COMPILE_PROGRESS_EVERY;
+                }
+                () = &mut deadline => anyhow::bail!(
+                    "compiling component {} took longer than {:?} ([engine] max_compile_ms); refused",
+                    path.display(),
+                    settings.max_compile_time
+                ),
+            }
         }
     }
 
@@ -171,21 +270,31 @@ impl HostEngine {
             .with_context(|| format!("cannot compile component {}", path.display()))
     }
 
-    /// Compiles `bytes`, reusing the cached artifact this engine produced
-    /// for the same bytes and engine configuration. Only artifacts written
-    /// by this function are ever deserialized.
+    /// Compiles `bytes`, reusing first a component this engine loaded
+    /// lately from the same bytes, then the cached artifact this engine's
+    /// configuration produced for them. The artifact's name carries the
+    /// content digest and the engine hash (wasmtime's compatibility hash
+    /// and Berth's version), so a new wasmtime, a changed engine config or
+    /// a new Berth never picks up a stale one; wasmtime also checks each
+    /// artifact's header, and one it refuses (or a damaged file) is
+    /// recompiled and replaced. Artifacts of other engine hashes for the
+    /// same bytes are removed when a new one is written. Only artifacts
+    /// written by this function are ever deserialized.
     pub fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
         let engine = &self.inner.engine;
         let digest = hex::encode(Sha256::digest(bytes));
-        let path = self
-            .inner
-            .cache_dir
-            .join(format!("{digest}-{}.cwasm", self.inner.engine_hash));
+        if let Some(component) = self.loaded().get(&digest) {
+            return Ok(component);
+        }
+        let path = self.artifact_path(&digest);
         if path.exists() {
             match deserialize_own_artifact(engine, &path) {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    self.loaded().insert(digest, c.clone());
+                    return Ok(c);
+                }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component")
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component; recompiling")
                 }
             }
         }
@@ -197,7 +306,50 @@ impl HostEngine {
         if let Err(e) = write_atomically(&path, &compiled) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
         }
-        deserialize_own_bytes(engine, &compiled)
+        remove_stale_artifacts(&self.inner.cache_dir, &digest, &path);
+        let component = deserialize_own_bytes(engine, &compiled)?;
+        self.loaded().insert(digest, component.clone());
+        Ok(component)
+    }
+
+    /// Where the compiled artifact of the component with SHA-256 `digest`
+    /// is cached for this engine.
+    pub fn artifact_path(&self, digest: &str) -> PathBuf {
+        self.inner
+            .cache_dir
+            .join(format!("{digest}-{}.cwasm", self.inner.engine_hash))
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, LoadedComponents> {
+        // The map holds no invariant a panic could break.
+        self.inner
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Removes the artifacts of `digest` compiled by other engines than the
+/// one that wrote `current`.
+fn remove_stale_artifacts(dir: &Path, digest: &str, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{digest}-");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path != current && name.starts_with(&prefix) && name.ends_with(".cwasm") {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stale compiled component")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot remove a stale compiled component")
+                }
+            }
+        }
     }
 }
 

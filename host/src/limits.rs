@@ -246,6 +246,12 @@ pub enum LimitExceeded {
     /// All the component's instance slots are busy.
     #[error("concurrency limit reached: {0} instances of this component are already running")]
     Concurrency(u32),
+    /// Every instance slot of the host is in use (`[engine] max_instances`,
+    /// or one of the pooling allocator's pools).
+    #[error(
+        "host at capacity: every instance slot of this host is in use ([engine] max_instances); retry later"
+    )]
+    Instances,
 }
 
 impl LimitExceeded {

@@ -29,7 +29,7 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 9] = [
+const LIMITS: [&str; 10] = [
     "time",
     "memory",
     "table",
@@ -39,6 +39,7 @@ const LIMITS: [&str; 9] = [
     "connections",
     "payload",
     "email_rate",
+    "instances",
 ];
 
 /// A port whose calls are counted.
@@ -425,6 +426,7 @@ mod tests {
             LimitExceeded::Table(0),
             LimitExceeded::Handles(0),
             LimitExceeded::Concurrency(0),
+            LimitExceeded::Instances,
         ] {
             let name = InvocationError::Limit(e).limit_name().unwrap();
             assert!(LIMITS.contains(&name), "{name}");

@@ -28,12 +28,19 @@ pub struct InstanceState {
     pub deadline: Instant,
     /// Its place among long-running invocations (see [`crate::fairness`]).
     pub turn: crate::fairness::Turn,
+    /// The host instance slot it occupies, freed with the store.
+    _slot: crate::engine::InstanceSlot,
 }
 
 impl InstanceState {
     /// State for one invocation of the component described by `env`, with
     /// the given WASI context (arguments, stdio).
-    pub fn new(env: Arc<ComponentEnv>, wasi: WasiCtx, turns: crate::fairness::CpuTurns) -> Self {
+    pub fn new(
+        env: Arc<ComponentEnv>,
+        wasi: WasiCtx,
+        turns: crate::fairness::CpuTurns,
+        slot: crate::engine::InstanceSlot,
+    ) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(env.limits.handles);
         Self {
@@ -45,6 +52,7 @@ impl InstanceState {
             deadline: Instant::now() + env.limits.timeout,
             turn: crate::fairness::Turn::new(turns, env.heaviness.clone()),
             env,
+            _slot: slot,
         }
     }
 }

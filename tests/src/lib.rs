@@ -125,6 +125,19 @@ pub struct Server {
 }
 
 impl Server {
+    /// Begins a graceful shutdown (as SIGTERM would) without waiting for
+    /// it; [`Server::stop`] then waits for the end.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether the server has ended.
+    pub fn has_ended(&self) -> bool {
+        self.served.is_finished()
+    }
+
     /// Shuts down gracefully and checks the server ended without error.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -159,9 +172,13 @@ pub async fn serve_with(t: &TestApp, mut host: HostConfig) -> Server {
     let handler =
         std::sync::Arc::new(berth::triggers::http::HttpHandler::new(app).expect("routes"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth::triggers::http::serve(handler, listener, async {
+    let grace = host.serve.shutdown_grace();
+    let shutdown = async {
         let _ = stopped.await;
-    }));
+    };
+    let served = tokio::spawn(berth::triggers::http::serve(
+        handler, listener, shutdown, grace,
+    ));
     Server {
         base: format!("http://{addr}"),
         stop: Some(stop),
@@ -310,9 +327,15 @@ pub async fn serve_tenants(tenants: std::sync::Arc<berth::tenants::Tenants>) -> 
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("local addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth::triggers::http::serve(tenants, listener, async {
+    let shutdown = async {
         let _ = stopped.await;
-    }));
+    };
+    let served = tokio::spawn(berth::triggers::http::serve(
+        tenants,
+        listener,
+        shutdown,
+        berth::triggers::http::DEFAULT_SHUTDOWN_GRACE,
+    ));
     Server {
         base,
         stop: Some(stop),

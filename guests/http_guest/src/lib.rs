@@ -6,6 +6,8 @@
 //! | Path            | Behaviour                                                  |
 //! |-----------------|------------------------------------------------------------|
 //! | `/hello`        | 200 `hello from berth`                                     |
+//! | `/sleep?ms=N`   | waits N milliseconds (the WASI clock), then 200 `slept N ms` |
+//! | `/echo`         | streams the request body back as it arrives (64 KiB at a time), 200 |
 //! | `/loop`         | spins forever, never responds                              |
 //! | `/memory`       | allocates 1 MiB chunks forever, never responds normally    |
 //! | `/fetch?url=U[&header=N:V][&times=K]` | outgoing `GET U` (with header `N: V`), `K` times (default 1); 200 `upstream <status>: <body>` of the last, or 502 `error: <ErrorCode>` of the first failure |
@@ -28,8 +30,12 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpGuest {
             Some((path, query)) => (path, query),
             None => (path_with_query.as_str(), ""),
         };
+        if path == "/echo" {
+            return echo(request, response_out);
+        }
         let (status, body) = match path {
             "/hello" => (200, "hello from berth".to_owned()),
+            "/sleep" => sleep(query),
             "/loop" => spin(),
             "/memory" => hog_memory(),
             "/fetch" => fetch(query),
@@ -40,6 +46,43 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpGuest {
 }
 
 wasip2::http::proxy::export!(HttpGuest);
+
+/// Waits `ms` milliseconds on the WASI monotonic clock.
+fn sleep(query: &str) -> (u16, String) {
+    let ms: u64 = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0);
+    wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+    (200, format!("slept {ms} ms"))
+}
+
+/// Copies the request body to the response body chunk by chunk, so bodies
+/// far larger than the guest's memory pass through.
+fn echo(request: IncomingRequest, out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let incoming = request.consume().expect("body is consumed once");
+    let mut input = incoming.stream().expect("stream is taken once");
+    let mut output = outgoing.write().expect("stream is taken once");
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match std::io::Read::read(&mut input, &mut chunk) {
+            Ok(0) | Err(_) => break, // the whole body was read
+            Ok(n) => {
+                if output.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = output.flush();
+    drop(input);
+    drop(output);
+    let _ = OutgoingBody::finish(outgoing, None);
+}
 
 /// Loops forever; `black_box` keeps the optimizer from removing the loop.
 fn spin() -> ! {

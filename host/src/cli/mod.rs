@@ -246,7 +246,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     println!("  state in {}", app.state_dir.display());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    crate::triggers::http::serve(handler, listener, shutdown_signal()).await?;
+    let grace = host.serve.shutdown_grace();
+    crate::triggers::http::serve(handler, listener, shutdown_signal(), grace).await?;
     tasks.abort_all();
     if let Some(admin) = admin {
         admin.abort();
@@ -269,6 +270,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", host.listen()))?;
     let addr = listener.local_addr()?;
+    let grace = host.serve.shutdown_grace();
     let tenants = Arc::new(crate::tenants::Tenants::new(
         engine,
         host,
@@ -283,7 +285,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());
-    crate::triggers::http::serve(tenants, listener, shutdown_signal()).await?;
+    crate::triggers::http::serve(tenants, listener, shutdown_signal(), grace).await?;
     watcher.abort();
     if let Some(admin) = admin {
         admin.abort();

@@ -27,8 +27,9 @@ use crate::metrics::{Outcome, Trigger};
 use crate::ports::blob::url::URL_PREFIX;
 use crate::state::InstanceState;
 
-/// How long in-flight requests may finish after shutdown begins.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long in-flight requests may finish after shutdown begins, unless
+/// the host config's `[serve] shutdown_grace_ms` says otherwise.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Chunk size when streaming a blob to an HTTP client.
 const BLOB_CHUNK: usize = 256 * 1024;
 
@@ -141,9 +142,19 @@ impl HttpHandler {
                 Some("concurrency"),
             );
         };
+        let Some(slot) = self.app.engine().try_instance_slot() else {
+            let limit = LimitExceeded::Instances;
+            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
+            component.env.counters.limit("instances");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &limit.to_string(),
+                Some("instances"),
+            );
+        };
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
-        let mut store = self.app.new_store(component, wasi);
+        let mut store = self.app.new_store(component, wasi, slot);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
             let req = store
@@ -300,15 +311,20 @@ fn error_response(
     json_response(status, body)
 }
 
-/// Serves `handler` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish for up to [`SHUTDOWN_GRACE`].
+/// Serves `handler` on `listener` until `shutdown` resolves. Then it stops
+/// accepting (the listener is closed), lets requests in flight finish for
+/// up to `grace` while idle keep-alive connections are closed, and cancels
+/// the connections still open after that. Connections are HTTP/1.1 with
+/// keep-alive or HTTP/2 (prior knowledge), whichever the client speaks.
 pub async fn serve<H: HttpService>(
     handler: Arc<H>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -316,11 +332,14 @@ pub async fn serve<H: HttpService>(
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
+                        // Out of file descriptors, mostly: back off rather
+                        // than spin; connections in flight go on.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let handler = handler.clone();
@@ -328,22 +347,33 @@ pub async fn serve<H: HttpService>(
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
             }
+            // Reap finished connections so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    tracing::info!(
+        ?grace,
+        "shutting down: no longer accepting; draining requests in flight"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; cancelling them");
+        tracing::warn!(
+            ?grace,
+            open = connections.len(),
+            "requests in flight did not finish within the grace period; cancelling them"
+        );
+        connections.abort_all();
     }
+    while connections.join_next().await.is_some() {}
     Ok(())
 }

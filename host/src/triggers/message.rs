@@ -189,7 +189,10 @@ async fn invoke(
             None => {
                 let mut wasi = WasiCtxBuilder::new();
                 wasi.inherit_stderr();
-                let mut store = app.new_store(component, wasi);
+                // At capacity, the delivery waits for a slot rather than
+                // failing (which would count as a delivery attempt).
+                let slot = app.engine().instance_slot().await;
+                let mut store = app.new_store(component, wasi, slot);
                 let handler = pre.instantiate_async(&mut store).await?;
                 WarmInstance {
                     store,

@@ -36,6 +36,15 @@ impl InvocationError {
         if table_full {
             return InvocationError::Limit(LimitExceeded::Handles(handles));
         }
+        // A pool of the pooling allocator (memories, tables, stacks) ran out
+        // before the host's instance slots did.
+        if let Some(pool) = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>())
+        {
+            tracing::warn!(error = %pool, "the pooling allocator is exhausted");
+            return InvocationError::Limit(LimitExceeded::Instances);
+        }
         let mut text = error.to_string();
         if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
             text = format!("{trap}");
@@ -57,6 +66,7 @@ impl InvocationError {
             InvocationError::Limit(LimitExceeded::Table(_)) => Some("table"),
             InvocationError::Limit(LimitExceeded::Concurrency(_)) => Some("concurrency"),
             InvocationError::Limit(LimitExceeded::Handles(_)) => Some("handles"),
+            InvocationError::Limit(LimitExceeded::Instances) => Some("instances"),
             InvocationError::Trap(_) => None,
         }
     }

@@ -76,7 +76,8 @@ pub async fn run(
         wasi.inherit_stdio();
     }
     let _permit = component.env.slots.clone().acquire_owned().await;
-    let mut store = app.new_store(component, wasi);
+    let slot = app.engine().instance_slot().await;
+    let mut store = app.new_store(component, wasi, slot);
     let limit = component.env.limits.timeout;
     let handles = component.env.limits.handles;
     let call = async {

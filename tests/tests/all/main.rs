@@ -17,6 +17,7 @@ mod kv;
 mod messaging;
 mod metering;
 mod services;
+mod serving;
 mod sql;
 mod sql_mysql;
 mod tenants;
