@@ -23,12 +23,18 @@ docs:
 services:
     @bash .ci/services.sh
 
-# Port benchmarks against the real servers, then the noisy-neighbour
-# benchmark (release build; results for docs/benchmarks.md are printed as
-# Markdown).
-bench:
+# Port benchmarks against the real servers, the noisy-neighbour benchmark,
+# then the serving benchmarks (release builds; results for
+# docs/benchmarks.md are printed as Markdown).
+bench: && bench-serve
     eval "$(bash .ci/services.sh)" && cargo bench -p berth-tests --bench ports
     cargo bench -p berth-tests --bench tenants
+
+# Serving benchmarks B1-B8 against `wasmtime serve` and native baselines:
+# installs wasmtime-cli 48 once (into ~/.cache/berth-bench), builds the
+# release `berth`, then runs them. One group: BERTH_BENCH_ONLY=b1 just bench-serve
+bench-serve:
+    bash scripts/bench-serve.sh
 
 # Run the tests including the real-server suites.
 test-services:

@@ -22,6 +22,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("TENANT_GUEST", "tenant_guest"),
     ("BENCH_GUEST", "bench_guest"),
     ("BENCH_HANDLER", "bench_handler"),
+    ("CPU_GUEST", "cpu_guest"),
 ];
 
 fn main() {

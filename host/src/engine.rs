@@ -380,7 +380,9 @@ fn read_bounded(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn engine_config(settings: &EngineSettings) -> Config {
+/// The wasmtime configuration of [`HostEngine`] (public so benchmarks can
+/// compare against bare wasmtime with the same settings).
+pub fn engine_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.memory_init_cow(true);

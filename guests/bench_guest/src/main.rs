@@ -11,10 +11,18 @@
 //!   `get_ns=`.
 //! - `publish <topic> <n>`: publishes `n` 64-byte messages, each waiting for
 //!   the broker's ack; prints `publish_ns=`.
+//! - `host-calls <key> <n>`: `n` calls of the cheapest port call,
+//!   `config::get(key)`, and `n` reads of the WASI monotonic clock; prints
+//!   `config_get_ns=` and `clock_now_ns=` (totals).
+//! - `bytes <bucket> <n>`: `n` times each: a 1 MiB `list<u8>` into the host
+//!   (`kv` `set`), one out of it (`kv` `get`), and a 1 MiB copy inside the
+//!   guest; prints `set_ns=`, `get_ns=` and `memcpy_ns=` (totals).
 
 use std::time::Instant;
 
 use berth_bindings::blob::Container;
+use berth_bindings::config;
+use berth_bindings::kv::Bucket;
 use berth_bindings::messaging;
 use berth_bindings::sql::{Connection, Value};
 
@@ -26,6 +34,8 @@ fn main() {
         ["sql-point", db, rows, n] => sql_point(db, int(rows), int(n)),
         ["blob-roundtrip", container, mib] => blob_roundtrip(container, int(mib)),
         ["publish", topic, n] => publish(topic, int(n)),
+        ["host-calls", key, n] => host_calls(key, int(n)),
+        ["bytes", bucket, n] => bytes(bucket, int(n)),
         other => panic!("usage: see the module docs; got {other:?}"),
     }
 }
@@ -100,4 +110,42 @@ fn publish(topic: &str, n: u64) {
         messaging::publish(topic, &payload, &[]).expect("publish");
     }
     println!("publish_ns={}", start.elapsed().as_nanos());
+}
+
+fn host_calls(key: &str, n: u64) {
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(config::get(key).expect("config get"));
+    }
+    println!("config_get_ns={}", start.elapsed().as_nanos());
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(Instant::now());
+    }
+    println!("clock_now_ns={}", start.elapsed().as_nanos());
+}
+
+fn bytes(bucket: &str, n: u64) {
+    const MIB: usize = 1 << 20;
+    let bucket = Bucket::open(bucket).expect("open bucket");
+    let value: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let start = Instant::now();
+    for _ in 0..n {
+        bucket.set("bench", &value, None).expect("set");
+    }
+    println!("set_ns={}", start.elapsed().as_nanos());
+    let start = Instant::now();
+    for _ in 0..n {
+        let got = bucket.get("bench").expect("get").expect("present");
+        assert_eq!(got.len(), MIB);
+        std::hint::black_box(got);
+    }
+    println!("get_ns={}", start.elapsed().as_nanos());
+    let mut copy = vec![0u8; MIB];
+    let start = Instant::now();
+    for _ in 0..n {
+        copy.copy_from_slice(std::hint::black_box(&value));
+        std::hint::black_box(&copy);
+    }
+    println!("memcpy_ns={}", start.elapsed().as_nanos());
 }
