@@ -113,7 +113,7 @@ pub struct PortCall<'a> {
     /// `None` on success, else the guest error's case (`not-granted`…).
     pub error: Option<&'a str>,
     /// When the call started.
-    pub started: std::time::Instant,
+    pub started: Started,
     /// Payload bytes the guest sent.
     pub bytes_in: usize,
     /// Payload bytes returned to the guest.
@@ -180,7 +180,7 @@ impl ComponentCounters {
             op = call.op,
             resource = crate::audit::bounded(call.resource),
             outcome = call.error.unwrap_or("ok"),
-            duration_us = call.started.elapsed().as_micros() as u64,
+            duration_us = call.started.elapsed_us(),
             bytes_in = call.bytes_in,
             bytes_out = call.bytes_out,
             "call"
@@ -211,6 +211,27 @@ impl ComponentCounters {
         if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
             self.limits[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// When a port call started, read only if its audit event will be written:
+/// a clock read costs tens of nanoseconds, a noticeable share of a cheap
+/// port call (B3 in `docs/benchmarks.md`), and only the audit event uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Started(Option<std::time::Instant>);
+
+impl Started {
+    /// Now, if `berth::audit` debug events are enabled.
+    pub fn now() -> Started {
+        Started(
+            tracing::enabled!(target: "berth::audit", tracing::Level::DEBUG)
+                .then(std::time::Instant::now),
+        )
+    }
+
+    /// Microseconds since then (0 when the clock was not read).
+    pub fn elapsed_us(&self) -> u64 {
+        self.0.map_or(0, |t| t.elapsed().as_micros() as u64)
     }
 }
 

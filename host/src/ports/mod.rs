@@ -108,7 +108,7 @@ impl crate::state::InstanceState {
         port: crate::metrics::Port,
         op: &'static str,
         resource: &str,
-        started: std::time::Instant,
+        started: crate::metrics::Started,
         result: &Result<T, E>,
         bytes_in: usize,
         bytes_out: impl FnOnce(&T) -> usize,

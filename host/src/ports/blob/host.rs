@@ -3,7 +3,6 @@
 //! `error`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
@@ -103,7 +102,7 @@ impl InstanceState {
         F: FnOnce(Arc<dyn BlobBackend>) -> Fut,
         Fut: Future<Output = Result<T, BlobError>> + Send,
     {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let handle = self.table.get(this)?;
         let (backend, name) = (handle.backend.clone(), handle.name.clone());
         let result = match check {
@@ -125,7 +124,7 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostContainer for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ContainerHandle>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let backend =
             crate::ports::granted_backend(&self.env.grants.blob, &self.env.backends.blob, &name);
         let result = match backend {
@@ -337,7 +336,7 @@ impl wit::HostContainer for InstanceState {
 
 impl wit::HostWriter for InstanceState {
     async fn write(&mut self, this: Resource<WriterHandle>, chunk: Vec<u8>) -> Res<()> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let check = self.blob_chunk(chunk.len());
         let span = self.blob_span("writer.write");
         let handle = self.table.get_mut(&this)?;
@@ -354,7 +353,7 @@ impl wit::HostWriter for InstanceState {
     }
 
     async fn finish(&mut self, this: Resource<WriterHandle>) -> Res<ObjectInfo> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let span = self.blob_span("writer.finish");
         let handle = self.table.get_mut(&this)?;
         let container = handle.container.clone();
@@ -385,7 +384,7 @@ impl wit::HostWriter for InstanceState {
 impl wit::HostReader for InstanceState {
     async fn read(&mut self, this: Resource<ReaderHandle>, max_bytes: u32) -> Res<Vec<u8>> {
         let max = (max_bytes as usize).clamp(1, self.env.limits.payloads.blob_max_chunk_bytes);
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let span = self.blob_span("reader.read");
         let handle = self.table.get_mut(&this)?;
         let container = handle.container.clone();

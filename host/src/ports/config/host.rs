@@ -1,15 +1,13 @@
 //! WIT glue for `berth:infra/config`: a component sees only the keys its
 //! manifest grants it.
 
-use std::time::Instant;
-
 use crate::bindings::ports::config::{self as wit, Error};
 use crate::metrics::Port;
 use crate::state::InstanceState;
 
 impl wit::Host for InstanceState {
-    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
-        let started = Instant::now();
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
+        let started = crate::metrics::Started::now();
         let r = if self.env.grants.config.contains(&key) {
             Ok(self.env.config.get(&key).map(|v| v.expose().to_string()))
         } else {
@@ -27,8 +25,8 @@ impl wit::Host for InstanceState {
         Ok(r)
     }
 
-    async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
-        let started = Instant::now();
+    fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
+        let started = crate::metrics::Started::now();
         let r: Result<_, Error> = Ok(self
             .env
             .config

@@ -1,8 +1,6 @@
 //! WIT glue for `berth:infra/email`: validation against the component's
 //! granted senders and the mapping of [`EmailError`] to the guest's `error`.
 
-use std::time::Instant;
-
 use tracing::Instrument as _;
 
 use super::{EmailError, EmailMessage, validate_message};
@@ -39,7 +37,7 @@ impl InstanceState {
 
 impl wit::Host for InstanceState {
     async fn send(&mut self, m: Message) -> wasmtime::Result<Result<String, Error>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let message = EmailMessage {
             from: m.from,
             to: m.to,

@@ -2,7 +2,7 @@
 //! the mapping of [`KvError`] to the guest's `error`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
@@ -81,7 +81,7 @@ impl InstanceState {
         F: FnOnce(Arc<dyn KvBackend>) -> Fut,
         Fut: Future<Output = Result<T, KvError>> + Send,
     {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let handle = self.table.get(this)?;
         let (backend, name) = (handle.backend.clone(), handle.name.clone());
         let result = match check {
@@ -98,7 +98,7 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostBucket for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<BucketHandle>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let backend =
             crate::ports::granted_backend(&self.env.grants.kv, &self.env.backends.kv, &name);
         let result = match backend {

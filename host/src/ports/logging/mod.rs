@@ -13,13 +13,13 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 const MAX_FIELDS: usize = 32;
 
 impl wit::Host for InstanceState {
-    async fn log(
+    fn log(
         &mut self,
         level: Level,
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        let started = std::time::Instant::now();
+        let started = crate::metrics::Started::now();
         let bytes_in = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let message = truncate(&message, MAX_MESSAGE_BYTES);
         let fields: Vec<String> = fields

@@ -1,7 +1,7 @@
 //! WIT glue for `berth:infra/messaging`: topic grants, payload and header
 //! limits, and the mapping of [`MessagingError`] to the guest's `error`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::Instrument as _;
 
@@ -104,7 +104,7 @@ impl wit::Host for InstanceState {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Res<String> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let bytes_in = payload.len();
         let r = match self.check_publish(&topic, &payload, &headers) {
             Err(e) => Err(self.messaging_error("publish", e)),
@@ -137,7 +137,7 @@ impl wit::Host for InstanceState {
         headers: Vec<(String, String)>,
         timeout_ms: u32,
     ) -> Res<Message> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let bytes_in = payload.len();
         let r = match self.check_publish(&topic, &payload, &headers) {
             Err(e) => Err(self.messaging_error("request", e)),

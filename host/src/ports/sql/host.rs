@@ -2,7 +2,6 @@
 //! bookkeeping and the mapping of [`SqlError`] to the guest's `error`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
@@ -159,7 +158,7 @@ impl wit::Host for InstanceState {}
 
 impl wit::HostConnection for InstanceState {
     async fn open(&mut self, name: String) -> Res<Resource<ConnectionHandle>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let backend =
             crate::ports::granted_backend(&self.env.grants.sql, &self.env.backends.sql, &name);
         let result = match backend {
@@ -179,7 +178,7 @@ impl wit::HostConnection for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<RowSet> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let handle = self.table.get(&this)?;
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let caps = self.sql_caps();
@@ -202,7 +201,7 @@ impl wit::HostConnection for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<u64> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let handle = self.table.get(&this)?;
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let p = params(p);
@@ -220,7 +219,7 @@ impl wit::HostConnection for InstanceState {
         &mut self,
         this: Resource<ConnectionHandle>,
     ) -> Res<Resource<TransactionHandle>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let handle = self.table.get(&this)?;
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let r = match backend.begin().instrument(self.sql_span("begin")).await {
@@ -240,7 +239,7 @@ impl wit::HostConnection for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<Resource<CursorHandle>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let handle = self.table.get(&this)?;
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let p = params(p);
@@ -274,7 +273,7 @@ impl wit::HostTransaction for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<RowSet> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let caps = self.sql_caps();
         let span = self.sql_span("tx.query");
         let p = params(p);
@@ -298,7 +297,7 @@ impl wit::HostTransaction for InstanceState {
         statement: String,
         p: Vec<Value>,
     ) -> Res<u64> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let span = self.sql_span("tx.execute");
         let p = params(p);
         let bytes_in = statement_bytes(&statement, &p);
@@ -331,7 +330,7 @@ impl wit::HostTransaction for InstanceState {
 impl InstanceState {
     /// Commits (`tx.commit`) or rolls back (`tx.rollback`) a transaction.
     async fn sql_finish(&mut self, this: Resource<TransactionHandle>, op: &'static str) -> Res<()> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let span = self.sql_span(op);
         let handle = self.table.get_mut(&this)?;
         let db = handle.db.clone();
@@ -352,7 +351,7 @@ impl wit::HostCursor for InstanceState {
     }
 
     async fn next(&mut self, this: Resource<CursorHandle>, max_rows: u32) -> Res<Vec<Vec<Value>>> {
-        let started = Instant::now();
+        let started = crate::metrics::Started::now();
         let span = self.sql_span("cursor.next");
         let max = (max_rows as usize).clamp(1, MAX_CURSOR_BATCH);
         let handle = self.table.get_mut(&this)?;
