@@ -23,6 +23,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("BENCH_GUEST", "bench_guest"),
     ("BENCH_HANDLER", "bench_handler"),
     ("CPU_GUEST", "cpu_guest"),
+    ("STD_CONFIG_GUEST", "std_config_guest"),
 ];
 
 fn main() {

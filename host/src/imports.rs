@@ -69,6 +69,19 @@ fn check_import(import: &str, grants: &Grants) -> Result<(), String> {
             ))
         };
     }
+    if unversioned == "wasi:config/store" {
+        let version = import.split_once('@').map(|(_, v)| v).unwrap_or("");
+        let provided = crate::ports::config::wasi::VERSIONS;
+        // Like `berth:infra/config`: always linked, answering per key.
+        return if provided.contains(&version) {
+            Ok(())
+        } else {
+            Err(format!(
+                "but this host provides wasi:config@{} (the import asks for version {version:?})",
+                provided.join(" and @")
+            ))
+        };
+    }
     if unversioned == "wasi:http/outgoing-handler" {
         return if grants.http.is_empty() && grants.upstreams.is_empty() {
             Err("but its manifest grants no outbound HTTP destinations (add `http = [\"https://host\"]` or `upstreams = [\"name\"]` under the component's `grants`)".to_string())
@@ -104,6 +117,18 @@ mod tests {
         assert!(check_import("berth:infra/sql@0.1.0", &g).is_ok());
         assert!(check_import("berth:infra/logging@0.1.0", &g).is_ok());
         assert!(check_import("wasi:http/outgoing-handler@0.2.0", &g).is_err());
+    }
+
+    #[test]
+    fn standard_config_versions_are_linked() {
+        let g = Grants::default();
+        assert!(check_import("wasi:config/store@0.2.0-rc.1", &g).is_ok());
+        assert!(check_import("wasi:config/store@0.2.0-draft-2024-09-27", &g).is_ok());
+        let err = check_import("wasi:config/store@0.2.0-draft", &g).unwrap_err();
+        assert!(
+            err.contains("0.2.0-rc.1 and @0.2.0-draft-2024-09-27"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod http;
 mod kv;
 mod messaging;
 mod metering;
+mod portability;
 mod services;
 mod serving;
 mod sql;

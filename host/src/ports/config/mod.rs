@@ -6,6 +6,7 @@
 //! loads, and kept as [`Secret`]s so they never reach a log line.
 
 pub mod host;
+pub mod wasi;
 
 use std::collections::BTreeMap;
 
