@@ -24,6 +24,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("BENCH_HANDLER", "bench_handler"),
     ("CPU_GUEST", "cpu_guest"),
     ("STD_CONFIG_GUEST", "std_config_guest"),
+    ("STD_KV_GUEST", "std_kv_guest"),
 ];
 
 fn main() {

@@ -120,6 +120,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     p::config::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
     p::logging::add_to_linker::<_, HasSelf<_>>(&mut linker, itself).map_err(anyhow::Error::from)?;
     crate::ports::config::wasi::add_to_linker(&mut linker)?;
+    crate::ports::kv::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -82,6 +82,22 @@ fn check_import(import: &str, grants: &Grants) -> Result<(), String> {
             ))
         };
     }
+    if let Some(iface) = unversioned.strip_prefix("wasi:keyvalue/") {
+        let version = import.split_once('@').map(|(_, v)| v).unwrap_or("");
+        let provided = crate::ports::kv::wasi::VERSIONS;
+        if !matches!(iface, "store" | "atomics" | "batch") || !provided.contains(&version) {
+            return Err(format!(
+                "but this host provides wasi:keyvalue/{{store,atomics,batch}}@{}",
+                provided.join(" and @")
+            ));
+        }
+        // The same grant as `berth:infra/kv`.
+        return if grants.kv.is_empty() {
+            Err("but its manifest grants no bucket (add `kv = [...]` under the component's `grants`)".to_string())
+        } else {
+            Ok(())
+        };
+    }
     if unversioned == "wasi:http/outgoing-handler" {
         return if grants.http.is_empty() && grants.upstreams.is_empty() {
             Err("but its manifest grants no outbound HTTP destinations (add `http = [\"https://host\"]` or `upstreams = [\"name\"]` under the component's `grants`)".to_string())
@@ -129,6 +145,23 @@ mod tests {
             err.contains("0.2.0-rc.1 and @0.2.0-draft-2024-09-27"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn standard_keyvalue_needs_a_bucket_grant() {
+        let mut g = Grants::default();
+        let err = check_import("wasi:keyvalue/store@0.2.0-draft2", &g).unwrap_err();
+        assert!(err.contains("kv = [...]"), "{err}");
+        g.kv = vec!["cache".into()];
+        for import in [
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:keyvalue/atomics@0.2.0-draft",
+            "wasi:keyvalue/batch@0.2.0-draft2",
+        ] {
+            assert!(check_import(import, &g).is_ok(), "{import}");
+        }
+        assert!(check_import("wasi:keyvalue/watcher@0.2.0-draft", &g).is_err());
+        assert!(check_import("wasi:keyvalue/store@0.1.0", &g).is_err());
     }
 
     #[test]

@@ -56,3 +56,100 @@ async fn standard_wasi_config_both_versions_read_granted_keys_only() {
         10
     );
 }
+
+/// Runs `guests/std_kv_guest` against bucket `cache` as `decl` (manifest)
+/// and `host` (host config) serve it.
+async fn standard_keyvalue_script(decl: &str, host: &str) -> String {
+    let t = TestApp::new(&single_component_manifest(
+        &berth_tests::unique("stdkv"),
+        guests::STD_KV_GUEST,
+        &format!("{decl}\n[kv.secret]\nmemory = true"),
+        "kv = [\"cache\"]",
+    ));
+    let app = t
+        .load_with(&berth_tests::host_config(&t, host))
+        .await
+        .expect("a component importing only wasi:keyvalue loads");
+    let out = run(&app, "guest", &["cache", "secret"]).await;
+    berth_tests::assert_success(&out);
+    out.stdout
+}
+
+fn assert_keyvalue_script(stdout: &str) {
+    for (version, p) in [("0.2.0-draft", "d1-"), ("0.2.0-draft2", "d2-")] {
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{version} ")))
+            .take(10)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "open-denied Error::AccessDenied".to_string(),
+                "get 1".into(),
+                "exists true".into(),
+                "exists-after-delete false".into(),
+                "get-after-delete none".into(),
+                format!("get-many {p}k1=v1,none,{p}k2=v2"),
+                format!("list-keys {p}k1,{p}k2"),
+                "increment 5".into(),
+                "increment 10".into(),
+                "after-delete-many none".into(),
+            ],
+            "{stdout}"
+        );
+    }
+    let cas: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("0.2.0-draft2 cas-"))
+        .collect();
+    assert_eq!(
+        cas,
+        [
+            "0.2.0-draft2 cas-current none",
+            "0.2.0-draft2 cas-swap true",
+            "0.2.0-draft2 cas-current x",
+            "0.2.0-draft2 cas-stale failed, now y",
+            "0.2.0-draft2 cas-retry true",
+            "0.2.0-draft2 cas-final z",
+        ],
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn standard_wasi_keyvalue_both_drafts_memory() {
+    assert_keyvalue_script(&standard_keyvalue_script("[kv.cache]\nmemory = true", "").await);
+}
+
+#[tokio::test]
+async fn standard_wasi_keyvalue_both_drafts_sqlite() {
+    assert_keyvalue_script(&standard_keyvalue_script("[kv.cache]", "").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standard_wasi_keyvalue_both_drafts_redis() {
+    let Some(url) = berth_tests::service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    // A fresh prefix per run: the script's keys start from nothing.
+    let prefix = berth_tests::unique("stdkv");
+    let host = format!("[kv.cache]\ntype = \"redis\"\nurl = {url:?}\nprefix = \"{prefix}:\"\n");
+    assert_keyvalue_script(&standard_keyvalue_script("[kv.cache]", &host).await);
+}
+
+#[test]
+fn standard_wasi_keyvalue_needs_the_bucket_grant() {
+    let t = TestApp::new(&single_component_manifest(
+        "stdkvnogrant",
+        guests::STD_KV_GUEST,
+        "[kv.cache]",
+        "",
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(t.load()).err().expect("refused at load");
+    assert!(
+        format!("{err:#}").contains("imports `wasi:keyvalue/"),
+        "{err:#}"
+    );
+}

@@ -14,6 +14,7 @@ use crate::ports::error_chain;
 use crate::state::InstanceState;
 
 /// Backs a guest `bucket`.
+#[derive(Clone)]
 pub struct BucketHandle {
     name: Arc<str>,
     backend: Arc<dyn KvBackend>,

@@ -4,6 +4,7 @@ pub mod host;
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
+pub mod wasi;
 
 use std::time::Duration;
 
