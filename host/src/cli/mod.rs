@@ -1,6 +1,7 @@
-//! The `berth` command line: `run`, `up`, `serve` and `check`.
+//! The `berth` command line: `run`, `up`, `serve`, `check` and `wit`.
 
 mod build;
+pub mod wit;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +40,17 @@ enum Command {
     /// Serve every app under a directory (one subdirectory with a
     /// `berth.toml` per app), picking up added, changed and removed apps.
     Serve(ServeArgs),
+    /// Print (or write with `--out DIR`) the WIT of Berth's ports and of the
+    /// standard WASI packages it serves, for generating guest bindings.
+    Wit(WitArgs),
+}
+
+#[derive(Debug, Args)]
+struct WitArgs {
+    /// Directory to write the files into (created if missing); without it
+    /// they are printed.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +175,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up(args).await,
         Command::Check(args) => check(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Wit(args) => wit::wit(args.out.as_deref()).map(|()| ExitCode::SUCCESS),
     }
 }
 

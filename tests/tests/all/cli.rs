@@ -135,3 +135,47 @@ mod reqwest {
         rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
     }
 }
+
+/// Every `.wit` file under `dir`, by path relative to it.
+fn wit_files(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "wit") {
+                let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+                files.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn cli_wit_writes_what_guest_authors_need_in_sync_with_the_repository() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = output(berth().arg("wit").arg("--out").arg(out.path()));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let repo = std::path::Path::new(guests::REPO_ROOT).join("wit");
+    assert_eq!(
+        wit_files(out.path()),
+        wit_files(&repo),
+        "`berth wit` and wit/ differ: update host/src/cli/wit.rs"
+    );
+    // What it wrote is usable as is: every package parses and resolves.
+    let mut resolve = wit_parser::Resolve::default();
+    let (infra, _) = resolve.push_dir(out.path()).unwrap();
+    assert!(resolve.select_world(&[infra], Some("ports")).is_ok());
+    for std_package in std::fs::read_dir(out.path().join("std")).unwrap() {
+        let mut resolve = wit_parser::Resolve::default();
+        let (pkg, _) = resolve.push_dir(std_package.unwrap().path()).unwrap();
+        assert!(resolve.select_world(&[pkg], Some("imports")).is_ok());
+    }
+    let (code, printed, _) = output(berth().arg("wit"));
+    assert_eq!(code, 0);
+    assert!(printed.contains("// ==> kv.wit <=="), "{printed}");
+    assert!(printed.contains("package wasi:keyvalue@0.2.0-draft2;"));
+}
