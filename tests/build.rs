@@ -92,7 +92,78 @@ fn main() {
         "/// Where the guests were built.\npub const GUESTS_RELEASE_DIR: &str = {:?};\n",
         release.display().to_string()
     ));
+    let python = build_python_guest(&root, &out_dir);
+    consts.push_str(&format!(
+        "/// Path of `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python:?};\n"
+    ));
     std::fs::write(out_dir.join("guests.rs"), consts).expect("cannot write guests.rs");
+}
+
+/// Builds `guests/python_http` with componentize-py (`BERTH_COMPONENTIZE_PY`
+/// or `componentize-py` on the `PATH`) against the `wasi:http` WIT of the
+/// wasmtime-wasi-http crate Berth links, found in cargo's source cache.
+/// Without either it is skipped with a warning (`.ci/run` installs it).
+fn build_python_guest(root: &Path, out_dir: &Path) -> Option<String> {
+    println!("cargo:rerun-if-env-changed=BERTH_COMPONENTIZE_PY");
+    println!("cargo:rerun-if-env-changed=PATH");
+    let tool = std::env::var_os("BERTH_COMPONENTIZE_PY")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|d| d.join("componentize-py"))
+                .find(|p| p.is_file())
+        });
+    let Some(tool) = tool else {
+        println!(
+            "cargo:warning=componentize-py not found: the Python guest is not built and its test reports itself skipped"
+        );
+        return None;
+    };
+    let Some(wit) = wasi_http_wit(root) else {
+        println!(
+            "cargo:warning=the wasi:http WIT of wasmtime-wasi-http is not in cargo's source cache: the Python guest is not built"
+        );
+        return None;
+    };
+    let out = out_dir.join("python_http.wasm");
+    let status = Command::new(&tool)
+        .current_dir(root.join("guests/python_http"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "wasi:http/proxy", "componentize", "app", "-o"])
+        .arg(&out)
+        .status()
+        .expect("cannot run componentize-py");
+    assert!(
+        status.success(),
+        "componentize-py failed to build guests/python_http"
+    );
+    Some(out.display().to_string())
+}
+
+/// `<cargo home>/registry/src/*/wasmtime-wasi-http-<locked version>/wit`.
+fn wasi_http_wit(root: &Path) -> Option<PathBuf> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).ok()?;
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"wasmtime-wasi-http\""))?
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))?
+        .trim_end_matches('"')
+        .to_string();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    std::fs::read_dir(cargo_home.join("registry/src"))
+        .ok()?
+        .flatten()
+        .map(|index| {
+            index
+                .path()
+                .join(format!("wasmtime-wasi-http-{version}/wit"))
+        })
+        .find(|wit| wit.is_dir())
 }
 
 /// Re-runs the build when any guest source, manifest or WIT file changes.
@@ -103,7 +174,7 @@ fn watch(dir: &Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
-        if name == "target" || name.to_string_lossy().starts_with('.') {
+        if name == "target" || name == "__pycache__" || name.to_string_lossy().starts_with('.') {
             continue;
         }
         if path.is_dir() {

@@ -153,3 +153,31 @@ fn standard_wasi_keyvalue_needs_the_bucket_grant() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn componentize_py_http_proxy_serves_unchanged() {
+    let Some(wasm) = guests::PYTHON_HTTP else {
+        assert!(
+            std::env::var_os("BERTH_TEST_REQUIRE_TOOLCHAINS").is_none(),
+            "componentize-py was not found when the tests were built, and BERTH_TEST_REQUIRE_TOOLCHAINS is set"
+        );
+        eprintln!("SKIPPED: componentize-py not found when the tests were built");
+        return;
+    };
+    // Built by componentize-py from the standard wasi:http WIT alone. Its
+    // world imports `outgoing-handler`, so the manifest grants a
+    // destination; the component itself is unchanged.
+    let t = TestApp::new(&format!(
+        "name = \"python\"\n[component.web]\npath = {wasm:?}\n[component.web.grants]\nhttp = [\"https://api.example.com\"]\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n"
+    ));
+    let server = berth_tests::serve(&t).await;
+    let response = reqwest::get(format!("{}/hello/there?x=1", server.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "hello from python at /hello/there?x=1"
+    );
+    server.stop().await;
+}
