@@ -92,18 +92,21 @@ fn main() {
         "/// Where the guests were built.\npub const GUESTS_RELEASE_DIR: &str = {:?};\n",
         release.display().to_string()
     ));
-    let python = build_python_guest(&root, &out_dir);
+    let (python_http, python_ports) = build_python_guests(&root, &out_dir).unzip();
     consts.push_str(&format!(
-        "/// Path of `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python:?};\n"
+        "/// `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python_http:?};\n/// `guests/python_ports` built with componentize-py, if it was found.\npub const PYTHON_PORTS: Option<&str> = {python_ports:?};\n"
     ));
     std::fs::write(out_dir.join("guests.rs"), consts).expect("cannot write guests.rs");
 }
 
-/// Builds `guests/python_http` with componentize-py (`BERTH_COMPONENTIZE_PY`
-/// or `componentize-py` on the `PATH`) against the `wasi:http` WIT of the
-/// wasmtime-wasi-http crate Berth links, found in cargo's source cache.
-/// Without either it is skipped with a warning (`.ci/run` installs it).
-fn build_python_guest(root: &Path, out_dir: &Path) -> Option<String> {
+/// Builds the Python guests with componentize-py (`BERTH_COMPONENTIZE_PY`
+/// or `componentize-py` on the `PATH`) against the WASI WIT of the
+/// wasmtime-wasi-http crate Berth links, found in cargo's source cache:
+/// `guests/python_http` from `wasi:http` alone, `guests/python_ports` from
+/// the Berth WIT, those WASI packages and its `world.wit` assembled into one
+/// directory. Without the tool both are skipped with a warning (`.ci/run`
+/// installs it).
+fn build_python_guests(root: &Path, out_dir: &Path) -> Option<(String, String)> {
     println!("cargo:rerun-if-env-changed=BERTH_COMPONENTIZE_PY");
     println!("cargo:rerun-if-env-changed=PATH");
     let tool = std::env::var_os("BERTH_COMPONENTIZE_PY")
@@ -115,31 +118,73 @@ fn build_python_guest(root: &Path, out_dir: &Path) -> Option<String> {
         });
     let Some(tool) = tool else {
         println!(
-            "cargo:warning=componentize-py not found: the Python guest is not built and its test reports itself skipped"
+            "cargo:warning=componentize-py not found: the Python guests are not built and their tests report themselves skipped"
         );
         return None;
     };
-    let Some(wit) = wasi_http_wit(root) else {
+    let Some(wasi) = wasi_http_wit(root) else {
         println!(
-            "cargo:warning=the wasi:http WIT of wasmtime-wasi-http is not in cargo's source cache: the Python guest is not built"
+            "cargo:warning=the WASI WIT of wasmtime-wasi-http is not in cargo's source cache: the Python guests are not built"
         );
         return None;
     };
-    let out = out_dir.join("python_http.wasm");
-    let status = Command::new(&tool)
-        .current_dir(root.join("guests/python_http"))
+    let http = componentize(
+        &tool,
+        &root.join("guests/python_http"),
+        &wasi,
+        "wasi:http/proxy",
+        &out_dir.join("python_http.wasm"),
+    );
+
+    // One package directory: berth:infra, its world, the WASI packages.
+    let wit = out_dir.join("python-ports-wit");
+    let _ = std::fs::remove_dir_all(&wit);
+    std::fs::create_dir_all(wit.join("deps")).expect("cannot create the Python WIT directory");
+    let copy_wit = |from: &Path, to: &Path| {
+        for entry in std::fs::read_dir(from)
+            .expect("cannot read a WIT directory")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "wit") {
+                std::fs::copy(&path, to.join(entry.file_name())).expect("cannot copy WIT");
+            }
+        }
+    };
+    copy_wit(&root.join("wit"), &wit);
+    copy_wit(&wasi.join("deps"), &wit.join("deps"));
+    std::fs::copy(
+        root.join("guests/python_ports/world.wit"),
+        wit.join("python-world.wit"),
+    )
+    .expect("cannot copy guests/python_ports/world.wit");
+    let ports = componentize(
+        &tool,
+        &root.join("guests/python_ports"),
+        &wit,
+        "berth:infra/python-command",
+        &out_dir.join("python_ports.wasm"),
+    );
+    Some((http, ports))
+}
+
+/// `componentize-py -d <wit> -w <world> componentize app -o <out>` in `dir`.
+fn componentize(tool: &Path, dir: &Path, wit: &Path, world: &str, out: &Path) -> String {
+    let status = Command::new(tool)
+        .current_dir(dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .arg("-d")
-        .arg(&wit)
-        .args(["-w", "wasi:http/proxy", "componentize", "app", "-o"])
-        .arg(&out)
+        .arg(wit)
+        .args(["-w", world, "componentize", "app", "-o"])
+        .arg(out)
         .status()
         .expect("cannot run componentize-py");
     assert!(
         status.success(),
-        "componentize-py failed to build guests/python_http"
+        "componentize-py failed to build {}",
+        dir.display()
     );
-    Some(out.display().to_string())
+    out.display().to_string()
 }
 
 /// `<cargo home>/registry/src/*/wasmtime-wasi-http-<locked version>/wit`.

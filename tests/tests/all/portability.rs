@@ -181,3 +181,67 @@ async fn componentize_py_http_proxy_serves_unchanged() {
     );
     server.stop().await;
 }
+
+/// A loopback HTTP server answering every request with 200 `pong`.
+async fn pong_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn python_guest_uses_every_port_and_outbound_http() {
+    let Some(wasm) = guests::PYTHON_PORTS else {
+        assert!(
+            std::env::var_os("BERTH_TEST_REQUIRE_TOOLCHAINS").is_none(),
+            "componentize-py was not found when the tests were built, and BERTH_TEST_REQUIRE_TOOLCHAINS is set"
+        );
+        eprintln!("SKIPPED: componentize-py not found when the tests were built");
+        return;
+    };
+    let port = pong_server().await;
+    let t = TestApp::new(&single_component_manifest(
+        "python-ports",
+        wasm,
+        "[sql.main]\n[kv.cache]\n[blob.files]\n[config]\ngreeting = \"hello\"\nsecret = \"hidden-value\"",
+        &format!(
+            "sql = [\"main\"]\nkv = [\"cache\"]\nblob = [\"files\"]\nconfig = [\"greeting\"]\nhttp = [\"http://127.0.0.1:{port}\"]"
+        ),
+    ));
+    let host = berth_tests::host_config(&t, "[outbound]\nallow_private = [\"127.0.0.0/8\"]\n");
+    let app = t
+        .load_with(&host)
+        .await
+        .expect("the Python component loads");
+    let out = run(&app, "guest", &[&format!("127.0.0.1:{port}")]).await;
+    berth_tests::assert_success(&out);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "sql 1:ada",
+            "kv hi 2",
+            "blob hello blob 10",
+            "config hello",
+            "config-secret Error_NotGranted",
+            "http 200 pong",
+        ],
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
