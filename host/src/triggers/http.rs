@@ -37,6 +37,8 @@ struct Route {
     path: String,
     wildcard: bool,
     component: String,
+    /// The component's environment, resolved once when the routes are built.
+    env: Arc<crate::app::ComponentEnv>,
     pre: ProxyPre<InstanceState>,
 }
 
@@ -99,6 +101,7 @@ impl HttpHandler {
                 path,
                 wildcard,
                 component: t.component.clone(),
+                env: component.env.clone(),
                 pre,
             });
         }
@@ -124,18 +127,13 @@ impl HttpHandler {
     }
 
     async fn invoke(&self, route: &Route, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let component = match self.app.component(&route.component) {
-            Ok(c) => c,
-            Err(e) => {
-                return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None);
-            }
-        };
+        let env = &route.env;
         // At capacity, answer at once rather than queue: the client (or its
         // balancer) can retry elsewhere.
-        let Ok(permit) = component.env.slots.clone().try_acquire_owned() else {
-            let limit = LimitExceeded::Concurrency(component.env.limits.concurrency);
+        let Ok(permit) = env.slots.clone().try_acquire_owned() else {
+            let limit = LimitExceeded::Concurrency(env.limits.concurrency);
             tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
-            component.env.counters.limit("concurrency");
+            env.counters.limit("concurrency");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &limit.to_string(),
@@ -145,7 +143,7 @@ impl HttpHandler {
         let Some(slot) = self.app.engine().try_instance_slot() else {
             let limit = LimitExceeded::Instances;
             tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
-            component.env.counters.limit("instances");
+            env.counters.limit("instances");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &limit.to_string(),
@@ -154,7 +152,9 @@ impl HttpHandler {
         };
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
-        let mut store = self.app.new_store(component, wasi, slot);
+        let engine = self.app.engine();
+        let mut store =
+            crate::app::new_store(engine.engine(), engine.cpu_turns(), env.clone(), wasi, slot);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
             let req = store
@@ -175,9 +175,9 @@ impl HttpHandler {
             }
         };
         let pre = route.pre.clone();
-        let limit = component.env.limits.timeout;
-        let handles = component.env.limits.handles;
-        let counters = component.env.counters.clone();
+        let limit = env.limits.timeout;
+        let handles = env.limits.handles;
+        let counters = env.counters.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let call = async {
