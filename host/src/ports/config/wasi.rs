@@ -44,7 +44,7 @@ fn message(e: BerthError) -> String {
         BerthError::NotGranted(key) => {
             format!("config key `{key}` is not granted to this component")
         }
-        other => format!("{other:?}"),
+        BerthError::Unavailable(why) => why,
     }
 }
 
