@@ -637,15 +637,6 @@ async fn berth_consume(js: &async_nats::jetstream::Context, url: &str, reuse: bo
     elapsed
 }
 
-/// An acker that does nothing: isolates Berth's per-message work.
-struct NoAck;
-
-#[async_trait::async_trait]
-impl berth::ports::messaging::Acker for NoAck {
-    async fn ack(self: Box<Self>) {}
-    async fn nack(self: Box<Self>, _delay: Duration) {}
-}
-
 /// Mean µs per `handle_delivery` of the no-op handler, sequentially.
 async fn invocation_cost_us(url: &str) -> f64 {
     let name = unique("benchcall");
@@ -656,17 +647,7 @@ async fn invocation_cost_us(url: &str) -> f64 {
     let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
     let component = app.component("handler").unwrap();
     let pre = berth::bindings::MessageHandlerPre::new(component.pre.clone()).unwrap();
-    let delivery = |i: u64| berth::ports::messaging::Delivery {
-        message: berth::ports::messaging::Message {
-            id: format!("m-{i}"),
-            topic: "work".into(),
-            payload: vec![0x42; 64],
-            headers: Vec::new(),
-            attempt: 1,
-        },
-        reply: None,
-        acker: Box::new(NoAck),
-    };
+    let delivery = berth_tests::unacked_delivery;
     const CALLS: u64 = 20_000;
     for i in 0..1_000 {
         berth::triggers::message::handle_delivery(&app, "handler", &pre, delivery(i), 5, None)

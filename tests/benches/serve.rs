@@ -109,7 +109,7 @@ async fn b2_instantiate_and_call() {
                 &app,
                 "handler",
                 &berth_pre,
-                delivery(i),
+                berth_tests::unacked_delivery(i as u64),
                 5,
                 None,
             )
@@ -157,31 +157,8 @@ async fn b2_instantiate_and_call() {
     );
 }
 
-fn delivery(i: usize) -> berth::ports::messaging::Delivery {
-    berth::ports::messaging::Delivery {
-        message: berth::ports::messaging::Message {
-            id: format!("m-{i}"),
-            topic: "work".into(),
-            payload: vec![0x42; 64],
-            headers: Vec::new(),
-            attempt: 1,
-        },
-        reply: None,
-        acker: Box::new(NoAck),
-    }
-}
-
 fn wit_message(i: usize) -> berth::bindings::ports::messaging_types::Message {
-    berth::ports::messaging::host::message_to_wit(delivery(i).message)
-}
-
-/// An acker that does nothing: isolates the invocation.
-struct NoAck;
-
-#[async_trait::async_trait]
-impl berth::ports::messaging::Acker for NoAck {
-    async fn ack(self: Box<Self>) {}
-    async fn nack(self: Box<Self>, _delay: Duration) {}
+    berth::ports::messaging::host::message_to_wit(berth_tests::unacked_delivery(i as u64).message)
 }
 
 // --------------------------------------------------------------------- B3
@@ -479,20 +456,7 @@ async fn b7_cold_start() {
                 )
                 .unwrap();
                 let started = Instant::now();
-                let _server = Server::spawn(
-                    "berth",
-                    None,
-                    &berth,
-                    &[
-                        "serve".as_ref(),
-                        apps.path().as_os_str(),
-                        "--listen".as_ref(),
-                        addr.to_string().as_ref(),
-                        "--host-config".as_ref(),
-                        config.as_os_str(),
-                    ],
-                    addr,
-                );
+                let _server = spawn_berth_serve("berth", &berth, apps.path(), &config, addr);
                 wait_until_serving(addr, "/b7/hello", Duration::from_secs(60)).await;
                 process.push(started.elapsed().as_nanos() as u64);
             }
@@ -552,20 +516,7 @@ async fn b6_held_instances() {
     )
     .unwrap();
     let addr = free_addr();
-    let server = Server::spawn(
-        "berth",
-        None,
-        &berth,
-        &[
-            "serve".as_ref(),
-            apps.path().as_os_str(),
-            "--listen".as_ref(),
-            addr.to_string().as_ref(),
-            "--host-config".as_ref(),
-            config.as_os_str(),
-        ],
-        addr,
-    );
+    let server = spawn_berth_serve("berth", &berth, apps.path(), &config, addr);
     wait_until_serving(addr, "/held/hello", Duration::from_secs(60)).await;
     let idle_rss = process_rss(server.pid());
     let path = format!("/held/fetch?url=http://127.0.0.1:{}/slow", upstream.port);
@@ -758,20 +709,7 @@ fn b1_hello_world() {
                 )
                 .unwrap();
                 let dir = apps.path().join("apps");
-                servers.push(Server::spawn(
-                    "berth serve",
-                    None,
-                    &berth,
-                    &[
-                        "serve".as_ref(),
-                        dir.as_os_str(),
-                        "--listen".as_ref(),
-                        addr.to_string().as_ref(),
-                        "--host-config".as_ref(),
-                        config.as_os_str(),
-                    ],
-                    addr,
-                ));
+                servers.push(spawn_berth_serve("berth serve", &berth, &dir, &config, addr));
             }
             None => println!("`berth serve`: skipped (no release berth binary)\n"),
         }

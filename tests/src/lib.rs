@@ -97,6 +97,15 @@ pub fn single_component_manifest(name: &str, wasm: &str, decls: &str, grants: &s
     )
 }
 
+/// App `name` serving `guests/http_guest` at `/...` as component `web`,
+/// with `grants` and `limits` (TOML lines of its tables).
+pub fn http_guest_app(name: &str, grants: &str, limits: &str) -> TestApp {
+    TestApp::new(&format!(
+        "name = {name:?}\n[component.web]\npath = {path:?}\n[component.web.grants]\n{grants}\n[component.web.limits]\n{limits}\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n",
+        path = guests::HTTP_GUEST
+    ))
+}
+
 /// The example app's manifest rewritten to use the guests built for tests,
 /// written into a fresh directory.
 pub fn example_app() -> TestApp {
@@ -415,4 +424,30 @@ pub async fn delete_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
         .send()
         .await
         .expect("delete bucket");
+}
+
+/// A delivery of message `m-<i>` (64 bytes on topic `work`, first attempt)
+/// whose acknowledgement does nothing: isolates the invocation in the
+/// benchmarks of the message path.
+pub fn unacked_delivery(i: u64) -> berth::ports::messaging::Delivery {
+    berth::ports::messaging::Delivery {
+        message: berth::ports::messaging::Message {
+            id: format!("m-{i}"),
+            topic: "work".into(),
+            payload: vec![0x42; 64],
+            headers: Vec::new(),
+            attempt: 1,
+        },
+        reply: None,
+        acker: Box::new(NoAck),
+    }
+}
+
+/// An acker that does nothing.
+struct NoAck;
+
+#[async_trait::async_trait]
+impl berth::ports::messaging::Acker for NoAck {
+    async fn ack(self: Box<Self>) {}
+    async fn nack(self: Box<Self>, _delay: std::time::Duration) {}
 }

@@ -140,6 +140,31 @@ impl Drop for Server {
     }
 }
 
+/// `berth serve <apps> --listen <addr> --host-config <config>` on core 0.
+pub fn spawn_berth_serve(
+    name: &'static str,
+    berth: &Path,
+    apps: &Path,
+    config: &Path,
+    addr: SocketAddr,
+) -> Server {
+    let listen = addr.to_string();
+    Server::spawn(
+        name,
+        None,
+        berth,
+        &[
+            "serve".as_ref(),
+            apps.as_os_str(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--host-config".as_ref(),
+            config.as_os_str(),
+        ],
+        addr,
+    )
+}
+
 /// Pins every thread of this process to `cores` (taskset syntax).
 pub fn pin_this_process(cores: &str) {
     let pid = std::process::id().to_string();

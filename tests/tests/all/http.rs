@@ -84,38 +84,15 @@ async fn fetch(base: &str, url: &str, header: Option<&str>) -> (u16, String) {
 }
 
 fn web_app(grants: &str) -> TestApp {
-    TestApp::new(&format!(
-        r#"
-name = "outbound"
-[component.web]
-path = {path:?}
-[component.web.grants]
-{grants}
-[[trigger.http]]
-route = "/..."
-component = "web"
-"#,
-        path = guests::HTTP_GUEST
-    ))
+    berth_tests::http_guest_app("outbound", grants, "")
 }
 
 fn app(allowed_port: u16) -> TestApp {
-    TestApp::new(&format!(
-        r#"
-name = "httptest"
-[component.web]
-path = {path:?}
-[component.web.grants]
-http = ["http://127.0.0.1:{allowed_port}"]
-[component.web.limits]
-timeout_ms = 500
-memory_mb = 32
-[[trigger.http]]
-route = "/..."
-component = "web"
-"#,
-        path = guests::HTTP_GUEST
-    ))
+    berth_tests::http_guest_app(
+        "httptest",
+        &format!("http = [\"http://127.0.0.1:{allowed_port}\"]"),
+        "timeout_ms = 500\nmemory_mb = 32",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

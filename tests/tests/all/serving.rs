@@ -18,21 +18,7 @@ use sha2::{Digest, Sha256};
 
 /// An app serving `guests/http_guest` at `/...` with `limits` (TOML lines).
 fn web_app(limits: &str) -> TestApp {
-    TestApp::new(&format!(
-        r#"
-name = "serving"
-[component.web]
-path = {path:?}
-[component.web.grants]
-http = ["http://127.0.0.1:9"]
-[component.web.limits]
-{limits}
-[[trigger.http]]
-route = "/..."
-component = "web"
-"#,
-        path = guests::HTTP_GUEST
-    ))
+    berth_tests::http_guest_app("serving", "http = [\"http://127.0.0.1:9\"]", limits)
 }
 
 async fn get(url: String) -> reqwest::Result<(u16, String)> {
