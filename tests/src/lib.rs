@@ -451,3 +451,36 @@ impl berth::ports::messaging::Acker for NoAck {
     async fn ack(self: Box<Self>) {}
     async fn nack(self: Box<Self>, _delay: std::time::Duration) {}
 }
+
+/// The Redis keys starting with `prefix` (KEYS is fine for tests on a
+/// unique prefix; the adapter itself SCANs).
+pub async fn redis_keys(url: &str, prefix: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url)
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable");
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS")
+}
+
+/// Deletes the Redis keys starting with `prefix`.
+pub async fn redis_delete_prefix(url: &str, prefix: &str) {
+    let keys = redis_keys(url, prefix).await;
+    if keys.is_empty() {
+        return;
+    }
+    let mut conn = redis::Client::open(url)
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable");
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+}

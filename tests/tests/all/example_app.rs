@@ -223,27 +223,13 @@ async fn example_app_unchanged_on_real_backends() {
         [visit.avatar.len() as i64],
         "one avatar object in S3"
     );
-    let mut redis = redis::Client::open(real.redis.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    // KEYS is fine for a test on a unique prefix; the adapter itself SCANs.
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let keys = berth_tests::redis_keys(&real.redis, &prefix).await;
     assert!(!keys.is_empty(), "the counter lives in Redis");
     let mail = berth_tests::wait_for_mail(&real.maildir, &email).await;
     assert!(mail.contains(&format!("To: {email}")), "{mail}");
 
     // Cleanup.
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    berth_tests::redis_delete_prefix(&real.redis, &prefix).await;
     berth_tests::delete_bucket(&s3, &bucket).await;
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&mut pg)

@@ -480,24 +480,7 @@ async fn hostile_tenant_suite_real_servers() {
             sqlx::query(&statement).execute(&mut admin).await.unwrap();
         }
     }
-    let mut redis = redis::Client::open(redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    // KEYS is fine for a test on a unique prefix; the adapter itself SCANs.
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    berth_tests::redis_delete_prefix(&redis_url, &format!("{prefix}:")).await;
     berth_tests::delete_bucket(&s3, &bucket).await;
     let jetstream = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
     for app in [&victim, &attacker] {

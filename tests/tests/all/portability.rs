@@ -136,6 +136,8 @@ async fn standard_wasi_keyvalue_both_drafts_redis() {
     let prefix = berth_tests::unique("stdkv");
     let host = format!("[kv.cache]\ntype = \"redis\"\nurl = {url:?}\nprefix = \"{prefix}:\"\n");
     assert_keyvalue_script(&standard_keyvalue_script("[kv.cache]", &host).await);
+    assert!(!berth_tests::redis_keys(&url, &prefix).await.is_empty());
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
 #[test]

@@ -186,23 +186,6 @@ async fn sql_unreachable_postgres_fails_at_startup_naming_the_key() {
     );
 }
 
-async fn redis_cleanup(url: &str, prefix: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_conformance_redis() {
     let Some(url) = service("BERTH_TEST_REDIS_URL") else {
@@ -221,7 +204,7 @@ async fn kv_conformance_redis() {
     );
     let app = t.load_with(&host).await.unwrap();
     assert_success(&run(&app, "guest", &["conformance", "cache"]).await);
-    redis_cleanup(&url, &prefix).await;
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -262,7 +245,7 @@ async fn kv_apps_do_not_share_keys_redis() {
             .keys
             .is_empty()
     );
-    redis_cleanup(&url, &prefix).await;
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
