@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("CPU_GUEST", "cpu_guest"),
     ("STD_CONFIG_GUEST", "std_config_guest"),
     ("STD_KV_GUEST", "std_kv_guest"),
+    ("SDK_EXAMPLE", "sdk_example"),
 ];
 
 fn main() {

@@ -484,3 +484,24 @@ pub async fn redis_delete_prefix(url: &str, prefix: &str) {
         .await
         .expect("DEL");
 }
+
+/// A loopback HTTP server answering every request with 200 `pong`.
+pub async fn pong_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use berth_tests::{TestApp, example_app, guests, single_component_manifest};
 
 /// `target/<profile>/berth`, built by cargo alongside the test binaries.
-fn berth() -> Command {
+pub(crate) fn berth() -> Command {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin: PathBuf = dir.join("berth");

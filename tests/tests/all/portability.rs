@@ -2,7 +2,7 @@
 //! hosts, run on Berth unchanged with the same grants and isolation as
 //! Berth's own ports.
 
-use berth_tests::{TestApp, guests, run, single_component_manifest};
+use berth_tests::{TestApp, guests, pong_server, run, single_component_manifest};
 
 #[tokio::test]
 async fn standard_wasi_config_both_versions_read_granted_keys_only() {
@@ -182,27 +182,6 @@ async fn componentize_py_http_proxy_serves_unchanged() {
         "hello from python at /hello/there?x=1"
     );
     server.stop().await;
-}
-
-/// A loopback HTTP server answering every request with 200 `pong`.
-async fn pong_server() -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                let _ = stream.read(&mut head).await;
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
-                    )
-                    .await;
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test]
