@@ -93,54 +93,136 @@ fn main() {
         "/// Where the guests were built.\npub const GUESTS_RELEASE_DIR: &str = {:?};\n",
         release.display().to_string()
     ));
-    let (python_http, python_ports) = build_python_guests(&root, &out_dir).unzip();
+    let wasi = wasi_http_wit(&root);
+    let (python_http, python_ports) = build_python_guests(&root, &out_dir, wasi.as_deref()).unzip();
+    let (js_http, js_ports) = build_js_guests(&root, &out_dir, wasi.as_deref()).unzip();
     consts.push_str(&format!(
-        "/// `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python_http:?};\n/// `guests/python_ports` built with componentize-py, if it was found.\npub const PYTHON_PORTS: Option<&str> = {python_ports:?};\n"
+        "/// `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python_http:?};\n/// `guests/python_ports` built with componentize-py, if it was found.\npub const PYTHON_PORTS: Option<&str> = {python_ports:?};\n/// `guests/js_http` built with componentize-js, if it was found.\npub const JS_HTTP: Option<&str> = {js_http:?};\n/// `guests/js_ports` built with componentize-js, if it was found.\npub const JS_PORTS: Option<&str> = {js_ports:?};\n"
     ));
     std::fs::write(out_dir.join("guests.rs"), consts).expect("cannot write guests.rs");
 }
 
+/// A guest tool: the path in `env_var`, else `name` on the `PATH`.
+fn find_tool(env_var: &str, name: &str) -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed={env_var}");
+    println!("cargo:rerun-if-env-changed=PATH");
+    std::env::var_os(env_var).map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The WASI WIT and the tool for a language's guests, or a warning saying
+/// why they are not built (their tests then report themselves skipped;
+/// `.ci/run` installs the tools).
+fn guest_tool<'w>(
+    env_var: &str,
+    name: &str,
+    wasi: Option<&'w Path>,
+) -> Option<(PathBuf, &'w Path)> {
+    let Some(tool) = find_tool(env_var, name) else {
+        println!(
+            "cargo:warning={name} not found: its guests are not built and their tests report themselves skipped"
+        );
+        return None;
+    };
+    let Some(wasi) = wasi else {
+        println!(
+            "cargo:warning=the WASI WIT of wasmtime-wasi-http is not in cargo's source cache: the {name} guests are not built"
+        );
+        return None;
+    };
+    Some((tool, wasi))
+}
+
 /// Builds the Python guests with componentize-py (`BERTH_COMPONENTIZE_PY`
 /// or `componentize-py` on the `PATH`) against the WASI WIT of the
-/// wasmtime-wasi-http crate Berth links, found in cargo's source cache:
-/// `guests/python_http` from `wasi:http` alone, `guests/python_ports` from
-/// the Berth WIT, those WASI packages and its `world.wit` assembled into one
-/// directory. Without the tool both are skipped with a warning (`.ci/run`
-/// installs it).
-fn build_python_guests(root: &Path, out_dir: &Path) -> Option<(String, String)> {
-    println!("cargo:rerun-if-env-changed=BERTH_COMPONENTIZE_PY");
-    println!("cargo:rerun-if-env-changed=PATH");
-    let tool = std::env::var_os("BERTH_COMPONENTIZE_PY")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|d| d.join("componentize-py"))
-                .find(|p| p.is_file())
-        });
-    let Some(tool) = tool else {
-        println!(
-            "cargo:warning=componentize-py not found: the Python guests are not built and their tests report themselves skipped"
-        );
-        return None;
-    };
-    let Some(wasi) = wasi_http_wit(root) else {
-        println!(
-            "cargo:warning=the WASI WIT of wasmtime-wasi-http is not in cargo's source cache: the Python guests are not built"
-        );
-        return None;
+/// wasmtime-wasi-http crate Berth links: `guests/python_http` from
+/// `wasi:http` alone, `guests/python_ports` from [`assemble_wit`].
+fn build_python_guests(
+    root: &Path,
+    out_dir: &Path,
+    wasi: Option<&Path>,
+) -> Option<(String, String)> {
+    let (tool, wasi) = guest_tool("BERTH_COMPONENTIZE_PY", "componentize-py", wasi)?;
+    let componentize = |dir: &str, wit: &Path, world: &str, out: &str| {
+        let out = out_dir.join(out);
+        let mut cmd = Command::new(&tool);
+        cmd.current_dir(root.join(dir))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .arg("-d")
+            .arg(wit)
+            .args(["-w", world, "componentize", "app", "-o"])
+            .arg(&out);
+        run_tool(cmd, dir);
+        out.display().to_string()
     };
     let http = componentize(
-        &tool,
-        &root.join("guests/python_http"),
-        &wasi,
+        "guests/python_http",
+        wasi,
         "wasi:http/proxy",
-        &out_dir.join("python_http.wasm"),
+        "python_http.wasm",
     );
+    let wit = assemble_wit(root, out_dir, wasi, "guests/python_ports/world.wit");
+    let ports = componentize(
+        "guests/python_ports",
+        &wit,
+        "berth:infra/python-command",
+        "python_ports.wasm",
+    );
+    Some((http, ports))
+}
 
-    // One package directory: berth:infra, its world, the WASI packages.
-    let wit = out_dir.join("python-ports-wit");
+/// Builds the JavaScript guests with componentize-js
+/// (`BERTH_COMPONENTIZE_JS` or `componentize-js` on the `PATH`), like the
+/// Python ones: `guests/js_http` from `wasi:http` alone, `guests/js_ports`
+/// from [`assemble_wit`].
+fn build_js_guests(root: &Path, out_dir: &Path, wasi: Option<&Path>) -> Option<(String, String)> {
+    let (tool, wasi) = guest_tool("BERTH_COMPONENTIZE_JS", "componentize-js", wasi)?;
+    let componentize = |dir: &str, wit: &Path, world: &str, out: &str| {
+        let out = out_dir.join(out);
+        let mut cmd = Command::new(&tool);
+        cmd.current_dir(root.join(dir))
+            .arg("app.js")
+            .arg("--wit")
+            .arg(wit)
+            .args(["-n", world, "-o"])
+            .arg(&out);
+        run_tool(cmd, dir);
+        out.display().to_string()
+    };
+    let http = componentize(
+        "guests/js_http",
+        wasi,
+        "wasi:http/proxy@0.2.12",
+        "js_http.wasm",
+    );
+    let wit = assemble_wit(root, out_dir, wasi, "guests/js_ports/world.wit");
+    let ports = componentize(
+        "guests/js_ports",
+        &wit,
+        "berth:infra/js-command",
+        "js_ports.wasm",
+    );
+    Some((http, ports))
+}
+
+/// One package directory holding the `berth:infra` WIT (as `berth wit`
+/// writes it), the guest's `world` file and the WASI packages as `deps/`:
+/// componentize-py 0.25 cannot merge worlds from separate directories and
+/// componentize-js takes a single `--wit` path.
+fn assemble_wit(root: &Path, out_dir: &Path, wasi: &Path, world: &str) -> PathBuf {
+    let world = root.join(world);
+    let guest = world
+        .parent()
+        .and_then(|p| p.file_name())
+        .expect("a guest directory")
+        .to_string_lossy()
+        .into_owned();
+    let wit = out_dir.join(format!("{guest}-wit"));
     let _ = std::fs::remove_dir_all(&wit);
-    std::fs::create_dir_all(wit.join("deps")).expect("cannot create the Python WIT directory");
+    std::fs::create_dir_all(wit.join("deps")).expect("cannot create a guest WIT directory");
     let copy_wit = |from: &Path, to: &Path| {
         for entry in std::fs::read_dir(from)
             .expect("cannot read a WIT directory")
@@ -154,38 +236,21 @@ fn build_python_guests(root: &Path, out_dir: &Path) -> Option<(String, String)> 
     };
     copy_wit(&root.join("wit"), &wit);
     copy_wit(&wasi.join("deps"), &wit.join("deps"));
-    std::fs::copy(
-        root.join("guests/python_ports/world.wit"),
-        wit.join("python-world.wit"),
-    )
-    .expect("cannot copy guests/python_ports/world.wit");
-    let ports = componentize(
-        &tool,
-        &root.join("guests/python_ports"),
-        &wit,
-        "berth:infra/python-command",
-        &out_dir.join("python_ports.wasm"),
-    );
-    Some((http, ports))
+    std::fs::copy(&world, wit.join(format!("{guest}-world.wit")))
+        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", world.display()));
+    wit
 }
 
-/// `componentize-py -d <wit> -w <world> componentize app -o <out>` in `dir`.
-fn componentize(tool: &Path, dir: &Path, wit: &Path, world: &str, out: &Path) -> String {
-    let status = Command::new(tool)
-        .current_dir(dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .arg("-d")
-        .arg(wit)
-        .args(["-w", world, "componentize", "app", "-o"])
-        .arg(out)
+/// Runs a guest build tool, failing the build with its directory if it fails.
+fn run_tool(mut cmd: Command, dir: &str) {
+    let status = cmd
         .status()
-        .expect("cannot run componentize-py");
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
     assert!(
         status.success(),
-        "componentize-py failed to build {}",
-        dir.display()
+        "{:?} failed to build {dir}",
+        cmd.get_program()
     );
-    out.display().to_string()
 }
 
 /// `<cargo home>/registry/src/*/wasmtime-wasi-http-<locked version>/wit`.

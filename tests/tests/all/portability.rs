@@ -156,21 +156,27 @@ fn standard_wasi_keyvalue_needs_the_bucket_grant() {
     );
 }
 
-#[tokio::test]
-async fn componentize_py_http_proxy_serves_unchanged() {
-    let Some(wasm) = guests::PYTHON_HTTP else {
+/// The component a guest toolchain built, or `None` (the test reports
+/// itself skipped) when the tool was not found, which
+/// `BERTH_TEST_REQUIRE_TOOLCHAINS` (set by `.ci/run`) turns into a failure.
+fn toolchain_guest(tool: &str, wasm: Option<&'static str>) -> Option<&'static str> {
+    if wasm.is_none() {
         assert!(
             std::env::var_os("BERTH_TEST_REQUIRE_TOOLCHAINS").is_none(),
-            "componentize-py was not found when the tests were built, and BERTH_TEST_REQUIRE_TOOLCHAINS is set"
+            "{tool} was not found when the tests were built, and BERTH_TEST_REQUIRE_TOOLCHAINS is set"
         );
-        eprintln!("SKIPPED: componentize-py not found when the tests were built");
-        return;
-    };
-    // Built by componentize-py from the standard wasi:http WIT alone. Its
-    // world imports `outgoing-handler`, so the manifest grants a
+        eprintln!("SKIPPED: {tool} not found when the tests were built");
+    }
+    wasm
+}
+
+/// Serves `wasm`, a `wasi:http` proxy built from the standard WIT alone by
+/// another toolchain, and checks its answer, `hello from <lang> at <path>`.
+async fn standard_http_proxy_serves_unchanged(wasm: &str, lang: &str) {
+    // Its world imports `outgoing-handler`, so the manifest grants a
     // destination; the component itself is unchanged.
     let t = TestApp::new(&format!(
-        "name = \"python\"\n[component.web]\npath = {wasm:?}\n[component.web.grants]\nhttp = [\"https://api.example.com\"]\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n"
+        "name = \"{lang}\"\n[component.web]\npath = {wasm:?}\n[component.web.grants]\nhttp = [\"https://api.example.com\"]\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n"
     ));
     let server = berth_tests::serve(&t).await;
     let response = reqwest::get(format!("{}/hello/there?x=1", server.base))
@@ -179,24 +185,32 @@ async fn componentize_py_http_proxy_serves_unchanged() {
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.text().await.unwrap(),
-        "hello from python at /hello/there?x=1"
+        format!("hello from {lang} at /hello/there?x=1")
     );
     server.stop().await;
 }
 
 #[tokio::test]
-async fn python_guest_uses_every_port_and_outbound_http() {
-    let Some(wasm) = guests::PYTHON_PORTS else {
-        assert!(
-            std::env::var_os("BERTH_TEST_REQUIRE_TOOLCHAINS").is_none(),
-            "componentize-py was not found when the tests were built, and BERTH_TEST_REQUIRE_TOOLCHAINS is set"
-        );
-        eprintln!("SKIPPED: componentize-py not found when the tests were built");
-        return;
-    };
+async fn componentize_py_http_proxy_serves_unchanged() {
+    if let Some(wasm) = toolchain_guest("componentize-py", guests::PYTHON_HTTP) {
+        standard_http_proxy_serves_unchanged(wasm, "python").await;
+    }
+}
+
+#[tokio::test]
+async fn componentize_js_http_proxy_serves_unchanged() {
+    if let Some(wasm) = toolchain_guest("componentize-js", guests::JS_HTTP) {
+        standard_http_proxy_serves_unchanged(wasm, "js").await;
+    }
+}
+
+/// Runs `wasm`, a command using the sql, kv, blob and config ports and
+/// outbound HTTP, and checks its one line per port. `secret_error` is how
+/// the language names the `not-granted` config error.
+async fn guest_uses_every_port_and_outbound_http(wasm: &str, secret_error: &str) {
     let port = pong_server().await;
     let t = TestApp::new(&single_component_manifest(
-        "python-ports",
+        "ports",
         wasm,
         "[sql.main]\n[kv.cache]\n[blob.files]\n[config]\ngreeting = \"hello\"\nsecret = \"hidden-value\"",
         &format!(
@@ -204,10 +218,7 @@ async fn python_guest_uses_every_port_and_outbound_http() {
         ),
     ));
     let host = berth_tests::host_config(&t, "[outbound]\nallow_private = [\"127.0.0.0/8\"]\n");
-    let app = t
-        .load_with(&host)
-        .await
-        .expect("the Python component loads");
+    let app = t.load_with(&host).await.expect("the component loads");
     let out = run(&app, "guest", &[&format!("127.0.0.1:{port}")]).await;
     berth_tests::assert_success(&out);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -218,11 +229,26 @@ async fn python_guest_uses_every_port_and_outbound_http() {
             "kv hi 2",
             "blob hello blob 10",
             "config hello",
-            "config-secret Error_NotGranted",
+            &format!("config-secret {secret_error}"),
             "http 200 pong",
         ],
         "{}{}",
         out.stdout,
         out.stderr
     );
+    assert!(!out.stdout.contains("hidden-value") && !out.stderr.contains("hidden-value"));
+}
+
+#[tokio::test]
+async fn python_guest_uses_every_port_and_outbound_http() {
+    if let Some(wasm) = toolchain_guest("componentize-py", guests::PYTHON_PORTS) {
+        guest_uses_every_port_and_outbound_http(wasm, "Error_NotGranted").await;
+    }
+}
+
+#[tokio::test]
+async fn js_guest_uses_every_port_and_outbound_http() {
+    if let Some(wasm) = toolchain_guest("componentize-js", guests::JS_PORTS) {
+        guest_uses_every_port_and_outbound_http(wasm, "not-granted").await;
+    }
 }
