@@ -253,29 +253,7 @@ fn run_tool(mut cmd: Command, dir: &str) {
     );
 }
 
-/// `<cargo home>/registry/src/*/wasmtime-wasi-http-<locked version>/wit`.
-fn wasi_http_wit(root: &Path) -> Option<PathBuf> {
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).ok()?;
-    let version = lock
-        .split("[[package]]")
-        .find(|p| p.contains("name = \"wasmtime-wasi-http\""))?
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))?
-        .trim_end_matches('"')
-        .to_string();
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    std::fs::read_dir(cargo_home.join("registry/src"))
-        .ok()?
-        .flatten()
-        .map(|index| {
-            index
-                .path()
-                .join(format!("wasmtime-wasi-http-{version}/wit"))
-        })
-        .find(|wit| wit.is_dir())
-}
+include!("../host/wasi_wit.rs");
 
 /// Re-runs the build when any guest source, manifest or WIT file changes.
 fn watch(dir: &Path) {

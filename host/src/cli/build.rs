@@ -18,8 +18,19 @@ pub fn build_components(manifest: &Manifest) -> anyhow::Result<()> {
             .arg("-c")
             .arg(cmd)
             .current_dir(manifest.dir())
+            // The tools' chatter goes with Berth's own progress, to stderr:
+            // stdout stays for what `berth up` reports (its URL first).
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .with_context(|| format!("cannot start the build command of `{}`", c.name))?;
+        if status.code() == Some(127) {
+            let program = cmd.split_whitespace().next().unwrap_or(cmd);
+            bail!(
+                "the build command of component `{}` failed: `{program}` was not found; install it (the comments in {} say how) or fix `build`: {cmd}",
+                c.name,
+                manifest.file.display()
+            );
+        }
         if !status.success() {
             bail!(
                 "the build command of component `{}` failed ({status}): {cmd}",

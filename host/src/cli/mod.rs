@@ -1,6 +1,7 @@
 //! The `berth` command line: `run`, `up`, `serve`, `check` and `wit`.
 
 mod build;
+pub mod new;
 pub mod wit;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,34 @@ enum Command {
     /// Print (or write with `--out DIR`) the WIT of Berth's ports and of the
     /// standard WASI packages it serves, for generating guest bindings.
     Wit(WitArgs),
+    /// Create a project from a template (`--list` shows them); `berth up`
+    /// in it builds and runs it.
+    New(NewArgs),
+    /// Run the build commands of an app's components.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+struct NewArgs {
+    /// The template, e.g. `rust-http` (see `--list`).
+    #[arg(required_unless_present = "list")]
+    template: Option<String>,
+    /// The project name: lowercase letters, digits and hyphens.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// Directory to create [default: ./<name>].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// List the templates.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// The app manifest.
+    #[arg(default_value = "berth.toml")]
+    manifest: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +205,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Wit(args) => wit::wit(args.out.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::New(args) => new_project(args),
+        Command::Build(args) => {
+            let manifest = Manifest::load(&args.manifest)?;
+            build::build_components(&manifest)?;
+            println!("berth: built app `{}`", manifest.name);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -220,7 +256,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let engine = HostEngine::new(host.engine_settings())?;
     let app = App::load(&engine, manifest, &host).await?;
-    let output = crate::triggers::run::run(&app, &component, &args.args, Stdio::Inherit).await?;
+    run_component(&app, &component, &args.args).await
+}
+
+/// Runs `component` of `app` once with stdio inherited; its exit status
+/// becomes the process's.
+async fn run_component(app: &App, component: &str, args: &[String]) -> anyhow::Result<ExitCode> {
+    let output = crate::triggers::run::run(app, component, args, Stdio::Inherit).await?;
     Ok(match output.status {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
@@ -243,6 +285,9 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = start_admin(&host, ready.clone()).await?;
     let app = Arc::new(App::load(&engine, manifest, &host).await?);
+    if app.manifest.http_triggers.is_empty() && app.manifest.message_triggers.is_empty() {
+        return run_only_command(&app).await;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     crate::triggers::message::start(app.clone(), &mut tasks).await?;
     let handler = Arc::new(crate::triggers::http::HttpHandler::new(app.clone())?);
@@ -265,6 +310,20 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(admin) = admin {
         admin.abort();
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let (Some(template), Some(name)) = (args.template, args.name) else {
+        print!("{}", new::list());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let dir = new::create(&template, &name, args.dir.as_deref())?;
+    println!(
+        "berth: created `{name}` from template `{template}` in {}\n  cd {} && berth up",
+        dir.display(),
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -304,6 +363,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admin.abort();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `berth up` of an app without triggers: runs its one command component
+/// once, as `berth run` would.
+async fn run_only_command(app: &App) -> anyhow::Result<ExitCode> {
+    let runnable: Vec<&String> = app
+        .components
+        .iter()
+        .filter(|(_, c)| c.exports.run)
+        .map(|(name, _)| name)
+        .collect();
+    let [component] = runnable.as_slice() else {
+        bail!(
+            "{}: the app has no triggers and {} runnable components; add a [[trigger.http]] or [[trigger.message]], or use `berth run --component`",
+            app.manifest.file.display(),
+            runnable.len()
+        );
+    };
+    eprintln!(
+        "berth: app `{}` has no triggers: running `{component}` once",
+        app.manifest.name
+    );
+    run_component(app, component, &[]).await
 }
 
 /// Starts the admin listener if the host config has one.

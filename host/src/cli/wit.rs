@@ -40,9 +40,13 @@ pub const STANDARD: &[(&str, &str)] = &[
     ),
 ];
 
-/// Writes `berth:infra` into `out/` and the standard packages into
-/// `out/std/`, or, without `out`, prints every file after a
-/// `// ==> <path> <==` line.
+// `WASI`: the `wasi:*` 0.2 packages of wasmtime-wasi-http (cli, http, io,
+// …), which `berth:infra` worlds of guests include; written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/wasi_wit.rs"));
+
+/// Writes `berth:infra` into `out/`, the standard packages into
+/// `out/std/` and the WASI packages into `out/wasi/`, or, without `out`,
+/// prints every file after a `// ==> <path> <==` line.
 pub fn wit(out: Option<&Path>) -> anyhow::Result<()> {
     let files = BERTH_INFRA
         .iter()
@@ -51,6 +55,10 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<()> {
             STANDARD
                 .iter()
                 .map(|(name, text)| (format!("std/{name}"), *text)),
+        )
+        .chain(
+            WASI.iter()
+                .map(|(name, text)| (format!("wasi/{name}"), *text)),
         );
     match out {
         None => {
@@ -69,7 +77,7 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             println!(
-                "berth: wrote the berth:infra WIT to {dir} and the standard packages Berth serves to {dir}/std/ (e.g. wit-bindgen rust --world berth:infra/ports {dir})",
+                "berth: wrote the berth:infra WIT to {dir}, the standard packages Berth serves to {dir}/std/ and the WASI packages to {dir}/wasi/ (e.g. wit-bindgen rust --world berth:infra/ports {dir}; a world of your own that includes WASI worlds takes {dir}/wasi/*.wit and {dir} as its deps/)",
                 dir = dir.display()
             );
         }

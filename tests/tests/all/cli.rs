@@ -160,11 +160,53 @@ fn cli_wit_writes_what_guest_authors_need_in_sync_with_the_repository() {
     let (code, stdout, stderr) = output(berth().arg("wit").arg("--out").arg(out.path()));
     assert_eq!(code, 0, "{stdout}{stderr}");
     let repo = std::path::Path::new(guests::REPO_ROOT).join("wit");
+    let mut written = wit_files(out.path());
+    let wasi: Vec<PathBuf> = written
+        .keys()
+        .filter(|p| p.starts_with("wasi"))
+        .cloned()
+        .collect();
+    for path in &wasi {
+        written.remove(path);
+    }
     assert_eq!(
-        wit_files(out.path()),
+        written,
         wit_files(&repo),
         "`berth wit` and wit/ differ: update host/src/cli/wit.rs"
     );
+    for package in ["cli.wit", "http.wit", "io.wit"] {
+        assert!(
+            wasi.contains(&PathBuf::from("wasi").join(package)),
+            "{wasi:?}"
+        );
+    }
+    // A world of an author's own resolves against what was written: the
+    // berth:infra package and the WASI packages as its deps.
+    let project = tempfile::tempdir().unwrap();
+    let deps = project.path().join("deps");
+    std::fs::create_dir_all(deps.join("berth-infra")).unwrap();
+    for entry in std::fs::read_dir(out.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wit") {
+            std::fs::copy(
+                &path,
+                deps.join("berth-infra").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(out.path().join("wasi")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, deps.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        project.path().join("world.wit"),
+        "package my:app;\nworld app {\n  include berth:infra/data@0.1.0;\n  include wasi:cli/command@0.2.12;\n}\n",
+    )
+    .unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let (app, _) = resolve.push_dir(project.path()).unwrap();
+    assert!(resolve.select_world(&[app], Some("app")).is_ok());
     // What it wrote is usable as is: every package parses and resolves.
     let mut resolve = wit_parser::Resolve::default();
     let (infra, _) = resolve.push_dir(out.path()).unwrap();

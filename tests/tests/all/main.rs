@@ -22,4 +22,5 @@ mod services;
 mod serving;
 mod sql;
 mod sql_mysql;
+mod templates;
 mod tenants;
