@@ -96,8 +96,9 @@ fn main() {
     let wasi = wasi_http_wit(&root);
     let (python_http, python_ports) = build_python_guests(&root, &out_dir, wasi.as_deref()).unzip();
     let (js_http, js_ports) = build_js_guests(&root, &out_dir, wasi.as_deref()).unzip();
+    let c_ports = build_c_guest(&root, &out_dir, wasi.as_deref());
     consts.push_str(&format!(
-        "/// `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python_http:?};\n/// `guests/python_ports` built with componentize-py, if it was found.\npub const PYTHON_PORTS: Option<&str> = {python_ports:?};\n/// `guests/js_http` built with componentize-js, if it was found.\npub const JS_HTTP: Option<&str> = {js_http:?};\n/// `guests/js_ports` built with componentize-js, if it was found.\npub const JS_PORTS: Option<&str> = {js_ports:?};\n"
+        "/// `guests/python_http` built with componentize-py, if it was found.\npub const PYTHON_HTTP: Option<&str> = {python_http:?};\n/// `guests/python_ports` built with componentize-py, if it was found.\npub const PYTHON_PORTS: Option<&str> = {python_ports:?};\n/// `guests/js_http` built with componentize-js, if it was found.\npub const JS_HTTP: Option<&str> = {js_http:?};\n/// `guests/js_ports` built with componentize-js, if it was found.\npub const JS_PORTS: Option<&str> = {js_ports:?};\n/// `guests/c_ports` built with clang, wit-bindgen and wasm-tools, if they were found.\npub const C_PORTS: Option<&str> = {c_ports:?};\n"
     ));
     std::fs::write(out_dir.join("guests.rs"), consts).expect("cannot write guests.rs");
 }
@@ -206,6 +207,65 @@ fn build_js_guests(root: &Path, out_dir: &Path, wasi: Option<&Path>) -> Option<(
         "js_ports.wasm",
     );
     Some((http, ports))
+}
+
+/// Builds `guests/c_ports` (a wasi-libc program) with `wit-bindgen c`
+/// bindings of its world, clang for `wasm32-wasi`, and `wasm-tools
+/// component new` with the WASI preview1 command adapter of wasmtime's
+/// version: the recipe in the header of `guests/c_ports/main.c`. The tools
+/// are `BERTH_WIT_BINDGEN`, `BERTH_CLANG` and `BERTH_WASM_TOOLS`, else
+/// `wit-bindgen`, `clang-14` and `wasm-tools` on the `PATH`.
+fn build_c_guest(root: &Path, out_dir: &Path, wasi: Option<&Path>) -> Option<String> {
+    let (wit_bindgen, wasi) = guest_tool("BERTH_WIT_BINDGEN", "wit-bindgen", wasi)?;
+    let (clang, _) = guest_tool("BERTH_CLANG", "clang-14", Some(wasi))?;
+    let (wasm_tools, _) = guest_tool("BERTH_WASM_TOOLS", "wasm-tools", Some(wasi))?;
+    let src = root.join("guests/c_ports");
+    let wit = assemble_wit(root, out_dir, wasi, "guests/c_ports/world.wit");
+    let gen_dir = out_dir.join("c_ports-gen");
+    let _ = std::fs::remove_dir_all(&gen_dir);
+    let mut cmd = Command::new(&wit_bindgen);
+    cmd.arg("c")
+        .arg(&wit)
+        .args(["--world", "c-command", "--out-dir"])
+        .arg(&gen_dir);
+    run_tool(cmd, "guests/c_ports");
+
+    let core = out_dir.join("c_ports.core.wasm");
+    let mut cmd = Command::new(&clang);
+    cmd.args([
+        "--target=wasm32-wasi",
+        "--sysroot=/usr",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+    ])
+    .arg(format!("-I{}", gen_dir.display()))
+    .arg("-nostartfiles")
+    .arg(src.join("main.c"))
+    .arg(src.join("command_start.c"))
+    .arg(gen_dir.join("c_command.c"))
+    .arg(gen_dir.join("c_command_component_type.o"))
+    .arg("-o")
+    .arg(&core);
+    run_tool(cmd, "guests/c_ports");
+
+    let adapter = out_dir.join("wasi_snapshot_preview1.command.wasm");
+    std::fs::write(
+        &adapter,
+        wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    )
+    .expect("cannot write the preview1 adapter");
+    let component = out_dir.join("c_ports.wasm");
+    let mut cmd = Command::new(&wasm_tools);
+    cmd.args(["component", "new"])
+        .arg(&core)
+        .arg("--adapt")
+        .arg(format!("wasi_snapshot_preview1={}", adapter.display()))
+        .arg("-o")
+        .arg(&component);
+    run_tool(cmd, "guests/c_ports");
+    Some(component.display().to_string())
 }
 
 /// One package directory holding the `berth:infra` WIT (as `berth wit`

@@ -252,3 +252,10 @@ async fn js_guest_uses_every_port_and_outbound_http() {
         guest_uses_every_port_and_outbound_http(wasm, "not-granted").await;
     }
 }
+
+#[tokio::test]
+async fn c_guest_uses_every_port_and_outbound_http() {
+    if let Some(wasm) = toolchain_guest("clang-14, wit-bindgen and wasm-tools", guests::C_PORTS) {
+        guest_uses_every_port_and_outbound_http(wasm, "not-granted").await;
+    }
+}
