@@ -99,6 +99,7 @@ async fn b2_instantiate_and_call() {
         &app,
     );
     let bare_pre = berth::bindings::MessageHandlerPre::new(bare.pre.clone()).unwrap();
+    let policy = berth::triggers::message::DeliveryPolicy::defaults("bench");
     let (mut berth_samples, mut bare_samples) = (Vec::new(), Vec::new());
     for round in 0..=B2_ROUNDS {
         let keep = round > 0; // round 0 warms both sides up
@@ -110,7 +111,7 @@ async fn b2_instantiate_and_call() {
                 "handler",
                 &berth_pre,
                 berth_tests::unacked_delivery(i as u64),
-                5,
+                &policy,
                 None,
             )
             .await;

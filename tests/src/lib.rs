@@ -505,3 +505,25 @@ pub async fn pong_server() -> u16 {
     });
     port
 }
+
+/// Every file under `dir` that `keep` accepts: path relative to `dir`, and
+/// contents (for comparing generated trees with the repository's).
+pub fn files_under(
+    dir: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if keep(&path) {
+                let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+                files.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}

@@ -21,6 +21,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::InvocationError;
 use crate::app::App;
 use crate::bindings::{MessageHandler, MessageHandlerPre};
+use crate::manifest::{DEFAULT_BACKOFF_MS, MessageTrigger};
 use crate::metrics::{Outcome, Trigger};
 use crate::ports::messaging::host::message_to_wit;
 use crate::ports::messaging::{Delivery, Subscription};
@@ -28,18 +29,74 @@ use crate::state::InstanceState;
 
 /// Deliveries before giving up, unless the trigger says otherwise.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
-/// First redelivery delay; doubles per attempt.
-const BASE_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest redelivery delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Deliveries handled at once per trigger.
-const CONCURRENCY: usize = 16;
+/// Longest redelivery delay, unless the trigger says otherwise.
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Deliveries handled at once per trigger, unless it says otherwise.
+const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How a trigger's deliveries are spread, retried and given up: its
+/// manifest settings with their defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliveries: u32,
+    /// Delay before the first redelivery; doubles per attempt.
+    pub backoff: Duration,
+    /// Longest redelivery delay.
+    pub max_backoff: Duration,
+    /// The topic of messages that exhausted their deliveries.
+    pub dead_letter: String,
+    /// Deliveries handled at once (and warm instances kept at most).
+    pub concurrency: usize,
+}
+
+impl DeliveryPolicy {
+    /// The policy of `trigger` (validated by the manifest).
+    pub fn of(trigger: &MessageTrigger) -> Self {
+        let mut policy = Self::defaults(&trigger.topic);
+        if let Some(max) = trigger.max_deliveries {
+            policy.max_deliveries = max;
+        }
+        if let Some(ms) = trigger.backoff_ms {
+            policy.backoff = Duration::from_millis(ms);
+        }
+        if let Some(ms) = trigger.max_backoff_ms {
+            policy.max_backoff = Duration::from_millis(ms);
+        }
+        if let Some(dead) = &trigger.dead_letter {
+            policy.dead_letter.clone_from(dead);
+        }
+        if let Some(c) = trigger.concurrency {
+            policy.concurrency = c as usize;
+        }
+        policy
+    }
+
+    /// The defaults for a trigger on `topic`.
+    pub fn defaults(topic: &str) -> Self {
+        Self {
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            backoff: Duration::from_millis(DEFAULT_BACKOFF_MS),
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            dead_letter: format!("{topic}.dead-letter"),
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+
+    /// The delay before redelivering after failed delivery `attempt` (from 1).
+    pub fn backoff_after(&self, attempt: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.max_backoff)
+    }
+}
 /// Messages one warm instance handles before it is replaced, bounding what
 /// a guest that leaks memory or handles can accumulate.
 const MAX_MESSAGES_PER_INSTANCE: u32 = 1_000;
 
 /// Warm instances of one trigger's handler, idle between messages. At most
-/// [`CONCURRENCY`] exist, since each is in use by at most one delivery.
+/// [`DeliveryPolicy::concurrency`] exist, since each is in use by at most
+/// one delivery.
 #[derive(Default, Clone)]
 pub struct WarmPool(Arc<Mutex<Vec<WarmInstance>>>);
 
@@ -78,14 +135,14 @@ pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()>
             .subscribe(&trigger.topic, &trigger.component)
             .await
             .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
-        let max = trigger.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES);
+        let policy = DeliveryPolicy::of(&trigger);
         let warm = trigger.reuse_instances.then(WarmPool::default);
         tasks.spawn(consume(
             app.clone(),
             trigger.component.clone(),
             pre,
             subscription,
-            max,
+            policy,
             warm,
         ));
     }
@@ -97,26 +154,19 @@ async fn consume(
     component: String,
     pre: MessageHandlerPre<crate::state::InstanceState>,
     mut subscription: Box<dyn Subscription>,
-    max_deliveries: u32,
+    policy: DeliveryPolicy,
     warm: Option<WarmPool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let slots = Arc::new(tokio::sync::Semaphore::new(policy.concurrency));
+    let policy = Arc::new(policy);
     while let Some(delivery) = subscription.next().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         let (app, component, pre) = (app.clone(), component.clone(), pre.clone());
-        let warm = warm.clone();
+        let (warm, policy) = (warm.clone(), policy.clone());
         tokio::spawn(async move {
-            handle_delivery(
-                &app,
-                &component,
-                &pre,
-                delivery,
-                max_deliveries,
-                warm.as_ref(),
-            )
-            .await;
+            handle_delivery(&app, &component, &pre, delivery, &policy, warm.as_ref()).await;
             drop(permit);
         });
     }
@@ -129,7 +179,7 @@ pub async fn handle_delivery(
     component: &str,
     pre: &MessageHandlerPre<crate::state::InstanceState>,
     delivery: Delivery,
-    max_deliveries: u32,
+    policy: &DeliveryPolicy,
     warm: Option<&WarmPool>,
 ) {
     let Delivery {
@@ -148,16 +198,14 @@ pub async fn handle_delivery(
             acker.ack().await;
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
         }
-        Err(error) if attempt < max_deliveries => {
-            let backoff = BASE_BACKOFF
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(MAX_BACKOFF);
+        Err(error) if attempt < policy.max_deliveries => {
+            let backoff = policy.backoff_after(attempt);
             tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
             acker.nack(backoff).await;
         }
         Err(error) => {
             tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
-            dead_letter(app, &topic, &id, attempt, &error, dead).await;
+            dead_letter(app, &topic, &policy.dead_letter, &id, attempt, &error, dead).await;
             acker.ack().await;
         }
     }
@@ -234,18 +282,20 @@ async fn invoke(
     result
 }
 
-/// Publishes a message that exhausted its deliveries on `<topic>.dead-letter`
-/// with its id, attempts and last error as headers, for an operator or a
-/// dead-letter trigger to inspect.
+/// Publishes a message that exhausted its deliveries on its trigger's
+/// dead-letter topic with its topic, id, attempts and last error as
+/// headers, for an operator or a dead-letter trigger to inspect.
 async fn dead_letter(
     app: &App,
     topic: &str,
+    dl_topic: &str,
     id: &str,
     attempt: u32,
     error: &str,
     (payload, mut headers): (Vec<u8>, Vec<(String, String)>),
 ) {
     headers.push(("berth-original-id".into(), id.into()));
+    headers.push(("berth-original-topic".into(), topic.into()));
     headers.push(("berth-attempts".into(), attempt.to_string()));
     headers.push((
         "berth-error".into(),
@@ -255,13 +305,32 @@ async fn dead_letter(
             .take(1024)
             .collect(),
     ));
-    let dl_topic = format!("{topic}.dead-letter");
     if let Err(e) = app
         .backends
         .messaging
-        .publish(&dl_topic, payload, headers)
+        .publish(dl_topic, payload, headers)
         .await
     {
         tracing::error!(app = %app.manifest.name, topic = %dl_topic, error = %e, "cannot publish to the dead-letter topic");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_trigger_setting_up_to_its_cap() {
+        let mut policy = DeliveryPolicy::defaults("events");
+        assert_eq!(policy.dead_letter, "events.dead-letter");
+        assert_eq!(policy.backoff_after(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff_after(3), Duration::from_millis(400));
+        assert_eq!(policy.backoff_after(40), DEFAULT_MAX_BACKOFF);
+        policy.backoff = Duration::from_millis(10);
+        policy.max_backoff = Duration::from_millis(50);
+        let delays: Vec<u128> = (1..=5)
+            .map(|a| policy.backoff_after(a).as_millis())
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 50, 50]);
     }
 }

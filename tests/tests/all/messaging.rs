@@ -167,3 +167,55 @@ async fn messaging_fresh_or_warm_instances_inprocess() {
         assert_eq!(seen, expected, "reuse_instances = {reuse}");
     }
 }
+
+#[tokio::test]
+async fn messaging_trigger_settings_and_dead_letter_topic_inprocess() {
+    let text = manifest(1).replace(
+        "max_deliveries = 1",
+        "max_deliveries = 1\nconcurrency = 2\nbackoff_ms = 10\nmax_backoff_ms = 50\ndead_letter = \"events.failed\"",
+    );
+    let t = TestApp::new(&text);
+    let (app, _tasks) = started(&t).await;
+    let messaging = &app.backends.messaging;
+    let mut dead = messaging
+        .subscribe("events.failed", "dlcheck")
+        .await
+        .unwrap();
+    let headers = vec![("trace-id".to_owned(), "t-1".to_owned())];
+    let id = messaging
+        .publish("events", b"fail-once".to_vec(), headers)
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("a dead letter arrives on the configured topic")
+        .expect("subscription open");
+    assert_eq!(delivery.message.payload, b"fail-once");
+    let header = |name: &str| {
+        delivery
+            .message
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("berth-original-id"), Some(id));
+    assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
+    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
+    assert_eq!(
+        header("trace-id").as_deref(),
+        Some("t-1"),
+        "the message's own headers are kept"
+    );
+    assert!(
+        header("berth-error")
+            .unwrap()
+            .contains("deliberate failure")
+    );
+    delivery.acker.ack().await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "delivered once, then dead-lettered"
+    );
+}

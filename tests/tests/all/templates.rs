@@ -282,27 +282,8 @@ fn vendored_sdk_is_the_repository_sdk() {
     let repo = Path::new(berth_tests::guests::REPO_ROOT).join("guests/berth-sdk/src");
     let vendored = dir.join("vendor/berth-sdk/src");
     assert_eq!(
-        rs_files(&vendored),
-        rs_files(&repo),
+        berth_tests::files_under(&vendored, |_| true),
+        berth_tests::files_under(&repo, |_| true),
         "update SDK_SOURCES in host/src/cli/new.rs"
     );
-}
-
-fn rs_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.insert(
-                    path.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&path).unwrap(),
-                );
-            }
-        }
-    }
-    files
 }
