@@ -70,26 +70,32 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path) -> Self {
+        // The build's and the host's output go to a file, shown on failure.
+        let log_path = dir.join("berth-up.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = berth_in(dir)
             .args(["up", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
+            .stderr(log)
             .spawn()
             .unwrap();
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = match lines.next() {
             Some(Ok(line)) => line,
             _ => {
                 let status = child.wait().unwrap();
                 panic!(
-                    "berth up in {} ended ({status}) before serving",
-                    dir.display()
+                    "berth up in {} ended ({status}) before serving:\n{}",
+                    dir.display(),
+                    log()
                 );
             }
         };
         let url = first
             .split("is up at ")
             .nth(1)
-            .unwrap_or_else(|| panic!("no URL in `{first}`"))
+            .unwrap_or_else(|| panic!("no URL in `{first}`:\n{}", log()))
             .trim()
             .to_string();
         // Keep draining stdout so the child never blocks on it.
