@@ -15,6 +15,10 @@ use crate::outbound::AllowRule;
 use limits::RawLimits;
 
 mod limits;
+mod triggers;
+
+use triggers::RawTriggers;
+pub use triggers::{DEFAULT_BACKOFF_MS, HttpTrigger, MessageTrigger};
 
 /// A manifest problem, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -130,55 +134,6 @@ pub struct Grants {
     /// Config keys the component may read.
     #[serde(default)]
     pub config: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTriggers {
-    #[serde(default)]
-    http: Vec<HttpTrigger>,
-    #[serde(default)]
-    message: Vec<MessageTrigger>,
-}
-
-/// Routes HTTP requests to a component.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpTrigger {
-    /// `/exact/path`, or `/prefix/...` for everything below a prefix.
-    pub route: String,
-    /// The component exporting `wasi:http/incoming-handler`.
-    pub component: String,
-}
-
-/// Default first redelivery delay of a message trigger, in ms.
-pub const DEFAULT_BACKOFF_MS: u64 = 100;
-
-/// Delivers the messages of a topic to a component.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MessageTrigger {
-    /// The topic.
-    pub topic: String,
-    /// The component exporting `berth:infra/handler`.
-    pub component: String,
-    /// Deliveries before a message is given up (dead-lettered); default 5.
-    pub max_deliveries: Option<u32>,
-    /// Handle consecutive messages in warm instances instead of a fresh
-    /// instance per message (default `false`). An instance that fails,
-    /// traps or has handled its share of messages is discarded.
-    #[serde(default)]
-    pub reuse_instances: bool,
-    /// Deliveries of this trigger handled at once; default 16.
-    pub concurrency: Option<u32>,
-    /// Delay before the first redelivery, in ms; doubles per attempt.
-    /// Default 100.
-    pub backoff_ms: Option<u64>,
-    /// Longest redelivery delay, in ms; default 30,000.
-    pub max_backoff_ms: Option<u64>,
-    /// Where messages that exhausted their deliveries go; default
-    /// `<topic>.dead-letter`.
-    pub dead_letter: Option<String>,
 }
 
 /// A component of the app, resolved.
@@ -354,53 +309,7 @@ impl Validator<'_> {
                 },
             );
         }
-        for (i, t) in raw.trigger.http.iter().enumerate() {
-            let key = format!("trigger.http[{i}]");
-            self.check_component(&key, &t.component, &components)?;
-            if !t.route.starts_with('/') {
-                return Err(self.invalid(
-                    format!("{key}.route"),
-                    format!("route {:?} must start with `/`", t.route),
-                ));
-            }
-        }
-        for (i, t) in raw.trigger.message.iter().enumerate() {
-            let key = format!("trigger.message[{i}]");
-            self.check_component(&key, &t.component, &components)?;
-            crate::ports::messaging::validate_topic(&t.topic)
-                .map_err(|m| self.invalid(format!("{key}.topic"), m))?;
-            if t.max_deliveries == Some(0) {
-                return Err(self.invalid(format!("{key}.max_deliveries"), "must be at least 1"));
-            }
-            if t.concurrency.is_some_and(|c| !(1..=1024).contains(&c)) {
-                return Err(self.invalid(format!("{key}.concurrency"), "must be 1 to 1024"));
-            }
-            if t.backoff_ms.is_some_and(|b| !(1..=3_600_000).contains(&b)) {
-                return Err(self.invalid(
-                    format!("{key}.backoff_ms"),
-                    "must be 1 to 3600000 (an hour)",
-                ));
-            }
-            let backoff = t.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS);
-            if let Some(max) = t.max_backoff_ms
-                && !(backoff..=86_400_000).contains(&max)
-            {
-                return Err(self.invalid(
-                    format!("{key}.max_backoff_ms"),
-                    format!("must be at least backoff_ms ({backoff}) and at most 86400000 (a day)"),
-                ));
-            }
-            if let Some(dead) = &t.dead_letter {
-                crate::ports::messaging::validate_topic(dead)
-                    .map_err(|m| self.invalid(format!("{key}.dead_letter"), m))?;
-                if *dead == t.topic {
-                    return Err(self.invalid(
-                        format!("{key}.dead_letter"),
-                        "must differ from the trigger's topic, or failed messages would come back",
-                    ));
-                }
-            }
-        }
+        self.check_triggers(&raw.trigger, &components)?;
         Ok(Manifest {
             file: self.file.to_path_buf(),
             name: raw.name,
@@ -459,25 +368,6 @@ impl Validator<'_> {
         }
         Ok(())
     }
-
-    fn check_component(
-        &self,
-        key: &str,
-        name: &str,
-        components: &BTreeMap<String, ComponentDecl>,
-    ) -> Result<(), ManifestError> {
-        if components.contains_key(name) {
-            return Ok(());
-        }
-        let known: Vec<_> = components.keys().map(String::as_str).collect();
-        Err(self.invalid(
-            format!("{key}.component"),
-            format!(
-                "unknown component {name:?} (components: {})",
-                known.join(", ")
-            ),
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -488,7 +378,7 @@ mod tests {
         Manifest::parse(text, Path::new("/app/berth.toml"))
     }
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 name = "shop"
 [config]
 greeting = "hi"
@@ -520,41 +410,6 @@ component = "api"
         assert_eq!(api.limits.timeout, std::time::Duration::from_millis(1500));
         assert!(m.kv["cache"].memory);
         assert_eq!(m.http_triggers[0].component, "api");
-    }
-
-    #[test]
-    fn message_trigger_settings_are_checked() {
-        let base = format!("{GOOD}[[trigger.message]]\ntopic = \"events\"\ncomponent = \"api\"\n");
-        let ok = parse(&format!(
-            "{base}concurrency = 4\nbackoff_ms = 10\nmax_backoff_ms = 500\ndead_letter = \"events.failed\"\n"
-        ))
-        .unwrap();
-        assert_eq!(ok.message_triggers[0].concurrency, Some(4));
-        for (setting, key, why) in [
-            ("concurrency = 0", "concurrency", "1 to 1024"),
-            ("concurrency = 5000", "concurrency", "1 to 1024"),
-            ("backoff_ms = 0", "backoff_ms", "1 to 3600000"),
-            (
-                "backoff_ms = 200\nmax_backoff_ms = 100",
-                "max_backoff_ms",
-                "at least backoff_ms (200)",
-            ),
-            (
-                "max_backoff_ms = 50",
-                "max_backoff_ms",
-                "at least backoff_ms (100)",
-            ),
-            ("dead_letter = \"events\"", "dead_letter", "must differ"),
-            ("dead_letter = \"bad topic\"", "dead_letter", ""),
-        ] {
-            let msg = parse(&format!("{base}{setting}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                msg.contains(&format!("trigger.message[0].{key}")) && msg.contains(why),
-                "{setting}: {msg}"
-            );
-        }
     }
 
     #[test]
