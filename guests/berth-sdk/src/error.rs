@@ -31,8 +31,12 @@ pub enum Error {
     /// column, a config value, a body).
     Decode(String),
     /// The caller passed something the SDK refuses (a column name not in an
-    /// entity, a malformed URL).
+    /// entity, a malformed URL): a bug of the component, answered with 500.
     Invalid(String),
+    /// The HTTP request is malformed (a path parameter that does not parse,
+    /// a body that is not UTF-8, input a handler rejects): answered with
+    /// `400` and this message, which the client sees.
+    BadRequest(String),
     /// A required value is absent (a config key with no value).
     Missing(String),
 }
@@ -52,6 +56,7 @@ impl fmt::Display for Error {
             Error::Http(m) => write!(f, "http: {m}"),
             Error::Decode(m) => write!(f, "cannot decode: {m}"),
             Error::Invalid(m) => write!(f, "invalid: {m}"),
+            Error::BadRequest(m) => write!(f, "bad request: {m}"),
             Error::Missing(m) => write!(f, "missing: {m}"),
         }
     }
@@ -70,6 +75,12 @@ macro_rules! from_port_error {
 }
 
 from_port_error!(sql => Sql, kv => Kv, blob => Blob, config => Config, messaging => Messaging, email => Email);
+
+impl From<std::string::FromUtf8Error> for Error {
+    fn from(e: std::string::FromUtf8Error) -> Self {
+        Error::Decode(format!("not UTF-8: {e}"))
+    }
+}
 
 impl Error {
     /// Whether retrying the same call later may succeed (the backend was

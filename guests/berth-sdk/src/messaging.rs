@@ -28,7 +28,7 @@
 use std::time::Duration;
 
 use crate::raw::berth::infra::messaging as raw;
-use crate::{Error, Result};
+use crate::Result;
 
 pub use crate::raw::berth::infra::messaging_types::{Header, Message};
 pub use raw::Error as MessagingError;
@@ -106,10 +106,4 @@ macro_rules! message_handler {
 
         $crate::raw::export_message_handler!(__BerthMessageHandler with_types_in $crate::raw);
     };
-}
-
-impl From<std::string::FromUtf8Error> for Error {
-    fn from(e: std::string::FromUtf8Error) -> Self {
-        Error::Decode(format!("not UTF-8: {e}"))
-    }
 }

@@ -52,7 +52,7 @@ impl User {
             .split_once(',')
             .map(|(n, e)| (n.trim(), e.trim()))
             .filter(|(n, e)| !n.is_empty() && e.contains('@'))
-            .ok_or_else(|| Error::Invalid(format!("`{line}` is not `name,email`")))?;
+            .ok_or_else(|| Error::BadRequest(format!("`{line}` is not `name,email`")))?;
         let id = kv::Bucket::open("counters")?.increment("user-id", 1)?;
         Ok(User {
             id,

@@ -83,10 +83,10 @@ impl Request {
         &self.body
     }
 
-    /// The body as UTF-8 text; [`Error::Invalid`] (a 400) if it is not.
+    /// The body as UTF-8 text; [`Error::BadRequest`] (a 400) if it is not.
     pub fn text(&self) -> Result<&str> {
         std::str::from_utf8(&self.body)
-            .map_err(|_| Error::Invalid("the request body is not UTF-8".into()))
+            .map_err(|_| Error::BadRequest("the request body is not UTF-8".into()))
     }
 
     /// The path parameter `name` of the matched route (`{id}` in
@@ -98,14 +98,14 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The path parameter `name` parsed as `T`; [`Error::Invalid`] (a 400)
+    /// The path parameter `name` parsed as `T`; [`Error::BadRequest`] (a 400)
     /// if absent or malformed.
     pub fn param_as<T: FromStr>(&self, name: &str) -> Result<T> {
         let raw = self
             .param(name)
-            .ok_or_else(|| Error::Invalid(format!("the route has no parameter `{name}`")))?;
+            .ok_or_else(|| Error::BadRequest(format!("the route has no parameter `{name}`")))?;
         raw.parse()
-            .map_err(|_| Error::Invalid(format!("`{raw}` is not a valid {name}")))
+            .map_err(|_| Error::BadRequest(format!("`{raw}` is not a valid {name}")))
     }
 }
 
@@ -184,13 +184,14 @@ impl Response {
 }
 
 impl From<Error> for Response {
-    /// The response for a handler's error: 400 for bad input, 404 for
-    /// missing things, 503 for a retriable outage, else 500. Only the 4xx
-    /// messages reach the client; the rest go to the host log.
+    /// The response for a handler's error: 400 with its message for
+    /// [`Error::BadRequest`], 404 for a blob that does not exist, 503 for a
+    /// retriable outage, else 500. Only the 4xx messages reach the client;
+    /// the rest go to the host log.
     fn from(error: Error) -> Self {
         match &error {
-            Error::Invalid(m) | Error::Decode(m) => Response::text(400, m.clone()),
-            e if e.is_not_found() => Response::not_found(),
+            Error::BadRequest(m) => Response::text(400, m.clone()),
+            Error::Blob(crate::blob::BlobError::NotFound) => Response::not_found(),
             e if e.is_retriable() => {
                 crate::log::warn("request failed, retriable", &[("error", &e.to_string())]);
                 Response::text(503, "temporarily unavailable")
