@@ -138,75 +138,68 @@ fn guest_tool<'w>(
 }
 
 /// Builds the Python guests with componentize-py (`BERTH_COMPONENTIZE_PY`
-/// or `componentize-py` on the `PATH`) against the WASI WIT of the
-/// wasmtime-wasi-http crate Berth links: `guests/python_http` from
-/// `wasi:http` alone, `guests/python_ports` from [`assemble_wit`].
+/// or `componentize-py` on the `PATH`): see [`build_proxy_and_ports`].
 fn build_python_guests(
     root: &Path,
     out_dir: &Path,
     wasi: Option<&Path>,
 ) -> Option<(String, String)> {
     let (tool, wasi) = guest_tool("BERTH_COMPONENTIZE_PY", "componentize-py", wasi)?;
-    let componentize = |dir: &str, wit: &Path, world: &str, out: &str| {
-        let out = out_dir.join(out);
-        let mut cmd = Command::new(&tool);
-        cmd.current_dir(root.join(dir))
-            .env("PYTHONDONTWRITEBYTECODE", "1")
+    let args = |cmd: &mut Command, wit: &Path, world: &str| {
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1")
             .arg("-d")
             .arg(wit)
-            .args(["-w", world, "componentize", "app", "-o"])
-            .arg(&out);
-        run_tool(cmd, dir);
-        out.display().to_string()
+            .args(["-w", world, "componentize", "app"]);
     };
-    let http = componentize(
-        "guests/python_http",
-        wasi,
-        "wasi:http/proxy",
-        "python_http.wasm",
-    );
-    let wit = assemble_wit(root, out_dir, wasi, "guests/python_ports/world.wit");
-    let ports = componentize(
-        "guests/python_ports",
-        &wit,
-        "berth:infra/python-command",
-        "python_ports.wasm",
-    );
-    Some((http, ports))
+    let worlds = ("wasi:http/proxy", "berth:infra/python-command");
+    Some(build_proxy_and_ports(
+        root, out_dir, wasi, &tool, "python", worlds, args,
+    ))
 }
 
 /// Builds the JavaScript guests with componentize-js
-/// (`BERTH_COMPONENTIZE_JS` or `componentize-js` on the `PATH`), like the
-/// Python ones: `guests/js_http` from `wasi:http` alone, `guests/js_ports`
-/// from [`assemble_wit`].
+/// (`BERTH_COMPONENTIZE_JS` or `componentize-js` on the `PATH`): see
+/// [`build_proxy_and_ports`].
 fn build_js_guests(root: &Path, out_dir: &Path, wasi: Option<&Path>) -> Option<(String, String)> {
     let (tool, wasi) = guest_tool("BERTH_COMPONENTIZE_JS", "componentize-js", wasi)?;
-    let componentize = |dir: &str, wit: &Path, world: &str, out: &str| {
-        let out = out_dir.join(out);
-        let mut cmd = Command::new(&tool);
-        cmd.current_dir(root.join(dir))
-            .arg("app.js")
-            .arg("--wit")
-            .arg(wit)
-            .args(["-n", world, "-o"])
-            .arg(&out);
-        run_tool(cmd, dir);
+    let args = |cmd: &mut Command, wit: &Path, world: &str| {
+        cmd.arg("app.js").arg("--wit").arg(wit).args(["-n", world]);
+    };
+    let worlds = ("wasi:http/proxy@0.2.12", "berth:infra/js-command");
+    Some(build_proxy_and_ports(
+        root, out_dir, wasi, &tool, "js", worlds, args,
+    ))
+}
+
+/// Builds `guests/<lang>_http` against the WASI WIT of the
+/// wasmtime-wasi-http crate Berth links alone (world `worlds.0`), and
+/// `guests/<lang>_ports` against [`assemble_wit`] (world `worlds.1`), with
+/// `tool`: `args` adds the tool's WIT and world arguments, then `-o <out>`
+/// follows. Returns the two components' paths.
+fn build_proxy_and_ports(
+    root: &Path,
+    out_dir: &Path,
+    wasi: &Path,
+    tool: &Path,
+    lang: &str,
+    (proxy_world, ports_world): (&str, &str),
+    args: impl Fn(&mut Command, &Path, &str),
+) -> (String, String) {
+    let componentize = |guest: &str, wit: &Path, world: &str| {
+        let dir = format!("guests/{guest}");
+        let out = out_dir.join(format!("{guest}.wasm"));
+        let mut cmd = Command::new(tool);
+        cmd.current_dir(root.join(&dir));
+        args(&mut cmd, wit, world);
+        cmd.arg("-o").arg(&out);
+        run_tool(cmd, &dir);
         out.display().to_string()
     };
-    let http = componentize(
-        "guests/js_http",
-        wasi,
-        "wasi:http/proxy@0.2.12",
-        "js_http.wasm",
-    );
-    let wit = assemble_wit(root, out_dir, wasi, "guests/js_ports/world.wit");
-    let ports = componentize(
-        "guests/js_ports",
-        &wit,
-        "berth:infra/js-command",
-        "js_ports.wasm",
-    );
-    Some((http, ports))
+    let http = componentize(&format!("{lang}_http"), wasi, proxy_world);
+    let world_file = format!("guests/{lang}_ports/world.wit");
+    let wit = assemble_wit(root, out_dir, wasi, &world_file);
+    let ports = componentize(&format!("{lang}_ports"), &wit, ports_world);
+    (http, ports)
 }
 
 /// Builds `guests/c_ports` (a wasi-libc program) with `wit-bindgen c`

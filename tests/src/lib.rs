@@ -527,3 +527,26 @@ pub fn files_under(
     }
     files
 }
+
+/// The value of header `name` of a delivered message, if it has one.
+pub fn header(message: &berth::ports::messaging::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Whether a guest toolchain the test needs was `found`. When it was not,
+/// the test reports itself skipped, or fails under
+/// `BERTH_TEST_REQUIRE_TOOLCHAINS` (set by `.ci/run`).
+pub fn toolchain_found(tool: &str, found: bool) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("BERTH_TEST_REQUIRE_TOOLCHAINS").is_none(),
+            "{tool} was not found, and BERTH_TEST_REQUIRE_TOOLCHAINS is set"
+        );
+        eprintln!("SKIPPED: {tool} not found");
+    }
+    found
+}

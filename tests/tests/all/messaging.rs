@@ -191,14 +191,7 @@ async fn messaging_trigger_settings_and_dead_letter_topic_inprocess() {
         .expect("a dead letter arrives on the configured topic")
         .expect("subscription open");
     assert_eq!(delivery.message.payload, b"fail-once");
-    let header = |name: &str| {
-        delivery
-            .message
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| berth_tests::header(&delivery.message, name);
     assert_eq!(header("berth-original-id"), Some(id));
     assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
     assert_eq!(header("berth-attempts").as_deref(), Some("1"));

@@ -135,22 +135,12 @@ async fn sdk_example_uses_repository_routing_and_every_port() {
     );
 
     // Key-value.
-    let first: i64 = send(Method::GET, "/visits", "")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    let second: i64 = send(Method::GET, "/visits", "")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let visits = || async {
+        let response = send(Method::GET, "/visits", "").await.unwrap();
+        response.text().await.unwrap().parse::<i64>().unwrap()
+    };
+    let first = visits().await;
+    let second = visits().await;
     assert_eq!(second, first + 1);
 
     // Blob.

@@ -480,14 +480,7 @@ async fn messaging_dead_letter_after_max_deliveries_nats() {
         .expect("a dead letter arrives")
         .expect("subscription open");
     assert_eq!(delivery.message.payload, b"fail-once");
-    let header = |name: &str| {
-        delivery
-            .message
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| berth_tests::header(&delivery.message, name);
     assert_eq!(header("berth-original-id"), Some(id));
     assert_eq!(header("berth-attempts").as_deref(), Some("1"));
     assert!(
