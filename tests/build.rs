@@ -26,6 +26,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("STD_CONFIG_GUEST", "std_config_guest"),
     ("STD_KV_GUEST", "std_kv_guest"),
     ("SDK_EXAMPLE", "sdk_example"),
+    ("SCALE_HANDLER", "scale_handler"),
 ];
 
 fn main() {

@@ -17,6 +17,7 @@ mod kv;
 mod messaging;
 mod metering;
 mod portability;
+mod scale;
 mod sdk;
 mod services;
 mod serving;

@@ -10,13 +10,14 @@ use berth_tests::{
 use sqlx::Connection as _;
 
 /// A Postgres schema for one test, dropped by [`Schema::drop_now`].
-struct Schema {
+pub(crate) struct Schema {
     url: String,
-    name: String,
+    /// The schema's name.
+    pub(crate) name: String,
 }
 
 impl Schema {
-    async fn create(url: &str) -> Schema {
+    pub(crate) async fn create(url: &str) -> Schema {
         let name = unique("berth_t_");
         let mut admin = sqlx::PgConnection::connect(url)
             .await
@@ -31,13 +32,13 @@ impl Schema {
         }
     }
 
-    async fn admin(&self) -> sqlx::PgConnection {
+    pub(crate) async fn admin(&self) -> sqlx::PgConnection {
         sqlx::PgConnection::connect(&self.url)
             .await
             .expect("admin connection")
     }
 
-    async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         let mut admin = self.admin().await;
         sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
             .execute(&mut admin)
@@ -534,7 +535,7 @@ fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
 }
 
 /// Removes the stream Berth created for `app`.
-async fn delete_nats_stream(url: &str, app: &str) {
+pub(crate) async fn delete_nats_stream(url: &str, app: &str) {
     let client = async_nats::connect(url).await.unwrap();
     async_nats::jetstream::new(client)
         .delete_stream(format!("BERTH_{app}"))

@@ -1,0 +1,251 @@
+//! Scale-out: several `berth up` processes with the same manifest and host
+//! config share one durable NATS consumer, and losing one of them (`kill -9`)
+//! loses no message. The handler (`guests/scale_handler`) keys its Postgres
+//! effect by the message id, so redeliveries change nothing.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use berth_tests::{TestApp, guests, service, unique};
+
+use crate::cli::berth;
+use crate::services::{Schema, delete_nats_stream};
+
+/// Messages published; the issue's scenario.
+const MESSAGES: usize = 10_000;
+/// Host processes sharing the consumer.
+const HOSTS: usize = 3;
+/// Effects recorded before one host is killed.
+const KILL_AFTER: i64 = 2_500;
+
+fn manifest(app: &str) -> String {
+    format!(
+        r#"
+name = "{app}"
+[config]
+host-name = "unset"
+[sql.main]
+[component.handler]
+path = {handler:?}
+[component.handler.grants]
+sql = ["main"]
+config = ["host-name"]
+[[trigger.message]]
+topic = "jobs"
+component = "handler"
+concurrency = 8
+max_deliveries = 50
+"#,
+        handler = guests::SCALE_HANDLER,
+    )
+}
+
+fn host_config(pg: &str, schema: &str, nats: &str) -> String {
+    // One pooled connection per concurrent delivery; a short ack wait so a
+    // killed host's deliveries come back within the test.
+    format!(
+        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\nschema = {schema:?}\nmax_connections = 8\n\
+         [messaging]\ntype = \"nats\"\nurl = {nats:?}\nack_wait_ms = 3000\n"
+    )
+}
+
+/// A `berth up` process; killed (SIGKILL) when dropped.
+struct Host {
+    name: String,
+    child: Child,
+}
+
+impl Host {
+    /// Starts host `name` and waits until it consumes.
+    fn start(name: &str, dir: &Path, manifest: &Path, host_config: &Path) -> Host {
+        let mut child = berth()
+            .arg("up")
+            .arg(manifest)
+            .args(["--no-build", "--listen", "127.0.0.1:0", "--host-config"])
+            .arg(host_config)
+            .arg("--state-dir")
+            .arg(dir.join(format!("state-{name}")))
+            .env("BERTH_CONFIG_HOST_NAME", name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("berth up starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("topic jobs -> handler") => break,
+                Ok(_) => {}
+                Err(e) => panic!("host {name} did not come up: {e}"),
+            }
+        }
+        Host {
+            name: name.to_string(),
+            child,
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn scalar(db: &mut sqlx::PgConnection, schema: &str, query: &str) -> i64 {
+    sqlx::query_scalar(&query.replace("{s}", schema))
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_three_hosts_share_work_and_survive_kill_nats() {
+    let (Some(pg), Some(nats)) = (
+        service("BERTH_TEST_POSTGRES_URL"),
+        service("BERTH_TEST_NATS_URL"),
+    ) else {
+        return;
+    };
+    let app = unique("scale");
+    let schema = Schema::create(&pg).await;
+    let s = schema.name.clone();
+    let mut db = schema.admin().await;
+    for statement in [
+        "CREATE TABLE {s}.deliveries (id text NOT NULL, host text NOT NULL, attempt int NOT NULL)",
+        "CREATE TABLE {s}.effects (id text PRIMARY KEY, host text NOT NULL)",
+        "CREATE TABLE {s}.totals (name text PRIMARY KEY, n bigint NOT NULL)",
+        "INSERT INTO {s}.totals VALUES ('all', 0)",
+    ] {
+        sqlx::query(&statement.replace("{s}", &s))
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+
+    let t = TestApp::new(&manifest(&app));
+    let host_toml = t.dir.path().join("host.toml");
+    std::fs::write(&host_toml, host_config(&pg, &s, &nats)).unwrap();
+    let mut hosts: Vec<Host> = (1..=HOSTS)
+        .map(|i| Host::start(&format!("h{i}"), t.dir.path(), &t.manifest, &host_toml))
+        .collect();
+
+    // Publish straight into the app's stream, as any producer would; the
+    // ids are the handler's idempotency keys.
+    let client = async_nats::connect(&nats).await.unwrap();
+    let js = jetstream::new(client);
+    let subject = format!("berth.{app}.msg.jobs");
+    for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(500) {
+        let mut acks = Vec::new();
+        for i in batch {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("m-{i}").as_str());
+            let ack = js
+                .publish_with_headers(subject.clone(), headers, format!("{i}").into())
+                .await
+                .unwrap();
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+
+    // Kill one host mid-run: whatever it had pulled but not acknowledged
+    // must come back to the others after the ack wait.
+    let started = Instant::now();
+    let effects = "SELECT count(*) FROM {s}.effects";
+    while scalar(&mut db, &s, effects).await < KILL_AFTER {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "too slow before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = hosts.remove(0);
+    let victim_name = victim.name.clone();
+    drop(victim);
+    let at_kill = scalar(&mut db, &s, effects).await;
+    assert!(
+        at_kill < MESSAGES as i64,
+        "the kill came after the run ({at_kill} done)"
+    );
+
+    let total = "SELECT n FROM {s}.totals WHERE name = 'all'";
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while scalar(&mut db, &s, total).await < MESSAGES as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {MESSAGES} effects after the kill",
+            scalar(&mut db, &s, total).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every message's effect exactly once, despite redeliveries.
+    assert_eq!(scalar(&mut db, &s, total).await, MESSAGES as i64);
+    assert_eq!(scalar(&mut db, &s, effects).await, MESSAGES as i64);
+    let published = format!(
+        "SELECT count(*) FROM {{s}}.effects WHERE id ~ '^m-[0-9]+$' AND substr(id, 3)::int < {MESSAGES}"
+    );
+    assert_eq!(scalar(&mut db, &s, &published).await, MESSAGES as i64);
+    let deliveries = scalar(&mut db, &s, "SELECT count(*) FROM {s}.deliveries").await;
+    let redelivered = scalar(
+        &mut db,
+        &s,
+        "SELECT count(*) FROM {s}.deliveries WHERE attempt > 1",
+    )
+    .await;
+    assert!(
+        redelivered > 0,
+        "the killed host's unacknowledged messages were redelivered ({deliveries} deliveries)"
+    );
+
+    // Work was spread over every host, the victim included.
+    let per_host: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT host, count(*) FROM {s}.effects GROUP BY host ORDER BY host"
+    ))
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(per_host.len(), HOSTS, "{per_host:?}");
+    assert!(per_host.iter().all(|(_, n)| *n > 0), "{per_host:?}");
+
+    // Finally every message is acknowledged: nothing pending or in flight.
+    let stream = js.get_stream(format!("BERTH_{app}")).await.unwrap();
+    let consumer: jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer("handler__jobs").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.get_info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} pending, {} unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "scale-out: {MESSAGES} messages, {deliveries} deliveries ({redelivered} redelivered), per host {per_host:?}, {victim_name} killed at {at_kill}"
+    );
+
+    drop(hosts);
+    delete_nats_stream(&nats, &app).await;
+    drop(db);
+    schema.drop_now().await;
+}
