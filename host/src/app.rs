@@ -303,6 +303,15 @@ impl App {
                 );
             }
         }
+        for t in &self.manifest.schedule_triggers {
+            if !self.components[&t.component].exports.message {
+                bail!(
+                    "{file}: schedule `{}` targets component `{}`, which does not export berth:infra/handler",
+                    t.name(),
+                    t.component
+                );
+            }
+        }
         Ok(())
     }
 

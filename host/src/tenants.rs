@@ -198,7 +198,7 @@ impl Tenants {
         let app = Arc::new(App::load(&self.engine, manifest, &self.host).await?);
         let handler = Arc::new(HttpHandler::new(app.clone())?);
         let mut triggers = tokio::task::JoinSet::new();
-        crate::triggers::message::start(app, &mut triggers).await?;
+        crate::triggers::start_background(app, &mut triggers).await?;
         Ok(Mounted {
             name,
             handler,

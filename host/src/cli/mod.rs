@@ -285,11 +285,14 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = start_admin(&host, ready.clone()).await?;
     let app = Arc::new(App::load(&engine, manifest, &host).await?);
-    if app.manifest.http_triggers.is_empty() && app.manifest.message_triggers.is_empty() {
+    if app.manifest.http_triggers.is_empty()
+        && app.manifest.message_triggers.is_empty()
+        && app.manifest.schedule_triggers.is_empty()
+    {
         return run_only_command(&app).await;
     }
     let mut tasks = tokio::task::JoinSet::new();
-    crate::triggers::message::start(app.clone(), &mut tasks).await?;
+    crate::triggers::start_background(app.clone(), &mut tasks).await?;
     let handler = Arc::new(crate::triggers::http::HttpHandler::new(app.clone())?);
     let listener = tokio::net::TcpListener::bind(host.listen())
         .await
@@ -301,6 +304,9 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     for t in &app.manifest.message_triggers {
         println!("  topic {} -> {}", t.topic, t.component);
+    }
+    for t in &app.manifest.schedule_triggers {
+        println!("  schedule {} ({}) -> {}", t.name(), t.cron, t.component);
     }
     println!("  state in {}", app.state_dir.display());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -376,7 +382,7 @@ async fn run_only_command(app: &App) -> anyhow::Result<ExitCode> {
         .collect();
     let [component] = runnable.as_slice() else {
         bail!(
-            "{}: the app has no triggers and {} runnable components; add a [[trigger.http]] or [[trigger.message]], or use `berth run --component`",
+            "{}: the app has no triggers and {} runnable components; add a [[trigger.http]], [[trigger.message]] or [[trigger.schedule]], or use `berth run --component`",
             app.manifest.file.display(),
             runnable.len()
         );

@@ -18,7 +18,9 @@ mod limits;
 mod triggers;
 
 use triggers::RawTriggers;
-pub use triggers::{DEFAULT_BACKOFF_MS, HttpTrigger, MessageTrigger};
+pub use triggers::{
+    DEFAULT_BACKOFF_MS, HttpTrigger, MessageTrigger, SCHEDULE_TOPIC_PREFIX, ScheduleTrigger,
+};
 
 /// A manifest problem, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +176,8 @@ pub struct Manifest {
     pub http_triggers: Vec<HttpTrigger>,
     /// Message subscriptions.
     pub message_triggers: Vec<MessageTrigger>,
+    /// Cron schedules.
+    pub schedule_triggers: Vec<ScheduleTrigger>,
 }
 
 impl Manifest {
@@ -222,6 +226,7 @@ impl Manifest {
             components: BTreeMap::from([(name, component)]),
             http_triggers: Vec::new(),
             message_triggers: Vec::new(),
+            schedule_triggers: Vec::new(),
         }
     }
 
@@ -320,6 +325,7 @@ impl Validator<'_> {
             components,
             http_triggers: raw.trigger.http,
             message_triggers: raw.trigger.message,
+            schedule_triggers: raw.trigger.schedule,
         })
     }
 

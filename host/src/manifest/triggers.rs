@@ -1,5 +1,5 @@
-//! The triggers of a manifest (`[[trigger.http]]`, `[[trigger.message]]`)
-//! and their validation.
+//! The triggers of a manifest (`[[trigger.http]]`, `[[trigger.message]]`,
+//! `[[trigger.schedule]]`) and their validation.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,8 @@ pub(super) struct RawTriggers {
     pub(super) http: Vec<HttpTrigger>,
     #[serde(default)]
     pub(super) message: Vec<MessageTrigger>,
+    #[serde(default)]
+    pub(super) schedule: Vec<ScheduleTrigger>,
 }
 
 /// Routes HTTP requests to a component.
@@ -56,6 +58,77 @@ pub struct MessageTrigger {
     pub dead_letter: Option<String>,
 }
 
+/// The topic prefix of schedule ticks; topics starting with `_` are the
+/// host's, never a guest's or a manifest's.
+pub const SCHEDULE_TOPIC_PREFIX: &str = "_schedule.";
+
+/// Runs a component on a cron schedule, once per tick across every host
+/// serving the app (see `triggers::schedule`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTrigger {
+    /// Names the schedule (its ticks' ids and topic); default: the
+    /// component's name. Unique among the app's schedules.
+    pub name: Option<String>,
+    /// When to run, in UTC: `sec min hour day-of-month month day-of-week
+    /// [year]`, the five fields without seconds (run at second 0), or
+    /// `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
+    pub cron: String,
+    /// The component exporting `berth:infra/handler`.
+    pub component: String,
+    /// Deliveries of a tick before it is given up; default 5.
+    pub max_deliveries: Option<u32>,
+    /// Delay before the first retry, in ms; doubles per attempt. Default 100.
+    pub backoff_ms: Option<u64>,
+    /// Longest retry delay, in ms; default 30,000.
+    pub max_backoff_ms: Option<u64>,
+}
+
+impl ScheduleTrigger {
+    /// The schedule's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.component)
+    }
+
+    /// The internal topic its ticks are published to.
+    pub fn topic(&self) -> String {
+        format!("{SCHEDULE_TOPIC_PREFIX}{}", self.name())
+    }
+
+    /// The parsed cron expression.
+    pub fn schedule(&self) -> Result<cron::Schedule, String> {
+        let text = self.cron.trim();
+        let fields = text.split_whitespace().count();
+        let full = if fields == 5 {
+            format!("0 {text}")
+        } else {
+            text.to_string()
+        };
+        full.parse::<cron::Schedule>().map_err(|e| {
+            format!(
+                "cron expression {:?} is invalid ({e}); expected `sec min hour day-of-month month day-of-week`, the same without seconds, or `@daily`-style",
+                self.cron
+            )
+        })
+    }
+
+    /// The message trigger that delivers its ticks: one at a time per
+    /// host, retried like any message.
+    pub fn message_trigger(&self) -> MessageTrigger {
+        let topic = self.topic();
+        MessageTrigger {
+            dead_letter: Some(format!("{topic}.dead-letter")),
+            topic,
+            component: self.component.clone(),
+            max_deliveries: self.max_deliveries,
+            reuse_instances: false,
+            concurrency: Some(1),
+            backoff_ms: self.backoff_ms,
+            max_backoff_ms: self.max_backoff_ms,
+        }
+    }
+}
+
 impl Validator<'_> {
     /// Checks every trigger: its component exists, its route or topic is
     /// well formed, and its delivery settings are in range.
@@ -79,37 +152,63 @@ impl Validator<'_> {
             self.check_component(&key, &t.component, components)?;
             crate::ports::messaging::validate_topic(&t.topic)
                 .map_err(|m| self.invalid(format!("{key}.topic"), m))?;
-            if t.max_deliveries == Some(0) {
-                return Err(self.invalid(format!("{key}.max_deliveries"), "must be at least 1"));
-            }
-            if t.concurrency.is_some_and(|c| !(1..=1024).contains(&c)) {
-                return Err(self.invalid(format!("{key}.concurrency"), "must be 1 to 1024"));
-            }
-            if t.backoff_ms.is_some_and(|b| !(1..=3_600_000).contains(&b)) {
-                return Err(self.invalid(
-                    format!("{key}.backoff_ms"),
-                    "must be 1 to 3600000 (an hour)",
-                ));
-            }
-            let backoff = t.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS);
-            if let Some(max) = t.max_backoff_ms
-                && !(backoff..=86_400_000).contains(&max)
-            {
-                return Err(self.invalid(
-                    format!("{key}.max_backoff_ms"),
-                    format!("must be at least backoff_ms ({backoff}) and at most 86400000 (a day)"),
-                ));
-            }
             if let Some(dead) = &t.dead_letter {
                 crate::ports::messaging::validate_topic(dead)
                     .map_err(|m| self.invalid(format!("{key}.dead_letter"), m))?;
-                if *dead == t.topic {
-                    return Err(self.invalid(
-                        format!("{key}.dead_letter"),
-                        "must differ from the trigger's topic, or failed messages would come back",
-                    ));
-                }
             }
+            self.check_delivery(&key, t)?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in triggers.schedule.iter().enumerate() {
+            let key = format!("trigger.schedule[{i}]");
+            self.check_component(&key, &t.component, components)?;
+            if let Some(name) = &t.name {
+                self.check_name(&format!("{key}.name"), name)?;
+            }
+            if !names.insert(t.name()) {
+                return Err(self.invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "schedule {:?} is defined twice; give each `[[trigger.schedule]]` of a component its own `name`",
+                        t.name()
+                    ),
+                ));
+            }
+            t.schedule()
+                .map_err(|m| self.invalid(format!("{key}.cron"), m))?;
+            self.check_delivery(&key, &t.message_trigger())?;
+        }
+        Ok(())
+    }
+
+    /// Checks a trigger's delivery settings (`key` names it in errors).
+    fn check_delivery(&self, key: &str, t: &MessageTrigger) -> Result<(), ManifestError> {
+        if t.max_deliveries == Some(0) {
+            return Err(self.invalid(format!("{key}.max_deliveries"), "must be at least 1"));
+        }
+        if t.concurrency.is_some_and(|c| !(1..=1024).contains(&c)) {
+            return Err(self.invalid(format!("{key}.concurrency"), "must be 1 to 1024"));
+        }
+        if t.backoff_ms.is_some_and(|b| !(1..=3_600_000).contains(&b)) {
+            return Err(self.invalid(
+                format!("{key}.backoff_ms"),
+                "must be 1 to 3600000 (an hour)",
+            ));
+        }
+        let backoff = t.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS);
+        if let Some(max) = t.max_backoff_ms
+            && !(backoff..=86_400_000).contains(&max)
+        {
+            return Err(self.invalid(
+                format!("{key}.max_backoff_ms"),
+                format!("must be at least backoff_ms ({backoff}) and at most 86400000 (a day)"),
+            ));
+        }
+        if t.dead_letter.as_ref() == Some(&t.topic) {
+            return Err(self.invalid(
+                format!("{key}.dead_letter"),
+                "must differ from the trigger's topic, or failed messages would come back",
+            ));
         }
         Ok(())
     }
@@ -178,5 +277,76 @@ mod tests {
                 "{setting}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn schedule_triggers_are_checked() {
+        let base = format!("{GOOD}[[trigger.schedule]]\ncomponent = \"api\"\n");
+        let ok = parse(&format!(
+            "{base}cron = \"*/5 * * * *\"\n[[trigger.schedule]]\nname = \"nightly\"\ncomponent = \"api\"\ncron = \"@daily\"\nmax_deliveries = 2\n"
+        ))
+        .unwrap();
+        let every5 = &ok.schedule_triggers[0];
+        assert_eq!(
+            (every5.name(), every5.topic().as_str()),
+            ("api", "_schedule.api")
+        );
+        // Five fields run at second 0.
+        let after = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:02:30Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let next = every5.schedule().unwrap().after(&after).next().unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-01T10:05:00+00:00");
+        let nightly = ok.schedule_triggers[1].message_trigger();
+        assert_eq!(nightly.topic, "_schedule.nightly");
+        assert_eq!(nightly.max_deliveries, Some(2));
+        assert_eq!(nightly.concurrency, Some(1));
+
+        for (settings, key, why) in [
+            (
+                "cron = \"every minute\"",
+                "cron",
+                "cron expression \"every minute\" is invalid",
+            ),
+            ("cron = \"61 * * * * *\"", "cron", "is invalid"),
+            (
+                "cron = \"* * * * *\"\nmax_deliveries = 0",
+                "max_deliveries",
+                "at least 1",
+            ),
+            (
+                "cron = \"* * * * *\"\nname = \"a.b\"",
+                "name",
+                "1-64 characters",
+            ),
+        ] {
+            let msg = parse(&format!("{base}{settings}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("trigger.schedule[0].{key}")) && msg.contains(why),
+                "{settings}: {msg}"
+            );
+        }
+        let twice = format!(
+            "{base}cron = \"@hourly\"\n[[trigger.schedule]]\ncomponent = \"api\"\ncron = \"@daily\"\n"
+        );
+        let msg = parse(&twice).unwrap_err().to_string();
+        assert!(
+            msg.contains("trigger.schedule[1].name") && msg.contains("defined twice"),
+            "{msg}"
+        );
+        let missing = parse(&base).unwrap_err().to_string();
+        assert!(missing.contains("cron"), "{missing}");
+    }
+
+    #[test]
+    fn host_topics_are_reserved() {
+        let msg = parse(&format!(
+            "{GOOD}[[trigger.message]]\ntopic = \"_schedule.api\"\ncomponent = \"api\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("trigger.message[0].topic"), "{msg}");
     }
 }

@@ -125,27 +125,38 @@ impl WarmPool {
 /// on `tasks`.
 pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
     for trigger in app.manifest.message_triggers.clone() {
-        let component = app.component(&trigger.component)?;
-        let pre = MessageHandlerPre::new(component.pre.clone())
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("component `{}` cannot handle messages", trigger.component))?;
-        let subscription = app
-            .backends
-            .messaging
-            .subscribe(&trigger.topic, &trigger.component)
-            .await
-            .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
-        let policy = DeliveryPolicy::of(&trigger);
-        let warm = trigger.reuse_instances.then(WarmPool::default);
-        tasks.spawn(consume(
-            app.clone(),
-            trigger.component.clone(),
-            pre,
-            subscription,
-            policy,
-            warm,
-        ));
+        start_trigger(app.clone(), &trigger, tasks).await?;
     }
+    Ok(())
+}
+
+/// Subscribes one trigger (a manifest's, or a schedule's tick trigger) and
+/// spawns its consumer loop on `tasks`.
+pub async fn start_trigger(
+    app: Arc<App>,
+    trigger: &MessageTrigger,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let component = app.component(&trigger.component)?;
+    let pre = MessageHandlerPre::new(component.pre.clone())
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component `{}` cannot handle messages", trigger.component))?;
+    let subscription = app
+        .backends
+        .messaging
+        .subscribe(&trigger.topic, &trigger.component)
+        .await
+        .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
+    let policy = DeliveryPolicy::of(trigger);
+    let warm = trigger.reuse_instances.then(WarmPool::default);
+    tasks.spawn(consume(
+        app.clone(),
+        trigger.component.clone(),
+        pre,
+        subscription,
+        policy,
+        warm,
+    ));
     Ok(())
 }
 

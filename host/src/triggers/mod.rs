@@ -1,11 +1,23 @@
 //! Triggers: the ways an instance gets invoked.
 //! - [`run`]: `wasi:cli/run` commands (`berth run`);
 //! - [`http`]: `wasi:http/incoming-handler` behind HTTP routes (`berth up`);
-//! - [`message`]: `berth:infra/handler` fed by message subscriptions.
+//! - [`message`]: `berth:infra/handler` fed by message subscriptions;
+//! - [`schedule`]: the same handler run on a cron schedule.
 
 pub mod http;
 pub mod message;
 pub mod run;
+pub mod schedule;
+
+/// Starts the app's message and schedule triggers on `tasks`: what runs
+/// beside its HTTP routes.
+pub async fn start_background(
+    app: std::sync::Arc<crate::app::App>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    message::start(app.clone(), tasks).await?;
+    schedule::start(app, tasks).await
+}
 
 use crate::limits::LimitExceeded;
 

@@ -212,3 +212,55 @@ async fn messaging_trigger_settings_and_dead_letter_topic_inprocess() {
         "delivered once, then dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedule_runs_handler_every_tick_inprocess() {
+    let manifest = manifest_named("schedtest", 3).replace(
+        "[[trigger.message]]\ntopic = \"events\"",
+        "[[trigger.schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\ncomponent = \"handler\"\n[[trigger.message]]\ntopic = \"events\"",
+    );
+    let t = TestApp::new(&manifest);
+    let app = Arc::new(t.load().await.unwrap());
+    assert_eq!(app.manifest.schedule_triggers.len(), 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::start_background(app.clone(), &mut tasks)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while received_count(&app).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no ticks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kv = &app.backends.kv["received"];
+    let id = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
+    let second: u64 = id
+        .strip_prefix("tick-every-second-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("tick id {id:?}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(second) <= 2, "tick {second} at {now}");
+    // A tick carries no payload.
+    let payload = kv.get(&format!("payload/{id}")).await.unwrap().unwrap();
+    assert!(payload.is_empty());
+    tasks.abort_all();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedule_refuses_a_component_that_is_not_a_handler_inprocess() {
+    let manifest = format!(
+        "{}[[trigger.schedule]]\ncron = \"@hourly\"\ncomponent = \"publisher\"\n",
+        manifest_named("schedbad", 3)
+    );
+    let Err(err) = TestApp::new(&manifest).load().await else {
+        panic!("an app scheduling a command loaded");
+    };
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("schedule `publisher`")
+            && text.contains("does not export berth:infra/handler"),
+        "{text}"
+    );
+}

@@ -21,7 +21,9 @@ const HOSTS: usize = 3;
 /// Effects recorded before one host is killed.
 const KILL_AFTER: i64 = 2_500;
 
-fn manifest(app: &str) -> String {
+/// The app: `guests/scale_handler` as component `handler`, with `trigger`
+/// (TOML) feeding it.
+fn manifest(app: &str, trigger: &str) -> String {
     format!(
         r#"
 name = "{app}"
@@ -33,14 +35,33 @@ path = {handler:?}
 [component.handler.grants]
 sql = ["main"]
 config = ["host-name"]
+{trigger}
+"#,
+        handler = guests::SCALE_HANDLER,
+    )
+}
+
+const JOBS_TRIGGER: &str = r#"
 [[trigger.message]]
 topic = "jobs"
 component = "handler"
 concurrency = 8
 max_deliveries = 50
-"#,
-        handler = guests::SCALE_HANDLER,
-    )
+"#;
+
+/// Creates the handler's tables in `schema`.
+async fn create_tables(db: &mut sqlx::PgConnection, s: &str) {
+    for statement in [
+        "CREATE TABLE {s}.deliveries (id text NOT NULL, host text NOT NULL, attempt int NOT NULL)",
+        "CREATE TABLE {s}.effects (id text PRIMARY KEY, host text NOT NULL)",
+        "CREATE TABLE {s}.totals (name text PRIMARY KEY, n bigint NOT NULL)",
+        "INSERT INTO {s}.totals VALUES ('all', 0)",
+    ] {
+        sqlx::query(&statement.replace("{s}", s))
+            .execute(&mut *db)
+            .await
+            .unwrap();
+    }
 }
 
 fn host_config(pg: &str, schema: &str, nats: &str) -> String {
@@ -59,8 +80,9 @@ struct Host {
 }
 
 impl Host {
-    /// Starts host `name` and waits until it consumes.
-    fn start(name: &str, dir: &Path, manifest: &Path, host_config: &Path) -> Host {
+    /// Starts host `name` and waits until it prints `ready` (the trigger
+    /// line of `berth up`).
+    fn start(name: &str, dir: &Path, manifest: &Path, host_config: &Path, ready: &str) -> Host {
         let mut child = berth()
             .arg("up")
             .arg(manifest)
@@ -84,7 +106,7 @@ impl Host {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("topic jobs -> handler") => break,
+                Ok(line) if line.contains(ready) => break,
                 Ok(_) => {}
                 Err(e) => panic!("host {name} did not come up: {e}"),
             }
@@ -122,23 +144,22 @@ async fn messaging_three_hosts_share_work_and_survive_kill_nats() {
     let schema = Schema::create(&pg).await;
     let s = schema.name.clone();
     let mut db = schema.admin().await;
-    for statement in [
-        "CREATE TABLE {s}.deliveries (id text NOT NULL, host text NOT NULL, attempt int NOT NULL)",
-        "CREATE TABLE {s}.effects (id text PRIMARY KEY, host text NOT NULL)",
-        "CREATE TABLE {s}.totals (name text PRIMARY KEY, n bigint NOT NULL)",
-        "INSERT INTO {s}.totals VALUES ('all', 0)",
-    ] {
-        sqlx::query(&statement.replace("{s}", &s))
-            .execute(&mut db)
-            .await
-            .unwrap();
-    }
+    create_tables(&mut db, &s).await;
 
-    let t = TestApp::new(&manifest(&app));
+    let t = TestApp::new(&manifest(&app, JOBS_TRIGGER));
     let host_toml = t.dir.path().join("host.toml");
     std::fs::write(&host_toml, host_config(&pg, &s, &nats)).unwrap();
     let mut hosts: Vec<Host> = (1..=HOSTS)
-        .map(|i| Host::start(&format!("h{i}"), t.dir.path(), &t.manifest, &host_toml))
+        .map(|i| {
+            let name = format!("h{i}");
+            Host::start(
+                &name,
+                t.dir.path(),
+                &t.manifest,
+                &host_toml,
+                "topic jobs -> handler",
+            )
+        })
         .collect();
 
     // Publish straight into the app's stream, as any producer would; the
@@ -248,4 +269,80 @@ async fn messaging_three_hosts_share_work_and_survive_kill_nats() {
     delete_nats_stream(&nats, &app).await;
     drop(db);
     schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedule_fires_once_per_tick_across_hosts_nats() {
+    let (Some(pg), Some(nats)) = (
+        service("BERTH_TEST_POSTGRES_URL"),
+        service("BERTH_TEST_NATS_URL"),
+    ) else {
+        return;
+    };
+    let app = unique("sched");
+    let schema = Schema::create(&pg).await;
+    let s = schema.name.clone();
+    let mut db = schema.admin().await;
+    create_tables(&mut db, &s).await;
+    let trigger = "[[trigger.schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\ncomponent = \"handler\"\n";
+    let t = TestApp::new(&manifest(&app, trigger));
+    let host_toml = t.dir.path().join("host.toml");
+    std::fs::write(&host_toml, host_config(&pg, &s, &nats)).unwrap();
+    let ready = "schedule every-second (* * * * * *) -> handler";
+    let hosts: Vec<Host> = (1..=2)
+        .map(|i| {
+            Host::start(
+                &format!("h{i}"),
+                t.dir.path(),
+                &t.manifest,
+                &host_toml,
+                ready,
+            )
+        })
+        .collect();
+    // Ticks from the next whole second on find both hosts ticking.
+    let both_up = unix_now() + 1;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let last = unix_now() - 2;
+    drop(hosts);
+
+    let ticks: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT id, count(*) FROM {s}.deliveries GROUP BY id ORDER BY id"
+    ))
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let seconds: Vec<i64> = ticks
+        .iter()
+        .map(|(id, _)| {
+            id.strip_prefix("tick-every-second-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("tick id {id:?}"))
+        })
+        .collect();
+    for second in both_up..=last {
+        let runs = ticks
+            .iter()
+            .zip(&seconds)
+            .find(|(_, s)| **s == second)
+            .map_or(0, |((_, n), _)| *n);
+        assert_eq!(
+            runs, 1,
+            "tick {second} ran {runs} times with two hosts (ticks {ticks:?})"
+        );
+    }
+    assert!(last - both_up >= 2, "too few ticks observed");
+    eprintln!("schedule: ticks {both_up}..={last} each ran once: {ticks:?}");
+
+    delete_nats_stream(&nats, &app).await;
+    drop(db);
+    schema.drop_now().await;
+}
+
+/// The current Unix time in whole seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

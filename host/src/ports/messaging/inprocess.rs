@@ -83,15 +83,15 @@ fn delivery(
 
 #[async_trait]
 impl MessagingBackend for InProcessBroker {
-    async fn publish(
+    async fn publish_with_id(
         &self,
         topic: &str,
+        id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-    ) -> Result<String, MessagingError> {
-        let id = uuid::Uuid::new_v4().to_string();
+    ) -> Result<(), MessagingError> {
         let message = Message {
-            id: id.clone(),
+            id: id.to_string(),
             topic: topic.to_string(),
             payload,
             headers,
@@ -108,7 +108,7 @@ impl MessagingBackend for InProcessBroker {
                 .await
                 .map_err(|_| MessagingError::Unavailable("subscriber stopped".into()))?;
         }
-        Ok(id)
+        Ok(())
     }
 
     async fn request(

@@ -84,13 +84,28 @@ pub trait Subscription: Send {
 /// An app's message broker.
 #[async_trait]
 pub trait MessagingBackend: Send + Sync {
-    /// Publishes; returns the message id once the broker accepted it.
+    /// Publishes under a new id; returns the id once the broker accepted
+    /// the message.
     async fn publish(
         &self,
         topic: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-    ) -> Result<String, MessagingError>;
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.publish_with_id(topic, &id, payload, headers).await?;
+        Ok(id)
+    }
+    /// Publishes under the caller's `id`. A broker that deduplicates by id
+    /// (NATS JetStream, within its duplicate window) stores a message once
+    /// however many hosts publish it: that is how schedule ticks fire once.
+    async fn publish_with_id(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError>;
     /// Publishes a request and waits for the reply.
     async fn request(
         &self,
@@ -110,8 +125,9 @@ pub trait MessagingBackend: Send + Sync {
 }
 
 /// Checks a topic name: 1-255 characters of `a-z A-Z 0-9 . - _`, no empty
-/// segments. Wildcards and broker-internal names (`$`, `_INBOX`) are not
-/// topics a guest may name.
+/// segments, not starting with `_`. Wildcards, broker-internal names (`$`,
+/// `_INBOX`) and the host's own topics (`_schedule.…`) are not topics a
+/// guest or a manifest may name.
 pub fn validate_topic(topic: &str) -> Result<(), String> {
     let ok = !topic.is_empty()
         && topic.len() <= 255
@@ -119,12 +135,12 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
         && !topic.split('.').any(str::is_empty)
-        && !topic.starts_with("_INBOX");
+        && !topic.starts_with('_');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "topic {topic:?} must be 1-255 characters of a-z, A-Z, 0-9, `.`, `-`, `_` without empty segments"
+            "topic {topic:?} must be 1-255 characters of a-z, A-Z, 0-9, `.`, `-`, `_` without empty segments, not starting with `_`"
         ))
     }
 }
@@ -139,7 +155,16 @@ mod tests {
             assert!(validate_topic(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "a..b", ".a", "a.*", "a.>", "$JS.API", "_INBOX.x", "a b", "a/b",
+            "",
+            "a..b",
+            ".a",
+            "a.*",
+            "a.>",
+            "$JS.API",
+            "_INBOX.x",
+            "_schedule.x",
+            "a b",
+            "a/b",
         ] {
             assert!(validate_topic(bad).is_err(), "{bad}");
         }

@@ -153,24 +153,24 @@ fn topic_of(subject: &str, marker: &str) -> String {
 
 #[async_trait]
 impl MessagingBackend for NatsBroker {
-    async fn publish(
+    async fn publish_with_id(
         &self,
         topic: &str,
+        id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-    ) -> Result<String, MessagingError> {
-        let id = uuid::Uuid::new_v4().to_string();
+    ) -> Result<(), MessagingError> {
         let ack = self
             .js
             .publish_with_headers(
                 self.msg_subject(topic),
-                headers_to_nats(&headers, &id),
+                headers_to_nats(&headers, id),
                 Bytes::from(payload),
             )
             .await
             .map_err(unavailable)?;
         ack.await.map_err(unavailable)?;
-        Ok(id)
+        Ok(())
     }
 
     async fn request(
