@@ -20,6 +20,7 @@ use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
+use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
 use crate::ports::sql::PgTenancy;
 use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
@@ -339,6 +340,23 @@ pub async fn open(
             };
             Arc::new(
                 NatsBroker::connect(&settings)
+                    .await
+                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+            )
+        }
+        MessagingConfig::Rabbitmq {
+            url,
+            timeout_ms,
+            prefetch,
+        } => {
+            let settings = RabbitSettings {
+                url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
+                app: app.to_string(),
+                timeout: ms(timeout_ms, 5000),
+                prefetch: prefetch.unwrap_or(32).max(1),
+            };
+            Arc::new(
+                RabbitBroker::connect(&settings)
                     .await
                     .map_err(|e| origin.err("messaging", connection_failure(e)))?,
             )

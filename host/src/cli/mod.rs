@@ -174,7 +174,7 @@ fn init_tracing() {
 
 /// Crates whose debug/trace events print credentials they were given (the
 /// AWS SDK logs resolved identities, including access key ids; async-nats
-/// logs server URLs with their passwords); they are
+/// logs server URLs with their passwords; lapin logs AMQP frames); they are
 /// capped at `info` whatever `BERTH_LOG` asks, so no secret reaches a log.
 const CREDENTIAL_ECHOING_TARGETS: &[&str] = &[
     "aws_smithy_runtime",
@@ -183,6 +183,9 @@ const CREDENTIAL_ECHOING_TARGETS: &[&str] = &[
     "aws_runtime",
     "aws_credential_types",
     "async_nats",
+    // lapin's trace events print AMQP frames, the login's password included.
+    "lapin",
+    "amq_protocol",
 ];
 
 /// The host's log filter: `requested` (the `BERTH_LOG` syntax, falling back
@@ -194,6 +197,12 @@ pub fn log_filter(requested: &str) -> tracing_subscriber::EnvFilter {
         if let Ok(directive) = format!("{target}=info").parse() {
             filter = filter.add_directive(directive);
         }
+    }
+    // lapin logs every channel the broker closes as an error, including the
+    // expected refusals of the RabbitMQ adapter's id claims; the adapter
+    // reports the failures that matter itself.
+    if let Ok(directive) = "lapin::channel=off".parse() {
+        filter = filter.add_directive(directive);
     }
     filter
 }

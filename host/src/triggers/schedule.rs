@@ -11,6 +11,8 @@
 //!   (two minutes), so the stream holds one message per tick, and the
 //!   schedule's durable consumer, shared by the hosts, hands it to one of
 //!   them;
+//! - RabbitMQ has no such deduplication: the first host to claim the id (an
+//!   exclusive queue named after it) publishes the tick, the others skip it;
 //! - the embedded broker serves one host, which publishes each tick once.
 //!
 //! From there a tick is a message like any other: acknowledged when the

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull};
 use berth_tests::{TestApp, guests, service, unique};
 
+use crate::brokers::Broker;
 use crate::cli::berth;
 use crate::services::{Schema, delete_nats_stream};
 
@@ -64,12 +65,11 @@ async fn create_tables(db: &mut sqlx::PgConnection, s: &str) {
     }
 }
 
-fn host_config(pg: &str, schema: &str, nats: &str) -> String {
-    // One pooled connection per concurrent delivery; a short ack wait so a
-    // killed host's deliveries come back within the test.
+/// The host config: `[sql.main]` on Postgres with one pooled connection per
+/// concurrent delivery, and `messaging` (a `[messaging]` section).
+fn host_config(pg: &str, schema: &str, messaging: &str) -> String {
     format!(
-        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\nschema = {schema:?}\nmax_connections = 8\n\
-         [messaging]\ntype = \"nats\"\nurl = {nats:?}\nack_wait_ms = 3000\n"
+        "[sql.main]\ntype = \"postgres\"\nurl = {pg:?}\nschema = {schema:?}\nmax_connections = 8\n{messaging}"
     )
 }
 
@@ -148,7 +148,10 @@ async fn messaging_three_hosts_share_work_and_survive_kill_nats() {
 
     let t = TestApp::new(&manifest(&app, JOBS_TRIGGER));
     let host_toml = t.dir.path().join("host.toml");
-    std::fs::write(&host_toml, host_config(&pg, &s, &nats)).unwrap();
+    // A short ack wait, so a killed host's deliveries come back soon.
+    let nats_section =
+        format!("[messaging]\ntype = \"nats\"\nurl = {nats:?}\nack_wait_ms = 3000\n");
+    std::fs::write(&host_toml, host_config(&pg, &s, &nats_section)).unwrap();
     let mut hosts: Vec<Host> = (1..=HOSTS)
         .map(|i| {
             let name = format!("h{i}");
@@ -279,15 +282,32 @@ async fn schedule_fires_once_per_tick_across_hosts_nats() {
     ) else {
         return;
     };
+    schedule_once_per_tick_across_hosts(&pg, Broker::Nats(nats)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedule_fires_once_per_tick_across_hosts_rabbitmq() {
+    let (Some(pg), Some(amqp)) = (
+        service("BERTH_TEST_POSTGRES_URL"),
+        service("BERTH_TEST_AMQP_URL"),
+    ) else {
+        return;
+    };
+    schedule_once_per_tick_across_hosts(&pg, Broker::Rabbit(amqp)).await;
+}
+
+/// Two hosts run a schedule ticking every second: each tick is handled
+/// exactly once.
+async fn schedule_once_per_tick_across_hosts(pg: &str, broker: Broker) {
     let app = unique("sched");
-    let schema = Schema::create(&pg).await;
+    let schema = Schema::create(pg).await;
     let s = schema.name.clone();
     let mut db = schema.admin().await;
     create_tables(&mut db, &s).await;
     let trigger = "[[trigger.schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\ncomponent = \"handler\"\n";
     let t = TestApp::new(&manifest(&app, trigger));
     let host_toml = t.dir.path().join("host.toml");
-    std::fs::write(&host_toml, host_config(&pg, &s, &nats)).unwrap();
+    std::fs::write(&host_toml, host_config(pg, &s, &broker.host_toml(&t))).unwrap();
     let ready = "schedule every-second (* * * * * *) -> handler";
     let hosts: Vec<Host> = (1..=2)
         .map(|i| {
@@ -334,7 +354,7 @@ async fn schedule_fires_once_per_tick_across_hosts_nats() {
     assert!(last - both_up >= 2, "too few ticks observed");
     eprintln!("schedule: ticks {both_up}..={last} each ran once: {ticks:?}");
 
-    delete_nats_stream(&nats, &app).await;
+    broker.cleanup(&app).await;
     drop(db);
     schema.drop_now().await;
 }

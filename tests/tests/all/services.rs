@@ -280,41 +280,6 @@ async fn email_delivered_smtp() {
     assert!(!mail.contains("evil@example.com"), "{mail}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn messaging_delivery_redelivery_and_request_nats() {
-    use crate::messaging::{manifest_named, received_count, started_with, wait_for_count};
-    let Some(url) = service("BERTH_TEST_NATS_URL") else {
-        return;
-    };
-    let app_name = unique("nats");
-    let t = TestApp::new(&manifest_named(&app_name, 5));
-    let (app, tasks) = started_with(&t, &nats_host(&t, &url)).await;
-    assert_success(&run(&app, "publisher", &["publish", "events", "10"]).await);
-    wait_for_count(&app, 10).await;
-    // A failed first delivery is redelivered with the same id.
-    let id = app
-        .backends
-        .messaging
-        .publish("events", b"fail-once".to_vec(), vec![])
-        .await
-        .unwrap();
-    wait_for_count(&app, 12).await;
-    let last = app.backends.kv["received"]
-        .get("last-id")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(String::from_utf8(last).unwrap(), id);
-    assert_success(&run(&app, "publisher", &["request", "events"]).await);
-    assert_eq!(
-        received_count(&app).await,
-        13,
-        "the request reached the handler once"
-    );
-    drop(tasks);
-    delete_nats_stream(&url, &app_name).await;
-}
-
 /// `[blob.files]` on S3, with the credentials in files next to the manifest
 /// (so the test does not touch the environment).
 fn s3_host(t: &TestApp, endpoint: &str, bucket: &str, key: &str, secret: &str) -> String {
@@ -455,46 +420,6 @@ async fn blob_s3_unreachable_fails_at_startup_naming_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_dead_letter_after_max_deliveries_nats() {
-    use crate::messaging::{manifest_named, started_with, wait_for_count};
-    let Some(url) = service("BERTH_TEST_NATS_URL") else {
-        return;
-    };
-    let app_name = unique("natsdl");
-    let t = TestApp::new(&manifest_named(&app_name, 1));
-    let (app, tasks) = started_with(&t, &nats_host(&t, &url)).await;
-    let mut dead = app
-        .backends
-        .messaging
-        .subscribe("events.dead-letter", "dlcheck")
-        .await
-        .unwrap();
-    let id = app
-        .backends
-        .messaging
-        .publish("events", b"fail-once".to_vec(), vec![])
-        .await
-        .unwrap();
-    wait_for_count(&app, 1).await;
-    let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), dead.next())
-        .await
-        .expect("a dead letter arrives")
-        .expect("subscription open");
-    assert_eq!(delivery.message.payload, b"fail-once");
-    let header = |name: &str| berth_tests::header(&delivery.message, name);
-    assert_eq!(header("berth-original-id"), Some(id));
-    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
-    assert!(
-        header("berth-error")
-            .unwrap()
-            .contains("deliberate failure")
-    );
-    delivery.acker.ack().await;
-    drop(tasks);
-    delete_nats_stream(&url, &app_name).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn sql_statement_timeout_postgres() {
     let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
         return;
@@ -524,14 +449,6 @@ async fn sql_statement_timeout_postgres() {
         started.elapsed()
     );
     schema.drop_now().await;
-}
-
-/// A host config serving messaging from NATS JetStream at `url`.
-fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
-    host_config(
-        t,
-        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n"),
-    )
 }
 
 /// Removes the stream Berth created for `app`.

@@ -9,6 +9,7 @@
 pub mod host;
 pub mod inprocess;
 pub mod nats;
+pub mod rabbitmq;
 
 use std::time::Duration;
 
@@ -72,6 +73,15 @@ pub trait Acker: Send + Sync {
     async fn ack(self: Box<Self>);
     /// Handling failed; deliver it again after `delay`.
     async fn nack(self: Box<Self>, delay: Duration);
+}
+
+/// Settles nothing: for requests, which brokers do not store.
+pub(crate) struct NoAck;
+
+#[async_trait]
+impl Acker for NoAck {
+    async fn ack(self: Box<Self>) {}
+    async fn nack(self: Box<Self>, _delay: Duration) {}
 }
 
 /// A stream of deliveries for one trigger.
@@ -185,6 +195,15 @@ pub enum MessagingConfig {
         timeout_ms: Option<u64>,
         /// Redelivery of unacknowledged messages, in ms; default 60000.
         ack_wait_ms: Option<u64>,
+    },
+    /// RabbitMQ: an exchange per app, a durable queue per trigger.
+    Rabbitmq {
+        /// `amqp://user@host:port/vhost`; the password must be a reference.
+        url: String,
+        /// Connect timeout, in ms; default 5000.
+        timeout_ms: Option<u64>,
+        /// Deliveries a host holds unacknowledged per trigger; default 32.
+        prefetch: Option<u16>,
     },
 }
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::oneshot;
 
-use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscription};
+use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
 use crate::secret::Secret;
 
 /// Header carrying Berth's message id.
@@ -346,13 +346,4 @@ impl Acker for JsAcker {
             tracing::warn!(error = %e, "cannot nak a message; it will be redelivered after ack_wait");
         }
     }
-}
-
-/// Requests are not stored; there is nothing to settle.
-struct NoAck;
-
-#[async_trait]
-impl Acker for NoAck {
-    async fn ack(self: Box<Self>) {}
-    async fn nack(self: Box<Self>, _delay: Duration) {}
 }

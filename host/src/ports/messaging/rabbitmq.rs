@@ -1,0 +1,645 @@
+//! RabbitMQ adapter (`lapin`, AMQP 0.9.1).
+//!
+//! - Each app gets a durable topic exchange `berth.<app>`; a topic is its
+//!   routing key. Publishing waits for the broker's publisher confirm and
+//!   sends persistent messages carrying the Berth id as `message-id`.
+//! - Each message trigger is a durable queue `berth.<app>.<consumer>.<topic>`
+//!   bound to its topic, consumed with manual acks by every host process
+//!   (RabbitMQ spreads deliveries over them; `prefetch` bounds what each
+//!   host holds unacknowledged).
+//! - Redelivery after a failure: once the backoff has passed, a copy with
+//!   the `berth-attempt` header incremented is published straight to the
+//!   queue (confirmed), then the original is acknowledged. A host that dies
+//!   first leaves the original unacknowledged, and RabbitMQ redelivers it.
+//! - A message whose topic no queue is bound to goes to the exchange's
+//!   alternate exchange and waits in the durable queue
+//!   `berth.<app>.unrouted` (at most [`UNROUTED_MAX`] messages, oldest
+//!   dropped first) instead of vanishing: dead letters nobody consumes land
+//!   there.
+//! - A message published under a given id (schedule ticks) is published by
+//!   the one host that claims the id first (see [`RabbitBroker::claim`]).
+//! - Request/reply goes through the exchange `berth.<app>.req` (not stored)
+//!   and RabbitMQ's direct reply-to; a request nobody consumes is returned
+//!   by the broker (`mandatory`) and reported as `no-responder`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::oneshot;
+
+use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
+use crate::secret::Secret;
+
+/// Header carrying the delivery attempt of a republished message.
+const ATTEMPT_HEADER: &str = "berth-attempt";
+/// Messages kept for topics nobody consumes.
+pub const UNROUTED_MAX: i64 = 10_000;
+/// RabbitMQ's pseudo-queue for direct reply-to.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Persistent delivery mode.
+const PERSISTENT: u8 = 2;
+/// How long a host holds the claim on a message id it published.
+pub const CLAIM_WINDOW: Duration = Duration::from_secs(120);
+
+/// Settings of an app's RabbitMQ broker.
+#[derive(Debug, Clone)]
+pub struct RabbitSettings {
+    /// `amqp://user:password@host:port/vhost` (the password a reference).
+    pub url: Secret,
+    /// The app, naming the exchanges and queues.
+    pub app: String,
+    /// Connect timeout.
+    pub timeout: Duration,
+    /// Deliveries each host holds unacknowledged per trigger.
+    pub prefetch: u16,
+}
+
+/// An app's broker on RabbitMQ.
+pub struct RabbitBroker {
+    connection: Connection,
+    /// A channel in confirm mode for publishing.
+    publisher: Channel,
+    app: String,
+    prefetch: u16,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> MessagingError {
+    tracing::debug!(error = %e, "rabbitmq failure");
+    MessagingError::Unavailable("the broker cannot be reached".into())
+}
+
+impl RabbitBroker {
+    /// Connects and declares the app's exchanges.
+    pub async fn connect(s: &RabbitSettings) -> Result<RabbitBroker, MessagingError> {
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio)
+            .with_connection_name(format!("berth {}", s.app).into());
+        let connection =
+            tokio::time::timeout(s.timeout, Connection::connect(s.url.expose(), properties))
+                .await
+                .map_err(|_| unavailable("connect timed out"))?
+                .map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let broker = RabbitBroker {
+            connection,
+            publisher,
+            app: s.app.clone(),
+            prefetch: s.prefetch,
+        };
+        broker.declare_topology().await?;
+        Ok(broker)
+    }
+
+    /// `berth.<app>`.
+    pub fn exchange(&self) -> String {
+        format!("berth.{}", self.app)
+    }
+
+    fn request_exchange(&self) -> String {
+        format!("berth.{}.req", self.app)
+    }
+
+    /// `berth.<app>.unrouted`.
+    pub fn unrouted_queue(&self) -> String {
+        format!("berth.{}.unrouted", self.app)
+    }
+
+    /// The durable queue of trigger `consumer` on `topic`.
+    pub fn queue(&self, consumer: &str, topic: &str) -> String {
+        format!("berth.{}.{consumer}.{topic}", self.app)
+    }
+
+    /// Claims message id `id` for this host for [`CLAIM_WINDOW`]: the
+    /// first connection to declare the exclusive queue
+    /// `berth.<app>.once.<id>` wins, the others are refused with
+    /// RESOURCE_LOCKED. This is how every host publishing the same schedule
+    /// tick still stores it once (RabbitMQ has no deduplication by id).
+    async fn claim(&self, id: &str) -> Result<bool, MessagingError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let queue = format!("berth.{}.once.{id}", self.app);
+        let declared = channel
+            .queue_declare(
+                &queue,
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(CLAIM_WINDOW).await;
+                    let _ = channel
+                        .queue_delete(&queue, QueueDeleteOptions::default())
+                        .await;
+                    let _ = channel.close(200, "claim expired").await;
+                });
+                Ok(true)
+            }
+            Err(lapin::Error::ProtocolError(e))
+                if *e.kind()
+                    == lapin::protocol::AMQPErrorKind::Soft(
+                        lapin::protocol::AMQPSoftError::RESOURCELOCKED,
+                    ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn declare_topology(&self) -> Result<(), MessagingError> {
+        let ch = &self.publisher;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let unrouted = self.unrouted_queue();
+        ch.exchange_declare(
+            &unrouted,
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(UNROUTED_MAX));
+        ch.queue_declare(&unrouted, durable_queue(), args)
+            .await
+            .map_err(unavailable)?;
+        ch.queue_bind(
+            &unrouted,
+            &unrouted,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(unrouted.as_str().into()),
+        );
+        ch.exchange_declare(&self.exchange(), ExchangeKind::Topic, durable, args)
+            .await
+            .map_err(unavailable)?;
+        ch.exchange_declare(
+            &self.request_exchange(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Message properties carrying `id` and `headers` (plus the attempt).
+fn properties(id: &str, headers: &[(String, String)], attempt: u32) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    if attempt > 1 {
+        table.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+    }
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(table)
+}
+
+/// The headers (without Berth's own) and the attempt recorded in them.
+fn headers_of(properties: &BasicProperties) -> (Vec<(String, String)>, u32) {
+    let mut headers = Vec::new();
+    let mut attempt = 1;
+    for (k, v) in properties.headers().iter().flat_map(|t| t.inner()) {
+        match (k.as_str(), v) {
+            (ATTEMPT_HEADER, AMQPValue::LongUInt(n)) => attempt = (*n).max(1),
+            (name, AMQPValue::LongString(s)) => {
+                headers.push((
+                    name.to_string(),
+                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                ));
+            }
+            (name, AMQPValue::ShortString(s)) => {
+                headers.push((name.to_string(), s.as_str().to_string()))
+            }
+            _ => {}
+        }
+    }
+    headers.sort();
+    (headers, attempt)
+}
+
+/// Publishes on a confirm-mode channel and waits for the broker's answer;
+/// `Ok(false)` when a `mandatory` message was returned unrouted.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<bool, MessagingError> {
+    let options = BasicPublishOptions {
+        mandatory,
+        ..Default::default()
+    };
+    let confirm = channel
+        .basic_publish(exchange, routing_key, options, payload, properties)
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(true),
+        Confirmation::Ack(Some(_)) => Ok(false),
+        Confirmation::Nack(_) => Err(MessagingError::Unavailable(
+            "the broker refused the message".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl MessagingBackend for RabbitBroker {
+    async fn publish_with_id(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError> {
+        if !self.claim(id).await? {
+            tracing::debug!(topic, id, "another host published this id");
+            return Ok(());
+        }
+        publish_confirmed(
+            &self.publisher,
+            &self.exchange(),
+            topic,
+            false,
+            &payload,
+            properties(id, &headers, 1),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Message, MessagingError> {
+        // Direct reply-to: consume the pseudo-queue, then publish on the
+        // same channel.
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let mut replies = channel
+            .basic_consume(
+                REPLY_TO,
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let props = properties(&id, &headers, 1)
+            .with_delivery_mode(1)
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id(id.as_str().into());
+        let routed = publish_confirmed(
+            &channel,
+            &self.request_exchange(),
+            topic,
+            true,
+            &payload,
+            props,
+        )
+        .await?;
+        let result = if !routed {
+            Err(MessagingError::NoResponder)
+        } else {
+            match tokio::time::timeout(timeout, replies.next()).await {
+                Err(_) => Err(MessagingError::Timeout),
+                Ok(None) | Ok(Some(Err(_))) => Err(MessagingError::Unavailable(
+                    "the reply channel closed".into(),
+                )),
+                Ok(Some(Ok(reply))) => {
+                    let (headers, _) = headers_of(&reply.properties);
+                    Ok(Message {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        topic: topic.to_string(),
+                        payload: reply.data,
+                        headers,
+                        attempt: 1,
+                    })
+                }
+            }
+        };
+        let _ = channel.close(200, "request done").await;
+        result
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Subscription>, MessagingError> {
+        let queue = self.queue(consumer, topic);
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        channel
+            .queue_declare(&queue, durable_queue(), FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        channel
+            .queue_bind(
+                &queue,
+                &self.exchange(),
+                topic,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let messages = channel
+            .basic_consume(
+                &queue,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        // Requests: a transient queue shared by the trigger's hosts.
+        let request_queue = format!("berth.{}.req.{consumer}.{topic}", self.app);
+        channel
+            .queue_declare(
+                &request_queue,
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        channel
+            .queue_bind(
+                &request_queue,
+                &self.request_exchange(),
+                topic,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let requests = channel
+            .basic_consume(
+                &request_queue,
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(Box::new(RabbitSubscription {
+            messages,
+            requests: Some(requests),
+            publisher: self.publisher.clone(),
+            queue,
+            topic: topic.to_string(),
+        }))
+    }
+}
+
+/// A trigger's deliveries: its durable queue and its request queue.
+struct RabbitSubscription {
+    messages: lapin::Consumer,
+    /// `None` once the request consumer ended; stored messages go on.
+    requests: Option<lapin::Consumer>,
+    publisher: Channel,
+    queue: String,
+    topic: String,
+}
+
+#[async_trait]
+impl Subscription for RabbitSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let request = async {
+                match self.requests.as_mut() {
+                    Some(requests) => requests.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = self.messages.next() => match next {
+                    Some(Ok(delivery)) => return Some(self.stored(delivery)),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, queue = %self.queue, "rabbitmq consumer failed; the trigger stops");
+                        return None;
+                    }
+                    None => return None,
+                },
+                req = request => match req {
+                    Some(Ok(req)) => {
+                        if let Some(delivery) = self.request(req) {
+                            return Some(delivery);
+                        }
+                    }
+                    Some(Err(_)) | None => self.requests = None,
+                },
+            }
+        }
+    }
+}
+
+impl RabbitSubscription {
+    fn stored(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let (headers, attempt) = headers_of(&delivery.properties);
+        // A redelivery by RabbitMQ (the host holding it died or closed its
+        // channel) is at least one more attempt.
+        let attempt = attempt + u32::from(delivery.redelivered);
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_else(|| format!("amqp-{}", delivery.delivery_tag));
+        let message = Message {
+            id,
+            topic: self.topic.clone(),
+            payload: delivery.data.clone(),
+            headers,
+            attempt,
+        };
+        Delivery {
+            message: message.clone(),
+            reply: None,
+            acker: Box::new(RabbitAcker {
+                acker: delivery.acker,
+                publisher: self.publisher.clone(),
+                queue: self.queue.clone(),
+                message,
+            }),
+        }
+    }
+
+    fn request(&self, req: lapin::message::Delivery) -> Option<Delivery> {
+        let reply_to = req.properties.reply_to().as_ref()?.as_str().to_string();
+        let correlation: Option<ShortString> = req.properties.correlation_id().clone();
+        let (headers, _) = headers_of(&req.properties);
+        let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
+        let message = Message {
+            id: req
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_string())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            topic: self.topic.clone(),
+            payload: req.data,
+            headers,
+            attempt: 1,
+        };
+        let publisher = self.publisher.clone();
+        tokio::spawn(async move {
+            if let Ok(payload) = reply_rx.await {
+                let mut props = BasicProperties::default();
+                if let Some(c) = correlation {
+                    props = props.with_correlation_id(c);
+                }
+                if let Err(e) =
+                    publish_confirmed(&publisher, "", &reply_to, false, &payload, props).await
+                {
+                    tracing::warn!(error = %e, "cannot send a reply");
+                }
+            }
+        });
+        Some(Delivery {
+            message,
+            reply: Some(reply_tx),
+            acker: Box::new(NoAck),
+        })
+    }
+}
+
+struct RabbitAcker {
+    acker: lapin::acker::Acker,
+    publisher: Channel,
+    queue: String,
+    message: Message,
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) {
+        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
+        }
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) {
+        // The original stays unacknowledged (so safe) during the backoff.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let m = &self.message;
+            let retry = publish_confirmed(
+                &self.publisher,
+                "",
+                &self.queue,
+                false,
+                &m.payload,
+                properties(&m.id, &m.headers, m.attempt + 1),
+            )
+            .await;
+            let settled = match retry {
+                Ok(_) => self.acker.ack(BasicAckOptions::default()).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot requeue a failed message; RabbitMQ redelivers it as is");
+                    self.acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = settled {
+                tracing::warn!(error = %e, "cannot settle a failed message; it will be redelivered");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_with_the_attempt() {
+        let headers = vec![
+            ("a".to_string(), "1".to_string()),
+            ("b".into(), "x y".into()),
+        ];
+        let props = properties("id-1", &headers, 3);
+        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "id-1");
+        assert_eq!(headers_of(&props), (headers.clone(), 3));
+        assert_eq!(headers_of(&properties("id-1", &headers, 1)), (headers, 1));
+    }
+}

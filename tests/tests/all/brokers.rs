@@ -1,0 +1,241 @@
+//! The messaging conformance suite: the same guests (`messaging_guest`
+//! publishing, `messaging_handler` consuming) against every broker backend.
+//! Each broker gets the same scenarios:
+//! - delivery of what a guest published, to the handler;
+//! - a failed delivery redelivered with the same id;
+//! - request/reply through the handler, and `no-responder` for a topic
+//!   nobody consumes;
+//! - dead-lettering after `max_deliveries`, with the original's headers;
+//! - a schedule's ticks reaching the handler.
+//!
+//! Real brokers read their `BERTH_TEST_*` variable (see `services.rs`).
+
+use std::time::Duration;
+
+use berth::ports::messaging::MessagingError;
+use berth_tests::{TestApp, assert_success, host_config, run, service, unique};
+
+use crate::messaging::{manifest_named, received_count, started_with, wait_for_count};
+
+/// A broker backend under test.
+pub(crate) enum Broker {
+    InProcess,
+    Nats(String),
+    Rabbit(String),
+}
+
+impl Broker {
+    /// The `[messaging]` section serving an app from this broker.
+    pub(crate) fn host_toml(&self, t: &TestApp) -> String {
+        match self {
+            Broker::InProcess => "[messaging]\ntype = \"in-process\"\n".to_string(),
+            Broker::Nats(url) => {
+                format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n")
+            }
+            Broker::Rabbit(url) => {
+                // The URL holds guest's password: a reference, as the host
+                // config requires.
+                let file = t.dir.path().join("amqp-url");
+                std::fs::write(&file, url).unwrap();
+                format!(
+                    "[messaging]\ntype = \"rabbitmq\"\nurl = \"${{file:{}}}\"\n",
+                    file.display()
+                )
+            }
+        }
+    }
+
+    /// Removes what app `app` left on the broker.
+    pub(crate) async fn cleanup(&self, app: &str) {
+        match self {
+            Broker::InProcess => {}
+            Broker::Nats(url) => crate::services::delete_nats_stream(url, app).await,
+            Broker::Rabbit(url) => delete_rabbit_app(url, app).await,
+        }
+    }
+}
+
+async fn conformance(broker: Broker) {
+    delivery_redelivery_and_request(&broker).await;
+    dead_letter_after_max_deliveries(&broker).await;
+    schedule_ticks(&broker).await;
+}
+
+async fn start(
+    broker: &Broker,
+    manifest: &str,
+) -> (
+    TestApp,
+    std::sync::Arc<berth::app::App>,
+    tokio::task::JoinSet<()>,
+) {
+    let t = TestApp::new(manifest);
+    let host = host_config(&t, &broker.host_toml(&t));
+    let app = std::sync::Arc::new(t.load_with(&host).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::start_background(app.clone(), &mut tasks)
+        .await
+        .unwrap();
+    (t, app, tasks)
+}
+
+async fn delivery_redelivery_and_request(broker: &Broker) {
+    let name = unique("conf");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let (app, tasks) = started_with(&t, &host_config(&t, &broker.host_toml(&t))).await;
+    assert_success(&run(&app, "publisher", &["publish", "events", "10"]).await);
+    wait_for_count(&app, 10).await;
+    let kv = &app.backends.kv["received"];
+    let last = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
+    let payload = kv.get(&format!("payload/{last}")).await.unwrap().unwrap();
+    assert!(payload.starts_with(b"msg-"), "{payload:?}");
+
+    // A failed first delivery is redelivered with the same id.
+    let id = app
+        .backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 12).await;
+    let last = kv.get("last-id").await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(last).unwrap(), id);
+    let seq = kv.get(&format!("instance-seq/{id}")).await.unwrap();
+    assert!(seq.is_some(), "the redelivery was handled");
+
+    assert_success(&run(&app, "publisher", &["request", "events"]).await);
+    assert_eq!(
+        received_count(&app).await,
+        13,
+        "the request reached the handler once"
+    );
+    let nobody = app
+        .backends
+        .messaging
+        .request("nobody", b"ping".to_vec(), vec![], Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(nobody, MessagingError::NoResponder);
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
+async fn dead_letter_after_max_deliveries(broker: &Broker) {
+    let name = unique("confdl");
+    let (_t, app, tasks) = start(broker, &manifest_named(&name, 1)).await;
+    let mut dead = app
+        .backends
+        .messaging
+        .subscribe("events.dead-letter", "dlcheck")
+        .await
+        .unwrap();
+    let headers = vec![("trace".to_string(), "t-1".to_string())];
+    let id = app
+        .backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), headers)
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("a dead letter arrives")
+        .expect("subscription open");
+    assert_eq!(delivery.message.payload, b"fail-once");
+    let header = |name: &str| berth_tests::header(&delivery.message, name);
+    assert_eq!(header("berth-original-id"), Some(id));
+    assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
+    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
+    assert_eq!(header("trace").as_deref(), Some("t-1"));
+    assert!(
+        header("berth-error")
+            .unwrap()
+            .contains("deliberate failure")
+    );
+    delivery.acker.ack().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "no delivery past the maximum"
+    );
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
+async fn schedule_ticks(broker: &Broker) {
+    let name = unique("confsch");
+    let manifest = manifest_named(&name, 3).replace(
+        "[[trigger.message]]",
+        "[[trigger.schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\ncomponent = \"handler\"\n[[trigger.message]]",
+    );
+    let (_t, app, tasks) = start(broker, &manifest).await;
+    let started = std::time::Instant::now();
+    while received_count(&app).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no ticks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kv = &app.backends.kv["received"];
+    let id = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
+    assert!(id.starts_with("tick-every-second-"), "{id}");
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
+/// Deletes the exchanges and queues RabbitMQ holds for app `app`.
+async fn delete_rabbit_app(url: &str, app: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = lapin::Connection::connect(url, properties).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for queue in [
+        "handler.events",
+        "dlcheck.events.dead-letter",
+        "handler._schedule.every-second",
+        "unrouted",
+    ] {
+        channel
+            .queue_delete(
+                &format!("berth.{app}.{queue}"),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .ok();
+    }
+    for exchange in ["", ".req", ".unrouted"] {
+        channel
+            .exchange_delete(
+                &format!("berth.{app}{exchange}"),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .ok();
+    }
+    let _ = connection.close(200, "test done").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_conformance_inprocess() {
+    conformance(Broker::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_conformance_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    conformance(Broker::Nats(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_conformance_rabbitmq() {
+    let Some(url) = service("BERTH_TEST_AMQP_URL") else {
+        return;
+    };
+    conformance(Broker::Rabbit(url)).await;
+}
