@@ -19,6 +19,7 @@ use crate::ports::email::smtp::{SmtpSender, SmtpSettings, SmtpTls};
 use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
+use crate::ports::messaging::embedded::EmbeddedBroker;
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
@@ -326,6 +327,8 @@ pub async fn open(
         blob.insert(name.clone(), container);
     }
     let messaging: Arc<dyn MessagingBackend> = match host.messaging.clone() {
+        MessagingConfig::Embedded {} => EmbeddedBroker::open(&state.join("messaging.db"))
+            .map_err(|e| origin.err("messaging", e))?,
         MessagingConfig::InProcess {} => InProcessBroker::new(),
         MessagingConfig::Nats {
             url,

@@ -19,6 +19,7 @@ use crate::messaging::{manifest_named, received_count, started_with, wait_for_co
 
 /// A broker backend under test.
 pub(crate) enum Broker {
+    Embedded,
     InProcess,
     Nats(String),
     Rabbit(String),
@@ -28,6 +29,7 @@ impl Broker {
     /// The `[messaging]` section serving an app from this broker.
     pub(crate) fn host_toml(&self, t: &TestApp) -> String {
         match self {
+            Broker::Embedded => "[messaging]\ntype = \"embedded\"\n".to_string(),
             Broker::InProcess => "[messaging]\ntype = \"in-process\"\n".to_string(),
             Broker::Nats(url) => {
                 format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n")
@@ -48,7 +50,7 @@ impl Broker {
     /// Removes what app `app` left on the broker.
     pub(crate) async fn cleanup(&self, app: &str) {
         match self {
-            Broker::InProcess => {}
+            Broker::Embedded | Broker::InProcess => {}
             Broker::Nats(url) => crate::services::delete_nats_stream(url, app).await,
             Broker::Rabbit(url) => delete_rabbit_app(url, app).await,
         }
@@ -217,6 +219,25 @@ async fn delete_rabbit_app(url: &str, app: &str) {
             .ok();
     }
     let _ = connection.close(200, "test done").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_conformance_embedded() {
+    conformance(Broker::Embedded).await;
+}
+
+/// Messages the embedded broker accepted survive the host: published
+/// while no trigger ran, they are handled after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_durable_across_restart_embedded() {
+    let t = TestApp::new(&manifest_named("durable", 5));
+    {
+        let app = t.load().await.unwrap();
+        assert_success(&run(&app, "publisher", &["publish", "events", "5"]).await);
+    }
+    assert!(t.state_dir().join("durable/messaging.db").exists());
+    let (app, _tasks) = started_with(&t, &berth::config::HostConfig::default()).await;
+    wait_for_count(&app, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,7 +64,7 @@ pub(crate) async fn wait_for_count(app: &App, expected: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_delivered_to_handler_inprocess() {
+async fn messaging_delivered_to_handler_embedded() {
     let t = TestApp::new(&manifest(5));
     let (app, _tasks) = started(&t).await;
     assert_success(&run(&app, "publisher", &["publish", "events", "10"]).await);
@@ -76,21 +76,21 @@ async fn messaging_delivered_to_handler_inprocess() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_request_reply_inprocess() {
+async fn messaging_request_reply_embedded() {
     let t = TestApp::new(&manifest(5));
     let (app, _tasks) = started(&t).await;
     assert_success(&run(&app, "publisher", &["request", "events"]).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_not_granted_topic_inprocess() {
+async fn messaging_not_granted_topic_embedded() {
     let t = TestApp::new(&manifest(5));
     let (app, _tasks) = started(&t).await;
     assert_success(&run(&app, "publisher", &["not-granted", "other.topic"]).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_redelivered_after_handler_error_inprocess() {
+async fn messaging_redelivered_after_handler_error_embedded() {
     let t = TestApp::new(&manifest(5));
     let (app, _tasks) = started(&t).await;
     let id = app
@@ -111,7 +111,7 @@ async fn messaging_redelivered_after_handler_error_inprocess() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_gives_up_after_max_deliveries_inprocess() {
+async fn messaging_gives_up_after_max_deliveries_embedded() {
     let t = TestApp::new(&manifest(1));
     let (app, _tasks) = started(&t).await;
     app.backends
@@ -140,7 +140,7 @@ async fn instance_seq(app: &App, id: &str) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_fresh_or_warm_instances_inprocess() {
+async fn messaging_fresh_or_warm_instances_embedded() {
     for (reuse, expected) in [(false, [1, 1, 1, 1]), (true, [1, 2, 1, 2])] {
         let text = manifest(5).replace(
             "max_deliveries = 5",
@@ -169,7 +169,7 @@ async fn messaging_fresh_or_warm_instances_inprocess() {
 }
 
 #[tokio::test]
-async fn messaging_trigger_settings_and_dead_letter_topic_inprocess() {
+async fn messaging_trigger_settings_and_dead_letter_topic_embedded() {
     let text = manifest(1).replace(
         "max_deliveries = 1",
         "max_deliveries = 1\nconcurrency = 2\nbackoff_ms = 10\nmax_backoff_ms = 50\ndead_letter = \"events.failed\"",
@@ -214,7 +214,7 @@ async fn messaging_trigger_settings_and_dead_letter_topic_inprocess() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn schedule_runs_handler_every_tick_inprocess() {
+async fn schedule_runs_handler_every_tick_embedded() {
     let manifest = manifest_named("schedtest", 3).replace(
         "[[trigger.message]]\ntopic = \"events\"",
         "[[trigger.schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\ncomponent = \"handler\"\n[[trigger.message]]\ntopic = \"events\"",
@@ -249,7 +249,7 @@ async fn schedule_runs_handler_every_tick_inprocess() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn schedule_refuses_a_component_that_is_not_a_handler_inprocess() {
+async fn schedule_refuses_a_component_that_is_not_a_handler_embedded() {
     let manifest = format!(
         "{}[[trigger.schedule]]\ncron = \"@hourly\"\ncomponent = \"publisher\"\n",
         manifest_named("schedbad", 3)

@@ -6,6 +6,7 @@
 //! with `nack`. Brokers with durable consumers (NATS JetStream) implement the
 //! same trait.
 
+pub mod embedded;
 pub mod host;
 pub mod inprocess;
 pub mod nats;
@@ -185,7 +186,9 @@ mod tests {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MessagingConfig {
-    /// The embedded in-process broker.
+    /// The embedded default: durable, in `<state>/<app>/messaging.db`.
+    Embedded {},
+    /// In memory only: queued messages are lost when the host stops.
     InProcess {},
     /// NATS JetStream: a stream per app, durable consumers per trigger.
     Nats {
@@ -209,6 +212,6 @@ pub enum MessagingConfig {
 
 impl Default for MessagingConfig {
     fn default() -> Self {
-        MessagingConfig::InProcess {}
+        MessagingConfig::Embedded {}
     }
 }
