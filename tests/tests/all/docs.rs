@@ -18,3 +18,26 @@ fn docs_ports_md_matches_wit() {
         "docs/ports.md is out of date with wit/; run `just docs` (BERTH_BLESS=1 cargo test -p berth-tests docs)"
     );
 }
+
+/// The host config of `docs/scaling.md`'s Kubernetes example parses.
+#[test]
+fn docs_scaling_md_host_config_is_valid() {
+    let root = Path::new(berth_tests::guests::REPO_ROOT);
+    let doc = std::fs::read_to_string(root.join("docs/scaling.md")).unwrap();
+    let start = doc.find("  host.toml: |\n").expect("the ConfigMap's host.toml") + 16;
+    let block: String = doc[start..]
+        .lines()
+        .take_while(|l| !l.starts_with("---"))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, &block).unwrap();
+    let host = berth::config::HostConfig::load(&path)
+        .unwrap_or_else(|e| panic!("{e:#}\n{block}"));
+    assert!(host.admin.listen.is_some());
+    assert!(matches!(
+        host.messaging,
+        berth::ports::messaging::MessagingConfig::Nats { .. }
+    ));
+}
