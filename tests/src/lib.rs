@@ -550,3 +550,53 @@ pub fn toolchain_found(tool: &str, found: bool) -> bool {
     }
     found
 }
+
+/// A TCP proxy on loopback to `target` whose connections a test can cut,
+/// as a network failure or a broker restart would.
+pub struct CuttableProxy {
+    /// The port it listens on.
+    pub port: u16,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Starts forwarding to `target` (`host:port`).
+    pub async fn start(target: &str) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (target, open) = (target.to_string(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        CuttableProxy {
+            port,
+            connections,
+            accept,
+        }
+    }
+
+    /// Closes every connection open now; new ones are forwarded again.
+    pub fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

@@ -260,3 +260,70 @@ async fn messaging_conformance_rabbitmq() {
     };
     conformance(Broker::Rabbit(url)).await;
 }
+
+/// A lost connection (the network, a broker restart) does not stop the
+/// host: publishing reconnects and the trigger consumes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_reconnects_after_connection_loss_rabbitmq() {
+    let Some(url) = service("BERTH_TEST_AMQP_URL") else {
+        return;
+    };
+    reconnects_after_connection_loss(&url, Broker::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_reconnects_after_connection_loss_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    reconnects_after_connection_loss(&url, Broker::Nats).await;
+}
+
+/// Serves an app from `broker(url)` through a proxy, cuts every connection
+/// once a message was handled, and expects the next one handled too.
+async fn reconnects_after_connection_loss(url: &str, broker: fn(String) -> Broker) {
+    let authority = url
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_start_matches("nats://")
+        .trim_end_matches('/');
+    let proxy = berth_tests::CuttableProxy::start(authority).await;
+    let proxied = url.replace(authority, &format!("127.0.0.1:{}", proxy.port));
+    let through_proxy = broker(proxied);
+    let name = unique("confrc");
+    let (_t, app, tasks) = start(&through_proxy, &manifest_named(&name, 5)).await;
+    let messaging = &app.backends.messaging;
+    messaging
+        .publish("events", b"before".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+
+    proxy.cut();
+    // The first publish may see the dead connection; a retry reconnects.
+    let started = std::time::Instant::now();
+    let after = loop {
+        match messaging.publish("events", b"after".to_vec(), vec![]).await {
+            Ok(id) => break id,
+            Err(MessagingError::Unavailable(_)) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("publish after the cut: {e}"),
+        }
+    };
+    // The consumer resumed: the new message is handled. (The first one may
+    // be handled again: its acknowledgement may have been lost in the cut.)
+    let kv = &app.backends.kv["received"];
+    let key = format!("payload/{after}");
+    while kv.get(&key).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the trigger did not consume again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tasks);
+    drop(app);
+    broker(url.to_string()).cleanup(&name).await;
+}

@@ -24,7 +24,10 @@ fn docs_ports_md_matches_wit() {
 fn docs_scaling_md_host_config_is_valid() {
     let root = Path::new(berth_tests::guests::REPO_ROOT);
     let doc = std::fs::read_to_string(root.join("docs/scaling.md")).unwrap();
-    let start = doc.find("  host.toml: |\n").expect("the ConfigMap's host.toml") + 16;
+    let start = doc
+        .find("  host.toml: |\n")
+        .expect("the ConfigMap's host.toml")
+        + 16;
     let block: String = doc[start..]
         .lines()
         .take_while(|l| !l.starts_with("---"))
@@ -33,8 +36,7 @@ fn docs_scaling_md_host_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("host.toml");
     std::fs::write(&path, &block).unwrap();
-    let host = berth::config::HostConfig::load(&path)
-        .unwrap_or_else(|e| panic!("{e:#}\n{block}"));
+    let host = berth::config::HostConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}\n{block}"));
     assert!(host.admin.listen.is_some());
     assert!(matches!(
         host.messaging,

@@ -22,6 +22,7 @@
 //!   and RabbitMQ's direct reply-to; a request nobody consumes is returned
 //!   by the broker (`mandatory`) and reported as `no-responder`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,13 +64,25 @@ pub struct RabbitSettings {
     pub prefetch: u16,
 }
 
-/// An app's broker on RabbitMQ.
+/// An app's broker on RabbitMQ. It reconnects on its own: publishing
+/// after a lost connection opens a new one, and each trigger's
+/// subscription consumes again once the broker is back.
 pub struct RabbitBroker {
-    connection: Connection,
-    /// A channel in confirm mode for publishing.
+    shared: Arc<Shared>,
+}
+
+/// What the broker, its subscriptions and its ackers share.
+struct Shared {
+    settings: RabbitSettings,
+    /// The live connection, replaced when it is lost.
+    link: tokio::sync::Mutex<Option<Link>>,
+}
+
+/// A connection and its confirm-mode publishing channel.
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
     publisher: Channel,
-    app: String,
-    prefetch: u16,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
@@ -80,6 +93,42 @@ fn unavailable(e: impl std::fmt::Display) -> MessagingError {
 impl RabbitBroker {
     /// Connects and declares the app's exchanges.
     pub async fn connect(s: &RabbitSettings) -> Result<RabbitBroker, MessagingError> {
+        let shared = Arc::new(Shared {
+            settings: s.clone(),
+            link: tokio::sync::Mutex::new(None),
+        });
+        shared.link().await?;
+        Ok(RabbitBroker { shared })
+    }
+
+    /// `berth.<app>`.
+    pub fn exchange(&self) -> String {
+        self.shared.exchange()
+    }
+
+    /// `berth.<app>.unrouted`.
+    pub fn unrouted_queue(&self) -> String {
+        self.shared.unrouted_queue()
+    }
+
+    /// The durable queue of trigger `consumer` on `topic`.
+    pub fn queue(&self, consumer: &str, topic: &str) -> String {
+        self.shared.queue(consumer, topic)
+    }
+}
+
+impl Shared {
+    /// The live link, connecting (and declaring the topology) if there is
+    /// none or it was lost.
+    async fn link(&self) -> Result<Link, MessagingError> {
+        let mut current = self.link.lock().await;
+        if let Some(link) = current.as_ref()
+            && link.connection.status().connected()
+            && link.publisher.status().connected()
+        {
+            return Ok(link.clone());
+        }
+        let s = &self.settings;
         let properties = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio)
@@ -94,33 +143,29 @@ impl RabbitBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unavailable)?;
-        let broker = RabbitBroker {
-            connection,
+        self.declare_topology(&publisher).await?;
+        let link = Link {
+            connection: Arc::new(connection),
             publisher,
-            app: s.app.clone(),
-            prefetch: s.prefetch,
         };
-        broker.declare_topology().await?;
-        Ok(broker)
+        *current = Some(link.clone());
+        Ok(link)
     }
 
-    /// `berth.<app>`.
-    pub fn exchange(&self) -> String {
-        format!("berth.{}", self.app)
+    fn exchange(&self) -> String {
+        format!("berth.{}", self.settings.app)
     }
 
     fn request_exchange(&self) -> String {
-        format!("berth.{}.req", self.app)
+        format!("berth.{}.req", self.settings.app)
     }
 
-    /// `berth.<app>.unrouted`.
-    pub fn unrouted_queue(&self) -> String {
-        format!("berth.{}.unrouted", self.app)
+    fn unrouted_queue(&self) -> String {
+        format!("berth.{}.unrouted", self.settings.app)
     }
 
-    /// The durable queue of trigger `consumer` on `topic`.
-    pub fn queue(&self, consumer: &str, topic: &str) -> String {
-        format!("berth.{}.{consumer}.{topic}", self.app)
+    fn queue(&self, consumer: &str, topic: &str) -> String {
+        format!("berth.{}.{consumer}.{topic}", self.settings.app)
     }
 
     /// Claims message id `id` for this host for [`CLAIM_WINDOW`]: the
@@ -130,11 +175,13 @@ impl RabbitBroker {
     /// tick still stores it once (RabbitMQ has no deduplication by id).
     async fn claim(&self, id: &str) -> Result<bool, MessagingError> {
         let channel = self
+            .link()
+            .await?
             .connection
             .create_channel()
             .await
             .map_err(unavailable)?;
-        let queue = format!("berth.{}.once.{id}", self.app);
+        let queue = format!("berth.{}.once.{id}", self.settings.app);
         let declared = channel
             .queue_declare(
                 &queue,
@@ -168,8 +215,7 @@ impl RabbitBroker {
         }
     }
 
-    async fn declare_topology(&self) -> Result<(), MessagingError> {
-        let ch = &self.publisher;
+    async fn declare_topology(&self, ch: &Channel) -> Result<(), MessagingError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -291,8 +337,43 @@ async fn publish_confirmed(
     }
 }
 
+impl RabbitBroker {
+    /// Publishes a persistent message to the app's exchange and waits for
+    /// the confirm.
+    async fn send(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: &[u8],
+        headers: &[(String, String)],
+    ) -> Result<(), MessagingError> {
+        let link = self.shared.link().await?;
+        publish_confirmed(
+            &link.publisher,
+            &self.shared.exchange(),
+            topic,
+            false,
+            payload,
+            properties(id, headers, 1),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl MessagingBackend for RabbitBroker {
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(topic, &id, &payload, &headers).await?;
+        Ok(id)
+    }
+
     async fn publish_with_id(
         &self,
         topic: &str,
@@ -300,20 +381,11 @@ impl MessagingBackend for RabbitBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
-        if !self.claim(id).await? {
+        if !self.shared.claim(id).await? {
             tracing::debug!(topic, id, "another host published this id");
             return Ok(());
         }
-        publish_confirmed(
-            &self.publisher,
-            &self.exchange(),
-            topic,
-            false,
-            &payload,
-            properties(id, &headers, 1),
-        )
-        .await?;
-        Ok(())
+        self.send(topic, id, &payload, &headers).await
     }
 
     async fn request(
@@ -326,6 +398,9 @@ impl MessagingBackend for RabbitBroker {
         // Direct reply-to: consume the pseudo-queue, then publish on the
         // same channel.
         let channel = self
+            .shared
+            .link()
+            .await?
             .connection
             .create_channel()
             .await
@@ -353,7 +428,7 @@ impl MessagingBackend for RabbitBroker {
             .with_correlation_id(id.as_str().into());
         let routed = publish_confirmed(
             &channel,
-            &self.request_exchange(),
+            &self.shared.request_exchange(),
             topic,
             true,
             &payload,
@@ -389,25 +464,59 @@ impl MessagingBackend for RabbitBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
-        let queue = self.queue(consumer, topic);
-        let channel = self
+        let mut subscription = RabbitSubscription {
+            shared: self.shared.clone(),
+            queue: self.shared.queue(consumer, topic),
+            consumer: consumer.to_string(),
+            topic: topic.to_string(),
+            messages: None,
+            requests: None,
+        };
+        // Declared and consuming before the app runs, so an unreachable
+        // broker fails the start.
+        subscription.open().await?;
+        Ok(Box::new(subscription))
+    }
+}
+
+/// A trigger's deliveries: its durable queue and its request queue, on a
+/// channel reopened when the connection is lost.
+struct RabbitSubscription {
+    shared: Arc<Shared>,
+    queue: String,
+    consumer: String,
+    topic: String,
+    /// `None` until (re)opened.
+    messages: Option<lapin::Consumer>,
+    /// `None` once the request consumer ended; stored messages go on.
+    requests: Option<lapin::Consumer>,
+}
+
+/// Longest wait between attempts to consume again after a lost connection.
+const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(30);
+
+impl RabbitSubscription {
+    /// Declares and binds the trigger's queues and consumes them.
+    async fn open(&mut self) -> Result<(), MessagingError> {
+        let link = self.shared.link().await?;
+        let channel = link
             .connection
             .create_channel()
             .await
             .map_err(unavailable)?;
         channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .basic_qos(self.shared.settings.prefetch, BasicQosOptions::default())
             .await
             .map_err(unavailable)?;
         channel
-            .queue_declare(&queue, durable_queue(), FieldTable::default())
+            .queue_declare(&self.queue, durable_queue(), FieldTable::default())
             .await
             .map_err(unavailable)?;
         channel
             .queue_bind(
-                &queue,
-                &self.exchange(),
-                topic,
+                &self.queue,
+                &self.shared.exchange(),
+                &self.topic,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -415,7 +524,7 @@ impl MessagingBackend for RabbitBroker {
             .map_err(unavailable)?;
         let messages = channel
             .basic_consume(
-                &queue,
+                &self.queue,
                 "",
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -423,7 +532,10 @@ impl MessagingBackend for RabbitBroker {
             .await
             .map_err(unavailable)?;
         // Requests: a transient queue shared by the trigger's hosts.
-        let request_queue = format!("berth.{}.req.{consumer}.{topic}", self.app);
+        let request_queue = format!(
+            "berth.{}.req.{}.{}",
+            self.shared.settings.app, self.consumer, self.topic
+        );
         channel
             .queue_declare(
                 &request_queue,
@@ -438,8 +550,8 @@ impl MessagingBackend for RabbitBroker {
         channel
             .queue_bind(
                 &request_queue,
-                &self.request_exchange(),
-                topic,
+                &self.shared.request_exchange(),
+                &self.topic,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -457,44 +569,61 @@ impl MessagingBackend for RabbitBroker {
             )
             .await
             .map_err(unavailable)?;
-        Ok(Box::new(RabbitSubscription {
-            messages,
-            requests: Some(requests),
-            publisher: self.publisher.clone(),
-            queue,
-            topic: topic.to_string(),
-        }))
+        self.messages = Some(messages);
+        self.requests = Some(requests);
+        Ok(())
     }
-}
 
-/// A trigger's deliveries: its durable queue and its request queue.
-struct RabbitSubscription {
-    messages: lapin::Consumer,
-    /// `None` once the request consumer ended; stored messages go on.
-    requests: Option<lapin::Consumer>,
-    publisher: Channel,
-    queue: String,
-    topic: String,
+    /// Consumes again once the broker is back, waiting longer after each
+    /// failed attempt.
+    async fn reopen(&mut self) {
+        self.messages = None;
+        self.requests = None;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.open().await {
+                Ok(()) => {
+                    tracing::info!(queue = %self.queue, "rabbitmq consumer resumed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, ?delay, "cannot consume from rabbitmq yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RESUBSCRIBE_DELAY);
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Subscription for RabbitSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
+            let Some(messages) = self.messages.as_mut() else {
+                self.reopen().await;
+                continue;
+            };
+            let requests = self.requests.as_mut();
             let request = async {
-                match self.requests.as_mut() {
+                match requests {
                     Some(requests) => requests.next().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                next = self.messages.next() => match next {
+                next = messages.next() => match next {
                     Some(Ok(delivery)) => return Some(self.stored(delivery)),
+                    // The channel or connection is gone: unacknowledged
+                    // deliveries go back to the queue; consume again.
                     Some(Err(e)) => {
-                        tracing::error!(error = %e, queue = %self.queue, "rabbitmq consumer failed; the trigger stops");
-                        return None;
+                        tracing::warn!(error = %e, queue = %self.queue, "rabbitmq consumer lost; resubscribing");
+                        self.messages = None;
                     }
-                    None => return None,
+                    None => {
+                        tracing::warn!(queue = %self.queue, "rabbitmq consumer ended; resubscribing");
+                        self.messages = None;
+                    }
                 },
                 req = request => match req {
                     Some(Ok(req)) => {
@@ -533,7 +662,7 @@ impl RabbitSubscription {
             reply: None,
             acker: Box::new(RabbitAcker {
                 acker: delivery.acker,
-                publisher: self.publisher.clone(),
+                shared: self.shared.clone(),
                 queue: self.queue.clone(),
                 message,
             }),
@@ -557,16 +686,21 @@ impl RabbitSubscription {
             headers,
             attempt: 1,
         };
-        let publisher = self.publisher.clone();
+        let shared = self.shared.clone();
         tokio::spawn(async move {
             if let Ok(payload) = reply_rx.await {
                 let mut props = BasicProperties::default();
                 if let Some(c) = correlation {
                     props = props.with_correlation_id(c);
                 }
-                if let Err(e) =
-                    publish_confirmed(&publisher, "", &reply_to, false, &payload, props).await
-                {
+                let sent = match shared.link().await {
+                    Ok(link) => {
+                        publish_confirmed(&link.publisher, "", &reply_to, false, &payload, props)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
                     tracing::warn!(error = %e, "cannot send a reply");
                 }
             }
@@ -581,7 +715,7 @@ impl RabbitSubscription {
 
 struct RabbitAcker {
     acker: lapin::acker::Acker,
-    publisher: Channel,
+    shared: Arc<Shared>,
     queue: String,
     message: Message,
 }
@@ -599,15 +733,20 @@ impl Acker for RabbitAcker {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let m = &self.message;
-            let retry = publish_confirmed(
-                &self.publisher,
-                "",
-                &self.queue,
-                false,
-                &m.payload,
-                properties(&m.id, &m.headers, m.attempt + 1),
-            )
-            .await;
+            let retry = match self.shared.link().await {
+                Ok(link) => {
+                    publish_confirmed(
+                        &link.publisher,
+                        "",
+                        &self.queue,
+                        false,
+                        &m.payload,
+                        properties(&m.id, &m.headers, m.attempt + 1),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             let settled = match retry {
                 Ok(_) => self.acker.ack(BasicAckOptions::default()).await,
                 Err(e) => {
