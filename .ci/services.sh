@@ -10,8 +10,8 @@ venv="${BERTH_SERVICES_VENV:-$HOME/.cache/berth-ci/venv-services}"
 maildir="${BERTH_TEST_MAILDIR:-$HOME/.cache/berth-ci/maildir}"
 
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_for() {
-  for _ in $(seq 1 100); do up "$1" && return 0; sleep 0.2; done
+wait_for() {  # port [tries of 0.2 s, default 100]
+  for _ in $(seq 1 "${2:-100}"); do up "$1" && return 0; sleep 0.2; done
   echo "service on port $1 did not come up" >&2; return 1
 }
 
@@ -32,10 +32,9 @@ up 9000 || (nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9000 >/tmp/berth-moto.
 up 9001 || (INITIAL_NO_AUTH_ACTION_COUNT=0 nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9001 >/tmp/berth-moto-auth.log 2>&1 &)
 up 2525 || (nohup "$venv/bin/python" -m aiosmtpd -n -l 127.0.0.1:2525 -c aiosmtpd.handlers.Mailbox "$maildir" >/tmp/berth-smtp.log 2>&1 &)
 
-# The suites need these now; RabbitMQ and Mosquitto are started above for
-# the suites to come, but a slow start of theirs must not fail CI.
-for port in 5432 3306 6379 4222 9000 9001 2525; do wait_for "$port"; done
-for port in 5672 1883; do up "$port" || echo "note: service on port $port is not up yet" >&2; done
+# Every suite needs its server; RabbitMQ can take a while to boot.
+for port in 5432 3306 6379 4222 9000 9001 2525 1883; do wait_for "$port"; done
+wait_for 5672 600
 
 cat <<VARS
 export BERTH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
@@ -43,6 +42,7 @@ export BERTH_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test
 export BERTH_TEST_REDIS_URL=redis://127.0.0.1:6379
 export BERTH_TEST_NATS_URL=nats://127.0.0.1:4222
 export BERTH_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672
+export BERTH_TEST_MQTT_URL=mqtt://127.0.0.1:1883
 export BERTH_TEST_S3_ENDPOINT=http://127.0.0.1:9000
 export BERTH_TEST_S3_AUTH_ENDPOINT=http://127.0.0.1:9001
 export BERTH_TEST_SMTP=127.0.0.1:2525

@@ -20,6 +20,7 @@ use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::messaging::embedded::EmbeddedBroker;
+use crate::ports::messaging::mqtt::{MqttBroker, MqttSettings};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
@@ -343,6 +344,23 @@ pub async fn open(
             };
             Arc::new(
                 NatsBroker::connect(&settings)
+                    .await
+                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+            )
+        }
+        MessagingConfig::Mqtt { url, timeout_ms } => {
+            let settings = MqttSettings {
+                url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
+                app: app.to_string(),
+                timeout: ms(timeout_ms, 5000),
+                // Unique per host process: each host has its own sessions.
+                client_id: format!(
+                    "berth-{app}-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                ),
+            };
+            Arc::new(
+                MqttBroker::connect(&settings)
                     .await
                     .map_err(|e| origin.err("messaging", connection_failure(e)))?,
             )

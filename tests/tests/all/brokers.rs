@@ -23,6 +23,7 @@ pub(crate) enum Broker {
     InProcess,
     Nats(String),
     Rabbit(String),
+    Mqtt(String),
 }
 
 impl Broker {
@@ -34,6 +35,7 @@ impl Broker {
             Broker::Nats(url) => {
                 format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n")
             }
+            Broker::Mqtt(url) => format!("[messaging]\ntype = \"mqtt\"\nurl = {url:?}\n"),
             Broker::Rabbit(url) => {
                 // The URL holds guest's password: a reference, as the host
                 // config requires.
@@ -50,7 +52,8 @@ impl Broker {
     /// Removes what app `app` left on the broker.
     pub(crate) async fn cleanup(&self, app: &str) {
         match self {
-            Broker::Embedded | Broker::InProcess => {}
+            // MQTT keeps nothing once the app's sessions expire.
+            Broker::Embedded | Broker::InProcess | Broker::Mqtt(_) => {}
             Broker::Nats(url) => crate::services::delete_nats_stream(url, app).await,
             Broker::Rabbit(url) => delete_rabbit_app(url, app).await,
         }
@@ -254,6 +257,14 @@ async fn messaging_conformance_nats() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn messaging_conformance_mqtt() {
+    let Some(url) = service("BERTH_TEST_MQTT_URL") else {
+        return;
+    };
+    conformance(Broker::Mqtt(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn messaging_conformance_rabbitmq() {
     let Some(url) = service("BERTH_TEST_AMQP_URL") else {
         return;
@@ -279,14 +290,22 @@ async fn messaging_reconnects_after_connection_loss_nats() {
     reconnects_after_connection_loss(&url, Broker::Nats).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_reconnects_after_connection_loss_mqtt() {
+    let Some(url) = service("BERTH_TEST_MQTT_URL") else {
+        return;
+    };
+    reconnects_after_connection_loss(&url, Broker::Mqtt).await;
+}
+
 /// Serves an app from `broker(url)` through a proxy, cuts every connection
 /// once a message was handled, and expects the next one handled too.
 async fn reconnects_after_connection_loss(url: &str, broker: fn(String) -> Broker) {
-    let authority = url
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
         .rsplit('@')
         .next()
         .unwrap()
-        .trim_start_matches("nats://")
         .trim_end_matches('/');
     let proxy = berth_tests::CuttableProxy::start(authority).await;
     let proxied = url.replace(authority, &format!("127.0.0.1:{}", proxy.port));

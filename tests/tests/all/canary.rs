@@ -26,6 +26,15 @@ fn secret_canary_never_leaks_from_failing_backends() {
     let Some(s3_auth) = service("BERTH_TEST_S3_AUTH_ENDPOINT") else {
         return;
     };
+    let Some(amqp) = service("BERTH_TEST_AMQP_URL") else {
+        return;
+    };
+    let amqp_hostport = amqp
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
     let (smtp_host, smtp_port) = smtp.rsplit_once(':').unwrap();
     let redis_hostport = redis_url.trim_start_matches("redis://").to_string();
     let t = TestApp::new(&manifest());
@@ -74,6 +83,19 @@ fn secret_canary_never_leaks_from_failing_backends() {
         (
             format!(
                 "[messaging]\ntype = \"nats\"\nurl = \"nats://berth:${{file:{s}}}@127.0.0.1:1\"\ntimeout_ms = 1000\n"
+            ),
+            "cannot connect at startup",
+        ),
+        (
+            // A real RabbitMQ refusing the wrong password.
+            format!(
+                "[messaging]\ntype = \"rabbitmq\"\nurl = \"amqp://guest:${{file:{s}}}@{amqp_hostport}/%2f\"\ntimeout_ms = 3000\n"
+            ),
+            "cannot connect at startup",
+        ),
+        (
+            format!(
+                "[messaging]\ntype = \"mqtt\"\nurl = \"mqtt://berth:${{file:{s}}}@127.0.0.1:1\"\ntimeout_ms = 1000\n"
             ),
             "cannot connect at startup",
         ),

@@ -9,6 +9,7 @@
 pub mod embedded;
 pub mod host;
 pub mod inprocess;
+pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
 
@@ -207,6 +208,14 @@ pub enum MessagingConfig {
         timeout_ms: Option<u64>,
         /// Deliveries a host holds unacknowledged per trigger; default 32.
         prefetch: Option<u16>,
+    },
+    /// MQTT 5 (Mosquitto 2 and others): a topic subtree per app, a shared
+    /// subscription per trigger.
+    Mqtt {
+        /// `mqtt://[user@]host:port`; a password must be a reference.
+        url: String,
+        /// Connect, subscribe and acknowledgement timeout, in ms; default 5000.
+        timeout_ms: Option<u64>,
     },
 }
 
