@@ -15,7 +15,9 @@ use std::time::Duration;
 use berth::ports::messaging::MessagingError;
 use berth_tests::{TestApp, assert_success, host_config, run, service, unique};
 
-use crate::messaging::{manifest_named, received_count, started_with, wait_for_count};
+use crate::messaging::{
+    expect_dead_letter, manifest_named, received_count, started_with, wait_for_count,
+};
 
 /// A broker backend under test.
 pub(crate) enum Broker {
@@ -135,7 +137,7 @@ async fn dead_letter_after_max_deliveries(broker: &Broker) {
         .subscribe("events.dead-letter", "dlcheck")
         .await
         .unwrap();
-    let headers = vec![("trace".to_string(), "t-1".to_string())];
+    let headers = vec![("trace-id".to_string(), "t-1".to_string())];
     let id = app
         .backends
         .messaging
@@ -143,22 +145,7 @@ async fn dead_letter_after_max_deliveries(broker: &Broker) {
         .await
         .unwrap();
     wait_for_count(&app, 1).await;
-    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
-        .await
-        .expect("a dead letter arrives")
-        .expect("subscription open");
-    assert_eq!(delivery.message.payload, b"fail-once");
-    let header = |name: &str| berth_tests::header(&delivery.message, name);
-    assert_eq!(header("berth-original-id"), Some(id));
-    assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
-    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
-    assert_eq!(header("trace").as_deref(), Some("t-1"));
-    assert!(
-        header("berth-error")
-            .unwrap()
-            .contains("deliberate failure")
-    );
-    delivery.acker.ack().await;
+    expect_dead_letter(&mut dead, &id).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         received_count(&app).await,

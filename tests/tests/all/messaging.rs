@@ -32,6 +32,35 @@ max_deliveries = {max_deliveries}
     )
 }
 
+/// Waits for the dead letter of message `id` (payload `fail-once`, header
+/// `trace-id: t-1`, one failed delivery) on `dead`, checks what it carries
+/// and acknowledges it.
+pub(crate) async fn expect_dead_letter(
+    dead: &mut Box<dyn berth::ports::messaging::Subscription>,
+    id: &str,
+) {
+    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("a dead letter arrives")
+        .expect("subscription open");
+    assert_eq!(delivery.message.payload, b"fail-once");
+    let header = |name: &str| berth_tests::header(&delivery.message, name);
+    assert_eq!(header("berth-original-id").as_deref(), Some(id));
+    assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
+    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
+    assert_eq!(
+        header("trace-id").as_deref(),
+        Some("t-1"),
+        "the message's own headers are kept"
+    );
+    assert!(
+        header("berth-error")
+            .unwrap()
+            .contains("deliberate failure")
+    );
+    delivery.acker.ack().await;
+}
+
 pub(crate) async fn started(t: &TestApp) -> (Arc<App>, tokio::task::JoinSet<()>) {
     started_with(t, &berth::config::HostConfig::default()).await
 }
@@ -186,26 +215,7 @@ async fn messaging_trigger_settings_and_dead_letter_topic_embedded() {
         .publish("events", b"fail-once".to_vec(), headers)
         .await
         .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
-        .await
-        .expect("a dead letter arrives on the configured topic")
-        .expect("subscription open");
-    assert_eq!(delivery.message.payload, b"fail-once");
-    let header = |name: &str| berth_tests::header(&delivery.message, name);
-    assert_eq!(header("berth-original-id"), Some(id));
-    assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
-    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
-    assert_eq!(
-        header("trace-id").as_deref(),
-        Some("t-1"),
-        "the message's own headers are kept"
-    );
-    assert!(
-        header("berth-error")
-            .unwrap()
-            .contains("deliberate failure")
-    );
-    delivery.acker.ack().await;
+    expect_dead_letter(&mut dead, &id).await;
     assert_eq!(
         received_count(&app).await,
         1,

@@ -492,6 +492,43 @@ struct RabbitSubscription {
     requests: Option<lapin::Consumer>,
 }
 
+/// Declares `queue`, binds it to `exchange` for `topic` and consumes it.
+async fn consume_bound(
+    channel: &Channel,
+    queue: &str,
+    options: QueueDeclareOptions,
+    exchange: &str,
+    topic: &str,
+    no_ack: bool,
+) -> Result<lapin::Consumer, MessagingError> {
+    channel
+        .queue_declare(queue, options, FieldTable::default())
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            queue,
+            exchange,
+            topic,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .basic_consume(
+            queue,
+            "",
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)
+}
+
 /// Longest wait between attempts to consume again after a lost connection.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(30);
 
@@ -508,67 +545,34 @@ impl RabbitSubscription {
             .basic_qos(self.shared.settings.prefetch, BasicQosOptions::default())
             .await
             .map_err(unavailable)?;
-        channel
-            .queue_declare(&self.queue, durable_queue(), FieldTable::default())
-            .await
-            .map_err(unavailable)?;
-        channel
-            .queue_bind(
-                &self.queue,
-                &self.shared.exchange(),
-                &self.topic,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let messages = channel
-            .basic_consume(
-                &self.queue,
-                "",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        // Requests: a transient queue shared by the trigger's hosts.
+        let messages = consume_bound(
+            &channel,
+            &self.queue,
+            durable_queue(),
+            &self.shared.exchange(),
+            &self.topic,
+            false,
+        )
+        .await?;
+        // Requests: a transient queue shared by the trigger's hosts, not
+        // acknowledged (requests are not stored).
         let request_queue = format!(
             "berth.{}.req.{}.{}",
             self.shared.settings.app, self.consumer, self.topic
         );
-        channel
-            .queue_declare(
-                &request_queue,
-                QueueDeclareOptions {
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        channel
-            .queue_bind(
-                &request_queue,
-                &self.shared.request_exchange(),
-                &self.topic,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let requests = channel
-            .basic_consume(
-                &request_queue,
-                "",
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+        let transient = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        let requests = consume_bound(
+            &channel,
+            &request_queue,
+            transient,
+            &self.shared.request_exchange(),
+            &self.topic,
+            true,
+        )
+        .await?;
         self.messages = Some(messages);
         self.requests = Some(requests);
         Ok(())
