@@ -280,10 +280,10 @@ impl HostConfig {
     /// restart. Created with owner-only permissions.
     pub fn url_signing_key(&self, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
         let path = self.state_root(manifest).join("url-signing.key");
-        if let Ok(key) = std::fs::read(&path) {
-            if key.len() >= 32 {
-                return Ok(key);
-            }
+        if let Ok(key) = std::fs::read(&path)
+            && key.len() >= 32
+        {
+            return Ok(key);
         }
         let key: [u8; 32] = rand::random();
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))

@@ -166,10 +166,10 @@ impl Turn {
             // The lease runs out even if the holder never ticks again.
             tokio::spawn(async move {
                 tokio::time::sleep(LEASE).await;
-                if let Ok(mut slot) = held.lock() {
-                    if slot.as_ref().is_some_and(|(l, _)| *l == lease) {
-                        slot.take();
-                    }
+                if let Ok(mut slot) = held.lock()
+                    && slot.as_ref().is_some_and(|(l, _)| *l == lease)
+                {
+                    slot.take();
                 }
             });
         }))

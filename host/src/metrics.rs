@@ -152,10 +152,10 @@ impl ComponentCounters {
             Outcome::Error(_) => 2,
         };
         self.invocations[trigger as usize][result].fetch_add(1, Ordering::Relaxed);
-        if let Outcome::Error(e) = outcome {
-            if let Some(limit) = e.limit_name() {
-                self.limit(limit);
-            }
+        if let Outcome::Error(e) = outcome
+            && let Some(limit) = e.limit_name()
+        {
+            self.limit(limit);
         }
     }
 

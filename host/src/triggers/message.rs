@@ -113,10 +113,10 @@ impl WarmPool {
 
     fn give_back(&self, mut instance: WarmInstance) {
         instance.handled += 1;
-        if instance.handled < MAX_MESSAGES_PER_INSTANCE {
-            if let Ok(mut idle) = self.0.lock() {
-                idle.push(instance);
-            }
+        if instance.handled < MAX_MESSAGES_PER_INSTANCE
+            && let Ok(mut idle) = self.0.lock()
+        {
+            idle.push(instance);
         }
     }
 }

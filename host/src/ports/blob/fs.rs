@@ -76,12 +76,12 @@ impl FsContainer {
         let mut path = self.root.clone();
         for segment in key.split('/') {
             path.push(segment);
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                if meta.file_type().is_symlink() {
-                    return Err(BlobError::InvalidKey(
-                        "key leads through a symbolic link".into(),
-                    ));
-                }
+            if let Ok(meta) = std::fs::symlink_metadata(&path)
+                && meta.file_type().is_symlink()
+            {
+                return Err(BlobError::InvalidKey(
+                    "key leads through a symbolic link".into(),
+                ));
             }
         }
         Ok(path)

@@ -463,12 +463,12 @@ impl BlobWriter for S3Writer {
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             self.size += n as u64;
-            if self.buf.len() == self.part_size {
-                if let Err(e) = self.upload_part().await {
-                    // The part's bytes are gone: the object cannot be completed.
-                    self.failed = true;
-                    return Err(e);
-                }
+            if self.buf.len() == self.part_size
+                && let Err(e) = self.upload_part().await
+            {
+                // The part's bytes are gone: the object cannot be completed.
+                self.failed = true;
+                return Err(e);
             }
         }
         Ok(())

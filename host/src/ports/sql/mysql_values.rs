@@ -104,7 +104,11 @@ fn kind_of(ty: ColumnType, flags: ColumnFlags, charset: u16, length: u32) -> (Ki
         // characters (times the result character set's bytes per
         // character), INET4/INET6 are 15/39, which 36 does not divide.
         MYSQL_TYPE_STRING
-            if unsigned && !binary && length > 0 && length % 36 == 0 && length / 36 <= 4 =>
+            if unsigned
+                && !binary
+                && length > 0
+                && length.is_multiple_of(36)
+                && length / 36 <= 4 =>
         {
             (Kind::Uuid, "uuid")
         }
