@@ -98,8 +98,27 @@ impl ScheduleTrigger {
     /// The parsed cron expression.
     pub fn schedule(&self) -> Result<cron::Schedule, String> {
         let text = self.cron.trim();
-        let fields = text.split_whitespace().count();
-        let full = if fields == 5 {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        // Day-of-week numbers differ between cron dialects (Unix: 0 or 7 is
+        // Sunday and 1 Monday; the `cron` crate: 1 is Sunday), so a number
+        // there would silently pick the wrong days: only names are taken.
+        let day_of_week = match fields.len() {
+            5 => Some(fields[4]),
+            6 | 7 => Some(fields[5]),
+            _ => None,
+        };
+        if let Some(dow) = day_of_week
+            && dow
+                .split(',')
+                .flat_map(|part| part.split('/').next().unwrap_or("").split('-'))
+                .any(|bound| !bound.is_empty() && bound.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(format!(
+                "cron expression {:?}: write days of the week as names (MON-FRI, SUN), not numbers, which mean different days in different cron dialects",
+                self.cron
+            ));
+        }
+        let full = if fields.len() == 5 {
             format!("0 {text}")
         } else {
             text.to_string()
@@ -297,6 +316,19 @@ mod tests {
             .with_timezone(&chrono::Utc);
         let next = every5.schedule().unwrap().after(&after).next().unwrap();
         assert_eq!(next.to_rfc3339(), "2026-01-01T10:05:00+00:00");
+        // Names mean what they say: MON-FRI skips the weekend (2026-01-03
+        // is a Saturday).
+        let weekdays = parse(&format!("{base}cron = \"0 9 * * MON-FRI\"\n")).unwrap();
+        let saturday = chrono::DateTime::parse_from_rfc3339("2026-01-03T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let next = weekdays.schedule_triggers[0]
+            .schedule()
+            .unwrap()
+            .after(&saturday)
+            .next()
+            .unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-05T09:00:00+00:00");
         let nightly = ok.schedule_triggers[1].message_trigger();
         assert_eq!(nightly.topic, "_schedule.nightly");
         assert_eq!(nightly.max_deliveries, Some(2));
@@ -309,6 +341,8 @@ mod tests {
                 "cron expression \"every minute\" is invalid",
             ),
             ("cron = \"61 * * * * *\"", "cron", "is invalid"),
+            ("cron = \"0 9 * * 1-5\"", "cron", "names (MON-FRI, SUN)"),
+            ("cron = \"0 0 9 * * MON,3\"", "cron", "not numbers"),
             (
                 "cron = \"* * * * *\"\nmax_deliveries = 0",
                 "max_deliveries",
