@@ -2,25 +2,31 @@
 //! (`<state>/<app>/messaging.db`), so messages accepted are not lost when
 //! the host stops or crashes.
 //!
-//! - `publish` commits one row per trigger consuming the topic (fan-out at
+//! - The triggers of the host's current run are recorded in the file, and
+//!   `publish` commits one row per trigger consuming the topic (fan-out at
 //!   publish) before it returns; the database runs in WAL mode with
 //!   `synchronous = FULL`, so an accepted message is on disk.
-//! - A message published to a topic no trigger consumes is kept unclaimed
-//!   (at most [`UNCLAIMED_MAX`] per app, oldest dropped first) and goes to
-//!   the first trigger that subscribes to its topic, for instance after a
-//!   restart.
+//! - A message published to a topic no trigger consumes is kept
+//!   unclaimed (the [`UNCLAIMED_MAX`] newest per app), and each trigger
+//!   that subscribes to its topic gets a copy of what it has not seen yet.
 //! - A delivery leases its row; `ack` deletes it, `nack` makes it visible
-//!   again after the backoff with the attempt incremented. Rows leased when
+//!   again after the backoff with the attempt incremented, and a delivery
+//!   dropped unsettled (its trigger stopped) is released. Rows leased when
 //!   the host died are handed out again, as one more attempt, when the
 //!   broker is next opened.
+//! - A message id is stored once per trigger, so a schedule tick published
+//!   twice (an app being reloaded) runs once.
 //! - Request/reply is not stored: it goes through an in-process broker.
 //!
-//! One host process owns the file: hosts that share work need a broker
-//! server (NATS, RabbitMQ).
+//! One host process owns the file (a lock on `messaging.db.lock`): it alone
+//! consumes. Another process on the same state directory (`berth run`
+//! beside `berth up`) may publish; the owner picks those messages up within
+//! [`IDLE_POLL`]. Hosts that share work need a broker server (NATS,
+//! RabbitMQ).
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -34,18 +40,26 @@ use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscrip
 pub const UNCLAIMED_MAX: i64 = 10_000;
 /// Rows leased at once by a subscription.
 const LEASE_BATCH: usize = 64;
-/// The longest a subscription sleeps without looking at the queue.
-const IDLE_POLL: Duration = Duration::from_secs(5);
+/// The longest a subscription sleeps without looking at the queue (what a
+/// message published by another process waits at most).
+pub const IDLE_POLL: Duration = Duration::from_secs(2);
 
 /// The durable embedded broker of one app.
 pub struct EmbeddedBroker {
     db: Arc<Mutex<Connection>>,
-    /// Triggers subscribed in this process, by topic.
-    consumers: Mutex<HashMap<String, Vec<String>>>,
+    /// Held while this process owns the file; `None` in a process that only
+    /// publishes beside the owner.
+    _owner: Option<std::fs::File>,
+    path: PathBuf,
     /// Wakes a subscription when a message for it is stored or retried.
     wakers: Mutex<HashMap<(String, String), Arc<Notify>>>,
     requests: Arc<InProcessBroker>,
 }
+
+/// The brokers open in this process, by file: an app reloaded by `berth
+/// serve` shares its predecessor's broker rather than opening the file
+/// twice.
+static OPEN: Mutex<Vec<(PathBuf, Weak<EmbeddedBroker>)>> = Mutex::new(Vec::new());
 
 fn failure(e: impl std::fmt::Display) -> MessagingError {
     tracing::error!(error = %e, "embedded broker failure");
@@ -60,12 +74,30 @@ fn now_ms() -> i64 {
 }
 
 impl EmbeddedBroker {
-    /// Opens (or creates) the broker's database at `path`.
+    /// Opens (or creates) the broker's database at `path`, or returns the
+    /// broker this process already has open there.
     pub fn open(path: &Path) -> anyhow::Result<Arc<EmbeddedBroker>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let db = Connection::open(path)?;
+        let path = std::path::absolute(path)?;
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, broker)| broker.strong_count() > 0);
+        if let Some(broker) = open
+            .iter()
+            .find(|(p, _)| *p == path)
+            .and_then(|(_, b)| b.upgrade())
+        {
+            return Ok(broker);
+        }
+        let lock_path = path.with_extension("db.lock");
+        let lock = std::fs::File::create(&lock_path)?;
+        let owner = match lock.try_lock() {
+            Ok(()) => Some(lock),
+            Err(std::fs::TryLockError::WouldBlock) => None,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        };
+        let db = Connection::open(&path)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -82,14 +114,35 @@ impl EmbeddedBroker {
                  leased INTEGER NOT NULL DEFAULT 0
              );
              CREATE INDEX IF NOT EXISTS queue_ready ON queue (consumer, topic, leased, visible_at);
-             UPDATE queue SET leased = 0, attempt = attempt + 1 WHERE leased = 1;",
+             CREATE UNIQUE INDEX IF NOT EXISTS queue_once ON queue (consumer, topic, id);
+             CREATE TABLE IF NOT EXISTS consumers (
+                 topic TEXT NOT NULL,
+                 consumer TEXT NOT NULL,
+                 live INTEGER NOT NULL,
+                 claimed_seq INTEGER NOT NULL,
+                 PRIMARY KEY (topic, consumer)
+             );",
         )?;
-        Ok(Arc::new(EmbeddedBroker {
+        if owner.is_some() {
+            // Only the owner had deliveries in flight: a lease left in the
+            // file is a delivery its previous run never settled.
+            db.execute(
+                "UPDATE queue SET leased = 0, attempt = attempt + 1 WHERE leased = 1",
+                [],
+            )?;
+            // The triggers of this run subscribe anew; one removed from the
+            // manifest stops receiving copies.
+            db.execute("UPDATE consumers SET live = 0", [])?;
+        }
+        let broker = Arc::new(EmbeddedBroker {
             db: Arc::new(Mutex::new(db)),
-            consumers: Mutex::default(),
+            _owner: owner,
+            path: path.clone(),
             wakers: Mutex::default(),
             requests: InProcessBroker::new(),
-        }))
+        });
+        open.push((path, Arc::downgrade(&broker)));
+        Ok(broker)
     }
 
     fn waker(&self, consumer: &str, topic: &str) -> Arc<Notify> {
@@ -126,39 +179,43 @@ impl MessagingBackend for EmbeddedBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
-        let consumers = self
-            .consumers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-            .cloned()
-            .unwrap_or_default();
         let headers = serde_json::to_string(&headers).map_err(failure)?;
         let (topic_owned, id) = (topic.to_string(), id.to_string());
-        let targets: Vec<Option<String>> = if consumers.is_empty() {
-            vec![None]
-        } else {
-            consumers.iter().cloned().map(Some).collect()
-        };
-        with_db(&self.db, move |db| {
+        let (consumers, dropped) = with_db(&self.db, move |db| {
             let tx = db.transaction()?;
+            let consumers: Vec<String> = tx
+                .prepare("SELECT consumer FROM consumers WHERE topic = ?1 AND live = 1")?
+                .query_map(params![topic_owned], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let targets: Vec<Option<&str>> = if consumers.is_empty() {
+                vec![None]
+            } else {
+                consumers.iter().map(|c| Some(c.as_str())).collect()
+            };
             for consumer in &targets {
                 tx.execute(
-                    "INSERT INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
+                    "INSERT OR IGNORE INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
                     params![consumer, topic_owned, id, payload, headers, now_ms()],
                 )?;
             }
-            if targets == [None] {
+            let dropped = if consumers.is_empty() {
                 tx.execute(
-                    "DELETE FROM queue WHERE consumer IS NULL AND seq <=
-                         (SELECT max(seq) FROM queue) - ?1",
+                    "DELETE FROM queue WHERE seq IN (
+                         SELECT seq FROM queue WHERE consumer IS NULL
+                         ORDER BY seq DESC LIMIT -1 OFFSET ?1)",
                     params![UNCLAIMED_MAX],
-                )?;
-            }
-            tx.commit()
+                )?
+            } else {
+                0
+            };
+            tx.commit()?;
+            Ok((consumers, dropped))
         })
         .await?;
+        if dropped > 0 {
+            tracing::warn!(file = %self.path.display(), dropped, "the oldest messages of topics no trigger consumes were dropped");
+        }
         for consumer in &consumers {
             self.waker(consumer, topic).notify_one();
         }
@@ -182,19 +239,36 @@ impl MessagingBackend for EmbeddedBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
-        {
-            let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
-            let list = consumers.entry(topic.to_string()).or_default();
-            if !list.iter().any(|c| c == consumer) {
-                list.push(consumer.to_string());
-            }
+        if self._owner.is_none() {
+            return Err(MessagingError::Unavailable(format!(
+                "another berth process consumes this app's embedded broker ({}); stop it, or give this one its own --state-dir",
+                self.path.display()
+            )));
         }
         let (c, t) = (consumer.to_string(), topic.to_string());
         with_db(&self.db, move |db| {
-            db.execute(
-                "UPDATE queue SET consumer = ?1 WHERE consumer IS NULL AND topic = ?2",
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO consumers (topic, consumer, live, claimed_seq) VALUES (?1, ?2, 1, 0)
+                 ON CONFLICT (topic, consumer) DO UPDATE SET live = 1",
+                params![t, c],
+            )?;
+            // The trigger gets a copy of what waited for its topic since it
+            // last subscribed (everything, the first time).
+            tx.execute(
+                "INSERT OR IGNORE INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
+                 SELECT ?1, topic, id, payload, headers, attempt, visible_at FROM queue
+                 WHERE consumer IS NULL AND topic = ?2 AND seq > (
+                     SELECT claimed_seq FROM consumers WHERE topic = ?2 AND consumer = ?1)
+                 ORDER BY seq",
                 params![c, t],
-            )
+            )?;
+            tx.execute(
+                "UPDATE consumers SET claimed_seq = (SELECT coalesce(max(seq), 0) FROM queue)
+                 WHERE topic = ?2 AND consumer = ?1",
+                params![c, t],
+            )?;
+            tx.commit()
         })
         .await?;
         let requests = self.requests.subscribe(topic, consumer).await?;
@@ -272,6 +346,7 @@ impl EmbeddedSubscription {
                     db: self.db.clone(),
                     seq,
                     wake: self.wake.clone(),
+                    settled: false,
                 }),
             });
         }
@@ -306,16 +381,18 @@ impl Subscription for EmbeddedSubscription {
     }
 }
 
-/// Settles a leased row.
+/// Settles a leased row; releases it if dropped unsettled.
 struct RowAcker {
     db: Arc<Mutex<Connection>>,
     seq: i64,
     wake: Arc<Notify>,
+    settled: bool,
 }
 
 #[async_trait]
 impl Acker for RowAcker {
-    async fn ack(self: Box<Self>) {
+    async fn ack(mut self: Box<Self>) {
+        self.settled = true;
         let seq = self.seq;
         let _ = with_db(&self.db, move |db| {
             db.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
@@ -323,7 +400,8 @@ impl Acker for RowAcker {
         .await;
     }
 
-    async fn nack(self: Box<Self>, delay: Duration) {
+    async fn nack(mut self: Box<Self>, delay: Duration) {
+        self.settled = true;
         let seq = self.seq;
         let visible_at = now_ms() + delay.as_millis() as i64;
         let _ = with_db(&self.db, move |db| {
@@ -334,6 +412,26 @@ impl Acker for RowAcker {
         })
         .await;
         // The subscription may be sleeping past the new visibility time.
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for RowAcker {
+    /// A delivery dropped without being settled (its trigger was stopped
+    /// while it waited) is released for the next subscription, without
+    /// counting as an attempt.
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = db.execute(
+            "UPDATE queue SET leased = 0 WHERE seq = ?1",
+            params![self.seq],
+        ) {
+            tracing::error!(error = %e, "cannot release an unsettled delivery; it is redelivered at the next start");
+        }
+        drop(db);
         self.wake.notify_one();
     }
 }
@@ -406,9 +504,71 @@ mod tests {
             .db
             .lock()
             .unwrap()
-            .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM queue WHERE consumer IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(rows, 0, "acknowledged messages are deleted");
+    }
+
+    #[tokio::test]
+    async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+        let mut sub = broker.subscribe("t", "c").await.unwrap();
+        broker
+            .publish_with_id("t", "tick-1", vec![], vec![])
+            .await
+            .unwrap();
+        broker
+            .publish_with_id("t", "tick-1", vec![], vec![])
+            .await
+            .unwrap();
+        // Dropped without ack or nack: handed out again, same attempt.
+        drop(next(&mut sub).await);
+        let again = next(&mut sub).await;
+        assert_eq!(
+            (again.message.id.as_str(), again.message.attempt),
+            ("tick-1", 1)
+        );
+        again.acker.ack().await;
+        let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+        assert!(quiet.is_err(), "the second tick-1 was stored once");
+    }
+
+    #[tokio::test]
+    async fn one_process_owns_the_file_and_others_only_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let owner = EmbeddedBroker::open(&path).unwrap();
+        // The same file in the same process is the same broker.
+        assert!(Arc::ptr_eq(&owner, &EmbeddedBroker::open(&path).unwrap()));
+        let mut sub = owner.subscribe("t", "c").await.unwrap();
+        // Another process: its own connection, no ownership.
+        let lock = std::fs::File::open(path.with_extension("db.lock")).unwrap();
+        assert!(lock.try_lock().is_err(), "the owner holds the lock");
+        let other = EmbeddedBroker {
+            db: Arc::new(Mutex::new(Connection::open(&path).unwrap())),
+            _owner: None,
+            path: path.clone(),
+            wakers: Mutex::default(),
+            requests: InProcessBroker::new(),
+        };
+        let refused = other.subscribe("t", "c").await.err().unwrap();
+        assert!(
+            refused.to_string().contains("another berth process"),
+            "{refused}"
+        );
+        other
+            .publish("t", b"from-run".to_vec(), vec![])
+            .await
+            .unwrap();
+        // The owner finds it without a wake-up, within its idle poll.
+        let d = next(&mut sub).await;
+        assert_eq!(d.message.payload, b"from-run");
+        d.acker.ack().await;
     }
 
     #[tokio::test]
@@ -418,8 +578,11 @@ mod tests {
         let mut a = broker.subscribe("t", "a").await.unwrap();
         let mut b = broker.subscribe("t", "b").await.unwrap();
         broker.publish("t", b"x".to_vec(), vec![]).await.unwrap();
-        assert_eq!(next(&mut a).await.message.payload, b"x");
-        assert_eq!(next(&mut b).await.message.payload, b"x");
+        for sub in [&mut a, &mut b] {
+            let d = next(sub).await;
+            assert_eq!(d.message.payload, b"x");
+            d.acker.ack().await;
+        }
         let responder = tokio::spawn(async move {
             let d = next(&mut a).await;
             d.reply.unwrap().send(b"pong".to_vec()).unwrap();

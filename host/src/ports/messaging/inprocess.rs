@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscription};
+use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
 
 /// Deliveries queued per subscription before publishers wait.
 const QUEUE_DEPTH: usize = 1024;
@@ -65,18 +65,14 @@ impl Acker for QueueAcker {
     }
 }
 
-fn delivery(
-    queue: &mpsc::Sender<Delivery>,
-    message: Message,
-    reply: Option<oneshot::Sender<Vec<u8>>>,
-) -> Delivery {
+fn delivery(queue: &mpsc::Sender<Delivery>, message: Message) -> Delivery {
     let acker = Box::new(QueueAcker {
         queue: queue.clone(),
         message: message.clone(),
     });
     Delivery {
         message,
-        reply,
+        reply: None,
         acker,
     }
 }
@@ -102,7 +98,7 @@ impl MessagingBackend for InProcessBroker {
             tracing::debug!(topic, "no subscriber; message dropped");
         }
         for queue in subscribers {
-            let d = delivery(&queue, message.clone(), None);
+            let d = delivery(&queue, message.clone());
             queue
                 .send(d)
                 .await
@@ -132,8 +128,15 @@ impl MessagingBackend for InProcessBroker {
             attempt: 1,
         };
         let (tx, rx) = oneshot::channel();
+        // Requests are not stored: a failed one is not retried (its caller
+        // has its answer, an error), as with every other broker.
+        let request = Delivery {
+            message,
+            reply: Some(tx),
+            acker: Box::new(NoAck),
+        };
         queue
-            .send(delivery(&queue, message, Some(tx)))
+            .send(request)
             .await
             .map_err(|_| MessagingError::NoResponder)?;
         match tokio::time::timeout(timeout, rx).await {
