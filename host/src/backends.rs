@@ -348,16 +348,26 @@ pub async fn open(
                     .map_err(|e| origin.err("messaging", connection_failure(e)))?,
             )
         }
-        MessagingConfig::Mqtt { url, timeout_ms } => {
+        MessagingConfig::Mqtt {
+            url,
+            timeout_ms,
+            client_id,
+        } => {
+            // Unique per host: each host has its own sessions.
+            let host_id = match client_id {
+                Some(raw) => secrets
+                    .resolve(&raw)
+                    .await
+                    .map_err(|m| origin.err("messaging.client_id", m))?
+                    .expose()
+                    .to_string(),
+                None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            };
             let settings = MqttSettings {
                 url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
-                // Unique per host process: each host has its own sessions.
-                client_id: format!(
-                    "berth-{app}-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..12]
-                ),
+                client_id: format!("berth-{app}-{host_id}"),
             };
             Arc::new(
                 MqttBroker::connect(&settings)

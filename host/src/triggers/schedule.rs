@@ -76,17 +76,29 @@ async fn tick(app: Arc<App>, trigger: ScheduleTrigger, schedule: cron::Schedule)
             (TICK_HEADER.to_string(), at.to_rfc3339()),
         ];
         let id = tick_id(&name, at);
-        match app
-            .backends
-            .messaging
-            .publish_with_id(&topic, &id, Vec::new(), headers)
-            .await
-        {
-            Ok(()) => {
-                tracing::debug!(app = %app.manifest.name, schedule = %name, tick = %at.to_rfc3339(), "tick published");
-            }
-            Err(e) => {
-                tracing::error!(app = %app.manifest.name, schedule = %name, tick = %at.to_rfc3339(), error = %e, "cannot publish a tick; another host may still run it");
+        // A broker that was briefly unreachable (a reconnect) must not cost
+        // the tick: retry until the tick is too late to run.
+        let mut retry = Duration::from_millis(100);
+        loop {
+            match app
+                .backends
+                .messaging
+                .publish_with_id(&topic, &id, Vec::new(), headers.clone())
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(app = %app.manifest.name, schedule = %name, tick = %at.to_rfc3339(), "tick published");
+                    break;
+                }
+                Err(e) if (Utc::now() - at).to_std().unwrap_or_default() + retry < MAX_LATENESS => {
+                    tracing::warn!(app = %app.manifest.name, schedule = %name, tick = %at.to_rfc3339(), error = %e, ?retry, "cannot publish a tick yet; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(app = %app.manifest.name, schedule = %name, tick = %at.to_rfc3339(), error = %e, "cannot publish a tick; another host may still run it");
+                    break;
+                }
             }
         }
     }

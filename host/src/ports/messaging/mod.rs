@@ -77,6 +77,31 @@ pub trait Acker: Send + Sync {
     async fn nack(self: Box<Self>, delay: Duration);
 }
 
+/// The id of a message its producer gave none (a producer other than
+/// Berth): `<prefix>-` and a hash of its topic, payload and headers, so a
+/// redelivery keeps its id. Identical messages share it: producers that
+/// need them told apart set an id (AMQP `message-id`, MQTT `berth-id`).
+pub(crate) fn content_id(
+    prefix: &str,
+    topic: &str,
+    payload: &[u8],
+    headers: &[(String, String)],
+) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for part in [topic.as_bytes(), payload] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    for (k, v) in headers {
+        for part in [k, v] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    format!("{prefix}-{}", hex::encode(&hash.finalize()[..16]))
+}
+
 /// Settles nothing: for requests, which brokers do not store.
 pub(crate) struct NoAck;
 
@@ -162,6 +187,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn content_ids_are_stable_and_tell_contents_apart() {
+        let h = vec![("k".to_string(), "v".to_string())];
+        let a = content_id("amqp", "t", b"x", &h);
+        assert_eq!(a, content_id("amqp", "t", b"x", &h));
+        assert!(a.starts_with("amqp-") && a.len() == 5 + 32, "{a}");
+        assert_ne!(a, content_id("amqp", "t", b"y", &h));
+        assert_ne!(a, content_id("amqp", "t", b"x", &[]));
+        assert_ne!(
+            content_id("amqp", "ab", b"c", &[]),
+            content_id("amqp", "a", b"bc", &[])
+        );
+    }
+
+    #[test]
     fn topics() {
         for ok in ["user.created", "a", "a-b_c.d1"] {
             assert!(validate_topic(ok).is_ok(), "{ok}");
@@ -216,6 +255,11 @@ pub enum MessagingConfig {
         url: String,
         /// Connect, subscribe and acknowledgement timeout, in ms; default 5000.
         timeout_ms: Option<u64>,
+        /// This host's MQTT client id, stable across its restarts (e.g.
+        /// `${env:HOSTNAME}` for a StatefulSet pod), so its sessions, and
+        /// the messages the broker holds for them, are resumed; default a
+        /// random id per process.
+        client_id: Option<String>,
     },
 }
 

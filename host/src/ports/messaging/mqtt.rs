@@ -1051,7 +1051,9 @@ impl MqttSubscription {
         // least one more attempt.
         let attempt = attempt.saturating_add(u32::from(publish.dup));
         let message = Message {
-            id: id.unwrap_or_else(|| format!("mqtt-{}", publish.pkid)),
+            id: id.unwrap_or_else(|| {
+                super::content_id("mqtt", &self.topic, &publish.payload, &headers)
+            }),
             topic: self.topic.clone(),
             payload: publish.payload.to_vec(),
             headers,

@@ -37,7 +37,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::oneshot;
 
-use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
+use super::{
+    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, content_id,
+};
 use crate::secret::Secret;
 
 /// Header carrying the delivery attempt of a republished message.
@@ -90,6 +92,34 @@ fn unavailable(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::Unavailable("the broker cannot be reached".into())
 }
 
+/// A connection failure: the broker's refusal (wrong credentials, no access
+/// to the vhost) is named, since it carries no secret; anything else is
+/// `unavailable`.
+fn refused_or_unavailable(e: lapin::Error) -> MessagingError {
+    match &e {
+        lapin::Error::ProtocolError(p) => {
+            tracing::warn!(kind = %p.kind(), "rabbitmq refused the connection");
+            MessagingError::Unavailable(format!("the broker refused the connection ({})", p.kind()))
+        }
+        _ => unavailable(e),
+    }
+}
+
+/// The longest AMQP short string: header names and queue names.
+const SHORT_STRING_MAX: usize = 255;
+
+/// Refuses what an AMQP short string cannot carry (it would corrupt the
+/// frame, not just fail).
+fn check_short(what: &str, value: &str) -> Result<(), MessagingError> {
+    if value.len() > SHORT_STRING_MAX {
+        return Err(MessagingError::InvalidInput(format!(
+            "{what} is {} bytes; RabbitMQ takes at most {SHORT_STRING_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 impl RabbitBroker {
     /// Connects and declares the app's exchanges.
     pub async fn connect(s: &RabbitSettings) -> Result<RabbitBroker, MessagingError> {
@@ -133,11 +163,17 @@ impl Shared {
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio)
             .with_connection_name(format!("berth {}", s.app).into());
-        let connection =
-            tokio::time::timeout(s.timeout, Connection::connect(s.url.expose(), properties))
-                .await
-                .map_err(|_| unavailable("connect timed out"))?
-                .map_err(unavailable)?;
+        // Parsed here rather than by `connect`, whose parse errors quote
+        // the URL, password included.
+        let uri: lapin::uri::AMQPUri = s.url.expose().parse().map_err(|_| {
+            MessagingError::InvalidInput(
+                "the AMQP URL is invalid (expected amqp://user@host:port/vhost)".into(),
+            )
+        })?;
+        let connection = tokio::time::timeout(s.timeout, Connection::connect_uri(uri, properties))
+            .await
+            .map_err(|_| unavailable("connect timed out"))?
+            .map_err(refused_or_unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -181,7 +217,14 @@ impl Shared {
             .create_channel()
             .await
             .map_err(unavailable)?;
-        let queue = format!("berth.{}.once.{id}", self.settings.app);
+        let queue = self.claim_queue(id);
+        // The queue belongs to the connection, so the channel can go at
+        // once; RabbitMQ deletes the queue when it expires.
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(CLAIM_WINDOW.as_millis() as i64),
+        );
         let declared = channel
             .queue_declare(
                 &queue,
@@ -189,18 +232,12 @@ impl Shared {
                     exclusive: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                args,
             )
             .await;
         match declared {
             Ok(_) => {
-                tokio::spawn(async move {
-                    tokio::time::sleep(CLAIM_WINDOW).await;
-                    let _ = channel
-                        .queue_delete(&queue, QueueDeleteOptions::default())
-                        .await;
-                    let _ = channel.close(200, "claim expired").await;
-                });
+                let _ = channel.close(200, "claimed").await;
                 Ok(true)
             }
             Err(lapin::Error::ProtocolError(e))
@@ -212,6 +249,22 @@ impl Shared {
                 Ok(false)
             }
             Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    fn claim_queue(&self, id: &str) -> String {
+        format!("berth.{}.once.{id}", self.settings.app)
+    }
+
+    /// Gives up the claim on `id`, so another host's retry may publish it.
+    async fn release_claim(&self, id: &str) {
+        if let Ok(link) = self.link().await
+            && let Ok(channel) = link.connection.create_channel().await
+        {
+            let _ = channel
+                .queue_delete(&self.claim_queue(id), QueueDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "claim released").await;
         }
     }
 
@@ -347,6 +400,9 @@ impl RabbitBroker {
         payload: &[u8],
         headers: &[(String, String)],
     ) -> Result<(), MessagingError> {
+        for (name, _) in headers {
+            check_short("a header name", name)?;
+        }
         let link = self.shared.link().await?;
         publish_confirmed(
             &link.publisher,
@@ -385,7 +441,11 @@ impl MessagingBackend for RabbitBroker {
             tracing::debug!(topic, id, "another host published this id");
             return Ok(());
         }
-        self.send(topic, id, &payload, &headers).await
+        let sent = self.send(topic, id, &payload, &headers).await;
+        if sent.is_err() {
+            self.shared.release_claim(id).await;
+        }
+        sent
     }
 
     async fn request(
@@ -395,6 +455,9 @@ impl MessagingBackend for RabbitBroker {
         headers: Vec<(String, String)>,
         timeout: Duration,
     ) -> Result<Message, MessagingError> {
+        for (name, _) in &headers {
+            check_short("a header name", name)?;
+        }
         // Direct reply-to: consume the pseudo-queue, then publish on the
         // same channel.
         let channel = self
@@ -464,9 +527,15 @@ impl MessagingBackend for RabbitBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
+        let queue = self.shared.queue(consumer, topic);
+        check_short("the trigger's queue name", &queue)?;
+        check_short(
+            "the trigger's request queue name",
+            &format!("berth.{}.req.{consumer}.{topic}", self.shared.settings.app),
+        )?;
         let mut subscription = RabbitSubscription {
             shared: self.shared.clone(),
-            queue: self.shared.queue(consumer, topic),
+            queue,
             consumer: consumer.to_string(),
             topic: topic.to_string(),
             messages: None,
@@ -653,7 +722,7 @@ impl RabbitSubscription {
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_string())
-            .unwrap_or_else(|| format!("amqp-{}", delivery.delivery_tag));
+            .unwrap_or_else(|| content_id("amqp", &self.topic, &delivery.data, &headers));
         let message = Message {
             id,
             topic: self.topic.clone(),
