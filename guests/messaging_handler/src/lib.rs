@@ -6,6 +6,7 @@
 //! - `count`: incremented once per delivery (redeliveries included),
 //! - `last-id`: the id of the latest message,
 //! - `payload/<id>`: the payload of message `<id>`,
+//! - `attempt/<id>`: the delivery attempt of its latest delivery,
 //! - `instance-seq/<id>`: how many messages this instance had handled when
 //!   it got message `<id>` (1 in a fresh instance; more in a reused one).
 //!
@@ -63,5 +64,10 @@ fn record(msg: &Message) -> Result<(), berth::infra::kv::Error> {
     bucket.increment("count", 1)?;
     bucket.set("last-id", msg.id.as_bytes(), None)?;
     bucket.set(&format!("payload/{}", msg.id), &msg.payload, None)?;
+    bucket.set(
+        &format!("attempt/{}", msg.id),
+        msg.attempt.to_string().as_bytes(),
+        None,
+    )?;
     Ok(())
 }

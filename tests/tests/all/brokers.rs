@@ -107,8 +107,8 @@ async fn delivery_redelivery_and_request(broker: &Broker) {
     wait_for_count(&app, 12).await;
     let last = kv.get("last-id").await.unwrap().unwrap();
     assert_eq!(String::from_utf8(last).unwrap(), id);
-    let seq = kv.get(&format!("instance-seq/{id}")).await.unwrap();
-    assert!(seq.is_some(), "the redelivery was handled");
+    let attempt = kv.get(&format!("attempt/{id}")).await.unwrap().unwrap();
+    assert_eq!(attempt, b"2", "the redelivery is the second attempt");
 
     assert_success(&run(&app, "publisher", &["request", "events"]).await);
     assert_eq!(

@@ -251,7 +251,7 @@ async fn schedule_runs_handler_every_tick_embedded() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert!(now.abs_diff(second) <= 2, "tick {second} at {now}");
+    assert!(now.abs_diff(second) <= 5, "tick {second} at {now}");
     // A tick carries no payload.
     let payload = kv.get(&format!("payload/{id}")).await.unwrap().unwrap();
     assert!(payload.is_empty());
