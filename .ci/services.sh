@@ -2,7 +2,8 @@
 # Starts the services the real-adapter test suites use, idempotently:
 # the preinstalled Postgres, MariaDB, Redis, NATS, RabbitMQ and Mosquitto if
 # they are down, plus an S3-compatible server (moto) and an SMTP sink
-# (aiosmtpd) from PyPI in a virtualenv. Prints the BERTH_TEST_* variables.
+# (aiosmtpd) from PyPI in a virtualenv, and a Kafka broker (tansu, from
+# crates.io). Prints the BERTH_TEST_* variables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,21 @@ up 9000 || (nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9000 >/tmp/berth-moto.
 # A second S3 server that checks credentials (moto's IAM enforcement), for
 # the tests that need a refused request (403) rather than an unreachable one.
 up 9001 || (INITIAL_NO_AUTH_ACTION_COUNT=0 nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 9001 >/tmp/berth-moto-auth.log 2>&1 &)
+# A Kafka-protocol broker: tansu, built from crates.io once into the cache
+# (about 15 minutes cold), keeping its topics in memory.
+tansu_version=0.6.0
+tansu_root="${BERTH_TANSU_ROOT:-$HOME/.cache/berth-ci/tansu-$tansu_version}"
+if [ ! -x "$tansu_root/bin/tansu" ]; then
+  echo "installing the tansu Kafka broker $tansu_version (once)" >&2
+  CARGO_TARGET_DIR="$HOME/.cache/berth-ci/tansu-target" cargo install --quiet --locked tansu \
+    --version "$tansu_version" --features dynostore --root "$tansu_root" >&2
+fi
+up 9092 || (nohup "$tansu_root/bin/tansu" broker --listener-url tcp://127.0.0.1:9092 \
+  --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ >/tmp/berth-tansu.log 2>&1 &)
 up 2525 || (nohup "$venv/bin/python" -m aiosmtpd -n -l 127.0.0.1:2525 -c aiosmtpd.handlers.Mailbox "$maildir" >/tmp/berth-smtp.log 2>&1 &)
 
 # Every suite needs its server; RabbitMQ can take a while to boot.
-for port in 5432 3306 6379 4222 9000 9001 2525 1883; do wait_for "$port"; done
+for port in 5432 3306 6379 4222 9000 9001 2525 1883 9092; do wait_for "$port"; done
 wait_for 5672 600
 
 cat <<VARS
@@ -43,6 +55,7 @@ export BERTH_TEST_REDIS_URL=redis://127.0.0.1:6379
 export BERTH_TEST_NATS_URL=nats://127.0.0.1:4222
 export BERTH_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672
 export BERTH_TEST_MQTT_URL=mqtt://127.0.0.1:1883
+export BERTH_TEST_KAFKA_URL=kafka://127.0.0.1:9092
 export BERTH_TEST_S3_ENDPOINT=http://127.0.0.1:9000
 export BERTH_TEST_S3_AUTH_ENDPOINT=http://127.0.0.1:9001
 export BERTH_TEST_SMTP=127.0.0.1:2525

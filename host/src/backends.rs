@@ -20,6 +20,7 @@ use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::messaging::embedded::EmbeddedBroker;
+use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as parse_kafka_url};
 use crate::ports::messaging::mqtt::{MqttBroker, MqttSettings};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
@@ -344,6 +345,19 @@ pub async fn open(
             };
             Arc::new(
                 NatsBroker::connect(&settings)
+                    .await
+                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+            )
+        }
+        MessagingConfig::Kafka { url, timeout_ms } => {
+            let settings = KafkaSettings {
+                brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
+                app: app.to_string(),
+                timeout: ms(timeout_ms, 5000),
+                host_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            };
+            Arc::new(
+                KafkaBroker::connect(&settings)
                     .await
                     .map_err(|e| origin.err("messaging", connection_failure(e)))?,
             )

@@ -26,6 +26,7 @@ pub(crate) enum Broker {
     Nats(String),
     Rabbit(String),
     Mqtt(String),
+    Kafka(String),
 }
 
 impl Broker {
@@ -37,6 +38,7 @@ impl Broker {
             Broker::Nats(url) => {
                 format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n")
             }
+            Broker::Kafka(url) => format!("[messaging]\ntype = \"kafka\"\nurl = {url:?}\n"),
             Broker::Mqtt(url) => format!("[messaging]\ntype = \"mqtt\"\nurl = {url:?}\n"),
             Broker::Rabbit(url) => {
                 // The URL holds guest's password: a reference, as the host
@@ -55,7 +57,9 @@ impl Broker {
     pub(crate) async fn cleanup(&self, app: &str) {
         match self {
             // MQTT keeps nothing once the app's sessions expire.
-            Broker::Embedded | Broker::InProcess | Broker::Mqtt(_) => {}
+            // Kafka topics are left to the broker's retention (tansu in CI
+            // keeps them in memory).
+            Broker::Embedded | Broker::InProcess | Broker::Mqtt(_) | Broker::Kafka(_) => {}
             Broker::Nats(url) => crate::services::delete_nats_stream(url, app).await,
             Broker::Rabbit(url) => delete_rabbit_app(url, app).await,
         }
@@ -241,6 +245,54 @@ async fn messaging_conformance_nats() {
         return;
     };
     conformance(Broker::Nats(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_conformance_kafka() {
+    let Some(url) = service("BERTH_TEST_KAFKA_URL") else {
+        return;
+    };
+    conformance(Broker::Kafka(url)).await;
+}
+
+/// Kafka has no consumer groups in rskafka: Berth commits each trigger's
+/// offset itself. A restarted host resumes after what it handled, and gets
+/// what was published while it was down.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_offsets_resume_after_restart_kafka() {
+    let Some(url) = service("BERTH_TEST_KAFKA_URL") else {
+        return;
+    };
+    let broker = Broker::Kafka(url);
+    let name = unique("kres");
+    let manifest = manifest_named(&name, 5);
+    {
+        let (_t, app, tasks) = start(&broker, &manifest).await;
+        assert_success(&run(&app, "publisher", &["publish", "events", "3"]).await);
+        wait_for_count(&app, 3).await;
+        // Past the commit interval: the offset is stored.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        drop(tasks);
+        // Published while no host consumes.
+        app.backends
+            .messaging
+            .publish("events", b"while-down".to_vec(), vec![])
+            .await
+            .unwrap();
+    }
+    // A new host (its kv counter starts at 0) gets only the new message.
+    let (_t, app, _tasks) = start(&broker, &manifest).await;
+    wait_for_count(&app, 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "handled messages are not redelivered"
+    );
+    let kv = &app.backends.kv["received"];
+    let last = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
+    let payload = kv.get(&format!("payload/{last}")).await.unwrap().unwrap();
+    assert_eq!(payload, b"while-down");
 }
 
 #[tokio::test(flavor = "multi_thread")]

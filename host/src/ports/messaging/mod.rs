@@ -9,6 +9,7 @@
 pub mod embedded;
 pub mod host;
 pub mod inprocess;
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
@@ -247,6 +248,13 @@ pub enum MessagingConfig {
         timeout_ms: Option<u64>,
         /// Deliveries a host holds unacknowledged per trigger; default 32.
         prefetch: Option<u16>,
+    },
+    /// Kafka (one host process per app: no consumer groups).
+    Kafka {
+        /// `kafka://host:port[,host:port…]`.
+        url: String,
+        /// Timeout of each broker operation, in ms; default 5000.
+        timeout_ms: Option<u64>,
     },
     /// MQTT 5 (Mosquitto 2 and others): a topic subtree per app, a shared
     /// subscription per trigger.
