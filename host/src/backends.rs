@@ -349,12 +349,16 @@ pub async fn open(
                     .map_err(|e| origin.err("messaging", connection_failure(e)))?,
             )
         }
-        MessagingConfig::Kafka { url, timeout_ms } => {
+        MessagingConfig::Kafka {
+            url,
+            timeout_ms,
+            replication_factor,
+        } => {
             let settings = KafkaSettings {
                 brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
-                host_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+                replication_factor: replication_factor.unwrap_or(1).max(1),
             };
             Arc::new(
                 KafkaBroker::connect(&settings)

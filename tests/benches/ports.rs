@@ -147,8 +147,8 @@ fn bench_app(name: &str) -> TestApp {
     TestApp::new(&berth_tests::single_component_manifest(
         name,
         guests::BENCH_GUEST,
-        "[sql.main]\n[blob.files]",
-        "sql = [\"main\"]\nblob = [\"files\"]\npublish = [\"bench\"]",
+        "[sql.main]\n[blob.files]\n[kv.cache]\nmemory = true",
+        "sql = [\"main\"]\nblob = [\"files\"]\npublish = [\"bench\"]\nkv = [\"cache\"]",
     ))
 }
 

@@ -16,28 +16,38 @@
 //!   original counts as settled.
 //! - Request/reply: a request goes to `berth.<app>.__req.<t>` (read by the
 //!   app's triggers from the newest record on, never committed) with the
-//!   headers `berth-reply-to` and `berth-correlation`; each host reads its
-//!   replies from `berth.<app>.__reply.<host id>`. A request to a topic no
-//!   trigger ever subscribed to (its request topic does not exist) is
-//!   `no-responder`.
+//!   headers `berth-reply-to` and `berth-correlation`; replies come back on
+//!   `berth.<app>.__reply`. A request to a topic no trigger ever subscribed
+//!   to (its request topic does not exist) is `no-responder`.
+//! - A committed offset the log no longer has (retention deleted it, or the
+//!   topic was recreated) is logged as an error and the trigger goes on
+//!   from the earliest retained record.
+//! - Each long-polling reader has its own connection, so publishing to a
+//!   topic is never queued behind a fetch of it.
 //!
 //! Limits compared with NATS and RabbitMQ, both from the missing consumer
 //! groups: a trigger's messages are not shared between host processes
 //! (every host consuming one app's Kafka topics would handle every
 //! message), so an app on Kafka runs in one host process at a time; and
-//! schedule ticks are not deduplicated by id.
+//! schedule ticks are not deduplicated by id. Topics are created with one
+//! partition (a topic created beforehand with more is read from partition
+//! 0 only); records from transactional producers, and lz4 or zstd batches,
+//! are not supported. `berth.<app>.__offsets` should be created with
+//! `cleanup.policy=compact` on a real cluster (rskafka cannot ask for it);
+//! Berth rewrites every trigger's offset hourly, so a quiet trigger's
+//! commit outlives a delete-retention of more than an hour.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
+use rskafka::record::{Record, RecordAndOffset};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
@@ -54,6 +64,11 @@ const CORRELATION_HEADER: &str = "berth-correlation";
 const FETCH_BYTES: i32 = 4 << 20;
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT_MS: i32 = 500;
+/// The same, as a duration.
+const FETCH_WAIT: Duration = Duration::from_millis(FETCH_WAIT_MS as u64);
+/// How often an unchanged offset is written again, so retention never
+/// deletes a quiet trigger's last commit.
+const RECOMMIT_EVERY: Duration = Duration::from_secs(3600);
 /// How often a trigger commits its offset while it moves.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// Deliveries buffered per trigger ahead of its handler.
@@ -68,8 +83,8 @@ pub struct KafkaSettings {
     pub app: String,
     /// Timeout of each broker operation.
     pub timeout: Duration,
-    /// This host process's id, naming its reply topic.
-    pub host_id: String,
+    /// Replicas of the topics Berth creates.
+    pub replication_factor: i16,
 }
 
 /// Parses `kafka://host:port[,host:port...]` into bootstrap brokers.
@@ -104,12 +119,16 @@ struct Shared {
     client: Client,
     app: String,
     timeout: Duration,
+    replication_factor: i16,
     reply_topic: String,
     /// Topics known to exist.
     created: tokio::sync::Mutex<HashSet<String>>,
+    /// Producing clients, by topic.
     partitions: Mutex<HashMap<String, Arc<PartitionClient>>>,
     /// Requests waiting for their reply, by correlation id.
     waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
+    /// The triggers' committed offsets, read once.
+    committed: tokio::sync::Mutex<Option<HashMap<String, i64>>>,
 }
 
 /// Aborts a task when dropped.
@@ -147,12 +166,14 @@ impl KafkaBroker {
             client,
             app: s.app.clone(),
             timeout: s.timeout,
-            reply_topic: format!("berth.{}.__reply.{}", s.app, s.host_id),
+            replication_factor: s.replication_factor,
+            reply_topic: format!("berth.{}.__reply", s.app),
             created: Default::default(),
             partitions: Mutex::default(),
             waiting: Mutex::default(),
+            committed: Default::default(),
         });
-        let replies = shared.partition(&shared.reply_topic).await?;
+        let replies = shared.reader(&shared.reply_topic).await?;
         let start = shared.call(replies.get_offset(OffsetAt::Latest)).await?;
         let reader = shared.clone();
         let task = tokio::spawn(async move {
@@ -204,7 +225,7 @@ impl Shared {
         let timeout_ms = self.timeout.as_millis().min(i32::MAX as u128) as i32;
         match tokio::time::timeout(
             self.timeout,
-            controller.create_topic(name, 1, 1, timeout_ms),
+            controller.create_topic(name, 1, self.replication_factor, timeout_ms),
         )
         .await
         {
@@ -245,15 +266,99 @@ impl Shared {
         Ok(client)
     }
 
+    /// A client of its own for a long-polling reader of `name`.
+    async fn reader(&self, name: &str) -> Result<Arc<PartitionClient>, MessagingError> {
+        self.ensure(name).await?;
+        Ok(Arc::new(
+            self.call(
+                self.client
+                    .partition_client(name, 0, UnknownTopicHandling::Retry),
+            )
+            .await?,
+        ))
+    }
+
     async fn produce(&self, name: &str, record: Record) -> Result<i64, MessagingError> {
         let partition = self.partition(name).await?;
-        let offsets = self
-            .call(partition.produce(vec![record], Compression::NoCompression))
-            .await?;
+        let produced = tokio::time::timeout(
+            self.timeout,
+            partition.produce(vec![record], Compression::NoCompression),
+        )
+        .await;
+        let offsets = match produced {
+            Ok(Ok(offsets)) => offsets,
+            Ok(Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+                ..
+            })) => {
+                return Err(MessagingError::TooLarge(
+                    "the message is larger than the broker accepts".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => {
+                // The connection may be half-open: connect afresh next time.
+                self.partitions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+                return Err(unavailable("produce timed out"));
+            }
+        };
         offsets
             .first()
             .copied()
             .ok_or_else(|| unavailable("no offset in the produce response"))
+    }
+
+    /// One fetch from `offset`: the records and the offset to fetch next.
+    /// An offset the log no longer has moves to `on_out_of_range`; a failed
+    /// or timed-out fetch is retried after a pause.
+    async fn fetch(
+        &self,
+        partition: &PartitionClient,
+        offset: i64,
+        on_out_of_range: OffsetAt,
+    ) -> (Vec<RecordAndOffset>, i64) {
+        let started = Instant::now();
+        let fetched = tokio::time::timeout(
+            FETCH_WAIT + self.timeout,
+            partition.fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS),
+        )
+        .await;
+        match fetched {
+            Ok(Ok((records, _high_watermark))) => {
+                // A broker answering at once with nothing (only control
+                // records, or one ignoring the wait) must not spin a core.
+                if records.is_empty() && started.elapsed() < FETCH_WAIT / 2 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let next = records.last().map_or(offset, |r| r.offset + 1).max(offset);
+                (records, next)
+            }
+            Ok(Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            })) => match self.call(partition.get_offset(on_out_of_range)).await {
+                Ok(to) => {
+                    tracing::error!(topic = %partition.topic(), from = offset, to, "kafka offset no longer in the log (retention, or a recreated topic); going on from there");
+                    (Vec::new(), to)
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    (Vec::new(), offset)
+                }
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %partition.topic(), error = %e, "kafka fetch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                (Vec::new(), offset)
+            }
+            Err(_) => {
+                tracing::warn!(topic = %partition.topic(), "kafka fetch timed out; retrying");
+                (Vec::new(), offset)
+            }
+        }
     }
 
     /// Reads `partition` from `offset` on, handing each record to `each`
@@ -263,30 +368,20 @@ impl Shared {
         self: &Arc<Self>,
         partition: Arc<PartitionClient>,
         mut offset: i64,
-        mut each: impl FnMut(&Arc<Self>, rskafka::record::RecordAndOffset) -> bool,
+        mut each: impl FnMut(&Arc<Self>, RecordAndOffset) -> bool,
     ) {
         loop {
-            let fetched = partition
-                .fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS)
-                .await;
-            match fetched {
-                Ok((records, _high_watermark)) => {
-                    for record in records {
-                        offset = record.offset + 1;
-                        if !each(self, record) {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %partition.topic(), error = %e, "kafka fetch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+            let (records, next) = self.fetch(&partition, offset, OffsetAt::Latest).await;
+            offset = next;
+            for record in records {
+                if !each(self, record) {
+                    return;
                 }
             }
         }
     }
 
-    fn reply_arrived(&self, record: rskafka::record::RecordAndOffset) {
+    fn reply_arrived(&self, record: RecordAndOffset) {
         let (meta, headers) = split_headers(&record.record);
         let Some(correlation) = meta.get(CORRELATION_HEADER) else {
             return;
@@ -307,9 +402,19 @@ impl Shared {
         }
     }
 
-    /// The committed offsets of the app's triggers.
-    async fn committed(&self) -> Result<HashMap<String, i64>, MessagingError> {
-        let partition = self.partition(&self.offsets_topic()).await?;
+    /// The committed offset of trigger `key`, reading the offsets topic
+    /// once per broker.
+    async fn committed(&self, key: &str) -> Result<Option<i64>, MessagingError> {
+        let mut cache = self.committed.lock().await;
+        if cache.is_none() {
+            *cache = Some(self.read_committed().await?);
+        }
+        Ok(cache.as_ref().and_then(|c| c.get(key).copied()))
+    }
+
+    /// Every trigger's last committed offset.
+    async fn read_committed(&self) -> Result<HashMap<String, i64>, MessagingError> {
+        let partition = self.reader(&self.offsets_topic()).await?;
         let end = self.call(partition.get_offset(OffsetAt::Latest)).await?;
         let mut offset = self.call(partition.get_offset(OffsetAt::Earliest)).await?;
         let mut committed = HashMap::new();
@@ -420,9 +525,13 @@ impl MessagingBackend for KafkaBroker {
         timeout: Duration,
     ) -> Result<Message, MessagingError> {
         let name = self.shared.request_topic(topic);
-        let topics = self.shared.call(self.shared.client.list_topics()).await?;
-        if !topics.iter().any(|t| t.name == name) {
-            return Err(MessagingError::NoResponder);
+        // Request topics are never deleted: once seen, always there.
+        if !self.shared.created.lock().await.contains(&name) {
+            let topics = self.shared.call(self.shared.client.list_topics()).await?;
+            if !topics.iter().any(|t| t.name == name) {
+                return Err(MessagingError::NoResponder);
+            }
+            self.shared.created.lock().await.insert(name.clone());
         }
         let correlation = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
@@ -431,6 +540,8 @@ impl MessagingBackend for KafkaBroker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(correlation.clone(), tx);
+        // Forgotten however this call ends, cancellation included.
+        let _waiting = Forget(&self.shared, &correlation);
         headers.push((REPLY_TO_HEADER.into(), self.shared.reply_topic.clone()));
         headers.push((CORRELATION_HEADER.into(), correlation.clone()));
         let id = uuid::Uuid::new_v4().to_string();
@@ -438,7 +549,7 @@ impl MessagingBackend for KafkaBroker {
             .shared
             .produce(&name, record(&id, payload, &headers, 1))
             .await;
-        let answer = match sent {
+        match sent {
             Err(e) => Err(e),
             Ok(_) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(mut reply)) => {
@@ -448,13 +559,7 @@ impl MessagingBackend for KafkaBroker {
                 Ok(Err(_)) => Err(MessagingError::Other("the reply was lost".into())),
                 Err(_) => Err(MessagingError::Timeout),
             },
-        };
-        self.shared
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&correlation);
-        answer
+        }
     }
 
     async fn subscribe(
@@ -465,28 +570,26 @@ impl MessagingBackend for KafkaBroker {
         let shared = &self.shared;
         let name = shared.kafka_topic(topic);
         let key = format!("{consumer}/{topic}");
-        let messages = shared.partition(&name).await?;
-        let start = match shared.committed().await?.get(&key) {
-            Some(offset) => *offset,
+        let messages = shared.reader(&name).await?;
+        let start = match shared.committed(&key).await? {
+            Some(offset) => offset,
             None => shared.call(messages.get_offset(OffsetAt::Earliest)).await?,
         };
-        let requests = shared.partition(&shared.request_topic(topic)).await?;
+        let requests = shared.reader(&shared.request_topic(topic)).await?;
         let requests_start = shared.call(requests.get_offset(OffsetAt::Latest)).await?;
 
         let (tx, rx) = mpsc::channel(BUFFERED);
+        let (requests_tx, requests_rx) = mpsc::channel(BUFFERED);
+        let alive = Arc::new(());
         let progress = Arc::new(Progress {
             unsettled: Mutex::default(),
             read_up_to: AtomicI64::new(start),
         });
         let reader = {
-            let (shared, tx, progress, topic) = (
-                shared.clone(),
-                tx.clone(),
-                progress.clone(),
-                topic.to_string(),
-            );
+            let (shared, progress, topic) = (shared.clone(), progress.clone(), topic.to_string());
+            let alive = Arc::downgrade(&alive);
             tokio::spawn(async move {
-                read_messages(shared, messages, start, topic, tx, progress).await;
+                read_messages(shared, messages, start, topic, tx, progress, alive).await;
             })
         };
         let committer = {
@@ -496,17 +599,32 @@ impl MessagingBackend for KafkaBroker {
         let request_reader = {
             let (shared, topic) = (shared.clone(), topic.to_string());
             tokio::spawn(async move {
-                read_requests(shared, requests, requests_start, topic, tx).await;
+                read_requests(shared, requests, requests_start, topic, requests_tx).await;
             })
         };
         Ok(Box::new(KafkaSubscription {
             rx,
+            requests: requests_rx,
+            _alive: alive,
             _tasks: vec![
                 AbortOnDrop(reader),
                 AbortOnDrop(committer),
                 AbortOnDrop(request_reader),
             ],
         }))
+    }
+}
+
+/// Removes a request's reply waiter when dropped.
+struct Forget<'a>(&'a Shared, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
     }
 }
 
@@ -543,44 +661,36 @@ async fn read_messages(
     topic: String,
     tx: mpsc::Sender<Delivery>,
     progress: Arc<Progress>,
+    alive: Weak<()>,
 ) {
     let name = shared.kafka_topic(&topic);
-    let mut pending: Vec<Delivery> = Vec::new();
     let mut offset = start;
     loop {
-        let fetched = partition
-            .fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS)
-            .await;
-        match fetched {
-            Ok((records, _)) => {
-                for r in records {
-                    offset = r.offset + 1;
-                    progress
-                        .unsettled
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(r.offset);
-                    progress.read_up_to.store(offset, Ordering::SeqCst);
-                    let message = message_of(&topic, r.record, r.offset);
-                    pending.push(Delivery {
-                        message: message.clone(),
-                        reply: None,
-                        acker: Box::new(KafkaAcker {
-                            shared: shared.clone(),
-                            topic: name.clone(),
-                            offset: r.offset,
-                            progress: progress.clone(),
-                            message,
-                        }),
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(topic = %name, error = %e, "kafka fetch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        let (records, next) = shared.fetch(&partition, offset, OffsetAt::Earliest).await;
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            progress
+                .unsettled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(r.offset);
+            let message = message_of(&topic, r.record, r.offset);
+            pending.push(Delivery {
+                message: message.clone(),
+                reply: None,
+                acker: Box::new(KafkaAcker {
+                    shared: shared.clone(),
+                    topic: name.clone(),
+                    offset: r.offset,
+                    progress: progress.clone(),
+                    alive: alive.clone(),
+                    message,
+                }),
+            });
         }
-        for delivery in pending.drain(..) {
+        offset = next;
+        progress.read_up_to.store(offset, Ordering::SeqCst);
+        for delivery in pending {
             if tx.send(delivery).await.is_err() {
                 return;
             }
@@ -600,8 +710,8 @@ async fn read_requests(
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some((reply_to, correlation, payload)) = replies_rx.recv().await {
-                // Replies only go to the app's own reply topics.
-                if !reply_to.starts_with(&format!("berth.{}.__reply.", shared.app)) {
+                // Replies only go to the app's own reply topic.
+                if reply_to != shared.reply_topic {
                     continue;
                 }
                 let headers = vec![(CORRELATION_HEADER.to_string(), correlation)];
@@ -636,13 +746,18 @@ async fn read_requests(
                     let _ = replies.send((reply_to, correlation, payload));
                 }
             });
-            tx.try_send(Delivery {
+            match tx.try_send(Delivery {
                 message,
                 reply: Some(reply_tx),
                 acker: Box::new(NoAck),
-            })
-            .is_ok()
-                || !tx.is_closed()
+            }) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(topic = %topic, "too many requests waiting; one was dropped");
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         })
         .await;
 }
@@ -650,11 +765,12 @@ async fn read_requests(
 /// Commits the trigger's offset whenever it moved.
 async fn commit(shared: Arc<Shared>, key: String, start: i64, progress: Arc<Progress>) {
     let mut committed = start;
+    let mut written = Instant::now();
     let name = shared.offsets_topic();
     loop {
         tokio::time::sleep(COMMIT_EVERY).await;
         let low = progress.low_water();
-        if low == committed {
+        if low == committed && written.elapsed() < RECOMMIT_EVERY {
             continue;
         }
         let record = Record {
@@ -664,7 +780,10 @@ async fn commit(shared: Arc<Shared>, key: String, start: i64, progress: Arc<Prog
             timestamp: chrono::Utc::now(),
         };
         match shared.produce(&name, record).await {
-            Ok(_) => committed = low,
+            Ok(_) => {
+                committed = low;
+                written = Instant::now();
+            }
             Err(e) => tracing::warn!(error = %e, "cannot commit a kafka offset; retrying"),
         }
     }
@@ -673,13 +792,21 @@ async fn commit(shared: Arc<Shared>, key: String, start: i64, progress: Arc<Prog
 /// A trigger's deliveries, read by its background tasks.
 struct KafkaSubscription {
     rx: mpsc::Receiver<Delivery>,
+    /// Requests, taken first: they are not held back by a backlog.
+    requests: mpsc::Receiver<Delivery>,
+    /// Its ackers' retries stop once the subscription is gone.
+    _alive: Arc<()>,
     _tasks: Vec<AbortOnDrop>,
 }
 
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        tokio::select! {
+            biased;
+            Some(request) = self.requests.recv() => Some(request),
+            delivery = self.rx.recv() => delivery,
+        }
     }
 }
 
@@ -688,6 +815,7 @@ struct KafkaAcker {
     topic: String,
     offset: i64,
     progress: Arc<Progress>,
+    alive: Weak<()>,
     message: Message,
 }
 
@@ -703,11 +831,22 @@ impl Acker for KafkaAcker {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let m = &self.message;
-            let copy = record(&m.id, m.payload.clone(), &m.headers, m.attempt + 1);
-            match self.shared.produce(&self.topic, copy).await {
-                Ok(_) => self.progress.settle(self.offset),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot requeue a failed kafka message; it is delivered again after a restart")
+            let mut retry = Duration::from_secs(1);
+            // Until the copy is stored the original holds the committed
+            // offset back; keep trying while the trigger runs (after it,
+            // the original is delivered again from the commit).
+            while self.alive.strong_count() > 0 {
+                let copy = record(&m.id, m.payload.clone(), &m.headers, m.attempt + 1);
+                match self.shared.produce(&self.topic, copy).await {
+                    Ok(_) => {
+                        self.progress.settle(self.offset);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?retry, "cannot requeue a failed kafka message yet; retrying");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
         });
