@@ -544,7 +544,7 @@ struct Inbound {
 #[derive(Clone)]
 struct Link {
     client: AsyncClient,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     /// Dropped with the last clone, which tells the event loop to stop.
     _stop: Arc<oneshot::Sender<()>>,
@@ -564,7 +564,7 @@ impl Link {
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
-        let (jobs, jobs_rx) = mpsc::unbounded_channel();
+        let (jobs, jobs_rx) = mpsc::channel(MAX_QUEUED_PUBLISHES);
         let driver = Driver {
             eventloop,
             client: client.clone(),
@@ -604,14 +604,21 @@ impl Link {
         wait: Duration,
     ) -> Result<PubAckReason, MessagingError> {
         let (done, acked) = oneshot::channel();
+        // Bounded: while the broker is away, publishers are told so at once
+        // rather than piling payloads up in memory.
         self.jobs
-            .send(Job {
+            .try_send(Job {
                 topic,
                 payload,
                 properties,
                 done,
             })
-            .map_err(|_| unavailable("the mqtt client stopped"))?;
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    unavailable("too many publishes waiting for the broker")
+                }
+                mpsc::error::TrySendError::Closed(_) => unavailable("the mqtt client stopped"),
+            })?;
         // Giving up here leaves the waiter in place: the accounting stays
         // in step with the event loop, and the late PUBACK finds nobody.
         match tokio::time::timeout(wait, acked).await {
@@ -627,17 +634,21 @@ impl Link {
     }
 }
 
+/// Publishes queued per client before publishers get `unavailable`.
+const MAX_QUEUED_PUBLISHES: usize = 1024;
+
 /// Sends a client's publishes one at a time, so the order of its waiters is
 /// the order of its requests. This is a task rather than a lock held by
 /// each publisher: a publisher whose future is dropped between queuing its
 /// waiter and sending its request would leave a waiter with no publish,
 /// and every later PUBACK would then settle the wrong waiter.
-async fn send_publishes(
-    client: AsyncClient,
-    shared: Arc<Shared>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-) {
+async fn send_publishes(client: AsyncClient, shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
     while let Some(job) = jobs.recv().await {
+        // Its publisher gave up (and was told it failed): sending it now
+        // would deliver a message reported as not sent.
+        if job.done.is_closed() {
+            continue;
+        }
         // rumqttc drops a packet over the broker's maximum and then
         // reconnects, so a packet that is too large is refused here first.
         let max = shared.max_packet.load(Ordering::Relaxed) as usize;
