@@ -1,0 +1,476 @@
+//! One MQTT client and its event loop: publishes confirmed by their
+//! PUBACK, reconnects, resubscriptions and what comes in.
+
+use super::*;
+
+/// Told the broker's PUBACK reason for one publish, or why none came.
+pub(super) type Waiter = oneshot::Sender<Result<PubAckReason, MessagingError>>;
+
+/// Requests waiting for their reply, by correlation data.
+pub(super) type Replies = Arc<Mutex<HashMap<Bytes, oneshot::Sender<Publish>>>>;
+
+/// Matches PUBACKs to the publishes waiting for them.
+///
+/// `AsyncClient::publish` only queues a request. The event loop assigns the
+/// packet id when it sends the publish, and reports it as
+/// `Outgoing::Publish(pkid)` in sending order. So waiters queue up in the
+/// order their publishes went into the client (one task sends them all),
+/// the oldest takes the next packet id sent, and the PUBACK with that id
+/// settles it.
+#[derive(Default)]
+pub(super) struct Acks {
+    /// In the order of the client's publish requests, not yet given an id.
+    pub(super) queued: VecDeque<Waiter>,
+    /// By packet id. There are two waiters under one id only in the moment
+    /// after rumqttc resolved a packet id collision: it reports the new
+    /// publish before the PUBACK of the old one.
+    pub(super) inflight: HashMap<u16, VecDeque<Waiter>>,
+    /// The ids of the publishes rumqttc sends again after a reconnect.
+    /// Their waiters are already filed under these ids.
+    pub(super) resent: HashSet<u16>,
+}
+
+impl Acks {
+    /// A publish request is about to go into the client.
+    pub(super) fn enqueue(&mut self, waiter: Waiter) {
+        self.queued.push_back(waiter);
+    }
+
+    /// The last publish request never reached the client.
+    pub(super) fn withdraw_last(&mut self) -> Option<Waiter> {
+        self.queued.pop_back()
+    }
+
+    /// The oldest publish request the event loop took but dropped unsent.
+    pub(super) fn unsent(&mut self) -> Option<Waiter> {
+        self.queued.pop_front()
+    }
+
+    /// The event loop sent a publish with packet id `pkid`.
+    pub(super) fn sent(&mut self, pkid: u16) {
+        // 0 is QoS 0, which this adapter never publishes.
+        if pkid == 0 || self.resent.remove(&pkid) {
+            return;
+        }
+        match self.queued.pop_front() {
+            Some(waiter) => self.inflight.entry(pkid).or_default().push_back(waiter),
+            None => tracing::debug!(pkid, "an mqtt publish nobody waits for"),
+        }
+    }
+
+    /// The broker acknowledged packet id `pkid`.
+    pub(super) fn acked(&mut self, pkid: u16) -> Option<Waiter> {
+        self.resent.remove(&pkid);
+        let waiters = self.inflight.get_mut(&pkid)?;
+        let waiter = waiters.pop_front();
+        if waiters.is_empty() {
+            self.inflight.remove(&pkid);
+        }
+        waiter
+    }
+
+    /// The client connected again and will send `resent` again. rumqttc
+    /// reports a refused PUBACK only as a connection error, and drops the
+    /// publish without naming its id. So a waiter filed under an id that is
+    /// neither acknowledged (those PUBACKs come before the CONNACK) nor
+    /// resent belongs to a publish the broker refused. Its waiter is
+    /// returned.
+    pub(super) fn reconnected(&mut self, resent: HashSet<u16>) -> Vec<Waiter> {
+        let refused: Vec<u16> = self
+            .inflight
+            .keys()
+            .copied()
+            .filter(|pkid| !resent.contains(pkid))
+            .collect();
+        self.resent = resent;
+        refused
+            .into_iter()
+            .flat_map(|pkid| self.inflight.remove(&pkid).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The packet ids of the publishes an event loop will send again, read
+/// while the CONNACK event is handed out (before it sends them).
+pub(super) fn resent(pending: &VecDeque<Request>) -> HashSet<u16> {
+    pending
+        .iter()
+        .filter_map(|request| match request {
+            Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
+            _ => None,
+        })
+        .collect()
+}
+
+/// State a client's tasks share.
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) acks: Mutex<Acks>,
+    /// Counts CONNACKs. A delivery is acknowledged only on the connection
+    /// it came on, because after a reconnect the broker sends it again
+    /// under the same packet id, and that copy is acknowledged in its turn.
+    pub(super) epoch: AtomicU64,
+    /// The broker's maximum packet size (0: none announced).
+    pub(super) max_packet: AtomicU32,
+}
+
+/// A publish for the sending task.
+pub(super) struct Job {
+    pub(super) topic: String,
+    pub(super) payload: Bytes,
+    pub(super) properties: PublishProperties,
+    pub(super) done: Waiter,
+}
+
+/// Where a client's incoming publishes go.
+pub(super) enum Inbox {
+    /// A trigger's client: to its subscription.
+    Deliveries(mpsc::UnboundedSender<Inbound>),
+    /// The publishing client: to the request whose correlation data the
+    /// reply carries.
+    Replies(Replies),
+}
+
+/// An incoming publish and the connection it came on.
+pub(super) struct Inbound {
+    pub(super) publish: Publish,
+    pub(super) epoch: u64,
+}
+
+/// One MQTT client and its two tasks. One task drives the event loop and
+/// one sends the publishes. Both stop (after a DISCONNECT) once the last
+/// clone is dropped.
+#[derive(Clone)]
+pub(super) struct Link {
+    pub(super) client: AsyncClient,
+    pub(super) jobs: mpsc::Sender<Job>,
+    pub(super) shared: Arc<Shared>,
+    /// Dropped with the last clone, which tells the event loop to stop.
+    pub(super) _stop: Arc<oneshot::Sender<()>>,
+}
+
+impl Link {
+    /// Starts a client subscribed to `filters`, and waits (at most
+    /// `timeout`) for its CONNACK and SUBACK.
+    pub(super) async fn connect(
+        options: MqttOptions,
+        filters: Vec<Filter>,
+        inbox: Inbox,
+        timeout: Duration,
+    ) -> Result<Link, MessagingError> {
+        let name = options.client_id();
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop) = oneshot::channel();
+        let (ready_tx, ready) = oneshot::channel();
+        let (jobs, jobs_rx) = mpsc::channel(MAX_QUEUED_PUBLISHES);
+        let driver = Driver {
+            eventloop,
+            client: client.clone(),
+            shared: shared.clone(),
+            filters,
+            inbox,
+            ready: Some(ready_tx),
+            stop,
+            name,
+            first: true,
+            up: false,
+        };
+        tokio::spawn(driver.run());
+        tokio::spawn(send_publishes(client.clone(), shared.clone(), jobs_rx));
+        let link = Link {
+            client,
+            jobs,
+            shared,
+            _stop: Arc::new(stop_tx),
+        };
+        // On failure `link` is dropped here, which stops the tasks.
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(Ok(()))) => Ok(link),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(unavailable("the mqtt event loop stopped")),
+            Err(_) => Err(unavailable("no connack or suback before the timeout")),
+        }
+    }
+
+    /// Publishes at QoS 1 and waits (at most `wait`) for the PUBACK. Returns
+    /// its reason, which is success or "no matching subscribers".
+    pub(super) async fn publish(
+        &self,
+        topic: String,
+        payload: Bytes,
+        properties: PublishProperties,
+        wait: Duration,
+    ) -> Result<PubAckReason, MessagingError> {
+        let (done, acked) = oneshot::channel();
+        // Bounded: while the broker is away, publishers are told so at once
+        // rather than piling payloads up in memory.
+        self.jobs
+            .try_send(Job {
+                topic,
+                payload,
+                properties,
+                done,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    unavailable("too many publishes waiting for the broker")
+                }
+                mpsc::error::TrySendError::Closed(_) => unavailable("the mqtt client stopped"),
+            })?;
+        // Giving up here leaves the waiter in place: the accounting stays
+        // in step with the event loop, and the late PUBACK finds nobody.
+        match tokio::time::timeout(wait, acked).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(unavailable("the mqtt client stopped")),
+            Err(_) => Err(unavailable("no puback before the timeout")),
+        }
+    }
+
+    /// The connection the client is on.
+    pub(super) fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::SeqCst)
+    }
+}
+
+/// Publishes queued per client before publishers get `unavailable`.
+pub(super) const MAX_QUEUED_PUBLISHES: usize = 1024;
+
+/// Sends a client's publishes one at a time, so the order of its waiters is
+/// the order of its requests. This is a task rather than a lock held by
+/// each publisher: a publisher whose future is dropped between queuing its
+/// waiter and sending its request would leave a waiter with no publish,
+/// and every later PUBACK would then settle the wrong waiter.
+pub(super) async fn send_publishes(
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    while let Some(job) = jobs.recv().await {
+        // Its publisher gave up (and was told it failed): sending it now
+        // would deliver a message reported as not sent.
+        if job.done.is_closed() {
+            continue;
+        }
+        // rumqttc drops a packet over the broker's maximum and then
+        // reconnects, so a packet that is too large is refused here first.
+        let max = shared.max_packet.load(Ordering::Relaxed) as usize;
+        if max > 0 {
+            let probe = Publish::new(
+                job.topic.as_str(),
+                QoS::AtLeastOnce,
+                job.payload.clone(),
+                Some(job.properties.clone()),
+            );
+            // + 2 for the packet id, which is assigned later.
+            let size = probe.size() + 2;
+            if size > max {
+                let _ = job.done.send(Err(MessagingError::TooLarge(format!(
+                    "the message is {size} bytes; the broker takes at most {max}"
+                ))));
+                continue;
+            }
+        }
+        lock(&shared.acks).enqueue(job.done);
+        let sent = client
+            .publish_bytes_with_properties(
+                job.topic,
+                QoS::AtLeastOnce,
+                false,
+                job.payload,
+                job.properties,
+            )
+            .await;
+        if let Err(e) = sent {
+            let waiter = lock(&shared.acks).withdraw_last();
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Err(unavailable(e)));
+            }
+        }
+    }
+}
+
+/// Drives one client's event loop: it reconnects, resubscribes, settles
+/// publishes and hands out what comes in. It never waits on the client's
+/// request channel (it is that channel's only reader), so it uses
+/// `try_*` calls or spawns.
+pub(super) struct Driver {
+    pub(super) eventloop: EventLoop,
+    pub(super) client: AsyncClient,
+    pub(super) shared: Arc<Shared>,
+    pub(super) filters: Vec<Filter>,
+    pub(super) inbox: Inbox,
+    /// Told the outcome of the first connect and subscribe.
+    pub(super) ready: Option<oneshot::Sender<Result<(), MessagingError>>>,
+    pub(super) stop: oneshot::Receiver<()>,
+    /// The client id, for logs.
+    pub(super) name: String,
+    pub(super) first: bool,
+    /// Connected, as far as logs go: a lost connection is logged once.
+    pub(super) up: bool,
+}
+
+impl Driver {
+    pub(super) async fn run(mut self) {
+        loop {
+            let polled = tokio::select! {
+                biased;
+                _ = &mut self.stop => None,
+                event = self.eventloop.poll() => Some(event),
+            };
+            let Some(event) = polled else { break };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => self.connected(&ack),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    // A refused filter arrives as an error, not as a SUBACK.
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(Ok(()));
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let waiter = lock(&self.shared.acks).acked(ack.pkid);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(Ok(ack.reason));
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.received(publish),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    lock(&self.shared.acks).sent(pkid);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(Err(unavailable(&e)));
+                        return;
+                    }
+                    self.failed(&e);
+                    // The next poll reconnects.
+                    let stopped = tokio::select! {
+                        biased;
+                        _ = &mut self.stop => true,
+                        () = tokio::time::sleep(RECONNECT_DELAY) => false,
+                    };
+                    if stopped {
+                        break;
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    pub(super) fn connected(&mut self, ack: &ConnAck) {
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        let max = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .unwrap_or(0);
+        self.shared.max_packet.store(max, Ordering::Relaxed);
+        let refused = lock(&self.shared.acks).reconnected(resent(&self.eventloop.pending));
+        for waiter in refused {
+            let _ = waiter.send(Err(MessagingError::Unavailable(
+                "the broker refused the message".into(),
+            )));
+        }
+        if !self.first && !self.up {
+            tracing::info!(client = %self.name, "mqtt connection restored");
+        }
+        self.up = true;
+        // rumqttc does not subscribe again by itself. A session the broker
+        // still had kept its subscriptions; a new one has none.
+        if self.first || !ack.session_present {
+            self.first = false;
+            let (client, filters) = (self.client.clone(), self.filters.clone());
+            tokio::spawn(async move {
+                if let Err(e) = client.subscribe_many(filters).await {
+                    tracing::debug!(error = %e, "cannot subscribe");
+                }
+            });
+        }
+    }
+
+    pub(super) fn failed(&mut self, e: &ConnectionError) {
+        if let ConnectionError::MqttState(StateError::OutgoingPacketTooLarge { pkt_size, max }) = e
+        {
+            // rumqttc dropped the oldest request it had not yet sent. All
+            // earlier ones were reported as sent.
+            let waiter = lock(&self.shared.acks).unsent();
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Err(MessagingError::TooLarge(format!(
+                    "the message is {pkt_size} bytes; the broker takes at most {max}"
+                ))));
+            }
+        }
+        if self.up {
+            self.up = false;
+            tracing::warn!(client = %self.name, error = %e, "mqtt connection lost; reconnecting");
+        } else {
+            tracing::debug!(client = %self.name, error = %e, "mqtt reconnect failed");
+        }
+    }
+
+    pub(super) fn received(&self, publish: Publish) {
+        match &self.inbox {
+            Inbox::Deliveries(deliveries) => {
+                let epoch = self.shared.epoch.load(Ordering::SeqCst);
+                // Nobody to take it once the subscription is gone. The
+                // message stays unacknowledged in the session.
+                let _ = deliveries.send(Inbound { publish, epoch });
+            }
+            Inbox::Replies(replies) => {
+                let correlation = publish
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_data.clone());
+                let waiter = correlation.and_then(|c| lock(replies).remove(&c));
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(publish);
+                    }
+                    None => tracing::debug!("an mqtt reply nobody waits for (late or unknown)"),
+                }
+            }
+        }
+    }
+
+    /// Sends DISCONNECT, so the broker does not wait for the keep-alive.
+    pub(super) async fn shutdown(mut self) {
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Removes a request's reply waiter however the request ends.
+pub(super) struct PendingReply<'a> {
+    pub(super) replies: &'a Replies,
+    pub(super) correlation: Bytes,
+}
+
+impl<'a> PendingReply<'a> {
+    pub(super) fn register(
+        replies: &'a Replies,
+        correlation: Bytes,
+        waiter: oneshot::Sender<Publish>,
+    ) -> PendingReply<'a> {
+        lock(replies).insert(correlation.clone(), waiter);
+        PendingReply {
+            replies,
+            correlation,
+        }
+    }
+}
+
+impl Drop for PendingReply<'_> {
+    fn drop(&mut self) {
+        lock(self.replies).remove(&self.correlation);
+    }
+}

@@ -1,0 +1,559 @@
+//! MQTT 5 adapter (`rumqttc::v5`), for brokers such as Mosquitto 2.
+//!
+//! - A topic `t` of app `<app>` is the MQTT topic `berth/<app>/msg/<t>`;
+//!   requests to it go to `berth/<app>/req/<t>`. Topics and consumer names
+//!   holding `/`, `+` or `#` are refused, so nothing names an MQTT topic
+//!   outside its app's subtree.
+//! - Every publish is QoS 1 and returns once the broker's PUBACK for it
+//!   came. The Berth id travels as the user property `berth-id`, each
+//!   header as a user property, and the attempt of a republished message
+//!   as `berth-attempt`.
+//! - Each message trigger gets its own MQTT client and session, subscribed
+//!   to the shared subscription `$share/berth-<app>-<consumer>/berth/<app>/msg/<t>`
+//!   at QoS 1: the broker hands each message to one of the app's hosts.
+//!   Acks are manual, so a message is PUBACKed only once its handler
+//!   succeeded. The session (clean start off, expiry [`SESSION_EXPIRY`])
+//!   keeps what the broker queued for a host over a short disconnect, and
+//!   the broker sends unacknowledged messages again (DUP set, counted as
+//!   one more attempt) when the client comes back.
+//! - MQTT (3.1.1 and 5) has no negative acknowledgement. So `nack` waits
+//!   for the backoff, publishes a copy with `berth-attempt` incremented
+//!   (and waits for its PUBACK), then acknowledges the original. The copy
+//!   may go to another host of the share. A host that dies before that
+//!   leaves the original unacknowledged in its session.
+//! - Request/reply is MQTT 5's: the request carries the response topic
+//!   `berth/<app>/reply/<client id>`, which the publishing client
+//!   subscribes to at connect, and a fresh correlation id. Triggers take
+//!   requests through `$share/berth-<app>-<consumer>-req/berth/<app>/req/<t>`
+//!   at QoS 0, so requests are never stored. Plain MQTT cannot tell that
+//!   nobody listens. But a broker may answer the request's PUBACK with "no
+//!   matching subscribers" (Mosquitto does), and that becomes
+//!   `no-responder`. On a broker that does not, a request nobody consumes
+//!   ends in `timeout`.
+//!
+//! Limits compared with the NATS and RabbitMQ adapters:
+//! - The broker keeps nothing for topics nobody subscribes to: a message
+//!   published before any trigger subscribed to its topic is dropped. Its
+//!   PUBACK says so, and the drop is logged at debug.
+//! - There is no deduplication by id: a schedule tick published by N hosts
+//!   is delivered N times, each time under the same id.
+//! - Mosquitto deals out a share's messages round-robin, disconnected
+//!   sessions included. Messages dealt to a host that died wait in its
+//!   session until [`SESSION_EXPIRY`] and are then lost: MQTT 5 lets a
+//!   broker pass them to another member, and Mosquitto does not. A
+//!   subscription that is dropped unsubscribes first, so a host that stops
+//!   cleanly is no longer dealt messages.
+//! - A publish that ends in `unavailable` (no PUBACK in time) may still
+//!   reach the broker later, because the client retransmits it when it
+//!   reconnects. Delivery is at least once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnectProperties, Filter, Packet, PubAckReason, Publish, PublishProperties,
+};
+use rumqttc::v5::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
+use crate::secret::Secret;
+
+mod link;
+mod subscription;
+mod wire;
+
+use link::*;
+use subscription::*;
+use wire::*;
+
+/// The port of `mqtt://host` URLs without one.
+pub const DEFAULT_PORT: u16 = 1883;
+/// How long the broker keeps a trigger's session (its subscription, queued
+/// and unacknowledged messages) after the connection drops. It covers
+/// reconnects of a running host. A dead host never comes back, because
+/// every host process has its own client ids, so a longer expiry only
+/// strands more of the messages dealt to it (see the module docs).
+pub const SESSION_EXPIRY: Duration = Duration::from_secs(SESSION_EXPIRY_SECS as u64);
+const SESSION_EXPIRY_SECS: u32 = 60;
+/// User property carrying Berth's message id.
+const ID_PROPERTY: &str = "berth-id";
+/// User property carrying the delivery attempt of a republished message.
+const ATTEMPT_PROPERTY: &str = "berth-attempt";
+/// Unacknowledged messages the broker sends each trigger's client at once
+/// (the MQTT 5 receive maximum, like RabbitMQ's prefetch).
+const RECEIVE_MAXIMUM: u16 = 32;
+/// MQTT's largest packet. Without it rumqttc refuses incoming packets over
+/// 10 KiB: it drops the connection, the broker redelivers, and the client
+/// reconnects forever. The host's own limits bound payloads.
+const MAX_PACKET_SIZE: u32 = 268_435_455;
+/// Outgoing QoS 1 publishes in flight per client. rumqttc allocates a slot
+/// per packet id up to this bound (65535 slots by default).
+const PUBLISHER_INFLIGHT: u16 = 256;
+/// Triggers' clients only publish replies and republished copies.
+const TRIGGER_INFLIGHT: u16 = 16;
+/// Requests queued between an `AsyncClient` and its event loop.
+const REQUEST_CAPACITY: usize = 64;
+/// Keep-alive ping interval: a dead connection is noticed within about
+/// twice this.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Pause between reconnect attempts.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How long a stopping client may take to send its DISCONNECT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Settings of an app's MQTT broker.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// `mqtt://[user[:password]@]host[:port]`. The port defaults to
+    /// [`DEFAULT_PORT`], and the user and password are percent-decoded.
+    /// The password must be a reference.
+    pub url: Secret,
+    /// The app, naming the MQTT topic subtree.
+    pub app: String,
+    /// The timeout for connecting (CONNACK and SUBACK) and for a PUBACK.
+    pub timeout: Duration,
+    /// This host process's MQTT client id, unique per process (generated at
+    /// startup, say), without `/`, `+` or `#`. Triggers' clients add a
+    /// suffix to it.
+    pub client_id: String,
+}
+
+/// An app's broker on MQTT 5.
+pub struct MqttBroker {
+    /// The client that publishes and receives replies.
+    link: Link,
+    /// Requests waiting for their reply, by correlation data.
+    replies: Replies,
+    /// `berth/<app>/reply/<client id>`.
+    reply_topic: String,
+    target: Target,
+    app: String,
+    client_id: String,
+    timeout: Duration,
+    /// Numbers the triggers' client ids.
+    subscriptions: AtomicU64,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> MessagingError {
+    tracing::debug!(error = %e, "mqtt failure");
+    MessagingError::Unavailable("the broker cannot be reached".into())
+}
+
+/// Locks `m`. A panic elsewhere must not also stop the event loops.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MqttBroker {
+    /// Connects, subscribes to this host's reply topic, and waits (at most
+    /// `s.timeout`) for both to be acknowledged, so a broker that is down
+    /// is an error at startup.
+    pub async fn connect(s: &MqttSettings) -> Result<MqttBroker, MessagingError> {
+        let target = parse_url(s.url.expose())?;
+        if !mqtt_safe(&s.client_id) || !mqtt_safe(&s.app) {
+            return Err(MessagingError::InvalidInput(
+                "the MQTT client id and the app name must be non-empty, without `/`, `+`, `#`"
+                    .into(),
+            ));
+        }
+        let reply_topic = reply_topic(&s.app, &s.client_id);
+        let replies = Replies::default();
+        let link = Link::connect(
+            mqtt_options(&target, &s.client_id, s.timeout, Role::Publisher),
+            vec![Filter::new(reply_topic.clone(), QoS::AtLeastOnce)],
+            Inbox::Replies(replies.clone()),
+            s.timeout,
+        )
+        .await?;
+        Ok(MqttBroker {
+            link,
+            replies,
+            reply_topic,
+            target,
+            app: s.app.clone(),
+            client_id: s.client_id.clone(),
+            timeout: s.timeout,
+            subscriptions: AtomicU64::new(0),
+        })
+    }
+}
+
+impl MqttBroker {
+    /// Publishes a request and waits for its reply (the caller bounds the
+    /// wait). A PUBACK saying nobody subscribes means no responder.
+    async fn exchange(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        properties: PublishProperties,
+        reply: oneshot::Receiver<Publish>,
+    ) -> Result<Publish, MessagingError> {
+        let reason = self
+            .link
+            .publish(
+                request_topic(&self.app, topic),
+                payload,
+                properties,
+                self.timeout,
+            )
+            .await?;
+        if reason == PubAckReason::NoMatchingSubscribers {
+            return Err(MessagingError::NoResponder);
+        }
+        reply
+            .await
+            .map_err(|_| MessagingError::Unavailable("the reply channel closed".into()))
+    }
+}
+
+#[async_trait]
+impl MessagingBackend for MqttBroker {
+    async fn publish_with_id(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError> {
+        check_topic(topic)?;
+        let reason = self
+            .link
+            .publish(
+                message_topic(&self.app, topic),
+                Bytes::from(payload),
+                publish_properties(id, &headers, 1),
+                self.timeout,
+            )
+            .await?;
+        if reason == PubAckReason::NoMatchingSubscribers {
+            tracing::debug!(
+                topic,
+                id,
+                "no trigger subscribes to this topic: the broker dropped the message"
+            );
+        }
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Message, MessagingError> {
+        check_topic(topic)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let correlation = Bytes::from(uuid::Uuid::new_v4().to_string());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let _pending = PendingReply::register(&self.replies, correlation.clone(), reply_tx);
+        let mut properties = publish_properties(&id, &headers, 1);
+        properties.response_topic = Some(self.reply_topic.clone());
+        properties.correlation_data = Some(correlation);
+        let exchange = self.exchange(topic, Bytes::from(payload), properties, reply_rx);
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(MessagingError::Timeout),
+            Ok(reply) => reply?,
+        };
+        let (id, headers, _) = metadata(reply.properties.as_ref());
+        Ok(Message {
+            id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            topic: topic.to_string(),
+            payload: reply.payload.to_vec(),
+            headers,
+            attempt: 1,
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Subscription>, MessagingError> {
+        check_topic(topic)?;
+        if !mqtt_safe(consumer) {
+            return Err(MessagingError::InvalidInput(format!(
+                "consumer {consumer:?} cannot name an MQTT shared subscription"
+            )));
+        }
+        // Its own client id, so its session is its own. It is stable
+        // within this process, so a reconnect finds the session again.
+        let n = self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        let client_id = format!("{}-s{n}", self.client_id);
+        let filters = vec![
+            Filter::new(shared_filter(&self.app, consumer, topic), QoS::AtLeastOnce),
+            // Requests at QoS 0: the broker neither stores them nor waits
+            // for acks, so they never queue behind stored messages.
+            Filter::new(
+                shared_request_filter(&self.app, consumer, topic),
+                QoS::AtMostOnce,
+            ),
+        ];
+        let paths = filters.iter().map(|f| f.path.clone()).collect();
+        let (deliveries, inbox) = mpsc::unbounded_channel();
+        let link = Link::connect(
+            mqtt_options(&self.target, &client_id, self.timeout, Role::Trigger),
+            filters,
+            Inbox::Deliveries(deliveries),
+            self.timeout,
+        )
+        .await?;
+        Ok(Box::new(MqttSubscription {
+            link,
+            inbox,
+            topic: topic.to_string(),
+            message_topic: message_topic(&self.app, topic),
+            request_topic: request_topic(&self.app, topic),
+            reply_prefix: format!("berth/{}/reply/", self.app),
+            filters: paths,
+            timeout: self.timeout,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_and_without_credentials() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1883").unwrap(),
+            Target {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                credentials: None,
+            }
+        );
+        assert_eq!(parse_url("mqtt://broker").unwrap().port, DEFAULT_PORT);
+        assert_eq!(parse_url("mqtt://broker/").unwrap().host, "broker");
+        let t = parse_url("mqtt://berth:p%40ss:w0rd@broker:1884").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("broker", 1884));
+        let (user, password) = t.credentials.unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("berth", "p@ss:w0rd"));
+        let (user, password) = parse_url("mqtt://only@broker")
+            .unwrap()
+            .credentials
+            .unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("only", ""));
+        let t = parse_url("mqtt://[::1]:1885").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("[::1]", 1885));
+        assert_eq!(parse_url("mqtt://[::1]").unwrap().port, DEFAULT_PORT);
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        for bad in [
+            "tcp://h:1883",
+            "mqtts://u:s3cret@h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://h:70000",
+            "mqtt://h/path",
+            "mqtt://h?client_id=x",
+            "mqtt://:s3cret@h",
+            "mqtt://u:s3cret%zz@h",
+            "mqtt://u:s3cret@",
+            "mqtt://[::1",
+            "mqtt://[::1]x",
+        ] {
+            let e = parse_url(bad).unwrap_err();
+            assert!(matches!(e, MessagingError::InvalidInput(_)), "{bad}");
+            assert!(!e.to_string().contains("s3cret"), "{bad}: {e}");
+        }
+        let t = parse_url("mqtt://u:s3cret@h").unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn topics_map_into_the_app_subtree() {
+        assert_eq!(
+            message_topic("shop", "user.created"),
+            "berth/shop/msg/user.created"
+        );
+        assert_eq!(
+            request_topic("shop", "user.created"),
+            "berth/shop/req/user.created"
+        );
+        assert_eq!(reply_topic("shop", "host-1"), "berth/shop/reply/host-1");
+        assert_eq!(
+            shared_filter("shop", "handler", "user.created"),
+            "$share/berth-shop-handler/berth/shop/msg/user.created"
+        );
+        assert_eq!(
+            shared_request_filter("shop", "handler", "user.created"),
+            "$share/berth-shop-handler-req/berth/shop/req/user.created"
+        );
+        for ok in ["user.created", "_schedule.tick", "a-b_c"] {
+            assert!(check_topic(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a.+", "#", "a\0"] {
+            assert!(check_topic(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_properties_round_trip_headers_id_and_attempt() {
+        let headers = vec![
+            ("trace".to_string(), "t-1".to_string()),
+            ("a".into(), "x y".into()),
+            ("a".into(), "again".into()),
+        ];
+        let mut sorted = headers.clone();
+        sorted.sort();
+        let props = publish_properties("id-1", &headers, 3);
+        assert_eq!(
+            metadata(Some(&props)),
+            (Some("id-1".into()), sorted.clone(), 3)
+        );
+        let props = publish_properties("id-1", &headers, 1);
+        assert!(
+            props
+                .user_properties
+                .iter()
+                .all(|(k, _)| k != ATTEMPT_PROPERTY)
+        );
+        assert_eq!(metadata(Some(&props)), (Some("id-1".into()), sorted, 1));
+        // The host's id and attempt win over headers named like them.
+        let spoofed = vec![
+            (ID_PROPERTY.to_string(), "fake".to_string()),
+            (ATTEMPT_PROPERTY.to_string(), "9".to_string()),
+        ];
+        let props = publish_properties("id-2", &spoofed, 1);
+        assert_eq!(metadata(Some(&props)), (Some("id-2".into()), vec![], 1));
+    }
+
+    #[test]
+    fn metadata_defaults() {
+        assert_eq!(metadata(None), (None, vec![], 1));
+        for (value, attempt) in [("0", 1), ("x", 1), ("2", 2)] {
+            let props = PublishProperties {
+                user_properties: vec![(ATTEMPT_PROPERTY.into(), value.into())],
+                ..Default::default()
+            };
+            assert_eq!(metadata(Some(&props)).2, attempt, "{value}");
+        }
+    }
+
+    type Outcome = oneshot::Receiver<Result<PubAckReason, MessagingError>>;
+
+    fn waiters(acks: &mut Acks, n: usize) -> Vec<Outcome> {
+        (0..n)
+            .map(|_| {
+                let (tx, rx) = oneshot::channel();
+                acks.enqueue(tx);
+                rx
+            })
+            .collect()
+    }
+
+    fn settle(acks: &mut Acks, pkid: u16) {
+        let waiter = acks.acked(pkid).expect("a waiter for this id");
+        waiter.send(Ok(PubAckReason::Success)).unwrap();
+    }
+
+    #[test]
+    fn pubacks_settle_the_publishes_in_sending_order() {
+        let mut acks = Acks::default();
+        let mut rx = waiters(&mut acks, 2);
+        acks.sent(1);
+        acks.sent(2);
+        settle(&mut acks, 2);
+        assert!(rx[1].try_recv().is_ok());
+        assert!(rx[0].try_recv().is_err());
+        settle(&mut acks, 1);
+        assert!(rx[0].try_recv().is_ok());
+        assert!(acks.acked(1).is_none());
+        assert!(acks.inflight.is_empty() && acks.queued.is_empty());
+    }
+
+    #[test]
+    fn a_collided_id_settles_the_older_publish_first() {
+        let mut acks = Acks::default();
+        let mut rx = waiters(&mut acks, 2);
+        acks.sent(1);
+        // rumqttc reports the collided publish going out under id 1 before
+        // it hands out the PUBACK for the first one.
+        acks.sent(1);
+        settle(&mut acks, 1);
+        assert!(rx[0].try_recv().is_ok());
+        assert!(rx[1].try_recv().is_err());
+        settle(&mut acks, 1);
+        assert!(rx[1].try_recv().is_ok());
+    }
+
+    #[test]
+    fn reconnects_resend_and_refuse() {
+        let mut acks = Acks::default();
+        let mut rx = waiters(&mut acks, 3);
+        acks.sent(1);
+        acks.sent(2);
+        // Reconnected: 1 is sent again, 2 was refused (its PUBACK was an
+        // error), and the third request had not been sent yet.
+        let refused = acks.reconnected(HashSet::from([1]));
+        assert_eq!(refused.len(), 1);
+        for waiter in refused {
+            waiter
+                .send(Err(MessagingError::Unavailable("refused".into())))
+                .unwrap();
+        }
+        assert!(matches!(
+            rx[1].try_recv(),
+            Ok(Err(MessagingError::Unavailable(_)))
+        ));
+        acks.sent(1);
+        acks.sent(3);
+        settle(&mut acks, 3);
+        assert!(rx[2].try_recv().is_ok());
+        settle(&mut acks, 1);
+        assert!(rx[0].try_recv().is_ok());
+    }
+
+    #[test]
+    fn an_unsent_request_is_withdrawn() {
+        let mut acks = Acks::default();
+        let mut rx = waiters(&mut acks, 2);
+        assert!(acks.withdraw_last().is_some());
+        acks.sent(4);
+        settle(&mut acks, 4);
+        assert!(rx[0].try_recv().is_ok());
+        assert!(acks.unsent().is_none());
+    }
+
+    #[test]
+    fn resent_ids_come_from_pending_qos1_publishes() {
+        let publish = |pkid| {
+            Request::Publish(Publish {
+                pkid,
+                qos: if pkid == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                },
+                ..Default::default()
+            })
+        };
+        let pending = VecDeque::from([publish(3), publish(0), Request::PingReq, publish(7)]);
+        assert_eq!(resent(&pending), HashSet::from([3, 7]));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%40c").as_deref(), Some("a/b@c"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! A trigger's deliveries from its queues, resubscribed after a lost
+//! connection, and how each is settled.
+
+use super::*;
+
+/// A trigger's deliveries: its durable queue and its request queue, on a
+/// channel reopened when the connection is lost.
+pub(super) struct RabbitSubscription {
+    pub(super) shared: Arc<Shared>,
+    pub(super) queue: String,
+    pub(super) consumer: String,
+    pub(super) topic: String,
+    /// `None` until (re)opened.
+    pub(super) messages: Option<lapin::Consumer>,
+    /// `None` once the request consumer ended; stored messages go on.
+    pub(super) requests: Option<lapin::Consumer>,
+}
+
+/// Declares `queue`, binds it to `exchange` for `topic` and consumes it.
+pub(super) async fn consume_bound(
+    channel: &Channel,
+    queue: &str,
+    options: QueueDeclareOptions,
+    exchange: &str,
+    topic: &str,
+    no_ack: bool,
+) -> Result<lapin::Consumer, MessagingError> {
+    channel
+        .queue_declare(queue, options, FieldTable::default())
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            queue,
+            exchange,
+            topic,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    channel
+        .basic_consume(
+            queue,
+            "",
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)
+}
+
+/// Longest wait between attempts to consume again after a lost connection.
+pub(super) const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(30);
+
+impl RabbitSubscription {
+    /// Declares and binds the trigger's queues and consumes them.
+    pub(super) async fn open(&mut self) -> Result<(), MessagingError> {
+        let link = self.shared.link().await?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_qos(self.shared.settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let messages = consume_bound(
+            &channel,
+            &self.queue,
+            durable_queue(),
+            &self.shared.exchange(),
+            &self.topic,
+            false,
+        )
+        .await?;
+        // Requests: a transient queue shared by the trigger's hosts, not
+        // acknowledged (requests are not stored).
+        let request_queue = format!(
+            "berth.{}.req.{}.{}",
+            self.shared.settings.app, self.consumer, self.topic
+        );
+        let transient = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        let requests = consume_bound(
+            &channel,
+            &request_queue,
+            transient,
+            &self.shared.request_exchange(),
+            &self.topic,
+            true,
+        )
+        .await?;
+        self.messages = Some(messages);
+        self.requests = Some(requests);
+        Ok(())
+    }
+
+    /// Consumes again once the broker is back, waiting longer after each
+    /// failed attempt.
+    pub(super) async fn reopen(&mut self) {
+        self.messages = None;
+        self.requests = None;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.open().await {
+                Ok(()) => {
+                    tracing::info!(queue = %self.queue, "rabbitmq consumer resumed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, ?delay, "cannot consume from rabbitmq yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RESUBSCRIBE_DELAY);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for RabbitSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                self.reopen().await;
+                continue;
+            };
+            let requests = self.requests.as_mut();
+            let request = async {
+                match requests {
+                    Some(requests) => requests.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = messages.next() => match next {
+                    Some(Ok(delivery)) => return Some(self.stored(delivery)),
+                    // The channel or connection is gone: unacknowledged
+                    // deliveries go back to the queue; consume again.
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, queue = %self.queue, "rabbitmq consumer lost; resubscribing");
+                        self.messages = None;
+                    }
+                    None => {
+                        tracing::warn!(queue = %self.queue, "rabbitmq consumer ended; resubscribing");
+                        self.messages = None;
+                    }
+                },
+                req = request => match req {
+                    Some(Ok(req)) => {
+                        if let Some(delivery) = self.request(req) {
+                            return Some(delivery);
+                        }
+                    }
+                    Some(Err(_)) | None => self.requests = None,
+                },
+            }
+        }
+    }
+}
+
+impl RabbitSubscription {
+    pub(super) fn stored(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let (headers, attempt) = headers_of(&delivery.properties);
+        // A redelivery by RabbitMQ (the host holding it died or closed its
+        // channel) is at least one more attempt.
+        let attempt = attempt + u32::from(delivery.redelivered);
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_else(|| content_id("amqp", &self.topic, &delivery.data, &headers));
+        let message = Message {
+            id,
+            topic: self.topic.clone(),
+            payload: delivery.data.clone(),
+            headers,
+            attempt,
+        };
+        Delivery {
+            message: message.clone(),
+            reply: None,
+            acker: Box::new(RabbitAcker {
+                acker: delivery.acker,
+                shared: self.shared.clone(),
+                queue: self.queue.clone(),
+                message,
+            }),
+        }
+    }
+
+    pub(super) fn request(&self, req: lapin::message::Delivery) -> Option<Delivery> {
+        let reply_to = req.properties.reply_to().as_ref()?.as_str().to_string();
+        let correlation: Option<ShortString> = req.properties.correlation_id().clone();
+        let (headers, _) = headers_of(&req.properties);
+        let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
+        let message = Message {
+            id: req
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_string())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            topic: self.topic.clone(),
+            payload: req.data,
+            headers,
+            attempt: 1,
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Ok(payload) = reply_rx.await {
+                let mut props = BasicProperties::default();
+                if let Some(c) = correlation {
+                    props = props.with_correlation_id(c);
+                }
+                let sent = match shared.link().await {
+                    Ok(link) => {
+                        publish_confirmed(&link.publisher, "", &reply_to, false, &payload, props)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "cannot send a reply");
+                }
+            }
+        });
+        Some(Delivery {
+            message,
+            reply: Some(reply_tx),
+            acker: Box::new(NoAck),
+        })
+    }
+}
+
+pub(super) struct RabbitAcker {
+    pub(super) acker: lapin::acker::Acker,
+    pub(super) shared: Arc<Shared>,
+    pub(super) queue: String,
+    pub(super) message: Message,
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) {
+        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
+        }
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) {
+        // The original stays unacknowledged (so safe) during the backoff.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let m = &self.message;
+            let retry = match self.shared.link().await {
+                Ok(link) => {
+                    publish_confirmed(
+                        &link.publisher,
+                        "",
+                        &self.queue,
+                        false,
+                        &m.payload,
+                        properties(&m.id, &m.headers, m.attempt + 1),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            let settled = match retry {
+                Ok(_) => self.acker.ack(BasicAckOptions::default()).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot requeue a failed message; RabbitMQ redelivers it as is");
+                    self.acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = settled {
+                tracing::warn!(error = %e, "cannot settle a failed message; it will be redelivered");
+            }
+        });
+    }
+}
