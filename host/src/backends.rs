@@ -24,7 +24,9 @@ use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as pa
 use crate::ports::messaging::mqtt::{MqttBroker, MqttSettings};
 use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
 use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
-use crate::ports::messaging::{MessagingBackend, MessagingConfig, inprocess::InProcessBroker};
+use crate::ports::messaging::{
+    MessagingBackend, MessagingConfig, MessagingError, inprocess::InProcessBroker,
+};
 use crate::ports::sql::PgTenancy;
 use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use crate::ports::sql::pg_tenancy::{tenant_password, tenant_role};
@@ -346,7 +348,7 @@ pub async fn open(
             Arc::new(
                 NatsBroker::connect(&settings)
                     .await
-                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+                    .map_err(|e| broker_failure(&origin, e))?,
             )
         }
         MessagingConfig::Kafka {
@@ -363,7 +365,7 @@ pub async fn open(
             Arc::new(
                 KafkaBroker::connect(&settings)
                     .await
-                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+                    .map_err(|e| broker_failure(&origin, e))?,
             )
         }
         MessagingConfig::Mqtt {
@@ -390,7 +392,7 @@ pub async fn open(
             Arc::new(
                 MqttBroker::connect(&settings)
                     .await
-                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+                    .map_err(|e| broker_failure(&origin, e))?,
             )
         }
         MessagingConfig::Rabbitmq {
@@ -407,7 +409,7 @@ pub async fn open(
             Arc::new(
                 RabbitBroker::connect(&settings)
                     .await
-                    .map_err(|e| origin.err("messaging", connection_failure(e)))?,
+                    .map_err(|e| broker_failure(&origin, e))?,
             )
         }
     };
@@ -468,6 +470,15 @@ pub async fn open(
 }
 
 /// Says plainly that a startup failure was a connection failure.
+/// A broker that could not be set up: a URL it cannot use names
+/// `messaging.url`; anything else is a failure to connect.
+fn broker_failure(origin: &Origin<'_>, e: MessagingError) -> anyhow::Error {
+    match e {
+        MessagingError::InvalidInput(m) => origin.err("messaging.url", m),
+        e => origin.err("messaging", connection_failure(e)),
+    }
+}
+
 fn connection_failure(e: impl std::fmt::Display) -> String {
     format!("cannot connect at startup: {e}")
 }

@@ -385,3 +385,27 @@ async fn reconnects_after_connection_loss(url: &str, broker: fn(String) -> Broke
     drop(app);
     broker(url.to_string()).cleanup(&name).await;
 }
+
+/// A broker URL Berth cannot use is a load error naming `messaging.url`,
+/// not a connection failure, and never repeats the URL's password.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_bad_broker_urls_name_the_key() {
+    for (kind, url) in [
+        ("rabbitmq", "rabbit://guest@127.0.0.1:5672"),
+        ("mqtt", "http://127.0.0.1:1883"),
+        ("kafka", "kafka://user@127.0.0.1:9092"),
+    ] {
+        let t = TestApp::new(&manifest_named("badurl", 5));
+        let host = host_config(
+            &t,
+            &format!("[messaging]\ntype = {kind:?}\nurl = {url:?}\n"),
+        );
+        let Err(err) = t.load_with(&host).await else {
+            panic!("{kind}: an unusable URL loaded");
+        };
+        let text = format!("{err:#}");
+        assert!(text.contains("`messaging.url`"), "{kind}: {text}");
+        assert!(!text.contains("cannot connect"), "{kind}: {text}");
+        assert!(text.contains("host.toml"), "{kind}: {text}");
+    }
+}
