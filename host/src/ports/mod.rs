@@ -129,6 +129,14 @@ impl crate::state::InstanceState {
     }
 }
 
+/// Milliseconds since the Unix epoch, by the wall clock: for times stored
+/// (object modification times, when a queued message becomes visible).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug)]

@@ -9,7 +9,7 @@
 //! generic messages, the details (which may name the endpoint or bucket)
 //! only go to `tracing::debug!`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -107,9 +107,7 @@ fn millis(t: Option<&aws_sdk_s3::primitives::DateTime>) -> u64 {
 /// Now, for objects this host just wrote: S3 does not return the
 /// modification time of a write, and asking costs another round trip.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::ports::unix_millis()
 }
 
 /// Builds a page from `(full key, size, modified)` entries in ascending

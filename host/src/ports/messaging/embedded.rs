@@ -27,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -66,11 +66,9 @@ fn failure(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::Unavailable("the embedded broker's store failed".into())
 }
 
+/// Now, as stored in `visible_at`.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::ports::unix_millis() as i64
 }
 
 impl EmbeddedBroker {

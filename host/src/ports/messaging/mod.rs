@@ -103,6 +103,13 @@ pub(crate) fn content_id(
     format!("{prefix}-{}", hex::encode(&hash.finalize()[..16]))
 }
 
+/// What a guest is told when `broker` failed: its detail (which may name
+/// hosts) is only logged, at debug.
+pub(crate) fn unreachable(broker: &str, e: impl std::fmt::Display) -> MessagingError {
+    tracing::debug!(broker, error = %e, "broker failure");
+    MessagingError::Unavailable("the broker cannot be reached".into())
+}
+
 /// Settles nothing: for requests, which brokers do not store.
 pub(crate) struct NoAck;
 

@@ -49,8 +49,7 @@ pub struct NatsBroker {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
-    tracing::debug!(error = %e, "nats failure");
-    MessagingError::Unavailable("the broker cannot be reached".into())
+    super::unreachable("nats", e)
 }
 
 impl NatsBroker {

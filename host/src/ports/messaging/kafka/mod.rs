@@ -146,8 +146,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
-    tracing::debug!(error = %e, "kafka failure");
-    MessagingError::Unavailable("the broker cannot be reached".into())
+    super::unreachable("kafka", e)
 }
 
 impl KafkaBroker {

@@ -144,8 +144,7 @@ pub struct MqttBroker {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
-    tracing::debug!(error = %e, "mqtt failure");
-    MessagingError::Unavailable("the broker cannot be reached".into())
+    super::unreachable("mqtt", e)
 }
 
 /// Locks `m`. A panic elsewhere must not also stop the event loops.

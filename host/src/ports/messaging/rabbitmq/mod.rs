@@ -92,8 +92,7 @@ struct Link {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
-    tracing::debug!(error = %e, "rabbitmq failure");
-    MessagingError::Unavailable("the broker cannot be reached".into())
+    super::unreachable("rabbitmq", e)
 }
 
 /// A connection failure: the broker's refusal (wrong credentials, no access
