@@ -119,7 +119,8 @@ pub struct Grants {
     /// Logical blob containers.
     #[serde(default)]
     pub blob: Vec<String>,
-    /// Topics the component may publish (and send requests) to.
+    /// Topics the component may publish (and send requests) to; patterns
+    /// (`orders.*`, `orders.>`) grant every topic they match.
     #[serde(default)]
     pub publish: Vec<String>,
     /// Sender addresses the component may send email from.
@@ -278,7 +279,7 @@ impl Validator<'_> {
             self.check_refs(&key, "blob", &grants.blob, raw.blob.keys())?;
             self.check_refs(&key, "config", &grants.config, raw.config.keys())?;
             for topic in &grants.publish {
-                crate::ports::messaging::validate_topic(topic)
+                crate::ports::messaging::pattern::validate_pattern(topic)
                     .map_err(|m| self.invalid(format!("{key}.grants.publish"), m))?;
             }
             for sender in &grants.email_senders {

@@ -35,7 +35,8 @@ pub const DEFAULT_BACKOFF_MS: u64 = 100;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MessageTrigger {
-    /// The topic.
+    /// The topic, or a pattern of topics within the app (`orders.*`: one
+    /// segment; `orders.>`: one or more; see `ports::messaging::pattern`).
     pub topic: String,
     /// The component exporting `berth:infra/handler`.
     pub component: String,
@@ -54,7 +55,7 @@ pub struct MessageTrigger {
     /// Longest redelivery delay, in ms; default 30,000.
     pub max_backoff_ms: Option<u64>,
     /// Where messages that exhausted their deliveries go; default
-    /// `<topic>.dead-letter`.
+    /// `<topic>.dead-letter`, required for a pattern.
     pub dead_letter: Option<String>,
 }
 
@@ -169,11 +170,23 @@ impl Validator<'_> {
         for (i, t) in triggers.message.iter().enumerate() {
             let key = format!("trigger.message[{i}]");
             self.check_component(&key, &t.component, components)?;
-            crate::ports::messaging::validate_topic(&t.topic)
+            crate::ports::messaging::pattern::validate_pattern(&t.topic)
                 .map_err(|m| self.invalid(format!("{key}.topic"), m))?;
-            if let Some(dead) = &t.dead_letter {
-                crate::ports::messaging::validate_topic(dead)
-                    .map_err(|m| self.invalid(format!("{key}.dead_letter"), m))?;
+            match &t.dead_letter {
+                Some(dead) => crate::ports::messaging::validate_topic(dead)
+                    .map_err(|m| self.invalid(format!("{key}.dead_letter"), m))?,
+                // `<pattern>.dead-letter` is no topic, and a default built
+                // from each message's topic could match the pattern again.
+                None if crate::ports::messaging::pattern::is_pattern(&t.topic) => {
+                    return Err(self.invalid(
+                        format!("{key}.dead_letter"),
+                        format!(
+                            "a trigger on the pattern {:?} needs a `dead_letter` topic (one the pattern does not match)",
+                            t.topic
+                        ),
+                    ));
+                }
+                None => {}
             }
             self.check_delivery(&key, t)?;
         }
@@ -223,10 +236,12 @@ impl Validator<'_> {
                 format!("must be at least backoff_ms ({backoff}) and at most 86400000 (a day)"),
             ));
         }
-        if t.dead_letter.as_ref() == Some(&t.topic) {
+        if let Some(dead) = &t.dead_letter
+            && crate::ports::messaging::pattern::matches(&t.topic, dead)
+        {
             return Err(self.invalid(
                 format!("{key}.dead_letter"),
-                "must differ from the trigger's topic, or failed messages would come back",
+                "must differ from the trigger's topic and not match its pattern, or failed messages would come back",
             ));
         }
         Ok(())
@@ -261,6 +276,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(text, Path::new("/app/berth.toml"))
+    }
+
+    #[test]
+    fn pattern_triggers_need_a_dead_letter_topic_outside_the_pattern() {
+        let trigger = |rest: &str| {
+            parse(&format!(
+                "{GOOD}[[trigger.message]]\ncomponent = \"api\"\n{rest}\n"
+            ))
+        };
+        let ok = trigger("topic = \"events.>\"\ndead_letter = \"failed.events\"").unwrap();
+        assert_eq!(ok.message_triggers[0].topic, "events.>");
+        for (setting, key, why) in [
+            (
+                "topic = \"events.*\"",
+                "dead_letter",
+                "needs a `dead_letter`",
+            ),
+            (
+                "topic = \"events.>\"\ndead_letter = \"events.x.failed\"",
+                "dead_letter",
+                "not match its pattern",
+            ),
+            ("topic = \"*.events\"", "topic", "first segment is literal"),
+            ("topic = \"events.#\"", "topic", "not a topic nor a pattern"),
+        ] {
+            let msg = trigger(setting).unwrap_err().to_string();
+            assert!(
+                msg.contains(&format!("trigger.message[0].{key}")) && msg.contains(why),
+                "{setting}: {msg}"
+            );
+        }
     }
 
     #[test]

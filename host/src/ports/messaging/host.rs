@@ -64,7 +64,8 @@ impl InstanceState {
         headers: &[(String, String)],
     ) -> Result<(), MessagingError> {
         validate_topic(topic).map_err(MessagingError::InvalidInput)?;
-        if !self.env.grants.publish.iter().any(|t| t == topic) {
+        let granted = |t: &String| super::pattern::matches(t, topic);
+        if !self.env.grants.publish.iter().any(granted) {
             return Err(MessagingError::NotGranted(topic.to_string()));
         }
         let max = self.env.limits.payloads.message_max_bytes;

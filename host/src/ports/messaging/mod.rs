@@ -12,6 +12,7 @@ pub mod inprocess;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod pattern;
 pub mod rabbitmq;
 
 use std::time::Duration;
@@ -159,9 +160,10 @@ pub trait MessagingBackend: Send + Sync {
         headers: Vec<(String, String)>,
         timeout: Duration,
     ) -> Result<Message, MessagingError>;
-    /// Subscribes a trigger to `topic`. `consumer` names the trigger's
-    /// durable consumer: every host process subscribing with the same name
-    /// shares its messages.
+    /// Subscribes a trigger to `topic`, a topic or a pattern of them (see
+    /// [`pattern`]; each delivered [`Message`] names its own topic).
+    /// `consumer` names the trigger's durable consumer: every host process
+    /// subscribing with the same name shares its messages.
     async fn subscribe(
         &self,
         topic: &str,
