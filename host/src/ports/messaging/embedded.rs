@@ -3,8 +3,8 @@
 //! the host stops or crashes.
 //!
 //! - The triggers of the host's current run are recorded in the file, and
-//!   `publish` commits one row per trigger consuming the topic (fan-out at
-//!   publish) before it returns; the database runs in WAL mode with
+//!   `publish` commits one row per trigger consuming the topic (by name or
+//!   by a pattern; fan-out at publish) before it returns; the database runs in WAL mode with
 //!   `synchronous = FULL`, so an accepted message is on disk.
 //! - A message published to a topic no trigger consumes is kept
 //!   unclaimed (the [`UNCLAIMED_MAX`] newest per app), and each trigger
@@ -103,6 +103,7 @@ impl EmbeddedBroker {
              CREATE TABLE IF NOT EXISTS queue (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  consumer TEXT,
+                 trigger_topic TEXT,
                  topic TEXT NOT NULL,
                  id TEXT NOT NULL,
                  payload BLOB NOT NULL,
@@ -111,8 +112,6 @@ impl EmbeddedBroker {
                  visible_at INTEGER NOT NULL,
                  leased INTEGER NOT NULL DEFAULT 0
              );
-             CREATE INDEX IF NOT EXISTS queue_ready ON queue (consumer, topic, leased, visible_at);
-             CREATE UNIQUE INDEX IF NOT EXISTS queue_once ON queue (consumer, topic, id);
              CREATE TABLE IF NOT EXISTS consumers (
                  topic TEXT NOT NULL,
                  consumer TEXT NOT NULL,
@@ -121,6 +120,7 @@ impl EmbeddedBroker {
                  PRIMARY KEY (topic, consumer)
              );",
         )?;
+        migrate_to_triggers(&db)?;
         if owner.is_some() {
             // Only the owner had deliveries in flight: a lease left in the
             // file is a delivery its previous run never settled.
@@ -143,14 +143,42 @@ impl EmbeddedBroker {
         Ok(broker)
     }
 
-    fn waker(&self, consumer: &str, topic: &str) -> Arc<Notify> {
+    /// What wakes the subscription of trigger `consumer` on `trigger` (its
+    /// topic or pattern).
+    fn waker(&self, consumer: &str, trigger: &str) -> Arc<Notify> {
         self.wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((consumer.to_string(), topic.to_string()))
+            .entry((consumer.to_string(), trigger.to_string()))
             .or_default()
             .clone()
     }
+}
+
+/// Files from before topic patterns keyed a trigger's rows by their topic
+/// alone; a row now names its trigger (topic or pattern) beside the
+/// message's own topic. Adds that column to such a file, filled in from
+/// the topic it meant, and indexes rows by trigger.
+fn migrate_to_triggers(db: &Connection) -> rusqlite::Result<()> {
+    let has_trigger: bool = db.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('queue') WHERE name = 'trigger_topic'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_trigger {
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE queue ADD COLUMN trigger_topic TEXT;
+             UPDATE queue SET trigger_topic = topic WHERE consumer IS NOT NULL;
+             COMMIT;",
+        )?;
+    }
+    db.execute_batch(
+        "DROP INDEX IF EXISTS queue_ready;
+         DROP INDEX IF EXISTS queue_once;
+         CREATE INDEX IF NOT EXISTS queue_ready_per_trigger ON queue (consumer, trigger_topic, leased, visible_at);
+         CREATE UNIQUE INDEX IF NOT EXISTS queue_once_per_trigger ON queue (consumer, trigger_topic, id);",
+    )
 }
 
 /// Runs `work` on the database off the async threads.
@@ -181,20 +209,29 @@ impl MessagingBackend for EmbeddedBroker {
         let (topic_owned, id) = (topic.to_string(), id.to_string());
         let (consumers, dropped) = with_db(&self.db, move |db| {
             let tx = db.transaction()?;
-            let consumers: Vec<String> = tx
-                .prepare("SELECT consumer FROM consumers WHERE topic = ?1 AND live = 1")?
-                .query_map(params![topic_owned], |r| r.get(0))?
+            // Every live trigger whose topic or pattern matches.
+            let consumers: Vec<(String, String)> = tx
+                .prepare("SELECT consumer, topic FROM consumers WHERE live = 1")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .filter(|row| {
+                    row.as_ref().map_or(true, |(_, trigger)| {
+                        super::pattern::matches(trigger, &topic_owned)
+                    })
+                })
                 .collect::<rusqlite::Result<_>>()?;
-            let targets: Vec<Option<&str>> = if consumers.is_empty() {
-                vec![None]
+            let targets: Vec<(Option<&str>, Option<&str>)> = if consumers.is_empty() {
+                vec![(None, None)]
             } else {
-                consumers.iter().map(|c| Some(c.as_str())).collect()
+                consumers
+                    .iter()
+                    .map(|(c, trigger)| (Some(c.as_str()), Some(trigger.as_str())))
+                    .collect()
             };
-            for consumer in &targets {
+            for (consumer, trigger) in &targets {
                 tx.execute(
-                    "INSERT OR IGNORE INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
-                    params![consumer, topic_owned, id, payload, headers, now_ms()],
+                    "INSERT OR IGNORE INTO queue (consumer, trigger_topic, topic, id, payload, headers, attempt, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+                    params![consumer, trigger, topic_owned, id, payload, headers, now_ms()],
                 )?;
             }
             let dropped = if consumers.is_empty() {
@@ -214,8 +251,8 @@ impl MessagingBackend for EmbeddedBroker {
         if dropped > 0 {
             tracing::warn!(file = %self.path.display(), dropped, "the oldest messages of topics no trigger consumes were dropped");
         }
-        for consumer in &consumers {
-            self.waker(consumer, topic).notify_one();
+        for (consumer, trigger) in &consumers {
+            self.waker(consumer, trigger).notify_one();
         }
         Ok(())
     }
@@ -251,16 +288,28 @@ impl MessagingBackend for EmbeddedBroker {
                  ON CONFLICT (topic, consumer) DO UPDATE SET live = 1",
                 params![t, c],
             )?;
-            // The trigger gets a copy of what waited for its topic since it
-            // last subscribed (everything, the first time).
-            tx.execute(
-                "INSERT OR IGNORE INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
-                 SELECT ?1, topic, id, payload, headers, attempt, visible_at FROM queue
-                 WHERE consumer IS NULL AND topic = ?2 AND seq > (
-                     SELECT claimed_seq FROM consumers WHERE topic = ?2 AND consumer = ?1)
-                 ORDER BY seq",
-                params![c, t],
-            )?;
+            // The trigger gets a copy of what waited for its topics since
+            // it last subscribed (everything, the first time).
+            let waiting: Vec<i64> = tx
+                .prepare(
+                    "SELECT seq, topic FROM queue WHERE consumer IS NULL AND seq > (
+                         SELECT claimed_seq FROM consumers WHERE topic = ?2 AND consumer = ?1)
+                     ORDER BY seq",
+                )?
+                .query_map(params![c, t], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .filter_map(|row| match row {
+                    Ok((seq, topic)) => super::pattern::matches(&t, &topic).then_some(Ok(seq)),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<_>>()?;
+            for seq in waiting {
+                tx.execute(
+                    "INSERT OR IGNORE INTO queue (consumer, trigger_topic, topic, id, payload, headers, attempt, visible_at)
+                     SELECT ?1, ?2, topic, id, payload, headers, attempt, visible_at FROM queue
+                     WHERE seq = ?3",
+                    params![c, t, seq],
+                )?;
+            }
             tx.execute(
                 "UPDATE consumers SET claimed_seq = (SELECT coalesce(max(seq), 0) FROM queue)
                  WHERE topic = ?2 AND consumer = ?1",
@@ -273,7 +322,7 @@ impl MessagingBackend for EmbeddedBroker {
         Ok(Box::new(EmbeddedSubscription {
             db: self.db.clone(),
             consumer: consumer.to_string(),
-            topic: topic.to_string(),
+            trigger: topic.to_string(),
             wake: self.waker(consumer, topic),
             requests,
             leased: VecDeque::new(),
@@ -285,19 +334,21 @@ impl MessagingBackend for EmbeddedBroker {
 struct EmbeddedSubscription {
     db: Arc<Mutex<Connection>>,
     consumer: String,
-    topic: String,
+    /// The trigger's topic or pattern.
+    trigger: String,
     wake: Arc<Notify>,
     requests: Box<dyn Subscription>,
     leased: VecDeque<Delivery>,
 }
 
-type Row = (i64, String, Vec<u8>, String, u32);
+/// seq, id, topic, payload, headers, attempt.
+type Row = (i64, String, String, Vec<u8>, String, u32);
 
 impl EmbeddedSubscription {
     /// Leases the next visible rows; returns when the next hidden one
     /// becomes visible.
     async fn lease(&mut self) -> Result<Option<i64>, MessagingError> {
-        let (c, t) = (self.consumer.clone(), self.topic.clone());
+        let (c, t) = (self.consumer.clone(), self.trigger.clone());
         let (rows, next) = with_db(&self.db, move |db| {
             let now = now_ms();
             let tx = db.transaction()?;
@@ -305,17 +356,17 @@ impl EmbeddedSubscription {
                 .prepare(
                     "UPDATE queue SET leased = 1 WHERE seq IN (
                          SELECT seq FROM queue
-                         WHERE consumer = ?1 AND topic = ?2 AND leased = 0 AND visible_at <= ?3
+                         WHERE consumer = ?1 AND trigger_topic = ?2 AND leased = 0 AND visible_at <= ?3
                          ORDER BY seq LIMIT ?4)
-                     RETURNING seq, id, payload, headers, attempt",
+                     RETURNING seq, id, topic, payload, headers, attempt",
                 )?
                 .query_map(params![c, t, now, LEASE_BATCH as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let next: Option<i64> = tx
                 .query_row(
-                    "SELECT min(visible_at) FROM queue WHERE consumer = ?1 AND topic = ?2 AND leased = 0",
+                    "SELECT min(visible_at) FROM queue WHERE consumer = ?1 AND trigger_topic = ?2 AND leased = 0",
                     params![c, t],
                     |r| r.get(0),
                 )
@@ -328,11 +379,11 @@ impl EmbeddedSubscription {
         let mut rows = rows;
         // RETURNING does not promise an order.
         rows.sort_by_key(|r| r.0);
-        for (seq, id, payload, headers, attempt) in rows {
+        for (seq, id, topic, payload, headers, attempt) in rows {
             let headers = serde_json::from_str(&headers).unwrap_or_default();
             let message = Message {
                 id,
-                topic: self.topic.clone(),
+                topic,
                 payload,
                 headers,
                 attempt,
@@ -435,161 +486,5 @@ impl Drop for RowAcker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-        tokio::time::timeout(Duration::from_secs(5), sub.next())
-            .await
-            .expect("a delivery")
-            .expect("subscription open")
-    }
-
-    #[tokio::test]
-    async fn messages_survive_a_restart_and_unacked_ones_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("messaging.db");
-        let broker = EmbeddedBroker::open(&path).unwrap();
-        // Published before any trigger consumes the topic: kept.
-        let early = broker
-            .publish("t", b"early".to_vec(), vec![])
-            .await
-            .unwrap();
-        let mut sub = broker.subscribe("t", "c").await.unwrap();
-        let headers = vec![("k".to_string(), "v".to_string())];
-        let id = broker
-            .publish("t", b"x".to_vec(), headers.clone())
-            .await
-            .unwrap();
-        let first = next(&mut sub).await;
-        assert_eq!(
-            (first.message.id.as_str(), first.message.payload.as_slice()),
-            (early.as_str(), &b"early"[..])
-        );
-        first.acker.ack().await;
-        let d = next(&mut sub).await;
-        assert_eq!((d.message.id.as_str(), d.message.attempt), (id.as_str(), 1));
-        assert_eq!(d.message.headers, headers);
-        d.acker.nack(Duration::from_millis(10)).await;
-        let again = next(&mut sub).await;
-        assert_eq!(
-            (again.message.id.as_str(), again.message.attempt),
-            (id.as_str(), 2)
-        );
-        // The host "dies" holding the delivery, and a message is queued.
-        std::mem::forget(again);
-        broker
-            .publish("t", b"queued".to_vec(), vec![])
-            .await
-            .unwrap();
-        drop(sub);
-        drop(broker);
-
-        let broker = EmbeddedBroker::open(&path).unwrap();
-        let mut sub = broker.subscribe("t", "c").await.unwrap();
-        let mut seen = Vec::new();
-        for _ in 0..2 {
-            let d = next(&mut sub).await;
-            seen.push((
-                String::from_utf8(d.message.payload.clone()).unwrap(),
-                d.message.attempt,
-            ));
-            d.acker.ack().await;
-        }
-        seen.sort();
-        assert_eq!(seen, [("queued".to_string(), 1), ("x".to_string(), 3)]);
-        let rows: i64 = broker
-            .db
-            .lock()
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM queue WHERE consumer IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(rows, 0, "acknowledged messages are deleted");
-    }
-
-    #[tokio::test]
-    async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
-        let mut sub = broker.subscribe("t", "c").await.unwrap();
-        broker
-            .publish_with_id("t", "tick-1", vec![], vec![])
-            .await
-            .unwrap();
-        broker
-            .publish_with_id("t", "tick-1", vec![], vec![])
-            .await
-            .unwrap();
-        // Dropped without ack or nack: handed out again, same attempt.
-        drop(next(&mut sub).await);
-        let again = next(&mut sub).await;
-        assert_eq!(
-            (again.message.id.as_str(), again.message.attempt),
-            ("tick-1", 1)
-        );
-        again.acker.ack().await;
-        let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
-        assert!(quiet.is_err(), "the second tick-1 was stored once");
-    }
-
-    #[tokio::test]
-    async fn one_process_owns_the_file_and_others_only_publish() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.db");
-        let owner = EmbeddedBroker::open(&path).unwrap();
-        // The same file in the same process is the same broker.
-        assert!(Arc::ptr_eq(&owner, &EmbeddedBroker::open(&path).unwrap()));
-        let mut sub = owner.subscribe("t", "c").await.unwrap();
-        // Another process: its own connection, no ownership.
-        let lock = std::fs::File::open(path.with_extension("db.lock")).unwrap();
-        assert!(lock.try_lock().is_err(), "the owner holds the lock");
-        let other = EmbeddedBroker {
-            db: Arc::new(Mutex::new(Connection::open(&path).unwrap())),
-            _owner: None,
-            path: path.clone(),
-            wakers: Mutex::default(),
-            requests: InProcessBroker::new(),
-        };
-        let refused = other.subscribe("t", "c").await.err().unwrap();
-        assert!(
-            refused.to_string().contains("another berth process"),
-            "{refused}"
-        );
-        other
-            .publish("t", b"from-run".to_vec(), vec![])
-            .await
-            .unwrap();
-        // The owner finds it without a wake-up, within its idle poll.
-        let d = next(&mut sub).await;
-        assert_eq!(d.message.payload, b"from-run");
-        d.acker.ack().await;
-    }
-
-    #[tokio::test]
-    async fn fan_out_to_each_trigger_and_request_reply() {
-        let dir = tempfile::tempdir().unwrap();
-        let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
-        let mut a = broker.subscribe("t", "a").await.unwrap();
-        let mut b = broker.subscribe("t", "b").await.unwrap();
-        broker.publish("t", b"x".to_vec(), vec![]).await.unwrap();
-        for sub in [&mut a, &mut b] {
-            let d = next(sub).await;
-            assert_eq!(d.message.payload, b"x");
-            d.acker.ack().await;
-        }
-        let responder = tokio::spawn(async move {
-            let d = next(&mut a).await;
-            d.reply.unwrap().send(b"pong".to_vec()).unwrap();
-        });
-        let reply = broker
-            .request("t", b"ping".to_vec(), vec![], Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(reply.payload, b"pong");
-        responder.await.unwrap();
-    }
-}
+#[path = "embedded_tests.rs"]
+mod tests;

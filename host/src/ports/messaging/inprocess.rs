@@ -1,5 +1,6 @@
 //! Embedded in-process broker: delivers each published message to every
-//! subscription of its topic (one per message trigger) through bounded
+//! subscription of its topic or of a pattern matching it (one per message
+//! trigger) through bounded
 //! queues. Redelivery after `nack` is scheduled in-process. Messages
 //! published while nobody subscribes are dropped, and queued messages are
 //! lost when the host exits: durable delivery needs a real broker.
@@ -28,11 +29,18 @@ impl InProcessBroker {
         Arc::new(Self::default())
     }
 
+    /// The live subscriptions whose topic or pattern matches `topic`.
     fn subscribers(&self, topic: &str) -> Vec<mpsc::Sender<Delivery>> {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        let subs = topics.entry(topic.to_string()).or_default();
-        subs.retain(|s| !s.is_closed());
-        subs.clone()
+        topics.retain(|_, subs| {
+            subs.retain(|s| !s.is_closed());
+            !subs.is_empty()
+        });
+        topics
+            .iter()
+            .filter(|(pattern, _)| super::pattern::matches(pattern, topic))
+            .flat_map(|(_, subs)| subs.iter().cloned())
+            .collect()
     }
 }
 

@@ -1,0 +1,258 @@
+//! Tests of the embedded broker.
+
+use super::*;
+
+async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("a delivery")
+        .expect("subscription open")
+}
+
+#[tokio::test]
+async fn messages_survive_a_restart_and_unacked_ones_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("messaging.db");
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    // Published before any trigger consumes the topic: kept.
+    let early = broker
+        .publish("t", b"early".to_vec(), vec![])
+        .await
+        .unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    let headers = vec![("k".to_string(), "v".to_string())];
+    let id = broker
+        .publish("t", b"x".to_vec(), headers.clone())
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!(
+        (first.message.id.as_str(), first.message.payload.as_slice()),
+        (early.as_str(), &b"early"[..])
+    );
+    first.acker.ack().await;
+    let d = next(&mut sub).await;
+    assert_eq!((d.message.id.as_str(), d.message.attempt), (id.as_str(), 1));
+    assert_eq!(d.message.headers, headers);
+    d.acker.nack(Duration::from_millis(10)).await;
+    let again = next(&mut sub).await;
+    assert_eq!(
+        (again.message.id.as_str(), again.message.attempt),
+        (id.as_str(), 2)
+    );
+    // The host "dies" holding the delivery, and a message is queued.
+    std::mem::forget(again);
+    broker
+        .publish("t", b"queued".to_vec(), vec![])
+        .await
+        .unwrap();
+    drop(sub);
+    drop(broker);
+
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        seen.push((
+            String::from_utf8(d.message.payload.clone()).unwrap(),
+            d.message.attempt,
+        ));
+        d.acker.ack().await;
+    }
+    seen.sort();
+    assert_eq!(seen, [("queued".to_string(), 1), ("x".to_string(), 3)]);
+    let rows: i64 = broker
+        .db
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM queue WHERE consumer IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "acknowledged messages are deleted");
+}
+
+#[tokio::test]
+async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    broker
+        .publish_with_id("t", "tick-1", vec![], vec![])
+        .await
+        .unwrap();
+    broker
+        .publish_with_id("t", "tick-1", vec![], vec![])
+        .await
+        .unwrap();
+    // Dropped without ack or nack: handed out again, same attempt.
+    drop(next(&mut sub).await);
+    let again = next(&mut sub).await;
+    assert_eq!(
+        (again.message.id.as_str(), again.message.attempt),
+        ("tick-1", 1)
+    );
+    again.acker.ack().await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "the second tick-1 was stored once");
+}
+
+#[tokio::test]
+async fn one_process_owns_the_file_and_others_only_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let owner = EmbeddedBroker::open(&path).unwrap();
+    // The same file in the same process is the same broker.
+    assert!(Arc::ptr_eq(&owner, &EmbeddedBroker::open(&path).unwrap()));
+    let mut sub = owner.subscribe("t", "c").await.unwrap();
+    // Another process: its own connection, no ownership.
+    let lock = std::fs::File::open(path.with_extension("db.lock")).unwrap();
+    assert!(lock.try_lock().is_err(), "the owner holds the lock");
+    let other = EmbeddedBroker {
+        db: Arc::new(Mutex::new(Connection::open(&path).unwrap())),
+        _owner: None,
+        path: path.clone(),
+        wakers: Mutex::default(),
+        requests: InProcessBroker::new(),
+    };
+    let refused = other.subscribe("t", "c").await.err().unwrap();
+    assert!(
+        refused.to_string().contains("another berth process"),
+        "{refused}"
+    );
+    other
+        .publish("t", b"from-run".to_vec(), vec![])
+        .await
+        .unwrap();
+    // The owner finds it without a wake-up, within its idle poll.
+    let d = next(&mut sub).await;
+    assert_eq!(d.message.payload, b"from-run");
+    d.acker.ack().await;
+}
+
+#[tokio::test]
+async fn fan_out_to_each_trigger_and_request_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut a = broker.subscribe("t", "a").await.unwrap();
+    let mut b = broker.subscribe("t", "b").await.unwrap();
+    broker.publish("t", b"x".to_vec(), vec![]).await.unwrap();
+    for sub in [&mut a, &mut b] {
+        let d = next(sub).await;
+        assert_eq!(d.message.payload, b"x");
+        d.acker.ack().await;
+    }
+    let responder = tokio::spawn(async move {
+        let d = next(&mut a).await;
+        d.reply.unwrap().send(b"pong".to_vec()).unwrap();
+    });
+    let reply = broker
+        .request("t", b"ping".to_vec(), vec![], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, b"pong");
+    responder.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pattern_trigger_gets_each_matching_topic_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    // Published before the trigger subscribed: waiting, then claimed.
+    broker
+        .publish("orders.eu", b"1".to_vec(), vec![])
+        .await
+        .unwrap();
+    broker
+        .publish("billing.eu", b"no".to_vec(), vec![])
+        .await
+        .unwrap();
+    let mut sub = broker.subscribe("orders.*", "c").await.unwrap();
+    let mut exact = broker.subscribe("orders.us", "c").await.unwrap();
+    broker
+        .publish("orders.us", b"2".to_vec(), vec![])
+        .await
+        .unwrap();
+    broker
+        .publish("orders.us.late", b"no".to_vec(), vec![])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        seen.push((d.message.topic.clone(), d.message.payload.clone()));
+        d.acker.ack().await;
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("orders.eu".to_string(), b"1".to_vec()),
+            ("orders.us".to_string(), b"2".to_vec())
+        ]
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "no other topic reached the pattern");
+    // The same component's trigger on one of those topics has its own copy.
+    let d = next(&mut exact).await;
+    assert_eq!(
+        (d.message.topic.as_str(), &d.message.payload[..]),
+        ("orders.us", &b"2"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_file_from_before_patterns_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    {
+        // The layout of the previous release, with one message waiting
+        // for trigger `c` on `t`.
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE queue (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, consumer TEXT, topic TEXT NOT NULL,
+                 id TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT NOT NULL,
+                 attempt INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+                 leased INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX queue_ready ON queue (consumer, topic, leased, visible_at);
+             CREATE UNIQUE INDEX queue_once ON queue (consumer, topic, id);
+             CREATE TABLE consumers (topic TEXT NOT NULL, consumer TEXT NOT NULL,
+                 live INTEGER NOT NULL, claimed_seq INTEGER NOT NULL,
+                 PRIMARY KEY (topic, consumer));
+             INSERT INTO consumers VALUES ('t', 'c', 1, 1);
+             INSERT INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
+                 VALUES ('c', 't', 'old-1', x'6f6c64', '[]', 1, 0);",
+        )
+        .unwrap();
+    }
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(
+        (
+            d.message.id.as_str(),
+            d.message.topic.as_str(),
+            &d.message.payload[..]
+        ),
+        ("old-1", "t", &b"old"[..])
+    );
+    d.acker.ack().await;
+    // And the file works as a new one from then on.
+    broker
+        .publish_with_id("t", "new-1", b"new".to_vec(), vec![])
+        .await
+        .unwrap();
+    broker
+        .publish_with_id("t", "new-1", b"new".to_vec(), vec![])
+        .await
+        .unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.message.id, "new-1");
+    d.acker.ack().await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "an id is still stored once per trigger");
+}
