@@ -1,13 +1,16 @@
 //! NATS JetStream adapter (`async-nats`): each app gets a stream
 //! `BERTH_<app>` capturing `berth.<app>.msg.>`; a topic `t` is the subject
 //! `berth.<app>.msg.t`, so the guest can never name a subject outside its
-//! app (topics are validated: no wildcards, no `$JS`/`_INBOX`).
+//! app (topics are validated: no wildcards, no `$JS`/`_INBOX`). A trigger's
+//! pattern is a NATS filter as it is (Berth took NATS's wildcards).
 //!
 //! - `publish` waits for the stream's acknowledgement; the message id is
 //!   sent as `Nats-Msg-Id`, so JetStream deduplicates a retried publish.
 //! - Each message trigger is a durable pull consumer with explicit acks,
 //!   shared by every host process of the app: that is the work
 //!   distribution. `nack` asks for redelivery after the trigger's backoff.
+//!   Its name is derived from the trigger without collisions (see
+//!   [`durable_name`]); one made by an earlier Berth is kept.
 //! - Request/reply uses core NATS on `berth.<app>.req.<topic>` (outside the
 //!   stream, so requests are not stored) with a queue group per trigger.
 
@@ -211,18 +214,22 @@ impl MessagingBackend for NatsBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
-        let durable = format!("{consumer}__{}", topic.replace('.', "_"));
         let stream = self
             .js
             .get_stream(self.stream_name())
             .await
             .map_err(unavailable)?;
+        let filter_subject = self.msg_subject(topic);
+        let durable = match legacy_consumer(&stream, consumer, topic, &filter_subject).await {
+            Some(legacy) => legacy,
+            None => durable_name(consumer, topic),
+        };
         let pull_consumer: jetstream::consumer::Consumer<pull::Config> = stream
             .get_or_create_consumer(
                 &durable,
                 pull::Config {
                     durable_name: Some(durable.clone()),
-                    filter_subject: self.msg_subject(topic),
+                    filter_subject,
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: self.ack_wait,
                     ..Default::default()
@@ -242,6 +249,61 @@ impl MessagingBackend for NatsBroker {
             client: self.client.clone(),
         }))
     }
+}
+
+/// Longest durable name spelled out; longer ones end in a hash instead
+/// (JetStream keeps each consumer in a directory named after it).
+const DURABLE_NAME_MAX: usize = 128;
+
+/// The durable consumer of trigger `consumer` on `topic` (a topic or a
+/// pattern): both escaped (`_` as `_u`, `.` as `_d`, `*` as `_s`, `>` as
+/// `_r`, none of which JetStream allows in a name except `_`) and joined by
+/// `__`, which no escaped text contains, so no two triggers share one.
+fn durable_name(consumer: &str, topic: &str) -> String {
+    fn escape(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            match c {
+                '_' => out.push_str("_u"),
+                '.' => out.push_str("_d"),
+                '*' => out.push_str("_s"),
+                '>' => out.push_str("_r"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    let name = format!("{}__{}", escape(consumer), escape(topic));
+    if name.len() <= DURABLE_NAME_MAX {
+        return name;
+    }
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    // Names are ASCII (topics and component names are checked so).
+    let head = name.get(..DURABLE_NAME_MAX - 34).unwrap_or_default();
+    format!("{head}_h{}", hex::encode(&hash[..16]))
+}
+
+/// The durable consumer an earlier Berth made for this trigger, named
+/// `<consumer>__<topic with `.` as `_`>`: kept, so an upgrade neither
+/// replays nor skips the trigger's messages. That name could be shared by
+/// two triggers (`a.b` and `a_b`), so it is only taken when its filter is
+/// this trigger's own subject.
+async fn legacy_consumer(
+    stream: &jetstream::stream::Stream,
+    consumer: &str,
+    topic: &str,
+    filter_subject: &str,
+) -> Option<String> {
+    let legacy = format!("{consumer}__{}", topic.replace('.', "_"));
+    if super::pattern::is_pattern(topic) || legacy == durable_name(consumer, topic) {
+        return None;
+    }
+    let info = stream.consumer_info(&legacy).await.ok()?;
+    (info.config.filter_subject == filter_subject).then(|| {
+        tracing::info!(durable = %legacy, "a trigger keeps the durable consumer an earlier berth named");
+        legacy
+    })
 }
 
 /// A trigger's deliveries: stored messages from its durable pull consumer
@@ -344,5 +406,36 @@ impl Acker for JsAcker {
         if let Err(e) = self.0.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::warn!(error = %e, "cannot nak a message; it will be redelivered after ack_wait");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_names_never_collide_and_stay_short() {
+        let names = [
+            durable_name("c", "a.b"),
+            durable_name("c", "a_b"),
+            durable_name("c", "a.*"),
+            durable_name("c", "a.>"),
+            durable_name("c__a", "b"),
+            durable_name("c", "a__b"),
+            durable_name("c_", "_a"),
+        ];
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        for name in &names {
+            assert!(!name.contains(['.', '*', '>', ' ']), "{name}");
+        }
+        assert_eq!(
+            durable_name("orders", "user.created"),
+            "orders__user_dcreated"
+        );
+        let long_topic = vec!["x"; 120].join(".");
+        let long = durable_name("c", &long_topic);
+        assert!(long.len() <= DURABLE_NAME_MAX, "{}", long.len());
+        assert_ne!(long, durable_name("c", &vec!["x"; 119].join(".")));
     }
 }
