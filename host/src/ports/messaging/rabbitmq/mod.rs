@@ -4,13 +4,19 @@
 //!   routing key. Publishing waits for the broker's publisher confirm and
 //!   sends persistent messages carrying the Berth id as `message-id`.
 //! - Each message trigger is a durable queue `berth.<app>.<consumer>.<topic>`
-//!   bound to its topic, consumed with manual acks by every host process
-//!   (RabbitMQ spreads deliveries over them; `prefetch` bounds what each
-//!   host holds unacknowledged).
+//!   (`<topic>` may be a pattern: `*` and `>` are legal in queue names),
+//!   consumed with manual acks by every host process (RabbitMQ spreads
+//!   deliveries over them; `prefetch` bounds what each host holds
+//!   unacknowledged). It is bound by its topic, or by its pattern in AMQP's
+//!   syntax: `*` stays `*` and `>` becomes `*.#` (AMQP's `#` matches zero
+//!   or more words, so `*.#` keeps "one or more"). A delivery names its own
+//!   topic: the routing key it was published under.
 //! - Redelivery after a failure: once the backoff has passed, a copy with
 //!   the `berth-attempt` header incremented is published straight to the
-//!   queue (confirmed), then the original is acknowledged. A host that dies
-//!   first leaves the original unacknowledged, and RabbitMQ redelivers it.
+//!   queue (confirmed), then the original is acknowledged. The copy goes
+//!   through the default exchange, routed by the queue's name, so it
+//!   carries its topic in the `berth-topic` header. A host that dies first
+//!   leaves the original unacknowledged, and RabbitMQ redelivers it.
 //! - A message whose topic no queue is bound to goes to the exchange's
 //!   alternate exchange and waits in the durable queue
 //!   `berth.<app>.unrouted` (at most [`UNROUTED_MAX`] messages, oldest
@@ -18,9 +24,13 @@
 //!   there.
 //! - A message published under a given id (schedule ticks) is published by
 //!   the one host that claims the id first (see [`RabbitBroker::claim`]).
-//! - Request/reply goes through the exchange `berth.<app>.req` (not stored)
-//!   and RabbitMQ's direct reply-to; a request nobody consumes is returned
-//!   by the broker (`mandatory`) and reported as `no-responder`.
+//! - Request/reply goes through the topic exchange `berth.<app>.requests`
+//!   (not stored; each trigger's transient request queue bound like its
+//!   queue) and RabbitMQ's direct reply-to; a request nobody consumes is
+//!   returned by the broker (`mandatory`) and reported as `no-responder`.
+//!   It replaced the direct exchange `berth.<app>.req`, which cannot match
+//!   patterns: an exchange's kind cannot change, and redeclaring it as a
+//!   topic exchange would fail on brokers that have the old one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +49,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, content_id,
+    pattern,
 };
 use crate::secret::Secret;
 
@@ -48,6 +59,12 @@ use subscription::*;
 
 /// Header carrying the delivery attempt of a republished message.
 const ATTEMPT_HEADER: &str = "berth-attempt";
+/// Header carrying the topic of a republished message, which its routing
+/// key (the queue's name) does not tell.
+const TOPIC_HEADER: &str = "berth-topic";
+/// Headers the host sets: a guest's headers named like them are left out,
+/// because the host's values win.
+const RESERVED_HEADERS: [&str; 2] = [ATTEMPT_HEADER, TOPIC_HEADER];
 /// Messages kept for topics nobody consumes.
 pub const UNROUTED_MAX: i64 = 10_000;
 /// RabbitMQ's pseudo-queue for direct reply-to.
@@ -144,7 +161,8 @@ impl RabbitBroker {
         self.shared.unrouted_queue()
     }
 
-    /// The durable queue of trigger `consumer` on `topic`.
+    /// The durable queue of trigger `consumer` on `topic` (a topic or a
+    /// pattern).
     pub fn queue(&self, consumer: &str, topic: &str) -> String {
         self.shared.queue(consumer, topic)
     }
@@ -195,8 +213,10 @@ impl Shared {
         format!("berth.{}", self.settings.app)
     }
 
+    /// `berth.<app>.requests`, a topic exchange (see the module docs for
+    /// why not `berth.<app>.req`).
     fn request_exchange(&self) -> String {
-        format!("berth.{}.req", self.settings.app)
+        format!("berth.{}.requests", self.settings.app)
     }
 
     fn unrouted_queue(&self) -> String {
@@ -205,6 +225,12 @@ impl Shared {
 
     fn queue(&self, consumer: &str, topic: &str) -> String {
         format!("berth.{}.{consumer}.{topic}", self.settings.app)
+    }
+
+    /// The transient queue of trigger `consumer`'s requests to `topic` (a
+    /// topic or a pattern).
+    fn request_queue(&self, consumer: &str, topic: &str) -> String {
+        format!("berth.{}.req.{consumer}.{topic}", self.settings.app)
     }
 
     /// Claims message id `id` for this host for [`CLAIM_WINDOW`]: the
@@ -309,7 +335,7 @@ impl Shared {
             .map_err(unavailable)?;
         ch.exchange_declare(
             &self.request_exchange(),
-            ExchangeKind::Direct,
+            ExchangeKind::Topic,
             durable,
             FieldTable::default(),
         )
@@ -330,7 +356,9 @@ fn durable_queue() -> QueueDeclareOptions {
 fn properties(id: &str, headers: &[(String, String)], attempt: u32) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in headers {
-        table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+        if !RESERVED_HEADERS.contains(&k.as_str()) {
+            table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+        }
     }
     if attempt > 1 {
         table.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
@@ -348,6 +376,8 @@ fn headers_of(properties: &BasicProperties) -> (Vec<(String, String)>, u32) {
     for (k, v) in properties.headers().iter().flat_map(|t| t.inner()) {
         match (k.as_str(), v) {
             (ATTEMPT_HEADER, AMQPValue::LongUInt(n)) => attempt = (*n).max(1),
+            // Berth's own, whatever its type: never a guest's header.
+            (TOPIC_HEADER, _) => {}
             (name, AMQPValue::LongString(s)) => {
                 headers.push((
                     name.to_string(),
@@ -534,7 +564,7 @@ impl MessagingBackend for RabbitBroker {
         check_short("the trigger's queue name", &queue)?;
         check_short(
             "the trigger's request queue name",
-            &format!("berth.{}.req.{consumer}.{topic}", self.shared.settings.app),
+            &self.shared.request_queue(consumer, topic),
         )?;
         let mut subscription = RabbitSubscription {
             shared: self.shared.clone(),
@@ -564,6 +594,7 @@ mod tests {
         let props = properties("id-1", &headers, 3);
         assert_eq!(props.message_id().as_ref().unwrap().as_str(), "id-1");
         assert_eq!(headers_of(&props), (headers.clone(), 3));
+        assert_eq!(topic_header(&props), None);
         assert_eq!(headers_of(&properties("id-1", &headers, 1)), (headers, 1));
     }
 }

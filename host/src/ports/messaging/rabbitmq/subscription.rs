@@ -9,6 +9,7 @@ pub(super) struct RabbitSubscription {
     pub(super) shared: Arc<Shared>,
     pub(super) queue: String,
     pub(super) consumer: String,
+    /// The trigger's topic or pattern.
     pub(super) topic: String,
     /// `None` until (re)opened.
     pub(super) messages: Option<lapin::Consumer>,
@@ -16,13 +17,20 @@ pub(super) struct RabbitSubscription {
     pub(super) requests: Option<lapin::Consumer>,
 }
 
-/// Declares `queue`, binds it to `exchange` for `topic` and consumes it.
+/// The binding key of a trigger on `topic`: the topic itself, or a pattern
+/// in AMQP's syntax (`>` as `*.#`, since `#` alone also matches no word).
+pub(super) fn binding_key(topic: &str) -> String {
+    pattern::translate(topic, ".", "*", "*.#")
+}
+
+/// Declares `queue`, binds it to `exchange` with `binding_key` and
+/// consumes it.
 pub(super) async fn consume_bound(
     channel: &Channel,
     queue: &str,
     options: QueueDeclareOptions,
     exchange: &str,
-    topic: &str,
+    binding_key: &str,
     no_ack: bool,
 ) -> Result<lapin::Consumer, MessagingError> {
     channel
@@ -33,7 +41,7 @@ pub(super) async fn consume_bound(
         .queue_bind(
             queue,
             exchange,
-            topic,
+            binding_key,
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -69,21 +77,19 @@ impl RabbitSubscription {
             .basic_qos(self.shared.settings.prefetch, BasicQosOptions::default())
             .await
             .map_err(unavailable)?;
+        let key = binding_key(&self.topic);
         let messages = consume_bound(
             &channel,
             &self.queue,
             durable_queue(),
             &self.shared.exchange(),
-            &self.topic,
+            &key,
             false,
         )
         .await?;
         // Requests: a transient queue shared by the trigger's hosts, not
         // acknowledged (requests are not stored).
-        let request_queue = format!(
-            "berth.{}.req.{}.{}",
-            self.shared.settings.app, self.consumer, self.topic
-        );
+        let request_queue = self.shared.request_queue(&self.consumer, &self.topic);
         let transient = QueueDeclareOptions {
             auto_delete: true,
             ..Default::default()
@@ -93,7 +99,7 @@ impl RabbitSubscription {
             &request_queue,
             transient,
             &self.shared.request_exchange(),
-            &self.topic,
+            &key,
             true,
         )
         .await?;
@@ -167,20 +173,37 @@ impl Subscription for RabbitSubscription {
 }
 
 impl RabbitSubscription {
+    /// The topic a stored delivery was published to. A message published
+    /// to the app's exchange has it as its routing key. A republished copy
+    /// came through the default exchange, routed by the queue's name, and
+    /// carries it in [`TOPIC_HEADER`]; that header is only believed there,
+    /// and only for a topic this trigger takes, so a producer cannot
+    /// relabel a message. The trigger's own topic is the last resort (a
+    /// copy from before the header existed, on a trigger without pattern).
+    pub(super) fn topic_of(&self, delivery: &lapin::message::Delivery) -> String {
+        if delivery.exchange.as_str() == self.shared.exchange() {
+            return delivery.routing_key.as_str().to_string();
+        }
+        topic_header(&delivery.properties)
+            .filter(|topic| pattern::matches(&self.topic, topic))
+            .unwrap_or_else(|| self.topic.clone())
+    }
+
     pub(super) fn stored(&self, delivery: lapin::message::Delivery) -> Delivery {
         let (headers, attempt) = headers_of(&delivery.properties);
         // A redelivery by RabbitMQ (the host holding it died or closed its
         // channel) is at least one more attempt.
         let attempt = attempt + u32::from(delivery.redelivered);
+        let topic = self.topic_of(&delivery);
         let id = delivery
             .properties
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_string())
-            .unwrap_or_else(|| content_id("amqp", &self.topic, &delivery.data, &headers));
+            .unwrap_or_else(|| content_id("amqp", &topic, &delivery.data, &headers));
         let message = Message {
             id,
-            topic: self.topic.clone(),
+            topic,
             payload: delivery.data.clone(),
             headers,
             attempt,
@@ -209,7 +232,8 @@ impl RabbitSubscription {
                 .as_ref()
                 .map(|id| id.as_str().to_string())
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            topic: self.topic.clone(),
+            // Published to the request exchange under its topic.
+            topic: req.routing_key.as_str().to_string(),
             payload: req.data,
             headers,
             attempt: 1,
@@ -241,6 +265,33 @@ impl RabbitSubscription {
     }
 }
 
+/// The properties of the copy of failed `message` that is republished
+/// straight to its trigger's queue: the next attempt, and the message's
+/// topic, since the copy's routing key is the queue's name.
+pub(super) fn retry_properties(message: &Message) -> BasicProperties {
+    let props = properties(
+        &message.id,
+        &message.headers,
+        message.attempt.saturating_add(1),
+    );
+    let mut table = props.headers().clone().unwrap_or_default();
+    table.insert(
+        TOPIC_HEADER.into(),
+        AMQPValue::LongString(message.topic.as_str().into()),
+    );
+    props.with_headers(table)
+}
+
+/// The topic recorded in a republished copy's [`TOPIC_HEADER`].
+pub(super) fn topic_header(properties: &BasicProperties) -> Option<String> {
+    let table = properties.headers().as_ref()?;
+    match table.inner().get(TOPIC_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 pub(super) struct RabbitAcker {
     pub(super) acker: lapin::acker::Acker,
     pub(super) shared: Arc<Shared>,
@@ -269,7 +320,7 @@ impl Acker for RabbitAcker {
                         &self.queue,
                         false,
                         &m.payload,
-                        properties(&m.id, &m.headers, m.attempt + 1),
+                        retry_properties(m),
                     )
                     .await
                 }
@@ -291,5 +342,42 @@ impl Acker for RabbitAcker {
                 tracing::warn!(error = %e, "cannot settle a failed message; it will be redelivered");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_carries_its_topic_apart_from_the_headers() {
+        let headers = vec![("a".to_string(), "1".to_string())];
+        let message = Message {
+            id: "id-1".into(),
+            topic: "orders.eu".into(),
+            payload: b"x".to_vec(),
+            headers: headers.clone(),
+            attempt: 2,
+        };
+        let props = retry_properties(&message);
+        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "id-1");
+        assert_eq!(topic_header(&props).as_deref(), Some("orders.eu"));
+        assert_eq!(headers_of(&props), (headers.clone(), 3));
+        // A guest's headers named like Berth's own are left out.
+        let spoofed = vec![
+            (TOPIC_HEADER.to_string(), "other.topic".to_string()),
+            (ATTEMPT_HEADER.to_string(), "9".to_string()),
+            ("a".into(), "1".into()),
+        ];
+        let props = properties("id-2", &spoofed, 1);
+        assert_eq!(topic_header(&props), None);
+        assert_eq!(headers_of(&props), (headers, 1));
+    }
+
+    #[test]
+    fn patterns_bind_in_amqp_syntax() {
+        assert_eq!(binding_key("orders.eu"), "orders.eu");
+        assert_eq!(binding_key("orders.*.late"), "orders.*.late");
+        assert_eq!(binding_key("orders.>"), "orders.*.#");
     }
 }
