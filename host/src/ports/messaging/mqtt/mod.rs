@@ -1,15 +1,22 @@
 //! MQTT 5 adapter (`rumqttc::v5`), for brokers such as Mosquitto 2.
 //!
-//! - A topic `t` of app `<app>` is the MQTT topic `berth/<app>/msg/<t>`;
-//!   requests to it go to `berth/<app>/req/<t>`. Topics and consumer names
-//!   holding `/`, `+` or `#` are refused, so nothing names an MQTT topic
-//!   outside its app's subtree.
+//! - Each segment of a topic is an MQTT level, so MQTT's wildcards can
+//!   match them: topic `a.b` of app `<app>` is the MQTT topic
+//!   `berth/<app>/msg/a/b`, and requests to it go to `berth/<app>/req/a/b`.
+//!   The mapping is injective (segments are never empty and never hold
+//!   `/`), so a received MQTT topic tells the Berth topic back. Topic
+//!   segments and consumer names holding `/`, `+` or `#` are refused, so
+//!   nothing names an MQTT topic outside its app's subtree.
+//! - A trigger on a pattern subscribes to its filter: `*` becomes `+`, and
+//!   `>` becomes `+/#` (MQTT's `#` alone also matches its parent level, and
+//!   `>` stands for at least one segment). Each delivery names its own
+//!   topic, read from its MQTT topic.
 //! - Every publish is QoS 1 and returns once the broker's PUBACK for it
 //!   came. The Berth id travels as the user property `berth-id`, each
 //!   header as a user property, and the attempt of a republished message
 //!   as `berth-attempt`.
 //! - Each message trigger gets its own MQTT client and session, subscribed
-//!   to the shared subscription `$share/berth-<app>-<consumer>/berth/<app>/msg/<t>`
+//!   to the shared subscription `$share/berth-<app>-<consumer>/berth/<app>/msg/<levels>`
 //!   at QoS 1: the broker hands each message to one of the app's hosts.
 //!   Acks are manual, so a message is PUBACKed only once its handler
 //!   succeeded. The session (clean start off, expiry [`SESSION_EXPIRY`])
@@ -19,12 +26,17 @@
 //! - MQTT (3.1.1 and 5) has no negative acknowledgement. So `nack` waits
 //!   for the backoff, publishes a copy with `berth-attempt` incremented
 //!   (and waits for its PUBACK), then acknowledges the original. The copy
-//!   may go to another host of the share. A host that dies before that
-//!   leaves the original unacknowledged in its session.
+//!   goes to the trigger's own retry subtree
+//!   `berth/<app>/retry/<consumer>/<trigger topic>/<levels>`,
+//!   not to the message's topic, where every other trigger on it would get
+//!   it again: each trigger also subscribes, in the same share, to its
+//!   filter under that subtree. The copy may go to another host of the
+//!   share. A host that dies before that leaves the original
+//!   unacknowledged in its session.
 //! - Request/reply is MQTT 5's: the request carries the response topic
 //!   `berth/<app>/reply/<client id>`, which the publishing client
 //!   subscribes to at connect, and a fresh correlation id. Triggers take
-//!   requests through `$share/berth-<app>-<consumer>-req/berth/<app>/req/<t>`
+//!   requests through `$share/berth-<app>-<consumer>-req/berth/<app>/req/<levels>`
 //!   at QoS 0, so requests are never stored. Plain MQTT cannot tell that
 //!   nobody listens. But a broker may answer the request's PUBACK with "no
 //!   matching subscribers" (Mosquitto does), and that becomes
@@ -64,7 +76,9 @@ use rumqttc::v5::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
+use super::{
+    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, pattern,
+};
 use crate::secret::Secret;
 
 mod link;
@@ -290,6 +304,12 @@ impl MessagingBackend for MqttBroker {
         let client_id = format!("{}-s{n}", self.client_id);
         let filters = vec![
             Filter::new(shared_filter(&self.app, consumer, topic), QoS::AtLeastOnce),
+            // Its failed messages come back on a subtree of its own, so no
+            // other trigger on their topics receives them twice.
+            Filter::new(
+                shared_retry_filter(&self.app, consumer, topic),
+                QoS::AtLeastOnce,
+            ),
             // Requests at QoS 0: the broker neither stores them nor waits
             // for acks, so they never queue behind stored messages.
             Filter::new(
@@ -310,8 +330,9 @@ impl MessagingBackend for MqttBroker {
             link,
             inbox,
             topic: topic.to_string(),
-            message_topic: message_topic(&self.app, topic),
-            request_topic: request_topic(&self.app, topic),
+            message_prefix: message_prefix(&self.app),
+            request_prefix: request_prefix(&self.app),
+            retry_prefix: retry_prefix(&self.app, consumer, topic),
             reply_prefix: format!("berth/{}/reply/", self.app),
             filters: paths,
             timeout: self.timeout,
@@ -378,25 +399,42 @@ mod tests {
     fn topics_map_into_the_app_subtree() {
         assert_eq!(
             message_topic("shop", "user.created"),
-            "berth/shop/msg/user.created"
+            "berth/shop/msg/user/created"
         );
         assert_eq!(
             request_topic("shop", "user.created"),
-            "berth/shop/req/user.created"
+            "berth/shop/req/user/created"
+        );
+        assert_eq!(
+            topic_under(
+                &retry_prefix("shop", "handler", "user.created"),
+                "user.created"
+            ),
+            "berth/shop/retry/handler/user.created/user/created"
         );
         assert_eq!(reply_topic("shop", "host-1"), "berth/shop/reply/host-1");
         assert_eq!(
             shared_filter("shop", "handler", "user.created"),
-            "$share/berth-shop-handler/berth/shop/msg/user.created"
+            "$share/berth-shop-handler/berth/shop/msg/user/created"
+        );
+        assert_eq!(
+            shared_retry_filter("shop", "handler", "user.created"),
+            "$share/berth-shop-handler/berth/shop/retry/handler/user.created/user/created"
         );
         assert_eq!(
             shared_request_filter("shop", "handler", "user.created"),
-            "$share/berth-shop-handler-req/berth/shop/req/user.created"
+            "$share/berth-shop-handler-req/berth/shop/req/user/created"
         );
-        for ok in ["user.created", "_schedule.tick", "a-b_c"] {
+        for ok in [
+            "user.created",
+            "_schedule.tick",
+            "a-b_c",
+            "orders.*",
+            "orders.>",
+        ] {
             assert!(check_topic(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "a.+", "#", "a\0"] {
+        for bad in ["", "a/b", "a.+", "#", "a\0", "a..b", ".a", "a."] {
             assert!(check_topic(bad).is_err(), "{bad:?}");
         }
     }

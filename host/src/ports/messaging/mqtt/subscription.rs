@@ -7,11 +7,15 @@ use super::*;
 pub(super) struct MqttSubscription {
     pub(super) link: Link,
     pub(super) inbox: mpsc::UnboundedReceiver<Inbound>,
+    /// The trigger's topic or pattern.
     pub(super) topic: String,
-    /// `berth/<app>/msg/<topic>`, where failed messages are republished.
-    pub(super) message_topic: String,
-    /// `berth/<app>/req/<topic>`, which tells requests apart.
-    pub(super) request_topic: String,
+    /// `berth/<app>/msg/`, under which stored messages come.
+    pub(super) message_prefix: String,
+    /// `berth/<app>/req/`, which tells requests apart.
+    pub(super) request_prefix: String,
+    /// `berth/<app>/retry/<consumer>/`, under which this trigger's failed
+    /// messages are republished and come back.
+    pub(super) retry_prefix: String,
     /// The app's reply topics. Replies go nowhere else, whatever a request
     /// names.
     pub(super) reply_prefix: String,
@@ -20,22 +24,39 @@ pub(super) struct MqttSubscription {
     pub(super) timeout: Duration,
 }
 
+/// What an incoming publish is, told by the subtree its MQTT topic lies
+/// in, with the Berth topic it was published to.
+pub(super) enum Received {
+    /// A stored message, or this trigger's republished copy of one.
+    Stored(String),
+    /// A request.
+    Request(String),
+}
+
 #[async_trait]
 impl Subscription for MqttSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let Inbound { publish, epoch } = self.inbox.recv().await?;
-            if &publish.topic[..] == self.request_topic.as_bytes() {
-                // Requests are not stored, so there is nothing to hold
-                // back. They come at QoS 0, where this does nothing.
-                if publish.qos != QoS::AtMostOnce {
-                    let _ = self.link.client.ack(&publish).await;
+            match self.received(&publish.topic) {
+                Some(Received::Stored(topic)) => return Some(self.stored(publish, epoch, topic)),
+                Some(Received::Request(topic)) => {
+                    // Requests are not stored, so there is nothing to hold
+                    // back.
+                    self.ack_now(&publish, epoch).await;
+                    if let Some(delivery) = self.request(publish, topic) {
+                        return Some(delivery);
+                    }
                 }
-                if let Some(delivery) = self.request(publish) {
-                    return Some(delivery);
+                None => {
+                    // Only another producer writes such topics: no handler
+                    // could be told which topic it came on.
+                    tracing::warn!(
+                        topic = %String::from_utf8_lossy(&publish.topic),
+                        "an mqtt message on no topic of this trigger; dropped"
+                    );
+                    self.ack_now(&publish, epoch).await;
                 }
-            } else {
-                return Some(self.stored(publish, epoch));
             }
         }
     }
@@ -53,16 +74,45 @@ impl Drop for MqttSubscription {
 }
 
 impl MqttSubscription {
-    pub(super) fn stored(&self, publish: Publish, epoch: u64) -> Delivery {
+    /// What the publish on MQTT topic `mqtt_topic` is, and its Berth topic.
+    /// `None` for a topic that maps to none this trigger takes, which only
+    /// another producer writes: an empty level (which `+` matches), or a
+    /// level holding `.`.
+    pub(super) fn received(&self, mqtt_topic: &[u8]) -> Option<Received> {
+        let mqtt_topic = std::str::from_utf8(mqtt_topic).ok()?;
+        let taken = |topic: &String| {
+            !topic.split('.').any(str::is_empty) && pattern::matches(&self.topic, topic)
+        };
+        if let Some(topic) = topic_from(&self.request_prefix, mqtt_topic) {
+            return taken(&topic).then_some(Received::Request(topic));
+        }
+        [&self.message_prefix, &self.retry_prefix]
+            .into_iter()
+            .find_map(|prefix| topic_from(prefix, mqtt_topic))
+            .filter(taken)
+            .map(Received::Stored)
+    }
+
+    /// Acknowledges `publish` at once, for what is not held until a
+    /// handler succeeded. Only on the connection it came on (see
+    /// [`MqttAcker::settle`]); at QoS 0 there is nothing to acknowledge.
+    pub(super) async fn ack_now(&self, publish: &Publish, epoch: u64) {
+        if publish.qos != QoS::AtMostOnce && self.link.epoch() == epoch {
+            let _ = self.link.client.ack(publish).await;
+        }
+    }
+
+    /// A stored message of `topic`.
+    pub(super) fn stored(&self, publish: Publish, epoch: u64, topic: String) -> Delivery {
         let (id, headers, attempt) = metadata(publish.properties.as_ref());
         // A message sent again by the broker (after a reconnect) is at
         // least one more attempt.
         let attempt = attempt.saturating_add(u32::from(publish.dup));
         let message = Message {
             id: id.unwrap_or_else(|| {
-                crate::ports::messaging::content_id("mqtt", &self.topic, &publish.payload, &headers)
+                crate::ports::messaging::content_id("mqtt", &topic, &publish.payload, &headers)
             }),
-            topic: self.topic.clone(),
+            topic,
             payload: publish.payload.to_vec(),
             headers,
             attempt,
@@ -80,30 +130,30 @@ impl MqttSubscription {
                 link: self.link.clone(),
                 token,
                 epoch,
+                retry_topic: topic_under(&self.retry_prefix, &message.topic),
                 message,
-                topic: self.message_topic.clone(),
                 timeout: self.timeout,
             }),
         }
     }
 
-    /// A request. The handler's answer is published to the request's
-    /// response topic with its correlation data.
-    pub(super) fn request(&self, publish: Publish) -> Option<Delivery> {
+    /// A request to `topic`. The handler's answer is published to the
+    /// request's response topic with its correlation data.
+    pub(super) fn request(&self, publish: Publish, topic: String) -> Option<Delivery> {
         let properties = publish.properties.unwrap_or_default();
         let reply_to = properties
             .response_topic
             .clone()
             .filter(|t| t.starts_with(&self.reply_prefix));
         let Some(reply_to) = reply_to else {
-            tracing::debug!(topic = %self.topic, "a request without a reply topic of this app; ignored");
+            tracing::debug!(topic = %topic, "a request without a reply topic of this app; ignored");
             return None;
         };
         let correlation = properties.correlation_data.clone();
         let (id, headers, _) = metadata(Some(&properties));
         let message = Message {
             id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            topic: self.topic.clone(),
+            topic,
             payload: publish.payload.to_vec(),
             headers,
             attempt: 1,
@@ -140,8 +190,9 @@ pub(super) struct MqttAcker {
     /// The connection the delivery came on.
     pub(super) epoch: u64,
     pub(super) message: Message,
-    /// The MQTT topic, for the copy `nack` publishes.
-    pub(super) topic: String,
+    /// Where `nack` publishes the copy: the trigger's own retry subtree,
+    /// not the message's topic, which every trigger on it subscribes to.
+    pub(super) retry_topic: String,
     pub(super) timeout: Duration,
 }
 
@@ -188,13 +239,18 @@ impl Acker for MqttAcker {
             let copy = self
                 .link
                 .publish(
-                    self.topic.clone(),
+                    self.retry_topic.clone(),
                     Bytes::from(m.payload.clone()),
                     publish_properties(&m.id, &m.headers, m.attempt.saturating_add(1)),
                     self.timeout,
                 )
                 .await;
             match copy {
+                // Nobody took the copy (this trigger's subscription is
+                // gone): the original is its only copy left.
+                Ok(PubAckReason::NoMatchingSubscribers) => tracing::debug!(
+                    "nobody subscribes to the retry topic; the broker redelivers the failed message when the session reconnects"
+                ),
                 Ok(_) => self.settle().await,
                 Err(e) => tracing::warn!(
                     error = %e,

@@ -106,24 +106,65 @@ pub(super) fn mqtt_safe(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
 }
 
+/// Checks that each segment of `topic` (a topic or a pattern) can be one
+/// MQTT level, so that nothing names an MQTT topic outside its subtree.
 pub(super) fn check_topic(topic: &str) -> Result<(), MessagingError> {
-    if mqtt_safe(topic) {
+    if topic.split('.').all(mqtt_safe) {
         Ok(())
     } else {
         Err(MessagingError::InvalidInput(format!(
-            "topic {topic:?} cannot be an MQTT topic level"
+            "topic {topic:?} cannot be MQTT topic levels"
         )))
     }
 }
 
-/// `berth/<app>/msg/<topic>`: where the messages of `topic` go.
-pub(super) fn message_topic(app: &str, topic: &str) -> String {
-    format!("berth/{app}/msg/{topic}")
+/// `berth/<app>/msg/`: the subtree of the app's messages.
+pub(super) fn message_prefix(app: &str) -> String {
+    format!("berth/{app}/msg/")
 }
 
-/// `berth/<app>/req/<topic>`: where requests to `topic` go.
+/// `berth/<app>/req/`: the subtree of the app's requests.
+pub(super) fn request_prefix(app: &str) -> String {
+    format!("berth/{app}/req/")
+}
+
+/// `berth/<app>/retry/<consumer>/<trigger>/`: the subtree where the
+/// failed messages of trigger `consumer` on `trigger` (its topic or
+/// pattern, as one level) are republished, so that only it receives them
+/// again, not even another trigger of the same component.
+pub(super) fn retry_prefix(app: &str, consumer: &str, trigger: &str) -> String {
+    format!("berth/{app}/retry/{consumer}/{trigger}/")
+}
+
+/// The MQTT topic of Berth topic `topic` under `prefix`: one level per
+/// segment, which MQTT wildcards can match. It is injective, because
+/// segments are never empty and never hold `/`.
+pub(super) fn topic_under(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{}", topic.replace('.', "/"))
+}
+
+/// The MQTT filter of `topic`, a topic or a pattern, under `prefix`: `*`
+/// becomes `+`, and `>` becomes `+/#`, since MQTT's `#` alone also matches
+/// its parent level and `>` stands for at least one segment.
+pub(super) fn filter_under(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{}", pattern::translate(topic, "/", "+", "+/#"))
+}
+
+/// The Berth topic of the MQTT topic `mqtt_topic` if it lies under
+/// `prefix` (the inverse of [`topic_under`]).
+pub(super) fn topic_from(prefix: &str, mqtt_topic: &str) -> Option<String> {
+    let levels = mqtt_topic.strip_prefix(prefix)?;
+    Some(levels.replace('/', "."))
+}
+
+/// `berth/<app>/msg/<levels>`: where the messages of `topic` go.
+pub(super) fn message_topic(app: &str, topic: &str) -> String {
+    topic_under(&message_prefix(app), topic)
+}
+
+/// `berth/<app>/req/<levels>`: where requests to `topic` go.
 pub(super) fn request_topic(app: &str, topic: &str) -> String {
-    format!("berth/{app}/req/{topic}")
+    topic_under(&request_prefix(app), topic)
 }
 
 /// `berth/<app>/reply/<client id>`: where one host's replies come back.
@@ -131,22 +172,36 @@ pub(super) fn reply_topic(app: &str, client_id: &str) -> String {
     format!("berth/{app}/reply/{client_id}")
 }
 
-/// The shared subscription through which the hosts of an app divide the
-/// messages of `topic` for trigger `consumer`.
-pub(super) fn shared_filter(app: &str, consumer: &str, topic: &str) -> String {
-    format!(
-        "$share/berth-{app}-{consumer}/{}",
-        message_topic(app, topic)
-    )
+/// `$share/<group>/<filter>`: a subscription whose messages the broker
+/// deals out among the members of `group`.
+fn shared(group: &str, filter: &str) -> String {
+    format!("$share/{group}/{filter}")
+}
+
+/// The share group of trigger `consumer`'s stored messages.
+fn share_group(app: &str, consumer: &str) -> String {
+    format!("berth-{app}-{consumer}")
 }
 
 /// The shared subscription through which the hosts of an app divide the
-/// requests to `topic` for trigger `consumer`.
+/// messages of `topic` (a topic or a pattern) for trigger `consumer`.
+pub(super) fn shared_filter(app: &str, consumer: &str, topic: &str) -> String {
+    let filter = filter_under(&message_prefix(app), topic);
+    shared(&share_group(app, consumer), &filter)
+}
+
+/// The shared subscription, in the same group as [`shared_filter`], through
+/// which trigger `consumer`'s failed messages of `topic` come back.
+pub(super) fn shared_retry_filter(app: &str, consumer: &str, topic: &str) -> String {
+    let filter = filter_under(&retry_prefix(app, consumer, topic), topic);
+    shared(&share_group(app, consumer), &filter)
+}
+
+/// The shared subscription through which the hosts of an app divide the
+/// requests to `topic` (a topic or a pattern) for trigger `consumer`.
 pub(super) fn shared_request_filter(app: &str, consumer: &str, topic: &str) -> String {
-    format!(
-        "$share/berth-{app}-{consumer}-req/{}",
-        request_topic(app, topic)
-    )
+    let filter = filter_under(&request_prefix(app), topic);
+    shared(&format!("{}-req", share_group(app, consumer)), &filter)
 }
 
 /// The user properties carrying `id`, `headers` and, past the first, the
@@ -235,4 +290,40 @@ pub(super) fn mqtt_options(
     }
     options.set_connect_properties(properties);
     options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_map_to_filters_by_level() {
+        assert_eq!(
+            shared_filter("shop", "handler", "orders.*.late"),
+            "$share/berth-shop-handler/berth/shop/msg/orders/+/late"
+        );
+        assert_eq!(
+            shared_retry_filter("shop", "handler", "orders.>"),
+            "$share/berth-shop-handler/berth/shop/retry/handler/orders.>/orders/+/#"
+        );
+        assert_eq!(
+            shared_request_filter("shop", "handler", "orders.>"),
+            "$share/berth-shop-handler-req/berth/shop/req/orders/+/#"
+        );
+    }
+
+    #[test]
+    fn received_topics_map_back() {
+        let prefix = message_prefix("shop");
+        let mqtt = message_topic("shop", "orders.eu.late");
+        assert_eq!(
+            topic_from(&prefix, &mqtt).as_deref(),
+            Some("orders.eu.late")
+        );
+        assert_eq!(topic_from(&prefix, "berth/shop/req/orders/eu"), None);
+        assert_eq!(topic_from(&prefix, "berth/other/msg/orders"), None);
+        let retries = retry_prefix("shop", "handler", "orders.*");
+        let mqtt = topic_under(&retries, "orders.eu");
+        assert_eq!(topic_from(&retries, &mqtt).as_deref(), Some("orders.eu"));
+    }
 }
