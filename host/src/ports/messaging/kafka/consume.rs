@@ -29,45 +29,129 @@ impl Progress {
     }
 }
 
-pub(super) async fn read_messages(
-    shared: Arc<Shared>,
-    partition: Arc<PartitionClient>,
-    start: i64,
-    topic: String,
-    tx: mpsc::Sender<Delivery>,
-    progress: Arc<Progress>,
-    alive: Weak<()>,
-) {
-    let name = shared.kafka_topic(&topic);
-    let mut offset = start;
-    loop {
-        let (records, next) = shared.fetch(&partition, offset, OffsetAt::Earliest).await;
-        let mut pending = Vec::with_capacity(records.len());
-        for r in records {
-            progress
-                .unsettled
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(r.offset);
-            let message = message_of(&topic, r.record, r.offset);
-            pending.push(Delivery {
-                message: message.clone(),
-                reply: None,
-                acker: Box::new(KafkaAcker {
-                    shared: shared.clone(),
-                    topic: name.clone(),
-                    offset: r.offset,
-                    progress: progress.clone(),
-                    alive: alive.clone(),
-                    message,
-                }),
-            });
-        }
-        offset = next;
-        progress.read_up_to.store(offset, Ordering::SeqCst);
-        for delivery in pending {
-            if tx.send(delivery).await.is_err() {
-                return;
+/// Where a trigger's readers deliver: every topic of a pattern feeds the
+/// same two channels.
+pub(super) struct Feeds {
+    /// Messages, behind their topic's committed offset.
+    pub(super) messages: mpsc::Sender<Delivery>,
+    /// Requests, never committed.
+    pub(super) requests: mpsc::Sender<Delivery>,
+    /// The subscription's liveness: its ackers stop retrying once it is
+    /// gone.
+    pub(super) alive: Weak<()>,
+}
+
+/// Starts consuming `topic`'s messages for trigger `consumer` on
+/// `trigger` (the topic itself, or a pattern matching it) into `feeds`: a
+/// reader from the committed offset (else the earliest retained record)
+/// and the committer of that offset (see [`offset_key`]). The tasks stop
+/// when the returned handles are dropped.
+pub(super) async fn start_messages(
+    shared: &Arc<Shared>,
+    trigger: &str,
+    topic: &str,
+    consumer: &str,
+    feeds: &Feeds,
+) -> Result<Vec<AbortOnDrop>, MessagingError> {
+    let key = offset_key(consumer, trigger, topic);
+    let messages = shared.reader(&shared.kafka_topic(topic)).await?;
+    let start = match shared.committed(&key).await? {
+        Some(offset) => offset,
+        None => shared.call(messages.get_offset(OffsetAt::Earliest)).await?,
+    };
+    let progress = Arc::new(Progress {
+        unsettled: Mutex::default(),
+        read_up_to: AtomicI64::new(start),
+    });
+    let reader = {
+        let reader = MessageReader {
+            shared: shared.clone(),
+            topic: topic.to_string(),
+            key: key.clone(),
+            tx: feeds.messages.clone(),
+            progress: progress.clone(),
+            alive: feeds.alive.clone(),
+        };
+        tokio::spawn(reader.run(messages, start))
+    };
+    let committer = {
+        let shared = shared.clone();
+        tokio::spawn(async move { commit(shared, key, start, progress).await })
+    };
+    Ok(vec![AbortOnDrop(reader), AbortOnDrop(committer)])
+}
+
+/// Starts reading `topic`'s requests into `feeds` from `at` (`Latest` for
+/// a request topic that predates the trigger: requests sent before it ran
+/// were someone else's to answer). The task stops when the returned handle
+/// is dropped.
+pub(super) async fn start_requests(
+    shared: &Arc<Shared>,
+    topic: &str,
+    at: OffsetAt,
+    feeds: &Feeds,
+) -> Result<AbortOnDrop, MessagingError> {
+    let requests = shared.reader(&shared.request_topic(topic)).await?;
+    let start = shared.call(requests.get_offset(at)).await?;
+    let (shared, topic, tx) = (shared.clone(), topic.to_string(), feeds.requests.clone());
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        read_requests(shared, requests, start, topic, tx).await;
+    })))
+}
+
+/// Reads one topic's messages for one trigger.
+pub(super) struct MessageReader {
+    pub(super) shared: Arc<Shared>,
+    pub(super) topic: String,
+    /// The trigger's offset key, which also addresses its retried copies.
+    pub(super) key: String,
+    pub(super) tx: mpsc::Sender<Delivery>,
+    pub(super) progress: Arc<Progress>,
+    pub(super) alive: Weak<()>,
+}
+
+impl MessageReader {
+    /// Delivers every record from `start` on, except the retried copies
+    /// addressed to another trigger, until the subscription is gone.
+    pub(super) async fn run(self, partition: Arc<PartitionClient>, start: i64) {
+        let name = self.shared.kafka_topic(&self.topic);
+        let mut offset = start;
+        loop {
+            let (records, next) = self
+                .shared
+                .fetch(&partition, offset, OffsetAt::Earliest)
+                .await;
+            let mut pending = Vec::with_capacity(records.len());
+            for r in records {
+                if addressee(&r.record).is_some_and(|key| key != self.key) {
+                    continue;
+                }
+                self.progress
+                    .unsettled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(r.offset);
+                let message = message_of(&self.topic, r.record, r.offset);
+                pending.push(Delivery {
+                    message: message.clone(),
+                    reply: None,
+                    acker: Box::new(KafkaAcker {
+                        shared: self.shared.clone(),
+                        topic: name.clone(),
+                        key: self.key.clone(),
+                        offset: r.offset,
+                        progress: self.progress.clone(),
+                        alive: self.alive.clone(),
+                        message,
+                    }),
+                });
+            }
+            offset = next;
+            self.progress.read_up_to.store(offset, Ordering::SeqCst);
+            for delivery in pending {
+                if self.tx.send(delivery).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -158,6 +242,7 @@ pub(super) async fn commit(shared: Arc<Shared>, key: String, start: i64, progres
             Ok(_) => {
                 committed = low;
                 written = Instant::now();
+                shared.remember_commit(&key, low).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot commit a kafka offset; retrying"),
         }
@@ -174,6 +259,28 @@ pub(super) struct KafkaSubscription {
     pub(super) _tasks: Vec<AbortOnDrop>,
 }
 
+impl KafkaSubscription {
+    /// A subscription with no tasks yet, and the feeds its readers deliver
+    /// to.
+    pub(super) fn open() -> (Feeds, KafkaSubscription) {
+        let (messages, rx) = mpsc::channel(BUFFERED);
+        let (requests, requests_rx) = mpsc::channel(BUFFERED);
+        let alive = Arc::new(());
+        let feeds = Feeds {
+            messages,
+            requests,
+            alive: Arc::downgrade(&alive),
+        };
+        let subscription = KafkaSubscription {
+            rx,
+            requests: requests_rx,
+            _alive: alive,
+            _tasks: Vec::new(),
+        };
+        (feeds, subscription)
+    }
+}
+
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Delivery> {
@@ -188,6 +295,8 @@ impl Subscription for KafkaSubscription {
 pub(super) struct KafkaAcker {
     pub(super) shared: Arc<Shared>,
     pub(super) topic: String,
+    /// The trigger's offset key: its copy is addressed to it alone.
+    pub(super) key: String,
     pub(super) offset: i64,
     pub(super) progress: Arc<Progress>,
     pub(super) alive: Weak<()>,
@@ -211,7 +320,9 @@ impl Acker for KafkaAcker {
             // offset back; keep trying while the trigger runs (after it,
             // the original is delivered again from the commit).
             while self.alive.strong_count() > 0 {
-                let copy = record(&m.id, m.payload.clone(), &m.headers, m.attempt + 1);
+                let mut copy = record(&m.id, m.payload.clone(), &m.headers, m.attempt + 1);
+                copy.headers
+                    .insert(FOR_HEADER.into(), self.key.clone().into_bytes());
                 match self.shared.produce(&self.topic, copy).await {
                     Ok(_) => {
                         self.progress.settle(self.offset);

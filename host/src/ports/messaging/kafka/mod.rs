@@ -12,13 +12,29 @@
 //!   that dies leaves its unsettled messages to be delivered again. A
 //!   trigger that never committed starts at the earliest retained record.
 //! - Redelivery after a failure: once the backoff has passed, a copy with
-//!   the attempt incremented is produced to the same topic, then the
-//!   original counts as settled.
+//!   the attempt incremented is produced to the same topic, addressed to
+//!   the failed trigger (`berth-for`, its offset key) so that the topic's
+//!   other triggers skip it, then the original counts as settled.
 //! - Request/reply: a request goes to `berth.<app>.__req.<t>` (read by the
 //!   app's triggers from the newest record on, never committed) with the
 //!   headers `berth-reply-to` and `berth-correlation`; replies come back on
 //!   `berth.<app>.__reply`. A request to a topic no trigger ever subscribed
-//!   to (its request topic does not exist) is `no-responder`.
+//!   to (its request topic does not exist) is `no-responder`, unless a
+//!   pattern trigger of this host matches it (see below).
+//! - A trigger may subscribe to a pattern of topics (see [`pattern`]).
+//!   Kafka has no wildcard subscriptions, so Berth lists the cluster's
+//!   topics and reads every `berth.<app>.<t>` whose `t` the pattern matches
+//!   as a trigger of `t` would (its own offset, key `<consumer>/<t>`), and
+//!   every matching request topic; each message names its own topic `t`.
+//!   The list is read again every `DISCOVER_EVERY` (2 s), so a message
+//!   to a brand-new topic reaches a pattern trigger within that delay, and
+//!   nothing is lost: a topic found later is read from its committed
+//!   offset, else from its earliest record. A request to a topic only a
+//!   pattern trigger matches creates the request topic and waits that long
+//!   too (a request topic that appeared after the trigger started is read
+//!   from its start); a request timeout shorter than the delay makes such
+//!   a first request time out. Topics that are deleted keep their readers
+//!   (retrying) until the trigger stops.
 //! - A committed offset the log no longer has (retention deleted it, or the
 //!   topic was recreated) is logged as an error and the trigger goes on
 //!   from the earliest retained record.
@@ -50,9 +66,12 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::{Record, RecordAndOffset};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
+use super::{
+    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, pattern,
+};
 
 mod consume;
+mod discover;
 mod shared;
 
 use consume::*;
@@ -61,6 +80,10 @@ use consume::*;
 const ID_HEADER: &str = "berth-id";
 /// Header carrying the attempt of a republished message.
 const ATTEMPT_HEADER: &str = "berth-attempt";
+/// Header of a failed message's copy naming the one trigger it is for
+/// (its offset key): the other triggers reading the topic skip it, having
+/// had the original.
+const FOR_HEADER: &str = "berth-for";
 /// Header of a request naming the topic its reply goes to.
 const REPLY_TO_HEADER: &str = "berth-reply-to";
 /// Header matching a reply with its request.
@@ -78,6 +101,10 @@ const RECOMMIT_EVERY: Duration = Duration::from_secs(3600);
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// Deliveries buffered per trigger ahead of its handler.
 const BUFFERED: usize = 64;
+/// How often a pattern trigger lists the cluster's topics for new ones it
+/// matches: the longest a message to a brand-new topic, or a request to a
+/// request topic that did not exist before, waits to reach it.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
 /// Settings of an app's Kafka broker.
 #[derive(Debug, Clone)]
@@ -134,6 +161,9 @@ struct Shared {
     waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
     /// The triggers' committed offsets, read once.
     committed: tokio::sync::Mutex<Option<HashMap<String, i64>>>,
+    /// The patterns of this broker's pattern subscriptions, each while its
+    /// subscription lives (see [`Shared::pattern_answers`]).
+    patterns: Mutex<Vec<(String, Weak<()>)>>,
 }
 
 /// Aborts a task when dropped.
@@ -176,6 +206,7 @@ impl KafkaBroker {
             partitions: Mutex::default(),
             waiting: Mutex::default(),
             committed: Default::default(),
+            patterns: Mutex::default(),
         });
         let replies = shared.reader(&shared.reply_topic).await?;
         let start = shared.call(replies.get_offset(OffsetAt::Latest)).await?;
@@ -213,6 +244,21 @@ fn record(id: &str, payload: Vec<u8>, headers: &[(String, String)], attempt: u32
     }
 }
 
+/// A publisher's headers without Berth's own names, which are the host's
+/// to set: a guest's would redirect a reply or hide its message from
+/// other triggers.
+fn without_reserved(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let reserved = [
+        ID_HEADER,
+        ATTEMPT_HEADER,
+        REPLY_TO_HEADER,
+        CORRELATION_HEADER,
+        FOR_HEADER,
+    ];
+    headers.retain(|(k, _)| !reserved.contains(&k.as_str()));
+    headers
+}
+
 /// Berth's own headers, and the message's (sorted).
 fn split_headers(record: &Record) -> (HashMap<&'static str, String>, Vec<(String, String)>) {
     let mut meta = HashMap::new();
@@ -224,11 +270,33 @@ fn split_headers(record: &Record) -> (HashMap<&'static str, String>, Vec<(String
             ATTEMPT_HEADER => drop(meta.insert(ATTEMPT_HEADER, v)),
             REPLY_TO_HEADER => drop(meta.insert(REPLY_TO_HEADER, v)),
             CORRELATION_HEADER => drop(meta.insert(CORRELATION_HEADER, v)),
+            FOR_HEADER => drop(meta.insert(FOR_HEADER, v)),
             _ => headers.push((k.clone(), v)),
         }
     }
     headers.sort();
     (meta, headers)
+}
+
+/// The one trigger (offset key) a record is for, if it is a failed
+/// message's copy.
+fn addressee(record: &Record) -> Option<String> {
+    record
+        .headers
+        .get(FOR_HEADER)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The key under which trigger `consumer` on `trigger` (a topic or a
+/// pattern) commits its offset in `topic`: `<consumer>/<topic>` for a
+/// topic's trigger, `<consumer>/<pattern>/<topic>` for a pattern's, so two
+/// triggers of one component reading the same topic keep apart.
+fn offset_key(consumer: &str, trigger: &str, topic: &str) -> String {
+    if trigger == topic {
+        format!("{consumer}/{topic}")
+    } else {
+        format!("{consumer}/{trigger}/{topic}")
+    }
 }
 
 /// A message from a record of `topic` at `offset`.
@@ -261,6 +329,7 @@ impl MessagingBackend for KafkaBroker {
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
         let name = self.shared.kafka_topic(topic);
+        let headers = without_reserved(headers);
         self.shared
             .produce(&name, record(id, payload, &headers, 1))
             .await?;
@@ -271,17 +340,24 @@ impl MessagingBackend for KafkaBroker {
         &self,
         topic: &str,
         payload: Vec<u8>,
-        mut headers: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
         timeout: Duration,
     ) -> Result<Message, MessagingError> {
+        let mut headers = without_reserved(headers);
         let name = self.shared.request_topic(topic);
         // Request topics are never deleted: once seen, always there.
         if !self.shared.created.lock().await.contains(&name) {
-            let topics = self.shared.call(self.shared.client.list_topics()).await?;
-            if !topics.iter().any(|t| t.name == name) {
+            let listed = self.shared.topic_names().await?;
+            if listed.contains(&name) {
+                self.shared.created.lock().await.insert(name.clone());
+            } else if self.shared.pattern_answers(topic) {
+                // Only a pattern trigger answers, and it reads request
+                // topics that exist: create this one; its discovery reads
+                // it from the start within DISCOVER_EVERY.
+                self.shared.ensure(&name).await?;
+            } else {
                 return Err(MessagingError::NoResponder);
             }
-            self.shared.created.lock().await.insert(name.clone());
         }
         let correlation = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
@@ -317,51 +393,16 @@ impl MessagingBackend for KafkaBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
+        if pattern::is_pattern(topic) {
+            return discover::subscribe_pattern(&self.shared, topic, consumer).await;
+        }
         let shared = &self.shared;
-        let name = shared.kafka_topic(topic);
-        let key = format!("{consumer}/{topic}");
-        let messages = shared.reader(&name).await?;
-        let start = match shared.committed(&key).await? {
-            Some(offset) => offset,
-            None => shared.call(messages.get_offset(OffsetAt::Earliest)).await?,
-        };
-        let requests = shared.reader(&shared.request_topic(topic)).await?;
-        let requests_start = shared.call(requests.get_offset(OffsetAt::Latest)).await?;
-
-        let (tx, rx) = mpsc::channel(BUFFERED);
-        let (requests_tx, requests_rx) = mpsc::channel(BUFFERED);
-        let alive = Arc::new(());
-        let progress = Arc::new(Progress {
-            unsettled: Mutex::default(),
-            read_up_to: AtomicI64::new(start),
-        });
-        let reader = {
-            let (shared, progress, topic) = (shared.clone(), progress.clone(), topic.to_string());
-            let alive = Arc::downgrade(&alive);
-            tokio::spawn(async move {
-                read_messages(shared, messages, start, topic, tx, progress, alive).await;
-            })
-        };
-        let committer = {
-            let (shared, progress) = (shared.clone(), progress.clone());
-            tokio::spawn(async move { commit(shared, key, start, progress).await })
-        };
-        let request_reader = {
-            let (shared, topic) = (shared.clone(), topic.to_string());
-            tokio::spawn(async move {
-                read_requests(shared, requests, requests_start, topic, requests_tx).await;
-            })
-        };
-        Ok(Box::new(KafkaSubscription {
-            rx,
-            requests: requests_rx,
-            _alive: alive,
-            _tasks: vec![
-                AbortOnDrop(reader),
-                AbortOnDrop(committer),
-                AbortOnDrop(request_reader),
-            ],
-        }))
+        let (feeds, mut subscription) = KafkaSubscription::open();
+        subscription._tasks = start_messages(shared, topic, topic, consumer, &feeds).await?;
+        subscription
+            ._tasks
+            .push(start_requests(shared, topic, OffsetAt::Latest, &feeds).await?);
+        Ok(Box::new(subscription))
     }
 }
 
@@ -403,9 +444,13 @@ mod tests {
     #[test]
     fn records_carry_the_id_attempt_and_headers() {
         let headers = vec![("a".to_string(), "1".to_string())];
-        let r = record("id-1", b"x".to_vec(), &headers, 3);
+        let mut r = record("id-1", b"x".to_vec(), &headers, 3);
+        r.headers.insert(FOR_HEADER.into(), b"c/t".to_vec());
+        assert_eq!(addressee(&r).as_deref(), Some("c/t"));
         let m = message_of("t", r, 7);
         assert_eq!((m.id.as_str(), m.attempt, m.headers), ("id-1", 3, headers));
+        assert_eq!(offset_key("c", "t", "t"), "c/t");
+        assert_eq!(offset_key("c", "t.*", "t.a"), "c/t.*/t.a");
         let mut foreign = record("id-2", vec![], &[], 1);
         foreign.headers.clear();
         assert_eq!(message_of("t", foreign, 9).id, "kafka-9");

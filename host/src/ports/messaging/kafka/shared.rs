@@ -1,6 +1,7 @@
 //! The broker operations behind publishing and consuming: topics created
-//! on first use, a producing client per topic, a reader's own client, fetches
-//! that survive retention and broker failures, and the committed offsets.
+//! on first use (and listed, for patterns), a producing client per topic, a
+//! reader's own client, fetches that survive retention and broker failures,
+//! the committed offsets, and the live pattern subscriptions.
 
 use super::*;
 
@@ -26,6 +27,31 @@ impl Shared {
             .await
             .map_err(|_| unavailable("timed out"))?
             .map_err(unavailable)
+    }
+
+    /// The names of the cluster's topics.
+    pub(super) async fn topic_names(&self) -> Result<Vec<String>, MessagingError> {
+        let topics = self.call(self.client.list_topics()).await?;
+        Ok(topics.into_iter().map(|t| t.name).collect())
+    }
+
+    /// Remembers a pattern subscription of this broker for as long as
+    /// `alive` lives, so requests to the topics it matches find it.
+    pub(super) fn add_pattern(&self, pattern: &str, alive: Weak<()>) {
+        self.patterns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((pattern.to_string(), alive));
+    }
+
+    /// Whether a live pattern subscription of this broker matches `topic`
+    /// (forgetting the dropped ones).
+    pub(super) fn pattern_answers(&self, topic: &str) -> bool {
+        let mut patterns = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        patterns.retain(|(_, alive)| alive.strong_count() > 0);
+        patterns
+            .iter()
+            .any(|(pattern, _)| pattern::matches(pattern, topic))
     }
 
     /// Creates `name` with one partition unless it exists.
@@ -226,6 +252,14 @@ impl Shared {
             *cache = Some(self.read_committed().await?);
         }
         Ok(cache.as_ref().and_then(|c| c.get(key).copied()))
+    }
+
+    /// Records that trigger `key` committed `offset`, so a subscription
+    /// made again in this process (an app reloaded) resumes from it.
+    pub(super) async fn remember_commit(&self, key: &str, offset: i64) {
+        if let Some(cache) = self.committed.lock().await.as_mut() {
+            cache.insert(key.to_string(), offset);
+        }
     }
 
     /// Every trigger's last committed offset.
