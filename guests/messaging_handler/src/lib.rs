@@ -7,6 +7,7 @@
 //! - `last-id`: the id of the latest message,
 //! - `payload/<id>`: the payload of message `<id>`,
 //! - `attempt/<id>`: the delivery attempt of its latest delivery,
+//! - `topic/<id>`: the topic it was delivered from,
 //! - `instance-seq/<id>`: how many messages this instance had handled when
 //!   it got message `<id>` (1 in a fresh instance; more in a reused one).
 //!
@@ -69,5 +70,6 @@ fn record(msg: &Message) -> Result<(), berth::infra::kv::Error> {
         msg.attempt.to_string().as_bytes(),
         None,
     )?;
+    bucket.set(&format!("topic/{}", msg.id), msg.topic.as_bytes(), None)?;
     Ok(())
 }

@@ -6,7 +6,10 @@
 //! - request/reply through the handler, and `no-responder` for a topic
 //!   nobody consumes;
 //! - dead-lettering after `max_deliveries`, with the original's headers;
-//! - a schedule's ticks reaching the handler.
+//! - a schedule's ticks reaching the handler;
+//! - a trigger on a topic pattern, granted to publish by a pattern:
+//!   each message delivered under its own topic, retried and answered
+//!   there, and topics outside the pattern left alone.
 //!
 //! Real brokers read their `BERTH_TEST_*` variable (see `services.rs`).
 
@@ -70,6 +73,7 @@ async fn conformance(broker: Broker) {
     delivery_redelivery_and_request(&broker).await;
     dead_letter_after_max_deliveries(&broker).await;
     schedule_ticks(&broker).await;
+    pattern_trigger(&broker).await;
 }
 
 async fn start(
@@ -181,6 +185,69 @@ async fn schedule_ticks(broker: &Broker) {
     broker.cleanup(&name).await;
 }
 
+async fn pattern_trigger(broker: &Broker) {
+    let name = unique("confpat");
+    let manifest = manifest_named(&name, 3)
+        .replace("publish = [\"events\"]", "publish = [\"orders.>\"]")
+        .replace(
+            "topic = \"events\"",
+            "topic = \"orders.*\"\ndead_letter = \"failed-orders\"",
+        );
+    let (_t, app, tasks) = start(broker, &manifest).await;
+    // Another app on the same broker: its `orders.eu` is not this app's.
+    let neighbour_name = unique("confpatn");
+    let (_n, neighbour, neighbour_tasks) = start(broker, &manifest_named(&neighbour_name, 3)).await;
+    neighbour
+        .backends
+        .messaging
+        .publish("orders.eu", b"neighbour".to_vec(), vec![])
+        .await
+        .unwrap();
+    assert_success(&run(&app, "publisher", &["publish", "orders.eu", "2"]).await);
+    // Granted by `orders.>`, but deeper than `orders.*` reaches.
+    assert_success(&run(&app, "publisher", &["publish", "orders.eu.late", "1"]).await);
+    assert_success(&run(&app, "publisher", &["publish", "orders.us", "1"]).await);
+    wait_for_count(&app, 3).await;
+    let messaging = &app.backends.messaging;
+    let failing = messaging
+        .publish("orders.us", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 5).await;
+    let kv = &app.backends.kv["received"];
+    let text = |v: Option<Vec<u8>>| String::from_utf8(v.unwrap_or_default()).unwrap();
+    let topic = text(kv.get(&format!("topic/{failing}")).await.unwrap());
+    let attempt = text(kv.get(&format!("attempt/{failing}")).await.unwrap());
+    assert_eq!(
+        (topic.as_str(), attempt.as_str()),
+        ("orders.us", "2"),
+        "retried under its own topic"
+    );
+    assert_success(&run(&app, "publisher", &["request", "orders.eu"]).await);
+    let mut topics = Vec::new();
+    for key in kv.list_keys("topic/", None, 100).await.unwrap().keys {
+        topics.push(text(kv.get(&key).await.unwrap()));
+    }
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "orders.eu",
+            "orders.eu",
+            "orders.eu",
+            "orders.us",
+            "orders.us"
+        ],
+        "each message under its own topic; orders.eu.late is not in the pattern, \
+         and the neighbour app's orders.eu is not this app's"
+    );
+    assert_eq!(received_count(&app).await, 6);
+    drop((tasks, neighbour_tasks));
+    drop((app, neighbour));
+    broker.cleanup(&name).await;
+    broker.cleanup(&neighbour_name).await;
+}
+
 /// Deletes the exchanges and queues RabbitMQ holds for app `app`.
 async fn delete_rabbit_app(url: &str, app: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -193,6 +260,7 @@ async fn delete_rabbit_app(url: &str, app: &str) {
         "handler.events",
         "dlcheck.events.dead-letter",
         "handler._schedule.every-second",
+        "handler.orders.*",
         "unrouted",
     ] {
         channel
@@ -203,7 +271,7 @@ async fn delete_rabbit_app(url: &str, app: &str) {
             .await
             .ok();
     }
-    for exchange in ["", ".req", ".unrouted"] {
+    for exchange in ["", ".requests", ".unrouted"] {
         channel
             .exchange_delete(
                 &format!("berth.{app}{exchange}"),

@@ -83,7 +83,7 @@ pub(crate) async fn received_count(app: &App) -> i64 {
 }
 
 pub(crate) async fn wait_for_count(app: &App, expected: i64) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if received_count(app).await >= expected {
             break;
         }
