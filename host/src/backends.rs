@@ -372,7 +372,19 @@ pub async fn open(
             url,
             timeout_ms,
             client_id,
+            session_expiry_s,
         } => {
+            let max = crate::ports::messaging::mqtt::MAX_SESSION_EXPIRY.as_secs();
+            let session_expiry = match session_expiry_s {
+                None => crate::ports::messaging::mqtt::SESSION_EXPIRY,
+                Some(s) if (1..=max).contains(&s) => Duration::from_secs(s),
+                Some(_) => {
+                    return Err(origin.err(
+                        "messaging.session_expiry_s",
+                        format!("must be 1 to {max} seconds (a week)"),
+                    ));
+                }
+            };
             // Unique per host: each host has its own sessions.
             let host_id = match client_id {
                 Some(raw) => secrets
@@ -388,6 +400,7 @@ pub async fn open(
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
                 client_id: format!("berth-{app}-{host_id}"),
+                session_expiry,
             };
             Arc::new(
                 MqttBroker::connect(&settings)

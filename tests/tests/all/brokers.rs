@@ -477,3 +477,26 @@ async fn messaging_bad_broker_urls_name_the_key() {
         assert!(text.contains("host.toml"), "{kind}: {text}");
     }
 }
+
+/// An MQTT session expiry out of range is refused before any connection,
+/// naming its key.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_mqtt_session_expiry_is_checked() {
+    for bad in [0, 604_801] {
+        let t = TestApp::new(&manifest_named("badexpiry", 5));
+        let host = host_config(
+            &t,
+            &format!(
+                "[messaging]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nsession_expiry_s = {bad}\n"
+            ),
+        );
+        let Err(err) = t.load_with(&host).await else {
+            panic!("session_expiry_s = {bad} loaded");
+        };
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("`messaging.session_expiry_s`") && text.contains("1 to 604800"),
+            "{text}"
+        );
+    }
+}

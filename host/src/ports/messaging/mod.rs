@@ -279,6 +279,11 @@ pub enum MessagingConfig {
         /// the messages the broker holds for them, are resumed; default a
         /// random id per process.
         client_id: Option<String>,
+        /// How long the broker keeps a trigger's session, and the messages
+        /// it was dealt, after the host disconnects, in seconds; default 60,
+        /// at most 604800 (a week). Raise it only with a stable `client_id`,
+        /// so that a restarted host finds its messages again.
+        session_expiry_s: Option<u64>,
     },
 }
 

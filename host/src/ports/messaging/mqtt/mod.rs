@@ -19,7 +19,8 @@
 //!   to the shared subscription `$share/berth-<app>-<consumer>/berth/<app>/msg/<levels>`
 //!   at QoS 1: the broker hands each message to one of the app's hosts.
 //!   Acks are manual, so a message is PUBACKed only once its handler
-//!   succeeded. The session (clean start off, expiry [`SESSION_EXPIRY`])
+//!   succeeded. The session (clean start off, expiry [`SESSION_EXPIRY`]
+//!   unless the settings say otherwise)
 //!   keeps what the broker queued for a host over a short disconnect, and
 //!   the broker sends unacknowledged messages again (DUP set, counted as
 //!   one more attempt) when the client comes back.
@@ -51,7 +52,7 @@
 //!   is delivered N times, each time under the same id.
 //! - Mosquitto deals out a share's messages round-robin, disconnected
 //!   sessions included. Messages dealt to a host that died wait in its
-//!   session until [`SESSION_EXPIRY`] and are then lost: MQTT 5 lets a
+//!   session until it expires and are then lost: MQTT 5 lets a
 //!   broker pass them to another member, and Mosquitto does not. A
 //!   subscription that is dropped unsubscribes first, so a host that stops
 //!   cleanly is no longer dealt messages.
@@ -91,13 +92,16 @@ use wire::*;
 
 /// The port of `mqtt://host` URLs without one.
 pub const DEFAULT_PORT: u16 = 1883;
-/// How long the broker keeps a trigger's session (its subscription, queued
-/// and unacknowledged messages) after the connection drops. It covers
-/// reconnects of a running host. A dead host never comes back, because
-/// every host process has its own client ids, so a longer expiry only
-/// strands more of the messages dealt to it (see the module docs).
-pub const SESSION_EXPIRY: Duration = Duration::from_secs(SESSION_EXPIRY_SECS as u64);
-const SESSION_EXPIRY_SECS: u32 = 60;
+/// How long, by default, the broker keeps a trigger's session (its
+/// subscription, queued and unacknowledged messages) after the connection
+/// drops. It covers reconnects of a running host. A host with a random
+/// client id never comes back, so a longer expiry would only strand more
+/// of the messages dealt to it (see the module docs); a host with a stable
+/// `client_id` may set a longer `session_expiry_s`, up to
+/// [`MAX_SESSION_EXPIRY`], to find its messages after a restart.
+pub const SESSION_EXPIRY: Duration = Duration::from_secs(60);
+/// The longest session expiry a host config may set: a week.
+pub const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// User property carrying Berth's message id.
 const ID_PROPERTY: &str = "berth-id";
 /// User property carrying the delivery attempt of a republished message.
@@ -139,6 +143,9 @@ pub struct MqttSettings {
     /// startup, say), without `/`, `+` or `#`. Triggers' clients add a
     /// suffix to it.
     pub client_id: String,
+    /// How long the broker keeps a trigger's session after its connection
+    /// drops (whole seconds; see [`SESSION_EXPIRY`]).
+    pub session_expiry: Duration,
 }
 
 /// An app's broker on MQTT 5.
@@ -153,6 +160,8 @@ pub struct MqttBroker {
     app: String,
     client_id: String,
     timeout: Duration,
+    /// The session expiry of the triggers' clients, in seconds.
+    session_expiry_secs: u32,
     /// Numbers the triggers' client ids.
     subscriptions: AtomicU64,
 }
@@ -195,6 +204,7 @@ impl MqttBroker {
             app: s.app.clone(),
             client_id: s.client_id.clone(),
             timeout: s.timeout,
+            session_expiry_secs: s.session_expiry.min(MAX_SESSION_EXPIRY).as_secs().max(1) as u32,
             subscriptions: AtomicU64::new(0),
         })
     }
@@ -320,7 +330,12 @@ impl MessagingBackend for MqttBroker {
         let paths = filters.iter().map(|f| f.path.clone()).collect();
         let (deliveries, inbox) = mpsc::unbounded_channel();
         let link = Link::connect(
-            mqtt_options(&self.target, &client_id, self.timeout, Role::Trigger),
+            mqtt_options(
+                &self.target,
+                &client_id,
+                self.timeout,
+                Role::Trigger(self.session_expiry_secs),
+            ),
             filters,
             Inbox::Deliveries(deliveries),
             self.timeout,

@@ -254,8 +254,8 @@ pub(super) enum Role {
     /// nothing it receives needs to outlive a connection.
     Publisher,
     /// Consumes one trigger's messages and requests. It has a persistent
-    /// session and manual acks.
-    Trigger,
+    /// session, kept this many seconds after a disconnect, and manual acks.
+    Trigger(u32),
 }
 
 /// The options of one client. Never `Debug`-print them: rumqttc's `Debug`
@@ -280,11 +280,11 @@ pub(super) fn mqtt_options(
             options.set_clean_start(true);
             options.set_outgoing_inflight_upper_limit(PUBLISHER_INFLIGHT);
         }
-        Role::Trigger => {
+        Role::Trigger(session_expiry_secs) => {
             options.set_clean_start(false);
             options.set_manual_acks(true);
             options.set_outgoing_inflight_upper_limit(TRIGGER_INFLIGHT);
-            properties.session_expiry_interval = Some(SESSION_EXPIRY_SECS);
+            properties.session_expiry_interval = Some(session_expiry_secs);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
         }
     }
