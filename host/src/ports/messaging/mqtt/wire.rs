@@ -326,4 +326,152 @@ mod tests {
         let mqtt = topic_under(&retries, "orders.eu");
         assert_eq!(topic_from(&retries, &mqtt).as_deref(), Some("orders.eu"));
     }
+
+    #[test]
+    fn urls_with_and_without_credentials() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1883").unwrap(),
+            Target {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                credentials: None,
+            }
+        );
+        assert_eq!(parse_url("mqtt://broker").unwrap().port, DEFAULT_PORT);
+        assert_eq!(parse_url("mqtt://broker/").unwrap().host, "broker");
+        let t = parse_url("mqtt://berth:p%40ss:w0rd@broker:1884").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("broker", 1884));
+        let (user, password) = t.credentials.unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("berth", "p@ss:w0rd"));
+        let (user, password) = parse_url("mqtt://only@broker")
+            .unwrap()
+            .credentials
+            .unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("only", ""));
+        let t = parse_url("mqtt://[::1]:1885").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("[::1]", 1885));
+        assert_eq!(parse_url("mqtt://[::1]").unwrap().port, DEFAULT_PORT);
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        for bad in [
+            "tcp://h:1883",
+            "mqtts://u:s3cret@h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://h:70000",
+            "mqtt://h/path",
+            "mqtt://h?client_id=x",
+            "mqtt://:s3cret@h",
+            "mqtt://u:s3cret%zz@h",
+            "mqtt://u:s3cret@",
+            "mqtt://[::1",
+            "mqtt://[::1]x",
+        ] {
+            let e = parse_url(bad).unwrap_err();
+            assert!(matches!(e, MessagingError::InvalidInput(_)), "{bad}");
+            assert!(!e.to_string().contains("s3cret"), "{bad}: {e}");
+        }
+        let t = parse_url("mqtt://u:s3cret@h").unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn topics_map_into_the_app_subtree() {
+        assert_eq!(
+            message_topic("shop", "user.created"),
+            "berth/shop/msg/user/created"
+        );
+        assert_eq!(
+            request_topic("shop", "user.created"),
+            "berth/shop/req/user/created"
+        );
+        assert_eq!(
+            topic_under(
+                &retry_prefix("shop", "handler", "user.created"),
+                "user.created"
+            ),
+            "berth/shop/retry/handler/user.created/user/created"
+        );
+        assert_eq!(reply_topic("shop", "host-1"), "berth/shop/reply/host-1");
+        assert_eq!(
+            shared_filter("shop", "handler", "user.created"),
+            "$share/berth-shop-handler/berth/shop/msg/user/created"
+        );
+        assert_eq!(
+            shared_retry_filter("shop", "handler", "user.created"),
+            "$share/berth-shop-handler/berth/shop/retry/handler/user.created/user/created"
+        );
+        assert_eq!(
+            shared_request_filter("shop", "handler", "user.created"),
+            "$share/berth-shop-handler-req/berth/shop/req/user/created"
+        );
+        for ok in [
+            "user.created",
+            "_schedule.tick",
+            "a-b_c",
+            "orders.*",
+            "orders.>",
+        ] {
+            assert!(check_topic(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a.+", "#", "a\0", "a..b", ".a", "a."] {
+            assert!(check_topic(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_properties_round_trip_headers_id_and_attempt() {
+        let headers = vec![
+            ("trace".to_string(), "t-1".to_string()),
+            ("a".into(), "x y".into()),
+            ("a".into(), "again".into()),
+        ];
+        let mut sorted = headers.clone();
+        sorted.sort();
+        let props = publish_properties("id-1", &headers, 3);
+        assert_eq!(
+            metadata(Some(&props)),
+            (Some("id-1".into()), sorted.clone(), 3)
+        );
+        let props = publish_properties("id-1", &headers, 1);
+        assert!(
+            props
+                .user_properties
+                .iter()
+                .all(|(k, _)| k != ATTEMPT_PROPERTY)
+        );
+        assert_eq!(metadata(Some(&props)), (Some("id-1".into()), sorted, 1));
+        // The host's id and attempt win over headers named like them.
+        let spoofed = vec![
+            (ID_PROPERTY.to_string(), "fake".to_string()),
+            (ATTEMPT_PROPERTY.to_string(), "9".to_string()),
+        ];
+        let props = publish_properties("id-2", &spoofed, 1);
+        assert_eq!(metadata(Some(&props)), (Some("id-2".into()), vec![], 1));
+    }
+
+    #[test]
+    fn metadata_defaults() {
+        assert_eq!(metadata(None), (None, vec![], 1));
+        for (value, attempt) in [("0", 1), ("x", 1), ("2", 2)] {
+            let props = PublishProperties {
+                user_properties: vec![(ATTEMPT_PROPERTY.into(), value.into())],
+                ..Default::default()
+            };
+            assert_eq!(metadata(Some(&props)).2, attempt, "{value}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%40c").as_deref(), Some("a/b@c"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
 }
