@@ -379,6 +379,47 @@ async fn messaging_conformance_rabbitmq() {
     conformance(Broker::Rabbit(url)).await;
 }
 
+/// A failed message waits out its backoff in a delay queue on the broker,
+/// not in the host: with one delivery in flight (`prefetch = 1`) and a
+/// ten-second backoff, the next message is still handled at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_backoff_holds_no_prefetch_slot_rabbitmq() {
+    let Some(url) = service("BERTH_TEST_AMQP_URL") else {
+        return;
+    };
+    let broker = Broker::Rabbit(url);
+    let name = unique("parked");
+    let manifest = format!("{}backoff_ms = 10000\n", manifest_named(&name, 3));
+    let t = TestApp::new(&manifest);
+    let host_toml = format!("{}prefetch = 1\n", broker.host_toml(&t));
+    let (app, tasks) = started_with(&t, &host_config(&t, &host_toml)).await;
+    let messaging = &app.backends.messaging;
+    let failing = messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    let next = messaging
+        .publish("events", b"next".to_vec(), vec![])
+        .await
+        .unwrap();
+    // Both handled long before the failed one's backoff ends (10 s); a
+    // failed delivery held in the host would keep the only slot until then.
+    let started = std::time::Instant::now();
+    let kv = &app.backends.kv["received"];
+    while kv.get(&format!("payload/{next}")).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the next message waited for the failed one's backoff"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempt = kv.get(&format!("attempt/{failing}")).await.unwrap();
+    assert_eq!(attempt.as_deref(), Some(&b"1"[..]), "not yet retried");
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
 /// A lost connection (the network, a broker restart) does not stop the
 /// host: publishing reconnects and the trigger consumes again.
 #[tokio::test(flavor = "multi_thread")]

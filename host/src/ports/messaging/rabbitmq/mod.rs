@@ -11,12 +11,15 @@
 //!   syntax: `*` stays `*` and `>` becomes `*.#` (AMQP's `#` matches zero
 //!   or more words, so `*.#` keeps "one or more"). A delivery names its own
 //!   topic: the routing key it was published under.
-//! - Redelivery after a failure: once the backoff has passed, a copy with
-//!   the `berth-attempt` header incremented is published straight to the
-//!   queue (confirmed), then the original is acknowledged. The copy goes
-//!   through the default exchange, routed by the queue's name, so it
-//!   carries its topic in the `berth-topic` header. A host that dies first
-//!   leaves the original unacknowledged, and RabbitMQ redelivers it.
+//! - Redelivery after a failure: a copy with the `berth-attempt` header
+//!   incremented and its topic in `berth-topic` is stored (confirmed) in a
+//!   delay queue whose message TTL is the backoff and whose dead-letter
+//!   target is the trigger's queue, then the original is acknowledged, so
+//!   a failed message holds no `prefetch` slot while it waits (see
+//!   [`retry`]). If no delay queue can be used, the original is held
+//!   through the backoff and its copy published straight to the queue. A
+//!   host that dies before acknowledging leaves the original to RabbitMQ's
+//!   redelivery.
 //! - A message whose topic no queue is bound to goes to the exchange's
 //!   alternate exchange and waits in the durable queue
 //!   `berth.<app>.unrouted` (at most [`UNROUTED_MAX`] messages, oldest
@@ -53,6 +56,7 @@ use super::{
 };
 use crate::secret::Secret;
 
+mod retry;
 mod subscription;
 
 use subscription::*;
@@ -378,6 +382,7 @@ fn headers_of(properties: &BasicProperties) -> (Vec<(String, String)>, u32) {
             (ATTEMPT_HEADER, AMQPValue::LongUInt(n)) => attempt = (*n).max(1),
             // Berth's own, whatever its type: never a guest's header.
             (TOPIC_HEADER, _) => {}
+            (name, _) if retry::is_dead_letter_header(name) => {}
             (name, AMQPValue::LongString(s)) => {
                 headers.push((
                     name.to_string(),

@@ -308,8 +308,22 @@ impl Acker for RabbitAcker {
     }
 
     async fn nack(self: Box<Self>, delay: Duration) {
-        // The original stays unacknowledged (so safe) during the backoff.
         tokio::spawn(async move {
+            // The copy waits out the backoff on the broker, so the
+            // original's prefetch slot is freed at once.
+            match super::retry::park(&self.shared, &self.queue, &self.message, delay).await {
+                Ok(()) => {
+                    if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+                        tracing::warn!(error = %e, "cannot acknowledge a failed message after parking its copy; both will be delivered");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot park a failed message in a delay queue; holding it through the backoff");
+                }
+            }
+            // Without a delay queue the original stays unacknowledged (so
+            // safe) during the backoff.
             tokio::time::sleep(delay).await;
             let m = &self.message;
             let retry = match self.shared.link().await {
