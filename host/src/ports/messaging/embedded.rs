@@ -95,7 +95,7 @@ impl EmbeddedBroker {
             Err(std::fs::TryLockError::WouldBlock) => None,
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         };
-        let db = Connection::open(&path)?;
+        let mut db = Connection::open(&path)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -120,8 +120,10 @@ impl EmbeddedBroker {
                  PRIMARY KEY (topic, consumer)
              );",
         )?;
-        migrate_to_triggers(&db)?;
         if owner.is_some() {
+            // Only the owner changes the layout, so an older host still
+            // owning the file never finds it changed under it.
+            migrate_to_triggers(&mut db)?;
             // Only the owner had deliveries in flight: a lease left in the
             // file is a delivery its previous run never settled.
             db.execute(
@@ -131,6 +133,11 @@ impl EmbeddedBroker {
             // The triggers of this run subscribe anew; one removed from the
             // manifest stops receiving copies.
             db.execute("UPDATE consumers SET live = 0", [])?;
+        } else if !has_trigger_column(&db)? {
+            anyhow::bail!(
+                "{}: this app's embedded broker is owned by a running berth of an older version; stop or upgrade it before publishing from this one",
+                path.display()
+            );
         }
         let broker = Arc::new(EmbeddedBroker {
             db: Arc::new(Mutex::new(db)),
@@ -159,25 +166,29 @@ impl EmbeddedBroker {
 /// alone; a row now names its trigger (topic or pattern) beside the
 /// message's own topic. Adds that column to such a file, filled in from
 /// the topic it meant, and indexes rows by trigger.
-fn migrate_to_triggers(db: &Connection) -> rusqlite::Result<()> {
-    let has_trigger: bool = db.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('queue') WHERE name = 'trigger_topic'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_trigger {
-        db.execute_batch(
-            "BEGIN;
-             ALTER TABLE queue ADD COLUMN trigger_topic TEXT;
-             UPDATE queue SET trigger_topic = topic WHERE consumer IS NOT NULL;
-             COMMIT;",
-        )?;
+/// Rows a trigger claimed without naming it (an older host wrote them)
+/// are filled in every time, so none is left unleased.
+fn migrate_to_triggers(db: &mut Connection) -> rusqlite::Result<()> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !has_trigger_column(&tx)? {
+        tx.execute("ALTER TABLE queue ADD COLUMN trigger_topic TEXT", [])?;
     }
-    db.execute_batch(
-        "DROP INDEX IF EXISTS queue_ready;
+    tx.execute_batch(
+        "UPDATE queue SET trigger_topic = topic WHERE consumer IS NOT NULL AND trigger_topic IS NULL;
+         DROP INDEX IF EXISTS queue_ready;
          DROP INDEX IF EXISTS queue_once;
          CREATE INDEX IF NOT EXISTS queue_ready_per_trigger ON queue (consumer, trigger_topic, leased, visible_at);
          CREATE UNIQUE INDEX IF NOT EXISTS queue_once_per_trigger ON queue (consumer, trigger_topic, id);",
+    )?;
+    tx.commit()
+}
+
+/// Whether the file's rows name their trigger (see [`migrate_to_triggers`]).
+fn has_trigger_column(db: &Connection) -> rusqlite::Result<bool> {
+    db.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('queue') WHERE name = 'trigger_topic'",
+        [],
+        |r| r.get(0),
     )
 }
 

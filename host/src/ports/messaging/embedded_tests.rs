@@ -204,31 +204,48 @@ async fn a_pattern_trigger_gets_each_matching_topic_as_itself() {
     );
 }
 
+/// The layout of the release before topic patterns, with one message
+/// waiting for trigger `c` on `t`.
+fn old_layout(path: &Path) {
+    let db = Connection::open(path).unwrap();
+    db.execute_batch(
+        "CREATE TABLE queue (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT, consumer TEXT, topic TEXT NOT NULL,
+             id TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT NOT NULL,
+             attempt INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+             leased INTEGER NOT NULL DEFAULT 0);
+         CREATE INDEX queue_ready ON queue (consumer, topic, leased, visible_at);
+         CREATE UNIQUE INDEX queue_once ON queue (consumer, topic, id);
+         CREATE TABLE consumers (topic TEXT NOT NULL, consumer TEXT NOT NULL,
+             live INTEGER NOT NULL, claimed_seq INTEGER NOT NULL,
+             PRIMARY KEY (topic, consumer));
+         INSERT INTO consumers VALUES ('t', 'c', 1, 1);
+         INSERT INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
+             VALUES ('c', 't', 'old-1', x'6f6c64', '[]', 1, 0);",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn only_the_owner_migrates_and_others_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    old_layout(&path);
+    // An older host owns the file: a newer process beside it must not
+    // change the layout under it.
+    let lock = std::fs::File::create(path.with_extension("db.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let refused = EmbeddedBroker::open(&path).err().expect("refused");
+    assert!(refused.to_string().contains("older version"), "{refused}");
+    let db = Connection::open(&path).unwrap();
+    assert!(!has_trigger_column(&db).unwrap(), "the layout is unchanged");
+}
+
 #[tokio::test]
 async fn a_file_from_before_patterns_keeps_its_messages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.db");
-    {
-        // The layout of the previous release, with one message waiting
-        // for trigger `c` on `t`.
-        let db = Connection::open(&path).unwrap();
-        db.execute_batch(
-            "CREATE TABLE queue (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT, consumer TEXT, topic TEXT NOT NULL,
-                 id TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT NOT NULL,
-                 attempt INTEGER NOT NULL, visible_at INTEGER NOT NULL,
-                 leased INTEGER NOT NULL DEFAULT 0);
-             CREATE INDEX queue_ready ON queue (consumer, topic, leased, visible_at);
-             CREATE UNIQUE INDEX queue_once ON queue (consumer, topic, id);
-             CREATE TABLE consumers (topic TEXT NOT NULL, consumer TEXT NOT NULL,
-                 live INTEGER NOT NULL, claimed_seq INTEGER NOT NULL,
-                 PRIMARY KEY (topic, consumer));
-             INSERT INTO consumers VALUES ('t', 'c', 1, 1);
-             INSERT INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
-                 VALUES ('c', 't', 'old-1', x'6f6c64', '[]', 1, 0);",
-        )
-        .unwrap();
-    }
+    old_layout(&path);
     let broker = EmbeddedBroker::open(&path).unwrap();
     let mut sub = broker.subscribe("t", "c").await.unwrap();
     let d = next(&mut sub).await;
@@ -255,4 +272,18 @@ async fn a_file_from_before_patterns_keeps_its_messages() {
     d.acker.ack().await;
     let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(quiet.is_err(), "an id is still stored once per trigger");
+    drop((sub, broker));
+    // A row an older owner claimed without naming its trigger is found at
+    // the next start.
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO queue (consumer, topic, id, payload, headers, attempt, visible_at)
+             VALUES ('c', 't', 'old-2', x'', '[]', 1, 0)",
+            [],
+        )
+        .unwrap();
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    assert_eq!(next(&mut sub).await.message.id, "old-2");
 }

@@ -220,7 +220,7 @@ impl MessagingBackend for NatsBroker {
             .await
             .map_err(unavailable)?;
         let filter_subject = self.msg_subject(topic);
-        let durable = match legacy_consumer(&stream, consumer, topic, &filter_subject).await {
+        let durable = match legacy_consumer(&stream, consumer, topic, &filter_subject).await? {
             Some(legacy) => legacy,
             None => durable_name(consumer, topic),
         };
@@ -288,22 +288,29 @@ fn durable_name(consumer: &str, topic: &str) -> String {
 /// `<consumer>__<topic with `.` as `_`>`: kept, so an upgrade neither
 /// replays nor skips the trigger's messages. That name could be shared by
 /// two triggers (`a.b` and `a_b`), so it is only taken when its filter is
-/// this trigger's own subject.
+/// this trigger's own subject. Only "not found" means there is none: any
+/// other failure fails the subscription, since guessing wrong would create
+/// a second consumer that replays the stream.
 async fn legacy_consumer(
     stream: &jetstream::stream::Stream,
     consumer: &str,
     topic: &str,
     filter_subject: &str,
-) -> Option<String> {
+) -> Result<Option<String>, MessagingError> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
     let legacy = format!("{consumer}__{}", topic.replace('.', "_"));
     if super::pattern::is_pattern(topic) || legacy == durable_name(consumer, topic) {
-        return None;
+        return Ok(None);
     }
-    let info = stream.consumer_info(&legacy).await.ok()?;
-    (info.config.filter_subject == filter_subject).then(|| {
+    let info = match stream.consumer_info(&legacy).await {
+        Ok(info) => info,
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unavailable(e)),
+    };
+    Ok((info.config.filter_subject == filter_subject).then(|| {
         tracing::info!(durable = %legacy, "a trigger keeps the durable consumer an earlier berth named");
         legacy
-    })
+    }))
 }
 
 /// A trigger's deliveries: stored messages from its durable pull consumer
