@@ -7,8 +7,14 @@
 //! failures with long backoffs would stall the trigger. A delay queue is
 //! RabbitMQ's own mechanism for this: the copy is stored (publisher
 //! confirm) before the original is acknowledged, and when its TTL passes
-//! RabbitMQ moves it back into the trigger's queue (the dead-lettering
-//! waits for the target queue's confirm, so it is not lost there).
+//! RabbitMQ moves it back into the trigger's queue.
+//!
+//! That move must not lose the copy. A classic queue dead-letters at most
+//! once (without confirms), so delay queues are quorum queues with the
+//! `at-least-once` dead-letter strategy (RabbitMQ 3.10 and later), which
+//! keeps a copy until the trigger's queue has confirmed it. A broker that
+//! cannot declare one (older, or quorum queues disabled) makes `park` fail,
+//! and the caller falls back to holding the original through the backoff.
 
 use super::*;
 
@@ -22,20 +28,34 @@ pub(super) fn is_dead_letter_header(name: &str) -> bool {
 const DELAY_QUEUE_SPARE: Duration = Duration::from_secs(60);
 
 /// The delay queue of `queue` for copies waiting `delay_ms`:
-/// `berth.<app>.~retry.<hash of the queue>.<ms>`. `~` is in no component
+/// `berth.<app>.~delay.<hash of the queue>.<ms>`. `~` is in no component
 /// name, so it is no trigger's queue; the hash keeps it under AMQP's 255
 /// bytes whatever the trigger's queue is called.
 pub(super) fn delay_queue(app: &str, queue: &str, delay_ms: u64) -> String {
     use sha2::Digest as _;
     let hash = sha2::Sha256::digest(queue.as_bytes());
-    format!("berth.{app}.~retry.{}.{delay_ms}", hex::encode(&hash[..8]))
+    format!("berth.{app}.~delay.{}.{delay_ms}", hex::encode(&hash[..8]))
 }
 
-/// The arguments of a delay queue: copies expire after `delay_ms` into the
-/// default exchange under `queue`'s name, that is into `queue`, and the
-/// queue itself goes once unused for longer than any copy waits in it.
+/// The arguments of a delay queue: a quorum queue whose copies expire
+/// after `delay_ms` into the default exchange under `queue`'s name, that
+/// is into `queue`, at least once (which requires `reject-publish`
+/// overflow), and which goes once unused for longer than any copy waits
+/// in it.
 pub(super) fn delay_queue_arguments(queue: &str, delay_ms: u64) -> FieldTable {
     let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
     let ttl = delay_ms.min(i64::MAX as u64) as i64;
     args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
     args.insert(
@@ -109,7 +129,7 @@ mod tests {
     fn delay_queues_are_per_trigger_and_delay() {
         let a = delay_queue("shop", "berth.shop.handler.orders", 100);
         assert!(
-            a.starts_with("berth.shop.~retry.") && a.ends_with(".100"),
+            a.starts_with("berth.shop.~delay.") && a.ends_with(".100"),
             "{a}"
         );
         assert_eq!(a, delay_queue("shop", "berth.shop.handler.orders", 100));
