@@ -111,12 +111,14 @@ pub(super) async fn subscribe_pattern(
         feeds,
         started: HashMap::new(),
     };
+    // The broker must answer this listing: an unreachable broker fails the
+    // start, as for a topic's subscription.
     let listed = shared.topic_names().await?;
     // Requests already in a request topic were sent before this trigger
-    // ran, as for a topic's subscription: it answers from now on.
-    let failed = readers.start_matching(&listed, OffsetAt::Latest).await;
-    if let Some((_, e)) = failed.into_iter().next() {
-        return Err(e);
+    // ran, as for a topic's subscription: it answers from now on. A topic
+    // that cannot be read yet is tried again by the discovery task.
+    for (name, e) in readers.start_matching(&listed, OffsetAt::Latest).await {
+        tracing::warn!(pattern, topic = %name, error = %e, "cannot read a kafka topic matching a pattern yet; retrying");
     }
     // Only now may a request create a request topic for this pattern: one
     // created before the listing above would be read from its end, and
@@ -142,6 +144,14 @@ async fn discover(mut readers: Readers) {
                 continue;
             }
         };
+        // Readers of message topics that were deleted stop (one created
+        // again later is found again, from its committed offset). Request
+        // topics are never deleted, and one read again would be read from
+        // its start, answering old requests: their readers stay.
+        let app = readers.shared.app.clone();
+        readers.started.retain(|name, _| {
+            listed.contains(name) || matches!(berth_topic_of(&app, name), Some((Kind::Requests, _)))
+        });
         // A message topic new since the last round starts from its
         // committed offset, else its start: nothing published to it before
         // it was seen is lost. A request topic that appeared after the

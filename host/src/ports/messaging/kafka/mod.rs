@@ -33,8 +33,8 @@
 //!   pattern trigger matches creates the request topic and waits that long
 //!   too (a request topic that appeared after the trigger started is read
 //!   from its start); a request timeout shorter than the delay makes such
-//!   a first request time out. Topics that are deleted keep their readers
-//!   (retrying) until the trigger stops.
+//!   a first request time out. The readers of a message topic that is
+//!   deleted stop at the next listing.
 //! - A committed offset the log no longer has (retention deleted it, or the
 //!   topic was recreated) is logged as an error and the trigger goes on
 //!   from the earliest retained record.

@@ -38,10 +38,9 @@ impl Shared {
     /// Remembers a pattern subscription of this broker for as long as
     /// `alive` lives, so requests to the topics it matches find it.
     pub(super) fn add_pattern(&self, pattern: &str, alive: Weak<()>) {
-        self.patterns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((pattern.to_string(), alive));
+        let mut patterns = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        patterns.retain(|(_, alive)| alive.strong_count() > 0);
+        patterns.push((pattern.to_string(), alive));
     }
 
     /// Whether a live pattern subscription of this broker matches `topic`

@@ -162,8 +162,9 @@ pub struct MqttBroker {
     timeout: Duration,
     /// The session expiry of the triggers' clients, in seconds.
     session_expiry_secs: u32,
-    /// Numbers the triggers' client ids.
-    subscriptions: AtomicU64,
+    /// How many subscriptions each trigger's client id was given, telling
+    /// apart two triggers of the same component and topic.
+    subscriptions: Mutex<HashMap<String, u32>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
@@ -205,12 +206,26 @@ impl MqttBroker {
             client_id: s.client_id.clone(),
             timeout: s.timeout,
             session_expiry_secs: s.session_expiry.min(MAX_SESSION_EXPIRY).as_secs().max(1) as u32,
-            subscriptions: AtomicU64::new(0),
+            subscriptions: Mutex::default(),
         })
     }
 }
 
 impl MqttBroker {
+    /// The client id of trigger `consumer` on `topic`: this host's id and
+    /// [`trigger_key`], with a count past the first for a second trigger
+    /// of the same component and topic.
+    fn trigger_client_id(&self, consumer: &str, topic: &str) -> String {
+        let key = trigger_key(consumer, topic);
+        let mut used = lock(&self.subscriptions);
+        let n = used.entry(key.clone()).or_insert(0);
+        *n += 1;
+        match *n {
+            1 => format!("{}-{key}", self.client_id),
+            n => format!("{}-{key}-{n}", self.client_id),
+        }
+    }
+
     /// Publishes a request and waits for its reply (the caller bounds the
     /// wait). A PUBACK saying nobody subscribes means no responder.
     async fn exchange(
@@ -308,10 +323,10 @@ impl MessagingBackend for MqttBroker {
                 "consumer {consumer:?} cannot name an MQTT shared subscription"
             )));
         }
-        // Its own client id, so its session is its own. It is stable
-        // within this process, so a reconnect finds the session again.
-        let n = self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        let client_id = format!("{}-s{n}", self.client_id);
+        // Its own client id, so its session is its own, named after the
+        // trigger: a reconnect, or a restart with a stable `client_id`,
+        // finds this trigger's session, whatever the other triggers.
+        let client_id = self.trigger_client_id(consumer, topic);
         let filters = vec![
             Filter::new(shared_filter(&self.app, consumer, topic), QoS::AtLeastOnce),
             // Its failed messages come back on a subtree of its own, so no
@@ -351,6 +366,7 @@ impl MessagingBackend for MqttBroker {
             reply_prefix: format!("berth/{}/reply/", self.app),
             filters: paths,
             timeout: self.timeout,
+            alive: Arc::new(()),
         }))
     }
 }

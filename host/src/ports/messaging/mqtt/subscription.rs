@@ -22,6 +22,9 @@ pub(super) struct MqttSubscription {
     /// The subscribed filters, to unsubscribe when dropped.
     pub(super) filters: Vec<String>,
     pub(super) timeout: Duration,
+    /// Lives as long as the subscription: its ackers' copies have a
+    /// subscriber (this one) until it is dropped.
+    pub(super) alive: Arc<()>,
 }
 
 /// What an incoming publish is, told by the subtree its MQTT topic lies
@@ -133,6 +136,7 @@ impl MqttSubscription {
                 retry_topic: topic_under(&self.retry_prefix, &message.topic),
                 message,
                 timeout: self.timeout,
+                alive: Arc::downgrade(&self.alive),
             }),
         }
     }
@@ -194,6 +198,8 @@ pub(super) struct MqttAcker {
     /// not the message's topic, which every trigger on it subscribes to.
     pub(super) retry_topic: String,
     pub(super) timeout: Duration,
+    /// The subscription's liveness (see [`MqttSubscription::alive`]).
+    pub(super) alive: std::sync::Weak<()>,
 }
 
 impl MqttAcker {
@@ -246,11 +252,16 @@ impl Acker for MqttAcker {
                 )
                 .await;
             match copy {
-                // Nobody took the copy (this trigger's subscription is
-                // gone): the original is its only copy left.
-                Ok(PubAckReason::NoMatchingSubscribers) => tracing::debug!(
-                    "nobody subscribes to the retry topic; the broker redelivers the failed message when the session reconnects"
-                ),
+                // Nobody took the copy and this trigger's subscription is
+                // gone: the original is its only copy left. (While the
+                // subscription lives it subscribes to the copy itself, so
+                // that answer would be wrong: some Mosquitto releases give
+                // it for every MQTT 5 publish.)
+                Ok(PubAckReason::NoMatchingSubscribers) if self.alive.strong_count() == 0 => {
+                    tracing::debug!(
+                        "nobody subscribes to the retry topic; the broker redelivers the failed message when the session reconnects"
+                    )
+                }
                 Ok(_) => self.settle().await,
                 Err(e) => tracing::warn!(
                     error = %e,

@@ -172,6 +172,17 @@ pub(super) fn reply_topic(app: &str, client_id: &str) -> String {
     format!("berth/{app}/reply/{client_id}")
 }
 
+/// A short name of trigger `consumer` on `topic` for its client id: the
+/// first 8 bytes of a hash of both, in hex.
+pub(super) fn trigger_key(consumer: &str, topic: &str) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(consumer.as_bytes());
+    hash.update([0]);
+    hash.update(topic.as_bytes());
+    hex::encode(&hash.finalize()[..8])
+}
+
 /// `$share/<group>/<filter>`: a subscription whose messages the broker
 /// deals out among the members of `group`.
 fn shared(group: &str, filter: &str) -> String {
@@ -295,6 +306,15 @@ pub(super) fn mqtt_options(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigger_keys_tell_triggers_apart() {
+        let a = trigger_key("handler", "orders.*");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, trigger_key("handler", "orders.*"));
+        assert_ne!(a, trigger_key("handler", "orders.>"));
+        assert_ne!(trigger_key("ab", "c"), trigger_key("a", "bc"));
+    }
 
     #[test]
     fn patterns_map_to_filters_by_level() {
