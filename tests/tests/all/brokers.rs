@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use berth::ports::messaging::MessagingError;
-use berth_tests::{TestApp, assert_success, host_config, run, service, unique};
+use berth_tests::{TestApp, assert_success, guests, host_config, run, service, unique};
 
 use crate::messaging::{
     expect_dead_letter, manifest_named, received_count, started_with, wait_for_count,
@@ -74,6 +74,7 @@ async fn conformance(broker: Broker) {
     dead_letter_after_max_deliveries(&broker).await;
     schedule_ticks(&broker).await;
     pattern_trigger(&broker).await;
+    retries_stay_with_their_trigger(&broker).await;
 }
 
 async fn start(
@@ -248,6 +249,34 @@ async fn pattern_trigger(broker: &Broker) {
     broker.cleanup(&neighbour_name).await;
 }
 
+/// Two triggers on one topic: when each fails a message once, each gets
+/// its own retry, and neither gets the other's (2 deliveries each, never 3).
+async fn retries_stay_with_their_trigger(broker: &Broker) {
+    let name = unique("confretry");
+    let manifest = format!(
+        "{}[component.auditor]\npath = {:?}\n[component.auditor.grants]\nkv = [\"received\"]\n[[trigger.message]]\ntopic = \"events\"\ncomponent = \"auditor\"\nmax_deliveries = 3\n",
+        manifest_named(&name, 3),
+        guests::MESSAGING_HANDLER
+    );
+    let (_t, app, tasks) = start(broker, &manifest).await;
+    app.backends
+        .messaging
+        .publish("events", b"fail-once".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 4).await;
+    // Time for a retry copy that reached the wrong trigger to be handled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        received_count(&app).await,
+        4,
+        "each trigger handled the message and its own retry, nothing more"
+    );
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
 /// Deletes the exchanges and queues RabbitMQ holds for app `app`.
 async fn delete_rabbit_app(url: &str, app: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -261,6 +290,7 @@ async fn delete_rabbit_app(url: &str, app: &str) {
         "dlcheck.events.dead-letter",
         "handler._schedule.every-second",
         "handler.orders.*",
+        "auditor.events",
         "unrouted",
     ] {
         channel
@@ -313,6 +343,63 @@ async fn messaging_conformance_nats() {
         return;
     };
     conformance(Broker::Nats(url)).await;
+}
+
+/// A durable consumer named the way the previous release named it (topic
+/// dots as `_`) is kept for its trigger, so an upgrade neither replays nor
+/// skips the trigger's messages, and no second consumer appears.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_keeps_the_previous_releases_consumer_nats() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use futures::TryStreamExt as _;
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("legacy");
+    let manifest =
+        manifest_named(&name, 3).replace("topic = \"events\"", "topic = \"user.created\"");
+    let t = TestApp::new(&manifest);
+    let broker = Broker::Nats(url.clone());
+    let host = host_config(&t, &broker.host_toml(&t));
+    // Loading makes the app's stream; the previous release's consumer is
+    // made by hand, as that release made it.
+    let app = std::sync::Arc::new(t.load_with(&host).await.unwrap());
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let stream = js.get_stream(format!("BERTH_{name}")).await.unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("handler__user_created".into()),
+            filter_subject: format!("berth.{name}.msg.user.created"),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.backends
+        .messaging
+        .publish("user.created", b"after-upgrade".to_vec(), vec![])
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::start_background(app.clone(), &mut tasks)
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    assert_eq!(names, ["handler__user_created"], "no second consumer");
+    // Everything was delivered through it and acknowledged.
+    let started = std::time::Instant::now();
+    loop {
+        let info = stream.consumer_info("handler__user_created").await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
