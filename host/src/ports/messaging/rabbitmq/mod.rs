@@ -56,25 +56,17 @@ use super::{
 };
 use crate::secret::Secret;
 
+mod properties;
 mod retry;
 mod subscription;
 
+use properties::*;
 use subscription::*;
 
-/// Header carrying the delivery attempt of a republished message.
-const ATTEMPT_HEADER: &str = "berth-attempt";
-/// Header carrying the topic of a republished message, which its routing
-/// key (the queue's name) does not tell.
-const TOPIC_HEADER: &str = "berth-topic";
-/// Headers the host sets: a guest's headers named like them are left out,
-/// because the host's values win.
-const RESERVED_HEADERS: [&str; 2] = [ATTEMPT_HEADER, TOPIC_HEADER];
 /// Messages kept for topics nobody consumes.
 pub const UNROUTED_MAX: i64 = 10_000;
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
-/// Persistent delivery mode.
-const PERSISTENT: u8 = 2;
 /// How long a host holds the claim on a message id it published.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(120);
 
@@ -356,49 +348,6 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Message properties carrying `id` and `headers` (plus the attempt).
-fn properties(id: &str, headers: &[(String, String)], attempt: u32) -> BasicProperties {
-    let mut table = FieldTable::default();
-    for (k, v) in headers {
-        if !RESERVED_HEADERS.contains(&k.as_str()) {
-            table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
-        }
-    }
-    if attempt > 1 {
-        table.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
-    }
-    BasicProperties::default()
-        .with_message_id(id.into())
-        .with_delivery_mode(PERSISTENT)
-        .with_headers(table)
-}
-
-/// The headers (without Berth's own) and the attempt recorded in them.
-fn headers_of(properties: &BasicProperties) -> (Vec<(String, String)>, u32) {
-    let mut headers = Vec::new();
-    let mut attempt = 1;
-    for (k, v) in properties.headers().iter().flat_map(|t| t.inner()) {
-        match (k.as_str(), v) {
-            (ATTEMPT_HEADER, AMQPValue::LongUInt(n)) => attempt = (*n).max(1),
-            // Berth's own, whatever its type: never a guest's header.
-            (TOPIC_HEADER, _) => {}
-            (name, _) if retry::is_dead_letter_header(name) => {}
-            (name, AMQPValue::LongString(s)) => {
-                headers.push((
-                    name.to_string(),
-                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                ));
-            }
-            (name, AMQPValue::ShortString(s)) => {
-                headers.push((name.to_string(), s.as_str().to_string()))
-            }
-            _ => {}
-        }
-    }
-    headers.sort();
-    (headers, attempt)
-}
-
 /// Publishes on a confirm-mode channel and waits for the broker's answer;
 /// `Ok(false)` when a `mandatory` message was returned unrouted.
 async fn publish_confirmed(
@@ -583,23 +532,5 @@ impl MessagingBackend for RabbitBroker {
         // broker fails the start.
         subscription.open().await?;
         Ok(Box::new(subscription))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_round_trip_with_the_attempt() {
-        let headers = vec![
-            ("a".to_string(), "1".to_string()),
-            ("b".into(), "x y".into()),
-        ];
-        let props = properties("id-1", &headers, 3);
-        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "id-1");
-        assert_eq!(headers_of(&props), (headers.clone(), 3));
-        assert_eq!(topic_header(&props), None);
-        assert_eq!(headers_of(&properties("id-1", &headers, 1)), (headers, 1));
     }
 }

@@ -265,33 +265,6 @@ impl RabbitSubscription {
     }
 }
 
-/// The properties of the copy of failed `message` that is republished
-/// straight to its trigger's queue: the next attempt, and the message's
-/// topic, since the copy's routing key is the queue's name.
-pub(super) fn retry_properties(message: &Message) -> BasicProperties {
-    let props = properties(
-        &message.id,
-        &message.headers,
-        message.attempt.saturating_add(1),
-    );
-    let mut table = props.headers().clone().unwrap_or_default();
-    table.insert(
-        TOPIC_HEADER.into(),
-        AMQPValue::LongString(message.topic.as_str().into()),
-    );
-    props.with_headers(table)
-}
-
-/// The topic recorded in a republished copy's [`TOPIC_HEADER`].
-pub(super) fn topic_header(properties: &BasicProperties) -> Option<String> {
-    let table = properties.headers().as_ref()?;
-    match table.inner().get(TOPIC_HEADER)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
 pub(super) struct RabbitAcker {
     pub(super) acker: lapin::acker::Acker,
     pub(super) shared: Arc<Shared>,
@@ -362,31 +335,6 @@ impl Acker for RabbitAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_retry_carries_its_topic_apart_from_the_headers() {
-        let headers = vec![("a".to_string(), "1".to_string())];
-        let message = Message {
-            id: "id-1".into(),
-            topic: "orders.eu".into(),
-            payload: b"x".to_vec(),
-            headers: headers.clone(),
-            attempt: 2,
-        };
-        let props = retry_properties(&message);
-        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "id-1");
-        assert_eq!(topic_header(&props).as_deref(), Some("orders.eu"));
-        assert_eq!(headers_of(&props), (headers.clone(), 3));
-        // A guest's headers named like Berth's own are left out.
-        let spoofed = vec![
-            (TOPIC_HEADER.to_string(), "other.topic".to_string()),
-            (ATTEMPT_HEADER.to_string(), "9".to_string()),
-            ("a".into(), "1".into()),
-        ];
-        let props = properties("id-2", &spoofed, 1);
-        assert_eq!(topic_header(&props), None);
-        assert_eq!(headers_of(&props), (headers, 1));
-    }
 
     #[test]
     fn patterns_bind_in_amqp_syntax() {
