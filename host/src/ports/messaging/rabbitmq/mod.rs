@@ -93,6 +93,9 @@ pub struct RabbitBroker {
 /// What the broker, its subscriptions and its ackers share.
 struct Shared {
     settings: RabbitSettings,
+    /// `berth.<app>`, named once: every publish and delivery compares or
+    /// uses it.
+    exchange: String,
     /// The live connection, replaced when it is lost.
     link: tokio::sync::Mutex<Option<Link>>,
 }
@@ -141,6 +144,7 @@ impl RabbitBroker {
     pub async fn connect(s: &RabbitSettings) -> Result<RabbitBroker, MessagingError> {
         let shared = Arc::new(Shared {
             settings: s.clone(),
+            exchange: format!("berth.{}", s.app),
             link: tokio::sync::Mutex::new(None),
         });
         shared.link().await?;
@@ -149,7 +153,7 @@ impl RabbitBroker {
 
     /// `berth.<app>`.
     pub fn exchange(&self) -> String {
-        self.shared.exchange()
+        self.shared.exchange().to_string()
     }
 
     /// `berth.<app>.unrouted`.
@@ -205,8 +209,8 @@ impl Shared {
         Ok(link)
     }
 
-    fn exchange(&self) -> String {
-        format!("berth.{}", self.settings.app)
+    fn exchange(&self) -> &str {
+        &self.exchange
     }
 
     /// `berth.<app>.requests`, a topic exchange (see the module docs for
@@ -326,7 +330,7 @@ impl Shared {
             "alternate-exchange".into(),
             AMQPValue::LongString(unrouted.as_str().into()),
         );
-        ch.exchange_declare(&self.exchange(), ExchangeKind::Topic, durable, args)
+        ch.exchange_declare(self.exchange(), ExchangeKind::Topic, durable, args)
             .await
             .map_err(unavailable)?;
         ch.exchange_declare(
@@ -393,7 +397,7 @@ impl RabbitBroker {
         let link = self.shared.link().await?;
         publish_confirmed(
             &link.publisher,
-            &self.shared.exchange(),
+            self.shared.exchange(),
             topic,
             false,
             payload,

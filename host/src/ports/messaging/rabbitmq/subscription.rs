@@ -82,7 +82,7 @@ impl RabbitSubscription {
             &channel,
             &self.queue,
             durable_queue(),
-            &self.shared.exchange(),
+            self.shared.exchange(),
             &key,
             false,
         )
