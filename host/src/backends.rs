@@ -356,11 +356,21 @@ pub async fn open(
             timeout_ms,
             replication_factor,
         } => {
+            let replication_factor = match replication_factor {
+                None => 1,
+                Some(r) if r >= 1 => r,
+                Some(r) => {
+                    return Err(origin.err(
+                        "messaging.replication_factor",
+                        format!("is {r}; it must be at least 1"),
+                    ));
+                }
+            };
             let settings = KafkaSettings {
                 brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
-                replication_factor: replication_factor.unwrap_or(1).max(1),
+                replication_factor,
             };
             Arc::new(
                 KafkaBroker::connect(&settings)
@@ -482,7 +492,6 @@ pub async fn open(
     })
 }
 
-/// Says plainly that a startup failure was a connection failure.
 /// A broker that could not be set up: a URL it cannot use names
 /// `messaging.url`; anything else is a failure to connect.
 fn broker_failure(origin: &Origin<'_>, e: MessagingError) -> anyhow::Error {
@@ -492,6 +501,7 @@ fn broker_failure(origin: &Origin<'_>, e: MessagingError) -> anyhow::Error {
     }
 }
 
+/// Says plainly that a startup failure was a connection failure.
 fn connection_failure(e: impl std::fmt::Display) -> String {
     format!("cannot connect at startup: {e}")
 }

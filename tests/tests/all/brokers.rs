@@ -606,25 +606,36 @@ async fn messaging_bad_broker_urls_name_the_key() {
     }
 }
 
-/// An MQTT session expiry out of range is refused before any connection,
-/// naming its key.
+/// Broker settings out of range are refused before any connection, naming
+/// their key and the range.
 #[tokio::test(flavor = "multi_thread")]
-async fn messaging_mqtt_session_expiry_is_checked() {
-    for bad in [0, 604_801] {
-        let t = TestApp::new(&manifest_named("badexpiry", 5));
-        let host = host_config(
-            &t,
-            &format!(
-                "[messaging]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nsession_expiry_s = {bad}\n"
-            ),
-        );
+async fn messaging_broker_settings_out_of_range_name_the_key() {
+    for (settings, key, why) in [
+        (
+            "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nsession_expiry_s = 0",
+            "messaging.session_expiry_s",
+            "1 to 604800",
+        ),
+        (
+            "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nsession_expiry_s = 604801",
+            "messaging.session_expiry_s",
+            "1 to 604800",
+        ),
+        (
+            "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\nreplication_factor = 0",
+            "messaging.replication_factor",
+            "at least 1",
+        ),
+    ] {
+        let t = TestApp::new(&manifest_named("badsetting", 5));
+        let host = host_config(&t, &format!("[messaging]\n{settings}\n"));
         let Err(err) = t.load_with(&host).await else {
-            panic!("session_expiry_s = {bad} loaded");
+            panic!("{settings} loaded");
         };
         let text = format!("{err:#}");
         assert!(
-            text.contains("`messaging.session_expiry_s`") && text.contains("1 to 604800"),
-            "{text}"
+            text.contains(&format!("`{key}`")) && text.contains(why),
+            "{settings}: {text}"
         );
     }
 }

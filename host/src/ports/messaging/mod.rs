@@ -264,7 +264,7 @@ pub enum MessagingConfig {
         url: String,
         /// Timeout of each broker operation, in ms; default 5000.
         timeout_ms: Option<u64>,
-        /// Replicas of the topics Berth creates; default 1.
+        /// Replicas of the topics Berth creates; default 1, at least 1.
         replication_factor: Option<i16>,
     },
     /// MQTT 5 (Mosquitto 2 and others): a topic subtree per app, a shared
