@@ -31,7 +31,10 @@ use crate::ports::sql::SqlConfig;
 use crate::secret::{SecretResolver, SecretsConfig};
 
 /// Default HTTP listen address of `berth up`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    3000,
+));
 
 /// Engine sizing in the host config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -209,8 +212,7 @@ impl HostConfig {
 
     /// The listen address.
     pub fn listen(&self) -> SocketAddr {
-        self.listen
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+        self.listen.unwrap_or(DEFAULT_LISTEN)
     }
 
     /// Engine settings derived from the config.
