@@ -137,6 +137,28 @@ pub(crate) fn unix_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Decodes `%XX` escapes. Returns `None` for a broken escape or for a
+/// result that is not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug)]
@@ -161,5 +183,15 @@ mod tests {
             }
         }
         assert_eq!(super::error_case(&Shown(generated(()))), "invalid-key");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("a%2Fb%40c").as_deref(), Some("a/b@c"));
+        assert_eq!(super::percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(super::percent_decode("%"), None);
+        assert_eq!(super::percent_decode("%4"), None);
+        assert_eq!(super::percent_decode("%+1"), None);
+        assert_eq!(super::percent_decode("%ff"), None);
     }
 }

@@ -60,12 +60,12 @@ impl UrlSigner {
     /// `(app, container, key)` when the signature holds and has not expired.
     pub fn verify(&self, path: &str, query: &str, now: u64) -> Option<(String, String, String)> {
         let mut parts = path.splitn(3, '/');
-        let app = percent_decode(parts.next()?)?;
-        let container = percent_decode(parts.next()?)?;
+        let app = crate::ports::percent_decode(parts.next()?)?;
+        let container = crate::ports::percent_decode(parts.next()?)?;
         let key = parts
             .next()?
             .split('/')
-            .map(percent_decode)
+            .map(crate::ports::percent_decode)
             .collect::<Option<Vec<_>>>()?
             .join("/");
         let mut expires = None;
@@ -99,23 +99,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

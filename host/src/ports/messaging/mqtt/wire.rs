@@ -64,11 +64,11 @@ pub(super) fn parse_url(url: &str) -> Result<Target, MessagingError> {
         None | Some("") => None,
         Some(userinfo) => {
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            let user = percent_decode(user).ok_or_else(bad)?;
+            let user = crate::ports::percent_decode(user).ok_or_else(bad)?;
             if user.is_empty() {
                 return Err(bad());
             }
-            let password = percent_decode(password).ok_or_else(bad)?;
+            let password = crate::ports::percent_decode(password).ok_or_else(bad)?;
             Some((user, Secret::new(password)))
         }
     };
@@ -77,28 +77,6 @@ pub(super) fn parse_url(url: &str) -> Result<Target, MessagingError> {
         port,
         credentials,
     })
-}
-
-/// Decodes `%XX` escapes. Returns `None` for a broken escape or for a
-/// result that is not UTF-8.
-pub(super) fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Whether `s` can be one MQTT topic level or a share name.
@@ -483,15 +461,5 @@ mod tests {
             };
             assert_eq!(metadata(Some(&props)).2, attempt, "{value}");
         }
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb%40c").as_deref(), Some("a/b@c"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("%"), None);
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%+1"), None);
-        assert_eq!(percent_decode("%ff"), None);
     }
 }
