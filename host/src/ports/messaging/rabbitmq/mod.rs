@@ -239,13 +239,7 @@ impl Shared {
     /// RESOURCE_LOCKED. This is how every host publishing the same schedule
     /// tick still stores it once (RabbitMQ has no deduplication by id).
     async fn claim(&self, id: &str) -> Result<bool, MessagingError> {
-        let channel = self
-            .link()
-            .await?
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.channel().await?;
         let queue = self.claim_queue(id);
         // The queue belongs to the connection, so the channel can go at
         // once; RabbitMQ deletes the queue when it expires.
@@ -285,11 +279,21 @@ impl Shared {
         format!("berth.{}.once.{id}", self.settings.app)
     }
 
+    /// A new channel on the live connection (reconnecting if need be), for
+    /// work that must not share the publisher's channel: a failed
+    /// declaration closes the channel it was made on.
+    async fn channel(&self) -> Result<Channel, MessagingError> {
+        self.link()
+            .await?
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)
+    }
+
     /// Gives up the claim on `id`, so another host's retry may publish it.
     async fn release_claim(&self, id: &str) {
-        if let Ok(link) = self.link().await
-            && let Ok(channel) = link.connection.create_channel().await
-        {
+        if let Ok(channel) = self.channel().await {
             let _ = channel
                 .queue_delete(&self.claim_queue(id), QueueDeleteOptions::default())
                 .await;
@@ -451,14 +455,7 @@ impl MessagingBackend for RabbitBroker {
         }
         // Direct reply-to: consume the pseudo-queue, then publish on the
         // same channel.
-        let channel = self
-            .shared
-            .link()
-            .await?
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.shared.channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await

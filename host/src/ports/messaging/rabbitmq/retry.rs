@@ -84,15 +84,10 @@ pub(super) async fn park(
 ) -> Result<(), MessagingError> {
     let delay_ms = (delay.as_millis() as u64).max(1);
     let name = delay_queue(&shared.settings.app, queue, delay_ms);
-    let link = shared.link().await?;
     // Declared on a channel of its own, and again before every copy: a
     // declaration restarts the queue's `x-expires` clock, so it cannot
     // expire (dropping what it holds) before this copy's TTL has passed.
-    let channel = link
-        .connection
-        .create_channel()
-        .await
-        .map_err(unavailable)?;
+    let channel = shared.channel().await?;
     let declared = channel
         .queue_declare(
             &name,
@@ -104,7 +99,7 @@ pub(super) async fn park(
     let _ = channel.close(200, "declared").await;
     declared?;
     let routed = publish_confirmed(
-        &link.publisher,
+        &shared.link().await?.publisher,
         "",
         &name,
         true,

@@ -67,12 +67,7 @@ pub(super) const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(30);
 impl RabbitSubscription {
     /// Declares and binds the trigger's queues and consumes them.
     pub(super) async fn open(&mut self) -> Result<(), MessagingError> {
-        let link = self.shared.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.shared.channel().await?;
         channel
             .basic_qos(self.shared.settings.prefetch, BasicQosOptions::default())
             .await
