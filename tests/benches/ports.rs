@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth::app::App;
 use berth_tests::{TestApp, assert_success, guests, host_config, run, unique};
 use sqlx::Connection as _;
+
+#[path = "ports/nats.rs"]
+mod nats;
 
 /// Point queries per side, after as many warm-up queries.
 const POINT_QUERIES: u64 = 5_000;
@@ -53,7 +55,10 @@ fn main() {
         if only == "invoke" {
             // Profiling aid: only Berth's per-message invocation cost.
             let url = std::env::var("BERTH_TEST_NATS_URL").expect("BERTH_TEST_NATS_URL");
-            println!("{:.2} µs per invocation", invocation_cost_us(&url).await);
+            println!(
+                "{:.2} µs per invocation",
+                nats::invocation_cost_us(&url).await
+            );
             return;
         }
         match env("BERTH_TEST_POSTGRES_URL") {
@@ -66,8 +71,8 @@ fn main() {
         }
         match env("BERTH_TEST_NATS_URL") {
             Some(url) => {
-                nats_publish(&url).await;
-                nats_consume(&url).await;
+                nats::nats_publish(&url).await;
+                nats::nats_consume(&url).await;
             }
             None => println!("nats: skipped (BERTH_TEST_NATS_URL not set)\n"),
         }
@@ -427,254 +432,4 @@ async fn native_round_trip(s3: &aws_sdk_s3::Client, bucket: &str) -> (f64, f64) 
     }
     assert_eq!(offset, BLOB_MIB << 20);
     (put, start.elapsed().as_secs_f64())
-}
-
-// ---------------------------------------------------------------- NATS
-
-fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
-    host_config(t, &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n"))
-}
-
-async fn delete_stream(url: &str, app: &str) {
-    let client = async_nats::connect(url).await.unwrap();
-    let _ = async_nats::jetstream::new(client)
-        .delete_stream(format!("BERTH_{app}"))
-        .await;
-}
-
-async fn nats_publish(url: &str) {
-    let name = unique("benchpub");
-    let t = bench_app(&name);
-    let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
-    let n = MESSAGES.to_string();
-    assert_success(&run(&app, "guest", &["publish", "bench", "100"]).await); // warm-up
-
-    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-    let subject = format!("berth.{name}.msg.bench");
-    let native = || async {
-        let start = Instant::now();
-        for _ in 0..MESSAGES {
-            js.publish(subject.clone(), vec![0x42u8; 64].into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-        start.elapsed().as_secs_f64()
-    };
-    native().await; // warm-up
-
-    let (mut guest_s, mut native_s) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..3 {
-        let out = run(&app, "guest", &["publish", "bench", &n]).await;
-        assert_success(&out);
-        guest_s = guest_s.min(
-            output_value(&out.stdout, "publish_ns")
-                .parse::<f64>()
-                .unwrap()
-                / 1e9,
-        );
-        native_s = native_s.min(native().await);
-    }
-    let m = MESSAGES as f64;
-    println!(
-        "## NATS JetStream publish, each awaiting the stream ack ({MESSAGES} × 64 B, best of 3)\n"
-    );
-    println!("| | messages/s |\n|---|---|");
-    println!("| native async-nats | {:.0} |", m / native_s);
-    println!("| guest through Berth | {:.0} |", m / guest_s);
-    println!("| ratio (goal ≥ 0.7×) | {:.2}× |\n", native_s / guest_s);
-    drop(app);
-    delete_stream(url, &name).await;
-}
-
-/// Publishes `MESSAGES` messages for the topic natively.
-async fn fill(js: &async_nats::jetstream::Context, subject: &str) {
-    let mut acks = Vec::with_capacity(MESSAGES as usize);
-    for i in 0..MESSAGES {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{subject}-{i}").as_str());
-        acks.push(
-            js.publish_with_headers(subject.to_owned(), headers, vec![0x42u8; 64].into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
-}
-
-/// Waits until consumer `durable` of `stream` has acknowledged everything.
-async fn drained(js: &async_nats::jetstream::Context, stream: &str, durable: &str) {
-    loop {
-        if let Ok(info) = js
-            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                durable, stream,
-            )
-            .await
-        {
-            let mut consumer = info;
-            let info = consumer.info().await.unwrap();
-            if info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.delivered.stream_sequence > 0
-            {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn nats_consume(url: &str) {
-    use futures::StreamExt as _;
-    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-    let mut best_guest = f64::INFINITY;
-    let mut best_warm = f64::INFINITY;
-    let mut best_native = f64::INFINITY;
-    for round in 0..3 {
-        // Berth: a message trigger on the no-op handler drains the topic,
-        // with a fresh instance per message, then with warm instances.
-        let guest = berth_consume(&js, url, false).await;
-        let warm = berth_consume(&js, url, true).await;
-        let name = unique("benchnative");
-        let t = bench_app(&name);
-        let app = t.load_with(&nats_host(&t, url)).await.expect("stream");
-        drop(app);
-        let stream = format!("BERTH_{name}");
-
-        // Native: a durable pull consumer on the same kind of stream, acking
-        // each message from a task, 16 at a time like Berth's trigger.
-        let subject = format!("berth.{name}.msg.native");
-        fill(&js, &subject).await;
-        let start = Instant::now();
-        let consumer = js
-            .get_stream(&stream)
-            .await
-            .unwrap()
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("native".into()),
-                filter_subject: subject.clone(),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
-        let slots = Arc::new(tokio::sync::Semaphore::new(16));
-        let mut acks = tokio::task::JoinSet::new();
-        for _ in 0..MESSAGES {
-            let msg = messages.next().await.unwrap().unwrap();
-            let permit = slots.clone().acquire_owned().await.unwrap();
-            acks.spawn(async move {
-                std::hint::black_box(&msg.payload);
-                msg.ack().await.unwrap();
-                drop(permit);
-            });
-        }
-        while acks.join_next().await.is_some() {}
-        drained(&js, &stream, "native").await;
-        let native = start.elapsed().as_secs_f64();
-        if round > 0 {
-            // Round 0 warms the compile cache and connections.
-            best_guest = best_guest.min(guest);
-            best_warm = best_warm.min(warm);
-            best_native = best_native.min(native);
-        }
-        let _ = js.delete_stream(&stream).await;
-    }
-    let per_invocation = invocation_cost_us(url).await;
-    let m = MESSAGES as f64;
-    println!(
-        "## NATS JetStream consume → handle → ack ({MESSAGES} messages, 16 in flight, best of 2)\n"
-    );
-    println!("| | messages/s |\n|---|---|");
-    println!(
-        "| native async-nats pull consumer | {:.0} |",
-        m / best_native
-    );
-    println!(
-        "| no-op guest handler through Berth (instance per message) | {:.0} |",
-        m / best_guest
-    );
-    println!("| ratio (goal ≥ 0.7×) | {:.2}× |", best_native / best_guest);
-    println!(
-        "| no-op guest handler, `reuse_instances = true` (warm instances) | {:.0} |",
-        m / best_warm
-    );
-    println!(
-        "| ratio, warm instances (goal ≥ 0.7×) | {:.2}× |\n",
-        best_native / best_warm
-    );
-    println!(
-        "Berth's own cost per message, without the broker (store + instantiate + call + \
-         teardown of the no-op handler, one at a time): {per_invocation:.1} µs.\n"
-    );
-}
-
-/// Seconds for a Berth message trigger on the no-op handler to drain
-/// `MESSAGES` messages already in its stream.
-async fn berth_consume(js: &async_nats::jetstream::Context, url: &str, reuse: bool) -> f64 {
-    let name = unique("benchsub");
-    let t = TestApp::new(&format!(
-        "name = {name:?}\n[component.handler]\npath = {path:?}\n[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\nreuse_instances = {reuse}\n",
-        path = guests::BENCH_HANDLER
-    ));
-    let app: Arc<App> = Arc::new(t.load_with(&nats_host(&t, url)).await.expect("app loads"));
-    let stream = format!("BERTH_{name}");
-    fill(js, &format!("berth.{name}.msg.work")).await;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    berth::triggers::message::start(app.clone(), &mut tasks)
-        .await
-        .expect("trigger starts");
-    drained(js, &stream, "handler__work").await;
-    let elapsed = start.elapsed().as_secs_f64();
-    tasks.abort_all();
-    drop(app);
-    let _ = js.delete_stream(&stream).await;
-    elapsed
-}
-
-/// Mean µs per `handle_delivery` of the no-op handler, sequentially.
-async fn invocation_cost_us(url: &str) -> f64 {
-    let name = unique("benchcall");
-    let t = TestApp::new(&format!(
-        "name = {name:?}\n[component.handler]\npath = {path:?}\n[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\n",
-        path = guests::BENCH_HANDLER
-    ));
-    let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
-    let component = app.component("handler").unwrap();
-    let pre = berth::bindings::MessageHandlerPre::new(component.pre.clone()).unwrap();
-    let policy = berth::triggers::message::DeliveryPolicy::defaults("bench");
-    let delivery = berth_tests::unacked_delivery;
-    const CALLS: u64 = 20_000;
-    for i in 0..1_000 {
-        berth::triggers::message::handle_delivery(
-            &app,
-            "handler",
-            &pre,
-            delivery(i),
-            &policy,
-            None,
-        )
-        .await;
-    }
-    let start = Instant::now();
-    for i in 0..CALLS {
-        berth::triggers::message::handle_delivery(
-            &app,
-            "handler",
-            &pre,
-            delivery(i),
-            &policy,
-            None,
-        )
-        .await;
-    }
-    let cost = start.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
-    drop(app);
-    delete_stream(url, &name).await;
-    cost
 }
