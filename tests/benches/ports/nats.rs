@@ -386,30 +386,23 @@ pub(super) async fn invocation_cost_us(url: &str) -> f64 {
     let component = app.component("handler").unwrap();
     let pre = berth::bindings::MessageHandlerPre::new(component.pre.clone()).unwrap();
     let policy = berth::triggers::message::DeliveryPolicy::defaults("bench");
-    let delivery = berth_tests::unacked_delivery;
-    const CALLS: u64 = 20_000;
-    for i in 0..1_000 {
+    let call = |i: u64| {
         berth::triggers::message::handle_delivery(
             &app,
             "handler",
             &pre,
-            delivery(i),
+            berth_tests::unacked_delivery(i),
             &policy,
             None,
         )
-        .await;
+    };
+    const CALLS: u64 = 20_000;
+    for i in 0..1_000 {
+        call(i).await;
     }
     let start = Instant::now();
     for i in 0..CALLS {
-        berth::triggers::message::handle_delivery(
-            &app,
-            "handler",
-            &pre,
-            delivery(i),
-            &policy,
-            None,
-        )
-        .await;
+        call(i).await;
     }
     let cost = start.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
     drop(app);
