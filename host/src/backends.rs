@@ -388,10 +388,10 @@ pub async fn open(
             let session_expiry = match session_expiry_s {
                 None => crate::ports::messaging::mqtt::SESSION_EXPIRY,
                 Some(s) if (1..=max).contains(&s) => Duration::from_secs(s),
-                Some(_) => {
+                Some(s) => {
                     return Err(origin.err(
                         "messaging.session_expiry_s",
-                        format!("must be 1 to {max} seconds (a week)"),
+                        format!("is {s}; it must be 1 to {max} seconds (a week)"),
                     ));
                 }
             };

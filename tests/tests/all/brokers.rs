@@ -614,17 +614,17 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
         (
             "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nsession_expiry_s = 0",
             "messaging.session_expiry_s",
-            "1 to 604800",
+            "is 0; it must be 1 to 604800",
         ),
         (
             "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nsession_expiry_s = 604801",
             "messaging.session_expiry_s",
-            "1 to 604800",
+            "is 604801; it must be 1 to 604800",
         ),
         (
             "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\nreplication_factor = 0",
             "messaging.replication_factor",
-            "at least 1",
+            "is 0; it must be at least 1",
         ),
     ] {
         let t = TestApp::new(&manifest_named("badsetting", 5));
