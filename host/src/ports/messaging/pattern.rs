@@ -5,7 +5,7 @@
 //! exactly one segment, and `>`, as the last segment only, for one or more
 //! (NATS's syntax and meaning; adapters translate it for their broker).
 //! `orders.*` matches `orders.eu` but neither `orders` nor `orders.eu.late`;
-//! `orders.>` matches both of the latter two's children, never `orders`.
+//! `orders.>` matches `orders.eu` and `orders.eu.late`, never `orders`.
 //!
 //! A pattern starts with a literal segment, so it can never reach the
 //! host's own topics (`_schedule.…`) nor, on brokers whose filters are
