@@ -22,6 +22,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("TENANT_GUEST", "tenant_guest"),
     ("BENCH_GUEST", "bench_guest"),
     ("BENCH_HANDLER", "bench_handler"),
+    ("BENCH_RECORDER", "bench_recorder"),
     ("CPU_GUEST", "cpu_guest"),
     ("STD_CONFIG_GUEST", "std_config_guest"),
     ("STD_KV_GUEST", "std_kv_guest"),

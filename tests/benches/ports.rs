@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use berth_tests::{TestApp, assert_success, guests, host_config, run, unique};
 use sqlx::Connection as _;
 
+#[path = "ports/cpu.rs"]
+mod cpu;
 #[path = "ports/nats.rs"]
 mod nats;
 
@@ -72,7 +74,21 @@ fn main() {
         match env("BERTH_TEST_NATS_URL") {
             Some(url) => {
                 nats::nats_publish(&url).await;
-                nats::nats_consume(&url).await;
+                nats::nats_consume(&url, &nats::Work::Nothing).await;
+                // The same drain with a handler that does a real handler's
+                // work: it needs Postgres whatever `BERTH_BENCH_ONLY` says.
+                match std::env::var("BERTH_TEST_POSTGRES_URL") {
+                    Ok(pg) if !pg.is_empty() => {
+                        let work = nats::Work::Record {
+                            url: pg,
+                            schema: unique("bench_record_"),
+                        };
+                        nats::nats_consume(&url, &work).await;
+                    }
+                    _ => println!(
+                        "nats with Postgres work: skipped (BERTH_TEST_POSTGRES_URL not set)\n"
+                    ),
+                }
             }
             None => println!("nats: skipped (BERTH_TEST_NATS_URL not set)\n"),
         }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use berth::app::App;
 use berth_tests::{TestApp, assert_success, guests, host_config, run, unique};
 
+use sqlx::Connection as _;
+
+use super::cpu::{Cpu, CpuMeter};
 use super::{MESSAGES, bench_app, output_value};
 
 fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
@@ -133,8 +136,77 @@ async fn drained(js: &async_nats::jetstream::Context, stream: &str, durable: &st
 /// decide the ratio.
 const CONSUME_MESSAGES: u64 = 10_000;
 
+/// Measured rounds of the publish and consume cases, after a warm-up.
+const CONSUME_ROUNDS: usize = 5;
+
+/// Deliveries in flight on each side (the trigger's default concurrency).
+const IN_FLIGHT: usize = 16;
+/// Connections in each side's Postgres pool when the handler records.
+const RECORD_CONNECTIONS: u32 = 8;
+
+/// What each side's handler does with a message before acknowledging it.
+pub(super) enum Work {
+    /// Nothing (`guests/bench_handler`): the case measures the consume →
+    /// invoke → ack path alone, the worst case for a fresh instance per
+    /// message.
+    Nothing,
+    /// Inserts the message id into table `effects` of Postgres schema
+    /// `schema` once, `ON CONFLICT DO NOTHING` (`guests/bench_recorder`;
+    /// the native loop runs the same statement with sqlx): the idempotent
+    /// effect of a real handler, as in the scale-out test.
+    Record { url: String, schema: String },
+}
+
+impl Work {
+    /// Creates what the work needs (the schema and its table).
+    async fn prepare(&self) {
+        if let Work::Record { url, schema } = self {
+            let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
+            for statement in [
+                format!("CREATE SCHEMA {schema}"),
+                format!("CREATE TABLE {schema}.effects (id TEXT PRIMARY KEY)"),
+            ] {
+                sqlx::query(&statement).execute(&mut admin).await.unwrap();
+            }
+        }
+    }
+
+    /// Drops what [`Work::prepare`] created.
+    async fn clean_up(&self) {
+        if let Work::Record { url, schema } = self {
+            let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
+            let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+            sqlx::query(&drop_schema).execute(&mut admin).await.unwrap();
+        }
+    }
+
+    /// The servers whose CPU time a drain reports besides this process's.
+    fn servers(&self) -> &'static [&'static str] {
+        match self {
+            Work::Nothing => &["nats-server"],
+            Work::Record { .. } => &["nats-server", "postgres"],
+        }
+    }
+
+    /// Checks that every message of `subject`'s drain had its effect
+    /// recorded exactly once.
+    async fn assert_done(&self, subject: &str) {
+        if let Work::Record { url, schema } = self {
+            let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
+            let count: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {schema}.effects WHERE id LIKE $1"
+            ))
+            .bind(format!("{subject}-%"))
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(count, CONSUME_MESSAGES as i64, "effects of {subject}");
+        }
+    }
+}
+
 /// One timed drain of `CONSUME_MESSAGES` messages.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Drain {
     secs: f64,
     cpu: Cpu,
@@ -142,135 +214,89 @@ struct Drain {
 
 impl Drain {
     /// The median of each figure over `drains`.
-    fn median(drains: impl Iterator<Item = Drain> + Clone) -> Drain {
-        let server = drains
-            .clone()
-            .map(|d| d.cpu.server)
-            .collect::<Option<Vec<u64>>>();
+    fn median<'a>(drains: impl Iterator<Item = &'a Drain> + Clone) -> Drain {
+        let servers = drains.clone().next().map_or(0, |d| d.cpu.servers.len());
+        let server = |i: usize| {
+            let each = drains.clone().map(|d| d.cpu.servers[i]);
+            each.collect::<Option<Vec<u64>>>()
+                .map(|ns| median(ns.into_iter().map(|ns| ns as f64)) as u64)
+        };
         Drain {
             secs: median(drains.clone().map(|d| d.secs)),
             cpu: Cpu {
-                process: median(drains.map(|d| d.cpu.process as f64)) as u64,
-                server: server.map(|s| median(s.into_iter().map(|ns| ns as f64)) as u64),
+                process: median(drains.clone().map(|d| d.cpu.process as f64)) as u64,
+                servers: (0..servers).map(server).collect(),
             },
         }
     }
 
-    fn per_second(self) -> f64 {
+    fn per_second(&self) -> f64 {
         CONSUME_MESSAGES as f64 / self.secs
     }
 
-    /// `| messages/s | CPU µs per message: this process | NATS server |`.
-    fn row(self, label: &str) -> String {
+    /// `| label | messages/s | CPU µs per message: this process | each server |`.
+    fn row(&self, label: &str) -> String {
         let per_message = |ns: u64| ns as f64 / 1e3 / CONSUME_MESSAGES as f64;
-        let server = self
-            .cpu
-            .server
-            .map_or("–".to_string(), |ns| format!("{:.1}", per_message(ns)));
+        let servers: Vec<String> = (self.cpu.servers.iter())
+            .map(|ns| ns.map_or("–".to_string(), |ns| format!("{:.1}", per_message(ns))))
+            .collect();
         format!(
-            "| {label} | {:.0} | {:.1} | {server} |",
+            "| {label} | {:.0} | {:.1} | {} |",
             self.per_second(),
-            per_message(self.cpu.process)
+            per_message(self.cpu.process),
+            servers.join(" | ")
         )
     }
 }
 
-/// CPU time (ns) used during a measurement by this process and by the
-/// local NATS server (`None` if it is not a process of this machine).
-#[derive(Clone, Copy)]
-struct Cpu {
-    process: u64,
-    server: Option<u64>,
-}
-
-/// Reads the CPU time of this process and of the NATS server at start,
-/// and their difference when [`CpuMeter::stop`] is called.
-struct CpuMeter {
-    server_pid: Option<u32>,
-    at_start: (u64, Option<u64>),
-}
-
-impl CpuMeter {
-    fn start() -> CpuMeter {
-        let server_pid = pid_of("nats-server");
-        let at_start = (cpu_ns("self"), server_pid.map(|p| cpu_ns(&p.to_string())));
-        CpuMeter {
-            server_pid,
-            at_start,
-        }
-    }
-
-    fn stop(self) -> Cpu {
-        let server = self.server_pid.map(|p| cpu_ns(&p.to_string()));
-        Cpu {
-            process: cpu_ns("self").saturating_sub(self.at_start.0),
-            server: server
-                .zip(self.at_start.1)
-                .map(|(b, a)| b.saturating_sub(a)),
-        }
-    }
-}
-
-/// CPU time (ns) used so far by the live threads of process `pid` (`self`
-/// or a number), from `/proc/<pid>/task/*/schedstat`; 0 where unreadable.
-fn cpu_ns(pid: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// The pid of the process called `name`, if one runs here.
-fn pid_of(name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            (comm.trim() == name).then_some(pid)
-        })
-}
-
-/// Measured rounds of the publish and consume cases, after a warm-up.
-const CONSUME_ROUNDS: usize = 5;
-
-pub(super) async fn nats_consume(url: &str) {
+/// Drains `CONSUME_MESSAGES` messages per side: a Berth message trigger
+/// with a fresh instance per message (the default), one with warm
+/// instances, and a native async-nats loop, each doing `work`.
+pub(super) async fn nats_consume(url: &str, work: &Work) {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    work.prepare().await;
     let mut rounds = Vec::new();
     for round in 0..=CONSUME_ROUNDS {
-        // Berth: a message trigger on the no-op handler drains the topic,
-        // with a fresh instance per message, then with warm instances; then
-        // the native loop, so each round compares runs seconds apart.
-        let guest = berth_consume(&js, url, false).await;
-        let warm = berth_consume(&js, url, true).await;
-        let native = native_consume(&js, url).await;
+        // Berth's sides, then the native loop, so each round compares runs
+        // seconds apart.
+        let guest = berth_consume(&js, url, false, work).await;
+        let warm = berth_consume(&js, url, true, work).await;
+        let native = native_consume(&js, url, work).await;
         if round > 0 {
             // Round 0 warms the compile cache and connections.
             rounds.push([native, guest, warm]);
         }
     }
-    let per_invocation = invocation_cost_us(url).await;
+    work.clean_up().await;
+    let (what, labels, servers) = match work {
+        Work::Nothing => (
+            "handle (no-op)",
+            [
+                "native async-nats pull consumer",
+                "no-op guest handler through Berth (instance per message)",
+                "no-op guest handler, `reuse_instances = true` (warm instances)",
+            ],
+            "NATS server |\n|---|---|---|---|",
+        ),
+        Work::Record { .. } => (
+            "record the id in Postgres",
+            [
+                "native async-nats pull consumer + sqlx insert",
+                "recording guest through Berth (instance per message)",
+                "recording guest, `reuse_instances = true` (warm instances)",
+            ],
+            "NATS server | Postgres |\n|---|---|---|---|---|",
+        ),
+    };
     println!(
-        "## NATS JetStream consume → handle → ack ({CONSUME_MESSAGES} messages, 16 in flight, \
-         medians of {CONSUME_ROUNDS} rounds)\n"
+        "## NATS JetStream consume → {what} → ack ({CONSUME_MESSAGES} messages, {IN_FLIGHT} in \
+         flight, medians of {CONSUME_ROUNDS} rounds)\n"
     );
-    println!(
-        "| | messages/s | CPU µs per message: this process | NATS server |\n|---|---|---|---|"
-    );
-    let labels = [
-        "native async-nats pull consumer",
-        "no-op guest handler through Berth (instance per message)",
-        "no-op guest handler, `reuse_instances = true` (warm instances)",
-    ];
+    println!("| | messages/s | CPU µs per message: this process | {servers}");
     for (side, label) in labels.iter().enumerate() {
         println!(
             "{}",
-            Drain::median(rounds.iter().map(|r| r[side])).row(label)
+            Drain::median(rounds.iter().map(|r| &r[side])).row(label)
         );
     }
     let ratio = |side: usize| median(rounds.iter().map(|r| r[0].secs / r[side].secs));
@@ -289,10 +315,13 @@ pub(super) async fn nats_consume(url: &str) {
         ratio(2),
         each(2)
     );
-    println!(
-        "Berth's own cost per message, without the broker (store + instantiate + call + \
-         teardown of the no-op handler, one at a time): {per_invocation:.1} µs.\n"
-    );
+    if let Work::Nothing = work {
+        let per_invocation = invocation_cost_us(url).await;
+        println!(
+            "Berth's own cost per message, without the broker (store + instantiate + call + \
+             teardown of the no-op handler, one at a time): {per_invocation:.1} µs.\n"
+        );
+    }
 }
 
 /// The median of `values`.
@@ -303,8 +332,9 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// A native durable pull consumer on the same kind of stream as Berth's,
-/// acking each message from a task, 16 at a time like Berth's trigger.
-async fn native_consume(js: &async_nats::jetstream::Context, url: &str) -> Drain {
+/// doing `work` and acking each message from a task, `IN_FLIGHT` at a
+/// time like Berth's trigger.
+async fn native_consume(js: &async_nats::jetstream::Context, url: &str, work: &Work) -> Drain {
     use futures::StreamExt as _;
     let name = unique("benchnative");
     let t = bench_app(&name);
@@ -313,7 +343,21 @@ async fn native_consume(js: &async_nats::jetstream::Context, url: &str) -> Drain
     let stream = format!("BERTH_{name}");
     let subject = format!("berth.{name}.msg.native");
     fill(js, &subject, CONSUME_MESSAGES).await;
-    let (start, cpu) = (Instant::now(), CpuMeter::start());
+    // Like Berth's, the pool is open before the drain starts.
+    let record = match work {
+        Work::Nothing => None,
+        Work::Record { url, schema } => Some((
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(RECORD_CONNECTIONS)
+                .connect(url)
+                .await
+                .expect("postgres"),
+            Arc::new(format!(
+                "INSERT INTO {schema}.effects (id) VALUES ($1) ON CONFLICT (id) DO NOTHING"
+            )),
+        )),
+    };
+    let (start, cpu) = (Instant::now(), CpuMeter::start(work.servers()));
     let consumer = js
         .get_stream(&stream)
         .await
@@ -327,39 +371,75 @@ async fn native_consume(js: &async_nats::jetstream::Context, url: &str) -> Drain
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    let slots = Arc::new(tokio::sync::Semaphore::new(16));
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut acks = tokio::task::JoinSet::new();
     for _ in 0..CONSUME_MESSAGES {
         let msg = messages.next().await.unwrap().unwrap();
         let permit = slots.clone().acquire_owned().await.unwrap();
+        let record = record.clone();
         acks.spawn(async move {
             std::hint::black_box(&msg.payload);
+            if let Some((pool, insert)) = record {
+                // The message id, found the way Berth's NATS adapter finds it.
+                let id = (msg.headers.iter().flat_map(|h| h.iter()))
+                    .find(|(name, _)| AsRef::<str>::as_ref(*name) == "Nats-Msg-Id")
+                    .and_then(|(_, values)| values.first())
+                    .map(|id| id.to_string())
+                    .expect("fill sets a message id");
+                sqlx::query(&insert).bind(id).execute(&pool).await.unwrap();
+            }
             msg.ack().await.unwrap();
             drop(permit);
         });
     }
-    while acks.join_next().await.is_some() {}
+    while let Some(handled) = acks.join_next().await {
+        handled.expect("the native handler");
+    }
     drained(js, &stream, "native").await;
     let drain = Drain {
         secs: start.elapsed().as_secs_f64(),
         cpu: cpu.stop(),
     };
+    work.assert_done(&subject).await;
     let _ = js.delete_stream(&stream).await;
     drain
 }
 
-/// A Berth message trigger on the no-op handler draining
+/// A Berth message trigger on the handler of `work` draining
 /// `CONSUME_MESSAGES` messages already in its stream.
-async fn berth_consume(js: &async_nats::jetstream::Context, url: &str, reuse: bool) -> Drain {
+async fn berth_consume(
+    js: &async_nats::jetstream::Context,
+    url: &str,
+    reuse: bool,
+    work: &Work,
+) -> Drain {
     let name = unique("benchsub");
+    let (path, sql) = match work {
+        Work::Nothing => (guests::BENCH_HANDLER, (String::new(), String::new())),
+        Work::Record { url, schema } => (
+            guests::BENCH_RECORDER,
+            (
+                "[sql.main]\n[component.handler.grants]\nsql = [\"main\"]\n".to_string(),
+                format!(
+                    "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {schema:?}\n\
+                     max_connections = {RECORD_CONNECTIONS}\n"
+                ),
+            ),
+        ),
+    };
     let t = TestApp::new(&format!(
-        "name = {name:?}\n[component.handler]\npath = {path:?}\n[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\nreuse_instances = {reuse}\n",
-        path = guests::BENCH_HANDLER
+        "name = {name:?}\n[component.handler]\npath = {path:?}\n{grants}[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\nreuse_instances = {reuse}\n",
+        grants = sql.0
     ));
-    let app: Arc<App> = Arc::new(t.load_with(&nats_host(&t, url)).await.expect("app loads"));
+    let host = host_config(
+        &t,
+        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n{}", sql.1),
+    );
+    let app: Arc<App> = Arc::new(t.load_with(&host).await.expect("app loads"));
     let stream = format!("BERTH_{name}");
-    fill(js, &format!("berth.{name}.msg.work"), CONSUME_MESSAGES).await;
-    let (start, cpu) = (Instant::now(), CpuMeter::start());
+    let subject = format!("berth.{name}.msg.work");
+    fill(js, &subject, CONSUME_MESSAGES).await;
+    let (start, cpu) = (Instant::now(), CpuMeter::start(work.servers()));
     let mut tasks = tokio::task::JoinSet::new();
     berth::triggers::message::start(app.clone(), &mut tasks)
         .await
@@ -384,6 +464,7 @@ async fn berth_consume(js: &async_nats::jetstream::Context, url: &str, reuse: bo
     };
     tasks.abort_all();
     drop(app);
+    work.assert_done(&subject).await;
     let _ = js.delete_stream(&stream).await;
     drain
 }
