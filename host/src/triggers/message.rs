@@ -11,7 +11,7 @@
 //! goes back to a small pool of warm instances for the next one (see
 //! [`WarmPool`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -90,35 +90,18 @@ impl DeliveryPolicy {
             .min(self.max_backoff)
     }
 }
-/// Messages one warm instance handles before it is replaced, bounding what
-/// a guest that leaks memory or handles can accumulate.
-const MAX_MESSAGES_PER_INSTANCE: u32 = 1_000;
-
-/// Warm instances of one trigger's handler, idle between messages. At most
+/// Warm instances of one trigger's handler, idle between messages (see
+/// [`super::warm`]: the most recent first, each replaced after 1,000
+/// messages, dropped after 30 s idle). At most
 /// [`DeliveryPolicy::concurrency`] exist, since each is in use by at most
 /// one delivery.
-#[derive(Default, Clone)]
-pub struct WarmPool(Arc<Mutex<Vec<WarmInstance>>>);
+pub type WarmPool = super::warm::IdlePool<WarmInstance>;
 
-struct WarmInstance {
+/// An instance of a trigger's handler with its store, kept between
+/// messages when the trigger sets `reuse_instances`.
+pub struct WarmInstance {
     store: wasmtime::Store<InstanceState>,
     handler: MessageHandler,
-    handled: u32,
-}
-
-impl WarmPool {
-    fn take(&self) -> Option<WarmInstance> {
-        self.0.lock().ok()?.pop()
-    }
-
-    fn give_back(&self, mut instance: WarmInstance) {
-        instance.handled += 1;
-        if instance.handled < MAX_MESSAGES_PER_INSTANCE
-            && let Ok(mut idle) = self.0.lock()
-        {
-            idle.push(instance);
-        }
-    }
 }
 
 /// Subscribes every message trigger of `app` and spawns its consumer loop
@@ -148,7 +131,13 @@ pub async fn start_trigger(
         .await
         .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
     let policy = DeliveryPolicy::of(trigger);
-    let warm = trigger.reuse_instances.then(WarmPool::default);
+    let warm = trigger.reuse_instances.then(|| {
+        let pool = WarmPool::default();
+        // Its instances hold host instance slots: a trigger gone quiet
+        // gives them back.
+        pool.spawn_sweeper();
+        pool
+    });
     tasks.spawn(consume(
         app.clone(),
         trigger.component.clone(),
@@ -236,14 +225,15 @@ async fn invoke(
     // A delivery waits for a free instance slot; the broker holds the rest.
     let _permit = component.env.slots.clone().acquire_owned().await;
     let call = async {
-        let mut instance = match warm.and_then(WarmPool::take) {
-            Some(mut instance) => {
+        let mut taken = match warm.and_then(WarmPool::take) {
+            Some(mut taken) => {
                 // A new invocation: a new deadline, both for the epoch
                 // callback and for time spent in host calls.
+                let instance = &mut taken.item;
                 instance.store.data_mut().deadline = Instant::now() + limit;
                 let first_deadline = instance.store.data_mut().turn.reset();
                 instance.store.set_epoch_deadline(first_deadline);
-                instance
+                taken
             }
             None => {
                 let mut wasi = WasiCtxBuilder::new();
@@ -253,13 +243,10 @@ async fn invoke(
                 let slot = app.engine().instance_slot().await;
                 let mut store = app.new_store(component, wasi, slot);
                 let handler = pre.instantiate_async(&mut store).await?;
-                WarmInstance {
-                    store,
-                    handler,
-                    handled: 0,
-                }
+                WarmPool::fresh(WarmInstance { store, handler })
             }
         };
+        let instance = &mut taken.item;
         let result = instance
             .handler
             .berth_infra_handler()
@@ -269,7 +256,7 @@ async fn invoke(
         // or a trap its state is suspect, and it is dropped here.
         if let (Some(pool), Ok(_)) = (warm, &result) {
             instance.store.data_mut().turn.finish();
-            pool.give_back(instance);
+            pool.give_back(taken);
         }
         wasmtime::Result::Ok(result)
     };

@@ -2,12 +2,14 @@
 //! - [`run`]: `wasi:cli/run` commands (`berth run`);
 //! - [`http`]: `wasi:http/incoming-handler` behind HTTP routes (`berth up`);
 //! - [`message`]: `berth:infra/handler` fed by message subscriptions;
-//! - [`schedule`]: the same handler run on a cron schedule.
+//! - [`schedule`]: the same handler run on a cron schedule;
+//! - [`warm`]: the pool of warm instances a message trigger may keep.
 
 pub mod http;
 pub mod message;
 pub mod run;
 pub mod schedule;
+pub mod warm;
 
 /// Starts the app's message and schedule triggers on `tasks`: what runs
 /// beside its HTTP routes.
