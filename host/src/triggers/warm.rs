@@ -63,10 +63,13 @@ impl<T: Send + 'static> IdlePool<T> {
     /// The most recently given back item that has not been idle too long.
     /// Expired items met on the way are dropped (outside the lock).
     pub fn take(&self) -> Option<Taken<T>> {
-        let expired = self.take_expired();
+        let (expired, last) = {
+            let mut idle = self.idle.lock().ok()?;
+            let expired = drain_expired(&mut idle, self.idle_limit);
+            (expired, idle.pop())
+        };
         drop(expired);
-        let idle = self.idle.lock().ok()?.pop()?;
-        Some(Taken {
+        last.map(|idle| Taken {
             item: idle.item,
             uses: idle.uses,
         })
@@ -101,14 +104,10 @@ impl<T: Send + 'static> IdlePool<T> {
     /// Removes the items idle for longer than the limit (the oldest, at
     /// the front) and hands them to the caller to drop.
     fn take_expired(&self) -> Vec<Idle<T>> {
-        let Ok(mut idle) = self.idle.lock() else {
-            return Vec::new();
-        };
-        let fresh_from = idle
-            .iter()
-            .position(|i| i.since.elapsed() <= self.idle_limit)
-            .unwrap_or(idle.len());
-        idle.drain(..fresh_from).collect()
+        match self.idle.lock() {
+            Ok(mut idle) => drain_expired(&mut idle, self.idle_limit),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Drops expired items every half idle limit until the pool itself is
@@ -118,6 +117,16 @@ impl<T: Send + 'static> IdlePool<T> {
         let pool = Arc::downgrade(&self.idle);
         tokio::spawn(sweep(pool, self.idle_limit))
     }
+}
+
+/// Removes the items of `idle` (oldest first) idle for longer than
+/// `limit`; usually none, found by looking at the first item only.
+fn drain_expired<T>(idle: &mut Vec<Idle<T>>, limit: Duration) -> Vec<Idle<T>> {
+    let fresh_from = idle
+        .iter()
+        .position(|i| i.since.elapsed() <= limit)
+        .unwrap_or(idle.len());
+    idle.drain(..fresh_from).collect()
 }
 
 async fn sweep<T: Send + 'static>(pool: Weak<Mutex<Vec<Idle<T>>>>, idle_limit: Duration) {
