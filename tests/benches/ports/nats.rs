@@ -16,7 +16,23 @@ use super::cpu::{Cpu, CpuMeter};
 use super::{MESSAGES, bench_app, output_value};
 
 fn nats_host(t: &TestApp, url: &str) -> berth::config::HostConfig {
-    host_config(t, &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n"))
+    nats_host_with(t, url, "")
+}
+
+/// The NATS host config followed by `more` (TOML of other resources).
+fn nats_host_with(t: &TestApp, url: &str, more: &str) -> berth::config::HostConfig {
+    host_config(
+        t,
+        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n{more}"),
+    )
+}
+
+/// App `name`: component `handler` (`path`, with `grants` TOML lines)
+/// consuming topic `work`.
+fn handler_app(name: &str, path: &str, grants: &str, reuse: bool) -> TestApp {
+    TestApp::new(&format!(
+        "name = {name:?}\n[component.handler]\npath = {path:?}\n{grants}[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\nreuse_instances = {reuse}\n"
+    ))
 }
 
 async fn delete_stream(url: &str, app: &str) {
@@ -177,6 +193,33 @@ impl Work {
             let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
             let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
             sqlx::query(&drop_schema).execute(&mut admin).await.unwrap();
+        }
+    }
+
+    /// The handler component doing this work.
+    fn handler(&self) -> &'static str {
+        match self {
+            Work::Nothing => guests::BENCH_HANDLER,
+            Work::Record { .. } => guests::BENCH_RECORDER,
+        }
+    }
+
+    /// The manifest lines the handler needs: its database and grant.
+    fn grants(&self) -> &'static str {
+        match self {
+            Work::Nothing => "",
+            Work::Record { .. } => "[sql.main]\n[component.handler.grants]\nsql = [\"main\"]\n",
+        }
+    }
+
+    /// The host config lines the handler needs besides the broker.
+    fn host_config(&self) -> String {
+        match self {
+            Work::Nothing => String::new(),
+            Work::Record { url, schema } => format!(
+                "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {schema:?}\n\
+                 max_connections = {RECORD_CONNECTIONS}\n"
+            ),
         }
     }
 
@@ -414,27 +457,8 @@ async fn berth_consume(
     work: &Work,
 ) -> Drain {
     let name = unique("benchsub");
-    let (path, sql) = match work {
-        Work::Nothing => (guests::BENCH_HANDLER, (String::new(), String::new())),
-        Work::Record { url, schema } => (
-            guests::BENCH_RECORDER,
-            (
-                "[sql.main]\n[component.handler.grants]\nsql = [\"main\"]\n".to_string(),
-                format!(
-                    "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {schema:?}\n\
-                     max_connections = {RECORD_CONNECTIONS}\n"
-                ),
-            ),
-        ),
-    };
-    let t = TestApp::new(&format!(
-        "name = {name:?}\n[component.handler]\npath = {path:?}\n{grants}[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\nreuse_instances = {reuse}\n",
-        grants = sql.0
-    ));
-    let host = host_config(
-        &t,
-        &format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n{}", sql.1),
-    );
+    let t = handler_app(&name, work.handler(), work.grants(), reuse);
+    let host = nats_host_with(&t, url, &work.host_config());
     let app: Arc<App> = Arc::new(t.load_with(&host).await.expect("app loads"));
     let stream = format!("BERTH_{name}");
     let subject = format!("berth.{name}.msg.work");
@@ -472,10 +496,7 @@ async fn berth_consume(
 /// Mean µs per `handle_delivery` of the no-op handler, sequentially.
 pub(super) async fn invocation_cost_us(url: &str) -> f64 {
     let name = unique("benchcall");
-    let t = TestApp::new(&format!(
-        "name = {name:?}\n[component.handler]\npath = {path:?}\n[[trigger.message]]\ntopic = \"work\"\ncomponent = \"handler\"\n",
-        path = guests::BENCH_HANDLER
-    ));
+    let t = handler_app(&name, guests::BENCH_HANDLER, "", false);
     let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
     let component = app.component("handler").unwrap();
     let pre = berth::bindings::MessageHandlerPre::new(component.pre.clone()).unwrap();
