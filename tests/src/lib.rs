@@ -44,6 +44,7 @@ pub struct TestApp {
 impl TestApp {
     /// Writes `manifest` (TOML) into a fresh directory.
     pub fn new(manifest: &str) -> TestApp {
+        log_to_stderr();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("berth.toml");
         std::fs::write(&path, manifest).expect("write manifest");
@@ -247,6 +248,21 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .build();
     aws_sdk_s3::Client::from_conf(config)
+}
+
+/// With `BERTH_TEST_LOG` set (a filter such as `berth=debug`), logs every
+/// event it lets through to stderr, to debug a test; by default nothing is
+/// logged.
+fn log_to_stderr() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
 }
 
 /// Runs `f` with a current-thread runtime under a `tracing` subscriber
