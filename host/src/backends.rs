@@ -355,6 +355,8 @@ pub async fn open(
             url,
             timeout_ms,
             replication_factor,
+            partitions,
+            session_timeout_ms,
         } => {
             let replication_factor = match replication_factor {
                 None => 1,
@@ -366,11 +368,33 @@ pub async fn open(
                     ));
                 }
             };
+            let partitions = match partitions {
+                None => crate::ports::messaging::kafka::DEFAULT_PARTITIONS,
+                Some(n) if (1..=10_000).contains(&n) => n,
+                Some(n) => {
+                    return Err(origin.err(
+                        "messaging.partitions",
+                        format!("is {n}; it must be 1 to 10000"),
+                    ));
+                }
+            };
+            let session_timeout = match session_timeout_ms {
+                None => crate::ports::messaging::kafka::DEFAULT_SESSION_TIMEOUT,
+                Some(ms) if (6_000..=1_800_000).contains(&ms) => Duration::from_millis(ms),
+                Some(ms) => {
+                    return Err(origin.err(
+                        "messaging.session_timeout_ms",
+                        format!("is {ms}; it must be 6000 to 1800000 (Kafka's default bounds)"),
+                    ));
+                }
+            };
             let settings = KafkaSettings {
                 brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
                 replication_factor,
+                partitions,
+                session_timeout,
             };
             Arc::new(
                 KafkaBroker::connect(&settings)

@@ -66,6 +66,9 @@ struct Mounted {
     triggers: tokio::task::JoinSet<()>,
 }
 
+/// How long stopping the host waits for its apps to let go.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// The apps of a host, by the directory they were loaded from.
 pub struct Tenants {
     engine: HostEngine,
@@ -238,6 +241,23 @@ impl Tenants {
         }
     }
 
+    /// Stops every app, for a host that is shutting down: their triggers
+    /// end and their brokers are let go (see
+    /// [`crate::triggers::stop_background`]).
+    pub async fn stop(&self) {
+        let mounted: Vec<Arc<Mounted>> = match self.mounted.write() {
+            Ok(mut mounted) => std::mem::take(&mut *mounted)
+                .into_values()
+                .map(|(_, m)| m)
+                .collect(),
+            Err(_) => return,
+        };
+        let stopping = futures::future::join_all(mounted.into_iter().map(stop_when_unused));
+        if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
+            tracing::warn!("some apps were still in use when the host stopped");
+        }
+    }
+
     /// Rescans every [`RELOAD_INTERVAL`] until dropped.
     pub async fn watch(self: Arc<Self>) {
         loop {
@@ -278,21 +298,25 @@ impl Tenants {
 /// Stops the message triggers of a replaced or removed version once the
 /// last request using it has finished; deliveries being handled finish.
 fn stop_triggers(old: Arc<Mounted>) {
-    tokio::spawn(async move {
-        let mut old = old;
-        loop {
-            match Arc::try_unwrap(old) {
-                Ok(mut mounted) => {
-                    mounted.triggers.abort_all();
-                    return;
-                }
-                Err(still_shared) => {
-                    old = still_shared;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+    tokio::spawn(stop_when_unused(old));
+}
+
+/// Waits for the last request using `old` to finish, then stops its
+/// triggers and lets go of its broker.
+async fn stop_when_unused(mut old: Arc<Mounted>) {
+    loop {
+        match Arc::try_unwrap(old) {
+            Ok(mounted) => {
+                let app = mounted.handler.app().clone();
+                crate::triggers::stop_background(&app, mounted.triggers).await;
+                return;
+            }
+            Err(still_shared) => {
+                old = still_shared;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    });
+    }
 }
 
 impl HttpService for Tenants {

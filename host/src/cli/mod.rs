@@ -321,7 +321,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = host.serve.shutdown_grace();
     crate::triggers::http::serve(handler, listener, shutdown_signal(), grace).await?;
-    tasks.abort_all();
+    crate::triggers::stop_background(&app, tasks).await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -372,8 +372,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());
-    crate::triggers::http::serve(tenants, listener, shutdown_signal(), grace).await?;
+    crate::triggers::http::serve(tenants.clone(), listener, shutdown_signal(), grace).await?;
     watcher.abort();
+    tenants.stop().await;
     if let Some(admin) = admin {
         admin.abort();
     }

@@ -21,6 +21,20 @@ pub async fn start_background(
     schedule::start(app, tasks).await
 }
 
+/// Stops what [`start_background`] started on `tasks` and lets go of the
+/// app's broker (see [`MessagingBackend::close`]): a stopping host's Kafka
+/// triggers leave their groups, so the other hosts take their partitions
+/// at once. Deliveries being handled finish on their own; unsettled ones
+/// are delivered again.
+///
+/// [`MessagingBackend::close`]: crate::ports::messaging::MessagingBackend::close
+pub async fn stop_background(app: &crate::app::App, mut tasks: tokio::task::JoinSet<()>) {
+    tasks.abort_all();
+    // Aborted consumer loops drop their subscriptions as they end.
+    while tasks.join_next().await.is_some() {}
+    app.backends.messaging.close().await;
+}
+
 use crate::limits::LimitExceeded;
 
 /// Why an invocation failed, in words for the operator and the client.

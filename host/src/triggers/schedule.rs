@@ -13,6 +13,9 @@
 //!   them;
 //! - RabbitMQ has no such deduplication: the first host to claim the id (an
 //!   exclusive queue named after it) publishes the tick, the others skip it;
+//! - on Kafka every copy of the tick lands in one partition (the id is the
+//!   record key), and the schedule's consumer group delivers the first and
+//!   skips the others;
 //! - the embedded broker serves one host, which publishes each tick once.
 //!
 //! From there a tick is a message like any other: acknowledged when the

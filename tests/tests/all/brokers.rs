@@ -410,9 +410,8 @@ async fn messaging_conformance_kafka() {
     conformance(Broker::Kafka(url)).await;
 }
 
-/// Kafka has no consumer groups in rskafka: Berth commits each trigger's
-/// offset itself. A restarted host resumes after what it handled, and gets
-/// what was published while it was down.
+/// A trigger's consumer group commits only what was handled: a restarted
+/// host resumes after it, and gets what was published while it was down.
 #[tokio::test(flavor = "multi_thread")]
 async fn messaging_offsets_resume_after_restart_kafka() {
     let Some(url) = service("BERTH_TEST_KAFKA_URL") else {
@@ -448,6 +447,60 @@ async fn messaging_offsets_resume_after_restart_kafka() {
     let last = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
     let payload = kv.get(&format!("payload/{last}")).await.unwrap().unwrap();
     assert_eq!(payload, b"while-down");
+}
+
+/// An app that ran on the release before, which kept each trigger's
+/// offset itself in `berth.<app>.__offsets` (topics had one partition),
+/// resumes where that release left off: neither replayed nor skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_adopts_the_previous_releases_offsets_kafka() {
+    use krafka::admin::{CreateTopicsOptions, NewTopic};
+    let Some(url) = service("BERTH_TEST_KAFKA_URL") else {
+        return;
+    };
+    let name = unique("kold");
+    let kafka = krafka::Kafka::builder(url.trim_start_matches("kafka://"))
+        .connect()
+        .await
+        .unwrap();
+    let (events, offsets) = (
+        format!("berth.{name}.events"),
+        format!("berth.{name}.__offsets"),
+    );
+    let topics = [
+        NewTopic::new(&events, 1, 1).unwrap(),
+        NewTopic::new(&offsets, 1, 1).unwrap(),
+    ];
+    let created = kafka
+        .admin()
+        .create_topics(topics, CreateTopicsOptions::default())
+        .await
+        .unwrap();
+    assert!(created.values().all(Result::is_ok), "{created:?}");
+    let producer = kafka.producer().build().await.unwrap();
+    for i in 0..3 {
+        let id = format!("old-{i}");
+        let record = krafka::Record::new(events.as_str(), format!("old-{i}").into_bytes())
+            .key(id.clone().into_bytes())
+            .header("berth-id", id.into_bytes());
+        let _ = producer.send(record).await.unwrap();
+    }
+    // The release before had handled the first two: its next offset is 2.
+    let commit =
+        krafka::Record::new(offsets.as_str(), b"2".to_vec()).key(b"handler/events".to_vec());
+    let _ = producer.send(commit).await.unwrap();
+
+    let (_t, app, _tasks) = start(&Broker::Kafka(url), &manifest_named(&name, 5)).await;
+    wait_for_count(&app, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "handled records are not replayed"
+    );
+    let kv = &app.backends.kv["received"];
+    let last = String::from_utf8(kv.get("last-id").await.unwrap().unwrap()).unwrap();
+    assert_eq!(last, "old-2");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -625,6 +678,16 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
             "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\nreplication_factor = 0",
             "messaging.replication_factor",
             "is 0; it must be at least 1",
+        ),
+        (
+            "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\npartitions = 0",
+            "messaging.partitions",
+            "is 0; it must be 1 to 10000",
+        ),
+        (
+            "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\nsession_timeout_ms = 500",
+            "messaging.session_timeout_ms",
+            "is 500; it must be 6000 to 1800000",
         ),
     ] {
         let t = TestApp::new(&manifest_named("badsetting", 5));

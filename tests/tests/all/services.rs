@@ -616,3 +616,33 @@ async fn sql_connection_limit_per_tenant_postgres() {
     }
     schema.drop_now().await;
 }
+
+/// The total lag of Kafka consumer group `group` on Kafka topic `topic`
+/// (created with Berth's default partitions): how many records lie past
+/// its committed offsets. `None` while a partition holding records has no
+/// commit, or when the broker cannot be asked.
+pub(crate) async fn kafka_group_lag(url: &str, group: &str, topic: &str) -> Option<i64> {
+    use krafka::admin::ConsumerGroupLagOptions;
+    use krafka::consumer::TopicPartition;
+    let brokers = url.strip_prefix("kafka://").unwrap_or(url);
+    let kafka = krafka::Kafka::builder(brokers).connect().await.ok()?;
+    let partitions = (0..berth::ports::messaging::kafka::DEFAULT_PARTITIONS)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    let options = ConsumerGroupLagOptions::default().partitions(partitions);
+    let lags = kafka
+        .admin()
+        .consumer_group_lag(group, options)
+        .await
+        .ok()?;
+    let mut total = 0;
+    for lag in lags.into_values() {
+        let lag = lag.ok()?;
+        total += match lag.lag {
+            Some(lag) => lag,
+            None if lag.end_offset == 0 => 0,
+            None => return None,
+        };
+    }
+    Some(total)
+}

@@ -169,6 +169,10 @@ pub trait MessagingBackend: Send + Sync {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError>;
+    /// Lets go of the broker once the subscriptions are dropped, before the
+    /// host exits: a Kafka trigger leaves its group so that its partitions
+    /// go to the other hosts at once. Bounded in time; nothing by default.
+    async fn close(&self) {}
 }
 
 /// Checks a topic name: 1-255 characters of `a-z A-Z 0-9 . - _`, no empty
@@ -258,7 +262,8 @@ pub enum MessagingConfig {
         /// Deliveries a host holds unacknowledged per trigger; default 32.
         prefetch: Option<u16>,
     },
-    /// Kafka (one host process per app: no consumer groups).
+    /// Kafka: a topic per topic, a consumer group per trigger shared by
+    /// every host.
     Kafka {
         /// `kafka://host:port[,host:port…]`.
         url: String,
@@ -266,6 +271,13 @@ pub enum MessagingConfig {
         timeout_ms: Option<u64>,
         /// Replicas of the topics Berth creates; default 1, at least 1.
         replication_factor: Option<i16>,
+        /// Partitions of the topics Berth creates: at most this many hosts
+        /// share a topic's messages; default 6, 1 to 10000.
+        partitions: Option<i32>,
+        /// How long a host may go without a heartbeat before its partitions
+        /// go to the other hosts, in ms; default 10000, 6000 to 1800000
+        /// (Kafka's own bounds by default).
+        session_timeout_ms: Option<u64>,
     },
     /// MQTT 5 (Mosquitto 2 and others): a topic subtree per app, a shared
     /// subscription per trigger.

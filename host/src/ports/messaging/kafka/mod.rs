@@ -1,106 +1,123 @@
-//! Kafka adapter (`rskafka`, pure Rust; tested against the `tansu` broker).
+//! Kafka adapter (`krafka`, pure Rust, with consumer groups; tested against
+//! the `tansu` broker).
 //!
 //! - A topic `t` of app `<app>` is the Kafka topic `berth.<app>.t`, created
-//!   on first use with one partition. Publishing waits for the broker's
-//!   produce response; the id travels as the record key and the header
-//!   `berth-id`, the attempt of a republished message as `berth-attempt`.
-//! - Each message trigger consumes from its committed offset. rskafka has
-//!   no consumer groups, so Berth keeps the offsets itself, as records of
-//!   the app's topic `berth.<app>.__offsets` (key `<consumer>/<topic>`,
-//!   value the next offset to consume). The committed offset only moves
-//!   past a message once it and every earlier one were settled, so a host
-//!   that dies leaves its unsettled messages to be delivered again. A
-//!   trigger that never committed starts at the earliest retained record.
+//!   on first use with `partitions` partitions (default
+//!   [`DEFAULT_PARTITIONS`]). Publishing waits for the broker's
+//!   acknowledgement (idempotent producer, all in-sync replicas). The id is
+//!   the record key, so a message and its retried copies share a partition,
+//!   and travels as the header `berth-id`; the attempt of a republished
+//!   message as `berth-attempt`.
+//! - Each message trigger is a **consumer group**,
+//!   `berth.<app>/<component>/<trigger topic or pattern>`, that every host
+//!   serving the app joins: Kafka deals the partitions of the trigger's
+//!   topics out among the hosts, and gives a host's partitions to the others
+//!   when it leaves or stops heartbeating (`session_timeout_ms`). The group's
+//!   committed offset of a partition only moves past a record once it and
+//!   every earlier one were settled, so the partitions of a host that died
+//!   are read again from the first unsettled record: at least once.
 //! - Redelivery after a failure: once the backoff has passed, a copy with
-//!   the attempt incremented is produced to the same topic, addressed to
-//!   the failed trigger (`berth-for`, its offset key) so that the topic's
-//!   other triggers skip it, then the original counts as settled.
-//! - Request/reply: a request goes to `berth.<app>.__req.<t>` (read by the
-//!   app's triggers from the newest record on, never committed) with the
-//!   headers `berth-reply-to` and `berth-correlation`; replies come back on
-//!   `berth.<app>.__reply`. A request to a topic no trigger ever subscribed
+//!   the attempt incremented is produced to the same topic, addressed to the
+//!   failed trigger's group (`berth-for`) so that the topic's other triggers
+//!   skip it, then the original counts as settled.
+//! - Ids published with [`MessagingBackend::publish_with_id`] (schedule
+//!   ticks, which every host publishes) carry `berth-once`: a trigger skips
+//!   such a record when its id came among the last [`ONCE_WINDOW`] of them
+//!   in the partition (copies of one id share a partition through the key).
+//!   A host given a partition first reads back the [`ONCE_WINDOW`] records
+//!   before its first one (settled by whichever host had it), so it knows
+//!   those ids too. Each tick thus runs once, however many hosts publish
+//!   it, as long as its copies come within that many records of each
+//!   other.
+//! - Request/reply: a request goes to `berth.<app>.__req.<t>` with the
+//!   headers `berth-reply-to`, `berth-correlation` and `berth-deadline`;
+//!   the trigger's group reads those topics too, settles each request as it
+//!   takes it (requests are never redelivered) and drops the expired ones.
+//!   Replies come back on `berth.<app>.__reply`, which every host reads from
+//!   its newest record on. A request to a topic no trigger ever subscribed
 //!   to (its request topic does not exist) is `no-responder`, unless a
 //!   pattern trigger of this host matches it (see below).
-//! - A trigger may subscribe to a pattern of topics (see [`pattern`]).
-//!   Kafka has no wildcard subscriptions, so Berth lists the cluster's
-//!   topics and reads every `berth.<app>.<t>` whose `t` the pattern matches
-//!   as a trigger of `t` would (its own offset, key `<consumer>/<t>`), and
-//!   every matching request topic; each message names its own topic `t`.
-//!   The list is read again every `DISCOVER_EVERY` (2 s), so a message
-//!   to a brand-new topic reaches a pattern trigger within that delay, and
-//!   nothing is lost: a topic found later is read from its committed
-//!   offset, else from its earliest record. A request to a topic only a
-//!   pattern trigger matches creates the request topic and waits that long
-//!   too (a request topic that appeared after the trigger started is read
-//!   from its start); a request timeout shorter than the delay makes such
-//!   a first request time out. The readers of a message topic that is
-//!   deleted stop at the next listing.
-//! - A committed offset the log no longer has (retention deleted it, or the
-//!   topic was recreated) is logged as an error and the trigger goes on
-//!   from the earliest retained record.
-//! - Each long-polling reader has its own connection, so publishing to a
-//!   topic is never queued behind a fetch of it.
+//! - A pattern trigger (see [`pattern`]) lists the cluster's topics every
+//!   [`DISCOVER_EVERY`] (2 s) and subscribes its group to every
+//!   `berth.<app>.<t>` (and request topic) whose `t` the pattern matches; a
+//!   topic found later is read from its start, so nothing published to it
+//!   is lost. A request to a topic only a pattern trigger matches creates
+//!   the request topic and waits for that listing too.
+//! - Upgrading from the release before (which kept each trigger's offset
+//!   itself, in `berth.<app>.__offsets`): a group that has committed nothing
+//!   for partition 0 of a topic starts where the old offset says (see
+//!   [`legacy`]), so nothing is replayed or skipped.
 //!
-//! Limits compared with NATS and RabbitMQ, both from the missing consumer
-//! groups: a trigger's messages are not shared between host processes
-//! (every host consuming one app's Kafka topics would handle every
-//! message), so an app on Kafka runs in one host process at a time; and
-//! schedule ticks are not deduplicated by id. Topics are created with one
-//! partition (a topic created beforehand with more is read from partition
-//! 0 only); records from transactional producers, and lz4 or zstd batches,
-//! are not supported. `berth.<app>.__offsets` should be created with
-//! `cleanup.policy=compact` on a real cluster (rskafka cannot ask for it);
-//! Berth rewrites every trigger's offset hourly, so a quiet trigger's
-//! commit outlives a delete-retention of more than an hour.
+//! Limits: order holds within a partition only; a committed offset the log
+//! no longer has (retention deleted it) moves to the earliest record;
+//! records from transactional producers that aborted are read (the consumer
+//! reads uncommitted); no TLS or SASL yet. Producing one record per batch
+//! works around the tansu broker (see [`shared`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use rskafka::BackoffConfig;
-use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::{Record, RecordAndOffset};
+use bytes::Bytes;
+use krafka::Record;
+use krafka::consumer::ConsumerRecord;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, pattern,
 };
 
-mod consume;
 mod discover;
+mod group;
+mod legacy;
 mod shared;
 
-use consume::*;
+use group::*;
+use shared::*;
 
 /// Header carrying the Berth id.
 const ID_HEADER: &str = "berth-id";
 /// Header carrying the attempt of a republished message.
 const ATTEMPT_HEADER: &str = "berth-attempt";
-/// Header of a failed message's copy naming the one trigger it is for
-/// (its offset key): the other triggers reading the topic skip it, having
-/// had the original.
+/// Header of a failed message's copy naming the one trigger (its group) it
+/// is for: the other triggers reading the topic skip it, having had the
+/// original.
 const FOR_HEADER: &str = "berth-for";
+/// Header marking a record whose id every host may publish (a schedule
+/// tick): a trigger delivers the first record of an id, not its copies.
+const ONCE_HEADER: &str = "berth-once";
 /// Header of a request naming the topic its reply goes to.
 const REPLY_TO_HEADER: &str = "berth-reply-to";
 /// Header matching a reply with its request.
 const CORRELATION_HEADER: &str = "berth-correlation";
-/// Bytes fetched at most per request.
-const FETCH_BYTES: i32 = 4 << 20;
-/// How long a fetch waits on the broker for new records.
-const FETCH_WAIT_MS: i32 = 500;
-/// The same, as a duration.
-const FETCH_WAIT: Duration = Duration::from_millis(FETCH_WAIT_MS as u64);
-/// How often an unchanged offset is written again, so retention never
-/// deletes a quiet trigger's last commit.
-const RECOMMIT_EVERY: Duration = Duration::from_secs(3600);
-/// How often a trigger commits its offset while it moves.
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
-/// Deliveries buffered per trigger ahead of its handler.
-const BUFFERED: usize = 64;
+/// Header of a request: when its requester stops waiting (Unix ms).
+const DEADLINE_HEADER: &str = "berth-deadline";
+/// Berth's own headers: a publisher's are dropped, a handler never sees
+/// them.
+const RESERVED: [&str; 7] = [
+    ID_HEADER,
+    ATTEMPT_HEADER,
+    FOR_HEADER,
+    ONCE_HEADER,
+    REPLY_TO_HEADER,
+    CORRELATION_HEADER,
+    DEADLINE_HEADER,
+];
+/// How long a request without a deadline (from the release before) is
+/// answered after it was produced.
+const LEGACY_REQUEST_TTL: Duration = Duration::from_secs(30);
+/// Partitions of the topics Berth creates, unless the host config says
+/// otherwise: at most this many hosts share a topic's messages.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+/// How long a host may go silent before its partitions go to the others,
+/// unless the host config says otherwise.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many `berth-once` ids a trigger remembers per partition.
+const ONCE_WINDOW: usize = 64;
+/// How long closing waits for the triggers to leave their groups and for
+/// the producer to flush.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often a pattern trigger lists the cluster's topics for new ones it
 /// matches: the longest a message to a brand-new topic, or a request to a
 /// request topic that did not exist before, waits to reach it.
@@ -111,12 +128,17 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 pub struct KafkaSettings {
     /// Bootstrap brokers, `host:port`.
     pub brokers: Vec<String>,
-    /// The app, naming its topics.
+    /// The app, naming its topics and groups.
     pub app: String,
     /// Timeout of each broker operation.
     pub timeout: Duration,
     /// Replicas of the topics Berth creates.
     pub replication_factor: i16,
+    /// Partitions of the topics Berth creates.
+    pub partitions: i32,
+    /// How long a host may go without a heartbeat before its partitions go
+    /// to the other hosts.
+    pub session_timeout: Duration,
 }
 
 /// Parses `kafka://host:port[,host:port...]` into bootstrap brokers.
@@ -143,27 +165,17 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, String> {
 /// An app's broker on Kafka.
 pub struct KafkaBroker {
     shared: Arc<Shared>,
-    /// Reads this host's replies until the broker is dropped.
-    _replies: AbortOnDrop,
 }
 
-struct Shared {
-    client: Client,
-    app: String,
-    timeout: Duration,
-    replication_factor: i16,
-    reply_topic: String,
-    /// Topics known to exist.
-    created: tokio::sync::Mutex<HashSet<String>>,
-    /// Producing clients, by topic.
-    partitions: Mutex<HashMap<String, Arc<PartitionClient>>>,
-    /// Requests waiting for their reply, by correlation id.
-    waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
-    /// The triggers' committed offsets, read once.
-    committed: tokio::sync::Mutex<Option<HashMap<String, i64>>>,
-    /// The patterns of this broker's pattern subscriptions, each while its
-    /// subscription lives (see [`Shared::pattern_answers`]).
-    patterns: Mutex<Vec<(String, Weak<()>)>>,
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        // A broker dropped without `close` (an app reloaded) still lets go
+        // of its connections in order, in the background.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn(async move { shared.release().await });
+        }
+    }
 }
 
 /// Aborts a task when dropped.
@@ -180,147 +192,135 @@ fn unavailable(e: impl std::fmt::Display) -> MessagingError {
 }
 
 impl KafkaBroker {
-    /// Connects, and creates this host's reply topic.
+    /// Connects, and starts reading this host's replies.
     pub async fn connect(s: &KafkaSettings) -> Result<KafkaBroker, MessagingError> {
-        let backoff = BackoffConfig {
-            deadline: Some(s.timeout),
-            ..Default::default()
-        };
-        let client = tokio::time::timeout(
-            s.timeout,
-            ClientBuilder::new(s.brokers.clone())
-                .client_id(format!("berth-{}", s.app))
-                .backoff_config(backoff)
-                .build(),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
-        let shared = Arc::new(Shared {
-            client,
-            app: s.app.clone(),
-            timeout: s.timeout,
-            replication_factor: s.replication_factor,
-            reply_topic: format!("berth.{}.__reply", s.app),
-            created: Default::default(),
-            partitions: Mutex::default(),
-            waiting: Mutex::default(),
-            committed: Default::default(),
-            patterns: Mutex::default(),
-        });
-        let replies = shared.reader(&shared.reply_topic).await?;
-        let start = shared.call(replies.get_offset(OffsetAt::Latest)).await?;
-        let reader = shared.clone();
-        let task = tokio::spawn(async move {
-            reader
-                .read_from(replies, start, |shared, record| {
-                    shared.reply_arrived(record);
-                    true
-                })
-                .await;
-        });
-        Ok(KafkaBroker {
-            shared,
-            _replies: AbortOnDrop(task),
-        })
+        let shared = Shared::new(s).await?;
+        shared.read_replies().await?;
+        Ok(KafkaBroker { shared })
+    }
+
+    /// Publishes `payload` under `id`, marked `once` if every host may
+    /// publish that id.
+    async fn send(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        once: bool,
+    ) -> Result<(), MessagingError> {
+        let mut record = record(
+            &self.shared.kafka_topic(topic),
+            id,
+            payload,
+            &without_reserved(headers),
+            1,
+        );
+        if once {
+            record = record.header(ONCE_HEADER, Bytes::new());
+        }
+        self.shared.produce(record).await
     }
 }
 
-/// Builds a record of `payload` under `id`, with Berth's headers.
-fn record(id: &str, payload: Vec<u8>, headers: &[(String, String)], attempt: u32) -> Record {
-    let mut map: std::collections::BTreeMap<String, Vec<u8>> = headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-        .collect();
-    map.insert(ID_HEADER.into(), id.as_bytes().to_vec());
+/// A record of `payload` under `id` for Kafka topic `name`, with Berth's
+/// headers.
+fn record(
+    name: &str,
+    id: &str,
+    payload: Vec<u8>,
+    headers: &[(String, String)],
+    attempt: u32,
+) -> Record {
+    let mut record = Record::new(name, payload).key(id.as_bytes().to_vec());
+    for (k, v) in headers {
+        record = record.header(k.as_str(), Bytes::from(v.clone().into_bytes()));
+    }
+    record = record.header(ID_HEADER, Bytes::from(id.as_bytes().to_vec()));
     if attempt > 1 {
-        map.insert(ATTEMPT_HEADER.into(), attempt.to_string().into_bytes());
+        record = record.header(
+            ATTEMPT_HEADER,
+            Bytes::from(attempt.to_string().into_bytes()),
+        );
     }
-    Record {
-        key: Some(id.as_bytes().to_vec()),
-        value: Some(payload),
-        headers: map,
-        timestamp: chrono::Utc::now(),
-    }
+    record
 }
 
 /// A publisher's headers without Berth's own names, which are the host's
 /// to set: a guest's would redirect a reply or hide its message from
 /// other triggers.
 fn without_reserved(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
-    let reserved = [
-        ID_HEADER,
-        ATTEMPT_HEADER,
-        REPLY_TO_HEADER,
-        CORRELATION_HEADER,
-        FOR_HEADER,
-    ];
-    headers.retain(|(k, _)| !reserved.contains(&k.as_str()));
+    headers.retain(|(k, _)| !RESERVED.contains(&k.as_str()));
     headers
 }
 
-/// Berth's own headers, and the message's (sorted).
-fn split_headers(record: &Record) -> (HashMap<&'static str, String>, Vec<(String, String)>) {
+/// Berth's own headers of a record, and the message's (sorted).
+fn split_headers(
+    headers: &krafka::Headers,
+) -> (HashMap<&'static str, String>, Vec<(String, String)>) {
     let mut meta = HashMap::new();
-    let mut headers = Vec::new();
-    for (k, v) in &record.headers {
-        let v = String::from_utf8_lossy(v).into_owned();
-        match k.as_str() {
-            ID_HEADER => drop(meta.insert(ID_HEADER, v)),
-            ATTEMPT_HEADER => drop(meta.insert(ATTEMPT_HEADER, v)),
-            REPLY_TO_HEADER => drop(meta.insert(REPLY_TO_HEADER, v)),
-            CORRELATION_HEADER => drop(meta.insert(CORRELATION_HEADER, v)),
-            FOR_HEADER => drop(meta.insert(FOR_HEADER, v)),
-            _ => headers.push((k.clone(), v)),
+    let mut theirs = Vec::new();
+    for (k, v) in headers {
+        let v = v
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        match RESERVED.iter().find(|r| **r == k.as_str()) {
+            Some(reserved) => drop(meta.insert(*reserved, v)),
+            None => theirs.push((k.clone(), v)),
         }
     }
-    headers.sort();
-    (meta, headers)
+    theirs.sort();
+    (meta, theirs)
 }
 
-/// The one trigger (offset key) a record is for, if it is a failed
-/// message's copy.
-fn addressee(record: &Record) -> Option<String> {
-    record
-        .headers
-        .get(FOR_HEADER)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// The key under which trigger `consumer` on `trigger` (a topic or a
-/// pattern) commits its offset in `topic`: `<consumer>/<topic>` for a
-/// topic's trigger, `<consumer>/<pattern>/<topic>` for a pattern's, so two
-/// triggers of one component reading the same topic keep apart.
-fn offset_key(consumer: &str, trigger: &str, topic: &str) -> String {
-    if trigger == topic {
-        format!("{consumer}/{topic}")
-    } else {
-        format!("{consumer}/{trigger}/{topic}")
-    }
-}
-
-/// A message from a record of `topic` at `offset`.
-fn message_of(topic: &str, record: Record, offset: i64) -> Message {
-    let (meta, headers) = split_headers(&record);
+/// A message of Berth topic `topic` from `record`, and Berth's headers.
+fn message_of(topic: &str, record: &ConsumerRecord) -> (Message, HashMap<&'static str, String>) {
+    let (meta, headers) = split_headers(&record.headers);
     let attempt = meta
         .get(ATTEMPT_HEADER)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
     let id = meta.get(ID_HEADER).cloned().unwrap_or_else(|| {
-        // A record from another producer: its offset identifies it.
-        format!("kafka-{offset}")
+        // A record from another producer: its position identifies it (as
+        // the release before named partition 0's records).
+        match record.partition {
+            0 => format!("kafka-{}", record.offset),
+            p => format!("kafka-{p}-{}", record.offset),
+        }
     });
-    Message {
+    let message = Message {
         id,
         topic: topic.to_string(),
-        payload: record.value.unwrap_or_default(),
+        payload: record
+            .value
+            .as_ref()
+            .map(|v| v.to_vec())
+            .unwrap_or_default(),
         headers,
         attempt,
-    }
+    };
+    (message, meta)
+}
+
+/// The current time in Unix milliseconds.
+fn now_ms() -> i64 {
+    super::super::unix_millis() as i64
 }
 
 #[async_trait]
 impl MessagingBackend for KafkaBroker {
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(topic, &id, payload, headers, false).await?;
+        Ok(id)
+    }
+
     async fn publish_with_id(
         &self,
         topic: &str,
@@ -328,12 +328,7 @@ impl MessagingBackend for KafkaBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
-        let name = self.shared.kafka_topic(topic);
-        let headers = without_reserved(headers);
-        self.shared
-            .produce(&name, record(id, payload, &headers, 1))
-            .await?;
-        Ok(())
+        self.send(topic, id, payload, headers, true).await
     }
 
     async fn request(
@@ -345,12 +340,8 @@ impl MessagingBackend for KafkaBroker {
     ) -> Result<Message, MessagingError> {
         let mut headers = without_reserved(headers);
         let name = self.shared.request_topic(topic);
-        // Request topics are never deleted: once seen, always there.
-        if !self.shared.created.lock().await.contains(&name) {
-            let listed = self.shared.topic_names().await?;
-            if listed.contains(&name) {
-                self.shared.created.lock().await.insert(name.clone());
-            } else if self.shared.pattern_answers(topic) {
+        if !self.shared.exists(&name).await? {
+            if self.shared.pattern_answers(topic) {
                 // Only a pattern trigger answers, and it reads request
                 // topics that exist: create this one; its discovery reads
                 // it from the start within DISCOVER_EVERY.
@@ -361,30 +352,24 @@ impl MessagingBackend for KafkaBroker {
         }
         let correlation = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(correlation.clone(), tx);
+        self.shared.await_reply(&correlation, tx);
         // Forgotten however this call ends, cancellation included.
         let _waiting = Forget(&self.shared, &correlation);
+        let deadline = now_ms().saturating_add(timeout.as_millis().min(i64::MAX as u128) as i64);
         headers.push((REPLY_TO_HEADER.into(), self.shared.reply_topic.clone()));
         headers.push((CORRELATION_HEADER.into(), correlation.clone()));
+        headers.push((DEADLINE_HEADER.into(), deadline.to_string()));
         let id = uuid::Uuid::new_v4().to_string();
-        let sent = self
-            .shared
-            .produce(&name, record(&id, payload, &headers, 1))
-            .await;
-        match sent {
-            Err(e) => Err(e),
-            Ok(_) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(mut reply)) => {
-                    reply.topic = topic.to_string();
-                    Ok(reply)
-                }
-                Ok(Err(_)) => Err(MessagingError::Other("the reply was lost".into())),
-                Err(_) => Err(MessagingError::Timeout),
-            },
+        self.shared
+            .produce(record(&name, &id, payload, &headers, 1))
+            .await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(mut reply)) => {
+                reply.topic = topic.to_string();
+                Ok(reply)
+            }
+            Ok(Err(_)) => Err(MessagingError::Other("the reply was lost".into())),
+            Err(_) => Err(MessagingError::Timeout),
         }
     }
 
@@ -396,13 +381,22 @@ impl MessagingBackend for KafkaBroker {
         if pattern::is_pattern(topic) {
             return discover::subscribe_pattern(&self.shared, topic, consumer).await;
         }
-        let shared = &self.shared;
-        let (feeds, mut subscription) = KafkaSubscription::open();
-        subscription._tasks = start_messages(shared, topic, topic, consumer, &feeds).await?;
-        subscription
-            ._tasks
-            .push(start_requests(shared, topic, OffsetAt::Latest, &feeds).await?);
+        let trigger = TriggerId::new(&self.shared.app, consumer, topic);
+        let names = vec![
+            self.shared.kafka_topic(topic),
+            self.shared.request_topic(topic),
+        ];
+        for name in &names {
+            self.shared.ensure(name).await?;
+        }
+        legacy::adopt(&self.shared, &trigger, &[topic.to_string()]).await;
+        let subscription = GroupSubscription::start(&self.shared, trigger).await?;
+        subscription.follow(names).await?;
         Ok(Box::new(subscription))
+    }
+
+    async fn close(&self) {
+        self.shared.close().await;
     }
 }
 
@@ -411,11 +405,7 @@ struct Forget<'a>(&'a Shared, &'a str);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(self.1);
+        self.0.forget_reply(self.1);
     }
 }
 
@@ -441,32 +431,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_carry_the_id_attempt_and_headers() {
-        let headers = vec![("a".to_string(), "1".to_string())];
-        let mut r = record("id-1", b"x".to_vec(), &headers, 3);
-        r.headers.insert(FOR_HEADER.into(), b"c/t".to_vec());
-        assert_eq!(addressee(&r).as_deref(), Some("c/t"));
-        let m = message_of("t", r, 7);
-        assert_eq!((m.id.as_str(), m.attempt, m.headers), ("id-1", 3, headers));
-        assert_eq!(offset_key("c", "t", "t"), "c/t");
-        assert_eq!(offset_key("c", "t.*", "t.a"), "c/t.*/t.a");
-        let mut foreign = record("id-2", vec![], &[], 1);
-        foreign.headers.clear();
-        assert_eq!(message_of("t", foreign, 9).id, "kafka-9");
+    /// A consumed record as the broker would return `r`.
+    fn consumed(r: Record, partition: i32, offset: i64) -> ConsumerRecord {
+        let mut c = ConsumerRecord::new(r.topic.as_str(), partition, offset, r.key, r.value);
+        c.headers = r.headers;
+        c
     }
 
     #[test]
-    fn the_low_water_mark_waits_for_the_oldest_unsettled_offset() {
-        let p = Progress {
-            unsettled: Mutex::new(BTreeSet::from([3, 4, 5])),
-            read_up_to: AtomicI64::new(6),
-        };
-        p.settle(4);
-        assert_eq!(p.low_water(), 3);
-        p.settle(3);
-        assert_eq!(p.low_water(), 5);
-        p.settle(5);
-        assert_eq!(p.low_water(), 6);
+    fn records_carry_the_id_attempt_and_headers_and_hide_berths() {
+        let headers = without_reserved(vec![
+            ("a".to_string(), "1".to_string()),
+            (FOR_HEADER.to_string(), "someone".to_string()),
+            (REPLY_TO_HEADER.to_string(), "elsewhere".to_string()),
+        ]);
+        assert_eq!(headers, [("a".to_string(), "1".to_string())]);
+        let r = record("berth.shop.t", "id-1", b"x".to_vec(), &headers, 3);
+        assert_eq!(r.key.as_deref(), Some(&b"id-1"[..]));
+        let (m, meta) = message_of("t", &consumed(r, 2, 7));
+        assert_eq!(
+            (m.id.as_str(), m.attempt, m.headers, m.payload),
+            ("id-1", 3, headers, b"x".to_vec())
+        );
+        assert_eq!(meta.get(ID_HEADER).map(String::as_str), Some("id-1"));
+    }
+
+    #[test]
+    fn foreign_records_are_named_by_their_position() {
+        let foreign = |p, o| consumed(Record::new("berth.shop.t", b"v".to_vec()), p, o);
+        assert_eq!(message_of("t", &foreign(0, 9)).0.id, "kafka-9");
+        assert_eq!(message_of("t", &foreign(3, 9)).0.id, "kafka-3-9");
+        assert_eq!(message_of("t", &foreign(0, 9)).0.attempt, 1);
     }
 }

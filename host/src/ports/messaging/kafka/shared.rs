@@ -1,11 +1,95 @@
-//! The broker operations behind publishing and consuming: topics created
-//! on first use (and listed, for patterns), a producing client per topic, a
-//! reader's own client, fetches that survive retention and broker failures,
-//! the committed offsets, and the live pattern subscriptions.
+//! What publishing and every trigger of one app share: the client, its
+//! producer and admin, topic names and creation, the replies this host
+//! waits for, and the live pattern subscriptions.
+
+use krafka::admin::{AdminClient, CreateTopicsOptions, ListTopicsOptions, NewTopic};
+use krafka::consumer::AutoOffsetReset;
+use krafka::error::ErrorCode;
+use krafka::producer::Producer;
+use krafka::{Kafka, KrafkaError};
 
 use super::*;
 
+/// An app's connection to the cluster, shared by its broker and triggers.
+pub(super) struct Shared {
+    /// The bootstrap brokers, for the connections of each consumer.
+    brokers: String,
+    /// Publishing, the admin and the legacy reader share this connection.
+    pub(super) kafka: Kafka,
+    producer: Producer,
+    pub(super) admin: AdminClient,
+    pub(super) app: String,
+    pub(super) timeout: Duration,
+    replication_factor: i16,
+    partitions: i32,
+    pub(super) session_timeout: Duration,
+    /// `berth.<app>.__reply`, which every host of the app reads.
+    pub(super) reply_topic: String,
+    /// Topics known to exist.
+    created: tokio::sync::Mutex<HashSet<String>>,
+    /// Requests waiting for their reply, by correlation id.
+    waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
+    /// The patterns of this broker's pattern subscriptions, each while its
+    /// subscription lives (see [`Shared::pattern_answers`]).
+    patterns: Mutex<Vec<(String, Weak<()>)>>,
+    /// The offsets the release before committed itself, read once (see
+    /// [`super::legacy`]).
+    pub(super) legacy: tokio::sync::OnceCell<HashMap<String, i64>>,
+    /// The tasks that read for this broker: its replies' reader and each
+    /// trigger's, which end (leaving their groups) once told to stop.
+    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Tells the reply reader to stop.
+    stop_replies: Mutex<Option<oneshot::Sender<()>>>,
+}
+
 impl Shared {
+    pub(super) async fn new(s: &KafkaSettings) -> Result<Arc<Shared>, MessagingError> {
+        let brokers = s.brokers.join(",");
+        let kafka = connect(&brokers, &s.app, s.timeout).await?;
+        let producer = kafka
+            .producer()
+            // Each publish waits for its acknowledgement: waiting for more
+            // records would only delay it.
+            .linger(Duration::ZERO)
+            // One record per batch: a consumer resuming from an offset
+            // inside a batch is then never a concern. (The tansu broker CI
+            // runs skips the rest of a batch fetched from its middle.)
+            .batch_size(1)
+            .delivery_timeout(s.timeout)
+            .build();
+        let producer = tokio::time::timeout(s.timeout, producer)
+            .await
+            .map_err(|_| unavailable("starting the producer timed out"))?
+            .map_err(unavailable)?;
+        let admin = kafka.admin();
+        Ok(Arc::new(Shared {
+            brokers,
+            kafka,
+            producer,
+            admin,
+            app: s.app.clone(),
+            timeout: s.timeout,
+            replication_factor: s.replication_factor,
+            partitions: s.partitions,
+            session_timeout: s.session_timeout,
+            reply_topic: format!("berth.{}.__reply", s.app),
+            created: Default::default(),
+            waiting: Mutex::default(),
+            patterns: Mutex::default(),
+            legacy: Default::default(),
+            readers: Mutex::default(),
+            stop_replies: Mutex::default(),
+        }))
+    }
+
+    /// A connection of its own, for a long-polling consumer: Kafka answers
+    /// a connection's requests in order, so a fetch waiting for records
+    /// would hold up every publish and every other consumer's fetch on a
+    /// shared one.
+    pub(super) async fn own_connection(&self) -> Result<Kafka, MessagingError> {
+        connect(&self.brokers, &self.app, self.timeout).await
+    }
+
     pub(super) fn kafka_topic(&self, topic: &str) -> String {
         format!("berth.{}.{topic}", self.app)
     }
@@ -14,14 +98,10 @@ impl Shared {
         format!("berth.{}.__req.{topic}", self.app)
     }
 
-    pub(super) fn offsets_topic(&self) -> String {
-        format!("berth.{}.__offsets", self.app)
-    }
-
     /// Runs a broker call within the timeout.
     pub(super) async fn call<T>(
         &self,
-        f: impl std::future::Future<Output = Result<T, KafkaError>>,
+        f: impl std::future::Future<Output = Result<T, KrafkaError>>,
     ) -> Result<T, MessagingError> {
         tokio::time::timeout(self.timeout, f)
             .await
@@ -31,8 +111,219 @@ impl Shared {
 
     /// The names of the cluster's topics.
     pub(super) async fn topic_names(&self) -> Result<Vec<String>, MessagingError> {
-        let topics = self.call(self.client.list_topics()).await?;
-        Ok(topics.into_iter().map(|t| t.name).collect())
+        let options = ListTopicsOptions::default().timeout(self.timeout);
+        self.call(self.admin.list_topics(options)).await
+    }
+
+    /// Whether topic `name` exists, asking the broker unless it is known.
+    pub(super) async fn exists(&self, name: &str) -> Result<bool, MessagingError> {
+        if self.created.lock().await.contains(name) {
+            return Ok(true);
+        }
+        let exists = self.topic_names().await?.iter().any(|t| t == name);
+        if exists {
+            self.created.lock().await.insert(name.to_string());
+        }
+        Ok(exists)
+    }
+
+    /// Creates `name` unless it exists: the app's reply topic with one
+    /// partition (every host reads all of it), any other with the
+    /// configured number.
+    pub(super) async fn ensure(&self, name: &str) -> Result<(), MessagingError> {
+        let mut created = self.created.lock().await;
+        if created.contains(name) {
+            return Ok(());
+        }
+        let partitions = if name == self.reply_topic {
+            1
+        } else {
+            self.partitions
+        };
+        let topic = NewTopic::new(name, partitions, self.replication_factor)
+            .map_err(|e| MessagingError::InvalidInput(e.to_string()))?;
+        let options = CreateTopicsOptions::default().timeout(self.timeout);
+        let results = self
+            .call(self.admin.create_topics([topic], options))
+            .await?;
+        match results.get(name) {
+            None | Some(Ok(())) => {}
+            Some(Err(KrafkaError::Broker {
+                code: ErrorCode::TopicAlreadyExists,
+                ..
+            })) => {}
+            Some(Err(e)) => return Err(unavailable(e)),
+        }
+        created.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Produces `record` (creating its topic if need be) and waits for the
+    /// broker's acknowledgement.
+    pub(super) async fn produce(&self, record: Record) -> Result<(), MessagingError> {
+        self.ensure(&record.topic).await?;
+        match tokio::time::timeout(self.timeout, self.producer.send(record)).await {
+            Ok(Ok(_)) => Ok(()),
+            // krafka refuses a record over its request limit before sending.
+            Ok(Err(KrafkaError::Config { .. }))
+            | Ok(Err(KrafkaError::Broker {
+                code: ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge,
+                ..
+            })) => Err(MessagingError::TooLarge(
+                "the message is larger than the broker accepts".into(),
+            )),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("produce timed out")),
+        }
+    }
+
+    /// Keeps a reading task, to wait for it on [`Shared::close`].
+    pub(super) fn add_reader(&self, task: tokio::task::JoinHandle<()>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.retain(|r| !r.is_finished());
+        readers.push(task);
+    }
+
+    /// Stops reading replies, waits (at most [`CLOSE_GRACE`]) for every
+    /// reader to end, each trigger's once its subscription was dropped, and
+    /// flushes and closes the producer.
+    pub(super) async fn close(&self) {
+        let readers: Vec<_> =
+            std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        let closing = async {
+            self.stop_replies();
+            for reader in readers {
+                let _ = reader.await;
+            }
+            let _ = self.producer.close().await;
+        };
+        if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
+            tracing::warn!(app = %self.app, "kafka did not close in time; the other hosts take over this host's partitions after the session timeout");
+        }
+    }
+
+    /// Stops reading replies and closes the producer, without waiting for
+    /// the triggers (for a broker dropped while they may still run).
+    pub(super) async fn release(&self) {
+        self.stop_replies();
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.producer.close()).await;
+    }
+
+    fn stop_replies(&self) {
+        drop(
+            self.stop_replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+
+    /// Starts reading this host's replies, from the reply topic's newest
+    /// record on, until [`Shared::close`].
+    pub(super) async fn read_replies(self: &Arc<Self>) -> Result<(), MessagingError> {
+        self.ensure(&self.reply_topic).await?;
+        let consumer = self
+            .own_connection()
+            .await?
+            .consumer_without_group()
+            .fetch_max_wait(FETCH_WAIT)
+            .auto_offset_reset(AutoOffsetReset::Latest)
+            .build();
+        let consumer = self.call(consumer).await?;
+        self.call(consumer.subscribe([self.reply_topic.as_str()]))
+            .await?;
+        // The first poll places the consumer at the end: a reply produced
+        // after `connect` returns is read.
+        self.call(consumer.poll(Duration::ZERO)).await?;
+        let (stop_tx, mut stop) = oneshot::channel();
+        *self.stop_replies.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop_tx);
+        // Only a weak reference: the broker's drop must not wait for it.
+        let shared = Arc::downgrade(self);
+        self.add_reader(tokio::spawn(async move {
+            loop {
+                let polled = tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    polled = poll_patiently(&consumer) => polled,
+                };
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                match polled {
+                    Ok(records) => records.iter().for_each(|r| shared.reply_arrived(r)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read kafka replies; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+            let _ = consumer.close().await;
+        }));
+        Ok(())
+    }
+
+    /// Registers the request waiting for the reply correlated by
+    /// `correlation`.
+    pub(super) fn await_reply(&self, correlation: &str, tx: oneshot::Sender<Message>) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(correlation.to_string(), tx);
+    }
+
+    /// Forgets the request correlated by `correlation`.
+    pub(super) fn forget_reply(&self, correlation: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(correlation);
+    }
+
+    fn reply_arrived(&self, record: &ConsumerRecord) {
+        let (meta, headers) = split_headers(&record.headers);
+        let Some(correlation) = meta.get(CORRELATION_HEADER) else {
+            return;
+        };
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(correlation);
+        if let Some(tx) = waiting {
+            let _ = tx.send(Message {
+                id: uuid::Uuid::new_v4().to_string(),
+                topic: String::new(),
+                payload: record
+                    .value
+                    .as_ref()
+                    .map(|v| v.to_vec())
+                    .unwrap_or_default(),
+                headers,
+                attempt: 1,
+            });
+        }
+    }
+
+    /// Sends the reply to a request whose headers were `meta`, if it names
+    /// this app's reply topic (replies go nowhere else, whatever a request
+    /// names).
+    pub(super) async fn reply(&self, meta: &HashMap<&'static str, String>, payload: Vec<u8>) {
+        let (Some(reply_to), Some(correlation)) =
+            (meta.get(REPLY_TO_HEADER), meta.get(CORRELATION_HEADER))
+        else {
+            return;
+        };
+        if *reply_to != self.reply_topic {
+            return;
+        }
+        let headers = vec![(CORRELATION_HEADER.to_string(), correlation.clone())];
+        let id = uuid::Uuid::new_v4().to_string();
+        if let Err(e) = self
+            .produce(record(reply_to, &id, payload, &headers, 1))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot send a reply");
+        }
     }
 
     /// Remembers a pattern subscription of this broker for as long as
@@ -52,244 +343,17 @@ impl Shared {
             .iter()
             .any(|(pattern, _)| pattern::matches(pattern, topic))
     }
+}
 
-    /// Creates `name` with one partition unless it exists.
-    pub(super) async fn ensure(&self, name: &str) -> Result<(), MessagingError> {
-        let mut created = self.created.lock().await;
-        if created.contains(name) {
-            return Ok(());
-        }
-        let controller = self.client.controller_client().map_err(unavailable)?;
-        let timeout_ms = self.timeout.as_millis().min(i32::MAX as u128) as i32;
-        match tokio::time::timeout(
-            self.timeout,
-            controller.create_topic(name, 1, self.replication_factor, timeout_ms),
-        )
+/// Connects to the cluster at `brokers` for `app`.
+async fn connect(brokers: &str, app: &str, timeout: Duration) -> Result<Kafka, MessagingError> {
+    let kafka = Kafka::builder(brokers)
+        .client_id(format!("berth-{app}"))
+        .connect_timeout(timeout)
+        .request_timeout(timeout)
+        .connect();
+    tokio::time::timeout(timeout, kafka)
         .await
-        {
-            Err(_) => return Err(unavailable("create topic timed out")),
-            Ok(Ok(())) => {}
-            Ok(Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::TopicAlreadyExists,
-                ..
-            })) => {}
-            Ok(Err(e)) => return Err(unavailable(e)),
-        }
-        created.insert(name.to_string());
-        Ok(())
-    }
-
-    /// The client of `name`'s only partition, creating the topic if need be.
-    pub(super) async fn partition(
-        &self,
-        name: &str,
-    ) -> Result<Arc<PartitionClient>, MessagingError> {
-        if let Some(p) = self
-            .partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            return Ok(p.clone());
-        }
-        self.ensure(name).await?;
-        let client = Arc::new(
-            self.call(
-                self.client
-                    .partition_client(name, 0, UnknownTopicHandling::Retry),
-            )
-            .await?,
-        );
-        self.partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), client.clone());
-        Ok(client)
-    }
-
-    /// A client of its own for a long-polling reader of `name`.
-    pub(super) async fn reader(&self, name: &str) -> Result<Arc<PartitionClient>, MessagingError> {
-        self.ensure(name).await?;
-        Ok(Arc::new(
-            self.call(
-                self.client
-                    .partition_client(name, 0, UnknownTopicHandling::Retry),
-            )
-            .await?,
-        ))
-    }
-
-    pub(super) async fn produce(&self, name: &str, record: Record) -> Result<i64, MessagingError> {
-        let partition = self.partition(name).await?;
-        let produced = tokio::time::timeout(
-            self.timeout,
-            partition.produce(vec![record], Compression::NoCompression),
-        )
-        .await;
-        let offsets = match produced {
-            Ok(Ok(offsets)) => offsets,
-            Ok(Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
-                ..
-            })) => {
-                return Err(MessagingError::TooLarge(
-                    "the message is larger than the broker accepts".into(),
-                ));
-            }
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => {
-                // The connection may be half-open: connect afresh next time.
-                self.partitions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(name);
-                return Err(unavailable("produce timed out"));
-            }
-        };
-        offsets
-            .first()
-            .copied()
-            .ok_or_else(|| unavailable("no offset in the produce response"))
-    }
-
-    /// One fetch from `offset`: the records and the offset to fetch next.
-    /// An offset the log no longer has moves to `on_out_of_range`; a failed
-    /// or timed-out fetch is retried after a pause.
-    pub(super) async fn fetch(
-        &self,
-        partition: &PartitionClient,
-        offset: i64,
-        on_out_of_range: OffsetAt,
-    ) -> (Vec<RecordAndOffset>, i64) {
-        let started = Instant::now();
-        let fetched = tokio::time::timeout(
-            FETCH_WAIT + self.timeout,
-            partition.fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS),
-        )
-        .await;
-        match fetched {
-            Ok(Ok((records, _high_watermark))) => {
-                // A broker answering at once with nothing (only control
-                // records, or one ignoring the wait) must not spin a core.
-                if records.is_empty() && started.elapsed() < FETCH_WAIT / 2 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let next = records.last().map_or(offset, |r| r.offset + 1).max(offset);
-                (records, next)
-            }
-            Ok(Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange,
-                ..
-            })) => match self.call(partition.get_offset(on_out_of_range)).await {
-                Ok(to) => {
-                    tracing::error!(topic = %partition.topic(), from = offset, to, "kafka offset no longer in the log (retention, or a recreated topic); going on from there");
-                    (Vec::new(), to)
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    (Vec::new(), offset)
-                }
-            },
-            Ok(Err(e)) => {
-                tracing::warn!(topic = %partition.topic(), error = %e, "kafka fetch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                (Vec::new(), offset)
-            }
-            Err(_) => {
-                tracing::warn!(topic = %partition.topic(), "kafka fetch timed out; retrying");
-                (Vec::new(), offset)
-            }
-        }
-    }
-
-    /// Reads `partition` from `offset` on, handing each record to `each`
-    /// until it returns `false` or the task is aborted; retries failed
-    /// fetches.
-    pub(super) async fn read_from(
-        self: &Arc<Self>,
-        partition: Arc<PartitionClient>,
-        mut offset: i64,
-        mut each: impl FnMut(&Arc<Self>, RecordAndOffset) -> bool,
-    ) {
-        loop {
-            let (records, next) = self.fetch(&partition, offset, OffsetAt::Latest).await;
-            offset = next;
-            for record in records {
-                if !each(self, record) {
-                    return;
-                }
-            }
-        }
-    }
-
-    pub(super) fn reply_arrived(&self, record: RecordAndOffset) {
-        let (meta, headers) = split_headers(&record.record);
-        let Some(correlation) = meta.get(CORRELATION_HEADER) else {
-            return;
-        };
-        let waiting = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(correlation);
-        if let Some(tx) = waiting {
-            let _ = tx.send(Message {
-                id: uuid::Uuid::new_v4().to_string(),
-                topic: String::new(),
-                payload: record.record.value.unwrap_or_default(),
-                headers,
-                attempt: 1,
-            });
-        }
-    }
-
-    /// The committed offset of trigger `key`, reading the offsets topic
-    /// once per broker.
-    pub(super) async fn committed(&self, key: &str) -> Result<Option<i64>, MessagingError> {
-        let mut cache = self.committed.lock().await;
-        if cache.is_none() {
-            *cache = Some(self.read_committed().await?);
-        }
-        Ok(cache.as_ref().and_then(|c| c.get(key).copied()))
-    }
-
-    /// Records that trigger `key` committed `offset`, so a subscription
-    /// made again in this process (an app reloaded) resumes from it.
-    pub(super) async fn remember_commit(&self, key: &str, offset: i64) {
-        if let Some(cache) = self.committed.lock().await.as_mut() {
-            cache.insert(key.to_string(), offset);
-        }
-    }
-
-    /// Every trigger's last committed offset.
-    pub(super) async fn read_committed(&self) -> Result<HashMap<String, i64>, MessagingError> {
-        let partition = self.reader(&self.offsets_topic()).await?;
-        let end = self.call(partition.get_offset(OffsetAt::Latest)).await?;
-        let mut offset = self.call(partition.get_offset(OffsetAt::Earliest)).await?;
-        let mut committed = HashMap::new();
-        while offset < end {
-            let (records, _) = self
-                .call(partition.fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS))
-                .await?;
-            if records.is_empty() {
-                break;
-            }
-            for r in records {
-                offset = r.offset + 1;
-                let key = r
-                    .record
-                    .key
-                    .map(|k| String::from_utf8_lossy(&k).into_owned());
-                let value = r
-                    .record
-                    .value
-                    .and_then(|v| String::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<i64>().ok());
-                if let (Some(key), Some(value)) = (key, value) {
-                    committed.insert(key, value);
-                }
-            }
-        }
-        Ok(committed)
-    }
+        .map_err(|_| unavailable("connect timed out"))?
+        .map_err(unavailable)
 }
