@@ -407,6 +407,7 @@ pub async fn open(
             timeout_ms,
             client_id,
             session_expiry_s,
+            tick_claims,
         } => {
             let max = crate::ports::messaging::mqtt::MAX_SESSION_EXPIRY.as_secs();
             let session_expiry = match session_expiry_s {
@@ -429,12 +430,28 @@ pub async fn open(
                     .to_string(),
                 None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             };
+            let timeout = ms(timeout_ms, 5000);
+            let tick_claims = match tick_claims {
+                None => None,
+                Some(raw) => {
+                    let settings = RedisSettings {
+                        url: url_setting(&origin, "messaging.tick_claims", &raw, &secrets).await?,
+                        prefix: format!("berth/{app}/ticks/"),
+                        timeout,
+                    };
+                    let claims = RedisBucket::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err("messaging.tick_claims", connection_failure(e)))?;
+                    Some(Arc::new(claims))
+                }
+            };
             let settings = MqttSettings {
                 url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
-                timeout: ms(timeout_ms, 5000),
+                timeout,
                 client_id: format!("berth-{app}-{host_id}"),
                 session_expiry,
+                tick_claims,
             };
             Arc::new(
                 MqttBroker::connect(&settings)

@@ -16,6 +16,9 @@
 //! - on Kafka every copy of the tick lands in one partition (the id is the
 //!   record key), and the schedule's consumer group delivers the first and
 //!   skips the others;
+//! - MQTT cannot drop a copy by id: with `messaging.tick_claims` the first
+//!   host to claim the id in that Redis (`SET NX`) publishes it, the others
+//!   skip it; without it every host's tick runs;
 //! - the embedded broker serves one host, which publishes each tick once.
 //!
 //! From there a tick is a message like any other: acknowledged when the
@@ -49,6 +52,9 @@ pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()>
         let schedule = trigger
             .schedule()
             .map_err(|e| anyhow::anyhow!("schedule `{}`: {e}", trigger.name()))?;
+        if !app.backends.messaging.publishes_ids_once() {
+            tracing::warn!(app = %app.manifest.name, schedule = %trigger.name(), "on MQTT without `messaging.tick_claims` every host serving this app runs each tick: set it to a Redis URL the hosts share");
+        }
         super::message::start_trigger(app.clone(), &trigger.message_trigger(), tasks).await?;
         tasks.spawn(tick(app.clone(), trigger, schedule));
     }

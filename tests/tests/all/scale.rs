@@ -21,6 +21,11 @@ use crate::services::{Schema, delete_nats_stream};
 const MESSAGES: usize = 10_000;
 /// Host processes sharing the consumer.
 const HOSTS: usize = 3;
+/// Messages the MQTT run publishes ahead of the recorded effects: Mosquitto
+/// keeps 1,000 undelivered messages per session by default
+/// (`max_queued_messages`) and drops the rest, so no session may be dealt
+/// more than that, the dead host's included.
+const MQTT_AHEAD: usize = 400;
 /// Effects recorded before one host leaves.
 const KILL_AFTER: i64 = 2_500;
 
@@ -157,9 +162,11 @@ enum Departure {
 }
 
 /// A broker the scale-out test runs on.
+#[derive(Clone)]
 enum Shared {
     Nats(String),
     Kafka(String),
+    Mqtt(String),
 }
 
 impl Shared {
@@ -174,14 +181,22 @@ impl Shared {
             Shared::Kafka(url) => {
                 format!("[messaging]\ntype = \"kafka\"\nurl = {url:?}\nsession_timeout_ms = 6000\n")
             }
+            Shared::Mqtt(url) => format!("[messaging]\ntype = \"mqtt\"\nurl = {url:?}\n"),
         }
     }
 
     /// Publishes message `i` for `0..MESSAGES` to topic `jobs` under the id
     /// `m-<i>`, the handler's idempotency key: straight into the app's
     /// NATS stream as any producer would, or through a Berth host's own
-    /// adapter (`publisher`) on the other brokers.
-    async fn publish_all(&self, app: &str, publisher: &berth::app::App) {
+    /// adapter (`publisher`) on the other brokers. On MQTT it keeps at most
+    /// [`MQTT_AHEAD`] messages ahead of the effects in schema `s`.
+    async fn publish_all(
+        &self,
+        app: &str,
+        publisher: &berth::app::App,
+        db: &mut sqlx::PgConnection,
+        s: &str,
+    ) {
         if let Shared::Nats(url) = self {
             let client = async_nats::connect(url).await.unwrap();
             let js = jetstream::new(client);
@@ -205,25 +220,43 @@ impl Shared {
         }
         use futures::StreamExt as _;
         let broker = &publisher.backends.messaging;
-        futures::stream::iter(0..MESSAGES)
-            .map(|i| async move {
-                broker
-                    .publish_with_id(
-                        "jobs",
-                        &format!("m-{i}"),
-                        format!("{i}").into_bytes(),
-                        vec![],
-                    )
-                    .await
-                    .unwrap()
-            })
-            .buffer_unordered(64)
-            .collect::<Vec<()>>()
-            .await;
+        let (ahead, chunk) = match self {
+            Shared::Mqtt(_) => (MQTT_AHEAD, 100),
+            _ => (MESSAGES, 500),
+        };
+        for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(chunk) {
+            let started = Instant::now();
+            while (batch[0] as i64) - scalar(db, s, "SELECT count(*) FROM {s}.effects").await
+                > ahead as i64
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "the handlers stalled"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            futures::stream::iter(batch.iter().copied())
+                .map(|i| async move {
+                    broker
+                        .publish_with_id(
+                            "jobs",
+                            &format!("m-{i}"),
+                            format!("{i}").into_bytes(),
+                            vec![],
+                        )
+                        .await
+                        .unwrap()
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<()>>()
+                .await;
+        }
     }
 
     /// Waits until the broker holds nothing unacknowledged for the trigger:
     /// the NATS consumer has nothing pending, the Kafka group has no lag.
+    /// MQTT cannot be asked (the caller checks that no delivery comes
+    /// after the last effect instead).
     async fn assert_drained(&self, app: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         match self {
@@ -246,6 +279,7 @@ impl Shared {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            Shared::Mqtt(_) => {}
             Shared::Kafka(url) => loop {
                 let lag = crate::services::kafka_group_lag(
                     url,
@@ -268,7 +302,7 @@ impl Shared {
     fn departure(&self) -> Departure {
         match self {
             Shared::Kafka(_) => Departure::Stop,
-            Shared::Nats(_) => Departure::Kill,
+            Shared::Nats(_) | Shared::Mqtt(_) => Departure::Kill,
         }
     }
 
@@ -285,6 +319,14 @@ async fn messaging_three_hosts_share_work_and_survive_kill_nats() {
         return;
     };
     three_hosts_share_work_and_survive_kill(Shared::Nats(nats)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_three_hosts_share_work_and_survive_kill_mqtt() {
+    let Some(mqtt) = service("BERTH_TEST_MQTT_URL") else {
+        return;
+    };
+    three_hosts_share_work_and_survive_kill(Shared::Mqtt(mqtt)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,11 +369,20 @@ async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
         })
         .collect();
 
+    // Published while the hosts work, so that the departure comes in the
+    // middle of it.
     let publisher = t
         .load_with(&berth_tests::host_config(&t, &config))
         .await
         .unwrap();
-    broker.publish_all(&app, &publisher).await;
+    let publishing = {
+        let (broker, app, s) = (broker.clone(), app.clone(), s.clone());
+        let mut db = schema.admin().await;
+        tokio::spawn(async move {
+            broker.publish_all(&app, &publisher, &mut db, &s).await;
+            publisher
+        })
+    };
 
     // One host leaves mid-run: whatever it had taken but not settled must
     // come back to the others.
@@ -356,6 +407,7 @@ async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
         at_kill < MESSAGES as i64,
         "the kill came after the run ({at_kill} done)"
     );
+    let publisher = publishing.await.expect("every message is published");
 
     let total = "SELECT n FROM {s}.totals WHERE name = 'all'";
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -431,7 +483,7 @@ async fn schedule_fires_once_per_tick_across_hosts_nats() {
     ) else {
         return;
     };
-    schedule_once_per_tick_across_hosts(&pg, Broker::Nats(nats)).await;
+    schedule_once_per_tick_across_hosts(&pg, Broker::Nats(nats), "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -442,7 +494,7 @@ async fn schedule_fires_once_per_tick_across_hosts_rabbitmq() {
     ) else {
         return;
     };
-    schedule_once_per_tick_across_hosts(&pg, Broker::Rabbit(amqp)).await;
+    schedule_once_per_tick_across_hosts(&pg, Broker::Rabbit(amqp), "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -453,12 +505,27 @@ async fn schedule_fires_once_per_tick_across_hosts_kafka() {
     ) else {
         return;
     };
-    schedule_once_per_tick_across_hosts(&pg, Broker::Kafka(kafka)).await;
+    schedule_once_per_tick_across_hosts(&pg, Broker::Kafka(kafka), "").await;
+}
+
+/// MQTT cannot drop a copy by id: the hosts claim each tick in a Redis they
+/// share (`tick_claims`).
+#[tokio::test(flavor = "multi_thread")]
+async fn schedule_fires_once_per_tick_across_hosts_mqtt() {
+    let (Some(pg), Some(mqtt), Some(redis)) = (
+        service("BERTH_TEST_POSTGRES_URL"),
+        service("BERTH_TEST_MQTT_URL"),
+        service("BERTH_TEST_REDIS_URL"),
+    ) else {
+        return;
+    };
+    let claims = format!("tick_claims = {redis:?}\n");
+    schedule_once_per_tick_across_hosts(&pg, Broker::Mqtt(mqtt), &claims).await;
 }
 
 /// Two hosts run a schedule ticking every second: each tick is handled
-/// exactly once.
-async fn schedule_once_per_tick_across_hosts(pg: &str, broker: Broker) {
+/// exactly once. `settings` are added to the `[messaging]` section.
+async fn schedule_once_per_tick_across_hosts(pg: &str, broker: Broker, settings: &str) {
     let app = unique("sched");
     let schema = Schema::create(pg).await;
     let s = schema.name.clone();
@@ -467,7 +534,8 @@ async fn schedule_once_per_tick_across_hosts(pg: &str, broker: Broker) {
     let trigger = "[[trigger.schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\ncomponent = \"handler\"\n";
     let t = TestApp::new(&manifest(&app, trigger));
     let host_toml = t.dir.path().join("host.toml");
-    std::fs::write(&host_toml, host_config(pg, &s, &broker.host_toml(&t))).unwrap();
+    let messaging = format!("{}{settings}", broker.host_toml(&t));
+    std::fs::write(&host_toml, host_config(pg, &s, &messaging)).unwrap();
     let ready = "schedule every-second (* * * * * *) -> handler";
     let hosts: Vec<Host> = (1..=2)
         .map(|i| {

@@ -45,6 +45,15 @@ pub struct RedisBucket {
     cas: redis::Script,
 }
 
+impl std::fmt::Debug for RedisBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection's URL may hold a password: only the prefix.
+        f.debug_struct("RedisBucket")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 fn map(e: redis::RedisError) -> KvError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || e.code() == Some("WRONGPASS")
@@ -104,6 +113,22 @@ impl RedisBucket {
             prefix: s.prefix.clone(),
             cas: redis::Script::new(CAS_SCRIPT),
         })
+    }
+
+    /// Sets `key` to `value` for `ttl` unless it exists (`SET NX PX`):
+    /// whether this call set it. Several hosts claiming one key get one
+    /// `true` between them.
+    pub async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, KvError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().clamp(1, i64::MAX as u128) as i64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(map)?;
+        Ok(set.is_some())
     }
 
     fn key(&self, key: &str) -> String {

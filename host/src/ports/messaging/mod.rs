@@ -169,6 +169,12 @@ pub trait MessagingBackend: Send + Sync {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError>;
+    /// Whether a message that several hosts publish under one id (a
+    /// schedule tick, see [`MessagingBackend::publish_with_id`]) reaches the
+    /// triggers once. Only MQTT needs a setting for it (`tick_claims`).
+    fn publishes_ids_once(&self) -> bool {
+        true
+    }
     /// Lets go of the broker once the subscriptions are dropped, before the
     /// host exits: a Kafka trigger leaves its group so that its partitions
     /// go to the other hosts at once. Bounded in time; nothing by default.
@@ -282,6 +288,10 @@ pub enum MessagingConfig {
     /// MQTT 5 (Mosquitto 2 and others): a topic subtree per app, a shared
     /// subscription per trigger.
     Mqtt {
+        /// `redis://…` that every host of the app shares: each schedule tick
+        /// is published by the one host that claims it there. Without it,
+        /// a schedule served by N hosts runs N times per tick.
+        tick_claims: Option<String>,
         /// `mqtt://[user@]host:port`; a password must be a reference.
         url: String,
         /// Connect, subscribe and acknowledgement timeout, in ms; default 5000.

@@ -26,6 +26,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// paused (resumed at half): a backlog stays on the broker, not in memory,
 /// and a rebalance hands at most this many to another host again.
 const MAX_IN_FLIGHT: usize = 64;
+/// How long a rebalance waits for the deliveries of the partitions it
+/// takes away to be settled, before giving them to their next owner.
+const HANDOVER_GRACE: Duration = Duration::from_secs(10);
 /// Requests waiting for a handler per trigger; more are dropped (their
 /// requesters time out).
 const REQUESTS_WAITING: usize = 64;
@@ -149,10 +152,19 @@ impl OnceIds {
     }
 }
 
+/// Whether partition `key` is one of `tps`.
+fn is_among(key: &Tp, tps: &[TopicPartition]) -> bool {
+    tps.iter()
+        .any(|tp| tp.partition == key.1 && tp.topic == *key.0)
+}
+
 /// What a trigger holds per assigned partition.
 #[derive(Default)]
 pub(super) struct Progress {
     partitions: Mutex<HashMap<Tp, PartitionState>>,
+    /// Set once the subscription is gone: what it took and did not start
+    /// handling never will be, so a handover does not wait for it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -189,12 +201,34 @@ impl Progress {
         partitions.values().map(|p| p.unsettled.len()).sum()
     }
 
-    /// The offsets that moved since their last commit.
-    fn commits(&self) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+    /// Deliveries of `tps` not yet settled.
+    fn in_flight_of(&self, tps: &[TopicPartition]) -> usize {
         let partitions = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         partitions
             .iter()
-            .filter(|(_, p)| p.committed != Some(p.low_water()))
+            .filter(|(key, _)| is_among(key, tps))
+            .map(|(_, p)| p.unsettled.len())
+            .sum()
+    }
+
+    /// The offsets that moved since their last commit.
+    fn commits(&self) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+        self.commits_where(|_| true)
+    }
+
+    /// The offsets of `tps` that moved since their last commit.
+    fn commits_of(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+        self.commits_where(|key| is_among(key, tps))
+    }
+
+    fn commits_where(
+        &self,
+        which: impl Fn(&Tp) -> bool,
+    ) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+        let partitions = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        partitions
+            .iter()
+            .filter(|(key, p)| which(key) && p.committed != Some(p.low_water()))
             .map(|((topic, partition), p)| {
                 let commit = OffsetAndMetadata::new(p.low_water());
                 (TopicPartition::new(topic.to_string(), *partition), commit)
@@ -223,20 +257,48 @@ impl Progress {
     }
 }
 
-/// Forgets the partitions a rebalance takes away.
-struct Revocations(Weak<Progress>);
+/// Hands over the partitions a rebalance takes away: the deliveries taken
+/// from them are let finish (for up to [`HANDOVER_GRACE`]) and committed
+/// first, so that the next owner does not deliver them again.
+struct Revocations {
+    progress: Weak<Progress>,
+    /// Set once the consumer is built.
+    consumer: Arc<std::sync::OnceLock<Weak<Consumer>>>,
+    timeout: Duration,
+}
 
 impl ConsumerRebalanceListener for Revocations {
     async fn on_partitions_assigned(&self, _partitions: &[TopicPartition]) {}
 
     async fn on_partitions_revoked(&self, partitions: &[TopicPartition]) {
-        if let Some(progress) = self.0.upgrade() {
-            progress.revoke(partitions);
+        let Some(progress) = self.progress.upgrade() else {
+            return;
+        };
+        let deadline = Instant::now() + HANDOVER_GRACE;
+        while progress.in_flight_of(partitions) > 0
+            && Instant::now() < deadline
+            && !progress.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let commits = progress.commits_of(partitions);
+        let consumer = self.consumer.get().and_then(Weak::upgrade);
+        if let (Some(consumer), false) = (consumer, commits.is_empty()) {
+            let committing = consumer.commit_offsets(commits.iter().map(|(tp, c)| (tp, c)));
+            match tokio::time::timeout(self.timeout, committing).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot commit the partitions handed over")
+                }
+                Err(_) => tracing::debug!("committing the partitions handed over timed out"),
+            }
+        }
+        progress.revoke(partitions);
     }
 
     async fn on_partitions_lost(&self, partitions: &[TopicPartition]) {
-        if let Some(progress) = self.0.upgrade() {
+        // Another host may own them already: nothing is committed.
+        if let Some(progress) = self.progress.upgrade() {
             progress.revoke(partitions);
         }
     }
@@ -265,6 +327,7 @@ impl GroupSubscription {
         trigger: TriggerId,
     ) -> Result<GroupSubscription, MessagingError> {
         let progress = Arc::new(Progress::default());
+        let built = Arc::new(std::sync::OnceLock::new());
         let consumer = shared
             .own_connection()
             .await?
@@ -280,9 +343,14 @@ impl GroupSubscription {
             // rebalancing leaves partitions unassigned on the tansu broker
             // CI runs.)
             .partition_assignment_strategy(PartitionAssignmentStrategy::Range)
-            .rebalance_listener(Revocations(Arc::downgrade(&progress)))
+            .rebalance_listener(Revocations {
+                progress: Arc::downgrade(&progress),
+                consumer: built.clone(),
+                timeout: shared.timeout,
+            })
             .build();
         let consumer = Arc::new(shared.call(consumer).await?);
+        let _ = built.set(Arc::downgrade(&consumer));
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (requests_tx, requests) = mpsc::channel(REQUESTS_WAITING);
         let (stop_tx, stop) = oneshot::channel();
@@ -387,6 +455,9 @@ impl Reader {
         }
         // Stopping: what was settled is committed, and leaving the group
         // hands the partitions to the other hosts at once.
+        self.progress
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.commit().await;
         if let Err(e) = self.consumer.close().await {
             tracing::debug!(group = %self.trigger.group, error = %e, "leaving the kafka group failed");

@@ -151,13 +151,37 @@ pub(super) struct Link {
 
 impl Link {
     /// Starts a client subscribed to `filters`, and waits (at most
-    /// `timeout`) for its CONNACK and SUBACK.
+    /// `timeout`) for its CONNACK and SUBACK. It reconnects (and
+    /// subscribes again) whenever its connection drops.
     pub(super) async fn connect(
         options: MqttOptions,
         filters: Vec<Filter>,
         inbox: Inbox,
         timeout: Duration,
     ) -> Result<Link, MessagingError> {
+        let (link, _) = Link::start(options, filters, inbox, timeout, true).await?;
+        Ok(link)
+    }
+
+    /// Starts a client that resumes the session its client id names,
+    /// subscribing to nothing, and waits (at most `timeout`) for its
+    /// CONNACK. Returns whether the broker still had the session. It does
+    /// not reconnect: once its connection drops, it stops.
+    pub(super) async fn resume(
+        options: MqttOptions,
+        inbox: Inbox,
+        timeout: Duration,
+    ) -> Result<(Link, bool), MessagingError> {
+        Link::start(options, Vec::new(), inbox, timeout, false).await
+    }
+
+    async fn start(
+        options: MqttOptions,
+        filters: Vec<Filter>,
+        inbox: Inbox,
+        timeout: Duration,
+        reconnect: bool,
+    ) -> Result<(Link, bool), MessagingError> {
         let name = options.client_id();
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let shared = Arc::new(Shared::default());
@@ -175,6 +199,7 @@ impl Link {
             name,
             first: true,
             up: false,
+            reconnect,
         };
         tokio::spawn(driver.run());
         tokio::spawn(send_publishes(client.clone(), shared.clone(), jobs_rx));
@@ -186,7 +211,7 @@ impl Link {
         };
         // On failure `link` is dropped here, which stops the tasks.
         match tokio::time::timeout(timeout, ready).await {
-            Ok(Ok(Ok(()))) => Ok(link),
+            Ok(Ok(Ok(session_present))) => Ok((link, session_present)),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(unavailable("the mqtt event loop stopped")),
             Err(_) => Err(unavailable("no connack or suback before the timeout")),
@@ -300,14 +325,17 @@ pub(super) struct Driver {
     pub(super) shared: Arc<Shared>,
     pub(super) filters: Vec<Filter>,
     pub(super) inbox: Inbox,
-    /// Told the outcome of the first connect and subscribe.
-    pub(super) ready: Option<oneshot::Sender<Result<(), MessagingError>>>,
+    /// Told the outcome of the first connect and subscribe: whether the
+    /// broker had kept the client's session.
+    pub(super) ready: Option<oneshot::Sender<Result<bool, MessagingError>>>,
     pub(super) stop: oneshot::Receiver<()>,
     /// The client id, for logs.
     pub(super) name: String,
     pub(super) first: bool,
     /// Connected, as far as logs go: a lost connection is logged once.
     pub(super) up: bool,
+    /// Whether a lost connection is made again, or ends the client.
+    pub(super) reconnect: bool,
 }
 
 impl Driver {
@@ -324,7 +352,7 @@ impl Driver {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     // A refused filter arrives as an error, not as a SUBACK.
                     if let Some(ready) = self.ready.take() {
-                        let _ = ready.send(Ok(()));
+                        let _ = ready.send(Ok(true));
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
@@ -344,6 +372,9 @@ impl Driver {
                         return;
                     }
                     self.failed(&e);
+                    if !self.reconnect {
+                        break;
+                    }
                     // The next poll reconnects.
                     let stopped = tokio::select! {
                         biased;
@@ -377,17 +408,24 @@ impl Driver {
             tracing::info!(client = %self.name, "mqtt connection restored");
         }
         self.up = true;
-        // rumqttc does not subscribe again by itself. A session the broker
-        // still had kept its subscriptions; a new one has none.
-        if self.first || !ack.session_present {
-            self.first = false;
-            let (client, filters) = (self.client.clone(), self.filters.clone());
-            tokio::spawn(async move {
-                if let Err(e) = client.subscribe_many(filters).await {
-                    tracing::debug!(error = %e, "cannot subscribe");
-                }
-            });
+        self.first = false;
+        if self.filters.is_empty() {
+            // A resumed session: connected is all it waited for.
+            if let Some(ready) = self.ready.take() {
+                let _ = ready.send(Ok(ack.session_present));
+            }
+            return;
         }
+        // rumqttc does not subscribe again by itself. A new session has no
+        // subscriptions, and one the broker kept may have lost them to a
+        // takeover while this client was away: subscribing again is
+        // harmless either way.
+        let (client, filters) = (self.client.clone(), self.filters.clone());
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::debug!(error = %e, "cannot subscribe");
+            }
+        });
     }
 
     pub(super) fn failed(&mut self, e: &ConnectionError) {

@@ -44,18 +44,26 @@
 //!   `no-responder`. On a broker that does not, a request nobody consumes
 //!   ends in `timeout`.
 //!
+//! - Mosquitto deals out a share's messages round-robin, disconnected
+//!   sessions included, and keeps those dealt to a host that died in its
+//!   session (MQTT 5 lets a broker pass them to another member; Mosquitto
+//!   does not). So each trigger client has a will, and the host that hears
+//!   of it finishes the dead host's session (see [`takeover`]). A
+//!   subscription that is dropped unsubscribes first, so a host that stops
+//!   cleanly is no longer dealt messages.
+//! - MQTT cannot drop a copy by id, so with `tick_claims` (a Redis URL the
+//!   hosts share) a host publishes an id every host publishes (a schedule
+//!   tick) only if it claims the id there first (`SET NX`, kept an hour).
+//!
 //! Limits compared with the NATS and RabbitMQ adapters:
 //! - The broker keeps nothing for topics nobody subscribes to: a message
 //!   published before any trigger subscribed to its topic is dropped. Its
 //!   PUBACK says so, and the drop is logged at debug.
-//! - There is no deduplication by id: a schedule tick published by N hosts
-//!   is delivered N times, each time under the same id.
-//! - Mosquitto deals out a share's messages round-robin, disconnected
-//!   sessions included. Messages dealt to a host that died wait in its
-//!   session until it expires and are then lost: MQTT 5 lets a
-//!   broker pass them to another member, and Mosquitto does not. A
-//!   subscription that is dropped unsubscribes first, so a host that stops
-//!   cleanly is no longer dealt messages.
+//! - Without `tick_claims`, a schedule tick published by N hosts is
+//!   delivered N times, each time under the same id.
+//! - The broker bounds what it queues per session (Mosquitto's
+//!   `max_queued_messages`, 1,000 by default) and drops the rest: size it
+//!   for the bursts a trigger must absorb.
 //! - A publish that ends in `unavailable` (no PUBACK in time) may still
 //!   reach the broker later, because the client retransmits it when it
 //!   reconnects. Delivery is at least once.
@@ -70,7 +78,8 @@ use bytes::Bytes;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnectProperties, Filter, Packet, PubAckReason, Publish, PublishProperties,
+    ConnAck, ConnectProperties, Filter, LastWill, LastWillProperties, Packet, PubAckReason,
+    Publish, PublishProperties,
 };
 use rumqttc::v5::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
@@ -80,14 +89,17 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, pattern,
 };
+use crate::ports::kv::redis::RedisBucket;
 use crate::secret::Secret;
 
 mod link;
 mod subscription;
+mod takeover;
 mod wire;
 
 use link::*;
 use subscription::*;
+pub use takeover::WILL_DELAY;
 use wire::*;
 
 /// The port of `mqtt://host` URLs without one.
@@ -100,6 +112,9 @@ pub const DEFAULT_PORT: u16 = 1883;
 /// `client_id` may set a longer `session_expiry_s`, up to
 /// [`MAX_SESSION_EXPIRY`], to find its messages after a restart.
 pub const SESSION_EXPIRY: Duration = Duration::from_secs(60);
+/// How long a tick's claim is kept: far longer than any host may publish
+/// it late.
+const TICK_CLAIM_TTL: Duration = Duration::from_secs(3600);
 /// The longest session expiry a host config may set: a week.
 pub const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// User property carrying Berth's message id.
@@ -146,6 +161,9 @@ pub struct MqttSettings {
     /// How long the broker keeps a trigger's session after its connection
     /// drops (whole seconds; see [`SESSION_EXPIRY`]).
     pub session_expiry: Duration,
+    /// Where the hosts claim the ids they all publish (schedule ticks), so
+    /// that one of them publishes each: MQTT cannot drop a copy by id.
+    pub tick_claims: Option<Arc<RedisBucket>>,
 }
 
 /// An app's broker on MQTT 5.
@@ -165,6 +183,7 @@ pub struct MqttBroker {
     /// How many subscriptions each trigger's client id was given, telling
     /// apart two triggers of the same component and topic.
     subscriptions: Mutex<HashMap<String, u32>>,
+    tick_claims: Option<Arc<RedisBucket>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
@@ -207,6 +226,7 @@ impl MqttBroker {
             timeout: s.timeout,
             session_expiry_secs: s.session_expiry.min(MAX_SESSION_EXPIRY).as_secs().max(1) as u32,
             subscriptions: Mutex::default(),
+            tick_claims: s.tick_claims.clone(),
         })
     }
 }
@@ -224,6 +244,34 @@ impl MqttBroker {
             1 => format!("{}-{key}", self.client_id),
             n => format!("{}-{key}-{n}", self.client_id),
         }
+    }
+
+    /// Publishes `payload` to `topic` under `id` and waits for its PUBACK.
+    async fn send(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError> {
+        check_topic(topic)?;
+        let reason = self
+            .link
+            .publish(
+                message_topic(&self.app, topic),
+                Bytes::from(payload),
+                publish_properties(id, &headers, 1),
+                self.timeout,
+            )
+            .await?;
+        if reason == PubAckReason::NoMatchingSubscribers {
+            tracing::debug!(
+                topic,
+                id,
+                "no trigger subscribes to this topic: the broker dropped the message"
+            );
+        }
+        Ok(())
     }
 
     /// Publishes a request and waits for its reply (the caller bounds the
@@ -255,6 +303,17 @@ impl MqttBroker {
 
 #[async_trait]
 impl MessagingBackend for MqttBroker {
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(topic, &id, payload, headers).await?;
+        Ok(id)
+    }
+
     async fn publish_with_id(
         &self,
         topic: &str,
@@ -262,24 +321,21 @@ impl MessagingBackend for MqttBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
-        check_topic(topic)?;
-        let reason = self
-            .link
-            .publish(
-                message_topic(&self.app, topic),
-                Bytes::from(payload),
-                publish_properties(id, &headers, 1),
-                self.timeout,
-            )
-            .await?;
-        if reason == PubAckReason::NoMatchingSubscribers {
-            tracing::debug!(
-                topic,
-                id,
-                "no trigger subscribes to this topic: the broker dropped the message"
-            );
+        if let Some(claims) = &self.tick_claims {
+            let claimed = claims
+                .claim(id, &self.client_id, TICK_CLAIM_TTL)
+                .await
+                .map_err(|e| unavailable(format!("tick claims: {e}")))?;
+            if !claimed {
+                tracing::debug!(topic, id, "another host publishes this id");
+                return Ok(());
+            }
         }
-        Ok(())
+        self.send(topic, id, payload, headers).await
+    }
+
+    fn publishes_ids_once(&self) -> bool {
+        self.tick_claims.is_some()
     }
 
     async fn request(
@@ -342,32 +398,53 @@ impl MessagingBackend for MqttBroker {
                 QoS::AtMostOnce,
             ),
         ];
-        let paths = filters.iter().map(|f| f.path.clone()).collect();
+        let paths: Vec<String> = filters.iter().map(|f| f.path.clone()).collect();
+        let role = Role::Trigger {
+            session_expiry_secs: self.session_expiry_secs,
+            orphans: orphan_topic(&self.app, consumer, topic),
+        };
         let (deliveries, inbox) = mpsc::unbounded_channel();
         let link = Link::connect(
-            mqtt_options(
-                &self.target,
-                &client_id,
-                self.timeout,
-                Role::Trigger(self.session_expiry_secs),
-            ),
+            mqtt_options(&self.target, &client_id, self.timeout, role),
             filters,
             Inbox::Deliveries(deliveries),
             self.timeout,
         )
         .await?;
-        Ok(Box::new(MqttSubscription {
-            link,
-            inbox,
+        // The wills of the trigger's clients that go away, each to one
+        // host, through a client of its own (see `takeover`).
+        let (notices, watched) = mpsc::unbounded_channel();
+        let watcher = Link::connect(
+            mqtt_options(
+                &self.target,
+                &format!("{client_id}-w"),
+                self.timeout,
+                Role::Watcher,
+            ),
+            vec![Filter::new(
+                shared_orphan_filter(&self.app, consumer, topic),
+                QoS::AtLeastOnce,
+            )],
+            Inbox::Deliveries(notices),
+            self.timeout,
+        )
+        .await?;
+        let spec = TriggerSpec {
+            target: self.target.clone(),
+            app: self.app.clone(),
+            consumer: consumer.to_string(),
             topic: topic.to_string(),
-            message_prefix: message_prefix(&self.app),
-            request_prefix: request_prefix(&self.app),
-            retry_prefix: retry_prefix(&self.app, consumer, topic),
-            reply_prefix: format!("berth/{}/reply/", self.app),
+            client_id,
             filters: paths,
             timeout: self.timeout,
-            alive: Arc::new(()),
-        }))
+            session_expiry_secs: self.session_expiry_secs,
+        };
+        let mut subscription = MqttSubscription::new(Arc::new(spec), link, inbox, true);
+        subscription.watcher = Some(Watcher {
+            _link: watcher,
+            inbox: watched,
+        });
+        Ok(Box::new(subscription))
     }
 }
 

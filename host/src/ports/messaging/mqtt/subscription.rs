@@ -2,11 +2,39 @@
 
 use super::*;
 
+/// One trigger as every host's client of it sees it: enough to read its
+/// deliveries, and to finish the session of one of its clients that went
+/// away (see [`super::takeover`]).
+pub(super) struct TriggerSpec {
+    pub(super) target: Target,
+    pub(super) app: String,
+    pub(super) consumer: String,
+    /// The trigger's topic or pattern.
+    pub(super) topic: String,
+    /// This host's client of the trigger.
+    pub(super) client_id: String,
+    /// The shared subscriptions of the trigger's sessions.
+    pub(super) filters: Vec<String>,
+    pub(super) timeout: Duration,
+    /// How long the broker keeps a session after its client disconnects.
+    pub(super) session_expiry_secs: u32,
+}
+
+/// The client through which a trigger hears of its clients that went
+/// away, and what it hears.
+pub(super) struct Watcher {
+    /// Kept for its connection.
+    pub(super) _link: Link,
+    pub(super) inbox: mpsc::UnboundedReceiver<Inbound>,
+}
+
 /// A trigger's deliveries: its stored messages and its requests, both from
-/// its own client.
+/// its own client, and those of the sessions it finishes for hosts that
+/// went away.
 pub(super) struct MqttSubscription {
     pub(super) link: Link,
     pub(super) inbox: mpsc::UnboundedReceiver<Inbound>,
+    pub(super) spec: Arc<TriggerSpec>,
     /// The trigger's topic or pattern.
     pub(super) topic: String,
     /// `berth/<app>/msg/`, under which stored messages come.
@@ -19,12 +47,65 @@ pub(super) struct MqttSubscription {
     /// The app's reply topics. Replies go nowhere else, whatever a request
     /// names.
     pub(super) reply_prefix: String,
+    /// Where the broker announces the trigger's clients that went away.
+    pub(super) orphan_topic: String,
     /// The subscribed filters, to unsubscribe when dropped.
     pub(super) filters: Vec<String>,
     pub(super) timeout: Duration,
     /// Lives as long as the subscription: its ackers' copies have a
     /// subscriber (this one) until it is dropped.
     pub(super) alive: Arc<()>,
+    /// Deliveries from the sessions this host finishes for others.
+    pub(super) orphans: mpsc::UnboundedReceiver<Delivery>,
+    pub(super) orphans_tx: mpsc::UnboundedSender<Delivery>,
+    /// A trigger's own subscription hears of its clients that went away;
+    /// a taken-over session's does not.
+    pub(super) watcher: Option<Watcher>,
+}
+
+impl MqttSubscription {
+    /// Reads the deliveries `link` puts into `inbox` for the trigger of
+    /// `spec`. A subscription that `owns_filters` unsubscribes them when
+    /// dropped.
+    pub(super) fn new(
+        spec: Arc<TriggerSpec>,
+        link: Link,
+        inbox: mpsc::UnboundedReceiver<Inbound>,
+        owns_filters: bool,
+    ) -> MqttSubscription {
+        let (app, consumer, topic) = (&spec.app, &spec.consumer, &spec.topic);
+        let (orphans_tx, orphans) = mpsc::unbounded_channel();
+        MqttSubscription {
+            link,
+            inbox,
+            topic: topic.clone(),
+            message_prefix: message_prefix(app),
+            request_prefix: request_prefix(app),
+            retry_prefix: retry_prefix(app, consumer, topic),
+            reply_prefix: format!("berth/{app}/reply/"),
+            orphan_topic: orphan_topic(app, consumer, topic),
+            filters: if owns_filters {
+                spec.filters.clone()
+            } else {
+                Vec::new()
+            },
+            timeout: spec.timeout,
+            alive: Arc::new(()),
+            orphans,
+            orphans_tx,
+            watcher: None,
+            spec,
+        }
+    }
+}
+
+/// The next announcement of a client that went away, if there is a
+/// watcher; never otherwise.
+async fn next_orphan(watcher: &mut Option<Watcher>) -> Option<Inbound> {
+    match watcher {
+        Some(watcher) => watcher.inbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What an incoming publish is, told by the subtree its MQTT topic lies
@@ -34,13 +115,26 @@ pub(super) enum Received {
     Stored(String),
     /// A request.
     Request(String),
+    /// The will of one of the trigger's clients: it went away.
+    Orphan,
 }
 
 #[async_trait]
 impl Subscription for MqttSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            let Inbound { publish, epoch } = self.inbox.recv().await?;
+            let inbound = tokio::select! {
+                biased;
+                Some(delivery) = self.orphans.recv() => return Some(delivery),
+                Some(notice) = next_orphan(&mut self.watcher) => {
+                    if matches!(self.received(&notice.publish.topic), Some(Received::Orphan)) {
+                        self.orphaned(&notice.publish);
+                    }
+                    continue;
+                }
+                inbound = self.inbox.recv() => inbound,
+            };
+            let Inbound { publish, epoch } = inbound?;
             match self.received(&publish.topic) {
                 Some(Received::Stored(topic)) => return Some(self.stored(publish, epoch, topic)),
                 Some(Received::Request(topic)) => {
@@ -51,7 +145,7 @@ impl Subscription for MqttSubscription {
                         return Some(delivery);
                     }
                 }
-                None => {
+                Some(Received::Orphan) | None => {
                     // Only another producer writes such topics: no handler
                     // could be told which topic it came on.
                     tracing::warn!(
@@ -83,6 +177,9 @@ impl MqttSubscription {
     /// level holding `.`.
     pub(super) fn received(&self, mqtt_topic: &[u8]) -> Option<Received> {
         let mqtt_topic = std::str::from_utf8(mqtt_topic).ok()?;
+        if mqtt_topic == self.orphan_topic {
+            return Some(Received::Orphan);
+        }
         let taken = |topic: &String| {
             !topic.split('.').any(str::is_empty) && pattern::matches(&self.topic, topic)
         };
@@ -105,8 +202,35 @@ impl MqttSubscription {
         }
     }
 
+    /// One of the trigger's clients went away: unless it is this host's
+    /// own (back in time), this host finishes its session.
+    fn orphaned(&self, publish: &Publish) {
+        let dead = String::from_utf8_lossy(&publish.payload).into_owned();
+        tracing::debug!(client = %dead, "an mqtt trigger client went away");
+        if dead == self.spec.client_id || !takeover::is_client_of(&self.spec, &dead) {
+            return;
+        }
+        let (spec, out) = (self.spec.clone(), self.orphans_tx.clone());
+        tokio::spawn(takeover::finish(spec, dead, out));
+    }
+
     /// A stored message of `topic`.
     pub(super) fn stored(&self, publish: Publish, epoch: u64, topic: String) -> Delivery {
+        let (message, acker) = self.stored_parts(publish, epoch, topic);
+        Delivery {
+            message,
+            reply: None,
+            acker: Box::new(acker),
+        }
+    }
+
+    /// A stored message of `topic`, and how to settle it.
+    pub(super) fn stored_parts(
+        &self,
+        publish: Publish,
+        epoch: u64,
+        topic: String,
+    ) -> (Message, MqttAcker) {
         let (id, headers, attempt) = metadata(publish.properties.as_ref());
         // A message sent again by the broker (after a reconnect) is at
         // least one more attempt.
@@ -120,25 +244,16 @@ impl MqttSubscription {
             headers,
             attempt,
         };
-        // Acknowledging takes only the packet id and the QoS.
-        let token = Publish {
-            pkid: publish.pkid,
-            qos: publish.qos,
-            ..Default::default()
-        };
-        Delivery {
+        let acker = MqttAcker {
+            link: self.link.clone(),
+            token: token_of(&publish),
+            epoch,
+            retry_topic: topic_under(&self.retry_prefix, &message.topic),
             message: message.clone(),
-            reply: None,
-            acker: Box::new(MqttAcker {
-                link: self.link.clone(),
-                token,
-                epoch,
-                retry_topic: topic_under(&self.retry_prefix, &message.topic),
-                message,
-                timeout: self.timeout,
-                alive: Arc::downgrade(&self.alive),
-            }),
-        }
+            timeout: self.timeout,
+            alive: Arc::downgrade(&self.alive),
+        };
+        (message, acker)
     }
 
     /// A request to `topic`. The handler's answer is published to the
@@ -183,6 +298,15 @@ impl MqttSubscription {
             reply: Some(reply_tx),
             acker: Box::new(NoAck),
         })
+    }
+}
+
+/// What acknowledging a delivery takes: its packet id and QoS.
+pub(super) fn token_of(publish: &Publish) -> Publish {
+    Publish {
+        pkid: publish.pkid,
+        qos: publish.qos,
+        ..Default::default()
     }
 }
 
@@ -231,9 +355,16 @@ impl Acker for MqttAcker {
     }
 
     async fn nack(self: Box<Self>, delay: Duration) {
-        // The original stays unacknowledged (and so safe) during the
-        // backoff.
-        tokio::spawn(async move {
+        tokio::spawn(self.retry_after(delay));
+    }
+}
+
+impl MqttAcker {
+    /// After `delay`, republishes the failed message's copy to the
+    /// trigger's retry subtree and acknowledges the original, which stays
+    /// unacknowledged (and so safe) during the backoff.
+    pub(super) async fn retry_after(self: Box<Self>, delay: Duration) {
+        {
             tokio::time::sleep(delay).await;
             if !self.current() {
                 tracing::debug!(
@@ -268,6 +399,6 @@ impl Acker for MqttAcker {
                     "cannot republish a failed message; the broker redelivers it when the session reconnects"
                 ),
             }
-        });
+        }
     }
 }

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Where to connect and as whom, from the settings' URL.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Target {
     /// A name or an address, IPv6 in brackets.
     pub(super) host: String,
@@ -193,6 +193,20 @@ pub(super) fn shared_request_filter(app: &str, consumer: &str, topic: &str) -> S
     shared(&format!("{}-req", share_group(app, consumer)), &filter)
 }
 
+/// `berth/<app>/orphans/<trigger key>`: where the broker publishes the
+/// will of trigger `consumer`'s clients on `topic`, naming a client that
+/// went away without a word.
+pub(super) fn orphan_topic(app: &str, consumer: &str, topic: &str) -> String {
+    format!("berth/{app}/orphans/{}", trigger_key(consumer, topic))
+}
+
+/// The shared subscription through which one live host of trigger
+/// `consumer` on `topic` hears of its clients that went away.
+pub(super) fn shared_orphan_filter(app: &str, consumer: &str, topic: &str) -> String {
+    let group = format!("{}-orphans", share_group(app, consumer));
+    shared(&group, &orphan_topic(app, consumer, topic))
+}
+
 /// The user properties carrying `id`, `headers` and, past the first, the
 /// attempt. Headers named like Berth's own properties are left out, because
 /// the host's values win.
@@ -237,14 +251,28 @@ pub(super) fn metadata(
 }
 
 /// What a client is for.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) enum Role {
     /// Publishes and receives replies. It has a clean session, because
     /// nothing it receives needs to outlive a connection.
     Publisher,
-    /// Consumes one trigger's messages and requests. It has a persistent
-    /// session, kept this many seconds after a disconnect, and manual acks.
-    Trigger(u32),
+    /// Consumes one trigger's messages and requests (or finishes the
+    /// session of such a client that went away, under its id). It has a
+    /// persistent session, kept `session_expiry_secs` after a disconnect,
+    /// manual acks, and a will: should it go away without a word, the
+    /// broker publishes its client id to `orphans` (see
+    /// [`super::takeover`]).
+    Trigger {
+        session_expiry_secs: u32,
+        orphans: String,
+    },
+    /// Hears of a trigger's clients that went away. Its session is clean
+    /// and ends with its connection, so the broker never deals an
+    /// announcement to a host that is gone.
+    Watcher,
+    /// Connects once under a client id to discard the session the broker
+    /// keeps for it.
+    Forget,
 }
 
 /// The options of one client. Never `Debug`-print them: rumqttc's `Debug`
@@ -269,12 +297,38 @@ pub(super) fn mqtt_options(
             options.set_clean_start(true);
             options.set_outgoing_inflight_upper_limit(PUBLISHER_INFLIGHT);
         }
-        Role::Trigger(session_expiry_secs) => {
+        Role::Trigger {
+            session_expiry_secs,
+            orphans,
+        } => {
             options.set_clean_start(false);
             options.set_manual_acks(true);
             options.set_outgoing_inflight_upper_limit(TRIGGER_INFLIGHT);
             properties.session_expiry_interval = Some(session_expiry_secs);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
+            // Within the session's life, so that the session is still there
+            // to take over when the will comes.
+            let delay = (WILL_DELAY.as_secs() as u32).min(session_expiry_secs / 2);
+            let will = LastWillProperties {
+                delay_interval: Some(delay),
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+            };
+            options.set_last_will(LastWill::new(
+                orphans,
+                client_id.as_bytes().to_vec(),
+                QoS::AtLeastOnce,
+                false,
+                Some(will),
+            ));
+        }
+        Role::Watcher | Role::Forget => {
+            options.set_clean_start(true);
+            options.set_outgoing_inflight_upper_limit(TRIGGER_INFLIGHT);
         }
     }
     options.set_connect_properties(properties);

@@ -1,0 +1,212 @@
+//! Finishing the session of a host that went away.
+//!
+//! Mosquitto deals a shared subscription's messages to each member's
+//! session, and keeps the ones dealt to a member that disconnected in its
+//! session until it expires; MQTT 5 lets a broker hand them to another
+//! member, and Mosquitto does not. So each trigger client connects with a
+//! will: if it goes away without a word (a crash, `kill -9`, a lost
+//! machine) and does not come back within [`WILL_DELAY`], the broker
+//! publishes its client id to the trigger's orphan topic. Every host
+//! watches that topic through one share, from a client whose session ends
+//! with its connection (a host that is gone is not dealt the will). The
+//! host that gets the will resumes the session under that client id, with
+//! the same will, unsubscribes the share filters (so nothing new is dealt
+//! to it), and hands out what the broker still held for it (sent again,
+//! so counted as one more attempt). Once all of it is settled and nothing
+//! came for [`QUIET`], it disconnects and discards the session (a clean
+//! connect under the same id). Should it die meanwhile, the will it
+//! connected with brings the session to another host.
+//!
+//! A host that comes back under its stable `client_id` while another one
+//! finishes its session takes the session back (the broker disconnects the
+//! other, which does not reconnect) and gets again what was not settled.
+
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+
+/// How long a trigger client may be away before its session is taken
+/// over: a reconnect within it cancels the will.
+pub const WILL_DELAY: Duration = Duration::from_secs(5);
+/// A taken-over session is ended once nothing came for this long and all
+/// its deliveries were settled.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Whether `client_id` names a client of the trigger of `spec` (on any
+/// host): `berth-<app>-<host>-<trigger key>[-<n>]`. Anything else on the
+/// orphan topic was not published by a broker's will for this trigger.
+pub(super) fn is_client_of(spec: &TriggerSpec, client_id: &str) -> bool {
+    let key = trigger_key(&spec.consumer, &spec.topic);
+    let Some(rest) = client_id.strip_prefix(&format!("berth-{}-", spec.app)) else {
+        return false;
+    };
+    let names_trigger = rest
+        .rsplit_once(&format!("-{key}"))
+        .is_some_and(|(host, n)| {
+            !host.is_empty()
+                && (n.is_empty()
+                    || n.strip_prefix('-')
+                        .is_some_and(|n| n.parse::<u32>().is_ok()))
+        });
+    mqtt_safe(client_id) && names_trigger
+}
+
+/// Finishes the session of the trigger's client `dead`, handing what it
+/// held out through `out` (the trigger's own deliveries). A session the
+/// broker no longer has (its host came back, or another host finished it)
+/// needs nothing.
+pub(super) async fn finish(
+    spec: Arc<TriggerSpec>,
+    dead: String,
+    out: mpsc::UnboundedSender<Delivery>,
+) {
+    let (deliveries, inbox) = mpsc::unbounded_channel();
+    let role = Role::Trigger {
+        session_expiry_secs: spec.session_expiry_secs,
+        orphans: orphan_topic(&spec.app, &spec.consumer, &spec.topic),
+    };
+    let options = mqtt_options(&spec.target, &dead, spec.timeout, role);
+    match Link::resume(options, Inbox::Deliveries(deliveries), spec.timeout).await {
+        Ok((link, true)) => {
+            tracing::info!(client = %dead, "finishing the mqtt session of a host that went away");
+            let settled = drain(spec.clone(), link, inbox, &out).await;
+            if settled {
+                forget(&spec, &dead).await;
+            }
+        }
+        Ok((link, false)) => {
+            tracing::debug!(client = %dead, "the mqtt session of a host that went away is gone already");
+            drop(link);
+            forget(&spec, &dead).await;
+        }
+        Err(e) => {
+            tracing::warn!(client = %dead, error = %e, "cannot take over the mqtt session of a host that went away; its messages wait in it until it expires");
+        }
+    }
+}
+
+/// Discards the session the broker keeps for client `id`: a clean connect
+/// under that id, ended at once.
+async fn forget(spec: &TriggerSpec, id: &str) {
+    let options = mqtt_options(&spec.target, id, spec.timeout, Role::Forget);
+    let (deliveries, _inbox) = mpsc::unbounded_channel();
+    if let Err(e) = Link::resume(options, Inbox::Deliveries(deliveries), spec.timeout).await {
+        tracing::debug!(client = %id, error = %e, "cannot discard a finished mqtt session; it expires by itself");
+    }
+}
+
+/// Stops the session's share subscriptions and hands out what the broker
+/// held for it until all of it is settled and nothing more comes; then
+/// drops the link. Returns whether all of it was settled (the connection
+/// may be lost first, the session then keeping the rest).
+async fn drain(
+    spec: Arc<TriggerSpec>,
+    link: Link,
+    inbox: mpsc::UnboundedReceiver<Inbound>,
+    out: &mpsc::UnboundedSender<Delivery>,
+) -> bool {
+    for filter in &spec.filters {
+        if let Err(e) = link.client.unsubscribe(filter.clone()).await {
+            tracing::debug!(error = %e, "cannot unsubscribe a taken-over mqtt session");
+        }
+    }
+    let mut session = MqttSubscription::new(spec, link, inbox, false);
+    let unsettled = Arc::new(AtomicUsize::new(0));
+    loop {
+        let inbound = match tokio::time::timeout(QUIET, session.inbox.recv()).await {
+            Ok(Some(inbound)) => inbound,
+            // The connection is gone: what was not settled stays in the
+            // session for whoever resumes it.
+            Ok(None) => return false,
+            Err(_) if unsettled.load(Ordering::SeqCst) == 0 => return true,
+            Err(_) => continue,
+        };
+        let Inbound { publish, epoch } = inbound;
+        let Some(Received::Stored(topic)) = session.received(&publish.topic) else {
+            // Requests are never stored; anything else is not the
+            // trigger's.
+            session.ack_now(&publish, epoch).await;
+            continue;
+        };
+        let (message, acker) = session.stored_parts(publish, epoch, topic);
+        unsettled.fetch_add(1, Ordering::SeqCst);
+        let acker = Counted {
+            inner: Box::new(acker),
+            unsettled: unsettled.clone(),
+        };
+        let delivery = Delivery {
+            message,
+            reply: None,
+            acker: Box::new(acker),
+        };
+        if out.send(delivery).is_err() {
+            // This host's trigger stopped: the rest stays in the session,
+            // and this connection's will brings it to another host.
+            return false;
+        }
+    }
+}
+
+/// Settles a delivery of a taken-over session and counts it settled once
+/// the broker was told (after a retry's copy, for a failure).
+struct Counted {
+    inner: Box<MqttAcker>,
+    unsettled: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Acker for Counted {
+    async fn ack(self: Box<Self>) {
+        self.inner.settle().await;
+        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) {
+        tokio::spawn(async move {
+            self.inner.retry_after(delay).await;
+            self.unsettled.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TriggerSpec {
+        TriggerSpec {
+            target: parse_url("mqtt://127.0.0.1:1883").unwrap(),
+            app: "shop".into(),
+            consumer: "handler".into(),
+            topic: "orders".into(),
+            client_id: "berth-shop-h1-x".into(),
+            filters: Vec::new(),
+            timeout: Duration::from_secs(1),
+            session_expiry_secs: 60,
+        }
+    }
+
+    #[test]
+    fn only_the_triggers_own_clients_are_taken_over() {
+        let spec = spec();
+        let key = trigger_key("handler", "orders");
+        for ok in [
+            format!("berth-shop-a1b2c3-{key}"),
+            format!("berth-shop-pod-7-{key}-2"),
+        ] {
+            assert!(is_client_of(&spec, &ok), "{ok}");
+        }
+        let other = trigger_key("handler", "payments");
+        for bad in [
+            format!("berth-other-a1b2c3-{key}"),
+            format!("berth-shop-a1b2c3-{other}"),
+            format!("berth-shop--{key}"),
+            format!("berth-shop-a1b2c3-{key}-x"),
+            format!("berth-shop-a/b-{key}"),
+            "berth-shop".to_string(),
+            String::new(),
+        ] {
+            assert!(!is_client_of(&spec, &bad), "{bad}");
+        }
+    }
+}
