@@ -298,11 +298,14 @@ impl Shared {
 
     /// How the test takes one host away mid-run. Kafka's is a clean stop:
     /// the tansu broker CI runs does not hand a killed member's partitions
-    /// to the others when its session expires (see `docs/scaling.md`).
+    /// to the others when its session expires (see `docs/scaling.md`). On
+    /// a broker that does, `BERTH_TEST_KAFKA_KILL=1` kills it instead.
     fn departure(&self) -> Departure {
         match self {
-            Shared::Kafka(_) => Departure::Stop,
-            Shared::Nats(_) | Shared::Mqtt(_) => Departure::Kill,
+            Shared::Kafka(_) if std::env::var("BERTH_TEST_KAFKA_KILL").as_deref() != Ok("1") => {
+                Departure::Stop
+            }
+            Shared::Nats(_) | Shared::Kafka(_) | Shared::Mqtt(_) => Departure::Kill,
         }
     }
 
