@@ -71,9 +71,13 @@ use super::{
 mod discover;
 mod group;
 mod legacy;
+mod names;
+mod progress;
 mod shared;
 
 use group::*;
+use names::*;
+use progress::*;
 use shared::*;
 
 /// Header carrying the Berth id.
