@@ -11,7 +11,8 @@
 //! Needs the `BERTH_TEST_*` variables `.ci/services.sh` prints; a case
 //! whose server is missing is reported as skipped.
 //! `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group; `invoke` measures
-//! only the per-message invocation cost (for profiling).
+//! only the per-message invocation cost (for profiling), and
+//! `BERTH_BENCH_SIDE=berth|native` runs one side of the point query.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,10 +26,11 @@ mod cpu;
 #[path = "ports/nats.rs"]
 mod nats;
 
-/// Point queries per side, after as many warm-up queries.
-const POINT_QUERIES: u64 = 5_000;
-/// Alternated rounds per side of the point-query benchmark.
-const ROUNDS: usize = 5;
+/// Point queries per side, after a quarter as many warm-up queries.
+const POINT_QUERIES: u64 = 20_000;
+/// Blocks of the point-query benchmark, alternating sides (and which side
+/// goes first), so that both sample the same noise of a shared machine.
+const BLOCKS: usize = 40;
 /// Rows in the point-query table.
 const POINT_ROWS: u64 = 1_000;
 /// The blob round trip, MiB.
@@ -65,11 +67,15 @@ fn main() {
         }
         match env("BERTH_TEST_POSTGRES_URL") {
             Some(url) => postgres_point_query(&url).await,
-            None => println!("postgres: skipped (BERTH_TEST_POSTGRES_URL not set)\n"),
+            None => println!(
+                "postgres: skipped (BERTH_TEST_POSTGRES_URL not set, or another group chosen)\n"
+            ),
         }
         match env("BERTH_TEST_S3_ENDPOINT") {
             Some(endpoint) => s3_round_trip(&endpoint).await,
-            None => println!("s3: skipped (BERTH_TEST_S3_ENDPOINT not set)\n"),
+            None => {
+                println!("s3: skipped (BERTH_TEST_S3_ENDPOINT not set, or another group chosen)\n")
+            }
         }
         match env("BERTH_TEST_NATS_URL") {
             Some(url) => {
@@ -90,7 +96,9 @@ fn main() {
                     ),
                 }
             }
-            None => println!("nats: skipped (BERTH_TEST_NATS_URL not set)\n"),
+            None => {
+                println!("nats: skipped (BERTH_TEST_NATS_URL not set, or another group chosen)\n")
+            }
         }
     });
 }
@@ -210,7 +218,7 @@ async fn postgres_point_query(url: &str) {
                 .collect::<Vec<_>>()
         }
     };
-    guest(POINT_QUERIES).await; // warm-up: pool, prepared statements, caches
+    guest(POINT_QUERIES / 4).await; // warm-up: pool, prepared statements, caches
 
     // Native: sqlx on an identical pool.
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -230,42 +238,57 @@ async fn postgres_point_query(url: &str) {
         .connect(url)
         .await
         .unwrap();
-    let native = || async {
-        let mut samples = Vec::with_capacity(POINT_QUERIES as usize);
-        for i in 0..POINT_QUERIES {
-            let id = (i % POINT_ROWS + 1) as i64;
-            let start = Instant::now();
-            let row: (i64, String) =
-                sqlx::query_as("SELECT id, name FROM bench_users WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            samples.push(start.elapsed().as_nanos() as u64);
-            assert_eq!(row.0, id);
+    let native = |n: u64| {
+        let pool = &pool;
+        async move {
+            let mut samples = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let id = (i % POINT_ROWS + 1) as i64;
+                let start = Instant::now();
+                let row: (i64, String) =
+                    sqlx::query_as("SELECT id, name FROM bench_users WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(pool)
+                        .await
+                        .unwrap();
+                samples.push(start.elapsed().as_nanos() as u64);
+                assert_eq!(row.0, id);
+            }
+            samples
         }
-        samples
     };
-    native().await; // warm-up
+    native(POINT_QUERIES / 4).await; // warm-up
 
-    // Alternate the two sides so drift in the server hits both alike, and
-    // report the median over rounds of each round's percentiles: one
-    // scheduling hiccup on this shared 2-core machine moves a single
-    // round's p99, not the median of five.
-    let (mut berth, mut direct) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        berth.push(percentiles(guest(POINT_QUERIES).await));
-        direct.push(percentiles(native().await));
+    // Profiling aid: `BERTH_BENCH_SIDE=berth|native` runs one side only.
+    if let Ok(side) = std::env::var("BERTH_BENCH_SIDE") {
+        let samples = match side.as_str() {
+            "berth" => guest(POINT_QUERIES).await,
+            _ => native(POINT_QUERIES).await,
+        };
+        let (p50, p99) = percentiles(samples);
+        println!("{side} only: p50 {p50:.1} µs, p99 {p99:.1} µs\n");
+        return;
     }
-    let median = |rounds: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
-        let mut v: Vec<f64> = rounds.iter().map(pick).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (b50, b99) = (median(&berth, |r| r.0), median(&berth, |r| r.1));
-    let (n50, n99) = (median(&direct, |r| r.0), median(&direct, |r| r.1));
+
+    // Alternate the two sides in short blocks (about 0.15 s each), the
+    // first side changing every block, so that the hiccups of this shared
+    // 2-core machine fall on both alike; then take each side's percentiles
+    // over all of its samples.
+    let block = POINT_QUERIES / BLOCKS as u64;
+    let (mut berth, mut direct) = (Vec::new(), Vec::new());
+    for b in 0..BLOCKS {
+        if b % 2 == 0 {
+            berth.push(guest(block).await);
+            direct.push(native(block).await);
+        } else {
+            direct.push(native(block).await);
+            berth.push(guest(block).await);
+        }
+    }
+    let (b50, b99) = percentiles(berth.concat());
+    let (n50, n99) = percentiles(direct.concat());
     println!(
-        "## Postgres point query by primary key ({ROUNDS} alternated rounds of {POINT_QUERIES} queries per side; medians of the rounds' percentiles)\n"
+        "## Postgres point query by primary key ({POINT_QUERIES} queries per side in {BLOCKS} alternated blocks; percentiles over all samples)\n"
     );
     println!("| | p50 µs | p99 µs |\n|---|---|---|");
     println!("| native sqlx pool | {n50:.1} | {n99:.1} |");
@@ -277,15 +300,16 @@ async fn postgres_point_query(url: &str) {
         b99 / n99,
         b99 - n99
     );
-    let spread = |rounds: &[(f64, f64)]| {
-        rounds
-            .iter()
-            .map(|r| format!("{:.0}", r.1))
+    // The spread: each quarter of the run's own p99, per side.
+    let spread = |blocks: &[Vec<u64>]| {
+        blocks
+            .chunks(BLOCKS / 4)
+            .map(|quarter| format!("{:.0}", percentiles(quarter.concat()).1))
             .collect::<Vec<_>>()
             .join(", ")
     };
     println!(
-        "\np99 per round, µs: native {}; Berth {}.\n",
+        "\np99 per quarter of the run, µs: native {}; Berth {}.\n",
         spread(&direct),
         spread(&berth)
     );
