@@ -338,12 +338,14 @@ pub async fn open(
             url,
             timeout_ms,
             ack_wait_ms,
+            prefetch,
         } => {
             let settings = NatsSettings {
                 url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
                 ack_wait: ms(ack_wait_ms, 60_000),
+                prefetch: prefetch.unwrap_or(32).max(1),
             };
             Arc::new(
                 NatsBroker::connect(&settings)

@@ -41,6 +41,10 @@ pub struct NatsSettings {
     /// How long a delivery may stay unacknowledged before JetStream
     /// redelivers it (covers a host that died mid-message).
     pub ack_wait: Duration,
+    /// Messages a trigger fetches ahead of its handlers. Their ack wait
+    /// runs while they queue in the host, so a large batch behind slow
+    /// handlers would outlive it and be delivered twice.
+    pub prefetch: u16,
 }
 
 /// An app's broker on NATS JetStream.
@@ -49,6 +53,7 @@ pub struct NatsBroker {
     js: jetstream::Context,
     app: String,
     ack_wait: Duration,
+    prefetch: u16,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
@@ -75,6 +80,7 @@ impl NatsBroker {
             js,
             app: s.app.clone(),
             ack_wait: s.ack_wait,
+            prefetch: s.prefetch,
         };
         broker
             .js
@@ -237,7 +243,17 @@ impl MessagingBackend for NatsBroker {
             )
             .await
             .map_err(unavailable)?;
-        let messages = pull_consumer.messages().await.map_err(unavailable)?;
+        // async-nats fetches 200 at a time by default: behind 8 slow
+        // handlers, the last of them waited past the ack wait and came
+        // again while still queued here.
+        let messages = pull_consumer
+            .stream()
+            .max_messages_per_batch(usize::from(self.prefetch))
+            // As `messages()` sets it: a pull that went quiet is noticed.
+            .heartbeat(Duration::from_secs(15))
+            .messages()
+            .await
+            .map_err(unavailable)?;
         let requests = self
             .client
             .queue_subscribe(self.req_subject(topic), durable.clone())
