@@ -172,11 +172,14 @@ enum Shared {
 impl Shared {
     /// The `[messaging]` section. Failover is made quick: a short ack wait
     /// (NATS) or session timeout (Kafka) brings a killed host's messages
-    /// back soon.
+    /// back soon. The ack wait must still outlast a delivery's handling
+    /// while the other tests load the machine (with 3 s, hundreds of
+    /// deliveries on a 2-core machine outlived it and came twice, some of
+    /// them after the consumer reported everything acknowledged).
     fn messaging_toml(&self) -> String {
         match self {
             Shared::Nats(url) => {
-                format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 3000\n")
+                format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 10000\n")
             }
             Shared::Kafka(url) => {
                 format!("[messaging]\ntype = \"kafka\"\nurl = {url:?}\nsession_timeout_ms = 6000\n")
@@ -343,8 +346,8 @@ async fn messaging_three_hosts_share_work_and_survive_stop_kafka() {
 /// Three `berth up` processes share one trigger's messages; one leaves a
 /// quarter of the way through (killed with SIGKILL, or stopped with
 /// SIGTERM on Kafka); every message's effect ends up in Postgres exactly
-/// once, every host did part of the work, and the departed host's
-/// unsettled messages were delivered again to the others.
+/// once, every host did part of the work, and a killed host's unsettled
+/// messages were delivered again to the others.
 async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
     let Some(pg) = service("BERTH_TEST_POSTGRES_URL") else {
         return;
@@ -431,9 +434,11 @@ async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
     );
     assert_eq!(scalar(&mut db, &s, &published).await, MESSAGES as i64);
 
-    // The departed host's unsettled messages came again: as a later attempt
+    // A killed host's unsettled messages came again: as a later attempt
     // (NATS and MQTT count them), or as a second delivery of the same
-    // record from its committed offset (Kafka does not count).
+    // record from its committed offset (Kafka does not count). A stopped
+    // host settles what it holds before it leaves, so it may leave nothing
+    // to deliver again; the exact counts above show nothing was lost.
     let deliveries = "SELECT count(*) FROM {s}.deliveries";
     let redelivered = scalar(
         &mut db,
@@ -443,8 +448,8 @@ async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
     .await;
     let repeated = scalar(&mut db, &s, deliveries).await - MESSAGES as i64;
     assert!(
-        redelivered + repeated > 0,
-        "the departed host's unsettled messages were delivered again ({redelivered} later attempts, {repeated} repeated deliveries)"
+        departure == Departure::Stop || redelivered + repeated > 0,
+        "the killed host's unsettled messages were delivered again ({redelivered} later attempts, {repeated} repeated deliveries)"
     );
 
     // Work was spread over every host, the victim included.
