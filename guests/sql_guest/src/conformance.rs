@@ -91,6 +91,16 @@ fn value_round_trip(conn: &Connection, dialect: &str) {
         ["id", "n", "b", "i_min", "i_max", "f", "t", "bl", "ts", "d", "j", "u", "amount"]
     );
     assert_eq!(rs.rows.len(), 1);
+    // No row: the columns are still named, with the same types.
+    let empty = conn
+        .query("SELECT id, t FROM all_types WHERE id = ?", &[Value::Int(-1)])
+        .expect("select no rows");
+    assert!(empty.rows.is_empty(), "{:?}", empty.rows);
+    let names: Vec<&str> = empty.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["id", "t"], "an empty result names its columns");
+    assert_eq!(empty.columns[0].type_name, rs.columns[0].type_name);
+    assert_eq!(empty.columns[1].type_name, rs.columns[6].type_name);
+    step("an empty result names its columns");
     let row = &rs.rows[0];
     assert_eq!(row.len(), 13);
     assert_eq!(as_int(&row[0]), Some(1));

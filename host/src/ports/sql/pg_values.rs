@@ -153,15 +153,19 @@ pub(super) fn bind(mut q: PgQuery<'_>, params: Vec<PgParam>) -> PgQuery<'_> {
     q
 }
 
+/// The Postgres types of converted parameters, as they will be bound.
+pub(super) fn param_types(params: &[PgParam]) -> Vec<PgTypeInfo> {
+    params.iter().map(PgParam::type_info).collect()
+}
+
 /// Prepares `sql` with the parameters' own types (so what is bound matches
 /// what the server expects) and returns the statement's columns too.
 pub(super) async fn prepare(
     conn: &mut sqlx::PgConnection,
     sql: &str,
-    params: &[PgParam],
+    types: &[PgTypeInfo],
 ) -> Result<sqlx::postgres::PgStatement<'static>, SqlError> {
-    let types: Vec<PgTypeInfo> = params.iter().map(PgParam::type_info).collect();
-    conn.prepare_with(sql, &types)
+    conn.prepare_with(sql, types)
         .await
         .map(|s| sqlx::Statement::to_owned(&s))
         .map_err(map_error)
@@ -187,9 +191,10 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
     if raw.is_null() {
         return Ok(SqlValue::Null);
     }
-    let type_name = raw.type_info().name().to_string();
+    let type_info = raw.type_info();
+    let type_name = type_info.name();
     let get = |e: sqlx::Error| map_error(e);
-    Ok(match type_name.as_str() {
+    Ok(match type_name {
         "BOOL" => SqlValue::Boolean(row.try_get(i).map_err(get)?),
         "INT2" => SqlValue::Int(row.try_get::<i16, _>(i).map_err(get)?.into()),
         "INT4" => SqlValue::Int(row.try_get::<i32, _>(i).map_err(get)?.into()),
