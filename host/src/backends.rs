@@ -345,7 +345,7 @@ pub async fn open(
                 app: app.to_string(),
                 timeout: ms(timeout_ms, 5000),
                 ack_wait: ms(ack_wait_ms, 60_000),
-                prefetch: prefetch.unwrap_or(32).max(1),
+                prefetch: prefetch.unwrap_or(200).max(1),
             };
             Arc::new(
                 NatsBroker::connect(&settings)

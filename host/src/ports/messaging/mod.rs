@@ -258,7 +258,7 @@ pub enum MessagingConfig {
         timeout_ms: Option<u64>,
         /// Redelivery of unacknowledged messages, in ms; default 60000.
         ack_wait_ms: Option<u64>,
-        /// Messages a host fetches ahead per trigger; default 32.
+        /// Messages a host fetches ahead per trigger; default 200.
         prefetch: Option<u16>,
     },
     /// RabbitMQ: an exchange per app, a durable queue per trigger.

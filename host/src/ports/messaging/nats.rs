@@ -41,9 +41,11 @@ pub struct NatsSettings {
     /// How long a delivery may stay unacknowledged before JetStream
     /// redelivers it (covers a host that died mid-message).
     pub ack_wait: Duration,
-    /// Messages a trigger fetches ahead of its handlers. Their ack wait
-    /// runs while they queue in the host, so a large batch behind slow
-    /// handlers would outlive it and be delivered twice.
+    /// Messages a trigger fetches ahead of its handlers (default 200, as
+    /// async-nats). Their ack wait runs while they queue in the host: with
+    /// slow handlers, a smaller batch keeps the tail of it from outliving
+    /// the ack wait and being delivered twice. Fast handlers need the large
+    /// one: with 32, B10's warm no-op case fell from 1.00x to 0.54x.
     pub prefetch: u16,
 }
 
@@ -243,9 +245,6 @@ impl MessagingBackend for NatsBroker {
             )
             .await
             .map_err(unavailable)?;
-        // async-nats fetches 200 at a time by default: behind 8 slow
-        // handlers, the last of them waited past the ack wait and came
-        // again while still queued here.
         let messages = pull_consumer
             .stream()
             .max_messages_per_batch(usize::from(self.prefetch))
