@@ -93,7 +93,10 @@ fn value_round_trip(conn: &Connection, dialect: &str) {
     assert_eq!(rs.rows.len(), 1);
     // No row: the columns are still named, with the same types.
     let empty = conn
-        .query("SELECT id, t FROM all_types WHERE id = ?", &[Value::Int(-1)])
+        .query(
+            "SELECT id, t FROM all_types WHERE id = ?",
+            &[Value::Int(-1)],
+        )
         .expect("select no rows");
     assert!(empty.rows.is_empty(), "{:?}", empty.rows);
     let names: Vec<&str> = empty.columns.iter().map(|c| c.name.as_str()).collect();
