@@ -178,8 +178,9 @@ async fn query_on(
     // sqlx prepares the statement (once per connection: it is cached) with
     // the bound parameters' types. The columns come with the first row; only
     // an empty result needs the statement itself, from the same cache. An
-    // explicit prepare before every query cost a second cache lookup and a
-    // copy of the statement, about 4 µs a query (B4 in docs/benchmarks.md).
+    // explicit prepare before every query cost a second cache lookup, a
+    // copy of the statement and a boxed future: about 15 µs a query at p50
+    // on a 2-vCPU VM (B4 in docs/benchmarks.md).
     let mut columns = None;
     let mut out = CappedRows::new(caps);
     {
