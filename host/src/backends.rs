@@ -44,6 +44,30 @@ impl Origin<'_> {
     fn err(&self, key: &str, e: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!("{}: `{key}` (for app `{}`): {e}", self.source, self.app)
     }
+
+    /// A timeout in milliseconds, `default` when unset. 0 is refused rather
+    /// than read as "no timeout" or "fail at once": every wait the host makes
+    /// on a server ends, and a typo should not silently break every call.
+    fn millis(&self, key: &str, value: Option<u64>, default: u64) -> anyhow::Result<Duration> {
+        match value {
+            None => Ok(Duration::from_millis(default)),
+            Some(0) => Err(self.err(key, "is 0; it must be at least 1 (milliseconds)")),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    /// A count that must be at least 1 (a pool size, a prefetch), `default`
+    /// when unset. 0 would stall every call, so it is refused, not clamped.
+    fn at_least_one<T>(&self, key: &str, value: Option<T>, default: T) -> anyhow::Result<T>
+    where
+        T: Copy + PartialEq + Default + std::fmt::Display,
+    {
+        match value {
+            None => Ok(default),
+            Some(n) if n == T::default() => Err(self.err(key, "is 0; it must be at least 1")),
+            Some(n) => Ok(n),
+        }
+    }
 }
 
 /// Resolves a URL whose password, if any, must be a reference.
@@ -97,10 +121,6 @@ async fn optional_secret(
 /// Pool size of a server database when neither config names one.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
-fn ms(v: Option<u64>, default: u64) -> Duration {
-    Duration::from_millis(v.unwrap_or(default))
-}
-
 /// Opens every logical resource `manifest` declares, under `state`.
 pub async fn open(
     host: &HostConfig,
@@ -116,11 +136,24 @@ pub async fn open(
     let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
     for (name, decl) in &manifest.sql {
         let key = format!("sql.{name}");
-        // The host config's `max_connections` caps what the manifest asks.
-        let pool_size = |host_max: Option<u32>| {
-            let host_max = host_max.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1);
-            decl.max_connections
-                .map_or(host_max, |m| m.clamp(1, host_max))
+        // The host config's `max_connections` caps what the manifest asks
+        // (the manifest's own 0 is refused when it is parsed).
+        let pool_size = |host_max: Option<u32>, host_min: Option<u32>| {
+            let max_key = format!("{key}.max_connections");
+            let host_max = origin.at_least_one(&max_key, host_max, DEFAULT_MAX_CONNECTIONS)?;
+            let min = host_min.unwrap_or(0);
+            if min > host_max {
+                return Err(origin.err(
+                    &format!("{key}.min_connections"),
+                    format!("is {min}; it must be at most `max_connections` ({host_max})"),
+                ));
+            }
+            let max = decl
+                .max_connections
+                .map_or(host_max, |m| m.clamp(1, host_max));
+            // A manifest asking for fewer connections than the host keeps
+            // open lowers the minimum with it.
+            anyhow::Ok((max, min.min(max)))
         };
         let cfg = host
             .sql
@@ -178,15 +211,25 @@ pub async fn open(
                         })
                     }
                 };
+                let (max_connections, min_connections) =
+                    pool_size(max_connections, min_connections)?;
                 let settings = PostgresSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     password: optional_secret(&origin, &key, password, &secrets).await?,
                     tenant,
                     schema,
-                    max_connections: pool_size(max_connections),
-                    min_connections: min_connections.unwrap_or(0),
-                    connect_timeout: ms(connect_timeout_ms, 5000),
-                    statement_timeout: ms(statement_timeout_ms, 30_000),
+                    max_connections,
+                    min_connections,
+                    connect_timeout: origin.millis(
+                        &format!("{key}.connect_timeout_ms"),
+                        connect_timeout_ms,
+                        5000,
+                    )?,
+                    statement_timeout: origin.millis(
+                        &format!("{key}.statement_timeout_ms"),
+                        statement_timeout_ms,
+                        30_000,
+                    )?,
                     application_name: format!("berth:{app}:{name}"),
                 };
                 Arc::new(
@@ -203,13 +246,23 @@ pub async fn open(
                 connect_timeout_ms,
                 statement_timeout_ms,
             } => {
+                let (max_connections, min_connections) =
+                    pool_size(max_connections, min_connections)?;
                 let settings = MysqlSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     password: optional_secret(&origin, &key, password, &secrets).await?,
-                    max_connections: pool_size(max_connections),
-                    min_connections: min_connections.unwrap_or(0),
-                    connect_timeout: ms(connect_timeout_ms, 5000),
-                    statement_timeout: ms(statement_timeout_ms, 30_000),
+                    max_connections,
+                    min_connections,
+                    connect_timeout: origin.millis(
+                        &format!("{key}.connect_timeout_ms"),
+                        connect_timeout_ms,
+                        5000,
+                    )?,
+                    statement_timeout: origin.millis(
+                        &format!("{key}.statement_timeout_ms"),
+                        statement_timeout_ms,
+                        30_000,
+                    )?,
                     program_name: format!("berth:{app}:{name}"),
                 };
                 Arc::new(
@@ -245,7 +298,7 @@ pub async fn open(
                 let settings = RedisSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     prefix: format!("{}berth:{app}:{name}:", prefix.unwrap_or_default()),
-                    timeout: ms(timeout_ms, 5000),
+                    timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 5000)?,
                 };
                 Arc::new(
                     RedisBucket::connect(&settings)
@@ -319,7 +372,7 @@ pub async fn open(
                     )
                     .await?,
                     part_size: (part_size_mb as usize) << 20,
-                    timeout: ms(timeout_ms, 30_000),
+                    timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 30_000)?,
                 };
                 Arc::new(
                     S3Container::connect(&settings)
@@ -343,9 +396,9 @@ pub async fn open(
             let settings = NatsSettings {
                 url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
-                timeout: ms(timeout_ms, 5000),
-                ack_wait: ms(ack_wait_ms, 60_000),
-                prefetch: prefetch.unwrap_or(200).max(1),
+                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
+                ack_wait: origin.millis("messaging.ack_wait_ms", ack_wait_ms, 60_000)?,
+                prefetch: origin.at_least_one("messaging.prefetch", prefetch, 200)?,
             };
             Arc::new(
                 NatsBroker::connect(&settings)
@@ -393,7 +446,7 @@ pub async fn open(
             let settings = KafkaSettings {
                 brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
                 app: app.to_string(),
-                timeout: ms(timeout_ms, 5000),
+                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
                 replication_factor,
                 partitions,
                 session_timeout,
@@ -432,7 +485,7 @@ pub async fn open(
                     .to_string(),
                 None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             };
-            let timeout = ms(timeout_ms, 5000);
+            let timeout = origin.millis("messaging.timeout_ms", timeout_ms, 5000)?;
             let tick_claims = match tick_claims {
                 None => None,
                 Some(raw) => {
@@ -469,8 +522,8 @@ pub async fn open(
             let settings = RabbitSettings {
                 url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
-                timeout: ms(timeout_ms, 5000),
-                prefetch: prefetch.unwrap_or(32).max(1),
+                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
+                prefetch: origin.at_least_one("messaging.prefetch", prefetch, 32)?,
             };
             Arc::new(
                 RabbitBroker::connect(&settings)
@@ -509,7 +562,7 @@ pub async fn open(
                 port: port.unwrap_or(if tls == SmtpTls::Tls { 465 } else { 587 }),
                 tls,
                 credentials,
-                timeout: ms(timeout_ms, 10_000),
+                timeout: origin.millis("email.timeout_ms", timeout_ms, 10_000)?,
             };
             Arc::new(
                 SmtpSender::connect(&settings)

@@ -689,6 +689,26 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
             "messaging.session_timeout_ms",
             "is 500; it must be 6000 to 1800000",
         ),
+        (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nprefetch = 0",
+            "messaging.prefetch",
+            "is 0; it must be at least 1",
+        ),
+        (
+            "type = \"rabbitmq\"\nurl = \"amqp://127.0.0.1:1\"\nprefetch = 0",
+            "messaging.prefetch",
+            "is 0; it must be at least 1",
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nack_wait_ms = 0",
+            "messaging.ack_wait_ms",
+            "is 0; it must be at least 1 (milliseconds)",
+        ),
+        (
+            "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\ntimeout_ms = 0",
+            "messaging.timeout_ms",
+            "is 0; it must be at least 1 (milliseconds)",
+        ),
     ] {
         let t = TestApp::new(&manifest_named("badsetting", 5));
         let host = host_config(&t, &format!("[messaging]\n{settings}\n"));

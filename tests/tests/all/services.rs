@@ -187,6 +187,72 @@ async fn sql_unreachable_postgres_fails_at_startup_naming_the_key() {
     );
 }
 
+/// Zero timeouts and pool sizes are refused before any connection, naming
+/// their key: 0 would make every call fail or wait forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_timeouts_and_pool_sizes_name_the_key() {
+    let sql = sql_app("zerosettings");
+    let kv = TestApp::new(&single_component_manifest(
+        "zerokv",
+        guests::KV_GUEST,
+        "[kv.cache]",
+        "kv = [\"cache\"]",
+    ));
+    let pg = "[sql.main]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n";
+    let my = "[sql.main]\ntype = \"mysql\"\nurl = \"mysql://root@127.0.0.1:1/test\"\n";
+    let redis = "[kv.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n";
+    for (t, settings, key, why) in [
+        (
+            &sql,
+            format!("{pg}connect_timeout_ms = 0"),
+            "sql.main.connect_timeout_ms",
+            "is 0; it must be at least 1 (milliseconds)",
+        ),
+        (
+            &sql,
+            format!("{my}statement_timeout_ms = 0"),
+            "sql.main.statement_timeout_ms",
+            "is 0; it must be at least 1 (milliseconds)",
+        ),
+        (
+            &sql,
+            format!("{pg}max_connections = 0"),
+            "sql.main.max_connections",
+            "is 0; it must be at least 1",
+        ),
+        (
+            &sql,
+            format!("{my}max_connections = 2\nmin_connections = 3"),
+            "sql.main.min_connections",
+            "is 3; it must be at most `max_connections` (2)",
+        ),
+        (
+            &kv,
+            format!("{redis}timeout_ms = 0"),
+            "kv.cache.timeout_ms",
+            "is 0; it must be at least 1 (milliseconds)",
+        ),
+        (
+            &kv,
+            "[email]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = 1\ntimeout_ms = 0".to_string(),
+            "email.timeout_ms",
+            "is 0; it must be at least 1 (milliseconds)",
+        ),
+    ] {
+        let host = host_config(t, &settings);
+        let Err(err) = t.load_with(&host).await else {
+            panic!("{settings} loaded");
+        };
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("`{key}`"))
+                && text.contains(why)
+                && !text.contains("cannot connect"),
+            "{settings}: {text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_conformance_redis() {
     let Some(url) = service("BERTH_TEST_REDIS_URL") else {
