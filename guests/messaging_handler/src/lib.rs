@@ -13,7 +13,9 @@
 //!
 //! Payload `ping` is answered with `pong:ping` (request/reply); payload
 //! `fail-once` fails on its first attempt so the host redelivers it;
-//! `trap-once` traps on its first attempt, leaving the message unacked.
+//! `trap-once` traps on its first attempt, leaving the message unacked;
+//! `slow-<ms>` waits `<ms>` milliseconds, then records `done/<id>` (its
+//! attempt).
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -47,6 +49,23 @@ impl exports::berth::infra::handler::Guest for Handler {
             // Failing (rather than trapping) asks the host to redeliver.
             b"fail-once" if msg.attempt == 1 => Err("deliberate failure".to_owned()),
             b"trap-once" if msg.attempt == 1 => std::process::abort(),
+            payload if payload.starts_with(b"slow-") => {
+                let ms = std::str::from_utf8(&payload[5..])
+                    .ok()
+                    .and_then(|ms| ms.parse().ok())
+                    .ok_or("slow-<ms> needs a number of milliseconds")?;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Bucket::open("received")
+                    .and_then(|b| {
+                        b.set(
+                            &format!("done/{}", msg.id),
+                            msg.attempt.to_string().as_bytes(),
+                            None,
+                        )
+                    })
+                    .map_err(|e| format!("recording the end failed: {e}"))?;
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }

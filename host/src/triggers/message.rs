@@ -24,7 +24,7 @@ use crate::bindings::{MessageHandler, MessageHandlerPre};
 use crate::manifest::{DEFAULT_BACKOFF_MS, MessageTrigger};
 use crate::metrics::{Outcome, Trigger};
 use crate::ports::messaging::host::message_to_wit;
-use crate::ports::messaging::{Delivery, Subscription};
+use crate::ports::messaging::{Acker, Delivery, Subscription};
 use crate::state::InstanceState;
 
 /// Deliveries before giving up, unless the trigger says otherwise.
@@ -188,8 +188,11 @@ pub async fn handle_delivery(
         acker,
     } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
-    let dead = (message.payload.clone(), message.headers.clone());
-    let outcome = invoke(app, component, pre, message, warm).await;
+    // Only the last attempt may need the message again, to dead-letter it.
+    let last_attempt = attempt >= policy.max_deliveries;
+    let dead = last_attempt.then(|| (message.payload.clone(), message.headers.clone()));
+    let outcome =
+        telling_progress(acker.as_ref(), invoke(app, component, pre, message, warm)).await;
     match outcome {
         Ok(answer) => {
             if let (Some(reply), Some(payload)) = (reply, answer) {
@@ -198,15 +201,34 @@ pub async fn handle_delivery(
             acker.ack().await;
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
         }
-        Err(error) if attempt < policy.max_deliveries => {
+        Err(error) if !last_attempt => {
             let backoff = policy.backoff_after(attempt);
             tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
             acker.nack(backoff).await;
         }
         Err(error) => {
             tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
+            let dead = dead.unwrap_or_default();
             dead_letter(app, &topic, &policy.dead_letter, &id, attempt, &error, dead).await;
             acker.ack().await;
+        }
+    }
+}
+
+/// Runs `work`, telling the broker every so often that the delivery is
+/// still being handled (see [`Acker::progress_interval`]): a handler slower
+/// than JetStream's ack wait is not redelivered while it runs.
+async fn telling_progress<T>(acker: &dyn Acker, work: impl Future<Output = T>) -> T {
+    let Some(every) = acker.progress_interval().filter(|d| !d.is_zero()) else {
+        return work.await;
+    };
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => acker.in_progress().await,
         }
     }
 }

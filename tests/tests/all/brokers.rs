@@ -586,6 +586,47 @@ async fn messaging_reconnects_after_connection_loss_mqtt() {
     reconnects_after_connection_loss(&url, Broker::Mqtt).await;
 }
 
+/// A handler slower than JetStream's ack wait is not given its message a
+/// second time while it runs: the host tells JetStream it is in progress.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_slow_handler_outlives_the_ack_wait_once_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confslow");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 1000\n");
+    let (app, tasks) = started_with(&t, &host_config(&t, &host)).await;
+    // Three ack waits of work.
+    let id = app
+        .backends
+        .messaging
+        .publish("events", b"slow-3000".to_vec(), vec![])
+        .await
+        .unwrap();
+    let kv = &app.backends.kv["received"];
+    let done = format!("done/{id}");
+    let started = std::time::Instant::now();
+    while kv.get(&done).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the slow handler never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A copy redelivered late would have arrived by the next ack wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(kv.get(&done).await.unwrap().unwrap(), b"1");
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "the message was delivered again while its handler ran"
+    );
+    drop(tasks);
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// Serves an app from `broker(url)` through a proxy, cuts every connection
 /// once a message was handled, and expects the next one handled too.
 async fn reconnects_after_connection_loss(url: &str, broker: fn(String) -> Broker) {

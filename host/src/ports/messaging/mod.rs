@@ -77,6 +77,14 @@ pub trait Acker: Send + Sync {
     async fn ack(self: Box<Self>);
     /// Handling failed; deliver it again after `delay`.
     async fn nack(self: Box<Self>, delay: Duration);
+    /// How often a handler still running should say so with
+    /// [`Acker::in_progress`]: `Some` for brokers that redeliver a message
+    /// left unsettled for a while (JetStream's ack wait), `None` otherwise.
+    fn progress_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// The handler is still running: restart the broker's redelivery timer.
+    async fn in_progress(&self) {}
 }
 
 /// The id of a message its producer gave none (a producer other than

@@ -11,6 +11,8 @@
 //!   distribution. `nack` asks for redelivery after the trigger's backoff.
 //!   Its name is derived from the trigger without collisions (see
 //!   [`durable_name`]); one made by an earlier Berth is kept.
+//!   A handler still running tells JetStream so (`+WPI`) twice per ack
+//!   wait, so only a host that died leaves its messages to redelivery.
 //! - Request/reply uses core NATS on `berth.<app>.req.<topic>` (outside the
 //!   stream, so requests are not stored) with a queue group per trigger.
 
@@ -262,6 +264,7 @@ impl MessagingBackend for NatsBroker {
             messages,
             requests: Some(requests),
             client: self.client.clone(),
+            ack_wait: self.ack_wait,
         }))
     }
 }
@@ -336,6 +339,8 @@ struct NatsSubscription {
     /// `None` once the request subscription ended; stored messages go on.
     requests: Option<async_nats::Subscriber>,
     client: async_nats::Client,
+    /// The consumer's ack wait, for the deliveries' progress acks.
+    ack_wait: Duration,
 }
 
 #[async_trait]
@@ -352,7 +357,7 @@ impl Subscription for NatsSubscription {
             };
             tokio::select! {
                 next = self.messages.next() => match next {
-                    Some(Ok(msg)) => return Some(stored_delivery(msg)),
+                    Some(Ok(msg)) => return Some(stored_delivery(msg, self.ack_wait)),
                     Some(Err(e)) => tracing::debug!(error = %e, "nats pull consumer error"),
                     None => return None,
                 },
@@ -370,7 +375,7 @@ impl Subscription for NatsSubscription {
 }
 
 /// A stored message, acknowledged through JetStream.
-fn stored_delivery(msg: jetstream::Message) -> Delivery {
+fn stored_delivery(msg: jetstream::Message, ack_wait: Duration) -> Delivery {
     let info = msg.info().ok();
     let attempt = info.as_ref().map_or(1, |i| i.delivered.max(1) as u32);
     let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
@@ -385,7 +390,10 @@ fn stored_delivery(msg: jetstream::Message) -> Delivery {
     Delivery {
         message,
         reply: None,
-        acker: Box::new(JsAcker(msg)),
+        acker: Box::new(JsAcker {
+            message: msg,
+            ack_wait,
+        }),
     }
 }
 
@@ -414,19 +422,35 @@ fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Op
     })
 }
 
-struct JsAcker(jetstream::Message);
+/// Settles a stored message. While its handler runs, it tells JetStream so
+/// twice per ack wait, so a handler slower than the ack wait is not given
+/// the message a second time while it is still at work on it.
+struct JsAcker {
+    message: jetstream::Message,
+    ack_wait: Duration,
+}
 
 #[async_trait]
 impl Acker for JsAcker {
     async fn ack(self: Box<Self>) {
-        if let Err(e) = self.0.ack().await {
+        if let Err(e) = self.message.ack().await {
             tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
         }
     }
 
     async fn nack(self: Box<Self>, delay: Duration) {
-        if let Err(e) = self.0.ack_with(AckKind::Nak(Some(delay))).await {
+        if let Err(e) = self.message.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::warn!(error = %e, "cannot nak a message; it will be redelivered after ack_wait");
+        }
+    }
+
+    fn progress_interval(&self) -> Option<Duration> {
+        Some(self.ack_wait / 2)
+    }
+
+    async fn in_progress(&self) {
+        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "cannot extend a message's ack wait");
         }
     }
 }
