@@ -121,6 +121,22 @@ async fn optional_secret(
 /// Pool size of a server database when neither config names one.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
+/// NATS's `ack_wait_ms`: at least a second, since a handler still running
+/// sends a progress ack twice per ack wait.
+fn nats_ack_wait(origin: &Origin<'_>, value: Option<u64>) -> anyhow::Result<Duration> {
+    let key = "messaging.ack_wait_ms";
+    match origin.millis(key, value, 60_000)? {
+        wait if wait < Duration::from_secs(1) => Err(origin.err(
+            key,
+            format!(
+                "is {}; it must be at least 1000 (a second): a handler still running says so twice per ack wait",
+                wait.as_millis()
+            ),
+        )),
+        wait => Ok(wait),
+    }
+}
+
 /// Opens every logical resource `manifest` declares, under `state`.
 pub async fn open(
     host: &HostConfig,
@@ -397,7 +413,7 @@ pub async fn open(
                 url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
                 app: app.to_string(),
                 timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
-                ack_wait: origin.millis("messaging.ack_wait_ms", ack_wait_ms, 60_000)?,
+                ack_wait: nats_ack_wait(&origin, ack_wait_ms)?,
                 prefetch: origin.at_least_one("messaging.prefetch", prefetch, 200)?,
             };
             Arc::new(

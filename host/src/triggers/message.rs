@@ -188,27 +188,27 @@ pub async fn handle_delivery(
         acker,
     } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
-    // Only the last attempt may need the message again, to dead-letter it.
+    // Only the last attempt may need the message again, to dead-letter it:
+    // `dead` is `Some` exactly then.
     let last_attempt = attempt >= policy.max_deliveries;
     let dead = last_attempt.then(|| (message.payload.clone(), message.headers.clone()));
     let outcome =
         telling_progress(acker.as_ref(), invoke(app, component, pre, message, warm)).await;
-    match outcome {
-        Ok(answer) => {
+    match (outcome, dead) {
+        (Ok(answer), _) => {
             if let (Some(reply), Some(payload)) = (reply, answer) {
                 let _ = reply.send(payload);
             }
             acker.ack().await;
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
         }
-        Err(error) if !last_attempt => {
+        (Err(error), None) => {
             let backoff = policy.backoff_after(attempt);
             tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
             acker.nack(backoff).await;
         }
-        Err(error) => {
+        (Err(error), Some(dead)) => {
             tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
-            let dead = dead.unwrap_or_default();
             dead_letter(app, &topic, &policy.dead_letter, &id, attempt, &error, dead).await;
             acker.ack().await;
         }
@@ -216,19 +216,24 @@ pub async fn handle_delivery(
 }
 
 /// Runs `work`, telling the broker every so often that the delivery is
-/// still being handled (see [`Acker::progress_interval`]): a handler slower
+/// still being handled (see [`Acker::progress_schedule`]): a handler slower
 /// than JetStream's ack wait is not redelivered while it runs.
 async fn telling_progress<T>(acker: &dyn Acker, work: impl Future<Output = T>) -> T {
-    let Some(every) = acker.progress_interval().filter(|d| !d.is_zero()) else {
+    let Some((first, every)) = acker.progress_schedule().filter(|(_, d)| !d.is_zero()) else {
         return work.await;
     };
     tokio::pin!(work);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A first tick already past (the delivery waited for a slot) fires at once.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(first), every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             out = &mut work => return out,
-            _ = ticks.tick() => acker.in_progress().await,
+            _ = ticks.tick() => {
+                // Bounded, so a broker that stopped answering stalls the
+                // handler (not polled meanwhile) for one interval at most.
+                let _ = tokio::time::timeout(every, acker.in_progress()).await;
+            }
         }
     }
 }

@@ -746,6 +746,11 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
             "is 0; it must be at least 1 (milliseconds)",
         ),
         (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nack_wait_ms = 500",
+            "messaging.ack_wait_ms",
+            "is 500; it must be at least 1000 (a second)",
+        ),
+        (
             "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\ntimeout_ms = 0",
             "messaging.timeout_ms",
             "is 0; it must be at least 1 (milliseconds)",

@@ -77,10 +77,11 @@ pub trait Acker: Send + Sync {
     async fn ack(self: Box<Self>);
     /// Handling failed; deliver it again after `delay`.
     async fn nack(self: Box<Self>, delay: Duration);
-    /// How often a handler still running should say so with
-    /// [`Acker::in_progress`]: `Some` for brokers that redeliver a message
-    /// left unsettled for a while (JetStream's ack wait), `None` otherwise.
-    fn progress_interval(&self) -> Option<Duration> {
+    /// When a handler still running should first say so with
+    /// [`Acker::in_progress`], and how often after that: `Some` for brokers
+    /// that redeliver a message left unsettled for a while (JetStream's ack
+    /// wait, which runs from the delivery), `None` otherwise.
+    fn progress_schedule(&self) -> Option<(std::time::Instant, Duration)> {
         None
     }
     /// The handler is still running: restart the broker's redelivery timer.
@@ -264,7 +265,9 @@ pub enum MessagingConfig {
         url: String,
         /// Connect timeout, in ms; default 5000.
         timeout_ms: Option<u64>,
-        /// Redelivery of unacknowledged messages, in ms; default 60000.
+        /// Redelivery of messages left unacknowledged (by a host that died,
+        /// or queued in a host's prefetch), in ms; default 60000, at least
+        /// 1000. A handler still running sends progress acks.
         ack_wait_ms: Option<u64>,
         /// Messages a host fetches ahead per trigger; default 200.
         prefetch: Option<u16>,

@@ -12,7 +12,9 @@
 //!   Its name is derived from the trigger without collisions (see
 //!   [`durable_name`]); one made by an earlier Berth is kept.
 //!   A handler still running tells JetStream so (`+WPI`) twice per ack
-//!   wait, so only a host that died leaves its messages to redelivery.
+//!   wait, so a slow handler is not given its message again while it
+//!   runs. (Messages still queued in a host's prefetch are not covered:
+//!   `prefetch` bounds them.)
 //! - Request/reply uses core NATS on `berth.<app>.req.<topic>` (outside the
 //!   stream, so requests are not stored) with a queue group per trigger.
 
@@ -247,6 +249,18 @@ impl MessagingBackend for NatsBroker {
             )
             .await
             .map_err(unavailable)?;
+        // An existing consumer keeps the ack wait it was made with; its
+        // deliveries' progress acks follow that one.
+        let ack_wait = match pull_consumer.cached_info().config.ack_wait {
+            wait if wait.is_zero() => self.ack_wait,
+            wait => {
+                if wait != self.ack_wait {
+                    tracing::warn!(durable = %durable, consumer_ack_wait = ?wait, configured = ?self.ack_wait,
+                        "the durable consumer keeps the ack wait it was created with; delete it to apply messaging.ack_wait_ms");
+                }
+                wait
+            }
+        };
         let messages = pull_consumer
             .stream()
             .max_messages_per_batch(usize::from(self.prefetch))
@@ -264,7 +278,7 @@ impl MessagingBackend for NatsBroker {
             messages,
             requests: Some(requests),
             client: self.client.clone(),
-            ack_wait: self.ack_wait,
+            ack_wait,
         }))
     }
 }
@@ -393,6 +407,7 @@ fn stored_delivery(msg: jetstream::Message, ack_wait: Duration) -> Delivery {
         acker: Box::new(JsAcker {
             message: msg,
             ack_wait,
+            received: std::time::Instant::now(),
         }),
     }
 }
@@ -428,6 +443,9 @@ fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Op
 struct JsAcker {
     message: jetstream::Message,
     ack_wait: Duration,
+    /// When the host got it: the ack wait already runs while it waits for
+    /// a handler.
+    received: std::time::Instant,
 }
 
 #[async_trait]
@@ -444,8 +462,9 @@ impl Acker for JsAcker {
         }
     }
 
-    fn progress_interval(&self) -> Option<Duration> {
-        Some(self.ack_wait / 2)
+    fn progress_schedule(&self) -> Option<(std::time::Instant, Duration)> {
+        let every = self.ack_wait / 2;
+        Some((self.received + every, every))
     }
 
     async fn in_progress(&self) {
