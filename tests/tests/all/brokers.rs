@@ -387,6 +387,10 @@ async fn messaging_keeps_the_previous_releases_consumer_nats() {
     wait_for_count(&app, 1).await;
     let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
     assert_eq!(names, ["handler__user_created"], "no second consumer");
+    // It takes the host config's ack wait (5 s), not the server's default
+    // it was made with.
+    let info = stream.consumer_info("handler__user_created").await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(5));
     // Everything was delivered through it and acknowledged.
     let started = std::time::Instant::now();
     loop {

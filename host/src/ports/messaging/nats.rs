@@ -236,30 +236,31 @@ impl MessagingBackend for NatsBroker {
             Some(legacy) => legacy,
             None => durable_name(consumer, topic),
         };
-        let pull_consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject,
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    ..Default::default()
-                },
-            )
+        let config = pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            ..Default::default()
+        };
+        let mut pull_consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&durable, config.clone())
             .await
             .map_err(unavailable)?;
-        // An existing consumer keeps the ack wait it was made with; its
-        // deliveries' progress acks follow that one.
+        // An existing consumer keeps the settings it was made with. The ack
+        // wait is one JetStream lets change, so a changed `ack_wait_ms`
+        // applies to it; if the server refuses, it keeps its own.
+        if pull_consumer.cached_info().config.ack_wait != self.ack_wait {
+            match stream.create_consumer(config).await {
+                Ok(updated) => pull_consumer = updated,
+                Err(e) => tracing::warn!(durable = %durable, error = %e,
+                    "cannot change the durable consumer's ack wait to messaging.ack_wait_ms; it keeps its own"),
+            }
+        }
+        // The deliveries' progress acks follow the consumer's real ack wait.
         let ack_wait = match pull_consumer.cached_info().config.ack_wait {
             wait if wait.is_zero() => self.ack_wait,
-            wait => {
-                if wait != self.ack_wait {
-                    tracing::warn!(durable = %durable, consumer_ack_wait = ?wait, configured = ?self.ack_wait,
-                        "the durable consumer keeps the ack wait it was created with; delete it to apply messaging.ack_wait_ms");
-                }
-                wait
-            }
+            wait => wait,
         };
         let messages = pull_consumer
             .stream()
