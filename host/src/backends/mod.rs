@@ -19,122 +19,32 @@ use crate::ports::email::smtp::{SmtpSender, SmtpSettings, SmtpTls};
 use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
-use crate::ports::messaging::embedded::EmbeddedBroker;
-use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as parse_kafka_url};
-use crate::ports::messaging::mqtt::{MqttBroker, MqttSettings};
-use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
-use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
-use crate::ports::messaging::{
-    MessagingBackend, MessagingConfig, MessagingError, inprocess::InProcessBroker,
-};
 use crate::ports::sql::PgTenancy;
 use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use crate::ports::sql::pg_tenancy::{tenant_password, tenant_role};
 use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings, TenantLogin};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
-use crate::secret::{Secret, SecretResolver};
 
-/// Builds errors that name where a setting came from.
-struct Origin<'a> {
-    source: String,
-    app: &'a str,
-}
+mod messaging;
+mod settings;
 
-impl Origin<'_> {
-    fn err(&self, key: &str, e: impl std::fmt::Display) -> anyhow::Error {
-        anyhow::anyhow!("{}: `{key}` (for app `{}`): {e}", self.source, self.app)
-    }
-
-    /// A timeout in milliseconds, `default` when unset. 0 is refused rather
-    /// than read as "no timeout" or "fail at once": every wait the host makes
-    /// on a server ends, and a typo should not silently break every call.
-    fn millis(&self, key: &str, value: Option<u64>, default: u64) -> anyhow::Result<Duration> {
-        match value {
-            None => Ok(Duration::from_millis(default)),
-            Some(0) => Err(self.err(key, "is 0; it must be at least 1 (milliseconds)")),
-            Some(ms) => Ok(Duration::from_millis(ms)),
-        }
-    }
-
-    /// A count that must be at least 1 (a pool size, a prefetch), `default`
-    /// when unset. 0 would stall every call, so it is refused, not clamped.
-    fn at_least_one<T>(&self, key: &str, value: Option<T>, default: T) -> anyhow::Result<T>
-    where
-        T: Copy + PartialEq + Default + std::fmt::Display,
-    {
-        match value {
-            None => Ok(default),
-            Some(n) if n == T::default() => Err(self.err(key, "is 0; it must be at least 1")),
-            Some(n) => Ok(n),
-        }
-    }
-}
-
-/// Resolves a URL whose password, if any, must be a reference.
-async fn url_setting(
-    origin: &Origin<'_>,
-    key: &str,
-    raw: &str,
-    secrets: &SecretResolver,
-) -> anyhow::Result<Secret> {
-    let userinfo = raw
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .map(|(u, _)| u);
-    if userinfo.is_some_and(|u| u.contains(':')) && !SecretResolver::is_reference(raw) {
-        return Err(origin.err(key, "the URL holds an inline password; reference it as ${env:NAME} or ${file:/path} instead"));
-    }
-    secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
-}
-
-/// Resolves a secret setting, which must be a reference.
-async fn secret_setting(
-    origin: &Origin<'_>,
-    key: &str,
-    raw: &str,
-    secrets: &SecretResolver,
-) -> anyhow::Result<Secret> {
-    if !SecretResolver::is_reference(raw) {
-        return Err(origin.err(
-            key,
-            "secrets are never inlined; reference it as ${env:NAME} or ${file:/path}",
-        ));
-    }
-    secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
-}
-
-/// Resolves `<key>.password` when it is given.
-async fn optional_secret(
-    origin: &Origin<'_>,
-    key: &str,
-    password: Option<String>,
-    secrets: &SecretResolver,
-) -> anyhow::Result<Option<Secret>> {
-    match password {
-        Some(p) => Ok(Some(
-            secret_setting(origin, &format!("{key}.password"), &p, secrets).await?,
-        )),
-        None => Ok(None),
-    }
-}
+use settings::{Origin, connection_failure, optional_secret, secret_setting, url_setting};
 
 /// Pool size of a server database when neither config names one.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
-/// NATS's `ack_wait_ms`: at least a second, since a handler still running
-/// sends a progress ack twice per ack wait.
-fn nats_ack_wait(origin: &Origin<'_>, value: Option<u64>) -> anyhow::Result<Duration> {
-    let key = "messaging.ack_wait_ms";
-    match origin.millis(key, value, 60_000)? {
-        wait if wait < Duration::from_secs(1) => Err(origin.err(
-            key,
-            format!(
-                "is {}; it must be at least 1000 (a second): a handler still running says so twice per ack wait",
-                wait.as_millis()
-            ),
-        )),
-        wait => Ok(wait),
-    }
+/// A server database's `connect_timeout_ms` (default 5 s) and
+/// `statement_timeout_ms` (default 30 s) under `key`.
+fn sql_timeouts(
+    origin: &Origin<'_>,
+    key: &str,
+    connect_ms: Option<u64>,
+    statement_ms: Option<u64>,
+) -> anyhow::Result<(Duration, Duration)> {
+    Ok((
+        origin.millis(&format!("{key}.connect_timeout_ms"), connect_ms, 5000)?,
+        origin.millis(&format!("{key}.statement_timeout_ms"), statement_ms, 30_000)?,
+    ))
 }
 
 /// Opens every logical resource `manifest` declares, under `state`.
@@ -229,6 +139,8 @@ pub async fn open(
                 };
                 let (max_connections, min_connections) =
                     pool_size(max_connections, min_connections)?;
+                let (connect_timeout, statement_timeout) =
+                    sql_timeouts(&origin, &key, connect_timeout_ms, statement_timeout_ms)?;
                 let settings = PostgresSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     password: optional_secret(&origin, &key, password, &secrets).await?,
@@ -236,16 +148,8 @@ pub async fn open(
                     schema,
                     max_connections,
                     min_connections,
-                    connect_timeout: origin.millis(
-                        &format!("{key}.connect_timeout_ms"),
-                        connect_timeout_ms,
-                        5000,
-                    )?,
-                    statement_timeout: origin.millis(
-                        &format!("{key}.statement_timeout_ms"),
-                        statement_timeout_ms,
-                        30_000,
-                    )?,
+                    connect_timeout,
+                    statement_timeout,
                     application_name: format!("berth:{app}:{name}"),
                 };
                 Arc::new(
@@ -264,21 +168,15 @@ pub async fn open(
             } => {
                 let (max_connections, min_connections) =
                     pool_size(max_connections, min_connections)?;
+                let (connect_timeout, statement_timeout) =
+                    sql_timeouts(&origin, &key, connect_timeout_ms, statement_timeout_ms)?;
                 let settings = MysqlSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
                     password: optional_secret(&origin, &key, password, &secrets).await?,
                     max_connections,
                     min_connections,
-                    connect_timeout: origin.millis(
-                        &format!("{key}.connect_timeout_ms"),
-                        connect_timeout_ms,
-                        5000,
-                    )?,
-                    statement_timeout: origin.millis(
-                        &format!("{key}.statement_timeout_ms"),
-                        statement_timeout_ms,
-                        30_000,
-                    )?,
+                    connect_timeout,
+                    statement_timeout,
                     program_name: format!("berth:{app}:{name}"),
                 };
                 Arc::new(
@@ -399,155 +297,7 @@ pub async fn open(
         };
         blob.insert(name.clone(), container);
     }
-    let messaging: Arc<dyn MessagingBackend> = match host.messaging.clone() {
-        MessagingConfig::Embedded {} => EmbeddedBroker::open(&state.join("messaging.db"))
-            .map_err(|e| origin.err("messaging", e))?,
-        MessagingConfig::InProcess {} => InProcessBroker::new(),
-        MessagingConfig::Nats {
-            url,
-            timeout_ms,
-            ack_wait_ms,
-            prefetch,
-        } => {
-            let settings = NatsSettings {
-                url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
-                app: app.to_string(),
-                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
-                ack_wait: nats_ack_wait(&origin, ack_wait_ms)?,
-                prefetch: origin.at_least_one("messaging.prefetch", prefetch, 200)?,
-            };
-            Arc::new(
-                NatsBroker::connect(&settings)
-                    .await
-                    .map_err(|e| broker_failure(&origin, e))?,
-            )
-        }
-        MessagingConfig::Kafka {
-            url,
-            timeout_ms,
-            replication_factor,
-            partitions,
-            session_timeout_ms,
-        } => {
-            let replication_factor = match replication_factor {
-                None => 1,
-                Some(r) if r >= 1 => r,
-                Some(r) => {
-                    return Err(origin.err(
-                        "messaging.replication_factor",
-                        format!("is {r}; it must be at least 1"),
-                    ));
-                }
-            };
-            let partitions = match partitions {
-                None => crate::ports::messaging::kafka::DEFAULT_PARTITIONS,
-                Some(n) if (1..=10_000).contains(&n) => n,
-                Some(n) => {
-                    return Err(origin.err(
-                        "messaging.partitions",
-                        format!("is {n}; it must be 1 to 10000"),
-                    ));
-                }
-            };
-            let session_timeout = match session_timeout_ms {
-                None => crate::ports::messaging::kafka::DEFAULT_SESSION_TIMEOUT,
-                Some(ms) if (6_000..=1_800_000).contains(&ms) => Duration::from_millis(ms),
-                Some(ms) => {
-                    return Err(origin.err(
-                        "messaging.session_timeout_ms",
-                        format!("is {ms}; it must be 6000 to 1800000 (Kafka's default bounds)"),
-                    ));
-                }
-            };
-            let settings = KafkaSettings {
-                brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
-                app: app.to_string(),
-                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
-                replication_factor,
-                partitions,
-                session_timeout,
-            };
-            Arc::new(
-                KafkaBroker::connect(&settings)
-                    .await
-                    .map_err(|e| broker_failure(&origin, e))?,
-            )
-        }
-        MessagingConfig::Mqtt {
-            url,
-            timeout_ms,
-            client_id,
-            session_expiry_s,
-            tick_claims,
-        } => {
-            let max = crate::ports::messaging::mqtt::MAX_SESSION_EXPIRY.as_secs();
-            let session_expiry = match session_expiry_s {
-                None => crate::ports::messaging::mqtt::SESSION_EXPIRY,
-                Some(s) if (1..=max).contains(&s) => Duration::from_secs(s),
-                Some(s) => {
-                    return Err(origin.err(
-                        "messaging.session_expiry_s",
-                        format!("is {s}; it must be 1 to {max} seconds (a week)"),
-                    ));
-                }
-            };
-            // Unique per host: each host has its own sessions.
-            let host_id = match client_id {
-                Some(raw) => secrets
-                    .resolve(&raw)
-                    .await
-                    .map_err(|m| origin.err("messaging.client_id", m))?
-                    .expose()
-                    .to_string(),
-                None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-            };
-            let timeout = origin.millis("messaging.timeout_ms", timeout_ms, 5000)?;
-            let tick_claims = match tick_claims {
-                None => None,
-                Some(raw) => {
-                    let settings = RedisSettings {
-                        url: url_setting(&origin, "messaging.tick_claims", &raw, &secrets).await?,
-                        prefix: format!("berth/{app}/ticks/"),
-                        timeout,
-                    };
-                    let claims = RedisBucket::connect(&settings)
-                        .await
-                        .map_err(|e| origin.err("messaging.tick_claims", connection_failure(e)))?;
-                    Some(Arc::new(claims))
-                }
-            };
-            let settings = MqttSettings {
-                url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
-                app: app.to_string(),
-                timeout,
-                client_id: format!("berth-{app}-{host_id}"),
-                session_expiry,
-                tick_claims,
-            };
-            Arc::new(
-                MqttBroker::connect(&settings)
-                    .await
-                    .map_err(|e| broker_failure(&origin, e))?,
-            )
-        }
-        MessagingConfig::Rabbitmq {
-            url,
-            timeout_ms,
-            prefetch,
-        } => {
-            let settings = RabbitSettings {
-                url: url_setting(&origin, "messaging.url", &url, &secrets).await?,
-                app: app.to_string(),
-                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
-                prefetch: origin.at_least_one("messaging.prefetch", prefetch, 32)?,
-            };
-            Arc::new(
-                RabbitBroker::connect(&settings)
-                    .await
-                    .map_err(|e| broker_failure(&origin, e))?,
-            )
-        }
-    };
+    let messaging = messaging::open(&origin, &host.messaging, state, &secrets).await?;
     let transport: Arc<dyn EmailBackend> = match host.email.clone() {
         EmailConfig::File {} => {
             Arc::new(FileSink::open(state.join("email")).map_err(|e| origin.err("email", e))?)
@@ -602,18 +352,4 @@ pub async fn open(
         email,
         url_signer,
     })
-}
-
-/// A broker that could not be set up: a URL it cannot use names
-/// `messaging.url`; anything else is a failure to connect.
-fn broker_failure(origin: &Origin<'_>, e: MessagingError) -> anyhow::Error {
-    match e {
-        MessagingError::InvalidInput(m) => origin.err("messaging.url", m),
-        e => origin.err("messaging", connection_failure(e)),
-    }
-}
-
-/// Says plainly that a startup failure was a connection failure.
-fn connection_failure(e: impl std::fmt::Display) -> String {
-    format!("cannot connect at startup: {e}")
 }

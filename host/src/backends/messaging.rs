@@ -1,0 +1,203 @@
+//! Opens an app's messaging backend as the host config's `[messaging]`
+//! section says: the embedded or in-process broker, or NATS, Kafka, MQTT or
+//! RabbitMQ, checking every setting before connecting.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::settings::{Origin, connection_failure, url_setting};
+use crate::ports::kv::redis::{RedisBucket, RedisSettings};
+use crate::ports::messaging::embedded::EmbeddedBroker;
+use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as parse_kafka_url};
+use crate::ports::messaging::mqtt::{MqttBroker, MqttSettings};
+use crate::ports::messaging::nats::{NatsBroker, NatsSettings};
+use crate::ports::messaging::rabbitmq::{RabbitBroker, RabbitSettings};
+use crate::ports::messaging::{
+    MessagingBackend, MessagingConfig, MessagingError, inprocess::InProcessBroker,
+};
+use crate::secret::SecretResolver;
+
+/// Opens the broker `config` names for the app of `origin`, under `state`.
+pub(super) async fn open(
+    origin: &Origin<'_>,
+    config: &MessagingConfig,
+    state: &Path,
+    secrets: &SecretResolver,
+) -> anyhow::Result<Arc<dyn MessagingBackend>> {
+    let app = origin.app;
+    Ok(match config.clone() {
+        MessagingConfig::Embedded {} => EmbeddedBroker::open(&state.join("messaging.db"))
+            .map_err(|e| origin.err("messaging", e))?,
+        MessagingConfig::InProcess {} => InProcessBroker::new(),
+        MessagingConfig::Nats {
+            url,
+            timeout_ms,
+            ack_wait_ms,
+            prefetch,
+        } => {
+            let settings = NatsSettings {
+                url: url_setting(origin, "messaging.url", &url, secrets).await?,
+                app: app.to_string(),
+                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
+                ack_wait: nats_ack_wait(origin, ack_wait_ms)?,
+                prefetch: origin.at_least_one("messaging.prefetch", prefetch, 200)?,
+            };
+            Arc::new(
+                NatsBroker::connect(&settings)
+                    .await
+                    .map_err(|e| broker_failure(origin, e))?,
+            )
+        }
+        MessagingConfig::Kafka {
+            url,
+            timeout_ms,
+            replication_factor,
+            partitions,
+            session_timeout_ms,
+        } => {
+            let replication_factor = match replication_factor {
+                None => 1,
+                Some(r) if r >= 1 => r,
+                Some(r) => {
+                    return Err(origin.err(
+                        "messaging.replication_factor",
+                        format!("is {r}; it must be at least 1"),
+                    ));
+                }
+            };
+            let partitions = match partitions {
+                None => crate::ports::messaging::kafka::DEFAULT_PARTITIONS,
+                Some(n) if (1..=10_000).contains(&n) => n,
+                Some(n) => {
+                    return Err(origin.err(
+                        "messaging.partitions",
+                        format!("is {n}; it must be 1 to 10000"),
+                    ));
+                }
+            };
+            let session_timeout = match session_timeout_ms {
+                None => crate::ports::messaging::kafka::DEFAULT_SESSION_TIMEOUT,
+                Some(ms) if (6_000..=1_800_000).contains(&ms) => Duration::from_millis(ms),
+                Some(ms) => {
+                    return Err(origin.err(
+                        "messaging.session_timeout_ms",
+                        format!("is {ms}; it must be 6000 to 1800000 (Kafka's default bounds)"),
+                    ));
+                }
+            };
+            let settings = KafkaSettings {
+                brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
+                app: app.to_string(),
+                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
+                replication_factor,
+                partitions,
+                session_timeout,
+            };
+            Arc::new(
+                KafkaBroker::connect(&settings)
+                    .await
+                    .map_err(|e| broker_failure(origin, e))?,
+            )
+        }
+        MessagingConfig::Mqtt {
+            url,
+            timeout_ms,
+            client_id,
+            session_expiry_s,
+            tick_claims,
+        } => {
+            let max = crate::ports::messaging::mqtt::MAX_SESSION_EXPIRY.as_secs();
+            let session_expiry = match session_expiry_s {
+                None => crate::ports::messaging::mqtt::SESSION_EXPIRY,
+                Some(s) if (1..=max).contains(&s) => Duration::from_secs(s),
+                Some(s) => {
+                    return Err(origin.err(
+                        "messaging.session_expiry_s",
+                        format!("is {s}; it must be 1 to {max} seconds (a week)"),
+                    ));
+                }
+            };
+            // Unique per host: each host has its own sessions.
+            let host_id = match client_id {
+                Some(raw) => secrets
+                    .resolve(&raw)
+                    .await
+                    .map_err(|m| origin.err("messaging.client_id", m))?
+                    .expose()
+                    .to_string(),
+                None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            };
+            let timeout = origin.millis("messaging.timeout_ms", timeout_ms, 5000)?;
+            let tick_claims = match tick_claims {
+                None => None,
+                Some(raw) => {
+                    let settings = RedisSettings {
+                        url: url_setting(origin, "messaging.tick_claims", &raw, secrets).await?,
+                        prefix: format!("berth/{app}/ticks/"),
+                        timeout,
+                    };
+                    let claims = RedisBucket::connect(&settings)
+                        .await
+                        .map_err(|e| origin.err("messaging.tick_claims", connection_failure(e)))?;
+                    Some(Arc::new(claims))
+                }
+            };
+            let settings = MqttSettings {
+                url: url_setting(origin, "messaging.url", &url, secrets).await?,
+                app: app.to_string(),
+                timeout,
+                client_id: format!("berth-{app}-{host_id}"),
+                session_expiry,
+                tick_claims,
+            };
+            Arc::new(
+                MqttBroker::connect(&settings)
+                    .await
+                    .map_err(|e| broker_failure(origin, e))?,
+            )
+        }
+        MessagingConfig::Rabbitmq {
+            url,
+            timeout_ms,
+            prefetch,
+        } => {
+            let settings = RabbitSettings {
+                url: url_setting(origin, "messaging.url", &url, secrets).await?,
+                app: app.to_string(),
+                timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
+                prefetch: origin.at_least_one("messaging.prefetch", prefetch, 32)?,
+            };
+            Arc::new(
+                RabbitBroker::connect(&settings)
+                    .await
+                    .map_err(|e| broker_failure(origin, e))?,
+            )
+        }
+    })
+}
+
+/// NATS's `ack_wait_ms`: at least a second, since a handler still running
+/// sends a progress ack twice per ack wait.
+fn nats_ack_wait(origin: &Origin<'_>, value: Option<u64>) -> anyhow::Result<Duration> {
+    let key = "messaging.ack_wait_ms";
+    match origin.millis(key, value, 60_000)? {
+        wait if wait < Duration::from_secs(1) => Err(origin.err(
+            key,
+            format!(
+                "is {}; it must be at least 1000 (a second): a handler still running says so twice per ack wait",
+                wait.as_millis()
+            ),
+        )),
+        wait => Ok(wait),
+    }
+}
+
+/// A broker that could not be set up: a URL it cannot use names
+/// `messaging.url`; anything else is a failure to connect.
+fn broker_failure(origin: &Origin<'_>, e: MessagingError) -> anyhow::Error {
+    match e {
+        MessagingError::InvalidInput(m) => origin.err("messaging.url", m),
+        e => origin.err("messaging", connection_failure(e)),
+    }
+}
