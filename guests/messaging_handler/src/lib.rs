@@ -3,7 +3,8 @@
 //!
 //! For every delivered message it records what it saw in the kv bucket
 //! `received`, so the host's tests can check deliveries from outside:
-//! - `count`: incremented once per delivery (redeliveries included),
+//! - `count`: incremented once per delivery (redeliveries included), after
+//!   the keys below are written, so a test that saw it can read them,
 //! - `last-id`: the id of the latest message,
 //! - `payload/<id>`: the payload of message `<id>`,
 //! - `attempt/<id>`: the delivery attempt of its latest delivery,
@@ -81,7 +82,6 @@ fn record(msg: &Message) -> Result<(), berth::infra::kv::Error> {
         seq.to_string().as_bytes(),
         None,
     )?;
-    bucket.increment("count", 1)?;
     bucket.set("last-id", msg.id.as_bytes(), None)?;
     bucket.set(&format!("payload/{}", msg.id), &msg.payload, None)?;
     bucket.set(
@@ -90,5 +90,8 @@ fn record(msg: &Message) -> Result<(), berth::infra::kv::Error> {
         None,
     )?;
     bucket.set(&format!("topic/{}", msg.id), msg.topic.as_bytes(), None)?;
+    // Last: tests wait for `count`, then read the keys above, which must
+    // already hold this delivery's values (a redelivery overwrites them).
+    bucket.increment("count", 1)?;
     Ok(())
 }
