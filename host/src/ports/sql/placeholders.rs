@@ -38,9 +38,9 @@ pub fn rewrite_placeholders(sql: &str) -> String {
                 i += 1;
                 continue;
             }
-            // Up to the next byte that may start one of the cases above.
-            // They are all ASCII, so the run ends on a character boundary;
-            // a lone `-` or `/` is copied as a run of one.
+            // Up to the next byte that may start one of the cases above
+            // (a lone `-` or `/` does not, so it starts a run here). Those
+            // bytes are ASCII, so a run always ends on a character boundary.
             _ => b[i + 1..]
                 .iter()
                 .position(|x| SPECIAL.contains(x))
