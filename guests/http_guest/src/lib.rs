@@ -10,7 +10,7 @@
 //! | `/echo`         | streams the request body back as it arrives (64 KiB at a time), 200 |
 //! | `/loop`         | spins forever, never responds                              |
 //! | `/memory`       | allocates 1 MiB chunks forever, never responds normally    |
-//! | `/fetch?url=U[&header=N:V][&times=K]` | outgoing `GET U` (with header `N: V`), `K` times (default 1); 200 `upstream <status>: <body>` of the last, or 502 `error: <ErrorCode>` of the first failure |
+//! | `/fetch?url=U[&header=N:V][&times=K][&path=P]` | outgoing `GET U` (with header `N: V`, and `P` as the raw path with query), `K` times (default 1); 200 `upstream <status>: <body>` of the last, or 502 `error: <ErrorCode>` of the first failure |
 //! | anything else   | 404 `not found`                                            |
 
 use std::io::{Read as _, Write as _};
@@ -113,6 +113,11 @@ fn fetch(query: &str) -> (u16, String) {
     let Some((scheme, authority, path_with_query)) = parse_url(&url) else {
         return (400, format!("bad url: {url}"));
     };
+    // A raw `path-with-query`, to test what the host puts on the wire.
+    let path_with_query = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("path="))
+        .map_or(path_with_query, percent_decode);
     let header = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("header="))

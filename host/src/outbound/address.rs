@@ -13,8 +13,9 @@ use ipnet::IpNet;
 /// Why an address is not publicly routable, or `None` when it is.
 ///
 /// IPv6 forms that embed an IPv4 address (IPv4-mapped `::ffff:a.b.c.d`,
-/// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) are
-/// judged by the IPv4 address they carry.
+/// IPv4-translated `::ffff:0:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64
+/// `64:ff9b::/96`, 6to4 `2002::/16`) are judged by the IPv4 address they
+/// carry; those that hide it (Teredo, local-use NAT64) are denied.
 pub fn special_use(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => special_v4(v4),
@@ -54,6 +55,16 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         _ if first & 0xfe00 == 0xfc00 => "unique local (fc00::/7)",
         _ if first & 0xff00 == 0xff00 => "multicast",
         _ if first == 0x2001 && ip.segments()[1] == 0x0db8 => "documentation (2001:db8::/32)",
+        // Teredo (2001::/32) and the other protocol assignments: Teredo
+        // carries an IPv4 address, obfuscated.
+        _ if first == 0x2001 && ip.segments()[1] < 0x0200 => {
+            "IETF protocol assignments (2001::/23, Teredo included)"
+        }
+        // Local-use NAT64 (RFC 8215): translated to IPv4 by the site's own
+        // gateway, to whatever IPv4 address it carries.
+        _ if first == 0x0064 && ip.segments()[1..3] == [0xff9b, 1] => {
+            "local-use NAT64 (64:ff9b:1::/48)"
+        }
         _ if first == 0x0100 && ip.segments()[1..4] == [0, 0, 0] => "discard-only (100::/64)",
         _ => return None,
     })
@@ -66,8 +77,11 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let low = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
     match s {
         [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(low(hi, lo)),
-        // IPv4-compatible (deprecated), but not :: and ::1 themselves.
-        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(low(hi, lo)),
+        // IPv4-translated (SIIT, RFC 2765).
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(low(hi, lo)),
+        // IPv4-compatible (deprecated), but not :: and ::1 themselves:
+        // `::2` carries 0.0.0.2.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(low(hi, lo)),
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
         [0x2002, hi, lo, ..] => Some(low(hi, lo)),
         _ => None,
@@ -148,6 +162,13 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:7f00:1::",
             "2002:a9fe:a9fe::1",
+            "::2",
+            "::ffff",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:1ff::1",
         ] {
             assert!(denied(ip), "{ip} should be denied");
         }
@@ -163,6 +184,8 @@ mod tests {
             "2606:4700:4700::1111",
             "::ffff:1.1.1.1",
             "2002:0808:0808::1",
+            "::ffff:0:1.1.1.1",
+            "2001:200::1",
         ] {
             assert!(!denied(ip), "{ip} should pass");
         }

@@ -68,6 +68,23 @@ pub type Sent = (
     Box<dyn Future<Output = Result<(), HttpError>> + Send>,
 );
 
+/// The request target to put on the wire for `uri`: its path and query
+/// (origin form), or `*` for `OPTIONS`.
+///
+/// A guest's path could otherwise be an absolute URI (`http://evil.example/`)
+/// or an authority, which a server, or a proxy or gateway in front of it,
+/// routes by in place of `Host` (RFC 9112, 3.2.2): the request, with an
+/// upstream's credentials, would leave the address that was checked.
+pub fn request_target(method: &http::Method, uri: &http::Uri) -> Result<http::Uri, HttpError> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let origin_form = target.starts_with('/');
+    let asterisk_form = target == "*" && method == http::Method::OPTIONS;
+    if !(origin_form || asterisk_form) {
+        return Err(HttpError::HttpRequestUriInvalid);
+    }
+    http::Uri::try_from(target).map_err(|_| HttpError::HttpRequestUriInvalid)
+}
+
 /// Sends `request` (whose URI is already absolute) to `target`.
 pub async fn send(
     mut request: http::Request<WasiBody>,
@@ -83,18 +100,18 @@ pub async fn send(
     let between_bytes =
         pick(net.between_bytes_timeout, guest.between_bytes_timeout).max(Duration::from_millis(1));
 
-    let stream = tokio::time::timeout(connect_timeout, connect(&target, &net))
-        .await
-        .map_err(|_| HttpError::ConnectionTimeout)??;
-    let io: Box<dyn Stream> = if target.tls {
-        Box::new(
-            tokio::time::timeout(connect_timeout, tls(&target.host, stream))
-                .await
-                .map_err(|_| HttpError::ConnectionTimeout)??,
-        )
-    } else {
-        Box::new(stream)
-    };
+    // One deadline for DNS, connect and the TLS handshake together, as
+    // `connect_timeout_ms` is documented.
+    let io = tokio::time::timeout(connect_timeout, async {
+        let stream = connect(&target, &net).await?;
+        Ok::<Box<dyn Stream>, HttpError>(if target.tls {
+            Box::new(tls(&target.host, stream).await?)
+        } else {
+            Box::new(stream)
+        })
+    })
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -102,12 +119,7 @@ pub async fn send(
     let driver = tokio::spawn(conn);
 
     // On the wire the request line carries only path and query.
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    *request.uri_mut() = http::Uri::try_from(path).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    *request.uri_mut() = request_target(request.method(), request.uri())?;
 
     let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
         .await
@@ -276,5 +288,24 @@ impl Body for CappedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_origin_form_reaches_the_wire() {
+        let target = |method: http::Method, uri: &str| {
+            request_target(&method, &uri.parse().unwrap()).map(|t| t.to_string())
+        };
+        assert_eq!(
+            target(http::Method::GET, "http://a.example/b?c=1").unwrap(),
+            "/b?c=1"
+        );
+        assert_eq!(target(http::Method::GET, "http://a.example").unwrap(), "/");
+        assert_eq!(target(http::Method::OPTIONS, "*").unwrap(), "*");
+        assert!(target(http::Method::GET, "*").is_err());
     }
 }

@@ -31,15 +31,28 @@ impl AllowRule {
                 "{rule:?}: give only scheme, host and optional port"
             ));
         }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("{rule:?}: invalid port {p:?}"))?;
-                (h, Some(port))
+        // An IPv6 host is bracketed (`[::1]`, `[::1]:8080`), and its colons
+        // are not the port's.
+        let (host, port) = match rest.find(']') {
+            Some(end) if rest.starts_with('[') => {
+                (&rest[..=end], rest[end + 1..].strip_prefix(':'))
             }
-            _ => (rest, None),
+            _ => match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
         };
+        if host.len() + port.map_or(0, |p| p.len() + 1) != rest.len() {
+            return Err(format!(
+                "{rule:?}: give only scheme, host and optional port"
+            ));
+        }
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| format!("{rule:?}: invalid port {p:?}"))
+            })
+            .transpose()?;
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let host = match host.strip_prefix("*.") {
             Some(domain) if !domain.is_empty() && !domain.contains('*') => {
@@ -102,6 +115,18 @@ mod tests {
         assert!(p.allows(&"https://a.b.example.com/".parse().unwrap()));
         assert!(!p.allows(&"https://example.com/".parse().unwrap()));
         assert!(!p.allows(&"https://badexample.com/".parse().unwrap()));
+    }
+
+    #[test]
+    fn bracketed_ipv6_hosts_with_and_without_port() {
+        let p = policy(&["http://[::1]", "https://[fd00::1]:8443"]);
+        assert!(p.allows(&"http://[::1]/x".parse().unwrap()));
+        assert!(!p.allows(&"http://[::1]:8080/x".parse().unwrap()));
+        assert!(p.allows(&"https://[fd00::1]:8443/".parse().unwrap()));
+        assert!(!p.allows(&"https://[fd00::1]/".parse().unwrap()));
+        for bad in ["http://[::1]x", "http://[::1]:", "http://[::1]:99999"] {
+            assert!(AllowRule::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -69,23 +69,22 @@ impl Upstream {
         let uri: http::Uri = config
             .url
             .parse()
-            .map_err(|_| format!("url {:?} is not a URL", config.url))?;
+            .map_err(|_| "`url` is not a URL".to_owned())?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => {
-                return Err(format!(
-                    "url {:?} must start with https:// or http://",
-                    config.url
-                ));
+                return Err("`url` must start with https:// or http://".to_owned());
             }
         };
         let authority = uri
             .authority()
             .filter(|a| !a.as_str().contains('@'))
-            .ok_or_else(|| format!("url {:?} needs a host and no user info", config.url))?;
+            .ok_or_else(|| {
+                "`url` needs a host and no user info (credentials go in `headers`)".to_owned()
+            })?;
         if uri.query().is_some() {
-            return Err(format!("url {:?} must not carry a query", config.url));
+            return Err("`url` must not carry a query (credentials go in `headers`)".to_owned());
         }
         let host = authority
             .host()
@@ -113,7 +112,7 @@ impl Upstream {
         Ok(Upstream {
             target,
             authority: HeaderValue::try_from(authority.as_str())
-                .map_err(|_| format!("url {:?} has an invalid host", config.url))?,
+                .map_err(|_| "`url` has an invalid host".to_owned())?,
             scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
             base_path: uri.path().trim_end_matches('/').to_owned(),
             headers,
@@ -128,6 +127,15 @@ impl Upstream {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        if !guest_path.starts_with('/') {
+            return Err("the request path must start with `/`".into());
+        }
+        if !self.base_path.is_empty() && leaves_base(&guest_path) {
+            return Err(format!(
+                "the request path may not leave the upstream's base path {:?}: `.` and `..` segments are refused",
+                self.base_path
+            ));
+        }
         let uri = http::Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.to_str().unwrap_or_default())
@@ -142,6 +150,17 @@ impl Upstream {
         }
         Ok(self.target.clone())
     }
+}
+
+/// Whether `path` (with its query) has a `.` or `..` segment, spelled
+/// plainly or percent-encoded: a server resolving it could serve something
+/// outside the base path the operator granted.
+fn leaves_base(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// The upstream name a request's host addresses, if it ends in
@@ -192,6 +211,35 @@ mod tests {
         assert_eq!(req.headers()["authorization"], "Bearer t0ken");
         assert!((target.tls, target.port) == (true, 8443));
         assert!(!format!("{up:?}").contains("t0ken"));
+    }
+
+    #[test]
+    fn paths_stay_under_the_base_and_in_origin_form() {
+        let up = upstream("https://api.example.com/v2", &[("x-key", "k")]).unwrap();
+        let apply = |path: &str| {
+            let mut req = http::Request::builder()
+                .uri(format!("http://payments.upstream{path}"))
+                .body(())
+                .unwrap();
+            up.apply(&mut req).map(|_| req.uri().to_string())
+        };
+        assert_eq!(
+            apply("/charges/a.b?x=..").unwrap(),
+            "https://api.example.com/v2/charges/a.b?x=.."
+        );
+        for bad in ["/../admin", "/a/./b", "/%2e%2E/admin", "/a/%2e", "/.."] {
+            assert!(apply(bad).is_err(), "{bad}");
+        }
+        // A path that is not in origin form never reaches the wire.
+        let mut req = http::Request::builder().uri("*").body(()).unwrap();
+        assert!(up.apply(&mut req).is_err());
+        // Without a base path, dot segments are the server's business.
+        let root = upstream("https://api.example.com", &[]).unwrap();
+        let mut req = http::Request::builder()
+            .uri("http://payments.upstream/a/../b")
+            .body(())
+            .unwrap();
+        assert!(root.apply(&mut req).is_ok());
     }
 
     #[test]

@@ -308,6 +308,26 @@ async fn http_named_upstream_adds_credentials_the_guest_never_sees() {
     assert!(!head.contains("forged"), "{head}");
     assert!(!body.contains(TOKEN));
 
+    // A path not in origin form never reaches the wire: a server, or a
+    // proxy in front of it, would route by it, credential and all.
+    for path in [
+        "http://evil.example/steal",
+        "evil.example:443",
+        "@evil.example/x",
+    ] {
+        let response = reqwest::Client::new()
+            .get(format!("{}/fetch", server.base))
+            .query(&[("url", "http://pay.upstream/"), ("path", path)])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, 502, "{path}: {body}");
+        assert!(body.starts_with("error: "), "{path}: {body}");
+    }
+    assert_eq!(api.requests().len(), 1);
+
     // A failing upstream's error carries no credential.
     let (status, body) = fetch(&server.base, "http://down.upstream/x", None).await;
     assert_eq!((status, body.as_str()), (502, "error: ConnectionRefused"));
