@@ -186,6 +186,9 @@ const CREDENTIAL_ECHOING_TARGETS: &[&str] = &[
     // lapin's trace events print AMQP frames, the login's password included.
     "lapin",
     "amq_protocol",
+    // sqlx logs each statement's text at debug: tenants' literals, and any
+    // DDL that carries a password.
+    "sqlx",
 ];
 
 /// The host's log filter: `requested` (the `BERTH_LOG` syntax, falling back

@@ -559,6 +559,34 @@ async fn sql_tenants_isolated_postgres() {
     let a = ta.load_with(&host(&ta)).await.unwrap();
     let b = tb.load_with(&host(&tb)).await.unwrap();
 
+    // The server holds the SCRAM verifier the host computed, as sent: a
+    // password sent in clear would have been hashed with the server's own
+    // salt and settings.
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let stored: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(&role_a)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let salt = stored
+        .strip_prefix("SCRAM-SHA-256$4096:")
+        .and_then(|rest| rest.split_once('$'))
+        .map(|(salt, _)| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(salt)
+                .unwrap()
+        })
+        .unwrap_or_else(|| panic!("not a SCRAM verifier: {stored}"));
+    let password = berth::ports::sql::pg_tenancy::tenant_password(
+        &berth::secret::Secret::new("tenant-key-for-tests"),
+        &role_a,
+    );
+    assert_eq!(
+        stored,
+        berth::ports::sql::pg_tenancy::scram_verifier(&password, &salt, 4096)
+    );
+
     assert_eq!(try_sql(&b, "CREATE TABLE secrets (v text)").await, "ok 0");
     assert_eq!(
         try_sql(&b, "INSERT INTO secrets VALUES ('b-secret')").await,
@@ -569,6 +597,12 @@ async fn sql_tenants_isolated_postgres() {
     let whoami =
         format!("SELECT 1 WHERE current_user = '{role_a}' AND current_schema() = '{role_a}'");
     assert_eq!(try_sql(&a, &whoami).await, "ok 1");
+    // Values past chrono's range come back as Postgres spells them, not as
+    // a panic of the host.
+    assert_eq!(
+        try_sql(&a, "SELECT 'infinity'::timestamptz, '-infinity'::date").await,
+        "ok 1"
+    );
 
     // Everything tenant A tries against B, or to leave its sandbox, is
     // refused by the server.
@@ -605,7 +639,6 @@ async fn sql_tenants_isolated_postgres() {
     assert_eq!(try_sql(&b, "SELECT v FROM secrets").await, "ok 1");
 
     drop((a, b));
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     for role in [role_a, role_b] {
         for statement in [
             format!("DROP SCHEMA IF EXISTS \"{role}\" CASCADE"),

@@ -12,12 +12,17 @@
 //!
 //! Role passwords are derived from a host secret (`tenant_password_key`) by
 //! HMAC, so every host process sharing the config logs in with the same
-//! password without storing one.
+//! password without storing one. The server is only ever sent a SCRAM
+//! verifier of it, on a connection whose statements sqlx does not log, so
+//! the password reaches neither a log line of the host nor the server's
+//! statement log.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
-use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _};
 
 use super::SqlError;
 use super::postgres::map_error;
@@ -42,6 +47,41 @@ pub fn tenant_password(key: &Secret, role: &str) -> Secret {
     Secret::new(hex::encode(mac.finalize().into_bytes()))
 }
 
+/// PBKDF2 rounds of the SCRAM verifier: Postgres' own default.
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The SCRAM-SHA-256 verifier of `password` as Postgres stores it
+/// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, RFC 5803).
+/// Postgres takes a verifier given to `PASSWORD '…'` as is, so the password
+/// itself never travels to the server.
+pub fn scram_verifier(password: &Secret, salt: &[u8], iterations: u32) -> String {
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+        mac.update(data);
+        mac.finalize().into_bytes()
+    };
+    // PBKDF2-HMAC-SHA-256 with one output block (RFC 8018, 5.2).
+    let pw = password.expose().as_bytes();
+    let mut block = hmac(pw, &[salt, &1u32.to_be_bytes()].concat());
+    let mut salted = block;
+    for _ in 1..iterations {
+        block = hmac(pw, &block);
+        salted
+            .iter_mut()
+            .zip(block.iter())
+            .for_each(|(s, b)| *s ^= b);
+    }
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(client_key);
+    let server_key = hmac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        BASE64.encode(salt),
+        BASE64.encode(stored_key),
+        BASE64.encode(server_key)
+    )
+}
+
 /// Creates or updates `role` and its schema with an admin connection, and
 /// takes from `PUBLIC` the default rights a tenant could use to leave its
 /// schema. Idempotent; safe to run from several hosts at once.
@@ -50,14 +90,19 @@ pub async fn provision(
     role: &str,
     password: &Secret,
 ) -> Result<(), SqlError> {
-    // Both values are generated here ([a-z0-9_] and hex), never taken from
-    // a guest or a file, so quoting them inline is safe; DDL takes no
+    // Both values are generated here ([a-z0-9_] and base64), never taken
+    // from a guest or a file, so quoting them inline is safe; DDL takes no
     // parameters.
     debug_assert!(role.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-    let mut conn = PgConnection::connect_with(admin).await.map_err(map_error)?;
+    // sqlx logs statements (at debug, and slow ones at warn): these carry
+    // the role's verifier.
+    let admin = admin.clone().disable_statement_logging();
+    let mut conn = PgConnection::connect_with(&admin)
+        .await
+        .map_err(map_error)?;
     let attributes =
         "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
-    let pw = password.expose();
+    let pw = scram_verifier(password, &rand::random::<[u8; 16]>(), SCRAM_ITERATIONS);
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
             .bind(role)
@@ -115,4 +160,14 @@ mod tests {
         assert_eq!(tenant_password(&key, &a), tenant_password(&key, &a));
         assert_ne!(tenant_password(&key, &a), tenant_password(&key, "other"));
     }
+
+    #[test]
+    fn scram_verifier_matches_an_independent_implementation() {
+        // Computed with Python's hashlib.pbkdf2_hmac and hmac (RFC 5802).
+        let verifier = scram_verifier(&Secret::new("pencil"), b"berth-salt-16byt", 4096);
+        assert_eq!(verifier, EXPECTED_PENCIL);
+        assert!(!verifier.contains("pencil"));
+    }
+
+    const EXPECTED_PENCIL: &str = "SCRAM-SHA-256$4096:YmVydGgtc2FsdC0xNmJ5dA==$sg0Zy/TsYThamIepVE/cJcoCXGlY3GxRFUYeRmksjpg=:mQPbJ/elvNralVEkxiGgwU/PhmqKGtJVzMU1FxOrTxI=";
 }
