@@ -1,6 +1,13 @@
 //! Postgres value mapping: guest parameters to typed Postgres parameters,
 //! and result columns back to port values (exact numeric text, RFC 3339
 //! timestamps, json text as stored).
+//!
+//! Timestamps and dates are read from their wire form (microseconds or
+//! days since 2000-01-01) with checked arithmetic: sqlx's chrono decoding
+//! panics on `infinity`, `-infinity` and years past chrono's range. The
+//! infinities travel as Postgres spells them (`"infinity"`,
+//! `"-infinity"`), both ways; other values chrono cannot represent give
+//! `unsupported-type`.
 
 use std::str::FromStr as _;
 
@@ -9,8 +16,13 @@ use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgRow, PgTypeInfo, PgValueFo
 use sqlx::query::Query;
 use sqlx::{Column as _, Executor as _, Postgres, Row as _, TypeInfo as _, ValueRef as _};
 
+use super::placeholders::rewrite_placeholders_into;
 use super::postgres::map_error;
 use super::{SqlColumn, SqlError, SqlValue};
+
+/// Postgres' own spelling of the infinite timestamps and dates.
+const INFINITY: &str = "infinity";
+const NEG_INFINITY: &str = "-infinity";
 
 /// A NULL whose type the server infers from the statement.
 struct UntypedNull;
@@ -50,6 +62,46 @@ impl sqlx::Encode<'_, Postgres> for JsonText {
     }
 }
 
+/// A `timestamptz` as its wire form, microseconds since 2000-01-01: how
+/// `infinity` (`i64::MAX`) and `-infinity` (`i64::MIN`) are sent.
+struct RawTimestampTz(i64);
+
+impl sqlx::Type<Postgres> for RawTimestampTz {
+    fn type_info() -> PgTypeInfo {
+        <chrono::DateTime<chrono::Utc> as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for RawTimestampTz {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        buf.extend_from_slice(&self.0.to_be_bytes());
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
+/// A `date` as its wire form, days since 2000-01-01: how `infinity`
+/// (`i32::MAX`) and `-infinity` (`i32::MIN`) are sent.
+struct RawDate(i32);
+
+impl sqlx::Type<Postgres> for RawDate {
+    fn type_info() -> PgTypeInfo {
+        <chrono::NaiveDate as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for RawDate {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        buf.extend_from_slice(&self.0.to_be_bytes());
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
 pub(super) type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
 /// A parameter converted once to its Postgres type, so the statement is
@@ -64,6 +116,10 @@ pub(super) enum PgParam {
     TimestampTz(chrono::DateTime<chrono::Utc>),
     Timestamp(chrono::NaiveDateTime),
     Date(chrono::NaiveDate),
+    /// `infinity` or `-infinity`, as a `timestamptz`.
+    InfiniteTimestamp(i64),
+    /// `infinity` or `-infinity`, as a `date`.
+    InfiniteDate(i32),
     Json(String),
     Uuid(sqlx::types::Uuid),
     Decimal(bigdecimal::BigDecimal),
@@ -80,6 +136,10 @@ impl PgParam {
             SqlValue::Float(f) => PgParam::Float(f),
             SqlValue::Text(s) => PgParam::Text(s),
             SqlValue::Blob(b) => PgParam::Bytes(b),
+            SqlValue::Timestamp(s) if s == INFINITY => PgParam::InfiniteTimestamp(i64::MAX),
+            SqlValue::Timestamp(s) if s == NEG_INFINITY => PgParam::InfiniteTimestamp(i64::MIN),
+            SqlValue::Date(s) if s == INFINITY => PgParam::InfiniteDate(i32::MAX),
+            SqlValue::Date(s) if s == NEG_INFINITY => PgParam::InfiniteDate(i32::MIN),
             SqlValue::Timestamp(s) => match chrono::DateTime::parse_from_rfc3339(&s) {
                 Ok(t) => PgParam::TimestampTz(t.with_timezone(&chrono::Utc)),
                 Err(_) => PgParam::Timestamp(
@@ -118,9 +178,30 @@ impl PgParam {
             }
             PgParam::Timestamp(_) => <chrono::NaiveDateTime as Type<Postgres>>::type_info(),
             PgParam::Date(_) => <chrono::NaiveDate as Type<Postgres>>::type_info(),
+            PgParam::InfiniteTimestamp(_) => <RawTimestampTz as Type<Postgres>>::type_info(),
+            PgParam::InfiniteDate(_) => <RawDate as Type<Postgres>>::type_info(),
             PgParam::Json(_) => <JsonText as Type<Postgres>>::type_info(),
             PgParam::Uuid(_) => <sqlx::types::Uuid as Type<Postgres>>::type_info(),
             PgParam::Decimal(_) => <bigdecimal::BigDecimal as Type<Postgres>>::type_info(),
+        }
+    }
+
+    /// The name of the Postgres type [`PgParam::bind`] sends this as (the
+    /// same as [`PgParam::type_info`]'s), for [`statement_text`].
+    fn type_tag(&self) -> &'static str {
+        match self {
+            PgParam::Null => "untyped",
+            PgParam::Bool(_) => "bool",
+            PgParam::Int(_) => "int8",
+            PgParam::Float(_) => "float8",
+            PgParam::Text(_) => "text",
+            PgParam::Bytes(_) => "bytea",
+            PgParam::TimestampTz(_) | PgParam::InfiniteTimestamp(_) => "timestamptz",
+            PgParam::Timestamp(_) => "timestamp",
+            PgParam::Date(_) | PgParam::InfiniteDate(_) => "date",
+            PgParam::Json(_) => "json",
+            PgParam::Uuid(_) => "uuid",
+            PgParam::Decimal(_) => "numeric",
         }
     }
 
@@ -135,6 +216,8 @@ impl PgParam {
             PgParam::TimestampTz(v) => q.bind(v),
             PgParam::Timestamp(v) => q.bind(v),
             PgParam::Date(v) => q.bind(v),
+            PgParam::InfiniteTimestamp(v) => q.bind(RawTimestampTz(v)),
+            PgParam::InfiniteDate(v) => q.bind(RawDate(v)),
             PgParam::Json(v) => q.bind(JsonText(v)),
             PgParam::Uuid(v) => q.bind(v),
             PgParam::Decimal(v) => q.bind(v),
@@ -151,6 +234,34 @@ pub(super) fn bind(mut q: PgQuery<'_>, params: Vec<PgParam>) -> PgQuery<'_> {
         q = p.bind(q);
     }
     q
+}
+
+/// The text sent to Postgres for `statement` run with `params`: `?`
+/// placeholders rewritten to `$n`, after a comment naming the parameters'
+/// types (`/*berth:int8,float8*/ `).
+///
+/// sqlx caches prepared statements per connection by their text alone and
+/// reuses the parameter types of the first prepare. Without the comment,
+/// `INSERT … VALUES (?)` run first with an int then with a float would
+/// send the float's bytes where the cached statement expects an `int8`
+/// (silently storing nonsense), and a first `NULL` would leave the type to
+/// the server's inference for every later call. With it, each type
+/// signature is its own cached statement. Built in one buffer, as this runs
+/// for every statement.
+pub(super) fn statement_text(statement: &str, params: &[PgParam]) -> String {
+    let mut out = String::with_capacity(statement.len() + 16 + 12 * params.len());
+    if !params.is_empty() {
+        out.push_str("/*berth:");
+        for (k, p) in params.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str(p.type_tag());
+        }
+        out.push_str("*/ ");
+    }
+    rewrite_placeholders_into(&mut out, statement);
+    out
 }
 
 /// The Postgres types of converted parameters, as they will be bound.
@@ -215,22 +326,10 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
             SqlValue::Text(row.try_get(i).map_err(get)?)
         }
         "BYTEA" => SqlValue::Blob(row.try_get(i).map_err(get)?),
-        "TIMESTAMPTZ" => SqlValue::Timestamp(
-            row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)
-                .map_err(get)?
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        ),
-        "TIMESTAMP" => SqlValue::Timestamp(
-            row.try_get::<chrono::NaiveDateTime, _>(i)
-                .map_err(get)?
-                .format("%Y-%m-%dT%H:%M:%S%.f")
-                .to_string(),
-        ),
-        "DATE" => SqlValue::Date(
-            row.try_get::<chrono::NaiveDate, _>(i)
-                .map_err(get)?
-                .to_string(),
-        ),
+        "TIMESTAMPTZ" | "TIMESTAMP" | "DATE" => {
+            let bytes = raw.as_bytes().map_err(|e| SqlError::Other(e.to_string()))?;
+            temporal(row, i, type_name, raw.format(), bytes)?
+        }
         "UUID" => SqlValue::Uuid(
             row.try_get::<sqlx::types::Uuid, _>(i)
                 .map_err(get)?
@@ -263,6 +362,108 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
             )));
         }
     })
+}
+
+/// A `timestamptz`, `timestamp` or `date` column's value. Binary values
+/// (what sqlx's prepared statements return) are converted from their wire
+/// form without sqlx's chrono decoding, which panics when `epoch + value`
+/// overflows; text values are parsed as before, after the infinities.
+fn temporal(
+    row: &PgRow,
+    i: usize,
+    type_name: &str,
+    format: PgValueFormat,
+    bytes: &[u8],
+) -> Result<SqlValue, SqlError> {
+    let is_date = type_name == "DATE";
+    let with_zone = type_name == "TIMESTAMPTZ";
+    let text = match format {
+        PgValueFormat::Binary => {
+            let malformed = || {
+                SqlError::UnsupportedType(format!(
+                    "column {} holds a malformed {}",
+                    i + 1,
+                    type_name.to_ascii_lowercase()
+                ))
+            };
+            if is_date {
+                let days = <[u8; 4]>::try_from(bytes).map_err(|_| malformed())?;
+                date_text(i32::from_be_bytes(days))?
+            } else {
+                let micros = <[u8; 8]>::try_from(bytes).map_err(|_| malformed())?;
+                timestamp_text(i64::from_be_bytes(micros), with_zone)?
+            }
+        }
+        PgValueFormat::Text => match std::str::from_utf8(bytes) {
+            Ok(s) if s == INFINITY || s == NEG_INFINITY => s.to_owned(),
+            _ if is_date => row
+                .try_get::<chrono::NaiveDate, _>(i)
+                .map_err(map_error)?
+                .to_string(),
+            _ if with_zone => row
+                .try_get::<chrono::DateTime<chrono::Utc>, _>(i)
+                .map_err(map_error)?
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            _ => row
+                .try_get::<chrono::NaiveDateTime, _>(i)
+                .map_err(map_error)?
+                .format("%Y-%m-%dT%H:%M:%S%.f")
+                .to_string(),
+        },
+    };
+    Ok(if is_date {
+        SqlValue::Date(text)
+    } else {
+        SqlValue::Timestamp(text)
+    })
+}
+
+/// A timestamp given as Postgres' binary form, microseconds since
+/// 2000-01-01 00:00: RFC 3339 in UTC with `Z` for a `timestamptz`
+/// (`with_zone`), without an offset for a `timestamp`; fractional seconds
+/// only when there are some. `i64::MAX`/`i64::MIN` are Postgres'
+/// `infinity`/`-infinity`; instants past chrono's range (after the year
+/// 262143; Postgres allows up to 294276) are `unsupported-type`.
+fn timestamp_text(micros: i64, with_zone: bool) -> Result<String, SqlError> {
+    match micros {
+        i64::MAX => return Ok(INFINITY.to_owned()),
+        i64::MIN => return Ok(NEG_INFINITY.to_owned()),
+        _ => {}
+    }
+    let t = chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|epoch| epoch.checked_add_signed(chrono::TimeDelta::microseconds(micros)))
+        .ok_or_else(|| {
+            SqlError::UnsupportedType(
+                "a timestamp outside the years the sql port can carry (cast it to text)".into(),
+            )
+        })?;
+    Ok(if with_zone {
+        t.and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()
+    })
+}
+
+/// A date given as Postgres' binary form, days since 2000-01-01:
+/// `YYYY-MM-DD`. `i32::MAX`/`i32::MIN` are `infinity`/`-infinity`; dates
+/// past chrono's range (after the year 262143; Postgres allows up to
+/// 5874897) are `unsupported-type`.
+fn date_text(days: i32) -> Result<String, SqlError> {
+    match days {
+        i32::MAX => return Ok(INFINITY.to_owned()),
+        i32::MIN => return Ok(NEG_INFINITY.to_owned()),
+        _ => {}
+    }
+    chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|epoch| epoch.checked_add_signed(chrono::TimeDelta::try_days(days.into())?))
+        .map(|d| d.to_string())
+        .ok_or_else(|| {
+            SqlError::UnsupportedType(
+                "a date outside the years the sql port can carry (cast it to text)".into(),
+            )
+        })
 }
 
 /// A one-dimensional array of scalars as a JSON array (`NULL` elements as
@@ -344,6 +545,128 @@ fn numeric_text(b: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::TypeInfo as _;
+
+    use super::{PgParam, SqlError, date_text, statement_text, timestamp_text};
+
+    #[test]
+    fn timestamps_from_wire_micros() {
+        let ts = |micros, zone| timestamp_text(micros, zone).unwrap();
+        assert_eq!(ts(0, true), "2000-01-01T00:00:00Z");
+        assert_eq!(ts(0, false), "2000-01-01T00:00:00");
+        assert_eq!(ts(-1, true), "1999-12-31T23:59:59.999999Z");
+        assert_eq!(ts(-1, false), "1999-12-31T23:59:59.999999");
+        assert_eq!(ts(1_500_000, true), "2000-01-01T00:00:01.500Z");
+        assert_eq!(ts(1_500_000, false), "2000-01-01T00:00:01.500");
+        assert_eq!(ts(767_880_000_123_456, true), "2024-05-01T12:00:00.123456Z");
+        assert_eq!(ts(i64::MAX, true), "infinity");
+        assert_eq!(ts(i64::MIN, true), "-infinity");
+        assert_eq!(ts(i64::MAX, false), "infinity");
+        assert_eq!(ts(i64::MIN, false), "-infinity");
+        // Valid in Postgres (up to year 294276), past chrono's range.
+        for micros in [i64::MAX - 1, i64::MIN + 1] {
+            for zone in [true, false] {
+                assert!(
+                    matches!(
+                        timestamp_text(micros, zone),
+                        Err(SqlError::UnsupportedType(_))
+                    ),
+                    "{micros}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dates_from_wire_days() {
+        assert_eq!(date_text(0).unwrap(), "2000-01-01");
+        assert_eq!(date_text(-1).unwrap(), "1999-12-31");
+        assert_eq!(date_text(366).unwrap(), "2001-01-01");
+        assert_eq!(date_text(8887).unwrap(), "2024-05-01");
+        assert_eq!(date_text(i32::MAX).unwrap(), "infinity");
+        assert_eq!(date_text(i32::MIN).unwrap(), "-infinity");
+        for days in [i32::MAX - 1, i32::MIN + 1] {
+            assert!(
+                matches!(date_text(days), Err(SqlError::UnsupportedType(_))),
+                "{days}"
+            );
+        }
+    }
+
+    #[test]
+    fn infinities_are_accepted_as_parameters() {
+        use super::SqlValue;
+        let one = |v| super::convert(vec![v]).unwrap().remove(0);
+        assert!(matches!(
+            one(SqlValue::Timestamp("infinity".into())),
+            PgParam::InfiniteTimestamp(i64::MAX)
+        ));
+        assert!(matches!(
+            one(SqlValue::Timestamp("-infinity".into())),
+            PgParam::InfiniteTimestamp(i64::MIN)
+        ));
+        assert!(matches!(
+            one(SqlValue::Date("infinity".into())),
+            PgParam::InfiniteDate(i32::MAX)
+        ));
+        assert!(matches!(
+            one(SqlValue::Date("-infinity".into())),
+            PgParam::InfiniteDate(i32::MIN)
+        ));
+    }
+
+    #[test]
+    fn statement_text_names_the_bound_types() {
+        let sql = "INSERT INTO t (a, b, c) VALUES (?, ?, ?)";
+        assert_eq!(
+            statement_text(sql, &[PgParam::Int(3), PgParam::Float(2.5), PgParam::Null]),
+            "/*berth:int8,float8,untyped*/ INSERT INTO t (a, b, c) VALUES ($1, $2, $3)"
+        );
+        // Each type signature is its own statement in sqlx's cache.
+        let one = "INSERT INTO t (dbl) VALUES (?)";
+        assert_ne!(
+            statement_text(one, &[PgParam::Int(3)]),
+            statement_text(one, &[PgParam::Float(2.5)])
+        );
+        assert_ne!(
+            statement_text(one, &[PgParam::Null]),
+            statement_text(one, &[PgParam::Int(3)])
+        );
+        assert_eq!(
+            statement_text(one, &[PgParam::Int(3)]),
+            statement_text(one, &[PgParam::Int(4)])
+        );
+        // No parameters, no comment; `$n` statements keep their text.
+        assert_eq!(statement_text("SELECT 1", &[]), "SELECT 1");
+        assert_eq!(
+            statement_text("SELECT $1::text, '?'", &[PgParam::Text("x".into())]),
+            "/*berth:text*/ SELECT $1::text, '?'"
+        );
+    }
+
+    #[test]
+    fn type_tags_match_the_bound_types() {
+        let params = [
+            PgParam::Bool(true),
+            PgParam::Int(1),
+            PgParam::Float(1.0),
+            PgParam::Text(String::new()),
+            PgParam::Bytes(Vec::new()),
+            PgParam::TimestampTz(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH),
+            PgParam::Timestamp(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH.naive_utc()),
+            PgParam::Date(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH.date_naive()),
+            PgParam::InfiniteTimestamp(i64::MAX),
+            PgParam::InfiniteDate(i32::MIN),
+            PgParam::Uuid(sqlx::types::Uuid::nil()),
+            PgParam::Decimal(bigdecimal::BigDecimal::from(1i64)),
+        ];
+        for p in &params {
+            assert_eq!(p.type_tag(), p.type_info().name().to_ascii_lowercase());
+        }
+        // Declared by oid (114), which sqlx does not name.
+        assert_eq!(PgParam::Json(String::new()).type_tag(), "json");
+    }
+
     fn numeric(ndigits: i16, weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
         let mut b = Vec::new();
         for w in [ndigits, weight, sign as i16, dscale as i16]

@@ -5,7 +5,10 @@
 //! text, bytea, numeric (exact decimal text), timestamptz/timestamp/date,
 //! json/jsonb (text as stored) and uuid; other types (arrays, intervals, …)
 //! give `unsupported-type`. Statements may use `?` placeholders (rewritten
-//! to `$n` outside literals and comments) or `$n` ones. A server-side
+//! to `$n` outside literals and comments) or `$n` ones. A statement with
+//! parameters is sent after a comment naming their types, so sqlx's
+//! per-connection statement cache (keyed by text) never reuses a statement
+//! prepared for other types (see `pg_values::statement_text`). A server-side
 //! `statement_timeout` bounds every statement.
 
 use std::str::FromStr as _;
@@ -22,7 +25,7 @@ use super::{
 };
 use crate::secret::Secret;
 
-use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row};
+use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row, statement_text};
 pub use super::placeholders::rewrite_placeholders;
 /// Rows buffered between a cursor's reader task and the guest.
 const CURSOR_BUFFER_ROWS: usize = 256;
@@ -172,8 +175,8 @@ async fn query_on(
     params: Vec<SqlValue>,
     caps: ResultCaps,
 ) -> Result<RowSet, SqlError> {
-    let sql = rewrite_placeholders(statement);
     let params = convert(params)?;
+    let sql = statement_text(statement, &params);
     let types = param_types(&params);
     // sqlx prepares the statement (once per connection: it is cached) with
     // the bound parameters' types. The columns come with the first row; only
@@ -209,8 +212,9 @@ async fn execute_on(
     statement: &str,
     params: Vec<SqlValue>,
 ) -> Result<u64, SqlError> {
-    let sql = rewrite_placeholders(statement);
-    let done = bind(sqlx::query(&sql), convert(params)?)
+    let params = convert(params)?;
+    let sql = statement_text(statement, &params);
+    let done = bind(sqlx::query(&sql), params)
         .execute(&mut *conn)
         .await
         .map_err(map_error)?;
@@ -262,11 +266,11 @@ impl SqlBackend for PostgresDatabase {
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back.
         tokio::spawn(async move {
-            let sql = rewrite_placeholders(&statement);
             let params = match convert(params) {
                 Ok(p) => p,
                 Err(e) => return drop(columns_tx.send(Err(e))),
             };
+            let sql = statement_text(&statement, &params);
             let prepared = match prepare(&mut conn, &sql, &param_types(&params)).await {
                 Ok(p) => p,
                 Err(e) => return drop(columns_tx.send(Err(e))),
