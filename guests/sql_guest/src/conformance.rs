@@ -207,6 +207,63 @@ fn transactions(conn: &Connection) {
     assert_eq!(count_id(conn, 3), 0, "row of dropped transaction invisible");
     assert_eq!(count_id(conn, 9), 0, "write after commit never happened");
     step("transaction drop rolls back");
+
+    // Transaction control goes through the port only: a `BEGIN` of the
+    // guest's own would send a pooled connection back inside it.
+    for statement in ["BEGIN", " -- why\nstart transaction", "SET autocommit = 0"] {
+        match conn.execute(statement, &[]) {
+            Err(Error::Denied(_)) => {}
+            other => panic!("{statement:?}: expected Denied, got {other:?}"),
+        }
+    }
+    let tx = conn.begin().expect("begin (guest COMMIT case)");
+    tx.execute(insert, &[Value::Int(4)]).expect("insert in tx");
+    match tx.execute("COMMIT", &[]) {
+        Err(Error::Denied(_)) => {}
+        other => panic!("COMMIT in a transaction: expected Denied, got {other:?}"),
+    }
+    tx.rollback().expect("rollback after a refused COMMIT");
+    assert_eq!(count_id(conn, 4), 0, "the refused COMMIT committed nothing");
+    step("transaction control is refused");
+
+    // One statement, parameters of different types on the same connection
+    // (a transaction keeps it): each value is stored as given.
+    conn.execute("CREATE TABLE mixed (f DOUBLE PRECISION)", &[])
+        .expect("create mixed");
+    let tx = conn.begin().expect("begin (mixed types)");
+    let insert_f = "INSERT INTO mixed (f) VALUES (?)";
+    for value in [
+        Value::Int(3),
+        Value::Float(2.5),
+        Value::Null,
+        Value::Int(-7),
+    ] {
+        tx.execute(insert_f, &[value.clone()])
+            .unwrap_or_else(|e| panic!("insert {value:?}: {e:?}"));
+    }
+    let rs = tx
+        .query("SELECT f FROM mixed ORDER BY f", &[])
+        .expect("read mixed");
+    let got: Vec<Option<f64>> = rs
+        .rows
+        .iter()
+        .map(|r| match &r[0] {
+            Value::Float(f) => Some(*f),
+            Value::Int(i) => Some(*i as f64),
+            Value::Null => None,
+            other => panic!("mixed: unexpected {other:?}"),
+        })
+        .collect();
+    let mut numbers: Vec<f64> = got.iter().flatten().copied().collect();
+    numbers.sort_by(f64::total_cmp);
+    assert_eq!(numbers, [-7.0, 2.5, 3.0], "mixed: {got:?}");
+    assert_eq!(
+        got.iter().filter(|v| v.is_none()).count(),
+        1,
+        "mixed: {got:?}"
+    );
+    tx.commit().expect("commit mixed");
+    step("mixed parameter types on one statement");
 }
 
 /// Engine errors map to the port's error cases instead of trapping.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
 
+use super::statement::refuse_transaction_control;
 use super::{
     ResultCaps, RowSet as HostRowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction,
     SqlValue,
@@ -184,11 +185,16 @@ impl wit::HostConnection for InstanceState {
         let caps = self.sql_caps();
         let p = params(p);
         let bytes_in = statement_bytes(&statement, &p);
-        let r = backend
-            .query(statement, p, caps)
-            .instrument(self.sql_span("query"))
-            .await
-            .map_err(|e| self.sql_error("query", e));
+        let r = match refuse_transaction_control(&statement) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                backend
+                    .query(statement, p, caps)
+                    .instrument(self.sql_span("query"))
+                    .await
+            }
+        }
+        .map_err(|e| self.sql_error("query", e));
         self.meter(Port::Sql, "query", &db, started, &r, bytes_in, |r| {
             rows_bytes(&r.rows)
         });
@@ -206,11 +212,16 @@ impl wit::HostConnection for InstanceState {
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let p = params(p);
         let bytes_in = statement_bytes(&statement, &p);
-        let r = backend
-            .execute(statement, p)
-            .instrument(self.sql_span("execute"))
-            .await
-            .map_err(|e| self.sql_error("execute", e));
+        let r = match refuse_transaction_control(&statement) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                backend
+                    .execute(statement, p)
+                    .instrument(self.sql_span("execute"))
+                    .await
+            }
+        }
+        .map_err(|e| self.sql_error("execute", e));
         self.meter(Port::Sql, "execute", &db, started, &r, bytes_in, |_| 0);
         Ok(r)
     }
@@ -244,11 +255,16 @@ impl wit::HostConnection for InstanceState {
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let p = params(p);
         let bytes_in = statement_bytes(&statement, &p);
-        let r = match backend
-            .open_cursor(statement, p)
-            .instrument(self.sql_span("open-cursor"))
-            .await
-        {
+        let opened = match refuse_transaction_control(&statement) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                backend
+                    .open_cursor(statement, p)
+                    .instrument(self.sql_span("open-cursor"))
+                    .await
+            }
+        };
+        let r = match opened {
             Ok(cursor) => Ok(self.table.push(CursorHandle {
                 db: db.clone(),
                 cursor,
@@ -280,9 +296,11 @@ impl wit::HostTransaction for InstanceState {
         let bytes_in = statement_bytes(&statement, &p);
         let handle = self.table.get_mut(&this)?;
         let db = handle.db.clone();
-        let r = match handle.tx.as_mut() {
-            None => Err(SqlError::Closed),
-            Some(tx) => tx.query(statement, p, caps).instrument(span).await,
+        let refused = refuse_transaction_control(&statement);
+        let r = match (handle.tx.as_mut(), refused) {
+            (None, _) => Err(SqlError::Closed),
+            (Some(_), Err(e)) => Err(e),
+            (Some(tx), Ok(())) => tx.query(statement, p, caps).instrument(span).await,
         };
         let r = r.map_err(|e| self.sql_error("tx.query", e));
         self.meter(Port::Sql, "tx.query", &db, started, &r, bytes_in, |r| {
@@ -303,9 +321,11 @@ impl wit::HostTransaction for InstanceState {
         let bytes_in = statement_bytes(&statement, &p);
         let handle = self.table.get_mut(&this)?;
         let db = handle.db.clone();
-        let r = match handle.tx.as_mut() {
-            None => Err(SqlError::Closed),
-            Some(tx) => tx.execute(statement, p).instrument(span).await,
+        let refused = refuse_transaction_control(&statement);
+        let r = match (handle.tx.as_mut(), refused) {
+            (None, _) => Err(SqlError::Closed),
+            (Some(_), Err(e)) => Err(e),
+            (Some(tx), Ok(())) => tx.execute(statement, p).instrument(span).await,
         };
         let r = r.map_err(|e| self.sql_error("tx.execute", e));
         self.meter(Port::Sql, "tx.execute", &db, started, &r, bytes_in, |_| 0);
@@ -354,9 +374,10 @@ impl wit::HostCursor for InstanceState {
         let started = crate::metrics::Started::now();
         let span = self.sql_span("cursor.next");
         let max = (max_rows as usize).clamp(1, MAX_CURSOR_BATCH);
+        let max_bytes = self.sql_caps().max_bytes;
         let handle = self.table.get_mut(&this)?;
         let db = handle.db.clone();
-        let r = handle.cursor.next(max).instrument(span).await;
+        let r = handle.cursor.next(max, max_bytes).instrument(span).await;
         let r = r.map_err(|e| self.sql_error("cursor.next", e));
         self.meter(Port::Sql, "cursor.next", &db, started, &r, 0, |rows| {
             rows_bytes(rows)

@@ -8,6 +8,7 @@ mod pg_values;
 mod placeholders;
 pub mod postgres;
 pub mod sqlite;
+mod statement;
 
 use async_trait::async_trait;
 
@@ -223,8 +224,14 @@ pub trait SqlTransaction: Send {
 pub trait SqlCursor: Send {
     /// The columns.
     fn columns(&self) -> Vec<SqlColumn>;
-    /// Up to `max_rows` further rows; empty at the end.
-    async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError>;
+    /// Up to `max_rows` further rows holding at most `max_bytes` (at least
+    /// one row, however large, so a cursor always moves on); empty at the
+    /// end.
+    async fn next(
+        &mut self,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<SqlValue>>, SqlError>;
 }
 
 /// How a Postgres logical database is shared between apps.
@@ -300,6 +307,12 @@ pub enum SqlConfig {
 pub(crate) struct ChannelCursor {
     columns: Vec<SqlColumn>,
     rows: tokio::sync::mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
+    /// A row received but left for the next batch, which it would have
+    /// taken past its byte cap.
+    held: Option<Vec<SqlValue>>,
+    /// The reader's error, once seen: returned after the rows before it,
+    /// and by every later call, so a failure never reads as the end.
+    failed: Option<SqlError>,
 }
 
 impl ChannelCursor {
@@ -307,8 +320,18 @@ impl ChannelCursor {
         columns: Vec<SqlColumn>,
         rows: tokio::sync::mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
     ) -> Self {
-        Self { columns, rows }
+        Self {
+            columns,
+            rows,
+            held: None,
+            failed: None,
+        }
     }
+}
+
+/// Bytes a row carries back to the guest, as metered.
+fn row_bytes(row: &[SqlValue]) -> usize {
+    row.iter().map(SqlValue::approx_size).sum()
 }
 
 #[async_trait]
@@ -317,24 +340,90 @@ impl SqlCursor for ChannelCursor {
         self.columns.clone()
     }
 
-    async fn next(&mut self, max_rows: usize) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+    async fn next(
+        &mut self,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<SqlValue>>, SqlError> {
         use tokio::sync::mpsc::error::TryRecvError;
         let mut out = Vec::new();
+        let mut bytes = 0;
         while out.len() < max_rows {
-            let next = if out.is_empty() {
-                self.rows.recv().await
-            } else {
-                match self.rows.try_recv() {
-                    Ok(item) => Some(item),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => None,
+            let row = match self.held.take() {
+                Some(row) => row,
+                None if self.failed.is_some() => break,
+                None => {
+                    let next = if out.is_empty() {
+                        self.rows.recv().await
+                    } else {
+                        match self.rows.try_recv() {
+                            Ok(item) => Some(item),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => None,
+                        }
+                    };
+                    match next {
+                        Some(Ok(row)) => row,
+                        Some(Err(e)) => {
+                            self.failed = Some(e);
+                            break;
+                        }
+                        None => break,
+                    }
                 }
             };
-            match next {
-                Some(row) => out.push(row?),
-                None => break,
+            let size = row_bytes(&row);
+            if !out.is_empty() && bytes + size > max_bytes {
+                self.held = Some(row);
+                break;
             }
+            bytes += size;
+            out.push(row);
         }
-        Ok(out)
+        match &self.failed {
+            Some(e) if out.is_empty() => Err(e.clone()),
+            _ => Ok(out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    fn text(n: usize) -> Vec<SqlValue> {
+        vec![SqlValue::Text("x".repeat(n))]
+    }
+
+    #[tokio::test]
+    async fn batches_stop_at_the_byte_cap_and_an_error_follows_its_rows() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for n in [10, 10, 25, 10] {
+            tx.send(Ok(text(n))).await.unwrap();
+        }
+        tx.send(Err(SqlError::Timeout)).await.unwrap();
+        drop(tx);
+        let mut cursor = ChannelCursor::new(Vec::new(), rx);
+        // 20 bytes hold two 10-byte rows; the third waits for the next batch.
+        assert_eq!(cursor.next(100, 20).await.unwrap(), [text(10), text(10)]);
+        // A row larger than the cap still comes, alone.
+        assert_eq!(cursor.next(100, 20).await.unwrap(), [text(25)]);
+        // The rows before the error come first; the error is not the end.
+        assert_eq!(cursor.next(100, 20).await.unwrap(), [text(10)]);
+        assert_eq!(cursor.next(100, 20).await, Err(SqlError::Timeout));
+        assert_eq!(cursor.next(100, 20).await, Err(SqlError::Timeout));
+    }
+
+    #[tokio::test]
+    async fn batches_stop_at_the_row_cap_and_end_empty() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for _ in 0..3 {
+            tx.send(Ok(text(1))).await.unwrap();
+        }
+        drop(tx);
+        let mut cursor = ChannelCursor::new(Vec::new(), rx);
+        assert_eq!(cursor.next(2, 1000).await.unwrap().len(), 2);
+        assert_eq!(cursor.next(2, 1000).await.unwrap().len(), 1);
+        assert!(cursor.next(2, 1000).await.unwrap().is_empty());
     }
 }
