@@ -5,12 +5,21 @@
 //! the pool only in autocommit state: whatever left it inside a transaction
 //! (a dropped transaction, a trapped guest, a cancelled call) is rolled back
 //! first. `ATTACH`/`DETACH` are refused by an authorizer so a guest cannot
-//! reach another file; extension loading is never enabled.
+//! reach another file; extension loading is never enabled. The authorizer
+//! also refuses every `PRAGMA` but read-only introspection (see
+//! `pragma_allowed`): some pragmas change every SQLite connection of the
+//! process, others the pooled connection the next caller gets. A guest's
+//! statement is interrupted (`timeout`) once it runs past the pool's
+//! statement timeout, and waiting for a connection is bounded too.
 
+use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -25,18 +34,52 @@ use super::{
 const POOL_SIZE: usize = 8;
 /// Rows buffered between a cursor's reader thread and the guest.
 const CURSOR_BUFFER_ROWS: usize = 256;
+/// How long a guest's statement (a cursor: each step to its next row) may
+/// run before it is interrupted and gives `timeout`. SQLite has no limit of
+/// its own; this is the server engines' default `statement_timeout_ms`.
+pub const SQLITE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a caller waits for one of a pool's connections before it gets
+/// [`SqlError::PoolExhausted`]: the server engines' default
+/// `connect_timeout_ms`, and the connections' busy timeout.
+pub const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Virtual-machine instructions between two checks of a statement's deadline.
+const PROGRESS_OPS: c_int = 1000;
+
+/// The time limits of a [`SqlitePool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteTimeouts {
+    /// Longest a guest's statement runs before it is interrupted.
+    pub statement: Duration,
+    /// Longest wait for a pooled connection.
+    pub acquire: Duration,
+}
+
+impl Default for SqliteTimeouts {
+    fn default() -> Self {
+        SqliteTimeouts {
+            statement: SQLITE_STATEMENT_TIMEOUT,
+            acquire: SQLITE_ACQUIRE_TIMEOUT,
+        }
+    }
+}
 
 /// A small pool of connections to one SQLite file.
 pub struct SqlitePool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    timeouts: SqliteTimeouts,
 }
 
 impl SqlitePool {
     /// Opens (creating if needed) the database at `path`, checking that it
     /// can be opened now so configuration errors surface at load.
     pub fn open(path: &Path) -> Result<Arc<SqlitePool>, SqlError> {
+        SqlitePool::open_with(path, SqliteTimeouts::default())
+    }
+
+    /// [`SqlitePool::open`] with other time limits.
+    pub fn open_with(path: &Path, timeouts: SqliteTimeouts) -> Result<Arc<SqlitePool>, SqlError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 SqlError::Unavailable(format!("cannot create database directory: {e}"))
@@ -47,17 +90,24 @@ impl SqlitePool {
             path: path.to_path_buf(),
             idle: Mutex::new(vec![first]),
             permits: Arc::new(Semaphore::new(POOL_SIZE)),
+            timeouts,
         }))
     }
 
-    /// Checks out a connection, waiting while all are busy.
+    /// The pool's time limits.
+    pub fn timeouts(&self) -> SqliteTimeouts {
+        self.timeouts
+    }
+
+    /// Checks out a connection, waiting while all are busy, up to the
+    /// acquire timeout (then [`SqlError::PoolExhausted`]).
     pub async fn get(self: &Arc<Self>) -> Result<PooledConnection, SqlError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SqlError::Unavailable("database pool closed".into()))?;
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = match tokio::time::timeout(self.timeouts.acquire, acquire).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(SqlError::Unavailable("database pool closed".into())),
+            Err(_) => return Err(SqlError::PoolExhausted(POOL_SIZE as u32)),
+        };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
@@ -118,11 +168,23 @@ fn open_connection(path: &Path) -> Result<Connection, SqlError> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| SqlError::Unavailable(format!("cannot open database: {e}")))?;
+    // The host's own settings, made before the authorizer is installed: it
+    // refuses these pragmas to everyone after.
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
     )
     .map_err(map_error)?;
-    conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
+    // Defensive mode: no `writable_schema`, no `journal_mode=OFF`, no direct
+    // writes to shadow tables, so SQL cannot corrupt the file.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(map_error)?;
+    conn.authorizer(Some(|ctx: AuthContext<'_>| authorize(ctx)));
+    Ok(conn)
+}
+
+/// What a statement on a pooled connection may do.
+fn authorize(ctx: AuthContext<'_>) -> Authorization {
+    match ctx.action {
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
         // Extension loading is also off in the library; refusing the call
         // here gives the guest `denied` rather than a runtime error.
@@ -131,9 +193,118 @@ fn open_connection(path: &Path) -> Result<Connection, SqlError> {
         {
             Authorization::Deny
         }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } if !pragma_allowed(pragma_name, pragma_value) => Authorization::Deny,
         _ => Authorization::Allow,
-    }));
-    Ok(conn)
+    }
+}
+
+/// Pragmas that only describe the schema or check the file, with or
+/// without an argument.
+const INTROSPECTION_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "collation_list",
+];
+
+/// Pragmas that may be read (no argument) but not set.
+const READABLE_PRAGMAS: &[&str] = &[
+    "user_version",
+    "application_id",
+    "foreign_keys",
+    "page_count",
+    "freelist_count",
+    "data_version",
+];
+
+/// Whether a guest may run `PRAGMA name` (`= value`, `(value)`), also as a
+/// `pragma_<name>` table-valued function. Only introspection is: some
+/// pragmas change every SQLite connection of the process
+/// (`hard_heap_limit`, `soft_heap_limit`, `temp_store_directory`), others
+/// the connection, which the pool hands to the next caller (`foreign_keys`,
+/// `journal_mode`, `synchronous`, `query_only`, `writable_schema`,
+/// `mmap_size`, `cache_size`, …), and `database_list` shows the file's path
+/// on the host. Setting `user_version` is allowed: it is a number in the
+/// database's own header.
+fn pragma_allowed(name: &str, value: Option<&str>) -> bool {
+    listed(INTROSPECTION_PRAGMAS, name)
+        || (value.is_none() && listed(READABLE_PRAGMAS, name))
+        || name.eq_ignore_ascii_case("user_version")
+}
+
+fn listed(list: &[&str], name: &str) -> bool {
+    list.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// When the statement running on a connection is interrupted.
+#[derive(Clone)]
+struct Deadline {
+    limit: Duration,
+    start: Instant,
+    /// Nanoseconds after `start` past which the statement is interrupted;
+    /// moved on by [`Deadline::rearm`].
+    at: Arc<AtomicU64>,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now.
+    fn new(limit: Duration) -> Deadline {
+        let deadline = Deadline {
+            limit,
+            start: Instant::now(),
+            at: Arc::new(AtomicU64::new(0)),
+        };
+        deadline.rearm();
+        deadline
+    }
+
+    /// Moves the deadline to `limit` from now.
+    fn rearm(&self) {
+        let at = self.start.elapsed().saturating_add(self.limit);
+        self.at.store(nanos(at), Ordering::Relaxed);
+    }
+
+    fn passed(&self) -> bool {
+        nanos(self.start.elapsed()) >= self.at.load(Ordering::Relaxed)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Interrupts whatever runs on a connection once a deadline passes (SQLite
+/// then fails it with `SQLITE_INTERRUPT`, given as [`SqlError::Timeout`]),
+/// until dropped: host code using the connection afterwards is not limited.
+struct Armed<'a>(&'a Connection);
+
+impl<'a> Armed<'a> {
+    fn new(conn: &'a Connection, deadline: Deadline) -> Armed<'a> {
+        conn.progress_handler(PROGRESS_OPS, Some(move || deadline.passed()));
+        Armed(conn)
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.0.progress_handler(0, None::<fn() -> bool>);
+    }
+}
+
+/// Runs a guest's statement `f` on `conn`, interrupted after `limit`.
+fn with_deadline<R>(conn: &Connection, limit: Duration, f: impl FnOnce(&Connection) -> R) -> R {
+    let _armed = Armed::new(conn, Deadline::new(limit));
+    f(conn)
 }
 
 async fn blocking<R: Send + 'static>(
@@ -292,11 +463,20 @@ pub struct SqliteDatabase {
 }
 
 impl SqliteDatabase {
-    /// Opens the database file at `path`.
+    /// Opens the database file at `path`, with the default time limits.
     pub fn open(path: &Path) -> Result<SqliteDatabase, SqlError> {
+        SqliteDatabase::open_with(path, SqliteTimeouts::default())
+    }
+
+    /// Opens the database file at `path` with the given time limits.
+    pub fn open_with(path: &Path, timeouts: SqliteTimeouts) -> Result<SqliteDatabase, SqlError> {
         Ok(SqliteDatabase {
-            pool: SqlitePool::open(path)?,
+            pool: SqlitePool::open_with(path, timeouts)?,
         })
+    }
+
+    fn statement_timeout(&self) -> Duration {
+        self.pool.timeouts().statement
     }
 }
 
@@ -308,14 +488,16 @@ impl SqlBackend for SqliteDatabase {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
+        let limit = self.statement_timeout();
         self.pool
-            .with_conn(move |c| run_query(c, &statement, params, caps))
+            .with_conn(move |c| with_deadline(c, limit, |c| run_query(c, &statement, params, caps)))
             .await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        let limit = self.statement_timeout();
         self.pool
-            .with_conn(move |c| run_execute(c, &statement, params))
+            .with_conn(move |c| with_deadline(c, limit, |c| run_execute(c, &statement, params)))
             .await
     }
 
@@ -326,7 +508,10 @@ impl SqlBackend for SqliteDatabase {
             Ok(pooled)
         })
         .await?;
-        Ok(Box::new(SqliteTransaction { conn: Some(pooled) }))
+        Ok(Box::new(SqliteTransaction {
+            conn: Some(pooled),
+            statement_timeout: self.statement_timeout(),
+        }))
     }
 
     async fn open_cursor(
@@ -334,13 +519,19 @@ impl SqlBackend for SqliteDatabase {
         statement: String,
         params: Vec<SqlValue>,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
+        let limit = self.statement_timeout();
         let mut pooled = self.pool.get().await?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader owns the connection and statement on a blocking thread and
         // stops as soon as the cursor is dropped (its sends fail).
         tokio::task::spawn_blocking(move || {
-            let conn = pooled.conn();
+            let conn: &Connection = pooled.conn();
+            // Each step to the next row gets the whole limit, so a guest
+            // that reads slowly does not use it up; the handler is removed
+            // (after the statement) before the connection goes back.
+            let deadline = Deadline::new(limit);
+            let _armed = Armed::new(conn, deadline.clone());
             let mut stmt = match conn.prepare(&statement) {
                 Ok(s) => s,
                 Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
@@ -355,6 +546,7 @@ impl SqlBackend for SqliteDatabase {
                 return;
             }
             loop {
+                deadline.rearm();
                 let item = match rows.next() {
                     Ok(Some(row)) => read_row(row, &columns),
                     Ok(None) => return,
@@ -375,6 +567,8 @@ impl SqlBackend for SqliteDatabase {
 
 struct SqliteTransaction {
     conn: Option<PooledConnection>,
+    /// The limit of each of the guest's statements in it.
+    statement_timeout: Duration,
 }
 
 impl SqliteTransaction {
@@ -405,12 +599,15 @@ impl SqlTransaction for SqliteTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        self.run(move |c| run_query(c, &statement, params, caps))
+        let limit = self.statement_timeout;
+        self.run(move |c| with_deadline(c, limit, |c| run_query(c, &statement, params, caps)))
             .await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        self.run(move |c| run_execute(c, &statement, params)).await
+        let limit = self.statement_timeout;
+        self.run(move |c| with_deadline(c, limit, |c| run_execute(c, &statement, params)))
+            .await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
@@ -473,6 +670,164 @@ mod tests {
             "{err:?}"
         );
         assert!(!other.exists());
+    }
+
+    /// Never ends on its own.
+    const RUNAWAY: &str =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+
+    fn db_with(timeouts: SqliteTimeouts) -> (tempfile::TempDir, SqliteDatabase) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDatabase::open_with(&dir.path().join("t.db"), timeouts).unwrap();
+        (dir, db)
+    }
+
+    const SHORT: SqliteTimeouts = SqliteTimeouts {
+        statement: Duration::from_millis(200),
+        acquire: Duration::from_millis(200),
+    };
+
+    #[tokio::test]
+    async fn runaway_statements_time_out_and_give_their_connection_back() {
+        let (_d, db) = db_with(SHORT);
+        // More runaways than the pool has connections: each one's
+        // connection comes back, so the database stays usable.
+        for _ in 0..POOL_SIZE + 1 {
+            let started = Instant::now();
+            let err = db.query(RUNAWAY.into(), vec![], CAPS).await.unwrap_err();
+            assert_eq!(err, SqlError::Timeout);
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        let rows = db.query("SELECT 1".into(), vec![], CAPS).await.unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(1));
+
+        let mut tx = db.begin().await.unwrap();
+        let err = tx.query(RUNAWAY.into(), vec![], CAPS).await.unwrap_err();
+        assert_eq!(err, SqlError::Timeout);
+        drop(tx);
+
+        let mut cursor = db.open_cursor(RUNAWAY.into(), vec![]).await.unwrap();
+        assert_eq!(cursor.next(10, 1 << 20).await, Err(SqlError::Timeout));
+        drop(cursor);
+
+        // Host code on a connection that timed out is not limited: a long
+        // statement outside a guest's call runs to its end.
+        let pool = db.pool.clone();
+        let n = pool
+            .with_conn(|c| {
+                c.query_row(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT count(*) FROM c",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(map_error)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 3_000_000);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_connection_is_bounded() {
+        let (_d, db) = db_with(SHORT);
+        let mut held = Vec::new();
+        for _ in 0..POOL_SIZE {
+            held.push(db.begin().await.unwrap());
+        }
+        let started = Instant::now();
+        let err = db.query("SELECT 1".into(), vec![], CAPS).await.unwrap_err();
+        assert_eq!(err, SqlError::PoolExhausted(POOL_SIZE as u32));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.pop();
+        db.query("SELECT 1".into(), vec![], CAPS).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn guest_pragmas_are_limited_to_introspection() {
+        let (_d, db) = db();
+        db.execute("CREATE TABLE t(x integer)".into(), vec![])
+            .await
+            .unwrap();
+        for pragma in [
+            "PRAGMA hard_heap_limit=1",
+            "PRAGMA soft_heap_limit=1",
+            "PRAGMA foreign_keys=OFF",
+            "PRAGMA writable_schema=ON",
+            "PRAGMA journal_mode=OFF",
+            "PRAGMA synchronous=OFF",
+            "PRAGMA query_only=ON",
+            "PRAGMA database_list",
+            "PRAGMA main.application_id=5",
+        ] {
+            let err = db.query(pragma.into(), vec![], CAPS).await.unwrap_err();
+            assert!(matches!(err, SqlError::Denied(_)), "{pragma}: {err:?}");
+            // The connection still works.
+            let rows = db
+                .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+                .await
+                .unwrap();
+            assert_eq!(rows.rows[0][0], SqlValue::Int(0), "after {pragma}");
+        }
+        // The table-valued form is refused too.
+        let r = db
+            .query("SELECT * FROM pragma_database_list".into(), vec![], CAPS)
+            .await;
+        assert!(r.is_err(), "{r:?}");
+
+        let rows = db
+            .query("PRAGMA table_info(t)".into(), vec![], CAPS)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows.len(), 1);
+        assert_eq!(rows.rows[0][1], SqlValue::Text("x".into()));
+        let rows = db
+            .query(
+                "SELECT name FROM pragma_table_info('t')".into(),
+                vec![],
+                CAPS,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.rows, vec![vec![SqlValue::Text("x".into())]]);
+        let rows = db
+            .query("PRAGMA user_version".into(), vec![], CAPS)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(0));
+        db.execute("PRAGMA user_version = 7".into(), vec![])
+            .await
+            .unwrap();
+        let rows = db
+            .query("PRAGMA user_version".into(), vec![], CAPS)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(7));
+        // The refused `foreign_keys=OFF` left the setting on.
+        let rows = db
+            .query("PRAGMA foreign_keys".into(), vec![], CAPS)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(1));
+    }
+
+    #[test]
+    fn pragma_allow_list() {
+        assert!(pragma_allowed("table_info", Some("t")));
+        assert!(pragma_allowed("TABLE_INFO", Some("t")));
+        assert!(pragma_allowed("integrity_check", None));
+        assert!(pragma_allowed("page_count", None));
+        assert!(pragma_allowed("user_version", Some("3")));
+        assert!(!pragma_allowed("page_count", Some("3")));
+        assert!(!pragma_allowed("foreign_keys", Some("OFF")));
+        assert!(!pragma_allowed("hard_heap_limit", Some("1")));
+        assert!(!pragma_allowed("hard_heap_limit", None));
+        assert!(!pragma_allowed("temp_store_directory", Some("/tmp")));
+        assert!(!pragma_allowed("database_list", None));
+        assert!(!pragma_allowed("cache_size", None));
     }
 
     #[tokio::test]
