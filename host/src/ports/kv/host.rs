@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::Instrument as _;
 use wasmtime::component::Resource;
 
-use super::{KvBackend, KvError};
+use super::{KvBackend, KvError, MAX_TTL_MS};
 use crate::bindings::ports::kv::{self as wit, Error, KeyPage};
 use crate::metrics::Port;
 use crate::ports::error_chain;
@@ -21,6 +21,13 @@ pub struct BucketHandle {
 }
 
 type Res<T> = wasmtime::Result<Result<T, Error>>;
+
+/// A guest's `ttl-ms` as the adapters take it: capped at [`MAX_TTL_MS`],
+/// so a huge TTL (`u64::MAX`) means "effectively forever" on every backend
+/// instead of failing on the one whose clock it overflows (Redis).
+fn guest_ttl(ttl_ms: u64) -> Duration {
+    Duration::from_millis(ttl_ms.min(MAX_TTL_MS))
+}
 
 impl InstanceState {
     fn kv_span(&self, op: &'static str) -> tracing::Span {
@@ -137,7 +144,7 @@ impl wit::HostBucket for InstanceState {
         let check = self
             .kv_check_key(&key)
             .and_then(|()| self.kv_check_value(&value));
-        let ttl = ttl_ms.map(Duration::from_millis);
+        let ttl = ttl_ms.map(guest_ttl);
         let bytes_in = key.len() + value.len();
         self.kv_call(
             &this,
@@ -253,5 +260,19 @@ impl wit::HostBucket for InstanceState {
     async fn drop(&mut self, rep: Resource<BucketHandle>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_ttls_are_capped_at_the_maximum() {
+        assert_eq!(guest_ttl(0), Duration::ZERO);
+        assert_eq!(guest_ttl(1_500), Duration::from_millis(1_500));
+        assert_eq!(guest_ttl(MAX_TTL_MS), Duration::from_millis(MAX_TTL_MS));
+        assert_eq!(guest_ttl(MAX_TTL_MS + 1), Duration::from_millis(MAX_TTL_MS));
+        assert_eq!(guest_ttl(u64::MAX), Duration::from_millis(MAX_TTL_MS));
     }
 }

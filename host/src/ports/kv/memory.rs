@@ -53,7 +53,10 @@ impl KvBackend for MemoryBucket {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         self.with(|m, now| {
-            let expires = ttl.map(|t| now + t);
+            // `Instant + Duration` panics on overflow: a TTL past what the
+            // clock can hold (only when called past the glue, which caps
+            // TTLs at `MAX_TTL_MS`) never expires.
+            let expires = ttl.and_then(|t| now.checked_add(t));
             m.insert(key.to_string(), Entry { value, expires });
         });
         Ok(())
@@ -152,6 +155,84 @@ mod tests {
         assert_eq!(first.keys, ["p/0", "p/1", "p/2"]);
         let second = b.list_keys("p/", first.cursor.as_deref(), 3).await.unwrap();
         assert_eq!(second.keys, ["p/3", "p/4"]);
+        assert_eq!(second.cursor, None);
+    }
+
+    #[tokio::test]
+    async fn huge_ttls_mean_forever() {
+        let b = MemoryBucket::new();
+        b.set(
+            "max",
+            b"v".to_vec(),
+            Some(Duration::from_millis(crate::ports::kv::MAX_TTL_MS)),
+        )
+        .await
+        .unwrap();
+        b.set("huge", b"v".to_vec(), Some(Duration::MAX))
+            .await
+            .unwrap();
+        assert_eq!(b.get("max").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(b.get("huge").await.unwrap(), Some(b"v".to_vec()));
+        assert!(b.exists("huge").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn increment_takes_only_what_redis_takes() {
+        let b = MemoryBucket::new();
+        for bad in [
+            " 5",
+            "5 ",
+            "+5",
+            "007",
+            "-0",
+            "",
+            "-",
+            "1e3",
+            "9223372036854775808",
+        ] {
+            b.set("n", bad.as_bytes().to_vec(), None).await.unwrap();
+            assert!(
+                matches!(b.increment("n", 1).await, Err(KvError::NotANumber(_))),
+                "{bad:?}"
+            );
+            // A refused increment leaves the value as it was.
+            assert_eq!(
+                b.get("n").await.unwrap(),
+                Some(bad.as_bytes().to_vec()),
+                "{bad:?}"
+            );
+        }
+        for (good, next) in [("0", 1), ("-5", -4), ("9223372036854775806", i64::MAX)] {
+            b.set("n", good.as_bytes().to_vec(), None).await.unwrap();
+            assert_eq!(b.increment("n", 1).await.unwrap(), next, "{good:?}");
+            assert_eq!(
+                b.get("n").await.unwrap(),
+                Some(next.to_string().into_bytes())
+            );
+        }
+        assert!(matches!(
+            b.increment("n", 1).await,
+            Err(KvError::NotANumber(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn lists_keys_holding_nul() {
+        let b = MemoryBucket::new();
+        for k in ["ab", "a\0c", "a", "a\0b", "b\0"] {
+            b.set(k, b"x".to_vec(), None).await.unwrap();
+        }
+        let page = b.list_keys("a\0", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["a\0b", "a\0c"]);
+        let page = b.list_keys("a", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["a", "a\0b", "a\0c", "ab"]);
+        let first = b.list_keys("a\0", None, 1).await.unwrap();
+        assert_eq!(first.keys, ["a\0b"]);
+        let second = b
+            .list_keys("a\0", first.cursor.as_deref(), 1)
+            .await
+            .unwrap();
+        assert_eq!(second.keys, ["a\0c"]);
         assert_eq!(second.cursor, None);
     }
 }

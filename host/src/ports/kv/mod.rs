@@ -47,6 +47,10 @@ pub trait KvBackend: Send + Sync {
     /// The value of `key`, unless absent or expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// Stores `value`, optionally expiring after `ttl`.
+    ///
+    /// The glue caps a guest's TTL at [`MAX_TTL_MS`]; an adapter must still
+    /// not overflow (nor panic) on a longer one, and keeps such a key
+    /// for at least that long.
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError>;
     /// Removes `key`; whether it existed.
     async fn delete(&self, key: &str) -> Result<bool, KvError>;
@@ -70,16 +74,41 @@ pub trait KvBackend: Send + Sync {
     ) -> Result<bool, KvError>;
 }
 
+/// The longest TTL a key can have: 100 years (of 365 days) in milliseconds.
+///
+/// A guest's longer `ttl-ms` (`u64::MAX` being the natural "forever") is
+/// capped to this at the glue, so it means "effectively forever" on every
+/// backend: Redis refuses an expiry that overflows its clock (`ERR invalid
+/// expire time`), and the in-memory and SQLite adapters add it to the
+/// current time, which must not overflow either.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+
+/// Parses a stored counter exactly as Redis's `INCRBY` does (`string2ll`),
+/// so every backend accepts and refuses the same values: an optional `-`,
+/// then ASCII digits without a leading zero (but for `0` itself; `-0` is
+/// refused), nothing else (no `+`, no whitespace), within `i64`.
+pub(crate) fn parse_counter(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [] => false,
+        // "0", but not "-0".
+        [b'0'] => digits.len() == bytes.len(),
+        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
+    // Only the range is left to check: `parse` refuses what overflows.
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 /// Parses a stored counter and adds `delta` with overflow checking.
 pub(crate) fn add_to_counter(current: Option<&[u8]>, delta: i64) -> Result<i64, KvError> {
     let current = match current {
         None => 0,
-        Some(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .ok_or_else(|| {
-                KvError::NotANumber("the stored value is not a decimal integer".into())
-            })?,
+        Some(bytes) => parse_counter(bytes).ok_or_else(|| {
+            KvError::NotANumber("the stored value is not a decimal 64-bit integer".into())
+        })?,
     };
     current
         .checked_add(delta)
@@ -116,4 +145,84 @@ pub enum KvConfig {
         /// Connect and response timeout, in ms; default 5000.
         timeout_ms: Option<u64>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse_as_redis_does() {
+        let table: &[(&str, Option<i64>)] = &[
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("-7", Some(-7)),
+            ("10", Some(10)),
+            ("-100", Some(-100)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("99999999999999999999", None),
+            ("", None),
+            ("-", None),
+            ("--5", None),
+            ("-0", None),
+            ("00", None),
+            ("007", None),
+            ("-07", None),
+            ("+5", None),
+            ("+0", None),
+            (" 5", None),
+            ("5 ", None),
+            ("5\n", None),
+            ("\t5", None),
+            ("1_000", None),
+            ("1,000", None),
+            ("1e3", None),
+            ("0x10", None),
+            ("5.0", None),
+            ("\u{663}", None), // ARABIC-INDIC DIGIT THREE: a digit, not ASCII
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_counter(text.as_bytes()), *want, "{text:?}");
+        }
+        assert_eq!(parse_counter(&[b'1', 0xff]), None);
+        assert_eq!(parse_counter(b"1\0"), None);
+    }
+
+    #[test]
+    fn counters_add_with_overflow_checks() {
+        assert_eq!(add_to_counter(None, -3), Ok(-3));
+        assert_eq!(add_to_counter(Some(&b"41"[..]), 1), Ok(42));
+        assert_eq!(add_to_counter(Some(&b"-1"[..]), i64::MIN + 1), Ok(i64::MIN));
+        assert!(matches!(
+            add_to_counter(Some(&b" 41"[..]), 1),
+            Err(KvError::NotANumber(_))
+        ));
+        assert!(matches!(
+            add_to_counter(Some(&b"9223372036854775807"[..]), 1),
+            Err(KvError::NotANumber(_))
+        ));
+    }
+
+    #[test]
+    fn max_ttl_is_a_century_and_fits_every_clock() {
+        assert_eq!(MAX_TTL_MS, 3_153_600_000_000);
+        // SQLite stores `now_ms + ttl` in an i64; Redis adds it to its
+        // clock in ms as a signed 64-bit integer.
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        assert!(now_ms.checked_add(MAX_TTL_MS as i64).is_some());
+        assert!(
+            std::time::Instant::now()
+                .checked_add(Duration::from_millis(MAX_TTL_MS))
+                .is_some()
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{KeyPage, KvBackend, KvError, page_from};
+use super::{KeyPage, KvBackend, KvError, MAX_TTL_MS, page_from};
 use crate::secret::Secret;
 
 /// Most keys one listing may walk under a prefix; beyond it `list-keys`
@@ -73,6 +73,15 @@ fn map(e: redis::RedisError) -> KvError {
     KvError::Other(format!("store error {}", e.code().unwrap_or("")))
 }
 
+/// The `PX` argument for `ttl`: at least 1 (Redis refuses 0), at most
+/// [`MAX_TTL_MS`], as the glue caps a guest's TTL. Redis adds `PX` to its
+/// clock and answers `ERR invalid expire time` when that overflows, so
+/// `i64::MAX` is no "forever" there.
+fn px(ttl: Duration) -> u64 {
+    // The clamped value fits in a u64.
+    ttl.as_millis().clamp(1, u128::from(MAX_TTL_MS)) as u64
+}
+
 /// Escapes the glob characters of `s` for `SCAN MATCH`.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -124,7 +133,7 @@ impl RedisBucket {
             .arg(value)
             .arg("NX")
             .arg("PX")
-            .arg(ttl.as_millis().clamp(1, i64::MAX as u128) as i64)
+            .arg(px(ttl))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(map)?;
@@ -150,8 +159,7 @@ impl KvBackend for RedisBucket {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value);
         if let Some(ttl) = ttl {
-            cmd.arg("PX")
-                .arg(ttl.as_millis().clamp(1, i64::MAX as u128) as i64);
+            cmd.arg("PX").arg(px(ttl));
         }
         cmd.query_async::<()>(&mut self.conn.clone())
             .await
@@ -251,5 +259,14 @@ mod tests {
     #[test]
     fn glob_characters_are_escaped() {
         assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn px_stays_within_what_redis_takes() {
+        use std::time::Duration;
+        assert_eq!(super::px(Duration::ZERO), 1);
+        assert_eq!(super::px(Duration::from_micros(10)), 1);
+        assert_eq!(super::px(Duration::from_millis(1_500)), 1_500);
+        assert_eq!(super::px(Duration::MAX), super::MAX_TTL_MS);
     }
 }

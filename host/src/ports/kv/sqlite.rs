@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-use super::{KeyPage, KvBackend, KvError, add_to_counter, page_from};
+use super::{KeyPage, KvBackend, KvError, MAX_TTL_MS, add_to_counter, page_from};
 use crate::ports::sql::SqlError;
 use crate::ports::sql::sqlite::SqlitePool;
 
@@ -105,8 +105,10 @@ impl KvBackend for SqliteBucket {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         let key = key.to_string();
+        // Capped as the glue caps a guest's TTL, so the sum cannot overflow
+        // (saturating all the same).
         let expires =
-            ttl.map(|t| now_ms().saturating_add(t.as_millis().min(i64::MAX as u128) as i64));
+            ttl.map(|t| now_ms().saturating_add(t.as_millis().min(u128::from(MAX_TTL_MS)) as i64));
         self.run(move |c| {
             c.execute("DELETE FROM kv WHERE expires_at <= ?1", params![now_ms()])
                 .map_err(|e| map(sql(e)))?;
@@ -144,15 +146,23 @@ impl KvBackend for SqliteBucket {
         let prefix = prefix.to_string();
         let after = after.unwrap_or("").to_string();
         self.run(move |c| {
-            // substr() compares bytes exactly; LIKE would treat `%`/`_` as
-            // wildcards and fold case.
+            // The prefix test is on bytes: the key cast to a BLOB against
+            // the prefix bound as one (?1). On TEXT, length() and substr()
+            // stop at the first NUL, so a prefix holding one ("a\0") would
+            // match nothing; LIKE would treat `%`/`_` as wildcards and fold
+            // case. `key >= ?5` (the prefix as TEXT, which compares with
+            // memcmp as the BLOB does) lets the key index skip what sorts
+            // before the prefix.
             let mut stmt = c
                 .prepare(&format!(
-                    "SELECT key FROM kv WHERE {LIVE} AND substr(key, 1, length(?1)) = ?1 AND key > ?3 ORDER BY key LIMIT ?4"
+                    "SELECT key FROM kv WHERE {LIVE} AND substr(CAST(key AS BLOB), 1, length(?1)) = ?1 AND key >= ?5 AND key > ?3 ORDER BY key LIMIT ?4"
                 ))
                 .map_err(|e| map(sql(e)))?;
             let keys = stmt
-                .query_map(params![prefix, now_ms(), after, (limit + 1) as i64], |r| r.get::<_, String>(0))
+                .query_map(
+                    params![prefix.as_bytes(), now_ms(), after, (limit + 1) as i64, prefix],
+                    |r| r.get::<_, String>(0),
+                )
                 .map_err(|e| map(sql(e)))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| map(sql(e)))?;
@@ -240,5 +250,97 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    fn bucket() -> (tempfile::TempDir, SqliteBucket) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBucket::open(&dir.path().join("b.db")).unwrap();
+        (dir, b)
+    }
+
+    #[tokio::test]
+    async fn huge_ttls_mean_forever() {
+        let (_dir, b) = bucket();
+        b.set(
+            "max",
+            b"v".to_vec(),
+            Some(Duration::from_millis(MAX_TTL_MS)),
+        )
+        .await
+        .unwrap();
+        b.set("huge", b"v".to_vec(), Some(Duration::MAX))
+            .await
+            .unwrap();
+        assert_eq!(b.get("max").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(b.get("huge").await.unwrap(), Some(b"v".to_vec()));
+        // Another set purges expired rows: these are not.
+        b.set("other", b"w".to_vec(), None).await.unwrap();
+        assert!(b.exists("max").await.unwrap());
+        assert!(b.exists("huge").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn increment_takes_only_what_redis_takes() {
+        let (_dir, b) = bucket();
+        for bad in [
+            " 5",
+            "5 ",
+            "+5",
+            "007",
+            "-0",
+            "",
+            "-",
+            "1e3",
+            "9223372036854775808",
+        ] {
+            b.set("n", bad.as_bytes().to_vec(), None).await.unwrap();
+            assert!(
+                matches!(b.increment("n", 1).await, Err(KvError::NotANumber(_))),
+                "{bad:?}"
+            );
+            // A refused increment leaves the value as it was.
+            assert_eq!(
+                b.get("n").await.unwrap(),
+                Some(bad.as_bytes().to_vec()),
+                "{bad:?}"
+            );
+        }
+        for (good, next) in [("0", 1), ("-5", -4), ("9223372036854775806", i64::MAX)] {
+            b.set("n", good.as_bytes().to_vec(), None).await.unwrap();
+            assert_eq!(b.increment("n", 1).await.unwrap(), next, "{good:?}");
+            assert_eq!(
+                b.get("n").await.unwrap(),
+                Some(next.to_string().into_bytes())
+            );
+        }
+        assert!(matches!(
+            b.increment("n", 1).await,
+            Err(KvError::NotANumber(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn lists_keys_holding_nul() {
+        let (_dir, b) = bucket();
+        for k in ["ab", "a\0c", "a", "a\0b", "b\0"] {
+            b.set(k, b"x".to_vec(), None).await.unwrap();
+        }
+        assert_eq!(b.get("a\0b").await.unwrap(), Some(b"x".to_vec()));
+        let page = b.list_keys("a\0", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["a\0b", "a\0c"]);
+        let page = b.list_keys("a", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["a", "a\0b", "a\0c", "ab"]);
+        let page = b.list_keys("b\0", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["b\0"]);
+        let page = b.list_keys("", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["a", "a\0b", "a\0c", "ab", "b\0"]);
+        let first = b.list_keys("a\0", None, 1).await.unwrap();
+        assert_eq!(first.keys, ["a\0b"]);
+        let second = b
+            .list_keys("a\0", first.cursor.as_deref(), 1)
+            .await
+            .unwrap();
+        assert_eq!(second.keys, ["a\0c"]);
+        assert_eq!(second.cursor, None);
     }
 }
