@@ -28,6 +28,10 @@ pub struct InstanceState {
     pub deadline: Instant,
     /// Its place among long-running invocations (see [`crate::fairness`]).
     pub turn: crate::fairness::Turn,
+    /// Blob writers it holds open (at most
+    /// [`crate::ports::blob::host::MAX_OPEN_WRITERS`]): each may buffer a
+    /// whole multipart part in host memory.
+    pub(crate) open_blob_writers: usize,
     /// The host instance slot it occupies, freed with the store.
     _slot: crate::engine::InstanceSlot,
 }

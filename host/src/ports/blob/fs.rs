@@ -6,7 +6,15 @@
 //! Keys are validated before they get here; in addition every path
 //! component is checked not to be a symlink, so a link planted in the
 //! directory cannot lead outside it.
+//!
+//! Keys are paths here but flat names on S3, so the two differ where one
+//! key is a path prefix of another: a delete removes the directories it
+//! leaves empty (so `a/b` gone does not block `a`), a key below an object
+//! (`a/b` under the file `a`) is simply missing, and the one thing files
+//! cannot hold, an object and a longer key below it at once, is refused as
+//! `invalid-key` saying so.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -26,11 +34,32 @@ pub struct FsContainer {
     signer: Arc<UrlSigner>,
 }
 
+/// Start of the name of the file [`FsContainer::open`] renames into the
+/// root to check the rename works. It contains `\`, which
+/// [`super::validate_key`] refuses, so no key can name it (a probe can
+/// neither overwrite an object nor be read as one) and [`walk`] skips it.
+const PROBE_PREFIX: &str = ".berth-probe\\";
+
+/// Why a key is refused when a shorter key is a file where this one needs
+/// a directory.
+const PREFIX_CONFLICT: &str = "the key conflicts with an existing key that is its path prefix \
+     (`a` exists, so `a/b` cannot); the file backend cannot store both";
+
+/// Why a key is refused when longer keys live below it.
+const EXTENSION_CONFLICT: &str = "the key conflicts with existing keys that are its path \
+     extensions (`a/b` exists, so `a` cannot); the file backend cannot store both";
+
 fn io_error(e: std::io::Error) -> BlobError {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => BlobError::NotFound,
-        _ => BlobError::Other(format!("storage error: {}", e.kind())),
+    if is_missing(&e) {
+        return BlobError::NotFound;
     }
+    BlobError::Other(format!("storage error: {}", e.kind()))
+}
+
+/// Whether `e` means there is no such object. `ENOTDIR` counts: `a/b` when
+/// `a` is an object is a key nobody stored, as it would be on S3.
+fn is_missing(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
 }
 
 fn info_of(key: &str, meta: &std::fs::Metadata) -> ObjectInfo {
@@ -62,6 +91,7 @@ impl FsContainer {
                 BlobError::Unavailable(format!("cannot create blob directory: {}", e.kind()))
             })?;
         }
+        probe_rename(&root, &tmp)?;
         Ok(FsContainer {
             root,
             tmp,
@@ -73,42 +103,168 @@ impl FsContainer {
 
     /// The file of `key`, refusing any symlink on the way.
     fn path_of(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let mut path = self.root.clone();
-        for segment in key.split('/') {
-            path.push(segment);
-            if let Ok(meta) = std::fs::symlink_metadata(&path)
-                && meta.file_type().is_symlink()
-            {
-                return Err(BlobError::InvalidKey(
-                    "key leads through a symbolic link".into(),
-                ));
-            }
-        }
-        Ok(path)
+        checked_path(&self.root, key)
     }
 
-    /// Opens `key` for reading if it is a regular file.
+    /// Opens `key` for reading if it is a regular file. The returned info
+    /// describes the opened file, not whatever the path names by now.
     pub async fn open_file(&self, key: &str) -> Result<(tokio::fs::File, ObjectInfo), BlobError> {
         let path = self.path_of(key)?;
+        // Checked before opening: a directory is the inside of longer keys,
+        // not an object, and opening a FIFO would block.
         let meta = tokio::fs::symlink_metadata(&path).await.map_err(io_error)?;
         if !meta.is_file() {
             return Err(BlobError::NotFound);
         }
         let file = tokio::fs::File::open(&path).await.map_err(io_error)?;
+        // Checked again on the open file: a rename may have put another
+        // file at the path in between, and size caps must hold for the
+        // bytes that will actually be read.
+        let meta = file.metadata().await.map_err(io_error)?;
+        if !meta.is_file() {
+            return Err(BlobError::NotFound);
+        }
         Ok((file, info_of(key, &meta)))
     }
 
     fn new_writer(&self, key: &str) -> Result<FsWriter, BlobError> {
-        let target = self.path_of(key)?;
+        // Refuses links now; `finish` checks again before the rename.
+        self.path_of(key)?;
         let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
         let file = std::fs::File::create(&tmp).map_err(io_error)?;
         Ok(FsWriter {
             file: Some(tokio::fs::File::from_std(file)),
             tmp,
-            target,
             key: key.to_string(),
             root: self.root.clone(),
         })
+    }
+}
+
+/// The file of `key` under `root`, refusing any symlink on the way.
+fn checked_path(root: &Path, key: &str) -> Result<PathBuf, BlobError> {
+    let mut path = root.to_path_buf();
+    for segment in key.split('/') {
+        path.push(segment);
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && meta.file_type().is_symlink()
+        {
+            return Err(BlobError::InvalidKey(
+                "key leads through a symbolic link".into(),
+            ));
+        }
+    }
+    Ok(path)
+}
+
+/// Checks that a file in `tmp` can be renamed into `root`, as every write
+/// does. A rename cannot cross filesystems (`EXDEV`), so an operator's
+/// `root` on another disk than the state directory would otherwise only
+/// show when every write fails; this makes it fail at startup instead.
+fn probe_rename(root: &Path, tmp: &Path) -> Result<(), BlobError> {
+    let id = uuid::Uuid::new_v4();
+    let from = tmp.join(format!("probe-{id}"));
+    let to = root.join(format!("{PROBE_PREFIX}{id}"));
+    let refused = |why: String| {
+        BlobError::Other(format!(
+            "the blob root {} must be on the same filesystem as the temporary directory {} \
+             (writes are renamed from one into the other): {why}",
+            root.display(),
+            tmp.display()
+        ))
+    };
+    std::fs::File::create(&from).map_err(|e| {
+        refused(format!(
+            "cannot create a file in the temporary directory: {}",
+            e.kind()
+        ))
+    })?;
+    match std::fs::rename(&from, &to) {
+        Ok(()) => {
+            // Left behind only if this fails; `walk` never lists it.
+            let _ = std::fs::remove_file(&to);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&from);
+            Err(refused(match e.kind() {
+                ErrorKind::CrossesDevices => "they are on different filesystems".to_string(),
+                kind => format!("renaming a file into the root failed: {kind}"),
+            }))
+        }
+    }
+}
+
+/// Reads a whole object whose opened file claims `size` bytes, refusing
+/// more than `max`. At most `max + 1` bytes are read whatever `size` said,
+/// since the file may still grow while it is read.
+async fn read_capped<R>(file: R, size: u64, max: usize) -> Result<Vec<u8>, BlobError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    if size > max as u64 {
+        return Err(BlobError::TooLarge(format!(
+            "object is {size} bytes, `get` returns at most {max}; use `read`"
+        )));
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    let mut limited = file.take((max as u64).saturating_add(1));
+    limited.read_to_end(&mut out).await.map_err(io_error)?;
+    if out.len() > max {
+        return Err(BlobError::TooLarge(format!(
+            "object grew past {max} bytes while being read, `get` returns at most {max}; use `read`"
+        )));
+    }
+    Ok(out)
+}
+
+/// Removes the directories between the just deleted `file` and `root` that
+/// are now empty, so a deleted `a/b` leaves no `a/` behind to block a later
+/// `put("a")` (S3 has no directories, so there it succeeds). Stops at the
+/// first that cannot be removed: usually not empty, because another key
+/// lives below it. `root` itself stays.
+async fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) {
+            break;
+        }
+        if tokio::fs::remove_dir(d).await.is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+/// Makes `target` ready for the rename that publishes an object: its
+/// directories exist and it is neither a directory nor a link.
+async fn prepare_target(root: &Path, target: &Path) -> Result<(), BlobError> {
+    if let Some(parent) = target.parent()
+        && parent.starts_with(root)
+        && let Err(e) = tokio::fs::create_dir_all(parent).await
+    {
+        return Err(match e.kind() {
+            // A file where a directory must be (`EEXIST` on the last
+            // directory, `ENOTDIR` below it): a shorter key is an object.
+            ErrorKind::AlreadyExists | ErrorKind::NotADirectory => {
+                BlobError::InvalidKey(PREFIX_CONFLICT.into())
+            }
+            _ => io_error(e),
+        });
+    }
+    match tokio::fs::symlink_metadata(target).await {
+        Ok(m) if m.file_type().is_symlink() => {
+            Err(BlobError::InvalidKey("key names a symbolic link".into()))
+        }
+        Ok(m) if m.is_dir() => match tokio::fs::remove_dir(target).await {
+            // An empty directory holds no key (an older delete, or a
+            // concurrent one, left it): the object takes its place.
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            // Not empty: longer keys live below it.
+            Err(_) => Err(BlobError::InvalidKey(EXTENSION_CONFLICT.into())),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -121,27 +277,25 @@ impl BlobBackend for FsContainer {
     }
 
     async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, BlobError> {
-        let (mut file, info) = self.open_file(key).await?;
-        if info.size > max_bytes as u64 {
-            return Err(BlobError::TooLarge(format!(
-                "object is {} bytes, `get` returns at most {max_bytes}; use `read`",
-                info.size
-            )));
-        }
-        let mut out = Vec::with_capacity(info.size as usize);
-        file.read_to_end(&mut out).await.map_err(io_error)?;
-        Ok(out)
+        let (file, info) = self.open_file(key).await?;
+        read_capped(file, info.size, max_bytes).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BlobError> {
         let path = self.path_of(key)?;
         match tokio::fs::symlink_metadata(&path).await {
             Ok(meta) if meta.is_file() => {
-                tokio::fs::remove_file(&path).await.map_err(io_error)?;
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    // A concurrent delete was first.
+                    Err(e) if is_missing(&e) => return Ok(false),
+                    Err(e) => return Err(io_error(e)),
+                }
+                remove_empty_parents(&self.root, &path).await;
                 Ok(true)
             }
             Ok(_) => Ok(false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(io_error(e)),
         }
     }
@@ -202,11 +356,13 @@ impl BlobBackend for FsContainer {
     }
 }
 
-/// Collects regular files below `dir`, skipping symlinks.
+/// Collects regular files below `dir`, skipping symlinks and names no key
+/// can spell.
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // Removed meanwhile (a delete takes emptied directories away).
+        Err(e) if is_missing(&e) => return Ok(()),
         Err(e) => return Err(e),
     };
     for entry in entries {
@@ -214,7 +370,17 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let meta = entry.metadata()?; // does not follow symlinks
+        // No key contains `\`: such a file (a probe of `open` left
+        // behind, or one the operator put there) could not be read by key.
+        if name.contains('\\') {
+            continue;
+        }
+        // Does not follow symlinks.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => return Err(e),
+        };
         let key = if prefix.is_empty() {
             name
         } else {
@@ -232,7 +398,6 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<
 struct FsWriter {
     file: Option<tokio::fs::File>,
     tmp: PathBuf,
-    target: PathBuf,
     key: String,
     root: PathBuf,
 }
@@ -249,24 +414,30 @@ impl BlobWriter for FsWriter {
         file.flush().await.map_err(io_error)?;
         file.sync_all().await.map_err(io_error)?;
         drop(file);
-        if let Some(parent) = self.target.parent() {
-            // Re-check for links created since the writer opened.
-            if parent.starts_with(&self.root) {
-                tokio::fs::create_dir_all(parent).await.map_err(io_error)?;
+        // Re-check for links created since the writer opened.
+        let target = checked_path(&self.root, &self.key)?;
+        let mut attempt = 1;
+        loop {
+            prepare_target(&self.root, &target).await?;
+            match tokio::fs::rename(&self.tmp, &target).await {
+                Ok(()) => break,
+                // A concurrent delete removed the directory it had emptied
+                // between its creation above and the rename: create it again.
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 3 => attempt += 1,
+                Err(e) => {
+                    return Err(match e.kind() {
+                        // Another writer made the path a file or a
+                        // directory after the checks above.
+                        ErrorKind::NotADirectory => BlobError::InvalidKey(PREFIX_CONFLICT.into()),
+                        ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty => {
+                            BlobError::InvalidKey(EXTENSION_CONFLICT.into())
+                        }
+                        _ => io_error(e),
+                    });
+                }
             }
         }
-        match tokio::fs::symlink_metadata(&self.target).await {
-            Ok(m) if m.is_dir() || m.file_type().is_symlink() => {
-                return Err(BlobError::InvalidKey(
-                    "key names a directory or link".into(),
-                ));
-            }
-            _ => {}
-        }
-        tokio::fs::rename(&self.tmp, &self.target)
-            .await
-            .map_err(io_error)?;
-        let meta = tokio::fs::metadata(&self.target).await.map_err(io_error)?;
+        let meta = tokio::fs::metadata(&target).await.map_err(io_error)?;
         Ok(info_of(&self.key, &meta))
     }
 }
@@ -336,5 +507,156 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn delete_removes_the_directories_it_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = container(dir.path());
+        c.put("a/b", b"1".to_vec()).await.unwrap();
+        assert!(c.delete("a/b").await.unwrap());
+        assert!(!dir.path().join("root/a").exists());
+        // As on S3: once `a/b` is gone, `a` can be an object.
+        c.put("a", b"2".to_vec()).await.unwrap();
+        assert_eq!(c.get("a", 10).await.unwrap(), b"2");
+
+        // Only directories left empty go.
+        c.put("x/y/z", b"3".to_vec()).await.unwrap();
+        c.put("x/w", b"4".to_vec()).await.unwrap();
+        assert!(c.delete("x/y/z").await.unwrap());
+        assert!(!dir.path().join("root/x/y").exists());
+        assert!(dir.path().join("root/x").is_dir());
+        assert_eq!(c.get("x/w", 10).await.unwrap(), b"4");
+        assert!(c.delete("x/w").await.unwrap());
+        assert!(c.delete("a").await.unwrap());
+        // The root itself stays, empty.
+        assert!(dir.path().join("root").is_dir());
+        assert_eq!(count(&dir.path().join("root")), 0);
+
+        // An empty directory left by an older version holds no key.
+        std::fs::create_dir_all(dir.path().join("root/old/dir")).unwrap();
+        c.put("old/dir", b"5".to_vec()).await.unwrap();
+        assert_eq!(c.get("old/dir", 10).await.unwrap(), b"5");
+    }
+
+    #[tokio::test]
+    async fn keys_below_an_object_are_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = container(dir.path());
+        c.put("a", b"1".to_vec()).await.unwrap();
+        for key in ["a/b", "a/b/c"] {
+            assert_eq!(c.stat(key).await.unwrap_err(), BlobError::NotFound, "{key}");
+            assert_eq!(
+                c.get(key, 10).await.unwrap_err(),
+                BlobError::NotFound,
+                "{key}"
+            );
+            assert!(
+                matches!(c.read(key).await, Err(BlobError::NotFound)),
+                "{key}"
+            );
+            assert!(!c.delete(key).await.unwrap(), "{key}");
+        }
+        assert_eq!(c.get("a", 10).await.unwrap(), b"1");
+    }
+
+    #[tokio::test]
+    async fn keys_files_cannot_hold_together_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = container(dir.path());
+        c.put("a", b"1".to_vec()).await.unwrap();
+        for key in ["a/b", "a/b/c"] {
+            match c.put(key, b"2".to_vec()).await {
+                Err(BlobError::InvalidKey(m)) => assert!(m.contains("path prefix"), "{m}"),
+                other => panic!("put {key}: {other:?}"),
+            }
+        }
+        c.put("d/e", b"3".to_vec()).await.unwrap();
+        match c.put("d", b"4".to_vec()).await {
+            Err(BlobError::InvalidKey(m)) => assert!(m.contains("path extensions"), "{m}"),
+            other => panic!("put d: {other:?}"),
+        }
+        // The same through a chunked writer.
+        let mut w = c.write("d").await.unwrap();
+        w.write(b"5").await.unwrap();
+        assert!(matches!(w.finish().await, Err(BlobError::InvalidKey(_))));
+        // Nothing was overwritten, and the refused writes left no file.
+        assert_eq!(c.get("a", 10).await.unwrap(), b"1");
+        assert_eq!(c.get("d/e", 10).await.unwrap(), b"3");
+        assert_eq!(count(&dir.path().join("tmp")), 0);
+    }
+
+    #[tokio::test]
+    async fn get_caps_the_bytes_read_not_the_size_seen() {
+        let data = [7u8; 10];
+        // A file that grew after its size was taken: 3 bytes declared, 10 there.
+        match read_capped(&data[..], 3, 5).await {
+            Err(BlobError::TooLarge(m)) => assert!(m.contains("grew"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_capped(&data[..], 10, 10).await.unwrap(), data.to_vec());
+        assert!(matches!(
+            read_capped(&data[..], 10, 9).await,
+            Err(BlobError::TooLarge(_))
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = container(dir.path());
+        c.put("big", vec![1; 11]).await.unwrap();
+        assert!(matches!(
+            c.get("big", 10).await,
+            Err(BlobError::TooLarge(_))
+        ));
+        assert_eq!(c.get("big", 11).await.unwrap(), vec![1u8; 11]);
+    }
+
+    #[tokio::test]
+    async fn the_rename_probe_leaves_nothing_and_is_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = container(dir.path());
+        assert_eq!(count(&dir.path().join("root")), 0);
+        assert_eq!(count(&dir.path().join("tmp")), 0);
+        // A probe left behind (the host died between rename and removal).
+        std::fs::write(
+            dir.path().join("root").join(format!("{PROBE_PREFIX}left")),
+            b"x",
+        )
+        .unwrap();
+        assert!(super::super::validate_key(&format!("{PROBE_PREFIX}left"), 1024).is_err());
+        c.put("k", b"1".to_vec()).await.unwrap();
+        let page = c.list("", None, 10).await.unwrap();
+        let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, vec!["k"]);
+    }
+
+    #[test]
+    fn a_root_on_another_filesystem_is_refused_at_open() {
+        use std::os::unix::fs::MetadataExt;
+        // Needs two filesystems: /dev/shm is a tmpfs of its own on Linux,
+        // apart from the default temporary directory.
+        let other = tempfile::tempdir_in("/dev/shm").expect("this test needs a writable /dev/shm");
+        let dir = tempfile::tempdir().unwrap();
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            dev(other.path()),
+            dev(dir.path()),
+            "this test needs /dev/shm and the temporary directory on two filesystems"
+        );
+        let (root, tmp) = (other.path().join("root"), dir.path().join("tmp"));
+        let signer = Arc::new(UrlSigner::new(b"k".to_vec(), "http://localhost:3000"));
+        let Err(BlobError::Other(m)) =
+            FsContainer::open(root.clone(), tmp.clone(), "a", "c", signer)
+        else {
+            panic!("a root on another filesystem was accepted");
+        };
+        assert!(m.contains("same filesystem"), "{m}");
+        assert!(m.contains(&root.display().to_string()), "{m}");
+        assert!(m.contains(&tmp.display().to_string()), "{m}");
+        assert_eq!(count(&tmp), 0);
+        assert_eq!(count(&root), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! WIT glue for `berth:infra/blob`: grant checks, key validation, size caps,
-//! writer/reader handles, and the mapping of [`BlobError`] to the guest's
-//! `error`.
+//! writer/reader handles (at most [`MAX_OPEN_WRITERS`] open writers an
+//! instance), and the mapping of [`BlobError`] to the guest's `error`.
 
 use std::sync::Arc;
 
@@ -24,6 +24,12 @@ pub struct ContainerHandle {
     name: Arc<str>,
     backend: Arc<dyn BlobBackend>,
 }
+
+/// Most blob writers one instance may hold open at once. An S3 writer
+/// buffers up to a whole part (8 MiB by default) and a file writer holds a
+/// descriptor, so a guest holding thousands of writer handles could
+/// otherwise pin tens of GB of host memory.
+pub const MAX_OPEN_WRITERS: usize = 16;
 
 /// Backs a guest `writer`; `None` once finished.
 pub struct WriterHandle {
@@ -60,6 +66,7 @@ impl InstanceState {
                 crate::audit::refused(&self.env.app, &self.env.component, "blob.not-granted", n)
             }
             BlobError::TooLarge(_) => self.env.counters.limit("payload"),
+            BlobError::TooManyWriters(_) => self.env.counters.limit("handles"),
             _ => {}
         }
         match e {
@@ -69,6 +76,10 @@ impl InstanceState {
             BlobError::TooLarge(m) => Error::TooLarge(m),
             BlobError::Closed => Error::Closed,
             BlobError::Unavailable(_) => Error::Unavailable("the store is unavailable".into()),
+            // A limit, like the size caps; the message names it.
+            BlobError::TooManyWriters(n) => {
+                Error::TooLarge(BlobError::TooManyWriters(n).to_string())
+            }
             BlobError::Other(m) => Error::Other(m),
         }
     }
@@ -262,7 +273,13 @@ impl wit::HostContainer for InstanceState {
         this: Resource<ContainerHandle>,
         key: String,
     ) -> Res<Resource<WriterHandle>> {
-        let check = self.blob_key(&key);
+        let check = self.blob_key(&key).and_then(|()| {
+            if self.open_blob_writers < MAX_OPEN_WRITERS {
+                Ok(())
+            } else {
+                Err(BlobError::TooManyWriters(MAX_OPEN_WRITERS))
+            }
+        });
         let container = self.blob_container(&this)?;
         let bytes_in = key.len();
         match self
@@ -276,10 +293,14 @@ impl wit::HostContainer for InstanceState {
             )
             .await?
         {
-            Ok(writer) => Ok(Ok(self.table.push(WriterHandle {
-                container,
-                writer: Some(writer),
-            })?)),
+            Ok(writer) => {
+                let handle = self.table.push(WriterHandle {
+                    container,
+                    writer: Some(writer),
+                })?;
+                self.open_blob_writers += 1;
+                Ok(Ok(handle))
+            }
             Err(e) => Ok(Err(e)),
         }
     }
@@ -357,7 +378,12 @@ impl wit::HostWriter for InstanceState {
         let span = self.blob_span("writer.finish");
         let handle = self.table.get_mut(&this)?;
         let container = handle.container.clone();
-        let r = match handle.writer.take() {
+        let writer = handle.writer.take();
+        if writer.is_some() {
+            // Finished or failed, the writer is gone: its place is free.
+            self.open_blob_writers -= 1;
+        }
+        let r = match writer {
             None => Err(BlobError::Closed),
             Some(writer) => writer.finish().instrument(span).await.map(info),
         };
@@ -376,7 +402,9 @@ impl wit::HostWriter for InstanceState {
 
     async fn drop(&mut self, rep: Resource<WriterHandle>) -> wasmtime::Result<()> {
         // An unfinished writer is aborted by the adapter's Drop.
-        self.table.delete(rep)?;
+        if self.table.delete(rep)?.writer.is_some() {
+            self.open_blob_writers -= 1;
+        }
         Ok(())
     }
 }
@@ -405,5 +433,16 @@ impl wit::HostReader for InstanceState {
     async fn drop(&mut self, rep: Resource<ReaderHandle>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_writers_names_the_limit() {
+        let message = BlobError::TooManyWriters(MAX_OPEN_WRITERS).to_string();
+        assert!(message.contains("16"), "{message}");
     }
 }

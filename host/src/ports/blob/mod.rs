@@ -29,6 +29,9 @@ pub enum BlobError {
     /// Store unreachable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The instance already holds this many open writers.
+    #[error("at most {0} blob writers may be open at once per instance; finish or drop one")]
+    TooManyWriters(usize),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -97,8 +100,14 @@ pub trait BlobReader: Send {
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError>;
 }
 
+/// Longest `/`-separated segment of a key, in bytes: the usual file name
+/// limit (`NAME_MAX`), so that every key that passes [`validate_key`] can
+/// be stored by the file backend too, and all backends refuse the same keys.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
 /// Checks a guest-supplied key: relative, `/`-separated, no `.`/`..` or
-/// empty segments, no backslash or control characters, at most `max_bytes`.
+/// empty segments, no segment over [`MAX_SEGMENT_BYTES`], no backslash or
+/// control characters, at most `max_bytes`.
 pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
     let bad = |why: &str| Err(BlobError::InvalidKey(why.to_string()));
     if key.is_empty() {
@@ -123,6 +132,12 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
         .any(|s| s.is_empty() || s == "." || s == "..")
     {
         return bad("key must not contain empty, `.` or `..` segments");
+    }
+    if let Some(segment) = key.split('/').find(|s| s.len() > MAX_SEGMENT_BYTES) {
+        return Err(BlobError::InvalidKey(format!(
+            "key has a {}-byte segment; each `/`-separated segment may have at most {MAX_SEGMENT_BYTES} bytes",
+            segment.len()
+        )));
     }
     Ok(())
 }
@@ -170,6 +185,25 @@ mod tests {
         assert!(validate_prefix("", 1024).is_ok());
         assert!(validate_prefix("dir/", 1024).is_ok());
         assert!(validate_prefix("../", 1024).is_err());
+    }
+
+    #[test]
+    fn segments_longer_than_a_file_name_are_refused() {
+        let longest = "s".repeat(MAX_SEGMENT_BYTES);
+        let over = "s".repeat(MAX_SEGMENT_BYTES + 1);
+        assert!(validate_key(&longest, 1024).is_ok());
+        // Long keys are fine as long as each segment is short enough.
+        assert!(validate_key(&format!("{longest}/{longest}/{longest}"), 1024).is_ok());
+        for key in [over.clone(), format!("a/{over}"), format!("{over}/a")] {
+            match validate_key(&key, 1024) {
+                Err(BlobError::InvalidKey(m)) => assert!(m.contains("255"), "{m}"),
+                other => panic!("{} bytes: {other:?}", key.len()),
+            }
+        }
+        // Counted in bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(validate_key(&"é".repeat(128), 1024).is_err());
+        assert!(validate_key(&"é".repeat(127), 1024).is_ok());
+        assert!(validate_prefix(&format!("{over}/"), 1024).is_err());
     }
 }
 

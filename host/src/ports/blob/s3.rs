@@ -31,6 +31,9 @@ pub const MIN_PART_SIZE: usize = 5 << 20;
 /// S3's largest part number: objects are at most this many parts.
 const MAX_PARTS: usize = 10_000;
 
+/// S3's longest object key, in bytes of UTF-8, container prefix included.
+const MAX_KEY_BYTES: usize = 1024;
+
 /// Settings of an S3 container.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -140,6 +143,22 @@ fn page_of(
     ObjectPage { objects, cursor }
 }
 
+/// `key` under the container's `prefix`, refused as `invalid-key` when S3
+/// could not store it: the host checks keys against its own limit, but here
+/// the prefix (`<prefix>berth/<app>/<name>/`) takes part of S3's bytes too.
+fn full_key(prefix: &str, key: &str) -> Result<String, BlobError> {
+    if prefix.len() + key.len() > MAX_KEY_BYTES {
+        return Err(BlobError::InvalidKey(format!(
+            "key is {} bytes; with this container's {}-byte prefix in the store it would pass \
+             S3's {MAX_KEY_BYTES}-byte key limit, so keys here may have at most {} bytes",
+            key.len(),
+            prefix.len(),
+            MAX_KEY_BYTES.saturating_sub(prefix.len())
+        )));
+    }
+    Ok(format!("{prefix}{key}"))
+}
+
 impl S3Container {
     /// Builds the client and checks the bucket with `HeadBucket`, so a wrong
     /// endpoint, bucket or credential fails at startup.
@@ -187,8 +206,9 @@ impl S3Container {
         })
     }
 
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+    /// The object key of `key` in the bucket.
+    fn key(&self, key: &str) -> Result<String, BlobError> {
+        full_key(&self.prefix, key)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, BlobError> {
@@ -196,7 +216,7 @@ impl S3Container {
             .client
             .head_object()
             .bucket(&self.bucket)
-            .key(self.key(key))
+            .key(self.key(key)?)
             .send()
             .await
             .map_err(|e| map_err("head-object", e))?;
@@ -212,7 +232,7 @@ impl S3Container {
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(self.key(key))
+            .key(self.key(key)?)
             .send()
             .await
             .map_err(|e| map_err("get-object", e))?;
@@ -246,7 +266,7 @@ fn stream_err(e: aws_sdk_s3::primitives::ByteStreamError) -> BlobError {
 impl BlobBackend for S3Container {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<ObjectInfo, BlobError> {
         let size = data.len() as u64;
-        put_object(&self.client, &self.bucket, &self.key(key), data).await?;
+        put_object(&self.client, &self.bucket, &self.key(key)?, data).await?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size,
@@ -286,7 +306,7 @@ impl BlobBackend for S3Container {
         self.client
             .delete_object()
             .bucket(&self.bucket)
-            .key(self.key(key))
+            .key(self.key(key)?)
             .send()
             .await
             .map_err(|e| map_err("delete-object", e))?;
@@ -303,13 +323,18 @@ impl BlobBackend for S3Container {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ObjectPage, BlobError> {
+        // No key passes S3's limit, so none starts with a longer prefix
+        // (the file backend finds none either).
+        let Ok(full_prefix) = self.key(prefix) else {
+            return Ok(ObjectPage::default());
+        };
         // One more than asked tells whether another page exists.
         let out = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(self.key(prefix))
-            .set_start_after(after.map(|a| self.key(a)))
+            .prefix(full_prefix)
+            .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
             .max_keys(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX))
             .send()
             .await
@@ -333,7 +358,7 @@ impl BlobBackend for S3Container {
         Ok(Box::new(S3Writer {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
-            key: self.key(key),
+            key: self.key(key)?,
             user_key: key.to_string(),
             part_size: self.part_size,
             buf: Vec::new(),
@@ -362,7 +387,7 @@ impl BlobBackend for S3Container {
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(self.key(key))
+            .key(self.key(key)?)
             .presigned(presigning)
             .await
             .map_err(|e| map_err("presign-get-object", e))?;
@@ -589,5 +614,20 @@ mod tests {
         // Nothing outside the prefix ever comes back.
         let outside = vec![("berth/app/other/x".to_string(), 1, 2)];
         assert!(page_of(p, outside, false, 5).objects.is_empty());
+    }
+
+    #[test]
+    fn keys_past_s3s_limit_with_the_prefix_are_invalid() {
+        let p = "berth/app/c/";
+        assert_eq!(full_key(p, "a/b").unwrap(), "berth/app/c/a/b");
+        let fits = "k".repeat(MAX_KEY_BYTES - p.len());
+        assert_eq!(full_key(p, &fits).unwrap().len(), MAX_KEY_BYTES);
+        match full_key(p, &format!("{fits}k")) {
+            Err(BlobError::InvalidKey(m)) => {
+                assert!(m.contains("1024"), "{m}");
+                assert!(m.contains(&format!("at most {} bytes", fits.len())), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
