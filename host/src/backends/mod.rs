@@ -26,12 +26,36 @@ use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings, TenantLogi
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
 
 mod messaging;
+mod ownership;
 mod settings;
 
+use ownership::PathKind;
 use settings::{Origin, connection_failure, optional_secret, secret_setting, url_setting};
 
 /// Pool size of a server database when neither config names one.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// The shortest `tenant_password_key` accepted: tenant passwords are HMACs
+/// of public role names under it, so a short (or empty) key would make every
+/// tenant's password computable.
+const MIN_TENANT_KEY_BYTES: usize = 16;
+
+/// The path of an embedded backend under `key` (`<section>.path` or
+/// `<section>.root`): the host config's `custom` path, with `{app}` replaced
+/// and claimed for the app (see [`ownership`]), or else `default`, which is
+/// already the app's own.
+fn embedded_path(
+    origin: &Origin<'_>,
+    key: &str,
+    custom: Option<std::path::PathBuf>,
+    kind: PathKind,
+    default: impl FnOnce() -> std::path::PathBuf,
+) -> anyhow::Result<std::path::PathBuf> {
+    match custom {
+        Some(raw) => ownership::app_path(&raw, origin.app, kind).map_err(|m| origin.err(key, m)),
+        None => Ok(default()),
+    }
+}
 
 /// A server database's `connect_timeout_ms` (default 5 s) and
 /// `statement_timeout_ms` (default 30 s) under `key`.
@@ -88,7 +112,13 @@ pub async fn open(
             .unwrap_or(SqlConfig::Sqlite { path: None });
         let db: Arc<dyn SqlBackend> = match cfg {
             SqlConfig::Sqlite { path } => {
-                let path = path.unwrap_or_else(|| state.join("sql").join(format!("{name}.db")));
+                let path = embedded_path(
+                    &origin,
+                    &format!("{key}.path"),
+                    path,
+                    PathKind::File,
+                    || state.join("sql").join(format!("{name}.db")),
+                )?;
                 Arc::new(SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?)
             }
             SqlConfig::Postgres {
@@ -130,6 +160,14 @@ pub async fn open(
                             &secrets,
                         )
                         .await?;
+                        if secret.expose().len() < MIN_TENANT_KEY_BYTES {
+                            return Err(origin.err(
+                                &format!("{key}.tenant_password_key"),
+                                format!(
+                                    "resolves to fewer than {MIN_TENANT_KEY_BYTES} bytes; tenant passwords derived from it could be computed by anyone (use e.g. 32 random bytes, hex-encoded)"
+                                ),
+                            ));
+                        }
                         let role = tenant_role(app, name);
                         Some(TenantLogin {
                             password: tenant_password(&secret, &role),
@@ -199,7 +237,13 @@ pub async fn open(
         let bucket: Arc<dyn KvBackend> = match host.kv.get(name).cloned().unwrap_or(default) {
             KvConfig::Memory {} => Arc::new(MemoryBucket::new()),
             KvConfig::Sqlite { path } => {
-                let path = path.unwrap_or_else(|| state.join("kv").join(format!("{name}.db")));
+                let path = embedded_path(
+                    &origin,
+                    &format!("{key}.path"),
+                    path,
+                    PathKind::File,
+                    || state.join("kv").join(format!("{name}.db")),
+                )?;
                 Arc::new(SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?)
             }
             KvConfig::Redis {
@@ -239,7 +283,13 @@ pub async fn open(
             .unwrap_or(BlobConfig::Fs { root: None });
         let container: Arc<dyn BlobBackend> = match cfg {
             BlobConfig::Fs { root } => {
-                let root = root.unwrap_or_else(|| state.join("blob").join(name));
+                let root = embedded_path(
+                    &origin,
+                    &format!("{key}.root"),
+                    root,
+                    PathKind::Directory,
+                    || state.join("blob").join(name),
+                )?;
                 Arc::new(
                     FsContainer::open(root, state.join("tmp"), app, name, url_signer.clone())
                         .map_err(|e| origin.err(&key, e))?,

@@ -9,6 +9,7 @@ mod blob;
 mod brokers;
 mod canary;
 mod cli;
+mod custom_paths;
 mod docs;
 mod email_config;
 mod example_app;

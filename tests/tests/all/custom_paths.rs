@@ -1,0 +1,175 @@
+//! Custom paths of the embedded backends in a host config that several apps
+//! share: `{app}` in a path makes it per app; a path without it belongs to
+//! the first app that uses it (its `<path>.berth-owner` marker), and every
+//! other app is refused at load. Also: a Postgres `tenant_password_key` too
+//! short to keep tenant passwords secret is refused.
+
+use berth_tests::{TestApp, assert_success, guests, host_config, run, single_component_manifest};
+
+/// App `name` with one blob container `files`, granted to its component.
+fn blob_app(name: &str) -> TestApp {
+    TestApp::new(&single_component_manifest(
+        name,
+        guests::BLOB_GUEST,
+        "[blob.files]",
+        "blob = [\"files\"]",
+    ))
+}
+
+/// App `name` with one bucket `cache`, granted to its component.
+fn kv_app(name: &str) -> TestApp {
+    TestApp::new(&single_component_manifest(
+        name,
+        guests::KV_GUEST,
+        "[kv.cache]",
+        "kv = [\"cache\"]",
+    ))
+}
+
+/// App `name` with one database `main`, granted to its component.
+fn sql_app(name: &str) -> TestApp {
+    TestApp::new(&single_component_manifest(
+        name,
+        guests::SQL_GUEST,
+        "[sql.main]",
+        "sql = [\"main\"]",
+    ))
+}
+
+/// Loads `t` with host config `text`, expecting a refusal; its message.
+async fn load_error(t: &TestApp, text: &str) -> String {
+    match t.load_with(&host_config(t, text)).await {
+        Ok(_) => panic!("the app loaded with:\n{text}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test]
+async fn blob_shared_root_refused_for_second_app_fs() {
+    let shared = tempfile::tempdir().unwrap();
+    let root = shared.path().join("shared");
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
+        root.display().to_string()
+    );
+    let (a, b) = (blob_app("alpha"), blob_app("beta"));
+    let first = a
+        .load_with(&host_config(&a, &config))
+        .await
+        .expect("the first app claims the directory");
+    let err = load_error(&b, &config).await;
+    assert!(err.contains("blob.files.root"), "{err}");
+    assert!(err.contains(&root.display().to_string()), "{err}");
+    assert!(err.contains("`alpha`") && err.contains("`beta`"), "{err}");
+    assert!(err.contains("{app}"), "the fix: {err}");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("shared.berth-owner")).unwrap(),
+        "alpha\n"
+    );
+    // The owner loads again.
+    drop(first);
+    a.load_with(&host_config(&a, &config))
+        .await
+        .expect("the owner loads again");
+}
+
+#[tokio::test]
+async fn blob_root_per_app_placeholder_fs() {
+    let shared = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
+        format!("{}/{{app}}", shared.path().display())
+    );
+    let (a, b) = (blob_app("alpha"), blob_app("beta"));
+    let app_a = a
+        .load_with(&host_config(&a, &config))
+        .await
+        .expect("alpha loads");
+    let _app_b = b
+        .load_with(&host_config(&b, &config))
+        .await
+        .expect("beta loads");
+    for name in ["alpha", "beta"] {
+        assert!(shared.path().join(name).is_dir(), "{name}'s directory");
+        assert_eq!(
+            std::fs::read_to_string(shared.path().join(format!("{name}.berth-owner"))).unwrap(),
+            format!("{name}\n")
+        );
+    }
+    // alpha's objects land in its own directory only.
+    assert_success(&run(&app_a, "guest", &["conformance", "files"]).await);
+    assert_eq!(
+        std::fs::metadata(shared.path().join("alpha/big/object"))
+            .unwrap()
+            .len(),
+        8 << 20
+    );
+    assert_eq!(
+        std::fs::read_dir(shared.path().join("beta"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn kv_shared_path_refused_for_second_app_sqlite() {
+    let shared = tempfile::tempdir().unwrap();
+    let db = shared.path().join("shared.db");
+    let config = format!(
+        "[kv.cache]\ntype = \"sqlite\"\npath = {:?}\n",
+        db.display().to_string()
+    );
+    let (a, b) = (kv_app("alpha"), kv_app("beta"));
+    let _first = a
+        .load_with(&host_config(&a, &config))
+        .await
+        .expect("the first app claims the file");
+    let err = load_error(&b, &config).await;
+    assert!(err.contains("kv.cache.path"), "{err}");
+    assert!(err.contains("`alpha`") && err.contains("`beta`"), "{err}");
+    assert!(
+        err.contains(&format!("{}/{{app}}/shared.db", shared.path().display())),
+        "the fix: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("shared.db.berth-owner")).unwrap(),
+        "alpha\n"
+    );
+}
+
+#[tokio::test]
+async fn sql_path_bad_placeholder_refused_sqlite() {
+    let shared = tempfile::tempdir().unwrap();
+    let t = sql_app("alpha");
+    let err = load_error(
+        &t,
+        &format!(
+            "[sql.main]\ntype = \"sqlite\"\npath = {:?}\n",
+            format!("{}/{{name}}.db", shared.path().display())
+        ),
+    )
+    .await;
+    assert!(err.contains("sql.main.path"), "{err}");
+    assert!(err.contains("{name}") && err.contains("{app}"), "{err}");
+    assert_eq!(std::fs::read_dir(shared.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn sql_short_tenant_key_refused_postgres() {
+    // Refused before any connection, so no server is needed.
+    let t = sql_app("alpha");
+    let key = t.dir.path().join("tenant-key");
+    std::fs::write(&key, "short-key\n").unwrap();
+    let err = load_error(
+        &t,
+        &format!(
+            "[sql.main]\ntype = \"postgres\"\nurl = \"postgres://berth@127.0.0.1:1/tenants\"\ntenancy = \"role-per-app\"\ntenant_password_key = \"${{file:{}}}\"\n",
+            key.display()
+        ),
+    )
+    .await;
+    assert!(err.contains("sql.main.tenant_password_key"), "{err}");
+    assert!(err.contains("16"), "{err}");
+    assert!(!err.contains("short-key"), "the key leaked: {err}");
+}
