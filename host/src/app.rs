@@ -213,7 +213,10 @@ impl App {
                 );
             }
         }
-        let config = crate::ports::config::resolve(&manifest.config, |k| std::env::var(k).ok())
+        // Tenants' manifests see no host environment, so no operator's
+        // `BERTH_CONFIG_<KEY>` override reaches them either.
+        let env = crate::ports::config::host_env(host.serve.tenant_manifests);
+        let config = crate::ports::config::resolve(&manifest.config, env)
             .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
         let backends = Arc::new(crate::backends::open(host, &manifest, &state_dir).await?);
         let network = Arc::new(

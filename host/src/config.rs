@@ -73,7 +73,9 @@ impl EngineConfig {
     pub fn cap(&self, limits: &crate::limits::ComponentLimits) -> crate::limits::ComponentLimits {
         let mut capped = limits.clone();
         if let Some(mb) = self.max_memory_mb {
-            capped.memory_bytes = capped.memory_bytes.min(mb << 20);
+            // Checked at load ([`HostConfig::load`]); saturating for a
+            // config built in code, where a shift would silently wrap.
+            capped.memory_bytes = capped.memory_bytes.min(mb.saturating_mul(1 << 20));
         }
         if let Some(ms) = self.max_timeout_ms {
             capped.timeout = capped.timeout.min(std::time::Duration::from_millis(ms));
@@ -97,7 +99,8 @@ impl EngineConfig {
 #[serde(deny_unknown_fields)]
 pub struct AppLimitsConfig {
     /// Emails one app may send per minute (bursts up to the same number);
-    /// default 120.
+    /// default 120. 0 is refused at load: it would fail every send as
+    /// `rate-limited`, which tells the guest to retry.
     pub emails_per_minute: Option<u32>,
 }
 
@@ -204,10 +207,32 @@ impl HostConfig {
                 e.to_string().trim_end()
             )
         })?;
+        config
+            .validate()
+            .map_err(|m| anyhow::anyhow!("invalid host config {}: {m}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.state_dir = config.state_dir.map(|d| base.join(d));
         config.file = Some(path.to_path_buf());
         Ok(config)
+    }
+
+    /// Checks values the file's syntax allows but the host cannot use (the
+    /// backends' settings are checked when an app opens them); the error
+    /// names the key.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(mb) = self.engine.max_memory_mb {
+            mib_to_bytes("engine.max_memory_mb", mb)?;
+        }
+        if self.app_limits.emails_per_minute == Some(0) {
+            return Err(
+                "`app_limits.emails_per_minute` is 0; it must be at least 1 (an app without a granted sender sends nothing)"
+                    .into(),
+            );
+        }
+        if let Some(aws) = &self.secrets.aws {
+            aws.timeout()?;
+        }
+        Ok(())
     }
 
     /// The listen address.
@@ -222,7 +247,8 @@ impl HostConfig {
             s.max_instances = n;
         }
         if let Some(mb) = self.engine.max_memory_mb {
-            s.max_memory_bytes = mb << 20;
+            // Checked at load; saturating, as in [`EngineConfig::cap`].
+            s.max_memory_bytes = mb.saturating_mul(1 << 20);
         }
         if let Some(dir) = &self.engine.cache_dir {
             s.cache_dir = dir.clone();
@@ -295,6 +321,17 @@ impl HostConfig {
     }
 }
 
+/// `mb` MiB in bytes; an error naming `key` when that does not fit in 64
+/// bits (a shift would silently wrap to a small or zero limit).
+fn mib_to_bytes(key: &str, mb: u64) -> Result<u64, String> {
+    mb.checked_mul(1 << 20).ok_or_else(|| {
+        format!(
+            "`{key}` is {mb}; it must be at most {} (MiB)",
+            u64::MAX >> 20
+        )
+    })
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -344,5 +381,46 @@ mod tests {
                 "{ty}"
             );
         }
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        for (text, key) in [
+            (
+                "[engine]\nmax_memory_mb = 9223372036854775807\n",
+                "engine.max_memory_mb",
+            ),
+            (
+                "[app_limits]\nemails_per_minute = 0\n",
+                "app_limits.emails_per_minute",
+            ),
+            (
+                "[secrets.aws]\nregion = \"eu-west-1\"\naccess_key_id = \"${env:A}\"\n\
+                 secret_access_key = \"${env:B}\"\ntimeout_ms = 0\n",
+                "secrets.aws.timeout_ms",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = HostConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("host.toml"), "{err}");
+        }
+        std::fs::write(&path, "[engine]\nmax_memory_mb = 17592186044415\n").unwrap();
+        let ok = HostConfig::load(&path).unwrap();
+        assert_eq!(ok.engine_settings().max_memory_bytes, 17592186044415 << 20);
+        // A config built in code saturates instead of wrapping to a tiny cap.
+        let engine = EngineConfig {
+            max_memory_mb: Some(u64::MAX),
+            ..Default::default()
+        };
+        let limits = crate::limits::ComponentLimits::default();
+        assert_eq!(engine.cap(&limits).memory_bytes, limits.memory_bytes);
+        assert_eq!(mib_to_bytes("k", 2), Ok(2 << 20));
+        assert!(
+            mib_to_bytes("k", u64::MAX >> 19)
+                .unwrap_err()
+                .contains("`k`")
+        );
     }
 }

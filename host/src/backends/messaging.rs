@@ -86,8 +86,12 @@ pub(super) async fn open(
                     ));
                 }
             };
+            // Resolved like the other brokers' URLs, so the host list may
+            // come from `${env:…}`; it holds no credentials either way.
+            let url = url_setting(origin, "messaging.url", &url, secrets).await?;
             let settings = KafkaSettings {
-                brokers: parse_kafka_url(&url).map_err(|m| origin.err("messaging.url", m))?,
+                brokers: parse_kafka_url(url.expose())
+                    .map_err(|m| origin.err("messaging.url", m))?,
                 app: app.to_string(),
                 timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
                 replication_factor,
@@ -120,12 +124,24 @@ pub(super) async fn open(
             };
             // Unique per host: each host has its own sessions.
             let host_id = match client_id {
-                Some(raw) => secrets
-                    .resolve(&raw)
-                    .await
-                    .map_err(|m| origin.err("messaging.client_id", m))?
-                    .expose()
-                    .to_string(),
+                Some(raw) => {
+                    let id = secrets
+                        .resolve(&raw)
+                        .await
+                        .map_err(|m| origin.err("messaging.client_id", m))?
+                        .expose()
+                        .to_string();
+                    // Checked here, where the key is known: the broker's
+                    // own check would be reported as `messaging.url`. The
+                    // id is not repeated, since it may come from a secret.
+                    if id.is_empty() || id.contains(['/', '+', '#', '\0']) {
+                        return Err(origin.err(
+                            "messaging.client_id",
+                            "must be non-empty, without `/`, `+`, `#` or NUL (it is part of MQTT topic names)",
+                        ));
+                    }
+                    id
+                }
                 None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             };
             let timeout = origin.millis("messaging.timeout_ms", timeout_ms, 5000)?;

@@ -41,6 +41,21 @@ pub struct AwsSecretsConfig {
     pub timeout_ms: Option<u64>,
 }
 
+impl AwsSecretsConfig {
+    /// The connect and read timeout. 0 is refused, as for every other
+    /// `*_ms` setting of the host config: a typo should not make every
+    /// fetch fail at once (or wait forever).
+    pub fn timeout(&self) -> Result<Duration, String> {
+        match self.timeout_ms {
+            None => Ok(Duration::from_millis(10_000)),
+            Some(0) => {
+                Err("`secrets.aws.timeout_ms` is 0; it must be at least 1 (milliseconds)".into())
+            }
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+}
+
 /// A Secrets Manager client with a per-load cache.
 #[derive(Debug)]
 pub struct AwsSecrets {
@@ -49,8 +64,14 @@ pub struct AwsSecrets {
 }
 
 impl AwsSecrets {
-    /// Builds the client; credentials are already resolved.
-    pub fn new(config: &AwsSecretsConfig, key_id: &Secret, secret_key: &Secret) -> AwsSecrets {
+    /// Builds the client; credentials are already resolved and `timeout`
+    /// checked ([`AwsSecretsConfig::timeout`]).
+    pub fn new(
+        config: &AwsSecretsConfig,
+        timeout: Duration,
+        key_id: &Secret,
+        secret_key: &Secret,
+    ) -> AwsSecrets {
         let credentials = aws_credential_types::Credentials::new(
             key_id.expose(),
             secret_key.expose(),
@@ -58,7 +79,6 @@ impl AwsSecrets {
             None,
             "berth-host-config",
         );
-        let timeout = Duration::from_millis(config.timeout_ms.unwrap_or(10_000));
         let mut builder = aws_sdk_secretsmanager::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
@@ -141,5 +161,28 @@ where
             format!("cannot read AWS secret `{id}`: cannot connect to Secrets Manager at startup")
         }
         _ => format!("cannot read AWS secret `{id}`: request failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(timeout_ms: Option<u64>) -> AwsSecretsConfig {
+        AwsSecretsConfig {
+            region: "eu-west-1".into(),
+            endpoint: None,
+            access_key_id: "${env:A}".into(),
+            secret_access_key: "${env:B}".into(),
+            timeout_ms,
+        }
+    }
+
+    #[test]
+    fn timeout_defaults_and_refuses_zero() {
+        assert_eq!(config(None).timeout(), Ok(Duration::from_secs(10)));
+        assert_eq!(config(Some(250)).timeout(), Ok(Duration::from_millis(250)));
+        let err = config(Some(0)).timeout().unwrap_err();
+        assert!(err.contains("secrets.aws.timeout_ms"), "{err}");
     }
 }

@@ -61,47 +61,142 @@ pub struct SecretsConfig {
 /// `${env:NAME}` (the host's environment, then the `.env` file),
 /// `${file:/path}` (the file's content, without a trailing newline) and,
 /// when `[secrets.aws]` is configured, `${aws-sm:id}` / `${aws-sm:id#field}`.
+/// `$${` stands for a literal `${`.
 #[derive(Debug, Default, Clone)]
 pub struct SecretResolver {
     dotenv: std::collections::HashMap<String, String>,
     aws: Option<Arc<AwsSecrets>>,
 }
 
-impl SecretResolver {
-    /// A resolver that also reads `KEY=VALUE` lines of `dotenv` (if given
-    /// and present): `#` comments, blank lines and optional quotes allowed.
-    pub fn new(dotenv: Option<&std::path::Path>) -> Result<SecretResolver, String> {
-        let mut map = std::collections::HashMap::new();
-        if let Some(path) = dotenv.filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let line = line.strip_prefix("export ").unwrap_or(line);
-                let (k, v) = line
-                    .split_once('=')
-                    .ok_or_else(|| format!("{}:{}: expected KEY=VALUE", path.display(), n + 1))?;
-                let v = v.trim();
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                    .unwrap_or(v);
-                map.insert(k.trim().to_string(), v.to_string());
+/// One piece of a value that may hold references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    /// Text taken as it is.
+    Text(&'a str),
+    /// What is between `${` and `}`; `at` is the byte offset of the `${`.
+    Reference { at: usize, inner: &'a str },
+    /// A `${` without a closing `}`, at this byte offset. Always the last
+    /// piece.
+    Unterminated(usize),
+}
+
+/// Splits `raw` into text and references. A `${` right after a `$` is the
+/// escape `$${`: a literal `${`, with the extra `$` dropped.
+fn pieces(raw: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(found) = raw[at..].find("${") {
+        let start = at + found;
+        // Only a `$` not yet consumed counts (a piece before ends in `}` or
+        // `{` anyway; the bound also keeps the index in range).
+        if start > at && raw.as_bytes()[start - 1] == b'$' {
+            out.push(Piece::Text(&raw[at..start]));
+            out.push(Piece::Text("{"));
+            at = start + 2;
+            continue;
+        }
+        out.push(Piece::Text(&raw[at..start]));
+        let after = start + 2;
+        let Some(end) = raw[after..].find('}') else {
+            out.push(Piece::Unterminated(start));
+            return out;
+        };
+        out.push(Piece::Reference {
+            at: start,
+            inner: &raw[after..after + end],
+        });
+        at = after + end + 1;
+    }
+    out.push(Piece::Text(&raw[at..]));
+    out
+}
+
+/// The scheme of an unknown reference (`vault` in `${vault:x}`), when it
+/// is short and alphanumeric: enough to spot a typo, while an error about
+/// a value that only happened to contain `${` repeats at most a short word
+/// of it.
+fn safe_scheme(inner: &str) -> Option<&str> {
+    let (scheme, _) = inner.split_once(':')?;
+    let short = !scheme.is_empty() && scheme.len() <= 16;
+    (short && scheme.chars().all(|c| c.is_ascii_alphanumeric())).then_some(scheme)
+}
+
+/// Parses a `.env` file: `KEY=VALUE` lines, optionally after `export` and
+/// whitespace; blank lines and `#` comment lines; a UTF-8 BOM at the start.
+/// See [`dotenv_value`] for values. The error is the 1-based number of a
+/// malformed line: the line itself may hold a secret.
+fn parse_dotenv(text: &str) -> Result<std::collections::HashMap<String, String>, usize> {
+    let mut map = std::collections::HashMap::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // `export` only counts when whitespace (a space or a tab) follows,
+        // so a key such as `exported=1` stays whole.
+        let line = match line.strip_prefix("export") {
+            Some(rest) if rest.starts_with(char::is_whitespace) => rest.trim_start(),
+            _ => line,
+        };
+        let (k, v) = line.split_once('=').ok_or(n + 1)?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(n + 1);
+        }
+        map.insert(k.to_string(), dotenv_value(v).to_string());
+    }
+    Ok(map)
+}
+
+/// A `.env` value (the text after `=`): the inside of a `"…"` or `'…'`
+/// quote, where a `#` is part of the value and a `# comment` after the
+/// closing quote is dropped; otherwise the text up to a `#` that follows
+/// whitespace (` #` starts a comment, `p#ss` is a value), trimmed.
+fn dotenv_value(raw: &str) -> &str {
+    let v = raw.trim();
+    for quote in ['"', '\''] {
+        let Some(inner) = v.strip_prefix(quote) else {
+            continue;
+        };
+        // The closing quote is the first one followed by nothing or by a
+        // comment, so a quote inside the value (`"a"b"`) stays in it.
+        for (end, _) in inner.match_indices(quote) {
+            let rest = inner[end + 1..].trim_start();
+            if rest.is_empty() || rest.starts_with('#') {
+                return &inner[..end];
             }
         }
-        Ok(SecretResolver {
-            dotenv: map,
-            aws: None,
-        })
+    }
+    let cut = raw
+        .char_indices()
+        .find(|&(i, c)| c == '#' && raw[..i].ends_with(char::is_whitespace))
+        .map_or(raw.len(), |(i, _)| i);
+    raw[..cut].trim()
+}
+
+impl SecretResolver {
+    /// A resolver that also reads `KEY=VALUE` lines of `dotenv` (if given
+    /// and present): `export`, `#` comments (whole lines, after whitespace
+    /// in an unquoted value, or after a quoted value), blank lines, optional
+    /// quotes and a leading BOM allowed.
+    pub fn new(dotenv: Option<&std::path::Path>) -> Result<SecretResolver, String> {
+        let dotenv = match dotenv.filter(|p| p.exists()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                parse_dotenv(&text)
+                    .map_err(|n| format!("{}:{n}: expected KEY=VALUE", path.display()))?
+            }
+            None => std::collections::HashMap::new(),
+        };
+        Ok(SecretResolver { dotenv, aws: None })
     }
 
     /// Adds AWS Secrets Manager, configured by `config` whose credentials
     /// are themselves resolved (from env or files) by this resolver.
     pub async fn with_aws(mut self, config: &AwsSecretsConfig) -> Result<SecretResolver, String> {
+        let timeout = config.timeout()?;
         let mut keys = Vec::new();
         for (key, raw) in [
             ("access_key_id", &config.access_key_id),
@@ -118,27 +213,42 @@ impl SecretResolver {
                     .map_err(|m| format!("`secrets.aws.{key}`: {m}"))?,
             );
         }
-        self.aws = Some(Arc::new(AwsSecrets::new(config, &keys[0], &keys[1])));
+        self.aws = Some(Arc::new(AwsSecrets::new(
+            config, timeout, &keys[0], &keys[1],
+        )));
         Ok(self)
     }
 
     /// Whether `raw` contains a reference (so it holds no inline secret).
+    /// An escaped `$${env:…}` is literal text, not a reference.
     pub fn is_reference(raw: &str) -> bool {
-        raw.contains("${env:") || raw.contains("${file:") || raw.contains("${aws-sm:")
+        pieces(raw).iter().any(|p| {
+            matches!(p, Piece::Reference { inner, .. }
+                if matches!(inner.split_once(':'), Some(("env" | "file" | "aws-sm", _))))
+        })
     }
 
-    /// Replaces every reference in `raw`. The error names the reference,
-    /// never a value.
+    /// Replaces every reference in `raw`; `$${` gives a literal `${`.
+    ///
+    /// `raw` may itself be an inline secret that merely contains `${` (a
+    /// generated password), so errors never repeat it: they name a known
+    /// reference (`${env:NAME}` names `NAME`), a byte offset, or the scheme
+    /// of an unknown reference when that is short and alphanumeric.
     pub async fn resolve(&self, raw: &str) -> Result<Secret, String> {
         let mut out = String::new();
-        let mut rest = raw;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in {raw:?}"))?;
-            let reference = &after[..end];
+        for piece in pieces(raw) {
+            let (at, reference) = match piece {
+                Piece::Text(text) => {
+                    out.push_str(text);
+                    continue;
+                }
+                Piece::Unterminated(at) => {
+                    return Err(format!(
+                        "unterminated `${{` at byte {at}; write `$${{` for a literal `${{`"
+                    ));
+                }
+                Piece::Reference { at, inner } => (at, inner),
+            };
             let value = match reference.split_once(':') {
                 Some(("env", name)) => std::env::var(name)
                     .ok()
@@ -158,15 +268,17 @@ impl SecretResolver {
                     }
                 },
                 _ => {
+                    let what = match safe_scheme(reference) {
+                        Some(scheme) => format!("unknown reference scheme `{scheme}`"),
+                        None => "unknown reference".to_string(),
+                    };
                     return Err(format!(
-                        "unknown reference `${{{reference}}}`; use ${{env:NAME}}, ${{file:/path}} or ${{aws-sm:id}}"
+                        "{what} at byte {at}; use ${{env:NAME}}, ${{file:/path}} or ${{aws-sm:id}}, or write `$${{` for a literal `${{`"
                     ));
                 }
             };
             out.push_str(&value);
-            rest = &after[end + 1..];
         }
-        out.push_str(rest);
         Ok(Secret::new(out))
     }
 }
@@ -202,5 +314,110 @@ mod resolver_tests {
         assert!(err.contains("[secrets.aws]"), "{err}");
         assert!(SecretResolver::is_reference("${env:A}"));
         assert!(!SecretResolver::is_reference("plain"));
+    }
+
+    #[tokio::test]
+    async fn errors_never_repeat_an_inline_value() {
+        let r = SecretResolver::new(None).unwrap();
+        // A generated password that happens to contain `${`.
+        let err = r.resolve("Xk${9q").await.unwrap_err();
+        assert!(err.contains("at byte 2"), "{err}");
+        assert!(!err.contains("Xk") && !err.contains("9q"), "{err}");
+        let err = r.resolve("pa${ss}wd").await.unwrap_err();
+        assert!(err.contains("unknown reference at byte 2"), "{err}");
+        assert!(!err.contains("ss}") && !err.contains("pa$"), "{err}");
+        // A short alphanumeric scheme is named (a typo the operator can
+        // fix); anything else after it is not.
+        let err = r.resolve("${vault:kv/db-pass}").await.unwrap_err();
+        assert!(err.contains("`vault`"), "{err}");
+        assert!(!err.contains("db-pass"), "{err}");
+        let err = r.resolve("${s3cr3t!:x}").await.unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn double_dollar_escapes_a_reference() {
+        let r = SecretResolver::new(None).unwrap();
+        let literal = |raw: &'static str| {
+            let r = r.clone();
+            async move { r.resolve(raw).await.unwrap().expose().to_string() }
+        };
+        assert_eq!(literal("a$${b").await, "a${b");
+        assert_eq!(literal("$${env:NOT_READ}").await, "${env:NOT_READ}");
+        assert_eq!(literal("$$${x}").await, "$${x}");
+        assert_eq!(literal("$ {x} $").await, "$ {x} $");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "v").unwrap();
+        let raw = format!("$${{file:x}}-${{file:{}}}", file.display());
+        assert_eq!(r.resolve(&raw).await.unwrap().expose(), "${file:x}-v");
+        // An escaped reference is literal text, so it does not make an
+        // inline secret pass for a reference.
+        assert!(!SecretResolver::is_reference("$${env:A}"));
+        assert!(SecretResolver::is_reference("$${env:A}${env:B}"));
+        assert!(!SecretResolver::is_reference("${vault:x}"));
+    }
+
+    #[tokio::test]
+    async fn aws_timeout_of_zero_is_refused() {
+        let config = AwsSecretsConfig {
+            region: "eu-west-1".into(),
+            endpoint: None,
+            access_key_id: "${env:A}".into(),
+            secret_access_key: "${env:B}".into(),
+            timeout_ms: Some(0),
+        };
+        let err = SecretResolver::new(None)
+            .unwrap()
+            .with_aws(&config)
+            .await
+            .unwrap_err();
+        assert!(err.contains("secrets.aws.timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn dotenv_export_bom_and_comments() {
+        let text = "\u{feff}A=1\nexport\tB=2\nexport  C = 3 \nexported=4\n\
+                    D=val # a comment\nE=p#ss\nF=\"quoted # kept\" # dropped\n\
+                    G='single'#dropped\nH= # only a comment\nI=\"a\"b\"\n\
+                    J=\"unclosed # c\n  # indented comment\n\nK=\n";
+        let map = parse_dotenv(text).unwrap();
+        let get = |k: &str| map.get(k).map(String::as_str);
+        assert_eq!(get("A"), Some("1"), "the BOM is not part of the first key");
+        assert_eq!(get("B"), Some("2"));
+        assert_eq!(get("C"), Some("3"));
+        assert_eq!(get("exported"), Some("4"));
+        assert_eq!(get("D"), Some("val"));
+        assert_eq!(get("E"), Some("p#ss"));
+        assert_eq!(get("F"), Some("quoted # kept"));
+        assert_eq!(get("G"), Some("single"));
+        assert_eq!(get("H"), Some(""));
+        assert_eq!(get("I"), Some("a\"b"));
+        assert_eq!(get("J"), Some("\"unclosed"));
+        assert_eq!(get("K"), Some(""));
+        assert_eq!(map.len(), 12);
+        assert_eq!(parse_dotenv("A=1\nsecret-without-equals\n"), Err(2));
+        assert_eq!(parse_dotenv("=x\n"), Err(1));
+    }
+
+    #[tokio::test]
+    async fn dotenv_file_with_bom_and_tab_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let dotenv = dir.path().join(".env");
+        std::fs::write(
+            &dotenv,
+            "\u{feff}BERTH_T_BOM=x # c\nexport\tBERTH_T_TAB=\"y\" # c\n",
+        )
+        .unwrap();
+        let r = SecretResolver::new(Some(&dotenv)).unwrap();
+        let v = r
+            .resolve("${env:BERTH_T_BOM}/${env:BERTH_T_TAB}")
+            .await
+            .unwrap();
+        assert_eq!(v.expose(), "x/y");
+        std::fs::write(&dotenv, "OK=1\nhunter2\n").unwrap();
+        let err = SecretResolver::new(Some(&dotenv)).unwrap_err();
+        assert!(err.ends_with(":2: expected KEY=VALUE"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //! Values come from the manifest's `[config]` table; a value may reference
 //! the host environment as `${env:NAME}`, and `BERTH_CONFIG_<KEY>` in the
 //! host environment overrides a key. Values are resolved once, when the app
-//! loads, and kept as [`Secret`]s so they never reach a log line.
+//! loads, and kept as [`Secret`]s so they never reach a log line. Tenants'
+//! manifests (`berth serve`) get neither: see [`host_env`].
 
 pub mod host;
 pub mod wasi;
@@ -11,6 +12,21 @@ pub mod wasi;
 use std::collections::BTreeMap;
 
 use crate::secret::Secret;
+
+/// The host-environment lookup [`resolve`] uses. For tenants' manifests
+/// (`berth serve`) it finds nothing: their `${env:…}` references are
+/// refused at load, and a `BERTH_CONFIG_<KEY>` override the operator set
+/// for one app would otherwise reach any tenant declaring the same key.
+/// The operator sets a tenant's values with `[app_config.<app>]` instead.
+pub fn host_env(tenant_manifests: bool) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        if tenant_manifests {
+            None
+        } else {
+            std::env::var(name).ok()
+        }
+    }
+}
 
 /// Resolves every manifest config value. `env` looks up host environment
 /// variables (injected for tests).
@@ -81,5 +97,23 @@ mod tests {
         let missing = BTreeMap::from([("k".to_string(), "${env:NOPE}".to_string())]);
         let err = resolve(&missing, env).unwrap_err();
         assert!(err.contains("config.k") && err.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn tenants_get_no_environment_overrides() {
+        // PATH stands for any variable set in the host's environment.
+        if std::env::var("PATH").is_ok() {
+            assert!(host_env(false)("PATH").is_some());
+        }
+        assert_eq!(host_env(true)("PATH"), None);
+        let values = BTreeMap::from([("path".to_string(), "mine".to_string())]);
+        let tenant = resolve(&values, host_env(true)).unwrap();
+        assert_eq!(tenant["path"].expose(), "mine");
+        // The same key, with an override set, for an operator's manifest.
+        let operator = resolve(&values, |k: &str| {
+            (k == "BERTH_CONFIG_PATH").then(|| "operator's".to_string())
+        })
+        .unwrap();
+        assert_eq!(operator["path"].expose(), "operator's");
     }
 }

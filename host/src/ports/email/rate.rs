@@ -20,7 +20,9 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
-    /// Limits `inner` to `per_minute` messages a minute.
+    /// Limits `inner` to `per_minute` messages a minute. 0 would refuse
+    /// every message as `rate-limited` (which invites a retry), so the host
+    /// config refuses it at load (`app_limits.emails_per_minute`).
     pub fn new(inner: Arc<dyn EmailBackend>, per_minute: u32) -> Self {
         let per_minute = f64::from(per_minute);
         Self {

@@ -52,6 +52,26 @@ fn unavailable(e: impl std::fmt::Display) -> EmailError {
     EmailError::Unavailable("the mail server cannot be reached or refused the message".into())
 }
 
+/// A failed send. A permanent (5xx) rejection is not `unavailable`, which
+/// tells the guest that retrying may succeed: the same message would be
+/// refused again. The guest gets the reply code only; the server's text
+/// (which may name hosts, accounts or policies) stays in the host log.
+fn send_failure(e: lettre::transport::smtp::Error) -> EmailError {
+    if !e.is_permanent() {
+        return unavailable(e);
+    }
+    tracing::debug!(error = %e, "smtp permanent rejection");
+    EmailError::Other(rejected_message(e.status().map(|code| code.to_string())))
+}
+
+/// The guest's message for a permanent rejection with reply `code`.
+fn rejected_message(code: Option<String>) -> String {
+    let code = code.map_or_else(String::new, |c| format!(" (SMTP {c})"));
+    format!(
+        "the mail server rejected the message{code}; sending it again unchanged will not succeed"
+    )
+}
+
 impl SmtpSender {
     /// Builds the transport and checks the server answers, so a wrong host
     /// or credential fails at startup.
@@ -127,7 +147,23 @@ impl EmailBackend for SmtpSender {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
         let id = format!("{}@{}", uuid::Uuid::new_v4(), self.domain);
         let email = build(message, &id)?;
-        self.transport.send(email).await.map_err(unavailable)?;
+        self.transport.send(email).await.map_err(send_failure)?;
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_names_only_the_code() {
+        let m = rejected_message(Some("550".into()));
+        assert!(
+            m.contains("(SMTP 550)") && m.contains("will not succeed"),
+            "{m}"
+        );
+        let m = rejected_message(None);
+        assert!(!m.contains("SMTP") && m.contains("rejected"), "{m}");
     }
 }
