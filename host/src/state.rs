@@ -55,9 +55,21 @@ impl InstanceState {
             limiter: InstanceLimiter::new(env.limits.memory_bytes),
             deadline: Instant::now() + env.limits.timeout,
             turn: crate::fairness::Turn::new(turns, env.heaviness.clone()),
+            open_blob_writers: 0,
             env,
             _slot: slot,
         }
+    }
+}
+
+impl InstanceState {
+    /// Readies a warm instance for its next invocation: a new deadline, a
+    /// new request count, a new turn. Returns the epoch deadline to set on
+    /// the store.
+    pub fn renew(&mut self) -> u64 {
+        self.deadline = Instant::now() + self.env.limits.timeout;
+        self.outbound.renew();
+        self.turn.reset()
     }
 }
 

@@ -4,6 +4,8 @@
 //! - `publish <topic> <count>`: publishes `msg-<i>` with header `seq = i`.
 //! - `request <topic>`: request/reply, expects the handler to answer `pong:ping`.
 //! - `not-granted <topic>`: publishing to `<topic>` must be refused.
+//! - `reserved-header <topic>`: publishing with a `nats-` header (the
+//!   broker's namespace) must be refused as invalid input.
 //!
 //! Any failed assertion panics, which traps: the host sees a test failure.
 
@@ -18,8 +20,9 @@ fn main() {
         }
         ["request", topic] => request(topic),
         ["not-granted", topic] => not_granted(topic),
+        ["reserved-header", topic] => reserved_header(topic),
         other => panic!(
-            "usage: messaging_guest publish|request|not-granted <topic> [count]; got {other:?}"
+            "usage: messaging_guest publish|request|not-granted|reserved-header <topic> [count]; got {other:?}"
         ),
     }
 }
@@ -53,4 +56,15 @@ fn not_granted(topic: &str) {
         Err(Error::NotGranted(_)) => println!("messaging: ungranted topic is not-granted ok"),
         other => panic!("publish on {topic}: expected NotGranted, got {other:?}"),
     }
+}
+
+fn reserved_header(topic: &str) {
+    for name in ["Nats-Rollup", "nats-msg-id", "NATS-Expected-Last-Sequence"] {
+        let headers = [(name.to_owned(), "all".to_owned())];
+        match messaging::publish(topic, b"should not be sent", &headers) {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("reserved"), "{name}: {m}"),
+            other => panic!("header {name}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    println!("messaging: broker headers refused ok");
 }

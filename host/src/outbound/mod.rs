@@ -146,6 +146,12 @@ impl OutboundPolicy {
             max_requests,
         }
     }
+
+    /// Starts a new invocation of the same instance: its request count
+    /// starts again from zero.
+    pub fn renew(&mut self) {
+        self.sent = 0;
+    }
 }
 
 impl WasiHttpHooks for OutboundPolicy {

@@ -12,7 +12,7 @@
 //! [`WarmPool`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::task::JoinSet;
@@ -208,9 +208,16 @@ pub async fn handle_delivery(
             acker.nack(backoff).await;
         }
         (Err(error), Some(dead)) => {
-            tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
-            dead_letter(app, &topic, &policy.dead_letter, &id, attempt, &error, dead).await;
-            acker.ack().await;
+            if dead_letter(app, &topic, &policy.dead_letter, &id, attempt, &error, dead).await {
+                tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
+                acker.ack().await;
+            } else {
+                // Acknowledged now, it would be lost: it comes again, and
+                // its next failure tries the dead-letter topic again.
+                let backoff = policy.backoff_after(attempt);
+                tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message failed its last delivery and cannot be dead-lettered; will redeliver");
+                acker.nack(backoff).await;
+            }
         }
     }
 }
@@ -249,25 +256,27 @@ async fn invoke(
     let limit = component.env.limits.timeout;
     let handles = component.env.limits.handles;
     let msg = message_to_wit(message);
-    // A delivery waits for a free instance slot; the broker holds the rest.
+    // A delivery waits for a free slot of its component and of the host
+    // before its time limit starts: waiting for capacity is neither the
+    // handler's time nor a failure (which would count as an attempt).
     let _permit = component.env.slots.clone().acquire_owned().await;
+    let start = match warm.and_then(WarmPool::take) {
+        Some(taken) => Ok(taken),
+        None => Err(app.engine().instance_slot().await),
+    };
     let call = async {
-        let mut taken = match warm.and_then(WarmPool::take) {
-            Some(mut taken) => {
-                // A new invocation: a new deadline, both for the epoch
-                // callback and for time spent in host calls.
+        let mut taken = match start {
+            Ok(mut taken) => {
+                // A new invocation: a new deadline (for the epoch callback
+                // and for time in host calls) and a new request count.
                 let instance = &mut taken.item;
-                instance.store.data_mut().deadline = Instant::now() + limit;
-                let first_deadline = instance.store.data_mut().turn.reset();
+                let first_deadline = instance.store.data_mut().renew();
                 instance.store.set_epoch_deadline(first_deadline);
                 taken
             }
-            None => {
+            Err(slot) => {
                 let mut wasi = WasiCtxBuilder::new();
                 wasi.inherit_stderr();
-                // At capacity, the delivery waits for a slot rather than
-                // failing (which would count as a delivery attempt).
-                let slot = app.engine().instance_slot().await;
                 let mut store = app.new_store(component, wasi, slot);
                 let handler = pre.instantiate_async(&mut store).await?;
                 WarmPool::fresh(WarmInstance { store, handler })
@@ -309,7 +318,8 @@ async fn invoke(
 
 /// Publishes a message that exhausted its deliveries on its trigger's
 /// dead-letter topic with its topic, id, attempts and last error as
-/// headers, for an operator or a dead-letter trigger to inspect.
+/// headers, for an operator or a dead-letter trigger to inspect. Returns
+/// whether the broker took it.
 async fn dead_letter(
     app: &App,
     topic: &str,
@@ -318,7 +328,7 @@ async fn dead_letter(
     attempt: u32,
     error: &str,
     (payload, mut headers): (Vec<u8>, Vec<(String, String)>),
-) {
+) -> bool {
     headers.push(("berth-original-id".into(), id.into()));
     headers.push(("berth-original-topic".into(), topic.into()));
     headers.push(("berth-attempts".into(), attempt.to_string()));
@@ -330,13 +340,17 @@ async fn dead_letter(
             .take(1024)
             .collect(),
     ));
-    if let Err(e) = app
+    match app
         .backends
         .messaging
         .publish(dl_topic, payload, headers)
         .await
     {
-        tracing::error!(app = %app.manifest.name, topic = %dl_topic, error = %e, "cannot publish to the dead-letter topic");
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(app = %app.manifest.name, topic = %dl_topic, error = %e, "cannot publish to the dead-letter topic");
+            false
+        }
     }
 }
 

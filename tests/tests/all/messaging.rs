@@ -118,6 +118,18 @@ async fn messaging_not_granted_topic_embedded() {
     assert_success(&run(&app, "publisher", &["not-granted", "other.topic"]).await);
 }
 
+/// Headers in JetStream's namespace (`Nats-Rollup`, `Nats-Msg-Id`…) would
+/// steer the stream on NATS; the port refuses them on every backend, and
+/// nothing is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_broker_headers_refused_embedded() {
+    let t = TestApp::new(&manifest(5));
+    let (app, _tasks) = started(&t).await;
+    assert_success(&run(&app, "publisher", &["reserved-header", "events"]).await);
+    assert_success(&run(&app, "publisher", &["publish", "events", "1"]).await);
+    wait_for_count(&app, 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messaging_redelivered_after_handler_error_embedded() {
     let t = TestApp::new(&manifest(5));

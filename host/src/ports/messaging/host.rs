@@ -14,6 +14,15 @@ use crate::state::InstanceState;
 
 /// Most headers per message.
 const MAX_HEADERS: usize = 64;
+
+/// Whether `name` is in the namespace JetStream acts on (`Nats-Msg-Id`,
+/// `Nats-Expected-Last-Sequence`, `Nats-Rollup`, `Nats-TTL`…): a guest's
+/// header there would steer the stream (purge it, dedupe another message
+/// away). Refused on every backend, so a guest behaves the same on each.
+pub fn is_broker_header(name: &str) -> bool {
+    name.get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("nats-"))
+}
 /// Longest a request may wait for its reply.
 const MAX_REQUEST_TIMEOUT_MS: u32 = 60_000;
 
@@ -81,6 +90,11 @@ impl InstanceState {
             )));
         }
         for (name, value) in headers {
+            if is_broker_header(name) {
+                return Err(MessagingError::InvalidInput(format!(
+                    "header {name:?}: names starting with `nats-` are reserved for the broker"
+                )));
+            }
             let bad_name =
                 name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
             if bad_name

@@ -72,7 +72,11 @@ impl NatsBroker {
         // Credentials go through the options, not the URL, so the client
         // never holds (or logs) a URL with a password in it.
         let (url, credentials) = split_userinfo(s.url.expose());
-        let mut options = async_nats::ConnectOptions::new().connection_timeout(s.timeout);
+        // Requests are bounded by the guest's own timeout (up to 60 s), not
+        // by the client's default of 10 s.
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(s.timeout)
+            .request_timeout(None);
         if let Some((user, password)) = credentials {
             options = options.user_and_password(user, password);
         }
@@ -135,7 +139,13 @@ fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
 
 fn headers_to_nats(headers: &[(String, String)], id: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
-    for (k, v) in headers {
+    // JetStream's own headers are never passed on: guests cannot set them
+    // (the port refuses them), and a dead letter does not carry over those
+    // another producer put on the original.
+    for (k, v) in headers
+        .iter()
+        .filter(|(k, _)| !super::host::is_broker_header(k))
+    {
         map.insert(k.as_str(), v.as_str());
     }
     map.insert(MSG_ID, id);
