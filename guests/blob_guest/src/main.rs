@@ -26,7 +26,9 @@ fn conformance(name: &str) {
     basics(&container);
     listing(&container);
     invalid_keys(&container);
+    path_prefix_keys(&container);
     chunked::write_and_read(&container);
+    writer_cap(&container);
     chunked::dropped_writer(&container);
     url(&container);
     oversized_put(&container);
@@ -100,9 +102,53 @@ fn listing(c: &Container) {
     step(&format!("list in {pages} pages"));
 }
 
+/// Keys that are path prefixes of each other behave as on S3, where keys
+/// are flat names: a deleted `a/b` does not block `a`, and `a/b` under the
+/// object `a` is simply missing.
+fn path_prefix_keys(c: &Container) {
+    c.put("pk/a/b", b"inner").expect("put pk/a/b");
+    assert!(c.delete("pk/a/b").expect("delete pk/a/b"));
+    c.put("pk/a", b"outer")
+        .expect("put pk/a after its extension was deleted");
+    assert!(!c.exists("pk/a/b").expect("exists below an object"));
+    match c.get("pk/a/b") {
+        Err(Error::NotFound) => {}
+        other => panic!("get below an object: expected NotFound, got {other:?}"),
+    }
+    assert!(!c.delete("pk/a/b").expect("delete below an object"));
+    assert!(c.delete("pk/a").expect("delete pk/a"));
+    step("path-prefix keys behave as flat names");
+}
+
+/// An instance holds at most 16 open writers; finishing or dropping one
+/// frees its place.
+fn writer_cap(c: &Container) {
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            c.write(&format!("cap/{i}"))
+                .expect("open writer under the cap")
+        })
+        .collect();
+    match c.write("cap/16") {
+        Err(Error::TooLarge(m)) => assert!(m.contains("16"), "{m}"),
+        Ok(_) => panic!("17th open writer: expected TooLarge, got a writer"),
+        Err(e) => panic!("17th open writer: expected TooLarge, got {e:?}"),
+    }
+    drop(writers);
+    let writer = c
+        .write("cap/again")
+        .expect("a writer once the others are dropped");
+    writer.write(b"x").expect("write");
+    writer.finish().expect("finish");
+    assert!(c.delete("cap/again").expect("delete cap/again"));
+    step("open writers are capped at 16");
+}
+
 fn invalid_keys(c: &Container) {
     let long = "k".repeat(2000);
+    let long_segment = format!("a/{}", "s".repeat(256));
     let bad = [
+        long_segment.as_str(),
         "../escape",
         "/abs",
         "a\\b",

@@ -273,13 +273,12 @@ impl wit::HostContainer for InstanceState {
         this: Resource<ContainerHandle>,
         key: String,
     ) -> Res<Resource<WriterHandle>> {
-        let check = self.blob_key(&key).and_then(|()| {
-            if self.open_blob_writers < MAX_OPEN_WRITERS {
-                Ok(())
-            } else {
-                Err(BlobError::TooManyWriters(MAX_OPEN_WRITERS))
-            }
-        });
+        let writers = if self.open_blob_writers < MAX_OPEN_WRITERS {
+            Ok(())
+        } else {
+            Err(BlobError::TooManyWriters(MAX_OPEN_WRITERS))
+        };
+        let check = self.blob_key(&key).and(writers);
         let container = self.blob_container(&this)?;
         let bytes_in = key.len();
         match self
