@@ -5,7 +5,8 @@
 //! - `request <topic>`: request/reply, expects the handler to answer `pong:ping`.
 //! - `not-granted <topic>`: publishing to `<topic>` must be refused.
 //! - `reserved-header <topic>`: publishing with a `nats-` header (the
-//!   broker's namespace) must be refused as invalid input.
+//!   broker's namespace) must be refused as invalid input, and a payload
+//!   that fits only without its headers as too large.
 //!
 //! Any failed assertion panics, which traps: the host sees a test failure.
 
@@ -65,6 +66,13 @@ fn reserved_header(topic: &str) {
             Err(Error::InvalidInput(m)) => assert!(m.contains("reserved"), "{name}: {m}"),
             other => panic!("header {name}: expected InvalidInput, got {other:?}"),
         }
+    }
+    // Headers count against the message size limit (1 MiB by default).
+    let payload = vec![b'x'; (1 << 20) - 4];
+    let headers = [("h".to_owned(), "12345".to_owned())];
+    match messaging::publish(topic, &payload, &headers) {
+        Err(Error::TooLarge(m)) => assert!(m.contains("headers"), "{m}"),
+        other => panic!("payload at the limit with headers: expected TooLarge, got {other:?}"),
     }
     println!("messaging: broker headers refused ok");
 }

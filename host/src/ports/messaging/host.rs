@@ -77,11 +77,18 @@ impl InstanceState {
         if !self.env.grants.publish.iter().any(granted) {
             return Err(MessagingError::NotGranted(topic.to_string()));
         }
+        // Headers count too: brokers cap the whole message (NATS'
+        // max_payload includes them), and a broker's refusal would reach
+        // the guest as a retriable `unavailable`.
         let max = self.env.limits.payloads.message_max_bytes;
-        if payload.len() > max {
+        let size = payload.len()
+            + headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>();
+        if size > max {
             return Err(MessagingError::TooLarge(format!(
-                "payload is {} bytes; at most {max} allowed",
-                payload.len()
+                "the message is {size} bytes with its headers; at most {max} allowed"
             )));
         }
         if headers.len() > MAX_HEADERS {
