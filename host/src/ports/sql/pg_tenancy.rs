@@ -39,12 +39,19 @@ pub fn tenant_role(app: &str, db: &str) -> String {
     format!("{base}_{}", hex::encode(&digest[..4]))
 }
 
+/// HMAC-SHA-256 of `data` under `key`.
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
 /// The password of `role`, derived from the host's key.
 pub fn tenant_password(key: &Secret, role: &str) -> Secret {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key");
-    mac.update(role.as_bytes());
-    Secret::new(hex::encode(mac.finalize().into_bytes()))
+    Secret::new(hex::encode(hmac_sha256(
+        key.expose().as_bytes(),
+        role.as_bytes(),
+    )))
 }
 
 /// PBKDF2 rounds of the SCRAM verifier: Postgres' own default.
@@ -55,25 +62,20 @@ const SCRAM_ITERATIONS: u32 = 4096;
 /// Postgres takes a verifier given to `PASSWORD '…'` as is, so the password
 /// itself never travels to the server.
 pub fn scram_verifier(password: &Secret, salt: &[u8], iterations: u32) -> String {
-    let hmac = |key: &[u8], data: &[u8]| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
-        mac.update(data);
-        mac.finalize().into_bytes()
-    };
     // PBKDF2-HMAC-SHA-256 with one output block (RFC 8018, 5.2).
     let pw = password.expose().as_bytes();
-    let mut block = hmac(pw, &[salt, &1u32.to_be_bytes()].concat());
+    let mut block = hmac_sha256(pw, &[salt, &1u32.to_be_bytes()].concat());
     let mut salted = block;
     for _ in 1..iterations {
-        block = hmac(pw, &block);
+        block = hmac_sha256(pw, &block);
         salted
             .iter_mut()
             .zip(block.iter())
             .for_each(|(s, b)| *s ^= b);
     }
-    let client_key = hmac(&salted, b"Client Key");
+    let client_key = hmac_sha256(&salted, b"Client Key");
     let stored_key = Sha256::digest(client_key);
-    let server_key = hmac(&salted, b"Server Key");
+    let server_key = hmac_sha256(&salted, b"Server Key");
     format!(
         "SCRAM-SHA-256${iterations}:{}${}:{}",
         BASE64.encode(salt),
