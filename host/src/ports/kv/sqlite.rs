@@ -282,65 +282,12 @@ mod tests {
     #[tokio::test]
     async fn increment_takes_only_what_redis_takes() {
         let (_dir, b) = bucket();
-        for bad in [
-            " 5",
-            "5 ",
-            "+5",
-            "007",
-            "-0",
-            "",
-            "-",
-            "1e3",
-            "9223372036854775808",
-        ] {
-            b.set("n", bad.as_bytes().to_vec(), None).await.unwrap();
-            assert!(
-                matches!(b.increment("n", 1).await, Err(KvError::NotANumber(_))),
-                "{bad:?}"
-            );
-            // A refused increment leaves the value as it was.
-            assert_eq!(
-                b.get("n").await.unwrap(),
-                Some(bad.as_bytes().to_vec()),
-                "{bad:?}"
-            );
-        }
-        for (good, next) in [("0", 1), ("-5", -4), ("9223372036854775806", i64::MAX)] {
-            b.set("n", good.as_bytes().to_vec(), None).await.unwrap();
-            assert_eq!(b.increment("n", 1).await.unwrap(), next, "{good:?}");
-            assert_eq!(
-                b.get("n").await.unwrap(),
-                Some(next.to_string().into_bytes())
-            );
-        }
-        assert!(matches!(
-            b.increment("n", 1).await,
-            Err(KvError::NotANumber(_))
-        ));
+        super::super::backend_tests::increment_takes_only_what_redis_takes(&b).await;
     }
 
     #[tokio::test]
     async fn lists_keys_holding_nul() {
         let (_dir, b) = bucket();
-        for k in ["ab", "a\0c", "a", "a\0b", "b\0"] {
-            b.set(k, b"x".to_vec(), None).await.unwrap();
-        }
-        assert_eq!(b.get("a\0b").await.unwrap(), Some(b"x".to_vec()));
-        let page = b.list_keys("a\0", None, 10).await.unwrap();
-        assert_eq!(page.keys, ["a\0b", "a\0c"]);
-        let page = b.list_keys("a", None, 10).await.unwrap();
-        assert_eq!(page.keys, ["a", "a\0b", "a\0c", "ab"]);
-        let page = b.list_keys("b\0", None, 10).await.unwrap();
-        assert_eq!(page.keys, ["b\0"]);
-        let page = b.list_keys("", None, 10).await.unwrap();
-        assert_eq!(page.keys, ["a", "a\0b", "a\0c", "ab", "b\0"]);
-        let first = b.list_keys("a\0", None, 1).await.unwrap();
-        assert_eq!(first.keys, ["a\0b"]);
-        let second = b
-            .list_keys("a\0", first.cursor.as_deref(), 1)
-            .await
-            .unwrap();
-        assert_eq!(second.keys, ["a\0c"]);
-        assert_eq!(second.cursor, None);
+        super::super::backend_tests::lists_keys_holding_nul(&b).await;
     }
 }
