@@ -4,6 +4,7 @@ pub mod host;
 pub mod mysql;
 mod mysql_values;
 pub mod pg_tenancy;
+mod pg_time;
 mod pg_values;
 mod placeholders;
 pub mod postgres;
