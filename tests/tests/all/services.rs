@@ -517,6 +517,74 @@ async fn sql_statement_timeout_postgres() {
     schema.drop_now().await;
 }
 
+/// A guest that lifts its session's `statement_timeout` still has its
+/// statements stopped, by the host's watchdog: cancelled (`timeout`), and
+/// a statement that catches the cancel has its session ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_statement_timeout_outlives_session_override_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = Schema::create(&url).await;
+    let app_name = unique("pgwatch");
+    let t = sql_app(&app_name);
+    // One pooled connection: the override stays on the session that runs
+    // every later statement.
+    let host = host_config(
+        &t,
+        &format!(
+            "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\nschema = {:?}\nmax_connections = 1\nstatement_timeout_ms = 300\n",
+            schema.name
+        ),
+    );
+    let app = t.load_with(&host).await.unwrap();
+    assert_eq!(
+        try_sql(&app, "SELECT set_config('statement_timeout', '0', false)").await,
+        "ok 1"
+    );
+    let started = std::time::Instant::now();
+    assert_success(
+        &run(
+            &app,
+            "guest",
+            &["expect-timeout", "main", "SELECT pg_sleep(30)"],
+        )
+        .await,
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "cancelled by the watchdog, took {:?}",
+        started.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let stubborn = try_sql(
+        &app,
+        "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(30); \
+         EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$",
+    )
+    .await;
+    assert!(stubborn.contains("Unavailable"), "{stubborn}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "ended by the watchdog, took {:?}",
+        started.elapsed()
+    );
+    // The pool replaces the ended connection.
+    assert_eq!(try_sql(&app, "SELECT 1").await, "ok 1");
+    let mut admin = schema.admin().await;
+    let sleeping: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE '%pg_sleep%'",
+    )
+    .bind(format!("berth:{app_name}:main"))
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(sleeping, 0, "no statement of the guest's is left running");
+    drop(app);
+    schema.drop_now().await;
+}
+
 /// Removes the stream Berth created for `app`.
 pub(crate) async fn delete_nats_stream(url: &str, app: &str) {
     let client = async_nats::connect(url).await.unwrap();

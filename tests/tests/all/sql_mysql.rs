@@ -423,3 +423,77 @@ async fn sql_ddl_commits_implicitly_mysql() {
     drop(a);
     db.drop_now().await;
 }
+
+/// A guest that lifts its session's statement limit (`SET SESSION
+/// max_statement_time = 0`) still has its statements stopped by the host's
+/// watchdog, whether the caller waits for them or has given up on them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_statement_timeout_outlives_session_override_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    // One pooled connection: the override stays on the session that runs
+    // every later statement.
+    let a = MysqlDatabase::connect(&MysqlSettings {
+        url: Secret::new(db.url()),
+        password: None,
+        max_connections: 1,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_millis(300),
+        program_name: "berth:test:watchdog".into(),
+    })
+    .await
+    .expect("adapter connects");
+    // MariaDB's name and MySQL's: one of them is unknown to the server.
+    let mariadb = a
+        .execute("SET SESSION max_statement_time = 0".into(), vec![])
+        .await;
+    let mysql = a
+        .execute("SET SESSION max_execution_time = 0".into(), vec![])
+        .await;
+    assert!(mariadb.is_ok() || mysql.is_ok(), "{mariadb:?} {mysql:?}");
+
+    let started = std::time::Instant::now();
+    let slept = a.query("SELECT SLEEP(30)".into(), vec![], CAPS).await;
+    // An interrupted SLEEP returns 1 (or the server reports the interrupt).
+    match &slept {
+        Ok(rs) => assert_eq!(rs.rows, vec![vec![SqlValue::Int(1)]]),
+        Err(e) => assert_eq!(e, &SqlError::Timeout),
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "stopped by the watchdog, took {:?}",
+        started.elapsed()
+    );
+
+    // The caller gives up (as an invocation's time limit does): the
+    // statement goes on on the server until the watchdog stops it.
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        a.query("SELECT SLEEP(31)".into(), vec![], CAPS),
+    )
+    .await;
+    assert!(abandoned.is_err(), "still sleeping: {abandoned:?}");
+    let mut admin = db.admin().await;
+    let sleeping = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO LIKE 'SELECT SLEEP(31)%'",
+        )
+        .bind(db.name.clone())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sleeping().fetch_one(&mut admin).await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned statement still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The pool's connection serves the next statement.
+    assert_eq!(one_row(&a, "SELECT 1").await, vec![SqlValue::Int(1)]);
+    drop(a);
+    db.drop_now().await;
+}

@@ -10,6 +10,7 @@ mod placeholders;
 pub mod postgres;
 pub mod sqlite;
 mod statement;
+mod watchdog;
 
 use async_trait::async_trait;
 

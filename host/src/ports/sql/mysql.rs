@@ -11,7 +11,9 @@
 //! up with the session time zone UTC (so `TIMESTAMP` values are instants)
 //! and the statement timeout: `max_statement_time` on MariaDB, which bounds
 //! every statement, `max_execution_time` on MySQL, which bounds `SELECT`
-//! only.
+//! only. The statement watchdog (see [`super::watchdog`]) holds every
+//! statement to it, on MySQL too, and where a guest changed its session's
+//! setting.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Tx
 use tokio::sync::mpsc;
 
 use super::mysql_values::{classify, columns_of, convert, read_row};
+use super::watchdog::{self, ListedSession, SessionId, SessionIds, Watchdog};
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
 };
@@ -56,6 +59,11 @@ pub struct MysqlSettings {
 pub struct MysqlDatabase {
     pool: Pool,
     connect_timeout: Duration,
+    /// The connection ids of the pool's sessions, noted as they are
+    /// borrowed, for the watchdog.
+    session_ids: SessionIds,
+    /// Stops with the database.
+    _watchdog: Watchdog,
 }
 
 /// Which server answered, for the session settings that differ.
@@ -135,12 +143,30 @@ impl MysqlDatabase {
             // a transaction or an unread result left behind is still rolled
             // back or drained before the connection is reused.
             .with_reset_connection(false);
+        let watchdog_opts = base.clone().connect_attributes(HashMap::from([(
+            "program_name".to_string(),
+            format!("{}:watchdog", s.program_name),
+        )]));
         let opts = base
             .setup(vec![session_setup(flavor, s.statement_timeout)])
             .pool_opts(pool_opts);
+        let pool = Pool::new(opts);
+        let session_ids = SessionIds::default();
+        let sessions = MysqlSessions {
+            pool: pool.clone(),
+            opts: watchdog_opts.into(),
+            conn: None,
+        };
         let db = MysqlDatabase {
-            pool: Pool::new(opts),
+            pool,
             connect_timeout: s.connect_timeout,
+            session_ids: session_ids.clone(),
+            _watchdog: watchdog::spawn(
+                session_ids,
+                sessions,
+                s.statement_timeout,
+                s.program_name.clone(),
+            ),
         };
         // A pooled connection runs the session setup: a server refusing it
         // fails here, not in the first invocation.
@@ -151,12 +177,104 @@ impl MysqlDatabase {
     /// A pooled connection, checked alive by the pool (a connection the
     /// server closed is replaced), within the connect timeout.
     async fn conn(&self) -> Result<mysql_async::Conn, SqlError> {
-        within(self.connect_timeout, self.pool.get_conn()).await
+        let conn = within(self.connect_timeout, self.pool.get_conn()).await?;
+        self.session_ids.insert(SessionId::from(conn.id()));
+        Ok(conn)
     }
 
     /// The pool (for tests that compare against the adapter).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+}
+
+/// The statement watchdog's view of a MySQL/MariaDB pool: its sessions are
+/// server threads, listed in `information_schema.PROCESSLIST` (a user sees
+/// its own threads, and may `KILL` them).
+struct MysqlSessions {
+    pool: Pool,
+    /// The pool's connection options, without its session setup.
+    opts: Opts,
+    /// The watchdog's own connection, outside the pool, while it watches.
+    conn: Option<mysql_async::Conn>,
+}
+
+impl MysqlSessions {
+    async fn connection(&mut self) -> Result<&mut mysql_async::Conn, String> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => mysql_async::Conn::new(self.opts.clone())
+                .await
+                .map_err(|e| map_error(e).to_string())?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    async fn run(&mut self, statement: String) -> Result<(), String> {
+        let conn = self.connection().await?;
+        match conn.query_drop(statement).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.conn = None;
+                Err(map_error(e).to_string())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl watchdog::Sessions for MysqlSessions {
+    fn busy(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Connections neither idle in the pool nor closed: borrowed, or
+        // being drained on their way back.
+        let metrics = self.pool.metrics();
+        metrics.connection_count.load(Relaxed) > metrics.connections_in_pool.load(Relaxed)
+    }
+
+    async fn list(
+        &mut self,
+        ids: &[SessionId],
+        limit: Duration,
+    ) -> Result<Vec<ListedSession>, String> {
+        // Ids are numbers, written into the statement as such. A statement
+        // run with parameters shows as `Execute`.
+        let ids: Vec<String> = ids.iter().map(SessionId::to_string).collect();
+        let statement = format!(
+            "SELECT ID, COALESCE(COMMAND IN ('Query', 'Execute') AND TIME > {}, 0) \
+             FROM information_schema.PROCESSLIST WHERE ID IN ({})",
+            limit.as_secs(),
+            ids.join(",")
+        );
+        let conn = self.connection().await?;
+        let rows: Result<Vec<(u64, i64)>, _> = conn.query(statement).await;
+        match rows {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|(id, overdue)| ListedSession {
+                    id,
+                    overdue: overdue != 0,
+                })
+                .collect()),
+            Err(e) => {
+                self.conn = None;
+                Err(map_error(e).to_string())
+            }
+        }
+    }
+
+    async fn cancel(&mut self, id: SessionId) -> Result<(), String> {
+        self.run(format!("KILL QUERY {id}")).await
+    }
+
+    async fn terminate(&mut self, id: SessionId) -> Result<(), String> {
+        self.run(format!("KILL CONNECTION {id}")).await
+    }
+
+    async fn rest(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.disconnect().await;
+        }
     }
 }
 
@@ -216,8 +334,9 @@ fn map_server_error(code: u16, state: &str, msg: String) -> SqlError {
         }
         // Access denied, read-only server or transaction.
         1044 | 1045 | 1142 | 1143 | 1227 | 1290 | 1792 => SqlError::Denied(msg),
-        // MariaDB max_statement_time, MySQL max_execution_time.
-        1969 | 3024 => SqlError::Timeout,
+        // MariaDB max_statement_time, MySQL max_execution_time, and a
+        // statement the watchdog cancelled (`KILL QUERY`).
+        1969 | 3024 | 1317 => SqlError::Timeout,
         // Deadlock, lock wait timeout: retrying may succeed.
         1213 | 1205 => SqlError::Conflict(msg),
         // Out of range, too long, wrong string for the character set,
@@ -301,6 +420,7 @@ impl SqlBackend for MysqlDatabase {
             self.pool.start_transaction(TxOpts::default()),
         )
         .await?;
+        self.session_ids.insert(SessionId::from(tx.id()));
         Ok(Box::new(MysqlTransaction { tx: Some(tx) }))
     }
 

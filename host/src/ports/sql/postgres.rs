@@ -9,7 +9,9 @@
 //! parameters is sent after a comment naming their types, so sqlx's
 //! per-connection statement cache (keyed by text) never reuses a statement
 //! prepared for other types (see `pg_values::statement_text`). A server-side
-//! `statement_timeout` bounds every statement.
+//! `statement_timeout` bounds every statement, and the statement watchdog
+//! (see [`super::watchdog`]) holds statements to it even where a guest
+//! changed its session's setting.
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -17,13 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Postgres, Row as _, Statement as _};
+use sqlx::{Connection as _, Postgres, Row as _, Statement as _};
 use tokio::sync::mpsc;
 
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
 };
 use crate::secret::Secret;
+
+use super::watchdog::{self, ListedSession, SessionId, SessionIds, Watchdog};
 
 use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row, statement_text};
 pub use super::placeholders::rewrite_placeholders;
@@ -67,6 +71,8 @@ pub struct TenantLogin {
 pub struct PostgresDatabase {
     pool: sqlx::PgPool,
     max_connections: u32,
+    /// Stops with the database.
+    _watchdog: Watchdog,
 }
 
 impl PostgresDatabase {
@@ -97,17 +103,44 @@ impl PostgresDatabase {
             .options(settings)
             .application_name(&s.application_name);
         let max_connections = s.max_connections.max(1);
+        let session_ids = SessionIds::default();
+        let noted = session_ids.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(s.min_connections)
             .acquire_timeout(s.connect_timeout)
             .test_before_acquire(true)
-            .connect_with(options)
+            // Each new connection's backend pid, for the watchdog.
+            .after_connect(move |conn, _meta| {
+                let noted = noted.clone();
+                Box::pin(async move {
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if let Ok(pid) = SessionId::try_from(pid) {
+                        noted.insert(pid);
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone())
             .await
             .map_err(map_error)?;
+        let sessions = PgSessions {
+            pool: pool.clone(),
+            options: options.application_name(&format!("{}:watchdog", s.application_name)),
+            conn: None,
+        };
+        let watchdog = watchdog::spawn(
+            session_ids,
+            sessions,
+            s.statement_timeout,
+            s.application_name.clone(),
+        );
         Ok(PostgresDatabase {
             pool,
             max_connections,
+            _watchdog: watchdog,
         })
     }
 
@@ -125,6 +158,106 @@ impl PostgresDatabase {
     /// The pool (for tests and benchmarks that compare against native sqlx).
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.pool
+    }
+}
+
+/// The statement watchdog's view of a Postgres pool: its sessions are
+/// backends, listed in `pg_stat_activity` (a role sees its own backends'
+/// statements, and may cancel and end them).
+struct PgSessions {
+    pool: sqlx::PgPool,
+    /// The pool's options, under an application name of its own.
+    options: PgConnectOptions,
+    /// The watchdog's own connection, outside the pool (which may be
+    /// exhausted by the very statements it looks for), while it watches.
+    conn: Option<sqlx::PgConnection>,
+}
+
+/// The listed backends of `$1`, and whether each runs a statement started
+/// more than `$2` seconds ago.
+const LIST_BACKENDS: &str = "SELECT pid, COALESCE(state = 'active' \
+     AND query_start < clock_timestamp() - make_interval(secs => $2), false) \
+     FROM pg_stat_activity WHERE pid = ANY($1)";
+
+impl PgSessions {
+    async fn connection(&mut self) -> Result<&mut sqlx::PgConnection, String> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => sqlx::PgConnection::connect_with(&self.options)
+                .await
+                .map_err(|e| map_error(e).to_string())?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Runs `SELECT <function>(pid)`; a `false` (not permitted, or the
+    /// backend is gone) is an error.
+    async fn signal(&mut self, function: &str, id: SessionId) -> Result<(), String> {
+        let pid = i32::try_from(id).map_err(|_| format!("no backend {id}"))?;
+        let conn = self.connection().await?;
+        let done: Result<bool, _> = sqlx::query_scalar(&format!("SELECT {function}($1)"))
+            .bind(pid)
+            .fetch_one(conn)
+            .await;
+        match done {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{function} refused")),
+            Err(e) => {
+                self.conn = None;
+                Err(map_error(e).to_string())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl watchdog::Sessions for PgSessions {
+    fn busy(&self) -> bool {
+        self.pool.size() as usize > self.pool.num_idle()
+    }
+
+    async fn list(
+        &mut self,
+        ids: &[SessionId],
+        limit: Duration,
+    ) -> Result<Vec<ListedSession>, String> {
+        let pids: Vec<i32> = ids
+            .iter()
+            .filter_map(|&id| i32::try_from(id).ok())
+            .collect();
+        let conn = self.connection().await?;
+        let rows: Result<Vec<(i32, bool)>, _> = sqlx::query_as(LIST_BACKENDS)
+            .bind(pids)
+            .bind(limit.as_secs_f64())
+            .fetch_all(conn)
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .filter_map(|(pid, overdue)| {
+                    let id = SessionId::try_from(pid).ok()?;
+                    Some(ListedSession { id, overdue })
+                })
+                .collect()),
+            Err(e) => {
+                self.conn = None;
+                Err(map_error(e).to_string())
+            }
+        }
+    }
+
+    async fn cancel(&mut self, id: SessionId) -> Result<(), String> {
+        self.signal("pg_cancel_backend", id).await
+    }
+
+    async fn terminate(&mut self, id: SessionId) -> Result<(), String> {
+        self.signal("pg_terminate_backend", id).await
+    }
+
+    async fn rest(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
     }
 }
 
