@@ -60,7 +60,14 @@ fn not_granted(topic: &str) {
 }
 
 fn reserved_header(topic: &str) {
-    for name in ["Nats-Rollup", "nats-msg-id", "NATS-Expected-Last-Sequence"] {
+    // The broker's namespace, and the host's own (dead-letter headers).
+    for name in [
+        "Nats-Rollup",
+        "nats-msg-id",
+        "NATS-Expected-Last-Sequence",
+        "berth-error",
+        "BERTH-Attempts",
+    ] {
         let headers = [(name.to_owned(), "all".to_owned())];
         match messaging::publish(topic, b"should not be sent", &headers) {
             Err(Error::InvalidInput(m)) => assert!(m.contains("reserved"), "{name}: {m}"),

@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::bindings::{MessageHandler, MessageHandlerPre};
 use crate::manifest::{DEFAULT_BACKOFF_MS, MessageTrigger};
 use crate::metrics::{Outcome, Trigger};
-use crate::ports::messaging::host::message_to_wit;
+use crate::ports::messaging::host::{is_host_header, message_to_wit};
 use crate::ports::messaging::{Acker, Delivery, Subscription};
 use crate::state::InstanceState;
 
@@ -318,8 +318,8 @@ async fn invoke(
 
 /// Publishes a message that exhausted its deliveries on its trigger's
 /// dead-letter topic with its topic, id, attempts and last error as
-/// headers, for an operator or a dead-letter trigger to inspect. Returns
-/// whether the broker took it.
+/// headers (see [`dead_letter_headers`]), for an operator or a dead-letter
+/// trigger to inspect. Returns whether the broker took it.
 async fn dead_letter(
     app: &App,
     topic: &str,
@@ -327,19 +327,9 @@ async fn dead_letter(
     id: &str,
     attempt: u32,
     error: &str,
-    (payload, mut headers): (Vec<u8>, Vec<(String, String)>),
+    (payload, headers): (Vec<u8>, Vec<(String, String)>),
 ) -> bool {
-    headers.push(("berth-original-id".into(), id.into()));
-    headers.push(("berth-original-topic".into(), topic.into()));
-    headers.push(("berth-attempts".into(), attempt.to_string()));
-    headers.push((
-        "berth-error".into(),
-        error
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(1024)
-            .collect(),
-    ));
+    let headers = dead_letter_headers(headers, topic, id, attempt, error);
     match app
         .backends
         .messaging
@@ -354,9 +344,81 @@ async fn dead_letter(
     }
 }
 
+/// A dead letter's headers: the message's own, without any in the host's
+/// `berth-` namespace (it was a dead letter itself, or a producer other
+/// than a guest set them), then `berth-original-id`,
+/// `berth-original-topic`, `berth-attempts` and `berth-error`, each once.
+fn dead_letter_headers(
+    mut headers: Vec<(String, String)>,
+    topic: &str,
+    id: &str,
+    attempt: u32,
+    error: &str,
+) -> Vec<(String, String)> {
+    headers.retain(|(name, _)| !is_host_header(name));
+    headers.push(("berth-original-id".into(), id.into()));
+    headers.push(("berth-original-topic".into(), topic.into()));
+    headers.push(("berth-attempts".into(), attempt.to_string()));
+    headers.push((
+        "berth-error".into(),
+        error
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(1024)
+            .collect(),
+    ));
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_headers_replace_any_host_headers_already_there() {
+        let own = vec![
+            ("trace-id".to_string(), "t-1".to_string()),
+            ("berth-error".to_string(), "spoofed".to_string()),
+            ("BERTH-Attempts".to_string(), "99".to_string()),
+            ("berth-original-id".to_string(), "first".to_string()),
+            ("Berth-Original-Topic".to_string(), "elsewhere".to_string()),
+        ];
+        let headers = dead_letter_headers(own, "orders", "m-2", 3, "bad\nnews");
+        assert_eq!(
+            headers,
+            [
+                ("trace-id", "t-1"),
+                ("berth-original-id", "m-2"),
+                ("berth-original-topic", "orders"),
+                ("berth-attempts", "3"),
+                ("berth-error", "badnews"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        // A dead letter of that dead letter carries each once again.
+        let again = dead_letter_headers(headers, "orders.dead-letter", "m-3", 1, "x");
+        for name in [
+            "berth-original-id",
+            "berth-original-topic",
+            "berth-attempts",
+            "berth-error",
+        ] {
+            let count = again
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .count();
+            assert_eq!(count, 1, "{name} in {again:?}");
+        }
+        assert_eq!(again[0], ("trace-id".to_string(), "t-1".to_string()));
+        let header = |name: &str| {
+            again
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("berth-original-id"), Some("m-3"));
+        assert_eq!(header("berth-original-topic"), Some("orders.dead-letter"));
+    }
 
     #[test]
     fn backoff_doubles_from_the_trigger_setting_up_to_its_cap() {

@@ -19,7 +19,8 @@ use berth::ports::messaging::MessagingError;
 use berth_tests::{TestApp, assert_success, guests, host_config, run, service, unique};
 
 use crate::messaging::{
-    expect_dead_letter, manifest_named, received_count, started_with, wait_for_count,
+    expect_dead_letter, manifest_named, received_count, spoofed_host_headers, started_with,
+    wait_for_count,
 };
 
 /// A broker backend under test.
@@ -146,7 +147,10 @@ async fn dead_letter_after_max_deliveries(broker: &Broker) {
         .subscribe("events.dead-letter", "dlcheck")
         .await
         .unwrap();
-    let headers = vec![("trace-id".to_string(), "t-1".to_string())];
+    // Host headers already on the message (another producer's) are
+    // replaced by the dead letter's own.
+    let mut headers = vec![("trace-id".to_string(), "t-1".to_string())];
+    headers.extend(spoofed_host_headers());
     let id = app
         .backends
         .messaging

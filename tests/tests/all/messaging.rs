@@ -32,9 +32,22 @@ max_deliveries = {max_deliveries}
     )
 }
 
+/// Headers a producer other than a guest (the port refuses `berth-` names
+/// from guests) put on a message, posing as the host's dead-letter
+/// headers: its dead letter must carry the host's own, each once.
+pub(crate) fn spoofed_host_headers() -> Vec<(String, String)> {
+    [
+        ("berth-error", "spoofed"),
+        ("BERTH-Attempts", "99"),
+        ("berth-original-id", "not-the-id"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec()
+}
+
 /// Waits for the dead letter of message `id` (payload `fail-once`, header
-/// `trace-id: t-1`, one failed delivery) on `dead`, checks what it carries
-/// and acknowledges it.
+/// `trace-id: t-1`, one failed delivery, maybe [`spoofed_host_headers`])
+/// on `dead`, checks what it carries and acknowledges it.
 pub(crate) async fn expect_dead_letter(
     dead: &mut Box<dyn berth::ports::messaging::Subscription>,
     id: &str,
@@ -44,6 +57,20 @@ pub(crate) async fn expect_dead_letter(
         .expect("a dead letter arrives")
         .expect("subscription open");
     assert_eq!(delivery.message.payload, b"fail-once");
+    for name in [
+        "berth-original-id",
+        "berth-original-topic",
+        "berth-attempts",
+        "berth-error",
+    ] {
+        let count = delivery
+            .message
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count();
+        assert_eq!(count, 1, "{name} once in {:?}", delivery.message.headers);
+    }
     let header = |name: &str| berth_tests::header(&delivery.message, name);
     assert_eq!(header("berth-original-id").as_deref(), Some(id));
     assert_eq!(header("berth-original-topic").as_deref(), Some("events"));
@@ -222,7 +249,8 @@ async fn messaging_trigger_settings_and_dead_letter_topic_embedded() {
         .subscribe("events.failed", "dlcheck")
         .await
         .unwrap();
-    let headers = vec![("trace-id".to_owned(), "t-1".to_owned())];
+    let mut headers = vec![("trace-id".to_owned(), "t-1".to_owned())];
+    headers.extend(spoofed_host_headers());
     let id = messaging
         .publish("events", b"fail-once".to_vec(), headers)
         .await

@@ -23,6 +23,18 @@ pub fn is_broker_header(name: &str) -> bool {
     name.get(..5)
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case("nats-"))
 }
+
+/// Whether `name` is in the host's own namespace, `berth-` in any case:
+/// the dead-letter headers (`berth-error`, `berth-attempts`…), schedule
+/// ticks' (`berth-tick`) and the adapters' (`berth-id`, `berth-attempt`,
+/// `berth-reply-to`…). A guest's header there would pass for the host's
+/// word (spoof a dead letter's cause, steer an adapter), so the port
+/// refuses it on every backend.
+pub fn is_host_header(name: &str) -> bool {
+    name.get(..6)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("berth-"))
+}
+
 /// Longest a request may wait for its reply.
 const MAX_REQUEST_TIMEOUT_MS: u32 = 60_000;
 
@@ -91,30 +103,41 @@ impl InstanceState {
                 "the message is {size} bytes with its headers; at most {max} allowed"
             )));
         }
-        if headers.len() > MAX_HEADERS {
+        check_headers(headers)
+    }
+}
+
+/// Checks the headers a guest gives `publish` or `request` (a reply
+/// carries none): their number, their names and values, and neither the
+/// broker's namespace (`nats-`) nor the host's (`berth-`).
+fn check_headers(headers: &[(String, String)]) -> Result<(), MessagingError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(MessagingError::InvalidInput(format!(
+            "at most {MAX_HEADERS} headers allowed"
+        )));
+    }
+    for (name, value) in headers {
+        if is_broker_header(name) {
             return Err(MessagingError::InvalidInput(format!(
-                "at most {MAX_HEADERS} headers allowed"
+                "header {name:?}: names starting with `nats-` are reserved for the broker"
             )));
         }
-        for (name, value) in headers {
-            if is_broker_header(name) {
-                return Err(MessagingError::InvalidInput(format!(
-                    "header {name:?}: names starting with `nats-` are reserved for the broker"
-                )));
-            }
-            let bad_name =
-                name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
-            if bad_name
-                || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0')
-                || name.len() + value.len() > 8192
-            {
-                return Err(MessagingError::InvalidInput(format!(
-                    "invalid header {name:?}"
-                )));
-            }
+        if is_host_header(name) {
+            return Err(MessagingError::InvalidInput(format!(
+                "header {name:?}: names starting with `berth-` are reserved for the host"
+            )));
         }
-        Ok(())
+        let bad_name = name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
+        if bad_name
+            || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0')
+            || name.len() + value.len() > 8192
+        {
+            return Err(MessagingError::InvalidInput(format!(
+                "invalid header {name:?}"
+            )));
+        }
     }
+    Ok(())
 }
 
 impl messaging_types::Host for InstanceState {}
@@ -186,5 +209,60 @@ impl wit::Host for InstanceState {
             |m| m.payload.len(),
         );
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "v".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn host_and_broker_header_namespaces_are_refused_in_any_case() {
+        for name in [
+            "berth-error",
+            "BERTH-Attempts",
+            "Berth-Original-Id",
+            "berth-original-topic",
+            "berth-id",
+            "berth-reply-to",
+            "berth-",
+        ] {
+            match check_headers(&headers(&["trace-id", name])) {
+                Err(MessagingError::InvalidInput(m)) => {
+                    assert!(m.contains("reserved for the host"), "{name}: {m}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        for name in ["Nats-Rollup", "nats-msg-id"] {
+            match check_headers(&headers(&[name])) {
+                Err(MessagingError::InvalidInput(m)) => {
+                    assert!(m.contains("reserved for the broker"), "{name}: {m}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_headers_pass() {
+        let ok = headers(&["trace-id", "berth", "berthx-error", "x-berth-error", "seq"]);
+        assert_eq!(check_headers(&ok), Ok(()));
+        assert!(!is_host_header("berth"));
+        assert!(!is_host_header("bert\u{e9}-x"));
+        assert!(is_host_header("BeRtH-x"));
+        for bad in ["", "a b", "a:b"] {
+            assert!(check_headers(&headers(&[bad])).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("h{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(check_headers(&headers(&many)).is_err());
     }
 }
