@@ -692,6 +692,8 @@ async fn messaging_bad_broker_urls_name_the_key() {
         ("rabbitmq", "rabbit://guest@127.0.0.1:5672"),
         ("mqtt", "http://127.0.0.1:1883"),
         ("kafka", "kafka://user@127.0.0.1:9092"),
+        // A malformed %-escape in the user name: refused before connecting.
+        ("nats", "nats://us%zzer@127.0.0.1:4222"),
     ] {
         let t = TestApp::new(&manifest_named("badurl", 5));
         let host = host_config(
@@ -705,6 +707,7 @@ async fn messaging_bad_broker_urls_name_the_key() {
         assert!(text.contains("`messaging.url`"), "{kind}: {text}");
         assert!(!text.contains("cannot connect"), "{kind}: {text}");
         assert!(text.contains("host.toml"), "{kind}: {text}");
+        assert!(!text.contains("us%zzer"), "{kind}: {text}");
     }
 }
 

@@ -71,7 +71,7 @@ impl NatsBroker {
     pub async fn connect(s: &NatsSettings) -> Result<NatsBroker, MessagingError> {
         // Credentials go through the options, not the URL, so the client
         // never holds (or logs) a URL with a password in it.
-        let (url, credentials) = split_userinfo(s.url.expose());
+        let (url, credentials) = split_userinfo(s.url.expose())?;
         // Requests are bounded by the guest's own timeout (up to 60 s), not
         // by the client's default of 10 s.
         let mut options = async_nats::ConnectOptions::new()
@@ -120,21 +120,28 @@ impl NatsBroker {
 }
 
 /// Splits `nats://user:pass@host:port` into the URL without user info and
-/// the credentials.
-fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
+/// the credentials, percent-decoded (a URL writes `@`, `:`, `/` or `%` in
+/// them as `%40`, `%3A`, `%2F`, `%25`). A malformed escape is
+/// `invalid-input`, which never repeats the URL: it may hold a password.
+fn split_userinfo(url: &str) -> Result<(String, Option<(String, String)>), MessagingError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_string(), None);
+        return Ok((url.to_string(), None));
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            (
-                format!("{scheme}://{host}"),
-                Some((user.to_string(), password.to_string())),
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return Ok((url.to_string(), None));
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let decode = |part: &str| {
+        crate::ports::percent_decode(part).ok_or_else(|| {
+            MessagingError::InvalidInput(
+                "the NATS URL's user or password has a malformed %-escape (write `%` as `%25`) or is not UTF-8 once decoded".into(),
             )
-        }
-        None => (url.to_string(), None),
-    }
+        })
+    };
+    Ok((
+        format!("{scheme}://{host}"),
+        Some((decode(user)?, decode(password)?)),
+    ))
 }
 
 fn headers_to_nats(headers: &[(String, String)], id: &str) -> HeaderMap {
@@ -488,6 +495,42 @@ impl Acker for JsAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_are_percent_decoded() {
+        let (url, credentials) = split_userinfo("nats://u%40x:p%3Aa%25ss@h:4222").unwrap();
+        assert_eq!(url, "nats://h:4222");
+        assert_eq!(credentials, Some(("u@x".to_string(), "p:a%ss".to_string())));
+        let (url, credentials) = split_userinfo("nats://user:plain@h:4222").unwrap();
+        assert_eq!(url, "nats://h:4222");
+        assert_eq!(credentials, Some(("user".to_string(), "plain".to_string())));
+        // Only the last `@` ends the user info.
+        let (_, credentials) = split_userinfo("nats://u:p@ss@h:4222").unwrap();
+        assert_eq!(credentials, Some(("u".to_string(), "p@ss".to_string())));
+        let (_, credentials) = split_userinfo("nats://token-user@h").unwrap();
+        assert_eq!(credentials, Some(("token-user".to_string(), String::new())));
+        assert_eq!(
+            split_userinfo("nats://h:4222").unwrap(),
+            ("nats://h:4222".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn malformed_url_credentials_are_refused_without_repeating_them() {
+        for url in [
+            "nats://u:s3cr%zzet@h:4222",
+            "nats://u:s3cret%@h:4222",
+            "nats://u%4:s3cret@h:4222",
+            "nats://u:s3cr%FFet@h:4222",
+        ] {
+            match split_userinfo(url) {
+                Err(MessagingError::InvalidInput(m)) => {
+                    assert!(!m.contains("s3cr") && !m.contains("u%4"), "{url}: {m}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn durable_names_never_collide_and_stay_short() {
