@@ -4,6 +4,13 @@
 //! queues. Redelivery after `nack` is scheduled in-process. Messages
 //! published while nobody subscribes are dropped, and queued messages are
 //! lost when the host exits: durable delivery needs a real broker.
+//!
+//! A queue drains only as its trigger's handlers finish, so a publisher
+//! waits for room in a full one at most [`QUEUE_WAIT`], then gets a
+//! retriable `unavailable`: a handler publishing to its own trigger's full
+//! queue would otherwise wait for itself forever. A publish either reaches
+//! every subscription or none (room is taken in all of them first), so
+//! retrying a refused one delivers nothing twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,17 +23,55 @@ use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, S
 
 /// Deliveries queued per subscription before publishers wait.
 const QUEUE_DEPTH: usize = 1024;
+/// Longest a publish or a request waits for room in a full subscription
+/// queue before it fails with `unavailable` (retriable). Long enough to
+/// ride out a burst, short enough that a handler publishing to its own
+/// full queue gives up well within its time limit.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 /// A broker living inside the host process.
-#[derive(Default)]
 pub struct InProcessBroker {
     topics: Mutex<HashMap<String, Vec<mpsc::Sender<Delivery>>>>,
+    /// Deliveries each subscription queues.
+    depth: usize,
+    /// How long a publisher waits for room in a full queue.
+    wait: Duration,
+}
+
+impl Default for InProcessBroker {
+    fn default() -> Self {
+        Self {
+            topics: Mutex::default(),
+            depth: QUEUE_DEPTH,
+            wait: QUEUE_WAIT,
+        }
+    }
 }
 
 impl InProcessBroker {
     /// An empty broker.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// An empty broker whose subscriptions queue `depth` deliveries (at
+    /// least 1) and whose publishers wait at most `wait` for room in a full
+    /// queue.
+    pub fn with_queues(depth: usize, wait: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            depth: depth.max(1),
+            wait,
+            ..Self::default()
+        })
+    }
+
+    /// What a publisher is told when a queue of `topic` stayed full.
+    fn full(&self, topic: &str) -> MessagingError {
+        tracing::warn!(topic, wait = ?self.wait, "an in-process subscription's queue stayed full; message refused");
+        MessagingError::Unavailable(format!(
+            "the queue of a trigger on {topic:?} stayed full for {:?}",
+            self.wait
+        ))
     }
 
     /// The live subscriptions whose topic or pattern matches `topic`.
@@ -104,13 +149,24 @@ impl MessagingBackend for InProcessBroker {
         let subscribers = self.subscribers(topic);
         if subscribers.is_empty() {
             tracing::debug!(topic, "no subscriber; message dropped");
+            return Ok(());
         }
-        for queue in subscribers {
-            let d = delivery(&queue, message.clone());
-            queue
-                .send(d)
-                .await
-                .map_err(|_| MessagingError::Unavailable("subscriber stopped".into()))?;
+        // Room in every queue first, then the message into each: a publish
+        // refused here reached no subscription.
+        let reserve_all = async {
+            let mut permits = Vec::with_capacity(subscribers.len());
+            for queue in &subscribers {
+                permits.push(queue.reserve().await?);
+            }
+            Ok::<_, mpsc::error::SendError<()>>(permits)
+        };
+        let permits = match tokio::time::timeout(self.wait, reserve_all).await {
+            Ok(Ok(permits)) => permits,
+            Ok(Err(_)) => return Err(MessagingError::Unavailable("subscriber stopped".into())),
+            Err(_) => return Err(self.full(topic)),
+        };
+        for (queue, permit) in subscribers.iter().zip(permits) {
+            permit.send(delivery(queue, message.clone()));
         }
         Ok(())
     }
@@ -122,6 +178,7 @@ impl MessagingBackend for InProcessBroker {
         headers: Vec<(String, String)>,
         timeout: Duration,
     ) -> Result<Message, MessagingError> {
+        let started = tokio::time::Instant::now();
         let queue = self
             .subscribers(topic)
             .into_iter()
@@ -143,11 +200,16 @@ impl MessagingBackend for InProcessBroker {
             reply: Some(tx),
             acker: Box::new(NoAck),
         };
-        queue
-            .send(request)
-            .await
-            .map_err(|_| MessagingError::NoResponder)?;
-        match tokio::time::timeout(timeout, rx).await {
+        // Waiting for room in the queue is part of the request's time.
+        let permit = match tokio::time::timeout(self.wait.min(timeout), queue.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(MessagingError::NoResponder),
+            Err(_) if timeout <= self.wait => return Err(MessagingError::Timeout),
+            Err(_) => return Err(self.full(topic)),
+        };
+        permit.send(request);
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, rx).await {
             Ok(Ok(reply)) => Ok(Message {
                 id: uuid::Uuid::new_v4().to_string(),
                 topic: topic.to_string(),
@@ -167,7 +229,7 @@ impl MessagingBackend for InProcessBroker {
         topic: &str,
         _consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::channel(self.depth);
         self.topics
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -222,5 +284,50 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err, MessagingError::NoResponder);
+    }
+
+    /// A full queue refuses a publish after the broker's wait with a typed,
+    /// retriable error instead of blocking; what was accepted is kept, and
+    /// a refused publish reached no subscription.
+    #[tokio::test]
+    async fn a_full_queue_refuses_publishes_after_a_bounded_wait() {
+        let wait = Duration::from_millis(50);
+        let broker = InProcessBroker::with_queues(1, wait);
+        let mut full = broker.subscribe("t", "c").await.unwrap();
+        broker.publish("t", b"1".to_vec(), vec![]).await.unwrap();
+        let mut empty = broker.subscribe("t", "d").await.unwrap();
+
+        let started = std::time::Instant::now();
+        let err = broker
+            .publish("t", b"2".to_vec(), vec![])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() >= wait, "{:?}", started.elapsed());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), empty.next())
+                .await
+                .is_err(),
+            "a refused publish reached no subscription"
+        );
+        // A request waits for room as long as the broker's wait at most
+        // too, and its own timeout if that is shorter.
+        let err = broker
+            .request("t", vec![], vec![], Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::Unavailable(_)), "{err:?}");
+        let err = broker
+            .request("t", vec![], vec![], Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err, MessagingError::Timeout);
+
+        // The accepted message is still there; once it is taken, there is
+        // room again, for every subscription.
+        assert_eq!(full.next().await.unwrap().message.payload, b"1");
+        broker.publish("t", b"3".to_vec(), vec![]).await.unwrap();
+        assert_eq!(full.next().await.unwrap().message.payload, b"3");
+        assert_eq!(empty.next().await.unwrap().message.payload, b"3");
     }
 }
