@@ -159,8 +159,14 @@ async fn consume(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(policy.concurrency));
     let policy = Arc::new(policy);
-    while let Some(delivery) = subscription.next().await {
+    loop {
+        // A free slot first, then the next delivery: a delivery waiting
+        // for a slot stays with the broker's client, which (NATS) keeps
+        // restarting its ack wait, rather than in this loop, which would not.
         let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(delivery) = subscription.next().await else {
             return;
         };
         let (app, component, pre) = (app.clone(), component.clone(), pre.clone());

@@ -635,6 +635,61 @@ async fn messaging_slow_handler_outlives_the_ack_wait_once_nats() {
     Broker::Nats(url).cleanup(&name).await;
 }
 
+/// Messages fetched ahead of a busy handler wait in the host's queue past
+/// JetStream's ack wait without being delivered again: the host tells
+/// JetStream they are in progress while they wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_messages_waiting_in_the_host_are_not_redelivered_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confheld");
+    // One handler at a time, 800 ms a message: the fourth waits 2.4 s.
+    let manifest = manifest_named(&name, 5)
+        .replace("max_deliveries = 5", "max_deliveries = 5\nconcurrency = 1");
+    let t = TestApp::new(&manifest);
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 1000\n");
+    let (app, tasks) = started_with(&t, &host_config(&t, &host)).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = app
+            .backends
+            .messaging
+            .publish("events", b"slow-800".to_vec(), vec![])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let kv = &app.backends.kv["received"];
+    let started = std::time::Instant::now();
+    for id in &ids {
+        while kv.get(&format!("done/{id}")).await.unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "message {id} was never handled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A copy redelivered late would have arrived by the next ack wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in &ids {
+        assert_eq!(
+            kv.get(&format!("done/{id}")).await.unwrap().unwrap(),
+            b"1",
+            "message {id} was handled on its first delivery"
+        );
+    }
+    assert_eq!(
+        received_count(&app).await,
+        4,
+        "a message was delivered again while it waited in the host"
+    );
+    drop(tasks);
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// Serves an app from `broker(url)` through a proxy, cuts every connection
 /// once a message was handled, and expects the next one handled too.
 async fn reconnects_after_connection_loss(url: &str, broker: fn(String) -> Broker) {

@@ -13,12 +13,16 @@
 //!   [`durable_name`]); one made by an earlier Berth is kept.
 //!   A handler still running tells JetStream so (`+WPI`) twice per ack
 //!   wait, so a slow handler is not given its message again while it
-//!   runs. (Messages still queued in a host's prefetch are not covered:
-//!   `prefetch` bounds them.)
+//!   runs. Messages fetched ahead of the handlers (at most `prefetch`)
+//!   wait in the host's own queue, and are told in progress there too: the
+//!   host fetches more only as the queue empties (see [`feed`]), so no
+//!   message waits where it cannot be seen.
 //! - Request/reply uses core NATS on `berth.<app>.req.<topic>` (outside the
 //!   stream, so requests are not stored) with a queue group per trigger.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
@@ -45,11 +49,11 @@ pub struct NatsSettings {
     /// How long a delivery may stay unacknowledged before JetStream
     /// redelivers it (covers a host that died mid-message).
     pub ack_wait: Duration,
-    /// Messages a trigger fetches ahead of its handlers (default 200, as
-    /// async-nats). Their ack wait runs while they queue in the host: with
-    /// slow handlers, a smaller batch keeps the tail of it from outliving
-    /// the ack wait and being delivered twice. Fast handlers need the large
-    /// one: with 32, B10's warm no-op case fell from 1.00x to 0.54x.
+    /// Messages a trigger holds fetched ahead of its handlers (default 200).
+    /// They are told in progress while they wait, so this bounds memory
+    /// and how much a host takes from others sharing the consumer. Fast
+    /// handlers need a large one: with 32, B10's warm no-op case fell from
+    /// 1.00x to 0.54x (async-nats' pull stream, before the host's queue).
     pub prefetch: u16,
 }
 
@@ -279,21 +283,21 @@ impl MessagingBackend for NatsBroker {
             wait if wait.is_zero() => self.ack_wait,
             wait => wait,
         };
-        let messages = pull_consumer
-            .stream()
-            .max_messages_per_batch(usize::from(self.prefetch))
-            // As `messages()` sets it: a pull that went quiet is noticed.
-            .heartbeat(Duration::from_secs(15))
-            .messages()
-            .await
-            .map_err(unavailable)?;
         let requests = self
             .client
             .queue_subscribe(self.req_subject(topic), durable.clone())
             .await
             .map_err(unavailable)?;
+        let held = Arc::new(Held::default());
+        let feeder = tokio::spawn(feed(
+            pull_consumer,
+            held.clone(),
+            usize::from(self.prefetch).max(1),
+            ack_wait,
+        ));
         Ok(Box::new(NatsSubscription {
-            messages,
+            held,
+            feeder,
             requests: Some(requests),
             client: self.client.clone(),
             ack_wait,
@@ -363,11 +367,183 @@ async fn legacy_consumer(
     }))
 }
 
-/// A trigger's deliveries: stored messages from its durable pull consumer
-/// and requests from its queue group, polled directly by the trigger's
-/// consumer loop (no forwarding task, so no extra thread hop per message).
+/// How long a pull request waits on the server for messages. Without
+/// idle heartbeats (async-nats' batch would miss wake-ups after one), this
+/// is also how soon, plus the client's 5 s margin, a pull lost with a
+/// server restart is replaced.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Longest pause between failed pull requests.
+const PULL_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Stored messages fetched ahead of the trigger's handlers, oldest first.
+/// Their ack wait runs from their delivery, so while they wait here the
+/// feeder tells JetStream they are in progress.
+#[derive(Default)]
+struct Held {
+    queue: Mutex<VecDeque<Waiting>>,
+    /// A message was added (the trigger's consumer loop waits on it).
+    arrived: tokio::sync::Notify,
+    /// A message was taken (the feeder waits on it for room).
+    taken: tokio::sync::Notify,
+}
+
+/// A held message, and when JetStream's ack wait last restarted for it
+/// (its delivery, or its last progress ack).
+struct Waiting {
+    message: jetstream::Message,
+    since: Instant,
+}
+
+impl Held {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Waiting>> {
+        // A panic while holding the lock leaves a queue that is still valid.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn push(&self, message: jetstream::Message) {
+        self.lock().push_back(Waiting {
+            message,
+            since: Instant::now(),
+        });
+        self.arrived.notify_one();
+    }
+
+    /// The oldest held message, once there is one. Cancel-safe: a message
+    /// is taken only when the future completes.
+    async fn pop(&self) -> Waiting {
+        loop {
+            let next = self.lock().pop_front();
+            if let Some(waiting) = next {
+                self.taken.notify_one();
+                return waiting;
+            }
+            self.arrived.notified().await;
+        }
+    }
+
+    /// Returns once at most `low` messages are held.
+    async fn room(&self, low: usize) {
+        while self.len() > low {
+            self.taken.notified().await;
+        }
+    }
+
+    /// The messages whose ack wait last restarted `every` or longer ago,
+    /// marked as restarted now.
+    fn due(&self, every: Duration) -> Vec<jetstream::Message> {
+        let now = Instant::now();
+        self.lock()
+            .iter_mut()
+            .filter(|w| now.duration_since(w.since) >= every)
+            .map(|w| {
+                w.since = now;
+                w.message.clone()
+            })
+            .collect()
+    }
+}
+
+/// Fetches a trigger's stored messages into `held`, at most `prefetch` at a
+/// time: a pull request asks for what fills the queue once it is half
+/// empty, and only one is out at a time. Every message waiting in the
+/// queue is told in progress twice per ack wait, so it is not redelivered
+/// (to this host or another) while it waits for a handler. Runs until the
+/// subscription is dropped; a failed pull is retried with a growing pause.
+async fn feed(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    held: Arc<Held>,
+    prefetch: usize,
+    ack_wait: Duration,
+) {
+    let every = ack_wait / 2;
+    // Checked twice per `every`, so a held message is told in progress at
+    // most 3/4 of an ack wait after its last restart.
+    let mut progress = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = held.room(prefetch / 2) => {}
+            _ = progress.tick() => {
+                tell_progress(&held, every).await;
+                continue;
+            }
+        }
+        let want = prefetch.saturating_sub(held.len()).max(1);
+        let pulled = consumer
+            .batch()
+            .max_messages(want)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut failed = match pulled {
+            Ok(mut batch) => loop {
+                tokio::select! {
+                    next = batch.next() => match next {
+                        Some(Ok(message)) => held.push(message),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "a nats pull request failed");
+                            break true;
+                        }
+                        None => break false,
+                    },
+                    _ = progress.tick() => tell_progress(&held, every).await,
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send a nats pull request");
+                true
+            }
+        };
+        if !failed {
+            failures = 0;
+            continue;
+        }
+        failures = failures.saturating_add(1);
+        if failures == 10 {
+            tracing::warn!("a message trigger's nats pull requests keep failing; retrying");
+        }
+        let pause = (Duration::from_millis(50) * 2u32.pow(failures.min(6))).min(PULL_RETRY_MAX);
+        let resume = tokio::time::sleep(pause);
+        tokio::pin!(resume);
+        while failed {
+            tokio::select! {
+                _ = &mut resume => failed = false,
+                _ = progress.tick() => tell_progress(&held, every).await,
+            }
+        }
+    }
+}
+
+/// Restarts the ack wait of the held messages due for it, within `every`
+/// (a server that stopped answering delays the feeder that long at most).
+async fn tell_progress(held: &Held, every: Duration) {
+    let due = held.due(every);
+    if due.is_empty() {
+        return;
+    }
+    let told = async {
+        for message in due {
+            if let Err(e) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "cannot extend a waiting message's ack wait");
+            }
+        }
+    };
+    let _ = tokio::time::timeout(every, told).await;
+}
+
+/// A trigger's deliveries: stored messages from its durable pull consumer,
+/// fetched by [`feed`] into a queue of the host's, and requests from its
+/// queue group, polled directly by the trigger's consumer loop.
 struct NatsSubscription {
-    messages: pull::Stream,
+    held: Arc<Held>,
+    /// Stopped when the subscription is dropped.
+    feeder: tokio::task::JoinHandle<()>,
     /// `None` once the request subscription ended; stored messages go on.
     requests: Option<async_nats::Subscriber>,
     client: async_nats::Client,
@@ -375,12 +551,18 @@ struct NatsSubscription {
     ack_wait: Duration,
 }
 
+impl Drop for NatsSubscription {
+    fn drop(&mut self) {
+        self.feeder.abort();
+    }
+}
+
 #[async_trait]
 impl Subscription for NatsSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            // `StreamExt::next` is cancel-safe, so losing the race drops
-            // nothing.
+            // `StreamExt::next` and `Held::pop` are cancel-safe, so losing
+            // the race drops nothing.
             let request = async {
                 match self.requests.as_mut() {
                     Some(requests) => requests.next().await,
@@ -388,11 +570,9 @@ impl Subscription for NatsSubscription {
                 }
             };
             tokio::select! {
-                next = self.messages.next() => match next {
-                    Some(Ok(msg)) => return Some(stored_delivery(msg, self.ack_wait)),
-                    Some(Err(e)) => tracing::debug!(error = %e, "nats pull consumer error"),
-                    None => return None,
-                },
+                waiting = self.held.pop() => {
+                    return Some(stored_delivery(waiting, self.ack_wait));
+                }
                 req = request => match req {
                     Some(req) => {
                         if let Some(delivery) = request_delivery(req, &self.client) {
@@ -407,7 +587,13 @@ impl Subscription for NatsSubscription {
 }
 
 /// A stored message, acknowledged through JetStream.
-fn stored_delivery(msg: jetstream::Message, ack_wait: Duration) -> Delivery {
+fn stored_delivery(
+    Waiting {
+        message: msg,
+        since,
+    }: Waiting,
+    ack_wait: Duration,
+) -> Delivery {
     let info = msg.info().ok();
     let attempt = info.as_ref().map_or(1, |i| i.delivered.max(1) as u32);
     let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
@@ -425,7 +611,7 @@ fn stored_delivery(msg: jetstream::Message, ack_wait: Duration) -> Delivery {
         acker: Box::new(JsAcker {
             message: msg,
             ack_wait,
-            received: std::time::Instant::now(),
+            since,
         }),
     }
 }
@@ -461,9 +647,9 @@ fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Op
 struct JsAcker {
     message: jetstream::Message,
     ack_wait: Duration,
-    /// When the host got it: the ack wait already runs while it waits for
-    /// a handler.
-    received: std::time::Instant,
+    /// When its ack wait last restarted (its delivery, or a progress ack
+    /// while it was held): it runs while the message waits for a handler.
+    since: Instant,
 }
 
 #[async_trait]
@@ -482,7 +668,7 @@ impl Acker for JsAcker {
 
     fn progress_schedule(&self) -> Option<(std::time::Instant, Duration)> {
         let every = self.ack_wait / 2;
-        Some((self.received + every, every))
+        Some((self.since + every, every))
     }
 
     async fn in_progress(&self) {
