@@ -24,7 +24,7 @@ use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Tx
 use tokio::sync::mpsc;
 
 use super::mysql_values::{classify, columns_of, convert, read_row};
-use super::watchdog::{self, ListedSession, SessionId, SessionIds, Watchdog};
+use super::watchdog::{self, ListedSession, Noted, SessionId, SessionIds, Watchdog};
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
 };
@@ -59,8 +59,8 @@ pub struct MysqlSettings {
 pub struct MysqlDatabase {
     pool: Pool,
     connect_timeout: Duration,
-    /// The connection ids of the pool's sessions, noted as they are
-    /// borrowed, for the watchdog.
+    /// The connection ids of the pool's sessions and when each was last
+    /// sent a statement, noted as they are borrowed, for the watchdog.
     session_ids: SessionIds,
     /// Stops with the database.
     _watchdog: Watchdog,
@@ -178,7 +178,8 @@ impl MysqlDatabase {
     /// server closed is replaced), within the connect timeout.
     async fn conn(&self) -> Result<mysql_async::Conn, SqlError> {
         let conn = within(self.connect_timeout, self.pool.get_conn()).await?;
-        self.session_ids.insert(SessionId::from(conn.id()));
+        // A borrowed connection is sent its statement at once.
+        self.session_ids.statement(SessionId::from(conn.id()));
         Ok(conn)
     }
 
@@ -234,41 +235,52 @@ impl watchdog::Sessions for MysqlSessions {
 
     async fn list(
         &mut self,
-        ids: &[SessionId],
+        noted: &[Noted],
         limit: Duration,
     ) -> Result<Vec<ListedSession>, String> {
         // Ids are numbers, written into the statement as such. A statement
-        // run with parameters shows as `Execute`.
-        let ids: Vec<String> = ids.iter().map(SessionId::to_string).collect();
+        // run with parameters shows as `Execute`. Only the pool's login's
+        // own threads: ids are the server's, for every login. A statement
+        // is overdue by when the host sent it, not by the server's `TIME`,
+        // which a session can move (`SET timestamp`).
+        let ids: Vec<String> = noted.iter().map(|n| n.id.to_string()).collect();
         let statement = format!(
-            "SELECT ID, COALESCE(COMMAND IN ('Query', 'Execute') AND TIME > {}, 0) \
-             FROM information_schema.PROCESSLIST WHERE ID IN ({})",
-            limit.as_secs(),
+            "SELECT ID, COMMAND IN ('Query', 'Execute') \
+             FROM information_schema.PROCESSLIST \
+             WHERE ID IN ({}) AND USER = SUBSTRING_INDEX(USER(), '@', 1)",
             ids.join(",")
         );
         let conn = self.connection().await?;
         let rows: Result<Vec<(u64, i64)>, _> = conn.query(statement).await;
-        match rows {
-            Ok(rows) => Ok(rows
-                .into_iter()
-                .map(|(id, overdue)| ListedSession {
-                    id,
-                    overdue: overdue != 0,
-                })
-                .collect()),
+        let rows = match rows {
+            Ok(rows) => rows,
             Err(e) => {
                 self.conn = None;
-                Err(map_error(e).to_string())
+                return Err(map_error(e).to_string());
             }
-        }
+        };
+        let sent: HashMap<SessionId, tokio::time::Instant> =
+            noted.iter().map(|n| (n.id, n.last_statement)).collect();
+        Ok(rows
+            .into_iter()
+            .map(|(id, running)| {
+                let running = running != 0;
+                let overdue = running && sent.get(&id).is_some_and(|at| at.elapsed() > limit);
+                ListedSession {
+                    id,
+                    running,
+                    overdue,
+                }
+            })
+            .collect())
     }
 
-    async fn cancel(&mut self, id: SessionId) -> Result<(), String> {
-        self.run(format!("KILL QUERY {id}")).await
+    async fn cancel(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
+        self.run(format!("KILL QUERY {}", session.id)).await
     }
 
-    async fn terminate(&mut self, id: SessionId) -> Result<(), String> {
-        self.run(format!("KILL CONNECTION {id}")).await
+    async fn terminate(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
+        self.run(format!("KILL CONNECTION {}", session.id)).await
     }
 
     async fn rest(&mut self) {
@@ -420,8 +432,11 @@ impl SqlBackend for MysqlDatabase {
             self.pool.start_transaction(TxOpts::default()),
         )
         .await?;
-        self.session_ids.insert(SessionId::from(tx.id()));
-        Ok(Box::new(MysqlTransaction { tx: Some(tx) }))
+        self.session_ids.statement(SessionId::from(tx.id()));
+        Ok(Box::new(MysqlTransaction {
+            tx: Some(tx),
+            session_ids: self.session_ids.clone(),
+        }))
     }
 
     async fn open_cursor(
@@ -468,6 +483,8 @@ struct MysqlTransaction {
     /// A transaction dropped without commit is rolled back by the pool
     /// before its connection is reused.
     tx: Option<mysql_async::Transaction<'static>>,
+    /// The pool's, for the watchdog.
+    session_ids: SessionIds,
 }
 
 #[async_trait]
@@ -479,11 +496,13 @@ impl SqlTransaction for MysqlTransaction {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
+        self.session_ids.statement(SessionId::from(tx.id()));
         query_on(tx, &statement, params, caps).await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
+        self.session_ids.statement(SessionId::from(tx.id()));
         execute_on(tx, &statement, params).await
     }
 

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::secret::Secret;
 
-use super::watchdog::{self, ListedSession, SessionId, SessionIds, Watchdog};
+use super::watchdog::{self, ListedSession, Noted, SessionId, SessionIds, Watchdog};
 
 use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row, statement_text};
 pub use super::placeholders::rewrite_placeholders;
@@ -71,6 +71,8 @@ pub struct TenantLogin {
 pub struct PostgresDatabase {
     pool: sqlx::PgPool,
     max_connections: u32,
+    /// The pool's sessions and its last statement, for the watchdog.
+    session_ids: SessionIds,
     /// Stops with the database.
     _watchdog: Watchdog,
 }
@@ -110,15 +112,14 @@ impl PostgresDatabase {
             .min_connections(s.min_connections)
             .acquire_timeout(s.connect_timeout)
             .test_before_acquire(true)
-            // Each new connection's backend pid, for the watchdog.
+            // Each new connection's backend, for the watchdog.
             .after_connect(move |conn, _meta| {
                 let noted = noted.clone();
                 Box::pin(async move {
-                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                        .fetch_one(&mut *conn)
-                        .await?;
+                    let (pid, started): (i32, i64) =
+                        sqlx::query_as(THIS_BACKEND).fetch_one(&mut *conn).await?;
                     if let Ok(pid) = SessionId::try_from(pid) {
-                        noted.insert(pid);
+                        noted.insert(pid, started);
                     }
                     Ok(())
                 })
@@ -132,7 +133,7 @@ impl PostgresDatabase {
             conn: None,
         };
         let watchdog = watchdog::spawn(
-            session_ids,
+            session_ids.clone(),
             sessions,
             s.statement_timeout,
             s.application_name.clone(),
@@ -140,6 +141,7 @@ impl PostgresDatabase {
         Ok(PostgresDatabase {
             pool,
             max_connections,
+            session_ids,
             _watchdog: watchdog,
         })
     }
@@ -173,11 +175,30 @@ struct PgSessions {
     conn: Option<sqlx::PgConnection>,
 }
 
-/// The listed backends of `$1`, and whether each runs a statement started
-/// more than `$2` seconds ago.
-const LIST_BACKENDS: &str = "SELECT pid, COALESCE(state = 'active' \
-     AND query_start < clock_timestamp() - make_interval(secs => $2), false) \
-     FROM pg_stat_activity WHERE pid = ANY($1)";
+/// This connection's backend: its pid and its start (microseconds since
+/// the epoch), which tells it from a later backend given the same pid.
+const THIS_BACKEND: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 \
+     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
+/// The noted backends (pids `$1`, starts `$2`) still there, whether each
+/// runs a statement, and whether that statement started more than `$3`
+/// seconds ago.
+const LIST_BACKENDS: &str = "SELECT a.pid, COALESCE(a.state = 'active', false), \
+     COALESCE(a.state = 'active' \
+       AND a.query_start < clock_timestamp() - make_interval(secs => $3), false) \
+     FROM pg_stat_activity a \
+     JOIN unnest($1::int4[], $2::int8[]) AS noted(pid, started) \
+       ON a.pid = noted.pid \
+       AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = noted.started";
+
+/// Runs `{signal}` on backend `$1` (started at `$2`) if it still runs a
+/// statement started more than `$3` seconds ago, in one statement, so a
+/// statement that ended meanwhile leaves a new one alone.
+const SIGNAL_OVERDUE: &str = "SELECT count(*) FILTER (WHERE {signal}(pid)) \
+     FROM pg_stat_activity \
+     WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2 \
+       AND state = 'active' \
+       AND query_start < clock_timestamp() - make_interval(secs => $3)";
 
 impl PgSessions {
     async fn connection(&mut self) -> Result<&mut sqlx::PgConnection, String> {
@@ -190,18 +211,25 @@ impl PgSessions {
         Ok(self.conn.insert(conn))
     }
 
-    /// Runs `SELECT <function>(pid)`; a `false` (not permitted, or the
-    /// backend is gone) is an error.
-    async fn signal(&mut self, function: &str, id: SessionId) -> Result<(), String> {
-        let pid = i32::try_from(id).map_err(|_| format!("no backend {id}"))?;
+    /// Runs `signal` (`pg_cancel_backend`, `pg_terminate_backend`) on the
+    /// session if its statement is still overdue.
+    async fn signal(
+        &mut self,
+        signal: &str,
+        session: &Noted,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let pid = i32::try_from(session.id).map_err(|_| format!("no backend {}", session.id))?;
         let conn = self.connection().await?;
-        let done: Result<bool, _> = sqlx::query_scalar(&format!("SELECT {function}($1)"))
+        let statement = SIGNAL_OVERDUE.replace("{signal}", signal);
+        let done: Result<i64, _> = sqlx::query_scalar(&statement)
             .bind(pid)
+            .bind(session.incarnation)
+            .bind(limit.as_secs_f64())
             .fetch_one(conn)
             .await;
         match done {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("{function} refused")),
+            Ok(_) => Ok(()),
             Err(e) => {
                 self.conn = None;
                 Err(map_error(e).to_string())
@@ -218,25 +246,30 @@ impl watchdog::Sessions for PgSessions {
 
     async fn list(
         &mut self,
-        ids: &[SessionId],
+        noted: &[Noted],
         limit: Duration,
     ) -> Result<Vec<ListedSession>, String> {
-        let pids: Vec<i32> = ids
+        let (pids, starts): (Vec<i32>, Vec<i64>) = noted
             .iter()
-            .filter_map(|&id| i32::try_from(id).ok())
-            .collect();
+            .filter_map(|n| Some((i32::try_from(n.id).ok()?, n.incarnation)))
+            .unzip();
         let conn = self.connection().await?;
-        let rows: Result<Vec<(i32, bool)>, _> = sqlx::query_as(LIST_BACKENDS)
+        let rows: Result<Vec<(i32, bool, bool)>, _> = sqlx::query_as(LIST_BACKENDS)
             .bind(pids)
+            .bind(starts)
             .bind(limit.as_secs_f64())
             .fetch_all(conn)
             .await;
         match rows {
             Ok(rows) => Ok(rows
                 .into_iter()
-                .filter_map(|(pid, overdue)| {
+                .filter_map(|(pid, running, overdue)| {
                     let id = SessionId::try_from(pid).ok()?;
-                    Some(ListedSession { id, overdue })
+                    Some(ListedSession {
+                        id,
+                        running,
+                        overdue,
+                    })
                 })
                 .collect()),
             Err(e) => {
@@ -246,12 +279,12 @@ impl watchdog::Sessions for PgSessions {
         }
     }
 
-    async fn cancel(&mut self, id: SessionId) -> Result<(), String> {
-        self.signal("pg_cancel_backend", id).await
+    async fn cancel(&mut self, session: &Noted, limit: Duration) -> Result<(), String> {
+        self.signal("pg_cancel_backend", session, limit).await
     }
 
-    async fn terminate(&mut self, id: SessionId) -> Result<(), String> {
-        self.signal("pg_terminate_backend", id).await
+    async fn terminate(&mut self, session: &Noted, limit: Duration) -> Result<(), String> {
+        self.signal("pg_terminate_backend", session, limit).await
     }
 
     async fn rest(&mut self) {
@@ -367,6 +400,7 @@ impl SqlBackend for PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| self.acquire_error(e))?;
+        self.session_ids.pool_statement();
         query_on(&mut conn, &statement, params, caps).await
     }
 
@@ -376,12 +410,16 @@ impl SqlBackend for PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| self.acquire_error(e))?;
+        self.session_ids.pool_statement();
         execute_on(&mut conn, &statement, params).await
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
         let tx = self.pool.begin().await.map_err(|e| self.acquire_error(e))?;
-        Ok(Box::new(PostgresTransaction { tx: Some(tx) }))
+        Ok(Box::new(PostgresTransaction {
+            tx: Some(tx),
+            session_ids: self.session_ids.clone(),
+        }))
     }
 
     async fn open_cursor(
@@ -394,6 +432,7 @@ impl SqlBackend for PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| self.acquire_error(e))?;
+        self.session_ids.pool_statement();
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
@@ -432,6 +471,8 @@ struct PostgresTransaction {
     /// Dropping a sqlx transaction without commit rolls it back before the
     /// connection is reused.
     tx: Option<sqlx::Transaction<'static, Postgres>>,
+    /// The pool's, for the watchdog.
+    session_ids: SessionIds,
 }
 
 #[async_trait]
@@ -443,11 +484,13 @@ impl SqlTransaction for PostgresTransaction {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
+        self.session_ids.pool_statement();
         query_on(tx, &statement, params, caps).await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
+        self.session_ids.pool_statement();
         execute_on(tx, &statement, params).await
     }
 

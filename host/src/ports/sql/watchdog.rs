@@ -19,71 +19,157 @@
 //! a cancel), it ends the session. Looks are less than a limit apart, so a
 //! statement overdue at two looks in a row is the same statement.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 
 /// A session's server-side id (a Postgres backend pid, a MySQL connection id).
 pub type SessionId = u64;
 
-/// The ids of a pool's sessions, noted as they connect (or as they are
-/// borrowed) and forgotten once the server no longer lists them.
-#[derive(Clone, Default)]
-pub struct SessionIds(Arc<Mutex<HashSet<SessionId>>>);
+/// What the host knows of one pooled session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Noted {
+    /// Its id.
+    pub id: SessionId,
+    /// Tells it from a later session given the same id (Postgres: its
+    /// backend's start, in microseconds since the epoch); 0 where an id is
+    /// not reused while the server runs (MySQL).
+    pub incarnation: i64,
+    /// When the host last sent it a statement, where the adapter knows
+    /// which session runs a statement (MySQL).
+    pub last_statement: Instant,
+}
+
+/// A pool's sessions, noted as they connect or are borrowed and forgotten
+/// once the server no longer lists them, and when the pool last sent a
+/// statement.
+#[derive(Clone)]
+pub struct SessionIds(Arc<Noting>);
+
+struct Noting {
+    sessions: Mutex<HashMap<SessionId, Noted>>,
+    /// The origin of `last_statement_ms`.
+    created: Instant,
+    /// One more than the milliseconds from `created` to the pool's last
+    /// statement; 0 before the first.
+    last_statement_ms: AtomicU64,
+}
+
+impl Default for SessionIds {
+    fn default() -> Self {
+        SessionIds(Arc::new(Noting {
+            sessions: Mutex::default(),
+            created: Instant::now(),
+            last_statement_ms: AtomicU64::new(0),
+        }))
+    }
+}
 
 impl SessionIds {
-    /// Notes a session of the pool.
-    pub fn insert(&self, id: SessionId) {
-        self.lock().insert(id);
+    /// Notes a session of the pool (as it connects).
+    pub fn insert(&self, id: SessionId, incarnation: i64) {
+        self.lock().insert(
+            id,
+            Noted {
+                id,
+                incarnation,
+                last_statement: Instant::now(),
+            },
+        );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<SessionId>> {
-        // A panic while holding the lock leaves a set that is still valid.
+    /// Notes that the pool sends a statement now, on a session it cannot
+    /// name (Postgres, whose server reports each statement's start).
+    pub fn pool_statement(&self) {
+        let ms = self.0.created.elapsed().as_millis() + 1;
         self.0
+            .last_statement_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Notes that the host sends session `id` a statement now (MySQL,
+    /// where the server's own figure can be moved by the session).
+    pub fn statement(&self, id: SessionId) {
+        self.pool_statement();
+        let now = Instant::now();
+        self.lock()
+            .entry(id)
+            .and_modify(|noted| noted.last_statement = now)
+            .or_insert(Noted {
+                id,
+                incarnation: 0,
+                last_statement: now,
+            });
+    }
+
+    /// Whether the pool sent a statement within `window`.
+    fn statement_within(&self, window: Duration) -> bool {
+        match self.0.last_statement_ms.load(Ordering::Relaxed) {
+            0 => false,
+            last => {
+                let now = self.0.created.elapsed().as_millis() + 1;
+                now.saturating_sub(u128::from(last)) <= window.as_millis()
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Noted>> {
+        // A panic while holding the lock leaves a map that is still valid.
+        self.0
+            .sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn snapshot(&self) -> HashSet<SessionId> {
-        self.lock().clone()
+    fn snapshot(&self) -> Vec<Noted> {
+        self.lock().values().copied().collect()
     }
 
     /// Forgets the sessions of `looked_at` the server no longer lists
-    /// (those noted since are kept).
-    fn forget_ended(&self, looked_at: &HashSet<SessionId>, listed: &HashSet<SessionId>) {
-        self.lock()
-            .retain(|id| listed.contains(id) || !looked_at.contains(id));
+    /// (those noted since, or noted again under the same id, are kept).
+    fn forget_ended(&self, looked_at: &[Noted], listed: &HashSet<SessionId>) {
+        let mut sessions = self.lock();
+        for noted in looked_at.iter().filter(|n| !listed.contains(&n.id)) {
+            if sessions.get(&noted.id).map(|n| n.incarnation) == Some(noted.incarnation) {
+                sessions.remove(&noted.id);
+            }
+        }
     }
 }
 
-/// One session as the server lists it.
+/// One noted session as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedSession {
     /// Its id.
     pub id: SessionId,
-    /// Whether it runs a statement started longer ago than the limit.
+    /// Whether it runs a statement.
+    pub running: bool,
+    /// Whether that statement started longer ago than the limit.
     pub overdue: bool,
 }
 
 /// What the watchdog needs of an engine.
 #[async_trait]
 pub trait Sessions: Send + 'static {
-    /// Whether any pooled connection is in use. A statement whose guest
-    /// gave up keeps its connection in use until the server ends it.
+    /// Whether any pooled connection is in use.
     fn busy(&self) -> bool;
-    /// The sessions of `ids` the server still lists, and whether each runs
-    /// a statement started longer than `limit` ago.
+    /// The sessions of `noted` the server still lists (the same session:
+    /// its id and incarnation), whether each runs a statement, and whether
+    /// that statement started longer than `limit` ago.
     async fn list(
         &mut self,
-        ids: &[SessionId],
+        noted: &[Noted],
         limit: Duration,
     ) -> Result<Vec<ListedSession>, String>;
-    /// Cancels the session's running statement.
-    async fn cancel(&mut self, id: SessionId) -> Result<(), String>;
-    /// Ends the session.
-    async fn terminate(&mut self, id: SessionId) -> Result<(), String>;
+    /// Cancels the session's statement, if it still runs one past `limit`.
+    async fn cancel(&mut self, session: &Noted, limit: Duration) -> Result<(), String>;
+    /// Ends the session, if it still runs a statement past `limit`.
+    async fn terminate(&mut self, session: &Noted, limit: Duration) -> Result<(), String>;
     /// Closes the watchdog's own connection while there is nothing to watch.
     async fn rest(&mut self);
 }
@@ -117,7 +203,7 @@ pub fn spawn(
     statement_timeout: Duration,
     label: String,
 ) -> Watchdog {
-    let every = (statement_timeout / 2).clamp(FASTEST_LOOK, SLOWEST_LOOK);
+    let every = look_interval(statement_timeout);
     let task = tokio::spawn(watch(
         ids,
         sessions,
@@ -128,6 +214,17 @@ pub fn spawn(
     Watchdog { task }
 }
 
+/// Twice per statement timeout, within [`FASTEST_LOOK`] and [`SLOWEST_LOOK`].
+fn look_interval(statement_timeout: Duration) -> Duration {
+    (statement_timeout / 2).clamp(FASTEST_LOOK, SLOWEST_LOOK)
+}
+
+/// Looks while a pooled connection is in use, while a statement sent in
+/// the last `limit` and two looks may still run (a connection whose caller
+/// gave up mid-statement can leave the pool at once: mysql_async discards
+/// it, sqlx closes one past its lifetime, and the server runs on), while
+/// the last look saw a noted session running a statement, and while a
+/// cancel awaits its check.
 async fn watch(
     ids: SessionIds,
     mut sessions: impl Sessions,
@@ -138,40 +235,60 @@ async fn watch(
     // Sessions whose statement was cancelled at the last look: overdue
     // again at this one, the statement ignored the cancel.
     let mut cancelled: HashSet<SessionId> = HashSet::new();
+    let mut running_seen = false;
+    let window = limit + every * 2;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if !sessions.busy() && cancelled.is_empty() {
+        let active = sessions.busy()
+            || ids.statement_within(window)
+            || running_seen
+            || !cancelled.is_empty();
+        if !active {
             sessions.rest().await;
             continue;
         }
         let looked_at = ids.snapshot();
         if looked_at.is_empty() {
+            running_seen = false;
             continue;
         }
-        let query_ids: Vec<SessionId> = looked_at.iter().copied().collect();
-        let listed = match sessions.list(&query_ids, limit).await {
-            Ok(listed) => listed,
-            Err(error) => {
+        // Bounded, so a server that stopped answering delays the next look
+        // by one interval at most (and its connection is replaced).
+        let listed = match tokio::time::timeout(every, sessions.list(&looked_at, limit)).await {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(error)) => {
                 tracing::warn!(pool = %label, %error, "the statement watchdog cannot list the pool's sessions");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(pool = %label, "the statement watchdog's look at the pool's sessions timed out");
+                sessions.rest().await;
                 continue;
             }
         };
         let listed_ids: HashSet<SessionId> = listed.iter().map(|s| s.id).collect();
         ids.forget_ended(&looked_at, &listed_ids);
+        running_seen = listed.iter().any(|s| s.running);
+        let noted: HashMap<SessionId, Noted> = looked_at.into_iter().map(|n| (n.id, n)).collect();
         let mut still_cancelled = HashSet::new();
         for session in listed.into_iter().filter(|s| s.overdue) {
+            let Some(noted) = noted.get(&session.id) else {
+                continue;
+            };
             let id = session.id;
             if cancelled.contains(&id) {
                 tracing::warn!(pool = %label, session = id, "a statement outlived its cancel; ending its session");
-                if let Err(error) = sessions.terminate(id).await {
+                let ended = tokio::time::timeout(every, sessions.terminate(noted, limit)).await;
+                if let Ok(Err(error)) = ended {
                     tracing::warn!(pool = %label, session = id, %error, "cannot end the session");
                 }
             } else {
                 tracing::warn!(pool = %label, session = id, limit_ms = limit.as_millis() as u64,
                     "a statement ran past the statement timeout (its session's limit was changed); cancelling it");
-                if let Err(error) = sessions.cancel(id).await {
+                let cancel = tokio::time::timeout(every, sessions.cancel(noted, limit)).await;
+                if let Ok(Err(error)) = cancel {
                     tracing::warn!(pool = %label, session = id, %error, "cannot cancel the statement");
                 }
                 still_cancelled.insert(id);
@@ -186,7 +303,7 @@ mod tests {
     use super::*;
 
     /// A scripted server: sessions in `running` run an overdue statement;
-    /// actions are recorded.
+    /// actions are recorded. Time is tokio's, paused.
     #[derive(Clone, Default)]
     struct Script {
         state: Arc<Mutex<ScriptState>>,
@@ -209,21 +326,23 @@ mod tests {
         }
         async fn list(
             &mut self,
-            ids: &[SessionId],
+            noted: &[Noted],
             _limit: Duration,
         ) -> Result<Vec<ListedSession>, String> {
             let s = self.state.lock().unwrap();
-            Ok(ids
+            Ok(noted
                 .iter()
-                .copied()
+                .map(|n| n.id)
                 .filter(|id| s.open.contains(id))
                 .map(|id| ListedSession {
                     id,
+                    running: s.running.contains(&id),
                     overdue: s.running.contains(&id),
                 })
                 .collect())
         }
-        async fn cancel(&mut self, id: SessionId) -> Result<(), String> {
+        async fn cancel(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
+            let id = session.id;
             let mut s = self.state.lock().unwrap();
             s.actions.push(format!("cancel {id}"));
             if !s.stubborn.contains(&id) {
@@ -231,7 +350,8 @@ mod tests {
             }
             Ok(())
         }
-        async fn terminate(&mut self, id: SessionId) -> Result<(), String> {
+        async fn terminate(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
+            let id = session.id;
             let mut s = self.state.lock().unwrap();
             s.actions.push(format!("terminate {id}"));
             s.running.remove(&id);
@@ -262,7 +382,7 @@ mod tests {
             s.stubborn.insert(2);
         }
         for id in [1, 2, 3] {
-            ids.insert(id);
+            ids.insert(id, 0);
         }
         let _dog = spawn(
             ids.clone(),
@@ -277,7 +397,8 @@ mod tests {
         assert_eq!(actions, ["cancel 1", "cancel 2", "terminate 2"]);
         // The ended session is forgotten at the next look.
         tokio::time::sleep(SLOWEST_LOOK).await;
-        assert_eq!(ids.snapshot(), HashSet::from([1, 3]));
+        let left: HashSet<SessionId> = ids.snapshot().iter().map(|n| n.id).collect();
+        assert_eq!(left, HashSet::from([1, 3]));
     }
 
     #[tokio::test(start_paused = true)]
@@ -289,7 +410,7 @@ mod tests {
             s.open.insert(1);
             s.running.insert(1);
         }
-        ids.insert(1);
+        ids.insert(1, 0);
         let _dog = spawn(
             ids.clone(),
             script.clone(),
@@ -301,11 +422,55 @@ mod tests {
         assert!(actions.iter().all(|a| a == "rest"), "{actions:?}");
     }
 
+    /// A connection can leave the pool while its statement still runs on
+    /// the server (its caller gave up): a recent statement keeps the
+    /// watchdog looking, and a running one keeps it looking after that.
+    #[tokio::test(start_paused = true)]
+    async fn a_statement_abandoned_outside_the_pool_is_still_watched() {
+        let script = Script::default();
+        let ids = SessionIds::default();
+        script.state.lock().unwrap().open.insert(4);
+        ids.statement(4);
+        let _dog = spawn(
+            ids.clone(),
+            script.clone(),
+            Duration::from_secs(60),
+            "test".into(),
+        );
+        // Not yet overdue at the first looks, then overdue: cancelled,
+        // though the pool was never busy.
+        looks(1).await;
+        script.state.lock().unwrap().running.insert(4);
+        tokio::time::sleep(SLOWEST_LOOK).await;
+        assert_eq!(script.state.lock().unwrap().actions, ["cancel 4"]);
+        // Long after the statement, with nothing running, it rests.
+        tokio::time::sleep(SLOWEST_LOOK * 8).await;
+        let actions = script.state.lock().unwrap().actions.clone();
+        assert_eq!(
+            actions.last().map(String::as_str),
+            Some("rest"),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_noted_again_under_its_id_is_not_forgotten() {
+        let ids = SessionIds::default();
+        ids.insert(9, 100);
+        let looked_at = ids.snapshot();
+        // The server ended it and a new backend got the same pid.
+        ids.insert(9, 200);
+        ids.forget_ended(&looked_at, &HashSet::new());
+        assert_eq!(ids.snapshot().first().map(|n| n.incarnation), Some(200));
+        ids.forget_ended(&ids.snapshot(), &HashSet::new());
+        assert!(ids.snapshot().is_empty());
+    }
+
     /// Looks closer together than a statement can become overdue, so an
     /// overdue statement at two looks in a row is one statement.
     #[test]
     fn looks_twice_per_timeout_within_bounds() {
-        let every = |ms: u64| (Duration::from_millis(ms) / 2).clamp(FASTEST_LOOK, SLOWEST_LOOK);
+        let every = |ms: u64| look_interval(Duration::from_millis(ms));
         assert_eq!(every(100), FASTEST_LOOK);
         assert_eq!(every(2_000), Duration::from_secs(1));
         assert_eq!(every(30_000), SLOWEST_LOOK);
