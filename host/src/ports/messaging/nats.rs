@@ -433,18 +433,26 @@ impl Held {
         }
     }
 
-    /// The messages whose ack wait last restarted `every` or longer ago,
-    /// marked as restarted now.
+    /// The messages whose ack wait last restarted `every` or longer ago.
     fn due(&self, every: Duration) -> Vec<jetstream::Message> {
         let now = Instant::now();
         self.lock()
-            .iter_mut()
+            .iter()
             .filter(|w| now.duration_since(w.since) >= every)
-            .map(|w| {
-                w.since = now;
-                w.message.clone()
-            })
+            .map(|w| w.message.clone())
             .collect()
+    }
+
+    /// Notes that `message`'s ack wait restarted at `at` (if it is still
+    /// held; its reply subject names it).
+    fn renewed(&self, message: &jetstream::Message, at: Instant) {
+        if let Some(waiting) = self
+            .lock()
+            .iter_mut()
+            .find(|w| w.message.reply == message.reply)
+        {
+            waiting.since = at;
+        }
     }
 }
 
@@ -465,12 +473,16 @@ async fn feed(
     // most 3/4 of an ack wait after its last restart.
     let mut progress = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Progress acks go out from a task of their own: a slow send (during a
+    // reconnect) must not hold up this loop, or a batch's client-side
+    // deadline could pass with its messages unread, and they are lost.
+    let mut telling = ProgressTask::default();
     let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = held.room(prefetch / 2) => {}
             _ = progress.tick() => {
-                tell_progress(&held, every).await;
+                telling.start(&held, every);
                 continue;
             }
         }
@@ -492,7 +504,7 @@ async fn feed(
                         }
                         None => break false,
                     },
-                    _ = progress.tick() => tell_progress(&held, every).await,
+                    _ = progress.tick() => telling.start(&held, every),
                 }
             },
             Err(e) => {
@@ -505,7 +517,7 @@ async fn feed(
             continue;
         }
         failures = failures.saturating_add(1);
-        if failures == 10 {
+        if failures % 100 == 10 {
             tracing::warn!("a message trigger's nats pull requests keep failing; retrying");
         }
         let pause = (Duration::from_millis(50) * 2u32.pow(failures.min(6))).min(PULL_RETRY_MAX);
@@ -514,23 +526,49 @@ async fn feed(
         while failed {
             tokio::select! {
                 _ = &mut resume => failed = false,
-                _ = progress.tick() => tell_progress(&held, every).await,
+                _ = progress.tick() => telling.start(&held, every),
             }
         }
     }
 }
 
-/// Restarts the ack wait of the held messages due for it, within `every`
-/// (a server that stopped answering delays the feeder that long at most).
-async fn tell_progress(held: &Held, every: Duration) {
+/// The feeder's progress acks: at most one round at a time.
+#[derive(Default)]
+struct ProgressTask(Option<tokio::task::JoinHandle<()>>);
+
+impl ProgressTask {
+    /// Starts a round for the held messages due one, unless one still runs.
+    fn start(&mut self, held: &Arc<Held>, every: Duration) {
+        if self.0.as_ref().is_some_and(|round| !round.is_finished()) {
+            return;
+        }
+        self.0 = Some(tokio::spawn(tell_progress(held.clone(), every)));
+    }
+}
+
+impl Drop for ProgressTask {
+    fn drop(&mut self) {
+        if let Some(round) = &self.0 {
+            round.abort();
+        }
+    }
+}
+
+/// Restarts the ack wait of the held messages due for it, within `every`;
+/// a message counts as renewed only once its `+WPI` went out.
+async fn tell_progress(held: Arc<Held>, every: Duration) {
     let due = held.due(every);
     if due.is_empty() {
         return;
     }
     let told = async {
         for message in due {
-            if let Err(e) = message.ack_with(AckKind::Progress).await {
-                tracing::debug!(error = %e, "cannot extend a waiting message's ack wait");
+            let sent = Instant::now();
+            match message.ack_with(AckKind::Progress).await {
+                Ok(()) => held.renewed(&message, sent),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot extend a waiting message's ack wait")
+                }
             }
         }
     };
