@@ -20,8 +20,7 @@
 //! - Request/reply uses core NATS on `berth.<app>.req.<topic>` (outside the
 //!   stream, so requests are not stored) with a queue group per trigger.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -30,6 +29,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::oneshot;
+
+mod feed;
+
+use feed::{Held, Waiting, feed};
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
 use crate::secret::Secret;
@@ -365,214 +368,6 @@ async fn legacy_consumer(
         tracing::info!(durable = %legacy, "a trigger keeps the durable consumer an earlier berth named");
         legacy
     }))
-}
-
-/// How long a pull request waits on the server for messages. Without
-/// idle heartbeats (async-nats' batch would miss wake-ups after one), this
-/// is also how soon, plus the client's 5 s margin, a pull lost with a
-/// server restart is replaced.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
-
-/// Longest pause between failed pull requests.
-const PULL_RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// Stored messages fetched ahead of the trigger's handlers, oldest first.
-/// Their ack wait runs from their delivery, so while they wait here the
-/// feeder tells JetStream they are in progress.
-#[derive(Default)]
-struct Held {
-    queue: Mutex<VecDeque<Waiting>>,
-    /// A message was added (the trigger's consumer loop waits on it).
-    arrived: tokio::sync::Notify,
-    /// A message was taken (the feeder waits on it for room).
-    taken: tokio::sync::Notify,
-}
-
-/// A held message, and when JetStream's ack wait last restarted for it
-/// (its delivery, or its last progress ack).
-struct Waiting {
-    message: jetstream::Message,
-    since: Instant,
-}
-
-impl Held {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Waiting>> {
-        // A panic while holding the lock leaves a queue that is still valid.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn push(&self, message: jetstream::Message) {
-        self.lock().push_back(Waiting {
-            message,
-            since: Instant::now(),
-        });
-        self.arrived.notify_one();
-    }
-
-    /// The oldest held message, once there is one. Cancel-safe: a message
-    /// is taken only when the future completes.
-    async fn pop(&self) -> Waiting {
-        loop {
-            let next = self.lock().pop_front();
-            if let Some(waiting) = next {
-                self.taken.notify_one();
-                return waiting;
-            }
-            self.arrived.notified().await;
-        }
-    }
-
-    /// Returns once at most `low` messages are held.
-    async fn room(&self, low: usize) {
-        while self.len() > low {
-            self.taken.notified().await;
-        }
-    }
-
-    /// The messages whose ack wait last restarted `every` or longer ago.
-    fn due(&self, every: Duration) -> Vec<jetstream::Message> {
-        let now = Instant::now();
-        self.lock()
-            .iter()
-            .filter(|w| now.duration_since(w.since) >= every)
-            .map(|w| w.message.clone())
-            .collect()
-    }
-
-    /// Notes that `message`'s ack wait restarted at `at` (if it is still
-    /// held; its reply subject names it).
-    fn renewed(&self, message: &jetstream::Message, at: Instant) {
-        if let Some(waiting) = self
-            .lock()
-            .iter_mut()
-            .find(|w| w.message.reply == message.reply)
-        {
-            waiting.since = at;
-        }
-    }
-}
-
-/// Fetches a trigger's stored messages into `held`, at most `prefetch` at a
-/// time: a pull request asks for what fills the queue once it is half
-/// empty, and only one is out at a time. Every message waiting in the
-/// queue is told in progress twice per ack wait, so it is not redelivered
-/// (to this host or another) while it waits for a handler. Runs until the
-/// subscription is dropped; a failed pull is retried with a growing pause.
-async fn feed(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    held: Arc<Held>,
-    prefetch: usize,
-    ack_wait: Duration,
-) {
-    let every = ack_wait / 2;
-    // Checked twice per `every`, so a held message is told in progress at
-    // most 3/4 of an ack wait after its last restart.
-    let mut progress = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
-    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Progress acks go out from a task of their own: a slow send (during a
-    // reconnect) must not hold up this loop, or a batch's client-side
-    // deadline could pass with its messages unread, and they are lost.
-    let mut telling = ProgressTask::default();
-    let mut failures = 0u32;
-    loop {
-        tokio::select! {
-            _ = held.room(prefetch / 2) => {}
-            _ = progress.tick() => {
-                telling.start(&held, every);
-                continue;
-            }
-        }
-        let want = prefetch.saturating_sub(held.len()).max(1);
-        let pulled = consumer
-            .batch()
-            .max_messages(want)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut failed = match pulled {
-            Ok(mut batch) => loop {
-                tokio::select! {
-                    next = batch.next() => match next {
-                        Some(Ok(message)) => held.push(message),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "a nats pull request failed");
-                            break true;
-                        }
-                        None => break false,
-                    },
-                    _ = progress.tick() => telling.start(&held, every),
-                }
-            },
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot send a nats pull request");
-                true
-            }
-        };
-        if !failed {
-            failures = 0;
-            continue;
-        }
-        failures = failures.saturating_add(1);
-        if failures % 100 == 10 {
-            tracing::warn!("a message trigger's nats pull requests keep failing; retrying");
-        }
-        let pause = (Duration::from_millis(50) * 2u32.pow(failures.min(6))).min(PULL_RETRY_MAX);
-        let resume = tokio::time::sleep(pause);
-        tokio::pin!(resume);
-        while failed {
-            tokio::select! {
-                _ = &mut resume => failed = false,
-                _ = progress.tick() => telling.start(&held, every),
-            }
-        }
-    }
-}
-
-/// The feeder's progress acks: at most one round at a time.
-#[derive(Default)]
-struct ProgressTask(Option<tokio::task::JoinHandle<()>>);
-
-impl ProgressTask {
-    /// Starts a round for the held messages due one, unless one still runs.
-    fn start(&mut self, held: &Arc<Held>, every: Duration) {
-        if self.0.as_ref().is_some_and(|round| !round.is_finished()) {
-            return;
-        }
-        self.0 = Some(tokio::spawn(tell_progress(held.clone(), every)));
-    }
-}
-
-impl Drop for ProgressTask {
-    fn drop(&mut self) {
-        if let Some(round) = &self.0 {
-            round.abort();
-        }
-    }
-}
-
-/// Restarts the ack wait of the held messages due for it, within `every`;
-/// a message counts as renewed only once its `+WPI` went out.
-async fn tell_progress(held: Arc<Held>, every: Duration) {
-    let due = held.due(every);
-    if due.is_empty() {
-        return;
-    }
-    let told = async {
-        for message in due {
-            let sent = Instant::now();
-            match message.ack_with(AckKind::Progress).await {
-                Ok(()) => held.renewed(&message, sent),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot extend a waiting message's ack wait")
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(every, told).await;
 }
 
 /// A trigger's deliveries: stored messages from its durable pull consumer,
