@@ -9,6 +9,7 @@ mod pg_values;
 mod placeholders;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_guard;
 mod statement;
 mod watchdog;
 

@@ -7,24 +7,23 @@
 //! first. `ATTACH`/`DETACH` are refused by an authorizer so a guest cannot
 //! reach another file; extension loading is never enabled. The authorizer
 //! also refuses every `PRAGMA` but read-only introspection (see
-//! `pragma_allowed`): some pragmas change every SQLite connection of the
+//! `sqlite_guard`): some pragmas change every SQLite connection of the
 //! process, others the pooled connection the next caller gets. A guest's
 //! statement is interrupted (`timeout`) once it runs past the pool's
 //! statement timeout, and waiting for a connection is bounded too.
 
-use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::AuthContext;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::sqlite_guard::{Armed, Deadline, authorize, with_deadline};
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlColumn, SqlCursor, SqlError, SqlTransaction,
     SqlValue,
@@ -42,8 +41,6 @@ pub const SQLITE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`SqlError::PoolExhausted`]: the server engines' default
 /// `connect_timeout_ms`, and the connections' busy timeout.
 pub const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Virtual-machine instructions between two checks of a statement's deadline.
-const PROGRESS_OPS: c_int = 1000;
 
 /// The time limits of a [`SqlitePool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,131 +177,6 @@ fn open_connection(path: &Path) -> Result<Connection, SqlError> {
         .map_err(map_error)?;
     conn.authorizer(Some(|ctx: AuthContext<'_>| authorize(ctx)));
     Ok(conn)
-}
-
-/// What a statement on a pooled connection may do.
-fn authorize(ctx: AuthContext<'_>) -> Authorization {
-    match ctx.action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
-        // Extension loading is also off in the library; refusing the call
-        // here gives the guest `denied` rather than a runtime error.
-        AuthAction::Function { function_name }
-            if function_name.eq_ignore_ascii_case("load_extension") =>
-        {
-            Authorization::Deny
-        }
-        AuthAction::Pragma {
-            pragma_name,
-            pragma_value,
-        } if !pragma_allowed(pragma_name, pragma_value) => Authorization::Deny,
-        _ => Authorization::Allow,
-    }
-}
-
-/// Pragmas that only describe the schema or check the file, with or
-/// without an argument.
-const INTROSPECTION_PRAGMAS: &[&str] = &[
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "foreign_key_list",
-    "foreign_key_check",
-    "integrity_check",
-    "quick_check",
-    "collation_list",
-];
-
-/// Pragmas that may be read (no argument) but not set.
-const READABLE_PRAGMAS: &[&str] = &[
-    "user_version",
-    "application_id",
-    "foreign_keys",
-    "page_count",
-    "freelist_count",
-    "data_version",
-];
-
-/// Whether a guest may run `PRAGMA name` (`= value`, `(value)`), also as a
-/// `pragma_<name>` table-valued function. Only introspection is: some
-/// pragmas change every SQLite connection of the process
-/// (`hard_heap_limit`, `soft_heap_limit`, `temp_store_directory`), others
-/// the connection, which the pool hands to the next caller (`foreign_keys`,
-/// `journal_mode`, `synchronous`, `query_only`, `writable_schema`,
-/// `mmap_size`, `cache_size`, …), and `database_list` shows the file's path
-/// on the host. Setting `user_version` is allowed: it is a number in the
-/// database's own header.
-fn pragma_allowed(name: &str, value: Option<&str>) -> bool {
-    listed(INTROSPECTION_PRAGMAS, name)
-        || (value.is_none() && listed(READABLE_PRAGMAS, name))
-        || name.eq_ignore_ascii_case("user_version")
-}
-
-fn listed(list: &[&str], name: &str) -> bool {
-    list.iter().any(|p| p.eq_ignore_ascii_case(name))
-}
-
-/// When the statement running on a connection is interrupted.
-#[derive(Clone)]
-struct Deadline {
-    limit: Duration,
-    start: Instant,
-    /// Nanoseconds after `start` past which the statement is interrupted;
-    /// moved on by [`Deadline::rearm`].
-    at: Arc<AtomicU64>,
-}
-
-impl Deadline {
-    /// A deadline `limit` from now.
-    fn new(limit: Duration) -> Deadline {
-        let deadline = Deadline {
-            limit,
-            start: Instant::now(),
-            at: Arc::new(AtomicU64::new(0)),
-        };
-        deadline.rearm();
-        deadline
-    }
-
-    /// Moves the deadline to `limit` from now.
-    fn rearm(&self) {
-        let at = self.start.elapsed().saturating_add(self.limit);
-        self.at.store(nanos(at), Ordering::Relaxed);
-    }
-
-    fn passed(&self) -> bool {
-        nanos(self.start.elapsed()) >= self.at.load(Ordering::Relaxed)
-    }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Interrupts whatever runs on a connection once a deadline passes (SQLite
-/// then fails it with `SQLITE_INTERRUPT`, given as [`SqlError::Timeout`]),
-/// until dropped: host code using the connection afterwards is not limited.
-struct Armed<'a>(&'a Connection);
-
-impl<'a> Armed<'a> {
-    fn new(conn: &'a Connection, deadline: Deadline) -> Armed<'a> {
-        conn.progress_handler(PROGRESS_OPS, Some(move || deadline.passed()));
-        Armed(conn)
-    }
-}
-
-impl Drop for Armed<'_> {
-    fn drop(&mut self) {
-        self.0.progress_handler(0, None::<fn() -> bool>);
-    }
-}
-
-/// Runs a guest's statement `f` on `conn`, interrupted after `limit`.
-fn with_deadline<R>(conn: &Connection, limit: Duration, f: impl FnOnce(&Connection) -> R) -> R {
-    let _armed = Armed::new(conn, Deadline::new(limit));
-    f(conn)
 }
 
 async fn blocking<R: Send + 'static>(
@@ -623,6 +495,8 @@ impl SqlTransaction for SqliteTransaction {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     const CAPS: ResultCaps = ResultCaps {
@@ -812,22 +686,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows.rows[0][0], SqlValue::Int(1));
-    }
-
-    #[test]
-    fn pragma_allow_list() {
-        assert!(pragma_allowed("table_info", Some("t")));
-        assert!(pragma_allowed("TABLE_INFO", Some("t")));
-        assert!(pragma_allowed("integrity_check", None));
-        assert!(pragma_allowed("page_count", None));
-        assert!(pragma_allowed("user_version", Some("3")));
-        assert!(!pragma_allowed("page_count", Some("3")));
-        assert!(!pragma_allowed("foreign_keys", Some("OFF")));
-        assert!(!pragma_allowed("hard_heap_limit", Some("1")));
-        assert!(!pragma_allowed("hard_heap_limit", None));
-        assert!(!pragma_allowed("temp_store_directory", Some("/tmp")));
-        assert!(!pragma_allowed("database_list", None));
-        assert!(!pragma_allowed("cache_size", None));
     }
 
     #[tokio::test]
