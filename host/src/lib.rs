@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod outbound;
 pub mod ports;
+pub mod rate;
 pub mod secret;
 pub mod state;
 pub mod tenants;

@@ -2,12 +2,13 @@
 //! transport, so one tenant cannot flood the shared SMTP relay (or get it
 //! blocklisted for everyone).
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::{EmailBackend, EmailError, EmailMessage};
+use crate::rate::TokenBucket;
 
 /// Default messages per minute per app.
 pub const DEFAULT_PER_MINUTE: u32 = 120;
@@ -15,8 +16,8 @@ pub const DEFAULT_PER_MINUTE: u32 = 120;
 /// Allows `per_minute` messages a minute, in bursts of up to `per_minute`.
 pub struct RateLimited {
     inner: Arc<dyn EmailBackend>,
-    per_minute: f64,
-    bucket: Mutex<(f64, Instant)>,
+    per_minute: u32,
+    bucket: TokenBucket,
 }
 
 impl RateLimited {
@@ -24,29 +25,10 @@ impl RateLimited {
     /// every message as `rate-limited` (which invites a retry), so the host
     /// config refuses it at load (`app_limits.emails_per_minute`).
     pub fn new(inner: Arc<dyn EmailBackend>, per_minute: u32) -> Self {
-        let per_minute = f64::from(per_minute);
         Self {
             inner,
             per_minute,
-            bucket: Mutex::new((per_minute, Instant::now())),
-        }
-    }
-
-    /// Takes a token if one is left.
-    fn take(&self) -> bool {
-        let Ok(mut bucket) = self.bucket.lock() else {
-            return false;
-        };
-        let (tokens, last) = &mut *bucket;
-        let now = Instant::now();
-        let refill = now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0;
-        *tokens = (*tokens + refill).min(self.per_minute);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+            bucket: TokenBucket::new(per_minute, Duration::from_secs(60)),
         }
     }
 }
@@ -54,7 +36,7 @@ impl RateLimited {
 #[async_trait]
 impl EmailBackend for RateLimited {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
-        if !self.take() {
+        if !self.bucket.take() {
             tracing::warn!(
                 per_minute = self.per_minute,
                 "email send rate of the app reached"
