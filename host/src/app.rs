@@ -38,6 +38,9 @@ pub struct AppBackends {
     pub messaging: Arc<dyn MessagingBackend>,
     /// The app's mail transport.
     pub email: Arc<dyn EmailBackend>,
+    /// The app's guests' publish rate (`app_limits.messages_per_second`),
+    /// if the host config sets one.
+    pub publish_rate: Option<Arc<crate::rate::TokenBucket>>,
     /// Verifies the signed blob URLs of the embedded blob store.
     pub url_signer: Arc<crate::ports::blob::url::UrlSigner>,
 }

@@ -102,6 +102,11 @@ pub struct AppLimitsConfig {
     /// default 120. 0 is refused at load: it would fail every send as
     /// `rate-limited`, which tells the guest to retry.
     pub emails_per_minute: Option<u32>,
+    /// Messages one app's guests may publish or send as requests per
+    /// second (bursts up to the same number); unlimited if unset. The
+    /// host's own publishes (dead letters, schedule ticks) do not count.
+    /// 0 is refused at load.
+    pub messages_per_second: Option<u32>,
 }
 
 /// `[admin]`: the operators' listener (health, readiness, metrics).
@@ -226,6 +231,12 @@ impl HostConfig {
         if self.app_limits.emails_per_minute == Some(0) {
             return Err(
                 "`app_limits.emails_per_minute` is 0; it must be at least 1 (an app without a granted sender sends nothing)"
+                    .into(),
+            );
+        }
+        if self.app_limits.messages_per_second == Some(0) {
+            return Err(
+                "`app_limits.messages_per_second` is 0; it must be at least 1 (leave it out for no limit)"
                     .into(),
             );
         }
@@ -395,6 +406,10 @@ mod tests {
             (
                 "[app_limits]\nemails_per_minute = 0\n",
                 "app_limits.emails_per_minute",
+            ),
+            (
+                "[app_limits]\nmessages_per_second = 0\n",
+                "app_limits.messages_per_second",
             ),
             (
                 "[secrets.aws]\nregion = \"eu-west-1\"\naccess_key_id = \"${env:A}\"\n\

@@ -29,7 +29,7 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 10] = [
+const LIMITS: [&str; 11] = [
     "time",
     "memory",
     "table",
@@ -39,6 +39,7 @@ const LIMITS: [&str; 10] = [
     "connections",
     "payload",
     "email_rate",
+    "message_rate",
     "instances",
 ];
 

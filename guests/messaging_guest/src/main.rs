@@ -2,6 +2,8 @@
 //!
 //! Modes (argv[1..]):
 //! - `publish <topic> <count>`: publishes `msg-<i>` with header `seq = i`.
+//! - `publish-burst <topic> <count>`: publishes `count` messages at once and
+//!   prints how many were taken and how many refused for the app's rate.
 //! - `request <topic>`: request/reply, expects the handler to answer `pong:ping`.
 //! - `not-granted <topic>`: publishing to `<topic>` must be refused.
 //! - `reserved-header <topic>`: publishing with a `nats-` header (the
@@ -19,6 +21,9 @@ fn main() {
         ["publish", topic, count] => {
             publish(topic, count.parse().expect("<count> must be an integer"));
         }
+        ["publish-burst", topic, count] => {
+            publish_burst(topic, count.parse().expect("<count> must be an integer"));
+        }
         ["request", topic] => request(topic),
         ["not-granted", topic] => not_granted(topic),
         ["reserved-header", topic] => reserved_header(topic),
@@ -26,6 +31,18 @@ fn main() {
             "usage: messaging_guest publish|request|not-granted|reserved-header <topic> [count]; got {other:?}"
         ),
     }
+}
+
+fn publish_burst(topic: &str, count: u32) {
+    let (mut taken, mut refused) = (0, 0);
+    for i in 0..count {
+        match messaging::publish(topic, format!("burst-{i}").as_bytes(), &[]) {
+            Ok(_) => taken += 1,
+            Err(Error::Unavailable(m)) if m.contains("rate") => refused += 1,
+            Err(e) => panic!("publish burst-{i} on {topic}: {e:?}"),
+        }
+    }
+    println!("taken {taken} refused {refused}");
 }
 
 fn publish(topic: &str, count: u32) {

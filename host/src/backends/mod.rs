@@ -394,12 +394,19 @@ pub async fn open(
     let email: Arc<dyn EmailBackend> = Arc::new(crate::ports::email::rate::RateLimited::new(
         transport, per_minute,
     ));
+    let publish_rate = host.app_limits.messages_per_second.map(|per_second| {
+        Arc::new(crate::rate::TokenBucket::new(
+            per_second,
+            std::time::Duration::from_secs(1),
+        ))
+    });
     Ok(AppBackends {
         sql,
         kv,
         blob,
         messaging,
         email,
+        publish_rate,
         url_signer,
     })
 }

@@ -119,6 +119,49 @@ pub(crate) async fn wait_for_count(app: &App, expected: i64) {
     assert_eq!(received_count(app).await, expected);
 }
 
+/// `[app_limits] messages_per_second` bounds what one app's guests publish,
+/// as a retriable `unavailable`, and leaves other apps alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_publish_rate_limited_per_app() {
+    let (ta, tb) = (
+        TestApp::new(&manifest_named("ratea", 5)),
+        TestApp::new(&manifest_named("rateb", 5)),
+    );
+    let a = ta
+        .load_with(&berth_tests::host_config(
+            &ta,
+            "[app_limits]\nmessages_per_second = 5\n",
+        ))
+        .await
+        .unwrap();
+    let b = tb
+        .load_with(&berth::config::HostConfig::default())
+        .await
+        .unwrap();
+    async fn burst(app: &App) -> String {
+        let out = run(app, "publisher", &["publish-burst", "events", "20"]).await;
+        assert_success(&out);
+        out.stdout.trim().to_owned()
+    }
+    // The burst of 5 is taken, and what refills while the guest runs (one
+    // token per 200 ms); the rest is refused.
+    let limited = burst(&a).await;
+    let taken: u32 = limited
+        .strip_prefix("taken ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{limited}"));
+    assert!((5..=12).contains(&taken), "{limited}");
+    assert_eq!(burst(&b).await, "taken 20 refused 0");
+    let hits = |app| {
+        berth::metrics::METRICS.get(
+            "berth_limits_exceeded_total",
+            &[("app", app), ("limit", "message_rate")],
+        )
+    };
+    assert_eq!((hits("ratea"), hits("rateb")), (u64::from(20 - taken), 0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messaging_delivered_to_handler_embedded() {
     let t = TestApp::new(&manifest(5));

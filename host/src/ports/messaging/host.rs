@@ -63,6 +63,7 @@ impl InstanceState {
                 t,
             ),
             MessagingError::TooLarge(_) => self.env.counters.limit("payload"),
+            MessagingError::RateLimited => self.env.counters.limit("message_rate"),
             _ => {}
         }
         match e {
@@ -73,6 +74,9 @@ impl InstanceState {
             MessagingError::NoResponder => Error::NoResponder,
             MessagingError::Unavailable(_) => {
                 Error::Unavailable("the broker is unavailable".into())
+            }
+            MessagingError::RateLimited => {
+                Error::Unavailable("the app's message rate is reached; retry later".into())
             }
             MessagingError::Other(m) => Error::Other(m),
         }
@@ -103,7 +107,15 @@ impl InstanceState {
                 "the message is {size} bytes with its headers; at most {max} allowed"
             )));
         }
-        check_headers(headers)
+        check_headers(headers)?;
+        // Last, so a message refused for its own faults takes no token.
+        if let Some(rate) = &self.env.backends.publish_rate
+            && !rate.take()
+        {
+            tracing::warn!(app = %self.env.app, component = %self.env.component, %topic, "the app's message publish rate is reached");
+            return Err(MessagingError::RateLimited);
+        }
+        Ok(())
     }
 }
 

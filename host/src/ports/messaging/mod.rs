@@ -40,6 +40,10 @@ pub enum MessagingError {
     /// Broker unreachable.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The app's publish rate (`app_limits.messages_per_second`) is
+    /// reached; the guest sees a retriable `unavailable`.
+    #[error("the app's message rate is reached")]
+    RateLimited,
     /// Anything else.
     #[error("{0}")]
     Other(String),
