@@ -419,6 +419,7 @@ mod tests {
         );
         looks(3).await;
         let actions = script.state.lock().unwrap().actions.clone();
+        assert!(!actions.is_empty(), "the watchdog ran");
         assert!(actions.iter().all(|a| a == "rest"), "{actions:?}");
     }
 
