@@ -1,0 +1,187 @@
+//! Tests of the file-system blob store.
+
+use super::*;
+
+fn container(dir: &Path) -> FsContainer {
+    let signer = Arc::new(UrlSigner::new(b"k".to_vec(), "http://localhost:3000"));
+    FsContainer::open(dir.join("root"), dir.join("tmp"), "app", "c", signer).unwrap()
+}
+
+#[tokio::test]
+async fn planted_symlink_cannot_lead_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    std::fs::write(dir.path().join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("root/link")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("root/dirlink")).unwrap();
+    assert!(c.get("link", 100).await.is_err());
+    assert!(c.get("dirlink/secret", 100).await.is_err());
+    assert!(c.put("dirlink/new", b"x".to_vec()).await.is_err());
+    assert!(!dir.path().join("new").exists());
+    let listed = c.list("", None, 10).await.unwrap();
+    assert!(listed.objects.is_empty(), "{listed:?}");
+}
+
+#[tokio::test]
+async fn dropped_writer_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    let mut w = c.write("a/b").await.unwrap();
+    w.write(b"partial").await.unwrap();
+    drop(w);
+    assert_eq!(c.stat("a/b").await.unwrap_err(), BlobError::NotFound);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[tokio::test]
+async fn delete_removes_the_directories_it_empties() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    c.put("a/b", b"1".to_vec()).await.unwrap();
+    assert!(c.delete("a/b").await.unwrap());
+    assert!(!dir.path().join("root/a").exists());
+    // As on S3: once `a/b` is gone, `a` can be an object.
+    c.put("a", b"2".to_vec()).await.unwrap();
+    assert_eq!(c.get("a", 10).await.unwrap(), b"2");
+
+    // Only directories left empty go.
+    c.put("x/y/z", b"3".to_vec()).await.unwrap();
+    c.put("x/w", b"4".to_vec()).await.unwrap();
+    assert!(c.delete("x/y/z").await.unwrap());
+    assert!(!dir.path().join("root/x/y").exists());
+    assert!(dir.path().join("root/x").is_dir());
+    assert_eq!(c.get("x/w", 10).await.unwrap(), b"4");
+    assert!(c.delete("x/w").await.unwrap());
+    assert!(c.delete("a").await.unwrap());
+    // The root itself stays, empty.
+    assert!(dir.path().join("root").is_dir());
+    assert_eq!(count(&dir.path().join("root")), 0);
+
+    // An empty directory left by an older version holds no key.
+    std::fs::create_dir_all(dir.path().join("root/old/dir")).unwrap();
+    c.put("old/dir", b"5".to_vec()).await.unwrap();
+    assert_eq!(c.get("old/dir", 10).await.unwrap(), b"5");
+}
+
+#[tokio::test]
+async fn keys_below_an_object_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    c.put("a", b"1".to_vec()).await.unwrap();
+    for key in ["a/b", "a/b/c"] {
+        assert_eq!(c.stat(key).await.unwrap_err(), BlobError::NotFound, "{key}");
+        assert_eq!(
+            c.get(key, 10).await.unwrap_err(),
+            BlobError::NotFound,
+            "{key}"
+        );
+        assert!(
+            matches!(c.read(key).await, Err(BlobError::NotFound)),
+            "{key}"
+        );
+        assert!(!c.delete(key).await.unwrap(), "{key}");
+    }
+    assert_eq!(c.get("a", 10).await.unwrap(), b"1");
+}
+
+#[tokio::test]
+async fn keys_files_cannot_hold_together_are_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    c.put("a", b"1".to_vec()).await.unwrap();
+    for key in ["a/b", "a/b/c"] {
+        match c.put(key, b"2".to_vec()).await {
+            Err(BlobError::InvalidKey(m)) => assert!(m.contains("path prefix"), "{m}"),
+            other => panic!("put {key}: {other:?}"),
+        }
+    }
+    c.put("d/e", b"3".to_vec()).await.unwrap();
+    match c.put("d", b"4".to_vec()).await {
+        Err(BlobError::InvalidKey(m)) => assert!(m.contains("path extensions"), "{m}"),
+        other => panic!("put d: {other:?}"),
+    }
+    // The same through a chunked writer.
+    let mut w = c.write("d").await.unwrap();
+    w.write(b"5").await.unwrap();
+    assert!(matches!(w.finish().await, Err(BlobError::InvalidKey(_))));
+    // Nothing was overwritten, and the refused writes left no file.
+    assert_eq!(c.get("a", 10).await.unwrap(), b"1");
+    assert_eq!(c.get("d/e", 10).await.unwrap(), b"3");
+    assert_eq!(count(&dir.path().join("tmp")), 0);
+}
+
+#[tokio::test]
+async fn get_caps_the_bytes_read_not_the_size_seen() {
+    let data = [7u8; 10];
+    // A file that grew after its size was taken: 3 bytes declared, 10 there.
+    match read_capped(&data[..], 3, 5).await {
+        Err(BlobError::TooLarge(m)) => assert!(m.contains("grew"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(read_capped(&data[..], 10, 10).await.unwrap(), data.to_vec());
+    assert!(matches!(
+        read_capped(&data[..], 10, 9).await,
+        Err(BlobError::TooLarge(_))
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    c.put("big", vec![1; 11]).await.unwrap();
+    assert!(matches!(
+        c.get("big", 10).await,
+        Err(BlobError::TooLarge(_))
+    ));
+    assert_eq!(c.get("big", 11).await.unwrap(), vec![1u8; 11]);
+}
+
+#[tokio::test]
+async fn the_rename_probe_leaves_nothing_and_is_never_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    assert_eq!(count(&dir.path().join("root")), 0);
+    assert_eq!(count(&dir.path().join("tmp")), 0);
+    // A probe left behind (the host died between rename and removal).
+    std::fs::write(
+        dir.path().join("root").join(format!("{PROBE_PREFIX}left")),
+        b"x",
+    )
+    .unwrap();
+    assert!(super::super::validate_key(&format!("{PROBE_PREFIX}left"), 1024).is_err());
+    c.put("k", b"1".to_vec()).await.unwrap();
+    let page = c.list("", None, 10).await.unwrap();
+    let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, vec!["k"]);
+}
+
+#[test]
+fn a_root_on_another_filesystem_is_refused_at_open() {
+    use std::os::unix::fs::MetadataExt;
+    // Needs two filesystems: /dev/shm is a tmpfs of its own on Linux,
+    // apart from the default temporary directory.
+    let other = tempfile::tempdir_in("/dev/shm").expect("this test needs a writable /dev/shm");
+    let dir = tempfile::tempdir().unwrap();
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(
+        dev(other.path()),
+        dev(dir.path()),
+        "this test needs /dev/shm and the temporary directory on two filesystems"
+    );
+    let (root, tmp) = (other.path().join("root"), dir.path().join("tmp"));
+    let signer = Arc::new(UrlSigner::new(b"k".to_vec(), "http://localhost:3000"));
+    let Err(BlobError::Other(m)) = FsContainer::open(root.clone(), tmp.clone(), "a", "c", signer)
+    else {
+        panic!("a root on another filesystem was accepted");
+    };
+    assert!(m.contains("same filesystem"), "{m}");
+    assert!(m.contains(&root.display().to_string()), "{m}");
+    assert!(m.contains(&tmp.display().to_string()), "{m}");
+    assert_eq!(count(&tmp), 0);
+    assert_eq!(count(&root), 0);
+}

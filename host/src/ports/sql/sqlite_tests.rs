@@ -1,0 +1,236 @@
+//! Tests of the embedded SQLite adapter.
+
+use std::time::Instant;
+
+use super::*;
+
+const CAPS: ResultCaps = ResultCaps {
+    max_rows: 100,
+    max_bytes: 1 << 20,
+};
+
+fn db() -> (tempfile::TempDir, SqliteDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDatabase::open(&dir.path().join("t.db")).unwrap();
+    (dir, db)
+}
+
+#[tokio::test]
+async fn dropped_transaction_rolls_back() {
+    let (_d, db) = db();
+    db.execute("CREATE TABLE t(x integer)".into(), vec![])
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (1)".into(), vec![])
+        .await
+        .unwrap();
+    drop(tx);
+    let rows = db
+        .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(0));
+}
+
+#[tokio::test]
+async fn attach_is_refused() {
+    let (d, db) = db();
+    let other = d.path().join("other.db");
+    let err = db
+        .execute(
+            format!("ATTACH DATABASE '{}' AS o", other.display()),
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SqlError::Denied(_) | SqlError::Other(_)),
+        "{err:?}"
+    );
+    assert!(!other.exists());
+}
+
+/// Never ends on its own.
+const RUNAWAY: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+
+fn db_with(timeouts: SqliteTimeouts) -> (tempfile::TempDir, SqliteDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDatabase::open_with(&dir.path().join("t.db"), timeouts).unwrap();
+    (dir, db)
+}
+
+const SHORT: SqliteTimeouts = SqliteTimeouts {
+    statement: Duration::from_millis(200),
+    acquire: Duration::from_millis(200),
+};
+
+#[tokio::test]
+async fn runaway_statements_time_out_and_give_their_connection_back() {
+    let (_d, db) = db_with(SHORT);
+    // More runaways than the pool has connections: each one's
+    // connection comes back, so the database stays usable.
+    for _ in 0..POOL_SIZE + 1 {
+        let started = Instant::now();
+        let err = db.query(RUNAWAY.into(), vec![], CAPS).await.unwrap_err();
+        assert_eq!(err, SqlError::Timeout);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let rows = db.query("SELECT 1".into(), vec![], CAPS).await.unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(1));
+
+    let mut tx = db.begin().await.unwrap();
+    let err = tx.query(RUNAWAY.into(), vec![], CAPS).await.unwrap_err();
+    assert_eq!(err, SqlError::Timeout);
+    drop(tx);
+
+    let mut cursor = db.open_cursor(RUNAWAY.into(), vec![]).await.unwrap();
+    assert_eq!(cursor.next(10, 1 << 20).await, Err(SqlError::Timeout));
+    drop(cursor);
+
+    // Host code on a connection that timed out is not limited: a long
+    // statement outside a guest's call runs to its end.
+    let pool = db.pool.clone();
+    let n = pool
+        .with_conn(|c| {
+            c.query_row(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT count(*) FROM c",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(map_error)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 3_000_000);
+}
+
+#[tokio::test]
+async fn waiting_for_a_connection_is_bounded() {
+    let (_d, db) = db_with(SHORT);
+    let mut held = Vec::new();
+    for _ in 0..POOL_SIZE {
+        held.push(db.begin().await.unwrap());
+    }
+    let started = Instant::now();
+    let err = db.query("SELECT 1".into(), vec![], CAPS).await.unwrap_err();
+    assert_eq!(err, SqlError::PoolExhausted(POOL_SIZE as u32));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    held.pop();
+    db.query("SELECT 1".into(), vec![], CAPS).await.unwrap();
+}
+
+#[tokio::test]
+async fn guest_pragmas_are_limited_to_introspection() {
+    let (_d, db) = db();
+    db.execute("CREATE TABLE t(x integer)".into(), vec![])
+        .await
+        .unwrap();
+    for pragma in [
+        "PRAGMA hard_heap_limit=1",
+        "PRAGMA soft_heap_limit=1",
+        "PRAGMA foreign_keys=OFF",
+        "PRAGMA writable_schema=ON",
+        "PRAGMA journal_mode=OFF",
+        "PRAGMA synchronous=OFF",
+        "PRAGMA query_only=ON",
+        "PRAGMA database_list",
+        "PRAGMA main.application_id=5",
+    ] {
+        let err = db.query(pragma.into(), vec![], CAPS).await.unwrap_err();
+        assert!(matches!(err, SqlError::Denied(_)), "{pragma}: {err:?}");
+        // The connection still works.
+        let rows = db
+            .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(0), "after {pragma}");
+    }
+    // The table-valued form is refused too.
+    let r = db
+        .query("SELECT * FROM pragma_database_list".into(), vec![], CAPS)
+        .await;
+    assert!(r.is_err(), "{r:?}");
+
+    let rows = db
+        .query("PRAGMA table_info(t)".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows.len(), 1);
+    assert_eq!(rows.rows[0][1], SqlValue::Text("x".into()));
+    let rows = db
+        .query(
+            "SELECT name FROM pragma_table_info('t')".into(),
+            vec![],
+            CAPS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.rows, vec![vec![SqlValue::Text("x".into())]]);
+    let rows = db
+        .query("PRAGMA user_version".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(0));
+    db.execute("PRAGMA user_version = 7".into(), vec![])
+        .await
+        .unwrap();
+    let rows = db
+        .query("PRAGMA user_version".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(7));
+    // The refused `foreign_keys=OFF` left the setting on.
+    let rows = db
+        .query("PRAGMA foreign_keys".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(1));
+}
+
+#[tokio::test]
+async fn caps_and_typed_columns() {
+    let (_d, db) = db();
+    db.execute(
+        "CREATE TABLE t(b boolean, ts timestamp, d decimal(10,2))".into(),
+        vec![],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO t VALUES (?, ?, ?)".into(),
+        vec![
+            SqlValue::Boolean(true),
+            SqlValue::Timestamp("2024-05-01T12:00:00Z".into()),
+            SqlValue::Decimal("12.5".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    let rows = db
+        .query("SELECT * FROM t".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.rows[0],
+        vec![
+            SqlValue::Boolean(true),
+            SqlValue::Timestamp("2024-05-01T12:00:00Z".into()),
+            SqlValue::Decimal("12.5".into())
+        ]
+    );
+    let tight = ResultCaps {
+        max_rows: 0,
+        max_bytes: 10,
+    };
+    let err = db
+        .query("SELECT * FROM t".into(), vec![], tight)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SqlError::TooLarge(_)));
+}
