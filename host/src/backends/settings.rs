@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::secret::{Secret, SecretResolver};
+use crate::secret::{REFERENCE_MARK, Secret, SecretResolver};
 
 /// Builds errors that name where a setting came from.
 pub(super) struct Origin<'a> {
@@ -60,14 +60,72 @@ pub(super) async fn url_setting(
     raw: &str,
     secrets: &SecretResolver,
 ) -> anyhow::Result<Secret> {
-    let userinfo = raw
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .map(|(u, _)| u);
-    if userinfo.is_some_and(|u| u.contains(':')) && !SecretResolver::is_reference(raw) {
-        return Err(origin.err(key, "the URL holds an inline password; reference it as ${env:NAME} or ${file:/path} instead"));
+    if let Some(place) = inline_credential(raw) {
+        return Err(origin.err(
+            key,
+            format!("the URL holds an inline {place}; reference it as ${{env:NAME}} or ${{file:/path}} instead"),
+        ));
     }
     secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
+}
+
+/// Query parameters through which a driver may take a credential (sqlx
+/// reads `password`; the others are libpq's or other clients' names),
+/// compared percent-decoded and without case.
+const CREDENTIAL_PARAMETERS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "sslpassword",
+    "token",
+    "auth_token",
+    "secret",
+];
+
+/// Where the URL `raw` writes a credential out instead of referencing it:
+/// its userinfo's password, or a query parameter named like a credential.
+/// Each must be a reference as a whole, so `postgres://app:pw@${env:HOST}/db`
+/// is refused although it holds a reference. The answer names the place,
+/// never the value.
+fn inline_credential(raw: &str) -> Option<String> {
+    // The mark stands for a reference below, so a URL holding it as text
+    // could pass a written-out value for one. No URL holds it.
+    if raw.contains(REFERENCE_MARK) {
+        return Some("control character".into());
+    }
+    let marked = SecretResolver::mark_references(raw);
+    let referenced = |part: &str| part.chars().all(|c| c == REFERENCE_MARK);
+    let (_, rest) = marked.split_once("://")?;
+    // The authority ends where the path, query or fragment starts (a
+    // password with an unescaped `/`, `?` or `#` is no URL's: the driver
+    // refuses it, and it reaches no server); the userinfo ends at its last
+    // `@`.
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let password = authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password);
+    if password.is_some_and(|p| !referenced(p)) {
+        return Some("password".into());
+    }
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or_default());
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Drivers decode the names (`pass%77ord` is `password`); one that
+        // does not decode is no driver's name.
+        let name = crate::ports::percent_decode(name).unwrap_or_default();
+        if let Some(known) = CREDENTIAL_PARAMETERS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(&name))
+            && !referenced(value)
+        {
+            return Some(format!("`{known}` parameter"));
+        }
+    }
+    None
 }
 
 /// Resolves a secret setting, which must be a reference.
@@ -104,4 +162,56 @@ pub(super) async fn optional_secret(
 /// Says plainly that a startup failure was a connection failure.
 pub(super) fn connection_failure(e: impl std::fmt::Display) -> String {
     format!("cannot connect at startup: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inline_credential;
+
+    #[test]
+    fn written_out_credentials_are_found_whatever_else_is_referenced() {
+        for (url, place) in [
+            ("postgres://u:inline-pw@127.0.0.1/test", "password"),
+            ("postgres://u:pw@${env:DB_HOST}/db", "password"),
+            ("postgres://u:pw${env:REST}@h/db", "password"),
+            ("redis://:s3cret@h:6379", "password"),
+            ("postgres://u@h/db?pass%77ord=pw", "`password` parameter"),
+            ("postgres://u:\u{1}@h/db", "control character"),
+            (
+                "postgres://u@h/db?sslmode=require&password=pw",
+                "`password` parameter",
+            ),
+            (
+                "postgres://u@${env:H}/db?PassWord=pw",
+                "`password` parameter",
+            ),
+            (
+                "postgres://u@h/db?sslpassword=pw#frag",
+                "`sslpassword` parameter",
+            ),
+            ("nats://h:4222?token=t", "`token` parameter"),
+        ] {
+            assert_eq!(inline_credential(url).as_deref(), Some(place), "{url}");
+        }
+    }
+
+    #[test]
+    fn referenced_or_absent_credentials_pass() {
+        for url in [
+            "${env:DATABASE_URL}",
+            "postgres://u:${env:PW}@h/db",
+            "postgres://u:${file:/run/secrets/pw}@${env:HOST}/db",
+            "redis://:${env:A}${env:B}@h:6379",
+            "postgres://u@h/db",
+            "postgres://u:@h/db",
+            "postgres://h/db?sslmode=require&application_name=x",
+            "postgres://h/db?password=${env:PW}",
+            "postgres://h/db?password=",
+            "postgres://u:${env:PW}@h/d@b",
+            "nats://127.0.0.1:4222",
+            "memory",
+        ] {
+            assert_eq!(inline_credential(url), None, "{url}");
+        }
+    }
 }

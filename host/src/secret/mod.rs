@@ -68,6 +68,10 @@ pub struct SecretResolver {
     aws: Option<Arc<AwsSecrets>>,
 }
 
+/// What [`SecretResolver::mark_references`] writes for a reference: a
+/// control character no host config value holds.
+pub const REFERENCE_MARK: char = '\u{1}';
+
 /// One piece of a value that may hold references.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Piece<'a> {
@@ -226,6 +230,21 @@ impl SecretResolver {
             matches!(p, Piece::Reference { inner, .. }
                 if matches!(inner.split_once(':'), Some(("env" | "file" | "aws-sm", _))))
         })
+    }
+
+    /// `raw` with each reference written as [`REFERENCE_MARK`] and the
+    /// rest as it is, so a caller can see where references stand (a URL's
+    /// password must be one as a whole, not merely share the URL with one).
+    pub fn mark_references(raw: &str) -> String {
+        let mut out = String::with_capacity(raw.len());
+        for piece in pieces(raw) {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Reference { .. } => out.push(REFERENCE_MARK),
+                Piece::Unterminated(at) => out.push_str(&raw[at..]),
+            }
+        }
+        out
     }
 
     /// Replaces every reference in `raw`; `$${` gives a literal `${`.
