@@ -156,6 +156,8 @@ impl MysqlDatabase {
             pool: pool.clone(),
             opts: watchdog_opts.into(),
             conn: None,
+            flavor,
+            query_ids: HashMap::new(),
         };
         let db = MysqlDatabase {
             pool,
@@ -198,7 +200,15 @@ struct MysqlSessions {
     opts: Opts,
     /// The watchdog's own connection, outside the pool, while it watches.
     conn: Option<mysql_async::Conn>,
+    /// MariaDB names each statement (`QUERY_ID`) and can cancel exactly
+    /// that one; MySQL cancels whatever its session runs at the time.
+    flavor: Flavor,
+    /// The statement each session ran at the last look (MariaDB).
+    query_ids: HashMap<SessionId, u64>,
 }
+
+/// MariaDB's answer to `KILL QUERY ID` for a statement that has ended.
+const UNKNOWN_QUERY_ID: u16 = 1957;
 
 impl MysqlSessions {
     async fn connection(&mut self) -> Result<&mut mysql_async::Conn, String> {
@@ -215,6 +225,7 @@ impl MysqlSessions {
         let conn = self.connection().await?;
         match conn.query_drop(statement).await {
             Ok(()) => Ok(()),
+            Err(mysql_async::Error::Server(e)) if e.code == UNKNOWN_QUERY_ID => Ok(()),
             Err(e) => {
                 self.conn = None;
                 Err(map_error(e).to_string())
@@ -244,14 +255,18 @@ impl watchdog::Sessions for MysqlSessions {
         // is overdue by when the host sent it, not by the server's `TIME`,
         // which a session can move (`SET timestamp`).
         let ids: Vec<String> = noted.iter().map(|n| n.id.to_string()).collect();
+        let query_id = match self.flavor {
+            Flavor::MariaDb => "QUERY_ID",
+            Flavor::Mysql => "0",
+        };
         let statement = format!(
-            "SELECT ID, COMMAND IN ('Query', 'Execute') \
+            "SELECT ID, COMMAND IN ('Query', 'Execute'), {query_id} \
              FROM information_schema.PROCESSLIST \
              WHERE ID IN ({}) AND USER = SUBSTRING_INDEX(USER(), '@', 1)",
             ids.join(",")
         );
         let conn = self.connection().await?;
-        let rows: Result<Vec<(u64, i64)>, _> = conn.query(statement).await;
+        let rows: Result<Vec<(u64, i64, u64)>, _> = conn.query(statement).await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -261,9 +276,14 @@ impl watchdog::Sessions for MysqlSessions {
         };
         let sent: HashMap<SessionId, tokio::time::Instant> =
             noted.iter().map(|n| (n.id, n.last_statement)).collect();
+        self.query_ids = rows
+            .iter()
+            .filter(|&&(_, _, query)| self.flavor == Flavor::MariaDb && query != 0)
+            .map(|&(id, _, query)| (id, query))
+            .collect();
         Ok(rows
             .into_iter()
-            .map(|(id, running)| {
+            .map(|(id, running, _)| {
                 let running = running != 0;
                 let overdue = running && sent.get(&id).is_some_and(|at| at.elapsed() > limit);
                 ListedSession {
@@ -276,7 +296,14 @@ impl watchdog::Sessions for MysqlSessions {
     }
 
     async fn cancel(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
-        self.run(format!("KILL QUERY {}", session.id)).await
+        // MariaDB: the statement seen overdue, or none if it has ended. On
+        // MySQL a statement the host sent the session in the instant since
+        // the look could be cancelled instead (the watchdog skips sessions
+        // it knows were sent one since).
+        match self.query_ids.get(&session.id) {
+            Some(query) => self.run(format!("KILL QUERY ID {query}")).await,
+            None => self.run(format!("KILL QUERY {}", session.id)).await,
+        }
     }
 
     async fn terminate(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {

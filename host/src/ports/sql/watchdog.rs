@@ -43,6 +43,10 @@ pub struct Noted {
     /// When the host last sent it a statement, where the adapter knows
     /// which session runs a statement (MySQL).
     pub last_statement: Instant,
+    /// How many statements the host sent it, where the adapter knows (as
+    /// `last_statement`): tells a later statement from the one looked at
+    /// even within one tick of the clock.
+    pub statements: u64,
 }
 
 /// A pool's sessions, noted as they connect or are borrowed and forgotten
@@ -79,6 +83,7 @@ impl SessionIds {
                 id,
                 incarnation,
                 last_statement: Instant::now(),
+                statements: 0,
             },
         );
     }
@@ -99,11 +104,15 @@ impl SessionIds {
         let now = Instant::now();
         self.lock()
             .entry(id)
-            .and_modify(|noted| noted.last_statement = now)
+            .and_modify(|noted| {
+                noted.last_statement = now;
+                noted.statements += 1;
+            })
             .or_insert(Noted {
                 id,
                 incarnation: 0,
                 last_statement: now,
+                statements: 1,
             });
     }
 
@@ -124,6 +133,14 @@ impl SessionIds {
             .sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the host sent the session a statement since `looked_at`
+    /// was taken, or the id now names another session: then what the
+    /// server listed as overdue has ended, and a cancel would hit the
+    /// session's next statement instead.
+    fn moved_on(&self, looked_at: &Noted) -> bool {
+        self.lock().get(&looked_at.id) != Some(looked_at)
     }
 
     fn snapshot(&self) -> Vec<Noted> {
@@ -278,6 +295,9 @@ async fn watch(
                 continue;
             };
             let id = session.id;
+            if ids.moved_on(noted) {
+                continue;
+            }
             if cancelled.contains(&id) {
                 tracing::warn!(pool = %label, session = id, "a statement outlived its cancel; ending its session");
                 let ended = tokio::time::timeout(every, sessions.terminate(noted, limit)).await;
@@ -316,6 +336,9 @@ mod tests {
         running: HashSet<SessionId>,
         /// Sessions whose statements ignore a cancel.
         stubborn: HashSet<SessionId>,
+        /// Sessions whose overdue statement ends as the server lists it,
+        /// the host sending them the next one at once (through `ids`).
+        finishing: Option<(SessionIds, HashSet<SessionId>)>,
         actions: Vec<String>,
     }
 
@@ -329,7 +352,12 @@ mod tests {
             noted: &[Noted],
             _limit: Duration,
         ) -> Result<Vec<ListedSession>, String> {
-            let s = self.state.lock().unwrap();
+            let mut s = self.state.lock().unwrap();
+            if let Some((ids, finishing)) = s.finishing.take() {
+                for &id in &finishing {
+                    ids.statement(id);
+                }
+            }
             Ok(noted
                 .iter()
                 .map(|n| n.id)
@@ -399,6 +427,41 @@ mod tests {
         tokio::time::sleep(SLOWEST_LOOK).await;
         let left: HashSet<SessionId> = ids.snapshot().iter().map(|n| n.id).collect();
         assert_eq!(left, HashSet::from([1, 3]));
+    }
+
+    /// The overdue statement ends between the server's answer and the
+    /// cancel, and the host sends the session its next statement: that
+    /// one is not cancelled (nor its session ended at the next look).
+    #[tokio::test(start_paused = true)]
+    async fn a_session_sent_a_statement_since_the_look_is_left_alone() {
+        let script = Script::default();
+        let ids = SessionIds::default();
+        ids.statement(5);
+        ids.statement(6);
+        {
+            let mut s = script.state.lock().unwrap();
+            s.busy = true;
+            s.open.extend([5, 6]);
+            s.running.extend([5, 6]);
+            s.stubborn.insert(5);
+            s.finishing = Some((ids.clone(), HashSet::from([5])));
+        }
+        let _dog = spawn(
+            ids.clone(),
+            script.clone(),
+            Duration::from_secs(60),
+            "test".into(),
+        );
+        looks(0).await;
+        assert_eq!(script.state.lock().unwrap().actions, ["cancel 6"]);
+        // Still listed as overdue at the next look (in this script), it is
+        // a first cancel for the statement the host sent since, not a
+        // session that ignored one.
+        looks(1).await;
+        assert_eq!(
+            script.state.lock().unwrap().actions,
+            ["cancel 6", "cancel 5"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
