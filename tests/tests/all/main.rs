@@ -25,5 +25,6 @@ mod services;
 mod serving;
 mod sql;
 mod sql_mysql;
+mod sql_postgres;
 mod templates;
 mod tenants;

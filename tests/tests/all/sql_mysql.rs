@@ -4,7 +4,7 @@
 //! works in a database of its own that it drops afterwards.
 
 use berth::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
-use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlValue};
+use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlTransaction, SqlValue};
 use berth::secret::Secret;
 use berth_tests::{
     TestApp, assert_success, guests, host_config, run, service, single_component_manifest, unique,
@@ -446,17 +446,12 @@ async fn sql_statement_timeout_outlives_session_override_mysql() {
     })
     .await
     .expect("adapter connects");
-    // MariaDB's name and MySQL's: one of them is unknown to the server.
-    let mariadb = a
-        .execute("SET SESSION max_statement_time = 0".into(), vec![])
-        .await;
-    let mysql = a
-        .execute("SET SESSION max_execution_time = 0".into(), vec![])
-        .await;
-    assert!(mariadb.is_ok() || mysql.is_ok(), "{mariadb:?} {mysql:?}");
-
+    // Inside a transaction the session keeps the override for the
+    // transaction's later statements (outside one, the connection would be
+    // reset after the `SET`).
+    let mut tx = lifted_transaction(&a).await;
     let started = std::time::Instant::now();
-    let slept = a.query("SELECT SLEEP(30)".into(), vec![], CAPS).await;
+    let slept = tx.query("SELECT SLEEP(30)".into(), vec![], CAPS).await;
     // An interrupted SLEEP returns 1 (or the server reports the interrupt).
     match &slept {
         Ok(rs) => assert_eq!(rs.rows, vec![vec![SqlValue::Int(1)]]),
@@ -467,14 +462,16 @@ async fn sql_statement_timeout_outlives_session_override_mysql() {
         "stopped by the watchdog, took {:?}",
         started.elapsed()
     );
+    tx.rollback().await.expect("rollback");
 
     // The caller gives up (as an invocation's time limit does): mysql_async
     // drops the connection from the pool, and the statement goes on on the
     // server until the watchdog stops it. (A busy loop, since the server
     // ends a SLEEP by itself once its client is gone.)
+    let mut tx = lifted_transaction(&a).await;
     let abandoned = tokio::time::timeout(
         std::time::Duration::from_millis(200),
-        a.query(
+        tx.query(
             "SELECT BENCHMARK(50000000000, MD5('berth'))".into(),
             vec![],
             CAPS,
@@ -482,6 +479,7 @@ async fn sql_statement_timeout_outlives_session_override_mysql() {
     )
     .await;
     assert!(abandoned.is_err(), "still sleeping: {abandoned:?}");
+    drop(tx);
     let mut admin = db.admin().await;
     let sleeping = || {
         sqlx::query_scalar::<_, i64>(
@@ -500,6 +498,104 @@ async fn sql_statement_timeout_outlives_session_override_mysql() {
     }
     // The pool's connection serves the next statement.
     assert_eq!(one_row(&a, "SELECT 1").await, vec![SqlValue::Int(1)]);
+    drop(a);
+    db.drop_now().await;
+}
+
+/// A transaction whose session has no server-side statement limit:
+/// MariaDB's name and MySQL's are both tried, one is unknown to the server.
+async fn lifted_transaction(a: &MysqlDatabase) -> Box<dyn SqlTransaction> {
+    let mut tx = a.begin().await.expect("begin");
+    let mariadb = tx
+        .execute("SET SESSION max_statement_time = 0".into(), vec![])
+        .await;
+    let mysql = tx
+        .execute("SET SESSION max_execution_time = 0".into(), vec![])
+        .await;
+    assert!(mariadb.is_ok() || mysql.is_ok(), "{mariadb:?} {mysql:?}");
+    tx
+}
+
+/// A statement that changes its session (a setting, a user variable, a
+/// named lock) changes it for itself: the pool resets the connection
+/// before the next call gets it, in a transaction or not, and the host's
+/// own session setup is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_session_changes_do_not_outlive_the_call_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let a = MysqlDatabase::connect(&MysqlSettings {
+        url: Secret::new(db.url()),
+        password: None,
+        // One connection: every call gets the session the last one left.
+        max_connections: 1,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(5),
+        program_name: "berth:test:sessions".into(),
+    })
+    .await
+    .expect("adapter connects");
+    let pristine = || async {
+        assert_eq!(
+            one_row(
+                &a,
+                "SELECT @berth_leak IS NULL, @@session.time_zone, DATABASE()"
+            )
+            .await,
+            vec![
+                SqlValue::Int(1),
+                SqlValue::Text("+00:00".into()),
+                SqlValue::Text(db.name.clone())
+            ]
+        );
+    };
+    a.execute("SET @berth_leak = 42".into(), vec![])
+        .await
+        .unwrap();
+    pristine().await;
+    a.execute("SET SESSION time_zone = '+05:00'".into(), vec![])
+        .await
+        .unwrap();
+    pristine().await;
+    assert_eq!(
+        one_row(&a, "SELECT @berth_leak := 7").await,
+        vec![SqlValue::Int(7)]
+    );
+    pristine().await;
+    a.execute("USE information_schema".into(), vec![])
+        .await
+        .unwrap();
+    pristine().await;
+
+    let mut tx = a.begin().await.expect("begin");
+    tx.execute("SET @berth_leak = 1".into(), vec![])
+        .await
+        .unwrap();
+    tx.commit().await.expect("commit");
+    pristine().await;
+    let mut tx = a.begin().await.expect("begin");
+    tx.execute("SET SESSION time_zone = '+05:00'".into(), vec![])
+        .await
+        .unwrap();
+    drop(tx);
+    pristine().await;
+
+    // A named lock goes with the reset; the next call waited for it.
+    let lock = format!("'{}'", db.name);
+    assert_eq!(
+        one_row(&a, &format!("SELECT GET_LOCK({lock}, 0)")).await,
+        vec![SqlValue::Int(1)]
+    );
+    pristine().await;
+    let mut admin = db.admin().await;
+    let free: i64 = sqlx::query_scalar(&format!("SELECT IS_FREE_LOCK({lock})"))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(free, 1, "the named lock was released");
     drop(a);
     db.drop_now().await;
 }

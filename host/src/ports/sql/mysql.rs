@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
+use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Value};
 use tokio::sync::mpsc;
 
 use super::mysql_values::{classify, columns_of, convert, read_row};
+use super::statement::{Dialect, changes_session};
 use super::watchdog::{self, ListedSession, Noted, SessionId, SessionIds, Watchdog};
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
@@ -101,6 +102,7 @@ impl MysqlDatabase {
         };
         let opts = Opts::from_url(&url)
             .map_err(|_| SqlError::InvalidInput("the MySQL URL is malformed".into()))?;
+        let database = opts.db_name().map(str::to_owned);
         let mut base = OptsBuilder::from_opts(opts)
             // Keep the transport the operator configured: on a loopback
             // address mysql_async would otherwise move to the server's
@@ -138,18 +140,30 @@ impl MysqlDatabase {
         let pool_opts = PoolOpts::new()
             .with_constraints(constraints)
             .with_inactive_connection_ttl(IDLE_TTL)
-            // Like the Postgres adapter, connections keep their session
-            // between invocations (and their prepared-statement cache);
-            // a transaction or an unread result left behind is still rolled
-            // back or drained before the connection is reused.
+            // Connections keep their session between invocations (and
+            // their prepared-statement cache); one whose session a
+            // statement may have changed, or left inside a transaction, is
+            // reset on its way back (`conn_for`, `MysqlTransaction`), and
+            // an unread result left behind is drained.
             .with_reset_connection(false);
-        let watchdog_opts = base.clone().connect_attributes(HashMap::from([(
-            "program_name".to_string(),
-            format!("{}:watchdog", s.program_name),
-        )]));
-        let opts = base
-            .setup(vec![session_setup(flavor, s.statement_timeout)])
-            .pool_opts(pool_opts);
+        // No default database: the watchdog needs none (it reads
+        // `information_schema` and sends `KILL`), and without one it is not
+        // counted among the connections using the app's database.
+        let watchdog_opts = base
+            .clone()
+            .db_name(None::<String>)
+            .connect_attributes(HashMap::from([(
+                "program_name".to_string(),
+                format!("{}:watchdog", s.program_name),
+            )]));
+        // Run on every new connection and after every reset. A reset
+        // keeps the session's current database (a guest's `USE`), so the
+        // URL's is chosen again.
+        let mut setup = vec![session_setup(flavor, s.statement_timeout)];
+        if let Some(database) = &database {
+            setup.push(format!("USE `{}`", database.replace('`', "``")));
+        }
+        let opts = base.setup(setup).pool_opts(pool_opts);
         let pool = Pool::new(opts);
         let session_ids = SessionIds::default();
         let sessions = MysqlSessions {
@@ -182,6 +196,19 @@ impl MysqlDatabase {
         let conn = within(self.connect_timeout, self.pool.get_conn()).await?;
         // A borrowed connection is sent its statement at once.
         self.session_ids.statement(SessionId::from(conn.id()));
+        Ok(conn)
+    }
+
+    /// A pooled connection for `statement`. If the statement may change
+    /// its session (a `SET`, a user variable, `USE`, a lock: see
+    /// [`changes_session`]), the pool resets the connection when it comes
+    /// back (`COM_RESET_CONNECTION`, then the session setup again), so
+    /// nothing of it reaches a later call of the app.
+    async fn conn_for(&self, statement: &str) -> Result<mysql_async::Conn, SqlError> {
+        let mut conn = self.conn().await?;
+        if changes_session(statement, Dialect::Mysql) {
+            conn.reset_connection(true);
+        }
         Ok(conn)
     }
 
@@ -444,24 +471,27 @@ impl SqlBackend for MysqlDatabase {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn_for(&statement).await?;
         query_on(&mut conn, &statement, params, caps).await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn_for(&statement).await?;
         execute_on(&mut conn, &statement, params).await
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
-        let tx = within(
-            self.connect_timeout,
-            self.pool.start_transaction(TxOpts::default()),
-        )
-        .await?;
-        self.session_ids.statement(SessionId::from(tx.id()));
+        let mut conn = self.conn().await?;
+        // Should `START TRANSACTION` fail half-way, the connection is reset
+        // before it is reused.
+        conn.reset_connection(true);
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(map_error)?;
+        conn.reset_connection(false);
         Ok(Box::new(MysqlTransaction {
-            tx: Some(tx),
+            conn: Some(conn),
+            changed_session: false,
             session_ids: self.session_ids.clone(),
         }))
     }
@@ -472,7 +502,7 @@ impl SqlBackend for MysqlDatabase {
         params: Vec<SqlValue>,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let params = params_of(convert(params)?);
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn_for(&statement).await?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
@@ -506,12 +536,53 @@ impl SqlBackend for MysqlDatabase {
     }
 }
 
+/// A port transaction: `START TRANSACTION` on a pooled connection, ended
+/// by `COMMIT` or `ROLLBACK`. A connection left inside it (the guest
+/// dropped the handle or trapped), whose end failed, or whose session a
+/// statement may have changed, is reset when it goes back to the pool:
+/// `COM_RESET_CONNECTION` rolls back what is open and clears the session.
 struct MysqlTransaction {
-    /// A transaction dropped without commit is rolled back by the pool
-    /// before its connection is reused.
-    tx: Option<mysql_async::Transaction<'static>>,
+    /// Inside the transaction while `Some`.
+    conn: Option<mysql_async::Conn>,
+    /// Whether a statement may have changed the session: the connection
+    /// is then reset even after a successful end.
+    changed_session: bool,
     /// The pool's, for the watchdog.
     session_ids: SessionIds,
+}
+
+impl MysqlTransaction {
+    fn conn(&mut self, statement: &str) -> Result<&mut mysql_async::Conn, SqlError> {
+        let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
+        if changes_session(statement, Dialect::Mysql) {
+            self.changed_session = true;
+            conn.reset_connection(true);
+        }
+        self.session_ids.statement(SessionId::from(conn.id()));
+        Ok(conn)
+    }
+
+    /// Ends the transaction with `statement`. Until it has ended, the
+    /// connection is marked for a reset, so a call stopped half-way (or a
+    /// failed end) leaves nothing open on a pooled connection.
+    async fn end(&mut self, statement: &str) -> Result<(), SqlError> {
+        let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
+        conn.reset_connection(true);
+        let ended = conn.query_drop(statement).await;
+        if ended.is_ok() && !self.changed_session {
+            conn.reset_connection(false);
+        }
+        self.conn = None;
+        ended.map_err(map_error)
+    }
+}
+
+impl Drop for MysqlTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.reset_connection(true);
+        }
+    }
 }
 
 #[async_trait]
@@ -522,33 +593,21 @@ impl SqlTransaction for MysqlTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
-        self.session_ids.statement(SessionId::from(tx.id()));
-        query_on(tx, &statement, params, caps).await
+        let conn = self.conn(&statement)?;
+        query_on(conn, &statement, params, caps).await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
-        self.session_ids.statement(SessionId::from(tx.id()));
-        execute_on(tx, &statement, params).await
+        let conn = self.conn(&statement)?;
+        execute_on(conn, &statement, params).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.tx
-            .take()
-            .ok_or(SqlError::Closed)?
-            .commit()
-            .await
-            .map_err(map_error)
+        self.end("COMMIT").await
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.tx
-            .take()
-            .ok_or(SqlError::Closed)?
-            .rollback()
-            .await
-            .map_err(map_error)
+        self.end("ROLLBACK").await
     }
 }
 

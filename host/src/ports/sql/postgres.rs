@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection as _, Postgres, Row as _, Statement as _};
+use sqlx::{Connection as _, Postgres, Row as _, Statement as _, TransactionManager as _};
 use tokio::sync::mpsc;
 
 use super::{
@@ -31,6 +33,7 @@ use super::watchdog::{self, ListedSession, Noted, SessionId, SessionIds, Watchdo
 
 use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row, statement_text};
 pub use super::placeholders::rewrite_placeholders;
+use super::statement::{Dialect, changes_session};
 /// Rows buffered between a cursor's reader task and the guest.
 const CURSOR_BUFFER_ROWS: usize = 256;
 
@@ -155,6 +158,19 @@ impl PostgresDatabase {
             sqlx::Error::PoolTimedOut if exhausted => SqlError::PoolExhausted(self.max_connections),
             e => map_error(e),
         }
+    }
+
+    /// A pooled connection for `statement`, closed when dropped if the
+    /// statement may change its session ([`close_if_changes_session`]).
+    async fn acquire_for(&self, statement: &str) -> Result<PoolConnection<Postgres>, SqlError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.acquire_error(e))?;
+        close_if_changes_session(&mut conn, statement);
+        self.session_ids.pool_statement();
+        Ok(conn)
     }
 
     /// The pool (for tests and benchmarks that compare against native sqlx).
@@ -395,29 +411,26 @@ impl SqlBackend for PostgresDatabase {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.acquire_error(e))?;
-        self.session_ids.pool_statement();
+        let mut conn = self.acquire_for(&statement).await?;
         query_on(&mut conn, &statement, params, caps).await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        let mut conn = self.acquire_for(&statement).await?;
+        execute_on(&mut conn, &statement, params).await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(|e| self.acquire_error(e))?;
-        self.session_ids.pool_statement();
-        execute_on(&mut conn, &statement, params).await
-    }
-
-    async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
-        let tx = self.pool.begin().await.map_err(|e| self.acquire_error(e))?;
+        PgTransactionManager::begin(&mut conn, None)
+            .await
+            .map_err(map_error)?;
         Ok(Box::new(PostgresTransaction {
-            tx: Some(tx),
+            conn: Some(conn),
             session_ids: self.session_ids.clone(),
         }))
     }
@@ -427,38 +440,13 @@ impl SqlBackend for PostgresDatabase {
         statement: String,
         params: Vec<SqlValue>,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.acquire_error(e))?;
-        self.session_ids.pool_statement();
+        let mut conn = self.acquire_for(&statement).await?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back.
         tokio::spawn(async move {
-            let params = match convert(params) {
-                Ok(p) => p,
-                Err(e) => return drop(columns_tx.send(Err(e))),
-            };
-            let sql = statement_text(&statement, &params);
-            let prepared = match prepare(&mut conn, &sql, &param_types(&params)).await {
-                Ok(p) => p,
-                Err(e) => return drop(columns_tx.send(Err(e))),
-            };
-            let query = bind(prepared.query(), params);
-            if columns_tx.send(Ok(columns_of(prepared.columns()))).is_err() {
-                return;
-            }
-            let mut rows = query.fetch(&mut *conn);
-            while let Some(row) = rows.next().await {
-                let item = row.map_err(map_error).and_then(|r| read_row(&r));
-                let failed = item.is_err();
-                if rows_tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
+            read_cursor(&mut conn, statement, params, columns_tx, rows_tx).await;
         });
         let columns = columns_rx
             .await
@@ -467,12 +455,96 @@ impl SqlBackend for PostgresDatabase {
     }
 }
 
+/// Sends a cursor's columns, then its rows, until the guest drops it.
+async fn read_cursor(
+    conn: &mut sqlx::PgConnection,
+    statement: String,
+    params: Vec<SqlValue>,
+    columns_tx: tokio::sync::oneshot::Sender<Result<Vec<super::SqlColumn>, SqlError>>,
+    rows_tx: mpsc::Sender<Result<Vec<SqlValue>, SqlError>>,
+) {
+    let params = match convert(params) {
+        Ok(p) => p,
+        Err(e) => return drop(columns_tx.send(Err(e))),
+    };
+    let sql = statement_text(&statement, &params);
+    let prepared = match prepare(conn, &sql, &param_types(&params)).await {
+        Ok(p) => p,
+        Err(e) => return drop(columns_tx.send(Err(e))),
+    };
+    let query = bind(prepared.query(), params);
+    if columns_tx.send(Ok(columns_of(prepared.columns()))).is_err() {
+        return;
+    }
+    let mut rows = query.fetch(&mut *conn);
+    while let Some(row) = rows.next().await {
+        let item = row.map_err(map_error).and_then(|r| read_row(&r));
+        let failed = item.is_err();
+        if rows_tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Makes `conn` close, rather than go back to the pool, when it is
+/// dropped, if `statement` may change its session: a setting, a lock or a
+/// `LISTEN` left on it would reach a later call of the app at random (see
+/// [`changes_session`]). Decided before the statement runs, so a call
+/// stopped half-way (its time limit) still closes it; the pool opens
+/// another when needed.
+fn close_if_changes_session(conn: &mut PoolConnection<Postgres>, statement: &str) {
+    if changes_session(statement, Dialect::Postgres) {
+        conn.close_on_drop();
+    }
+}
+
+/// A port transaction on a pooled connection, driven by sqlx's transaction
+/// manager (rather than `sqlx::Transaction`) so that the adapter keeps the
+/// connection and can close it instead of pooling it: a plain `SET` inside
+/// a transaction outlives it.
 struct PostgresTransaction {
-    /// Dropping a sqlx transaction without commit rolls it back before the
-    /// connection is reused.
-    tx: Option<sqlx::Transaction<'static, Postgres>>,
+    /// Inside the transaction while `Some`. Dropped unfinished (the guest
+    /// dropped the handle or trapped, or its commit was stopped half-way),
+    /// a `ROLLBACK` is queued on it, which runs before the connection's
+    /// next use.
+    conn: Option<PoolConnection<Postgres>>,
     /// The pool's, for the watchdog.
     session_ids: SessionIds,
+}
+
+impl PostgresTransaction {
+    fn conn(&mut self, statement: &str) -> Result<&mut PoolConnection<Postgres>, SqlError> {
+        let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
+        close_if_changes_session(conn, statement);
+        self.session_ids.pool_statement();
+        Ok(conn)
+    }
+
+    /// Ends the transaction with `end` (commit or rollback). The connection
+    /// stays in `self.conn` while it ends, so a call stopped half-way is
+    /// covered by `Drop`; a failed end leaves a rollback queued.
+    async fn end(
+        &mut self,
+        end: for<'c> fn(
+            &'c mut sqlx::PgConnection,
+        ) -> futures::future::BoxFuture<'c, sqlx::Result<()>>,
+    ) -> Result<(), SqlError> {
+        let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
+        let ended = end(conn).await;
+        if ended.is_ok() {
+            // Out of the transaction: the connection goes back as it is.
+            self.conn = None;
+        }
+        ended.map_err(map_error)
+    }
+}
+
+impl Drop for PostgresTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            PgTransactionManager::start_rollback(conn);
+        }
+    }
 }
 
 #[async_trait]
@@ -483,32 +555,20 @@ impl SqlTransaction for PostgresTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
-        self.session_ids.pool_statement();
-        query_on(tx, &statement, params, caps).await
+        let conn = self.conn(&statement)?;
+        query_on(conn, &statement, params, caps).await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let tx = self.tx.as_mut().ok_or(SqlError::Closed)?;
-        self.session_ids.pool_statement();
-        execute_on(tx, &statement, params).await
+        let conn = self.conn(&statement)?;
+        execute_on(conn, &statement, params).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.tx
-            .take()
-            .ok_or(SqlError::Closed)?
-            .commit()
-            .await
-            .map_err(map_error)
+        self.end(PgTransactionManager::commit).await
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.tx
-            .take()
-            .ok_or(SqlError::Closed)?
-            .rollback()
-            .await
-            .map_err(map_error)
+        self.end(PgTransactionManager::rollback).await
     }
 }

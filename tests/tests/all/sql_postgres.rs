@@ -1,0 +1,128 @@
+//! The Postgres adapter straight from the host crate: what pooled sessions
+//! keep between calls. (The conformance guest's runs are in `services.rs`.)
+
+use berth::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
+use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlValue};
+use berth::secret::Secret;
+use berth_tests::service;
+
+use crate::services::Schema;
+
+const CAPS: ResultCaps = ResultCaps {
+    max_rows: 100,
+    max_bytes: 1 << 20,
+};
+
+async fn one_row(db: &PostgresDatabase, statement: &str) -> Vec<SqlValue> {
+    let rs = db
+        .query(statement.into(), vec![], CAPS)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    assert_eq!(rs.rows.len(), 1, "{statement}");
+    rs.rows.into_iter().next().unwrap()
+}
+
+/// A statement that changes its session (a setting, an advisory lock)
+/// changes it for itself: its connection is closed rather than pooled, in
+/// a transaction or not, so the next call gets a session as the host set
+/// it up. Ordinary statements keep their pooled connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_session_changes_do_not_outlive_the_call_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = Schema::create(&url).await;
+    let db = PostgresDatabase::connect(&PostgresSettings {
+        url: Secret::new(url.clone()),
+        password: None,
+        schema: Some(schema.name.clone()),
+        // One connection: every call gets the session the last one left.
+        max_connections: 1,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(5),
+        application_name: "berth:test:sessions".into(),
+        tenant: None,
+    })
+    .await
+    .expect("adapter connects");
+    const SETTINGS: &str = "SELECT current_setting('statement_timeout'), \
+                            current_setting('search_path'), pg_backend_pid()";
+    let first = one_row(&db, SETTINGS).await;
+    assert_eq!(first[0], SqlValue::Text("5s".into()));
+    assert_eq!(first[1], SqlValue::Text(format!("\"{}\"", schema.name)));
+    // The host's settings are in place; returns the session's backend.
+    let pristine = async |db: &PostgresDatabase| {
+        let now = one_row(db, SETTINGS).await;
+        assert_eq!(now[..2], first[..2], "the host's session settings");
+        now[2].clone()
+    };
+    // Ordinary statements: the same pooled session.
+    assert_eq!(pristine(&db).await, first[2]);
+
+    let mut pids = vec![first[2].clone()];
+    for change in [
+        "SET statement_timeout = 0",
+        "SET search_path = pg_catalog",
+        "SELECT set_config('statement_timeout', '0', false)",
+        "DO $$ BEGIN PERFORM set_config('search_path', 'public', false); END $$",
+    ] {
+        db.execute(change.into(), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{change}: {e:?}"));
+        let pid = pristine(&db).await;
+        assert!(!pids.contains(&pid), "{change}: a new session");
+        pids.push(pid);
+    }
+
+    // A plain SET inside a transaction outlives its commit on the server.
+    let mut tx = db.begin().await.expect("begin");
+    tx.execute("SET search_path = pg_catalog".into(), vec![])
+        .await
+        .unwrap();
+    let inside = tx
+        .query("SELECT current_setting('search_path')".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(inside.rows, vec![vec![SqlValue::Text("pg_catalog".into())]]);
+    tx.commit().await.expect("commit");
+    pristine(&db).await;
+    let mut tx = db.begin().await.expect("begin");
+    tx.execute("SET statement_timeout = 0".into(), vec![])
+        .await
+        .unwrap();
+    drop(tx);
+    pristine(&db).await;
+    // A transaction that changed nothing of its session leaves it pooled.
+    let pid = pristine(&db).await;
+    let tx = db.begin().await.expect("begin");
+    tx.commit().await.expect("commit");
+    assert_eq!(pristine(&db).await, pid);
+
+    // A session-level advisory lock goes with its session (the server
+    // releases it as the closed session's backend exits).
+    let key = i64::from(std::process::id()) * 1000 + 7;
+    db.execute(format!("SELECT pg_advisory_lock({key})"), vec![])
+        .await
+        .unwrap();
+    pristine(&db).await;
+    let mut admin = schema.admin().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let taken: bool = sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({key})"))
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if taken {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's advisory lock is still held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(admin);
+    drop(db);
+    schema.drop_now().await;
+}
