@@ -220,9 +220,18 @@ async fn postgres_point_query(url: &str) {
     };
     guest(POINT_QUERIES / 4).await; // warm-up: pool, prepared statements, caches
 
-    // Native: sqlx on an identical pool.
+    // Native: sqlx on an identical pool, which pings a connection before
+    // lending it only after a second idle (Berth's `pool_check`; Berth
+    // also pings every connection for a while after one was lost, which
+    // never happens here).
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                Ok(meta.idle_for < std::time::Duration::from_secs(1) || conn.ping().await.is_ok())
+            })
+        })
         .after_connect({
             let schema = schema.clone();
             move |conn, _| {

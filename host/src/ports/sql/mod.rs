@@ -7,6 +7,7 @@ pub mod pg_tenancy;
 mod pg_time;
 mod pg_values;
 mod placeholders;
+mod pool_check;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_guard;

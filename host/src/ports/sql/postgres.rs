@@ -33,6 +33,7 @@ use super::watchdog::{self, ListedSession, Noted, SessionId, SessionIds, Watchdo
 
 use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row, statement_text};
 pub use super::placeholders::rewrite_placeholders;
+use super::pool_check::PoolCheck;
 use super::statement::{Dialect, changes_session};
 /// Rows buffered between a cursor's reader task and the guest.
 const CURSOR_BUFFER_ROWS: usize = 256;
@@ -76,6 +77,8 @@ pub struct PostgresDatabase {
     max_connections: u32,
     /// The pool's sessions and its last statement, for the watchdog.
     session_ids: SessionIds,
+    /// When a connection is pinged before it is lent.
+    check: PoolCheck,
     /// Stops with the database.
     _watchdog: Watchdog,
 }
@@ -110,11 +113,20 @@ impl PostgresDatabase {
         let max_connections = s.max_connections.max(1);
         let session_ids = SessionIds::default();
         let noted = session_ids.clone();
+        let check = PoolCheck::default();
+        let pinging = check.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(s.min_connections)
             .acquire_timeout(s.connect_timeout)
-            .test_before_acquire(true)
+            // Not on every lending (a second round trip per statement):
+            // see `pool_check`. One that does not answer is closed, and
+            // the pool lends another or opens one.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                let ping = pinging.should_ping(meta.idle_for);
+                Box::pin(async move { Ok(!ping || conn.ping().await.is_ok()) })
+            })
             // Each new connection's backend, for the watchdog.
             .after_connect(move |conn, _meta| {
                 let noted = noted.clone();
@@ -145,6 +157,7 @@ impl PostgresDatabase {
             pool,
             max_connections,
             session_ids,
+            check,
             _watchdog: watchdog,
         })
     }
@@ -412,12 +425,14 @@ impl SqlBackend for PostgresDatabase {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
-        query_on(&mut conn, &statement, params, caps).await
+        self.check
+            .note(query_on(&mut conn, &statement, params, caps).await)
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
-        execute_on(&mut conn, &statement, params).await
+        self.check
+            .note(execute_on(&mut conn, &statement, params).await)
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
@@ -426,12 +441,12 @@ impl SqlBackend for PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| self.acquire_error(e))?;
-        PgTransactionManager::begin(&mut conn, None)
-            .await
-            .map_err(map_error)?;
+        let begun = PgTransactionManager::begin(&mut conn, None).await;
+        self.check.note(begun.map_err(map_error))?;
         Ok(Box::new(PostgresTransaction {
             conn: Some(conn),
             session_ids: self.session_ids.clone(),
+            check: self.check.clone(),
         }))
     }
 
@@ -450,7 +465,8 @@ impl SqlBackend for PostgresDatabase {
         });
         let columns = columns_rx
             .await
-            .map_err(|_| SqlError::Other("cursor reader stopped".into()))??;
+            .map_err(|_| SqlError::Other("cursor reader stopped".into()))?;
+        let columns = self.check.note(columns)?;
         Ok(Box::new(super::ChannelCursor::new(columns, rows_rx)))
     }
 }
@@ -510,6 +526,8 @@ struct PostgresTransaction {
     conn: Option<PoolConnection<Postgres>>,
     /// The pool's, for the watchdog.
     session_ids: SessionIds,
+    /// The pool's, told of lost connections.
+    check: PoolCheck,
 }
 
 impl PostgresTransaction {
@@ -530,12 +548,12 @@ impl PostgresTransaction {
         ) -> futures::future::BoxFuture<'c, sqlx::Result<()>>,
     ) -> Result<(), SqlError> {
         let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
-        let ended = end(conn).await;
+        let ended = self.check.note(end(conn).await.map_err(map_error));
         if ended.is_ok() {
             // Out of the transaction: the connection goes back as it is.
             self.conn = None;
         }
-        ended.map_err(map_error)
+        ended
     }
 }
 
@@ -556,12 +574,14 @@ impl SqlTransaction for PostgresTransaction {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let conn = self.conn(&statement)?;
-        query_on(conn, &statement, params, caps).await
+        let result = query_on(conn, &statement, params, caps).await;
+        self.check.note(result)
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let conn = self.conn(&statement)?;
-        execute_on(conn, &statement, params).await
+        let result = execute_on(conn, &statement, params).await;
+        self.check.note(result)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
