@@ -126,3 +126,133 @@ async fn sql_session_changes_do_not_outlive_the_call_postgres() {
     drop(db);
     schema.drop_now().await;
 }
+
+/// A TCP relay to the Postgres server that can stop passing bytes on, as a
+/// server that vanished without closing its connections does (a failover,
+/// a network partition).
+struct FreezableRelay {
+    /// The server's URL with the relay in place of the server's address.
+    url: String,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezableRelay {
+    async fn start(url: &str) -> FreezableRelay {
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, server) = match authority.rsplit_once('@') {
+            Some((userinfo, server)) => (format!("{userinfo}@"), server.to_owned()),
+            None => (String::new(), authority.to_owned()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = listener.local_addr().unwrap();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                let (client_in, client_out) = client.into_split();
+                let (server_in, server_out) = upstream.into_split();
+                tokio::spawn(pass_on(client_in, server_out, flag.clone()));
+                tokio::spawn(pass_on(server_in, client_out, flag.clone()));
+            }
+        });
+        FreezableRelay {
+            url: format!("{scheme}://{userinfo}{relay}/{path}"),
+            frozen,
+        }
+    }
+
+    fn set_frozen(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding what arrives while `frozen` is set.
+async fn pass_on(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A server that stops answering without closing its connections: a
+/// statement gives `unavailable` once the server would have answered any
+/// statement (the statement timeout and the watchdog's bound), instead of
+/// waiting for TCP to give up; its connection is not pooled again, and the
+/// adapter recovers once the server answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_server_that_stops_answering_gives_unavailable_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let relay = FreezableRelay::start(&url).await;
+    let db = PostgresDatabase::connect(&PostgresSettings {
+        url: Secret::new(relay.url.clone()),
+        password: None,
+        schema: None,
+        max_connections: 2,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(1),
+        statement_timeout: std::time::Duration::from_millis(300),
+        application_name: "berth:test:unanswered".into(),
+        tenant: None,
+    })
+    .await
+    .expect("adapter connects");
+    assert_eq!(one_row(&db, "SELECT 1").await, vec![SqlValue::Int(1)]);
+    // Back in the pool (sqlx pings it on its way), idle for less than the
+    // second after which it would be pinged again before it is lent.
+    while db.pool().num_idle() < db.pool().size() as usize {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    relay.set_frozen(true);
+    let started = std::time::Instant::now();
+    let unanswered = db.query("SELECT 2".into(), vec![], CAPS).await;
+    assert_eq!(
+        unanswered,
+        Err(berth::ports::sql::SqlError::Unavailable(
+            "the database did not answer in time".into()
+        ))
+    );
+    // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    relay.set_frozen(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match db.query("SELECT 3".into(), vec![], CAPS).await {
+            Ok(rs) => {
+                assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "still failing once the server answers again: {e:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

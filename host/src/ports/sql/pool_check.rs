@@ -7,9 +7,10 @@
 //! (a server restart, an idle timeout, a firewall) or the server ending
 //! sessions (`pg_terminate_backend`, a failover). So a connection is pinged
 //! only when it has been idle a while, or, for a short time after a call
-//! found its connection gone, every time: one server restart then costs the
-//! app one failed call (a retriable `unavailable`), not one per pooled
-//! connection.
+//! found its connection gone, every time: a server restart then costs the
+//! app the calls already on their way to a lost connection (a retriable
+//! `unavailable`, at most one per pooled connection), not a failed call for
+//! every lost connection that would be lent later.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -23,6 +23,7 @@ use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, Postgres, Row as _, Statement as _, TransactionManager as _};
 use tokio::sync::mpsc;
+use tokio::time::timeout;
 
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
@@ -79,6 +80,9 @@ pub struct PostgresDatabase {
     session_ids: SessionIds,
     /// When a connection is pinged before it is lent.
     check: PoolCheck,
+    /// How long a statement may go unanswered before the server is taken
+    /// for gone ([`watchdog::answered_by`]).
+    answer_within: Duration,
     /// Stops with the database.
     _watchdog: Watchdog,
 }
@@ -121,7 +125,7 @@ impl PostgresDatabase {
             .acquire_timeout(s.connect_timeout)
             // Not on every lending (a second round trip per statement):
             // see `pool_check`. One that does not answer is closed, and
-            // the pool lends another or opens one.
+            // the pool opens another.
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
                 let ping = pinging.should_ping(meta.idle_for);
@@ -158,6 +162,7 @@ impl PostgresDatabase {
             max_connections,
             session_ids,
             check,
+            answer_within: watchdog::answered_by(s.statement_timeout),
             _watchdog: watchdog,
         })
     }
@@ -425,14 +430,19 @@ impl SqlBackend for PostgresDatabase {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
-        self.check
-            .note(query_on(&mut conn, &statement, params, caps).await)
+        let within = self.answer_within;
+        let result = timeout(within, query_on(&mut conn, &statement, params, caps)).await;
+        self.check.note(answered(&mut conn, result))
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
-        self.check
-            .note(execute_on(&mut conn, &statement, params).await)
+        let result = timeout(
+            self.answer_within,
+            execute_on(&mut conn, &statement, params),
+        )
+        .await;
+        self.check.note(answered(&mut conn, result))
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
@@ -441,12 +451,18 @@ impl SqlBackend for PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| self.acquire_error(e))?;
-        let begun = PgTransactionManager::begin(&mut conn, None).await;
-        self.check.note(begun.map_err(map_error))?;
+        let begun = timeout(self.answer_within, async {
+            PgTransactionManager::begin(&mut conn, None)
+                .await
+                .map_err(map_error)
+        })
+        .await;
+        self.check.note(answered(&mut conn, begun))?;
         Ok(Box::new(PostgresTransaction {
             conn: Some(conn),
             session_ids: self.session_ids.clone(),
             check: self.check.clone(),
+            answer_within: self.answer_within,
         }))
     }
 
@@ -456,12 +472,13 @@ impl SqlBackend for PostgresDatabase {
         params: Vec<SqlValue>,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
+        let check = self.check.clone();
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back.
         tokio::spawn(async move {
-            read_cursor(&mut conn, statement, params, columns_tx, rows_tx).await;
+            read_cursor(&mut conn, statement, params, columns_tx, rows_tx, check).await;
         });
         let columns = columns_rx
             .await
@@ -478,6 +495,7 @@ async fn read_cursor(
     params: Vec<SqlValue>,
     columns_tx: tokio::sync::oneshot::Sender<Result<Vec<super::SqlColumn>, SqlError>>,
     rows_tx: mpsc::Sender<Result<Vec<SqlValue>, SqlError>>,
+    check: PoolCheck,
 ) {
     let params = match convert(params) {
         Ok(p) => p,
@@ -494,12 +512,32 @@ async fn read_cursor(
     }
     let mut rows = query.fetch(&mut *conn);
     while let Some(row) = rows.next().await {
-        let item = row.map_err(map_error).and_then(|r| read_row(&r));
+        // The statement is prepared from the connection's cache without a
+        // word to the server, so a lost connection shows here first.
+        let item = check
+            .note(row.map_err(map_error))
+            .and_then(|r| read_row(&r));
         let failed = item.is_err();
         if rows_tx.send(item).await.is_err() || failed {
             return;
         }
     }
+}
+
+/// A statement's result, or `unavailable` if the server did not answer
+/// within its bound: the connection, whose exchange was cut off, is then
+/// closed rather than pooled (returned, it would be pinged, and a server
+/// that is gone would hold the pool's slot until TCP gives up).
+fn answered<T>(
+    conn: &mut PoolConnection<Postgres>,
+    result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
+) -> Result<T, SqlError> {
+    result.unwrap_or_else(|_| {
+        conn.close_on_drop();
+        Err(SqlError::Unavailable(
+            "the database did not answer in time".into(),
+        ))
+    })
 }
 
 /// Makes `conn` close, rather than go back to the pool, when it is
@@ -528,6 +566,8 @@ struct PostgresTransaction {
     session_ids: SessionIds,
     /// The pool's, told of lost connections.
     check: PoolCheck,
+    /// The pool's bound on a statement's answer.
+    answer_within: Duration,
 }
 
 impl PostgresTransaction {
@@ -548,7 +588,11 @@ impl PostgresTransaction {
         ) -> futures::future::BoxFuture<'c, sqlx::Result<()>>,
     ) -> Result<(), SqlError> {
         let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
-        let ended = self.check.note(end(conn).await.map_err(map_error));
+        let ended = timeout(self.answer_within, async {
+            end(conn).await.map_err(map_error)
+        })
+        .await;
+        let ended = self.check.note(answered(conn, ended));
         if ended.is_ok() {
             // Out of the transaction: the connection goes back as it is.
             self.conn = None;
@@ -573,14 +617,18 @@ impl SqlTransaction for PostgresTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
+        let within = self.answer_within;
         let conn = self.conn(&statement)?;
-        let result = query_on(conn, &statement, params, caps).await;
+        let result = timeout(within, query_on(conn, &statement, params, caps)).await;
+        let result = answered(conn, result);
         self.check.note(result)
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
+        let within = self.answer_within;
         let conn = self.conn(&statement)?;
-        let result = execute_on(conn, &statement, params).await;
+        let result = timeout(within, execute_on(conn, &statement, params)).await;
+        let result = answered(conn, result);
         self.check.note(result)
     }
 

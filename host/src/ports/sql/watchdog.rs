@@ -231,6 +231,14 @@ pub fn spawn(
     Watchdog { task }
 }
 
+/// By when a reachable server has answered any statement: the watchdog
+/// cancels one past `statement_timeout` and the grace, and ends its session
+/// at most two looks later (one more look for margin). A statement still
+/// unanswered then means the server, or the way to it, is gone.
+pub fn answered_by(statement_timeout: Duration) -> Duration {
+    statement_timeout + GRACE + look_interval(statement_timeout) * 3
+}
+
 /// Twice per statement timeout, within [`FASTEST_LOOK`] and [`SLOWEST_LOOK`].
 fn look_interval(statement_timeout: Duration) -> Duration {
     (statement_timeout / 2).clamp(FASTEST_LOOK, SLOWEST_LOOK)
