@@ -2,6 +2,7 @@
 //! engine, and manifests written into temporary directories.
 
 pub mod portsdoc;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -6,6 +6,7 @@
 use berth::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlTransaction, SqlValue};
 use berth::secret::Secret;
+use berth_tests::relay::FreezableRelay;
 use berth_tests::{
     TestApp, assert_success, guests, host_config, run, service, single_component_manifest, unique,
 };
@@ -596,6 +597,76 @@ async fn sql_session_changes_do_not_outlive_the_call_mysql() {
         .await
         .unwrap();
     assert_eq!(free, 1, "the named lock was released");
+    drop(a);
+    db.drop_now().await;
+}
+
+/// A server that stops answering without closing its connections: a
+/// statement gives `unavailable` once the server would have answered any
+/// statement (the statement timeout and the watchdog's bound), instead of
+/// waiting for TCP to give up, and the adapter recovers once the server
+/// answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_server_that_stops_answering_gives_unavailable_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let relay = FreezableRelay::start(&db.url()).await;
+    let a = MysqlDatabase::connect(&MysqlSettings {
+        url: Secret::new(relay.url.clone()),
+        password: None,
+        max_connections: 2,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(1),
+        statement_timeout: std::time::Duration::from_millis(300),
+        program_name: "berth:test:unanswered".into(),
+    })
+    .await
+    .expect("adapter connects");
+    assert_eq!(one_row(&a, "SELECT 1").await, vec![SqlValue::Int(1)]);
+    // Back in the pool, so the next call is lent it.
+    let idle = || {
+        a.pool()
+            .metrics()
+            .connections_in_pool
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while idle() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    relay.set_frozen(true);
+    let started = std::time::Instant::now();
+    let unanswered = a.query("SELECT 2".into(), vec![], CAPS).await;
+    assert_eq!(
+        unanswered,
+        Err(SqlError::Unavailable(
+            "the database did not answer in time".into()
+        ))
+    );
+    // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    relay.set_frozen(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match a.query("SELECT 3".into(), vec![], CAPS).await {
+            Ok(rs) => {
+                assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "still failing once the server answers again: {e:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     drop(a);
     db.drop_now().await;
 }

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Value};
 use tokio::sync::mpsc;
+use tokio::time::timeout;
 
 use super::mysql_values::{classify, columns_of, convert, read_row};
 use super::statement::{Dialect, changes_session};
@@ -63,6 +64,9 @@ pub struct MysqlDatabase {
     /// The connection ids of the pool's sessions and when each was last
     /// sent a statement, noted as they are borrowed, for the watchdog.
     session_ids: SessionIds,
+    /// How long a statement may go unanswered before the server is taken
+    /// for gone ([`watchdog::answered_by`]).
+    answer_within: Duration,
     /// Stops with the database.
     _watchdog: Watchdog,
 }
@@ -177,6 +181,7 @@ impl MysqlDatabase {
             pool,
             connect_timeout: s.connect_timeout,
             session_ids: session_ids.clone(),
+            answer_within: watchdog::answered_by(s.statement_timeout),
             _watchdog: watchdog::spawn(
                 session_ids,
                 sessions,
@@ -344,6 +349,36 @@ impl watchdog::Sessions for MysqlSessions {
     }
 }
 
+/// A statement's result, or `unavailable` if the server did not answer
+/// within its bound. The connection goes back to the pool when answered;
+/// otherwise it is disconnected (in a bounded time: the server may be
+/// gone), so it neither returns to the pool nor holds the pool's slot while
+/// mysql_async would drain it from a server that never answers.
+async fn answered<T>(
+    conn: mysql_async::Conn,
+    result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
+) -> Result<T, SqlError> {
+    answered_keeping(conn, result).await.and_then(|(_, r)| r)
+}
+
+/// [`answered`], handing the connection back when answered.
+async fn answered_keeping<T>(
+    conn: mysql_async::Conn,
+    result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
+) -> Result<(mysql_async::Conn, Result<T, SqlError>), SqlError> {
+    match result {
+        Ok(result) => Ok((conn, result)),
+        Err(_) => {
+            // Marked disconnected as it starts: dropped on the way, the pool
+            // discards it without a word to the server.
+            let _ = timeout(Duration::from_secs(1), conn.disconnect()).await;
+            Err(SqlError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        }
+    }
+}
+
 /// Runs `fut`, mapping its error, or gives `unavailable` after `limit`.
 async fn within<T>(
     limit: Duration,
@@ -472,12 +507,22 @@ impl SqlBackend for MysqlDatabase {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let mut conn = self.conn_for(&statement).await?;
-        query_on(&mut conn, &statement, params, caps).await
+        let result = timeout(
+            self.answer_within,
+            query_on(&mut conn, &statement, params, caps),
+        )
+        .await;
+        answered(conn, result).await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let mut conn = self.conn_for(&statement).await?;
-        execute_on(&mut conn, &statement, params).await
+        let result = timeout(
+            self.answer_within,
+            execute_on(&mut conn, &statement, params),
+        )
+        .await;
+        answered(conn, result).await
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
@@ -485,14 +530,20 @@ impl SqlBackend for MysqlDatabase {
         // Should `START TRANSACTION` fail half-way, the connection is reset
         // before it is reused.
         conn.reset_connection(true);
-        conn.query_drop("START TRANSACTION")
-            .await
-            .map_err(map_error)?;
+        let begun = timeout(self.answer_within, async {
+            conn.query_drop("START TRANSACTION")
+                .await
+                .map_err(map_error)
+        })
+        .await;
+        let (mut conn, begun) = answered_keeping(conn, begun).await?;
+        begun?;
         conn.reset_connection(false);
         Ok(Box::new(MysqlTransaction {
             conn: Some(conn),
             changed_session: false,
             session_ids: self.session_ids.clone(),
+            answer_within: self.answer_within,
         }))
     }
 
@@ -547,6 +598,8 @@ struct MysqlTransaction {
     /// Whether a statement may have changed the session: the connection
     /// is then reset even after a successful end.
     changed_session: bool,
+    /// The pool's bound on a statement's answer.
+    answer_within: Duration,
     /// The pool's, for the watchdog.
     session_ids: SessionIds,
 }
@@ -568,12 +621,36 @@ impl MysqlTransaction {
     async fn end(&mut self, statement: &str) -> Result<(), SqlError> {
         let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
         conn.reset_connection(true);
-        let ended = conn.query_drop(statement).await;
-        if ended.is_ok() && !self.changed_session {
+        let ended = timeout(self.answer_within, conn.query_drop(statement)).await;
+        if matches!(ended, Ok(Ok(()))) && !self.changed_session {
             conn.reset_connection(false);
         }
-        self.conn = None;
-        ended.map_err(map_error)
+        let ended = ended.map(|r| r.map_err(map_error));
+        match self.conn.take() {
+            Some(conn) => answered(conn, ended).await,
+            None => Err(SqlError::Closed),
+        }
+    }
+
+    /// Runs a statement of the transaction within the pool's bound on an
+    /// answer; past it the connection is dropped from the pool.
+    async fn bounded<T>(
+        &mut self,
+        statement: &str,
+        run: impl for<'c> FnOnce(
+            &'c mut mysql_async::Conn,
+        ) -> futures::future::BoxFuture<'c, Result<T, SqlError>>,
+    ) -> Result<T, SqlError> {
+        let within = self.answer_within;
+        let conn = self.conn(statement)?;
+        let result = timeout(within, run(conn)).await;
+        match result {
+            Ok(result) => result,
+            Err(elapsed) => match self.conn.take() {
+                Some(conn) => answered(conn, Err(elapsed)).await,
+                None => Err(SqlError::Closed),
+            },
+        }
     }
 }
 
@@ -593,13 +670,19 @@ impl SqlTransaction for MysqlTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let conn = self.conn(&statement)?;
-        query_on(conn, &statement, params, caps).await
+        let sql = statement.clone();
+        self.bounded(&statement, move |conn| {
+            Box::pin(async move { query_on(conn, &sql, params, caps).await })
+        })
+        .await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let conn = self.conn(&statement)?;
-        execute_on(conn, &statement, params).await
+        let sql = statement.clone();
+        self.bounded(&statement, move |conn| {
+            Box::pin(async move { execute_on(conn, &sql, params).await })
+        })
+        .await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
