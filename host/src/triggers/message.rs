@@ -194,9 +194,13 @@ pub async fn handle_delivery(
         acker,
     } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
+    // A request is neither stored nor redelivered on any broker: its
+    // caller has its answer (an error) and decides whether to ask again, so
+    // a failed one is not dead-lettered either.
+    let request = reply.is_some();
     // Only the last attempt may need the message again, to dead-letter it:
     // `dead` is `Some` exactly then.
-    let last_attempt = attempt >= policy.max_deliveries;
+    let last_attempt = !request && attempt >= policy.max_deliveries;
     let dead = last_attempt.then(|| (message.payload.clone(), message.headers.clone()));
     let outcome =
         telling_progress(acker.as_ref(), invoke(app, component, pre, message, warm)).await;
@@ -207,6 +211,10 @@ pub async fn handle_delivery(
             }
             acker.ack().await;
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
+        }
+        (Err(error), _) if request => {
+            tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, %error, "request handler failed; its caller gets no reply");
+            acker.ack().await;
         }
         (Err(error), None) => {
             let backoff = policy.backoff_after(attempt);

@@ -165,6 +165,26 @@ async fn dead_letter_after_max_deliveries(broker: &Broker) {
         1,
         "no delivery past the maximum"
     );
+    // A failed request is not dead-lettered: requests are never stored or
+    // redelivered, and its caller has its answer.
+    let failed = app
+        .backends
+        .messaging
+        .request(
+            "events",
+            b"fail-once".to_vec(),
+            vec![],
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(received_count(&app).await, 2, "the request was handled");
+    let dead_request = tokio::time::timeout(Duration::from_secs(1), dead.next()).await;
+    assert!(
+        dead_request.is_err(),
+        "a failed request was dead-lettered: {:?}",
+        dead_request.map(|d| d.map(|d| d.message))
+    );
     drop(tasks);
     drop(app);
     broker.cleanup(&name).await;
