@@ -602,7 +602,7 @@ async fn sql_session_changes_do_not_outlive_the_call_mysql() {
 }
 
 /// A server that stops answering without closing its connections: a
-/// statement gives `unavailable` once the server would have answered any
+/// statement or a cursor gives `unavailable` once the server would have answered any
 /// statement (the statement timeout and the watchdog's bound), instead of
 /// waiting for TCP to give up, and the adapter recovers once the server
 /// answers again.
@@ -625,47 +625,56 @@ async fn sql_server_that_stops_answering_gives_unavailable_mysql() {
     .await
     .expect("adapter connects");
     assert_eq!(one_row(&a, "SELECT 1").await, vec![SqlValue::Int(1)]);
-    // Back in the pool, so the next call is lent it.
     let idle = || {
         a.pool()
             .metrics()
             .connections_in_pool
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    while idle() == 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-
-    relay.set_frozen(true);
-    let started = std::time::Instant::now();
-    let unanswered = a.query("SELECT 2".into(), vec![], CAPS).await;
-    assert_eq!(
-        unanswered,
-        Err(SqlError::Unavailable(
-            "the database did not answer in time".into()
-        ))
-    );
-    // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
-
-    relay.set_frozen(false);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        match a.query("SELECT 3".into(), vec![], CAPS).await {
-            Ok(rs) => {
-                assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
-                break;
-            }
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "still failing once the server answers again: {e:?}"
-            ),
+    for call in ["query", "cursor"] {
+        // A connection back in the pool, so the call is lent it and talks
+        // to the frozen server.
+        while idle() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        relay.set_frozen(true);
+        let started = std::time::Instant::now();
+        let failed = match call {
+            "query" => a.query("SELECT 2".into(), vec![], CAPS).await.err(),
+            _ => match a.open_cursor("SELECT 4".into(), vec![]).await {
+                Err(e) => Some(e),
+                Ok(mut cursor) => cursor.next(10, 1 << 20).await.err(),
+            },
+        };
+        assert_eq!(
+            failed,
+            Some(SqlError::Unavailable(
+                "the database did not answer in time".into()
+            )),
+            "{call}"
+        );
+        // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{call} took {:?}",
+            started.elapsed()
+        );
+
+        relay.set_frozen(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match a.query("SELECT 3".into(), vec![], CAPS).await {
+                Ok(rs) => {
+                    assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
+                    break;
+                }
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "still failing once the server answers again: {e:?}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
     drop(a);
     db.drop_now().await;

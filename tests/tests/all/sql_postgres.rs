@@ -2,7 +2,7 @@
 //! keep between calls. (The conformance guest's runs are in `services.rs`.)
 
 use berth::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
-use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlValue};
+use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlValue};
 use berth::secret::Secret;
 use berth_tests::relay::FreezableRelay;
 use berth_tests::service;
@@ -129,65 +129,77 @@ async fn sql_session_changes_do_not_outlive_the_call_postgres() {
 }
 
 /// A server that stops answering without closing its connections: a
-/// statement gives `unavailable` once the server would have answered any
-/// statement (the statement timeout and the watchdog's bound), instead of
-/// waiting for TCP to give up; its connection is not pooled again, and the
-/// adapter recovers once the server answers again.
+/// statement or a cursor gives `unavailable` once the server would have
+/// answered any statement (the statement timeout and the watchdog's bound),
+/// instead of waiting for TCP to give up; its connection is not pooled
+/// again, and the adapter recovers once the server answers again.
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_server_that_stops_answering_gives_unavailable_postgres() {
     let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
         return;
     };
     let relay = FreezableRelay::start(&url).await;
-    let db = PostgresDatabase::connect(&PostgresSettings {
-        url: Secret::new(relay.url.clone()),
-        password: None,
-        schema: None,
-        max_connections: 2,
-        min_connections: 0,
-        connect_timeout: std::time::Duration::from_secs(1),
-        statement_timeout: std::time::Duration::from_millis(300),
-        application_name: "berth:test:unanswered".into(),
-        tenant: None,
-    })
-    .await
-    .expect("adapter connects");
-    assert_eq!(one_row(&db, "SELECT 1").await, vec![SqlValue::Int(1)]);
-    // Back in the pool (sqlx pings it on its way), idle for less than the
-    // second after which it would be pinged again before it is lent.
-    while db.pool().num_idle() < db.pool().size() as usize {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-
-    relay.set_frozen(true);
-    let started = std::time::Instant::now();
-    let unanswered = db.query("SELECT 2".into(), vec![], CAPS).await;
-    assert_eq!(
-        unanswered,
-        Err(berth::ports::sql::SqlError::Unavailable(
-            "the database did not answer in time".into()
-        ))
-    );
-    // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
-
-    relay.set_frozen(false);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        match db.query("SELECT 3".into(), vec![], CAPS).await {
-            Ok(rs) => {
-                assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
-                break;
-            }
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "still failing once the server answers again: {e:?}"
-            ),
+    for call in ["query", "cursor"] {
+        // A pool of its own: one that found a connection lost pings every
+        // connection before lending it for a while, and the ping would meet
+        // the frozen server first.
+        let db = PostgresDatabase::connect(&PostgresSettings {
+            url: Secret::new(relay.url.clone()),
+            password: None,
+            schema: None,
+            max_connections: 2,
+            min_connections: 0,
+            connect_timeout: std::time::Duration::from_secs(1),
+            statement_timeout: std::time::Duration::from_millis(300),
+            application_name: "berth:test:unanswered".into(),
+            tenant: None,
+        })
+        .await
+        .expect("adapter connects");
+        assert_eq!(one_row(&db, "SELECT 1").await, vec![SqlValue::Int(1)]);
+        // The pool's connections back (sqlx pings them on their way) and
+        // idle for less than the second after which one is pinged before
+        // it is lent: the call gets one and talks to the frozen server.
+        while db.pool().num_idle() < db.pool().size() as usize {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        relay.set_frozen(true);
+        let started = std::time::Instant::now();
+        let failed = match call {
+            "query" => db.query("SELECT 2".into(), vec![], CAPS).await.err(),
+            _ => match db.open_cursor("SELECT 4".into(), vec![]).await {
+                Err(e) => Some(e),
+                Ok(mut cursor) => cursor.next(10, 1 << 20).await.err(),
+            },
+        };
+        assert_eq!(
+            failed,
+            Some(SqlError::Unavailable(
+                "the database did not answer in time".into()
+            )),
+            "{call}"
+        );
+        // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{call} took {:?}",
+            started.elapsed()
+        );
+
+        relay.set_frozen(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match db.query("SELECT 3".into(), vec![], CAPS).await {
+                Ok(rs) => {
+                    assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
+                    break;
+                }
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "still failing once the server answers again: {e:?}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }

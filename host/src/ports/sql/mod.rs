@@ -138,6 +138,12 @@ impl CappedRows {
     }
 }
 
+/// The error of a statement the server left unanswered past its bound
+/// (see `watchdog::answered_by`): the server, or the way to it, is gone.
+pub(crate) fn unanswered() -> SqlError {
+    SqlError::Unavailable("the database did not answer in time".into())
+}
+
 /// Why a SQL operation failed, as adapters report it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SqlError {

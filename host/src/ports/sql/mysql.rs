@@ -282,7 +282,8 @@ impl watchdog::Sessions for MysqlSessions {
         limit: Duration,
     ) -> Result<Vec<ListedSession>, String> {
         // Ids are numbers, written into the statement as such. A statement
-        // run with parameters shows as `Execute`. Only the pool's login's
+        // run with parameters shows as `Execute`, and first as `Prepare`
+        // (which can wait on a metadata lock). Only the pool's login's
         // own threads: ids are the server's, for every login. A statement
         // is overdue by when the host sent it, not by the server's `TIME`,
         // which a session can move (`SET timestamp`).
@@ -292,7 +293,7 @@ impl watchdog::Sessions for MysqlSessions {
             Flavor::Mysql => "0",
         };
         let statement = format!(
-            "SELECT ID, COMMAND IN ('Query', 'Execute'), {query_id} \
+            "SELECT ID, COMMAND IN ('Query', 'Execute', 'Prepare'), {query_id} \
              FROM information_schema.PROCESSLIST \
              WHERE ID IN ({}) AND USER = SUBSTRING_INDEX(USER(), '@', 1)",
             ids.join(",")
@@ -369,14 +370,18 @@ async fn answered_keeping<T>(
     match result {
         Ok(result) => Ok((conn, result)),
         Err(_) => {
-            // Marked disconnected as it starts: dropped on the way, the pool
-            // discards it without a word to the server.
-            let _ = timeout(Duration::from_secs(1), conn.disconnect()).await;
-            Err(SqlError::Unavailable(
-                "the database did not answer in time".into(),
-            ))
+            disconnect(conn).await;
+            Err(super::unanswered())
         }
     }
+}
+
+/// Disconnects a connection the server left unanswered, within a second:
+/// marked disconnected as it starts, dropped on the way the pool discards
+/// it without a word to the server (draining it would wait on a server
+/// that never answers, holding the pool's slot).
+async fn disconnect(conn: mysql_async::Conn) {
+    let _ = timeout(Duration::from_secs(1), conn.disconnect()).await;
 }
 
 /// Runs `fut`, mapping its error, or gives `unavailable` after `limit`.
@@ -554,30 +559,49 @@ impl SqlBackend for MysqlDatabase {
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let params = params_of(convert(params)?);
         let mut conn = self.conn_for(&statement).await?;
+        let within = self.answer_within;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back
-        // and drains what was not read.
+        // and drains what was not read. Every wait on the server is
+        // bounded: past the bound the guest gets `unavailable` and the
+        // connection is dropped.
         tokio::spawn(async move {
-            let mut result = match conn.exec_iter(statement.as_str(), params).await {
-                Ok(r) => r,
-                Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
-            };
-            let kinds = classify(result.columns_ref());
-            if columns_tx.send(Ok(columns_of(&kinds))).is_err() {
-                return;
-            }
-            loop {
-                let item = match result.next().await {
-                    Ok(Some(row)) => read_row(&kinds, row),
-                    Ok(None) => return,
-                    Err(e) => Err(map_error(e)),
-                };
-                let failed = item.is_err();
-                if rows_tx.send(item).await.is_err() || failed {
-                    return;
+            // Whether the server left a read unanswered.
+            let unanswered = async {
+                let mut result =
+                    match timeout(within, conn.exec_iter(statement.as_str(), params)).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => {
+                            let _ = columns_tx.send(Err(map_error(e)));
+                            return false;
+                        }
+                        Err(_) => {
+                            let _ = columns_tx.send(Err(super::unanswered()));
+                            return true;
+                        }
+                    };
+                let kinds = classify(result.columns_ref());
+                if columns_tx.send(Ok(columns_of(&kinds))).is_err() {
+                    return false;
                 }
+                loop {
+                    let (item, unanswered) = match timeout(within, result.next()).await {
+                        Ok(Ok(Some(row))) => (read_row(&kinds, row), false),
+                        Ok(Ok(None)) => return false,
+                        Ok(Err(e)) => (Err(map_error(e)), false),
+                        Err(_) => (Err(super::unanswered()), true),
+                    };
+                    let failed = item.is_err();
+                    if rows_tx.send(item).await.is_err() || failed {
+                        return unanswered;
+                    }
+                }
+            }
+            .await;
+            if unanswered {
+                disconnect(conn).await;
             }
         });
         let columns = columns_rx
@@ -621,6 +645,8 @@ impl MysqlTransaction {
     async fn end(&mut self, statement: &str) -> Result<(), SqlError> {
         let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
         conn.reset_connection(true);
+        // The watchdog times the end from now, not from the last statement.
+        self.session_ids.statement(SessionId::from(conn.id()));
         let ended = timeout(self.answer_within, conn.query_drop(statement)).await;
         if matches!(ended, Ok(Ok(()))) && !self.changed_session {
             conn.reset_connection(false);
@@ -686,11 +712,13 @@ impl SqlTransaction for MysqlTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.end("COMMIT").await
+        // `NO CHAIN`: a server-wide `completion_type` must not open the
+        // next transaction on a connection going back to the pool.
+        self.end("COMMIT AND NO CHAIN").await
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.end("ROLLBACK").await
+        self.end("ROLLBACK AND NO CHAIN").await
     }
 }
 

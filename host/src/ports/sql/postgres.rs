@@ -472,13 +472,21 @@ impl SqlBackend for PostgresDatabase {
         params: Vec<SqlValue>,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
-        let check = self.check.clone();
+        let (check, within) = (self.check.clone(), self.answer_within);
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back.
         tokio::spawn(async move {
-            read_cursor(&mut conn, statement, params, columns_tx, rows_tx, check).await;
+            let cursor = CursorReader {
+                columns_tx,
+                rows_tx,
+                check,
+                within,
+            };
+            if cursor.read(&mut conn, statement, params).await == Answered::No {
+                conn.close_on_drop();
+            }
         });
         let columns = columns_rx
             .await
@@ -488,38 +496,80 @@ impl SqlBackend for PostgresDatabase {
     }
 }
 
-/// Sends a cursor's columns, then its rows, until the guest drops it.
-async fn read_cursor(
-    conn: &mut sqlx::PgConnection,
-    statement: String,
-    params: Vec<SqlValue>,
+/// Whether the server answered a cursor's reads in time.
+#[derive(Debug, PartialEq, Eq)]
+enum Answered {
+    Yes,
+    No,
+}
+
+/// Where a cursor's reader sends what it reads.
+struct CursorReader {
     columns_tx: tokio::sync::oneshot::Sender<Result<Vec<super::SqlColumn>, SqlError>>,
     rows_tx: mpsc::Sender<Result<Vec<SqlValue>, SqlError>>,
     check: PoolCheck,
-) {
-    let params = match convert(params) {
-        Ok(p) => p,
-        Err(e) => return drop(columns_tx.send(Err(e))),
-    };
-    let sql = statement_text(&statement, &params);
-    let prepared = match prepare(conn, &sql, &param_types(&params)).await {
-        Ok(p) => p,
-        Err(e) => return drop(columns_tx.send(Err(e))),
-    };
-    let query = bind(prepared.query(), params);
-    if columns_tx.send(Ok(columns_of(prepared.columns()))).is_err() {
-        return;
-    }
-    let mut rows = query.fetch(&mut *conn);
-    while let Some(row) = rows.next().await {
-        // The statement is prepared from the connection's cache without a
-        // word to the server, so a lost connection shows here first.
-        let item = check
-            .note(row.map_err(map_error))
-            .and_then(|r| read_row(&r));
-        let failed = item.is_err();
-        if rows_tx.send(item).await.is_err() || failed {
-            return;
+    /// The bound on each answer of the server.
+    within: Duration,
+}
+
+impl CursorReader {
+    /// Sends the cursor's columns, then its rows, until the guest drops it.
+    /// Every wait on the server is bounded: past the bound the guest gets
+    /// `unavailable`, and the connection must not be pooled again.
+    async fn read(
+        self,
+        conn: &mut sqlx::PgConnection,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> Answered {
+        let CursorReader {
+            columns_tx,
+            rows_tx,
+            check,
+            within,
+        } = self;
+        let params = match convert(params) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = columns_tx.send(Err(e));
+                return Answered::Yes;
+            }
+        };
+        let sql = statement_text(&statement, &params);
+        let prepared = match timeout(within, prepare(conn, &sql, &param_types(&params))).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                let _ = columns_tx.send(Err(e));
+                return Answered::Yes;
+            }
+            Err(_) => {
+                let _ = columns_tx.send(check.note(Err(super::unanswered())));
+                return Answered::No;
+            }
+        };
+        let query = bind(prepared.query(), params);
+        if columns_tx.send(Ok(columns_of(prepared.columns()))).is_err() {
+            return Answered::Yes;
+        }
+        let mut rows = query.fetch(&mut *conn);
+        loop {
+            let (item, answered) = match timeout(within, rows.next()).await {
+                Ok(None) => return Answered::Yes,
+                // The statement is prepared from the connection's cache
+                // without a word to the server, so a lost connection shows
+                // here first.
+                Ok(Some(row)) => (
+                    check
+                        .note(row.map_err(map_error))
+                        .and_then(|r| read_row(&r)),
+                    Answered::Yes,
+                ),
+                Err(_) => (check.note(Err(super::unanswered())), Answered::No),
+            };
+            let failed = item.is_err();
+            if rows_tx.send(item).await.is_err() || failed {
+                return answered;
+            }
         }
     }
 }
@@ -534,9 +584,7 @@ fn answered<T>(
 ) -> Result<T, SqlError> {
     result.unwrap_or_else(|_| {
         conn.close_on_drop();
-        Err(SqlError::Unavailable(
-            "the database did not answer in time".into(),
-        ))
+        Err(super::unanswered())
     })
 }
 
