@@ -359,16 +359,8 @@ async fn answered<T>(
     conn: mysql_async::Conn,
     result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
 ) -> Result<T, SqlError> {
-    answered_keeping(conn, result).await.and_then(|(_, r)| r)
-}
-
-/// [`answered`], handing the connection back when answered.
-async fn answered_keeping<T>(
-    conn: mysql_async::Conn,
-    result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
-) -> Result<(mysql_async::Conn, Result<T, SqlError>), SqlError> {
     match result {
-        Ok(result) => Ok((conn, result)),
+        Ok(result) => result,
         Err(_) => {
             disconnect(conn).await;
             Err(super::unanswered())
@@ -532,24 +524,17 @@ impl SqlBackend for MysqlDatabase {
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
         let mut conn = self.conn().await?;
-        // Should `START TRANSACTION` fail half-way, the connection is reset
-        // before it is reused.
-        conn.reset_connection(true);
-        let begun = timeout(self.answer_within, async {
-            conn.query_drop("START TRANSACTION")
-                .await
-                .map_err(map_error)
-        })
-        .await;
-        let (mut conn, begun) = answered_keeping(conn, begun).await?;
-        begun?;
-        conn.reset_connection(false);
-        Ok(Box::new(MysqlTransaction {
+        let begun = timeout(self.answer_within, conn.query_drop("START TRANSACTION")).await;
+        // Should `START TRANSACTION` fail, the transaction's `Drop` has the
+        // connection reset (one stopped half-way is discarded by the pool).
+        let mut tx = MysqlTransaction {
             conn: Some(conn),
             changed_session: false,
             session_ids: self.session_ids.clone(),
             answer_within: self.answer_within,
-        }))
+        };
+        tx.settle(begun.map(|r| r.map_err(map_error))).await?;
+        Ok(Box::new(tx))
     }
 
     async fn open_cursor(
@@ -651,25 +636,19 @@ impl MysqlTransaction {
         if matches!(ended, Ok(Ok(()))) && !self.changed_session {
             conn.reset_connection(false);
         }
-        let ended = ended.map(|r| r.map_err(map_error));
-        match self.conn.take() {
-            Some(conn) => answered(conn, ended).await,
-            None => Err(SqlError::Closed),
-        }
+        let ended = self.settle(ended.map(|r| r.map_err(map_error))).await;
+        // Back to the pool: as it is after a clean end, reset otherwise.
+        self.conn = None;
+        ended
     }
 
-    /// Runs a statement of the transaction within the pool's bound on an
-    /// answer; past it the connection is dropped from the pool.
-    async fn bounded<T>(
+    /// A statement's result, or `unavailable` if the server did not answer
+    /// within the bound: the connection is then disconnected (see
+    /// [`answered`]) and the transaction is over.
+    async fn settle<T>(
         &mut self,
-        statement: &str,
-        run: impl for<'c> FnOnce(
-            &'c mut mysql_async::Conn,
-        ) -> futures::future::BoxFuture<'c, Result<T, SqlError>>,
+        result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
     ) -> Result<T, SqlError> {
-        let within = self.answer_within;
-        let conn = self.conn(statement)?;
-        let result = timeout(within, run(conn)).await;
         match result {
             Ok(result) => result,
             Err(elapsed) => match self.conn.take() {
@@ -696,19 +675,17 @@ impl SqlTransaction for MysqlTransaction {
         params: Vec<SqlValue>,
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
-        let sql = statement.clone();
-        self.bounded(&statement, move |conn| {
-            Box::pin(async move { query_on(conn, &sql, params, caps).await })
-        })
-        .await
+        let within = self.answer_within;
+        let conn = self.conn(&statement)?;
+        let result = timeout(within, query_on(conn, &statement, params, caps)).await;
+        self.settle(result).await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let sql = statement.clone();
-        self.bounded(&statement, move |conn| {
-            Box::pin(async move { execute_on(conn, &sql, params).await })
-        })
-        .await
+        let within = self.answer_within;
+        let conn = self.conn(&statement)?;
+        let result = timeout(within, execute_on(conn, &statement, params)).await;
+        self.settle(result).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
