@@ -2,7 +2,9 @@
 
 pub mod host;
 pub mod mysql;
+mod mysql_sessions;
 mod mysql_values;
+mod pg_sessions;
 pub mod pg_tenancy;
 mod pg_time;
 mod pg_values;

@@ -24,9 +24,10 @@ use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Va
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use super::mysql_sessions::MysqlSessions;
 use super::mysql_values::{classify, columns_of, convert, read_row};
 use super::statement::{Dialect, changes_session};
-use super::watchdog::{self, ListedSession, Noted, SessionId, SessionIds, Watchdog};
+use super::watchdog::{self, SessionId, SessionIds, Watchdog};
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
 };
@@ -73,7 +74,7 @@ pub struct MysqlDatabase {
 
 /// Which server answered, for the session settings that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
+pub(super) enum Flavor {
     MariaDb,
     Mysql,
 }
@@ -220,133 +221,6 @@ impl MysqlDatabase {
     /// The pool (for tests that compare against the adapter).
     pub fn pool(&self) -> &Pool {
         &self.pool
-    }
-}
-
-/// The statement watchdog's view of a MySQL/MariaDB pool: its sessions are
-/// server threads, listed in `information_schema.PROCESSLIST` (a user sees
-/// its own threads, and may `KILL` them).
-struct MysqlSessions {
-    pool: Pool,
-    /// The pool's connection options, without its session setup.
-    opts: Opts,
-    /// The watchdog's own connection, outside the pool, while it watches.
-    conn: Option<mysql_async::Conn>,
-    /// MariaDB names each statement (`QUERY_ID`) and can cancel exactly
-    /// that one; MySQL cancels whatever its session runs at the time.
-    flavor: Flavor,
-    /// The statement each session ran at the last look (MariaDB).
-    query_ids: HashMap<SessionId, u64>,
-}
-
-/// MariaDB's answer to `KILL QUERY ID` for a statement that has ended.
-const UNKNOWN_QUERY_ID: u16 = 1957;
-
-impl MysqlSessions {
-    async fn connection(&mut self) -> Result<&mut mysql_async::Conn, String> {
-        let conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => mysql_async::Conn::new(self.opts.clone())
-                .await
-                .map_err(|e| map_error(e).to_string())?,
-        };
-        Ok(self.conn.insert(conn))
-    }
-
-    async fn run(&mut self, statement: String) -> Result<(), String> {
-        let conn = self.connection().await?;
-        match conn.query_drop(statement).await {
-            Ok(()) => Ok(()),
-            Err(mysql_async::Error::Server(e)) if e.code == UNKNOWN_QUERY_ID => Ok(()),
-            Err(e) => {
-                self.conn = None;
-                Err(map_error(e).to_string())
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl watchdog::Sessions for MysqlSessions {
-    fn busy(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        // Connections neither idle in the pool nor closed: borrowed, or
-        // being drained on their way back.
-        let metrics = self.pool.metrics();
-        metrics.connection_count.load(Relaxed) > metrics.connections_in_pool.load(Relaxed)
-    }
-
-    async fn list(
-        &mut self,
-        noted: &[Noted],
-        limit: Duration,
-    ) -> Result<Vec<ListedSession>, String> {
-        // Ids are numbers, written into the statement as such. A statement
-        // run with parameters shows as `Execute`, and first as `Prepare`
-        // (which can wait on a metadata lock). Only the pool's login's
-        // own threads: ids are the server's, for every login. A statement
-        // is overdue by when the host sent it, not by the server's `TIME`,
-        // which a session can move (`SET timestamp`).
-        let ids: Vec<String> = noted.iter().map(|n| n.id.to_string()).collect();
-        let query_id = match self.flavor {
-            Flavor::MariaDb => "QUERY_ID",
-            Flavor::Mysql => "0",
-        };
-        let statement = format!(
-            "SELECT ID, COMMAND IN ('Query', 'Execute', 'Prepare'), {query_id} \
-             FROM information_schema.PROCESSLIST \
-             WHERE ID IN ({}) AND USER = SUBSTRING_INDEX(USER(), '@', 1)",
-            ids.join(",")
-        );
-        let conn = self.connection().await?;
-        let rows: Result<Vec<(u64, i64, u64)>, _> = conn.query(statement).await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.conn = None;
-                return Err(map_error(e).to_string());
-            }
-        };
-        let sent: HashMap<SessionId, tokio::time::Instant> =
-            noted.iter().map(|n| (n.id, n.last_statement)).collect();
-        self.query_ids = rows
-            .iter()
-            .filter(|&&(_, _, query)| self.flavor == Flavor::MariaDb && query != 0)
-            .map(|&(id, _, query)| (id, query))
-            .collect();
-        Ok(rows
-            .into_iter()
-            .map(|(id, running, _)| {
-                let running = running != 0;
-                let overdue = running && sent.get(&id).is_some_and(|at| at.elapsed() > limit);
-                ListedSession {
-                    id,
-                    running,
-                    overdue,
-                }
-            })
-            .collect())
-    }
-
-    async fn cancel(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
-        // MariaDB: the statement seen overdue, or none if it has ended. On
-        // MySQL a statement the host sent the session in the instant since
-        // the look could be cancelled instead (the watchdog skips sessions
-        // it knows were sent one since).
-        match self.query_ids.get(&session.id) {
-            Some(query) => self.run(format!("KILL QUERY ID {query}")).await,
-            None => self.run(format!("KILL QUERY {}", session.id)).await,
-        }
-    }
-
-    async fn terminate(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
-        self.run(format!("KILL CONNECTION {}", session.id)).await
-    }
-
-    async fn rest(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.disconnect().await;
-        }
     }
 }
 
@@ -700,42 +574,5 @@ impl SqlTransaction for MysqlTransaction {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_errors_map_to_port_errors() {
-        let map = |code, state: &str| map_server_error(code, state, "m".into());
-        assert!(matches!(map(1062, "23000"), SqlError::Constraint(_)));
-        assert!(matches!(map(1452, "23000"), SqlError::Constraint(_)));
-        assert!(matches!(map(1048, "23000"), SqlError::Constraint(_)));
-        assert!(matches!(map(4025, "23000"), SqlError::Constraint(_)));
-        assert!(matches!(map(3819, "HY000"), SqlError::Constraint(_)));
-        assert!(matches!(map(1064, "42000"), SqlError::Syntax(_)));
-        assert!(matches!(map(1146, "42S02"), SqlError::Syntax(_)));
-        assert!(matches!(map(1054, "42S22"), SqlError::Syntax(_)));
-        // Access errors share SQLSTATE 42000 with parse errors.
-        assert!(matches!(map(1142, "42000"), SqlError::Denied(_)));
-        assert_eq!(map(1969, "70100"), SqlError::Timeout);
-        assert_eq!(map(3024, "HY000"), SqlError::Timeout);
-        assert!(matches!(map(1213, "40001"), SqlError::Conflict(_)));
-        assert!(matches!(map(1927, "70100"), SqlError::Unavailable(_)));
-        assert!(matches!(map(1406, "22001"), SqlError::InvalidInput(_)));
-    }
-
-    #[test]
-    fn session_setup_sets_utc_and_the_timeout_per_server() {
-        assert_eq!(
-            session_setup(Flavor::MariaDb, Duration::from_millis(300)),
-            "SET SESSION time_zone = '+00:00', max_statement_time = 0.300"
-        );
-        assert_eq!(
-            session_setup(Flavor::MariaDb, Duration::from_secs(30)),
-            "SET SESSION time_zone = '+00:00', max_statement_time = 30.000"
-        );
-        assert_eq!(
-            session_setup(Flavor::Mysql, Duration::from_millis(300)),
-            "SET SESSION time_zone = '+00:00', max_execution_time = 300"
-        );
-    }
-}
+#[path = "mysql_tests.rs"]
+mod tests;
