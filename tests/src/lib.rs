@@ -3,6 +3,7 @@
 
 pub mod portsdoc;
 pub mod relay;
+pub mod sql;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -4,9 +4,10 @@
 //! works in a database of its own that it drops afterwards.
 
 use berth::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
-use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlTransaction, SqlValue};
+use berth::ports::sql::{SqlBackend as _, SqlError, SqlTransaction, SqlValue};
 use berth::secret::Secret;
 use berth_tests::relay::FreezableRelay;
+use berth_tests::sql::{CAPS, one_row, unanswered_then_recovered};
 use berth_tests::{
     TestApp, assert_success, guests, host_config, run, service, single_component_manifest, unique,
 };
@@ -230,34 +231,26 @@ async fn sql_unreachable_mysql_fails_at_startup_naming_the_key() {
     );
 }
 
-const CAPS: ResultCaps = ResultCaps {
-    max_rows: 100,
-    max_bytes: 1 << 20,
-};
-
-/// The adapter straight from the host crate, for MariaDB's types that the
-/// portable conformance guest does not declare.
-async fn adapter(db: &Database) -> MysqlDatabase {
-    MysqlDatabase::connect(&MysqlSettings {
-        url: Secret::new(db.url()),
+/// The adapter's settings for `url`: 2 connections, 5 s to connect, a 5 s
+/// statement timeout, and `program` shown as the connections' program.
+fn settings(url: String, program: &str) -> MysqlSettings {
+    MysqlSettings {
+        url: Secret::new(url),
         password: None,
         max_connections: 2,
         min_connections: 0,
         connect_timeout: std::time::Duration::from_secs(5),
         statement_timeout: std::time::Duration::from_secs(5),
-        program_name: "berth:test:values".into(),
-    })
-    .await
-    .expect("adapter connects")
+        program_name: program.into(),
+    }
 }
 
-async fn one_row(db: &MysqlDatabase, statement: &str) -> Vec<SqlValue> {
-    let rs = db
-        .query(statement.into(), vec![], CAPS)
+/// The adapter straight from the host crate, for MariaDB's types that the
+/// portable conformance guest does not declare.
+async fn adapter(db: &Database) -> MysqlDatabase {
+    MysqlDatabase::connect(&settings(db.url(), "berth:test:values"))
         .await
-        .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
-    assert_eq!(rs.rows.len(), 1, "{statement}");
-    rs.rows.into_iter().next().unwrap()
+        .expect("adapter connects")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -437,13 +430,9 @@ async fn sql_statement_timeout_outlives_session_override_mysql() {
     // One pooled connection: the override stays on the session that runs
     // every later statement.
     let a = MysqlDatabase::connect(&MysqlSettings {
-        url: Secret::new(db.url()),
-        password: None,
         max_connections: 1,
-        min_connections: 0,
-        connect_timeout: std::time::Duration::from_secs(5),
         statement_timeout: std::time::Duration::from_millis(300),
-        program_name: "berth:test:watchdog".into(),
+        ..settings(db.url(), "berth:test:watchdog")
     })
     .await
     .expect("adapter connects");
@@ -528,14 +517,9 @@ async fn sql_session_changes_do_not_outlive_the_call_mysql() {
     };
     let db = Database::create(&server).await;
     let a = MysqlDatabase::connect(&MysqlSettings {
-        url: Secret::new(db.url()),
-        password: None,
         // One connection: every call gets the session the last one left.
         max_connections: 1,
-        min_connections: 0,
-        connect_timeout: std::time::Duration::from_secs(5),
-        statement_timeout: std::time::Duration::from_secs(5),
-        program_name: "berth:test:sessions".into(),
+        ..settings(db.url(), "berth:test:sessions")
     })
     .await
     .expect("adapter connects");
@@ -614,13 +598,9 @@ async fn sql_server_that_stops_answering_gives_unavailable_mysql() {
     let db = Database::create(&server).await;
     let relay = FreezableRelay::start(&db.url()).await;
     let a = MysqlDatabase::connect(&MysqlSettings {
-        url: Secret::new(relay.url.clone()),
-        password: None,
-        max_connections: 2,
-        min_connections: 0,
         connect_timeout: std::time::Duration::from_secs(1),
         statement_timeout: std::time::Duration::from_millis(300),
-        program_name: "berth:test:unanswered".into(),
+        ..settings(relay.url.clone(), "berth:test:unanswered")
     })
     .await
     .expect("adapter connects");
@@ -637,44 +617,7 @@ async fn sql_server_that_stops_answering_gives_unavailable_mysql() {
         while idle() == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        relay.set_frozen(true);
-        let started = std::time::Instant::now();
-        let failed = match call {
-            "query" => a.query("SELECT 2".into(), vec![], CAPS).await.err(),
-            _ => match a.open_cursor("SELECT 4".into(), vec![]).await {
-                Err(e) => Some(e),
-                Ok(mut cursor) => cursor.next(10, 1 << 20).await.err(),
-            },
-        };
-        assert_eq!(
-            failed,
-            Some(SqlError::Unavailable(
-                "the database did not answer in time".into()
-            )),
-            "{call}"
-        );
-        // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{call} took {:?}",
-            started.elapsed()
-        );
-
-        relay.set_frozen(false);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            match a.query("SELECT 3".into(), vec![], CAPS).await {
-                Ok(rs) => {
-                    assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
-                    break;
-                }
-                Err(e) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "still failing once the server answers again: {e:?}"
-                ),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        unanswered_then_recovered(&relay, &a, call).await;
     }
     drop(a);
     db.drop_now().await;

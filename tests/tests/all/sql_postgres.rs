@@ -2,26 +2,13 @@
 //! keep between calls. (The conformance guest's runs are in `services.rs`.)
 
 use berth::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
-use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlError, SqlValue};
+use berth::ports::sql::{SqlBackend as _, SqlValue};
 use berth::secret::Secret;
 use berth_tests::relay::FreezableRelay;
 use berth_tests::service;
+use berth_tests::sql::{CAPS, one_row, unanswered_then_recovered};
 
 use crate::services::Schema;
-
-const CAPS: ResultCaps = ResultCaps {
-    max_rows: 100,
-    max_bytes: 1 << 20,
-};
-
-async fn one_row(db: &PostgresDatabase, statement: &str) -> Vec<SqlValue> {
-    let rs = db
-        .query(statement.into(), vec![], CAPS)
-        .await
-        .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
-    assert_eq!(rs.rows.len(), 1, "{statement}");
-    rs.rows.into_iter().next().unwrap()
-}
 
 /// A statement that changes its session (a setting, an advisory lock)
 /// changes it for itself: its connection is closed rather than pooled, in
@@ -163,43 +150,6 @@ async fn sql_server_that_stops_answering_gives_unavailable_postgres() {
         while db.pool().num_idle() < db.pool().size() as usize {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        relay.set_frozen(true);
-        let started = std::time::Instant::now();
-        let failed = match call {
-            "query" => db.query("SELECT 2".into(), vec![], CAPS).await.err(),
-            _ => match db.open_cursor("SELECT 4".into(), vec![]).await {
-                Err(e) => Some(e),
-                Ok(mut cursor) => cursor.next(10, 1 << 20).await.err(),
-            },
-        };
-        assert_eq!(
-            failed,
-            Some(SqlError::Unavailable(
-                "the database did not answer in time".into()
-            )),
-            "{call}"
-        );
-        // 0.3 s + 1 s grace + 3 looks of 0.25 s; TCP would take minutes.
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{call} took {:?}",
-            started.elapsed()
-        );
-
-        relay.set_frozen(false);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            match db.query("SELECT 3".into(), vec![], CAPS).await {
-                Ok(rs) => {
-                    assert_eq!(rs.rows, vec![vec![SqlValue::Int(3)]]);
-                    break;
-                }
-                Err(e) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "still failing once the server answers again: {e:?}"
-                ),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        unanswered_then_recovered(&relay, &db, call).await;
     }
 }
