@@ -399,6 +399,17 @@ mod tests {
         }
     }
 
+    /// A watchdog over `ids` on `script`'s server, with a 60 s statement
+    /// timeout: it looks every 15 s, the first look at once.
+    fn watch_script(ids: &SessionIds, script: &Script) -> Watchdog {
+        spawn(
+            ids.clone(),
+            script.clone(),
+            Duration::from_secs(60),
+            "test".into(),
+        )
+    }
+
     /// Lets `n` more looks happen. Called first, right after `spawn`, it
     /// also lets the first look (at once) happen; every wait ends half a
     /// period after a look, so no wait ends at the instant of one.
@@ -420,12 +431,7 @@ mod tests {
         for id in [1, 2, 3] {
             ids.insert(id, 0);
         }
-        let _dog = spawn(
-            ids.clone(),
-            script.clone(),
-            Duration::from_secs(60),
-            "test".into(),
-        );
+        let _dog = watch_script(&ids, &script);
         // Looks at 0 s (both cancelled), 15 s (the stubborn one ended).
         looks(1).await;
         let mut actions = script.state.lock().unwrap().actions.clone();
@@ -454,12 +460,7 @@ mod tests {
             s.stubborn.insert(5);
             s.finishing = Some((ids.clone(), HashSet::from([5])));
         }
-        let _dog = spawn(
-            ids.clone(),
-            script.clone(),
-            Duration::from_secs(60),
-            "test".into(),
-        );
+        let _dog = watch_script(&ids, &script);
         looks(0).await;
         assert_eq!(script.state.lock().unwrap().actions, ["cancel 6"]);
         // Still listed as overdue at the next look (in this script), it is
@@ -482,12 +483,7 @@ mod tests {
             s.running.insert(1);
         }
         ids.insert(1, 0);
-        let _dog = spawn(
-            ids.clone(),
-            script.clone(),
-            Duration::from_secs(60),
-            "test".into(),
-        );
+        let _dog = watch_script(&ids, &script);
         looks(3).await;
         let actions = script.state.lock().unwrap().actions.clone();
         assert!(!actions.is_empty(), "the watchdog ran");
@@ -503,12 +499,7 @@ mod tests {
         let ids = SessionIds::default();
         script.state.lock().unwrap().open.insert(4);
         ids.statement(4);
-        let _dog = spawn(
-            ids.clone(),
-            script.clone(),
-            Duration::from_secs(60),
-            "test".into(),
-        );
+        let _dog = watch_script(&ids, &script);
         // Not yet overdue at the first looks, then overdue: cancelled,
         // though the pool was never busy.
         looks(1).await;
