@@ -60,11 +60,8 @@ pub(super) async fn url_setting(
     raw: &str,
     secrets: &SecretResolver,
 ) -> anyhow::Result<Secret> {
-    if let Some(place) = inline_credential(raw) {
-        return Err(origin.err(
-            key,
-            format!("the URL holds an inline {place}; reference it as ${{env:NAME}} or ${{file:/path}} instead"),
-        ));
+    if let Some(problem) = inline_credential(raw) {
+        return Err(origin.err(key, problem));
     }
     secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
 }
@@ -86,13 +83,15 @@ const CREDENTIAL_PARAMETERS: &[&str] = &[
 /// Where the URL `raw` writes a credential out instead of referencing it:
 /// its userinfo's password, or a query parameter named like a credential.
 /// Each must be a reference as a whole, so `postgres://app:pw@${env:HOST}/db`
-/// is refused although it holds a reference. The answer names the place,
-/// never the value.
+/// is refused although it holds a reference. The answer is the error's
+/// text: it names the place, never the value.
 fn inline_credential(raw: &str) -> Option<String> {
     // The mark stands for a reference below, so a URL holding it as text
     // could pass a written-out value for one. No URL holds it.
     if raw.contains(REFERENCE_MARK) {
-        return Some("control character".into());
+        return Some(
+            "the URL holds the control character U+0001, which no URL holds; remove it".into(),
+        );
     }
     let marked = SecretResolver::mark_references(raw);
     let referenced = |part: &str| part.chars().all(|c| c == REFERENCE_MARK);
@@ -107,7 +106,7 @@ fn inline_credential(raw: &str) -> Option<String> {
         .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, password)| password);
     if password.is_some_and(|p| !referenced(p)) {
-        return Some("password".into());
+        return Some(written_out("password"));
     }
     let query = tail
         .split_once('?')
@@ -122,7 +121,7 @@ fn inline_credential(raw: &str) -> Option<String> {
             .find(|k| k.eq_ignore_ascii_case(&name))
             && !referenced(value)
         {
-            return Some(format!("`{known}` parameter"));
+            return Some(written_out(&format!("`{known}` parameter")));
         }
     }
     None
@@ -164,9 +163,16 @@ pub(super) fn connection_failure(e: impl std::fmt::Display) -> String {
     format!("cannot connect at startup: {e}")
 }
 
+/// The error for a credential written out at `place` in a URL.
+fn written_out(place: &str) -> String {
+    format!(
+        "the URL holds an inline {place}; reference it as ${{env:NAME}} or ${{file:/path}} instead"
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::inline_credential;
+    use super::{inline_credential, written_out};
 
     #[test]
     fn written_out_credentials_are_found_whatever_else_is_referenced() {
@@ -191,7 +197,14 @@ mod tests {
             ),
             ("nats://h:4222?token=t", "`token` parameter"),
         ] {
-            assert_eq!(inline_credential(url).as_deref(), Some(place), "{url}");
+            let expected = match place {
+                "control character" => {
+                    "the URL holds the control character U+0001, which no URL holds; remove it"
+                        .to_string()
+                }
+                place => written_out(place),
+            };
+            assert_eq!(inline_credential(url), Some(expected), "{url}");
         }
     }
 
