@@ -229,6 +229,19 @@ async fn sql_unreachable_mysql_fails_at_startup_naming_the_key() {
         err.contains("inline password") && !err.contains("inline-pw@"),
         "{err}"
     );
+    // A database is required (a guest's `USE` could not be undone
+    // otherwise); refused before any connection is tried.
+    for url in ["mysql://root@127.0.0.1:1", "mysql://root@127.0.0.1:1/"] {
+        let host = host_config(
+            &t,
+            &format!("[sql.main]\ntype = \"mysql\"\nurl = \"{url}\"\n"),
+        );
+        let err = format!("{:#}", t.load_with(&host).await.err().expect("refused"));
+        assert!(
+            err.contains("`sql.main`") && err.contains("names no database"),
+            "{url}: {err}"
+        );
+    }
 }
 
 /// The adapter's settings for `url`: 2 connections, 5 s to connect, a 5 s

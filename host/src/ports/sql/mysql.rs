@@ -42,7 +42,8 @@ const IDLE_TTL: Duration = Duration::from_secs(600);
 /// Settings of a MySQL/MariaDB logical database.
 #[derive(Debug, Clone)]
 pub struct MysqlSettings {
-    /// `mysql://user@host:port/db` (`mariadb://` is accepted too).
+    /// `mysql://user@host:port/db` (`mariadb://` is accepted too); the
+    /// database is required.
     pub url: Secret,
     /// Password, if not in the URL.
     pub password: Option<Secret>,
@@ -107,7 +108,20 @@ impl MysqlDatabase {
         };
         let opts = Opts::from_url(&url)
             .map_err(|_| SqlError::InvalidInput("the MySQL URL is malformed".into()))?;
-        let database = opts.db_name().map(str::to_owned);
+        // The URL's database is the session's default, chosen again after
+        // every reset (below). Without one, a guest's `USE` would outlive
+        // its call: a reset keeps the current database and nothing can
+        // unselect it. So a Berth database is always one MySQL database.
+        let database = match opts.db_name() {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => {
+                return Err(SqlError::InvalidInput(
+                    "the MySQL URL names no database: give it as the URL's path, as in \
+                     mysql://user@host:3306/orders"
+                        .into(),
+                ));
+            }
+        };
         let mut base = OptsBuilder::from_opts(opts)
             // Keep the transport the operator configured: on a loopback
             // address mysql_async would otherwise move to the server's
@@ -164,10 +178,10 @@ impl MysqlDatabase {
         // Run on every new connection and after every reset. A reset
         // keeps the session's current database (a guest's `USE`), so the
         // URL's is chosen again.
-        let mut setup = vec![session_setup(flavor, s.statement_timeout)];
-        if let Some(database) = &database {
-            setup.push(format!("USE `{}`", database.replace('`', "``")));
-        }
+        let setup = vec![
+            session_setup(flavor, s.statement_timeout),
+            format!("USE `{}`", database.replace('`', "``")),
+        ];
         let opts = base.setup(setup).pool_opts(pool_opts);
         let pool = Pool::new(opts);
         let session_ids = SessionIds::default();
