@@ -39,12 +39,12 @@ pub async fn unanswered_then_recovered(relay: &FreezableRelay, db: &dyn SqlBacke
         },
         other => panic!("no such call: {other}"),
     };
-    assert_eq!(
-        failed,
-        Some(SqlError::Unavailable(
-            "the database did not answer in time".into()
-        )),
-        "{call}"
+    // The error names the bound (2.05 s here), not the statement timeout.
+    assert!(
+        matches!(&failed, Some(SqlError::Unavailable(m))
+            if m.starts_with("the database did not answer within 2.")
+                && m.ends_with(" s; its connection was closed")),
+        "{call}: {failed:?}"
     );
     assert!(
         started.elapsed() < Duration::from_secs(10),

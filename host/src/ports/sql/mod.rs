@@ -141,9 +141,14 @@ impl CappedRows {
 }
 
 /// The error of a statement the server left unanswered past its bound
-/// (see `watchdog::answered_by`): the server, or the way to it, is gone.
-pub(crate) fn unanswered() -> SqlError {
-    SqlError::Unavailable("the database did not answer in time".into())
+/// `within` (see `watchdog::answered_by`): the server, or the way to it, is
+/// gone. The bound is named, so an operator can tell it from the statement
+/// timeout (which gives `timeout`).
+pub(crate) fn unanswered(within: std::time::Duration) -> SqlError {
+    SqlError::Unavailable(format!(
+        "the database did not answer within {:.1} s; its connection was closed",
+        within.as_secs_f64()
+    ))
 }
 
 /// Why a SQL operation failed, as adapters report it.

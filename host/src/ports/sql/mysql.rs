@@ -246,12 +246,13 @@ impl MysqlDatabase {
 async fn answered<T>(
     conn: mysql_async::Conn,
     result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
+    within: Duration,
 ) -> Result<T, SqlError> {
     match result {
         Ok(result) => result,
         Err(_) => {
             disconnect(conn).await;
-            Err(super::unanswered())
+            Err(super::unanswered(within))
         }
     }
 }
@@ -397,7 +398,7 @@ impl SqlBackend for MysqlDatabase {
             query_on(&mut conn, &statement, params, caps),
         )
         .await;
-        answered(conn, result).await
+        answered(conn, result, self.answer_within).await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
@@ -407,7 +408,7 @@ impl SqlBackend for MysqlDatabase {
             execute_on(&mut conn, &statement, params),
         )
         .await;
-        answered(conn, result).await
+        answered(conn, result, self.answer_within).await
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
@@ -451,7 +452,7 @@ impl SqlBackend for MysqlDatabase {
                             return false;
                         }
                         Err(_) => {
-                            let _ = columns_tx.send(Err(super::unanswered()));
+                            let _ = columns_tx.send(Err(super::unanswered(within)));
                             return true;
                         }
                     };
@@ -464,7 +465,7 @@ impl SqlBackend for MysqlDatabase {
                         Ok(Ok(Some(row))) => (read_row(&kinds, row), false),
                         Ok(Ok(None)) => return false,
                         Ok(Err(e)) => (Err(map_error(e)), false),
-                        Err(_) => (Err(super::unanswered()), true),
+                        Err(_) => (Err(super::unanswered(within)), true),
                     };
                     let failed = item.is_err();
                     if rows_tx.send(item).await.is_err() || failed {
@@ -540,7 +541,7 @@ impl MysqlTransaction {
         match result {
             Ok(result) => result,
             Err(elapsed) => match self.conn.take() {
-                Some(conn) => answered(conn, Err(elapsed)).await,
+                Some(conn) => answered(conn, Err(elapsed), self.answer_within).await,
                 None => Err(SqlError::Closed),
             },
         }

@@ -302,7 +302,8 @@ impl SqlBackend for PostgresDatabase {
         let mut conn = self.acquire_for(&statement).await?;
         let within = self.answer_within;
         let result = timeout(within, query_on(&mut conn, &statement, params, caps)).await;
-        self.check.note(answered(&mut conn, result))
+        self.check
+            .note(answered(&mut conn, result, self.answer_within))
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
@@ -312,7 +313,8 @@ impl SqlBackend for PostgresDatabase {
             execute_on(&mut conn, &statement, params),
         )
         .await;
-        self.check.note(answered(&mut conn, result))
+        self.check
+            .note(answered(&mut conn, result, self.answer_within))
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
@@ -327,7 +329,8 @@ impl SqlBackend for PostgresDatabase {
                 .map_err(map_error)
         })
         .await;
-        self.check.note(answered(&mut conn, begun))?;
+        self.check
+            .note(answered(&mut conn, begun, self.answer_within))?;
         Ok(Box::new(PostgresTransaction {
             conn: Some(conn),
             session_ids: self.session_ids.clone(),
@@ -413,7 +416,7 @@ impl CursorReader {
                 return Answered::Yes;
             }
             Err(_) => {
-                let _ = columns_tx.send(check.note(Err(super::unanswered())));
+                let _ = columns_tx.send(check.note(Err(super::unanswered(within))));
                 return Answered::No;
             }
         };
@@ -434,7 +437,7 @@ impl CursorReader {
                         .and_then(|r| read_row(&r)),
                     Answered::Yes,
                 ),
-                Err(_) => (check.note(Err(super::unanswered())), Answered::No),
+                Err(_) => (check.note(Err(super::unanswered(within))), Answered::No),
             };
             let failed = item.is_err();
             if rows_tx.send(item).await.is_err() || failed {
@@ -451,10 +454,11 @@ impl CursorReader {
 fn answered<T>(
     conn: &mut PoolConnection<Postgres>,
     result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
+    within: Duration,
 ) -> Result<T, SqlError> {
     result.unwrap_or_else(|_| {
         conn.close_on_drop();
-        Err(super::unanswered())
+        Err(super::unanswered(within))
     })
 }
 
@@ -510,7 +514,7 @@ impl PostgresTransaction {
             end(conn).await.map_err(map_error)
         })
         .await;
-        let ended = self.check.note(answered(conn, ended));
+        let ended = self.check.note(answered(conn, ended, self.answer_within));
         if ended.is_ok() {
             // Out of the transaction: the connection goes back as it is.
             self.conn = None;
@@ -538,7 +542,7 @@ impl SqlTransaction for PostgresTransaction {
         let within = self.answer_within;
         let conn = self.conn(&statement)?;
         let result = timeout(within, query_on(conn, &statement, params, caps)).await;
-        let result = answered(conn, result);
+        let result = answered(conn, result, within);
         self.check.note(result)
     }
 
@@ -546,7 +550,7 @@ impl SqlTransaction for PostgresTransaction {
         let within = self.answer_within;
         let conn = self.conn(&statement)?;
         let result = timeout(within, execute_on(conn, &statement, params)).await;
-        let result = answered(conn, result);
+        let result = answered(conn, result, within);
         self.check.note(result)
     }
 
