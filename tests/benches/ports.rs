@@ -11,8 +11,10 @@
 //! Needs the `BERTH_TEST_*` variables `.ci/services.sh` prints; a case
 //! whose server is missing is reported as skipped.
 //! `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group; `invoke` measures
-//! only the per-message invocation cost (for profiling), and
-//! `BERTH_BENCH_SIDE=berth|native` runs one side of the point query.
+//! only the per-message invocation cost (for profiling; `BERTH_BENCH_IN_FLIGHT`
+//! deliveries at once), and
+//! `BERTH_BENCH_SIDE=berth|native` runs one side of the point query, and
+//! `split` measures the adapter without a guest beside both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,10 +60,18 @@ fn main() {
         println!("# Berth port benchmarks\n");
         if only == "invoke" {
             // Profiling aid: only Berth's per-message invocation cost.
+            // `BERTH_BENCH_IN_FLIGHT` deliveries at once (default 1).
             let url = std::env::var("BERTH_TEST_NATS_URL").expect("BERTH_TEST_NATS_URL");
+            let in_flight = std::env::var("BERTH_BENCH_IN_FLIGHT")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            // `BERTH_BENCH_WARM=1`: warm instances, as `reuse_instances`.
+            let warm = std::env::var("BERTH_BENCH_WARM").is_ok_and(|v| v == "1");
+            let (wall, cpu) = nats::invocation_cost_us(&url, in_flight, warm).await;
             println!(
-                "{:.2} µs per invocation",
-                nats::invocation_cost_us(&url).await
+                "{wall:.2} µs per invocation, {cpu:.2} µs of CPU ({in_flight} in flight, warm: \
+                 {warm})"
             );
             return;
         }
@@ -268,6 +278,15 @@ async fn postgres_point_query(url: &str) {
     };
     native(POINT_QUERIES / 4).await; // warm-up
 
+    // Profiling aid: `BERTH_BENCH_SIDE=split` tells Berth's addition apart:
+    // the same queries through the Postgres adapter called from Rust (no
+    // guest), alternated with both sides.
+    if std::env::var("BERTH_BENCH_SIDE").is_ok_and(|side| side == "split") {
+        split_point_query(url, &schema, &native, &guest).await;
+        drop_schema(&mut admin, &schema).await;
+        return;
+    }
+
     // Profiling aid: `BERTH_BENCH_SIDE=berth|native` runs one side only.
     if let Ok(side) = std::env::var("BERTH_BENCH_SIDE") {
         let samples = match side.as_str() {
@@ -276,6 +295,7 @@ async fn postgres_point_query(url: &str) {
         };
         let (p50, p99) = percentiles(samples);
         println!("{side} only: p50 {p50:.1} µs, p99 {p99:.1} µs\n");
+        drop_schema(&mut admin, &schema).await;
         return;
     }
 
@@ -325,10 +345,80 @@ async fn postgres_point_query(url: &str) {
 
     drop(app);
     pool.close().await;
+    drop_schema(&mut admin, &schema).await;
+}
+
+async fn drop_schema(admin: &mut sqlx::PgConnection, schema: &str) {
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut admin)
+        .execute(admin)
         .await
         .unwrap();
+}
+
+/// `BERTH_BENCH_SIDE=split`: p50 of the point query natively, through the
+/// adapter called from Rust, and through a guest, in alternated blocks.
+async fn split_point_query<N, G, NF, GF>(url: &str, schema: &str, native: &N, guest: &G)
+where
+    N: Fn(u64) -> NF,
+    G: Fn(u64) -> GF,
+    NF: std::future::Future<Output = Vec<u64>>,
+    GF: std::future::Future<Output = Vec<u64>>,
+{
+    use berth::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
+    use berth::ports::sql::{ResultCaps, SqlBackend as _, SqlValue};
+    let db = PostgresDatabase::connect(&PostgresSettings {
+        url: berth::secret::Secret::new(url.to_string()),
+        password: None,
+        schema: Some(schema.to_string()),
+        max_connections: 4,
+        min_connections: 0,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(30),
+        application_name: "berth:bench:adapter".into(),
+        tenant: None,
+    })
+    .await
+    .expect("the adapter connects");
+    let adapter = |n: u64| {
+        let db = &db;
+        async move {
+            let mut samples = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let id = (i % POINT_ROWS + 1) as i64;
+                let start = Instant::now();
+                let rows = db
+                    .query(
+                        "SELECT id, name FROM bench_users WHERE id = ?".into(),
+                        vec![SqlValue::Int(id)],
+                        ResultCaps {
+                            max_rows: 100,
+                            max_bytes: 1 << 20,
+                        },
+                    )
+                    .await
+                    .expect("point query")
+                    .rows;
+                samples.push(start.elapsed().as_nanos() as u64);
+                assert_eq!(rows.len(), 1, "row {id}");
+            }
+            samples
+        }
+    };
+    adapter(POINT_QUERIES / 4).await; // warm-up
+    let block = POINT_QUERIES / BLOCKS as u64;
+    let mut sides = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..BLOCKS {
+        sides[0].push(native(block).await);
+        sides[1].push(adapter(block).await);
+        sides[2].push(guest(block).await);
+    }
+    let [n50, a50, g50] = sides.map(|side| percentiles(side.concat()).0);
+    println!(
+        "p50 µs: native {n50:.1}; adapter without a guest {a50:.1} (+{:.1}); guest {g50:.1} \
+         (+{:.1} over the adapter)\n",
+        a50 - n50,
+        g50 - a50
+    );
 }
 
 // ---------------------------------------------------------------- S3

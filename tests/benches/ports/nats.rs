@@ -359,10 +359,12 @@ pub(super) async fn nats_consume(url: &str, work: &Work) {
         each(2)
     );
     if let Work::Nothing = work {
-        let per_invocation = invocation_cost_us(url).await;
+        let (alone, _) = invocation_cost_us(url, 1, false).await;
+        let (_, cpu) = invocation_cost_us(url, IN_FLIGHT, false).await;
         println!(
             "Berth's own cost per message, without the broker (store + instantiate + call + \
-             teardown of the no-op handler, one at a time): {per_invocation:.1} µs.\n"
+             teardown of the no-op handler): {alone:.1} µs one at a time; {cpu:.1} µs of CPU with \
+             {IN_FLIGHT} at once.\n"
         );
     }
 }
@@ -493,34 +495,68 @@ async fn berth_consume(
     drain
 }
 
-/// Mean µs per `handle_delivery` of the no-op handler, sequentially.
-pub(super) async fn invocation_cost_us(url: &str) -> f64 {
+/// The no-op handler's cost per `handle_delivery`, without a broker:
+/// wall-clock µs per delivery, and this process's CPU µs per delivery.
+/// `in_flight` deliveries run at once, each in its own task as the trigger
+/// runs them (1: one after another, in this task).
+pub(super) async fn invocation_cost_us(url: &str, in_flight: usize, warm: bool) -> (f64, f64) {
     let name = unique("benchcall");
     let t = handler_app(&name, guests::BENCH_HANDLER, "", false);
-    let app = t.load_with(&nats_host(&t, url)).await.expect("app loads");
+    let app = Arc::new(t.load_with(&nats_host(&t, url)).await.expect("app loads"));
     let component = app.component("handler").unwrap();
     let pre = berth::bindings::MessageHandlerPre::new(component.pre.clone()).unwrap();
-    let policy = berth::triggers::message::DeliveryPolicy::defaults("bench");
-    let call = |i: u64| {
-        berth::triggers::message::handle_delivery(
-            &app,
-            "handler",
-            &pre,
-            berth_tests::unacked_delivery(i),
-            &policy,
-            None,
-        )
+    let policy = Arc::new(berth::triggers::message::DeliveryPolicy::defaults("bench"));
+    let pool = warm.then(berth::triggers::message::WarmPool::default);
+    let calls = |count: u64| {
+        let (app, pre, policy, pool) = (app.clone(), pre.clone(), policy.clone(), pool.clone());
+        async move {
+            if in_flight <= 1 {
+                for i in 0..count {
+                    let delivery = berth_tests::unacked_delivery(i);
+                    berth::triggers::message::handle_delivery(
+                        &app,
+                        "handler",
+                        &pre,
+                        delivery,
+                        &policy,
+                        pool.as_ref(),
+                    )
+                    .await;
+                }
+                return;
+            }
+            let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..count {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                let (app, pre, policy, pool) =
+                    (app.clone(), pre.clone(), policy.clone(), pool.clone());
+                tasks.spawn(async move {
+                    let delivery = berth_tests::unacked_delivery(i);
+                    berth::triggers::message::handle_delivery(
+                        &app,
+                        "handler",
+                        &pre,
+                        delivery,
+                        &policy,
+                        pool.as_ref(),
+                    )
+                    .await;
+                    drop(permit);
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.expect("a delivery");
+            }
+        }
     };
     const CALLS: u64 = 20_000;
-    for i in 0..1_000 {
-        call(i).await;
-    }
-    let start = Instant::now();
-    for i in 0..CALLS {
-        call(i).await;
-    }
-    let cost = start.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
+    calls(1_000).await;
+    let (start, cpu) = (Instant::now(), CpuMeter::start(&[]));
+    calls(CALLS).await;
+    let wall = start.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
+    let cpu = cpu.stop().process as f64 / 1e3 / CALLS as f64;
     drop(app);
     delete_stream(url, &name).await;
-    cost
+    (wall, cpu)
 }
