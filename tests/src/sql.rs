@@ -39,7 +39,8 @@ pub async fn unanswered_then_recovered(relay: &FreezableRelay, db: &dyn SqlBacke
         },
         other => panic!("no such call: {other}"),
     };
-    // The error names the bound (2.05 s here), not the statement timeout.
+    // The error names the bound (0.3 s + 1 s of grace + three looks of
+    // 0.25 s = 2.05 s), not the statement timeout.
     assert!(
         matches!(&failed, Some(SqlError::Unavailable(m))
             if m.starts_with("the database did not answer within 2.")

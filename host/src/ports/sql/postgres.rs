@@ -302,19 +302,14 @@ impl SqlBackend for PostgresDatabase {
         let mut conn = self.acquire_for(&statement).await?;
         let within = self.answer_within;
         let result = timeout(within, query_on(&mut conn, &statement, params, caps)).await;
-        self.check
-            .note(answered(&mut conn, result, self.answer_within))
+        self.check.note(answered(&mut conn, result, within))
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
-        let result = timeout(
-            self.answer_within,
-            execute_on(&mut conn, &statement, params),
-        )
-        .await;
-        self.check
-            .note(answered(&mut conn, result, self.answer_within))
+        let within = self.answer_within;
+        let result = timeout(within, execute_on(&mut conn, &statement, params)).await;
+        self.check.note(answered(&mut conn, result, within))
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError> {
