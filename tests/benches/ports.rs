@@ -10,11 +10,15 @@
 //!
 //! Needs the `BERTH_TEST_*` variables `.ci/services.sh` prints; a case
 //! whose server is missing is reported as skipped.
-//! `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group; `invoke` measures
-//! only the per-message invocation cost (for profiling; `BERTH_BENCH_IN_FLIGHT`
-//! deliveries at once), and
-//! `BERTH_BENCH_SIDE=berth|native` runs one side of the point query, and
-//! `split` measures the adapter without a guest beside both.
+//!
+//! Profiling aids:
+//! - `BERTH_BENCH_ONLY=postgres|s3|nats` runs one group;
+//! - `BERTH_BENCH_ONLY=invoke` measures only the per-message invocation
+//!   cost, with `BERTH_BENCH_IN_FLIGHT` deliveries at once (default 1) and,
+//!   with `BERTH_BENCH_WARM=1`, warm instances;
+//! - `BERTH_BENCH_SIDE=berth|native` runs one side of the point query;
+//! - `BERTH_BENCH_SIDE=split` times the point query through the adapter
+//!   without a guest, beside both sides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,9 +73,11 @@ fn main() {
             // `BERTH_BENCH_WARM=1`: warm instances, as `reuse_instances`.
             let warm = std::env::var("BERTH_BENCH_WARM").is_ok_and(|v| v == "1");
             let (wall, cpu) = nats::invocation_cost_us(&url, in_flight, warm).await;
+            // With more than one in flight, wall time per delivery is the
+            // inverse of the throughput, not a latency.
             println!(
-                "{wall:.2} µs per invocation, {cpu:.2} µs of CPU ({in_flight} in flight, warm: \
-                 {warm})"
+                "{wall:.2} µs of wall time and {cpu:.2} µs of CPU per delivery ({in_flight} in \
+                 flight, warm instances: {warm})"
             );
             return;
         }
@@ -407,10 +413,17 @@ where
     adapter(POINT_QUERIES / 4).await; // warm-up
     let block = POINT_QUERIES / BLOCKS as u64;
     let mut sides = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..BLOCKS {
-        sides[0].push(native(block).await);
-        sides[1].push(adapter(block).await);
-        sides[2].push(guest(block).await);
+    // Each side goes first, second and third in turn.
+    for b in 0..BLOCKS {
+        for turn in 0..3 {
+            let side = (b + turn) % 3;
+            let samples = match side {
+                0 => native(block).await,
+                1 => adapter(block).await,
+                _ => guest(block).await,
+            };
+            sides[side].push(samples);
+        }
     }
     let [n50, a50, g50] = sides.map(|side| percentiles(side.concat()).0);
     println!(
