@@ -2,7 +2,7 @@
 //! keep between calls. (The conformance guest's runs are in `services.rs`.)
 
 use berth::ports::sql::postgres::{PostgresDatabase, PostgresSettings};
-use berth::ports::sql::{SqlBackend as _, SqlValue};
+use berth::ports::sql::{SqlBackend as _, SqlError, SqlValue};
 use berth::secret::Secret;
 use berth_tests::relay::FreezableRelay;
 use berth_tests::service;
@@ -152,4 +152,53 @@ async fn sql_server_that_stops_answering_gives_unavailable_postgres() {
         }
         unanswered_then_recovered(&relay, &db, call).await;
     }
+}
+
+/// A server short of resources (class 53, here a temporary file over its
+/// limit) gives `unavailable` saying so, with its code; the server answered,
+/// so the pool goes on as before and the next statement succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_server_short_of_resources_gives_unavailable_postgres() {
+    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = Schema::create(&url).await;
+    let db = PostgresDatabase::connect(&PostgresSettings {
+        url: Secret::new(url.clone()),
+        password: None,
+        schema: Some(schema.name.clone()),
+        max_connections: 1,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(5),
+        application_name: "berth:test:resources".into(),
+        tenant: None,
+    })
+    .await
+    .expect("adapter connects");
+    let mut tx = db.begin().await.expect("begin");
+    // A sort that spills to a temporary file larger than the limit: 53400.
+    for setting in [
+        "SET LOCAL work_mem = '64kB'",
+        "SET LOCAL temp_file_limit = '64kB'",
+    ] {
+        tx.execute(setting.into(), vec![]).await.expect(setting);
+    }
+    let spilled = tx
+        .query(
+            "SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC".into(),
+            vec![],
+            CAPS,
+        )
+        .await;
+    assert_eq!(
+        spilled.err(),
+        Some(SqlError::Unavailable(
+            "the server is short of resources (53400)".into()
+        ))
+    );
+    tx.rollback().await.expect("rollback");
+    assert_eq!(one_row(&db, "SELECT 1").await, vec![SqlValue::Int(1)]);
+    drop(db);
+    schema.drop_now().await;
 }

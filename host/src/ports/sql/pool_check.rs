@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::SqlError;
+use super::postgres::SHORT_OF_RESOURCES;
 
 /// A connection idle at least this long is pinged before it is lent.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -52,9 +53,13 @@ impl PoolCheck {
     }
 
     /// Passes a call's result on, noting a lost connection (`unavailable`:
-    /// the server is unreachable or ended the session).
+    /// the server is unreachable or ended the session). A server short of
+    /// resources answered on its connection, so it is not one: pinging
+    /// every connection would only add to its load.
     pub fn note<T>(&self, result: Result<T, SqlError>) -> Result<T, SqlError> {
-        if let Err(SqlError::Unavailable(_)) = &result {
+        if let Err(SqlError::Unavailable(why)) = &result
+            && !why.starts_with(SHORT_OF_RESOURCES)
+        {
             let until = self
                 .now_ms()
                 .saturating_add(PING_ALL_FOR.as_millis() as u64);
@@ -81,6 +86,9 @@ mod tests {
         // Other errors are the statement's, not the connection's.
         let _ = check.note::<()>(Err(SqlError::Timeout));
         let _ = check.note::<()>(Err(SqlError::Syntax("x".into())));
+        // Nor is a server short of resources (class 53): it answered.
+        let short = format!("{SHORT_OF_RESOURCES} (53200)");
+        let _ = check.note::<()>(Err(SqlError::Unavailable(short)));
         assert!(!check.should_ping(Duration::ZERO));
         let _ = check
             .clone()

@@ -198,6 +198,11 @@ impl PostgresDatabase {
     }
 }
 
+/// How the `unavailable` of a class 53 error begins (disk full, out of
+/// memory, too many connections): the server answered, so the connection
+/// is not lost (see [`PoolCheck::note`]).
+pub(super) const SHORT_OF_RESOURCES: &str = "the server is short of resources";
+
 /// Maps a sqlx error to the port's error. Database messages are kept (they
 /// name objects of the guest's own SQL); connection errors are not, since
 /// they can name hosts.
@@ -217,7 +222,10 @@ pub fn map_error(e: sqlx::Error) -> SqlError {
                 "40001" | "40P01" => SqlError::Conflict(msg),
                 c if c.starts_with("22") => SqlError::InvalidInput(msg),
                 "08P01" => SqlError::InvalidInput(msg),
-                c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                c if c.starts_with("53") => {
+                    SqlError::Unavailable(format!("{SHORT_OF_RESOURCES} ({c})"))
+                }
+                c if c.starts_with("08") || c.starts_with("57P") => {
                     SqlError::Unavailable(format!("server error {c}"))
                 }
                 _ => SqlError::Other(msg),
