@@ -512,16 +512,7 @@ pub(super) async fn invocation_cost_us(url: &str, in_flight: usize, warm: bool) 
         async move {
             if in_flight <= 1 {
                 for i in 0..count {
-                    let delivery = berth_tests::unacked_delivery(i);
-                    berth::triggers::message::handle_delivery(
-                        &app,
-                        "handler",
-                        &pre,
-                        delivery,
-                        &policy,
-                        pool.as_ref(),
-                    )
-                    .await;
+                    deliver(&app, &pre, &policy, pool.as_ref(), i).await;
                 }
                 return;
             }
@@ -532,16 +523,7 @@ pub(super) async fn invocation_cost_us(url: &str, in_flight: usize, warm: bool) 
                 let (app, pre, policy, pool) =
                     (app.clone(), pre.clone(), policy.clone(), pool.clone());
                 tasks.spawn(async move {
-                    let delivery = berth_tests::unacked_delivery(i);
-                    berth::triggers::message::handle_delivery(
-                        &app,
-                        "handler",
-                        &pre,
-                        delivery,
-                        &policy,
-                        pool.as_ref(),
-                    )
-                    .await;
+                    deliver(&app, &pre, &policy, pool.as_ref(), i).await;
                     drop(permit);
                 });
             }
@@ -559,4 +541,16 @@ pub(super) async fn invocation_cost_us(url: &str, in_flight: usize, warm: bool) 
     drop(app);
     delete_stream(url, &name).await;
     (wall, cpu)
+}
+
+/// Delivery `i` (acked by no broker) to the no-op handler of `app`.
+async fn deliver(
+    app: &App,
+    pre: &berth::bindings::MessageHandlerPre<berth::state::InstanceState>,
+    policy: &berth::triggers::message::DeliveryPolicy,
+    warm: Option<&berth::triggers::message::WarmPool>,
+    i: u64,
+) {
+    let delivery = berth_tests::unacked_delivery(i);
+    berth::triggers::message::handle_delivery(app, "handler", pre, delivery, policy, warm).await;
 }

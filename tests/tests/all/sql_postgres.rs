@@ -10,6 +10,25 @@ use berth_tests::sql::{CAPS, one_row, unanswered_then_recovered};
 
 use crate::services::Schema;
 
+/// The adapter on `schema` with one connection, so every call gets the
+/// session the last one left, and 5 s timeouts; its sessions are named
+/// `berth:test:<name>`.
+async fn one_connection(url: &str, schema: &Schema, name: &str) -> PostgresDatabase {
+    PostgresDatabase::connect(&PostgresSettings {
+        url: Secret::new(url.to_string()),
+        password: None,
+        schema: Some(schema.name.clone()),
+        max_connections: 1,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(5),
+        application_name: format!("berth:test:{name}"),
+        tenant: None,
+    })
+    .await
+    .expect("adapter connects")
+}
+
 /// A statement that changes its session (a setting, an advisory lock)
 /// changes it for itself: its connection is closed rather than pooled, in
 /// a transaction or not, so the next call gets a session as the host set
@@ -20,20 +39,7 @@ async fn sql_session_changes_do_not_outlive_the_call_postgres() {
         return;
     };
     let schema = Schema::create(&url).await;
-    let db = PostgresDatabase::connect(&PostgresSettings {
-        url: Secret::new(url.clone()),
-        password: None,
-        schema: Some(schema.name.clone()),
-        // One connection: every call gets the session the last one left.
-        max_connections: 1,
-        min_connections: 0,
-        connect_timeout: std::time::Duration::from_secs(5),
-        statement_timeout: std::time::Duration::from_secs(5),
-        application_name: "berth:test:sessions".into(),
-        tenant: None,
-    })
-    .await
-    .expect("adapter connects");
+    let db = one_connection(&url, &schema, "sessions").await;
     const SETTINGS: &str = "SELECT current_setting('statement_timeout'), \
                             current_setting('search_path'), pg_backend_pid()";
     let first = one_row(&db, SETTINGS).await;
@@ -163,19 +169,7 @@ async fn sql_server_short_of_resources_gives_unavailable_postgres() {
         return;
     };
     let schema = Schema::create(&url).await;
-    let db = PostgresDatabase::connect(&PostgresSettings {
-        url: Secret::new(url.clone()),
-        password: None,
-        schema: Some(schema.name.clone()),
-        max_connections: 1,
-        min_connections: 0,
-        connect_timeout: std::time::Duration::from_secs(5),
-        statement_timeout: std::time::Duration::from_secs(5),
-        application_name: "berth:test:resources".into(),
-        tenant: None,
-    })
-    .await
-    .expect("adapter connects");
+    let db = one_connection(&url, &schema, "resources").await;
     let mut tx = db.begin().await.expect("begin");
     // A sort that spills to a temporary file larger than the limit: 53400.
     for setting in [
