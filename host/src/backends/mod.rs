@@ -30,7 +30,9 @@ mod ownership;
 mod settings;
 
 use ownership::PathKind;
-use settings::{Origin, connection_failure, optional_secret, secret_setting, url_setting};
+use settings::{
+    Origin, connection_failure, optional_secret, secret_setting, sql_startup_failure, url_setting,
+};
 
 /// Pool size of a server database when neither config names one.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -193,7 +195,7 @@ pub async fn open(
                 Arc::new(
                     PostgresDatabase::connect(&settings)
                         .await
-                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                        .map_err(|e| origin.err(&key, sql_startup_failure(e)))?,
                 )
             }
             SqlConfig::Mysql {
@@ -220,7 +222,7 @@ pub async fn open(
                 Arc::new(
                     MysqlDatabase::connect(&settings)
                         .await
-                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
+                        .map_err(|e| origin.err(&key, sql_startup_failure(e)))?,
                 )
             }
         };

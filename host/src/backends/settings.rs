@@ -163,6 +163,17 @@ pub(super) fn connection_failure(e: impl std::fmt::Display) -> String {
     format!("cannot connect at startup: {e}")
 }
 
+/// The error of a SQL database that cannot start: a setting the adapter
+/// refuses before connecting (`invalid input`: a malformed URL, a MySQL URL
+/// without its database, pool sizes) is named as a setting, not as a
+/// connection that failed.
+pub(super) fn sql_startup_failure(e: crate::ports::sql::SqlError) -> String {
+    match e {
+        crate::ports::sql::SqlError::InvalidInput(why) => format!("invalid setting: {why}"),
+        other => connection_failure(other),
+    }
+}
+
 /// The error for a credential written out at `place` in a URL.
 fn written_out(place: &str) -> String {
     format!(
