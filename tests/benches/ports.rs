@@ -18,7 +18,8 @@
 //!   with `BERTH_BENCH_WARM=1`, warm instances;
 //! - `BERTH_BENCH_SIDE=berth|native` runs one side of the point query;
 //! - `BERTH_BENCH_SIDE=split` times the point query through the adapter
-//!   without a guest, beside both sides.
+//!   without a guest, beside both sides; `BERTH_BENCH_SIDE=adapter` runs
+//!   the adapter alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -287,8 +288,8 @@ async fn postgres_point_query(url: &str) {
     // Profiling aid: `BERTH_BENCH_SIDE=split` tells Berth's addition apart:
     // the same queries through the Postgres adapter called from Rust (no
     // guest), alternated with both sides.
-    if std::env::var("BERTH_BENCH_SIDE").is_ok_and(|side| side == "split") {
-        split_point_query(url, &schema, &native, &guest).await;
+    if let Ok(side @ ("split" | "adapter")) = std::env::var("BERTH_BENCH_SIDE").as_deref() {
+        split_point_query(url, &schema, &native, &guest, side == "adapter").await;
         drop_schema(&mut admin, &schema).await;
         return;
     }
@@ -363,8 +364,13 @@ async fn drop_schema(admin: &mut sqlx::PgConnection, schema: &str) {
 
 /// `BERTH_BENCH_SIDE=split`: p50 of the point query natively, through the
 /// adapter called from Rust, and through a guest, in alternated blocks.
-async fn split_point_query<N, G, NF, GF>(url: &str, schema: &str, native: &N, guest: &G)
-where
+async fn split_point_query<N, G, NF, GF>(
+    url: &str,
+    schema: &str,
+    native: &N,
+    guest: &G,
+    adapter_only: bool,
+) where
     N: Fn(u64) -> NF,
     G: Fn(u64) -> GF,
     NF: std::future::Future<Output = Vec<u64>>,
@@ -411,6 +417,11 @@ where
         }
     };
     adapter(POINT_QUERIES / 4).await; // warm-up
+    if adapter_only {
+        let (p50, p99) = percentiles(adapter(POINT_QUERIES).await);
+        println!("adapter only: p50 {p50:.1} µs, p99 {p99:.1} µs\n");
+        return;
+    }
     let block = POINT_QUERIES / BLOCKS as u64;
     let mut sides = [Vec::new(), Vec::new(), Vec::new()];
     // Each side goes first, second and third in turn.
