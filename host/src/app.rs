@@ -148,6 +148,20 @@ async fn resolve_upstreams(
                     host.source()
                 );
             };
+            if !config.admits(&manifest.name, host.serve.tenant_manifests) {
+                bail!(
+                    "{}: component `{}` is granted upstream `{name}`, but `upstreams.{name}.apps` in {} does not list app `{}`{}",
+                    manifest.file.display(),
+                    decl.name,
+                    host.source(),
+                    manifest.name,
+                    if config.apps.is_none() {
+                        " (on `berth serve` an upstream's credential goes only to the apps the operator lists)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let upstream = Upstream::resolve(config, secrets)
                 .await
                 .map_err(|m| anyhow::anyhow!("{}: `upstreams.{name}`: {m}", host.source()))?;

@@ -76,7 +76,12 @@ pub type Sent = (
 /// routes by in place of `Host` (RFC 9112, 3.2.2): the request, with an
 /// upstream's credentials, would leave the address that was checked.
 pub fn request_target(method: &http::Method, uri: &http::Uri) -> Result<http::Uri, HttpError> {
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = match uri.path_and_query().map(|p| p.as_str()) {
+        None => "/".to_owned(),
+        // A query without a path (`?x=1`) is a query on the root.
+        Some(query) if query.starts_with('?') => format!("/{query}"),
+        Some(target) => target.to_owned(),
+    };
     let origin_form = target.starts_with('/');
     let asterisk_form = target == "*" && method == http::Method::OPTIONS;
     if !(origin_form || asterisk_form) {
@@ -92,6 +97,10 @@ pub async fn send(
     net: Arc<NetworkSettings>,
     guest: Option<wasmtime_wasi_http::RequestOptions>,
 ) -> Result<Sent, HttpError> {
+    // On the wire the request line carries only path and query; checked
+    // before anything is sent, even the TLS handshake.
+    *request.uri_mut() = request_target(request.method(), request.uri())?;
+    let head = request.method() == http::Method::HEAD;
     // A guest may shorten the host's timeouts, never lengthen them.
     let pick = |host: Duration, guest: Option<Duration>| guest.map_or(host, |g| g.min(host));
     let guest = guest.unwrap_or_default();
@@ -118,18 +127,23 @@ pub async fn send(
         .map_err(HttpError::from)?;
     let driver = tokio::spawn(conn);
 
-    // On the wire the request line carries only path and query.
-    *request.uri_mut() = request_target(request.method(), request.uri())?;
-
     let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
         .await
         .map_err(|_| HttpError::ConnectionReadTimeout)?
         .map_err(HttpError::from)?;
+    // A HEAD, 1xx, 204 or 304 response has no body, whatever length it
+    // declares (that of the resource).
+    let status = response.status();
+    let bodiless = head
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
     let declared = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| !bodiless);
     if let Some(len) = declared.filter(|len| *len > net.max_response_bytes) {
         tracing::warn!(
             host = %target.host,
@@ -307,5 +321,10 @@ mod tests {
         assert_eq!(target(http::Method::GET, "http://a.example").unwrap(), "/");
         assert_eq!(target(http::Method::OPTIONS, "*").unwrap(), "*");
         assert!(target(http::Method::GET, "*").is_err());
+        // A query without a path is a query on the root.
+        assert_eq!(
+            target(http::Method::GET, "http://a.example?x=1").unwrap(),
+            "/?x=1"
+        );
     }
 }

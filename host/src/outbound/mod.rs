@@ -93,18 +93,28 @@ impl OutboundGrants {
     /// Decides where `request` goes, rewriting it for an upstream.
     fn route(&self, request: &mut http::Request<WasiBody>) -> Result<Target, HttpError> {
         let uri = request.uri().clone();
+        if !plain_authority(&uri) {
+            tracing::warn!(
+                "outbound HTTP request refused: user info or an invalid port in its URI"
+            );
+            return Err(HttpError::HttpRequestUriInvalid);
+        }
         let host = uri.host().unwrap_or_default();
         if let Some(name) = upstream::upstream_name(host) {
             let Some(up) = self.upstreams.get(&name) else {
                 tracing::warn!(upstream = %name, "outbound request to an upstream not granted");
                 return Err(HttpError::HttpRequestDenied);
             };
-            return up
-                .apply(request)
-                .map_err(|m| HttpError::InternalError(Some(m)));
+            return up.apply(request).map_err(|refusal| {
+                tracing::warn!(upstream = %name, why = refusal.describe(), "outbound request to an upstream refused");
+                refusal.error()
+            });
         }
         if !self.allows(&uri) {
-            tracing::warn!(uri = %uri, "outbound HTTP request denied by allow-list");
+            // Host and port only, bounded: the path and query are the
+            // guest's, as long as it likes, and may carry anything.
+            let (host, port) = (crate::audit::bounded(host), uri.port_u16());
+            tracing::warn!(%host, ?port, "outbound HTTP request denied by allow-list");
             return Err(HttpError::HttpRequestDenied);
         }
         let scheme = uri.scheme_str().unwrap_or("https");
@@ -117,6 +127,23 @@ impl OutboundGrants {
             port: uri.port_u16().unwrap_or(default_port(scheme)),
             check_addresses: true,
         })
+    }
+}
+
+/// Whether `uri`'s authority is a host with at most a valid port. User
+/// info would reach the `Host` header unchecked (the check and the
+/// connection use the host alone), and a port that does not parse would be
+/// read as the scheme's default while `Host` still names it.
+fn plain_authority(uri: &http::Uri) -> bool {
+    let Some(authority) = uri.authority() else {
+        return true;
+    };
+    match authority.as_str().strip_prefix(authority.host()) {
+        Some("") => true,
+        Some(port) => port
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok()),
+        None => false,
     }
 }
 
@@ -216,5 +243,33 @@ impl WasiHttpHooks for OutboundPolicy {
             });
             sent
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_authority;
+
+    #[test]
+    fn user_info_and_bad_ports_make_no_plain_authority() {
+        let plain = |uri: &str| plain_authority(&uri.parse().unwrap());
+        for good in [
+            "https://api.example.com/x",
+            "https://api.example.com:8443/x",
+            "http://[::1]/x",
+            "http://[::1]:8080/x",
+            "/relative",
+        ] {
+            assert!(plain(good), "{good}");
+        }
+        for bad in [
+            "https://other.tenant@api.example.com/x",
+            "https://u:p@api.example.com:443/x",
+            "https://api.example.com:99999/x",
+            "https://api.example.com:abc/x",
+            "https://api.example.com:/x",
+        ] {
+            assert!(!plain(bad), "{bad}");
+        }
     }
 }

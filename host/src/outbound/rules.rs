@@ -54,8 +54,13 @@ impl AllowRule {
             })
             .transpose()?;
         let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if !valid_host(host.strip_prefix("*.").unwrap_or(&host)) {
+            return Err(format!(
+                "{rule:?}: the host must be a DNS name, an IPv4 address or a bracketed IPv6 address"
+            ));
+        }
         let host = match host.strip_prefix("*.") {
-            Some(domain) if !domain.is_empty() && !domain.contains('*') => {
+            Some(domain) if !domain.is_empty() && !domain.contains(['*', '[']) => {
                 HostPattern::Subdomains(domain.to_string())
             }
             _ if host.contains('*') || host.is_empty() => {
@@ -81,6 +86,20 @@ impl AllowRule {
             HostPattern::Subdomains(d) => host
                 .strip_suffix(d.as_str())
                 .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+        }
+    }
+}
+
+/// A DNS name (letters, digits, `-`, `_`, dots), an IPv4 address, or an
+/// IPv6 address in brackets: a rule with anything else could never match.
+fn valid_host(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'))
         }
     }
 }
@@ -139,6 +158,12 @@ mod tests {
             "https://*",
             "https://a*b.com",
             "https://u@h",
+            // An unbracketed IPv6 address, or a bracket left open.
+            "https://2001:db8::1",
+            "https://[::1",
+            "https://[not-v6]",
+            "https://*.[::1]",
+            "https://a b.example",
         ] {
             assert!(AllowRule::parse(bad).is_err(), "{bad}");
         }

@@ -35,6 +35,22 @@ pub struct UpstreamConfig {
     /// `${file:…}` references.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The apps that may be granted this upstream. Without it, any app
+    /// this host loads on `berth up` or `berth run`, and none on
+    /// `berth serve`, whose tenants write their own manifests: the operator
+    /// names who may spend the credential.
+    pub apps: Option<Vec<String>>,
+}
+
+impl UpstreamConfig {
+    /// Whether app `app` may be granted this upstream (see
+    /// [`UpstreamConfig::apps`]); `tenants` is set on `berth serve`.
+    pub fn admits(&self, app: &str, tenants: bool) -> bool {
+        match &self.apps {
+            Some(apps) => apps.iter().any(|a| a == app),
+            None => !tenants,
+        }
+    }
 }
 
 /// A resolved upstream, ready to rewrite requests.
@@ -121,27 +137,25 @@ impl Upstream {
 
     /// Rewrites a guest request addressed to this upstream and says where
     /// to send it.
-    pub fn apply<B>(&self, request: &mut http::Request<B>) -> Result<Target, String> {
-        let guest_path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+    pub fn apply<B>(&self, request: &mut http::Request<B>) -> Result<Target, Refusal> {
+        let guest_path = match request.uri().path_and_query().map(|p| p.as_str()) {
+            None => "/".to_owned(),
+            // A query without a path (`?x=1`) is a query on the root.
+            Some(query) if query.starts_with('?') => format!("/{query}"),
+            Some(path) => path.to_owned(),
+        };
         if !guest_path.starts_with('/') {
-            return Err("the request path must start with `/`".into());
+            return Err(Refusal::NotOriginForm);
         }
         if !self.base_path.is_empty() && leaves_base(&guest_path) {
-            return Err(format!(
-                "the request path may not leave the upstream's base path {:?}: `.` and `..` segments are refused",
-                self.base_path
-            ));
+            return Err(Refusal::LeavesBasePath);
         }
         let uri = http::Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.to_str().unwrap_or_default())
             .path_and_query(format!("{}{guest_path}", self.base_path))
             .build()
-            .map_err(|e| format!("cannot build upstream URI: {e}"))?;
+            .map_err(|_| Refusal::NotOriginForm)?;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
         headers.insert(http::header::HOST, self.authority.clone());
@@ -152,14 +166,68 @@ impl Upstream {
     }
 }
 
-/// Whether `path` (with its query) has a `.` or `..` segment, spelled
-/// plainly or percent-encoded: a server resolving it could serve something
-/// outside the base path the operator granted.
+/// Why an upstream refused a guest's request. The guest gets the `wasi:http`
+/// error of [`Refusal::error`] and nothing of the upstream's configuration:
+/// a base path can hold a credential (`/bot<token>`, a webhook's path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The path is not in origin form (`/…`) or does not make a URI.
+    NotOriginForm,
+    /// The path could resolve outside the upstream's base path.
+    LeavesBasePath,
+}
+
+impl Refusal {
+    /// The error the guest receives.
+    pub fn error(self) -> wasmtime_wasi_http::Error {
+        match self {
+            Refusal::NotOriginForm => wasmtime_wasi_http::Error::HttpRequestUriInvalid,
+            Refusal::LeavesBasePath => wasmtime_wasi_http::Error::HttpRequestDenied,
+        }
+    }
+
+    /// What happened, for the host's log (no configured value).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::NotOriginForm => "the request path is not in origin form",
+            Refusal::LeavesBasePath => {
+                "the request path could leave the upstream's base path (a dot segment in some spelling)"
+            }
+        }
+    }
+}
+
+/// How many rounds of percent-decoding [`leaves_base`] follows: a server or
+/// a gateway in front of it may decode a path more than once.
+const DECODE_ROUNDS: usize = 4;
+
+/// Whether `path` (with its query) could resolve outside the base path on
+/// some server: a segment of only dots (`.`, `..`, also `..;x` and `.. `
+/// as Tomcat and IIS read them), spelled plainly or percent-encoded any
+/// number of times, with `/`, `\` and their encodings all taken as
+/// separators. A path that does not decode cleanly, or holds a control
+/// character once decoded, is refused too.
 fn leaves_base(path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
+    let mut decoded = path.to_owned();
+    let mut stable = false;
+    for _ in 0..DECODE_ROUNDS {
+        let Some(next) = crate::ports::percent_decode(&decoded) else {
+            return true;
+        };
+        stable = next == decoded;
+        decoded = next;
+        if stable {
+            break;
+        }
+    }
+    if !stable || decoded.chars().any(char::is_control) {
+        return true;
+    }
+    decoded.split(['/', '\\']).any(|segment| {
+        let segment = segment.split(';').next().unwrap_or_default();
+        let segment = segment.trim_end_matches(' ');
+        !segment.is_empty() && segment.bytes().all(|b| b == b'.')
     })
 }
 
@@ -183,6 +251,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            apps: None,
         };
         let resolver = SecretResolver::new(None).unwrap();
         tokio::runtime::Builder::new_current_thread()
@@ -227,12 +296,47 @@ mod tests {
             apply("/charges/a.b?x=..").unwrap(),
             "https://api.example.com/v2/charges/a.b?x=.."
         );
-        for bad in ["/../admin", "/a/./b", "/%2e%2E/admin", "/a/%2e", "/.."] {
-            assert!(apply(bad).is_err(), "{bad}");
+        for bad in [
+            "/../admin",
+            "/a/./b",
+            "/%2e%2E/admin",
+            "/a/%2e",
+            "/..",
+            // Spellings some servers or gateways read as `..`.
+            "/..;/admin",
+            "/..;jsessionid=1/admin",
+            "/..\\admin",
+            "/a%2f..%2fadmin",
+            "/a%2F..%2Fadmin",
+            "/%5c..%5cadmin",
+            "/%252e%252e/admin",
+            "/%25252e%25252e/admin",
+            "/..%20/admin",
+            "/...",
+            "/a/%00",
+            "/a%zz",
+        ] {
+            assert_eq!(apply(bad), Err(Refusal::LeavesBasePath), "{bad}");
         }
+        // Encoded slashes that stay inside the base path are fine.
+        assert_eq!(
+            apply("/projects/group%2Fproject").unwrap(),
+            "https://api.example.com/v2/projects/group%2Fproject"
+        );
+        assert_eq!(
+            apply("?page=2").unwrap(),
+            "https://api.example.com/v2/?page=2"
+        );
+        // The guest learns nothing of the base path from the refusal.
+        let refusal = apply("/../admin").unwrap_err();
+        assert!(!format!("{refusal:?} {}", refusal.describe()).contains("/v2"));
+        assert!(matches!(
+            refusal.error(),
+            wasmtime_wasi_http::Error::HttpRequestDenied
+        ));
         // A path that is not in origin form never reaches the wire.
         let mut req = http::Request::builder().uri("*").body(()).unwrap();
-        assert!(up.apply(&mut req).is_err());
+        assert!(matches!(up.apply(&mut req), Err(Refusal::NotOriginForm)));
         // Without a base path, dot segments are the server's business.
         let root = upstream("https://api.example.com", &[]).unwrap();
         let mut req = http::Request::builder()
@@ -240,6 +344,23 @@ mod tests {
             .body(())
             .unwrap();
         assert!(root.apply(&mut req).is_ok());
+    }
+
+    #[test]
+    fn tenants_get_only_the_upstreams_listed_for_them() {
+        let config = |apps: Option<&[&str]>| UpstreamConfig {
+            url: "https://api.example.com".into(),
+            headers: BTreeMap::new(),
+            apps: apps.map(|a| a.iter().map(|s| s.to_string()).collect()),
+        };
+        // One app of the operator's own (`berth up`, `berth run`).
+        assert!(config(None).admits("shop", false));
+        // Tenants (`berth serve`): only those listed.
+        assert!(!config(None).admits("shop", true));
+        assert!(config(Some(&["shop"])).admits("shop", true));
+        assert!(!config(Some(&["shop"])).admits("shopper", true));
+        assert!(!config(Some(&["shop"])).admits("other", false));
+        assert!(!config(Some(&[])).admits("shop", false));
     }
 
     #[test]

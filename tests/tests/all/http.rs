@@ -218,7 +218,15 @@ async fn http_outbound_timeouts_size_cap_and_no_redirects() {
         Some(b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec())
     })
     .await;
-    let urls = [&silent, &big, &chunked, &secret, &redirect]
+    // A 304 declares the length of the resource it does not send.
+    let not_modified = Upstream::start(|_| {
+        Some(
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 4096\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let urls = [&silent, &big, &chunked, &secret, &redirect, &not_modified]
         .map(|u| format!("http://127.0.0.1:{}", u.port));
     let t = web_app(&format!("http = {urls:?}"));
     let host = loopback_allowed(
@@ -252,6 +260,12 @@ async fn http_outbound_timeouts_size_cap_and_no_redirects() {
         (status, body.as_str()),
         (200, "upstream 302: "),
         "not followed"
+    );
+    let (status, body) = fetch(base, &format!("{}/", urls[5]), None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream 304: "),
+        "a bodiless response is not held to the size cap"
     );
     assert_eq!(secret.requests().len(), 0);
     server.stop().await;
@@ -328,6 +342,30 @@ async fn http_named_upstream_adds_credentials_the_guest_never_sees() {
     }
     assert_eq!(api.requests().len(), 1);
 
+    // Nor does a path some server could resolve above the base path, in
+    // any spelling; the refusal names nothing of the upstream.
+    for path in [
+        "/../admin",
+        "/..;/admin",
+        "/a%2f..%2fadmin",
+        "/%252e%252e/admin",
+    ] {
+        let response = reqwest::Client::new()
+            .get(format!("{}/fetch", server.base))
+            .query(&[("url", "http://pay.upstream/"), ("path", path)])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (502, "error: HttpRequestDenied"),
+            "{path}"
+        );
+    }
+    assert_eq!(api.requests().len(), 1);
+
     // A failing upstream's error carries no credential.
     let (status, body) = fetch(&server.base, "http://down.upstream/x", None).await;
     assert_eq!((status, body.as_str()), (502, "error: ConnectionRefused"));
@@ -355,6 +393,17 @@ async fn http_upstream_grant_must_exist_in_host_config() {
     assert!(err.contains("upstream `pay`"), "{err}");
     assert!(err.contains("host.toml"), "{err}");
     assert!(err.contains("berth.toml"), "{err}");
+
+    // An upstream that lists the apps it serves serves no other.
+    let listed = "[upstreams.pay]\nurl = \"https://api.example.com\"\napps = [\"billing\"]\n";
+    let err = t
+        .load_with(&host_config(&t, listed))
+        .await
+        .err()
+        .expect("load fails")
+        .to_string();
+    assert!(err.contains("`upstreams.pay.apps`"), "{err}");
+    assert!(err.contains("app `outbound`"), "{err}");
 
     let bad = host_config(&t, "[outbound]\nallow_private = [\"intranet\"]\n");
     let err = web_app(r#"http = ["https://example.com"]"#)

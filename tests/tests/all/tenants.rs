@@ -197,6 +197,55 @@ async fn tenants_manifests_cannot_read_the_host_environment() {
     assert!(tenants.app_names().is_empty());
 }
 
+/// On `berth serve` a tenant is granted a named upstream, and so spends
+/// its credential, only when the operator lists the tenant in the
+/// upstream's `apps`; a tenant's own manifest is not enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_get_only_the_upstreams_listed_for_them() {
+    let apps = tempfile::tempdir().unwrap();
+    for name in ["shop", "thief"] {
+        let dir = apps.path().join(name);
+        write_http_app(&dir, name, "");
+        let manifest = dir.join("berth.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("http = [\"https://example.com\"]", "upstreams = [\"pay\"]");
+        std::fs::write(&manifest, text).unwrap();
+    }
+    let host_file = apps.path().join("host.toml");
+    let host_with = |apps_line: &str| {
+        std::fs::write(
+            &host_file,
+            format!(
+                "[upstreams.pay]\nurl = \"https://api.example.com\"\nheaders = {{ Authorization = \"Bearer t\" }}\n{apps_line}"
+            ),
+        )
+        .unwrap();
+        HostConfig::load(&host_file).unwrap()
+    };
+
+    // Without `apps`, no tenant may be granted it.
+    let tenants = Tenants::new(engine().clone(), host_with(""), apps.path().to_path_buf());
+    let errors = tenants.sync().await;
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("`upstreams.pay.apps`")),
+        "{errors:?}"
+    );
+    assert!(tenants.app_names().is_empty());
+
+    // Listed, `shop` is; `thief`, which grants itself the same, is not.
+    let tenants = Tenants::new(
+        engine().clone(),
+        host_with("apps = [\"shop\"]\n"),
+        apps.path().to_path_buf(),
+    );
+    let errors = tenants.sync().await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("app `thief`"), "{errors:?}");
+    assert_eq!(tenants.app_names(), ["shop"]);
+}
+
 /// The handle and payload limits a manifest sets apply to its instances:
 /// a smaller handle limit stops a hoarder sooner, a smaller value cap
 /// refuses a value the default would take.
