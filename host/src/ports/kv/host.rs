@@ -24,9 +24,11 @@ type Res<T> = wasmtime::Result<Result<T, Error>>;
 
 /// A guest's `ttl-ms` as the adapters take it: capped at [`MAX_TTL_MS`],
 /// so a huge TTL (`u64::MAX`) means "effectively forever" on every backend
-/// instead of failing on the one whose clock it overflows (Redis).
+/// instead of failing on the one whose clock it overflows (Redis); and at
+/// least 1 ms, the least Redis takes, so that a TTL of 0 behaves alike on
+/// every backend (the key lives for at most a millisecond).
 fn guest_ttl(ttl_ms: u64) -> Duration {
-    Duration::from_millis(ttl_ms.min(MAX_TTL_MS))
+    Duration::from_millis(ttl_ms.clamp(1, MAX_TTL_MS))
 }
 
 impl InstanceState {
@@ -269,7 +271,7 @@ mod tests {
 
     #[test]
     fn guest_ttls_are_capped_at_the_maximum() {
-        assert_eq!(guest_ttl(0), Duration::ZERO);
+        assert_eq!(guest_ttl(0), Duration::from_millis(1));
         assert_eq!(guest_ttl(1_500), Duration::from_millis(1_500));
         assert_eq!(guest_ttl(MAX_TTL_MS), Duration::from_millis(MAX_TTL_MS));
         assert_eq!(guest_ttl(MAX_TTL_MS + 1), Duration::from_millis(MAX_TTL_MS));

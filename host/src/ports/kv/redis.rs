@@ -1,8 +1,9 @@
 //! Redis adapter (`redis` crate, connection manager): one logical bucket is
 //! a key prefix chosen by the host. TTLs are Redis expiries, `increment` is
 //! `INCRBY`, compare-and-swap is a Lua script (atomic on the server), and
-//! listing walks the prefix with `SCAN` (never `KEYS`), then sorts, so pages
-//! come in ascending order as the port promises.
+//! listing walks the prefix with `SCAN` (never `KEYS`), keeping only the
+//! smallest keys after the cursor, so pages come in ascending order as the
+//! port promises and a listing holds one page in memory.
 
 use std::time::Duration;
 
@@ -11,10 +12,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{KeyPage, KvBackend, KvError, MAX_TTL_MS, page_from};
 use crate::secret::Secret;
-
-/// Most keys one listing may walk under a prefix; beyond it `list-keys`
-/// fails instead of loading an unbounded key set into the host.
-const MAX_SCANNED_KEYS: usize = 100_000;
 
 /// Atomic compare-and-swap: ARGV[1] is "1" when a current value is
 /// expected (ARGV[2]), "0" when the key must be absent.
@@ -65,7 +62,8 @@ fn map(e: redis::RedisError) -> KvError {
         return KvError::Unavailable("cannot reach the store".into());
     }
     let detail = e.detail().unwrap_or_default().to_string();
-    if e.code() == Some("ERR") && detail.contains("not an integer") || detail.contains("overflow") {
+    if e.code() == Some("ERR") && (detail.contains("not an integer") || detail.contains("overflow"))
+    {
         return KvError::NotANumber(
             "the stored value is not a decimal 64-bit integer, or the increment overflows".into(),
         );
@@ -193,7 +191,10 @@ impl KvBackend for RedisBucket {
         let pattern = format!("{}*", glob_escape(&self.key(prefix)));
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
+        // Only the page (and one more key, to tell whether another page
+        // follows) is held: the smallest keys after the cursor, however many
+        // keys the prefix has.
+        let mut keys = std::collections::BTreeSet::new();
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -204,26 +205,25 @@ impl KvBackend for RedisBucket {
                 .query_async(&mut conn)
                 .await
                 .map_err(map)?;
-            keys.extend(
-                batch
-                    .into_iter()
-                    .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
-                    .filter(|k| after.is_none_or(|a| k.as_str() > a)),
-            );
-            if keys.len() > MAX_SCANNED_KEYS {
-                return Err(KvError::Other(format!(
-                    "more than {MAX_SCANNED_KEYS} keys under this prefix; use a longer prefix"
-                )));
+            for key in batch {
+                let Some(key) = key.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                if after.is_some_and(|a| key <= a) {
+                    continue;
+                }
+                // SCAN may return a key twice; the set keeps it once.
+                keys.insert(key.to_string());
+                if keys.len() > limit.saturating_add(1) {
+                    keys.pop_last();
+                }
             }
             cursor = next;
             if cursor == 0 {
                 break;
             }
         }
-        keys.sort();
-        keys.dedup(); // SCAN may return a key twice
-        keys.truncate(limit + 1);
-        Ok(page_from(keys, limit))
+        Ok(page_from(keys.into_iter().collect(), limit))
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
