@@ -483,6 +483,13 @@ impl BlobWriter for S3Writer {
         // is bounded by the part size whatever the chunk sizes are.
         while !chunk.is_empty() {
             let n = (self.part_size - self.buf.len()).min(chunk.len());
+            let want = self.buf.len() + n;
+            if want > self.buf.capacity() {
+                // Doubling as `Vec` would, but never past one part: left to
+                // itself the buffer could reach twice the part size.
+                let target = want.max(self.buf.capacity() * 2).min(self.part_size);
+                self.buf.reserve_exact(target - self.buf.len());
+            }
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             self.size += n as u64;
