@@ -363,7 +363,8 @@ async fn drop_schema(admin: &mut sqlx::PgConnection, schema: &str) {
 }
 
 /// `BERTH_BENCH_SIDE=split`: p50 of the point query natively, through the
-/// adapter called from Rust, and through a guest, in alternated blocks.
+/// adapter called from Rust, and through a guest, in alternated blocks;
+/// with `adapter_only` (`BERTH_BENCH_SIDE=adapter`), the adapter alone.
 async fn split_point_query<N, G, NF, GF>(
     url: &str,
     schema: &str,
