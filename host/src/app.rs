@@ -148,6 +148,24 @@ async fn resolve_upstreams(
                     host.source()
                 );
             };
+            // A tenant names itself in its own manifest; the directory it is
+            // served from is the operator's. Only a tenant whose directory
+            // bears its name may be granted an operator's credential, or one
+            // could claim another's name and, loaded first, its upstreams.
+            let dir = manifest
+                .file
+                .parent()
+                .and_then(|d| d.file_name())
+                .and_then(|d| d.to_str());
+            if host.serve.tenant_manifests && dir != Some(manifest.name.as_str()) {
+                bail!(
+                    "{}: component `{}` is granted upstream `{name}`, but app `{}` is not served from a directory named `{}`: on `berth serve` only such an app may be granted an upstream",
+                    manifest.file.display(),
+                    decl.name,
+                    manifest.name,
+                    manifest.name
+                );
+            }
             if !config.admits(&manifest.name, host.serve.tenant_manifests) {
                 bail!(
                     "{}: component `{}` is granted upstream `{name}`, but `upstreams.{name}.apps` in {} does not list app `{}`{}",

@@ -230,6 +230,9 @@ impl WasiHttpHooks for OutboundPolicy {
             };
             let refused = match &sent {
                 Err(HttpError::HttpRequestDenied) => Some("http.denied"),
+                // User info or a bad port in the URI, or a request target
+                // not in origin form: attempts to steer the request.
+                Err(HttpError::HttpRequestUriInvalid) => Some("http.uri-invalid"),
                 Err(HttpError::DestinationIpProhibited) => Some("http.address-prohibited"),
                 _ => None,
             };

@@ -203,8 +203,9 @@ async fn tenants_manifests_cannot_read_the_host_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_get_only_the_upstreams_listed_for_them() {
     let apps = tempfile::tempdir().unwrap();
-    for name in ["shop", "thief"] {
-        let dir = apps.path().join(name);
+    // `aaa` is loaded first and calls itself `shop`.
+    for (dir, name) in [("shop", "shop"), ("thief", "thief"), ("aaa", "shop")] {
+        let dir = apps.path().join(dir);
         write_http_app(&dir, name, "");
         let manifest = dir.join("berth.toml");
         let text = std::fs::read_to_string(&manifest)
@@ -227,9 +228,13 @@ async fn tenants_get_only_the_upstreams_listed_for_them() {
     // Without `apps`, no tenant may be granted it.
     let tenants = Tenants::new(engine().clone(), host_with(""), apps.path().to_path_buf());
     let errors = tenants.sync().await;
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(
-        errors.iter().all(|e| e.contains("`upstreams.pay.apps`")),
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e.contains("`upstreams.pay.apps`"))
+            .count(),
+        2,
         "{errors:?}"
     );
     assert!(tenants.app_names().is_empty());
@@ -241,9 +246,28 @@ async fn tenants_get_only_the_upstreams_listed_for_them() {
         apps.path().to_path_buf(),
     );
     let errors = tenants.sync().await;
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("app `thief`"), "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("app `thief`") && e.contains("`upstreams.pay.apps`")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("aaa") && e.contains("not served from a directory named `shop`")),
+        "{errors:?}"
+    );
     assert_eq!(tenants.app_names(), ["shop"]);
+    assert!(
+        tenants
+            .app("shop")
+            .unwrap()
+            .manifest
+            .file
+            .ends_with("shop/berth.toml")
+    );
 }
 
 /// The handle and payload limits a manifest sets apply to its instances:
