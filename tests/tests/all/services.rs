@@ -440,6 +440,33 @@ async fn blob_conformance_s3() {
     }
     assert_eq!(uploads, 0, "the dropped writer's upload was aborted");
 
+    // A write cancelled while S3 creates the upload (an invocation's time
+    // limit cuts it off at any point): whatever upload S3 created is
+    // aborted all the same. The delays spread the cancellation over the
+    // create request's life.
+    let app = t.load_with(&host_config(&t, &text)).await.unwrap();
+    for delay_ms in [0, 1, 2, 3, 5, 8, 12, 20, 30, 50] {
+        let mut w = app.backends.blob["files"]
+            .write(&format!("cancelled/{delay_ms}"))
+            .await
+            .unwrap();
+        let part = vec![9u8; 5 << 20];
+        let delay = std::time::Duration::from_millis(delay_ms);
+        let _ = tokio::time::timeout(delay, w.write(&part)).await;
+        drop(w);
+    }
+    drop(app);
+    let mut uploads = 1;
+    for _ in 0..100 {
+        let listed = s3.list_multipart_uploads().bucket(&bucket).send().await;
+        uploads = listed.unwrap().uploads().len();
+        if uploads == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(uploads, 0, "the cancelled writes' uploads were aborted");
+
     berth_tests::delete_bucket(&s3, &bucket).await;
 }
 

@@ -426,18 +426,7 @@ impl S3Writer {
         let upload_id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
-                let out = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&self.key)
-                    .send()
-                    .await
-                    .map_err(|e| map_err("create-multipart-upload", e))?;
-                let id = out
-                    .upload_id()
-                    .ok_or_else(|| BlobError::Other("the store returned no upload id".into()))?
-                    .to_string();
+                let id = create_upload(&self.client, &self.bucket, &self.key).await?;
                 self.upload_id = Some(id.clone());
                 id
             }
@@ -537,6 +526,41 @@ impl BlobWriter for S3Writer {
     }
 }
 
+/// Starts a multipart upload of `key` and returns its id. The request runs
+/// in a task of its own: when the writer's call is cancelled meanwhile (the
+/// invocation's time limit), the task aborts the upload S3 created, which
+/// no writer knows of and which would otherwise keep its parts billed.
+async fn create_upload(client: &Client, bucket: &str, key: &str) -> Result<String, BlobError> {
+    let (created_tx, created_rx) = tokio::sync::oneshot::channel();
+    let request = client.create_multipart_upload().bucket(bucket).key(key);
+    let abort = client.abort_multipart_upload().bucket(bucket).key(key);
+    tokio::spawn(async move {
+        let created = match request.send().await {
+            Ok(out) => out
+                .upload_id()
+                .map(str::to_string)
+                .ok_or_else(|| BlobError::Other("the store returned no upload id".into())),
+            Err(e) => Err(map_err("create-multipart-upload", e)),
+        };
+        if let Err(Ok(orphan)) = created_tx.send(created) {
+            abort_upload(abort.upload_id(orphan)).await;
+        }
+    });
+    created_rx
+        .await
+        .unwrap_or_else(|_| Err(BlobError::Other("the upload could not be started".into())))
+}
+
+/// Sends an abort of a multipart upload; a failure is only logged (a
+/// bucket lifecycle rule is the backstop, see `docs/operating.md`).
+async fn abort_upload(
+    request: aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder,
+) {
+    if let Err(e) = request.send().await {
+        tracing::debug!(error = %DisplayErrorContext(&e), "s3 abort-multipart-upload");
+    }
+}
+
 impl Drop for S3Writer {
     fn drop(&mut self) {
         // An unfinished (or failed) multipart upload keeps its parts stored
@@ -555,11 +579,7 @@ impl Drop for S3Writer {
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(upload_id);
-        runtime.spawn(async move {
-            if let Err(e) = request.send().await {
-                tracing::debug!(error = %DisplayErrorContext(&e), "s3 abort-multipart-upload");
-            }
-        });
+        runtime.spawn(abort_upload(request));
     }
 }
 
