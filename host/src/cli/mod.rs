@@ -137,6 +137,11 @@ struct CheckArgs {
     /// The app manifest.
     #[arg(default_value = "berth.toml")]
     manifest: PathBuf,
+    /// Check it as `berth serve` loads a tenant's manifest: no `${env:…}`
+    /// in its config, and named upstreams only when the host config's
+    /// `apps` lists the app and it sits in a directory named as the app.
+    #[arg(long)]
+    tenant: bool,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -446,6 +451,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // directory so checking leaves no state behind.
     let scratch = std::env::temp_dir().join(format!("berth-check-{}", uuid::Uuid::new_v4()));
     host.state_dir = Some(scratch.clone());
+    host.serve.tenant_manifests = args.tenant;
     let manifest = Manifest::load(&args.manifest)?;
     let engine = HostEngine::new(host.engine_settings())?;
     let result = App::load(&engine, manifest, &host).await;

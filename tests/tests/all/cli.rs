@@ -50,6 +50,19 @@ fn cli_check_accepts_the_example_and_names_bad_keys() {
         stderr.contains("berth.toml") && stderr.contains("ttl"),
         "{stderr}"
     );
+
+    // `--tenant` judges the manifest as `berth serve` would: a config value
+    // read from the host environment is the operator's to set.
+    let nosy = TestApp::new(
+        &std::fs::read_to_string(&t.manifest)
+            .unwrap()
+            .replace("[config]", "[config]\nhome = \"${env:HOME}\""),
+    );
+    let (code, stdout, stderr) = output(berth().arg("check").arg(&nosy.manifest));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, _, stderr) = output(berth().args(["check", "--tenant"]).arg(&nosy.manifest));
+    assert_eq!(code, 65, "{stderr}");
+    assert!(stderr.contains("config.home"), "{stderr}");
 }
 
 #[test]
