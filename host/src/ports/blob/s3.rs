@@ -19,11 +19,14 @@ use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
 use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo, ObjectPage};
 use crate::secret::Secret;
+use writer::S3Writer;
+
+#[path = "s3_writer.rs"]
+mod writer;
 
 /// S3's smallest part (all parts but the last must be at least this big).
 pub const MIN_PART_SIZE: usize = 5 << 20;
@@ -355,18 +358,13 @@ impl BlobBackend for S3Container {
     }
 
     async fn write(&self, key: &str) -> Result<Box<dyn BlobWriter>, BlobError> {
-        Ok(Box::new(S3Writer {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: self.key(key)?,
-            user_key: key.to_string(),
-            part_size: self.part_size,
-            buf: Vec::new(),
-            upload_id: None,
-            parts: Vec::new(),
-            size: 0,
-            failed: false,
-        }))
+        Ok(Box::new(S3Writer::new(
+            self.client.clone(),
+            self.bucket.clone(),
+            self.key(key)?,
+            key.to_string(),
+            self.part_size,
+        )))
     }
 
     async fn read(&self, key: &str) -> Result<Box<dyn BlobReader>, BlobError> {
@@ -392,194 +390,6 @@ impl BlobBackend for S3Container {
             .await
             .map_err(|e| map_err("presign-get-object", e))?;
         Ok(req.uri().to_string())
-    }
-}
-
-/// A chunked write: one buffered part, then a multipart upload.
-struct S3Writer {
-    client: Client,
-    bucket: String,
-    /// Full key (with the container prefix).
-    key: String,
-    /// Key as the guest named it.
-    user_key: String,
-    part_size: usize,
-    /// Bytes not yet uploaded; never more than one part.
-    buf: Vec<u8>,
-    /// Set once the first full part is there; Drop aborts it.
-    upload_id: Option<String>,
-    parts: Vec<CompletedPart>,
-    size: u64,
-    /// A part failed to upload: the object can no longer be completed.
-    failed: bool,
-}
-
-impl S3Writer {
-    /// Uploads the buffer as the next part, starting the upload if needed.
-    async fn upload_part(&mut self) -> Result<(), BlobError> {
-        if self.parts.len() >= MAX_PARTS {
-            return Err(BlobError::TooLarge(format!(
-                "object exceeds {MAX_PARTS} parts of {} bytes",
-                self.part_size
-            )));
-        }
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let id = create_upload(&self.client, &self.bucket, &self.key).await?;
-                self.upload_id = Some(id.clone());
-                id
-            }
-        };
-        let number = self.parts.len() as i32 + 1;
-        let body = ByteStream::from(std::mem::take(&mut self.buf));
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| map_err("upload-part", e))?;
-        self.parts.push(
-            CompletedPart::builder()
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .part_number(number)
-                .build(),
-        );
-        Ok(())
-    }
-
-    /// Refuses to go on after a lost part.
-    fn check(&self) -> Result<(), BlobError> {
-        match self.failed {
-            true => Err(BlobError::Other(
-                "an earlier write failed; start a new writer".into(),
-            )),
-            false => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl BlobWriter for S3Writer {
-    async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
-        self.check()?;
-        // Fill the buffer to exactly one part before uploading, so memory
-        // is bounded by the part size whatever the chunk sizes are.
-        while !chunk.is_empty() {
-            let n = (self.part_size - self.buf.len()).min(chunk.len());
-            let want = self.buf.len() + n;
-            if want > self.buf.capacity() {
-                // Doubling as `Vec` would, but never past one part: left to
-                // itself the buffer could reach twice the part size.
-                let target = want.max(self.buf.capacity() * 2).min(self.part_size);
-                self.buf.reserve_exact(target - self.buf.len());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-            chunk = &chunk[n..];
-            self.size += n as u64;
-            if self.buf.len() == self.part_size
-                && let Err(e) = self.upload_part().await
-            {
-                // The part's bytes are gone: the object cannot be completed.
-                self.failed = true;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<ObjectInfo, BlobError> {
-        self.check()?;
-        if self.upload_id.is_none() {
-            // Smaller than one part: a single PutObject.
-            let data = std::mem::take(&mut self.buf);
-            put_object(&self.client, &self.bucket, &self.key, data).await?;
-        } else {
-            if !self.buf.is_empty() {
-                self.upload_part().await?;
-            }
-            let parts = CompletedMultipartUpload::builder()
-                .set_parts(Some(std::mem::take(&mut self.parts)))
-                .build();
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .set_upload_id(self.upload_id.clone())
-                .multipart_upload(parts)
-                .send()
-                .await
-                .map_err(|e| map_err("complete-multipart-upload", e))?;
-            // Completed: nothing left for Drop to abort.
-            self.upload_id = None;
-        }
-        Ok(ObjectInfo {
-            key: self.user_key.clone(),
-            size: self.size,
-            modified_ms: now_ms(),
-        })
-    }
-}
-
-/// Starts a multipart upload of `key` and returns its id. The request runs
-/// in a task of its own: when the writer's call is cancelled meanwhile (the
-/// invocation's time limit), the task aborts the upload S3 created, which
-/// no writer knows of and which would otherwise keep its parts billed.
-async fn create_upload(client: &Client, bucket: &str, key: &str) -> Result<String, BlobError> {
-    let (created_tx, created_rx) = tokio::sync::oneshot::channel();
-    let request = client.create_multipart_upload().bucket(bucket).key(key);
-    let abort = client.abort_multipart_upload().bucket(bucket).key(key);
-    tokio::spawn(async move {
-        let created = match request.send().await {
-            Ok(out) => out
-                .upload_id()
-                .map(str::to_string)
-                .ok_or_else(|| BlobError::Other("the store returned no upload id".into())),
-            Err(e) => Err(map_err("create-multipart-upload", e)),
-        };
-        if let Err(Ok(orphan)) = created_tx.send(created) {
-            abort_upload(abort.upload_id(orphan)).await;
-        }
-    });
-    created_rx
-        .await
-        .unwrap_or_else(|_| Err(BlobError::Other("the upload could not be started".into())))
-}
-
-/// Sends an abort of a multipart upload; a failure is only logged (a
-/// bucket lifecycle rule is the backstop, see `docs/operating.md`).
-async fn abort_upload(
-    request: aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder,
-) {
-    if let Err(e) = request.send().await {
-        tracing::debug!(error = %DisplayErrorContext(&e), "s3 abort-multipart-upload");
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        // An unfinished (or failed) multipart upload keeps its parts stored
-        // and billed until aborted. Drop cannot await, so abort in the
-        // background; without a runtime, a bucket lifecycle rule must do it.
-        let Some(upload_id) = self.upload_id.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("no runtime to abort an unfinished s3 multipart upload");
-            return;
-        };
-        let request = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(upload_id);
-        runtime.spawn(abort_upload(request));
     }
 }
 
