@@ -369,6 +369,21 @@ fn blob_app(app: &str) -> TestApp {
     ))
 }
 
+/// The multipart uploads still in progress in `bucket`: polled until there
+/// are none, for up to 10 s, since the host aborts uploads in the background.
+async fn uploads_once_settled(s3: &aws_sdk_s3::Client, bucket: &str) -> usize {
+    let mut uploads = 0;
+    for _ in 0..100 {
+        let listed = s3.list_multipart_uploads().bucket(bucket).send().await;
+        uploads = listed.unwrap().uploads().len();
+        if uploads == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    uploads
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_conformance_s3() {
     let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
@@ -429,16 +444,11 @@ async fn blob_conformance_s3() {
         .trim_matches('"')
         .to_string();
     assert!(etag.ends_with("-2"), "multipart ETag {etag}");
-    let mut uploads = 1;
-    for _ in 0..50 {
-        let listed = s3.list_multipart_uploads().bucket(&bucket).send().await;
-        uploads = listed.unwrap().uploads().len();
-        if uploads == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(uploads, 0, "the dropped writer's upload was aborted");
+    assert_eq!(
+        uploads_once_settled(&s3, &bucket).await,
+        0,
+        "the dropped writer's upload was aborted"
+    );
 
     // A write cancelled while S3 creates the upload (an invocation's time
     // limit cuts it off at any point): whatever upload S3 created is
@@ -456,16 +466,11 @@ async fn blob_conformance_s3() {
         drop(w);
     }
     drop(app);
-    let mut uploads = 1;
-    for _ in 0..100 {
-        let listed = s3.list_multipart_uploads().bucket(&bucket).send().await;
-        uploads = listed.unwrap().uploads().len();
-        if uploads == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(uploads, 0, "the cancelled writes' uploads were aborted");
+    assert_eq!(
+        uploads_once_settled(&s3, &bucket).await,
+        0,
+        "the cancelled writes' uploads were aborted"
+    );
 
     berth_tests::delete_bucket(&s3, &bucket).await;
 }
