@@ -10,14 +10,14 @@
 //! | `/echo`         | streams the request body back as it arrives (64 KiB at a time), 200 |
 //! | `/loop`         | spins forever, never responds                              |
 //! | `/memory`       | allocates 1 MiB chunks forever, never responds normally    |
-//! | `/fetch?url=U[&header=N:V][&times=K][&path=P]` | outgoing `GET U` (with header `N: V`, and `P` as the raw path with query), `K` times (default 1); 200 `upstream <status>: <body>` of the last, or 502 `error: <ErrorCode>` of the first failure |
+//! | `/fetch?url=U[&header=N:V][&times=K][&path=P][&method=HEAD]` | outgoing `GET U` (or `HEAD U`; with header `N: V`, and `P` as the raw path with query), `K` times (default 1); 200 `upstream <status>: <body>` of the last, or 502 `error: <ErrorCode>` of the first failure |
 //! | anything else   | 404 `not found`                                            |
 
 use std::io::{Read as _, Write as _};
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingRequest, IncomingResponse, OutgoingBody, OutgoingRequest,
+    ErrorCode, Fields, IncomingRequest, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
     OutgoingResponse, ResponseOutparam, Scheme,
 };
 
@@ -101,7 +101,8 @@ fn hog_memory() -> ! {
     }
 }
 
-/// `GET`s the URL in the `url` query parameter through `wasi:http/outgoing-handler`.
+/// `GET`s (or, with `method=HEAD`, `HEAD`s) the URL in the `url` query
+/// parameter through `wasi:http/outgoing-handler`.
 fn fetch(query: &str) -> (u16, String) {
     let Some(url) = query
         .split('&')
@@ -128,12 +129,17 @@ fn fetch(query: &str) -> (u16, String) {
         .find_map(|pair| pair.strip_prefix("times="))
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
+    let method = match query.split('&').any(|pair| pair == "method=HEAD") {
+        true => Method::Head,
+        false => Method::Get,
+    };
+    let request_once = |scheme| get(&method, scheme, authority, &path_with_query, header);
     for _ in 1..times {
-        if let Err(error) = get(scheme.clone(), authority, &path_with_query, header) {
+        if let Err(error) = request_once(scheme.clone()) {
             return (502, format!("error: {}", error_name(&error)));
         }
     }
-    match get(scheme, authority, &path_with_query, header) {
+    match request_once(scheme) {
         Ok((status, body)) => (
             200,
             format!("upstream {status}: {}", String::from_utf8_lossy(&body)),
@@ -152,6 +158,7 @@ fn error_name(error: &ErrorCode) -> String {
 }
 
 fn get(
+    method: &Method,
     scheme: Scheme,
     authority: &str,
     path: &str,
@@ -163,8 +170,9 @@ fn get(
             .append(&name.to_owned(), &value.as_bytes().to_vec())
             .map_err(|e| ErrorCode::InternalError(Some(format!("header: {e:?}"))))?;
     }
-    let request = OutgoingRequest::new(fields); // the method defaults to GET
+    let request = OutgoingRequest::new(fields);
     let invalid = |_| ErrorCode::InternalError(Some("invalid request part".to_owned()));
+    request.set_method(method).map_err(invalid)?;
     request.set_scheme(Some(&scheme)).map_err(invalid)?;
     request.set_authority(Some(authority)).map_err(invalid)?;
     request.set_path_with_query(Some(path)).map_err(invalid)?;

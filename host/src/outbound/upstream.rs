@@ -205,8 +205,9 @@ const DECODE_ROUNDS: usize = 4;
 /// Whether `path` (with its query) could resolve outside the base path on
 /// some server: a segment of only dots (`.`, `..`, also `..;x`, `..?x` and
 /// `.. ` as Tomcat, a gateway that decodes and parses again, or IIS read
-/// them), spelled plainly or percent-encoded any number of times, with `/`,
-/// `\` and their encodings all taken as separators. A path still changing
+/// them), spelled plainly or percent-encoded any number of times (`%XX` or
+/// IIS's `%uXXXX`), with `/`, `\`, their encodings and their [`LOOKALIKES`]
+/// all taken as separators, and lookalike dots as dots. A path still changing
 /// after [`DECODE_ROUNDS`] decodings, or holding a control character once
 /// decoded, is refused too.
 fn leaves_base(path: &str) -> bool {
@@ -224,6 +225,7 @@ fn leaves_base(path: &str) -> bool {
     if !stable || decoded.iter().any(u8::is_ascii_control) {
         return true;
     }
+    let decoded = fold_lookalikes(&decoded);
     decoded.split(|&b| b == b'/' || b == b'\\').any(|segment| {
         let segment = segment
             .split(|&b| matches!(b, b';' | b'?' | b'#'))
@@ -234,7 +236,42 @@ fn leaves_base(path: &str) -> bool {
     })
 }
 
-/// `bytes` with each `%XX` (two hex digits) decoded; any other `%` is kept
+/// Characters some servers or gateways turn into a dot, a slash or a backslash (Unicode
+/// compatibility normalization, overlong UTF-8 that old decoders accept),
+/// as those ASCII bytes: `．．／` must not pass for a harmless name.
+const LOOKALIKES: &[(&[u8], u8)] = &[
+    ("\u{FF0E}".as_bytes(), b'.'),  // fullwidth full stop
+    ("\u{2024}".as_bytes(), b'.'),  // one dot leader
+    ("\u{FE52}".as_bytes(), b'.'),  // small full stop
+    (&[0xC0, 0xAE], b'.'),          // overlong `.`
+    ("\u{FF0F}".as_bytes(), b'/'),  // fullwidth solidus
+    ("\u{2215}".as_bytes(), b'/'),  // division slash
+    ("\u{2044}".as_bytes(), b'/'),  // fraction slash
+    (&[0xC0, 0xAF], b'/'),          // overlong `/`
+    ("\u{FF3C}".as_bytes(), b'\\'), // fullwidth reverse solidus
+    (&[0xC1, 0x9C], b'\\'),         // overlong backslash
+];
+
+/// `bytes` with every [`LOOKALIKES`] sequence replaced by its ASCII byte.
+fn fold_lookalikes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    'next: while let Some((&first, tail)) = rest.split_first() {
+        for (from, to) in LOOKALIKES {
+            if let Some(after) = rest.strip_prefix(*from) {
+                out.push(*to);
+                rest = after;
+                continue 'next;
+            }
+        }
+        out.push(first);
+        rest = tail;
+    }
+    out
+}
+
+/// `bytes` with each `%XX` (two hex digits) decoded, and each `%uXXXX` (IIS)
+/// as the UTF-8 of that code point; any other `%` is kept
 /// as it is, as servers do (`100%.md`, bytes that are not UTF-8).
 fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16);
@@ -245,6 +282,12 @@ fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
             (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
             _ => None,
         };
+        if let Some(c) = iis_escape(&bytes[i..]) {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+            continue;
+        }
         match escaped {
             Some(b) => {
                 out.push(b);
@@ -257,6 +300,20 @@ fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The character of a `%uXXXX` escape at the start of `bytes`, if there is
+/// one (IIS decodes them; `%u002e` is a dot).
+fn iis_escape(bytes: &[u8]) -> Option<char> {
+    let digits = match bytes {
+        [b'%', b'u' | b'U', rest @ ..] => rest.get(..4)?,
+        _ => return None,
+    };
+    let digits = std::str::from_utf8(digits).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    char::from_u32(u32::from_str_radix(digits, 16).ok()?)
 }
 
 /// The upstream name a request's host addresses, if it ends in
@@ -346,6 +403,16 @@ mod tests {
             "/..%23x",
             "/a%2F..%3Fx",
             "/..%253Bx/admin",
+            // Lookalikes that Unicode normalization or old decoders turn
+            // into dots and slashes.
+            "/%EF%BC%8E%EF%BC%8E/admin",
+            "/a%EF%BC%8F%EF%BC%8E%EF%BC%8E%EF%BC%8Fadmin",
+            "/%E2%80%A4%E2%80%A4/admin",
+            "/%C0%AE%C0%AE/admin",
+            "/a%C0%AF..%C0%AFadmin",
+            "/%EF%BC%BC..",
+            "/%u002e%u002e/admin",
+            "/%U002E%u002E/admin",
         ] {
             assert_eq!(apply(bad), Err(Refusal::LeavesBasePath), "{bad}");
         }
@@ -359,6 +426,9 @@ mod tests {
             "/v1.2/a..b/.well-known",
             "/items;v=1/x",
             "/files/a%20",
+            "/files/report%EF%BC%8Epdf",
+            "/files/%u00e9t%C3%A9",
+            "/files/%uZZZZ",
         ] {
             assert!(apply(good).is_ok(), "{good}");
         }

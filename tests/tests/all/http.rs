@@ -236,8 +236,24 @@ async fn http_outbound_timeouts_size_cap_and_no_redirects() {
         )
     })
     .await;
-    let urls = [&silent, &big, &chunked, &secret, &redirect, &not_modified]
-        .map(|u| format!("http://127.0.0.1:{}", u.port));
+    // So may a 204 (against RFC 9110, but servers do).
+    let no_content = Upstream::start(|_| {
+        Some(
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 4096\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let urls = [
+        &silent,
+        &big,
+        &chunked,
+        &secret,
+        &redirect,
+        &not_modified,
+        &no_content,
+    ]
+    .map(|u| format!("http://127.0.0.1:{}", u.port));
     let t = web_app(&format!("http = {urls:?}"));
     let host = loopback_allowed(
         &t,
@@ -277,6 +293,15 @@ async fn http_outbound_timeouts_size_cap_and_no_redirects() {
         (200, "upstream 304: "),
         "a bodiless response is not held to the size cap"
     );
+    let (status, body) = fetch(base, &format!("{}/", urls[6]), None).await;
+    assert_eq!((status, body.as_str()), (200, "upstream 204: "));
+    // The answer to a HEAD declares the length a GET would get.
+    let (status, body) = fetch_query(
+        base,
+        &[("url", &format!("{}/", urls[1])), ("method", "HEAD")],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "upstream 200: "));
     assert_eq!(secret.requests().len(), 0);
     server.stop().await;
 }
