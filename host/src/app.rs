@@ -148,24 +148,6 @@ async fn resolve_upstreams(
                     host.source()
                 );
             };
-            // A tenant names itself in its own manifest; the directory it is
-            // served from is the operator's. Only a tenant whose directory
-            // bears its name may be granted an operator's credential, or one
-            // could claim another's name and, loaded first, its upstreams.
-            let dir = manifest
-                .file
-                .parent()
-                .and_then(|d| d.file_name())
-                .and_then(|d| d.to_str());
-            if host.serve.tenant_manifests && dir != Some(manifest.name.as_str()) {
-                bail!(
-                    "{}: component `{}` is granted upstream `{name}`, but app `{}` is not served from a directory named `{}`: on `berth serve` only such an app may be granted an upstream",
-                    manifest.file.display(),
-                    decl.name,
-                    manifest.name,
-                    manifest.name
-                );
-            }
             if !config.admits(&manifest.name, host.serve.tenant_manifests) {
                 bail!(
                     "{}: component `{}` is granted upstream `{name}`, but `upstreams.{name}.apps` in {} does not list app `{}`{}",
@@ -187,6 +169,34 @@ async fn resolve_upstreams(
         }
     }
     Ok(resolved)
+}
+
+/// Refuses a tenant's manifest (`berth serve`) that is not in a directory
+/// named as its app. A tenant names itself in its own manifest, but the
+/// directory is the operator's: everything the host keys by app name (its
+/// state directory and `{app}` paths, its Postgres role and schema, the
+/// operator's `[app_config.<app>]` values and upstream credentials, its
+/// routes) must follow the operator's name. Otherwise a tenant could take
+/// another's name, loaded first after a restart, and with it that app's
+/// data and credentials.
+pub(crate) fn check_tenant_directory(manifest: &Manifest) -> anyhow::Result<()> {
+    // The path as found (`Manifest::load` makes it absolute), not with
+    // symlinks resolved: `/srv/apps/shop -> /releases/shop-v42` serves
+    // `shop`.
+    let dir = manifest
+        .file
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str());
+    if dir != Some(manifest.name.as_str()) {
+        bail!(
+            "{}: app `{}` is not served from a directory named `{}`: on `berth serve` an app's directory names it, so that no tenant can take another's name (and with it that app's state, database role, config values and credentials)",
+            manifest.file.display(),
+            manifest.name,
+            manifest.name
+        );
+    }
+    Ok(())
 }
 
 /// Applies the operator's `[app_config.<app>]` values over the manifest's
@@ -247,6 +257,7 @@ impl App {
                     manifest.name
                 );
             }
+            check_tenant_directory(&manifest)?;
         }
         // Tenants' manifests see no host environment, so no operator's
         // `BERTH_CONFIG_<KEY>` override reaches them either.

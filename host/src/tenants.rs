@@ -185,6 +185,9 @@ impl Tenants {
 
     async fn load(&self, dir: &Path, manifest_path: &Path) -> anyhow::Result<Mounted> {
         let manifest = Manifest::load(manifest_path)?;
+        // Before the name is looked up: a tenant claiming another's name
+        // is refused for that, not reported as a second copy.
+        crate::app::check_tenant_directory(&manifest)?;
         let name = manifest.name.clone();
         let claimed = self
             .by_name

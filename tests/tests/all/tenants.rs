@@ -29,8 +29,8 @@ async fn get(base: &str, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_routed_updated_and_removed() {
     let apps = tempfile::tempdir().unwrap();
-    write_app(&apps.path().join("a"), "shop-a", "Greeting A");
-    write_app(&apps.path().join("b"), "shop-b", "Greeting B");
+    write_app(&apps.path().join("shop-a"), "shop-a", "Greeting A");
+    write_app(&apps.path().join("shop-b"), "shop-b", "Greeting B");
     let tenants = Arc::new(Tenants::new(
         engine().clone(),
         HostConfig::default(),
@@ -56,13 +56,13 @@ async fn tenants_routed_updated_and_removed() {
     assert_eq!(get(&base, "/shop-c/stats").await.0, 404);
 
     // An update takes effect without a restart.
-    write_app(&apps.path().join("a"), "shop-a", "Greeting A2");
+    write_app(&apps.path().join("shop-a"), "shop-a", "Greeting A2");
     assert_eq!(tenants.sync().await, Vec::<String>::new());
     let (_, stats) = get(&base, "/shop-a/stats").await;
     assert_eq!(stats["greeting"], "Greeting A2");
 
     // A broken update is refused; the running version keeps serving.
-    let manifest = apps.path().join("a/berth.toml");
+    let manifest = apps.path().join("shop-a/berth.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, format!("surprise = 1\n{text}")).unwrap();
     let errors = tenants.sync().await;
@@ -77,18 +77,21 @@ async fn tenants_routed_updated_and_removed() {
     // Reported once, not on every scan.
     assert_eq!(tenants.sync().await, Vec::<String>::new());
 
-    // A second app claiming a served name is refused.
+    // An app claiming a name other than its directory's is refused: the
+    // operator's directory names the app.
     write_app(&apps.path().join("c"), "shop-b", "Impostor");
     let errors = tenants.sync().await;
     assert!(
-        errors.iter().any(|e| e.contains("already served")),
+        errors
+            .iter()
+            .any(|e| e.contains("not served from a directory named `shop-b`")),
         "{errors:?}"
     );
     let (_, stats) = get(&base, "/shop-b/stats").await;
     assert_eq!(stats["greeting"], "Greeting B");
 
     // Removing an app's directory unmounts it.
-    std::fs::remove_dir_all(apps.path().join("b")).unwrap();
+    std::fs::remove_dir_all(apps.path().join("shop-b")).unwrap();
     std::fs::remove_dir_all(apps.path().join("c")).unwrap();
     tenants.sync().await;
     assert_eq!(get(&base, "/shop-b/stats").await.0, 404);
