@@ -575,6 +575,7 @@ pub struct CuttableProxy {
     /// The port it listens on.
     pub port: u16,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -585,9 +586,11 @@ impl CuttableProxy {
         let port = listener.local_addr().unwrap().port();
         let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
             Default::default();
-        let (target, open) = (target.to_string(), connections.clone());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (target, open, count) = (target.to_string(), connections.clone(), accepted.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let target = target.clone();
                 let task = tokio::spawn(async move {
                     if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
@@ -600,8 +603,14 @@ impl CuttableProxy {
         CuttableProxy {
             port,
             connections,
+            accepted,
             accept,
         }
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Closes every connection open now; new ones are forwarded again.

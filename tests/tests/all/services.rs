@@ -385,6 +385,62 @@ async fn uploads_once_settled(s3: &aws_sdk_s3::Client, bucket: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn blob_reads_resume_after_the_connection_breaks_s3() {
+    let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let s3 = berth_tests::s3_client(&endpoint);
+    let bucket = unique("berth-t-");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let server = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let proxy = berth_tests::CuttableProxy::start(server).await;
+    let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
+    let t = blob_app(&unique("blobresume"));
+    let text = s3_host(&t, &through_proxy, &bucket, "k", "s");
+    let app = t.load_with(&host_config(&t, &text)).await.unwrap();
+    let files = &app.backends.blob["files"];
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    files.put("big", data.clone()).await.unwrap();
+    let read_rest = async |reader: &mut Box<dyn berth::ports::blob::BlobReader>| {
+        let mut rest = Vec::new();
+        loop {
+            match reader.read(1 << 20).await {
+                Ok(chunk) if chunk.is_empty() => return Ok(rest),
+                Ok(chunk) => rest.extend(chunk),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+
+    // Cut off after 64 KiB: the reader goes on where it stopped, on a new
+    // connection, and the guest sees every byte once.
+    let mut reader = files.read("big").await.unwrap();
+    let mut got = reader.read(64 << 10).await.unwrap();
+    let before = proxy.accepted();
+    proxy.cut();
+    got.extend(read_rest(&mut reader).await.unwrap());
+    assert!(proxy.accepted() > before, "the read was resumed");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the bytes read are the object's");
+
+    // Replaced while being read: the read stops rather than mix versions.
+    let mut reader = files.read("big").await.unwrap();
+    let first = reader.read(64 << 10).await.unwrap();
+    assert_eq!(first[..], data[..64 << 10]);
+    files.put("big", vec![1u8; 16 << 20]).await.unwrap();
+    proxy.cut();
+    match read_rest(&mut reader).await {
+        Err(berth::ports::blob::BlobError::Unavailable(why)) => {
+            assert!(why.contains("replaced"), "{why}")
+        }
+        other => panic!(
+            "a read of a replaced object went on: {:?}",
+            other.map(|r| r.len())
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn blob_conformance_s3() {
     let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
         return;

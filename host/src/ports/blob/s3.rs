@@ -5,7 +5,8 @@
 //! Small objects are single `PutObject`s; chunked writes buffer one part
 //! and switch to a multipart upload once a full part is there, so host
 //! memory stays bounded by the part size whatever the object size. Reads
-//! stream the `GetObject` body. SDK errors are mapped here: guests see
+//! stream the `GetObject` body, resuming with a ranged `GetObject` of the
+//! same version when it breaks off. SDK errors are mapped here: guests see
 //! generic messages, the details (which may name the endpoint or bucket)
 //! only go to `tracing::debug!`.
 
@@ -19,12 +20,14 @@ use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use bytes::Bytes;
 
 use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo, ObjectPage};
 use crate::secret::Secret;
+use reader::S3Reader;
 use writer::S3Writer;
 
+#[path = "s3_reader.rs"]
+mod reader;
 #[path = "s3_writer.rs"]
 mod writer;
 
@@ -368,11 +371,8 @@ impl BlobBackend for S3Container {
     }
 
     async fn read(&self, key: &str) -> Result<Box<dyn BlobReader>, BlobError> {
-        let (body, _) = self.open_body(key).await?;
-        Ok(Box::new(S3Reader {
-            body,
-            pending: Bytes::new(),
-        }))
+        let reader = S3Reader::open(self.client.clone(), self.bucket.clone(), self.key(key)?);
+        Ok(Box::new(reader.await?))
     }
 
     async fn url(&self, key: &str, expires_secs: u32) -> Result<String, BlobError> {
@@ -390,32 +390,6 @@ impl BlobBackend for S3Container {
             .await
             .map_err(|e| map_err("presign-get-object", e))?;
         Ok(req.uri().to_string())
-    }
-}
-
-/// A chunked read over the `GetObject` body stream.
-struct S3Reader {
-    body: ByteStream,
-    /// The rest of the last network chunk, served by the next calls.
-    pending: Bytes,
-}
-
-#[async_trait]
-impl BlobReader for S3Reader {
-    async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            if self.pending.is_empty() {
-                match self.body.try_next().await.map_err(stream_err)? {
-                    Some(chunk) => self.pending = chunk,
-                    None => break,
-                }
-                continue;
-            }
-            let n = (max - out.len()).min(self.pending.len());
-            out.extend_from_slice(&self.pending.split_to(n));
-        }
-        Ok(out)
     }
 }
 
