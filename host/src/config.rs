@@ -200,6 +200,36 @@ pub struct HostConfig {
     file: Option<PathBuf>,
 }
 
+/// A TOML error as `line L, column C: <message>`, without the excerpt of
+/// the file that toml's own `Display` shows, and with any double-quoted
+/// value in the message (serde's `invalid type: string "…"`) elided: the
+/// offending line may hold a secret (an inline value, a misspelt
+/// `password` key, an unterminated string), and errors are logged.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        // Without a position toml shows no excerpt either, and its whole
+        // message names the key.
+        return elide_quoted(e.to_string().trim_end());
+    };
+    let message = elide_quoted(e.message().trim_end());
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// `message` with the text between each pair of double quotes replaced by
+/// `…`.
+fn elide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        out.push_str(if i % 2 == 1 { "…" } else { part });
+    }
+    out
+}
+
 impl HostConfig {
     /// Reads a host config file; errors name the file and key.
     pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
@@ -209,7 +239,7 @@ impl HostConfig {
             anyhow::anyhow!(
                 "invalid host config {}: {}",
                 path.display(),
-                e.to_string().trim_end()
+                toml_error(&text, &e)
             )
         })?;
         config
@@ -436,6 +466,46 @@ mod tests {
             mib_to_bytes("k", u64::MAX >> 19)
                 .unwrap_err()
                 .contains("`k`")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column_but_never_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        for (text, position, words) in [
+            // An unterminated inline value.
+            (
+                "[app_config.shop]\ntoken = \"sk_live_canary\n",
+                "line ",
+                "string",
+            ),
+            // A misspelt key whose value is a secret.
+            (
+                "[engine]\nmax_instances = 1\npasword = \"sk_live_canary\"\n",
+                "line 3",
+                "pasword",
+            ),
+            // A value of the wrong type, which serde quotes.
+            (
+                "[engine]\nmax_instances = \"sk_live_canary\"\n",
+                "line 2",
+                "invalid type",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", HostConfig::load(&path).unwrap_err());
+            assert!(!err.contains("sk_live_canary"), "{err}");
+            assert!(err.contains(position) && err.contains(words), "{err}");
+            assert!(err.contains("host.toml"), "{err}");
+        }
+        let manifest = dir.path().join("berth.toml");
+        let text = "name = \"a\"\n[config]\nkey = \"sk_live_canary\n";
+        let err = crate::manifest::Manifest::parse(text, &manifest).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            !err.contains("sk_live_canary") && err.contains("line "),
+            "{err}"
         );
     }
 }

@@ -196,7 +196,7 @@ impl Manifest {
     pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
             file: file.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: crate::config::toml_error(text, &e),
         })?;
         let base = file.parent().unwrap_or(Path::new("."));
         Validator { file }.validate(raw, base)
