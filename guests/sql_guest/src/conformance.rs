@@ -226,6 +226,41 @@ fn transactions(conn: &Connection) {
     assert_eq!(count_id(conn, 4), 0, "the refused COMMIT committed nothing");
     step("transaction control is refused");
 
+    // A failed statement ends the transaction on every engine: later
+    // statements are refused and `commit` rolls back (Postgres can commit
+    // nothing after an error; the other engines are held to the same rule).
+    conn.execute("CREATE TABLE tx_unique (id INTEGER PRIMARY KEY)", &[])
+        .expect("create tx_unique");
+    let tx = conn.begin().expect("begin (failed statement case)");
+    tx.execute(insert, &[Value::Int(5)]).expect("insert in tx");
+    let unique = "INSERT INTO tx_unique (id) VALUES (1)";
+    tx.execute(unique, &[]).expect("first unique row");
+    match tx.execute(unique, &[]) {
+        Err(Error::Constraint(_)) => {}
+        other => panic!("a duplicate key in a transaction: expected Constraint, got {other:?}"),
+    }
+    match tx.execute(insert, &[Value::Int(6)]) {
+        Err(Error::Other(m)) if m.contains("earlier statement") => {}
+        other => panic!("a statement after a failed one: got {other:?}"),
+    }
+    match tx.commit() {
+        Err(Error::Other(m)) if m.contains("rolled back") => {}
+        other => panic!("commit after a failed statement: got {other:?}"),
+    }
+    assert!(matches!(tx.rollback(), Err(Error::Closed)));
+    drop(tx);
+    assert_eq!(
+        count_id(conn, 5),
+        0,
+        "nothing of the failed transaction committed"
+    );
+    assert_eq!(
+        scalar_int(conn, "SELECT count(*) FROM tx_unique", &[]),
+        0,
+        "nothing of the failed transaction committed"
+    );
+    step("a failed statement ends the transaction");
+
     // One statement, parameters of different types on the same connection
     // (a transaction keeps it): each value is stored as given.
     conn.execute("CREATE TABLE mixed (f DOUBLE PRECISION)", &[])

@@ -29,7 +29,17 @@ pub struct ConnectionHandle {
 pub struct TransactionHandle {
     db: Arc<str>,
     tx: Option<Box<dyn SqlTransaction>>,
+    /// A statement of the transaction failed: it can only be rolled back.
+    failed: bool,
 }
+
+/// What a statement of a transaction gets after an earlier one failed.
+const FAILED_EARLIER: &str =
+    "an earlier statement of this transaction failed, so it can only be rolled back";
+/// What `commit` gets after a statement failed: the transaction was
+/// rolled back instead.
+const ROLLED_BACK: &str =
+    "the transaction was rolled back, not committed: a statement in it failed";
 
 /// Backs a guest `cursor`.
 pub struct CursorHandle {
@@ -235,6 +245,7 @@ impl wit::HostConnection for InstanceState {
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let r = match backend.begin().instrument(self.sql_span("begin")).await {
             Ok(tx) => Ok(self.table.push(TransactionHandle {
+                failed: false,
                 db: db.clone(),
                 tx: Some(tx),
             })?),
@@ -299,9 +310,11 @@ impl wit::HostTransaction for InstanceState {
         let refused = refuse_transaction_control(&statement);
         let r = match (handle.tx.as_mut(), refused) {
             (None, _) => Err(SqlError::Closed),
+            (Some(_), _) if handle.failed => Err(SqlError::Other(FAILED_EARLIER.into())),
             (Some(_), Err(e)) => Err(e),
             (Some(tx), Ok(())) => tx.query(statement, p, caps).instrument(span).await,
         };
+        handle.failed |= r.is_err();
         let r = r.map_err(|e| self.sql_error("tx.query", e));
         self.meter(Port::Sql, "tx.query", &db, started, &r, bytes_in, |r| {
             rows_bytes(&r.rows)
@@ -324,9 +337,11 @@ impl wit::HostTransaction for InstanceState {
         let refused = refuse_transaction_control(&statement);
         let r = match (handle.tx.as_mut(), refused) {
             (None, _) => Err(SqlError::Closed),
+            (Some(_), _) if handle.failed => Err(SqlError::Other(FAILED_EARLIER.into())),
             (Some(_), Err(e)) => Err(e),
             (Some(tx), Ok(())) => tx.execute(statement, p).instrument(span).await,
         };
+        handle.failed |= r.is_err();
         let r = r.map_err(|e| self.sql_error("tx.execute", e));
         self.meter(Port::Sql, "tx.execute", &db, started, &r, bytes_in, |_| 0);
         Ok(r)
@@ -349,6 +364,11 @@ impl wit::HostTransaction for InstanceState {
 
 impl InstanceState {
     /// Commits (`tx.commit`) or rolls back (`tx.rollback`) a transaction.
+    /// A transaction with a failed statement is rolled back even when asked
+    /// to commit, on every engine: Postgres can commit nothing after an
+    /// error (its `COMMIT` then rolls back, and says so only in its command
+    /// tag), and MySQL and SQLite are held to the same rule so that a guest
+    /// behaves the same on each.
     async fn sql_finish(&mut self, this: Resource<TransactionHandle>, op: &'static str) -> Res<()> {
         let started = crate::metrics::Started::now();
         let span = self.sql_span(op);
@@ -356,6 +376,12 @@ impl InstanceState {
         let db = handle.db.clone();
         let r = match handle.tx.take() {
             None => Err(SqlError::Closed),
+            Some(tx) if op == "tx.commit" && handle.failed => {
+                // Its own failure, if any, leaves the rollback queued on
+                // the connection (the adapters' `Drop`).
+                let _ = tx.rollback().instrument(span).await;
+                Err(SqlError::Other(ROLLED_BACK.into()))
+            }
             Some(tx) if op == "tx.commit" => tx.commit().instrument(span).await,
             Some(tx) => tx.rollback().instrument(span).await,
         };
