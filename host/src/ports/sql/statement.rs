@@ -137,8 +137,10 @@ fn holds_phrase(text: &str, phrase: &str) -> bool {
 }
 
 /// The statement's words from its start, skipping whitespace, comments
-/// (`-- …`, `/* … */`, nested as Postgres allows) and MySQL's `@@` and `.`
-/// (`@@session.autocommit`); a word is a run of letters, digits and `_`.
+/// (`-- …`, MySQL's `# …`, `/* … */`, nested as Postgres allows) and MySQL's
+/// `@@` and `.` (`@@session.autocommit`); a word is a run of letters,
+/// digits and `_`. What a MySQL executable comment (`/*! … */`, `/*M! … */`)
+/// holds counts as words, since the server runs it.
 fn keywords(statement: &str) -> impl Iterator<Item = &str> {
     let mut rest = statement;
     std::iter::from_fn(move || {
@@ -152,18 +154,34 @@ fn keywords(statement: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `rest` without leading whitespace and comments.
+/// `rest` without leading whitespace and comments, and with the opening of
+/// a MySQL executable comment skipped, its contents kept.
 fn skip_blank(mut rest: &str) -> &str {
     loop {
         let trimmed = rest.trim_start();
-        if let Some(line) = trimmed.strip_prefix("--") {
+        if let Some(line) = trimmed
+            .strip_prefix("--")
+            .or_else(|| trimmed.strip_prefix('#'))
+        {
             rest = line.find('\n').map_or("", |i| &line[i + 1..]);
+        } else if let Some(inner) = executable_comment(trimmed) {
+            rest = inner;
         } else if trimmed.starts_with("/*") {
             rest = after_block_comment(trimmed);
         } else {
             return trimmed;
         }
     }
+}
+
+/// The contents of the MySQL or MariaDB executable comment `text` starts
+/// with (`/*!SET …*/`, `/*!40101 SET …*/`, `/*M!100100 …*/`), after its
+/// optional version number: the server runs them as statement text.
+fn executable_comment(text: &str) -> Option<&str> {
+    let inner = text
+        .strip_prefix("/*!")
+        .or_else(|| text.strip_prefix("/*M!"))?;
+    Some(inner.trim_start_matches(|c: char| c.is_ascii_digit()))
 }
 
 /// What follows the block comment `text` starts with (nested comments
@@ -215,6 +233,13 @@ mod tests {
             "set session autocommit=0",
             "SET @@autocommit = 0",
             "SET @@session.autocommit = 0",
+            // MySQL runs what an executable comment holds, and reads `#`
+            // as a comment to the end of the line.
+            "/*!SET autocommit=0*/",
+            "/*!40101 SET autocommit = 0 */",
+            "/* x */ /*!COMMIT*/",
+            "/*M!100100 ROLLBACK */",
+            "# note\nCOMMIT",
         ] {
             let refused = refuse_transaction_control(statement);
             assert!(
@@ -315,6 +340,8 @@ mod tests {
             "SET statement_timeout = 0",
             "-- BEGIN\nSELECT 1",
             "/* COMMIT */ SELECT 1",
+            "/*+ hint */ SELECT 1",
+            "/*!40101 SELECT 1 */",
             "WITH x AS (SELECT 1) SELECT * FROM x",
             "",
             "/* unterminated",
