@@ -73,6 +73,58 @@ fn sql_timeouts(
     ))
 }
 
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses an app whose components grant themselves a sender the operator's
+/// `email.senders.<app>` does not allow (see [`EmailConfig::Smtp`]): the
+/// operator's relay must not send as anyone a tenant names. On `berth
+/// serve` the list is required for every app that grants a sender.
+fn check_email_senders(
+    origin: &Origin<'_>,
+    manifest: &Manifest,
+    senders: Option<&std::collections::BTreeMap<String, Vec<String>>>,
+    host: &HostConfig,
+) -> anyhow::Result<()> {
+    for (app, entries) in senders.into_iter().flatten() {
+        for entry in entries {
+            crate::ports::email::validate_sender_entry(entry)
+                .map_err(|m| origin.err(&format!("email.senders.{app}"), m))?;
+        }
+    }
+    let granted = manifest
+        .components
+        .values()
+        .flat_map(|c| c.grants.email_senders.iter().map(move |s| (&c.name, s)));
+    let allowed = senders.and_then(|s| s.get(&manifest.name));
+    for (component, sender) in granted {
+        let admitted = match allowed {
+            Some(list) => crate::ports::email::sender_allowed(list, sender),
+            None => senders.is_none() && !host.serve.tenant_manifests,
+        };
+        if !admitted {
+            return Err(origin.err(
+                &format!("email.senders.{}", manifest.name),
+                format!(
+                    "component `{component}` is granted sender {sender:?}, which the operator does not allow this app{}",
+                    if host.serve.tenant_manifests && allowed.is_none() {
+                        " (on `berth serve` the senders each app may use are listed in the host config)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Opens every logical resource `manifest` declares, under `state`.
 pub async fn open(
     host: &HostConfig,
@@ -84,6 +136,10 @@ pub async fn open(
         source: host.source(),
         app,
     };
+    // Before anything is opened: a refusal costs no connection.
+    if let EmailConfig::Smtp { senders, .. } = &host.email {
+        check_email_senders(&origin, manifest, senders.as_ref(), host)?;
+    }
     let secrets = host.secrets().await?;
     let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
     for (name, decl) in &manifest.sql {
@@ -133,7 +189,17 @@ pub async fn open(
                 statement_timeout_ms,
                 tenancy,
                 tenant_password_key,
+                apps,
             } => {
+                if tenancy == PgTenancy::Shared {
+                    SqlConfig::check_shared(apps.as_deref(), app, host.serve.tenant_manifests)
+                        .map_err(|m| origin.err(&format!("{key}.apps"), m))?;
+                } else if apps.is_some() {
+                    return Err(origin.err(
+                        &format!("{key}.apps"),
+                        "only used with `tenancy = \"shared\"`: with `role-per-app` every app gets its own role and schema",
+                    ));
+                }
                 let tenant = match (tenancy, tenant_password_key) {
                     (PgTenancy::Shared, None) => None,
                     (PgTenancy::Shared, Some(_)) => {
@@ -205,7 +271,10 @@ pub async fn open(
                 min_connections,
                 connect_timeout_ms,
                 statement_timeout_ms,
+                apps,
             } => {
+                SqlConfig::check_shared(apps.as_deref(), app, host.serve.tenant_manifests)
+                    .map_err(|m| origin.err(&format!("{key}.apps"), m))?;
                 let (max_connections, min_connections) =
                     pool_size(max_connections, min_connections)?;
                 let (connect_timeout, statement_timeout) =
@@ -361,6 +430,7 @@ pub async fn open(
             username,
             password,
             timeout_ms,
+            senders: _,
         } => {
             let tls = tls.unwrap_or(SmtpTls::Starttls);
             let credentials = match (username, password) {
@@ -375,6 +445,14 @@ pub async fn open(
                     );
                 }
             };
+            // lettre logs in over plain SMTP too: the password would cross
+            // the network in clear text.
+            if tls == SmtpTls::None && credentials.is_some() && !is_loopback_host(&server) {
+                return Err(origin.err(
+                    "email.tls",
+                    "is \"none\" with a `username` and `password`: the password would cross the network unencrypted; use \"starttls\" or \"tls\" (plain SMTP with a login only to a relay on loopback)",
+                ));
+            }
             let settings = SmtpSettings {
                 host: server,
                 port: port.unwrap_or(if tls == SmtpTls::Tls { 465 } else { 587 }),

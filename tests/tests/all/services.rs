@@ -238,6 +238,12 @@ async fn zero_timeouts_and_pool_sizes_name_the_key() {
             "email.timeout_ms",
             "is 0; it must be at least 1 (milliseconds)",
         ),
+        (
+            &kv,
+            "[email]\ntype = \"smtp\"\nhost = \"smtp.example.com\"\ntls = \"none\"\nusername = \"berth\"\npassword = \"${env:HOME}\"".to_string(),
+            "email.tls",
+            "the password would cross the network unencrypted",
+        ),
     ] {
         let host = host_config(t, &settings);
         let Err(err) = t.load_with(&host).await else {

@@ -187,9 +187,7 @@ async fn sql_server_short_of_resources_gives_unavailable_postgres() {
         .await;
     assert_eq!(
         spilled.err(),
-        Some(SqlError::Unavailable(
-            "the server is short of resources (53400)".into()
-        ))
+        Some(SqlError::ShortOfResources("53400".into()))
     );
     tx.rollback().await.expect("rollback");
     assert_eq!(one_row(&db, "SELECT 1").await, vec![SqlValue::Int(1)]);

@@ -273,6 +273,117 @@ async fn tenants_get_only_the_upstreams_listed_for_them() {
     );
 }
 
+/// On `berth serve` a database every app declaring it would share (Postgres
+/// with shared tenancy, MySQL) opens only for the apps the operator lists:
+/// a tenant declaring the same logical name does not reach its tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_open_shared_databases_only_when_listed() {
+    let apps = tempfile::tempdir().unwrap();
+    for name in ["shop", "thief"] {
+        berth_tests::write_tenant_app(apps.path(), name, "", "", "");
+    }
+    let host_file = apps.path().join("host.toml");
+    // Nothing listens on port 1: an app that passes the check fails to
+    // connect instead.
+    let errors_with = |section: &str| {
+        let text = format!("[sql.main]\n{section}connect_timeout_ms = 300\n");
+        std::fs::write(&host_file, text).unwrap();
+        let host = HostConfig::load(&host_file).unwrap();
+        let dir = apps.path().to_path_buf();
+        async move {
+            let tenants = Tenants::new(engine().clone(), host, dir);
+            let errors = tenants.sync().await;
+            assert!(tenants.app_names().is_empty(), "{errors:?}");
+            let error_of = |app: &str| {
+                errors
+                    .iter()
+                    .find(|e| e.contains(&format!("/{app}/berth.toml")))
+                    .unwrap_or_else(|| panic!("no error for {app}: {errors:?}"))
+                    .clone()
+            };
+            (error_of("shop"), error_of("thief"))
+        }
+    };
+    for server in [
+        "type = \"postgres\"\nurl = \"postgres://app@127.0.0.1:1/db\"\n",
+        "type = \"mysql\"\nurl = \"mysql://app@127.0.0.1:1/db\"\n",
+    ] {
+        let (shop, thief) = errors_with(server).await;
+        for error in [&shop, &thief] {
+            assert!(error.contains("`sql.main.apps`"), "{error}");
+            assert!(error.contains("on `berth serve`"), "{error}");
+        }
+        let (shop, thief) = errors_with(&format!("{server}apps = [\"shop\"]\n")).await;
+        assert!(!shop.contains("apps"), "{shop}");
+        assert!(shop.contains("cannot connect"), "{shop}");
+        assert!(
+            thief.contains("`sql.main.apps`") && thief.contains("does not list app `thief`"),
+            "{thief}"
+        );
+    }
+}
+
+/// On `berth serve` a tenant sends through the operator's SMTP relay only
+/// as the senders the operator lists for it; granting itself another
+/// address in its own manifest is refused at load, before any connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_send_only_as_the_senders_listed_for_them() {
+    let apps = tempfile::tempdir().unwrap();
+    for (name, sender) in [
+        ("shop", "orders@shop.test"),
+        ("thief", "ceo@shop.test"),
+        ("quiet", "a@quiet.test"),
+    ] {
+        let grants = format!("email_senders = [{sender:?}]");
+        berth_tests::write_tenant_app(apps.path(), name, &grants, "", "");
+    }
+    // Nothing listens on port 1: an app that passes the sender check fails
+    // to connect instead.
+    let host_file = apps.path().join("host.toml");
+    std::fs::write(
+        &host_file,
+        "[email]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\ntimeout_ms = 2000\nsenders = { shop = [\"@shop.test\"], thief = [\"news@thief.test\"] }\n",
+    )
+    .unwrap();
+    let host = HostConfig::load(&host_file).unwrap();
+    let tenants = Tenants::new(engine().clone(), host, apps.path().to_path_buf());
+    let errors = tenants.sync().await;
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    let error_of = |app: &str| {
+        errors
+            .iter()
+            .find(|e| e.contains(&format!("/{app}/berth.toml")))
+            .unwrap_or_else(|| panic!("no error for {app}: {errors:?}"))
+            .clone()
+    };
+    assert!(error_of("shop").contains("cannot connect"), "{errors:?}");
+    let thief = error_of("thief");
+    assert!(thief.contains("`email.senders.thief`"), "{thief}");
+    assert!(thief.contains("\"ceo@shop.test\""), "{thief}");
+    let quiet = error_of("quiet");
+    assert!(quiet.contains("`email.senders.quiet`"), "{quiet}");
+    assert!(quiet.contains("on `berth serve`"), "{quiet}");
+
+    // A malformed entry names its key.
+    std::fs::write(
+        &host_file,
+        "[email]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = 1\nsenders = { shop = [\"shop.test\"] }\n",
+    )
+    .unwrap();
+    let tenants = Tenants::new(
+        engine().clone(),
+        HostConfig::load(&host_file).unwrap(),
+        apps.path().to_path_buf(),
+    );
+    let errors = tenants.sync().await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("`email.senders.shop`") && e.contains("\"shop.test\"")),
+        "{errors:?}"
+    );
+}
+
 /// The handle and payload limits a manifest sets apply to its instances:
 /// a smaller handle limit stops a hoarder sooner, a smaller value cap
 /// refuses a value the default would take.

@@ -88,6 +88,10 @@ pub fn validate_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest subject accepted, in bytes: SMTP's longest line (RFC 5322),
+/// although lettre folds longer ones.
+pub const MAX_SUBJECT_BYTES: usize = 998;
+
 /// Validates `message` for a component allowed to send from `senders`.
 pub fn validate_message(
     message: &EmailMessage,
@@ -126,8 +130,21 @@ pub fn validate_message(
             "the subject contains a line break (header injection)".into(),
         ));
     }
-    if message.subject.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(invalid("the subject contains control characters".into()));
+    // U+2028 and U+2029 end a line for some mail readers and log viewers.
+    if message
+        .subject
+        .chars()
+        .any(|c| (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err(invalid(
+            "the subject contains control characters or line separators".into(),
+        ));
+    }
+    if message.subject.len() > MAX_SUBJECT_BYTES {
+        return Err(invalid(format!(
+            "the subject is {} bytes; at most {MAX_SUBJECT_BYTES} allowed",
+            message.subject.len()
+        )));
     }
     let body = message.text_body.len() + message.html_body.as_ref().map_or(0, String::len);
     if body > limits.email_max_body_bytes {
@@ -137,6 +154,34 @@ pub fn validate_message(
         )));
     }
     Ok(())
+}
+
+/// Whether `sender` is one of the operator's `allowed` senders (see
+/// [`EmailConfig::Smtp`]): the same address, or any address of a domain
+/// given as `@domain`, compared without regard to case.
+pub fn sender_allowed(allowed: &[String], sender: &str) -> bool {
+    allowed.iter().any(|entry| match entry.strip_prefix('@') {
+        Some(domain) => sender
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+        None => entry.eq_ignore_ascii_case(sender),
+    })
+}
+
+/// Checks one entry of `senders` in the host config: an address or
+/// `@domain`.
+pub fn validate_sender_entry(entry: &str) -> Result<(), String> {
+    match entry.strip_prefix('@') {
+        Some(domain) => validate_address(&format!("x@{domain}"))
+            .map_err(|_| format!("{entry:?} is neither an address nor `@` and a domain")),
+        None => validate_address(entry),
+    }
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig::File {}
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +220,22 @@ mod tests {
         let mut m = msg();
         m.to = (0..51).map(|i| format!("u{i}@example.org")).collect();
         assert!(matches!(check(&m), Err(EmailError::InvalidMessage(_))));
+        for subject in [
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{85}b",
+            "x".repeat(999).as_str(),
+        ] {
+            let mut m = msg();
+            m.subject = subject.into();
+            assert!(
+                matches!(check(&m), Err(EmailError::InvalidMessage(_))),
+                "{subject:?}"
+            );
+        }
+        let mut m = msg();
+        m.subject = "é".repeat(499);
+        assert!(check(&m).is_ok(), "998 bytes");
         for bad in [
             "",
             "a",
@@ -185,6 +246,22 @@ mod tests {
             "Name <a@b.c>",
         ] {
             assert!(validate_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn operator_sender_lists_match_addresses_and_domains() {
+        let allowed = ["news@shop.example".to_string(), "@mail.shop.example".into()];
+        assert!(sender_allowed(&allowed, "News@Shop.Example"));
+        assert!(sender_allowed(&allowed, "anyone@MAIL.shop.example"));
+        assert!(!sender_allowed(&allowed, "ceo@shop.example"));
+        assert!(!sender_allowed(&allowed, "x@evil-mail.shop.example"));
+        assert!(!sender_allowed(&allowed, "x@mail.shop.example.evil"));
+        assert!(!sender_allowed(&[], "news@shop.example"));
+        assert!(validate_sender_entry("@shop.example").is_ok());
+        assert!(validate_sender_entry("a@shop.example").is_ok());
+        for bad in ["@", "shop.example", "@shop", "@a b.example"] {
+            assert!(validate_sender_entry(bad).is_err(), "{bad:?}");
         }
     }
 }
@@ -209,11 +286,11 @@ pub enum EmailConfig {
         password: Option<String>,
         /// Per-command timeout, in ms; default 10000.
         timeout_ms: Option<u64>,
+        /// The senders each app may grant its components, by app name: an
+        /// address (`news@shop.example`) or a whole domain
+        /// (`@shop.example`). Required on `berth serve` for any app that
+        /// grants a sender, since tenants write their own grants; elsewhere
+        /// the manifest's grants stand when it is absent.
+        senders: Option<std::collections::BTreeMap<String, Vec<String>>>,
     },
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        EmailConfig::File {}
-    }
 }

@@ -47,21 +47,34 @@ pub struct SmtpSender {
     domain: String,
 }
 
+/// A failure the guest may retry. Its cause goes to the operator's log at
+/// `warn`: a wrong relay or TLS setting is theirs to fix.
 fn unavailable(e: impl std::fmt::Display) -> EmailError {
-    tracing::debug!(error = %e, "smtp failure");
+    tracing::warn!(error = %e, "smtp failure");
     EmailError::Unavailable("the mail server cannot be reached or refused the message".into())
 }
+
+/// SMTP replies that refuse the host's login (RFC 4954: 530 authentication
+/// required, 534 mechanism too weak, 535 credentials invalid, 454
+/// temporary failure): the operator's relay credential, not the guest's
+/// message.
+const LOGIN_REFUSED: &[&str] = &["530", "534", "535", "454"];
 
 /// A failed send. A permanent (5xx) rejection is not `unavailable`, which
 /// tells the guest that retrying may succeed: the same message would be
 /// refused again. The guest gets the reply code only; the server's text
 /// (which may name hosts, accounts or policies) stays in the host log.
 fn send_failure(e: lettre::transport::smtp::Error) -> EmailError {
+    let code = e.status().map(|code| code.to_string());
+    if code.as_deref().is_some_and(|c| LOGIN_REFUSED.contains(&c)) {
+        tracing::warn!(error = %e, "the SMTP relay refused the host's login");
+        return EmailError::Unavailable("the mail server refused the host's login".into());
+    }
     if !e.is_permanent() {
         return unavailable(e);
     }
     tracing::debug!(error = %e, "smtp permanent rejection");
-    EmailError::Other(rejected_message(e.status().map(|code| code.to_string())))
+    EmailError::Other(rejected_message(code))
 }
 
 /// The guest's message for a permanent rejection with reply `code`.

@@ -86,7 +86,9 @@ impl InstanceState {
             SqlError::TooLarge(m) => Error::TooLarge(m),
             SqlError::Denied(m) => Error::Denied(m),
             SqlError::Conflict(m) => Error::Conflict(m),
-            SqlError::Unavailable(_) => Error::Unavailable("the database is unavailable".into()),
+            SqlError::Unavailable(_) | SqlError::ShortOfResources(_) => {
+                Error::Unavailable("the database is unavailable".into())
+            }
             SqlError::PoolExhausted(max) => Error::Unavailable(format!(
                 "limit `connections` reached: all {max} connections of this app's pool are in use"
             )),

@@ -1,5 +1,6 @@
 //! The `sql` port: relational persistence behind logical database names.
 
+mod cursor;
 pub mod host;
 pub mod mysql;
 mod mysql_sessions;
@@ -15,6 +16,8 @@ pub mod sqlite;
 mod sqlite_guard;
 mod statement;
 mod watchdog;
+
+pub(crate) use cursor::{ChannelCursor, RowSender, cursor_channel};
 
 use async_trait::async_trait;
 
@@ -59,6 +62,18 @@ impl SqlValue {
             | SqlValue::Uuid(s)
             | SqlValue::Decimal(s) => s.len(),
         }
+    }
+
+    /// Bytes of host memory the value takes, for result caps: its payload
+    /// and the value itself. A `NULL` is one byte on the wire but a whole
+    /// value in the host, so a result of many `NULL`s must not pass the
+    /// byte cap for nearly nothing.
+    pub fn held_size(&self) -> usize {
+        let payload = match self {
+            SqlValue::Null | SqlValue::Boolean(_) | SqlValue::Int(_) | SqlValue::Float(_) => 0,
+            _ => self.approx_size(),
+        };
+        std::mem::size_of::<SqlValue>() + payload
     }
 }
 
@@ -123,7 +138,7 @@ impl CappedRows {
     /// Adds a row, or fails when it passes the row or byte cap.
     pub fn push(&mut self, values: Vec<SqlValue>) -> Result<(), SqlError> {
         self.full()?;
-        self.bytes += values.iter().map(SqlValue::approx_size).sum::<usize>();
+        self.bytes += values.iter().map(SqlValue::held_size).sum::<usize>();
         if self.bytes > self.caps.max_bytes {
             return Err(SqlError::TooLarge(format!(
                 "result exceeds {} bytes; use open-cursor",
@@ -184,6 +199,12 @@ pub enum SqlError {
     /// Engine unreachable.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The server answered that it is short of resources (Postgres class
+    /// 53, with its SQLSTATE: disk full, out of memory, too many
+    /// connections). The guest sees `unavailable`; the connection is not
+    /// lost (see [`pool_check::PoolCheck::note`]).
+    #[error("database unavailable: the server is short of resources ({0})")]
+    ShortOfResources(String),
     /// Every connection of the app's pool stayed in use until the acquire
     /// timeout: the app hit its `max_connections` limit.
     #[error("all {0} connections of the pool are in use")]
@@ -297,6 +318,10 @@ pub enum SqlConfig {
         /// With `role-per-app`: the secret tenant role passwords are derived
         /// from (a `${env:…}`/`${file:…}` reference).
         tenant_password_key: Option<String>,
+        /// With `shared` tenancy, the apps that may open this database:
+        /// required on `berth serve`, where tenants write their own
+        /// manifests (see [`SqlConfig::check_shared`]).
+        apps: Option<Vec<String>>,
     },
     /// A MySQL or MariaDB database reached through a host-owned pool
     /// (`type = "mysql"`, or `"mariadb"`).
@@ -316,131 +341,27 @@ pub enum SqlConfig {
         /// Server-side statement timeout, in ms; default 30000 (MariaDB:
         /// every statement; MySQL: `SELECT` only).
         statement_timeout_ms: Option<u64>,
+        /// The apps that may open this database (every app that declares
+        /// it shares the URL's login): required on `berth serve` (see
+        /// [`SqlConfig::check_shared`]).
+        apps: Option<Vec<String>>,
     },
 }
 
-/// A cursor fed by a reader task through a bounded channel: the reader owns
-/// the connection and stops when the cursor is dropped.
-pub(crate) struct ChannelCursor {
-    columns: Vec<SqlColumn>,
-    rows: tokio::sync::mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
-    /// A row received but left for the next batch, which it would have
-    /// taken past its byte cap.
-    held: Option<Vec<SqlValue>>,
-    /// The reader's error, once seen: returned after the rows before it,
-    /// and by every later call, so a failure never reads as the end.
-    failed: Option<SqlError>,
-}
-
-impl ChannelCursor {
-    pub(crate) fn new(
-        columns: Vec<SqlColumn>,
-        rows: tokio::sync::mpsc::Receiver<Result<Vec<SqlValue>, SqlError>>,
-    ) -> Self {
-        Self {
-            columns,
-            rows,
-            held: None,
-            failed: None,
+impl SqlConfig {
+    /// Whether `app` may open a database every app declaring it would
+    /// share (Postgres with `tenancy = "shared"`, MySQL): only if `apps`
+    /// lists it, or, when `apps` is absent, outside `berth serve`
+    /// (`tenants`), where the operator wrote every manifest. A tenant
+    /// declaring the logical name must not reach another's tables.
+    pub fn check_shared(apps: Option<&[String]>, app: &str, tenants: bool) -> Result<(), String> {
+        match apps {
+            Some(apps) if apps.iter().any(|a| a == app) => Ok(()),
+            Some(_) => Err(format!("does not list app `{app}`")),
+            None if tenants => Err(format!(
+                "is needed on `berth serve` to open this shared database for app `{app}`: list the apps that may use it (every app declaring it shares its login), or give Postgres `tenancy = \"role-per-app\"`"
+            )),
+            None => Ok(()),
         }
-    }
-}
-
-/// Bytes a row carries back to the guest, as metered.
-fn row_bytes(row: &[SqlValue]) -> usize {
-    row.iter().map(SqlValue::approx_size).sum()
-}
-
-#[async_trait]
-impl SqlCursor for ChannelCursor {
-    fn columns(&self) -> Vec<SqlColumn> {
-        self.columns.clone()
-    }
-
-    async fn next(
-        &mut self,
-        max_rows: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Vec<SqlValue>>, SqlError> {
-        use tokio::sync::mpsc::error::TryRecvError;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while out.len() < max_rows {
-            let row = match self.held.take() {
-                Some(row) => row,
-                None if self.failed.is_some() => break,
-                None => {
-                    let next = if out.is_empty() {
-                        self.rows.recv().await
-                    } else {
-                        match self.rows.try_recv() {
-                            Ok(item) => Some(item),
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => None,
-                        }
-                    };
-                    match next {
-                        Some(Ok(row)) => row,
-                        Some(Err(e)) => {
-                            self.failed = Some(e);
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            };
-            let size = row_bytes(&row);
-            if !out.is_empty() && bytes + size > max_bytes {
-                self.held = Some(row);
-                break;
-            }
-            bytes += size;
-            out.push(row);
-        }
-        match &self.failed {
-            Some(e) if out.is_empty() => Err(e.clone()),
-            _ => Ok(out),
-        }
-    }
-}
-
-#[cfg(test)]
-mod cursor_tests {
-    use super::*;
-
-    fn text(n: usize) -> Vec<SqlValue> {
-        vec![SqlValue::Text("x".repeat(n))]
-    }
-
-    #[tokio::test]
-    async fn batches_stop_at_the_byte_cap_and_an_error_follows_its_rows() {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        for n in [10, 10, 25, 10] {
-            tx.send(Ok(text(n))).await.unwrap();
-        }
-        tx.send(Err(SqlError::Timeout)).await.unwrap();
-        drop(tx);
-        let mut cursor = ChannelCursor::new(Vec::new(), rx);
-        // 20 bytes hold two 10-byte rows; the third waits for the next batch.
-        assert_eq!(cursor.next(100, 20).await.unwrap(), [text(10), text(10)]);
-        // A row larger than the cap still comes, alone.
-        assert_eq!(cursor.next(100, 20).await.unwrap(), [text(25)]);
-        // The rows before the error come first; the error is not the end.
-        assert_eq!(cursor.next(100, 20).await.unwrap(), [text(10)]);
-        assert_eq!(cursor.next(100, 20).await, Err(SqlError::Timeout));
-        assert_eq!(cursor.next(100, 20).await, Err(SqlError::Timeout));
-    }
-
-    #[tokio::test]
-    async fn batches_stop_at_the_row_cap_and_end_empty() {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        for _ in 0..3 {
-            tx.send(Ok(text(1))).await.unwrap();
-        }
-        drop(tx);
-        let mut cursor = ChannelCursor::new(Vec::new(), rx);
-        assert_eq!(cursor.next(2, 1000).await.unwrap().len(), 2);
-        assert_eq!(cursor.next(2, 1000).await.unwrap().len(), 1);
-        assert!(cursor.next(2, 1000).await.unwrap().is_empty());
     }
 }

@@ -21,7 +21,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Value};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::mysql_sessions::MysqlSessions;
@@ -32,9 +31,6 @@ use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
 };
 use crate::secret::Secret;
-
-/// Rows buffered between a cursor's reader task and the guest.
-const CURSOR_BUFFER_ROWS: usize = 256;
 
 /// Idle connections above `min_connections` are closed after this long.
 const IDLE_TTL: Duration = Duration::from_secs(600);
@@ -319,8 +315,15 @@ fn map_server_error(code: u16, state: &str, msg: String) -> SqlError {
         1064 | 1149 | 1146 | 1054 | 1305 | 1630 | 1052 | 1050 | 1060 | 1091 | 1222 | 1241 => {
             SqlError::Syntax(msg)
         }
+        // The server refused the host's login (a new pooled connection):
+        // the operator's credential, not the guest's statement; the
+        // message names the user and the host's address.
+        1045 => {
+            tracing::warn!(error = %msg, "the MySQL server refused the host's login");
+            SqlError::Unavailable("the database refused the host's login".into())
+        }
         // Access denied, read-only server or transaction.
-        1044 | 1045 | 1142 | 1143 | 1227 | 1290 | 1792 => SqlError::Denied(msg),
+        1044 | 1142 | 1143 | 1227 | 1290 | 1792 => SqlError::Denied(msg),
         // MariaDB max_statement_time, MySQL max_execution_time, and a
         // statement the watchdog cancelled (`KILL QUERY`).
         1969 | 3024 | 1317 => SqlError::Timeout,
@@ -435,7 +438,7 @@ impl SqlBackend for MysqlDatabase {
         let mut conn = self.conn_for(&statement).await?;
         let within = self.answer_within;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
-        let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
+        let (rows_tx, rows_rx) = super::cursor_channel();
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back
         // and drains what was not read. Every wait on the server is

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::SqlError;
-use super::postgres::SHORT_OF_RESOURCES;
 
 /// A connection idle at least this long is pinged before it is lent.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -57,9 +56,9 @@ impl PoolCheck {
     /// resources answered on its connection, so it is not one: pinging
     /// every connection would only add to its load.
     pub fn note<T>(&self, result: Result<T, SqlError>) -> Result<T, SqlError> {
-        if let Err(SqlError::Unavailable(why)) = &result
-            && !why.starts_with(SHORT_OF_RESOURCES)
-        {
+        // A server short of resources (`ShortOfResources`) answered: its
+        // connection is not lost.
+        if let Err(SqlError::Unavailable(_)) = &result {
             let until = self
                 .now_ms()
                 .saturating_add(PING_ALL_FOR.as_millis() as u64);
@@ -87,8 +86,7 @@ mod tests {
         let _ = check.note::<()>(Err(SqlError::Timeout));
         let _ = check.note::<()>(Err(SqlError::Syntax("x".into())));
         // Nor is a server short of resources (class 53): it answered.
-        let short = format!("{SHORT_OF_RESOURCES} (53200)");
-        let _ = check.note::<()>(Err(SqlError::Unavailable(short)));
+        let _ = check.note::<()>(Err(SqlError::ShortOfResources("53200".into())));
         assert!(!check.should_ping(Duration::ZERO));
         let _ = check
             .clone()

@@ -21,8 +21,10 @@ use futures::StreamExt as _;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection as _, Postgres, Row as _, Statement as _, TransactionManager as _};
-use tokio::sync::mpsc;
+use sqlx::{
+    ConnectOptions as _, Connection as _, Postgres, Row as _, Statement as _,
+    TransactionManager as _,
+};
 use tokio::time::timeout;
 
 use super::{
@@ -37,8 +39,6 @@ use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row
 pub use super::placeholders::rewrite_placeholders;
 use super::pool_check::PoolCheck;
 use super::statement::{Dialect, changes_session};
-/// Rows buffered between a cursor's reader task and the guest.
-const CURSOR_BUFFER_ROWS: usize = 256;
 
 /// Settings of a Postgres logical database.
 #[derive(Debug, Clone)]
@@ -112,9 +112,12 @@ impl PostgresDatabase {
                 format!("\"{}\"", schema.replace('"', "\"\"")),
             ));
         }
+        // sqlx would log statements over a second at `warn`, with their
+        // text: a tenant's literals in the operator's log.
         options = options
             .options(settings)
-            .application_name(&s.application_name);
+            .application_name(&s.application_name)
+            .disable_statement_logging();
         let max_connections = s.max_connections.max(1);
         let session_ids = SessionIds::default();
         let noted = session_ids.clone();
@@ -198,11 +201,6 @@ impl PostgresDatabase {
     }
 }
 
-/// How the `unavailable` of a class 53 error begins (disk full, out of
-/// memory, too many connections): the server answered, so the connection
-/// is not lost (see [`PoolCheck::note`]).
-pub(super) const SHORT_OF_RESOURCES: &str = "the server is short of resources";
-
 /// Maps a sqlx error to the port's error. Database messages are kept (they
 /// name objects of the guest's own SQL); connection errors are not, since
 /// they can name hosts.
@@ -219,12 +217,18 @@ pub fn map_error(e: sqlx::Error) -> SqlError {
                 c if c.starts_with("42") && c != "42501" => SqlError::Syntax(msg),
                 "42501" => SqlError::Denied(msg),
                 "57014" => SqlError::Timeout,
+                // The server refused the host's login (a new pooled
+                // connection): the operator's credential, not the guest's
+                // statement; the message can name the user, database and
+                // the host's address (`no pg_hba.conf entry for host …`).
+                c if c.starts_with("28") => {
+                    tracing::warn!(error = %msg, "the Postgres server refused the host's login");
+                    SqlError::Unavailable("the database refused the host's login".into())
+                }
                 "40001" | "40P01" => SqlError::Conflict(msg),
                 c if c.starts_with("22") => SqlError::InvalidInput(msg),
                 "08P01" => SqlError::InvalidInput(msg),
-                c if c.starts_with("53") => {
-                    SqlError::Unavailable(format!("{SHORT_OF_RESOURCES} ({c})"))
-                }
+                c if c.starts_with("53") => SqlError::ShortOfResources(c.to_string()),
                 c if c.starts_with("08") || c.starts_with("57P") => {
                     SqlError::Unavailable(format!("server error {c}"))
                 }
@@ -350,7 +354,7 @@ impl SqlBackend for PostgresDatabase {
         let mut conn = self.acquire_for(&statement).await?;
         let (check, within) = (self.check.clone(), self.answer_within);
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
-        let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
+        let (rows_tx, rows_rx) = super::cursor_channel();
         // The reader task owns the connection and stops when the cursor is
         // dropped (its sends fail); the pool then gets the connection back.
         tokio::spawn(async move {
@@ -382,7 +386,7 @@ enum Answered {
 /// Where a cursor's reader sends what it reads.
 struct CursorReader {
     columns_tx: tokio::sync::oneshot::Sender<Result<Vec<super::SqlColumn>, SqlError>>,
-    rows_tx: mpsc::Sender<Result<Vec<SqlValue>, SqlError>>,
+    rows_tx: super::RowSender,
     check: PoolCheck,
     /// The bound on each answer of the server.
     within: Duration,

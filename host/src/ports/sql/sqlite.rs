@@ -21,7 +21,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::hooks::AuthContext;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::sqlite_guard::{Armed, Deadline, authorize, with_deadline};
 use super::{
@@ -31,8 +31,6 @@ use super::{
 
 /// Connections kept per database file.
 const POOL_SIZE: usize = 8;
-/// Rows buffered between a cursor's reader thread and the guest.
-const CURSOR_BUFFER_ROWS: usize = 256;
 /// How long a guest's statement (a cursor: each step to its next row) may
 /// run before it is interrupted and gives `timeout`. SQLite has no limit of
 /// its own; this is the server engines' default `statement_timeout_ms`.
@@ -394,7 +392,7 @@ impl SqlBackend for SqliteDatabase {
         let limit = self.statement_timeout();
         let mut pooled = self.pool.get().await?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
-        let (rows_tx, rows_rx) = mpsc::channel(CURSOR_BUFFER_ROWS);
+        let (rows_tx, rows_rx) = super::cursor_channel();
         // The reader owns the connection and statement on a blocking thread and
         // stops as soon as the cursor is dropped (its sends fail).
         tokio::task::spawn_blocking(move || {
