@@ -134,10 +134,10 @@ pub(super) async fn secret_setting(
     raw: &str,
     secrets: &SecretResolver,
 ) -> anyhow::Result<Secret> {
-    if !SecretResolver::is_reference(raw) {
+    if !SecretResolver::is_only_references(raw) {
         return Err(origin.err(
             key,
-            "secrets are never inlined; reference it as ${env:NAME} or ${file:/path}",
+            "secrets are never inlined; reference it as ${env:NAME} or ${file:/path}, with no text around it",
         ));
     }
     secrets.resolve(raw).await.map_err(|m| origin.err(key, m))

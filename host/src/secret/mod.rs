@@ -36,6 +36,33 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The largest secret file read (a key, a password, a certificate).
+const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
+
+/// The contents of the secret file `path`, trailing newlines dropped. Only
+/// a regular file of at most [`MAX_SECRET_FILE_BYTES`] is read: a FIFO
+/// would block the load, and `/dev/zero` would never end.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let failed = |e: std::io::Error| format!("cannot read secret file {path}: {}", e.kind());
+    let meta = std::fs::metadata(path).map_err(failed)?;
+    if !meta.is_file() {
+        return Err(format!("secret file {path} is not a regular file"));
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes"
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(failed)?
+        .take(MAX_SECRET_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(failed)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,9 +233,9 @@ impl SecretResolver {
             ("access_key_id", &config.access_key_id),
             ("secret_access_key", &config.secret_access_key),
         ] {
-            if !Self::is_reference(raw) {
+            if !Self::is_only_references(raw) {
                 return Err(format!(
-                    "`secrets.aws.{key}`: secrets are never inlined; reference it as ${{env:NAME}} or ${{file:/path}}"
+                    "`secrets.aws.{key}`: secrets are never inlined; reference it as ${{env:NAME}} or ${{file:/path}}, with no text around it"
                 ));
             }
             keys.push(
@@ -221,6 +248,14 @@ impl SecretResolver {
             config, timeout, &keys[0], &keys[1],
         )));
         Ok(self)
+    }
+
+    /// Whether `raw` is made of references only, with no inline text (so it
+    /// holds no inline secret): `${env:A}` or `${env:A}${file:/b}`, not
+    /// `hunter2${env:EMPTY}`.
+    pub fn is_only_references(raw: &str) -> bool {
+        let marked = Self::mark_references(raw);
+        !marked.is_empty() && marked.chars().all(|c| c == REFERENCE_MARK) && Self::is_reference(raw)
     }
 
     /// Whether `raw` contains a reference (so it holds no inline secret).
@@ -275,9 +310,7 @@ impl SecretResolver {
                     .ok_or_else(|| {
                         format!("environment variable {name} is not set (nor in the .env file)")
                     })?,
-                Some(("file", path)) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| format!("cannot read secret file {path}: {}", e.kind()))?,
+                Some(("file", path)) => read_secret_file(path)?,
                 Some(("aws-sm", id)) => match &self.aws {
                     Some(aws) => aws.get(id).await?.expose().to_owned(),
                     None => {
@@ -375,6 +408,28 @@ mod resolver_tests {
         assert!(!SecretResolver::is_reference("$${env:A}"));
         assert!(SecretResolver::is_reference("$${env:A}${env:B}"));
         assert!(!SecretResolver::is_reference("${vault:x}"));
+        assert!(SecretResolver::is_only_references("${env:A}${file:/b}"));
+        for partly_inline in ["hunter2${env:EMPTY}", "${env:A} ", "$${env:A}${env:B}", ""] {
+            assert!(
+                !SecretResolver::is_only_references(partly_inline),
+                "{partly_inline:?}"
+            );
+        }
+        // Only regular files of at most 1 MiB are read as secrets.
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; (MAX_SECRET_FILE_BYTES + 1) as usize]).unwrap();
+        for (path, words) in [
+            ("/dev/zero", "not a regular file"),
+            (dir.path().to_str().unwrap(), "not a regular file"),
+            (big.to_str().unwrap(), "larger than"),
+        ] {
+            let err = read_secret_file(path).unwrap_err();
+            assert!(err.contains(words), "{path}: {err}");
+        }
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "s3cret\n").unwrap();
+        assert_eq!(read_secret_file(ok.to_str().unwrap()).unwrap(), "s3cret");
     }
 
     #[tokio::test]
