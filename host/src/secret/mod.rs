@@ -89,10 +89,23 @@ pub struct SecretsConfig {
 /// `${file:/path}` (the file's content, without a trailing newline) and,
 /// when `[secrets.aws]` is configured, `${aws-sm:id}` / `${aws-sm:id#field}`.
 /// `$${` stands for a literal `${`.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct SecretResolver {
+    /// The `.env` file's values: secrets, so never printed.
     dotenv: std::collections::HashMap<String, String>,
     aws: Option<Arc<AwsSecrets>>,
+}
+
+impl std::fmt::Debug for SecretResolver {
+    /// The `.env` file's keys, never its values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<&String> = self.dotenv.keys().collect();
+        keys.sort();
+        f.debug_struct("SecretResolver")
+            .field("dotenv_keys", &keys)
+            .field("aws", &self.aws.is_some())
+            .finish()
+    }
 }
 
 /// What [`SecretResolver::mark_references`] writes for a reference: a
@@ -409,6 +422,15 @@ mod resolver_tests {
         assert!(SecretResolver::is_reference("$${env:A}${env:B}"));
         assert!(!SecretResolver::is_reference("${vault:x}"));
         assert!(SecretResolver::is_only_references("${env:A}${file:/b}"));
+        // A resolver prints the `.env` file's keys, never its values.
+        let env_file = dir.path().join(".env");
+        std::fs::write(&env_file, "DB_PASSWORD=dotenv-canary\n").unwrap();
+        let with_env = SecretResolver::new(Some(&env_file)).unwrap();
+        let printed = format!("{with_env:?}");
+        assert!(
+            printed.contains("DB_PASSWORD") && !printed.contains("dotenv-canary"),
+            "{printed}"
+        );
         for partly_inline in ["hunter2${env:EMPTY}", "${env:A} ", "$${env:A}${env:B}", ""] {
             assert!(
                 !SecretResolver::is_only_references(partly_inline),

@@ -66,7 +66,10 @@ pub trait EmailBackend: Send + Sync {
 }
 
 /// Checks a plain `local@domain` address (no display name, no CR/LF, no
-/// spaces or angle brackets).
+/// spaces or angle brackets; dot-atoms without empty parts; domain labels of
+/// 1 to 63 characters not starting or ending with `-`), which lettre, the
+/// SMTP transport, also accepts: every transport refuses the same
+/// addresses, before the rate limit counts the message.
 pub fn validate_address(address: &str) -> Result<(), String> {
     let bad = || format!("{address:?} is not a plain email address like `name@example.com`");
     let (local, domain) = address.rsplit_once('@').ok_or_else(bad)?;
@@ -82,6 +85,13 @@ pub fn validate_address(address: &str) -> Result<(), String> {
         || !domain
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+        || !domain.split('.').all(|label| {
+            (1..=63).contains(&label.len()) && !label.starts_with('-') && !label.ends_with('-')
+        })
+        || address.parse::<lettre::Address>().is_err()
     {
         return Err(bad());
     }
@@ -244,6 +254,13 @@ mod tests {
             "a b@c.d",
             "a@b.c\n",
             "Name <a@b.c>",
+            "a@b..c",
+            "a@-x.com",
+            "a@x-.com",
+            "a..b@x.com",
+            ".a@x.com",
+            "a.@x.com",
+            &format!("a@{}.com", "x".repeat(64)),
         ] {
             assert!(validate_address(bad).is_err(), "{bad:?}");
         }
