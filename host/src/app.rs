@@ -264,13 +264,15 @@ impl App {
         let env = crate::ports::config::host_env(host.serve.tenant_manifests);
         let config = crate::ports::config::resolve(&manifest.config, env)
             .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
-        let backends = Arc::new(crate::backends::open(host, &manifest, &state_dir).await?);
+        // One resolver for the whole load: each AWS secret is fetched once.
+        let secrets = host.secrets().await?;
+        let backends =
+            Arc::new(crate::backends::open(host, &manifest, &state_dir, &secrets).await?);
         let network = Arc::new(
             host.outbound
                 .settings()
                 .map_err(|m| anyhow::anyhow!("{}: {m}", host.source()))?,
         );
-        let secrets = host.secrets().await?;
         let upstreams = resolve_upstreams(host, &manifest, &secrets).await?;
         let config = operator_config(host, &manifest, &secrets, config).await?;
         let mut components = BTreeMap::new();

@@ -24,6 +24,7 @@ use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use crate::ports::sql::pg_tenancy::{tenant_password, tenant_role};
 use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings, TenantLogin};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
+use crate::secret::SecretResolver;
 
 mod messaging;
 mod ownership;
@@ -130,6 +131,7 @@ pub async fn open(
     host: &HostConfig,
     manifest: &Manifest,
     state: &Path,
+    secrets: &SecretResolver,
 ) -> anyhow::Result<AppBackends> {
     let app = manifest.name.as_str();
     let origin = Origin {
@@ -140,7 +142,6 @@ pub async fn open(
     if let EmailConfig::Smtp { senders, .. } = &host.email {
         check_email_senders(&origin, manifest, senders.as_ref(), host)?;
     }
-    let secrets = host.secrets().await?;
     let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
     for (name, decl) in &manifest.sql {
         let key = format!("sql.{name}");
@@ -225,7 +226,7 @@ pub async fn open(
                             &origin,
                             &format!("{key}.tenant_password_key"),
                             &raw,
-                            &secrets,
+                            secrets,
                         )
                         .await?;
                         if secret.expose().len() < MIN_TENANT_KEY_BYTES {
@@ -248,8 +249,8 @@ pub async fn open(
                 let (connect_timeout, statement_timeout) =
                     sql_timeouts(&origin, &key, connect_timeout_ms, statement_timeout_ms)?;
                 let settings = PostgresSettings {
-                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
-                    password: optional_secret(&origin, &key, password, &secrets).await?,
+                    url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
+                    password: optional_secret(&origin, &key, password, secrets).await?,
                     tenant,
                     schema,
                     max_connections,
@@ -280,8 +281,8 @@ pub async fn open(
                 let (connect_timeout, statement_timeout) =
                     sql_timeouts(&origin, &key, connect_timeout_ms, statement_timeout_ms)?;
                 let settings = MysqlSettings {
-                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
-                    password: optional_secret(&origin, &key, password, &secrets).await?,
+                    url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
+                    password: optional_secret(&origin, &key, password, secrets).await?,
                     max_connections,
                     min_connections,
                     connect_timeout,
@@ -325,7 +326,7 @@ pub async fn open(
                 // App and bucket names cannot contain `:`, so this prefix
                 // cannot collide between apps or buckets.
                 let settings = RedisSettings {
-                    url: url_setting(&origin, &format!("{key}.url"), &url, &secrets).await?,
+                    url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
                     prefix: format!("{}berth:{app}:{name}:", prefix.unwrap_or_default()),
                     timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 5000)?,
                 };
@@ -396,14 +397,14 @@ pub async fn open(
                         &origin,
                         &format!("{key}.access_key_id"),
                         &access_key_id,
-                        &secrets,
+                        secrets,
                     )
                     .await?,
                     secret_access_key: secret_setting(
                         &origin,
                         &format!("{key}.secret_access_key"),
                         &secret_access_key,
-                        &secrets,
+                        secrets,
                     )
                     .await?,
                     part_size: (part_size_mb as usize) << 20,
@@ -418,7 +419,7 @@ pub async fn open(
         };
         blob.insert(name.clone(), container);
     }
-    let messaging = messaging::open(&origin, &host.messaging, state, &secrets).await?;
+    let messaging = messaging::open(&origin, &host.messaging, state, secrets).await?;
     let transport: Arc<dyn EmailBackend> = match host.email.clone() {
         EmailConfig::File {} => {
             Arc::new(FileSink::open(state.join("email")).map_err(|e| origin.err("email", e))?)
@@ -436,7 +437,7 @@ pub async fn open(
             let credentials = match (username, password) {
                 (Some(user), Some(pw)) => Some((
                     user,
-                    secret_setting(&origin, "email.password", &pw, &secrets).await?,
+                    secret_setting(&origin, "email.password", &pw, secrets).await?,
                 )),
                 (None, None) => None,
                 _ => {
