@@ -614,6 +614,42 @@ async fn messaging_reconnects_after_connection_loss_mqtt() {
     reconnects_after_connection_loss(&url, Broker::Mqtt).await;
 }
 
+/// A message the NATS server would answer by closing the app's whole
+/// connection (over its `max_payload` once its headers are counted) is
+/// refused before it is sent, and the connection goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_oversized_messages_refused_before_the_server_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confsize");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
+    let app = t.load_with(&host_config(&t, &host)).await.unwrap();
+    let max = async_nats::connect(url.as_str())
+        .await
+        .unwrap()
+        .server_info()
+        .max_payload;
+    let broker = &app.backends.messaging;
+    let headers = vec![("x-trace".to_string(), "t".to_string())];
+    // The payload alone fits; with its headers it does not.
+    let err = broker
+        .publish("events", vec![7; max - 8], headers.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MessagingError::TooLarge(m) if m.contains(&max.to_string())),
+        "{err:?}"
+    );
+    broker
+        .publish("events", b"small".to_vec(), headers)
+        .await
+        .expect("the connection is still up");
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// A handler slower than JetStream's ack wait is not given its message a
 /// second time while it runs: the host tells JetStream it is in progress.
 #[tokio::test(flavor = "multi_thread")]

@@ -74,6 +74,20 @@ fn unavailable(e: impl std::fmt::Display) -> MessagingError {
 }
 
 impl NatsBroker {
+    /// Refuses a message the server would refuse by closing the whole
+    /// connection (every trigger's pulls and acks with it): one over its
+    /// `max_payload`, headers included.
+    fn check_size(&self, payload: usize, headers: &HeaderMap) -> Result<(), MessagingError> {
+        let max = self.client.server_info().max_payload;
+        let size = wire_size(payload, headers);
+        if max > 0 && size > max {
+            return Err(MessagingError::TooLarge(format!(
+                "the message is {size} bytes with its headers; the broker takes at most {max}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Connects and makes sure the app's stream exists.
     pub async fn connect(s: &NatsSettings) -> Result<NatsBroker, MessagingError> {
         // Credentials go through the options, not the URL, so the client
@@ -160,10 +174,25 @@ fn headers_to_nats(headers: &[(String, String)], id: &str) -> HeaderMap {
         .iter()
         .filter(|(k, _)| !super::host::is_broker_header(k))
     {
-        map.insert(k.as_str(), v.as_str());
+        // `append`: a header given twice keeps both values.
+        map.append(k.as_str(), v.as_str());
     }
     map.insert(MSG_ID, id);
     map
+}
+
+/// The bytes a message counts against the server's `max_payload`: its
+/// payload and its headers as NATS encodes them (`NATS/1.0`, a
+/// `name: value` line each, a blank line).
+fn wire_size(payload: usize, headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            let name = AsRef::<str>::as_ref(name).len();
+            values.iter().map(move |v| name + 2 + v.as_str().len() + 2)
+        })
+        .sum();
+    payload + "NATS/1.0\r\n".len() + lines + 2
 }
 
 fn headers_from_nats(map: Option<&HeaderMap>) -> (Option<String>, Vec<(String, String)>) {
@@ -198,13 +227,11 @@ impl MessagingBackend for NatsBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
+        let headers = headers_to_nats(&headers, id);
+        self.check_size(payload.len(), &headers)?;
         let ack = self
             .js
-            .publish_with_headers(
-                self.msg_subject(topic),
-                headers_to_nats(&headers, id),
-                Bytes::from(payload),
-            )
+            .publish_with_headers(self.msg_subject(topic), headers, Bytes::from(payload))
             .await
             .map_err(unavailable)?;
         ack.await.map_err(unavailable)?;
@@ -219,9 +246,11 @@ impl MessagingBackend for NatsBroker {
         timeout: Duration,
     ) -> Result<Message, MessagingError> {
         let id = uuid::Uuid::new_v4().to_string();
+        let headers = headers_to_nats(&headers, &id);
+        self.check_size(payload.len(), &headers)?;
         let request = self.client.request_with_headers(
             self.req_subject(topic),
-            headers_to_nats(&headers, &id),
+            headers,
             Bytes::from(payload),
         );
         let reply = match tokio::time::timeout(timeout, request).await {
@@ -429,11 +458,15 @@ fn stored_delivery(
 ) -> Delivery {
     let info = msg.info().ok();
     let attempt = info.as_ref().map_or(1, |i| i.delivered.max(1) as u32);
-    let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
     let (id, headers) = headers_from_nats(msg.headers.as_ref());
+    let topic = topic_of(&msg.subject, ".msg.");
+    // Another producer's message: an id from its content, as on the other
+    // brokers (a stream sequence would repeat once the stream is recreated,
+    // and a handler deduplicating by id would drop new messages).
+    let id = id.unwrap_or_else(|| super::content_id("nats", &topic, &msg.payload, &headers));
     let message = Message {
-        id: id.unwrap_or_else(|| format!("seq-{sequence}")),
-        topic: topic_of(&msg.subject, ".msg."),
+        id,
+        topic,
         payload: msg.payload.to_vec(),
         headers,
         attempt,
