@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::metrics::METRICS;
@@ -22,6 +22,8 @@ use crate::metrics::METRICS;
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, mostly: back off rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let ready = ready.clone();
@@ -31,6 +33,8 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
                 async move { Ok::<_, Infallible>(answer(req.uri().path(), ready)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(crate::triggers::http::HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -269,22 +269,28 @@ impl Tenants {
         }
     }
 
-    /// Which app a request is for, and the path it should see.
+    /// Which app a request is for, and the path it should see. A path
+    /// with a dot segment, and a request whose URI and `Host` name
+    /// different hosts, reach no app: a proxy in front, normalizing one of
+    /// them, would judge the request by another app than the one it
+    /// reaches.
     fn route(&self, req: &Request<Incoming>) -> Option<(Arc<Mounted>, Option<String>)> {
         let path = req.uri().path();
+        if has_dot_segment(path) {
+            return None;
+        }
         // Signed blob URLs carry the app name: /_berth/blob/<app>/…
         if let Some(rest) = path.strip_prefix(URL_PREFIX) {
             let app = rest.split('/').next()?;
             return Some((self.mounted_named(app)?, None));
         }
         if let Some(domain) = &self.host.serve.domain {
-            let host = req
+            let header = req
                 .headers()
                 .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().host())
-                .unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                .map(|h| h.to_str().ok());
+            let host = request_host(req.uri().authority().map(|a| a.as_str()), header)?;
+            let domain = normalized_host(domain.trim_start_matches('.'));
             if let Some(app) = host
                 .strip_suffix(domain.as_str())
                 .and_then(|h| h.strip_suffix('.'))
@@ -295,6 +301,41 @@ impl Tenants {
         let rest = path.strip_prefix('/')?;
         let (app, tail) = rest.split_once('/').unwrap_or((rest, ""));
         Some((self.mounted_named(app)?, Some(format!("/{tail}"))))
+    }
+}
+
+/// Whether `path` has a `.` or `..` segment, plainly or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// `host` without its port or trailing dot, in lower case.
+fn normalized_host(host: &str) -> String {
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The host a request is for: its URI's authority (absolute form, HTTP/2's
+/// `:authority`), else its `Host` header, normalized. `None` when the two
+/// name different hosts or the header is not text: routing by one while a
+/// proxy or the guest goes by the other would be routing by two names.
+fn request_host(authority: Option<&str>, header: Option<Option<&str>>) -> Option<String> {
+    let header = match header {
+        Some(Some(h)) => Some(normalized_host(h)),
+        Some(None) => return None,
+        None => None,
+    };
+    let authority = authority.map(|a| normalized_host(a.rsplit('@').next().unwrap_or(a)));
+    match (authority, header) {
+        (Some(a), Some(h)) if a != h => None,
+        (Some(a), _) => Some(a),
+        (None, h) => Some(h.unwrap_or_default()),
     }
 }
 
@@ -340,5 +381,63 @@ impl HttpService for Tenants {
             }
         }
         mounted.handler.clone().call(req).await
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_found() {
+        for path in [
+            "/shop/../blog/",
+            "/shop/./x",
+            "/shop/%2e%2E/blog",
+            "/a/%2E",
+            "/..",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/shop/a..b",
+            "/shop/.well-known/x",
+            "/shop/%2Fx",
+            "/",
+            "/shop/v1.2",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_request_host_is_one_name_normalized() {
+        let host = |authority, header| request_host(authority, header);
+        assert_eq!(
+            host(None, Some(Some("Shop.Apps.Example.com.:8080"))).as_deref(),
+            Some("shop.apps.example.com")
+        );
+        assert_eq!(
+            host(Some("blog.apps.example.com"), None).as_deref(),
+            Some("blog.apps.example.com")
+        );
+        assert_eq!(
+            host(
+                Some("BLOG.apps.example.com:443"),
+                Some(Some("blog.apps.example.com"))
+            )
+            .as_deref(),
+            Some("blog.apps.example.com")
+        );
+        // Absolute form naming another host than `Host`: no app.
+        assert_eq!(
+            host(
+                Some("blog.apps.example.com"),
+                Some(Some("shop.apps.example.com"))
+            ),
+            None
+        );
+        assert_eq!(host(None, Some(None)), None);
+        assert_eq!(normalized_host("[::1]:80"), "[::1]");
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpView as _;
@@ -311,6 +311,16 @@ fn error_response(
     json_response(status, body)
 }
 
+/// How long a client may take to send a request's head (and an idle
+/// keep-alive connection to start the next one) before the connection is
+/// closed: a client trickling its headers must not hold a connection, and
+/// a file descriptor, for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an HTTP/2 connection is pinged, and how long its answer may
+/// take, before the connection is closed.
+const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
+
 /// Serves `handler` on `listener` until `shutdown` resolves. Then it stops
 /// accepting (the listener is closed), lets requests in flight finish for
 /// up to `grace` while idle keep-alive connections are closed, and cancels
@@ -323,7 +333,17 @@ pub async fn serve<H: HttpService>(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper applies no header read timeout at all.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE.0)
+        .keep_alive_timeout(H2_KEEP_ALIVE.1);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -345,7 +365,9 @@ pub async fn serve<H: HttpService>(
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler.call(req).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                // No upgrades: `wasi:http` has none, and a guest's 101 must
+                // not turn the connection into a tunnel.
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 connections.spawn(async move {
                     if let Err(e) = conn.await {

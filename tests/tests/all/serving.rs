@@ -1,4 +1,5 @@
-//! Serving: graceful shutdown (drain, then cancel), a clean 503 when the
+//! Serving: graceful shutdown (drain, then cancel), a header read timeout,
+//! a clean 503 when the
 //! host's instance slots are all in use, keep-alive and HTTP/2, bodies
 //! streamed both ways, and the compiled-component cache rebuilt when it is
 //! stale or damaged.
@@ -25,6 +26,35 @@ async fn get(url: String) -> reqwest::Result<(u16, String)> {
     let response = reqwest::Client::new().get(url).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
+}
+
+/// A client that trickles a request's headers (slowloris) loses its
+/// connection after the header read timeout; hyper applies none unless it
+/// is given a timer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_never_finished_loses_its_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let t = web_app("");
+    let server = serve_with(&t, HostConfig::default()).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf))
+        .await
+        .expect("the server closes the connection within a minute");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    let timeout = berth::triggers::http::HEADER_READ_TIMEOUT;
+    assert!(
+        waited >= timeout - Duration::from_secs(1) && waited < timeout + Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+    server.stop().await;
 }
 
 #[tokio::test]
