@@ -359,7 +359,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  state in {}", app.state_dir.display());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = host.serve.shutdown_grace();
-    crate::triggers::http::serve(handler, listener, shutdown_signal(), grace).await?;
+    let shutdown = unready_on(shutdown_signal(), ready);
+    crate::triggers::http::serve(handler, listener, shutdown, grace).await?;
     crate::triggers::stop_background(&app, tasks).await;
     if let Some(admin) = admin {
         admin.abort();
@@ -411,7 +412,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());
-    crate::triggers::http::serve(tenants.clone(), listener, shutdown_signal(), grace).await?;
+    let shutdown = unready_on(shutdown_signal(), ready);
+    crate::triggers::http::serve(tenants.clone(), listener, shutdown, grace).await?;
     watcher.abort();
     tenants.stop().await;
     if let Some(admin) = admin {
@@ -456,6 +458,16 @@ async fn start_admin(
         .with_context(|| format!("{}: cannot listen on `admin.listen` {addr}", host.source()))?;
     println!("berth: admin endpoints (/healthz, /readyz, /metrics) at http://{addr}");
     Ok(Some(tokio::spawn(crate::admin::serve(listener, ready))))
+}
+
+/// `signal`, after which `/readyz` answers 503, so a load balancer stops
+/// sending requests while those in flight drain.
+async fn unready_on(
+    signal: impl std::future::Future<Output = ()>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    signal.await;
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn shutdown_signal() {
@@ -518,6 +530,23 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn readiness_ends_with_the_shutdown_signal() {
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = tokio::spawn(super::unready_on(
+            async move {
+                let _ = signalled.await;
+            },
+            ready.clone(),
+        ));
+        tokio::task::yield_now().await;
+        assert!(ready.load(std::sync::atomic::Ordering::Relaxed));
+        signal.send(()).unwrap();
+        shutdown.await.unwrap();
+        assert!(!ready.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
     #[test]
     fn log_filter_caps_credential_echoing_crates_whatever_is_asked() {
         let filter = super::log_filter(

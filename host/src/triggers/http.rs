@@ -216,12 +216,22 @@ impl HttpHandler {
                     Err(e) => InvocationError::Trap(format!("invocation task failed: {e}")),
                 };
                 tracing::warn!(app = %self.app.manifest.name, component = %route.component, error = %failure, "HTTP invocation failed");
-                let status = if failure.limit_name().is_some() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                error_response(status, &failure.to_string(), failure.limit_name())
+                // A limit is the client's to know (the request may be
+                // retried, or made smaller); a trap's text is the host
+                // log's: wasm backtraces name the guest's functions, and a
+                // host error's chain can name a backend or a path.
+                match failure.limit_name() {
+                    Some(limit) => error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &failure.to_string(),
+                        Some(limit),
+                    ),
+                    None => error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the component failed; the host log has the details",
+                        None,
+                    ),
+                }
             }
         }
     }

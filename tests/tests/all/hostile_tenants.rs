@@ -255,6 +255,12 @@ component = "web"
         let (status, body) = host.get(&format!("/{attacker}/{route}")).await;
         assert_eq!(status, 500, "{route}: {body}");
         assert!(body.contains("error"), "{route}: {body}");
+        // The trap's details (a wasm backtrace naming the guest's
+        // functions) stay in the host log.
+        assert!(
+            !body.contains("backtrace") && !body.contains("wasm"),
+            "{route}: {body}"
+        );
         attacker_bodies.push(body);
     }
 
