@@ -681,6 +681,12 @@ async fn messaging_slow_handler_outlives_the_ack_wait_once_nats() {
     // A copy redelivered late would have arrived by the next ack wait.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(kv.get(&done).await.unwrap().unwrap(), b"1");
+    // The trigger's new consumer caps deliveries awaiting their ack at the
+    // host's 20,000, not the server's default of 1,000.
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    let stream = js.get_stream(format!("BERTH_{name}")).await.unwrap();
+    let info = stream.consumer_info("handler__events").await.unwrap();
+    assert_eq!(info.config.max_ack_pending, 20_000);
     assert_eq!(
         received_count(&app).await,
         1,

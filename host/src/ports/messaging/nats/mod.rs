@@ -69,6 +69,13 @@ pub struct NatsBroker {
     prefetch: u16,
 }
 
+/// Deliveries of a new trigger consumer that may await their ack at once,
+/// all hosts together. A message refused with a backoff counts until it is
+/// delivered again, so with the server's default (1,000) that many failing
+/// messages stalled the trigger for their whole backoff, and a few hosts'
+/// prefetch used it all up.
+const MAX_ACK_PENDING: i64 = 20_000;
+
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
     super::unreachable("nats", e)
 }
@@ -294,6 +301,7 @@ impl MessagingBackend for NatsBroker {
             filter_subject,
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
+            max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
         };
         let mut pull_consumer: jetstream::consumer::Consumer<pull::Config> = stream
