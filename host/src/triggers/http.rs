@@ -200,7 +200,14 @@ impl HttpHandler {
             crate::fairness::retire(store);
             result
         });
-        match receiver.await {
+        // A client that goes away before the response head (hyper drops
+        // this future with its connection) takes its invocation with it:
+        // left running, it would hold its instance slot until its time
+        // limit. Once the head is sent, the task streams the body on.
+        let abandoned = AbortOnDrop(Some(task.abort_handle()));
+        let head = receiver.await;
+        abandoned.disarm();
+        match head {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -283,6 +290,23 @@ impl HttpHandler {
                     None,
                 )
             })
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed first.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 

@@ -119,6 +119,30 @@ async fn serve_on_small_engine(
     (base, engine, served)
 }
 
+/// A client that gives up before the response head takes its invocation
+/// with it: the instance slot comes back at once, not at the guest's time
+/// limit.
+#[tokio::test]
+async fn an_abandoned_request_gives_its_instance_slot_back() {
+    let t = web_app("concurrency = 50\ntimeout_ms = 30000");
+    let (base, engine, served) = serve_on_small_engine(&t, 2).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gave_up = client.get(format!("{base}/sleep?ms=20000")).send().await;
+    assert!(gave_up.is_err(), "the client gave up: {gave_up:?}");
+    let waited = Instant::now();
+    while engine.free_instance_slots() < 2 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the abandoned invocation still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    served.abort();
+}
+
 #[tokio::test]
 async fn at_capacity_requests_get_a_quick_503_and_slots_come_back() {
     let t = web_app("concurrency = 50");
