@@ -31,14 +31,13 @@ use futures::StreamExt as _;
 use tokio::sync::oneshot;
 
 mod feed;
+mod headers;
 
 use feed::{Held, Waiting, feed};
+use headers::{headers_from_nats, headers_to_nats, wire_size};
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
 use crate::secret::Secret;
-
-/// Header carrying Berth's message id.
-const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Settings of an app's NATS broker.
 #[derive(Debug, Clone)]
@@ -170,52 +169,6 @@ fn split_userinfo(url: &str) -> Result<(String, Option<(String, String)>), Messa
         format!("{scheme}://{host}"),
         Some((decode(user)?, decode(password)?)),
     ))
-}
-
-fn headers_to_nats(headers: &[(String, String)], id: &str) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    // JetStream's own headers are never passed on: guests cannot set them
-    // (the port refuses them), and a dead letter does not carry over those
-    // another producer put on the original.
-    for (k, v) in headers
-        .iter()
-        .filter(|(k, _)| !super::host::is_broker_header(k))
-    {
-        // `append`: a header given twice keeps both values.
-        map.append(k.as_str(), v.as_str());
-    }
-    map.insert(MSG_ID, id);
-    map
-}
-
-/// The bytes a message counts against the server's `max_payload`: its
-/// payload and its headers as NATS encodes them (`NATS/1.0`, a
-/// `name: value` line each, a blank line).
-fn wire_size(payload: usize, headers: &HeaderMap) -> usize {
-    let lines: usize = headers
-        .iter()
-        .flat_map(|(name, values)| {
-            let name = AsRef::<str>::as_ref(name).len();
-            values.iter().map(move |v| name + 2 + v.as_str().len() + 2)
-        })
-        .sum();
-    payload + "NATS/1.0\r\n".len() + lines + 2
-}
-
-fn headers_from_nats(map: Option<&HeaderMap>) -> (Option<String>, Vec<(String, String)>) {
-    let mut id = None;
-    let mut out = Vec::new();
-    for (name, values) in map.into_iter().flat_map(|m| m.iter()) {
-        for v in values {
-            if AsRef::<str>::as_ref(name) == MSG_ID {
-                id = Some(v.to_string());
-            } else {
-                out.push((name.to_string(), v.to_string()));
-            }
-        }
-    }
-    out.sort();
-    (id, out)
 }
 
 fn topic_of(subject: &str, marker: &str) -> String {
