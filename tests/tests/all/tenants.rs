@@ -100,6 +100,15 @@ async fn tenants_routed_updated_and_removed() {
     server.stop().await;
 }
 
+/// The error `Tenants::sync` reported for the app in directory `app`.
+fn error_of(errors: &[String], app: &str) -> String {
+    errors
+        .iter()
+        .find(|e| e.contains(&format!("/{app}/berth.toml")))
+        .unwrap_or_else(|| panic!("no error for {app}: {errors:?}"))
+        .clone()
+}
+
 /// Writes an app serving the `http_guest` at `/...` with `limits`.
 fn write_http_app(dir: &Path, name: &str, limits: &str) {
     std::fs::create_dir_all(dir).unwrap();
@@ -294,14 +303,7 @@ async fn tenants_open_shared_databases_only_when_listed() {
             let tenants = Tenants::new(engine().clone(), host, dir);
             let errors = tenants.sync().await;
             assert!(tenants.app_names().is_empty(), "{errors:?}");
-            let error_of = |app: &str| {
-                errors
-                    .iter()
-                    .find(|e| e.contains(&format!("/{app}/berth.toml")))
-                    .unwrap_or_else(|| panic!("no error for {app}: {errors:?}"))
-                    .clone()
-            };
-            (error_of("shop"), error_of("thief"))
+            (error_of(&errors, "shop"), error_of(&errors, "thief"))
         }
     };
     for server in [
@@ -349,18 +351,14 @@ async fn tenants_send_only_as_the_senders_listed_for_them() {
     let tenants = Tenants::new(engine().clone(), host, apps.path().to_path_buf());
     let errors = tenants.sync().await;
     assert_eq!(errors.len(), 3, "{errors:?}");
-    let error_of = |app: &str| {
-        errors
-            .iter()
-            .find(|e| e.contains(&format!("/{app}/berth.toml")))
-            .unwrap_or_else(|| panic!("no error for {app}: {errors:?}"))
-            .clone()
-    };
-    assert!(error_of("shop").contains("cannot connect"), "{errors:?}");
-    let thief = error_of("thief");
+    assert!(
+        error_of(&errors, "shop").contains("cannot connect"),
+        "{errors:?}"
+    );
+    let thief = error_of(&errors, "thief");
     assert!(thief.contains("`email.senders.thief`"), "{thief}");
     assert!(thief.contains("\"ceo@shop.test\""), "{thief}");
-    let quiet = error_of("quiet");
+    let quiet = error_of(&errors, "quiet");
     assert!(quiet.contains("`email.senders.quiet`"), "{quiet}");
     assert!(quiet.contains("on `berth serve`"), "{quiet}");
 
