@@ -305,10 +305,13 @@ impl Tenants {
 }
 
 /// Whether `path` has a `.` or `..` segment, plainly or percent-encoded.
+/// Runs on every request, so without allocating.
 fn has_dot_segment(path: &str) -> bool {
+    const DOT_SEGMENTS: [&str; 6] = [".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"];
     path.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
+        DOT_SEGMENTS
+            .iter()
+            .any(|dots| segment.eq_ignore_ascii_case(dots))
     })
 }
 
