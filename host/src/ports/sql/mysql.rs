@@ -187,6 +187,8 @@ impl MysqlDatabase {
             conn: None,
             flavor,
             query_ids: HashMap::new(),
+            server_started: None,
+            start_unreported: false,
         };
         let db = MysqlDatabase {
             pool,

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Pool};
@@ -27,20 +29,48 @@ pub(super) struct MysqlSessions {
     pub(super) flavor: Flavor,
     /// The statement each session ran at the last look (MariaDB).
     pub(super) query_ids: HashMap<SessionId, u64>,
+    /// When the server started, on this host's clock, as read with the
+    /// watchdog's last connection: a restart numbers threads from 1 again,
+    /// so a session noted before it is no longer the pool's.
+    pub(super) server_started: Option<Instant>,
+    /// `server_started` was read since the watchdog last asked.
+    pub(super) start_unreported: bool,
 }
 
 /// MariaDB's answer to `KILL QUERY ID` for a statement that has ended.
 const UNKNOWN_QUERY_ID: u16 = 1957;
 
 impl MysqlSessions {
+    /// The watchdog's own connection. A new one reads when the server
+    /// started: a restart breaks the connection open at the time, or comes
+    /// while the watchdog rests without one.
     async fn connection(&mut self) -> Result<&mut mysql_async::Conn, String> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => mysql_async::Conn::new(self.opts.clone())
-                .await
-                .map_err(|e| map_error(e).to_string())?,
+            None => {
+                let mut conn = mysql_async::Conn::new(self.opts.clone())
+                    .await
+                    .map_err(|e| map_error(e).to_string())?;
+                self.server_started = server_started(&mut conn).await?;
+                self.start_unreported = true;
+                conn
+            }
         };
         Ok(self.conn.insert(conn))
+    }
+
+    /// Sends `KILL …` about `session`, unless the server started after the
+    /// session was last noted (the connection made for this statement can
+    /// be the first to see a restart): its id may name a stranger now.
+    async fn kill(&mut self, session: &Noted, statement: String) -> Result<(), String> {
+        self.connection().await?;
+        if self
+            .server_started
+            .is_some_and(|start| session.last_statement < start)
+        {
+            return Ok(());
+        }
+        self.run(statement).await
     }
 
     async fn run(&mut self, statement: String) -> Result<(), String> {
@@ -54,6 +84,23 @@ impl MysqlSessions {
             }
         }
     }
+}
+
+/// When the server started, on this host's monotonic clock (`Uptime` is
+/// readable by any login, on MySQL and MariaDB alike). It counts whole
+/// seconds, so the start is taken as the latest it can be: a session noted
+/// in the second after a restart may be forgotten (and noted again with
+/// its next statement), one noted before it never kept. `None` if the
+/// server started before this host's clock began.
+async fn server_started(conn: &mut mysql_async::Conn) -> Result<Option<Instant>, String> {
+    let uptime: Option<(String, String)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Uptime'")
+        .await
+        .map_err(|e| map_error(e).to_string())?;
+    let uptime: u64 = uptime
+        .and_then(|(_, value)| value.parse().ok())
+        .ok_or("the server did not give its uptime")?;
+    Ok(Instant::now().checked_sub(Duration::from_secs(uptime)))
 }
 
 #[async_trait]
@@ -123,19 +170,29 @@ impl watchdog::Sessions for MysqlSessions {
         // MySQL a statement the host sent the session in the instant since
         // the look could be cancelled instead (the watchdog skips sessions
         // it knows were sent one since).
-        match self.query_ids.get(&session.id) {
-            Some(query) => self.run(format!("KILL QUERY ID {query}")).await,
-            None => self.run(format!("KILL QUERY {}", session.id)).await,
-        }
+        let statement = match self.query_ids.get(&session.id) {
+            Some(query) => format!("KILL QUERY ID {query}"),
+            None => format!("KILL QUERY {}", session.id),
+        };
+        self.kill(session, statement).await
     }
 
     async fn terminate(&mut self, session: &Noted, _limit: Duration) -> Result<(), String> {
-        self.run(format!("KILL CONNECTION {}", session.id)).await
+        self.kill(session, format!("KILL CONNECTION {}", session.id))
+            .await
     }
 
     async fn rest(&mut self) {
         if let Some(conn) = self.conn.take() {
             let _ = conn.disconnect().await;
+        }
+    }
+
+    fn take_server_start(&mut self) -> Option<Instant> {
+        if std::mem::take(&mut self.start_unreported) {
+            self.server_started
+        } else {
+            None
         }
     }
 }

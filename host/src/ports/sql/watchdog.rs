@@ -147,6 +147,15 @@ impl SessionIds {
         self.lock().values().copied().collect()
     }
 
+    /// Forgets the sessions last noted before `instant` (connected, or sent
+    /// a statement); says whether there were any.
+    fn forget_noted_before(&self, instant: Instant) -> bool {
+        let mut sessions = self.lock();
+        let before = sessions.len();
+        sessions.retain(|_, noted| noted.last_statement >= instant);
+        sessions.len() != before
+    }
+
     /// Forgets the sessions of `looked_at` the server no longer lists
     /// (those noted since, or noted again under the same id, are kept).
     fn forget_ended(&self, looked_at: &[Noted], listed: &HashSet<SessionId>) {
@@ -189,6 +198,14 @@ pub trait Sessions: Send + 'static {
     async fn terminate(&mut self, session: &Noted, limit: Duration) -> Result<(), String>;
     /// Closes the watchdog's own connection while there is nothing to watch.
     async fn rest(&mut self);
+    /// When the server started, if the engine's session ids start again
+    /// with the server (MySQL, where [`Noted::incarnation`] is 0) and the
+    /// watchdog connected since the last call: an id noted before then may
+    /// now name another session of the same login, another pool's among
+    /// them.
+    fn take_server_start(&mut self) -> Option<Instant> {
+        None
+    }
 }
 
 /// How long past the statement timeout a statement may run before the
@@ -293,6 +310,17 @@ async fn watch(
                 continue;
             }
         };
+        if let Some(start) = sessions.take_server_start()
+            && ids.forget_noted_before(start)
+        {
+            // Ids noted before the server (re)started are not the pool's
+            // sessions any more: forgotten, and the listing, which may hold
+            // strangers under them, is not acted on. Look again.
+            tracing::info!(pool = %label, "sessions noted before the database server started are forgotten");
+            cancelled.clear();
+            running_seen = true;
+            continue;
+        }
         let listed_ids: HashSet<SessionId> = listed.iter().map(|s| s.id).collect();
         ids.forget_ended(&looked_at, &listed_ids);
         running_seen = listed.iter().any(|s| s.running);
@@ -347,6 +375,8 @@ mod tests {
         /// Sessions whose overdue statement ends as the server lists it,
         /// the host sending them the next one at once (through `ids`).
         finishing: Option<(SessionIds, HashSet<SessionId>)>,
+        /// The server (re)started then, as the next look finds.
+        started: Option<Instant>,
         actions: Vec<String>,
     }
 
@@ -396,6 +426,9 @@ mod tests {
         }
         async fn rest(&mut self) {
             self.state.lock().unwrap().actions.push("rest".into());
+        }
+        fn take_server_start(&mut self) -> Option<Instant> {
+            self.state.lock().unwrap().started.take()
         }
     }
 
@@ -471,6 +504,35 @@ mod tests {
             script.state.lock().unwrap().actions,
             ["cancel 6", "cancel 5"]
         );
+    }
+
+    /// After a restart, ids noted before it may name a stranger's sessions
+    /// (MySQL numbers them from 1 again): none is cancelled on their
+    /// account, while a session noted since the start is watched.
+    #[tokio::test(start_paused = true)]
+    async fn ids_noted_before_the_server_started_are_forgotten() {
+        let script = Script::default();
+        let ids = SessionIds::default();
+        ids.statement(7);
+        ids.statement(8);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ids.statement(9);
+        {
+            let mut s = script.state.lock().unwrap();
+            s.busy = true;
+            s.started = Some(Instant::now() - Duration::from_millis(500));
+            // 7 and 8 now name another pool's sessions, running
+            // statements as overdue as the pool's own 9.
+            s.open.extend([7, 8, 9]);
+            s.running.extend([7, 8, 9]);
+        }
+        let _dog = watch_script(&ids, &script);
+        looks(0).await;
+        let left: HashSet<SessionId> = ids.snapshot().iter().map(|n| n.id).collect();
+        assert_eq!(left, HashSet::from([9]));
+        assert!(script.state.lock().unwrap().actions.is_empty());
+        looks(1).await;
+        assert_eq!(script.state.lock().unwrap().actions, ["cancel 9"]);
     }
 
     #[tokio::test(start_paused = true)]
