@@ -60,6 +60,9 @@ pub struct Target {
     /// Check resolved addresses against the [`AddressPolicy`]; off only for
     /// named upstreams, whose address the operator chose.
     pub check_addresses: bool,
+    /// For a named upstream with a base path: how its responses' locations
+    /// are rewritten, so the guest never reads the base path.
+    pub locations: Option<Arc<super::upstream::LocationRewrite>>,
 }
 
 /// The response and the future driving its connection.
@@ -127,10 +130,13 @@ pub async fn send(
         .map_err(HttpError::from)?;
     let driver = tokio::spawn(conn);
 
-    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+    let mut response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
         .await
         .map_err(|_| HttpError::ConnectionReadTimeout)?
         .map_err(HttpError::from)?;
+    if let Some(locations) = &target.locations {
+        locations.apply(response.headers_mut());
+    }
     // A HEAD, 1xx, 204 or 304 response has no body, whatever length it
     // declares (that of the resource).
     let status = response.status();

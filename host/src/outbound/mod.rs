@@ -126,6 +126,7 @@ impl OutboundGrants {
                 .to_owned(),
             port: uri.port_u16().unwrap_or(default_port(scheme)),
             check_addresses: true,
+            locations: None,
         })
     }
 }

@@ -12,7 +12,16 @@
 //! `https://api.payments.example/v2/charges` and sets the configured
 //! headers, replacing any the guest set under the same names. The guest
 //! never holds the credential and cannot read it back: headers are added
-//! after the request has left the guest's hands.
+//! after the request has left the guest's hands. Nor can it have a server
+//! echo them: `TRACE`, `TRACK` and `CONNECT` are refused, headers through
+//! which some servers take another path or method (`X-Original-URL`,
+//! `X-HTTP-Method-Override`…) are dropped, and a response's `Location` and
+//! `Content-Location` are written back to the guest's `<name>.upstream`
+//! without the base path (which can hold a credential too). What the
+//! upstream puts in its bodies is the upstream's own: a credential belongs
+//! in `headers`, not in the base path.
+
+use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
@@ -111,6 +120,7 @@ impl Upstream {
             host: host.to_owned(),
             port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             check_addresses: false,
+            locations: None,
         };
         let mut headers = Vec::new();
         for (name, raw) in &config.headers {
@@ -138,6 +148,20 @@ impl Upstream {
     /// Rewrites a guest request addressed to this upstream and says where
     /// to send it.
     pub fn apply<B>(&self, request: &mut http::Request<B>) -> Result<Target, Refusal> {
+        let method = request.method().as_str();
+        if ECHOING_METHODS
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return Err(Refusal::Method);
+        }
+        // The guest's name for the upstream, to which locations are written
+        // back (`payments.upstream`; a request in origin form has none).
+        let guest_origin = request
+            .uri()
+            .authority()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
         let guest_path = match request.uri().path_and_query().map(|p| p.as_str()) {
             None => "/".to_owned(),
             // A query without a path (`?x=1`) is a query on the root.
@@ -158,11 +182,151 @@ impl Upstream {
             .map_err(|_| Refusal::InvalidPath)?;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
+        for name in REROUTING_HEADERS {
+            headers.remove(*name);
+        }
         headers.insert(http::header::HOST, self.authority.clone());
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
         }
-        Ok(self.target.clone())
+        let mut target = self.target.clone();
+        if !self.base_path.is_empty() {
+            target.locations = Some(Arc::new(LocationRewrite {
+                upstream_origin: format!(
+                    "{}://{}",
+                    self.scheme,
+                    self.authority.to_str().unwrap_or_default()
+                ),
+                base_path: self.base_path.clone(),
+                guest_origin,
+            }));
+        }
+        Ok(target)
+    }
+}
+
+/// Methods a server may answer by echoing the request, credential headers
+/// included (`TRACE`, IIS's `TRACK`), or that open a tunnel (`CONNECT`).
+const ECHOING_METHODS: &[&str] = &["TRACE", "TRACK", "CONNECT"];
+
+/// Request headers through which some servers and frameworks take another
+/// path, host or method than the request line's (IIS URL Rewrite, Symfony
+/// and Rails with trusted proxies, method-override middleware): a guest's
+/// would get around the base path. Dropped from requests to upstreams.
+const REROUTING_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "forwarded",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Writes an upstream's response locations back to the guest's name for
+/// it, without the base path: `Location: https://api.example/bot<token>/x`
+/// (a redirect adding a trailing slash, say) reaches the guest as
+/// `http://bot.upstream/x`. A location naming the base path any other way
+/// is dropped.
+pub struct LocationRewrite {
+    /// `https://api.example:8443`, as requests go out.
+    upstream_origin: String,
+    /// The base path, without a trailing `/`; never empty.
+    base_path: String,
+    /// `http://<name>.upstream`, as the guest wrote it (empty for a request
+    /// in origin form: locations become paths).
+    guest_origin: String,
+}
+
+impl std::fmt::Debug for LocationRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The base path can hold a credential.
+        f.debug_struct("LocationRewrite").finish_non_exhaustive()
+    }
+}
+
+impl LocationRewrite {
+    /// Rewrites `Location` and `Content-Location` in `headers`, and drops
+    /// the other headers that name the base path (`Link`, `Refresh`, a
+    /// cookie's `Path`).
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in [
+            http::header::LINK,
+            http::header::REFRESH,
+            http::header::SET_COOKIE,
+        ] {
+            let kept: Vec<HeaderValue> = headers
+                .get_all(&name)
+                .iter()
+                .filter(|v| v.to_str().is_ok_and(|text| !self.names_base(text)))
+                .cloned()
+                .collect();
+            headers.remove(&name);
+            for value in kept {
+                headers.append(name.clone(), value);
+            }
+        }
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+            if values.is_empty() {
+                continue;
+            }
+            headers.remove(&name);
+            for value in values {
+                if let Some(rewritten) = self.rewrite(&value) {
+                    headers.append(name.clone(), rewritten);
+                }
+            }
+        }
+    }
+
+    /// One location, rewritten; `None` if it still names the base path.
+    fn rewrite(&self, value: &HeaderValue) -> Option<HeaderValue> {
+        let Ok(text) = value.to_str() else {
+            // Not text: it cannot be checked for the base path.
+            return None;
+        };
+        let under_base = |rest: &str| -> Option<String> {
+            let rest = rest.strip_prefix(&self.base_path)?;
+            match rest.chars().next() {
+                None => Some("/".to_owned()),
+                Some('/') => Some(rest.to_owned()),
+                // A query on the base itself is one on the guest's root.
+                Some('?' | '#') => Some(format!("/{rest}")),
+                Some(_) => None,
+            }
+        };
+        let origin_len = self.upstream_origin.len();
+        let rewritten = if text.len() >= origin_len
+            && text.is_char_boundary(origin_len)
+            && text[..origin_len].eq_ignore_ascii_case(&self.upstream_origin)
+        {
+            under_base(&text[origin_len..]).map(|rest| format!("{}{rest}", self.guest_origin))
+        } else if text.starts_with('/') && !text.starts_with("//") {
+            under_base(text)
+        } else {
+            None
+        };
+        match rewritten {
+            Some(location) if !self.names_base(&location) => HeaderValue::try_from(location).ok(),
+            Some(_) => None,
+            // Elsewhere (another host, a path outside the base): kept as it
+            // is, unless it names the base path.
+            None if !self.names_base(text) => Some(value.clone()),
+            None => None,
+        }
+    }
+
+    /// Whether `text` holds the base path, as it is or percent-decoded
+    /// (a token's `:` comes back as `%3A`), in any case of its escapes.
+    fn names_base(&self, text: &str) -> bool {
+        let decoded = crate::ports::percent_decode(text);
+        text.contains(&self.base_path) || decoded.is_none_or(|d| d.contains(&self.base_path))
     }
 }
 
@@ -176,6 +340,9 @@ pub enum Refusal {
     InvalidPath,
     /// The path could resolve outside the upstream's base path.
     LeavesBasePath,
+    /// A method a server may answer by echoing the request's headers, the
+    /// credential among them (`TRACE`, `TRACK`), or `CONNECT`.
+    Method,
 }
 
 impl Refusal {
@@ -183,7 +350,9 @@ impl Refusal {
     pub fn error(self) -> wasmtime_wasi_http::Error {
         match self {
             Refusal::InvalidPath => wasmtime_wasi_http::Error::HttpRequestUriInvalid,
-            Refusal::LeavesBasePath => wasmtime_wasi_http::Error::HttpRequestDenied,
+            Refusal::LeavesBasePath | Refusal::Method => {
+                wasmtime_wasi_http::Error::HttpRequestDenied
+            }
         }
     }
 
@@ -193,6 +362,9 @@ impl Refusal {
             Refusal::InvalidPath => "the request path is not a valid origin-form path",
             Refusal::LeavesBasePath => {
                 "the request path could leave the upstream's base path (a dot segment in some spelling)"
+            }
+            Refusal::Method => {
+                "TRACE, TRACK and CONNECT are not sent to upstreams (a server could echo the credential)"
             }
         }
     }
@@ -343,6 +515,127 @@ mod tests {
             .build()
             .unwrap()
             .block_on(Upstream::resolve(&config, &resolver))
+    }
+
+    #[test]
+    fn echoing_methods_and_rerouting_headers_never_reach_an_upstream() {
+        let up = upstream(
+            "https://api.example.com/v2",
+            &[("Authorization", "Bearer t0ken")],
+        )
+        .unwrap();
+        for method in ["TRACE", "TRACK", "CONNECT", "trace"] {
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri("http://payments.upstream/x")
+                .body(())
+                .unwrap();
+            let refusal = up.apply(&mut req).unwrap_err();
+            // `trace` is another method than `TRACE` to HTTP; a server
+            // that reads it case-blind is not given it either.
+            assert_eq!(refusal, Refusal::Method, "{method}");
+        }
+        let mut req = http::Request::builder()
+            .uri("http://payments.upstream/charges")
+            .header("X-Original-URL", "/admin")
+            .header("x-http-method-override", "DELETE")
+            .header("Forwarded", "host=evil;proto=http")
+            .header("x-trace-id", "kept")
+            .body(())
+            .unwrap();
+        up.apply(&mut req).unwrap();
+        let names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+        for dropped in ["x-original-url", "x-http-method-override", "forwarded"] {
+            assert!(!names.contains(&dropped), "{dropped} in {names:?}");
+        }
+        assert_eq!(req.headers()["x-trace-id"], "kept");
+    }
+
+    #[test]
+    fn response_locations_never_show_the_base_path() {
+        let up = upstream("https://api.example.com/bot123", &[]).unwrap();
+        let mut req = http::Request::builder()
+            .uri("http://tg.upstream/dir")
+            .body(())
+            .unwrap();
+        let target = up.apply(&mut req).unwrap();
+        let locations = target.locations.expect("a base path is rewritten");
+        let rewrite = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::LOCATION,
+                HeaderValue::try_from(value).unwrap(),
+            );
+            headers.insert(
+                http::header::CONTENT_LOCATION,
+                HeaderValue::try_from(value).unwrap(),
+            );
+            locations.apply(&mut headers);
+            let location = headers
+                .get(http::header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let content = headers
+                .get(http::header::CONTENT_LOCATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(location, content, "{value}");
+            location
+        };
+        assert_eq!(
+            rewrite("https://api.example.com/bot123/dir/").as_deref(),
+            Some("http://tg.upstream/dir/")
+        );
+        assert_eq!(
+            rewrite("HTTPS://API.EXAMPLE.COM/bot123?page=2").as_deref(),
+            Some("http://tg.upstream/?page=2")
+        );
+        assert_eq!(rewrite("/bot123/dir/").as_deref(), Some("/dir/"));
+        assert_eq!(rewrite("/bot123#top").as_deref(), Some("/#top"));
+        assert_eq!(rewrite("other/place").as_deref(), Some("other/place"));
+        assert_eq!(
+            rewrite("https://cdn.example/file").as_deref(),
+            Some("https://cdn.example/file")
+        );
+        // Any other mention of the base path goes.
+        for leaking in [
+            "/bot1234/dir",
+            "https://cdn.example/bot123/file",
+            "//api.example.com/bot123/dir",
+            "https://api.example.com/other?from=/bot123",
+            "https://api.example.com/other?from=%2Fbot%31%323",
+            "https://api.example.com/other?bad=%zz",
+        ] {
+            assert_eq!(rewrite(leaking), None, "{leaking}");
+        }
+        // Other headers naming the base path go; the rest stay.
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::LINK,
+            HeaderValue::from_static("</bot123/p2>; rel=next"),
+        );
+        headers.append(
+            http::header::LINK,
+            HeaderValue::from_static("</p3>; rel=last"),
+        );
+        headers.append(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static("s=1; Path=/bot123"),
+        );
+        headers.append(
+            http::header::REFRESH,
+            HeaderValue::from_static("0; url=/bot123/x"),
+        );
+        locations.apply(&mut headers);
+        let links: Vec<_> = headers.get_all(http::header::LINK).iter().collect();
+        assert_eq!(links, ["</p3>; rel=last"]);
+        assert!(headers.get(http::header::SET_COOKIE).is_none());
+        assert!(headers.get(http::header::REFRESH).is_none());
+        // Without a base path nothing is rewritten.
+        let plain = upstream("https://api.example.com", &[]).unwrap();
+        let mut req = http::Request::builder()
+            .uri("http://tg.upstream/dir")
+            .body(())
+            .unwrap();
+        assert!(plain.apply(&mut req).unwrap().locations.is_none());
     }
 
     #[test]
