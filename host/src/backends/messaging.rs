@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::settings::{Origin, connection_failure, url_setting};
+use super::settings::{Origin, connection_failure, token_url_setting, url_setting};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::messaging::embedded::EmbeddedBroker;
 use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as parse_kafka_url};
@@ -35,13 +35,17 @@ pub(super) async fn open(
             timeout_ms,
             ack_wait_ms,
             prefetch,
+            max_bytes,
+            max_age_s,
         } => {
             let settings = NatsSettings {
-                url: url_setting(origin, "messaging.url", &url, secrets).await?,
+                url: token_url_setting(origin, "messaging.url", &url, secrets).await?,
                 app: app.to_string(),
                 timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
                 ack_wait: nats_ack_wait(origin, ack_wait_ms)?,
                 prefetch: origin.at_least_one("messaging.prefetch", prefetch, 200)?,
+                max_bytes: nats_max_bytes(origin, max_bytes)?,
+                max_age: nats_max_age(origin, max_age_s)?,
             };
             Arc::new(
                 NatsBroker::connect(&settings)
@@ -191,6 +195,39 @@ pub(super) async fn open(
             )
         }
     })
+}
+
+/// How long an app's NATS stream keeps a message unless the host config
+/// says otherwise: a week, as Kafka keeps its topics.
+const NATS_MAX_AGE_S: u64 = 7 * 24 * 60 * 60;
+
+/// `messaging.max_age_s`: a week when unset, 0 for ever, at most a century
+/// (JetStream counts it in nanoseconds, in an `i64`).
+fn nats_max_age(origin: &Origin<'_>, value: Option<u64>) -> anyhow::Result<Duration> {
+    const CENTURY_S: u64 = 100 * 365 * 24 * 60 * 60;
+    match value.unwrap_or(NATS_MAX_AGE_S) {
+        s if s > CENTURY_S => Err(origin.err(
+            "messaging.max_age_s",
+            format!("is {s}; it must be at most {CENTURY_S} (a century), or 0 for ever"),
+        )),
+        s => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// `messaging.max_bytes`: at least a MiB (JetStream needs room for a message
+/// and its bookkeeping), and within what JetStream takes (an `i64`).
+fn nats_max_bytes(origin: &Origin<'_>, value: Option<u64>) -> anyhow::Result<Option<i64>> {
+    let key = "messaging.max_bytes";
+    match value {
+        None => Ok(None),
+        Some(bytes) if bytes < 1 << 20 => Err(origin.err(
+            key,
+            format!("is {bytes}; it must be at least 1048576 (a MiB)"),
+        )),
+        Some(bytes) => i64::try_from(bytes)
+            .map(Some)
+            .map_err(|_| origin.err(key, format!("is {bytes}; it must be at most {}", i64::MAX))),
+    }
 }
 
 /// NATS's `ack_wait_ms`: at least a second, since a handler still running

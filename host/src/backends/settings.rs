@@ -127,6 +127,33 @@ fn inline_credential(raw: &str) -> Option<String> {
     None
 }
 
+/// Resolves a URL whose user info, when it has no `:`, is a token (NATS's
+/// `nats://TOKEN@host`): the token must be a reference, as a password must.
+pub(super) async fn token_url_setting(
+    origin: &Origin<'_>,
+    key: &str,
+    raw: &str,
+    secrets: &SecretResolver,
+) -> anyhow::Result<Secret> {
+    if inline_token(raw) {
+        return Err(origin.err(key, written_out("token")));
+    }
+    url_setting(origin, key, raw, secrets).await
+}
+
+/// Whether the URL `raw` writes out a token: user info without a `:`
+/// that is not a reference as a whole.
+fn inline_token(raw: &str) -> bool {
+    let marked = SecretResolver::mark_references(raw);
+    let Some((_, rest)) = marked.split_once("://") else {
+        return false;
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| {
+        !userinfo.contains(':') && !userinfo.chars().all(|c| c == REFERENCE_MARK)
+    })
+}
+
 /// Resolves a secret setting, which must be a reference.
 pub(super) async fn secret_setting(
     origin: &Origin<'_>,
@@ -183,7 +210,19 @@ fn written_out(place: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{inline_credential, written_out};
+    use super::{inline_credential, inline_token, written_out};
+
+    #[test]
+    fn a_token_in_the_user_info_must_be_a_reference() {
+        assert!(inline_token("nats://s3cret@h:4222"));
+        assert!(inline_token("nats://s3cret${env:REST}@h:4222"));
+        assert!(!inline_token("nats://${env:NATS_TOKEN}@h:4222"));
+        assert!(!inline_token("nats://${file:/run/secrets/token}@h:4222"));
+        // A password is `inline_credential`'s; no user info, no token.
+        assert!(!inline_token("nats://u:${env:P}@h:4222"));
+        assert!(!inline_token("nats://h:4222"));
+        assert!(!inline_token("nats://h:4222/x@y"));
+    }
 
     #[test]
     fn written_out_credentials_are_found_whatever_else_is_referenced() {

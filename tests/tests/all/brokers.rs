@@ -697,6 +697,204 @@ async fn messaging_slow_handler_outlives_the_ack_wait_once_nats() {
     Broker::Nats(url).cleanup(&name).await;
 }
 
+/// Waits up to 30 s for the app's handler to have received `expected`
+/// messages.
+async fn wait_long_for_count(app: &berth::app::App, expected: i64) {
+    let started = std::time::Instant::now();
+    while received_count(app).await < expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {expected} messages handled",
+            received_count(app).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(received_count(app).await, expected);
+}
+
+/// A trigger whose durable consumer an operator deleted, or whose app's
+/// whole stream, goes on: the host makes them again (a publish makes the
+/// stream again too), rather than pulling from nothing for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_trigger_outlives_its_deleted_consumer_and_stream_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confgone");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 5000\n");
+    let (app, tasks) = started_with(&t, &host_config(&t, &host)).await;
+    let broker = &app.backends.messaging;
+    broker
+        .publish("events", b"one".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_long_for_count(&app, 1).await;
+    // The host looks at the consumer's ack floor every 2 s, once a pull
+    // (at most 5 s) is over.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    let stream_name = format!("BERTH_{name}");
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    // NATS 2.9 sometimes fails a delete while the consumer writes its
+    // state ("directory not empty"); a second try goes through.
+    let mut tries = 0;
+    while let Err(e) = stream.delete_consumer("handler__events").await {
+        tries += 1;
+        assert!(tries < 5, "cannot delete the consumer: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker
+        .publish("events", b"two".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_long_for_count(&app, 2).await;
+    // The consumer made again starts after what was handled: "one" is not
+    // delivered a second time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(received_count(&app).await, 2, "the stream was replayed");
+
+    js.delete_stream(&stream_name).await.unwrap();
+    broker
+        .publish("events", b"three".to_vec(), vec![])
+        .await
+        .expect("the publish makes the app's stream again");
+    wait_long_for_count(&app, 3).await;
+    let info = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .consumer_info("handler__events")
+        .await
+        .unwrap();
+    assert_eq!(
+        info.config.max_ack_pending, 20_000,
+        "made as the host makes it"
+    );
+    drop(tasks);
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
+/// A trigger that stops hands the messages it fetched ahead back at once,
+/// so the app's next host handles them without waiting out the ack wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_stopped_trigger_hands_back_what_it_fetched_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confstop");
+    // One handler at a time, 1.5 s a message; an ack wait of a minute.
+    let manifest = manifest_named(&name, 5)
+        .replace("max_deliveries = 5", "max_deliveries = 5\nconcurrency = 1");
+    let t = TestApp::new(&manifest);
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 60000\n");
+    let host = host_config(&t, &host);
+    let (app, tasks) = started_with(&t, &host).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = app
+            .backends
+            .messaging
+            .publish("events", b"slow-1500".to_vec(), vec![])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    // The first is being handled, the others wait in the host's queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(tasks);
+    drop(app);
+    let (app, tasks) = started_with(&t, &host).await;
+    let kv = &app.backends.kv["received"];
+    let started = std::time::Instant::now();
+    // The three that waited come back within seconds (the stopped host's
+    // last pull request expires first), 1.5 s each, not after the minute
+    // of the ack wait.
+    for id in &ids[1..] {
+        while kv.get(&format!("done/{id}")).await.unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "message {id}, fetched by the stopped host, was not handed back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(tasks);
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
+/// An app's stream keeps messages a week unless the host config says
+/// otherwise; `max_bytes` caps it, dropping its oldest messages (handled
+/// ones stay in the stream until they age out, so refusing new ones would
+/// stop the app). The limits apply to a stream made before them too.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("conflimit");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    let stream_name = format!("BERTH_{name}");
+
+    let plain = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
+    let app = t.load_with(&host_config(&t, &plain)).await.unwrap();
+    let config = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(config.max_bytes, -1);
+    drop(app);
+
+    // A minute: shorter than the two minutes JetStream remembers message
+    // ids for, which must then shrink with it.
+    let capped = format!("{plain}max_bytes = 1048576\nmax_age_s = 60\n");
+    let app = t.load_with(&host_config(&t, &capped)).await.unwrap();
+    let config = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.max_age, Duration::from_secs(60));
+    assert_eq!(config.max_bytes, 1 << 20);
+    assert_eq!(
+        config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::Old
+    );
+    assert!(config.duplicate_window <= Duration::from_secs(60));
+    let broker = &app.backends.messaging;
+    for i in 0..40 {
+        broker
+            .publish("events", vec![7; 64 << 10], vec![])
+            .await
+            .unwrap_or_else(|e| panic!("message {i}: {e:?}"));
+    }
+    let state = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    assert!(state.bytes <= 1 << 20, "{state:?}");
+    assert_eq!(state.last_sequence, 40);
+    assert!(
+        state.first_sequence > 20,
+        "the oldest messages were dropped: {state:?}"
+    );
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// Messages fetched ahead of a busy handler wait in the host's queue past
 /// JetStream's ack wait without being delivered again: the host tells
 /// JetStream they are in progress while they wait.
@@ -883,6 +1081,21 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
             "messaging.timeout_ms",
             "is 0; it must be at least 1 (milliseconds)",
         ),
+        (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nmax_bytes = 4096",
+            "messaging.max_bytes",
+            "is 4096; it must be at least 1048576 (a MiB)",
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nmax_age_s = 4000000000",
+            "messaging.max_age_s",
+            "is 4000000000; it must be at most 3153600000 (a century), or 0 for ever",
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://s3cret@127.0.0.1:1\"",
+            "messaging.url",
+            "inline token; reference it",
+        ),
     ] {
         let t = TestApp::new(&manifest_named("badsetting", 5));
         let host = host_config(&t, &format!("[messaging]\n{settings}\n"));
@@ -894,5 +1107,6 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
             text.contains(&format!("`{key}`")) && text.contains(why),
             "{settings}: {text}"
         );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }

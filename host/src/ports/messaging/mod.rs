@@ -275,6 +275,13 @@ pub enum MessagingConfig {
         ack_wait_ms: Option<u64>,
         /// Messages a host fetches ahead per trigger; default 200.
         prefetch: Option<u16>,
+        /// The most the app's stream keeps, in bytes; unset, no cap. A
+        /// full stream refuses new messages (`unavailable`) rather than
+        /// dropping unread ones.
+        max_bytes: Option<u64>,
+        /// How long the app's stream keeps a message, in seconds; default
+        /// 604800 (a week), 0 for ever.
+        max_age_s: Option<u64>,
     },
     /// RabbitMQ: an exchange per app, a durable queue per trigger.
     Rabbitmq {

@@ -7,14 +7,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures::StreamExt as _;
 
 /// How long a pull request waits on the server for messages. Without
 /// idle heartbeats (async-nats' batch would miss wake-ups after one), this
 /// is also how soon, plus the client's 5 s margin, a pull lost with a
 /// server restart is replaced.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Longest pause between failed pull requests.
 const PULL_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -69,6 +70,11 @@ impl Held {
         }
     }
 
+    /// Takes every held message (as the trigger stops).
+    pub(super) fn take_all(&self) -> Vec<jetstream::Message> {
+        self.lock().drain(..).map(|w| w.message).collect()
+    }
+
     /// Returns once at most `low` messages are held.
     async fn room(&self, low: usize) {
         while self.len() > low {
@@ -106,7 +112,8 @@ impl Held {
 /// (to this host or another) while it waits for a handler. Runs until the
 /// subscription is dropped; a failed pull is retried with a growing pause.
 pub(super) async fn feed(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    mut consumer: jetstream::consumer::Consumer<pull::Config>,
+    mut remake: Remake,
     held: Arc<Held>,
     prefetch: usize,
     ack_wait: Duration,
@@ -157,9 +164,17 @@ pub(super) async fn feed(
         };
         if !failed {
             failures = 0;
+            if let Some(made) = remake.look(&mut consumer).await {
+                consumer = made;
+            }
             continue;
         }
         failures = failures.saturating_add(1);
+        if let Some(made) = remake.if_gone(&consumer).await {
+            consumer = made;
+            failures = 0;
+            continue;
+        }
         if failures % 100 == 10 {
             tracing::warn!("a message trigger's nats pull requests keep failing; retrying");
         }
@@ -173,6 +188,113 @@ pub(super) async fn feed(
             }
         }
     }
+}
+
+/// How often the feeder notes its consumer's ack floor, for [`Remake`].
+const FLOOR_EVERY: Duration = Duration::from_secs(2);
+
+/// How a feeder makes its trigger's durable consumer again, should it be
+/// gone (an operator deleted it, or its stream, which the app's next
+/// publish makes again): without it, every pull fails and the trigger
+/// would wait for ever.
+pub(super) struct Remake {
+    pub(super) js: jetstream::Context,
+    /// The app's stream, as the broker makes it.
+    pub(super) stream: stream::Config,
+    /// The trigger's consumer, as `subscribe` makes it.
+    pub(super) consumer: pull::Config,
+    /// When the stream the consumer read was made (ns since the epoch): a
+    /// stream made since is another one, read from its start.
+    pub(super) stream_created: i128,
+    /// The consumer's ack floor as last seen: every message up to this
+    /// stream sequence was handled, so a consumer made again starts after
+    /// it instead of replaying the stream (messages handled since the last
+    /// look come again: at least once, as ever).
+    pub(super) floor: u64,
+    /// When the floor was last looked at.
+    pub(super) floor_seen: Instant,
+}
+
+impl Remake {
+    /// Every [`FLOOR_EVERY`], looks at the consumer: notes its ack floor,
+    /// or makes it again if it is gone. A pull from a consumer deleted with
+    /// its stream can end as if no message were waiting, so this look, not
+    /// only a failed pull, finds it gone.
+    async fn look(
+        &mut self,
+        consumer: &mut jetstream::consumer::Consumer<pull::Config>,
+    ) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+        if self.floor_seen.elapsed() < FLOOR_EVERY {
+            return None;
+        }
+        self.floor_seen = Instant::now();
+        match consumer.info().await {
+            Ok(info) => {
+                self.floor = info.ack_floor.stream_sequence;
+                None
+            }
+            Err(e) if gone(e.kind()) => self.make().await,
+            Err(_) => None,
+        }
+    }
+
+    /// The consumer made again if the server has no such consumer; `None`
+    /// if it is there, or cannot be told or made now (its stream gone too,
+    /// say: the pulls go on being retried).
+    async fn if_gone(
+        &mut self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+    ) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+        match consumer.get_info().await {
+            Err(e) if gone(e.kind()) => self.make().await,
+            _ => None,
+        }
+    }
+
+    /// Makes the consumer again: after the ack floor last seen, if the
+    /// stream is the one it read; from the start of a stream made since.
+    /// A stream that is gone is left to the app's next publish to make:
+    /// made here, it could race the deletion still under way on the server
+    /// (NATS 2.9 then kept a stream that stored messages but delivered
+    /// none), and only a publish puts messages in it anyway.
+    async fn make(&mut self) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+        let made = async {
+            let stream = self.js.get_stream(&self.stream.name).await?;
+            let created = stream.cached_info().created.unix_timestamp_nanos();
+            let mut config = self.consumer.clone();
+            if created == self.stream_created && self.floor > 0 {
+                config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.floor + 1,
+                };
+            }
+            let consumer = stream.create_consumer(config).await?;
+            Ok::<_, async_nats::Error>((consumer, created))
+        };
+        match made.await {
+            Ok((consumer, created)) => {
+                if created != self.stream_created {
+                    // Another stream: its sequences start again.
+                    self.stream_created = created;
+                    self.floor = 0;
+                }
+                tracing::warn!(stream = %self.stream.name, durable = ?self.consumer.durable_name,
+                    "a message trigger's durable consumer was gone; made it again");
+                Some(consumer)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot make a gone durable consumer again");
+                None
+            }
+        }
+    }
+}
+
+/// Whether a consumer info error says the consumer (or its stream) is gone.
+fn gone(kind: ConsumerInfoErrorKind) -> bool {
+    matches!(
+        kind,
+        ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+    )
 }
 
 /// The feeder's progress acks: at most one round at a time.

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, AckKind, ErrorCode, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -33,7 +34,7 @@ use tokio::sync::oneshot;
 mod feed;
 mod headers;
 
-use feed::{Held, Waiting, feed};
+use feed::{Held, Remake, Waiting, feed};
 use headers::{headers_from_nats, headers_to_nats, wire_size};
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
@@ -57,6 +58,14 @@ pub struct NatsSettings {
     /// handlers need a large one: with 32, B10's warm no-op case fell from
     /// 1.00x to 0.54x (async-nats' pull stream, before the host's queue).
     pub prefetch: u16,
+    /// The most the app's stream keeps, in bytes (`None`: no cap), so a
+    /// tenant cannot fill the server's disk for the others. A full stream
+    /// drops its oldest messages, as Kafka's retention does: handled
+    /// messages stay in the stream until they age out, so refusing new
+    /// ones would stop the app once that much had been handled.
+    pub max_bytes: Option<i64>,
+    /// How long the app's stream keeps a message (zero: for ever).
+    pub max_age: Duration,
 }
 
 /// An app's broker on NATS JetStream.
@@ -66,6 +75,8 @@ pub struct NatsBroker {
     app: String,
     ack_wait: Duration,
     prefetch: u16,
+    /// The app's stream as the host config wants it.
+    stream: stream::Config,
 }
 
 /// Deliveries of a new trigger consumer that may await their ack at once,
@@ -75,8 +86,26 @@ pub struct NatsBroker {
 /// prefetch used it all up.
 const MAX_ACK_PENDING: i64 = 20_000;
 
+/// How long JetStream remembers a message id, so that a publish retried
+/// within it is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 fn unavailable(e: impl std::fmt::Display) -> MessagingError {
     super::unreachable("nats", e)
+}
+
+/// A publish the stream did not acknowledge. A store failure (the server's
+/// disk or its JetStream limits full) is told apart in the host's log.
+fn publish_failure(e: PublishError) -> MessagingError {
+    let stream_error =
+        std::error::Error::source(&e).and_then(|source| source.downcast_ref::<jetstream::Error>());
+    match stream_error {
+        Some(error) if error.error_code() == ErrorCode::STREAM_STORE_FAILED => {
+            tracing::warn!(%error, "the app's nats stream refused a message");
+            MessagingError::Unavailable("the broker cannot store the message now".into())
+        }
+        _ => unavailable(e),
+    }
 }
 
 impl NatsBroker {
@@ -104,8 +133,12 @@ impl NatsBroker {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(s.timeout)
             .request_timeout(None);
-        if let Some((user, password)) = credentials {
-            options = options.user_and_password(user, password);
+        match credentials {
+            Some(Credentials::Token(token)) => options = options.token(token),
+            Some(Credentials::UserAndPassword(user, password)) => {
+                options = options.user_and_password(user, password)
+            }
+            None => {}
         }
         let client = tokio::time::timeout(s.timeout, options.connect(url))
             .await
@@ -118,23 +151,65 @@ impl NatsBroker {
             app: s.app.clone(),
             ack_wait: s.ack_wait,
             prefetch: s.prefetch,
-        };
-        broker
-            .js
-            .get_or_create_stream(stream::Config {
-                name: broker.stream_name(),
-                subjects: vec![format!("berth.{}.msg.>", broker.app)],
-                duplicate_window: Duration::from_secs(120),
+            stream: stream::Config {
+                name: format!("BERTH_{}", s.app),
+                subjects: vec![format!("berth.{}.msg.>", s.app)],
+                // JetStream refuses a window longer than the messages last.
+                duplicate_window: if s.max_age.is_zero() {
+                    DUPLICATE_WINDOW
+                } else {
+                    DUPLICATE_WINDOW.min(s.max_age)
+                },
+                max_bytes: s.max_bytes.unwrap_or(-1),
+                max_age: s.max_age,
+                discard: stream::DiscardPolicy::Old,
                 ..Default::default()
-            })
+            },
+        };
+        broker.make_stream().await?;
+        Ok(broker)
+    }
+
+    /// Makes the app's stream, or gives the one there the host config's
+    /// limits (JetStream changes them in place; its messages stay).
+    async fn make_stream(&self) -> Result<(), MessagingError> {
+        let mut stream = self
+            .js
+            .get_or_create_stream(self.stream.clone())
             .await
             .map_err(unavailable)?;
-        Ok(broker)
+        let current = &stream.cached_info().config;
+        let limits = |c: &stream::Config| (c.max_bytes, c.max_age, c.discard, c.duplicate_window);
+        if limits(current) != limits(&self.stream) {
+            let mut wanted = current.clone();
+            wanted.max_bytes = self.stream.max_bytes;
+            wanted.max_age = self.stream.max_age;
+            wanted.discard = self.stream.discard;
+            wanted.duplicate_window = self.stream.duplicate_window;
+            self.js.update_stream(wanted).await.map_err(unavailable)?;
+            // Read back, so a later check compares with what the server keeps.
+            stream.info().await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a message and waits for the stream's acknowledgement.
+    async fn store(
+        &self,
+        subject: &str,
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> Result<(), PublishError> {
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), headers.clone(), payload.clone())
+            .await?;
+        ack.await.map(drop)
     }
 
     /// `BERTH_<app>`.
     pub fn stream_name(&self) -> String {
-        format!("BERTH_{}", self.app)
+        self.stream.name.clone()
     }
 
     fn msg_subject(&self, topic: &str) -> String {
@@ -146,18 +221,27 @@ impl NatsBroker {
     }
 }
 
-/// Splits `nats://user:pass@host:port` into the URL without user info and
-/// the credentials, percent-decoded (a URL writes `@`, `:`, `/` or `%` in
-/// them as `%40`, `%3A`, `%2F`, `%25`). A malformed escape is
-/// `invalid-input`, which never repeats the URL: it may hold a password.
-fn split_userinfo(url: &str) -> Result<(String, Option<(String, String)>), MessagingError> {
+/// The credentials a NATS URL carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `nats://TOKEN@host`: NATS's token authentication.
+    Token(String),
+    /// `nats://user:password@host`.
+    UserAndPassword(String, String),
+}
+
+/// Splits `nats://user:pass@host:port` (or `nats://token@host:port`) into
+/// the URL without user info and the credentials, percent-decoded (a URL
+/// writes `@`, `:`, `/` or `%` in them as `%40`, `%3A`, `%2F`, `%25`). A
+/// malformed escape is `invalid-input`, which never repeats the URL: it may
+/// hold a password.
+fn split_userinfo(url: &str) -> Result<(String, Option<Credentials>), MessagingError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Ok((url.to_string(), None));
     };
     let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return Ok((url.to_string(), None));
     };
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let decode = |part: &str| {
         crate::ports::percent_decode(part).ok_or_else(|| {
             MessagingError::InvalidInput(
@@ -165,10 +249,11 @@ fn split_userinfo(url: &str) -> Result<(String, Option<(String, String)>), Messa
             )
         })
     };
-    Ok((
-        format!("{scheme}://{host}"),
-        Some((decode(user)?, decode(password)?)),
-    ))
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => Credentials::UserAndPassword(decode(user)?, decode(password)?),
+        None => Credentials::Token(decode(userinfo)?),
+    };
+    Ok((format!("{scheme}://{host}"), Some(credentials)))
 }
 
 fn topic_of(subject: &str, marker: &str) -> String {
@@ -189,13 +274,19 @@ impl MessagingBackend for NatsBroker {
     ) -> Result<(), MessagingError> {
         let headers = headers_to_nats(&headers, id);
         self.check_size(payload.len(), &headers)?;
-        let ack = self
-            .js
-            .publish_with_headers(self.msg_subject(topic), headers, Bytes::from(payload))
-            .await
-            .map_err(unavailable)?;
-        ack.await.map_err(unavailable)?;
-        Ok(())
+        let subject = self.msg_subject(topic);
+        let payload = Bytes::from(payload);
+        match self.store(&subject, &headers, &payload).await {
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                // Deleted by an operator: made again (empty), and the
+                // message stored there.
+                tracing::warn!(stream = %self.stream.name, "the app's nats stream was gone; making it again");
+                self.make_stream().await?;
+                self.store(&subject, &headers, &payload).await
+            }
+            stored => stored,
+        }
+        .map_err(publish_failure)
     }
 
     async fn request(
@@ -265,7 +356,7 @@ impl MessagingBackend for NatsBroker {
         // wait is one JetStream lets change, so a changed `ack_wait_ms`
         // applies to it; if the server refuses, it keeps its own.
         if pull_consumer.cached_info().config.ack_wait != self.ack_wait {
-            match stream.create_consumer(config).await {
+            match stream.create_consumer(config.clone()).await {
                 Ok(updated) => pull_consumer = updated,
                 Err(e) => tracing::warn!(durable = %durable, error = %e,
                     "cannot change the durable consumer's ack wait to messaging.ack_wait_ms; it keeps its own"),
@@ -282,8 +373,17 @@ impl MessagingBackend for NatsBroker {
             .await
             .map_err(unavailable)?;
         let held = Arc::new(Held::default());
+        let remake = Remake {
+            js: self.js.clone(),
+            stream: self.stream.clone(),
+            consumer: config,
+            stream_created: stream.cached_info().created.unix_timestamp_nanos(),
+            floor: pull_consumer.cached_info().ack_floor.stream_sequence,
+            floor_seen: Instant::now(),
+        };
         let feeder = tokio::spawn(feed(
             pull_consumer,
+            remake,
             held.clone(),
             usize::from(self.prefetch).max(1),
             ack_wait,
@@ -377,6 +477,8 @@ struct NatsSubscription {
 impl Drop for NatsSubscription {
     fn drop(&mut self) {
         self.feeder.abort();
+        // Messages fetched ahead and not yet handled go back at once.
+        hand_back(self.held.take_all());
     }
 }
 
@@ -436,7 +538,7 @@ fn stored_delivery(
         message,
         reply: None,
         acker: Box::new(JsAcker {
-            message: msg,
+            message: Some(msg),
             ack_wait,
             since,
         }),
@@ -472,7 +574,8 @@ fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Op
 /// twice per ack wait, so a handler slower than the ack wait is not given
 /// the message a second time while it is still at work on it.
 struct JsAcker {
-    message: jetstream::Message,
+    /// `None` once settled (acked or nacked).
+    message: Option<jetstream::Message>,
     ack_wait: Duration,
     /// When its ack wait last restarted (its delivery, or a progress ack
     /// while it was held): it runs while the message waits for a handler.
@@ -481,14 +584,20 @@ struct JsAcker {
 
 #[async_trait]
 impl Acker for JsAcker {
-    async fn ack(self: Box<Self>) {
-        if let Err(e) = self.message.ack().await {
+    async fn ack(mut self: Box<Self>) {
+        let Some(message) = self.message.take() else {
+            return;
+        };
+        if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
         }
     }
 
-    async fn nack(self: Box<Self>, delay: Duration) {
-        if let Err(e) = self.message.ack_with(AckKind::Nak(Some(delay))).await {
+    async fn nack(mut self: Box<Self>, delay: Duration) {
+        let Some(message) = self.message.take() else {
+            return;
+        };
+        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::warn!(error = %e, "cannot nak a message; it will be redelivered after ack_wait");
         }
     }
@@ -499,10 +608,48 @@ impl Acker for JsAcker {
     }
 
     async fn in_progress(&self) {
-        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+        let Some(message) = &self.message else {
+            return;
+        };
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
             tracing::debug!(error = %e, "cannot extend a message's ack wait");
         }
     }
+}
+
+impl Drop for JsAcker {
+    /// A delivery dropped unsettled (its trigger stopped, its handler
+    /// cancelled with it) goes back at once rather than after the ack wait.
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            hand_back(vec![message]);
+        }
+    }
+}
+
+/// Naks `messages` so JetStream delivers them again soon, to this app's
+/// other hosts or its next start, rather than after the ack wait. Not at
+/// once: the stopped feeder's last pull request stays open on the server
+/// until it expires, and a message delivered to it would be lost to the ack
+/// wait again. Best effort, from a task of its own (it runs from `Drop`): a
+/// process exiting at once may not send them, and they come back after
+/// the ack wait as before.
+fn hand_back(messages: Vec<jetstream::Message>) {
+    let Some(client) = messages.first().map(|m| m.context.client()) else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let delay = feed::PULL_EXPIRES + Duration::from_secs(1);
+        for message in messages {
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        // The connection writes what it buffered only while a client is
+        // left: flushed before the last one may go.
+        let _ = client.flush().await;
+    });
 }
 
 #[cfg(test)]
@@ -511,17 +658,22 @@ mod tests {
 
     #[test]
     fn url_credentials_are_percent_decoded() {
+        let login = |user: &str, password: &str| {
+            Some(Credentials::UserAndPassword(user.into(), password.into()))
+        };
         let (url, credentials) = split_userinfo("nats://u%40x:p%3Aa%25ss@h:4222").unwrap();
         assert_eq!(url, "nats://h:4222");
-        assert_eq!(credentials, Some(("u@x".to_string(), "p:a%ss".to_string())));
+        assert_eq!(credentials, login("u@x", "p:a%ss"));
         let (url, credentials) = split_userinfo("nats://user:plain@h:4222").unwrap();
         assert_eq!(url, "nats://h:4222");
-        assert_eq!(credentials, Some(("user".to_string(), "plain".to_string())));
+        assert_eq!(credentials, login("user", "plain"));
         // Only the last `@` ends the user info.
         let (_, credentials) = split_userinfo("nats://u:p@ss@h:4222").unwrap();
-        assert_eq!(credentials, Some(("u".to_string(), "p@ss".to_string())));
-        let (_, credentials) = split_userinfo("nats://token-user@h").unwrap();
-        assert_eq!(credentials, Some(("token-user".to_string(), String::new())));
+        assert_eq!(credentials, login("u", "p@ss"));
+        // User info without a `:` is a token, as NATS's own clients read it.
+        let (url, credentials) = split_userinfo("nats://s3cr%40t@h").unwrap();
+        assert_eq!(url, "nats://h");
+        assert_eq!(credentials, Some(Credentials::Token("s3cr@t".into())));
         assert_eq!(
             split_userinfo("nats://h:4222").unwrap(),
             ("nats://h:4222".to_string(), None)
