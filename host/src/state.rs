@@ -32,6 +32,10 @@ pub struct InstanceState {
     /// [`crate::ports::blob::host::MAX_OPEN_WRITERS`]): each may buffer a
     /// whole multipart part in host memory.
     pub(crate) open_blob_writers: usize,
+    /// Blob readers it holds open (at most
+    /// [`crate::ports::blob::host::MAX_OPEN_READERS`]): each holds a
+    /// connection or a file descriptor.
+    pub(crate) open_blob_readers: usize,
     /// The host instance slot it occupies, freed with the store.
     _slot: crate::engine::InstanceSlot,
 }
@@ -56,6 +60,7 @@ impl InstanceState {
             deadline: Instant::now() + env.limits.timeout,
             turn: crate::fairness::Turn::new(turns, env.heaviness.clone()),
             open_blob_writers: 0,
+            open_blob_readers: 0,
             env,
             _slot: slot,
         }

@@ -29,6 +29,7 @@ fn conformance(name: &str) {
     path_prefix_keys(&container);
     chunked::write_and_read(&container);
     writer_cap(&container);
+    reader_cap(&container);
     chunked::dropped_writer(&container);
     url(&container);
     oversized_put(&container);
@@ -144,6 +145,28 @@ fn writer_cap(c: &Container) {
     step("open writers are capped at 16");
 }
 
+/// An instance holds at most 64 open readers (each a connection or a file
+/// descriptor of the host's); dropping one frees its place.
+fn reader_cap(c: &Container) {
+    c.put("cap/read", b"shared").expect("put cap/read");
+    let readers: Vec<_> = (0..64)
+        .map(|_| c.read("cap/read").expect("open reader under the cap"))
+        .collect();
+    match c.read("cap/read") {
+        Err(Error::TooLarge(m)) => assert!(m.contains("64"), "{m}"),
+        Ok(_) => panic!("65th open reader: expected TooLarge, got a reader"),
+        Err(e) => panic!("65th open reader: expected TooLarge, got {e:?}"),
+    }
+    drop(readers);
+    let reader = c
+        .read("cap/read")
+        .expect("a reader once the others are dropped");
+    assert_eq!(reader.read(100).expect("read"), b"shared");
+    drop(reader);
+    assert!(c.delete("cap/read").expect("delete cap/read"));
+    step("open readers are capped at 64");
+}
+
 fn invalid_keys(c: &Container) {
     let long = "k".repeat(2000);
     let long_segment = format!("a/{}", "s".repeat(256));
@@ -154,6 +177,7 @@ fn invalid_keys(c: &Container) {
         "a\\b",
         "a/../../b",
         "nul\0byte",
+        "non\u{FFFF}character",
         "",
         long.as_str(),
     ];

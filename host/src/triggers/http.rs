@@ -260,10 +260,12 @@ impl HttpHandler {
         let Some(backend) = self.app.backends.blob.get(&container).cloned() else {
             return error_response(StatusCode::NOT_FOUND, "no such object", None);
         };
-        let (info, reader) = match (backend.stat(&key).await, backend.read(&key).await) {
-            (Ok(info), Ok(reader)) => (info, reader),
-            _ => return error_response(StatusCode::NOT_FOUND, "no such object", None),
+        // The length is the reader's own: a `stat` beside it could see
+        // another version, if the object was replaced in between.
+        let Ok(reader) = backend.read(&key).await else {
+            return error_response(StatusCode::NOT_FOUND, "no such object", None);
         };
+        let size = reader.size();
         tracing::debug!(%app, %container, %key, "serving blob URL");
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
@@ -278,10 +280,13 @@ impl HttpHandler {
                 )),
             }
         });
-        Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::OK)
-            .header("content-type", "application/octet-stream")
-            .header("content-length", info.size)
+            .header("content-type", "application/octet-stream");
+        if let Some(size) = size {
+            response = response.header("content-length", size);
+        }
+        response
             .body(StreamBody::new(stream).boxed_unsync())
             .unwrap_or_else(|_| {
                 error_response(

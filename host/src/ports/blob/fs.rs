@@ -314,23 +314,21 @@ impl BlobBackend for FsContainer {
         let prefix = prefix.to_string();
         let after = after.map(str::to_string);
         tokio::task::spawn_blocking(move || {
-            let mut all = Vec::new();
-            walk(&root, "", &mut all).map_err(io_error)?;
-            all.retain(|o: &ObjectInfo| {
-                o.key.starts_with(&prefix) && after.as_deref().is_none_or(|a| o.key.as_str() > a)
-            });
-            all.sort_by(|a, b| a.key.cmp(&b.key));
-            let more = all.len() > limit;
-            all.truncate(limit);
+            let wanted = Wanted {
+                prefix: &prefix,
+                after: after.as_deref(),
+                count: limit.saturating_add(1),
+            };
+            let mut objects = Vec::new();
+            walk(&root, "", &wanted, &mut objects).map_err(io_error)?;
+            let more = objects.len() > limit;
+            objects.truncate(limit);
             let cursor = if more {
-                all.last().map(|o| o.key.clone())
+                objects.last().map(|o| o.key.clone())
             } else {
                 None
             };
-            Ok(ObjectPage {
-                objects: all,
-                cursor,
-            })
+            Ok(ObjectPage { objects, cursor })
         })
         .await
         .map_err(|e| BlobError::Other(format!("listing failed: {e}")))?
@@ -341,8 +339,11 @@ impl BlobBackend for FsContainer {
     }
 
     async fn read(&self, key: &str) -> Result<Box<dyn BlobReader>, BlobError> {
-        let (file, _) = self.open_file(key).await?;
-        Ok(Box::new(FsReader { file }))
+        let (file, info) = self.open_file(key).await?;
+        Ok(Box::new(FsReader {
+            file,
+            size: info.size,
+        }))
     }
 
     async fn url(&self, key: &str, expires_secs: u32) -> Result<String, BlobError> {
@@ -356,15 +357,25 @@ impl BlobBackend for FsContainer {
     }
 }
 
-/// Collects regular files below `dir`, skipping symlinks and names no key
-/// can spell.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+/// Collects the regular files below `dir` (whose key is `dir_key`) that
+/// `wanted` takes, in key order, skipping symlinks and names no key can
+/// spell.
+fn walk(
+    dir: &Path,
+    dir_key: &str,
+    wanted: &Wanted<'_>,
+    out: &mut Vec<ObjectInfo>,
+) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         // Removed meanwhile (a delete takes emptied directories away).
         Err(e) if is_missing(&e) => return Ok(()),
         Err(e) => return Err(e),
     };
+    // Each entry with the key it stands for, and whether it is a directory:
+    // a directory `d` stands for the keys under `d/`, and sorts as `d/`
+    // among its siblings (`d-x` < `d/…` < `d0`), as S3 orders keys.
+    let mut listed = Vec::new();
     for entry in entries {
         let entry = entry?;
         let Ok(name) = entry.file_name().into_string() else {
@@ -376,23 +387,65 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<
             continue;
         }
         // Does not follow symlinks.
-        let meta = match entry.metadata() {
-            Ok(m) => m,
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
             Err(e) if is_missing(&e) => continue,
             Err(e) => return Err(e),
         };
-        let key = if prefix.is_empty() {
+        let key = if dir_key.is_empty() {
             name
         } else {
-            format!("{prefix}/{name}")
+            format!("{dir_key}/{name}")
         };
-        if meta.is_dir() {
-            walk(&entry.path(), &key, out)?;
-        } else if meta.is_file() {
+        if kind.is_dir() {
+            listed.push((format!("{key}/"), true, entry));
+        } else if kind.is_file() {
+            listed.push((key, false, entry));
+        }
+    }
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, is_dir, entry) in listed {
+        if out.len() >= wanted.count {
+            break;
+        }
+        if is_dir {
+            if wanted.may_hold_under(&key) {
+                walk(&entry.path(), &key[..key.len() - 1], wanted, out)?;
+            }
+        } else if wanted.takes(&key) {
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(e),
+            };
             out.push(info_of(&key, &meta));
         }
     }
     Ok(())
+}
+
+/// What a listing collects: keys under `prefix`, after `after`, the first
+/// `count` of them in order. The walk reads only the directories that can
+/// hold such keys, and stops once it has them.
+struct Wanted<'a> {
+    prefix: &'a str,
+    after: Option<&'a str>,
+    count: usize,
+}
+
+impl Wanted<'_> {
+    fn takes(&self, key: &str) -> bool {
+        key.starts_with(self.prefix) && self.after.is_none_or(|a| key > a)
+    }
+
+    /// Whether a key starting with `dir` (ending in `/`) can be wanted.
+    fn may_hold_under(&self, dir: &str) -> bool {
+        let meets_prefix = dir.starts_with(self.prefix) || self.prefix.starts_with(dir);
+        // Every key under `dir` sorts before a cursor past `dir` that is
+        // not itself under it.
+        let all_before_cursor = self.after.is_some_and(|a| a > dir && !a.starts_with(dir));
+        meets_prefix && !all_before_cursor
+    }
 }
 
 struct FsWriter {
@@ -437,9 +490,33 @@ impl BlobWriter for FsWriter {
                 }
             }
         }
+        sync_directories(&self.root, &target).await?;
         let meta = tokio::fs::metadata(&target).await.map_err(io_error)?;
         Ok(info_of(&self.key, &meta))
     }
+}
+
+/// Makes the rename of `target` durable: the directory entries of the
+/// object and of any directory made for it are on disk once each directory
+/// from its parent up to `root` is synced (a synced file can otherwise
+/// vanish with a power loss after `finish` returned).
+async fn sync_directories(root: &Path, target: &Path) -> Result<(), BlobError> {
+    let mut dir = target.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+        // Gone: a delete of the object since the rename took the directory
+        // it emptied, and there is nothing left to make durable here.
+        let handle = match tokio::fs::File::open(d).await {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(e)),
+        };
+        handle.sync_all().await.map_err(io_error)?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 impl Drop for FsWriter {
@@ -451,10 +528,16 @@ impl Drop for FsWriter {
 
 struct FsReader {
     file: tokio::fs::File,
+    /// The open file's size.
+    size: u64,
 }
 
 #[async_trait]
 impl BlobReader for FsReader {
+    fn size(&self) -> Option<u64> {
+        Some(self.size)
+    }
+
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
         let mut buf = vec![0; max];
         let mut filled = 0;

@@ -31,6 +31,11 @@ pub struct ContainerHandle {
 /// otherwise pin tens of GB of host memory.
 pub const MAX_OPEN_WRITERS: usize = 16;
 
+/// Most blob readers one instance may hold open at once: each holds a
+/// connection to the store (S3) or a file descriptor, and a host's
+/// descriptors are shared by every tenant.
+pub const MAX_OPEN_READERS: usize = 64;
+
 /// Backs a guest `writer`; `None` once finished.
 pub struct WriterHandle {
     container: Arc<str>,
@@ -66,7 +71,9 @@ impl InstanceState {
                 crate::audit::refused(&self.env.app, &self.env.component, "blob.not-granted", n)
             }
             BlobError::TooLarge(_) => self.env.counters.limit("payload"),
-            BlobError::TooManyWriters(_) => self.env.counters.limit("handles"),
+            BlobError::TooManyWriters(_) | BlobError::TooManyReaders(_) => {
+                self.env.counters.limit("handles")
+            }
             _ => {}
         }
         match e {
@@ -75,10 +82,12 @@ impl InstanceState {
             BlobError::NotFound => Error::NotFound,
             BlobError::TooLarge(m) => Error::TooLarge(m),
             BlobError::Closed => Error::Closed,
-            BlobError::Unavailable(_) => Error::Unavailable("the store is unavailable".into()),
+            // The adapters' own words, which name no endpoint, path or
+            // credential (a checksum mismatch says to read again).
+            BlobError::Unavailable(m) => Error::Unavailable(m),
             // A limit, like the size caps; the message names it.
-            BlobError::TooManyWriters(n) => {
-                Error::TooLarge(BlobError::TooManyWriters(n).to_string())
+            e @ (BlobError::TooManyWriters(_) | BlobError::TooManyReaders(_)) => {
+                Error::TooLarge(e.to_string())
             }
             BlobError::Other(m) => Error::Other(m),
         }
@@ -309,7 +318,12 @@ impl wit::HostContainer for InstanceState {
         this: Resource<ContainerHandle>,
         key: String,
     ) -> Res<Resource<ReaderHandle>> {
-        let check = self.blob_key(&key);
+        let readers = if self.open_blob_readers < MAX_OPEN_READERS {
+            Ok(())
+        } else {
+            Err(BlobError::TooManyReaders(MAX_OPEN_READERS))
+        };
+        let check = self.blob_key(&key).and(readers);
         let container = self.blob_container(&this)?;
         let bytes_in = key.len();
         match self
@@ -323,7 +337,11 @@ impl wit::HostContainer for InstanceState {
             )
             .await?
         {
-            Ok(reader) => Ok(Ok(self.table.push(ReaderHandle { container, reader })?)),
+            Ok(reader) => {
+                let handle = self.table.push(ReaderHandle { container, reader })?;
+                self.open_blob_readers += 1;
+                Ok(Ok(handle))
+            }
             Err(e) => Ok(Err(e)),
         }
     }
@@ -431,6 +449,7 @@ impl wit::HostReader for InstanceState {
 
     async fn drop(&mut self, rep: Resource<ReaderHandle>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
+        self.open_blob_readers -= 1;
         Ok(())
     }
 }
@@ -443,5 +462,7 @@ mod tests {
     fn too_many_writers_names_the_limit() {
         let message = BlobError::TooManyWriters(MAX_OPEN_WRITERS).to_string();
         assert!(message.contains("16"), "{message}");
+        let message = BlobError::TooManyReaders(MAX_OPEN_READERS).to_string();
+        assert!(message.contains("64 blob readers"), "{message}");
     }
 }

@@ -32,6 +32,9 @@ pub enum BlobError {
     /// The instance already holds this many open writers.
     #[error("at most {0} blob writers may be open at once per instance; finish or drop one")]
     TooManyWriters(usize),
+    /// The instance already holds this many open readers.
+    #[error("at most {0} blob readers may be open at once per instance; drop one")]
+    TooManyReaders(usize),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -98,6 +101,10 @@ pub trait BlobWriter: Send {
 pub trait BlobReader: Send {
     /// Up to `max` further bytes; empty at the end.
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError>;
+
+    /// The length of the object this reader reads, where the store said:
+    /// the version being read, whatever replaced it since.
+    fn size(&self) -> Option<u64>;
 }
 
 /// Longest `/`-separated segment of a key, in bytes: the usual file name
@@ -106,8 +113,8 @@ pub trait BlobReader: Send {
 pub const MAX_SEGMENT_BYTES: usize = 255;
 
 /// Checks a guest-supplied key: relative, `/`-separated, no `.`/`..` or
-/// empty segments, no segment over [`MAX_SEGMENT_BYTES`], no backslash or
-/// control characters, at most `max_bytes`.
+/// empty segments, no segment over [`MAX_SEGMENT_BYTES`], no backslash,
+/// control characters or XML's non-characters, at most `max_bytes`.
 pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
     let bad = |why: &str| Err(BlobError::InvalidKey(why.to_string()));
     if key.is_empty() {
@@ -124,8 +131,13 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
     if key.contains('\\') {
         return bad("key must not contain `\\`");
     }
-    if key.chars().any(char::is_control) {
-        return bad("key must not contain control characters");
+    // U+FFFE and U+FFFF are no XML character: S3 would store such a key,
+    // and every list page holding it would fail to parse.
+    if key
+        .chars()
+        .any(|c| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}')
+    {
+        return bad("key must not contain control characters or U+FFFE/U+FFFF");
     }
     if key
         .split('/')
@@ -169,6 +181,8 @@ mod tests {
             "tab\tx",
             "a/..",
             "..",
+            "a\u{FFFE}",
+            "a\u{FFFF}b",
         ] {
             assert!(validate_key(key, 1024).is_err(), "{key:?}");
         }
@@ -179,6 +193,7 @@ mod tests {
             "dots.in.name",
             "ünïcode/ok",
             "..hidden",
+            "a\u{FFFD}\u{10FFFF}",
         ] {
             assert!(validate_key(key, 1024).is_ok(), "{key:?}");
         }

@@ -73,6 +73,19 @@ pub struct S3Container {
     part_size: usize,
 }
 
+/// S3 error codes after which the same request may succeed.
+const RETRIABLE_CODES: &[&str] = &[
+    "SlowDown",
+    "RequestTimeout",
+    "OperationAborted",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+];
+
 /// Maps an SDK error to a [`BlobError`] whose message is safe to show a
 /// guest: no endpoint, bucket URL or credential ever reaches it.
 fn map_err<E>(op: &'static str, e: SdkError<E, HttpResponse>) -> BlobError
@@ -96,10 +109,21 @@ where
                     BlobError::Unavailable("the bucket does not exist".into())
                 }
                 (404, _) | (_, Some("NoSuchKey" | "NotFound")) => BlobError::NotFound,
+                (_, Some("InvalidObjectState")) => BlobError::Other(
+                    "the object is archived; it cannot be read until it is restored".into(),
+                ),
+                (_, Some("AccessDenied" | "AllAccessDisabled")) => {
+                    BlobError::Unavailable("the store denied access".into())
+                }
                 (401 | 403, _) => {
                     BlobError::Unavailable("the store refused the credentials".into())
                 }
-                (500..=599, _) => BlobError::Unavailable("the store failed".into()),
+                // Busy, throttling, or failed: the same request may succeed
+                // later (a 200 carrying an error is one of these too).
+                (_, Some(code)) if RETRIABLE_CODES.contains(&code) => {
+                    BlobError::Unavailable("the store is busy or failed; retry".into())
+                }
+                (429 | 500..=599, _) => BlobError::Unavailable("the store failed".into()),
                 (status, _) => BlobError::Other(format!("store error (status {status})")),
             }
         }

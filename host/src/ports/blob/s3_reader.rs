@@ -35,6 +35,9 @@ pub(super) struct S3Reader {
     broken: bool,
     /// Resumptions in this `read` since the last byte arrived.
     fruitless_resumes: u32,
+    /// The body did not match the object's checksum: every later read
+    /// fails too, so what was read never passes for the whole object.
+    damaged: bool,
 }
 
 impl S3Reader {
@@ -62,6 +65,7 @@ impl S3Reader {
             received: 0,
             broken: false,
             fruitless_resumes: 0,
+            damaged: false,
         })
     }
 
@@ -70,6 +74,9 @@ impl S3Reader {
     /// until that succeeds every call fails, so a truncated object never
     /// reads as a whole one.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, BlobError> {
+        if self.damaged {
+            return Err(damaged());
+        }
         loop {
             if self.broken {
                 if self.etag.is_none() {
@@ -100,6 +107,13 @@ impl S3Reader {
                     self.broken = true;
                 }
                 Ok(None) => return Ok(None),
+                // The SDK checks the object's checksum as its body ends:
+                // what arrived is not the object.
+                Err(e) if checksum_mismatch(&e) => {
+                    tracing::warn!(error = %DisplayErrorContext(&e), "an s3 object's bytes did not match its checksum");
+                    self.damaged = true;
+                    return Err(damaged());
+                }
                 // Everything arrived; only the end of the body was lost.
                 Err(_) if self.len == Some(self.received) => return Ok(None),
                 Err(e) => {
@@ -149,6 +163,10 @@ fn range_start(content_range: &str) -> Option<u64> {
 
 #[async_trait]
 impl BlobReader for S3Reader {
+    fn size(&self) -> Option<u64> {
+        self.len
+    }
+
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
         self.fruitless_resumes = 0;
         let mut out = Vec::new();
@@ -171,9 +189,55 @@ impl BlobReader for S3Reader {
     }
 }
 
+/// What a read of a body that failed its checksum gets, then and after.
+fn damaged() -> BlobError {
+    BlobError::Unavailable(
+        "the object's bytes did not match its checksum (damaged on the way); discard what was read and open it again".into(),
+    )
+}
+
+/// Whether `error`, or one it wraps, is the SDK's checksum mismatch.
+fn checksum_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<aws_smithy_checksums::body::validate::Error>()
+            .is_some()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::range_start;
+
+    /// As the SDK checks a body against the checksum its response gave:
+    /// the error the byte stream ends with is told apart; another is not.
+    #[tokio::test]
+    async fn a_checksum_mismatch_is_told_from_a_broken_body() {
+        use aws_sdk_s3::primitives::{ByteStream, SdkBody};
+        use aws_smithy_checksums::body::validate::ChecksumBody;
+        let algorithm: aws_smithy_checksums::ChecksumAlgorithm = "crc32".parse().unwrap();
+        let body = ChecksumBody::new(
+            SdkBody::from("the object"),
+            algorithm.into_impl(),
+            bytes::Bytes::from_static(b"\0\0\0\0"),
+        );
+        let mut stream = ByteStream::new(SdkBody::from_body_1_x(body));
+        let error = loop {
+            match stream.try_next().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the damaged body ended cleanly"),
+                Err(e) => break e,
+            }
+        };
+        assert!(super::checksum_mismatch(&error), "{error:?}");
+        let broken = aws_sdk_s3::primitives::ByteStreamError::from(std::io::Error::other("reset"));
+        assert!(!super::checksum_mismatch(&broken));
+    }
 
     #[test]
     fn content_range_start() {

@@ -46,3 +46,40 @@ fn keys_past_s3s_limit_with_the_prefix_are_invalid() {
         other => panic!("{other:?}"),
     }
 }
+
+/// S3's errors by status and code: what a guest may retry is `unavailable`,
+/// a missing object `not-found`, an archived one `other`.
+#[test]
+fn service_errors_map_by_code_then_status() {
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+    let error = |status: u16, code: &str| {
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        let err = GetObjectError::generic(ErrorMetadata::builder().code(code).build());
+        map_err("get-object", SdkError::service_error(err, raw))
+    };
+    let unavailable = |e: &BlobError| matches!(e, BlobError::Unavailable(_));
+    for (status, code) in [
+        (503, "SlowDown"),
+        (400, "RequestTimeout"),
+        (409, "OperationAborted"),
+        (200, "InternalError"),
+        (429, "Whatever"),
+        (500, "InternalError"),
+        (403, "AccessDenied"),
+        (403, "SignatureDoesNotMatch"),
+        (404, "NoSuchBucket"),
+    ] {
+        let mapped = error(status, code);
+        assert!(unavailable(&mapped), "{status} {code}: {mapped:?}");
+    }
+    assert_eq!(error(404, "NoSuchKey"), BlobError::NotFound);
+    let archived = error(403, "InvalidObjectState");
+    assert!(
+        matches!(&archived, BlobError::Other(m) if m.contains("archived")),
+        "{archived:?}"
+    );
+    let refused = error(400, "InvalidArgument");
+    assert!(matches!(refused, BlobError::Other(_)), "{refused:?}");
+}

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata as _};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
@@ -142,18 +142,31 @@ impl BlobWriter for S3Writer {
             if !self.buf.is_empty() {
                 self.upload_part().await?;
             }
+            let part_count = self.parts.len();
             let parts = CompletedMultipartUpload::builder()
                 .set_parts(Some(std::mem::take(&mut self.parts)))
                 .build();
-            self.client
+            let completed = self
+                .client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&self.key)
                 .set_upload_id(self.upload_id.clone())
                 .multipart_upload(parts)
                 .send()
-                .await
-                .map_err(|e| map_err("complete-multipart-upload", e))?;
+                .await;
+            match completed {
+                Ok(_) => {}
+                // The SDK retries a request whose answer was lost; when the
+                // first try had completed the upload, the retry finds it
+                // gone. The object tells whether it was this upload.
+                Err(e) if e.code() == Some("NoSuchUpload") => {
+                    if !self.completed_as_written(part_count).await {
+                        return Err(map_err("complete-multipart-upload", e));
+                    }
+                }
+                Err(e) => return Err(map_err("complete-multipart-upload", e)),
+            }
             // Completed: nothing left for Drop to abort.
             self.upload_id = None;
         }
@@ -162,6 +175,24 @@ impl BlobWriter for S3Writer {
             size: self.size,
             modified_ms: now_ms(),
         })
+    }
+}
+
+impl S3Writer {
+    /// Whether the object now at the key is this writer's upload: its size,
+    /// and the entity tag S3 gives a multipart object (`"<md5>-<parts>"`).
+    async fn completed_as_written(&self, part_count: usize) -> bool {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await;
+        let Ok(head) = head else { return false };
+        let suffix = format!("-{part_count}\"");
+        head.content_length() == i64::try_from(self.size).ok()
+            && head.e_tag().is_some_and(|tag| tag.ends_with(&suffix))
     }
 }
 
