@@ -1,5 +1,7 @@
 //! In-memory key-value adapter: for `memory = true` buckets and fast tests.
-//! Contents are lost when the host exits.
+//! Contents are lost when the host exits. A bucket holds at most
+//! [`MAX_MEMORY_BUCKET_BYTES`]: it lives in the host's memory, shared by
+//! every tenant, outside any guest's memory limit.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,6 +10,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{KeyPage, KvBackend, KvError, add_to_counter, page_from};
+
+/// The most one in-memory bucket holds: its keys and values, and
+/// [`ENTRY_OVERHEAD`] bytes per entry for the map's own.
+pub const MAX_MEMORY_BUCKET_BYTES: usize = 64 << 20;
+
+/// What an entry costs beyond its key and value (the map's node, the
+/// `String` and `Vec` headers, the expiry).
+const ENTRY_OVERHEAD: usize = 64;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -21,34 +31,112 @@ impl Entry {
     }
 }
 
-/// A bucket held in a sorted map.
+fn cost(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
+/// The entries, and what they cost together.
 #[derive(Debug, Default)]
+struct Entries {
+    map: BTreeMap<String, Entry>,
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        self.bytes -= cost(key, &entry.value);
+        Some(entry)
+    }
+
+    /// Drops the expired entries (they are otherwise dropped only when
+    /// overwritten or deleted).
+    fn purge(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.map.retain(|key, entry| {
+            let live = entry.live(now);
+            if !live {
+                freed += cost(key, &entry.value);
+            }
+            live
+        });
+        self.bytes -= freed;
+    }
+
+    /// Stores `entry` under `key`, unless the bucket would pass `capacity`
+    /// with it once the expired entries are gone.
+    fn insert(
+        &mut self,
+        key: &str,
+        entry: Entry,
+        now: Instant,
+        capacity: usize,
+    ) -> Result<(), KvError> {
+        let added = cost(key, &entry.value);
+        let fits = |e: &Entries| {
+            let replaced = e.map.get(key).map_or(0, |old| cost(key, &old.value));
+            e.bytes - replaced + added <= capacity
+        };
+        if !fits(self) {
+            self.purge(now);
+            if !fits(self) {
+                return Err(KvError::InvalidInput(format!(
+                    "the in-memory bucket is full (at most {capacity} bytes of keys and values); delete keys or let them expire"
+                )));
+            }
+        }
+        if let Some(old) = self.map.insert(key.to_string(), entry) {
+            self.bytes -= cost(key, &old.value);
+        }
+        self.bytes += added;
+        Ok(())
+    }
+
+    fn live_value(&self, key: &str, now: Instant) -> Option<Vec<u8>> {
+        self.map
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.clone())
+    }
+}
+
+/// A bucket held in a sorted map.
+#[derive(Debug)]
 pub struct MemoryBucket {
-    entries: Mutex<BTreeMap<String, Entry>>,
+    entries: Mutex<Entries>,
+    capacity: usize,
+}
+
+impl Default for MemoryBucket {
+    fn default() -> Self {
+        Self::with_capacity(MAX_MEMORY_BUCKET_BYTES)
+    }
 }
 
 impl MemoryBucket {
-    /// An empty bucket.
+    /// An empty bucket holding at most [`MAX_MEMORY_BUCKET_BYTES`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Entry>, Instant) -> R) -> R {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut map, Instant::now())
+    /// An empty bucket holding at most `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        MemoryBucket {
+            entries: Mutex::default(),
+            capacity,
+        }
     }
-}
 
-fn live_value(map: &BTreeMap<String, Entry>, key: &str, now: Instant) -> Option<Vec<u8>> {
-    map.get(key)
-        .filter(|e| e.live(now))
-        .map(|e| e.value.clone())
+    fn with<R>(&self, f: impl FnOnce(&mut Entries, Instant) -> R) -> R {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut entries, Instant::now())
+    }
 }
 
 #[async_trait]
 impl KvBackend for MemoryBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.with(|m, now| live_value(m, key, now)))
+        Ok(self.with(|m, now| m.live_value(key, now)))
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
@@ -57,9 +145,8 @@ impl KvBackend for MemoryBucket {
             // clock can hold (only when called past the glue, which caps
             // TTLs at `MAX_TTL_MS`) never expires.
             let expires = ttl.and_then(|t| now.checked_add(t));
-            m.insert(key.to_string(), Entry { value, expires });
-        });
-        Ok(())
+            m.insert(key, Entry { value, expires }, now, self.capacity)
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
@@ -67,7 +154,7 @@ impl KvBackend for MemoryBucket {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, KvError> {
-        Ok(self.with(|m, now| m.get(key).is_some_and(|e| e.live(now))))
+        Ok(self.with(|m, now| m.map.get(key).is_some_and(|e| e.live(now))))
     }
 
     async fn list_keys(
@@ -77,15 +164,16 @@ impl KvBackend for MemoryBucket {
         limit: usize,
     ) -> Result<KeyPage, KvError> {
         let keys = self.with(|m, now| {
-            m.retain(|_, e| e.live(now));
             let start = match after {
                 Some(a) => std::ops::Bound::Excluded(a.to_string()),
                 None => std::ops::Bound::Included(prefix.to_string()),
             };
-            m.range((start, std::ops::Bound::Unbounded))
+            m.map
+                .range((start, std::ops::Bound::Unbounded))
+                .skip_while(|(k, _)| !k.starts_with(prefix) && k.as_str() < prefix)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(_, e)| e.live(now))
                 .map(|(k, _)| k)
-                .skip_while(|k| !k.starts_with(prefix) && k.as_str() < prefix)
-                .take_while(|k| k.starts_with(prefix))
                 .take(limit + 1)
                 .cloned()
                 .collect()
@@ -95,16 +183,18 @@ impl KvBackend for MemoryBucket {
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.with(|m, now| {
-            let current = live_value(m, key, now);
+            let current = m.live_value(key, now);
             let next = add_to_counter(current.as_deref(), delta)?;
-            let expires = m.get(key).filter(|e| e.live(now)).and_then(|e| e.expires);
-            m.insert(
-                key.to_string(),
-                Entry {
-                    value: next.to_string().into_bytes(),
-                    expires,
-                },
-            );
+            let expires = m
+                .map
+                .get(key)
+                .filter(|e| e.live(now))
+                .and_then(|e| e.expires);
+            let entry = Entry {
+                value: next.to_string().into_bytes(),
+                expires,
+            };
+            m.insert(key, entry, now, self.capacity)?;
             Ok(next)
         })
     }
@@ -115,19 +205,17 @@ impl KvBackend for MemoryBucket {
         expected: Option<&[u8]>,
         new: Vec<u8>,
     ) -> Result<bool, KvError> {
-        Ok(self.with(|m, now| {
-            if live_value(m, key, now).as_deref() != expected {
-                return false;
+        self.with(|m, now| {
+            if m.live_value(key, now).as_deref() != expected {
+                return Ok(false);
             }
-            m.insert(
-                key.to_string(),
-                Entry {
-                    value: new,
-                    expires: None,
-                },
-            );
-            true
-        }))
+            let entry = Entry {
+                value: new,
+                expires: None,
+            };
+            m.insert(key, entry, now, self.capacity)?;
+            Ok(true)
+        })
     }
 }
 
@@ -156,6 +244,36 @@ mod tests {
         let second = b.list_keys("p/", first.cursor.as_deref(), 3).await.unwrap();
         assert_eq!(second.keys, ["p/3", "p/4"]);
         assert_eq!(second.cursor, None);
+    }
+
+    /// A bucket takes what fits; expired entries make room, overwrites
+    /// count once, and deletes give their room back.
+    #[tokio::test]
+    async fn a_full_bucket_refuses_until_room_is_made() {
+        let entry = |key: &str, len: usize| cost(key, &vec![0; len]);
+        let b = MemoryBucket::with_capacity(entry("k0", 100) * 3);
+        for i in 0..3 {
+            b.set(&format!("k{i}"), vec![0; 100], None).await.unwrap();
+        }
+        let full = b.set("k3", vec![0; 100], None).await.unwrap_err();
+        assert!(
+            matches!(&full, KvError::InvalidInput(m) if m.contains("full")),
+            "{full:?}"
+        );
+        assert!(b.increment("n", 1).await.is_err());
+        // An overwrite of the same size fits; a delete makes room.
+        b.set("k0", vec![1; 100], None).await.unwrap();
+        assert!(b.delete("k0").await.unwrap());
+        b.set("k3", vec![0; 100], None).await.unwrap();
+        // Expired entries are dropped to make room.
+        b.set("k1", vec![0; 100], Some(Duration::from_millis(10)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        b.set("k4", vec![0; 100], None).await.unwrap();
+        let page = b.list_keys("k", None, 10).await.unwrap();
+        assert_eq!(page.keys, ["k2", "k3", "k4"]);
+        assert_eq!(b.with(|m, _| m.bytes), entry("k0", 100) * 3);
     }
 
     #[tokio::test]

@@ -51,6 +51,17 @@ impl std::fmt::Debug for RedisBucket {
     }
 }
 
+/// Redis error codes after which the same command may succeed later.
+const RETRIABLE_CODES: &[&str] = &[
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "BUSY",
+    "OOM",
+];
+
 fn map(e: redis::RedisError) -> KvError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || e.code() == Some("WRONGPASS")
@@ -60,6 +71,14 @@ fn map(e: redis::RedisError) -> KvError {
     }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return KvError::Unavailable("cannot reach the store".into());
+    }
+    // The server is there but cannot serve now: a replica after a failover
+    // (`READONLY`), loading its data, a script running, out of memory.
+    if e.code().is_some_and(|code| RETRIABLE_CODES.contains(&code)) {
+        return KvError::Unavailable(format!(
+            "the store cannot serve now ({})",
+            e.code().unwrap_or_default()
+        ));
     }
     let detail = e.detail().unwrap_or_default().to_string();
     if e.code() == Some("ERR") && (detail.contains("not an integer") || detail.contains("overflow"))
@@ -256,6 +275,31 @@ impl KvBackend for RedisBucket {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_server_that_cannot_serve_now_is_unavailable() {
+        use super::{KvError, map};
+        let known = [
+            (redis::ErrorKind::ReadOnly, "READONLY"),
+            (redis::ErrorKind::BusyLoadingError, "LOADING"),
+            (redis::ErrorKind::MasterDown, "MASTERDOWN"),
+        ]
+        .map(|(kind, code)| (redis::RedisError::from((kind, "server error")), code));
+        // Codes the crate has no kind for, as it parses `-OOM …` replies.
+        let extension = ["OOM", "BUSY"].map(|code| {
+            let error = redis::make_extension_error(code.into(), Some("detail".into()));
+            (error, code)
+        });
+        for (error, code) in known.into_iter().chain(extension) {
+            let mapped = map(error);
+            assert!(
+                matches!(&mapped, KvError::Unavailable(m) if m.contains(code)),
+                "{code}: {mapped:?}"
+            );
+        }
+        let wrong_type = redis::make_extension_error("WRONGTYPE".into(), None);
+        assert!(matches!(map(wrong_type), KvError::Other(_)));
+    }
+
     #[test]
     fn glob_characters_are_escaped() {
         assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");

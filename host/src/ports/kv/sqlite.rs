@@ -43,7 +43,10 @@ impl SqliteBucket {
         let pool = SqlitePool::open(path).map_err(map)?;
         let conn = rusqlite::Connection::open(path).map_err(|e| map(sql(e)))?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER)",
+            // The index serves the removal of expired keys on every `set`,
+            // which would otherwise read the whole table.
+            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER);
+             CREATE INDEX IF NOT EXISTS kv_expires_at ON kv (expires_at) WHERE expires_at IS NOT NULL;",
         )
         .map_err(|e| map(sql(e)))?;
         Ok(SqliteBucket { pool })
@@ -277,6 +280,27 @@ mod tests {
         b.set("other", b"w".to_vec(), None).await.unwrap();
         assert!(b.exists("max").await.unwrap());
         assert!(b.exists("huge").await.unwrap());
+    }
+
+    /// The removal of expired keys on every `set` reads the index, not the
+    /// whole table.
+    #[test]
+    fn expired_keys_are_found_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        drop(SqliteBucket::open(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN DELETE FROM kv WHERE expires_at <= ?1")
+            .unwrap()
+            .query_map(params![0], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("kv_expires_at")),
+            "{plan:?}"
+        );
     }
 
     #[tokio::test]
