@@ -11,6 +11,29 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use super::{MAX_PARTS, map_err, now_ms, put_object};
 use crate::ports::blob::{BlobError, BlobWriter, ObjectInfo};
 
+/// The most all S3 writers of this host may buffer together, whatever app
+/// or instance they belong to: a writer buffers up to a part in the host's
+/// memory, outside any guest's memory limit, so without a bound a few
+/// tenants holding open writers (16 per instance) could exhaust it.
+pub const WRITE_BUFFER_BUDGET: usize = 2 << 30;
+
+/// The budget in KiB, the unit of its permits (a part may pass the
+/// semaphore's `u32` permits as bytes).
+static WRITE_BUFFERS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_BUFFER_BUDGET / 1024))
+    });
+
+/// A part's worth of [`WRITE_BUFFER_BUDGET`] for one writer, from its
+/// first write to its end; `None` if the host's budget is used up now.
+fn reserve_part(
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+    part_size: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let kib = u32::try_from(part_size.div_ceil(1024)).ok()?;
+    budget.clone().try_acquire_many_owned(kib).ok()
+}
+
 /// A chunked write: one buffered part, then a multipart upload.
 pub(super) struct S3Writer {
     client: Client,
@@ -28,6 +51,8 @@ pub(super) struct S3Writer {
     size: u64,
     /// A part failed to upload: the object can no longer be completed.
     failed: bool,
+    /// Its part of the host's [`WRITE_BUFFER_BUDGET`], once it has data.
+    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl S3Writer {
@@ -51,6 +76,7 @@ impl S3Writer {
             parts: Vec::new(),
             size: 0,
             failed: false,
+            reserved: None,
         }
     }
 
@@ -107,6 +133,19 @@ impl S3Writer {
 impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
         self.check()?;
+        if self.reserved.is_none() && !chunk.is_empty() {
+            // Before any byte is taken, so a refused write can be retried.
+            self.reserved =
+                Some(reserve_part(&WRITE_BUFFERS, self.part_size).ok_or_else(|| {
+                    tracing::warn!(
+                        budget_bytes = WRITE_BUFFER_BUDGET,
+                        "every S3 upload buffer of this host is in use"
+                    );
+                    BlobError::Unavailable(
+                        "the host's upload buffers are all in use; retry later".into(),
+                    )
+                })?);
+        }
         // Fill the buffer to exactly one part before uploading, so memory
         // is bounded by the part size whatever the chunk sizes are.
         while !chunk.is_empty() {
@@ -250,5 +289,23 @@ impl Drop for S3Writer {
             .key(&self.key)
             .upload_id(upload_id);
         runtime.spawn(abort_upload(request));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserve_part;
+
+    #[test]
+    fn parts_are_reserved_from_the_host_budget_until_released() {
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(20 * 1024));
+        let first = reserve_part(&budget, 8 << 20).expect("8 of 20 MiB");
+        let second = reserve_part(&budget, 8 << 20).expect("16 of 20 MiB");
+        assert!(reserve_part(&budget, 8 << 20).is_none(), "24 of 20 MiB");
+        drop(first);
+        let third = reserve_part(&budget, 8 << 20).expect("a released part's room");
+        drop((second, third));
+        // A part too large for any budget is refused, not wrapped.
+        assert!(reserve_part(&budget, usize::MAX).is_none());
     }
 }
