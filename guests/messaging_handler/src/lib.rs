@@ -50,6 +50,7 @@ impl exports::berth::infra::handler::Guest for Handler {
             // Failing (rather than trapping) asks the host to redeliver.
             b"fail-once" if msg.attempt == 1 => Err("deliberate failure".to_owned()),
             b"trap-once" if msg.attempt == 1 => std::process::abort(),
+            payload if payload.starts_with(b"fail-always") => Err("deliberate failure".to_owned()),
             payload if payload.starts_with(b"slow-") => {
                 let ms = std::str::from_utf8(&payload[5..])
                     .ok()

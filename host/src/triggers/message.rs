@@ -24,7 +24,7 @@ use crate::bindings::{MessageHandler, MessageHandlerPre};
 use crate::manifest::{DEFAULT_BACKOFF_MS, MessageTrigger};
 use crate::metrics::{Outcome, Trigger};
 use crate::ports::messaging::host::{is_host_header, message_to_wit};
-use crate::ports::messaging::{Acker, Delivery, Subscription};
+use crate::ports::messaging::{Acker, Delivery, MessagingError, Subscription};
 use crate::state::InstanceState;
 
 /// Deliveries before giving up, unless the trigger says otherwise.
@@ -344,12 +344,23 @@ async fn dead_letter(
     (payload, headers): (Vec<u8>, Vec<(String, String)>),
 ) -> bool {
     let headers = dead_letter_headers(headers, topic, id, attempt, error);
-    match app
-        .backends
-        .messaging
-        .publish(dl_topic, payload, headers)
+    let broker = &app.backends.messaging;
+    let published = match broker
+        .publish(dl_topic, payload.clone(), headers.clone())
         .await
     {
+        // A message near the broker's size limit may not take the error
+        // text on top: sent without it rather than redelivered for ever.
+        Err(MessagingError::TooLarge(_)) => {
+            let without_error = headers
+                .into_iter()
+                .filter(|(name, _)| name != "berth-error")
+                .collect();
+            broker.publish(dl_topic, payload, without_error).await
+        }
+        other => other,
+    };
+    match published {
         Ok(_) => true,
         Err(e) => {
             tracing::error!(app = %app.manifest.name, topic = %dl_topic, error = %e, "cannot publish to the dead-letter topic");

@@ -777,6 +777,54 @@ async fn messaging_trigger_outlives_its_deleted_consumer_and_stream_nats() {
     Broker::Nats(url).cleanup(&name).await;
 }
 
+/// A message that fits the broker's size limit only just still becomes a
+/// dead letter: without the error text, if that would not fit, rather
+/// than failing to publish and coming back for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_dead_letter_near_the_size_limit_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confdlbig");
+    let t = TestApp::new(&manifest_named(&name, 1));
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
+    let (app, tasks) = started_with(&t, &host_config(&t, &host)).await;
+    let mut dead = app
+        .backends
+        .messaging
+        .subscribe("events.dead-letter", "dlcheck")
+        .await
+        .unwrap();
+    let max = async_nats::connect(url.as_str())
+        .await
+        .unwrap()
+        .server_info()
+        .max_payload;
+    // With its `Nats-Msg-Id` (63 bytes of headers), 110 bytes under the
+    // limit: the dead letter's own headers (106 bytes more) fit, the error
+    // text on top does not.
+    let mut payload = b"fail-always".to_vec();
+    payload.resize(max - 63 - 110, b'.');
+    let id = app
+        .backends
+        .messaging
+        .publish("events", payload.clone(), vec![])
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(15), dead.next())
+        .await
+        .expect("a dead letter arrives")
+        .expect("subscription open");
+    assert_eq!(delivery.message.payload, payload);
+    let header = |name: &str| berth_tests::header(&delivery.message, name);
+    assert_eq!(header("berth-original-id").as_deref(), Some(id.as_str()));
+    assert_eq!(header("berth-attempts").as_deref(), Some("1"));
+    assert_eq!(header("berth-error"), None, "the error text did not fit");
+    drop(tasks);
+    drop(app);
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// A trigger that stops hands the messages it fetched ahead back at once,
 /// so the app's next host handles them without waiting out the ack wait.
 #[tokio::test(flavor = "multi_thread")]
