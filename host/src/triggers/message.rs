@@ -244,9 +244,15 @@ async fn telling_progress<T>(acker: &dyn Acker, work: impl Future<Output = T>) -
         return work.await;
     };
     tokio::pin!(work);
+    let mut every = every;
     // A first tick already past (the delivery waited for a slot) fires at once.
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(first), every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The broker's timer can change under a running handler (NATS: another
+    // host set the consumer's ack wait): looked at again now and then, and
+    // when it is shorter, progress is told at once and as often from then.
+    let mut recheck = tokio::time::interval(PROGRESS_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             out = &mut work => return out,
@@ -255,9 +261,20 @@ async fn telling_progress<T>(acker: &dyn Acker, work: impl Future<Output = T>) -
                 // handler (not polled meanwhile) for one interval at most.
                 let _ = tokio::time::timeout(every, acker.in_progress()).await;
             }
+            _ = recheck.tick() => {
+                let now = acker.progress_schedule().map(|(_, e)| e).filter(|e| !e.is_zero());
+                if let Some(shorter) = now.filter(|e| *e < every) {
+                    every = shorter;
+                    ticks = tokio::time::interval(every);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+            }
         }
     }
 }
+
+/// How often a running handler's progress schedule is looked at again.
+const PROGRESS_RECHECK: Duration = Duration::from_secs(2);
 
 async fn invoke(
     app: &App,

@@ -825,6 +825,53 @@ async fn messaging_dead_letter_near_the_size_limit_nats() {
     Broker::Nats(url).cleanup(&name).await;
 }
 
+/// Two hosts of an app configured with different ack waits: the later one
+/// sets the consumer's, shorter, while the first runs a slow handler. The
+/// first follows it within seconds (progress told at once, then as often
+/// as the new wait needs), so the message is not handed to the other host
+/// mid-handler.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_hosts_follow_the_consumers_ack_wait_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confwait");
+    let host =
+        |ms: u32| format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = {ms}\n");
+    let first = TestApp::new(&manifest_named(&name, 5));
+    let (a, a_tasks) = started_with(&first, &host_config(&first, &host(60_000))).await;
+    let id = a
+        .backends
+        .messaging
+        .publish("events", b"slow-25000".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&a, 1).await;
+    // The second host makes the consumer's ack wait 15 s: without following
+    // it, the first would tell progress only every 30 s.
+    let second = TestApp::new(&manifest_named(&name, 5));
+    let (b, b_tasks) = started_with(&second, &host_config(&second, &host(15_000))).await;
+    let kv = &a.backends.kv["received"];
+    let started = std::time::Instant::now();
+    while kv.get(&format!("done/{id}")).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "the slow handler never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        received_count(&b).await,
+        0,
+        "the other host got the message mid-handler"
+    );
+    assert_eq!(received_count(&a).await, 1);
+    drop((a_tasks, b_tasks));
+    drop((a, b));
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// A trigger that stops hands the messages it fetched ahead back at once,
 /// so the app's next host handles them without waiting out the ack wait.
 #[tokio::test(flavor = "multi_thread")]

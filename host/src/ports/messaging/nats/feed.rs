@@ -116,13 +116,10 @@ pub(super) async fn feed(
     mut remake: Remake,
     held: Arc<Held>,
     prefetch: usize,
-    ack_wait: Duration,
+    ack_wait: AckWait,
 ) {
-    let every = ack_wait / 2;
-    // Checked twice per `every`, so a held message is told in progress at
-    // most 3/4 of an ack wait after its last restart.
-    let mut progress = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
-    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = ack_wait.get() / 2;
+    let mut progress = progress_ticks(every);
     // Progress acks go out from a task of their own: a slow send (during a
     // reconnect) must not hold up this loop, or a batch's client-side
     // deadline could pass with its messages unread, and they are lost.
@@ -167,6 +164,10 @@ pub(super) async fn feed(
             if let Some(made) = remake.look(&mut consumer).await {
                 consumer = made;
             }
+            if ack_wait.get() / 2 != every {
+                every = ack_wait.get() / 2;
+                progress = progress_ticks(every);
+            }
             continue;
         }
         failures = failures.saturating_add(1);
@@ -186,6 +187,40 @@ pub(super) async fn feed(
                 _ = &mut resume => failed = false,
                 _ = progress.tick() => telling.start(&held, every),
             }
+        }
+    }
+}
+
+/// Checked twice per `every`, so a held message is told in progress at most
+/// 3/4 of an ack wait after its last restart.
+fn progress_ticks(every: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// A trigger consumer's ack wait as the server has it, shared by its
+/// feeder and its deliveries' progress acks. Hosts configured with
+/// different `ack_wait_ms` each set theirs when they subscribe; every host
+/// follows the one in force (read with the ack floor), so none tells
+/// progress too seldom and has its messages redelivered mid-handler.
+#[derive(Clone)]
+pub(super) struct AckWait(Arc<std::sync::atomic::AtomicU64>);
+
+impl AckWait {
+    pub(super) fn new(wait: Duration) -> AckWait {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        AckWait(Arc::new(std::sync::atomic::AtomicU64::new(ms)))
+    }
+
+    pub(super) fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn set(&self, wait: Duration) {
+        if !wait.is_zero() {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -213,6 +248,8 @@ pub(super) struct Remake {
     pub(super) floor: u64,
     /// When the floor was last looked at.
     pub(super) floor_seen: Instant,
+    /// Set to the consumer's ack wait at each look.
+    pub(super) ack_wait: AckWait,
 }
 
 impl Remake {
@@ -231,6 +268,7 @@ impl Remake {
         match consumer.info().await {
             Ok(info) => {
                 self.floor = info.ack_floor.stream_sequence;
+                self.ack_wait.set(info.config.ack_wait);
                 None
             }
             Err(e) if gone(e.kind()) => self.make().await,

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 mod feed;
 mod headers;
 
-use feed::{Held, Remake, Waiting, feed};
+use feed::{AckWait, Held, Remake, Waiting, feed};
 use headers::{headers_from_nats, headers_to_nats, wire_size};
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
@@ -363,10 +363,10 @@ impl MessagingBackend for NatsBroker {
             }
         }
         // The deliveries' progress acks follow the consumer's real ack wait.
-        let ack_wait = match pull_consumer.cached_info().config.ack_wait {
+        let ack_wait = AckWait::new(match pull_consumer.cached_info().config.ack_wait {
             wait if wait.is_zero() => self.ack_wait,
             wait => wait,
-        };
+        });
         let requests = self
             .client
             .queue_subscribe(self.req_subject(topic), durable.clone())
@@ -380,13 +380,14 @@ impl MessagingBackend for NatsBroker {
             stream_created: stream.cached_info().created.unix_timestamp_nanos(),
             floor: pull_consumer.cached_info().ack_floor.stream_sequence,
             floor_seen: Instant::now(),
+            ack_wait: ack_wait.clone(),
         };
         let feeder = tokio::spawn(feed(
             pull_consumer,
             remake,
             held.clone(),
             usize::from(self.prefetch).max(1),
-            ack_wait,
+            ack_wait.clone(),
         ));
         Ok(Box::new(NatsSubscription {
             held,
@@ -471,7 +472,7 @@ struct NatsSubscription {
     requests: Option<async_nats::Subscriber>,
     client: async_nats::Client,
     /// The consumer's ack wait, for the deliveries' progress acks.
-    ack_wait: Duration,
+    ack_wait: AckWait,
 }
 
 impl Drop for NatsSubscription {
@@ -496,7 +497,7 @@ impl Subscription for NatsSubscription {
             };
             tokio::select! {
                 waiting = self.held.pop() => {
-                    return Some(stored_delivery(waiting, self.ack_wait));
+                    return Some(stored_delivery(waiting, self.ack_wait.clone()));
                 }
                 req = request => match req {
                     Some(req) => {
@@ -517,7 +518,7 @@ fn stored_delivery(
         message: msg,
         since,
     }: Waiting,
-    ack_wait: Duration,
+    ack_wait: AckWait,
 ) -> Delivery {
     let info = msg.info().ok();
     let attempt = info.as_ref().map_or(1, |i| i.delivered.max(1) as u32);
@@ -576,7 +577,8 @@ fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Op
 struct JsAcker {
     /// `None` once settled (acked or nacked).
     message: Option<jetstream::Message>,
-    ack_wait: Duration,
+    /// The consumer's, as it is now.
+    ack_wait: AckWait,
     /// When its ack wait last restarted (its delivery, or a progress ack
     /// while it was held): it runs while the message waits for a handler.
     since: Instant,
@@ -603,7 +605,7 @@ impl Acker for JsAcker {
     }
 
     fn progress_schedule(&self) -> Option<(std::time::Instant, Duration)> {
-        let every = self.ack_wait / 2;
+        let every = self.ack_wait.get() / 2;
         Some((self.since + every, every))
     }
 
