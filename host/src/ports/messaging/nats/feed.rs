@@ -4,6 +4,7 @@
 //! redelivered while it waits for a handler (see [`feed`]).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,11 @@ pub(super) async fn feed(
     let mut telling = ProgressTask::default();
     let mut failures = 0u32;
     loop {
+        // The ack wait another host set, as the watcher read it.
+        if ack_wait.get() / 2 != every {
+            every = ack_wait.get() / 2;
+            progress = progress_ticks(every);
+        }
         tokio::select! {
             _ = held.room(prefetch / 2) => {}
             _ = progress.tick() => {
@@ -161,12 +167,12 @@ pub(super) async fn feed(
         };
         if !failed {
             failures = 0;
-            if let Some(made) = remake.look(&mut consumer).await {
+            // A pull from a consumer deleted with its stream can end as if
+            // no message were waiting: the watcher, not a failure, tells.
+            if remake.watched.gone.load(Ordering::Relaxed)
+                && let Some(made) = remake.if_gone(&consumer).await
+            {
                 consumer = made;
-            }
-            if ack_wait.get() / 2 != every {
-                every = ack_wait.get() / 2;
-                progress = progress_ticks(every);
             }
             continue;
         }
@@ -202,31 +208,70 @@ fn progress_ticks(every: Duration) -> tokio::time::Interval {
 /// A trigger consumer's ack wait as the server has it, shared by its
 /// feeder and its deliveries' progress acks. Hosts configured with
 /// different `ack_wait_ms` each set theirs when they subscribe; every host
-/// follows the one in force (read with the ack floor), so none tells
+/// follows the one in force (read by its [`watch`]er), so none tells
 /// progress too seldom and has its messages redelivered mid-handler.
 #[derive(Clone)]
-pub(super) struct AckWait(Arc<std::sync::atomic::AtomicU64>);
+pub(super) struct AckWait(Arc<AtomicU64>);
 
 impl AckWait {
     pub(super) fn new(wait: Duration) -> AckWait {
         let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        AckWait(Arc::new(std::sync::atomic::AtomicU64::new(ms)))
+        AckWait(Arc::new(AtomicU64::new(ms)))
     }
 
     pub(super) fn get(&self) -> Duration {
-        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed))
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
     }
 
     fn set(&self, wait: Duration) {
         if !wait.is_zero() {
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-            self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+            self.0.store(ms, Ordering::Relaxed);
         }
     }
 }
 
-/// How often the feeder notes its consumer's ack floor, for [`Remake`].
-const FLOOR_EVERY: Duration = Duration::from_secs(2);
+/// How often a trigger's watcher reads its consumer from the server.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// What a trigger's watcher last read of its durable consumer.
+#[derive(Clone, Default)]
+pub(super) struct Watched {
+    /// The ack floor: every message up to this stream sequence was
+    /// handled, so a consumer made again starts after it instead of
+    /// replaying the stream (messages handled since the last read come
+    /// again: at least once, as ever).
+    floor: Arc<AtomicU64>,
+    /// The server has no such consumer (or stream) now.
+    gone: Arc<AtomicBool>,
+}
+
+/// Reads the trigger's consumer every [`WATCH_EVERY`], on its own so that a
+/// slow answer holds up neither the pulls nor the progress acks: notes its
+/// ack floor, follows its ack wait (another host may have set it), and
+/// says when it is gone. Runs until aborted with the subscription.
+pub(super) async fn watch(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    watched: Watched,
+    ack_wait: AckWait,
+) {
+    let mut ticks = tokio::time::interval(WATCH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match tokio::time::timeout(WATCH_EVERY, consumer.get_info()).await {
+            Ok(Ok(info)) => {
+                watched
+                    .floor
+                    .store(info.ack_floor.stream_sequence, Ordering::Relaxed);
+                watched.gone.store(false, Ordering::Relaxed);
+                ack_wait.set(info.config.ack_wait);
+            }
+            Ok(Err(e)) if gone(e.kind()) => watched.gone.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+}
 
 /// How a feeder makes its trigger's durable consumer again, should it be
 /// gone (an operator deleted it, or its stream, which the app's next
@@ -241,41 +286,11 @@ pub(super) struct Remake {
     /// When the stream the consumer read was made (ns since the epoch): a
     /// stream made since is another one, read from its start.
     pub(super) stream_created: i128,
-    /// The consumer's ack floor as last seen: every message up to this
-    /// stream sequence was handled, so a consumer made again starts after
-    /// it instead of replaying the stream (messages handled since the last
-    /// look come again: at least once, as ever).
-    pub(super) floor: u64,
-    /// When the floor was last looked at.
-    pub(super) floor_seen: Instant,
-    /// Set to the consumer's ack wait at each look.
-    pub(super) ack_wait: AckWait,
+    /// What the watcher last read of the consumer.
+    pub(super) watched: Watched,
 }
 
 impl Remake {
-    /// Every [`FLOOR_EVERY`], looks at the consumer: notes its ack floor,
-    /// or makes it again if it is gone. A pull from a consumer deleted with
-    /// its stream can end as if no message were waiting, so this look, not
-    /// only a failed pull, finds it gone.
-    async fn look(
-        &mut self,
-        consumer: &mut jetstream::consumer::Consumer<pull::Config>,
-    ) -> Option<jetstream::consumer::Consumer<pull::Config>> {
-        if self.floor_seen.elapsed() < FLOOR_EVERY {
-            return None;
-        }
-        self.floor_seen = Instant::now();
-        match consumer.info().await {
-            Ok(info) => {
-                self.floor = info.ack_floor.stream_sequence;
-                self.ack_wait.set(info.config.ack_wait);
-                None
-            }
-            Err(e) if gone(e.kind()) => self.make().await,
-            Err(_) => None,
-        }
-    }
-
     /// The consumer made again if the server has no such consumer; `None`
     /// if it is there, or cannot be told or made now (its stream gone too,
     /// say: the pulls go on being retried).
@@ -300,9 +315,10 @@ impl Remake {
             let stream = self.js.get_stream(&self.stream.name).await?;
             let created = stream.cached_info().created.unix_timestamp_nanos();
             let mut config = self.consumer.clone();
-            if created == self.stream_created && self.floor > 0 {
+            let floor = self.watched.floor.load(Ordering::Relaxed);
+            if created == self.stream_created && floor > 0 {
                 config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: self.floor + 1,
+                    start_sequence: floor + 1,
                 };
             }
             let consumer = stream.create_consumer(config).await?;
@@ -313,8 +329,9 @@ impl Remake {
                 if created != self.stream_created {
                     // Another stream: its sequences start again.
                     self.stream_created = created;
-                    self.floor = 0;
+                    self.watched.floor.store(0, Ordering::Relaxed);
                 }
+                self.watched.gone.store(false, Ordering::Relaxed);
                 tracing::warn!(stream = %self.stream.name, durable = ?self.consumer.durable_name,
                     "a message trigger's durable consumer was gone; made it again");
                 Some(consumer)

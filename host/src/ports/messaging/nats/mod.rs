@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 mod feed;
 mod headers;
 
-use feed::{AckWait, Held, Remake, Waiting, feed};
+use feed::{AckWait, Held, Remake, Waiting, Watched, feed, watch};
 use headers::{headers_from_nats, headers_to_nats, wire_size};
 
 use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
@@ -373,15 +373,15 @@ impl MessagingBackend for NatsBroker {
             .await
             .map_err(unavailable)?;
         let held = Arc::new(Held::default());
+        let watched = Watched::default();
         let remake = Remake {
             js: self.js.clone(),
             stream: self.stream.clone(),
             consumer: config,
             stream_created: stream.cached_info().created.unix_timestamp_nanos(),
-            floor: pull_consumer.cached_info().ack_floor.stream_sequence,
-            floor_seen: Instant::now(),
-            ack_wait: ack_wait.clone(),
+            watched: watched.clone(),
         };
+        let watcher = tokio::spawn(watch(pull_consumer.clone(), watched, ack_wait.clone()));
         let feeder = tokio::spawn(feed(
             pull_consumer,
             remake,
@@ -392,6 +392,7 @@ impl MessagingBackend for NatsBroker {
         Ok(Box::new(NatsSubscription {
             held,
             feeder,
+            watcher,
             requests: Some(requests),
             client: self.client.clone(),
             ack_wait,
@@ -468,6 +469,8 @@ struct NatsSubscription {
     held: Arc<Held>,
     /// Stopped when the subscription is dropped.
     feeder: tokio::task::JoinHandle<()>,
+    /// Reads the consumer every 2 s ([`watch`]); stopped with the feeder.
+    watcher: tokio::task::JoinHandle<()>,
     /// `None` once the request subscription ended; stored messages go on.
     requests: Option<async_nats::Subscriber>,
     client: async_nats::Client,
@@ -478,6 +481,7 @@ struct NatsSubscription {
 impl Drop for NatsSubscription {
     fn drop(&mut self) {
         self.feeder.abort();
+        self.watcher.abort();
         // Messages fetched ahead and not yet handled go back at once.
         hand_back(self.held.take_all());
     }
