@@ -362,21 +362,30 @@ async fn dead_letter(
 ) -> bool {
     let headers = dead_letter_headers(headers, topic, id, attempt, error);
     let broker = &app.backends.messaging;
-    let published = match broker
+    let mut published = broker
         .publish(dl_topic, payload.clone(), headers.clone())
-        .await
-    {
-        // A message near the broker's size limit may not take the error
-        // text on top: sent without it rather than redelivered for ever.
-        Err(MessagingError::TooLarge(_)) => {
-            let without_error = headers
-                .into_iter()
-                .filter(|(name, _)| name != "berth-error")
-                .collect();
-            broker.publish(dl_topic, payload, without_error).await
+        .await;
+    // A message near the broker's size limit may not take the dead letter's
+    // headers on top. Rather than redelivered for ever, it goes without the
+    // error text; failing that, without its payload, whose size a header
+    // says (on NATS and Kafka the original stays in the stream or topic
+    // until retention drops it).
+    if matches!(published, Err(MessagingError::TooLarge(_))) {
+        let without_error: Vec<_> = headers
+            .into_iter()
+            .filter(|(name, _)| name != "berth-error")
+            .collect();
+        published = broker
+            .publish(dl_topic, payload.clone(), without_error.clone())
+            .await;
+        if matches!(published, Err(MessagingError::TooLarge(_))) {
+            tracing::error!(app = %app.manifest.name, %topic, message_id = %id, bytes = payload.len(),
+                "a dead letter is too large for the broker with its headers; sent without its payload");
+            let mut dropped = without_error;
+            dropped.push(("berth-payload-dropped".into(), payload.len().to_string()));
+            published = broker.publish(dl_topic, Vec::new(), dropped).await;
         }
-        other => other,
-    };
+    }
     match published {
         Ok(_) => true,
         Err(e) => {

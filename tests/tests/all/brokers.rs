@@ -778,8 +778,9 @@ async fn messaging_trigger_outlives_its_deleted_consumer_and_stream_nats() {
 }
 
 /// A message that fits the broker's size limit only just still becomes a
-/// dead letter: without the error text, if that would not fit, rather
-/// than failing to publish and coming back for ever.
+/// dead letter: without the error text if that would not fit, without its
+/// payload if even its headers would not, rather than failing to publish
+/// and coming back for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn messaging_dead_letter_near_the_size_limit_nats() {
     let Some(url) = service("BERTH_TEST_NATS_URL") else {
@@ -820,6 +821,27 @@ async fn messaging_dead_letter_near_the_size_limit_nats() {
     assert_eq!(header("berth-original-id").as_deref(), Some(id.as_str()));
     assert_eq!(header("berth-attempts").as_deref(), Some("1"));
     assert_eq!(header("berth-error"), None, "the error text did not fit");
+    // 50 bytes under the limit: not even the dead letter's own headers fit
+    // on top; it goes without its payload, whose size it gives.
+    let mut payload = b"fail-always".to_vec();
+    payload.resize(max - 63 - 50, b'.');
+    let id = app
+        .backends
+        .messaging
+        .publish("events", payload.clone(), vec![])
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(15), dead.next())
+        .await
+        .expect("a dead letter arrives")
+        .expect("subscription open");
+    let header = |name: &str| berth_tests::header(&delivery.message, name);
+    assert_eq!(header("berth-original-id").as_deref(), Some(id.as_str()));
+    assert!(delivery.message.payload.is_empty());
+    assert_eq!(
+        header("berth-payload-dropped"),
+        Some(payload.len().to_string())
+    );
     drop(tasks);
     drop(app);
     Broker::Nats(url).cleanup(&name).await;
