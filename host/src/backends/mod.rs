@@ -379,10 +379,14 @@ pub async fn open(
                 timeout_ms,
             } => {
                 let part_size_mb = part_size_mb.unwrap_or(8);
-                if !(5..=5120).contains(&part_size_mb) {
+                // S3 takes parts of 5 MiB or more; a writer buffers one in
+                // host memory, out of a budget all writers share.
+                let budget_mb = crate::ports::blob::s3::WRITE_BUFFER_BUDGET >> 20;
+                let most = budget_mb / 2;
+                if !(5..=most).contains(&(part_size_mb as usize)) {
                     return Err(origin.err(
                         &format!("{key}.part_size_mb"),
-                        "must be between 5 and 5120 (S3's part size limits)",
+                        format!("must be between 5 and {most} (S3 takes 5 or more; a writer buffers a part in host memory, out of {budget_mb} MiB all writers of the host share)"),
                     ));
                 }
                 // App and container names cannot contain `/`, so this

@@ -577,6 +577,21 @@ async fn blob_s3_unreachable_fails_at_startup_naming_the_key() {
         err.contains("`blob.files.secret_access_key`") && !err.contains("canary-inline"),
         "{err}"
     );
+    // A part larger than half the host's budget of writer buffers.
+    for (size, why) in [(4, "between 5 and 1024"), (2048, "out of 2048 MiB")] {
+        let big = text.replace("part_size_mb = 5", &format!("part_size_mb = {size}"));
+        let err = format!(
+            "{:#}",
+            t.load_with(&host_config(&t, &big))
+                .await
+                .err()
+                .expect("refused")
+        );
+        assert!(
+            err.contains("`blob.files.part_size_mb`") && err.contains(why),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -251,8 +251,9 @@ pub enum BlobConfig {
         /// Secret access key: a secret reference, e.g.
         /// `${env:AWS_SECRET_ACCESS_KEY}` or `${file:/run/secrets/s3}`.
         secret_access_key: String,
-        /// Multipart part size in MiB (5 to 5120), also the most a writer
-        /// buffers; default 8.
+        /// Multipart part size in MiB (5 to 1024: half the host's 2 GiB
+        /// budget of writer buffers), also the most a writer buffers;
+        /// default 8.
         part_size_mb: Option<u64>,
         /// Connect timeout, and time from sending a request (including a
         /// whole part's upload) to its response headers, in ms; default 30000.

@@ -25,6 +25,7 @@ use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo, ObjectPa
 use crate::secret::Secret;
 use reader::S3Reader;
 use writer::S3Writer;
+pub use writer::WRITE_BUFFER_BUDGET;
 
 #[path = "s3_reader.rs"]
 mod reader;

@@ -163,8 +163,10 @@ impl BlobWriter for S3Writer {
             if self.buf.len() == self.part_size
                 && let Err(e) = self.upload_part().await
             {
-                // The part's bytes are gone: the object cannot be completed.
+                // The part's bytes are gone: the object cannot be completed,
+                // and the writer buffers nothing more.
                 self.failed = true;
+                self.reserved = None;
                 return Err(e);
             }
         }
