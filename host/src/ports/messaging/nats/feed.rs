@@ -4,7 +4,7 @@
 //! redelivered while it waits for a handler (see [`feed`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -119,23 +119,21 @@ pub(super) async fn feed(
     prefetch: usize,
     ack_wait: AckWait,
 ) {
-    let mut every = ack_wait.get() / 2;
-    let mut progress = progress_ticks(every);
+    let mut progress = tokio::time::interval(PROGRESS_CHECK);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Twice per ack wait, as the server has it now (another host may
+    // have changed it).
+    let every = || ack_wait.get() / 2;
     // Progress acks go out from a task of their own: a slow send (during a
     // reconnect) must not hold up this loop, or a batch's client-side
     // deadline could pass with its messages unread, and they are lost.
     let mut telling = ProgressTask::default();
     let mut failures = 0u32;
     loop {
-        // The ack wait another host set, as the watcher read it.
-        if ack_wait.get() / 2 != every {
-            every = ack_wait.get() / 2;
-            progress = progress_ticks(every);
-        }
         tokio::select! {
             _ = held.room(prefetch / 2) => {}
             _ = progress.tick() => {
-                telling.start(&held, every);
+                telling.start(&held, every());
                 continue;
             }
         }
@@ -157,7 +155,7 @@ pub(super) async fn feed(
                         }
                         None => break false,
                     },
-                    _ = progress.tick() => telling.start(&held, every),
+                    _ = progress.tick() => telling.start(&held, every()),
                 }
             },
             Err(e) => {
@@ -191,19 +189,17 @@ pub(super) async fn feed(
         while failed {
             tokio::select! {
                 _ = &mut resume => failed = false,
-                _ = progress.tick() => telling.start(&held, every),
+                _ = progress.tick() => telling.start(&held, every()),
             }
         }
     }
 }
 
-/// Checked twice per `every`, so a held message is told in progress at most
-/// 3/4 of an ack wait after its last restart.
-fn progress_ticks(every: Duration) -> tokio::time::Interval {
-    let mut ticks = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks
-}
+/// How often the held messages are checked for a progress ack due: a
+/// quarter of the shortest ack wait the host config allows (1 s), so a
+/// message is told at most 3/4 of any ack wait after its last restart,
+/// whatever the wait is now.
+const PROGRESS_CHECK: Duration = Duration::from_millis(250);
 
 /// A trigger consumer's ack wait as the server has it, shared by its
 /// feeder and its deliveries' progress acks. Hosts configured with
@@ -235,15 +231,41 @@ impl AckWait {
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// What a trigger's watcher last read of its durable consumer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct Watched {
     /// The ack floor: every message up to this stream sequence was
     /// handled, so a consumer made again starts after it instead of
     /// replaying the stream (messages handled since the last read come
     /// again: at least once, as ever).
     floor: Arc<AtomicU64>,
+    /// When the consumer the floor was read from was made (ns since the
+    /// epoch, the server's clock): a floor is of the stream that consumer
+    /// read, which was there by then; a stream made since (by any host) is
+    /// read from its start.
+    consumer_created: Arc<AtomicI64>,
     /// The server has no such consumer (or stream) now.
     gone: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// What the consumer said as the trigger subscribed.
+    pub(super) fn new(info: &jetstream::consumer::Info) -> Watched {
+        let watched = Watched {
+            floor: Arc::default(),
+            consumer_created: Arc::default(),
+            gone: Arc::default(),
+        };
+        watched.note(info);
+        watched
+    }
+
+    fn note(&self, info: &jetstream::consumer::Info) {
+        let created = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        self.consumer_created.store(created, Ordering::Relaxed);
+        self.floor
+            .store(info.ack_floor.stream_sequence, Ordering::Relaxed);
+        self.gone.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Reads the trigger's consumer every [`WATCH_EVERY`], on its own so that a
@@ -261,10 +283,7 @@ pub(super) async fn watch(
         ticks.tick().await;
         match tokio::time::timeout(WATCH_EVERY, consumer.get_info()).await {
             Ok(Ok(info)) => {
-                watched
-                    .floor
-                    .store(info.ack_floor.stream_sequence, Ordering::Relaxed);
-                watched.gone.store(false, Ordering::Relaxed);
+                watched.note(&info);
                 ack_wait.set(info.config.ack_wait);
             }
             Ok(Err(e)) if gone(e.kind()) => watched.gone.store(true, Ordering::Relaxed),
@@ -283,9 +302,6 @@ pub(super) struct Remake {
     pub(super) stream: stream::Config,
     /// The trigger's consumer, as `subscribe` makes it.
     pub(super) consumer: pull::Config,
-    /// When the stream the consumer read was made (ns since the epoch): a
-    /// stream made since is another one, read from its start.
-    pub(super) stream_created: i128,
     /// What the watcher last read of the consumer.
     pub(super) watched: Watched,
 }
@@ -313,25 +329,22 @@ impl Remake {
     async fn make(&mut self) -> Option<jetstream::consumer::Consumer<pull::Config>> {
         let made = async {
             let stream = self.js.get_stream(&self.stream.name).await?;
-            let created = stream.cached_info().created.unix_timestamp_nanos();
+            let stream_created = stream.cached_info().created.unix_timestamp_nanos();
             let mut config = self.consumer.clone();
             let floor = self.watched.floor.load(Ordering::Relaxed);
-            if created == self.stream_created && floor > 0 {
+            let read_this_stream =
+                i128::from(self.watched.consumer_created.load(Ordering::Relaxed)) >= stream_created;
+            if read_this_stream && floor > 0 {
                 config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: floor + 1,
                 };
             }
             let consumer = stream.create_consumer(config).await?;
-            Ok::<_, async_nats::Error>((consumer, created))
+            Ok::<_, async_nats::Error>(consumer)
         };
         match made.await {
-            Ok((consumer, created)) => {
-                if created != self.stream_created {
-                    // Another stream: its sequences start again.
-                    self.stream_created = created;
-                    self.watched.floor.store(0, Ordering::Relaxed);
-                }
-                self.watched.gone.store(false, Ordering::Relaxed);
+            Ok(consumer) => {
+                self.watched.note(consumer.cached_info());
                 tracing::warn!(stream = %self.stream.name, durable = ?self.consumer.durable_name,
                     "a message trigger's durable consumer was gone; made it again");
                 Some(consumer)

@@ -373,12 +373,11 @@ impl MessagingBackend for NatsBroker {
             .await
             .map_err(unavailable)?;
         let held = Arc::new(Held::default());
-        let watched = Watched::default();
+        let watched = Watched::new(pull_consumer.cached_info());
         let remake = Remake {
             js: self.js.clone(),
             stream: self.stream.clone(),
             consumer: config,
-            stream_created: stream.cached_info().created.unix_timestamp_nanos(),
             watched: watched.clone(),
         };
         let watcher = tokio::spawn(watch(pull_consumer.clone(), watched, ack_wait.clone()));
