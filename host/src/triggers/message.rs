@@ -367,9 +367,9 @@ async fn dead_letter(
         .await;
     // A message near the broker's size limit may not take the dead letter's
     // headers on top. Rather than redelivered for ever, it goes without the
-    // error text; failing that, without its payload, whose size a header
-    // says (on NATS and Kafka the original stays in the stream or topic
-    // until retention drops it).
+    // error text; failing that, without its payload and its own headers,
+    // the payload's size in a header (on NATS and Kafka the original stays
+    // in the stream or topic until retention drops it).
     if matches!(published, Err(MessagingError::TooLarge(_))) {
         let without_error: Vec<_> = headers
             .into_iter()
@@ -379,11 +379,18 @@ async fn dead_letter(
             .publish(dl_topic, payload.clone(), without_error.clone())
             .await;
         if matches!(published, Err(MessagingError::TooLarge(_))) {
-            tracing::error!(app = %app.manifest.name, %topic, message_id = %id, bytes = payload.len(),
-                "a dead letter is too large for the broker with its headers; sent without its payload");
-            let mut dropped = without_error;
+            // The host's own headers only: the message's own may be what
+            // takes the room (NATS counts headers against its limit).
+            let mut dropped: Vec<_> = without_error
+                .into_iter()
+                .filter(|(name, _)| is_host_header(name))
+                .collect();
             dropped.push(("berth-payload-dropped".into(), payload.len().to_string()));
             published = broker.publish(dl_topic, Vec::new(), dropped).await;
+            if published.is_ok() {
+                tracing::error!(app = %app.manifest.name, %topic, message_id = %id, bytes = payload.len(),
+                    "a dead letter was too large for the broker; sent without its payload and headers");
+            }
         }
     }
     match published {
