@@ -166,6 +166,7 @@ impl BlobWriter for S3Writer {
                 // The part's bytes are gone: the object cannot be completed,
                 // and the writer buffers nothing more.
                 self.failed = true;
+                self.buf = Vec::new();
                 self.reserved = None;
                 return Err(e);
             }
