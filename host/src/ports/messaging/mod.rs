@@ -276,8 +276,8 @@ pub enum MessagingConfig {
         /// Messages a host fetches ahead per trigger; default 200.
         prefetch: Option<u16>,
         /// The most the app's stream keeps, in bytes; unset, no cap. A
-        /// full stream refuses new messages (`unavailable`) rather than
-        /// dropping unread ones.
+        /// full stream drops its oldest messages (handled ones stay until
+        /// they age out, so refusing new ones would stop the app).
         max_bytes: Option<u64>,
         /// How long the app's stream keeps a message, in seconds; default
         /// 604800 (a week), 0 for ever.

@@ -314,8 +314,15 @@ impl Remake {
         &mut self,
         consumer: &jetstream::consumer::Consumer<pull::Config>,
     ) -> Option<jetstream::consumer::Consumer<pull::Config>> {
-        match consumer.get_info().await {
-            Err(e) if gone(e.kind()) => self.make().await,
+        // Bounded: the client waits for JetStream's answers without a
+        // timeout of its own, and a lost one must not stop the feeder (its
+        // pulls and its held messages' progress acks) for good.
+        let looked = tokio::time::timeout(WATCH_EVERY, consumer.get_info()).await;
+        match looked {
+            Ok(Err(e)) if gone(e.kind()) => {
+                let made = tokio::time::timeout(WATCH_EVERY * 2, self.make()).await;
+                made.ok().flatten()
+            }
             _ => None,
         }
     }

@@ -356,7 +356,12 @@ impl MessagingBackend for NatsBroker {
         // wait is one JetStream lets change, so a changed `ack_wait_ms`
         // applies to it; if the server refuses, it keeps its own.
         if pull_consumer.cached_info().config.ack_wait != self.ack_wait {
-            match stream.create_consumer(config.clone()).await {
+            // Starting where the consumer does: one made again after a
+            // deletion starts at a sequence, and JetStream refuses to
+            // change where a consumer starts.
+            let mut update = config.clone();
+            update.deliver_policy = pull_consumer.cached_info().config.deliver_policy;
+            match stream.create_consumer(update).await {
                 Ok(updated) => pull_consumer = updated,
                 Err(e) => tracing::warn!(durable = %durable, error = %e,
                     "cannot change the durable consumer's ack wait to messaging.ack_wait_ms; it keeps its own"),
