@@ -197,6 +197,8 @@ impl Upstream {
                     self.scheme,
                     self.authority.to_str().unwrap_or_default()
                 ),
+                base_decoded: crate::ports::percent_decode(&self.base_path)
+                    .unwrap_or_else(|| self.base_path.clone()),
                 base_path: self.base_path.clone(),
                 guest_origin,
             }));
@@ -238,6 +240,9 @@ pub struct LocationRewrite {
     upstream_origin: String,
     /// The base path, without a trailing `/`; never empty.
     base_path: String,
+    /// The base path percent-decoded (an operator may write `%3A` for
+    /// `:`), as a server may echo it.
+    base_decoded: String,
     /// `http://<name>.upstream`, as the guest wrote it (empty for a request
     /// in origin form: locations become paths).
     guest_origin: String,
@@ -326,7 +331,9 @@ impl LocationRewrite {
     /// (a token's `:` comes back as `%3A`), in any case of its escapes.
     fn names_base(&self, text: &str) -> bool {
         let decoded = crate::ports::percent_decode(text);
-        text.contains(&self.base_path) || decoded.is_none_or(|d| d.contains(&self.base_path))
+        text.contains(&self.base_path)
+            || text.contains(&self.base_decoded)
+            || decoded.is_none_or(|d| d.contains(&self.base_decoded))
     }
 }
 
@@ -629,6 +636,26 @@ mod tests {
         assert_eq!(links, ["</p3>; rel=last"]);
         assert!(headers.get(http::header::SET_COOKIE).is_none());
         assert!(headers.get(http::header::REFRESH).is_none());
+        // A base path the operator wrote with escapes is found decoded too.
+        let escaped = upstream("https://api.example.com/bot12%3AAB", &[]).unwrap();
+        let mut req = http::Request::builder()
+            .uri("http://tg.upstream/dir")
+            .body(())
+            .unwrap();
+        let escaped = escaped.apply(&mut req).unwrap().locations.unwrap();
+        for echoed in [
+            "/other/bot12:AB",
+            "/other/bot12%3aAB",
+            "https://cdn.example/bot12%3AAB",
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::LOCATION,
+                HeaderValue::try_from(echoed).unwrap(),
+            );
+            escaped.apply(&mut headers);
+            assert!(headers.get(http::header::LOCATION).is_none(), "{echoed}");
+        }
         // Without a base path nothing is rewritten.
         let plain = upstream("https://api.example.com", &[]).unwrap();
         let mut req = http::Request::builder()
