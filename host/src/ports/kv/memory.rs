@@ -40,6 +40,10 @@ fn cost(key: &str, value: &[u8]) -> usize {
 struct Entries {
     map: BTreeMap<String, Entry>,
     bytes: usize,
+    /// No entry expires before this (it may be earlier than the earliest
+    /// left): a full bucket with nothing expired refuses a write without
+    /// walking every entry.
+    next_expiry: Option<Instant>,
 }
 
 impl Entries {
@@ -52,15 +56,22 @@ impl Entries {
     /// Drops the expired entries (they are otherwise dropped only when
     /// overwritten or deleted).
     fn purge(&mut self, now: Instant) {
+        if self.next_expiry.is_none_or(|t| t > now) {
+            return;
+        }
         let mut freed = 0;
+        let mut next_expiry = None;
         self.map.retain(|key, entry| {
             let live = entry.live(now);
             if !live {
                 freed += cost(key, &entry.value);
+            } else if let Some(t) = entry.expires {
+                next_expiry = Some(next_expiry.map_or(t, |n: Instant| n.min(t)));
             }
             live
         });
         self.bytes -= freed;
+        self.next_expiry = next_expiry;
     }
 
     /// Stores `entry` under `key`, unless the bucket would pass `capacity`
@@ -84,6 +95,9 @@ impl Entries {
                     "the in-memory bucket is full (at most {capacity} bytes of keys and values); delete keys or let them expire"
                 )));
             }
+        }
+        if let Some(t) = entry.expires {
+            self.next_expiry = Some(self.next_expiry.map_or(t, |n| n.min(t)));
         }
         if let Some(old) = self.map.insert(key.to_string(), entry) {
             self.bytes -= cost(key, &old.value);
