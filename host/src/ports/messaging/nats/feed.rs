@@ -262,10 +262,22 @@ impl Watched {
     fn note(&self, info: &jetstream::consumer::Info) {
         let created = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         self.consumer_created.store(created, Ordering::Relaxed);
-        self.floor
-            .store(info.ack_floor.stream_sequence, Ordering::Relaxed);
+        self.floor.store(floor_of(info), Ordering::Relaxed);
         self.gone.store(false, Ordering::Relaxed);
     }
+}
+
+/// What a consumer has handled: its ack floor, or, for one made again at a
+/// sequence (which JetStream gives an ack floor of 0 until its first ack),
+/// everything before that sequence.
+fn floor_of(info: &jetstream::consumer::Info) -> u64 {
+    let started_after = match info.config.deliver_policy {
+        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+            start_sequence.saturating_sub(1)
+        }
+        _ => 0,
+    };
+    info.ack_floor.stream_sequence.max(started_after)
 }
 
 /// Reads the trigger's consumer every [`WATCH_EVERY`], on its own so that a
