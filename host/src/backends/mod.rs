@@ -330,11 +330,16 @@ pub async fn open(
                     prefix: format!("{}berth:{app}:{name}:", prefix.unwrap_or_default()),
                     timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 5000)?,
                 };
-                Arc::new(
-                    RedisBucket::connect(&settings)
-                        .await
-                        .map_err(|e| origin.err(&key, connection_failure(e)))?,
-                )
+                let bucket = RedisBucket::connect(&settings)
+                    .await
+                    .map_err(|e| origin.err(&key, connection_failure(e)))?;
+                bucket.index_existing_keys().await.map_err(|e| {
+                    origin.err(
+                        &key,
+                        format!("cannot index the bucket's keys at startup: {e}"),
+                    )
+                })?;
+                Arc::new(bucket)
             }
         };
         kv.insert(name.clone(), bucket);

@@ -321,6 +321,162 @@ async fn kv_apps_do_not_share_keys_redis() {
     berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
+/// Redis listings read the bucket's sorted index, not the keyspace: every
+/// write keeps it in step, expired keys are skipped and swept from it, a
+/// run of expired entries longer than a listing's budget gives short
+/// pages that still end at the live keys, and keys stored before the
+/// index existed are indexed when the host starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_listing_reads_the_index_redis() {
+    use std::time::Duration;
+    let Some(url) = service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique("t");
+    let data = format!("{prefix}:berth:kvindex:cache:");
+    let (index, expiry) = (
+        format!("{prefix}:berth:kvindex:cache#keys"),
+        format!("{prefix}:berth:kvindex:cache#expiry"),
+    );
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Stored before the bucket had an index: one lasting, one expiring.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{data}old"))
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{data}old-expiring"))
+        .arg("1")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let t = TestApp::new(&single_component_manifest(
+        "kvindex",
+        guests::KV_GUEST,
+        "[kv.cache]",
+        "kv = [\"cache\"]",
+    ));
+    let host = host_config(
+        &t,
+        &format!("[kv.cache]\ntype = \"redis\"\nurl = {url:?}\nprefix = \"{prefix}:\"\n"),
+    );
+    let app = t.load_with(&host).await.unwrap();
+    let b = &app.backends.kv["cache"];
+    let counting = redis.clone();
+    let zcard = |key: String| {
+        let mut redis = counting.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg(key)
+                .query_async::<usize>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    let list = |p: &'static str| async move { b.list_keys(p, None, 100).await.unwrap().keys };
+    assert_eq!(list("old").await, ["old", "old-expiring"]);
+    assert_eq!(
+        zcard(expiry.clone()).await,
+        1,
+        "the old key's TTL is indexed"
+    );
+
+    // Every kind of write indexes its key; a delete removes it.
+    b.set("k-set", b"v".to_vec(), None).await.unwrap();
+    b.increment("k-incr", 2).await.unwrap();
+    assert!(
+        b.compare_and_swap("k-cas", None, b"v".to_vec())
+            .await
+            .unwrap()
+    );
+    b.set("k-gone", b"v".to_vec(), None).await.unwrap();
+    assert!(b.delete("k-gone").await.unwrap());
+    assert_eq!(list("k-").await, ["k-cas", "k-incr", "k-set"]);
+    // A key set again without a TTL (by set, increment or swap) leaves the
+    // expiry set, so it is not swept when its old TTL would have passed.
+    b.set("k-set", b"v".to_vec(), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    b.set("k-set", b"w".to_vec(), None).await.unwrap();
+    b.set("k-cas", b"v".to_vec(), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    assert!(
+        b.compare_and_swap("k-cas", Some(b"v"), b"w".to_vec())
+            .await
+            .unwrap()
+    );
+
+    // Expired keys are skipped, then swept from both sets.
+    b.set("e-short", b"v".to_vec(), Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    b.set("e-long", b"v".to_vec(), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(list("e-").await, ["e-long"]);
+    assert_eq!(list("k-").await, ["k-cas", "k-incr", "k-set"]);
+    let all = list("").await;
+    assert_eq!(
+        all,
+        ["e-long", "k-cas", "k-incr", "k-set", "old", "old-expiring"]
+    );
+    assert_eq!(zcard(index.clone()).await, all.len(), "expired keys swept");
+    assert_eq!(zcard(expiry.clone()).await, 2, "e-long and old-expiring");
+    // A key gone behind the index's back (evicted, deleted by hand) is
+    // not listed, and leaves the index.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{data}k-incr"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(list("k-").await, ["k-cas", "k-set"]);
+    assert_eq!(zcard(index.clone()).await, all.len() - 1);
+
+    // A run of expired entries longer than a listing looks at: pages may
+    // be short, even empty, but keep a cursor until the live keys.
+    let mut pipe = redis::pipe();
+    for i in 0..6_000 {
+        let member = format!("r-{i:05}");
+        pipe.cmd("ZADD").arg(&index).arg(0).arg(&member).ignore();
+        pipe.cmd("ZADD").arg(&expiry).arg(1).arg(&member).ignore();
+    }
+    pipe.query_async::<()>(&mut redis).await.unwrap();
+    b.set("r-zz", b"v".to_vec(), None).await.unwrap();
+    let (mut found, mut cursor, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = b.list_keys("r-", cursor.as_deref(), 10).await.unwrap();
+        found.extend(page.keys);
+        pages += 1;
+        assert!(pages < 10, "the listing ends");
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(found, ["r-zz"]);
+    assert!(pages > 1, "the budget cut the listing into pages");
+
+    // A second host finds the bucket indexed and does not index it again.
+    let marker: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:berth:kvindex:cache#indexed"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(marker);
+    drop(app);
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn email_delivered_smtp() {
     let Some(server) = service("BERTH_TEST_SMTP") else {
