@@ -358,12 +358,20 @@ type Row = (i64, String, String, Vec<u8>, String, u32);
 impl EmbeddedSubscription {
     /// Leases the next visible rows; returns when the next hidden one
     /// becomes visible.
+    ///
+    /// The rows become deliveries (each with the [`RowAcker`] that
+    /// releases its row if dropped unsettled) on the blocking thread that
+    /// leased them: if this future is dropped midway (the trigger stopped),
+    /// the blocking work still finishes, and its deliveries, dropped with
+    /// the result no one awaits, give their rows back at once rather than
+    /// leaving them leased until the host restarts.
     async fn lease(&mut self) -> Result<Option<i64>, MessagingError> {
         let (c, t) = (self.consumer.clone(), self.trigger.clone());
-        let (rows, next) = with_db(&self.db, move |db| {
+        let (db, wake) = (self.db.clone(), self.wake.clone());
+        let (rows, next) = with_db(&self.db, move |conn| {
             let now = now_ms();
-            let tx = db.transaction()?;
-            let rows: Vec<Row> = tx
+            let tx = conn.transaction()?;
+            let mut rows: Vec<Row> = tx
                 .prepare(
                     "UPDATE queue SET leased = 1 WHERE seq IN (
                          SELECT seq FROM queue
@@ -384,32 +392,31 @@ impl EmbeddedSubscription {
                 .optional()?
                 .flatten();
             tx.commit()?;
-            Ok((rows, next))
+            // RETURNING does not promise an order.
+            rows.sort_by_key(|r| r.0);
+            let deliveries: Vec<Delivery> = rows
+                .into_iter()
+                .map(|(seq, id, topic, payload, headers, attempt)| Delivery {
+                    message: Message {
+                        id,
+                        topic,
+                        payload,
+                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                        attempt,
+                    },
+                    reply: None,
+                    acker: Box::new(RowAcker {
+                        db: db.clone(),
+                        seq,
+                        wake: wake.clone(),
+                        settled: false,
+                    }),
+                })
+                .collect();
+            Ok((deliveries, next))
         })
         .await?;
-        let mut rows = rows;
-        // RETURNING does not promise an order.
-        rows.sort_by_key(|r| r.0);
-        for (seq, id, topic, payload, headers, attempt) in rows {
-            let headers = serde_json::from_str(&headers).unwrap_or_default();
-            let message = Message {
-                id,
-                topic,
-                payload,
-                headers,
-                attempt,
-            };
-            self.leased.push_back(Delivery {
-                message,
-                reply: None,
-                acker: Box::new(RowAcker {
-                    db: self.db.clone(),
-                    seq,
-                    wake: self.wake.clone(),
-                    settled: false,
-                }),
-            });
-        }
+        self.leased.extend(rows);
         Ok(next)
     }
 }
@@ -451,26 +458,29 @@ struct RowAcker {
 
 #[async_trait]
 impl Acker for RowAcker {
+    // A settlement that cannot be written (logged by `failure`) leaves the
+    // acker unsettled, so that dropping it releases the row: the message is
+    // delivered again rather than left leased until the host restarts.
     async fn ack(mut self: Box<Self>) {
-        self.settled = true;
         let seq = self.seq;
-        let _ = with_db(&self.db, move |db| {
+        let deleted = with_db(&self.db, move |db| {
             db.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
         })
         .await;
+        self.settled = deleted.is_ok();
     }
 
     async fn nack(mut self: Box<Self>, delay: Duration) {
-        self.settled = true;
         let seq = self.seq;
         let visible_at = now_ms() + delay.as_millis() as i64;
-        let _ = with_db(&self.db, move |db| {
+        let released = with_db(&self.db, move |db| {
             db.execute(
                 "UPDATE queue SET leased = 0, attempt = attempt + 1, visible_at = ?2 WHERE seq = ?1",
                 params![seq, visible_at],
             )
         })
         .await;
+        self.settled = released.is_ok();
         // The subscription may be sleeping past the new visibility time.
         self.wake.notify_one();
     }

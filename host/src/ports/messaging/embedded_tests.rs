@@ -100,6 +100,48 @@ async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
     assert!(quiet.is_err(), "the second tick-1 was stored once");
 }
 
+/// A trigger stopped while its lease was being written (the consumer loop
+/// dropped its `next`) does not leave the leased rows behind: the next
+/// subscription gets them without a restart.
+#[tokio::test(flavor = "multi_thread")]
+// Holding the database across the lease's await is what this test does.
+#[allow(clippy::await_holding_lock)]
+async fn a_lease_cancelled_midway_gives_its_rows_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    let id = broker.publish("t", b"x".to_vec(), vec![]).await.unwrap();
+    // The lease's blocking work waits for the database while `next` is
+    // dropped, then runs to its end.
+    let held = broker.db.lock().unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+    assert!(cancelled.is_err(), "the lease waited for the database");
+    drop(sub);
+    drop(held);
+    // The orphaned lease takes the lock at once, runs to its end and gives
+    // the row back on its own, before any other subscription could lease it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rows, leased): (i64, i64) = broker
+        .db
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*), coalesce(sum(leased), 0) FROM queue",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (rows, leased),
+        (1, 0),
+        "the cancelled lease left its row leased"
+    );
+    let mut again = broker.subscribe("t", "c").await.unwrap();
+    let d = next(&mut again).await;
+    assert_eq!((d.message.id.as_str(), d.message.attempt), (id.as_str(), 1));
+    d.acker.ack().await;
+}
+
 #[tokio::test]
 async fn one_process_owns_the_file_and_others_only_publish() {
     let dir = tempfile::tempdir().unwrap();

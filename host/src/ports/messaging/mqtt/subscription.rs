@@ -61,6 +61,10 @@ pub(super) struct MqttSubscription {
     /// A trigger's own subscription hears of its clients that went away;
     /// a taken-over session's does not.
     pub(super) watcher: Option<Watcher>,
+    /// A request taken from the inbox whose ack is being sent: kept here,
+    /// so that a `next` dropped meanwhile (its trigger stopping) does not
+    /// lose it.
+    pub(super) pending: Option<Delivery>,
 }
 
 impl MqttSubscription {
@@ -94,6 +98,7 @@ impl MqttSubscription {
             orphans,
             orphans_tx,
             watcher: None,
+            pending: None,
             spec,
         }
     }
@@ -123,6 +128,9 @@ pub(super) enum Received {
 impl Subscription for MqttSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
+            if let Some(delivery) = self.pending.take() {
+                return Some(delivery);
+            }
             let inbound = tokio::select! {
                 biased;
                 Some(delivery) = self.orphans.recv() => return Some(delivery),
@@ -139,11 +147,9 @@ impl Subscription for MqttSubscription {
                 Some(Received::Stored(topic)) => return Some(self.stored(publish, epoch, topic)),
                 Some(Received::Request(topic)) => {
                     // Requests are not stored, so there is nothing to hold
-                    // back.
+                    // back: acknowledged at once, the request kept meanwhile.
+                    self.pending = self.request(publish.clone(), topic);
                     self.ack_now(&publish, epoch).await;
-                    if let Some(delivery) = self.request(publish, topic) {
-                        return Some(delivery);
-                    }
                 }
                 Some(Received::Orphan) | None => {
                     // Only another producer writes such topics: no handler
