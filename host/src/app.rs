@@ -102,6 +102,21 @@ pub struct App {
     /// Its components.
     pub components: BTreeMap<String, LoadedComponent>,
     engine: HostEngine,
+    /// Whether the host is stopping the app (see
+    /// [`App::stop_taking_messages`]).
+    stopping: tokio::sync::watch::Sender<Stopping>,
+}
+
+/// Where an app is in being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    /// Running.
+    No,
+    /// Its triggers take no more deliveries; running handlers finish.
+    /// Since when.
+    Draining(std::time::Instant),
+    /// Running handlers are cancelled too.
+    Cancelling,
 }
 
 /// Builds the process-wide linker: WASI (granting nothing by itself),
@@ -329,9 +344,54 @@ impl App {
             backends,
             components,
             engine: engine.clone(),
+            stopping: tokio::sync::watch::Sender::new(Stopping::No),
         };
         app.check_triggers()?;
         Ok(app)
+    }
+
+    /// Tells the app's message triggers to take no more deliveries and its
+    /// schedules to publish no more ticks: the host is stopping or
+    /// replacing the app. Handlers already running finish (see
+    /// [`crate::triggers::stop_background`]). The first call starts the
+    /// shutdown grace; later ones change nothing.
+    pub fn stop_taking_messages(&self) {
+        self.stopping.send_if_modified(|state| {
+            let first = *state == Stopping::No;
+            if first {
+                *state = Stopping::Draining(std::time::Instant::now());
+            }
+            first
+        });
+    }
+
+    /// When a shutdown grace of `grace` runs out: counted from the first
+    /// [`App::stop_taking_messages`] (the signal), so that the HTTP drain
+    /// and the handlers' share one grace.
+    pub(crate) fn grace_ends(&self, grace: std::time::Duration) -> std::time::Instant {
+        match *self.stopping.borrow() {
+            Stopping::Draining(since) => since + grace,
+            Stopping::No | Stopping::Cancelling => std::time::Instant::now(),
+        }
+    }
+
+    /// Tells the app's message triggers to cancel the handlers still
+    /// running: the shutdown grace ran out.
+    pub(crate) fn cancel_handlers(&self) {
+        self.stopping.send_replace(Stopping::Cancelling);
+    }
+
+    /// Resolves once [`App::stop_taking_messages`] was called.
+    pub(crate) async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = stopping.wait_for(|s| *s != Stopping::No).await;
+    }
+
+    /// Resolves once [`App::cancel_handlers`] was called.
+    pub(crate) async fn cancelled(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|s| *s == Stopping::Cancelling).await;
     }
 
     fn check_triggers(&self) -> anyhow::Result<()> {

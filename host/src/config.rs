@@ -125,8 +125,10 @@ pub struct ServeConfig {
     /// When set, `<app>.<domain>` reaches app `<app>` (besides the path
     /// prefix `/<app>/`).
     pub domain: Option<String>,
-    /// How long requests in flight may finish after SIGTERM/SIGINT before
-    /// they are cancelled, in milliseconds; default 10 000.
+    /// How long requests in flight, and message handlers running, may
+    /// finish after SIGTERM/SIGINT (or, for handlers, after their app is
+    /// replaced) before they are cancelled, in milliseconds; default
+    /// 10 000. A cancelled handler's message is delivered again.
     pub shutdown_grace_ms: Option<u64>,
     /// Manifests come from tenants, not the operator: `${env:…}` in their
     /// config is refused. Always set by `berth serve`.

@@ -66,7 +66,9 @@ struct Mounted {
     triggers: tokio::task::JoinSet<()>,
 }
 
-/// How long stopping the host waits for its apps to let go.
+/// How long stopping the host waits for the requests still using an app,
+/// before its message handlers get their own grace (`[serve]
+/// shutdown_grace_ms`).
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The apps of a host, by the directory they were loaded from.
@@ -226,7 +228,7 @@ impl Tenants {
             names.insert(name.clone(), dir);
         }
         if let Some((_, old)) = old {
-            stop_triggers(old);
+            self.stop_triggers(old);
             tracing::info!(app = %name, "app updated");
         } else {
             tracing::info!(app = %name, "app mounted");
@@ -240,7 +242,7 @@ impl Tenants {
                 names.remove(&old.name);
             }
             tracing::info!(app = %old.name, "app removed");
-            stop_triggers(old);
+            self.stop_triggers(old);
         }
     }
 
@@ -248,6 +250,7 @@ impl Tenants {
     /// end and their brokers are let go (see
     /// [`crate::triggers::stop_background`]).
     pub async fn stop(&self) {
+        self.stop_taking_messages();
         let mounted: Vec<Arc<Mounted>> = match self.mounted.write() {
             Ok(mut mounted) => std::mem::take(&mut *mounted)
                 .into_values()
@@ -255,9 +258,27 @@ impl Tenants {
                 .collect(),
             Err(_) => return,
         };
-        let stopping = futures::future::join_all(mounted.into_iter().map(stop_when_unused));
-        if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
+        let grace = self.host.serve.shutdown_grace();
+        let stopping = futures::future::join_all(
+            mounted
+                .into_iter()
+                .map(|mounted| stop_when_unused(mounted, grace)),
+        );
+        if tokio::time::timeout(STOP_GRACE + grace, stopping)
+            .await
+            .is_err()
+        {
             tracing::warn!("some apps were still in use when the host stopped");
+        }
+    }
+
+    /// Tells every app's message triggers to take no more deliveries (see
+    /// [`App::stop_taking_messages`]): the host is shutting down.
+    pub fn stop_taking_messages(&self) {
+        if let Ok(mounted) = self.mounted.read() {
+            for (_, app) in mounted.values() {
+                app.handler.app().stop_taking_messages();
+            }
         }
     }
 
@@ -342,20 +363,26 @@ fn request_host(authority: Option<&str>, header: Option<Option<&str>>) -> Option
     }
 }
 
-/// Stops the message triggers of a replaced or removed version once the
-/// last request using it has finished; deliveries being handled finish.
-fn stop_triggers(old: Arc<Mounted>) {
-    tokio::spawn(stop_when_unused(old));
+impl Tenants {
+    /// Stops the message triggers of a replaced or removed version: they
+    /// take no more deliveries at once (the new version's take them), and
+    /// once the last request using it has finished, its running handlers
+    /// get the shutdown grace to finish.
+    fn stop_triggers(&self, old: Arc<Mounted>) {
+        old.handler.app().stop_taking_messages();
+        tokio::spawn(stop_when_unused(old, self.host.serve.shutdown_grace()));
+    }
 }
 
 /// Waits for the last request using `old` to finish, then stops its
-/// triggers and lets go of its broker.
-async fn stop_when_unused(mut old: Arc<Mounted>) {
+/// triggers (their running handlers having `grace` to finish) and lets go
+/// of its broker.
+async fn stop_when_unused(mut old: Arc<Mounted>, grace: Duration) {
     loop {
         match Arc::try_unwrap(old) {
             Ok(mounted) => {
                 let app = mounted.handler.app().clone();
-                crate::triggers::stop_background(&app, mounted.triggers).await;
+                crate::triggers::stop_background(&app, mounted.triggers, grace).await;
                 return;
             }
             Err(still_shared) => {

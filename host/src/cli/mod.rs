@@ -359,9 +359,16 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  state in {}", app.state_dir.display());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = host.serve.shutdown_grace();
-    let shutdown = unready_on(shutdown_signal(), ready);
+    let shutdown = {
+        let (app, shutdown) = (app.clone(), unready_on(shutdown_signal(), ready));
+        // Message handlers drain beside the HTTP requests.
+        async move {
+            shutdown.await;
+            app.stop_taking_messages();
+        }
+    };
     crate::triggers::http::serve(handler, listener, shutdown, grace).await?;
-    crate::triggers::stop_background(&app, tasks).await;
+    crate::triggers::stop_background(&app, tasks, grace).await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -412,7 +419,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());
-    let shutdown = unready_on(shutdown_signal(), ready);
+    let shutdown = {
+        let (tenants, shutdown) = (tenants.clone(), unready_on(shutdown_signal(), ready));
+        let rescans = watcher.abort_handle();
+        // Message handlers drain beside the HTTP requests, and no app is
+        // mounted (and its triggers started) any more.
+        async move {
+            shutdown.await;
+            rescans.abort();
+            tenants.stop_taking_messages();
+        }
+    };
     crate::triggers::http::serve(tenants.clone(), listener, shutdown, grace).await?;
     watcher.abort();
     tenants.stop().await;

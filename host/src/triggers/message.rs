@@ -159,23 +159,51 @@ async fn consume(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(policy.concurrency));
     let policy = Arc::new(policy);
+    // The handlers run on this set, so that when the host's shutdown grace
+    // runs out this loop can cancel them and wait for their deliveries to
+    // be handed back, rather than leave them running into a host that is
+    // exiting (and, were the loop itself aborted, dropping the set still
+    // cancels them).
+    let mut handlers = JoinSet::new();
     loop {
+        while handlers.try_join_next().is_some() {}
         // A free slot first, then the next delivery: a delivery waiting
         // for a slot stays with the broker's client, which (NATS) keeps
         // restarting its ack wait, rather than in this loop, which would not.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let next = async {
+            let permit = slots.clone().acquire_owned().await.ok()?;
+            let delivery = subscription.next().await?;
+            Some((permit, delivery))
         };
-        let Some(delivery) = subscription.next().await else {
-            return;
+        let (permit, delivery) = tokio::select! {
+            biased;
+            () = app.stopped() => break,
+            next = next => match next {
+                Some(next) => next,
+                None => break,
+            },
         };
         let (app, component, pre) = (app.clone(), component.clone(), pre.clone());
         let (warm, policy) = (warm.clone(), policy.clone());
-        tokio::spawn(async move {
+        handlers.spawn(async move {
             handle_delivery(&app, &component, &pre, delivery, &policy, warm.as_ref()).await;
             drop(permit);
         });
     }
+    // No more deliveries are taken. The running handlers finish and settle
+    // theirs while the subscription still serves their acks and progress,
+    // unless the shutdown grace runs out first: then they are cancelled
+    // (their deliveries handed back) and waited for. Then the subscription
+    // is dropped, handing back what it fetched ahead.
+    let finished = async { while handlers.join_next().await.is_some() {} };
+    let cancelled = tokio::select! {
+        () = finished => false,
+        () = app.cancelled() => true,
+    };
+    if cancelled {
+        handlers.shutdown().await;
+    }
+    drop(subscription);
 }
 
 /// Invokes the handler once (in a warm instance from `warm`, if given and
@@ -362,9 +390,15 @@ async fn dead_letter(
 ) -> bool {
     let headers = dead_letter_headers(headers, topic, id, attempt, error);
     let broker = &app.backends.messaging;
-    let mut published = broker
-        .publish(dl_topic, payload.clone(), headers.clone())
-        .await;
+    // A fresh id for each try: with MQTT's tick claims an id is published
+    // once per claim, so a retried dead letter under one id could be
+    // skipped (and its message acknowledged) after a failed first try. A
+    // dead letter published twice (the original's ack lost) is the lesser
+    // harm.
+    let publish = |payload: Vec<u8>, headers: Vec<(String, String)>| {
+        broker.publish(dl_topic, payload, headers)
+    };
+    let mut published = publish(payload.clone(), headers.clone()).await;
     // A message near the broker's size limit may not take the dead letter's
     // headers on top. Rather than redelivered for ever, it goes without the
     // error text; failing that, without its payload and its own headers,
@@ -375,9 +409,7 @@ async fn dead_letter(
             .into_iter()
             .filter(|(name, _)| name != "berth-error")
             .collect();
-        published = broker
-            .publish(dl_topic, payload.clone(), without_error.clone())
-            .await;
+        published = publish(payload.clone(), without_error.clone()).await;
         if matches!(published, Err(MessagingError::TooLarge(_))) {
             // The host's own headers only: the message's own may be what
             // takes the room (NATS counts headers against its limit).
@@ -386,7 +418,7 @@ async fn dead_letter(
                 .filter(|(name, _)| is_host_header(name))
                 .collect();
             dropped.push(("berth-payload-dropped".into(), payload.len().to_string()));
-            published = broker.publish(dl_topic, Vec::new(), dropped).await;
+            published = publish(Vec::new(), dropped).await;
             if published.is_ok() {
                 tracing::error!(app = %app.manifest.name, %topic, message_id = %id, bytes = payload.len(),
                     "a dead letter was too large for the broker; sent without its payload and headers");

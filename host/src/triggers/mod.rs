@@ -21,18 +21,51 @@ pub async fn start_background(
     schedule::start(app, tasks).await
 }
 
-/// Stops what [`start_background`] started on `tasks` and lets go of the
-/// app's broker (see [`MessagingBackend::close`]): a stopping host's Kafka
-/// triggers leave their groups, so the other hosts take their partitions
-/// at once. Deliveries being handled finish on their own; unsettled ones
-/// are delivered again.
+/// Stops what [`start_background`] started on `tasks`, then lets go of the
+/// app's broker (see [`MessagingBackend::close`]: NATS sends the acks it
+/// still holds, a stopping host's Kafka triggers leave their groups so the
+/// other hosts take their partitions at once).
+///
+/// The triggers take no more deliveries and the schedules publish no more
+/// ticks at once; handlers already running have what is left of `grace`,
+/// counted from [`App::stop_taking_messages`] (the signal, when the host
+/// stops), to finish and settle their deliveries. Those still running then
+/// are cancelled, and their deliveries, like those fetched ahead and never
+/// handled, are handed back to the broker for redelivery before it is let
+/// go.
 ///
 /// [`MessagingBackend::close`]: crate::ports::messaging::MessagingBackend::close
-pub async fn stop_background(app: &crate::app::App, mut tasks: tokio::task::JoinSet<()>) {
-    tasks.abort_all();
-    // Aborted consumer loops drop their subscriptions as they end.
-    while tasks.join_next().await.is_some() {}
+/// [`App::stop_taking_messages`]: crate::app::App::stop_taking_messages
+pub async fn stop_background(
+    app: &crate::app::App,
+    mut tasks: tokio::task::JoinSet<()>,
+    grace: std::time::Duration,
+) {
+    app.stop_taking_messages();
+    let ends = tokio::time::Instant::from_std(app.grace_ends(grace));
+    let drained = tokio::time::timeout_at(ends, join_all(&mut tasks)).await;
+    if drained.is_err() {
+        tracing::warn!(app = %app.manifest.name, ?grace, "message handlers still running when the shutdown grace ran out were cancelled; their messages will be delivered again");
+        // Each consumer loop cancels its handlers, waits for them (their
+        // deliveries are handed back as they are dropped), then drops its
+        // subscription. Bounded, should a broker not answer.
+        app.cancel_handlers();
+        if tokio::time::timeout(CANCEL_BOUND, join_all(&mut tasks))
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+            join_all(&mut tasks).await;
+        }
+    }
     app.backends.messaging.close().await;
+}
+
+/// How long cancelled handlers and their consumer loops may take to end.
+const CANCEL_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn join_all(tasks: &mut tokio::task::JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
 }
 
 use crate::limits::LimitExceeded;

@@ -66,8 +66,16 @@ pub fn tick_id(name: &str, at: DateTime<Utc>) -> String {
     format!("tick-{name}-{}", at.timestamp())
 }
 
-/// Publishes each tick of `schedule` when its time comes.
+/// Publishes each tick of `schedule` when its time comes, until the app is
+/// stopped.
 async fn tick(app: Arc<App>, trigger: ScheduleTrigger, schedule: cron::Schedule) {
+    tokio::select! {
+        () = app.stopped() => {}
+        () = publish_ticks(&app, trigger, schedule) => {}
+    }
+}
+
+async fn publish_ticks(app: &App, trigger: ScheduleTrigger, schedule: cron::Schedule) {
     let (name, topic) = (trigger.name().to_string(), trigger.topic());
     let mut after = Utc::now();
     while let Some(at) = schedule.after(&after).next() {

@@ -341,6 +341,97 @@ async fn schedule_runs_handler_every_tick_embedded() {
     tasks.abort_all();
 }
 
+/// Stopping an app (a host shutting down, a version replaced) takes no
+/// more deliveries but lets a running handler finish and acknowledge its
+/// message within the grace; one still running when the grace runs out is
+/// cancelled and its message delivered again, not counted as an attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_stopping_drains_running_handlers_embedded() {
+    let t = TestApp::new(&manifest_named("drain", 3));
+    let app = Arc::new(t.load().await.unwrap());
+    let messaging = &app.backends.messaging;
+    let kv = &app.backends.kv["received"];
+
+    // Finishes within the grace.
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::start_background(app.clone(), &mut tasks)
+        .await
+        .unwrap();
+    let slow = messaging
+        .publish("events", b"slow-1500".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    let started = std::time::Instant::now();
+    berth::triggers::stop_background(&app, tasks, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopping waited for the handler, not the whole grace"
+    );
+    assert_eq!(
+        kv.get(&format!("done/{slow}")).await.unwrap(),
+        Some(b"1".to_vec()),
+        "the running handler finished before the app stopped"
+    );
+    // Published after the stop: left for the next host.
+    let late = messaging
+        .publish("events", b"late".to_vec(), vec![])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "a stopped app took a delivery"
+    );
+    let mut next = messaging.subscribe("events", "handler").await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), next.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message.id, late, "the slow message was acknowledged");
+    d.acker.ack().await;
+    drop(next);
+
+    // Still running when the grace runs out: cancelled, delivered again.
+    let t = TestApp::new(&manifest_named("drain2", 3));
+    let app = Arc::new(t.load().await.unwrap());
+    let messaging = &app.backends.messaging;
+    let mut tasks = tokio::task::JoinSet::new();
+    berth::triggers::start_background(app.clone(), &mut tasks)
+        .await
+        .unwrap();
+    let stuck = messaging
+        .publish("events", b"slow-4000".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    let started = std::time::Instant::now();
+    berth::triggers::stop_background(&app, tasks, Duration::from_millis(300)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the grace bounds the stop"
+    );
+    let mut next = messaging.subscribe("events", "handler").await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), next.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.message.id.as_str(), d.message.attempt),
+        (stuck.as_str(), 1)
+    );
+    d.acker.ack().await;
+    assert_eq!(
+        app.backends.kv["received"]
+            .get(&format!("done/{stuck}"))
+            .await
+            .unwrap(),
+        None,
+        "the cancelled handler did not finish"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn schedule_refuses_a_component_that_is_not_a_handler_embedded() {
     let manifest = format!(

@@ -402,7 +402,26 @@ impl MessagingBackend for NatsBroker {
             ack_wait,
         }))
     }
+
+    /// Sends what the client still buffers: the acks of the handlers that
+    /// just finished, which a host exiting right after would otherwise
+    /// lose (each message then being handled again after the ack wait).
+    async fn close(&self) {
+        match tokio::time::timeout(CLOSE_FLUSH, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot send the last acks to NATS; their messages will be delivered again")
+            }
+            Err(_) => tracing::warn!(
+                "NATS did not take the last acks in time; their messages may be delivered again"
+            ),
+        }
+    }
 }
+
+/// How long [`MessagingBackend::close`] waits for the client's buffer to
+/// reach the server.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Longest durable name spelled out; longer ones end in a hash instead
 /// (JetStream keeps each consumer in a directory named after it).
