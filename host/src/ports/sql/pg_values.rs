@@ -210,8 +210,11 @@ pub(super) fn statement_text(statement: &str, params: &[PgParam]) -> String {
             out.push_str(p.type_tag());
         }
         out.push_str("*/ ");
+        rewrite_placeholders_into(&mut out, statement);
+    } else {
+        // Without parameters a `?` is Postgres's own (the jsonb operator).
+        out.push_str(statement);
     }
-    rewrite_placeholders_into(&mut out, statement);
     out
 }
 
@@ -418,6 +421,14 @@ mod tests {
             one(SqlValue::Date("-infinity".into())),
             PgParam::InfiniteDate(i32::MIN)
         ));
+    }
+
+    #[test]
+    fn a_statement_without_parameters_keeps_its_question_marks() {
+        assert_eq!(
+            statement_text("SELECT d ? 'k' FROM t", &[]),
+            "SELECT d ? 'k' FROM t"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a guest's statement may do on a pooled SQLite connection, and for
 //! how long: the authorizer (no `ATTACH`/`DETACH`, no extension loading,
-//! only introspection pragmas) and the statement deadline, checked by a
+//! no temporary tables, indexes, triggers or views, only introspection
+//! pragmas) and the statement deadline, checked by a
 //! progress handler, that interrupts a runaway statement with `timeout`.
 
 use std::os::raw::c_int;
@@ -18,6 +19,25 @@ const PROGRESS_OPS: c_int = 1000;
 pub(super) fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        // Temporary objects live on the connection, which the pool lends
+        // to the app's later calls: a temporary table would hide the real
+        // one of its name there, a temporary trigger rewrite their writes.
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. } => Authorization::Deny,
+        // Every object is written into its schema's table when it is made:
+        // this catches `CREATE TABLE temp.t` and virtual tables in `temp`,
+        // which SQLite does not report as temporary.
+        AuthAction::Insert { table_name }
+            if is_schema_table(table_name)
+                && (ctx
+                    .database_name
+                    .is_some_and(|db| db.eq_ignore_ascii_case("temp"))
+                    || table_name.to_ascii_lowercase().starts_with("sqlite_temp_")) =>
+        {
+            Authorization::Deny
+        }
         // Extension loading is also off in the library; refusing the call
         // here gives the guest `denied` rather than a runtime error.
         AuthAction::Function { function_name }
@@ -31,6 +51,19 @@ pub(super) fn authorize(ctx: AuthContext<'_>) -> Authorization {
         } if !pragma_allowed(pragma_name, pragma_value) => Authorization::Deny,
         _ => Authorization::Allow,
     }
+}
+
+/// Whether `name` is a schema table (`sqlite_master`, `sqlite_schema` and
+/// their `temp` twins).
+fn is_schema_table(name: &str) -> bool {
+    [
+        "sqlite_master",
+        "sqlite_schema",
+        "sqlite_temp_master",
+        "sqlite_temp_schema",
+    ]
+    .iter()
+    .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// Pragmas that only describe the schema or check the file, with or

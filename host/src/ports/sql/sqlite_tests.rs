@@ -51,6 +51,45 @@ async fn attach_is_refused() {
     assert!(!other.exists());
 }
 
+/// Temporary objects would stay on the pooled connection for the app's
+/// later calls: a temporary table hiding the real one, a trigger
+/// rewriting its writes.
+#[tokio::test]
+async fn temporary_objects_are_refused() {
+    let (_d, db) = db();
+    db.execute("CREATE TABLE orders (total int)".into(), vec![])
+        .await
+        .unwrap();
+    for statement in [
+        "CREATE TEMP TABLE orders (total int)",
+        "CREATE TABLE temp.scratch (v int)",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON main.orders BEGIN UPDATE orders SET total = 0; END",
+        "CREATE INDEX temp.i ON orders (total)",
+        "CREATE VIRTUAL TABLE temp.orders USING fts5(total)",
+        "CREATE VIRTUAL TABLE temp.boxes USING rtree(id, x0, x1)",
+    ] {
+        let Err(err) = db.execute(statement.into(), vec![]).await else {
+            panic!("{statement} ran");
+        };
+        assert!(
+            matches!(
+                err,
+                SqlError::Denied(_) | SqlError::Other(_) | SqlError::Syntax(_)
+            ),
+            "{statement}: {err:?}"
+        );
+    }
+    db.execute("INSERT INTO orders VALUES (5)".into(), vec![])
+        .await
+        .unwrap();
+    let rows = db
+        .query("SELECT total FROM orders".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows, [[SqlValue::Int(5)]]);
+}
+
 /// Never ends on its own.
 const RUNAWAY: &str =
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";

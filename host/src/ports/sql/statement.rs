@@ -26,25 +26,75 @@ const TRANSACTION_CONTROL: &[&str] = &[
 ];
 
 /// Refuses a transaction-control statement (`BEGIN`, `COMMIT`, `SET
-/// autocommit`…), whatever comments and spacing come first.
+/// autocommit`…), whatever comments and spacing come first, and a
+/// statement whose first keyword cannot be found: what the server would run
+/// must be what was checked.
+///
+/// The statement is read twice, with nested block comments (Postgres) and
+/// without (MySQL, SQLite): `/* /* */ COMMIT` is a comment to the first and
+/// a `COMMIT` to the second.
 pub fn refuse_transaction_control(statement: &str) -> Result<(), SqlError> {
-    let mut words = keywords(statement);
+    for comments in [Comments::Nested, Comments::Flat] {
+        refuse_in(statement, comments)?;
+    }
+    Ok(())
+}
+
+fn refuse_in(statement: &str, comments: Comments) -> Result<(), SqlError> {
+    let start = skip_blank(statement, comments);
+    if start.chars().next().is_some_and(|c| !is_word_char(c)) {
+        return Err(SqlError::Denied(
+            "the statement must start with a keyword (after any comments)".into(),
+        ));
+    }
+    match transaction_control(statement, comments) {
+        Some(keyword) => Err(SqlError::Denied(format!(
+            "`{keyword}` is transaction control: use the port's begin, commit and rollback"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The first keyword of `statement`, upper case, when it is transaction
+/// control.
+fn transaction_control(statement: &str, comments: Comments) -> Option<String> {
+    let mut words = keywords(statement, comments);
     let first = words.next().unwrap_or_default();
     let mut second = words.next().unwrap_or_default();
     let is = |word: &str, keyword: &str| word.eq_ignore_ascii_case(keyword);
     if is(first, "SET") && ["SESSION", "GLOBAL", "LOCAL"].iter().any(|k| is(second, k)) {
         second = words.next().unwrap_or_default();
     }
+    // MySQL sets several variables in one `SET a = 1, autocommit = 0`, so
+    // a `SET` naming `autocommit` anywhere counts.
     let refused = TRANSACTION_CONTROL.iter().any(|k| is(first, k))
         || (is(first, "PREPARE") && is(second, "TRANSACTION"))
-        || (is(first, "SET") && is(second, "AUTOCOMMIT"));
+        || (is(first, "SET") && holds_phrase(statement, "autocommit", comments));
     if refused {
-        return Err(SqlError::Denied(format!(
-            "`{}` is transaction control: use the port's begin, commit and rollback",
-            first.to_ascii_uppercase()
-        )));
+        return Some(first.to_ascii_uppercase());
     }
-    Ok(())
+    // MariaDB's `SET STATEMENT … FOR <statement>` runs any statement.
+    if is(first, "SET") && is(second, "STATEMENT") {
+        return after_each_for(statement).find_map(|rest| transaction_control(rest, comments));
+    }
+    None
+}
+
+/// The text after each word `FOR` of `statement` (any case), for MariaDB's
+/// `SET STATEMENT … FOR <statement>`. Every one is returned, since a `FOR`
+/// may also stand in a value before the real one.
+fn after_each_for(statement: &str) -> impl Iterator<Item = &str> {
+    let bytes = statement.as_bytes();
+    (0..bytes.len().saturating_sub(2)).filter_map(move |i| {
+        let word = bytes.get(i..i + 3)?;
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        let after = bytes.get(i + 3).copied();
+        let standalone =
+            |b: Option<u8>| b.is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_'));
+        (word.eq_ignore_ascii_case(b"for") && standalone(before) && standalone(after))
+            .then(|| statement.get(i + 3..))
+            .flatten()
+    })
 }
 
 /// Which server's rules [`changes_session`] applies.
@@ -56,19 +106,33 @@ pub enum Dialect {
     Mysql,
 }
 
+/// How block comments end: Postgres nests them, MySQL and SQLite end one
+/// at the first `*/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comments {
+    Nested,
+    Flat,
+}
+
 /// Whether `statement` may leave state on its server session that would
-/// outlast it: a setting (`SET`, `RESET`, `set_config(…)`; not `SET LOCAL`
-/// or `SET TRANSACTION`), a session-level lock, a `LISTEN`, a temporary
-/// table, a prepared statement or held cursor, a `DISCARD` or `DEALLOCATE`
-/// of the driver's own statements, and on MySQL user variables and the
-/// default database (`USE`).
+/// outlast it: a setting (`SET`, `RESET`, `set_config(…)`, an `UPDATE` of
+/// `pg_settings`; not `SET LOCAL` or `SET TRANSACTION`), a session-level
+/// lock, a `LISTEN`, a temporary table (also one made in `pg_temp`), a
+/// prepared statement or held cursor, a `DISCARD` or `DEALLOCATE` of the
+/// driver's own statements, and on MySQL user variables and the default
+/// database (`USE`). A Postgres statement holding Unicode escapes (`U&"…"`),
+/// which can spell any name, counts too.
 ///
 /// Pooled connections serve the app's later calls at random, so the
 /// adapters never pool such a session as it is: they reset it or close it.
 /// This reads the statement's text, so code it calls (a function that sets
 /// something) is not seen; that stays within the app's own pool.
 pub fn changes_session(statement: &str, dialect: Dialect) -> bool {
-    let words: Vec<&str> = keywords(statement).take(4).collect();
+    let comments = match dialect {
+        Dialect::Postgres => Comments::Nested,
+        Dialect::Mysql => Comments::Flat,
+    };
+    let words: Vec<&str> = keywords(statement, comments).take(4).collect();
     let word = |i: usize| words.get(i).copied().unwrap_or_default();
     let (first, second) = (word(0), word(1));
     let is = |word: &str, keyword: &str| word.eq_ignore_ascii_case(keyword);
@@ -76,7 +140,7 @@ pub fn changes_session(statement: &str, dialect: Dialect) -> bool {
     // `CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP[ORARY] …`
     let temporary =
         is(first, "CREATE") && words.iter().skip(1).any(|w| any(w, &["TEMP", "TEMPORARY"]));
-    let holds = |phrase: &str| holds_phrase(statement, phrase);
+    let holds = |phrase: &str| holds_phrase(statement, phrase, comments);
     match dialect {
         Dialect::Postgres => {
             (is(first, "SET") && !any(second, &["LOCAL", "TRANSACTION", "CONSTRAINTS"]))
@@ -95,13 +159,22 @@ pub fn changes_session(statement: &str, dialect: Dialect) -> bool {
                 )
                 || temporary
                 || holds("into temp")
+                || holds("into local temp")
+                || holds("into global temp")
+                || holds("pg_temp")
                 || holds("set_config")
+                || holds("pg_settings")
+                || holds("u&")
                 || holds("advisory_lock")
         }
         // `SET TRANSACTION` without a scope sets the session's next
-        // transaction, which would be another call's.
+        // transaction, which would be another call's. MariaDB's `SET
+        // STATEMENT … FOR` runs a statement that may be one of these.
         Dialect::Mysql => {
             (is(first, "SET") && !is(second, "STATEMENT"))
+                || (is(first, "SET")
+                    && is(second, "STATEMENT")
+                    && after_each_for(statement).any(|rest| changes_session(rest, dialect)))
                 || any(first, &["USE", "PREPARE", "LOCK", "HANDLER", "DEALLOCATE"])
                 || temporary
                 || holds(":=")
@@ -113,19 +186,16 @@ pub fn changes_session(statement: &str, dialect: Dialect) -> bool {
 }
 
 /// Whether `text` holds `phrase` (lower case, words one space apart)
-/// anywhere, in any case and with any run of whitespace between its words.
+/// anywhere, in any case, where each space of `phrase` stands for any run
+/// of whitespace and comments, or none (`INTO@v`, `INTO/**/TEMP`).
 /// Without allocating: it runs on every statement.
-fn holds_phrase(text: &str, phrase: &str) -> bool {
+fn holds_phrase(text: &str, phrase: &str, comments: Comments) -> bool {
     let (text, phrase) = (text.as_bytes(), phrase.as_bytes());
     let matches_at = |start: usize| {
         let (mut i, mut j) = (start, 0);
         while j < phrase.len() {
             match (text.get(i), phrase[j]) {
-                (Some(c), b' ') if c.is_ascii_whitespace() => {
-                    while text.get(i).is_some_and(u8::is_ascii_whitespace) {
-                        i += 1;
-                    }
-                }
+                (_, b' ') => i = skip_gap(text, i, comments),
                 (Some(c), p) if c.to_ascii_lowercase() == p => i += 1,
                 _ => return false,
             }
@@ -136,38 +206,99 @@ fn holds_phrase(text: &str, phrase: &str) -> bool {
     (0..text.len()).any(matches_at)
 }
 
+/// The index after the whitespace and comments at `text[i..]`. The
+/// markers of a MySQL executable comment (`/*!40101`, `/*M!`, `*/`) count
+/// as a gap, what it holds as text, since the server runs it.
+fn skip_gap(text: &[u8], mut i: usize, comments: Comments) -> usize {
+    loop {
+        let rest = &text[i.min(text.len())..];
+        if let Some(opener) = [&b"/*!"[..], b"/*M!"].iter().find(|o| rest.starts_with(o)) {
+            i += opener.len();
+            while text.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            continue;
+        }
+        if rest.starts_with(b"*/") {
+            i += 2;
+            continue;
+        }
+        match (text.get(i), text.get(i + 1)) {
+            (Some(c), _) if c.is_ascii_whitespace() => i += 1,
+            (Some(b'/'), Some(b'*')) => {
+                // Through the matching `*/`, nested as `comments` says.
+                let mut depth = 0usize;
+                while i < text.len() {
+                    if text[i] == b'/' && text.get(i + 1) == Some(&b'*') {
+                        if depth == 0 || comments == Comments::Nested {
+                            depth += 1;
+                        }
+                        i += 2;
+                    } else if text[i] == b'*' && text.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            (Some(b'-'), Some(b'-')) | (Some(b'#'), _) => {
+                while i < text.len() && !matches!(text[i], b'\n' | b'\r') {
+                    i += 1;
+                }
+            }
+            _ => return i,
+        }
+    }
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
 /// The statement's words from its start, skipping whitespace, comments
-/// (`-- …`, MySQL's `# …`, `/* … */`, nested as Postgres allows) and MySQL's
-/// `@@` and `.` (`@@session.autocommit`); a word is a run of letters,
-/// digits and `_`. What a MySQL executable comment (`/*! … */`, `/*M! … */`)
-/// holds counts as words, since the server runs it.
-fn keywords(statement: &str) -> impl Iterator<Item = &str> {
+/// (`-- …`, MySQL's `# …`, `/* … */` nested or not as `comments` says),
+/// empty statements (`;`), opening parentheses and MySQL's `@@` and `.`
+/// (`@@session.autocommit`); a word is a run of letters, digits and `_`.
+/// What a MySQL executable comment (`/*! … */`, `/*M! … */`) holds counts
+/// as words, since the server runs it.
+fn keywords(statement: &str, comments: Comments) -> impl Iterator<Item = &str> {
     let mut rest = statement;
     std::iter::from_fn(move || {
-        rest = skip_blank(rest).trim_start_matches(['@', '.']);
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
+        rest = skip_blank(rest, comments).trim_start_matches(['@', '.']);
+        let end = rest.find(|c| !is_word_char(c)).unwrap_or(rest.len());
         let word = &rest[..end];
         rest = &rest[end..];
         (!word.is_empty()).then_some(word)
     })
 }
 
-/// `rest` without leading whitespace and comments, and with the opening of
-/// a MySQL executable comment skipped, its contents kept.
-fn skip_blank(mut rest: &str) -> &str {
+/// `rest` without leading whitespace, comments, `;` and `(`, with the
+/// opening of a MySQL executable comment skipped (its contents kept) and
+/// the `*/` that closes one.
+fn skip_blank(mut rest: &str, comments: Comments) -> &str {
     loop {
-        let trimmed = rest.trim_start();
+        let trimmed = rest.trim_start().trim_start_matches([';', '(']);
+        if trimmed.len() != rest.trim_start().len() {
+            rest = trimmed;
+            continue;
+        }
         if let Some(line) = trimmed
             .strip_prefix("--")
             .or_else(|| trimmed.strip_prefix('#'))
         {
-            rest = line.find('\n').map_or("", |i| &line[i + 1..]);
+            // Postgres ends a line comment at `\r` too.
+            rest = line.find(['\n', '\r']).map_or("", |i| &line[i + 1..]);
         } else if let Some(inner) = executable_comment(trimmed) {
             rest = inner;
+        } else if let Some(after) = trimmed.strip_prefix("*/") {
+            // The end of an executable comment whose contents were read.
+            rest = after;
         } else if trimmed.starts_with("/*") {
-            rest = after_block_comment(trimmed);
+            rest = after_block_comment(trimmed, comments);
         } else {
             return trimmed;
         }
@@ -185,13 +316,13 @@ fn executable_comment(text: &str) -> Option<&str> {
 }
 
 /// What follows the block comment `text` starts with (nested comments
-/// included); empty when it is not closed.
-fn after_block_comment(text: &str) -> &str {
+/// included when `comments` says so); empty when it is not closed.
+fn after_block_comment(text: &str, comments: Comments) -> &str {
     let bytes = text.as_bytes();
     let (mut depth, mut i) = (0usize, 0);
     while i + 1 < bytes.len() {
         match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
+            (b'/', b'*') if depth == 0 || comments == Comments::Nested => {
                 depth += 1;
                 i += 2;
             }
@@ -240,6 +371,20 @@ mod tests {
             "/* x */ /*!COMMIT*/",
             "/*M!100100 ROLLBACK */",
             "# note\nCOMMIT",
+            // An executable comment closed at once, a line comment ended
+            // by `\r`, empty statements, a comment MySQL does not nest.
+            "/*!*/BEGIN",
+            "/*!*/ SET autocommit=0",
+            "-- x\rBEGIN",
+            ";BEGIN",
+            "; ;\n(COMMIT)",
+            "/* /* */ SET autocommit=0",
+            "/* /* */ COMMIT /* */",
+            // Several variables in one `SET`, and MariaDB's `SET STATEMENT`.
+            "SET sql_mode = DEFAULT, autocommit = 0",
+            "SET sql_mode = DEFAULT, @@session.autocommit = 0",
+            "SET STATEMENT max_statement_time = 1 FOR START TRANSACTION",
+            "set statement x = 'for' for\nCOMMIT",
         ] {
             let refused = refuse_transaction_control(statement);
             assert!(
@@ -273,6 +418,14 @@ mod tests {
             "CREATE LOCAL TEMPORARY TABLE t (a int)",
             "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
             "SELECT * INTO  TEMP t FROM x",
+            "SELECT 1 INTO/**/TEMP t",
+            "SELECT 1 INTO LOCAL TEMP t",
+            "SELECT 1 INTO GLOBAL TEMPORARY t",
+            "SELECT 1 INTO /* /* */ */ TEMP t",
+            "CREATE TABLE pg_temp.t (a int)",
+            "SELECT 1 INTO pg_temp.t",
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'",
+            "SELECT U&\"set\\005fconfig\"('TimeZone', 'UTC', false)",
         ] {
             assert!(changes_session(statement, Dialect::Postgres), "{statement}");
         }
@@ -291,6 +444,13 @@ mod tests {
             "CREATE OR REPLACE TEMPORARY TABLE t (a int)",
             "SET TRANSACTION READ ONLY",
             "SELECT a INTO @v FROM t",
+            "SELECT 1 INTO@v",
+            "SELECT 1 INTO/**/@v",
+            "SELECT 1 INTO /*!@v*/",
+            "SELECT 1 INTO /*!50100 @v */",
+            "SET STATEMENT max_statement_time = 1 FOR SET @a = 1",
+            "SET STATEMENT max_statement_time = 1 FOR USE other",
+            "SET STATEMENT max_statement_time = 1 FOR CREATE TEMPORARY TABLE t (a int)",
             "CALL p(@out)",
         ] {
             assert!(changes_session(statement, Dialect::Mysql), "{statement}");
@@ -343,10 +503,22 @@ mod tests {
             "/*+ hint */ SELECT 1",
             "/*!40101 SELECT 1 */",
             "WITH x AS (SELECT 1) SELECT * FROM x",
+            "(SELECT 1) UNION (SELECT 2)",
             "",
             "/* unterminated",
         ] {
             assert_eq!(refuse_transaction_control(statement), Ok(()), "{statement}");
+        }
+    }
+
+    #[test]
+    fn statements_whose_first_keyword_cannot_be_found_are_refused() {
+        for statement in ["'x'", "$$ BEGIN", "[BEGIN]", "\\set x"] {
+            let refused = refuse_transaction_control(statement);
+            assert!(
+                matches!(&refused, Err(SqlError::Denied(m)) if m.contains("start with a keyword")),
+                "{statement}: {refused:?}"
+            );
         }
     }
 }
