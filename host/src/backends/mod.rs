@@ -470,8 +470,14 @@ pub async fn open(
                 credentials,
                 timeout: origin.millis("email.timeout_ms", timeout_ms, 10_000)?,
             };
+            // An app no component of which may send mail does not depend
+            // on the relay: its load does not fail when the relay is down.
+            let sends = manifest
+                .components
+                .values()
+                .any(|c| !c.grants.email_senders.is_empty());
             Arc::new(
-                SmtpSender::connect(&settings)
+                SmtpSender::connect(&settings, sends)
                     .await
                     .map_err(|e| origin.err("email", connection_failure(e)))?,
             )

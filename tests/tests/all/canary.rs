@@ -10,7 +10,7 @@ const CANARY: &str = "canary-7f3a9c1e-do-not-leak";
 
 fn manifest() -> String {
     format!(
-        "name = \"canary\"\n[config]\ntoken = \"x\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.guest]\npath = {:?}\n[component.guest.grants]\nkv = [\"cache\"]\n",
+        "name = \"canary\"\n[config]\ntoken = \"x\"\n[sql.main]\n[kv.cache]\n[blob.files]\n[component.guest]\npath = {:?}\n[component.guest.grants]\nkv = [\"cache\"]\nemail_senders = [\"app@berth.example\"]\n",
         guests::KV_GUEST
     )
 }
@@ -78,7 +78,7 @@ fn secret_canary_never_leaks_from_failing_backends() {
             format!(
                 "[email]\ntype = \"smtp\"\nhost = {smtp_host:?}\nport = {smtp_port}\ntls = \"none\"\nusername = \"berth\"\npassword = \"${{file:{s}}}\"\n"
             ),
-            "cannot connect at startup",
+            "the mail server offers no login the host can use",
         ),
         (
             format!(

@@ -70,10 +70,19 @@ pub trait EmailBackend: Send + Sync {
 /// 1 to 63 characters not starting or ending with `-`), which lettre, the
 /// SMTP transport, also accepts: every transport refuses the same
 /// addresses, before the rate limit counts the message.
+///
+/// Also refused: `%` and `!` in the local part (`user%other@relay`, the old
+/// source routes a lax relay still follows) and a domain whose last label
+/// is all digits (`root@127.0.0.1`): both would let a relay carry mail to
+/// hosts the address does not name.
 pub fn validate_address(address: &str) -> Result<(), String> {
     let bad = || format!("{address:?} is not a plain email address like `name@example.com`");
     let (local, domain) = address.rsplit_once('@').ok_or_else(bad)?;
-    let valid_char = |c: char| c.is_ascii_graphic() && !"<>()[]\\,;:\"@".contains(c);
+    let valid_char = |c: char| c.is_ascii_graphic() && !"<>()[]\\,;:\"@%!".contains(c);
+    let numeric_top_level = domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|top| !top.is_empty() && top.chars().all(|c| c.is_ascii_digit()));
     if address.len() > 254
         || local.is_empty()
         || local.len() > 64
@@ -81,6 +90,7 @@ pub fn validate_address(address: &str) -> Result<(), String> {
         || !domain.contains('.')
         || domain.starts_with('.')
         || domain.ends_with('.')
+        || numeric_top_level
         || !local.chars().all(valid_char)
         || !domain
             .chars()
@@ -96,6 +106,13 @@ pub fn validate_address(address: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// Whether `text` holds `=?` followed later by `?=`, the shape of an RFC
+/// 2047 encoded word.
+fn holds_encoded_word(text: &str) -> bool {
+    text.find("=?")
+        .is_some_and(|start| text[start + 2..].contains("?="))
 }
 
 /// The longest subject accepted, in bytes: SMTP's longest line (RFC 5322),
@@ -148,6 +165,13 @@ pub fn validate_message(
     {
         return Err(invalid(
             "the subject contains control characters or line separators".into(),
+        ));
+    }
+    // An encoded word (`=?utf-8?b?…?=`) is decoded by mail readers, and
+    // could carry the line breaks refused above past these checks.
+    if holds_encoded_word(&message.subject) {
+        return Err(invalid(
+            "the subject holds an RFC 2047 encoded word (`=?charset?…?=`); send the text itself, which is encoded as needed".into(),
         ));
     }
     if message.subject.len() > MAX_SUBJECT_BYTES {
@@ -235,6 +259,8 @@ mod tests {
             "a\u{2029}b",
             "a\u{85}b",
             "x".repeat(999).as_str(),
+            "=?utf-8?b?SGkNCkJjYzogeEB5Lno=?=",
+            "Hello =?iso-8859-1?q?x?= there",
         ] {
             let mut m = msg();
             m.subject = subject.into();
@@ -261,9 +287,27 @@ mod tests {
             ".a@x.com",
             "a.@x.com",
             &format!("a@{}.com", "x".repeat(64)),
+            "user%victim.example@corp.example",
+            "a!b@c.example",
+            "root@127.0.0.1",
+            "x@169.254.169.254",
         ] {
             assert!(validate_address(bad).is_err(), "{bad:?}");
         }
+        for good in [
+            "a+tag@x.com",
+            "first.last@mail.x-y.example",
+            "a@1x.example",
+            "a@x.c0m",
+        ] {
+            assert_eq!(validate_address(good), Ok(()), "{good:?}");
+        }
+        // A subject may hold `=?` or `?=` alone.
+        let mut m = msg();
+        m.subject = "Is 2+2 =? 4, yes ?= no".into();
+        assert!(check(&m).is_err(), "both, in that order");
+        m.subject = "Why ?= and then =? alone".into();
+        assert!(check(&m).is_ok());
     }
 
     #[test]

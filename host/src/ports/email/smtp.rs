@@ -77,6 +77,33 @@ fn send_failure(e: lettre::transport::smtp::Error) -> EmailError {
     EmailError::Other(rejected_message(code))
 }
 
+/// Why the relay could not be used at startup, for the operator: a login
+/// refused, a TLS failure, a timeout, a refusal with its reply code, or a
+/// connection that failed. The server's own words go to the log only.
+fn startup_failure(e: lettre::transport::smtp::Error) -> EmailError {
+    tracing::warn!(error = %e, "smtp startup check failed");
+    let code = e.status().map(|code| code.to_string());
+    let why = if code.as_deref().is_some_and(|c| LOGIN_REFUSED.contains(&c)) {
+        "the mail server refused the host's login (check `email.username` and `email.password`)"
+            .to_string()
+    } else if e.is_tls() {
+        "the TLS handshake with the mail server failed (check `email.tls` and `email.port`)"
+            .to_string()
+    } else if e.is_timeout() {
+        "the mail server did not answer in time".to_string()
+    } else if e.is_client() {
+        // lettre's own refusals, such as a server offering no login
+        // mechanism it supports.
+        "the mail server offers no login the host can use, or the SMTP session failed (see the host's log)"
+            .to_string()
+    } else if let Some(code) = code {
+        format!("the mail server refused the session (SMTP {code})")
+    } else {
+        "cannot connect to the mail server (check `email.host` and `email.port`)".to_string()
+    };
+    EmailError::Unavailable(why)
+}
+
 /// The guest's message for a permanent rejection with reply `code`.
 fn rejected_message(code: Option<String>) -> String {
     let code = code.map_or_else(String::new, |c| format!(" (SMTP {c})"));
@@ -86,9 +113,10 @@ fn rejected_message(code: Option<String>) -> String {
 }
 
 impl SmtpSender {
-    /// Builds the transport and checks the server answers, so a wrong host
-    /// or credential fails at startup.
-    pub async fn connect(s: &SmtpSettings) -> Result<SmtpSender, EmailError> {
+    /// Builds the transport and, when `probe`, checks the server answers
+    /// and takes the login, so a wrong host or credential fails at startup
+    /// with what went wrong (never the server's own words).
+    pub async fn connect(s: &SmtpSettings, probe: bool) -> Result<SmtpSender, EmailError> {
         let builder = match s.tls {
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
@@ -105,10 +133,12 @@ impl SmtpSender {
             ));
         }
         let transport = builder.build();
-        match transport.test_connection().await {
-            Ok(true) => {}
-            Ok(false) => return Err(unavailable("the server did not answer NOOP")),
-            Err(e) => return Err(unavailable(e)),
+        if probe {
+            match transport.test_connection().await {
+                Ok(true) => {}
+                Ok(false) => return Err(unavailable("the server did not answer NOOP")),
+                Err(e) => return Err(startup_failure(e)),
+            }
         }
         Ok(SmtpSender {
             transport,
