@@ -203,31 +203,67 @@ pub struct HostConfig {
 }
 
 /// A TOML error as `line L, column C: <message>`, without the excerpt of
-/// the file that toml's own `Display` shows, and with any double-quoted
-/// value in the message (serde's `invalid type: string "…"`) elided: the
-/// offending line may hold a secret (an inline value, a misspelt
-/// `password` key, an unterminated string), and errors are logged.
+/// the file that toml's own `Display` shows, and with the configured value
+/// elided from the message (see [`elide_values`]): the offending line may
+/// hold a secret (an inline value, a misspelt `password` key, an
+/// unterminated string), and errors are logged.
 pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
         // Without a position toml shows no excerpt either, and its whole
         // message names the key.
-        return elide_quoted(e.to_string().trim_end());
+        return elide_values(e.to_string().trim_end());
     };
-    let message = elide_quoted(e.message().trim_end());
+    let message = elide_values(e.message().trim_end());
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!("line {line}, column {column}: {message}")
 }
 
+/// `message` without the values it repeats: serde's `invalid type: <kind>
+/// <value>, expected …` and `invalid value: …` keep only the kind (a
+/// password written without quotes is an `integer \`20240611\``), and the
+/// text of every double-quoted string is replaced by `…`, escaped quotes
+/// (`\"`) included.
+fn elide_values(message: &str) -> String {
+    let mut message = message.to_string();
+    for lead in ["invalid type: ", "invalid value: "] {
+        let Some(start) = message.find(lead).map(|at| at + lead.len()) else {
+            continue;
+        };
+        // The last one: the value itself may hold ", expected".
+        let end = message[start..]
+            .rfind(", expected")
+            .map_or(message.len(), |at| start + at);
+        let kind = message[start..end]
+            .split([' ', '`', '"'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        message.replace_range(start..end, &format!("{kind} …"));
+    }
+    elide_quoted(&message)
+}
+
 /// `message` with the text between each pair of double quotes replaced by
-/// `…`.
+/// `…`; a backslash inside quotes escapes the next character.
 fn elide_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    for (i, part) in message.split('"').enumerate() {
-        if i > 0 {
-            out.push('"');
+    let (mut quoted, mut escaped) = (false, false);
+    for c in message.chars() {
+        if !quoted {
+            out.push(c);
+            quoted = c == '"';
+        } else if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            out.push_str("…\"");
+            quoted = false;
         }
-        out.push_str(if i % 2 == 1 { "…" } else { part });
+    }
+    if quoted {
+        out.push('…');
     }
     out
 }
@@ -274,6 +310,49 @@ impl HostConfig {
         }
         if let Some(aws) = &self.secrets.aws {
             aws.timeout()?;
+            if aws.region.trim().is_empty() {
+                return Err(
+                    "`secrets.aws.region` is empty; give the AWS region, e.g. \"eu-west-1\"".into(),
+                );
+            }
+            let endpoint_ok = aws.endpoint.as_deref().is_none_or(|e| {
+                e.parse::<hyper::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                })
+            });
+            if !endpoint_ok {
+                return Err("`secrets.aws.endpoint` must be an http:// or https:// URL".into());
+            }
+        }
+        self.validate_email()
+    }
+
+    /// What can be checked of `[email]` without connecting, so a mistake
+    /// fails the host's start rather than each app's load.
+    fn validate_email(&self) -> Result<(), String> {
+        let EmailConfig::Smtp {
+            username,
+            password,
+            senders,
+            ..
+        } = &self.email
+        else {
+            return Ok(());
+        };
+        if username.is_some() != password.is_some() {
+            return Err("`email`: give both `username` and `password`, or neither".into());
+        }
+        if password
+            .as_deref()
+            .is_some_and(|p| !SecretResolver::is_only_references(p))
+        {
+            return Err("`email.password`: secrets are never inlined; reference it as ${env:NAME} or ${file:/path}, with no text around it".into());
+        }
+        for (app, entries) in senders.iter().flatten() {
+            for entry in entries {
+                crate::ports::email::validate_sender_entry(entry)
+                    .map_err(|m| format!("`email.senders.{app}`: {m}"))?;
+            }
         }
         Ok(())
     }
@@ -409,6 +488,45 @@ mod tests {
     }
 
     #[test]
+    fn email_and_aws_settings_are_checked_when_the_host_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        for (text, key) in [
+            (
+                "[email]\ntype = \"smtp\"\nhost = \"mail\"\nusername = \"u\"\npassword = \"hunter2\"\n",
+                "email.password",
+            ),
+            (
+                "[email]\ntype = \"smtp\"\nhost = \"mail\"\nusername = \"u\"\n",
+                "username",
+            ),
+            (
+                "[email]\ntype = \"smtp\"\nhost = \"mail\"\n[email.senders]\nshop = [\"not an address\"]\n",
+                "email.senders.shop",
+            ),
+            (
+                "[secrets.aws]\nregion = \"eu-west-1\"\nendpoint = \"localhost:4566\"\naccess_key_id = \"${env:A}\"\nsecret_access_key = \"${env:B}\"\n",
+                "secrets.aws.endpoint",
+            ),
+            (
+                "[secrets.aws]\nregion = \"\"\naccess_key_id = \"${env:A}\"\nsecret_access_key = \"${env:B}\"\n",
+                "secrets.aws.region",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", HostConfig::load(&path).unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        std::fs::write(
+            &path,
+            "[email]\ntype = \"smtp\"\nhost = \"mail\"\nusername = \"u\"\npassword = \"${env:P}\"\n[secrets.aws]\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\naccess_key_id = \"${env:A}\"\nsecret_access_key = \"${env:B}\"\n",
+        )
+        .unwrap();
+        HostConfig::load(&path).unwrap();
+    }
+
+    #[test]
     fn mariadb_is_an_alias_of_mysql() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("host.toml");
@@ -494,10 +612,30 @@ mod tests {
                 "line 2",
                 "invalid type",
             ),
+            // The same, with an escaped quote before the secret.
+            (
+                "[engine]\nmax_instances = \"a\\\"sk_live_canary\"\n",
+                "line 2",
+                "invalid type: string …",
+            ),
+            // A secret written without quotes, which serde repeats too.
+            (
+                "[engine]\nmax_instances = 1\n[sql.main]\ntype = \"postgres\"\nurl = 20240611\n",
+                "line ",
+                "invalid type: integer …, expected a string",
+            ),
+            (
+                "[app_config.shop]\npin = 20240611.5\n",
+                "line 2",
+                "invalid type",
+            ),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = format!("{:#}", HostConfig::load(&path).unwrap_err());
-            assert!(!err.contains("sk_live_canary"), "{err}");
+            assert!(
+                !err.contains("sk_live_canary") && !err.contains("20240611"),
+                "{err}"
+            );
             assert!(err.contains(position) && err.contains(words), "{err}");
             assert!(err.contains("host.toml"), "{err}");
         }

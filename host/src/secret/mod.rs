@@ -167,8 +167,10 @@ fn safe_scheme(inner: &str) -> Option<&str> {
 
 /// Parses a `.env` file: `KEY=VALUE` lines, optionally after `export` and
 /// whitespace; blank lines and `#` comment lines; a UTF-8 BOM at the start.
-/// See [`dotenv_value`] for values. The error is the 1-based number of a
-/// malformed line: the line itself may hold a secret.
+/// Keys are `[A-Za-z_][A-Za-z0-9_.]*`; a key given twice keeps its last
+/// value, as shells and other `.env` readers do. See [`dotenv_value`] for
+/// values. The error is the 1-based number of a malformed line: the line
+/// itself may hold a secret.
 fn parse_dotenv(text: &str) -> Result<std::collections::HashMap<String, String>, usize> {
     let mut map = std::collections::HashMap::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -185,10 +187,20 @@ fn parse_dotenv(text: &str) -> Result<std::collections::HashMap<String, String>,
         };
         let (k, v) = line.split_once('=').ok_or(n + 1)?;
         let k = k.trim();
-        if k.is_empty() {
+        let key_ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !key_ok {
             return Err(n + 1);
         }
-        map.insert(k.to_string(), dotenv_value(v).to_string());
+        let value = dotenv_value(v).ok_or(n + 1)?;
+        if map.insert(k.to_string(), value).is_some() {
+            tracing::warn!(
+                key = k,
+                line = n + 1,
+                "a key of the .env file is given again; the later value counts"
+            );
+        }
     }
     Ok(map)
 }
@@ -197,27 +209,56 @@ fn parse_dotenv(text: &str) -> Result<std::collections::HashMap<String, String>,
 /// quote, where a `#` is part of the value and a `# comment` after the
 /// closing quote is dropped; otherwise the text up to a `#` that follows
 /// whitespace (` #` starts a comment, `p#ss` is a value), trimmed.
-fn dotenv_value(raw: &str) -> &str {
+///
+/// In double quotes `\"`, `\\`, `\n`, `\r` and `\t` are escapes (any other
+/// backslash stays as written); single quotes take the text as it is. The
+/// closing quote is the first one (not escaped) followed by nothing or by a
+/// comment, so a quote inside the value (`"a"b"`) stays in it. `None` for
+/// a quote that is never closed: the value would silently be wrong.
+fn dotenv_value(raw: &str) -> Option<String> {
     let v = raw.trim();
-    for quote in ['"', '\''] {
-        let Some(inner) = v.strip_prefix(quote) else {
-            continue;
-        };
-        // The closing quote is the first one followed by nothing or by a
-        // comment, so a quote inside the value (`"a"b"`) stays in it.
-        for (end, _) in inner.match_indices(quote) {
-            let rest = inner[end + 1..].trim_start();
-            if rest.is_empty() || rest.starts_with('#') {
-                return &inner[..end];
+    let closes_at = |inner: &str, i: usize| {
+        let rest = inner[i + 1..].trim_start();
+        rest.is_empty() || rest.starts_with('#')
+    };
+    if let Some(inner) = v.strip_prefix('\'') {
+        let end = inner
+            .match_indices('\'')
+            .map(|(i, _)| i)
+            .find(|&i| closes_at(inner, i))?;
+        return Some(inner[..end].to_string());
+    }
+    if let Some(inner) = v.strip_prefix('"') {
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => out.push('\n'),
+                    Some((_, 'r')) => out.push('\r'),
+                    Some((_, 't')) => out.push('\t'),
+                    Some((_, e @ ('"' | '\\'))) => out.push(e),
+                    Some((_, other)) => {
+                        out.push('\\');
+                        out.push(other);
+                    }
+                    None => out.push('\\'),
+                },
+                '"' if closes_at(inner, i) => return Some(out),
+                c => out.push(c),
             }
         }
+        return None;
     }
     let cut = raw
         .char_indices()
         .find(|&(i, c)| c == '#' && raw[..i].ends_with(char::is_whitespace))
         .map_or(raw.len(), |(i, _)| i);
-    raw[..cut].trim()
+    Some(raw[..cut].trim().to_string())
 }
+
+/// The largest `.env` file read.
+const MAX_DOTENV_BYTES: u64 = 1 << 20;
 
 impl SecretResolver {
     /// A resolver that also reads `KEY=VALUE` lines of `dotenv` (if given
@@ -227,6 +268,15 @@ impl SecretResolver {
     pub fn new(dotenv: Option<&std::path::Path>) -> Result<SecretResolver, String> {
         let dotenv = match dotenv.filter(|p| p.exists()) {
             Some(path) => {
+                // Not a FIFO or device, which would hang or flood the load.
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if !meta.is_file() || meta.len() > MAX_DOTENV_BYTES {
+                    return Err(format!(
+                        "{} must be a regular file of at most {MAX_DOTENV_BYTES} bytes",
+                        path.display()
+                    ));
+                }
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 parse_dotenv(&text)
@@ -476,7 +526,8 @@ mod resolver_tests {
         let text = "\u{feff}A=1\nexport\tB=2\nexport  C = 3 \nexported=4\n\
                     D=val # a comment\nE=p#ss\nF=\"quoted # kept\" # dropped\n\
                     G='single'#dropped\nH= # only a comment\nI=\"a\"b\"\n\
-                    J=\"unclosed # c\n  # indented comment\n\nK=\n";
+                    J=\"a\\\"b\\\\c\\nd\\qe\" # c\n  # indented comment\n\nK=\n\
+                    L='x\\ny'\nK=again\nM.N_1=ok\n";
         let map = parse_dotenv(text).unwrap();
         let get = |k: &str| map.get(k).map(String::as_str);
         assert_eq!(get("A"), Some("1"), "the BOM is not part of the first key");
@@ -489,11 +540,27 @@ mod resolver_tests {
         assert_eq!(get("G"), Some("single"));
         assert_eq!(get("H"), Some(""));
         assert_eq!(get("I"), Some("a\"b"));
-        assert_eq!(get("J"), Some("\"unclosed"));
-        assert_eq!(get("K"), Some(""));
-        assert_eq!(map.len(), 12);
+        assert_eq!(get("J"), Some("a\"b\\c\nd\\qe"), "double-quoted escapes");
+        assert_eq!(
+            get("L"),
+            Some("x\\ny"),
+            "single quotes take the text as it is"
+        );
+        assert_eq!(get("K"), Some("again"), "the last value of a key counts");
+        assert_eq!(get("M.N_1"), Some("ok"));
+        assert_eq!(map.len(), 14);
         assert_eq!(parse_dotenv("A=1\nsecret-without-equals\n"), Err(2));
         assert_eq!(parse_dotenv("=x\n"), Err(1));
+        // An unclosed quote, and keys that are not names.
+        assert_eq!(parse_dotenv("A=1\nPW=\"abc\n"), Err(2));
+        assert_eq!(parse_dotenv("PW='abc\n"), Err(1));
+        assert_eq!(
+            parse_dotenv("PW=\"abc\\\"\n"),
+            Err(1),
+            "the quote is escaped"
+        );
+        assert_eq!(parse_dotenv("DB PASS=x\n"), Err(1));
+        assert_eq!(parse_dotenv("1A=x\n"), Err(1));
     }
 
     #[tokio::test]

@@ -43,3 +43,18 @@ fn docs_scaling_md_host_config_is_valid() {
         berth::ports::messaging::MessagingConfig::Nats { .. }
     ));
 }
+
+/// The sample host config of `docs/operating.md` (its first TOML block)
+/// parses and validates.
+#[test]
+fn docs_operating_md_host_config_is_valid() {
+    let root = Path::new(berth_tests::guests::REPO_ROOT);
+    let doc = std::fs::read_to_string(root.join("docs/operating.md")).unwrap();
+    let start = doc.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+    let block = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, block).unwrap();
+    let host = berth::config::HostConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}\n{block}"));
+    assert!(host.public_url.is_some(), "{block}");
+}

@@ -46,8 +46,9 @@ pub fn resolve(
         );
         let value = match env(&override_var) {
             Some(v) => v,
-            None => interpolate(raw, &env).map_err(|var| {
-                format!("config.{key}: environment variable {var} is not set (referenced as ${{env:{var}}})")
+            None => interpolate(raw, &env).map_err(|missing| match missing {
+                Some(var) => format!("config.{key}: environment variable {var} is not set (referenced as ${{env:{var}}})"),
+                None => format!("config.{key}: a `${{env:` reference is not closed by `}}`"),
             })?,
         };
         out.insert(key.clone(), Secret::new(value));
@@ -55,19 +56,18 @@ pub fn resolve(
     Ok(out)
 }
 
-/// Replaces each `${env:NAME}` in `raw`; returns the first missing name.
-fn interpolate(raw: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Replaces each `${env:NAME}` in `raw`. The error is the first missing
+/// name, or `None` for a reference never closed (a load error too, rather
+/// than text that silently holds `${env:…`).
+fn interpolate(raw: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, Option<String>> {
     let mut out = String::new();
     let mut rest = raw;
     while let Some(start) = rest.find("${env:") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 6..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
+        let end = after.find('}').ok_or(None)?;
         let name = &after[..end];
-        out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+        out.push_str(&env(name).ok_or_else(|| Some(name.to_string()))?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -97,6 +97,12 @@ mod tests {
         let missing = BTreeMap::from([("k".to_string(), "${env:NOPE}".to_string())]);
         let err = resolve(&missing, env).unwrap_err();
         assert!(err.contains("config.k") && err.contains("NOPE"), "{err}");
+        let open = BTreeMap::from([("k".to_string(), "a ${env:TOKEN".to_string())]);
+        let err = resolve(&open, env).unwrap_err();
+        assert!(
+            err.contains("config.k") && err.contains("not closed"),
+            "{err}"
+        );
     }
 
     #[test]
