@@ -439,5 +439,12 @@ fn postgres_arrays(conn: &Connection) {
         }
         other => panic!("numeric[]: expected UnsupportedType, got {other:?}"),
     }
+    // JSON has no NaN: it must not come back as a null element.
+    match conn.query("SELECT ARRAY['NaN', 'Infinity']::float8[] AS odd", &[]) {
+        Err(Error::UnsupportedType(m)) if m.contains("NaN") => {
+            step("a float array holding NaN is unsupported-type")
+        }
+        other => panic!("float8[] with NaN: expected UnsupportedType, got {other:?}"),
+    }
     step("postgres arrays as json");
 }

@@ -304,8 +304,8 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
         "INT2[]" => array_json::<i16>(row, i)?,
         "INT4[]" => array_json::<i32>(row, i)?,
         "INT8[]" => array_json::<i64>(row, i)?,
-        "FLOAT4[]" => array_json::<f32>(row, i)?,
-        "FLOAT8[]" => array_json::<f64>(row, i)?,
+        "FLOAT4[]" => float_array_json::<f32>(row, i)?,
+        "FLOAT8[]" => float_array_json::<f64>(row, i)?,
         "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => array_json::<String>(row, i)?,
         "UUID[]" => array_json::<sqlx::types::Uuid>(row, i)?,
         "JSON[]" | "JSONB[]" => array_json::<serde_json::Value>(row, i)?,
@@ -326,17 +326,50 @@ where
     T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + serde::Serialize,
     Vec<Option<T>>: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
-    let values: Vec<Option<T>> = row.try_get(i).map_err(|e| match e {
+    let values = flat_array::<T>(row, i)?;
+    serde_json::to_string(&values)
+        .map(SqlValue::Json)
+        .map_err(|e| SqlError::Other(e.to_string()))
+}
+
+/// A float array as [`array_json`] gives it, unless an element is NaN or
+/// infinite: JSON has no such numbers (serde writes them as `null`, which
+/// would pass for a NULL element), so that is `unsupported-type`.
+fn float_array_json<T>(row: &PgRow, i: usize) -> Result<SqlValue, SqlError>
+where
+    T: for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+        + serde::Serialize
+        + Copy
+        + Into<f64>,
+    Vec<Option<T>>: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    let values = flat_array::<T>(row, i)?;
+    if values.iter().flatten().any(|v| !(*v).into().is_finite()) {
+        return Err(SqlError::UnsupportedType(format!(
+            "column {} holds NaN or an infinity in a float array, which JSON cannot carry; cast it (e.g. to text[])",
+            i + 1
+        )));
+    }
+    serde_json::to_string(&values)
+        .map(SqlValue::Json)
+        .map_err(|e| SqlError::Other(e.to_string()))
+}
+
+/// Column `i` as a one-dimensional array.
+fn flat_array<T>(row: &PgRow, i: usize) -> Result<Vec<Option<T>>, SqlError>
+where
+    T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    Vec<Option<T>>: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(i).map_err(|e| match e {
         // Multi-dimensional arrays do not decode into a flat vector.
         sqlx::Error::ColumnDecode { .. } => SqlError::UnsupportedType(format!(
             "column {} is a multi-dimensional or malformed array, which the sql port cannot carry",
             i + 1
         )),
         other => map_error(other),
-    })?;
-    serde_json::to_string(&values)
-        .map(SqlValue::Json)
-        .map_err(|e| SqlError::Other(e.to_string()))
+    })
 }
 
 /// Renders Postgres' binary `numeric` exactly, with its declared scale
