@@ -83,6 +83,9 @@ pub struct Tenants {
     /// Directory → the fingerprint of a version that failed to load, so it
     /// is reported once rather than every scan.
     refused: RwLock<BTreeMap<PathBuf, Fingerprint>>,
+    /// Replaced and removed versions being stopped, which a host stopping
+    /// waits for too.
+    retiring: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Tenants {
@@ -98,6 +101,7 @@ impl Tenants {
             mounted: RwLock::default(),
             by_name: RwLock::default(),
             refused: RwLock::default(),
+            retiring: std::sync::Mutex::default(),
         }
     }
 
@@ -259,12 +263,18 @@ impl Tenants {
             Err(_) => return,
         };
         let grace = self.host.serve.shutdown_grace();
+        let mut retiring = match self.retiring.lock() {
+            Ok(mut retiring) => std::mem::take(&mut *retiring),
+            Err(_) => tokio::task::JoinSet::new(),
+        };
         let stopping = futures::future::join_all(
             mounted
                 .into_iter()
                 .map(|mounted| stop_when_unused(mounted, grace)),
         );
-        if tokio::time::timeout(STOP_GRACE + grace, stopping)
+        // Versions replaced or removed shortly before are still draining.
+        let retired = async { while retiring.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE + grace, futures::future::join(stopping, retired))
             .await
             .is_err()
         {
@@ -370,7 +380,16 @@ impl Tenants {
     /// get the shutdown grace to finish.
     fn stop_triggers(&self, old: Arc<Mounted>) {
         old.handler.app().stop_taking_messages();
-        tokio::spawn(stop_when_unused(old, self.host.serve.shutdown_grace()));
+        let stopping = stop_when_unused(old, self.host.serve.shutdown_grace());
+        match self.retiring.lock() {
+            Ok(mut retiring) => {
+                while retiring.try_join_next().is_some() {}
+                retiring.spawn(stopping);
+            }
+            Err(_) => {
+                tokio::spawn(stopping);
+            }
+        }
     }
 }
 
