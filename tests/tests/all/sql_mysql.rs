@@ -412,8 +412,9 @@ async fn sql_ddl_commits_implicitly_mysql() {
     };
     let db = Database::create(&server).await;
     let a = adapter(&db).await;
-    // MySQL/MariaDB commit before and after DDL: a rolled-back transaction
-    // keeps the table it created, and the insert made before the DDL.
+    // MySQL/MariaDB commit before and after DDL, so inside a port
+    // transaction DDL is refused: the rollback still undoes the insert made
+    // before it, and no table was made.
     a.execute("CREATE TABLE before_ddl (id INT)".into(), vec![])
         .await
         .unwrap();
@@ -421,14 +422,24 @@ async fn sql_ddl_commits_implicitly_mysql() {
     tx.execute("INSERT INTO before_ddl VALUES (1)".into(), vec![])
         .await
         .unwrap();
-    tx.execute("CREATE TABLE made_in_tx (id INT)".into(), vec![])
+    let refused = tx
+        .execute("CREATE TABLE made_in_tx (id INT)".into(), vec![])
+        .await;
+    assert!(
+        matches!(&refused, Err(SqlError::Denied(m)) if m.contains("commits the open transaction")),
+        "{refused:?}"
+    );
+    // A temporary table does not commit: allowed.
+    tx.execute("CREATE TEMPORARY TABLE scratch (id INT)".into(), vec![])
         .await
         .unwrap();
     tx.rollback().await.unwrap();
     let row = one_row(&a, "SELECT count(*) FROM before_ddl").await;
-    assert_eq!(row, vec![SqlValue::Int(1)]);
-    let row = one_row(&a, "SELECT count(*) FROM made_in_tx").await;
     assert_eq!(row, vec![SqlValue::Int(0)]);
+    let made = a
+        .query("SELECT count(*) FROM made_in_tx".into(), vec![], CAPS)
+        .await;
+    assert!(made.is_err(), "no table made: {made:?}");
     drop(a);
     db.drop_now().await;
 }

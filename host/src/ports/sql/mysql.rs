@@ -509,6 +509,7 @@ struct MysqlTransaction {
 
 impl MysqlTransaction {
     fn conn(&mut self, statement: &str) -> Result<&mut mysql_async::Conn, SqlError> {
+        super::statement::refuse_implicit_commit(statement)?;
         let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
         if changes_session(statement, Dialect::Mysql) {
             self.changed_session = true;

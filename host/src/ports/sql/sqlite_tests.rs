@@ -66,6 +66,8 @@ async fn temporary_objects_are_refused() {
         "CREATE TEMP VIEW v AS SELECT 1",
         "CREATE TEMP TRIGGER tr AFTER INSERT ON main.orders BEGIN UPDATE orders SET total = 0; END",
         "CREATE INDEX temp.i ON orders (total)",
+        "CREATE TRIGGER temp.tr2 AFTER INSERT ON main.orders BEGIN UPDATE orders SET total = 0; END",
+        "CREATE VIEW temp.v2 AS SELECT 1",
         "CREATE VIRTUAL TABLE temp.orders USING fts5(total)",
         "CREATE VIRTUAL TABLE temp.boxes USING rtree(id, x0, x1)",
     ] {

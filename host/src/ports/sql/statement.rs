@@ -30,17 +30,18 @@ const TRANSACTION_CONTROL: &[&str] = &[
 /// statement whose first keyword cannot be found: what the server would run
 /// must be what was checked.
 ///
-/// The statement is read twice, with nested block comments (Postgres) and
-/// without (MySQL, SQLite): `/* /* */ COMMIT` is a comment to the first and
-/// a `COMMIT` to the second.
+/// The statement is read as each server reads it (see [`Reading`]), and
+/// refused if any reading finds transaction control: `/* /* */ COMMIT` is
+/// a comment to Postgres and a `COMMIT` to MySQL and SQLite, `/*!x*/ BEGIN`
+/// a `BEGIN` to Postgres and SQLite, `-- x\rBEGIN` a `BEGIN` to Postgres.
 pub fn refuse_transaction_control(statement: &str) -> Result<(), SqlError> {
-    for comments in [Comments::Nested, Comments::Flat] {
-        refuse_in(statement, comments)?;
+    for reading in READINGS {
+        refuse_in(statement, reading)?;
     }
     Ok(())
 }
 
-fn refuse_in(statement: &str, comments: Comments) -> Result<(), SqlError> {
+fn refuse_in(statement: &str, comments: Reading) -> Result<(), SqlError> {
     let start = skip_blank(statement, comments);
     if start.chars().next().is_some_and(|c| !is_word_char(c)) {
         return Err(SqlError::Denied(
@@ -57,7 +58,7 @@ fn refuse_in(statement: &str, comments: Comments) -> Result<(), SqlError> {
 
 /// The first keyword of `statement`, upper case, when it is transaction
 /// control.
-fn transaction_control(statement: &str, comments: Comments) -> Option<String> {
+fn transaction_control(statement: &str, comments: Reading) -> Option<String> {
     let mut words = keywords(statement, comments);
     let first = words.next().unwrap_or_default();
     let mut second = words.next().unwrap_or_default();
@@ -97,6 +98,55 @@ fn after_each_for(statement: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Leading keywords of MySQL and MariaDB statements that commit the open
+/// transaction implicitly (MySQL's "Statements That Cause an Implicit
+/// Commit"): DDL, accounts and privileges, table locks, table maintenance.
+const IMPLICIT_COMMIT: &[&str] = &[
+    "ALTER",
+    "CREATE",
+    "DROP",
+    "RENAME",
+    "TRUNCATE",
+    "GRANT",
+    "REVOKE",
+    "LOCK",
+    "UNLOCK",
+    "ANALYZE",
+    "CACHE",
+    "CHECK",
+    "FLUSH",
+    "OPTIMIZE",
+    "REPAIR",
+    "RESET",
+    "INSTALL",
+    "UNINSTALL",
+];
+
+/// Refuses, inside a MySQL or MariaDB transaction, a statement that would
+/// commit it implicitly: the port's `rollback` would then undo nothing
+/// written before it, and the transaction's later statements would each
+/// commit on their own. Temporary tables (`CREATE`/`DROP TEMPORARY
+/// TABLE`) do not commit and pass.
+pub fn refuse_implicit_commit(statement: &str) -> Result<(), SqlError> {
+    for reading in [MYSQL, FLAT] {
+        let words: Vec<&str> = keywords(statement, reading).take(4).collect();
+        let word = |i: usize| words.get(i).copied().unwrap_or_default();
+        let is = |word: &str, keyword: &str| word.eq_ignore_ascii_case(keyword);
+        let (first, second) = (word(0), word(1));
+        let temporary = words.iter().any(|w| is(w, "TEMPORARY"));
+        let commits = (IMPLICIT_COMMIT.iter().any(|k| is(first, k)) && !temporary)
+            || (is(first, "SET") && is(second, "PASSWORD"))
+            || (is(first, "LOAD") && is(second, "INDEX"));
+        if commits {
+            return Err(SqlError::Denied(format!(
+                "`{}` commits the open transaction on MySQL and MariaDB, so the transaction could not be rolled back: run it outside a transaction",
+                first.to_ascii_uppercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Which server's rules [`changes_session`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -106,13 +156,40 @@ pub enum Dialect {
     Mysql,
 }
 
-/// How block comments end: Postgres nests them, MySQL and SQLite end one
-/// at the first `*/`.
+/// How a server reads comments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Comments {
-    Nested,
-    Flat,
+struct Reading {
+    /// Block comments nest (Postgres); elsewhere one ends at the first `*/`.
+    nested: bool,
+    /// What an executable comment (`/*! … */`, `/*M! … */`) holds is
+    /// statement text (MySQL and MariaDB; MySQL skips one whose version is
+    /// newer than the server, and other servers read it as a comment).
+    executable: bool,
+    /// A carriage return ends a line comment (Postgres); elsewhere only a
+    /// line feed does.
+    cr_ends_line: bool,
 }
+
+/// Postgres's reading.
+const POSTGRES: Reading = Reading {
+    nested: true,
+    executable: false,
+    cr_ends_line: true,
+};
+/// MySQL's and MariaDB's reading.
+const MYSQL: Reading = Reading {
+    nested: false,
+    executable: true,
+    cr_ends_line: false,
+};
+/// SQLite's, and MySQL's of an executable comment it skips.
+const FLAT: Reading = Reading {
+    nested: false,
+    executable: false,
+    cr_ends_line: false,
+};
+/// Every reading a statement may get from some server.
+const READINGS: [Reading; 3] = [POSTGRES, MYSQL, FLAT];
 
 /// Whether `statement` may leave state on its server session that would
 /// outlast it: a setting (`SET`, `RESET`, `set_config(…)`, an `UPDATE` of
@@ -128,10 +205,15 @@ enum Comments {
 /// This reads the statement's text, so code it calls (a function that sets
 /// something) is not seen; that stays within the app's own pool.
 pub fn changes_session(statement: &str, dialect: Dialect) -> bool {
-    let comments = match dialect {
-        Dialect::Postgres => Comments::Nested,
-        Dialect::Mysql => Comments::Flat,
-    };
+    match dialect {
+        Dialect::Postgres => changes_session_in(statement, dialect, POSTGRES),
+        Dialect::Mysql => [MYSQL, FLAT]
+            .into_iter()
+            .any(|reading| changes_session_in(statement, dialect, reading)),
+    }
+}
+
+fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> bool {
     let words: Vec<&str> = keywords(statement, comments).take(4).collect();
     let word = |i: usize| words.get(i).copied().unwrap_or_default();
     let (first, second) = (word(0), word(1));
@@ -189,7 +271,7 @@ pub fn changes_session(statement: &str, dialect: Dialect) -> bool {
 /// anywhere, in any case, where each space of `phrase` stands for any run
 /// of whitespace and comments, or none (`INTO@v`, `INTO/**/TEMP`).
 /// Without allocating: it runs on every statement.
-fn holds_phrase(text: &str, phrase: &str, comments: Comments) -> bool {
+fn holds_phrase(text: &str, phrase: &str, comments: Reading) -> bool {
     let (text, phrase) = (text.as_bytes(), phrase.as_bytes());
     let matches_at = |start: usize| {
         let (mut i, mut j) = (start, 0);
@@ -209,17 +291,20 @@ fn holds_phrase(text: &str, phrase: &str, comments: Comments) -> bool {
 /// The index after the whitespace and comments at `text[i..]`. The
 /// markers of a MySQL executable comment (`/*!40101`, `/*M!`, `*/`) count
 /// as a gap, what it holds as text, since the server runs it.
-fn skip_gap(text: &[u8], mut i: usize, comments: Comments) -> usize {
+fn skip_gap(text: &[u8], mut i: usize, comments: Reading) -> usize {
     loop {
         let rest = &text[i.min(text.len())..];
-        if let Some(opener) = [&b"/*!"[..], b"/*M!"].iter().find(|o| rest.starts_with(o)) {
+        let opener = [&b"/*!"[..], b"/*M!"]
+            .into_iter()
+            .find(|o| rest.starts_with(o));
+        if let Some(opener) = opener.filter(|_| comments.executable) {
             i += opener.len();
             while text.get(i).is_some_and(u8::is_ascii_digit) {
                 i += 1;
             }
             continue;
         }
-        if rest.starts_with(b"*/") {
+        if comments.executable && rest.starts_with(b"*/") {
             i += 2;
             continue;
         }
@@ -230,7 +315,7 @@ fn skip_gap(text: &[u8], mut i: usize, comments: Comments) -> usize {
                 let mut depth = 0usize;
                 while i < text.len() {
                     if text[i] == b'/' && text.get(i + 1) == Some(&b'*') {
-                        if depth == 0 || comments == Comments::Nested {
+                        if depth == 0 || comments.nested {
                             depth += 1;
                         }
                         i += 2;
@@ -246,7 +331,9 @@ fn skip_gap(text: &[u8], mut i: usize, comments: Comments) -> usize {
                 }
             }
             (Some(b'-'), Some(b'-')) | (Some(b'#'), _) => {
-                while i < text.len() && !matches!(text[i], b'\n' | b'\r') {
+                while i < text.len()
+                    && !(text[i] == b'\n' || (comments.cr_ends_line && text[i] == b'\r'))
+                {
                     i += 1;
                 }
             }
@@ -260,12 +347,12 @@ fn is_word_char(c: char) -> bool {
 }
 
 /// The statement's words from its start, skipping whitespace, comments
-/// (`-- …`, MySQL's `# …`, `/* … */` nested or not as `comments` says),
+/// (`-- …`, MySQL's `# …`, `/* … */`, as `comments` reads them),
 /// empty statements (`;`), opening parentheses and MySQL's `@@` and `.`
 /// (`@@session.autocommit`); a word is a run of letters, digits and `_`.
 /// What a MySQL executable comment (`/*! … */`, `/*M! … */`) holds counts
 /// as words, since the server runs it.
-fn keywords(statement: &str, comments: Comments) -> impl Iterator<Item = &str> {
+fn keywords(statement: &str, comments: Reading) -> impl Iterator<Item = &str> {
     let mut rest = statement;
     std::iter::from_fn(move || {
         rest = skip_blank(rest, comments).trim_start_matches(['@', '.']);
@@ -279,7 +366,7 @@ fn keywords(statement: &str, comments: Comments) -> impl Iterator<Item = &str> {
 /// `rest` without leading whitespace, comments, `;` and `(`, with the
 /// opening of a MySQL executable comment skipped (its contents kept) and
 /// the `*/` that closes one.
-fn skip_blank(mut rest: &str, comments: Comments) -> &str {
+fn skip_blank(mut rest: &str, comments: Reading) -> &str {
     loop {
         let trimmed = rest.trim_start().trim_start_matches([';', '(']);
         if trimmed.len() != rest.trim_start().len() {
@@ -290,9 +377,13 @@ fn skip_blank(mut rest: &str, comments: Comments) -> &str {
             .strip_prefix("--")
             .or_else(|| trimmed.strip_prefix('#'))
         {
-            // Postgres ends a line comment at `\r` too.
-            rest = line.find(['\n', '\r']).map_or("", |i| &line[i + 1..]);
-        } else if let Some(inner) = executable_comment(trimmed) {
+            let end = if comments.cr_ends_line {
+                line.find(['\n', '\r'])
+            } else {
+                line.find('\n')
+            };
+            rest = end.map_or("", |i| &line[i + 1..]);
+        } else if let Some(inner) = executable_comment(trimmed).filter(|_| comments.executable) {
             rest = inner;
         } else if let Some(after) = trimmed.strip_prefix("*/") {
             // The end of an executable comment whose contents were read.
@@ -317,12 +408,12 @@ fn executable_comment(text: &str) -> Option<&str> {
 
 /// What follows the block comment `text` starts with (nested comments
 /// included when `comments` says so); empty when it is not closed.
-fn after_block_comment(text: &str, comments: Comments) -> &str {
+fn after_block_comment(text: &str, comments: Reading) -> &str {
     let bytes = text.as_bytes();
     let (mut depth, mut i) = (0usize, 0);
     while i + 1 < bytes.len() {
         match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') if depth == 0 || comments == Comments::Nested => {
+            (b'/', b'*') if depth == 0 || comments.nested => {
                 depth += 1;
                 i += 2;
             }
@@ -385,6 +476,14 @@ mod tests {
             "SET sql_mode = DEFAULT, @@session.autocommit = 0",
             "SET STATEMENT max_statement_time = 1 FOR START TRANSACTION",
             "set statement x = 'for' for\nCOMMIT",
+            // An executable comment is a comment to Postgres and SQLite, and
+            // to MySQL when its version is newer than the server's.
+            "/*!x*/ BEGIN",
+            "/*M!SELECT*/ SET autocommit=0",
+            "/*!99999 x*/ COMMIT",
+            // Only Postgres ends a line comment at `\r`.
+            "-- \rSELECT 1\nSET autocommit=0",
+            "-- \rSELECT 1\nBEGIN",
         ] {
             let refused = refuse_transaction_control(statement);
             assert!(
@@ -449,6 +548,8 @@ mod tests {
             "SELECT 1 INTO /*!@v*/",
             "SELECT 1 INTO /*!50100 @v */",
             "SET STATEMENT max_statement_time = 1 FOR SET @a = 1",
+            "/*M!SELECT*/ SET @a = 1",
+            "-- \rSELECT 1\nSET @a = 1",
             "SET STATEMENT max_statement_time = 1 FOR USE other",
             "SET STATEMENT max_statement_time = 1 FOR CREATE TEMPORARY TABLE t (a int)",
             "CALL p(@out)",
@@ -508,6 +609,37 @@ mod tests {
             "/* unterminated",
         ] {
             assert_eq!(refuse_transaction_control(statement), Ok(()), "{statement}");
+        }
+    }
+
+    #[test]
+    fn statements_that_commit_a_mysql_transaction_are_refused_in_one() {
+        for statement in [
+            "CREATE TABLE t (a int)",
+            "alter table t add b int",
+            "DROP TABLE t",
+            "TRUNCATE t",
+            "RENAME TABLE a TO b",
+            "LOCK TABLES t WRITE",
+            "GRANT SELECT ON t TO u",
+            "SET PASSWORD = 'x'",
+            "ANALYZE TABLE t",
+            "/*!x*/ CREATE TABLE t (a int)",
+        ] {
+            assert!(
+                matches!(refuse_implicit_commit(statement), Err(SqlError::Denied(m)) if m.contains("commits")),
+                "{statement}"
+            );
+        }
+        for statement in [
+            "INSERT INTO t VALUES (1)",
+            "SELECT 1",
+            "CREATE TEMPORARY TABLE t (a int)",
+            "CREATE OR REPLACE TEMPORARY TABLE t (a int)",
+            "DROP TEMPORARY TABLE t",
+            "UPDATE created SET dropped = 1",
+        ] {
+            assert_eq!(refuse_implicit_commit(statement), Ok(()), "{statement}");
         }
     }
 
