@@ -165,6 +165,10 @@ async fn consume(
     // exiting (and, were the loop itself aborted, dropping the set still
     // cancels them).
     let mut handlers = JoinSet::new();
+    // One future for the whole loop: polled again each time, not made
+    // again for every delivery.
+    let stopped = app.stopped();
+    tokio::pin!(stopped);
     loop {
         while handlers.try_join_next().is_some() {}
         // A free slot first, then the next delivery: a delivery waiting
@@ -177,7 +181,7 @@ async fn consume(
         };
         let (permit, delivery) = tokio::select! {
             biased;
-            () = app.stopped() => break,
+            () = &mut stopped => break,
             next = next => match next {
                 Some(next) => next,
                 None => break,
