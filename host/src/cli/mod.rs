@@ -432,6 +432,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     crate::triggers::http::serve(tenants.clone(), listener, shutdown, grace).await?;
     watcher.abort();
+    // Ended, so that no rescan mounts an app after `stop` took them all.
+    let _ = watcher.await;
     tenants.stop().await;
     if let Some(admin) = admin {
         admin.abort();

@@ -81,18 +81,19 @@ fn transaction_control(statement: &str, comments: Reading) -> Option<String> {
     None
 }
 
-/// The text after each word `FOR` of `statement` (any case), for MariaDB's
-/// `SET STATEMENT … FOR <statement>`. Every one is returned, since a `FOR`
-/// may also stand in a value before the real one.
+/// The text after each `FOR` of `statement` (any case) that no word
+/// character follows, for MariaDB's `SET STATEMENT … FOR <statement>`.
+/// Every one is returned, since a `FOR` may also stand in a value before
+/// the real one; what comes before it is not looked at, since MariaDB reads
+/// `1.5FOR` as a number and the keyword.
 fn after_each_for(statement: &str) -> impl Iterator<Item = &str> {
     let bytes = statement.as_bytes();
     (0..bytes.len().saturating_sub(2)).filter_map(move |i| {
         let word = bytes.get(i..i + 3)?;
-        let before = i.checked_sub(1).map(|j| bytes[j]);
-        let after = bytes.get(i + 3).copied();
-        let standalone =
-            |b: Option<u8>| b.is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_'));
-        (word.eq_ignore_ascii_case(b"for") && standalone(before) && standalone(after))
+        let ends = bytes
+            .get(i + 3)
+            .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+        (word.eq_ignore_ascii_case(b"for") && ends)
             .then(|| statement.get(i + 3..))
             .flatten()
     })
@@ -111,40 +112,59 @@ const IMPLICIT_COMMIT: &[&str] = &[
     "REVOKE",
     "LOCK",
     "UNLOCK",
-    "ANALYZE",
     "CACHE",
     "CHECK",
     "FLUSH",
     "OPTIMIZE",
     "REPAIR",
-    "RESET",
     "INSTALL",
     "UNINSTALL",
+    "STOP",
 ];
 
 /// Refuses, inside a MySQL or MariaDB transaction, a statement that would
 /// commit it implicitly: the port's `rollback` would then undo nothing
 /// written before it, and the transaction's later statements would each
-/// commit on their own. Temporary tables (`CREATE`/`DROP TEMPORARY
-/// TABLE`) do not commit and pass.
+/// commit on their own. Temporary tables (`CREATE [OR REPLACE] TEMPORARY`,
+/// `DROP TEMPORARY`) do not commit and pass, as do MariaDB's `ANALYZE
+/// SELECT …` and MySQL's `RESET PERSIST`.
 pub fn refuse_implicit_commit(statement: &str) -> Result<(), SqlError> {
     for reading in [MYSQL, FLAT] {
-        let words: Vec<&str> = keywords(statement, reading).take(4).collect();
-        let word = |i: usize| words.get(i).copied().unwrap_or_default();
-        let is = |word: &str, keyword: &str| word.eq_ignore_ascii_case(keyword);
-        let (first, second) = (word(0), word(1));
-        let temporary = words.iter().any(|w| is(w, "TEMPORARY"));
-        let commits = (IMPLICIT_COMMIT.iter().any(|k| is(first, k)) && !temporary)
-            || (is(first, "SET") && is(second, "PASSWORD"))
-            || (is(first, "LOAD") && is(second, "INDEX"));
-        if commits {
+        if let Some(first) = implicit_commit(statement, reading) {
             return Err(SqlError::Denied(format!(
-                "`{}` commits the open transaction on MySQL and MariaDB, so the transaction could not be rolled back: run it outside a transaction",
-                first.to_ascii_uppercase()
+                "`{first}` commits the open transaction on MySQL and MariaDB, so the transaction could not be rolled back: run it outside a transaction"
             )));
         }
     }
     Ok(())
+}
+
+/// The first keyword of `statement`, upper case, when it commits a MySQL
+/// transaction implicitly.
+fn implicit_commit(statement: &str, reading: Reading) -> Option<String> {
+    let words: Vec<&str> = keywords(statement, reading).take(4).collect();
+    let word = |i: usize| words.get(i).copied().unwrap_or_default();
+    let is = |word: &str, keyword: &str| word.eq_ignore_ascii_case(keyword);
+    let (first, second, third, fourth) = (word(0), word(1), word(2), word(3));
+    // `TEMPORARY` only as the keyword (it is no reserved word, so a table
+    // or column may be named so).
+    let temporary = (is(first, "CREATE") || is(first, "DROP")) && is(second, "TEMPORARY")
+        || (is(first, "CREATE") && is(second, "OR") && is(third, "REPLACE"))
+            && is(fourth, "TEMPORARY");
+    let commits = (IMPLICIT_COMMIT.iter().any(|k| is(first, k)) && !temporary)
+        || (is(first, "ANALYZE") && (is(second, "TABLE") || is(second, "TABLES")))
+        || (is(first, "RESET") && !is(second, "PERSIST"))
+        || (is(first, "SET") && is(second, "PASSWORD"))
+        || (is(first, "LOAD") && is(second, "INDEX"))
+        || (is(first, "CHANGE") && (is(second, "MASTER") || is(second, "REPLICATION")));
+    if commits {
+        return Some(first.to_ascii_uppercase());
+    }
+    // MariaDB's `SET STATEMENT … FOR <statement>` runs any statement.
+    if is(first, "SET") && is(second, "STATEMENT") {
+        return after_each_for(statement).find_map(|rest| implicit_commit(rest, reading));
+    }
+    None
 }
 
 /// Which server's rules [`changes_session`] applies.
@@ -196,8 +216,8 @@ const READINGS: [Reading; 3] = [POSTGRES, MYSQL, FLAT];
 /// `pg_settings`; not `SET LOCAL` or `SET TRANSACTION`), a session-level
 /// lock, a `LISTEN`, a temporary table (also one made in `pg_temp`), a
 /// prepared statement or held cursor, a `DISCARD` or `DEALLOCATE` of the
-/// driver's own statements, and on MySQL user variables and the default
-/// database (`USE`). A Postgres statement holding Unicode escapes (`U&"…"`),
+/// driver's own statements, and on MySQL user variables, the default
+/// database (`USE`) and any `CALL` (what a procedure runs is not seen). A Postgres statement holding Unicode escapes (`U&"…"`),
 /// which can spell any name, counts too.
 ///
 /// Pooled connections serve the app's later calls at random, so the
@@ -261,7 +281,9 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
                 || temporary
                 || holds(":=")
                 || holds("into @")
-                || (is(first, "CALL") && holds("@"))
+                // What a procedure runs is not seen: a `CALL` may leave a
+                // transaction open, or variables set.
+                || is(first, "CALL")
                 || holds("get_lock")
         }
     }
@@ -476,6 +498,8 @@ mod tests {
             "SET sql_mode = DEFAULT, @@session.autocommit = 0",
             "SET STATEMENT max_statement_time = 1 FOR START TRANSACTION",
             "set statement x = 'for' for\nCOMMIT",
+            "SET STATEMENT max_statement_time=1.5FOR START TRANSACTION",
+            "SET STATEMENT max_statement_time=1e1FOR COMMIT",
             // An executable comment is a comment to Postgres and SQLite, and
             // to MySQL when its version is newer than the server's.
             "/*!x*/ BEGIN",
@@ -553,6 +577,7 @@ mod tests {
             "SET STATEMENT max_statement_time = 1 FOR USE other",
             "SET STATEMENT max_statement_time = 1 FOR CREATE TEMPORARY TABLE t (a int)",
             "CALL p(@out)",
+            "CALL p(1)",
         ] {
             assert!(changes_session(statement, Dialect::Mysql), "{statement}");
         }
@@ -581,7 +606,6 @@ mod tests {
             "SELECT 1",
             "UPDATE t SET a = 1",
             "SET STATEMENT max_statement_time = 0 FOR SELECT 1",
-            "CALL p(1)",
             "SELECT a = 1 FROM t",
             "CREATE TABLE t (a int)",
         ] {
@@ -625,6 +649,12 @@ mod tests {
             "SET PASSWORD = 'x'",
             "ANALYZE TABLE t",
             "/*!x*/ CREATE TABLE t (a int)",
+            // `temporary` as a name, not the keyword.
+            "CREATE TABLE t (temporary INT)",
+            "DROP TABLE temporary",
+            "TRUNCATE temporary",
+            "SET STATEMENT max_statement_time = 1 FOR CREATE TABLE x (a INT)",
+            "SET STATEMENT max_statement_time=1.5FOR DROP TABLE t",
         ] {
             assert!(
                 matches!(refuse_implicit_commit(statement), Err(SqlError::Denied(m)) if m.contains("commits")),
@@ -638,6 +668,9 @@ mod tests {
             "CREATE OR REPLACE TEMPORARY TABLE t (a int)",
             "DROP TEMPORARY TABLE t",
             "UPDATE created SET dropped = 1",
+            "ANALYZE SELECT 1",
+            "RESET PERSIST",
+            "SELECT * FROM t FOR UPDATE",
         ] {
             assert_eq!(refuse_implicit_commit(statement), Ok(()), "{statement}");
         }
