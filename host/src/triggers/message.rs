@@ -194,11 +194,13 @@ async fn consume(
             drop(permit);
         });
     }
-    // No more deliveries are taken. The running handlers finish and settle
-    // theirs while the subscription still serves their acks and progress,
-    // unless the shutdown grace runs out first: then they are cancelled
-    // (their deliveries handed back) and waited for. Then the subscription
-    // is dropped, handing back what it fetched ahead.
+    // No more deliveries are taken, nor fetched ahead (those held go back
+    // at once). The running handlers finish and settle theirs while the
+    // subscription still serves their acks and progress, unless the
+    // shutdown grace runs out first: then they are cancelled (their
+    // deliveries handed back) and waited for. Then the subscription is
+    // dropped.
+    subscription.stop_fetching();
     let finished = async { while handlers.join_next().await.is_some() {} };
     let cancelled = tokio::select! {
         () = finished => false,

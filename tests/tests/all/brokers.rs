@@ -943,6 +943,74 @@ async fn messaging_stopped_trigger_hands_back_what_it_fetched_nats() {
     Broker::Nats(url).cleanup(&name).await;
 }
 
+/// A version that stops while a handler still runs (a reload under `berth
+/// serve`) hands back what it fetched ahead at once, not when that handler
+/// ends: the next version handles those messages meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_draining_version_hands_back_what_it_fetched_nats() {
+    let Some(url) = service("BERTH_TEST_NATS_URL") else {
+        return;
+    };
+    let name = unique("confdrain");
+    let manifest = manifest_named(&name, 5)
+        .replace("max_deliveries = 5", "max_deliveries = 5\nconcurrency = 1");
+    let t = TestApp::new(&manifest);
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 60000\n");
+    let host = host_config(&t, &host);
+    let (old, tasks) = started_with(&t, &host).await;
+    let long = old
+        .backends
+        .messaging
+        .publish("events", b"slow-20000".to_vec(), vec![])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = old
+            .backends
+            .messaging
+            .publish("events", b"slow-500".to_vec(), vec![])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    // The long one runs, the others wait in the old version's queue.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stopping = {
+        let old = old.clone();
+        tokio::spawn(async move {
+            berth::triggers::stop_background(&old, tasks, Duration::from_secs(40)).await;
+        })
+    };
+    let (new, new_tasks) = started_with(&t, &host).await;
+    let kv = &new.backends.kv["received"];
+    let started = std::time::Instant::now();
+    // Handed back within seconds (the old version's last pull request
+    // expires first), while the long handler still has 19 s to run.
+    for id in &ids {
+        while kv.get(&format!("done/{id}")).await.unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "message {id}, fetched by the draining version, was not handed back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(!stopping.is_finished(), "the long handler still runs");
+    // The long handler finishes in the old version and is acknowledged.
+    stopping.await.unwrap();
+    assert_eq!(
+        old.backends.kv["received"]
+            .get(&format!("done/{long}"))
+            .await
+            .unwrap(),
+        Some(b"1".to_vec())
+    );
+    drop(new_tasks);
+    drop((old, new));
+    Broker::Nats(url).cleanup(&name).await;
+}
+
 /// An app's stream keeps messages a week unless the host config says
 /// otherwise; `max_bytes` caps it, dropping its oldest messages (handled
 /// ones stay in the stream until they age out, so refusing new ones would

@@ -138,6 +138,12 @@ impl Acker for NoAck {
 pub trait Subscription: Send {
     /// The next delivery; `None` when the broker shuts down.
     async fn next(&mut self) -> Option<Delivery>;
+    /// The trigger takes no more deliveries (its app is stopping) but its
+    /// running handlers still settle theirs: a broker whose client fetches
+    /// ahead (NATS) stops fetching and hands back what it holds, so that
+    /// another host or the app's next version gets those messages now, not
+    /// once the handlers have finished. Nothing by default.
+    fn stop_fetching(&mut self) {}
 }
 
 /// An app's message broker.

@@ -43,6 +43,13 @@ impl Drop for NatsSubscription {
 
 #[async_trait]
 impl Subscription for NatsSubscription {
+    fn stop_fetching(&mut self) {
+        // The watcher goes on: running handlers follow the consumer's ack
+        // wait until the subscription is dropped.
+        self.feeder.abort();
+        hand_back(self.held.take_all());
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             // `StreamExt::next` and `Held::pop` are cancel-safe, so losing
