@@ -1,0 +1,182 @@
+//! Tests of host config loading and validation.
+
+use super::*;
+
+#[test]
+fn unknown_backend_type_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, "[kv.cache]\ntype = \"memcached\"\n").unwrap();
+    let err = HostConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("host.toml"), "{err}");
+    assert!(err.contains("memcached"), "{err}");
+    std::fs::write(&path, "[kv.cache]\ntype = \"memory\"\nsize = 3\n").unwrap();
+    let err = HostConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("size"), "{err}");
+    std::fs::write(&path, "state_dir = \"s\"\n[kv.cache]\ntype = \"memory\"\n").unwrap();
+    let ok = HostConfig::load(&path).unwrap();
+    assert_eq!(ok.kv["cache"], KvConfig::Memory {});
+    assert_eq!(ok.state_dir.unwrap(), dir.path().join("s"));
+}
+
+#[test]
+fn email_and_aws_settings_are_checked_when_the_host_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    for (text, key) in [
+        (
+            "[email]\ntype = \"smtp\"\nhost = \"mail\"\nusername = \"u\"\npassword = \"hunter2\"\n",
+            "email.password",
+        ),
+        (
+            "[email]\ntype = \"smtp\"\nhost = \"mail\"\nusername = \"u\"\n",
+            "username",
+        ),
+        (
+            "[email]\ntype = \"smtp\"\nhost = \"mail\"\n[email.senders]\nshop = [\"not an address\"]\n",
+            "email.senders.shop",
+        ),
+        (
+            "[secrets.aws]\nregion = \"eu-west-1\"\nendpoint = \"localhost:4566\"\naccess_key_id = \"${env:A}\"\nsecret_access_key = \"${env:B}\"\n",
+            "secrets.aws.endpoint",
+        ),
+        (
+            "[secrets.aws]\nregion = \"\"\naccess_key_id = \"${env:A}\"\nsecret_access_key = \"${env:B}\"\n",
+            "secrets.aws.region",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", HostConfig::load(&path).unwrap_err());
+        assert!(err.contains(key), "{text}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    std::fs::write(
+        &path,
+        "[email]\ntype = \"smtp\"\nhost = \"mail\"\nusername = \"u\"\npassword = \"${env:P}\"\n[secrets.aws]\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\naccess_key_id = \"${env:A}\"\nsecret_access_key = \"${env:B}\"\n",
+    )
+    .unwrap();
+    HostConfig::load(&path).unwrap();
+}
+
+#[test]
+fn mariadb_is_an_alias_of_mysql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    for ty in ["mysql", "mariadb"] {
+        std::fs::write(
+            &path,
+            format!("[sql.main]\ntype = \"{ty}\"\nurl = \"mysql://u@db/app\"\n"),
+        )
+        .unwrap();
+        let cfg = HostConfig::load(&path).unwrap();
+        assert!(
+            matches!(&cfg.sql["main"], SqlConfig::Mysql { url, .. } if url == "mysql://u@db/app"),
+            "{ty}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_values_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    for (text, key) in [
+        (
+            "[engine]\nmax_memory_mb = 9223372036854775807\n",
+            "engine.max_memory_mb",
+        ),
+        (
+            "[app_limits]\nemails_per_minute = 0\n",
+            "app_limits.emails_per_minute",
+        ),
+        (
+            "[app_limits]\nmessages_per_second = 0\n",
+            "app_limits.messages_per_second",
+        ),
+        (
+            "[secrets.aws]\nregion = \"eu-west-1\"\naccess_key_id = \"${env:A}\"\n\
+             secret_access_key = \"${env:B}\"\ntimeout_ms = 0\n",
+            "secrets.aws.timeout_ms",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = HostConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains("host.toml"), "{err}");
+    }
+    std::fs::write(&path, "[engine]\nmax_memory_mb = 17592186044415\n").unwrap();
+    let ok = HostConfig::load(&path).unwrap();
+    assert_eq!(ok.engine_settings().max_memory_bytes, 17592186044415 << 20);
+    // A config built in code saturates instead of wrapping to a tiny cap.
+    let engine = EngineConfig {
+        max_memory_mb: Some(u64::MAX),
+        ..Default::default()
+    };
+    let limits = crate::limits::ComponentLimits::default();
+    assert_eq!(engine.cap(&limits).memory_bytes, limits.memory_bytes);
+    assert_eq!(mib_to_bytes("k", 2), Ok(2 << 20));
+    assert!(
+        mib_to_bytes("k", u64::MAX >> 19)
+            .unwrap_err()
+            .contains("`k`")
+    );
+}
+
+#[test]
+fn syntax_errors_give_line_and_column_but_never_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    for (text, position, words) in [
+        // An unterminated inline value.
+        (
+            "[app_config.shop]\ntoken = \"sk_live_canary\n",
+            "line ",
+            "string",
+        ),
+        // A misspelt key whose value is a secret.
+        (
+            "[engine]\nmax_instances = 1\npasword = \"sk_live_canary\"\n",
+            "line 3",
+            "pasword",
+        ),
+        // A value of the wrong type, which serde quotes.
+        (
+            "[engine]\nmax_instances = \"sk_live_canary\"\n",
+            "line 2",
+            "invalid type",
+        ),
+        // The same, with an escaped quote before the secret.
+        (
+            "[engine]\nmax_instances = \"a\\\"sk_live_canary\"\n",
+            "line 2",
+            "invalid type: string …",
+        ),
+        // A secret written without quotes, which serde repeats too.
+        (
+            "[engine]\nmax_instances = 1\n[sql.main]\ntype = \"postgres\"\nurl = 20240611\n",
+            "line ",
+            "invalid type: integer …, expected a string",
+        ),
+        (
+            "[app_config.shop]\npin = 20240611.5\n",
+            "line 2",
+            "invalid type",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", HostConfig::load(&path).unwrap_err());
+        assert!(
+            !err.contains("sk_live_canary") && !err.contains("20240611"),
+            "{err}"
+        );
+        assert!(err.contains(position) && err.contains(words), "{err}");
+        assert!(err.contains("host.toml"), "{err}");
+    }
+    let manifest = dir.path().join("berth.toml");
+    let text = "name = \"a\"\n[config]\nkey = \"sk_live_canary\n";
+    let err = crate::manifest::Manifest::parse(text, &manifest).unwrap_err();
+    let err = err.to_string();
+    assert!(
+        !err.contains("sk_live_canary") && err.contains("line "),
+        "{err}"
+    );
+}
