@@ -903,22 +903,9 @@ async fn messaging_stopped_trigger_hands_back_what_it_fetched_nats() {
     };
     let name = unique("confstop");
     // One handler at a time, 1.5 s a message; an ack wait of a minute.
-    let manifest = manifest_named(&name, 5)
-        .replace("max_deliveries = 5", "max_deliveries = 5\nconcurrency = 1");
-    let t = TestApp::new(&manifest);
-    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 60000\n");
-    let host = host_config(&t, &host);
+    let (t, host) = one_at_a_time_nats(&name, &url);
     let (app, tasks) = started_with(&t, &host).await;
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        let id = app
-            .backends
-            .messaging
-            .publish("events", b"slow-1500".to_vec(), vec![])
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let ids = publish_all(&app, &["slow-1500"; 4]).await;
     // The first is being handled, the others wait in the host's queue.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(tasks);
@@ -943,6 +930,32 @@ async fn messaging_stopped_trigger_hands_back_what_it_fetched_nats() {
     Broker::Nats(url).cleanup(&name).await;
 }
 
+/// An app on NATS whose trigger handles one message at a time, with an
+/// ack wait of a minute (so only a hand-back brings a message back soon).
+fn one_at_a_time_nats(name: &str, url: &str) -> (TestApp, berth::config::HostConfig) {
+    let manifest = manifest_named(name, 5)
+        .replace("max_deliveries = 5", "max_deliveries = 5\nconcurrency = 1");
+    let t = TestApp::new(&manifest);
+    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 60000\n");
+    let host = host_config(&t, &host);
+    (t, host)
+}
+
+/// Publishes each payload on `events`, in order; their ids.
+async fn publish_all(app: &berth::app::App, payloads: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for payload in payloads {
+        let id = app
+            .backends
+            .messaging
+            .publish("events", payload.as_bytes().to_vec(), vec![])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
 /// A version that stops while a handler still runs (a reload under `berth
 /// serve`) hands back what it fetched ahead at once, not when that handler
 /// ends: the next version handles those messages meanwhile.
@@ -952,28 +965,10 @@ async fn messaging_draining_version_hands_back_what_it_fetched_nats() {
         return;
     };
     let name = unique("confdrain");
-    let manifest = manifest_named(&name, 5)
-        .replace("max_deliveries = 5", "max_deliveries = 5\nconcurrency = 1");
-    let t = TestApp::new(&manifest);
-    let host = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\nack_wait_ms = 60000\n");
-    let host = host_config(&t, &host);
+    let (t, host) = one_at_a_time_nats(&name, &url);
     let (old, tasks) = started_with(&t, &host).await;
-    let long = old
-        .backends
-        .messaging
-        .publish("events", b"slow-20000".to_vec(), vec![])
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let id = old
-            .backends
-            .messaging
-            .publish("events", b"slow-500".to_vec(), vec![])
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let mut ids = publish_all(&old, &["slow-20000", "slow-500", "slow-500", "slow-500"]).await;
+    let long = ids.remove(0);
     // The long one runs, the others wait in the old version's queue.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stopping = {
