@@ -18,6 +18,7 @@ pub fn run(db: &str, dialect: &str) {
     value_round_trip(&conn, dialect);
     if dialect == "postgres" {
         postgres_arrays(&conn);
+        postgres_exact_values(&conn);
     }
     rows_affected(&conn);
     transactions(&conn);
@@ -447,4 +448,47 @@ fn postgres_arrays(conn: &Connection) {
         other => panic!("float8[] with NaN: expected UnsupportedType, got {other:?}"),
     }
     step("postgres arrays as json");
+}
+
+/// Postgres-only values that no Rust number type holds: `numeric`'s NaN
+/// and infinities travel as `decimal` both ways, and json arrays keep
+/// their elements' text, so no number is rounded through a float.
+fn postgres_exact_values(conn: &Connection) {
+    for special in ["NaN", "Infinity", "-Infinity"] {
+        let rs = conn
+            .query("SELECT ?::numeric AS n", &[Value::Decimal(special.into())])
+            .expect("numeric NaN or infinity as a parameter");
+        assert!(
+            matches!(&rs.rows[0][0], Value::Decimal(s) if s == special),
+            "{special}: got {:?}",
+            rs.rows[0][0]
+        );
+    }
+    step("numeric NaN and infinities round-trip as decimal");
+    let rs = conn
+        .query(
+            "SELECT ARRAY['{\"n\": 12345678901234567890.123456789}'::json, NULL] AS j, \
+             ARRAY['{\"n\": 0.10000000000000000001}'::jsonb] AS jb",
+            &[],
+        )
+        .expect("select json arrays");
+    let expected = [
+        r#"[{"n": 12345678901234567890.123456789},null]"#,
+        r#"[{"n": 0.10000000000000000001}]"#,
+    ];
+    for (value, expected) in rs.rows[0].iter().zip(expected) {
+        assert!(
+            matches!(value, Value::Json(s) if s == expected),
+            "json array: {value:?}, expected {expected}"
+        );
+    }
+    step("json arrays keep their numbers exactly");
+    // One row past the byte cap (16 MiB by default) is refused whole.
+    match conn.query("SELECT repeat('x', 17 << 20) AS big", &[]) {
+        Err(Error::TooLarge(m)) if m.contains("bytes") => {
+            step("a single row over the byte cap is too-large")
+        }
+        Ok(_) => panic!("a 17 MiB row: expected TooLarge, got it"),
+        Err(e) => panic!("a 17 MiB row: expected TooLarge, got {e:?}"),
+    }
 }

@@ -135,17 +135,31 @@ impl CappedRows {
         Ok(())
     }
 
+    /// Fails, before a row is read, when a lower bound of what the row
+    /// will hold (`at_least` bytes, from its undecoded values) already
+    /// passes the byte cap: a huge row is refused while the driver holds
+    /// its only copy, instead of after a second one was made.
+    pub fn room_for(&self, at_least: usize) -> Result<(), SqlError> {
+        self.full()?;
+        self.within_bytes(self.bytes.saturating_add(at_least))
+    }
+
     /// Adds a row, or fails when it passes the row or byte cap.
     pub fn push(&mut self, values: Vec<SqlValue>) -> Result<(), SqlError> {
         self.full()?;
         self.bytes += values.iter().map(SqlValue::held_size).sum::<usize>();
-        if self.bytes > self.caps.max_bytes {
+        self.within_bytes(self.bytes)?;
+        self.rows.push(values);
+        Ok(())
+    }
+
+    fn within_bytes(&self, bytes: usize) -> Result<(), SqlError> {
+        if bytes > self.caps.max_bytes {
             return Err(SqlError::TooLarge(format!(
                 "result exceeds {} bytes; use open-cursor",
                 self.caps.max_bytes
             )));
         }
-        self.rows.push(values);
         Ok(())
     }
 
@@ -363,5 +377,39 @@ impl SqlConfig {
             )),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_rows_refuse_what_passes_a_cap_before_or_after_reading() {
+        let each = std::mem::size_of::<SqlValue>();
+        let caps = ResultCaps {
+            max_rows: 2,
+            max_bytes: 3 * each + 10,
+        };
+        let mut rows = CappedRows::new(caps);
+        // A row whose undecoded size alone passes the byte cap is refused
+        // before it is read.
+        assert!(matches!(
+            rows.room_for(caps.max_bytes + 1),
+            Err(SqlError::TooLarge(m)) if m.contains("bytes")
+        ));
+        rows.room_for(each + 4).unwrap();
+        rows.push(vec![SqlValue::Text("abcd".into())]).unwrap();
+        // What is held counts: the next row has room for 2 * each + 6 bytes.
+        assert!(rows.room_for(2 * each + 6).is_ok());
+        assert!(rows.room_for(2 * each + 7).is_err());
+        rows.push(vec![SqlValue::Null]).unwrap();
+        // Two rows: a third passes the row cap whatever its size.
+        assert!(matches!(rows.room_for(0), Err(SqlError::TooLarge(m)) if m.contains("rows")));
+        assert_eq!(rows.into_rows().len(), 2);
+        // A row that passes the byte cap once read is refused too.
+        let mut rows = CappedRows::new(caps);
+        let over = vec![SqlValue::Blob(vec![0; 2 * each + 11])];
+        assert!(matches!(rows.push(over), Err(SqlError::TooLarge(m)) if m.contains("bytes")));
     }
 }

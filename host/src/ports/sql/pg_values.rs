@@ -53,6 +53,63 @@ impl sqlx::Encode<'_, Postgres> for JsonText {
     }
 }
 
+/// A `numeric` that is not a number: `NaN`, `Infinity` or `-Infinity`,
+/// which Postgres stores (infinities since 14; older servers refuse them)
+/// but `BigDecimal` cannot
+/// hold. Sent in `numeric`'s binary format: no digits, and the sign word
+/// saying which ([`numeric_text`] reads them back the same way).
+pub(super) struct SpecialNumeric(u16);
+
+impl SpecialNumeric {
+    const NAN: u16 = 0xC000;
+    const INFINITY: u16 = 0xD000;
+    const NEG_INFINITY: u16 = 0xF000;
+
+    /// The sign word of the special value `text` spells, in the forms
+    /// Postgres accepts (`NaN`, `Infinity`, `+Infinity`, `-Infinity`,
+    /// `inf`…, any case).
+    fn parse(text: &str) -> Option<SpecialNumeric> {
+        // Postgres ignores surrounding white space in numeric input.
+        let text = text.trim();
+        let (negative, rest) = match text.as_bytes().first() {
+            Some(b'-') => (true, &text[1..]),
+            Some(b'+') => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let word = if rest.eq_ignore_ascii_case("infinity") || rest.eq_ignore_ascii_case("inf") {
+            if negative {
+                Self::NEG_INFINITY
+            } else {
+                Self::INFINITY
+            }
+        } else if text.eq_ignore_ascii_case("nan") {
+            Self::NAN
+        } else {
+            return None;
+        };
+        Some(SpecialNumeric(word))
+    }
+}
+
+impl sqlx::Type<Postgres> for SpecialNumeric {
+    fn type_info() -> PgTypeInfo {
+        <bigdecimal::BigDecimal as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for SpecialNumeric {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        // ndigits, weight, sign, dscale.
+        for word in [0, 0, self.0, 0] {
+            buf.extend_from_slice(&word.to_be_bytes());
+        }
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
 pub(super) type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
 /// A parameter converted once to its Postgres type, so the statement is
@@ -74,6 +131,8 @@ pub(super) enum PgParam {
     Json(String),
     Uuid(sqlx::types::Uuid),
     Decimal(bigdecimal::BigDecimal),
+    /// `NaN` or an infinity, as a `numeric`.
+    SpecialDecimal(SpecialNumeric),
 }
 
 impl PgParam {
@@ -109,9 +168,12 @@ impl PgParam {
             SqlValue::Uuid(s) => {
                 PgParam::Uuid(sqlx::types::Uuid::parse_str(&s).map_err(|_| bad("UUID", &s))?)
             }
-            SqlValue::Decimal(s) => PgParam::Decimal(
-                bigdecimal::BigDecimal::from_str(&s).map_err(|_| bad("decimal", &s))?,
-            ),
+            SqlValue::Decimal(s) => match SpecialNumeric::parse(&s) {
+                Some(special) => PgParam::SpecialDecimal(special),
+                None => PgParam::Decimal(
+                    bigdecimal::BigDecimal::from_str(&s).map_err(|_| bad("decimal", &s))?,
+                ),
+            },
         })
     }
 
@@ -134,6 +196,7 @@ impl PgParam {
             PgParam::Json(_) => <JsonText as Type<Postgres>>::type_info(),
             PgParam::Uuid(_) => <sqlx::types::Uuid as Type<Postgres>>::type_info(),
             PgParam::Decimal(_) => <bigdecimal::BigDecimal as Type<Postgres>>::type_info(),
+            PgParam::SpecialDecimal(_) => <SpecialNumeric as Type<Postgres>>::type_info(),
         }
     }
 
@@ -152,7 +215,7 @@ impl PgParam {
             PgParam::Date(_) | PgParam::InfiniteDate(_) => "date",
             PgParam::Json(_) => "json",
             PgParam::Uuid(_) => "uuid",
-            PgParam::Decimal(_) => "numeric",
+            PgParam::Decimal(_) | PgParam::SpecialDecimal(_) => "numeric",
         }
     }
 
@@ -172,6 +235,7 @@ impl PgParam {
             PgParam::Json(v) => q.bind(JsonText(v)),
             PgParam::Uuid(v) => q.bind(v),
             PgParam::Decimal(v) => q.bind(v),
+            PgParam::SpecialDecimal(v) => q.bind(v),
         }
     }
 }
@@ -245,6 +309,30 @@ pub(super) fn columns_of(cols: &[sqlx::postgres::PgColumn]) -> Vec<SqlColumn> {
         .collect()
 }
 
+/// A lower bound of what `row` will hold once read ([`read_row`]'s values'
+/// [`SqlValue::held_size`] summed), from its undecoded values, without
+/// copying them: every value, plus the bytes of those read as their own
+/// text or bytes (strings, bytea, json), which are where a huge row is.
+pub(super) fn held_size_at_least(row: &PgRow) -> usize {
+    let each = std::mem::size_of::<SqlValue>();
+    (0..row.columns().len())
+        .map(|i| {
+            let Ok(raw) = row.try_get_raw(i) else {
+                return each;
+            };
+            let copied = match raw.type_info().name() {
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" | "BYTEA" | "JSON" => {
+                    raw.as_bytes().map_or(0, <[u8]>::len)
+                }
+                // The binary format's version byte is not kept.
+                "JSONB" => raw.as_bytes().map_or(0, |b| b.len().saturating_sub(1)),
+                _ => 0,
+            };
+            each + copied
+        })
+        .sum()
+}
+
 pub(super) fn read_row(row: &PgRow) -> Result<Vec<SqlValue>, SqlError> {
     (0..row.columns().len())
         .map(|i| read_value(row, i))
@@ -308,7 +396,11 @@ fn read_value(row: &PgRow, i: usize) -> Result<SqlValue, SqlError> {
         "FLOAT8[]" => float_array_json::<f64>(row, i)?,
         "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => array_json::<String>(row, i)?,
         "UUID[]" => array_json::<sqlx::types::Uuid>(row, i)?,
-        "JSON[]" | "JSONB[]" => array_json::<serde_json::Value>(row, i)?,
+        // Each element's own text (`serde_json::Value` would round a number
+        // with more digits than an f64 holds).
+        "JSON[]" | "JSONB[]" => {
+            array_json::<sqlx::types::Json<Box<sqlx::types::JsonRawValue>>>(row, i)?
+        }
         other => {
             return Err(SqlError::UnsupportedType(format!(
                 "column {} has type {other}, which the sql port cannot carry; cast it (e.g. to text)",
@@ -432,7 +524,9 @@ fn numeric_text(b: &[u8]) -> Option<String> {
 mod tests {
     use sqlx::TypeInfo as _;
 
-    use super::{PgParam, statement_text};
+    use sqlx::postgres::PgArgumentBuffer;
+
+    use super::{PgParam, SpecialNumeric, statement_text};
 
     #[test]
     fn infinities_are_accepted_as_parameters() {
@@ -508,6 +602,7 @@ mod tests {
             PgParam::InfiniteDate(i32::MIN),
             PgParam::Uuid(sqlx::types::Uuid::nil()),
             PgParam::Decimal(bigdecimal::BigDecimal::from(1i64)),
+            PgParam::SpecialDecimal(SpecialNumeric(SpecialNumeric::NAN)),
         ];
         for p in &params {
             assert_eq!(p.type_tag(), p.type_info().name().to_ascii_lowercase());
@@ -525,6 +620,31 @@ mod tests {
             b.extend_from_slice(&w.to_be_bytes());
         }
         b
+    }
+
+    #[test]
+    fn special_numerics_round_trip_through_the_binary_format() {
+        use sqlx::Encode as _;
+        for (text, read_back) in [
+            ("NaN", "NaN"),
+            ("nan", "NaN"),
+            ("Infinity", "Infinity"),
+            ("+inf", "Infinity"),
+            ("-Infinity", "-Infinity"),
+            ("-INF", "-Infinity"),
+            (" NaN\n", "NaN"),
+        ] {
+            let special = SpecialNumeric::parse(text).unwrap();
+            let mut buf = PgArgumentBuffer::default();
+            let _ = special.encode_by_ref(&mut buf).unwrap();
+            assert_eq!(super::numeric_text(&buf).unwrap(), read_back, "{text}");
+        }
+        for not_special in ["", "-", "+nan", "-NaN", "infinit", "1e5", "Infinity1"] {
+            assert!(
+                SpecialNumeric::parse(not_special).is_none(),
+                "{not_special}"
+            );
+        }
     }
 
     #[test]

@@ -35,7 +35,9 @@ use crate::secret::Secret;
 use super::pg_sessions::{PgSessions, THIS_BACKEND};
 use super::watchdog::{self, SessionId, SessionIds, Watchdog};
 
-use super::pg_values::{bind, columns_of, convert, param_types, prepare, read_row, statement_text};
+use super::pg_values::{
+    bind, columns_of, convert, held_size_at_least, param_types, prepare, read_row, statement_text,
+};
 pub use super::placeholders::rewrite_placeholders;
 use super::pool_check::PoolCheck;
 use super::statement::{Dialect, changes_session};
@@ -275,7 +277,7 @@ async fn query_on(
             if columns.is_none() {
                 columns = Some(columns_of(row.columns()));
             }
-            out.full()?;
+            out.room_for(held_size_at_least(&row))?;
             out.push(read_row(&row)?)?;
         }
     }
