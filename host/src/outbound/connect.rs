@@ -60,9 +60,26 @@ pub struct Target {
     /// Check resolved addresses against the [`AddressPolicy`]; off only for
     /// named upstreams, whose address the operator chose.
     pub check_addresses: bool,
-    /// For a named upstream with a base path: how its responses' locations
-    /// are rewritten, so the guest never reads the base path.
+    /// For a named upstream: how its responses' locations are rewritten,
+    /// so the guest never reads its address or base path.
     pub locations: Option<Arc<super::upstream::LocationRewrite>>,
+    /// The requesting component's turns at name lookups, taken before the
+    /// host's (none for upstreams, whose names the operator chose).
+    pub lookups: Option<ComponentLookups>,
+}
+
+/// Name lookups one component may have running at once: a component
+/// whose lookups hang holds at most these of the host's [`MAX_LOOKUPS`].
+pub const MAX_COMPONENT_LOOKUPS: usize = 16;
+
+/// A component's turns at name lookups ([`MAX_COMPONENT_LOOKUPS`]).
+#[derive(Debug, Clone)]
+pub struct ComponentLookups(Arc<tokio::sync::Semaphore>);
+
+impl Default for ComponentLookups {
+    fn default() -> Self {
+        ComponentLookups(Arc::new(tokio::sync::Semaphore::new(MAX_COMPONENT_LOOKUPS)))
+    }
 }
 
 /// The response and the future driving its connection.
@@ -190,13 +207,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> S
 async fn connect(target: &Target, net: &NetworkSettings) -> Result<TcpStream, HttpError> {
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-        Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|_| HttpError::DnsError {
-                rcode: Some("name does not resolve".into()),
-                info_code: None,
-            })?
-            .collect(),
+        Err(_) => lookup(&target.host, target.port, target.lookups.as_ref()).await?,
     };
     if addrs.is_empty() {
         return Err(HttpError::DestinationNotFound);
@@ -225,6 +236,50 @@ async fn connect(target: &Target, net: &NetworkSettings) -> Result<TcpStream, Ht
         Some(std::io::ErrorKind::ConnectionRefused) => HttpError::ConnectionRefused,
         _ => HttpError::DestinationUnavailable,
     })
+}
+
+/// Name lookups that may run at once in the whole host.
+const MAX_LOOKUPS: usize = 64;
+
+/// The system resolver's lookups block a thread of tokio's blocking pool,
+/// which SQLite, files and compiles use too, and cannot be cancelled: a
+/// request's deadline stops waiting, but the thread stays until the
+/// resolver gives up. A guest asking for names under a domain whose
+/// servers never answer could otherwise tie up the whole pool.
+static LOOKUPS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)));
+
+/// The addresses `host` resolves to, through the system resolver, at most
+/// [`MAX_LOOKUPS`] at once in the host and [`MAX_COMPONENT_LOOKUPS`] for
+/// the component (`component`): each lookup holds its turns until the
+/// resolver returns, even after the request that wanted it gave up.
+async fn lookup(
+    host: &str,
+    port: u16,
+    component: Option<&ComponentLookups>,
+) -> Result<Vec<SocketAddr>, HttpError> {
+    use std::net::ToSocketAddrs as _;
+    let closed = |_| HttpError::DestinationUnavailable;
+    let own_turn = match component {
+        Some(turns) => Some(turns.0.clone().acquire_owned().await.map_err(closed)?),
+        None => None,
+    };
+    let turn = LOOKUPS.clone().acquire_owned().await.map_err(closed)?;
+    let host = host.to_owned();
+    let resolved = tokio::task::spawn_blocking(move || {
+        let _turns = (own_turn, turn);
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .map(|addrs| addrs.collect::<Vec<_>>())
+    })
+    .await;
+    match resolved {
+        Ok(Ok(addrs)) => Ok(addrs),
+        _ => Err(HttpError::DnsError {
+            rcode: Some("name does not resolve".into()),
+            info_code: None,
+        }),
+    }
 }
 
 async fn tls(
@@ -331,6 +386,12 @@ mod tests {
         assert_eq!(
             target(http::Method::GET, "http://a.example?x=1").unwrap(),
             "/?x=1"
+        );
+        // A path beginning with `//` is the allowed host's business (an
+        // upstream refuses it, see `upstream`).
+        assert_eq!(
+            target(http::Method::GET, "http://a.example//b").unwrap(),
+            "//b"
         );
     }
 }

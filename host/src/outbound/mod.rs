@@ -79,6 +79,8 @@ pub struct OutboundGrants {
     pub owner: (String, String),
     /// The component's counters, for egress requests (none in unit tests).
     pub counters: Option<Arc<crate::metrics::ComponentCounters>>,
+    /// The component's turns at name lookups.
+    pub lookups: connect::ComponentLookups,
 }
 
 impl OutboundGrants {
@@ -102,6 +104,8 @@ impl OutboundGrants {
         let host = uri.host().unwrap_or_default();
         if let Some(name) = upstream::upstream_name(host) {
             let Some(up) = self.upstreams.get(&name) else {
+                // The guest's name, bounded: it may be as long as a host.
+                let name = crate::audit::bounded(&name);
                 tracing::warn!(upstream = %name, "outbound request to an upstream not granted");
                 return Err(HttpError::HttpRequestDenied);
             };
@@ -127,6 +131,7 @@ impl OutboundGrants {
             port: uri.port_u16().unwrap_or(default_port(scheme)),
             check_addresses: true,
             locations: None,
+            lookups: Some(self.lookups.clone()),
         })
     }
 }

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
+use unicode_normalization::UnicodeNormalization as _;
 
 use super::connect::Target;
 use crate::secret::SecretResolver;
@@ -121,6 +122,7 @@ impl Upstream {
             port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             check_addresses: false,
             locations: None,
+            lookups: None,
         };
         let mut headers = Vec::new();
         for (name, raw) in &config.headers {
@@ -168,7 +170,10 @@ impl Upstream {
             Some(query) if query.starts_with('?') => format!("/{query}"),
             Some(path) => path.to_owned(),
         };
-        if !guest_path.starts_with('/') {
+        // Origin form, and not `//host/…` or `/\host/…`, which URL parsers
+        // in gateways and frameworks (`new URL(path, base)`) read as a
+        // reference to another host: the credential would follow it.
+        if !guest_path.starts_with('/') || names_another_host(&guest_path) {
             return Err(Refusal::InvalidPath);
         }
         if !self.base_path.is_empty() && leaves_base(&guest_path) {
@@ -185,24 +190,45 @@ impl Upstream {
         for name in REROUTING_HEADERS {
             headers.remove(*name);
         }
+        let rerouting_families: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                REROUTING_PREFIXES
+                    .iter()
+                    .any(|prefix| name.as_str().starts_with(prefix))
+            })
+            .cloned()
+            .collect();
+        for name in rerouting_families {
+            headers.remove(name);
+        }
         headers.insert(http::header::HOST, self.authority.clone());
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
         }
         let mut target = self.target.clone();
-        if !self.base_path.is_empty() {
-            target.locations = Some(Arc::new(LocationRewrite {
-                upstream_origin: format!(
-                    "{}://{}",
-                    self.scheme,
-                    self.authority.to_str().unwrap_or_default()
-                ),
-                base_decoded: crate::ports::percent_decode(&self.base_path)
-                    .unwrap_or_else(|| self.base_path.clone()),
-                base_path: self.base_path.clone(),
-                guest_origin,
-            }));
+        // Even without a base path: the upstream's own address (an internal
+        // one, often) is the operator's, not the guest's.
+        let host = self.target.host.as_str();
+        let host = match host.contains(':') {
+            true => format!("[{host}]"),
+            false => host.to_owned(),
+        };
+        let scheme = self.scheme.as_str();
+        let port = self.target.port;
+        let mut upstream_origins = vec![format!("{scheme}://{host}:{port}")];
+        // The default port may be left out (or spelled out) either way.
+        if matches!((scheme, port), ("https", 443) | ("http", 80)) {
+            upstream_origins.push(format!("{scheme}://{host}"));
         }
+        target.locations = Some(Arc::new(LocationRewrite {
+            upstream_origins,
+            upstream_host: self.target.host.to_ascii_lowercase(),
+            base_decoded: crate::ports::percent_decode(&self.base_path)
+                .unwrap_or_else(|| self.base_path.clone()),
+            base_path: self.base_path.clone(),
+            guest_origin,
+        }));
         Ok(target)
     }
 }
@@ -230,15 +256,27 @@ const REROUTING_HEADERS: &[&str] = &[
     "x-method-override",
 ];
 
+/// Families of request headers proxies set to say where a request came
+/// from or was first addressed (`X-Forwarded-Uri`, `-Proto`, `-Port`,
+/// `X-Original-Host`, `X-Envoy-Original-Path`…), from which frameworks build
+/// paths and redirects: all dropped from requests to upstreams.
+const REROUTING_PREFIXES: &[&str] = &["x-forwarded-", "x-original-", "x-envoy-original-"];
+
 /// Writes an upstream's response locations back to the guest's name for
 /// it, without the base path: `Location: https://api.example/bot<token>/x`
 /// (a redirect adding a trailing slash, say) reaches the guest as
-/// `http://bot.upstream/x`. A location naming the base path any other way
-/// is dropped.
+/// `http://bot.upstream/x`. A location naming the base path any other way,
+/// or the upstream's host with another scheme or port or outside the base
+/// path, is dropped.
 pub struct LocationRewrite {
-    /// `https://api.example:8443`, as requests go out.
-    upstream_origin: String,
-    /// The base path, without a trailing `/`; never empty.
+    /// `https://api.example:8443` as requests go out; with the default
+    /// port, also without it.
+    upstream_origins: Vec<String>,
+    /// `api.example`: a location on this host that is not rewritten (another
+    /// scheme or port, a path outside the base) is dropped.
+    upstream_host: String,
+    /// The base path, without a trailing `/`; empty if the upstream has
+    /// none.
     base_path: String,
     /// The base path percent-decoded (an operator may write `%3A` for
     /// `:`), as a server may echo it.
@@ -268,7 +306,10 @@ impl LocationRewrite {
             let kept: Vec<HeaderValue> = headers
                 .get_all(&name)
                 .iter()
-                .filter(|v| v.to_str().is_ok_and(|text| !self.names_base(text)))
+                .filter(|v| {
+                    v.to_str()
+                        .is_ok_and(|text| !self.names_base(text) && !self.names_host(text))
+                })
                 .cloned()
                 .collect();
             headers.remove(&name);
@@ -306,13 +347,16 @@ impl LocationRewrite {
                 Some(_) => None,
             }
         };
-        let origin_len = self.upstream_origin.len();
-        let rewritten = if text.len() >= origin_len
-            && text.is_char_boundary(origin_len)
-            && text[..origin_len].eq_ignore_ascii_case(&self.upstream_origin)
-        {
-            under_base(&text[origin_len..]).map(|rest| format!("{}{rest}", self.guest_origin))
-        } else if text.starts_with('/') && !text.starts_with("//") {
+        let on_origin = self.upstream_origins.iter().find_map(|origin| {
+            let len = origin.len();
+            let rest = text.get(len..)?;
+            // The origin ends there (`:8080` is not `:80` followed by `80`).
+            let ends = rest.is_empty() || rest.starts_with(['/', '?', '#']);
+            (text[..len].eq_ignore_ascii_case(origin) && ends).then_some(rest)
+        });
+        let rewritten = if let Some(rest) = on_origin {
+            under_base(rest).map(|rest| format!("{}{rest}", self.guest_origin))
+        } else if text.starts_with('/') && !names_another_host(text) {
             under_base(text)
         } else {
             None
@@ -320,6 +364,9 @@ impl LocationRewrite {
         match rewritten {
             Some(location) if !self.names_base(&location) => HeaderValue::try_from(location).ok(),
             Some(_) => None,
+            // On the upstream's host some other way: it would show the
+            // guest where the upstream is.
+            None if self.on_upstream_host(text) => None,
             // Elsewhere (another host, a path outside the base): kept as it
             // is, unless it names the base path.
             None if !self.names_base(text) => Some(value.clone()),
@@ -327,9 +374,41 @@ impl LocationRewrite {
         }
     }
 
+    /// Whether `text` is an absolute or network-path location (`//host/…`,
+    /// `/\host/…`) on the upstream's host, whatever its scheme, port or
+    /// user info; read by hand, so a location no URI parser takes (a space,
+    /// non-ASCII text) is judged too.
+    fn on_upstream_host(&self, text: &str) -> bool {
+        let after_scheme = match text.find("://") {
+            Some(i) => &text[i + 3..],
+            None if names_another_host(text) => &text[2..],
+            None => return false,
+        };
+        let authority = after_scheme
+            .split(['/', '?', '#', '\\'])
+            .next()
+            .unwrap_or_default();
+        let host_port = authority.rsplit('@').next().unwrap_or_default();
+        let host = match host_port.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+            None => host_port.split(':').next().unwrap_or_default(),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host.eq_ignore_ascii_case(&self.upstream_host)
+    }
+
+    /// Whether `text` (a `Link`, `Refresh` or `Set-Cookie` value) mentions
+    /// the upstream's host anywhere.
+    fn names_host(&self, text: &str) -> bool {
+        text.to_ascii_lowercase().contains(&self.upstream_host)
+    }
+
     /// Whether `text` holds the base path, as it is or percent-decoded
     /// (a token's `:` comes back as `%3A`), in any case of its escapes.
     fn names_base(&self, text: &str) -> bool {
+        if self.base_path.is_empty() {
+            return false;
+        }
         let decoded = crate::ports::percent_decode(text);
         text.contains(&self.base_path)
             || text.contains(&self.base_decoded)
@@ -377,6 +456,12 @@ impl Refusal {
     }
 }
 
+/// Whether `path` begins as a reference to another host: `//host/…`, or
+/// `/\host/…`, which URL parsers that follow browsers read the same way.
+fn names_another_host(path: &str) -> bool {
+    path.starts_with("//") || path.starts_with("/\\")
+}
+
 /// How many rounds of percent-decoding [`leaves_base`] follows: a server or
 /// a gateway in front of it may decode a path more than once.
 const DECODE_ROUNDS: usize = 4;
@@ -394,7 +479,7 @@ fn leaves_base(path: &str) -> bool {
     let mut decoded = path.as_bytes().to_vec();
     let mut stable = false;
     for _ in 0..DECODE_ROUNDS {
-        let next = lenient_percent_decode(&decoded);
+        let next = normalized(&lenient_percent_decode(&decoded));
         stable = next == decoded;
         decoded = next;
         if stable {
@@ -404,7 +489,6 @@ fn leaves_base(path: &str) -> bool {
     if !stable || decoded.iter().any(u8::is_ascii_control) {
         return true;
     }
-    let decoded = fold_lookalikes(&decoded);
     decoded.split(|&b| b == b'/' || b == b'\\').any(|segment| {
         let segment = segment
             .split(|&b| matches!(b, b';' | b'?' | b'#'))
@@ -419,17 +503,36 @@ fn leaves_base(path: &str) -> bool {
 /// compatibility normalization, overlong UTF-8 that old decoders accept),
 /// as those ASCII bytes: `．．／` must not pass for a harmless name.
 const LOOKALIKES: &[(&[u8], u8)] = &[
-    ("\u{FF0E}".as_bytes(), b'.'),  // fullwidth full stop
-    ("\u{2024}".as_bytes(), b'.'),  // one dot leader
-    ("\u{FE52}".as_bytes(), b'.'),  // small full stop
-    (&[0xC0, 0xAE], b'.'),          // overlong `.`
-    ("\u{FF0F}".as_bytes(), b'/'),  // fullwidth solidus
-    ("\u{2215}".as_bytes(), b'/'),  // division slash
-    ("\u{2044}".as_bytes(), b'/'),  // fraction slash
-    (&[0xC0, 0xAF], b'/'),          // overlong `/`
-    ("\u{FF3C}".as_bytes(), b'\\'), // fullwidth reverse solidus
-    (&[0xC1, 0x9C], b'\\'),         // overlong backslash
+    ("\u{FF0E}".as_bytes(), b'.'),      // fullwidth full stop
+    ("\u{2024}".as_bytes(), b'.'),      // one dot leader
+    ("\u{FE52}".as_bytes(), b'.'),      // small full stop
+    (&[0xC0, 0xAE], b'.'),              // overlong `.`
+    (&[0xE0, 0x80, 0xAE], b'.'),        // overlong `.`, 3 bytes
+    (&[0xF0, 0x80, 0x80, 0xAE], b'.'),  // overlong `.`, 4 bytes
+    ("\u{FF0F}".as_bytes(), b'/'),      // fullwidth solidus
+    ("\u{2215}".as_bytes(), b'/'),      // division slash
+    ("\u{2044}".as_bytes(), b'/'),      // fraction slash
+    (&[0xC0, 0xAF], b'/'),              // overlong `/`
+    (&[0xE0, 0x80, 0xAF], b'/'),        // overlong `/`, 3 bytes
+    (&[0xF0, 0x80, 0x80, 0xAF], b'/'),  // overlong `/`, 4 bytes
+    ("\u{FF3C}".as_bytes(), b'\\'),     // fullwidth reverse solidus
+    (&[0xC1, 0x9C], b'\\'),             // overlong backslash
+    (&[0xE0, 0x81, 0x9C], b'\\'),       // overlong backslash, 3 bytes
+    (&[0xF0, 0x80, 0x81, 0x9C], b'\\'), // overlong backslash, 4 bytes
 ];
+
+/// `bytes` as a server or gateway that normalizes paths may read them:
+/// Unicode compatibility normalization (NFKC: `‥` U+2025 is `..`, `﹨`
+/// U+FE68 is `\`, `％` U+FF05 is `%`), with overlong bytes folded first (a
+/// lossy reading would make them U+FFFD) and what NFKC leaves (the division
+/// and fraction slashes) folded after. Applied after each decoding round,
+/// so a `％２ｅ` is decoded in the next.
+fn normalized(bytes: &[u8]) -> Vec<u8> {
+    let text: String = String::from_utf8_lossy(&fold_lookalikes(bytes))
+        .nfkc()
+        .collect();
+    fold_lookalikes(text.as_bytes())
+}
 
 /// `bytes` with every [`LOOKALIKES`] sequence replaced by its ASCII byte.
 fn fold_lookalikes(bytes: &[u8]) -> Vec<u8> {

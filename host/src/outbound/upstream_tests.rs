@@ -41,12 +41,24 @@ fn echoing_methods_and_rerouting_headers_never_reach_an_upstream() {
         .header("X-Original-URL", "/admin")
         .header("x-http-method-override", "DELETE")
         .header("Forwarded", "host=evil;proto=http")
+        .header("X-Forwarded-Uri", "/admin")
+        .header("x-forwarded-proto", "http")
+        .header("X-Original-Host", "evil.example")
+        .header("X-Envoy-Original-Path", "/admin")
         .header("x-trace-id", "kept")
         .body(())
         .unwrap();
     up.apply(&mut req).unwrap();
     let names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
-    for dropped in ["x-original-url", "x-http-method-override", "forwarded"] {
+    for dropped in [
+        "x-original-url",
+        "x-http-method-override",
+        "forwarded",
+        "x-forwarded-uri",
+        "x-forwarded-proto",
+        "x-original-host",
+        "x-envoy-original-path",
+    ] {
         assert!(!names.contains(&dropped), "{dropped} in {names:?}");
     }
     assert_eq!(req.headers()["x-trace-id"], "kept");
@@ -150,13 +162,87 @@ fn response_locations_never_show_the_base_path() {
         escaped.apply(&mut headers);
         assert!(headers.get(http::header::LOCATION).is_none(), "{echoed}");
     }
-    // Without a base path nothing is rewritten.
-    let plain = upstream("https://api.example.com", &[]).unwrap();
+    // A location elsewhere on the upstream's host goes: it would show the
+    // guest where the upstream is.
+    for elsewhere in [
+        "https://api.example.com/other",
+        "http://API.example.com:8080/bot123/dir",
+        "//api.example.com/x",
+        "https://api.example.com./x",
+    ] {
+        assert_eq!(rewrite(elsewhere), None, "{elsewhere}");
+    }
+    // Without a base path the upstream's address is written back to the
+    // guest's name for it too, and nothing else is touched.
+    let plain = upstream("http://10.0.0.5:8080", &[]).unwrap();
     let mut req = http::Request::builder()
-        .uri("http://tg.upstream/dir")
+        .uri("http://pay.upstream/dir")
         .body(())
         .unwrap();
-    assert!(plain.apply(&mut req).unwrap().locations.is_none());
+    let plain = plain.apply(&mut req).unwrap().locations.unwrap();
+    for (location, expected) in [
+        (
+            "http://10.0.0.5:8080/x?y=1",
+            Some("http://pay.upstream/x?y=1"),
+        ),
+        ("/x", Some("/x")),
+        ("https://cdn.example/f", Some("https://cdn.example/f")),
+        ("https://10.0.0.5/x", None),
+        ("/\\10.0.0.5/x", None),
+        ("https://user@10.0.0.5:9/a b", None),
+    ] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::LOCATION,
+            HeaderValue::try_from(location).unwrap(),
+        );
+        headers.insert(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static("s=1; Path=/"),
+        );
+        plain.apply(&mut headers);
+        let got = headers
+            .get(http::header::LOCATION)
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(got, expected, "{location}");
+        assert!(headers.get(http::header::SET_COOKIE).is_some());
+    }
+    // Other headers naming the upstream's host go.
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::REFRESH,
+        HeaderValue::from_static("0; url=http://10.0.0.5:8080/x"),
+    );
+    headers.insert(
+        http::header::LINK,
+        HeaderValue::from_static("<http://10.0.0.5:8080/p2>; rel=next"),
+    );
+    plain.apply(&mut headers);
+    assert!(headers.is_empty(), "{headers:?}");
+    // A default port may be spelled out in the URL and left out by the
+    // server, or the other way round.
+    let spelled = upstream("https://api.example.com:443/v2", &[]).unwrap();
+    let mut req = http::Request::builder()
+        .uri("http://pay.upstream/dir")
+        .body(())
+        .unwrap();
+    let spelled = spelled.apply(&mut req).unwrap().locations.unwrap();
+    for location in [
+        "https://api.example.com/v2/x",
+        "https://api.example.com:443/v2/x",
+    ] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::LOCATION,
+            HeaderValue::try_from(location).unwrap(),
+        );
+        spelled.apply(&mut headers);
+        assert_eq!(
+            headers[http::header::LOCATION],
+            "http://pay.upstream/x",
+            "{location}"
+        );
+    }
 }
 
 #[test]
@@ -227,6 +313,16 @@ fn paths_stay_under_the_base_and_in_origin_form() {
         "/%EF%BC%BC..",
         "/%u002e%u002e/admin",
         "/%U002E%u002E/admin",
+        // Compatibility forms (NFKC) of `..`, `...` and `\`, 3-byte
+        // overlongs, and a fullwidth `%2e` decoded after normalization.
+        "/%E2%80%A5/admin",
+        "/%EF%B8%B0/admin",
+        "/%E2%80%A6",
+        "/%EF%B8%99/admin",
+        "/a%EF%B9%A8..%EF%B9%A8admin",
+        "/%E0%80%AE%E0%80%AE/admin",
+        "/a%E0%80%AF..",
+        "/%EF%BC%85%EF%BC%92%EF%BD%85%EF%BC%85%EF%BC%92%EF%BD%85/admin",
     ] {
         assert_eq!(apply(bad), Err(Refusal::LeavesBasePath), "{bad}");
     }
@@ -267,6 +363,20 @@ fn paths_stay_under_the_base_and_in_origin_form() {
     // A path that is not in origin form never reaches the wire.
     let mut req = http::Request::builder().uri("*").body(()).unwrap();
     assert!(matches!(up.apply(&mut req), Err(Refusal::InvalidPath)));
+    // Nor does a reference to another host, with or without a base path.
+    assert_eq!(apply("//evil.example/x"), Err(Refusal::InvalidPath));
+    assert_eq!(apply("/\\evil.example/x"), Err(Refusal::InvalidPath));
+    let root = upstream("https://api.example.com", &[]).unwrap();
+    for path in ["//evil.example/x", "/\\evil.example/x"] {
+        let mut req = http::Request::builder()
+            .uri(format!("http://payments.upstream{path}"))
+            .body(())
+            .unwrap();
+        assert!(
+            matches!(root.apply(&mut req), Err(Refusal::InvalidPath)),
+            "{path}"
+        );
+    }
     // Without a base path, dot segments are the server's business.
     let root = upstream("https://api.example.com", &[]).unwrap();
     let mut req = http::Request::builder()
