@@ -70,6 +70,9 @@ pub struct PayloadLimits {
     pub blob_max_put_bytes: usize,
     /// Largest chunk passed to `writer.write` or asked of `reader.read`.
     pub blob_max_chunk_bytes: usize,
+    /// Most bytes one blob `writer` may write in all: without it, chunks
+    /// within their cap would fill the disk or the bucket without end.
+    pub blob_max_object_bytes: usize,
     /// Largest message payload.
     pub message_max_bytes: usize,
     /// Largest email body (text plus HTML).
@@ -89,6 +92,7 @@ impl Default for PayloadLimits {
             max_key_bytes: 1024,
             blob_max_put_bytes: 16 << 20,
             blob_max_chunk_bytes: 4 << 20,
+            blob_max_object_bytes: 5 << 30,
             message_max_bytes: 1 << 20,
             email_max_body_bytes: 1 << 20,
             email_max_recipients: 50,
@@ -113,6 +117,8 @@ pub struct PayloadSettings {
     pub blob_max_put_mb: Option<u64>,
     /// MiB of one blob chunk (`writer.write`, `reader.read`).
     pub blob_max_chunk_mb: Option<u64>,
+    /// MiB one blob `writer` may write in all.
+    pub blob_max_object_mb: Option<u64>,
     /// KiB of one message payload.
     pub message_max_kb: Option<u64>,
     /// KiB of one email body (text plus HTML).
@@ -131,7 +137,7 @@ struct PayloadKey {
     set: fn(&mut PayloadLimits) -> &mut usize,
 }
 
-const PAYLOAD_KEYS: [PayloadKey; 8] = [
+const PAYLOAD_KEYS: [PayloadKey; 9] = [
     PayloadKey {
         key: "sql_max_rows",
         max: 1_000_000,
@@ -166,6 +172,14 @@ const PAYLOAD_KEYS: [PayloadKey; 8] = [
         unit: 1 << 20,
         get: |s| s.blob_max_chunk_mb,
         set: |l| &mut l.blob_max_chunk_bytes,
+    },
+    PayloadKey {
+        key: "blob_max_object_mb",
+        // S3's largest object, 5 TiB.
+        max: 5 << 20,
+        unit: 1 << 20,
+        get: |s| s.blob_max_object_mb,
+        set: |l| &mut l.blob_max_object_bytes,
     },
     PayloadKey {
         key: "message_max_kb",

@@ -1,6 +1,7 @@
 //! Blob port test guest (`wasi:cli/run` command).
 //!
-//! Mode (argv[1..]): `conformance <container>`, run against a fresh container.
+//! Mode (argv[1..]): `conformance <container>`, run against a fresh container;
+//! `object-cap <container>`, under a manifest's `blob_max_object_mb = 1`.
 //! Any failed assertion panics, which traps: the host sees a test failure.
 
 mod chunked;
@@ -12,7 +13,8 @@ fn main() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.get(1..).unwrap_or_default() {
         ["conformance", container] => conformance(container),
-        other => panic!("usage: blob_guest conformance <container>; got {other:?}"),
+        ["object-cap", container] => object_cap(container),
+        other => panic!("usage: blob_guest conformance|object-cap <container>; got {other:?}"),
     }
 }
 
@@ -225,4 +227,23 @@ fn not_granted() {
         Err(e) => panic!("open not-granted-container: expected NotGranted, got {e:?}"),
         Ok(_) => panic!("open not-granted-container: expected NotGranted, got a container"),
     }
+}
+
+/// With `blob_max_object_mb = 1`, a writer takes 1 MiB in all: the chunk
+/// that would pass it is refused and nothing of it written, and what was
+/// written before is finished whole.
+fn object_cap(name: &str) {
+    let c = Container::open(name).expect("open granted container");
+    let half = vec![7u8; 512 << 10];
+    let writer = c.write("capped").expect("writer");
+    writer.write(&half).expect("first half MiB");
+    writer.write(&half).expect("second half MiB");
+    match writer.write(&[1]) {
+        Err(Error::TooLarge(m)) => assert!(m.contains("blob_max_object_mb"), "{m}"),
+        other => panic!("a byte past 1 MiB: expected TooLarge, got {other:?}"),
+    }
+    let info = writer.finish().expect("finish what fits");
+    assert_eq!(info.size, 1 << 20);
+    assert_eq!(c.get("capped").expect("get").len(), 1 << 20);
+    println!("blob: object cap holds");
 }

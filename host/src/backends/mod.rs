@@ -351,6 +351,8 @@ pub async fn open(
             .unwrap_or_else(|| format!("http://{}", host.listen())),
     ));
     let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
+    // One share of the host's S3 upload buffers for all the app's containers.
+    let upload_buffers = crate::ports::blob::s3::app_write_buffers();
     for name in manifest.blob.keys() {
         let key = format!("blob.{name}");
         let cfg = host
@@ -418,6 +420,7 @@ pub async fn open(
                     .await?,
                     part_size: (part_size_mb as usize) << 20,
                     timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 30_000)?,
+                    app_buffers: upload_buffers.clone(),
                 };
                 Arc::new(
                     S3Container::connect(&settings)

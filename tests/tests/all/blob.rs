@@ -25,3 +25,20 @@ async fn blob_conformance_fs() {
         0
     );
 }
+
+/// `blob_max_object_mb` bounds what one writer writes in all, so chunks
+/// within their own cap cannot fill the disk.
+#[tokio::test]
+async fn blob_writer_total_is_capped_fs() {
+    let manifest = single_component_manifest(
+        "blobcap",
+        guests::BLOB_GUEST,
+        "[blob.files]",
+        "blob = [\"files\"]",
+    ) + "[component.guest.limits]\nblob_max_object_mb = 1\n";
+    let t = TestApp::new(&manifest);
+    let app = t.load().await.unwrap();
+    let out = run(&app, "guest", &["object-cap", "files"]).await;
+    assert_success(&out);
+    assert!(out.stdout.contains("object cap holds"), "{}", out.stdout);
+}

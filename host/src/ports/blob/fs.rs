@@ -92,6 +92,7 @@ impl FsContainer {
             })?;
         }
         probe_rename(&root, &tmp)?;
+        sweep_leftovers(&tmp, LEFTOVER_AGE);
         Ok(FsContainer {
             root,
             tmp,
@@ -137,6 +138,7 @@ impl FsContainer {
             tmp,
             key: key.to_string(),
             root: self.root.clone(),
+            failed: false,
         })
     }
 }
@@ -448,21 +450,55 @@ impl Wanted<'_> {
     }
 }
 
+/// How long a temporary file goes unwritten before it is taken for the
+/// leftover of a writer a crash cut off: a live writer's file is written
+/// to at least once per invocation, and no invocation lasts an hour.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the files in `tmp` not written to for `age`: writes a host
+/// crash cut off, which no writer's drop will remove. Best effort; files
+/// in use by writers of another version of the app are recent.
+fn sweep_leftovers(tmp: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|idle| idle >= age);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a blob write a crash left unfinished");
+        }
+    }
+}
+
 struct FsWriter {
     file: Option<tokio::fs::File>,
     tmp: PathBuf,
     key: String,
     root: PathBuf,
+    /// A write failed: the temporary file may miss some of what was
+    /// written before it (tokio reports a background write's error on the
+    /// next call), so the object can no longer be completed.
+    failed: bool,
 }
 
 #[async_trait]
 impl BlobWriter for FsWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.check()?;
         let file = self.file.as_mut().ok_or(BlobError::Closed)?;
-        file.write_all(chunk).await.map_err(io_error)
+        let written = file.write_all(chunk).await;
+        self.failed = written.is_err();
+        written.map_err(io_error)
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo, BlobError> {
+        self.check()?;
         let mut file = self.file.take().ok_or(BlobError::Closed)?;
         file.flush().await.map_err(io_error)?;
         file.sync_all().await.map_err(io_error)?;
@@ -517,6 +553,19 @@ async fn sync_directories(root: &Path, target: &Path) -> Result<(), BlobError> {
         dir = d.parent();
     }
     Ok(())
+}
+
+impl FsWriter {
+    /// Refuses to go on after a failed write, as the S3 writer does after a
+    /// lost part: a retried chunk must not publish an object with a hole.
+    fn check(&self) -> Result<(), BlobError> {
+        match self.failed {
+            true => Err(BlobError::Other(
+                "an earlier write failed; start a new writer".into(),
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Drop for FsWriter {

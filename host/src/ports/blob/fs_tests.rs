@@ -36,6 +36,24 @@ async fn dropped_writer_leaves_nothing() {
     );
 }
 
+#[tokio::test]
+async fn leftovers_of_a_crash_are_swept_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    let mut live = c.write("live").await.unwrap();
+    live.write(b"in progress").await.unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::write(tmp.join("old"), b"cut off").unwrap();
+    // Written just now: nothing is old enough at the default age.
+    sweep_leftovers(&tmp, LEFTOVER_AGE);
+    assert_eq!(count(&tmp), 2);
+    // With no age every file counts as left over; the writer's is gone too,
+    // so only the age keeps a live writer's file.
+    sweep_leftovers(&tmp, std::time::Duration::ZERO);
+    assert_eq!(count(&tmp), 0);
+    drop(live);
+}
+
 fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }

@@ -40,6 +40,8 @@ pub const MAX_OPEN_READERS: usize = 64;
 pub struct WriterHandle {
     container: Arc<str>,
     writer: Option<Box<dyn BlobWriter>>,
+    /// Bytes written so far, against `blob_max_object_bytes`.
+    written: usize,
 }
 
 /// Backs a guest `reader`.
@@ -305,6 +307,7 @@ impl wit::HostContainer for InstanceState {
                 let handle = self.table.push(WriterHandle {
                     container,
                     writer: Some(writer),
+                    written: 0,
                 })?;
                 self.open_blob_writers += 1;
                 Ok(Ok(handle))
@@ -376,14 +379,26 @@ impl wit::HostWriter for InstanceState {
     async fn write(&mut self, this: Resource<WriterHandle>, chunk: Vec<u8>) -> Res<()> {
         let started = crate::metrics::Started::now();
         let check = self.blob_chunk(chunk.len());
+        let max_object = self.env.limits.payloads.blob_max_object_bytes;
         let span = self.blob_span("writer.write");
         let handle = self.table.get_mut(&this)?;
         let container = handle.container.clone();
+        let total = handle.written.saturating_add(chunk.len());
+        let check = check.and(match total > max_object {
+            true => Err(BlobError::TooLarge(format!(
+                "the object would pass {max_object} bytes, the most one writer may write \
+                 (blob_max_object_mb); nothing of this chunk was written"
+            ))),
+            false => Ok(()),
+        });
         let r = match (check, handle.writer.as_mut()) {
             (Err(e), _) => Err(e),
             (Ok(()), None) => Err(BlobError::Closed),
             (Ok(()), Some(writer)) => writer.write(&chunk).instrument(span).await,
         };
+        if r.is_ok() {
+            handle.written = total;
+        }
         let r = r.map_err(|e| self.blob_error("writer.write", e));
         let (op, len) = ("writer.write", chunk.len());
         self.meter(Port::Blob, op, &container, started, &r, len, |_| 0);

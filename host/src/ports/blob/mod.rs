@@ -154,13 +154,30 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
     Ok(())
 }
 
-/// Checks a listing prefix: like a key, but may be empty or end with `/`.
+/// Checks a listing prefix: like a key, but may be empty or end with `/`,
+/// and its last segment, unless it ends with `/`, may be `.` or `..`: such
+/// a prefix begins keys such as `.env` or `photos/..x`.
 pub fn validate_prefix(prefix: &str, max_bytes: usize) -> Result<(), BlobError> {
     if prefix.is_empty() {
         return Ok(());
     }
-    let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
-    validate_key(trimmed, max_bytes)
+    if let Some(directory) = prefix.strip_suffix('/') {
+        return validate_key(directory, max_bytes);
+    }
+    let (directory, partial) = match prefix.rsplit_once('/') {
+        Some((directory, partial)) => (Some(directory), partial),
+        None => (None, prefix),
+    };
+    // The same length, so every other rule applies as before.
+    let partial = match partial {
+        "." => "x",
+        ".." => "xx",
+        other => other,
+    };
+    match directory {
+        Some(directory) => validate_key(&format!("{directory}/{partial}"), max_bytes),
+        None => validate_key(partial, max_bytes),
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +217,15 @@ mod tests {
         assert!(validate_prefix("", 1024).is_ok());
         assert!(validate_prefix("dir/", 1024).is_ok());
         assert!(validate_prefix("../", 1024).is_err());
+        // A last segment that does not end with `/` may begin a key.
+        for prefix in [".", "..", "photos/.", "a/..", ".env", "dir/sub"] {
+            assert!(validate_prefix(prefix, 1024).is_ok(), "{prefix:?}");
+        }
+        for prefix in [
+            "./", "a/../", "a/./b", "../x", "/abs", "a//b", "a\\.", "a/\0",
+        ] {
+            assert!(validate_prefix(prefix, 1024).is_err(), "{prefix:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::{BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo, ObjectPa
 use crate::secret::Secret;
 use reader::S3Reader;
 use writer::S3Writer;
-pub use writer::WRITE_BUFFER_BUDGET;
+pub use writer::{APP_WRITE_BUFFER_SHARE, WRITE_BUFFER_BUDGET, app_write_buffers};
 
 #[path = "s3_reader.rs"]
 mod reader;
@@ -64,6 +64,9 @@ pub struct S3Settings {
     /// Connect timeout, and the time from sending a request (including a
     /// whole part's body) to its response headers.
     pub timeout: Duration,
+    /// The app's share of the host's upload buffers, shared by all its
+    /// containers (see [`app_write_buffers`]).
+    pub app_buffers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// A container stored under a key prefix in an S3 bucket.
@@ -72,6 +75,7 @@ pub struct S3Container {
     bucket: String,
     prefix: String,
     part_size: usize,
+    app_buffers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// S3 error codes after which the same request may succeed.
@@ -143,6 +147,10 @@ fn millis(t: Option<&aws_sdk_s3::primitives::DateTime>) -> u64 {
 fn now_ms() -> u64 {
     crate::ports::unix_millis()
 }
+
+/// How many empty list pages that say more follow one `list` call reads
+/// through before it gives up (see `list`).
+const EMPTY_PAGES_FOLLOWED: u32 = 8;
 
 /// Builds a page from `(full key, size, modified)` entries in ascending
 /// order: strips `prefix`, keeps at most `limit`, and sets the cursor when
@@ -234,6 +242,7 @@ impl S3Container {
             bucket: s.bucket.clone(),
             prefix: s.prefix.clone(),
             part_size: s.part_size.max(MIN_PART_SIZE),
+            app_buffers: s.app_buffers.clone(),
         })
     }
 
@@ -360,16 +369,37 @@ impl BlobBackend for S3Container {
             return Ok(ObjectPage::default());
         };
         // One more than asked tells whether another page exists.
-        let out = self
+        let request = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(full_prefix)
             .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
-            .max_keys(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX))
+            .max_keys(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX));
+        let mut out = request
+            .clone()
             .send()
             .await
             .map_err(|e| map_err("list-objects", e))?;
+        // S3 may answer a page without keys that says more follow. The
+        // guest's cursor is a key, so such a page would end the listing
+        // early: follow the server's own token instead, a few times.
+        let mut empty_pages = 0;
+        while out.contents().is_empty() && out.is_truncated().unwrap_or(false) {
+            let token = out.next_continuation_token().map(str::to_string);
+            empty_pages += 1;
+            if token.is_none() || empty_pages > EMPTY_PAGES_FOLLOWED {
+                return Err(BlobError::Unavailable(
+                    "the store answered empty list pages that say more follow; retry".into(),
+                ));
+            }
+            out = request
+                .clone()
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| map_err("list-objects", e))?;
+        }
         let entries = out.contents().iter().filter_map(|o| {
             Some((
                 o.key()?.to_string(),
@@ -392,6 +422,7 @@ impl BlobBackend for S3Container {
             self.key(key)?,
             key.to_string(),
             self.part_size,
+            self.app_buffers.clone(),
         )))
     }
 

@@ -24,8 +24,19 @@ static WRITE_BUFFERS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>
         std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_BUFFER_BUDGET / 1024))
     });
 
-/// A part's worth of [`WRITE_BUFFER_BUDGET`] for one writer, from its
-/// first write to its end; `None` if the host's budget is used up now.
+/// The most of [`WRITE_BUFFER_BUDGET`] one app's writers may hold
+/// together, so one tenant's open writers (a byte each reserves a whole
+/// part) never leave the others none.
+pub const APP_WRITE_BUFFER_SHARE: usize = WRITE_BUFFER_BUDGET / 2;
+
+/// A new app's share of the budget ([`APP_WRITE_BUFFER_SHARE`]), which
+/// all its S3 containers take from.
+pub fn app_write_buffers() -> std::sync::Arc<tokio::sync::Semaphore> {
+    std::sync::Arc::new(tokio::sync::Semaphore::new(APP_WRITE_BUFFER_SHARE / 1024))
+}
+
+/// A part's worth of `budget` (in KiB permits) for one writer, from its
+/// first write to its end; `None` if that budget is used up now.
 fn reserve_part(
     budget: &std::sync::Arc<tokio::sync::Semaphore>,
     part_size: usize,
@@ -33,6 +44,12 @@ fn reserve_part(
     let kib = u32::try_from(part_size.div_ceil(1024)).ok()?;
     budget.clone().try_acquire_many_owned(kib).ok()
 }
+
+/// A writer's part of its app's share and of the host's budget.
+type Reservation = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// A chunked write: one buffered part, then a multipart upload.
 pub(super) struct S3Writer {
@@ -51,8 +68,11 @@ pub(super) struct S3Writer {
     size: u64,
     /// A part failed to upload: the object can no longer be completed.
     failed: bool,
-    /// Its part of the host's [`WRITE_BUFFER_BUDGET`], once it has data.
-    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its app's share of the budget ([`app_write_buffers`]).
+    app_buffers: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Its part of its app's share and of the host's
+    /// [`WRITE_BUFFER_BUDGET`], once it has data.
+    reserved: Option<Reservation>,
 }
 
 impl S3Writer {
@@ -64,6 +84,7 @@ impl S3Writer {
         key: String,
         user_key: String,
         part_size: usize,
+        app_buffers: std::sync::Arc<tokio::sync::Semaphore>,
     ) -> S3Writer {
         S3Writer {
             client,
@@ -76,6 +97,7 @@ impl S3Writer {
             parts: Vec::new(),
             size: 0,
             failed: false,
+            app_buffers,
             reserved: None,
         }
     }
@@ -135,16 +157,23 @@ impl BlobWriter for S3Writer {
         self.check()?;
         if self.reserved.is_none() && !chunk.is_empty() {
             // Before any byte is taken, so a refused write can be retried.
-            self.reserved =
-                Some(reserve_part(&WRITE_BUFFERS, self.part_size).ok_or_else(|| {
-                    tracing::warn!(
-                        budget_bytes = WRITE_BUFFER_BUDGET,
-                        "every S3 upload buffer of this host is in use"
-                    );
-                    BlobError::Unavailable(
-                        "the host's upload buffers are all in use; retry later".into(),
-                    )
-                })?);
+            let app = reserve_part(&self.app_buffers, self.part_size).ok_or_else(|| {
+                BlobError::Unavailable(format!(
+                    "this app's writers hold all the upload buffers it may ({} MiB); \
+                     finish or drop some, or retry later",
+                    APP_WRITE_BUFFER_SHARE >> 20
+                ))
+            })?;
+            let host = reserve_part(&WRITE_BUFFERS, self.part_size).ok_or_else(|| {
+                tracing::warn!(
+                    budget_bytes = WRITE_BUFFER_BUDGET,
+                    "every S3 upload buffer of this host is in use"
+                );
+                BlobError::Unavailable(
+                    "the host's upload buffers are all in use; retry later".into(),
+                )
+            })?;
+            self.reserved = Some((app, host));
         }
         // Fill the buffer to exactly one part before uploading, so memory
         // is bounded by the part size whatever the chunk sizes are.
