@@ -52,10 +52,13 @@ fn embedded_path(
     key: &str,
     custom: Option<std::path::PathBuf>,
     kind: PathKind,
+    state: &Path,
     default: impl FnOnce() -> std::path::PathBuf,
 ) -> anyhow::Result<std::path::PathBuf> {
     match custom {
-        Some(raw) => ownership::app_path(&raw, origin.app, kind).map_err(|m| origin.err(key, m)),
+        Some(raw) => {
+            ownership::app_path(&raw, origin.app, kind, state).map_err(|m| origin.err(key, m))
+        }
         None => Ok(default()),
     }
 }
@@ -176,6 +179,7 @@ pub async fn open(
                     &format!("{key}.path"),
                     path,
                     PathKind::File,
+                    state,
                     || state.join("sql").join(format!("{name}.db")),
                 )?;
                 Arc::new(SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?)
@@ -314,6 +318,7 @@ pub async fn open(
                     &format!("{key}.path"),
                     path,
                     PathKind::File,
+                    state,
                     || state.join("kv").join(format!("{name}.db")),
                 )?;
                 Arc::new(SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?)
@@ -367,6 +372,7 @@ pub async fn open(
                     &format!("{key}.root"),
                     root,
                     PathKind::Directory,
+                    state,
                     || state.join("blob").join(name),
                 )?;
                 Arc::new(

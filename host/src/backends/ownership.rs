@@ -39,13 +39,202 @@ pub(super) enum PathKind {
 }
 
 /// The path app `app` uses for the custom path `raw` of the host config:
-/// `{app}` replaced by the app's name ([`substitute`]), then claimed for the
-/// app ([`claim`]). Call it before the backend opens the path. Errors are
-/// messages for the caller to prefix with the host-config file and key.
-pub(super) fn app_path(raw: &Path, app: &str, kind: PathKind) -> Result<PathBuf, String> {
+/// `{app}` replaced by the app's name ([`substitute`]), kept apart from
+/// every other app's data ([`keep_apart`]; `own_state` is the app's state
+/// directory, `<state>/<app>`), then claimed for the app ([`claim`]). Call
+/// it before the backend opens the path. Errors are messages for the
+/// caller to prefix with the host-config file and key.
+pub(super) fn app_path(
+    raw: &Path,
+    app: &str,
+    kind: PathKind,
+    own_state: &Path,
+) -> Result<PathBuf, String> {
     let path = substitute(raw, app)?;
+    let resolved = keep_apart(&path, app, own_state)?;
     claim(&path, app, &suggestion(raw, kind))?;
+    remember_claim(resolved, app);
     Ok(path)
+}
+
+/// Paths claimed in this process, resolved, with their apps. The markers
+/// show who owns a path, but not that a path holds another app's deep in
+/// its tree; this list does, for every app this process loaded.
+static CLAIMED: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// How many levels down, and how many entries at most, a directory about
+/// to be claimed for the first time is searched for other apps' markers.
+const SEARCH_DEPTH: usize = 3;
+const SEARCH_ENTRIES: usize = 100_000;
+
+fn claimed() -> std::sync::MutexGuard<'static, Vec<(PathBuf, String)>> {
+    // The list holds no invariant a panic could break.
+    CLAIMED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn remember_claim(path: PathBuf, app: &str) {
+    let mut claimed = claimed();
+    if !claimed.iter().any(|(p, a)| *p == path && a == app) {
+        claimed.push((path, app.to_owned()));
+    }
+}
+
+/// Refuses a custom path of `app` that would reach what is not the app's:
+///
+/// - the host's state directory (every app's state and the URL-signing
+///   key): a path that holds it, or lies in it outside `own_state`;
+/// - another app's claimed path, one inside the other: `/srv/avatars`
+///   for app `avatars` holds `/srv/avatars/shop` of app `shop` (the same
+///   path is [`claim`]'s to refuse). Found by the markers of the path's
+///   parents, by the paths this process claimed, and, for a directory
+///   claimed for the first time, by the markers in it, [`SEARCH_DEPTH`]
+///   levels down.
+///
+/// Paths are compared after `.` and `..` are resolved, and the links of
+/// their existing part. Returns the path so resolved.
+pub(super) fn keep_apart(path: &Path, app: &str, own_state: &Path) -> Result<PathBuf, String> {
+    // A link as the last component would leave the marker beside the
+    // link and the data elsewhere, where no marker is looked for.
+    let absolute = std::path::absolute(path)
+        .map_err(|e| format!("cannot resolve `{}`: {e}", path.display()))?;
+    if std::fs::symlink_metadata(&absolute).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "`{}` is a symbolic link; give the path it points to",
+            path.display()
+        ));
+    }
+    let own_state = resolved(own_state)?;
+    let resolved = resolved(path)?;
+    if let Some(state_root) = own_state.parent() {
+        if state_root.starts_with(&resolved) {
+            return Err(format!(
+                "`{}` holds the host's state directory `{}` (every app's data and the URL-signing key); give the app a path outside it",
+                path.display(),
+                state_root.display()
+            ));
+        }
+        if resolved.starts_with(state_root) && !resolved.starts_with(&own_state) {
+            return Err(format!(
+                "`{}` lies in the host's state directory `{}`, outside app `{app}`'s own `{}`; give the app a path outside it",
+                path.display(),
+                state_root.display(),
+                own_state.display()
+            ));
+        }
+    }
+    for (other, owner) in claimed().iter() {
+        let nested =
+            other != &resolved && (other.starts_with(&resolved) || resolved.starts_with(other));
+        // A path handed on (its data and marker removed) is no one's now.
+        if owner != app && nested && marker_names(other, owner) {
+            return Err(overlap(path, other, owner));
+        }
+    }
+    for parent in resolved.ancestors().skip(1) {
+        if parent.parent().is_none() {
+            break;
+        }
+        let marker = marker_of(parent)?;
+        if marker.exists() {
+            let owner = read_owner(&marker)?;
+            if owner != app {
+                return Err(overlap(path, parent, &owner));
+            }
+        }
+    }
+    if resolved.is_dir() && !marker_of(&resolved)?.exists() {
+        let mut budget = SEARCH_ENTRIES;
+        search_markers(path, &resolved, app, SEARCH_DEPTH, &mut budget)?;
+    }
+    Ok(resolved)
+}
+
+/// The error for `path`, which holds or lies in `other`, of app `owner`.
+fn overlap(path: &Path, other: &Path, owner: &str) -> String {
+    format!(
+        "`{}` overlaps `{}`, which belongs to app `{}`: one lies inside the other, so each app could reach the other's data; give each app a path of its own that holds no other",
+        path.display(),
+        other.display(),
+        owner.escape_debug()
+    )
+}
+
+/// Whether the marker of `path` still names `owner`.
+fn marker_names(path: &Path, owner: &str) -> bool {
+    marker_of(path)
+        .ok()
+        .and_then(|m| std::fs::read_to_string(m).ok())
+        .is_some_and(|text| text.trim() == owner)
+}
+
+/// Looks for markers of apps other than `app` in `dir`, `depth` levels
+/// down, reading at most `budget` entries; links are not followed.
+fn search_markers(
+    path: &Path,
+    dir: &Path,
+    app: &str,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            return Ok(());
+        }
+        *budget -= 1;
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let name = entry.file_name();
+        if kind.is_file() && name.as_bytes().ends_with(MARKER_SUFFIX.as_bytes()) {
+            let owner = read_owner(&entry.path())?;
+            if owner != app {
+                let claimed = &name.as_bytes()[..name.len() - MARKER_SUFFIX.len()];
+                let claimed = dir.join(std::ffi::OsStr::from_bytes(claimed));
+                return Err(overlap(path, &claimed, &owner));
+            }
+        } else if kind.is_dir() && depth > 1 {
+            search_markers(path, &entry.path(), app, depth - 1, budget)?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` absolute, with `.` and `..` resolved, and the links of its
+/// longest existing part.
+fn resolved(path: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)
+        .map_err(|e| format!("cannot resolve `{}`: {e}", path.display()))?;
+    let mut normal = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut existing = normal.as_path();
+    loop {
+        if let Ok(mut real) = existing.canonicalize() {
+            real.extend(missing.iter().rev());
+            return Ok(real);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(normal),
+        }
+    }
 }
 
 /// `raw` with every `{app}` replaced by `app`. Any other `{` or `}` is an
@@ -202,7 +391,13 @@ mod tests {
         let root = dir.path().join("avatars");
         let raw = root.clone();
         claim(&root, "alice", &suggestion(&raw, PathKind::Directory)).unwrap();
-        let err = app_path(&raw, "bob", PathKind::Directory).unwrap_err();
+        let err = app_path(
+            &raw,
+            "bob",
+            PathKind::Directory,
+            &dir.path().join("state/bob"),
+        )
+        .unwrap_err();
         assert!(err.contains("`alice`"), "{err}");
         assert!(err.contains("`bob`"), "{err}");
         assert!(err.contains(&root.display().to_string()), "{err}");
@@ -215,6 +410,78 @@ mod tests {
             std::fs::read_to_string(dir.path().join("avatars.berth-owner")).unwrap(),
             "alice\n"
         );
+    }
+
+    #[test]
+    fn paths_inside_other_apps_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state/shop");
+        // In this process: `/srv/{app}` for app `avatars` holds the
+        // `/srv/avatars/{app}` of app `shop`, whichever comes first.
+        let inner = dir.path().join("srv/avatars/{app}");
+        let outer = dir.path().join("srv/{app}");
+        app_path(&inner, "shop", PathKind::Directory, &state).unwrap();
+        let err = app_path(&outer, "avatars", PathKind::Directory, &state).unwrap_err();
+        assert!(err.contains("overlaps") && err.contains("`shop`"), "{err}");
+        let other = dir.path().join("other/{app}");
+        app_path(&other, "avatars", PathKind::Directory, &state).unwrap();
+        let err = app_path(
+            &dir.path().join("other/avatars/{app}"),
+            "shop",
+            PathKind::Directory,
+            &state,
+        )
+        .unwrap_err();
+        assert!(err.contains("`avatars`"), "{err}");
+
+        // Claimed by an earlier process (a marker only): found below a
+        // directory claimed for the first time, and above a path.
+        let earlier = dir.path().join("earlier/avatars/shop");
+        claim(&earlier, "shop", "fix").unwrap();
+        std::fs::create_dir_all(&earlier).unwrap();
+        let err = keep_apart(&dir.path().join("earlier"), "avatars", &state).unwrap_err();
+        assert!(err.contains(&earlier.display().to_string()), "{err}");
+        assert!(keep_apart(&dir.path().join("earlier"), "shop", &state).is_ok());
+        let err = keep_apart(&earlier.join("deeper"), "avatars", &state).unwrap_err();
+        assert!(err.contains("`shop`"), "{err}");
+        // `..` and links are resolved before paths are compared.
+        std::os::unix::fs::symlink(dir.path().join("earlier"), dir.path().join("link")).unwrap();
+        let err = keep_apart(&dir.path().join("link/avatars/shop/x"), "avatars", &state);
+        assert!(err.is_err());
+        let err = keep_apart(&dir.path().join("x/../earlier/avatars/shop/y"), "a", &state);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn a_link_is_no_custom_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data"), dir.path().join("link")).unwrap();
+        let state = dir.path().join("state/shop");
+        let err = keep_apart(&dir.path().join("link"), "shop", &state).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn the_state_directory_is_no_custom_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_root = dir.path().join("state");
+        let own = state_root.join("shop");
+        std::fs::create_dir_all(&own).unwrap();
+        for (path, says) in [
+            (dir.path().to_path_buf(), "holds the host's state directory"),
+            (state_root.clone(), "holds the host's state directory"),
+            (state_root.join("other/blob"), "outside app `shop`'s own"),
+            (
+                state_root.join("url-signing.key"),
+                "outside app `shop`'s own",
+            ),
+        ] {
+            let err = keep_apart(&path, "shop", &own).unwrap_err();
+            assert!(err.contains(says), "{}: {err}", path.display());
+        }
+        assert!(keep_apart(&own.join("custom/files"), "shop", &own).is_ok());
+        assert!(keep_apart(&dir.path().join("srv/shop"), "shop", &own).is_ok());
     }
 
     #[test]
@@ -232,8 +499,9 @@ mod tests {
     fn placeholder_gives_each_app_its_own_path() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("{app}");
-        let a = app_path(&raw, "alice", PathKind::Directory).unwrap();
-        let b = app_path(&raw, "bob", PathKind::Directory).unwrap();
+        let state = dir.path().join("state/alice");
+        let a = app_path(&raw, "alice", PathKind::Directory, &state).unwrap();
+        let b = app_path(&raw, "bob", PathKind::Directory, &state).unwrap();
         assert_eq!(a, dir.path().join("alice"));
         assert_eq!(b, dir.path().join("bob"));
         assert_eq!(
