@@ -294,6 +294,7 @@ impl BlobBackend for FsContainer {
                     Err(e) => return Err(io_error(e)),
                 }
                 remove_empty_parents(&self.root, &path).await;
+                sync_nearest_directory(&self.root, &path).await?;
                 Ok(true)
             }
             Ok(_) => Ok(false),
@@ -530,6 +531,23 @@ impl BlobWriter for FsWriter {
         let meta = tokio::fs::metadata(&target).await.map_err(io_error)?;
         Ok(info_of(&self.key, &meta))
     }
+}
+
+/// Makes a delete of `path` durable: syncs the nearest directory above it
+/// that still exists, whose entry for the file (or for the emptied
+/// directories removed under it) changed; otherwise a power loss could
+/// bring the object back after `delete` returned.
+async fn sync_nearest_directory(root: &Path, path: &Path) -> Result<(), BlobError> {
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+        match tokio::fs::File::open(d).await {
+            Ok(handle) => return handle.sync_all().await.map_err(io_error),
+            // Removed as emptied, here or by a concurrent delete.
+            Err(e) if e.kind() == ErrorKind::NotFound => dir = d.parent(),
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Makes the rename of `target` durable: the directory entries of the
