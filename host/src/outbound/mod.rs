@@ -15,6 +15,7 @@
 //! followed.
 
 pub mod address;
+mod base_path;
 pub mod connect;
 pub mod rules;
 pub mod upstream;

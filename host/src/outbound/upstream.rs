@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use unicode_normalization::UnicodeNormalization as _;
 
+use super::base_path::leaves_base;
 use super::connect::Target;
 use crate::secret::SecretResolver;
 
@@ -70,6 +70,8 @@ pub struct Upstream {
     scheme: http::uri::Scheme,
     base_path: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// What a response's locations are checked against, built once.
+    locations: Arc<UpstreamLocations>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -137,13 +139,17 @@ impl Upstream {
             value.set_sensitive(true);
             headers.push((header, value));
         }
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS);
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let locations = Arc::new(UpstreamLocations::new(&target, &scheme, &base_path));
         Ok(Upstream {
             target,
             authority: HeaderValue::try_from(authority.as_str())
                 .map_err(|_| "`url` has an invalid host".to_owned())?,
-            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
-            base_path: uri.path().trim_end_matches('/').to_owned(),
+            scheme,
+            base_path,
             headers,
+            locations,
         })
     }
 
@@ -209,24 +215,8 @@ impl Upstream {
         let mut target = self.target.clone();
         // Even without a base path: the upstream's own address (an internal
         // one, often) is the operator's, not the guest's.
-        let host = self.target.host.as_str();
-        let host = match host.contains(':') {
-            true => format!("[{host}]"),
-            false => host.to_owned(),
-        };
-        let scheme = self.scheme.as_str();
-        let port = self.target.port;
-        let mut upstream_origins = vec![format!("{scheme}://{host}:{port}")];
-        // The default port may be left out (or spelled out) either way.
-        if matches!((scheme, port), ("https", 443) | ("http", 80)) {
-            upstream_origins.push(format!("{scheme}://{host}"));
-        }
         target.locations = Some(Arc::new(LocationRewrite {
-            upstream_origins,
-            upstream_host: self.target.host.to_ascii_lowercase(),
-            base_decoded: crate::ports::percent_decode(&self.base_path)
-                .unwrap_or_else(|| self.base_path.clone()),
-            base_path: self.base_path.clone(),
+            upstream: self.locations.clone(),
             guest_origin,
         }));
         Ok(target)
@@ -269,6 +259,15 @@ const REROUTING_PREFIXES: &[&str] = &["x-forwarded-", "x-original-", "x-envoy-or
 /// or the upstream's host with another scheme or port or outside the base
 /// path, is dropped.
 pub struct LocationRewrite {
+    /// The upstream's side, the same for every request.
+    upstream: Arc<UpstreamLocations>,
+    /// `http://<name>.upstream`, as the guest wrote it (empty for a request
+    /// in origin form: locations become paths).
+    guest_origin: String,
+}
+
+/// What a [`LocationRewrite`] looks for, built from the upstream's URL once.
+pub struct UpstreamLocations {
     /// `https://api.example:8443` as requests go out; with the default
     /// port, also without it.
     upstream_origins: Vec<String>,
@@ -281,9 +280,29 @@ pub struct LocationRewrite {
     /// The base path percent-decoded (an operator may write `%3A` for
     /// `:`), as a server may echo it.
     base_decoded: String,
-    /// `http://<name>.upstream`, as the guest wrote it (empty for a request
-    /// in origin form: locations become paths).
-    guest_origin: String,
+}
+
+impl UpstreamLocations {
+    fn new(target: &Target, scheme: &http::uri::Scheme, base_path: &str) -> UpstreamLocations {
+        let host = target.host.as_str();
+        let host = match host.contains(':') {
+            true => format!("[{host}]"),
+            false => host.to_owned(),
+        };
+        let (scheme, port) = (scheme.as_str(), target.port);
+        let mut upstream_origins = vec![format!("{scheme}://{host}:{port}")];
+        // The default port may be left out (or spelled out) either way.
+        if matches!((scheme, port), ("https", 443) | ("http", 80)) {
+            upstream_origins.push(format!("{scheme}://{host}"));
+        }
+        UpstreamLocations {
+            upstream_origins,
+            upstream_host: target.host.to_ascii_lowercase(),
+            base_decoded: crate::ports::percent_decode(base_path)
+                .unwrap_or_else(|| base_path.to_owned()),
+            base_path: base_path.to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Debug for LocationRewrite {
@@ -338,7 +357,7 @@ impl LocationRewrite {
             return None;
         };
         let under_base = |rest: &str| -> Option<String> {
-            let rest = rest.strip_prefix(&self.base_path)?;
+            let rest = rest.strip_prefix(&self.upstream.base_path)?;
             match rest.chars().next() {
                 None => Some("/".to_owned()),
                 Some('/') => Some(rest.to_owned()),
@@ -347,7 +366,7 @@ impl LocationRewrite {
                 Some(_) => None,
             }
         };
-        let on_origin = self.upstream_origins.iter().find_map(|origin| {
+        let on_origin = self.upstream.upstream_origins.iter().find_map(|origin| {
             let len = origin.len();
             let rest = text.get(len..)?;
             // The origin ends there (`:8080` is not `:80` followed by `80`).
@@ -394,25 +413,26 @@ impl LocationRewrite {
             None => host_port.split(':').next().unwrap_or_default(),
         };
         let host = host.strip_suffix('.').unwrap_or(host);
-        host.eq_ignore_ascii_case(&self.upstream_host)
+        host.eq_ignore_ascii_case(&self.upstream.upstream_host)
     }
 
     /// Whether `text` (a `Link`, `Refresh` or `Set-Cookie` value) mentions
     /// the upstream's host anywhere.
     fn names_host(&self, text: &str) -> bool {
-        text.to_ascii_lowercase().contains(&self.upstream_host)
+        text.to_ascii_lowercase()
+            .contains(&self.upstream.upstream_host)
     }
 
     /// Whether `text` holds the base path, as it is or percent-decoded
     /// (a token's `:` comes back as `%3A`), in any case of its escapes.
     fn names_base(&self, text: &str) -> bool {
-        if self.base_path.is_empty() {
+        if self.upstream.base_path.is_empty() {
             return false;
         }
         let decoded = crate::ports::percent_decode(text);
-        text.contains(&self.base_path)
-            || text.contains(&self.base_decoded)
-            || decoded.is_none_or(|d| d.contains(&self.base_decoded))
+        text.contains(&self.upstream.base_path)
+            || text.contains(&self.upstream.base_decoded)
+            || decoded.is_none_or(|d| d.contains(&self.upstream.base_decoded))
     }
 }
 
@@ -460,142 +480,6 @@ impl Refusal {
 /// `/\host/…`, which URL parsers that follow browsers read the same way.
 fn names_another_host(path: &str) -> bool {
     path.starts_with("//") || path.starts_with("/\\")
-}
-
-/// How many rounds of percent-decoding [`leaves_base`] follows: a server or
-/// a gateway in front of it may decode a path more than once.
-const DECODE_ROUNDS: usize = 4;
-
-/// Whether `path` (with its query) could resolve outside the base path on
-/// some server: a segment of only dots (`.`, `..`, also `..;x`, `..?x` and
-/// `.. ` as Tomcat, a gateway that decodes and parses again, or IIS read
-/// them), spelled plainly or percent-encoded any number of times (`%XX` or
-/// IIS's `%uXXXX`), with `/`, `\`, their encodings and their [`LOOKALIKES`]
-/// all taken as separators, and lookalike dots as dots. A path still changing
-/// after [`DECODE_ROUNDS`] decodings, or holding a control character once
-/// decoded, is refused too.
-fn leaves_base(path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut decoded = path.as_bytes().to_vec();
-    let mut stable = false;
-    for _ in 0..DECODE_ROUNDS {
-        let next = normalized(&lenient_percent_decode(&decoded));
-        stable = next == decoded;
-        decoded = next;
-        if stable {
-            break;
-        }
-    }
-    if !stable || decoded.iter().any(u8::is_ascii_control) {
-        return true;
-    }
-    decoded.split(|&b| b == b'/' || b == b'\\').any(|segment| {
-        let segment = segment
-            .split(|&b| matches!(b, b';' | b'?' | b'#'))
-            .next()
-            .unwrap_or_default();
-        let segment = segment.trim_ascii_end();
-        !segment.is_empty() && segment.iter().all(|&b| b == b'.')
-    })
-}
-
-/// Characters some servers or gateways turn into a dot, a slash or a backslash (Unicode
-/// compatibility normalization, overlong UTF-8 that old decoders accept),
-/// as those ASCII bytes: `．．／` must not pass for a harmless name.
-const LOOKALIKES: &[(&[u8], u8)] = &[
-    ("\u{FF0E}".as_bytes(), b'.'),      // fullwidth full stop
-    ("\u{2024}".as_bytes(), b'.'),      // one dot leader
-    ("\u{FE52}".as_bytes(), b'.'),      // small full stop
-    (&[0xC0, 0xAE], b'.'),              // overlong `.`
-    (&[0xE0, 0x80, 0xAE], b'.'),        // overlong `.`, 3 bytes
-    (&[0xF0, 0x80, 0x80, 0xAE], b'.'),  // overlong `.`, 4 bytes
-    ("\u{FF0F}".as_bytes(), b'/'),      // fullwidth solidus
-    ("\u{2215}".as_bytes(), b'/'),      // division slash
-    ("\u{2044}".as_bytes(), b'/'),      // fraction slash
-    (&[0xC0, 0xAF], b'/'),              // overlong `/`
-    (&[0xE0, 0x80, 0xAF], b'/'),        // overlong `/`, 3 bytes
-    (&[0xF0, 0x80, 0x80, 0xAF], b'/'),  // overlong `/`, 4 bytes
-    ("\u{FF3C}".as_bytes(), b'\\'),     // fullwidth reverse solidus
-    (&[0xC1, 0x9C], b'\\'),             // overlong backslash
-    (&[0xE0, 0x81, 0x9C], b'\\'),       // overlong backslash, 3 bytes
-    (&[0xF0, 0x80, 0x81, 0x9C], b'\\'), // overlong backslash, 4 bytes
-];
-
-/// `bytes` as a server or gateway that normalizes paths may read them:
-/// Unicode compatibility normalization (NFKC: `‥` U+2025 is `..`, `﹨`
-/// U+FE68 is `\`, `％` U+FF05 is `%`), with overlong bytes folded first (a
-/// lossy reading would make them U+FFFD) and what NFKC leaves (the division
-/// and fraction slashes) folded after. Applied after each decoding round,
-/// so a `％２ｅ` is decoded in the next.
-fn normalized(bytes: &[u8]) -> Vec<u8> {
-    let text: String = String::from_utf8_lossy(&fold_lookalikes(bytes))
-        .nfkc()
-        .collect();
-    fold_lookalikes(text.as_bytes())
-}
-
-/// `bytes` with every [`LOOKALIKES`] sequence replaced by its ASCII byte.
-fn fold_lookalikes(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut rest = bytes;
-    'next: while let Some((&first, tail)) = rest.split_first() {
-        for (from, to) in LOOKALIKES {
-            if let Some(after) = rest.strip_prefix(*from) {
-                out.push(*to);
-                rest = after;
-                continue 'next;
-            }
-        }
-        out.push(first);
-        rest = tail;
-    }
-    out
-}
-
-/// `bytes` with each `%XX` (two hex digits) decoded, and each `%uXXXX` (IIS)
-/// as the UTF-8 of that code point; any other `%` is kept
-/// as it is, as servers do (`100%.md`, bytes that are not UTF-8).
-fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
-            _ => None,
-        };
-        if let Some(c) = iis_escape(&bytes[i..]) {
-            let mut utf8 = [0; 4];
-            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-            i += 6;
-            continue;
-        }
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// The character of a `%uXXXX` escape at the start of `bytes`, if there is
-/// one (IIS decodes them; `%u002e` is a dot).
-fn iis_escape(bytes: &[u8]) -> Option<char> {
-    let digits = match bytes {
-        [b'%', b'u' | b'U', rest @ ..] => rest.get(..4)?,
-        _ => return None,
-    };
-    let digits = std::str::from_utf8(digits).ok()?;
-    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    char::from_u32(u32::from_str_radix(digits, 16).ok()?)
 }
 
 /// The upstream name a request's host addresses, if it ends in

@@ -1,0 +1,141 @@
+//! Whether a guest's path to a named upstream could resolve outside the
+//! upstream's base path on some server or gateway: dot segments in every
+//! spelling such servers are known to read as `.` or `..`.
+
+use unicode_normalization::UnicodeNormalization as _;
+
+/// How many rounds of percent-decoding [`leaves_base`] follows: a server or
+/// a gateway in front of it may decode a path more than once.
+const DECODE_ROUNDS: usize = 4;
+
+/// Whether `path` (with its query) could resolve outside the base path on
+/// some server: a segment of only dots (`.`, `..`, also `..;x`, `..?x` and
+/// `.. ` as Tomcat, a gateway that decodes and parses again, or IIS read
+/// them), spelled plainly or percent-encoded any number of times (`%XX` or
+/// IIS's `%uXXXX`), with `/`, `\`, their encodings and their [`LOOKALIKES`]
+/// all taken as separators, and lookalike dots as dots. A path still changing
+/// after [`DECODE_ROUNDS`] decodings, or holding a control character once
+/// decoded, is refused too.
+pub(super) fn leaves_base(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut decoded = path.as_bytes().to_vec();
+    let mut stable = false;
+    for _ in 0..DECODE_ROUNDS {
+        let next = normalized(&lenient_percent_decode(&decoded));
+        stable = next == decoded;
+        decoded = next;
+        if stable {
+            break;
+        }
+    }
+    if !stable || decoded.iter().any(u8::is_ascii_control) {
+        return true;
+    }
+    decoded.split(|&b| b == b'/' || b == b'\\').any(|segment| {
+        let segment = segment
+            .split(|&b| matches!(b, b';' | b'?' | b'#'))
+            .next()
+            .unwrap_or_default();
+        let segment = segment.trim_ascii_end();
+        !segment.is_empty() && segment.iter().all(|&b| b == b'.')
+    })
+}
+
+/// Characters some servers or gateways turn into a dot, a slash or a backslash (Unicode
+/// compatibility normalization, overlong UTF-8 that old decoders accept),
+/// as those ASCII bytes: `．．／` must not pass for a harmless name.
+const LOOKALIKES: &[(&[u8], u8)] = &[
+    ("\u{FF0E}".as_bytes(), b'.'),      // fullwidth full stop
+    ("\u{2024}".as_bytes(), b'.'),      // one dot leader
+    ("\u{FE52}".as_bytes(), b'.'),      // small full stop
+    (&[0xC0, 0xAE], b'.'),              // overlong `.`
+    (&[0xE0, 0x80, 0xAE], b'.'),        // overlong `.`, 3 bytes
+    (&[0xF0, 0x80, 0x80, 0xAE], b'.'),  // overlong `.`, 4 bytes
+    ("\u{FF0F}".as_bytes(), b'/'),      // fullwidth solidus
+    ("\u{2215}".as_bytes(), b'/'),      // division slash
+    ("\u{2044}".as_bytes(), b'/'),      // fraction slash
+    (&[0xC0, 0xAF], b'/'),              // overlong `/`
+    (&[0xE0, 0x80, 0xAF], b'/'),        // overlong `/`, 3 bytes
+    (&[0xF0, 0x80, 0x80, 0xAF], b'/'),  // overlong `/`, 4 bytes
+    ("\u{FF3C}".as_bytes(), b'\\'),     // fullwidth reverse solidus
+    (&[0xC1, 0x9C], b'\\'),             // overlong backslash
+    (&[0xE0, 0x81, 0x9C], b'\\'),       // overlong backslash, 3 bytes
+    (&[0xF0, 0x80, 0x81, 0x9C], b'\\'), // overlong backslash, 4 bytes
+];
+
+/// `bytes` as a server or gateway that normalizes paths may read them:
+/// Unicode compatibility normalization (NFKC: `‥` U+2025 is `..`, `﹨`
+/// U+FE68 is `\`, `％` U+FF05 is `%`), with overlong bytes folded first (a
+/// lossy reading would make them U+FFFD) and what NFKC leaves (the division
+/// and fraction slashes) folded after. Applied after each decoding round,
+/// so a `％２ｅ` is decoded in the next.
+fn normalized(bytes: &[u8]) -> Vec<u8> {
+    let text: String = String::from_utf8_lossy(&fold_lookalikes(bytes))
+        .nfkc()
+        .collect();
+    fold_lookalikes(text.as_bytes())
+}
+
+/// `bytes` with every [`LOOKALIKES`] sequence replaced by its ASCII byte.
+fn fold_lookalikes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    'next: while let Some((&first, tail)) = rest.split_first() {
+        for (from, to) in LOOKALIKES {
+            if let Some(after) = rest.strip_prefix(*from) {
+                out.push(*to);
+                rest = after;
+                continue 'next;
+            }
+        }
+        out.push(first);
+        rest = tail;
+    }
+    out
+}
+
+/// `bytes` with each `%XX` (two hex digits) decoded, and each `%uXXXX` (IIS)
+/// as the UTF-8 of that code point; any other `%` is kept
+/// as it is, as servers do (`100%.md`, bytes that are not UTF-8).
+fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        if let Some(c) = iis_escape(&bytes[i..]) {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+            continue;
+        }
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The character of a `%uXXXX` escape at the start of `bytes`, if there is
+/// one (IIS decodes them; `%u002e` is a dot).
+fn iis_escape(bytes: &[u8]) -> Option<char> {
+    let digits = match bytes {
+        [b'%', b'u' | b'U', rest @ ..] => rest.get(..4)?,
+        _ => return None,
+    };
+    let digits = std::str::from_utf8(digits).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    char::from_u32(u32::from_str_radix(digits, 16).ok()?)
+}
