@@ -357,7 +357,7 @@ pub async fn open(
     ));
     let mut blob: HashMap<String, Arc<dyn BlobBackend>> = HashMap::new();
     // One share of the host's S3 upload buffers for all the app's containers.
-    let upload_buffers = crate::ports::blob::s3::app_write_buffers();
+    let upload_buffers = crate::ports::blob::s3::app_write_buffers(app);
     for name in manifest.blob.keys() {
         let key = format!("blob.{name}");
         let cfg = host

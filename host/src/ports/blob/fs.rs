@@ -87,7 +87,7 @@ impl FsContainer {
         signer: Arc<UrlSigner>,
     ) -> Result<FsContainer, BlobError> {
         for dir in [&root, &tmp] {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            create_dir_durably(dir).map_err(|e| {
                 BlobError::Unavailable(format!("cannot create blob directory: {}", e.kind()))
             })?;
         }
@@ -556,7 +556,9 @@ impl BlobReader for FsReader {
 
 #[path = "fs_durable.rs"]
 mod durable;
-use durable::{LEFTOVER_AGE, sweep_leftovers, sync_directories, sync_nearest_directory};
+use durable::{
+    LEFTOVER_AGE, create_dir_durably, sweep_leftovers, sync_directories, sync_nearest_directory,
+};
 
 #[cfg(test)]
 #[path = "fs_tests.rs"]

@@ -33,6 +33,20 @@ pub(super) fn sweep_leftovers(tmp: &Path, age: std::time::Duration) {
     }
 }
 
+/// Creates `dir` and its missing parents, and syncs the directory above
+/// each one it made: objects written into a container made at load must
+/// not vanish with the container in a power loss.
+pub(super) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for made in missing {
+        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes a delete of `path` durable: syncs the nearest directory above it
 /// that still exists, whose entry for the file (or for the emptied
 /// directories removed under it) changed; otherwise a power loss could

@@ -83,3 +83,141 @@ fn service_errors_map_by_code_then_status() {
     let refused = error(400, "InvalidArgument");
     assert!(matches!(refused, BlobError::Other(_)), "{refused:?}");
 }
+
+/// A ListObjectsV2 answer listing `keys` (under the container prefix
+/// `berth/app/c/`), truncated with token `next` when given.
+fn list_page(keys: &[&str], next: Option<&str>) -> String {
+    let contents: String = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "<Contents><Key>berth/app/c/{k}</Key>\
+                 <LastModified>2026-01-01T00:00:00.000Z</LastModified><Size>1</Size></Contents>"
+            )
+        })
+        .collect();
+    let token = next.map_or(String::new(), |t| {
+        format!("<NextContinuationToken>{t}</NextContinuationToken>")
+    });
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+         <Name>b</Name><Prefix>berth/app/c/</Prefix><KeyCount>{}</KeyCount>\
+         <IsTruncated>{}</IsTruncated>{token}{contents}</ListBucketResult>",
+        keys.len(),
+        next.is_some(),
+    )
+}
+
+/// The continuation tokens of the list requests a stand-in server saw.
+type SeenTokens = std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// A stand-in for an S3 server, for answers a real one gives only under
+/// load: every bucket exists, and a listing with continuation token `tN`
+/// gets `pages[N]` (`pages[0]` without a token).
+async fn stand_in_s3(pages: Vec<String>) -> (S3Container, SeenTokens) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let seen = SeenTokens::default();
+    let (pages, tokens) = (std::sync::Arc::new(pages), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (pages, tokens) = (pages.clone(), tokens.clone());
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let token = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("continuation-token="))
+                        .map(str::to_string)
+                });
+                let body = if req.method() == hyper::Method::HEAD {
+                    String::new()
+                } else {
+                    tokens.lock().unwrap().push(token.clone());
+                    let n = token.map_or(0, |t| t[1..].parse::<usize>().unwrap());
+                    pages[n.min(pages.len() - 1)].clone()
+                };
+                std::future::ready(Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                    Full::new(Bytes::from(body)),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let container = S3Container::connect(&S3Settings {
+        endpoint: Some(endpoint),
+        region: "us-east-1".into(),
+        bucket: "b".into(),
+        prefix: "berth/app/c/".into(),
+        path_style: true,
+        access_key_id: Secret::new("stand-in"),
+        secret_access_key: Secret::new("stand-in"),
+        part_size: MIN_PART_SIZE,
+        timeout: Duration::from_secs(5),
+        app_buffers: app_write_buffers("stand-in"),
+    })
+    .await
+    .expect("the stand-in's bucket exists");
+    (container, seen)
+}
+
+/// A page without keys that says more follow does not end the listing:
+/// the server's own token is followed to the keys behind it.
+#[tokio::test]
+async fn empty_truncated_pages_are_followed_by_the_servers_token() {
+    let (s3, seen) = stand_in_s3(vec![
+        list_page(&[], Some("t1")),
+        list_page(&[], Some("t2")),
+        list_page(&["a", "b"], None),
+    ])
+    .await;
+    let page = s3.list("", None, 10).await.unwrap();
+    assert_eq!(
+        (keys(&page), page.cursor.as_deref()),
+        (vec!["a", "b"], None)
+    );
+    let tokens = seen.lock().unwrap().clone();
+    assert_eq!(tokens, [None, Some("t1".into()), Some("t2".into())]);
+}
+
+/// A server that only ever answers empty truncated pages gets a bounded
+/// number of requests, and the guest a retriable error.
+#[tokio::test]
+async fn endless_empty_pages_end_in_unavailable() {
+    let pages = (1..=20)
+        .map(|n| list_page(&[], Some(&format!("t{n}"))))
+        .collect();
+    let (s3, seen) = stand_in_s3(pages).await;
+    let err = s3.list("", None, 10).await.unwrap_err();
+    assert!(
+        matches!(&err, BlobError::Unavailable(m) if m.contains("retry")),
+        "{err:?}"
+    );
+    let requests = seen.lock().unwrap().len();
+    assert_eq!(requests, EMPTY_PAGES_FOLLOWED as usize + 1);
+}
+
+/// An app's S3 containers share one part of the upload budget, also across
+/// a reload (the old containers still hold it), and apps do not share.
+#[test]
+fn an_app_keeps_one_share_of_the_upload_buffers() {
+    let first = app_write_buffers("share-a");
+    let again = app_write_buffers("share-a");
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    assert!(!std::sync::Arc::ptr_eq(
+        &first,
+        &app_write_buffers("share-b")
+    ));
+    let taken = first.clone().try_acquire_many_owned(1024).unwrap();
+    assert_eq!(
+        again.available_permits(),
+        APP_WRITE_BUFFER_SHARE / 1024 - 1024
+    );
+    drop((taken, first, again));
+    let fresh = app_write_buffers("share-a");
+    assert_eq!(fresh.available_permits(), APP_WRITE_BUFFER_SHARE / 1024);
+}

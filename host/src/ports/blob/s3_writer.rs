@@ -29,10 +29,26 @@ static WRITE_BUFFERS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>
 /// part) never leave the others none.
 pub const APP_WRITE_BUFFER_SHARE: usize = WRITE_BUFFER_BUDGET / 2;
 
-/// A new app's share of the budget ([`APP_WRITE_BUFFER_SHARE`]), which
-/// all its S3 containers take from.
-pub fn app_write_buffers() -> std::sync::Arc<tokio::sync::Semaphore> {
-    std::sync::Arc::new(tokio::sync::Semaphore::new(APP_WRITE_BUFFER_SHARE / 1024))
+/// Each app's share, by app name, while any of its containers holds it.
+type AppShares = std::collections::HashMap<String, std::sync::Weak<tokio::sync::Semaphore>>;
+static APP_SHARES: std::sync::LazyLock<std::sync::Mutex<AppShares>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `app`'s share of the budget ([`APP_WRITE_BUFFER_SHARE`]), which all its
+/// S3 containers take from. While a reload runs, the app's old containers
+/// and writers still hold its share: the new ones get the same one, not a
+/// second share on top.
+pub fn app_write_buffers(app: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+    let mut shares = APP_SHARES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    shares.retain(|_, share| share.strong_count() > 0);
+    if let Some(share) = shares.get(app).and_then(std::sync::Weak::upgrade) {
+        return share;
+    }
+    let share = std::sync::Arc::new(tokio::sync::Semaphore::new(APP_WRITE_BUFFER_SHARE / 1024));
+    shares.insert(app.to_string(), std::sync::Arc::downgrade(&share));
+    share
 }
 
 /// A part's worth of `budget` (in KiB permits) for one writer, from its
