@@ -67,7 +67,63 @@ pub struct EngineConfig {
     pub max_payloads: crate::limits::PayloadSettings,
 }
 
+/// A component's linear memory is at most 4 GiB (wasm32), and wasmtime
+/// reserves no more per memory.
+pub const MAX_MEMORY_MB: u64 = 4096;
+
 impl EngineConfig {
+    /// Refuses values the host cannot use, naming the key: a 0 (no
+    /// instance, no time or no compile at all would be allowed) and
+    /// sizes past what the engine can give. The manifest's own bounds are
+    /// the same, so a component may be granted up to what the host allows.
+    fn validate(&self) -> Result<(), String> {
+        let within = |key: &str, value: Option<u64>, min: u64, max: u64| match value {
+            Some(v) if !(min..=max).contains(&v) => Err(format!(
+                "`engine.{key}` is {v}; it must be {min}..={max}{}",
+                if key == "max_memory_mb" {
+                    " (a component's memory is at most 4 GiB)"
+                } else if key == "max_handles" {
+                    " (the host itself holds a few handles per invocation)"
+                } else {
+                    ""
+                }
+            )),
+            _ => Ok(()),
+        };
+        let wide = |n: Option<u32>| n.map(u64::from);
+        within(
+            "max_instances",
+            wide(self.max_instances),
+            1,
+            u32::MAX.into(),
+        )?;
+        within("max_memory_mb", self.max_memory_mb, 1, MAX_MEMORY_MB)?;
+        within("max_timeout_ms", self.max_timeout_ms, 1, u64::MAX)?;
+        within(
+            "max_concurrency",
+            wide(self.max_concurrency),
+            1,
+            u32::MAX.into(),
+        )?;
+        within("max_component_mb", self.max_component_mb, 1, 1 << 20)?;
+        within("max_compile_ms", self.max_compile_ms, 1, u64::MAX)?;
+        within(
+            "long_running_workers",
+            self.long_running_workers.map(|n| n as u64),
+            1,
+            u64::MAX,
+        )?;
+        within(
+            "max_handles",
+            self.max_handles.map(|n| n as u64),
+            16,
+            1_000_000,
+        )?;
+        self.max_payloads
+            .apply(&mut crate::limits::PayloadLimits::default())
+            .map_err(|(key, m)| format!("`engine.max_payloads.{key}` {m}"))
+    }
+
     /// `limits` with every value capped by this host's maxima; the caller
     /// logs what changed.
     pub fn cap(&self, limits: &crate::limits::ComponentLimits) -> crate::limits::ComponentLimits {
@@ -283,19 +339,57 @@ impl HostConfig {
         config
             .validate()
             .map_err(|m| anyhow::anyhow!("invalid host config {}: {m}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.state_dir = config.state_dir.map(|d| base.join(d));
+        config
+            .resolve_relative_paths(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|m| anyhow::anyhow!("invalid host config {}: {m}", path.display()))?;
         config.file = Some(path.to_path_buf());
         Ok(config)
+    }
+
+    /// Makes `state_dir` and `engine.cache_dir`, when relative, relative
+    /// to `base`, the file's directory, not to the directory the host
+    /// happens to start in. A relative path of a store (`sql.*.path`,
+    /// `kv.*.path`, `blob.*.root`) is refused instead: earlier versions
+    /// read it from the working directory, and reading it from here would
+    /// open an empty store in place of the one holding the data.
+    fn resolve_relative_paths(&mut self, base: &Path) -> Result<(), String> {
+        let rebase = |p: &mut PathBuf| *p = base.join(&*p);
+        self.state_dir.iter_mut().for_each(rebase);
+        self.engine.cache_dir.iter_mut().for_each(rebase);
+        let stores = self
+            .sql
+            .iter()
+            .filter_map(|(name, c)| match c {
+                SqlConfig::Sqlite { path: Some(p) } => Some((format!("sql.{name}.path"), p)),
+                _ => None,
+            })
+            .chain(self.kv.iter().filter_map(|(name, c)| match c {
+                KvConfig::Sqlite { path: Some(p) } => Some((format!("kv.{name}.path"), p)),
+                _ => None,
+            }))
+            .chain(self.blob.iter().filter_map(|(name, c)| match c {
+                BlobConfig::Fs { root: Some(p) } => Some((format!("blob.{name}.root"), p)),
+                _ => None,
+            }));
+        for (key, path) in stores {
+            if path.is_relative() {
+                return Err(format!(
+                    "`{key}` is the relative path `{}`; give it absolute (`{}` for the one beside this file)",
+                    path.display(),
+                    std::path::absolute(base.join(path))
+                        .unwrap_or_else(|_| base.join(path))
+                        .display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks values the file's syntax allows but the host cannot use (the
     /// backends' settings are checked when an app opens them); the error
     /// names the key.
     fn validate(&self) -> Result<(), String> {
-        if let Some(mb) = self.engine.max_memory_mb {
-            mib_to_bytes("engine.max_memory_mb", mb)?;
-        }
+        self.engine.validate()?;
         if self.app_limits.emails_per_minute == Some(0) {
             return Err(
                 "`app_limits.emails_per_minute` is 0; it must be at least 1 (an app without a granted sender sends nothing)"
@@ -441,17 +535,6 @@ impl HostConfig {
         write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(key.to_vec())
     }
-}
-
-/// `mb` MiB in bytes; an error naming `key` when that does not fit in 64
-/// bits (a shift would silently wrap to a small or zero limit).
-fn mib_to_bytes(key: &str, mb: u64) -> Result<u64, String> {
-    mb.checked_mul(1 << 20).ok_or_else(|| {
-        format!(
-            "`{key}` is {mb}; it must be at most {} (MiB)",
-            u64::MAX >> 20
-        )
-    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -20,6 +20,50 @@ fn unknown_backend_type_names_file_and_key() {
 }
 
 #[test]
+fn relative_paths_are_relative_to_the_host_config_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(
+        &path,
+        "[engine]\ncache_dir = \"cache\"\n[kv.cache]\ntype = \"sqlite\"\npath = \"/abs/kv.db\"\n",
+    )
+    .unwrap();
+    let ok = HostConfig::load(&path).unwrap();
+    assert_eq!(ok.engine.cache_dir.unwrap(), dir.path().join("cache"));
+    let kv = KvConfig::Sqlite {
+        path: Some("/abs/kv.db".into()),
+    };
+    assert_eq!(ok.kv["cache"], kv);
+    // A store's relative path would silently move its data: refused.
+    for (text, key, fix) in [
+        (
+            "[sql.main]\ntype = \"sqlite\"\npath = \"db/{app}.db\"\n",
+            "sql.main.path",
+            "db/{app}.db",
+        ),
+        (
+            "[kv.c]\ntype = \"sqlite\"\npath = \"c.db\"\n",
+            "kv.c.path",
+            "c.db",
+        ),
+        (
+            "[blob.f]\ntype = \"fs\"\nroot = \"files/{app}\"\n",
+            "blob.f.root",
+            "files/{app}",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = HostConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{key}` is the relative path")),
+            "{err}"
+        );
+        let absolute = dir.path().join(fix).display().to_string();
+        assert!(err.contains(&absolute), "{err}");
+    }
+}
+
+#[test]
 fn email_and_aws_settings_are_checked_when_the_host_config_loads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("host.toml");
@@ -85,6 +129,29 @@ fn out_of_range_values_are_refused_naming_the_key() {
             "[engine]\nmax_memory_mb = 9223372036854775807\n",
             "engine.max_memory_mb",
         ),
+        ("[engine]\nmax_memory_mb = 4097\n", "engine.max_memory_mb"),
+        ("[engine]\nmax_memory_mb = 0\n", "engine.max_memory_mb"),
+        ("[engine]\nmax_instances = 0\n", "engine.max_instances"),
+        ("[engine]\nmax_timeout_ms = 0\n", "engine.max_timeout_ms"),
+        ("[engine]\nmax_concurrency = 0\n", "engine.max_concurrency"),
+        (
+            "[engine]\nmax_component_mb = 0\n",
+            "engine.max_component_mb",
+        ),
+        ("[engine]\nmax_compile_ms = 0\n", "engine.max_compile_ms"),
+        (
+            "[engine]\nlong_running_workers = 0\n",
+            "engine.long_running_workers",
+        ),
+        ("[engine]\nmax_handles = 15\n", "engine.max_handles"),
+        (
+            "[engine.max_payloads]\nsql_max_rows = 0\n",
+            "engine.max_payloads.sql_max_rows",
+        ),
+        (
+            "[engine.max_payloads]\nblob_max_chunk_mb = 65\n",
+            "engine.max_payloads.blob_max_chunk_mb",
+        ),
         (
             "[app_limits]\nemails_per_minute = 0\n",
             "app_limits.emails_per_minute",
@@ -103,9 +170,9 @@ fn out_of_range_values_are_refused_naming_the_key() {
         let err = HostConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains(key) && err.contains("host.toml"), "{err}");
     }
-    std::fs::write(&path, "[engine]\nmax_memory_mb = 17592186044415\n").unwrap();
+    std::fs::write(&path, "[engine]\nmax_memory_mb = 4096\nmax_handles = 16\n").unwrap();
     let ok = HostConfig::load(&path).unwrap();
-    assert_eq!(ok.engine_settings().max_memory_bytes, 17592186044415 << 20);
+    assert_eq!(ok.engine_settings().max_memory_bytes, 4096 << 20);
     // A config built in code saturates instead of wrapping to a tiny cap.
     let engine = EngineConfig {
         max_memory_mb: Some(u64::MAX),
@@ -113,12 +180,6 @@ fn out_of_range_values_are_refused_naming_the_key() {
     };
     let limits = crate::limits::ComponentLimits::default();
     assert_eq!(engine.cap(&limits).memory_bytes, limits.memory_bytes);
-    assert_eq!(mib_to_bytes("k", 2), Ok(2 << 20));
-    assert!(
-        mib_to_bytes("k", u64::MAX >> 19)
-            .unwrap_err()
-            .contains("`k`")
-    );
 }
 
 #[test]
@@ -179,4 +240,19 @@ fn syntax_errors_give_line_and_column_but_never_the_line() {
         !err.contains("sk_live_canary") && err.contains("line "),
         "{err}"
     );
+}
+
+#[test]
+fn zero_outbound_timeouts_are_refused_naming_the_key() {
+    for key in [
+        "connect_timeout_ms",
+        "first_byte_timeout_ms",
+        "between_bytes_timeout_ms",
+    ] {
+        let config: HostConfig = toml::from_str(&format!("[outbound]\n{key} = 0\n")).unwrap();
+        let err = config.outbound.settings().unwrap_err();
+        assert!(err.contains(&format!("`outbound.{key}` is 0")), "{err}");
+        let config: HostConfig = toml::from_str(&format!("[outbound]\n{key} = 1\n")).unwrap();
+        assert!(config.outbound.settings().is_ok());
+    }
 }

@@ -55,11 +55,29 @@ impl OutboundConfig {
     /// The settings, or what is wrong with them (naming the key).
     pub fn settings(&self) -> Result<NetworkSettings, String> {
         let d = NetworkSettings::default();
-        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        // A 0 would time every request out at once.
+        let ms = |key: &str, v: Option<u64>, default: Duration| match v {
+            Some(0) => Err(format!(
+                "`outbound.{key}` is 0; it must be at least 1 (leave it out for the default)"
+            )),
+            v => Ok(v.map_or(default, Duration::from_millis)),
+        };
         Ok(NetworkSettings {
-            connect_timeout: ms(self.connect_timeout_ms, d.connect_timeout),
-            first_byte_timeout: ms(self.first_byte_timeout_ms, d.first_byte_timeout),
-            between_bytes_timeout: ms(self.between_bytes_timeout_ms, d.between_bytes_timeout),
+            connect_timeout: ms(
+                "connect_timeout_ms",
+                self.connect_timeout_ms,
+                d.connect_timeout,
+            )?,
+            first_byte_timeout: ms(
+                "first_byte_timeout_ms",
+                self.first_byte_timeout_ms,
+                d.first_byte_timeout,
+            )?,
+            between_bytes_timeout: ms(
+                "between_bytes_timeout_ms",
+                self.between_bytes_timeout_ms,
+                d.between_bytes_timeout,
+            )?,
             max_response_bytes: self.max_response_bytes.unwrap_or(d.max_response_bytes),
             addresses: AddressPolicy::new(&self.allow_private)
                 .map_err(|m| format!("`outbound.allow_private`: {m}"))?,

@@ -59,6 +59,8 @@ impl DeliveryPolicy {
         }
         if let Some(ms) = trigger.backoff_ms {
             policy.backoff = Duration::from_millis(ms);
+            // A first delay above the default longest one is not cut to it.
+            policy.max_backoff = policy.max_backoff.max(policy.backoff);
         }
         if let Some(ms) = trigger.max_backoff_ms {
             policy.max_backoff = Duration::from_millis(ms);
@@ -529,5 +531,19 @@ mod tests {
             .map(|a| policy.backoff_after(a).as_millis())
             .collect();
         assert_eq!(delays, [10, 20, 40, 50, 50]);
+    }
+
+    #[test]
+    fn a_first_delay_above_the_default_cap_is_kept() {
+        let trigger = |extra: &str| -> MessageTrigger {
+            toml::from_str(&format!("topic = \"t\"\ncomponent = \"c\"\n{extra}")).unwrap()
+        };
+        let policy = DeliveryPolicy::of(&trigger("backoff_ms = 60000"));
+        assert_eq!(policy.backoff_after(1), Duration::from_secs(60));
+        assert_eq!(policy.backoff_after(3), Duration::from_secs(60));
+        let policy = DeliveryPolicy::of(&trigger("backoff_ms = 60000\nmax_backoff_ms = 120000"));
+        assert_eq!(policy.backoff_after(3), Duration::from_secs(120));
+        let policy = DeliveryPolicy::of(&trigger("backoff_ms = 10"));
+        assert_eq!(policy.max_backoff, DEFAULT_MAX_BACKOFF);
     }
 }
