@@ -3,7 +3,7 @@
 //! shared by every instance through `Arc`s.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -214,6 +214,31 @@ pub(crate) fn check_tenant_directory(manifest: &Manifest) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// On `berth serve` an app's state lies outside its own directory (see
+/// [`HostConfig::state_root`]). State an earlier version left inside it
+/// (by default, without `state_dir`) is not silently set aside for empty
+/// stores: the app is refused until the operator moves it.
+fn refuse_state_left_inside(
+    host: &HostConfig,
+    manifest: &Manifest,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    let left = manifest.dir().join(".berth").join(&manifest.name);
+    if host.state_dir.is_none() && left != state_dir && left.is_dir() && !state_dir.exists() {
+        let root = state_dir.parent().unwrap_or(state_dir);
+        bail!(
+            "{}: app `{}` has state in `{}`, inside its own directory, where `berth serve` no longer keeps it (the app's tenant writes there); check that it holds no symbolic links, then move it with `mkdir -p {} && mv {} {}`, or remove it if it holds none of the app's data",
+            manifest.file.display(),
+            manifest.name,
+            left.display(),
+            root.display(),
+            left.display(),
+            state_dir.display(),
+        );
+    }
+    Ok(())
+}
+
 /// Applies the operator's `[app_config.<app>]` values over the manifest's
 /// config. Only keys the manifest declares may be set, so an operator typo
 /// is an error rather than a silently ignored value.
@@ -273,6 +298,7 @@ impl App {
                 );
             }
             check_tenant_directory(&manifest)?;
+            refuse_state_left_inside(host, &manifest, &state_dir)?;
         }
         // Tenants' manifests see no host environment, so no operator's
         // `BERTH_CONFIG_<KEY>` override reaches them either.

@@ -206,8 +206,15 @@ impl ServeConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
-    /// Root of all embedded state; default `.berth/` beside the manifest.
+    /// Root of all embedded state; default `.berth/` beside the manifest
+    /// (see [`HostConfig::state_root`]).
     pub state_dir: Option<PathBuf>,
+    /// A dry run (`berth check`): the embedded stores open in this scratch
+    /// directory instead of their places, which are only checked, and
+    /// custom paths are not claimed. (Servers are still connected to, and
+    /// components compiled into the cache, as in a load.)
+    #[serde(skip)]
+    pub dry_run: Option<PathBuf>,
     /// HTTP listen address; default 127.0.0.1:3000.
     pub listen: Option<SocketAddr>,
     /// Base URL clients reach the host at (for blob URLs); default
@@ -481,11 +488,20 @@ impl HostConfig {
         s
     }
 
-    /// The state root for `manifest`.
+    /// The state root for `manifest`: `state_dir`, or else `.berth/`
+    /// beside the manifest, or on `berth serve` `.berth/` in the directory
+    /// of apps, beside the app's directory: never inside it, since its
+    /// tenant writes there (a link planted in its state would lead the
+    /// host into another app's data).
     pub fn state_root(&self, manifest: &Manifest) -> PathBuf {
-        self.state_dir
-            .clone()
-            .unwrap_or_else(|| manifest.dir().join(".berth"))
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let dir = manifest.dir();
+        match dir.parent() {
+            Some(apps) if self.serve.tenant_manifests => apps.join(".berth"),
+            _ => dir.join(".berth"),
+        }
     }
 
     /// Where `manifest`'s app keeps its embedded data.
@@ -523,6 +539,9 @@ impl HostConfig {
     /// The key signing blob URLs, kept in the state root so URLs survive a
     /// restart. Created with owner-only permissions.
     pub fn url_signing_key(&self, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
+        if self.dry_run.is_some() {
+            return Ok(rand::random::<[u8; 32]>().to_vec());
+        }
         let path = self.state_root(manifest).join("url-signing.key");
         if let Ok(key) = std::fs::read(&path)
             && key.len() >= 32

@@ -35,7 +35,7 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// What a change to an app looks like from the file system: the manifest's
 /// bytes and the size and modification time of each component file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>);
+struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>, bool);
 
 impl Fingerprint {
     fn of(manifest_path: &Path) -> Option<Fingerprint> {
@@ -55,7 +55,12 @@ impl Fingerprint {
                     .collect()
             })
             .unwrap_or_default();
-        Some(Fingerprint(text, components))
+        // State an earlier version left in the app's directory refuses the
+        // app (see `App::load`); moving it away lets the app load.
+        let left_state = manifest_path
+            .parent()
+            .is_some_and(|dir| dir.join(".berth").exists());
+        Some(Fingerprint(text, components, left_state))
     }
 }
 

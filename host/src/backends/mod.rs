@@ -5,7 +5,7 @@
 //! whether the server could not be reached.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,24 +43,65 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// tenant's password computable.
 const MIN_TENANT_KEY_BYTES: usize = 16;
 
+/// Where one app's embedded stores live.
+struct Places<'a> {
+    /// The app's state directory, `<state>/<app>`, where the stores go by
+    /// default; custom paths are kept apart from the state directory.
+    state: &'a Path,
+    /// Where the stores are opened: `state`, or on a dry run its scratch
+    /// directory ([`HostConfig::dry_run`]).
+    open_in: PathBuf,
+    /// On `berth serve`, the app's own directory, which its tenant writes:
+    /// no custom path may overlap it.
+    tenant_dir: Option<&'a Path>,
+}
+
+impl Places<'_> {
+    fn dry_run(&self) -> bool {
+        self.open_in != self.state
+    }
+}
+
 /// The path of an embedded backend under `key` (`<section>.path` or
 /// `<section>.root`): the host config's `custom` path, with `{app}` replaced
-/// and claimed for the app (see [`ownership`]), or else `default`, which is
-/// already the app's own.
+/// and claimed for the app (see [`ownership`]), or else `default` in the
+/// app's state directory. A dry run checks a custom path without claiming
+/// it, and answers a place in its scratch directory to open instead.
 fn embedded_path(
     origin: &Origin<'_>,
     key: &str,
-    custom: Option<std::path::PathBuf>,
+    custom: Option<PathBuf>,
     kind: PathKind,
-    state: &Path,
-    default: impl FnOnce() -> std::path::PathBuf,
-) -> anyhow::Result<std::path::PathBuf> {
-    match custom {
-        Some(raw) => {
-            ownership::app_path(&raw, origin.app, kind, state).map_err(|m| origin.err(key, m))
-        }
-        None => Ok(default()),
+    places: &Places<'_>,
+    default: &Path,
+) -> anyhow::Result<PathBuf> {
+    let Some(raw) = custom else {
+        return Ok(places.open_in.join(default));
+    };
+    // A custom path that spells out the default is the default (the
+    // rules for custom paths would refuse it, in the state directory).
+    let normal = |p: &Path| std::path::absolute(p).map(|p| p.components().collect::<PathBuf>());
+    let spelt_out = ownership::substitute(&raw, origin.app).map(|p| normal(&p));
+    if let Ok(Ok(spelt_out)) = spelt_out
+        && normal(&places.state.join(default)).is_ok_and(|d| d == spelt_out)
+    {
+        return Ok(places.open_in.join(default));
     }
+    let claim = !places.dry_run();
+    let path = ownership::app_path(
+        &raw,
+        origin.app,
+        kind,
+        places.state,
+        places.tenant_dir,
+        claim,
+    )
+    .map_err(|m| origin.err(key, m))?;
+    Ok(if claim {
+        path
+    } else {
+        places.open_in.join("custom").join(key)
+    })
 }
 
 /// A server database's `connect_timeout_ms` (default 5 s) and
@@ -141,6 +182,14 @@ pub async fn open(
         source: host.source(),
         app,
     };
+    let places = Places {
+        state,
+        open_in: host
+            .dry_run
+            .as_ref()
+            .map_or_else(|| state.to_path_buf(), |scratch| scratch.join(app)),
+        tenant_dir: host.serve.tenant_manifests.then(|| manifest.dir()),
+    };
     // Before anything is opened: a refusal costs no connection.
     if let EmailConfig::Smtp { senders, .. } = &host.email {
         check_email_senders(&origin, manifest, senders.as_ref(), host)?;
@@ -179,8 +228,8 @@ pub async fn open(
                     &format!("{key}.path"),
                     path,
                     PathKind::File,
-                    state,
-                    || state.join("sql").join(format!("{name}.db")),
+                    &places,
+                    &Path::new("sql").join(format!("{name}.db")),
                 )?;
                 Arc::new(SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?)
             }
@@ -318,8 +367,8 @@ pub async fn open(
                     &format!("{key}.path"),
                     path,
                     PathKind::File,
-                    state,
-                    || state.join("kv").join(format!("{name}.db")),
+                    &places,
+                    &Path::new("kv").join(format!("{name}.db")),
                 )?;
                 Arc::new(SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?)
             }
@@ -372,12 +421,18 @@ pub async fn open(
                     &format!("{key}.root"),
                     root,
                     PathKind::Directory,
-                    state,
-                    || state.join("blob").join(name),
+                    &places,
+                    &Path::new("blob").join(name),
                 )?;
                 Arc::new(
-                    FsContainer::open(root, state.join("tmp"), app, name, url_signer.clone())
-                        .map_err(|e| origin.err(&key, e))?,
+                    FsContainer::open(
+                        root,
+                        places.open_in.join("tmp"),
+                        app,
+                        name,
+                        url_signer.clone(),
+                    )
+                    .map_err(|e| origin.err(&key, e))?,
                 )
             }
             BlobConfig::S3 {
@@ -437,11 +492,11 @@ pub async fn open(
         };
         blob.insert(name.clone(), container);
     }
-    let messaging = messaging::open(&origin, &host.messaging, state, secrets).await?;
+    let messaging = messaging::open(&origin, &host.messaging, &places.open_in, secrets).await?;
     let transport: Arc<dyn EmailBackend> = match host.email.clone() {
-        EmailConfig::File {} => {
-            Arc::new(FileSink::open(state.join("email")).map_err(|e| origin.err("email", e))?)
-        }
+        EmailConfig::File {} => Arc::new(
+            FileSink::open(places.open_in.join("email")).map_err(|e| origin.err("email", e))?,
+        ),
         EmailConfig::Smtp {
             host: server,
             port,

@@ -41,20 +41,121 @@ pub(super) enum PathKind {
 /// The path app `app` uses for the custom path `raw` of the host config:
 /// `{app}` replaced by the app's name ([`substitute`]), kept apart from
 /// every other app's data ([`keep_apart`]; `own_state` is the app's state
-/// directory, `<state>/<app>`), then claimed for the app ([`claim`]). Call
-/// it before the backend opens the path. Errors are messages for the
-/// caller to prefix with the host-config file and key.
+/// directory, `<state>/<app>`; `tenant_dir`, on `berth serve`, the app's
+/// own directory, which its tenant writes), then claimed for the app
+/// ([`claim`]), or on a dry run (`claim` false) only checked against an
+/// existing claim. Call it before the backend opens the path. Errors are
+/// messages for the caller to prefix with the host-config file and key.
 pub(super) fn app_path(
     raw: &Path,
     app: &str,
     kind: PathKind,
     own_state: &Path,
+    tenant_dir: Option<&Path>,
+    claim: bool,
 ) -> Result<PathBuf, String> {
-    let path = substitute(raw, app)?;
+    // Components, not text: `/srv/avatars/` and `/srv/avatars/.` are
+    // `/srv/avatars`, whose link-ness and marker are what is checked.
+    let path: PathBuf = substitute(raw, app)?.components().collect();
+    if kind == PathKind::File {
+        refuse_sqlite_side_file(&path)?;
+    }
     let resolved = keep_apart(&path, app, own_state)?;
-    claim(&path, app, &suggestion(raw, kind))?;
+    if let Some(dir) = tenant_dir {
+        refuse_tenant_directory(&path, &resolved, dir)?;
+    }
+    let fix = suggestion(raw, kind);
+    if !claim {
+        return match owner_of(&path)? {
+            Some(owner) if owner != app => Err(claimed_by_other(&path, &owner, app, &fix)),
+            _ => Ok(path),
+        };
+    }
+    self::claim(&path, app, &fix)?;
     remember_claim(resolved, app);
     Ok(path)
+}
+
+/// Refuses a path that overlaps the directory of apps of `berth serve`
+/// (the parent of `tenant_dir`, the app's own): tenants write there, and
+/// could turn a part of the path into a link to another app's data after
+/// it was checked, or add an app by writing a manifest.
+fn refuse_tenant_directory(path: &Path, resolved: &Path, tenant_dir: &Path) -> Result<(), String> {
+    let tenant_dir = self::resolved(tenant_dir)?;
+    let apps = tenant_dir.parent().unwrap_or(&tenant_dir);
+    if resolved.starts_with(apps) || apps.starts_with(resolved) {
+        return Err(format!(
+            "`{}` overlaps the directory of apps `{}`, which tenants write (a link placed there could lead the path into another app's data); give a path outside it",
+            path.display(),
+            apps.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The app a marker says owns `path`, if it has one.
+fn owner_of(path: &Path) -> Result<Option<String>, String> {
+    let marker = marker_of(path)?;
+    if marker.exists() {
+        read_owner(&marker).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The error for app `app` asking for `path`, which `owner` owns.
+fn claimed_by_other(path: &Path, owner: &str, app: &str, fix: &str) -> String {
+    format!(
+        "`{}` belongs to app `{}` (its marker `{}` says so), so app `{app}` may not use it; give each app its own path, e.g. `{fix}`",
+        path.display(),
+        owner.escape_debug(),
+        marker_of(path).unwrap_or_default().display(),
+    )
+}
+
+/// What the host keeps in an app's state directory `<state>/<app>/`: the
+/// default places of its stores, its blob writes in progress (which the
+/// host removes once a day old), its sent mail and the embedded broker's
+/// queue (`messaging.db`, with SQLite's side files and a lock).
+const HOST_MANAGED: [&str; 6] = ["sql", "kv", "blob", "tmp", "email", "messaging.db*"];
+
+/// Whether `path` lies in `own_state` (an app's state directory) without
+/// holding or lying in anything the host keeps there ([`HOST_MANAGED`]).
+fn beside_the_hosts_own(path: &Path, own_state: &Path) -> bool {
+    let Ok(below) = path.strip_prefix(own_state) else {
+        return false;
+    };
+    let Some(first) = below.components().next() else {
+        return false; // the app's state directory itself
+    };
+    let first = first.as_os_str().as_bytes();
+    !HOST_MANAGED
+        .iter()
+        .any(|managed| match managed.strip_suffix('*') {
+            Some(stem) => first.starts_with(stem.as_bytes()),
+            None => first == managed.as_bytes(),
+        })
+}
+
+/// The files SQLite keeps beside a database `x`: `x-wal`, `x-shm` and
+/// `x-journal`.
+const SQLITE_SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Refuses a database path named like another database's side file:
+/// with `/srv/db/{app}`, app `shop-wal` would get `/srv/db/shop-wal`, app
+/// `shop`'s write-ahead log.
+fn refuse_sqlite_side_file(path: &Path) -> Result<(), String> {
+    let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    match SQLITE_SIDE_FILES
+        .iter()
+        .find(|suffix| name.ends_with(suffix.as_bytes()))
+    {
+        Some(suffix) => Err(format!(
+            "`{}` ends in `{suffix}`, as SQLite names the side files of another database; give the database a name that does not",
+            path.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Paths claimed in this process, resolved, with their apps. The markers
@@ -84,7 +185,9 @@ fn remember_claim(path: PathBuf, app: &str) {
 /// Refuses a custom path of `app` that would reach what is not the app's:
 ///
 /// - the host's state directory (every app's state and the URL-signing
-///   key): a path that holds it, or lies in it outside `own_state`;
+///   key): a path that holds it, or lies in it outside `own_state`, or in
+///   `own_state` holds or lies in what the host keeps there
+///   ([`HOST_MANAGED`]);
 /// - another app's claimed path, one inside the other: `/srv/avatars`
 ///   for app `avatars` holds `/srv/avatars/shop` of app `shop` (the same
 ///   path is [`claim`]'s to refuse). Found by the markers of the path's
@@ -115,11 +218,13 @@ pub(super) fn keep_apart(path: &Path, app: &str, own_state: &Path) -> Result<Pat
                 state_root.display()
             ));
         }
-        if resolved.starts_with(state_root) && !resolved.starts_with(&own_state) {
+        if resolved.starts_with(state_root) && !beside_the_hosts_own(&resolved, &own_state) {
             return Err(format!(
-                "`{}` lies in the host's state directory `{}`, outside app `{app}`'s own `{}`; give the app a path outside it",
+                "`{}` lies in the host's state directory `{}`, among the files the host keeps there (every other app's, and in app `{app}`'s own `{}`: {}); give a path outside the state directory, or one under a new name in `{}`",
                 path.display(),
                 state_root.display(),
+                own_state.display(),
+                HOST_MANAGED.join(", "),
                 own_state.display()
             ));
         }
@@ -146,7 +251,12 @@ pub(super) fn keep_apart(path: &Path, app: &str, own_state: &Path) -> Result<Pat
     }
     if resolved.is_dir() && !marker_of(&resolved)?.exists() {
         let mut budget = SEARCH_ENTRIES;
-        search_markers(path, &resolved, app, SEARCH_DEPTH, &mut budget)?;
+        if !search_markers(path, &resolved, app, SEARCH_DEPTH, &mut budget)? {
+            return Err(format!(
+                "`{}` holds more than {SEARCH_ENTRIES} entries within {SEARCH_DEPTH} levels, too many to check that no other app's data lies in it; give app `{app}` an empty directory, or one with fewer entries",
+                path.display()
+            ));
+        }
     }
     Ok(resolved)
 }
@@ -170,20 +280,25 @@ fn marker_names(path: &Path, owner: &str) -> bool {
 }
 
 /// Looks for markers of apps other than `app` in `dir`, `depth` levels
-/// down, reading at most `budget` entries; links are not followed.
+/// down, reading at most `budget` entries; `false` when there were more,
+/// so the search is incomplete. Links are not followed. Each directory's own entries are checked
+/// before any below it, so a marker beside a big directory is not missed
+/// for the entries in it. A directory this process cannot read is
+/// skipped: no backend of it can reach what is inside either.
 fn search_markers(
     path: &Path,
     dir: &Path,
     app: &str,
     depth: usize,
     budget: &mut usize,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+        return Ok(true);
     };
+    let mut below = Vec::new();
     for entry in entries.flatten() {
         if *budget == 0 {
-            return Ok(());
+            return Ok(false);
         }
         *budget -= 1;
         let Ok(kind) = entry.file_type() else {
@@ -198,43 +313,44 @@ fn search_markers(
                 return Err(overlap(path, &claimed, &owner));
             }
         } else if kind.is_dir() && depth > 1 {
-            search_markers(path, &entry.path(), app, depth - 1, budget)?;
+            below.push(entry.path());
         }
     }
-    Ok(())
+    for dir in below {
+        if !search_markers(path, &dir, app, depth - 1, budget)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
-/// `path` absolute, with `.` and `..` resolved, and the links of its
-/// longest existing part.
+/// `path` absolute, as the system opens it: each link followed where it
+/// stands, so a `..` after a link leaves the link's target, not the link
+/// (`/srv/link/../x` with `link -> /a/b` is `/a/x`). Past the existing
+/// part, `.` and `..` are taken as written.
 fn resolved(path: &Path) -> Result<PathBuf, String> {
     use std::path::Component;
     let absolute = std::path::absolute(path)
         .map_err(|e| format!("cannot resolve `{}`: {e}", path.display()))?;
-    let mut normal = PathBuf::new();
+    let mut real = PathBuf::new();
     for part in absolute.components() {
         match part {
             Component::ParentDir => {
-                normal.pop();
+                real.pop();
             }
             Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    let mut missing = Vec::new();
-    let mut existing = normal.as_path();
-    loop {
-        if let Ok(mut real) = existing.canonicalize() {
-            real.extend(missing.iter().rev());
-            return Ok(real);
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_os_string());
-                existing = parent;
+            Component::Normal(name) => {
+                real.push(name);
+                // Only the last part can be new: what precedes it was
+                // made free of links by the steps before.
+                if let Ok(canonical) = real.canonicalize() {
+                    real = canonical;
+                }
             }
-            _ => return Ok(normal),
+            other => real.push(other),
         }
     }
+    Ok(real)
 }
 
 /// `raw` with every `{app}` replaced by `app`. Any other `{` or `}` is an
@@ -316,12 +432,7 @@ pub(super) fn claim(path: &Path, app: &str, fix: &str) -> Result<(), String> {
             if owner == app {
                 Ok(())
             } else {
-                Err(format!(
-                    "`{}` belongs to app `{}` (its marker `{}` says so), so app `{app}` may not use it; give each app its own path, e.g. `{fix}`",
-                    path.display(),
-                    owner.escape_debug(),
-                    marker.display(),
-                ))
+                Err(claimed_by_other(path, &owner, app, fix))
             }
         }
         Err(e) => Err(format!("cannot create `{}`: {e}", marker.display())),
@@ -391,13 +502,8 @@ mod tests {
         let root = dir.path().join("avatars");
         let raw = root.clone();
         claim(&root, "alice", &suggestion(&raw, PathKind::Directory)).unwrap();
-        let err = app_path(
-            &raw,
-            "bob",
-            PathKind::Directory,
-            &dir.path().join("state/bob"),
-        )
-        .unwrap_err();
+        let state = dir.path().join("state/bob");
+        let err = app_path(&raw, "bob", PathKind::Directory, &state, None, true).unwrap_err();
         assert!(err.contains("`alice`"), "{err}");
         assert!(err.contains("`bob`"), "{err}");
         assert!(err.contains(&root.display().to_string()), "{err}");
@@ -420,18 +526,13 @@ mod tests {
         // `/srv/avatars/{app}` of app `shop`, whichever comes first.
         let inner = dir.path().join("srv/avatars/{app}");
         let outer = dir.path().join("srv/{app}");
-        app_path(&inner, "shop", PathKind::Directory, &state).unwrap();
-        let err = app_path(&outer, "avatars", PathKind::Directory, &state).unwrap_err();
+        app_path(&inner, "shop", PathKind::Directory, &state, None, true).unwrap();
+        let err = app_path(&outer, "avatars", PathKind::Directory, &state, None, true).unwrap_err();
         assert!(err.contains("overlaps") && err.contains("`shop`"), "{err}");
         let other = dir.path().join("other/{app}");
-        app_path(&other, "avatars", PathKind::Directory, &state).unwrap();
-        let err = app_path(
-            &dir.path().join("other/avatars/{app}"),
-            "shop",
-            PathKind::Directory,
-            &state,
-        )
-        .unwrap_err();
+        app_path(&other, "avatars", PathKind::Directory, &state, None, true).unwrap();
+        let inside = dir.path().join("other/avatars/{app}");
+        let err = app_path(&inside, "shop", PathKind::Directory, &state, None, true).unwrap_err();
         assert!(err.contains("`avatars`"), "{err}");
 
         // Claimed by an earlier process (a marker only): found below a
@@ -453,6 +554,122 @@ mod tests {
     }
 
     #[test]
+    fn a_link_is_no_custom_path_even_with_a_trailing_slash() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data"), dir.path().join("link")).unwrap();
+        let state = dir.path().join("state/shop");
+        for raw in ["link/", "link/."] {
+            let raw = PathBuf::from(format!("{}/{raw}", dir.path().display()));
+            let err = app_path(&raw, "shop", PathKind::Directory, &state, None, true).unwrap_err();
+            assert!(err.contains("symbolic link"), "{err}");
+        }
+        assert!(!dir.path().join("link.berth-owner").exists());
+    }
+
+    #[test]
+    fn dot_dot_after_a_link_leaves_the_links_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_root = dir.path().join("state");
+        let own = state_root.join("shop");
+        std::fs::create_dir_all(state_root.join("other/blob")).unwrap();
+        std::fs::create_dir_all(dir.path().join("srv")).unwrap();
+        std::os::unix::fs::symlink(state_root.join("other/blob"), dir.path().join("srv/link"))
+            .unwrap();
+        // The system opens `<state>/other/x`, not `srv/x`.
+        let err = keep_apart(&dir.path().join("srv/link/../x"), "shop", &own).unwrap_err();
+        assert!(
+            err.contains("among the files the host keeps there"),
+            "{err}"
+        );
+        assert!(keep_apart(&dir.path().join("srv/x/../y"), "shop", &own).is_ok());
+    }
+
+    #[test]
+    fn sqlite_side_file_names_are_no_database_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state/shop-wal");
+        let raw = dir.path().join("db/{app}");
+        for app in ["shop-wal", "shop-shm", "shop-journal"] {
+            let err = app_path(&raw, app, PathKind::File, &state, None, true).unwrap_err();
+            assert!(err.contains("side files"), "{err}");
+        }
+        assert!(app_path(&raw, "shop-wal", PathKind::Directory, &state, None, true).is_ok());
+        assert!(app_path(&raw, "shop", PathKind::File, &state, None, true).is_ok());
+    }
+
+    #[test]
+    fn a_directory_too_big_to_search_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state/avatars");
+        let big = dir.path().join("srv/shop");
+        std::fs::create_dir_all(&big).unwrap();
+        // Exactly as many entries as are read are all checked.
+        for i in 1..SEARCH_ENTRIES {
+            std::fs::File::create(big.join(i.to_string())).unwrap();
+        }
+        assert!(keep_apart(&dir.path().join("srv"), "avatars", &state).is_ok());
+        std::fs::File::create(big.join("one-more")).unwrap();
+        // The marker beside the big directory is found all the same.
+        claim(&big, "shop", "fix").unwrap();
+        let err = keep_apart(&dir.path().join("srv"), "avatars", &state).unwrap_err();
+        assert!(err.contains("overlaps") && err.contains("`shop`"), "{err}");
+        std::fs::remove_file(dir.path().join("srv/shop.berth-owner")).unwrap();
+        let err = keep_apart(&dir.path().join("srv"), "avatars", &state).unwrap_err();
+        assert!(err.contains("too many to check"), "{err}");
+    }
+
+    #[test]
+    fn a_dry_run_checks_claims_without_making_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state/shop");
+        let raw = dir.path().join("srv/{app}");
+        let path = app_path(&raw, "shop", PathKind::Directory, &state, None, false).unwrap();
+        assert_eq!(path, dir.path().join("srv/shop"));
+        assert!(
+            !dir.path().join("srv").exists(),
+            "a dry run creates nothing"
+        );
+        let shared = dir.path().join("shared");
+        claim(&shared, "bank", "fix").unwrap();
+        let err = app_path(&shared, "shop", PathKind::Directory, &state, None, false).unwrap_err();
+        assert!(err.contains("belongs to app `bank`"), "{err}");
+        assert!(app_path(&shared, "bank", PathKind::Directory, &state, None, false).is_ok());
+    }
+
+    #[test]
+    fn on_serve_no_path_overlaps_the_tenants_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        let own = apps.join("shop");
+        std::fs::create_dir_all(&own).unwrap();
+        let state = dir.path().join("state/shop");
+        for raw in [
+            apps.join("{app}/uploads"),
+            apps.join("{app}"),
+            apps.join("blog/uploads"),
+            apps.join("{app}-files"),
+            apps.clone(),
+        ] {
+            let err =
+                app_path(&raw, "shop", PathKind::Directory, &state, Some(&own), true).unwrap_err();
+            assert!(err.contains("which tenants write"), "{err}");
+        }
+        let elsewhere = dir.path().join("srv/{app}");
+        assert!(
+            app_path(
+                &elsewhere,
+                "shop",
+                PathKind::Directory,
+                &state,
+                Some(&own),
+                true
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn a_link_is_no_custom_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
@@ -471,16 +688,45 @@ mod tests {
         for (path, says) in [
             (dir.path().to_path_buf(), "holds the host's state directory"),
             (state_root.clone(), "holds the host's state directory"),
-            (state_root.join("other/blob"), "outside app `shop`'s own"),
+            (
+                state_root.join("other/blob"),
+                "among the files the host keeps there",
+            ),
             (
                 state_root.join("url-signing.key"),
-                "outside app `shop`'s own",
+                "among the files the host keeps there",
             ),
         ] {
             let err = keep_apart(&path, "shop", &own).unwrap_err();
             assert!(err.contains(says), "{}: {err}", path.display());
         }
-        assert!(keep_apart(&own.join("custom/files"), "shop", &own).is_ok());
+        // In the app's own state directory, nothing the host keeps there
+        // (its other stores, temporary files, mail, the broker's queue).
+        for path in [
+            own.clone(),
+            own.join("tmp"),
+            own.join("tmp/x"),
+            own.join("sql/main.db"),
+            own.join("messaging.db-wal"),
+            own.join("email"),
+        ] {
+            let err = keep_apart(&path, "shop", &own).unwrap_err();
+            assert!(
+                err.contains("among the files the host keeps there"),
+                "{err}"
+            );
+        }
+        for path in [
+            own.join("main.db"),
+            own.join("custom/files"),
+            own.join("tmpfiles"),
+        ] {
+            assert!(
+                keep_apart(&path, "shop", &own).is_ok(),
+                "{}",
+                path.display()
+            );
+        }
         assert!(keep_apart(&dir.path().join("srv/shop"), "shop", &own).is_ok());
     }
 
@@ -500,8 +746,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("{app}");
         let state = dir.path().join("state/alice");
-        let a = app_path(&raw, "alice", PathKind::Directory, &state).unwrap();
-        let b = app_path(&raw, "bob", PathKind::Directory, &state).unwrap();
+        let a = app_path(&raw, "alice", PathKind::Directory, &state, None, true).unwrap();
+        let b = app_path(&raw, "bob", PathKind::Directory, &state, None, true).unwrap();
         assert_eq!(a, dir.path().join("alice"));
         assert_eq!(b, dir.path().join("bob"));
         assert_eq!(

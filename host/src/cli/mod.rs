@@ -88,7 +88,8 @@ struct HostArgs {
     /// Host config file (backends, state directory, engine sizing).
     #[arg(long, env = "BERTH_HOST_CONFIG", value_name = "FILE")]
     host_config: Option<PathBuf>,
-    /// Directory for embedded state [default: .berth beside the manifest].
+    /// Directory for embedded state [default: .berth beside the manifest;
+    /// on `serve`, .berth in the directory of apps].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
@@ -511,10 +512,11 @@ async fn shutdown_signal() {
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut host = host_config(&args.host)?;
-    // Validation opens backends like a real load would, but into a scratch
-    // directory so checking leaves no state behind.
+    // Validation opens backends like a real load would, but the embedded
+    // ones in a scratch directory: the state directory and custom paths
+    // are checked, and nothing is created or claimed there.
     let scratch = std::env::temp_dir().join(format!("berth-check-{}", uuid::Uuid::new_v4()));
-    host.state_dir = Some(scratch.clone());
+    host.dry_run = Some(scratch.clone());
     host.serve.tenant_manifests = args.tenant;
     let manifest = Manifest::load(&args.manifest)?;
     let engine = HostEngine::new(host.engine_settings())?;

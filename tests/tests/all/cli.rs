@@ -39,6 +39,31 @@ fn cli_check_accepts_the_example_and_names_bad_keys() {
     assert!(stdout.contains("app `users` is valid"), "{stdout}");
     assert!(!t.state_dir().exists(), "check leaves no state behind");
 
+    // A custom path is checked, not claimed: nothing is created there.
+    let srv = tempfile::tempdir().unwrap();
+    let host = srv.path().join("host.toml");
+    let db = srv.path().join("{app}/counters.db");
+    std::fs::write(
+        &host,
+        format!("[kv.counters]\ntype = \"sqlite\"\npath = {db:?}\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = output(
+        berth()
+            .arg("check")
+            .arg(&t.manifest)
+            .arg("--host-config")
+            .arg(&host),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let left: Vec<_> = std::fs::read_dir(srv.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["host.toml"], "check claims and creates nothing");
+    assert!(!t.state_dir().exists());
+
     let bad = TestApp::new(
         &std::fs::read_to_string(&t.manifest)
             .unwrap()

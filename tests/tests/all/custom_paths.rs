@@ -138,6 +138,36 @@ async fn kv_shared_path_refused_for_second_app_sqlite() {
     );
 }
 
+/// A custom path that spells out the default place is the default: no
+/// marker is made, and the rule that keeps custom paths out of the host's
+/// part of the state directory does not refuse it. Another name there is
+/// refused.
+#[tokio::test]
+async fn sql_path_spelling_out_the_default_is_the_default_sqlite() {
+    let t = sql_app("spelt");
+    let config = |file: &str| {
+        let path = t.state_dir().join(format!("{{app}}/sql/{file}"));
+        format!(
+            "[sql.main]\ntype = \"sqlite\"\npath = {:?}\n",
+            path.display().to_string()
+        )
+    };
+    let app = t
+        .load_with(&host_config(&t, &config("main.db")))
+        .await
+        .expect("the default place loads");
+    assert_success(&run(&app, "guest", &["conformance", "main"]).await);
+    let db = t.state_dir().join("spelt/sql/main.db");
+    assert!(db.exists());
+    assert!(!db.with_file_name("main.db.berth-owner").exists());
+    let err = load_error(&t, &config("other.db")).await;
+    assert!(err.contains("sql.main.path"), "{err}");
+    assert!(
+        err.contains("among the files the host keeps there"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn sql_path_bad_placeholder_refused_sqlite() {
     let shared = tempfile::tempdir().unwrap();

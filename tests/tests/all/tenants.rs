@@ -38,6 +38,12 @@ async fn tenants_routed_updated_and_removed() {
     ));
     assert_eq!(tenants.sync().await, Vec::<String>::new());
     assert_eq!(tenants.app_names(), ["shop-a", "shop-b"]);
+    // Each app's state lies beside the apps' directories, not in its own,
+    // which its tenant writes.
+    for app in ["shop-a", "shop-b"] {
+        assert!(apps.path().join(".berth").join(app).join("sql").is_dir());
+        assert!(!apps.path().join(app).join(".berth").exists());
+    }
 
     let server = berth_tests::serve_tenants(tenants.clone()).await;
     let base = server.base.clone();
@@ -89,6 +95,28 @@ async fn tenants_routed_updated_and_removed() {
     );
     let (_, stats) = get(&base, "/shop-b/stats").await;
     assert_eq!(stats["greeting"], "Greeting B");
+
+    // State an earlier version kept in the app's own directory is not set
+    // aside for an empty store: the app is refused until it is moved.
+    write_app(&apps.path().join("shop-d"), "shop-d", "Greeting D");
+    std::fs::create_dir_all(apps.path().join("shop-d/.berth/shop-d/sql")).unwrap();
+    let errors = tenants.sync().await;
+    let err = error_of(&errors, "shop-d");
+    assert!(
+        err.contains("inside its own directory") && err.contains("mv "),
+        "{err}"
+    );
+    // Once it is moved, the app loads at the next scan.
+    std::fs::create_dir_all(apps.path().join(".berth")).unwrap();
+    std::fs::rename(
+        apps.path().join("shop-d/.berth/shop-d"),
+        apps.path().join(".berth/shop-d"),
+    )
+    .unwrap();
+    std::fs::remove_dir(apps.path().join("shop-d/.berth")).unwrap();
+    assert_eq!(tenants.sync().await, Vec::<String>::new());
+    assert!(tenants.app_names().contains(&"shop-d".to_string()));
+    std::fs::remove_dir_all(apps.path().join("shop-d")).unwrap();
 
     // Removing an app's directory unmounts it.
     std::fs::remove_dir_all(apps.path().join("shop-b")).unwrap();
