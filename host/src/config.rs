@@ -378,14 +378,14 @@ impl HostConfig {
                 BlobConfig::Fs { root: Some(p) } => Some((format!("blob.{name}.root"), p)),
                 _ => None,
             }));
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         for (key, path) in stores {
             if path.is_relative() {
                 return Err(format!(
-                    "`{key}` is the relative path `{}`; give it absolute (`{}` for the one beside this file)",
+                    "`{key}` is the relative path `{}`; give it absolute: `{}` is where earlier versions (and this host's working directory) put it, `{}` is beside this file",
                     path.display(),
-                    std::path::absolute(base.join(path))
-                        .unwrap_or_else(|_| base.join(path))
-                        .display()
+                    absolute(path.clone()).display(),
+                    absolute(base.join(path)).display()
                 ));
             }
         }

@@ -40,7 +40,13 @@ struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>, bool);
 impl Fingerprint {
     fn of(manifest_path: &Path) -> Option<Fingerprint> {
         let text = std::fs::read(manifest_path).ok()?;
-        let components = Manifest::load(manifest_path)
+        let manifest = Manifest::load(manifest_path);
+        // State an earlier version left in the app's directory refuses the
+        // app (see `App::load`); dealing with it lets the app load.
+        let left_state = manifest
+            .as_ref()
+            .is_ok_and(|m| std::fs::symlink_metadata(crate::app::left_state(m)).is_ok());
+        let components = manifest
             .map(|m| {
                 m.components
                     .values()
@@ -55,11 +61,6 @@ impl Fingerprint {
                     .collect()
             })
             .unwrap_or_default();
-        // State an earlier version left in the app's directory refuses the
-        // app (see `App::load`); moving it away lets the app load.
-        let left_state = manifest_path
-            .parent()
-            .is_some_and(|dir| dir.join(".berth").exists());
         Some(Fingerprint(text, components, left_state))
     }
 }

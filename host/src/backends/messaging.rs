@@ -19,11 +19,14 @@ use crate::ports::messaging::{
 use crate::secret::SecretResolver;
 
 /// Opens the broker `config` names for the app of `origin`, under `state`.
+/// A dry run (`berth check`) changes nothing a running host relies on: no
+/// NATS stream limits, no MQTT client id a running host uses.
 pub(super) async fn open(
     origin: &Origin<'_>,
     config: &MessagingConfig,
     state: &Path,
     secrets: &SecretResolver,
+    dry_run: bool,
 ) -> anyhow::Result<Arc<dyn MessagingBackend>> {
     let app = origin.app;
     Ok(match config.clone() {
@@ -46,6 +49,7 @@ pub(super) async fn open(
                 prefetch: origin.at_least_one("messaging.prefetch", prefetch, 200)?,
                 max_bytes: nats_max_bytes(origin, max_bytes)?,
                 max_age: nats_max_age(origin, max_age_s)?,
+                dry_run,
             };
             Arc::new(
                 NatsBroker::connect(&settings)
@@ -147,6 +151,13 @@ pub(super) async fn open(
                     id
                 }
                 None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            };
+            // Connecting under the running host's id would take its
+            // client's place at the broker.
+            let host_id = if dry_run {
+                format!("check-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+            } else {
+                host_id
             };
             let timeout = origin.millis("messaging.timeout_ms", timeout_ms, 5000)?;
             let tick_claims = match tick_claims {

@@ -79,11 +79,11 @@ fn embedded_path(
         return Ok(places.open_in.join(default));
     };
     // A custom path that spells out the default is the default (the
-    // rules for custom paths would refuse it, in the state directory).
-    let normal = |p: &Path| std::path::absolute(p).map(|p| p.components().collect::<PathBuf>());
-    let spelt_out = ownership::substitute(&raw, origin.app).map(|p| normal(&p));
-    if let Ok(Ok(spelt_out)) = spelt_out
-        && normal(&places.state.join(default)).is_ok_and(|d| d == spelt_out)
+    // rules for custom paths would refuse it, in the state directory):
+    // compared as the system opens them, links and `..` followed.
+    let spelt_out = ownership::substitute(&raw, origin.app).and_then(|p| ownership::resolved(&p));
+    if let Ok(spelt_out) = spelt_out
+        && ownership::resolved(&places.state.join(default)).is_ok_and(|d| d == spelt_out)
     {
         return Ok(places.open_in.join(default));
     }
@@ -492,7 +492,14 @@ pub async fn open(
         };
         blob.insert(name.clone(), container);
     }
-    let messaging = messaging::open(&origin, &host.messaging, &places.open_in, secrets).await?;
+    let messaging = messaging::open(
+        &origin,
+        &host.messaging,
+        &places.open_in,
+        secrets,
+        places.dry_run(),
+    )
+    .await?;
     let transport: Arc<dyn EmailBackend> = match host.email.clone() {
         EmailConfig::File {} => Arc::new(
             FileSink::open(places.open_in.join("email")).map_err(|e| origin.err("email", e))?,

@@ -62,7 +62,7 @@ pub(super) fn app_path(
     }
     let resolved = keep_apart(&path, app, own_state)?;
     if let Some(dir) = tenant_dir {
-        refuse_tenant_directory(&path, &resolved, dir)?;
+        refuse_tenant_directory(&path, &resolved, dir, own_state)?;
     }
     let fix = suggestion(raw, kind);
     if !claim {
@@ -79,16 +79,39 @@ pub(super) fn app_path(
 /// Refuses a path that overlaps the directory of apps of `berth serve`
 /// (the parent of `tenant_dir`, the app's own): tenants write there, and
 /// could turn a part of the path into a link to another app's data after
-/// it was checked, or add an app by writing a manifest.
-fn refuse_tenant_directory(path: &Path, resolved: &Path, tenant_dir: &Path) -> Result<(), String> {
-    let tenant_dir = self::resolved(tenant_dir)?;
-    let apps = tenant_dir.parent().unwrap_or(&tenant_dir);
-    if resolved.starts_with(apps) || apps.starts_with(resolved) {
-        return Err(format!(
-            "`{}` overlaps the directory of apps `{}`, which tenants write (a link placed there could lead the path into another app's data); give a path outside it",
-            path.display(),
-            apps.display()
-        ));
+/// it was checked, or add an app by writing a manifest. The path as
+/// written and as resolved are both compared with the directory as named
+/// and as resolved, and with the app's own directory resolved (it may be
+/// a link to a release elsewhere). The host's state directory may lie in
+/// the directory of apps (by default on `berth serve`, `.berth/` there):
+/// tenants do not write it, and [`keep_apart`] rules paths in it.
+fn refuse_tenant_directory(
+    path: &Path,
+    resolved: &Path,
+    tenant_dir: &Path,
+    own_state: &Path,
+) -> Result<(), String> {
+    let absolute = |p: &Path| {
+        std::path::absolute(p)
+            .map(|p| p.components().collect::<PathBuf>())
+            .map_err(|e| format!("cannot resolve `{}`: {e}", p.display()))
+    };
+    let tenant_dir = absolute(tenant_dir)?;
+    let apps = tenant_dir.parent().unwrap_or(&tenant_dir).to_path_buf();
+    let state_root = self::resolved(own_state.parent().unwrap_or(own_state))?;
+    let tenants_write = [self::resolved(&apps)?, apps, self::resolved(&tenant_dir)?];
+    for written in [absolute(path)?, resolved.to_path_buf()] {
+        let in_state = written.starts_with(&state_root);
+        let overlaps = tenants_write
+            .iter()
+            .find(|dir| (written.starts_with(dir) && !in_state) || dir.starts_with(&written));
+        if let Some(dir) = overlaps {
+            return Err(format!(
+                "`{}` overlaps `{}`, which tenants write (a link placed there could lead the path into another app's data); give a path outside the directory of apps",
+                path.display(),
+                dir.display()
+            ));
+        }
     }
     Ok(())
 }
@@ -198,6 +221,16 @@ fn remember_claim(path: PathBuf, app: &str) {
 /// Paths are compared after `.` and `..` are resolved, and the links of
 /// their existing part. Returns the path so resolved.
 pub(super) fn keep_apart(path: &Path, app: &str, own_state: &Path) -> Result<PathBuf, String> {
+    keep_apart_searching(path, app, own_state, SEARCH_ENTRIES)
+}
+
+/// [`keep_apart`], reading at most `entries` in the search for markers.
+fn keep_apart_searching(
+    path: &Path,
+    app: &str,
+    own_state: &Path,
+    entries: usize,
+) -> Result<PathBuf, String> {
     // A link as the last component would leave the marker beside the
     // link and the data elsewhere, where no marker is looked for.
     let absolute = std::path::absolute(path)
@@ -250,10 +283,10 @@ pub(super) fn keep_apart(path: &Path, app: &str, own_state: &Path) -> Result<Pat
         }
     }
     if resolved.is_dir() && !marker_of(&resolved)?.exists() {
-        let mut budget = SEARCH_ENTRIES;
+        let mut budget = entries;
         if !search_markers(path, &resolved, app, SEARCH_DEPTH, &mut budget)? {
             return Err(format!(
-                "`{}` holds more than {SEARCH_ENTRIES} entries within {SEARCH_DEPTH} levels, too many to check that no other app's data lies in it; give app `{app}` an empty directory, or one with fewer entries",
+                "`{}` holds more than {entries} entries within {SEARCH_DEPTH} levels, too many to check that no other app's data lies in it; give app `{app}` an empty directory, or one with fewer entries",
                 path.display()
             ));
         }
@@ -328,7 +361,7 @@ fn search_markers(
 /// stands, so a `..` after a link leaves the link's target, not the link
 /// (`/srv/link/../x` with `link -> /a/b` is `/a/x`). Past the existing
 /// part, `.` and `..` are taken as written.
-fn resolved(path: &Path) -> Result<PathBuf, String> {
+pub(super) fn resolved(path: &Path) -> Result<PathBuf, String> {
     use std::path::Component;
     let absolute = std::path::absolute(path)
         .map_err(|e| format!("cannot resolve `{}`: {e}", path.display()))?;
@@ -600,23 +633,26 @@ mod tests {
 
     #[test]
     fn a_directory_too_big_to_search_is_refused() {
+        const ENTRIES: usize = 100;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state/avatars");
         let big = dir.path().join("srv/shop");
         std::fs::create_dir_all(&big).unwrap();
+        let srv = dir.path().join("srv");
         // Exactly as many entries as are read are all checked.
-        for i in 1..SEARCH_ENTRIES {
+        for i in 1..ENTRIES {
             std::fs::File::create(big.join(i.to_string())).unwrap();
         }
-        assert!(keep_apart(&dir.path().join("srv"), "avatars", &state).is_ok());
+        assert!(keep_apart_searching(&srv, "avatars", &state, ENTRIES).is_ok());
         std::fs::File::create(big.join("one-more")).unwrap();
         // The marker beside the big directory is found all the same.
         claim(&big, "shop", "fix").unwrap();
-        let err = keep_apart(&dir.path().join("srv"), "avatars", &state).unwrap_err();
+        let err = keep_apart_searching(&srv, "avatars", &state, ENTRIES).unwrap_err();
         assert!(err.contains("overlaps") && err.contains("`shop`"), "{err}");
         std::fs::remove_file(dir.path().join("srv/shop.berth-owner")).unwrap();
-        let err = keep_apart(&dir.path().join("srv"), "avatars", &state).unwrap_err();
+        let err = keep_apart_searching(&srv, "avatars", &state, ENTRIES).unwrap_err();
         assert!(err.contains("too many to check"), "{err}");
+        assert!(err.contains("more than 100 entries"), "{err}");
     }
 
     #[test]
@@ -655,6 +691,46 @@ mod tests {
                 app_path(&raw, "shop", PathKind::Directory, &state, Some(&own), true).unwrap_err();
             assert!(err.contains("which tenants write"), "{err}");
         }
+        // The host's state directory may lie in the directory of apps (the
+        // default on `berth serve`); its own rules apply there.
+        let state_in_apps = apps.join(".berth/shop");
+        let main_db = state_in_apps.join("main.db");
+        assert!(
+            app_path(
+                &main_db,
+                "shop",
+                PathKind::File,
+                &state_in_apps,
+                Some(&own),
+                true
+            )
+            .is_ok()
+        );
+        let err = app_path(
+            &apps.join(".berth"),
+            "shop",
+            PathKind::Directory,
+            &state_in_apps,
+            Some(&own),
+            true,
+        )
+        .unwrap_err();
+        assert!(err.contains("holds the host's state directory"), "{err}");
+        // An app's directory that is a link to a release elsewhere: that
+        // release is the tenant's too.
+        let release = dir.path().join("releases/blog-v3");
+        std::fs::create_dir_all(&release).unwrap();
+        std::os::unix::fs::symlink(&release, apps.join("blog")).unwrap();
+        let err = app_path(
+            &release.join("uploads"),
+            "blog",
+            PathKind::Directory,
+            &state,
+            Some(&apps.join("blog")),
+            true,
+        )
+        .unwrap_err();
+        assert!(err.contains("which tenants write"), "{err}");
         let elsewhere = dir.path().join("srv/{app}");
         assert!(
             app_path(

@@ -1033,6 +1033,16 @@ async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
     assert_eq!(config.max_bytes, -1);
     drop(app);
 
+    // A dry run (`berth check`) connects, but leaves the stream's limits
+    // as they are: lower ones would drop messages a running host keeps.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut checking = host_config(&t, &format!("{plain}max_age_s = 60\n"));
+    checking.dry_run = Some(scratch.path().to_path_buf());
+    drop(t.load_with(&checking).await.unwrap());
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let week = Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(stream.cached_info().config.max_age, week);
+
     // A minute: shorter than the two minutes JetStream remembers message
     // ids for, which must then shrink with it.
     let capped = format!("{plain}max_bytes = 1048576\nmax_age_s = 60\n");

@@ -96,27 +96,40 @@ async fn tenants_routed_updated_and_removed() {
     let (_, stats) = get(&base, "/shop-b/stats").await;
     assert_eq!(stats["greeting"], "Greeting B");
 
-    // State an earlier version kept in the app's own directory is not set
-    // aside for an empty store: the app is refused until it is moved.
+    // State an earlier version kept in the app's own directory (beside its
+    // URL-signing key) is not set aside for an empty store: the app is
+    // refused until it is moved, and loads at the next scan once it is.
     write_app(&apps.path().join("shop-d"), "shop-d", "Greeting D");
     std::fs::create_dir_all(apps.path().join("shop-d/.berth/shop-d/sql")).unwrap();
+    std::fs::write(apps.path().join("shop-d/.berth/url-signing.key"), [7u8; 32]).unwrap();
+    // A tenant's link there is not to be moved into the host's state.
+    write_app(&apps.path().join("shop-e"), "shop-e", "Greeting E");
+    std::fs::create_dir_all(apps.path().join("shop-e/.berth")).unwrap();
+    std::os::unix::fs::symlink(
+        apps.path().join(".berth/shop-a"),
+        apps.path().join("shop-e/.berth/shop-e"),
+    )
+    .unwrap();
     let errors = tenants.sync().await;
     let err = error_of(&errors, "shop-d");
     assert!(
         err.contains("inside its own directory") && err.contains("mv "),
         "{err}"
     );
-    // Once it is moved, the app loads at the next scan.
-    std::fs::create_dir_all(apps.path().join(".berth")).unwrap();
+    let err = error_of(&errors, "shop-e");
+    assert!(
+        err.contains("symbolic links") && !err.contains("mv "),
+        "{err}"
+    );
     std::fs::rename(
         apps.path().join("shop-d/.berth/shop-d"),
         apps.path().join(".berth/shop-d"),
     )
     .unwrap();
-    std::fs::remove_dir(apps.path().join("shop-d/.berth")).unwrap();
     assert_eq!(tenants.sync().await, Vec::<String>::new());
     assert!(tenants.app_names().contains(&"shop-d".to_string()));
     std::fs::remove_dir_all(apps.path().join("shop-d")).unwrap();
+    std::fs::remove_dir_all(apps.path().join("shop-e")).unwrap();
 
     // Removing an app's directory unmounts it.
     std::fs::remove_dir_all(apps.path().join("shop-b")).unwrap();

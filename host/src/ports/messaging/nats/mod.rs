@@ -66,6 +66,10 @@ pub struct NatsSettings {
     pub max_bytes: Option<i64>,
     /// How long the app's stream keeps a message (zero: for ever).
     pub max_age: Duration,
+    /// A dry run (`berth check`): the server is connected to, but the
+    /// app's stream is neither made nor given these limits (lower ones
+    /// would drop messages a running host keeps).
+    pub dry_run: bool,
 }
 
 /// An app's broker on NATS JetStream.
@@ -123,7 +127,7 @@ impl NatsBroker {
         Ok(())
     }
 
-    /// Connects and makes sure the app's stream exists.
+    /// Connects and makes sure the app's stream exists (unless a dry run).
     pub async fn connect(s: &NatsSettings) -> Result<NatsBroker, MessagingError> {
         // Credentials go through the options, not the URL, so the client
         // never holds (or logs) a URL with a password in it.
@@ -166,7 +170,9 @@ impl NatsBroker {
                 ..Default::default()
             },
         };
-        broker.make_stream().await?;
+        if !s.dry_run {
+            broker.make_stream().await?;
+        }
         Ok(broker)
     }
 
