@@ -215,40 +215,45 @@ pub(crate) fn check_tenant_directory(manifest: &Manifest) -> anyhow::Result<()> 
 }
 
 /// On `berth serve` an app's state lies outside its own directory (see
-/// [`HostConfig::state_root`]). State an earlier version left inside it
-/// (by default, without `state_dir`) is not silently set aside for empty
-/// stores: the app is refused until the operator deals with it. Its
-/// tenant could write there, so a directory holding links is not to be
-/// moved into the host's state, where a link would lead the app into
+/// [`HostConfig::state_root`]), and never where tenants write. State an
+/// earlier version left inside it (by default, without `state_dir`) is
+/// not silently set aside for empty stores: the app is refused until the
+/// operator copies it over. Its tenant could write there, so the advice
+/// copies regular files only, never links, which could lead the app into
 /// another app's data. (Not on a dry run: a developer's `berth up` state
 /// beside the manifest is no concern of `berth check --tenant`.)
-fn refuse_state_left_inside(
+fn check_tenant_state(
     host: &HostConfig,
     manifest: &Manifest,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
+    let apps = manifest.dir().parent().unwrap_or(manifest.dir());
+    crate::backends::check_state_beside_apps(&host.state_root(manifest), apps)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", host.source()))?;
     let left = left_state(manifest);
-    let left_there = std::fs::symlink_metadata(&left).is_ok();
-    if host.state_dir.is_some() || host.dry_run.is_some() || !left_there || state_dir.exists() {
+    let Ok(meta) = std::fs::symlink_metadata(&left) else {
+        return Ok(());
+    };
+    if host.state_dir.is_some() || host.dry_run.is_some() || state_dir.exists() {
         return Ok(());
     }
-    let root = state_dir.parent().unwrap_or(state_dir);
-    if holds_links(&left) {
+    if !meta.is_dir() {
         bail!(
-            "{}: app `{}` has state in `{}`, inside its own directory, where `berth serve` no longer keeps it (the app's tenant writes there), and it is or holds symbolic links, which its tenant may have made: do not move it into the host's state; remove it, or copy the app's own files out of it",
+            "{}: app `{}` has `{}`, inside its own directory, where earlier versions of `berth serve` kept its state; it is no directory (a link its tenant made?): remove it",
             manifest.file.display(),
             manifest.name,
             left.display(),
         );
     }
+    let root = state_dir.parent().unwrap_or(state_dir);
     bail!(
-        "{}: app `{}` has state in `{}`, inside its own directory, where `berth serve` no longer keeps it (the app's tenant writes there); move it with `mkdir -p {} && mv {} {}`, or remove it if it holds none of the app's data",
+        "{}: app `{}` has state in `{}`, inside its own directory, where `berth serve` no longer keeps it (the app's tenant writes there); copy its regular files over, never its links (which its tenant may have made), e.g. `mkdir -p {} && rsync -r --no-links {} {}/`, then remove it; or remove it if it holds none of the app's data",
         manifest.file.display(),
         manifest.name,
         left.display(),
         root.display(),
         left.display(),
-        state_dir.display(),
+        root.display(),
     )
 }
 
@@ -256,40 +261,6 @@ fn refuse_state_left_inside(
 /// the app's state on `berth serve` (by default).
 pub(crate) fn left_state(manifest: &Manifest) -> PathBuf {
     manifest.dir().join(".berth").join(&manifest.name)
-}
-
-/// Whether `path` is a symbolic link or holds one, looking at no more than
-/// 100,000 entries (more counts as holding one: it is not moved blind).
-fn holds_links(path: &Path) -> bool {
-    let mut budget = 100_000usize;
-    let mut dirs = vec![path.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            return true;
-        }
-        if !meta.is_dir() {
-            continue;
-        }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return true;
-        };
-        for entry in entries.flatten() {
-            budget = match budget.checked_sub(1) {
-                Some(left) => left,
-                None => return true,
-            };
-            match entry.file_type() {
-                Ok(kind) if kind.is_symlink() => return true,
-                Ok(kind) if kind.is_dir() => dirs.push(entry.path()),
-                Ok(_) => {}
-                Err(_) => return true,
-            }
-        }
-    }
-    false
 }
 
 /// Applies the operator's `[app_config.<app>]` values over the manifest's
@@ -351,7 +322,7 @@ impl App {
                 );
             }
             check_tenant_directory(&manifest)?;
-            refuse_state_left_inside(host, &manifest, &state_dir)?;
+            check_tenant_state(host, &manifest, &state_dir)?;
         }
         // Tenants' manifests see no host environment, so no operator's
         // `BERTH_CONFIG_<KEY>` override reaches them either.

@@ -38,14 +38,15 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>, bool);
 
 impl Fingerprint {
-    fn of(manifest_path: &Path) -> Option<Fingerprint> {
+    fn of(manifest_path: &Path, host: &HostConfig) -> Option<Fingerprint> {
         let text = std::fs::read(manifest_path).ok()?;
         let manifest = Manifest::load(manifest_path);
         // State an earlier version left in the app's directory refuses the
-        // app (see `App::load`); dealing with it lets the app load.
-        let left_state = manifest
-            .as_ref()
-            .is_ok_and(|m| std::fs::symlink_metadata(crate::app::left_state(m)).is_ok());
+        // app until it is removed or copied over (see `App::load`).
+        let left_state = manifest.as_ref().is_ok_and(|m| {
+            std::fs::symlink_metadata(crate::app::left_state(m)).is_ok()
+                && !host.app_state_dir(m).exists()
+        });
         let components = manifest
             .map(|m| {
                 m.components
@@ -147,7 +148,7 @@ impl Tenants {
         for dir in dirs {
             seen.push(dir.clone());
             let manifest_path = dir.join("berth.toml");
-            let Some(fingerprint) = Fingerprint::of(&manifest_path) else {
+            let Some(fingerprint) = Fingerprint::of(&manifest_path, &self.host) else {
                 continue;
             };
             let current = self

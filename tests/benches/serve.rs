@@ -351,7 +351,7 @@ async fn apps_rss(n: usize, distinct: bool, cache: &Path) -> u64 {
     drop(compiler);
     let engine = berth::engine::HostEngine::new(settings).unwrap();
     let mut host = berth::config::HostConfig::default();
-    host.state_dir = Some(dir.path().join("state"));
+    host.state_dir = Some(dir.path().join(".state")); // no app can take a dot-name
     let tenants = berth::tenants::Tenants::new(engine, host, dir.path().to_path_buf());
     let before = rss_bytes();
     let errors = tenants.sync().await;
@@ -458,7 +458,7 @@ async fn b7_cold_start() {
                 let config = apps.path().join("host.toml");
                 std::fs::write(
                     &config,
-                    format!("state_dir = {:?}\n[engine]\nmax_instances = 16\nmax_memory_mb = 64\ncache_dir = {cache:?}\n", apps.path().join("state")),
+                    format!("state_dir = {:?}\n[engine]\nmax_instances = 16\nmax_memory_mb = 64\ncache_dir = {cache:?}\n", apps.path().join(".state")),
                 )
                 .unwrap();
                 let started = Instant::now();

@@ -19,8 +19,8 @@ use crate::ports::messaging::{
 use crate::secret::SecretResolver;
 
 /// Opens the broker `config` names for the app of `origin`, under `state`.
-/// A dry run (`berth check`) changes nothing a running host relies on: no
-/// NATS stream limits, no MQTT client id a running host uses.
+/// A dry run (`berth check`) leaves a NATS stream's limits alone and
+/// connects to MQTT under an id no running host uses.
 pub(super) async fn open(
     origin: &Origin<'_>,
     config: &MessagingConfig,

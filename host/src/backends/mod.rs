@@ -43,6 +43,29 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// tenant's password computable.
 const MIN_TENANT_KEY_BYTES: usize = 16;
 
+/// Refuses, on `berth serve`, a state directory `state_root` where tenants
+/// write: one that holds the directory of apps `apps`, or lies in it other
+/// than under a dot-name (`.berth/`, the default), which no app can take.
+/// The app's default stores would otherwise lie in a tenant's directory.
+pub fn check_state_beside_apps(state_root: &Path, apps: &Path) -> Result<(), String> {
+    let root = ownership::resolved(state_root)?;
+    let apps = ownership::resolved(apps)?;
+    let dot_named = root.strip_prefix(&apps).is_ok_and(|below| {
+        below
+            .components()
+            .next()
+            .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    });
+    if apps.starts_with(&root) || (root.starts_with(&apps) && !dot_named) {
+        return Err(format!(
+            "the state directory `{}` lies where tenants write (the directory of apps `{}`, or an app's directory in it); give `state_dir` outside it, or leave it out for `.berth/` there",
+            state_root.display(),
+            apps.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Where one app's embedded stores live.
 struct Places<'a> {
     /// The app's state directory, `<state>/<app>`, where the stores go by
@@ -304,7 +327,10 @@ pub async fn open(
                 let settings = PostgresSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
                     password: optional_secret(&origin, &key, password, secrets).await?,
-                    tenant,
+                    // A dry run logs in as the operator's user only: the
+                    // provisioning sets the role's password, which a check
+                    // with another key would change under a running host.
+                    tenant: tenant.filter(|_| !places.dry_run()),
                     schema,
                     max_connections,
                     min_connections,
@@ -387,12 +413,17 @@ pub async fn open(
                 let bucket = RedisBucket::connect(&settings)
                     .await
                     .map_err(|e| origin.err(&key, connection_failure(e)))?;
-                bucket.index_existing_keys().await.map_err(|e| {
-                    origin.err(
-                        &key,
-                        format!("cannot index the bucket's keys at startup: {e}"),
-                    )
-                })?;
+                // Not on a dry run: a check marking the index done while
+                // hosts of an older version still write unindexed keys
+                // would leave those keys out of listings.
+                if !places.dry_run() {
+                    bucket.index_existing_keys().await.map_err(|e| {
+                        origin.err(
+                            &key,
+                            format!("cannot index the bucket's keys at startup: {e}"),
+                        )
+                    })?;
+                }
                 Arc::new(bucket)
             }
         };

@@ -81,10 +81,11 @@ pub(super) fn app_path(
 /// could turn a part of the path into a link to another app's data after
 /// it was checked, or add an app by writing a manifest. The path as
 /// written and as resolved are both compared with the directory as named
-/// and as resolved, and with the app's own directory resolved (it may be
-/// a link to a release elsewhere). The host's state directory may lie in
-/// the directory of apps (by default on `berth serve`, `.berth/` there):
-/// tenants do not write it, and [`keep_apart`] rules paths in it.
+/// and as resolved, and with every app directory there that is a link to
+/// a release elsewhere. The host's state directory may lie in the
+/// directory of apps under a dot-name no app can take (`.berth/`, the
+/// default on `berth serve`): tenants do not write it, and [`keep_apart`]
+/// rules paths in it.
 fn refuse_tenant_directory(
     path: &Path,
     resolved: &Path,
@@ -96,12 +97,18 @@ fn refuse_tenant_directory(
             .map(|p| p.components().collect::<PathBuf>())
             .map_err(|e| format!("cannot resolve `{}`: {e}", p.display()))
     };
-    let tenant_dir = absolute(tenant_dir)?;
-    let apps = tenant_dir.parent().unwrap_or(&tenant_dir).to_path_buf();
-    let state_root = self::resolved(own_state.parent().unwrap_or(own_state))?;
-    let tenants_write = [self::resolved(&apps)?, apps, self::resolved(&tenant_dir)?];
+    let apps = absolute(tenant_dir)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut tenants_write = vec![self::resolved(&apps)?, apps.clone()];
+    tenants_write.extend(linked_app_directories(&apps));
+    let state_root = own_state.parent().unwrap_or(own_state);
+    let state_roots = [self::resolved(state_root)?, absolute(state_root)?];
     for written in [absolute(path)?, resolved.to_path_buf()] {
-        let in_state = written.starts_with(&state_root);
+        let in_state = state_roots
+            .iter()
+            .any(|root| written.starts_with(root) && beside_the_apps(root, &tenants_write));
         let overlaps = tenants_write
             .iter()
             .find(|dir| (written.starts_with(dir) && !in_state) || dir.starts_with(&written));
@@ -114,6 +121,34 @@ fn refuse_tenant_directory(
         }
     }
     Ok(())
+}
+
+/// Whether a state directory `root` lies where no tenant writes: outside
+/// every directory of `tenants_write`, or in one under a dot-name (app
+/// names have no dot).
+fn beside_the_apps(root: &Path, tenants_write: &[PathBuf]) -> bool {
+    tenants_write
+        .iter()
+        .all(|dir| match root.strip_prefix(dir) {
+            Ok(below) => below
+                .components()
+                .next()
+                .is_some_and(|first| first.as_os_str().as_bytes().starts_with(b".")),
+            Err(_) => !dir.starts_with(root),
+        })
+}
+
+/// The targets of the app directories in `apps` that are links (to a
+/// release elsewhere, say), which their tenants write too.
+fn linked_app_directories(apps: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(apps) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .filter_map(|e| e.path().canonicalize().ok())
+        .collect()
 }
 
 /// The app a marker says owns `path`, if it has one.
@@ -721,16 +756,32 @@ mod tests {
         let release = dir.path().join("releases/blog-v3");
         std::fs::create_dir_all(&release).unwrap();
         std::os::unix::fs::symlink(&release, apps.join("blog")).unwrap();
-        let err = app_path(
-            &release.join("uploads"),
-            "blog",
-            PathKind::Directory,
-            &state,
-            Some(&apps.join("blog")),
-            true,
-        )
-        .unwrap_err();
-        assert!(err.contains("which tenants write"), "{err}");
+        for (app, own_dir) in [("blog", apps.join("blog")), ("shop", own.clone())] {
+            let uploads = release.join("uploads");
+            let err = app_path(
+                &uploads,
+                app,
+                PathKind::Directory,
+                &state,
+                Some(&own_dir),
+                true,
+            )
+            .unwrap_err();
+            assert!(err.contains("which tenants write"), "{app}: {err}");
+        }
+        // A state directory that is the directory of apps, or one of its
+        // apps' directories, gives no leave to paths in it.
+        for state_root in [apps.clone(), own.clone()] {
+            let own_state = state_root.join("shop");
+            let path = own_state.join("main.db");
+            let err =
+                app_path(&path, "shop", PathKind::File, &own_state, Some(&own), true).unwrap_err();
+            assert!(
+                err.contains("which tenants write"),
+                "{}: {err}",
+                state_root.display()
+            );
+        }
         let elsewhere = dir.path().join("srv/{app}");
         assert!(
             app_path(
