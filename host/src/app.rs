@@ -237,23 +237,30 @@ fn check_tenant_state(
     if host.state_dir.is_some() || host.dry_run.is_some() || state_dir.exists() {
         return Ok(());
     }
-    if !meta.is_dir() {
+    let linked_parent = left
+        .parent()
+        .and_then(|p| std::fs::symlink_metadata(p).ok())
+        .is_some_and(|m| m.file_type().is_symlink());
+    if !meta.is_dir() || linked_parent {
         bail!(
-            "{}: app `{}` has `{}`, inside its own directory, where earlier versions of `berth serve` kept its state; it is no directory (a link its tenant made?): remove it",
+            "{}: app `{}` has `{}`, inside its own directory, where earlier versions of `berth serve` kept its state; it is no directory of its own (a link, or behind one, that its tenant may have made): remove it",
             manifest.file.display(),
             manifest.name,
             left.display(),
         );
     }
-    let root = state_dir.parent().unwrap_or(state_dir);
+    // Copied aside, then renamed into place at once: the next scan loads
+    // the app as soon as its state directory exists.
+    let aside = state_dir.with_file_name(format!(".{}.copy", manifest.name));
     bail!(
-        "{}: app `{}` has state in `{}`, inside its own directory, where `berth serve` no longer keeps it (the app's tenant writes there); copy its regular files over, never its links (which its tenant may have made), e.g. `mkdir -p {} && rsync -r --no-links {} {}/`, then remove it; or remove it if it holds none of the app's data",
+        "{}: app `{}` has state in `{}`, inside its own directory, where `berth serve` no longer keeps it (the app's tenant writes there); copy its regular files over, never its links (which its tenant may have made), e.g. `mkdir -p {aside} && rsync -r --no-links {} {aside}/ && mv {aside}/{} {} && rmdir {aside}`, then remove it; or remove it if it holds none of the app's data",
         manifest.file.display(),
         manifest.name,
         left.display(),
-        root.display(),
         left.display(),
-        root.display(),
+        manifest.name,
+        state_dir.display(),
+        aside = aside.display(),
     )
 }
 

@@ -45,7 +45,8 @@ const MIN_TENANT_KEY_BYTES: usize = 16;
 
 /// Refuses, on `berth serve`, a state directory `state_root` where tenants
 /// write: one that holds the directory of apps `apps`, or lies in it other
-/// than under a dot-name (`.berth/`, the default), which no app can take.
+/// than under a dot-name (`.berth/`, the default), which no app can take,
+/// or overlaps a release an app's directory there links to.
 /// The app's default stores would otherwise lie in a tenant's directory.
 pub fn check_state_beside_apps(state_root: &Path, apps: &Path) -> Result<(), String> {
     let root = ownership::resolved(state_root)?;
@@ -56,7 +57,10 @@ pub fn check_state_beside_apps(state_root: &Path, apps: &Path) -> Result<(), Str
             .next()
             .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.'))
     });
-    if apps.starts_with(&root) || (root.starts_with(&apps) && !dot_named) {
+    let in_a_release = ownership::linked_app_directories(&apps)
+        .iter()
+        .any(|release| root.starts_with(release) || release.starts_with(&root));
+    if apps.starts_with(&root) || (root.starts_with(&apps) && !dot_named) || in_a_release {
         return Err(format!(
             "the state directory `{}` lies where tenants write (the directory of apps `{}`, or an app's directory in it); give `state_dir` outside it, or leave it out for `.berth/` there",
             state_root.display(),
@@ -607,4 +611,31 @@ pub async fn open(
         publish_rate,
         url_signer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn state_directories_where_tenants_write_are_refused_on_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        let release = dir.path().join("releases/blog-v3");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::create_dir_all(&apps).unwrap();
+        std::os::unix::fs::symlink(&release, apps.join("blog")).unwrap();
+        for refused in [
+            dir.path().to_path_buf(),
+            apps.clone(),
+            apps.join("state"),
+            apps.join("blog"),
+            release.join("state"),
+        ] {
+            let err = super::check_state_beside_apps(&refused, &apps).unwrap_err();
+            assert!(err.contains("where tenants write"), "{err}");
+        }
+        for accepted in [apps.join(".berth"), dir.path().join("state")] {
+            let checked = super::check_state_beside_apps(&accepted, &apps);
+            assert!(checked.is_ok(), "{}: {checked:?}", accepted.display());
+        }
+    }
 }

@@ -139,13 +139,15 @@ fn beside_the_apps(root: &Path, tenants_write: &[PathBuf]) -> bool {
 }
 
 /// The targets of the app directories in `apps` that are links (to a
-/// release elsewhere, say), which their tenants write too.
-fn linked_app_directories(apps: &Path) -> Vec<PathBuf> {
+/// release elsewhere, say), which their tenants write too. Dot-names are
+/// no apps' (a `.berth` linked to another disk is the host's).
+pub(super) fn linked_app_directories(apps: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(apps) else {
         return Vec::new();
     };
     entries
         .flatten()
+        .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
         .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
         .filter_map(|e| e.path().canonicalize().ok())
         .collect()

@@ -111,7 +111,17 @@ async fn tenants_routed_updated_and_removed() {
         apps.path().join("shop-e/.berth/shop-e"),
     )
     .unwrap();
+    // Nor is state behind a link in place of the `.berth` directory.
+    write_app(&apps.path().join("shop-f"), "shop-f", "Greeting F");
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(elsewhere.path().join("shop-f/sql")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), apps.path().join("shop-f/.berth")).unwrap();
     let errors = tenants.sync().await;
+    let err = error_of(&errors, "shop-f");
+    assert!(
+        err.contains("no directory") && !err.contains("rsync"),
+        "{err}"
+    );
     let err = error_of(&errors, "shop-d");
     assert!(err.contains("inside its own directory"), "{err}");
     assert!(err.contains("rsync -r --no-links"), "{err}");
@@ -129,6 +139,7 @@ async fn tenants_routed_updated_and_removed() {
     assert!(tenants.app_names().contains(&"shop-d".to_string()));
     std::fs::remove_dir_all(apps.path().join("shop-d")).unwrap();
     std::fs::remove_dir_all(apps.path().join("shop-e")).unwrap();
+    std::fs::remove_dir_all(apps.path().join("shop-f")).unwrap();
 
     // Removing an app's directory unmounts it.
     std::fs::remove_dir_all(apps.path().join("shop-b")).unwrap();
