@@ -101,14 +101,21 @@ fn refuse_tenant_directory(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let mut tenants_write = vec![self::resolved(&apps)?, apps.clone()];
-    tenants_write.extend(linked_app_directories(&apps));
+    let releases = linked_app_directories(&apps);
+    let apps_both = [self::resolved(&apps)?, apps];
+    let mut tenants_write = apps_both.to_vec();
+    tenants_write.extend(releases.iter().cloned());
     let state_root = own_state.parent().unwrap_or(own_state);
     let state_roots = [self::resolved(state_root)?, absolute(state_root)?];
+    let beside = |root: &Path| {
+        apps_both
+            .iter()
+            .all(|apps| state_beside_apps(root, apps, &releases))
+    };
     for written in [absolute(path)?, resolved.to_path_buf()] {
         let in_state = state_roots
             .iter()
-            .any(|root| written.starts_with(root) && beside_the_apps(root, &tenants_write));
+            .any(|root| written.starts_with(root) && beside(root));
         let overlaps = tenants_write
             .iter()
             .find(|dir| (written.starts_with(dir) && !in_state) || dir.starts_with(&written));
@@ -123,19 +130,22 @@ fn refuse_tenant_directory(
     Ok(())
 }
 
-/// Whether a state directory `root` lies where no tenant writes: outside
-/// every directory of `tenants_write`, or in one under a dot-name (app
-/// names have no dot).
-fn beside_the_apps(root: &Path, tenants_write: &[PathBuf]) -> bool {
-    tenants_write
-        .iter()
-        .all(|dir| match root.strip_prefix(dir) {
-            Ok(below) => below
-                .components()
-                .next()
-                .is_some_and(|first| first.as_os_str().as_bytes().starts_with(b".")),
-            Err(_) => !dir.starts_with(root),
-        })
+/// Whether a state directory `root` lies where no tenant writes: it
+/// neither holds nor lies in `apps`, the directory of apps, but under a
+/// dot-name there (app names have no dot), and it is apart from every
+/// release an app's directory links to (`releases`).
+pub(super) fn state_beside_apps(root: &Path, apps: &Path, releases: &[PathBuf]) -> bool {
+    let dot_named = root.strip_prefix(apps).is_ok_and(|below| {
+        below
+            .components()
+            .next()
+            .is_some_and(|first| first.as_os_str().as_bytes().starts_with(b"."))
+    });
+    let clear_of_apps = !apps.starts_with(root) && (!root.starts_with(apps) || dot_named);
+    clear_of_apps
+        && releases
+            .iter()
+            .all(|release| !root.starts_with(release) && !release.starts_with(root))
 }
 
 /// The targets of the app directories in `apps` that are links (to a

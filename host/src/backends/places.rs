@@ -16,16 +16,8 @@ use super::settings::Origin;
 pub fn check_state_beside_apps(state_root: &Path, apps: &Path) -> Result<(), String> {
     let root = ownership::resolved(state_root)?;
     let apps = ownership::resolved(apps)?;
-    let dot_named = root.strip_prefix(&apps).is_ok_and(|below| {
-        below
-            .components()
-            .next()
-            .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-    });
-    let in_a_release = ownership::linked_app_directories(&apps)
-        .iter()
-        .any(|release| root.starts_with(release) || release.starts_with(&root));
-    if apps.starts_with(&root) || (root.starts_with(&apps) && !dot_named) || in_a_release {
+    let releases = ownership::linked_app_directories(&apps);
+    if !ownership::state_beside_apps(&root, &apps, &releases) {
         return Err(format!(
             "the state directory `{}` lies where tenants write (the directory of apps `{}`, or an app's directory in it); give `state_dir` outside it, or leave it out for `.berth/` there",
             state_root.display(),
