@@ -328,8 +328,10 @@ impl App {
                     manifest.name
                 );
             }
-            check_tenant_directory(&manifest)?;
-            check_tenant_state(host, &manifest, &state_dir)?;
+            crate::fairness::blocking(|| {
+                check_tenant_directory(&manifest)?;
+                check_tenant_state(host, &manifest, &state_dir)
+            })?;
         }
         // Tenants' manifests see no host environment, so no operator's
         // `BERTH_CONFIG_<KEY>` override reaches them either.

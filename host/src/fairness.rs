@@ -195,6 +195,21 @@ pub fn retire(store: wasmtime::Store<crate::state::InstanceState>) {
     }
 }
 
+/// Runs `work` that blocks on the file system (an app's embedded stores
+/// opened, a custom path's search for other apps' markers, which reads up
+/// to 100,000 directory entries) without holding a worker thread of a
+/// multi-threaded runtime: the worker's other tasks (other tenants'
+/// requests, on `berth serve`) move to a new worker meanwhile. On a
+/// current-thread runtime (`berth run`, tests), where nothing else could
+/// take them, `work` simply runs.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +254,41 @@ mod tests {
         let mut c = Turn::new(turns, Arc::new(Heaviness::default()));
         assert_eq!(c.reset(), 1);
         assert!(c.tick().is_none());
+    }
+
+    #[test]
+    fn blocking_work_leaves_the_worker_to_other_tasks() {
+        use std::sync::atomic::AtomicBool;
+        // One worker: without handing it over, the task that sets the flag
+        // could not run while `blocking` waits for it.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let seen = runtime.block_on(async {
+            let flag = Arc::new(AtomicBool::new(false));
+            let set = flag.clone();
+            let waiter = tokio::spawn(async move {
+                blocking(|| {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    flag.load(Ordering::SeqCst)
+                })
+            });
+            // Spawned after the waiter took the only worker.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::spawn(async move { set.store(true, Ordering::SeqCst) });
+            waiter.await.unwrap()
+        });
+        assert!(seen, "the other task ran while `blocking` waited");
+        // Outside a runtime, and on a current-thread one, it runs in place.
+        assert_eq!(blocking(|| 7), 7);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { blocking(|| 8) }), 8);
     }
 }

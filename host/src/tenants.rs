@@ -200,7 +200,7 @@ impl Tenants {
         let manifest = Manifest::load(manifest_path)?;
         // Before the name is looked up: a tenant claiming another's name
         // is refused for that, not reported as a second copy.
-        crate::app::check_tenant_directory(&manifest)?;
+        crate::fairness::blocking(|| crate::app::check_tenant_directory(&manifest))?;
         let name = manifest.name.clone();
         let claimed = self
             .by_name

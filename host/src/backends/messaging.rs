@@ -30,8 +30,10 @@ pub(super) async fn open(
 ) -> anyhow::Result<Arc<dyn MessagingBackend>> {
     let app = origin.app;
     Ok(match config.clone() {
-        MessagingConfig::Embedded {} => EmbeddedBroker::open(&state.join("messaging.db"))
-            .map_err(|e| origin.err("messaging", e))?,
+        MessagingConfig::Embedded {} => {
+            crate::fairness::blocking(|| EmbeddedBroker::open(&state.join("messaging.db")))
+                .map_err(|e| origin.err("messaging", e))?
+        }
         MessagingConfig::InProcess {} => InProcessBroker::new(),
         MessagingConfig::Nats {
             url,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::app::AppBackends;
 use crate::config::HostConfig;
+use crate::fairness::blocking;
 use crate::manifest::Manifest;
 use crate::ports::blob::s3::{S3Container, S3Settings};
 use crate::ports::blob::url::UrlSigner;
@@ -164,7 +165,7 @@ pub async fn open(
             .cloned()
             .unwrap_or(SqlConfig::Sqlite { path: None });
         let db: Arc<dyn SqlBackend> = match cfg {
-            SqlConfig::Sqlite { path } => {
+            SqlConfig::Sqlite { path } => blocking(|| {
                 let path = embedded_path(
                     &origin,
                     &format!("{key}.path"),
@@ -173,8 +174,9 @@ pub async fn open(
                     &places,
                     &Path::new("sql").join(format!("{name}.db")),
                 )?;
-                Arc::new(SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?)
-            }
+                let db = SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?;
+                anyhow::Ok(Arc::new(db) as Arc<dyn SqlBackend>)
+            })?,
             SqlConfig::Postgres {
                 url,
                 password,
@@ -306,7 +308,7 @@ pub async fn open(
         };
         let bucket: Arc<dyn KvBackend> = match host.kv.get(name).cloned().unwrap_or(default) {
             KvConfig::Memory {} => Arc::new(MemoryBucket::new()),
-            KvConfig::Sqlite { path } => {
+            KvConfig::Sqlite { path } => blocking(|| {
                 let path = embedded_path(
                     &origin,
                     &format!("{key}.path"),
@@ -315,8 +317,9 @@ pub async fn open(
                     &places,
                     &Path::new("kv").join(format!("{name}.db")),
                 )?;
-                Arc::new(SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?)
-            }
+                let bucket = SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?;
+                anyhow::Ok(Arc::new(bucket) as Arc<dyn KvBackend>)
+            })?,
             KvConfig::Redis {
                 url,
                 prefix,
@@ -349,7 +352,7 @@ pub async fn open(
         kv.insert(name.clone(), bucket);
     }
     let url_signer = Arc::new(UrlSigner::new(
-        host.url_signing_key(manifest)?,
+        blocking(|| host.url_signing_key(manifest))?,
         host.public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", host.listen())),
@@ -365,7 +368,7 @@ pub async fn open(
             .cloned()
             .unwrap_or(BlobConfig::Fs { root: None });
         let container: Arc<dyn BlobBackend> = match cfg {
-            BlobConfig::Fs { root } => {
+            BlobConfig::Fs { root } => blocking(|| {
                 let root = embedded_path(
                     &origin,
                     &format!("{key}.root"),
@@ -374,17 +377,16 @@ pub async fn open(
                     &places,
                     &Path::new("blob").join(name),
                 )?;
-                Arc::new(
-                    FsContainer::open(
-                        root,
-                        places.open_in.join("tmp"),
-                        app,
-                        name,
-                        url_signer.clone(),
-                    )
-                    .map_err(|e| origin.err(&key, e))?,
+                let container = FsContainer::open(
+                    root,
+                    places.open_in.join("tmp"),
+                    app,
+                    name,
+                    url_signer.clone(),
                 )
-            }
+                .map_err(|e| origin.err(&key, e))?;
+                anyhow::Ok(Arc::new(container) as Arc<dyn BlobBackend>)
+            })?,
             BlobConfig::S3 {
                 endpoint,
                 region,
@@ -452,7 +454,8 @@ pub async fn open(
     .await?;
     let transport: Arc<dyn EmailBackend> = match host.email.clone() {
         EmailConfig::File {} => Arc::new(
-            FileSink::open(places.open_in.join("email")).map_err(|e| origin.err("email", e))?,
+            blocking(|| FileSink::open(places.open_in.join("email")))
+                .map_err(|e| origin.err("email", e))?,
         ),
         EmailConfig::Smtp {
             host: server,
