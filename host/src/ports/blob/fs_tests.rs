@@ -254,3 +254,45 @@ async fn listing_pages_follow_key_order_across_directories() {
     assert_eq!(page, ["d/b/d", "d/b0", "d0"]);
     assert_eq!(p.objects[0].size, 5);
 }
+
+/// A listing keeps only the page's first entries of each directory, and
+/// reads a directory again when the kept subdirectories held too few
+/// keys: empty ones (emptied meanwhile) do not end the page early.
+#[tokio::test]
+async fn listing_reads_past_empty_directories_in_bounded_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    for key in ["d", "e", "f/g"] {
+        c.put(key, key.as_bytes().to_vec()).await.unwrap();
+    }
+    for empty in ["a", "b", "c/x", "c/y"] {
+        std::fs::create_dir_all(dir.path().join("root").join(empty)).unwrap();
+    }
+    // Three entries are kept by the first read (the page of 2, plus one
+    // to tell whether more follow): `a/`, `b/` and `c/`, all empty.
+    let p = c.list("", None, 2).await.unwrap();
+    let keys: Vec<&str> = p.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["d", "e"]);
+    assert_eq!(p.cursor.as_deref(), Some("e"));
+    let p = c.list("", Some("e"), 2).await.unwrap();
+    let keys: Vec<&str> = p.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["f/g"]);
+    assert_eq!(p.cursor, None);
+
+    // Many files in one directory, listed a page at a time in key order.
+    for i in 0..250 {
+        c.put(&format!("many/{i:03}"), vec![1]).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let p = c.list("many/", cursor.as_deref(), 100).await.unwrap();
+        seen.extend(p.objects.into_iter().map(|o| o.key));
+        match p.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..250).map(|i| format!("many/{i:03}")).collect();
+    assert_eq!(seen, expected);
+}
