@@ -21,6 +21,9 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::engine::EngineSettings;
+
+#[path = "config_by_type.rs"]
+pub(crate) mod by_type;
 use crate::manifest::Manifest;
 use crate::outbound::{OutboundConfig, UpstreamConfig};
 use crate::ports::blob::BlobConfig;

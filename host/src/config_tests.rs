@@ -102,6 +102,52 @@ fn email_and_aws_settings_are_checked_when_the_host_config_loads() {
     HostConfig::load(&path).unwrap();
 }
 
+/// A wrongly typed setting of a backend section is named, with the
+/// section's line, and its value is not repeated (it may be a secret).
+#[test]
+fn wrongly_typed_backend_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    for (text, key, line) in [
+        (
+            "listen = \"127.0.0.1:3000\"\n[email]\ntype = \"smtp\"\nhost = \"mail\"\nport = \"587\"\n",
+            "`port`",
+            "line 2,",
+        ),
+        (
+            "[sql.main]\ntype = \"postgres\"\nurl = \"postgres://db/x\"\nmax_connections = \"s3cret\"\n",
+            "`max_connections`",
+            "line 1,",
+        ),
+        (
+            "[kv.cache]\ntype = \"redis\"\nurl = 6379\n",
+            "`url`",
+            "line 1,",
+        ),
+        (
+            "[blob.files]\ntype = \"s3\"\nbucket = \"b\"\npath_style = \"yes\"\n",
+            "`path_style`",
+            "line 1,",
+        ),
+        (
+            "[messaging]\ntype = \"nats\"\nurl = \"nats://n\"\nprefetch = -1\n",
+            "`prefetch`",
+            "line 1,",
+        ),
+        (
+            "[email]\ntype = \"smtp\"\nhost = \"mail\"\n[email.senders]\nshop = \"s3cret\"\n",
+            "`senders.shop`",
+            "line 1,",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", HostConfig::load(&path).unwrap_err());
+        assert!(err.contains(key), "{text}: {err}");
+        assert!(err.contains(line), "{text}: {err}");
+        assert!(!err.contains("s3cret") && !err.contains("587"), "{err}");
+    }
+}
+
 #[test]
 fn mariadb_is_an_alias_of_mysql() {
     let dir = tempfile::tempdir().unwrap();

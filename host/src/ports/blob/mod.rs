@@ -250,7 +250,7 @@ mod tests {
 
 /// How the host serves a logical container (`[blob.<name>]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum BlobConfig {
     /// A local directory; `root` defaults to `<state>/<app>/blob/<name>`.
     Fs {
@@ -286,3 +286,5 @@ pub enum BlobConfig {
         timeout_ms: Option<u64>,
     },
 }
+
+crate::config::by_type::deserialize_by_type!(BlobConfig);

@@ -329,7 +329,7 @@ mod tests {
 
 /// The app's mail transport (`[email]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EmailConfig {
     /// Write `.eml` files into `<state>/<app>/email`.
     File {},
@@ -355,3 +355,5 @@ pub enum EmailConfig {
         senders: Option<std::collections::BTreeMap<String, Vec<String>>>,
     },
 }
+
+crate::config::by_type::deserialize_by_type!(EmailConfig);

@@ -128,7 +128,7 @@ pub(crate) fn page_from(mut keys: Vec<String>, limit: usize) -> KeyPage {
 
 /// How the host serves a logical bucket (`[kv.<name>]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum KvConfig {
     /// Embedded SQLite; `path` defaults to `<state>/<app>/kv/<name>.db`.
     Sqlite {
@@ -148,6 +148,8 @@ pub enum KvConfig {
         timeout_ms: Option<u64>,
     },
 }
+
+crate::config::by_type::deserialize_by_type!(KvConfig);
 
 #[cfg(test)]
 mod tests {

@@ -263,7 +263,7 @@ mod tests {
 
 /// The app's broker (`[messaging]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MessagingConfig {
     /// The embedded default: durable, in `<state>/<app>/messaging.db`.
     Embedded {},
@@ -338,6 +338,8 @@ pub enum MessagingConfig {
         session_expiry_s: Option<u64>,
     },
 }
+
+crate::config::by_type::deserialize_by_type!(MessagingConfig);
 
 impl Default for MessagingConfig {
     fn default() -> Self {

@@ -299,7 +299,7 @@ pub enum PgTenancy {
 
 /// How the host serves a logical database (`[sql.<name>]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SqlConfig {
     /// Embedded SQLite; `path` defaults to `<state>/<app>/sql/<name>.db`.
     Sqlite {
@@ -361,6 +361,8 @@ pub enum SqlConfig {
         apps: Option<Vec<String>>,
     },
 }
+
+crate::config::by_type::deserialize_by_type!(SqlConfig);
 
 impl SqlConfig {
     /// Whether `app` may open a database every app declaring it would
