@@ -1021,6 +1021,21 @@ async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
     let stream_name = format!("BERTH_{name}");
 
     let plain = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
+    // A dry run (`berth check`) before the stream exists makes none.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut checking = host_config(&t, &plain);
+    checking.dry_run = Some(scratch.path().to_path_buf());
+    drop(t.load_with(&checking).await.unwrap());
+    let looked_up = js.get_stream(&stream_name).await.err();
+    assert!(
+        looked_up.is_some_and(|e| matches!(
+            e.kind(),
+            async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+        )),
+        "a dry run made the stream"
+    );
+
     let app = t.load_with(&host_config(&t, &plain)).await.unwrap();
     let config = js
         .get_stream(&stream_name)
@@ -1033,9 +1048,8 @@ async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
     assert_eq!(config.max_bytes, -1);
     drop(app);
 
-    // A dry run (`berth check`) connects, but leaves the stream's limits
-    // as they are: lower ones would drop messages a running host keeps.
-    let scratch = tempfile::tempdir().unwrap();
+    // A dry run connects, but leaves the stream's limits as they are:
+    // lower ones would drop messages a running host keeps.
     let mut checking = host_config(&t, &format!("{plain}max_age_s = 60\n"));
     checking.dry_run = Some(scratch.path().to_path_buf());
     drop(t.load_with(&checking).await.unwrap());
@@ -1083,6 +1097,94 @@ async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
     );
     drop(app);
     Broker::Nats(url).cleanup(&name).await;
+}
+
+/// A NATS server without JetStream fails a dry run (`berth check`) as it
+/// fails a load, naming JetStream, rather than passing a check that
+/// cannot make the app's stream. The server is one of this test's own,
+/// started without `-js`, beside the shared one.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_check_needs_jetstream_nats() {
+    if service("BERTH_TEST_NATS_URL").is_none() {
+        return;
+    }
+    let Some((_server, url)) = nats_without_jetstream().await else {
+        return;
+    };
+    let t = TestApp::new(&manifest_named(&unique("nojs"), 5));
+    let plain = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
+    let scratch = tempfile::tempdir().unwrap();
+    let mut checking = host_config(&t, &plain);
+    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checked = t.load_with(&checking).await.err().expect("the check fails");
+    let loaded = t
+        .load_with(&host_config(&t, &plain))
+        .await
+        .err()
+        .expect("the load fails");
+    let checked = format!("{checked:#}");
+    assert!(checked.contains("messaging"), "{checked}");
+    assert!(checked.contains("JetStream"), "{checked}");
+    let loaded = format!("{loaded:#}");
+    assert!(loaded.contains("messaging"), "{loaded}");
+    assert!(loaded.contains("JetStream"), "{loaded}");
+}
+
+/// A nats-server of the test's own, without JetStream, and its URL; `None`
+/// (the test skipped) where the binary is missing and services are not
+/// required. A port another process takes between its choice and the
+/// server's start is chosen again.
+async fn nats_without_jetstream() -> Option<(KillOnDrop, String)> {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spawn = |binary: &str| {
+            std::process::Command::new(binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        };
+        let mut server = match spawn("nats-server").or_else(|_| spawn("/usr/sbin/nats-server")) {
+            Ok(server) => KillOnDrop(server),
+            Err(e) => {
+                // The shared server may be remote; this test needs the binary.
+                assert!(
+                    std::env::var("BERTH_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "cannot start nats-server (neither on PATH nor in /usr/sbin): {e}"
+                );
+                eprintln!("SKIPPED: cannot start nats-server: {e}");
+                return None;
+            }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if server.0.try_wait().unwrap().is_some() {
+                break; // the port was taken: choose another
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some((server, format!("nats://127.0.0.1:{port}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("nats-server did not start on any of five ports");
+}
+
+/// Kills the child process when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Messages fetched ahead of a busy handler wait in the host's queue past

@@ -24,7 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, PublishError,
+    PublishErrorKind, RequestError, RequestErrorKind,
+};
 use async_nats::jetstream::{self, ErrorCode, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -66,9 +69,10 @@ pub struct NatsSettings {
     pub max_bytes: Option<i64>,
     /// How long the app's stream keeps a message (zero: for ever).
     pub max_age: Duration,
-    /// A dry run (`berth check`): the server is connected to, but the
-    /// app's stream is neither made nor given these limits (lower ones
-    /// would drop messages a running host keeps).
+    /// A dry run (`berth check`): the server is connected to and asked
+    /// for JetStream, but the app's stream is only read, neither made nor
+    /// given these limits (lower ones would drop messages a running host
+    /// keeps).
     pub dry_run: bool,
 }
 
@@ -170,10 +174,43 @@ impl NatsBroker {
                 ..Default::default()
             },
         };
-        if !s.dry_run {
-            broker.make_stream().await?;
-        }
+        // The client waits for answers without end (see above), and a
+        // request the account may not make gets none.
+        let stream = async {
+            if s.dry_run {
+                broker.check_stream().await
+            } else {
+                broker.make_stream().await
+            }
+        };
+        tokio::time::timeout(s.timeout, stream)
+            .await
+            .map_err(|_| unavailable("the app's stream was not looked up in time"))??;
         Ok(broker)
+    }
+
+    /// A dry run's look at the app's stream, changing nothing: the account
+    /// must have JetStream (a load would make the stream there), and a
+    /// stream already there is read, its limits that a load would change
+    /// logged.
+    async fn check_stream(&self) -> Result<(), MessagingError> {
+        let current = match self.js.get_stream(&self.stream.name).await {
+            Ok(stream) => stream.cached_info().config.clone(),
+            Err(e) if is_stream_not_found(&e) => return Ok(()),
+            Err(e) if lookup_found_no_jetstream(&e) => return Err(no_jetstream()),
+            Err(e) => return Err(unavailable(e)),
+        };
+        if stream_limits(&current) != stream_limits(&self.stream) {
+            tracing::warn!(
+                stream = %self.stream.name,
+                max_bytes = current.max_bytes,
+                max_age_s = current.max_age.as_secs(),
+                wanted_max_bytes = self.stream.max_bytes,
+                wanted_max_age_s = self.stream.max_age.as_secs(),
+                "a load would change the limits of the app's stream (a lower max_age or max_bytes drops its older messages)"
+            );
+        }
+        Ok(())
     }
 
     /// Makes the app's stream, or gives the one there the host config's
@@ -183,10 +220,15 @@ impl NatsBroker {
             .js
             .get_or_create_stream(self.stream.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                if creation_found_no_jetstream(&e) {
+                    no_jetstream()
+                } else {
+                    unavailable(e)
+                }
+            })?;
         let current = &stream.cached_info().config;
-        let limits = |c: &stream::Config| (c.max_bytes, c.max_age, c.discard, c.duplicate_window);
-        if limits(current) != limits(&self.stream) {
+        if stream_limits(current) != stream_limits(&self.stream) {
             let mut wanted = current.clone();
             wanted.max_bytes = self.stream.max_bytes;
             wanted.max_age = self.stream.max_age;
@@ -224,6 +266,52 @@ impl NatsBroker {
 
     fn req_subject(&self, topic: &str) -> String {
         format!("berth.{}.req.{topic}", self.app)
+    }
+}
+
+/// The limits of a stream the host config sets.
+fn stream_limits(c: &stream::Config) -> (i64, Duration, stream::DiscardPolicy, Duration) {
+    (c.max_bytes, c.max_age, c.discard, c.duplicate_window)
+}
+
+/// Whether `e` says the stream does not exist (yet).
+fn is_stream_not_found(e: &GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        GetStreamErrorKind::JetStream(ref error)
+            if error.error_code() == ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The account has no JetStream, so the app's stream cannot be made.
+fn no_jetstream() -> MessagingError {
+    MessagingError::Unavailable(
+        "the NATS server offers no JetStream to this account, where the app's stream would be kept (nats-server runs it with `-js`)".into(),
+    )
+}
+
+fn is_no_jetstream_code(code: ErrorCode) -> bool {
+    code == ErrorCode::JETSTREAM_NOT_ENABLED || code == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+}
+
+/// Whether a stream lookup failed for want of JetStream: nothing answers
+/// its API (a server started without it), or the server says so.
+fn lookup_found_no_jetstream(e: &GetStreamError) -> bool {
+    match e.kind() {
+        GetStreamErrorKind::JetStream(error) => is_no_jetstream_code(error.error_code()),
+        GetStreamErrorKind::Request => std::error::Error::source(e)
+            .and_then(|source| source.downcast_ref::<RequestError>())
+            .is_some_and(|request| request.kind() == RequestErrorKind::NoResponders),
+        _ => false,
+    }
+}
+
+/// Whether making or reading the stream failed for want of JetStream.
+fn creation_found_no_jetstream(e: &CreateStreamError) -> bool {
+    match e.kind() {
+        CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(error) => is_no_jetstream_code(error.error_code()),
+        _ => false,
     }
 }
 
