@@ -1108,9 +1108,10 @@ async fn messaging_check_needs_jetstream_nats() {
     if service("BERTH_TEST_NATS_URL").is_none() {
         return;
     }
-    let Some((_server, url)) = nats_without_jetstream().await else {
+    let Some((_server, address)) = own_nats_server(&[]).await else {
         return;
     };
+    let url = format!("nats://{address}");
     let t = TestApp::new(&manifest_named(&unique("nojs"), 5));
     let plain = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
     let scratch = tempfile::tempdir().unwrap();
@@ -1130,11 +1131,63 @@ async fn messaging_check_needs_jetstream_nats() {
     assert!(loaded.contains("JetStream"), "{loaded}");
 }
 
-/// A nats-server of the test's own, without JetStream, and its URL; `None`
-/// (the test skipped) where the binary is missing and services are not
-/// required. A port another process takes between its choice and the
-/// server's start is chosen again.
-async fn nats_without_jetstream() -> Option<(KillOnDrop, String)> {
+/// A user the server does not let use the JetStream API gets no answer at
+/// all (the server only logs a permissions violation): the load fails
+/// after `timeout_ms`, saying so, rather than waiting for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_load_ends_when_jetstream_never_answers_nats() {
+    if service("BERTH_TEST_NATS_URL").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "jetstream {{ store_dir: {:?} }}\nauthorization {{ users = [ {{ user: \"app\", password: \"s3cret-pw\", permissions: {{ publish: {{ deny: [\"$JS.API.>\"] }} }} }} ] }}\n",
+            dir.path().join("js")
+        ),
+    )
+    .unwrap();
+    let Some((_server, address)) = own_nats_server(&["-c", config.to_str().unwrap()]).await else {
+        return;
+    };
+    let url_file = dir.path().join("nats-url");
+    std::fs::write(&url_file, format!("nats://app:s3cret-pw@{address}")).unwrap();
+    let t = TestApp::new(&manifest_named(&unique("noapi"), 5));
+    let host = format!(
+        "[messaging]\ntype = \"nats\"\nurl = \"${{file:{}}}\"\ntimeout_ms = 500\n",
+        url_file.display()
+    );
+    let started = std::time::Instant::now();
+    let loaded = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.load_with(&host_config(&t, &host)),
+    )
+    .await
+    .expect("the load ends")
+    .err()
+    .expect("the load fails");
+    let loaded = format!("{loaded:#}");
+    assert!(
+        loaded.contains("did not answer the JetStream API"),
+        "{loaded}"
+    );
+    assert!(loaded.contains("500 ms"), "{loaded}");
+    assert!(!loaded.contains("s3cret-pw"), "{loaded}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A nats-server of the test's own, with `args` (none: without
+/// JetStream), and its address (`127.0.0.1:<port>`); `None` (the test
+/// skipped) where the binary is missing and services are not required. A
+/// port another process takes between its choice and the server's start
+/// is chosen again.
+async fn own_nats_server(args: &[&str]) -> Option<(KillOnDrop, String)> {
     for _ in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1144,6 +1197,7 @@ async fn nats_without_jetstream() -> Option<(KillOnDrop, String)> {
         let spawn = |binary: &str| {
             std::process::Command::new(binary)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -1169,7 +1223,7 @@ async fn nats_without_jetstream() -> Option<(KillOnDrop, String)> {
                 .await
                 .is_ok()
             {
-                return Some((server, format!("nats://127.0.0.1:{port}")));
+                return Some((server, format!("127.0.0.1:{port}")));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

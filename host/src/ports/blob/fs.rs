@@ -371,7 +371,8 @@ impl BlobBackend for FsContainer {
 /// subdirectories hold too few wanted keys (empty ones: emptied meanwhile,
 /// or left by a crash), the directory is read again past the last entry
 /// walked, keeping twice as many each time, so that many empty
-/// subdirectories cost a few reads of the directory, not one per page.
+/// subdirectories cost a few reads of the directory, not one per page
+/// (and only then can what is kept grow past the page).
 fn walk(
     dir: &Path,
     dir_key: &str,

@@ -273,7 +273,8 @@ pub enum MessagingConfig {
     Nats {
         /// `nats://host:port`; credentials in it must be references.
         url: String,
-        /// Connect timeout, in ms; default 5000.
+        /// Connect timeout, and that of each JetStream API call making or
+        /// looking up the app's stream and consumers, in ms; default 5000.
         timeout_ms: Option<u64>,
         /// Redelivery of messages left unacknowledged (by a host that died,
         /// or queued in a host's prefetch), in ms; default 60000, at least

@@ -50,7 +50,8 @@ pub struct NatsSettings {
     pub url: Secret,
     /// The app, naming the stream and subject space.
     pub app: String,
-    /// Connect timeout.
+    /// Connect timeout, and that of each JetStream API call about the
+    /// app's stream and consumers.
     pub timeout: Duration,
     /// How long a delivery may stay unacknowledged before JetStream
     /// redelivers it (covers a host that died mid-message).
@@ -83,6 +84,8 @@ pub struct NatsBroker {
     app: String,
     ack_wait: Duration,
     prefetch: u16,
+    /// The longest one call of the JetStream API may take.
+    api_timeout: Duration,
     /// The app's stream as the host config wants it.
     stream: stream::Config,
 }
@@ -159,6 +162,7 @@ impl NatsBroker {
             app: s.app.clone(),
             ack_wait: s.ack_wait,
             prefetch: s.prefetch,
+            api_timeout: s.timeout,
             stream: stream::Config {
                 name: format!("BERTH_{}", s.app),
                 subjects: vec![format!("berth.{}.msg.>", s.app)],
@@ -174,18 +178,11 @@ impl NatsBroker {
                 ..Default::default()
             },
         };
-        // The client waits for answers without end (see above), and a
-        // request the account may not make gets none.
-        let stream = async {
-            if s.dry_run {
-                broker.check_stream().await
-            } else {
-                broker.make_stream().await
-            }
-        };
-        tokio::time::timeout(s.timeout, stream)
-            .await
-            .map_err(|_| unavailable("the app's stream was not looked up in time"))??;
+        if s.dry_run {
+            broker.check_stream().await?;
+        } else {
+            broker.make_stream().await?;
+        }
         Ok(broker)
     }
 
@@ -194,7 +191,8 @@ impl NatsBroker {
     /// stream already there is read, its limits that a load would change
     /// logged.
     async fn check_stream(&self) -> Result<(), MessagingError> {
-        let current = match self.js.get_stream(&self.stream.name).await {
+        let looked_up = self.api("look up", self.js.get_stream(&self.stream.name));
+        let current = match looked_up.await? {
             Ok(stream) => stream.cached_info().config.clone(),
             Err(e) if is_stream_not_found(&e) => return Ok(()),
             Err(e) if lookup_found_no_jetstream(&e) => return Err(no_jetstream()),
@@ -216,17 +214,8 @@ impl NatsBroker {
     /// Makes the app's stream, or gives the one there the host config's
     /// limits (JetStream changes them in place; its messages stay).
     async fn make_stream(&self) -> Result<(), MessagingError> {
-        let mut stream = self
-            .js
-            .get_or_create_stream(self.stream.clone())
-            .await
-            .map_err(|e| {
-                if creation_found_no_jetstream(&e) {
-                    no_jetstream()
-                } else {
-                    unavailable(e)
-                }
-            })?;
+        let made = self.api("make", self.js.get_or_create_stream(self.stream.clone()));
+        let mut stream = made.await?.map_err(|e| self.stream_failure(e))?;
         let current = &stream.cached_info().config;
         if stream_limits(current) != stream_limits(&self.stream) {
             let mut wanted = current.clone();
@@ -234,11 +223,48 @@ impl NatsBroker {
             wanted.max_age = self.stream.max_age;
             wanted.discard = self.stream.discard;
             wanted.duplicate_window = self.stream.duplicate_window;
-            self.js.update_stream(wanted).await.map_err(unavailable)?;
+            let updated = self.api("update", self.js.update_stream(wanted));
+            updated.await?.map_err(|e| self.stream_failure(e))?;
             // Read back, so a later check compares with what the server keeps.
-            stream.info().await.map_err(unavailable)?;
+            self.api("read", stream.info())
+                .await?
+                .map_err(unavailable)?;
         }
         Ok(())
+    }
+
+    /// Bounds one call of the JetStream API about the app's stream (`what`
+    /// it does to it) by the settings' timeout: the client waits for an
+    /// answer without end (see `connect`), and a request the server's
+    /// permissions refuse gets none.
+    async fn api<T, E>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, MessagingError> {
+        tokio::time::timeout(self.api_timeout, call)
+            .await
+            .map_err(|_| {
+                MessagingError::Unavailable(format!(
+                    "NATS did not answer the JetStream API ({what} stream `{}`) within {} ms (`messaging.timeout_ms`): a busy server, or a user not allowed to publish to `$JS.API.>`",
+                    self.stream.name,
+                    self.api_timeout.as_millis()
+                ))
+            })
+    }
+
+    /// The error of making or changing the app's stream: no JetStream, or
+    /// JetStream's own refusal (a limit of the account, say), told apart
+    /// from a broker that cannot be reached.
+    fn stream_failure(&self, e: CreateStreamError) -> MessagingError {
+        match e.kind() {
+            _ if creation_found_no_jetstream(&e) => no_jetstream(),
+            CreateStreamErrorKind::JetStream(refusal) => MessagingError::Unavailable(format!(
+                "JetStream refused the app's stream `{}`: {refusal}",
+                self.stream.name
+            )),
+            _ => unavailable(e),
+        }
     }
 
     /// Publishes a message and waits for the stream's acknowledgement.
@@ -424,11 +450,8 @@ impl MessagingBackend for NatsBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
-        let stream = self
-            .js
-            .get_stream(self.stream_name())
-            .await
-            .map_err(unavailable)?;
+        let looked_up = self.api("look up", self.js.get_stream(self.stream_name()));
+        let stream = looked_up.await?.map_err(unavailable)?;
         let filter_subject = self.msg_subject(topic);
         let durable = match legacy_consumer(&stream, consumer, topic, &filter_subject).await? {
             Some(legacy) => legacy,
@@ -442,10 +465,12 @@ impl MessagingBackend for NatsBroker {
             max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
         };
-        let mut pull_consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&durable, config.clone())
-            .await
-            .map_err(unavailable)?;
+        let made = self.api(
+            "make a consumer on",
+            stream.get_or_create_consumer(&durable, config.clone()),
+        );
+        let mut pull_consumer: jetstream::consumer::Consumer<pull::Config> =
+            made.await?.map_err(unavailable)?;
         // An existing consumer keeps the settings it was made with. The ack
         // wait is one JetStream lets change, so a changed `ack_wait_ms`
         // applies to it; if the server refuses, it keeps its own.
@@ -455,7 +480,10 @@ impl MessagingBackend for NatsBroker {
             // change where a consumer starts.
             let mut update = config.clone();
             update.deliver_policy = pull_consumer.cached_info().config.deliver_policy;
-            match stream.create_consumer(update).await {
+            match self
+                .api("update a consumer on", stream.create_consumer(update))
+                .await?
+            {
                 Ok(updated) => pull_consumer = updated,
                 Err(e) => tracing::warn!(durable = %durable, error = %e,
                     "cannot change the durable consumer's ack wait to messaging.ack_wait_ms; it keeps its own"),
