@@ -37,7 +37,7 @@ pub struct FsContainer {
 /// Start of the name of the file [`FsContainer::open`] renames into the
 /// root to check the rename works. It contains `\`, which
 /// [`super::validate_key`] refuses, so no key can name it (a probe can
-/// neither overwrite an object nor be read as one) and [`walk`] skips it.
+/// neither overwrite an object nor be read as one) and a listing skips it.
 const PROBE_PREFIX: &str = ".berth-probe\\";
 
 /// Why a key is refused when a shorter key is a file where this one needs
@@ -317,21 +317,7 @@ impl BlobBackend for FsContainer {
         let prefix = prefix.to_string();
         let after = after.map(str::to_string);
         tokio::task::spawn_blocking(move || {
-            let wanted = Wanted {
-                prefix: &prefix,
-                after: after.as_deref(),
-                count: limit.saturating_add(1),
-            };
-            let mut objects = Vec::new();
-            walk(&root, "", &wanted, &mut objects).map_err(io_error)?;
-            let more = objects.len() > limit;
-            objects.truncate(limit);
-            let cursor = if more {
-                objects.last().map(|o| o.key.clone())
-            } else {
-                None
-            };
-            Ok(ObjectPage { objects, cursor })
+            listing::page(&root, &prefix, after.as_deref(), limit).map_err(io_error)
         })
         .await
         .map_err(|e| BlobError::Other(format!("listing failed: {e}")))?
@@ -357,182 +343,6 @@ impl BlobBackend for FsContainer {
         Ok(self
             .signer
             .url(&self.app, &self.name, key, now + u64::from(expires_secs)))
-    }
-}
-
-/// Collects the regular files below `dir` (whose key is `dir_key`) that
-/// `wanted` takes, in key order, skipping symlinks and names no key can
-/// spell.
-///
-/// A directory's entries come from the system in no order, so each is read
-/// whole, but only the first entries in key order that can still be wanted
-/// are kept ([`first_entries`]): memory stays bounded by the page, however
-/// many files a tenant put in one directory. Should the kept
-/// subdirectories hold too few wanted keys (empty ones: emptied meanwhile,
-/// or left by a crash), the directory is read again past the last entry
-/// walked, keeping twice as many each time, so that many empty
-/// subdirectories cost a few reads of the directory, not one per page
-/// (and only then can what is kept grow past the page).
-fn walk(
-    dir: &Path,
-    dir_key: &str,
-    wanted: &Wanted<'_>,
-    out: &mut Vec<ObjectInfo>,
-) -> std::io::Result<()> {
-    let mut past: Option<String> = None;
-    let mut room = wanted.count.saturating_sub(out.len());
-    while room > 0 {
-        let entries = first_entries(dir, dir_key, wanted, past.as_deref(), room)?;
-        let read_all = entries.len() < room;
-        for listed in entries {
-            if out.len() >= wanted.count {
-                return Ok(());
-            }
-            if listed.is_dir {
-                let key = &listed.key[..listed.key.len() - 1];
-                walk(&listed.entry.path(), key, wanted, out)?;
-            } else {
-                // Not following links, as the entry was read.
-                match listed.entry.metadata() {
-                    // Replaced by a link or a directory since it was read.
-                    Ok(meta) if !meta.is_file() => {}
-                    Ok(meta) => out.push(info_of(&listed.key, &meta)),
-                    Err(e) if is_missing(&e) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            past = Some(listed.key);
-        }
-        if read_all {
-            return Ok(());
-        }
-        room = wanted
-            .count
-            .saturating_sub(out.len())
-            .max(room.saturating_mul(2));
-    }
-    Ok(())
-}
-
-/// An entry of a directory being listed, ordered by its key. A directory
-/// `d` stands for the keys under `d/`, and its key is `d/`, so that it
-/// sorts among its siblings as S3 orders keys (`d-x` < `d/…` < `d0`).
-struct Listed {
-    key: String,
-    is_dir: bool,
-    entry: std::fs::DirEntry,
-}
-
-impl PartialEq for Listed {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for Listed {}
-
-impl PartialOrd for Listed {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Listed {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
-    }
-}
-
-/// The first `room` entries of `dir` in key order that `wanted` may take
-/// (files it takes, directories that may hold keys it takes), after
-/// `past`, read with at most `room + 1` of them held at once.
-fn first_entries(
-    dir: &Path,
-    dir_key: &str,
-    wanted: &Wanted<'_>,
-    past: Option<&str>,
-    room: usize,
-) -> std::io::Result<Vec<Listed>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        // Removed meanwhile (a delete takes emptied directories away).
-        Err(e) if is_missing(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    // The largest kept entry on top, to be dropped for a smaller one.
-    let mut kept = std::collections::BinaryHeap::with_capacity(room.min(1024) + 1);
-    for entry in entries {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        // No key contains `\`: such a file (a probe of `open` left
-        // behind, or one the operator put there) could not be read by key.
-        if name.contains('\\') {
-            continue;
-        }
-        // Does not follow symlinks.
-        let kind = match entry.file_type() {
-            Ok(kind) => kind,
-            Err(e) if is_missing(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        let key = if dir_key.is_empty() {
-            name
-        } else {
-            format!("{dir_key}/{name}")
-        };
-        let listed = if kind.is_dir() {
-            let key = format!("{key}/");
-            if !wanted.may_hold_under(&key) {
-                continue;
-            }
-            Listed {
-                key,
-                is_dir: true,
-                entry,
-            }
-        } else if kind.is_file() && wanted.takes(&key) {
-            Listed {
-                key,
-                is_dir: false,
-                entry,
-            }
-        } else {
-            continue;
-        };
-        if past.is_some_and(|p| listed.key.as_str() <= p) {
-            continue;
-        }
-        kept.push(listed);
-        if kept.len() > room {
-            kept.pop();
-        }
-    }
-    Ok(kept.into_sorted_vec())
-}
-
-/// What a listing collects: keys under `prefix`, after `after`, the first
-/// `count` of them in order. The walk reads only the directories that can
-/// hold such keys, and stops once it has them.
-struct Wanted<'a> {
-    prefix: &'a str,
-    after: Option<&'a str>,
-    count: usize,
-}
-
-impl Wanted<'_> {
-    fn takes(&self, key: &str) -> bool {
-        key.starts_with(self.prefix) && self.after.is_none_or(|a| key > a)
-    }
-
-    /// Whether a key starting with `dir` (ending in `/`) can be wanted.
-    fn may_hold_under(&self, dir: &str) -> bool {
-        let meets_prefix = dir.starts_with(self.prefix) || self.prefix.starts_with(dir);
-        // Every key under `dir` sorts before a cursor past `dir` that is
-        // not itself under it.
-        let all_before_cursor = self.after.is_some_and(|a| a > dir && !a.starts_with(dir));
-        meets_prefix && !all_before_cursor
     }
 }
 
@@ -638,6 +448,9 @@ impl BlobReader for FsReader {
         Ok(buf)
     }
 }
+
+#[path = "fs_listing.rs"]
+mod listing;
 
 #[path = "fs_durable.rs"]
 mod durable;
