@@ -324,7 +324,8 @@ impl MessagingBackend for NatsBroker {
         let looked_up = self.api("look up", self.js.get_stream(self.stream_name()));
         let stream = looked_up.await?.map_err(unavailable)?;
         let filter_subject = self.msg_subject(topic);
-        let durable = match legacy_consumer(&stream, consumer, topic, &filter_subject).await? {
+        let legacy = legacy_consumer(&stream, consumer, topic, &filter_subject);
+        let durable = match self.api("look up an earlier consumer on", legacy).await?? {
             Some(legacy) => legacy,
             None => durable_name(consumer, topic),
         };
