@@ -389,6 +389,7 @@ async fn split_point_query<N, G, NF, GF>(
         statement_timeout: Duration::from_secs(30),
         application_name: "berth:bench:adapter".into(),
         tenant: None,
+        dry_run: false,
     })
     .await
     .expect("the adapter connects");

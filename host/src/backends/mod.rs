@@ -248,10 +248,12 @@ pub async fn open(
                 let settings = PostgresSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
                     password: optional_secret(&origin, &key, password, secrets).await?,
-                    // A dry run logs in as the operator's user only: the
-                    // provisioning sets the role's password, which a check
-                    // with another key would change under a running host.
-                    tenant: tenant.filter(|_| !places.dry_run()),
+                    // A dry run tries the role's provisioning and rolls
+                    // it back: committed, it would set the role's password,
+                    // which a check with another key would change under a
+                    // running host.
+                    tenant,
+                    dry_run: places.dry_run(),
                     schema,
                     max_connections,
                     min_connections,

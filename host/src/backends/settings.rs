@@ -192,11 +192,15 @@ pub(super) fn connection_failure(e: impl std::fmt::Display) -> String {
 
 /// The error of a SQL database that cannot start: a setting the adapter
 /// refuses before connecting (`invalid input`: a malformed URL, a MySQL URL
-/// without its database, pool sizes) is named as a setting, not as a
-/// connection that failed.
+/// without its database, pool sizes) is named as a setting, and a right the
+/// server denies the host's login (a `role-per-app` provisioning) as such,
+/// not as a connection that failed.
 pub(super) fn sql_startup_failure(e: crate::ports::sql::SqlError) -> String {
     match e {
         crate::ports::sql::SqlError::InvalidInput(why) => format!("invalid setting: {why}"),
+        crate::ports::sql::SqlError::Denied(why) => {
+            format!("the server denied the host's login a right it needs: {why}")
+        }
         other => connection_failure(other),
     }
 }

@@ -24,6 +24,7 @@ async fn one_connection(url: &str, schema: &Schema, name: &str) -> PostgresDatab
         statement_timeout: std::time::Duration::from_secs(5),
         application_name: format!("berth:test:{name}"),
         tenant: None,
+        dry_run: false,
     })
     .await
     .expect("adapter connects")
@@ -146,6 +147,7 @@ async fn sql_server_that_stops_answering_gives_unavailable_postgres() {
             statement_timeout: std::time::Duration::from_millis(300),
             application_name: "berth:test:unanswered".into(),
             tenant: None,
+            dry_run: false,
         })
         .await
         .expect("adapter connects");

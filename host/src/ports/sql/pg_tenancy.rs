@@ -84,13 +84,44 @@ pub fn scram_verifier(password: &Secret, salt: &[u8], iterations: u32) -> String
     )
 }
 
+/// Whether [`provision`] keeps what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// A load: the role, its schema and the revocations are committed.
+    Apply,
+    /// A dry run (`berth check`): every statement runs in one transaction
+    /// that is rolled back, so the admin login's rights are tried exactly
+    /// as a load would use them while nothing changes. (Role and schema
+    /// DDL is transactional in Postgres; a rolled-back `ALTER ROLE` leaves
+    /// the password a running host logs in with untouched.)
+    TryAndRollBack,
+}
+
 /// Creates or updates `role` and its schema with an admin connection, and
 /// takes from `PUBLIC` the default rights a tenant could use to leave its
-/// schema. Idempotent; safe to run from several hosts at once.
+/// schema. Idempotent; safe to run from several hosts at once. A refusal
+/// names the role and the rights the admin login needs.
 pub async fn provision(
     admin: &PgConnectOptions,
     role: &str,
     password: &Secret,
+    mode: Provisioning,
+) -> Result<(), SqlError> {
+    run_provisioning(admin, role, password, mode)
+        .await
+        .map_err(|e| match e {
+            SqlError::Denied(why) => SqlError::Denied(format!(
+                "provisioning the app's role `{role}` with the URL's login: {why} (that login needs CREATEROLE and must own the tenants' database, or be a superuser; see docs/security.md)"
+            )),
+            other => other,
+        })
+}
+
+async fn run_provisioning(
+    admin: &PgConnectOptions,
+    role: &str,
+    password: &Secret,
+    mode: Provisioning,
 ) -> Result<(), SqlError> {
     // Both values are generated here ([a-z0-9_] and base64), never taken
     // from a guest or a file, so quoting them inline is safe; DDL takes no
@@ -102,6 +133,13 @@ pub async fn provision(
     let mut conn = PgConnection::connect_with(&admin)
         .await
         .map_err(map_error)?;
+    let dry_run = mode == Provisioning::TryAndRollBack;
+    if dry_run {
+        sqlx::query("BEGIN")
+            .execute(&mut conn)
+            .await
+            .map_err(map_error)?;
+    }
     let attributes =
         "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
     let pw = scram_verifier(password, &rand::random::<[u8; 16]>(), SCRAM_ITERATIONS);
@@ -119,8 +157,14 @@ pub async fn provision(
         .await;
         match created {
             Ok(_) => {}
-            // Another host created it meanwhile.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {}
+            // Another host created it meanwhile. (In a dry run's
+            // transaction, which this error aborts, the check is done: the
+            // rights to create it were there.)
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {
+                if dry_run {
+                    return Ok(());
+                }
+            }
             Err(e) => return Err(map_error(e)),
         }
     }
@@ -138,6 +182,12 @@ pub async fn provision(
         format!("REVOKE CREATE, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
     ] {
         sqlx::query(&statement)
+            .execute(&mut conn)
+            .await
+            .map_err(map_error)?;
+    }
+    if dry_run {
+        sqlx::query("ROLLBACK")
             .execute(&mut conn)
             .await
             .map_err(map_error)?;

@@ -35,6 +35,7 @@ use crate::secret::Secret;
 use super::pg_sessions::{PgSessions, THIS_BACKEND};
 use super::watchdog::{self, SessionId, SessionIds, Watchdog};
 
+use super::pg_tenancy::Provisioning;
 use super::pg_values::{
     bind, columns_of, convert, held_size_at_least, param_types, prepare, read_row, statement_text,
 };
@@ -64,6 +65,10 @@ pub struct PostgresSettings {
     /// With role-per-app tenancy: the role the pool logs in as, provisioned
     /// first with the URL's (admin) login. Its schema is the search path.
     pub tenant: Option<TenantLogin>,
+    /// A dry run (`berth check`): a tenant's provisioning is tried in a
+    /// transaction rolled back ([`Provisioning::TryAndRollBack`]), and the
+    /// pool logs in with the URL's login, since the role may not exist.
+    pub dry_run: bool,
 }
 
 /// A tenant's own login (see [`super::pg_tenancy`]).
@@ -100,10 +105,17 @@ impl PostgresDatabase {
             options = options.password(password.expose());
         }
         if let Some(tenant) = &s.tenant {
-            super::pg_tenancy::provision(&options, &tenant.role, &tenant.password).await?;
-            options = options
-                .username(&tenant.role)
-                .password(tenant.password.expose());
+            let mode = if s.dry_run {
+                Provisioning::TryAndRollBack
+            } else {
+                Provisioning::Apply
+            };
+            super::pg_tenancy::provision(&options, &tenant.role, &tenant.password, mode).await?;
+            if !s.dry_run {
+                options = options
+                    .username(&tenant.role)
+                    .password(tenant.password.expose());
+            }
         }
         let timeout_ms = s.statement_timeout.as_millis().to_string();
         let mut settings = vec![("statement_timeout", timeout_ms)];
