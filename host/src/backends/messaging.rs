@@ -19,8 +19,10 @@ use crate::ports::messaging::{
 use crate::secret::SecretResolver;
 
 /// Opens the broker `config` names for the app of `origin`, under `state`.
-/// A dry run (`berth check`) leaves a NATS stream's limits alone and
-/// connects to MQTT under an id no running host uses.
+/// A dry run (`berth check`) connects to each server but changes nothing
+/// there: a NATS stream is only read, no Kafka topic is made, no RabbitMQ
+/// exchange or queue declared, and MQTT is connected to under an id no
+/// running host uses.
 pub(super) async fn open(
     origin: &Origin<'_>,
     config: &MessagingConfig,
@@ -107,6 +109,7 @@ pub(super) async fn open(
                 replication_factor,
                 partitions,
                 session_timeout,
+                dry_run,
             };
             Arc::new(
                 KafkaBroker::connect(&settings)
@@ -155,9 +158,14 @@ pub(super) async fn open(
                 None => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             };
             // Connecting under the running host's id would take its
-            // client's place at the broker.
+            // client's place at the broker. A suffix, as the triggers'
+            // clients have, so a broker that lets the host's ids in by
+            // their beginning lets the check in too.
             let host_id = if dry_run {
-                format!("check-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+                format!(
+                    "{host_id}-check-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                )
             } else {
                 host_id
             };
@@ -200,6 +208,7 @@ pub(super) async fn open(
                 app: app.to_string(),
                 timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
                 prefetch: origin.at_least_one("messaging.prefetch", prefetch, 32)?,
+                dry_run,
             };
             Arc::new(
                 RabbitBroker::connect(&settings)

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod blob;
+mod broker_checks;
 mod brokers;
 mod canary;
 mod cli;

@@ -143,6 +143,10 @@ pub struct KafkaSettings {
     /// How long a host may go without a heartbeat before its partitions go
     /// to the other hosts.
     pub session_timeout: Duration,
+    /// A dry run (`berth check`): the cluster is connected to and a
+    /// producer started, but the app's reply topic is neither made nor
+    /// read, so a check leaves no topic behind.
+    pub dry_run: bool,
 }
 
 /// Parses `kafka://host:port[,host:port...]` into bootstrap brokers.
@@ -199,7 +203,9 @@ impl KafkaBroker {
     /// Connects, and starts reading this host's replies.
     pub async fn connect(s: &KafkaSettings) -> Result<KafkaBroker, MessagingError> {
         let shared = Shared::new(s).await?;
-        shared.read_replies().await?;
+        if !s.dry_run {
+            shared.read_replies().await?;
+        }
         Ok(KafkaBroker { shared })
     }
 

@@ -81,6 +81,11 @@ pub struct RabbitSettings {
     pub timeout: Duration,
     /// Deliveries each host holds unacknowledged per trigger.
     pub prefetch: u16,
+    /// A dry run (`berth check`): the broker is connected to and a
+    /// confirming channel opened, but no exchange or queue is declared, so
+    /// a check leaves nothing behind. (Declaring is the only way AMQP has to
+    /// try the user's `configure` permission, so that is left to a load.)
+    pub dry_run: bool,
 }
 
 /// An app's broker on RabbitMQ. It reconnects on its own: publishing
@@ -200,7 +205,9 @@ impl Shared {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unavailable)?;
-        self.declare_topology(&publisher).await?;
+        if !s.dry_run {
+            self.declare_topology(&publisher).await?;
+        }
         let link = Link {
             connection: Arc::new(connection),
             publisher,
