@@ -133,6 +133,11 @@ pub async fn open(
             .map_or_else(|| state.to_path_buf(), |scratch| scratch.join(app)),
         tenant_dir: host.serve.tenant_manifests.then(|| manifest.dir()),
     };
+    // A dry run opens its stores in a scratch directory: a state directory
+    // a load could not create or write is found here instead.
+    if places.dry_run() {
+        blocking(|| places::check_state_writable(state))?;
+    }
     // Before anything is opened: a refusal costs no connection.
     if let EmailConfig::Smtp { senders, .. } = &host.email {
         check_email_senders(&origin, manifest, senders.as_ref(), host)?;
@@ -339,8 +344,12 @@ pub async fn open(
                     .map_err(|e| origin.err(&key, connection_failure(e)))?;
                 // Not on a dry run: a check marking the index done while
                 // hosts of an older version still write unindexed keys
-                // would leave those keys out of listings.
-                if !places.dry_run() {
+                // would leave those keys out of listings. It only reads.
+                if places.dry_run() {
+                    bucket.check_keys_readable().await.map_err(|e| {
+                        origin.err(&key, format!("cannot read the bucket's keys: {e}"))
+                    })?;
+                } else {
                     bucket.index_existing_keys().await.map_err(|e| {
                         origin.err(
                             &key,
@@ -371,6 +380,7 @@ pub async fn open(
             .unwrap_or(BlobConfig::Fs { root: None });
         let container: Arc<dyn BlobBackend> = match cfg {
             BlobConfig::Fs { root } => blocking(|| {
+                let custom = root.clone();
                 let root = embedded_path(
                     &origin,
                     &format!("{key}.root"),
@@ -379,6 +389,16 @@ pub async fn open(
                     &places,
                     &Path::new("blob").join(name),
                 )?;
+                // A dry run opens the store in its scratch directory, where
+                // the load's rename probe cannot see the real filesystems.
+                if let Some(custom) = custom.filter(|_| places.dry_run()) {
+                    places::check_blob_root_filesystem(
+                        &origin,
+                        &format!("{key}.root"),
+                        &custom,
+                        &places,
+                    )?;
+                }
                 let container = FsContainer::open(
                     root,
                     places.open_in.join("tmp"),

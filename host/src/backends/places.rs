@@ -88,6 +88,84 @@ pub(super) fn embedded_path(
     })
 }
 
+/// On a dry run, what a load's rename probe (in the file blob store) would
+/// find out about a custom blob `root` (`raw`, checked by
+/// [`embedded_path`] already): whether it lies on the filesystem of the
+/// app's temporary directory, since a write is renamed from one into the
+/// other. Each is judged by its nearest existing directory, where a load
+/// would create it.
+pub(super) fn check_blob_root_filesystem(
+    origin: &Origin<'_>,
+    key: &str,
+    raw: &Path,
+    places: &Places<'_>,
+) -> anyhow::Result<()> {
+    let Ok(root) = ownership::substitute(raw, origin.app) else {
+        return Ok(());
+    };
+    let tmp = places.state.join("tmp");
+    match (device_of(&root), device_of(&tmp)) {
+        (Some(a), Some(b)) if a != b => Err(origin.err(
+            key,
+            format!(
+                "the blob root {} must be on the same filesystem as the temporary directory {} (writes are renamed from one into the other): they are on different filesystems",
+                root.display(),
+                tmp.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// On a dry run, what a load would find out first (creating the app's
+/// state directory `state` and writing its stores there): whether the
+/// nearest existing directory on its way is a directory this user may
+/// write into.
+pub(super) fn check_state_writable(state: &Path) -> anyhow::Result<()> {
+    let Some(existing) = state
+        .ancestors()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+    else {
+        return Ok(());
+    };
+    if !std::fs::metadata(existing).is_ok_and(|m| m.is_dir()) {
+        anyhow::bail!(
+            "cannot create state directory {}: `{}` is no directory",
+            state.display(),
+            existing.display()
+        );
+    }
+    if !writable(existing) {
+        anyhow::bail!(
+            "cannot {} state directory {}: this user may not write into `{}`",
+            if existing == state { "use" } else { "create" },
+            state.display(),
+            existing.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether this process may create entries in directory `dir`.
+#[expect(unsafe_code, reason = "access(2) on a NUL-terminated path")]
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return true; // no such path can exist; the load says what is wrong
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call,
+    // which only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// The device of `path`'s nearest existing ancestor (itself included).
+fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    path.ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

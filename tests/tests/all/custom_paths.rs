@@ -112,6 +112,82 @@ async fn blob_root_per_app_placeholder_fs() {
     );
 }
 
+/// A blob root on another filesystem than the state directory fails a dry
+/// run (`berth check`) as it fails a load, though the check opens its
+/// stores in a scratch directory, where a rename always works: each
+/// root's nearest existing directory is compared with the state's.
+/// `/dev/shm` is a tmpfs of its own on Linux.
+#[tokio::test]
+async fn blob_root_on_another_filesystem_fails_the_check_fs() {
+    use std::os::unix::fs::MetadataExt as _;
+    let other = tempfile::tempdir_in("/dev/shm").expect("this test needs a writable /dev/shm");
+    let t = blob_app("faraway");
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(
+        dev(other.path()),
+        dev(t.dir.path()),
+        "this test needs /dev/shm and the temporary directory on two filesystems"
+    );
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
+        other.path().join("{app}/files").display().to_string()
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let mut checking = host_config(&t, &config);
+    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checked = match t.load_with(&checking).await {
+        Ok(_) => panic!("the check passed a root on another filesystem"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(checked.contains("blob.files.root"), "{checked}");
+    assert_eq!(
+        std::fs::read_dir(other.path()).unwrap().count(),
+        0,
+        "the check created nothing"
+    );
+    let loaded = load_error(&t, &config).await;
+    for refused in [checked, loaded] {
+        assert!(refused.contains("blob.files"), "{refused}");
+        assert!(refused.contains("different filesystems"), "{refused}");
+    }
+
+    // On the state directory's filesystem, both pass.
+    let near = tempfile::tempdir_in(t.dir.path()).unwrap();
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
+        near.path().join("{app}/files").display().to_string()
+    );
+    let mut checking = host_config(&t, &config);
+    checking.dry_run = Some(scratch.path().to_path_buf());
+    drop(t.load_with(&checking).await.unwrap());
+    drop(t.load_with(&host_config(&t, &config)).await.unwrap());
+}
+
+/// A state directory a load could not create fails a dry run (`berth
+/// check`) too, though the check opens its stores in a scratch directory:
+/// here a file stands where a directory on its way should be.
+#[tokio::test]
+async fn state_directory_that_cannot_be_made_fails_the_check() {
+    let t = blob_app("stateless");
+    let file = t.dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let mut host = host_config(&t, "");
+    host.state_dir = Some(file.join("state"));
+    let mut checking = host.clone();
+    let scratch = tempfile::tempdir().unwrap();
+    checking.dry_run = Some(scratch.path().to_path_buf());
+    for config in [checking, host] {
+        let refused = match t.load_with(&config).await {
+            Ok(_) => panic!("loaded with a state directory under a file"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            refused.contains("cannot create state directory"),
+            "{refused}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn kv_shared_path_refused_for_second_app_sqlite() {
     let shared = tempfile::tempdir().unwrap();

@@ -328,6 +328,85 @@ async fn kv_apps_do_not_share_keys_redis() {
     berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
+/// A dry run (`berth check`) reads the bucket's index keys without
+/// indexing: a Redis user whose ACL key pattern leaves the bucket out
+/// fails the check as it fails a load (which indexes the bucket), and a
+/// check that passes marks nothing indexed.
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_check_reads_the_bucket_keys_redis() {
+    let Some(url) = service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let (prefix, user) = (unique("t"), unique("berth_chk_"));
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            user.as_str(),
+            "on",
+            ">chk-pw-0123",
+            "~elsewhere:*",
+            "+@all",
+        ])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let mut user_url = reqwest::Url::parse(&url).unwrap();
+    user_url.set_username(&user).unwrap();
+    user_url.set_password(Some("chk-pw-0123")).unwrap();
+    let t = TestApp::new(&single_component_manifest(
+        "kvchk",
+        guests::KV_GUEST,
+        "[kv.cache]",
+        "kv = [\"cache\"]",
+    ));
+    let url_file = t.dir.path().join("redis-url");
+    std::fs::write(&url_file, user_url.as_str()).unwrap();
+    let bucket = |url: &str| {
+        format!("[kv.cache]\ntype = \"redis\"\nurl = {url:?}\nprefix = \"{prefix}:\"\n")
+    };
+    let fenced = bucket(&format!("${{file:{}}}", url_file.display()));
+    let scratch = tempfile::tempdir().unwrap();
+    let checking = |text: &str| {
+        let mut config = host_config(&t, text);
+        config.dry_run = Some(scratch.path().to_path_buf());
+        config
+    };
+    let checked = t
+        .load_with(&checking(&fenced))
+        .await
+        .err()
+        .expect("refused");
+    let loaded = t
+        .load_with(&host_config(&t, &fenced))
+        .await
+        .err()
+        .expect("refused");
+    for refused in [format!("{checked:#}"), format!("{loaded:#}")] {
+        assert!(refused.contains("kv.cache"), "{refused}");
+        assert!(refused.contains("NOPERM"), "{refused}");
+        assert!(!refused.contains("chk-pw-0123"), "{refused}");
+    }
+
+    drop(t.load_with(&checking(&bucket(&url))).await.unwrap());
+    let indexed: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:berth:kvchk:cache#indexed"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(!indexed, "the check marked the bucket indexed");
+    redis::cmd("ACL")
+        .arg(&["DELUSER", user.as_str()])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
+}
+
 /// Redis listings read the bucket's sorted index, not the keyspace: every
 /// write keeps it in step, expired keys are skipped and swept from it, a
 /// run of expired entries longer than a listing's budget gives short

@@ -344,6 +344,21 @@ impl RedisBucket {
         })
     }
 
+    /// A dry run's look at the bucket's keys, changing nothing: reads
+    /// the index's keys, so a user whose ACL key pattern leaves the
+    /// bucket out (`NOPERM`) fails the check as it would fail a load.
+    pub async fn check_keys_readable(&self) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS")
+            .arg(&self.index.done)
+            .arg(&self.index.keys)
+            .arg(&self.index.expiry)
+            .query_async::<u64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(map)
+    }
+
     /// Indexes the keys the bucket held before it had an index (stored by
     /// an earlier Berth), once per bucket: a `SCAN` of the prefix, at
     /// startup. Later writes keep the index themselves.
