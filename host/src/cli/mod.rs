@@ -177,6 +177,11 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(log_filter(&requested))
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a file on a full disk)
+        // is dropped. By default the subscriber reports that with
+        // `eprintln!`, which panics when stderr fails again: in whatever
+        // task logged, a guest's `logging` call or a trigger's loop.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -90,6 +90,30 @@ fn cli_check_accepts_the_example_and_names_bad_keys() {
     assert!(stderr.contains("config.home"), "{stderr}");
 }
 
+/// A log the host cannot write (stderr a file on a full disk, here
+/// `/dev/full`) loses its lines but stops nothing: the command ends as it
+/// would have, rather than panicking at its first log line.
+#[test]
+fn cli_carries_on_when_its_log_cannot_be_written() {
+    let t = example_app();
+    let check = || {
+        let mut cmd = berth();
+        cmd.env("BERTH_LOG", "debug").arg("check").arg(&t.manifest);
+        cmd
+    };
+    let (code, stdout, stderr) = output(&mut check());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("DEBUG"), "the check logs: {stderr}");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = check().stderr(full).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("app `users` is valid"), "{stdout}");
+}
+
 #[test]
 fn cli_run_standalone_component_is_refused_its_ungranted_import() {
     let (code, _, stderr) = output(

@@ -53,6 +53,13 @@ fn io_error(e: std::io::Error) -> BlobError {
     if is_missing(&e) {
         return BlobError::NotFound;
     }
+    if matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        // The operator's to fix, and worth retrying once they have (as
+        // SQLite's full disk is `unavailable` too). The path is not
+        // logged: it holds a tenant's key.
+        tracing::warn!(error = %e.kind(), "a file blob store is out of space");
+        return BlobError::Unavailable(format!("the file store is out of space ({})", e.kind()));
+    }
     BlobError::Other(format!("storage error: {}", e.kind()))
 }
 

@@ -36,6 +36,49 @@ async fn dropped_writer_leaves_nothing() {
     );
 }
 
+/// A full disk gives `unavailable` (retriable once space is freed) at the
+/// write that hit it or at `finish`, whichever learns of it (tokio reports
+/// a background write's failure on the next call), and leaves no object
+/// and no temporary file. `/dev/full` answers every write with `ENOSPC`,
+/// as a full file system does.
+#[tokio::test]
+async fn a_full_disk_gives_unavailable_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = container(dir.path());
+    for chunks in [1, 3] {
+        let mut w = c.new_writer("a/b").unwrap();
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        w.file = Some(tokio::fs::File::from_std(full));
+        let mut w: Box<dyn BlobWriter> = Box::new(w);
+        let mut failed = None;
+        for _ in 0..chunks {
+            if let Err(e) = w.write(&[7; 64 * 1024]).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let failed = match failed {
+            Some(e) => {
+                drop(w);
+                e
+            }
+            None => w.finish().await.unwrap_err(),
+        };
+        assert!(
+            matches!(&failed, BlobError::Unavailable(why) if why.contains("out of space")),
+            "{failed:?}"
+        );
+        assert_eq!(c.stat("a/b").await.unwrap_err(), BlobError::NotFound);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}
+
 #[tokio::test]
 async fn leftovers_of_a_crash_are_swept_at_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -72,11 +72,17 @@ impl EmailBackend for FileSink {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
         let id = format!("{}@berth.local", uuid::Uuid::new_v4());
         let path = self.dir.join(format!("{id}.eml"));
-        tokio::fs::write(&path, render(message, &id))
-            .await
-            .map_err(|e| {
-                EmailError::Unavailable(format!("cannot write email file: {}", e.kind()))
-            })?;
+        let tmp = self.dir.join(format!(".{id}.eml.tmp"));
+        let written = match tokio::fs::File::create_new(&tmp).await {
+            Ok(file) => write_whole(file, &tmp, &path, render(message, &id).as_bytes()).await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| {
+            // The operator's to fix (a full disk, say): the guest only
+            // learns the transport is unavailable.
+            tracing::warn!(error = %e.kind(), "cannot write an email to the local sink");
+            EmailError::Unavailable(format!("cannot write email file: {}", e.kind()))
+        })?;
         tracing::info!(
             message_id = %id,
             from = %message.from,
@@ -86,5 +92,55 @@ impl EmailBackend for FileSink {
             "email written to the local sink"
         );
         Ok(id)
+    }
+}
+
+/// Writes `contents` into `file`, open at `tmp`, and renames it to `path`:
+/// a reader of the sink's directory never sees part of a message, and a
+/// write that fails (a full disk) leaves no file behind.
+async fn write_whole(
+    mut file: tokio::fs::File,
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+    contents: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let written = async {
+        file.write_all(contents).await?;
+        file.flush().await?;
+        drop(file);
+        tokio::fs::rename(tmp, path).await
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(tmp).await;
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/dev/full` answers every write with `ENOSPC`, as a full disk does.
+    #[tokio::test]
+    async fn a_message_that_cannot_be_written_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, path) = (dir.path().join(".m.tmp"), dir.path().join("m.eml"));
+        std::fs::write(&tmp, b"").unwrap();
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let failed = write_whole(full.into(), &tmp, &path, &[b'x'; 64 * 1024])
+            .await
+            .unwrap_err();
+        assert_eq!(failed.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let file = tokio::fs::File::create_new(&tmp).await.unwrap();
+        write_whole(file, &tmp, &path, b"whole").await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert!(!tmp.exists());
     }
 }

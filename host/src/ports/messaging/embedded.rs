@@ -337,6 +337,7 @@ impl MessagingBackend for EmbeddedBroker {
             wake: self.waker(consumer, topic),
             requests,
             leased: VecDeque::new(),
+            unreleased: Arc::default(),
         }))
     }
 }
@@ -350,6 +351,10 @@ struct EmbeddedSubscription {
     wake: Arc<Notify>,
     requests: Box<dyn Subscription>,
     leased: VecDeque<Delivery>,
+    /// Rows whose settlement and release both failed (the store took no
+    /// writes: a full disk, say), released at the next lease that can
+    /// write rather than only at the next start.
+    unreleased: Arc<Mutex<Vec<i64>>>,
 }
 
 /// seq, id, topic, payload, headers, attempt.
@@ -368,7 +373,9 @@ impl EmbeddedSubscription {
     async fn lease(&mut self) -> Result<Option<i64>, MessagingError> {
         let (c, t) = (self.consumer.clone(), self.trigger.clone());
         let (db, wake) = (self.db.clone(), self.wake.clone());
+        let unreleased = self.unreleased.clone();
         let (rows, next) = with_db(&self.db, move |conn| {
+            release_again(conn, &unreleased)?;
             let now = now_ms();
             let tx = conn.transaction()?;
             let mut rows: Vec<Row> = tx
@@ -410,6 +417,7 @@ impl EmbeddedSubscription {
                         seq,
                         wake: wake.clone(),
                         settled: false,
+                        unreleased: unreleased.clone(),
                     }),
                 })
                 .collect();
@@ -448,12 +456,25 @@ impl Subscription for EmbeddedSubscription {
     }
 }
 
+/// Releases the rows of `unreleased` (see [`EmbeddedSubscription`]),
+/// forgetting each once its release is written.
+fn release_again(conn: &Connection, unreleased: &Mutex<Vec<i64>>) -> rusqlite::Result<()> {
+    let mut unreleased = unreleased.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(&seq) = unreleased.last() {
+        conn.execute("UPDATE queue SET leased = 0 WHERE seq = ?1", params![seq])?;
+        unreleased.pop();
+    }
+    Ok(())
+}
+
 /// Settles a leased row; releases it if dropped unsettled.
 struct RowAcker {
     db: Arc<Mutex<Connection>>,
     seq: i64,
     wake: Arc<Notify>,
     settled: bool,
+    /// Its subscription's rows to release again.
+    unreleased: Arc<Mutex<Vec<i64>>>,
 }
 
 #[async_trait]
@@ -499,7 +520,11 @@ impl Drop for RowAcker {
             "UPDATE queue SET leased = 0 WHERE seq = ?1",
             params![self.seq],
         ) {
-            tracing::error!(error = %e, "cannot release an unsettled delivery; it is redelivered at the next start");
+            tracing::error!(error = %e, "cannot release an unsettled delivery; it is released again at the trigger's next lease");
+            self.unreleased
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.seq);
         }
         drop(db);
         self.wake.notify_one();

@@ -100,6 +100,36 @@ async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
     assert!(quiet.is_err(), "the second tick-1 was stored once");
 }
 
+/// A delivery whose ack and release both fail (the store takes no writes:
+/// a full disk; here SQLite's `query_only`) is not left leased until the
+/// host restarts: once the store takes writes again, the trigger's next
+/// lease releases it and it is delivered again (at least once).
+#[tokio::test]
+async fn a_delivery_the_store_could_not_settle_comes_back_once_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    let id = broker.publish("t", b"x".to_vec(), vec![]).await.unwrap();
+    let writable = |on: bool| {
+        let db = broker.db.lock().unwrap();
+        db.pragma_update(None, "query_only", !on).unwrap();
+    };
+    let first = next(&mut sub).await;
+    writable(false);
+    first.acker.ack().await;
+    let meanwhile = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(meanwhile.is_err(), "nothing can be leased meanwhile");
+    writable(true);
+    let again = next(&mut sub).await;
+    assert_eq!(
+        (again.message.id.as_str(), again.message.attempt),
+        (id.as_str(), 1)
+    );
+    again.acker.ack().await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "settled once the store took writes");
+}
+
 /// A trigger stopped while its lease was being written (the consumer loop
 /// dropped its `next`) does not leave the leased rows behind: the next
 /// subscription gets them without a restart.

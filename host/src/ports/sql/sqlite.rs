@@ -200,6 +200,10 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
                 ErrorCode::TooBig => SqlError::TooLarge(msg),
                 ErrorCode::OperationInterrupted => SqlError::Timeout,
                 ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull => {
+                    // The operator's to fix (a full disk or quota, a file
+                    // made unreadable): said where they look, and SQLite's
+                    // message names no path.
+                    tracing::warn!(error = %msg, "an embedded SQLite store failed");
                     SqlError::Unavailable(msg)
                 }
                 ErrorCode::TypeMismatch => SqlError::InvalidInput(msg),
