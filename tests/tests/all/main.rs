@@ -27,5 +27,6 @@ mod serving;
 mod sql;
 mod sql_mysql;
 mod sql_postgres;
+mod sql_tenancy;
 mod templates;
 mod tenants;

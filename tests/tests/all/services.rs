@@ -47,7 +47,7 @@ impl Schema {
     }
 }
 
-fn sql_app(app: &str) -> TestApp {
+pub(crate) fn sql_app(app: &str) -> TestApp {
     TestApp::new(&single_component_manifest(
         app,
         guests::SQL_GUEST,
@@ -951,7 +951,7 @@ pub(crate) async fn delete_nats_stream(url: &str, app: &str) {
 
 /// Runs `statement` as the app's guest through `sql_guest try` and returns
 /// what it printed: `ok <rows>` or `error <variant>(…)`.
-async fn try_sql(app: &berth::app::App, statement: &str) -> String {
+pub(crate) async fn try_sql(app: &berth::app::App, statement: &str) -> String {
     let out = run(app, "guest", &["try", "main", statement]).await;
     assert_success(&out);
     out.stdout.trim().to_owned()
@@ -1070,113 +1070,6 @@ async fn sql_tenants_isolated_postgres() {
             sqlx::query(&statement).execute(&mut admin).await.unwrap();
         }
     }
-}
-
-/// `berth check` tries a `role-per-app` database's provisioning as a load
-/// does, in a transaction it rolls back: an admin login without
-/// `CREATEROLE` fails the check as it fails the load, naming the role and
-/// the rights it needs; a login with them passes the check, which leaves no
-/// role or schema behind and, for a role already there, its password as it
-/// was (a check with another key must not lock running hosts out).
-#[tokio::test(flavor = "multi_thread")]
-async fn sql_check_tries_the_tenant_provisioning_postgres() {
-    let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let name = unique("tenchk_");
-    let role = berth::ports::sql::pg_tenancy::tenant_role(&name, "main");
-    let weak = unique("berth_weak_");
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query(&format!(
-        "CREATE ROLE \"{weak}\" LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    let mut weak_url = reqwest::Url::parse(&url).unwrap();
-    weak_url.set_username(&weak).unwrap();
-    let t = sql_app(&name);
-    let config = |url: &str, key: &str| {
-        let path = t.dir.path().join(format!("tenant-key-{key}"));
-        std::fs::write(&path, key).unwrap();
-        host_config(
-            &t,
-            &format!(
-                "[sql.main]\ntype = \"postgres\"\nurl = {url:?}\ntenancy = \"role-per-app\"\ntenant_password_key = \"${{file:{}}}\"\nmax_connections = 1\n",
-                path.display()
-            ),
-        )
-    };
-    let scratch = tempfile::tempdir().unwrap();
-    let checking = |url: &str, key: &str| {
-        let mut config = config(url, key);
-        config.dry_run = Some(scratch.path().to_path_buf());
-        config
-    };
-    let key = "check-test-tenant-key-0123456789";
-
-    let checked = t
-        .load_with(&checking(weak_url.as_str(), key))
-        .await
-        .err()
-        .expect("the check fails without CREATEROLE");
-    let loaded = t
-        .load_with(&config(weak_url.as_str(), key))
-        .await
-        .err()
-        .expect("the load fails without CREATEROLE");
-    for failure in [format!("{checked:#}"), format!("{loaded:#}")] {
-        assert!(failure.contains("sql.main"), "{failure}");
-        assert!(failure.contains(&role), "{failure}");
-        assert!(
-            failure.contains("permission denied to create role"),
-            "{failure}"
-        );
-        assert!(failure.contains("CREATEROLE"), "{failure}");
-        assert!(!failure.contains("cannot connect"), "{failure}");
-    }
-
-    let checked = t.load_with(&checking(&url, key)).await.unwrap();
-    drop(checked);
-    assert_eq!(
-        role_state(&mut admin, &role).await,
-        (None, false),
-        "left behind"
-    );
-
-    let loaded = t.load_with(&config(&url, key)).await.unwrap();
-    let (password, schema) = role_state(&mut admin, &role).await;
-    assert!(password.is_some() && schema, "the load provisions");
-    let other_key = "another-tenant-key-abcdefghijklmn";
-    drop(t.load_with(&checking(&url, other_key)).await.unwrap());
-    assert_eq!(role_state(&mut admin, &role).await, (password, true));
-    // The app loaded before the check still works as its role.
-    assert_eq!(
-        try_sql(&loaded, "SELECT 1 WHERE current_user = current_schema()").await,
-        "ok 1"
-    );
-
-    drop(loaded);
-    for statement in [
-        format!("DROP SCHEMA IF EXISTS \"{role}\" CASCADE"),
-        format!("DROP ROLE IF EXISTS \"{role}\""),
-        format!("DROP ROLE IF EXISTS \"{weak}\""),
-    ] {
-        sqlx::query(&statement).execute(&mut admin).await.unwrap();
-    }
-}
-
-/// A role's stored password (its SCRAM verifier) and whether its schema
-/// exists.
-async fn role_state(admin: &mut sqlx::PgConnection, role: &str) -> (Option<String>, bool) {
-    sqlx::query_as(
-        "SELECT (SELECT rolpassword FROM pg_authid WHERE rolname = $1), \
-         EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-    )
-    .bind(role)
-    .fetch_one(admin)
-    .await
-    .unwrap()
 }
 
 /// Connections per tenant pool: the manifest's `max_connections` sizes the

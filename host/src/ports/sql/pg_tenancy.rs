@@ -135,13 +135,13 @@ async fn run_provisioning(
         .map_err(map_error)?;
     let dry_run = mode == Provisioning::TryAndRollBack;
     if dry_run {
-        sqlx::query("BEGIN")
-            .execute(&mut conn)
+        execute(&mut conn, "BEGIN").await?;
+    }
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut conn)
             .await
             .map_err(map_error)?;
-    }
-    let attributes =
-        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
     let pw = scram_verifier(password, &rand::random::<[u8; 16]>(), SCRAM_ITERATIONS);
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
@@ -150,23 +150,25 @@ async fn run_provisioning(
             .await
             .map_err(map_error)?;
     if !exists {
-        let created = sqlx::query(&format!(
-            "CREATE ROLE \"{role}\" {attributes} PASSWORD '{pw}'"
-        ))
-        .execute(&mut conn)
-        .await;
-        match created {
-            Ok(_) => {}
-            // Another host created it meanwhile. (In a dry run's
-            // transaction, which this error aborts, the check is done: the
-            // rights to create it were there.)
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {
-                if dry_run {
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(map_error(e)),
-        }
+        create_role(&mut conn, role, &pw, dry_run).await?;
+    }
+    // Only a superuser may name SUPERUSER, REPLICATION or BYPASSRLS in an
+    // ALTER ROLE, even to deny them: a CREATEROLE login leaves them out,
+    // and `check_confined` makes sure the role holds none of them.
+    let attributes = if superuser {
+        ROLE_ATTRIBUTES
+    } else {
+        "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT"
+    };
+    execute(
+        &mut conn,
+        &format!("ALTER ROLE \"{role}\" WITH {attributes} PASSWORD '{pw}'"),
+    )
+    .await?;
+    if !superuser {
+        // Postgres lets only a member of a role create a schema it owns.
+        // (The admin joins the tenant's role; the tenant's role joins none.)
+        execute(&mut conn, &format!("GRANT \"{role}\" TO CURRENT_USER")).await?;
     }
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&mut conn)
@@ -174,26 +176,113 @@ async fn run_provisioning(
         .map_err(map_error)?;
     let database = database.replace('"', "\"\"");
     for statement in [
-        format!("ALTER ROLE \"{role}\" WITH {attributes} PASSWORD '{pw}'"),
         format!("CREATE SCHEMA IF NOT EXISTS \"{role}\" AUTHORIZATION \"{role}\""),
         format!("ALTER ROLE \"{role}\" SET search_path = \"{role}\""),
         "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),
         "REVOKE ALL ON LANGUAGE plpgsql FROM PUBLIC".to_owned(),
         format!("REVOKE CREATE, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
     ] {
-        sqlx::query(&statement)
-            .execute(&mut conn)
-            .await
-            .map_err(map_error)?;
+        execute(&mut conn, &statement).await?;
     }
+    check_confined(&mut conn, role).await?;
     if dry_run {
-        sqlx::query("ROLLBACK")
-            .execute(&mut conn)
-            .await
-            .map_err(map_error)?;
+        execute(&mut conn, "ROLLBACK").await?;
     }
     conn.close().await.map_err(map_error)?;
     Ok(())
+}
+
+/// A tenant role's attributes, as created (and, by a superuser, altered).
+const ROLE_ATTRIBUTES: &str =
+    "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
+
+/// Creates `role`, unless another host did meanwhile.
+async fn create_role(
+    conn: &mut PgConnection,
+    role: &str,
+    verifier: &str,
+    dry_run: bool,
+) -> Result<(), SqlError> {
+    // In a dry run's transaction an error aborts it: the savepoint lets the
+    // check go on past a role another host created meanwhile.
+    if dry_run {
+        execute(conn, "SAVEPOINT create_role").await?;
+    }
+    let created = sqlx::query(&format!(
+        "CREATE ROLE \"{role}\" {ROLE_ATTRIBUTES} PASSWORD '{verifier}'"
+    ))
+    .execute(&mut *conn)
+    .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Another host created it meanwhile: 42710 once that was committed,
+        // 23505 (pg_authid's unique index) when it was committed while this
+        // creation waited for it.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42710" | "23505")) => {
+            if dry_run {
+                execute(conn, "ROLLBACK TO SAVEPOINT create_role").await?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(map_error(e)),
+    }
+}
+
+/// Checks what the provisioning must leave a tenant's role, rather than
+/// trusting it: Postgres answers a REVOKE by a login without the right to
+/// make it with a warning only. The role must hold none of SUPERUSER,
+/// REPLICATION and BYPASSRLS, and neither CREATE nor TEMPORARY on the
+/// database nor CREATE on schema `public` (their owner can take them from
+/// `PUBLIC`). PL/pgSQL, which only its owner, a superuser, can take from
+/// `PUBLIC`, is left to tenants with a warning.
+async fn check_confined(conn: &mut PgConnection, role: &str) -> Result<(), SqlError> {
+    let (elevated, database_rights, public_create, plpgsql): (bool, bool, bool, bool) =
+        sqlx::query_as(
+            "SELECT r.rolsuper OR r.rolreplication OR r.rolbypassrls,
+                    has_database_privilege(r.rolname, current_database(), 'CREATE')
+                        OR has_database_privilege(r.rolname, current_database(), 'TEMPORARY'),
+                    COALESCE((SELECT has_schema_privilege(r.rolname, n.oid, 'CREATE')
+                              FROM pg_namespace n WHERE n.nspname = 'public'), false),
+                    COALESCE((SELECT has_language_privilege(r.rolname, l.oid, 'USAGE')
+                              FROM pg_language l WHERE l.lanname = 'plpgsql'), false)
+             FROM pg_roles r WHERE r.rolname = $1",
+        )
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_error)?;
+    if elevated {
+        return Err(SqlError::Denied(
+            "the role holds SUPERUSER, REPLICATION or BYPASSRLS, which only a superuser can take away".into(),
+        ));
+    }
+    if database_rights {
+        return Err(SqlError::Denied(
+            "tenants would keep CREATE or TEMPORARY on the database: the login could not take them from PUBLIC".into(),
+        ));
+    }
+    if public_create {
+        return Err(SqlError::Denied(
+            "tenants would keep CREATE on schema `public`: the login could not take it from PUBLIC"
+                .into(),
+        ));
+    }
+    if plpgsql {
+        tracing::warn!(
+            role,
+            "tenants of this database can use PL/pgSQL (`DO` blocks, functions in their own schema): only a superuser can take it from PUBLIC"
+        );
+    }
+    Ok(())
+}
+
+/// Runs one statement of the provisioning.
+async fn execute(conn: &mut PgConnection, statement: &str) -> Result<(), SqlError> {
+    sqlx::query(statement)
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(map_error)
 }
 
 #[cfg(test)]
