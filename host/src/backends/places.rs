@@ -108,7 +108,7 @@ pub(super) fn check_blob_root_filesystem(
         (Some(a), Some(b)) if a != b => Err(origin.err(
             key,
             format!(
-                "the blob root {} must be on the same filesystem as the temporary directory {} (writes are renamed from one into the other): they are on different filesystems",
+                "the blob root {} cannot take writes from the temporary directory {}: they are on different filesystems; the root must be on the temporary directory's (the state directory's)",
                 root.display(),
                 tmp.display()
             ),
@@ -122,6 +122,9 @@ pub(super) fn check_blob_root_filesystem(
 /// nearest existing directory on its way is a directory this user may
 /// write into.
 pub(super) fn check_state_writable(state: &Path) -> anyhow::Result<()> {
+    // A relative path's ancestors end at "", not at the working directory.
+    let state = std::path::absolute(state).unwrap_or_else(|_| state.to_path_buf());
+    let state = state.as_path();
     let Some(existing) = state
         .ancestors()
         .find(|p| std::fs::symlink_metadata(p).is_ok())
@@ -147,20 +150,30 @@ pub(super) fn check_state_writable(state: &Path) -> anyhow::Result<()> {
 }
 
 /// Whether this process may create entries in directory `dir`.
-#[expect(unsafe_code, reason = "access(2) on a NUL-terminated path")]
+#[expect(unsafe_code, reason = "faccessat(2) on a NUL-terminated path")]
 fn writable(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt as _;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return true; // no such path can exist; the load says what is wrong
     };
+    // With the effective ids and capabilities (`AT_EACCESS`), as the load's
+    // own calls would be judged, not the real ones `access` uses.
     // SAFETY: `path` is a NUL-terminated string that outlives the call,
     // which only reads it.
-    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        ) == 0
+    }
 }
 
 /// The device of `path`'s nearest existing ancestor (itself included).
 fn device_of(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
+    let path = std::path::absolute(path).ok()?;
     path.ancestors()
         .find_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.dev())

@@ -13,7 +13,7 @@ pub fn build_components(manifest: &Manifest) -> anyhow::Result<()> {
         if cmd.contains("wasm32-wasip2") {
             ensure_wasm_target()?;
         }
-        eprintln!("berth: building component `{}`: {cmd}", c.name);
+        report!("berth: building component `{}`: {cmd}", c.name);
         let status = Command::new("sh")
             .arg("-c")
             .arg(cmd)
@@ -66,7 +66,7 @@ pub fn ensure_wasm_target() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    eprintln!(
+    report!(
         "berth: the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
     );
     let status = Command::new("rustup")

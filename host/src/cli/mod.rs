@@ -1,5 +1,14 @@
 //! The `berth` command line: `run`, `up`, `serve`, `check` and `wit`.
 
+/// `eprintln!` that drops what stderr cannot take (a file on a full disk)
+/// rather than panicking, so the command's exit code stays its own.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod build;
 pub mod new;
 mod open_files;
@@ -159,14 +168,14 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report!("error: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_TRAPPED);
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report!("error: {e:#}");
             ExitCode::from(EXIT_INVALID)
         }
     }
@@ -322,7 +331,7 @@ async fn run_component(app: &App, component: &str, args: &[String]) -> anyhow::R
     Ok(match output.status {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: component `{component}`: {e}");
+            report!("error: component `{component}`: {e}");
             ExitCode::from(EXIT_TRAPPED)
         }
     })
@@ -419,7 +428,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.apps.clone(),
     ));
     for error in tenants.sync().await {
-        eprintln!("error: {error}");
+        report!("error: {error}");
     }
     println!("berth: serving {} at http://{addr}", args.apps.display());
     for name in tenants.app_names() {
@@ -465,7 +474,7 @@ async fn run_only_command(app: &App) -> anyhow::Result<ExitCode> {
             runnable.len()
         );
     };
-    eprintln!(
+    report!(
         "berth: app `{}` has no triggers: running `{component}` once",
         app.manifest.name
     );

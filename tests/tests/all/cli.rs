@@ -92,7 +92,8 @@ fn cli_check_accepts_the_example_and_names_bad_keys() {
 
 /// A log the host cannot write (stderr a file on a full disk, here
 /// `/dev/full`) loses its lines but stops nothing: the command ends as it
-/// would have, rather than panicking at its first log line.
+/// would have, with its own exit code, rather than panicking at its first
+/// log line or error message.
 #[test]
 fn cli_carries_on_when_its_log_cannot_be_written() {
     let t = example_app();
@@ -112,6 +113,24 @@ fn cli_carries_on_when_its_log_cannot_be_written() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("app `users` is valid"), "{stdout}");
+
+    // A refusal it cannot print still ends with the refusal's exit code.
+    let bad = TestApp::new(
+        &std::fs::read_to_string(&t.manifest)
+            .unwrap()
+            .replace("[kv.counters]", "[kv.counters]\nttl = 5"),
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = berth()
+        .arg("check")
+        .arg(&bad.manifest)
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
 }
 
 #[test]

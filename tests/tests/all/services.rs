@@ -351,6 +351,7 @@ async fn kv_check_reads_the_bucket_keys_redis() {
             ">chk-pw-0123",
             "~elsewhere:*",
             "+@all",
+            "-@dangerous",
         ])
         .query_async::<()>(&mut admin)
         .await

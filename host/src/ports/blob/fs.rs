@@ -174,17 +174,17 @@ fn probe_rename(root: &Path, tmp: &Path) -> Result<(), BlobError> {
     let id = uuid::Uuid::new_v4();
     let from = tmp.join(format!("probe-{id}"));
     let to = root.join(format!("{PROBE_PREFIX}{id}"));
+    // Writes are renamed from one into the other.
     let refused = |why: String| {
         BlobError::Other(format!(
-            "the blob root {} must be on the same filesystem as the temporary directory {} \
-             (writes are renamed from one into the other): {why}",
+            "the blob root {} cannot take writes from the temporary directory {}: {why}",
             root.display(),
             tmp.display()
         ))
     };
     std::fs::File::create(&from).map_err(|e| {
         refused(format!(
-            "cannot create a file in the temporary directory: {}",
+            "cannot create a file in the temporary directory ({})",
             e.kind()
         ))
     })?;
@@ -197,8 +197,8 @@ fn probe_rename(root: &Path, tmp: &Path) -> Result<(), BlobError> {
         Err(e) => {
             let _ = std::fs::remove_file(&from);
             Err(refused(match e.kind() {
-                ErrorKind::CrossesDevices => "they are on different filesystems".to_string(),
-                kind => format!("renaming a file into the root failed: {kind}"),
+                ErrorKind::CrossesDevices => "they are on different filesystems; the root must be on the temporary directory's (the state directory's)".to_string(),
+                kind => format!("renaming a file into the root failed ({kind})"),
             }))
         }
     }

@@ -240,7 +240,7 @@ fn a_root_on_another_filesystem_is_refused_at_open() {
     else {
         panic!("a root on another filesystem was accepted");
     };
-    assert!(m.contains("same filesystem"), "{m}");
+    assert!(m.contains("different filesystems"), "{m}");
     assert!(m.contains(&root.display().to_string()), "{m}");
     assert!(m.contains(&tmp.display().to_string()), "{m}");
     assert_eq!(count(&tmp), 0);

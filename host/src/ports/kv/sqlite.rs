@@ -122,16 +122,18 @@ impl KvBackend for SqliteBucket {
 
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
         let key = key.to_string();
+        // One statement: an expired entry goes too, and a failure (a full
+        // disk) leaves the key as it was rather than deleted under an error.
         self.run(move |c| {
-            let n = c
-                .execute(
-                    &format!("DELETE FROM kv WHERE key = ?1 AND {LIVE}"),
+            let live: Option<bool> = c
+                .query_row(
+                    &format!("DELETE FROM kv WHERE key = ?1 RETURNING {LIVE}"),
                     params![key, now_ms()],
+                    |r| r.get(0),
                 )
+                .optional()
                 .map_err(|e| map(sql(e)))?;
-            c.execute("DELETE FROM kv WHERE key = ?1", params![key])
-                .map_err(|e| map(sql(e)))?;
-            Ok(n > 0)
+            Ok(live == Some(true))
         })
         .await
     }

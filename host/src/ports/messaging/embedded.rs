@@ -54,6 +54,12 @@ pub struct EmbeddedBroker {
     /// Wakes a subscription when a message for it is stored or retried.
     wakers: Mutex<HashMap<(String, String), Arc<Notify>>>,
     requests: Arc<InProcessBroker>,
+    /// Rows whose settlement and release both failed (the store took no
+    /// writes: a full disk, say), released by the next lease or
+    /// subscription that can write rather than only at the next start.
+    /// The broker's, not a subscription's: a trigger stopped meanwhile (an
+    /// app reloaded) must not take them with it.
+    unreleased: Arc<Mutex<Vec<i64>>>,
 }
 
 /// The brokers open in this process, by file: an app reloaded by `berth
@@ -145,6 +151,7 @@ impl EmbeddedBroker {
             path: path.clone(),
             wakers: Mutex::default(),
             requests: InProcessBroker::new(),
+            unreleased: Arc::default(),
         });
         open.push((path, Arc::downgrade(&broker)));
         Ok(broker)
@@ -292,7 +299,9 @@ impl MessagingBackend for EmbeddedBroker {
             )));
         }
         let (c, t) = (consumer.to_string(), topic.to_string());
+        let unreleased = self.unreleased.clone();
         with_db(&self.db, move |db| {
+            release_again(db, &unreleased)?;
             let tx = db.transaction()?;
             tx.execute(
                 "INSERT INTO consumers (topic, consumer, live, claimed_seq) VALUES (?1, ?2, 1, 0)
@@ -337,7 +346,7 @@ impl MessagingBackend for EmbeddedBroker {
             wake: self.waker(consumer, topic),
             requests,
             leased: VecDeque::new(),
-            unreleased: Arc::default(),
+            unreleased: self.unreleased.clone(),
         }))
     }
 }
@@ -351,9 +360,7 @@ struct EmbeddedSubscription {
     wake: Arc<Notify>,
     requests: Box<dyn Subscription>,
     leased: VecDeque<Delivery>,
-    /// Rows whose settlement and release both failed (the store took no
-    /// writes: a full disk, say), released at the next lease that can
-    /// write rather than only at the next start.
+    /// The broker's [`EmbeddedBroker::unreleased`].
     unreleased: Arc<Mutex<Vec<i64>>>,
 }
 
@@ -456,7 +463,7 @@ impl Subscription for EmbeddedSubscription {
     }
 }
 
-/// Releases the rows of `unreleased` (see [`EmbeddedSubscription`]),
+/// Releases the rows of `unreleased` (see [`EmbeddedBroker::unreleased`]),
 /// forgetting each once its release is written.
 fn release_again(conn: &Connection, unreleased: &Mutex<Vec<i64>>) -> rusqlite::Result<()> {
     let mut unreleased = unreleased.lock().unwrap_or_else(|p| p.into_inner());

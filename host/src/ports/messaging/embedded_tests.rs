@@ -102,8 +102,8 @@ async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
 
 /// A delivery whose ack and release both fail (the store takes no writes:
 /// a full disk; here SQLite's `query_only`) is not left leased until the
-/// host restarts: once the store takes writes again, the trigger's next
-/// lease releases it and it is delivered again (at least once).
+/// host restarts: once the store takes writes again, the next lease or
+/// subscription releases it and it is delivered again (at least once).
 #[tokio::test]
 async fn a_delivery_the_store_could_not_settle_comes_back_once_it_can() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,6 +128,19 @@ async fn a_delivery_the_store_could_not_settle_comes_back_once_it_can() {
     again.acker.ack().await;
     let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(quiet.is_err(), "settled once the store took writes");
+
+    // The trigger stopped meanwhile (an app reloaded): the broker, not the
+    // subscription, remembers the row, and the next subscription gets it.
+    let id = broker.publish("t", b"y".to_vec(), vec![]).await.unwrap();
+    let first = next(&mut sub).await;
+    writable(false);
+    first.acker.ack().await;
+    drop(sub);
+    writable(true);
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    let again = next(&mut sub).await;
+    assert_eq!(again.message.id, id);
+    again.acker.ack().await;
 }
 
 /// A trigger stopped while its lease was being written (the consumer loop
@@ -189,6 +202,7 @@ async fn one_process_owns_the_file_and_others_only_publish() {
         path: path.clone(),
         wakers: Mutex::default(),
         requests: InProcessBroker::new(),
+        unreleased: Arc::default(),
     };
     let refused = other.subscribe("t", "c").await.err().unwrap();
     assert!(
