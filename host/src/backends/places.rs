@@ -160,13 +160,26 @@ fn writable(dir: &Path) -> bool {
     // own calls would be judged, not the real ones `access` uses.
     // SAFETY: `path` is a NUL-terminated string that outlives the call,
     // which only reads it.
-    unsafe {
+    let judged = unsafe {
         libc::faccessat(
             libc::AT_FDCWD,
             path.as_ptr(),
             libc::W_OK | libc::X_OK,
             libc::AT_EACCESS,
-        ) == 0
+        )
+    };
+    match judged {
+        0 => true,
+        // Older seccomp profiles refuse the `faccessat2` call glibc makes
+        // for it: judge with the real ids then, rather than refuse.
+        _ => {
+            matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EPERM | libc::ENOSYS)
+        )
+            // SAFETY: as above.
+            && unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0
+        }
     }
 }
 

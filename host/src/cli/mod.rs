@@ -9,6 +9,15 @@ macro_rules! report {
     }};
 }
 
+/// `println!` that drops what stdout cannot take (a closed pipe, as in
+/// `berth check | head -1`, or a full disk) rather than panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod build;
 pub mod new;
 mod open_files;
@@ -274,7 +283,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => {
             let manifest = Manifest::load(&args.manifest)?;
             build::build_components(&manifest)?;
-            println!("berth: built app `{}`", manifest.name);
+            say!("berth: built app `{}`", manifest.name);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -363,17 +372,17 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", host.listen()))?;
     let addr = listener.local_addr()?;
-    println!("berth: app `{}` is up at http://{addr}", app.manifest.name);
+    say!("berth: app `{}` is up at http://{addr}", app.manifest.name);
     for t in &app.manifest.http_triggers {
-        println!("  {} -> {}", t.route, t.component);
+        say!("  {} -> {}", t.route, t.component);
     }
     for t in &app.manifest.message_triggers {
-        println!("  topic {} -> {}", t.topic, t.component);
+        say!("  topic {} -> {}", t.topic, t.component);
     }
     for t in &app.manifest.schedule_triggers {
-        println!("  schedule {} ({}) -> {}", t.name(), t.cron, t.component);
+        say!("  schedule {} ({}) -> {}", t.name(), t.cron, t.component);
     }
-    println!("  state in {}", app.state_dir.display());
+    say!("  state in {}", app.state_dir.display());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = host.serve.shutdown_grace();
     let shutdown = {
@@ -398,7 +407,7 @@ fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let dir = new::create(&template, &name, args.dir.as_deref())?;
-    println!(
+    say!(
         "berth: created `{name}` from template `{template}` in {}\n  cd {} && berth up",
         dir.display(),
         dir.display()
@@ -430,9 +439,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for error in tenants.sync().await {
         report!("error: {error}");
     }
-    println!("berth: serving {} at http://{addr}", args.apps.display());
+    say!("berth: serving {} at http://{addr}", args.apps.display());
     for name in tenants.app_names() {
-        println!("  /{name}/...");
+        say!("  /{name}/...");
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());
@@ -492,7 +501,7 @@ async fn start_admin(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{}: cannot listen on `admin.listen` {addr}", host.source()))?;
-    println!("berth: admin endpoints (/healthz, /readyz, /metrics) at http://{addr}");
+    say!("berth: admin endpoints (/healthz, /readyz, /metrics) at http://{addr}");
     Ok(Some(tokio::spawn(crate::admin::serve(listener, ready))))
 }
 
@@ -537,7 +546,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let result = App::load(&engine, manifest, &host).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let app = result?;
-    println!(
+    say!(
         "{}: app `{}` is valid",
         app.manifest.file.display(),
         app.manifest.name
@@ -553,7 +562,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         if c.exports.message {
             exports.push("berth:infra/handler")
         }
-        println!(
+        say!(
             "  component {name}: exports {}",
             if exports.is_empty() {
                 "nothing runnable".into()

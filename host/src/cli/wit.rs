@@ -63,7 +63,7 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<()> {
     match out {
         None => {
             for (path, text) in files {
-                println!("// ==> {path} <==\n{text}");
+                say!("// ==> {path} <==\n{text}");
             }
         }
         Some(dir) => {
@@ -76,7 +76,7 @@ pub fn wit(out: Option<&Path>) -> anyhow::Result<()> {
                 std::fs::write(&path, text)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            println!(
+            say!(
                 "berth: wrote the berth:infra WIT to {dir}, the standard packages Berth serves to {dir}/std/ and the WASI packages to {dir}/wasi/ (e.g. wit-bindgen rust --world berth:infra/ports {dir}; a world of your own that includes WASI worlds takes {dir}/wasi/*.wit and {dir} as its deps/)",
                 dir = dir.display()
             );

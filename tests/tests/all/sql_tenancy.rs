@@ -117,10 +117,11 @@ async fn role_state(admin: &mut sqlx::PgConnection, role: &str) -> (Option<Strin
 /// An admin login with CREATEROLE that owns the tenants' database, not a
 /// superuser (as on managed Postgres), provisions tenants: it cannot name
 /// SUPERUSER in an `ALTER ROLE` nor create a schema for a role it is not a
-/// member of, so it leaves the one out and joins the role. The tenant is
-/// as confined as with a superuser, but for PL/pgSQL, which only a
-/// superuser can take from `PUBLIC`. A second load (the role exists) and a
-/// check pass too.
+/// member of, so it leaves the one out and joins the role for as long as
+/// that takes. The tenant is as confined as with a superuser, but for
+/// PL/pgSQL, which only a superuser can take from `PUBLIC`. Checks and
+/// loads pass before and after the role exists; a role given more since
+/// is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_tenants_with_a_createrole_admin_postgres() {
     let Some(url) = service("BERTH_TEST_POSTGRES_URL") else {
@@ -156,11 +157,23 @@ async fn sql_tenants_with_a_createrole_admin_postgres() {
         )
     };
     let scratch = tempfile::tempdir().unwrap();
-    let mut checking = config();
-    checking.dry_run = Some(scratch.path().to_path_buf());
-    drop(t.load_with(&checking).await.unwrap());
+    let checking = || {
+        let mut checking = config();
+        checking.dry_run = Some(scratch.path().to_path_buf());
+        checking
+    };
+    drop(t.load_with(&checking()).await.unwrap());
     drop(t.load_with(&config()).await.unwrap());
+    drop(t.load_with(&checking()).await.unwrap());
     let app = t.load_with(&config()).await.unwrap();
+    // The admin joined the role only to create its schema.
+    let member: bool = sqlx::query_scalar("SELECT pg_has_role($1, $2, 'MEMBER')")
+        .bind(&admin_role)
+        .bind(&role)
+        .fetch_one(&mut superuser)
+        .await
+        .unwrap();
+    assert!(!member, "the admin keeps the tenant's rights");
 
     let whoami = format!("SELECT 1 WHERE current_user = '{role}' AND current_schema() = '{role}'");
     assert_eq!(try_sql(&app, &whoami).await, "ok 1");
@@ -169,7 +182,7 @@ async fn sql_tenants_with_a_createrole_admin_postgres() {
         "CREATE TEMP TABLE scratch (v int)",
         "CREATE SCHEMA elsewhere",
         "CREATE TABLE public.planted (v int)",
-        "SET ROLE postgres",
+        "SET ROLE pg_read_server_files",
     ] {
         let outcome = try_sql(&app, refused).await;
         assert!(
@@ -185,6 +198,17 @@ async fn sql_tenants_with_a_createrole_admin_postgres() {
     .await
     .unwrap();
     assert_eq!(attributes, (false, false, false, false));
+    // Only a superuser can take PL/pgSQL from PUBLIC (the host warns).
+    assert_eq!(try_sql(&app, "DO $$ BEGIN PERFORM 1; END $$").await, "ok 0");
+
+    // A role changed since (given another role's membership, which it
+    // could SET ROLE to) is refused at the next load, and by a check.
+    let grant = format!("GRANT pg_read_server_files TO \"{role}\"");
+    sqlx::query(&grant).execute(&mut superuser).await.unwrap();
+    for config in [config(), checking()] {
+        let refused = format!("{:#}", t.load_with(&config).await.err().expect("refused"));
+        assert!(refused.contains("membership of another role"), "{refused}");
+    }
 
     drop(app);
     for statement in [

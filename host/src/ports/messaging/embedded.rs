@@ -480,7 +480,7 @@ struct RowAcker {
     seq: i64,
     wake: Arc<Notify>,
     settled: bool,
-    /// Its subscription's rows to release again.
+    /// The broker's rows to release again.
     unreleased: Arc<Mutex<Vec<i64>>>,
 }
 
@@ -527,7 +527,7 @@ impl Drop for RowAcker {
             "UPDATE queue SET leased = 0 WHERE seq = ?1",
             params![self.seq],
         ) {
-            tracing::error!(error = %e, "cannot release an unsettled delivery; it is released again at the trigger's next lease");
+            tracing::error!(error = %e, "cannot release an unsettled delivery; it is released again at the app's next lease or subscription");
             self.unreleased
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -133,6 +133,16 @@ async fn run_provisioning(
     let mut conn = PgConnection::connect_with(&admin)
         .await
         .map_err(map_error)?;
+    // One provisioning at a time on the server: hosts starting together
+    // would otherwise fail on each other's catalog updates (`tuple
+    // concurrently updated`). Held until the connection closes, and waited
+    // for at most `LOCK_WAIT`.
+    execute(&mut conn, &format!("SET lock_timeout = '{LOCK_WAIT}'")).await?;
+    execute(
+        &mut conn,
+        &format!("SELECT pg_advisory_lock({PROVISIONING_LOCK})"),
+    )
+    .await?;
     let dry_run = mode == Provisioning::TryAndRollBack;
     if dry_run {
         execute(&mut conn, "BEGIN").await?;
@@ -152,44 +162,111 @@ async fn run_provisioning(
     if !exists {
         create_role(&mut conn, role, &pw, dry_run).await?;
     }
-    // Only a superuser may name SUPERUSER, REPLICATION or BYPASSRLS in an
-    // ALTER ROLE, even to deny them: a CREATEROLE login leaves them out,
-    // and `check_confined` makes sure the role holds none of them.
     let attributes = if superuser {
-        ROLE_ATTRIBUTES
+        ROLE_ATTRIBUTES.to_owned()
     } else {
-        "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT"
+        attributes_to_change(&mut conn, role).await?
     };
     execute(
         &mut conn,
         &format!("ALTER ROLE \"{role}\" WITH {attributes} PASSWORD '{pw}'"),
     )
     .await?;
-    if !superuser {
-        // Postgres lets only a member of a role create a schema it owns.
-        // (The admin joins the tenant's role; the tenant's role joins none.)
+    // Postgres lets only a member of a role create a schema it owns: a
+    // login that is not a superuser joins the tenant's role for that, and
+    // leaves it again, so that it does not hold the tenant's rights (an app
+    // of a `shared` database logging in as it could use them).
+    let joined = !superuser && !is_member(&mut conn, role).await?;
+    if joined {
         execute(&mut conn, &format!("GRANT \"{role}\" TO CURRENT_USER")).await?;
     }
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(map_error)?;
-    let database = database.replace('"', "\"\"");
-    for statement in [
-        format!("CREATE SCHEMA IF NOT EXISTS \"{role}\" AUTHORIZATION \"{role}\""),
-        format!("ALTER ROLE \"{role}\" SET search_path = \"{role}\""),
-        "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),
-        "REVOKE ALL ON LANGUAGE plpgsql FROM PUBLIC".to_owned(),
-        format!("REVOKE CREATE, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
-    ] {
-        execute(&mut conn, &statement).await?;
+    execute(
+        &mut conn,
+        &format!("CREATE SCHEMA IF NOT EXISTS \"{role}\" AUTHORIZATION \"{role}\""),
+    )
+    .await?;
+    if joined {
+        execute(&mut conn, &format!("REVOKE \"{role}\" FROM CURRENT_USER")).await?;
     }
+    execute(
+        &mut conn,
+        &format!("ALTER ROLE \"{role}\" SET search_path = \"{role}\""),
+    )
+    .await?;
+    revoke_from_public(&mut conn).await?;
     check_confined(&mut conn, role).await?;
     if dry_run {
         execute(&mut conn, "ROLLBACK").await?;
     }
     conn.close().await.map_err(map_error)?;
     Ok(())
+}
+
+/// The advisory lock serializing provisionings on a server ("berthprv").
+const PROVISIONING_LOCK: i64 = 0x6265_7274_6870_7276;
+
+/// How long a provisioning waits for another host's.
+const LOCK_WAIT: &str = "30s";
+
+/// For an admin that is not a superuser, the attributes of `role` to set:
+/// only those it lacks. Such a login may not name SUPERUSER, REPLICATION or
+/// BYPASSRLS at all (even to deny them), nor, from Postgres 16, CREATEDB
+/// unless it has it; `check_confined` makes sure the role holds none.
+async fn attributes_to_change(conn: &mut PgConnection, role: &str) -> Result<String, SqlError> {
+    let (login, createdb, createrole, inherit): (bool, bool, bool, bool) = sqlx::query_as(
+        "SELECT rolcanlogin, rolcreatedb, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_error)?;
+    let wanted = [
+        (!login, "LOGIN"),
+        (createdb, "NOCREATEDB"),
+        (createrole, "NOCREATEROLE"),
+        (inherit, "NOINHERIT"),
+    ];
+    Ok(wanted
+        .iter()
+        .filter(|(change, _)| *change)
+        .map(|(_, attribute)| *attribute)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// Whether the admin login is already a member of `role`.
+async fn is_member(conn: &mut PgConnection, role: &str) -> Result<bool, SqlError> {
+    sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'MEMBER')")
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_error)
+}
+
+/// Takes from `PUBLIC` the default rights a tenant could use to leave its
+/// schema: schema `public` and `plpgsql` (when the database still has
+/// them), and `CREATE`/`TEMPORARY` on the database.
+async fn revoke_from_public(conn: &mut PgConnection) -> Result<(), SqlError> {
+    let (database, public, plpgsql): (String, bool, bool) = sqlx::query_as(
+        "SELECT current_database(),
+                EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public'),
+                EXISTS (SELECT 1 FROM pg_language WHERE lanname = 'plpgsql')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_error)?;
+    if public {
+        execute(conn, "REVOKE ALL ON SCHEMA public FROM PUBLIC").await?;
+    }
+    if plpgsql {
+        execute(conn, "REVOKE ALL ON LANGUAGE plpgsql FROM PUBLIC").await?;
+    }
+    let database = database.replace('"', "\"\"");
+    execute(
+        conn,
+        &format!("REVOKE CREATE, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
+    )
+    .await
 }
 
 /// A tenant role's attributes, as created (and, by a superuser, altered).
@@ -230,15 +307,19 @@ async fn create_role(
 
 /// Checks what the provisioning must leave a tenant's role, rather than
 /// trusting it: Postgres answers a REVOKE by a login without the right to
-/// make it with a warning only. The role must hold none of SUPERUSER,
-/// REPLICATION and BYPASSRLS, and neither CREATE nor TEMPORARY on the
-/// database nor CREATE on schema `public` (their owner can take them from
-/// `PUBLIC`). PL/pgSQL, which only its owner, a superuser, can take from
-/// `PUBLIC`, is left to tenants with a warning.
+/// make it with a warning only, and a role made earlier may have been
+/// changed since. The role must be a login with no other attribute and no
+/// membership of another role (which it could `SET ROLE` to), and hold
+/// neither CREATE nor TEMPORARY on the database nor CREATE on schema
+/// `public` (their owner can take them from `PUBLIC`). PL/pgSQL, which
+/// only its owner, a superuser, can take from `PUBLIC`, is left to
+/// tenants with a warning.
 async fn check_confined(conn: &mut PgConnection, role: &str) -> Result<(), SqlError> {
     let (elevated, database_rights, public_create, plpgsql): (bool, bool, bool, bool) =
         sqlx::query_as(
-            "SELECT r.rolsuper OR r.rolreplication OR r.rolbypassrls,
+            "SELECT r.rolsuper OR r.rolreplication OR r.rolbypassrls OR r.rolcreatedb
+                        OR r.rolcreaterole OR NOT r.rolcanlogin
+                        OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid),
                     has_database_privilege(r.rolname, current_database(), 'CREATE')
                         OR has_database_privilege(r.rolname, current_database(), 'TEMPORARY'),
                     COALESCE((SELECT has_schema_privilege(r.rolname, n.oid, 'CREATE')
@@ -253,7 +334,7 @@ async fn check_confined(conn: &mut PgConnection, role: &str) -> Result<(), SqlEr
         .map_err(map_error)?;
     if elevated {
         return Err(SqlError::Denied(
-            "the role holds SUPERUSER, REPLICATION or BYPASSRLS, which only a superuser can take away".into(),
+            "the role holds more than a tenant may: an attribute besides LOGIN (only a superuser may take away SUPERUSER, REPLICATION and BYPASSRLS) or the membership of another role, which a tenant could SET ROLE to; revoke it".into(),
         ));
     }
     if database_rights {
