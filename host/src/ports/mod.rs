@@ -18,6 +18,19 @@ pub mod logging;
 pub mod messaging;
 pub mod sql;
 
+/// Whether a warning kept in `last` (ms since the Unix epoch of the last
+/// one given) is due again: at most one a minute, so a store that fails
+/// every call (a full disk) says so without flooding the log.
+pub(crate) fn warning_due(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = unix_millis();
+    let before = last.load(Ordering::Relaxed);
+    now.saturating_sub(before) >= 60_000
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// `s` cut to at most `max` bytes, at a character boundary.
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -166,6 +179,16 @@ mod tests {
     enum Sample {
         NotGranted(String),
         Timeout,
+    }
+
+    #[test]
+    fn a_repeated_warning_is_due_once_a_minute() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let last = AtomicU64::new(0);
+        assert!(super::warning_due(&last), "the first is due");
+        assert!(!super::warning_due(&last), "the next, at once, is not");
+        last.store(super::unix_millis() - 60_001, Ordering::Relaxed);
+        assert!(super::warning_due(&last), "a minute later it is again");
     }
 
     #[test]

@@ -57,7 +57,10 @@ fn io_error(e: std::io::Error) -> BlobError {
         // The operator's to fix, and worth retrying once they have (as
         // SQLite's full disk is `unavailable` too). The path is not
         // logged: it holds a tenant's key.
-        tracing::warn!(error = %e.kind(), "a file blob store is out of space");
+        static LAST_WARNING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if crate::ports::warning_due(&LAST_WARNING) {
+            tracing::warn!(error = %e.kind(), "a file blob store is out of space (said at most once a minute)");
+        }
         return BlobError::Unavailable(format!("the file store is out of space ({})", e.kind()));
     }
     BlobError::Other(format!("storage error: {}", e.kind()))

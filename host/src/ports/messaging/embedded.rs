@@ -59,7 +59,7 @@ pub struct EmbeddedBroker {
     /// subscription that can write rather than only at the next start.
     /// The broker's, not a subscription's: a trigger stopped meanwhile (an
     /// app reloaded) must not take them with it.
-    unreleased: Arc<Mutex<Vec<i64>>>,
+    unreleased: Arc<Mutex<Vec<Unreleased>>>,
 }
 
 /// The brokers open in this process, by file: an app reloaded by `berth
@@ -361,7 +361,7 @@ struct EmbeddedSubscription {
     requests: Box<dyn Subscription>,
     leased: VecDeque<Delivery>,
     /// The broker's [`EmbeddedBroker::unreleased`].
-    unreleased: Arc<Mutex<Vec<i64>>>,
+    unreleased: Arc<Mutex<Vec<Unreleased>>>,
 }
 
 /// seq, id, topic, payload, headers, attempt.
@@ -424,6 +424,7 @@ impl EmbeddedSubscription {
                         seq,
                         wake: wake.clone(),
                         settled: false,
+                        retry_at: None,
                         unreleased: unreleased.clone(),
                     }),
                 })
@@ -465,13 +466,36 @@ impl Subscription for EmbeddedSubscription {
 
 /// Releases the rows of `unreleased` (see [`EmbeddedBroker::unreleased`]),
 /// forgetting each once its release is written.
-fn release_again(conn: &Connection, unreleased: &Mutex<Vec<i64>>) -> rusqlite::Result<()> {
+fn release_again(conn: &Connection, unreleased: &Mutex<Vec<Unreleased>>) -> rusqlite::Result<()> {
     let mut unreleased = unreleased.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some(&seq) = unreleased.last() {
-        conn.execute("UPDATE queue SET leased = 0 WHERE seq = ?1", params![seq])?;
+    while let Some(&row) = unreleased.last() {
+        row.release(conn)?;
         unreleased.pop();
     }
     Ok(())
+}
+
+/// A leased row to give back: as is, or as a failed attempt visible again
+/// at a time (what a `nack` asked for).
+#[derive(Debug, Clone, Copy)]
+struct Unreleased {
+    seq: i64,
+    retry_at: Option<i64>,
+}
+
+impl Unreleased {
+    fn release(self, conn: &Connection) -> rusqlite::Result<usize> {
+        match self.retry_at {
+            None => conn.execute(
+                "UPDATE queue SET leased = 0 WHERE seq = ?1",
+                params![self.seq],
+            ),
+            Some(at) => conn.execute(
+                "UPDATE queue SET leased = 0, attempt = attempt + 1, visible_at = ?2 WHERE seq = ?1",
+                params![self.seq, at],
+            ),
+        }
+    }
 }
 
 /// Settles a leased row; releases it if dropped unsettled.
@@ -480,8 +504,20 @@ struct RowAcker {
     seq: i64,
     wake: Arc<Notify>,
     settled: bool,
+    /// When a `nack` that could not be written asked the row to be
+    /// visible again: kept for its release.
+    retry_at: Option<i64>,
     /// The broker's rows to release again.
-    unreleased: Arc<Mutex<Vec<i64>>>,
+    unreleased: Arc<Mutex<Vec<Unreleased>>>,
+}
+
+impl RowAcker {
+    fn row(&self) -> Unreleased {
+        Unreleased {
+            seq: self.seq,
+            retry_at: self.retry_at,
+        }
+    }
 }
 
 #[async_trait]
@@ -499,15 +535,9 @@ impl Acker for RowAcker {
     }
 
     async fn nack(mut self: Box<Self>, delay: Duration) {
-        let seq = self.seq;
-        let visible_at = now_ms() + delay.as_millis() as i64;
-        let released = with_db(&self.db, move |db| {
-            db.execute(
-                "UPDATE queue SET leased = 0, attempt = attempt + 1, visible_at = ?2 WHERE seq = ?1",
-                params![seq, visible_at],
-            )
-        })
-        .await;
+        self.retry_at = Some(now_ms() + delay.as_millis() as i64);
+        let row = self.row();
+        let released = with_db(&self.db, move |db| row.release(db)).await;
         self.settled = released.is_ok();
         // The subscription may be sleeping past the new visibility time.
         self.wake.notify_one();
@@ -517,21 +547,19 @@ impl Acker for RowAcker {
 impl Drop for RowAcker {
     /// A delivery dropped without being settled (its trigger was stopped
     /// while it waited) is released for the next subscription, without
-    /// counting as an attempt.
+    /// counting as an attempt; one whose `nack` could not be written, as
+    /// that `nack` asked.
     fn drop(&mut self) {
         if self.settled {
             return;
         }
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = db.execute(
-            "UPDATE queue SET leased = 0 WHERE seq = ?1",
-            params![self.seq],
-        ) {
+        if let Err(e) = self.row().release(&db) {
             tracing::error!(error = %e, "cannot release an unsettled delivery; it is released again at the app's next lease or subscription");
             self.unreleased
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(self.seq);
+                .push(self.row());
         }
         drop(db);
         self.wake.notify_one();

@@ -141,6 +141,22 @@ async fn a_delivery_the_store_could_not_settle_comes_back_once_it_can() {
     let again = next(&mut sub).await;
     assert_eq!(again.message.id, id);
     again.acker.ack().await;
+
+    // A nack that could not be written is released as it asked: one more
+    // attempt, after its backoff.
+    let id = broker.publish("t", b"z".to_vec(), vec![]).await.unwrap();
+    let first = next(&mut sub).await;
+    writable(false);
+    let nacked = std::time::Instant::now();
+    first.acker.nack(Duration::from_millis(400)).await;
+    writable(true);
+    let again = next(&mut sub).await;
+    assert_eq!(
+        (again.message.id.as_str(), again.message.attempt),
+        (id.as_str(), 2)
+    );
+    assert!(nacked.elapsed() >= Duration::from_millis(400));
+    again.acker.ack().await;
 }
 
 /// A trigger stopped while its lease was being written (the consumer loop

@@ -203,7 +203,11 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
                     // The operator's to fix (a full disk or quota, a file
                     // made unreadable): said where they look, and SQLite's
                     // message names no path.
-                    tracing::warn!(error = %msg, "an embedded SQLite store failed");
+                    static LAST_WARNING: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    if crate::ports::warning_due(&LAST_WARNING) {
+                        tracing::warn!(error = %msg, "an embedded SQLite store failed (said at most once a minute)");
+                    }
                     SqlError::Unavailable(msg)
                 }
                 ErrorCode::TypeMismatch => SqlError::InvalidInput(msg),
