@@ -232,6 +232,14 @@ pub fn host_config(t: &TestApp, text: &str) -> HostConfig {
     HostConfig::load(&path).expect("host config loads")
 }
 
+/// `config` as `berth check` loads with it: a dry run, whose embedded
+/// stores open in a scratch directory of the app's test directory (apart
+/// from its state directory).
+pub fn dry_run(t: &TestApp, mut config: HostConfig) -> HostConfig {
+    config.dry_run = Some(t.dir.path().join("check-scratch"));
+    config
+}
+
 /// An SDK client for tests' own setup and checks against the S3 server of
 /// the test services (moto accepts any credentials).
 pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {

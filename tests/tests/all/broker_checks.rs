@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use berth_tests::{TestApp, host_config, service, unique};
+use berth_tests::{TestApp, dry_run, host_config, service, unique};
 
 use crate::brokers::Broker;
 use crate::messaging::manifest_named;
@@ -27,9 +27,7 @@ async fn messaging_check_needs_jetstream_nats() {
     let url = format!("nats://{address}");
     let t = TestApp::new(&manifest_named(&unique("nojs"), 5));
     let plain = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
-    let scratch = tempfile::tempdir().unwrap();
-    let mut checking = host_config(&t, &plain);
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &plain));
     let checked = t.load_with(&checking).await.err().expect("the check fails");
     let loaded = t
         .load_with(&host_config(&t, &plain))
@@ -129,12 +127,7 @@ async fn messaging_check_connects_under_the_hosts_client_id_mqtt() {
             "[messaging]\ntype = \"mqtt\"\nurl = \"mqtt://{address}\"\nclient_id = \"{client_id}\"\ntimeout_ms = 2000\n"
         )
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let checking = |client_id: &str| {
-        let mut config = host_config(&t, &host(client_id));
-        config.dry_run = Some(scratch.path().to_path_buf());
-        config
-    };
+    let checking = |client_id: &str| dry_run(&t, host_config(&t, &host(client_id)));
     drop(t.load_with(&checking("edge7")).await.unwrap());
     drop(t.load_with(&host_config(&t, &host("edge7"))).await.unwrap());
     // The broker does refuse other ids, and both say so.
@@ -164,9 +157,7 @@ async fn messaging_check_declares_nothing_rabbitmq() {
     let name = unique("rchk");
     let broker = Broker::Rabbit(url.clone());
     let t = TestApp::new(&manifest_named(&name, 5));
-    let scratch = tempfile::tempdir().unwrap();
-    let mut checking = host_config(&t, &broker.host_toml(&t));
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &broker.host_toml(&t)));
     drop(t.load_with(&checking).await.unwrap());
     let exchange = format!("berth.{name}");
     assert!(
@@ -219,9 +210,7 @@ async fn messaging_check_makes_no_topic_kafka() {
     let name = unique("kchk");
     let broker = Broker::Kafka(url.clone());
     let t = TestApp::new(&manifest_named(&name, 5));
-    let scratch = tempfile::tempdir().unwrap();
-    let mut checking = host_config(&t, &broker.host_toml(&t));
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &broker.host_toml(&t)));
     drop(t.load_with(&checking).await.unwrap());
     let kafka = krafka::Kafka::builder(url.trim_start_matches("kafka://"))
         .connect()

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use berth::ports::messaging::MessagingError;
-use berth_tests::{TestApp, assert_success, guests, host_config, run, service, unique};
+use berth_tests::{TestApp, assert_success, dry_run, guests, host_config, run, service, unique};
 
 use crate::messaging::{
     expect_dead_letter, manifest_named, received_count, spoofed_host_headers, started_with,
@@ -1022,9 +1022,7 @@ async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
 
     let plain = format!("[messaging]\ntype = \"nats\"\nurl = {url:?}\n");
     // A dry run (`berth check`) before the stream exists makes none.
-    let scratch = tempfile::tempdir().unwrap();
-    let mut checking = host_config(&t, &plain);
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &plain));
     drop(t.load_with(&checking).await.unwrap());
     let looked_up = js.get_stream(&stream_name).await.err();
     assert!(
@@ -1050,8 +1048,7 @@ async fn messaging_stream_limits_apply_to_new_and_old_streams_nats() {
 
     // A dry run connects, but leaves the stream's limits as they are:
     // lower ones would drop messages a running host keeps.
-    let mut checking = host_config(&t, &format!("{plain}max_age_s = 60\n"));
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &format!("{plain}max_age_s = 60\n")));
     drop(t.load_with(&checking).await.unwrap());
     let stream = js.get_stream(&stream_name).await.unwrap();
     let week = Duration::from_secs(7 * 24 * 3600);

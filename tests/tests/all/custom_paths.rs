@@ -4,7 +4,9 @@
 //! other app is refused at load. Also: a Postgres `tenant_password_key` too
 //! short to keep tenant passwords secret is refused.
 
-use berth_tests::{TestApp, assert_success, guests, host_config, run, single_component_manifest};
+use berth_tests::{
+    TestApp, assert_success, dry_run, guests, host_config, run, single_component_manifest,
+};
 
 /// App `name` with one blob container `files`, granted to its component.
 fn blob_app(name: &str) -> TestApp {
@@ -132,9 +134,7 @@ async fn blob_root_on_another_filesystem_fails_the_check_fs() {
         "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
         other.path().join("{app}/files").display().to_string()
     );
-    let scratch = tempfile::tempdir().unwrap();
-    let mut checking = host_config(&t, &config);
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &config));
     let checked = match t.load_with(&checking).await {
         Ok(_) => panic!("the check passed a root on another filesystem"),
         Err(e) => format!("{e:#}"),
@@ -157,8 +157,7 @@ async fn blob_root_on_another_filesystem_fails_the_check_fs() {
         "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
         near.path().join("{app}/files").display().to_string()
     );
-    let mut checking = host_config(&t, &config);
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host_config(&t, &config));
     drop(t.load_with(&checking).await.unwrap());
     drop(t.load_with(&host_config(&t, &config)).await.unwrap());
 }
@@ -173,9 +172,7 @@ async fn state_directory_that_cannot_be_made_fails_the_check() {
     std::fs::write(&file, b"").unwrap();
     let mut host = host_config(&t, "");
     host.state_dir = Some(file.join("state"));
-    let mut checking = host.clone();
-    let scratch = tempfile::tempdir().unwrap();
-    checking.dry_run = Some(scratch.path().to_path_buf());
+    let checking = dry_run(&t, host.clone());
     for config in [checking, host] {
         let refused = match t.load_with(&config).await {
             Ok(_) => panic!("loaded with a state directory under a file"),

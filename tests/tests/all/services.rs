@@ -5,7 +5,8 @@
 //! schema or key prefix and removes it afterwards.
 
 use berth_tests::{
-    TestApp, assert_success, guests, host_config, run, service, single_component_manifest, unique,
+    TestApp, assert_success, dry_run, guests, host_config, run, service, single_component_manifest,
+    unique,
 };
 use sqlx::Connection as _;
 
@@ -371,12 +372,7 @@ async fn kv_check_reads_the_bucket_keys_redis() {
         format!("[kv.cache]\ntype = \"redis\"\nurl = {url:?}\nprefix = \"{prefix}:\"\n")
     };
     let fenced = bucket(&format!("${{file:{}}}", url_file.display()));
-    let scratch = tempfile::tempdir().unwrap();
-    let checking = |text: &str| {
-        let mut config = host_config(&t, text);
-        config.dry_run = Some(scratch.path().to_path_buf());
-        config
-    };
+    let checking = |text: &str| dry_run(&t, host_config(&t, text));
     let checked = t
         .load_with(&checking(&fenced))
         .await

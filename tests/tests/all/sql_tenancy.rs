@@ -2,7 +2,7 @@
 //! (in `services.rs`): what `berth check` tries of the provisioning, and
 //! an admin login that is not a superuser.
 
-use berth_tests::{host_config, service, unique};
+use berth_tests::{dry_run, host_config, service, unique};
 use sqlx::Connection as _;
 
 use crate::services::{sql_app, try_sql};
@@ -42,12 +42,7 @@ async fn sql_check_tries_the_tenant_provisioning_postgres() {
             ),
         )
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let checking = |url: &str, key: &str| {
-        let mut config = config(url, key);
-        config.dry_run = Some(scratch.path().to_path_buf());
-        config
-    };
+    let checking = |url: &str, key: &str| dry_run(&t, config(url, key));
     let key = "check-test-tenant-key-0123456789";
 
     let checked = t
@@ -156,12 +151,7 @@ async fn sql_tenants_with_a_createrole_admin_postgres() {
             ),
         )
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let checking = || {
-        let mut checking = config();
-        checking.dry_run = Some(scratch.path().to_path_buf());
-        checking
-    };
+    let checking = || dry_run(&t, config());
     drop(t.load_with(&checking()).await.unwrap());
     drop(t.load_with(&config()).await.unwrap());
     drop(t.load_with(&checking()).await.unwrap());
