@@ -345,17 +345,29 @@ pub async fn open(
                 // Not on a dry run: a check marking the index done while
                 // hosts of an older version still write unindexed keys
                 // would leave those keys out of listings. It only reads.
+                // What the Redis user's ACL must allow (docs/security.md).
+                let keys = settings
+                    .prefix
+                    .strip_suffix(&format!("{app}:{name}:"))
+                    .unwrap_or(&settings.prefix);
+                let refused = |what: &str, e: crate::ports::kv::KvError| {
+                    let e = e.to_string();
+                    let hint = match e.contains("NOPERM") {
+                        true => format!(" (the Redis user's ACL must allow the keys `{keys}*`)"),
+                        false => String::new(),
+                    };
+                    origin.err(&key, format!("{what}: {e}{hint}"))
+                };
                 if places.dry_run() {
-                    bucket.check_keys_readable().await.map_err(|e| {
-                        origin.err(&key, format!("cannot read the bucket's keys: {e}"))
-                    })?;
+                    bucket
+                        .check_keys_readable()
+                        .await
+                        .map_err(|e| refused("cannot read the bucket's keys", e))?;
                 } else {
-                    bucket.index_existing_keys().await.map_err(|e| {
-                        origin.err(
-                            &key,
-                            format!("cannot index the bucket's keys at startup: {e}"),
-                        )
-                    })?;
+                    bucket
+                        .index_existing_keys()
+                        .await
+                        .map_err(|e| refused("cannot index the bucket's keys at startup", e))?;
                 }
                 Arc::new(bucket)
             }

@@ -386,6 +386,10 @@ async fn kv_check_reads_the_bucket_keys_redis() {
     for refused in [format!("{checked:#}"), format!("{loaded:#}")] {
         assert!(refused.contains("kv.cache"), "{refused}");
         assert!(refused.contains("NOPERM"), "{refused}");
+        assert!(
+            refused.contains(&format!("the keys `{prefix}:berth:*`")),
+            "{refused}"
+        );
         assert!(!refused.contains("chk-pw-0123"), "{refused}");
     }
 
