@@ -104,13 +104,14 @@ pub(super) fn check_blob_root_filesystem(
         return Ok(());
     };
     let tmp = places.state.join("tmp");
-    match (device_of(&root), device_of(&tmp)) {
-        (Some(a), Some(b)) if a != b => Err(origin.err(
+    match (mount_of(&root), mount_of(&tmp)) {
+        (Some(a), Some(b)) if !a.renames_to(&b) => Err(origin.err(
             key,
             format!(
                 "the blob root {} cannot take writes from the temporary directory {}: they are on different filesystems; the root must be on the temporary directory's (the state directory's)",
                 root.display(),
-                tmp.display()
+                tmp.display(),
+                crate::ports::blob::ACROSS_MOUNTS
             ),
         )),
         _ => Ok(()),
@@ -183,17 +184,86 @@ fn writable(dir: &Path) -> bool {
     }
 }
 
-/// The device of `path`'s nearest existing ancestor (itself included).
-fn device_of(path: &Path) -> Option<u64> {
+/// Where a path lies, as far as `rename(2)` is concerned: it cannot
+/// cross filesystems, nor two mounts of one filesystem (bind mounts share
+/// a device number, so the device alone would pass them).
+#[derive(Debug, PartialEq)]
+struct Mount {
+    device: u64,
+    /// `None` where the kernel does not tell (`statx` before Linux 5.8).
+    id: Option<u64>,
+}
+
+impl Mount {
+    /// Whether a file can be renamed from `self` into `other`.
+    fn renames_to(&self, other: &Mount) -> bool {
+        self.device == other.device
+            && match (self.id, other.id) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// The mount of `path`'s nearest existing ancestor (itself included).
+fn mount_of(path: &Path) -> Option<Mount> {
     use std::os::unix::fs::MetadataExt as _;
     let path = std::path::absolute(path).ok()?;
-    path.ancestors()
-        .find_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.dev())
+    path.ancestors().find_map(|p| {
+        let device = std::fs::metadata(p).ok()?.dev();
+        Some(Mount {
+            device,
+            id: mount_id(p),
+        })
+    })
+}
+
+/// The id of the mount `path` lies on (following links), if the kernel
+/// gives it.
+#[expect(unsafe_code, reason = "statx(2) on a NUL-terminated path")]
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statx` is plain integers, for which all zeroes is valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string and `stx` a buffer of
+    // the right type, both outliving the call.
+    let done = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (done == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn renames_cross_neither_devices_nor_mounts() {
+        use super::Mount;
+        let at = |device, id| Mount { device, id };
+        assert!(at(1, Some(7)).renames_to(&at(1, Some(7))));
+        assert!(!at(1, Some(7)).renames_to(&at(1, Some(8))), "a bind mount");
+        assert!(!at(1, None).renames_to(&at(2, None)));
+        assert!(
+            at(1, None).renames_to(&at(1, Some(8))),
+            "unknown: the device decides"
+        );
+        let here = std::env::temp_dir();
+        assert_eq!(
+            super::mount_of(&here),
+            super::mount_of(&here.join("not/yet/made"))
+        );
+        assert!(
+            super::mount_id(&here).is_some(),
+            "Linux 5.8+ gives mount ids"
+        );
+    }
     #[test]
     fn state_directories_where_tenants_write_are_refused_on_serve() {
         let dir = tempfile::tempdir().unwrap();

@@ -162,6 +162,91 @@ async fn blob_root_on_another_filesystem_fails_the_check_fs() {
     drop(t.load_with(&host_config(&t, &config)).await.unwrap());
 }
 
+/// A bind mount of the state directory's own filesystem is as far for a
+/// rename as another filesystem (`EXDEV`), though it has the same device
+/// number: a blob root on one fails the check as it fails the load.
+/// Mounting needs root (CI's case); elsewhere the test reports itself
+/// skipped, unless `BERTH_TEST_REQUIRE_SERVICES=1`.
+#[tokio::test]
+async fn blob_root_on_a_bind_mount_fails_the_check_fs() {
+    use std::os::unix::fs::MetadataExt as _;
+    let t = blob_app("bound");
+    let (source, target) = (t.dir.path().join("source"), t.dir.path().join("mounted"));
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    let Some(_mount) = BindMount::new(&source, &target) else {
+        return;
+    };
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    assert_eq!(
+        dev(&target),
+        dev(t.dir.path()),
+        "one filesystem, two mounts"
+    );
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
+        target.join("{app}/files").display().to_string()
+    );
+    let checking = dry_run(&t, host_config(&t, &config));
+    let checked = match t.load_with(&checking).await {
+        Ok(_) => panic!("the check passed a root on a bind mount"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert_eq!(
+        std::fs::read_dir(&source).unwrap().count(),
+        0,
+        "the check created nothing"
+    );
+    let loaded = load_error(&t, &config).await;
+    for refused in [checked, loaded] {
+        assert!(refused.contains("blob.files"), "{refused}");
+        assert!(refused.contains("different mounts of one"), "{refused}");
+    }
+
+    // The same directory through the state directory's own mount passes.
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n",
+        source.join("{app}/files").display().to_string()
+    );
+    let checking = dry_run(&t, host_config(&t, &config));
+    drop(t.load_with(&checking).await.unwrap());
+    drop(t.load_with(&host_config(&t, &config)).await.unwrap());
+}
+
+/// `source` bind-mounted on `target` until dropped; `None` (the test
+/// reports itself skipped) where this user may not mount.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(source: &std::path::Path, target: &std::path::Path) -> Option<BindMount> {
+        let mounted = std::process::Command::new("mount")
+            .arg("--bind")
+            .args([source, target])
+            .output()
+            .expect("the mount command runs");
+        if mounted.status.success() {
+            return Some(BindMount(target.to_path_buf()));
+        }
+        assert!(
+            std::env::var("BERTH_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "cannot bind-mount ({}) but BERTH_TEST_REQUIRE_SERVICES=1 requires it",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        eprintln!("SKIPPED: cannot bind-mount (needs root)");
+        None
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        // Lazily: a file the app still holds open must not keep it mounted.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 /// A state directory a load could not create fails a dry run (`berth
 /// check`) too, though the check opens its stores in a scratch directory:
 /// here a file stands where a directory on its way should be.

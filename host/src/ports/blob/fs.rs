@@ -200,7 +200,7 @@ fn probe_rename(root: &Path, tmp: &Path) -> Result<(), BlobError> {
         Err(e) => {
             let _ = std::fs::remove_file(&from);
             Err(refused(match e.kind() {
-                ErrorKind::CrossesDevices => "they are on different filesystems; the root must be on the temporary directory's (the state directory's)".to_string(),
+                ErrorKind::CrossesDevices => super::ACROSS_MOUNTS.to_string(),
                 kind => format!("renaming a file into the root failed ({kind})"),
             }))
         }

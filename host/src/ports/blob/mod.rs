@@ -107,6 +107,11 @@ pub trait BlobReader: Send {
     fn size(&self) -> Option<u64>;
 }
 
+/// Why a file blob root cannot take the writes it is given: each is
+/// written in the temporary directory, then renamed into the root, and a
+/// rename crosses neither filesystems nor mounts.
+pub(crate) const ACROSS_MOUNTS: &str = "they are on different filesystems, or on different mounts of one (a bind mount), and a rename crosses neither; the root must be on the temporary directory's filesystem and mount (the state directory's)";
+
 /// Longest `/`-separated segment of a key, in bytes: the usual file name
 /// limit (`NAME_MAX`), so that every key that passes [`validate_key`] can
 /// be stored by the file backend too, and all backends refuse the same keys.
