@@ -36,6 +36,12 @@ pub struct InstanceState {
     /// [`crate::ports::blob::host::MAX_OPEN_READERS`]): each holds a
     /// connection or a file descriptor.
     pub(crate) open_blob_readers: usize,
+    /// `wasi:keyvalue` compare-and-swap handles it holds open (at most
+    /// [`crate::ports::kv::wasi::MAX_OPEN_CAS`]): each keeps a value in
+    /// host memory.
+    pub(crate) open_kv_cas: usize,
+    /// Where its `wasi:keyvalue` (`0.2.0-draft`) listings stand.
+    pub(crate) kv_draft_cursors: crate::ports::kv::wasi::DraftCursors,
     /// The host instance slot it occupies, freed with the store.
     _slot: crate::engine::InstanceSlot,
 }
@@ -61,6 +67,8 @@ impl InstanceState {
             turn: crate::fairness::Turn::new(turns, env.heaviness.clone()),
             open_blob_writers: 0,
             open_blob_readers: 0,
+            open_kv_cas: 0,
+            kv_draft_cursors: Default::default(),
             env,
             _slot: slot,
         }

@@ -4,7 +4,8 @@
 //! written for another host would have them. `std_kv_guest <bucket>
 //! <denied-bucket>` runs the same script through `0.2.0-draft` and
 //! `0.2.0-draft2` (keys prefixed `d1-` and `d2-`), printing one line per
-//! step: `<version> <step> <result>`.
+//! step: `<version> <step> <result>`. `std_kv_guest <bucket> <denied>
+//! limits` runs the host's bounds instead (see [`limits`]).
 
 mod draft {
     wit_bindgen::generate!({
@@ -120,9 +121,94 @@ macro_rules! script {
     }};
 }
 
+/// Every key of a `draft` listing, page by page from `cursor`, and how
+/// many calls it took.
+fn draft_list(
+    b: &draft::wasi::keyvalue::store::Bucket,
+    mut cursor: Option<u64>,
+) -> (Vec<String>, u32) {
+    let (mut keys, mut calls) = (Vec::new(), 0);
+    loop {
+        let page = b.list_keys(cursor).unwrap();
+        calls += 1;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return (keys, calls),
+        }
+    }
+}
+
+/// The host's bounds on the standard interface, in a bucket of its own
+/// (empty, in memory) and a component with `memory_mb = 16`: open
+/// compare-and-swap handles, `get-many`'s answer, and `draft` listings
+/// by their counting cursor.
+fn limits(bucket: &str) {
+    let say = |step: &str, result: String| println!("limits {step} {result}");
+    {
+        use draft2::wasi::keyvalue::{atomics::Cas, store};
+        let b = store::open(bucket).unwrap();
+        let open: Vec<Cas> = (0..16).map(|_| Cas::new(&b, "cap").unwrap()).collect();
+        match Cas::new(&b, "cap") {
+            Ok(_) => say("cas-17th", "opened".into()),
+            Err(e) => say("cas-17th", format!("{e:?}")),
+        }
+        drop(open);
+        say(
+            "cas-after-drop",
+            format!("{:?}", Cas::new(&b, "cap").is_ok()),
+        );
+    }
+    use draft::wasi::keyvalue::{batch, store};
+    let b = store::open(bucket).unwrap();
+    b.set("big", &vec![7u8; 1 << 20]).unwrap();
+    let asked: Vec<String> = vec!["big".into(); 17];
+    match batch::get_many(&b, &asked) {
+        Ok(v) => say("get-many-17-mib", format!("{} values", v.len())),
+        Err(e) => say("get-many-17-mib", format!("{e:?}")),
+    }
+    say(
+        "get-many-8-mib",
+        format!("{:?}", batch::get_many(&b, &asked[..8]).map(|v| v.len())),
+    );
+    b.delete("big").unwrap();
+    // 17,000 keys: more than one `draft` call walks towards a cursor it
+    // did not give (16 pages of 1,000).
+    for chunk in (0..17_000).collect::<Vec<u32>>().chunks(1000) {
+        let pairs: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|i| (format!("k{i:05}"), vec![1]))
+            .collect();
+        batch::set_many(&b, &pairs).unwrap();
+    }
+    let (keys, calls) = draft_list(&b, None);
+    let sorted = keys.windows(2).all(|w| w[0] < w[1]);
+    say(
+        "draft-list",
+        format!("{} keys in {calls} calls, sorted {sorted}", keys.len()),
+    );
+    let (keys, calls) = draft_list(&b, Some(16_500));
+    say(
+        "draft-list-from-16500",
+        format!(
+            "{} keys in {calls} calls, first {:?}",
+            keys.len(),
+            keys.first()
+        ),
+    );
+    let (keys, calls) = draft_list(&b, Some(u64::MAX));
+    say(
+        "draft-list-from-max",
+        format!("{} keys in {calls} calls", keys.len()),
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (bucket, denied) = (&args[1], &args[2]);
+    if args.get(3).is_some_and(|a| a == "limits") {
+        return limits(bucket);
+    }
     script!(draft, "0.2.0-draft", "d1-", bucket, denied);
     let b = script!(draft2, "0.2.0-draft2", "d2-", bucket, denied);
     // Compare-and-swap (draft2 only).

@@ -140,6 +140,39 @@ async fn standard_wasi_keyvalue_both_drafts_redis() {
     berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
+/// The host's bounds on the standard interface (`std_kv_guest … limits`):
+/// at most 16 compare-and-swap handles open, each holding a value in host
+/// memory; no `get-many` answer larger than the component's memory (a key
+/// asked for many times would multiply it); `draft` listings whose
+/// counting cursor goes on from where the last page ended, one call a
+/// page, and walk at most 16 pages a call towards a cursor they did not
+/// give, then return an empty page to go on from.
+#[tokio::test]
+async fn standard_wasi_keyvalue_limits_memory() {
+    let t = TestApp::new(&format!(
+        "name = \"stdkvlimits\"\n[kv.cache]\nmemory = true\n[component.guest]\npath = {:?}\n[component.guest.grants]\nkv = [\"cache\"]\n[component.guest.limits]\nmemory_mb = 16\n",
+        guests::STD_KV_GUEST
+    ));
+    let app = t.load().await.unwrap();
+    let out = run(&app, "guest", &["cache", "secret", "limits"]).await;
+    berth_tests::assert_success(&out);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "limits cas-17th Error::Other(\"at most 16 compare-and-swap handles may be open at once; drop one first\")",
+            "limits cas-after-drop true",
+            "limits get-many-17-mib Error::Other(\"the values asked for take more than the component's memory limit (16777216 bytes); ask for fewer keys at a time\")",
+            "limits get-many-8-mib Ok(8)",
+            "limits draft-list 17000 keys in 17 calls, sorted true",
+            "limits draft-list-from-16500 500 keys in 2 calls, first Some(\"k16500\")",
+            "limits draft-list-from-max 0 keys in 2 calls",
+        ],
+        "{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn standard_wasi_keyvalue_needs_the_bucket_grant() {
     let t = TestApp::new(&single_component_manifest(

@@ -67,3 +67,16 @@ pub(super) async fn lists_keys_holding_nul(b: &dyn KvBackend) {
     assert_eq!(second.keys, ["a\0c"]);
     assert_eq!(second.cursor, None);
 }
+
+/// A cursor sorting before the prefix lists the prefix's keys from their
+/// start, and nothing outside the prefix (`p/` after `a`, before `q`).
+pub(super) async fn a_cursor_before_the_prefix_starts_at_the_prefix(b: &dyn KvBackend) {
+    for key in ["a", "b", "p/1", "p/2", "q"] {
+        b.set(key, b"x".to_vec(), None).await.unwrap();
+    }
+    let page = b.list_keys("p/", Some("a"), 10).await.unwrap();
+    assert_eq!(page.keys, ["p/1", "p/2"]);
+    assert_eq!(page.cursor, None);
+    let page = b.list_keys("p/", Some("p/1"), 10).await.unwrap();
+    assert_eq!(page.keys, ["p/2"]);
+}

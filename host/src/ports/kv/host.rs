@@ -20,6 +20,13 @@ pub struct BucketHandle {
     backend: Arc<dyn KvBackend>,
 }
 
+impl BucketHandle {
+    /// The bucket's logical name.
+    pub(super) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
 type Res<T> = wasmtime::Result<Result<T, Error>>;
 
 /// A guest's `ttl-ms` as the adapters take it: capped at [`MAX_TTL_MS`],
@@ -195,8 +202,12 @@ impl wit::HostBucket for InstanceState {
         limit: u32,
     ) -> Res<KeyPage> {
         let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
-        let check = if prefix.len() > self.env.limits.payloads.max_key_bytes {
+        let max = self.env.limits.payloads.max_key_bytes;
+        // A cursor is a key a page ended with: no longer than a key.
+        let check = if prefix.len() > max {
             Err(KvError::InvalidInput("prefix is too long".into()))
+        } else if cursor.as_ref().is_some_and(|c| c.len() > max) {
+            Err(KvError::InvalidInput("cursor is too long".into()))
         } else {
             Ok(())
         };
@@ -244,9 +255,16 @@ impl wit::HostBucket for InstanceState {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Res<bool> {
+        // `expected` is capped like a value, so a guest cannot make the
+        // store take (and compare) an argument of any size.
         let check = self
             .kv_check_key(&key)
-            .and_then(|()| self.kv_check_value(&new));
+            .and_then(|()| self.kv_check_value(&new))
+            .and_then(|()| {
+                expected
+                    .as_deref()
+                    .map_or(Ok(()), |e| self.kv_check_value(e))
+            });
         let bytes_in = key.len() + new.len() + expected.as_ref().map_or(0, Vec::len);
         self.kv_call(
             &this,

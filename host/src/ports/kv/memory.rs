@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{KeyPage, KvBackend, KvError, add_to_counter, page_from};
+use super::{KeyPage, KvBackend, KvError, LIST_BUDGET, add_to_counter, page_from};
 
 /// The most one in-memory bucket holds: its keys and values, and
 /// [`ENTRY_OVERHEAD`] bytes per entry for the map's own.
@@ -177,22 +177,37 @@ impl KvBackend for MemoryBucket {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KeyPage, KvError> {
-        let keys = self.with(|m, now| {
+        Ok(self.with(|m, now| {
+            // From the prefix, or from a cursor past it: a cursor sorting
+            // before the prefix must not make the walk start there.
             let start = match after {
-                Some(a) => std::ops::Bound::Excluded(a.to_string()),
-                None => std::ops::Bound::Included(prefix.to_string()),
+                Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
+                _ => std::ops::Bound::Included(prefix.to_string()),
             };
-            m.map
-                .range((start, std::ops::Bound::Unbounded))
-                .skip_while(|(k, _)| !k.starts_with(prefix) && k.as_str() < prefix)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .filter(|(_, e)| e.live(now))
-                .map(|(k, _)| k)
-                .take(limit + 1)
-                .cloned()
-                .collect()
-        });
-        Ok(page_from(keys, limit))
+            let mut keys = Vec::new();
+            let mut expired = 0;
+            for (key, entry) in m.map.range((start, std::ops::Bound::Unbounded)) {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                if entry.live(now) {
+                    keys.push(key.clone());
+                    if keys.len() > limit {
+                        break;
+                    }
+                } else {
+                    expired += 1;
+                    if expired == LIST_BUDGET {
+                        // A short page, to go on from here.
+                        return KeyPage {
+                            keys,
+                            cursor: Some(key.clone()),
+                        };
+                    }
+                }
+            }
+            page_from(keys, limit)
+        }))
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
@@ -318,5 +333,40 @@ mod tests {
     async fn lists_keys_holding_nul() {
         let b = MemoryBucket::new();
         super::super::backend_tests::lists_keys_holding_nul(&b).await;
+    }
+
+    #[tokio::test]
+    async fn a_cursor_before_the_prefix_starts_at_the_prefix() {
+        let b = MemoryBucket::new();
+        super::super::backend_tests::a_cursor_before_the_prefix_starts_at_the_prefix(&b).await;
+    }
+
+    /// A run of expired keys longer than [`LIST_BUDGET`] gives a short
+    /// page with a cursor rather than one walk over all of it; listing
+    /// on from it finds every live key once.
+    #[tokio::test]
+    async fn a_run_of_expired_keys_gives_a_short_page() {
+        let b = MemoryBucket::new();
+        b.set("p/0", b"x".to_vec(), None).await.unwrap();
+        for i in 1..=LIST_BUDGET + 10 {
+            let ttl = Some(Duration::from_millis(1));
+            b.set(&format!("p/{i:05}"), b"x".to_vec(), ttl)
+                .await
+                .unwrap();
+        }
+        b.set("p/z", b"x".to_vec(), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let first = b.list_keys("p/", None, 10).await.unwrap();
+        assert_eq!(first.keys, ["p/0"]);
+        assert_eq!(
+            first.cursor.as_deref(),
+            Some(&*format!("p/{LIST_BUDGET:05}"))
+        );
+        let next = b
+            .list_keys("p/", first.cursor.as_deref(), 10)
+            .await
+            .unwrap();
+        assert_eq!(next.keys, ["p/z"]);
+        assert_eq!(next.cursor, None);
     }
 }

@@ -117,6 +117,26 @@ pub(crate) fn add_to_counter(current: Option<&[u8]>, delta: i64) -> Result<i64, 
         .ok_or_else(|| KvError::NotANumber("increment overflows a 64-bit integer".into()))
 }
 
+/// Most expired entries one listing steps over beyond its page before it
+/// returns a short page with a cursor, so a run of expired keys cannot hold
+/// a store (or the host's memory bucket) for long.
+pub(crate) const LIST_BUDGET: usize = 4096;
+
+/// The first byte string after every string that starts with `prefix`,
+/// the exclusive upper bound of a prefix's keys in byte order; `None` for
+/// the empty prefix, whose keys have no such bound.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    // Drop trailing 0xFF bytes (never in UTF-8, but any bytes work) and
+    // increment the last one left.
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xFF) {
+        end.pop();
+    }
+    let last = end.last_mut()?;
+    *last += 1;
+    Some(end)
+}
+
 /// Builds a page from up to `limit + 1` sorted keys: the extra key only
 /// tells that there is more.
 pub(crate) fn page_from(mut keys: Vec<String>, limit: usize) -> KeyPage {

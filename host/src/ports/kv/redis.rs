@@ -149,10 +149,6 @@ end
 return 1
 "#;
 
-/// Most members of the key set one listing looks at beyond its page, so
-/// a run of expired keys cannot hold the server for long.
-const LIST_BUDGET: usize = 4096;
-
 /// Settings of a Redis bucket.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -228,17 +224,8 @@ fn lex_range(prefix: &str, after: Option<&str>) -> (Vec<u8>, Vec<u8>) {
         _ if prefix.is_empty() => b"-".to_vec(),
         _ => [b"[", prefix.as_bytes()].concat(),
     };
-    // The first byte string after every string that starts with `prefix`:
-    // drop trailing 0xFF bytes and increment the last one left.
-    let mut next = prefix.as_bytes().to_vec();
-    while next.last() == Some(&0xFF) {
-        next.pop();
-    }
-    let max = match next.last_mut() {
-        Some(last) => {
-            *last += 1;
-            [b"(", next.as_slice()].concat()
-        }
+    let max = match super::prefix_end(prefix.as_bytes()) {
+        Some(end) => [b"(", end.as_slice()].concat(),
         None => b"+".to_vec(),
     };
     (min, max)
@@ -497,7 +484,7 @@ impl KvBackend for RedisBucket {
             .arg(min)
             .arg(max)
             .arg(want)
-            .arg(LIST_BUDGET.saturating_add(want))
+            .arg(super::LIST_BUDGET.saturating_add(want))
             .arg(&self.prefix)
             .invoke_async(&mut self.conn.clone())
             .await

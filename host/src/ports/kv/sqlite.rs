@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, params};
 
 use super::{KeyPage, KvBackend, KvError, MAX_TTL_MS, add_to_counter, page_from};
@@ -36,6 +37,20 @@ fn sql(e: rusqlite::Error) -> SqlError {
 }
 
 const LIVE: &str = "(expires_at IS NULL OR expires_at > ?2)";
+
+/// A listing page: live keys starting with the bytes `?1` (and, as TEXT,
+/// `>= ?5` and `< ?6`, the prefix's range in the key index), after `?3`,
+/// at most `?4`.
+fn list_sql() -> String {
+    format!(
+        "SELECT key FROM kv WHERE {LIVE} AND substr(CAST(key AS BLOB), 1, length(?1)) = ?1 AND key >= ?5 AND key < ?6 AND key > ?3 ORDER BY key LIMIT ?4"
+    )
+}
+
+/// Most expired rows one write purges: a million keys expiring at once
+/// would otherwise hold the write lock, and every other writer, for
+/// seconds.
+const EXPIRED_PER_WRITE: i64 = 256;
 
 impl SqliteBucket {
     /// Opens (creating) the bucket file at `path`.
@@ -113,8 +128,11 @@ impl KvBackend for SqliteBucket {
         let expires =
             ttl.map(|t| now_ms().saturating_add(t.as_millis().min(u128::from(MAX_TTL_MS)) as i64));
         self.run(move |c| {
-            c.execute("DELETE FROM kv WHERE expires_at <= ?1", params![now_ms()])
-                .map_err(|e| map(sql(e)))?;
+            c.execute(
+                "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE expires_at <= ?1 LIMIT ?2)",
+                params![now_ms(), EXPIRED_PER_WRITE],
+            )
+            .map_err(|e| map(sql(e)))?;
             put(c, &key, &value, expires)
         })
         .await
@@ -155,17 +173,28 @@ impl KvBackend for SqliteBucket {
             // the prefix bound as one (?1). On TEXT, length() and substr()
             // stop at the first NUL, so a prefix holding one ("a\0") would
             // match nothing; LIKE would treat `%`/`_` as wildcards and fold
-            // case. `key >= ?5` (the prefix as TEXT, which compares with
-            // memcmp as the BLOB does) lets the key index skip what sorts
-            // before the prefix.
-            let mut stmt = c
-                .prepare(&format!(
-                    "SELECT key FROM kv WHERE {LIVE} AND substr(CAST(key AS BLOB), 1, length(?1)) = ?1 AND key >= ?5 AND key > ?3 ORDER BY key LIMIT ?4"
-                ))
-                .map_err(|e| map(sql(e)))?;
+            // case. `key >= ?5` and `key < ?6` (TEXT, which compares with
+            // memcmp as the BLOB does) let the key index read the prefix's
+            // range only: without the upper bound, a page that is not full
+            // would read every key sorting after the prefix.
+            let mut stmt = c.prepare(&list_sql()).map_err(|e| map(sql(e)))?;
+            let end = super::prefix_end(prefix.as_bytes());
+            let end = ToSqlOutput::Borrowed(match &end {
+                // The bound may not be UTF-8; SQLite compares TEXT as bytes.
+                Some(end) => ValueRef::Text(end),
+                // Every BLOB sorts after every TEXT.
+                None => ValueRef::Blob(&[]),
+            });
             let keys = stmt
                 .query_map(
-                    params![prefix.as_bytes(), now_ms(), after, (limit + 1) as i64, prefix],
+                    params![
+                        prefix.as_bytes(),
+                        now_ms(),
+                        after,
+                        (limit + 1) as i64,
+                        prefix,
+                        end
+                    ],
                     |r| r.get::<_, String>(0),
                 )
                 .map_err(|e| map(sql(e)))?
@@ -227,6 +256,29 @@ impl KvBackend for SqliteBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page reads the prefix's range of the key index only, not every
+    /// key sorting after the prefix.
+    #[test]
+    fn listing_reads_only_the_prefix_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        drop(SqliteBucket::open(&path).unwrap());
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql()))
+            .unwrap()
+            .query_map(params!["p/".as_bytes(), 0, "", 11, "p/", "p0"], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("(key>? AND key<?)")),
+            "{plan:?}"
+        );
+    }
 
     #[tokio::test]
     async fn survives_reopen_and_pages() {
@@ -315,5 +367,11 @@ mod tests {
     async fn lists_keys_holding_nul() {
         let (_dir, b) = bucket();
         super::super::backend_tests::lists_keys_holding_nul(&b).await;
+    }
+
+    #[tokio::test]
+    async fn a_cursor_before_the_prefix_starts_at_the_prefix() {
+        let (_dir, b) = bucket();
+        super::super::backend_tests::a_cursor_before_the_prefix_starts_at_the_prefix(&b).await;
     }
 }

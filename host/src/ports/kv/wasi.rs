@@ -44,6 +44,58 @@ pub struct CasHandle {
     seen: Option<Vec<u8>>,
 }
 
+/// Most `draft2` compare-and-swap handles one instance may hold open: each
+/// keeps the value it saw (up to the value cap) in the host's memory.
+pub const MAX_OPEN_CAS: usize = 16;
+
+/// Where the `draft` listings an instance was given cursors for stand: the
+/// `draft` cursor counts the keys already returned, and this lets the next
+/// page go on from the key it stands for instead of walking the bucket from
+/// its start (a listing would cost O(n²) otherwise).
+#[derive(Default)]
+pub struct DraftCursors(std::collections::VecDeque<DraftCursor>);
+
+/// A `draft` cursor of bucket `bucket`, `cursor`, and how far towards it
+/// the walk got: past `seen` keys, the last of them `after`. `seen` is
+/// short of `cursor` while a walk from an unknown cursor is under way.
+struct DraftCursor {
+    bucket: std::sync::Arc<str>,
+    cursor: u64,
+    seen: u64,
+    after: String,
+}
+
+/// Cursors remembered per instance: enough for listings interleaved.
+const DRAFT_CURSORS_KEPT: usize = 16;
+
+/// Most backend pages one `draft` `list-keys` call walks towards a cursor
+/// it does not know (forged, or from another instance); it then returns
+/// an empty page with the same cursor, and the next call goes on.
+const DRAFT_WALK_PAGES: u32 = 16;
+
+impl DraftCursors {
+    fn find(&self, bucket: &str, cursor: u64) -> (u64, Option<String>) {
+        self.0
+            .iter()
+            .find(|c| &*c.bucket == bucket && c.cursor == cursor)
+            .map_or((0, None), |c| (c.seen, Some(c.after.clone())))
+    }
+
+    fn remember(&mut self, bucket: &std::sync::Arc<str>, cursor: u64, seen: u64, after: String) {
+        self.0
+            .retain(|c| !(c.bucket == *bucket && c.cursor == cursor));
+        if self.0.len() == DRAFT_CURSORS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(DraftCursor {
+            bucket: bucket.clone(),
+            cursor,
+            seen,
+            after,
+        });
+    }
+}
+
 /// Links both versions' `store`, `atomics` and `batch`.
 pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
     use anyhow::Error as E;
@@ -112,10 +164,25 @@ macro_rules! common {
                 bucket: Resource<BucketHandle>,
                 keys: Vec<String>,
             ) -> Res<Vec<Option<(String, Vec<u8>)>>, $version::wasi::keyvalue::store::Error> {
+                // The answer goes into the guest's memory: one larger than
+                // the component may have is refused before the host holds
+                // it (a key asked for many times would multiply it).
+                let most = usize::try_from(self.env.limits.memory_bytes).unwrap_or(usize::MAX);
+                let mut bytes = 0usize;
                 let mut out = Vec::with_capacity(keys.len());
                 for key in keys {
                     match self.get(borrow(&bucket), key.clone()).await? {
-                        Ok(value) => out.push(value.map(|v| (key, v))),
+                        Ok(value) => {
+                            bytes = bytes.saturating_add(
+                                key.len() + value.as_ref().map_or(0, Vec::len),
+                            );
+                            if bytes > most {
+                                return Ok(Err($version::wasi::keyvalue::store::Error::Other(
+                                    format!("the values asked for take more than the component's memory limit ({most} bytes); ask for fewer keys at a time"),
+                                )));
+                            }
+                            out.push(value.map(|v| (key, v)))
+                        }
                         Err(e) => return Ok(Err(e.into())),
                     }
                 }
@@ -232,13 +299,14 @@ macro_rules! Cursor {
 }
 
 macro_rules! list_keys {
-    // `draft`: the cursor counts the keys already returned.
+    // `draft`: the cursor counts the keys already returned; where it
+    // stands is remembered (see `DraftCursors`).
     (draft, $self:ident, $this:ident, $cursor:ident) => {{
         use draft::wasi::keyvalue::store::KeyResponse;
         let skip = $cursor.unwrap_or(0);
-        let mut after: Option<String> = None;
-        let mut seen = 0u64;
-        loop {
+        let bucket = $self.table.get(&$this)?.name().clone();
+        let (mut seen, mut after) = $self.kv_draft_cursors.find(&bucket, skip);
+        for _ in 0..DRAFT_WALK_PAGES {
             let page = match crate::bindings::ports::kv::HostBucket::list_keys(
                 $self,
                 borrow(&$this),
@@ -255,12 +323,26 @@ macro_rules! list_keys {
             if seen + n > skip || page.cursor.is_none() {
                 let start = skip.saturating_sub(seen).min(n) as usize;
                 let keys: Vec<String> = page.keys[start..].to_vec();
-                let cursor = page.cursor.map(|_| seen + n);
+                let cursor = page.cursor.map(|last| {
+                    $self
+                        .kv_draft_cursors
+                        .remember(&bucket, seen + n, seen + n, last);
+                    seen + n
+                });
                 return Ok(Ok(KeyResponse { keys, cursor }));
             }
             seen += n;
             after = page.cursor;
         }
+        // Still short of a cursor this instance did not give: go on from
+        // here at the next call.
+        if let Some(last) = after {
+            $self.kv_draft_cursors.remember(&bucket, skip, seen, last);
+        }
+        Ok(Ok(KeyResponse {
+            keys: Vec::new(),
+            cursor: Some(skip),
+        }))
     }};
     // `draft2`: the cursor is the last key returned, as in `berth:infra/kv`.
     (draft2, $self:ident, $this:ident, $cursor:ident) => {{
@@ -305,7 +387,12 @@ impl draft::wasi::keyvalue::atomics::Host for InstanceState {
             )
             .await?
             {
-                Ok(n) => u64::try_from(n).map_err(|_| E::Other("the value is negative".into())),
+                // The store's counters are signed; this version's are not.
+                Ok(n) => u64::try_from(n).map_err(|_| {
+                    E::Other(format!(
+                        "the counter was incremented, but its value, {n}, is negative, which this version of wasi:keyvalue cannot return (0.2.0-draft2's increment can)"
+                    ))
+                }),
                 Err(e) => Err(e.into()),
             },
         )
@@ -333,6 +420,7 @@ impl draft2::wasi::keyvalue::atomics::Host for InstanceState {
     ) -> Res<(), draft2::wasi::keyvalue::atomics::CasError> {
         use draft2::wasi::keyvalue::atomics::CasError;
         let CasHandle { bucket, key, seen } = self.table.delete(cas)?;
+        self.open_kv_cas -= 1;
         let swapped = crate::bindings::ports::kv::HostBucket::compare_and_swap(
             self,
             borrow(&bucket),
@@ -361,6 +449,11 @@ impl InstanceState {
         bucket: &Resource<BucketHandle>,
         key: String,
     ) -> Res<Resource<CasHandle>, draft2::wasi::keyvalue::store::Error> {
+        if self.open_kv_cas >= MAX_OPEN_CAS {
+            return Ok(Err(draft2::wasi::keyvalue::store::Error::Other(format!(
+                "at most {MAX_OPEN_CAS} compare-and-swap handles may be open at once; drop one first"
+            ))));
+        }
         let seen =
             match crate::bindings::ports::kv::HostBucket::get(self, borrow(bucket), key.clone())
                 .await?
@@ -374,7 +467,10 @@ impl InstanceState {
             key,
             seen,
         };
-        Ok(Ok(self.table.push(handle)?))
+        // A failed push traps the instance, which goes with its counts.
+        let handle = self.table.push(handle)?;
+        self.open_kv_cas += 1;
+        Ok(Ok(handle))
     }
 }
 
@@ -396,6 +492,7 @@ impl draft2::wasi::keyvalue::atomics::HostCas for InstanceState {
 
     async fn drop(&mut self, rep: Resource<CasHandle>) -> wasmtime::Result<()> {
         let cas = self.table.delete(rep)?;
+        self.open_kv_cas -= 1;
         self.table.delete(cas.bucket)?;
         Ok(())
     }
