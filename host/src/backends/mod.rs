@@ -132,6 +132,7 @@ pub async fn open(
             .as_ref()
             .map_or_else(|| state.to_path_buf(), |scratch| scratch.join(app)),
         tenant_dir: host.serve.tenant_manifests.then(|| manifest.dir()),
+        custom: Default::default(),
     };
     // A dry run opens its stores in a scratch directory: a state directory
     // a load could not create or write is found here instead.

@@ -38,6 +38,9 @@ pub(super) struct Places<'a> {
     /// On `berth serve`, the app's own directory, which its tenant writes:
     /// no custom path may overlap it.
     pub(super) tenant_dir: Option<&'a Path>,
+    /// The custom paths given so far, by key (`blob.files.root`…), as
+    /// the system opens them: no two of one app may overlap either.
+    pub(super) custom: std::sync::Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl Places<'_> {
@@ -81,11 +84,44 @@ pub(super) fn embedded_path(
         claim,
     )
     .map_err(|m| origin.err(key, m))?;
+    keep_custom_paths_apart(origin, key, &path, places)?;
     Ok(if claim {
         path
     } else {
         places.open_in.join("custom").join(key)
     })
+}
+
+/// Refuses a custom path `path` (under `key`) equal to, inside or holding
+/// another of the same app's: grants are per resource, so a component
+/// granted a blob container whose root holds the app's SQLite file, or
+/// another container's root, could read and replace their data.
+fn keep_custom_paths_apart(
+    origin: &Origin<'_>,
+    key: &str,
+    path: &Path,
+    places: &Places<'_>,
+) -> anyhow::Result<()> {
+    // As the system opens them: a link must not hide an overlap.
+    let resolved = ownership::resolved(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut custom = places
+        .custom
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((other, _)) = custom
+        .iter()
+        .find(|(_, p)| p.starts_with(&resolved) || resolved.starts_with(p))
+    {
+        return Err(origin.err(
+            key,
+            format!(
+                "`{}` overlaps the path of `{other}`: one is or lies inside the other, so a component granted one could reach the other's data; give each its own path",
+                path.display()
+            ),
+        ));
+    }
+    custom.push((key.to_string(), resolved));
+    Ok(())
 }
 
 /// On a dry run, what a load's rename probe (in the file blob store) would
@@ -108,7 +144,7 @@ pub(super) fn check_blob_root_filesystem(
         (Some(a), Some(b)) if !a.renames_to(&b) => Err(origin.err(
             key,
             format!(
-                "the blob root {} cannot take writes from the temporary directory {}: they are on different filesystems; the root must be on the temporary directory's (the state directory's)",
+                "the blob root {} cannot take writes from the temporary directory {}: {}",
                 root.display(),
                 tmp.display(),
                 crate::ports::blob::ACROSS_MOUNTS

@@ -75,6 +75,59 @@ async fn blob_shared_root_refused_for_second_app_fs() {
         .expect("the owner loads again");
 }
 
+/// One app's custom paths may not overlap each other either: grants are
+/// per resource, so a component granted only `blob.files` must not reach
+/// the app's SQL database, nor another container's objects, through a
+/// root that holds them. Refused at load and by a check alike.
+#[tokio::test]
+async fn custom_paths_of_one_app_are_kept_apart_fs() {
+    let t = TestApp::new(&single_component_manifest(
+        "apart",
+        guests::BLOB_GUEST,
+        "[blob.files]\n[blob.other]\n[sql.main]",
+        "blob = [\"files\"]",
+    ));
+    let srv = tempfile::tempdir().unwrap();
+    let at = |rest: &str| format!("{}/{{app}}/{rest}", srv.path().display());
+    let overlapping = [
+        // The root holds the database.
+        (at(""), at("main.db"), at("other")),
+        // Two containers share a root.
+        (at("files"), at("main.db"), at("files")),
+        // One root lies in the other.
+        (at("files"), at("main.db"), at("files/inner")),
+    ];
+    for (files, main, other) in overlapping {
+        let config = format!(
+            "[blob.files]\ntype = \"fs\"\nroot = {files:?}\n[blob.other]\ntype = \"fs\"\nroot = {other:?}\n[sql.main]\ntype = \"sqlite\"\npath = {main:?}\n"
+        );
+        let checked = match t.load_with(&dry_run(&t, host_config(&t, &config))).await {
+            Ok(_) => panic!("the check passed overlapping paths: {config}"),
+            Err(e) => format!("{e:#}"),
+        };
+        let loaded = load_error(&t, &config).await;
+        for refused in [checked, loaded] {
+            assert!(refused.contains("overlaps the path of `"), "{refused}");
+            assert!(
+                refused.contains("could reach the other's data"),
+                "{refused}"
+            );
+        }
+    }
+    let config = format!(
+        "[blob.files]\ntype = \"fs\"\nroot = {:?}\n[blob.other]\ntype = \"fs\"\nroot = {:?}\n[sql.main]\ntype = \"sqlite\"\npath = {:?}\n",
+        at("files"),
+        at("other"),
+        at("main.db")
+    );
+    drop(
+        t.load_with(&dry_run(&t, host_config(&t, &config)))
+            .await
+            .unwrap(),
+    );
+    drop(t.load_with(&host_config(&t, &config)).await.unwrap());
+}
+
 #[tokio::test]
 async fn blob_root_per_app_placeholder_fs() {
     let shared = tempfile::tempdir().unwrap();
