@@ -77,7 +77,14 @@ impl HttpService for HttpHandler {
 pub struct HttpHandler {
     app: Arc<App>,
     routes: Vec<Route>,
+    /// Downloads through the app's signed blob URLs under way: each holds
+    /// a reader (a file descriptor or a connection) outside any instance.
+    blob_downloads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most downloads through one app's signed blob URLs at once; one more is
+/// answered 503, so slow clients cannot take the host's descriptors.
+pub const MAX_BLOB_DOWNLOADS: usize = 64;
 
 impl HttpHandler {
     /// The app it serves.
@@ -107,7 +114,11 @@ impl HttpHandler {
         }
         // Most specific first: exact routes, then longer prefixes.
         routes.sort_by_key(|r| (r.wildcard, std::cmp::Reverse(r.path.len())));
-        Ok(HttpHandler { app, routes })
+        Ok(HttpHandler {
+            app,
+            routes,
+            blob_downloads: Arc::new(tokio::sync::Semaphore::new(MAX_BLOB_DOWNLOADS)),
+        })
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -260,6 +271,15 @@ impl HttpHandler {
         let Some(backend) = self.app.backends.blob.get(&container).cloned() else {
             return error_response(StatusCode::NOT_FOUND, "no such object", None);
         };
+        let Ok(download) = self.blob_downloads.clone().try_acquire_owned() else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "this app's blob URLs serve at most {MAX_BLOB_DOWNLOADS} downloads at once; try again"
+                ),
+                None,
+            );
+        };
         // The length is the reader's own: a `stat` beside it could see
         // another version, if the object was replaced in between.
         let Ok(reader) = backend.read(&key).await else {
@@ -267,11 +287,16 @@ impl HttpHandler {
         };
         let size = reader.size();
         tracing::debug!(%app, %container, %key, "serving blob URL");
-        let stream = futures::stream::unfold(Some(reader), |reader| async move {
-            let mut reader = reader?;
+        // The download's place is held until its last chunk, or its
+        // client going away, drops the stream.
+        let stream = futures::stream::unfold(Some((reader, download)), |held| async move {
+            let (mut reader, download) = held?;
             match reader.read(BLOB_CHUNK).await {
                 Ok(chunk) if chunk.is_empty() => None,
-                Ok(chunk) => Some((Ok(Frame::data(Bytes::from(chunk))), Some(reader))),
+                Ok(chunk) => Some((
+                    Ok(Frame::data(Bytes::from(chunk))),
+                    Some((reader, download)),
+                )),
                 Err(e) => Some((
                     Err(wasmtime_wasi_http::Error::InternalError(Some(
                         e.to_string(),
@@ -280,9 +305,16 @@ impl HttpHandler {
                 )),
             }
         });
+        // The host's origin serves every tenant's objects: a browser must
+        // never run one as a page there (a tenant's HTML reading another
+        // app's cookies), so it is a download, not to be sniffed, and
+        // sandboxed if shown at all. `<img>` and the like still load it.
         let mut response = Response::builder()
             .status(StatusCode::OK)
-            .header("content-type", "application/octet-stream");
+            .header("content-type", "application/octet-stream")
+            .header("content-disposition", "attachment")
+            .header("x-content-type-options", "nosniff")
+            .header("content-security-policy", "sandbox");
         if let Some(size) = size {
             response = response.header("content-length", size);
         }

@@ -114,8 +114,19 @@ async fn example_app_end_to_end_over_http() {
     let base = server.base.clone();
     let visit = visit(&server, "ada@example.com").await;
 
-    // Embedded blob URLs are served and verified by this host.
+    // Embedded blob URLs are served and verified by this host, from the
+    // origin every tenant shares: never as a page.
     assert!(visit.avatar_url.starts_with(&base), "{}", visit.avatar_url);
+    let fetched = http.get(&visit.avatar_url).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    for (header, value) in [
+        ("content-type", "application/octet-stream"),
+        ("content-disposition", "attachment"),
+        ("x-content-type-options", "nosniff"),
+        ("content-security-policy", "sandbox"),
+    ] {
+        assert_eq!(fetched.headers()[header], value, "{header}");
+    }
     let tampered = visit.avatar_url.replace("avatar?", "avatar2?");
     assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
     let unsigned = format!("{base}/_berth/blob/users/avatars/x");
