@@ -367,6 +367,8 @@ impl App {
             if limits != decl.limits {
                 tracing::info!(app = %manifest.name, component = %decl.name, ?limits, "limits capped by the host's maxima");
             }
+            check_largest_objects(&backends, &decl.name, &decl.grants.blob, &limits)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
             let counters = crate::metrics::METRICS.component(&manifest.name, &decl.name);
             let env = Arc::new(ComponentEnv {
                 app: manifest.name.clone(),
@@ -544,6 +546,33 @@ pub fn new_store(
         })
     });
     store
+}
+
+/// Refuses a component whose `blob_max_object_mb` lets a writer pass what
+/// a granted container can store: it would fail only once it got there,
+/// after uploading all of it, and with the store's reason, not the setting.
+fn check_largest_objects(
+    backends: &AppBackends,
+    component: &str,
+    containers: &[String],
+    limits: &crate::limits::ComponentLimits,
+) -> Result<(), String> {
+    let most = limits.payloads.blob_max_object_bytes as u64;
+    for name in containers {
+        let Some(backend) = backends.blob.get(name) else {
+            continue;
+        };
+        if let Some((largest, why)) = backend.largest_object()
+            && largest < most
+        {
+            return Err(format!(
+                "component `{component}`: its `blob_max_object_mb` ({} MiB) is more than blob container `{name}` can store in one object ({} MiB: {why}); lower `blob_max_object_mb` or raise the container's `part_size_mb` in the host config",
+                most >> 20,
+                largest >> 20
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Denies every network use through `wasi:sockets`, whatever the caller set.

@@ -633,6 +633,50 @@ async fn uploads_once_settled(s3: &aws_sdk_s3::Client, bucket: &str) -> usize {
     uploads
 }
 
+/// A `blob_max_object_mb` past what an S3 container can store in one
+/// object (10,000 parts of `part_size_mb`) is refused at load, naming both
+/// settings, rather than failing a writer once it got there.
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_max_object_past_the_part_count_is_refused_s3() {
+    let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let s3 = berth_tests::s3_client(&endpoint);
+    let bucket = unique("berth-t-");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let manifest = |most_mb: u32| {
+        single_component_manifest(
+            &unique("blobparts"),
+            guests::BLOB_GUEST,
+            "[blob.files]",
+            &format!(
+                "blob = [\"files\"]\n[component.guest.limits]\nblob_max_object_mb = {most_mb}"
+            ),
+        )
+    };
+    // 5 MiB parts: at most 50,000 MiB. The host's own cap (5 GiB by
+    // default) is raised, or it would bound the manifest's first.
+    let raised = "[engine.max_payloads]\nblob_max_object_mb = 100000\n";
+    let t = TestApp::new(&manifest(60_000));
+    let text = s3_host(&t, &endpoint, &bucket, "k", "s") + raised;
+    let refused = match t.load_with(&host_config(&t, &text)).await {
+        Ok(_) => panic!("loaded a writer limit S3 cannot store"),
+        Err(e) => format!("{e:#}"),
+    };
+    for part in [
+        "blob_max_object_mb` (60000 MiB)",
+        "container `files`",
+        "(50000 MiB",
+        "10000 parts",
+        "part_size_mb",
+    ] {
+        assert!(refused.contains(part), "{part}: {refused}");
+    }
+    let t = TestApp::new(&manifest(50_000));
+    let text = s3_host(&t, &endpoint, &bucket, "k", "s") + raised;
+    drop(t.load_with(&host_config(&t, &text)).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_reads_resume_after_the_connection_breaks_s3() {
     let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {

@@ -20,7 +20,7 @@ pub(super) fn page(
         count: limit.saturating_add(1),
     };
     let mut objects = Vec::new();
-    walk(root, "", &wanted, &mut objects)?;
+    walk(root, "", &wanted, &mut objects, 0)?;
     let more = objects.len() > limit;
     objects.truncate(limit);
     let cursor = if more {
@@ -31,40 +31,61 @@ pub(super) fn page(
     Ok(ObjectPage { objects, cursor })
 }
 
+/// Most directory entries the levels of one walk hold at once: a level
+/// keeps the entries after the subdirectory it walks into, so without a
+/// bound a deep chain of directories each beside a page of files would
+/// hold the page once per level.
+const HELD_MOST: usize = 4096;
+
+/// What each level keeps once [`HELD_MOST`] is reached (a key is at most
+/// 512 levels deep, so all together stay within a few MiB).
+const HELD_PAST_THE_BOUND: usize = 16;
+
 /// Collects the regular files below `dir` (whose key is `dir_key`) that
 /// `wanted` takes, in key order, skipping symlinks and names no key can
-/// spell.
+/// spell. `held_above`: the entries the levels above hold meanwhile.
 ///
 /// A directory's entries come from the system in no order, so each is read
 /// whole, but only the first entries in key order that can still be wanted
-/// are kept ([`first_entries`]): memory stays bounded by the page, however
-/// many files a tenant put in one directory. Should the kept
-/// subdirectories hold too few wanted keys (empty ones: emptied meanwhile,
-/// or left by a crash), the directory is read again past the last entry
-/// walked, keeping twice as many each time, so that many empty
-/// subdirectories cost a few reads of the directory, not one per page
-/// (and only then can what is kept grow past the page).
+/// are kept ([`first_entries`]): memory stays bounded by the page (and all
+/// levels together by [`HELD_MOST`]), however many files a tenant put in
+/// one directory or however deep. Should the kept entries hold too few
+/// wanted keys (empty subdirectories: emptied meanwhile, or left by a
+/// crash; or fewer kept, deep down), the directory is read again past the
+/// last entry walked, keeping twice as many each time, so that many empty
+/// subdirectories cost a few reads of the directory, not one per page.
+/// No directory stays open while another is read.
 fn walk(
     dir: &Path,
     dir_key: &str,
     wanted: &Wanted<'_>,
     out: &mut Vec<ObjectInfo>,
+    held_above: usize,
 ) -> std::io::Result<()> {
+    // At least a few, so a level past the bound still reads its
+    // directory a handful of times per page, not once per key.
+    let may_hold = |room: usize| {
+        room.min(HELD_MOST.saturating_sub(held_above))
+            .max(HELD_PAST_THE_BOUND)
+    };
     let mut past: Option<String> = None;
-    let mut room = wanted.count.saturating_sub(out.len());
-    while room > 0 {
+    let mut room = may_hold(wanted.count.saturating_sub(out.len()));
+    while out.len() < wanted.count {
         let entries = first_entries(dir, dir_key, wanted, past.as_deref(), room)?;
         let read_all = entries.len() < room;
+        let mut left = entries.len();
         for listed in entries {
+            left -= 1;
             if out.len() >= wanted.count {
                 return Ok(());
             }
+            let path = dir.join(listed.name(dir_key));
             if listed.is_dir {
                 let key = &listed.key[..listed.key.len() - 1];
-                walk(&listed.entry.path(), key, wanted, out)?;
+                walk(&path, key, wanted, out, held_above + left)?;
             } else {
                 // Not following links, as the entry was read.
-                match listed.entry.metadata() {
+                match std::fs::symlink_metadata(&path) {
                     // Replaced by a link or a directory since it was read.
                     Ok(meta) if !meta.is_file() => {}
                     Ok(meta) => out.push(info_of(&listed.key, &meta)),
@@ -77,10 +98,12 @@ fn walk(
         if read_all {
             return Ok(());
         }
-        room = wanted
-            .count
-            .saturating_sub(out.len())
-            .max(room.saturating_mul(2));
+        room = may_hold(
+            wanted
+                .count
+                .saturating_sub(out.len())
+                .max(room.saturating_mul(2)),
+        );
     }
     Ok(())
 }
@@ -91,7 +114,18 @@ fn walk(
 struct Listed {
     key: String,
     is_dir: bool,
-    entry: std::fs::DirEntry,
+}
+
+impl Listed {
+    /// Its name in its directory, whose key is `dir_key`.
+    fn name(&self, dir_key: &str) -> &str {
+        let skip = if dir_key.is_empty() {
+            0
+        } else {
+            dir_key.len() + 1
+        };
+        self.key[skip..].trim_end_matches('/')
+    }
 }
 
 impl PartialEq for Listed {
@@ -158,17 +192,9 @@ fn first_entries(
             if !wanted.may_hold_under(&key) {
                 continue;
             }
-            Listed {
-                key,
-                is_dir: true,
-                entry,
-            }
+            Listed { key, is_dir: true }
         } else if kind.is_file() && wanted.takes(&key) {
-            Listed {
-                key,
-                is_dir: false,
-                entry,
-            }
+            Listed { key, is_dir: false }
         } else {
             continue;
         };
@@ -204,5 +230,43 @@ impl Wanted<'_> {
         // not itself under it.
         let all_before_cursor = self.after.is_some_and(|a| a > dir && !a.starts_with(dir));
         meets_prefix && !all_before_cursor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A chain of directories, each sorting before a page of files beside
+    /// it: the levels would hold more than [`super::HELD_MOST`] entries
+    /// together, so the deeper ones keep fewer and read again; every key
+    /// is still listed once, in order.
+    #[test]
+    fn deep_chains_are_listed_in_order_within_the_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let (depth, files) = (6, 1000);
+        let mut dir = root.path().to_path_buf();
+        let mut expected = Vec::new();
+        for level in 0..depth {
+            let dir_key = "a/".repeat(level);
+            for i in 0..files {
+                std::fs::write(dir.join(format!("b{i:04}")), b"x").unwrap();
+                expected.push(format!("{dir_key}b{i:04}"));
+            }
+            dir = dir.join("a");
+            std::fs::create_dir(&dir).unwrap();
+        }
+        assert!(depth * files > super::HELD_MOST, "the bound is reached");
+        expected.sort();
+        let mut listed = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = super::page(root.path(), "", cursor.as_deref(), 1000).unwrap();
+            listed.extend(page.objects.into_iter().map(|o| o.key));
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(listed.len(), expected.len());
+        assert!(listed == expected, "every key once, in order");
     }
 }

@@ -260,7 +260,15 @@ impl wit::HostContainer for InstanceState {
         limit: u32,
     ) -> Res<ObjectPage> {
         let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
-        let check = validate_prefix(&prefix, self.env.limits.payloads.max_key_bytes);
+        let max = self.env.limits.payloads.max_key_bytes;
+        // A cursor is a key a page ended with: no longer than a key, on
+        // every backend alike (S3 would refuse it, a file walk take it).
+        let check = validate_prefix(&prefix, max).and_then(|()| match &cursor {
+            Some(c) if c.len() > max => Err(BlobError::InvalidKey(format!(
+                "cursor is longer than {max} bytes"
+            ))),
+            _ => Ok(()),
+        });
         let bytes_in = prefix.len();
         self.blob_call(
             &this,

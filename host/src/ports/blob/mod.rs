@@ -85,6 +85,11 @@ pub trait BlobBackend: Send + Sync {
     async fn read(&self, key: &str) -> Result<Box<dyn BlobReader>, BlobError>;
     /// A URL serving `key` for `expires_secs`.
     async fn url(&self, key: &str, expires_secs: u32) -> Result<String, BlobError>;
+    /// The largest object a writer can store, and why, where the store
+    /// sets one below any `blob_max_object_mb` (S3: its part count).
+    fn largest_object(&self) -> Option<(u64, String)> {
+        None
+    }
 }
 
 /// An object being written. Dropping it unfinished discards it.

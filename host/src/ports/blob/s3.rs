@@ -113,6 +113,11 @@ where
                 (_, Some("NoSuchBucket")) => {
                     BlobError::Unavailable("the bucket does not exist".into())
                 }
+                // An upload the store lost is no missing object: the
+                // writer's object must be written again.
+                (_, Some("NoSuchUpload")) => BlobError::Other(
+                    "the store no longer knows this upload; write the object again".into(),
+                ),
                 (404, _) | (_, Some("NoSuchKey" | "NotFound")) => BlobError::NotFound,
                 (_, Some("InvalidObjectState")) => BlobError::Other(
                     "the object is archived; it cannot be read until it is restored".into(),
@@ -304,6 +309,17 @@ fn stream_err(e: aws_sdk_s3::primitives::ByteStreamError) -> BlobError {
 
 #[async_trait]
 impl BlobBackend for S3Container {
+    fn largest_object(&self) -> Option<(u64, String)> {
+        let largest = (self.part_size as u64).saturating_mul(MAX_PARTS as u64);
+        Some((
+            largest,
+            format!(
+                "an S3 upload has at most {MAX_PARTS} parts of `part_size_mb` ({} MiB here)",
+                self.part_size >> 20
+            ),
+        ))
+    }
+
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<ObjectInfo, BlobError> {
         let size = data.len() as u64;
         put_object(&self.client, &self.bucket, &self.key(key)?, data).await?;

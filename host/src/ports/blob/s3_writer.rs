@@ -25,8 +25,7 @@ static WRITE_BUFFERS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>
     });
 
 /// The most of [`WRITE_BUFFER_BUDGET`] one app's writers may hold
-/// together, so one tenant's open writers (a byte each reserves a whole
-/// part) never leave the others none.
+/// together, so one tenant's open writers never leave the others none.
 pub const APP_WRITE_BUFFER_SHARE: usize = WRITE_BUFFER_BUDGET / 2;
 
 /// Each app's share, by app name, while any of its containers holds it.
@@ -49,16 +48,6 @@ pub fn app_write_buffers(app: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
     let share = std::sync::Arc::new(tokio::sync::Semaphore::new(APP_WRITE_BUFFER_SHARE / 1024));
     shares.insert(app.to_string(), std::sync::Arc::downgrade(&share));
     share
-}
-
-/// A part's worth of `budget` (in KiB permits) for one writer, from its
-/// first write to its end; `None` if that budget is used up now.
-fn reserve_part(
-    budget: &std::sync::Arc<tokio::sync::Semaphore>,
-    part_size: usize,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let kib = u32::try_from(part_size.div_ceil(1024)).ok()?;
-    budget.clone().try_acquire_many_owned(kib).ok()
 }
 
 /// A writer's part of its app's share and of the host's budget.
@@ -157,6 +146,53 @@ impl S3Writer {
     }
 
     /// Refuses to go on after a lost part.
+    /// Holds `bytes` of buffer from the app's share and the host's budget
+    /// (at least what it held): a writer holds what its buffer may take,
+    /// so a byte written holds a KiB, not a whole part.
+    fn reserve_up_to(&mut self, bytes: usize) -> Result<(), BlobError> {
+        let held = self
+            .reserved
+            .as_ref()
+            .map_or(0, |(app, _)| app.num_permits());
+        let more = bytes.div_ceil(1024).saturating_sub(held);
+        if more == 0 {
+            return Ok(());
+        }
+        let more = u32::try_from(more)
+            .map_err(|_| BlobError::TooLarge("the part size is too large".into()))?;
+        let app = self
+            .app_buffers
+            .clone()
+            .try_acquire_many_owned(more)
+            .map_err(|_| {
+                BlobError::Unavailable(format!(
+                    "this app's writers hold all the upload buffers it may ({} MiB); \
+                     finish or drop some, or retry later",
+                    APP_WRITE_BUFFER_SHARE >> 20
+                ))
+            })?;
+        let host = WRITE_BUFFERS
+            .clone()
+            .try_acquire_many_owned(more)
+            .map_err(|_| {
+                tracing::warn!(
+                    budget_bytes = WRITE_BUFFER_BUDGET,
+                    "every S3 upload buffer of this host is in use"
+                );
+                BlobError::Unavailable(
+                    "the host's upload buffers are all in use; retry later".into(),
+                )
+            })?;
+        match &mut self.reserved {
+            Some((held_app, held_host)) => {
+                held_app.merge(app);
+                held_host.merge(host);
+            }
+            None => self.reserved = Some((app, host)),
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), BlobError> {
         match self.failed {
             true => Err(BlobError::Other(
@@ -171,25 +207,12 @@ impl S3Writer {
 impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
         self.check()?;
-        if self.reserved.is_none() && !chunk.is_empty() {
-            // Before any byte is taken, so a refused write can be retried.
-            let app = reserve_part(&self.app_buffers, self.part_size).ok_or_else(|| {
-                BlobError::Unavailable(format!(
-                    "this app's writers hold all the upload buffers it may ({} MiB); \
-                     finish or drop some, or retry later",
-                    APP_WRITE_BUFFER_SHARE >> 20
-                ))
-            })?;
-            let host = reserve_part(&WRITE_BUFFERS, self.part_size).ok_or_else(|| {
-                tracing::warn!(
-                    budget_bytes = WRITE_BUFFER_BUDGET,
-                    "every S3 upload buffer of this host is in use"
-                );
-                BlobError::Unavailable(
-                    "the host's upload buffers are all in use; retry later".into(),
-                )
-            })?;
-            self.reserved = Some((app, host));
+        // Before any byte is taken, so a refused write can be retried: what
+        // the buffer may grow to with this chunk (doubling, at most a part).
+        let want = self.buf.len() + chunk.len();
+        if want > self.buf.capacity() {
+            let grows_to = want.max(self.buf.capacity() * 2).min(self.part_size);
+            self.reserve_up_to(grows_to)?;
         }
         // Fill the buffer to exactly one part before uploading, so memory
         // is bounded by the part size whatever the chunk sizes are.
@@ -229,7 +252,7 @@ impl BlobWriter for S3Writer {
             if !self.buf.is_empty() {
                 self.upload_part().await?;
             }
-            let part_count = self.parts.len();
+            let expected_tag = multipart_etag(&self.parts);
             let parts = CompletedMultipartUpload::builder()
                 .set_parts(Some(std::mem::take(&mut self.parts)))
                 .build();
@@ -248,7 +271,7 @@ impl BlobWriter for S3Writer {
                 // first try had completed the upload, the retry finds it
                 // gone. The object tells whether it was this upload.
                 Err(e) if e.code() == Some("NoSuchUpload") => {
-                    if !self.completed_as_written(part_count).await {
+                    if !self.completed_as_written(expected_tag.as_deref()).await {
                         return Err(map_err("complete-multipart-upload", e));
                     }
                 }
@@ -267,8 +290,13 @@ impl BlobWriter for S3Writer {
 
 impl S3Writer {
     /// Whether the object now at the key is this writer's upload: its size,
-    /// and the entity tag S3 gives a multipart object (`"<md5>-<parts>"`).
-    async fn completed_as_written(&self, part_count: usize) -> bool {
+    /// and the entity tag S3 gives the object its parts made, `expected`.
+    /// Unknown (`None`: a part's tag is no MD5, as under SSE-KMS) is not
+    /// confirmed: the guest is told the write failed and writes it again.
+    async fn completed_as_written(&self, expected: Option<&str>) -> bool {
+        let Some(expected) = expected else {
+            return false;
+        };
         let head = self
             .client
             .head_object()
@@ -277,10 +305,25 @@ impl S3Writer {
             .send()
             .await;
         let Ok(head) = head else { return false };
-        let suffix = format!("-{part_count}\"");
-        head.content_length() == i64::try_from(self.size).ok()
-            && head.e_tag().is_some_and(|tag| tag.ends_with(&suffix))
+        head.content_length() == i64::try_from(self.size).ok() && head.e_tag() == Some(expected)
     }
+}
+
+/// The entity tag S3 gives a multipart object, `"<md5 of the parts'
+/// MD5s>-<parts>"`, from its parts' tags; `None` if one is no MD5.
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    use md5::Digest as _;
+    let mut md5 = md5::Md5::new();
+    for part in parts {
+        let tag = part.e_tag()?.trim_matches('"');
+        let digest = hex::decode(tag).ok().filter(|d| d.len() == 16)?;
+        md5.update(digest);
+    }
+    Some(format!(
+        "\"{}-{}\"",
+        hex::encode(md5.finalize()),
+        parts.len()
+    ))
 }
 
 /// Starts a multipart upload of `key` and returns its id. The request runs
@@ -342,18 +385,76 @@ impl Drop for S3Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::reserve_part;
+    use std::sync::Arc;
 
+    use tokio::sync::Semaphore;
+
+    use super::{BlobError, BlobWriter as _, CompletedPart, S3Writer, multipart_etag};
+
+    /// S3's tag of a two-part object whose parts were `hello` and `world`.
     #[test]
-    fn parts_are_reserved_from_the_host_budget_until_released() {
-        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(20 * 1024));
-        let first = reserve_part(&budget, 8 << 20).expect("8 of 20 MiB");
-        let second = reserve_part(&budget, 8 << 20).expect("16 of 20 MiB");
-        assert!(reserve_part(&budget, 8 << 20).is_none(), "24 of 20 MiB");
-        drop(first);
-        let third = reserve_part(&budget, 8 << 20).expect("a released part's room");
-        drop((second, third));
-        // A part too large for any budget is refused, not wrapped.
-        assert!(reserve_part(&budget, usize::MAX).is_none());
+    fn the_multipart_tag_is_the_md5_of_the_parts_md5s() {
+        let part = |n, tag: &str| {
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(format!("\"{tag}\""))
+                .build()
+        };
+        let parts = [
+            part(1, "5d41402abc4b2a76b9719d911017c592"),
+            part(2, "7d793037a0760186574b0282f2f435e7"),
+        ];
+        assert_eq!(
+            multipart_etag(&parts).as_deref(),
+            Some("\"065947336a2f2a95ba8899f3675c3be6-2\"")
+        );
+        // A tag that is no MD5 (SSE-KMS) leaves it unknown.
+        assert_eq!(multipart_etag(&[part(1, "not-an-md5")]), None);
+    }
+
+    fn writer(app_buffers: Arc<Semaphore>, part_size: usize) -> S3Writer {
+        use aws_sdk_s3::config::{BehaviorVersion, Region};
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        S3Writer::new(
+            client,
+            "b".into(),
+            "k".into(),
+            "k".into(),
+            part_size,
+            app_buffers,
+        )
+    }
+
+    /// A writer holds what its buffer may take, from the app's share (and
+    /// the host's budget), as it grows: a byte holds a KiB, not a part,
+    /// so writers holding a byte each cannot take every tenant's buffers.
+    /// A write that cannot have its room takes nothing and may be retried.
+    #[tokio::test]
+    async fn a_writer_holds_what_its_buffer_may_take() {
+        let share = Arc::new(Semaphore::new(8 * 1024));
+        let held = || 8 * 1024 - share.available_permits();
+        let mut w = writer(share.clone(), 8 << 20);
+        w.write(&[1]).await.unwrap();
+        assert_eq!(held(), 1, "a byte holds a KiB");
+        w.write(&vec![2; 3 << 20]).await.unwrap();
+        assert_eq!(held(), 3 * 1024 + 1, "3 MiB and a byte");
+        let mut other = writer(share.clone(), 8 << 20);
+        match other.write(&vec![3; 5 << 20]).await {
+            Err(BlobError::Unavailable(why)) => {
+                assert!(why.contains("this app's writers"), "{why}")
+            }
+            r => panic!("more than the share was taken: {:?}", r.is_ok()),
+        }
+        assert_eq!(held(), 3 * 1024 + 1, "the refused write took nothing");
+        assert_eq!(other.size, 0);
+        other.write(&vec![3; 4 << 20]).await.unwrap();
+        drop(w);
+        assert_eq!(held(), 4 * 1024, "a dropped writer gives its room back");
+        drop(other);
+        assert_eq!(held(), 0);
     }
 }
