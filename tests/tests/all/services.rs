@@ -288,6 +288,39 @@ async fn kv_conformance_redis() {
     berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
+/// A tick claim (MQTT's `messaging.tick_claims`) given back after its
+/// publish failed can be claimed again, so the retry publishes the tick;
+/// giving back another host's claim does nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn tick_claims_are_given_back_only_by_their_holder_redis() {
+    use berth::ports::kv::redis::{RedisBucket, RedisSettings};
+    let Some(url) = service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique("claims");
+    let claims = RedisBucket::connect(&RedisSettings {
+        url: berth::secret::Secret::new(url.clone()),
+        prefix: format!("{prefix}:"),
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    assert!(claims.claim("tick-1", "host-a", ttl).await.unwrap());
+    assert!(!claims.claim("tick-1", "host-b", ttl).await.unwrap());
+    claims.release_claim("tick-1", "host-b").await.unwrap();
+    assert!(
+        !claims.claim("tick-1", "host-b", ttl).await.unwrap(),
+        "still host-a's"
+    );
+    claims.release_claim("tick-1", "host-a").await.unwrap();
+    assert!(
+        claims.claim("tick-1", "host-b", ttl).await.unwrap(),
+        "given back"
+    );
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_apps_do_not_share_keys_redis() {
     let Some(url) = service("BERTH_TEST_REDIS_URL") else {

@@ -413,6 +413,23 @@ impl RedisBucket {
         Ok(set.is_some())
     }
 
+    /// Gives back a claim of [`Self::claim`]: deletes `key` if it still
+    /// holds `value` (this caller's claim, not one made since it expired).
+    pub async fn release_claim(&self, key: &str, value: &str) -> Result<(), KvError> {
+        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+        });
+        RELEASE
+            .key(self.key(key))
+            .arg(value)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(map)
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }

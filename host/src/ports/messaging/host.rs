@@ -139,6 +139,14 @@ fn check_headers(headers: &[(String, String)]) -> Result<(), MessagingError> {
                 "header {name:?}: names starting with `berth-` are reserved for the host"
             )));
         }
+        // RabbitMQ routes by these (sender-selected distribution) and
+        // closes the channel on a string value: refused everywhere, so a
+        // guest behaves alike on every broker.
+        if ["cc", "bcc"].iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            return Err(MessagingError::InvalidInput(format!(
+                "header {name:?}: `CC` and `BCC` are reserved for the broker (RabbitMQ routes by them)"
+            )));
+        }
         let bad_name = name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
         if bad_name
             || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0')
@@ -253,7 +261,7 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
-        for name in ["Nats-Rollup", "nats-msg-id"] {
+        for name in ["Nats-Rollup", "nats-msg-id", "CC", "bcc"] {
             match check_headers(&headers(&[name])) {
                 Err(MessagingError::InvalidInput(m)) => {
                     assert!(m.contains("reserved for the broker"), "{name}: {m}");
@@ -265,7 +273,15 @@ mod tests {
 
     #[test]
     fn ordinary_headers_pass() {
-        let ok = headers(&["trace-id", "berth", "berthx-error", "x-berth-error", "seq"]);
+        let ok = headers(&[
+            "trace-id",
+            "berth",
+            "berthx-error",
+            "x-berth-error",
+            "seq",
+            "ccx",
+            "x-bcc",
+        ]);
         assert_eq!(check_headers(&ok), Ok(()));
         assert!(!is_host_header("berth"));
         assert!(!is_host_header("bert\u{e9}-x"));

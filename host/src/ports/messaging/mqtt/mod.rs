@@ -330,6 +330,16 @@ impl MessagingBackend for MqttBroker {
                 tracing::debug!(topic, id, "another host publishes this id");
                 return Ok(());
             }
+            let sent = self.send(topic, id, payload, headers).await;
+            if sent.is_err() {
+                // Given back, so the retry of this id (the schedule's,
+                // here or on another host) can claim it again; kept, it
+                // would make every retry skip the tick.
+                if let Err(e) = claims.release_claim(id, &self.client_id).await {
+                    tracing::warn!(topic, id, error = %e, "cannot give back the claim of a tick that was not published; it lapses with its TTL");
+                }
+            }
+            return sent;
         }
         self.send(topic, id, payload, headers).await
     }

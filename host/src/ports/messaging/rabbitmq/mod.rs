@@ -363,8 +363,15 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Publishes on a confirm-mode channel and waits for the broker's answer;
-/// `Ok(false)` when a `mandatory` message was returned unrouted.
+/// Longest a publish waits for the broker's confirm. Without a bound, a
+/// broker blocking publishers (a memory or disk alarm) would hold the
+/// host's own publishes (dead letters, retries, replies) for ever; a
+/// guest's are bounded by its invocation's time limit too.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Publishes on a confirm-mode channel and waits for the broker's answer
+/// (at most [`CONFIRM_TIMEOUT`]); `Ok(false)` when a `mandatory` message
+/// was returned unrouted.
 async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -377,11 +384,20 @@ async fn publish_confirmed(
         mandatory,
         ..Default::default()
     };
-    let confirm = channel
-        .basic_publish(exchange, routing_key, options, payload, properties)
+    let confirmed = async {
+        channel
+            .basic_publish(exchange, routing_key, options, payload, properties)
+            .await?
+            .await
+    };
+    let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
         .await
-        .map_err(unavailable)?
-        .await
+        .map_err(|_| {
+            MessagingError::Unavailable(format!(
+                "the broker did not confirm the message within {} s (a broker under a memory or disk alarm stops reading from publishers)",
+                CONFIRM_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(unavailable)?;
     match confirm {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(true),
