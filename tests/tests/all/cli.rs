@@ -18,7 +18,10 @@ pub(crate) fn berth() -> Command {
         bin.display()
     );
     let mut cmd = Command::new(bin);
-    cmd.env("BERTH_LOG", "warn");
+    // Quiet, unless a run that investigates asks for more
+    // (`BERTH_TEST_HOST_LOG=info,berth::ports=debug`).
+    let log = std::env::var("BERTH_TEST_HOST_LOG").unwrap_or_else(|_| "warn".into());
+    cmd.env("BERTH_LOG", log);
     cmd
 }
 

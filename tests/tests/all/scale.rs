@@ -339,6 +339,19 @@ async fn messaging_three_hosts_share_work_and_survive_kill_mqtt() {
     three_hosts_share_work_and_survive_kill(Shared::Mqtt(mqtt)).await;
 }
 
+/// A host stopped with SIGTERM leaves what the broker dealt it and it did
+/// not settle (messages it received after it stopped taking them) to the
+/// others: its trigger client goes without DISCONNECT, so its will tells
+/// them to finish its session (a DISCONNECT would discard the will, and
+/// those messages would wait in the session until it expired).
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_three_hosts_share_work_and_survive_stop_mqtt() {
+    let Some(mqtt) = service("BERTH_TEST_MQTT_URL") else {
+        return;
+    };
+    three_hosts_share_work_and_survive(Shared::Mqtt(mqtt), Departure::Stop).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messaging_three_hosts_share_work_and_survive_stop_kafka() {
     let Some(kafka) = service("BERTH_TEST_KAFKA_URL") else {
@@ -353,6 +366,13 @@ async fn messaging_three_hosts_share_work_and_survive_stop_kafka() {
 /// once, every host did part of the work, and a killed host's unsettled
 /// messages were delivered again to the others.
 async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
+    let departure = broker.departure();
+    three_hosts_share_work_and_survive(broker, departure).await;
+}
+
+/// As [`three_hosts_share_work_and_survive_kill`], with the host leaving
+/// by `departure`.
+async fn three_hosts_share_work_and_survive(broker: Shared, departure: Departure) {
     let Some(pg) = service("BERTH_TEST_POSTGRES_URL") else {
         return;
     };
@@ -407,7 +427,6 @@ async fn three_hosts_share_work_and_survive_kill(broker: Shared) {
     }
     let victim = hosts.remove(0);
     let victim_name = victim.name.clone();
-    let departure = broker.departure();
     match departure {
         Departure::Kill => drop(victim),
         Departure::Stop => victim.stop(),

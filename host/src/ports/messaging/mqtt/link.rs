@@ -112,6 +112,9 @@ pub(super) struct Shared {
     pub(super) epoch: AtomicU64,
     /// The broker's maximum packet size (0: none announced).
     pub(super) max_packet: AtomicU32,
+    /// The client's trigger stopped (see [`Link::stop_fetching`]): once
+    /// its connection ends, it does not connect again.
+    pub(super) fetching_stopped: AtomicBool,
 }
 
 /// A publish for the sending task.
@@ -183,6 +186,9 @@ impl Link {
         reconnect: bool,
     ) -> Result<(Link, bool), MessagingError> {
         let name = options.client_id();
+        // A trigger's own client (not one finishing another's session)
+        // leaves without DISCONNECT, so that its will goes out.
+        let leave_will = reconnect && options.last_will().is_some();
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop) = oneshot::channel();
@@ -200,6 +206,7 @@ impl Link {
             first: true,
             up: false,
             reconnect,
+            leave_will,
         };
         tokio::spawn(driver.run());
         tokio::spawn(send_publishes(client.clone(), shared.clone(), jobs_rx));
@@ -250,6 +257,16 @@ impl Link {
             Ok(Err(_)) => Err(unavailable("the mqtt client stopped")),
             Err(_) => Err(unavailable("no puback before the timeout")),
         }
+    }
+
+    /// The client's trigger takes no more deliveries: once its connection
+    /// ends, the client does not connect again (see [`Driver::run`]). Its
+    /// filters stay subscribed: what the broker deals it meanwhile, and
+    /// what it does not settle, another host hands out after its will
+    /// (unsubscribing them there, which a second unsubscribe would break:
+    /// rumqttc ends a connection whose unsubscribe the broker refuses).
+    pub(super) fn stop_fetching(&self) {
+        self.shared.fetching_stopped.store(true, Ordering::SeqCst);
     }
 
     /// The connection the client is on.
@@ -336,6 +353,9 @@ pub(super) struct Driver {
     pub(super) up: bool,
     /// Whether a lost connection is made again, or ends the client.
     pub(super) reconnect: bool,
+    /// Whether the client ends without DISCONNECT, so the broker sends its
+    /// will (see [`Driver::shutdown`]).
+    pub(super) leave_will: bool,
 }
 
 impl Driver {
@@ -372,7 +392,13 @@ impl Driver {
                         return;
                     }
                     self.failed(&e);
-                    if !self.reconnect {
+                    // A trigger's client that stopped fetching does not
+                    // come back: with a stable `client_id`, the app's next
+                    // version took its session (and gets again what it did
+                    // not settle), and coming back would take it from that
+                    // one in turn; otherwise its will brings what it held
+                    // to another host.
+                    if !self.reconnect || self.shared.fetching_stopped.load(Ordering::SeqCst) {
                         break;
                     }
                     // The next poll reconnects.
@@ -472,8 +498,40 @@ impl Driver {
         }
     }
 
-    /// Sends DISCONNECT, so the broker does not wait for the keep-alive.
+    /// Sends DISCONNECT, so the broker does not wait for the keep-alive;
+    /// or, for a trigger's client, closes the connection without one,
+    /// once what it queued (its last acks) was sent. A DISCONNECT
+    /// discards the will, and with it the only way another host (or the
+    /// app's next version) learns to finish the session: what the broker
+    /// dealt this client and it did not settle (handlers cut off by the
+    /// shutdown grace, messages it received after it stopped taking them)
+    /// would wait there unseen until the session expired. Without it the
+    /// will goes out after [`super::WILL_DELAY`], unless the client comes
+    /// back first under the same id (a stable `client_id`).
     pub(super) async fn shutdown(mut self) {
+        if self.leave_will {
+            if !self.up {
+                // Polling would connect again, and take the session back.
+                return;
+            }
+            // Requests go out in order: once an unsubscribe queued last is
+            // answered, everything before it was sent. Its filter was
+            // never subscribed, so the broker refuses it, which ends the
+            // connection (rumqttc takes a refusal for an error).
+            let flush = format!("berth-flush/{}", self.name);
+            if self.client.try_unsubscribe(flush).is_ok() {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                    loop {
+                        match self.eventloop.poll().await {
+                            Ok(Event::Incoming(Packet::UnsubAck(_))) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+            }
+            return;
+        }
         let _ = self.client.try_disconnect();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             loop {

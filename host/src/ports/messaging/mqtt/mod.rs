@@ -49,8 +49,10 @@
 //!   session (MQTT 5 lets a broker pass them to another member; Mosquitto
 //!   does not). So each trigger client has a will, and the host that hears
 //!   of it finishes the dead host's session (see [`takeover`]). A
-//!   subscription that is dropped unsubscribes first, so a host that stops
-//!   cleanly is no longer dealt messages.
+//!   trigger's client never sends DISCONNECT, which would discard the
+//!   will: a host that stops, or an app version a reload replaces, has its
+//!   session finished in the same way, what it was dealt and did not
+//!   settle handed out by another host, which unsubscribes its filters.
 //! - MQTT cannot drop a copy by id, so with `tick_claims` (a Redis URL the
 //!   hosts share) a host publishes an id every host publishes (a schedule
 //!   tick) only if it claims the id there first (`SET NX`, kept an hour).
@@ -69,7 +71,7 @@
 //!   reconnects. Delivery is at least once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -140,7 +142,8 @@ const REQUEST_CAPACITY: usize = 64;
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Pause between reconnect attempts.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
-/// How long a stopping client may take to send its DISCONNECT.
+/// How long a stopping client may take to send its DISCONNECT (or, a
+/// trigger's, its last acks).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Settings of an app's MQTT broker.
@@ -209,8 +212,14 @@ impl MqttBroker {
         }
         let reply_topic = reply_topic(&s.app, &s.client_id);
         let replies = Replies::default();
+        // A suffix of its own per load: a reload under a stable
+        // `client_id` runs the app's old and new versions side by side for
+        // a while, and two clients under one id would take the connection
+        // from each other, back and forth, until the old one went. Its
+        // session is clean, so nothing is lost with the id.
+        let publisher_id = format!("{}-p{:08x}", s.client_id, rand::random::<u32>());
         let link = Link::connect(
-            mqtt_options(&target, &s.client_id, s.timeout, Role::Publisher),
+            mqtt_options(&target, &publisher_id, s.timeout, Role::Publisher),
             vec![Filter::new(reply_topic.clone(), QoS::AtLeastOnce)],
             Inbox::Replies(replies.clone()),
             s.timeout,
@@ -449,7 +458,7 @@ impl MessagingBackend for MqttBroker {
             timeout: self.timeout,
             session_expiry_secs: self.session_expiry_secs,
         };
-        let mut subscription = MqttSubscription::new(Arc::new(spec), link, inbox, true);
+        let mut subscription = MqttSubscription::new(Arc::new(spec), link, inbox);
         subscription.watcher = Some(Watcher {
             _link: watcher,
             inbox: watched,

@@ -49,8 +49,6 @@ pub(super) struct MqttSubscription {
     pub(super) reply_prefix: String,
     /// Where the broker announces the trigger's clients that went away.
     pub(super) orphan_topic: String,
-    /// The subscribed filters, to unsubscribe when dropped.
-    pub(super) filters: Vec<String>,
     pub(super) timeout: Duration,
     /// Lives as long as the subscription: its ackers' copies have a
     /// subscriber (this one) until it is dropped.
@@ -69,13 +67,11 @@ pub(super) struct MqttSubscription {
 
 impl MqttSubscription {
     /// Reads the deliveries `link` puts into `inbox` for the trigger of
-    /// `spec`. A subscription that `owns_filters` unsubscribes them when
-    /// dropped.
+    /// `spec`.
     pub(super) fn new(
         spec: Arc<TriggerSpec>,
         link: Link,
         inbox: mpsc::UnboundedReceiver<Inbound>,
-        owns_filters: bool,
     ) -> MqttSubscription {
         let (app, consumer, topic) = (&spec.app, &spec.consumer, &spec.topic);
         let (orphans_tx, orphans) = mpsc::unbounded_channel();
@@ -88,11 +84,6 @@ impl MqttSubscription {
             retry_prefix: retry_prefix(app, consumer, topic),
             reply_prefix: format!("berth/{app}/reply/"),
             orphan_topic: orphan_topic(app, consumer, topic),
-            filters: if owns_filters {
-                spec.filters.clone()
-            } else {
-                Vec::new()
-            },
             timeout: spec.timeout,
             alive: Arc::new(()),
             orphans,
@@ -126,6 +117,17 @@ pub(super) enum Received {
 
 #[async_trait]
 impl Subscription for MqttSubscription {
+    /// The app is stopping: the client does not connect again once its
+    /// connection ends (with a stable `client_id`, the app's next version
+    /// takes its session from it, and would be taken it back), and the
+    /// orphan watcher goes, so the wills of hosts that went away reach a
+    /// host that still takes messages. What this client holds is settled
+    /// by its handlers, or finished by another host after its will.
+    fn stop_fetching(&mut self) {
+        self.link.stop_fetching();
+        self.watcher = None;
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             if let Some(delivery) = self.pending.take() {
@@ -167,12 +169,11 @@ impl Subscription for MqttSubscription {
 
 impl Drop for MqttSubscription {
     fn drop(&mut self) {
-        // The session outlives the connection. Without this, the broker
-        // would keep dealing this host a share of the messages until the
-        // session expires, and they would be lost.
-        for filter in &self.filters {
-            let _ = self.link.client.try_unsubscribe(filter.clone());
-        }
+        // The session outlives the connection, its filters subscribed:
+        // another host finishes it after the client's will (see
+        // `Driver::shutdown`), handing out what it was dealt and did not
+        // settle, and unsubscribes them.
+        self.link.stop_fetching();
     }
 }
 

@@ -4,8 +4,10 @@
 //! session, and keeps the ones dealt to a member that disconnected in its
 //! session until it expires; MQTT 5 lets a broker hand them to another
 //! member, and Mosquitto does not. So each trigger client connects with a
-//! will: if it goes away without a word (a crash, `kill -9`, a lost
-//! machine) and does not come back within [`WILL_DELAY`], the broker
+//! will, and never sends DISCONNECT (which would discard it): once it goes
+//! away (a crash, `kill -9`, a lost machine, or its trigger stopping: a
+//! shutdown, or a reload that replaces the app) and does not come back
+//! within [`WILL_DELAY`], the broker
 //! publishes its client id to the trigger's orphan topic. Every host
 //! watches that topic through one share, from a client whose session ends
 //! with its connection (a host that is gone is not dealt the will). The
@@ -110,7 +112,7 @@ async fn drain(
             tracing::debug!(error = %e, "cannot unsubscribe a taken-over mqtt session");
         }
     }
-    let mut session = MqttSubscription::new(spec, link, inbox, false);
+    let mut session = MqttSubscription::new(spec, link, inbox);
     let unsettled = Arc::new(AtomicUsize::new(0));
     loop {
         let inbound = match tokio::time::timeout(QUIET, session.inbox.recv()).await {
