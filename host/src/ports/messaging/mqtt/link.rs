@@ -112,8 +112,9 @@ pub(super) struct Shared {
     pub(super) epoch: AtomicU64,
     /// The broker's maximum packet size (0: none announced).
     pub(super) max_packet: AtomicU32,
-    /// The client's trigger stopped (see [`Link::stop_fetching`]): once
-    /// its connection ends, it does not connect again.
+    /// The client's trigger stopped (see [`Link::stop_fetching`]): its
+    /// filters are unsubscribed, and once its connection ends it does not
+    /// connect again.
     pub(super) fetching_stopped: AtomicBool,
 }
 
@@ -244,11 +245,15 @@ impl Link {
                 properties,
                 done,
             })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    unavailable("too many publishes waiting for the broker")
-                }
-                mpsc::error::TrySendError::Closed(_) => unavailable("the mqtt client stopped"),
+            .map_err(|e| {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        "too many publishes waiting for the broker"
+                    }
+                    mpsc::error::TrySendError::Closed(_) => "the mqtt client stopped",
+                };
+                tracing::debug!(why, "an mqtt publish was not queued");
+                MessagingError::Unavailable(NOT_SENT.into())
             })?;
         // Giving up here leaves the waiter in place: the accounting stays
         // in step with the event loop, and the late PUBACK finds nobody.
@@ -259,14 +264,19 @@ impl Link {
         }
     }
 
-    /// The client's trigger takes no more deliveries: once its connection
-    /// ends, the client does not connect again (see [`Driver::run`]). Its
-    /// filters stay subscribed: what the broker deals it meanwhile, and
-    /// what it does not settle, another host hands out after its will
-    /// (unsubscribing them there, which a second unsubscribe would break:
-    /// rumqttc ends a connection whose unsubscribe the broker refuses).
-    pub(super) fn stop_fetching(&self) {
-        self.shared.fetching_stopped.store(true, Ordering::SeqCst);
+    /// The client's trigger takes no more deliveries: its `filters` are
+    /// unsubscribed (once), so the broker deals the other members what
+    /// would have come here while what it holds is settled, and once its
+    /// connection ends the client does not connect again (see
+    /// [`Driver::run`]). What it does not settle, another host hands out
+    /// after its will.
+    pub(super) fn stop_fetching(&self, filters: &[String]) {
+        if self.shared.fetching_stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for filter in filters {
+            let _ = self.client.try_unsubscribe(filter.clone());
+        }
     }
 
     /// The connection the client is on.
@@ -274,6 +284,13 @@ impl Link {
         self.shared.epoch.load(Ordering::SeqCst)
     }
 }
+
+/// The error of a publish that surely never reached the broker (its
+/// queue was full, or the client stopped), told apart from one whose
+/// PUBACK did not come in time, which may have been published.
+pub(super) const NOT_SENT: &str = "the broker cannot take the message now";
+/// The error of a publish the broker refused.
+pub(super) const REFUSED: &str = "the broker refused the message";
 
 /// Publishes queued per client before publishers get `unavailable`.
 pub(super) const MAX_QUEUED_PUBLISHES: usize = 1024;
@@ -407,7 +424,10 @@ impl Driver {
                         _ = &mut self.stop => true,
                         () = tokio::time::sleep(RECONNECT_DELAY) => false,
                     };
-                    if stopped {
+                    // Its trigger may have stopped meanwhile: connecting
+                    // again would take the session from the app's next
+                    // version (a stable `client_id`).
+                    if stopped || self.shared.fetching_stopped.load(Ordering::SeqCst) {
                         break;
                     }
                 }
@@ -426,9 +446,7 @@ impl Driver {
         self.shared.max_packet.store(max, Ordering::Relaxed);
         let refused = lock(&self.shared.acks).reconnected(resent(&self.eventloop.pending));
         for waiter in refused {
-            let _ = waiter.send(Err(MessagingError::Unavailable(
-                "the broker refused the message".into(),
-            )));
+            let _ = waiter.send(Err(MessagingError::Unavailable(REFUSED.into())));
         }
         if !self.first && !self.up {
             tracing::info!(client = %self.name, "mqtt connection restored");

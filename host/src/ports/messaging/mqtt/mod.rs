@@ -49,10 +49,11 @@
 //!   session (MQTT 5 lets a broker pass them to another member; Mosquitto
 //!   does not). So each trigger client has a will, and the host that hears
 //!   of it finishes the dead host's session (see [`takeover`]). A
-//!   trigger's client never sends DISCONNECT, which would discard the
-//!   will: a host that stops, or an app version a reload replaces, has its
-//!   session finished in the same way, what it was dealt and did not
-//!   settle handed out by another host, which unsubscribes its filters.
+//!   trigger that stops unsubscribes its share filters first, so it is
+//!   dealt nothing more, and its client never sends DISCONNECT, which
+//!   would discard the will: a host that stops, or an app version a
+//!   reload replaces, has its session finished in the same way, what it
+//!   was dealt and did not settle handed out by another host.
 //! - MQTT cannot drop a copy by id, so with `tick_claims` (a Redis URL the
 //!   hosts share) a host publishes an id every host publishes (a schedule
 //!   tick) only if it claims the id there first (`SET NX`, kept an hour).
@@ -340,13 +341,18 @@ impl MessagingBackend for MqttBroker {
                 return Ok(());
             }
             let sent = self.send(topic, id, payload, headers).await;
-            if sent.is_err() {
-                // Given back, so the retry of this id (the schedule's,
-                // here or on another host) can claim it again; kept, it
-                // would make every retry skip the tick.
-                if let Err(e) = claims.release_claim(id, &self.client_id).await {
-                    tracing::warn!(topic, id, error = %e, "cannot give back the claim of a tick that was not published; it lapses with its TTL");
-                }
+            // Given back when the tick surely was not published, so the
+            // retry of this id (the schedule's, here or on another host)
+            // can claim it again; kept, it would make every retry skip
+            // the tick. Not when its PUBACK was only late: it may have
+            // gone out, and the client sends it once it reconnects.
+            let not_published = match &sent {
+                Err(MessagingError::TooLarge(_)) => true,
+                Err(MessagingError::Unavailable(m)) => m == link::NOT_SENT || m == link::REFUSED,
+                _ => false,
+            };
+            if not_published && let Err(e) = claims.release_claim(id, &self.client_id).await {
+                tracing::warn!(topic, id, error = %e, "cannot give back the claim of a tick that was not published; it lapses with its TTL");
             }
             return sent;
         }
@@ -458,7 +464,7 @@ impl MessagingBackend for MqttBroker {
             timeout: self.timeout,
             session_expiry_secs: self.session_expiry_secs,
         };
-        let mut subscription = MqttSubscription::new(Arc::new(spec), link, inbox);
+        let mut subscription = MqttSubscription::new(Arc::new(spec), link, inbox, true);
         subscription.watcher = Some(Watcher {
             _link: watcher,
             inbox: watched,

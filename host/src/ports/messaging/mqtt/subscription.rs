@@ -49,6 +49,9 @@ pub(super) struct MqttSubscription {
     pub(super) reply_prefix: String,
     /// Where the broker announces the trigger's clients that went away.
     pub(super) orphan_topic: String,
+    /// The share filters it subscribed, to unsubscribe when its trigger
+    /// stops.
+    pub(super) filters: Vec<String>,
     pub(super) timeout: Duration,
     /// Lives as long as the subscription: its ackers' copies have a
     /// subscriber (this one) until it is dropped.
@@ -67,11 +70,13 @@ pub(super) struct MqttSubscription {
 
 impl MqttSubscription {
     /// Reads the deliveries `link` puts into `inbox` for the trigger of
-    /// `spec`.
+    /// `spec`. A subscription that `owns_filters` unsubscribes them when
+    /// its trigger stops (a taken-over session's unsubscribed them at once).
     pub(super) fn new(
         spec: Arc<TriggerSpec>,
         link: Link,
         inbox: mpsc::UnboundedReceiver<Inbound>,
+        owns_filters: bool,
     ) -> MqttSubscription {
         let (app, consumer, topic) = (&spec.app, &spec.consumer, &spec.topic);
         let (orphans_tx, orphans) = mpsc::unbounded_channel();
@@ -84,6 +89,11 @@ impl MqttSubscription {
             retry_prefix: retry_prefix(app, consumer, topic),
             reply_prefix: format!("berth/{app}/reply/"),
             orphan_topic: orphan_topic(app, consumer, topic),
+            filters: if owns_filters {
+                spec.filters.clone()
+            } else {
+                Vec::new()
+            },
             timeout: spec.timeout,
             alive: Arc::new(()),
             orphans,
@@ -117,14 +127,16 @@ pub(super) enum Received {
 
 #[async_trait]
 impl Subscription for MqttSubscription {
-    /// The app is stopping: the client does not connect again once its
-    /// connection ends (with a stable `client_id`, the app's next version
-    /// takes its session from it, and would be taken it back), and the
-    /// orphan watcher goes, so the wills of hosts that went away reach a
-    /// host that still takes messages. What this client holds is settled
-    /// by its handlers, or finished by another host after its will.
+    /// The app is stopping: the share filters are unsubscribed, so the
+    /// broker deals the other members what would have come here; the
+    /// client does not connect again once its connection ends (with a
+    /// stable `client_id`, the app's next version takes its session from
+    /// it, and would be taken it back); and the orphan watcher goes, so the
+    /// wills of hosts that went away reach a host that still takes
+    /// messages. What this client holds is settled by its handlers, or
+    /// finished by another host after its will.
     fn stop_fetching(&mut self) {
-        self.link.stop_fetching();
+        self.link.stop_fetching(&self.filters);
         self.watcher = None;
     }
 
@@ -169,11 +181,11 @@ impl Subscription for MqttSubscription {
 
 impl Drop for MqttSubscription {
     fn drop(&mut self) {
-        // The session outlives the connection, its filters subscribed:
-        // another host finishes it after the client's will (see
-        // `Driver::shutdown`), handing out what it was dealt and did not
-        // settle, and unsubscribes them.
-        self.link.stop_fetching();
+        // The session outlives the connection: without this, the broker
+        // would keep dealing it a share of the messages until another host
+        // finishes it after the client's will (see `Driver::shutdown`),
+        // handing out what it was dealt and did not settle.
+        self.link.stop_fetching(&self.filters);
     }
 }
 

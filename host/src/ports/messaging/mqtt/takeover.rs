@@ -107,12 +107,23 @@ async fn drain(
     inbox: mpsc::UnboundedReceiver<Inbound>,
     out: &mpsc::UnboundedSender<Delivery>,
 ) -> bool {
+    // Subscribed first, so that each unsubscribe finds its filter: the
+    // session's own client may have unsubscribed them as it stopped, or
+    // another host finished part of it, and rumqttc ends the connection
+    // on an unsubscribe the broker refuses (no such subscription).
+    let filters = spec
+        .filters
+        .iter()
+        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+    if let Err(e) = link.client.subscribe_many(filters).await {
+        tracing::debug!(error = %e, "cannot subscribe a taken-over mqtt session");
+    }
     for filter in &spec.filters {
         if let Err(e) = link.client.unsubscribe(filter.clone()).await {
             tracing::debug!(error = %e, "cannot unsubscribe a taken-over mqtt session");
         }
     }
-    let mut session = MqttSubscription::new(spec, link, inbox);
+    let mut session = MqttSubscription::new(spec, link, inbox, false);
     let unsettled = Arc::new(AtomicUsize::new(0));
     loop {
         let inbound = match tokio::time::timeout(QUIET, session.inbox.recv()).await {
