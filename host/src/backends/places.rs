@@ -74,6 +74,10 @@ pub(super) fn embedded_path(
     {
         return Ok(places.open_in.join(default));
     }
+    // Before the path is claimed: one refused must not stay the app's.
+    if let Ok(path) = ownership::substitute(&raw, origin.app) {
+        keep_custom_paths_apart(origin, key, &path.components().collect::<PathBuf>(), places)?;
+    }
     let claim = !places.dry_run();
     let path = ownership::app_path(
         &raw,
@@ -84,7 +88,6 @@ pub(super) fn embedded_path(
         claim,
     )
     .map_err(|m| origin.err(key, m))?;
-    keep_custom_paths_apart(origin, key, &path, places)?;
     Ok(if claim {
         path
     } else {

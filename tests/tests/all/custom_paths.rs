@@ -114,6 +114,12 @@ async fn custom_paths_of_one_app_are_kept_apart_fs() {
             );
         }
     }
+    // A refused path was not claimed: the first case's root (the SQL
+    // path, claimed first, holds no other app's data either way).
+    assert!(
+        !srv.path().join("apart.berth-owner").exists(),
+        "the refused root stays unclaimed"
+    );
     let config = format!(
         "[blob.files]\ntype = \"fs\"\nroot = {:?}\n[blob.other]\ntype = \"fs\"\nroot = {:?}\n[sql.main]\ntype = \"sqlite\"\npath = {:?}\n",
         at("files"),

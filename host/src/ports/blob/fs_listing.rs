@@ -37,8 +37,9 @@ pub(super) fn page(
 /// hold the page once per level.
 const HELD_MOST: usize = 4096;
 
-/// What each level keeps once [`HELD_MOST`] is reached (a key is at most
-/// 512 levels deep, so all together stay within a few MiB).
+/// What each level keeps at first once [`HELD_MOST`] is reached (a key is
+/// at most 512 levels deep, so all together stay within a few MiB); the
+/// level being read doubles it at each read it needs.
 const HELD_PAST_THE_BOUND: usize = 16;
 
 /// Collects the regular files below `dir` (whose key is `dir_key`) that
@@ -98,12 +99,10 @@ fn walk(
         if read_all {
             return Ok(());
         }
-        room = may_hold(
-            wanted
-                .count
-                .saturating_sub(out.len())
-                .max(room.saturating_mul(2)),
-        );
+        // Doubling from what it kept, past the bound too: a level kept
+        // small by the levels above reads its directory a few times per
+        // page, not once per few keys. Only the level being read grows.
+        room = may_hold(wanted.count.saturating_sub(out.len())).max(room.saturating_mul(2));
     }
     Ok(())
 }

@@ -25,7 +25,8 @@ static WRITE_BUFFERS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>
     });
 
 /// The most of [`WRITE_BUFFER_BUDGET`] one app's writers may hold
-/// together, so one tenant's open writers never leave the others none.
+/// together, so one tenant's open writers (a byte each reserves a whole
+/// part) never leave the others none.
 pub const APP_WRITE_BUFFER_SHARE: usize = WRITE_BUFFER_BUDGET / 2;
 
 /// Each app's share, by app name, while any of its containers holds it.
@@ -48,6 +49,16 @@ pub fn app_write_buffers(app: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
     let share = std::sync::Arc::new(tokio::sync::Semaphore::new(APP_WRITE_BUFFER_SHARE / 1024));
     shares.insert(app.to_string(), std::sync::Arc::downgrade(&share));
     share
+}
+
+/// A part's worth of `budget` (in KiB permits) for one writer, from its
+/// first write to its end; `None` if that budget is used up now.
+fn reserve_part(
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+    part_size: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let kib = u32::try_from(part_size.div_ceil(1024)).ok()?;
+    budget.clone().try_acquire_many_owned(kib).ok()
 }
 
 /// A writer's part of its app's share and of the host's budget.
@@ -146,53 +157,6 @@ impl S3Writer {
     }
 
     /// Refuses to go on after a lost part.
-    /// Holds `bytes` of buffer from the app's share and the host's budget
-    /// (at least what it held): a writer holds what its buffer may take,
-    /// so a byte written holds a KiB, not a whole part.
-    fn reserve_up_to(&mut self, bytes: usize) -> Result<(), BlobError> {
-        let held = self
-            .reserved
-            .as_ref()
-            .map_or(0, |(app, _)| app.num_permits());
-        let more = bytes.div_ceil(1024).saturating_sub(held);
-        if more == 0 {
-            return Ok(());
-        }
-        let more = u32::try_from(more)
-            .map_err(|_| BlobError::TooLarge("the part size is too large".into()))?;
-        let app = self
-            .app_buffers
-            .clone()
-            .try_acquire_many_owned(more)
-            .map_err(|_| {
-                BlobError::Unavailable(format!(
-                    "this app's writers hold all the upload buffers it may ({} MiB); \
-                     finish or drop some, or retry later",
-                    APP_WRITE_BUFFER_SHARE >> 20
-                ))
-            })?;
-        let host = WRITE_BUFFERS
-            .clone()
-            .try_acquire_many_owned(more)
-            .map_err(|_| {
-                tracing::warn!(
-                    budget_bytes = WRITE_BUFFER_BUDGET,
-                    "every S3 upload buffer of this host is in use"
-                );
-                BlobError::Unavailable(
-                    "the host's upload buffers are all in use; retry later".into(),
-                )
-            })?;
-        match &mut self.reserved {
-            Some((held_app, held_host)) => {
-                held_app.merge(app);
-                held_host.merge(host);
-            }
-            None => self.reserved = Some((app, host)),
-        }
-        Ok(())
-    }
-
     fn check(&self) -> Result<(), BlobError> {
         match self.failed {
             true => Err(BlobError::Other(
@@ -207,12 +171,25 @@ impl S3Writer {
 impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
         self.check()?;
-        // Before any byte is taken, so a refused write can be retried: what
-        // the buffer may grow to with this chunk (doubling, at most a part).
-        let want = self.buf.len() + chunk.len();
-        if want > self.buf.capacity() {
-            let grows_to = want.max(self.buf.capacity() * 2).min(self.part_size);
-            self.reserve_up_to(grows_to)?;
+        if self.reserved.is_none() && !chunk.is_empty() {
+            // Before any byte is taken, so a refused write can be retried.
+            let app = reserve_part(&self.app_buffers, self.part_size).ok_or_else(|| {
+                BlobError::Unavailable(format!(
+                    "this app's writers hold all the upload buffers it may ({} MiB); \
+                     finish or drop some, or retry later",
+                    APP_WRITE_BUFFER_SHARE >> 20
+                ))
+            })?;
+            let host = reserve_part(&WRITE_BUFFERS, self.part_size).ok_or_else(|| {
+                tracing::warn!(
+                    budget_bytes = WRITE_BUFFER_BUDGET,
+                    "every S3 upload buffer of this host is in use"
+                );
+                BlobError::Unavailable(
+                    "the host's upload buffers are all in use; retry later".into(),
+                )
+            })?;
+            self.reserved = Some((app, host));
         }
         // Fill the buffer to exactly one part before uploading, so memory
         // is bounded by the part size whatever the chunk sizes are.
@@ -385,11 +362,7 @@ impl Drop for S3Writer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tokio::sync::Semaphore;
-
-    use super::{BlobError, BlobWriter as _, CompletedPart, S3Writer, multipart_etag};
+    use super::{CompletedPart, multipart_etag, reserve_part};
 
     /// S3's tag of a two-part object whose parts were `hello` and `world`.
     #[test]
@@ -412,49 +385,16 @@ mod tests {
         assert_eq!(multipart_etag(&[part(1, "not-an-md5")]), None);
     }
 
-    fn writer(app_buffers: Arc<Semaphore>, part_size: usize) -> S3Writer {
-        use aws_sdk_s3::config::{BehaviorVersion, Region};
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .build();
-        let client = aws_sdk_s3::Client::from_conf(config);
-        S3Writer::new(
-            client,
-            "b".into(),
-            "k".into(),
-            "k".into(),
-            part_size,
-            app_buffers,
-        )
-    }
-
-    /// A writer holds what its buffer may take, from the app's share (and
-    /// the host's budget), as it grows: a byte holds a KiB, not a part,
-    /// so writers holding a byte each cannot take every tenant's buffers.
-    /// A write that cannot have its room takes nothing and may be retried.
-    #[tokio::test]
-    async fn a_writer_holds_what_its_buffer_may_take() {
-        let share = Arc::new(Semaphore::new(8 * 1024));
-        let held = || 8 * 1024 - share.available_permits();
-        let mut w = writer(share.clone(), 8 << 20);
-        w.write(&[1]).await.unwrap();
-        assert_eq!(held(), 1, "a byte holds a KiB");
-        w.write(&vec![2; 3 << 20]).await.unwrap();
-        assert_eq!(held(), 3 * 1024 + 1, "3 MiB and a byte");
-        let mut other = writer(share.clone(), 8 << 20);
-        match other.write(&vec![3; 5 << 20]).await {
-            Err(BlobError::Unavailable(why)) => {
-                assert!(why.contains("this app's writers"), "{why}")
-            }
-            r => panic!("more than the share was taken: {:?}", r.is_ok()),
-        }
-        assert_eq!(held(), 3 * 1024 + 1, "the refused write took nothing");
-        assert_eq!(other.size, 0);
-        other.write(&vec![3; 4 << 20]).await.unwrap();
-        drop(w);
-        assert_eq!(held(), 4 * 1024, "a dropped writer gives its room back");
-        drop(other);
-        assert_eq!(held(), 0);
+    #[test]
+    fn parts_are_reserved_from_the_host_budget_until_released() {
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(20 * 1024));
+        let first = reserve_part(&budget, 8 << 20).expect("8 of 20 MiB");
+        let second = reserve_part(&budget, 8 << 20).expect("16 of 20 MiB");
+        assert!(reserve_part(&budget, 8 << 20).is_none(), "24 of 20 MiB");
+        drop(first);
+        let third = reserve_part(&budget, 8 << 20).expect("a released part's room");
+        drop((second, third));
+        // A part too large for any budget is refused, not wrapped.
+        assert!(reserve_part(&budget, usize::MAX).is_none());
     }
 }
