@@ -55,15 +55,22 @@ pub const MAX_OPEN_CAS: usize = 16;
 #[derive(Default)]
 pub struct DraftCursors(std::collections::VecDeque<DraftCursor>);
 
-/// A `draft` cursor of bucket `bucket`, `cursor`, and how far towards it
-/// the walk got: past `seen` keys, the last of them `after`. `seen` is
-/// short of `cursor` while a walk from an unknown cursor is under way.
+/// A `draft` cursor of bucket `bucket`, `cursor`, standing for the keys
+/// past the first `target`, and how far towards them the walk got: past
+/// `seen` keys, the last of them `after`. `seen` is short of `target`
+/// while a walk is under way (from a cursor this instance did not give,
+/// or through a long run of expired keys).
 struct DraftCursor {
     bucket: std::sync::Arc<str>,
     cursor: u64,
+    target: u64,
     seen: u64,
     after: String,
 }
+
+/// The cursor of a walk from the start still under way: a count cursor of
+/// 0 would start it again.
+const DRAFT_WALK_FROM_START: u64 = u64::MAX;
 
 /// Cursors remembered per instance: enough for listings interleaved.
 const DRAFT_CURSORS_KEPT: usize = 16;
@@ -74,14 +81,29 @@ const DRAFT_CURSORS_KEPT: usize = 16;
 const DRAFT_WALK_PAGES: u32 = 16;
 
 impl DraftCursors {
-    fn find(&self, bucket: &str, cursor: u64) -> (u64, Option<String>) {
+    /// Where `cursor` stands: the keys to skip, and the walk towards them
+    /// so far (`None` to begin at the start). A cursor of 0 (or none) is
+    /// the start, whatever was remembered.
+    fn find(&self, bucket: &str, cursor: u64) -> (u64, u64, Option<String>) {
+        if cursor == 0 {
+            return (0, 0, None);
+        }
         self.0
             .iter()
             .find(|c| &*c.bucket == bucket && c.cursor == cursor)
-            .map_or((0, None), |c| (c.seen, Some(c.after.clone())))
+            .map_or((cursor, 0, None), |c| {
+                (c.target, c.seen, Some(c.after.clone()))
+            })
     }
 
-    fn remember(&mut self, bucket: &std::sync::Arc<str>, cursor: u64, seen: u64, after: String) {
+    fn remember(
+        &mut self,
+        bucket: &std::sync::Arc<str>,
+        cursor: u64,
+        target: u64,
+        seen: u64,
+        after: String,
+    ) {
         self.0
             .retain(|c| !(c.bucket == *bucket && c.cursor == cursor));
         if self.0.len() == DRAFT_CURSORS_KEPT {
@@ -90,6 +112,7 @@ impl DraftCursors {
         self.0.push_back(DraftCursor {
             bucket: bucket.clone(),
             cursor,
+            target,
             seen,
             after,
         });
@@ -303,9 +326,9 @@ macro_rules! list_keys {
     // stands is remembered (see `DraftCursors`).
     (draft, $self:ident, $this:ident, $cursor:ident) => {{
         use draft::wasi::keyvalue::store::KeyResponse;
-        let skip = $cursor.unwrap_or(0);
+        let asked = $cursor.unwrap_or(0);
         let bucket = $self.table.get(&$this)?.name().clone();
-        let (mut seen, mut after) = $self.kv_draft_cursors.find(&bucket, skip);
+        let (skip, mut seen, mut after) = $self.kv_draft_cursors.find(&bucket, asked);
         for _ in 0..DRAFT_WALK_PAGES {
             let page = match crate::bindings::ports::kv::HostBucket::list_keys(
                 $self,
@@ -326,7 +349,7 @@ macro_rules! list_keys {
                 let cursor = page.cursor.map(|last| {
                     $self
                         .kv_draft_cursors
-                        .remember(&bucket, seen + n, seen + n, last);
+                        .remember(&bucket, seen + n, seen + n, seen + n, last);
                     seen + n
                 });
                 return Ok(Ok(KeyResponse { keys, cursor }));
@@ -334,14 +357,21 @@ macro_rules! list_keys {
             seen += n;
             after = page.cursor;
         }
-        // Still short of a cursor this instance did not give: go on from
-        // here at the next call.
+        // Still short of where the page starts: go on from here at the
+        // next call, under a cursor that is not 0 (the start).
+        let cursor = if skip == 0 {
+            DRAFT_WALK_FROM_START
+        } else {
+            asked
+        };
         if let Some(last) = after {
-            $self.kv_draft_cursors.remember(&bucket, skip, seen, last);
+            $self
+                .kv_draft_cursors
+                .remember(&bucket, cursor, skip, seen, last);
         }
         Ok(Ok(KeyResponse {
             keys: Vec::new(),
-            cursor: Some(skip),
+            cursor: Some(cursor),
         }))
     }};
     // `draft2`: the cursor is the last key returned, as in `berth:infra/kv`.
