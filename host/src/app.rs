@@ -566,7 +566,7 @@ fn check_largest_objects(
             && largest < most
         {
             return Err(format!(
-                "component `{component}`: its `blob_max_object_mb` ({} MiB) is more than blob container `{name}` can store in one object ({} MiB: {why}); lower `blob_max_object_mb` or raise the container's `part_size_mb` in the host config",
+                "component `{component}`: its `blob_max_object_mb` ({} MiB) is more than blob container `{name}` can store in one object ({} MiB: {why}); lower the component's `blob_max_object_mb` or raise `blob.{name}.part_size_mb` in the host config",
                 most >> 20,
                 largest >> 20
             ));

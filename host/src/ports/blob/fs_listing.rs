@@ -236,10 +236,11 @@ impl Wanted<'_> {
 mod tests {
     /// A chain of directories, each sorting before a page of files beside
     /// it: the levels would hold more than [`super::HELD_MOST`] entries
-    /// together, so the deeper ones keep fewer and read again; every key
-    /// is still listed once, in order.
+    /// together, so the deeper ones keep fewer and read their directory
+    /// again; every key is still listed once, in order. (What is held is
+    /// not observed here, only that paging past the bound stays right.)
     #[test]
-    fn deep_chains_are_listed_in_order_within_the_bound() {
+    fn deep_chains_past_the_bound_are_listed_once_in_order() {
         let root = tempfile::tempdir().unwrap();
         let (depth, files) = (6, 1000);
         let mut dir = root.path().to_path_buf();

@@ -205,9 +205,13 @@ impl wit::HostBucket for InstanceState {
         let max = self.env.limits.payloads.max_key_bytes;
         // A cursor is a key a page ended with: no longer than a key.
         let check = if prefix.len() > max {
-            Err(KvError::InvalidInput("prefix is too long".into()))
+            Err(KvError::InvalidInput(format!(
+                "prefix is longer than {max} bytes"
+            )))
         } else if cursor.as_ref().is_some_and(|c| c.len() > max) {
-            Err(KvError::InvalidInput("cursor is too long".into()))
+            Err(KvError::InvalidInput(format!(
+                "cursor is longer than {max} bytes"
+            )))
         } else {
             Ok(())
         };
