@@ -230,6 +230,13 @@ pub async fn handle_delivery(
         acker,
     } = delivery;
     let (id, topic, attempt) = (message.id.clone(), message.topic.clone(), message.attempt);
+    if reply.as_ref().is_some_and(|reply| reply.is_closed()) {
+        // A request whose caller stopped waiting (its timeout passed while
+        // it waited for a handler): its answer would go nowhere.
+        tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, "a request past its caller's timeout; dropped");
+        acker.ack().await;
+        return;
+    }
     // A request is neither stored nor redelivered on any broker: its
     // caller has its answer (an error) and decides whether to ask again, so
     // a failed one is not dead-lettered either.

@@ -76,6 +76,7 @@ async fn conformance(broker: Broker) {
     schedule_ticks(&broker).await;
     pattern_trigger(&broker).await;
     retries_stay_with_their_trigger(&broker).await;
+    requests_past_their_timeout_are_not_handled(&broker).await;
 }
 
 async fn start(
@@ -296,6 +297,46 @@ async fn retries_stay_with_their_trigger(broker: &Broker) {
         4,
         "each trigger handled the message and its own retry, nothing more"
     );
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
+/// Requests that waited for a busy trigger past their callers' timeout
+/// are dropped, not handled late (wasting a handler, or holding the host's
+/// memory for callers long gone); one asked afterwards is answered.
+async fn requests_past_their_timeout_are_not_handled(broker: &Broker) {
+    let name = unique("confexp");
+    // One delivery at a time: the slow message holds the trigger's slot.
+    let manifest = format!("{}concurrency = 1\n", manifest_named(&name, 5));
+    let (_t, app, tasks) = start(broker, &manifest).await;
+    let messaging = &app.backends.messaging;
+    messaging
+        .publish("events", b"slow-2000".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, 1).await;
+    let short = Duration::from_millis(300);
+    let late = futures::future::join_all(
+        (0..3).map(|_| messaging.request("events", b"ping".to_vec(), vec![], short)),
+    )
+    .await;
+    for result in late {
+        assert_eq!(result.unwrap_err(), MessagingError::Timeout);
+    }
+    // Past the slow handler: what waited behind it was dropped.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        received_count(&app).await,
+        1,
+        "no request past its timeout reached the handler"
+    );
+    let reply = messaging
+        .request("events", b"ping".to_vec(), vec![], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, b"pong:ping");
+    assert_eq!(received_count(&app).await, 2);
     drop(tasks);
     drop(app);
     broker.cleanup(&name).await;

@@ -133,6 +133,77 @@ impl Acker for NoAck {
     async fn nack(self: Box<Self>, _delay: Duration) {}
 }
 
+/// Aborts a task when dropped: a subscription's helper task ends with it.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Requests read from a broker client's stream as they come, each with
+/// the moment it came (lapin and async-nats do not tell it), from which
+/// what is left of its caller's timeout counts.
+pub(crate) struct RequestInbox<T> {
+    received: tokio::sync::mpsc::Receiver<(std::time::Instant, T)>,
+    /// Reads the stream while the inbox has room; ends with the inbox.
+    _reader: AbortOnDrop,
+}
+
+/// Requests a [`RequestInbox`] holds before its reader waits (and the
+/// client's own buffer, bounded too, fills instead).
+const REQUEST_INBOX: usize = 1024;
+
+impl<T: Send + 'static> RequestInbox<T> {
+    pub(crate) fn new(stream: impl futures::Stream<Item = T> + Send + 'static) -> Self {
+        use futures::StreamExt as _;
+        let (tx, received) = tokio::sync::mpsc::channel(REQUEST_INBOX);
+        let reader = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(request) = stream.next().await {
+                if tx.send((std::time::Instant::now(), request)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        RequestInbox {
+            received,
+            _reader: AbortOnDrop(reader),
+        }
+    }
+
+    /// The next request and when it came; `None` once the stream ended.
+    /// Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<(std::time::Instant, T)> {
+        self.received.recv().await
+    }
+}
+
+/// What is left of a request's `timeout` (as its broker passed it on) once
+/// it waited in the host since `received`: `None` without a timeout.
+pub(crate) fn time_left(
+    timeout: Option<Duration>,
+    received: std::time::Instant,
+) -> Option<Duration> {
+    timeout.map(|t| t.saturating_sub(received.elapsed()))
+}
+
+/// Waits for the handler's answer to a request a broker delivered, at
+/// most `left`: what is left of its caller's timeout, where the broker
+/// tells it. Past that the caller has its error already, so the answer is
+/// not sent, and a request no handler has begun is skipped (the trigger
+/// sees its [`Delivery::reply`] closed).
+pub(crate) async fn answer_within(
+    answer: tokio::sync::oneshot::Receiver<Vec<u8>>,
+    left: Option<Duration>,
+) -> Option<Vec<u8>> {
+    match left {
+        None => answer.await.ok(),
+        Some(left) => tokio::time::timeout(left, answer).await.ok()?.ok(),
+    }
+}
+
 /// A stream of deliveries for one trigger.
 #[async_trait]
 pub trait Subscription: Send {

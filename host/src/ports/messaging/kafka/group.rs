@@ -262,10 +262,11 @@ impl Reader {
         if kind == Kind::Requests {
             // Requests are not stored: taken once, answered or not.
             self.progress.pass(&tp, offset);
-            if expired(&meta, record.timestamp) {
-                tracing::debug!(topic, "a kafka request past its deadline; dropped");
-            } else {
-                self.request(message, meta);
+            match time_left(&meta, record.timestamp) {
+                Duration::ZERO => {
+                    tracing::debug!(topic, "a kafka request past its deadline; dropped")
+                }
+                left => self.request(message, meta, left),
             }
             return;
         }
@@ -332,7 +333,9 @@ impl Reader {
 
     /// Hands a request to the handler; its reply goes back to the
     /// requester.
-    fn request(&self, message: Message, meta: HashMap<&'static str, String>) {
+    /// Queues a request for a handler; its answer is sent if it comes
+    /// within `left` (see [`answer_within`]).
+    fn request(&self, message: Message, meta: HashMap<&'static str, String>, left: Duration) {
         let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
         let delivery = Delivery {
             message,
@@ -343,7 +346,7 @@ impl Reader {
             Ok(()) => {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
-                    if let Ok(payload) = reply_rx.await {
+                    if let Some(payload) = answer_within(reply_rx, Some(left)).await {
                         shared.reply(&meta, payload).await;
                     }
                 });
@@ -444,14 +447,14 @@ async fn once_ids_before(
     Ok(ids)
 }
 
-/// Whether a request whose headers were `meta`, produced at `produced`
-/// (Unix ms), is past its deadline.
-fn expired(meta: &HashMap<&'static str, String>, produced: i64) -> bool {
+/// What is left until the deadline of a request whose headers were
+/// `meta`, produced at `produced` (Unix ms): zero once past it.
+fn time_left(meta: &HashMap<&'static str, String>, produced: i64) -> Duration {
     let deadline = meta
         .get(DEADLINE_HEADER)
         .and_then(|d| d.parse::<i64>().ok())
         .unwrap_or_else(|| produced.saturating_add(LEGACY_REQUEST_TTL.as_millis() as i64));
-    deadline < now_ms()
+    Duration::from_millis(deadline.saturating_sub(now_ms()).max(0) as u64)
 }
 
 /// Settles one delivery of a trigger.
@@ -518,11 +521,12 @@ mod tests {
         let now = now_ms();
         let mut meta = HashMap::new();
         meta.insert(DEADLINE_HEADER, (now + 5_000).to_string());
-        assert!(!expired(&meta, 0));
+        let left = time_left(&meta, 0);
+        assert!(left > Duration::from_millis(4_000) && left <= Duration::from_secs(5));
         meta.insert(DEADLINE_HEADER, (now - 1).to_string());
-        assert!(expired(&meta, now));
+        assert_eq!(time_left(&meta, now), Duration::ZERO);
         // The release before sent no deadline: the record's age decides.
-        assert!(!expired(&HashMap::new(), now - 1_000));
-        assert!(expired(&HashMap::new(), now - 60_000));
+        assert!(time_left(&HashMap::new(), now - 1_000) > Duration::ZERO);
+        assert_eq!(time_left(&HashMap::new(), now - 60_000), Duration::ZERO);
     }
 }

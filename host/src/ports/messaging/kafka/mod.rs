@@ -65,7 +65,8 @@ use krafka::consumer::ConsumerRecord;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, pattern,
+    AbortOnDrop, Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription,
+    answer_within, pattern,
 };
 
 mod discover;
@@ -183,15 +184,6 @@ impl Drop for KafkaBroker {
             let shared = self.shared.clone();
             runtime.spawn(async move { shared.release().await });
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -116,6 +116,8 @@ pub(super) struct Shared {
     /// filters are unsubscribed, and once its connection ends it does not
     /// connect again.
     pub(super) fetching_stopped: AtomicBool,
+    /// The requests in a trigger client's inbox (see [`QueuedRequest`]).
+    pub(super) queued_requests: AtomicUsize,
 }
 
 /// A publish for the sending task.
@@ -139,6 +141,37 @@ pub(super) enum Inbox {
 pub(super) struct Inbound {
     pub(super) publish: Publish,
     pub(super) epoch: u64,
+    /// When it came, from which a request's expiry counts.
+    pub(super) received: std::time::Instant,
+    /// A request's place among [`MAX_QUEUED_REQUESTS`], given back when it
+    /// is taken (dropped).
+    pub(super) _queued: Option<QueuedRequest>,
+}
+
+/// A QoS 0 publish counted in [`Shared::queued_requests`] until dropped.
+pub(super) struct QueuedRequest(Arc<Shared>);
+
+impl QueuedRequest {
+    /// Counts one more, unless [`MAX_QUEUED_REQUESTS`] are queued already.
+    fn take(shared: &Arc<Shared>) -> Option<QueuedRequest> {
+        let queued = &shared.queued_requests;
+        let mut n = queued.load(Ordering::SeqCst);
+        loop {
+            if n >= MAX_QUEUED_REQUESTS {
+                return None;
+            }
+            match queued.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(QueuedRequest(shared.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for QueuedRequest {
+    fn drop(&mut self) {
+        self.0.queued_requests.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One MQTT client and its two tasks. One task drives the event loop and
@@ -496,9 +529,25 @@ impl Driver {
         match &self.inbox {
             Inbox::Deliveries(deliveries) => {
                 let epoch = self.shared.epoch.load(Ordering::SeqCst);
+                let queued = if publish.qos == QoS::AtMostOnce {
+                    match QueuedRequest::take(&self.shared) {
+                        Some(queued) => Some(queued),
+                        None => {
+                            tracing::debug!(client = %self.name, "a trigger's client holds as many requests as it may; one dropped");
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
                 // Nobody to take it once the subscription is gone. The
                 // message stays unacknowledged in the session.
-                let _ = deliveries.send(Inbound { publish, epoch });
+                let _ = deliveries.send(Inbound {
+                    publish,
+                    epoch,
+                    received: std::time::Instant::now(),
+                    _queued: queued,
+                });
             }
             Inbox::Replies(replies) => {
                 let correlation = publish

@@ -38,7 +38,10 @@
 //!   `berth/<app>/reply/<client id>`, which the publishing client
 //!   subscribes to at connect, and a fresh correlation id. Triggers take
 //!   requests through `$share/berth-<app>-<consumer>-req/berth/<app>/req/<levels>`
-//!   at QoS 0, so requests are never stored. Plain MQTT cannot tell that
+//!   at QoS 0, so requests are never stored. A request carries its
+//!   caller's timeout as its message expiry: one that waited past it for
+//!   a handler is dropped, and a trigger's client holds at most
+//!   [`MAX_QUEUED_REQUESTS`] of them. Plain MQTT cannot tell that
 //!   nobody listens. But a broker may answer the request's PUBACK with "no
 //!   matching subscribers" (Mosquitto does), and that becomes
 //!   `no-responder`. On a broker that does not, a request nobody consumes
@@ -72,7 +75,7 @@
 //!   reconnects. Delivery is at least once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -90,7 +93,8 @@ use rumqttc::v5::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, pattern,
+    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, answer_within,
+    pattern, time_left,
 };
 use crate::ports::kv::redis::RedisBucket;
 use crate::secret::Secret;
@@ -124,6 +128,9 @@ pub const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 const ID_PROPERTY: &str = "berth-id";
 /// User property carrying the delivery attempt of a republished message.
 const ATTEMPT_PROPERTY: &str = "berth-attempt";
+/// User property carrying a request's timeout in ms, finer than the
+/// message expiry's whole seconds.
+const TIMEOUT_PROPERTY: &str = "berth-timeout-ms";
 /// Unacknowledged messages the broker sends each trigger's client at once
 /// (the MQTT 5 receive maximum, like RabbitMQ's prefetch).
 const RECEIVE_MAXIMUM: u16 = 32;
@@ -138,6 +145,11 @@ const PUBLISHER_INFLIGHT: u16 = 256;
 const TRIGGER_INFLIGHT: u16 = 16;
 /// Requests queued between an `AsyncClient` and its event loop.
 const REQUEST_CAPACITY: usize = 64;
+/// Requests (QoS 0 publishes, which the broker sends without flow control)
+/// a trigger's client holds for its handlers at once: past it they are
+/// dropped, as QoS 0 allows, rather than queued in the host's memory
+/// without end; their callers time out.
+const MAX_QUEUED_REQUESTS: usize = 1024;
 /// Keep-alive ping interval: a dead connection is noticed within about
 /// twice this.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -378,6 +390,13 @@ impl MessagingBackend for MqttBroker {
         let mut properties = publish_properties(&id, &headers, 1);
         properties.response_topic = Some(self.reply_topic.clone());
         properties.correlation_data = Some(correlation);
+        // The broker drops it once its caller stopped waiting (a session
+        // that was dealt it and is away), and the trigger that takes it
+        // counts down what is left (see `MqttSubscription::request`).
+        properties.message_expiry_interval = Some(expiry_secs(timeout));
+        properties
+            .user_properties
+            .push((TIMEOUT_PROPERTY.into(), timeout.as_millis().to_string()));
         let exchange = self.exchange(topic, Bytes::from(payload), properties, reply_rx);
         let reply = match tokio::time::timeout(timeout, exchange).await {
             Err(_) => return Err(MessagingError::Timeout),

@@ -156,13 +156,18 @@ impl Subscription for MqttSubscription {
                 }
                 inbound = self.inbox.recv() => inbound,
             };
-            let Inbound { publish, epoch } = inbound?;
+            let Inbound {
+                publish,
+                epoch,
+                received,
+                ..
+            } = inbound?;
             match self.received(&publish.topic) {
                 Some(Received::Stored(topic)) => return Some(self.stored(publish, epoch, topic)),
                 Some(Received::Request(topic)) => {
                     // Requests are not stored, so there is nothing to hold
                     // back: acknowledged at once, the request kept meanwhile.
-                    self.pending = self.request(publish.clone(), topic);
+                    self.pending = self.request(publish.clone(), topic, received);
                     self.ack_now(&publish, epoch).await;
                 }
                 Some(Received::Orphan) | None => {
@@ -277,8 +282,31 @@ impl MqttSubscription {
 
     /// A request to `topic`. The handler's answer is published to the
     /// request's response topic with its correlation data.
-    pub(super) fn request(&self, publish: Publish, topic: String) -> Option<Delivery> {
+    pub(super) fn request(
+        &self,
+        publish: Publish,
+        topic: String,
+        received: std::time::Instant,
+    ) -> Option<Delivery> {
         let properties = publish.properties.unwrap_or_default();
+        // What is left of its caller's timeout (in ms, or the expiry the
+        // broker passed on), less the time it waited here for a handler.
+        let timeout = properties
+            .user_properties
+            .iter()
+            .find(|(name, _)| name == TIMEOUT_PROPERTY)
+            .and_then(|(_, ms)| ms.parse().ok())
+            .map(Duration::from_millis)
+            .or_else(|| {
+                properties
+                    .message_expiry_interval
+                    .map(|secs| Duration::from_secs(secs.into()))
+            });
+        let left = time_left(timeout, received);
+        if left == Some(Duration::ZERO) {
+            tracing::debug!(topic = %topic, "a request past its caller's timeout; dropped");
+            return None;
+        }
         let reply_to = properties
             .response_topic
             .clone()
@@ -299,7 +327,7 @@ impl MqttSubscription {
         let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
         let (link, timeout) = (self.link.clone(), self.timeout);
         tokio::spawn(async move {
-            if let Ok(payload) = reply_rx.await {
+            if let Some(payload) = answer_within(reply_rx, left).await {
                 let properties = PublishProperties {
                     correlation_data: correlation,
                     ..Default::default()

@@ -134,7 +134,7 @@ async fn drain(
             Err(_) if unsettled.load(Ordering::SeqCst) == 0 => return true,
             Err(_) => continue,
         };
-        let Inbound { publish, epoch } = inbound;
+        let Inbound { publish, epoch, .. } = inbound;
         let Some(Received::Stored(topic)) = session.received(&publish.topic) else {
             // Requests are never stored; anything else is not the
             // trigger's.

@@ -207,6 +207,13 @@ pub(super) fn shared_orphan_filter(app: &str, consumer: &str, topic: &str) -> St
     shared(&group, &orphan_topic(app, consumer, topic))
 }
 
+/// A request's message expiry for caller timeout `timeout`: whole
+/// seconds, rounded up, at least 1 (0 would not expire).
+pub(super) fn expiry_secs(timeout: Duration) -> u32 {
+    let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    secs.clamp(1, u64::from(u32::MAX)) as u32
+}
+
 /// The user properties carrying `id`, `headers` and, past the first, the
 /// attempt. Headers named like Berth's own properties are left out, because
 /// the host's values win.
@@ -243,6 +250,8 @@ pub(super) fn metadata(
         match name.as_str() {
             ID_PROPERTY => id = Some(value.clone()),
             ATTEMPT_PROPERTY => attempt = value.parse::<u32>().map_or(1, |n| n.max(1)),
+            // A request's timeout: the host's, read by the trigger.
+            TIMEOUT_PROPERTY => {}
             _ => headers.push((name.clone(), value.clone())),
         }
     }

@@ -6,6 +6,9 @@ use async_nats::HeaderMap;
 
 /// Header carrying Berth's message id.
 const MSG_ID: &str = "Nats-Msg-Id";
+/// Header carrying a request's timeout in ms, from which its trigger
+/// counts what is left of it (core NATS has no expiry of its own).
+pub(super) const TIMEOUT_MS: &str = "Berth-Timeout-Ms";
 
 /// The NATS headers of a message with the port's `headers` and Berth's `id`.
 pub(super) fn headers_to_nats(headers: &[(String, String)], id: &str) -> HeaderMap {
@@ -45,8 +48,11 @@ pub(super) fn headers_from_nats(
     let mut out = Vec::new();
     for (name, values) in map.into_iter().flat_map(|m| m.iter()) {
         for v in values {
-            if AsRef::<str>::as_ref(name) == MSG_ID {
+            let name_str: &str = name.as_ref();
+            if name_str == MSG_ID {
                 id = Some(v.to_string());
+            } else if name_str.eq_ignore_ascii_case(TIMEOUT_MS) {
+                // The host's own, read by `request_timeout`.
             } else {
                 out.push((name.to_string(), v.to_string()));
             }
@@ -54,6 +60,16 @@ pub(super) fn headers_from_nats(
     }
     out.sort();
     (id, out)
+}
+
+/// The timeout a request's caller gave it ([`TIMEOUT_MS`]), if any.
+pub(super) fn request_timeout(map: Option<&HeaderMap>) -> Option<std::time::Duration> {
+    let value = map?.get(TIMEOUT_MS)?;
+    value
+        .as_str()
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_millis)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use feed::{AckWait, Held, Remake, Watched, feed, watch};
 use headers::{headers_from_nats, headers_to_nats, wire_size};
 use subscription::NatsSubscription;
 
-use super::{Message, MessagingBackend, MessagingError, Subscription};
+use super::{Message, MessagingBackend, MessagingError, RequestInbox, Subscription};
 use crate::secret::Secret;
 
 /// Settings of an app's NATS broker.
@@ -288,7 +288,11 @@ impl MessagingBackend for NatsBroker {
         timeout: Duration,
     ) -> Result<Message, MessagingError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let headers = headers_to_nats(&headers, &id);
+        let mut headers = headers_to_nats(&headers, &id);
+        headers.insert(
+            headers::TIMEOUT_MS,
+            timeout.as_millis().to_string().as_str(),
+        );
         self.check_size(payload.len(), &headers)?;
         let request = self.client.request_with_headers(
             self.req_subject(topic),
@@ -391,7 +395,7 @@ impl MessagingBackend for NatsBroker {
             held,
             feeder,
             watcher,
-            requests: Some(requests),
+            requests: Some(RequestInbox::new(requests)),
             client: self.client.clone(),
             ack_wait,
         }))

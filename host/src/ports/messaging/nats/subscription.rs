@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use tokio::sync::oneshot;
 
 use super::feed::{self, AckWait, Held, Waiting};
-use super::headers::headers_from_nats;
+use super::headers::{headers_from_nats, request_timeout};
 use super::topic_of;
-use crate::ports::messaging::{Acker, Delivery, Message, NoAck, Subscription};
+use crate::ports::messaging::{
+    Acker, Delivery, Message, NoAck, RequestInbox, Subscription, answer_within, time_left,
+};
 
 /// A trigger's deliveries: stored messages from its durable pull consumer,
 /// fetched by [`feed`] into a queue of the host's, and requests from its
@@ -26,7 +27,7 @@ pub(super) struct NatsSubscription {
     /// Reads the consumer every 2 s ([`watch`]); stopped with the feeder.
     pub(super) watcher: tokio::task::JoinHandle<()>,
     /// `None` once the request subscription ended; stored messages go on.
-    pub(super) requests: Option<async_nats::Subscriber>,
+    pub(super) requests: Option<RequestInbox<async_nats::Message>>,
     pub(super) client: async_nats::Client,
     /// The consumer's ack wait, for the deliveries' progress acks.
     pub(super) ack_wait: AckWait,
@@ -48,12 +49,15 @@ impl Subscription for NatsSubscription {
         // wait until the subscription is dropped.
         self.feeder.abort();
         hand_back(self.held.take_all());
+        // Requests go to the queue group's other members (the app's next
+        // version) at once.
+        self.requests = None;
     }
 
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            // `StreamExt::next` and `Held::pop` are cancel-safe, so losing
-            // the race drops nothing.
+            // `RequestInbox::next` and `Held::pop` are cancel-safe, so
+            // losing the race drops nothing.
             let request = async {
                 match self.requests.as_mut() {
                     Some(requests) => requests.next().await,
@@ -65,8 +69,8 @@ impl Subscription for NatsSubscription {
                     return Some(stored_delivery(waiting, self.ack_wait.clone()));
                 }
                 req = request => match req {
-                    Some(req) => {
-                        if let Some(delivery) = request_delivery(req, &self.client) {
+                    Some((received, req)) => {
+                        if let Some(delivery) = request_delivery(req, received, &self.client) {
                             return Some(delivery);
                         }
                     }
@@ -112,8 +116,18 @@ fn stored_delivery(
 }
 
 /// A request: the handler's answer is published to its reply subject.
-fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Option<Delivery> {
+fn request_delivery(
+    req: async_nats::Message,
+    received: Instant,
+    client: &async_nats::Client,
+) -> Option<Delivery> {
     let reply_to = req.reply.clone()?;
+    // What is left of its caller's timeout once it waited here.
+    let left = time_left(request_timeout(req.headers.as_ref()), received);
+    if left == Some(Duration::ZERO) {
+        tracing::debug!(subject = %req.subject, "a request past its caller's timeout; dropped");
+        return None;
+    }
     let (id, headers) = headers_from_nats(req.headers.as_ref());
     let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
     let message = Message {
@@ -125,7 +139,7 @@ fn request_delivery(req: async_nats::Message, client: &async_nats::Client) -> Op
     };
     let client = client.clone();
     tokio::spawn(async move {
-        if let Ok(payload) = reply_rx.await {
+        if let Some(payload) = answer_within(reply_rx, left).await {
             let _ = client.publish(reply_to, Bytes::from(payload)).await;
         }
     });

@@ -36,7 +36,7 @@
 //!   topic exchange would fail on brokers that have the old one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
@@ -51,8 +51,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::oneshot;
 
 use super::{
-    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription, content_id,
-    pattern,
+    Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, RequestInbox, Subscription,
+    answer_within, content_id, pattern, time_left,
 };
 use crate::secret::Secret;
 
@@ -499,7 +499,10 @@ impl MessagingBackend for RabbitBroker {
         let props = properties(&id, &headers, 1)
             .with_delivery_mode(1)
             .with_reply_to(REPLY_TO.into())
-            .with_correlation_id(id.as_str().into());
+            .with_correlation_id(id.as_str().into())
+            // Dropped by RabbitMQ once its caller stopped waiting, so a
+            // trigger that fell behind never runs it (nor holds it).
+            .with_expiration(timeout.as_millis().to_string().into());
         let routed = publish_confirmed(
             &channel,
             &self.shared.request_exchange(),

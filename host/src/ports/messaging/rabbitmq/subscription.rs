@@ -14,7 +14,7 @@ pub(super) struct RabbitSubscription {
     /// `None` until (re)opened.
     pub(super) messages: Option<lapin::Consumer>,
     /// `None` once the request consumer ended; stored messages go on.
-    pub(super) requests: Option<lapin::Consumer>,
+    pub(super) requests: Option<RequestInbox<Result<lapin::message::Delivery, lapin::Error>>>,
 }
 
 /// The binding key of a trigger on `topic`: the topic itself, or a pattern
@@ -82,8 +82,11 @@ impl RabbitSubscription {
             false,
         )
         .await?;
-        // Requests: a transient queue shared by the trigger's hosts, not
-        // acknowledged (requests are not stored).
+        // Requests: a transient queue shared by the trigger's hosts. Each
+        // is acknowledged once taken (requests are never redelivered), but
+        // not before: RabbitMQ then sends the host at most `prefetch` of
+        // them ahead, where without acks it would send the whole queue
+        // into the host's memory.
         let request_queue = self.shared.request_queue(&self.consumer, &self.topic);
         let transient = QueueDeclareOptions {
             auto_delete: true,
@@ -95,11 +98,11 @@ impl RabbitSubscription {
             transient,
             &self.shared.request_exchange(),
             &key,
-            true,
+            false,
         )
         .await?;
         self.messages = Some(messages);
-        self.requests = Some(requests);
+        self.requests = Some(RequestInbox::new(requests));
         Ok(())
     }
 
@@ -155,12 +158,12 @@ impl Subscription for RabbitSubscription {
                     }
                 },
                 req = request => match req {
-                    Some(Ok(req)) => {
-                        if let Some(delivery) = self.request(req) {
+                    Some((received, Ok(req))) => {
+                        if let Some(delivery) = self.request(req, received) {
                             return Some(delivery);
                         }
                     }
-                    Some(Err(_)) | None => self.requests = None,
+                    Some((_, Err(_))) | None => self.requests = None,
                 },
             }
         }
@@ -215,8 +218,38 @@ impl RabbitSubscription {
         }
     }
 
-    pub(super) fn request(&self, req: lapin::message::Delivery) -> Option<Delivery> {
+    pub(super) fn request(
+        &self,
+        req: lapin::message::Delivery,
+        received: Instant,
+    ) -> Option<Delivery> {
+        let acker = req.acker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                tracing::debug!(error = %e, "cannot acknowledge a request; another host may take it too");
+            }
+        });
+        if req.redelivered {
+            // A host that held it went away: it may have run it already,
+            // and a request runs at most once.
+            tracing::debug!(queue = %self.queue, "a redelivered request; dropped");
+            return None;
+        }
         let reply_to = req.properties.reply_to().as_ref()?.as_str().to_string();
+        // What is left of its caller's timeout: its AMQP expiration (past
+        // which RabbitMQ drops it from the queue, but not once sent to a
+        // host), less the time it waited here for a handler.
+        let expiration = req
+            .properties
+            .expiration()
+            .as_ref()
+            .and_then(|ms| ms.as_str().parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let left = time_left(expiration, received);
+        if left == Some(Duration::ZERO) {
+            tracing::debug!(queue = %self.queue, "a request past its caller's timeout; dropped");
+            return None;
+        }
         let correlation: Option<ShortString> = req.properties.correlation_id().clone();
         let (headers, _) = headers_of(&req.properties);
         let (reply_tx, reply_rx) = oneshot::channel::<Vec<u8>>();
@@ -235,7 +268,7 @@ impl RabbitSubscription {
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            if let Ok(payload) = reply_rx.await {
+            if let Some(payload) = answer_within(reply_rx, left).await {
                 let mut props = BasicProperties::default();
                 if let Some(c) = correlation {
                     props = props.with_correlation_id(c);
