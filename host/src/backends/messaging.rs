@@ -67,6 +67,7 @@ pub(super) async fn open(
             replication_factor,
             partitions,
             session_timeout_ms,
+            max_topics,
         } => {
             let replication_factor = match replication_factor {
                 None => 1,
@@ -98,6 +99,16 @@ pub(super) async fn open(
                     ));
                 }
             };
+            let max_topics = match max_topics {
+                None => crate::ports::messaging::kafka::DEFAULT_MAX_TOPICS,
+                Some(n) if (1..=1_000_000).contains(&n) => n,
+                Some(n) => {
+                    return Err(origin.err(
+                        "messaging.max_topics",
+                        format!("is {n}; it must be 1 to 1000000"),
+                    ));
+                }
+            };
             // Resolved like the other brokers' URLs, so the host list may
             // come from `${env:…}`; it holds no credentials either way.
             let url = url_setting(origin, "messaging.url", &url, secrets).await?;
@@ -109,6 +120,7 @@ pub(super) async fn open(
                 replication_factor,
                 partitions,
                 session_timeout,
+                max_topics,
                 dry_run,
             };
             Arc::new(

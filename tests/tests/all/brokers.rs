@@ -572,6 +572,74 @@ async fn messaging_adopts_the_previous_releases_offsets_kafka() {
     assert_eq!(last, "old-2");
 }
 
+/// An app has at most `max_topics` Kafka topics, and a topic Kafka would
+/// take for another app's (the names differ only in `.` against `_`) is
+/// refused as bad input, naming no other topic, rather than failing as a
+/// retriable `unavailable` for ever (real Kafka refuses to create it).
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_kafka_topics_are_capped_and_refused_when_kafka_takes_them_for_another_kafka() {
+    let Some(url) = service("BERTH_TEST_KAFKA_URL") else {
+        return;
+    };
+    let name = unique("kcap");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let capped = format!("[messaging]\ntype = \"kafka\"\nurl = {url:?}\nmax_topics = 3\n");
+    let app = t.load_with(&host_config(&t, &capped)).await.unwrap();
+    let messaging = &app.backends.messaging;
+    // The reply topic is the app's first; two more fit.
+    for topic in ["a.x", "b"] {
+        messaging
+            .publish(topic, b"1".to_vec(), vec![])
+            .await
+            .unwrap();
+    }
+    let err = messaging
+        .publish("c", b"1".to_vec(), vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MessagingError::Other(m)
+            if m.contains("\"c\"") && m.contains("3 topics") && m.contains("messaging.max_topics (3)")),
+        "{err:?}"
+    );
+    // The topics it has take messages still.
+    messaging
+        .publish("a.x", b"2".to_vec(), vec![])
+        .await
+        .unwrap();
+
+    // Another app's topic `x` is `berth.<name>_a.x`, which Kafka takes for
+    // the first app's `berth.<name>.a.x`.
+    let other = format!("{name}_a");
+    let t2 = TestApp::new(&manifest_named(&other, 5));
+    let broker = Broker::Kafka(url);
+    let app2 = t2
+        .load_with(&host_config(&t2, &broker.host_toml(&t2)))
+        .await
+        .unwrap();
+    let err = app2
+        .backends
+        .messaging
+        .publish("x", b"1".to_vec(), vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MessagingError::InvalidInput(m)
+            if m.contains("\"x\"") && m.contains("'.' against '_'")),
+        "{err:?}"
+    );
+    assert!(
+        !err.to_string().contains(&format!("berth.{name}.")),
+        "the other app's topic is not named: {err}"
+    );
+    // Its other topics are its own.
+    app2.backends
+        .messaging
+        .publish("y", b"1".to_vec(), vec![])
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messaging_conformance_mqtt() {
     let Some(url) = service("BERTH_TEST_MQTT_URL") else {
@@ -1297,6 +1365,11 @@ async fn messaging_broker_settings_out_of_range_name_the_key() {
             "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\nsession_timeout_ms = 500",
             "messaging.session_timeout_ms",
             "is 500; it must be 6000 to 1800000",
+        ),
+        (
+            "type = \"kafka\"\nurl = \"kafka://127.0.0.1:1\"\nmax_topics = 0",
+            "messaging.max_topics",
+            "is 0; it must be 1 to 1000000",
         ),
         (
             "type = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nprefetch = 0",

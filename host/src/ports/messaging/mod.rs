@@ -386,6 +386,11 @@ pub enum MessagingConfig {
         /// go to the other hosts, in ms; default 10000, 6000 to 1800000
         /// (Kafka's own bounds by default).
         session_timeout_ms: Option<u64>,
+        /// The most Kafka topics the app may have (each of its topics has
+        /// one for messages and, once a trigger or a request used it, one
+        /// for requests; one more holds replies): past it, creating a topic
+        /// is refused; default 1000, 1 to 1000000.
+        max_topics: Option<usize>,
     },
     /// MQTT 5 (Mosquitto 2 and others): a topic subtree per app, a shared
     /// subscription per trigger.

@@ -43,6 +43,11 @@
 //!   topic found later is read from its start, so nothing published to it
 //!   is lost. A request to a topic only a pattern trigger matches creates
 //!   the request topic and waits for that listing too.
+//! - An app has at most `max_topics` Kafka topics (default
+//!   [`DEFAULT_MAX_TOPICS`]); creating one more is refused. So is a topic
+//!   whose name differs from an existing one's only in `.` against `_`,
+//!   which Kafka takes for the same character (see
+//!   [`names::folds_alike`]); real Kafka refuses to create it too.
 //! - Upgrading from the release before (which kept each trigger's offset
 //!   itself, in `berth.<app>.__offsets`): a group that has committed nothing
 //!   for partition 0 of a topic starts where the old offset says (see
@@ -118,6 +123,12 @@ pub const DEFAULT_PARTITIONS: i32 = 6;
 /// How long a host may go silent before its partitions go to the others,
 /// unless the host config says otherwise.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most Kafka topics an app has before Berth refuses to create
+/// another, unless `messaging.max_topics` says otherwise: a publish grant
+/// that is a pattern would otherwise let a guest create topics (each with
+/// `partitions` partitions, on a cluster other apps share) without end.
+pub const DEFAULT_MAX_TOPICS: usize = 1000;
 /// How many `berth-once` ids a trigger remembers per partition.
 const ONCE_WINDOW: usize = 64;
 /// How long closing waits for the triggers to leave their groups and for
@@ -144,6 +155,9 @@ pub struct KafkaSettings {
     /// How long a host may go without a heartbeat before its partitions go
     /// to the other hosts.
     pub session_timeout: Duration,
+    /// The most topics the app may have (its messages', requests' and
+    /// replies' together) before Berth refuses to create another.
+    pub max_topics: usize,
     /// A dry run (`berth check`): the cluster is connected to and a
     /// producer started, but the app's reply topic is neither made nor
     /// read, so a check leaves no topic behind.
@@ -194,6 +208,11 @@ fn unavailable(e: impl std::fmt::Display) -> MessagingError {
 impl KafkaBroker {
     /// Connects, and starts reading this host's replies.
     pub async fn connect(s: &KafkaSettings) -> Result<KafkaBroker, MessagingError> {
+        if s.app.contains('_') {
+            // See `names::folds_alike`: `berth.a_b.c` is Kafka's
+            // `berth.a.b.c`, so app `a`'s topic `b.c` would block topic `c`.
+            tracing::warn!(app = %s.app, "the app's name holds '_', which Kafka takes for '.': another app's topics may block some of its topics; on a shared cluster give apps names without '_'");
+        }
         let shared = Shared::new(s).await?;
         if !s.dry_run {
             shared.read_replies().await?;

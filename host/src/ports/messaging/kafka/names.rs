@@ -24,6 +24,16 @@ pub(super) fn topic_of(app: &str, name: &str) -> Option<(Kind, String)> {
     }
 }
 
+/// Whether Kafka takes topic names `a` and `b` for one: it names a topic's
+/// metrics with `.` written `_`, so it refuses to create a topic whose name
+/// differs from an existing one's only there.
+pub(super) fn folds_alike(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (matches!(x, b'.' | b'_') && matches!(y, b'.' | b'_')))
+}
+
 /// A trigger as Kafka knows it.
 pub(super) struct TriggerId {
     /// Its consumer group, `berth.<app>/<component>/<topic or pattern>`,
@@ -86,6 +96,16 @@ mod tests {
             let expected = expected.map(|(kind, topic)| (kind, topic.to_string()));
             assert_eq!(topic_of("shop", name), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn names_differing_only_in_dots_and_underscores_fold_alike() {
+        assert!(folds_alike("berth.a.b.c", "berth.a_b.c"));
+        assert!(folds_alike("berth.a.b_c", "berth.a.b.c"));
+        assert!(folds_alike("berth.a.b", "berth.a.b"));
+        assert!(!folds_alike("berth.a.b.c", "berth.a-b.c"));
+        assert!(!folds_alike("berth.a.bc", "berth.a.b.c"));
+        assert!(!folds_alike("berth.a.B", "berth.a.b"));
     }
 
     #[test]

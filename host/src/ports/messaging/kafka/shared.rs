@@ -22,6 +22,7 @@ pub(super) struct Shared {
     pub(super) timeout: Duration,
     replication_factor: i16,
     partitions: i32,
+    max_topics: usize,
     pub(super) session_timeout: Duration,
     /// `berth.<app>.__reply`, which every host of the app reads.
     pub(super) reply_topic: String,
@@ -71,6 +72,7 @@ impl Shared {
             timeout: s.timeout,
             replication_factor: s.replication_factor,
             partitions: s.partitions,
+            max_topics: s.max_topics,
             session_timeout: s.session_timeout,
             reply_topic: format!("berth.{}.__reply", s.app),
             created: Default::default(),
@@ -129,12 +131,52 @@ impl Shared {
 
     /// Creates `name` unless it exists: the app's reply topic with one
     /// partition (every host reads all of it), any other with the
-    /// configured number.
+    /// configured number. A topic past the app's `max_topics`, or one Kafka
+    /// would take for an existing topic (see [`names::folds_alike`]), is
+    /// refused.
     pub(super) async fn ensure(&self, name: &str) -> Result<(), MessagingError> {
         let mut created = self.created.lock().await;
         if created.contains(name) {
             return Ok(());
         }
+        let existing = self.topic_names().await?;
+        if !existing.iter().any(|t| t == name) {
+            self.may_create(name, &existing)?;
+            self.create(name).await?;
+        }
+        created.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Refuses to create `name` beside the cluster's `existing` topics
+    /// when the app has `max_topics` already, or when Kafka would take it
+    /// for one of them. Neither message names another topic: it may be
+    /// another app's.
+    fn may_create(&self, name: &str, existing: &[String]) -> Result<(), MessagingError> {
+        let shown =
+            names::topic_of(&self.app, name).map_or_else(|| name.to_string(), |(_, topic)| topic);
+        if existing.iter().any(|t| names::folds_alike(t, name)) {
+            return Err(MessagingError::InvalidInput(format!(
+                "topic {shown:?} cannot be created on Kafka: an existing topic's name differs \
+                 from its Kafka name ({name}) only in '.' against '_', which Kafka takes for \
+                 the same character"
+            )));
+        }
+        let own = existing
+            .iter()
+            .filter(|t| names::topic_of(&self.app, t).is_some())
+            .count();
+        if own >= self.max_topics {
+            return Err(MessagingError::Other(format!(
+                "topic {shown:?} cannot be created on Kafka: the app has {own} topics there, \
+                 as many as messaging.max_topics ({}) allows",
+                self.max_topics
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, name: &str) -> Result<(), MessagingError> {
         let partitions = if name == self.reply_topic {
             1
         } else {
@@ -147,15 +189,14 @@ impl Shared {
             .call(self.admin.create_topics([topic], options))
             .await?;
         match results.get(name) {
-            None | Some(Ok(())) => {}
+            None | Some(Ok(())) => Ok(()),
+            // Another host made it meanwhile.
             Some(Err(KrafkaError::Broker {
                 code: ErrorCode::TopicAlreadyExists,
                 ..
-            })) => {}
-            Some(Err(e)) => return Err(unavailable(e)),
+            })) => Ok(()),
+            Some(Err(e)) => Err(unavailable(e)),
         }
-        created.insert(name.to_string());
-        Ok(())
     }
 
     /// Produces `record` (creating its topic if need be) and waits for the
