@@ -167,9 +167,22 @@ impl Validator<'_> {
                 ));
             }
         }
+        let mut consumers = std::collections::BTreeSet::new();
         for (i, t) in triggers.message.iter().enumerate() {
             let key = format!("trigger.message[{i}]");
             self.check_component(&key, &t.component, components)?;
+            // Brokers name a trigger's queue or group by its component and
+            // topic: two such triggers would share one, each message going
+            // to one of them only.
+            if !consumers.insert((&t.component, &t.topic)) {
+                return Err(self.invalid(
+                    format!("{key}.topic"),
+                    format!(
+                        "component `{}` already has a trigger on {:?}; one trigger per component and topic",
+                        t.component, t.topic
+                    ),
+                ));
+            }
             crate::ports::messaging::pattern::validate_pattern(&t.topic)
                 .map_err(|m| self.invalid(format!("{key}.topic"), m))?;
             match &t.dead_letter {
@@ -307,6 +320,18 @@ mod tests {
                 "{setting}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn one_trigger_per_component_and_topic() {
+        let trigger = "[[trigger.message]]\ntopic = \"events\"\ncomponent = \"api\"\n";
+        let msg = parse(&format!("{GOOD}{trigger}{trigger}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("trigger.message[1].topic") && msg.contains("already has a trigger"),
+            "{msg}"
+        );
     }
 
     #[test]

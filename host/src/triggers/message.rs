@@ -106,11 +106,38 @@ pub struct WarmInstance {
     handler: MessageHandler,
 }
 
-/// Subscribes every message trigger of `app` and spawns its consumer loop
-/// on `tasks`.
+/// Subscribes every message trigger of `app`, tells the broker the app's
+/// triggers (see [`MessagingBackend::declare_triggers`]), then spawns each
+/// trigger's consumer loop on `tasks`. No loop runs before every trigger
+/// subscribed, so a message one handler publishes meanwhile reaches each
+/// trigger on its topic.
+///
+/// [`MessagingBackend::declare_triggers`]: crate::ports::messaging::MessagingBackend::declare_triggers
 pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+    let mut loops = Vec::new();
     for trigger in app.manifest.message_triggers.clone() {
-        start_trigger(app.clone(), &trigger, tasks).await?;
+        loops.push(subscribe(app.clone(), &trigger).await?);
+    }
+    let schedules = app
+        .manifest
+        .schedule_triggers
+        .iter()
+        .map(|s| s.message_trigger());
+    let declared: Vec<(String, String)> = app
+        .manifest
+        .message_triggers
+        .iter()
+        .cloned()
+        .chain(schedules)
+        .map(|t| (t.topic, t.component))
+        .collect();
+    app.backends
+        .messaging
+        .declare_triggers(&declared)
+        .await
+        .context("cannot tell the broker the app's triggers")?;
+    for consumer in loops {
+        tasks.spawn(consumer);
     }
     Ok(())
 }
@@ -122,6 +149,15 @@ pub async fn start_trigger(
     trigger: &MessageTrigger,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
+    tasks.spawn(subscribe(app, trigger).await?);
+    Ok(())
+}
+
+/// Subscribes `trigger`; returns its consumer loop, to spawn.
+async fn subscribe(
+    app: Arc<App>,
+    trigger: &MessageTrigger,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let component = app.component(&trigger.component)?;
     let pre = MessageHandlerPre::new(component.pre.clone())
         .map_err(anyhow::Error::from)
@@ -140,15 +176,8 @@ pub async fn start_trigger(
         pool.spawn_sweeper();
         pool
     });
-    tasks.spawn(consume(
-        app.clone(),
-        trigger.component.clone(),
-        pre,
-        subscription,
-        policy,
-        warm,
-    ));
-    Ok(())
+    let component = trigger.component.clone();
+    Ok(consume(app, component, pre, subscription, policy, warm))
 }
 
 async fn consume(

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::Notify;
 
@@ -40,6 +41,9 @@ use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscrip
 pub const UNCLAIMED_MAX: i64 = 10_000;
 /// Rows leased at once by a subscription.
 const LEASE_BATCH: usize = 64;
+/// The most payload bytes a subscription leases at once (beyond one row):
+/// what it holds in memory for deliveries not yet handled.
+const LEASE_BYTES: i64 = 4 << 20;
 /// The longest a subscription sleeps without looking at the queue (what a
 /// message published by another process waits at most).
 pub const IDLE_POLL: Duration = Duration::from_secs(2);
@@ -136,9 +140,10 @@ impl EmbeddedBroker {
                 "UPDATE queue SET leased = 0, attempt = attempt + 1 WHERE leased = 1",
                 [],
             )?;
-            // The triggers of this run subscribe anew; one removed from the
-            // manifest stops receiving copies.
-            db.execute("UPDATE consumers SET live = 0", [])?;
+            // The triggers stay live between runs, so that what is published
+            // meanwhile (by `berth run`, or while this run's triggers start
+            // one by one) keeps a copy for each; `declare_triggers` drops
+            // the triggers an app no longer has.
         } else if !has_trigger_column(&db)? {
             anyhow::bail!(
                 "{}: this app's embedded broker is owned by a running berth of an older version; stop or upgrade it before publishing from this one",
@@ -226,7 +231,10 @@ impl MessagingBackend for EmbeddedBroker {
         let headers = serde_json::to_string(&headers).map_err(failure)?;
         let (topic_owned, id) = (topic.to_string(), id.to_string());
         let (consumers, dropped) = with_db(&self.db, move |db| {
-            let tx = db.transaction()?;
+            // Immediate: a deferred transaction that reads, then writes after
+            // another process (`berth run`) committed, fails at once
+            // (SQLITE_BUSY_SNAPSHOT) rather than waiting its turn.
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             // Every live trigger whose topic or pattern matches.
             let consumers: Vec<(String, String)> = tx
                 .prepare("SELECT consumer, topic FROM consumers WHERE live = 1")?
@@ -271,6 +279,59 @@ impl MessagingBackend for EmbeddedBroker {
         }
         for (consumer, trigger) in &consumers {
             self.waker(consumer, trigger).notify_one();
+        }
+        Ok(())
+    }
+
+    /// Marks exactly `triggers` live, before they subscribe: every
+    /// message published from now on keeps a copy for each of them, even
+    /// one published by a trigger that subscribed first while another has
+    /// not yet. A trigger no longer among them (removed from the manifest,
+    /// or given another topic or component) stops getting copies, and the
+    /// copies it had not taken are dropped, so they do not stay in the file
+    /// for ever.
+    async fn declare_triggers(&self, triggers: &[(String, String)]) -> Result<(), MessagingError> {
+        if self._owner.is_none() {
+            // Its subscriptions are refused anyway (see `subscribe`).
+            return Ok(());
+        }
+        let declared = triggers.to_vec();
+        let dropped = with_db(&self.db, move |db| {
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (topic, consumer) in &declared {
+                tx.execute(
+                    "INSERT INTO consumers (topic, consumer, live, claimed_seq) VALUES (?1, ?2, 1, 0)
+                     ON CONFLICT (topic, consumer) DO UPDATE SET live = 1",
+                    params![topic, consumer],
+                )?;
+            }
+            let known: Vec<(String, String)> = tx
+                .prepare("SELECT topic, consumer FROM consumers")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut dropped = Vec::new();
+            for (topic, consumer) in known.into_iter().filter(|t| !declared.contains(t)) {
+                tx.execute(
+                    "UPDATE consumers SET live = 0 WHERE topic = ?1 AND consumer = ?2",
+                    params![topic, consumer],
+                )?;
+                // Rows still leased are being handled by the version
+                // replaced; they go with their settlement, or at the next
+                // declaration.
+                let n = tx.execute(
+                    "DELETE FROM queue WHERE consumer = ?1 AND trigger_topic = ?2 AND leased = 0",
+                    params![consumer, topic],
+                )?;
+                if n > 0 {
+                    dropped.push((topic, consumer, n));
+                }
+            }
+            tx.commit()?;
+            Ok(dropped)
+        })
+        .await?;
+        for (topic, consumer, n) in dropped {
+            tracing::warn!(file = %self.path.display(), component = %consumer, %topic, dropped = n, "a trigger is no longer in the manifest; the messages it had not taken were dropped");
         }
         Ok(())
     }
@@ -347,6 +408,7 @@ impl MessagingBackend for EmbeddedBroker {
             requests,
             leased: VecDeque::new(),
             unreleased: self.unreleased.clone(),
+            request_last: false,
         }))
     }
 }
@@ -362,6 +424,8 @@ struct EmbeddedSubscription {
     leased: VecDeque<Delivery>,
     /// The broker's [`EmbeddedBroker::unreleased`].
     unreleased: Arc<Mutex<Vec<Unreleased>>>,
+    /// Whether the last delivery was a request (see `next`).
+    request_last: bool,
 }
 
 /// seq, id, topic, payload, headers, attempt.
@@ -384,19 +448,33 @@ impl EmbeddedSubscription {
         let (rows, next) = with_db(&self.db, move |conn| {
             release_again(conn, &unreleased)?;
             let now = now_ms();
-            let tx = conn.transaction()?;
-            let mut rows: Vec<Row> = tx
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // The next visible rows, as many as fit in LEASE_BYTES (one at
+            // least, whatever its size): their payloads are held here
+            // until handled.
+            let visible: Vec<(i64, i64)> = tx
                 .prepare(
-                    "UPDATE queue SET leased = 1 WHERE seq IN (
-                         SELECT seq FROM queue
-                         WHERE consumer = ?1 AND trigger_topic = ?2 AND leased = 0 AND visible_at <= ?3
-                         ORDER BY seq LIMIT ?4)
-                     RETURNING seq, id, topic, payload, headers, attempt",
+                    "SELECT seq, length(payload) FROM queue
+                     WHERE consumer = ?1 AND trigger_topic = ?2 AND leased = 0 AND visible_at <= ?3
+                     ORDER BY seq LIMIT ?4",
                 )?
-                .query_map(params![c, t, now, LEASE_BATCH as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
+                .query_map(params![c, t, now, LEASE_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
+            let mut bytes = 0i64;
+            let mut rows: Vec<Row> = Vec::new();
+            for (seq, size) in visible {
+                if !rows.is_empty() && bytes.saturating_add(size) > LEASE_BYTES {
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                let row = tx.query_row(
+                    "UPDATE queue SET leased = 1 WHERE seq = ?1
+                     RETURNING seq, id, topic, payload, headers, attempt",
+                    params![seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )?;
+                rows.push(row);
+            }
             let next: Option<i64> = tx
                 .query_row(
                     "SELECT min(visible_at) FROM queue WHERE consumer = ?1 AND trigger_topic = ?2 AND leased = 0",
@@ -439,11 +517,32 @@ impl EmbeddedSubscription {
 
 #[async_trait]
 impl Subscription for EmbeddedSubscription {
+    /// The app is stopping, or its next version takes over: the rows
+    /// leased ahead go back at once (dropped unsettled, each is released),
+    /// and requests go to the next version's trigger.
+    fn stop_fetching(&mut self) {
+        let leased = std::mem::take(&mut self.leased);
+        crate::fairness::blocking(|| drop(leased));
+        self.requests.stop_fetching();
+        self.wake.notify_waiters();
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
+            // A waiting request and a stored message take turns: a backlog
+            // of either must not keep the other from the handler (requests
+            // until their callers give up). (Receiving is cancel-safe.)
+            if !self.request_last
+                && let Some(Some(request)) = self.requests.next().now_or_never()
+            {
+                self.request_last = true;
+                return Some(request);
+            }
             if let Some(delivery) = self.leased.pop_front() {
+                self.request_last = false;
                 return Some(delivery);
             }
+            self.request_last = false;
             let next = match self.lease().await {
                 Ok(next) => next,
                 // Logged by `failure`; try again shortly.
@@ -458,7 +557,10 @@ impl Subscription for EmbeddedSubscription {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(idle) => {}
-                request = self.requests.next() => return request,
+                request = self.requests.next() => {
+                    self.request_last = true;
+                    return request;
+                }
             }
         }
     }

@@ -389,3 +389,147 @@ async fn a_file_from_before_patterns_keeps_its_messages() {
     let mut sub = broker.subscribe("t", "c").await.unwrap();
     assert_eq!(next(&mut sub).await.message.id, "old-2");
 }
+
+/// What trigger `consumer` on `topic` gets within a short while: the
+/// payloads, each acknowledged.
+async fn drain(broker: &EmbeddedBroker, topic: &str, consumer: &str) -> Vec<String> {
+    let mut sub = broker.subscribe(topic, consumer).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        got.push(String::from_utf8(d.message.payload.clone()).unwrap());
+        d.acker.ack().await;
+    }
+    got
+}
+
+#[tokio::test]
+async fn triggers_stay_subscribed_across_a_restart_until_the_app_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let triggers = |names: &[&str]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|c| ("t".to_string(), c.to_string()))
+            .collect()
+    };
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    broker
+        .declare_triggers(&triggers(&["a", "b"]))
+        .await
+        .unwrap();
+    drop(broker);
+
+    // A restart: trigger `a` subscribes and publishes before `b` does;
+    // `b` still gets its copy.
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    let sub_a = broker.subscribe("t", "a").await.unwrap();
+    broker
+        .publish("t", b"early".to_vec(), vec![])
+        .await
+        .unwrap();
+    drop(sub_a);
+    assert_eq!(drain(&broker, "t", "b").await, ["early"]);
+    assert_eq!(drain(&broker, "t", "a").await, ["early"]);
+
+    // The next version has no trigger `b`: it gets no more copies, and
+    // what it had not taken is dropped.
+    broker
+        .publish("t", b"pending".to_vec(), vec![])
+        .await
+        .unwrap();
+    broker.declare_triggers(&triggers(&["a"])).await.unwrap();
+    broker.publish("t", b"late".to_vec(), vec![]).await.unwrap();
+    let rows_of_b: i64 = broker
+        .db
+        .lock()
+        .unwrap()
+        .query_row("SELECT count(*) FROM queue WHERE consumer = 'b'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(rows_of_b, 0);
+    assert_eq!(drain(&broker, "t", "a").await, ["pending", "late"]);
+}
+
+#[tokio::test]
+async fn a_request_is_not_kept_behind_stored_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    for i in 0..5 {
+        broker
+            .publish("t", format!("m{i}").into_bytes(), vec![])
+            .await
+            .unwrap();
+    }
+    // The first delivery leases the whole backlog.
+    let first = next(&mut sub).await;
+    assert_eq!(first.message.payload, b"m0");
+    let requester = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .request("t", b"ping".to_vec(), vec![], Duration::from_secs(5))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let d = next(&mut sub).await;
+    assert_eq!(d.message.payload, b"ping", "the request comes first");
+    d.reply.unwrap().send(b"pong".to_vec()).unwrap();
+    assert_eq!(requester.await.unwrap().unwrap().payload, b"pong");
+}
+
+#[tokio::test]
+async fn a_stopping_trigger_hands_back_what_it_leased_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut old = broker.subscribe("t", "c").await.unwrap();
+    for i in 0..3 {
+        broker
+            .publish("t", format!("m{i}").into_bytes(), vec![])
+            .await
+            .unwrap();
+    }
+    let running = next(&mut old).await;
+    // The old version stops taking deliveries while `running` is handled;
+    // the next version gets the rest at once.
+    old.stop_fetching();
+    let mut new = broker.subscribe("t", "c").await.unwrap();
+    for expected in ["m1", "m2"] {
+        let d = next(&mut new).await;
+        assert_eq!(d.message.payload, expected.as_bytes());
+        d.acker.ack().await;
+    }
+    running.acker.ack().await;
+}
+
+#[tokio::test]
+async fn a_subscription_holds_a_bounded_number_of_payload_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open(&dir.path().join("m.db")).unwrap();
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    for _ in 0..3 {
+        broker
+            .publish("t", vec![7u8; 3 << 20], vec![])
+            .await
+            .unwrap();
+    }
+    let leased = || -> i64 {
+        broker
+            .db
+            .lock()
+            .unwrap()
+            .query_row("SELECT count(*) FROM queue WHERE leased = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let first = next(&mut sub).await;
+    assert_eq!(leased(), 1, "3 MiB more would pass the 4 MiB held at once");
+    first.acker.ack().await;
+    for _ in 0..2 {
+        next(&mut sub).await.acker.ack().await;
+    }
+    assert_eq!(leased(), 0);
+}

@@ -246,6 +246,13 @@ struct QueueSubscription {
 
 #[async_trait]
 impl Subscription for QueueSubscription {
+    /// Takes nothing more: publishers and requesters pass over this
+    /// subscription from now on (a stopping app version's), to the next
+    /// version's.
+    fn stop_fetching(&mut self) {
+        self.rx.close();
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }

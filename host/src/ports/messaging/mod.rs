@@ -259,6 +259,16 @@ pub trait MessagingBackend: Send + Sync {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError>;
+    /// Tells the broker every trigger of the app's version now starting,
+    /// as (topic or pattern, consumer), once the manifest's triggers
+    /// subscribed and before any of them takes a delivery: a broker that
+    /// fans messages out to the triggers it knows (the embedded one) then
+    /// stops keeping copies for triggers no longer there. Nothing by
+    /// default: the other brokers' subscriptions are durable on their own.
+    async fn declare_triggers(&self, _triggers: &[(String, String)]) -> Result<(), MessagingError> {
+        Ok(())
+    }
+
     /// Whether a message that several hosts publish under one id (a
     /// schedule tick, see [`MessagingBackend::publish_with_id`]) reaches the
     /// triggers once. Only MQTT needs a setting for it (`tick_claims`).
