@@ -350,10 +350,26 @@ impl App {
         let upstreams = resolve_upstreams(host, &manifest, &secrets).await?;
         let config = operator_config(host, &manifest, &secrets, config).await?;
         let mut components = BTreeMap::new();
+        // A tenant's components come from its own directory only.
+        let tenant_root = host
+            .serve
+            .tenant_manifests
+            .then(|| manifest.file.parent())
+            .flatten()
+            .map(|dir| {
+                if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                }
+            });
         for decl in manifest.components.values() {
-            let component = engine.load_component(&decl.path).await.with_context(|| {
-                format!("component `{}` of {}", decl.name, manifest.file.display())
-            })?;
+            let component = engine
+                .load_component_within(&decl.path, tenant_root)
+                .await
+                .with_context(|| {
+                    format!("component `{}` of {}", decl.name, manifest.file.display())
+                })?;
             crate::imports::check_imports(engine.engine(), &component, &decl.name, &decl.grants)
                 .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
             let pre = engine

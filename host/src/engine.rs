@@ -218,8 +218,22 @@ impl HostEngine {
     /// refused. (A compile past its time is abandoned, not stopped: its
     /// thread finishes in the background and the result is dropped.)
     pub async fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
+        self.load_component_within(path, None).await
+    }
+
+    /// [`HostEngine::load_component`], refusing a file that does not lie
+    /// in directory `root` (when given) once every link on its way is
+    /// followed: a tenant's manifest (`berth serve`) names components in
+    /// its own directory only, never another tenant's code (which would
+    /// run under this tenant's grants and config).
+    pub async fn load_component_within(
+        &self,
+        path: &Path,
+        root: Option<&Path>,
+    ) -> anyhow::Result<Component> {
         let settings = self.settings();
-        let bytes = read_bounded(path, settings.max_component_bytes)?;
+        let max = settings.max_component_bytes;
+        let bytes = crate::fairness::blocking(|| read_bounded(path, max, root))?;
         let size_mib = bytes.len() as f64 / f64::from(1 << 20);
         let (engine, shown) = (self.clone(), path.display().to_string());
         let compile = tokio::task::spawn_blocking(move || {
@@ -353,18 +367,29 @@ fn remove_stale_artifacts(dir: &Path, digest: &str, current: &Path) {
     }
 }
 
-/// Reads the regular file at `path` if it holds at most `max` bytes. Opened
-/// once and read with a bound, so neither a device (`/dev/zero`), a FIFO,
-/// nor a file that grows after a size check can make the host read more.
-fn read_bounded(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+/// Reads the regular file at `path` if it holds at most `max` bytes (and,
+/// with `root`, lies in that directory). Opened once, without waiting (a
+/// FIFO without a writer would block the open for ever), and read with a
+/// bound, so neither a device (`/dev/zero`), a FIFO, nor a file that grows
+/// after a size check can make the host read more. Where the file lies is
+/// read from the open file itself, so a link swapped after a check cannot
+/// lead elsewhere.
+fn read_bounded(path: &Path, max: u64, root: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path)
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .with_context(|| format!("cannot read component {}", path.display()))?;
     let meta = file
         .metadata()
         .with_context(|| format!("cannot read component {}", path.display()))?;
     if !meta.is_file() {
         anyhow::bail!("component {} is not a regular file", path.display());
+    }
+    if let Some(root) = root {
+        check_within(&file, path, root)?;
     }
     let mut bytes = Vec::new();
     file.take(max + 1)
@@ -475,6 +500,27 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
+}
+
+/// Refuses open `file` (opened as `path`) unless it lies in directory
+/// `root`, every link followed.
+fn check_within(file: &std::fs::File, path: &Path, root: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let outside = || {
+        anyhow::anyhow!(
+            "component {} lies outside the app's directory {}: an app served by `berth serve` runs components from its own directory only",
+            path.display(),
+            root.display()
+        )
+    };
+    let root = std::fs::canonicalize(root).map_err(|_| outside())?;
+    let actual = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .with_context(|| format!("cannot tell where component {} lies", path.display()))?;
+    if actual.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(outside())
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::app::App;
 use crate::config::HostConfig;
 use crate::engine::HostEngine;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::ports::blob::url::URL_PREFIX;
 use crate::triggers::http::{HttpHandler, HttpService, not_found};
 
@@ -38,9 +38,24 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>, bool);
 
 impl Fingerprint {
-    fn of(manifest_path: &Path, host: &HostConfig) -> Option<Fingerprint> {
-        let text = std::fs::read(manifest_path).ok()?;
-        let manifest = Manifest::load(manifest_path);
+    /// The fingerprint of the app whose manifest is `manifest_path`, and
+    /// the manifest, read once (bounded, see [`Manifest::read`]).
+    fn of(
+        manifest_path: &Path,
+        host: &HostConfig,
+    ) -> (Fingerprint, Result<Manifest, ManifestError>) {
+        let text = Manifest::read(manifest_path);
+        let seen = match &text {
+            Ok(text) => text.as_bytes().to_vec(),
+            // Read again at each rescan: a manifest that cannot be read
+            // is refused once, until what stops it changes.
+            Err(e) => e.to_string().into_bytes(),
+        };
+        let manifest = text.and_then(|text| {
+            let file =
+                std::path::absolute(manifest_path).unwrap_or_else(|_| manifest_path.to_path_buf());
+            Manifest::parse(&text, &file)
+        });
         // State an earlier version left in the app's directory refuses the
         // app until it is removed or copied over (see `App::load`).
         let left_state = manifest.as_ref().is_ok_and(|m| {
@@ -48,6 +63,7 @@ impl Fingerprint {
                 && !host.app_state_dir(m).exists()
         });
         let components = manifest
+            .as_ref()
             .map(|m| {
                 m.components
                     .values()
@@ -62,7 +78,7 @@ impl Fingerprint {
                     .collect()
             })
             .unwrap_or_default();
-        Some(Fingerprint(text, components, left_state))
+        (Fingerprint(seen, components, left_state), manifest)
     }
 }
 
@@ -136,21 +152,30 @@ impl Tenants {
     pub async fn sync(&self) -> Vec<String> {
         let mut errors = Vec::new();
         let mut seen = Vec::new();
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
+        // The file-system work of the whole scan (listing, reading and
+        // parsing manifests, `stat`s), off the serving threads at once.
+        let scanned = crate::fairness::blocking(|| -> std::io::Result<Vec<_>> {
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("berth.toml").is_file())
+                .collect();
+            dirs.sort();
+            Ok(dirs
+                .into_iter()
+                .map(|dir| {
+                    let (fingerprint, manifest) =
+                        Fingerprint::of(&dir.join("berth.toml"), &self.host);
+                    (dir, fingerprint, manifest)
+                })
+                .collect())
+        });
+        let scanned = match scanned {
+            Ok(scanned) => scanned,
             Err(e) => return vec![format!("cannot read {}: {e}", self.dir.display())],
         };
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("berth.toml").is_file())
-            .collect();
-        dirs.sort();
-        for dir in dirs {
+        for (dir, fingerprint, manifest) in scanned {
             seen.push(dir.clone());
             let manifest_path = dir.join("berth.toml");
-            let Some(fingerprint) = Fingerprint::of(&manifest_path, &self.host) else {
-                continue;
-            };
             let current = self
                 .mounted
                 .read()
@@ -160,7 +185,7 @@ impl Tenants {
             if current.as_ref() == Some(&fingerprint) || refused.as_ref() == Some(&fingerprint) {
                 continue;
             }
-            match self.load(&dir, &manifest_path).await {
+            match self.load(&dir, manifest).await {
                 Ok(mounted) => {
                     self.mount(dir.clone(), fingerprint, mounted);
                     if let Ok(mut r) = self.refused.write() {
@@ -196,8 +221,12 @@ impl Tenants {
         errors
     }
 
-    async fn load(&self, dir: &Path, manifest_path: &Path) -> anyhow::Result<Mounted> {
-        let manifest = Manifest::load(manifest_path)?;
+    async fn load(
+        &self,
+        dir: &Path,
+        manifest: Result<Manifest, ManifestError>,
+    ) -> anyhow::Result<Mounted> {
+        let manifest = manifest?;
         // Before the name is looked up: a tenant claiming another's name
         // is refused for that, not reported as a second copy.
         crate::fairness::blocking(|| crate::app::check_tenant_directory(&manifest))?;
@@ -315,6 +344,17 @@ impl Tenants {
     fn route(&self, req: &Request<Incoming>) -> Option<(Arc<Mounted>, Option<String>)> {
         let path = req.uri().path();
         if has_dot_segment(path) {
+            return None;
+        }
+        // Two `Host` lines (RFC 9112 wants a 400): a proxy in front judging
+        // the request by the other one would judge it by another app.
+        if req
+            .headers()
+            .get_all(hyper::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
             return None;
         }
         // Signed blob URLs carry the app name: /_berth/blob/<app>/…

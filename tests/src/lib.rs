@@ -411,6 +411,32 @@ component = "tenant"
         path = guests::TENANT_GUEST,
     );
     std::fs::write(dir.join("berth.toml"), manifest).expect("write manifest");
+    confine_components(&dir);
+}
+
+/// Copies each component that `dir/berth.toml` names by an absolute path
+/// (the test guests' build output) into `dir`, and names it there:
+/// `berth serve` runs a tenant's components from its own directory only.
+pub fn confine_components(dir: &Path) {
+    let manifest = dir.join("berth.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read manifest");
+    let mut confined = Vec::new();
+    for line in text.lines() {
+        let wasm = line
+            .strip_prefix("path = \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+            .map(Path::new)
+            .filter(|path| path.is_absolute() && path.extension().is_some_and(|e| e == "wasm"));
+        match wasm {
+            Some(path) => {
+                let name = path.file_name().expect("a file name");
+                std::fs::copy(path, dir.join(name)).expect("copy component");
+                confined.push(format!("path = {:?}", name.to_string_lossy()));
+            }
+            None => confined.push(line.to_string()),
+        }
+    }
+    std::fs::write(&manifest, confined.join("\n") + "\n").expect("write manifest");
 }
 
 /// Outbound URLs of loopback, private and link-local (metadata) addresses

@@ -181,15 +181,49 @@ pub struct Manifest {
     pub schedule_triggers: Vec<ScheduleTrigger>,
 }
 
+/// The largest manifest read.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
 impl Manifest {
     /// Reads and validates the manifest at `file`.
     pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
-            file: file.to_path_buf(),
-            source,
-        })?;
+        let text = Self::read(file)?;
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
         Self::parse(&text, &file)
+    }
+
+    /// The text of the manifest at `file`: a regular file of at most
+    /// [`MAX_MANIFEST_BYTES`], opened without waiting (a FIFO without a
+    /// writer would block the open for ever) and read with that bound, so
+    /// that a tenant's manifest (read at every rescan of `berth serve`)
+    /// cannot make the host read or hold more.
+    pub fn read(file: &Path) -> Result<String, ManifestError> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let failed = |source| ManifestError::Read {
+            file: file.to_path_buf(),
+            source,
+        };
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(file)
+            .map_err(failed)?;
+        if !handle.metadata().map_err(failed)?.is_file() {
+            return Err(failed(std::io::Error::other("not a regular file")));
+        }
+        let mut bytes = Vec::new();
+        handle
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(failed)?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(failed(std::io::Error::other(format!(
+                "larger than {} KiB",
+                MAX_MANIFEST_BYTES >> 10
+            ))));
+        }
+        String::from_utf8(bytes).map_err(|_| failed(std::io::Error::other("not UTF-8 text")))
     }
 
     /// Parses and validates manifest `text` as if read from `file`.

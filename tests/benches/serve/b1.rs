@@ -78,6 +78,8 @@ pub(super) fn b1_hello_world() {
                     ),
                 )
                 .unwrap();
+                // `berth serve` loads a tenant's components from its directory only.
+                berth_tests::confine_components(&app);
                 let config = apps.path().join("host.toml");
                 std::fs::write(
                     &config,

@@ -35,6 +35,8 @@ pub(super) async fn b6_held_instances() {
         ),
     )
     .unwrap();
+    // `berth serve` loads a tenant's components from its directory only.
+    berth_tests::confine_components(&app);
     let config = apps.path().join("host.toml");
     std::fs::write(
         &config,

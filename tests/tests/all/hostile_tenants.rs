@@ -37,7 +37,8 @@ impl Host {
 }
 
 /// Apps that must be refused at load, each with the words its error names.
-fn write_refused_apps(apps: &Path) -> Vec<(&'static str, &'static str)> {
+/// `victim` is another tenant's app, already written.
+fn write_refused_apps(apps: &Path, victim: &str) -> Vec<(&'static str, &'static str)> {
     // Imports every port but is granted none of them.
     let dir = apps.join("forbidden");
     std::fs::create_dir_all(&dir).unwrap();
@@ -47,6 +48,49 @@ fn write_refused_apps(apps: &Path) -> Vec<(&'static str, &'static str)> {
             "name = \"forbidden\"\n[component.tenant]\npath = {:?}\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"tenant\"\n",
             guests::TENANT_GUEST
         ),
+    )
+    .unwrap();
+    berth_tests::confine_components(&dir);
+    // Another tenant's code (any file outside the app's directory), named
+    // by its path or through a link: it would run under this app's grants
+    // and config.
+    let dir = apps.join("outsider");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("berth.toml"),
+        format!(
+            "name = \"outsider\"\n[component.tenant]\npath = \"../{victim}/{}\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"tenant\"\n",
+            Path::new(guests::TENANT_GUEST).file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let dir = apps.join("linked");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(guests::HTTP_GUEST, dir.join("app.wasm")).unwrap();
+    std::fs::write(
+        dir.join("berth.toml"),
+        "name = \"linked\"\n[component.tenant]\npath = \"app.wasm\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"tenant\"\n",
+    )
+    .unwrap();
+    // A FIFO nobody writes to, which would block the open for ever.
+    let dir = apps.join("fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.join("app.wasm"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(
+        dir.join("berth.toml"),
+        "name = \"fifo\"\n[component.tenant]\npath = \"app.wasm\"\n",
+    )
+    .unwrap();
+    // A manifest the host would read (and hold) at every rescan.
+    let dir = apps.join("bloated");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("berth.toml"),
+        format!("name = \"bloated\"\n# {}\n", "x".repeat(1 << 20)),
     )
     .unwrap();
     // Not a component at all.
@@ -73,6 +117,10 @@ fn write_refused_apps(apps: &Path) -> Vec<(&'static str, &'static str)> {
         ("forbidden", "imports `berth:infra/sql@0.1.0`"),
         ("garbage", "cannot compile component"),
         ("precompiled", "not a WebAssembly file"),
+        ("outsider", "outside the app's directory"),
+        ("linked", "outside the app's directory"),
+        ("fifo", "not a regular file"),
+        ("bloated", "larger than 1024 KiB"),
     ]
 }
 
@@ -176,7 +224,7 @@ component = "web"
             web = guests::HTTP_GUEST,
         ),
     );
-    let refused = write_refused_apps(&apps);
+    let refused = write_refused_apps(&apps, victim);
     let (_tenants, host, errors) = start(&apps, host).await;
 
     // Forbidden imports, invalid binaries and foreign native code are

@@ -18,6 +18,7 @@ fn write_app(dir: &Path, name: &str, greeting: &str) {
         .replace("name = \"users\"", &format!("name = \"{name}\""))
         .replace("Welcome to Berth", greeting);
     std::fs::write(dir.join("berth.toml"), text).unwrap();
+    berth_tests::confine_components(dir);
 }
 
 async fn get(base: &str, path: &str) -> (u16, Value) {
@@ -60,6 +61,25 @@ async fn tenants_routed_updated_and_removed() {
     );
     assert_eq!(get(&base, "/stats").await.0, 404);
     assert_eq!(get(&base, "/shop-c/stats").await.0, 404);
+    // A request with two `Host` lines reaches no app: a proxy in front
+    // may have judged it by the other one.
+    let addr = base.trim_start_matches("http://");
+    let status_of = |head: &'static str| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let one = "GET /shop-a/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let two = "GET /shop-a/stats HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n";
+    assert_eq!(status_of(one).await, "HTTP/1.1 200 OK");
+    assert_eq!(status_of(two).await, "HTTP/1.1 404 Not Found");
 
     // An update takes effect without a restart.
     write_app(&apps.path().join("shop-a"), "shop-a", "Greeting A2");
@@ -171,6 +191,7 @@ fn write_http_app(dir: &Path, name: &str, limits: &str) {
         ),
     )
     .unwrap();
+    berth_tests::confine_components(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
