@@ -21,7 +21,7 @@ macro_rules! say {
 mod build;
 mod logging;
 pub mod new;
-mod open_files;
+pub(crate) mod open_files;
 pub mod wit;
 
 use std::path::{Path, PathBuf};

@@ -27,3 +27,14 @@ pub(super) fn raise_limit() {
         tracing::debug!(soft = limit.rlim_cur, "cannot raise the open-files limit");
     }
 }
+
+/// The soft limit on open files, after [`raise_limit`].
+#[expect(unsafe_code, reason = "getrlimit on a local struct")]
+pub(crate) fn soft_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable `rlimit` for the call's duration.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}

@@ -12,8 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -26,6 +24,8 @@ use crate::limits::LimitExceeded;
 use crate::metrics::{Outcome, Trigger};
 use crate::ports::blob::url::URL_PREFIX;
 use crate::state::InstanceState;
+
+pub use super::connections::{HEADER_READ_TIMEOUT, serve};
 
 /// How long in-flight requests may finish after shutdown begins, unless
 /// the host config's `[serve] shutdown_grace_ms` says otherwise.
@@ -380,93 +380,4 @@ fn error_response(
         body["limit"] = serde_json::Value::from(limit);
     }
     json_response(status, body)
-}
-
-/// How long a client may take to send a request's head (and an idle
-/// keep-alive connection to start the next one) before the connection is
-/// closed: a client trickling its headers must not hold a connection, and
-/// a file descriptor, for ever.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How often an HTTP/2 connection is pinged, and how long its answer may
-/// take, before the connection is closed.
-const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
-
-/// Serves `handler` on `listener` until `shutdown` resolves. Then it stops
-/// accepting (the listener is closed), lets requests in flight finish for
-/// up to `grace` while idle keep-alive connections are closed, and cancels
-/// the connections still open after that. Connections are HTTP/1.1 with
-/// keep-alive or HTTP/2 (prior knowledge), whichever the client speaks.
-pub async fn serve<H: HttpService>(
-    handler: Arc<H>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper applies no header read timeout at all.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEP_ALIVE.0)
-        .keep_alive_timeout(H2_KEEP_ALIVE.1);
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors, mostly: back off rather
-                        // than spin; connections in flight go on.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler.call(req).await) }
-                });
-                // No upgrades: `wasi:http` has none, and a guest's 101 must
-                // not turn the connection into a tunnel.
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                connections.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            // Reap finished connections so the set holds only live ones.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tracing::info!(
-        ?grace,
-        "shutting down: no longer accepting; draining requests in flight"
-    );
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            open = connections.len(),
-            "requests in flight did not finish within the grace period; cancelling them"
-        );
-        connections.abort_all();
-    }
-    while connections.join_next().await.is_some() {}
-    Ok(())
 }

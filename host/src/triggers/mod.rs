@@ -1,10 +1,12 @@
 //! Triggers: the ways an instance gets invoked.
 //! - [`run`]: `wasi:cli/run` commands (`berth run`);
-//! - [`http`]: `wasi:http/incoming-handler` behind HTTP routes (`berth up`);
+//! - [`http`]: `wasi:http/incoming-handler` behind HTTP routes (`berth up`),
+//!   on the connections [`connections`] accepts and keeps;
 //! - [`message`]: `berth:infra/handler` fed by message subscriptions;
 //! - [`schedule`]: the same handler run on a cron schedule;
 //! - [`warm`]: the pool of warm instances a message trigger may keep.
 
+pub mod connections;
 pub mod http;
 pub mod message;
 pub mod run;

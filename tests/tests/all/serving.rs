@@ -29,31 +29,44 @@ async fn get(url: String) -> reqwest::Result<(u16, String)> {
 }
 
 /// A client that trickles a request's headers (slowloris) loses its
-/// connection after the header read timeout; hyper applies none unless it
-/// is given a timer.
+/// connection after the header read timeout (hyper applies none unless it
+/// is given a timer); so does one that sends nothing at all, or only the
+/// start of an HTTP/2 preface, before which hyper cannot tell the protocol
+/// and applies no timeout of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_head_never_finished_loses_its_connection() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let t = web_app("");
     let server = serve_with(&t, HostConfig::default()).await;
     let addr = server.base.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    stream
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-slow: ")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf))
-        .await
-        .expect("the server closes the connection within a minute");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let waited = started.elapsed();
+    let starts: [&[u8]; 3] = [
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-slow: ",
+        b"",
+        b"PRI * HTTP/2.0\r\n",
+    ];
+    let clients = starts.map(|start| {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stream.write_all(start).await.unwrap();
+            let started = Instant::now();
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf))
+                .await
+                .expect("the server closes the connection within a minute");
+            assert!(matches!(read, Ok(0) | Err(_)), "{start:?}: {read:?}");
+            (start, started.elapsed())
+        })
+    });
     let timeout = berth::triggers::http::HEADER_READ_TIMEOUT;
-    assert!(
-        waited >= timeout - Duration::from_secs(1) && waited < timeout + Duration::from_secs(10),
-        "closed after {waited:?}"
-    );
+    for client in clients {
+        let (start, waited) = client.await.unwrap();
+        assert!(
+            waited >= timeout - Duration::from_secs(1)
+                && waited < timeout + Duration::from_secs(10),
+            "{start:?}: closed after {waited:?}"
+        );
+    }
     server.stop().await;
 }
 
