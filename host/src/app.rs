@@ -43,6 +43,8 @@ pub struct AppBackends {
     pub publish_rate: Option<Arc<crate::rate::TokenBucket>>,
     /// Verifies the signed blob URLs of the embedded blob store.
     pub url_signer: Arc<crate::ports::blob::url::UrlSigner>,
+    /// The lines the app's guests may log (`app_limits.log_lines_per_second`).
+    pub log_budget: Arc<crate::ports::logging::budget::LogBudget>,
 }
 
 /// Everything an instance of one component needs, built at load.
@@ -68,6 +70,9 @@ pub struct ComponentEnv {
     pub config: BTreeMap<String, Secret>,
     /// The app's backends.
     pub backends: Arc<AppBackends>,
+    /// Where its instances' stdout and stderr go on the HTTP and message
+    /// triggers (the host's log, a line at a time).
+    pub output: Arc<crate::ports::logging::output::OutputOwner>,
 }
 
 /// What a component exports, i.e. which triggers can invoke it.
@@ -412,6 +417,11 @@ impl App {
                     .filter(|(k, _)| decl.grants.config.contains(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                output: Arc::new(crate::ports::logging::output::OutputOwner {
+                    app: manifest.name.clone(),
+                    component: decl.name.clone(),
+                    budget: backends.log_budget.clone(),
+                }),
                 backends: backends.clone(),
             });
             components.insert(decl.name.clone(), LoadedComponent { env, pre, exports });

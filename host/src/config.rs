@@ -166,6 +166,11 @@ pub struct AppLimitsConfig {
     /// host's own publishes (dead letters, schedule ticks) do not count.
     /// 0 is refused at load.
     pub messages_per_second: Option<u32>,
+    /// Lines one app's guests may write to the host's log per second,
+    /// through the logging port and on stdout and stderr together (bursts
+    /// up to the same number); default 1000. Lines past it are dropped and
+    /// counted. 0 is refused at load.
+    pub log_lines_per_second: Option<u32>,
 }
 
 /// `[admin]`: the operators' listener (health, readiness, metrics).
@@ -409,6 +414,12 @@ impl HostConfig {
         if self.app_limits.messages_per_second == Some(0) {
             return Err(
                 "`app_limits.messages_per_second` is 0; it must be at least 1 (leave it out for no limit)"
+                    .into(),
+            );
+        }
+        if self.app_limits.log_lines_per_second == Some(0) {
+            return Err(
+                "`app_limits.log_lines_per_second` is 0; it must be at least 1 (lines past it are dropped)"
                     .into(),
             );
         }

@@ -195,8 +195,11 @@ impl Tenants {
                 Err(e) => {
                     let verb = if current.is_some() { "update" } else { "app" };
                     let message = format!("{}: {verb} refused: {e:#}", manifest_path.display());
+                    // The message quotes the tenant's manifest: it must not
+                    // make lines of the host's log of its own.
                     tracing::error!(
-                        "{message}{}",
+                        "{}{}",
+                        crate::audit::printable(&message),
                         if current.is_some() {
                             "; the previous version keeps serving"
                         } else {

@@ -24,10 +24,11 @@
 //! | `/names` | names that are not its own on every port |
 //! | `/email` | header injection and ungranted senders |
 //! | `/config` | every config value it can read (`get-all`, and `token`) |
+//! | `/forge` | writes lines posing as the host's log to stderr and stdout, and through the logging port |
 
 use std::io::Write as _;
 
-use berth_bindings::{blob, config, email, kv, messaging, sql};
+use berth_bindings::{blob, config, email, kv, logging, messaging, sql};
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -69,6 +70,7 @@ impl wasip2::exports::http::incoming_handler::Guest for TenantGuest {
             "names" => (200, names()),
             "email" => (200, email_attacks()),
             "config" => (200, read_config()),
+            "forge" => (200, forge()),
             _ => (404, "not found".to_owned()),
         };
         send(out, status, body.as_bytes());
@@ -450,4 +452,23 @@ fn read_config() -> String {
 /// The case of an error and its message, as the guest received it.
 fn case(e: &impl std::fmt::Debug) -> String {
     format!("{e:?}")
+}
+
+/// Tries to write lines of the host's log of its own: after a line break,
+/// after a carriage return and a terminal's erase-line sequence, in a
+/// logging record's message and in its field names and values.
+fn forge() -> String {
+    let forged = "2026-12-07T00:00:00.000000Z  WARN berth::audit: refused app=\"victim\"";
+    eprintln!("ok\n{forged} FORGED-STDERR");
+    print!("ok\r\u{1b}[2K{forged} FORGED-STDOUT\n");
+    let _ = std::io::stdout().flush();
+    logging::log(
+        logging::Level::Warn,
+        &format!("ok\n{forged} FORGED-LOG"),
+        &[(
+            "x app=\"victim\"\n".to_owned(),
+            format!("v\n{forged} FORGED-FIELD"),
+        )],
+    );
+    "forged".to_owned()
 }

@@ -555,6 +555,11 @@ pub async fn open(
             std::time::Duration::from_secs(1),
         ))
     });
+    let log_budget = Arc::new(crate::ports::logging::budget::LogBudget::new(
+        host.app_limits
+            .log_lines_per_second
+            .unwrap_or(crate::ports::logging::budget::DEFAULT_LINES_PER_SECOND),
+    ));
     Ok(AppBackends {
         sql,
         kv,
@@ -563,5 +568,6 @@ pub async fn open(
         email,
         publish_rate,
         url_signer,
+        log_budget,
     })
 }

@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::limits::LimitExceeded;
 use crate::metrics::{Outcome, Trigger};
 use crate::ports::blob::url::URL_PREFIX;
+use crate::ports::logging::output::GuestOutput;
 use crate::state::InstanceState;
 
 pub use super::connections::{HEADER_READ_TIMEOUT, serve};
@@ -162,7 +163,8 @@ impl HttpHandler {
             );
         };
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
+        wasi.stdout(GuestOutput::new(env.output.clone(), "stdout"))
+            .stderr(GuestOutput::new(env.output.clone(), "stderr"));
         let engine = self.app.engine();
         let mut store =
             crate::app::new_store(engine.engine(), engine.cpu_turns(), env.clone(), wasi, slot);

@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::bindings::{MessageHandler, MessageHandlerPre};
 use crate::manifest::{DEFAULT_BACKOFF_MS, MessageTrigger};
 use crate::metrics::{Outcome, Trigger};
+use crate::ports::logging::output::GuestOutput;
 use crate::ports::messaging::host::{is_host_header, message_to_wit};
 use crate::ports::messaging::{Acker, Delivery, MessagingError, Subscription};
 use crate::state::InstanceState;
@@ -31,6 +32,9 @@ use crate::state::InstanceState;
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 /// Longest redelivery delay, unless the trigger says otherwise.
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest error of a handler's own kept (logged, and in a dead letter's
+/// `berth-error`); the rest is cut.
+const MAX_GUEST_ERROR_BYTES: usize = 1024;
 /// Deliveries handled at once per trigger, unless it says otherwise.
 const DEFAULT_CONCURRENCY: usize = 16;
 
@@ -379,7 +383,9 @@ async fn invoke(
             }
             Err(slot) => {
                 let mut wasi = WasiCtxBuilder::new();
-                wasi.inherit_stderr();
+                let output = &component.env.output;
+                wasi.stdout(GuestOutput::new(output.clone(), "stdout"))
+                    .stderr(GuestOutput::new(output.clone(), "stderr"));
                 let mut store = app.new_store(component, wasi, slot);
                 let handler = pre.instantiate_async(&mut store).await?;
                 WarmPool::fresh(WarmInstance { store, handler })
@@ -400,7 +406,15 @@ async fn invoke(
         wasmtime::Result::Ok(result)
     };
     let (outcome, result) = match tokio::time::timeout(limit + Duration::from_secs(1), call).await {
-        Ok(Ok(result)) => (Ok(result.is_ok()), result),
+        // The guest's error is logged and may go into a dead letter's
+        // header: bounded, and unable to start a log line of its own.
+        Ok(Ok(result)) => (
+            Ok(result.is_ok()),
+            result.map_err(|e| {
+                crate::audit::printable(crate::ports::truncate(&e, MAX_GUEST_ERROR_BYTES))
+                    .into_owned()
+            }),
+        ),
         Ok(Err(e)) => {
             let e = InvocationError::from_error(&e, handles);
             (Err(e.clone()), Err(e.to_string()))

@@ -292,3 +292,83 @@ fn cli_wit_writes_what_guest_authors_need_in_sync_with_the_repository() {
     assert!(printed.contains("// ==> kv.wit <=="), "{printed}");
     assert!(printed.contains("package wasi:keyvalue@0.2.0-draft2;"));
 }
+
+/// What a guest writes to stdout and stderr, and logs through the logging
+/// port, reaches the host's log a line at a time, escaped, under
+/// `berth::guest`: no tenant writes a line posing as the host's (an audit
+/// event blaming another app, say), nor moves the terminal's cursor.
+#[test]
+fn guests_cannot_write_lines_of_the_hosts_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // The grants the tenant guest's imports need.
+    let grants = "kv = [\"cache\"]\npublish = [\"notes\"]\nemail_senders = [\"app@forger.test\"]\nconfig = [\"greeting\"]";
+    berth_tests::write_tenant_app(dir.path(), "forger", grants, "", "");
+    let mut child = berth()
+        .arg("up")
+        .arg(dir.path().join("forger/berth.toml"))
+        .args(["--no-build", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .env("BERTH_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let base = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| Some(line.split_once(" is up at ")?.1.to_string()))
+        .expect("berth up prints its address");
+    let answer = {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+        stream
+            .write_all(b"GET /forge HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("forged"),
+        "{answer}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = log.join().unwrap();
+    assert!(!log.contains('\u{1b}'), "a raw escape sequence: {log}");
+    // Each forged text lies inside one line the host wrote for the guest;
+    // a line break, a carriage return or an escape sequence in it is
+    // written out.
+    for (forged, escaped) in [
+        ("FORGED-STDERR", ""),
+        ("FORGED-STDOUT", "\\u{d}\\u{1b}[2K"),
+        ("FORGED-LOG", "ok\\u{a}"),
+        ("FORGED-FIELD", "v\\u{a}"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(forged)).collect();
+        assert_eq!(lines.len(), 1, "{forged}: {log}");
+        assert!(
+            lines[0].contains("berth::guest") && lines[0].contains(escaped),
+            "{forged} is the guest's, escaped: {}",
+            lines[0]
+        );
+    }
+    assert!(
+        log.contains("x_app__victim__="),
+        "a field name poses as no other field: {log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-07T00:00:00")),
+        "no line of the guest's own: {log}"
+    );
+}

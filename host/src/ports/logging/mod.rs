@@ -1,6 +1,11 @@
 //! The `logging` port: guest records go into the host's `tracing` pipeline
-//! under the target `berth::guest`, tagged with app and component.
+//! under the target `berth::guest`, tagged with app and component, at most
+//! as many per second as the app's [`budget`] allows.
 
+pub mod budget;
+pub mod output;
+
+use crate::audit::{printable, quoted};
 use crate::bindings::ports::logging::{self as wit, Level};
 use crate::metrics::Port;
 use crate::ports::truncate;
@@ -12,6 +17,32 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Most fields kept per record.
 const MAX_FIELDS: usize = 32;
 
+/// Whether the host's log filter keeps a guest record of `level`.
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::Trace => tracing::enabled!(target: "berth::guest", tracing::Level::TRACE),
+        Level::Debug => tracing::enabled!(target: "berth::guest", tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(target: "berth::guest", tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(target: "berth::guest", tracing::Level::WARN),
+        Level::Error => tracing::enabled!(target: "berth::guest", tracing::Level::ERROR),
+    }
+}
+
+/// A guest's field name as the record shows it: characters other than
+/// `A-Z a-z 0-9 _ . -` written `_`, so that a name cannot pose as more
+/// fields (`x app="other"`).
+fn field_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl wit::Host for InstanceState {
     fn log(
         &mut self,
@@ -20,12 +51,27 @@ impl wit::Host for InstanceState {
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         let started = crate::metrics::Started::now();
+        // A record the host's filter drops spends nothing of the budget:
+        // debug records must not crowd out the warnings.
+        if !enabled(level) || !self.env.backends.log_budget.admit(&self.env.app) {
+            let ok: Result<(), ()> = Ok(());
+            self.meter(Port::Logging, "log", "", started, &ok, 0, |_| 0);
+            return Ok(());
+        }
         let bytes_in = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        let message = truncate(&message, MAX_MESSAGE_BYTES);
+        // Neither the message nor a field can make a line of the host's
+        // log of its own (see `audit::printable`).
+        let message = printable(truncate(&message, MAX_MESSAGE_BYTES));
         let fields: Vec<String> = fields
             .iter()
             .take(MAX_FIELDS)
-            .map(|(k, v)| format!("{}={:?}", truncate(k, 128), truncate(v, 1024)))
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    field_name(truncate(k, 128)),
+                    quoted(truncate(v, 1024))
+                )
+            })
             .collect();
         let fields = fields.join(" ");
         let (app, component) = (&self.env.app, &self.env.component);
@@ -44,5 +90,16 @@ impl wit::Host for InstanceState {
         let ok: Result<(), ()> = Ok(());
         self.meter(Port::Logging, "log", "", started, &ok, bytes_in, |_| 0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_cannot_pose_as_more_fields() {
+        assert_eq!(field_name("order.id-2_x"), "order.id-2_x");
+        assert_eq!(field_name("x app=\"other\"\n"), "x_app__other__");
     }
 }
