@@ -243,7 +243,7 @@ pub enum LimitExceeded {
     Timeout(Duration),
     /// The guest tried to grow its linear memory past its limit.
     #[error(
-        "memory limit exceeded: the guest tried to grow its memory to {requested} bytes, the limit is {limit} bytes"
+        "memory limit exceeded: the guest tried to grow its memory to {requested} bytes (all its memories together), the limit is {limit} bytes"
     )]
     Memory {
         /// Bytes the guest asked for.
@@ -282,30 +282,49 @@ impl LimitExceeded {
 #[derive(Debug)]
 pub struct InstanceLimiter {
     memory_bytes: u64,
+    /// The linear memory of all the instance's memories together: a
+    /// component may have several (one per core instance that defines
+    /// one), and the limit is the instance's, not each memory's.
+    used: u64,
 }
 
 impl InstanceLimiter {
     /// A limiter allowing `memory_bytes` of linear memory.
     pub fn new(memory_bytes: u64) -> Self {
-        Self { memory_bytes }
+        Self {
+            memory_bytes,
+            used: 0,
+        }
     }
 }
 
 impl ResourceLimiter for InstanceLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_bytes {
+        if maximum.is_some_and(|max| desired > max) {
+            // Past the memory's own maximum: the grow fails (the guest
+            // sees -1), and nothing is counted.
+            return Ok(false);
+        }
+        let grant = (desired as u64).saturating_sub(current as u64);
+        let total = self.used.saturating_add(grant);
+        if total > self.memory_bytes {
             // Trapping (rather than failing the grow) gives the operator and
             // the HTTP client a clear cause instead of an allocator abort.
             return Err(wasmtime::Error::new(LimitExceeded::Memory {
-                requested: desired,
+                requested: usize::try_from(total).unwrap_or(usize::MAX),
                 limit: self.memory_bytes,
             }));
         }
+        // Counted as granted: a grow that then fails (the host out of
+        // memory) counts until the instance goes, which errs on the safe
+        // side. (wasmtime also reports failures of grows it never asked
+        // about, so taking a grant back on failure could undercount.)
+        self.used = total;
         Ok(true)
     }
 
@@ -325,6 +344,29 @@ impl ResourceLimiter for InstanceLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_limit_counts_every_memory_of_the_instance() {
+        let mib = 1 << 20;
+        let mut limiter = InstanceLimiter::new(8 * mib as u64);
+        // Two memories of 3 MiB each, then one grows by 2 MiB: 8 MiB.
+        assert!(limiter.memory_growing(0, 3 * mib, None).unwrap());
+        assert!(limiter.memory_growing(0, 3 * mib, None).unwrap());
+        assert!(limiter.memory_growing(3 * mib, 5 * mib, None).unwrap());
+        // Each memory alone is under the limit; together they pass it.
+        let err = limiter.memory_growing(3 * mib, 4 * mib, None).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<LimitExceeded>(),
+                Some(LimitExceeded::Memory { requested, .. }) if *requested == 9 * mib
+            ),
+            "{err}"
+        );
+        // A grow past the memory's own maximum fails and counts nothing.
+        let mut limiter = InstanceLimiter::new(4 * mib as u64);
+        assert!(!limiter.memory_growing(0, 2 * mib, Some(mib)).unwrap());
+        assert!(limiter.memory_growing(0, 4 * mib, None).unwrap());
+    }
 
     #[test]
     fn payload_caps_are_capped_at_the_defaults_unless_the_host_raises_them() {
