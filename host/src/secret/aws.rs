@@ -87,6 +87,12 @@ impl AwsSecrets {
                 TimeoutConfig::builder()
                     .connect_timeout(timeout)
                     .read_timeout(timeout)
+                    // A whole lookup, retries included, is bounded too: a
+                    // server that answers slowly without stopping would
+                    // otherwise hold the load (and, on `berth serve`, the
+                    // loads of the apps after it).
+                    .operation_attempt_timeout(timeout)
+                    .operation_timeout(timeout.saturating_mul(3))
                     .build(),
             );
         if let Some(endpoint) = &config.endpoint {

@@ -284,29 +284,25 @@ impl HttpHandler {
         };
         // The length is the reader's own: a `stat` beside it could see
         // another version, if the object was replaced in between.
-        let Ok(reader) = backend.read(&key).await else {
-            return error_response(StatusCode::NOT_FOUND, "no such object", None);
+        let reader = match backend.read(&key).await {
+            Ok(reader) => reader,
+            Err(crate::ports::blob::BlobError::NotFound) => {
+                return error_response(StatusCode::NOT_FOUND, "no such object", None);
+            }
+            Err(e) => {
+                tracing::warn!(%app, %container, error = %e, "a blob URL's object cannot be read");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the blob store cannot be read now; try again",
+                    None,
+                );
+            }
         };
         let size = reader.size();
-        tracing::debug!(%app, %container, %key, "serving blob URL");
-        // The download's place is held until its last chunk, or its
-        // client going away, drops the stream.
-        let stream = futures::stream::unfold(Some((reader, download)), |held| async move {
-            let (mut reader, download) = held?;
-            match reader.read(BLOB_CHUNK).await {
-                Ok(chunk) if chunk.is_empty() => None,
-                Ok(chunk) => Some((
-                    Ok(Frame::data(Bytes::from(chunk))),
-                    Some((reader, download)),
-                )),
-                Err(e) => Some((
-                    Err(wasmtime_wasi_http::Error::InternalError(Some(
-                        e.to_string(),
-                    ))),
-                    None,
-                )),
-            }
-        });
+        // Neither the key nor the signature is logged: the URL is a
+        // credential until it expires.
+        tracing::debug!(%app, %container, "serving blob URL");
+        let stream = download_stream(reader, download);
         // The host's origin serves every tenant's objects: a browser must
         // never run one as a page there (a tenant's HTML reading another
         // app's cookies), so it is a download, not to be sniffed, and
@@ -330,6 +326,43 @@ impl HttpHandler {
                 )
             })
     }
+}
+
+/// How long a signed URL's client may leave a chunk untaken (its
+/// connection's flow control closed, say) before the download is ended:
+/// otherwise it would hold one of the app's [`MAX_BLOB_DOWNLOADS`] places
+/// for ever.
+const DOWNLOAD_STALL: Duration = Duration::from_secs(60);
+
+/// The body of a signed URL's download: chunks of `reader`, read by a task
+/// of their own one ahead of the client. The download's place (`download`)
+/// is held until the last chunk is taken, the client goes away, or it
+/// leaves a chunk untaken for [`DOWNLOAD_STALL`].
+fn download_stream(
+    mut reader: Box<dyn crate::ports::blob::BlobReader>,
+    download: tokio::sync::OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, wasmtime_wasi_http::Error>> + Send + 'static {
+    let (chunks, mut taken) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let _download = download;
+        loop {
+            let chunk = match reader.read(BLOB_CHUNK).await {
+                Ok(chunk) if chunk.is_empty() => return,
+                Ok(chunk) => Ok(Frame::data(Bytes::from(chunk))),
+                Err(e) => Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    e.to_string(),
+                ))),
+            };
+            let last = chunk.is_err();
+            if chunks.send_timeout(chunk, DOWNLOAD_STALL).await.is_err() || last {
+                // Cut short (stalled, or the client went away): the body
+                // ends before its length, which the client sees as an
+                // error, never as the whole object.
+                return;
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| taken.poll_recv(cx))
 }
 
 /// Aborts a task when dropped, unless disarmed first.
