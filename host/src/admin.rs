@@ -18,9 +18,17 @@ use tokio::net::TcpListener;
 
 use crate::metrics::METRICS;
 
+/// Connections the admin listener holds at once: probes and a scraper need
+/// few, and it shares the process's file descriptors with the apps.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, mostly: back off rather than spin.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -28,6 +36,7 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
         };
         let ready = ready.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let ready = ready.load(Ordering::Relaxed);
                 async move { Ok::<_, Infallible>(answer(req.uri().path(), ready)) }

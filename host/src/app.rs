@@ -106,6 +106,9 @@ pub struct App {
     pub backends: Arc<AppBackends>,
     /// Its components.
     pub components: BTreeMap<String, LoadedComponent>,
+    /// What it may use (`[app_limits]`), shared with its other versions
+    /// alive.
+    pub allowance: Arc<crate::rate::AppAllowance>,
     engine: HostEngine,
     /// Whether the host is stopping the app (see
     /// [`App::stop_taking_messages`]).
@@ -345,8 +348,14 @@ impl App {
             .map_err(|m| anyhow::anyhow!("{}: {m}", manifest.file.display()))?;
         // One resolver for the whole load: each AWS secret is fetched once.
         let secrets = host.secrets().await?;
-        let backends =
-            Arc::new(crate::backends::open(host, &manifest, &state_dir, &secrets).await?);
+        // Shared with the app's other versions alive (a reload's).
+        let max_instances = engine.settings().max_instances;
+        let allowance = engine.app_allowance(&state_dir, || {
+            crate::rate::AppAllowance::new(host, max_instances)
+        });
+        let backends = Arc::new(
+            crate::backends::open(host, &manifest, &state_dir, &secrets, &allowance).await?,
+        );
         let network = Arc::new(
             host.outbound
                 .settings()
@@ -431,6 +440,7 @@ impl App {
             state_dir,
             backends,
             components,
+            allowance,
             engine: engine.clone(),
             stopping: tokio::sync::watch::Sender::new(Stopping::No),
         };

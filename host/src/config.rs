@@ -171,6 +171,16 @@ pub struct AppLimitsConfig {
     /// up to the same number); default 1000. Lines past it are dropped and
     /// counted. 0 is refused at load.
     pub log_lines_per_second: Option<u32>,
+    /// KiB one app's guests may write to the host's log per second, as for
+    /// `log_lines_per_second`; default 1024. 0 is refused at load.
+    pub log_kib_per_second: Option<u32>,
+    /// Instances one app may run at once, all its components and versions
+    /// together; past it an HTTP request gets a 503 (`"limit":
+    /// "app_instances"`) and a message waits. Default: half of `[engine]
+    /// max_instances` on `berth serve` (so no tenant takes every slot),
+    /// no share of its own on `berth up` (the app is alone). 0 is refused
+    /// at load.
+    pub max_instances: Option<u32>,
 }
 
 /// `[admin]`: the operators' listener (health, readiness, metrics).
@@ -414,6 +424,18 @@ impl HostConfig {
         if self.app_limits.messages_per_second == Some(0) {
             return Err(
                 "`app_limits.messages_per_second` is 0; it must be at least 1 (leave it out for no limit)"
+                    .into(),
+            );
+        }
+        if self.app_limits.log_kib_per_second == Some(0) {
+            return Err(
+                "`app_limits.log_kib_per_second` is 0; it must be at least 1 (lines past it are dropped)"
+                    .into(),
+            );
+        }
+        if self.app_limits.max_instances == Some(0) {
+            return Err(
+                "`app_limits.max_instances` is 0; it must be at least 1 (the app could run nothing)"
                     .into(),
             );
         }

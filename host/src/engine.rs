@@ -62,6 +62,9 @@ pub fn default_cache_dir() -> PathBuf {
     base.join("berth")
 }
 
+/// The apps' allowances (see [`HostEngine::app_allowance`]).
+type AppAllowances = std::collections::HashMap<PathBuf, std::sync::Weak<crate::rate::AppAllowance>>;
+
 /// One of the host's instance slots (`[engine] max_instances`), held by a
 /// store for its whole life. Invocations take one before they build a
 /// store, so a host at capacity answers at once (HTTP: 503) or waits
@@ -82,6 +85,9 @@ struct Inner {
     settings: EngineSettings,
     turns: crate::fairness::CpuTurns,
     instance_slots: Arc<tokio::sync::Semaphore>,
+    /// Each app's allowance, by the app's state directory (its name, on
+    /// one host): kept while any version of the app lives.
+    app_allowances: std::sync::Mutex<AppAllowances>,
     /// Components loaded lately, by the SHA-256 of their bytes: apps that
     /// ship the same component share its compiled code and metadata
     /// instead of each mapping its own copy.
@@ -164,6 +170,7 @@ impl HostEngine {
                     settings.max_instances.max(1) as usize,
                 )),
                 loaded: Default::default(),
+                app_allowances: Default::default(),
                 settings,
                 stop_ticker,
             }),
@@ -199,6 +206,28 @@ impl HostEngine {
             .acquire_owned()
             .await
             .expect("the instance-slot semaphore is never closed")
+    }
+
+    /// The allowance of the app whose state lies in `state_dir` (see
+    /// [`crate::rate::AppAllowance`]): the same for every version of the
+    /// app alive at once, made with `make` for the first.
+    pub fn app_allowance(
+        &self,
+        state_dir: &Path,
+        make: impl FnOnce() -> crate::rate::AppAllowance,
+    ) -> Arc<crate::rate::AppAllowance> {
+        let mut apps = self
+            .inner
+            .app_allowances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = apps.get(state_dir).and_then(std::sync::Weak::upgrade) {
+            return live;
+        }
+        apps.retain(|_, allowance| allowance.strong_count() > 0);
+        let allowance = Arc::new(make());
+        apps.insert(state_dir.to_path_buf(), Arc::downgrade(&allowance));
+        allowance
     }
 
     /// Instance slots free now (for tests and metrics).
@@ -506,6 +535,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `root`, every link followed.
 fn check_within(file: &std::fs::File, path: &Path, root: &Path) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
     let outside = || {
         anyhow::anyhow!(
             "component {} lies outside the app's directory {}: an app served by `berth serve` runs components from its own directory only",
@@ -516,11 +546,19 @@ fn check_within(file: &std::fs::File, path: &Path, root: &Path) -> anyhow::Resul
     let root = std::fs::canonicalize(root).map_err(|_| outside())?;
     let actual = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .with_context(|| format!("cannot tell where component {} lies", path.display()))?;
-    if actual.starts_with(&root) {
-        Ok(())
-    } else {
-        Err(outside())
+    if !actual.starts_with(&root) {
+        return Err(outside());
     }
+    let links = file.metadata().map(|m| m.nlink()).unwrap_or(0);
+    if links > 1 {
+        // A hard link has no one place: it may be another tenant's file
+        // too, whatever directory this name lies in.
+        anyhow::bail!(
+            "component {} is a hard link ({links} names): an app served by `berth serve` runs components that are its own files only",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

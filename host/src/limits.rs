@@ -260,6 +260,12 @@ pub enum LimitExceeded {
     /// All the component's instance slots are busy.
     #[error("concurrency limit reached: {0} instances of this component are already running")]
     Concurrency(u32),
+    /// The app runs as many instances as `[app_limits] max_instances`
+    /// allows it.
+    #[error(
+        "app at capacity: {0} instances of this app are already running ([app_limits] max_instances); retry later"
+    )]
+    AppInstances(u32),
     /// Every instance slot of the host is in use (`[engine] max_instances`,
     /// or one of the pooling allocator's pools).
     #[error(

@@ -29,7 +29,7 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 11] = [
+const LIMITS: [&str; 12] = [
     "time",
     "memory",
     "table",
@@ -41,7 +41,12 @@ const LIMITS: [&str; 11] = [
     "email_rate",
     "message_rate",
     "instances",
+    "app_instances",
 ];
+
+/// Components whose counters are kept before those of components no loaded
+/// app has are dropped.
+const MAX_SERIES: usize = 4096;
 
 /// A port whose calls are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +247,9 @@ type Sample = (&'static str, Vec<(&'static str, String)>, u64);
 /// The process's counters, by app and component.
 #[derive(Default)]
 pub struct Metrics {
+    /// Kept after their app is unloaded (a scraper still reads them), but
+    /// past [`MAX_SERIES`] components those no loaded app holds are
+    /// dropped, so tenants renaming components cannot grow it without end.
     components: Mutex<BTreeMap<(String, String), Arc<ComponentCounters>>>,
 }
 
@@ -255,19 +263,24 @@ impl Metrics {
             .components
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        components
-            .entry((app.to_owned(), component.to_owned()))
-            .or_insert_with(|| {
-                Arc::new(ComponentCounters {
-                    app: app.to_owned(),
-                    component: component.to_owned(),
-                    invocations: Default::default(),
-                    limits: Default::default(),
-                    ports: Default::default(),
-                    egress: Default::default(),
-                })
-            })
-            .clone()
+        let key = (app.to_owned(), component.to_owned());
+        if let Some(live) = components.get(&key) {
+            return live.clone();
+        }
+        if components.len() >= MAX_SERIES {
+            // Held by the map alone: no loaded app has the component.
+            components.retain(|_, counters| Arc::strong_count(counters) > 1);
+        }
+        let counters = Arc::new(ComponentCounters {
+            app: app.to_owned(),
+            component: component.to_owned(),
+            invocations: Default::default(),
+            limits: Default::default(),
+            ports: Default::default(),
+            egress: Default::default(),
+        });
+        components.insert(key, counters.clone());
+        counters
     }
 
     /// Every sample as (metric, labels, value).

@@ -27,6 +27,12 @@ impl TokenBucket {
 
     /// Takes a token if one is left.
     pub fn take(&self) -> bool {
+        self.take_n(1)
+    }
+
+    /// Takes `n` tokens if as many are left (a take of more than the
+    /// bucket holds when full takes what is there, once full).
+    pub fn take_n(&self, n: u32) -> bool {
         // A panic while holding the lock leaves a state that is still valid.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *state;
@@ -34,11 +40,69 @@ impl TokenBucket {
         let refill = now.duration_since(*last).as_secs_f64() * self.per_second;
         *tokens = (*tokens + refill).min(self.capacity);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let wanted = f64::from(n).min(self.capacity);
+        if *tokens >= wanted {
+            *tokens -= wanted;
             true
         } else {
             false
+        }
+    }
+}
+
+/// What an app may use whatever its version (`[app_limits]`): its
+/// instances at once and its rates. The host keeps it while any version of
+/// the app lives (see [`crate::engine::HostEngine::app_allowance`]), so a
+/// reload (which a tenant can cause every second) never gives the app a
+/// fresh allowance, and its old and new versions count together.
+pub struct AppAllowance {
+    /// The instances it may run at once.
+    pub instances: std::sync::Arc<tokio::sync::Semaphore>,
+    /// How many that is.
+    pub instance_limit: u32,
+    /// Its email sends (`emails_per_minute`).
+    pub emails: std::sync::Arc<TokenBucket>,
+    /// Its guests' publishes (`messages_per_second`), if limited.
+    pub publishes: Option<std::sync::Arc<TokenBucket>>,
+    /// Its guests' log lines (`log_lines_per_second`).
+    pub log_lines: std::sync::Arc<crate::ports::logging::budget::LogBudget>,
+}
+
+impl AppAllowance {
+    /// The allowance `host` gives an app: on `berth serve`
+    /// (`tenant_manifests`) half of the host's `max_instances` unless
+    /// `[app_limits] max_instances` says otherwise, on `berth up` no share
+    /// of its own.
+    pub fn new(host: &crate::config::HostConfig, max_instances: u32) -> Self {
+        let limits = &host.app_limits;
+        // On `berth up` the app is alone: only the host's slots bound it
+        // (so a limit reached names them, not a share of them).
+        let instance_limit = match limits.max_instances {
+            Some(n) => n,
+            None if host.serve.tenant_manifests => max_instances / 2,
+            None => u32::MAX,
+        }
+        .max(1);
+        let permits = (instance_limit as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
+        let per_minute = limits
+            .emails_per_minute
+            .unwrap_or(crate::ports::email::rate::DEFAULT_PER_MINUTE);
+        let log_lines = limits
+            .log_lines_per_second
+            .unwrap_or(crate::ports::logging::budget::DEFAULT_LINES_PER_SECOND);
+        Self {
+            instances: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
+            instance_limit,
+            emails: std::sync::Arc::new(TokenBucket::new(per_minute, Duration::from_secs(60))),
+            publishes: limits.messages_per_second.map(|per_second| {
+                std::sync::Arc::new(TokenBucket::new(per_second, Duration::from_secs(1)))
+            }),
+            log_lines: std::sync::Arc::new(crate::ports::logging::budget::LogBudget::new(
+                log_lines,
+                limits
+                    .log_kib_per_second
+                    .unwrap_or(crate::ports::logging::budget::DEFAULT_KIB_PER_SECOND),
+            )),
         }
     }
 }

@@ -206,7 +206,7 @@ impl Tenants {
                             ""
                         }
                     );
-                    errors.push(message);
+                    errors.push(crate::audit::printable(&message).into_owned());
                     if let Ok(mut r) = self.refused.write() {
                         r.insert(dir.clone(), fingerprint);
                     }
@@ -385,15 +385,45 @@ impl Tenants {
     }
 }
 
-/// Whether `path` has a `.` or `..` segment, plainly or percent-encoded.
-/// Runs on every request, so without allocating.
+/// Whether `path` has a `.` or `..` segment, plainly or percent-encoded,
+/// in any spelling a proxy in front might normalize: segments end at `/`,
+/// and also at `\` and at `%2f` or `%5c` (which some decode to a slash),
+/// and a segment's `;` parameters are no part of it (`..;` is `..` to
+/// Tomcat-like servers). Runs on every request, so without allocating.
 fn has_dot_segment(path: &str) -> bool {
     const DOT_SEGMENTS: [&str; 6] = [".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"];
-    path.split('/').any(|segment| {
-        DOT_SEGMENTS
-            .iter()
-            .any(|dots| segment.eq_ignore_ascii_case(dots))
-    })
+    let is_dots = |piece: &str| DOT_SEGMENTS.iter().any(|d| piece.eq_ignore_ascii_case(d));
+    let bytes = path.as_bytes();
+    let (mut start, mut params, mut i) = (0, None, 0);
+    while i <= bytes.len() {
+        let delimiter = match bytes.get(i) {
+            None | Some(b'/' | b'\\') => 1,
+            Some(b'%')
+                if bytes.get(i + 1..i + 3).is_some_and(|hex| {
+                    hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c")
+                }) =>
+            {
+                3
+            }
+            Some(b';') => {
+                params.get_or_insert(i);
+                0
+            }
+            Some(_) => 0,
+        };
+        if delimiter == 0 {
+            i += 1;
+            continue;
+        }
+        // Delimiters are ASCII, so these are character boundaries.
+        if path.get(start..params.unwrap_or(i)).is_some_and(is_dots) {
+            return true;
+        }
+        i += delimiter;
+        start = i;
+        params = None;
+    }
+    false
 }
 
 /// `host` without its port or trailing dot, in lower case.
@@ -495,6 +525,11 @@ mod routing_tests {
             "/shop/%2e%2E/blog",
             "/a/%2E",
             "/..",
+            "/shop/..;/blog/",
+            "/shop/..;jsessionid=1/blog",
+            "/shop/..\\blog",
+            "/shop/..%2fblog",
+            "/shop/x%5C..%5Cblog",
         ] {
             assert!(has_dot_segment(path), "{path}");
         }
@@ -504,6 +539,8 @@ mod routing_tests {
             "/shop/%2Fx",
             "/",
             "/shop/v1.2",
+            "/shop/a;b",
+            "/shop/...;x",
         ] {
             assert!(!has_dot_segment(path), "{path}");
         }

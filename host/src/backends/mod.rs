@@ -119,6 +119,7 @@ pub async fn open(
     manifest: &Manifest,
     state: &Path,
     secrets: &SecretResolver,
+    allowance: &crate::rate::AppAllowance,
 ) -> anyhow::Result<AppBackends> {
     let app = manifest.name.as_str();
     let origin = Origin {
@@ -542,24 +543,12 @@ pub async fn open(
             )
         }
     };
-    let per_minute = host
-        .app_limits
-        .emails_per_minute
-        .unwrap_or(crate::ports::email::rate::DEFAULT_PER_MINUTE);
     let email: Arc<dyn EmailBackend> = Arc::new(crate::ports::email::rate::RateLimited::new(
-        transport, per_minute,
+        transport,
+        allowance.emails.clone(),
     ));
-    let publish_rate = host.app_limits.messages_per_second.map(|per_second| {
-        Arc::new(crate::rate::TokenBucket::new(
-            per_second,
-            std::time::Duration::from_secs(1),
-        ))
-    });
-    let log_budget = Arc::new(crate::ports::logging::budget::LogBudget::new(
-        host.app_limits
-            .log_lines_per_second
-            .unwrap_or(crate::ports::logging::budget::DEFAULT_LINES_PER_SECOND),
-    ));
+    let publish_rate = allowance.publishes.clone();
+    let log_budget = allowance.log_lines.clone();
     Ok(AppBackends {
         sql,
         kv,

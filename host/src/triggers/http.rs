@@ -152,6 +152,18 @@ impl HttpHandler {
                 Some("concurrency"),
             );
         };
+        // The app's share of the host's slots, whatever its components'
+        // own limits: no tenant takes every slot of the host.
+        let Ok(app_permit) = self.app.allowance.instances.clone().try_acquire_owned() else {
+            let limit = LimitExceeded::AppInstances(self.app.allowance.instance_limit);
+            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
+            env.counters.limit("app_instances");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &limit.to_string(),
+                Some("app_instances"),
+            );
+        };
         let Some(slot) = self.app.engine().try_instance_slot() else {
             let limit = LimitExceeded::Instances;
             tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
@@ -193,6 +205,7 @@ impl HttpHandler {
         let counters = env.counters.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
+            let _app_permit = app_permit;
             let call = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

@@ -110,18 +110,28 @@ pub struct WarmInstance {
     handler: MessageHandler,
 }
 
-/// Subscribes every message trigger of `app`, tells the broker the app's
-/// triggers (see [`MessagingBackend::declare_triggers`]), then spawns each
-/// trigger's consumer loop on `tasks`. No loop runs before every trigger
-/// subscribed, so a message one handler publishes meanwhile reaches each
-/// trigger on its topic.
-///
-/// [`MessagingBackend::declare_triggers`]: crate::ports::messaging::MessagingBackend::declare_triggers
+/// Subscribes every message trigger of `app`, then spawns each trigger's
+/// consumer loop on `tasks`: no loop runs before every trigger subscribed,
+/// so a message one handler publishes meanwhile reaches each trigger on
+/// its topic.
 pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
     let mut loops = Vec::new();
     for trigger in app.manifest.message_triggers.clone() {
         loops.push(subscribe(app.clone(), &trigger).await?);
     }
+    for consumer in loops {
+        tasks.spawn(consumer);
+    }
+    Ok(())
+}
+
+/// Tells the app's broker its triggers, the manifest's and the schedules'
+/// (see [`MessagingBackend::declare_triggers`]), once all of them
+/// subscribed: nothing can fail the app's start after it, so a version
+/// refused never retires the triggers of the one still serving.
+///
+/// [`MessagingBackend::declare_triggers`]: crate::ports::messaging::MessagingBackend::declare_triggers
+pub async fn declare_triggers(app: &App) -> anyhow::Result<()> {
     let schedules = app
         .manifest
         .schedule_triggers
@@ -139,11 +149,7 @@ pub async fn start(app: Arc<App>, tasks: &mut JoinSet<()>) -> anyhow::Result<()>
         .messaging
         .declare_triggers(&declared)
         .await
-        .context("cannot tell the broker the app's triggers")?;
-    for consumer in loops {
-        tasks.spawn(consumer);
-    }
-    Ok(())
+        .context("cannot tell the broker the app's triggers")
 }
 
 /// Subscribes one trigger (a manifest's, or a schedule's tick trigger) and
@@ -367,6 +373,8 @@ async fn invoke(
     // before its time limit starts: waiting for capacity is neither the
     // handler's time nor a failure (which would count as an attempt).
     let _permit = component.env.slots.clone().acquire_owned().await;
+    // And a place among the app's instances (`[app_limits] max_instances`).
+    let _app_permit = app.allowance.instances.clone().acquire_owned().await;
     let start = match warm.and_then(WarmPool::take) {
         Some(taken) => Ok(taken),
         None => Err(app.engine().instance_slot().await),

@@ -20,7 +20,8 @@ pub async fn start_background(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<()> {
     message::start(app.clone(), tasks).await?;
-    schedule::start(app, tasks).await
+    schedule::start(app.clone(), tasks).await?;
+    message::declare_triggers(&app).await
 }
 
 /// Stops what [`start_background`] started on `tasks`, then lets go of the
@@ -84,6 +85,9 @@ pub enum InvocationError {
     Trap(String),
 }
 
+/// Longest text of a trap kept.
+const MAX_TRAP_TEXT_BYTES: usize = 2048;
+
 impl InvocationError {
     /// Classifies a failed call of a component allowed `handles` handles.
     pub fn from_error(error: &wasmtime::Error, handles: usize) -> InvocationError {
@@ -118,7 +122,11 @@ impl InvocationError {
                 text = format!("{text}: {root}");
             }
         }
-        InvocationError::Trap(text)
+        // Logged, answered and put in dead letters: the names in a trap's
+        // backtrace are the guest's own (its name section), so they may not
+        // start lines of their own, nor run long.
+        let text = crate::audit::printable(crate::ports::truncate(&text, MAX_TRAP_TEXT_BYTES));
+        InvocationError::Trap(text.into_owned())
     }
 
     /// A short machine-readable name of the limit, if one was hit.
@@ -130,6 +138,7 @@ impl InvocationError {
             InvocationError::Limit(LimitExceeded::Concurrency(_)) => Some("concurrency"),
             InvocationError::Limit(LimitExceeded::Handles(_)) => Some("handles"),
             InvocationError::Limit(LimitExceeded::Instances) => Some("instances"),
+            InvocationError::Limit(LimitExceeded::AppInstances(_)) => Some("app_instances"),
             InvocationError::Trap(_) => None,
         }
     }

@@ -72,6 +72,18 @@ fn write_refused_apps(apps: &Path, victim: &str) -> Vec<(&'static str, &'static 
         "name = \"linked\"\n[component.tenant]\npath = \"app.wasm\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"tenant\"\n",
     )
     .unwrap();
+    // A hard link to a file elsewhere (another tenant's, say): in this
+    // directory by name only.
+    let dir = apps.join("hardlinked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let theirs = apps.with_file_name("elsewhere.wasm");
+    std::fs::copy(guests::TENANT_GUEST, &theirs).unwrap();
+    std::fs::hard_link(&theirs, dir.join("app.wasm")).unwrap();
+    std::fs::write(
+        dir.join("berth.toml"),
+        "name = \"hardlinked\"\n[component.tenant]\npath = \"app.wasm\"\n",
+    )
+    .unwrap();
     // A FIFO nobody writes to, which would block the open for ever.
     let dir = apps.join("fifo");
     std::fs::create_dir_all(&dir).unwrap();
@@ -120,6 +132,7 @@ fn write_refused_apps(apps: &Path, victim: &str) -> Vec<(&'static str, &'static 
         ("outsider", "outside the app's directory"),
         ("linked", "outside the app's directory"),
         ("fifo", "not a regular file"),
+        ("hardlinked", "is a hard link"),
         ("bloated", "larger than 1024 KiB"),
     ]
 }

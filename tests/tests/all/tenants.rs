@@ -492,3 +492,66 @@ async fn tenants_handle_and_payload_limits_from_the_manifest() {
 
     server.stop().await;
 }
+
+/// A tenant runs at most `[app_limits] max_instances` instances at once,
+/// whatever its components' own concurrency, its old and new versions
+/// together across a reload; other tenants keep being served.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
+    let apps = tempfile::tempdir().unwrap();
+    write_http_app(
+        &apps.path().join("greedy"),
+        "greedy",
+        "timeout_ms = 10000\nconcurrency = 100",
+    );
+    write_http_app(&apps.path().join("calm"), "calm", "");
+    let host_file = apps.path().join("host.toml");
+    std::fs::write(&host_file, "[app_limits]\nmax_instances = 2\n").unwrap();
+    let tenants = Arc::new(Tenants::new(
+        engine().clone(),
+        HostConfig::load(&host_file).unwrap(),
+        apps.path().to_path_buf(),
+    ));
+    assert_eq!(tenants.sync().await, Vec::<String>::new());
+    let server = berth_tests::serve_tenants(tenants.clone()).await;
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .get(format!("{base}/greedy/sleep?ms=3000"))
+                    .send()
+                    .await;
+                r.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let third = http
+        .get(format!("{base}/greedy/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status().as_u16(), 503);
+    assert!(third.text().await.unwrap().contains("app_instances"));
+    // Its new version counts what the old one still runs.
+    let manifest = apps.path().join("greedy/berth.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}# reloaded\n")).unwrap();
+    assert_eq!(tenants.sync().await, Vec::<String>::new());
+    let after = http
+        .get(format!("{base}/greedy/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status().as_u16(), 503, "the reload kept the count");
+    let (status, _) = get(&base, "/calm/hello").await;
+    assert_eq!(status, 200, "other tenants are served");
+    for request in slow {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(get(&base, "/greedy/hello").await.0, 200);
+    server.stop().await;
+}

@@ -39,11 +39,19 @@ pub fn resolve(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, Secret>, String> {
     let mut out = BTreeMap::new();
+    // Keys differing only in case or `-` against `_` share one override:
+    // one variable would set both, granted to different components maybe.
+    let mut overridden_by: BTreeMap<String, &str> = BTreeMap::new();
     for (key, raw) in values {
         let override_var = format!(
             "BERTH_CONFIG_{}",
             key.to_ascii_uppercase().replace('-', "_")
         );
+        if let Some(other) = overridden_by.insert(override_var.clone(), key) {
+            return Err(format!(
+                "config.{other} and config.{key} would both be set by {override_var}; give them names that differ otherwise than in case or in `-` against `_`"
+            ));
+        }
         let value = match env(&override_var) {
             Some(v) => v,
             None => interpolate(raw, &env).map_err(|missing| match missing {
@@ -77,6 +85,16 @@ fn interpolate(raw: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_sharing_an_override_are_refused() {
+        let values: BTreeMap<String, String> = [("api-token", "a"), ("API_TOKEN", "b")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into_iter()
+            .collect();
+        let err = resolve(&values, |_| None).unwrap_err();
+        assert!(err.contains("BERTH_CONFIG_API_TOKEN"), "{err}");
+    }
 
     #[test]
     fn env_references_and_overrides() {

@@ -3,7 +3,6 @@
 //! blocklisted for everyone).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,20 +15,17 @@ pub const DEFAULT_PER_MINUTE: u32 = 120;
 /// Allows `per_minute` messages a minute, in bursts of up to `per_minute`.
 pub struct RateLimited {
     inner: Arc<dyn EmailBackend>,
-    per_minute: u32,
-    bucket: TokenBucket,
+    bucket: Arc<TokenBucket>,
 }
 
 impl RateLimited {
-    /// Limits `inner` to `per_minute` messages a minute. 0 would refuse
-    /// every message as `rate-limited` (which invites a retry), so the host
-    /// config refuses it at load (`app_limits.emails_per_minute`).
-    pub fn new(inner: Arc<dyn EmailBackend>, per_minute: u32) -> Self {
-        Self {
-            inner,
-            per_minute,
-            bucket: TokenBucket::new(per_minute, Duration::from_secs(60)),
-        }
+    /// Limits `inner` to what `bucket` allows: the app's
+    /// (`app_limits.emails_per_minute`, see [`crate::rate::AppAllowance`]),
+    /// shared by its versions. 0 would refuse every message as
+    /// `rate-limited` (which invites a retry), so the host config refuses
+    /// it at load.
+    pub fn new(inner: Arc<dyn EmailBackend>, bucket: Arc<TokenBucket>) -> Self {
+        Self { inner, bucket }
     }
 }
 
@@ -37,10 +33,7 @@ impl RateLimited {
 impl EmailBackend for RateLimited {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
         if !self.bucket.take() {
-            tracing::warn!(
-                per_minute = self.per_minute,
-                "email send rate of the app reached"
-            );
+            tracing::warn!("email send rate of the app ([app_limits] emails_per_minute) reached");
             return Err(EmailError::RateLimited);
         }
         self.inner.send(message).await
@@ -49,6 +42,8 @@ impl EmailBackend for RateLimited {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     struct Sink;
@@ -62,7 +57,8 @@ mod tests {
 
     #[tokio::test]
     async fn bursts_up_to_the_rate_then_refuses() {
-        let limited = RateLimited::new(Arc::new(Sink), 3);
+        let bucket = Arc::new(TokenBucket::new(3, Duration::from_secs(60)));
+        let limited = RateLimited::new(Arc::new(Sink), bucket);
         let msg = EmailMessage::default();
         for _ in 0..3 {
             assert!(limited.send(&msg).await.is_ok());

@@ -51,14 +51,21 @@ impl wit::Host for InstanceState {
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         let started = crate::metrics::Started::now();
+        let bytes_in = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        // What is kept of the record, at most, counts against the budget.
+        let kept = message.len().min(MAX_MESSAGE_BYTES)
+            + fields
+                .iter()
+                .take(MAX_FIELDS)
+                .map(|(k, v)| k.len().min(128) + v.len().min(1024))
+                .sum::<usize>();
         // A record the host's filter drops spends nothing of the budget:
         // debug records must not crowd out the warnings.
-        if !enabled(level) || !self.env.backends.log_budget.admit(&self.env.app) {
+        if !enabled(level) || !self.env.backends.log_budget.admit(&self.env.app, kept) {
             let ok: Result<(), ()> = Ok(());
-            self.meter(Port::Logging, "log", "", started, &ok, 0, |_| 0);
+            self.meter(Port::Logging, "log", "", started, &ok, bytes_in, |_| 0);
             return Ok(());
         }
-        let bytes_in = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         // Neither the message nor a field can make a line of the host's
         // log of its own (see `audit::printable`).
         let message = printable(truncate(&message, MAX_MESSAGE_BYTES));

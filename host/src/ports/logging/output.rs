@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -36,25 +36,28 @@ pub struct OutputOwner {
 }
 
 /// One of an instance's output streams (`stdout` or `stderr`), as given to
-/// its `WasiCtx`.
+/// its `WasiCtx`. Every handle the guest takes of it shares one line
+/// buffer: a guest taking thousands of handles holds no more host memory
+/// than one.
 pub struct GuestOutput {
-    owner: Arc<OutputOwner>,
-    stream: &'static str,
+    lines: Arc<Mutex<Lines>>,
 }
 
 impl GuestOutput {
     /// The `stream` (`"stdout"` or `"stderr"`) of an instance of `owner`.
     pub fn new(owner: Arc<OutputOwner>, stream: &'static str) -> Self {
-        Self { owner, stream }
+        Self {
+            lines: Arc::new(Mutex::new(Lines {
+                owner,
+                stream,
+                line: Vec::new(),
+                cut: false,
+            })),
+        }
     }
 
     fn lines(&self) -> LineLog {
-        LineLog {
-            owner: self.owner.clone(),
-            stream: self.stream,
-            line: Vec::new(),
-            cut: false,
-        }
+        LineLog(self.lines.clone())
     }
 }
 
@@ -74,9 +77,19 @@ impl StdoutStream for GuestOutput {
     }
 }
 
+/// A handle of a [`GuestOutput`].
+struct LineLog(Arc<Mutex<Lines>>);
+
+impl LineLog {
+    fn take(&self, bytes: &[u8]) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take(bytes);
+    }
+}
+
 /// Collects a stream's bytes into lines and logs each complete one; the
-/// last, unfinished line is logged when the stream is dropped.
-struct LineLog {
+/// last, unfinished line is logged when the stream and its handles are
+/// gone.
+struct Lines {
     owner: Arc<OutputOwner>,
     stream: &'static str,
     /// The line so far, at most [`MAX_LINE_BYTES`].
@@ -85,7 +98,7 @@ struct LineLog {
     cut: bool,
 }
 
-impl LineLog {
+impl Lines {
     fn take(&mut self, bytes: &[u8]) {
         for piece in bytes.split_inclusive(|b| *b == b'\n') {
             let (text, ends) = match piece.strip_suffix(b"\n") {
@@ -107,7 +120,7 @@ impl LineLog {
         let owner = &*self.owner;
         // A line the host's filter drops spends nothing of the budget.
         if tracing::enabled!(target: "berth::guest", tracing::Level::INFO)
-            && owner.budget.admit(&owner.app)
+            && owner.budget.admit(&owner.app, self.line.len())
         {
             let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
             let text = String::from_utf8_lossy(line);
@@ -126,7 +139,7 @@ impl LineLog {
     }
 }
 
-impl Drop for LineLog {
+impl Drop for Lines {
     fn drop(&mut self) {
         if !self.line.is_empty() || self.cut {
             self.emit();
@@ -177,29 +190,33 @@ impl AsyncWrite for LineLog {
 mod tests {
     use super::*;
 
-    fn log() -> LineLog {
+    fn output() -> GuestOutput {
         GuestOutput::new(
             Arc::new(OutputOwner {
                 app: "shop".into(),
                 component: "api".into(),
-                budget: Arc::new(LogBudget::new(1000)),
+                budget: Arc::new(LogBudget::new(1000, 1024)),
             }),
             "stderr",
         )
-        .lines()
     }
 
     #[test]
     fn lines_are_collected_and_long_ones_cut() {
-        let mut log = log();
+        let output = output();
+        let (log, other) = (output.lines(), output.lines());
+        let state = || {
+            let lines = output.lines.lock().unwrap();
+            (lines.line.clone(), lines.cut)
+        };
         log.take(b"one\ntw");
-        assert_eq!(log.line, b"tw", "the unfinished line waits");
-        log.take(b"o\n");
-        assert!(log.line.is_empty());
+        assert_eq!(state().0, b"tw", "the unfinished line waits");
+        other.take(b"o\n");
+        assert!(state().0.is_empty(), "handles share one line");
         log.take(&vec![b'x'; MAX_LINE_BYTES + 10]);
-        assert_eq!(log.line.len(), MAX_LINE_BYTES);
-        assert!(log.cut);
-        log.take(b"\n");
-        assert!(log.line.is_empty() && !log.cut);
+        assert_eq!(state().0.len(), MAX_LINE_BYTES);
+        assert!(state().1);
+        other.take(b"\n");
+        assert_eq!(state(), (Vec::new(), false));
     }
 }

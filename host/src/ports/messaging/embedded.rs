@@ -2,10 +2,12 @@
 //! (`<state>/<app>/messaging.db`), so messages accepted are not lost when
 //! the host stops or crashes.
 //!
-//! - The triggers of the host's current run are recorded in the file, and
-//!   `publish` commits one row per trigger consuming the topic (by name or
-//!   by a pattern; fan-out at publish) before it returns; the database runs in WAL mode with
-//!   `synchronous = FULL`, so an accepted message is on disk.
+//! - The app's triggers are recorded in the file, and stay there between
+//!   runs until a version of the app no longer has them (see
+//!   `declare_triggers`); `publish` commits one row per trigger consuming
+//!   the topic (by name or by a pattern; fan-out at publish) before it
+//!   returns; the database runs in WAL mode with `synchronous = FULL`, so
+//!   an accepted message is on disk.
 //! - A message published to a topic no trigger consumes is kept
 //!   unclaimed (the [`UNCLAIMED_MAX`] newest per app), and each trigger
 //!   that subscribes to its topic gets a copy of what it has not seen yet.

@@ -229,12 +229,9 @@ impl RabbitSubscription {
                 tracing::debug!(error = %e, "cannot acknowledge a request; another host may take it too");
             }
         });
-        if req.redelivered {
-            // A host that held it went away: it may have run it already,
-            // and a request runs at most once.
-            tracing::debug!(queue = %self.queue, "a redelivered request; dropped");
-            return None;
-        }
+        // A redelivered request was never taken (a request is acknowledged
+        // as it is taken, before it runs): a host that held it ahead went
+        // away, or its version stopped. It runs here if time is left.
         let reply_to = req.properties.reply_to().as_ref()?.as_str().to_string();
         // What is left of its caller's timeout: its AMQP expiration (past
         // which RabbitMQ drops it from the queue, but not once sent to a
