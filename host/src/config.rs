@@ -415,35 +415,39 @@ impl HostConfig {
     /// names the key.
     fn validate(&self) -> Result<(), String> {
         self.engine.validate()?;
-        if self.app_limits.emails_per_minute == Some(0) {
-            return Err(
-                "`app_limits.emails_per_minute` is 0; it must be at least 1 (an app without a granted sender sends nothing)"
-                    .into(),
-            );
-        }
-        if self.app_limits.messages_per_second == Some(0) {
-            return Err(
-                "`app_limits.messages_per_second` is 0; it must be at least 1 (leave it out for no limit)"
-                    .into(),
-            );
-        }
-        if self.app_limits.log_kib_per_second == Some(0) {
-            return Err(
-                "`app_limits.log_kib_per_second` is 0; it must be at least 1 (lines past it are dropped)"
-                    .into(),
-            );
-        }
-        if self.app_limits.max_instances == Some(0) {
-            return Err(
-                "`app_limits.max_instances` is 0; it must be at least 1 (the app could run nothing)"
-                    .into(),
-            );
-        }
-        if self.app_limits.log_lines_per_second == Some(0) {
-            return Err(
-                "`app_limits.log_lines_per_second` is 0; it must be at least 1 (lines past it are dropped)"
-                    .into(),
-            );
+        let limits = &self.app_limits;
+        for (key, value, why) in [
+            (
+                "emails_per_minute",
+                limits.emails_per_minute,
+                "an app without a granted sender sends nothing",
+            ),
+            (
+                "messages_per_second",
+                limits.messages_per_second,
+                "leave it out for no limit",
+            ),
+            (
+                "log_lines_per_second",
+                limits.log_lines_per_second,
+                "lines past it are dropped",
+            ),
+            (
+                "log_kib_per_second",
+                limits.log_kib_per_second,
+                "lines past it are dropped",
+            ),
+            (
+                "max_instances",
+                limits.max_instances,
+                "the app could run nothing",
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(format!(
+                    "`app_limits.{key}` is 0; it must be at least 1 ({why})"
+                ));
+            }
         }
         if let Some(aws) = &self.secrets.aws {
             aws.timeout()?;

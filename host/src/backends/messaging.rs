@@ -79,36 +79,30 @@ pub(super) async fn open(
                     ));
                 }
             };
-            let partitions = match partitions {
-                None => crate::ports::messaging::kafka::DEFAULT_PARTITIONS,
-                Some(n) if (1..=10_000).contains(&n) => n,
-                Some(n) => {
-                    return Err(origin.err(
-                        "messaging.partitions",
-                        format!("is {n}; it must be 1 to 10000"),
-                    ));
-                }
-            };
-            let session_timeout = match session_timeout_ms {
-                None => crate::ports::messaging::kafka::DEFAULT_SESSION_TIMEOUT,
-                Some(ms) if (6_000..=1_800_000).contains(&ms) => Duration::from_millis(ms),
-                Some(ms) => {
-                    return Err(origin.err(
-                        "messaging.session_timeout_ms",
-                        format!("is {ms}; it must be 6000 to 1800000 (Kafka's default bounds)"),
-                    ));
-                }
-            };
-            let max_topics = match max_topics {
-                None => crate::ports::messaging::kafka::DEFAULT_MAX_TOPICS,
-                Some(n) if (1..=1_000_000).contains(&n) => n,
-                Some(n) => {
-                    return Err(origin.err(
-                        "messaging.max_topics",
-                        format!("is {n}; it must be 1 to 1000000"),
-                    ));
-                }
-            };
+            let partitions = in_range(
+                origin,
+                "messaging.partitions",
+                partitions,
+                1..=10_000,
+                crate::ports::messaging::kafka::DEFAULT_PARTITIONS,
+                "",
+            )?;
+            let session_timeout = Duration::from_millis(in_range(
+                origin,
+                "messaging.session_timeout_ms",
+                session_timeout_ms,
+                6_000..=1_800_000,
+                crate::ports::messaging::kafka::DEFAULT_SESSION_TIMEOUT.as_millis() as u64,
+                " (Kafka's default bounds)",
+            )?);
+            let max_topics = in_range(
+                origin,
+                "messaging.max_topics",
+                max_topics,
+                1..=1_000_000,
+                crate::ports::messaging::kafka::DEFAULT_MAX_TOPICS,
+                "",
+            )?;
             // Resolved like the other brokers' URLs, so the host list may
             // come from `${env:…}`; it holds no credentials either way.
             let url = url_setting(origin, "messaging.url", &url, secrets).await?;
@@ -286,5 +280,32 @@ fn broker_failure(origin: &Origin<'_>, e: MessagingError) -> anyhow::Error {
     match e {
         MessagingError::InvalidInput(m) => origin.err("messaging.url", m),
         e => origin.err("messaging", connection_failure(e)),
+    }
+}
+
+/// `value` (or `default` when unset) if within `range`; else an error
+/// naming `key`, the range and `why`.
+fn in_range<T>(
+    origin: &Origin<'_>,
+    key: &str,
+    value: Option<T>,
+    range: std::ops::RangeInclusive<T>,
+    default: T,
+    why: &str,
+) -> anyhow::Result<T>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    match value {
+        None => Ok(default),
+        Some(v) if range.contains(&v) => Ok(v),
+        Some(v) => Err(origin.err(
+            key,
+            format!(
+                "is {v}; it must be {} to {}{why}",
+                range.start(),
+                range.end()
+            ),
+        )),
     }
 }
