@@ -8,8 +8,57 @@
 /// `sql.not-granted`, `http.denied`, `limit.memory`) on `subject` (the
 /// logical name, destination or limit).
 pub fn refused(app: &str, component: &str, what: &str, subject: &str) {
+    if !WRITTEN.admit(app, std::time::Instant::now()) {
+        return;
+    }
     let subject = bounded(subject);
     tracing::warn!(target: "berth::audit", app, component, what, subject, "refused");
+}
+
+/// Refusals written per app and second: past it they are counted, and the
+/// count written once the second is over. A guest asking for what it was
+/// not granted in a loop would otherwise write a warning per call into the
+/// log every tenant shares.
+pub const MAX_REFUSALS_PER_SECOND: u32 = 1000;
+
+/// The refusals written this second, by app.
+static WRITTEN: Written = Written(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+
+/// Per app: when its second began, the refusals written in it, and those
+/// not written.
+struct Written(
+    std::sync::Mutex<std::collections::BTreeMap<String, (std::time::Instant, u32, u64)>>,
+);
+
+impl Written {
+    /// Whether one more refusal of `app` is written at `now`.
+    fn admit(&self, app: &str, now: std::time::Instant) -> bool {
+        let second = std::time::Duration::from_secs(1);
+        let mut apps = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !apps.contains_key(app) {
+            // Apps quiet for a minute are forgotten: the map holds the
+            // apps refused lately only.
+            if apps.len() >= 4096 {
+                apps.retain(|_, (began, _, _)| now.duration_since(*began) < 60 * second);
+            }
+            apps.insert(app.to_string(), (now, 0, 0));
+        }
+        let Some((began, written, dropped)) = apps.get_mut(app) else {
+            return true;
+        };
+        if now.duration_since(*began) >= second {
+            if *dropped > 0 {
+                tracing::warn!(target: "berth::audit", app, dropped = *dropped, per_second = MAX_REFUSALS_PER_SECOND, "refusals of the app past the most written per second were counted, not written");
+            }
+            (*began, *written, *dropped) = (now, 0, 0);
+        }
+        if *written >= MAX_REFUSALS_PER_SECOND {
+            *dropped += 1;
+            return false;
+        }
+        *written += 1;
+        true
+    }
 }
 
 /// Longest name an audit event records; guests choose these strings.
@@ -79,6 +128,19 @@ fn hidden(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_past_the_rate_are_counted_not_written() {
+        let written = Written(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let start = std::time::Instant::now();
+        let admitted = (0..MAX_REFUSALS_PER_SECOND + 5)
+            .filter(|_| written.admit("loud", start))
+            .count();
+        assert_eq!(admitted, MAX_REFUSALS_PER_SECOND as usize);
+        assert!(written.admit("quiet", start), "other apps are not affected");
+        let later = start + std::time::Duration::from_secs(1);
+        assert!(written.admit("loud", later), "a new second");
+    }
 
     #[test]
     fn tenant_text_cannot_start_a_line_or_reorder_one() {
