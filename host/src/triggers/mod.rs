@@ -3,12 +3,14 @@
 //! - [`http`]: `wasi:http/incoming-handler` behind HTTP routes (`berth up`),
 //!   on the connections [`connections`] accepts and keeps;
 //! - [`message`]: `berth:infra/handler` fed by message subscriptions;
+//! - [`policy`]: how a message trigger retries and gives up;
 //! - [`schedule`]: the same handler run on a cron schedule;
 //! - [`warm`]: the pool of warm instances a message trigger may keep.
 
 pub mod connections;
 pub mod http;
 pub mod message;
+pub mod policy;
 pub mod run;
 pub mod schedule;
 pub mod warm;

@@ -99,11 +99,13 @@ use super::{
 use crate::ports::kv::redis::RedisBucket;
 use crate::secret::Secret;
 
+mod acks;
 mod link;
 mod subscription;
 mod takeover;
 mod wire;
 
+use acks::*;
 use link::*;
 use subscription::*;
 pub use takeover::WILL_DELAY;
