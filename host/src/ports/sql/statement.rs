@@ -25,16 +25,36 @@ const TRANSACTION_CONTROL: &[&str] = &[
     "XA",
 ];
 
+/// The longest statement the port takes (1 MiB): its text is read several
+/// ways before any server sees it, and values go as parameters, so no
+/// statement needs more.
+pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
+
+/// The most `FOR`s a MariaDB `SET STATEMENT … FOR <statement>` may hold:
+/// each could end the settings, so each is checked (see
+/// [`set_statement_targets`]).
+const MAX_FORS: usize = 8;
+
 /// Refuses a transaction-control statement (`BEGIN`, `COMMIT`, `SET
 /// autocommit`…), whatever comments and spacing come first, and a
 /// statement whose first keyword cannot be found: what the server would run
-/// must be what was checked.
+/// must be what was checked. Also refuses a statement past
+/// [`MAX_STATEMENT_BYTES`], and a `SET STATEMENT … FOR` too tangled to
+/// check (more than [`MAX_FORS`] `FOR`s, or one running another `SET
+/// STATEMENT`, which MariaDB does not take anyway): the checks' cost
+/// stays in proportion to the statement's length.
 ///
 /// The statement is read as each server reads it (see [`Reading`]), and
 /// refused if any reading finds transaction control: `/* /* */ COMMIT` is
 /// a comment to Postgres and a `COMMIT` to MySQL and SQLite, `/*!x*/ BEGIN`
 /// a `BEGIN` to Postgres and SQLite, `-- x\rBEGIN` a `BEGIN` to Postgres.
 pub fn refuse_transaction_control(statement: &str) -> Result<(), SqlError> {
+    if statement.len() > MAX_STATEMENT_BYTES {
+        return Err(SqlError::InvalidInput(format!(
+            "the statement is {} bytes, more than the port takes ({MAX_STATEMENT_BYTES}); pass values as parameters",
+            statement.len()
+        )));
+    }
     for reading in READINGS {
         refuse_in(statement, reading)?;
     }
@@ -47,6 +67,11 @@ fn refuse_in(statement: &str, comments: Reading) -> Result<(), SqlError> {
         return Err(SqlError::Denied(
             "the statement must start with a keyword (after any comments)".into(),
         ));
+    }
+    if sets_statement(statement, comments) && set_statement_targets(statement).is_none() {
+        return Err(SqlError::Denied(format!(
+            "a `SET STATEMENT … FOR` may hold at most {MAX_FORS} `FOR`s, and not run another `SET STATEMENT`"
+        )));
     }
     match transaction_control(statement, comments) {
         Some(keyword) => Err(SqlError::Denied(format!(
@@ -76,9 +101,39 @@ fn transaction_control(statement: &str, comments: Reading) -> Option<String> {
     }
     // MariaDB's `SET STATEMENT … FOR <statement>` runs any statement.
     if is(first, "SET") && is(second, "STATEMENT") {
-        return after_each_for(statement).find_map(|rest| transaction_control(rest, comments));
+        return match set_statement_targets(statement) {
+            Some(targets) => targets
+                .into_iter()
+                .find_map(|rest| transaction_control(rest, comments)),
+            None => Some("SET STATEMENT".into()),
+        };
     }
     None
+}
+
+/// Whether `statement`, read as `comments` says, is MariaDB's `SET
+/// STATEMENT … FOR <statement>`.
+fn sets_statement(statement: &str, comments: Reading) -> bool {
+    let mut words = keywords(statement, comments);
+    let mut next_is = |keyword: &str| {
+        words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+    };
+    next_is("SET") && next_is("STATEMENT")
+}
+
+/// The statements a `SET STATEMENT … FOR <statement>` may run: the text
+/// after each of its `FOR`s ([`after_each_for`]). `None` when there are
+/// more than [`MAX_FORS`], or one is itself a `SET STATEMENT` in some
+/// reading: checking those would cost the square, or more, of the
+/// statement's length, and [`refuse_transaction_control`] refuses them.
+fn set_statement_targets(statement: &str) -> Option<Vec<&str>> {
+    let targets: Vec<&str> = after_each_for(statement).take(MAX_FORS + 1).collect();
+    let nested = targets
+        .iter()
+        .any(|rest| READINGS.iter().any(|&r| sets_statement(rest, r)));
+    (targets.len() <= MAX_FORS && !nested).then_some(targets)
 }
 
 /// The text after each `FOR` of `statement` (any case) that no word
@@ -162,7 +217,12 @@ fn implicit_commit(statement: &str, reading: Reading) -> Option<String> {
     }
     // MariaDB's `SET STATEMENT … FOR <statement>` runs any statement.
     if is(first, "SET") && is(second, "STATEMENT") {
-        return after_each_for(statement).find_map(|rest| implicit_commit(rest, reading));
+        return match set_statement_targets(statement) {
+            Some(targets) => targets
+                .into_iter()
+                .find_map(|rest| implicit_commit(rest, reading)),
+            None => Some("SET STATEMENT".into()),
+        };
     }
     None
 }
@@ -260,6 +320,14 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
                     ],
                 )
                 || temporary
+                // Also where `CREATE` is not first (`EXPLAIN ANALYZE CREATE
+                // TEMP TABLE … AS` makes the table), and a cursor held past
+                // its transaction.
+                || holds("create temp")
+                || holds("create local temp")
+                || holds("create global temp")
+                || holds("replace temp")
+                || holds("with hold")
                 || holds("into temp")
                 || holds("into local temp")
                 || holds("into global temp")
@@ -276,7 +344,11 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
             (is(first, "SET") && !is(second, "STATEMENT"))
                 || (is(first, "SET")
                     && is(second, "STATEMENT")
-                    && after_each_for(statement).any(|rest| changes_session(rest, dialect)))
+                    && set_statement_targets(statement).is_none_or(|targets| {
+                        targets
+                            .into_iter()
+                            .any(|rest| changes_session(rest, dialect))
+                    }))
                 || any(first, &["USE", "PREPARE", "LOCK", "HANDLER", "DEALLOCATE"])
                 || temporary
                 || holds(":=")
@@ -293,22 +365,37 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
 /// anywhere, in any case, where each space of `phrase` stands for any run
 /// of whitespace and comments, or none (`INTO@v`, `INTO/**/TEMP`).
 /// Without allocating: it runs on every statement.
+///
+/// A gap may be a comment running to the end of the text, read again from
+/// each place the phrase's first word is found (`into--into--into…`): the
+/// bytes read are counted, and past [`PHRASE_WORK`] times the text's
+/// length the phrase counts as held, which only makes the caller careful
+/// (the session is reset, a `SET` is refused).
 fn holds_phrase(text: &str, phrase: &str, comments: Reading) -> bool {
     let (text, phrase) = (text.as_bytes(), phrase.as_bytes());
+    let mut work = PHRASE_WORK.saturating_mul(text.len()).saturating_add(4096);
+    // Whether the phrase starts at `start`, and how far it read.
     let matches_at = |start: usize| {
         let (mut i, mut j) = (start, 0);
         while j < phrase.len() {
             match (text.get(i), phrase[j]) {
                 (_, b' ') => i = skip_gap(text, i, comments),
                 (Some(c), p) if c.to_ascii_lowercase() == p => i += 1,
-                _ => return false,
+                _ => return (false, i - start),
             }
             j += 1;
         }
-        true
+        (true, i - start)
     };
-    (0..text.len()).any(matches_at)
+    (0..text.len()).any(|start| {
+        let (found, read) = matches_at(start);
+        work = work.saturating_sub(read + 1);
+        found || work == 0
+    })
 }
+
+/// How many times its length [`holds_phrase`] may read of a statement.
+const PHRASE_WORK: usize = 4;
 
 /// The index after the whitespace and comments at `text[i..]`. The
 /// markers of a MySQL executable comment (`/*!40101`, `/*M!`, `*/`) count

@@ -86,6 +86,8 @@ fn statements_that_leave_session_state_are_recognised() {
         "create temporary table t (a int)",
         "CREATE LOCAL TEMPORARY TABLE t (a int)",
         "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+        "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+        "EXPLAIN (ANALYZE) CREATE TEMPORARY TABLE t AS SELECT 1",
         "SELECT * INTO  TEMP t FROM x",
         "SELECT 1 INTO/**/TEMP t",
         "SELECT 1 INTO LOCAL TEMP t",
@@ -231,4 +233,58 @@ fn statements_whose_first_keyword_cannot_be_found_are_refused() {
             "{statement}: {refused:?}"
         );
     }
+}
+
+/// `SET STATEMENT`s nested or holding many `FOR`s are refused, not read
+/// once per way of splitting them (which took time exponential in their
+/// depth); one with a few `FOR`s still passes, or is refused for what it
+/// runs.
+#[test]
+fn tangled_set_statements_are_refused_before_they_are_read_every_way() {
+    let nested = format!("{}SELECT 1", "SET STATEMENT x = 1 FOR ".repeat(40));
+    let many = format!("SET STATEMENT x = '{}' FOR SELECT 1", "for ".repeat(100));
+    let twice = "SET STATEMENT a=1 FOR SET STATEMENT b=1 FOR SELECT 1".to_string();
+    for statement in [&nested, &many, &twice] {
+        let refused = refuse_transaction_control(statement);
+        assert!(
+            matches!(&refused, Err(SqlError::Denied(m)) if m.contains("at most 8 `FOR`s")),
+            "{statement}: {refused:?}"
+        );
+        // The other checks answer at once too, as careful as they can be.
+        assert!(changes_session(statement, Dialect::Mysql));
+        assert!(refuse_implicit_commit(statement).is_err());
+    }
+    let fine = "SET STATEMENT max_statement_time = 1 FOR SELECT 'for' FROM t";
+    assert_eq!(refuse_transaction_control(fine), Ok(()));
+    assert!(!changes_session(fine, Dialect::Mysql));
+}
+
+/// A phrase's first word followed by comments running to the end of the
+/// text, many times over, is not read to the end from each of them: past
+/// its budget the phrase counts as held (the session is then reset).
+#[test]
+fn phrases_are_looked_for_within_a_budget() {
+    let statement = format!("SELECT 1 {}", "into--".repeat(100_000));
+    assert!(changes_session(&statement, Dialect::Postgres));
+    assert!(changes_session(&statement, Dialect::Mysql));
+    assert_eq!(refuse_transaction_control(&statement), Ok(()));
+    // Within the budget, the answer is what the text says.
+    assert!(!changes_session(
+        "SELECT 1 -- into the table",
+        Dialect::Postgres
+    ));
+    assert!(changes_session(
+        "SELECT 1 INTO /* x */ TEMP t",
+        Dialect::Postgres
+    ));
+}
+
+#[test]
+fn statements_past_the_size_cap_are_refused() {
+    let statement = format!("SELECT '{}'", "x".repeat(MAX_STATEMENT_BYTES));
+    let refused = refuse_transaction_control(&statement);
+    assert!(
+        matches!(&refused, Err(SqlError::InvalidInput(m)) if m.contains("more than the port takes")),
+        "{refused:?}"
+    );
 }
