@@ -33,7 +33,7 @@ pub async fn unanswered_then_recovered(relay: &FreezableRelay, db: &dyn SqlBacke
     let started = Instant::now();
     let failed = match call {
         "query" => db.query("SELECT 2".into(), vec![], CAPS).await.err(),
-        "cursor" => match db.open_cursor("SELECT 4".into(), vec![]).await {
+        "cursor" => match db.open_cursor("SELECT 4".into(), vec![], CAPS).await {
             Err(e) => Some(e),
             Ok(mut cursor) => cursor.next(10, 1 << 20).await.err(),
         },

@@ -266,13 +266,14 @@ impl wit::HostConnection for InstanceState {
         let started = crate::metrics::Started::now();
         let handle = self.table.get(&this)?;
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
+        let caps = self.sql_caps();
         let p = params(p);
         let bytes_in = statement_bytes(&statement, &p);
         let opened = match refuse_transaction_control(&statement) {
             Err(e) => Err(e),
             Ok(()) => {
                 backend
-                    .open_cursor(statement, p)
+                    .open_cursor(statement, p, caps)
                     .instrument(self.sql_span("open-cursor"))
                     .await
             }

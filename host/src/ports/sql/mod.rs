@@ -245,11 +245,13 @@ pub trait SqlBackend: Send + Sync {
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError>;
     /// Starts a transaction.
     async fn begin(&self) -> Result<Box<dyn SqlTransaction>, SqlError>;
-    /// Streams a result.
+    /// Streams a result. `caps` bound each fetch as they bound a `query`'s
+    /// result, so no single value past them is worth reading.
     async fn open_cursor(
         &self,
         statement: String,
         params: Vec<SqlValue>,
+        caps: ResultCaps,
     ) -> Result<Box<dyn SqlCursor>, SqlError>;
 }
 

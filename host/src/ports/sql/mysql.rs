@@ -435,6 +435,7 @@ impl SqlBackend for MysqlDatabase {
         &self,
         statement: String,
         params: Vec<SqlValue>,
+        _caps: ResultCaps,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let params = params_of(convert(params)?);
         let mut conn = self.conn_for(&statement).await?;

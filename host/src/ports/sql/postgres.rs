@@ -364,6 +364,7 @@ impl SqlBackend for PostgresDatabase {
         &self,
         statement: String,
         params: Vec<SqlValue>,
+        _caps: ResultCaps,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let mut conn = self.acquire_for(&statement).await?;
         let (check, within) = (self.check.clone(), self.answer_within);

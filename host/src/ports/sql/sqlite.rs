@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::AuthContext;
+use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -236,6 +237,47 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
     }
 }
 
+/// The parameters as SQLite values, refusing a decimal SQLite would round
+/// ([`exact_in_sqlite`]).
+fn to_sqlite_params(params: Vec<SqlValue>) -> Result<Vec<Value>, SqlError> {
+    params
+        .into_iter()
+        .map(|value| match value {
+            SqlValue::Decimal(d) if !exact_in_sqlite(&d) => Err(SqlError::InvalidInput(format!(
+                "decimal {d} has more than 15 significant digits: SQLite stores it in a DECIMAL or NUMERIC column as a float, which would round it; pass it as `text` into a TEXT column to keep it exact"
+            ))),
+            value => Ok(to_sqlite(value)),
+        })
+        .collect()
+}
+
+/// Whether SQLite keeps the decimal text `d` exactly in a column of
+/// NUMERIC affinity (DECIMAL, NUMERIC): it stores a well-formed number as
+/// an integer when it is one within 64 bits, else as a float keeping 15
+/// significant digits. Text that is no number stays text, exactly.
+fn exact_in_sqlite(d: &str) -> bool {
+    let negative = d.starts_with('-');
+    let unsigned = d.strip_prefix(['-', '+']).unwrap_or(d);
+    // An exponent's mantissa is counted as any other number.
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+        None => (unsigned, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = || int.bytes().chain(frac.bytes());
+    if (int.is_empty() && frac.is_empty()) || !digits().all(|b| b.is_ascii_digit()) {
+        // No number: SQLite keeps it as text.
+        return true;
+    }
+    let sign = if negative { "-" } else { "" };
+    let integral = exponent.is_none() && frac.bytes().all(|b| b == b'0');
+    if integral && format!("{sign}{int}").parse::<i64>().is_ok() {
+        return true;
+    }
+    let digits = format!("{int}{frac}");
+    digits.trim_start_matches('0').trim_end_matches('0').len() <= 15
+}
+
 fn to_sqlite(value: SqlValue) -> Value {
     match value {
         SqlValue::Null => Value::Null,
@@ -257,7 +299,14 @@ fn to_sqlite(value: SqlValue) -> Value {
 fn from_sqlite(value: ValueRef<'_>, declared: &str) -> Result<SqlValue, SqlError> {
     Ok(match value {
         ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) if declared.contains("bool") => SqlValue::Boolean(i != 0),
+        // SQLite takes any integer in a BOOLEAN column; reading 2 as `true`
+        // would lose it, so the guest is told to declare an integer.
+        ValueRef::Integer(i @ (0 | 1)) if declared.contains("bool") => SqlValue::Boolean(i == 1),
+        ValueRef::Integer(i) if declared.contains("bool") => {
+            return Err(SqlError::UnsupportedType(format!(
+                "a column declared {declared} holds {i}, not 0 or 1; declare it INTEGER (or cast it) to read integers"
+            )));
+        }
         // NUMERIC affinity stores decimal text as a number: hand it back as
         // decimal text (SQLite keeps no scale, so "12.50" reads as "12.5").
         ValueRef::Integer(i) if is_decimal(declared) => SqlValue::Decimal(i.to_string()),
@@ -295,15 +344,61 @@ fn columns_of(stmt: &rusqlite::Statement<'_>) -> Vec<SqlColumn> {
         .collect()
 }
 
+/// `statement` prepared, refusing a second statement after it: SQLite
+/// prepares the first and would leave the rest unrun without a word
+/// (`INSERT …; INSERT …` answering `Ok(1)`), where Postgres and MySQL
+/// refuse it.
+fn prepare_one<'c>(
+    conn: &'c Connection,
+    statement: &str,
+) -> Result<rusqlite::Statement<'c>, SqlError> {
+    let mut batch = rusqlite::Batch::new(conn, statement);
+    let first = batch
+        .next()
+        .map_err(map_error)?
+        .ok_or_else(|| SqlError::Syntax("the statement is empty".into()))?;
+    match batch.next() {
+        Ok(None) => Ok(first),
+        Ok(Some(_)) | Err(_) => Err(SqlError::InvalidInput("only one statement per call".into())),
+    }
+}
+
+/// While it lives, the longest string, blob or row SQLite makes on `conn`
+/// is the result cap's byte count: a value past it could not be returned
+/// anyway, and made whole (`SELECT randomblob(900000000)`) it would be
+/// copied into the host before the cap is checked. SQLite refuses it
+/// instead (`too-large`). Restored when dropped: the pooled connection
+/// serves calls with other caps.
+struct ValueCap<'c> {
+    conn: &'c Connection,
+    previous: i32,
+}
+
+impl<'c> ValueCap<'c> {
+    fn new(conn: &'c Connection, caps: ResultCaps) -> Self {
+        let cap = i32::try_from(caps.max_bytes.max(1)).unwrap_or(i32::MAX);
+        let previous = conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, cap);
+        ValueCap { conn, previous }
+    }
+}
+
+impl Drop for ValueCap<'_> {
+    fn drop(&mut self) {
+        self.conn
+            .set_limit(Limit::SQLITE_LIMIT_LENGTH, self.previous);
+    }
+}
+
 fn run_query(
     conn: &Connection,
     statement: &str,
     params: Vec<SqlValue>,
     caps: ResultCaps,
 ) -> Result<RowSet, SqlError> {
-    let mut stmt = conn.prepare(statement).map_err(map_error)?;
+    let _value_cap = ValueCap::new(conn, caps);
+    let mut stmt = prepare_one(conn, statement)?;
     let columns = columns_of(&stmt);
-    let params: Vec<Value> = params.into_iter().map(to_sqlite).collect();
+    let params = to_sqlite_params(params)?;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(map_error)?;
@@ -327,8 +422,8 @@ fn read_row(row: &rusqlite::Row<'_>, columns: &[SqlColumn]) -> Result<Vec<SqlVal
 }
 
 fn run_execute(conn: &Connection, statement: &str, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-    let mut stmt = conn.prepare(statement).map_err(map_error)?;
-    let params: Vec<Value> = params.into_iter().map(to_sqlite).collect();
+    let mut stmt = prepare_one(conn, statement)?;
+    let params = to_sqlite_params(params)?;
     let n = stmt
         .execute(rusqlite::params_from_iter(params))
         .map_err(map_error)?;
@@ -396,6 +491,7 @@ impl SqlBackend for SqliteDatabase {
         &self,
         statement: String,
         params: Vec<SqlValue>,
+        caps: ResultCaps,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let limit = self.statement_timeout();
         let mut pooled = self.pool.get().await?;
@@ -410,12 +506,16 @@ impl SqlBackend for SqliteDatabase {
             // (after the statement) before the connection goes back.
             let deadline = Deadline::new(limit);
             let _armed = Armed::new(conn, deadline.clone());
-            let mut stmt = match conn.prepare(&statement) {
+            let _value_cap = ValueCap::new(conn, caps);
+            let mut stmt = match prepare_one(conn, &statement) {
                 Ok(s) => s,
-                Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
+                Err(e) => return drop(columns_tx.send(Err(e))),
             };
             let columns = columns_of(&stmt);
-            let params: Vec<Value> = params.into_iter().map(to_sqlite).collect();
+            let params = match to_sqlite_params(params) {
+                Ok(p) => p,
+                Err(e) => return drop(columns_tx.send(Err(e))),
+            };
             let mut rows = match stmt.query(rusqlite::params_from_iter(params)) {
                 Ok(r) => r,
                 Err(e) => return drop(columns_tx.send(Err(map_error(e)))),

@@ -130,7 +130,7 @@ async fn runaway_statements_time_out_and_give_their_connection_back() {
     assert_eq!(err, SqlError::Timeout);
     drop(tx);
 
-    let mut cursor = db.open_cursor(RUNAWAY.into(), vec![]).await.unwrap();
+    let mut cursor = db.open_cursor(RUNAWAY.into(), vec![], CAPS).await.unwrap();
     assert_eq!(cursor.next(10, 1 << 20).await, Err(SqlError::Timeout));
     drop(cursor);
 
@@ -274,4 +274,145 @@ async fn caps_and_typed_columns() {
         .await
         .unwrap_err();
     assert!(matches!(err, SqlError::TooLarge(_)));
+}
+
+/// A second statement in one call is refused, and nothing of the call
+/// runs; a trailing `;`, blank or comment is no statement.
+#[tokio::test]
+async fn one_statement_per_call() {
+    let (_d, db) = db();
+    db.execute("CREATE TABLE a(x integer); ".into(), vec![])
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE b(x integer) -- the second".into(), vec![])
+        .await
+        .unwrap();
+    let two = "INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)";
+    assert_eq!(
+        db.execute(two.into(), vec![]).await,
+        Err(SqlError::InvalidInput("only one statement per call".into()))
+    );
+    let err = db
+        .query(format!("SELECT 1; {two}"), vec![], CAPS)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SqlError::InvalidInput(_)), "{err:?}");
+    let err = match db.open_cursor(two.into(), vec![], CAPS).await {
+        Err(e) => e,
+        Ok(_) => panic!("a cursor over two statements was opened"),
+    };
+    assert!(matches!(err, SqlError::InvalidInput(_)), "{err:?}");
+    for table in ["a", "b"] {
+        let rows = db
+            .query(format!("SELECT count(*) FROM {table}"), vec![], CAPS)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(0), "{table}");
+    }
+}
+
+/// A value past the result cap is refused by SQLite before it is made,
+/// in a query and in a cursor, and the connection then makes values up to
+/// the next call's cap again.
+#[tokio::test]
+async fn values_past_the_result_cap_are_never_made() {
+    let (_d, db) = db();
+    let huge = "SELECT randomblob(900000000)";
+    let err = db.query(huge.into(), vec![], CAPS).await.unwrap_err();
+    assert!(matches!(err, SqlError::TooLarge(_)), "{err:?}");
+    let mut cursor = db.open_cursor(huge.into(), vec![], CAPS).await.unwrap();
+    let err = cursor.next(10, 1 << 20).await.unwrap_err();
+    assert!(matches!(err, SqlError::TooLarge(_)), "{err:?}");
+    drop(cursor);
+    let wide = ResultCaps {
+        max_rows: 10,
+        max_bytes: 4 << 20,
+    };
+    for _ in 0..8 {
+        let rows = db
+            .query("SELECT length(randomblob(2000000))".into(), vec![], wide)
+            .await
+            .unwrap();
+        assert_eq!(rows.rows[0][0], SqlValue::Int(2_000_000));
+    }
+}
+
+/// A decimal SQLite would round (more than 15 significant digits, not an
+/// integer within 64 bits) is refused as a parameter, not stored rounded;
+/// what SQLite keeps exactly passes and reads back as written.
+#[tokio::test]
+async fn decimals_sqlite_would_round_are_refused() {
+    let (_d, db) = db();
+    db.execute("CREATE TABLE m(v decimal(40, 10))".into(), vec![])
+        .await
+        .unwrap();
+    for exact in [
+        "12.5",
+        "-9223372036854775808",
+        "123456789012345",
+        "0.000000000000001",
+        "1e300",
+    ] {
+        let stored = db
+            .execute(
+                "INSERT INTO m VALUES (?)".into(),
+                vec![SqlValue::Decimal(exact.into())],
+            )
+            .await;
+        assert_eq!(stored, Ok(1), "{exact}");
+    }
+    for rounded in [
+        "12345678901234567890.12",
+        "0.1234567890123456",
+        "-1234567890123456e3",
+    ] {
+        let err = db
+            .execute(
+                "INSERT INTO m VALUES (?)".into(),
+                vec![SqlValue::Decimal(rounded.into())],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SqlError::InvalidInput(m) if m.contains("15 significant digits")),
+            "{rounded}: {err:?}"
+        );
+    }
+    let rows = db
+        .query("SELECT v FROM m WHERE v = 12.5".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows, [[SqlValue::Decimal("12.5".into())]]);
+}
+
+/// A boolean column holding another integer than 0 or 1 is refused when
+/// read, not read as `true`.
+#[tokio::test]
+async fn booleans_are_zero_or_one() {
+    let (_d, db) = db();
+    db.execute("CREATE TABLE f(b boolean)".into(), vec![])
+        .await
+        .unwrap();
+    db.execute("INSERT INTO f VALUES (0), (1)".into(), vec![])
+        .await
+        .unwrap();
+    let rows = db
+        .query("SELECT b FROM f ORDER BY b".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.rows,
+        [[SqlValue::Boolean(false)], [SqlValue::Boolean(true)]]
+    );
+    db.execute("INSERT INTO f VALUES (2)".into(), vec![])
+        .await
+        .unwrap();
+    let err = db
+        .query("SELECT b FROM f".into(), vec![], CAPS)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SqlError::UnsupportedType(m) if m.contains("holds 2")),
+        "{err:?}"
+    );
 }
