@@ -22,7 +22,7 @@ use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
 use crate::ports::sql::PgTenancy;
 use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
-use crate::ports::sql::pg_tenancy::{tenant_password, tenant_role};
+use crate::ports::sql::pg_tenancy::{tenant_owner, tenant_password, tenant_role};
 use crate::ports::sql::postgres::{PostgresDatabase, PostgresSettings, TenantLogin};
 use crate::ports::sql::{SqlBackend, SqlConfig, sqlite::SqliteDatabase};
 use crate::secret::SecretResolver;
@@ -245,6 +245,7 @@ pub async fn open(
                         Some(TenantLogin {
                             password: tenant_password(&secret, &role),
                             role,
+                            owner: tenant_owner(app, name),
                         })
                     }
                 };

@@ -1139,6 +1139,39 @@ async fn sql_tenants_isolated_postgres() {
     // B's data is intact and B still reads it.
     assert_eq!(try_sql(&b, "SELECT v FROM secrets").await, "ok 1");
 
+    // Each role carries the mark of the app's database it serves, and a
+    // load finding a role marked for another (two names sharing a role
+    // name) is refused rather than given that role and its data.
+    let mark = |role: &str| {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role.to_owned())
+    };
+    assert_eq!(
+        mark(&role_b).fetch_one(&mut admin).await.unwrap(),
+        Some(berth::ports::sql::pg_tenancy::tenant_owner(&name_b, "main"))
+    );
+    let other = berth::ports::sql::pg_tenancy::tenant_owner("another", "main");
+    sqlx::query(&format!("COMMENT ON ROLE \"{role_b}\" IS '{other}'"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let refused = tb
+        .load_with(&host(&tb))
+        .await
+        .err()
+        .expect("a role marked for another app's database is refused");
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.contains("belongs to another app's database"),
+        "{refused}"
+    );
+    assert_eq!(
+        mark(&role_b).fetch_one(&mut admin).await.unwrap(),
+        Some(other)
+    );
+
     drop((a, b));
     for role in [role_a, role_b] {
         for statement in [

@@ -39,6 +39,17 @@ pub fn tenant_role(app: &str, db: &str) -> String {
     format!("{base}_{}", hex::encode(&digest[..4]))
 }
 
+/// The mark [`provision`] records on the role of `app`'s database `db`
+/// (`COMMENT ON ROLE`): the whole SHA-256 of the exact names, where
+/// [`tenant_role`] keeps 32 bits of it. Two names whose roles collide (a
+/// long readable part cut, and a hash found by search) are told apart by
+/// it, so one app's load never adopts the role, and the data, of
+/// another's.
+pub fn tenant_owner(app: &str, db: &str) -> String {
+    let digest = Sha256::digest(format!("{app}\0{db}").as_bytes());
+    format!("berth tenant {}", hex::encode(digest))
+}
+
 /// HMAC-SHA-256 of `data` under `key`.
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
@@ -97,17 +108,18 @@ pub enum Provisioning {
     TryAndRollBack,
 }
 
-/// Creates or updates `role` and its schema with an admin connection, and
-/// takes from `PUBLIC` the default rights a tenant could use to leave its
-/// schema. Idempotent; safe to run from several hosts at once. A refusal
-/// names the role and the rights the admin login needs.
+/// Creates or updates the tenant's role and its schema with an admin
+/// connection, and takes from `PUBLIC` the default rights a tenant could
+/// use to leave its schema. Idempotent; safe to run from several hosts at
+/// once. A refusal names the role and the rights the admin login needs. A
+/// role that another app's database owns (see [`tenant_owner`]) is refused.
 pub async fn provision(
     admin: &PgConnectOptions,
-    role: &str,
-    password: &Secret,
+    tenant: &super::postgres::TenantLogin,
     mode: Provisioning,
 ) -> Result<(), SqlError> {
-    run_provisioning(admin, role, password, mode)
+    let role = tenant.role.as_str();
+    run_provisioning(admin, tenant, mode)
         .await
         .map_err(|e| match e {
             SqlError::Denied(why) => SqlError::Denied(format!(
@@ -119,10 +131,10 @@ pub async fn provision(
 
 async fn run_provisioning(
     admin: &PgConnectOptions,
-    role: &str,
-    password: &Secret,
+    tenant: &super::postgres::TenantLogin,
     mode: Provisioning,
 ) -> Result<(), SqlError> {
+    let (role, password) = (tenant.role.as_str(), &tenant.password);
     // Both values are generated here ([a-z0-9_] and base64), never taken
     // from a guest or a file, so quoting them inline is safe; DDL takes no
     // parameters.
@@ -162,6 +174,7 @@ async fn run_provisioning(
     if !exists {
         create_role(&mut conn, role, &pw, dry_run).await?;
     }
+    claim_role(&mut conn, role, &tenant.owner).await?;
     let attributes = if superuser {
         ROLE_ATTRIBUTES.to_owned()
     } else {
@@ -200,6 +213,29 @@ async fn run_provisioning(
     }
     conn.close().await.map_err(map_error)?;
     Ok(())
+}
+
+/// Records `owner` on `role`, or checks that it is recorded there: a role
+/// recorded for another app's database is refused, without a word about
+/// that app. A role without a mark (made by a Berth before 2026-12-07) is
+/// marked by its first provisioning since.
+async fn claim_role(conn: &mut PgConnection, role: &str, owner: &str) -> Result<(), SqlError> {
+    let recorded: Option<String> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_error)?;
+    match recorded {
+        Some(mark) if mark == owner => Ok(()),
+        Some(_) => Err(SqlError::Denied(format!(
+            "role `{role}` belongs to another app's database (their names share a role name): rename this logical database"
+        ))),
+        // Generated here from a hash ([a-z0-9 ]), so quoting inline is
+        // safe.
+        None => execute(conn, &format!("COMMENT ON ROLE \"{role}\" IS '{owner}'")).await,
+    }
 }
 
 /// The advisory lock serializing provisionings on a server ("berthprv").

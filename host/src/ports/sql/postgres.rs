@@ -78,6 +78,9 @@ pub struct TenantLogin {
     pub role: String,
     /// Its derived password.
     pub password: Secret,
+    /// Which app's database it serves ([`super::pg_tenancy::tenant_owner`]),
+    /// recorded on the role so two names sharing a role are told apart.
+    pub owner: String,
 }
 
 /// One logical database served by a Postgres pool.
@@ -110,7 +113,7 @@ impl PostgresDatabase {
             } else {
                 Provisioning::Apply
             };
-            super::pg_tenancy::provision(&options, &tenant.role, &tenant.password, mode).await?;
+            super::pg_tenancy::provision(&options, tenant, mode).await?;
             if !s.dry_run {
                 options = options
                     .username(&tenant.role)
