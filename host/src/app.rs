@@ -336,7 +336,7 @@ impl App {
                     network: network.clone(),
                     owner: (manifest.name.clone(), decl.name.clone()),
                     counters: Some(counters.clone()),
-                    lookups: Default::default(),
+                    lookups: allowance.lookups.clone(),
                 }),
                 slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency as usize)),
                 counters,

@@ -66,6 +66,8 @@ pub struct AppAllowance {
     pub publishes: Option<std::sync::Arc<TokenBucket>>,
     /// Its guests' log lines (`log_lines_per_second`).
     pub log_lines: std::sync::Arc<crate::ports::logging::budget::LogBudget>,
+    /// Its name lookups for outbound HTTP, all its components together.
+    pub lookups: crate::outbound::connect::AppLookups,
 }
 
 impl AppAllowance {
@@ -103,6 +105,7 @@ impl AppAllowance {
                     .log_kib_per_second
                     .unwrap_or(crate::ports::logging::budget::DEFAULT_KIB_PER_SECOND),
             )),
+            lookups: Default::default(),
         }
     }
 }

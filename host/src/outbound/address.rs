@@ -36,6 +36,7 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         (192, 0, 0) => "IETF protocol assignments (192.0.0.0/24)",
         (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
         (198, 18..=19, _) => "benchmarking (198.18.0.0/15)",
+        (192, 88, 99) => "6to4 relay anycast (192.88.99.0/24)",
         (224..=239, _, _) => "multicast",
         (240..=255, _, _) => "reserved or broadcast (240.0.0.0/4)",
         _ => return None,
@@ -55,6 +56,8 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         _ if first & 0xfe00 == 0xfc00 => "unique local (fc00::/7)",
         _ if first & 0xff00 == 0xff00 => "multicast",
         _ if first == 0x2001 && ip.segments()[1] == 0x0db8 => "documentation (2001:db8::/32)",
+        _ if first == 0x3fff && ip.segments()[1] & 0xf000 == 0 => "documentation (3fff::/20)",
+        _ if first == 0x5f00 => "segment routing (5f00::/16)",
         // Teredo (2001::/32) and the other protocol assignments: Teredo
         // carries an IPv4 address, obfuscated.
         _ if first == 0x2001 && ip.segments()[1] < 0x0200 => {
@@ -169,6 +172,10 @@ mod tests {
             "64:ff9b:1::a9fe:a9fe",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "2001:1ff::1",
+            "192.88.99.1",
+            "3fff::1",
+            "3fff:fff::1",
+            "5f00::1",
         ] {
             assert!(denied(ip), "{ip} should be denied");
         }
@@ -186,6 +193,9 @@ mod tests {
             "2002:0808:0808::1",
             "::ffff:0:1.1.1.1",
             "2001:200::1",
+            "192.88.100.1",
+            "3ffe:1::1",
+            "4000::1",
         ] {
             assert!(!denied(ip), "{ip} should pass");
         }

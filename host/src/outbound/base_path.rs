@@ -17,20 +17,9 @@ const DECODE_ROUNDS: usize = 4;
 /// after [`DECODE_ROUNDS`] decodings, or holding a control character once
 /// decoded, is refused too.
 pub(super) fn leaves_base(path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut decoded = path.as_bytes().to_vec();
-    let mut stable = false;
-    for _ in 0..DECODE_ROUNDS {
-        let next = normalized(&lenient_percent_decode(&decoded));
-        stable = next == decoded;
-        decoded = next;
-        if stable {
-            break;
-        }
-    }
-    if !stable || decoded.iter().any(u8::is_ascii_control) {
+    let Some(decoded) = as_servers_read(path) else {
         return true;
-    }
+    };
     decoded.split(|&b| b == b'/' || b == b'\\').any(|segment| {
         let segment = segment
             .split(|&b| matches!(b, b';' | b'?' | b'#'))
@@ -62,6 +51,34 @@ const LOOKALIKES: &[(&[u8], u8)] = &[
     (&[0xE0, 0x81, 0x9C], b'\\'),       // overlong backslash, 3 bytes
     (&[0xF0, 0x80, 0x81, 0x9C], b'\\'), // overlong backslash, 4 bytes
 ];
+
+/// Whether `path` (with its query), read as [`leaves_base`] reads it,
+/// starts with `//` or `/\` (in any spelling a server decodes or
+/// normalizes to them), which URL parsers in gateways and frameworks
+/// (`new URL(path, base)`) read as a reference to another host: an
+/// upstream's credential would follow it. A path that does not settle or
+/// holds a control character counts as one.
+pub(super) fn names_another_host(path: &str) -> bool {
+    let raw = path.as_bytes();
+    let doubled = |p: &[u8]| p.starts_with(b"//") || p.starts_with(b"/\\");
+    doubled(raw) || as_servers_read(path).is_none_or(|decoded| doubled(&decoded))
+}
+
+/// The path of `path` (its query and fragment cut) as far as servers may
+/// decode and normalize it; `None` if it still changes after
+/// [`DECODE_ROUNDS`] or then holds a control character.
+fn as_servers_read(path: &str) -> Option<Vec<u8>> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut decoded = path.as_bytes().to_vec();
+    for _ in 0..DECODE_ROUNDS {
+        let next = normalized(&lenient_percent_decode(&decoded));
+        if next == decoded {
+            return (!decoded.iter().any(u8::is_ascii_control)).then_some(decoded);
+        }
+        decoded = next;
+    }
+    None
+}
 
 /// `bytes` as a server or gateway that normalizes paths may read them:
 /// Unicode compatibility normalization (NFKC: `‥` U+2025 is `..`, `﹨`

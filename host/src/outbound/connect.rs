@@ -63,22 +63,25 @@ pub struct Target {
     /// For a named upstream: how its responses' locations are rewritten,
     /// so the guest never reads its address or base path.
     pub locations: Option<Arc<super::upstream::LocationRewrite>>,
-    /// The requesting component's turns at name lookups, taken before the
+    /// The requesting app's turns at name lookups, taken before the
     /// host's (none for upstreams, whose names the operator chose).
-    pub lookups: Option<ComponentLookups>,
+    pub lookups: Option<AppLookups>,
 }
 
-/// Name lookups one component may have running at once: a component
-/// whose lookups hang holds at most these of the host's [`MAX_LOOKUPS`].
-pub const MAX_COMPONENT_LOOKUPS: usize = 16;
+/// Name lookups one app may have running at once, all its components and
+/// versions together: an app whose lookups hang holds at most these of the
+/// host's [`MAX_LOOKUPS`].
+pub const MAX_APP_LOOKUPS: usize = 16;
 
-/// A component's turns at name lookups ([`MAX_COMPONENT_LOOKUPS`]).
+/// An app's turns at name lookups ([`MAX_APP_LOOKUPS`]), kept in its
+/// [`crate::rate::AppAllowance`] so neither more components nor a reload
+/// give it more.
 #[derive(Debug, Clone)]
-pub struct ComponentLookups(Arc<tokio::sync::Semaphore>);
+pub struct AppLookups(Arc<tokio::sync::Semaphore>);
 
-impl Default for ComponentLookups {
+impl Default for AppLookups {
     fn default() -> Self {
-        ComponentLookups(Arc::new(tokio::sync::Semaphore::new(MAX_COMPONENT_LOOKUPS)))
+        AppLookups(Arc::new(tokio::sync::Semaphore::new(MAX_APP_LOOKUPS)))
     }
 }
 
@@ -250,17 +253,17 @@ static LOOKUPS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)));
 
 /// The addresses `host` resolves to, through the system resolver, at most
-/// [`MAX_LOOKUPS`] at once in the host and [`MAX_COMPONENT_LOOKUPS`] for
-/// the component (`component`): each lookup holds its turns until the
-/// resolver returns, even after the request that wanted it gave up.
+/// [`MAX_LOOKUPS`] at once in the host and [`MAX_APP_LOOKUPS`] for the
+/// requesting app (`app`): each lookup holds its turns until the resolver
+/// returns, even after the request that wanted it gave up.
 async fn lookup(
     host: &str,
     port: u16,
-    component: Option<&ComponentLookups>,
+    app: Option<&AppLookups>,
 ) -> Result<Vec<SocketAddr>, HttpError> {
     use std::net::ToSocketAddrs as _;
     let closed = |_| HttpError::DestinationUnavailable;
-    let own_turn = match component {
+    let own_turn = match app {
         Some(turns) => Some(turns.0.clone().acquire_owned().await.map_err(closed)?),
         None => None,
     };

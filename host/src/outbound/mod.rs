@@ -98,8 +98,8 @@ pub struct OutboundGrants {
     pub owner: (String, String),
     /// The component's counters, for egress requests (none in unit tests).
     pub counters: Option<Arc<crate::metrics::ComponentCounters>>,
-    /// The component's turns at name lookups.
-    pub lookups: connect::ComponentLookups,
+    /// The app's turns at name lookups.
+    pub lookups: connect::AppLookups,
 }
 
 impl OutboundGrants {

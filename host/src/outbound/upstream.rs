@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use super::base_path::leaves_base;
+use super::base_path::{leaves_base, names_another_host};
 use super::connect::Target;
 use crate::secret::SecretResolver;
 
@@ -176,14 +176,18 @@ impl Upstream {
             Some(query) if query.starts_with('?') => format!("/{query}"),
             Some(path) => path.to_owned(),
         };
-        // Origin form, and not `//host/…` or `/\host/…`, which URL parsers
-        // in gateways and frameworks (`new URL(path, base)`) read as a
-        // reference to another host: the credential would follow it.
-        if !guest_path.starts_with('/') || names_another_host(&guest_path) {
+        // Origin form, and not `//host/…` or `/\host/…` in any spelling,
+        // which URL parsers in gateways and frameworks (`new URL(path,
+        // base)`) read as a reference to another host: the credential would
+        // follow it.
+        if !guest_path.starts_with('/') {
             return Err(Refusal::InvalidPath);
         }
         if !self.base_path.is_empty() && leaves_base(&guest_path) {
             return Err(Refusal::LeavesBasePath);
+        }
+        if names_another_host(&guest_path) {
+            return Err(Refusal::InvalidPath);
         }
         let uri = http::Uri::builder()
             .scheme(self.scheme.clone())
@@ -474,12 +478,6 @@ impl Refusal {
             }
         }
     }
-}
-
-/// Whether `path` begins as a reference to another host: `//host/…`, or
-/// `/\host/…`, which URL parsers that follow browsers read the same way.
-fn names_another_host(path: &str) -> bool {
-    path.starts_with("//") || path.starts_with("/\\")
 }
 
 /// The upstream name a request's host addresses, if it ends in

@@ -363,7 +363,17 @@ fn paths_stay_under_the_base_and_in_origin_form() {
     assert_eq!(apply("//evil.example/x"), Err(Refusal::InvalidPath));
     assert_eq!(apply("/\\evil.example/x"), Err(Refusal::InvalidPath));
     let root = upstream("https://api.example.com", &[]).unwrap();
-    for path in ["//evil.example/x", "/\\evil.example/x"] {
+    // Encoded, once or twice, or in a lookalike spelling, as a server or
+    // gateway may decode and normalize it.
+    for path in [
+        "//evil.example/x",
+        "/\\evil.example/x",
+        "/%2F%2Fevil.example/x",
+        "/%2f/evil.example/x",
+        "/%5Cevil.example/x",
+        "/%252F%252Fevil.example/x",
+        "/%EF%BC%8F%EF%BC%8Fevil.example/x",
+    ] {
         let mut req = http::Request::builder()
             .uri(format!("http://payments.upstream{path}"))
             .body(())
