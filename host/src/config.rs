@@ -161,6 +161,11 @@ pub struct AppLimitsConfig {
     /// default 120. 0 is refused at load: it would fail every send as
     /// `rate-limited`, which tells the guest to retry.
     pub emails_per_minute: Option<u32>,
+    /// Recipients (to, cc and bcc together) one app's emails may have per
+    /// minute, in bursts of up to the same number; default 600. A message
+    /// past it is `rate-limited`, as past `emails_per_minute`. 0 is
+    /// refused at load.
+    pub email_recipients_per_minute: Option<u32>,
     /// Messages one app's guests may publish or send as requests per
     /// second (bursts up to the same number); unlimited if unset. The
     /// host's own publishes (dead letters, schedule ticks) do not count.
@@ -421,6 +426,11 @@ impl HostConfig {
                 "emails_per_minute",
                 limits.emails_per_minute,
                 "an app without a granted sender sends nothing",
+            ),
+            (
+                "email_recipients_per_minute",
+                limits.email_recipients_per_minute,
+                "an app sends no email",
             ),
             (
                 "messages_per_second",

@@ -62,6 +62,8 @@ pub struct AppAllowance {
     pub instance_limit: u32,
     /// Its email sends (`emails_per_minute`).
     pub emails: std::sync::Arc<TokenBucket>,
+    /// Their recipients (`email_recipients_per_minute`).
+    pub email_recipients: std::sync::Arc<TokenBucket>,
     /// Its guests' publishes (`messages_per_second`), if limited.
     pub publishes: Option<std::sync::Arc<TokenBucket>>,
     /// Its guests' log lines (`log_lines_per_second`).
@@ -96,6 +98,12 @@ impl AppAllowance {
             instances: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
             instance_limit,
             emails: std::sync::Arc::new(TokenBucket::new(per_minute, Duration::from_secs(60))),
+            email_recipients: std::sync::Arc::new(TokenBucket::new(
+                limits
+                    .email_recipients_per_minute
+                    .unwrap_or(crate::ports::email::rate::DEFAULT_RECIPIENTS_PER_MINUTE),
+                Duration::from_secs(60),
+            )),
             publishes: limits.messages_per_second.map(|per_second| {
                 std::sync::Arc::new(TokenBucket::new(per_second, Duration::from_secs(1)))
             }),

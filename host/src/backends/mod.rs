@@ -547,6 +547,7 @@ pub async fn open(
     let email: Arc<dyn EmailBackend> = Arc::new(crate::ports::email::rate::RateLimited::new(
         transport,
         allowance.emails.clone(),
+        allowance.email_recipients.clone(),
     ));
     let publish_rate = allowance.publishes.clone();
     let log_budget = allowance.log_lines.clone();

@@ -12,27 +12,55 @@ use crate::rate::TokenBucket;
 /// Default messages per minute per app.
 pub const DEFAULT_PER_MINUTE: u32 = 120;
 
-/// Allows `per_minute` messages a minute, in bursts of up to `per_minute`.
+/// Default recipients per minute per app (to, cc and bcc together).
+pub const DEFAULT_RECIPIENTS_PER_MINUTE: u32 = 600;
+
+/// Allows so many messages and so many recipients a minute, each in bursts
+/// of up to its rate.
 pub struct RateLimited {
     inner: Arc<dyn EmailBackend>,
-    bucket: Arc<TokenBucket>,
+    messages: Arc<TokenBucket>,
+    recipients: Arc<TokenBucket>,
 }
 
 impl RateLimited {
-    /// Limits `inner` to what `bucket` allows: the app's
-    /// (`app_limits.emails_per_minute`, see [`crate::rate::AppAllowance`]),
-    /// shared by its versions. 0 would refuse every message as
-    /// `rate-limited` (which invites a retry), so the host config refuses
-    /// it at load.
-    pub fn new(inner: Arc<dyn EmailBackend>, bucket: Arc<TokenBucket>) -> Self {
-        Self { inner, bucket }
+    /// Limits `inner` to what `messages` and `recipients` allow: the app's
+    /// (`app_limits.emails_per_minute` and
+    /// `app_limits.email_recipients_per_minute`, see
+    /// [`crate::rate::AppAllowance`]), shared by its versions. A message
+    /// to n recipients takes n of the recipients' rate, so fifty
+    /// recipients a message cannot multiply the message rate by fifty. 0
+    /// would refuse every message as `rate-limited` (which invites a
+    /// retry), so the host config refuses it at load.
+    pub fn new(
+        inner: Arc<dyn EmailBackend>,
+        messages: Arc<TokenBucket>,
+        recipients: Arc<TokenBucket>,
+    ) -> Self {
+        Self {
+            inner,
+            messages,
+            recipients,
+        }
     }
 }
 
 #[async_trait]
 impl EmailBackend for RateLimited {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
-        if !self.bucket.take() {
+        let count = message.to.len() + message.cc.len() + message.bcc.len();
+        // A message to more recipients than the rate holds takes the whole
+        // rate, once it is full (see `TokenBucket::take_n`).
+        if !self
+            .recipients
+            .take_n(u32::try_from(count).unwrap_or(u32::MAX))
+        {
+            tracing::warn!(
+                "email recipient rate of the app ([app_limits] email_recipients_per_minute) reached"
+            );
+            return Err(EmailError::RateLimited);
+        }
+        if !self.messages.take() {
             tracing::warn!("email send rate of the app ([app_limits] emails_per_minute) reached");
             return Err(EmailError::RateLimited);
         }
@@ -55,14 +83,36 @@ mod tests {
         }
     }
 
+    fn per_minute(count: u32) -> Arc<TokenBucket> {
+        Arc::new(TokenBucket::new(count, Duration::from_secs(60)))
+    }
+
     #[tokio::test]
     async fn bursts_up_to_the_rate_then_refuses() {
-        let bucket = Arc::new(TokenBucket::new(3, Duration::from_secs(60)));
-        let limited = RateLimited::new(Arc::new(Sink), bucket);
-        let msg = EmailMessage::default();
+        let limited = RateLimited::new(Arc::new(Sink), per_minute(3), per_minute(100));
+        let msg = EmailMessage {
+            to: vec!["a@example.com".into()],
+            ..Default::default()
+        };
         for _ in 0..3 {
             assert!(limited.send(&msg).await.is_ok());
         }
+        assert_eq!(limited.send(&msg).await, Err(EmailError::RateLimited));
+    }
+
+    /// Recipients count one by one, to, cc and bcc alike: messages to many
+    /// recipients reach the recipient rate before the message rate.
+    #[tokio::test]
+    async fn recipients_count_one_by_one() {
+        let limited = RateLimited::new(Arc::new(Sink), per_minute(100), per_minute(10));
+        let msg = EmailMessage {
+            to: vec!["a@example.com".into(), "b@example.com".into()],
+            cc: vec!["c@example.com".into()],
+            bcc: vec!["d@example.com".into()],
+            ..Default::default()
+        };
+        assert!(limited.send(&msg).await.is_ok());
+        assert!(limited.send(&msg).await.is_ok());
         assert_eq!(limited.send(&msg).await, Err(EmailError::RateLimited));
     }
 }
