@@ -186,6 +186,11 @@ pub struct AppLimitsConfig {
     /// no share of its own on `berth up` (the app is alone). 0 is refused
     /// at load.
     pub max_instances: Option<u32>,
+    /// MiB one app's in-memory kv buckets (`memory = true`, or `type =
+    /// "memory"` in the host config) may hold together, keys, values and
+    /// their bookkeeping; default 64. A `set` past it is `invalid-input`
+    /// once the bucket's expired keys are gone. 0 is refused at load.
+    pub kv_memory_mb: Option<u32>,
 }
 
 /// `[admin]`: the operators' listener (health, readiness, metrics).
@@ -451,6 +456,11 @@ impl HostConfig {
                 "max_instances",
                 limits.max_instances,
                 "the app could run nothing",
+            ),
+            (
+                "kv_memory_mb",
+                limits.kv_memory_mb,
+                "an in-memory bucket could hold nothing",
             ),
         ] {
             if value == Some(0) {

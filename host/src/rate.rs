@@ -70,7 +70,15 @@ pub struct AppAllowance {
     pub log_lines: std::sync::Arc<crate::ports::logging::budget::LogBudget>,
     /// Its name lookups for outbound HTTP, all its components together.
     pub lookups: crate::outbound::connect::AppLookups,
+    /// What its in-memory kv buckets hold together (`kv_memory_mb`).
+    kv_memory: std::sync::Arc<crate::ports::kv::memory::MemoryBudget>,
+    /// Its in-memory kv buckets by name, while a version of the app holds
+    /// them: a reload keeps their contents.
+    memory_buckets: std::sync::Mutex<MemoryBuckets>,
 }
+
+type MemoryBuckets =
+    std::collections::HashMap<String, std::sync::Weak<crate::ports::kv::memory::MemoryBucket>>;
 
 impl AppAllowance {
     /// The allowance `host` gives an app: on `berth serve`
@@ -114,7 +122,38 @@ impl AppAllowance {
                     .unwrap_or(crate::ports::logging::budget::DEFAULT_KIB_PER_SECOND),
             )),
             lookups: Default::default(),
+            kv_memory: std::sync::Arc::new(crate::ports::kv::memory::MemoryBudget::new(
+                limits
+                    .kv_memory_mb
+                    .map_or(crate::ports::kv::memory::MAX_MEMORY_BUCKET_BYTES, |mb| {
+                        (mb as usize).saturating_mul(1 << 20)
+                    }),
+            )),
+            memory_buckets: Default::default(),
         }
+    }
+
+    /// The app's in-memory kv bucket `name`: the one its live version
+    /// holds, so a reload keeps the contents, or a new empty one sharing
+    /// the app's `kv_memory_mb`. A bucket no version holds any more (its
+    /// name left the manifest) is gone with its contents.
+    pub fn memory_bucket(
+        &self,
+        name: &str,
+    ) -> std::sync::Arc<crate::ports::kv::memory::MemoryBucket> {
+        let mut buckets = self
+            .memory_buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = buckets.get(name).and_then(std::sync::Weak::upgrade) {
+            return live;
+        }
+        buckets.retain(|_, bucket| bucket.strong_count() > 0);
+        let bucket = std::sync::Arc::new(crate::ports::kv::memory::MemoryBucket::in_budget(
+            self.kv_memory.clone(),
+        ));
+        buckets.insert(name.to_string(), std::sync::Arc::downgrade(&bucket));
+        bucket
     }
 }
 
@@ -132,5 +171,29 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert!(bucket.take());
         assert!(!bucket.take());
+    }
+
+    /// An app's in-memory buckets outlive a reload (the new version gets
+    /// the bucket the old one holds, contents and all) and share the app's
+    /// `kv_memory_mb`; a bucket no version holds is gone.
+    #[tokio::test]
+    async fn memory_buckets_belong_to_the_app() {
+        use crate::ports::kv::KvBackend as _;
+        let mut host = crate::config::HostConfig::default();
+        host.app_limits.kv_memory_mb = Some(1);
+        let allowance = AppAllowance::new(&host, 8);
+        let old = allowance.memory_bucket("cache");
+        old.set("k", b"v".to_vec(), None).await.unwrap();
+        let new = allowance.memory_bucket("cache");
+        assert_eq!(new.get("k").await.unwrap(), Some(b"v".to_vec()));
+        // One MiB for all of them: what one holds, another cannot take.
+        let other = allowance.memory_bucket("other");
+        other.set("big", vec![0; 900 << 10], None).await.unwrap();
+        let full = new.set("big", vec![0; 200 << 10], None).await;
+        assert!(full.is_err(), "{full:?}");
+        drop((old, new, other));
+        let again = allowance.memory_bucket("cache");
+        assert_eq!(again.get("k").await.unwrap(), None);
+        again.set("big", vec![0; 900 << 10], None).await.unwrap();
     }
 }

@@ -19,7 +19,7 @@ use crate::ports::blob::{BlobBackend, BlobConfig, fs::FsContainer};
 use crate::ports::email::smtp::{SmtpSender, SmtpSettings, SmtpTls};
 use crate::ports::email::{EmailBackend, EmailConfig, file::FileSink};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
-use crate::ports::kv::{KvBackend, KvConfig, memory::MemoryBucket, sqlite::SqliteBucket};
+use crate::ports::kv::{KvBackend, KvConfig, sqlite::SqliteBucket};
 use crate::ports::sql::PgTenancy;
 use crate::ports::sql::mysql::{MysqlDatabase, MysqlSettings};
 use crate::ports::sql::pg_tenancy::{tenant_owner, tenant_password, tenant_role};
@@ -317,7 +317,7 @@ pub async fn open(
             KvConfig::Sqlite { path: None }
         };
         let bucket: Arc<dyn KvBackend> = match host.kv.get(name).cloned().unwrap_or(default) {
-            KvConfig::Memory {} => Arc::new(MemoryBucket::new()),
+            KvConfig::Memory {} => allowance.memory_bucket(name),
             KvConfig::Sqlite { path } => blocking(|| {
                 let path = embedded_path(
                     &origin,

@@ -1,23 +1,62 @@
 //! In-memory key-value adapter: for `memory = true` buckets and fast tests.
-//! Contents are lost when the host exits. A bucket holds at most
-//! [`MAX_MEMORY_BUCKET_BYTES`]: it lives in the host's memory, shared by
+//! Contents are lost when the host exits, and kept across an app's
+//! reloads (see [`crate::rate::AppAllowance::memory_bucket`]). An app's
+//! buckets hold at most [`MAX_MEMORY_BUCKET_BYTES`] together, a
+//! [`MemoryBudget`] they share: they live in the host's memory, shared by
 //! every tenant, outside any guest's memory limit.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{KeyPage, KvBackend, KvError, LIST_BUDGET, add_to_counter, page_from};
+use super::{KeyPage, KvBackend, KvError, add_to_counter, page_of_live};
 
-/// The most one in-memory bucket holds: its keys and values, and
-/// [`ENTRY_OVERHEAD`] bytes per entry for the map's own.
+/// The most one app's in-memory buckets hold together, unless
+/// `[app_limits] kv_memory_mb` says otherwise: their keys and values, and
+/// [`ENTRY_OVERHEAD`] bytes per entry for the maps' own.
 pub const MAX_MEMORY_BUCKET_BYTES: usize = 64 << 20;
 
 /// What an entry costs beyond its key and value (the map's node, the
 /// `String` and `Vec` headers, the expiry).
 const ENTRY_OVERHEAD: usize = 64;
+
+/// What an expiring entry costs more: its place in the expiry index, which
+/// holds a second copy of its key.
+const EXPIRY_OVERHEAD: usize = 48;
+
+/// The bytes an app's in-memory buckets may hold together.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: usize) -> Self {
+        MemoryBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Takes `bytes` from the budget, if they fit.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` back.
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -31,78 +70,97 @@ impl Entry {
     }
 }
 
-fn cost(key: &str, value: &[u8]) -> usize {
-    key.len() + value.len() + ENTRY_OVERHEAD
+fn cost(key: &str, entry: &Entry) -> usize {
+    let expiry = entry.expires.map_or(0, |_| key.len() + EXPIRY_OVERHEAD);
+    key.len() + entry.value.len() + ENTRY_OVERHEAD + expiry
 }
 
-/// The entries, and what they cost together.
-#[derive(Debug, Default)]
+/// The entries, what they cost together (taken from the budget), and
+/// their expiries in order, so dropping the expired ones costs what they
+/// are, never a walk of the whole bucket.
+#[derive(Debug)]
 struct Entries {
     map: BTreeMap<String, Entry>,
+    expiries: BTreeSet<(Instant, String)>,
     bytes: usize,
-    /// No entry expires before this (it may be earlier than the earliest
-    /// left): a full bucket with nothing expired refuses a write without
-    /// walking every entry.
-    next_expiry: Option<Instant>,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 impl Entries {
+    fn new(budget: Arc<MemoryBudget>) -> Self {
+        Entries {
+            map: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// Takes `key`'s entry out of the map and the index, and gives its
+    /// cost back to the budget.
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.map.remove(key)?;
-        self.bytes -= cost(key, &entry.value);
+        if let Some(t) = entry.expires {
+            self.expiries.remove(&(t, key.to_string()));
+        }
+        let freed = cost(key, &entry);
+        self.bytes -= freed;
+        self.budget.release(freed);
         Some(entry)
     }
 
     /// Drops the expired entries (they are otherwise dropped only when
     /// overwritten or deleted).
     fn purge(&mut self, now: Instant) {
-        if self.next_expiry.is_none_or(|t| t > now) {
-            return;
-        }
-        let mut freed = 0;
-        let mut next_expiry = None;
-        self.map.retain(|key, entry| {
-            let live = entry.live(now);
-            if !live {
-                freed += cost(key, &entry.value);
-            } else if let Some(t) = entry.expires {
-                next_expiry = Some(next_expiry.map_or(t, |n: Instant| n.min(t)));
+        while let Some((t, key)) = self.expiries.first() {
+            if *t > now {
+                break;
             }
-            live
-        });
-        self.bytes -= freed;
-        self.next_expiry = next_expiry;
+            let key = key.clone();
+            self.remove(&key);
+        }
     }
 
-    /// Stores `entry` under `key`, unless the bucket would pass `capacity`
-    /// with it once the expired entries are gone.
-    fn insert(
-        &mut self,
-        key: &str,
-        entry: Entry,
-        now: Instant,
-        capacity: usize,
-    ) -> Result<(), KvError> {
-        let added = cost(key, &entry.value);
+    /// Stores `entry` under `key`, unless the app's buckets would pass
+    /// their budget with it once this bucket's expired entries are gone.
+    fn insert(&mut self, key: &str, entry: Entry, now: Instant) -> Result<(), KvError> {
+        let added = cost(key, &entry);
+        let replaced = |e: &Entries| e.map.get(key).map_or(0, |old| cost(key, old));
         let fits = |e: &Entries| {
-            let replaced = e.map.get(key).map_or(0, |old| cost(key, &old.value));
-            e.bytes - replaced + added <= capacity
+            let replaced = replaced(e);
+            added <= replaced || e.budget.reserve(added - replaced)
         };
         if !fits(self) {
             self.purge(now);
             if !fits(self) {
                 return Err(KvError::InvalidInput(format!(
-                    "the in-memory bucket is full (at most {capacity} bytes of keys and values); delete keys or let them expire"
+                    "the app's in-memory buckets are full (at most {} bytes of keys and values together); delete keys or let them expire",
+                    self.budget.limit
                 )));
             }
         }
+        // What `added` exceeds the old entry by is taken; what it falls
+        // short by is given back.
+        let replaced = replaced(self);
+        if let Some(old) = self.map.remove(key)
+            && let Some(t) = old.expires
+        {
+            self.expiries.remove(&(t, key.to_string()));
+        }
+        if replaced > added {
+            self.budget.release(replaced - added);
+        }
+        self.bytes = self.bytes - replaced + added;
         if let Some(t) = entry.expires {
-            self.next_expiry = Some(self.next_expiry.map_or(t, |n| n.min(t)));
+            self.expiries.insert((t, key.to_string()));
         }
-        if let Some(old) = self.map.insert(key.to_string(), entry) {
-            self.bytes -= cost(key, &old.value);
-        }
-        self.bytes += added;
+        self.map.insert(key.to_string(), entry);
         Ok(())
     }
 
@@ -118,7 +176,6 @@ impl Entries {
 #[derive(Debug)]
 pub struct MemoryBucket {
     entries: Mutex<Entries>,
-    capacity: usize,
 }
 
 impl Default for MemoryBucket {
@@ -135,9 +192,13 @@ impl MemoryBucket {
 
     /// An empty bucket holding at most `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::in_budget(Arc::new(MemoryBudget::new(capacity)))
+    }
+
+    /// An empty bucket that shares `budget` with the app's other buckets.
+    pub fn in_budget(budget: Arc<MemoryBudget>) -> Self {
         MemoryBucket {
-            entries: Mutex::default(),
-            capacity,
+            entries: Mutex::new(Entries::new(budget)),
         }
     }
 
@@ -159,7 +220,7 @@ impl KvBackend for MemoryBucket {
             // clock can hold (only when called past the glue, which caps
             // TTLs at `MAX_TTL_MS`) never expires.
             let expires = ttl.and_then(|t| now.checked_add(t));
-            m.insert(key, Entry { value, expires }, now, self.capacity)
+            m.insert(key, Entry { value, expires }, now)
         })
     }
 
@@ -184,29 +245,12 @@ impl KvBackend for MemoryBucket {
                 Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
                 _ => std::ops::Bound::Included(prefix.to_string()),
             };
-            let mut keys = Vec::new();
-            let mut expired = 0;
-            for (key, entry) in m.map.range((start, std::ops::Bound::Unbounded)) {
-                if !key.starts_with(prefix) {
-                    break;
-                }
-                if entry.live(now) {
-                    keys.push(key.clone());
-                    if keys.len() > limit {
-                        break;
-                    }
-                } else {
-                    expired += 1;
-                    if expired == LIST_BUDGET {
-                        // A short page, to go on from here.
-                        return KeyPage {
-                            keys,
-                            cursor: Some(key.clone()),
-                        };
-                    }
-                }
-            }
-            page_from(keys, limit)
+            let keys = m
+                .map
+                .range((start, std::ops::Bound::Unbounded))
+                .take_while(|(key, _)| key.starts_with(prefix))
+                .map(|(key, entry)| (key.clone(), entry.live(now)));
+            page_of_live(keys, limit)
         }))
     }
 
@@ -223,7 +267,7 @@ impl KvBackend for MemoryBucket {
                 value: next.to_string().into_bytes(),
                 expires,
             };
-            m.insert(key, entry, now, self.capacity)?;
+            m.insert(key, entry, now)?;
             Ok(next)
         })
     }
@@ -242,7 +286,7 @@ impl KvBackend for MemoryBucket {
                 value: new,
                 expires: None,
             };
-            m.insert(key, entry, now, self.capacity)?;
+            m.insert(key, entry, now)?;
             Ok(true)
         })
     }
@@ -279,8 +323,18 @@ mod tests {
     /// count once, and deletes give their room back.
     #[tokio::test]
     async fn a_full_bucket_refuses_until_room_is_made() {
-        let entry = |key: &str, len: usize| cost(key, &vec![0; len]);
-        let b = MemoryBucket::with_capacity(entry("k0", 100) * 3);
+        let entry = |key: &str, len: usize| {
+            let value = vec![0; len];
+            cost(
+                key,
+                &Entry {
+                    value,
+                    expires: None,
+                },
+            )
+        };
+        // Room for three entries, and for one of them to expire.
+        let b = MemoryBucket::with_capacity(entry("k0", 100) * 3 + "k1".len() + EXPIRY_OVERHEAD);
         for i in 0..3 {
             b.set(&format!("k{i}"), vec![0; 100], None).await.unwrap();
         }
@@ -303,6 +357,58 @@ mod tests {
         let page = b.list_keys("k", None, 10).await.unwrap();
         assert_eq!(page.keys, ["k2", "k3", "k4"]);
         assert_eq!(b.with(|m, _| m.bytes), entry("k0", 100) * 3);
+    }
+
+    /// An app's buckets share one budget: what one holds, another cannot
+    /// take, and a bucket dropped (its app version gone) gives it back.
+    #[tokio::test]
+    async fn an_apps_buckets_share_one_budget() {
+        let budget = Arc::new(MemoryBudget::new(1000));
+        let first = MemoryBucket::in_budget(budget.clone());
+        let second = MemoryBucket::in_budget(budget.clone());
+        first.set("a", vec![0; 800], None).await.unwrap();
+        let full = second.set("b", vec![0; 800], None).await.unwrap_err();
+        assert!(
+            matches!(&full, KvError::InvalidInput(m) if m.contains("full")),
+            "{full:?}"
+        );
+        second.set("b", vec![0; 10], None).await.unwrap();
+        drop(first);
+        second.set("c", vec![0; 800], None).await.unwrap();
+        assert_eq!(
+            budget.used.load(Ordering::Relaxed),
+            second.with(|m, _| m.bytes)
+        );
+        drop(second);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    }
+
+    /// Expired entries are dropped in expiry order, from the index: a
+    /// purge takes what expired and keeps the rest and their index.
+    #[tokio::test]
+    async fn a_purge_takes_only_what_expired() {
+        let b = MemoryBucket::new();
+        let soon = Some(Duration::from_millis(1));
+        let later = Some(Duration::from_secs(3600));
+        for i in 0..100 {
+            let ttl = if i % 2 == 0 { soon } else { later };
+            b.set(&format!("k{i:03}"), b"v".to_vec(), ttl)
+                .await
+                .unwrap();
+        }
+        b.set("forever", b"v".to_vec(), None).await.unwrap();
+        // Overwriting an expiring key with a lasting one drops its expiry.
+        b.set("k000", b"w".to_vec(), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        b.with(|m, now| {
+            m.purge(now);
+            assert_eq!(m.map.len(), 52);
+            assert_eq!(m.expiries.len(), 50);
+            let indexed: usize = m.map.iter().map(|(k, e)| cost(k, e)).sum();
+            assert_eq!(m.bytes, indexed);
+            assert_eq!(m.budget.used.load(Ordering::Relaxed), indexed);
+        });
+        assert_eq!(b.get("k000").await.unwrap(), Some(b"w".to_vec()));
     }
 
     #[tokio::test]
@@ -346,6 +452,7 @@ mod tests {
     /// on from it finds every live key once.
     #[tokio::test]
     async fn a_run_of_expired_keys_gives_a_short_page() {
+        use crate::ports::kv::LIST_BUDGET;
         let b = MemoryBucket::new();
         b.set("p/0", b"x".to_vec(), None).await.unwrap();
         for i in 1..=LIST_BUDGET + 10 {

@@ -146,6 +146,35 @@ pub(crate) fn page_from(mut keys: Vec<String>, limit: usize) -> KeyPage {
     KeyPage { keys, cursor }
 }
 
+/// A page of at most `limit` live keys from `keys` (sorted, each with
+/// whether it is live), stepping over at most [`LIST_BUDGET`] expired
+/// ones: past them, a short page (perhaps empty) with a cursor at the last
+/// one stepped over, to go on from there.
+pub(crate) fn page_of_live(
+    keys: impl IntoIterator<Item = (String, bool)>,
+    limit: usize,
+) -> KeyPage {
+    let mut live = Vec::new();
+    let mut expired = 0;
+    for (key, is_live) in keys {
+        if is_live {
+            live.push(key);
+            if live.len() > limit {
+                break;
+            }
+        } else {
+            expired += 1;
+            if expired == LIST_BUDGET {
+                return KeyPage {
+                    keys: live,
+                    cursor: Some(key),
+                };
+            }
+        }
+    }
+    page_from(live, limit)
+}
+
 /// How the host serves a logical bucket (`[kv.<name>]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(remote = "Self", rename_all = "kebab-case", deny_unknown_fields)]

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, params};
 
-use super::{KeyPage, KvBackend, KvError, MAX_TTL_MS, add_to_counter, page_from};
+use super::{KeyPage, KvBackend, KvError, MAX_TTL_MS, add_to_counter};
 use crate::ports::sql::SqlError;
 use crate::ports::sql::sqlite::SqlitePool;
 
@@ -38,12 +38,14 @@ fn sql(e: rusqlite::Error) -> SqlError {
 
 const LIVE: &str = "(expires_at IS NULL OR expires_at > ?2)";
 
-/// A listing page: live keys starting with the bytes `?1` (and, as TEXT,
-/// `>= ?5` and `< ?6`, the prefix's range in the key index), after `?3`,
-/// at most `?4`.
+/// A listing page: keys starting with the bytes `?1` (and, as TEXT, `>= ?5`
+/// and `< ?6`, the prefix's range in the key index), after `?3`, at most
+/// `?4`, each with whether it is live at `?2`. Expired keys are read and
+/// stepped over in Rust ([`super::page_of_live`]): filtered in SQL, every
+/// expired key of the range would be read before the `LIMIT` counts.
 fn list_sql() -> String {
     format!(
-        "SELECT key FROM kv WHERE {LIVE} AND substr(CAST(key AS BLOB), 1, length(?1)) = ?1 AND key >= ?5 AND key < ?6 AND key > ?3 ORDER BY key LIMIT ?4"
+        "SELECT key, {LIVE} FROM kv WHERE substr(CAST(key AS BLOB), 1, length(?1)) = ?1 AND key >= ?5 AND key < ?6 AND key > ?3 ORDER BY key LIMIT ?4"
     )
 }
 
@@ -191,16 +193,16 @@ impl KvBackend for SqliteBucket {
                         prefix.as_bytes(),
                         now_ms(),
                         after,
-                        (limit + 1) as i64,
+                        (limit + 1 + super::LIST_BUDGET) as i64,
                         prefix,
                         end
                     ],
-                    |r| r.get::<_, String>(0),
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
                 )
                 .map_err(|e| map(sql(e)))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| map(sql(e)))?;
-            Ok(page_from(keys, limit))
+            Ok(super::page_of_live(keys, limit))
         })
         .await
     }
@@ -334,6 +336,40 @@ mod tests {
         b.set("other", b"w".to_vec(), None).await.unwrap();
         assert!(b.exists("max").await.unwrap());
         assert!(b.exists("huge").await.unwrap());
+    }
+
+    /// A run of expired keys longer than [`super::super::LIST_BUDGET`]
+    /// gives a short page with a cursor, rather than a read of every
+    /// expired key in the prefix's range; listing on from it finds every
+    /// live key once.
+    #[tokio::test]
+    async fn a_run_of_expired_keys_gives_a_short_page() {
+        use super::super::LIST_BUDGET;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let b = SqliteBucket::open(&path).unwrap();
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        // More than the two sets below purge, and the budget besides.
+        for i in 1..=LIST_BUDGET + 2 * EXPIRED_PER_WRITE as usize + 10 {
+            tx.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (?1, x'00', 1)",
+                params![format!("p/{i:05}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        drop(conn);
+        b.set("p/0", b"x".to_vec(), None).await.unwrap();
+        b.set("p/z", b"x".to_vec(), None).await.unwrap();
+        // Each set purged a few of the expired rows, the earliest first.
+        let first = b.list_keys("p/", None, 10).await.unwrap();
+        assert_eq!(first.keys, ["p/0"]);
+        let stepped = first.cursor.expect("a short page has a cursor");
+        assert!(stepped.as_str() < "p/z", "{stepped}");
+        let next = b.list_keys("p/", Some(&stepped), 10).await.unwrap();
+        assert_eq!(next.keys, ["p/z"]);
+        assert_eq!(next.cursor, None);
     }
 
     /// The removal of expired keys on every `set` reads the index, not the
