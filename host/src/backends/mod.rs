@@ -446,13 +446,17 @@ pub async fn open(
                         format!("must be between 5 and {most} (S3 takes 5 or more; a writer buffers a part in host memory, out of {budget_mb} MiB all writers of the host share)"),
                     ));
                 }
-                // App and container names cannot contain `/`, so this
-                // prefix cannot collide between apps or containers.
+                // App and container names cannot contain `/`, and the
+                // operator's prefix holds no `berth` segment, so the first
+                // `berth/` of a key ends the prefix: no two apps or
+                // containers share a place, whatever their prefixes.
+                let prefix = settings::s3_prefix(prefix.unwrap_or_default())
+                    .map_err(|why| origin.err(&format!("{key}.prefix"), why))?;
                 let settings = S3Settings {
                     endpoint,
                     region: region.unwrap_or_else(|| "us-east-1".into()),
                     bucket,
-                    prefix: format!("{}berth/{app}/{name}/", prefix.unwrap_or_default()),
+                    prefix: format!("{prefix}berth/{app}/{name}/"),
                     path_style: path_style.unwrap_or(false),
                     access_key_id: secret_setting(
                         &origin,

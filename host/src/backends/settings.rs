@@ -212,9 +212,57 @@ fn written_out(place: &str) -> String {
     )
 }
 
+/// The operator's S3 key prefix for a container (`[blob.<name>] prefix`),
+/// checked: empty, or segments ending in `/`, none of them empty, `.`,
+/// `..` or `berth`, at most 256 bytes of printable text. A prefix such as
+/// `berth/shop/a/` would put every app's container inside app `shop`'s
+/// container `a`.
+pub(super) fn s3_prefix(prefix: String) -> Result<String, String> {
+    if prefix.is_empty() {
+        return Ok(prefix);
+    }
+    let Some(body) = prefix.strip_suffix('/') else {
+        return Err(format!("{prefix:?} must end with `/` (e.g. \"tenants/\")"));
+    };
+    if prefix.len() > 256 || prefix.chars().any(|c| c.is_control() || c == '\\') {
+        return Err("must be at most 256 bytes, without control characters or `\\`".into());
+    }
+    match body
+        .split('/')
+        .find(|segment| matches!(*segment, "" | "." | ".." | "berth"))
+    {
+        Some(segment) => Err(format!(
+            "{prefix:?} holds the segment {segment:?}: a prefix may not hold an empty, `.`, `..` or `berth` segment (Berth puts each app's container under `<prefix>berth/<app>/<name>/`)"
+        )),
+        None => Ok(prefix),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{inline_credential, inline_token, written_out};
+    use super::{inline_credential, inline_token, s3_prefix, written_out};
+
+    #[test]
+    fn s3_prefixes_cannot_reach_into_another_apps_place() {
+        for fine in ["", "tenants/", "a/b-c/", "berthx/"] {
+            assert_eq!(s3_prefix(fine.into()).as_deref(), Ok(fine));
+        }
+        for (bad, why) in [
+            ("berth/shop/a/", "\"berth\""),
+            ("x/berth/", "\"berth\""),
+            ("a//", "\"\""),
+            ("/a/", "\"\""),
+            ("a/../", "\"..\""),
+            ("./", "\".\""),
+            ("tenants", "must end with `/`"),
+            ("a\\b/", "control characters"),
+            ("a\nb/", "control characters"),
+        ] {
+            let refused = s3_prefix(bad.into()).unwrap_err();
+            assert!(refused.contains(why), "{bad:?}: {refused}");
+        }
+        assert!(s3_prefix(format!("{}/", "a".repeat(256))).is_err());
+    }
 
     #[test]
     fn a_token_in_the_user_info_must_be_a_reference() {

@@ -83,6 +83,15 @@ async fn visit(server: &Server, email: &str) -> Visit {
         .to_string();
     let fetched = http.get(&avatar_url).send().await.unwrap();
     assert_eq!(fetched.status(), 200);
+    // Served as bytes to be saved, never as a page, by the file store and
+    // S3 alike: the origin is every tenant's.
+    for (header, value) in [
+        ("content-type", "application/octet-stream"),
+        ("content-disposition", "attachment"),
+    ] {
+        let got = fetched.headers().get(header).map(|v| v.to_str().unwrap());
+        assert_eq!(got, Some(value), "{header} of {avatar_url}");
+    }
     assert_eq!(fetched.bytes().await.unwrap().as_ref(), avatar.as_slice());
 
     // The worker consumes `user.created` and bumps the counter.

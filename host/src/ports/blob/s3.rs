@@ -286,6 +286,15 @@ impl S3Container {
     }
 }
 
+/// The type objects are stored and served with: opaque bytes, never a
+/// page a browser would render. The bucket's origin is every tenant's, so
+/// one tenant's HTML served from it as `text/html` could script another's
+/// downloads; the file store's URLs are sent the same way.
+pub(super) const OBJECT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// How objects are presented when fetched by URL: saved, not shown.
+pub(super) const OBJECT_DISPOSITION: &str = "attachment";
+
 /// A single `PutObject` (for `put`, and writes smaller than one part).
 async fn put_object(
     client: &Client,
@@ -293,7 +302,12 @@ async fn put_object(
     key: &str,
     data: Vec<u8>,
 ) -> Result<(), BlobError> {
-    let req = client.put_object().bucket(bucket).key(key);
+    let req = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type(OBJECT_CONTENT_TYPE)
+        .content_disposition(OBJECT_DISPOSITION);
     let body = ByteStream::from(data);
     req.body(body)
         .send()
@@ -458,6 +472,10 @@ impl BlobBackend for S3Container {
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(key)?)
+            // Whatever the object was stored with (by an older Berth, or
+            // by hand), the URL serves it as opaque bytes to be saved.
+            .response_content_type(OBJECT_CONTENT_TYPE)
+            .response_content_disposition(OBJECT_DISPOSITION)
             .presigned(presigning)
             .await
             .map_err(|e| map_err("presign-get-object", e))?;

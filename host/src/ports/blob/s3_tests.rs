@@ -221,3 +221,43 @@ fn an_app_keeps_one_share_of_the_upload_buffers() {
     let fresh = app_write_buffers("share-a");
     assert_eq!(fresh.available_permits(), APP_WRITE_BUFFER_SHARE / 1024);
 }
+
+/// A writer holds of its app's upload buffers what its buffer may reach,
+/// doubling as it fills, not a whole part from its first byte; a write
+/// past what is left is refused before any of its bytes is taken, and a
+/// dropped writer gives everything back.
+#[tokio::test]
+async fn a_writer_holds_what_its_buffer_may_reach() {
+    let client = Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .build(),
+    );
+    let app = std::sync::Arc::new(tokio::sync::Semaphore::new(100));
+    let mut writer = S3Writer::new(
+        client,
+        "b".into(),
+        "berth/app/c/k".into(),
+        "k".into(),
+        MIN_PART_SIZE,
+        app.clone(),
+    );
+    writer.write(&[0]).await.unwrap();
+    assert_eq!(app.available_permits(), 99, "one KiB for one byte");
+    writer.write(&[0; 3000]).await.unwrap();
+    assert_eq!(app.available_permits(), 97, "3 KiB for 3001 bytes");
+    writer.write(&[0; 2000]).await.unwrap();
+    assert_eq!(app.available_permits(), 94, "doubled to 6 KiB");
+    let refused = writer.write(&[0; 200 << 10]).await.unwrap_err();
+    assert!(
+        matches!(&refused, BlobError::Unavailable(m) if m.contains("upload buffers")),
+        "{refused:?}"
+    );
+    assert_eq!(app.available_permits(), 94, "a refused write takes nothing");
+    // Within what is left, writing goes on where it stopped.
+    writer.write(&[0; 50 << 10]).await.unwrap();
+    assert!(app.available_permits() < 94);
+    drop(writer);
+    assert_eq!(app.available_permits(), 100);
+}

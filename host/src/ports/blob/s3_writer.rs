@@ -25,8 +25,9 @@ static WRITE_BUFFERS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>
     });
 
 /// The most of [`WRITE_BUFFER_BUDGET`] one app's writers may hold
-/// together, so one tenant's open writers (a byte each reserves a whole
-/// part) never leave the others none.
+/// together, so one tenant's open writers never leave the others none. A
+/// writer holds what its buffer may reach, doubling as it fills, never
+/// more than a part: a writer given one byte holds a KiB, not a part.
 pub const APP_WRITE_BUFFER_SHARE: usize = WRITE_BUFFER_BUDGET / 2;
 
 /// Each app's share, by app name, while any of its containers holds it.
@@ -51,21 +52,35 @@ pub fn app_write_buffers(app: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
     share
 }
 
-/// A part's worth of `budget` (in KiB permits) for one writer, from its
-/// first write to its end; `None` if that budget is used up now.
-fn reserve_part(
+/// `kib` KiB of `budget` (in KiB permits), added to `held`; `None` if
+/// the budget has not that much left now.
+fn reserve_more(
     budget: &std::sync::Arc<tokio::sync::Semaphore>,
-    part_size: usize,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let kib = u32::try_from(part_size.div_ceil(1024)).ok()?;
-    budget.clone().try_acquire_many_owned(kib).ok()
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    kib: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Option<tokio::sync::OwnedSemaphorePermit>> {
+    let Some(more) = u32::try_from(kib)
+        .ok()
+        .and_then(|kib| budget.clone().try_acquire_many_owned(kib).ok())
+    else {
+        return Err(held);
+    };
+    Ok(match held {
+        Some(mut held) => {
+            held.merge(more);
+            held
+        }
+        None => more,
+    })
 }
 
-/// A writer's part of its app's share and of the host's budget.
-type Reservation = (
-    tokio::sync::OwnedSemaphorePermit,
-    tokio::sync::OwnedSemaphorePermit,
-);
+/// A writer's part of its app's share and of the host's budget, in KiB.
+#[derive(Default)]
+struct Reservation {
+    app: Option<tokio::sync::OwnedSemaphorePermit>,
+    host: Option<tokio::sync::OwnedSemaphorePermit>,
+    kib: usize,
+}
 
 /// A chunked write: one buffered part, then a multipart upload.
 pub(super) struct S3Writer {
@@ -87,8 +102,8 @@ pub(super) struct S3Writer {
     /// Its app's share of the budget ([`app_write_buffers`]).
     app_buffers: std::sync::Arc<tokio::sync::Semaphore>,
     /// Its part of its app's share and of the host's
-    /// [`WRITE_BUFFER_BUDGET`], once it has data.
-    reserved: Option<Reservation>,
+    /// [`WRITE_BUFFER_BUDGET`]: what its buffer may reach.
+    reserved: Reservation,
 }
 
 impl S3Writer {
@@ -114,8 +129,52 @@ impl S3Writer {
             size: 0,
             failed: false,
             app_buffers,
-            reserved: None,
+            reserved: Reservation::default(),
         }
+    }
+
+    /// Reserves, before any byte of a write is taken (so a refused write
+    /// can be retried), room for the buffer to hold `wanted` bytes:
+    /// doubling what it holds, as a `Vec` grows, never past one part.
+    fn reserve_room(&mut self, wanted: usize) -> Result<(), BlobError> {
+        let wanted_kib = wanted.min(self.part_size).div_ceil(1024);
+        let held = self.reserved.kib;
+        if wanted_kib <= held {
+            return Ok(());
+        }
+        let target = wanted_kib.max(held * 2).min(self.part_size.div_ceil(1024));
+        let app = reserve_more(&self.app_buffers, self.reserved.app.take(), target - held)
+            .map_err(|held| {
+                self.reserved.app = held;
+                BlobError::Unavailable(format!(
+                    "this app's writers hold all the upload buffers it may ({} MiB); \
+                     finish or drop some, or retry later",
+                    APP_WRITE_BUFFER_SHARE >> 20
+                ))
+            })?;
+        let host = match reserve_more(&WRITE_BUFFERS, self.reserved.host.take(), target - held) {
+            Ok(host) => host,
+            Err(held_host) => {
+                // The app's share goes back to what it was.
+                let mut app = app;
+                drop(app.split(target - held));
+                self.reserved.app = Some(app);
+                self.reserved.host = held_host;
+                tracing::warn!(
+                    budget_bytes = WRITE_BUFFER_BUDGET,
+                    "every S3 upload buffer of this host is in use"
+                );
+                return Err(BlobError::Unavailable(
+                    "the host's upload buffers are all in use; retry later".into(),
+                ));
+            }
+        };
+        self.reserved = Reservation {
+            app: Some(app),
+            host: Some(host),
+            kib: target,
+        };
+        Ok(())
     }
 
     /// Uploads the buffer as the next part, starting the upload if needed.
@@ -171,25 +230,8 @@ impl S3Writer {
 impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
         self.check()?;
-        if self.reserved.is_none() && !chunk.is_empty() {
-            // Before any byte is taken, so a refused write can be retried.
-            let app = reserve_part(&self.app_buffers, self.part_size).ok_or_else(|| {
-                BlobError::Unavailable(format!(
-                    "this app's writers hold all the upload buffers it may ({} MiB); \
-                     finish or drop some, or retry later",
-                    APP_WRITE_BUFFER_SHARE >> 20
-                ))
-            })?;
-            let host = reserve_part(&WRITE_BUFFERS, self.part_size).ok_or_else(|| {
-                tracing::warn!(
-                    budget_bytes = WRITE_BUFFER_BUDGET,
-                    "every S3 upload buffer of this host is in use"
-                );
-                BlobError::Unavailable(
-                    "the host's upload buffers are all in use; retry later".into(),
-                )
-            })?;
-            self.reserved = Some((app, host));
+        if !chunk.is_empty() {
+            self.reserve_room(self.buf.len().saturating_add(chunk.len()))?;
         }
         // Fill the buffer to exactly one part before uploading, so memory
         // is bounded by the part size whatever the chunk sizes are.
@@ -197,9 +239,13 @@ impl BlobWriter for S3Writer {
             let n = (self.part_size - self.buf.len()).min(chunk.len());
             let want = self.buf.len() + n;
             if want > self.buf.capacity() {
-                // Doubling as `Vec` would, but never past one part: left to
-                // itself the buffer could reach twice the part size.
-                let target = want.max(self.buf.capacity() * 2).min(self.part_size);
+                // Doubling as `Vec` would, but never past one part (left to
+                // itself the buffer could reach twice the part size) nor
+                // past what is reserved.
+                let target = want
+                    .max(self.buf.capacity() * 2)
+                    .min(self.part_size)
+                    .min(self.reserved.kib * 1024);
                 self.buf.reserve_exact(target - self.buf.len());
             }
             self.buf.extend_from_slice(&chunk[..n]);
@@ -212,7 +258,7 @@ impl BlobWriter for S3Writer {
                 // and the writer buffers nothing more.
                 self.failed = true;
                 self.buf = Vec::new();
-                self.reserved = None;
+                self.reserved = Reservation::default();
                 return Err(e);
             }
         }
@@ -309,7 +355,12 @@ fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
 /// no writer knows of and which would otherwise keep its parts billed.
 async fn create_upload(client: &Client, bucket: &str, key: &str) -> Result<String, BlobError> {
     let (created_tx, created_rx) = tokio::sync::oneshot::channel();
-    let request = client.create_multipart_upload().bucket(bucket).key(key);
+    let request = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type(super::OBJECT_CONTENT_TYPE)
+        .content_disposition(super::OBJECT_DISPOSITION);
     let abort = client.abort_multipart_upload().bucket(bucket).key(key);
     tokio::spawn(async move {
         let created = match request.send().await {
@@ -362,7 +413,7 @@ impl Drop for S3Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::{CompletedPart, multipart_etag, reserve_part};
+    use super::{CompletedPart, multipart_etag, reserve_more};
 
     /// S3's tag of a two-part object whose parts were `hello` and `world`.
     #[test]
@@ -386,15 +437,18 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_reserved_from_the_host_budget_until_released() {
+    fn room_is_reserved_from_a_budget_until_released() {
         let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(20 * 1024));
-        let first = reserve_part(&budget, 8 << 20).expect("8 of 20 MiB");
-        let second = reserve_part(&budget, 8 << 20).expect("16 of 20 MiB");
-        assert!(reserve_part(&budget, 8 << 20).is_none(), "24 of 20 MiB");
-        drop(first);
-        let third = reserve_part(&budget, 8 << 20).expect("a released part's room");
-        drop((second, third));
-        // A part too large for any budget is refused, not wrapped.
-        assert!(reserve_part(&budget, usize::MAX).is_none());
+        let first = reserve_more(&budget, None, 8 * 1024).expect("8 of 20 MiB");
+        let both = reserve_more(&budget, Some(first), 8 * 1024).expect("16 of 20 MiB");
+        assert_eq!(both.num_permits(), 16 * 1024);
+        // Refused, what was held comes back as it was.
+        let held = reserve_more(&budget, Some(both), 8 * 1024).expect_err("24 of 20 MiB");
+        let held = held.expect("still held");
+        assert_eq!(held.num_permits(), 16 * 1024);
+        drop(held);
+        assert_eq!(budget.available_permits(), 20 * 1024);
+        // Room too large for any budget is refused, not wrapped.
+        assert!(matches!(reserve_more(&budget, None, usize::MAX), Err(None)));
     }
 }
