@@ -256,6 +256,8 @@ fn to_sqlite_params(params: Vec<SqlValue>) -> Result<Vec<Value>, SqlError> {
 /// an integer when it is one within 64 bits, else as a float keeping 15
 /// significant digits. Text that is no number stays text, exactly.
 fn exact_in_sqlite(d: &str) -> bool {
+    // SQLite reads a number past blanks before and after it.
+    let d = d.trim_ascii();
     let negative = d.starts_with('-');
     let unsigned = d.strip_prefix(['-', '+']).unwrap_or(d);
     // An exponent's mantissa is counted as any other number.
@@ -269,9 +271,11 @@ fn exact_in_sqlite(d: &str) -> bool {
         // No number: SQLite keeps it as text.
         return true;
     }
+    // Only digits are read as an integer: with a point (`….00`) SQLite
+    // reads a float first, and makes an integer of that.
     let sign = if negative { "-" } else { "" };
-    let integral = exponent.is_none() && frac.bytes().all(|b| b == b'0');
-    if integral && format!("{sign}{int}").parse::<i64>().is_ok() {
+    let integer = exponent.is_none() && !mantissa.contains('.');
+    if integer && format!("{sign}{int}").parse::<i64>().is_ok() {
         return true;
     }
     let digits = format!("{int}{frac}");
@@ -363,12 +367,18 @@ fn prepare_one<'c>(
     }
 }
 
-/// While it lives, the longest string, blob or row SQLite makes on `conn`
-/// is the result cap's byte count: a value past it could not be returned
-/// anyway, and made whole (`SELECT randomblob(900000000)`) it would be
-/// copied into the host before the cap is checked. SQLite refuses it
-/// instead (`too-large`). Restored when dropped: the pooled connection
-/// serves calls with other caps.
+/// The longest value a `query` or cursor reads or makes on SQLite when its
+/// result cap is smaller (see [`ValueCap`]).
+pub const SQLITE_VALUE_FLOOR: usize = 64 << 20;
+
+/// While it lives, the longest string, blob or row SQLite reads or makes
+/// on `conn` is the result cap's byte count, or [`SQLITE_VALUE_FLOOR`] if
+/// that is more. A value made whole (`SELECT randomblob(900000000)`)
+/// would be copied into the host before the cap is checked; SQLite refuses
+/// it instead (`too-large`). The floor leaves stored values under it
+/// readable by functions (`substr(doc, 1, 100)`, `doc LIKE ?`) however
+/// small the cap. Restored when dropped: the pooled connection serves
+/// calls with other caps.
 struct ValueCap<'c> {
     conn: &'c Connection,
     previous: i32,
@@ -376,7 +386,7 @@ struct ValueCap<'c> {
 
 impl<'c> ValueCap<'c> {
     fn new(conn: &'c Connection, caps: ResultCaps) -> Self {
-        let cap = i32::try_from(caps.max_bytes.max(1)).unwrap_or(i32::MAX);
+        let cap = i32::try_from(caps.max_bytes.max(SQLITE_VALUE_FLOOR)).unwrap_or(i32::MAX);
         let previous = conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, cap);
         ValueCap { conn, previous }
     }

@@ -311,9 +311,10 @@ async fn one_statement_per_call() {
     }
 }
 
-/// A value past the result cap is refused by SQLite before it is made,
-/// in a query and in a cursor, and the connection then makes values up to
-/// the next call's cap again.
+/// A value past the result cap and [`SQLITE_VALUE_FLOOR`] is refused by
+/// SQLite before it is made, in a query and in a cursor; under the floor,
+/// values are made and read whatever the cap, and the limit holds for the
+/// call only.
 #[tokio::test]
 async fn values_past_the_result_cap_are_never_made() {
     let (_d, db) = db();
@@ -324,16 +325,43 @@ async fn values_past_the_result_cap_are_never_made() {
     let err = cursor.next(10, 1 << 20).await.unwrap_err();
     assert!(matches!(err, SqlError::TooLarge(_)), "{err:?}");
     drop(cursor);
-    let wide = ResultCaps {
+    // Under the floor, values are read and made whatever the cap: a
+    // stored document longer than the cap is still read by functions.
+    db.execute("CREATE TABLE d(doc blob)".into(), vec![])
+        .await
+        .unwrap();
+    db.execute(
+        "INSERT INTO d VALUES (?)".into(),
+        vec![SqlValue::Blob(vec![7; 5 << 20])],
+    )
+    .await
+    .unwrap();
+    let small = ResultCaps {
         max_rows: 10,
-        max_bytes: 4 << 20,
+        max_bytes: 1 << 20,
     };
     for _ in 0..8 {
         let rows = db
-            .query("SELECT length(randomblob(2000000))".into(), vec![], wide)
+            .query(
+                "SELECT length(randomblob(2000000)), length(substr(doc, 1, 100)) FROM d".into(),
+                vec![],
+                small,
+            )
             .await
             .unwrap();
-        assert_eq!(rows.rows[0][0], SqlValue::Int(2_000_000));
+        assert_eq!(rows.rows, [[SqlValue::Int(2_000_000), SqlValue::Int(100)]]);
+    }
+    // A value past the floor is refused, and one under it is not.
+    let floor = SQLITE_VALUE_FLOOR as i64;
+    for (size, made) in [(floor + 1, false), (floor - 1024, true)] {
+        let rows = db
+            .query(
+                "SELECT length(zeroblob(?))".into(),
+                vec![SqlValue::Int(size)],
+                small,
+            )
+            .await;
+        assert_eq!(rows.is_ok(), made, "{size}: {rows:?}");
     }
 }
 
@@ -365,6 +393,8 @@ async fn decimals_sqlite_would_round_are_refused() {
         "12345678901234567890.12",
         "0.1234567890123456",
         "-1234567890123456e3",
+        "12345678901234567.00",
+        " 12345678901234567.5",
     ] {
         let err = db
             .execute(

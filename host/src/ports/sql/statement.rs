@@ -321,13 +321,11 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
                 )
                 || temporary
                 // Also where `CREATE` is not first (`EXPLAIN ANALYZE CREATE
-                // TEMP TABLE … AS` makes the table), and a cursor held past
-                // its transaction.
+                // TEMP TABLE … AS` makes the table).
                 || holds("create temp")
                 || holds("create local temp")
                 || holds("create global temp")
                 || holds("replace temp")
-                || holds("with hold")
                 || holds("into temp")
                 || holds("into local temp")
                 || holds("into global temp")
