@@ -32,6 +32,9 @@ const EXPIRY_OVERHEAD: usize = 48;
 pub struct MemoryBudget {
     used: AtomicUsize,
     limit: usize,
+    /// The buckets sharing it, so a full budget can drop what expired in
+    /// any of them, not only in the bucket being written.
+    members: Mutex<Vec<std::sync::Weak<Mutex<Entries>>>>,
 }
 
 impl MemoryBudget {
@@ -40,6 +43,35 @@ impl MemoryBudget {
         MemoryBudget {
             used: AtomicUsize::new(0),
             limit,
+            members: Mutex::default(),
+        }
+    }
+
+    fn join(&self, entries: &Arc<Mutex<Entries>>) {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(entries));
+    }
+
+    /// Drops the expired entries of the buckets sharing the budget, but
+    /// for those another call holds now (the caller's own among them):
+    /// waiting for them could deadlock two buckets purging each other.
+    fn purge_members(&self, now: Instant) {
+        let members: Vec<_> = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for member in members {
+            let entries = match member.try_lock() {
+                Ok(entries) => entries,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            let mut entries = entries;
+            entries.purge(now);
         }
     }
 
@@ -136,13 +168,17 @@ impl Entries {
             let replaced = replaced(e);
             added <= replaced || e.budget.reserve(added - replaced)
         };
+        // `fits` takes the room when it answers yes.
         if !fits(self) {
             self.purge(now);
             if !fits(self) {
-                return Err(KvError::InvalidInput(format!(
-                    "the app's in-memory buckets are full (at most {} bytes of keys and values together); delete keys or let them expire",
-                    self.budget.limit
-                )));
+                self.budget.purge_members(now);
+                if !fits(self) {
+                    return Err(KvError::InvalidInput(format!(
+                        "the app's in-memory buckets are full (at most {} bytes of keys and values together); delete keys or let them expire",
+                        self.budget.limit
+                    )));
+                }
             }
         }
         // What `added` exceeds the old entry by is taken; what it falls
@@ -175,7 +211,7 @@ impl Entries {
 /// A bucket held in a sorted map.
 #[derive(Debug)]
 pub struct MemoryBucket {
-    entries: Mutex<Entries>,
+    entries: Arc<Mutex<Entries>>,
 }
 
 impl Default for MemoryBucket {
@@ -197,9 +233,9 @@ impl MemoryBucket {
 
     /// An empty bucket that shares `budget` with the app's other buckets.
     pub fn in_budget(budget: Arc<MemoryBudget>) -> Self {
-        MemoryBucket {
-            entries: Mutex::new(Entries::new(budget)),
-        }
+        let entries = Arc::new(Mutex::new(Entries::new(budget.clone())));
+        budget.join(&entries);
+        MemoryBucket { entries }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Entries, Instant) -> R) -> R {
@@ -360,7 +396,8 @@ mod tests {
     }
 
     /// An app's buckets share one budget: what one holds, another cannot
-    /// take, and a bucket dropped (its app version gone) gives it back.
+    /// take, what expired in one makes room for another, and a bucket
+    /// dropped (its app version gone) gives it back.
     #[tokio::test]
     async fn an_apps_buckets_share_one_budget() {
         let budget = Arc::new(MemoryBudget::new(1000));
@@ -373,6 +410,15 @@ mod tests {
             "{full:?}"
         );
         second.set("b", vec![0; 10], None).await.unwrap();
+        first
+            .set("a", vec![0; 800], Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // `first` is idle: its expired entry goes to make room in `second`.
+        second.set("d", vec![0; 800], None).await.unwrap();
+        assert!(!first.exists("a").await.unwrap());
+        second.delete("d").await.unwrap();
         drop(first);
         second.set("c", vec![0; 800], None).await.unwrap();
         assert_eq!(
