@@ -222,7 +222,9 @@ pub(super) fn s3_prefix(prefix: String) -> Result<String, String> {
         return Ok(prefix);
     }
     let Some(body) = prefix.strip_suffix('/') else {
-        return Err(format!("{prefix:?} must end with `/` (e.g. \"tenants/\")"));
+        return Err(format!(
+            "{prefix:?} must end with `/` (e.g. \"{prefix}/\"); a Berth before 2026-12-07 took it as it was, so objects written then lie under \"{prefix}berth/…\": move them under \"{prefix}/berth/…\" as you add the `/`"
+        ));
     };
     if prefix.len() > 256 || prefix.chars().any(|c| c.is_control() || c == '\\') {
         return Err("must be at most 256 bytes, without control characters or `\\`".into());

@@ -261,3 +261,86 @@ async fn a_writer_holds_what_its_buffer_may_reach() {
     drop(writer);
     assert_eq!(app.available_permits(), 100);
 }
+
+/// The sizes of the parts a stand-in S3 server was sent.
+type SeenParts = std::sync::Arc<std::sync::Mutex<Vec<usize>>>;
+
+/// A client of a stand-in S3 server that takes multipart uploads (and
+/// aborts), recording each part's size.
+async fn stand_in_multipart() -> (Client, SeenParts) {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let seen = SeenParts::default();
+    let parts = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let parts = parts.clone();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let parts = parts.clone();
+                    async move {
+                        let query = req.uri().query().unwrap_or_default().to_string();
+                        let method = req.method().clone();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut response = hyper::Response::builder();
+                        let answer = if query.contains("uploads") {
+                            "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>\
+                         <UploadId>u1</UploadId></InitiateMultipartUploadResult>"
+                        } else if method == hyper::Method::PUT && query.contains("partNumber") {
+                            parts.lock().unwrap().push(body.len());
+                            response =
+                                response.header("ETag", "\"5d41402abc4b2a76b9719d911017c592\"");
+                            ""
+                        } else {
+                            ""
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            response.body(Full::new(Bytes::from(answer))).unwrap(),
+                        )
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "stand-in", "stand-in", None, None, "test",
+        ))
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .endpoint_url(endpoint);
+    (Client::from_conf(config.build()), seen)
+}
+
+/// Writers short of room to grow do not wait for each other's: one that
+/// holds S3's smallest part uploads parts of what it holds, and one that
+/// cannot double takes just what it wants.
+#[tokio::test]
+async fn a_writer_short_of_room_uploads_smaller_parts() {
+    let (client, parts) = stand_in_multipart().await;
+    // 7 MiB of room for parts of 8 MiB.
+    let app = std::sync::Arc::new(tokio::sync::Semaphore::new(7 * 1024));
+    let mut writer = S3Writer::new(
+        client,
+        "b".into(),
+        "berth/app/c/k".into(),
+        "k".into(),
+        8 << 20,
+        app.clone(),
+    );
+    for _ in 0..16 {
+        writer.write(&[1; 1 << 20]).await.unwrap();
+    }
+    assert_eq!(app.available_permits(), 0, "it holds all 7 MiB");
+    let mib = 1 << 20;
+    assert_eq!(*parts.lock().unwrap(), [7 * mib, 7 * mib]);
+    drop(writer);
+    assert_eq!(app.available_permits(), 7 * 1024);
+}

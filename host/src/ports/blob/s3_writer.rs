@@ -8,7 +8,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata as _};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use super::{MAX_PARTS, map_err, now_ms, put_object};
+use super::{MAX_PARTS, MIN_PART_SIZE, map_err, now_ms, put_object};
 use crate::ports::blob::{BlobError, BlobWriter, ObjectInfo};
 
 /// The most all S3 writers of this host may buffer together, whatever app
@@ -91,6 +91,9 @@ pub(super) struct S3Writer {
     /// Key as the guest named it.
     user_key: String,
     part_size: usize,
+    /// The size at which the buffer goes up as a part: `part_size`, or
+    /// less (never under S3's smallest part) once room to grow ran short.
+    part_limit: usize,
     /// Bytes not yet uploaded; never more than one part.
     buf: Vec<u8>,
     /// Set once the first full part is there; Drop aborts it.
@@ -123,6 +126,7 @@ impl S3Writer {
             key,
             user_key,
             part_size,
+            part_limit: part_size,
             buf: Vec::new(),
             upload_id: None,
             parts: Vec::new(),
@@ -135,16 +139,31 @@ impl S3Writer {
 
     /// Reserves, before any byte of a write is taken (so a refused write
     /// can be retried), room for the buffer to hold `wanted` bytes:
-    /// doubling what it holds, as a `Vec` grows, never past one part.
+    /// doubling what it holds, as a `Vec` grows, never past one part, or
+    /// just what is wanted when doubling finds no room.
     fn reserve_room(&mut self, wanted: usize) -> Result<(), BlobError> {
         let wanted_kib = wanted.min(self.part_size).div_ceil(1024);
         let held = self.reserved.kib;
         if wanted_kib <= held {
             return Ok(());
         }
-        let target = wanted_kib.max(held * 2).min(self.part_size.div_ceil(1024));
-        let app = reserve_more(&self.app_buffers, self.reserved.app.take(), target - held)
-            .map_err(|held| {
+        let doubled = wanted_kib.max(held * 2).min(self.part_size.div_ceil(1024));
+        let mut refusal = None;
+        for target in [doubled, wanted_kib] {
+            match self.reserve_up_to(target) {
+                Ok(()) => return Ok(()),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        Err(refusal.unwrap_or_else(|| BlobError::Unavailable("no room".into())))
+    }
+
+    /// Holds `target` KiB of the app's share and of the host's budget
+    /// (more than it holds), or, refused, what it held before.
+    fn reserve_up_to(&mut self, target: usize) -> Result<(), BlobError> {
+        let more = target - self.reserved.kib;
+        let app =
+            reserve_more(&self.app_buffers, self.reserved.app.take(), more).map_err(|held| {
                 self.reserved.app = held;
                 BlobError::Unavailable(format!(
                     "this app's writers hold all the upload buffers it may ({} MiB); \
@@ -152,12 +171,12 @@ impl S3Writer {
                     APP_WRITE_BUFFER_SHARE >> 20
                 ))
             })?;
-        let host = match reserve_more(&WRITE_BUFFERS, self.reserved.host.take(), target - held) {
+        let host = match reserve_more(&WRITE_BUFFERS, self.reserved.host.take(), more) {
             Ok(host) => host,
             Err(held_host) => {
                 // The app's share goes back to what it was.
                 let mut app = app;
-                drop(app.split(target - held));
+                drop(app.split(more));
                 self.reserved.app = Some(app);
                 self.reserved.host = held_host;
                 tracing::warn!(
@@ -215,6 +234,19 @@ impl S3Writer {
         Ok(())
     }
 
+    /// Uploads the buffer as the next part; if that fails, the part's
+    /// bytes are gone: the object cannot be completed, and the writer
+    /// buffers nothing more.
+    async fn upload_or_fail(&mut self) -> Result<(), BlobError> {
+        let uploaded = self.upload_part().await;
+        if uploaded.is_err() {
+            self.failed = true;
+            self.buf = Vec::new();
+            self.reserved = Reservation::default();
+        }
+        uploaded
+    }
+
     /// Refuses to go on after a lost part.
     fn check(&self) -> Result<(), BlobError> {
         match self.failed {
@@ -230,13 +262,32 @@ impl S3Writer {
 impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: &[u8]) -> Result<(), BlobError> {
         self.check()?;
-        if !chunk.is_empty() {
-            self.reserve_room(self.buf.len().saturating_add(chunk.len()))?;
+        if !chunk.is_empty()
+            && let Err(short) = self.reserve_room(
+                // Never past the part this writer uploads.
+                self.buf
+                    .len()
+                    .saturating_add(chunk.len())
+                    .min(self.part_limit),
+            )
+        {
+            // Short of room to grow: a writer holding S3's smallest part
+            // uploads parts of what it holds rather than wait for room
+            // other writers hold, who may be waiting for its (S3 takes
+            // parts of differing sizes, all but the last of 5 MiB or more).
+            let held = (self.reserved.kib * 1024).min(self.part_size);
+            if held < MIN_PART_SIZE {
+                return Err(short);
+            }
+            self.part_limit = held;
+            if self.buf.len() >= held {
+                self.upload_or_fail().await?;
+            }
         }
         // Fill the buffer to exactly one part before uploading, so memory
         // is bounded by the part size whatever the chunk sizes are.
         while !chunk.is_empty() {
-            let n = (self.part_size - self.buf.len()).min(chunk.len());
+            let n = (self.part_limit - self.buf.len()).min(chunk.len());
             let want = self.buf.len() + n;
             if want > self.buf.capacity() {
                 // Doubling as `Vec` would, but never past one part (left to
@@ -244,22 +295,15 @@ impl BlobWriter for S3Writer {
                 // past what is reserved.
                 let target = want
                     .max(self.buf.capacity() * 2)
-                    .min(self.part_size)
+                    .min(self.part_limit)
                     .min(self.reserved.kib * 1024);
                 self.buf.reserve_exact(target - self.buf.len());
             }
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             self.size += n as u64;
-            if self.buf.len() == self.part_size
-                && let Err(e) = self.upload_part().await
-            {
-                // The part's bytes are gone: the object cannot be completed,
-                // and the writer buffers nothing more.
-                self.failed = true;
-                self.buf = Vec::new();
-                self.reserved = Reservation::default();
-                return Err(e);
+            if self.buf.len() == self.part_limit {
+                self.upload_or_fail().await?;
             }
         }
         Ok(())
