@@ -30,6 +30,12 @@ impl TokenBucket {
         self.take_n(1)
     }
 
+    /// Gives back `n` tokens taken for something that then did not happen.
+    pub fn give_back(&self, n: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = (state.0 + f64::from(n)).min(self.capacity);
+    }
+
     /// Takes `n` tokens if as many are left (a take of more than the
     /// bucket holds when full takes what is there, once full).
     pub fn take_n(&self, n: u32) -> bool {

@@ -49,18 +49,18 @@ impl RateLimited {
 impl EmailBackend for RateLimited {
     async fn send(&self, message: &EmailMessage) -> Result<String, EmailError> {
         let count = message.to.len() + message.cc.len() + message.bcc.len();
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
         // A message to more recipients than the rate holds takes the whole
         // rate, once it is full (see `TokenBucket::take_n`).
-        if !self
-            .recipients
-            .take_n(u32::try_from(count).unwrap_or(u32::MAX))
-        {
+        if !self.recipients.take_n(count) {
             tracing::warn!(
                 "email recipient rate of the app ([app_limits] email_recipients_per_minute) reached"
             );
             return Err(EmailError::RateLimited);
         }
         if !self.messages.take() {
+            // Not sent: its recipients do not count.
+            self.recipients.give_back(count);
             tracing::warn!("email send rate of the app ([app_limits] emails_per_minute) reached");
             return Err(EmailError::RateLimited);
         }
@@ -114,5 +114,21 @@ mod tests {
         assert!(limited.send(&msg).await.is_ok());
         assert!(limited.send(&msg).await.is_ok());
         assert_eq!(limited.send(&msg).await, Err(EmailError::RateLimited));
+    }
+
+    /// A message refused by the message rate takes nothing of the
+    /// recipients' rate.
+    #[tokio::test]
+    async fn a_message_not_sent_counts_no_recipients() {
+        let limited = RateLimited::new(Arc::new(Sink), per_minute(1), per_minute(10));
+        let msg = EmailMessage {
+            to: vec!["a@example.com".into(); 5],
+            ..Default::default()
+        };
+        assert!(limited.send(&msg).await.is_ok());
+        for _ in 0..3 {
+            assert_eq!(limited.send(&msg).await, Err(EmailError::RateLimited));
+        }
+        assert!(limited.recipients.take_n(5), "five recipients are left");
     }
 }
