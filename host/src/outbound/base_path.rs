@@ -61,7 +61,33 @@ const LOOKALIKES: &[(&[u8], u8)] = &[
 pub(super) fn names_another_host(path: &str) -> bool {
     let raw = path.as_bytes();
     let doubled = |p: &[u8]| p.starts_with(b"//") || p.starts_with(b"/\\");
-    doubled(raw) || as_servers_read(path).is_none_or(|decoded| doubled(&decoded))
+    doubled(raw)
+        || as_servers_read(path)
+            .is_none_or(|decoded| doubled(&decoded) || doubled(&without_dot_segments(&decoded)))
+}
+
+/// `path` with its dot segments resolved as RFC 3986 (5.2.4) resolves
+/// them, `\` read as `/` and a segment read up to a `;` (as Tomcat reads
+/// `..;x`): `/a/..//host` is `//host`. The root is never left.
+fn without_dot_segments(path: &[u8]) -> Vec<u8> {
+    let segments: Vec<&[u8]> = path.split(|&b| b == b'/' || b == b'\\').collect();
+    let mut out: Vec<&[u8]> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let name = segment.split(|&b| b == b';').next().unwrap_or_default();
+        let last = i + 1 == segments.len();
+        match name {
+            b"." | b".." => {
+                if name == b".." && out.len() > 1 {
+                    out.pop();
+                }
+                if last {
+                    out.push(b"");
+                }
+            }
+            _ => out.push(segment),
+        }
+    }
+    out.join(&b'/')
 }
 
 /// The path of `path` (its query and fragment cut) as far as servers may

@@ -373,6 +373,10 @@ fn paths_stay_under_the_base_and_in_origin_form() {
         "/%5Cevil.example/x",
         "/%252F%252Fevil.example/x",
         "/%EF%BC%8F%EF%BC%8Fevil.example/x",
+        "/a/..//evil.example/x",
+        "/.//evil.example/x",
+        "/%2e//evil.example/x",
+        "/a/..;x//evil.example/x",
     ] {
         let mut req = http::Request::builder()
             .uri(format!("http://payments.upstream{path}"))
