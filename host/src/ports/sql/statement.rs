@@ -302,7 +302,6 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
     // `CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP[ORARY] …`
     let temporary =
         is(first, "CREATE") && words.iter().skip(1).any(|w| any(w, &["TEMP", "TEMPORARY"]));
-    let holds = |phrase: &str| holds_phrase(statement, phrase, comments);
     match dialect {
         Dialect::Postgres => {
             (is(first, "SET") && !any(second, &["LOCAL", "TRANSACTION", "CONSTRAINTS"]))
@@ -320,20 +319,7 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
                     ],
                 )
                 || temporary
-                // Also where `CREATE` is not first (`EXPLAIN ANALYZE CREATE
-                // TEMP TABLE … AS` makes the table).
-                || holds("create temp")
-                || holds("create local temp")
-                || holds("create global temp")
-                || holds("replace temp")
-                || holds("into temp")
-                || holds("into local temp")
-                || holds("into global temp")
-                || holds("pg_temp")
-                || holds("set_config")
-                || holds("pg_settings")
-                || holds("u&")
-                || holds("advisory_lock")
+                || holds_any(statement, POSTGRES_SESSION_PHRASES, comments)
         }
         // `SET TRANSACTION` without a scope sets the session's next
         // transaction, which would be another call's. MariaDB's `SET
@@ -349,15 +335,32 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
                     }))
                 || any(first, &["USE", "PREPARE", "LOCK", "HANDLER", "DEALLOCATE"])
                 || temporary
-                || holds(":=")
-                || holds("into @")
+                || holds_any(statement, &[":=", "into @", "get_lock"], comments)
                 // What a procedure runs is not seen: a `CALL` may leave a
                 // transaction open, or variables set.
                 || is(first, "CALL")
-                || holds("get_lock")
         }
     }
 }
+
+/// Phrases whose presence anywhere in a Postgres statement means it may
+/// change its session (see [`changes_session`]). `CREATE … TEMP` also where
+/// `CREATE` is not first (`EXPLAIN ANALYZE CREATE TEMP TABLE … AS` makes
+/// the table).
+const POSTGRES_SESSION_PHRASES: &[&str] = &[
+    "create temp",
+    "create local temp",
+    "create global temp",
+    "replace temp",
+    "into temp",
+    "into local temp",
+    "into global temp",
+    "pg_temp",
+    "set_config",
+    "pg_settings",
+    "u&",
+    "advisory_lock",
+];
 
 /// Whether `text` holds `phrase` (lower case, words one space apart)
 /// anywhere, in any case, where each space of `phrase` stands for any run
@@ -370,10 +373,23 @@ fn changes_session_in(statement: &str, dialect: Dialect, comments: Reading) -> b
 /// length the phrase counts as held, which only makes the caller careful
 /// (the session is reset, a `SET` is refused).
 fn holds_phrase(text: &str, phrase: &str, comments: Reading) -> bool {
-    let (text, phrase) = (text.as_bytes(), phrase.as_bytes());
+    holds_any(text, &[phrase], comments)
+}
+
+/// Whether `text` holds any of `phrases`, each read as [`holds_phrase`]
+/// reads one, in one walk of the text: a place is tried only against the
+/// phrases starting with its letter. The budget is the walk's.
+fn holds_any(text: &str, phrases: &[&str], comments: Reading) -> bool {
+    let text = text.as_bytes();
+    let mut starts = [false; 256];
+    for phrase in phrases {
+        if let Some(&first) = phrase.as_bytes().first() {
+            starts[usize::from(first)] = true;
+        }
+    }
     let mut work = PHRASE_WORK.saturating_mul(text.len()).saturating_add(4096);
-    // Whether the phrase starts at `start`, and how far it read.
-    let matches_at = |start: usize| {
+    // Whether `phrase` starts at `start`, and how far it read.
+    let matches_at = |start: usize, phrase: &[u8]| {
         let (mut i, mut j) = (start, 0);
         while j < phrase.len() {
             match (text.get(i), phrase[j]) {
@@ -385,11 +401,22 @@ fn holds_phrase(text: &str, phrase: &str, comments: Reading) -> bool {
         }
         (true, i - start)
     };
-    (0..text.len()).any(|start| {
-        let (found, read) = matches_at(start);
-        work = work.saturating_sub(read + 1);
-        found || work == 0
-    })
+    for (start, byte) in text.iter().enumerate() {
+        work = work.saturating_sub(1);
+        if starts[usize::from(byte.to_ascii_lowercase())] {
+            for phrase in phrases {
+                let (found, read) = matches_at(start, phrase.as_bytes());
+                work = work.saturating_sub(read);
+                if found {
+                    return true;
+                }
+            }
+        }
+        if work == 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// How many times its length [`holds_phrase`] may read of a statement.
