@@ -59,15 +59,33 @@ const LOOKALIKES: &[(&[u8], u8)] = &[
 /// upstream's credential would follow it. A path that does not settle or
 /// holds a control character counts as one.
 pub(super) fn names_another_host(path: &str) -> bool {
-    let raw = path.as_bytes();
     let doubled = |p: &[u8]| p.starts_with(b"//") || p.starts_with(b"/\\");
-    doubled(raw)
-        || as_servers_read(path)
-            .is_none_or(|decoded| doubled(&decoded) || doubled(&without_dot_segments(&decoded)))
+    // Every stage a server may resolve dot segments at: as sent, and after
+    // each decoding (`/a%2f/..//host` resolves to `//host` before `%2f` is
+    // decoded, and never after).
+    let mut stage = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
+    for _ in 0..=DECODE_ROUNDS {
+        if doubled(&stage) || doubled(&without_dot_segments(&stage)) {
+            return true;
+        }
+        let next = normalized(&lenient_percent_decode(&stage));
+        if next == stage {
+            return stage.iter().any(u8::is_ascii_control);
+        }
+        stage = next;
+    }
+    // Still changing: refused, as `leaves_base` refuses it.
+    true
 }
 
-/// `path` with its dot segments resolved as RFC 3986 (5.2.4) resolves
-/// them, `\` read as `/` and a segment read up to a `;` (as Tomcat reads
+/// `path` with its dot segments resolved as RFC 3986 (5.2.4) and URL
+/// parsers resolve them: `\` read as `/`, `%2e` as a dot (as WHATWG URL
+/// parsers read it) and a segment read up to a `;` (as Tomcat reads
 /// `..;x`): `/a/..//host` is `//host`. The root is never left.
 fn without_dot_segments(path: &[u8]) -> Vec<u8> {
     let segments: Vec<&[u8]> = path.split(|&b| b == b'/' || b == b'\\').collect();
@@ -75,19 +93,36 @@ fn without_dot_segments(path: &[u8]) -> Vec<u8> {
     for (i, segment) in segments.iter().enumerate() {
         let name = segment.split(|&b| b == b';').next().unwrap_or_default();
         let last = i + 1 == segments.len();
-        match name {
-            b"." | b".." => {
-                if name == b".." && out.len() > 1 {
+        match dots(name) {
+            Some(count) => {
+                if count == 2 && out.len() > 1 {
                     out.pop();
                 }
                 if last {
                     out.push(b"");
                 }
             }
-            _ => out.push(segment),
+            None => out.push(segment),
         }
     }
     out.join(&b'/')
+}
+
+/// 1 for a `.` segment and 2 for a `..` one, each dot spelled `.` or
+/// `%2e` (either case); `None` for any other segment.
+fn dots(mut name: &[u8]) -> Option<usize> {
+    let mut count = 0;
+    while !name.is_empty() {
+        if let Some(rest) = name.strip_prefix(b".") {
+            name = rest;
+        } else if name.len() >= 3 && name[..3].eq_ignore_ascii_case(b"%2e") {
+            name = &name[3..];
+        } else {
+            return None;
+        }
+        count += 1;
+    }
+    (1..=2).contains(&count).then_some(count)
 }
 
 /// The path of `path` (its query and fragment cut) as far as servers may

@@ -377,6 +377,9 @@ fn paths_stay_under_the_base_and_in_origin_form() {
         "/.//evil.example/x",
         "/%2e//evil.example/x",
         "/a/..;x//evil.example/x",
+        "/a%2f/..//evil.example/x",
+        "/a%2f/%2e%2e//evil.example/x",
+        "/a%2F/.%2E//evil.example/x",
     ] {
         let mut req = http::Request::builder()
             .uri(format!("http://payments.upstream{path}"))
