@@ -256,8 +256,9 @@ fn to_sqlite_params(params: Vec<SqlValue>) -> Result<Vec<Value>, SqlError> {
 /// an integer when it is one within 64 bits, else as a float keeping 15
 /// significant digits. Text that is no number stays text, exactly.
 fn exact_in_sqlite(d: &str) -> bool {
-    // SQLite reads a number past blanks before and after it.
-    let d = d.trim_ascii();
+    // SQLite reads a number past blanks before and after it (its blanks
+    // are 0x09 to 0x0D and the space: a vertical tab too).
+    let d = d.trim_matches(|c: char| matches!(c, ' ' | '\t'..='\r'));
     let negative = d.starts_with('-');
     let unsigned = d.strip_prefix(['-', '+']).unwrap_or(d);
     // An exponent's mantissa is counted as any other number.
@@ -414,13 +415,29 @@ fn run_query(
         .map_err(map_error)?;
     let mut out = CappedRows::new(caps);
     while let Some(row) = rows.next().map_err(map_error)? {
-        out.full()?;
+        out.room_for(held_size_at_least(row, columns.len()))?;
         out.push(read_row(row, &columns)?)?;
     }
     Ok(RowSet {
         columns,
         rows: out.into_rows(),
     })
+}
+
+/// A lower bound of what `row` will hold once read (each value's own size,
+/// and the bytes of its text and blobs), taken before any of it is copied
+/// into the host (see [`CappedRows::room_for`]): a row of many large
+/// values is refused while SQLite holds its only copy.
+fn held_size_at_least(row: &rusqlite::Row<'_>, columns: usize) -> usize {
+    let each = std::mem::size_of::<SqlValue>();
+    (0..columns)
+        .map(|i| {
+            each + match row.get_ref(i) {
+                Ok(ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => bytes.len(),
+                _ => 0,
+            }
+        })
+        .sum()
 }
 
 fn read_row(row: &rusqlite::Row<'_>, columns: &[SqlColumn]) -> Result<Vec<SqlValue>, SqlError> {

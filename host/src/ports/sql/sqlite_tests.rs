@@ -395,6 +395,7 @@ async fn decimals_sqlite_would_round_are_refused() {
         "-1234567890123456e3",
         "12345678901234567.00",
         " 12345678901234567.5",
+        "\u{b}12345678901234567.5\u{c}",
     ] {
         let err = db
             .execute(
