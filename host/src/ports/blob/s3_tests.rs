@@ -341,6 +341,12 @@ async fn a_writer_short_of_room_uploads_smaller_parts() {
     assert_eq!(app.available_permits(), 0, "it holds all 7 MiB");
     let mib = 1 << 20;
     assert_eq!(*parts.lock().unwrap(), [7 * mib, 7 * mib]);
+    // Room coming back, the next part is a whole one again.
+    app.add_permits(1024);
+    for _ in 0..14 {
+        writer.write(&[1; 1 << 20]).await.unwrap();
+    }
+    assert_eq!(*parts.lock().unwrap(), [7 * mib, 7 * mib, 7 * mib, 8 * mib]);
     drop(writer);
-    assert_eq!(app.available_permits(), 7 * 1024);
+    assert_eq!(app.available_permits(), 8 * 1024);
 }

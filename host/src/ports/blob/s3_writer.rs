@@ -150,7 +150,7 @@ impl S3Writer {
         let doubled = wanted_kib.max(held * 2).min(self.part_size.div_ceil(1024));
         let mut refusal = None;
         for target in [doubled, wanted_kib] {
-            match self.reserve_up_to(target) {
+            match self.reserve_up_to(target, true) {
                 Ok(()) => return Ok(()),
                 Err(e) => refusal = Some(e),
             }
@@ -159,8 +159,9 @@ impl S3Writer {
     }
 
     /// Holds `target` KiB of the app's share and of the host's budget
-    /// (more than it holds), or, refused, what it held before.
-    fn reserve_up_to(&mut self, target: usize) -> Result<(), BlobError> {
+    /// (more than it holds), or, refused, what it held before; a host
+    /// budget used up is logged when `warn`.
+    fn reserve_up_to(&mut self, target: usize, warn: bool) -> Result<(), BlobError> {
         let more = target - self.reserved.kib;
         let app =
             reserve_more(&self.app_buffers, self.reserved.app.take(), more).map_err(|held| {
@@ -179,10 +180,12 @@ impl S3Writer {
                 drop(app.split(more));
                 self.reserved.app = Some(app);
                 self.reserved.host = held_host;
-                tracing::warn!(
-                    budget_bytes = WRITE_BUFFER_BUDGET,
-                    "every S3 upload buffer of this host is in use"
-                );
+                if warn {
+                    tracing::warn!(
+                        budget_bytes = WRITE_BUFFER_BUDGET,
+                        "every S3 upload buffer of this host is in use"
+                    );
+                }
                 return Err(BlobError::Unavailable(
                     "the host's upload buffers are all in use; retry later".into(),
                 ));
@@ -201,7 +204,7 @@ impl S3Writer {
         if self.parts.len() >= MAX_PARTS {
             return Err(BlobError::TooLarge(format!(
                 "object exceeds {MAX_PARTS} parts of {} bytes",
-                self.part_size
+                self.part_limit
             )));
         }
         let upload_id = match &self.upload_id {
@@ -243,8 +246,19 @@ impl S3Writer {
             self.failed = true;
             self.buf = Vec::new();
             self.reserved = Reservation::default();
+        } else if self.part_limit < self.part_size && self.reserve_up_to_quietly(self.part_size) {
+            // Room came back: whole parts again, so the object's 10,000
+            // parts reach as far as the configured part size promises.
+            self.part_limit = self.part_size;
         }
         uploaded
+    }
+
+    /// Holds room for a whole part of `bytes` if the budgets have it now,
+    /// saying nothing when they have not (the writer goes on as it was).
+    fn reserve_up_to_quietly(&mut self, bytes: usize) -> bool {
+        let target = bytes.div_ceil(1024);
+        target <= self.reserved.kib || self.reserve_up_to(target, false).is_ok()
     }
 
     /// Refuses to go on after a lost part.
