@@ -377,8 +377,9 @@ fn holds_phrase(text: &str, phrase: &str, comments: Reading) -> bool {
 }
 
 /// Whether `text` holds any of `phrases`, each read as [`holds_phrase`]
-/// reads one, in one walk of the text: a place is tried only against the
-/// phrases starting with its letter. The budget is the walk's.
+/// reads one, in one walk of the text: the phrases are tried only at a
+/// place whose letter starts one of them. The budget is the sum of the
+/// phrases' own. A phrase must not start with a space.
 fn holds_any(text: &str, phrases: &[&str], comments: Reading) -> bool {
     let text = text.as_bytes();
     let mut starts = [false; 256];
@@ -387,7 +388,11 @@ fn holds_any(text: &str, phrases: &[&str], comments: Reading) -> bool {
             starts[usize::from(first)] = true;
         }
     }
-    let mut work = PHRASE_WORK.saturating_mul(text.len()).saturating_add(4096);
+    // Each phrase's budget, as if each had its walk.
+    let mut work = PHRASE_WORK
+        .saturating_mul(text.len())
+        .saturating_add(4096)
+        .saturating_mul(phrases.len());
     // Whether `phrase` starts at `start`, and how far it read.
     let matches_at = |start: usize, phrase: &[u8]| {
         let (mut i, mut j) = (start, 0);
