@@ -64,6 +64,12 @@ pub struct EngineConfig {
     pub long_running_workers: Option<usize>,
     /// Largest `handles` any component may be granted.
     pub max_handles: Option<usize>,
+    /// MiB all of the host's SQLite databases (embedded SQL and key-value
+    /// stores, the embedded broker) may allocate together; default 1024.
+    /// Past half of it SQLite trims its page caches; an allocation past it
+    /// fails, and the call gets `unavailable`, where a statement making
+    /// huge values would otherwise exhaust the host's memory.
+    pub sqlite_memory_mb: Option<u64>,
     /// Largest payload caps any component may be granted
     /// (`[engine.max_payloads]`, the manifest's payload keys).
     #[serde(default)]
@@ -116,6 +122,7 @@ impl EngineConfig {
             1,
             u64::MAX,
         )?;
+        within("sqlite_memory_mb", self.sqlite_memory_mb, 64, 1 << 30)?;
         within(
             "max_handles",
             self.max_handles.map(|n| n as u64),
@@ -544,6 +551,9 @@ impl HostConfig {
         }
         if let Some(ms) = self.engine.max_compile_ms {
             s.max_compile_time = std::time::Duration::from_millis(ms.max(1));
+        }
+        if let Some(mb) = self.engine.sqlite_memory_mb {
+            s.sqlite_memory_bytes = mb.saturating_mul(1 << 20);
         }
         s
     }

@@ -35,6 +35,9 @@ pub struct EngineSettings {
     /// Worker threads long-running invocations may occupy at once (see
     /// [`crate::fairness`]); `None`: one fewer than the cores.
     pub long_running_workers: Option<usize>,
+    /// Memory all of the process's SQLite databases may allocate together
+    /// (see [`crate::ports::sql::sqlite::limit_memory`]).
+    pub sqlite_memory_bytes: u64,
 }
 
 impl Default for EngineSettings {
@@ -46,6 +49,7 @@ impl Default for EngineSettings {
             max_component_bytes: 256 << 20,
             max_compile_time: std::time::Duration::from_secs(300),
             long_running_workers: None,
+            sqlite_memory_bytes: crate::ports::sql::sqlite::DEFAULT_MEMORY_BYTES,
         }
     }
 }
@@ -148,6 +152,9 @@ impl Drop for Inner {
 impl HostEngine {
     /// Builds the engine, its linker and starts the epoch ticker.
     pub fn new(settings: EngineSettings) -> anyhow::Result<HostEngine> {
+        // SQLite's heap limit is the process's, whichever engine sets it.
+        crate::ports::sql::sqlite::limit_memory(settings.sqlite_memory_bytes)
+            .map_err(|e| anyhow::anyhow!("cannot bound SQLite's memory: {e}"))?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let linker = crate::app::linker(&engine)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -372,3 +372,42 @@ fn guests_cannot_write_lines_of_the_hosts_log() {
         "no line of the guest's own: {log}"
     );
 }
+
+/// `[engine] sqlite_memory_mb` bounds what the host's SQLite databases
+/// allocate together: a statement making more (many columns of huge
+/// values, each under the value bound) gets `unavailable`, where with
+/// room SQLite makes them all and only the result cap refuses the row,
+/// and the host goes on serving. Run as its own process, since SQLite's
+/// heap limit is the process's.
+#[test]
+fn sqlite_memory_is_bounded_for_the_whole_host() {
+    let t = TestApp::new(&single_component_manifest(
+        "sqlmem",
+        guests::SQL_GUEST,
+        "[sql.main]",
+        "sql = [\"main\"]",
+    ));
+    let host = t.dir.path().join("host.toml");
+    let run = |memory_mb: u32, statement: &str| {
+        std::fs::write(&host, format!("[engine]\nsqlite_memory_mb = {memory_mb}\n")).unwrap();
+        let (code, out, err) = output(
+            berth()
+                .arg("run")
+                .arg(&t.manifest)
+                .arg("--host-config")
+                .arg(&host)
+                .args(["--", "try", "main", statement]),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        out.trim().to_owned()
+    };
+    let wide = format!("SELECT {}", ["randomblob(30000000)"; 8].join(", "));
+    let roomy = run(1024, &wide);
+    assert!(roomy.starts_with("error Error::TooLarge("), "{roomy}");
+    let bounded = run(128, &wide);
+    assert!(
+        bounded.starts_with("error Error::Unavailable("),
+        "{bounded}"
+    );
+    assert_eq!(run(128, "SELECT length(randomblob(30000000))"), "ok 1");
+}

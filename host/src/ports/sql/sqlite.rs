@@ -158,6 +158,25 @@ impl Drop for PooledConnection {
     }
 }
 
+/// The default of [`limit_memory`] (`[engine] sqlite_memory_mb`).
+pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
+
+/// Bounds the memory all of the process's SQLite databases allocate
+/// together (SQLite's heap limits are the process's): past half of `bytes`
+/// SQLite trims its page caches, and an allocation past `bytes` fails, so
+/// a statement making huge values (many columns of `randomblob(…)`) gets
+/// `unavailable` where the host would have run out of memory. SQLite only
+/// ever lowers its hard limit, so the lowest asked for holds.
+pub fn limit_memory(bytes: u64) -> Result<(), SqlError> {
+    let conn = Connection::open_in_memory().map_err(map_error)?;
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    for (pragma, value) in [("soft_heap_limit", bytes / 2), ("hard_heap_limit", bytes)] {
+        conn.query_row(&format!("PRAGMA {pragma} = {value}"), [], |_| Ok(()))
+            .map_err(map_error)?;
+    }
+    Ok(())
+}
+
 fn open_connection(path: &Path) -> Result<Connection, SqlError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -199,6 +218,9 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
                 | ErrorCode::PermissionDenied
                 | ErrorCode::ReadOnly => SqlError::Denied(msg),
                 ErrorCode::TooBig => SqlError::TooLarge(msg),
+                ErrorCode::OutOfMemory => SqlError::Unavailable(
+                    "the memory the host gives SQLite ([engine] sqlite_memory_mb) is in use; retry, or make smaller values".into(),
+                ),
                 ErrorCode::OperationInterrupted => SqlError::Timeout,
                 ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull => {
                     // The operator's to fix (a full disk or quota, a file
