@@ -22,6 +22,18 @@ pub use triggers::{
     DEFAULT_BACKOFF_MS, HttpTrigger, MessageTrigger, SCHEDULE_TOPIC_PREFIX, ScheduleTrigger,
 };
 
+/// The most components one manifest declares.
+pub const MAX_COMPONENTS: usize = 256;
+/// The most databases, buckets or containers (each kind) one manifest
+/// declares.
+pub const MAX_RESOURCES: usize = 256;
+/// The most `[config]` keys one manifest declares.
+pub const MAX_CONFIG_KEYS: usize = 4096;
+/// The most triggers of each kind one manifest declares.
+pub const MAX_TRIGGERS: usize = 1024;
+/// The most names one component's grant of one kind lists.
+pub const MAX_GRANTS: usize = 1024;
+
 /// A manifest problem, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -286,6 +298,26 @@ impl Validator<'_> {
 
     fn validate(&self, raw: RawManifest, base: &Path) -> Result<Manifest, ManifestError> {
         self.check_name("name", &raw.name)?;
+        // How much one manifest may declare: each component is compiled
+        // and checked, each database, bucket and container opened, and a
+        // tenant's manifest is read again at every rescan.
+        for (key, count, most) in [
+            ("component", raw.component.len(), MAX_COMPONENTS),
+            ("sql", raw.sql.len(), MAX_RESOURCES),
+            ("kv", raw.kv.len(), MAX_RESOURCES),
+            ("blob", raw.blob.len(), MAX_RESOURCES),
+            ("config", raw.config.len(), MAX_CONFIG_KEYS),
+            ("trigger.http", raw.trigger.http.len(), MAX_TRIGGERS),
+            ("trigger.message", raw.trigger.message.len(), MAX_TRIGGERS),
+            ("trigger.schedule", raw.trigger.schedule.len(), MAX_TRIGGERS),
+        ] {
+            if count > most {
+                return Err(self.invalid(
+                    key,
+                    format!("{count} declared; a manifest declares at most {most}"),
+                ));
+            }
+        }
         for (name, decl) in &raw.sql {
             if decl.max_connections == Some(0) {
                 return Err(
@@ -308,10 +340,23 @@ impl Validator<'_> {
             let key = format!("component.{name}");
             self.check_name(&key, &name)?;
             let grants = &rc.grants;
-            self.check_refs(&key, "sql", &grants.sql, raw.sql.keys())?;
-            self.check_refs(&key, "kv", &grants.kv, raw.kv.keys())?;
-            self.check_refs(&key, "blob", &grants.blob, raw.blob.keys())?;
-            self.check_refs(&key, "config", &grants.config, raw.config.keys())?;
+            self.check_refs(&key, "sql", &grants.sql, &raw.sql)?;
+            self.check_refs(&key, "kv", &grants.kv, &raw.kv)?;
+            self.check_refs(&key, "blob", &grants.blob, &raw.blob)?;
+            self.check_refs(&key, "config", &grants.config, &raw.config)?;
+            for (port, count) in [
+                ("publish", grants.publish.len()),
+                ("email_senders", grants.email_senders.len()),
+                ("upstreams", grants.upstreams.len()),
+                ("http", grants.http.len()),
+            ] {
+                if count > MAX_GRANTS {
+                    return Err(self.invalid(
+                        format!("{key}.grants.{port}"),
+                        format!("{count} names; a grant lists at most {MAX_GRANTS}"),
+                    ));
+                }
+            }
             for topic in &grants.publish {
                 crate::ports::messaging::pattern::validate_pattern(topic)
                     .map_err(|m| self.invalid(format!("{key}.grants.publish"), m))?;
@@ -383,16 +428,31 @@ impl Validator<'_> {
         }
     }
 
-    fn check_refs<'n>(
+    /// Checks that each name `granted` is declared: a lookup each, so a
+    /// long grant list against many declarations costs no more than its
+    /// length.
+    fn check_refs<V>(
         &self,
         component_key: &str,
         port: &str,
         granted: &[String],
-        declared: impl Iterator<Item = &'n String> + Clone,
+        declared: &BTreeMap<String, V>,
     ) -> Result<(), ManifestError> {
+        if granted.len() > MAX_GRANTS {
+            return Err(self.invalid(
+                format!("{component_key}.grants.{port}"),
+                format!(
+                    "{} names; a grant lists at most {MAX_GRANTS}",
+                    granted.len()
+                ),
+            ));
+        }
         for name in granted {
-            if !declared.clone().any(|d| d == name) {
-                let known: Vec<_> = declared.clone().map(String::as_str).collect();
+            if !declared.contains_key(name) {
+                let mut known: Vec<_> = declared.keys().take(20).map(String::as_str).collect();
+                if declared.len() > known.len() {
+                    known.push("…");
+                }
                 let section = if port == "config" { "[config]" } else { port };
                 return Err(self.invalid(
                     format!("{component_key}.grants.{port}"),
@@ -440,6 +500,43 @@ timeout_ms = 1500
 route = "/..."
 component = "api"
 "#;
+
+    /// A manifest declares bounded numbers of components, resources and
+    /// grants; a long grant against many declarations is checked a lookup
+    /// a name (it was a walk of every declaration per name).
+    #[test]
+    fn manifests_are_bounded() {
+        let mut many = String::from("name = \"big\"\n");
+        for i in 0..=MAX_COMPONENTS {
+            many.push_str(&format!("[component.c{i}]\npath = \"c.wasm\"\n"));
+        }
+        let err = parse(&many).unwrap_err().to_string();
+        assert!(err.contains("at most 256"), "{err}");
+
+        let mut wide = String::from("name = \"wide\"\n");
+        for i in 0..MAX_RESOURCES {
+            wide.push_str(&format!("[sql.d{i:05}]\n"));
+        }
+        let last = format!("\"d{:05}\"", MAX_RESOURCES - 1);
+        let grants = vec![last.as_str(); MAX_GRANTS].join(", ");
+        wide.push_str(&format!(
+            "[component.api]\npath = \"api.wasm\"\n[component.api.grants]\nsql = [{grants}]\n"
+        ));
+        assert!(parse(&wide).is_ok());
+        let too_many = wide.replace(
+            &format!("sql = [{grants}]"),
+            &format!("sql = [{grants}, {last}]"),
+        );
+        let err = parse(&too_many).unwrap_err().to_string();
+        assert!(err.contains("at most 1024"), "{err}");
+        // An unknown name's error lists a few of the declared, not all.
+        let unknown = wide.replace(&format!("sql = [{grants}]"), "sql = [\"nope\"]");
+        let err = parse(&unknown).unwrap_err().to_string();
+        assert!(
+            err.contains("d00000") && err.contains('…') && err.len() < 1000,
+            "{err}"
+        );
+    }
 
     #[test]
     fn parses_a_good_manifest() {
