@@ -76,6 +76,11 @@ pub struct EngineConfig {
     pub max_payloads: crate::limits::PayloadSettings,
 }
 
+/// The maxima `berth serve` applies where the host config sets none:
+/// `max_timeout_ms`, `max_concurrency`, `max_outbound_requests` and
+/// `max_handles` (see [`EngineConfig::default_tenant_maxima`]).
+pub const TENANT_MAXIMA: (u64, u32, u32, usize) = (60_000, 50, 20, 10_000);
+
 /// A component's linear memory is at most 4 GiB (wasm32), and wasmtime
 /// reserves no more per memory.
 pub const MAX_MEMORY_MB: u64 = 4096;
@@ -132,6 +137,18 @@ impl EngineConfig {
         self.max_payloads
             .apply(&mut crate::limits::PayloadLimits::default())
             .map_err(|(key, m)| format!("`engine.max_payloads.{key}` {m}"))
+    }
+
+    /// On `berth serve`, the maxima the operator left unset: tenants write
+    /// their own manifests, so none may grant itself an hour per
+    /// invocation, a million handles or unbounded concurrency only because
+    /// the host config says nothing ([`TENANT_MAXIMA`]).
+    pub fn default_tenant_maxima(&mut self) {
+        let (timeout_ms, concurrency, outbound_requests, handles) = TENANT_MAXIMA;
+        self.max_timeout_ms.get_or_insert(timeout_ms);
+        self.max_concurrency.get_or_insert(concurrency);
+        self.max_outbound_requests.get_or_insert(outbound_requests);
+        self.max_handles.get_or_insert(handles);
     }
 
     /// `limits` with every value capped by this host's maxima; the caller

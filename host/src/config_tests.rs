@@ -302,3 +302,29 @@ fn zero_outbound_timeouts_are_refused_naming_the_key() {
         assert!(config.outbound.settings().is_ok());
     }
 }
+
+/// On `berth serve` the maxima the operator left unset take the tenant
+/// defaults, and those it set stay: a tenant's manifest cannot grant
+/// itself an hour per invocation because the host config is silent.
+#[test]
+fn berth_serve_caps_what_the_host_config_leaves_unset() {
+    let mut engine = EngineConfig {
+        max_handles: Some(500),
+        ..Default::default()
+    };
+    engine.default_tenant_maxima();
+    let (timeout_ms, concurrency, outbound_requests, _) = TENANT_MAXIMA;
+    assert_eq!(engine.max_timeout_ms, Some(timeout_ms));
+    assert_eq!(engine.max_concurrency, Some(concurrency));
+    assert_eq!(engine.max_outbound_requests, Some(outbound_requests));
+    assert_eq!(engine.max_handles, Some(500));
+    let asked = crate::limits::ComponentLimits {
+        timeout: std::time::Duration::from_secs(3600),
+        concurrency: 100_000,
+        ..Default::default()
+    };
+    let capped = engine.cap(&asked);
+    assert_eq!(capped.timeout, std::time::Duration::from_millis(timeout_ms));
+    assert_eq!(capped.concurrency, concurrency);
+    assert_eq!(capped.handles, asked.handles.min(500));
+}

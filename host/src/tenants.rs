@@ -117,6 +117,7 @@ impl Tenants {
     /// [`crate::config::ServeConfig::tenant_manifests`]).
     pub fn new(engine: HostEngine, mut host: HostConfig, dir: PathBuf) -> Tenants {
         host.serve.tenant_manifests = true;
+        host.engine.default_tenant_maxima();
         Tenants {
             engine,
             host,
