@@ -175,7 +175,7 @@ impl Entries {
                 self.budget.purge_members(now);
                 if !fits(self) {
                     return Err(KvError::InvalidInput(format!(
-                        "the app's in-memory buckets are full (at most {} bytes of keys and values together); delete keys or let them expire",
+                        "the app's in-memory buckets are full (at most {} bytes of keys and values together, the host config's `[app_limits] kv_memory_mb`); delete keys or let them expire",
                         self.budget.limit
                     )));
                 }
