@@ -140,39 +140,34 @@ impl HttpHandler {
 
     async fn invoke(&self, route: &Route, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let env = &route.env;
+        // A limit reached: logged, counted and answered with a 503 naming it.
+        let refused = |limit: LimitExceeded, key: &'static str| {
+            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
+            env.counters.limit(key);
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &limit.to_string(),
+                Some(key),
+            )
+        };
         // At capacity, answer at once rather than queue: the client (or its
         // balancer) can retry elsewhere.
         let Ok(permit) = env.slots.clone().try_acquire_owned() else {
-            let limit = LimitExceeded::Concurrency(env.limits.concurrency);
-            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
-            env.counters.limit("concurrency");
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &limit.to_string(),
-                Some("concurrency"),
+            return refused(
+                LimitExceeded::Concurrency(env.limits.concurrency),
+                "concurrency",
             );
         };
         // The app's share of the host's slots, whatever its components'
         // own limits: no tenant takes every slot of the host.
         let Ok(app_permit) = self.app.allowance.instances.clone().try_acquire_owned() else {
-            let limit = LimitExceeded::AppInstances(self.app.allowance.instance_limit);
-            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
-            env.counters.limit("app_instances");
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &limit.to_string(),
-                Some("app_instances"),
+            return refused(
+                LimitExceeded::AppInstances(self.app.allowance.instance_limit),
+                "app_instances",
             );
         };
         let Some(slot) = self.app.engine().try_instance_slot() else {
-            let limit = LimitExceeded::Instances;
-            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
-            env.counters.limit("instances");
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &limit.to_string(),
-                Some("instances"),
-            );
+            return refused(LimitExceeded::Instances, "instances");
         };
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput::new(env.output.clone(), "stdout"))
