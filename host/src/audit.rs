@@ -22,15 +22,53 @@ pub fn refused(app: &str, component: &str, what: &str, subject: &str) {
 pub const MAX_REFUSALS_PER_SECOND: u32 = 1000;
 
 /// The refusals written this second, by app.
-static WRITTEN: Written = Written(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+static WRITTEN: Written = Written::new(Kind::Refusals);
 
-/// Per app: when its second began, the refusals written in it, and those
+/// Whether a warning of the host's about `app` that its guests or clients
+/// can cause at will (a failed invocation, a publish past the app's rate)
+/// is written now: at most [`MAX_APP_WARNINGS_PER_SECOND`] per app, the
+/// rest counted and the count written once the second is over, so no
+/// tenant (nor an anonymous client of one) floods the log every tenant
+/// shares.
+pub fn app_warning_due(app: &str) -> bool {
+    WARNINGS.admit(app, std::time::Instant::now())
+}
+
+/// Warnings about one app written per second (see [`app_warning_due`]).
+pub const MAX_APP_WARNINGS_PER_SECOND: u32 = 20;
+
+/// The warnings about apps written this second, by app.
+static WARNINGS: Written = Written::new(Kind::Warnings);
+
+/// What a [`Written`] counts.
+#[derive(Clone, Copy)]
+enum Kind {
+    Refusals,
+    Warnings,
+}
+
+/// Per app: when its second began, the events written in it, and those
 /// not written.
 struct Written(
     std::sync::Mutex<std::collections::BTreeMap<String, (std::time::Instant, u32, u64)>>,
+    Kind,
 );
 
 impl Written {
+    const fn new(kind: Kind) -> Self {
+        Written(
+            std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            kind,
+        )
+    }
+
+    fn per_second(&self) -> u32 {
+        match self.1 {
+            Kind::Refusals => MAX_REFUSALS_PER_SECOND,
+            Kind::Warnings => MAX_APP_WARNINGS_PER_SECOND,
+        }
+    }
+
     /// Whether one more refusal of `app` is written at `now`.
     fn admit(&self, app: &str, now: std::time::Instant) -> bool {
         let second = std::time::Duration::from_secs(1);
@@ -46,13 +84,24 @@ impl Written {
         let Some((began, written, dropped)) = apps.get_mut(app) else {
             return true;
         };
+        let per_second = self.per_second();
         if now.duration_since(*began) >= second {
             if *dropped > 0 {
-                tracing::warn!(target: "berth::audit", app, dropped = *dropped, per_second = MAX_REFUSALS_PER_SECOND, "refusals of the app past the most written per second were counted, not written");
+                match self.1 {
+                    Kind::Refusals => {
+                        tracing::warn!(target: "berth::audit", app, dropped = *dropped, per_second, "refusals of the app past the most written per second were counted, not written")
+                    }
+                    Kind::Warnings => tracing::warn!(
+                        app,
+                        dropped = *dropped,
+                        per_second,
+                        "warnings about the app past the most written per second were counted, not written"
+                    ),
+                }
             }
             (*began, *written, *dropped) = (now, 0, 0);
         }
-        if *written >= MAX_REFUSALS_PER_SECOND {
+        if *written >= per_second {
             *dropped += 1;
             return false;
         }
@@ -131,15 +180,19 @@ mod tests {
 
     #[test]
     fn refusals_past_the_rate_are_counted_not_written() {
-        let written = Written(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-        let start = std::time::Instant::now();
-        let admitted = (0..MAX_REFUSALS_PER_SECOND + 5)
-            .filter(|_| written.admit("loud", start))
-            .count();
-        assert_eq!(admitted, MAX_REFUSALS_PER_SECOND as usize);
-        assert!(written.admit("quiet", start), "other apps are not affected");
-        let later = start + std::time::Duration::from_secs(1);
-        assert!(written.admit("loud", later), "a new second");
+        for (written, most) in [
+            (Written::new(Kind::Refusals), MAX_REFUSALS_PER_SECOND),
+            (Written::new(Kind::Warnings), MAX_APP_WARNINGS_PER_SECOND),
+        ] {
+            let start = std::time::Instant::now();
+            let admitted = (0..most + 5)
+                .filter(|_| written.admit("loud", start))
+                .count();
+            assert_eq!(admitted, most as usize);
+            assert!(written.admit("quiet", start), "other apps are not affected");
+            let later = start + std::time::Duration::from_secs(1);
+            assert!(written.admit("loud", later), "a new second");
+        }
     }
 
     #[test]

@@ -115,7 +115,10 @@ impl OutboundGrants {
     fn route(&self, request: &mut http::Request<WasiBody>) -> Result<Target, HttpError> {
         let uri = request.uri().clone();
         if !plain_authority(&uri) {
-            tracing::warn!(
+            // Each refusal is an audit event (written at a bounded rate per
+            // app); the detail is the debug log's.
+            tracing::debug!(
+                app = %self.owner.0, component = %self.owner.1,
                 "outbound HTTP request refused: user info or an invalid port in its URI"
             );
             return Err(HttpError::HttpRequestUriInvalid);
@@ -125,11 +128,11 @@ impl OutboundGrants {
             let Some(up) = self.upstreams.get(&name) else {
                 // The guest's name, bounded: it may be as long as a host.
                 let name = crate::audit::bounded(&name);
-                tracing::warn!(upstream = %name, "outbound request to an upstream not granted");
+                tracing::debug!(app = %self.owner.0, component = %self.owner.1, upstream = %name, "outbound request to an upstream not granted");
                 return Err(HttpError::HttpRequestDenied);
             };
             return up.apply(request).map_err(|refusal| {
-                tracing::warn!(upstream = %name, why = refusal.describe(), "outbound request to an upstream refused");
+                tracing::debug!(app = %self.owner.0, component = %self.owner.1, upstream = %name, why = refusal.describe(), "outbound request to an upstream refused");
                 refusal.error()
             });
         }
@@ -137,7 +140,7 @@ impl OutboundGrants {
             // Host and port only, bounded: the path and query are the
             // guest's, as long as it likes, and may carry anything.
             let (host, port) = (crate::audit::bounded(host), uri.port_u16());
-            tracing::warn!(%host, ?port, "outbound HTTP request denied by allow-list");
+            tracing::debug!(app = %self.owner.0, component = %self.owner.1, %host, ?port, "outbound HTTP request denied by allow-list");
             return Err(HttpError::HttpRequestDenied);
         }
         let scheme = uri.scheme_str().unwrap_or("https");
@@ -234,8 +237,8 @@ impl WasiHttpHooks for OutboundPolicy {
                 }
             };
             if over_limit {
-                tracing::warn!(
-                    limit = max,
+                tracing::debug!(
+                    app = %app, component = %component, limit = max,
                     "outbound request limit of the invocation reached"
                 );
                 match &grants.counters {

@@ -57,7 +57,10 @@ pub(crate) fn granted_backend<B: ?Sized>(
     }
 }
 
-/// Joins an error and its sources into one line for the host log.
+/// Joins an error and its sources into one line for the host log, at most
+/// [`MAX_LOGGED_ERROR_BYTES`] of it, escaped: a port's error can repeat
+/// what the guest sent (`no such table: "x\n2026-… WARN …"`), which must
+/// not start a line of its own in the host's log.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
@@ -66,8 +69,11 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         out.push_str(&e.to_string());
         source = e.source();
     }
-    out
+    crate::audit::printable(truncate(&out, MAX_LOGGED_ERROR_BYTES)).into_owned()
 }
+
+/// The longest port error [`error_chain`] logs.
+const MAX_LOGGED_ERROR_BYTES: usize = 4096;
 
 /// The case name of a guest error (`NotGranted(..)` → `not-granted`), for
 /// metrics and audit events: derived from its `Debug` form so that no
@@ -206,6 +212,21 @@ mod tests {
             }
         }
         assert_eq!(super::error_case(&Shown(generated(()))), "invalid-key");
+    }
+
+    /// A port error repeating the guest's text is logged on one line,
+    /// bounded.
+    #[test]
+    fn logged_error_chains_are_escaped_and_bounded() {
+        let forged = std::io::Error::other("no such table: x\n2026-12-07 WARN berth::audit: x");
+        let logged = super::error_chain(&forged);
+        assert!(!logged.contains('\n'), "{logged}");
+        assert!(logged.contains("x\\u{a}2026"), "{logged}");
+        let long = std::io::Error::other("y".repeat(10_000));
+        assert_eq!(
+            super::error_chain(&long).len(),
+            super::MAX_LOGGED_ERROR_BYTES
+        );
     }
 
     #[test]

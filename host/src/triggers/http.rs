@@ -140,9 +140,11 @@ impl HttpHandler {
 
     async fn invoke(&self, route: &Route, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let env = &route.env;
-        // A limit reached: logged, counted and answered with a 503 naming it.
+        // A limit reached: counted (which writes an audit event, at a
+        // bounded rate: any client can cause this), logged at debug and
+        // answered with a 503 naming it.
         let refused = |limit: LimitExceeded, key: &'static str| {
-            tracing::warn!(app = %self.app.manifest.name, component = %route.component, "{limit}");
+            tracing::debug!(app = %self.app.manifest.name, component = %route.component, "{limit}");
             env.counters.limit(key);
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -243,7 +245,10 @@ impl HttpHandler {
                     Ok(Err(e)) => e,
                     Err(e) => InvocationError::Trap(format!("invocation task failed: {e}")),
                 };
-                tracing::warn!(app = %self.app.manifest.name, component = %route.component, error = %failure, "HTTP invocation failed");
+                // Any client can cause a failure: at a bounded rate per app.
+                if crate::audit::app_warning_due(&self.app.manifest.name) {
+                    tracing::warn!(app = %self.app.manifest.name, component = %route.component, error = %failure, "HTTP invocation failed");
+                }
                 // A limit is the client's to know (the request may be
                 // retried, or made smaller); a trap's text is the host
                 // log's: wasm backtraces name the guest's functions, and a

@@ -353,13 +353,27 @@ fn guests_cannot_write_lines_of_the_hosts_log() {
         ("FORGED-STDERR", ""),
         ("FORGED-STDOUT", "\\u{d}\\u{1b}[2K"),
         ("FORGED-LOG", "ok\\u{a}"),
-        ("FORGED-FIELD", "v\\u{a}"),
+        // A field's value is quoted inside the quoted list of fields.
+        ("FORGED-FIELD", "v\\\\u{a}"),
     ] {
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(forged)).collect();
         assert_eq!(lines.len(), 1, "{forged}: {log}");
         assert!(
             lines[0].contains("berth::guest") && lines[0].contains(escaped),
             "{forged} is the guest's, escaped: {}",
+            lines[0]
+        );
+        // The host's `app` comes first, and the guest's `app="victim"`
+        // only inside a quoted value, its quotes escaped.
+        let first_app = lines[0].split_once("app=").map(|(_, rest)| rest);
+        assert!(
+            first_app.is_some_and(|rest| rest.starts_with("forger ")),
+            "{forged}: {}",
+            lines[0]
+        );
+        assert!(
+            !lines[0].contains(" app=\"victim\""),
+            "{forged}: {}",
             lines[0]
         );
     }

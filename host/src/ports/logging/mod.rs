@@ -5,7 +5,7 @@
 pub mod budget;
 pub mod output;
 
-use crate::audit::{printable, quoted};
+use crate::audit::quoted;
 use crate::bindings::ports::logging::{self as wit, Level};
 use crate::metrics::Port;
 use crate::ports::truncate;
@@ -52,23 +52,23 @@ impl wit::Host for InstanceState {
     ) -> wasmtime::Result<()> {
         let started = crate::metrics::Started::now();
         let bytes_in = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        // What is kept of the record, at most, counts against the budget.
-        let kept = message.len().min(MAX_MESSAGE_BYTES)
-            + fields
-                .iter()
-                .take(MAX_FIELDS)
-                .map(|(k, v)| k.len().min(128) + v.len().min(1024))
-                .sum::<usize>();
+        let skip = |state: &Self| {
+            let ok: Result<(), ()> = Ok(());
+            state.meter(Port::Logging, "log", "", started, &ok, bytes_in, |_| 0);
+            Ok(())
+        };
         // A record the host's filter drops spends nothing of the budget:
         // debug records must not crowd out the warnings.
-        if !enabled(level) || !self.env.backends.log_budget.admit(&self.env.app, kept) {
-            let ok: Result<(), ()> = Ok(());
-            self.meter(Port::Logging, "log", "", started, &ok, bytes_in, |_| 0);
-            return Ok(());
+        if !enabled(level) {
+            return skip(self);
         }
         // Neither the message nor a field can make a line of the host's
-        // log of its own (see `audit::printable`).
-        let message = printable(truncate(&message, MAX_MESSAGE_BYTES));
+        // log of its own (see `audit::printable`), nor pose as a field of
+        // the host's: both are quoted values after the host's `app` and
+        // `component` (a bare message came first, so `refund app=billing`
+        // read as a record of app `billing` to a parser keeping the first
+        // `app`, and a field list unquoted could end in one).
+        let text = quoted(truncate(&message, MAX_MESSAGE_BYTES));
         let fields: Vec<String> = fields
             .iter()
             .take(MAX_FIELDS)
@@ -80,11 +80,22 @@ impl wit::Host for InstanceState {
                 )
             })
             .collect();
-        let fields = fields.join(" ");
+        let fields = quoted(&fields.join(" "));
+        // What the record takes in the log, escapes included, counts
+        // against the budget (escaping writes a control character in six
+        // bytes or more).
+        if !self
+            .env
+            .backends
+            .log_budget
+            .admit(&self.env.app, text.len() + fields.len())
+        {
+            return skip(self);
+        }
         let (app, component) = (&self.env.app, &self.env.component);
         macro_rules! emit {
             ($lvl:expr) => {
-                tracing::event!(target: "berth::guest", $lvl, app = %app, component = %component, fields = %fields, "{message}")
+                tracing::event!(target: "berth::guest", $lvl, app = %app, component = %component, text = %text, fields = %fields)
             };
         }
         match level {

@@ -1,6 +1,6 @@
 //! A guest's stdout and stderr on the HTTP and message triggers: each line
 //! goes into the host's log under the target `berth::guest`, tagged with
-//! app, component and stream, escaped (see [`crate::audit::printable`]) and
+//! app, component and stream, escaped and quoted (see [`crate::audit::quoted`]) and
 //! counted against the app's [`LogBudget`]. Raw bytes on the host's own
 //! stderr would let a tenant write lines posing as the host's (or another
 //! tenant's), terminal escape sequences included, and flood the log.
@@ -19,7 +19,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use super::budget::LogBudget;
-use crate::audit::printable;
+use crate::audit::quoted;
 
 /// The longest line kept; the rest of a longer one is dropped.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -118,21 +118,23 @@ impl Lines {
 
     fn emit(&mut self) {
         let owner = &*self.owner;
-        // A line the host's filter drops spends nothing of the budget.
-        if tracing::enabled!(target: "berth::guest", tracing::Level::INFO)
-            && owner.budget.admit(&owner.app, self.line.len())
-        {
+        // A line the host's filter drops spends nothing of the budget; one
+        // it keeps spends what it takes in the log, escapes included.
+        if tracing::enabled!(target: "berth::guest", tracing::Level::INFO) {
             let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-            let text = String::from_utf8_lossy(line);
-            tracing::info!(
-                target: "berth::guest",
-                app = %owner.app,
-                component = %owner.component,
-                stream = self.stream,
-                cut = self.cut,
-                "{}",
-                printable(&text)
-            );
+            // A quoted value after the host's fields, as a logging port
+            // record's text is (see `ports::logging`).
+            let text = quoted(&String::from_utf8_lossy(line));
+            if owner.budget.admit(&owner.app, text.len()) {
+                tracing::info!(
+                    target: "berth::guest",
+                    app = %owner.app,
+                    component = %owner.component,
+                    stream = self.stream,
+                    cut = self.cut,
+                    line = %text
+                );
+            }
         }
         self.line.clear();
         self.cut = false;

@@ -112,7 +112,9 @@ impl InstanceState {
         if let Some(rate) = &self.env.backends.publish_rate
             && !rate.take()
         {
-            tracing::warn!(app = %self.env.app, component = %self.env.component, %topic, "the app's message publish rate is reached");
+            if crate::audit::app_warning_due(&self.env.app) {
+                tracing::warn!(app = %self.env.app, component = %self.env.component, %topic, "the app's message publish rate is reached");
+            }
             return Err(MessagingError::RateLimited);
         }
         Ok(())
