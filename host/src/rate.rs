@@ -81,6 +81,24 @@ pub struct AppAllowance {
     /// Its in-memory kv buckets by name, while a version of the app holds
     /// them: a reload keeps their contents.
     memory_buckets: std::sync::Mutex<MemoryBuckets>,
+    /// Pools of idle instances holding places among its instances
+    /// (triggers' warm instances), dropped one by one when the app needs a
+    /// place and none is free.
+    idle_holders: std::sync::Mutex<Vec<std::sync::Weak<dyn IdleInstances>>>,
+    /// Told when one of them goes idle, so that work waiting for a place
+    /// can take that instance's (it keeps its place, so the limit itself
+    /// wakes no one).
+    went_idle: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// A place among an app's instances (`[app_limits] max_instances`).
+pub type InstancePermit = tokio::sync::OwnedSemaphorePermit;
+
+/// Idle instances that each hold an [`InstancePermit`] of their app.
+pub trait IdleInstances: Send + Sync {
+    /// Drops the oldest idle instance, giving its place back; false when
+    /// none is idle.
+    fn drop_oldest(&self) -> bool;
 }
 
 type MemoryBuckets =
@@ -136,7 +154,67 @@ impl AppAllowance {
                     }),
             )),
             memory_buckets: Default::default(),
+            idle_holders: Default::default(),
+            went_idle: Default::default(),
         }
+    }
+
+    /// Registers idle instances holding the app's places, so that
+    /// [`Self::try_instance_permit`] can drop them for a place. Returns
+    /// what the holder notifies (`notify_waiters`) each time an instance
+    /// of its goes idle.
+    pub fn hold_idle(
+        &self,
+        holder: std::sync::Weak<dyn IdleInstances>,
+    ) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut holders = self.idle_holders.lock().unwrap_or_else(|p| p.into_inner());
+        holders.retain(|h| h.strong_count() > 0);
+        holders.push(holder);
+        self.went_idle.clone()
+    }
+
+    /// A place among the app's instances if one is free, or once an idle
+    /// instance holding one was dropped for it: the app's own idle warm
+    /// instances never keep it from serving.
+    pub fn try_instance_permit(&self) -> Option<InstancePermit> {
+        loop {
+            if let Ok(permit) = self.instances.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            if !self.drop_an_idle_instance() {
+                return None;
+            }
+        }
+    }
+
+    /// A place among the app's instances, waiting for one when none is
+    /// free nor held by an idle instance: until one is given back, or an
+    /// instance goes idle and can be dropped for it. `None` only if the
+    /// limit was closed, which it never is.
+    pub async fn instance_permit(&self) -> Option<InstancePermit> {
+        loop {
+            let went_idle = self.went_idle.notified();
+            tokio::pin!(went_idle);
+            went_idle.as_mut().enable();
+            if let Some(permit) = self.try_instance_permit() {
+                return Some(permit);
+            }
+            tokio::select! {
+                permit = self.instances.clone().acquire_owned() => return permit.ok(),
+                () = went_idle => {}
+            }
+        }
+    }
+
+    fn drop_an_idle_instance(&self) -> bool {
+        let holders: Vec<_> = self
+            .idle_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        holders.iter().any(|holder| holder.drop_oldest())
     }
 
     /// The app's in-memory kv bucket `name`: the one its live version

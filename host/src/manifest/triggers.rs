@@ -199,7 +199,19 @@ impl Validator<'_> {
                         ),
                     ));
                 }
-                None => {}
+                // The default, `<topic>.dead-letter`, must be a topic
+                // too (a topic near the length limit makes one too long,
+                // and its messages could never leave the trigger).
+                None => crate::ports::messaging::validate_topic(&format!(
+                    "{}.dead-letter",
+                    t.topic
+                ))
+                .map_err(|m| {
+                    self.invalid(
+                        format!("{key}.dead_letter"),
+                        format!("the default dead-letter topic `<topic>.dead-letter` is not a valid topic ({m}); set `dead_letter`"),
+                    )
+                })?,
             }
             self.check_delivery(&key, t)?;
         }
@@ -300,6 +312,9 @@ mod tests {
         };
         let ok = trigger("topic = \"events.>\"\ndead_letter = \"failed.events\"").unwrap();
         assert_eq!(ok.message_triggers[0].topic, "events.>");
+        let long = "e".repeat(250);
+        let ok = trigger(&format!("topic = \"{long}\"\ndead_letter = \"failed\"")).unwrap();
+        assert_eq!(ok.message_triggers[0].topic, long);
         for (setting, key, why) in [
             (
                 "topic = \"events.*\"",
@@ -313,6 +328,12 @@ mod tests {
             ),
             ("topic = \"*.events\"", "topic", "first segment is literal"),
             ("topic = \"events.#\"", "topic", "not a topic nor a pattern"),
+            // 250 characters: a topic, but `<topic>.dead-letter` is not.
+            (
+                format!("topic = \"{}\"", "e".repeat(250)).as_str(),
+                "dead_letter",
+                "default dead-letter topic",
+            ),
         ] {
             let msg = trigger(setting).unwrap_err().to_string();
             assert!(

@@ -162,7 +162,7 @@ impl HttpHandler {
         };
         // The app's share of the host's slots, whatever its components'
         // own limits: no tenant takes every slot of the host.
-        let Ok(app_permit) = self.app.allowance.instances.clone().try_acquire_owned() else {
+        let Some(app_permit) = self.app.allowance.try_instance_permit() else {
             return refused(
                 LimitExceeded::AppInstances(self.app.allowance.instance_limit),
                 "app_instances",

@@ -45,6 +45,8 @@ pub type WarmPool = super::warm::IdlePool<WarmInstance>;
 pub struct WarmInstance {
     store: wasmtime::Store<InstanceState>,
     handler: MessageHandler,
+    /// Its place among the app's instances, held while it is idle too.
+    _app_permit: Option<crate::rate::InstancePermit>,
 }
 
 /// Subscribes every message trigger of `app`, then spawns each trigger's
@@ -117,10 +119,12 @@ async fn subscribe(
         .with_context(|| format!("cannot subscribe to topic {:?}", trigger.topic))?;
     let policy = DeliveryPolicy::of(trigger);
     let warm = trigger.reuse_instances.then(|| {
-        let pool = WarmPool::default();
-        // Its instances hold host instance slots: a trigger gone quiet
-        // gives them back.
+        let mut pool = WarmPool::default();
+        // Its instances hold host instance slots and places of the app: a
+        // trigger gone quiet gives them back, and the app may take them
+        // back for its other work.
         pool.spawn_sweeper();
+        pool.tell_when_idle(app.allowance.hold_idle(pool.as_idle_instances()));
         pool
     });
     let component = trigger.component.clone();
@@ -221,12 +225,20 @@ pub async fn handle_delivery(
     // `dead` is `Some` exactly then.
     let last_attempt = !request && attempt >= policy.max_deliveries;
     let dead = last_attempt.then(|| (message.payload.clone(), message.headers.clone()));
-    let outcome =
-        telling_progress(acker.as_ref(), invoke(app, component, pre, message, warm)).await;
+    let caller_gone = || reply.as_ref().is_some_and(|reply| reply.is_closed());
+    let run = invoke(app, component, pre, message, warm, &caller_gone);
+    let Some(outcome) = telling_progress(acker.as_ref(), run).await else {
+        // Its caller gave up while the request waited for an instance:
+        // handled now, it would run after its caller was told it failed
+        // (and a caller that asked again would have it run twice).
+        tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, "a request past its caller's timeout; dropped");
+        acker.ack().await;
+        return;
+    };
     match (outcome, dead) {
         (Ok(answer), _) => {
             if let (Some(reply), Some(payload)) = (reply, answer) {
-                let _ = reply.send(payload);
+                send_reply(app, component, &topic, &id, reply, payload);
             }
             acker.ack().await;
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
@@ -253,6 +265,32 @@ pub async fn handle_delivery(
             }
         }
     }
+}
+
+/// Sends a handler's reply to its caller, unless it is larger than a
+/// message may be (the component's `message_max_kb`, as for what it
+/// publishes): the caller then gets no reply (a timeout, or on the
+/// in-process brokers an error at once) rather than a payload of up to the
+/// handler's memory copied into the host and through the broker.
+fn send_reply(
+    app: &App,
+    component: &str,
+    topic: &str,
+    id: &str,
+    reply: tokio::sync::oneshot::Sender<Vec<u8>>,
+    payload: Vec<u8>,
+) {
+    let max = app
+        .component(component)
+        .map_or(0, |c| c.env.limits.payloads.message_max_bytes);
+    if payload.len() > max {
+        if crate::audit::app_warning_due(&app.manifest.name) {
+            tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, bytes = payload.len(), max,
+                "a request handler's reply is larger than a message may be (message_max_kb); not sent");
+        }
+        return;
+    }
+    let _ = reply.send(payload);
 }
 
 /// Runs `work`, telling the broker every so often that the delivery is
@@ -301,8 +339,12 @@ async fn invoke(
     pre: &MessageHandlerPre<crate::state::InstanceState>,
     message: crate::ports::messaging::Message,
     warm: Option<&WarmPool>,
-) -> Result<Option<Vec<u8>>, String> {
-    let component = app.component(name).map_err(|e| e.to_string())?;
+    caller_gone: &(dyn Fn() -> bool + Sync),
+) -> Option<Result<Option<Vec<u8>>, String>> {
+    let component = match app.component(name) {
+        Ok(component) => component,
+        Err(e) => return Some(Err(e.to_string())),
+    };
     let limit = component.env.limits.timeout;
     let handles = component.env.limits.handles;
     let msg = message_to_wit(message);
@@ -310,12 +352,22 @@ async fn invoke(
     // before its time limit starts: waiting for capacity is neither the
     // handler's time nor a failure (which would count as an attempt).
     let _permit = component.env.slots.clone().acquire_owned().await;
-    // And a place among the app's instances (`[app_limits] max_instances`).
-    let _app_permit = app.allowance.instances.clone().acquire_owned().await;
+    // A warm instance holds its place among the app's instances
+    // (`[app_limits] max_instances`) while idle too, so idle instances
+    // count against the app's share, not only against the host's slots.
     let start = match warm.and_then(WarmPool::take) {
         Some(taken) => Ok(taken),
-        None => Err(app.engine().instance_slot().await),
+        None => {
+            let app_permit = app.allowance.instance_permit().await;
+            Err((app_permit, app.engine().instance_slot().await))
+        }
     };
+    if caller_gone() {
+        if let (Some(pool), Ok(taken)) = (warm, start) {
+            pool.give_back(taken);
+        }
+        return None;
+    }
     let call = async {
         let mut taken = match start {
             Ok(mut taken) => {
@@ -326,14 +378,18 @@ async fn invoke(
                 instance.store.set_epoch_deadline(first_deadline);
                 taken
             }
-            Err(slot) => {
+            Err((app_permit, slot)) => {
                 let mut wasi = WasiCtxBuilder::new();
                 let output = &component.env.output;
                 wasi.stdout(GuestOutput::new(output.clone(), "stdout"))
                     .stderr(GuestOutput::new(output.clone(), "stderr"));
                 let mut store = app.new_store(component, wasi, slot);
                 let handler = pre.instantiate_async(&mut store).await?;
-                WarmPool::fresh(WarmInstance { store, handler })
+                WarmPool::fresh(WarmInstance {
+                    store,
+                    handler,
+                    _app_permit: app_permit,
+                })
             }
         };
         let instance = &mut taken.item;
@@ -375,7 +431,7 @@ async fn invoke(
         Err(e) => Outcome::Error(e),
     };
     component.env.counters.invocation(Trigger::Message, outcome);
-    result
+    Some(result)
 }
 
 /// Publishes a message that exhausted its deliveries on its trigger's

@@ -21,6 +21,8 @@ pub const MAX_USES: u32 = 1_000;
 pub struct IdlePool<T> {
     idle: Arc<Mutex<Vec<Idle<T>>>>,
     idle_limit: Duration,
+    /// Told each time an item goes idle (see [`Self::tell_when_idle`]).
+    went_idle: Option<Arc<tokio::sync::Notify>>,
 }
 
 struct Idle<T> {
@@ -41,6 +43,7 @@ impl<T> Clone for IdlePool<T> {
         Self {
             idle: self.idle.clone(),
             idle_limit: self.idle_limit,
+            went_idle: self.went_idle.clone(),
         }
     }
 }
@@ -57,7 +60,14 @@ impl<T: Send + 'static> IdlePool<T> {
         Self {
             idle: Arc::default(),
             idle_limit,
+            went_idle: None,
         }
+    }
+
+    /// Notifies `went_idle`'s waiters each time an item goes idle (for
+    /// this pool and its clones made after).
+    pub fn tell_when_idle(&mut self, went_idle: Arc<tokio::sync::Notify>) {
+        self.went_idle = Some(went_idle);
     }
 
     /// The most recently given back item that has not been idle too long.
@@ -89,6 +99,9 @@ impl<T: Send + 'static> IdlePool<T> {
                 since: Instant::now(),
             });
         }
+        if let Some(went_idle) = &self.went_idle {
+            went_idle.notify_waiters();
+        }
     }
 
     /// Wraps a new item, never used.
@@ -110,12 +123,30 @@ impl<T: Send + 'static> IdlePool<T> {
         }
     }
 
+    /// The pool as idle instances its app may drop for a place (see
+    /// [`crate::rate::AppAllowance::hold_idle`]).
+    pub fn as_idle_instances(&self) -> Weak<dyn crate::rate::IdleInstances> {
+        let idle: Weak<Mutex<Vec<Idle<T>>>> = Arc::downgrade(&self.idle);
+        idle
+    }
+
     /// Drops expired items every half idle limit until the pool itself is
     /// dropped, so a trigger that receives nothing more still lets its
     /// instances go. Needs a tokio runtime.
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let pool = Arc::downgrade(&self.idle);
         tokio::spawn(sweep(pool, self.idle_limit))
+    }
+}
+
+impl<T: Send + 'static> crate::rate::IdleInstances for Mutex<Vec<Idle<T>>> {
+    fn drop_oldest(&self) -> bool {
+        let oldest = {
+            let mut idle = self.lock().unwrap_or_else(|p| p.into_inner());
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        // Dropped outside the lock: a store's drop is not instant.
+        oldest.is_some()
     }
 }
 
@@ -135,7 +166,12 @@ async fn sweep<T: Send + 'static>(pool: Weak<Mutex<Vec<Idle<T>>>>, idle_limit: D
     loop {
         every.tick().await;
         let Some(idle) = pool.upgrade() else { return };
-        let expired = IdlePool { idle, idle_limit }.take_expired();
+        let expired = IdlePool {
+            idle,
+            idle_limit,
+            went_idle: None,
+        }
+        .take_expired();
         drop(expired);
     }
 }
@@ -184,6 +220,62 @@ mod tests {
             "1 expired, 2 used and dropped"
         );
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    /// Idle items holding places of their app are dropped, oldest first,
+    /// when the app needs a place and none is free; never otherwise.
+    #[tokio::test]
+    async fn an_app_takes_back_the_places_its_idle_instances_hold() {
+        let mut host = crate::config::HostConfig::default();
+        host.app_limits.max_instances = Some(2);
+        let allowance = crate::rate::AppAllowance::new(&host, 8);
+        let pool = IdlePool::with_idle_limit(Duration::from_secs(60));
+        allowance.hold_idle(pool.as_idle_instances());
+        for n in 0..2 {
+            let place = allowance.instance_permit().await.expect("a free place");
+            pool.give_back(IdlePool::fresh((n, place)));
+        }
+        assert_eq!(pool.idle_count(), 2, "idle items hold both places");
+        let taken = allowance
+            .try_instance_permit()
+            .expect("an idle item's place");
+        assert_eq!(pool.idle_count(), 1);
+        let in_use = pool.take().expect("item 1 is idle");
+        assert_eq!(in_use.item.0, 1, "the oldest went");
+        // The last place is held by an item in use, not idle: none to take.
+        assert!(allowance.try_instance_permit().is_none());
+        drop(in_use);
+        let taken_too = allowance.try_instance_permit().expect("a freed place");
+        assert!(allowance.try_instance_permit().is_none());
+        drop((taken, taken_too));
+        assert!(allowance.try_instance_permit().is_some());
+    }
+
+    /// Work waiting for a place takes one as soon as an instance holding
+    /// one goes idle (its place is never given back by itself while the
+    /// instance is reused).
+    #[tokio::test]
+    async fn a_waiter_takes_the_place_of_an_instance_going_idle() {
+        let mut host = crate::config::HostConfig::default();
+        host.app_limits.max_instances = Some(1);
+        let allowance = Arc::new(crate::rate::AppAllowance::new(&host, 8));
+        let mut pool = IdlePool::with_idle_limit(Duration::from_secs(60));
+        pool.tell_when_idle(allowance.hold_idle(pool.as_idle_instances()));
+        let place = allowance.instance_permit().await.expect("a free place");
+        let in_use = IdlePool::fresh(place);
+        let waiter = tokio::spawn({
+            let allowance = allowance.clone();
+            async move { allowance.instance_permit().await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the only place is in use");
+        pool.give_back(in_use);
+        let took = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is woken")
+            .unwrap();
+        assert!(took);
+        assert_eq!(pool.idle_count(), 0, "the idle instance was dropped for it");
     }
 
     #[tokio::test]
