@@ -80,6 +80,10 @@ pub struct AppLimitsConfig {
     /// their bookkeeping; default 64. A `set` past it is `invalid-input`
     /// once the bucket's expired keys are gone. 0 is refused at load.
     pub kv_memory_mb: Option<u32>,
+    /// MiB of messages (payloads and headers, a copy per trigger) one
+    /// app's embedded broker keeps undelivered; default 1024. A publish
+    /// past it is `unavailable`. 0 is refused at load.
+    pub embedded_queue_mb: Option<u32>,
 }
 
 /// `[admin]`: the operators' listener (health, readiness, metrics).
@@ -350,6 +354,11 @@ impl HostConfig {
                 "kv_memory_mb",
                 limits.kv_memory_mb,
                 "an in-memory bucket could hold nothing",
+            ),
+            (
+                "embedded_queue_mb",
+                limits.embedded_queue_mb,
+                "the embedded broker could keep no message",
             ),
         ] {
             if value == Some(0) {

@@ -29,13 +29,14 @@ pub(super) async fn open(
     state: &Path,
     secrets: &SecretResolver,
     dry_run: bool,
+    queue_bytes: i64,
 ) -> anyhow::Result<Arc<dyn MessagingBackend>> {
     let app = origin.app;
     Ok(match config.clone() {
-        MessagingConfig::Embedded {} => {
-            crate::fairness::blocking(|| EmbeddedBroker::open(&state.join("messaging.db")))
-                .map_err(|e| origin.err("messaging", e))?
-        }
+        MessagingConfig::Embedded {} => crate::fairness::blocking(|| {
+            EmbeddedBroker::open_bounded(&state.join("messaging.db"), queue_bytes)
+        })
+        .map_err(|e| origin.err("messaging", e))?,
         MessagingConfig::InProcess {} => InProcessBroker::new(),
         MessagingConfig::Nats {
             url,

@@ -491,6 +491,10 @@ pub async fn open(
         &places.open_in,
         secrets,
         places.dry_run(),
+        host.app_limits.embedded_queue_mb.map_or(
+            crate::ports::messaging::embedded::DEFAULT_QUEUE_BYTES,
+            |mb| i64::from(mb) << 20,
+        ),
     )
     .await?;
     let transport: Arc<dyn EmailBackend> = match host.email.clone() {

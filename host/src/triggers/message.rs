@@ -454,8 +454,10 @@ async fn dead_letter(
     // skipped (and its message acknowledged) after a failed first try. A
     // dead letter published twice (the original's ack lost) is the lesser
     // harm.
+    // Past the bounds of the broker's queue: this is what drains a full
+    // one of messages that keep failing.
     let publish = |payload: Vec<u8>, headers: Vec<(String, String)>| {
-        broker.publish(dl_topic, payload, headers)
+        broker.publish_unbounded(dl_topic, payload, headers)
     };
     let mut published = publish(payload.clone(), headers.clone()).await;
     // A message near the broker's size limit may not take the dead letter's

@@ -41,6 +41,11 @@ use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscrip
 
 /// Messages kept for topics no trigger consumes.
 pub const UNCLAIMED_MAX: i64 = 10_000;
+/// The default of the bytes an app's broker keeps undelivered (`[app_limits]
+/// embedded_queue_mb`): messages waiting for a trigger that is slow or
+/// failing, or kept for topics no trigger consumes, in the state directory
+/// every tenant's stores share.
+pub const DEFAULT_QUEUE_BYTES: i64 = 1 << 30;
 /// Rows leased at once by a subscription.
 const LEASE_BATCH: usize = 64;
 /// The most payload bytes a subscription leases at once (beyond one row):
@@ -66,6 +71,9 @@ pub struct EmbeddedBroker {
     /// The broker's, not a subscription's: a trigger stopped meanwhile (an
     /// app reloaded) must not take them with it.
     unreleased: Arc<Mutex<Vec<Unreleased>>>,
+    /// The bytes its queue may hold (see [`DEFAULT_QUEUE_BYTES`]), if the
+    /// file counts them (a file an older host owns does not).
+    max_queue_bytes: Option<i64>,
 }
 
 /// The brokers open in this process, by file: an app reloaded by `berth
@@ -87,6 +95,12 @@ impl EmbeddedBroker {
     /// Opens (or creates) the broker's database at `path`, or returns the
     /// broker this process already has open there.
     pub fn open(path: &Path) -> anyhow::Result<Arc<EmbeddedBroker>> {
+        Self::open_bounded(path, DEFAULT_QUEUE_BYTES)
+    }
+
+    /// [`Self::open`], keeping at most `max_queue_bytes` of messages
+    /// undelivered (the first open of a file in this process sets it).
+    pub fn open_bounded(path: &Path, max_queue_bytes: i64) -> anyhow::Result<Arc<EmbeddedBroker>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -146,13 +160,16 @@ impl EmbeddedBroker {
             // meanwhile (by `berth run`, or while this run's triggers start
             // one by one) keeps a copy for each; `declare_triggers` drops
             // the triggers an app no longer has.
+            count_queue_bytes(&mut db)?;
         } else if !has_trigger_column(&db)? {
             anyhow::bail!(
                 "{}: this app's embedded broker is owned by a running berth of an older version; stop or upgrade it before publishing from this one",
                 path.display()
             );
         }
+        let counted = counts_queue_bytes(&db)?;
         let broker = Arc::new(EmbeddedBroker {
+            max_queue_bytes: counted.then_some(max_queue_bytes),
             db: Arc::new(Mutex::new(db)),
             _owner: owner,
             path: path.clone(),
@@ -206,6 +223,35 @@ fn has_trigger_column(db: &Connection) -> rusqlite::Result<bool> {
     )
 }
 
+/// Keeps the bytes the queue holds (payloads and headers) in
+/// `queue_bytes`, by triggers, so every way a row comes or goes (in any
+/// process) counts, and a publish learns the total without a scan.
+fn count_queue_bytes(db: &mut Connection) -> rusqlite::Result<()> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS queue_bytes (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
+         INSERT OR IGNORE INTO queue_bytes (id, bytes)
+             SELECT 0, COALESCE(SUM(length(payload) + length(CAST(headers AS BLOB))), 0) FROM queue;
+         CREATE TRIGGER IF NOT EXISTS queue_bytes_in AFTER INSERT ON queue BEGIN
+             UPDATE queue_bytes SET bytes = bytes + length(NEW.payload) + length(CAST(NEW.headers AS BLOB)) WHERE id = 0;
+         END;
+         CREATE TRIGGER IF NOT EXISTS queue_bytes_out AFTER DELETE ON queue BEGIN
+             UPDATE queue_bytes SET bytes = bytes - length(OLD.payload) - length(CAST(OLD.headers AS BLOB)) WHERE id = 0;
+         END;",
+    )?;
+    tx.commit()
+}
+
+/// Whether the file counts its queue's bytes (see [`count_queue_bytes`]).
+fn counts_queue_bytes(db: &Connection) -> rusqlite::Result<bool> {
+    db.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'queue_bytes'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
 /// Runs `work` on the database off the async threads.
 async fn with_db<T: Send + 'static>(
     db: &Arc<Mutex<Connection>>,
@@ -221,18 +267,22 @@ async fn with_db<T: Send + 'static>(
     .map_err(failure)
 }
 
-#[async_trait]
-impl MessagingBackend for EmbeddedBroker {
-    async fn publish_with_id(
+impl EmbeddedBroker {
+    /// Stores a copy for every live trigger whose topic or pattern
+    /// matches (or one unclaimed), within the queue's byte bound if
+    /// `bounded`.
+    async fn store(
         &self,
         topic: &str,
         id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
+        bounded: bool,
     ) -> Result<(), MessagingError> {
         let headers = serde_json::to_string(&headers).map_err(failure)?;
         let (topic_owned, id) = (topic.to_string(), id.to_string());
-        let (consumers, dropped) = with_db(&self.db, move |db| {
+        let max_bytes = self.max_queue_bytes.filter(|_| bounded);
+        let stored = with_db(&self.db, move |db| {
             // Immediate: a deferred transaction that reads, then writes after
             // another process (`berth run`) committed, fails at once
             // (SQLITE_BUSY_SNAPSHOT) rather than waiting its turn.
@@ -255,6 +305,15 @@ impl MessagingBackend for EmbeddedBroker {
                     .map(|(c, trigger)| (Some(c.as_str()), Some(trigger.as_str())))
                     .collect()
             };
+            if let Some(max) = max_bytes {
+                let held: i64 =
+                    tx.query_row("SELECT bytes FROM queue_bytes WHERE id = 0", [], |r| r.get(0))?;
+                let adding = ((payload.len() + headers.len()) * targets.len()) as i64;
+                // One message passes into an empty queue, whatever its size.
+                if held > 0 && held.saturating_add(adding) > max {
+                    return Ok(Err(held));
+                }
+            }
             for (consumer, trigger) in &targets {
                 tx.execute(
                     "INSERT OR IGNORE INTO queue (consumer, trigger_topic, topic, id, payload, headers, attempt, visible_at)
@@ -273,9 +332,19 @@ impl MessagingBackend for EmbeddedBroker {
                 0
             };
             tx.commit()?;
-            Ok((consumers, dropped))
+            Ok(Ok((consumers, dropped)))
         })
         .await?;
+        let (consumers, dropped) = stored.map_err(|held| {
+            // Keyed by the file, which is the app's.
+            if crate::audit::app_warning_due(&self.path.to_string_lossy()) {
+                tracing::warn!(file = %self.path.display(), held_mib = held >> 20, "an app's embedded broker is full ([app_limits] embedded_queue_mb): publishes are refused until its triggers take messages");
+            }
+            MessagingError::Unavailable(format!(
+                "the app's embedded broker holds {} MiB of undelivered messages, as much as the host allows ([app_limits] embedded_queue_mb); retry once its triggers took some",
+                held >> 20
+            ))
+        })?;
         if dropped > 0 {
             tracing::warn!(file = %self.path.display(), dropped, "the oldest messages of topics no trigger consumes were dropped");
         }
@@ -283,6 +352,30 @@ impl MessagingBackend for EmbeddedBroker {
             self.waker(consumer, trigger).notify_one();
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl MessagingBackend for EmbeddedBroker {
+    async fn publish_with_id(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError> {
+        self.store(topic, id, payload, headers, true).await
+    }
+
+    async fn publish_unbounded(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store(topic, &id, payload, headers, false).await?;
+        Ok(id)
     }
 
     /// Marks exactly `triggers` live, before they subscribe: every

@@ -219,6 +219,7 @@ async fn one_process_owns_the_file_and_others_only_publish() {
         wakers: Mutex::default(),
         requests: InProcessBroker::new(),
         unreleased: Arc::default(),
+        max_queue_bytes: None,
     };
     let refused = other.subscribe("t", "c").await.err().unwrap();
     assert!(
@@ -532,4 +533,49 @@ async fn a_subscription_holds_a_bounded_number_of_payload_bytes() {
         next(&mut sub).await.acker.ack().await;
     }
     assert_eq!(leased(), 0);
+}
+
+/// The queue keeps at most its byte bound of undelivered messages (a copy
+/// per trigger): a publish past it is `unavailable` and stores nothing,
+/// and what a trigger takes and acknowledges makes room again. The count
+/// is the file's, so it holds across a restart.
+#[tokio::test]
+async fn undelivered_messages_are_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let broker = EmbeddedBroker::open_bounded(&path, 1000).unwrap();
+    let mut a = broker.subscribe("t", "a").await.unwrap();
+    let mut b = broker.subscribe("t", "b").await.unwrap();
+    // 2 × (300 + "[]") bytes.
+    broker.publish("t", vec![1; 300], vec![]).await.unwrap();
+    let err = broker.publish("t", vec![2; 300], vec![]).await.unwrap_err();
+    assert!(
+        matches!(&err, MessagingError::Unavailable(m) if m.contains("embedded_queue_mb")),
+        "{err:?}"
+    );
+    // Taken but not settled: still held.
+    let first = next(&mut a).await;
+    assert!(broker.publish("t", vec![2; 300], vec![]).await.is_err());
+    first.acker.ack().await;
+    next(&mut b).await.acker.ack().await;
+    broker.publish("t", vec![3; 300], vec![]).await.unwrap();
+    drop((a, b));
+    drop(broker);
+    let again = EmbeddedBroker::open_bounded(&path, 1000).unwrap();
+    let err = again.publish("t", vec![4; 300], vec![]).await.unwrap_err();
+    assert!(matches!(err, MessagingError::Unavailable(_)), "{err:?}");
+    // One message larger than the bound passes into an empty queue.
+    let mut a = again.subscribe("t", "a").await.unwrap();
+    let mut b = again.subscribe("t", "b").await.unwrap();
+    next(&mut a).await.acker.ack().await;
+    next(&mut b).await.acker.ack().await;
+    again.publish("t", vec![5; 4000], vec![]).await.unwrap();
+    assert_eq!(next(&mut a).await.message.payload.len(), 4000);
+    // Full again; the host's dead letters pass: they are what drains a
+    // full queue.
+    assert!(again.publish("t", vec![6; 10], vec![]).await.is_err());
+    again
+        .publish_unbounded("t.dead-letter", vec![9; 300], vec![])
+        .await
+        .unwrap();
 }

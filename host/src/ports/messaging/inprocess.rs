@@ -19,7 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, NoAck, Subscription};
+use super::{
+    Acker, Delivery, HeldBytes, Message, MessagingBackend, MessagingError, NoAck, QUEUED_BYTES,
+    QueuedBytes, Subscription,
+};
 
 /// Deliveries queued per subscription before publishers wait.
 const QUEUE_DEPTH: usize = 1024;
@@ -36,6 +39,9 @@ pub struct InProcessBroker {
     depth: usize,
     /// How long a publisher waits for room in a full queue.
     wait: Duration,
+    /// The payload bytes its queues hold together, and its deliveries
+    /// until they are settled (a nacked one while it waits too).
+    queued: Arc<QueuedBytes>,
 }
 
 impl Default for InProcessBroker {
@@ -44,6 +50,7 @@ impl Default for InProcessBroker {
             topics: Mutex::default(),
             depth: QUEUE_DEPTH,
             wait: QUEUE_WAIT,
+            queued: QueuedBytes::new("", QUEUED_BYTES),
         }
     }
 }
@@ -55,12 +62,13 @@ impl InProcessBroker {
     }
 
     /// An empty broker whose subscriptions queue `depth` deliveries (at
-    /// least 1) and whose publishers wait at most `wait` for room in a full
-    /// queue.
-    pub fn with_queues(depth: usize, wait: Duration) -> Arc<Self> {
+    /// least 1), whose publishers wait at most `wait` for room in a full
+    /// queue, and whose deliveries hold `bytes` of payload together.
+    pub fn with_queues(depth: usize, wait: Duration, bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             depth: depth.max(1),
             wait,
+            queued: QueuedBytes::new("", bytes),
             ..Self::default()
         })
     }
@@ -72,6 +80,28 @@ impl InProcessBroker {
             "the queue of a trigger on {topic:?} stayed full for {:?}",
             self.wait
         ))
+    }
+
+    /// Holds `bytes` for each of `count` deliveries, or says why not; past
+    /// the budget too when not `bounded`.
+    fn hold(
+        &self,
+        bytes: usize,
+        count: usize,
+        bounded: bool,
+    ) -> Result<Vec<HeldBytes>, MessagingError> {
+        if !bounded {
+            return Ok((0..count).map(|_| self.queued.hold_anyway(bytes)).collect());
+        }
+        (0..count)
+            .map(|_| self.queued.hold(bytes))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                MessagingError::Unavailable(format!(
+                    "messages waiting for this app's handlers hold {} MiB of the host's memory already; retry later",
+                    self.queued.limit_mib()
+                ))
+            })
     }
 
     /// The live subscriptions whose topic or pattern matches `topic`.
@@ -92,6 +122,7 @@ impl InProcessBroker {
 struct QueueAcker {
     queue: mpsc::Sender<Delivery>,
     message: Message,
+    held: HeldBytes,
 }
 
 #[async_trait]
@@ -99,13 +130,18 @@ impl Acker for QueueAcker {
     async fn ack(self: Box<Self>) {}
 
     async fn nack(self: Box<Self>, delay: Duration) {
-        let QueueAcker { queue, mut message } = *self;
-        message.attempt += 1;
+        let QueueAcker {
+            queue,
+            mut message,
+            held,
+        } = *self;
+        message.attempt = message.attempt.saturating_add(1);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let acker = Box::new(QueueAcker {
                 queue: queue.clone(),
                 message: message.clone(),
+                held,
             });
             let _ = queue
                 .send(Delivery {
@@ -118,10 +154,11 @@ impl Acker for QueueAcker {
     }
 }
 
-fn delivery(queue: &mpsc::Sender<Delivery>, message: Message) -> Delivery {
+fn delivery(queue: &mpsc::Sender<Delivery>, message: Message, held: HeldBytes) -> Delivery {
     let acker = Box::new(QueueAcker {
         queue: queue.clone(),
         message: message.clone(),
+        held,
     });
     Delivery {
         message,
@@ -130,14 +167,16 @@ fn delivery(queue: &mpsc::Sender<Delivery>, message: Message) -> Delivery {
     }
 }
 
-#[async_trait]
-impl MessagingBackend for InProcessBroker {
-    async fn publish_with_id(
+impl InProcessBroker {
+    /// Delivers to every subscription whose topic or pattern matches,
+    /// within the byte budget if `bounded`.
+    async fn deliver(
         &self,
         topic: &str,
         id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
+        bounded: bool,
     ) -> Result<(), MessagingError> {
         let message = Message {
             id: id.to_string(),
@@ -165,10 +204,35 @@ impl MessagingBackend for InProcessBroker {
             Ok(Err(_)) => return Err(MessagingError::Unavailable("subscriber stopped".into())),
             Err(_) => return Err(self.full(topic)),
         };
-        for (queue, permit) in subscribers.iter().zip(permits) {
-            permit.send(delivery(queue, message.clone()));
+        let held = self.hold(message.payload.len(), subscribers.len(), bounded)?;
+        for ((queue, permit), held) in subscribers.iter().zip(permits).zip(held) {
+            permit.send(delivery(queue, message.clone(), held));
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl MessagingBackend for InProcessBroker {
+    async fn publish_with_id(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError> {
+        self.deliver(topic, id, payload, headers, true).await
+    }
+
+    async fn publish_unbounded(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.deliver(topic, &id, payload, headers, false).await?;
+        Ok(id)
     }
 
     async fn request(
@@ -184,6 +248,7 @@ impl MessagingBackend for InProcessBroker {
             .into_iter()
             .next()
             .ok_or(MessagingError::NoResponder)?;
+        let held = self.hold(payload.len(), 1, true)?.pop();
         let id = uuid::Uuid::new_v4().to_string();
         let message = Message {
             id: id.clone(),
@@ -198,7 +263,7 @@ impl MessagingBackend for InProcessBroker {
         let request = Delivery {
             message,
             reply: Some(tx),
-            acker: Box::new(NoAck),
+            acker: Box::new(NoAck::holding(held)),
         };
         // Waiting for room in the queue is part of the request's time.
         let permit = match tokio::time::timeout(self.wait.min(timeout), queue.reserve()).await {
@@ -299,7 +364,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_refuses_publishes_after_a_bounded_wait() {
         let wait = Duration::from_millis(50);
-        let broker = InProcessBroker::with_queues(1, wait);
+        let broker = InProcessBroker::with_queues(1, wait, QUEUED_BYTES);
         let mut full = broker.subscribe("t", "c").await.unwrap();
         broker.publish("t", b"1".to_vec(), vec![]).await.unwrap();
         let mut empty = broker.subscribe("t", "d").await.unwrap();
@@ -336,5 +401,42 @@ mod tests {
         broker.publish("t", b"3".to_vec(), vec![]).await.unwrap();
         assert_eq!(full.next().await.unwrap().message.payload, b"3");
         assert_eq!(empty.next().await.unwrap().message.payload, b"3");
+    }
+
+    /// What the queues hold is bounded in bytes too, for all of the app's
+    /// triggers together: a delivery holds its payload until it is
+    /// settled (a nacked one while it waits for its redelivery), and a
+    /// publish or request past the budget is refused at once, reaching no
+    /// subscription; one larger than the budget passes while nothing else
+    /// is held.
+    #[tokio::test]
+    async fn queued_payloads_are_bounded_in_bytes() {
+        let broker = InProcessBroker::with_queues(64, Duration::from_millis(50), 100);
+        let mut a = broker.subscribe("t", "c").await.unwrap();
+        let mut b = broker.subscribe("u", "c").await.unwrap();
+        broker.publish("t", vec![1; 60], vec![]).await.unwrap();
+        let err = broker.publish("u", vec![2; 60], vec![]).await.unwrap_err();
+        assert!(matches!(err, MessagingError::Unavailable(_)), "{err:?}");
+        // The host's dead letters pass (to no subscriber here).
+        broker
+            .publish_unbounded("u.dead-letter", vec![4; 60], vec![])
+            .await
+            .unwrap();
+        let err = broker
+            .request("u", vec![3; 60], vec![], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::Unavailable(_)), "{err:?}");
+        // Taken, but not settled: still held, and through a nack too.
+        let first = a.next().await.unwrap();
+        assert!(broker.publish("u", vec![2; 60], vec![]).await.is_err());
+        first.acker.nack(Duration::from_millis(20)).await;
+        assert!(broker.publish("u", vec![2; 60], vec![]).await.is_err());
+        let again = a.next().await.unwrap();
+        assert_eq!(again.message.attempt, 2);
+        again.acker.ack().await;
+        // Settled: room again, even for one past the whole budget.
+        broker.publish("u", vec![2; 160], vec![]).await.unwrap();
+        assert_eq!(b.next().await.unwrap().message.payload.len(), 160);
     }
 }

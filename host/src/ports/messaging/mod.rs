@@ -124,13 +124,101 @@ pub(crate) fn unreachable(broker: &str, e: impl std::fmt::Display) -> MessagingE
     MessagingError::Unavailable("the broker cannot be reached".into())
 }
 
-/// Settles nothing: for requests, which brokers do not store.
-pub(crate) struct NoAck;
+/// Settles nothing: for requests, which brokers do not store. Holds the
+/// request's bytes in its broker's [`HeldBytes`] budget, if it has one,
+/// until the request is settled.
+#[derive(Default)]
+pub(crate) struct NoAck {
+    /// Given back when the request is settled.
+    _held: Option<HeldBytes>,
+}
+
+impl NoAck {
+    /// Settles nothing, holding `held` until then.
+    pub(crate) fn holding(held: Option<HeldBytes>) -> Self {
+        NoAck { _held: held }
+    }
+}
 
 #[async_trait]
 impl Acker for NoAck {
     async fn ack(self: Box<Self>) {}
     async fn nack(self: Box<Self>, _delay: Duration) {}
+}
+
+/// What a broker's host-side queues may hold for one app version's
+/// triggers together (payload bytes), past the first delivery: requests
+/// waiting for a handler, and the in-process broker's deliveries. Their
+/// counts alone are bounded (1,024 per trigger), which at a megabyte each
+/// and 1,024 triggers let one tenant hold a terabyte of the host's memory.
+pub const QUEUED_BYTES: usize = 64 << 20;
+
+/// A byte budget shared by deliveries a broker holds in the host.
+#[derive(Debug)]
+pub(crate) struct QueuedBytes {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    /// The app whose budget it is (for the host's log).
+    app: String,
+}
+
+impl QueuedBytes {
+    /// A budget of `limit` bytes for `app`, none used.
+    pub(crate) fn new(app: &str, limit: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+            app: app.to_string(),
+        })
+    }
+
+    /// Holds `bytes` until the returned guard is dropped, if they fit; a
+    /// delivery larger than the whole budget fits only while nothing else
+    /// is held, so any message a guest may send can pass.
+    pub(crate) fn hold(self: &std::sync::Arc<Self>, bytes: usize) -> Option<HeldBytes> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.used
+            .fetch_update(Relaxed, Relaxed, |used| {
+                let total = used.checked_add(bytes)?;
+                (used == 0 || total <= self.limit).then_some(total)
+            })
+            .ok()?;
+        Some(HeldBytes {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Holds `bytes` whether or not they fit (see
+    /// [`MessagingBackend::publish_unbounded`]).
+    pub(crate) fn hold_anyway(self: &std::sync::Arc<Self>, bytes: usize) -> HeldBytes {
+        self.used
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        HeldBytes {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    /// What the budget allows, in MiB (for errors).
+    pub(crate) fn limit_mib(&self) -> usize {
+        self.limit >> 20
+    }
+}
+
+/// Bytes held in a [`QueuedBytes`] budget, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct HeldBytes {
+    budget: std::sync::Arc<QueuedBytes>,
+    bytes: usize,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Aborts a task when dropped: a subscription's helper task ends with it.
@@ -146,23 +234,34 @@ impl Drop for AbortOnDrop {
 /// the moment it came (lapin and async-nats do not tell it), from which
 /// what is left of its caller's timeout counts.
 pub(crate) struct RequestInbox<T> {
-    received: tokio::sync::mpsc::Receiver<(std::time::Instant, T)>,
+    received: tokio::sync::mpsc::Receiver<InboxRequest<T>>,
     /// Reads the stream while the inbox has room; ends with the inbox.
     _reader: AbortOnDrop,
 }
 
+/// A request in a [`RequestInbox`]: when it came, the request, and its
+/// bytes in the broker's budget (a shedding inbox's).
+pub(crate) type InboxRequest<T> = (std::time::Instant, T, Option<HeldBytes>);
+
 /// Requests a [`RequestInbox`] holds before its reader waits (and the
-/// client's own buffer, bounded too, fills instead).
+/// client's own buffer, bounded too, fills instead) or, shedding, drops.
 const REQUEST_INBOX: usize = 1024;
 
 impl<T: Send + 'static> RequestInbox<T> {
+    /// An inbox whose reader waits while it is full: for a broker that
+    /// sends the host no more than it may hold unacknowledged (RabbitMQ's
+    /// prefetch).
     pub(crate) fn new(stream: impl futures::Stream<Item = T> + Send + 'static) -> Self {
         use futures::StreamExt as _;
         let (tx, received) = tokio::sync::mpsc::channel(REQUEST_INBOX);
         let reader = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(request) = stream.next().await {
-                if tx.send((std::time::Instant::now(), request)).await.is_err() {
+                if tx
+                    .send((std::time::Instant::now(), request, None))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -173,10 +272,55 @@ impl<T: Send + 'static> RequestInbox<T> {
         }
     }
 
-    /// The next request and when it came; `None` once the stream ended.
-    /// Cancel-safe.
-    pub(crate) async fn next(&mut self) -> Option<(std::time::Instant, T)> {
+    /// An inbox that drops what comes while it is full or `budget` is
+    /// (each request's `bytes`): for a broker that sends whatever its
+    /// publishers send (NATS), where a reader that waited would leave the
+    /// requests in the client's own, much larger buffer. A dropped request
+    /// is never answered: its caller gets its timeout, as from a host
+    /// that went away.
+    pub(crate) fn shedding(
+        stream: impl futures::Stream<Item = T> + Send + 'static,
+        bytes: fn(&T) -> usize,
+        budget: std::sync::Arc<QueuedBytes>,
+    ) -> Self {
+        use futures::StreamExt as _;
+        use tokio::sync::mpsc::error::TrySendError;
+        let (tx, received) = tokio::sync::mpsc::channel(REQUEST_INBOX);
+        let reader = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(request) = stream.next().await {
+                let Some(held) = budget.hold(bytes(&request)) else {
+                    shed_request(&budget);
+                    continue;
+                };
+                match tx.try_send((std::time::Instant::now(), request, Some(held))) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => shed_request(&budget),
+                    Err(TrySendError::Closed(_)) => return,
+                }
+            }
+        });
+        RequestInbox {
+            received,
+            _reader: AbortOnDrop(reader),
+        }
+    }
+
+    /// The next request, when it came and its bytes held; `None` once the
+    /// stream ended. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<InboxRequest<T>> {
         self.received.recv().await
+    }
+}
+
+/// Says (at a bounded rate per app) that a shedding inbox dropped a request.
+fn shed_request(budget: &QueuedBytes) {
+    if crate::audit::app_warning_due(&budget.app) {
+        tracing::warn!(
+            app = %budget.app,
+            "requests come faster than an app's handlers take them: a trigger's 1,024 waiting requests or the app's {} MiB of them are held, and more are dropped",
+            budget.limit_mib()
+        );
     }
 }
 
@@ -231,6 +375,19 @@ pub trait MessagingBackend: Send + Sync {
         let id = uuid::Uuid::new_v4().to_string();
         self.publish_with_id(topic, &id, payload, headers).await?;
         Ok(id)
+    }
+    /// Publishes a message of the host's own (a dead letter) past the
+    /// bounds the host puts on a broker's queues ([`QUEUED_BYTES`],
+    /// `[app_limits] embedded_queue_mb`): a full queue whose messages fail
+    /// must still be able to move them to their dead-letter topic, since
+    /// only that settles them and frees their room.
+    async fn publish_unbounded(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        self.publish(topic, payload, headers).await
     }
     /// Publishes under the caller's `id`. A broker that deduplicates by id
     /// (NATS JetStream, within its duplicate window) stores a message once

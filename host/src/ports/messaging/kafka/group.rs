@@ -340,7 +340,7 @@ impl Reader {
         let delivery = Delivery {
             message,
             reply: Some(reply_tx),
-            acker: Box::new(NoAck),
+            acker: Box::new(NoAck::default()),
         };
         match self.requests.try_send(delivery) {
             Ok(()) => {

@@ -343,7 +343,7 @@ impl MqttSubscription {
         Some(Delivery {
             message,
             reply: Some(reply_tx),
-            acker: Box::new(NoAck),
+            acker: Box::new(NoAck::default()),
         })
     }
 }

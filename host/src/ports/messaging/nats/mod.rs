@@ -38,7 +38,10 @@ use feed::{AckWait, Held, Remake, Watched, feed, watch};
 use headers::{headers_from_nats, headers_to_nats, wire_size};
 use subscription::NatsSubscription;
 
-use super::{Message, MessagingBackend, MessagingError, RequestInbox, Subscription};
+use super::{
+    Message, MessagingBackend, MessagingError, QUEUED_BYTES, QueuedBytes, RequestInbox,
+    Subscription,
+};
 use crate::secret::Secret;
 
 /// Settings of an app's NATS broker.
@@ -86,6 +89,8 @@ pub struct NatsBroker {
     api_timeout: Duration,
     /// The app's stream as the host config wants it.
     stream: stream::Config,
+    /// What requests waiting for this app's handlers may hold.
+    queued: std::sync::Arc<QueuedBytes>,
 }
 
 /// Deliveries of a new trigger consumer that may await their ack at once,
@@ -161,6 +166,7 @@ impl NatsBroker {
             ack_wait: s.ack_wait,
             prefetch: s.prefetch,
             api_timeout: s.timeout,
+            queued: QueuedBytes::new(&s.app, QUEUED_BYTES),
             stream: stream::Config {
                 name: format!("BERTH_{}", s.app),
                 subjects: vec![format!("berth.{}.msg.>", s.app)],
@@ -395,7 +401,11 @@ impl MessagingBackend for NatsBroker {
             held,
             feeder,
             watcher,
-            requests: Some(RequestInbox::new(requests)),
+            requests: Some(RequestInbox::shedding(
+                requests,
+                |request| request.payload.len(),
+                self.queued.clone(),
+            )),
             client: self.client.clone(),
             ack_wait,
         }))

@@ -69,8 +69,8 @@ impl Subscription for NatsSubscription {
                     return Some(stored_delivery(waiting, self.ack_wait.clone()));
                 }
                 req = request => match req {
-                    Some((received, req)) => {
-                        if let Some(delivery) = request_delivery(req, received, &self.client) {
+                    Some((received, req, held)) => {
+                        if let Some(delivery) = request_delivery(req, received, held, &self.client) {
                             return Some(delivery);
                         }
                     }
@@ -119,6 +119,7 @@ fn stored_delivery(
 fn request_delivery(
     req: async_nats::Message,
     received: Instant,
+    held: Option<super::super::HeldBytes>,
     client: &async_nats::Client,
 ) -> Option<Delivery> {
     let reply_to = req.reply.clone()?;
@@ -146,7 +147,7 @@ fn request_delivery(
     Some(Delivery {
         message,
         reply: Some(reply_tx),
-        acker: Box::new(NoAck),
+        acker: Box::new(NoAck::holding(held)),
     })
 }
 

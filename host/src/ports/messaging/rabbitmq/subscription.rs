@@ -158,12 +158,12 @@ impl Subscription for RabbitSubscription {
                     }
                 },
                 req = request => match req {
-                    Some((received, Ok(req))) => {
+                    Some((received, Ok(req), _)) => {
                         if let Some(delivery) = self.request(req, received) {
                             return Some(delivery);
                         }
                     }
-                    Some((_, Err(_))) | None => self.requests = None,
+                    Some((_, Err(_), _)) | None => self.requests = None,
                 },
             }
         }
@@ -285,7 +285,7 @@ impl RabbitSubscription {
         Some(Delivery {
             message,
             reply: Some(reply_tx),
-            acker: Box::new(NoAck),
+            acker: Box::new(NoAck::default()),
         })
     }
 }
