@@ -697,6 +697,57 @@ async fn messaging_backoff_holds_no_prefetch_slot_rabbitmq() {
     broker.cleanup(&name).await;
 }
 
+/// A trigger's request queue deleted under it (by an operator or a
+/// policy, or lost with its node) while its stored messages go on: the
+/// host consumes its requests again, rather than answer none until it
+/// restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_request_queue_consumed_again_after_deletion_rabbitmq() {
+    let Some(url) = service("BERTH_TEST_AMQP_URL") else {
+        return;
+    };
+    use lapin::options::QueueDeleteOptions;
+    let broker = Broker::Rabbit(url.clone());
+    let name = unique("reqgone");
+    let (_t, app, tasks) = start(&broker, &manifest_named(&name, 5)).await;
+    let messaging = &app.backends.messaging;
+    let ask = || messaging.request("events", b"ping".to_vec(), vec![], Duration::from_secs(2));
+    assert_eq!(ask().await.unwrap().payload, b"pong:ping");
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = lapin::Connection::connect(&url, properties).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            &format!("berth.{name}.req.handler.events"),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        match ask().await {
+            Ok(reply) => break reply,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("requests are not answered again: {e:?}"),
+        }
+    };
+    assert_eq!(answered.payload, b"pong:ping");
+    // Stored messages go on.
+    let handled = received_count(&app).await;
+    messaging
+        .publish("events", b"after".to_vec(), vec![])
+        .await
+        .unwrap();
+    wait_for_count(&app, handled + 1).await;
+    drop(tasks);
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
 /// A lost connection (the network, a broker restart) does not stop the
 /// host: publishing reconnects and the trigger consumes again.
 #[tokio::test(flavor = "multi_thread")]

@@ -438,7 +438,7 @@ async fn once_ids_before(
             if meta.contains_key(ONCE_HEADER) && message.attempt == 1 {
                 ids.push(message.id);
             }
-            if r.offset + 1 >= offset {
+            if r.offset.saturating_add(1) >= offset {
                 break 'read;
             }
         }
@@ -490,7 +490,7 @@ impl Acker for KafkaAcker {
                     &m.id,
                     m.payload.clone(),
                     &m.headers,
-                    m.attempt + 1,
+                    m.attempt.saturating_add(1),
                 )
                 .header(
                     FOR_HEADER,

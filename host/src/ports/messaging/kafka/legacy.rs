@@ -121,7 +121,7 @@ async fn read(shared: &Shared) -> Result<HashMap<String, i64>, MessagingError> {
         }
         for r in records {
             read += 1;
-            position = r.offset + 1;
+            position = r.offset.saturating_add(1);
             let key = r
                 .key
                 .as_ref()

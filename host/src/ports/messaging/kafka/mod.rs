@@ -300,16 +300,16 @@ fn message_of(topic: &str, record: &ConsumerRecord) -> (Message, HashMap<&'stati
     let (meta, headers) = split_headers(&record.headers);
     let attempt = meta
         .get(ATTEMPT_HEADER)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
-    let id = meta.get(ID_HEADER).cloned().unwrap_or_else(|| {
-        // A record from another producer: its position identifies it (as
-        // the release before named partition 0's records).
-        match record.partition {
-            0 => format!("kafka-{}", record.offset),
-            p => format!("kafka-{p}-{}", record.offset),
-        }
-    });
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    // A record from another producer: its topic and position identify it.
+    // (Releases before named it by position alone, which repeated across
+    // the topics of a pattern trigger.)
+    let id = meta
+        .get(ID_HEADER)
+        .cloned()
+        .unwrap_or_else(|| format!("kafka-{topic}-{}-{}", record.partition, record.offset));
     let message = Message {
         id,
         topic: topic.to_string(),
@@ -480,8 +480,9 @@ mod tests {
     #[test]
     fn foreign_records_are_named_by_their_position() {
         let foreign = |p, o| consumed(Record::new("berth.shop.t", b"v".to_vec()), p, o);
-        assert_eq!(message_of("t", &foreign(0, 9)).0.id, "kafka-9");
-        assert_eq!(message_of("t", &foreign(3, 9)).0.id, "kafka-3-9");
+        assert_eq!(message_of("t", &foreign(0, 9)).0.id, "kafka-t-0-9");
+        assert_eq!(message_of("t", &foreign(3, 9)).0.id, "kafka-t-3-9");
+        assert_eq!(message_of("u", &foreign(3, 9)).0.id, "kafka-u-3-9");
         assert_eq!(message_of("t", &foreign(0, 9)).0.attempt, 1);
     }
 }

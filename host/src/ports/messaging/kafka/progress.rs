@@ -88,13 +88,13 @@ impl Progress {
     pub(super) fn take(&self, tp: &Tp, offset: i64) {
         self.with(tp, |p| {
             p.unsettled.insert(offset);
-            p.next = p.next.max(offset + 1);
+            p.next = p.next.max(offset.saturating_add(1));
         });
     }
 
     /// A record at `offset` needs nothing more (skipped, or a request).
     pub(super) fn pass(&self, tp: &Tp, offset: i64) {
-        self.with(tp, |p| p.next = p.next.max(offset + 1));
+        self.with(tp, |p| p.next = p.next.max(offset.saturating_add(1)));
     }
 
     /// The delivery at `offset` was settled. Nothing to do if the partition

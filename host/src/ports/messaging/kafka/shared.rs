@@ -10,6 +10,10 @@ use krafka::{Kafka, KrafkaError};
 
 use super::*;
 
+/// How long a listing of the cluster's topics is used before it is asked
+/// for again.
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An app's connection to the cluster, shared by its broker and triggers.
 pub(super) struct Shared {
     /// The bootstrap brokers, for the connections of each consumer.
@@ -28,6 +32,13 @@ pub(super) struct Shared {
     pub(super) reply_topic: String,
     /// Topics known to exist.
     created: tokio::sync::Mutex<HashSet<String>>,
+    /// The cluster's topics as last listed, and when: a publish to a topic
+    /// refused (past `max_topics`) or a request to a topic nobody answers
+    /// asked the cluster for its whole listing every time.
+    listing: Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
+    /// Bumped when the listing is known stale (a topic was created): a
+    /// listing asked for before is not kept.
+    listing_generation: std::sync::atomic::AtomicU64,
     /// Requests waiting for their reply, by correlation id.
     waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
     /// The patterns of this broker's pattern subscriptions, each while its
@@ -76,6 +87,8 @@ impl Shared {
             session_timeout: s.session_timeout,
             reply_topic: format!("berth.{}.__reply", s.app),
             created: Default::default(),
+            listing: Mutex::default(),
+            listing_generation: Default::default(),
             waiting: Mutex::default(),
             patterns: Mutex::default(),
             legacy: Default::default(),
@@ -111,13 +124,36 @@ impl Shared {
             .map_err(unavailable)
     }
 
-    /// The names of the cluster's topics.
-    pub(super) async fn topic_names(&self) -> Result<Vec<String>, MessagingError> {
+    /// The names of the cluster's topics, as listed at most
+    /// [`LISTING_TTL`] ago.
+    pub(super) async fn topic_names(&self) -> Result<Arc<Vec<String>>, MessagingError> {
+        let cached = self
+            .listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < LISTING_TTL)
+            .map(|(_, names)| names.clone());
+        if let Some(names) = cached {
+            return Ok(names);
+        }
+        use std::sync::atomic::Ordering::SeqCst;
+        let (asked, generation) = (
+            std::time::Instant::now(),
+            self.listing_generation.load(SeqCst),
+        );
         let options = ListTopicsOptions::default().timeout(self.timeout);
-        self.call(self.admin.list_topics(options)).await
+        let names = Arc::new(self.call(self.admin.list_topics(options)).await?);
+        let mut listing = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.listing_generation.load(SeqCst) == generation {
+            *listing = Some((asked, names.clone()));
+        }
+        Ok(names)
     }
 
-    /// Whether topic `name` exists, asking the broker unless it is known.
+    /// Whether topic `name` exists, asking the broker unless it is known
+    /// (a topic not there is looked for again once the listing is
+    /// [`LISTING_TTL`] old).
     pub(super) async fn exists(&self, name: &str) -> Result<bool, MessagingError> {
         if self.created.lock().await.contains(name) {
             return Ok(true);
@@ -143,6 +179,11 @@ impl Shared {
         if !existing.iter().any(|t| t == name) {
             self.may_create(name, &existing)?;
             self.create(name).await?;
+            // The listing lacks it: the next creation counts it.
+            let mut listing = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+            self.listing_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *listing = None;
         }
         created.insert(name.to_string());
         Ok(())

@@ -554,6 +554,8 @@ impl MessagingBackend for RabbitBroker {
             topic: topic.to_string(),
             messages: None,
             requests: None,
+            channel: None,
+            requests_retry: None,
         };
         // Declared and consuming before the app runs, so an unreachable
         // broker fails the start.

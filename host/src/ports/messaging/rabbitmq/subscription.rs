@@ -13,8 +13,38 @@ pub(super) struct RabbitSubscription {
     pub(super) topic: String,
     /// `None` until (re)opened.
     pub(super) messages: Option<lapin::Consumer>,
-    /// `None` once the request consumer ended; stored messages go on.
+    /// `None` once the request consumer ended; stored messages go on, and
+    /// it is consumed again on the same channel (see [`RequestsRetry`]).
     pub(super) requests: Option<RequestInbox<Result<lapin::message::Delivery, lapin::Error>>>,
+    /// The channel both consumers are on, once open.
+    pub(super) channel: Option<Channel>,
+    /// When the request consumer is consumed again, and the wait after.
+    pub(super) requests_retry: Option<RequestsRetry>,
+}
+
+/// The next attempt at consuming a trigger's requests again, after its
+/// consumer ended (its transient queue deleted by an operator or a policy,
+/// or lost with its node) while its stored messages went on.
+#[derive(Clone, Copy)]
+pub(super) struct RequestsRetry {
+    at: tokio::time::Instant,
+    delay: Duration,
+}
+
+impl RequestsRetry {
+    fn after(delay: Duration) -> Self {
+        RequestsRetry {
+            at: tokio::time::Instant::now() + delay,
+            delay,
+        }
+    }
+}
+
+/// What the request side of a subscription came up with.
+enum RequestEvent {
+    Request(Box<super::super::InboxRequest<Result<lapin::message::Delivery, lapin::Error>>>),
+    Ended,
+    RetryDue,
 }
 
 /// The binding key of a trigger on `topic`: the topic itself, or a pattern
@@ -82,28 +112,64 @@ impl RabbitSubscription {
             false,
         )
         .await?;
-        // Requests: a transient queue shared by the trigger's hosts. Each
-        // is acknowledged once taken (requests are never redelivered), but
-        // not before: RabbitMQ then sends the host at most `prefetch` of
-        // them ahead, where without acks it would send the whole queue
-        // into the host's memory.
+        let requests = self.consume_requests(&channel).await?;
+        self.messages = Some(messages);
+        self.requests = Some(requests);
+        self.channel = Some(channel);
+        self.requests_retry = None;
+        Ok(())
+    }
+
+    /// Declares, binds and consumes the trigger's request queue on
+    /// `channel`: a transient queue shared by the trigger's hosts. Each
+    /// request is acknowledged once taken (requests are never
+    /// redelivered), but not before: RabbitMQ then sends the host at most
+    /// `prefetch` of them ahead, where without acks it would send the whole
+    /// queue into the host's memory.
+    async fn consume_requests(
+        &self,
+        channel: &Channel,
+    ) -> Result<RequestInbox<Result<lapin::message::Delivery, lapin::Error>>, MessagingError> {
         let request_queue = self.shared.request_queue(&self.consumer, &self.topic);
         let transient = QueueDeclareOptions {
             auto_delete: true,
             ..Default::default()
         };
         let requests = consume_bound(
-            &channel,
+            channel,
             &request_queue,
             transient,
             &self.shared.request_exchange(),
-            &key,
+            &binding_key(&self.topic),
             false,
         )
         .await?;
-        self.messages = Some(messages);
-        self.requests = Some(RequestInbox::new(requests));
-        Ok(())
+        Ok(RequestInbox::new(requests))
+    }
+
+    /// Consumes the trigger's requests again on its channel, or schedules
+    /// the next try (the whole subscription is opened again once its
+    /// stored messages' consumer ends too).
+    async fn reopen_requests(&mut self) {
+        let Some(retry) = self.requests_retry else {
+            return;
+        };
+        let opened = match &self.channel {
+            Some(channel) => self.consume_requests(channel).await,
+            None => Err(MessagingError::Unavailable("no channel".into())),
+        };
+        match opened {
+            Ok(requests) => {
+                tracing::info!(queue = %self.queue, "rabbitmq request consumer resumed");
+                self.requests = Some(requests);
+                self.requests_retry = None;
+            }
+            Err(e) => {
+                let delay = (retry.delay * 2).min(MAX_RESUBSCRIBE_DELAY);
+                tracing::warn!(queue = %self.queue, error = %e, ?delay, "cannot consume a trigger's requests from rabbitmq yet; retrying");
+                self.requests_retry = Some(RequestsRetry::after(delay));
+            }
+        }
     }
 
     /// Consumes again once the broker is back, waiting longer after each
@@ -111,6 +177,7 @@ impl RabbitSubscription {
     pub(super) async fn reopen(&mut self) {
         self.messages = None;
         self.requests = None;
+        self.channel = None;
         let mut delay = Duration::from_millis(200);
         loop {
             match self.open().await {
@@ -136,11 +203,18 @@ impl Subscription for RabbitSubscription {
                 self.reopen().await;
                 continue;
             };
-            let requests = self.requests.as_mut();
+            let (requests, retry) = (self.requests.as_mut(), self.requests_retry);
             let request = async {
-                match requests {
-                    Some(requests) => requests.next().await,
-                    None => std::future::pending().await,
+                match (requests, retry) {
+                    (Some(requests), _) => match requests.next().await {
+                        Some(request) => RequestEvent::Request(Box::new(request)),
+                        None => RequestEvent::Ended,
+                    },
+                    (None, Some(retry)) => {
+                        tokio::time::sleep_until(retry.at).await;
+                        RequestEvent::RetryDue
+                    }
+                    (None, None) => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -158,12 +232,22 @@ impl Subscription for RabbitSubscription {
                     }
                 },
                 req = request => match req {
-                    Some((received, Ok(req), _)) => {
-                        if let Some(delivery) = self.request(req, received) {
+                    RequestEvent::Request(request) if request.1.is_ok() => {
+                        let (received, req, _) = *request;
+                        if let Some(delivery) = req.ok().and_then(|req| self.request(req, received)) {
                             return Some(delivery);
                         }
                     }
-                    Some((_, Err(_), _)) | None => self.requests = None,
+                    RequestEvent::Request(_) | RequestEvent::Ended => {
+                        // Its queue was deleted (by an operator or a
+                        // policy) or lost with its node: this host would
+                        // answer no request again while its stored
+                        // messages went on.
+                        tracing::warn!(queue = %self.queue, "rabbitmq request consumer ended; consuming again");
+                        self.requests = None;
+                        self.requests_retry = Some(RequestsRetry::after(Duration::from_millis(200)));
+                    }
+                    RequestEvent::RetryDue => self.reopen_requests().await,
                 },
             }
         }
@@ -191,7 +275,7 @@ impl RabbitSubscription {
         let (headers, attempt) = headers_of(&delivery.properties);
         // A redelivery by RabbitMQ (the host holding it died or closed its
         // channel) is at least one more attempt.
-        let attempt = attempt + u32::from(delivery.redelivered);
+        let attempt = attempt.saturating_add(u32::from(delivery.redelivered));
         let topic = self.topic_of(&delivery);
         let id = delivery
             .properties
@@ -233,6 +317,13 @@ impl RabbitSubscription {
         // as it is taken, before it runs): a host that held it ahead went
         // away, or its version stopped. It runs here if time is left.
         let reply_to = req.properties.reply_to().as_ref()?.as_str().to_string();
+        // Only to a direct reply-to channel, as hosts ask: a producer
+        // naming any other queue (another app's trigger queue, through the
+        // default exchange) would have this app's handler write into it.
+        if !reply_to.starts_with(&format!("{}.", super::REPLY_TO)) {
+            tracing::debug!(queue = %self.queue, "a request whose reply-to is not a direct reply-to; dropped");
+            return None;
+        }
         // What is left of its caller's timeout: its AMQP expiration (past
         // which RabbitMQ drops it from the queue, but not once sent to a
         // host), less the time it waited here for a handler.
