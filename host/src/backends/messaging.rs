@@ -195,7 +195,7 @@ pub(super) async fn open(
                 url: url_setting(origin, "messaging.url", &url, secrets).await?,
                 app: app.to_string(),
                 timeout,
-                client_id: format!("berth-{app}-{host_id}"),
+                client_id: format!("berth-{app}-{}", escaped_host_id(&host_id)),
                 session_expiry,
                 tick_claims,
             };
@@ -308,5 +308,27 @@ where
                 range.end()
             ),
         )),
+    }
+}
+
+/// A host's MQTT client id part without `-` (written `_d`, and `_` as
+/// `__`, so that no two ids come out alike): app names may hold `-`, so
+/// `berth-a-b-h` would be both app `a` on host `b-h` and app `a-b` on host
+/// `h`, two tenants resuming each other's sessions.
+fn escaped_host_id(id: &str) -> String {
+    id.replace('_', "__").replace('-', "_d")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ids that differ stay apart, and none holds `-`.
+    #[test]
+    fn escaped_host_ids_hold_no_dash_and_stay_apart() {
+        let ids = ["web-1", "web_1", "web_d1", "web.1", "a-_b", "a_-b"];
+        let escaped: Vec<String> = ids.iter().map(|id| super::escaped_host_id(id)).collect();
+        assert!(escaped.iter().all(|e| !e.contains('-')), "{escaped:?}");
+        let distinct: std::collections::HashSet<_> = escaped.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{escaped:?}");
+        assert_eq!(super::escaped_host_id("edge7"), "edge7");
     }
 }

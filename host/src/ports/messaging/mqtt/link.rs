@@ -25,6 +25,23 @@ pub(super) struct Shared {
     pub(super) fetching_stopped: AtomicBool,
     /// The requests in a trigger client's inbox (see [`QueuedRequest`]).
     pub(super) queued_requests: AtomicUsize,
+    /// The session a client with a will resumed is finished (see
+    /// [`Link::finished`]): it may leave with DISCONNECT, which discards
+    /// the will.
+    pub(super) finished: AtomicBool,
+    /// The client's event loop has ended (see [`Link::close`]).
+    ended: AtomicBool,
+    ended_notify: tokio::sync::Notify,
+}
+
+/// Marks its client's event loop ended when dropped, however it ends.
+struct EndedOnDrop(Arc<Shared>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+        self.0.ended_notify.notify_waiters();
+    }
 }
 
 /// A publish for the sending task.
@@ -127,9 +144,11 @@ impl Link {
         reconnect: bool,
     ) -> Result<(Link, bool), MessagingError> {
         let name = options.client_id();
-        // A trigger's own client (not one finishing another's session)
-        // leaves without DISCONNECT, so that its will goes out.
-        let leave_will = reconnect && options.last_will().is_some();
+        // A client with a will (a trigger's own, or one finishing another
+        // host's session) leaves without DISCONNECT, so that its will goes
+        // out: a DISCONNECT discards it, and with it what the session
+        // still holds (see `Driver::shutdown`).
+        let leave_will = options.last_will().is_some();
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop) = oneshot::channel();
@@ -164,6 +183,35 @@ impl Link {
             Ok(Err(_)) => Err(unavailable("the mqtt event loop stopped")),
             Err(_) => Err(unavailable("no connack or suback before the timeout")),
         }
+    }
+
+    /// The session this client resumed is finished (all it held was
+    /// settled, or the broker had none): it leaves with DISCONNECT, its
+    /// will no longer needed.
+    pub(super) fn finished(&self) {
+        self.shared.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// Drops this handle and, if it was the client's last, waits until
+    /// its connection has ended as [`Driver::shutdown`] ends it (a little
+    /// longer than that takes, at most): a clean connect under the same
+    /// id made before that would take over a live connection, and with
+    /// it publish the will [`Link::finished`] meant to discard.
+    pub(super) async fn close(self) {
+        let shared = self.shared.clone();
+        drop(self);
+        let ended = async {
+            loop {
+                let notified = shared.ended_notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if shared.ended.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), ended).await;
     }
 
     /// Publishes at QoS 1 and waits (at most `wait`) for the PUBACK. Returns
@@ -317,6 +365,7 @@ pub(super) struct Driver {
 
 impl Driver {
     pub(super) async fn run(mut self) {
+        let _ended = EndedOnDrop(self.shared.clone());
         loop {
             let polled = tokio::select! {
                 biased;
@@ -483,7 +532,7 @@ impl Driver {
     /// will goes out after [`super::WILL_DELAY`], unless the client comes
     /// back first under the same id (a stable `client_id`).
     pub(super) async fn shutdown(mut self) {
-        if self.leave_will {
+        if self.leave_will && !self.shared.finished.load(Ordering::SeqCst) {
             if !self.up {
                 // Polling would connect again, and take the session back.
                 return;

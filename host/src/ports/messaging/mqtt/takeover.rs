@@ -78,7 +78,11 @@ pub(super) async fn finish(
         }
         Ok((link, false)) => {
             tracing::debug!(client = %dead, "the mqtt session of a host that went away is gone already");
-            drop(link);
+            // Gone with DISCONNECT, before the clean connect below: else
+            // that connect would publish the will this connection carries,
+            // and another host would come to finish the session again.
+            link.finished();
+            link.close().await;
             forget(&spec, &dead).await;
         }
         Err(e) => {
@@ -124,14 +128,33 @@ async fn drain(
         }
     }
     let mut session = MqttSubscription::new(spec, link, inbox, false);
-    let unsettled = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Tally::default());
     loop {
-        let inbound = match tokio::time::timeout(QUIET, session.inbox.recv()).await {
+        let next = tokio::select! {
+            // This host's trigger stopped: the rest stays in the session,
+            // and this connection's will (it leaves without DISCONNECT)
+            // brings it to another host.
+            () = out.closed() => return false,
+            next = tokio::time::timeout(QUIET, session.inbox.recv()) => next,
+        };
+        let inbound = match next {
             Ok(Some(inbound)) => inbound,
             // The connection is gone: what was not settled stays in the
             // session for whoever resumes it.
             Ok(None) => return false,
-            Err(_) if unsettled.load(Ordering::SeqCst) == 0 => return true,
+            // A delivery dropped unsettled (its handler cancelled, or the
+            // trigger's queue dropped): it would never be counted settled,
+            // and its message waits in the session, for the will.
+            Err(_) if tally.abandoned.load(Ordering::SeqCst) => return false,
+            Err(_) if tally.unsettled.load(Ordering::SeqCst) == 0 => {
+                // Closed with DISCONNECT (its will discarded) before the
+                // caller's clean connect under its id.
+                let link = session.link.clone();
+                link.finished();
+                drop(session);
+                link.close().await;
+                return true;
+            }
             Err(_) => continue,
         };
         let Inbound { publish, epoch, .. } = inbound;
@@ -142,10 +165,10 @@ async fn drain(
             continue;
         };
         let (message, acker) = session.stored_parts(publish, epoch, topic);
-        unsettled.fetch_add(1, Ordering::SeqCst);
+        tally.unsettled.fetch_add(1, Ordering::SeqCst);
         let acker = Counted {
-            inner: Box::new(acker),
-            unsettled: unsettled.clone(),
+            inner: Some(Box::new(acker)),
+            tally: tally.clone(),
         };
         let delivery = Delivery {
             message,
@@ -160,25 +183,48 @@ async fn drain(
     }
 }
 
+/// The deliveries of a taken-over session not yet settled, and whether one
+/// was dropped unsettled.
+#[derive(Default)]
+struct Tally {
+    unsettled: AtomicUsize,
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
 /// Settles a delivery of a taken-over session and counts it settled once
-/// the broker was told (after a retry's copy, for a failure).
+/// the broker was told (after a retry's copy, for a failure); dropped
+/// unsettled, it marks the session abandoned.
 struct Counted {
-    inner: Box<MqttAcker>,
-    unsettled: Arc<AtomicUsize>,
+    /// `None` once settling began.
+    inner: Option<Box<MqttAcker>>,
+    tally: Arc<Tally>,
 }
 
 #[async_trait]
 impl Acker for Counted {
-    async fn ack(self: Box<Self>) {
-        self.inner.settle().await;
-        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+    async fn ack(mut self: Box<Self>) {
+        if let Some(inner) = self.inner.take() {
+            inner.settle().await;
+        }
+        self.tally.unsettled.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn nack(self: Box<Self>, delay: Duration) {
+    async fn nack(mut self: Box<Self>, delay: Duration) {
+        let (inner, tally) = (self.inner.take(), self.tally.clone());
         tokio::spawn(async move {
-            self.inner.retry_after(delay).await;
-            self.unsettled.fetch_sub(1, Ordering::SeqCst);
+            if let Some(inner) = inner {
+                inner.retry_after(delay).await;
+            }
+            tally.unsettled.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            self.tally.abandoned.store(true, Ordering::SeqCst);
+        }
     }
 }
 
