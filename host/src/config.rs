@@ -102,6 +102,11 @@ pub struct ServeConfig {
     /// When set, `<app>.<domain>` reaches app `<app>` (besides the path
     /// prefix `/<app>/`).
     pub domain: Option<String>,
+    /// Whether `/<app>/…` reaches app `<app>` too: every app then shares
+    /// one origin (a tenant's page can read another's responses, set its
+    /// cookies), so it is for trusted or API-only tenants. Default: on
+    /// without `domain`, off with it.
+    pub path_routing: Option<bool>,
     /// How long requests in flight, and message handlers running, may
     /// finish after SIGTERM/SIGINT (or, for handlers, after their app is
     /// replaced) before they are cancelled, in milliseconds; default
@@ -114,6 +119,11 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Whether apps are reached by path prefix (see [`Self::path_routing`]).
+    pub fn routes_by_path(&self) -> bool {
+        self.path_routing.unwrap_or(self.domain.is_none())
+    }
+
     /// The grace period of a graceful shutdown.
     pub fn shutdown_grace(&self) -> std::time::Duration {
         self.shutdown_grace_ms.map_or(

@@ -3,8 +3,9 @@
 //!
 //! Each subdirectory of the apps directory holding a `berth.toml` is one
 //! app. Its HTTP routes are mounted under `/<app-name>/` (the prefix is
-//! stripped before the app sees the path), and, when the host config sets
-//! `serve.domain`, also at `<app-name>.<domain>` with the full path.
+//! stripped before the app sees the path) or, when the host config sets
+//! `serve.domain`, at `<app-name>.<domain>` with the full path, an origin
+//! of its own (both with `serve.path_routing = true`).
 //!
 //! The directory is rescanned every [`RELOAD_INTERVAL`]: a new or changed
 //! app is loaded completely (validated, backends opened, compiled) before
@@ -33,17 +34,41 @@ use crate::triggers::http::{HttpHandler, HttpService, not_found};
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a change to an app looks like from the file system: the manifest's
-/// bytes and the size and modification time of each component file.
+/// bytes, the size and modification time of each component file, and
+/// whether state an earlier version left in the app's directory refuses it
+/// (with the two paths that tell, so a rescan of an unchanged manifest
+/// need not parse it again to find them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<u8>, Vec<(PathBuf, u64, Option<SystemTime>)>, bool);
+struct Fingerprint {
+    manifest: Vec<u8>,
+    components: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    left_state: bool,
+    state_paths: Option<(PathBuf, PathBuf)>,
+}
+
+/// An app directory as a rescan found it: its fingerprint, and its
+/// manifest, parsed only when the bytes differ from what the last scan
+/// saw (a tenant's manifest can be a megabyte of declarations, and every
+/// manifest is looked at every second).
+struct Scanned {
+    fingerprint: Fingerprint,
+    manifest: Seen,
+}
+
+/// The manifest a rescan found.
+enum Seen {
+    /// New bytes, parsed (or the error reading or parsing them).
+    Parsed(Box<Result<Manifest, ManifestError>>),
+    /// The bytes the last scan saw, not parsed again: parsed only if a
+    /// component or the app's state changed, so the app is loaded again.
+    Unchanged(String),
+}
 
 impl Fingerprint {
-    /// The fingerprint of the app whose manifest is `manifest_path`, and
-    /// the manifest, read once (bounded, see [`Manifest::read`]).
-    fn of(
-        manifest_path: &Path,
-        host: &HostConfig,
-    ) -> (Fingerprint, Result<Manifest, ManifestError>) {
+    /// The app whose manifest is `manifest_path`, read once (bounded, see
+    /// [`Manifest::read`]); `known` is what the last scans saw there (the
+    /// running version's and a refused one's).
+    fn of(manifest_path: &Path, host: &HostConfig, known: &[Fingerprint]) -> Scanned {
         let text = Manifest::read(manifest_path);
         let seen = match &text {
             Ok(text) => text.as_bytes().to_vec(),
@@ -51,35 +76,58 @@ impl Fingerprint {
             // is refused once, until what stops it changes.
             Err(e) => e.to_string().into_bytes(),
         };
-        let manifest = text.and_then(|text| {
-            let file =
-                std::path::absolute(manifest_path).unwrap_or_else(|_| manifest_path.to_path_buf());
-            Manifest::parse(&text, &file)
-        });
+        let unchanged = known.iter().find(|k| k.manifest == seen);
+        let (manifest, paths, state_paths) = match (text, unchanged) {
+            (Ok(text), Some(known)) => (
+                Seen::Unchanged(text),
+                known.components.iter().map(|(p, ..)| p.clone()).collect(),
+                known.state_paths.clone(),
+            ),
+            (text, _) => {
+                let manifest = text.and_then(|text| parse(manifest_path, &text));
+                let paths = manifest.as_ref().map_or_else(
+                    |_| Vec::new(),
+                    |m| m.components.values().map(|c| c.path.clone()).collect(),
+                );
+                let state_paths = manifest
+                    .as_ref()
+                    .ok()
+                    .map(|m| (crate::app::left_state(m), host.app_state_dir(m)));
+                (Seen::Parsed(Box::new(manifest)), paths, state_paths)
+            }
+        };
         // State an earlier version left in the app's directory refuses the
         // app until it is removed or copied over (see `App::load`).
-        let left_state = manifest.as_ref().is_ok_and(|m| {
-            std::fs::symlink_metadata(crate::app::left_state(m)).is_ok()
-                && !host.app_state_dir(m).exists()
+        let left_state = state_paths.as_ref().is_some_and(|(left, state)| {
+            std::fs::symlink_metadata(left).is_ok() && !state.exists()
         });
-        let components = manifest
-            .as_ref()
-            .map(|m| {
-                m.components
-                    .values()
-                    .map(|c| {
-                        let meta = std::fs::metadata(&c.path).ok();
-                        (
-                            c.path.clone(),
-                            meta.as_ref().map_or(0, |m| m.len()),
-                            meta.and_then(|m| m.modified().ok()),
-                        )
-                    })
-                    .collect()
+        let components = paths
+            .into_iter()
+            .map(|path| {
+                let meta = std::fs::metadata(&path).ok();
+                let (len, modified) = (
+                    meta.as_ref().map_or(0, |m| m.len()),
+                    meta.and_then(|m| m.modified().ok()),
+                );
+                (path, len, modified)
             })
-            .unwrap_or_default();
-        (Fingerprint(seen, components, left_state), manifest)
+            .collect();
+        Scanned {
+            fingerprint: Fingerprint {
+                manifest: seen,
+                components,
+                left_state,
+                state_paths,
+            },
+            manifest,
+        }
     }
+}
+
+/// Parses the manifest at `manifest_path` from its `text`.
+fn parse(manifest_path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let file = std::path::absolute(manifest_path).unwrap_or_else(|_| manifest_path.to_path_buf());
+    Manifest::parse(text, &file)
 }
 
 /// One app as mounted: its version's handler and message triggers.
@@ -164,9 +212,9 @@ impl Tenants {
             Ok(dirs
                 .into_iter()
                 .map(|dir| {
-                    let (fingerprint, manifest) =
-                        Fingerprint::of(&dir.join("berth.toml"), &self.host);
-                    (dir, fingerprint, manifest)
+                    let known = self.last_seen(&dir);
+                    let scanned = Fingerprint::of(&dir.join("berth.toml"), &self.host, &known);
+                    (dir, scanned)
                 })
                 .collect())
         });
@@ -174,9 +222,13 @@ impl Tenants {
             Ok(scanned) => scanned,
             Err(e) => return vec![format!("cannot read {}: {e}", self.dir.display())],
         };
-        for (dir, fingerprint, manifest) in scanned {
+        for (dir, scanned) in scanned {
             seen.push(dir.clone());
             let manifest_path = dir.join("berth.toml");
+            let Scanned {
+                fingerprint,
+                manifest,
+            } = scanned;
             let current = self
                 .mounted
                 .read()
@@ -186,6 +238,12 @@ impl Tenants {
             if current.as_ref() == Some(&fingerprint) || refused.as_ref() == Some(&fingerprint) {
                 continue;
             }
+            // The bytes are what the last scan saw, but a component or the
+            // state changed: parsed now, once.
+            let manifest = match manifest {
+                Seen::Parsed(manifest) => *manifest,
+                Seen::Unchanged(text) => crate::fairness::blocking(|| parse(&manifest_path, &text)),
+            };
             match self.load(&dir, manifest).await {
                 Ok(mounted) => {
                     self.mount(dir.clone(), fingerprint, mounted);
@@ -223,6 +281,18 @@ impl Tenants {
             self.unmount(&dir);
         }
         errors
+    }
+
+    /// What the last scans saw in `dir`: the running version's
+    /// fingerprint and a refused one's.
+    fn last_seen(&self, dir: &Path) -> Vec<Fingerprint> {
+        let refused = self.refused.read().ok().and_then(|r| r.get(dir).cloned());
+        let mounted = self
+            .mounted
+            .read()
+            .ok()
+            .and_then(|m| m.get(dir).map(|(f, _)| f.clone()));
+        mounted.into_iter().chain(refused).collect()
     }
 
     async fn load(
@@ -380,6 +450,11 @@ impl Tenants {
                 return Some((self.mounted_named(app)?, None));
             }
         }
+        // By path, every app is on one origin: only where the operator
+        // wants it (by default, without a domain).
+        if !self.host.serve.routes_by_path() {
+            return None;
+        }
         let rest = path.strip_prefix('/')?;
         let (app, tail) = rest.split_once('/').unwrap_or((rest, ""));
         Some((self.mounted_named(app)?, Some(format!("/{tail}"))))
@@ -498,6 +573,7 @@ impl HttpService for Tenants {
         let Some((mounted, path)) = self.route(&req) else {
             return not_found();
         };
+        let by_path = path.is_some();
         if let Some(path) = path {
             let path_and_query = match req.uri().query() {
                 Some(q) => format!("{path}?{q}"),
@@ -510,7 +586,15 @@ impl HttpService for Tenants {
                 Err(_) => return not_found(),
             }
         }
-        mounted.handler.clone().call(req).await
+        let mut response = mounted.handler.clone().call(req).await;
+        if by_path {
+            // A service worker's scope stays within the path of its script
+            // (`/<app>/…`) unless this header widens it: to `/`, one
+            // tenant's worker would sit in front of every tenant's pages in
+            // that browser, for as long as it stays installed.
+            response.headers_mut().remove("service-worker-allowed");
+        }
+        response
     }
 }
 

@@ -351,6 +351,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", host.listen()))?;
     let addr = listener.local_addr()?;
     let grace = host.serve.shutdown_grace();
+    let (by_path, domain) = (host.serve.routes_by_path(), host.serve.domain.clone());
     let tenants = Arc::new(crate::tenants::Tenants::new(
         engine,
         host,
@@ -361,7 +362,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     say!("berth: serving {} at http://{addr}", args.apps.display());
     for name in tenants.app_names() {
-        say!("  /{name}/...");
+        if let Some(domain) = &domain {
+            say!("  {name}.{}", domain.trim_start_matches('.'));
+        }
+        if by_path {
+            say!("  /{name}/...");
+        }
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let watcher = tokio::spawn(tenants.clone().watch());

@@ -171,6 +171,59 @@ async fn tenants_routed_updated_and_removed() {
     server.stop().await;
 }
 
+/// The status line of the answer to the raw request `head` sent to `base`.
+async fn status_line(base: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// With `[serve] domain`, each app has an origin of its own,
+/// `<app>.<domain>`, and is not reached by path prefix on any other host
+/// name (the bare domain, an address, a name a proxy put in), where every
+/// app would share one origin; unless the operator asks for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_on_a_domain_have_origins_of_their_own() {
+    for (path_routing, by_path) in [(None, "404 Not Found"), (Some(true), "200 OK")] {
+        let apps = tempfile::tempdir().unwrap();
+        write_app(&apps.path().join("shop-a"), "shop-a", "Greeting A");
+        let mut host = HostConfig::default();
+        host.serve.domain = Some("apps.test".into());
+        host.serve.path_routing = path_routing;
+        let tenants = Arc::new(Tenants::new(
+            engine().clone(),
+            host,
+            apps.path().to_path_buf(),
+        ));
+        assert_eq!(tenants.sync().await, Vec::<String>::new());
+        let server = berth_tests::serve_tenants(tenants.clone()).await;
+        let request = |host: &str, path: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+        };
+        assert_eq!(
+            status_line(&server.base, &request("shop-a.apps.test", "/stats")).await,
+            "HTTP/1.1 200 OK"
+        );
+        for host in ["apps.test", "127.0.0.1", "proxy.internal"] {
+            assert_eq!(
+                status_line(&server.base, &request(host, "/shop-a/stats")).await,
+                format!("HTTP/1.1 {by_path}"),
+                "{host}, path_routing {path_routing:?}"
+            );
+        }
+        server.stop().await;
+    }
+}
+
 /// The error `Tenants::sync` reported for the app in directory `app`.
 fn error_of(errors: &[String], app: &str) -> String {
     errors
