@@ -30,6 +30,15 @@ const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::
 /// How often a connection's idleness is looked at.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a response may wait for its client to take any of it (the
+/// host has a part ready, the socket takes no byte) before the connection
+/// is dropped: a client that never reads a large answer would otherwise
+/// hold its connection, one of [`connection_cap`], for ever, since hyper
+/// has no write timeout. A response waiting for its guest (or a blob
+/// store) to produce more is not waiting for its client, and a client
+/// reading slowly keeps its connection.
+pub const STALLED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The fewest connections held at once, whatever the open-files limit.
 const MIN_CONNECTIONS: u64 = 64;
 
@@ -108,12 +117,16 @@ pub async fn serve<H: HttpService>(
                     // idle connection.
                     let busy = Activity::begin(&activity);
                     let response = handler.call(req).await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
                 }
             })
         };
         // No upgrades: `wasi:http` has none, and a guest's 101 must not
         // turn the connection into a tunnel.
+        let stream = Watched {
+            inner: stream,
+            activity: activity.clone(),
+        };
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
@@ -159,6 +172,10 @@ async fn keep<C>(
     let mut watch =
         tokio::time::interval_at(tokio::time::Instant::now() + WATCH_EVERY, WATCH_EVERY);
     let mut closing = false;
+    // Once closing for its idleness, a connection still open past this is
+    // dropped: its last answer stuck on a client that reads nothing. (A
+    // host stopping bounds the rest with its grace.)
+    let mut closed_by: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             ended = conn.as_mut() => {
@@ -173,18 +190,32 @@ async fn keep<C>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = watch.tick(), if !closing => match activity.state(HEADER_READ_TIMEOUT) {
-                State::Busy => {}
-                State::Idle => {
-                    tracing::debug!(%peer, "closing a connection without requests");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                State::Silent => {
-                    tracing::debug!(%peer, "dropping a connection that sent no request in time");
+            _ = watch.tick() => {
+                if closed_by.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                    tracing::debug!(%peer, "dropping a closing connection whose client reads nothing");
                     return;
                 }
-            },
+                if closing {
+                    continue;
+                }
+                match activity.state(HEADER_READ_TIMEOUT, STALLED_RESPONSE_TIMEOUT) {
+                    State::Busy => {}
+                    State::Idle => {
+                        tracing::debug!(%peer, "closing a connection without requests");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        closed_by = Some(tokio::time::Instant::now() + STALLED_RESPONSE_TIMEOUT);
+                    }
+                    State::Silent => {
+                        tracing::debug!(%peer, "dropping a connection that sent no request in time");
+                        return;
+                    }
+                    State::Stalled => {
+                        tracing::debug!(%peer, "dropping a connection whose client takes none of its answer");
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -197,6 +228,14 @@ struct Activity {
     /// When the last request began or was answered, in ms after
     /// `accepted`; `u64::MAX` before the first.
     last_ms: AtomicU64,
+    /// Response bodies not yet done.
+    responding: AtomicUsize,
+    /// Those of them waiting for their producer (the guest), not for the
+    /// client: their last poll was pending.
+    producing: AtomicUsize,
+    /// When a response body last gave hyper a part to send (or was made),
+    /// in ms after `accepted`.
+    progress_ms: AtomicU64,
 }
 
 /// What a connection's watchdog makes of it.
@@ -208,6 +247,9 @@ enum State {
     Idle,
     /// No request at all within the timeout of its accept: drop it.
     Silent,
+    /// Answers ready to go that the client has taken nothing of for the
+    /// stall timeout: drop it.
+    Stalled,
 }
 
 impl Activity {
@@ -216,6 +258,9 @@ impl Activity {
             accepted: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(u64::MAX),
+            responding: AtomicUsize::new(0),
+            producing: AtomicUsize::new(0),
+            progress_ms: AtomicU64::new(0),
         }
     }
 
@@ -230,16 +275,28 @@ impl Activity {
         Busy(this.clone())
     }
 
-    fn state(&self, timeout: Duration) -> State {
+    fn state(&self, timeout: Duration, stall: Duration) -> State {
         let timeout = timeout.as_millis() as u64;
         let now = self.now_ms();
         match self.last_ms.load(Ordering::SeqCst) {
             u64::MAX if now >= timeout => State::Silent,
             u64::MAX => State::Busy,
-            _ if self.in_flight.load(Ordering::SeqCst) > 0 => State::Busy,
+            _ if self.in_flight.load(Ordering::SeqCst) > 0 => {
+                let stalled = self.responding.load(Ordering::SeqCst) > 0
+                    && self.producing.load(Ordering::SeqCst) == 0
+                    && now.saturating_sub(self.progress_ms.load(Ordering::SeqCst))
+                        >= stall.as_millis() as u64;
+                if stalled { State::Stalled } else { State::Busy }
+            }
             last if now.saturating_sub(last) >= timeout => State::Idle,
             _ => State::Busy,
         }
+    }
+
+    /// A response body gave hyper something (or was made), or the socket
+    /// took bytes.
+    fn progressed(&self) {
+        self.progress_ms.store(self.now_ms(), Ordering::SeqCst);
     }
 }
 
@@ -253,10 +310,107 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until it is done.
+/// A connection's socket, telling its [`Activity`] when it takes bytes.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.progressed();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.progressed();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that keeps its request in flight until it is done,
+/// and tells its connection's watchdog whether it waits for its producer
+/// or for the client.
 struct Tracked<B> {
     body: B,
-    _busy: Busy,
+    busy: Busy,
+    /// Its last poll was pending (counted in [`Activity::producing`]).
+    producing: bool,
+}
+
+impl<B> Tracked<B> {
+    fn new(body: B, busy: Busy) -> Self {
+        // Progress first: a watchdog looking in between would otherwise
+        // judge the new answer by an old time.
+        busy.0.progressed();
+        busy.0.responding.fetch_add(1, Ordering::SeqCst);
+        Tracked {
+            body,
+            busy,
+            producing: false,
+        }
+    }
+
+    fn set_producing(&mut self, producing: bool) {
+        if producing != self.producing {
+            let count = &self.busy.0.producing;
+            if producing {
+                count.fetch_add(1, Ordering::SeqCst);
+            } else {
+                count.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.producing = producing;
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.set_producing(false);
+        self.busy.0.responding.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
@@ -267,7 +421,13 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        this.set_producing(polled.is_pending());
+        if polled.is_ready() {
+            this.busy.0.progressed();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -286,19 +446,88 @@ mod tests {
     #[test]
     fn a_connection_is_silent_idle_or_busy() {
         let timeout = Duration::from_millis(40);
+        let stall = Duration::from_secs(60);
         let activity = Activity::new();
-        assert_eq!(activity.state(timeout), State::Busy, "just accepted");
+        assert_eq!(activity.state(timeout, stall), State::Busy, "just accepted");
         std::thread::sleep(timeout);
-        assert_eq!(activity.state(timeout), State::Silent, "no request came");
+        assert_eq!(
+            activity.state(timeout, stall),
+            State::Silent,
+            "no request came"
+        );
 
         let activity = Arc::new(Activity::new());
         let busy = Activity::begin(&activity);
         std::thread::sleep(timeout);
-        assert_eq!(activity.state(timeout), State::Busy, "a request in flight");
+        assert_eq!(
+            activity.state(timeout, stall),
+            State::Busy,
+            "a request in flight"
+        );
         drop(busy);
-        assert_eq!(activity.state(timeout), State::Busy, "one just answered");
+        assert_eq!(
+            activity.state(timeout, stall),
+            State::Busy,
+            "one just answered"
+        );
         std::thread::sleep(timeout);
-        assert_eq!(activity.state(timeout), State::Idle, "none since");
+        assert_eq!(activity.state(timeout, stall), State::Idle, "none since");
+    }
+
+    /// A body not polled for the stall timeout after it gave a part is an
+    /// answer its client takes nothing of; one waiting for its producer is
+    /// not.
+    #[test]
+    fn an_answer_the_client_takes_nothing_of_is_stalled() {
+        use hyper::body::Body as _;
+        let (timeout, stall) = (Duration::from_secs(60), Duration::from_millis(40));
+        let activity = Arc::new(Activity::new());
+        // Pending once (its producer at work), then a part.
+        let body = Script(vec![None, Some(bytes::Bytes::from_static(b"x"))].into());
+        let mut tracked = Tracked::new(body, Activity::begin(&activity));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        // Waiting for its producer: busy however long.
+        assert!(
+            std::pin::Pin::new(&mut tracked)
+                .poll_frame(&mut cx)
+                .is_pending()
+        );
+        std::thread::sleep(stall);
+        assert_eq!(activity.state(timeout, stall), State::Busy, "producing");
+        // A part given, then not polled again: the client reads nothing.
+        assert!(
+            std::pin::Pin::new(&mut tracked)
+                .poll_frame(&mut cx)
+                .is_ready()
+        );
+        assert_eq!(activity.state(timeout, stall), State::Busy, "just sent");
+        std::thread::sleep(stall);
+        assert_eq!(activity.state(timeout, stall), State::Stalled);
+        drop(tracked);
+        assert_eq!(activity.state(timeout, stall), State::Busy, "just answered");
+    }
+
+    /// A body whose polls answer as scripted: `None` pending, a part
+    /// ready, then its end.
+    struct Script(std::collections::VecDeque<Option<bytes::Bytes>>);
+
+    impl hyper::body::Body for Script {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            match self.0.pop_front() {
+                Some(None) => std::task::Poll::Pending,
+                Some(Some(part)) => {
+                    std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(part))))
+                }
+                None => std::task::Poll::Ready(None),
+            }
+        }
     }
 
     #[test]
