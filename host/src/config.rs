@@ -99,8 +99,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
-    /// When set, `<app>.<domain>` reaches app `<app>` (besides the path
-    /// prefix `/<app>/`).
+    /// When set, `<app>.<domain>` reaches app `<app>`, each app on an
+    /// origin of its own.
     pub domain: Option<String>,
     /// Whether `/<app>/…` reaches app `<app>` too: every app then shares
     /// one origin (a tenant's page can read another's responses, set its
@@ -392,6 +392,12 @@ impl HostConfig {
             if !endpoint_ok {
                 return Err("`secrets.aws.endpoint` must be an http:// or https:// URL".into());
             }
+            if let Some(host) = aws.endpoint.as_deref().and_then(plain_http_remote_host) {
+                tracing::warn!(
+                    %host,
+                    "`secrets.aws.endpoint` is plain http:// to a host other than this machine: secret values cross the network unencrypted; use https://"
+                );
+            }
         }
         self.validate_email()
     }
@@ -542,3 +548,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// The host of `url` if it is plain `http://` to anywhere but a loopback
+/// address or `localhost`.
+fn plain_http_remote_host(url: &str) -> Option<String> {
+    let uri = url.parse::<hyper::Uri>().ok()?;
+    if !uri.scheme_str()?.eq_ignore_ascii_case("http") {
+        return None;
+    }
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_string())
+}

@@ -328,3 +328,21 @@ fn berth_serve_caps_what_the_host_config_leaves_unset() {
     assert_eq!(capped.concurrency, concurrency);
     assert_eq!(capped.handles, asked.handles.min(500));
 }
+
+/// Secrets Manager over plain HTTP is warned of unless it stays on this
+/// machine (a local stand-in in development).
+#[test]
+fn plain_http_to_another_host_is_told_apart() {
+    assert_eq!(plain_http_remote_host("https://sm.example.com"), None);
+    assert_eq!(plain_http_remote_host("http://127.0.0.1:9000"), None);
+    assert_eq!(plain_http_remote_host("http://[::1]:9000"), None);
+    assert_eq!(plain_http_remote_host("http://LOCALHOST:4566"), None);
+    assert_eq!(
+        plain_http_remote_host("http://minio:9000").as_deref(),
+        Some("minio")
+    );
+    assert_eq!(
+        plain_http_remote_host("HTTP://10.0.0.5").as_deref(),
+        Some("10.0.0.5")
+    );
+}

@@ -43,24 +43,36 @@ const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
 /// a regular file of at most [`MAX_SECRET_FILE_BYTES`] is read: a FIFO
 /// would block the load, and `/dev/zero` would never end.
 fn read_secret_file(path: &str) -> Result<String, String> {
-    use std::io::Read as _;
-    let failed = |e: std::io::Error| format!("cannot read secret file {path}: {}", e.kind());
-    let meta = std::fs::metadata(path).map_err(failed)?;
-    if !meta.is_file() {
-        return Err(format!("secret file {path} is not a regular file"));
-    }
-    if meta.len() > MAX_SECRET_FILE_BYTES {
-        return Err(format!(
-            "secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes"
-        ));
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(failed)?
-        .take(MAX_SECRET_FILE_BYTES)
-        .read_to_string(&mut text)
-        .map_err(failed)?;
+    let text = read_regular_file(std::path::Path::new(path), MAX_SECRET_FILE_BYTES)
+        .map_err(|e| format!("cannot read secret file {path}: {e}"))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// The text of the regular file `path`, of at most `max` bytes. It is
+/// opened without blocking and checked through the open handle: a check of
+/// the path before opening it would let a FIFO swapped in meanwhile hang
+/// the load (and on `berth serve` every app's load behind it).
+fn read_regular_file(path: &std::path::Path, max: u64) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let failed = |e: std::io::Error| e.kind().to_string();
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(failed)?;
+    if !handle.metadata().map_err(failed)?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    handle
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }
 
 #[cfg(test)]
@@ -269,16 +281,12 @@ impl SecretResolver {
         let dotenv = match dotenv.filter(|p| p.exists()) {
             Some(path) => {
                 // Not a FIFO or device, which would hang or flood the load.
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if !meta.is_file() || meta.len() > MAX_DOTENV_BYTES {
-                    return Err(format!(
-                        "{} must be a regular file of at most {MAX_DOTENV_BYTES} bytes",
+                let text = read_regular_file(path, MAX_DOTENV_BYTES).map_err(|e| {
+                    format!(
+                        "cannot read {} ({e}): it must be a regular file of at most {MAX_DOTENV_BYTES} bytes",
                         path.display()
-                    ));
-                }
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    )
+                })?;
                 parse_dotenv(&text)
                     .map_err(|n| format!("{}:{n}: expected KEY=VALUE", path.display()))?
             }
