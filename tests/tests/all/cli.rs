@@ -413,15 +413,19 @@ fn sqlite_memory_is_bounded_for_the_whole_host() {
                 .args(["--", "try", "main", statement]),
         );
         assert_eq!(code, 0, "{out}{err}");
-        out.trim().to_owned()
+        (out.trim().to_owned(), err)
     };
+    let limit_warning = "reached the host's memory limit ([engine] sqlite_memory_mb)";
     let wide = format!("SELECT {}", ["randomblob(30000000)"; 8].join(", "));
-    let roomy = run(1024, &wide);
+    let (roomy, log) = run(1024, &wide);
     assert!(roomy.starts_with("error Error::TooLarge("), "{roomy}");
-    let bounded = run(128, &wide);
+    assert!(!log.contains(limit_warning), "{log}");
+    let (bounded, log) = run(128, &wide);
     assert!(
         bounded.starts_with("error Error::Unavailable("),
         "{bounded}"
     );
-    assert_eq!(run(128, "SELECT length(randomblob(30000000))"), "ok 1");
+    // The operator hears of it: every app's SQLite shares the limit.
+    assert!(log.contains(limit_warning), "{log}");
+    assert_eq!(run(128, "SELECT length(randomblob(30000000))").0, "ok 1");
 }

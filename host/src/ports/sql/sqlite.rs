@@ -217,9 +217,20 @@ pub fn map_error(e: rusqlite::Error) -> SqlError {
                 | ErrorCode::PermissionDenied
                 | ErrorCode::ReadOnly => SqlError::Denied(msg),
                 ErrorCode::TooBig => SqlError::TooLarge(msg),
-                ErrorCode::OutOfMemory => SqlError::Unavailable(
-                    "the memory the host gives SQLite ([engine] sqlite_memory_mb) is in use; retry, or make smaller values".into(),
-                ),
+                ErrorCode::OutOfMemory => {
+                    // Every app's SQLite shares the limit, so the operator
+                    // hears of it, not only the tenant whose call failed.
+                    static LAST_WARNING: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    if crate::ports::warning_due(&LAST_WARNING) {
+                        tracing::warn!(
+                            "the embedded SQLite stores reached the host's memory limit ([engine] sqlite_memory_mb); calls get `unavailable` until memory is freed (said at most once a minute)"
+                        );
+                    }
+                    SqlError::Unavailable(
+                        "the memory the host gives SQLite ([engine] sqlite_memory_mb) is in use; retry, or make smaller values".into(),
+                    )
+                }
                 ErrorCode::OperationInterrupted => SqlError::Timeout,
                 ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull => {
                     // The operator's to fix (a full disk or quota, a file
