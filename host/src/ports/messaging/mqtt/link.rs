@@ -407,11 +407,21 @@ impl Driver {
                     if !self.reconnect || self.shared.fetching_stopped.load(Ordering::SeqCst) {
                         break;
                     }
-                    // The next poll reconnects.
+                    // The next poll reconnects; later when another
+                    // client took the session under this id: during a
+                    // reload under a stable `client_id` that is the app's
+                    // next version, and coming back at once took it back,
+                    // the two kicking each other off (and their deliveries
+                    // in flight redelivered) until this one stopped.
+                    let delay = if taken_over(&e) {
+                        TAKEN_OVER_DELAY
+                    } else {
+                        RECONNECT_DELAY
+                    };
                     let stopped = tokio::select! {
                         biased;
                         _ = &mut self.stop => true,
-                        () = tokio::time::sleep(RECONNECT_DELAY) => false,
+                        () = tokio::time::sleep(delay) => false,
                     };
                     // Its trigger may have stopped meanwhile: connecting
                     // again would take the session from the app's next
@@ -592,4 +602,16 @@ impl Drop for PendingReply<'_> {
     fn drop(&mut self) {
         lock(self.replies).remove(&self.correlation);
     }
+}
+
+/// Whether the broker ended the connection because another client
+/// connected under the same id.
+fn taken_over(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(StateError::ServerDisconnect {
+            reason_code: rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+            ..
+        })
+    )
 }
