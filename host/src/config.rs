@@ -185,9 +185,10 @@ pub struct HostConfig {
     #[serde(default)]
     pub secrets: SecretsConfig,
     /// Config values the operator sets per app (`[app_config.<app>]`),
-    /// overriding the manifest's; they may reference secrets.
+    /// overriding the manifest's; they may reference secrets, or be
+    /// literal ones (so `Debug` shows their keys only).
     #[serde(default)]
-    pub app_config: BTreeMap<String, BTreeMap<String, String>>,
+    pub app_config: AppConfigValues,
     /// Named upstreams granted components call by name, with credentials
     /// the host adds.
     #[serde(default)]
@@ -562,4 +563,31 @@ fn plain_http_remote_host(url: &str) -> Option<String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     (!loopback).then(|| host.to_string())
+}
+
+/// `[app_config]`: per app, config keys and their values. Derefs to the
+/// map; its `Debug` shows the keys only, since a value may be a literal
+/// secret, so no `?host` in a log line or an error can print one.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct AppConfigValues(pub BTreeMap<String, BTreeMap<String, String>>);
+
+impl std::ops::Deref for AppConfigValues {
+    type Target = BTreeMap<String, BTreeMap<String, String>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppConfigValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(app, values)| (app, values.keys().collect::<Vec<_>>())),
+            )
+            .finish()
+    }
 }

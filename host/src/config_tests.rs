@@ -346,3 +346,23 @@ fn plain_http_to_another_host_is_told_apart() {
         Some("10.0.0.5")
     );
 }
+
+/// Values an operator may write literally (app config, upstream headers)
+/// never show in a `Debug` of the host config.
+#[test]
+fn debug_of_the_host_config_shows_no_literal_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(
+        &path,
+        "[app_config.shop]\napi_key = \"canary-app-config\"\n[upstreams.pay]\nurl = \"https://pay.example.com\"\nheaders = { Authorization = \"Bearer canary-upstream\" }\n",
+    )
+    .unwrap();
+    let host = HostConfig::load(&path).unwrap();
+    let shown = format!("{host:?}");
+    assert!(
+        shown.contains("api_key") && shown.contains("Authorization"),
+        "{shown}"
+    );
+    assert!(!shown.contains("canary"), "{shown}");
+}

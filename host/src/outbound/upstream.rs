@@ -35,8 +35,9 @@ use crate::secret::SecretResolver;
 /// How guests name an upstream: `<name>.upstream` as the request's host.
 pub const UPSTREAM_SUFFIX: &str = ".upstream";
 
-/// `[upstreams.<name>]` in the host config.
-#[derive(Debug, Clone, Deserialize)]
+/// `[upstreams.<name>]` in the host config. Its `Debug` shows the headers'
+/// names only: a value may be a literal credential.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Base URL: `https://host[:port][/base/path]`.
@@ -50,6 +51,16 @@ pub struct UpstreamConfig {
     /// `berth serve`, whose tenants write their own manifests: the operator
     /// names who may spend the credential.
     pub apps: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("apps", &self.apps)
+            .finish()
+    }
 }
 
 impl UpstreamConfig {
