@@ -88,7 +88,45 @@ pub struct AppAllowance {
     /// Told when one of them goes idle, so that work waiting for a place
     /// can take that instance's (it keeps its place, so the limit itself
     /// wakes no one).
-    went_idle: std::sync::Arc<tokio::sync::Notify>,
+    went_idle: std::sync::Arc<WentIdle>,
+}
+
+/// Tells work waiting for a place among an app's instances that an
+/// instance went idle; costs one atomic load when none waits (a warm
+/// instance goes idle after every message).
+#[derive(Debug, Default)]
+pub struct WentIdle {
+    notify: tokio::sync::Notify,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl WentIdle {
+    /// An instance went idle (it is in its pool already).
+    pub fn tell(&self) {
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Counts one waiter of a [`WentIdle`] while it lives.
+struct Waiting<'a>(&'a WentIdle);
+
+impl<'a> Waiting<'a> {
+    fn new(went_idle: &'a WentIdle) -> Self {
+        went_idle
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(went_idle)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A place among an app's instances (`[app_limits] max_instances`).
@@ -166,7 +204,7 @@ impl AppAllowance {
     pub fn hold_idle(
         &self,
         holder: std::sync::Weak<dyn IdleInstances>,
-    ) -> std::sync::Arc<tokio::sync::Notify> {
+    ) -> std::sync::Arc<WentIdle> {
         let mut holders = self.idle_holders.lock().unwrap_or_else(|p| p.into_inner());
         holders.retain(|h| h.strong_count() > 0);
         holders.push(holder);
@@ -192,8 +230,14 @@ impl AppAllowance {
     /// instance goes idle and can be dropped for it. `None` only if the
     /// limit was closed, which it never is.
     pub async fn instance_permit(&self) -> Option<InstancePermit> {
+        if let Some(permit) = self.try_instance_permit() {
+            return Some(permit);
+        }
+        // Counted first, then listening, then trying again: an instance
+        // going idle meanwhile is either seen by the try, or tells.
+        let _waiting = Waiting::new(&self.went_idle);
         loop {
-            let went_idle = self.went_idle.notified();
+            let went_idle = self.went_idle.notify.notified();
             tokio::pin!(went_idle);
             went_idle.as_mut().enable();
             if let Some(permit) = self.try_instance_permit() {

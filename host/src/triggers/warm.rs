@@ -22,7 +22,7 @@ pub struct IdlePool<T> {
     idle: Arc<Mutex<Vec<Idle<T>>>>,
     idle_limit: Duration,
     /// Told each time an item goes idle (see [`Self::tell_when_idle`]).
-    went_idle: Option<Arc<tokio::sync::Notify>>,
+    went_idle: Option<Arc<crate::rate::WentIdle>>,
 }
 
 struct Idle<T> {
@@ -64,9 +64,9 @@ impl<T: Send + 'static> IdlePool<T> {
         }
     }
 
-    /// Notifies `went_idle`'s waiters each time an item goes idle (for
-    /// this pool and its clones made after).
-    pub fn tell_when_idle(&mut self, went_idle: Arc<tokio::sync::Notify>) {
+    /// Tells `went_idle` each time an item goes idle (for this pool and
+    /// its clones made after).
+    pub fn tell_when_idle(&mut self, went_idle: Arc<crate::rate::WentIdle>) {
         self.went_idle = Some(went_idle);
     }
 
@@ -100,7 +100,7 @@ impl<T: Send + 'static> IdlePool<T> {
             });
         }
         if let Some(went_idle) = &self.went_idle {
-            went_idle.notify_waiters();
+            went_idle.tell();
         }
     }
 
