@@ -31,8 +31,8 @@ const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a response may wait for its client to take any of it (the
-/// host has a part ready, the socket takes no byte) before the connection
-/// is dropped: a client that never reads a large answer would otherwise
+/// host has a part ready, the socket takes no byte and brings none)
+/// before the connection is dropped: a client that never reads a large answer would otherwise
 /// hold its connection, one of [`connection_cap`], for ever, since hyper
 /// has no write timeout. A response waiting for its guest (or a blob
 /// store) to produce more is not waiting for its client, and a client
@@ -191,14 +191,24 @@ async fn keep<C>(
                 closing = true;
             }
             _ = watch.tick() => {
-                if closed_by.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
-                    tracing::debug!(%peer, "dropping a closing connection whose client reads nothing");
+                let state = activity.state(HEADER_READ_TIMEOUT, STALLED_RESPONSE_TIMEOUT);
+                if state == State::Stalled {
+                    tracing::debug!(%peer, "dropping a connection whose client takes none of its answer");
                     return;
                 }
                 if closing {
+                    // Nothing in flight, yet still open well after it was
+                    // closed: the end of its last answer waits for a
+                    // client that reads nothing. (An answer in flight is
+                    // judged by its progress, above.)
+                    let past = closed_by.is_some_and(|deadline| tokio::time::Instant::now() >= deadline);
+                    if past && activity.in_flight.load(Ordering::SeqCst) == 0 {
+                        tracing::debug!(%peer, "dropping a closing connection whose client reads nothing");
+                        return;
+                    }
                     continue;
                 }
-                match activity.state(HEADER_READ_TIMEOUT, STALLED_RESPONSE_TIMEOUT) {
+                match state {
                     State::Busy => {}
                     State::Idle => {
                         tracing::debug!(%peer, "closing a connection without requests");
@@ -210,10 +220,7 @@ async fn keep<C>(
                         tracing::debug!(%peer, "dropping a connection that sent no request in time");
                         return;
                     }
-                    State::Stalled => {
-                        tracing::debug!(%peer, "dropping a connection whose client takes none of its answer");
-                        return;
-                    }
+                    State::Stalled => return,
                 }
             }
         }
@@ -322,7 +329,14 @@ impl tokio::io::AsyncRead for Watched {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        // A client still sending (a large upload it sends whole before it
+        // reads the answer streaming back) is no stalled client.
+        if buf.filled().len() > before {
+            self.activity.progressed();
+        }
+        read
     }
 }
 
