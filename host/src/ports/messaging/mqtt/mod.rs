@@ -158,10 +158,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Pause between reconnect attempts.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Pause before connecting again after another client took the session:
-/// longer than a reload takes to stop the version it replaces, short
-/// enough that a host whose session was taken over while it was only
-/// cut off briefly takes its share again soon.
-const TAKEN_OVER_DELAY: Duration = Duration::from_secs(15);
+/// the two versions of a reload swap it every few seconds rather than
+/// every second, and it stays under the will's delay
+/// ([`takeover::WILL_DELAY`]), so that when the client that took it goes
+/// away (a new version refused at load) this one is back before its will
+/// sends another host to finish the session.
+const TAKEN_OVER_DELAY: Duration = Duration::from_secs(4);
 /// How long a stopping client may take to send its DISCONNECT (or, a
 /// trigger's, its last acks).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
