@@ -35,8 +35,9 @@ use crate::secret::SecretResolver;
 /// How guests name an upstream: `<name>.upstream` as the request's host.
 pub const UPSTREAM_SUFFIX: &str = ".upstream";
 
-/// `[upstreams.<name>]` in the host config. Its `Debug` shows the headers'
-/// names only: a value may be a literal credential.
+/// `[upstreams.<name>]` in the host config. Its `Debug` shows the URL's
+/// origin and the headers' names only: a base path or a header value may
+/// be a literal credential.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -55,8 +56,15 @@ pub struct UpstreamConfig {
 
 impl std::fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Scheme and authority only: a base path can hold a token
+        // (`/bot<token>`), written as it is in the host config.
+        let origin = self
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| Some(format!("{}://{}/…", uri.scheme_str()?, uri.authority()?)));
         f.debug_struct("UpstreamConfig")
-            .field("url", &self.url)
+            .field("url", &origin.as_deref().unwrap_or("[not a URL]"))
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("apps", &self.apps)
             .finish()
