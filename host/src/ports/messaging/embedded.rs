@@ -367,15 +367,14 @@ impl MessagingBackend for EmbeddedBroker {
         self.store(topic, id, payload, headers, true).await
     }
 
-    async fn publish_unbounded(
+    async fn publish_unbounded_with_id(
         &self,
         topic: &str,
+        id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-    ) -> Result<String, MessagingError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.store(topic, &id, payload, headers, false).await?;
-        Ok(id)
+    ) -> Result<(), MessagingError> {
+        self.store(topic, id, payload, headers, false).await
     }
 
     /// Marks exactly `triggers` live, before they subscribe: every

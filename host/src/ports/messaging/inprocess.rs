@@ -224,15 +224,14 @@ impl MessagingBackend for InProcessBroker {
         self.deliver(topic, id, payload, headers, true).await
     }
 
-    async fn publish_unbounded(
+    async fn publish_unbounded_with_id(
         &self,
         topic: &str,
+        id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-    ) -> Result<String, MessagingError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.deliver(topic, &id, payload, headers, false).await?;
-        Ok(id)
+    ) -> Result<(), MessagingError> {
+        self.deliver(topic, id, payload, headers, false).await
     }
 
     async fn request(

@@ -387,7 +387,22 @@ pub trait MessagingBackend: Send + Sync {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<String, MessagingError> {
-        self.publish(topic, payload, headers).await
+        let id = uuid::Uuid::new_v4().to_string();
+        self.publish_unbounded_with_id(topic, &id, payload, headers)
+            .await?;
+        Ok(id)
+    }
+    /// [`Self::publish_unbounded`] under the caller's `id`: what a broker
+    /// with host-side bounds implements. By default the bounds are the
+    /// broker server's own, and this is [`Self::publish_with_id`].
+    async fn publish_unbounded_with_id(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), MessagingError> {
+        self.publish_with_id(topic, id, payload, headers).await
     }
     /// Publishes under the caller's `id`. A broker that deduplicates by id
     /// (NATS JetStream, within its duplicate window) stores a message once
