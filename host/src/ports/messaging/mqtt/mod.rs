@@ -100,12 +100,14 @@ use crate::ports::kv::redis::RedisBucket;
 use crate::secret::Secret;
 
 mod acks;
+mod driver;
 mod link;
 mod subscription;
 mod takeover;
 mod wire;
 
 use acks::*;
+use driver::*;
 use link::*;
 use subscription::*;
 pub use takeover::WILL_DELAY;
