@@ -259,7 +259,7 @@ impl App {
             }
             crate::fairness::blocking(|| {
                 check_tenant_directory(&manifest)?;
-                check_tenant_state(host, &manifest, &state_dir)
+                check_tenant_state(host, &manifest, &state_dir, &engine.settings().cache_dir)
             })?;
         }
         // Tenants' manifests see no host environment, so no operator's
@@ -275,7 +275,15 @@ impl App {
             crate::rate::AppAllowance::new(host, max_instances)
         });
         let backends = Arc::new(
-            crate::backends::open(host, &manifest, &state_dir, &secrets, &allowance).await?,
+            crate::backends::open(
+                host,
+                &manifest,
+                &state_dir,
+                &engine.settings().cache_dir,
+                &secrets,
+                &allowance,
+            )
+            .await?,
         );
         let network = Arc::new(
             host.outbound

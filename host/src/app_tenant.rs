@@ -39,14 +39,18 @@ pub(crate) fn check_tenant_directory(manifest: &Manifest) -> anyhow::Result<()> 
 /// operator copies it over. Its tenant could write there, so the advice
 /// copies regular files only, never links, which could lead the app into
 /// another app's data. (Not on a dry run: a developer's `berth up` state
-/// beside the manifest is no concern of `berth check --tenant`.)
+/// beside the manifest is no concern of `berth check --tenant`.) Nor
+/// may the engine's compiled-component cache `engine_cache` lie where
+/// tenants write.
 pub(super) fn check_tenant_state(
     host: &HostConfig,
     manifest: &Manifest,
     state_dir: &Path,
+    engine_cache: &Path,
 ) -> anyhow::Result<()> {
     let apps = manifest.dir().parent().unwrap_or(manifest.dir());
     crate::backends::check_state_beside_apps(&host.state_root(manifest), apps)
+        .and_then(|()| crate::backends::check_cache_beside_apps(engine_cache, apps))
         .map_err(|m| anyhow::anyhow!("{}: {m}", host.source()))?;
     let left = left_state(manifest);
     let Ok(meta) = std::fs::symlink_metadata(&left) else {

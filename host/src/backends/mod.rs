@@ -33,8 +33,8 @@ mod places;
 mod settings;
 
 use ownership::PathKind;
-pub use places::check_state_beside_apps;
 use places::{Places, embedded_path};
+pub use places::{check_cache_beside_apps, check_state_beside_apps};
 use settings::{
     Origin, connection_failure, optional_secret, secret_setting, sql_startup_failure, url_setting,
 };
@@ -113,11 +113,13 @@ fn check_email_senders(
     Ok(())
 }
 
-/// Opens every logical resource `manifest` declares, under `state`.
+/// Opens every logical resource `manifest` declares, under `state`, kept
+/// apart from the engine's compiled-component cache `cache_dir`.
 pub async fn open(
     host: &HostConfig,
     manifest: &Manifest,
     state: &Path,
+    cache_dir: &Path,
     secrets: &SecretResolver,
     allowance: &crate::rate::AppAllowance,
 ) -> anyhow::Result<AppBackends> {
@@ -134,7 +136,11 @@ pub async fn open(
             .map_or_else(|| state.to_path_buf(), |scratch| scratch.join(app)),
         tenant_dir: host.serve.tenant_manifests.then(|| manifest.dir()),
         custom: Default::default(),
+        cache_dir: cache_dir.to_path_buf(),
     };
+    // The app's state directory is written through its stores too.
+    places::keep_off_the_cache(state, cache_dir)
+        .map_err(|m| anyhow::anyhow!("{}: `state_dir`: {m}", host.source()))?;
     // A dry run opens its stores in a scratch directory: a state directory
     // a load could not create or write is found here instead.
     if places.dry_run() {

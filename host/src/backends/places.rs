@@ -41,6 +41,10 @@ pub(super) struct Places<'a> {
     /// The custom paths given so far, by key (`blob.files.root`…), as
     /// the system opens them: no two of one app may overlap either.
     pub(super) custom: std::sync::Mutex<Vec<(String, PathBuf)>>,
+    /// The host's compiled-component cache (`[engine] cache_dir`): the
+    /// host runs the native code it finds there, so no custom path may
+    /// overlap it.
+    pub(super) cache_dir: PathBuf,
 }
 
 impl Places<'_> {
@@ -76,7 +80,9 @@ pub(super) fn embedded_path(
     }
     // Before the path is claimed: one refused must not stay the app's.
     if let Ok(path) = ownership::substitute(&raw, origin.app) {
-        keep_custom_paths_apart(origin, key, &path.components().collect::<PathBuf>(), places)?;
+        let path = path.components().collect::<PathBuf>();
+        keep_off_the_cache(&path, &places.cache_dir).map_err(|m| origin.err(key, m))?;
+        keep_custom_paths_apart(origin, key, &path, places)?;
     }
     let claim = !places.dry_run();
     let path = ownership::app_path(
@@ -93,6 +99,51 @@ pub(super) fn embedded_path(
     } else {
         places.open_in.join("custom").join(key)
     })
+}
+
+/// Refuses a custom path `path` equal to, inside or holding the host's
+/// compiled-component cache `cache_dir`: an app that could write there
+/// (through a blob container, say) could plant an artifact the host then
+/// loads as native code. Compared as written and as the system opens them.
+pub(super) fn keep_off_the_cache(path: &Path, cache_dir: &Path) -> Result<(), String> {
+    let both = |p: &Path| {
+        let resolved = ownership::resolved(p).unwrap_or_else(|_| p.to_path_buf());
+        let absolute = std::path::absolute(p)
+            .map(|a| a.components().collect::<PathBuf>())
+            .unwrap_or_else(|_| p.to_path_buf());
+        [resolved, absolute]
+    };
+    let caches = both(cache_dir);
+    for written in both(path) {
+        if caches
+            .iter()
+            .any(|cache| written.starts_with(cache) || cache.starts_with(&written))
+        {
+            return Err(format!(
+                "`{}` overlaps the host's compiled-component cache `{}` ([engine] cache_dir), whose native code the host runs, so no app may write there; give a path outside it",
+                path.display(),
+                cache_dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, on `berth serve`, a compiled-component cache `cache_dir` where
+/// tenants write (see [`check_state_beside_apps`]): a tenant could plant
+/// an artifact there that the host loads as native code.
+pub fn check_cache_beside_apps(cache_dir: &Path, apps: &Path) -> Result<(), String> {
+    let cache = ownership::resolved(cache_dir)?;
+    let apps = ownership::resolved(apps)?;
+    let releases = ownership::linked_app_directories(&apps);
+    if !ownership::state_beside_apps(&cache, &apps, &releases) {
+        return Err(format!(
+            "the compiled-component cache `{}` ([engine] cache_dir) lies where tenants write (the directory of apps `{}`, or an app's directory in it), and the host runs the native code it finds there; give `cache_dir` outside it",
+            cache_dir.display(),
+            apps.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a custom path `path` (under `key`) equal to, inside or holding
@@ -303,6 +354,34 @@ mod tests {
             "Linux 5.8+ gives mount ids"
         );
     }
+    #[test]
+    fn custom_paths_stay_off_the_compiled_component_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::os::unix::fs::symlink(&cache, dir.path().join("link")).unwrap();
+        for refused in [
+            cache.clone(),
+            cache.join("shop"),
+            dir.path().to_path_buf(),
+            dir.path().join("link/shop"),
+            dir.path().join("other/../cache"),
+        ] {
+            let err = super::keep_off_the_cache(&refused, &cache).unwrap_err();
+            assert!(err.contains("compiled-component cache"), "{err}");
+        }
+        for accepted in [dir.path().join("blobs"), dir.path().join("cache-shop")] {
+            assert_eq!(super::keep_off_the_cache(&accepted, &cache), Ok(()));
+        }
+        // On serve, the cache itself must not lie where tenants write.
+        let apps = dir.path().join("apps");
+        std::fs::create_dir_all(&apps).unwrap();
+        let err = super::check_cache_beside_apps(&apps.join("cache"), &apps).unwrap_err();
+        assert!(err.contains("[engine] cache_dir"), "{err}");
+        assert!(super::check_cache_beside_apps(&apps.join(".cache"), &apps).is_ok());
+        assert!(super::check_cache_beside_apps(&cache, &apps).is_ok());
+    }
+
     #[test]
     fn state_directories_where_tenants_write_are_refused_on_serve() {
         let dir = tempfile::tempdir().unwrap();
