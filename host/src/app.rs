@@ -78,6 +78,12 @@ pub struct ComponentEnv {
     /// Where its instances' stdout and stderr go on the HTTP and message
     /// triggers (the host's log, a line at a time).
     pub output: Arc<crate::ports::logging::output::OutputOwner>,
+    /// The linear memory the app's instances hold together
+    /// (`[app_limits] memory_mb`).
+    pub app_memory: Arc<crate::limits::AppMemory>,
+    /// The instance slots, and places among the app's instances, one
+    /// instance takes (see [`HostEngine::pool_weight`]).
+    pub weight: u32,
 }
 
 /// What a component exports, i.e. which triggers can invoke it.
@@ -361,6 +367,8 @@ impl App {
                     budget: backends.log_budget.clone(),
                 }),
                 backends: backends.clone(),
+                app_memory: allowance.memory.clone(),
+                weight: HostEngine::pool_weight(&component),
             });
             components.insert(decl.name.clone(), LoadedComponent { env, pre, exports });
         }

@@ -75,6 +75,13 @@ pub struct AppLimitsConfig {
     /// no share of its own on `berth up` (the app is alone). 0 is refused
     /// at load.
     pub max_instances: Option<u32>,
+    /// MiB of linear memory one app's instances may hold together, all
+    /// its components and versions; an instance growing past it (or
+    /// starting with more than is left) stops with the `app_memory` limit
+    /// (HTTP: 503). Default: half the machine's memory (or its cgroup's
+    /// limit) on `berth serve`, so no tenant takes it all; none of its own
+    /// on `berth up`. 0 is refused at load.
+    pub memory_mb: Option<u32>,
     /// MiB one app's in-memory kv buckets (`memory = true`, or `type =
     /// "memory"` in the host config) may hold together, keys, values and
     /// their bookkeeping; default 64. A `set` past it is `invalid-input`
@@ -361,6 +368,7 @@ impl HostConfig {
                 limits.max_instances,
                 "the app could run nothing",
             ),
+            ("memory_mb", limits.memory_mb, "the app could run nothing"),
             (
                 "kv_memory_mb",
                 limits.kv_memory_mb,

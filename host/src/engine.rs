@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::state::InstanceState;
+
+#[path = "engine_files.rs"]
+mod files;
+use files::{check_is_component, read_bounded};
 
 /// How often the epoch advances; the granularity of time limits and of the
 /// yields that keep a spinning guest from starving its neighbours.
@@ -96,6 +100,9 @@ struct Inner {
     /// ship the same component share its compiled code and metadata
     /// instead of each mapping its own copy.
     loaded: std::sync::Mutex<LoadedComponents>,
+    /// Digests of components whose compile was abandoned past
+    /// `max_compile_time`: refused at once from then on.
+    too_slow: std::sync::Mutex<std::collections::HashSet<String>>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -115,6 +122,16 @@ const LOADED_COMPONENTS_KEPT: usize = 256;
 /// [`COMPILE_PROGRESS_EVERY`] until it ends (large Python or JavaScript
 /// guests take seconds to compile the first time).
 const COMPILE_PROGRESS_AFTER: Duration = Duration::from_secs(1);
+/// The most core instances, memories and tables one component may have.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+const MAX_TABLES_PER_COMPONENT: u32 = 32;
+/// The memories and tables the pooling allocator holds per instance slot.
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 4;
+
+/// Components refused as too slow to compile that are remembered.
+const MAX_TOO_SLOW: usize = 4096;
 const COMPILE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 impl LoadedComponents {
@@ -177,6 +194,7 @@ impl HostEngine {
                     settings.max_instances.max(1) as usize,
                 )),
                 loaded: Default::default(),
+                too_slow: Default::default(),
                 app_allowances: Default::default(),
                 settings,
                 stop_ticker,
@@ -199,20 +217,46 @@ impl HostEngine {
         &self.inner.turns
     }
 
-    /// An instance slot if one is free now.
-    pub fn try_instance_slot(&self) -> Option<InstanceSlot> {
-        self.inner.instance_slots.clone().try_acquire_owned().ok()
-    }
-
-    /// An instance slot, waiting for one to be freed if the host is at
-    /// capacity.
-    pub async fn instance_slot(&self) -> InstanceSlot {
+    /// The instance slots (`weight`, see [`Self::pool_weight`]) of one
+    /// instance, if they are free now.
+    pub fn try_instance_slot(&self, weight: u32) -> Option<InstanceSlot> {
+        let weight = weight.clamp(1, self.inner.settings.max_instances.max(1));
         self.inner
             .instance_slots
             .clone()
-            .acquire_owned()
+            .try_acquire_many_owned(weight)
+            .ok()
+    }
+
+    /// The instance slots (`weight`) of one instance, waiting for them to
+    /// be freed if the host is at capacity.
+    pub async fn instance_slot(&self, weight: u32) -> InstanceSlot {
+        let weight = weight.clamp(1, self.inner.settings.max_instances.max(1));
+        self.inner
+            .instance_slots
+            .clone()
+            .acquire_many_owned(weight)
             .await
             .expect("the instance-slot semaphore is never closed")
+    }
+
+    /// How many instance slots an instance of `component` takes: one,
+    /// or more for a component with more memories or tables than the
+    /// pooling allocator holds per slot (2 and 4), so that no component
+    /// can use up the allocator's memories or tables while slots are
+    /// free, and other tenants' instances fail for want of them.
+    pub fn pool_weight(component: &Component) -> u32 {
+        let Some(needs) = component.resources_required() else {
+            // Core modules it imports: as many as any component may have.
+            return MAX_MEMORIES_PER_COMPONENT
+                .div_ceil(MEMORIES_PER_SLOT)
+                .max(MAX_TABLES_PER_COMPONENT.div_ceil(TABLES_PER_SLOT));
+        };
+        needs
+            .num_memories
+            .div_ceil(MEMORIES_PER_SLOT)
+            .max(needs.num_tables.div_ceil(TABLES_PER_SLOT))
+            .max(1)
     }
 
     /// The allowance of the app whose state lies in `state_dir` (see
@@ -269,13 +313,29 @@ impl HostEngine {
     ) -> anyhow::Result<Component> {
         let settings = self.settings();
         let max = settings.max_component_bytes;
-        let bytes = crate::fairness::blocking(|| read_bounded(path, max, root))?;
+        let (bytes, digest) = crate::fairness::blocking(|| {
+            let bytes = read_bounded(path, max, root)?;
+            let digest = hex::encode(Sha256::digest(&bytes));
+            anyhow::Ok((bytes, digest))
+        })?;
+        if self.too_slow().contains(&digest) {
+            anyhow::bail!(
+                "compiling component {} took longer than {:?} ([engine] max_compile_ms) before; refused without compiling it again (until the host restarts)",
+                path.display(),
+                settings.max_compile_time
+            );
+        }
         let size_mib = bytes.len() as f64 / f64::from(1 << 20);
         let (engine, shown) = (self.clone(), path.display().to_string());
+        // A compile cannot be stopped once started: one past the deadline
+        // runs on, and is then told it was abandoned.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let told = abandoned.clone();
+        let compiled_digest = digest.clone();
         let compile = tokio::task::spawn_blocking(move || {
             check_is_component(&bytes).with_context(|| format!("cannot load {shown}"))?;
             engine
-                .compile_cached(&bytes)
+                .compile_cached_unless(&bytes, compiled_digest, &told)
                 .with_context(|| format!("cannot compile component {shown}"))
         });
         let started = std::time::Instant::now();
@@ -301,11 +361,22 @@ impl HostEngine {
                     }
                     next_report = started.elapsed() + COMPILE_PROGRESS_EVERY;
                 }
-                () = &mut deadline => anyhow::bail!(
-                    "compiling component {} took longer than {:?} ([engine] max_compile_ms); refused",
-                    path.display(),
-                    settings.max_compile_time
-                ),
+                () = &mut deadline => {
+                    // Refused from now on, reloads during the compile too:
+                    // a tenant cannot keep the host's cores busy with it.
+                    abandoned.store(true, Ordering::SeqCst);
+                    let mut too_slow = self.too_slow();
+                    if too_slow.len() >= MAX_TOO_SLOW {
+                        too_slow.clear();
+                    }
+                    too_slow.insert(digest);
+                    drop(too_slow);
+                    anyhow::bail!(
+                        "compiling component {} took longer than {:?} ([engine] max_compile_ms); refused",
+                        path.display(),
+                        settings.max_compile_time
+                    )
+                }
             }
         }
     }
@@ -331,8 +402,21 @@ impl HostEngine {
     /// same bytes are removed when a new one is written. Only artifacts
     /// written by this function are ever deserialized.
     pub fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        let engine = &self.inner.engine;
         let digest = hex::encode(Sha256::digest(bytes));
+        self.compile_cached_unless(bytes, digest, &AtomicBool::new(false))
+    }
+
+    /// [`Self::compile_cached`] of `bytes`, whose SHA-256 is `digest`,
+    /// keeping nothing of a compile that was `abandoned` (past `[engine]
+    /// max_compile_ms`) by the time it ended: neither the artifact, which
+    /// the next load would take at once, nor the component.
+    fn compile_cached_unless(
+        &self,
+        bytes: &[u8],
+        digest: String,
+        abandoned: &AtomicBool,
+    ) -> anyhow::Result<Component> {
+        let engine = &self.inner.engine;
         if let Some(component) = self.loaded().get(&digest) {
             return Ok(component);
         }
@@ -353,6 +437,9 @@ impl HostEngine {
             .precompile_component(bytes)
             .map_err(anyhow::Error::from)?;
         tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
+        if abandoned.load(Ordering::SeqCst) {
+            anyhow::bail!("compile abandoned past [engine] max_compile_ms");
+        }
         if let Err(e) = write_atomically(&path, &compiled) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
         }
@@ -368,6 +455,14 @@ impl HostEngine {
         self.inner
             .cache_dir
             .join(format!("{digest}-{}.cwasm", self.inner.engine_hash))
+    }
+
+    fn too_slow(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        // A set of digests: no invariant a panic could break.
+        self.inner
+            .too_slow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn loaded(&self) -> std::sync::MutexGuard<'_, LoadedComponents> {
@@ -403,44 +498,6 @@ fn remove_stale_artifacts(dir: &Path, digest: &str, current: &Path) {
     }
 }
 
-/// Reads the regular file at `path` if it holds at most `max` bytes (and,
-/// with `root`, lies in that directory). Opened once, without waiting (a
-/// FIFO without a writer would block the open for ever), and read with a
-/// bound, so neither a device (`/dev/zero`), a FIFO, nor a file that grows
-/// after a size check can make the host read more. Where the file lies is
-/// read from the open file itself, so a link swapped after a check cannot
-/// lead elsewhere.
-fn read_bounded(path: &Path, max: u64, root: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("cannot read component {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read component {}", path.display()))?;
-    if !meta.is_file() {
-        anyhow::bail!("component {} is not a regular file", path.display());
-    }
-    if let Some(root) = root {
-        check_within(&file, path, root)?;
-    }
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read component {}", path.display()))?;
-    if bytes.len() as u64 > max {
-        anyhow::bail!(
-            "component {} is larger than this host accepts: at most {} MiB ([engine] max_component_mb)",
-            path.display(),
-            max >> 20
-        );
-    }
-    Ok(bytes)
-}
-
 /// The wasmtime configuration of [`HostEngine`] (public so benchmarks can
 /// compare against bare wasmtime with the same settings).
 pub fn engine_config(settings: &EngineSettings) -> Config {
@@ -449,14 +506,17 @@ pub fn engine_config(settings: &EngineSettings) -> Config {
     config.memory_init_cow(true);
     let n = settings.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
+    // Core instances are only counted (memories and tables are reserved
+    // slots): every instance may have as many as any component.
+    // Memories and tables are weighed per instance ([`HostEngine::pool_weight`]).
     pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(4))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
+        .total_core_instances(n.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(n.saturating_mul(MEMORIES_PER_SLOT))
+        .total_tables(n.saturating_mul(TABLES_PER_SLOT))
         .total_stacks(n)
-        .max_core_instances_per_component(64)
-        .max_memories_per_component(8)
-        .max_tables_per_component(32)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .max_memory_size(settings.max_memory_bytes as usize)
         .max_component_instance_size(4 << 20)
         .max_core_instance_size(4 << 20)
@@ -493,24 +553,6 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
         .ok();
 }
 
-/// Refuses anything that is not a WebAssembly component with a message that
-/// says what it is instead.
-fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
-    const MAGIC: &[u8] = b"\0asm";
-    if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        bail!(
-            "not a WebAssembly file (no `\\0asm` header); expected a component built for wasm32-wasip2"
-        );
-    }
-    // Layer field: 0 for core modules, 1 for components.
-    if bytes[6..8] == [0, 0] {
-        bail!(
-            "this is a core WebAssembly module, not a component; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`"
-        );
-    }
-    Ok(())
-}
-
 #[expect(unsafe_code, reason = "deserializing artifacts this host wrote itself")]
 fn deserialize_own_artifact(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     // SAFETY: the file is in Berth's cache directory, named by the content
@@ -538,39 +580,60 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         })
 }
 
-/// Refuses open `file` (opened as `path`) unless it lies in directory
-/// `root`, every link followed.
-fn check_within(file: &std::fs::File, path: &Path, root: &Path) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    use std::os::unix::fs::MetadataExt as _;
-    let outside = || {
-        anyhow::anyhow!(
-            "component {} lies outside the app's directory {}: an app served by `berth serve` runs components from its own directory only",
-            path.display(),
-            root.display()
-        )
-    };
-    let root = std::fs::canonicalize(root).map_err(|_| outside())?;
-    let actual = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .with_context(|| format!("cannot tell where component {} lies", path.display()))?;
-    if !actual.starts_with(&root) {
-        return Err(outside());
-    }
-    let links = file.metadata().map(|m| m.nlink()).unwrap_or(0);
-    if links > 1 {
-        // A hard link has no one place: it may be another tenant's file
-        // too, whatever directory this name lies in.
-        anyhow::bail!(
-            "component {} is a hard link ({links} names): an app served by `berth serve` runs components that are its own files only",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A component instantiating a module of one memory `memories` times
+    /// and one of one table `tables` times.
+    fn component_of(engine: &Engine, memories: u32, tables: u32) -> Component {
+        use wasm_encoder as enc;
+        let mut with_memory = enc::Module::new();
+        let mut section = enc::MemorySection::new();
+        section.memory(enc::MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        with_memory.section(&section);
+        let mut with_table = enc::Module::new();
+        let mut section = enc::TableSection::new();
+        section.table(enc::TableType {
+            element_type: enc::RefType::FUNCREF,
+            table64: false,
+            minimum: 1,
+            maximum: None,
+            shared: false,
+        });
+        with_table.section(&section);
+        let mut component = enc::Component::new();
+        component.section(&enc::ModuleSection(&with_memory));
+        component.section(&enc::ModuleSection(&with_table));
+        let mut instances = enc::InstanceSection::new();
+        let none = || Vec::<(&str, enc::ModuleArg)>::new();
+        for _ in 0..memories {
+            instances.instantiate(0, none());
+        }
+        for _ in 0..tables {
+            instances.instantiate(1, none());
+        }
+        component.section(&instances);
+        Component::new(engine, component.finish()).unwrap()
+    }
+
+    #[test]
+    fn components_with_more_memories_or_tables_than_a_slot_holds_weigh_more() {
+        let engine = Engine::default();
+        let weight =
+            |memories, tables| HostEngine::pool_weight(&component_of(&engine, memories, tables));
+        assert_eq!(weight(0, 0), 1);
+        assert_eq!(weight(2, 4), 1);
+        assert_eq!(weight(3, 0), 2);
+        assert_eq!(weight(1, 9), 3);
+        assert_eq!(weight(8, 32), 8);
+    }
 
     #[test]
     fn refuses_non_components() {

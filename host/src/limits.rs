@@ -266,6 +266,12 @@ pub enum LimitExceeded {
         "app at capacity: {0} instances of this app are already running ([app_limits] max_instances); retry later"
     )]
     AppInstances(u32),
+    /// The app's instances together would hold more linear memory than
+    /// `[app_limits] memory_mb` allows.
+    #[error(
+        "app memory limit exceeded: this app's instances together would hold more than {0} bytes of linear memory ([app_limits] memory_mb); retry later"
+    )]
+    AppMemory(u64),
     /// Every instance slot of the host is in use (`[engine] max_instances`,
     /// or one of the pooling allocator's pools).
     #[error(
@@ -284,6 +290,55 @@ impl LimitExceeded {
     }
 }
 
+/// The linear memory one app's instances hold together, all its
+/// components and versions (`[app_limits] memory_mb`): each instance's own
+/// limit alone lets an app with many instances hold the host's memory.
+#[derive(Debug)]
+pub struct AppMemory {
+    limit: u64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl AppMemory {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: Default::default(),
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes the app's live instances hold.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` from the budget if they fit.
+    fn reserve(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `bytes` taken by [`Self::reserve`].
+    fn release(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+}
+
 /// Enforces the memory and table limits of one instance.
 #[derive(Debug)]
 pub struct InstanceLimiter {
@@ -292,6 +347,9 @@ pub struct InstanceLimiter {
     /// component may have several (one per core instance that defines
     /// one), and the limit is the instance's, not each memory's.
     used: u64,
+    /// The app's budget, which `used` is taken from and given back to
+    /// when the instance goes.
+    app: Option<std::sync::Arc<AppMemory>>,
 }
 
 impl InstanceLimiter {
@@ -300,6 +358,24 @@ impl InstanceLimiter {
         Self {
             memory_bytes,
             used: 0,
+            app: None,
+        }
+    }
+
+    /// A limiter allowing `memory_bytes` of linear memory, as long as the
+    /// app's instances together stay within `app`.
+    pub fn within_app(memory_bytes: u64, app: std::sync::Arc<AppMemory>) -> Self {
+        Self {
+            app: Some(app),
+            ..Self::new(memory_bytes)
+        }
+    }
+}
+
+impl Drop for InstanceLimiter {
+    fn drop(&mut self) {
+        if let Some(app) = &self.app {
+            app.release(self.used);
         }
     }
 }
@@ -325,6 +401,11 @@ impl ResourceLimiter for InstanceLimiter {
                 requested: usize::try_from(total).unwrap_or(usize::MAX),
                 limit: self.memory_bytes,
             }));
+        }
+        if let Some(app) = &self.app
+            && !app.reserve(grant)
+        {
+            return Err(wasmtime::Error::new(LimitExceeded::AppMemory(app.limit)));
         }
         // Counted as granted: a grow that then fails (the host out of
         // memory) counts until the instance goes, which errs on the safe
@@ -372,6 +453,32 @@ mod tests {
         let mut limiter = InstanceLimiter::new(4 * mib as u64);
         assert!(!limiter.memory_growing(0, 2 * mib, Some(mib)).unwrap());
         assert!(limiter.memory_growing(0, 4 * mib, None).unwrap());
+    }
+
+    #[test]
+    fn an_apps_instances_share_its_memory_budget() {
+        let mib = 1 << 20;
+        let app = std::sync::Arc::new(AppMemory::new(10 * mib as u64));
+        let mut one = InstanceLimiter::within_app(8 * mib as u64, app.clone());
+        let mut two = InstanceLimiter::within_app(8 * mib as u64, app.clone());
+        assert!(one.memory_growing(0, 6 * mib, None).unwrap());
+        // Within its own limit, past the app's: refused, nothing taken.
+        let err = two.memory_growing(0, 5 * mib, None).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<LimitExceeded>(),
+                Some(LimitExceeded::AppMemory(limit)) if *limit == 10 * mib as u64
+            ),
+            "{err}"
+        );
+        assert_eq!(app.used(), 6 * mib as u64);
+        assert!(two.memory_growing(0, 4 * mib, None).unwrap());
+        // An instance gone gives its memory back.
+        drop(one);
+        assert_eq!(app.used(), 4 * mib as u64);
+        assert!(two.memory_growing(4 * mib, 8 * mib, None).unwrap());
+        drop(two);
+        assert_eq!(app.used(), 0);
     }
 
     #[test]

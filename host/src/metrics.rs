@@ -29,7 +29,7 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 12] = [
+const LIMITS: [&str; 13] = [
     "time",
     "memory",
     "table",
@@ -42,6 +42,7 @@ const LIMITS: [&str; 12] = [
     "message_rate",
     "instances",
     "app_instances",
+    "app_memory",
 ];
 
 /// Components whose counters are kept before those of components no loaded
@@ -462,6 +463,8 @@ mod tests {
             LimitExceeded::Handles(0),
             LimitExceeded::Concurrency(0),
             LimitExceeded::Instances,
+            LimitExceeded::AppInstances(0),
+            LimitExceeded::AppMemory(0),
         ] {
             let name = InvocationError::Limit(e).limit_name().unwrap();
             assert!(LIMITS.contains(&name), "{name}");

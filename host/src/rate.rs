@@ -66,6 +66,8 @@ pub struct AppAllowance {
     pub instances: std::sync::Arc<tokio::sync::Semaphore>,
     /// How many that is.
     pub instance_limit: u32,
+    /// The linear memory its instances hold together (`memory_mb`).
+    pub memory: std::sync::Arc<crate::limits::AppMemory>,
     /// Its email sends (`emails_per_minute`).
     pub emails: std::sync::Arc<TokenBucket>,
     /// Their recipients (`email_recipients_per_minute`).
@@ -129,8 +131,13 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A place among an app's instances (`[app_limits] max_instances`).
+/// A place among an app's instances (`[app_limits] max_instances`), or
+/// several for an instance that weighs more (see
+/// [`crate::engine::HostEngine::pool_weight`]).
 pub type InstancePermit = tokio::sync::OwnedSemaphorePermit;
+
+/// The most places an app's share holds (a semaphore's permits).
+const MAX_PLACES: u32 = u32::MAX >> 3;
 
 /// Idle instances that each hold an [`InstancePermit`] of their app.
 pub trait IdleInstances: Send + Sync {
@@ -157,7 +164,12 @@ impl AppAllowance {
             None => u32::MAX,
         }
         .max(1);
-        let permits = (instance_limit as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
+        let permits = instance_limit.min(MAX_PLACES) as usize;
+        let memory = match limits.memory_mb {
+            Some(mb) => u64::from(mb) << 20,
+            None if host.serve.tenant_manifests => half_the_machines_memory(),
+            None => u64::MAX,
+        };
         let per_minute = limits
             .emails_per_minute
             .unwrap_or(crate::ports::email::rate::DEFAULT_PER_MINUTE);
@@ -167,6 +179,7 @@ impl AppAllowance {
         Self {
             instances: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
             instance_limit,
+            memory: std::sync::Arc::new(crate::limits::AppMemory::new(memory)),
             emails: std::sync::Arc::new(TokenBucket::new(per_minute, Duration::from_secs(60))),
             email_recipients: std::sync::Arc::new(TokenBucket::new(
                 limits
@@ -211,12 +224,14 @@ impl AppAllowance {
         self.went_idle.clone()
     }
 
-    /// A place among the app's instances if one is free, or once an idle
-    /// instance holding one was dropped for it: the app's own idle warm
-    /// instances never keep it from serving.
-    pub fn try_instance_permit(&self) -> Option<InstancePermit> {
+    /// The places among the app's instances of an instance weighing
+    /// `weight`, if they are free, or once idle instances holding them
+    /// were dropped for them: the app's own idle warm instances never keep
+    /// it from serving.
+    pub fn try_instance_permit(&self, weight: u32) -> Option<InstancePermit> {
+        let weight = self.weighed(weight);
         loop {
-            if let Ok(permit) = self.instances.clone().try_acquire_owned() {
+            if let Ok(permit) = self.instances.clone().try_acquire_many_owned(weight) {
                 return Some(permit);
             }
             if !self.drop_an_idle_instance() {
@@ -225,14 +240,16 @@ impl AppAllowance {
         }
     }
 
-    /// A place among the app's instances, waiting for one when none is
-    /// free nor held by an idle instance: until one is given back, or an
+    /// The places among the app's instances of an instance weighing
+    /// `weight`, waiting for them when they are neither free nor held by
+    /// idle instances: until one is given back, or an
     /// instance goes idle and can be dropped for it. `None` only if the
     /// limit was closed, which it never is.
-    pub async fn instance_permit(&self) -> Option<InstancePermit> {
-        if let Some(permit) = self.try_instance_permit() {
+    pub async fn instance_permit(&self, weight: u32) -> Option<InstancePermit> {
+        if let Some(permit) = self.try_instance_permit(weight) {
             return Some(permit);
         }
+        let weight = self.weighed(weight);
         // Counted first, then listening, then trying again: an instance
         // going idle meanwhile is either seen by the try, or tells.
         let _waiting = Waiting::new(&self.went_idle);
@@ -240,14 +257,20 @@ impl AppAllowance {
             let went_idle = self.went_idle.notify.notified();
             tokio::pin!(went_idle);
             went_idle.as_mut().enable();
-            if let Some(permit) = self.try_instance_permit() {
+            if let Some(permit) = self.try_instance_permit(weight) {
                 return Some(permit);
             }
             tokio::select! {
-                permit = self.instances.clone().acquire_owned() => return permit.ok(),
+                permit = self.instances.clone().acquire_many_owned(weight) => return permit.ok(),
                 () = went_idle => {}
             }
         }
+    }
+
+    /// The places of an instance weighing `weight` (see
+    /// [`crate::engine::HostEngine::pool_weight`]), at most the app's all.
+    fn weighed(&self, weight: u32) -> u32 {
+        weight.clamp(1, self.instance_limit.min(MAX_PLACES))
     }
 
     fn drop_an_idle_instance(&self) -> bool {
@@ -285,9 +308,67 @@ impl AppAllowance {
     }
 }
 
+/// Half of what memory this process may use: the machine's
+/// (`/proc/meminfo`), or its cgroups' lowest limit where that is lower;
+/// 4 GiB where neither can be read.
+fn half_the_machines_memory() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        });
+    // cgroup v2 ("max" when unlimited): the process's own group and those
+    // above it (a systemd unit's `MemoryMax=`, a container's limit).
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+        .unwrap_or_default();
+    let cgroup = std::path::Path::new(&own)
+        .ancestors()
+        .filter_map(|group| {
+            let group = group.strip_prefix("/").unwrap_or(group);
+            let file = std::path::Path::new("/sys/fs/cgroup")
+                .join(group)
+                .join("memory.max");
+            std::fs::read_to_string(file)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .min();
+    let total = match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, Some(c)) => c,
+        (None, None) => 8 << 30,
+    };
+    total / 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_takes_as_many_places_as_it_weighs() {
+        let mut host = crate::config::HostConfig::default();
+        host.app_limits.max_instances = Some(3);
+        let allowance = AppAllowance::new(&host, 8);
+        let heavy = allowance.try_instance_permit(2).expect("2 of 3 places");
+        assert!(allowance.try_instance_permit(2).is_none());
+        let light = allowance.try_instance_permit(1).expect("the last place");
+        drop(heavy);
+        // Heavier than the whole share: it takes the whole share.
+        assert!(allowance.try_instance_permit(50).is_none());
+        drop(light);
+        assert!(allowance.try_instance_permit(50).is_some());
+    }
 
     #[test]
     fn bursts_up_to_the_count_then_refills_at_the_rate() {

@@ -162,13 +162,13 @@ impl HttpHandler {
         };
         // The app's share of the host's slots, whatever its components'
         // own limits: no tenant takes every slot of the host.
-        let Some(app_permit) = self.app.allowance.try_instance_permit() else {
+        let Some(app_permit) = self.app.allowance.try_instance_permit(env.weight) else {
             return refused(
                 LimitExceeded::AppInstances(self.app.allowance.instance_limit),
                 "app_instances",
             );
         };
-        let Some(slot) = self.app.engine().try_instance_slot() else {
+        let Some(slot) = self.app.engine().try_instance_slot(env.weight) else {
             return refused(LimitExceeded::Instances, "instances");
         };
         let mut wasi = WasiCtxBuilder::new();

@@ -358,8 +358,9 @@ async fn invoke(
     let start = match warm.and_then(WarmPool::take) {
         Some(taken) => Ok(taken),
         None => {
-            let app_permit = app.allowance.instance_permit().await;
-            Err((app_permit, app.engine().instance_slot().await))
+            let weight = component.env.weight;
+            let app_permit = app.allowance.instance_permit(weight).await;
+            Err((app_permit, app.engine().instance_slot(weight).await))
         }
     };
     if caller_gone() {

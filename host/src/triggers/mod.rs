@@ -141,6 +141,7 @@ impl InvocationError {
             InvocationError::Limit(LimitExceeded::Handles(_)) => Some("handles"),
             InvocationError::Limit(LimitExceeded::Instances) => Some("instances"),
             InvocationError::Limit(LimitExceeded::AppInstances(_)) => Some("app_instances"),
+            InvocationError::Limit(LimitExceeded::AppMemory(_)) => Some("app_memory"),
             InvocationError::Trap(_) => None,
         }
     }

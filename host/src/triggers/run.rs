@@ -76,7 +76,7 @@ pub async fn run(
         wasi.inherit_stdio();
     }
     let _permit = component.env.slots.clone().acquire_owned().await;
-    let slot = app.engine().instance_slot().await;
+    let slot = app.engine().instance_slot(component.env.weight).await;
     let mut store = app.new_store(component, wasi, slot);
     let limit = component.env.limits.timeout;
     let handles = component.env.limits.handles;

@@ -232,23 +232,23 @@ mod tests {
         let pool = IdlePool::with_idle_limit(Duration::from_secs(60));
         allowance.hold_idle(pool.as_idle_instances());
         for n in 0..2 {
-            let place = allowance.instance_permit().await.expect("a free place");
+            let place = allowance.instance_permit(1).await.expect("a free place");
             pool.give_back(IdlePool::fresh((n, place)));
         }
         assert_eq!(pool.idle_count(), 2, "idle items hold both places");
         let taken = allowance
-            .try_instance_permit()
+            .try_instance_permit(1)
             .expect("an idle item's place");
         assert_eq!(pool.idle_count(), 1);
         let in_use = pool.take().expect("item 1 is idle");
         assert_eq!(in_use.item.0, 1, "the oldest went");
         // The last place is held by an item in use, not idle: none to take.
-        assert!(allowance.try_instance_permit().is_none());
+        assert!(allowance.try_instance_permit(1).is_none());
         drop(in_use);
-        let taken_too = allowance.try_instance_permit().expect("a freed place");
-        assert!(allowance.try_instance_permit().is_none());
+        let taken_too = allowance.try_instance_permit(1).expect("a freed place");
+        assert!(allowance.try_instance_permit(1).is_none());
         drop((taken, taken_too));
-        assert!(allowance.try_instance_permit().is_some());
+        assert!(allowance.try_instance_permit(1).is_some());
     }
 
     /// Work waiting for a place takes one as soon as an instance holding
@@ -261,11 +261,11 @@ mod tests {
         let allowance = Arc::new(crate::rate::AppAllowance::new(&host, 8));
         let mut pool = IdlePool::with_idle_limit(Duration::from_secs(60));
         pool.tell_when_idle(allowance.hold_idle(pool.as_idle_instances()));
-        let place = allowance.instance_permit().await.expect("a free place");
+        let place = allowance.instance_permit(1).await.expect("a free place");
         let in_use = IdlePool::fresh(place);
         let waiter = tokio::spawn({
             let allowance = allowance.clone();
-            async move { allowance.instance_permit().await.is_some() }
+            async move { allowance.instance_permit(1).await.is_some() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "the only place is in use");

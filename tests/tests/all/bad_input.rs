@@ -268,4 +268,13 @@ async fn oversized_and_slow_to_compile_components_are_refused() {
         err.contains("took longer than 1ms ([engine] max_compile_ms)"),
         "{err}"
     );
+    // Its bytes are refused at once from then on, and the compile it
+    // abandoned runs on but leaves nothing a later load would take.
+    let err = format!("{:#}", engine.load_component(api).await.unwrap_err());
+    assert!(err.contains("refused without compiling it again"), "{err}");
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    let artifacts = std::fs::read_dir(dir.path().join("cache"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(artifacts, 0, "an abandoned compile wrote the cache");
 }

@@ -608,3 +608,59 @@ async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
     assert_eq!(get(&base, "/greedy/hello").await.0, 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_share_an_app_memory_budget_that_instances_give_back() {
+    let apps = tempfile::tempdir().unwrap();
+    write_http_app(
+        &apps.path().join("greedy"),
+        "greedy",
+        "timeout_ms = 10000\nconcurrency = 100",
+    );
+    write_http_app(&apps.path().join("calm"), "calm", "");
+    let host_file = apps.path().join("host.toml");
+    // An instance of this guest holds a little over 1 MiB of linear
+    // memory: two fit in 3 MiB, a third does not.
+    std::fs::write(&host_file, "[app_limits]\nmemory_mb = 3\n").unwrap();
+    let tenants = Arc::new(Tenants::new(
+        engine().clone(),
+        HostConfig::load(&host_file).unwrap(),
+        apps.path().to_path_buf(),
+    ));
+    assert_eq!(tenants.sync().await, Vec::<String>::new());
+    let server = berth_tests::serve_tenants(tenants.clone()).await;
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .get(format!("{base}/greedy/sleep?ms=3000"))
+                    .send()
+                    .await;
+                r.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let third = http
+        .get(format!("{base}/greedy/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status().as_u16(), 503);
+    let body = third.text().await.unwrap();
+    assert!(body.contains("app_memory"), "{body}");
+    let (status, _) = get(&base, "/calm/hello").await;
+    assert_eq!(status, 200, "other tenants have budgets of their own");
+    for request in slow {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(
+        get(&base, "/greedy/hello").await.0,
+        200,
+        "instances gone gave their memory back"
+    );
+    server.stop().await;
+}
