@@ -49,6 +49,13 @@ impl RowSender {
         self.tx.send((item, size)).await.map_err(drop)
     }
 
+    /// Whether the cursor is gone, for a reader to look at while it works
+    /// on the next row.
+    pub(crate) fn closed_signal(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let tx = self.tx.clone();
+        Arc::new(move || tx.is_closed())
+    }
+
     /// [`RowSender::send`] from a blocking thread (SQLite's reader).
     pub(crate) fn blocking_send(&self, item: Item) -> Result<(), ()> {
         futures::executor::block_on(self.send(item))

@@ -23,7 +23,7 @@ use rusqlite::limits::Limit;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::sqlite_guard::{Armed, Deadline, authorize, with_deadline};
+use super::sqlite_guard::{Armed, Deadline, GiveUpOnDrop, authorize, with_deadline};
 use super::{
     CappedRows, ResultCaps, RowSet, SqlBackend, SqlCursor, SqlError, SqlTransaction, SqlValue,
 };
@@ -385,15 +385,25 @@ impl SqlBackend for SqliteDatabase {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let limit = self.statement_timeout();
+        let call = GiveUpOnDrop::new();
+        let given_up = call.given_up();
         self.pool
-            .with_conn(move |c| with_deadline(c, limit, |c| run_query(c, &statement, params, caps)))
+            .with_conn(move |c| {
+                with_deadline(c, limit, given_up, |c| {
+                    run_query(c, &statement, params, caps)
+                })
+            })
             .await
     }
 
     async fn execute(&self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let limit = self.statement_timeout();
+        let call = GiveUpOnDrop::new();
+        let given_up = call.given_up();
         self.pool
-            .with_conn(move |c| with_deadline(c, limit, |c| run_execute(c, &statement, params)))
+            .with_conn(move |c| {
+                with_deadline(c, limit, given_up, |c| run_execute(c, &statement, params))
+            })
             .await
     }
 
@@ -421,13 +431,15 @@ impl SqlBackend for SqliteDatabase {
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = super::cursor_channel();
         // The reader owns the connection and statement on a blocking thread and
-        // stops as soon as the cursor is dropped (its sends fail).
+        // stops as soon as the cursor is dropped (its sends fail, and a
+        // step under way is interrupted).
+        let cursor_gone = rows_tx.closed_signal();
         tokio::task::spawn_blocking(move || {
             let conn: &Connection = pooled.conn();
             // Each step to the next row gets the whole limit, so a guest
             // that reads slowly does not use it up; the handler is removed
             // (after the statement) before the connection goes back.
-            let deadline = Deadline::new(limit);
+            let deadline = Deadline::new(limit).or_given_up(cursor_gone);
             let _armed = Armed::new(conn, deadline.clone());
             let _value_cap = ValueCap::new(conn, caps);
             let mut stmt = match prepare_one(conn, &statement) {
@@ -501,13 +513,21 @@ impl SqlTransaction for SqliteTransaction {
         caps: ResultCaps,
     ) -> Result<RowSet, SqlError> {
         let limit = self.statement_timeout;
-        self.run(move |c| with_deadline(c, limit, |c| run_query(c, &statement, params, caps)))
-            .await
+        let call = GiveUpOnDrop::new();
+        let given_up = call.given_up();
+        self.run(move |c| {
+            with_deadline(c, limit, given_up, |c| {
+                run_query(c, &statement, params, caps)
+            })
+        })
+        .await
     }
 
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let limit = self.statement_timeout;
-        self.run(move |c| with_deadline(c, limit, |c| run_execute(c, &statement, params)))
+        let call = GiveUpOnDrop::new();
+        let given_up = call.given_up();
+        self.run(move |c| with_deadline(c, limit, given_up, |c| run_execute(c, &statement, params)))
             .await
     }
 

@@ -6,7 +6,7 @@
 
 use std::os::raw::c_int;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -111,6 +111,36 @@ fn listed(list: &[&str], name: &str) -> bool {
     list.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
+/// Whether the call a statement runs for was given up: the guest's
+/// invocation that made it timed out or trapped (dropping the call's
+/// future), or the cursor it reads for was dropped.
+pub(super) type GivenUp = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Held by the async side of a call whose statement runs on the blocking
+/// pool: dropped with the call's future, it tells the statement to stop.
+/// Otherwise a guest whose invocations time out could leave runaway
+/// statements holding the pool's connections and the process's blocking
+/// threads for the whole statement limit.
+pub(super) struct GiveUpOnDrop(Arc<AtomicBool>);
+
+impl GiveUpOnDrop {
+    pub(super) fn new() -> Self {
+        Self(Arc::default())
+    }
+
+    /// What the statement's progress handler looks at.
+    pub(super) fn given_up(&self) -> GivenUp {
+        let flag = self.0.clone();
+        Arc::new(move || flag.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// When the statement running on a connection is interrupted.
 #[derive(Clone)]
 pub(super) struct Deadline {
@@ -119,6 +149,9 @@ pub(super) struct Deadline {
     /// Nanoseconds after `start` past which the statement is interrupted;
     /// moved on by [`Deadline::rearm`].
     at: Arc<AtomicU64>,
+    /// Interrupts the statement before the deadline once its call is
+    /// given up.
+    given_up: Option<GivenUp>,
 }
 
 impl Deadline {
@@ -128,9 +161,16 @@ impl Deadline {
             limit,
             start: Instant::now(),
             at: Arc::new(AtomicU64::new(0)),
+            given_up: None,
         };
         deadline.rearm();
         deadline
+    }
+
+    /// This deadline, passed early once `given_up` says so.
+    pub(super) fn or_given_up(mut self, given_up: GivenUp) -> Deadline {
+        self.given_up = Some(given_up);
+        self
     }
 
     /// Moves the deadline to `limit` from now.
@@ -141,6 +181,7 @@ impl Deadline {
 
     fn passed(&self) -> bool {
         nanos(self.start.elapsed()) >= self.at.load(Ordering::Relaxed)
+            || self.given_up.as_ref().is_some_and(|given_up| given_up())
     }
 }
 
@@ -166,13 +207,15 @@ impl Drop for Armed<'_> {
     }
 }
 
-/// Runs a guest's statement `f` on `conn`, interrupted after `limit`.
+/// Runs a guest's statement `f` on `conn`, interrupted after `limit` or
+/// once `given_up` says its call was given up.
 pub(super) fn with_deadline<R>(
     conn: &Connection,
     limit: Duration,
+    given_up: GivenUp,
     f: impl FnOnce(&Connection) -> R,
 ) -> R {
-    let _armed = Armed::new(conn, Deadline::new(limit));
+    let _armed = Armed::new(conn, Deadline::new(limit).or_given_up(given_up));
     f(conn)
 }
 

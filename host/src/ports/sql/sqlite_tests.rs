@@ -151,6 +151,50 @@ async fn runaway_statements_time_out_and_give_their_connection_back() {
     assert_eq!(n, 3_000_000);
 }
 
+/// A guest whose invocations time out drops its calls: their statements
+/// must stop then, not run on to the statement limit holding connections
+/// and blocking threads.
+#[tokio::test]
+async fn statements_of_calls_given_up_stop_at_once() {
+    let long = SqliteTimeouts {
+        statement: Duration::from_secs(60),
+        acquire: Duration::from_millis(200),
+    };
+    let (_d, db) = db_with(long);
+    for _ in 0..POOL_SIZE {
+        let call = db.query(RUNAWAY.into(), vec![], CAPS);
+        let gone = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(gone.is_err(), "the runaway was still running");
+    }
+    let mut tx = db.begin().await.unwrap();
+    let call = tx.query(RUNAWAY.into(), vec![], CAPS);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), call)
+            .await
+            .is_err()
+    );
+    drop(tx);
+    let mut cursor = db.open_cursor(RUNAWAY.into(), vec![], CAPS).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), cursor.next(10, 1 << 20))
+            .await
+            .is_err()
+    );
+    drop(cursor);
+    // Every connection is back well before the 60 s limit.
+    let started = Instant::now();
+    while db.pool.permits.available_permits() < POOL_SIZE {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} of {POOL_SIZE} connections back",
+            db.pool.permits.available_permits()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rows = db.query("SELECT 1".into(), vec![], CAPS).await.unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(1));
+}
+
 #[tokio::test]
 async fn waiting_for_a_connection_is_bounded() {
     let (_d, db) = db_with(SHORT);
