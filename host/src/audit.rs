@@ -34,6 +34,28 @@ pub fn app_warning_due(app: &str) -> bool {
     WARNINGS.admit(app, std::time::Instant::now())
 }
 
+/// Whether a warning of the host's about `what` that guests of any app
+/// can cause at will (a shared budget used up, an error a statement can
+/// raise) is written now: once a second at most per `what`.
+pub fn host_warning_due(what: &'static str) -> bool {
+    static LAST: std::sync::Mutex<Vec<(&str, u64)>> = std::sync::Mutex::new(Vec::new());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match last.iter_mut().find(|(w, _)| *w == what) {
+        Some((_, second)) if *second == now => false,
+        Some((_, second)) => {
+            *second = now;
+            true
+        }
+        None => {
+            last.push((what, now));
+            true
+        }
+    }
+}
+
 /// Warnings about one app written per second (see [`app_warning_due`]).
 pub const MAX_APP_WARNINGS_PER_SECOND: u32 = 20;
 

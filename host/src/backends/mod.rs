@@ -559,6 +559,7 @@ pub async fn open(
         }
     };
     let email: Arc<dyn EmailBackend> = Arc::new(crate::ports::email::rate::RateLimited::new(
+        app,
         transport,
         allowance.emails.clone(),
         allowance.email_recipients.clone(),

@@ -180,7 +180,9 @@ impl S3Writer {
                 drop(app.split(more));
                 self.reserved.app = Some(app);
                 self.reserved.host = held_host;
-                if warn {
+                // Any app's writers can refuse themselves at will once it
+                // is used up: warned of once a second at most.
+                if warn && crate::audit::host_warning_due("s3 write buffers") {
                     tracing::warn!(
                         budget_bytes = WRITE_BUFFER_BUDGET,
                         "every S3 upload buffer of this host is in use"

@@ -87,7 +87,7 @@ impl EmailBackend for FileSink {
             message_id = %id,
             from = %message.from,
             to = ?message.to,
-            subject = %message.subject,
+            subject = %crate::audit::printable(&message.subject),
             file = %path.display(),
             "email written to the local sink"
         );

@@ -18,6 +18,8 @@ pub const DEFAULT_RECIPIENTS_PER_MINUTE: u32 = 600;
 /// Allows so many messages and so many recipients a minute, each in bursts
 /// of up to its rate.
 pub struct RateLimited {
+    /// The app whose rates these are, named in the host's warnings.
+    app: String,
     inner: Arc<dyn EmailBackend>,
     messages: Arc<TokenBucket>,
     recipients: Arc<TokenBucket>,
@@ -33,11 +35,13 @@ impl RateLimited {
     /// would refuse every message as `rate-limited` (which invites a
     /// retry), so the host config refuses it at load.
     pub fn new(
+        app: &str,
         inner: Arc<dyn EmailBackend>,
         messages: Arc<TokenBucket>,
         recipients: Arc<TokenBucket>,
     ) -> Self {
         Self {
+            app: app.to_string(),
             inner,
             messages,
             recipients,
@@ -52,16 +56,26 @@ impl EmailBackend for RateLimited {
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         // A message to more recipients than the rate holds takes the whole
         // rate, once it is full (see `TokenBucket::take_n`).
+        // Each refusal is warned of at a bounded rate per app: a guest can
+        // call `send` in a loop once its rate is spent.
         if !self.recipients.take_n(count) {
-            tracing::warn!(
-                "email recipient rate of the app ([app_limits] email_recipients_per_minute) reached"
-            );
+            if crate::audit::app_warning_due(&self.app) {
+                tracing::warn!(
+                    app = %self.app,
+                    "email recipient rate of the app ([app_limits] email_recipients_per_minute) reached"
+                );
+            }
             return Err(EmailError::RateLimited);
         }
         if !self.messages.take() {
             // Not sent: its recipients do not count.
             self.recipients.give_back(count);
-            tracing::warn!("email send rate of the app ([app_limits] emails_per_minute) reached");
+            if crate::audit::app_warning_due(&self.app) {
+                tracing::warn!(
+                    app = %self.app,
+                    "email send rate of the app ([app_limits] emails_per_minute) reached"
+                );
+            }
             return Err(EmailError::RateLimited);
         }
         self.inner.send(message).await
@@ -89,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn bursts_up_to_the_rate_then_refuses() {
-        let limited = RateLimited::new(Arc::new(Sink), per_minute(3), per_minute(100));
+        let limited = RateLimited::new("shop", Arc::new(Sink), per_minute(3), per_minute(100));
         let msg = EmailMessage {
             to: vec!["a@example.com".into()],
             ..Default::default()
@@ -104,7 +118,7 @@ mod tests {
     /// recipients reach the recipient rate before the message rate.
     #[tokio::test]
     async fn recipients_count_one_by_one() {
-        let limited = RateLimited::new(Arc::new(Sink), per_minute(100), per_minute(10));
+        let limited = RateLimited::new("shop", Arc::new(Sink), per_minute(100), per_minute(10));
         let msg = EmailMessage {
             to: vec!["a@example.com".into(), "b@example.com".into()],
             cc: vec!["c@example.com".into()],
@@ -120,7 +134,7 @@ mod tests {
     /// recipients' rate.
     #[tokio::test]
     async fn a_message_not_sent_counts_no_recipients() {
-        let limited = RateLimited::new(Arc::new(Sink), per_minute(1), per_minute(10));
+        let limited = RateLimited::new("shop", Arc::new(Sink), per_minute(1), per_minute(10));
         let msg = EmailMessage {
             to: vec!["a@example.com".into(); 5],
             ..Default::default()
