@@ -180,6 +180,35 @@ pub(crate) fn unanswered(within: std::time::Duration) -> SqlError {
     ))
 }
 
+/// Refuses a decimal parameter's text past what the database stores:
+/// longer than `max_chars`, or with an exponent (`e…`) past
+/// `max_exponent` either way. Parsing an arbitrary-precision decimal
+/// takes time quadratic in its digits (and an exponent makes digits), on
+/// the thread serving the call, where no time limit of the guest's
+/// reaches: a 10 MB decimal would hold it for minutes.
+pub(crate) fn decimal_in_bounds(
+    text: &str,
+    max_chars: usize,
+    max_exponent: u32,
+) -> Result<(), SqlError> {
+    if text.len() > max_chars {
+        return Err(SqlError::InvalidInput(format!(
+            "a decimal of {} characters is longer than this database takes (at most {max_chars})",
+            text.len()
+        )));
+    }
+    if let Some(at) = text.find(['e', 'E']) {
+        let digits = text[at + 1..].trim_start_matches(['+', '-']);
+        let past = digits.len() > 9 || digits.parse::<u32>().is_ok_and(|e| e > max_exponent);
+        if past {
+            return Err(SqlError::InvalidInput(format!(
+                "a decimal's exponent is past what this database takes (at most {max_exponent} either way)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Why a SQL operation failed, as adapters report it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SqlError {

@@ -291,6 +291,9 @@ fn param(v: SqlValue) -> Result<Value, SqlError> {
         }
         // Sent as text, which the server parses exactly.
         SqlValue::Decimal(s) => {
+            // `DECIMAL` holds at most 65 digits: a few leading or trailing
+            // zeros more pass, nothing that takes long to parse.
+            super::decimal_in_bounds(&s, 1024, 1024)?;
             bigdecimal::BigDecimal::from_str(&s).map_err(|_| bad("decimal", &s))?;
             Value::Bytes(s.into_bytes())
         }
@@ -321,6 +324,15 @@ mod tests {
             type_name: "t".into(),
             kind,
         }
+    }
+
+    #[test]
+    fn decimals_past_what_mysql_stores_are_refused_before_parsing() {
+        for huge in ["1".repeat(4 << 20), "1e99999".to_owned()] {
+            let err = super::param(SqlValue::Decimal(huge)).err();
+            assert!(matches!(err, Some(SqlError::InvalidInput(_))), "{err:?}");
+        }
+        assert!(super::param(SqlValue::Decimal("12345.6789".into())).is_ok());
     }
 
     #[test]

@@ -22,42 +22,81 @@ pub(super) struct PgSessions {
     /// The watchdog's own connection, outside the pool (which may be
     /// exhausted by the very statements it looks for), while it watches.
     pub(super) conn: Option<sqlx::PgConnection>,
+    /// Whether `options` pin the settings a role's defaults could give
+    /// (see [`PgSessions::connect`]).
+    pub(super) pinned: bool,
 }
+
+// Every name below is schema-qualified (`OPERATOR(pg_catalog.*)` and
+// all; `unnest` of two arrays in `FROM` only as written, which the parser
+// turns into the built-in's own form): `THIS_BACKEND` runs in a tenant's session, on its `search_path`,
+// and Postgres takes an operator of the tenant's own schema that matches
+// the argument types exactly over a built-in one reached by a cast (there
+// is no built-in `numeric * int4`). A tenant's `*` returning -1 would
+// make every backend's start differ from the watchdog's reading, and the
+// watchdog would never find an overdue statement again.
 
 /// This connection's backend: its pid and its start (microseconds since
 /// the epoch), which tells it from a later backend given the same pid.
-pub(super) const THIS_BACKEND: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 \
-     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+pub(super) const THIS_BACKEND: &str = "SELECT pid, \
+     (extract(epoch FROM backend_start) OPERATOR(pg_catalog.*) 1000000::pg_catalog.numeric)::pg_catalog.int8 \
+     FROM pg_catalog.pg_stat_activity WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()";
 
 /// The noted backends (pids `$1`, starts `$2`) still there, whether each
 /// runs a statement, and whether that statement started more than `$3`
 /// seconds ago.
-const LIST_BACKENDS: &str = "SELECT a.pid, COALESCE(a.state = 'active', false), \
-     COALESCE(a.state = 'active' \
-       AND a.query_start < clock_timestamp() - make_interval(secs => $3), false) \
-     FROM pg_stat_activity a \
-     JOIN unnest($1::int4[], $2::int8[]) AS noted(pid, started) \
-       ON a.pid = noted.pid \
-       AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = noted.started";
+const LIST_BACKENDS: &str = "SELECT a.pid, \
+     COALESCE(a.state OPERATOR(pg_catalog.=) 'active'::pg_catalog.text, false), \
+     COALESCE(a.state OPERATOR(pg_catalog.=) 'active'::pg_catalog.text \
+       AND a.query_start OPERATOR(pg_catalog.<) \
+         (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $3)), false) \
+     FROM pg_catalog.pg_stat_activity a \
+     JOIN unnest($1::pg_catalog.int4[], $2::pg_catalog.int8[]) AS noted(pid, started) \
+       ON a.pid OPERATOR(pg_catalog.=) noted.pid \
+       AND (extract(epoch FROM a.backend_start) OPERATOR(pg_catalog.*) 1000000::pg_catalog.numeric)::pg_catalog.int8 \
+         OPERATOR(pg_catalog.=) noted.started";
 
 /// Runs `{signal}` on backend `$1` (started at `$2`) if it still runs a
 /// statement started more than `$3` seconds ago, in one statement, so a
 /// statement that ended meanwhile leaves a new one alone.
-const SIGNAL_OVERDUE: &str = "SELECT count(*) FILTER (WHERE {signal}(pid)) \
-     FROM pg_stat_activity \
-     WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2 \
-       AND state = 'active' \
-       AND query_start < clock_timestamp() - make_interval(secs => $3)";
+const SIGNAL_OVERDUE: &str = "SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.{signal}(pid)) \
+     FROM pg_catalog.pg_stat_activity \
+     WHERE pid OPERATOR(pg_catalog.=) $1 \
+       AND (extract(epoch FROM backend_start) OPERATOR(pg_catalog.*) 1000000::pg_catalog.numeric)::pg_catalog.int8 \
+         OPERATOR(pg_catalog.=) $2 \
+       AND state OPERATOR(pg_catalog.=) 'active'::pg_catalog.text \
+       AND query_start OPERATOR(pg_catalog.<) \
+         (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $3))";
 
 impl PgSessions {
     async fn connection(&mut self) -> Result<&mut sqlx::PgConnection, String> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => sqlx::PgConnection::connect_with(&self.options)
-                .await
-                .map_err(|e| map_error(e).to_string())?,
+            None => self.connect().await?,
         };
         Ok(self.conn.insert(conn))
+    }
+
+    /// A connection of the watchdog's own. It logs in as the tenant's
+    /// role, whose defaults the tenant may set (`ALTER ROLE CURRENT_USER
+    /// SET …`): a `transaction_timeout` (Postgres 17+) of 1 ms would fail
+    /// every one of its statements, so on such a server it is set in the
+    /// connection's options, which come after the role's defaults (as its
+    /// `statement_timeout` and `search_path` are), from the first
+    /// connection that tells the server's version on.
+    async fn connect(&mut self) -> Result<sqlx::PgConnection, String> {
+        let conn = sqlx::PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| map_error(e).to_string())?;
+        if self.pinned || conn.server_version_num().is_none_or(|v| v < 170_000) {
+            return Ok(conn);
+        }
+        let _ = conn.close().await;
+        self.options = self.options.clone().options([("transaction_timeout", "0")]);
+        self.pinned = true;
+        sqlx::PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| map_error(e).to_string())
     }
 
     /// Runs `signal` (`pg_cancel_backend`, `pg_terminate_backend`) on the

@@ -145,16 +145,9 @@ async fn run_provisioning(
     let mut conn = PgConnection::connect_with(&admin)
         .await
         .map_err(map_error)?;
-    // One provisioning at a time on the server: hosts starting together
-    // would otherwise fail on each other's catalog updates (`tuple
-    // concurrently updated`). Held until the connection closes, and waited
-    // for at most `LOCK_WAIT`.
-    execute(&mut conn, &format!("SET lock_timeout = '{LOCK_WAIT}'")).await?;
-    execute(
-        &mut conn,
-        &format!("SELECT pg_advisory_lock({PROVISIONING_LOCK})"),
-    )
-    .await?;
+    // Catalog rows other sessions hold are waited for at most this long.
+    execute(&mut conn, "SET lock_timeout = '30s'").await?;
+    take_provisioning_lock(&mut conn).await?;
     let dry_run = mode == Provisioning::TryAndRollBack;
     if dry_run {
         execute(&mut conn, "BEGIN").await?;
@@ -201,6 +194,20 @@ async fn run_provisioning(
     if joined {
         execute(&mut conn, &format!("REVOKE \"{role}\" FROM CURRENT_USER")).await?;
     }
+    // A role may change its own defaults (`ALTER ROLE CURRENT_USER SET
+    // …`), which would outlive the app's reloads: each provisioning
+    // starts them over.
+    execute(&mut conn, &format!("ALTER ROLE \"{role}\" RESET ALL")).await?;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(map_error)?;
+    let database = database.replace('"', "\"\"");
+    execute(
+        &mut conn,
+        &format!("ALTER ROLE \"{role}\" IN DATABASE \"{database}\" RESET ALL"),
+    )
+    .await?;
     execute(
         &mut conn,
         &format!("ALTER ROLE \"{role}\" SET search_path = \"{role}\""),
@@ -241,8 +248,38 @@ async fn claim_role(conn: &mut PgConnection, role: &str, owner: &str) -> Result<
 /// The advisory lock serializing provisionings on a server ("berthprv").
 const PROVISIONING_LOCK: i64 = 0x6265_7274_6870_7276;
 
-/// How long a provisioning waits for another host's.
-const LOCK_WAIT: &str = "30s";
+/// How long a provisioning waits for the lock before it goes on without.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One provisioning at a time on the server: hosts starting together
+/// would otherwise fail on each other's catalog updates (`tuple
+/// concurrently updated`). The lock is held until the connection closes.
+/// Any session of the database may take an advisory lock, a tenant's
+/// transaction too, so past [`LOCK_WAIT`] the provisioning goes on without
+/// it: a tenant holding it delays other apps' loads by that much, and
+/// does not keep them from loading. (A provisioning that then meets
+/// another host's fails this load; the next one provisions again.)
+async fn take_provisioning_lock(conn: &mut PgConnection) -> Result<(), SqlError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock($1)")
+            .bind(PROVISIONING_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_error)?;
+        if taken {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                waited_s = LOCK_WAIT.as_secs(),
+                "the Postgres provisioning lock is held by another session (another host provisioning, or a tenant's transaction); provisioning without it"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
 
 /// For an admin that is not a superuser, the attributes of `role` to set:
 /// only those it lacks. Such a login may not name SUPERUSER, REPLICATION or

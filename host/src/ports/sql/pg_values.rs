@@ -135,6 +135,14 @@ pub(super) enum PgParam {
     SpecialDecimal(SpecialNumeric),
 }
 
+/// The longest decimal text a Postgres parameter may have: `numeric`
+/// holds up to 131,072 digits before the point and 16,383 after, with a
+/// sign, a point and an exponent.
+const MAX_DECIMAL_CHARS: usize = 131_072 + 16_383 + 16;
+
+/// The largest exponent either way of a Postgres decimal parameter.
+const MAX_DECIMAL_EXPONENT: u32 = 131_072 + 16_383;
+
 impl PgParam {
     fn from_value(v: SqlValue) -> Result<PgParam, SqlError> {
         let bad =
@@ -170,9 +178,10 @@ impl PgParam {
             }
             SqlValue::Decimal(s) => match SpecialNumeric::parse(&s) {
                 Some(special) => PgParam::SpecialDecimal(special),
-                None => PgParam::Decimal(
-                    bigdecimal::BigDecimal::from_str(&s).map_err(|_| bad("decimal", &s))?,
-                ),
+                None => PgParam::Decimal({
+                    super::decimal_in_bounds(&s, MAX_DECIMAL_CHARS, MAX_DECIMAL_EXPONENT)?;
+                    bigdecimal::BigDecimal::from_str(&s).map_err(|_| bad("decimal", &s))?
+                }),
             },
         })
     }

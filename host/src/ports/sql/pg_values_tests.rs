@@ -28,6 +28,34 @@ fn infinities_are_accepted_as_parameters() {
     ));
 }
 
+/// Parsing a decimal takes time quadratic in its digits, on the thread
+/// serving the call: what Postgres cannot store is refused unparsed.
+#[test]
+fn decimals_past_what_postgres_stores_are_refused_before_parsing() {
+    use super::{SqlError, SqlValue};
+    let started = std::time::Instant::now();
+    for huge in [
+        "1".repeat(4 << 20),
+        "1e2000000".to_owned(),
+        "1e-9999999999".to_owned(),
+    ] {
+        let err = super::convert(vec![SqlValue::Decimal(huge)]).err();
+        assert!(matches!(err, Some(SqlError::InvalidInput(_))), "{err:?}");
+        assert!(
+            err.unwrap().to_string().len() < 200,
+            "the value is not echoed"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let largest = format!("{}.{}", "9".repeat(1000), "1".repeat(100));
+    assert!(super::convert(vec![SqlValue::Decimal(largest)]).is_ok());
+    assert!(super::convert(vec![SqlValue::Decimal("1.5e-300".into())]).is_ok());
+}
+
 #[test]
 fn a_statement_without_parameters_keeps_its_question_marks() {
     assert_eq!(

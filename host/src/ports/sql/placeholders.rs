@@ -30,9 +30,10 @@ pub(super) fn rewrite_placeholders_into(out: &mut String, sql: &str) {
         let end = match c {
             b'\'' if is_escape_string(b, i) => skip_escape_string(b, i),
             b'\'' | b'"' => skip_quoted(b, i, c),
+            // Postgres ends a line comment at `\r` as at `\n`.
             b'-' if b.get(i + 1) == Some(&b'-') => b[i..]
                 .iter()
-                .position(|&x| x == b'\n')
+                .position(|&x| matches!(x, b'\n' | b'\r'))
                 .map_or(b.len(), |p| i + p),
             b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i),
             // A `$` inside an identifier (`a$1`, `a$b$`) is part of it.
@@ -136,7 +137,13 @@ fn skip_dollar_quoted(sql: &str, start: usize) -> usize {
     let rest = &sql[start + 1..];
     let tag_len = rest
         .find('$')
-        .filter(|&p| rest[..p].chars().all(|c| c.is_alphanumeric() || c == '_'));
+        // As Postgres reads a tag: ASCII letters, digits, `_` and any
+        // character past ASCII.
+        .filter(|&p| {
+            rest[..p]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii())
+        });
     match tag_len {
         Some(p) => {
             let tag = &sql[start..start + p + 2];
@@ -188,6 +195,13 @@ mod tests {
         // `date'…'` is not an escape string.
         assert_eq!(r("SELECT date'\\', ?"), "SELECT date'\\', $1");
         assert_eq!(r("SELECT E'\\"), "SELECT E'\\");
+    }
+
+    #[test]
+    fn comments_and_dollar_tags_end_where_postgres_ends_them() {
+        assert_eq!(r("SELECT ? --c\r, ?"), "SELECT $1 --c\r, $2");
+        assert_eq!(r("SELECT $€$ ? $€$, ?"), "SELECT $€$ ? $€$, $1");
+        assert_eq!(r("SELECT $é1$ ? $é1$, ?"), "SELECT $é1$ ? $é1$, $1");
     }
 
     #[test]

@@ -169,8 +169,13 @@ impl PostgresDatabase {
             .map_err(map_error)?;
         let sessions = PgSessions {
             pool: pool.clone(),
-            options: options.application_name(&format!("{}:watchdog", s.application_name)),
+            // Only the built-in names on its path, whatever the tenant's
+            // schema holds (a later `-c` overrides the pool's).
+            options: options
+                .options([("search_path", "pg_catalog")])
+                .application_name(&format!("{}:watchdog", s.application_name)),
             conn: None,
+            pinned: false,
         };
         let watchdog = watchdog::spawn(
             session_ids.clone(),
@@ -238,10 +243,23 @@ pub fn map_error(e: sqlx::Error) -> SqlError {
                 // connection): the operator's credential, not the guest's
                 // statement; the message can name the user, database and
                 // the host's address (`no pg_hba.conf entry for host …`).
+                // A guest's statement can raise such a code too (`RAISE …
+                // USING ERRCODE`), with any text: escaped, and written once
+                // a second at most.
                 c if c.starts_with("28") => {
-                    tracing::warn!(error = %msg, "the Postgres server refused the host's login");
+                    if crate::audit::host_warning_due("postgres login refused") {
+                        tracing::warn!(
+                            error = %crate::audit::printable(crate::audit::bounded(&msg)),
+                            "the Postgres server refused the host's login"
+                        );
+                    }
                     SqlError::Unavailable("the database refused the host's login".into())
                 }
+                // A read-only transaction or server refuses the write.
+                "25006" => SqlError::Denied(msg),
+                // A lock not taken (`NOWAIT`, `lock_timeout`): another
+                // session holds it, as for a serialization failure.
+                "55P03" => SqlError::Conflict(msg),
                 "40001" | "40P01" => SqlError::Conflict(msg),
                 c if c.starts_with("22") => SqlError::InvalidInput(msg),
                 "08P01" => SqlError::InvalidInput(msg),
@@ -263,6 +281,8 @@ pub fn map_error(e: sqlx::Error) -> SqlError {
             SqlError::Unavailable("database configuration error".into())
         }
         sqlx::Error::Protocol(m) if m.contains("parameters") => SqlError::InvalidInput(m),
+        // A parameter the driver could not encode was never sent.
+        sqlx::Error::Encode(e) => SqlError::InvalidInput(format!("cannot send a parameter: {e}")),
         sqlx::Error::ColumnDecode { source, .. } => SqlError::UnsupportedType(source.to_string()),
         other => SqlError::Other(other.to_string()),
     }
