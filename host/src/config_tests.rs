@@ -355,7 +355,7 @@ fn debug_of_the_host_config_shows_no_literal_values() {
     let path = dir.path().join("host.toml");
     std::fs::write(
         &path,
-        "[app_config.shop]\napi_key = \"canary-app-config\"\n[upstreams.pay]\nurl = \"https://pay.example.com/bot-canary-path\"\nheaders = { Authorization = \"Bearer canary-upstream\" }\n",
+        "[app_config.shop]\napi_key = \"canary-app-config\"\n[upstreams.pay]\nurl = \"https://user:canary-userinfo@pay.example.com/bot-canary-path\"\nheaders = { Authorization = \"Bearer canary-upstream\" }\n",
     )
     .unwrap();
     let host = HostConfig::load(&path).unwrap();

@@ -6,7 +6,7 @@ use unicode_normalization::UnicodeNormalization as _;
 
 /// How many rounds of percent-decoding [`leaves_base`] follows: a server or
 /// a gateway in front of it may decode a path more than once.
-const DECODE_ROUNDS: usize = 4;
+pub(super) const DECODE_ROUNDS: usize = 4;
 
 /// Whether `path` (with its query) could resolve outside the base path on
 /// some server: a segment of only dots (`.`, `..`, also `..;x`, `..?x` and

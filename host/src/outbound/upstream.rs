@@ -56,13 +56,13 @@ pub struct UpstreamConfig {
 
 impl std::fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Scheme and authority only: a base path can hold a token
-        // (`/bot<token>`), written as it is in the host config.
-        let origin = self
-            .url
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|uri| Some(format!("{}://{}/…", uri.scheme_str()?, uri.authority()?)));
+        // Scheme, host and port only: a base path can hold a token
+        // (`/bot<token>`), and user info a password, written as they are
+        // in the host config (user info is refused at load, later).
+        let origin = self.url.parse::<http::Uri>().ok().and_then(|uri| {
+            let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+            Some(format!("{}://{}{port}/…", uri.scheme_str()?, uri.host()?))
+        });
         f.debug_struct("UpstreamConfig")
             .field("url", &origin.as_deref().unwrap_or("[not a URL]"))
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
@@ -338,22 +338,36 @@ impl std::fmt::Debug for LocationRewrite {
 impl LocationRewrite {
     /// Rewrites `Location` and `Content-Location` in `headers`, and drops
     /// the other headers that name the base path (`Link`, `Refresh`, a
-    /// cookie's `Path`).
+    /// cookie's `Path`, or any other an upstream echoes it in), or, for
+    /// `Link`, `Refresh` and `Set-Cookie`, the upstream's host.
     pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for name in [
-            http::header::LINK,
-            http::header::REFRESH,
-            http::header::SET_COOKIE,
-        ] {
+        let names: Vec<http::HeaderName> = headers.keys().cloned().collect();
+        for name in names {
+            if name == http::header::LOCATION || name == http::header::CONTENT_LOCATION {
+                continue;
+            }
+            let locating = [
+                http::header::LINK,
+                http::header::REFRESH,
+                http::header::SET_COOKIE,
+            ]
+            .contains(&name);
             let kept: Vec<HeaderValue> = headers
                 .get_all(&name)
                 .iter()
-                .filter(|v| {
-                    v.to_str()
-                        .is_ok_and(|text| !self.names_base(text) && !self.names_host(text))
+                .filter(|v| match v.to_str() {
+                    // These point somewhere: one that cannot be read, or
+                    // decoded, is dropped.
+                    Ok(text) if locating => !self.names_base(text) && !self.names_host(text),
+                    Err(_) if locating => false,
+                    Ok(text) => !self.mentions_base(text),
+                    Err(_) => !self.mentions_base(&String::from_utf8_lossy(v.as_bytes())),
                 })
                 .cloned()
                 .collect();
+            if kept.len() == headers.get_all(&name).iter().count() {
+                continue;
+            }
             headers.remove(&name);
             for value in kept {
                 headers.append(name.clone(), value);
@@ -446,17 +460,106 @@ impl LocationRewrite {
             .contains(&self.upstream.upstream_host)
     }
 
-    /// Whether `text` holds the base path, as it is or percent-decoded
-    /// (a token's `:` comes back as `%3A`), in any case of its escapes.
+    /// Whether `text` (a location) holds the base path, as it is or
+    /// percent-decoded (a token's `:` comes back as `%3A`, an echo in a
+    /// query as `%252F`), in any case; or cannot be decoded, and so
+    /// cannot be told apart from one that does.
     fn names_base(&self, text: &str) -> bool {
+        self.base_within(text).unwrap_or(true)
+    }
+
+    /// Whether `text` (any other header) holds the base path, as for
+    /// [`Self::names_base`], but read leniently (a bad escape is kept as
+    /// it is, so a guest cannot stop the decoding with one) and only as a
+    /// whole path (`/v1` is not in `/v10`, nor `/api` in
+    /// `application/api+json`), since such a header is kept otherwise.
+    fn mentions_base(&self, text: &str) -> bool {
         if self.upstream.base_path.is_empty() {
             return false;
         }
-        let decoded = crate::ports::percent_decode(text);
-        text.contains(&self.upstream.base_path)
-            || text.contains(&self.upstream.base_decoded)
-            || decoded.is_none_or(|d| d.contains(&self.upstream.base_decoded))
+        let needles = [
+            self.upstream.base_path.to_ascii_lowercase(),
+            self.upstream.base_decoded.to_ascii_lowercase(),
+        ];
+        let mut stage = text.to_owned();
+        for _ in 0..=super::base_path::DECODE_ROUNDS {
+            let lower = stage.to_ascii_lowercase();
+            if needles.iter().any(|n| holds_path(&lower, n)) {
+                return true;
+            }
+            let next = lenient_percent_decode(&stage);
+            if next == stage {
+                return false;
+            }
+            stage = next;
+        }
+        // Still decoding after as many rounds as any server would.
+        true
     }
+
+    /// Whether `text` holds the base path at some round of its decoding
+    /// (up to as many as a path's, [`super::base_path::DECODE_ROUNDS`]);
+    /// `None` if it stopped decoding (a bad escape) without it.
+    fn base_within(&self, text: &str) -> Option<bool> {
+        if self.upstream.base_path.is_empty() {
+            return Some(false);
+        }
+        let needles = [
+            self.upstream.base_path.to_ascii_lowercase(),
+            self.upstream.base_decoded.to_ascii_lowercase(),
+        ];
+        let mut stage = text.to_owned();
+        for _ in 0..=super::base_path::DECODE_ROUNDS {
+            let lower = stage.to_ascii_lowercase();
+            if needles.iter().any(|n| lower.contains(n.as_str())) {
+                return Some(true);
+            }
+            match crate::ports::percent_decode(&stage) {
+                Some(next) if next == stage => return Some(false),
+                Some(next) => stage = next,
+                None => return None,
+            }
+        }
+        // Still decoding after as many rounds as any server would.
+        None
+    }
+}
+
+/// Whether `text` holds `path` followed by the end of a path: nothing, or
+/// a character no path segment goes on with.
+fn holds_path(text: &str, path: &str) -> bool {
+    text.match_indices(path).any(|(at, _)| {
+        text[at + path.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || "-._~+%".contains(c)))
+    })
+}
+
+/// `text` percent-decoded where its escapes are whole (`%zz` and a lone
+/// `%` are kept as they are), bytes that make no UTF-8 replaced.
+fn lenient_percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escape {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why an upstream refused a guest's request. The guest gets the `wasi:http`

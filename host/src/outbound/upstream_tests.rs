@@ -136,6 +136,9 @@ fn response_locations_never_show_the_base_path() {
         "https://api.example.com/other?from=/bot123",
         "https://api.example.com/other?from=%2Fbot%31%323",
         "https://api.example.com/other?bad=%zz",
+        "/login?next=%252Fbot123%252Fx",
+        "https://cdn.example/login?next=%25252Fbot123",
+        "/BOT123/dir",
     ] {
         assert_eq!(rewrite(leaking), None, "{leaking}");
     }
@@ -157,9 +160,38 @@ fn response_locations_never_show_the_base_path() {
         http::header::REFRESH,
         HeaderValue::from_static("0; url=/bot123/x"),
     );
+    // Any other header echoing it goes too; unrelated ones stay.
+    headers.append("x-request-path", HeaderValue::from_static("/bot123/dir"));
+    headers.append("x-echo", HeaderValue::from_static("next=%252Fbot123"));
+    headers.append("x-progress", HeaderValue::from_static("100%"));
+    headers.append(
+        "x-stopped",
+        HeaderValue::from_static("next=%2Fbot123%2Fx&q=%zz"),
+    );
+    headers.append("x-version", HeaderValue::from_static("/bot1234"));
+    headers.append(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     locations.apply(&mut headers);
     let links: Vec<_> = headers.get_all(http::header::LINK).iter().collect();
     assert_eq!(links, ["</p3>; rel=last"]);
+    assert!(headers.get("x-request-path").is_none());
+    assert!(headers.get("x-echo").is_none());
+    assert_eq!(headers.get("x-progress").unwrap(), "100%");
+    assert!(
+        headers.get("x-stopped").is_none(),
+        "a bad escape stops nothing"
+    );
+    assert_eq!(
+        headers.get("x-version").unwrap(),
+        "/bot1234",
+        "another path, not the base"
+    );
+    assert_eq!(
+        headers.get(http::header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
     assert!(headers.get(http::header::SET_COOKIE).is_none());
     assert!(headers.get(http::header::REFRESH).is_none());
     // A base path the operator wrote with escapes is found decoded too.
@@ -169,6 +201,7 @@ fn response_locations_never_show_the_base_path() {
     );
     for echoed in [
         "/other/bot12:AB",
+        "/login?next=%2Fbot12%253AAB%2Fx",
         "/other/bot12%3aAB",
         "https://cdn.example/bot12%3AAB",
     ] {
