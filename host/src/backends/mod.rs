@@ -343,9 +343,11 @@ pub async fn open(
             } => {
                 // App and bucket names cannot contain `:`, so this prefix
                 // cannot collide between apps or buckets.
+                let prefix = settings::redis_prefix(prefix.unwrap_or_default())
+                    .map_err(|m| origin.err(&format!("{key}.prefix"), m))?;
                 let settings = RedisSettings {
                     url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
-                    prefix: format!("{}berth:{app}:{name}:", prefix.unwrap_or_default()),
+                    prefix: format!("{prefix}berth:{app}:{name}:"),
                     timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 5000)?,
                 };
                 let bucket = RedisBucket::connect(&settings)

@@ -240,9 +240,38 @@ pub(super) fn s3_prefix(prefix: String) -> Result<String, String> {
     }
 }
 
+/// The operator's Redis key prefix for a bucket (`[kv.<name>] prefix`),
+/// checked: without `berth:`, at most 256 bytes of printable text. Berth
+/// puts each app's bucket under `<prefix>berth:<app>:<name>:`, so a prefix
+/// holding `berth:` (`berth:` itself, for bucket `sessions` of app
+/// `cache`) would put one app's bucket inside another's (app `berth`'s
+/// bucket `cache` of the bucket without a prefix).
+pub(super) fn redis_prefix(prefix: String) -> Result<String, String> {
+    if prefix.len() > 256 || prefix.chars().any(char::is_control) {
+        return Err("must be at most 256 bytes, without control characters".into());
+    }
+    if prefix.contains("berth:") {
+        return Err(format!(
+            "{prefix:?} holds `berth:`: Berth puts each app's bucket under `<prefix>berth:<app>:<name>:`, so this prefix could reach another app's keys; leave `berth:` out"
+        ));
+    }
+    Ok(prefix)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{inline_credential, inline_token, s3_prefix, written_out};
+    use super::{inline_credential, inline_token, redis_prefix, s3_prefix, written_out};
+
+    #[test]
+    fn redis_prefixes_cannot_reach_into_another_apps_bucket() {
+        for fine in ["", "tenants:", "a-b:c:", "berth"] {
+            assert_eq!(redis_prefix(fine.into()).as_deref(), Ok(fine));
+        }
+        for bad in ["berth:", "x:berth:", "eu-berth:1", "a\nb"] {
+            assert!(redis_prefix(bad.into()).is_err(), "{bad:?}");
+        }
+        assert!(redis_prefix("a".repeat(257)).is_err());
+    }
 
     #[test]
     fn s3_prefixes_cannot_reach_into_another_apps_place() {
