@@ -293,7 +293,7 @@ impl App {
         );
         let network = Arc::new(
             host.outbound
-                .settings()
+                .settings_for(&manifest.name, host.serve.tenant_manifests)
                 .map_err(|m| anyhow::anyhow!("{}: {m}", host.source()))?,
         );
         let upstreams = resolve_upstreams(host, &manifest, &secrets).await?;

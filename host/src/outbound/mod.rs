@@ -49,9 +49,29 @@ pub struct OutboundConfig {
     /// may still connect to, e.g. `["10.20.0.0/16"]`. Default: none.
     #[serde(default)]
     pub allow_private: Vec<String>,
+    /// The apps `allow_private` applies to. Without it, every app on
+    /// `berth up` and `berth run`, and none on `berth serve`, whose tenants
+    /// write their own allow-lists: there the operator names the apps that
+    /// may reach its private network.
+    pub allow_private_apps: Option<Vec<String>>,
 }
 
 impl OutboundConfig {
+    /// The settings app `app` gets: [`Self::settings`], with the
+    /// `allow_private` exceptions only if they apply to it (see
+    /// [`Self::allow_private_apps`]; `tenants` on `berth serve`).
+    pub fn settings_for(&self, app: &str, tenants: bool) -> Result<NetworkSettings, String> {
+        let mut settings = self.settings()?;
+        let applies = match &self.allow_private_apps {
+            Some(apps) => apps.iter().any(|a| a == app),
+            None => !tenants,
+        };
+        if !applies {
+            settings.addresses = AddressPolicy::new(&[])?;
+        }
+        Ok(settings)
+    }
+
     /// The settings, or what is wrong with them (naming the key).
     pub fn settings(&self) -> Result<NetworkSettings, String> {
         let d = NetworkSettings::default();
@@ -280,6 +300,25 @@ impl WasiHttpHooks for OutboundPolicy {
 #[cfg(test)]
 mod tests {
     use super::plain_authority;
+
+    #[test]
+    fn private_ranges_apply_to_the_apps_named_or_on_serve_to_none() {
+        let ip: std::net::IpAddr = "10.20.0.7".parse().unwrap();
+        let reaches = |config: &super::OutboundConfig, app: &str, tenants: bool| {
+            let settings = config.settings_for(app, tenants).unwrap();
+            settings.addresses.check(ip).is_ok()
+        };
+        let mut config = super::OutboundConfig {
+            allow_private: vec!["10.20.0.0/16".into()],
+            ..Default::default()
+        };
+        assert!(reaches(&config, "shop", false), "berth up: every app");
+        assert!(!reaches(&config, "shop", true), "berth serve: no tenant");
+        config.allow_private_apps = Some(vec!["shop".into()]);
+        assert!(reaches(&config, "shop", true));
+        assert!(!reaches(&config, "blog", true));
+        assert!(!reaches(&config, "blog", false));
+    }
 
     #[test]
     fn user_info_and_bad_ports_make_no_plain_authority() {

@@ -41,7 +41,7 @@ pub(super) async fn b6_held_instances() {
     std::fs::write(
         &config,
         format!(
-            "state_dir = {:?}\n[engine]\nmax_instances = {B6_INSTANCES}\nmax_memory_mb = 16\nmax_timeout_ms = 300000\ncache_dir = {:?}\n[outbound]\nallow_private = [\"127.0.0.0/8\"]\n[app_limits]\nmax_instances = {B6_INSTANCES}\n",
+            "state_dir = {:?}\n[engine]\nmax_instances = {B6_INSTANCES}\nmax_memory_mb = 16\nmax_timeout_ms = 300000\ncache_dir = {:?}\n[outbound]\nallow_private = [\"127.0.0.0/8\"]\nallow_private_apps = [\"held\"]\n[app_limits]\nmax_instances = {B6_INSTANCES}\nmemory_mb = 65536\n",
             // A dot-name: no app can take it.
             apps.path().join(".state"),
             bench_dir().join("b6-cache")
