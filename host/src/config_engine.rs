@@ -87,11 +87,13 @@ impl EngineConfig {
         )?;
         within("max_component_mb", self.max_component_mb, 1, 1 << 20)?;
         within("max_compile_ms", self.max_compile_ms, 1, u64::MAX)?;
+        // Each is a permit of a semaphore, which takes far fewer than
+        // u64::MAX (and more workers than threads would mean nothing).
         within(
             "long_running_workers",
             self.long_running_workers.map(|n| n as u64),
             1,
-            u64::MAX,
+            1 << 16,
         )?;
         within("sqlite_memory_mb", self.sqlite_memory_mb, 64, 1 << 30)?;
         within(

@@ -189,6 +189,10 @@ fn out_of_range_values_are_refused_naming_the_key() {
             "[engine]\nlong_running_workers = 0\n",
             "engine.long_running_workers",
         ),
+        (
+            "[engine]\nlong_running_workers = 9223372036854775807\n",
+            "engine.long_running_workers",
+        ),
         ("[engine]\nmax_handles = 15\n", "engine.max_handles"),
         (
             "[engine.max_payloads]\nsql_max_rows = 0\n",

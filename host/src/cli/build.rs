@@ -11,7 +11,7 @@ pub fn build_components(manifest: &Manifest) -> anyhow::Result<()> {
     for c in manifest.components.values() {
         let Some(cmd) = &c.build else { continue };
         if cmd.contains("wasm32-wasip2") {
-            ensure_wasm_target()?;
+            ensure_wasm_target_in(manifest.dir())?;
         }
         report!("berth: building component `{}`: {cmd}", c.name);
         let status = Command::new("sh")
@@ -50,14 +50,29 @@ pub fn build_components(manifest: &Manifest) -> anyhow::Result<()> {
 }
 
 /// Installs the `wasm32-wasip2` Rust target if rustup lacks it (rustup does
-/// not add a toolchain file's targets to an already installed toolchain).
-pub fn ensure_wasm_target() -> anyhow::Result<()> {
+/// not add a toolchain file's targets to an already installed toolchain),
+/// for the toolchain that builds in `dir` (its `rust-toolchain.toml` picks
+/// it). Without rustup (a distribution's Rust), the target's standard
+/// library is looked for where `rustc` keeps it.
+fn ensure_wasm_target_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
+        .current_dir(dir)
         .output();
     let Ok(out) = installed else {
+        let libdir = Command::new("rustc")
+            .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+            .current_dir(dir)
+            .output();
+        let present = libdir.is_ok_and(|out| {
+            out.status.success()
+                && std::path::Path::new(String::from_utf8_lossy(&out.stdout).trim()).is_dir()
+        });
+        if present {
+            return Ok(());
+        }
         bail!(
-            "cannot run rustup to check for the wasm32-wasip2 target; install it with `rustup target add wasm32-wasip2`"
+            "the wasm32-wasip2 target is missing and rustup cannot be run to add it; install it with `rustup target add wasm32-wasip2` (or your distribution's wasm32-wasip2 standard library)"
         );
     };
     if String::from_utf8_lossy(&out.stdout)
@@ -71,6 +86,7 @@ pub fn ensure_wasm_target() -> anyhow::Result<()> {
     );
     let status = Command::new("rustup")
         .args(["target", "add", "wasm32-wasip2"])
+        .current_dir(dir)
         .status();
     match status {
         Ok(s) if s.success() => Ok(()),
