@@ -423,7 +423,9 @@ impl Validator<'_> {
         } else {
             Err(self.invalid(
                 key,
-                format!("name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_`"),
+                format!(
+                    "name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_`, not starting with `-`"
+                ),
             ))
         }
     }
