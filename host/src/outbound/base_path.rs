@@ -175,7 +175,7 @@ fn fold_lookalikes(bytes: &[u8]) -> Vec<u8> {
 /// `bytes` with each `%XX` (two hex digits) decoded, and each `%uXXXX` (IIS)
 /// as the UTF-8 of that code point; any other `%` is kept
 /// as it is, as servers do (`100%.md`, bytes that are not UTF-8).
-fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
+pub(super) fn lenient_percent_decode(bytes: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -216,4 +216,15 @@ fn iis_escape(bytes: &[u8]) -> Option<char> {
         return None;
     }
     char::from_u32(u32::from_str_radix(digits, 16).ok()?)
+}
+
+/// Whether `text` holds `path` followed by the end of a path: nothing, or
+/// a character no path segment goes on with (`/v1` is not in `/v10`).
+pub(super) fn holds_path(text: &str, path: &str) -> bool {
+    text.match_indices(path).any(|(at, _)| {
+        text[at + path.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || "-._~+%".contains(c)))
+    })
 }

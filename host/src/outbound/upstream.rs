@@ -484,10 +484,16 @@ impl LocationRewrite {
         let mut stage = text.to_owned();
         for _ in 0..=super::base_path::DECODE_ROUNDS {
             let lower = stage.to_ascii_lowercase();
-            if needles.iter().any(|n| holds_path(&lower, n)) {
+            if needles
+                .iter()
+                .any(|n| super::base_path::holds_path(&lower, n))
+            {
                 return true;
             }
-            let next = lenient_percent_decode(&stage);
+            let next = String::from_utf8_lossy(&super::base_path::lenient_percent_decode(
+                stage.as_bytes(),
+            ))
+            .into_owned();
             if next == stage {
                 return false;
             }
@@ -523,43 +529,6 @@ impl LocationRewrite {
         // Still decoding after as many rounds as any server would.
         None
     }
-}
-
-/// Whether `text` holds `path` followed by the end of a path: nothing, or
-/// a character no path segment goes on with.
-fn holds_path(text: &str, path: &str) -> bool {
-    text.match_indices(path).any(|(at, _)| {
-        text[at + path.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || "-._~+%".contains(c)))
-    })
-}
-
-/// `text` percent-decoded where its escapes are whole (`%zz` and a lone
-/// `%` are kept as they are), bytes that make no UTF-8 replaced.
-fn lenient_percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escape {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why an upstream refused a guest's request. The guest gets the `wasi:http`
