@@ -300,9 +300,10 @@ pub struct UpstreamLocations {
     /// The base path, without a trailing `/`; empty if the upstream has
     /// none.
     base_path: String,
-    /// The base path percent-decoded (an operator may write `%3A` for
-    /// `:`), as a server may echo it.
-    base_decoded: String,
+    /// The base path and the base path percent-decoded (an operator may
+    /// write `%3A` for `:`, which a server may echo decoded), lowercase:
+    /// responses are searched for them in any case.
+    base_needles: [String; 2],
 }
 
 impl UpstreamLocations {
@@ -318,11 +319,15 @@ impl UpstreamLocations {
         if matches!((scheme, port), ("https", 443) | ("http", 80)) {
             upstream_origins.push(format!("{scheme}://{host}"));
         }
+        let base_decoded =
+            crate::ports::percent_decode(base_path).unwrap_or_else(|| base_path.to_owned());
         UpstreamLocations {
             upstream_origins,
             upstream_host: target.host.to_ascii_lowercase(),
-            base_decoded: crate::ports::percent_decode(base_path)
-                .unwrap_or_else(|| base_path.to_owned()),
+            base_needles: [
+                base_path.to_ascii_lowercase(),
+                base_decoded.to_ascii_lowercase(),
+            ],
             base_path: base_path.to_owned(),
         }
     }
@@ -477,10 +482,7 @@ impl LocationRewrite {
         if self.upstream.base_path.is_empty() {
             return false;
         }
-        let needles = [
-            self.upstream.base_path.to_ascii_lowercase(),
-            self.upstream.base_decoded.to_ascii_lowercase(),
-        ];
+        let needles = &self.upstream.base_needles;
         let mut stage = text.to_owned();
         for _ in 0..=super::base_path::DECODE_ROUNDS {
             let lower = stage.to_ascii_lowercase();
@@ -510,10 +512,7 @@ impl LocationRewrite {
         if self.upstream.base_path.is_empty() {
             return Some(false);
         }
-        let needles = [
-            self.upstream.base_path.to_ascii_lowercase(),
-            self.upstream.base_decoded.to_ascii_lowercase(),
-        ];
+        let needles = &self.upstream.base_needles;
         let mut stage = text.to_owned();
         for _ in 0..=super::base_path::DECODE_ROUNDS {
             let lower = stage.to_ascii_lowercase();
