@@ -75,12 +75,10 @@ pub struct AppLimitsConfig {
     /// no share of its own on `berth up` (the app is alone). 0 is refused
     /// at load.
     pub max_instances: Option<u32>,
-    /// MiB of linear memory one app's instances may hold together, all
-    /// its components and versions; an instance growing past it (or
-    /// starting with more than is left) stops with the `app_memory` limit
-    /// (HTTP: 503). Default: half the machine's memory (or its cgroup's
-    /// limit) on `berth serve`, so no tenant takes it all; none of its own
-    /// on `berth up`. 0 is refused at load.
+    /// MiB of linear memory one app's instances may hold together; past
+    /// it an instance stops with the `app_memory` limit (HTTP: 503).
+    /// Default: half the machine's (or its cgroup's) memory on `berth
+    /// serve`, none of its own on `berth up`. 0 is refused at load.
     pub memory_mb: Option<u32>,
     /// MiB one app's in-memory kv buckets (`memory = true`, or `type =
     /// "memory"` in the host config) may hold together, keys, values and
