@@ -546,11 +546,11 @@ async fn tenants_handle_and_payload_limits_from_the_manifest() {
     server.stop().await;
 }
 
-/// A tenant runs at most `[app_limits] max_instances` instances at once,
-/// whatever its components' own concurrency, its old and new versions
-/// together across a reload; other tenants keep being served.
-#[tokio::test(flavor = "multi_thread")]
-async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
+/// Tenants `greedy` (long time limit, high concurrency) and `calm`, served
+/// under the host config `host_toml`.
+async fn greedy_and_calm(
+    host_toml: &str,
+) -> (tempfile::TempDir, Arc<Tenants>, berth_tests::Server) {
     let apps = tempfile::tempdir().unwrap();
     write_http_app(
         &apps.path().join("greedy"),
@@ -559,7 +559,7 @@ async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
     );
     write_http_app(&apps.path().join("calm"), "calm", "");
     let host_file = apps.path().join("host.toml");
-    std::fs::write(&host_file, "[app_limits]\nmax_instances = 2\n").unwrap();
+    std::fs::write(&host_file, host_toml).unwrap();
     let tenants = Arc::new(Tenants::new(
         engine().clone(),
         HostConfig::load(&host_file).unwrap(),
@@ -567,20 +567,29 @@ async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
     ));
     assert_eq!(tenants.sync().await, Vec::<String>::new());
     let server = berth_tests::serve_tenants(tenants.clone()).await;
+    (apps, tenants, server)
+}
+
+/// Two 3-second requests to `greedy`, each holding an instance; each task
+/// gives the status it got.
+fn two_slow_requests(base: &str) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..2)
+        .map(|_| {
+            let url = format!("{base}/greedy/sleep?ms=3000");
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().status().as_u16() })
+        })
+        .collect()
+}
+
+/// A tenant runs at most `[app_limits] max_instances` instances at once,
+/// whatever its components' own concurrency, its old and new versions
+/// together across a reload; other tenants keep being served.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
+    let (apps, tenants, server) = greedy_and_calm("[app_limits]\nmax_instances = 2\n").await;
     let base = server.base.clone();
     let http = reqwest::Client::new();
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let (http, base) = (http.clone(), base.clone());
-            tokio::spawn(async move {
-                let r = http
-                    .get(format!("{base}/greedy/sleep?ms=3000"))
-                    .send()
-                    .await;
-                r.unwrap().status().as_u16()
-            })
-        })
-        .collect();
+    let slow = two_slow_requests(&base);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let third = http
         .get(format!("{base}/greedy/hello"))
@@ -611,38 +620,12 @@ async fn tenants_get_a_share_of_the_instance_slots_that_a_reload_keeps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_share_an_app_memory_budget_that_instances_give_back() {
-    let apps = tempfile::tempdir().unwrap();
-    write_http_app(
-        &apps.path().join("greedy"),
-        "greedy",
-        "timeout_ms = 10000\nconcurrency = 100",
-    );
-    write_http_app(&apps.path().join("calm"), "calm", "");
-    let host_file = apps.path().join("host.toml");
     // An instance of this guest holds a little over 1 MiB of linear
     // memory: two fit in 3 MiB, a third does not.
-    std::fs::write(&host_file, "[app_limits]\nmemory_mb = 3\n").unwrap();
-    let tenants = Arc::new(Tenants::new(
-        engine().clone(),
-        HostConfig::load(&host_file).unwrap(),
-        apps.path().to_path_buf(),
-    ));
-    assert_eq!(tenants.sync().await, Vec::<String>::new());
-    let server = berth_tests::serve_tenants(tenants.clone()).await;
+    let (_apps, _tenants, server) = greedy_and_calm("[app_limits]\nmemory_mb = 3\n").await;
     let base = server.base.clone();
     let http = reqwest::Client::new();
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let (http, base) = (http.clone(), base.clone());
-            tokio::spawn(async move {
-                let r = http
-                    .get(format!("{base}/greedy/sleep?ms=3000"))
-                    .send()
-                    .await;
-                r.unwrap().status().as_u16()
-            })
-        })
-        .collect();
+    let slow = two_slow_requests(&base);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let third = http
         .get(format!("{base}/greedy/hello"))
