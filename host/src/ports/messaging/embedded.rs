@@ -252,6 +252,37 @@ fn counts_queue_bytes(db: &Connection) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
+/// Deletes the oldest unclaimed rows (kept only for a trigger that may
+/// subscribe to their topic later) until `needed` bytes are freed or none
+/// is left, and returns the bytes and rows freed. Without it, messages to
+/// topics no trigger consumes (dead letters, say) would fill the queue's
+/// byte bound for good: nothing else takes them, so every publish of the
+/// app would be refused until an operator emptied the file.
+fn evict_unclaimed(tx: &rusqlite::Transaction<'_>, needed: i64) -> rusqlite::Result<(i64, usize)> {
+    let mut freed = 0i64;
+    let mut last = None;
+    {
+        let mut oldest = tx.prepare(
+            "SELECT seq, length(payload) + length(CAST(headers AS BLOB)) FROM queue
+             WHERE consumer IS NULL ORDER BY seq",
+        )?;
+        let mut rows = oldest.query([])?;
+        while freed < needed {
+            let Some(row) = rows.next()? else { break };
+            last = Some(row.get::<_, i64>(0)?);
+            freed += row.get::<_, i64>(1)?;
+        }
+    }
+    let Some(last) = last else {
+        return Ok((0, 0));
+    };
+    let rows = tx.execute(
+        "DELETE FROM queue WHERE consumer IS NULL AND seq <= ?1",
+        params![last],
+    )?;
+    Ok((freed, rows))
+}
+
 /// Runs `work` on the database off the async threads.
 async fn with_db<T: Send + 'static>(
     db: &Arc<Mutex<Connection>>,
@@ -305,10 +336,18 @@ impl EmbeddedBroker {
                     .map(|(c, trigger)| (Some(c.as_str()), Some(trigger.as_str())))
                     .collect()
             };
+            let mut evicted = 0;
             if let Some(max) = max_bytes {
                 let held: i64 =
                     tx.query_row("SELECT bytes FROM queue_bytes WHERE id = 0", [], |r| r.get(0))?;
                 let adding = ((payload.len() + headers.len()) * targets.len()) as i64;
+                let held = if held.saturating_add(adding) > max {
+                    let (freed, rows) = evict_unclaimed(&tx, held.saturating_add(adding) - max)?;
+                    evicted = rows;
+                    held - freed
+                } else {
+                    held
+                };
                 // One message passes into an empty queue, whatever its size.
                 if held > 0 && held.saturating_add(adding) > max {
                     return Ok(Err(held));
@@ -321,16 +360,17 @@ impl EmbeddedBroker {
                     params![consumer, trigger, topic_owned, id, payload, headers, now_ms()],
                 )?;
             }
-            let dropped = if consumers.is_empty() {
-                tx.execute(
-                    "DELETE FROM queue WHERE seq IN (
+            let dropped = evicted
+                + if consumers.is_empty() {
+                    tx.execute(
+                        "DELETE FROM queue WHERE seq IN (
                          SELECT seq FROM queue WHERE consumer IS NULL
                          ORDER BY seq DESC LIMIT -1 OFFSET ?1)",
-                    params![UNCLAIMED_MAX],
-                )?
-            } else {
-                0
-            };
+                        params![UNCLAIMED_MAX],
+                    )?
+                } else {
+                    0
+                };
             tx.commit()?;
             Ok(Ok((consumers, dropped)))
         })
@@ -345,7 +385,8 @@ impl EmbeddedBroker {
                 held >> 20
             ))
         })?;
-        if dropped > 0 {
+        // A guest publishing at the bound causes one at will.
+        if dropped > 0 && crate::audit::app_warning_due(&self.path.to_string_lossy()) {
             tracing::warn!(file = %self.path.display(), dropped, "the oldest messages of topics no trigger consumes were dropped");
         }
         for (consumer, trigger) in &consumers {

@@ -579,3 +579,58 @@ async fn undelivered_messages_are_bounded_in_bytes() {
         .await
         .unwrap();
 }
+
+/// Messages kept for topics no trigger consumes (dead letters, say) give
+/// way, oldest first, to new ones at the byte bound: nothing else would
+/// ever take them, so they would otherwise refuse every publish for good.
+#[tokio::test]
+async fn unclaimed_messages_give_way_at_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::open_bounded(&dir.path().join("m.db"), 1000).unwrap();
+    for n in 0..3u8 {
+        broker
+            .publish_unbounded("t.dead-letter", vec![n; 300], vec![])
+            .await
+            .unwrap();
+    }
+    let mut sub = broker.subscribe("t", "c").await.unwrap();
+    // 906 bytes held, all unclaimed: the two oldest make room for this one.
+    broker.publish("t", vec![9; 600], vec![]).await.unwrap();
+    let remaining: Vec<u8> = {
+        let db = broker.db.lock().unwrap();
+        let mut rows = db
+            .prepare("SELECT payload FROM queue WHERE consumer IS NULL ORDER BY seq")
+            .unwrap();
+        rows.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|p| p.unwrap()[0])
+            .collect()
+    };
+    assert_eq!(remaining, vec![2], "the oldest unclaimed went first");
+    assert_eq!(next(&mut sub).await.message.payload, vec![9; 600]);
+    // Claimed messages never give way: once the last unclaimed one is
+    // gone, a full queue refuses, and a refused publish evicts nothing.
+    let mut other = broker.subscribe("u", "c").await.unwrap();
+    broker.publish("u", vec![1; 300], vec![]).await.unwrap();
+    broker
+        .publish_unbounded("x", vec![3; 100], vec![])
+        .await
+        .unwrap();
+    let err = broker.publish("u", vec![2; 700], vec![]).await.unwrap_err();
+    assert!(matches!(err, MessagingError::Unavailable(_)), "{err:?}");
+    let unclaimed: i64 = broker
+        .db
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM queue WHERE consumer IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        unclaimed, 1,
+        "evicted only to make room that was then taken"
+    );
+    assert_eq!(next(&mut other).await.message.payload, vec![1; 300]);
+}
