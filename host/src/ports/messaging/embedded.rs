@@ -408,14 +408,15 @@ impl MessagingBackend for EmbeddedBroker {
         self.store(topic, id, payload, headers, true).await
     }
 
-    async fn publish_unbounded_with_id(
+    async fn publish_unbounded(
         &self,
         topic: &str,
-        id: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-    ) -> Result<(), MessagingError> {
-        self.store(topic, id, payload, headers, false).await
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store(topic, &id, payload, headers, false).await?;
+        Ok(id)
     }
 
     /// Marks exactly `triggers` live, before they subscribe: every

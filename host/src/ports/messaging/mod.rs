@@ -163,29 +163,18 @@ pub trait MessagingBackend: Send + Sync {
     /// bounds the host puts on a broker's queues ([`QUEUED_BYTES`],
     /// `[app_limits] embedded_queue_mb`): a full queue whose messages fail
     /// must still be able to move them to their dead-letter topic, since
-    /// only that settles them and frees their room.
+    /// only that settles them and frees their room. By default the bounds
+    /// are the broker server's own, and this is [`Self::publish`]: a new
+    /// id, never the claims a schedule tick's id takes on some brokers
+    /// (see [`Self::publish_with_id`]), which a handler failing at will
+    /// would otherwise make once a message.
     async fn publish_unbounded(
         &self,
         topic: &str,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<String, MessagingError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.publish_unbounded_with_id(topic, &id, payload, headers)
-            .await?;
-        Ok(id)
-    }
-    /// [`Self::publish_unbounded`] under the caller's `id`: what a broker
-    /// with host-side bounds implements. By default the bounds are the
-    /// broker server's own, and this is [`Self::publish_with_id`].
-    async fn publish_unbounded_with_id(
-        &self,
-        topic: &str,
-        id: &str,
-        payload: Vec<u8>,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), MessagingError> {
-        self.publish_with_id(topic, id, payload, headers).await
+        self.publish(topic, payload, headers).await
     }
     /// Publishes under the caller's `id`. A broker that deduplicates by id
     /// (NATS JetStream, within its duplicate window) stores a message once
