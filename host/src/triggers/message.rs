@@ -235,6 +235,9 @@ pub async fn handle_delivery(
         acker.ack().await;
         return;
     };
+    // A failing handler's lines are the guest's to cause, once a delivery:
+    // written at a bounded rate per app (its metrics count every one).
+    let warning_due = || crate::audit::app_warning_due(&app.manifest.name);
     match (outcome, dead) {
         (Ok(answer), _) => {
             if let (Some(reply), Some(payload)) = (reply, answer) {
@@ -244,23 +247,31 @@ pub async fn handle_delivery(
             tracing::debug!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, "message handled");
         }
         (Err(error), _) if request => {
-            tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, %error, "request handler failed; its caller gets no reply");
+            if warning_due() {
+                tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, %error, "request handler failed; its caller gets no reply");
+            }
             acker.ack().await;
         }
         (Err(error), None) => {
             let backoff = policy.backoff_after(attempt);
-            tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
+            if warning_due() {
+                tracing::warn!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message handler failed; will redeliver");
+            }
             acker.nack(backoff).await;
         }
         (Err(error), Some(dead)) => {
             if dead_letter(app, &topic, &policy.dead_letter, &id, attempt, &error, dead).await {
-                tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
+                if warning_due() {
+                    tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, "message dead-lettered after its last delivery");
+                }
                 acker.ack().await;
             } else {
                 // Acknowledged now, it would be lost: it comes again, and
                 // its next failure tries the dead-letter topic again.
                 let backoff = policy.backoff_after(attempt);
-                tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message failed its last delivery and cannot be dead-lettered; will redeliver");
+                if warning_due() {
+                    tracing::error!(app = %app.manifest.name, component, %topic, message_id = %id, attempt, %error, ?backoff, "message failed its last delivery and cannot be dead-lettered; will redeliver");
+                }
                 acker.nack(backoff).await;
             }
         }
