@@ -132,6 +132,10 @@ fn refused_or_unavailable(e: lapin::Error) -> MessagingError {
 /// The longest AMQP short string: header names and queue names.
 const SHORT_STRING_MAX: usize = 255;
 
+/// Component names whose trigger queues would take the names of the
+/// app's other queues (see [`RabbitBroker::subscribe`]).
+const RESERVED_COMPONENTS: [&str; 2] = ["req", "once"];
+
 /// Refuses what an AMQP short string cannot carry (it would corrupt the
 /// frame, not just fail).
 fn check_short(what: &str, value: &str) -> Result<(), MessagingError> {
@@ -541,6 +545,15 @@ impl MessagingBackend for RabbitBroker {
         topic: &str,
         consumer: &str,
     ) -> Result<Box<dyn Subscription>, MessagingError> {
+        // `berth.<app>.req.<c>.<t>` is component `c`'s request queue and
+        // `berth.<app>.once.<id>` a tick's claim: a trigger queue of a
+        // component so named would be another queue's name (declared
+        // otherwise, so one of the two could never be declared).
+        if RESERVED_COMPONENTS.contains(&consumer) {
+            return Err(MessagingError::InvalidInput(format!(
+                "component `{consumer}` cannot have message triggers on RabbitMQ: its queues would be named like the app's request queues or tick claims; rename the component"
+            )));
+        }
         let queue = self.shared.queue(consumer, topic);
         check_short("the trigger's queue name", &queue)?;
         check_short(
