@@ -379,7 +379,8 @@ impl MqttAcker {
         self.link.epoch() == self.epoch
     }
 
-    pub(super) async fn settle(&self) {
+    /// Acknowledges the message; returns whether the broker was told.
+    pub(super) async fn settle(&self) -> bool {
         if !self.current() {
             // The broker has sent the message again on the new connection,
             // where that copy is settled in its turn. This packet id may
@@ -387,10 +388,14 @@ impl MqttAcker {
             tracing::debug!(
                 "the connection was renewed since this delivery; the broker redelivers it"
             );
-            return;
+            return false;
         }
-        if let Err(e) = self.link.client.ack(&self.token).await {
-            tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
+        match self.link.client.ack(&self.token).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
+                false
+            }
         }
     }
 }
@@ -409,15 +414,21 @@ impl Acker for MqttAcker {
 impl MqttAcker {
     /// After `delay`, republishes the failed message's copy to the
     /// trigger's retry subtree and acknowledges the original, which stays
-    /// unacknowledged (and so safe) during the backoff.
-    pub(super) async fn retry_after(self: Box<Self>, delay: Duration) {
-        {
-            tokio::time::sleep(delay).await;
+    /// unacknowledged (and so safe) during the backoff. A copy surely not
+    /// sent (the client's queue full, the broker's refusal) is published
+    /// again, at doubling intervals up to [`COPY_RETRY_MOST`], while the
+    /// connection and the subscription last. Returns whether the original was settled: otherwise it waits
+    /// in the session, for the broker to deliver it again when the session
+    /// reconnects.
+    pub(super) async fn retry_after(self: Box<Self>, delay: Duration) -> bool {
+        tokio::time::sleep(delay).await;
+        let mut wait = COPY_RETRY_FIRST;
+        loop {
             if !self.current() {
                 tracing::debug!(
                     "the connection was renewed; the broker redelivers the failed message"
                 );
-                return;
+                return false;
             }
             let m = &self.message;
             let copy = self
@@ -438,14 +449,48 @@ impl MqttAcker {
                 Ok(PubAckReason::NoMatchingSubscribers) if self.alive.strong_count() == 0 => {
                     tracing::debug!(
                         "nobody subscribes to the retry topic; the broker redelivers the failed message when the session reconnects"
-                    )
+                    );
+                    return false;
                 }
-                Ok(_) => self.settle().await,
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot republish a failed message; the broker redelivers it when the session reconnects"
-                ),
+                Ok(_) => return self.settle().await,
+                // Larger than the broker takes once the retry topic and
+                // the attempt are added: no copy ever will be.
+                Err(e @ MessagingError::TooLarge(_)) => {
+                    tracing::warn!(
+                        error = %e,
+                        "a failed message's copy is larger than the broker takes; the broker redelivers the message when the session reconnects"
+                    );
+                    return false;
+                }
+                // Surely not sent (the client's queue full, the broker's
+                // refusal): published again while the trigger lives.
+                Err(MessagingError::Unavailable(m))
+                    if (m == link::NOT_SENT || m == link::REFUSED)
+                        && self.alive.strong_count() > 0 =>
+                {
+                    if wait == COPY_RETRY_FIRST {
+                        tracing::warn!(error = %m, "cannot republish a failed message yet; trying again at doubling intervals");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(COPY_RETRY_MOST);
+                }
+                // Perhaps sent (its PUBACK late: the client sends it again
+                // on reconnecting), or the trigger stopped: a copy sent
+                // again could be one too many.
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot republish a failed message; the broker redelivers it when the session reconnects"
+                    );
+                    return false;
+                }
             }
         }
     }
 }
+
+/// When a failed message's copy the broker did not take is first published
+/// again (see [`MqttAcker::retry_after`]).
+const COPY_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two publishes of one copy.
+const COPY_RETRY_MOST: Duration = Duration::from_secs(30);

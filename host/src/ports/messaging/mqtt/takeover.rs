@@ -45,7 +45,11 @@ pub(super) fn is_client_of(spec: &TriggerSpec, client_id: &str) -> bool {
     let names_trigger = rest
         .rsplit_once(&format!("-{key}"))
         .is_some_and(|(host, n)| {
+            // A host id is escaped to hold no `-`: with one, `host` would
+            // be the rest of a longer app name (`shop-eu`'s clients under
+            // `shop`).
             !host.is_empty()
+                && !host.contains('-')
                 && (n.is_empty()
                     || n.strip_prefix('-')
                         .is_some_and(|n| n.parse::<u32>().is_ok()))
@@ -142,19 +146,25 @@ async fn drain(
             // The connection is gone: what was not settled stays in the
             // session for whoever resumes it.
             Ok(None) => return false,
-            // A delivery dropped unsettled (its handler cancelled, or the
-            // trigger's queue dropped): it would never be counted settled,
-            // and its message waits in the session, for the will.
-            Err(_) if tally.abandoned.load(Ordering::SeqCst) => return false,
-            Err(_) if tally.unsettled.load(Ordering::SeqCst) == 0 => {
-                // Closed with DISCONNECT (its will discarded) before the
-                // caller's clean connect under its id.
+            // Quiet, and every delivery settled with the broker told:
+            // closed with DISCONNECT (its will discarded) before the
+            // caller's clean connect under its id. (`abandoned` is read
+            // after the count: a delivery marks it before it counts itself
+            // settled.)
+            Err(_)
+                if tally.unsettled.load(Ordering::SeqCst) == 0
+                    && !tally.abandoned.load(Ordering::SeqCst) =>
+            {
                 let link = session.link.clone();
                 link.finished();
                 drop(session);
                 link.close().await;
                 return true;
             }
+            // A delivery dropped unsettled (its handler cancelled, or the
+            // trigger's queue dropped), or one the broker was not told of:
+            // its message waits in the session, for the will.
+            Err(_) if tally.abandoned.load(Ordering::SeqCst) => return false,
             Err(_) => continue,
         };
         let Inbound { publish, epoch, .. } = inbound;
@@ -191,6 +201,18 @@ struct Tally {
     abandoned: std::sync::atomic::AtomicBool,
 }
 
+impl Tally {
+    /// One delivery less to wait for; one the broker was not told of
+    /// (its ack or its retry's copy failed) stays in the session, which
+    /// must then be left for the will rather than ended and forgotten.
+    fn count_settled(&self, settled: bool) {
+        if !settled {
+            self.abandoned.store(true, Ordering::SeqCst);
+        }
+        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Settles a delivery of a taken-over session and counts it settled once
 /// the broker was told (after a retry's copy, for a failure); dropped
 /// unsettled, it marks the session abandoned.
@@ -204,18 +226,17 @@ struct Counted {
 impl Acker for Counted {
     async fn ack(mut self: Box<Self>) {
         if let Some(inner) = self.inner.take() {
-            inner.settle().await;
+            let settled = inner.settle().await;
+            self.tally.count_settled(settled);
         }
-        self.tally.unsettled.fetch_sub(1, Ordering::SeqCst);
     }
 
     async fn nack(mut self: Box<Self>, delay: Duration) {
         let (inner, tally) = (self.inner.take(), self.tally.clone());
         tokio::spawn(async move {
             if let Some(inner) = inner {
-                inner.retry_after(delay).await;
+                tally.count_settled(inner.retry_after(delay).await);
             }
-            tally.unsettled.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -251,7 +272,7 @@ mod tests {
         let key = trigger_key("handler", "orders");
         for ok in [
             format!("berth-shop-a1b2c3-{key}"),
-            format!("berth-shop-pod-7-{key}-2"),
+            format!("berth-shop-pod_d7-{key}-2"),
         ] {
             assert!(is_client_of(&spec, &ok), "{ok}");
         }
@@ -260,6 +281,8 @@ mod tests {
             format!("berth-other-a1b2c3-{key}"),
             format!("berth-shop-a1b2c3-{other}"),
             format!("berth-shop--{key}"),
+            // App `shop-eu`'s client: host ids hold no `-`.
+            format!("berth-shop-eu-a1b2c3-{key}"),
             format!("berth-shop-a1b2c3-{key}-x"),
             format!("berth-shop-a/b-{key}"),
             "berth-shop".to_string(),
