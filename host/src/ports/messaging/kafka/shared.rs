@@ -54,6 +54,11 @@ pub(super) struct Shared {
     stop_replies: Mutex<Option<oneshot::Sender<()>>>,
 }
 
+/// The longest topic name Kafka creates (its `Topic.MAX_NAME_LENGTH`):
+/// the app's prefix and `__req.` count, so a topic Berth itself takes
+/// (255 bytes) can be too long here.
+const MAX_TOPIC_NAME_BYTES: usize = 249;
+
 impl Shared {
     pub(super) async fn new(s: &KafkaSettings) -> Result<Arc<Shared>, MessagingError> {
         let brokers = s.brokers.join(",");
@@ -196,6 +201,13 @@ impl Shared {
     fn may_create(&self, name: &str, existing: &[String]) -> Result<(), MessagingError> {
         let shown =
             names::topic_of(&self.app, name).map_or_else(|| name.to_string(), |(_, topic)| topic);
+        if name.len() > MAX_TOPIC_NAME_BYTES {
+            return Err(MessagingError::InvalidInput(format!(
+                "topic {shown:?} cannot be created on Kafka: its Kafka name ({name}) is {} bytes, \
+                 and Kafka takes at most {MAX_TOPIC_NAME_BYTES}",
+                name.len()
+            )));
+        }
         if existing.iter().any(|t| names::folds_alike(t, name)) {
             return Err(MessagingError::InvalidInput(format!(
                 "topic {shown:?} cannot be created on Kafka: an existing topic's name differs \
