@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::settings::{Origin, connection_failure, token_url_setting, url_setting};
+use super::settings::{Origin, connection_failure, url_setting, url_setting_to_last_at};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::messaging::embedded::EmbeddedBroker;
 use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as parse_kafka_url};
@@ -47,7 +47,7 @@ pub(super) async fn open(
             max_age_s,
         } => {
             let settings = NatsSettings {
-                url: token_url_setting(origin, "messaging.url", &url, secrets).await?,
+                url: url_setting_to_last_at(origin, "messaging.url", &url, secrets, true).await?,
                 app: app.to_string(),
                 timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
                 ack_wait: nats_ack_wait(origin, ack_wait_ms)?,
@@ -192,7 +192,7 @@ pub(super) async fn open(
                 }
             };
             let settings = MqttSettings {
-                url: url_setting(origin, "messaging.url", &url, secrets).await?,
+                url: url_setting_to_last_at(origin, "messaging.url", &url, secrets, false).await?,
                 app: app.to_string(),
                 timeout,
                 client_id: format!("berth-{app}-{}", escaped_host_id(&host_id)),

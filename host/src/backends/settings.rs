@@ -127,31 +127,37 @@ fn inline_credential(raw: &str) -> Option<String> {
     None
 }
 
-/// Resolves a URL whose user info, when it has no `:`, is a token (NATS's
-/// `nats://TOKEN@host`): the token must be a reference, as a password must.
-pub(super) async fn token_url_setting(
+/// Resolves the URL of a client that reads its user info up to the URL's
+/// last `@`, wherever it is (NATS and MQTT: there a password may hold an
+/// unescaped `/`, `?` or `#`, which [`inline_credential`] takes for the
+/// end of the authority): what lies before that `@` must be references
+/// too. With `tokens` (NATS's `nats://TOKEN@host`), user info without a
+/// `:` is a token, which must be a reference as a password must.
+pub(super) async fn url_setting_to_last_at(
     origin: &Origin<'_>,
     key: &str,
     raw: &str,
     secrets: &SecretResolver,
+    tokens: bool,
 ) -> anyhow::Result<Secret> {
-    if inline_token(raw) {
-        return Err(origin.err(key, written_out("token")));
+    if let Some(problem) = inline_before_last_at(raw, tokens) {
+        return Err(origin.err(key, problem));
     }
     url_setting(origin, key, raw, secrets).await
 }
 
-/// Whether the URL `raw` writes out a token: user info without a `:`
-/// that is not a reference as a whole.
-fn inline_token(raw: &str) -> bool {
+/// Where the URL `raw`, its user info read up to its last `@`, writes out
+/// a password (or, with `tokens`, a token: user info without a `:`).
+fn inline_before_last_at(raw: &str, tokens: bool) -> Option<String> {
     let marked = SecretResolver::mark_references(raw);
-    let Some((_, rest)) = marked.split_once("://") else {
-        return false;
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    authority.rsplit_once('@').is_some_and(|(userinfo, _)| {
-        !userinfo.contains(':') && !userinfo.chars().all(|c| c == REFERENCE_MARK)
-    })
+    let referenced = |part: &str| part.chars().all(|c| c == REFERENCE_MARK);
+    let (_, rest) = marked.split_once("://")?;
+    let (userinfo, _) = rest.rsplit_once('@')?;
+    match userinfo.split_once(':') {
+        Some((_, password)) if !referenced(password) => Some(written_out("password")),
+        None if tokens && !referenced(userinfo) => Some(written_out("token")),
+        _ => None,
+    }
 }
 
 /// Resolves a secret setting, which must be a reference.
@@ -260,7 +266,7 @@ pub(super) fn redis_prefix(prefix: String) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{inline_credential, inline_token, redis_prefix, s3_prefix, written_out};
+    use super::{inline_before_last_at, inline_credential, redis_prefix, s3_prefix, written_out};
 
     #[test]
     fn redis_prefixes_cannot_reach_into_another_apps_bucket() {
@@ -297,14 +303,38 @@ mod tests {
 
     #[test]
     fn a_token_in_the_user_info_must_be_a_reference() {
-        assert!(inline_token("nats://s3cret@h:4222"));
-        assert!(inline_token("nats://s3cret${env:REST}@h:4222"));
-        assert!(!inline_token("nats://${env:NATS_TOKEN}@h:4222"));
-        assert!(!inline_token("nats://${file:/run/secrets/token}@h:4222"));
-        // A password is `inline_credential`'s; no user info, no token.
-        assert!(!inline_token("nats://u:${env:P}@h:4222"));
-        assert!(!inline_token("nats://h:4222"));
-        assert!(!inline_token("nats://h:4222/x@y"));
+        let token = |url: &str| inline_before_last_at(url, true).is_some();
+        assert!(token("nats://s3cret@h:4222"));
+        assert!(token("nats://s3cret${env:REST}@h:4222"));
+        assert!(!token("nats://${env:NATS_TOKEN}@h:4222"));
+        assert!(!token("nats://${file:/run/secrets/token}@h:4222"));
+        assert!(!token("nats://u:${env:P}@h:4222"));
+        assert!(!token("nats://h:4222"));
+        // MQTT's user info without a `:` is a user name, not a token.
+        assert!(inline_before_last_at("mqtt://berth@h", false).is_none());
+    }
+
+    /// NATS and MQTT read user info up to the URL's last `@`: a password
+    /// holding `/`, `?` or `#` there, which ends the authority for every
+    /// other driver's check, is still one written out.
+    #[test]
+    fn a_password_up_to_the_last_at_must_be_a_reference() {
+        for (url, tokens) in [
+            ("mqtt://berth:Zm9v/YmFy@broker:1883", false),
+            ("mqtt://berth:a?b#c@broker", false),
+            ("nats://app:ab/cd@h:4222", true),
+            ("nats://tok/en@h:4222", true),
+            ("nats://h:4222/x@y", true),
+        ] {
+            let found = inline_before_last_at(url, tokens).expect(url);
+            assert!(!found.contains("YmFy") && !found.contains("en@"), "{found}");
+            assert!(
+                inline_credential(url).is_none(),
+                "the general check reads {url} otherwise"
+            );
+        }
+        assert!(inline_before_last_at("mqtt://berth:${env:P}@broker", false).is_none());
+        assert!(inline_before_last_at("nats://${env:U}:${env:P}@h", true).is_none());
     }
 
     #[test]
