@@ -381,6 +381,13 @@ impl SecretResolver {
                     .ok_or_else(|| {
                         format!("environment variable {name} is not set (nor in the .env file)")
                     })?,
+                // Relative, it would be read from wherever the host was
+                // started (`/` under systemd), not beside the config.
+                Some(("file", path)) if !std::path::Path::new(path).is_absolute() => {
+                    return Err(format!(
+                        "`${{file:…}}` at byte {at} names a relative path; give the secret file's absolute path"
+                    ));
+                }
                 Some(("file", path)) => read_secret_file(path)?,
                 Some(("aws-sm", id)) => match &self.aws {
                     Some(aws) => aws.get(id).await?.expose().to_owned(),
@@ -474,6 +481,8 @@ mod resolver_tests {
         std::fs::write(&file, "v").unwrap();
         let raw = format!("$${{file:x}}-${{file:{}}}", file.display());
         assert_eq!(r.resolve(&raw).await.unwrap().expose(), "${file:x}-v");
+        let relative = r.resolve("${file:secrets/pw}").await.unwrap_err();
+        assert!(relative.contains("relative path"), "{relative}");
         // An escaped reference is literal text, so it does not make an
         // inline secret pass for a reference.
         assert!(!SecretResolver::is_reference("$${env:A}"));
