@@ -78,9 +78,12 @@ pub struct ComponentEnv {
     /// Where its instances' stdout and stderr go on the HTTP and message
     /// triggers (the host's log, a line at a time).
     pub output: Arc<crate::ports::logging::output::OutputOwner>,
-    /// The linear memory the app's instances hold together
-    /// (`[app_limits] memory_mb`).
-    pub app_memory: Arc<crate::limits::AppMemory>,
+    /// What the app may use (`[app_limits]`: its instances' places and
+    /// memory budget, its rates). Held by every store through this
+    /// environment, so an app whose directory was removed and put back
+    /// while its instances still ran gets back the allowance they use,
+    /// not a fresh one beside it.
+    pub allowance: Arc<crate::rate::AppAllowance>,
     /// The instance slots, and places among the app's instances, one
     /// instance takes (see [`HostEngine::pool_weight`]).
     pub weight: u32,
@@ -124,6 +127,15 @@ pub struct App {
     /// Whether the host is stopping the app (see
     /// [`App::stop_taking_messages`]).
     stopping: tokio::sync::watch::Sender<Stopping>,
+}
+
+impl Drop for App {
+    /// Keeps the app's allowance for a while after a version goes, so
+    /// that removing an app's manifest and putting it back does not
+    /// refill its rates (see [`HostEngine::keep_allowance_a_while`]).
+    fn drop(&mut self) {
+        self.engine.keep_allowance_a_while(&self.allowance);
+    }
 }
 
 /// Where an app is in being stopped.
@@ -367,7 +379,7 @@ impl App {
                     budget: backends.log_budget.clone(),
                 }),
                 backends: backends.clone(),
-                app_memory: allowance.memory.clone(),
+                allowance: allowance.clone(),
                 weight: HostEngine::pool_weight(&component),
             });
             components.insert(decl.name.clone(), LoadedComponent { env, pre, exports });

@@ -71,7 +71,20 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// The apps' allowances (see [`HostEngine::app_allowance`]).
-type AppAllowances = std::collections::HashMap<PathBuf, std::sync::Weak<crate::rate::AppAllowance>>;
+#[derive(Default)]
+struct AppAllowances {
+    /// Each app's, by the app's state directory (its name, on one host):
+    /// kept while any version of the app, or any of its instances, lives.
+    live: std::collections::HashMap<PathBuf, std::sync::Weak<crate::rate::AppAllowance>>,
+    /// Those of versions dropped within the last [`ALLOWANCE_KEPT`], oldest
+    /// first (see [`HostEngine::keep_allowance_a_while`]).
+    kept: std::collections::VecDeque<(std::time::Instant, Arc<crate::rate::AppAllowance>)>,
+}
+
+/// How long an app's allowance outlives its last version: its rates are
+/// per second or per minute, so a tenant that removes its manifest and
+/// puts it back finds the buckets it had emptied still empty.
+const ALLOWANCE_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One of the host's instance slots (`[engine] max_instances`), held by a
 /// store for its whole life. Invocations take one before they build a
@@ -93,8 +106,7 @@ struct Inner {
     settings: EngineSettings,
     turns: crate::fairness::CpuTurns,
     instance_slots: Arc<tokio::sync::Semaphore>,
-    /// Each app's allowance, by the app's state directory (its name, on
-    /// one host): kept while any version of the app lives.
+    /// Each app's allowance (see [`AppAllowances`]).
     app_allowances: std::sync::Mutex<AppAllowances>,
     /// Components loaded lately, by the SHA-256 of their bytes: apps that
     /// ship the same component share its compiled code and metadata
@@ -272,13 +284,37 @@ impl HostEngine {
             .app_allowances
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(live) = apps.get(state_dir).and_then(std::sync::Weak::upgrade) {
+        if let Some(live) = apps.live.get(state_dir).and_then(std::sync::Weak::upgrade) {
             return live;
         }
-        apps.retain(|_, allowance| allowance.strong_count() > 0);
+        apps.live
+            .retain(|_, allowance| allowance.strong_count() > 0);
         let allowance = Arc::new(make());
-        apps.insert(state_dir.to_path_buf(), Arc::downgrade(&allowance));
+        apps.live
+            .insert(state_dir.to_path_buf(), Arc::downgrade(&allowance));
         allowance
+    }
+
+    /// Keeps `allowance`, whose app version is being dropped, for
+    /// [`ALLOWANCE_KEPT`], so the app's next version gets it back even when
+    /// none of its instances outlives this one.
+    pub fn keep_allowance_a_while(&self, allowance: &Arc<crate::rate::AppAllowance>) {
+        let mut apps = self
+            .inner
+            .app_allowances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        while apps
+            .kept
+            .front()
+            .is_some_and(|(since, _)| now.duration_since(*since) > ALLOWANCE_KEPT)
+        {
+            apps.kept.pop_front();
+        }
+        // One entry per app at most: a newer drop renews it.
+        apps.kept.retain(|(_, kept)| !Arc::ptr_eq(kept, allowance));
+        apps.kept.push_back((now, allowance.clone()));
     }
 
     /// Instance slots free now (for tests and metrics).

@@ -61,3 +61,41 @@ fn refuses_non_components() {
     assert!(e.to_string().contains("core WebAssembly module"));
     assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
 }
+
+/// An app's allowance outlives its versions for a while: a tenant that
+/// removes its manifest and puts it back gets the same allowance (its
+/// places taken, its rates used), not a fresh one beside it.
+#[tokio::test]
+async fn an_apps_allowance_outlives_its_last_version_for_a_while() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = HostEngine::new(EngineSettings {
+        max_instances: 4,
+        cache_dir: cache.path().to_path_buf(),
+        ..EngineSettings::default()
+    })
+    .unwrap();
+    let mut host = crate::config::HostConfig::default();
+    host.app_limits.max_instances = Some(4);
+    let make = || crate::rate::AppAllowance::new(&host, 4);
+    let dir = Path::new("/state/shop");
+    let first = engine.app_allowance(dir, make);
+    let taken = first.try_instance_permit(1).unwrap();
+    // A version dropped: kept.
+    engine.keep_allowance_a_while(&first);
+    let weak = Arc::downgrade(&first);
+    drop(first);
+    let again = engine.app_allowance(dir, make);
+    assert!(
+        std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&again)),
+        "the same allowance"
+    );
+    assert_eq!(
+        again.instances.available_permits(),
+        3,
+        "its place still taken"
+    );
+    drop(taken);
+    // Another app's is its own.
+    let other = engine.app_allowance(Path::new("/state/blog"), make);
+    assert!(!Arc::ptr_eq(&other, &again));
+}

@@ -78,6 +78,9 @@ pub struct AppAllowance {
     pub log_lines: std::sync::Arc<crate::ports::logging::budget::LogBudget>,
     /// Its name lookups for outbound HTTP, all its components together.
     pub lookups: crate::outbound::connect::AppLookups,
+    /// Downloads through its signed blob URLs at once, all its versions
+    /// together ([`crate::triggers::http::MAX_BLOB_DOWNLOADS`]).
+    pub blob_downloads: std::sync::Arc<tokio::sync::Semaphore>,
     /// What its in-memory kv buckets hold together (`kv_memory_mb`).
     kv_memory: std::sync::Arc<crate::ports::kv::memory::MemoryBudget>,
     /// Its in-memory kv buckets by name, while a version of the app holds
@@ -197,6 +200,9 @@ impl AppAllowance {
                     .unwrap_or(crate::ports::logging::budget::DEFAULT_KIB_PER_SECOND),
             )),
             lookups: Default::default(),
+            blob_downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                crate::triggers::http::MAX_BLOB_DOWNLOADS,
+            )),
             kv_memory: std::sync::Arc::new(crate::ports::kv::memory::MemoryBudget::new(
                 limits
                     .kv_memory_mb

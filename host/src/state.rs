@@ -62,7 +62,10 @@ impl InstanceState {
             wasi,
             http: WasiHttpCtx::new(),
             outbound: OutboundPolicy::new(env.outbound.clone(), env.limits.outbound_requests),
-            limiter: InstanceLimiter::within_app(env.limits.memory_bytes, env.app_memory.clone()),
+            limiter: InstanceLimiter::within_app(
+                env.limits.memory_bytes,
+                env.allowance.memory.clone(),
+            ),
             deadline: Instant::now() + env.limits.timeout,
             turn: crate::fairness::Turn::new(turns, env.heaviness.clone()),
             open_blob_writers: 0,

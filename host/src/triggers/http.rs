@@ -78,8 +78,9 @@ impl HttpService for HttpHandler {
 pub struct HttpHandler {
     app: Arc<App>,
     routes: Vec<Route>,
-    /// Downloads through the app's signed blob URLs under way: each holds
-    /// a reader (a file descriptor or a connection) outside any instance.
+    /// Downloads through the app's signed blob URLs under way, all its
+    /// versions together: each holds a reader (a file descriptor or a
+    /// connection) outside any instance.
     blob_downloads: Arc<tokio::sync::Semaphore>,
 }
 
@@ -116,9 +117,9 @@ impl HttpHandler {
         // Most specific first: exact routes, then longer prefixes.
         routes.sort_by_key(|r| (r.wildcard, std::cmp::Reverse(r.path.len())));
         Ok(HttpHandler {
+            blob_downloads: app.allowance.blob_downloads.clone(),
             app,
             routes,
-            blob_downloads: Arc::new(tokio::sync::Semaphore::new(MAX_BLOB_DOWNLOADS)),
         })
     }
 
