@@ -141,6 +141,13 @@ const MAX_TABLES_PER_COMPONENT: u32 = 32;
 /// The memories and tables the pooling allocator holds per instance slot.
 const MEMORIES_PER_SLOT: u32 = 2;
 const TABLES_PER_SLOT: u32 = 4;
+/// Pool slots beyond `[engine] max_instances`, for instances whose host
+/// slot is free but whose store is still being dropped (see
+/// [`engine_config`]; [`crate::fairness::retire`] frees the pool's first,
+/// other drops may not); never taken otherwise, since the host's slots
+/// gate every instantiation.
+const RETIRING_SLOTS: u32 = 64;
+
 
 /// Components refused as too slow to compile that are remembered.
 const MAX_TOO_SLOW: usize = 4096;
@@ -540,7 +547,11 @@ pub fn engine_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.memory_init_cow(true);
-    let n = settings.max_instances.max(1);
+    // The host's slots, plus room for stores being dropped: a store gives
+    // its host slot back (with its data) just before wasmtime returns its
+    // memories and tables to the pool, so without the spare an invocation
+    // let in by that slot could find the pool still full and fail.
+    let n = settings.max_instances.max(1).saturating_add(RETIRING_SLOTS);
     let mut pool = PoolingAllocationConfig::default();
     // Core instances are only counted (memories and tables are reserved
     // slots): every instance may have as many as any component.

@@ -187,11 +187,14 @@ impl Drop for Turn {
 /// component is heavy (returning a large instance's memory to the pool or
 /// the kernel can take milliseconds, which must not delay the short
 /// requests on the worker threads), else right here.
+/// The store's data, and with it the instance's host slot, goes after its
+/// instances went back to the pool (`into_data`; a plain drop gives the
+/// slot back first), so whoever takes the slot finds the pool's room free.
 pub fn retire(store: wasmtime::Store<crate::state::InstanceState>) {
     if store.data().turn.heaviness.is_heavy() {
-        tokio::task::spawn_blocking(move || drop(store));
+        tokio::task::spawn_blocking(move || drop(store.into_data()));
     } else {
-        drop(store);
+        drop(store.into_data());
     }
 }
 
