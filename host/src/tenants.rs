@@ -33,6 +33,9 @@ use crate::triggers::http::{HttpHandler, HttpService, not_found};
 #[path = "tenants_routing.rs"]
 mod routing;
 use routing::{has_dot_segment, normalized_host, request_host};
+#[path = "tenants_refused.rs"]
+mod refused;
+use refused::Refused;
 
 /// How often the apps directory is rescanned.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -155,9 +158,9 @@ pub struct Tenants {
     mounted: RwLock<BTreeMap<PathBuf, (Fingerprint, Arc<Mounted>)>>,
     /// App name → directory, for routing.
     by_name: RwLock<BTreeMap<String, PathBuf>>,
-    /// Directory → the fingerprint of a version that failed to load, so it
-    /// is reported once rather than every scan.
-    refused: RwLock<BTreeMap<PathBuf, Fingerprint>>,
+    /// Directory → a version that failed to load, tried again only after
+    /// a backoff (see [`Refused`]) rather than every scan.
+    refused: RwLock<BTreeMap<PathBuf, Refused>>,
     /// Replaced and removed versions being stopped, which a host stopping
     /// waits for too.
     retiring: std::sync::Mutex<tokio::task::JoinSet<()>>,
@@ -239,7 +242,9 @@ impl Tenants {
                 .ok()
                 .and_then(|m| m.get(&dir).map(|(f, _)| f.clone()));
             let refused = self.refused.read().ok().and_then(|r| r.get(&dir).cloned());
-            if current.as_ref() == Some(&fingerprint) || refused.as_ref() == Some(&fingerprint) {
+            if current.as_ref() == Some(&fingerprint)
+                || refused.as_ref().is_some_and(|r| r.holds(&fingerprint))
+            {
                 continue;
             }
             // The bytes are what the last scan saw, but a component or the
@@ -271,7 +276,8 @@ impl Tenants {
                     );
                     errors.push(crate::audit::printable(&message).into_owned());
                     if let Ok(mut r) = self.refused.write() {
-                        r.insert(dir.clone(), fingerprint);
+                        let refused = Refused::after(fingerprint, refused.as_ref());
+                        r.insert(dir.clone(), refused);
                     }
                 }
             }
@@ -290,7 +296,8 @@ impl Tenants {
     /// What the last scans saw in `dir`: the running version's
     /// fingerprint and a refused one's.
     fn last_seen(&self, dir: &Path) -> Vec<Fingerprint> {
-        let refused = self.refused.read().ok().and_then(|r| r.get(dir).cloned());
+        let refused =
+            (self.refused.read().ok()).and_then(|r| r.get(dir).map(|r| r.fingerprint.clone()));
         let mounted = self
             .mounted
             .read()
