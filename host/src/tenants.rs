@@ -316,6 +316,14 @@ impl Tenants {
         // is refused for that, not reported as a second copy.
         crate::fairness::blocking(|| crate::app::check_tenant_directory(&manifest))?;
         let name = manifest.name.clone();
+        // Host names are matched in lower case (`Shop.example.com` is
+        // `shop.example.com`): an app named otherwise could not be reached.
+        if self.host.serve.domain.is_some() && name.bytes().any(|b| b.is_ascii_uppercase()) {
+            anyhow::bail!(
+                "app name `{name}` has upper-case letters, but apps are reached at `<app>.{}`, a host name matched in lower case; rename the app and its directory in lower case",
+                self.host.serve.domain.as_deref().unwrap_or_default()
+            );
+        }
         let claimed = self
             .by_name
             .read()

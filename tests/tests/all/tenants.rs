@@ -196,6 +196,8 @@ async fn tenants_on_a_domain_have_origins_of_their_own() {
     for (path_routing, by_path) in [(None, "404 Not Found"), (Some(true), "200 OK")] {
         let apps = tempfile::tempdir().unwrap();
         write_app(&apps.path().join("shop-a"), "shop-a", "Greeting A");
+        // Host names are matched in lower case: this one could not be reached.
+        write_app(&apps.path().join("Shop-B"), "Shop-B", "Greeting B");
         let mut host = HostConfig::default();
         host.serve.domain = Some("apps.test".into());
         host.serve.path_routing = path_routing;
@@ -204,7 +206,12 @@ async fn tenants_on_a_domain_have_origins_of_their_own() {
             host,
             apps.path().to_path_buf(),
         ));
-        assert_eq!(tenants.sync().await, Vec::<String>::new());
+        let errors = tenants.sync().await;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            error_of(&errors, "Shop-B").contains("upper-case letters"),
+            "{errors:?}"
+        );
         let server = berth_tests::serve_tenants(tenants.clone()).await;
         let request = |host: &str, path: &str| {
             format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
