@@ -352,6 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let grace = host.serve.shutdown_grace();
     let (by_path, domain) = (host.serve.routes_by_path(), host.serve.domain.clone());
+    let configured: Vec<String> = host.app_config.keys().cloned().collect();
     let tenants = Arc::new(crate::tenants::Tenants::new(
         engine,
         host,
@@ -359,6 +360,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ));
     for error in tenants.sync().await {
         report!("error: {error}");
+    }
+    // A misspelt app name would leave the app on its manifest's values.
+    let served = tenants.app_names();
+    for name in configured.iter().filter(|n| !served.contains(*n)) {
+        report!(
+            "warning: [app_config.{name:?}] in the host config names no app served from {} (none there, or refused above)",
+            args.apps.display()
+        );
     }
     say!("berth: serving {} at http://{addr}", args.apps.display());
     for name in tenants.app_names() {
