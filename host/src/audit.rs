@@ -97,39 +97,83 @@ impl Written {
         let mut apps = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if !apps.contains_key(app) {
             // Apps quiet for a minute are forgotten: the map holds the
-            // apps refused lately only.
+            // apps refused lately only (their counts written first).
             if apps.len() >= 4096 {
-                apps.retain(|_, (began, _, _)| now.duration_since(*began) < 60 * second);
+                apps.retain(|app, (began, _, dropped)| {
+                    self.report(app, std::mem::take(dropped));
+                    now.duration_since(*began) < 60 * second
+                });
             }
             apps.insert(app.to_string(), (now, 0, 0));
         }
         let Some((began, written, dropped)) = apps.get_mut(app) else {
             return true;
         };
-        let per_second = self.per_second();
         if now.duration_since(*began) >= second {
-            if *dropped > 0 {
-                match self.1 {
-                    Kind::Refusals => {
-                        tracing::warn!(target: "berth::audit", app, dropped = *dropped, per_second, "refusals of the app past the most written per second were counted, not written")
-                    }
-                    Kind::Warnings => tracing::warn!(
-                        app,
-                        dropped = *dropped,
-                        per_second,
-                        "warnings about the app past the most written per second were counted, not written"
-                    ),
-                }
-            }
+            self.report(app, *dropped);
             (*began, *written, *dropped) = (now, 0, 0);
         }
-        if *written >= per_second {
+        if *written >= self.per_second() {
             *dropped += 1;
+            count_writer();
             return false;
         }
         *written += 1;
         true
     }
+
+    /// Writes the counts of the apps whose second is over: an app that
+    /// went quiet after a burst gets its count written too, not only when
+    /// it is next refused.
+    fn write_counts(&self, now: std::time::Instant) {
+        let mut apps = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (app, (began, written, dropped)) in apps.iter_mut() {
+            if *dropped > 0 && now.duration_since(*began) >= std::time::Duration::from_secs(1) {
+                self.report(app, *dropped);
+                (*began, *written, *dropped) = (now, 0, 0);
+            }
+        }
+    }
+
+    /// Writes that `dropped` events about `app` were counted, not written.
+    fn report(&self, app: &str, dropped: u64) {
+        if dropped == 0 {
+            return;
+        }
+        let per_second = self.per_second();
+        match self.1 {
+            Kind::Refusals => {
+                tracing::warn!(target: "berth::audit", app, dropped, per_second, "refusals of the app past the most written per second were counted, not written")
+            }
+            Kind::Warnings => tracing::warn!(
+                app,
+                dropped,
+                per_second,
+                "warnings about the app past the most written per second were counted, not written"
+            ),
+        }
+    }
+}
+
+/// Starts, once, the thread that writes the counts of events not written
+/// (see [`Written::write_counts`]) every second.
+fn count_writer() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let started = std::thread::Builder::new()
+            .name("berth-audit-counts".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    let now = std::time::Instant::now();
+                    WRITTEN.write_counts(now);
+                    WARNINGS.write_counts(now);
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the thread writing counts of events not written; they are written with the app's next event");
+        }
+    });
 }
 
 /// Longest name an audit event records; guests choose these strings.
@@ -213,6 +257,13 @@ mod tests {
             assert_eq!(admitted, most as usize);
             assert!(written.admit("quiet", start), "other apps are not affected");
             let later = start + std::time::Duration::from_secs(1);
+            written.write_counts(later);
+            let counts = written.0.lock().unwrap();
+            assert_eq!(
+                counts["loud"].2, 0,
+                "the count was written, once the second was over"
+            );
+            drop(counts);
             assert!(written.admit("loud", later), "a new second");
         }
     }
