@@ -19,6 +19,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::InvocationError;
+use super::idle_body::{IdleTimeoutBody, REQUEST_BODY_IDLE_TIMEOUT};
 use crate::app::App;
 use crate::limits::LimitExceeded;
 use crate::metrics::{Outcome, Trigger};
@@ -183,7 +184,7 @@ impl HttpHandler {
             let req = store
                 .data_mut()
                 .http()
-                .new_incoming_request(Scheme::Http, req)?;
+                .new_incoming_request(Scheme::Http, bounded_body(req))?;
             let out = store.data_mut().http().new_response_outparam(sender)?;
             Ok((req, out))
         })();
@@ -429,4 +430,10 @@ fn error_response(
         body["limit"] = serde_json::Value::from(limit);
     }
     json_response(status, body)
+}
+
+/// `req` with its body bounded by [`REQUEST_BODY_IDLE_TIMEOUT`] between
+/// the client's bytes.
+fn bounded_body(req: Request<Incoming>) -> Request<IdleTimeoutBody<Incoming>> {
+    req.map(|body| IdleTimeoutBody::new(body, REQUEST_BODY_IDLE_TIMEOUT))
 }

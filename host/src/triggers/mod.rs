@@ -9,6 +9,7 @@
 
 pub mod connections;
 pub mod http;
+mod idle_body;
 pub mod message;
 pub mod policy;
 pub mod run;
