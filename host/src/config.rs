@@ -457,6 +457,9 @@ impl HostConfig {
         if let Some(dir) = &self.engine.cache_dir {
             s.cache_dir = dir.clone();
         }
+        if let Some(mb) = self.engine.cache_max_mb {
+            s.cache_max_bytes = mb.saturating_mul(1 << 20);
+        }
         if let Some(mb) = self.engine.max_component_mb {
             s.max_component_bytes = mb.clamp(1, 1 << 20) << 20;
         }

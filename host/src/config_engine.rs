@@ -15,6 +15,8 @@ pub struct EngineConfig {
     pub max_memory_mb: Option<u64>,
     /// Compiled-component cache directory.
     pub cache_dir: Option<PathBuf>,
+    /// MiB the compiled-component cache may hold; default 10 240.
+    pub cache_max_mb: Option<u64>,
     /// Longest `timeout_ms` any component may be granted.
     pub max_timeout_ms: Option<u64>,
     /// Largest `concurrency` any component may be granted.
@@ -87,6 +89,7 @@ impl EngineConfig {
         )?;
         within("max_component_mb", self.max_component_mb, 1, 1 << 20)?;
         within("max_compile_ms", self.max_compile_ms, 1, u64::MAX)?;
+        within("cache_max_mb", self.cache_max_mb, 64, 1 << 30)?;
         // Each is a permit of a semaphore, which takes far fewer than
         // u64::MAX (and more workers than threads would mean nothing).
         within(

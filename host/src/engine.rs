@@ -15,8 +15,12 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::state::InstanceState;
 
+#[path = "engine_cache.rs"]
+mod cache;
 #[path = "engine_files.rs"]
 mod files;
+pub use cache::default_cache_dir;
+use cache::{LoadedComponents, remove_stale_artifacts, write_atomically};
 use files::{check_is_component, read_bounded};
 
 /// How often the epoch advances; the granularity of time limits and of the
@@ -32,6 +36,9 @@ pub struct EngineSettings {
     pub max_memory_bytes: u64,
     /// Where compiled components are cached.
     pub cache_dir: PathBuf,
+    /// What the cache may hold: past it, the entries used least lately
+    /// are removed (see [`cache::trim_cache`]).
+    pub cache_max_bytes: u64,
     /// Largest component file accepted for compilation.
     pub max_component_bytes: u64,
     /// Longest a component may take to compile before its load is refused.
@@ -50,24 +57,13 @@ impl Default for EngineSettings {
             max_instances: 1000,
             max_memory_bytes: 1 << 30,
             cache_dir: default_cache_dir(),
+            cache_max_bytes: 10 << 30,
             max_component_bytes: 256 << 20,
             max_compile_time: std::time::Duration::from_secs(300),
             long_running_workers: None,
             sqlite_memory_bytes: crate::ports::sql::sqlite::DEFAULT_MEMORY_BYTES,
         }
     }
-}
-
-/// `$BERTH_CACHE_DIR`, else `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BERTH_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("berth")
 }
 
 /// The apps' allowances (see [`HostEngine::app_allowance`]).
@@ -118,18 +114,6 @@ struct Inner {
     stop_ticker: Arc<AtomicBool>,
 }
 
-/// Components kept for reuse by digest (the most recently used
-/// [`LOADED_COMPONENTS_KEPT`]); an app holds its own reference, so evicting
-/// one here never unloads it.
-#[derive(Default)]
-struct LoadedComponents {
-    by_digest: std::collections::HashMap<String, (Component, u64)>,
-    uses: u64,
-}
-
-/// How many distinct components the in-memory reuse keeps.
-const LOADED_COMPONENTS_KEPT: usize = 256;
-
 /// A compile running longer than this is announced, then reported on every
 /// [`COMPILE_PROGRESS_EVERY`] until it ends (large Python or JavaScript
 /// guests take seconds to compile the first time).
@@ -148,36 +132,9 @@ const TABLES_PER_SLOT: u32 = 4;
 /// gate every instantiation.
 const RETIRING_SLOTS: u32 = 64;
 
-
 /// Components refused as too slow to compile that are remembered.
 const MAX_TOO_SLOW: usize = 4096;
 const COMPILE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-impl LoadedComponents {
-    fn get(&mut self, digest: &str) -> Option<Component> {
-        self.uses += 1;
-        let uses = self.uses;
-        self.by_digest.get_mut(digest).map(|(c, used)| {
-            *used = uses;
-            c.clone()
-        })
-    }
-
-    fn insert(&mut self, digest: String, component: Component) {
-        self.uses += 1;
-        if self.by_digest.len() >= LOADED_COMPONENTS_KEPT {
-            let oldest = self
-                .by_digest
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(d, _)| d.clone());
-            if let Some(oldest) = oldest {
-                self.by_digest.remove(&oldest);
-            }
-        }
-        self.by_digest.insert(digest, (component, self.uses));
-    }
-}
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -460,13 +417,15 @@ impl HostEngine {
         abandoned: &AtomicBool,
     ) -> anyhow::Result<Component> {
         let engine = &self.inner.engine;
-        if let Some(component) = self.loaded().get(&digest) {
+        if let Some(component) = self.reused(&digest) {
             return Ok(component);
         }
         let path = self.artifact_path(&digest);
         if path.exists() {
             match deserialize_own_artifact(engine, &path) {
                 Ok(c) => {
+                    // Its time of use: the cache is trimmed by it.
+                    cache::mark_used(&path);
                     self.loaded().insert(digest, c.clone());
                     return Ok(c);
                 }
@@ -487,6 +446,11 @@ impl HostEngine {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
         }
         remove_stale_artifacts(&self.inner.cache_dir, &digest, &path);
+        cache::trim_cache(
+            &self.inner.cache_dir,
+            &path,
+            self.inner.settings.cache_max_bytes,
+        );
         let component = deserialize_own_bytes(engine, &compiled)?;
         self.loaded().insert(digest, component.clone());
         Ok(component)
@@ -498,6 +462,14 @@ impl HostEngine {
         self.inner
             .cache_dir
             .join(format!("{digest}-{}.cwasm", self.inner.engine_hash))
+    }
+
+    /// The component of `digest` loaded lately, if still kept, its cache
+    /// entry marked used (see [`cache::trim_cache`]).
+    fn reused(&self, digest: &str) -> Option<Component> {
+        let component = self.loaded().get(digest)?;
+        cache::mark_used(&self.artifact_path(digest));
+        Some(component)
     }
 
     fn too_slow(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -514,30 +486,6 @@ impl HostEngine {
             .loaded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Removes the artifacts of `digest` compiled by other engines than the
-/// one that wrote `current`.
-fn remove_stale_artifacts(dir: &Path, digest: &str, current: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let prefix = format!("{digest}-");
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if path != current && name.starts_with(&prefix) && name.ends_with(".cwasm") {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::debug!(path = %path.display(), "removed a stale compiled component")
-                }
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "cannot remove a stale compiled component")
-                }
-            }
-        }
     }
 }
 
@@ -612,19 +560,6 @@ fn deserialize_own_artifact(engine: &Engine, path: &Path) -> anyhow::Result<Comp
 fn deserialize_own_bytes(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     // SAFETY: `bytes` come straight from `Engine::precompile_component`.
     unsafe { Component::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-    // A write cut short (a full disk) must not leave tens of megabytes
-    // behind at every compile, nor a rename that failed.
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
 }
 
 #[cfg(test)]

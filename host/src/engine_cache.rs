@@ -1,0 +1,196 @@
+//! The compiled components kept: in memory, the ones loaded lately (by
+//! digest, shared between apps); on disk, the cache, its entries written
+//! whole or not at all, other engines' entries of a component removed, and
+//! the cache kept within its size by removing the entries used least
+//! lately.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use wasmtime::component::Component;
+
+/// `$BERTH_CACHE_DIR`, else `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("berth")
+}
+
+/// Components kept for reuse by digest (the most recently used
+/// [`LOADED_COMPONENTS_KEPT`]); an app holds its own reference, so evicting
+/// one here never unloads it.
+#[derive(Default)]
+pub(super) struct LoadedComponents {
+    by_digest: std::collections::HashMap<String, (Component, u64)>,
+    uses: u64,
+}
+
+/// How many distinct components the in-memory reuse keeps.
+const LOADED_COMPONENTS_KEPT: usize = 256;
+
+impl LoadedComponents {
+    pub(super) fn get(&mut self, digest: &str) -> Option<Component> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.by_digest.get_mut(digest).map(|(c, used)| {
+            *used = uses;
+            c.clone()
+        })
+    }
+
+    pub(super) fn insert(&mut self, digest: String, component: Component) {
+        self.uses += 1;
+        if self.by_digest.len() >= LOADED_COMPONENTS_KEPT {
+            let oldest = self
+                .by_digest
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(d, _)| d.clone());
+            if let Some(oldest) = oldest {
+                self.by_digest.remove(&oldest);
+            }
+        }
+        self.by_digest.insert(digest, (component, self.uses));
+    }
+}
+
+/// Removes the artifacts of `digest` compiled by other engines than the
+/// one that wrote `current`.
+pub(super) fn remove_stale_artifacts(dir: &Path, digest: &str, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{digest}-");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path != current && name.starts_with(&prefix) && name.ends_with(".cwasm") {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stale compiled component")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot remove a stale compiled component")
+                }
+            }
+        }
+    }
+}
+
+/// Writes `path` through a temporary file in its directory and a rename,
+/// so a reader never finds it half written.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    // A write cut short (a full disk) must not leave tens of megabytes
+    // behind at every compile, nor a rename that failed.
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Marks the cache entry `path` used now: its modification time is what
+/// [`trim_cache`] goes by (access times are often not kept).
+pub(super) fn mark_used(path: &Path) {
+    let marked = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = marked {
+        tracing::debug!(path = %path.display(), error = %e, "cannot mark a compiled component used");
+    }
+}
+
+/// Removes the entries of the cache in `dir` used least lately (see
+/// [`mark_used`]) until it holds at most `max` bytes, never `current`, the
+/// entry just written. Without it, tenants shipping new components (each
+/// change of a component's bytes is one) would fill the disk the host
+/// runs on. An entry removed while an app uses it costs a compile at the
+/// next start, nothing now: the running code is mapped, and a mapped
+/// file stays until it is unmapped.
+pub(super) fn trim_cache(dir: &Path, current: &Path, max: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut held = 0u64;
+    let mut removable = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "cwasm") {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        held = held.saturating_add(meta.len());
+        if path != current {
+            let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            removable.push((used, meta.len(), path));
+        }
+    }
+    if held <= max {
+        return;
+    }
+    removable.sort();
+    let mut removed = 0usize;
+    for (_, len, path) in removable {
+        if held <= max {
+            break;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                held = held.saturating_sub(len);
+                removed += 1;
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot remove a compiled component from the cache")
+            }
+        }
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        removed,
+        held_mib = held >> 20,
+        "the compiled-component cache passed [engine] cache_max_mb; its entries used least lately were removed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_within_its_size_by_removing_the_least_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |name: &str, age_s: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(SystemTime::now() - std::time::Duration::from_secs(age_s))
+                .unwrap();
+            path
+        };
+        let oldest = entry("a-e.cwasm", 300);
+        let used_lately = entry("b-e.cwasm", 200);
+        let middle = entry("c-e.cwasm", 100);
+        let current = entry("d-e.cwasm", 400);
+        std::fs::write(dir.path().join("other.txt"), vec![0u8; 1000]).unwrap();
+        mark_used(&used_lately);
+        trim_cache(dir.path(), &current, 250);
+        assert!(!oldest.exists() && !middle.exists());
+        assert!(used_lately.exists(), "used lately");
+        assert!(current.exists(), "just written, though the oldest");
+        assert!(dir.path().join("other.txt").exists(), "not an entry");
+        trim_cache(dir.path(), &current, 1000);
+        assert!(used_lately.exists(), "within the size: nothing removed");
+    }
+}
