@@ -3,6 +3,7 @@
 //! ticker thread, and the on-disk cache of compiled components.
 
 use std::hash::{Hash, Hasher};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ mod cache;
 mod files;
 pub use cache::default_cache_dir;
 use cache::{LoadedComponents, remove_stale_artifacts, write_atomically};
-use files::{check_is_component, read_bounded};
+use files::check_is_component;
 
 /// How often the epoch advances; the granularity of time limits and of the
 /// yields that keep a spinning guest from starving its neighbours.
@@ -111,6 +112,8 @@ struct Inner {
     /// Digests of components whose compile was abandoned past
     /// `max_compile_time`: refused at once from then on.
     too_slow: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The digests of component files read lately.
+    known_digests: files::KnownDigests,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -171,6 +174,7 @@ impl HostEngine {
                 )),
                 loaded: Default::default(),
                 too_slow: Default::default(),
+                known_digests: Default::default(),
                 app_allowances: Default::default(),
                 settings,
                 stop_ticker,
@@ -313,11 +317,23 @@ impl HostEngine {
     ) -> anyhow::Result<Component> {
         let settings = self.settings();
         let max = settings.max_component_bytes;
-        let (bytes, digest) = crate::fairness::blocking(|| {
-            let bytes = read_bounded(path, max, root)?;
+        let read = crate::fairness::blocking(|| {
+            let (file, identity) = files::open_component(path, max, root)?;
+            // Unchanged since it was last read, and still loaded: neither
+            // read nor hashed again.
+            let known = self.inner.known_digests.get(&identity);
+            if let Some(component) = known.and_then(|digest| self.reused(&digest)) {
+                return anyhow::Ok(ControlFlow::Break(component));
+            }
+            let bytes = files::read_opened(file, path, max)?;
             let digest = hex::encode(Sha256::digest(&bytes));
-            anyhow::Ok((bytes, digest))
+            self.inner.known_digests.remember(identity, digest.clone());
+            anyhow::Ok(ControlFlow::Continue((bytes, digest)))
         })?;
+        let (bytes, digest) = match read {
+            ControlFlow::Break(loaded) => return Ok(loaded),
+            ControlFlow::Continue(read) => read,
+        };
         if self.too_slow().contains(&digest) {
             anyhow::bail!(
                 "compiling component {} took longer than {:?} ([engine] max_compile_ms) before; refused without compiling it again (until the host restarts)",
