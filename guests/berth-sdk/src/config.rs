@@ -1,5 +1,6 @@
-//! The component's configuration: values the manifest declares for it
-//! (`config = { greeting = "hello" }`), secrets included, read by key.
+//! The component's configuration: values the manifest declares under
+//! `[config]` (`page_size = "50"`) and grants the component (`config =
+//! ["page_size"]` among its grants), secrets included, read by key.
 //!
 //! ```no_run
 //! use berth_sdk::{config, Result};

@@ -1,4 +1,5 @@
-//! Sending email from a sender the manifest grants (`email = ["noreply@example.com"]`).
+//! Sending email from a sender the manifest grants (`email_senders =
+//! ["noreply@example.com"]` among the component's grants).
 //!
 //! ```no_run
 //! use berth_sdk::{email::Email, Result};

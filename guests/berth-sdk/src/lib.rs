@@ -37,11 +37,17 @@
 //! # fn main() {}
 //! ```
 //!
-//! The manifest that runs it grants the bucket:
+//! The manifest that runs it declares the bucket and grants it:
 //!
 //! ```toml
+//! name = "hello"
+//!
+//! [kv.counters]
+//!
 //! [component.hello]
 //! path = "target/wasm32-wasip2/release/hello.wasm"
+//!
+//! [component.hello.grants]
 //! kv = ["counters"]
 //!
 //! [[trigger.http]]
