@@ -84,12 +84,15 @@ impl From<std::string::FromUtf8Error> for Error {
 
 impl Error {
     /// Whether retrying the same call later may succeed (the backend was
-    /// unavailable, a transaction conflicted, a request timed out).
+    /// unavailable, a transaction conflicted, a request timed out, the
+    /// app's email rate was used up). An outbound HTTP failure
+    /// ([`Error::Http`]) is not told apart, and counts as not retriable.
     pub fn is_retriable(&self) -> bool {
-        use infra::{blob, config, kv, messaging, sql};
+        use infra::{blob, config, email, kv, messaging, sql};
         matches!(
             self,
             Error::Sql(sql::Error::Unavailable(_) | sql::Error::Conflict(_) | sql::Error::Timeout)
+                | Error::Email(email::Error::Unavailable(_) | email::Error::RateLimited)
                 | Error::Kv(kv::Error::Unavailable(_))
                 | Error::Blob(blob::Error::Unavailable(_))
                 | Error::Config(config::Error::Unavailable(_))
