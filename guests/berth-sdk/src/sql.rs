@@ -75,6 +75,11 @@ impl Database {
     /// Runs `work` in a transaction: committed if it returns `Ok`, rolled
     /// back if it returns `Err` (or panics: the host rolls back a
     /// transaction whose guest traps).
+    ///
+    /// Only statements run through `work`'s [`Transaction`] are in it. This
+    /// `Database`, and a [`crate::Repository`] over it, run theirs outside:
+    /// committed at once whatever `work` returns, and on SQLite waiting for
+    /// the transaction's write lock once it wrote (a `conflict` after 5 s).
     pub fn transaction<R>(&self, work: impl FnOnce(&Transaction) -> Result<R>) -> Result<R> {
         let tx = Transaction {
             tx: self.conn.begin()?,
@@ -256,6 +261,20 @@ tuple_from_row!(A 0, B 1, C 2, D 3);
 tuple_from_row!(A 0, B 1, C 2, D 3, E 4);
 
 /// A Rust type read from one SQL value. The error says what was found.
+///
+/// Numbers read alike whichever engine answered: Postgres and MySQL answer
+/// `SUM` of integers (and `AVG`) as decimals, where SQLite gives an integer
+/// or a float, so a whole decimal reads as an integer and any decimal as a
+/// float.
+///
+/// ```
+/// use berth_sdk::sql::{FromValue, Value};
+///
+/// assert_eq!(i64::from_value(&Value::Decimal("42".into())), Ok(42));
+/// assert_eq!(i64::from_value(&Value::Decimal("-7.000".into())), Ok(-7));
+/// assert!(i64::from_value(&Value::Decimal("4.2".into())).is_err());
+/// assert_eq!(f64::from_value(&Value::Decimal("4.25".into())), Ok(4.25));
+/// ```
 pub trait FromValue: Sized {
     /// Converts `value`, or explains why it cannot.
     fn from_value(value: &Value) -> Result<Self, String>;
@@ -285,9 +304,24 @@ impl FromValue for i64 {
     fn from_value(value: &Value) -> Result<Self, String> {
         match value {
             Value::Int(i) => Ok(*i),
+            // Postgres and MySQL answer `SUM` of integers (and other
+            // aggregates) as a decimal, where SQLite gives an integer: a
+            // whole one reads as an integer on every engine.
+            Value::Decimal(d) => whole_decimal(d)
+                .ok_or_else(|| format!("expected an integer, found the decimal {d}")),
             other => expected("an integer", other),
         }
     }
+}
+
+/// The integer a decimal's text stands for, if it is whole (`42`, `-7.000`)
+/// and fits in an `i64`.
+fn whole_decimal(text: &str) -> Option<i64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if !fraction.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    whole.parse().ok()
 }
 
 macro_rules! narrow_int_from_value {
@@ -310,6 +344,11 @@ impl FromValue for f64 {
             // Integers widen exactly up to 2^53, which is what callers of a
             // float column that holds whole numbers expect.
             Value::Int(i) => Ok(*i as f64),
+            // Postgres's `AVG` and MySQL's `SUM` answer decimals: read as
+            // the nearest float, as `f64` reads any number.
+            Value::Decimal(d) => d
+                .parse()
+                .map_err(|_| format!("expected a float, found the decimal {d}")),
             other => expected("a float", other),
         }
     }
