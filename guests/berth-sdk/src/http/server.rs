@@ -151,7 +151,10 @@ impl Response {
         Self::text(404, "not found")
     }
 
-    /// Adds a header.
+    /// Adds a header. One the host does not let a guest set
+    /// (`connection`, `transfer-encoding`, `host`…) or with a malformed
+    /// value is dropped when the response is sent, with a warning in the
+    /// log; the others are sent.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers
             .push((name.to_owned(), value.as_bytes().to_vec()));
@@ -285,7 +288,18 @@ pub(crate) fn read_body(
 }
 
 fn send(out: ResponseOutparam, response: Response) {
-    let headers = Fields::from_list(&response.headers).unwrap_or_else(|_| Fields::new());
+    // One by one: the list whole is refused for any one header the host
+    // forbids (`connection`, `transfer-encoding`…) or a malformed value,
+    // which would drop every other header (`content-type` too) with it.
+    let headers = Fields::new();
+    for (name, value) in &response.headers {
+        if let Err(e) = headers.append(name, value) {
+            crate::log::warn(
+                "response header dropped",
+                &[("header", name), ("error", &format!("{e:?}"))],
+            );
+        }
+    }
     let outgoing = OutgoingResponse::new(headers);
     if outgoing.set_status_code(response.status).is_err() {
         let _ = outgoing.set_status_code(500);
