@@ -20,8 +20,16 @@ export const handler = {
   handle(msg) {
     const state = Bucket.open('state');
     // Only the first delivery of a message id counts.
-    if (state.compareAndSwap(`seen/${msg.id}`, undefined, encoder.encode('1'))) {
-      const handled = state.increment('handled', 1n);
+    const seen = `seen/${msg.id}`;
+    if (state.compareAndSwap(seen, undefined, encoder.encode('1'))) {
+      let handled;
+      try {
+        handled = state.increment('handled', 1n);
+      } catch (e) {
+        // Failed, the mark goes too, so that the redelivery counts it.
+        state.delete(seen);
+        throw e;
+      }
       log('info', 'message handled', [['handled', String(handled)]]);
     }
     return undefined;

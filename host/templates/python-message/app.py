@@ -27,8 +27,14 @@ class Handler(exports.Handler):
     def handle(self, msg: Message) -> Optional[bytes]:
         state = kv.Bucket.open("state")
         # Only the first delivery of a message id counts.
-        if state.compare_and_swap(f"seen/{msg.id}", None, b"1"):
-            handled = state.increment("handled", 1)
+        seen = f"seen/{msg.id}"
+        if state.compare_and_swap(seen, None, b"1"):
+            try:
+                handled = state.increment("handled", 1)
+            except Exception:
+                # Failed, the mark goes too, so that the redelivery counts it.
+                state.delete(seen)
+                raise
             logging.log(logging.Level.INFO, "message handled", [("handled", str(handled))])
         return None
 

@@ -13,8 +13,12 @@ const TOPIC: &str = "{{name}}.events";
 fn on_message(msg: Message) -> Result<()> {
     let state = kv::Bucket::open("state")?;
     // Only the first delivery of a message id counts.
-    if state.compare_and_swap(&format!("seen/{}", msg.id), None, b"1")? {
-        let handled = state.increment("handled", 1)?;
+    let seen = format!("seen/{}", msg.id);
+    if state.compare_and_swap(&seen, None, b"1")? {
+        // Failed, the mark goes too, so that the redelivery counts it.
+        let handled = state.increment("handled", 1).inspect_err(|_| {
+            let _ = state.delete(&seen);
+        })?;
         let text = String::from_utf8_lossy(&msg.payload);
         log::info("message handled", &[("payload", &text), ("handled", &handled.to_string())]);
     }
