@@ -273,6 +273,25 @@ impl AppAllowance {
         }
     }
 
+    /// The host's instance slots for an instance weighing `weight`,
+    /// dropping the app's own idle warm instances while none are free: on
+    /// `berth up` the app's share is the whole host, so its idle instances
+    /// could otherwise hold every slot, and its next request get a 503.
+    pub fn try_host_slot(
+        &self,
+        engine: &crate::engine::HostEngine,
+        weight: u32,
+    ) -> Option<crate::engine::InstanceSlot> {
+        loop {
+            if let Some(slot) = engine.try_instance_slot(weight) {
+                return Some(slot);
+            }
+            if !self.drop_an_idle_instance() {
+                return None;
+            }
+        }
+    }
+
     /// The places of an instance weighing `weight` (see
     /// [`crate::engine::HostEngine::pool_weight`]), at most the app's all.
     fn weighed(&self, weight: u32) -> u32 {

@@ -170,7 +170,7 @@ impl HttpHandler {
                 "app_instances",
             );
         };
-        let Some(slot) = self.app.engine().try_instance_slot(env.weight) else {
+        let Some(slot) = (self.app.allowance).try_host_slot(self.app.engine(), env.weight) else {
             return refused(LimitExceeded::Instances, "instances");
         };
         let mut wasi = WasiCtxBuilder::new();

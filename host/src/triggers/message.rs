@@ -371,7 +371,11 @@ async fn invoke(
         None => {
             let weight = component.env.weight;
             let app_permit = app.allowance.instance_permit(weight).await;
-            Err((app_permit, app.engine().instance_slot(weight).await))
+            let slot = match app.allowance.try_host_slot(app.engine(), weight) {
+                Some(slot) => slot,
+                None => app.engine().instance_slot(weight).await,
+            };
+            Err((app_permit, slot))
         }
     };
     if caller_gone() {
