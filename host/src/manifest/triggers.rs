@@ -124,12 +124,21 @@ impl ScheduleTrigger {
         } else {
             text.to_string()
         };
-        full.parse::<cron::Schedule>().map_err(|e| {
+        let schedule = full.parse::<cron::Schedule>().map_err(|e| {
             format!(
                 "cron expression {:?} is invalid ({e}); expected `sec min hour day-of-month month day-of-week`, the same without seconds, or `@daily`-style",
                 self.cron
             )
-        })
+        })?;
+        // Valid field by field, yet no date has them all (February 30th,
+        // April 31st, a year gone by): the trigger would never run.
+        if schedule.after(&chrono::Utc::now()).next().is_none() {
+            return Err(format!(
+                "cron expression {:?} never fires: no date to come has all its fields",
+                self.cron
+            ));
+        }
+        Ok(schedule)
     }
 
     /// The message trigger that delivers its ticks: one at a time per
@@ -434,6 +443,8 @@ mod tests {
             ),
             ("cron = \"61 * * * * *\"", "cron", "is invalid"),
             ("cron = \"0 9 * * 1-5\"", "cron", "names (MON-FRI, SUN)"),
+            ("cron = \"0 0 0 30 2 *\"", "cron", "never fires"),
+            ("cron = \"0 0 12 * * * 2024\"", "cron", "never fires"),
             ("cron = \"0 0 9 * * MON,3\"", "cron", "not numbers"),
             (
                 "cron = \"* * * * *\"\nmax_deliveries = 0",

@@ -79,8 +79,7 @@ async fn publish_ticks(app: &App, trigger: ScheduleTrigger, schedule: cron::Sche
     let (name, topic) = (trigger.name().to_string(), trigger.topic());
     let mut after = Utc::now();
     while let Some(at) = schedule.after(&after).next() {
-        let wait = (at - Utc::now()).to_std().unwrap_or_default();
-        tokio::time::sleep(wait).await;
+        until(at).await;
         after = at;
         let late = (Utc::now() - at).to_std().unwrap_or_default();
         if late > MAX_LATENESS {
@@ -121,6 +120,26 @@ async fn publish_ticks(app: &App, trigger: ScheduleTrigger, schedule: cron::Sche
     }
     tracing::info!(app = %app.manifest.name, schedule = %name, "the schedule has no further ticks");
 }
+
+/// Waits until the wall clock reads `at`. Tokio's timers run on a clock
+/// that stops while the machine is suspended, so one long sleep would
+/// fire as late as the machine slept (and skip a tick due after it woke);
+/// the wait is looked at again against the wall clock every
+/// [`WALL_CLOCK_CHECK`].
+async fn until(at: DateTime<Utc>) {
+    loop {
+        let Ok(left) = (at - Utc::now()).to_std() else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(WALL_CLOCK_CHECK)).await;
+    }
+}
+
+/// How often a wait for a tick looks at the wall clock (see [`until`]).
+const WALL_CLOCK_CHECK: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
