@@ -103,6 +103,34 @@ fn trigger_of_unknown_component_is_refused() {
     );
 }
 
+/// A route no request could reach is refused, naming its key.
+#[test]
+fn unreachable_routes_are_refused() {
+    let with_route = |route: &str| GOOD.replace("route = \"/...\"", &format!("route = {route:?}"));
+    for (route, why) in [
+        ("users", "must start with `/`"),
+        ("/users?id=1", "without `?` or `#`"),
+        ("/caf\u{e9}", "visible ASCII"),
+        ("/a b", "visible ASCII"),
+        ("/a/.../b", "`...` other than at its end"),
+        ("/_berth/blob/x", "the host's own"),
+    ] {
+        let err = parse(&with_route(route)).unwrap_err().to_string();
+        assert!(
+            err.contains("trigger.http[0].route") && err.contains(why),
+            "{route}: {err}"
+        );
+    }
+    assert!(parse(&with_route("/files/...")).is_ok());
+    assert!(parse(&with_route("/a%20b")).is_ok());
+    let twice = format!("{GOOD}[[trigger.http]]\nroute = \"/...\"\ncomponent = \"api\"\n");
+    let err = parse(&twice).unwrap_err().to_string();
+    assert!(
+        err.contains("trigger.http[1].route") && err.contains("defined twice"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_names_and_limits_are_refused() {
     assert!(parse(&GOOD.replace("[sql.main]", "[sql.\"../x\"]")).is_err());

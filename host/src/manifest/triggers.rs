@@ -158,6 +158,33 @@ impl ScheduleTrigger {
     }
 }
 
+/// Refuses a route no request could reach: one that does not start with
+/// `/`, holds what a request's path never does as such (`?` and `#` end
+/// it; spaces, control and non-ASCII characters arrive percent-encoded),
+/// has `...` other than as its final `/...`, or lies under the host's own
+/// `/_berth/`.
+fn check_route(route: &str) -> Result<(), String> {
+    if !route.starts_with('/') {
+        return Err(format!("route {route:?} must start with `/`"));
+    }
+    if route.contains(['?', '#']) || !route.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "route {route:?} must be visible ASCII without `?` or `#`: a request's path arrives percent-encoded, and its query is not part of it"
+        ));
+    }
+    if route.strip_suffix("/...").unwrap_or(route).contains("...") {
+        return Err(format!(
+            "route {route:?} has `...` other than at its end: only a final `/...` matches what is below"
+        ));
+    }
+    if route == "/_berth" || route.starts_with("/_berth/") {
+        return Err(format!(
+            "route {route:?} lies under `/_berth/`, the host's own (signed blob URLs)"
+        ));
+    }
+    Ok(())
+}
+
 impl Validator<'_> {
     /// Checks every trigger: its component exists, its route or topic is
     /// well formed, and its delivery settings are in range.
@@ -166,13 +193,20 @@ impl Validator<'_> {
         triggers: &RawTriggers,
         components: &BTreeMap<String, ComponentDecl>,
     ) -> Result<(), ManifestError> {
+        let mut routes = std::collections::BTreeSet::new();
         for (i, t) in triggers.http.iter().enumerate() {
             let key = format!("trigger.http[{i}]");
             self.check_component(&key, &t.component, components)?;
-            if !t.route.starts_with('/') {
+            check_route(&t.route).map_err(|m| self.invalid(format!("{key}.route"), m))?;
+            // The first of two would take every request: the other could
+            // never be reached.
+            if !routes.insert(&t.route) {
                 return Err(self.invalid(
                     format!("{key}.route"),
-                    format!("route {:?} must start with `/`", t.route),
+                    format!(
+                        "route {:?} is defined twice; one trigger per route",
+                        t.route
+                    ),
                 ));
             }
         }
