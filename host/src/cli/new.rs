@@ -269,8 +269,61 @@ fn check_name(name: &str) -> anyhow::Result<()> {
             "`{name}` is not a valid project name: use 1-64 lowercase letters, digits and single hyphens, starting with a letter (e.g. `hello-api`)"
         );
     }
+    if WIT_KEYWORDS.contains(&name) {
+        bail!(
+            "`{name}` is a WIT keyword, which the Python and JavaScript templates' WIT package cannot be named; choose another name (e.g. `{name}-app`)"
+        );
+    }
     Ok(())
 }
+
+/// The words WIT reserves (wit-parser's lexer), which a package name may
+/// not be.
+const WIT_KEYWORDS: &[&str] = &[
+    "use",
+    "type",
+    "func",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "s8",
+    "s16",
+    "s32",
+    "s64",
+    "f32",
+    "f64",
+    "char",
+    "resource",
+    "own",
+    "borrow",
+    "record",
+    "flags",
+    "variant",
+    "enum",
+    "bool",
+    "string",
+    "option",
+    "result",
+    "future",
+    "stream",
+    "error-context",
+    "list",
+    "map",
+    "as",
+    "from",
+    "static",
+    "interface",
+    "tuple",
+    "world",
+    "import",
+    "export",
+    "package",
+    "constructor",
+    "include",
+    "with",
+    "async",
+];
 
 #[cfg(test)]
 mod tests {
@@ -286,10 +339,12 @@ mod tests {
             "trailing-",
             "under_score",
             "dot.name",
+            "import",
+            "list",
         ] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
-        for good in ["a", "hello-api", "v2-worker"] {
+        for good in ["a", "hello-api", "v2-worker", "import-app"] {
             assert!(check_name(good).is_ok(), "{good:?} refused");
         }
         let err = create("cobol-http", "x", None).unwrap_err().to_string();
