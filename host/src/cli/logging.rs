@@ -63,10 +63,23 @@ pub fn log_filter(requested: &str) -> tracing_subscriber::EnvFilter {
         true => "info".to_string(),
         false => requested.join(","),
     };
+    // The cap lowers those crates to `info`, never raises them above what
+    // was asked of every target (`BERTH_LOG=warn` or `off`).
+    let cap = requested
+        .split(',')
+        .rev()
+        .map(str::trim)
+        .find(|d| !d.contains('='))
+        .and_then(|global| {
+            ["off", "error", "warn"]
+                .into_iter()
+                .find(|quiet| global.eq_ignore_ascii_case(quiet))
+        })
+        .unwrap_or("info");
     let mut filter = tracing_subscriber::EnvFilter::try_new(requested)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     for target in CREDENTIAL_ECHOING_TARGETS {
-        if let Ok(directive) = format!("{target}=info").parse() {
+        if let Ok(directive) = format!("{target}={cap}").parse() {
             filter = filter.add_directive(directive);
         }
     }
@@ -101,5 +114,10 @@ mod tests {
         }
         let only_capped = super::log_filter("sqlx=trace").to_string().to_lowercase();
         assert!(!only_capped.contains("trace"), "{only_capped}");
+        // A quieter log for every target quiets those crates too.
+        for quiet in ["warn", "off", "berth=debug,error"] {
+            let filter = super::log_filter(quiet).to_string().to_lowercase();
+            assert!(!filter.contains("async_nats=info"), "{quiet}: {filter}");
+        }
     }
 }

@@ -234,22 +234,28 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Manifest::for_component(&args.target)
     };
-    let component = match args.component {
-        Some(c) => c,
-        None => match manifest.components.keys().collect::<Vec<_>>().as_slice() {
-            [only] => (*only).clone(),
-            many => bail!(
-                "{}: several components ({}); choose one with --component",
-                manifest.file.display(),
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
-    };
     let engine = HostEngine::new(host.engine_settings())?;
     let app = App::load(&engine, manifest, &host).await?;
+    // Without --component, the one component that can run (an app may
+    // have HTTP and message components beside its command).
+    let component = match args.component {
+        Some(c) => c,
+        None => {
+            let runnable: Vec<&str> = (app.components.iter())
+                .filter(|(_, c)| c.exports.run)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            match runnable.as_slice() {
+                [only] => only.to_string(),
+                many => bail!(
+                    "{}: {} components export `wasi:cli/run` ({}); choose one with --component",
+                    app.manifest.file.display(),
+                    many.len(),
+                    many.join(", ")
+                ),
+            }
+        }
+    };
     run_component(&app, &component, &args.args).await
 }
 
@@ -285,12 +291,14 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     {
         return run_only_command(&app).await;
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    crate::triggers::start_background(app.clone(), &mut tasks).await?;
+    // The port first: a host that cannot listen must not have joined the
+    // app's consumers and taken deliveries it would then abort.
     let handler = Arc::new(crate::triggers::http::HttpHandler::new(app.clone())?);
     let listener = tokio::net::TcpListener::bind(host.listen())
         .await
         .with_context(|| format!("cannot listen on {}", host.listen()))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    crate::triggers::start_background(app.clone(), &mut tasks).await?;
     let addr = listener.local_addr()?;
     say!("berth: app `{}` is up at http://{addr}", app.manifest.name);
     for t in &app.manifest.http_triggers {

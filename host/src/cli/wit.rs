@@ -48,6 +48,11 @@ include!(concat!(env!("OUT_DIR"), "/wasi_wit.rs"));
 /// `out/std/` and the WASI packages into `out/wasi/`, or, without `out`,
 /// prints every file after a `// ==> <path> <==` line.
 pub fn wit(out: Option<&Path>) -> anyhow::Result<()> {
+    if WASI.is_empty() {
+        anyhow::bail!(
+            "this berth was built without the WASI WIT (wasmtime-wasi-http was not in cargo's source cache), which the berth:infra worlds include; build berth with its sources at hand"
+        );
+    }
     let files = BERTH_INFRA
         .iter()
         .map(|(name, text)| (name.to_string(), *text))
