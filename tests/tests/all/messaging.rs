@@ -109,8 +109,11 @@ pub(crate) async fn received_count(app: &App) -> i64 {
     value.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
 }
 
+/// Waits up to 30 s for `expected` messages handled: a Kafka pattern
+/// trigger finds new topics every 2 s and then rebalances its group, which
+/// took over 10 s once with the whole suite running on two cores.
 pub(crate) async fn wait_for_count(app: &App, expected: i64) {
-    for _ in 0..400 {
+    for _ in 0..1200 {
         if received_count(app).await >= expected {
             break;
         }
