@@ -42,6 +42,16 @@ pub use logging::log_filter;
 pub const EXIT_INVALID: u8 = 65;
 /// Exit code when a component trapped or hit a limit.
 pub const EXIT_TRAPPED: u8 = 70;
+/// Exit code for a usage error: arguments clap took but that name nothing
+/// usable (the same code clap gives the ones it refuses).
+pub const EXIT_USAGE: u8 = 2;
+
+/// An error in the command's arguments found after parsing them (an
+/// unknown template, a name `berth new` cannot use, a missing
+/// `--component`): exits with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Berth runs WebAssembly components and serves them infrastructure ports.
 #[derive(Debug, Parser)]
@@ -187,7 +197,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             report!("error: {e:#}");
-            ExitCode::from(EXIT_INVALID)
+            match e.downcast_ref::<UsageError>() {
+                Some(_) => ExitCode::from(EXIT_USAGE),
+                None => ExitCode::from(EXIT_INVALID),
+            }
         }
     }
 }
@@ -247,12 +260,15 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             match runnable.as_slice() {
                 [only] => only.to_string(),
-                many => bail!(
-                    "{}: {} components export `wasi:cli/run` ({}); choose one with --component",
-                    app.manifest.file.display(),
-                    many.len(),
-                    many.join(", ")
-                ),
+                many => {
+                    return Err(UsageError(format!(
+                        "{}: {} components export `wasi:cli/run` ({}); choose one with --component",
+                        app.manifest.file.display(),
+                        many.len(),
+                        many.join(", ")
+                    ))
+                    .into());
+                }
             }
         }
     };

@@ -192,7 +192,11 @@ pub fn list() -> String {
 /// returns the project directory.
 pub fn create(template_name: &str, name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let Some(template) = template(template_name) else {
-        bail!("unknown template `{template_name}`; {}", list().trim_end());
+        return Err(super::UsageError(format!(
+            "unknown template `{template_name}`; {}",
+            list().trim_end()
+        ))
+        .into());
     };
     check_name(name)?;
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
@@ -265,14 +269,16 @@ fn check_name(name: &str) -> anyhow::Result<()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!(
+        return Err(super::UsageError(format!(
             "`{name}` is not a valid project name: use 1-64 lowercase letters, digits and single hyphens, starting with a letter (e.g. `hello-api`)"
-        );
+        ))
+        .into());
     }
     if WIT_KEYWORDS.contains(&name) {
-        bail!(
+        return Err(super::UsageError(format!(
             "`{name}` is a WIT keyword, which the Python and JavaScript templates' WIT package cannot be named; choose another name (e.g. `{name}-app`)"
-        );
+        ))
+        .into());
     }
     Ok(())
 }

@@ -250,7 +250,7 @@ fn berth_new_refuses_bad_names_and_existing_directories() {
         .current_dir(parent.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid project name"));
     let dir = new_project(parent.path(), "rust-http", "taken");
     let out = berth()
