@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fairness;
+pub mod idle_body;
 pub mod imports;
 pub mod limits;
 pub mod manifest;

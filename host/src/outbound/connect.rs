@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,8 @@ use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+use crate::idle_body::IdleTimeoutBody;
 
 use super::address::AddressPolicy;
 
@@ -182,11 +184,9 @@ pub async fn send(
     let limit = net.max_response_bytes;
     let response = response.map(|incoming| {
         CappedBody {
-            incoming,
+            incoming: IdleTimeoutBody::new(incoming, between_bytes),
             remaining: limit,
             limit,
-            idle: Box::pin(tokio::time::sleep(between_bytes)),
-            between_bytes,
         }
         .boxed_unsync()
     });
@@ -316,13 +316,11 @@ async fn tls(
 }
 
 /// A response body that fails once more than `limit` bytes arrive, or when
-/// no frame arrives for `between_bytes`.
+/// it waited `between_bytes` for a frame (see [`IdleTimeoutBody`]).
 struct CappedBody {
-    incoming: hyper::body::Incoming,
+    incoming: IdleTimeoutBody<hyper::body::Incoming>,
     remaining: u64,
     limit: u64,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    between_bytes: Duration,
 }
 
 impl Body for CappedBody {
@@ -347,16 +345,9 @@ impl Body for CappedBody {
                     )))));
                 }
                 this.remaining -= len;
-                let deadline = tokio::time::Instant::now() + this.between_bytes;
-                this.idle.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
-                Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)))
-            }
+            other => other,
         }
     }
 

@@ -19,8 +19,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::InvocationError;
-use super::idle_body::{IdleTimeoutBody, REQUEST_BODY_IDLE_TIMEOUT};
 use crate::app::App;
+use crate::idle_body::{IdleTimeoutBody, REQUEST_BODY_IDLE_TIMEOUT};
 use crate::limits::LimitExceeded;
 use crate::metrics::{Outcome, Trigger};
 use crate::ports::blob::url::URL_PREFIX;

@@ -9,7 +9,6 @@
 
 pub mod connections;
 pub mod http;
-mod idle_body;
 pub mod message;
 pub mod policy;
 pub mod run;

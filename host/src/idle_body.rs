@@ -1,4 +1,6 @@
-//! A request body that gives up on a client that stops sending it.
+//! A body that gives up on a peer that stops sending it: a request's
+//! (its client, see [`REQUEST_BODY_IDLE_TIMEOUT`]) and an outbound
+//! response's (its server, `between_bytes_timeout_ms`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
