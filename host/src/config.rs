@@ -22,6 +22,8 @@ use serde::Deserialize;
 
 use crate::engine::EngineSettings;
 
+#[path = "config_app_values.rs"]
+mod app_values;
 #[path = "config_by_type.rs"]
 pub(crate) mod by_type;
 #[path = "config_engine.rs"]
@@ -34,6 +36,7 @@ use crate::ports::kv::KvConfig;
 use crate::ports::messaging::MessagingConfig;
 use crate::ports::sql::SqlConfig;
 use crate::secret::{SecretResolver, SecretsConfig};
+pub use app_values::AppConfigValues;
 pub use engine::{EngineConfig, MAX_MEMORY_MB, TENANT_MAXIMA};
 
 /// Default HTTP listen address of `berth up`.
@@ -572,31 +575,4 @@ fn plain_http_remote_host(url: &str) -> Option<String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     (!loopback).then(|| host.to_string())
-}
-
-/// `[app_config]`: per app, config keys and their values. Derefs to the
-/// map; its `Debug` shows the keys only, since a value may be a literal
-/// secret, so no `?host` in a log line or an error can print one.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct AppConfigValues(pub BTreeMap<String, BTreeMap<String, String>>);
-
-impl std::ops::Deref for AppConfigValues {
-    type Target = BTreeMap<String, BTreeMap<String, String>>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for AppConfigValues {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(app, values)| (app, values.keys().collect::<Vec<_>>())),
-            )
-            .finish()
-    }
 }

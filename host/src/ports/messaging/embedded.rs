@@ -556,3 +556,7 @@ use subscription::{EmbeddedSubscription, Unreleased, release_again};
 #[cfg(test)]
 #[path = "embedded_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "embedded_bound_tests.rs"]
+mod bound_tests;
