@@ -17,6 +17,7 @@ mod example_app;
 mod hostile_tenants;
 mod http;
 mod kv;
+mod kv_backends;
 mod messaging;
 mod metering;
 mod portability;

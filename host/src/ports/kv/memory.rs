@@ -475,24 +475,6 @@ mod tests {
         assert!(b.exists("huge").await.unwrap());
     }
 
-    #[tokio::test]
-    async fn increment_takes_only_what_redis_takes() {
-        let b = MemoryBucket::new();
-        super::super::backend_tests::increment_takes_only_what_redis_takes(&b).await;
-    }
-
-    #[tokio::test]
-    async fn lists_keys_holding_nul() {
-        let b = MemoryBucket::new();
-        super::super::backend_tests::lists_keys_holding_nul(&b).await;
-    }
-
-    #[tokio::test]
-    async fn a_cursor_before_the_prefix_starts_at_the_prefix() {
-        let b = MemoryBucket::new();
-        super::super::backend_tests::a_cursor_before_the_prefix_starts_at_the_prefix(&b).await;
-    }
-
     /// A run of expired keys longer than [`LIST_BUDGET`] gives a short
     /// page with a cursor rather than one walk over all of it; listing
     /// on from it finds every live key once.

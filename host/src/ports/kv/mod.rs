@@ -1,7 +1,5 @@
 //! The `kv` port: key-value storage and caching behind logical bucket names.
 
-#[cfg(test)]
-mod backend_tests;
 pub mod host;
 pub mod memory;
 pub mod redis;

@@ -68,15 +68,16 @@ sweep(KEYS[2], KEYS[3], now_ms(), 16)
 return n
 "#;
 
-/// `INCRBY`, indexed: the new value, or INCRBY's own error (which the
-/// adapter maps to `not-a-number`). ARGV[2] is the delta. A key INCRBY
+/// `INCRBY`, indexed: the new value as stored (text: a Lua number is a
+/// double, which cannot carry every 64-bit integer), or INCRBY's own error
+/// (which the adapter maps to `not-a-number`). ARGV[2] is the delta. A key INCRBY
 /// made (or that had expired) has no TTL, so it leaves the expiry set.
 const INCREMENT_SCRIPT: &str = r#"
 local v = redis.pcall('INCRBY', KEYS[1], ARGV[2])
 if type(v) == 'table' and v.err then return v end
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('ZREM', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return v
+return redis.call('GET', KEYS[1])
 "#;
 
 /// Atomic compare-and-swap, indexed: ARGV[2] is "1" when a current value
@@ -524,10 +525,15 @@ impl KvBackend for RedisBucket {
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         let mut invocation = self.indexed(&self.scripts.increment, key);
         invocation.arg(delta);
-        invocation
+        // The script answers the stored text, not INCRBY's answer: through
+        // Lua that is a double, and 2^63 - 1 came back as -2^63.
+        let stored: String = invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(map)
+            .map_err(map)?;
+        stored
+            .parse()
+            .map_err(|_| KvError::Other(format!("Redis stored {stored:?} for an increment")))
     }
 
     async fn compare_and_swap(

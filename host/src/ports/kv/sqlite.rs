@@ -392,22 +392,4 @@ mod tests {
             "{plan:?}"
         );
     }
-
-    #[tokio::test]
-    async fn increment_takes_only_what_redis_takes() {
-        let (_dir, b) = bucket();
-        super::super::backend_tests::increment_takes_only_what_redis_takes(&b).await;
-    }
-
-    #[tokio::test]
-    async fn lists_keys_holding_nul() {
-        let (_dir, b) = bucket();
-        super::super::backend_tests::lists_keys_holding_nul(&b).await;
-    }
-
-    #[tokio::test]
-    async fn a_cursor_before_the_prefix_starts_at_the_prefix() {
-        let (_dir, b) = bucket();
-        super::super::backend_tests::a_cursor_before_the_prefix_starts_at_the_prefix(&b).await;
-    }
 }

@@ -1,11 +1,59 @@
-//! Cases every backend must pass alike, called by the memory and SQLite
-//! backends' tests (Redis needs its server, so these are not run on it).
+//! Cases every kv backend must pass alike, the same calls on each: the
+//! memory and SQLite buckets and Redis (whose behaviour the others copy).
 
-use super::{KvBackend, KvError};
+use berth::ports::kv::memory::MemoryBucket;
+use berth::ports::kv::redis::{RedisBucket, RedisSettings};
+use berth::ports::kv::sqlite::SqliteBucket;
+use berth::ports::kv::{KvBackend, KvError};
+use berth_tests::{service, unique};
+
+/// Runs every case, each on a fresh bucket from `bucket`.
+async fn every_case<B: KvBackend>(mut bucket: impl AsyncFnMut() -> B) {
+    increment_takes_only_what_redis_takes(&bucket().await).await;
+    lists_keys_holding_nul(&bucket().await).await;
+    a_cursor_before_the_prefix_starts_at_the_prefix(&bucket().await).await;
+}
+
+#[tokio::test]
+async fn kv_backend_cases_memory() {
+    every_case(async || MemoryBucket::new()).await;
+}
+
+#[tokio::test]
+async fn kv_backend_cases_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    every_case(async || {
+        n += 1;
+        SqliteBucket::open(&dir.path().join(format!("kv{n}.db"))).unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_backend_cases_redis() {
+    let Some(url) = service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique("kvcases");
+    let mut n = 0;
+    every_case(async || {
+        n += 1;
+        RedisBucket::connect(&RedisSettings {
+            url: berth::secret::Secret::new(url.clone()),
+            prefix: format!("{prefix}:{n}:"),
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
+}
 
 /// `increment` takes what Redis's INCRBY takes and nothing else, and a
 /// refused increment leaves the value as it was.
-pub(super) async fn increment_takes_only_what_redis_takes(b: &dyn KvBackend) {
+async fn increment_takes_only_what_redis_takes(b: &dyn KvBackend) {
     for bad in [
         " 5",
         "5 ",
@@ -45,7 +93,7 @@ pub(super) async fn increment_takes_only_what_redis_takes(b: &dyn KvBackend) {
 
 /// Prefixes holding NUL list exactly the keys that start with them, page
 /// by page.
-pub(super) async fn lists_keys_holding_nul(b: &dyn KvBackend) {
+async fn lists_keys_holding_nul(b: &dyn KvBackend) {
     for k in ["ab", "a\0c", "a", "a\0b", "b\0"] {
         b.set(k, b"x".to_vec(), None).await.unwrap();
     }
@@ -70,7 +118,7 @@ pub(super) async fn lists_keys_holding_nul(b: &dyn KvBackend) {
 
 /// A cursor sorting before the prefix lists the prefix's keys from their
 /// start, and nothing outside the prefix (`p/` after `a`, before `q`).
-pub(super) async fn a_cursor_before_the_prefix_starts_at_the_prefix(b: &dyn KvBackend) {
+async fn a_cursor_before_the_prefix_starts_at_the_prefix(b: &dyn KvBackend) {
     for key in ["a", "b", "p/1", "p/2", "q"] {
         b.set(key, b"x".to_vec(), None).await.unwrap();
     }
