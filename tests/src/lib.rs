@@ -92,6 +92,41 @@ pub fn assert_success(out: &RunOutput) {
     );
 }
 
+/// Asserts that `sql_guest trap-in-tx` got as far as its insert inside the
+/// transaction and then trapped on purpose: a rollback test whose guest
+/// failed earlier (its `CREATE TABLE` or `INSERT` refused) would otherwise
+/// find no row for the wrong reason.
+pub fn assert_trapped_in_transaction(out: &RunOutput) {
+    assert!(
+        out.status.is_err()
+            && out.stdout.contains("sql: insert inside transaction ok")
+            && out
+                .stderr
+                .contains("deliberate trap while holding a transaction"),
+        "the guest inserts in a transaction, then traps: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The distinct numbers `statement` (`SELECT pg_backend_pid()`, `SELECT
+/// CONNECTION_ID()`) printed across `runs` invocations of `sql_guest int`:
+/// the server connections the app's pool served them from.
+pub async fn connection_ids(app: &App, statement: &str, runs: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for _ in 0..runs {
+        let out = run(app, "guest", &["int", "main", statement]).await;
+        assert_success(&out);
+        let id: i64 = out.stdout.trim().parse().expect("an integer id");
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
 /// TOML for a one-component app named `name` whose component `guest` is the
 /// file at `wasm`, with `grants` (TOML lines) and extra top-level `decls`.
 pub fn single_component_manifest(name: &str, wasm: &str, decls: &str, grants: &str) -> String {

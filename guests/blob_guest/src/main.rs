@@ -204,6 +204,8 @@ fn invalid_keys(c: &Container) {
 fn url(c: &Container) {
     let url = c.url("dir/o00", 60).expect("url");
     assert!(url.starts_with("http"), "url {url:?}");
+    // For the test to fetch: it must give the object's bytes, `dir/o00`.
+    println!("blob: url {url}");
     step("url");
 }
 

@@ -6,6 +6,10 @@
 //! - `trap-in-tx <db>`: inserts a row inside a transaction, then traps, so the
 //!   host can check that the transaction was rolled back.
 //! - `count-trap-rows <db> <expected>`: asserts how many rows `trap_probe` holds.
+//! - `cursors <db> <n> <hold_ms>`: opens up to `n` cursors, prints how many
+//!   it got and why it stopped, and keeps them open for `hold_ms`.
+//! - `int <db> <statement>`: prints the integer the statement returns (one row,
+//!   one column), such as the server's id of the connection that ran it.
 //!
 //! Any failed assertion panics, which traps the component: the host sees
 //! that as a test failure.
@@ -23,6 +27,15 @@ fn main() {
         ["trap-in-tx", db] => trap_in_tx(db),
         ["expect-timeout", db, statement] => expect_timeout(db, statement),
         ["try", db, statement] => try_statement(db, statement),
+        ["cursors", db, n, hold_ms] => {
+            let n: usize = n.parse().expect("<n> must be a count");
+            let hold_ms: u64 = hold_ms.parse().expect("<hold_ms> must be milliseconds");
+            open_cursors(db, n, hold_ms);
+        }
+        ["int", db, statement] => {
+            let conn = Connection::open(db).expect("open granted db");
+            println!("{}", scalar_int(&conn, statement, &[]));
+        }
         ["count-trap-rows", db, expected] => {
             let expected: i64 = expected.parse().expect("<expected> must be an integer");
             count_trap_rows(db, expected);
@@ -41,6 +54,28 @@ fn try_statement(db: &str, statement: &str) {
         Ok(rs) => println!("ok {}", rs.rows.len()),
         Err(e) => println!("error {e:?}"),
     }
+}
+
+/// Opens up to `n` cursors and keeps them for `hold_ms`, printing `opened
+/// <k>` and then the error that stopped it, if one did.
+fn open_cursors(db: &str, n: usize, hold_ms: u64) {
+    let conn = Connection::open(db).expect("open granted db");
+    let mut open = Vec::new();
+    let mut refused = None;
+    for _ in 0..n {
+        match conn.open_cursor("SELECT 1", &[]) {
+            Ok(c) => open.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    println!("opened {}", open.len());
+    if let Some(e) = refused {
+        println!("error {e:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(hold_ms));
 }
 
 /// Prints one progress line; the host's test log shows how far a guest got.

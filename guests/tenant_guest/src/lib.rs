@@ -14,7 +14,8 @@
 //! | `/loop`, `/memory`, `/recursion`, `/host-call-loop` | spin, allocate, recurse, call `config.get` forever |
 //! | `/handles` | opens the bucket a million times, keeping every handle |
 //! | `/big-list` | passes a 1 GiB `list<u8>` to `writer.write` that its memory does not hold |
-//! | `/trap-holding` | inserts into `trap_probe` in a transaction and writes half an object `partial`, then traps |
+//! | `/trap-holding` | inserts into `trap_probe` in a transaction and writes half an object `partial`, then marks key `trap-holding` in `cache` and traps |
+//! | `/trap-reached` | the value of key `trap-holding` in `cache` (`reached`), or `not reached` |
 //! | `/publish?payload=P` | publishes `P` to topic `jobs` |
 //! | `/kv-set?bytes=N` | sets a value of `N` bytes in `cache`: `ok`, or the error |
 //! | `/pg-hold` | holds a Postgres connection for 1.2 s: `ok`, or the error |
@@ -61,6 +62,7 @@ impl wasip2::exports::http::incoming_handler::Guest for TenantGuest {
             "handles" => (200, hoard_handles()),
             "big-list" => (200, big_list()),
             "trap-holding" => trap_holding(),
+            "trap-reached" => (200, trap_reached()),
             "publish" => (200, publish(&param("payload"))),
             "received" => (200, received()),
             "pg-hold" => (200, pg_hold()),
@@ -237,8 +239,22 @@ fn trap_holding() -> ! {
     writer
         .write(&[1u8; 64 * 1024])
         .expect("write half an object");
+    // Outside the transaction, so it stays: the test knows the trap came
+    // here, with both held, not from a step above that failed.
+    kv::Bucket::open("cache")
+        .and_then(|b| b.set("trap-holding", b"reached", None))
+        .expect("mark the trap reached");
     // Trap with the transaction and the writer still open.
     std::process::abort();
+}
+
+/// Whether `/trap-holding` reached its trap with everything held.
+fn trap_reached() -> String {
+    match kv::Bucket::open("cache").and_then(|b| b.get("trap-holding")) {
+        Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+        Ok(None) => "not reached".to_owned(),
+        Err(e) => case(&e),
+    }
 }
 
 fn publish(payload: &str) -> String {

@@ -656,6 +656,42 @@ async fn messaging_conformance_rabbitmq() {
     conformance(Broker::Rabbit(url)).await;
 }
 
+/// A component named `req` or `once` may have no trigger on RabbitMQ: its
+/// queues would take the names of the app's request queues and tick
+/// claims. Refused before anything is declared, naming the component.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_components_named_like_the_apps_queues_are_refused_rabbitmq() {
+    let Some(url) = service("BERTH_TEST_AMQP_URL") else {
+        return;
+    };
+    let broker = Broker::Rabbit(url);
+    let name = unique("reserved");
+    let t = TestApp::new(&manifest_named(&name, 5));
+    let app = t
+        .load_with(&host_config(&t, &broker.host_toml(&t)))
+        .await
+        .unwrap();
+    for component in ["req", "once"] {
+        let refused = app.backends.messaging.subscribe("events", component).await;
+        let err = refused.err().expect("refused");
+        assert!(
+            matches!(&err, MessagingError::InvalidInput(m)
+                if m.contains(&format!("component `{component}`")) && m.contains("rename the component")),
+            "{err:?}"
+        );
+    }
+    // Any other name subscribes.
+    drop(
+        app.backends
+            .messaging
+            .subscribe("events", "worker")
+            .await
+            .unwrap(),
+    );
+    drop(app);
+    broker.cleanup(&name).await;
+}
+
 /// A failed message waits out its backoff in a delay queue on the broker,
 /// not in the host: with one delivery in flight (`prefetch = 1`) and a
 /// ten-second backoff, the next message is still handled at once.

@@ -32,19 +32,38 @@ async fn email_sent_to_file_sink() {
     assert!(!eml.contains("evil@example.com"), "{eml}");
 }
 
-#[tokio::test]
-async fn config_and_logging_embedded() {
+#[test]
+fn config_and_logging_embedded() {
     // `${env:…}` is resolved from the host environment at load; cargo sets
     // CARGO_PKG_NAME for test processes, so no test has to mutate the
     // environment.
-    let t = TestApp::new(&single_component_manifest(
-        "cfgtest",
-        guests::CONFIG_GUEST,
-        "[config]\ngreeting = \"hello\"\nsecret_token = \"${env:CARGO_PKG_NAME}\"\nnot_granted_key = \"hidden\"",
-        "config = [\"greeting\", \"secret_token\"]",
-    ));
-    let app = t.load().await.unwrap();
-    assert_success(&run(&app, "guest", &["check", env!("CARGO_PKG_NAME")]).await);
+    let ((), logs) = berth_tests::with_captured_logs("berth::guest=trace".into(), |rt| {
+        rt.block_on(async {
+            let t = TestApp::new(&single_component_manifest(
+                "cfgtest",
+                guests::CONFIG_GUEST,
+                "[config]\ngreeting = \"hello\"\nsecret_token = \"${env:CARGO_PKG_NAME}\"\nnot_granted_key = \"hidden\"",
+                "config = [\"greeting\", \"secret_token\"]",
+            ));
+            let app = t.load().await.unwrap();
+            assert_success(&run(&app, "guest", &["check", env!("CARGO_PKG_NAME")]).await);
+        })
+    });
+    // One record per level reached the host's log at that level, with the
+    // app, the component and the guest's fields.
+    for level in ["trace", "debug", "info", "warn", "error"] {
+        let text = format!("text=\"config_guest {level} record\"");
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains(&text)).collect();
+        assert!(
+            matches!(lines.as_slice(), [line]
+                if line.contains(&level.to_uppercase())
+                    && line.contains("berth::guest")
+                    && line.contains("app=cfgtest")
+                    && line.contains("component=guest")
+                    && line.contains(&format!("level_name=\\\"{level}\\\""))),
+            "{level}: {lines:?}\n{logs}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -335,6 +335,11 @@ component = "web"
     let (status, body) = host.get(&format!("/{attacker}/trap-holding")).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(
+        host.get(&format!("/{attacker}/trap-reached")).await,
+        (200, "reached".into()),
+        "the trap came with the transaction and the writer held"
+    );
+    assert_eq!(
         host.get(&format!("/{attacker}/check?v={ATTACKER_DATA}"))
             .await,
         (200, "intact".into())

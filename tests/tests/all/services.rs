@@ -5,8 +5,8 @@
 //! schema or key prefix and removes it afterwards.
 
 use berth_tests::{
-    TestApp, assert_success, dry_run, guests, host_config, run, service, single_component_manifest,
-    unique,
+    TestApp, assert_success, connection_ids, dry_run, guests, host_config, run, service,
+    single_component_manifest, unique,
 };
 use sqlx::Connection as _;
 
@@ -110,7 +110,7 @@ async fn sql_rollback_on_trap_postgres() {
     let t = sql_app("pgtrap");
     let app = t.load_with(&pg_host(&t, &url, &schema.name)).await.unwrap();
     let out = run(&app, "guest", &["trap-in-tx", "main"]).await;
-    assert!(out.status.is_err(), "the guest traps on purpose");
+    berth_tests::assert_trapped_in_transaction(&out);
     assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
     // A second connection, outside Berth, sees no row either.
     let mut admin = schema.admin().await;
@@ -141,20 +141,19 @@ async fn sql_pool_reused_and_recovers_postgres() {
     let t = sql_app(&app_name);
     let app = t.load_with(&pg_host(&t, &url, &schema.name)).await.unwrap();
     let mut admin = schema.admin().await;
-    assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
-    let before = pool_pids(&mut admin, &app_name).await;
-    assert!(!before.is_empty(), "the pool holds a connection");
-    for _ in 0..100 {
-        assert_success(&run(&app, "guest", &["count-trap-rows", "main", "0"]).await);
-    }
-    // 100 invocations, each several statements: the pool may grow to its
-    // size (4) as returned connections race the next acquire, never beyond.
-    let after = pool_pids(&mut admin, &app_name).await;
-    assert!(after.len() <= 4, "at most the pool size is open: {after:?}");
-    let opened = after.iter().filter(|p| !before.contains(p)).count();
+    // 100 invocations, each asking the server which connection runs its
+    // statement: the pool (4) may grow to its size as returned connections
+    // race the next acquire, never beyond, so at most 4 backends serve
+    // them all. A pool opening a connection per invocation shows 100.
+    let served = connection_ids(&app, "SELECT pg_backend_pid()", 100).await;
     assert!(
-        opened <= 4 - before.len(),
-        "connections were reused, not opened per invocation: {before:?} -> {after:?}"
+        served.len() <= 4,
+        "connections were reused, not opened per invocation: {served:?}"
+    );
+    let open = pool_pids(&mut admin, &app_name).await;
+    assert!(
+        !open.is_empty() && open.len() <= 4,
+        "the pool holds at most its size: {open:?}"
     );
 
     // Kill every pooled connection: the host recovers without a restart.
@@ -784,7 +783,18 @@ async fn blob_conformance_s3() {
         "berth-test-secret",
     );
     let app = t.load_with(&host_config(&t, &text)).await.unwrap();
-    assert_success(&run(&app, "guest", &["conformance", "files"]).await);
+    let out = run(&app, "guest", &["conformance", "files"]).await;
+    assert_success(&out);
+    // The guest's URL gives the object itself, from the S3 server, to a
+    // client holding no credential.
+    let url = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("blob: url "))
+        .expect("the guest prints its URL");
+    let fetched = reqwest::get(url).await.unwrap();
+    assert_eq!(fetched.status(), 200, "{url}");
+    assert_eq!(fetched.text().await.unwrap(), "dir/o00", "{url}");
     // A writer dropped after a full part has started a multipart upload:
     // dropping it aborts the upload in the background.
     let mut w = app.backends.blob["files"]

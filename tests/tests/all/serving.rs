@@ -139,12 +139,23 @@ async fn serve_on_small_engine(
 async fn an_abandoned_request_gives_its_instance_slot_back() {
     let t = web_app("concurrency = 50\ntimeout_ms = 30000");
     let (base, engine, served) = serve_on_small_engine(&t, 2).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let gave_up = client.get(format!("{base}/sleep?ms=20000")).send().await;
-    assert!(gave_up.is_err(), "the client gave up: {gave_up:?}");
+    let url = format!("{base}/sleep?ms=20000");
+    let request = tokio::spawn(async move { reqwest::get(url).await });
+    // The invocation runs, holding one of the two slots...
+    let waited = Instant::now();
+    while engine.free_instance_slots() > 1 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the request never took a slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...until its client gives up, dropping its connection.
+    request.abort();
+    assert!(
+        request.await.is_err_and(|e| e.is_cancelled()),
+        "the client gave up"
+    );
     let waited = Instant::now();
     while engine.free_instance_slots() < 2 {
         assert!(

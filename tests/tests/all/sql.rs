@@ -1,4 +1,6 @@
-use berth_tests::{TestApp, assert_success, guests, run, single_component_manifest};
+use berth_tests::{
+    TestApp, assert_success, assert_trapped_in_transaction, guests, run, single_component_manifest,
+};
 
 fn sql_app() -> TestApp {
     TestApp::new(&single_component_manifest(
@@ -23,6 +25,7 @@ async fn sql_rollback_on_trap_sqlite() {
     let t = sql_app();
     let app = t.load().await.unwrap();
     let out = run(&app, "guest", &["trap-in-tx", "main"]).await;
+    assert_trapped_in_transaction(&out);
     let err = out.status.expect_err("the guest traps on purpose");
     assert!(err.to_string().contains("trapped"), "{err}");
     // Seen through the port by a new instance, and by a second connection

@@ -62,7 +62,7 @@ impl Driver {
                 Ok(_) => {}
                 Err(e) => {
                     if let Some(ready) = self.ready.take() {
-                        let _ = ready.send(Err(unavailable(&e)));
+                        let _ = ready.send(Err(first_connection_failed(&e)));
                         return;
                     }
                     self.failed(&e);
@@ -253,6 +253,19 @@ impl Drop for EndedOnDrop {
     fn drop(&mut self) {
         self.0.ended.store(true, Ordering::SeqCst);
         self.0.ended_notify.notify_waiters();
+    }
+}
+
+/// What the first connection's failure tells the load: the broker's
+/// reason when it refused the client (an id it does not take, a login it
+/// refuses: the operator's to fix, and it names no credential), or that
+/// the broker cannot be reached.
+fn first_connection_failed(e: &ConnectionError) -> MessagingError {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            MessagingError::Unavailable(format!("the MQTT broker refused the connection: {code:?}"))
+        }
+        e => unavailable(e),
     }
 }
 
