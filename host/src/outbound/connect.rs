@@ -173,12 +173,16 @@ pub async fn send(
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|_| !bodiless);
     if let Some(len) = declared.filter(|len| *len > net.max_response_bytes) {
-        tracing::warn!(
-            host = %target.host,
-            content_length = len,
-            limit = net.max_response_bytes,
-            "outbound response larger than the host's cap"
-        );
+        // A guest can cause this at will (its own server's answer), so the
+        // line is written once a second at most, as the audit's are.
+        if crate::audit::host_warning_due("outbound.response-too-large") {
+            tracing::warn!(
+                host = %target.host,
+                content_length = len,
+                limit = net.max_response_bytes,
+                "outbound response larger than the host's cap"
+            );
+        }
         return Err(HttpError::HttpResponseBodySize(Some(len)));
     }
     let limit = net.max_response_bytes;
@@ -218,12 +222,14 @@ async fn connect(target: &Target, net: &NetworkSettings) -> Result<TcpStream, Ht
     if target.check_addresses {
         for addr in &addrs {
             if let Err(reason) = net.addresses.check(addr.ip()) {
-                tracing::warn!(
-                    host = %target.host,
-                    address = %addr.ip(),
-                    reason,
-                    "outbound request refused: destination address is not public"
-                );
+                if crate::audit::host_warning_due("outbound.address-not-public") {
+                    tracing::warn!(
+                        host = %target.host,
+                        address = %addr.ip(),
+                        reason,
+                        "outbound request refused: destination address is not public"
+                    );
+                }
                 return Err(HttpError::DestinationIpProhibited);
             }
         }
@@ -336,10 +342,12 @@ impl Body for CappedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.remaining {
-                    tracing::warn!(
-                        limit = this.limit,
-                        "outbound response body exceeded the host's cap"
-                    );
+                    if crate::audit::host_warning_due("outbound.body-too-large") {
+                        tracing::warn!(
+                            limit = this.limit,
+                            "outbound response body exceeded the host's cap"
+                        );
+                    }
                     return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
                         this.limit - this.remaining + len,
                     )))));

@@ -166,9 +166,13 @@ impl OutboundGrants {
         let scheme = uri.scheme_str().unwrap_or("https");
         Ok(Target {
             tls: scheme.eq_ignore_ascii_case("https"),
+            // Without a trailing dot, as the allow-list read it: the same
+            // name resolves the same way, whichever spelling the guest used
+            // (a resolver may know `localhost` and not `localhost.`).
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
+                .trim_end_matches('.')
                 .to_owned(),
             port: uri.port_u16().unwrap_or(default_port(scheme)),
             check_addresses: true,

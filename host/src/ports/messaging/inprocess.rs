@@ -75,7 +75,10 @@ impl InProcessBroker {
 
     /// What a publisher is told when a queue of `topic` stayed full.
     fn full(&self, topic: &str) -> MessagingError {
-        tracing::warn!(topic, wait = ?self.wait, "an in-process subscription's queue stayed full; message refused");
+        // Publishers cause this at will: once a second at most.
+        if crate::audit::host_warning_due("inprocess.queue-full") {
+            tracing::warn!(topic, wait = ?self.wait, "an in-process subscription's queue stayed full; message refused");
+        }
         MessagingError::Unavailable(format!(
             "the queue of a trigger on {topic:?} stayed full for {:?}",
             self.wait

@@ -1,5 +1,6 @@
 //! Unit tests of the MySQL adapter (`mysql.rs`).
 
+use super::errors::map_server_error;
 use super::*;
 
 #[test]
