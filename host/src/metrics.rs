@@ -29,7 +29,7 @@ pub enum Trigger {
 const TRIGGERS: [&str; 3] = ["http", "message", "run"];
 const OUTCOMES: [&str; 4] = ["ok", "failed", "trap", "limit"];
 /// The names [`InvocationError::limit_name`] and the triggers use.
-const LIMITS: [&str; 13] = [
+const LIMITS: [&str; 14] = [
     "time",
     "memory",
     "table",
@@ -37,6 +37,7 @@ const LIMITS: [&str; 13] = [
     "concurrency",
     "outbound_requests",
     "connections",
+    "cursors",
     "payload",
     "email_rate",
     "message_rate",

@@ -81,6 +81,10 @@ pub struct AppAllowance {
     /// Downloads through its signed blob URLs at once, all its versions
     /// together ([`crate::triggers::http::MAX_BLOB_DOWNLOADS`]).
     pub blob_downloads: std::sync::Arc<tokio::sync::Semaphore>,
+    /// SQL cursors its instances hold open together, all its versions
+    /// together ([`crate::ports::sql::host::MAX_APP_CURSORS`]): each holds a
+    /// pooled connection and, on SQLite, one of the host's blocking threads.
+    pub sql_cursors: std::sync::Arc<tokio::sync::Semaphore>,
     /// What its in-memory kv buckets hold together (`kv_memory_mb`).
     kv_memory: std::sync::Arc<crate::ports::kv::memory::MemoryBudget>,
     /// Its in-memory kv buckets by name, while a version of the app holds
@@ -202,6 +206,9 @@ impl AppAllowance {
             lookups: Default::default(),
             blob_downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 crate::triggers::http::MAX_BLOB_DOWNLOADS,
+            )),
+            sql_cursors: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                crate::ports::sql::host::MAX_APP_CURSORS,
             )),
             kv_memory: std::sync::Arc::new(crate::ports::kv::memory::MemoryBudget::new(
                 limits

@@ -40,6 +40,11 @@ pub struct InstanceState {
     /// [`crate::ports::kv::wasi::MAX_OPEN_CAS`]): each keeps a value in
     /// host memory.
     pub(crate) open_kv_cas: usize,
+    /// SQL transactions it holds open (neither committed nor rolled back).
+    pub(crate) open_sql_transactions: usize,
+    /// SQL cursors it holds open (at most
+    /// [`crate::ports::sql::host::MAX_OPEN_CURSORS`]).
+    pub(crate) open_sql_cursors: usize,
     /// Where its `wasi:keyvalue` (`0.2.0-draft`) listings stand.
     pub(crate) kv_draft_cursors: crate::ports::kv::wasi::DraftCursors,
     /// The host instance slot it occupies, freed with the store.
@@ -60,7 +65,7 @@ impl InstanceState {
         Self {
             table,
             wasi,
-            http: WasiHttpCtx::new(),
+            http: http_ctx(),
             outbound: OutboundPolicy::new(env.outbound.clone(), env.limits.outbound_requests),
             limiter: InstanceLimiter::within_app(
                 env.limits.memory_bytes,
@@ -71,11 +76,26 @@ impl InstanceState {
             open_blob_writers: 0,
             open_blob_readers: 0,
             open_kv_cas: 0,
+            open_sql_transactions: 0,
+            open_sql_cursors: 0,
             kv_draft_cursors: Default::default(),
             env,
             _slot: slot,
         }
     }
+}
+
+/// Host memory one `wasi:http` `fields` a guest builds or changes may hold
+/// (wasmtime counts names and values with their in-memory overhead): each
+/// such header map lives in the host, outside the guest's `memory_mb`, and
+/// an instance may hold as many as its `handles`. wasmtime's default is
+/// 128 KiB; requests and responses rarely carry more than 8 KiB of headers.
+const MAX_GUEST_FIELDS_BYTES: usize = 32 << 10;
+
+fn http_ctx() -> WasiHttpCtx {
+    let mut http = WasiHttpCtx::new();
+    http.set_field_size_limit(MAX_GUEST_FIELDS_BYTES);
+    http
 }
 
 impl InstanceState {
@@ -86,6 +106,21 @@ impl InstanceState {
         self.deadline = Instant::now() + self.env.limits.timeout;
         self.outbound.renew();
         self.turn.reset()
+    }
+
+    /// Whether it holds what should not outlive an invocation: a SQL
+    /// transaction or cursor, a blob reader or writer, a compare-and-swap
+    /// handle, or an outbound response not read to its end nor dropped. A
+    /// warm instance holding any is dropped rather than reused: kept, it
+    /// would hold a connection, a lock or a socket between messages, past
+    /// the bounds each invocation's own count gives.
+    pub fn holds_port_resources(&self) -> bool {
+        self.open_sql_transactions > 0
+            || self.open_sql_cursors > 0
+            || self.open_blob_readers > 0
+            || self.open_blob_writers > 0
+            || self.open_kv_cas > 0
+            || self.outbound.open_responses() > 0
     }
 }
 

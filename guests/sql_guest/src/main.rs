@@ -41,7 +41,7 @@ fn main() {
             count_trap_rows(db, expected);
         }
         other => panic!(
-            "usage: sql_guest conformance|trap-in-tx|count-trap-rows <db> [n]; got {other:?}"
+            "usage: sql_guest conformance|trap-in-tx|count-trap-rows|try|int|cursors <db> [args]; got {other:?}"
         ),
     }
 }

@@ -17,6 +17,7 @@
 pub mod address;
 mod base_path;
 pub mod connect;
+mod open;
 pub mod rules;
 pub mod upstream;
 
@@ -214,6 +215,9 @@ pub struct OutboundPolicy {
     grants: Arc<OutboundGrants>,
     sent: u32,
     max_requests: u32,
+    /// Its responses still open (the guest holds the response or its
+    /// body, not read to its end).
+    open: open::OpenResponses,
 }
 
 impl OutboundPolicy {
@@ -223,7 +227,13 @@ impl OutboundPolicy {
             grants,
             sent: 0,
             max_requests,
+            open: Default::default(),
         }
+    }
+
+    /// Its responses still open.
+    pub fn open_responses(&self) -> usize {
+        self.open.count()
     }
 
     /// Starts a new invocation of the same instance: its request count
@@ -242,6 +252,7 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = Result<connect::Sent, HttpError>> + Send> {
         _ = fut;
         let grants = self.grants.clone();
+        let open = self.open.clone();
         self.sent = self.sent.saturating_add(1);
         let over_limit = self.sent > self.max_requests;
         let max = self.max_requests;
@@ -277,7 +288,9 @@ impl WasiHttpHooks for OutboundPolicy {
                 ))));
             }
             let sent = match grants.route(&mut request) {
-                Ok(target) => connect::send(request, target, grants.network.clone(), options).await,
+                Ok(target) => connect::send(request, target, grants.network.clone(), options)
+                    .await
+                    .map(|(response, io)| (response.map(|body| open.counted(body)), io)),
                 Err(e) => Err(e),
             };
             let refused = match &sent {

@@ -415,8 +415,11 @@ async fn invoke(
             .call_handle(&mut instance.store, &msg)
             .await?;
         // Only an instance whose handler succeeded is reused: after an error
-        // or a trap its state is suspect, and it is dropped here.
-        if let (Some(pool), Ok(_)) = (warm, &result) {
+        // or a trap its state is suspect, and it is dropped here, as is one
+        // still holding a port's resources.
+        if let (Some(pool), Ok(_)) = (warm, &result)
+            && !instance.store.data().holds_port_resources()
+        {
             instance.store.data_mut().turn.finish();
             pool.give_back(taken);
         }

@@ -66,3 +66,54 @@ async fn sql_escapes_refused_sqlite() {
     }
     assert!(!std::path::Path::new("/tmp/berth-sqlite-copy.db").exists());
 }
+
+/// An instance holds at most 16 open cursors, an app's instances 32
+/// together; past either, `open-cursor` is `unavailable` at once, naming
+/// the limit, and dropped cursors give their places back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_cursors_are_bounded_per_instance_and_app() {
+    let t = sql_app();
+    let app = std::sync::Arc::new(t.load().await.unwrap());
+    let holding = |n: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move { run(&app, "guest", &["cursors", "main", n, "15000"]).await })
+    };
+    let (first, second) = (holding("17"), holding("16"));
+    let places = &app.allowance.sql_cursors;
+    let waited = std::time::Instant::now();
+    while places.available_permits() > 0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(60),
+            "two instances hold 32 cursors: {} places left",
+            places.available_permits()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let third = run(&app, "guest", &["cursors", "main", "1", "0"]).await;
+    assert_success(&third);
+    assert!(
+        third
+            .stdout
+            .starts_with("opened 0\nerror Error::Unavailable(")
+            && third.stdout.contains("limit `cursors` reached")
+            && third.stdout.contains("at most 32 open cursors together"),
+        "{}",
+        third.stdout
+    );
+    let first = first.await.unwrap();
+    assert_success(&first);
+    assert!(
+        first
+            .stdout
+            .starts_with("opened 16\nerror Error::Unavailable(")
+            && first
+                .stdout
+                .contains("at most 16 open cursors; drop one first"),
+        "{}",
+        first.stdout
+    );
+    let second = second.await.unwrap();
+    assert_success(&second);
+    assert_eq!(second.stdout.trim(), "opened 16");
+    assert_eq!(places.available_permits(), 32, "the places came back");
+}

@@ -19,6 +19,15 @@ use crate::state::InstanceState;
 /// Most rows one `cursor.next` returns.
 const MAX_CURSOR_BATCH: usize = 10_000;
 
+/// Most cursors one instance holds open: each holds a pooled connection
+/// and, on SQLite, a blocking thread of the host's, for as long as the
+/// guest keeps it, read or not.
+pub const MAX_OPEN_CURSORS: usize = 16;
+
+/// Most cursors an app's instances hold open together, so that one app's
+/// cursors cannot take the threads and connections every tenant needs.
+pub const MAX_APP_CURSORS: usize = 32;
+
 /// Backs a guest `connection`.
 pub struct ConnectionHandle {
     name: Arc<str>,
@@ -45,6 +54,8 @@ const ROLLED_BACK: &str =
 pub struct CursorHandle {
     db: Arc<str>,
     cursor: Box<dyn SqlCursor>,
+    /// Its place among the app's [`MAX_APP_CURSORS`].
+    _app_place: tokio::sync::OwnedSemaphorePermit,
 }
 
 type Res<T> = wasmtime::Result<Result<T, Error>>;
@@ -56,6 +67,27 @@ impl InstanceState {
             max_rows: p.sql_max_rows,
             max_bytes: p.sql_max_result_bytes,
         }
+    }
+
+    /// A place for one more cursor within the instance's and the app's
+    /// bounds, or why there is none.
+    fn cursor_place(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SqlError> {
+        if self.open_sql_cursors >= MAX_OPEN_CURSORS {
+            return Err(SqlError::CursorLimit(format!(
+                "an instance holds at most {MAX_OPEN_CURSORS} open cursors; drop one first"
+            )));
+        }
+        self.env
+            .allowance
+            .sql_cursors
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                SqlError::CursorLimit(format!(
+                    "the app's instances hold at most {MAX_APP_CURSORS} open cursors together; \
+                     try again once one is dropped"
+                ))
+            })
     }
 
     fn sql_span(&self, op: &'static str) -> tracing::Span {
@@ -73,6 +105,7 @@ impl InstanceState {
             SqlError::NotGranted(n) => audit("sql.not-granted", n),
             SqlError::Denied(m) => audit("sql.denied", m),
             SqlError::PoolExhausted(_) => self.env.counters.limit("connections"),
+            SqlError::CursorLimit(_) => self.env.counters.limit("cursors"),
             SqlError::TooLarge(_) => self.env.counters.limit("payload"),
             _ => {}
         }
@@ -92,6 +125,7 @@ impl InstanceState {
             SqlError::PoolExhausted(max) => Error::Unavailable(format!(
                 "limit `connections` reached: all {max} connections of this app's pool are in use"
             )),
+            SqlError::CursorLimit(m) => Error::Unavailable(format!("limit `cursors` reached: {m}")),
             SqlError::Closed => Error::Closed,
             SqlError::Other(m) => Error::Other(m),
         }
@@ -246,11 +280,15 @@ impl wit::HostConnection for InstanceState {
         let handle = self.table.get(&this)?;
         let (backend, db) = (handle.backend.clone(), handle.name.clone());
         let r = match backend.begin().instrument(self.sql_span("begin")).await {
-            Ok(tx) => Ok(self.table.push(TransactionHandle {
-                failed: false,
-                db: db.clone(),
-                tx: Some(tx),
-            })?),
+            Ok(tx) => {
+                let pushed = self.table.push(TransactionHandle {
+                    failed: false,
+                    db: db.clone(),
+                    tx: Some(tx),
+                })?;
+                self.open_sql_transactions += 1;
+                Ok(pushed)
+            }
             Err(e) => Err(self.sql_error("begin", e)),
         };
         self.meter(Port::Sql, "begin", &db, started, &r, 0, |_| 0);
@@ -269,20 +307,25 @@ impl wit::HostConnection for InstanceState {
         let caps = self.sql_caps();
         let p = params(p);
         let bytes_in = statement_bytes(&statement, &p);
-        let opened = match refuse_transaction_control(&statement) {
+        let opened = match refuse_transaction_control(&statement).and_then(|()| self.cursor_place())
+        {
             Err(e) => Err(e),
-            Ok(()) => {
-                backend
-                    .open_cursor(statement, p, caps)
-                    .instrument(self.sql_span("open-cursor"))
-                    .await
-            }
+            Ok(app_place) => backend
+                .open_cursor(statement, p, caps)
+                .instrument(self.sql_span("open-cursor"))
+                .await
+                .map(|cursor| (cursor, app_place)),
         };
         let r = match opened {
-            Ok(cursor) => Ok(self.table.push(CursorHandle {
-                db: db.clone(),
-                cursor,
-            })?),
+            Ok((cursor, app_place)) => {
+                let pushed = self.table.push(CursorHandle {
+                    db: db.clone(),
+                    cursor,
+                    _app_place: app_place,
+                })?;
+                self.open_sql_cursors += 1;
+                Ok(pushed)
+            }
             Err(e) => Err(self.sql_error("open-cursor", e)),
         };
         self.meter(Port::Sql, "open-cursor", &db, started, &r, bytes_in, |_| 0);
@@ -360,7 +403,10 @@ impl wit::HostTransaction for InstanceState {
 
     async fn drop(&mut self, rep: Resource<TransactionHandle>) -> wasmtime::Result<()> {
         // Dropping an unfinished transaction rolls it back (adapter Drop).
-        self.table.delete(rep)?;
+        let handle = self.table.delete(rep)?;
+        if handle.tx.is_some() {
+            self.open_sql_transactions -= 1;
+        }
         Ok(())
     }
 }
@@ -377,9 +423,15 @@ impl InstanceState {
         let span = self.sql_span(op);
         let handle = self.table.get_mut(&this)?;
         let db = handle.db.clone();
-        let r = match handle.tx.take() {
+        let failed = handle.failed;
+        let taken = handle.tx.take();
+        if taken.is_some() {
+            // Finished (or, cut off half-way, rolled back by its Drop).
+            self.open_sql_transactions -= 1;
+        }
+        let r = match taken {
             None => Err(SqlError::Closed),
-            Some(tx) if op == "tx.commit" && handle.failed => {
+            Some(tx) if op == "tx.commit" && failed => {
                 // Its own failure, if any, leaves the rollback queued on
                 // the connection (the adapters' `Drop`).
                 let _ = tx.rollback().instrument(span).await;
@@ -416,6 +468,7 @@ impl wit::HostCursor for InstanceState {
 
     async fn drop(&mut self, rep: Resource<CursorHandle>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
+        self.open_sql_cursors -= 1;
         Ok(())
     }
 }

@@ -252,6 +252,11 @@ pub enum SqlError {
     /// timeout: the app hit its `max_connections` limit.
     #[error("all {0} connections of the pool are in use")]
     PoolExhausted(u32),
+    /// A bound on open cursors (the instance's, the app's or, on SQLite,
+    /// the host's) is reached; the guest sees `unavailable`, since one
+    /// closing makes room.
+    #[error("{0}")]
+    CursorLimit(String),
     /// Handle already finished.
     #[error("the transaction or cursor is already finished")]
     Closed,

@@ -40,6 +40,12 @@ pub const SQLITE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `connect_timeout_ms`, and the connections' busy timeout.
 pub const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most SQLite cursors open in the whole host: each one's reader holds a
+/// blocking thread, of tokio's 512, until the cursor is dropped.
+const MAX_READER_THREADS: usize = 256;
+static READER_THREADS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_READER_THREADS);
+
 /// The time limits of a [`SqlitePool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SqliteTimeouts {
@@ -427,6 +433,14 @@ impl SqlBackend for SqliteDatabase {
         caps: ResultCaps,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let limit = self.statement_timeout();
+        // The reader holds a blocking thread for as long as the cursor is
+        // open; the host's other blocking work (every tenant's SQLite
+        // calls, files, name lookups) needs the rest.
+        let reader_place = READER_THREADS.try_acquire().map_err(|_| {
+            SqlError::CursorLimit(format!(
+                "the host's SQLite cursors ({MAX_READER_THREADS}) are all open; try again later"
+            ))
+        })?;
         let mut pooled = self.pool.get().await?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = super::cursor_channel();
@@ -435,6 +449,7 @@ impl SqlBackend for SqliteDatabase {
         // step under way is interrupted).
         let cursor_gone = rows_tx.closed_signal();
         tokio::task::spawn_blocking(move || {
+            let _reader_place = reader_place;
             let conn: &Connection = pooled.conn();
             // Each step to the next row gets the whole limit, so a guest
             // that reads slowly does not use it up; the handler is removed
