@@ -34,6 +34,18 @@ pub fn app_warning_due(app: &str) -> bool {
     WARNINGS.admit(app, std::time::Instant::now())
 }
 
+/// Whether a warning about a configuration (`what`: the setting, the
+/// server, the app) is written now: the first time in the process only, as
+/// an app's every load or reload would write it again. At most 4,096
+/// distinct ones are remembered; past that, none is written.
+pub fn first_time(what: &str) -> bool {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    seen.len() < 4096 && seen.insert(what.to_owned())
+}
+
 /// Whether a warning of the host's about `what` that guests of any app
 /// can cause at will (a shared budget used up, an error a statement can
 /// raise) is written now: once a second at most per `what`.

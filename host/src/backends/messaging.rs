@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::settings::{Origin, connection_failure, url_setting, url_setting_to_last_at};
+use super::settings::{
+    Origin, connection_failure, url_setting, url_setting_to_last_at, warn_if_unencrypted,
+};
 use crate::ports::kv::redis::{RedisBucket, RedisSettings};
 use crate::ports::messaging::embedded::EmbeddedBroker;
 use crate::ports::messaging::kafka::{KafkaBroker, KafkaSettings, parse_url as parse_kafka_url};
@@ -180,8 +182,10 @@ pub(super) async fn open(
             let tick_claims = match tick_claims {
                 None => None,
                 Some(raw) => {
+                    let url = url_setting(origin, "messaging.tick_claims", &raw, secrets).await?;
+                    warn_if_unencrypted("messaging.tick_claims", &url, "Redis");
                     let settings = RedisSettings {
-                        url: url_setting(origin, "messaging.tick_claims", &raw, secrets).await?,
+                        url,
                         prefix: format!("berth/{app}/ticks/"),
                         timeout,
                     };
@@ -191,8 +195,10 @@ pub(super) async fn open(
                     Some(Arc::new(claims))
                 }
             };
+            let url = url_setting_to_last_at(origin, "messaging.url", &url, secrets, false).await?;
+            warn_if_unencrypted("messaging.url", &url, "MQTT");
             let settings = MqttSettings {
-                url: url_setting_to_last_at(origin, "messaging.url", &url, secrets, false).await?,
+                url,
                 app: app.to_string(),
                 timeout,
                 client_id: format!("berth-{app}-{}", escaped_host_id(&host_id)),
@@ -210,8 +216,10 @@ pub(super) async fn open(
             timeout_ms,
             prefetch,
         } => {
+            let url = url_setting(origin, "messaging.url", &url, secrets).await?;
+            warn_if_unencrypted("messaging.url", &url, "RabbitMQ");
             let settings = RabbitSettings {
-                url: url_setting(origin, "messaging.url", &url, secrets).await?,
+                url,
                 app: app.to_string(),
                 timeout: origin.millis("messaging.timeout_ms", timeout_ms, 5000)?,
                 prefetch: origin.at_least_one("messaging.prefetch", prefetch, 32)?,

@@ -345,8 +345,10 @@ pub async fn open(
                 // cannot collide between apps or buckets.
                 let prefix = settings::redis_prefix(prefix.unwrap_or_default())
                     .map_err(|m| origin.err(&format!("{key}.prefix"), m))?;
+                let url = url_setting(&origin, &format!("{key}.url"), &url, secrets).await?;
+                settings::warn_if_unencrypted(&format!("{key}.url"), &url, "Redis");
                 let settings = RedisSettings {
-                    url: url_setting(&origin, &format!("{key}.url"), &url, secrets).await?,
+                    url,
                     prefix: format!("{prefix}berth:{app}:{name}:"),
                     timeout: origin.millis(&format!("{key}.timeout_ms"), timeout_ms, 5000)?,
                 };

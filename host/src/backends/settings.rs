@@ -66,6 +66,43 @@ pub(super) async fn url_setting(
     secrets.resolve(raw).await.map_err(|m| origin.err(key, m))
 }
 
+/// The host a resolved service URL names (`scheme://[user[:pw]@]host[:port]…`),
+/// its user info read up to the last `@`.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    // Past the last `@` first: a password may hold `/`, `?` or `#` (MQTT
+    // and NATS clients read it so), and no part of it may be taken for
+    // the host, which is logged.
+    let after_user = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host_port = after_user.split(['/', '?', '#']).next()?;
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host_port.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Warns when `url`, for a client of `service` that Berth builds without
+/// TLS (Redis, RabbitMQ, MQTT), reaches beyond this machine: its password
+/// and the apps' data cross the network in clear text. Written once a
+/// second at most, since every app's load opens its backends.
+pub(super) fn warn_if_unencrypted(key: &str, url: &Secret, service: &'static str) {
+    let Some(host) = url_host(url.expose()) else {
+        return;
+    };
+    if !super::is_loopback_host(host)
+        && crate::audit::first_time(&format!("{service} {key} {host}"))
+    {
+        tracing::warn!(
+            key,
+            host,
+            "{service} connections are not encrypted (Berth's client has no TLS yet): its password \
+             and the apps' data cross the network in clear text; keep the server on a network you \
+             trust, or reach it through a tunnel on this machine"
+        );
+    }
+}
+
 /// Query parameters through which a driver may take a credential (sqlx
 /// reads `password`; the others are libpq's or other clients' names),
 /// compared percent-decoded and without case.
@@ -266,6 +303,25 @@ pub(super) fn redis_prefix(prefix: String) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn url_hosts_are_read_past_the_user_info() {
+        for (url, host) in [
+            ("redis://:pw@cache.internal:6379/0", Some("cache.internal")),
+            ("amqp://u:p@ss@10.0.0.5/%2f", Some("10.0.0.5")),
+            (
+                "mqtt://u:p@x/y#z@broker.internal:1883",
+                Some("broker.internal"),
+            ),
+            ("redis://u:a/b@cache:6379", Some("cache")),
+            ("mqtt://[::1]:1883", Some("::1")),
+            ("redis://127.0.0.1", Some("127.0.0.1")),
+            ("redis://", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(super::url_host(url), host, "{url}");
+        }
+    }
+
     use super::{inline_before_last_at, inline_credential, redis_prefix, s3_prefix, written_out};
 
     #[test]

@@ -461,6 +461,13 @@ async fn start_admin(
         .await
         .with_context(|| format!("{}: cannot listen on `admin.listen` {addr}", host.source()))?;
     say!("berth: admin endpoints (/healthz, /readyz, /metrics) at http://{addr}");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "`admin.listen` is not a loopback address: /metrics names every app and component, \
+             and the admin endpoints ask for no credential; let only the operator's network reach it"
+        );
+    }
     Ok(Some(tokio::spawn(crate::admin::serve(listener, ready))))
 }
 

@@ -158,6 +158,17 @@ impl Upstream {
             value.set_sensitive(true);
             headers.push((header, value));
         }
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !tls && !headers.is_empty() && !loopback {
+            tracing::warn!(
+                host,
+                "an upstream with `headers` is plain http:// to a host other than this machine: \
+                 its credentials cross the network in clear text with every request; use https://"
+            );
+        }
         let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS);
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let locations = Arc::new(UpstreamLocations::new(&target, &scheme, &base_path));

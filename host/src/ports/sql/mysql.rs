@@ -140,16 +140,27 @@ impl MysqlDatabase {
 
         // One connection first: it proves the server is reachable and says
         // which server it is, which decides the session settings.
-        let flavor = within(s.connect_timeout, async {
+        let (flavor, grants) = within(s.connect_timeout, async {
             let mut probe = mysql_async::Conn::new(base.clone()).await?;
             let version: Option<String> = probe.query_first("SELECT VERSION()").await?;
+            // Read as bytes: a row `String` cannot hold would panic.
+            let grants: Vec<String> = probe
+                .query::<mysql_async::Row, _>("SHOW GRANTS")
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|row| row.get_opt::<Vec<u8>, usize>(0)?.ok())
+                .map(|g| String::from_utf8_lossy(&g).into_owned())
+                .collect();
             probe.disconnect().await?;
-            Ok(match version {
+            let flavor = match version {
                 Some(v) if v.contains("MariaDB") => Flavor::MariaDb,
                 _ => Flavor::Mysql,
-            })
+            };
+            Ok((flavor, grants))
         })
         .await?;
+        warn_if_login_reaches_the_server(&grants, &s.program_name);
 
         let max = s.max_connections.max(1) as usize;
         let min = (s.min_connections as usize).min(max);
@@ -257,6 +268,33 @@ async fn answered<T>(
             Err(super::unanswered(within))
         }
     }
+}
+
+/// Warns when the login (as `SHOW GRANTS` lists its rights) holds
+/// privileges on every database (`ON *.*`): every app opening the database
+/// has them, so its guests could read the server's files (`FILE`), other
+/// databases or the user table. Only the privilege names are logged: a
+/// grant line can carry a password hash.
+fn warn_if_login_reaches_the_server(grants: &[String], program_name: &str) {
+    if let Some(privileges) = global_privileges(grants)
+        && crate::audit::first_time(&format!("mysql login {program_name}"))
+    {
+        tracing::warn!(
+            database = program_name,
+            privileges = %crate::audit::printable(crate::audit::bounded(privileges)),
+            "the MySQL/MariaDB login holds privileges on every database (ON *.*): every app that \
+             opens this database can use them through its guests; give it a login with rights on \
+             its own database only (docs/security.md)"
+        );
+    }
+}
+
+/// The privileges a login's grants give it on every database, if any.
+fn global_privileges(grants: &[String]) -> Option<&str> {
+    grants.iter().find_map(|g| {
+        let privileges = g.strip_prefix("GRANT ")?.split_once(" ON *.* ")?.0;
+        (privileges != "USAGE").then_some(privileges)
+    })
 }
 
 /// Disconnects a connection the server left unanswered, within a second:

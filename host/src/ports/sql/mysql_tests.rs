@@ -38,3 +38,28 @@ fn session_setup_sets_utc_and_the_timeout_per_server() {
         "SET SESSION time_zone = '+00:00', max_execution_time = 300"
     );
 }
+
+#[test]
+fn global_privileges_are_read_from_the_grants() {
+    let grants = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        global_privileges(&grants(&[
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` IDENTIFIED BY PASSWORD '*81F5'",
+        ])),
+        Some("ALL PRIVILEGES")
+    );
+    assert_eq!(
+        global_privileges(&grants(&[
+            "GRANT USAGE ON *.* TO `berth`@`%`",
+            "GRANT SELECT, INSERT ON `orders`.* TO `berth`@`%`",
+        ])),
+        None
+    );
+    assert_eq!(
+        global_privileges(&grants(&[
+            "GRANT USAGE ON *.* TO `b`@`%`",
+            "GRANT FILE ON *.* TO `b`@`%`"
+        ])),
+        Some("FILE")
+    );
+}

@@ -171,6 +171,9 @@ impl PostgresDatabase {
             .connect_with(options.clone())
             .await
             .map_err(map_error)?;
+        if s.tenant.is_none() {
+            warn_if_login_reaches_the_server(&pool, &s.application_name).await;
+        }
         let sessions = PgSessions {
             pool: pool.clone(),
             // Only the built-in names on its path, whatever the tenant's
@@ -428,6 +431,31 @@ impl CursorReader {
                 return answered;
             }
         }
+    }
+}
+
+/// Warns when the login of a shared database (no role per app) reaches
+/// beyond the database: a superuser, or a member of the roles that read or
+/// write the server's files or run programs on it. Every app opening the
+/// database has its rights, so `pg_read_file` or `COPY … TO PROGRAM`
+/// would work for their guests too.
+async fn warn_if_login_reaches_the_server(pool: &sqlx::PgPool, application_name: &str) {
+    // The three roles exist from Postgres 11 on; looked up by name, so an
+    // older server still answers for `rolsuper`.
+    const REACH: &str = "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+        OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname IN ('pg_read_server_files', \
+        'pg_write_server_files', 'pg_execute_server_program') \
+        AND pg_has_role(current_user, r.oid, 'USAGE'))";
+    let reaches: Result<Option<bool>, _> = sqlx::query_scalar(REACH).fetch_one(pool).await;
+    let reaches = matches!(reaches, Ok(Some(true)));
+    if reaches && crate::audit::first_time(&format!("postgres login {application_name}")) {
+        tracing::warn!(
+            database = application_name,
+            "the login of a shared Postgres database is a superuser, or may read or write the \
+             server's files or run programs there: every app that opens the database can do so \
+             through its guests; give it a login with rights on its own schema only, or use \
+             tenancy = \"role-per-app\" (docs/security.md)"
+        );
     }
 }
 
