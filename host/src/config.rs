@@ -533,29 +533,44 @@ impl HostConfig {
             return Ok(rand::random::<[u8; 32]>().to_vec());
         }
         let path = self.state_root(manifest).join("url-signing.key");
-        if let Ok(key) = std::fs::read(&path)
-            && key.len() >= 32
-        {
+        let read = |path: &Path| -> anyhow::Result<Option<Vec<u8>>> {
+            match std::fs::read(path) {
+                Ok(key) if key.len() >= 32 => Ok(Some(key)),
+                // Never replaced silently: every URL signed with it would
+                // stop working without a word.
+                Ok(key) => anyhow::bail!(
+                    "{} holds {} bytes, not a signing key of 32 or more: remove it to make a new \
+                     one (blob URLs signed with the old key then stop working)",
+                    path.display(),
+                    key.len()
+                ),
+                // Missing, or a file where a directory on its way should
+                // be: making it says what is wrong.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+        };
+        if let Some(key) = read(&path)? {
             return Ok(key);
         }
         let key: [u8; 32] = rand::random();
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
             .with_context(|| format!("cannot create state directory for {}", path.display()))?;
-        write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(key.to_vec())
+        let created = crate::state_file::create_once(&path, &key, 0o600)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if created {
+            return Ok(key.to_vec());
+        }
+        // Another process made it meanwhile: its key is the one.
+        read(&path)?.with_context(|| format!("{} went away as it was made", path.display()))
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 #[cfg(test)]

@@ -32,5 +32,6 @@ pub mod ports;
 pub mod rate;
 pub mod secret;
 pub mod state;
+pub mod state_file;
 pub mod tenants;
 pub mod triggers;

@@ -11,7 +11,7 @@
 //!   refused. The marker is created once and never overwritten.
 
 use std::ffi::OsString;
-use std::io::{ErrorKind, Write};
+
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -490,24 +490,11 @@ pub(super) fn claim(path: &Path, app: &str, fix: &str) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory `{}`: {e}", dir.display()))?;
     }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&marker)
-    {
-        Ok(mut file) => {
-            let written = file
-                .write_all(format!("{app}\n").as_bytes())
-                .and_then(|()| file.sync_all());
-            if let Err(e) = written {
-                drop(file);
-                // An empty marker would refuse every app; leave none.
-                let _ = std::fs::remove_file(&marker);
-                return Err(format!("cannot write `{}`: {e}", marker.display()));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+    // Created whole or not at all: an empty marker, which a crash between
+    // creating and writing it used to leave, refused every app for good.
+    match crate::state_file::create_once(&marker, format!("{app}\n").as_bytes(), 0o644) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
             let owner = read_owner(&marker)?;
             if owner == app {
                 Ok(())

@@ -108,8 +108,18 @@ async fn write_whole(
     let written = async {
         file.write_all(contents).await?;
         file.flush().await?;
+        // Synced before it is named and the name synced after: a message
+        // the guest was told is sent survives a power cut.
+        file.sync_all().await?;
         drop(file);
-        tokio::fs::rename(tmp, path).await
+        tokio::fs::rename(tmp, path).await?;
+        let dir = path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_owned();
+        tokio::task::spawn_blocking(move || crate::state_file::sync_dir(&dir))
+            .await
+            .map_err(std::io::Error::other)?
     }
     .await;
     if written.is_err() {

@@ -59,6 +59,9 @@ impl SqliteBucket {
     pub fn open(path: &Path) -> Result<SqliteBucket, KvError> {
         let pool = SqlitePool::open(path).map_err(map)?;
         let conn = rusqlite::Connection::open(path).map_err(|e| map(sql(e)))?;
+        // Waits for another process's write rather than failing at once.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| map(sql(e)))?;
         conn.execute_batch(
             // The index serves the removal of expired keys on every `set`,
             // which would otherwise read the whole table.

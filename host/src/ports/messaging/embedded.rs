@@ -16,8 +16,10 @@
 //!   dropped unsettled (its trigger stopped) is released. Rows leased when
 //!   the host died are handed out again, as one more attempt, when the
 //!   broker is next opened.
-//! - A message id is stored once per trigger, so a schedule tick published
-//!   twice (an app being reloaded) runs once.
+//! - A message published under the caller's id (a schedule tick) is
+//!   stored once in [`ONCE_KEPT_S`], so a tick published twice (by the two
+//!   versions of an app being reloaded) runs once, even when the first
+//!   copy was handled before the second came.
 //! - Request/reply is not stored: it goes through an in-process broker.
 //!
 //! One host process owns the file (a lock on `messaging.db.lock`): it alone
@@ -41,6 +43,10 @@ use super::{Acker, Delivery, Message, MessagingBackend, MessagingError, Subscrip
 
 /// Messages kept for topics no trigger consumes.
 pub const UNCLAIMED_MAX: i64 = 10_000;
+
+/// How long an id published with [`MessagingBackend::publish_with_id`] is
+/// remembered: far longer than the minute a schedule tick may be late.
+const ONCE_KEPT_S: i64 = 3600;
 /// The default of the bytes an app's broker keeps undelivered (`[app_limits]
 /// embedded_queue_mb`): messages waiting for a trigger that is slow or
 /// failing, or kept for topics no trigger consumes, in the state directory
@@ -123,9 +129,9 @@ impl EmbeddedBroker {
         };
         let mut db = Connection::open(&path)?;
         db.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA busy_timeout = 5000;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS queue (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  consumer TEXT,
@@ -144,7 +150,8 @@ impl EmbeddedBroker {
                  live INTEGER NOT NULL,
                  claimed_seq INTEGER NOT NULL,
                  PRIMARY KEY (topic, consumer)
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS published_once (id TEXT PRIMARY KEY, at INTEGER NOT NULL);",
         )?;
         if owner.is_some() {
             // Only the owner changes the layout, so an older host still
@@ -309,6 +316,7 @@ impl EmbeddedBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
         bounded: bool,
+        once: bool,
     ) -> Result<(), MessagingError> {
         let headers = serde_json::to_string(&headers).map_err(failure)?;
         let (topic_owned, id) = (topic.to_string(), id.to_string());
@@ -318,6 +326,20 @@ impl EmbeddedBroker {
             // another process (`berth run`) committed, fails at once
             // (SQLITE_BUSY_SNAPSHOT) rather than waiting its turn.
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if once {
+                let now_s = now_ms() / 1000;
+                tx.execute(
+                    "DELETE FROM published_once WHERE at < ?1",
+                    params![now_s - ONCE_KEPT_S],
+                )?;
+                let first = tx.execute(
+                    "INSERT OR IGNORE INTO published_once (id, at) VALUES (?1, ?2)",
+                    params![id, now_s],
+                )?;
+                if first == 0 {
+                    return Ok(Ok((Vec::new(), 0)));
+                }
+            }
             // Every live trigger whose topic or pattern matches.
             let consumers: Vec<(String, String)> = tx
                 .prepare("SELECT consumer, topic FROM consumers WHERE live = 1")?
@@ -405,7 +427,20 @@ impl MessagingBackend for EmbeddedBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<(), MessagingError> {
-        self.store(topic, id, payload, headers, true).await
+        self.store(topic, id, payload, headers, true, true).await
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, MessagingError> {
+        // A new id: nothing to remember it by.
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store(topic, &id, payload, headers, true, false)
+            .await?;
+        Ok(id)
     }
 
     async fn publish_unbounded(
@@ -415,7 +450,8 @@ impl MessagingBackend for EmbeddedBroker {
         headers: Vec<(String, String)>,
     ) -> Result<String, MessagingError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.store(topic, &id, payload, headers, false).await?;
+        self.store(topic, &id, payload, headers, false, false)
+            .await?;
         Ok(id)
     }
 
@@ -499,7 +535,10 @@ impl MessagingBackend for EmbeddedBroker {
         let unreleased = self.unreleased.clone();
         with_db(&self.db, move |db| {
             release_again(db, &unreleased)?;
-            let tx = db.transaction()?;
+            // Immediate: a deferred transaction that reads and then writes
+            // fails at once (SQLITE_BUSY_SNAPSHOT) when another process
+            // committed between the two, whatever the busy timeout.
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO consumers (topic, consumer, live, claimed_seq) VALUES (?1, ?2, 1, 0)
                  ON CONFLICT (topic, consumer) DO UPDATE SET live = 1",

@@ -98,6 +98,14 @@ async fn unsettled_deliveries_are_released_and_ticks_stored_once() {
     again.acker.ack().await;
     let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(quiet.is_err(), "the second tick-1 was stored once");
+    // Handled and acknowledged, it is still not stored again: the two
+    // versions of a reloaded app both publish each tick.
+    broker
+        .publish_with_id("t", "tick-1", vec![], vec![])
+        .await
+        .unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "tick-1 was published an hour ago at most");
 }
 
 /// A delivery whose ack and release both fail (the store takes no writes:

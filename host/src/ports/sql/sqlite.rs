@@ -64,10 +64,17 @@ impl Default for SqliteTimeouts {
     }
 }
 
+/// How long a pooled connection beyond the latest may stay idle: one idle
+/// longer is closed when another goes back to the pool. Each holds file
+/// descriptors (the database and its WAL) of the host's, which every
+/// tenant shares.
+const IDLE_CLOSE: Duration = Duration::from_secs(60);
+
 /// A small pool of connections to one SQLite file.
 pub struct SqlitePool {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections with when each went idle, the latest last.
+    idle: Mutex<Vec<(Connection, std::time::Instant)>>,
     permits: Arc<Semaphore>,
     timeouts: SqliteTimeouts,
 }
@@ -89,7 +96,7 @@ impl SqlitePool {
         let first = open_connection(path)?;
         Ok(Arc::new(SqlitePool {
             path: path.to_path_buf(),
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(vec![(first, std::time::Instant::now())]),
             permits: Arc::new(Semaphore::new(POOL_SIZE)),
             timeouts,
         }))
@@ -111,7 +118,7 @@ impl SqlitePool {
         };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
-            Some(c) => c,
+            Some((c, _)) => c,
             None => open_connection(&self.path)?,
         };
         Ok(PooledConnection {
@@ -155,12 +162,29 @@ impl Drop for PooledConnection {
                 return; // discard a connection we cannot clean
             }
         }
-        self.pool
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        let now = std::time::Instant::now();
+        let stale = {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.push((conn, now));
+            take_stale(&mut idle, now, IDLE_CLOSE)
+        };
+        drop(stale); // closed outside the lock
     }
+}
+
+/// Takes out of `idle` (the least recently used first) the entries idle
+/// for longer than `after`, always leaving the latest.
+pub(crate) fn take_stale<T>(
+    idle: &mut Vec<(T, std::time::Instant)>,
+    now: std::time::Instant,
+    after: Duration,
+) -> Vec<(T, std::time::Instant)> {
+    let keep_last = idle.len().saturating_sub(1);
+    let stale = idle[..keep_last]
+        .iter()
+        .take_while(|(_, since)| now.duration_since(*since) > after)
+        .count();
+    idle.drain(..stale).collect()
 }
 
 /// The default of [`limit_memory`] (`[engine] sqlite_memory_mb`).
@@ -190,8 +214,13 @@ fn open_connection(path: &Path) -> Result<Connection, SqlError> {
         .map_err(|e| SqlError::Unavailable(format!("cannot open database: {e}")))?;
     // The host's own settings, made before the authorizer is installed: it
     // refuses these pragmas to everyone after.
+    // The busy timeout first, so that switching to WAL waits for another
+    // process's write rather than failing; `synchronous` is FULL whatever
+    // the SQLite build's default, so a committed write survives a power
+    // cut (docs/operating.md).
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+        "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+         PRAGMA foreign_keys=ON;",
     )
     .map_err(map_error)?;
     // Defensive mode: no `writable_schema`, no `journal_mode=OFF`, no direct

@@ -491,3 +491,19 @@ async fn booleans_are_zero_or_one() {
         "{err:?}"
     );
 }
+
+#[test]
+fn idle_connections_past_their_time_are_closed_but_the_latest() {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let now = start + Duration::from_secs(600);
+    let ago = |s: u64| start + Duration::from_secs(600 - s);
+    let mut idle = vec![(1, ago(300)), (2, ago(90)), (3, ago(30)), (4, ago(0))];
+    let stale = super::take_stale(&mut idle, now, Duration::from_secs(60));
+    assert_eq!(stale.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(idle.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [3, 4]);
+    // The latest stays, however long it has been idle.
+    let mut idle = vec![(5, ago(600))];
+    assert!(super::take_stale(&mut idle, now, Duration::from_secs(60)).is_empty());
+    assert_eq!(idle.len(), 1);
+}
