@@ -151,6 +151,7 @@ impl HostEngine {
         // SQLite's heap limit is the process's, whichever engine sets it.
         crate::ports::sql::sqlite::limit_memory(settings.sqlite_memory_bytes)
             .map_err(|e| anyhow::anyhow!("cannot bound SQLite's memory: {e}"))?;
+        cache::secure_cache_dir(&settings.cache_dir)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let linker = crate::app::linker(&engine)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -158,7 +159,7 @@ impl HostEngine {
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         let engine_hash = format!("{:016x}", hasher.finish());
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.weak(), stop_ticker.clone());
+        spawn_epoch_ticker(engine.weak(), stop_ticker.clone())?;
         Ok(HostEngine {
             inner: Arc::new(Inner {
                 engine,
@@ -511,6 +512,16 @@ pub fn engine_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.memory_init_cow(true);
+    // Only the proposals wasip2 guests use, whatever wasmtime's defaults
+    // or crate features become: each one more is more of the compiler a
+    // tenant's component can reach, and 64-bit or several memories per
+    // module would meet limits sized for one 32-bit memory.
+    config
+        .wasm_memory64(false)
+        .wasm_multi_memory(false)
+        .wasm_gc(false)
+        .wasm_wide_arithmetic(false)
+        .wasm_custom_page_sizes(false);
     // The host's slots, plus room for stores being dropped: a store gives
     // its host slot back (with its data) just before wasmtime returns its
     // memories and tables to the pool, so without the spare an invocation
@@ -546,7 +557,9 @@ pub fn engine_config(settings: &EngineSettings) -> Config {
     config
 }
 
-fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+/// Starts the thread whose ticks bound guests' time: without it no time
+/// limit holds, so failing to start it fails the host.
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("berth-epoch".into())
         .spawn(move || {
@@ -561,7 +574,8 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
                 }
             }
         })
-        .ok();
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("cannot start the thread that bounds guests' time: {e}"))
 }
 
 #[expect(unsafe_code, reason = "deserializing artifacts this host wrote itself")]

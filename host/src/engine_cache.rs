@@ -9,7 +9,9 @@ use std::time::SystemTime;
 
 use wasmtime::component::Component;
 
-/// `$BERTH_CACHE_DIR`, else `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
+/// `$BERTH_CACHE_DIR`, else `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`,
+/// else (a service without a home) `/var/cache/berth`: never the shared
+/// temporary directory, where another user could have made it first.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("BERTH_CACHE_DIR") {
         return PathBuf::from(dir);
@@ -17,8 +19,50 @@ pub fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
     base.join("berth")
+}
+
+/// Makes the cache directory `dir` if it is missing (owner-only), and
+/// refuses one another user owns or others may write to: its files are
+/// mapped and run as the host's own native code, trusted as they are
+/// (wasmtime checks their header, not their code).
+pub(super) fn secure_cache_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the compiled-component cache `{}`: {e}",
+                dir.display()
+            )
+        })?;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the compiled-component cache `{}`: {e}",
+            dir.display()
+        )
+    })?;
+    let ours = meta.uid() == effective_uid();
+    if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "the compiled-component cache `{}` must be a directory of this user's that no one else \
+             may write to (it is owned by uid {}, mode {:o}): its files run as the host's own code; \
+             set [engine] cache_dir or BERTH_CACHE_DIR to one",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+#[expect(unsafe_code, reason = "geteuid(2) takes nothing and cannot fail")]
+fn effective_uid() -> u32 {
+    // SAFETY: no arguments, no memory; always succeeds.
+    unsafe { libc::geteuid() }
 }
 
 /// Components kept for reuse by digest (the most recently used
@@ -91,7 +135,13 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     // A write cut short (a full disk) must not leave tens of megabytes
     // behind at every compile, nor a rename that failed.
-    std::fs::write(&tmp, bytes)
+    // Synced before the rename: after a power cut the entry is whole or
+    // absent, never a short file under the entry's name.
+    let written = std::fs::File::create_new(&tmp).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()
+    });
+    written
         .and_then(|()| std::fs::rename(&tmp, path))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
@@ -125,6 +175,10 @@ pub(super) fn trim_cache(dir: &Path, current: &Path, max: u64) {
     let mut removable = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            remove_if_abandoned(&entry);
+            continue;
+        }
         if path.extension().is_none_or(|e| e != "cwasm") {
             continue;
         }
@@ -164,9 +218,42 @@ pub(super) fn trim_cache(dir: &Path, current: &Path, max: u64) {
     );
 }
 
+/// Removes a temporary file of [`write_atomically`] untouched for an hour:
+/// left by a process killed as it wrote an entry (one written now is
+/// younger), it would hold its megabytes for good, outside the bound.
+fn remove_if_abandoned(entry: &std::fs::DirEntry) {
+    let untouched = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|at| at.elapsed().ok())
+        .is_some_and(|idle| idle > std::time::Duration::from_secs(3600));
+    if untouched {
+        let _ = std::fs::remove_file(entry.path());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_others_may_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("a/berth");
+        secure_cache_dir(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "made owner-only");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = secure_cache_dir(&made).unwrap_err().to_string();
+        assert!(
+            refused.contains("no one else may write to") && refused.contains("777"),
+            "{refused}"
+        );
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure_cache_dir(&made).unwrap();
+    }
 
     #[test]
     fn the_cache_keeps_within_its_size_by_removing_the_least_used() {
@@ -192,5 +279,10 @@ mod tests {
         assert!(dir.path().join("other.txt").exists(), "not an entry");
         trim_cache(dir.path(), &current, 1000);
         assert!(used_lately.exists(), "within the size: nothing removed");
+        // A write abandoned an hour ago goes, one under way stays.
+        let abandoned = entry(".tmp-1", 7200);
+        let writing = entry(".tmp-2", 5);
+        trim_cache(dir.path(), &current, 1000);
+        assert!(!abandoned.exists() && writing.exists());
     }
 }
