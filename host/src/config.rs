@@ -536,6 +536,13 @@ impl HostConfig {
         let read = |path: &Path| -> anyhow::Result<Option<Vec<u8>>> {
             match std::fs::read(path) {
                 Ok(key) if key.len() >= 32 => Ok(Some(key)),
+                // What an older Berth's write, cut off by a crash, left: no
+                // URL can have been signed with it.
+                Ok(key) if key.is_empty() => {
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("cannot replace empty {}", path.display()))?;
+                    Ok(None)
+                }
                 // Never replaced silently: every URL signed with it would
                 // stop working without a word.
                 Ok(key) => anyhow::bail!(

@@ -28,33 +28,43 @@ pub fn default_cache_dir() -> PathBuf {
 /// mapped and run as the host's own native code, trusted as they are
 /// (wasmtime checks their header, not their code).
 pub(super) fn secure_cache_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    std::fs::DirBuilder::new()
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the compiled-component cache `{}`: {e}",
-                dir.display()
-            )
-        })?;
+    {
+        // As before: no cache (each load compiles), not no host.
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-component cache; components are compiled at every load");
+        return Ok(());
+    }
     let meta = std::fs::metadata(dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the compiled-component cache `{}`: {e}",
             dir.display()
         )
     })?;
-    let ours = meta.uid() == effective_uid();
-    if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+    if !meta.is_dir() || meta.uid() != effective_uid() {
         anyhow::bail!(
-            "the compiled-component cache `{}` must be a directory of this user's that no one else \
-             may write to (it is owned by uid {}, mode {:o}): its files run as the host's own code; \
-             set [engine] cache_dir or BERTH_CACHE_DIR to one",
+            "the compiled-component cache `{}` must be a directory of this user's (it is owned by \
+             uid {}): its files run as the host's own code; set [engine] cache_dir or \
+             BERTH_CACHE_DIR to one",
             dir.display(),
-            meta.uid(),
-            meta.mode() & 0o7777
+            meta.uid()
         );
+    }
+    if meta.mode() & 0o022 != 0 {
+        // Ours, made by an older Berth under the umask: others' write
+        // taken away, not the host refused.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            anyhow::anyhow!(
+                "the compiled-component cache `{}` may be written by others (mode {:o}) and \
+                 cannot be made owner-only: {e}",
+                dir.display(),
+                meta.mode() & 0o7777
+            )
+        })?;
+        tracing::warn!(dir = %dir.display(), "the compiled-component cache could be written by others; it was made owner-only");
     }
     Ok(())
 }
@@ -137,7 +147,12 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     // behind at every compile, nor a rename that failed.
     // Synced before the rename: after a power cut the entry is whole or
     // absent, never a short file under the entry's name.
-    let written = std::fs::File::create_new(&tmp).and_then(|mut file| {
+    let written = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&tmp)
+    .and_then(|mut file| {
         std::io::Write::write_all(&mut file, bytes)?;
         file.sync_all()
     });
@@ -238,21 +253,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cache_others_may_write_to_is_refused() {
+    fn a_cache_others_may_write_to_is_made_owner_only() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let made = dir.path().join("a/berth");
         secure_cache_dir(&made).unwrap();
         let mode = std::fs::metadata(&made).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "made owner-only");
+        // One an older Berth made under the umask is made owner-only.
         std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let refused = secure_cache_dir(&made).unwrap_err().to_string();
-        assert!(
-            refused.contains("no one else may write to") && refused.contains("777"),
-            "{refused}"
-        );
-        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).unwrap();
         secure_cache_dir(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "others' write taken away");
     }
 
     #[test]

@@ -13,6 +13,11 @@ use std::path::Path;
 /// and a crash leaves either no file or all of it. The directory is synced
 /// so the new name survives a power cut. `Ok(false)` when it existed.
 pub fn create_once(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool> {
+    // There already (the usual case at each load): nothing to write, even
+    // where the directory is not the host's to write in.
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok(false);
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -36,8 +41,33 @@ pub fn create_once(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool
             Ok(true)
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
+        // A filesystem without hard links (vfat, some network and FUSE
+        // mounts): created under its own name, exclusively, as before.
+        Err(_) => create_in_place(path, bytes, mode, dir),
     }
+}
+
+/// [`create_once`] without a link: exclusive, written and synced, but a
+/// crash in between can leave the file short.
+fn create_in_place(path: &Path, bytes: &[u8], mode: u32, dir: &Path) -> std::io::Result<bool> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path);
+    let mut file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    sync_dir(dir)?;
+    Ok(true)
 }
 
 /// Syncs directory `dir`, so the names created or renamed in it last.
@@ -65,5 +95,11 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["url-signing.key"]);
+        // Found there, it is not written again even where the directory
+        // is not the host's to write in.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+        let again = create_once(&path, b"third", 0o600);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!again.unwrap());
     }
 }

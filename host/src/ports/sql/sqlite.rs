@@ -462,6 +462,8 @@ impl SqlBackend for SqliteDatabase {
         caps: ResultCaps,
     ) -> Result<Box<dyn SqlCursor>, SqlError> {
         let limit = self.statement_timeout();
+        let mut pooled = self.pool.get().await?;
+        // Taken once the connection is: a wait for one holds no thread.
         // The reader holds a blocking thread for as long as the cursor is
         // open; the host's other blocking work (every tenant's SQLite
         // calls, files, name lookups) needs the rest.
@@ -470,7 +472,6 @@ impl SqlBackend for SqliteDatabase {
                 "the host's SQLite cursors ({MAX_READER_THREADS}) are all open; try again later"
             ))
         })?;
-        let mut pooled = self.pool.get().await?;
         let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
         let (rows_tx, rows_rx) = super::cursor_channel();
         // The reader owns the connection and statement on a blocking thread and
