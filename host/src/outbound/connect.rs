@@ -121,6 +121,7 @@ pub async fn send(
     target: Target,
     net: Arc<NetworkSettings>,
     guest: Option<wasmtime_wasi_http::RequestOptions>,
+    open: &super::open::OpenResponses,
 ) -> Result<Sent, HttpError> {
     // On the wire the request line carries only path and query; checked
     // before anything is sent, even the TLS handshake.
@@ -191,6 +192,7 @@ pub async fn send(
             incoming: IdleTimeoutBody::new(incoming, between_bytes),
             remaining: limit,
             limit,
+            open: Some(open.open()),
         }
         .boxed_unsync()
     });
@@ -322,11 +324,14 @@ async fn tls(
 }
 
 /// A response body that fails once more than `limit` bytes arrive, or when
-/// it waited `between_bytes` for a frame (see [`IdleTimeoutBody`]).
+/// it waited `between_bytes` for a frame (see [`IdleTimeoutBody`]). It is
+/// counted among its instance's open responses until it ends, fails or is
+/// dropped with the guest's response.
 struct CappedBody {
     incoming: IdleTimeoutBody<hyper::body::Incoming>,
     remaining: u64,
     limit: u64,
+    open: Option<super::open::Open>,
 }
 
 impl Body for CappedBody {
@@ -338,6 +343,28 @@ impl Body for CappedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
+        let polled = this.poll_capped(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.open = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl CappedBody {
+    fn poll_capped(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = self;
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
@@ -357,14 +384,6 @@ impl Body for CappedBody {
             }
             other => other,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
     }
 }
 

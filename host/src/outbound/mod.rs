@@ -288,9 +288,9 @@ impl WasiHttpHooks for OutboundPolicy {
                 ))));
             }
             let sent = match grants.route(&mut request) {
-                Ok(target) => connect::send(request, target, grants.network.clone(), options)
-                    .await
-                    .map(|(response, io)| (response.map(|body| open.counted(body)), io)),
+                Ok(target) => {
+                    connect::send(request, target, grants.network.clone(), options, &open).await
+                }
                 Err(e) => Err(e),
             };
             let refused = match &sent {
