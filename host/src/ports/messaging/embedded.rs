@@ -200,65 +200,6 @@ impl EmbeddedBroker {
     }
 }
 
-/// Files from before topic patterns keyed a trigger's rows by their topic
-/// alone; a row now names its trigger (topic or pattern) beside the
-/// message's own topic. Adds that column to such a file, filled in from
-/// the topic it meant, and indexes rows by trigger.
-/// Rows a trigger claimed without naming it (an older host wrote them)
-/// are filled in every time, so none is left unleased.
-fn migrate_to_triggers(db: &mut Connection) -> rusqlite::Result<()> {
-    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if !has_trigger_column(&tx)? {
-        tx.execute("ALTER TABLE queue ADD COLUMN trigger_topic TEXT", [])?;
-    }
-    tx.execute_batch(
-        "UPDATE queue SET trigger_topic = topic WHERE consumer IS NOT NULL AND trigger_topic IS NULL;
-         DROP INDEX IF EXISTS queue_ready;
-         DROP INDEX IF EXISTS queue_once;
-         CREATE INDEX IF NOT EXISTS queue_ready_per_trigger ON queue (consumer, trigger_topic, leased, visible_at);
-         CREATE UNIQUE INDEX IF NOT EXISTS queue_once_per_trigger ON queue (consumer, trigger_topic, id);",
-    )?;
-    tx.commit()
-}
-
-/// Whether the file's rows name their trigger (see [`migrate_to_triggers`]).
-fn has_trigger_column(db: &Connection) -> rusqlite::Result<bool> {
-    db.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('queue') WHERE name = 'trigger_topic'",
-        [],
-        |r| r.get(0),
-    )
-}
-
-/// Keeps the bytes the queue holds (payloads and headers) in
-/// `queue_bytes`, by triggers, so every way a row comes or goes (in any
-/// process) counts, and a publish learns the total without a scan.
-fn count_queue_bytes(db: &mut Connection) -> rusqlite::Result<()> {
-    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS queue_bytes (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
-         INSERT OR IGNORE INTO queue_bytes (id, bytes)
-             SELECT 0, COALESCE(SUM(length(payload) + length(CAST(headers AS BLOB))), 0) FROM queue;
-         CREATE TRIGGER IF NOT EXISTS queue_bytes_in AFTER INSERT ON queue BEGIN
-             UPDATE queue_bytes SET bytes = bytes + length(NEW.payload) + length(CAST(NEW.headers AS BLOB)) WHERE id = 0;
-         END;
-         CREATE TRIGGER IF NOT EXISTS queue_bytes_out AFTER DELETE ON queue BEGIN
-             UPDATE queue_bytes SET bytes = bytes - length(OLD.payload) - length(CAST(OLD.headers AS BLOB)) WHERE id = 0;
-         END;",
-    )?;
-    tx.commit()
-}
-
-/// Whether the file counts its queue's bytes (see [`count_queue_bytes`]).
-fn counts_queue_bytes(db: &Connection) -> rusqlite::Result<bool> {
-    db.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'queue_bytes'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
-}
-
 /// Deletes the oldest unclaimed rows (kept only for a trigger that may
 /// subscribe to their topic later) until `needed` bytes are freed or none
 /// is left, and returns the bytes and rows freed. Without it, messages to
@@ -309,6 +250,21 @@ impl EmbeddedBroker {
     /// Stores a copy for every live trigger whose topic or pattern
     /// matches (or one unclaimed), within the queue's byte bound if
     /// `bounded`.
+    /// Stores a message under a new id, which is not remembered (see
+    /// [`ONCE_KEPT_S`]): nothing will publish it again.
+    async fn store_new(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        bounded: bool,
+    ) -> Result<String, MessagingError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store(topic, &id, payload, headers, bounded, false)
+            .await?;
+        Ok(id)
+    }
+
     async fn store(
         &self,
         topic: &str,
@@ -436,11 +392,7 @@ impl MessagingBackend for EmbeddedBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<String, MessagingError> {
-        // A new id: nothing to remember it by.
-        let id = uuid::Uuid::new_v4().to_string();
-        self.store(topic, &id, payload, headers, true, false)
-            .await?;
-        Ok(id)
+        self.store_new(topic, payload, headers, true).await
     }
 
     async fn publish_unbounded(
@@ -449,10 +401,7 @@ impl MessagingBackend for EmbeddedBroker {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<String, MessagingError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.store(topic, &id, payload, headers, false, false)
-            .await?;
-        Ok(id)
+        self.store_new(topic, payload, headers, false).await
     }
 
     /// Marks exactly `triggers` live, before they subscribe: every
@@ -587,6 +536,10 @@ impl MessagingBackend for EmbeddedBroker {
         }))
     }
 }
+
+#[path = "embedded_layout.rs"]
+mod layout;
+use layout::{count_queue_bytes, counts_queue_bytes, has_trigger_column, migrate_to_triggers};
 
 #[path = "embedded_subscription.rs"]
 mod subscription;
