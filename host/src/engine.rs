@@ -18,6 +18,8 @@ use crate::state::InstanceState;
 
 #[path = "engine_cache.rs"]
 mod cache;
+#[path = "engine_compile.rs"]
+mod compile;
 #[path = "engine_files.rs"]
 mod files;
 pub use cache::default_cache_dir;
@@ -99,6 +101,9 @@ struct Inner {
     engine: Engine,
     linker: Linker<InstanceState>,
     cache_dir: PathBuf,
+    /// Whether `cache_dir` is read and written (see
+    /// [`cache::secure_cache_dir`]).
+    cache_usable: bool,
     engine_hash: String,
     settings: EngineSettings,
     turns: crate::fairness::CpuTurns,
@@ -114,6 +119,8 @@ struct Inner {
     too_slow: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The digests of component files read lately.
     known_digests: files::KnownDigests,
+    /// Where tenants' compiles wait for their turn.
+    compile_turns: compile::CompileTurns,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -151,7 +158,7 @@ impl HostEngine {
         // SQLite's heap limit is the process's, whichever engine sets it.
         crate::ports::sql::sqlite::limit_memory(settings.sqlite_memory_bytes)
             .map_err(|e| anyhow::anyhow!("cannot bound SQLite's memory: {e}"))?;
-        cache::secure_cache_dir(&settings.cache_dir)?;
+        let cache_usable = cache::secure_cache_dir(&settings.cache_dir)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let linker = crate::app::linker(&engine)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -165,6 +172,7 @@ impl HostEngine {
                 engine,
                 linker,
                 cache_dir: settings.cache_dir.clone(),
+                cache_usable,
                 engine_hash,
                 turns: match settings.long_running_workers {
                     Some(n) => crate::fairness::CpuTurns::new(n),
@@ -176,6 +184,7 @@ impl HostEngine {
                 loaded: Default::default(),
                 too_slow: Default::default(),
                 known_digests: Default::default(),
+                compile_turns: Default::default(),
                 app_allowances: Default::default(),
                 settings,
                 stop_ticker,
@@ -301,7 +310,8 @@ impl HostEngine {
     /// blocking thread, never on the threads serving requests; a file over
     /// `max_component_bytes` or a compile past `max_compile_time` is
     /// refused. (A compile past its time is abandoned, not stopped: its
-    /// thread finishes in the background and the result is dropped.)
+    /// thread finishes in the background and the result is dropped; a
+    /// tenant's compiles take turns, see `engine_compile.rs`.)
     pub async fn load_component(&self, path: &Path) -> anyhow::Result<Component> {
         self.load_component_within(path, None).await
     }
@@ -329,6 +339,10 @@ impl HostEngine {
             let bytes = files::read_opened(file, path, max)?;
             let digest = hex::encode(Sha256::digest(&bytes));
             self.inner.known_digests.remember(identity, digest.clone());
+            // Compiled before: no compile, so no turn to wait for.
+            if let Some(component) = self.cached(&digest) {
+                return anyhow::Ok(ControlFlow::Break(component));
+            }
             anyhow::Ok(ControlFlow::Continue((bytes, digest)))
         })?;
         let (bytes, digest) = match read {
@@ -342,60 +356,7 @@ impl HostEngine {
                 settings.max_compile_time
             );
         }
-        let size_mib = bytes.len() as f64 / f64::from(1 << 20);
-        let (engine, shown) = (self.clone(), path.display().to_string());
-        // A compile cannot be stopped once started: one past the deadline
-        // runs on, and is then told it was abandoned.
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let told = abandoned.clone();
-        let compiled_digest = digest.clone();
-        let compile = tokio::task::spawn_blocking(move || {
-            check_is_component(&bytes).with_context(|| format!("cannot load {shown}"))?;
-            engine
-                .compile_cached_unless(&bytes, compiled_digest, &told)
-                .with_context(|| format!("cannot compile component {shown}"))
-        });
-        let started = std::time::Instant::now();
-        let deadline = tokio::time::sleep(settings.max_compile_time);
-        tokio::pin!(compile, deadline);
-        let mut next_report = COMPILE_PROGRESS_AFTER;
-        loop {
-            tokio::select! {
-                done = &mut compile => {
-                    if started.elapsed() >= COMPILE_PROGRESS_AFTER {
-                        tracing::info!("compiled {} in {:.1} s; later loads come from the compiled cache", path.display(), started.elapsed().as_secs_f64());
-                    }
-                    return match done {
-                        Ok(loaded) => loaded,
-                        Err(e) => Err(anyhow::anyhow!("compiling component {} failed: {e}", path.display())),
-                    };
-                }
-                () = tokio::time::sleep(next_report.saturating_sub(started.elapsed())) => {
-                    if next_report == COMPILE_PROGRESS_AFTER {
-                        tracing::info!("compiling {} ({size_mib:.1} MiB), not in the compiled cache yet…", path.display());
-                    } else {
-                        tracing::info!("still compiling {}: {} s so far", path.display(), started.elapsed().as_secs());
-                    }
-                    next_report = started.elapsed() + COMPILE_PROGRESS_EVERY;
-                }
-                () = &mut deadline => {
-                    // Refused from now on, reloads during the compile too:
-                    // a tenant cannot keep the host's cores busy with it.
-                    abandoned.store(true, Ordering::SeqCst);
-                    let mut too_slow = self.too_slow();
-                    if too_slow.len() >= MAX_TOO_SLOW {
-                        too_slow.clear();
-                    }
-                    too_slow.insert(digest);
-                    drop(too_slow);
-                    anyhow::bail!(
-                        "compiling component {} took longer than {:?} ([engine] max_compile_ms); refused",
-                        path.display(),
-                        settings.max_compile_time
-                    )
-                }
-            }
-        }
+        self.compile_in_turn(bytes, digest, path, root).await
     }
 
     /// [`Self::load_component`] on the calling thread, without its caps
@@ -420,13 +381,17 @@ impl HostEngine {
     /// written by this function are ever deserialized.
     pub fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
         let digest = hex::encode(Sha256::digest(bytes));
+        if let Some(component) = self.cached(&digest) {
+            return Ok(component);
+        }
         self.compile_cached_unless(bytes, digest, &AtomicBool::new(false))
     }
 
-    /// [`Self::compile_cached`] of `bytes`, whose SHA-256 is `digest`,
-    /// keeping nothing of a compile that was `abandoned` (past `[engine]
-    /// max_compile_ms`) by the time it ended: neither the artifact, which
-    /// the next load would take at once, nor the component.
+    /// Compiles `bytes`, whose SHA-256 is `digest` and which are not in the
+    /// cache (see [`Self::cached`]), unless a load of the same bytes did
+    /// meanwhile, keeping nothing of a compile that was `abandoned` (past
+    /// `[engine] max_compile_ms`) by the time it ended: neither the
+    /// artifact, which the next load would take at once, nor the component.
     fn compile_cached_unless(
         &self,
         bytes: &[u8],
@@ -438,19 +403,7 @@ impl HostEngine {
             return Ok(component);
         }
         let path = self.artifact_path(&digest);
-        if path.exists() {
-            match deserialize_own_artifact(engine, &path) {
-                Ok(c) => {
-                    // Its time of use: the cache is trimmed by it.
-                    cache::mark_used(&path);
-                    self.loaded().insert(digest, c.clone());
-                    return Ok(c);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component; recompiling")
-                }
-            }
-        }
+        let usable = self.inner.cache_usable;
         let started = std::time::Instant::now();
         let compiled = engine
             .precompile_component(bytes)
@@ -459,15 +412,17 @@ impl HostEngine {
         if abandoned.load(Ordering::SeqCst) {
             anyhow::bail!("compile abandoned past [engine] max_compile_ms");
         }
-        if let Err(e) = write_atomically(&path, &compiled) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
+        if usable {
+            if let Err(e) = write_atomically(&path, &compiled) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
+            }
+            remove_stale_artifacts(&self.inner.cache_dir, &digest, &path);
+            cache::trim_cache(
+                &self.inner.cache_dir,
+                &path,
+                self.inner.settings.cache_max_bytes,
+            );
         }
-        remove_stale_artifacts(&self.inner.cache_dir, &digest, &path);
-        cache::trim_cache(
-            &self.inner.cache_dir,
-            &path,
-            self.inner.settings.cache_max_bytes,
-        );
         let component = deserialize_own_bytes(engine, &compiled)?;
         self.loaded().insert(digest, component.clone());
         Ok(component)
@@ -485,8 +440,35 @@ impl HostEngine {
     /// entry marked used (see [`cache::trim_cache`]).
     fn reused(&self, digest: &str) -> Option<Component> {
         let component = self.loaded().get(digest)?;
-        cache::mark_used(&self.artifact_path(digest));
+        if self.inner.cache_usable {
+            cache::mark_used(&self.artifact_path(digest));
+        }
         Some(component)
+    }
+
+    /// The component of `digest` compiled before: loaded lately, or in the
+    /// cache (an entry that does not load is logged, and `None`). Does
+    /// file I/O: call it on a blocking thread.
+    fn cached(&self, digest: &str) -> Option<Component> {
+        if let Some(component) = self.reused(digest) {
+            return Some(component);
+        }
+        let path = self.artifact_path(digest);
+        if !self.inner.cache_usable || !path.exists() {
+            return None;
+        }
+        match deserialize_own_artifact(&self.inner.engine, &path) {
+            Ok(component) => {
+                // Its time of use: the cache is trimmed by it.
+                cache::mark_used(&path);
+                self.loaded().insert(digest.to_owned(), component.clone());
+                Some(component)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component; recompiling");
+                None
+            }
+        }
     }
 
     fn too_slow(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {

@@ -26,8 +26,10 @@ pub fn default_cache_dir() -> PathBuf {
 /// Makes the cache directory `dir` if it is missing (owner-only), and
 /// refuses one another user owns or others may write to: its files are
 /// mapped and run as the host's own native code, trusted as they are
-/// (wasmtime checks their header, not their code).
-pub(super) fn secure_cache_dir(dir: &Path) -> anyhow::Result<()> {
+/// (wasmtime checks their header, not their code). `false`: no cache is
+/// used (every load compiles), as when the directory cannot be made or a
+/// directory above it lets another user put other files in its place.
+pub(super) fn secure_cache_dir(dir: &Path) -> anyhow::Result<bool> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
@@ -36,7 +38,11 @@ pub(super) fn secure_cache_dir(dir: &Path) -> anyhow::Result<()> {
     {
         // As before: no cache (each load compiles), not no host.
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-component cache; components are compiled at every load");
-        return Ok(());
+        return Ok(false);
+    }
+    if let Some(why) = unsafe_ancestor(dir) {
+        tracing::warn!(dir = %dir.display(), "the compiled-component cache is not used, as another user could replace it: {why}; components are compiled at every load (set [engine] cache_dir or BERTH_CACHE_DIR to a directory only this user and root can change)");
+        return Ok(false);
     }
     let meta = std::fs::metadata(dir).map_err(|e| {
         anyhow::anyhow!(
@@ -66,13 +72,67 @@ pub(super) fn secure_cache_dir(dir: &Path) -> anyhow::Result<()> {
         })?;
         tracing::warn!(dir = %dir.display(), "the compiled-component cache could be written by others; it was made owner-only");
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Why another user (not root) could swap `dir` for a directory of theirs,
+/// if one could: a directory above it, as given or with its links
+/// followed, that such a user owns, that others may write to without the
+/// sticky bit (with it, as on `/tmp`, only an entry's owner may move the
+/// entry), or that a group other than this process's own may write to
+/// (a home under a umask of 002 is its user's private group's). One that
+/// cannot be checked counts as unsafe.
+fn unsafe_ancestor(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let given = match std::path::absolute(dir) {
+        Ok(path) => path,
+        Err(e) => return Some(format!("`{}` cannot be made absolute: {e}", dir.display())),
+    };
+    let followed = match std::fs::canonicalize(dir) {
+        Ok(path) => path,
+        Err(e) => return Some(format!("`{}` cannot be resolved: {e}", dir.display())),
+    };
+    let (uid, gid) = (effective_uid(), effective_gid());
+    let mut above = given
+        .ancestors()
+        .skip(1)
+        .chain(followed.ancestors().skip(1));
+    above.find_map(|ancestor| {
+        let meta = match std::fs::metadata(ancestor) {
+            Ok(meta) => meta,
+            Err(e) => return Some(format!("`{}` cannot be checked: {e}", ancestor.display())),
+        };
+        let (mode, sticky) = (meta.mode(), meta.mode() & 0o1000 != 0);
+        let group_may_write = mode & 0o020 != 0 && meta.gid() != gid;
+        if meta.uid() != 0 && meta.uid() != uid {
+            Some(format!(
+                "`{}` is owned by uid {}",
+                ancestor.display(),
+                meta.uid()
+            ))
+        } else if (mode & 0o002 != 0 || group_may_write) && !sticky {
+            Some(format!(
+                "`{}` may be written by others (mode {:o}, group {}, no sticky bit)",
+                ancestor.display(),
+                mode & 0o7777,
+                meta.gid()
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 #[expect(unsafe_code, reason = "geteuid(2) takes nothing and cannot fail")]
 fn effective_uid() -> u32 {
     // SAFETY: no arguments, no memory; always succeeds.
     unsafe { libc::geteuid() }
+}
+
+#[expect(unsafe_code, reason = "getegid(2) takes nothing and cannot fail")]
+fn effective_gid() -> u32 {
+    // SAFETY: no arguments, no memory; always succeeds.
+    unsafe { libc::getegid() }
 }
 
 /// Components kept for reuse by digest (the most recently used
@@ -257,14 +317,47 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let made = dir.path().join("a/berth");
-        secure_cache_dir(&made).unwrap();
+        assert!(secure_cache_dir(&made).unwrap(), "usable");
         let mode = std::fs::metadata(&made).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "made owner-only");
         // One an older Berth made under the umask is made owner-only.
         std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
-        secure_cache_dir(&made).unwrap();
+        assert!(secure_cache_dir(&made).unwrap());
         let mode = std::fs::metadata(&made).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "others' write taken away");
+    }
+
+    #[test]
+    fn a_cache_under_a_directory_others_may_change_is_not_used() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let below = shared.join("mine/berth");
+        assert!(
+            !secure_cache_dir(&below).unwrap(),
+            "others could swap `mine`"
+        );
+        // Reached through a link from a safe place: still not used.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&below, &link).unwrap();
+        assert!(
+            !secure_cache_dir(&link).unwrap(),
+            "the link's target is unsafe"
+        );
+        // The sticky bit (as on /tmp) keeps others from moving `mine`.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(secure_cache_dir(&below).unwrap());
+        assert!(secure_cache_dir(&link).unwrap());
+        // Writable by this process's own group: used.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(secure_cache_dir(&below).unwrap(), "the process's own group");
+        // By another group (only a privileged test run can make one).
+        let other_group = effective_gid().wrapping_add(1);
+        if std::os::unix::fs::chown(&shared, None, Some(other_group)).is_ok() {
+            assert!(!secure_cache_dir(&below).unwrap(), "another group");
+        }
     }
 
     #[test]
