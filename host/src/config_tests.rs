@@ -210,6 +210,7 @@ fn out_of_range_values_are_refused_naming_the_key() {
             "[app_limits]\nmessages_per_second = 0\n",
             "app_limits.messages_per_second",
         ),
+        ("[app_limits]\nstore_mb = 0\n", "app_limits.store_mb"),
         (
             "[secrets.aws]\nregion = \"eu-west-1\"\naccess_key_id = \"${env:A}\"\n\
              secret_access_key = \"${env:B}\"\ntimeout_ms = 0\n",
@@ -369,4 +370,24 @@ fn debug_of_the_host_config_shows_no_literal_values() {
         "{shown}"
     );
     assert!(!shown.contains("canary"), "{shown}");
+}
+
+#[test]
+fn each_embedded_store_is_bounded_on_serve_unless_set() {
+    let limits = AppLimitsConfig::default();
+    assert_eq!(
+        limits.store_max_bytes(false),
+        None,
+        "berth up: the operator's app"
+    );
+    assert_eq!(
+        limits.store_max_bytes(true),
+        Some(u64::from(DEFAULT_TENANT_STORE_MB) << 20)
+    );
+    let set = AppLimitsConfig {
+        store_mb: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(set.store_max_bytes(false), Some(2 << 20));
+    assert_eq!(set.store_max_bytes(true), Some(2 << 20));
 }

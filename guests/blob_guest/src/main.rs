@@ -1,7 +1,8 @@
 //! Blob port test guest (`wasi:cli/run` command).
 //!
 //! Mode (argv[1..]): `conformance <container>`, run against a fresh container;
-//! `object-cap <container>`, under a manifest's `blob_max_object_mb = 1`.
+//! `object-cap <container>`, under a manifest's `blob_max_object_mb = 1`;
+//! `store-room <container>`, under a host's `[app_limits] store_mb = 1`.
 //! Any failed assertion panics, which traps: the host sees a test failure.
 
 mod chunked;
@@ -14,7 +15,10 @@ fn main() {
     match args.get(1..).unwrap_or_default() {
         ["conformance", container] => conformance(container),
         ["object-cap", container] => object_cap(container),
-        other => panic!("usage: blob_guest conformance|object-cap <container>; got {other:?}"),
+        ["store-room", container] => store_room(container),
+        other => {
+            panic!("usage: blob_guest conformance|object-cap|store-room <container>; got {other:?}")
+        }
     }
 }
 
@@ -248,4 +252,29 @@ fn object_cap(name: &str) {
     assert_eq!(info.size, 1 << 20);
     assert_eq!(c.get("capped").expect("get").len(), 1 << 20);
     println!("blob: object cap holds");
+}
+
+/// Objects of 256 KiB fill a container of 1 MiB after three (each takes
+/// 4 KiB more for its file); the fourth is `too-large`, naming the
+/// setting; a delete makes room again.
+fn store_room(name: &str) {
+    let c = Container::open(name).expect("open granted container");
+    let object = vec![9u8; 256 << 10];
+    let mut kept = 0;
+    let refusal = loop {
+        match c.put(&format!("room/{kept}"), &object) {
+            Ok(_) => kept += 1,
+            Err(e) => break e,
+        }
+        assert!(kept < 64, "16 MiB kept under store_mb = 1");
+    };
+    match refusal {
+        Error::TooLarge(m) => assert!(m.contains("store_mb"), "{m}"),
+        other => panic!("past the room: expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(kept, 3, "objects of 256 KiB kept within 1 MiB");
+    assert!(c.delete("room/0").expect("delete"));
+    c.put("room/again", &object)
+        .expect("room again after a delete");
+    println!("blob: store room holds {kept}");
 }

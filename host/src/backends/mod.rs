@@ -150,6 +150,8 @@ pub async fn open(
     if let EmailConfig::Smtp { senders, .. } = &host.email {
         check_email_senders(&origin, manifest, senders.as_ref(), host)?;
     }
+    // Each embedded store's room on disk.
+    let store_max = host.app_limits.store_max_bytes(host.serve.tenant_manifests);
     let mut sql: HashMap<String, Arc<dyn SqlBackend>> = HashMap::new();
     for (name, decl) in &manifest.sql {
         let key = format!("sql.{name}");
@@ -187,7 +189,8 @@ pub async fn open(
                     &places,
                     &Path::new("sql").join(format!("{name}.db")),
                 )?;
-                let db = SqliteDatabase::open(&path).map_err(|e| origin.err(&key, e))?;
+                let db = SqliteDatabase::open_bounded(&path, Default::default(), store_max)
+                    .map_err(|e| origin.err(&key, e))?;
                 anyhow::Ok(Arc::new(db) as Arc<dyn SqlBackend>)
             })?,
             SqlConfig::Postgres {
@@ -333,7 +336,8 @@ pub async fn open(
                     &places,
                     &Path::new("kv").join(format!("{name}.db")),
                 )?;
-                let bucket = SqliteBucket::open(&path).map_err(|e| origin.err(&key, e))?;
+                let bucket = SqliteBucket::open_bounded(&path, store_max)
+                    .map_err(|e| origin.err(&key, e))?;
                 anyhow::Ok(Arc::new(bucket) as Arc<dyn KvBackend>)
             })?,
             KvConfig::Redis {
@@ -430,6 +434,7 @@ pub async fn open(
                     app,
                     name,
                     url_signer.clone(),
+                    store_max,
                 )
                 .map_err(|e| origin.err(&key, e))?;
                 anyhow::Ok(Arc::new(container) as Arc<dyn BlobBackend>)

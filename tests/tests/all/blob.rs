@@ -42,3 +42,26 @@ async fn blob_writer_total_is_capped_fs() {
     assert_success(&out);
     assert!(out.stdout.contains("object cap holds"), "{}", out.stdout);
 }
+
+/// `[app_limits] store_mb` bounds what a file-backed container holds on
+/// disk: the write past it is `too-large`, naming the setting, and a
+/// delete makes room again (the guest checks both).
+#[tokio::test]
+async fn blob_store_room_is_bounded_fs() {
+    let manifest = single_component_manifest(
+        "blobroom",
+        guests::BLOB_GUEST,
+        "[blob.files]",
+        "blob = [\"files\"]",
+    );
+    let t = TestApp::new(&manifest);
+    let host = berth_tests::host_config(&t, "[app_limits]\nstore_mb = 1\n");
+    let app = t.load_with(&host).await.unwrap();
+    let out = run(&app, "guest", &["store-room", "files"]).await;
+    assert_success(&out);
+    assert!(out.stdout.contains("store room holds 3"), "{}", out.stdout);
+    let kept = std::fs::read_dir(t.state_dir().join("blobroom/blob/files/room"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 3, "two of the first three and the one put again");
+}

@@ -32,6 +32,8 @@ pub struct FsContainer {
     app: String,
     name: String,
     signer: Arc<UrlSigner>,
+    /// What it may hold on disk, if bounded.
+    room: Option<Arc<Room>>,
 }
 
 /// Start of the name of the file [`FsContainer::open`] renames into the
@@ -88,13 +90,16 @@ fn info_of(key: &str, meta: &std::fs::Metadata) -> ObjectInfo {
 
 impl FsContainer {
     /// A container rooted at `root`, with temporary files in `tmp` (same
-    /// filesystem), URLs signed for `app`/`name` by `signer`.
+    /// filesystem), URLs signed for `app`/`name` by `signer`, holding at
+    /// most `max_bytes` (`[app_limits] store_mb`; what it holds is counted
+    /// now, by walking `root`).
     pub fn open(
         root: PathBuf,
         tmp: PathBuf,
         app: &str,
         name: &str,
         signer: Arc<UrlSigner>,
+        max_bytes: Option<u64>,
     ) -> Result<FsContainer, BlobError> {
         for dir in [&root, &tmp] {
             create_dir_durably(dir).map_err(|e| {
@@ -103,12 +108,14 @@ impl FsContainer {
         }
         probe_rename(&root, &tmp)?;
         sweep_leftovers(&tmp, LEFTOVER_AGE);
+        let room = max_bytes.map(|max| Room::of(&root, max));
         Ok(FsContainer {
             root,
             tmp,
             app: app.into(),
             name: name.into(),
             signer,
+            room,
         })
     }
 
@@ -141,6 +148,10 @@ impl FsContainer {
     fn new_writer(&self, key: &str) -> Result<FsWriter, BlobError> {
         // Refuses links now; `finish` checks again before the rename.
         self.path_of(key)?;
+        let taken = match &self.room {
+            Some(room) => room.take(room::OBJECT_OVERHEAD)?,
+            None => Taken::default(),
+        };
         let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
         let file = std::fs::File::create(&tmp).map_err(io_error)?;
         Ok(FsWriter {
@@ -149,6 +160,8 @@ impl FsContainer {
             key: key.to_string(),
             root: self.root.clone(),
             failed: false,
+            room: self.room.clone(),
+            taken,
         })
     }
 }
@@ -295,21 +308,19 @@ impl BlobBackend for FsContainer {
 
     async fn delete(&self, key: &str) -> Result<bool, BlobError> {
         let path = self.path_of(key)?;
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) if meta.is_file() => {
-                match tokio::fs::remove_file(&path).await {
-                    Ok(()) => {}
-                    // A concurrent delete was first.
-                    Err(e) if is_missing(&e) => return Ok(false),
-                    Err(e) => return Err(io_error(e)),
-                }
+        let (room, file) = (self.room.clone(), path.clone());
+        // One blocking step, finished even if this call is dropped: the
+        // removal and the room's count change together.
+        let removed = tokio::task::spawn_blocking(move || remove_object(room.as_deref(), &file))
+            .await
+            .map_err(|e| BlobError::Other(format!("delete failed: {e}")))?;
+        match removed.map_err(io_error)? {
+            true => {
                 remove_empty_parents(&self.root, &path).await;
                 sync_nearest_directory(&self.root, &path).await?;
                 Ok(true)
             }
-            Ok(_) => Ok(false),
-            Err(e) if is_missing(&e) => Ok(false),
-            Err(e) => Err(io_error(e)),
+            false => Ok(false),
         }
     }
 
@@ -365,6 +376,10 @@ struct FsWriter {
     /// written before it (tokio reports a background write's error on the
     /// next call), so the object can no longer be completed.
     failed: bool,
+    /// The container's room, if bounded, and what this writer took of
+    /// it: given back unless the object is completed.
+    room: Option<Arc<Room>>,
+    taken: Taken,
 }
 
 #[async_trait]
@@ -372,6 +387,9 @@ impl BlobWriter for FsWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
         self.check()?;
         let file = self.file.as_mut().ok_or(BlobError::Closed)?;
+        if let Some(room) = &self.room {
+            self.taken.add(room.take(chunk.len() as u64)?);
+        }
         let written = file.write_all(chunk).await;
         self.failed = written.is_err();
         written.map_err(io_error)
@@ -388,22 +406,35 @@ impl BlobWriter for FsWriter {
         let mut attempt = 1;
         loop {
             prepare_target(&self.root, &target).await?;
-            match tokio::fs::rename(&self.tmp, &target).await {
+            let taken = std::mem::take(&mut self.taken);
+            let (room, tmp, to) = (self.room.clone(), self.tmp.clone(), target.clone());
+            // One blocking step, finished even if this call is dropped: the
+            // rename and the room's count change together.
+            let renamed = tokio::task::spawn_blocking(move || {
+                replace_object(room.as_deref(), &tmp, &to, taken)
+            })
+            .await
+            .map_err(|e| BlobError::Other(format!("finishing the object failed: {e}")))?;
+            let e = match renamed {
                 Ok(()) => break,
+                Err((e, taken)) => {
+                    self.taken = taken;
+                    e
+                }
+            };
+            match e.kind() {
                 // A concurrent delete removed the directory it had emptied
                 // between its creation above and the rename: create it again.
-                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 3 => attempt += 1,
-                Err(e) => {
-                    return Err(match e.kind() {
-                        // Another writer made the path a file or a
-                        // directory after the checks above.
-                        ErrorKind::NotADirectory => BlobError::InvalidKey(PREFIX_CONFLICT.into()),
-                        ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty => {
-                            BlobError::InvalidKey(EXTENSION_CONFLICT.into())
-                        }
-                        _ => io_error(e),
-                    });
+                ErrorKind::NotFound if attempt < 3 => attempt += 1,
+                // Another writer made the path a file or a directory after
+                // the checks above.
+                ErrorKind::NotADirectory => {
+                    return Err(BlobError::InvalidKey(PREFIX_CONFLICT.into()));
                 }
+                ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty => {
+                    return Err(BlobError::InvalidKey(EXTENSION_CONFLICT.into()));
+                }
+                _ => return Err(io_error(e)),
             }
         }
         sync_directories(&self.root, &target).await?;
@@ -429,6 +460,55 @@ impl Drop for FsWriter {
     fn drop(&mut self) {
         // Finished writers renamed the file away; unfinished ones are aborted.
         let _ = std::fs::remove_file(&self.tmp);
+        // And `taken` gives its room back as it drops.
+    }
+}
+
+/// Renames the complete object `tmp` to `target`, replacing the object
+/// there: what `taken` holds becomes the new object's, and the replaced
+/// one's room is given back. Blocking.
+fn replace_object(
+    room: Option<&Room>,
+    tmp: &Path,
+    target: &Path,
+    taken: Taken,
+) -> Result<(), (std::io::Error, Taken)> {
+    let _change = room.map(Room::changing);
+    let replaced = match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_file() => Some(meta.len()),
+        _ => None,
+    };
+    match std::fs::rename(tmp, target) {
+        Ok(()) => {
+            if let (Some(room), Some(len)) = (room, replaced) {
+                room.object_gone(len);
+            }
+            taken.keep();
+            Ok(())
+        }
+        Err(e) => Err((e, taken)),
+    }
+}
+
+/// Removes the object at `path`, if it is one, giving its room back:
+/// whether it was there. Blocking.
+fn remove_object(room: Option<&Room>, path: &Path) -> std::io::Result<bool> {
+    let _change = room.map(Room::changing);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => match std::fs::remove_file(path) {
+            Ok(()) => {
+                if let Some(room) = room {
+                    room.object_gone(meta.len());
+                }
+                Ok(true)
+            }
+            // A concurrent delete was first.
+            Err(e) if is_missing(&e) => Ok(false),
+            Err(e) => Err(e),
+        },
+        Ok(_) => Ok(false),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -464,9 +544,13 @@ mod listing;
 
 #[path = "fs_durable.rs"]
 mod durable;
+
+#[path = "fs_room.rs"]
+mod room;
 use durable::{
     LEFTOVER_AGE, create_dir_durably, sweep_leftovers, sync_directories, sync_nearest_directory,
 };
+use room::{Room, Taken};
 
 #[cfg(test)]
 #[path = "fs_tests.rs"]

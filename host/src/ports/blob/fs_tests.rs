@@ -3,8 +3,76 @@
 use super::*;
 
 fn container(dir: &Path) -> FsContainer {
+    bounded(dir, None)
+}
+
+fn bounded(dir: &Path, max_bytes: Option<u64>) -> FsContainer {
     let signer = Arc::new(UrlSigner::new(b"k".to_vec(), "http://localhost:3000"));
-    FsContainer::open(dir.join("root"), dir.join("tmp"), "app", "c", signer).unwrap()
+    FsContainer::open(
+        dir.join("root"),
+        dir.join("tmp"),
+        "app",
+        "c",
+        signer,
+        max_bytes,
+    )
+    .unwrap()
+}
+
+/// A bounded container refuses a write past its room as `too-large`,
+/// counts writes under way and each object's overhead, gives back what
+/// deletes, replaced objects, failed finishes and dropped writers held,
+/// shares its room with another version of the app open at once, and
+/// counts what it holds when opened afresh.
+#[tokio::test]
+async fn a_bounded_container_holds_no_more_than_its_room() {
+    const O: u64 = room::OBJECT_OVERHEAD;
+    let dir = tempfile::tempdir().unwrap();
+    let c = bounded(dir.path(), Some(2 * O + 1000));
+    let room = c.room.clone().unwrap();
+    let too_large = |r: Result<ObjectInfo, BlobError>| match r {
+        Err(BlobError::TooLarge(m)) => assert!(m.contains("store_mb"), "{m}"),
+        other => panic!("expected too-large, got {other:?}"),
+    };
+    c.put("a", vec![1; 600]).await.unwrap();
+    assert_eq!(room.used(), O + 600);
+    too_large(c.put("b", vec![2; 500]).await);
+    assert!(c.stat("b").await.is_err(), "nothing of the refused object");
+    assert_eq!(
+        room.used(),
+        O + 600,
+        "the refused writer gave its part back"
+    );
+    // A write under way holds its bytes; dropped, it gives them back.
+    let mut w = c.write("c").await.unwrap();
+    w.write(&[3; 300]).await.unwrap();
+    too_large(c.put("d", vec![4; 10]).await);
+    drop(w);
+    assert_eq!(room.used(), O + 600);
+    // A replaced object's bytes are free once its new version is in.
+    c.put("a", vec![5; 400]).await.unwrap();
+    assert_eq!(room.used(), O + 400);
+    assert!(c.delete("a").await.unwrap());
+    assert_eq!(room.used(), 0);
+    // A finish that fails (its key came to lie below an object) gives
+    // back its part.
+    let mut w = c.write("p/q").await.unwrap();
+    w.write(&[6; 10]).await.unwrap();
+    c.put("p", vec![6; 10]).await.unwrap();
+    assert!(matches!(w.finish().await, Err(BlobError::InvalidKey(_))));
+    assert_eq!(room.used(), O + 10);
+    assert!(c.delete("p").await.unwrap());
+    // Another version of the app open at once shares the room.
+    let reloaded = bounded(dir.path(), Some(2 * O + 1000));
+    assert!(Arc::ptr_eq(&room, reloaded.room.as_ref().unwrap()));
+    reloaded.put("x/y", vec![7; 700]).await.unwrap();
+    assert_eq!(room.used(), O + 700);
+    drop((c, reloaded, room));
+    // Opened afresh: what it holds is counted.
+    let again = bounded(dir.path(), Some(2 * O + 1000));
+    assert_eq!(again.room.as_ref().unwrap().used(), O + 700);
+    too_large(again.put("z", vec![8; 301]).await);
+    again.put("z", vec![8; 300]).await.unwrap();
 }
 
 #[tokio::test]
@@ -236,7 +304,8 @@ fn a_root_on_another_filesystem_is_refused_at_open() {
     );
     let (root, tmp) = (other.path().join("root"), dir.path().join("tmp"));
     let signer = Arc::new(UrlSigner::new(b"k".to_vec(), "http://localhost:3000"));
-    let Err(BlobError::Other(m)) = FsContainer::open(root.clone(), tmp.clone(), "a", "c", signer)
+    let Err(BlobError::Other(m)) =
+        FsContainer::open(root.clone(), tmp.clone(), "a", "c", signer, None)
     else {
         panic!("a root on another filesystem was accepted");
     };

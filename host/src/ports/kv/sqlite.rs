@@ -28,6 +28,9 @@ fn now_ms() -> i64 {
 fn map(e: SqlError) -> KvError {
     match e {
         SqlError::Unavailable(m) | SqlError::Conflict(m) => KvError::Unavailable(m),
+        // The bucket's file at its bound (`[app_limits] store_mb`), as an
+        // in-memory bucket past `kv_memory_mb` is.
+        SqlError::TooLarge(m) => KvError::InvalidInput(m),
         other => KvError::Other(other.to_string()),
     }
 }
@@ -57,7 +60,14 @@ const EXPIRED_PER_WRITE: i64 = 256;
 impl SqliteBucket {
     /// Opens (creating) the bucket file at `path`.
     pub fn open(path: &Path) -> Result<SqliteBucket, KvError> {
-        let pool = SqlitePool::open(path).map_err(map)?;
+        SqliteBucket::open_bounded(path, None)
+    }
+
+    /// [`SqliteBucket::open`], the file bounded to `max_bytes`
+    /// (`[app_limits] store_mb`; a `set` past it is `unavailable`).
+    pub fn open_bounded(path: &Path, max_bytes: Option<u64>) -> Result<SqliteBucket, KvError> {
+        let timeouts = crate::ports::sql::sqlite::SqliteTimeouts::default();
+        let pool = SqlitePool::open_with(path, timeouts, max_bytes).map_err(map)?;
         let conn = rusqlite::Connection::open(path).map_err(|e| map(sql(e)))?;
         // Waits for another process's write rather than failing at once.
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -102,7 +112,7 @@ fn put(
         params![key, value, expires],
     )
     .map(drop)
-    .map_err(|e| map(sql(e)))
+    .map_err(|e| map(crate::ports::sql::sqlite::map_error_on(c, e)))
 }
 
 /// Runs `f` in an immediate transaction so read-modify-write is atomic
@@ -261,6 +271,31 @@ impl KvBackend for SqliteBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bucket whose file reached `[app_limits] store_mb` refuses the
+    /// `set` that would grow it as `invalid-input` naming the setting (as
+    /// an in-memory bucket past its budget does) and keeps what it holds.
+    #[tokio::test]
+    async fn a_bounded_bucket_refuses_to_grow_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBucket::open_bounded(&dir.path().join("b.db"), Some(128 << 10)).unwrap();
+        let mut written = 0;
+        let err = loop {
+            match b.set(&format!("k{written}"), vec![1; 8 << 10], None).await {
+                Ok(()) => written += 1,
+                Err(e) => break e,
+            }
+            assert!(written < 100, "800 KiB written into a 128 KiB bucket");
+        };
+        let KvError::InvalidInput(m) = &err else {
+            panic!("{err:?}");
+        };
+        assert!(m.contains("store_mb"), "{m}");
+        assert!(written >= 4, "room for {written} values only");
+        assert_eq!(b.get("k0").await.unwrap(), Some(vec![1; 8 << 10]));
+        assert!(b.delete("k0").await.unwrap(), "deletes go on at the bound");
+        b.set("again", vec![2; 1 << 10], None).await.unwrap();
+    }
 
     /// A page reads the prefix's range of the key index only, not every
     /// key sorting after the prefix.

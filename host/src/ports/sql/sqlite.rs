@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::AuthContext;
 use rusqlite::limits::Limit;
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::sqlite_guard::{Armed, Deadline, GiveUpOnDrop, authorize, with_deadline};
@@ -77,28 +77,36 @@ pub struct SqlitePool {
     idle: Mutex<Vec<(Connection, std::time::Instant)>>,
     permits: Arc<Semaphore>,
     timeouts: SqliteTimeouts,
+    /// Most bytes the database file may hold (`[app_limits] store_mb`).
+    max_bytes: Option<u64>,
 }
 
 impl SqlitePool {
     /// Opens (creating if needed) the database at `path`, checking that it
     /// can be opened now so configuration errors surface at load.
     pub fn open(path: &Path) -> Result<Arc<SqlitePool>, SqlError> {
-        SqlitePool::open_with(path, SqliteTimeouts::default())
+        SqlitePool::open_with(path, SqliteTimeouts::default(), None)
     }
 
-    /// [`SqlitePool::open`] with other time limits.
-    pub fn open_with(path: &Path, timeouts: SqliteTimeouts) -> Result<Arc<SqlitePool>, SqlError> {
+    /// [`SqlitePool::open`] with other time limits, and the file bounded
+    /// to `max_bytes` (a write past it fails as on a full disk).
+    pub fn open_with(
+        path: &Path,
+        timeouts: SqliteTimeouts,
+        max_bytes: Option<u64>,
+    ) -> Result<Arc<SqlitePool>, SqlError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 SqlError::Unavailable(format!("cannot create database directory: {e}"))
             })?;
         }
-        let first = open_connection(path)?;
+        let first = open_connection(path, max_bytes)?;
         Ok(Arc::new(SqlitePool {
             path: path.to_path_buf(),
             idle: Mutex::new(vec![(first, std::time::Instant::now())]),
             permits: Arc::new(Semaphore::new(POOL_SIZE)),
             timeouts,
+            max_bytes,
         }))
     }
 
@@ -119,7 +127,7 @@ impl SqlitePool {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
             Some((c, _)) => c,
-            None => open_connection(&self.path)?,
+            None => open_connection(&self.path, self.max_bytes)?,
         };
         Ok(PooledConnection {
             conn: Some(conn),
@@ -206,7 +214,7 @@ pub fn limit_memory(bytes: u64) -> Result<(), SqlError> {
     Ok(())
 }
 
-fn open_connection(path: &Path) -> Result<Connection, SqlError> {
+fn open_connection(path: &Path, max_bytes: Option<u64>) -> Result<Connection, SqlError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -223,6 +231,9 @@ fn open_connection(path: &Path) -> Result<Connection, SqlError> {
          PRAGMA foreign_keys=ON;",
     )
     .map_err(map_error)?;
+    if let Some(max) = max_bytes {
+        errors::bound_size(&conn, max)?;
+    }
     // Defensive mode: no `writable_schema`, no `journal_mode=OFF`, no direct
     // writes to shadow tables, so SQL cannot corrupt the file.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
@@ -237,71 +248,6 @@ async fn blocking<R: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| SqlError::Other(format!("database task failed: {e}")))?
-}
-
-/// Maps a rusqlite error to the port's error. SQLite messages carry no
-/// credentials or paths, so they are kept.
-pub fn map_error(e: rusqlite::Error) -> SqlError {
-    match e {
-        rusqlite::Error::SqliteFailure(f, msg) => {
-            let msg = msg.unwrap_or_else(|| f.to_string());
-            match f.code {
-                ErrorCode::ConstraintViolation => SqlError::Constraint(msg),
-                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => SqlError::Conflict(msg),
-                ErrorCode::AuthorizationForStatementDenied
-                | ErrorCode::PermissionDenied
-                | ErrorCode::ReadOnly => SqlError::Denied(msg),
-                ErrorCode::TooBig => SqlError::TooLarge(msg),
-                ErrorCode::OutOfMemory => {
-                    // Every app's SQLite shares the limit, so the operator
-                    // hears of it, not only the tenant whose call failed.
-                    static LAST_WARNING: std::sync::atomic::AtomicU64 =
-                        std::sync::atomic::AtomicU64::new(0);
-                    if crate::ports::warning_due(&LAST_WARNING) {
-                        tracing::warn!(
-                            "the embedded SQLite stores reached the host's memory limit ([engine] sqlite_memory_mb); calls get `unavailable` until memory is freed (said at most once a minute)"
-                        );
-                    }
-                    SqlError::Unavailable(
-                        "the memory the host gives SQLite ([engine] sqlite_memory_mb) is in use; retry, or make smaller values".into(),
-                    )
-                }
-                ErrorCode::OperationInterrupted => SqlError::Timeout,
-                ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull => {
-                    // The operator's to fix (a full disk or quota, a file
-                    // made unreadable): said where they look, and SQLite's
-                    // message names no path.
-                    static LAST_WARNING: std::sync::atomic::AtomicU64 =
-                        std::sync::atomic::AtomicU64::new(0);
-                    if crate::ports::warning_due(&LAST_WARNING) {
-                        tracing::warn!(error = %msg, "an embedded SQLite store failed (said at most once a minute)");
-                    }
-                    SqlError::Unavailable(msg)
-                }
-                ErrorCode::TypeMismatch => SqlError::InvalidInput(msg),
-                _ if msg.starts_with("not authorized") => SqlError::Denied(msg),
-                _ if msg.contains("syntax error")
-                    || msg.starts_with("no such ")
-                    || msg.contains("incomplete input")
-                    || msg.contains("already exists") =>
-                {
-                    SqlError::Syntax(msg)
-                }
-                _ => SqlError::Other(msg),
-            }
-        }
-        rusqlite::Error::SqlInputError { msg, .. } if msg.starts_with("not authorized") => {
-            SqlError::Denied(msg)
-        }
-        rusqlite::Error::SqlInputError { msg, .. } => SqlError::Syntax(msg),
-        rusqlite::Error::InvalidParameterCount(given, expected) => SqlError::InvalidInput(format!(
-            "statement takes {expected} parameters, {given} given"
-        )),
-        rusqlite::Error::MultipleStatement => {
-            SqlError::InvalidInput("only one statement per call".into())
-        }
-        other => SqlError::Other(other.to_string()),
-    }
 }
 
 /// `statement` prepared, refusing a second statement after it: SQLite
@@ -369,7 +315,7 @@ fn run_query(
         .query(rusqlite::params_from_iter(params))
         .map_err(map_error)?;
     let mut out = CappedRows::new(caps);
-    while let Some(row) = rows.next().map_err(map_error)? {
+    while let Some(row) = rows.next().map_err(|e| map_error_on(conn, e))? {
         out.room_for(held_size_at_least(row, columns.len()))?;
         out.push(read_row(row, &columns)?)?;
     }
@@ -384,7 +330,7 @@ fn run_execute(conn: &Connection, statement: &str, params: Vec<SqlValue>) -> Res
     let params = to_sqlite_params(params)?;
     let n = stmt
         .execute(rusqlite::params_from_iter(params))
-        .map_err(map_error)?;
+        .map_err(|e| map_error_on(conn, e))?;
     Ok(n as u64)
 }
 
@@ -401,8 +347,18 @@ impl SqliteDatabase {
 
     /// Opens the database file at `path` with the given time limits.
     pub fn open_with(path: &Path, timeouts: SqliteTimeouts) -> Result<SqliteDatabase, SqlError> {
+        SqliteDatabase::open_bounded(path, timeouts, None)
+    }
+
+    /// [`SqliteDatabase::open_with`], the file bounded to `max_bytes`
+    /// (`[app_limits] store_mb`).
+    pub fn open_bounded(
+        path: &Path,
+        timeouts: SqliteTimeouts,
+        max_bytes: Option<u64>,
+    ) -> Result<SqliteDatabase, SqlError> {
         Ok(SqliteDatabase {
-            pool: SqlitePool::open_with(path, timeouts)?,
+            pool: SqlitePool::open_with(path, timeouts, max_bytes)?,
         })
     }
 
@@ -589,6 +545,10 @@ impl SqlTransaction for SqliteTransaction {
 
 #[path = "sqlite_values.rs"]
 mod values;
+
+#[path = "sqlite_errors.rs"]
+mod errors;
+pub use errors::{map_error, map_error_on};
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

@@ -90,6 +90,10 @@ const READABLE_PRAGMAS: &[&str] = &[
     "page_count",
     "freelist_count",
     "data_version",
+    // With `page_count`: how much room the host leaves the database
+    // (`[app_limits] store_mb`), read by the host too after a full write.
+    "page_size",
+    "max_page_count",
 ];
 
 /// Whether a guest may run `PRAGMA name` (`= value`, `(value)`), also as a
@@ -231,6 +235,9 @@ mod tests {
         assert!(pragma_allowed("page_count", None));
         assert!(pragma_allowed("user_version", Some("3")));
         assert!(!pragma_allowed("page_count", Some("3")));
+        assert!(pragma_allowed("max_page_count", None));
+        assert!(!pragma_allowed("max_page_count", Some("1000000000")));
+        assert!(!pragma_allowed("page_size", Some("65536")));
         assert!(!pragma_allowed("foreign_keys", Some("OFF")));
         assert!(!pragma_allowed("hard_heap_limit", Some("1")));
         assert!(!pragma_allowed("hard_heap_limit", None));

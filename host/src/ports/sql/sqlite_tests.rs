@@ -507,3 +507,50 @@ fn idle_connections_past_their_time_are_closed_but_the_latest() {
     assert!(super::take_stale(&mut idle, now, Duration::from_secs(60)).is_empty());
     assert_eq!(idle.len(), 1);
 }
+
+/// A database bounded by `[app_limits] store_mb` refuses the write that
+/// would grow it past the bound as `too-large`, naming the bound, on every
+/// connection of its pool, and stays readable and writable within it.
+#[tokio::test]
+async fn a_bounded_database_refuses_to_grow_past_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let db =
+        SqliteDatabase::open_bounded(&path, SqliteTimeouts::default(), Some(256 << 10)).unwrap();
+    db.execute("CREATE TABLE t (v BLOB)".into(), vec![])
+        .await
+        .unwrap();
+    // A reading transaction holds the pool's first connection: the
+    // writes below go through a second one.
+    let mut reading = db.begin().await.unwrap();
+    reading
+        .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    let row = || vec![SqlValue::Blob(vec![7; 16 << 10])];
+    let mut written: i64 = 0;
+    let err = loop {
+        match db.execute("INSERT INTO t VALUES (?)".into(), row()).await {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 100, "1.6 MiB written into a 256 KiB database");
+    };
+    let SqlError::TooLarge(m) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(m.contains("store_mb"), "{m}");
+    assert!(written >= 8, "room for {written} rows only");
+    reading.rollback().await.unwrap();
+    let rows = db
+        .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(written));
+    // Room made, rows fit again.
+    db.execute("DELETE FROM t".into(), vec![]).await.unwrap();
+    db.execute("INSERT INTO t VALUES (?)".into(), row())
+        .await
+        .unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() <= 256 << 10);
+}
