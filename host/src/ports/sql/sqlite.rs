@@ -408,6 +408,7 @@ impl SqlBackend for SqliteDatabase {
         Ok(Box::new(SqliteTransaction {
             conn: Some(pooled),
             statement_timeout: self.statement_timeout(),
+            rolled_back: false,
         }))
     }
 
@@ -479,10 +480,18 @@ impl SqlBackend for SqliteDatabase {
     }
 }
 
+/// What a statement in a transaction SQLite rolled back gets.
+const ROLLED_BACK: &str = "the transaction was rolled back after an earlier error (see that \
+     error); nothing of it was committed: roll it back and begin a new one";
+
 struct SqliteTransaction {
     conn: Option<PooledConnection>,
     /// The limit of each of the guest's statements in it.
     statement_timeout: Duration,
+    /// SQLite rolled the transaction back itself (a full database or
+    /// disk, an interrupted statement, …): its statements are refused
+    /// from then on rather than run outside it, one by one committed.
+    rolled_back: bool,
 }
 
 impl SqliteTransaction {
@@ -493,15 +502,25 @@ impl SqliteTransaction {
         &mut self,
         f: impl FnOnce(&mut Connection) -> Result<R, SqlError> + Send + 'static,
     ) -> Result<R, SqlError> {
+        if self.rolled_back {
+            return Err(SqlError::Other(ROLLED_BACK.into()));
+        }
         let mut pooled = self.conn.take().ok_or(SqlError::Closed)?;
-        let (pooled, result) = tokio::task::spawn_blocking(move || {
+        let (pooled, result, ended) = tokio::task::spawn_blocking(move || {
             let r = f(pooled.conn());
-            (pooled, r)
+            let ended = pooled.conn().is_autocommit();
+            (pooled, r, ended)
         })
         .await
         .map_err(|e| SqlError::Other(format!("database task failed: {e}")))?;
         self.conn = Some(pooled);
-        result
+        match result {
+            Err(e) if ended => {
+                self.rolled_back = true;
+                Err(errors::with_rollback(e))
+            }
+            other => other,
+        }
     }
 }
 
@@ -538,6 +557,9 @@ impl SqlTransaction for SqliteTransaction {
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
+        if self.rolled_back {
+            return Ok(());
+        }
         self.run(|c| c.execute_batch("ROLLBACK").map_err(map_error))
             .await
     }

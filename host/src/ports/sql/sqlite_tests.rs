@@ -554,3 +554,45 @@ async fn a_bounded_database_refuses_to_grow_past_its_bound() {
         .unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() <= 256 << 10);
 }
+
+/// A transaction SQLite rolls back itself (here: a write past the
+/// database's bound) is over: its later statements are refused, not run
+/// outside it one by one committed, and nothing of it is kept.
+#[tokio::test]
+async fn a_transaction_sqlite_rolled_back_refuses_its_later_statements() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let db =
+        SqliteDatabase::open_bounded(&path, SqliteTimeouts::default(), Some(128 << 10)).unwrap();
+    db.execute("CREATE TABLE t (v BLOB)".into(), vec![])
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (x'01')".into(), vec![])
+        .await
+        .unwrap();
+    let big = || vec![SqlValue::Blob(vec![7; 16 << 10])];
+    let mut failed = None;
+    for _ in 0..100 {
+        if let Err(e) = tx.execute("INSERT INTO t VALUES (?)".into(), big()).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("the bound is reached within 1.6 MiB");
+    assert!(
+        failed.to_string().contains("rolled back"),
+        "the error says the transaction ended: {failed}"
+    );
+    let after = tx
+        .execute("INSERT INTO t VALUES (x'02')".into(), vec![])
+        .await
+        .unwrap_err();
+    assert!(after.to_string().contains("rolled back"), "{after}");
+    tx.rollback().await.unwrap();
+    let rows = db
+        .query("SELECT count(*) FROM t".into(), vec![], CAPS)
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0][0], SqlValue::Int(0), "nothing of it kept");
+}
