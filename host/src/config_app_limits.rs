@@ -55,9 +55,9 @@ pub struct AppLimitsConfig {
     pub embedded_queue_mb: Option<u32>,
     /// MiB each of an app's embedded stores may hold on disk: each SQLite
     /// database of the sql and kv ports (`PRAGMA max_page_count`; a write
-    /// past it is `unavailable`, as on a full disk) and each file-backed
-    /// blob container (objects and writes under way; a write past it is
-    /// `too-large`). Default: [`DEFAULT_TENANT_STORE_MB`] on `berth
+    /// past it is `too-large` for sql, `invalid-input` for kv) and each
+    /// file-backed blob container (objects, 4 KiB more each, and writes
+    /// under way; a write past it is `too-large`). Default: [`DEFAULT_TENANT_STORE_MB`] on `berth
     /// serve`, none on `berth up`. 0 is refused at load.
     pub store_mb: Option<u32>,
 }

@@ -25,8 +25,12 @@ use super::{
     COMPILE_PROGRESS_AFTER, COMPILE_PROGRESS_EVERY, HostEngine, MAX_TOO_SLOW, check_is_component,
 };
 
-/// Longest a tenant's load waits for its previous compile to end.
-const TURN_WAIT: Duration = Duration::from_secs(5);
+/// Longest a tenant's load waits for its previous compile to end: not at
+/// all, as `berth serve` loads apps one after another, so a turn held is
+/// an abandoned compile's, and waiting for it would hold up every other
+/// tenant's loads (a tenant touching its component every second would
+/// stall each scan).
+const TURN_WAIT: Duration = Duration::ZERO;
 
 /// Each tenant's turn to compile, by the tenant's directory.
 type Turns = Arc<Mutex<HashMap<PathBuf, Arc<Semaphore>>>>;
@@ -108,13 +112,8 @@ impl HostEngine {
         let settings = self.settings();
         let turn = match tenant {
             Some(tenant) => {
-                let waited = Instant::now();
                 let turns = &self.inner.compile_turns;
-                // `berth serve` loads apps one after another, so a turn
-                // held is an abandoned compile's: waiting long for it would
-                // only hold up the other tenants' loads.
-                let wait = settings.max_compile_time.min(TURN_WAIT);
-                let Some(turn) = turns.take(tenant, wait).await else {
+                let Some(turn) = turns.take(tenant, TURN_WAIT).await else {
                     // Not this component's fault: it is not marked too slow.
                     anyhow::bail!(
                         "cannot compile component {}: the tenant's previous compile, abandoned past [engine] max_compile_ms ({:?}), is still running; refused until it ends",
@@ -122,18 +121,11 @@ impl HostEngine {
                         settings.max_compile_time
                     );
                 };
-                if waited.elapsed() >= COMPILE_PROGRESS_AFTER {
-                    tracing::info!(
-                        "waited {:.1} s for the tenant's previous compile to end before compiling {}",
-                        waited.elapsed().as_secs_f64(),
-                        path.display()
-                    );
-                }
                 Some(turn)
             }
             None => None,
         };
-        // Given up on by a load of the same bytes while this one waited.
+        // Given up on by a load of the same bytes meanwhile.
         if self.too_slow().contains(&digest) {
             anyhow::bail!(
                 "compiling component {} took longer than {:?} ([engine] max_compile_ms) before; refused without compiling it again (until the host restarts)",

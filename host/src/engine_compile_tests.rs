@@ -156,7 +156,7 @@ async fn an_abandoned_compile_keeps_its_tenants_turn_until_it_ends() {
         "{e:#}"
     );
     // The slow compile must still have been running for the refusal to
-    // mean anything: it outlived both waits.
+    // mean anything: it outlived its deadline.
     let turns = &engine.inner.compile_turns;
     assert_eq!(
         turns.tenants_waiting_or_running(),

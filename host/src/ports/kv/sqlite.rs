@@ -64,7 +64,7 @@ impl SqliteBucket {
     }
 
     /// [`SqliteBucket::open`], the file bounded to `max_bytes`
-    /// (`[app_limits] store_mb`; a `set` past it is `unavailable`).
+    /// (`[app_limits] store_mb`; a `set` past it is `invalid-input`).
     pub fn open_bounded(path: &Path, max_bytes: Option<u64>) -> Result<SqliteBucket, KvError> {
         let timeouts = crate::ports::sql::sqlite::SqliteTimeouts::default();
         let pool = SqlitePool::open_with(path, timeouts, max_bytes).map_err(map)?;

@@ -455,7 +455,7 @@ impl SqlBackend for SqliteDatabase {
             };
             let mut rows = match stmt.query(rusqlite::params_from_iter(params)) {
                 Ok(r) => r,
-                Err(e) => return drop(columns_tx.send(Err(map_error(e)))),
+                Err(e) => return drop(columns_tx.send(Err(map_error_on(conn, e)))),
             };
             if columns_tx.send(Ok(columns.clone())).is_err() {
                 return;
@@ -465,7 +465,9 @@ impl SqlBackend for SqliteDatabase {
                 let item = match rows.next() {
                     Ok(Some(row)) => read_row(row, &columns),
                     Ok(None) => return,
-                    Err(e) => Err(map_error(e)),
+                    // A writing statement (`INSERT … RETURNING`) may reach
+                    // the database's bound.
+                    Err(e) => Err(map_error_on(conn, e)),
                 };
                 let failed = item.is_err();
                 if rows_tx.blocking_send(item).is_err() || failed {

@@ -25,6 +25,7 @@ pub(super) fn bound_size(conn: &Connection, max: u64) -> Result<(), SqlError> {
         .map_err(map_error)?;
     if held > pages && crate::audit::first_time(&format!("store over bound {:?}", conn.path())) {
         tracing::warn!(
+            path = conn.path().unwrap_or_default(),
             held_mib = (held * page) >> 20,
             max_mib = max >> 20,
             "an embedded SQLite store already holds more than [app_limits] store_mb allows: it takes no more writes that grow it"
@@ -52,11 +53,14 @@ pub fn map_error_on(conn: &Connection, e: rusqlite::Error) -> SqlError {
     map_error(e)
 }
 
-/// Whether the database of `conn` ran into its bound rather than into the
-/// disk: the room its bound leaves is no more than the disk has free.
-/// (A write needing several pages fails with some still left, so the
-/// page count alone cannot tell.) The pragmas read are ones guests may
-/// read too.
+/// Whether the database of `conn`, if bounded, ran into its bound rather
+/// than into a disk: the room its bound leaves is no more than the free
+/// space of its directory and of the temporary directory (where SQLite
+/// puts sorts and statement journals). A write needing several pages
+/// fails with some still left, so the page count alone cannot tell. (A
+/// transaction SQLite rolled back whole leaves more room than it had, so
+/// one that hit its bound on a nearly full disk reads as a full disk.)
+/// The pragmas read are ones guests may read too.
 fn at_bound(conn: &Connection) -> bool {
     let count = |pragma: &str| {
         conn.query_row(&format!("PRAGMA {pragma}"), [], |row| row.get::<_, u64>(0))
@@ -69,13 +73,21 @@ fn at_bound(conn: &Connection) -> bool {
     ) else {
         return false;
     };
+    if max >= UNBOUNDED_PAGES {
+        return false;
+    }
     let left = max.saturating_sub(held).saturating_mul(page);
     let dir = conn.path().and_then(|file| Path::new(file).parent());
-    match dir.and_then(free_bytes) {
-        Some(free) => left <= free,
-        None => held >= max,
+    let temporary = std::env::temp_dir();
+    match (dir.and_then(free_bytes), free_bytes(&temporary)) {
+        (Some(free), Some(free_temporary)) => left <= free.min(free_temporary),
+        _ => held >= max,
     }
 }
+
+/// SQLite's own most pages (its default `max_page_count`): a database
+/// with it has no bound of the host's.
+const UNBOUNDED_PAGES: u64 = 0xffff_fffe;
 
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 #[expect(unsafe_code, reason = "statvfs(3) fills the struct it is given")]
