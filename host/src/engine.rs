@@ -349,13 +349,6 @@ impl HostEngine {
             ControlFlow::Break(loaded) => return Ok(loaded),
             ControlFlow::Continue(read) => read,
         };
-        if self.too_slow().contains(&digest) {
-            anyhow::bail!(
-                "compiling component {} took longer than {:?} ([engine] max_compile_ms) before; refused without compiling it again (until the host restarts)",
-                path.display(),
-                settings.max_compile_time
-            );
-        }
         self.compile_in_turn(bytes, digest, path, root).await
     }
 

@@ -110,6 +110,14 @@ impl HostEngine {
         tenant: Option<&Path>,
     ) -> anyhow::Result<Component> {
         let settings = self.settings();
+        // Given up on before: refused without a turn.
+        if self.too_slow().contains(&digest) {
+            anyhow::bail!(
+                "compiling component {} took longer than {:?} ([engine] max_compile_ms) before; refused without compiling it again (until the host restarts)",
+                path.display(),
+                settings.max_compile_time
+            );
+        }
         let turn = match tenant {
             Some(tenant) => {
                 let turns = &self.inner.compile_turns;
@@ -125,14 +133,6 @@ impl HostEngine {
             }
             None => None,
         };
-        // Given up on by a load of the same bytes meanwhile.
-        if self.too_slow().contains(&digest) {
-            anyhow::bail!(
-                "compiling component {} took longer than {:?} ([engine] max_compile_ms) before; refused without compiling it again (until the host restarts)",
-                path.display(),
-                settings.max_compile_time
-            );
-        }
         let size_mib = bytes.len() as f64 / f64::from(1 << 20);
         let (engine, shown) = (self.clone(), path.display().to_string());
         let abandoned = Arc::new(AtomicBool::new(false));

@@ -125,8 +125,7 @@ pub(super) struct Taken {
 
 impl Taken {
     /// Adds `more` to these bytes.
-    pub(super) fn add(&mut self, more: Taken) {
-        let mut more = more;
+    pub(super) fn add(&mut self, mut more: Taken) {
         self.bytes += std::mem::take(&mut more.bytes);
         if self.room.is_none() {
             self.room = more.room.take();

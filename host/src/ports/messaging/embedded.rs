@@ -247,9 +247,6 @@ async fn with_db<T: Send + 'static>(
 }
 
 impl EmbeddedBroker {
-    /// Stores a copy for every live trigger whose topic or pattern
-    /// matches (or one unclaimed), within the queue's byte bound if
-    /// `bounded`.
     /// Stores a message under a new id, which is not remembered (see
     /// [`ONCE_KEPT_S`]): nothing will publish it again.
     async fn store_new(
@@ -265,6 +262,10 @@ impl EmbeddedBroker {
         Ok(id)
     }
 
+    /// Stores a copy for every live trigger whose topic or pattern
+    /// matches (or one unclaimed), within the queue's byte bound if
+    /// `bounded`; with `once`, only if no message of the same `id` was
+    /// stored in the last [`ONCE_KEPT_S`] seconds.
     async fn store(
         &self,
         topic: &str,
