@@ -132,12 +132,14 @@ async fn an_abandoned_compile_keeps_its_tenants_turn_until_it_ends() {
     let engine = HostEngine::new(super::super::EngineSettings {
         max_instances: 4,
         cache_dir: dir.path().join("cache"),
-        max_compile_time: Duration::from_millis(300),
+        // Room for the small components to compile on a loaded machine
+        // (the other tests compile too); the slow one takes seconds.
+        max_compile_time: Duration::from_millis(1500),
         ..Default::default()
     })
     .unwrap();
     let slow = tenant.join("slow.wasm");
-    std::fs::write(&slow, component_with_ops(400_000)).unwrap();
+    std::fs::write(&slow, component_with_ops(800_000)).unwrap();
     let small = tenant.join("small.wasm");
     std::fs::write(&small, component_with_ops(1)).unwrap();
 
