@@ -1,6 +1,9 @@
 //! Key-value port test guest (`wasi:cli/run` command).
 //!
-//! Mode (argv[1..]): `conformance <bucket>`, run against a fresh bucket.
+//! Modes (argv[1..]):
+//! - `conformance <bucket>`, run against a fresh bucket.
+//! - `fill <bucket>`: sets values of 64 KiB until the bucket refuses one,
+//!   under a host's `[app_limits] store_mb = 1`.
 //! Any failed assertion panics, which traps: the host sees a test failure.
 
 use std::time::Duration;
@@ -12,7 +15,8 @@ fn main() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.get(1..).unwrap_or_default() {
         ["conformance", bucket] => conformance(bucket),
-        other => panic!("usage: kv_guest conformance <bucket>; got {other:?}"),
+        ["fill", bucket] => fill(bucket),
+        other => panic!("usage: kv_guest conformance|fill <bucket>; got {other:?}"),
     }
 }
 
@@ -160,4 +164,47 @@ fn empty_key(bucket: &Bucket) {
         Err(Error::InvalidInput(_)) => step("empty key is invalid-input"),
         other => panic!("set with empty key: expected InvalidInput, got {other:?}"),
     }
+}
+
+/// Values of 64 KiB fill a bucket whose store is bounded to 1 MiB after
+/// a dozen or so (the file's pages, the index and the journal take the
+/// rest); the one past it is `invalid-input`, naming the setting, and
+/// leaves the bucket as it was; a delete makes room again.
+fn fill(name: &str) {
+    let bucket = Bucket::open(name).expect("open granted bucket");
+    let value = vec![7u8; 64 << 10];
+    let mut kept = 0;
+    let refusal = loop {
+        match bucket.set(&format!("fill/{kept}"), &value, None) {
+            Ok(()) => kept += 1,
+            Err(e) => break e,
+        }
+        assert!(kept < 256, "16 MiB kept under store_mb = 1");
+    };
+    match refusal {
+        Error::InvalidInput(m) => assert!(m.contains("store_mb"), "{m}"),
+        other => panic!("past the bound: expected InvalidInput, got {other:?}"),
+    }
+    assert!(kept >= 4, "only {kept} values of 64 KiB kept within 1 MiB");
+    assert!(
+        !bucket
+            .exists(&format!("fill/{kept}"))
+            .expect("exists refused key"),
+        "the refused set left nothing"
+    );
+    for k in 0..kept {
+        assert_eq!(
+            bucket
+                .get(&format!("fill/{k}"))
+                .expect("get kept")
+                .as_deref(),
+            Some(&value[..]),
+            "value {k} kept whole"
+        );
+    }
+    assert!(bucket.delete("fill/0").expect("delete"));
+    bucket
+        .set("fill/again", &value, None)
+        .expect("room again after a delete");
+    println!("kv: bucket filled after {kept}");
 }

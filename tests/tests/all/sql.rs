@@ -38,6 +38,44 @@ async fn sql_rollback_on_trap_sqlite() {
     assert_eq!(n, 0);
 }
 
+/// `[app_limits] store_mb` bounds an app's SQLite database: a statement
+/// that would grow it past the bound is `too-large`, naming the setting,
+/// and leaves the database as it was (statements under it still run);
+/// the file stays within the bound.
+#[tokio::test]
+async fn sql_store_bound_sqlite() {
+    let t = sql_app();
+    let host = berth_tests::host_config(&t, "[app_limits]\nstore_mb = 1\n");
+    let app = t.load_with(&host).await.unwrap();
+    let try_sql = async |statement: &str| {
+        let out = run(&app, "guest", &["try", "main", statement]).await;
+        assert_success(&out);
+        out.stdout.trim().to_owned()
+    };
+    assert_eq!(try_sql("CREATE TABLE big (b BLOB)").await, "ok 0");
+    let rows = |n: u32| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO big SELECT zeroblob(1024) FROM n RETURNING 1"
+        )
+    };
+    assert_eq!(try_sql(&rows(256)).await, "ok 256", "256 KiB fit in 1 MiB");
+    let refused = try_sql(&rows(2048)).await;
+    assert!(
+        refused.starts_with("error Error::TooLarge(") && refused.contains("store_mb"),
+        "2 MiB more: {refused}"
+    );
+    assert_eq!(
+        try_sql("SELECT 1 FROM big").await,
+        "ok 256",
+        "nothing of it kept"
+    );
+    assert_eq!(try_sql(&rows(16)).await, "ok 16", "room under the bound");
+    let file = t.state_dir().join("sqltest/sql/main.db");
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size <= 1 << 20, "{} holds {size} bytes", file.display());
+}
+
 #[tokio::test]
 async fn sql_escapes_refused_sqlite() {
     // Another app's database file, and a shared library, for the guest to
