@@ -4,8 +4,8 @@
 //! of the host, so one tenant logging in a loop must not flood it (nor the
 //! disk and the collector behind it) for the others.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::rate::TokenBucket;
@@ -26,6 +26,8 @@ pub struct LogBudget {
     dropped: AtomicU64,
     /// When the dropped lines were last reported.
     reported: Mutex<Instant>,
+    /// A report of the lines dropped since the last is on its way.
+    report_pending: AtomicBool,
 }
 
 impl LogBudget {
@@ -39,13 +41,15 @@ impl LogBudget {
             per_second,
             dropped: AtomicU64::new(0),
             reported: Mutex::new(Instant::now()),
+            report_pending: AtomicBool::new(false),
         }
     }
 
     /// Whether one more line of `app`, of `bytes` bytes, may be logged. A
-    /// line refused is counted, and the count is logged (once a second at
-    /// most) in its place.
-    pub fn admit(&self, app: &str, bytes: usize) -> bool {
+    /// line refused is counted, and the count is logged in its place, a
+    /// second after the last report at the earliest, whether more lines
+    /// come or not (a burst that then stops is reported whole).
+    pub fn admit(self: &Arc<Self>, app: &str, bytes: usize) -> bool {
         let kib = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
             .max(1);
@@ -53,16 +57,40 @@ impl LogBudget {
             return true;
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
-        // Whoever holds the lock reports; the others only count.
-        let Ok(mut reported) = self.reported.try_lock() else {
-            return false;
-        };
-        if reported.elapsed() >= Duration::from_secs(1) {
-            *reported = Instant::now();
-            let dropped = self.dropped.swap(0, Ordering::Relaxed);
-            tracing::warn!(target: "berth::guest", app, dropped, per_second = self.per_second, "the app's guests logged more lines than [app_limits] log_lines_per_second allows; these were dropped");
+        // The first line dropped since the last report schedules the next.
+        if !self.report_pending.swap(true, Ordering::AcqRel) {
+            let due = *self.reported_at() + Duration::from_secs(1);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let budget = self.clone();
+                    let app = app.to_owned();
+                    runtime.spawn(async move {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                        budget.report(&app);
+                    });
+                }
+                // Outside the runtime (no caller here does that): at once.
+                Err(_) => self.report(app),
+            }
         }
         false
+    }
+
+    /// Logs how many of `app`'s lines were dropped since the last report.
+    fn report(&self, app: &str) {
+        *self.reported_at() = Instant::now();
+        // Before the count is taken: a line dropped from here on schedules
+        // a report of its own (which may find nothing left to report).
+        self.report_pending.store(false, Ordering::Release);
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(target: "berth::guest", app, dropped, per_second = self.per_second, "the app's guests logged more lines than [app_limits] log_lines_per_second allows; these were dropped");
+        }
+    }
+
+    fn reported_at(&self) -> std::sync::MutexGuard<'_, Instant> {
+        // An `Instant` cannot be left half-written: a poisoned lock is fine.
+        self.reported.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -70,16 +98,35 @@ impl LogBudget {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lines_past_the_rate_are_dropped_and_counted() {
-        let budget = LogBudget::new(3, 1024);
+    #[tokio::test]
+    async fn lines_past_the_rate_are_dropped_and_counted() {
+        let budget = Arc::new(LogBudget::new(3, 1024));
         assert!((0..3).all(|_| budget.admit("shop", 10)));
         assert!(!budget.admit("shop", 10));
         assert!(!budget.admit("shop", 10));
         assert_eq!(budget.dropped.load(Ordering::Relaxed), 2);
         // And in bytes: two lines of 16 KiB out of 20 KiB a second.
-        let budget = LogBudget::new(100, 20);
+        let budget = Arc::new(LogBudget::new(100, 20));
         assert!(budget.admit("shop", 16 << 10));
         assert!(!budget.admit("shop", 16 << 10));
+    }
+
+    /// A burst past the rate that then stops is reported whole, a second
+    /// after the budget's last report, without waiting for another line.
+    #[tokio::test]
+    async fn a_burst_is_reported_once_its_second_has_passed() {
+        let started = Instant::now();
+        let budget = Arc::new(LogBudget::new(3, 1024));
+        assert_eq!((0..10).filter(|_| budget.admit("shop", 10)).count(), 3);
+        assert_eq!(budget.dropped.load(Ordering::Relaxed), 7);
+        assert!(budget.report_pending.load(Ordering::Acquire));
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(budget.dropped.load(Ordering::Relaxed), 0, "reported");
+        assert!(!budget.report_pending.load(Ordering::Acquire));
+        assert!(*budget.reported_at() >= started + Duration::from_secs(1));
+        // The next burst is reported a second after that report.
+        assert_eq!((0..5).filter(|_| budget.admit("shop", 10)).count(), 3);
+        assert_eq!(budget.dropped.load(Ordering::Relaxed), 2);
+        assert!(budget.report_pending.load(Ordering::Acquire));
     }
 }
