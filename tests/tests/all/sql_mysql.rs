@@ -651,3 +651,94 @@ async fn sql_server_that_stops_answering_gives_unavailable_mysql() {
     drop(a);
     db.drop_now().await;
 }
+
+/// A deadlock ends the whole transaction on the server (InnoDB rolls it
+/// back and the session goes on in autocommit): the chosen transaction's
+/// error says so, its later statements are refused rather than each
+/// committed on its own, and its commit is refused; the other transaction
+/// commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_transaction_ended_by_a_deadlock_refuses_later_statements_mysql() {
+    let Some(server) = service("BERTH_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db = Database::create(&server).await;
+    let a = adapter(&db).await;
+    a.execute(
+        "CREATE TABLE locks (id INT PRIMARY KEY, v INT) ENGINE = InnoDB".into(),
+        vec![],
+    )
+    .await
+    .unwrap();
+    a.execute(
+        "INSERT INTO locks VALUES (1, 0), (2, 0), (3, 0)".into(),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let set = |id: i64, v: i64| {
+        (
+            "UPDATE locks SET v = ? WHERE id = ?".to_string(),
+            vec![SqlValue::Int(v), SqlValue::Int(id)],
+        )
+    };
+    let mut first = a.begin().await.unwrap();
+    let mut second = a.begin().await.unwrap();
+    let (s, p) = set(1, 10);
+    assert_eq!(first.execute(s, p).await, Ok(1));
+    let (s, p) = set(2, 20);
+    assert_eq!(second.execute(s, p).await, Ok(1));
+    // Each now asks for the row the other holds: the server ends one.
+    let waiting = tokio::spawn(async move {
+        let (s, p) = set(2, 11);
+        let r = first.execute(s, p).await;
+        (first, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (s, p) = set(1, 21);
+    let r = second.execute(s, p).await;
+    let mut outcomes = vec![waiting.await.unwrap(), (second, r)];
+    let lost_at = outcomes
+        .iter()
+        .position(|(_, r)| r.is_err())
+        .expect("one of the two deadlocked");
+    let (mut ended, lost) = outcomes.remove(lost_at);
+    let (survivor, won) = outcomes.remove(0);
+    assert_eq!(won, Ok(1));
+    assert!(
+        matches!(&lost, Err(SqlError::Conflict(m))
+            if m.contains("Deadlock") && m.ends_with("the transaction was rolled back")),
+        "{lost:?}"
+    );
+    // Run outside the transaction, this would be committed at once.
+    let later = ended
+        .execute("UPDATE locks SET v = 99 WHERE id = 3".into(), vec![])
+        .await;
+    assert!(
+        matches!(&later, Err(SqlError::Other(m)) if m.contains("rolled back")),
+        "{later:?}"
+    );
+    let commit = ended.commit().await;
+    assert!(
+        matches!(&commit, Err(SqlError::Other(m)) if m.contains("rolled back")),
+        "{commit:?}"
+    );
+    survivor.commit().await.unwrap();
+    let v = |id: i64| {
+        let a = &a;
+        async move { one_row(a, &format!("SELECT v FROM locks WHERE id = {id}")).await }
+    };
+    assert_eq!(
+        v(3).await,
+        vec![SqlValue::Int(0)],
+        "nothing of the ended one kept"
+    );
+    let survived = (v(1).await, v(2).await);
+    assert!(
+        survived == (vec![SqlValue::Int(10)], vec![SqlValue::Int(11)])
+            || survived == (vec![SqlValue::Int(21)], vec![SqlValue::Int(20)]),
+        "the survivor's two updates, nothing of the other's: {survived:?}"
+    );
+    drop(a);
+    db.drop_now().await;
+}

@@ -180,6 +180,33 @@ pub(crate) fn unanswered(within: std::time::Duration) -> SqlError {
     ))
 }
 
+/// What a statement gets in a transaction the database rolled back itself
+/// after an error (SQLite after a full database or an interrupted write,
+/// MySQL/MariaDB after a deadlock): run outside it, each statement would be
+/// committed on its own.
+pub(crate) const ROLLED_BACK: &str = "the transaction was rolled back after an earlier error \
+     (see that error); nothing of it was committed: roll it back and begin a new one";
+
+impl SqlError {
+    /// This error, which ended the transaction it happened in (the
+    /// database rolled it back), saying so.
+    pub(crate) fn ending_transaction(self) -> SqlError {
+        const ENDED: &str = "; the transaction was rolled back";
+        match self {
+            SqlError::Constraint(m) => SqlError::Constraint(m + ENDED),
+            SqlError::Syntax(m) => SqlError::Syntax(m + ENDED),
+            SqlError::InvalidInput(m) => SqlError::InvalidInput(m + ENDED),
+            SqlError::TooLarge(m) => SqlError::TooLarge(m + ENDED),
+            SqlError::Denied(m) => SqlError::Denied(m + ENDED),
+            SqlError::Conflict(m) => SqlError::Conflict(m + ENDED),
+            SqlError::Unavailable(m) => SqlError::Unavailable(m + ENDED),
+            SqlError::Other(m) => SqlError::Other(m + ENDED),
+            // No message to add to: the next statement says it.
+            other => other,
+        }
+    }
+}
+
 /// Refuses a decimal parameter's text past what the database stores:
 /// longer than `max_chars`, or with an exponent (`e…`) past
 /// `max_exponent` either way. Parsing an arbitrary-precision decimal

@@ -36,6 +36,10 @@ use crate::secret::Secret;
 mod errors;
 pub use errors::map_error;
 
+#[path = "mysql_transaction.rs"]
+mod transaction;
+use transaction::MysqlTransaction;
+
 /// Idle connections above `min_connections` are closed after this long.
 const IDLE_TTL: Duration = Duration::from_secs(600);
 
@@ -392,12 +396,7 @@ impl SqlBackend for MysqlDatabase {
         let begun = timeout(self.answer_within, conn.query_drop("START TRANSACTION")).await;
         // Should `START TRANSACTION` fail, the transaction's `Drop` has the
         // connection reset (one stopped half-way is discarded by the pool).
-        let mut tx = MysqlTransaction {
-            conn: Some(conn),
-            changed_session: false,
-            session_ids: self.session_ids.clone(),
-            answer_within: self.answer_within,
-        };
+        let mut tx = MysqlTransaction::new(conn, self.session_ids.clone(), self.answer_within);
         tx.settle(begun.map(|r| r.map_err(map_error))).await?;
         Ok(Box::new(tx))
     }
@@ -459,110 +458,6 @@ impl SqlBackend for MysqlDatabase {
             .await
             .map_err(|_| SqlError::Other("cursor reader stopped".into()))??;
         Ok(Box::new(super::ChannelCursor::new(columns, rows_rx)))
-    }
-}
-
-/// A port transaction: `START TRANSACTION` on a pooled connection, ended
-/// by `COMMIT` or `ROLLBACK`. A connection left inside it (the guest
-/// dropped the handle or trapped), whose end failed, or whose session a
-/// statement may have changed, is reset when it goes back to the pool:
-/// `COM_RESET_CONNECTION` rolls back what is open and clears the session.
-struct MysqlTransaction {
-    /// Inside the transaction while `Some`.
-    conn: Option<mysql_async::Conn>,
-    /// Whether a statement may have changed the session: the connection
-    /// is then reset even after a successful end.
-    changed_session: bool,
-    /// The pool's bound on a statement's answer.
-    answer_within: Duration,
-    /// The pool's, for the watchdog.
-    session_ids: SessionIds,
-}
-
-impl MysqlTransaction {
-    fn conn(&mut self, statement: &str) -> Result<&mut mysql_async::Conn, SqlError> {
-        super::statement::refuse_implicit_commit(statement)?;
-        let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
-        if changes_session(statement, Dialect::Mysql) {
-            self.changed_session = true;
-            conn.reset_connection(true);
-        }
-        self.session_ids.statement(SessionId::from(conn.id()));
-        Ok(conn)
-    }
-
-    /// Ends the transaction with `statement`. Until it has ended, the
-    /// connection is marked for a reset, so a call stopped half-way (or a
-    /// failed end) leaves nothing open on a pooled connection.
-    async fn end(&mut self, statement: &str) -> Result<(), SqlError> {
-        let conn = self.conn.as_mut().ok_or(SqlError::Closed)?;
-        conn.reset_connection(true);
-        // The watchdog times the end from now, not from the last statement.
-        self.session_ids.statement(SessionId::from(conn.id()));
-        let ended = timeout(self.answer_within, conn.query_drop(statement)).await;
-        if matches!(ended, Ok(Ok(()))) && !self.changed_session {
-            conn.reset_connection(false);
-        }
-        let ended = self.settle(ended.map(|r| r.map_err(map_error))).await;
-        // Back to the pool: as it is after a clean end, reset otherwise.
-        self.conn = None;
-        ended
-    }
-
-    /// A statement's result, or `unavailable` if the server did not answer
-    /// within the bound: the connection is then disconnected (see
-    /// [`answered`]) and the transaction is over.
-    async fn settle<T>(
-        &mut self,
-        result: Result<Result<T, SqlError>, tokio::time::error::Elapsed>,
-    ) -> Result<T, SqlError> {
-        match result {
-            Ok(result) => result,
-            Err(elapsed) => match self.conn.take() {
-                Some(conn) => answered(conn, Err(elapsed), self.answer_within).await,
-                None => Err(SqlError::Closed),
-            },
-        }
-    }
-}
-
-impl Drop for MysqlTransaction {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.reset_connection(true);
-        }
-    }
-}
-
-#[async_trait]
-impl SqlTransaction for MysqlTransaction {
-    async fn query(
-        &mut self,
-        statement: String,
-        params: Vec<SqlValue>,
-        caps: ResultCaps,
-    ) -> Result<RowSet, SqlError> {
-        let within = self.answer_within;
-        let conn = self.conn(&statement)?;
-        let result = timeout(within, query_on(conn, &statement, params, caps)).await;
-        self.settle(result).await
-    }
-
-    async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
-        let within = self.answer_within;
-        let conn = self.conn(&statement)?;
-        let result = timeout(within, execute_on(conn, &statement, params)).await;
-        self.settle(result).await
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
-        // `NO CHAIN`: a server-wide `completion_type` must not open the
-        // next transaction on a connection going back to the pool.
-        self.end("COMMIT AND NO CHAIN").await
-    }
-
-    async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.end("ROLLBACK AND NO CHAIN").await
     }
 }
 

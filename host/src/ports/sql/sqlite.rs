@@ -482,10 +482,6 @@ impl SqlBackend for SqliteDatabase {
     }
 }
 
-/// What a statement in a transaction SQLite rolled back gets.
-const ROLLED_BACK: &str = "the transaction was rolled back after an earlier error (see that \
-     error); nothing of it was committed: roll it back and begin a new one";
-
 struct SqliteTransaction {
     conn: Option<PooledConnection>,
     /// The limit of each of the guest's statements in it.
@@ -505,7 +501,7 @@ impl SqliteTransaction {
         f: impl FnOnce(&mut Connection) -> Result<R, SqlError> + Send + 'static,
     ) -> Result<R, SqlError> {
         if self.rolled_back {
-            return Err(SqlError::Other(ROLLED_BACK.into()));
+            return Err(SqlError::Other(super::ROLLED_BACK.into()));
         }
         let mut pooled = self.conn.take().ok_or(SqlError::Closed)?;
         let (pooled, result, ended) = tokio::task::spawn_blocking(move || {
@@ -519,7 +515,7 @@ impl SqliteTransaction {
         match result {
             Err(e) if ended => {
                 self.rolled_back = true;
-                Err(errors::with_rollback(e))
+                Err(e.ending_transaction())
             }
             other => other,
         }

@@ -105,24 +105,6 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// `e`, which ended the transaction it happened in (SQLite rolled it
-/// back), saying so.
-pub(super) fn with_rollback(e: SqlError) -> SqlError {
-    const ENDED: &str = "; the transaction was rolled back";
-    match e {
-        SqlError::Constraint(m) => SqlError::Constraint(m + ENDED),
-        SqlError::Syntax(m) => SqlError::Syntax(m + ENDED),
-        SqlError::InvalidInput(m) => SqlError::InvalidInput(m + ENDED),
-        SqlError::TooLarge(m) => SqlError::TooLarge(m + ENDED),
-        SqlError::Denied(m) => SqlError::Denied(m + ENDED),
-        SqlError::Conflict(m) => SqlError::Conflict(m + ENDED),
-        SqlError::Unavailable(m) => SqlError::Unavailable(m + ENDED),
-        SqlError::Other(m) => SqlError::Other(m + ENDED),
-        // No message to add to: the next statement says it.
-        other => other,
-    }
-}
-
 /// Maps a rusqlite error to the port's error. SQLite messages carry no
 /// credentials or paths, so they are kept.
 pub fn map_error(e: rusqlite::Error) -> SqlError {
