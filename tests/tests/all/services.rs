@@ -765,6 +765,50 @@ async fn blob_reads_resume_after_the_connection_breaks_s3() {
     }
 }
 
+/// A part upload cut off half-way (the writer's call dropped while the
+/// part is on its way) leaves the writer failed: that part's bytes went
+/// with the call, so later writes and `finish` are refused rather than
+/// completing an object a part short, and no object appears.
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_writer_cut_off_mid_part_cannot_finish_s3() {
+    let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let s3 = berth_tests::s3_client(&endpoint);
+    let bucket = unique("berth-t-");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let relay = berth_tests::relay::FreezableRelay::start(&endpoint).await;
+    let t = blob_app(&unique("blobcut"));
+    let text = s3_host(&t, relay.url.trim_end_matches('/'), &bucket, "k", "s");
+    let app = t.load_with(&host_config(&t, &text)).await.unwrap();
+    let files = &app.backends.blob["files"];
+    let part = vec![3u8; 5 << 20];
+    let mut writer = files.write("cut").await.unwrap();
+    writer.write(&part).await.expect("the first part goes up");
+    relay.set_frozen(true);
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(1), writer.write(&part)).await;
+    assert!(cut.is_err(), "the second part stalled: {cut:?}");
+    relay.set_frozen(false);
+    let later = writer.write(b"more").await;
+    assert!(
+        matches!(&later, Err(berth::ports::blob::BlobError::Other(m)) if m.contains("earlier write failed")),
+        "{later:?}"
+    );
+    let finished = writer.finish().await;
+    assert!(finished.is_err(), "finished a part short: {finished:?}");
+    let stat = files.stat("cut").await;
+    assert!(
+        matches!(stat, Err(berth::ports::blob::BlobError::NotFound)),
+        "{stat:?}"
+    );
+    assert_eq!(
+        uploads_once_settled(&s3, &bucket).await,
+        0,
+        "upload aborted"
+    );
+    berth_tests::delete_bucket(&s3, &bucket).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_conformance_s3() {
     let Some(endpoint) = service("BERTH_TEST_S3_ENDPOINT") else {

@@ -241,14 +241,20 @@ impl S3Writer {
 
     /// Uploads the buffer as the next part; if that fails, the part's
     /// bytes are gone: the object cannot be completed, and the writer
-    /// buffers nothing more.
+    /// buffers nothing more. The writer counts as failed until the part
+    /// is in: a call dropped while the part is on its way has taken its
+    /// bytes with it, and a later `finish` would complete an object a part
+    /// short.
     async fn upload_or_fail(&mut self) -> Result<(), BlobError> {
+        self.failed = true;
         let uploaded = self.upload_part().await;
         if uploaded.is_err() {
-            self.failed = true;
             self.buf = Vec::new();
             self.reserved = Reservation::default();
-        } else if self.part_limit < self.part_size && self.reserve_up_to_quietly(self.part_size) {
+            return uploaded;
+        }
+        self.failed = false;
+        if self.part_limit < self.part_size && self.reserve_up_to_quietly(self.part_size) {
             // Room came back: whole parts again, so the object's 10,000
             // parts reach as far as the configured part size promises.
             self.part_limit = self.part_size;
