@@ -51,6 +51,51 @@ async fn kv_backend_cases_redis() {
     berth_tests::redis_delete_prefix(&url, &prefix).await;
 }
 
+/// Keys another tool stored under a bucket's prefix before the bucket had
+/// its index are indexed at startup, but not a name no guest could have
+/// set (not UTF-8): listing it would fail every page that reached it.
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_foreign_names_do_not_break_listing_redis() {
+    let Some(url) = service("BERTH_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("{}:", unique("kvforeign"));
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let not_utf8 = [prefix.as_bytes(), b"\xff\xfe"].concat();
+    for (key, value) in [
+        (not_utf8.clone(), "x"),
+        (format!("{prefix}plain").into_bytes(), "y"),
+    ] {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let bucket = RedisBucket::connect(&RedisSettings {
+        url: berth::secret::Secret::new(url.clone()),
+        prefix: prefix.clone(),
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    bucket.index_existing_keys().await.unwrap();
+    let page = bucket.list_keys("", None, 10).await.unwrap();
+    assert_eq!(page.keys, vec!["plain".to_string()]);
+    assert_eq!(page.cursor, None);
+    redis::cmd("DEL")
+        .arg(&not_utf8)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    berth_tests::redis_delete_prefix(&url, &prefix).await;
+}
+
 /// `increment` takes what Redis's INCRBY takes and nothing else, and a
 /// refused increment leaves the value as it was.
 async fn increment_takes_only_what_redis_takes(b: &dyn KvBackend) {

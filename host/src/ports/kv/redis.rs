@@ -375,7 +375,13 @@ impl RedisBucket {
             let mut invocation = self.scripts.index.key(&self.index.keys);
             invocation.key(&self.index.expiry);
             for key in &batch {
-                if let Some(name) = key.strip_prefix(self.prefix.as_bytes()) {
+                // A name another tool stored under the prefix that no guest
+                // could have set (not UTF-8, or empty) would fail every
+                // listing page that reached it: it is left out of the index.
+                if let Some(name) = key.strip_prefix(self.prefix.as_bytes())
+                    && !name.is_empty()
+                    && std::str::from_utf8(name).is_ok()
+                {
                     invocation.key(key).arg(name);
                 }
             }
