@@ -107,6 +107,15 @@ fn listing(c: &Container) {
     }
     assert_eq!(seen, expected, "all dir/ objects, ascending, nothing else");
     step(&format!("list in {pages} pages"));
+    // A cursor is a key a page ended with: one no key could be is refused
+    // alike on every backend (S3 would echo it into its answer unescaped).
+    for bad in ["dir/o0\u{FFFF}", "dir/\0"] {
+        match c.list("dir/", Some(bad), 4) {
+            Err(Error::InvalidKey(m)) => assert!(m.contains("cursor"), "{m}"),
+            other => panic!("list after {bad:?}: expected InvalidKey, got {other:?}"),
+        }
+    }
+    step("a cursor no key could be is invalid-key");
 }
 
 /// Keys that are path prefixes of each other behave as on S3, where keys

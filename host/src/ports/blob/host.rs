@@ -261,13 +261,16 @@ impl wit::HostContainer for InstanceState {
     ) -> Res<ObjectPage> {
         let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
         let max = self.env.limits.payloads.max_key_bytes;
-        // A cursor is a key a page ended with: no longer than a key, on
-        // every backend alike (S3 would refuse it, a file walk take it).
+        // A cursor is a key a page ended with: one no key could be is
+        // refused on every backend alike (S3 would refuse a long one, and
+        // echo a character XML cannot hold into an answer it cannot read,
+        // a retriable error for the guest's own bad input).
         let check = validate_prefix(&prefix, max).and_then(|()| match &cursor {
-            Some(c) if c.len() > max => Err(BlobError::InvalidKey(format!(
-                "cursor is longer than {max} bytes"
-            ))),
-            _ => Ok(()),
+            Some(c) => validate_prefix(c, max).map_err(|e| match e {
+                BlobError::InvalidKey(why) => BlobError::InvalidKey(format!("cursor: {why}")),
+                other => other,
+            }),
+            None => Ok(()),
         });
         let bytes_in = prefix.len();
         self.blob_call(
