@@ -186,16 +186,19 @@ impl OutboundGrants {
 /// Whether `uri`'s authority is a host with at most a valid port. User
 /// info would reach the `Host` header unchecked (the check and the
 /// connection use the host alone), and a port that does not parse would be
-/// read as the scheme's default while `Host` still names it.
+/// read as the scheme's default while `Host` still names it. The port is
+/// digits without a leading zero or sign: `+443` and `0443` parse as 443
+/// but reach the `Host` header as written, for a proxy in front of the
+/// allowed host to route or cache by.
 fn plain_authority(uri: &http::Uri) -> bool {
     let Some(authority) = uri.authority() else {
         return true;
     };
     match authority.as_str().strip_prefix(authority.host()) {
         Some("") => true,
-        Some(port) => port
-            .strip_prefix(':')
-            .is_some_and(|p| p.parse::<u16>().is_ok()),
+        Some(port) => port.strip_prefix(':').is_some_and(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && !p.starts_with('0') && p.parse::<u16>().is_ok()
+        }),
         None => false,
     }
 }
@@ -355,8 +358,14 @@ mod tests {
             "https://api.example.com:99999/x",
             "https://api.example.com:abc/x",
             "https://api.example.com:/x",
+            "https://api.example.com:+443/x",
+            "https://api.example.com:0443/x",
+            "http://api.example.com:00080/x",
+            "http://api.example.com:0/x",
         ] {
-            assert!(!plain(bad), "{bad}");
+            // Refused by the URI parser or by the check, never let through.
+            let parsed = bad.parse::<http::Uri>();
+            assert!(!parsed.is_ok_and(|uri| plain_authority(&uri)), "{bad}");
         }
     }
 }
