@@ -13,6 +13,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("BLOB_GUEST", "blob_guest"),
     ("MESSAGING_GUEST", "messaging_guest"),
     ("MESSAGING_HANDLER", "messaging_handler"),
+    ("OUTBOUND_HANDLER", "outbound_handler"),
     ("EMAIL_GUEST", "email_guest"),
     ("CONFIG_GUEST", "config_guest"),
     ("HOSTILE_GUEST", "hostile_guest"),

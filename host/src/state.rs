@@ -110,7 +110,7 @@ impl InstanceState {
 
     /// Whether it holds what should not outlive an invocation: a SQL
     /// transaction or cursor, a blob reader or writer, a compare-and-swap
-    /// handle, or an outbound response not read to its end nor dropped. A
+    /// handle, an outbound request on its way, or a response not read to its end nor dropped. A
     /// warm instance holding any is dropped rather than reused: kept, it
     /// would hold a connection, a lock or a socket between messages, past
     /// the bounds each invocation's own count gives.

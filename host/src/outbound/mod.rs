@@ -234,7 +234,7 @@ impl OutboundPolicy {
         }
     }
 
-    /// Its responses still open.
+    /// Its requests still on their way and its responses still open.
     pub fn open_responses(&self) -> usize {
         self.open.count()
     }
@@ -256,10 +256,17 @@ impl WasiHttpHooks for OutboundPolicy {
         _ = fut;
         let grants = self.grants.clone();
         let open = self.open.clone();
+        // Counted from now, not from its response's head: a guest that
+        // sends requests and returns without waiting for them must not
+        // have its warm instance reused (and its count renewed) while
+        // they still connect or wait. Dropped with the request's future,
+        // once its response (counted by its body) or its failure is in.
+        let in_flight = self.open.open();
         self.sent = self.sent.saturating_add(1);
         let over_limit = self.sent > self.max_requests;
         let max = self.max_requests;
         Box::new(async move {
+            let _in_flight = in_flight;
             let started = std::time::Instant::now();
             let (app, component) = &grants.owner;
             let uri = request.uri();

@@ -1,10 +1,14 @@
-//! An instance's outbound responses still open: a warm instance holding
-//! one is not reused (see `InstanceState::holds_port_resources`), so no
-//! socket outlives the message that opened it. The response body
-//! (`connect::CappedBody`) holds its count until it ends, fails, or is
-//! dropped with the guest's response; dropping is synchronous, unlike the
-//! abort of the task driving the connection, so that task is not what is
-//! counted.
+//! An instance's outbound requests on their way and responses still open:
+//! a warm instance holding one is not reused (see
+//! `InstanceState::holds_port_resources`), so no socket outlives the
+//! message that opened it. A request counts from `send_request` until its
+//! future ends (its response head or its failure is in) or is dropped;
+//! the response body (`connect::CappedBody`) holds a count of its own until
+//! it ends, fails, or is dropped with the guest's response. Dropping the
+//! body is synchronous, unlike the abort of the task driving the
+//! connection, so that task is not what is counted. A request the guest
+//! gave up on may so count for a moment after: its instance is then
+//! dropped rather than reused, the safe side.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -282,6 +282,50 @@ async fn messaging_fresh_or_warm_instances_embedded() {
     }
 }
 
+/// A warm instance whose handler left an outbound request on its way
+/// (sent, its answer not in) is not reused: the request would outlive its
+/// message, and the next message's request count would start beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn messaging_warm_instance_with_a_request_on_its_way_is_not_reused_embedded() {
+    // A server that takes connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let text = manifest(5)
+        .replace(guests::MESSAGING_HANDLER, guests::OUTBOUND_HANDLER)
+        .replace(
+            "max_deliveries = 5",
+            "max_deliveries = 5\nreuse_instances = true",
+        )
+        .replace(
+            "kv = [\"received\"]",
+            &format!("kv = [\"received\"]\nhttp = [\"http://127.0.0.1:{port}\"]"),
+        );
+    let t = TestApp::new(&text);
+    let host = berth_tests::host_config(&t, "[outbound]\nallow_private = [\"127.0.0.0/8\"]\n");
+    let (app, _tasks) = started_with(&t, &host).await;
+    let fire = format!("fire-127.0.0.1:{port}");
+    let mut seen = Vec::new();
+    for (count, payload) in ["a", "b", fire.as_str(), "c"].into_iter().enumerate() {
+        let id = app
+            .backends
+            .messaging
+            .publish("events", payload.as_bytes().to_vec(), vec![])
+            .await
+            .unwrap();
+        wait_for_count(&app, count as i64 + 1).await;
+        seen.push(instance_seq(&app, &id).await);
+    }
+    // Reused after `a`; not after the request left on its way.
+    assert_eq!(seen, [1, 2, 3, 1]);
+    silent.abort();
+}
+
 #[tokio::test]
 async fn messaging_trigger_settings_and_dead_letter_topic_embedded() {
     let text = manifest(1).replace(
