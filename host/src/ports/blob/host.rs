@@ -8,8 +8,8 @@ use tracing::Instrument as _;
 use wasmtime::component::Resource;
 
 use super::{
-    BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo as HostInfo, validate_key,
-    validate_prefix,
+    BlobBackend, BlobError, BlobReader, BlobWriter, ObjectInfo as HostInfo, is_unlistable,
+    validate_key, validate_prefix,
 };
 use crate::bindings::ports::blob::{self as wit, Error, ObjectInfo, ObjectPage};
 use crate::metrics::Port;
@@ -261,16 +261,20 @@ impl wit::HostContainer for InstanceState {
     ) -> Res<ObjectPage> {
         let limit = limit.clamp(1, self.env.limits.payloads.max_page_size) as usize;
         let max = self.env.limits.payloads.max_key_bytes;
-        // A cursor is a key a page ended with: one no key could be is
-        // refused on every backend alike (S3 would refuse a long one, and
-        // echo a character XML cannot hold into an answer it cannot read,
-        // a retriable error for the guest's own bad input).
+        // A cursor is a key a page ended with. Its length and characters
+        // are checked on every backend alike: S3 would refuse a long one,
+        // and echo a character XML cannot hold into an answer it cannot
+        // read (a retriable error for the guest's own bad input). Not its
+        // shape: a page of S3 can end with a key another tool stored that
+        // no guest could name (`a//b`), and the listing must go on past it.
         let check = validate_prefix(&prefix, max).and_then(|()| match &cursor {
-            Some(c) => validate_prefix(c, max).map_err(|e| match e {
-                BlobError::InvalidKey(why) => BlobError::InvalidKey(format!("cursor: {why}")),
-                other => other,
-            }),
-            None => Ok(()),
+            Some(c) if c.len() > max => Err(BlobError::InvalidKey(format!(
+                "cursor is longer than {max} bytes"
+            ))),
+            Some(c) if c.chars().any(is_unlistable) => Err(BlobError::InvalidKey(
+                "cursor: no key holds control characters or U+FFFE/U+FFFF".into(),
+            )),
+            _ => Ok(()),
         });
         let bytes_in = prefix.len();
         self.blob_call(

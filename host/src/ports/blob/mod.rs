@@ -141,12 +141,7 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
     if key.contains('\\') {
         return bad("key must not contain `\\`");
     }
-    // U+FFFE and U+FFFF are no XML character: S3 would store such a key,
-    // and every list page holding it would fail to parse.
-    if key
-        .chars()
-        .any(|c| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}')
-    {
+    if key.chars().any(is_unlistable) {
         return bad("key must not contain control characters or U+FFFE/U+FFFF");
     }
     if key
@@ -162,6 +157,13 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), BlobError> {
         )));
     }
     Ok(())
+}
+
+/// A character no key may hold: a control character, or U+FFFE and U+FFFF,
+/// which are no XML character (S3 would store such a key, and every list
+/// page holding it would fail to parse).
+pub fn is_unlistable(c: char) -> bool {
+    c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}'
 }
 
 /// Checks a listing prefix: like a key, but may be empty or end with `/`,
