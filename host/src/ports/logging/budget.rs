@@ -71,8 +71,11 @@ impl LogBudget {
                         budget.report(&app);
                     });
                 }
-                // Outside the runtime (no caller here does that): at once.
-                Err(_) => self.report(app),
+                // Outside the runtime (no caller here does that): at once
+                // if due, else with a later line, never more than once a
+                // second.
+                Err(_) if Instant::now() >= due => self.report(app),
+                Err(_) => self.report_pending.store(false, Ordering::SeqCst),
             }
         }
         false
